@@ -1,0 +1,71 @@
+"""``uba-batch``: the group, error handling and command discovery.
+
+Each subcommand lives in ``jobs/commands/<name>.py`` and exposes ``command``; the group
+finds them when it runs, so adding a command never means editing this file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from typing import Any
+
+import click
+
+from jobs import commands as commands_pkg
+from uba.errors import UserError
+from uba.logs import configure_logging, get_logger
+
+
+class _Group(click.Group):
+    """Discovers commands lazily and turns user errors into one line and exit code 1."""
+
+    def _modules(self) -> list[str]:
+        return sorted(m.name for m in pkgutil.iter_modules(commands_pkg.__path__))
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = {m.replace("_", "-") for m in self._modules()}
+        return sorted(names | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        module_name = cmd_name.replace("-", "_")
+        if module_name not in self._modules():
+            return None
+        module = importlib.import_module(f"jobs.commands.{module_name}")
+        return getattr(module, "command", None)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            get_logger("cli").debug("user error", exc_info=True)
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None, envvar="UBA_CONFIG",
+              help="YAML settings file (default: configs/default.yaml). Env: UBA_CONFIG.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines on stderr as text for people or JSON for machines.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", show_default=True)
+@click.version_option(package_name="uba")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, log_format: str, log_level: str) -> None:
+    """User behaviour anomaly detection batch jobs.
+
+    \b
+    Example:
+      uba-batch generate --out data --users 500 --days 21 --start 2026-03-01
+      uba-batch train --data-dir data --end-date 2026-03-21
+      uba-batch score --date 2026-03-22
+    """
+    configure_logging(log_format, log_level)
+    ctx.obj = {"config": config, "overrides": {}}

@@ -1,0 +1,1 @@
+"""One module per ``uba-batch`` subcommand; each exposes a Click command named ``command``."""

@@ -1,0 +1,179 @@
+"""The only module that touches files: storage layout, scans and atomic writes.
+
+Layout (Hive-style, readable by Polars, DuckDB, Spark and Arrow as-is)::
+
+    <data-dir>/events/event_date=YYYY-MM-DD/*.parquet
+    <data-dir>/quarantine/event_date=YYYY-MM-DD|unknown/*.parquet
+    <data-dir>/aggregates/event_date=YYYY-MM-DD/*.parquet
+    <output-dir>/{scores,flagged}/event_date=YYYY-MM-DD/*.parquet
+    <output-dir>/runs/event_date=YYYY-MM-DD/manifest.json
+
+Every write goes to a temporary name in the destination directory and is renamed
+into place, so a reader (or a crash) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from uba.errors import UserError
+from uba.schema import EVENT_SCHEMA, PARTITION_COLUMN
+
+EVENTS = "events"
+QUARANTINE = "quarantine"
+AGGREGATES = "aggregates"
+LABELS = "labels"
+SCORES = "scores"
+FLAGGED = "flagged"
+RUNS = "runs"
+TMP_PREFIX = ".tmp-"
+
+
+def partition_dir(root: Path, dataset: str, day: date | str) -> Path:
+    """Directory of one Hive partition, e.g. ``root/events/event_date=2026-03-01``."""
+    label = day.isoformat() if isinstance(day, date) else day
+    return Path(root) / dataset / f"{PARTITION_COLUMN}={label}"
+
+
+def partition_files(root: Path, dataset: str, day: date | str) -> list[Path]:
+    """Finished Parquet parts of one partition (temporary files are never listed)."""
+    folder = partition_dir(root, dataset, day)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
+
+
+def partition_dates(root: Path, dataset: str) -> list[date]:
+    """Dates that have at least one finished part, ascending; 'unknown' is skipped."""
+    base = Path(root) / dataset
+    if not base.is_dir():
+        return []
+    found = []
+    for child in base.iterdir():
+        name, _, label = child.name.partition("=")
+        if name != PARTITION_COLUMN or not child.is_dir():
+            continue
+        try:
+            day = date.fromisoformat(label)
+        except ValueError:
+            continue
+        if partition_files(root, dataset, day):
+            found.append(day)
+    return sorted(found)
+
+
+def scan_partition(root: Path, dataset: str, day: date | str) -> pl.LazyFrame | None:
+    """Lazy scan of one partition's parts, or None when the partition has none."""
+    files = partition_files(root, dataset, day)
+    if not files:
+        return None
+    return pl.scan_parquet(files)
+
+
+def scan_events(data_dir: Path, day: date) -> pl.LazyFrame:
+    """Validated events of one day, in the stored schema; a missing day is a user error."""
+    lf = scan_partition(data_dir, EVENTS, day)
+    if lf is None:
+        raise UserError(
+            f"no events partition for {day.isoformat()} under {Path(data_dir) / EVENTS} "
+            "(ingest or generate that day first)"
+        )
+    return lf.select(list(EVENT_SCHEMA))
+
+
+def scan_partitions(root: Path, dataset: str, days: Iterable[date]) -> pl.LazyFrame | None:
+    """Lazy scan over the parts of several partitions (missing days are skipped)."""
+    files = [f for day in days for f in partition_files(root, dataset, day)]
+    if not files:
+        return None
+    return pl.scan_parquet(files)
+
+
+def _tmp_path(folder: Path, suffix: str) -> Path:
+    return folder / f"{TMP_PREFIX}{uuid.uuid4().hex}{suffix}"
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
+    """Write ``df`` to ``path`` via a temporary file and rename, so the part is whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path.parent, ".parquet")
+    try:
+        df.write_parquet(tmp, compression="zstd", statistics=True)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_part(df: pl.DataFrame, root: Path, dataset: str, day: date | str, name: str | None = None) -> Path:
+    """Add one part to a partition; ``name`` makes the write deterministic (e.g. a content hash)."""
+    part = name or f"part-{uuid.uuid4().hex}"
+    return write_parquet_atomic(df, partition_dir(root, dataset, day) / f"{part}.parquet")
+
+
+def write_json_atomic(data: Any, path: Path) -> Path:
+    """JSON with the same all-or-nothing guarantee as the Parquet writer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path.parent, ".json")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file, turning a missing or corrupt file into a user error."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise UserError(f"file not found: {path}") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read JSON file {path}: {exc}") from exc
+
+
+def replace_dir_atomic(staging: Path, final: Path) -> None:
+    """Swap a finished staging directory into place.
+
+    The old directory is first renamed aside, then the staging one renamed in, then the
+    old one removed: at every instant ``final`` is either the complete old output or
+    the complete new one (a crash between the two renames leaves the old copy under
+    a ``.tmp-`` name that the next run cleans up).
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    aside = None
+    if final.exists():
+        aside = final.parent / f"{TMP_PREFIX}old-{uuid.uuid4().hex}"
+        os.replace(final, aside)
+    os.replace(staging, final)
+    _fsync_dir(final.parent)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def make_staging_dir(parent: Path) -> Path:
+    """A fresh hidden directory next to the final location (same filesystem, so rename is atomic)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=parent))

@@ -1,0 +1,54 @@
+"""The event contract of DESIGN.md as Polars schemas.
+
+Raw input may arrive with any types (CSV gives strings); validation turns it into
+``EVENT_SCHEMA``, the one typed shape stored under ``events/`` and read by every later
+stage. ``session_id`` is an optional extension: when logs carry it, session-level
+features use it; when they do not, it stays null.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+REQUIRED_FIELDS: tuple[str, ...] = (
+    "event_id",
+    "user_id",
+    "timestamp",
+    "event_type",
+    "session_duration_sec",
+    "events_in_session",
+    "device_type",
+)
+OPTIONAL_FIELDS: tuple[str, ...] = ("hour_of_day", "day_of_week", "session_id")
+RAW_FIELDS: tuple[str, ...] = REQUIRED_FIELDS + OPTIONAL_FIELDS
+
+TIMESTAMP_DTYPE = pl.Datetime("us", "UTC")
+
+EVENT_SCHEMA: dict[str, pl.DataType] = {
+    "event_id": pl.String(),
+    "user_id": pl.String(),
+    "timestamp": TIMESTAMP_DTYPE,
+    "event_type": pl.String(),
+    "session_duration_sec": pl.Float64(),
+    "events_in_session": pl.Int64(),
+    "device_type": pl.String(),
+    "hour_of_day": pl.Int8(),
+    "day_of_week": pl.Int8(),
+    "session_id": pl.String(),
+}
+
+QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
+    **{name: pl.String() for name in RAW_FIELDS},
+    "reason": pl.String(),
+    "source_file": pl.String(),
+    "source_row": pl.Int64(),
+    "ingested_at": TIMESTAMP_DTYPE,
+}
+
+PARTITION_COLUMN = "event_date"
+UNKNOWN_PARTITION = "unknown"
+
+
+def empty_events() -> pl.DataFrame:
+    """An empty frame in the stored event shape, for days with no input."""
+    return pl.DataFrame(schema=EVENT_SCHEMA)

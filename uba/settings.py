@@ -1,0 +1,197 @@
+"""Typed settings for every UBA component.
+
+Precedence, highest first: explicit overrides (CLI flags) > ``UBA_*`` environment
+variables > the YAML named by ``--config`` / ``UBA_CONFIG`` > ``configs/default.yaml``
+> the defaults below. The model defaults mirror ``configs/default.yaml`` (a test keeps
+them equal) so an installed package without the repository still has sane values.
+
+Environment variables: ``UBA_DATA_DIR``, ``UBA_MODEL_DIR``, ``UBA_OUTPUT_DIR`` and
+``UBA_CONFIG`` as the design asks, plus ``UBA_<SECTION>__<KEY>`` for any other key
+(``UBA_MODEL__N_ESTIMATORS=300``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from uba.errors import UserError
+
+DEFAULT_CONFIG_PATH = Path("configs/default.yaml")
+PATH_ENV_VARS = {
+    "UBA_DATA_DIR": ("paths", "data_dir"),
+    "UBA_MODEL_DIR": ("paths", "model_dir"),
+    "UBA_OUTPUT_DIR": ("paths", "output_dir"),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathSettings(_Section):
+    data_dir: Path = Path("data")
+    model_dir: Path = Path("models")
+    output_dir: Path = Path("output")
+
+
+class EventSettings(_Section):
+    event_types: tuple[str, ...] = ("login", "logout", "view", "click", "download")
+    device_types: tuple[str, ...] = ("desktop", "mobile")
+    max_string_length: int = Field(256, ge=8, le=65536)
+    max_session_duration_sec: float = Field(7 * 24 * 3600, gt=0)
+    max_events_in_session: int = Field(100_000, ge=1)
+
+    @field_validator("event_types", "device_types")
+    @classmethod
+    def _non_empty_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("must be a non-empty list of distinct names")
+        return value
+
+
+class IngestSettings(_Section):
+    batch_rows: int = Field(250_000, ge=1000)
+    format: Literal["auto", "csv", "json", "jsonl", "parquet"] = "auto"
+
+
+class FeatureSettings(_Section):
+    lookback_days: int = Field(28, ge=1, le=366)
+    prior_strength_days: float = Field(5.0, gt=0)
+    min_hour_spread: float = Field(1.0, gt=0)
+
+
+class TrainSettings(_Section):
+    window_days: int = Field(21, ge=1, le=366)
+    max_training_rows: int = Field(2_000_000, ge=1000)
+
+
+class ModelSettings(_Section):
+    n_estimators: int = Field(200, ge=10, le=5000)
+    contamination: float = Field(0.02, gt=0, le=0.5)
+    max_samples: int | Literal["auto"] = "auto"
+    random_state: int = 42
+
+
+class ThresholdSettings(_Section):
+    percentile: float = Field(98.0, gt=50, lt=100)
+    max_reasons: int = Field(3, ge=1, le=10)
+
+
+class RaySettings(_Section):
+    address: str | None = None
+    num_workers: int = Field(2, ge=1, le=1024)
+    num_shards: int = Field(8, ge=1, le=100_000)
+    max_retries: int = Field(3, ge=0, le=100)
+    min_rows_for_ray: int = Field(0, ge=0)
+    object_store_memory_mb: int | None = Field(None, ge=64)
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    max_batch: int = Field(1000, ge=1, le=100_000)
+    api_keys_env: str = "UBA_API_KEYS"
+    api_key_file: Path | None = None
+
+
+class Settings(_Section):
+    paths: PathSettings = PathSettings()
+    events: EventSettings = EventSettings()
+    ingest: IngestSettings = IngestSettings()
+    features: FeatureSettings = FeatureSettings()
+    train: TrainSettings = TrainSettings()
+    model: ModelSettings = ModelSettings()
+    threshold: ThresholdSettings = ThresholdSettings()
+    ray: RaySettings = RaySettings()
+    api: ApiSettings = ApiSettings()
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    """Environment overrides; values are parsed as YAML scalars so '300' becomes 300."""
+    layer: dict[str, Any] = {}
+    for var, (section, key) in PATH_ENV_VARS.items():
+        if env.get(var):
+            layer.setdefault(section, {})[key] = env[var]
+    for var, raw in env.items():
+        if not var.startswith("UBA_") or "__" not in var:
+            continue
+        section, _, key = var[4:].lower().partition("__")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        layer.setdefault(section, {})[key] = value
+    return layer
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    value = first.get("input")
+    if first["type"] == "extra_forbidden":
+        return f"unknown setting '{where}' ({source})"
+    return f"invalid setting '{where}' = {value!r}: {first['msg']} ({source})"
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the one settings object from all layers.
+
+    ``overrides`` is a nested mapping of CLI flag values (``{"paths": {"data_dir": x}}``);
+    ``None`` values are dropped so an unset flag never hides a lower layer.
+    """
+    env = os.environ if env is None else env
+    layers: dict[str, Any] = {}
+    sources = []
+    chosen = config_path or env.get("UBA_CONFIG")
+    if chosen:
+        layers = _read_yaml(Path(chosen))
+        sources.append(str(chosen))
+    elif DEFAULT_CONFIG_PATH.is_file():
+        layers = _read_yaml(DEFAULT_CONFIG_PATH)
+        sources.append(str(DEFAULT_CONFIG_PATH))
+    layers = _deep_merge(layers, _env_layer(env))
+    cleaned = {
+        section: {k: v for k, v in values.items() if v is not None}
+        for section, values in (overrides or {}).items()
+    }
+    layers = _deep_merge(layers, cleaned)
+    try:
+        return Settings.model_validate(layers)
+    except ValidationError as exc:
+        source = ", ".join(sources + ["environment", "flags"])
+        raise UserError(_format_validation_error(exc, source)) from exc
