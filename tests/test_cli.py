@@ -1,0 +1,67 @@
+"""The CLI as a user meets it: every command documented, user mistakes as one line."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
+UBA = Path(sys.executable).with_name("uba-batch")
+
+
+def _commands() -> list[str]:
+    ctx = cli.make_context("uba-batch", [])
+    return cli.list_commands(ctx)
+
+
+def test_core_commands_exist() -> None:
+    assert {"generate", "ingest"} <= set(_commands())
+
+
+@pytest.mark.parametrize("name", _commands())
+def test_every_command_has_help_with_an_example(name: str) -> None:
+    result = CliRunner().invoke(cli, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output, f"{name} --help has no example"
+    assert f"uba-batch {name}" in result.output
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([str(UBA), *args], capture_output=True, text=True, env=full_env, cwd=REPO)
+
+
+def test_bad_config_value_is_one_line_without_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {n_estimators: many}\n")
+    result = _run("--config", str(config), "ingest", str(tmp_path / "x.csv"), "--data-dir", str(tmp_path))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "model.n_estimators" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreadable_input_is_one_line_without_traceback(tmp_path: Path) -> None:
+    result = _run("ingest", str(tmp_path / "missing.csv"), "--data-dir", str(tmp_path / "d"))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "missing.csv" in result.stderr
+
+
+def test_json_log_format_emits_json_lines(tmp_path: Path) -> None:
+    out = tmp_path / "gen"
+    result = _run("--log-format", "json", "generate", "--out", str(out), "--users", "5", "--days", "1",
+                  "--start", "2026-03-01", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines, "expected log lines on stderr"
+    for line in lines:
+        record = json.loads(line)
+        assert {"ts", "level", "msg"} <= set(record)
