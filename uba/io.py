@@ -14,9 +14,13 @@ into place, so a reader (or a crash) never sees half a file.
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterable
@@ -154,18 +158,80 @@ def read_json(path: Path) -> Any:
         raise UserError(f"cannot read JSON file {path}: {exc}") from exc
 
 
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux renameat2(RENAME_EXCHANGE).
+
+    Returns False where the call does not exist or the filesystem refuses it (other
+    kernels, some network/overlay filesystems), so the caller can fall back.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _aside_prefix(final: Path) -> str:
+    return f"{TMP_PREFIX}old-{final.name}-"
+
+
+def recover_replaced_dir(final: Path) -> bool:
+    """Undo a swap that a crash interrupted, so the previous output is visible again.
+
+    Only the fallback path (no RENAME_EXCHANGE) can be interrupted with ``final`` missing;
+    its old copy then sits under an aside name derived from ``final``. If ``final`` is
+    missing, the newest aside is renamed back; other asides are leftovers and removed.
+    Returns True when something was restored.
+    """
+    parent = final.parent
+    if not parent.is_dir():
+        return False
+    asides = sorted(
+        (p for p in parent.iterdir() if p.name.startswith(_aside_prefix(final))),
+        key=lambda p: p.stat().st_mtime,
+    )
+    restored = False
+    if asides and not final.exists():
+        os.replace(asides.pop(), final)
+        _fsync_dir(parent)
+        restored = True
+    for leftover in asides:
+        shutil.rmtree(leftover, ignore_errors=True)
+    return restored
+
+
 def replace_dir_atomic(staging: Path, final: Path) -> None:
     """Swap a finished staging directory into place.
 
-    The old directory is first renamed aside, then the staging one renamed in, then the
-    old one removed: at every instant ``final`` is either the complete old output or
-    the complete new one (a crash between the two renames leaves the old copy under
-    a ``.tmp-`` name that the next run cleans up).
+    Where the kernel and filesystem support it (Linux renameat2 RENAME_EXCHANGE), the two
+    directories are exchanged in one atomic step, so ``final`` is at every instant the
+    complete old output or the complete new one; the old copy then sits at ``staging``
+    and is removed. Elsewhere the old directory is renamed aside (a ``.tmp-old-<name>-``
+    sibling), the staging one renamed in, then the aside removed; a crash between the two
+    renames leaves ``final`` missing until ``recover_replaced_dir(final)`` renames the
+    aside back (the scoring job calls it before every run).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and _rename_exchange(staging, final):
+        _fsync_dir(final.parent)
+        if staging.parent != final.parent:
+            _fsync_dir(staging.parent)
+        shutil.rmtree(staging, ignore_errors=True)
+        return
     aside = None
     if final.exists():
-        aside = final.parent / f"{TMP_PREFIX}old-{uuid.uuid4().hex}"
+        aside = final.parent / f"{_aside_prefix(final)}{uuid.uuid4().hex}"
         os.replace(final, aside)
     os.replace(staging, final)
     _fsync_dir(final.parent)
@@ -177,3 +243,25 @@ def make_staging_dir(parent: Path) -> Path:
     """A fresh hidden directory next to the final location (same filesystem, so rename is atomic)."""
     parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=parent))
+
+
+def discard_dir(path: Path) -> None:
+    """Remove a staging or leftover directory; a missing one is already gone."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash of a written file, recorded in manifests so byte-identity is checkable."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def partition_row_count(root: Path, dataset: str, day: date | str) -> int:
+    """Rows in one partition from the Parquet footers only (0 when the partition is absent)."""
+    lf = scan_partition(root, dataset, day)
+    if lf is None:
+        return 0
+    return int(lf.select(pl.len()).collect().item())
