@@ -101,6 +101,13 @@ class ApiSettings(_Section):
     api_key_file: Path | None = None
 
 
+class ScoringSettings(_Section):
+    """Batch scoring (``score --date``): the day is processed in row chunks of this size,
+    so memory is bounded by one chunk plus the baselines, not by the size of the day."""
+
+    chunk_rows: int = Field(500_000, ge=1)
+
+
 class Settings(_Section):
     paths: PathSettings = PathSettings()
     events: EventSettings = EventSettings()
@@ -111,6 +118,7 @@ class Settings(_Section):
     threshold: ThresholdSettings = ThresholdSettings()
     ray: RaySettings = RaySettings()
     api: ApiSettings = ApiSettings()
+    scoring: ScoringSettings = ScoringSettings()
 
 
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
