@@ -99,6 +99,9 @@ class ApiSettings(_Section):
     max_batch: int = Field(1000, ge=1, le=100_000)
     api_keys_env: str = "UBA_API_KEYS"
     api_key_file: Path | None = None
+    max_body_bytes: int = Field(2_097_152, ge=1024, le=1 << 30)
+    scorer: Literal["compact", "sklearn"] = "compact"
+    sklearn_training_matrix: Path | None = None
 
 
 class ScoringSettings(_Section):
