@@ -1,0 +1,508 @@
+"""The detector: a StandardScaler + IsolationForest fitted with scikit-learn, kept as arrays.
+
+scikit-learn fits the model, but scoring never goes back to it. The fitted trees are
+flattened into a :class:`CompactForest` (plain numpy arrays) for two reasons:
+
+* the model bundle can then be stored as ``.npz`` + JSON and rebuilt without
+  unpickling anything (loading a bundle must not be able to run code);
+* ``IsolationForest.score_samples`` pays a Python call per tree, milliseconds for one
+  row with 200 trees, while the API scores one event at a time.
+
+The compact forest reproduces ``-IsolationForest.score_samples`` exactly (same
+float32 input cast, same NaN routing, same per-tree accumulation order); ``fit_detector``
+checks that on a sample of the training rows and the tests check it on random data.
+
+Anomaly score convention: ``anomaly_score = -score_samples(scaled x)``, in (0, 1],
+higher is more anomalous; ``is_anomaly = anomaly_score >= threshold`` where the
+threshold is a percentile of the training scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import IsolationForest
+
+    from uba.settings import ModelSettings
+
+TREE_LEAF = -1
+LEAF_FEATURE = -2
+FOREST_ARRAY_NAMES = (
+    "children_left",
+    "children_right",
+    "feature",
+    "threshold",
+    "missing_go_to_left",
+    "node_value",
+    "tree_offsets",
+)
+# Rows per batch chunk are chosen so one chunk's (rows x trees) node matrix stays
+# around this many cells: big enough to amortise numpy call overhead, small enough to
+# keep the working set in cache.
+_CHUNK_CELLS = 1 << 17
+_SELF_CHECK_ROWS = 256
+_SELF_CHECK_TOLERANCE = 1e-9
+
+
+def average_path_length(n_samples: np.ndarray | Sequence[float] | float) -> np.ndarray:
+    """c(n): mean depth of an unsuccessful BST search, the isolation-forest normaliser.
+
+    Written exactly like scikit-learn's ``_average_path_length`` so the per-leaf
+    corrections and the c(max_samples) denominator are bit-identical to its own.
+    """
+    n = np.asarray(n_samples, dtype=np.float64)
+    shape = n.shape
+    n = n.reshape(1, -1)
+    result = np.zeros(n.shape)
+    ones = n <= 1
+    twos = n == 2
+    rest = ~np.logical_or(ones, twos)
+    result[ones] = 0.0
+    result[twos] = 1.0
+    result[rest] = 2.0 * (np.log(n[rest] - 1.0) + np.euler_gamma) - 2.0 * (n[rest] - 1.0) / n[rest]
+    return result.reshape(shape)
+
+
+def _float32_at_or_below(values: np.ndarray) -> np.ndarray:
+    """Largest float32 <= each float64 value.
+
+    scikit-learn compares a float32 feature value with a float64 threshold. For a
+    float32 ``x``, ``x <= t`` holds exactly when ``x <= f32_at_or_below(t)``, so the
+    traversal can stay in float32 (half the memory traffic) without changing a leaf.
+    """
+    with np.errstate(over="ignore"):
+        rounded = values.astype(np.float32)
+    too_big = rounded.astype(np.float64) > values
+    rounded[too_big] = np.nextafter(rounded[too_big], np.float32(-np.inf))
+    return rounded
+
+
+@dataclass(frozen=True, eq=False)
+class _TraversalTables:
+    """Derived arrays laid out for level-by-level traversal of all trees at once.
+
+    Node ids are global (tree offset + local id). A leaf's two children are the leaf
+    itself, so every row can take the same number of steps (the deepest tree's depth)
+    and simply stays put once it has reached its leaf.
+    """
+
+    children: np.ndarray  # (2 * n_nodes,) intp: [2g] = left child, [2g + 1] = right child
+    feature: np.ndarray  # (n_nodes,) intp, 0 at leaves
+    threshold: np.ndarray  # (n_nodes,) float32, rounded down (see _float32_at_or_below)
+    nan_goes_right: np.ndarray  # (n_nodes,) bool
+    node_value: np.ndarray  # (n_nodes,) float64
+    roots: np.ndarray  # (n_trees,) intp
+    depth: int
+    denominator: float
+
+
+@dataclass(frozen=True, eq=False)
+class CompactForest:
+    """All trees of a fitted IsolationForest as flat arrays (scikit-learn's node layout).
+
+    Per node: ``children_left``/``children_right`` (local ids, -1 at leaves), ``feature``
+    (column of the detector's feature list, -2 at leaves), ``threshold`` (go left when
+    ``x <= threshold``), ``missing_go_to_left`` (NaN routing) and ``node_value`` (for a
+    leaf: its depth plus c(samples in the leaf), the path length credited to a row that
+    ends there; 0 for inner nodes). Tree ``i`` owns nodes
+    ``tree_offsets[i]:tree_offsets[i + 1]``. ``max_samples`` is the fitted sub-sample
+    size psi, whose c(psi) normalises the mean path length.
+    """
+
+    children_left: np.ndarray
+    children_right: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    missing_go_to_left: np.ndarray
+    node_value: np.ndarray
+    tree_offsets: np.ndarray
+    max_samples: int
+    n_features: int
+    _tables: _TraversalTables = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_forest_arrays(self)
+        object.__setattr__(self, "_tables", _build_tables(self))
+
+    @property
+    def n_trees(self) -> int:
+        return len(self.tree_offsets) - 1
+
+    @property
+    def n_nodes(self) -> int:
+        return int(self.tree_offsets[-1])
+
+    @property
+    def depth(self) -> int:
+        """Depth of the deepest leaf: the number of traversal steps per row."""
+        return self._tables.depth
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The stored form (what the bundle writes to ``forest.npz``)."""
+        return {name: getattr(self, name) for name in FOREST_ARRAY_NAMES}
+
+    def path_lengths(self, X32: np.ndarray) -> np.ndarray:
+        """Sum over trees of each row's path length, accumulated tree by tree like scikit-learn."""
+        if X32.shape[0] == 1:
+            return np.array([self._row_path_length(X32[0])])
+        out = np.empty(X32.shape[0], dtype=np.float64)
+        chunk = max(1, _CHUNK_CELLS // self.n_trees)
+        for start in range(0, X32.shape[0], chunk):
+            out[start : start + chunk] = self._chunk_path_lengths(X32[start : start + chunk])
+        return out
+
+    def scores(self, X32: np.ndarray) -> np.ndarray:
+        """Anomaly scores (= -score_samples) of already scaled float32 rows."""
+        return _scores_from_path_lengths(self.path_lengths(X32), self._tables.denominator)
+
+    def _row_path_length(self, row: np.ndarray) -> float:
+        """One row through all trees at once, one level per step (the API's hot path)."""
+        t = self._tables
+        nodes = t.roots
+        nan_present = bool(np.isnan(row).any())
+        for _ in range(t.depth):
+            x = row[t.feature[nodes]]
+            go_right = x > t.threshold[nodes]
+            if nan_present:
+                go_right |= np.isnan(x) & t.nan_goes_right[nodes]
+            nodes = t.children[2 * nodes + go_right]
+        # cumsum adds tree by tree from 0.0, the same order as scikit-learn's `depths +=`.
+        return float(np.cumsum(t.node_value[nodes])[-1])
+
+    def _chunk_path_lengths(self, X32: np.ndarray) -> np.ndarray:
+        """Many rows through all trees at once: a (rows x trees) matrix of node ids per level."""
+        t = self._tables
+        n_rows, n_cols = X32.shape
+        flat = np.ascontiguousarray(X32).ravel()
+        row_base = (np.arange(n_rows, dtype=np.intp) * n_cols)[:, None]
+        nodes = np.broadcast_to(t.roots, (n_rows, len(t.roots))).copy()
+        nan_present = bool(np.isnan(flat).any())
+        for _ in range(t.depth):
+            x = flat[row_base + t.feature[nodes]]
+            go_right = x > t.threshold[nodes]
+            if nan_present:
+                go_right |= np.isnan(x) & t.nan_goes_right[nodes]
+            nodes = t.children[2 * nodes + go_right]
+        return np.cumsum(t.node_value[nodes], axis=1)[:, -1]
+
+
+def _scores_from_path_lengths(path_lengths: np.ndarray, denominator: float) -> np.ndarray:
+    """2 ** -(summed path / (n_trees * c(psi))), with scikit-learn's guard for psi = 1."""
+    ratio = np.divide(
+        path_lengths,
+        denominator,
+        out=np.ones_like(path_lengths),
+        where=np.full(path_lengths.shape, denominator != 0),
+    )
+    return 2.0 ** (-ratio)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _check_forest_arrays(forest: CompactForest) -> None:
+    """Refuse arrays that do not describe a forest of proper binary trees.
+
+    A bundle is data from disk; these checks are what make traversal safe on it
+    (every step moves to a later node of the same tree, so it ends at a leaf).
+    """
+    arrays = forest.arrays()
+    for name, arr in arrays.items():
+        _require(isinstance(arr, np.ndarray) and arr.ndim == 1, f"'{name}' must be a 1-D array")
+    for name in ("children_left", "children_right", "feature", "tree_offsets"):
+        _require(
+            arrays[name].dtype.kind in "iu",
+            f"'{name}' must hold integers, got {arrays[name].dtype}",
+        )
+    for name in ("threshold", "node_value"):
+        _require(
+            arrays[name].dtype.kind == "f", f"'{name}' must hold floats, got {arrays[name].dtype}"
+        )
+    _require(
+        forest.missing_go_to_left.dtype.kind in "biu",
+        f"'missing_go_to_left' must hold booleans, got {forest.missing_go_to_left.dtype}",
+    )
+    offsets = forest.tree_offsets
+    _require(
+        len(offsets) >= 2 and offsets[0] == 0,
+        "'tree_offsets' must start at 0 and name at least one tree",
+    )
+    _require(bool(np.all(np.diff(offsets) > 0)), "'tree_offsets' must be strictly increasing")
+    n_nodes = int(offsets[-1])
+    for name in FOREST_ARRAY_NAMES[:-1]:
+        _require(
+            len(arrays[name]) == n_nodes,
+            f"'{name}' has {len(arrays[name])} entries, tree_offsets says {n_nodes} nodes",
+        )
+    _require(int(forest.max_samples) >= 1, f"max_samples must be >= 1, got {forest.max_samples}")
+    _require(int(forest.n_features) >= 1, f"n_features must be >= 1, got {forest.n_features}")
+    _check_tree_structure(forest)
+    leaf = forest.children_left == TREE_LEAF
+    _require(
+        bool(np.all(np.isfinite(forest.node_value[leaf]))), "'node_value' must be finite at leaves"
+    )
+
+
+def _check_tree_structure(forest: CompactForest) -> None:
+    offsets = forest.tree_offsets.astype(np.int64)
+    sizes = np.diff(offsets)
+    tree_of = np.repeat(np.arange(len(sizes)), sizes)
+    local = np.arange(int(offsets[-1])) - offsets[tree_of]
+    size = sizes[tree_of]
+    left = forest.children_left.astype(np.int64)
+    right = forest.children_right.astype(np.int64)
+    leaf = left == TREE_LEAF
+    inner = ~leaf
+    _require(bool(np.all(right[leaf] == TREE_LEAF)), "a leaf has a right child but no left child")
+    for name, child in (("children_left", left), ("children_right", right)):
+        ok = (child[inner] > local[inner]) & (child[inner] < size[inner])
+        _require(bool(np.all(ok)), f"'{name}' points outside its tree or backwards")
+    feature = forest.feature.astype(np.int64)
+    _require(
+        bool(np.all((feature[inner] >= 0) & (feature[inner] < forest.n_features))),
+        f"'feature' refers to a column outside 0..{forest.n_features - 1}",
+    )
+    children = np.concatenate([left[inner], right[inner]]) + np.concatenate(
+        [offsets[tree_of][inner]] * 2
+    )
+    parents = np.bincount(children, minlength=int(offsets[-1]))
+    is_root = local == 0
+    _require(
+        bool(np.all(parents[~is_root] == 1) and np.all(parents[is_root] == 0)),
+        "tree nodes do not form proper trees (a node has no parent or several)",
+    )
+
+
+def _node_depths(forest: CompactForest, children: np.ndarray, roots: np.ndarray) -> int:
+    """Depth of the deepest leaf, walking the global child table level by level."""
+    depth = 0
+    frontier = roots
+    leaf = np.zeros(len(children) // 2, dtype=bool)
+    leaf[np.flatnonzero(forest.children_left == TREE_LEAF)] = True
+    while True:
+        frontier = frontier[~leaf[frontier]]
+        if frontier.size == 0:
+            return depth
+        frontier = np.concatenate([children[2 * frontier], children[2 * frontier + 1]])
+        depth += 1
+
+
+def _build_tables(forest: CompactForest) -> _TraversalTables:
+    offsets = forest.tree_offsets.astype(np.intp)
+    sizes = np.diff(offsets)
+    base = np.repeat(offsets[:-1], sizes)
+    ids = np.arange(int(offsets[-1]), dtype=np.intp)
+    leaf = forest.children_left == TREE_LEAF
+    children = np.empty(2 * len(ids), dtype=np.intp)
+    children[0::2] = np.where(leaf, ids, forest.children_left.astype(np.intp) + base)
+    children[1::2] = np.where(leaf, ids, forest.children_right.astype(np.intp) + base)
+    roots = offsets[:-1].copy()
+    n_trees = len(roots)
+    denominator = float((n_trees * average_path_length([forest.max_samples]))[0])
+    return _TraversalTables(
+        children=children,
+        feature=np.where(leaf, 0, forest.feature).astype(np.intp),
+        threshold=_float32_at_or_below(forest.threshold.astype(np.float64)),
+        nan_goes_right=~forest.missing_go_to_left.astype(bool),
+        node_value=forest.node_value.astype(np.float64),
+        roots=roots,
+        depth=_node_depths(forest, children, roots),
+        denominator=denominator,
+    )
+
+
+def compact_forest_from_sklearn(forest: IsolationForest, n_features: int) -> CompactForest:
+    """Flatten a fitted IsolationForest, mapping each tree's features to input columns.
+
+    When scikit-learn sub-samples features (``max_features`` < 1), tree ``i`` was fitted
+    on ``X[:, estimators_features_[i]]``; otherwise on ``X`` itself (it then ignores
+    ``estimators_features_``, and so do we), exactly as ``_compute_score_samples`` does.
+    """
+    subsample = forest._max_features != n_features
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in FOREST_ARRAY_NAMES[:-1]}
+    sizes = []
+    for estimator, columns in zip(forest.estimators_, forest.estimators_features_, strict=True):
+        tree = estimator.tree_
+        leaf = tree.children_left == TREE_LEAF
+        feature = tree.feature.astype(np.int64)
+        if subsample:
+            feature = np.where(leaf, LEAF_FEATURE, np.asarray(columns)[np.maximum(feature, 0)])
+        # Same expression as sklearn's `depths += path_lengths[leaf] + avg_lengths[leaf] - 1.0`.
+        value = tree.compute_node_depths() + average_path_length(tree.n_node_samples) - 1.0
+        parts["children_left"].append(tree.children_left.astype(np.int32))
+        parts["children_right"].append(tree.children_right.astype(np.int32))
+        parts["feature"].append(feature.astype(np.int32))
+        parts["threshold"].append(tree.threshold.astype(np.float64))
+        parts["missing_go_to_left"].append(np.asarray(tree.missing_go_to_left, dtype=bool))
+        parts["node_value"].append(np.where(leaf, value, 0.0))
+        sizes.append(tree.node_count)
+    return CompactForest(
+        **{name: np.concatenate(chunks) for name, chunks in parts.items()},
+        tree_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        max_samples=int(forest._max_samples),
+        n_features=n_features,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Detector:
+    """A fitted scaler + compact forest + calibrated threshold, as plain values.
+
+    ``params`` records the settings it was fitted with (JSON-friendly) so a bundle can
+    say how it was made.
+    """
+
+    feature_names: tuple[str, ...]
+    scaler_mean: np.ndarray
+    scaler_scale: np.ndarray
+    forest: CompactForest
+    threshold: float
+    percentile: float
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.feature_names)
+        _require(
+            n >= 1 and len(set(self.feature_names)) == n,
+            "feature names must be non-empty and distinct",
+        )
+        for name in ("scaler_mean", "scaler_scale"):
+            arr = getattr(self, name)
+            _require(
+                isinstance(arr, np.ndarray) and arr.shape == (n,),
+                f"'{name}' must have shape ({n},)",
+            )
+            _require(bool(np.all(np.isfinite(arr))), f"'{name}' must be finite")
+        _require(bool(np.all(self.scaler_scale > 0)), "'scaler_scale' must be positive")
+        _require(
+            self.forest.n_features == n,
+            f"forest expects {self.forest.n_features} features, names give {n}",
+        )
+        _require(
+            0 < self.percentile < 100, f"percentile must be in (0, 100), got {self.percentile}"
+        )
+
+    def scale(self, X: np.ndarray) -> np.ndarray:
+        """StandardScaler.transform in float64, then the float32 cast IsolationForest applies."""
+        X64 = _as_matrix(X, len(self.feature_names))
+        return ((X64 - self.scaler_mean) / self.scaler_scale).astype(np.float32)
+
+    def anomaly_scores(self, X: np.ndarray) -> np.ndarray:
+        """Anomaly score per row of raw feature values (columns in ``feature_names`` order)."""
+        return self.forest.scores(self.scale(X))
+
+    def anomaly_score(self, row: np.ndarray | Sequence[float]) -> float:
+        """Score of one event's feature vector; the API's per-request call."""
+        return float(self.anomaly_scores(np.asarray(row, dtype=np.float64).reshape(1, -1))[0])
+
+    def is_anomaly(self, scores: np.ndarray | float) -> np.ndarray:
+        """Flag scores at or above the calibrated threshold."""
+        return np.asarray(scores) >= self.threshold
+
+
+def _as_matrix(X: np.ndarray, n_features: int) -> np.ndarray:
+    X64 = np.asarray(X, dtype=np.float64)
+    if X64.ndim == 1 and X64.shape[0] == n_features:
+        X64 = X64.reshape(1, -1)
+    if X64.ndim != 2 or X64.shape[1] != n_features:
+        raise ValueError(
+            f"expected rows of {n_features} features, got an array of shape {X64.shape}"
+        )
+    return X64
+
+
+def _check_training_matrix(X: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
+    names = list(feature_names)
+    X64 = np.asarray(X, dtype=np.float64)
+    if X64.ndim != 2 or X64.shape[1] != len(names):
+        raise ValueError(
+            f"training matrix has shape {X64.shape}, expected (rows, {len(names)}) for {len(names)} feature names"
+        )
+    if X64.shape[0] < 2:
+        raise ValueError(f"need at least 2 training rows, got {X64.shape[0]}")
+    bad = ~np.isfinite(X64).all(axis=0)
+    if bad.any():
+        column = names[int(np.flatnonzero(bad)[0])]
+        count = int((~np.isfinite(X64[:, bad.argmax()])).sum())
+        raise ValueError(f"training feature '{column}' has {count} non-finite values (NaN or inf)")
+    return np.ascontiguousarray(X64)
+
+
+def _resolve_max_samples(setting: int | str, n_rows: int) -> int | str:
+    """An int above the row count means 'all rows', as in scikit-learn, minus its warning."""
+    if isinstance(setting, str):
+        return setting
+    return min(int(setting), n_rows)
+
+
+def fit_detector(
+    X: np.ndarray,
+    feature_names: Sequence[str],
+    model: ModelSettings,
+    percentile: float,
+) -> tuple[Detector, np.ndarray]:
+    """Fit scaler + forest on training features and calibrate the alert threshold.
+
+    Returns the detector and the training anomaly scores (computed by the compact
+    forest, so the threshold is a percentile of exactly what scoring will produce).
+    The same ``X`` and settings give identical scores and threshold: the forest is seeded
+    and fitted single-threaded.
+    """
+    from sklearn.ensemble import IsolationForest
+    from sklearn.preprocessing import StandardScaler
+
+    X64 = _check_training_matrix(X, feature_names)
+    scaler = StandardScaler().fit(X64)
+    scaled = scaler.transform(X64)
+    forest = IsolationForest(
+        n_estimators=model.n_estimators,
+        contamination=model.contamination,
+        max_samples=_resolve_max_samples(model.max_samples, X64.shape[0]),
+        random_state=model.random_state,
+    ).fit(scaled)
+    detector = Detector(
+        feature_names=tuple(feature_names),
+        scaler_mean=np.asarray(scaler.mean_, dtype=np.float64),
+        scaler_scale=np.asarray(scaler.scale_, dtype=np.float64),
+        forest=compact_forest_from_sklearn(forest, X64.shape[1]),
+        threshold=float("inf"),
+        percentile=float(percentile),
+        params={
+            "kind": "isolation_forest",
+            "n_estimators": model.n_estimators,
+            "contamination": model.contamination,
+            "max_samples": model.max_samples,
+            "max_samples_": int(forest.max_samples_),
+            "random_state": model.random_state,
+            "n_training_rows": int(X64.shape[0]),
+        },
+    )
+    _check_against_sklearn(detector, forest, scaled)
+    train_scores = detector.anomaly_scores(X64)
+    threshold = float(np.percentile(train_scores, percentile))
+    return replace(detector, threshold=threshold), train_scores
+
+
+def _check_against_sklearn(detector: Detector, forest: IsolationForest, scaled: np.ndarray) -> None:
+    """Guard against a scikit-learn release that changes how it scores.
+
+    The compact forest mirrors private scikit-learn internals; if a future version
+    drifts, training fails loudly here instead of silently scoring differently.
+    """
+    step = max(1, scaled.shape[0] // _SELF_CHECK_ROWS)
+    sample = scaled[::step][:_SELF_CHECK_ROWS]
+    expected = -forest.score_samples(sample)
+    got = detector.forest.scores(sample.astype(np.float32))
+    worst = float(np.max(np.abs(expected - got)))
+    if worst > _SELF_CHECK_TOLERANCE:
+        raise RuntimeError(
+            f"compact forest differs from scikit-learn's score_samples by {worst:.3g}; "
+            "this scikit-learn version is not supported by uba.model"
+        )
