@@ -1,0 +1,547 @@
+"""Versioned model bundles: plain arrays + JSON + checksums, never pickle.
+
+Layout of ``<model-dir>``::
+
+    LATEST                               one line: the current version
+    20260322T010203Z-ab12cd34/
+        bundle.json                      feature list, threshold, scaler, params, metadata
+        forest.npz                       the compact forest's arrays (numeric only)
+        checksums.json                   sha256 of bundle.json and forest.npz
+
+A bundle is data, not code: loading reads JSON and numeric ``.npz`` arrays with
+``allow_pickle=False`` and rebuilds the detector from them, so a bundle from an
+untrusted place cannot run anything. Before anything is parsed, every file is checked
+against ``checksums.json``; then the format version, the feature list and the array
+shapes are checked. Anything wrong raises :class:`uba.errors.BundleError` naming the
+file and the problem. See ``docs/model-bundle.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import math
+import os
+import platform
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uba import io as uba_io
+from uba.errors import BundleError
+from uba.model import FOREST_ARRAY_NAMES, CompactForest, Detector
+
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = frozenset({1})
+BUNDLE_FILE = "bundle.json"
+FOREST_FILE = "forest.npz"
+CHECKSUMS_FILE = "checksums.json"
+LATEST_FILE = "LATEST"
+DATA_FILES = (BUNDLE_FILE, FOREST_FILE)
+VERSION_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+RESERVED_KEYS = frozenset(
+    {
+        "format_version",
+        "version",
+        "created_at",
+        "feature_names",
+        "threshold",
+        "percentile",
+        "scaler",
+        "model",
+        "libraries",
+        "files",
+    }
+)
+DEFAULT_SCORE_QUANTILES = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.999)
+SCORE_HISTOGRAM_BINS = 100
+FEATURE_REFERENCE_BINS = 10
+_INTEGER_ARRAYS = {"children_left", "children_right", "feature", "tree_offsets"}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle; ``metadata`` is the whole parsed ``bundle.json``."""
+
+    version: str
+    path: Path
+    detector: Detector
+    metadata: Mapping[str, Any]
+
+
+# ---------------------------------------------------------------- reference summaries
+
+
+def score_summary(train_scores: np.ndarray, bins: int = SCORE_HISTOGRAM_BINS) -> dict[str, Any]:
+    """Distribution of training anomaly scores, kept so later runs can detect drift.
+
+    The histogram uses fixed edges over [0, 1] (scores live in (0, 1]) so a later
+    day's scores can be binned identically without knowing the training data.
+    """
+    scores = np.asarray(train_scores, dtype=np.float64)
+    if scores.ndim != 1 or scores.size == 0:
+        raise ValueError("score_summary needs a non-empty 1-D array of scores")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    counts, _ = np.histogram(np.clip(scores, 0.0, 1.0), bins=edges)
+    return {
+        "count": int(scores.size),
+        "mean": float(scores.mean()),
+        "std": float(scores.std()),
+        "min": float(scores.min()),
+        "max": float(scores.max()),
+        "quantiles": {
+            "levels": list(DEFAULT_SCORE_QUANTILES),
+            "values": [float(v) for v in np.quantile(scores, DEFAULT_SCORE_QUANTILES)],
+        },
+        "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
+    }
+
+
+def bin_proportions(values: np.ndarray, cuts: Sequence[float]) -> np.ndarray:
+    """Share of values per bin (-inf, c1], (c1, c2], ..., (ck, inf); the PSI bin convention.
+
+    Defined here, next to :func:`feature_reference`, so training and a later drift
+    check can never bin differently.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return np.zeros(len(cuts) + 1)
+    index = np.searchsorted(np.asarray(cuts, dtype=np.float64), values, side="left")
+    return np.bincount(index, minlength=len(cuts) + 1) / values.size
+
+
+def feature_reference(
+    X: np.ndarray, feature_names: Sequence[str], bins: int = FEATURE_REFERENCE_BINS
+) -> dict[str, Any]:
+    """Per-feature quantile bins of the training data, the reference for a later PSI.
+
+    Cuts are training quantiles (duplicates dropped, so a discrete or constant feature
+    gets fewer bins); proportions follow :func:`bin_proportions`.
+    """
+    X64 = np.asarray(X, dtype=np.float64)
+    if X64.ndim != 2 or X64.shape[1] != len(feature_names) or X64.shape[0] == 0:
+        raise ValueError(
+            f"feature_reference needs a (rows, {len(feature_names)}) matrix, got {X64.shape}"
+        )
+    levels = np.linspace(0.0, 1.0, bins + 1)[1:-1]
+    features = {}
+    for column, name in enumerate(feature_names):
+        values = X64[:, column]
+        cuts = np.unique(np.quantile(values, levels))
+        features[name] = {
+            "cuts": [float(c) for c in cuts],
+            "proportions": [float(p) for p in bin_proportions(values, cuts)],
+        }
+    return {"rows": int(X64.shape[0]), "bins": bins, "features": features}
+
+
+# ---------------------------------------------------------------- versions and pointer
+
+
+def list_versions(model_dir: Path) -> list[str]:
+    """Finished bundle versions, oldest first (names sort by creation time)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(
+        p.name for p in model_dir.iterdir() if p.is_dir() and VERSION_PATTERN.match(p.name)
+    )
+
+
+def latest_version(model_dir: Path) -> str | None:
+    """Version named by the ``LATEST`` pointer, or None when there is no pointer yet."""
+    pointer = Path(model_dir) / LATEST_FILE
+    try:
+        text = pointer.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{pointer}: cannot read the LATEST pointer ({exc})") from exc
+    version = text.strip()
+    if not VERSION_PATTERN.match(version):
+        raise BundleError(
+            f"{pointer}: does not hold a bundle version (expected e.g. 20260322T010203Z-ab12cd34, got {version[:60]!r})"
+        )
+    return version
+
+
+def _write_latest(model_dir: Path, version: str) -> None:
+    """Temp file + fsync + os.replace: readers see the old pointer or the new one, never half."""
+    tmp = model_dir / f"{uba_io.TMP_PREFIX}{LATEST_FILE}-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(version + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, model_dir / LATEST_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(model_dir)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- saving
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    """Metadata to strict JSON: dates as ISO strings, numpy values as Python ones."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist(), where)
+    if isinstance(value, np.generic):
+        return _jsonable(value.item(), where)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"metadata '{where}' is {value}, which JSON cannot hold")
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise ValueError(f"metadata '{where}' has type {type(value).__name__}, which JSON cannot hold")
+
+
+def _library_versions() -> dict[str, str]:
+    import uba
+
+    versions = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "uba": uba.__version__,
+    }
+    for label, dist in (("sklearn", "scikit-learn"), ("polars", "polars")):
+        try:
+            versions[label] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            versions[label] = "not installed"
+    return versions
+
+
+def _bundle_body(
+    detector: Detector, metadata: Mapping[str, Any], created: datetime
+) -> dict[str, Any]:
+    clash = RESERVED_KEYS & set(metadata)
+    if clash:
+        raise ValueError(f"metadata may not set reserved bundle keys: {sorted(clash)}")
+    forest = detector.forest
+    body = {str(key): _jsonable(value, str(key)) for key, value in metadata.items()}
+    body.setdefault("feature_set_version", None)
+    body.update(
+        {
+            "format_version": FORMAT_VERSION,
+            "created_at": created.isoformat(),
+            "feature_names": list(detector.feature_names),
+            "threshold": detector.threshold,
+            "percentile": detector.percentile,
+            "scaler": {
+                "kind": "standard",
+                "mean": [float(v) for v in detector.scaler_mean],
+                "scale": [float(v) for v in detector.scaler_scale],
+            },
+            "model": {
+                **_jsonable(dict(detector.params), "params"),
+                "n_trees": forest.n_trees,
+                "n_nodes": forest.n_nodes,
+                "depth": forest.depth,
+                "max_samples_": forest.max_samples,
+            },
+            "libraries": _library_versions(),
+            "files": {"forest": FOREST_FILE, "arrays": list(FOREST_ARRAY_NAMES)},
+        }
+    )
+    return body
+
+
+def _npz_bytes(forest: CompactForest) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **forest.arrays())
+    return buffer.getvalue()
+
+
+def _content_hash(body: Mapping[str, Any], forest: CompactForest) -> str:
+    """Short hash of the bundle content (JSON body + raw array bytes), for the version name."""
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode())
+    for name, array in forest.arrays().items():
+        digest.update(name.encode())
+        digest.update(str(array.dtype).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:8]
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _dump_json(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def save_bundle(model_dir: Path, detector: Detector, metadata: Mapping[str, Any]) -> str:
+    """Write a new bundle version and point ``LATEST`` at it; returns the version.
+
+    The bundle is written into a hidden staging directory and renamed into place, so a
+    reader never sees a partial bundle; ``LATEST`` moves only after that rename.
+    ``metadata`` (training window, row counts, :func:`score_summary`,
+    :func:`feature_reference`, data fingerprint, ``feature_set_version`` ...) is stored
+    at the top level of ``bundle.json``; it must be JSON-friendly and may not reuse a
+    reserved key.
+    """
+    model_dir = Path(model_dir)
+    created = datetime.now(UTC)
+    body = _bundle_body(detector, metadata, created)
+    version = f"{created.strftime('%Y%m%dT%H%M%SZ')}-{_content_hash(body, detector.forest)}"
+    body["version"] = version
+    files = {BUNDLE_FILE: _dump_json(body), FOREST_FILE: _npz_bytes(detector.forest)}
+    checksums = {
+        "algorithm": "sha256",
+        "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+    }
+    files[CHECKSUMS_FILE] = _dump_json(checksums)
+    staging = uba_io.make_staging_dir(model_dir)
+    try:
+        for name, data in files.items():
+            _write_file(staging / name, data)
+        _fsync_dir(staging)
+        os.rename(staging, model_dir / version)
+    except OSError as exc:
+        raise BundleError(f"{model_dir / version}: cannot write the bundle ({exc})") from exc
+    finally:
+        if staging.exists():
+            for leftover in staging.iterdir():
+                leftover.unlink()
+            staging.rmdir()
+    _fsync_dir(model_dir)
+    _write_latest(model_dir, version)
+    return version
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise BundleError(f"{path}: file is missing (incomplete bundle)") from exc
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+
+def _parse_json(path: Path, data: bytes) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise BundleError(f"{path}: malformed JSON ({exc})") from exc
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _verified_files(bundle_dir: Path) -> dict[str, bytes]:
+    """Read every data file once and check it against checksums.json before any parsing.
+
+    The same bytes that were hashed are the ones parsed, so a file swapped between
+    the check and the parse cannot slip through.
+    """
+    checksums_path = bundle_dir / CHECKSUMS_FILE
+    checksums = _parse_json(checksums_path, _read_bytes(checksums_path))
+    listed = checksums.get("files") if isinstance(checksums, dict) else None
+    if not isinstance(listed, dict) or checksums.get("algorithm") != "sha256":
+        raise BundleError(f"{checksums_path}: expected {{'algorithm': 'sha256', 'files': {{...}}}}")
+    missing = [name for name in DATA_FILES if name not in listed]
+    if missing:
+        raise BundleError(f"{checksums_path}: no checksum for {', '.join(missing)}")
+    contents = {}
+    for name in DATA_FILES:
+        data = _read_bytes(bundle_dir / name)
+        actual = hashlib.sha256(data).hexdigest()
+        if not isinstance(listed[name], str) or not hmac.compare_digest(actual, listed[name]):
+            raise BundleError(
+                f"{bundle_dir / name}: checksum mismatch (sha256 {actual[:12]}..., checksums.json "
+                f"says {str(listed[name])[:12]}...): the file was changed or damaged after it was written"
+            )
+        contents[name] = data
+    return contents
+
+
+def _check_format(path: Path, body: Any, version: str) -> None:
+    if not isinstance(body, dict):
+        raise BundleError(f"{path}: expected a JSON object at the top level")
+    found = body.get("format_version")
+    if found not in SUPPORTED_FORMAT_VERSIONS:
+        hint = (
+            "written by a newer uba; upgrade uba"
+            if isinstance(found, int) and found > FORMAT_VERSION
+            else "retrain the model"
+        )
+        raise BundleError(
+            f"{path}: incompatible format_version {found!r} (this uba reads {sorted(SUPPORTED_FORMAT_VERSIONS)}); {hint}"
+        )
+    if body.get("version") != version:
+        raise BundleError(
+            f"{path}: says version {body.get('version')!r} but lives in directory {version!r}"
+        )
+
+
+def _check_features(
+    path: Path,
+    body: Mapping[str, Any],
+    expected_features: Sequence[str] | None,
+    expected_feature_set_version: str | None,
+) -> None:
+    names = body.get("feature_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise BundleError(f"{path}: 'feature_names' must be a non-empty list of strings")
+    if (
+        expected_feature_set_version is not None
+        and body.get("feature_set_version") != expected_feature_set_version
+    ):
+        raise BundleError(
+            f"{path}: feature_set_version is {body.get('feature_set_version')!r}, this code computes "
+            f"{expected_feature_set_version!r}; retrain the model"
+        )
+    if expected_features is not None and list(expected_features) != names:
+        expected = list(expected_features)
+        unknown = [n for n in names if n not in expected]
+        absent = [n for n in expected if n not in names]
+        if unknown or absent:
+            detail = f"unknown to this code: {unknown[:5]}, not in the bundle: {absent[:5]}"
+        else:
+            detail = "same features in a different order"
+        raise BundleError(
+            f"{path}: feature list does not match this code's features ({detail}); retrain the model"
+        )
+
+
+def _load_arrays(path: Path, data: bytes) -> dict[str, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except Exception as exc:  # a damaged zip or object array: all just "unreadable"
+        raise BundleError(f"{path}: not a readable numeric .npz archive ({exc})") from exc
+    expected = set(FOREST_ARRAY_NAMES)
+    if set(arrays) != expected:
+        raise BundleError(
+            f"{path}: arrays {sorted(arrays)} do not match the expected {sorted(expected)}"
+        )
+    for name, array in arrays.items():
+        kinds = (
+            "iu" if name in _INTEGER_ARRAYS else ("biu" if name == "missing_go_to_left" else "f")
+        )
+        if array.dtype.kind not in kinds:
+            raise BundleError(
+                f"{path}: array '{name}' has dtype {array.dtype}, expected kind {kinds!r}"
+            )
+    return arrays
+
+
+def _number(path: Path, body: Mapping[str, Any], *keys: str) -> Any:
+    value: Any = body
+    for key in keys:
+        if not isinstance(value, Mapping) or key not in value:
+            raise BundleError(f"{path}: missing field '{'.'.join(keys)}'")
+        value = value[key]
+    return value
+
+
+def _rebuild_detector(
+    path: Path, npz_path: Path, body: Mapping[str, Any], arrays: dict[str, np.ndarray]
+) -> Detector:
+    names = tuple(body["feature_names"])
+    try:
+        forest = CompactForest(
+            **arrays,
+            max_samples=int(_number(path, body, "model", "max_samples_")),
+            n_features=len(names),
+        )
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{npz_path}: {exc}") from exc
+    try:
+        mean = np.asarray(_number(path, body, "scaler", "mean"), dtype=np.float64)
+        scale = np.asarray(_number(path, body, "scaler", "scale"), dtype=np.float64)
+        threshold = _number(path, body, "threshold")
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise ValueError(f"'threshold' must be a number, got {threshold!r}")
+        return Detector(
+            feature_names=names,
+            scaler_mean=mean,
+            scaler_scale=scale,
+            forest=forest,
+            threshold=float(threshold),
+            percentile=float(_number(path, body, "percentile")),
+            params=dict(body.get("model", {})),
+        )
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: {exc}") from exc
+
+
+def _resolve_version(model_dir: Path, version: str | None) -> str:
+    if not model_dir.is_dir():
+        raise BundleError(f"{model_dir}: no model directory (train a model first)")
+    if version is None:
+        version = latest_version(model_dir)
+        if version is None:
+            raise BundleError(
+                f"{model_dir / LATEST_FILE}: no LATEST pointer, so no bundle to load (train a model first)"
+            )
+        if not (model_dir / version).is_dir():
+            raise BundleError(
+                f"{model_dir / LATEST_FILE}: points to version {version} but {model_dir / version} does not exist"
+            )
+    elif not VERSION_PATTERN.match(version):
+        raise BundleError(
+            f"{version!r} is not a bundle version (expected e.g. 20260322T010203Z-ab12cd34)"
+        )
+    elif not (model_dir / version).is_dir():
+        raise BundleError(
+            f"{model_dir / version}: no such bundle version (have: {', '.join(list_versions(model_dir)[-5:]) or 'none'})"
+        )
+    return version
+
+
+def load_bundle(
+    model_dir: Path,
+    version: str | None = None,
+    expected_features: Sequence[str] | None = None,
+    expected_feature_set_version: str | None = None,
+) -> Bundle:
+    """Load and verify a bundle (the ``LATEST`` one by default); refuse anything doubtful.
+
+    Callers pass the feature list and feature-set version of the code that will feed
+    the detector, so a model trained on other features is refused rather than fed
+    misaligned columns.
+    """
+    model_dir = Path(model_dir)
+    version = _resolve_version(model_dir, version)
+    bundle_dir = model_dir / version
+    contents = _verified_files(bundle_dir)
+    body_path = bundle_dir / BUNDLE_FILE
+    body = _parse_json(body_path, contents[BUNDLE_FILE])
+    _check_format(body_path, body, version)
+    _check_features(body_path, body, expected_features, expected_feature_set_version)
+    arrays = _load_arrays(bundle_dir / FOREST_FILE, contents[FOREST_FILE])
+    detector = _rebuild_detector(body_path, bundle_dir / FOREST_FILE, body, arrays)
+    return Bundle(version=version, path=bundle_dir, detector=detector, metadata=body)
