@@ -64,6 +64,8 @@ class FeatureSettings(_Section):
     lookback_days: int = Field(28, ge=1, le=366)
     prior_strength_days: float = Field(5.0, gt=0)
     min_hour_spread: float = Field(1.0, gt=0)
+    min_log_spread: float = Field(0.25, gt=0)
+    prior_strength_events: float = Field(5.0, gt=0)
 
 
 class TrainSettings(_Section):
