@@ -265,3 +265,111 @@ def partition_row_count(root: Path, dataset: str, day: date | str) -> int:
     if lf is None:
         return 0
     return int(lf.select(pl.len()).collect().item())
+
+
+# --- operations (issue 7): feedback, suppressions, user-day alerts, manifests, reports ---
+
+FEEDBACK = "feedback"
+SUPPRESSIONS = "suppressions"
+FLAGGED_USERS = "flagged_users"
+MANIFEST_NAME = "manifest.json"
+
+
+def read_csv_as_strings(path: Path) -> pl.DataFrame:
+    """A small analyst CSV with every cell as text, so validation (not the reader) decides what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"file not found: {path}")
+    try:
+        return pl.read_csv(path, infer_schema=False, raise_if_empty=False)
+    except (pl.exceptions.ComputeError, OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read CSV file {path}: {exc}") from exc
+
+
+def append_table_part(df: pl.DataFrame, root: Path, table: str) -> Path:
+    """Add one part to an append-only table (``root/table/part-*.parquet``); nothing is ever rewritten.
+
+    The name starts with a UTC timestamp so listing order is write order.
+    """
+    from datetime import UTC, datetime
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return write_parquet_atomic(df, Path(root) / table / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet")
+
+
+def table_part_files(root: Path, table: str) -> list[Path]:
+    """Finished parts of an append-only table, in write order."""
+    folder = Path(root) / table
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("part-*.parquet") if not p.name.startswith(TMP_PREFIX))
+
+
+def scan_table(root: Path, table: str) -> pl.LazyFrame | None:
+    """Lazy scan of an append-only table, each row tagged with its part's ``_part`` order; None when empty."""
+    files = table_part_files(root, table)
+    if not files:
+        return None
+    return pl.concat(
+        [pl.scan_parquet(f).with_columns(pl.lit(i, dtype=pl.Int64).alias("_part")) for i, f in enumerate(files)],
+        how="diagonal_relaxed",
+    )
+
+
+def replace_partition(df: pl.DataFrame, root: Path, dataset: str, day: date | str, name: str = "part-0") -> Path:
+    """Make ``df`` the whole content of one partition, swapped in atomically (re-runs replace, never add)."""
+    final = partition_dir(root, dataset, day)
+    staging = make_staging_dir(final.parent)
+    try:
+        write_parquet_atomic(df, staging / f"{name}.parquet")
+        recover_replaced_dir(final)
+        replace_dir_atomic(staging, final)
+    finally:
+        discard_dir(staging)
+    return final / f"{name}.parquet"
+
+
+def run_manifest_path(output_dir: Path, day: date) -> Path:
+    """Where the score run of ``day`` writes its manifest."""
+    return partition_dir(output_dir, RUNS, day) / MANIFEST_NAME
+
+
+def run_manifest_dates(output_dir: Path) -> list[date]:
+    """Days that have a finished run manifest, ascending."""
+    base = Path(output_dir) / RUNS
+    if not base.is_dir():
+        return []
+    found = []
+    for child in base.iterdir():
+        name, _, label = child.name.partition("=")
+        if name != PARTITION_COLUMN or not (child / MANIFEST_NAME).is_file():
+            continue
+        try:
+            found.append(date.fromisoformat(label))
+        except ValueError:
+            continue
+    return sorted(found)
+
+
+def read_run_manifest(output_dir: Path, day: date) -> dict[str, Any] | None:
+    """The manifest of ``day``'s run, or None when that day was never scored."""
+    path = run_manifest_path(output_dir, day)
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise UserError(f"run manifest {path} does not hold a JSON object")
+    return data
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> Path:
+    """Binary file (a PNG, an HTML page) with the same all-or-nothing guarantee as the other writers."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path.parent, path.suffix)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

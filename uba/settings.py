@@ -113,6 +113,43 @@ class ScoringSettings(_Section):
     chunk_rows: int = Field(500_000, ge=1)
 
 
+class UserThresholdSettings(_Section):
+    """Per-user adaptive thresholds (issue 7): a user's cut = the global threshold blended with
+    the ``user_quantile`` of the user's own training scores, weight n / (n + prior_events),
+    kept within [min_ratio, max_ratio] x the global threshold. Off by default."""
+
+    enabled: bool = False
+    prior_events: float = Field(200.0, gt=0)
+    user_quantile: float = Field(0.98, gt=0.5, lt=1)
+    min_ratio: float = Field(0.9, gt=0, le=1)
+    max_ratio: float = Field(1.3, ge=1)
+
+
+class MonitoringSettings(_Section):
+    """Drift checks of each score run against the bundle's training reference (PSI, alert rate)."""
+
+    psi_warn: float = Field(0.1, gt=0)
+    psi_drift: float = Field(0.25, gt=0)
+    alert_rate_tolerance: float = Field(1.0, gt=0)
+    min_rows: int = Field(500, ge=1)
+    fail_on_drift: bool = False
+
+
+class UserDaySettings(_Section):
+    """User-day alerts: a whole day unusual for the user (downloads, sessions, events, weekday)."""
+
+    enabled: bool = True
+    download_ratio: float = Field(10.0, gt=1)
+    min_downloads: int = Field(20, ge=1)
+    session_ratio: float = Field(4.0, gt=1)
+    min_sessions: int = Field(8, ge=1)
+    event_ratio: float = Field(5.0, gt=1)
+    min_events: int = Field(100, ge=1)
+    weekday_min_weeks: int = Field(3, ge=1)
+    weekday_min_events: int = Field(5, ge=1)
+    prior_days: float = Field(5.0, gt=0)
+
+
 class Settings(_Section):
     paths: PathSettings = PathSettings()
     events: EventSettings = EventSettings()
@@ -124,6 +161,9 @@ class Settings(_Section):
     ray: RaySettings = RaySettings()
     api: ApiSettings = ApiSettings()
     scoring: ScoringSettings = ScoringSettings()
+    user_thresholds: UserThresholdSettings = UserThresholdSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    user_day: UserDaySettings = UserDaySettings()
 
 
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
