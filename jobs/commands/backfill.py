@@ -1,0 +1,88 @@
+"""``uba-batch backfill --start A --end B``: score a range of dates, skipping finished ones."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from datetime import date
+from typing import TYPE_CHECKING
+
+import click
+
+from jobs.commands.score import ray_options
+from jobs.options import DATE, data_dir_option, model_dir_option, output_dir_option, settings_from
+from uba.logs import get_logger
+
+if TYPE_CHECKING:
+    from uba.scoring.backfill import BackfillOutcome
+
+log = get_logger("backfill")
+
+
+def _report_line(outcome: BackfillOutcome) -> str:
+    return f"{outcome.day} {outcome.status}: {outcome.detail}"
+
+
+@click.command("backfill")
+@click.option("--start", type=DATE, required=True, help="First event date, YYYY-MM-DD.")
+@click.option("--end", type=DATE, required=True, help="Last event date (inclusive), YYYY-MM-DD.")
+@click.option("--force", is_flag=True, default=False,
+              help="Re-score dates already scored with the current model version.")
+@data_dir_option
+@model_dir_option
+@output_dir_option
+@ray_options
+@click.pass_context
+def command(ctx: click.Context, start: date, end: date, force: bool, data_dir: str | None,
+            model_dir: str | None, output_dir: str | None, ray_address: str | None,
+            workers: int | None, shards: int | None, in_process: bool, model_version: str | None) -> None:
+    """Score each date from --start to --end in order, like `score --date` for each.
+
+    Dates whose published manifest already names the current model version are skipped
+    unless --force. A failing date is reported and the others still run; the exit code
+    is 1 if any date failed. Shows a progress bar at a terminal, log lines otherwise.
+
+    \b
+    Example:
+      uba-batch backfill --start 2026-03-01 --end 2026-03-28 --data-dir data --model-dir models --output-dir output
+      uba-batch backfill --start 2026-03-01 --end 2026-03-07 --force --in-process
+    """
+    from uba.scoring import FaultInjection, ScoreOptions
+    from uba.scoring.backfill import backfill_dates
+
+    settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir, output_dir=output_dir)
+    options = ScoreOptions(day=start, ray_address=ray_address, workers=workers, shards=shards,
+                           in_process=in_process, model_version=model_version,
+                           fault=FaultInjection.from_env())
+    outcomes = _run(backfill_dates(settings, start, end, options, force=force), (end - start).days + 1)
+    _summarise(outcomes)
+
+
+def _run(walk: Iterator[BackfillOutcome], total: int) -> list[BackfillOutcome]:
+    """Drive the walk with a progress bar for a person, plain log lines for a log file."""
+    outcomes: list[BackfillOutcome] = []
+    if sys.stderr.isatty():
+        with click.progressbar(length=total, label="backfill", file=sys.stderr,
+                               item_show_func=lambda o: f"{o.day} {o.status}" if o else None) as bar:
+            for outcome in walk:
+                outcomes.append(outcome)
+                bar.update(1, outcome)
+        for outcome in outcomes:
+            if outcome.status == "failed":
+                click.echo(_report_line(outcome), err=True)
+        return outcomes
+    for index, outcome in enumerate(walk, start=1):
+        outcomes.append(outcome)
+        level = log.error if outcome.status == "failed" else log.info
+        level("[%d/%d] %s", index, total, _report_line(outcome))
+    return outcomes
+
+
+def _summarise(outcomes: list[BackfillOutcome]) -> None:
+    failed = [o for o in outcomes if o.status == "failed"]
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("scored", "skipped", "failed")}
+    click.echo(f"backfill: {counts['scored']} scored, {counts['skipped']} skipped, "
+               f"{counts['failed']} failed of {len(outcomes)} dates")
+    if failed:
+        click.echo("error: failed dates: " + ", ".join(str(o.day) for o in failed), err=True)
+        sys.exit(1)

@@ -1,0 +1,75 @@
+"""The run record of one scored date: what went in, what came out, how it ran.
+
+``runs/event_date=D/manifest.json`` describes the output currently published for D and
+is written last, after the scores and flagged directories were swapped in, so its
+presence with ``status: succeeded`` means the day is complete. A failed run never
+touches it: its record goes to ``runs/event_date=D/failed-<UTC timestamp>.json`` and the
+previous good output and manifest stay as they were.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from uba import io
+from uba.errors import UserError
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+
+
+def manifest_path(output_dir: Path, day: date) -> Path:
+    """The published run record of ``day``."""
+    return io.partition_dir(Path(output_dir), io.RUNS, day) / MANIFEST_NAME
+
+
+def failure_path(output_dir: Path, day: date, at: float | None = None) -> Path:
+    """A failed run's record; one file per failure, so none overwrites another or the manifest."""
+    at = time.time() if at is None else at
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(at)) + f"{int(at * 1e6) % 1_000_000:06d}Z"
+    return io.partition_dir(Path(output_dir), io.RUNS, day) / f"failed-{stamp}.json"
+
+
+def read_manifest(output_dir: Path, day: date) -> dict[str, Any] | None:
+    """The published manifest of ``day``, or None when the day was never completed.
+
+    An unreadable manifest counts as absent: the only consumer that must decide on it,
+    backfill, then re-scores the day, which is always safe.
+    """
+    path = manifest_path(output_dir, day)
+    if not path.is_file():
+        return None
+    try:
+        data = io.read_json(path)
+    except UserError:  # corrupt means "not scored"
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def scored_with(output_dir: Path, day: date, model_version: str) -> bool:
+    """True when ``day`` has a complete output made by ``model_version`` (backfill skips it)."""
+    manifest = read_manifest(output_dir, day)
+    return bool(manifest and manifest.get("status") == SUCCEEDED
+                and manifest.get("model", {}).get("version") == model_version)
+
+
+def row_conservation(input_rows: int, scored_rows: int, quarantined_rows: int) -> dict[str, Any]:
+    """Every validated event of the day is scored exactly once; quarantined rows are the
+    ones ingest rejected, so received = input + quarantined."""
+    return {
+        "input_rows": input_rows,
+        "scored_rows": scored_rows,
+        "quarantined_rows": quarantined_rows,
+        "received_rows": input_rows + quarantined_rows,
+        "ok": input_rows == scored_rows,
+    }
+
+
+def utc_iso(at: float) -> str:
+    """Seconds since the epoch as an ISO-8601 UTC timestamp with milliseconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}Z"

@@ -1,0 +1,264 @@
+"""Where the model runs: sharded over Ray tasks, or in this process.
+
+The detector is put into the Ray object store once per run (``ray.put``) and every
+shard task receives the same reference, so the model is never re-serialised per task;
+the chunk's feature matrix is also put once and each task reads its own row slice of
+it (zero-copy on the node). Shards are contiguous row ranges, and the results are
+reassembled by shard index, so the output order never depends on which worker
+finished first. Anomaly scores are row-local, so the number of shards and workers
+never changes a single score: in-process, local Ray and a Ray cluster give identical
+bytes.
+
+Ray retries a task whose worker died (``max_retries``) and one that raised a transient
+error (``retry_exceptions``: OSError, MemoryError); a shard that still fails fails the
+whole run with :class:`ShardFailedError`, and the driver then publishes nothing.
+
+Only this module and the driver import Ray, and only when a run needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uba.errors import UserError
+
+RETRYABLE_EXCEPTIONS: tuple[type[BaseException], ...] = (OSError, MemoryError)
+FAULT_ENV = {
+    "shard_delay_sec": "UBA_FAULT_SHARD_DELAY_SEC",
+    "pid_dir": "UBA_FAULT_PID_DIR",
+    "pause_before_publish_sec": "UBA_FAULT_PAUSE_BEFORE_PUBLISH_SEC",
+}
+
+
+class RunFailedError(UserError):
+    """The run could not finish for a reason outside the input (lost worker, unreachable
+    cluster). Reported as one line like a user error; details go to the failure record."""
+
+
+class ShardFailedError(RunFailedError):
+    """A scoring shard failed even after Ray's retries."""
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Test hooks that make a run slow at chosen points so a test can kill it there.
+
+    ``shard_delay_sec`` sleeps in every shard task after it has written its PID into
+    ``pid_dir`` (so a test can SIGKILL that worker); ``pause_before_publish_sec`` sleeps
+    after the staging directory is complete and before it is swapped in. Never set in
+    production; the CLI reads them from ``UBA_FAULT_*`` environment variables.
+    """
+
+    shard_delay_sec: float = 0.0
+    pid_dir: str | None = None
+    pause_before_publish_sec: float = 0.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FaultInjection | None:
+        env = os.environ if env is None else env
+        if not any(env.get(var) for var in FAULT_ENV.values()):
+            return None
+        return cls(
+            shard_delay_sec=float(env.get(FAULT_ENV["shard_delay_sec"]) or 0.0),
+            pid_dir=env.get(FAULT_ENV["pid_dir"]) or None,
+            pause_before_publish_sec=float(env.get(FAULT_ENV["pause_before_publish_sec"]) or 0.0),
+        )
+
+
+def shard_bounds(n_rows: int, n_shards: int) -> list[tuple[int, int]]:
+    """Contiguous, non-empty row ranges covering ``[0, n_rows)``, as even as possible."""
+    n_shards = max(1, min(n_shards, n_rows))
+    edges = np.linspace(0, n_rows, n_shards + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+def _run_fault_hooks(fault: FaultInjection | None, label: str) -> None:
+    if fault is None:
+        return
+    if fault.pid_dir:
+        folder = Path(fault.pid_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{label}.{os.getpid()}.pid").write_text(str(os.getpid()))
+    if fault.shard_delay_sec:
+        time.sleep(fault.shard_delay_sec)
+
+
+def score_shard(detector: Any, matrix: np.ndarray, start: int, stop: int,
+                fault: FaultInjection | None = None, label: str = "shard") -> np.ndarray:
+    """Score one row range; runs inside a Ray worker (or in-process with the same code)."""
+    _run_fault_hooks(fault, label)
+    return detector.anomaly_scores(matrix[start:stop])
+
+
+def score_in_process(detector: Any, matrix: np.ndarray, n_shards: int,
+                     fault: FaultInjection | None = None, label: str = "chunk") -> np.ndarray:
+    """The no-Ray path: the same shards, one after another, in this process."""
+    parts = [score_shard(detector, matrix, a, b, fault, f"{label}-s{i:04d}")
+             for i, (a, b) in enumerate(shard_bounds(len(matrix), n_shards))]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.float64)
+
+
+@cache
+def _remote_score_shard() -> Any:
+    import ray
+
+    return ray.remote(num_cpus=1)(score_shard)
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"
+
+
+def _failure_message(exc: BaseException) -> str:
+    import ray
+
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause
+        if cause is not None and not isinstance(cause, ray.exceptions.RayError):
+            return f"{type(cause).__name__}: {_one_line(str(cause))}"
+    return f"{type(exc).__name__}: {_one_line(str(exc))}"
+
+
+class RayRuntime:
+    """The job's connection to Ray, made on first use and closed by the job.
+
+    ``address`` None starts an embedded single-node Ray bound to 127.0.0.1 with
+    ``workers`` CPUs and no dashboard; ``"auto"`` or ``host:port`` joins an existing
+    cluster. A runtime that is already initialised in this process (a test session, a
+    backfill) is reused and left running.
+    """
+
+    def __init__(self, address: str | None, workers: int | None, default_workers: int,
+                 object_store_memory_mb: int | None = None) -> None:
+        self.address = address
+        self.requested_workers = workers
+        self.default_workers = default_workers
+        self.object_store_memory_mb = object_store_memory_mb
+        self.started = False
+        self.owned = False
+        self.mode = "cluster" if address else "local"
+        self._detector_refs: dict[str, Any] = {}
+
+    def start(self) -> None:
+        """Init or join Ray once; failures become one-line RunFailedError errors."""
+        if self.started:
+            return
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        import ray
+
+        if not ray.is_initialized():
+            try:
+                ray.init(**self._init_kwargs())
+            except Exception as exc:
+                where = f"Ray cluster at {self.address}" if self.address else "an embedded local Ray"
+                raise RunFailedError(f"cannot start {where}: {_one_line(str(exc))}") from exc
+            self.owned = True
+        self.started = True
+
+    def _init_kwargs(self) -> dict[str, Any]:
+        common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
+                                  "namespace": "uba"}
+        if self.address:
+            return {"address": self.address, **common}
+        kwargs = {"num_cpus": self.requested_workers or self.default_workers,
+                  "include_dashboard": False, "_node_ip_address": "127.0.0.1", **common}
+        if self.object_store_memory_mb:
+            kwargs["object_store_memory"] = self.object_store_memory_mb * 1024 * 1024
+        return kwargs
+
+    def workers(self) -> int:
+        """Concurrent shard tasks: on the embedded Ray, --workers (else the configured count)
+        capped by its CPUs; on a joined cluster, --workers if given, else all its CPUs."""
+        import ray
+
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        if self.mode == "cluster":
+            return self.requested_workers or cpus
+        return min(self.requested_workers or self.default_workers, cpus)
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about where the run happened."""
+        import ray
+
+        resources = ray.cluster_resources()
+        return {
+            "mode": self.mode,
+            "address": self.address,
+            "started_by_job": self.owned,
+            "cluster_cpus": int(resources.get("CPU", 0)),
+            "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+            "workers": self.workers(),
+        }
+
+    def detector_ref(self, version: str, detector: Any) -> Any:
+        """The detector's object-store reference, put once per model version and runtime."""
+        import ray
+
+        if version not in self._detector_refs:
+            self._detector_refs[version] = ray.put(detector)
+        return self._detector_refs[version]
+
+    def score(self, detector_ref: Any, matrix: np.ndarray, n_shards: int, max_retries: int,
+              fault: FaultInjection | None = None, label: str = "chunk") -> np.ndarray:
+        """Score a chunk's matrix over Ray tasks, at most ``workers()`` in flight."""
+        import ray
+
+        bounds = shard_bounds(len(matrix), n_shards)
+        if not bounds:
+            return np.empty(0, dtype=np.float64)
+        matrix_ref = ray.put(matrix)
+        task = _remote_score_shard().options(
+            max_retries=max_retries, retry_exceptions=list(RETRYABLE_EXCEPTIONS))
+        limit = self.workers()
+        results: dict[int, np.ndarray] = {}
+        in_flight: dict[Any, int] = {}
+        queue = list(enumerate(bounds))
+        try:
+            while queue or in_flight:
+                while queue and len(in_flight) < limit:
+                    index, (start, stop) = queue.pop(0)
+                    ref = task.remote(detector_ref, matrix_ref, start, stop, fault,
+                                      f"{label}-s{index:04d}")
+                    in_flight[ref] = index
+                done, _ = ray.wait(list(in_flight), num_returns=1)
+                for ref in done:
+                    index = in_flight.pop(ref)
+                    results[index] = self._get_shard(ref, label, index, max_retries)
+        finally:
+            for ref in in_flight:
+                ray.cancel(ref, force=False)
+            del matrix_ref
+        return np.concatenate([results[i] for i in range(len(bounds))])
+
+    @staticmethod
+    def _get_shard(ref: Any, label: str, index: int, max_retries: int) -> np.ndarray:
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            raise ShardFailedError(
+                f"scoring shard {index} of {label} failed after {max_retries} "
+                f"retr{'y' if max_retries == 1 else 'ies'}: {_failure_message(exc)}"
+            ) from exc
+
+    def close(self) -> None:
+        """Shut down the embedded Ray this job started; a joined or reused one stays up."""
+        if self.owned:
+            import ray
+
+            ray.shutdown()
+            self.owned = False
+        self.started = False
+        self._detector_refs.clear()
