@@ -246,3 +246,14 @@ def test_detector_refuses_scaler_of_the_wrong_length():
         Detector(("a",), np.zeros(2), np.ones(1), forest, threshold=0.5, percentile=98.0)
     with pytest.raises(ValueError, match="'scaler_scale' must be positive"):
         Detector(("a",), np.zeros(1), np.zeros(1), forest, threshold=0.5, percentile=98.0)
+
+
+def test_single_leaf_trees_match_sklearns_one_sample_special_case():
+    X = np.array([[1.0, 2.0]], dtype=np.float32)
+    forest = IsolationForest(n_estimators=5, random_state=0).fit(X)
+    compact = compact_forest_from_sklearn(forest, 2)
+    probe = np.array([[1.0, 2.0], [9.0, -9.0], [0.0, 0.0]], dtype=np.float32)
+
+    assert compact.depth == 0
+    assert np.array_equal(compact.scores(probe), -forest.score_samples(probe))
+    assert compact.scores(probe[:1])[0] == -forest.score_samples(probe[:1])[0]

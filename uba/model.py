@@ -87,8 +87,8 @@ class _TraversalTables:
     """Derived arrays laid out for level-by-level traversal of all trees at once.
 
     Node ids are global (tree offset + local id). A leaf's two children are the leaf
-    itself, so every row can take the same number of steps (the deepest tree's depth)
-    and simply stays put once it has reached its leaf.
+    itself, so every row can take the same number of steps (the deepest tree's depth, at
+    least one) and simply stays put once it has reached its leaf.
     """
 
     children: np.ndarray  # (2 * n_nodes,) intp: [2g] = left child, [2g + 1] = right child
@@ -97,6 +97,9 @@ class _TraversalTables:
     nan_goes_right: np.ndarray  # (n_nodes,) bool
     node_value: np.ndarray  # (n_nodes,) float64
     roots: np.ndarray  # (n_trees,) intp
+    root_feature: np.ndarray  # feature[roots]: the first level needs no gather by node
+    root_threshold: np.ndarray
+    root_nan_goes_right: np.ndarray
     depth: int
     denominator: float
 
@@ -163,9 +166,13 @@ class CompactForest:
     def _row_path_length(self, row: np.ndarray) -> float:
         """One row through all trees at once, one level per step (the API's hot path)."""
         t = self._tables
-        nodes = t.roots
         nan_present = bool(np.isnan(row).any())
-        for _ in range(t.depth):
+        x = row[t.root_feature]
+        go_right = x > t.root_threshold
+        if nan_present:
+            go_right |= np.isnan(x) & t.root_nan_goes_right
+        nodes = t.children[2 * t.roots + go_right]
+        for _ in range(t.depth - 1):
             x = row[t.feature[nodes]]
             go_right = x > t.threshold[nodes]
             if nan_present:
@@ -175,20 +182,31 @@ class CompactForest:
         return float(np.cumsum(t.node_value[nodes])[-1])
 
     def _chunk_path_lengths(self, X32: np.ndarray) -> np.ndarray:
-        """Many rows through all trees at once: a (rows x trees) matrix of node ids per level."""
+        """Many rows through all trees at once: a (rows x trees) matrix of node ids per level.
+
+        ``np.take`` and the root level read straight from the columns are worth ~20%
+        over plain fancy indexing here (the reverse holds for the tiny single-row arrays).
+        """
         t = self._tables
         n_rows, n_cols = X32.shape
-        flat = np.ascontiguousarray(X32).ravel()
+        X32 = np.ascontiguousarray(X32)
+        flat = X32.ravel()
         row_base = (np.arange(n_rows, dtype=np.intp) * n_cols)[:, None]
-        nodes = np.broadcast_to(t.roots, (n_rows, len(t.roots))).copy()
         nan_present = bool(np.isnan(flat).any())
-        for _ in range(t.depth):
-            x = flat[row_base + t.feature[nodes]]
-            go_right = x > t.threshold[nodes]
+        x = X32[:, t.root_feature]
+        go_right = x > t.root_threshold
+        if nan_present:
+            go_right |= np.isnan(x) & t.root_nan_goes_right
+        nodes = np.take(t.children, 2 * t.roots + go_right)
+        for _ in range(t.depth - 1):
+            x = np.take(flat, row_base + np.take(t.feature, nodes))
+            go_right = x > np.take(t.threshold, nodes)
             if nan_present:
-                go_right |= np.isnan(x) & t.nan_goes_right[nodes]
-            nodes = t.children[2 * nodes + go_right]
-        return np.cumsum(t.node_value[nodes], axis=1)[:, -1]
+                go_right |= np.isnan(x) & np.take(t.nan_goes_right, nodes)
+            nodes *= 2
+            nodes += go_right
+            nodes = np.take(t.children, nodes)
+        return np.cumsum(np.take(t.node_value, nodes), axis=1)[:, -1]
 
 
 def _scores_from_path_lengths(path_lengths: np.ndarray, denominator: float) -> np.ndarray:
@@ -306,13 +324,19 @@ def _build_tables(forest: CompactForest) -> _TraversalTables:
     roots = offsets[:-1].copy()
     n_trees = len(roots)
     denominator = float((n_trees * average_path_length([forest.max_samples]))[0])
+    feature = np.where(leaf, 0, forest.feature).astype(np.intp)
+    threshold = _float32_at_or_below(forest.threshold.astype(np.float64))
+    nan_goes_right = ~forest.missing_go_to_left.astype(bool)
     return _TraversalTables(
         children=children,
-        feature=np.where(leaf, 0, forest.feature).astype(np.intp),
-        threshold=_float32_at_or_below(forest.threshold.astype(np.float64)),
-        nan_goes_right=~forest.missing_go_to_left.astype(bool),
+        feature=feature,
+        threshold=threshold,
+        nan_goes_right=nan_goes_right,
         node_value=forest.node_value.astype(np.float64),
         roots=roots,
+        root_feature=feature[roots],
+        root_threshold=threshold[roots],
+        root_nan_goes_right=nan_goes_right[roots],
         depth=_node_depths(forest, children, roots),
         denominator=denominator,
     )
