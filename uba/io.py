@@ -373,3 +373,43 @@ def write_bytes_atomic(data: bytes, path: Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+# --- generate (issue 2): raw-event exports in the formats ingest reads ---
+
+
+def write_csv_atomic(df: pl.DataFrame, path: Path) -> Path:
+    """CSV export (header row) with the same all-or-nothing guarantee as the Parquet writer."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path.parent, ".csv")
+    try:
+        df.write_csv(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_jsonl_atomic(df: pl.DataFrame, path: Path) -> Path:
+    """JSON Lines export (one object per row), written whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path.parent, ".jsonl")
+    try:
+        df.write_ndjson(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_parquet_if_exists(path: Path) -> pl.DataFrame | None:
+    """A whole small Parquet file (labels, users), None when absent, a user error when unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return pl.read_parquet(path)
+    except (pl.exceptions.ComputeError, OSError) as exc:
+        raise UserError(f"cannot read Parquet file {path}: {exc}") from exc
