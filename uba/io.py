@@ -413,3 +413,95 @@ def read_parquet_if_exists(path: Path) -> pl.DataFrame | None:
         return pl.read_parquet(path)
     except (pl.exceptions.ComputeError, OSError) as exc:
         raise UserError(f"cannot read Parquet file {path}: {exc}") from exc
+
+# --- ingest (issue 2): raw input files, stored event ids, run summaries ---
+
+INGEST_RUNS = "ingest_runs"
+_GLOB_CHARS = frozenset("*?[")
+
+
+def expand_inputs(patterns: Iterable[str]) -> list[Path]:
+    """Files named by paths or globs, in the order given (each glob sorted), without repeats.
+
+    A glob matching nothing, a missing path or a directory is a user error, checked before
+    anything is ingested so a typo never leaves a half-done run.
+    """
+    import glob
+
+    found: list[Path] = []
+    for pattern in patterns:
+        if _GLOB_CHARS & set(pattern):
+            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise UserError(f"no files match {pattern!r}")
+        else:
+            path = Path(pattern)
+            if path.is_dir():
+                raise UserError(f"{path} is a directory; pass files or a glob such as '{path}/*.csv'")
+            if not path.is_file():
+                raise UserError(f"input file not found: {path}")
+            matches = [path]
+        found += [m for m in matches if m not in found]
+    return found
+
+
+def open_input(path: Path) -> Any:
+    """Binary reader for an input file, decompressing ``.gz`` on the fly."""
+    import gzip
+
+    path = Path(path)
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - the caller owns and closes it
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if path.suffix.lower() == ".gz":
+        return gzip.GzipFile(fileobj=handle, mode="rb")
+    return handle
+
+
+def check_input_readable(path: Path, fmt: str) -> None:
+    """Fail early, with one line, on a file that cannot be opened or is not the format claimed."""
+    path = Path(path)
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.ParquetFile(path).close()
+        else:
+            with open_input(path) as handle:
+                handle.read(1)
+    except UserError:
+        raise
+    except Exception as exc:  # OSError, gzip's BadGzipFile/EOFError, pyarrow's own errors
+        raise UserError(f"cannot read {path} as {fmt}: {exc}") from exc
+
+
+def iter_parquet_batches(path: Path, batch_rows: int) -> Iterable[pl.DataFrame]:
+    """Row batches of a Parquet file as read (types untouched), one row group slice at a time."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:
+        raise UserError(f"cannot read {path} as parquet: {exc}") from exc
+    with parquet:
+        for batch in parquet.iter_batches(batch_size=batch_rows):
+            yield pl.from_arrow(batch)  # type: ignore[misc]
+
+
+def scan_event_ids(data_dir: Path, days: Iterable[date]) -> pl.LazyFrame | None:
+    """``event_id`` and ``event_date`` of the events stored for ``days`` (None when none are).
+
+    Only the id column is read, so a duplicate check costs a fraction of the stored data.
+    """
+    frames = [
+        pl.scan_parquet(files).select(pl.col("event_id"), pl.lit(day, pl.Date).alias(PARTITION_COLUMN))
+        for day in days
+        if (files := partition_files(data_dir, EVENTS, day))
+    ]
+    return pl.concat(frames) if frames else None
+
+
+def ingest_run_path(data_dir: Path, run_id: str) -> Path:
+    """Where the summary of one ingest run is kept: ``<data-dir>/ingest_runs/<run_id>.json``."""
+    return Path(data_dir) / INGEST_RUNS / f"{run_id}.json"

@@ -1,0 +1,493 @@
+"""Split raw events into stored events and quarantined rows, each rejection with a reason.
+
+Raw input arrives with any types: CSV gives strings, JSON numbers/strings/booleans/nulls,
+Parquet whatever its writer chose. Every value is first turned into text exactly once,
+then parsed from that text, so the same event gives the same result whatever the file
+format, and a bad value becomes a quarantined row instead of a crash.
+
+Rules (first failing check wins, in this order):
+
+* a reader error (``read_error`` column, e.g. a line that is not JSON)
+* an empty row; then a missing required field (column absent, null, empty or blank)
+* ``event_id`` / ``user_id``: longer than ``max_string_length`` characters, or
+  containing control characters / invalid UTF-8
+* ``timestamp``: ISO-8601 date and time (``T`` or space separator, optional seconds
+  and fraction, ``Z`` / ``UTC`` / ``+HH:MM`` / ``+HHMM`` / ``+HH`` offset; naive means
+  UTC), converted to UTC
+* ``event_type`` / ``device_type``: one of the configured categories; surrounding
+  whitespace and letter case are ignored and the configured spelling is stored
+* ``session_duration_sec``: a finite number, ``0 <= x <= max_session_duration_sec``
+* ``events_in_session``: an integer (``3`` or ``3.0``), ``1 <= n <= max_events_in_session``
+* ``hour_of_day`` / ``day_of_week`` (optional): integers in 0-23 / 0-6 (0=Monday) that
+  agree with the UTC timestamp; the stored values are always derived from it
+* ``session_id`` (optional): same string rules as the ids
+* ``event_id`` already stored for the event's UTC date, then repeated within the input
+  (the first otherwise-valid occurrence is kept)
+
+Ids are stripped of surrounding whitespace; an integer ``user_id`` is stored as its
+decimal text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import polars as pl
+
+from uba.schema import EVENT_SCHEMA, PARTITION_COLUMN, RAW_FIELDS, REQUIRED_FIELDS
+from uba.settings import EventSettings
+
+SOURCE_FILE = "source_file"
+SOURCE_ROW = "source_row"
+READ_ERROR = "read_error"
+REASON = "reason"
+REASON_KIND = "reason_kind"
+META_FIELDS: tuple[str, ...] = (SOURCE_FILE, SOURCE_ROW, READ_ERROR)
+
+# Extra columns of the rejected frame besides the raw fields: the ingest layer drops
+# REASON_KIND and the partition column before writing QUARANTINE_SCHEMA parts.
+REJECTED_COLUMNS: tuple[str, ...] = (
+    *RAW_FIELDS, REASON, REASON_KIND, SOURCE_FILE, SOURCE_ROW, PARTITION_COLUMN,
+)
+
+# Reason kinds: stable names for summaries and alerting.
+KIND_UNREADABLE = "unreadable record"
+KIND_MISSING = "missing field"
+KIND_TYPE = "wrong type"
+KIND_RANGE = "out of range"
+KIND_CATEGORY = "unknown category"
+KIND_TIMESTAMP = "bad timestamp"
+KIND_DISAGREE = "disagrees with timestamp"
+KIND_DUPLICATE = "duplicate event_id"
+KIND_OVERSIZED = "oversized string"
+KIND_CHARACTERS = "invalid characters"
+REASON_KINDS: tuple[str, ...] = (
+    KIND_UNREADABLE, KIND_MISSING, KIND_TYPE, KIND_RANGE, KIND_CATEGORY, KIND_TIMESTAMP,
+    KIND_DISAGREE, KIND_DUPLICATE, KIND_OVERSIZED, KIND_CHARACTERS,
+)
+
+ID_FIELDS: tuple[str, ...] = ("event_id", "user_id")
+SHOWN_CHARS = 60
+MAX_EXACT_INTEGER = 2.0**53
+_ROW = "_row"
+_CHECK = "_check"
+_DATE = "_date"
+_STORED = "_stored"
+_FIRST_ROW = "_first_row"
+_TS_PATTERN = (
+    r"^(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})[Tt ](?P<h>\d{2}):(?P<mi>\d{2})"
+    r"(?::(?P<s>\d{2})(?:[.,](?P<f>\d{1,9}))?)?"
+    r"\s*(?P<tz>[Zz]|UTC|[+-]\d{2}(?::?\d{2})?)?$"
+)
+_BAD_CHARS = r"[\x00-\x1F\x7F\x{FFFD}]"
+
+
+@dataclass(frozen=True)
+class _Check:
+    """One rule: ``failed`` marks bad rows; ``message`` is only evaluated for rejected rows."""
+
+    kind: str
+    failed: pl.Expr
+    message: pl.Expr
+
+
+def _v(field: str) -> str:
+    """Column with the trimmed text of a field, null when absent, empty or blank."""
+    return f"_v_{field}"
+
+
+# ---------------------------------------------------------------- text conversion
+
+
+def _float_text(name: str) -> pl.Expr:
+    """Integral floats print as integers so a pandas-style ``123.0`` user id reads ``123``."""
+    col = pl.col(name)
+    integral = col.is_finite() & (col == col.floor()) & (col.abs() < 1e15)
+    return pl.when(integral).then(col.cast(pl.Int64).cast(pl.String)).otherwise(col.cast(pl.String))
+
+
+def _json_text(value: object) -> str | None:
+    return None if value is None else json.dumps(value, default=str)
+
+
+def _text_expr(name: str, dtype: pl.DataType) -> pl.Expr:
+    """The raw text of one input column, whatever type its reader produced."""
+    col = pl.col(name)
+    if dtype == pl.String:
+        return col
+    if dtype == pl.Boolean:
+        return pl.when(col).then(pl.lit("true")).when(~col).then(pl.lit("false"))
+    if dtype.is_float():
+        return _float_text(name)
+    if isinstance(dtype, pl.Datetime):
+        fmt = "%Y-%m-%dT%H:%M:%S%.f" + ("%:z" if dtype.time_zone else "")
+        return col.dt.to_string(fmt)
+    if dtype.is_integer() or dtype.is_decimal() or dtype.is_temporal() or dtype == pl.Null:
+        return col.cast(pl.String)
+    if isinstance(dtype, (pl.Categorical, pl.Enum, pl.Binary)):
+        return col.cast(pl.String, strict=False)
+    return col.map_elements(_json_text, return_dtype=pl.String, skip_nulls=True)
+
+
+def _as_text(raw: pl.LazyFrame) -> pl.LazyFrame:
+    """Known fields as text (absent ones as null), reader metadata, and a row number."""
+    schema = raw.collect_schema()
+    exprs = [
+        (_text_expr(name, schema[name]) if name in schema else pl.lit(None, pl.String)).alias(name)
+        for name in RAW_FIELDS
+    ]
+    meta_types = {SOURCE_FILE: pl.String, SOURCE_ROW: pl.Int64, READ_ERROR: pl.String}
+    exprs += [
+        (pl.col(name).cast(dtype) if name in schema else pl.lit(None, dtype)).alias(name)
+        for name, dtype in meta_types.items()
+    ]
+    return raw.select(exprs).with_row_index(_ROW)
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _trimmed(name: str) -> pl.Expr:
+    text = pl.col(name).str.strip_chars()
+    return pl.when(text.str.len_chars() > 0).then(text).alias(_v(name))
+
+
+def _number(field: str) -> pl.Expr:
+    return pl.col(_v(field)).cast(pl.Float64, strict=False)
+
+
+def _category(field: str, allowed: tuple[str, ...]) -> pl.Expr:
+    mapping = {name.strip().lower(): name for name in allowed}
+    return (
+        pl.col(_v(field))
+        .str.to_lowercase()
+        .replace_strict(mapping, default=None, return_dtype=pl.String)
+    )
+
+
+def _timestamp_parts(text: pl.Expr) -> pl.Expr:
+    """Named pieces of an ISO-8601 timestamp (all null when the text does not match)."""
+    return text.str.extract_groups(_TS_PATTERN)
+
+
+def _offset_minutes(tz: pl.Expr) -> pl.Expr:
+    """UTC offset in minutes from 'Z', 'UTC', '+HH', '+HHMM' or '+HH:MM' (0 when absent)."""
+    digits = tz.str.replace(":", "", literal=True)
+    hours = digits.str.slice(1, 2).cast(pl.Int32, strict=False)
+    minutes = pl.when(digits.str.len_chars() > 3).then(digits.str.slice(3, 2)).otherwise(pl.lit("0"))
+    magnitude = hours * 60 + minutes.cast(pl.Int32, strict=False)
+    signed = pl.when(tz.str.starts_with("-")).then(-magnitude).otherwise(magnitude)
+    valid = (hours <= 23) & (minutes.cast(pl.Int32, strict=False) <= 59)
+    return (
+        pl.when(tz.is_null() | ~tz.str.contains("^[+-]")).then(pl.lit(0, pl.Int32))
+        .when(valid).then(signed)
+        .otherwise(pl.lit(None, pl.Int32))
+    )
+
+
+def _timestamp_from_parts(parts: pl.Expr) -> pl.Expr:
+    """UTC datetime from the pieces; null for impossible dates/times or offsets.
+
+    Parsed field by field from one strict pattern instead of trying formats in turn, so
+    mixed offsets in one column each convert correctly and nothing is guessed.
+    """
+    field = parts.struct.field
+    fraction = field("f").fill_null("0").str.pad_end(6, "0").str.slice(0, 6)
+    canonical = pl.concat_str(
+        field("y"), pl.lit("-"), field("mo"), pl.lit("-"), field("d"), pl.lit("T"),
+        field("h"), pl.lit(":"), field("mi"), pl.lit(":"), field("s").fill_null("00"),
+        pl.lit("."), fraction,
+    )
+    naive = canonical.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", strict=False, time_unit="us")
+    shifted = naive - pl.duration(minutes=_offset_minutes(field("tz")), time_unit="us")
+    return shifted.dt.replace_time_zone("UTC").cast(EVENT_SCHEMA["timestamp"])
+
+
+def _parse(lf: pl.LazyFrame, events: EventSettings) -> pl.LazyFrame:
+    """Trimmed text plus the typed value of every field, side by side with the raw text."""
+    lf = lf.with_columns(_trimmed(name) for name in RAW_FIELDS).with_columns(
+        _timestamp_parts(pl.col(_v("timestamp"))).alias("_ts_parts")
+    )
+    return lf.with_columns(
+        _ts=_timestamp_from_parts(pl.col("_ts_parts")),
+        _ts_syntax=pl.col("_ts_parts").struct.field("y").is_not_null(),
+        _event_type=_category("event_type", events.event_types),
+        _device_type=_category("device_type", events.device_types),
+        _duration=_number("session_duration_sec"),
+        _count=_number("events_in_session"),
+        _hour=_number("hour_of_day"),
+        _dow=_number("day_of_week"),
+    ).with_columns(
+        pl.col("_ts").dt.date().alias(_DATE),
+        pl.col("_ts").dt.hour().alias("_ts_hour"),
+        (pl.col("_ts").dt.weekday() - 1).alias("_ts_dow"),
+    )
+
+
+# ---------------------------------------------------------------- rules
+
+
+def _shown(field: str) -> pl.Expr:
+    """The value as given (trimmed, cut to a readable length) for messages."""
+    value = pl.col(_v(field))
+    return (
+        pl.when(value.str.len_chars() > SHOWN_CHARS)
+        .then(pl.concat_str(value.str.slice(0, SHOWN_CHARS), pl.lit("...")))
+        .otherwise(value)
+    )
+
+
+def _quoted(field: str) -> pl.Expr:
+    return pl.concat_str(pl.lit("'"), _shown(field), pl.lit("'"))
+
+
+def _msg(*parts: str | pl.Expr) -> pl.Expr:
+    return pl.concat_str([pl.lit(p) if isinstance(p, str) else p for p in parts])
+
+
+def _is_integer(col: str) -> pl.Expr:
+    value = pl.col(col)
+    return value.is_finite() & (value == value.floor()) & (value.abs() < MAX_EXACT_INTEGER)
+
+
+def _string_checks(field: str, max_len: int) -> list[_Check]:
+    value = pl.col(_v(field))
+    return [
+        _Check(KIND_OVERSIZED, value.str.len_chars() > max_len,
+               pl.lit(f"{field}: longer than {max_len} characters")),
+        _Check(KIND_CHARACTERS, value.str.contains(_BAD_CHARS),
+               pl.lit(f"{field}: contains control characters or invalid UTF-8")),
+    ]
+
+
+def _category_check(field: str, allowed: tuple[str, ...]) -> _Check:
+    return _Check(KIND_CATEGORY, pl.col(f"_{field}").is_null(),
+                  _msg(f"{field}: ", _quoted(field), f" not one of {', '.join(allowed)}"))
+
+
+def _number_checks(field: str, col: str, integer: bool) -> list[_Check]:
+    """Type then finiteness checks shared by the numeric fields."""
+    what = "an integer" if integer else "a number"
+    value = pl.col(col)
+    checks = [_Check(KIND_TYPE, value.is_null(), _msg(f"{field}: ", _quoted(field), f" is not {what}"))]
+    if integer:
+        checks.append(_Check(KIND_TYPE, ~_is_integer(col), _msg(f"{field}: ", _quoted(field), " is not an integer")))
+    else:
+        checks.append(_Check(KIND_TYPE, ~value.is_finite(),
+                             _msg(f"{field}: ", _quoted(field), " is not a finite number")))
+    return checks
+
+
+def _optional_int_checks(field: str, col: str, high: int, derived: str, label: str, note: str) -> list[_Check]:
+    """hour_of_day / day_of_week: only checked when given; must agree with the timestamp."""
+    given = pl.col(_v(field)).is_not_null()
+    value = pl.col(col)
+    return [
+        _Check(KIND_TYPE, given & (value.is_null() | ~_is_integer(col)),
+               _msg(f"{field}: ", _quoted(field), " is not an integer")),
+        _Check(KIND_RANGE, given & ((value < 0) | (value > high)),
+               _msg(f"{field}: ", _shown(field), f" out of range 0-{high}{note}")),
+        _Check(KIND_DISAGREE, given & (value != pl.col(derived)),
+               _msg(f"{field}: ", _shown(field), f" disagrees with timestamp {label} ",
+                    pl.col(derived).cast(pl.String), f" (UTC{note.replace(' (', ', ').rstrip(')')})")),
+    ]
+
+
+def _row_checks(events: EventSettings) -> list[_Check]:
+    """Every per-row rule in the order the first failure is reported."""
+    max_len = events.max_string_length
+    checks = [
+        _Check(KIND_UNREADABLE, pl.col(READ_ERROR).is_not_null(), pl.col(READ_ERROR)),
+        _Check(KIND_MISSING, pl.all_horizontal(pl.col(_v(f)).is_null() for f in RAW_FIELDS),
+               pl.lit("empty row (no values)")),
+    ]
+    checks += [_Check(KIND_MISSING, pl.col(_v(f)).is_null(), pl.lit(f"missing field: {f}")) for f in REQUIRED_FIELDS]
+    for field in ID_FIELDS:
+        checks += _string_checks(field, max_len)
+    checks += [
+        _Check(KIND_TIMESTAMP, ~pl.col("_ts_syntax"),
+               _msg("timestamp: ", _quoted("timestamp"), " is not an ISO-8601 timestamp")),
+        _Check(KIND_TIMESTAMP, pl.col("_ts").is_null(),
+               _msg("timestamp: ", _quoted("timestamp"), " is not a valid date, time or UTC offset")),
+        _category_check("event_type", events.event_types),
+        *_number_checks("session_duration_sec", "_duration", integer=False),
+        _Check(KIND_RANGE, pl.col("_duration") < 0,
+               _msg("session_duration_sec: ", _shown("session_duration_sec"), " is negative")),
+        _Check(KIND_RANGE, pl.col("_duration") > events.max_session_duration_sec,
+               _msg("session_duration_sec: ", _shown("session_duration_sec"),
+                    f" exceeds maximum {events.max_session_duration_sec:g}")),
+        *_number_checks("events_in_session", "_count", integer=True),
+        _Check(KIND_RANGE, pl.col("_count") < 1,
+               _msg("events_in_session: ", _shown("events_in_session"), " is less than 1")),
+        _Check(KIND_RANGE, pl.col("_count") > events.max_events_in_session,
+               _msg("events_in_session: ", _shown("events_in_session"),
+                    f" exceeds maximum {events.max_events_in_session}")),
+        _category_check("device_type", events.device_types),
+        *_optional_int_checks("hour_of_day", "_hour", 23, "_ts_hour", "hour", ""),
+        *_optional_int_checks("day_of_week", "_dow", 6, "_ts_dow", "weekday", " (0=Monday)"),
+        *_string_checks("session_id", max_len),
+    ]
+    return checks
+
+
+def _duplicate_checks() -> list[_Check]:
+    """Rules that need the other rows, applied after every row rule has passed.
+
+    Their conditions are computed by ``_duplicate_index``; only kind and message live here.
+    """
+    first_seen = (
+        pl.when(pl.col(_FIRST_ROW).is_not_null())
+        .then(_msg(" (first seen at row ", pl.col(_FIRST_ROW).cast(pl.String), ")"))
+        .otherwise(pl.lit(""))
+    )
+    return [
+        _Check(KIND_DUPLICATE, pl.col(_STORED).fill_null(False),
+               _msg("event_id: ", _quoted("event_id"), " already stored for ", pl.col(_DATE).cast(pl.String))),
+        _Check(KIND_DUPLICATE, pl.col("_later_copy"),
+               _msg("event_id: ", _quoted("event_id"), " duplicated in this batch", first_seen)),
+    ]
+
+
+def _first_failing(checks: list[_Check], offset: int = 0) -> pl.Expr:
+    """Index of the first failed check (null when the row passes every one)."""
+    chain = pl.when(checks[0].failed).then(pl.lit(offset, pl.Int32))
+    for index, check in enumerate(checks[1:], start=offset + 1):
+        chain = chain.when(check.failed).then(pl.lit(index, pl.Int32))
+    return chain.otherwise(pl.lit(None, pl.Int32))
+
+
+def _pick(checks: list[_Check], attribute: Callable[[_Check], pl.Expr]) -> pl.Expr:
+    chain = pl.when(pl.col(_CHECK) == 0).then(attribute(checks[0]))
+    for index, check in enumerate(checks[1:], start=1):
+        chain = chain.when(pl.col(_CHECK) == index).then(attribute(check))
+    return chain.otherwise(pl.lit(None, pl.String))
+
+
+# ---------------------------------------------------------------- splitting
+
+
+def _stored_hits(candidates: pl.LazyFrame, existing_ids: pl.LazyFrame) -> pl.LazyFrame:
+    """Stored (event_id, date) pairs that this input repeats.
+
+    The semi join keeps only colliding keys, so memory follows the input batch, not the
+    size of what is already stored.
+    """
+    keys = candidates.select(pl.col(_v("event_id")).alias("event_id"), pl.col(_DATE).alias(PARTITION_COLUMN))
+    stored = existing_ids.select(
+        pl.col("event_id").cast(pl.String), pl.col(PARTITION_COLUMN).cast(pl.Date)
+    )
+    return (
+        stored.join(keys, on=["event_id", PARTITION_COLUMN], how="semi")
+        .unique()
+        .select(
+            pl.col("event_id").alias(_v("event_id")),
+            pl.col(PARTITION_COLUMN).alias(_DATE),
+            pl.lit(True).alias(_STORED),
+        )
+    )
+
+
+def _with_duplicate_marks(candidates: pl.LazyFrame, existing_ids: pl.LazyFrame | None) -> pl.LazyFrame:
+    """Flag rows whose id is already stored for their date, or repeats an earlier row.
+
+    Ids are compared trimmed. The in-batch rule only looks at rows that are not already
+    stored, so a stored id repeated twice reads "already stored" both times.
+    """
+    if existing_ids is None:
+        candidates = candidates.with_columns(pl.lit(False).alias(_STORED))
+    else:
+        candidates = candidates.join(
+            _stored_hits(candidates, existing_ids), on=[_v("event_id"), _DATE], how="left",
+            maintain_order="left",
+        ).with_columns(pl.col(_STORED).fill_null(False))
+    fresh_id = pl.when(~pl.col(_STORED)).then(pl.col(_v("event_id")))
+    return candidates.with_columns(
+        (fresh_id.is_not_null() & ~fresh_id.is_first_distinct()).alias("_later_copy"),
+        pl.col(SOURCE_ROW).first().over(_v("event_id")).alias(_FIRST_ROW),
+    )
+
+
+def _duplicate_index(offset: int) -> pl.Expr:
+    return (
+        pl.when(pl.col(_STORED)).then(pl.lit(offset, pl.Int32))
+        .when(pl.col("_later_copy")).then(pl.lit(offset + 1, pl.Int32))
+        .otherwise(pl.lit(None, pl.Int32))
+    )
+
+
+def _valid_events(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """Typed rows in the stored schema; hour/day always come from the UTC timestamp."""
+    duration = pl.col("_duration")
+    return rows.select(
+        pl.col(_v("event_id")).alias("event_id"),
+        pl.col(_v("user_id")).alias("user_id"),
+        pl.col("_ts").alias("timestamp"),
+        pl.col("_event_type").alias("event_type"),
+        pl.when(duration == 0).then(0.0).otherwise(duration).alias("session_duration_sec"),
+        pl.col("_count").cast(pl.Int64).alias("events_in_session"),
+        pl.col("_device_type").alias("device_type"),
+        pl.col("_ts_hour").cast(pl.Int8).alias("hour_of_day"),
+        pl.col("_ts_dow").cast(pl.Int8).alias("day_of_week"),
+        pl.col(_v("session_id")).alias("session_id"),
+    ).cast(EVENT_SCHEMA)
+
+
+def validate_events(
+    raw: pl.LazyFrame,
+    events: EventSettings,
+    existing_ids: pl.LazyFrame | None = None,
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Split raw rows into ``(valid, rejected)``; every input row lands in exactly one.
+
+    ``raw`` holds the fields of DESIGN.md with any types (missing columns count as
+    missing fields, unknown columns are ignored) and optionally ``source_file``,
+    ``source_row`` and ``read_error`` (a reader's message for a record it could not parse).
+    ``existing_ids`` has ``event_id`` and ``event_date`` of events already stored.
+
+    ``valid`` is in ``EVENT_SCHEMA``. ``rejected`` has every raw field as the text that
+    was read, ``reason`` (first failing check, naming field and value), ``reason_kind``
+    (one of ``REASON_KINDS``), ``source_file``, ``source_row`` and ``event_date`` (UTC
+    date of the timestamp, null when it is unusable), in input order.
+    """
+    row_checks = _row_checks(events)
+    checks = row_checks + _duplicate_checks()
+    parsed = _parse(_as_text(raw), events).with_columns(_first_failing(row_checks).alias(_CHECK))
+
+    candidates = _with_duplicate_marks(parsed.filter(pl.col(_CHECK).is_null()), existing_ids)
+    candidates = candidates.with_columns(_duplicate_index(len(row_checks)).alias(_CHECK))
+
+    kept = [*RAW_FIELDS, SOURCE_FILE, SOURCE_ROW, READ_ERROR, _ROW, _CHECK, _DATE, _FIRST_ROW,
+            "_ts_hour", "_ts_dow",
+            *(_v(f) for f in RAW_FIELDS)]
+    row_rejects = parsed.filter(pl.col(_CHECK).is_not_null()).with_columns(
+        pl.lit(None, pl.Int64).alias(_FIRST_ROW)
+    )
+    rejected = (
+        pl.concat([row_rejects.select(kept), candidates.filter(pl.col(_CHECK).is_not_null()).select(kept)])
+        .with_columns(
+            _pick(checks, lambda c: c.message).alias(REASON),
+            _pick(checks, lambda c: pl.lit(c.kind)).alias(REASON_KIND),
+        )
+        .sort(_ROW)
+        .select(*RAW_FIELDS, REASON, REASON_KIND, SOURCE_FILE, SOURCE_ROW,
+                pl.col(_DATE).alias(PARTITION_COLUMN))
+    )
+    valid = _valid_events(candidates.filter(pl.col(_CHECK).is_null()))
+    return valid, rejected
+
+
+def event_dates(raw: pl.LazyFrame) -> pl.LazyFrame:
+    """Distinct UTC dates of the parseable timestamps in ``raw`` (column ``event_date``).
+
+    Lets the caller load only the stored ids of the dates an input touches before it
+    validates.
+    """
+    parts = _as_text(raw).select(_timestamp_parts(pl.col("timestamp").str.strip_chars()).alias("p"))
+    return (
+        parts.select(_timestamp_from_parts(pl.col("p")).dt.date().alias(PARTITION_COLUMN))
+        .drop_nulls()
+        .unique()
+        .sort(PARTITION_COLUMN)
+    )
