@@ -505,3 +505,104 @@ def scan_event_ids(data_dir: Path, days: Iterable[date]) -> pl.LazyFrame | None:
 def ingest_run_path(data_dir: Path, run_id: str) -> Path:
     """Where the summary of one ingest run is kept: ``<data-dir>/ingest_runs/<run_id>.json``."""
     return Path(data_dir) / INGEST_RUNS / f"{run_id}.json"
+
+
+# --- features (issue 3): daily aggregates and baseline snapshots ---
+
+BASELINES = "baselines"
+BASELINE_SNAPSHOT_NAME = "baselines.parquet"
+AGGREGATE_PART_PREFIX = "part-"
+
+
+def partition_fingerprint(root: Path, dataset: str, day: date | str) -> str | None:
+    """Short hash of a partition's part names and sizes (None when it has no parts).
+
+    Parts are written once under unique names and never edited in place, so a changed
+    name/size list means the partition's content changed (e.g. a later ingest added a part).
+    """
+    files = partition_files(root, dataset, day)
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.name}\0{path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def aggregates_tag(data_dir: Path, day: date) -> str | None:
+    """Tag of the finished aggregates part of ``day`` (its name minus prefix), or None."""
+    files = partition_files(data_dir, AGGREGATES, day)
+    if len(files) != 1 or not files[0].stem.startswith(AGGREGATE_PART_PREFIX):
+        return None
+    return files[0].stem[len(AGGREGATE_PART_PREFIX):]
+
+
+def write_aggregates(df: pl.DataFrame, data_dir: Path, day: date, tag: str) -> Path:
+    """Make ``df`` the aggregates of ``day`` (one part named by ``tag``, swapped in atomically).
+
+    ``event_date`` is dropped from the file: it lives in the Hive path, as for events.
+    """
+    body = df.drop(PARTITION_COLUMN, strict=False)
+    return replace_partition(body, data_dir, AGGREGATES, day, name=f"{AGGREGATE_PART_PREFIX}{tag}")
+
+
+def scan_aggregates(data_dir: Path, days: Iterable[date]) -> pl.LazyFrame | None:
+    """Lazy scan of the aggregates of ``days`` with ``event_date`` restored (None if none exist).
+
+    Only files under ``aggregates/`` are opened. Days written with different category
+    lists are stacked with missing count columns as null.
+    """
+    frames = [
+        pl.scan_parquet(path).with_columns(pl.lit(day, dtype=pl.Date).alias(PARTITION_COLUMN))
+        for day in sorted(set(days))
+        for path in partition_files(data_dir, AGGREGATES, day)
+    ]
+    if not frames:
+        return None
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def baseline_snapshot_path(data_dir: Path, as_of: date) -> Path:
+    """``<data-dir>/baselines/as_of=YYYY-MM-DD/baselines.parquet``."""
+    return Path(data_dir) / BASELINES / f"as_of={as_of.isoformat()}" / BASELINE_SNAPSHOT_NAME
+
+
+def write_baseline_snapshot(df: pl.DataFrame, data_dir: Path, as_of: date) -> Path:
+    """Write (or atomically replace) the baseline snapshot for ``as_of``."""
+    return write_parquet_atomic(df, baseline_snapshot_path(data_dir, as_of))
+
+
+def baseline_snapshot_dates(data_dir: Path) -> list[date]:
+    """Dates that have a finished baseline snapshot, ascending."""
+    base = Path(data_dir) / BASELINES
+    if not base.is_dir():
+        return []
+    found = []
+    for child in base.iterdir():
+        name, _, label = child.name.partition("=")
+        if name != "as_of" or not (child / BASELINE_SNAPSHOT_NAME).is_file():
+            continue
+        try:
+            found.append(date.fromisoformat(label))
+        except ValueError:
+            continue
+    return sorted(found)
+
+
+def latest_baseline_snapshot(data_dir: Path) -> tuple[date, Path] | None:
+    """The newest snapshot as (as_of, path), or None when there is none yet."""
+    dates = baseline_snapshot_dates(data_dir)
+    if not dates:
+        return None
+    return dates[-1], baseline_snapshot_path(data_dir, dates[-1])
+
+
+def read_baseline_snapshot(path: Path) -> pl.DataFrame:
+    """Load a snapshot; a missing or unreadable file is a user error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"baseline snapshot not found: {path}")
+    try:
+        return pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise UserError(f"cannot read baseline snapshot {path}: {exc}") from exc

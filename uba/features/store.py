@@ -1,0 +1,81 @@
+"""Bridge between the pure feature functions and storage, for the job layer.
+
+``train``, ``score`` and the user-day alerts need the same two steps: make sure every
+day's aggregates exist (computed once from that day's events, recomputed only when the
+events partition or the aggregate definition changed) and roll the lookback window of
+aggregates up into baselines. These helpers do that with ``uba.io`` only; they are the
+one place in ``uba/features`` that collects, and are meant to be called by jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import date, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from uba import io
+from uba.features.aggregates import AGGREGATES_VERSION, daily_aggregates, empty_aggregates
+from uba.features.baselines import user_baselines
+from uba.schema import PARTITION_COLUMN
+from uba.settings import EventSettings, Settings
+
+
+def aggregate_tag(events_fingerprint: str, categories: EventSettings) -> str:
+    """Name tag of an aggregates part: changes when the events, the code or the categories do."""
+    key = "|".join([
+        events_fingerprint, AGGREGATES_VERSION,
+        ",".join(categories.device_types), ",".join(categories.event_types),
+    ])
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def ensure_aggregates(
+    data_dir: Path, days: Iterable[date], categories: EventSettings | None = None
+) -> list[date]:
+    """Compute and store the aggregates of ``days`` that are missing or stale; return those days.
+
+    A day without an events partition has no aggregates (nothing is written, existing
+    aggregates are kept: raw events may be pruned while their aggregates live on).
+    """
+    cats = categories or EventSettings()
+    written = []
+    for day in sorted(set(days)):
+        fingerprint = io.partition_fingerprint(data_dir, io.EVENTS, day)
+        if fingerprint is None:
+            continue
+        tag = aggregate_tag(fingerprint, cats)
+        if io.aggregates_tag(data_dir, day) == tag:
+            continue
+        events = io.scan_events(data_dir, day).with_columns(
+            pl.lit(day, dtype=pl.Date).alias(PARTITION_COLUMN)
+        )
+        io.write_aggregates(daily_aggregates(events, cats).collect(), data_dir, day, tag)
+        written.append(day)
+    return written
+
+
+def lookback_days(as_of: date, lookback: int) -> list[date]:
+    """The days a baseline for ``as_of`` may use: [as_of - lookback, as_of)."""
+    return [as_of - timedelta(days=k) for k in range(lookback, 0, -1)]
+
+
+def baselines_as_of(data_dir: Path, as_of: date, settings: Settings) -> pl.LazyFrame:
+    """Baselines for scoring ``as_of``, read ONLY from the aggregate partitions of the lookback.
+
+    Raw events are never opened (call ``ensure_aggregates`` first). With no aggregates at
+    all the result is just the population row with no information.
+    """
+    days = lookback_days(as_of, settings.features.lookback_days)
+    aggregates = io.scan_aggregates(data_dir, days)
+    if aggregates is None:
+        aggregates = empty_aggregates(settings.events)
+    return user_baselines(aggregates, as_of, settings.features)
+
+
+def snapshot_baselines(data_dir: Path, as_of: date, settings: Settings) -> tuple[pl.DataFrame, Path]:
+    """Collect the baselines for ``as_of`` and write them as the snapshot the API loads."""
+    frame = baselines_as_of(data_dir, as_of, settings).collect()
+    return frame, io.write_baseline_snapshot(frame, data_dir, as_of)

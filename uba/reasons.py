@@ -1,0 +1,251 @@
+"""Plain-word reasons for a score, ranked, derived from the deviation features.
+
+An analyst needs to know *why* an event stands out before acting on it. Each reason
+kind has a severity on one comparable scale, "z-equivalent" units:
+
+==================  ===========================================================
+kind                severity
+==================  ===========================================================
+hour                max(hour_deviation, sqrt(2 * hour_rarity))
+session_length      session_length_excess
+actions             actions_excess
+device              sqrt(2 * device_rarity)
+event_type          sqrt(2 * event_type_rarity)  (0 for downloads: see below)
+download_intensity  download_intensity  (downloads only)
+time_of_week        sqrt(2 * weekday_rarity)
+global              global_extremity
+==================  ===========================================================
+
+z-scores are used as they are; a rarity of r nats (how many times rarer than for the
+population, on a log scale) becomes sqrt(2 r), the z whose Gaussian surprise is r
+nats. Downloads are described by the download kind only, and time of week by its
+weekday part (the hour part is the hour reason), so one fact is not told twice.
+
+Reasons with severity >= MIN_SEVERITY are listed, strongest first (ties keep the order
+of REASON_KINDS), at most ``max_reasons``; when none reaches it, the strongest is still
+listed if it reaches MIN_TOP_SEVERITY (a one-sigma deviation), so a flagged event is
+rarely left without an explanation, while an ordinary event gets an empty list rather
+than an overstated one. Expression-only: the API reuses it on one row.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+REASON_KINDS: tuple[str, ...] = (
+    "hour",
+    "session_length",
+    "actions",
+    "device",
+    "event_type",
+    "download_intensity",
+    "time_of_week",
+    "global",
+)
+MIN_SEVERITY = 2.0
+MIN_TOP_SEVERITY = 1.0
+WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def _rarity_z(column: str) -> pl.Expr:
+    return (2.0 * pl.col(column)).sqrt()
+
+
+def _is_download() -> pl.Expr:
+    return pl.col("event_type").cast(pl.String) == "download"
+
+
+def severities() -> dict[str, pl.Expr]:
+    """Severity of every reason kind, in REASON_KINDS order (documented in the module)."""
+    return {
+        "hour": pl.max_horizontal(pl.col("hour_deviation"), _rarity_z("hour_rarity")),
+        "session_length": pl.col("session_length_excess"),
+        "actions": pl.col("actions_excess"),
+        "device": _rarity_z("device_rarity"),
+        "event_type": pl.when(_is_download()).then(0.0).otherwise(_rarity_z("event_type_rarity")),
+        "download_intensity": pl.col("download_intensity"),
+        "time_of_week": _rarity_z("weekday_rarity"),
+        "global": pl.col("global_extremity"),
+    }
+
+
+# ---- number formatting -----------------------------------------------------------------
+
+
+def _str(expr: pl.Expr) -> pl.Expr:
+    return expr.cast(pl.String)
+
+
+def _ratio(expr: pl.Expr) -> pl.Expr:
+    """9.1 below 10, 42 above: as precise as a person needs."""
+    return pl.when(expr < 10).then(_str(expr.round(1))).otherwise(_str(expr.round(0).cast(pl.Int64)))
+
+
+def _percent(share: pl.Expr) -> pl.Expr:
+    pct = share * 100.0
+    return pl.when(pct < 1).then(_str(pct.round(1))).otherwise(_str(pct.round(0).cast(pl.Int64)))
+
+
+def _duration(seconds: pl.Expr) -> pl.Expr:
+    return (
+        pl.when(seconds < 120).then(pl.format("{} s", _str(seconds.round(0).cast(pl.Int64))))
+        .when(seconds < 7200).then(pl.format("{} min", _str((seconds / 60).round(0).cast(pl.Int64))))
+        .otherwise(pl.format("{} h", _str((seconds / 3600).round(1))))
+    )
+
+
+def _clock(hour: pl.Expr) -> pl.Expr:
+    return pl.format("{}:00", _str(hour.cast(pl.Int64)).str.zfill(2))
+
+
+def _weekday_name(day: pl.Expr) -> pl.Expr:
+    names = pl.lit(list(WEEKDAY_NAMES), dtype=pl.List(pl.String))
+    return names.list.get(day.cast(pl.Int64).clip(0, 6))
+
+
+# ---- texts -----------------------------------------------------------------------------
+
+
+def _owner() -> pl.Expr:
+    """Whose habits the baseline describes: the user's, or everyone's for an unknown user."""
+    return pl.when(pl.col("known_user")).then(pl.lit("this user's")).otherwise(pl.lit("most users'"))
+
+
+def _subject() -> pl.Expr:
+    return pl.when(pl.col("known_user")).then(pl.lit("this user")).otherwise(pl.lit("a new user"))
+
+
+def _first_or_rare(share: pl.Expr, first: pl.Expr, rare: pl.Expr) -> pl.Expr:
+    never = pl.col("known_user") & (share.fill_null(0.0) <= 0.0)
+    return pl.when(never).then(first).otherwise(rare)
+
+
+def _hour_text() -> pl.Expr:
+    hour = pl.col("event_hour").cast(pl.Int64)
+    start, end = pl.col("user_usual_hour_start"), pl.col("user_usual_hour_end")
+    inside = pl.when(start < end).then((hour >= start) & (hour < end)).otherwise(
+        (hour >= start) | (hour < end)
+    )
+    window = pl.format("{}-{}", _clock(start), _clock(end))
+    return (
+        pl.when(start == end).then(pl.format("{} is an unusual hour for {}", _clock(hour), _subject()))
+        .when(inside.not_()).then(pl.format("{} is outside {} usual {}", _clock(hour), _owner(), window))
+        .otherwise(pl.format("{} is a rare hour for {} (usual hours {})", _clock(hour), _subject(), window))
+    )
+
+
+def _session_text() -> pl.Expr:
+    median = pl.col("user_median_session_sec")
+    ratio = pl.col("session_duration_sec") / median.clip(1.0, None)
+    return pl.format("session {}x longer than {} median ({})", _ratio(ratio), _owner(), _duration(median))
+
+
+def _actions_text() -> pl.Expr:
+    median = pl.col("user_median_actions")
+    ratio = pl.col("events_in_session") / median.clip(1.0, None)
+    return pl.format(
+        "{} actions in the session, {}x {} median ({})",
+        _str(pl.col("events_in_session")), _ratio(ratio), _owner(), _str(median.round(0).cast(pl.Int64)),
+    )
+
+
+def _device_text() -> pl.Expr:
+    share, device = pl.col("user_device_share"), _str(pl.col("device_type"))
+    return _first_or_rare(
+        share,
+        pl.format("first {} use for this user", device),
+        pl.format("{} is rare for this user ({}% of events)", device, _percent(share)),
+    )
+
+
+def _event_type_text() -> pl.Expr:
+    share, kind = pl.col("user_event_type_share"), _str(pl.col("event_type"))
+    return _first_or_rare(
+        share,
+        pl.format("first {} event for this user", kind),
+        pl.format("{} events are rare for this user ({}% of events)", kind, _percent(share)),
+    )
+
+
+def _download_text() -> pl.Expr:
+    share = pl.col("user_download_share")
+    base = _first_or_rare(
+        share,
+        pl.lit("first download for this user"),
+        pl.format("downloads are rare for this user ({}% of events)", _percent(share)),
+    )
+    ratio = pl.col("events_in_session") / pl.col("user_median_actions").clip(1.0, None)
+    return pl.when(pl.col("actions_excess") >= MIN_SEVERITY).then(
+        pl.format("{}, in a session of {} actions ({}x usual)", base,
+                  _str(pl.col("events_in_session")), _ratio(ratio))
+    ).otherwise(base)
+
+
+def _time_of_week_text() -> pl.Expr:
+    share, day = pl.col("user_weekday_share"), _weekday_name(pl.col("event_weekday"))
+    return _first_or_rare(
+        share,
+        pl.format("first {} activity for this user", day),
+        pl.format("{} activity is rare for this user ({}% of events)", day, _percent(share)),
+    )
+
+
+def _global_text() -> pl.Expr:
+    duration = pl.col("session_duration_sec").cast(pl.Float64)
+    by_length = pl.format("a {} session is extreme for any user", _duration(duration))
+    by_actions = pl.format("{} actions in one session is extreme for any user",
+                           _str(pl.col("events_in_session")))
+    return pl.when(pl.col("global_by_actions")).then(by_actions).otherwise(by_length)
+
+
+def texts() -> dict[str, pl.Expr]:
+    """The sentence of every reason kind for this row (only the ranked ones are kept)."""
+    return {
+        "hour": _hour_text(),
+        "session_length": _session_text(),
+        "actions": _actions_text(),
+        "device": _device_text(),
+        "event_type": _event_type_text(),
+        "download_intensity": _download_text(),
+        "time_of_week": _time_of_week_text(),
+        "global": _global_text(),
+    }
+
+
+def explain(features: pl.LazyFrame, max_reasons: int = 3) -> pl.LazyFrame:
+    """Add ``reasons`` and ``reason_kinds`` (parallel List(String), strongest first).
+
+    ``features`` is the output of ``uba.features.events.event_features`` (the feature
+    and context columns are what is read).
+    """
+    sev, txt = severities(), texts()
+    sev_cols = {kind: f"_sev_{kind}" for kind in REASON_KINDS}
+    staged = features.with_columns(
+        sev[kind].fill_nan(0.0).fill_null(0.0).alias(sev_cols[kind]) for kind in REASON_KINDS
+    ).with_columns(
+        _keep_from=pl.max_horizontal(
+            pl.min_horizontal(
+                pl.max_horizontal(*(pl.col(c) for c in sev_cols.values())), pl.lit(MIN_SEVERITY)
+            ),
+            pl.lit(MIN_TOP_SEVERITY),
+        )
+    )
+    candidates = pl.concat_list([
+        pl.struct(
+            sev=pl.col(sev_cols[kind]),
+            keep=pl.col(sev_cols[kind]) >= pl.col("_keep_from"),
+            kind=pl.lit(kind),
+            text=txt[kind].fill_null(pl.lit(kind.replace("_", " "))),
+        )
+        for kind in REASON_KINDS
+    ])
+    ranked = (
+        candidates.list.eval(pl.element().filter(pl.element().struct.field("keep")))
+        .list.eval(pl.element().sort_by(pl.element().struct.field("sev"), descending=True,
+                                        maintain_order=True))
+        .list.head(max_reasons)
+    )
+    return staged.with_columns(_ranked=ranked).with_columns(
+        reasons=pl.col("_ranked").list.eval(pl.element().struct.field("text")),
+        reason_kinds=pl.col("_ranked").list.eval(pl.element().struct.field("kind")),
+    ).drop("_ranked", "_keep_from", *sev_cols.values())
