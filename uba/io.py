@@ -606,3 +606,26 @@ def read_baseline_snapshot(path: Path) -> pl.DataFrame:
         return pl.read_parquet(path)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise UserError(f"cannot read baseline snapshot {path}: {exc}") from exc
+
+
+# --- operations (issue 7): per-user score history of a bundle ---
+
+
+def _user_history_path(bundle_path: Path, quantile: float) -> Path:
+    return Path(bundle_path) / f"user_scores-q{quantile:.4f}.parquet"
+
+
+def read_user_score_history(bundle_path: Path, quantile: float) -> pl.DataFrame | None:
+    """A bundle's per-user score table for ``quantile`` (derived data, outside the checksums), or None."""
+    path = _user_history_path(bundle_path, quantile)
+    if not path.is_file():
+        return None
+    try:
+        return pl.read_parquet(path)
+    except (pl.exceptions.ComputeError, OSError) as exc:
+        raise UserError(f"cannot read per-user score history {path}: {exc} (delete it to rebuild)") from exc
+
+
+def write_user_score_history(df: pl.DataFrame, bundle_path: Path, quantile: float) -> Path:
+    """Store the per-user score table next to the bundle files it was derived from."""
+    return write_parquet_atomic(df, _user_history_path(bundle_path, quantile))

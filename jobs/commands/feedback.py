@@ -1,0 +1,35 @@
+"""`uba-batch feedback`: store analysts' benign/malicious labels for flagged events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from jobs.options import data_dir_option, settings_from
+
+
+@click.command(name="feedback")
+@click.argument("csv_file", type=click.Path(dir_okay=False))
+@data_dir_option
+@click.pass_context
+def command(ctx: click.Context, csv_file: str, data_dir: str | None) -> None:
+    """Record analyst labels from a CSV of event ids.
+
+    Columns: event_id, label (benign or malicious), optional analyst and note. The
+    whole file is validated first (a bad row is named with its line and value, and
+    nothing is stored); labels are appended under <data-dir>/feedback/ and the latest
+    label per event wins. `uba-batch train --exclude-malicious` drops the events whose
+    latest label is malicious.
+
+    \b
+    Example:
+      printf 'event_id,label,analyst\\nev-001,malicious,ann\\n' > labels.csv
+      uba-batch feedback labels.csv --data-dir data
+    """
+    from uba.feedback import record_feedback_csv
+
+    settings = settings_from(ctx, data_dir=data_dir)
+    summary = record_feedback_csv(settings.paths.data_dir, Path(csv_file))
+    click.echo(f"stored {summary.rows} labels ({summary.benign} benign, {summary.malicious} malicious) "
+               f"in {summary.path}")

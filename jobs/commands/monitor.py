@@ -1,0 +1,67 @@
+"""`uba-batch monitor --start A --end B`: drift and alert rate over time, from run manifests."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import click
+
+from jobs.options import DATE, output_dir_option, settings_from
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+@click.command(name="monitor")
+@click.option("--start", type=DATE, required=True, help="First day.")
+@click.option("--end", type=DATE, required=True, help="Last day (inclusive).")
+@click.option("--png", "png", type=click.Path(dir_okay=False), default=None,
+              help="Chart to write (default: <output-dir>/monitoring/monitor-<start>_<end>.png).")
+@output_dir_option
+@click.pass_context
+def command(ctx: click.Context, start: date, end: date, png: str | None, output_dir: str | None) -> None:
+    """Print per-day drift (PSI vs the training reference) and alert rate, chart them,
+    and say whether retraining is advisable.
+
+    Reads runs/event_date=*/manifest.json written by `score`; days without a run are
+    listed as missing. Limits come from the monitoring settings (psi_warn, psi_drift,
+    alert_rate_tolerance).
+
+    \b
+    Example:
+      uba-batch backfill --start 2026-03-22 --end 2026-03-28
+      uba-batch monitor --start 2026-03-22 --end 2026-03-28 --output-dir output
+    """
+    from uba import io
+    from uba.drift import monitoring_row, retrain_advice
+    from uba.errors import UserError
+    from uba.pipeline import date_range
+    from uba.report import drift_history_png
+
+    settings = settings_from(ctx, output_dir=output_dir)
+    out_dir = Path(settings.paths.output_dir)
+    rows, missing = [], []
+    for day in date_range(start, end):
+        manifest = io.read_run_manifest(out_dir, day)
+        if manifest is None:
+            missing.append(day.isoformat())
+        else:
+            rows.append(monitoring_row(manifest))
+    if not rows:
+        raise UserError(f"no run manifests between {start} and {end} under {out_dir / io.RUNS}")
+    click.echo(f"{'date':<12}{'scored':>8}{'alerts':>8}{'rate':>8}{'expect':>8}{'maxPSI':>8}"
+               f"{'scorePSI':>9}  {'status':<6} top feature")
+    for r in rows:
+        click.echo(f"{r['date']:<12}{r['scored']:>8}{r['alerts']:>8}{_fmt(r['alert_rate'], 4):>8}"
+                   f"{_fmt(r['expected_alert_rate'], 4):>8}{_fmt(r['max_feature_psi']):>8}"
+                   f"{_fmt(r['score_psi']):>9}  {r['status']:<6} {r['max_feature'] or '-'}")
+    if missing:
+        click.echo(f"no run for: {', '.join(missing)}")
+    target = Path(png) if png else out_dir / "monitoring" / f"monitor-{start}_{end}.png"
+    io.write_bytes_atomic(drift_history_png(rows, settings.monitoring.psi_warn,
+                                            settings.monitoring.psi_drift), target)
+    click.echo(f"chart: {target}")
+    advice = retrain_advice(rows)
+    click.echo(advice or "no retraining needed: no day drifted beyond the configured limits")

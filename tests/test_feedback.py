@@ -1,0 +1,158 @@
+"""Analyst feedback and suppression rules, on real Parquet tables in tmp_path."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import cli
+from uba import io
+from uba.errors import UserError
+from uba.feedback import (
+    active_rules,
+    add_rule,
+    apply_suppressions,
+    confirmed_malicious_ids,
+    latest_feedback,
+    load_rules,
+    record_feedback,
+    record_feedback_csv,
+    remove_rule,
+)
+from uba.reasons import REASON_KINDS
+
+KINDS = REASON_KINDS
+DAY = date(2026, 3, 20)
+
+
+def _csv(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_csv_feedback_is_stored_and_latest_label_wins(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = _csv(tmp_path / "a.csv", "event_id,label,analyst,note\ne1,malicious,ann,exfil\n"
+                                      "e2,Benign,ann,\ne3,malicious,,\n")
+    summary = record_feedback_csv(data, first)
+    assert (summary.rows, summary.benign, summary.malicious) == (3, 1, 2)
+    assert summary.path.parent == data / "feedback"
+    assert confirmed_malicious_ids(data) == {"e1", "e3"}
+    record_feedback(data, [{"event_id": "e1", "label": "benign", "analyst": "bob"}])
+    latest = latest_feedback(data).collect().sort("event_id")
+    assert latest["label"].to_list() == ["benign", "benign", "malicious"]
+    assert latest.filter(pl.col("event_id") == "e1")["analyst"].item() == "bob"
+    assert confirmed_malicious_ids(data) == {"e3"}
+    assert len(io.table_part_files(data, io.FEEDBACK)) == 2, "feedback is append-only"
+
+
+def test_later_row_in_one_file_wins(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    record_feedback_csv(data, _csv(tmp_path / "f.csv", "event_id,label\ne9,malicious\ne9,benign\n"))
+    assert confirmed_malicious_ids(data) == set()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("event_id,label\ne1,malicious\ne2,suspicious\n", r"f.csv line 3: label 'suspicious' is not one of benign, malicious"),
+        ("event_id,label\ne1,malicious\n,benign\n", r"f.csv line 3: event_id is missing"),
+        ("event_id,label\ne1,\n", r"f.csv line 2: label None is not one of"),
+        ("id,label\ne1,benign\n", r"missing column\(s\) event_id"),
+        ("event_id,label\n", "feedback has no rows"),
+    ],
+)
+def test_bad_feedback_names_row_and_value_and_stores_nothing(tmp_path: Path, text: str, message: str) -> None:
+    data = tmp_path / "data"
+    with pytest.raises(UserError, match=message):
+        record_feedback_csv(data, _csv(tmp_path / "f.csv", text))
+    assert io.table_part_files(data, io.FEEDBACK) == []
+
+
+def test_no_feedback_means_no_malicious_ids(tmp_path: Path) -> None:
+    assert confirmed_malicious_ids(tmp_path) == set()
+
+
+def test_feedback_cli_reports_counts_and_errors_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    good = _csv(tmp_path / "g.csv", "event_id,label\ne1,malicious\ne2,benign\n")
+    result = CliRunner().invoke(cli, ["feedback", str(good), "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "2 labels (1 benign, 1 malicious)" in result.output
+    bad = _csv(tmp_path / "b.csv", "event_id,label\ne1,evil\n")
+    result = CliRunner().invoke(cli, ["feedback", str(bad), "--data-dir", str(data)])
+    assert result.exit_code == 1
+    assert "line 2: label 'evil'" in result.output
+    assert confirmed_malicious_ids(data) == {"e1"}
+
+
+def _scored() -> pl.LazyFrame:
+    return pl.LazyFrame({
+        "event_id": ["a", "b", "c", "d", "e", "f"],
+        "user_id": ["u1", "u1", "u2", "u2", "u3", "u1"],
+        "anomaly_score": [0.9, 0.8, 0.85, 0.3, 0.7, 0.75],
+        "is_anomaly": [True, True, True, False, True, True],
+        "reason_kinds": [["download_intensity", "hour"], ["hour", "download_intensity"],
+                         ["download_intensity"], ["download_intensity"], ["device"], None],
+    })
+
+
+def test_rule_suppresses_exactly_the_matching_top_kind_alerts(tmp_path: Path) -> None:
+    rule = add_rule(tmp_path, "u1", "download_intensity", KINDS, today=DAY)
+    out = apply_suppressions(_scored(), load_rules(tmp_path), DAY).collect()
+    assert out.height == 6, "suppression never drops rows"
+    assert out.filter(pl.col("suppressed"))["event_id"].to_list() == ["a"]
+    assert out.filter(pl.col("event_id") == "a")["suppressed_by"].item() == rule
+    assert out.filter(pl.col("event_id") == "a")["anomaly_score"].item() == 0.9
+    # b mentions download_intensity but its top reason is the hour: still an alert.
+    assert not out.filter(pl.col("event_id") == "b")["suppressed"].item()
+
+
+def test_wildcards_and_unflagged_rows(tmp_path: Path) -> None:
+    add_rule(tmp_path, "*", "download_intensity", KINDS, today=DAY)
+    add_rule(tmp_path, "u3", "*", KINDS, today=DAY)
+    out = apply_suppressions(_scored(), load_rules(tmp_path), DAY).collect()
+    assert sorted(out.filter(pl.col("suppressed"))["event_id"].to_list()) == ["a", "c", "e"]
+    assert not out.filter(pl.col("event_id") == "d")["suppressed"].item(), "d is not an alert"
+
+
+def test_expired_and_removed_rules_do_not_apply(tmp_path: Path) -> None:
+    kept = add_rule(tmp_path, "u2", "download_intensity", KINDS, expires=DAY, today=DAY)
+    gone = add_rule(tmp_path, "u1", "*", KINDS, today=DAY)
+    remove_rule(tmp_path, gone)
+    rules = load_rules(tmp_path)
+    assert active_rules(rules, None)["rule_id"].to_list() == [kept]
+    on_expiry = apply_suppressions(_scored(), rules, DAY).collect()
+    assert on_expiry.filter(pl.col("suppressed"))["event_id"].to_list() == ["c"]
+    after = apply_suppressions(_scored(), rules, date(2026, 3, 21)).collect()
+    assert not after["suppressed"].any()
+    with pytest.raises(UserError, match="no active suppression rule"):
+        remove_rule(tmp_path, gone)
+
+
+def test_bad_rules_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="reason kind 'typing' is not one of"):
+        add_rule(tmp_path, "u1", "typing", KINDS, today=DAY)
+    with pytest.raises(UserError, match="already in the past"):
+        add_rule(tmp_path, "u1", "hour", KINDS, expires=date(2026, 3, 19), today=DAY)
+    assert load_rules(tmp_path).height == 0
+
+
+def test_suppress_cli_add_list_remove(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    runner = CliRunner()
+    added = runner.invoke(cli, ["suppress", "add", "--user", "u7", "--reason-kind", "hour",
+                                "--note", "night shift", "--data-dir", data])
+    assert added.exit_code == 0, added.output
+    rule_id = added.output.split()[2].rstrip(":")
+    listed = runner.invoke(cli, ["suppress", "list", "--data-dir", data])
+    assert rule_id in listed.output and "night shift" in listed.output
+    bad = runner.invoke(cli, ["suppress", "add", "--user", "u7", "--reason-kind", "nope", "--data-dir", data])
+    assert bad.exit_code == 1 and "reason kind 'nope'" in bad.output
+    removed = runner.invoke(cli, ["suppress", "remove", rule_id, "--data-dir", data])
+    assert removed.exit_code == 0, removed.output
+    assert "no active rules" in runner.invoke(cli, ["suppress", "list", "--data-dir", data]).output

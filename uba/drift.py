@@ -1,0 +1,275 @@
+"""Is the model still looking at the world it was trained on?
+
+Each score run compares the day with the training reference stored in the bundle:
+
+- per feature, the population stability index (PSI) of the day's values over the
+  training quantile bins (``feature_reference``),
+- the PSI of the day's anomaly scores over training score quantiles (``score_summary``),
+- the alert rate at the model's global threshold against the rate the percentile
+  promises (``1 - percentile / 100``).
+
+PSI = sum((a - e) * ln(a / e)) over bins, a = the day's share, e = training share;
+by the usual rule of thumb < 0.1 is stable, 0.1-0.25 a moderate shift and > 0.25 a
+shift big enough that the model's notion of "normal" no longer fits. The limits are
+settings (``monitoring``).
+
+The work is split into mergeable *counts* (bin counts add up across chunks and Ray
+shards) and a report built from the merged counts, so a day that is scored in pieces
+gets exactly the same report as one scored at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from uba.artifacts import bin_proportions
+from uba.settings import MonitoringSettings
+
+SCORE_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99)
+# Share floor before taking logs: an empty bin would otherwise make the PSI infinite.
+MIN_SHARE = 1e-4
+STATUS_ORDER = ("ok", "warn", "drift")
+
+
+@dataclass
+class DriftCounts:
+    """Bin counts of one day (or one chunk of it); ``merge`` adds another chunk's counts."""
+
+    rows: int = 0
+    alerts: int = 0
+    feature_counts: dict[str, np.ndarray] = field(default_factory=dict)
+    score_counts: np.ndarray | None = None
+
+    def merge(self, other: DriftCounts) -> DriftCounts:
+        """Counts of both parts together (order does not matter: integer sums)."""
+        features = dict(self.feature_counts)
+        for name, counts in other.feature_counts.items():
+            features[name] = features[name] + counts if name in features else counts.copy()
+        if self.score_counts is None:
+            scores = other.score_counts
+        elif other.score_counts is None:
+            scores = self.score_counts
+        else:
+            scores = self.score_counts + other.score_counts
+        return DriftCounts(self.rows + other.rows, self.alerts + other.alerts, features, scores)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists, so counts can travel back from a Ray task or into JSON."""
+        return {
+            "rows": self.rows,
+            "alerts": self.alerts,
+            "feature_counts": {k: v.tolist() for k, v in self.feature_counts.items()},
+            "score_counts": None if self.score_counts is None else self.score_counts.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DriftCounts:
+        scores = data.get("score_counts")
+        return cls(
+            rows=int(data["rows"]),
+            alerts=int(data["alerts"]),
+            feature_counts={k: np.asarray(v, dtype=np.int64) for k, v in data["feature_counts"].items()},
+            score_counts=None if scores is None else np.asarray(scores, dtype=np.int64),
+        )
+
+
+def score_reference(metadata: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
+    """(cuts, training shares) for the score PSI, from the bundle's score quantiles.
+
+    Only the mid-range levels in SCORE_LEVELS are used: the extreme tails hold too few
+    events on one day to compare shares, and the top tail is covered by the alert rate.
+    """
+    summary = metadata.get("score_summary") or {}
+    quantiles = summary.get("quantiles") or {}
+    pairs = [(float(lv), float(v)) for lv, v in zip(quantiles.get("levels", []), quantiles.get("values", []),
+                                                   strict=False)
+             if any(abs(float(lv) - want) < 1e-12 for want in SCORE_LEVELS)]
+    cuts, levels = [], []
+    for level, value in pairs:
+        if cuts and value <= cuts[-1]:
+            continue
+        cuts.append(value)
+        levels.append(level)
+    if not cuts:
+        return None
+    bounds = [0.0, *levels, 1.0]
+    return cuts, [bounds[i + 1] - bounds[i] for i in range(len(bounds) - 1)]
+
+
+def _counts(values: np.ndarray, cuts: Sequence[float]) -> np.ndarray:
+    """Bin counts with the convention of ``uba.artifacts.bin_proportions`` (right-closed bins)."""
+    index = np.searchsorted(np.asarray(cuts, dtype=np.float64), values, side="left")
+    return np.bincount(index, minlength=len(cuts) + 1).astype(np.int64)
+
+
+def drift_counts(X: np.ndarray, scores: np.ndarray, metadata: Mapping[str, Any]) -> DriftCounts:
+    """Bin the day's feature values and scores exactly as the training reference was binned.
+
+    ``X`` has the bundle's feature columns in the bundle's order (``feature_names``).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    names = list(metadata["feature_names"])
+    reference = (metadata.get("feature_reference") or {}).get("features", {})
+    if X.ndim != 2 or X.shape[1] != len(names) or X.shape[0] != scores.shape[0]:
+        raise ValueError(f"drift_counts needs a (rows, {len(names)}) matrix and one score per row, "
+                         f"got {X.shape} and {scores.shape}")
+    features = {name: _counts(X[:, i], reference[name]["cuts"]) for i, name in enumerate(names)
+                if name in reference}
+    score_ref = score_reference(metadata)
+    score_counts = _counts(scores, score_ref[0]) if score_ref else None
+    alerts = int((scores >= float(metadata["threshold"])).sum())
+    return DriftCounts(rows=int(scores.shape[0]), alerts=alerts, feature_counts=features,
+                       score_counts=score_counts)
+
+
+def psi(actual_counts: np.ndarray, expected_shares: Sequence[float]) -> float:
+    """Population stability index of observed bin counts against reference shares."""
+    counts = np.asarray(actual_counts, dtype=np.float64)
+    expected = np.asarray(expected_shares, dtype=np.float64)
+    if counts.shape != expected.shape:
+        raise ValueError(f"{counts.shape[0]} bins observed but {expected.shape[0]} in the reference")
+    total = counts.sum()
+    if total <= 0:
+        return 0.0
+    actual = np.clip(counts / total, MIN_SHARE, None)
+    expected = np.clip(expected, MIN_SHARE, None)
+    actual, expected = actual / actual.sum(), expected / expected.sum()
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def _level(value: float, settings: MonitoringSettings) -> str:
+    if value >= settings.psi_drift:
+        return "drift"
+    return "warn" if value >= settings.psi_warn else "ok"
+
+
+def _worst(*statuses: str) -> str:
+    return max(statuses, key=STATUS_ORDER.index, default="ok")
+
+
+def drift_report_from_counts(counts: DriftCounts, metadata: Mapping[str, Any],
+                             settings: MonitoringSettings) -> dict[str, Any]:
+    """Turn a day's merged bin counts into the report stored in the run manifest."""
+    reference = (metadata.get("feature_reference") or {}).get("features", {})
+    feature_psi = {name: round(psi(c, reference[name]["proportions"]), 6)
+                   for name, c in sorted(counts.feature_counts.items())}
+    score_ref = score_reference(metadata)
+    score_psi = (round(psi(counts.score_counts, score_ref[1]), 6)
+                 if score_ref is not None and counts.score_counts is not None else None)
+    expected_rate = 1.0 - float(metadata["percentile"]) / 100.0
+    alert_rate = counts.alerts / counts.rows if counts.rows else 0.0
+    ratio = alert_rate / expected_rate if expected_rate > 0 else float("nan")
+    band = (1.0 / (1.0 + settings.alert_rate_tolerance), 1.0 + settings.alert_rate_tolerance)
+
+    max_feature, max_psi = max(feature_psi.items(), key=lambda kv: kv[1], default=(None, 0.0))
+    why: list[str] = []
+    for name, value in sorted(feature_psi.items(), key=lambda kv: -kv[1]):
+        if value >= settings.psi_drift:
+            why.append(f"feature {name} PSI {value:.3f} >= {settings.psi_drift:g}")
+    if score_psi is not None and score_psi >= settings.psi_drift:
+        why.append(f"anomaly score PSI {score_psi:.3f} >= {settings.psi_drift:g}")
+    status = _worst(_level(max_psi, settings), _level(score_psi or 0.0, settings))
+    warnings: list[str] = []
+    if counts.rows and not band[0] <= ratio <= band[1]:
+        status = _worst(status, "warn")
+        warnings.append(f"alert rate {alert_rate:.4f} is {ratio:.2f}x the expected {expected_rate:.4f}")
+    if status == "drift" and counts.rows < settings.min_rows:
+        status = "warn"
+        warnings.append(f"only {counts.rows} scored events (< monitoring.min_rows {settings.min_rows}): "
+                        "PSI too noisy to call drift")
+        why = []
+    if status == "warn" and not warnings:
+        warnings.append(f"max PSI {max(max_psi, score_psi or 0.0):.3f} >= {settings.psi_warn:g}")
+    return {
+        "status": status,
+        "retrain_advised": status == "drift",
+        "why": why,
+        "warnings": warnings,
+        "rows": counts.rows,
+        "feature_psi": feature_psi,
+        "max_feature_psi": round(max_psi, 6),
+        "max_feature": max_feature,
+        "score_psi": score_psi,
+        "alerts_at_global_threshold": counts.alerts,
+        "alert_rate": round(alert_rate, 6),
+        "expected_alert_rate": round(expected_rate, 6),
+        "alert_rate_ratio": round(ratio, 4) if counts.rows else None,
+        "limits": {"psi_warn": settings.psi_warn, "psi_drift": settings.psi_drift,
+                   "alert_rate_band": [round(band[0], 4), round(band[1], 4)]},
+    }
+
+
+def drift_report(features_matrix: np.ndarray, scores: np.ndarray, bundle_metadata: Mapping[str, Any],
+                 settings: MonitoringSettings) -> dict[str, Any]:
+    """Drift of one whole day against the bundle's training reference (see the module doc)."""
+    return drift_report_from_counts(drift_counts(features_matrix, scores, bundle_metadata),
+                                    bundle_metadata, settings)
+
+
+def reference_shares_match(metadata: Mapping[str, Any], X: np.ndarray) -> bool:
+    """True when binning ``X`` here reproduces the bundle's training shares (a self-check for tests)."""
+    reference = metadata["feature_reference"]["features"]
+    for i, name in enumerate(metadata["feature_names"]):
+        ours = bin_proportions(X[:, i], reference[name]["cuts"])
+        if not np.allclose(ours, reference[name]["proportions"], atol=1e-12):
+            return False
+    return True
+
+
+# --- over time: one row per scored day, from the run manifests ---------------------
+
+
+def monitoring_row(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """What `monitor` and the daily report show for one run, from its manifest.
+
+    Runs scored before drift checks existed have no ``drift`` section; their PSI
+    columns are None rather than a made-up zero.
+    """
+    counts = manifest.get("counts", {})
+    alerts = manifest.get("alerts", {})
+    drift = manifest.get("drift") or {}
+    model = manifest.get("model", {})
+    scored = int(counts.get("scored_rows", 0))
+    flagged = int(alerts.get("flagged_rows", counts.get("flagged_rows", 0)))
+    suppressed = int(alerts.get("suppressed_rows", 0))
+    percentile = model.get("threshold_percentile")
+    expected_rate = drift.get("expected_alert_rate")
+    if expected_rate is None and percentile is not None:
+        expected_rate = 1.0 - float(percentile) / 100.0
+    return {
+        "date": manifest.get("event_date"),
+        "model_version": model.get("version"),
+        "scored": scored,
+        "flagged": flagged,
+        "suppressed": suppressed,
+        "alerts": int(alerts.get("alert_rows", flagged - suppressed)),
+        "alert_rate": (drift.get("alert_rate") if drift else (flagged / scored if scored else None)),
+        "expected_alert_rate": expected_rate,
+        "max_feature_psi": drift.get("max_feature_psi"),
+        "max_feature": drift.get("max_feature"),
+        "score_psi": drift.get("score_psi"),
+        "status": drift.get("status", "n/a"),
+        "retrain_advised": bool(drift.get("retrain_advised", False)),
+        "why": list(drift.get("why", [])),
+        "flagged_users": int((manifest.get("user_day") or {}).get("flagged_users", 0)),
+    }
+
+
+def retrain_advice(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """One sentence saying whether and why to retrain, or None when nothing calls for it.
+
+    Retraining is advised when any day in the range drifted; the latest drifted day and
+    its strongest reason are named so the operator knows where to look.
+    """
+    drifted = [r for r in rows if r.get("retrain_advised")]
+    if not drifted:
+        return None
+    latest = drifted[-1]
+    reason = latest["why"][0] if latest.get("why") else "drift"
+    return (f"retraining advised: {len(drifted)} of {len(rows)} days drifted "
+            f"(first {drifted[0]['date']}, latest {latest['date']}: {reason})")

@@ -1,0 +1,232 @@
+"""Analyst feedback on alerts, and suppression rules for known-benign patterns.
+
+Both live under the data directory as append-only Parquet tables, so nothing an
+analyst said is ever overwritten: the latest label for an event wins, and removing a
+suppression rule appends a tombstone rather than deleting the rule.
+
+Suppression matches on an event's *top* reason kind, not on any of its reason kinds:
+a rule "user u7 often downloads a lot" must not silence an alert whose main reason is
+a 3 a.m. login that merely also mentions downloads. A suppressed event is still
+scored and still written; it just does not count as an alert.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from uba import io
+from uba.errors import UserError
+
+LABELS = ("benign", "malicious")
+WILDCARD = "*"
+FEEDBACK_COLUMNS = ("event_id", "label", "analyst", "note")
+FEEDBACK_SCHEMA: dict[str, pl.DataType] = {
+    "event_id": pl.String(),
+    "label": pl.String(),
+    "analyst": pl.String(),
+    "note": pl.String(),
+    "source": pl.String(),
+    "recorded_at": pl.Datetime("us", "UTC"),
+    "seq": pl.Int64(),
+}
+RULE_SCHEMA: dict[str, pl.DataType] = {
+    "rule_id": pl.String(),
+    "action": pl.String(),
+    "user_id": pl.String(),
+    "reason_kind": pl.String(),
+    "expires": pl.Date(),
+    "note": pl.String(),
+    "recorded_at": pl.Datetime("us", "UTC"),
+}
+ACTIVE_RULE_COLUMNS = ("rule_id", "user_id", "reason_kind", "expires", "note", "recorded_at")
+
+
+@dataclass(frozen=True)
+class FeedbackSummary:
+    """What one feedback submission stored, for the CLI and the API to report."""
+
+    rows: int
+    benign: int
+    malicious: int
+    path: Path
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def validate_feedback(rows: Sequence[Mapping[str, Any]], where: Callable[[int], str]) -> pl.DataFrame:
+    """Check and normalise feedback rows; the first problem is a UserError naming the row and value.
+
+    ``where(i)`` turns a 0-based row index into the caller's words ("line 4" for a CSV,
+    "item 2" for an API body), so the analyst can find the bad row.
+    """
+    if not rows:
+        raise UserError("feedback has no rows")
+    clean: dict[str, list[str | None]] = {c: [] for c in FEEDBACK_COLUMNS}
+    for i, row in enumerate(rows):
+        event_id = _text(row.get("event_id"))
+        if event_id is None:
+            raise UserError(f"{where(i)}: event_id is missing")
+        raw_label = _text(row.get("label"))
+        label = raw_label.lower() if raw_label else None
+        if label not in LABELS:
+            raise UserError(f"{where(i)}: label {raw_label!r} is not one of {', '.join(LABELS)}")
+        clean["event_id"].append(event_id)
+        clean["label"].append(label)
+        clean["analyst"].append(_text(row.get("analyst")))
+        clean["note"].append(_text(row.get("note")))
+    return pl.DataFrame(clean, schema={c: pl.String() for c in FEEDBACK_COLUMNS})
+
+
+def record_feedback(data_dir: Path, rows: Sequence[Mapping[str, Any]], source: str = "api",
+                    where: Callable[[int], str] | None = None) -> FeedbackSummary:
+    """Validate and append feedback rows as one part of ``<data-dir>/feedback/`` (all or nothing)."""
+    valid = validate_feedback(rows, where or (lambda i: f"item {i}"))
+    now = datetime.now(UTC)
+    stored = valid.with_columns(
+        pl.lit(source, dtype=pl.String()).alias("source"),
+        pl.lit(now, dtype=pl.Datetime("us", "UTC")).alias("recorded_at"),
+        pl.int_range(pl.len(), dtype=pl.Int64).alias("seq"),
+    ).select(list(FEEDBACK_SCHEMA))
+    path = io.append_table_part(stored, data_dir, io.FEEDBACK)
+    counts = valid["label"].value_counts()
+    by_label = dict(zip(counts["label"].to_list(), counts["count"].to_list(), strict=True))
+    return FeedbackSummary(rows=valid.height, benign=int(by_label.get("benign", 0)),
+                           malicious=int(by_label.get("malicious", 0)), path=path)
+
+
+def record_feedback_csv(data_dir: Path, csv_path: Path) -> FeedbackSummary:
+    """Feedback from an analyst's CSV (event_id, label[, analyst, note]); errors name the CSV line."""
+    frame = io.read_csv_as_strings(csv_path)
+    missing = [c for c in ("event_id", "label") if c not in frame.columns]
+    if missing:
+        raise UserError(f"{csv_path}: missing column(s) {', '.join(missing)} "
+                        f"(expected event_id, label[, analyst, note]; found {', '.join(frame.columns) or 'none'})")
+    rows = frame.select([c for c in FEEDBACK_COLUMNS if c in frame.columns]).to_dicts()
+    return record_feedback(data_dir, rows, source=f"csv:{Path(csv_path).name}",
+                           where=lambda i: f"{csv_path} line {i + 2}")
+
+
+def latest_feedback(data_dir: Path) -> pl.LazyFrame:
+    """One row per event with its most recent label (later parts, then later rows, win)."""
+    parts = io.scan_table(data_dir, io.FEEDBACK)
+    if parts is None:
+        return pl.LazyFrame(schema=FEEDBACK_SCHEMA)
+    return (
+        parts.sort(["_part", "recorded_at", "seq"])
+        .group_by("event_id", maintain_order=True)
+        .agg(pl.all().last())
+        .select(list(FEEDBACK_SCHEMA))
+    )
+
+
+def confirmed_malicious_ids(data_dir: Path) -> set[str]:
+    """Events whose latest analyst label is malicious: `train --exclude-malicious` drops these."""
+    latest = latest_feedback(data_dir).filter(pl.col("label") == "malicious").select("event_id").collect()
+    return set(latest["event_id"].to_list())
+
+
+# --- suppression rules -------------------------------------------------------------
+
+
+def _check_rule_fields(user_id: str, reason_kind: str, known_kinds: Sequence[str]) -> tuple[str, str]:
+    user = user_id.strip()
+    kind = reason_kind.strip()
+    if not user:
+        raise UserError("suppression rule: user_id is empty (use '*' for every user)")
+    if kind != WILDCARD and kind not in known_kinds:
+        raise UserError(f"suppression rule: reason kind {kind!r} is not one of "
+                        f"{', '.join(known_kinds)} or '*'")
+    return user, kind
+
+
+def add_rule(data_dir: Path, user_id: str, reason_kind: str, known_kinds: Sequence[str],
+             expires: date | None = None, note: str | None = None, today: date | None = None) -> str:
+    """Append a suppression rule and return its id; an already-expired rule is refused as a mistake."""
+    user, kind = _check_rule_fields(user_id, reason_kind, known_kinds)
+    today = today or datetime.now(UTC).date()
+    if expires is not None and expires < today:
+        raise UserError(f"suppression rule: expires {expires.isoformat()} is already in the past")
+    rule_id = uuid.uuid4().hex[:10]
+    row = pl.DataFrame([{"rule_id": rule_id, "action": "add", "user_id": user, "reason_kind": kind,
+                         "expires": expires, "note": _text(note), "recorded_at": datetime.now(UTC)}],
+                       schema=RULE_SCHEMA)
+    io.append_table_part(row, data_dir, io.SUPPRESSIONS)
+    return rule_id
+
+
+def remove_rule(data_dir: Path, rule_id: str) -> None:
+    """Retire a rule by appending a tombstone, so the history of what was suppressed stays readable."""
+    active = active_rules(load_rules(data_dir), day=None)
+    if rule_id not in active["rule_id"].to_list():
+        raise UserError(f"no active suppression rule with id {rule_id!r} (see `uba-batch suppress list`)")
+    row = pl.DataFrame([{"rule_id": rule_id, "action": "remove", "user_id": None, "reason_kind": None,
+                         "expires": None, "note": None, "recorded_at": datetime.now(UTC)}],
+                       schema=RULE_SCHEMA)
+    io.append_table_part(row, data_dir, io.SUPPRESSIONS)
+
+
+def load_rules(data_dir: Path) -> pl.DataFrame:
+    """Every rule event (adds and removes) ever written, in write order."""
+    parts = io.scan_table(data_dir, io.SUPPRESSIONS)
+    if parts is None:
+        return pl.DataFrame(schema=RULE_SCHEMA)
+    return parts.sort(["_part", "recorded_at"]).select(list(RULE_SCHEMA)).collect()
+
+
+def active_rules(rule_log: pl.DataFrame, day: date | None) -> pl.DataFrame:
+    """Rules added and not removed; with ``day``, also not expired before it (expiry day is inclusive)."""
+    removed = rule_log.filter(pl.col("action") == "remove")["rule_id"].to_list()
+    rules = rule_log.filter((pl.col("action") == "add") & ~pl.col("rule_id").is_in(removed))
+    if day is not None:
+        rules = rules.filter(pl.col("expires").is_null() | (pl.col("expires") >= day))
+    return rules.select(list(ACTIVE_RULE_COLUMNS))
+
+
+def _rule_matches(rule: Mapping[str, Any], top_kind: pl.Expr) -> pl.Expr:
+    cond = pl.lit(True)
+    if rule["user_id"] != WILDCARD:
+        cond = cond & (pl.col("user_id") == rule["user_id"])
+    if rule["reason_kind"] != WILDCARD:
+        cond = cond & (top_kind == rule["reason_kind"]).fill_null(False)
+    return cond
+
+
+def apply_suppressions(scored: pl.LazyFrame, rules: pl.DataFrame, day: date) -> pl.LazyFrame:
+    """Add ``suppressed`` (bool) and ``suppressed_by`` (rule id) to scored events.
+
+    Only events over the threshold (``is_anomaly``) can be suppressed; the first active
+    rule (in write order) whose user and top reason kind match is recorded. The row
+    stays in the output with its score: suppression hides an alert, never data.
+    """
+    live = active_rules(rules, day) if "action" in rules.columns else rules
+    names = scored.collect_schema().names()
+    top_kind = pl.col("reason_kinds").list.first() if "reason_kinds" in names else pl.lit(None, pl.String)
+    flagged = pl.col("is_anomaly").fill_null(False)
+    matched = [
+        pl.when(_rule_matches(rule, top_kind)).then(pl.lit(rule["rule_id"]))
+        for rule in live.iter_rows(named=True)
+    ]
+    by = pl.coalesce(matched) if matched else pl.lit(None, dtype=pl.String)
+    by = pl.when(flagged).then(by).otherwise(pl.lit(None, dtype=pl.String)).cast(pl.String)
+    return scored.with_columns(by.alias("suppressed_by")).with_columns(
+        pl.col("suppressed_by").is_not_null().alias("suppressed")
+    )
+
+
+def known_reason_kinds() -> tuple[str, ...]:
+    """The stable reason kinds a rule may name (owned by uba.reasons)."""
+    from uba.reasons import REASON_KINDS
+
+    return tuple(REASON_KINDS)

@@ -1,0 +1,370 @@
+"""The daily analyst report: one self-contained HTML page per scored day.
+
+Everything the page shows is embedded (inline CSS, charts as base64 PNGs, no scripts,
+no external links), so it can be mailed, attached to a ticket or opened on an
+air-gapped workstation and look the same.
+
+User risk, used to rank the "top users" table, adds up what the day says about a user:
+each unsuppressed event alert contributes ``anomaly_score / threshold`` (at least 1;
+the user's own threshold when per-user thresholds are on) and a user-day alert
+contributes its ``risk_score``. Suppressed alerts are counted but add no risk.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io as stdio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from uba import io
+from uba.drift import monitoring_row, retrain_advice
+from uba.errors import UserError
+from uba.settings import Settings
+
+FLAGGED_NEEDED: dict[str, pl.DataType] = {
+    "event_id": pl.String(),
+    "user_id": pl.String(),
+    "anomaly_score": pl.Float64(),
+    "threshold": pl.Float64(),
+    "reasons": pl.List(pl.String()),
+}
+USER_DAY_NEEDED: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "risk_score": pl.Float64(),
+    "reasons": pl.List(pl.String()),
+}
+STATUS_COLOURS = {"ok": "#2e7d32", "warn": "#b26a00", "drift": "#c62828", "n/a": "#666666"}
+
+
+# --- tables ----------------------------------------------------------------------------
+
+
+def _with_defaults(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Columns added by later features (suppression, per-user cuts) may be absent in old outputs."""
+    names = frame.collect_schema().names()
+    extra = []
+    if "suppressed" not in names:
+        extra.append(pl.lit(False).alias("suppressed"))
+    if "user_threshold" not in names:
+        extra.append(pl.col("threshold").alias("user_threshold"))
+    return frame.with_columns(extra) if extra else frame
+
+
+def user_risk_table(flagged: pl.LazyFrame, flagged_users: pl.LazyFrame, top: int) -> pl.LazyFrame:
+    """Users ranked by the day's risk (see the module doc), with their strongest reasons."""
+    events = _with_defaults(flagged)
+    alerting = events.filter(~pl.col("suppressed"))
+    per_user = alerting.group_by("user_id").agg(
+        pl.len().cast(pl.Int64).alias("alerts"),
+        pl.col("anomaly_score").max().alias("max_score"),
+        (pl.col("anomaly_score") / pl.col("user_threshold")).clip(1.0, None).sum().alias("event_risk"),
+        pl.col("reasons").sort_by("anomaly_score", descending=True).head(2).explode()
+        .drop_nulls().unique(maintain_order=True).head(3).alias("event_reasons"),
+    )
+    suppressed = events.filter(pl.col("suppressed")).group_by("user_id").agg(
+        pl.len().cast(pl.Int64).alias("suppressed")
+    )
+    days = flagged_users.select(
+        "user_id", pl.col("risk_score").alias("user_day_risk"), pl.col("reasons").alias("user_day_reasons")
+    )
+    users = pl.concat([per_user.select("user_id"), suppressed.select("user_id"), days.select("user_id")]
+                      ).unique()
+    return (
+        users.join(per_user, on="user_id", how="left")
+        .join(suppressed, on="user_id", how="left")
+        .join(days, on="user_id", how="left")
+        .with_columns(
+            pl.col("alerts", "suppressed").fill_null(0),
+            (pl.col("event_risk").fill_null(0.0) + pl.col("user_day_risk").fill_null(0.0)).round(3)
+            .alias("risk"),
+            pl.concat_list(pl.col("user_day_reasons").fill_null(pl.lit([], pl.List(pl.String))),
+                           pl.col("event_reasons").fill_null(pl.lit([], pl.List(pl.String))))
+            .alias("reasons"),
+        )
+        .filter(pl.col("risk") > 0)
+        .sort(["risk", "user_id"], descending=[True, False])
+        .head(top)
+        .select("user_id", "risk", "alerts", "suppressed", "max_score", "user_day_risk", "reasons")
+    )
+
+
+def suppression_counts(flagged: pl.LazyFrame) -> pl.LazyFrame:
+    """How many alerts each rule silenced on the day."""
+    events = _with_defaults(flagged)
+    names = events.collect_schema().names()
+    rule = pl.col("suppressed_by") if "suppressed_by" in names else pl.lit("?")
+    return (events.filter(pl.col("suppressed")).group_by(rule.alias("rule_id"))
+            .agg(pl.len().cast(pl.Int64).alias("suppressed")).sort(["suppressed", "rule_id"],
+                                                                   descending=[True, False]))
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything one day's page shows, already read from storage."""
+
+    day: date
+    manifest: Mapping[str, Any]
+    history: list[dict[str, Any]]
+    top_users: pl.DataFrame
+    suppressions: pl.DataFrame
+    flagged_users: int
+    generated_at: datetime
+
+
+def _scan_or_empty(root: Path, dataset: str, day: date, schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
+    scan = io.scan_partition(root, dataset, day)
+    return scan if scan is not None else pl.LazyFrame(schema=dict(schema))
+
+
+def load_report_data(settings: Settings, day: date, history_days: int = 14, top: int = 15) -> ReportData:
+    """Read the day's manifest, outputs and the previous days' manifests."""
+    output_dir = Path(settings.paths.output_dir)
+    manifest = io.read_run_manifest(output_dir, day)
+    if manifest is None:
+        raise UserError(f"{day.isoformat()} has not been scored (no manifest under {output_dir / io.RUNS}); "
+                        f"run `uba-batch score --date {day.isoformat()}` first")
+    first = day - timedelta(days=history_days - 1)
+    history = []
+    for past in io.run_manifest_dates(output_dir):
+        if first <= past <= day:
+            past_manifest = manifest if past == day else io.read_run_manifest(output_dir, past)
+            if past_manifest is not None:
+                history.append(monitoring_row(past_manifest))
+    flagged = _scan_or_empty(output_dir, io.FLAGGED, day, FLAGGED_NEEDED)
+    users = _scan_or_empty(output_dir, io.FLAGGED_USERS, day, USER_DAY_NEEDED)
+    return ReportData(
+        day=day,
+        manifest=manifest,
+        history=history,
+        top_users=user_risk_table(flagged, users, top).collect(),
+        suppressions=suppression_counts(flagged).collect(),
+        flagged_users=int(users.select(pl.len()).collect().item()),
+        generated_at=datetime.now(UTC),
+    )
+
+
+# --- charts ----------------------------------------------------------------------------
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = stdio.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80, metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def alert_history_png(rows: Sequence[Mapping[str, Any]], day: date) -> bytes:
+    """Alerts per day (suppressed stacked on top) against the alerts the percentile promises."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 2.6))
+    labels = [str(r["date"])[5:] for r in rows]
+    alerts = [r["alerts"] for r in rows]
+    suppressed = [r["suppressed"] for r in rows]
+    colours = ["#1565c0" if str(r["date"]) == day.isoformat() else "#90caf9" for r in rows]
+    ax.bar(labels, alerts, color=colours, label="alerts")
+    ax.bar(labels, suppressed, bottom=alerts, color="#cfd8dc", label="suppressed")
+    expected = [(r["expected_alert_rate"] or 0.0) * r["scored"] for r in rows]
+    ax.plot(labels, expected, color="#37474f", linestyle="--", marker=".", label="expected")
+    ax.set_ylabel("events")
+    ax.tick_params(axis="x", labelsize=7, rotation=45)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def drift_history_png(rows: Sequence[Mapping[str, Any]], psi_warn: float, psi_drift: float) -> bytes:
+    """Max feature PSI and score PSI over time (with the limits), and alert rate vs expected."""
+    plt = _pyplot()
+    fig, (ax_psi, ax_rate) = plt.subplots(2, 1, figsize=(7.5, 4.6), sharex=True)
+    labels = [str(r["date"])[5:] for r in rows]
+
+    def series(key: str) -> list[float]:
+        return [float("nan") if r[key] is None else float(r[key]) for r in rows]
+
+    ax_psi.plot(labels, series("max_feature_psi"), marker="o", label="max feature PSI")
+    ax_psi.plot(labels, series("score_psi"), marker="s", label="score PSI")
+    ax_psi.axhline(psi_warn, color="#b26a00", linestyle=":", label=f"warn {psi_warn:g}")
+    ax_psi.axhline(psi_drift, color="#c62828", linestyle="--", label=f"drift {psi_drift:g}")
+    ax_psi.set_ylabel("PSI")
+    ax_psi.legend(fontsize=7, loc="upper left")
+    ax_rate.plot(labels, series("alert_rate"), marker="o", label="alert rate")
+    ax_rate.plot(labels, series("expected_alert_rate"), linestyle="--", color="#37474f", label="expected")
+    ax_rate.set_ylabel("alert rate")
+    ax_rate.tick_params(axis="x", labelsize=7, rotation=45)
+    ax_rate.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+# --- page ------------------------------------------------------------------------------
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#212121;background:#f5f6f8}
+header{background:#263238;color:#fff;padding:16px 28px}
+header h1{margin:0;font-size:22px}
+header p{margin:4px 0 0;color:#cfd8dc;font-size:13px}
+main{padding:18px 28px;max-width:1100px}
+section{background:#fff;border:1px solid #e0e0e0;border-radius:6px;padding:14px 18px;margin:0 0 16px}
+h2{font-size:16px;margin:0 0 10px}
+.cards{display:flex;gap:12px;flex-wrap:wrap;background:none;border:0;padding:0}
+.card{background:#fff;border:1px solid #e0e0e0;border-radius:6px;padding:10px 16px;min-width:130px}
+.card b{display:block;font-size:22px}
+.card span{color:#616161;font-size:12px}
+.chip{display:inline-block;padding:1px 10px;border-radius:10px;color:#fff;font-weight:600}
+table{border-collapse:collapse;width:100%;font-size:13px}
+th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #eee;vertical-align:top}
+th{background:#fafafa;font-weight:600}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+ul.reasons{margin:0;padding-left:18px}
+img{max-width:100%;height:auto}
+.muted{color:#757575}
+footer{padding:0 28px 24px;color:#757575;font-size:12px}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _chip(status: str) -> str:
+    colour = STATUS_COLOURS.get(status, STATUS_COLOURS["n/a"])
+    return f'<span class="chip" style="background:{colour}">{_e(status)}</span>'
+
+
+def _card(value: Any, label: str, ident: str) -> str:
+    return f'<div class="card" id="{ident}"><b>{_e(value)}</b><span>{_e(label)}</span></div>'
+
+
+def _reasons(items: Sequence[str] | None) -> str:
+    if not items:
+        return '<span class="muted">-</span>'
+    return '<ul class="reasons">' + "".join(f"<li>{_e(r)}</li>" for r in items) + "</ul>"
+
+
+def _users_table(top: pl.DataFrame) -> str:
+    if top.height == 0:
+        return '<p class="muted">No alerts today.</p>'
+    rows = []
+    for r in top.iter_rows(named=True):
+        max_score = "-" if r["max_score"] is None else f"{r['max_score']:.3f}"
+        day_risk = "-" if r["user_day_risk"] is None else f"{r['user_day_risk']:.2f}"
+        rows.append(
+            f'<tr class="user" data-user="{_e(r["user_id"])}"><td>{_e(r["user_id"])}</td>'
+            f'<td class="num">{r["risk"]:.2f}</td><td class="num">{r["alerts"]}</td>'
+            f'<td class="num">{r["suppressed"]}</td><td class="num">{max_score}</td>'
+            f'<td class="num">{day_risk}</td><td>{_reasons(r["reasons"])}</td></tr>'
+        )
+    head = ("<tr><th>user</th><th>risk</th><th>alerts</th><th>suppressed</th><th>max score</th>"
+            "<th>user-day risk</th><th>reasons</th></tr>")
+    return f'<table id="top-users"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _drift_section(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                   settings: Settings) -> str:
+    drift = manifest.get("drift")
+    if not drift:
+        return '<p class="muted">This run has no drift check (scored before monitoring was enabled).</p>'
+    top = sorted(drift.get("feature_psi", {}).items(), key=lambda kv: -kv[1])[:6]
+    feature_rows = "".join(f'<tr><td>{_e(n)}</td><td class="num">{v:.3f}</td></tr>' for n, v in top)
+    notes = list(drift.get("why", [])) + list(drift.get("warnings", []))
+    advice = retrain_advice(rows)
+    score_psi = drift.get("score_psi")
+    parts = [
+        f'<p id="drift-status">Status {_chip(drift.get("status", "n/a"))} '
+        f'max feature PSI <b>{drift.get("max_feature_psi", 0):.3f}</b> ({_e(drift.get("max_feature"))}), '
+        f'score PSI <b>{"-" if score_psi is None else f"{score_psi:.3f}"}</b>, '
+        f'alert rate {drift.get("alert_rate", 0):.4f} vs expected {drift.get("expected_alert_rate", 0):.4f}.</p>',
+    ]
+    if drift.get("retrain_advised"):
+        parts.append('<p id="retrain"><b>Retraining advised</b> for this day.</p>')
+    if advice:
+        parts.append(f'<p class="muted">{_e(advice)}</p>')
+    if notes:
+        parts.append(_reasons(notes))
+    parts.append(f'<table><thead><tr><th>feature</th><th>PSI</th></tr></thead><tbody>{feature_rows}</tbody></table>')
+    if len(rows) > 1:
+        parts.append(_img(drift_history_png(rows, settings.monitoring.psi_warn, settings.monitoring.psi_drift),
+                          "PSI and alert rate over time"))
+    return "".join(parts)
+
+
+def _suppression_section(counts: pl.DataFrame, total: int) -> str:
+    if total == 0:
+        return '<p class="muted">No alerts were suppressed.</p>'
+    rows = "".join(f'<tr><td>{_e(r["rule_id"])}</td><td class="num">{r["suppressed"]}</td></tr>'
+                   for r in counts.iter_rows(named=True))
+    return (f"<p>{total} alerts matched a suppression rule: still scored, not counted as alerts.</p>"
+            f'<table id="suppressed"><thead><tr><th>rule</th><th>suppressed</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table>")
+
+
+def render_report(data: ReportData, settings: Settings) -> str:
+    """The page as one HTML string (no external resources of any kind)."""
+    manifest = data.manifest
+    today = monitoring_row(manifest)
+    model = manifest.get("model", {})
+    per_user = bool((manifest.get("alerts") or {}).get("per_user_thresholds"))
+    cards = "".join([
+        _card(f"{today['scored']:,}", "events scored", "card-scored"),
+        _card(today["alerts"], "alerts", "card-alerts"),
+        _card(today["suppressed"], "suppressed", "card-suppressed"),
+        _card(data.flagged_users, "unusual user-days", "card-user-days"),
+        f'<div class="card" id="card-drift"><b>{_chip(today["status"])}</b><span>drift</span></div>',
+    ])
+    history = (_img(alert_history_png(data.history, data.day), "alerts per day") if data.history
+               else '<p class="muted">No history yet.</p>')
+    threshold = model.get("threshold")
+    subtitle = (f"model {_e(model.get('version'))} &middot; threshold "
+                f"{'-' if threshold is None else f'{threshold:.4f}'} (p{_e(model.get('threshold_percentile'))})"
+                f"{' &middot; per-user thresholds on' if per_user else ''}")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>UBA daily report {data.day.isoformat()}</title>
+<style>{CSS}</style></head>
+<body>
+<header><h1>UBA daily report &mdash; {data.day.isoformat()}</h1><p>{subtitle}</p></header>
+<main>
+<section class="cards">{cards}</section>
+<section><h2>Alerts vs previous days</h2>{history}</section>
+<section><h2>Top users by risk</h2>{_users_table(data.top_users)}
+<p class="muted">Risk = sum over the user's unsuppressed alerts of score / threshold, plus the user-day risk.</p></section>
+<section><h2>Drift</h2>{_drift_section(manifest, data.history, settings)}</section>
+<section><h2>Suppressed alerts</h2>{_suppression_section(data.suppressions, today["suppressed"])}</section>
+</main>
+<footer>Generated {data.generated_at.strftime("%Y-%m-%d %H:%M UTC")} from run {_e(manifest.get("run_id"))}.</footer>
+</body></html>
+"""
+
+
+def write_report(settings: Settings, day: date, out: Path | None = None, history_days: int = 14,
+                 top: int = 15) -> Path:
+    """Build the page for ``day`` and write it (default ``<output-dir>/reports/report-D.html``)."""
+    data = load_report_data(settings, day, history_days, top)
+    target = out or Path(settings.paths.output_dir) / "reports" / f"report-{day.isoformat()}.html"
+    return io.write_bytes_atomic(render_report(data, settings).encode("utf-8"), target)

@@ -1,0 +1,149 @@
+"""Per-user adaptive thresholds.
+
+One global cut makes a naturally erratic user produce a large share of all alerts,
+while a very regular user's small departure from habit never reaches it. Each user
+therefore gets a cut between the global threshold ``T`` and the ``user_quantile`` of
+the user's own training scores ``q_u``::
+
+    w   = n / (n + prior_events)            n = the user's scored training events
+    t_u = clip(w * q_u + (1 - w) * T, min_ratio * T, max_ratio * T)
+
+A user with little history keeps (nearly) the global cut; the clip bounds how far any
+one user's history can move it, so an erratic user is damped but never invisible.
+Users the model never saw get ``T``. Since ``q_u`` is roughly each user's own 98th
+percentile, the overall alert budget stays close to the global one: it is shared out
+more evenly across users rather than enlarged.
+
+The per-user table is derived data: built from the bundle's training window (same
+features, same detector), stored next to the bundle (``user_scores.parquet``) and
+rebuilt whenever it is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from uba import io
+from uba.artifacts import Bundle
+from uba.logs import get_logger
+from uba.settings import Settings, UserThresholdSettings
+
+log = get_logger("thresholds")
+
+HISTORY_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "n": pl.Int64(),
+    "user_quantile": pl.Float64(),
+}
+
+
+def score_history(scored: pl.LazyFrame, quantile: float) -> pl.LazyFrame:
+    """Per user: how many scored events back the estimate, and their ``quantile`` score."""
+    return (
+        scored.group_by("user_id")
+        .agg(
+            pl.len().cast(pl.Int64).alias("n"),
+            pl.col("anomaly_score").quantile(quantile, interpolation="linear").alias("user_quantile"),
+        )
+        .sort("user_id")
+        .select(list(HISTORY_SCHEMA))
+    )
+
+
+def user_thresholds(history: pl.LazyFrame, global_threshold: float,
+                    settings: UserThresholdSettings) -> pl.LazyFrame:
+    """One cut per user with history: the global threshold shrunk toward the user's own quantile."""
+    t = float(global_threshold)
+    n = pl.col("n").cast(pl.Float64)
+    weight = n / (n + settings.prior_events)
+    blended = weight * pl.col("user_quantile") + (1.0 - weight) * t
+    return history.select(
+        "user_id",
+        "n",
+        weight.alias("weight"),
+        blended.clip(settings.min_ratio * t, settings.max_ratio * t).alias("user_threshold"),
+    )
+
+
+def apply_thresholds(scored: pl.LazyFrame, thresholds: pl.LazyFrame, global_threshold: float) -> pl.LazyFrame:
+    """Re-decide ``is_anomaly`` with each user's cut (``user_threshold``; unknown users: global).
+
+    ``threshold`` keeps the model's global cut, so the decision without per-user
+    thresholds stays recoverable as ``anomaly_score >= threshold``.
+    """
+    cuts = thresholds.select("user_id", pl.col("user_threshold").alias("_user_cut"))
+    return (
+        scored.join(cuts, on="user_id", how="left", maintain_order="left")
+        .with_columns(pl.col("_user_cut").fill_null(float(global_threshold)).alias("user_threshold"))
+        .with_columns((pl.col("anomaly_score") >= pl.col("user_threshold")).alias("is_anomaly"))
+        .drop("_user_cut")
+    )
+
+
+def concentration_comparison(user_ids: Sequence[str], scores: np.ndarray, global_threshold: float,
+                             user_cuts: np.ndarray) -> dict[str, Any]:
+    """Alert concentration across users with the global cut and with per-user cuts, side by side."""
+    from uba.evaluate import alert_concentration
+
+    scores = np.asarray(scores, dtype=np.float64)
+    without = scores >= float(global_threshold)
+    with_user = scores >= np.asarray(user_cuts, dtype=np.float64)
+    return {
+        "global_threshold": alert_concentration(list(user_ids), without) | {"alerts": int(without.sum())},
+        "per_user_thresholds": alert_concentration(list(user_ids), with_user) | {"alerts": int(with_user.sum())},
+    }
+
+
+def user_cut_array(user_ids: Sequence[str], thresholds: pl.DataFrame, global_threshold: float) -> np.ndarray:
+    """Each event's user cut as an array aligned with ``user_ids`` (global for unknown users)."""
+    frame = pl.DataFrame({"user_id": list(user_ids)}, schema={"user_id": pl.String()})
+    joined = frame.join(thresholds.select("user_id", "user_threshold"), on="user_id", how="left",
+                        maintain_order="left")
+    return joined["user_threshold"].fill_null(float(global_threshold)).to_numpy()
+
+
+# --- the per-user table of a bundle ---------------------------------------------------
+
+
+def training_days(bundle: Bundle) -> list[date]:
+    """The days the bundle was trained on, from its metadata."""
+    from uba.pipeline import date_range
+
+    window = bundle.metadata["training_window"]
+    return date_range(date.fromisoformat(window["start"]), date.fromisoformat(window["end"]))
+
+
+def history_from_training(settings: Settings, bundle: Bundle) -> pl.DataFrame:
+    """Score the bundle's own training window and summarise it per user.
+
+    Uses the same feature function and detector as scoring, so a user's history is on
+    exactly the scale of the scores it is compared with.
+    """
+    from uba.pipeline import feature_matrix, window_features
+
+    features = window_features(settings.paths.data_dir, training_days(bundle), settings)
+    frame = features.select("user_id", *bundle.detector.feature_names).collect()
+    scores = bundle.detector.anomaly_scores(feature_matrix(frame, bundle.detector.feature_names))
+    scored = pl.LazyFrame({"user_id": frame["user_id"], "anomaly_score": scores})
+    return score_history(scored, settings.user_thresholds.user_quantile).collect()
+
+
+def load_or_build_history(settings: Settings, bundle: Bundle) -> pl.DataFrame:
+    """The bundle's per-user score table, built once from the training window when missing.
+
+    A table built for another quantile setting is rebuilt, so changing
+    ``user_thresholds.user_quantile`` takes effect at the next run.
+    """
+    quantile = settings.user_thresholds.user_quantile
+    stored = io.read_user_score_history(bundle.path, quantile)
+    if stored is not None:
+        return stored
+    log.info("building per-user score history for %s from its training window", bundle.version)
+    history = history_from_training(settings, bundle)
+    io.write_user_score_history(history, bundle.path, quantile)
+    return history

@@ -1,0 +1,185 @@
+"""User-day alerts: a user's whole day is unusual for them, even when no single event is.
+
+Data theft spread over many small sessions gives no event that stands out; the day
+does. From the day's aggregate row of each user and the user's baseline (aggregates
+of the lookback strictly before the day) four signals are checked:
+
+- downloads, sessions and events of the day against the user's usual per-active-day
+  rate: ``ratio = today / max(usual, 1)``, where ``usual`` is the user's rate shrunk
+  toward the population's with ``prior_days`` pseudo-days (a user seen on two days
+  has a noisy rate; an unknown user gets the population's). A signal fires when the
+  ratio reaches its limit *and* today's count reaches its minimum, so tiny counts
+  never alert;
+- activity on a weekday the user has not been active on in at least
+  ``weekday_min_weeks`` weeks of history.
+
+Each fired signal contributes its strength (ratio / limit, 1 for the weekday) to the
+day's ``risk_score``, so several signals together outrank one. Reasons are plain
+sentences, strongest first, with a parallel list of machine kinds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+
+from uba import io
+from uba.errors import UserError
+from uba.features.baselines import POPULATION_USER, dow_days_col
+from uba.settings import Settings, UserDaySettings
+
+WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+RATE_SIGNALS: tuple[tuple[str, str, str], ...] = (
+    # (kind, count column in aggregates, per-active-day rate column in baselines)
+    ("downloads", "n_downloads", "downloads_per_active_day"),
+    ("sessions", "n_sessions", "sessions_per_active_day"),
+    ("events", "n_events", "events_per_active_day"),
+)
+ALERT_COLUMNS = (
+    "user_id", "event_date", "risk_score", "reasons", "reason_kinds", "n_events", "n_sessions",
+    "n_downloads", "usual_events", "usual_sessions", "usual_downloads", "days_active", "known_user",
+)
+
+
+def _limits(settings: UserDaySettings) -> dict[str, tuple[float, int]]:
+    return {
+        "downloads": (settings.download_ratio, settings.min_downloads),
+        "sessions": (settings.session_ratio, settings.min_sessions),
+        "events": (settings.event_ratio, settings.min_events),
+    }
+
+
+def _baseline_inputs(baselines: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Per-user rates and weekday history, with the population's rates on every row."""
+    rates = [rate for _, _, rate in RATE_SIGNALS]
+    users = baselines.filter(pl.col("user_id") != POPULATION_USER).select(
+        "user_id", "days_active", "history_days", *rates,
+        pl.concat_list([pl.col(dow_days_col(d)) for d in range(7)]).alias("_days_by_weekday"),
+    )
+    population = baselines.filter(pl.col("user_id") == POPULATION_USER).select(
+        *(pl.col(rate).alias(f"pop_{rate}") for rate in rates)
+    )
+    return users, population
+
+
+def _usual(rate: str, prior_days: float) -> pl.Expr:
+    days = pl.col("days_active").fill_null(0).cast(pl.Float64)
+    own = pl.col(rate).fill_null(0.0).fill_nan(0.0)
+    pop = pl.col(f"pop_{rate}").fill_null(0.0).fill_nan(0.0)
+    return (days * own + prior_days * pop) / (days + prior_days)
+
+
+def _rate_reason(kind: str, count: str, ratio_limit: float, minimum: int) -> pl.Expr:
+    today = pl.col(count).cast(pl.Float64)
+    usual = pl.col(f"usual_{kind}")
+    ratio = today / pl.max_horizontal(usual, pl.lit(1.0))
+    fired = (today >= minimum) & (ratio >= ratio_limit)
+    text = pl.format(
+        "{} {} today, {}x this user's usual {} per active day",
+        pl.col(count), pl.lit(kind), ratio.round(1), usual.round(1),
+    )
+    return pl.struct(
+        strength=pl.when(fired).then(ratio / ratio_limit).otherwise(0.0),
+        text=text,
+        kind=pl.lit(kind),
+    )
+
+
+def _weekday_reason(settings: UserDaySettings) -> pl.Expr:
+    dow = pl.col("day_of_week").cast(pl.Int64)
+    weeks = (pl.col("history_days").fill_null(0) // 7).cast(pl.Int64)
+    never = pl.col("_days_by_weekday").list.get(dow, null_on_oob=True).fill_null(-1) == 0
+    fired = (
+        never
+        & (weeks >= settings.weekday_min_weeks)
+        & (pl.col("days_active").fill_null(0) >= settings.weekday_min_weeks)
+        & (pl.col("n_events") >= settings.weekday_min_events)
+    )
+    name = dow.replace_strict(list(range(7)), list(WEEKDAY_NAMES), return_dtype=pl.String, default="?")
+    text = pl.format("active on a {} ({} events), a weekday this user has not been active on in {} weeks",
+                     name, pl.col("n_events"), weeks)
+    return pl.struct(strength=pl.when(fired).then(1.0).otherwise(0.0), text=text, kind=pl.lit("new_weekday"))
+
+
+def score_user_days(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
+                    settings: UserDaySettings) -> pl.LazyFrame:
+    """Every user active in ``day_aggregates`` with their day's risk score and reasons (may be empty)."""
+    users, population = _baseline_inputs(baselines)
+    joined = (
+        day_aggregates.join(users, on="user_id", how="left")
+        .join(population, how="cross")
+        .with_columns(
+            pl.col("days_active").is_not_null().alias("known_user"),
+            *(_usual(rate, settings.prior_days).alias(f"usual_{kind}") for kind, _, rate in RATE_SIGNALS),
+        )
+    )
+    limits = _limits(settings)
+    candidates = [_rate_reason(kind, count, *limits[kind]) for kind, count, _ in RATE_SIGNALS]
+    candidates.append(_weekday_reason(settings))
+    ranked = pl.concat_list(candidates).list.eval(
+        pl.element().sort_by(pl.element().struct.field("strength"), descending=True, maintain_order=True)
+    ).list.eval(pl.element().filter(pl.element().struct.field("strength") > 0))
+    return (
+        joined.with_columns(ranked.alias("_fired"))
+        .with_columns(
+            pl.col("_fired").list.eval(pl.element().struct.field("strength")).list.sum()
+            .fill_null(0.0).round(4).alias("risk_score"),
+            pl.col("_fired").list.eval(pl.element().struct.field("text")).alias("reasons"),
+            pl.col("_fired").list.eval(pl.element().struct.field("kind")).alias("reason_kinds"),
+            pl.col("event_date").cast(pl.Date),
+            pl.col("days_active").fill_null(0).cast(pl.Int64),
+            *(pl.col(f"usual_{kind}").round(3) for kind, _, _ in RATE_SIGNALS),
+        )
+        .select(list(ALERT_COLUMNS))
+    )
+
+
+def user_day_alerts(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
+                    settings: UserDaySettings) -> pl.LazyFrame:
+    """Users whose day fired at least one signal, riskiest first."""
+    return (
+        score_user_days(day_aggregates, baselines, settings)
+        .filter(pl.col("risk_score") > 0)
+        .sort(["risk_score", "user_id"], descending=[True, False])
+    )
+
+
+def alerts_for_day(aggregates: pl.LazyFrame, baselines: pl.LazyFrame, day: date,
+                   settings: UserDaySettings) -> pl.LazyFrame:
+    """User-day alerts of ``day`` from an aggregates frame that may hold other days too."""
+    today = aggregates.filter(pl.col("event_date").cast(pl.Date) == day)
+    return user_day_alerts(today, baselines, settings)
+
+
+@dataclass(frozen=True)
+class UserDayRun:
+    """What one day's user-day pass found and where it wrote it."""
+
+    alerts: pl.DataFrame
+    users_scored: int
+    path: Path
+
+
+def run_user_day(settings: Settings, day: date) -> UserDayRun:
+    """Aggregates of ``day`` vs baselines as of ``day`` -> ``<output-dir>/flagged_users/event_date=day/``.
+
+    The partition is replaced as a whole, so re-running a day never duplicates alerts;
+    a day with no alerts still gets an (empty) partition, which says "checked, nothing found".
+    """
+    from uba.features import baselines_as_of
+    from uba.pipeline import prepare_aggregates
+
+    data_dir = settings.paths.data_dir
+    prepare_aggregates(data_dir, [day], settings)
+    today = io.scan_partition(data_dir, io.AGGREGATES, day)
+    if today is None:
+        raise UserError(f"no aggregates for {day.isoformat()} under {Path(data_dir) / io.AGGREGATES} "
+                        "(no events that day?)")
+    scored = score_user_days(today, baselines_as_of(data_dir, day, settings), settings.user_day).collect()
+    alerts = (scored.filter(pl.col("risk_score") > 0)
+              .sort(["risk_score", "user_id"], descending=[True, False]))
+    path = io.replace_partition(alerts, settings.paths.output_dir, io.FLAGGED_USERS, day)
+    return UserDayRun(alerts=alerts, users_scored=scored.height, path=path)
