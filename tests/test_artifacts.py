@@ -262,6 +262,13 @@ def test_non_numeric_threshold_is_refused(saved):
     assert "'threshold' must be a number" in _refusal(model_dir)
 
 
+def test_non_integer_sub_sample_size_is_refused(saved):
+    model_dir, version = saved
+    body = json.loads((model_dir / version / BUNDLE_FILE).read_text())
+    _edit_body(model_dir / version, model=body["model"] | {"max_samples_": "256"})
+    assert "'model.max_samples_' must be an integer, got '256'" in _refusal(model_dir)
+
+
 def test_a_bundle_copied_under_another_version_name_is_refused(saved):
     model_dir, version = saved
     other = "20000101T000000Z-00000000"

@@ -471,12 +471,11 @@ def _rebuild_detector(
     path: Path, npz_path: Path, body: Mapping[str, Any], arrays: dict[str, np.ndarray]
 ) -> Detector:
     names = tuple(body["feature_names"])
+    max_samples = _number(path, body, "model", "max_samples_")
+    if isinstance(max_samples, bool) or not isinstance(max_samples, int):
+        raise BundleError(f"{path}: 'model.max_samples_' must be an integer, got {max_samples!r}")
     try:
-        forest = CompactForest(
-            **arrays,
-            max_samples=int(_number(path, body, "model", "max_samples_")),
-            n_features=len(names),
-        )
+        forest = CompactForest(**arrays, max_samples=max_samples, n_features=len(names))
     except (TypeError, ValueError) as exc:
         raise BundleError(f"{npz_path}: {exc}") from exc
     try:
