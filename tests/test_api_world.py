@@ -1,0 +1,157 @@
+"""Shared builders for the API tests: a tiny real world and a real uvicorn server.
+
+Not a test module of its own (pytest collects it, finds no tests). The world is made
+by the product's own functions: ``write_generated`` (generate + ingest), the feature
+store (aggregates, baselines, snapshot), ``event_features``, ``fit_detector`` and
+``save_bundle``, i.e. what ``uba-batch train`` does, with a small forest for speed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+import polars as pl
+
+from uba import io
+from uba.artifacts import save_bundle
+from uba.features import baselines_as_of, ensure_aggregates, event_features, snapshot_baselines
+from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
+from uba.generate import GenerationOptions
+from uba.generate.store import write_generated
+from uba.model import fit_detector
+from uba.settings import Settings, load_settings
+
+START = date(2026, 3, 2)
+TRAIN_DAYS = 7
+SCORE_DAY = START + timedelta(days=TRAIN_DAYS)  # first day after training: the snapshot's as_of
+N_ESTIMATORS = 60
+SEED_PAYLOAD = {
+    "user_id": 123, "event_type": "login", "session_duration_sec": 18000,
+    "events_in_session": 190, "hour_of_day": 2, "day_of_week": 1, "device_type": "desktop",
+}
+SEED_FIELDS = ("anomaly_score", "is_anomaly", "threshold_percentile")
+EXTRA_FIELDS = ("threshold", "model_version", "baseline_as_of", "known_user", "reasons", "reason_kinds")
+
+
+@dataclass(frozen=True)
+class World:
+    root: Path
+    data_dir: Path
+    model_dir: Path
+    output_dir: Path
+    version: str
+    training_matrix: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for a server or CLI run against this world (settings via UBA_*)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("UBA_")}
+        env.update(UBA_DATA_DIR=str(self.data_dir), UBA_MODEL_DIR=str(self.model_dir),
+                   UBA_OUTPUT_DIR=str(self.output_dir), UBA_MODEL__N_ESTIMATORS=str(N_ESTIMATORS),
+                   RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+        env.update(extra)
+        return env
+
+    def settings(self, **model: object) -> Settings:
+        return load_settings(env=self.env(), overrides={"model": dict(model)})
+
+    def copy(self, dest: Path) -> World:
+        shutil.copytree(self.root, dest)
+        return World(dest, dest / "data", dest / "models", dest / "output", self.version,
+                     dest / self.training_matrix.relative_to(self.root))
+
+
+def training_features(settings: Settings, days: list[date]) -> pl.DataFrame:
+    data_dir = settings.paths.data_dir
+    frames = [event_features(io.scan_events(data_dir, d), baselines_as_of(data_dir, d, settings))
+              for d in days]
+    return pl.concat(frames, how="vertical").collect()
+
+
+def train_bundle(settings: Settings, days: list[date]) -> tuple[str, np.ndarray]:
+    """Fit and save a bundle on ``days`` (what ``train`` does); returns its version and X."""
+    features = training_features(settings, days)
+    X = np.ascontiguousarray(features.select(list(FEATURE_COLUMNS)).to_numpy(), dtype=np.float64)
+    detector, _ = fit_detector(X, FEATURE_COLUMNS, settings.model, settings.threshold.percentile)
+    metadata = {
+        "feature_set_version": FEATURE_SET_VERSION,
+        "training_window": {"start": days[0].isoformat(), "end": days[-1].isoformat()},
+        "rows": {"training": int(features.height)},
+    }
+    return save_bundle(settings.paths.model_dir, detector, metadata), X
+
+
+def build_world(root: Path, users: int = 30, seed: int = 11) -> World:
+    world = World(root, root / "data", root / "models", root / "output", "", root / "train.npy")
+    settings = world.settings()
+    write_generated(GenerationOptions(users=users, days=TRAIN_DAYS + 1, start=START, seed=seed),
+                    world.data_dir, settings)
+    days = [START + timedelta(days=i) for i in range(TRAIN_DAYS)]
+    ensure_aggregates(world.data_dir, [*days, SCORE_DAY], settings.events)
+    version, X = train_bundle(settings, days)
+    np.save(world.training_matrix, X)
+    snapshot_baselines(world.data_dir, SCORE_DAY, settings)
+    return World(root, world.data_dir, world.model_dir, world.output_dir, version, world.training_matrix)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+@contextmanager
+def running_server(env: dict[str, str], log: Path, timeout: float = 30.0) -> Iterator[Server]:
+    """``uvicorn uba.api.app:app`` on a free loopback port, stopped by its own pid."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "uba.api.app:app", "--host", "127.0.0.1",
+           "--port", str(port), "--no-access-log"]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    try:
+        wait_for_health(server, timeout)
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_for_health(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log.read_text()}")
+        try:
+            if httpx.get(server.url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"server not healthy after {timeout}s:\n{server.log.read_text()}")

@@ -1,0 +1,1 @@
+"""FastAPI inference service: ``create_app()`` builds it, ``uba-api`` serves it."""

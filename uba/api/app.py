@@ -1,0 +1,84 @@
+"""The FastAPI application: factory, lifespan, middleware and routers in one place.
+
+``create_app()`` does no I/O: it reads settings and wires objects. The model bundle,
+baseline snapshot and API keys load in the lifespan, so importing this module (or
+``uvicorn uba.api.app:app``) costs nothing and a missing model never stops the
+process from starting (``/ready`` says why instead). The module attribute ``app`` is
+built on first access, for ``uvicorn uba.api.app:app``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+
+from uba.api.auth import load_api_keys, require_api_key
+from uba.api.batcher import ScoringBatcher
+from uba.api.deps import Runtime
+from uba.api.errors import unexpected_error_handler, validation_error_handler
+from uba.api.metrics import ApiMetrics, MetricsMiddleware
+from uba.api.middleware import BodyLimitMiddleware
+from uba.api.routes import admin, health, metrics, model, predict
+from uba.api.schemas import build_models
+from uba.settings import Settings, load_settings
+
+API_TITLE = "UBA inference API"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    runtime: Runtime = app.state.runtime
+    runtime.api_keys = load_api_keys(runtime.settings.api)
+    await run_in_threadpool(runtime.holder.load_initial, runtime.settings)
+    state = runtime.holder.current
+    runtime.metrics.set_model(
+        state.version if state else None, state.baselines.as_of.isoformat() if state else None
+    )
+    await runtime.batcher.start()
+    try:
+        yield
+    finally:
+        await runtime.batcher.stop()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build an app for ``settings`` (default: ``load_settings()``: UBA_CONFIG, UBA_* env)."""
+    settings = settings or load_settings()
+    models = build_models(settings.events, settings.api)
+    api_metrics = ApiMetrics()
+    batcher = ScoringBatcher(api_metrics, settings.threshold.max_reasons)
+    runtime = Runtime(settings=settings, models=models, metrics=api_metrics, batcher=batcher)
+    from uba import __version__
+
+    app = FastAPI(title=API_TITLE, version=__version__, lifespan=lifespan,
+                  description="Scores user activity events against per-user baselines "
+                              "with the batch job's feature code and model bundle.")
+    app.state.runtime = runtime
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)
+
+    protected = [Depends(require_api_key)]
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(predict.build_router(models), dependencies=protected)
+    app.include_router(model.router, dependencies=protected)
+    app.include_router(admin.router, dependencies=protected)
+
+    # Outermost first in the request path: metrics see every response, including 413s.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.api.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=runtime.metrics)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    """``uba.api.app:app`` for uvicorn, built on first access rather than at import."""
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

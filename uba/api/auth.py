@@ -1,0 +1,77 @@
+"""Optional API-key check (header ``X-API-Key``).
+
+Keys come from the environment variable named by ``api.api_keys_env`` (comma-separated)
+and/or the file ``api.api_key_file`` (one key per line or comma-separated, ``#`` starts
+a comment). No key configured means the API is open, which suits a loopback or
+mesh-protected deployment; a key file that is configured but unreadable or empty is an
+error at startup, because silently running open would be the wrong failure.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from fastapi import HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader
+
+from uba.errors import UserError
+from uba.settings import ApiSettings
+
+API_KEY_HEADER = "X-API-Key"
+api_key_header = APIKeyHeader(
+    name=API_KEY_HEADER, auto_error=False,
+    description="Required when the server is configured with API keys.",
+)
+
+
+def _split_keys(text: str) -> list[str]:
+    keys = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0]
+        keys.extend(part.strip() for part in line.split(","))
+    return [k for k in keys if k]
+
+
+def _keys_from_file(path: Path) -> list[str]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read api.api_key_file {path}: {exc.strerror or exc}") from exc
+    keys = _split_keys(text)
+    if not keys:
+        raise UserError(f"api.api_key_file {path} holds no keys")
+    return keys
+
+
+def load_api_keys(api: ApiSettings, env: Mapping[str, str] | None = None) -> tuple[bytes, ...]:
+    """All configured keys as bytes (what ``hmac.compare_digest`` compares); empty = open API."""
+    env = os.environ if env is None else env
+    keys = _split_keys(env.get(api.api_keys_env, "")) if api.api_keys_env else []
+    if api.api_key_file is not None:
+        keys.extend(_keys_from_file(api.api_key_file))
+    return tuple(dict.fromkeys(k.encode() for k in keys))
+
+
+def key_is_valid(candidate: str, keys: tuple[bytes, ...]) -> bool:
+    """Constant-time comparison against every key (no early exit that would leak which matched)."""
+    given = candidate.encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key)
+    return matched
+
+
+async def require_api_key(request: Request, api_key: str | None = Security(api_key_header)) -> None:
+    """Router dependency: 401 unless the key matches, when keys are configured."""
+    keys: tuple[bytes, ...] = request.app.state.runtime.api_keys
+    if not keys:
+        return
+    if api_key is None or not key_is_valid(api_key, keys):
+        raise HTTPException(
+            status_code=status.HTTP_401_UNAUTHORIZED,
+            detail=[{"field": API_KEY_HEADER, "message": "missing or invalid API key", "value": None}],
+            headers={"WWW-Authenticate": API_KEY_HEADER},
+        )

@@ -1,0 +1,59 @@
+"""Typed dependencies shared by the routers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+
+from uba.api.batcher import ScoringBatcher
+from uba.api.metrics import ApiMetrics
+from uba.api.schemas import ApiModels
+from uba.api.state import ModelHolder, ModelState
+from uba.settings import Settings
+
+
+@dataclass
+class Runtime:
+    """Per-app objects: built in ``create_app`` (no I/O), filled by the lifespan."""
+
+    settings: Settings
+    models: ApiModels
+    metrics: ApiMetrics
+    batcher: ScoringBatcher
+    holder: ModelHolder = field(default_factory=ModelHolder)
+    api_keys: tuple[bytes, ...] = ()
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_model_state(runtime: RuntimeDep) -> ModelState:
+    """The state this request will use from start to end, even if a reload swaps it meanwhile."""
+    state = runtime.holder.current
+    if state is None:
+        raise HTTPException(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"no model loaded: {runtime.holder.problem}",
+        )
+    return state
+
+
+ModelStateDep = Annotated[ModelState, Depends(get_model_state)]
+
+
+def require_json(request: Request) -> None:
+    """415 for a body that does not claim to be JSON (FastAPI alone would answer 422)."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise HTTPException(
+            status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            detail=[{"field": "content-type", "message": "must be application/json",
+                     "value": content_type[:100] or None}],
+        )

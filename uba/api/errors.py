@@ -1,0 +1,81 @@
+"""One error shape for every 4xx: ``{"detail": [{"field", "message", "value"}]}``.
+
+FastAPI's default 422 body repeats the whole input and nests locations; clients (and
+people reading logs) want the field path, a sentence, and the offending value. Values
+are made JSON-safe and short, because the value that failed may be a NaN, a 1 MB
+string or a nested structure.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastapi import Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from uba.api.schemas import BATCH_TOO_LARGE
+from uba.logs import get_logger
+
+log = get_logger("api.errors")
+MAX_VALUE_CHARS = 80
+
+
+def safe_value(value: Any) -> Any:
+    """A short, JSON-serialisable echo of the offending value."""
+    if value is None or isinstance(value, bool | int):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**18:
+            return str(value)[:MAX_VALUE_CHARS]
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return value if len(value) <= MAX_VALUE_CHARS else value[:MAX_VALUE_CHARS] + "..."
+    if isinstance(value, dict):
+        return f"<object with {len(value)} keys>"
+    if isinstance(value, list | tuple):
+        return f"<array of {len(value)} items>"
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    return str(value)[:MAX_VALUE_CHARS]
+
+
+def field_path(loc: tuple[Any, ...]) -> str:
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "header", "path"):
+        parts = parts[1:]
+    return ".".join(str(p) for p in parts) or "body"
+
+
+def describe_error(error: dict[str, Any]) -> dict[str, Any]:
+    kind = error.get("type", "")
+    if kind == "json_invalid":
+        position = error.get("loc", ("body", "?"))[-1]
+        reason = (error.get("ctx") or {}).get("error", "invalid JSON")
+        return {"field": "body", "message": f"invalid JSON: {reason} (at character {position})",
+                "value": None}
+    if kind == "missing":
+        field = field_path(tuple(error.get("loc", ())))
+        message = "request body is required" if field == "body" else "field required"
+        return {"field": field, "message": message, "value": None}
+    return {
+        "field": field_path(tuple(error.get("loc", ()))),
+        "message": error.get("msg", "invalid value"),
+        "value": safe_value(error.get("input")),
+    }
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    code = status.HTTP_422_UNPROCESSABLE_CONTENT
+    if any(e.get("type") == BATCH_TOO_LARGE for e in errors):
+        code = status.HTTP_413_CONTENT_TOO_LARGE
+    return JSONResponse(status_code=code, content={"detail": [describe_error(e) for e in errors[:50]]})
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: log it with its traceback, answer a plain 500 without internals."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(status_code=500, content={"detail": "internal server error"})

@@ -1,0 +1,114 @@
+"""Prometheus metrics, one registry per app.
+
+A registry per app (not the process-global default) keeps two apps in one process,
+as in the tests, from double-registering or mixing their counts. The route label is
+the route template (``/predict``), never the raw path, so label cardinality stays fixed
+whatever clients send.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+UNMATCHED_ROUTE = "unmatched"
+
+
+class ApiMetrics:
+    """The counters, histograms and gauges the service exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "uba_api_requests", "HTTP requests by route, method and status code.",
+            ["route", "method", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "uba_api_request_duration_seconds", "Request latency by route and method.",
+            ["route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.events_scored = Counter(
+            "uba_api_events_scored", "Events scored by /predict and /predict/batch.",
+            ["known_user"], registry=self.registry,
+        )
+        self.anomalies = Counter(
+            "uba_api_anomalies", "Scored events at or over the threshold.", registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "uba_api_model_info", "1 for the model version and baseline snapshot being served.",
+            ["model_version", "baseline_as_of"], registry=self.registry,
+        )
+        self.model_loaded = Gauge(
+            "uba_api_model_loaded", "1 when a model and baselines are loaded.", registry=self.registry,
+        )
+        self.reloads = Counter(
+            "uba_api_reloads", "Reload attempts by outcome.", ["outcome"], registry=self.registry,
+        )
+
+    def record_scores(self, known_user: list[bool], anomalies: int) -> None:
+        known = sum(known_user)
+        if known:
+            self.events_scored.labels(known_user="true").inc(known)
+        if len(known_user) - known:
+            self.events_scored.labels(known_user="false").inc(len(known_user) - known)
+        if anomalies:
+            self.anomalies.inc(anomalies)
+
+    def set_model(self, model_version: str | None, baseline_as_of: str | None) -> None:
+        self.model_info.clear()
+        if model_version is None:
+            self.model_loaded.set(0)
+            return
+        self.model_info.labels(model_version=model_version, baseline_as_of=baseline_as_of or "").set(1)
+        self.model_loaded.set(1)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def route_label(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+class MetricsMiddleware:
+    """Times every HTTP request and counts it by route template and final status."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = route_label(scope)
+            method = scope.get("method", "")
+            self.metrics.latency.labels(route=route, method=method).observe(
+                time.perf_counter() - started
+            )
+            self.metrics.requests.labels(route=route, method=method, status=str(status)).inc()

@@ -1,0 +1,1 @@
+"""Routers; ``uba.api.app`` assembles them in one place."""

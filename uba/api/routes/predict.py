@@ -1,0 +1,87 @@
+"""POST /predict and /predict/batch.
+
+The request models are generated from settings (allowed categories, limits), so this
+router is built per app by :func:`build_router`. (No ``from __future__ import
+annotations`` here: FastAPI must see the generated classes, not their names.)
+"""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
+
+from uba.api.deps import ModelStateDep, Runtime, RuntimeDep, require_json
+from uba.api.inference import ScoringEvent, ScoringResult, score_events
+from uba.api.schemas import ApiModels, BatchPrediction, ErrorBody, Prediction
+from uba.api.state import ModelState
+
+SEED_EXAMPLE = {
+    "user_id": 123, "event_type": "login", "session_duration_sec": 18000,
+    "events_in_session": 190, "hour_of_day": 2, "day_of_week": 1, "device_type": "desktop",
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody, "description": "Body or batch over the configured limit"},
+    415: {"model": ErrorBody, "description": "Body is not application/json"},
+    422: {"model": ErrorBody, "description": "Invalid event: the field, message and value"},
+    503: {"model": ErrorBody, "description": "No model loaded yet"},
+}
+
+
+def to_scoring_event(event: BaseModel) -> ScoringEvent:
+    """A validated request event in stored form (time fields derived from the timestamp)."""
+    stamp, hour, day = event.time_fields()  # type: ignore[attr-defined]
+    data = event.__dict__
+    return ScoringEvent(
+        event_id=data["event_id"], user_id=data["user_id"], timestamp=stamp,
+        event_type=data["event_type"], session_duration_sec=float(data["session_duration_sec"]),
+        events_in_session=data["events_in_session"], device_type=data["device_type"],
+        hour_of_day=hour, day_of_week=day, session_id=data["session_id"],
+    )
+
+
+def prediction(state: ModelState, event: ScoringEvent, result: ScoringResult, row: int) -> Prediction:
+    return Prediction(
+        event_id=event.event_id, user_id=event.user_id,
+        anomaly_score=float(result.scores[row]), is_anomaly=bool(result.flags[row]),
+        threshold_percentile=state.percentile / 100.0, threshold=state.threshold,
+        model_version=state.version, baseline_as_of=state.baselines.as_of,
+        known_user=bool(result.known_user[row]),
+        reasons=result.reasons[row], reason_kinds=result.reason_kinds[row],
+    )
+
+
+def _score_batch(runtime: Runtime, state: ModelState, events: list[ScoringEvent]) -> list[Prediction]:
+    result = score_events(state, events, runtime.settings.threshold.max_reasons)
+    runtime.metrics.record_scores(result.known_user, int(result.flags.sum()))
+    return [prediction(state, event, result, i) for i, event in enumerate(events)]
+
+
+def build_router(models: ApiModels) -> APIRouter:
+    router = APIRouter(tags=["predict"], dependencies=[Depends(require_json)], responses=_ERRORS)
+
+    @router.post("/predict", response_model=Prediction, summary="Score one event")
+    async def predict(
+        event: Annotated[models.event, Body(openapi_examples={"seed": {"value": SEED_EXAMPLE}})],  # type: ignore[name-defined]
+        state: ModelStateDep,
+        runtime: RuntimeDep,
+    ) -> Prediction:
+        scoring_event = to_scoring_event(event)
+        result, row = await runtime.batcher.score(state, scoring_event)
+        return prediction(state, scoring_event, result, row)
+
+    @router.post("/predict/batch", response_model=BatchPrediction,
+                 summary="Score a list of events, answered in order")
+    async def predict_batch(
+        batch: Annotated[models.batch, Body(openapi_examples={"seed": {"value": {"events": [SEED_EXAMPLE]}}})],  # type: ignore[name-defined]
+        state: ModelStateDep,
+        runtime: RuntimeDep,
+    ) -> BatchPrediction:
+        events = [to_scoring_event(e) for e in batch.events]  # type: ignore[attr-defined]
+        scored = await run_in_threadpool(_score_batch, runtime, state, events)
+        return BatchPrediction(
+            count=len(scored), anomalies=sum(p.is_anomaly for p in scored),
+            model_version=state.version, baseline_as_of=state.baselines.as_of, predictions=scored,
+        )
+
+    return router

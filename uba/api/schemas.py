@@ -1,0 +1,270 @@
+"""Request and response models of the inference API.
+
+The allowed categories, string lengths, numeric ranges and the batch limit come from
+settings, so the models are built per app by :func:`build_models` rather than declared
+once at import: a deployment that adds an event type in its YAML gets it in validation
+and in the OpenAPI schema without a code change. Numbers are strict (``true`` is not
+``1``, ``"5"`` is not ``5``) and non-finite floats are refused, because a lax coercion
+would silently score an event that the batch job would quarantine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationInfo,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from uba.settings import ApiSettings, EventSettings
+
+BATCH_TOO_LARGE = "batch_too_large"
+_STRICT_MODEL = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+def parse_timestamp(value: str) -> datetime:
+    """ISO-8601 to an aware UTC datetime; a naive time means UTC, as in DESIGN.md."""
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise PydanticCustomError(
+            "timestamp_format", "must be an ISO-8601 date-time such as 2026-03-01T02:15:00Z"
+        ) from exc
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _clean_id(value: str, max_length: int) -> str:
+    """Ids as ingest stores them: surrounding whitespace stripped, no control characters."""
+    text = value.strip()
+    if not text:
+        raise PydanticCustomError("id_empty", "must not be empty or blank")
+    if len(text) > max_length:
+        raise PydanticCustomError(
+            "id_too_long", "must be at most {max_length} characters", {"max_length": max_length}
+        )
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise PydanticCustomError("id_characters", "must not contain control characters")
+    return text
+
+
+def _id_type(max_length: int, allow_int: bool = False) -> Any:
+    """A string id (user_id may also be an integer, stored as its decimal text)."""
+
+    def check(value: Any) -> str:
+        if allow_int and isinstance(value, int) and not isinstance(value, bool):
+            return _clean_id(str(value), max_length)
+        if not isinstance(value, str):
+            expected = "an integer or a string" if allow_int else "a string"
+            raise PydanticCustomError("id_type", "must be {expected}", {"expected": expected})
+        return _clean_id(value, max_length)
+
+    text_schema = {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": r"^\s*[^\x00-\x1f\x7f\s][^\x00-\x1f\x7f]*$"}
+    schema = {"anyOf": [{"type": "integer"}, text_schema]} if allow_int else text_schema
+    return Annotated[str, PlainValidator(check), WithJsonSchema(schema)]
+
+
+class _EventBase(BaseModel):
+    """Cross-field rule shared by every generated event model: time comes from somewhere."""
+
+    model_config = _STRICT_MODEL
+
+    @field_validator("timestamp", mode="after", check_fields=False)
+    @classmethod
+    def _utc_timestamp(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return parse_timestamp(value).isoformat()
+
+    @field_validator("hour_of_day", "day_of_week", mode="after", check_fields=False)
+    @classmethod
+    def _agrees_with_timestamp(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if "timestamp" not in info.data:  # the timestamp itself was invalid: already reported
+            return value
+        stamp = info.data["timestamp"]
+        if stamp is None:
+            if value is None:
+                raise PydanticCustomError(
+                    "missing_time", "is required when no timestamp is given"
+                )
+            return value
+        when = datetime.fromisoformat(stamp)
+        derived = when.hour if info.field_name == "hour_of_day" else when.weekday()
+        if value is not None and value != derived:
+            raise PydanticCustomError(
+                "timestamp_disagrees",
+                "{value} disagrees with timestamp {stamp} (UTC gives {derived})",
+                {"value": value, "stamp": stamp, "derived": derived},
+            )
+        return derived
+
+    def time_fields(self) -> tuple[datetime | None, int, int]:
+        """(timestamp, hour_of_day, day_of_week) after validation filled the derived ones."""
+        data = self.__dict__
+        stamp = datetime.fromisoformat(data["timestamp"]) if data["timestamp"] else None
+        return stamp, data["hour_of_day"], data["day_of_week"]
+
+
+def build_event_model(events: EventSettings) -> type[BaseModel]:
+    """The per-event request model, with categories and limits from settings."""
+    text = Annotated[str, Field(strict=True, min_length=1, max_length=events.max_string_length)]
+    event_type = Literal[events.event_types]  # type: ignore[valid-type]
+    device_type = Literal[events.device_types]  # type: ignore[valid-type]
+    return create_model(
+        "EventIn",
+        __base__=_EventBase,
+        __doc__="One user activity event, as in the seed's /predict payload.",
+        event_id=(_id_type(events.max_string_length) | None,
+                  Field(None, description="Echoed back; optional.")),
+        session_id=(_id_type(events.max_string_length) | None,
+                    Field(None, description="Optional session identifier.")),
+        user_id=(_id_type(events.max_string_length, allow_int=True), Field(examples=[123])),
+        event_type=(event_type, Field(examples=["login"])),
+        session_duration_sec=(
+            float,
+            Field(strict=True, ge=0, le=events.max_session_duration_sec, examples=[18000]),
+        ),
+        events_in_session=(
+            int,
+            Field(strict=True, ge=1, le=events.max_events_in_session, examples=[190]),
+        ),
+        device_type=(device_type, Field(examples=["desktop"])),
+        timestamp=(
+            text | None,
+            Field(None, description="ISO-8601; naive means UTC. Replaces or must agree with "
+                  "hour_of_day/day_of_week."),
+        ),
+        hour_of_day=(
+            int | None,
+            Field(None, strict=True, ge=0, le=23, validate_default=True,
+                  description="0-23 in UTC; required without timestamp.", examples=[2]),
+        ),
+        day_of_week=(
+            int | None,
+            Field(None, strict=True, ge=0, le=6, validate_default=True,
+                  description="0=Monday..6=Sunday in UTC; required without timestamp.",
+                  examples=[1]),
+        ),
+    )
+
+
+def _batch_limit(max_batch: int) -> Any:
+    def check(value: Any) -> Any:
+        if isinstance(value, list) and len(value) > max_batch:
+            raise PydanticCustomError(
+                BATCH_TOO_LARGE,
+                "holds {count} events; the limit is {limit} per request (api.max_batch)",
+                {"count": len(value), "limit": max_batch},
+            )
+        return value
+
+    return check
+
+
+def build_batch_model(event_model: type[BaseModel], api: ApiSettings) -> type[BaseModel]:
+    """``{"events": [...]}`` with the size limit checked before any event is validated."""
+    from pydantic import BeforeValidator
+
+    events_type = Annotated[
+        list[event_model],  # type: ignore[valid-type]
+        BeforeValidator(_batch_limit(api.max_batch)),
+        Field(min_length=1, json_schema_extra={"maxItems": api.max_batch}),
+    ]
+    return create_model(
+        "BatchIn",
+        __config__=_STRICT_MODEL,
+        __doc__=f"Up to {api.max_batch} events, answered in the same order.",
+        events=(events_type, ...),
+    )
+
+
+class Prediction(BaseModel):
+    """The seed's answer (anomaly_score, is_anomaly, threshold_percentile) plus context."""
+
+    event_id: str | None = None
+    user_id: str
+    anomaly_score: float = Field(description="Higher is more anomalous; -IsolationForest.score_samples.")
+    is_anomaly: bool = Field(description="anomaly_score >= threshold")
+    threshold_percentile: float = Field(description="Percentile as a fraction, e.g. 0.98 (as in the seed).")
+    threshold: float
+    model_version: str
+    baseline_as_of: date
+    known_user: bool = Field(description="False when the population baseline was used.")
+    reasons: list[str]
+    reason_kinds: list[str]
+
+
+class BatchPrediction(BaseModel):
+    count: int
+    anomalies: int
+    model_version: str
+    baseline_as_of: date
+    predictions: list[Prediction]
+
+
+class ModelInfo(BaseModel):
+    model_version: str
+    feature_set_version: str | None
+    features: list[str]
+    threshold: float
+    percentile: float
+    threshold_percentile: float
+    baseline_as_of: date
+    baseline_users: int
+    training: dict[str, Any] = Field(description="Training window and counts from the bundle metadata.")
+    loaded_at: datetime
+    scorer: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model_version: str | None = None
+    baseline_as_of: date | None = None
+    reason: str | None = None
+
+
+class ReloadResult(BaseModel):
+    reloaded: bool
+    changed: bool
+    model_version: str
+    baseline_as_of: date
+    previous_model_version: str | None
+    previous_baseline_as_of: date | None
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+    value: Any = None
+
+
+class ErrorBody(BaseModel):
+    detail: list[FieldError] | str
+
+
+@dataclass(frozen=True)
+class ApiModels:
+    """The generated request models of one app."""
+
+    event: type[BaseModel]
+    batch: type[BaseModel]
+
+
+def build_models(events: EventSettings, api: ApiSettings) -> ApiModels:
+    event = build_event_model(events)
+    return ApiModels(event=event, batch=build_batch_model(event, api))

@@ -1,0 +1,77 @@
+"""``uba-api``: run the inference API under uvicorn with host/port/workers from settings.
+
+Flags are written into the environment (``UBA_CONFIG``, ``UBA_DATA_DIR``,
+``UBA_MODEL_DIR``, ``UBA_API__*``) before uvicorn starts, because with several workers
+each worker process builds its own app from ``uba.api.app:create_app`` and reads
+settings there; the environment is the one channel all of them share.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from uba.errors import UserError
+from uba.logs import configure_logging
+from uba.settings import load_settings
+
+APP_FACTORY = "uba.api.app:create_app"
+
+
+def _export(env: dict[str, str], name: str, value: object) -> None:
+    if value is not None:
+        env[name] = str(value)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", type=click.Path(dir_okay=False), default=None, envvar="UBA_CONFIG",
+              help="YAML settings file (default: configs/default.yaml). Env: UBA_CONFIG.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Data directory holding baselines/. Env: UBA_DATA_DIR.")
+@click.option("--model-dir", type=click.Path(file_okay=False), default=None,
+              help="Model bundle directory. Env: UBA_MODEL_DIR.")
+@click.option("--host", default=None, help="Bind address (default: api.host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: api.port, 8000).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Worker processes (default: api.workers, 1). Each loads its own model copy.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", show_default=True)
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="One log line per request (uvicorn's access log).")
+def main(config: str | None, data_dir: str | None, model_dir: str | None, host: str | None,
+         port: int | None, workers: int | None, log_format: str, log_level: str,
+         access_log: bool) -> None:
+    """Serve POST /predict, /predict/batch, /health, /ready, /model, /metrics, /admin/reload.
+
+    \b
+    Example:
+      uba-api --data-dir data --model-dir models --port 8000
+      curl -s localhost:8000/ready
+      UBA_API__WORKERS=2 uba-api --config configs/default.yaml
+    """
+    import uvicorn
+
+    configure_logging(log_format, log_level)
+    env = os.environ
+    _export(env, "UBA_CONFIG", config)
+    _export(env, "UBA_DATA_DIR", data_dir)
+    _export(env, "UBA_MODEL_DIR", model_dir)
+    _export(env, "UBA_API__HOST", host)
+    _export(env, "UBA_API__PORT", port)
+    _export(env, "UBA_API__WORKERS", workers)
+    try:
+        settings = load_settings()  # fail fast, once, on a bad config before forking workers
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    uvicorn.run(
+        APP_FACTORY, factory=True, host=settings.api.host, port=settings.api.port,
+        workers=settings.api.workers, log_level=log_level.lower(), access_log=access_log,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

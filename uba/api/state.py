@@ -1,0 +1,200 @@
+"""What the API serves with: one model bundle + one baseline snapshot, swapped atomically.
+
+A :class:`ModelState` is immutable. Reload builds a complete new one off to the side,
+checks it by scoring a probe event end to end, and only then replaces the holder's
+reference in a single assignment, so a request that already picked up the old state
+finishes with it and a broken bundle never becomes visible.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from uba import io
+from uba.artifacts import Bundle, load_bundle
+from uba.errors import BundleError, UserError
+from uba.features.baselines import POPULATION_USER
+from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
+from uba.logs import get_logger
+from uba.settings import Settings
+
+log = get_logger("api.state")
+
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
+class BaselineIndex:
+    """A baseline snapshot indexed by user, so a request slices its row instead of joining.
+
+    ``positions`` maps user_id to its row in ``frame``; slicing a Polars frame is
+    zero-copy, and a dict of ints stays small even for millions of users.
+    """
+
+    as_of: date
+    path: Path
+    frame: pl.DataFrame
+    positions: Mapping[str, int]
+    population: pl.DataFrame
+
+    @property
+    def users(self) -> int:
+        return len(self.positions) - (POPULATION_USER in self.positions)
+
+    def rows_for(self, user_ids: list[str]) -> pl.DataFrame:
+        """The baseline rows these users need: their own (when known) plus the population row."""
+        wanted = sorted({self.positions[u] for u in user_ids
+                         if u in self.positions and u != POPULATION_USER})
+        if not wanted:
+            return self.population
+        if len(wanted) == 1:
+            return pl.concat([self.frame.slice(wanted[0], 1), self.population], how="vertical")
+        return pl.concat([self.frame[wanted], self.population], how="vertical")
+
+
+def index_baselines(frame: pl.DataFrame, as_of: date, path: Path) -> BaselineIndex:
+    """Validate a snapshot (one row per user, a population row) and index it."""
+    if "user_id" not in frame.columns:
+        raise UserError(f"baseline snapshot {path} has no user_id column")
+    ids = frame["user_id"].to_list()
+    if len(set(ids)) != len(ids):
+        raise UserError(f"baseline snapshot {path} has duplicate user_id rows")
+    positions = {uid: i for i, uid in enumerate(ids)}
+    if POPULATION_USER not in positions:
+        raise UserError(f"baseline snapshot {path} has no population row ({POPULATION_USER!r})")
+    population = frame.slice(positions[POPULATION_USER], 1)
+    return BaselineIndex(as_of=as_of, path=path, frame=frame, positions=positions, population=population)
+
+
+@dataclass(frozen=True, eq=False)
+class ModelState:
+    """Everything one request needs; never mutated after it is built."""
+
+    bundle: Bundle
+    baselines: BaselineIndex
+    scorer: Scorer
+    scorer_name: str
+    loaded_at: datetime
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    @property
+    def threshold(self) -> float:
+        return float(self.bundle.detector.threshold)
+
+    @property
+    def percentile(self) -> float:
+        return float(self.bundle.detector.percentile)
+
+    def describe(self) -> dict[str, Any]:
+        meta = dict(self.bundle.metadata)
+        return {
+            "model_version": self.version,
+            "feature_set_version": meta.get("feature_set_version"),
+            "features": list(self.bundle.detector.feature_names),
+            "threshold": self.threshold,
+            "percentile": self.percentile,
+            "threshold_percentile": self.percentile / 100.0,
+            "baseline_as_of": self.baselines.as_of,
+            "baseline_users": self.baselines.users,
+            "training": {
+                key: meta[key]
+                for key in ("training_window", "rows", "score_summary", "created_at", "settings")
+                if key in meta
+            },
+            "loaded_at": self.loaded_at,
+            "scorer": self.scorer_name,
+        }
+
+
+def load_baselines(data_dir: Path) -> BaselineIndex:
+    """The newest snapshot under ``<data-dir>/baselines``; none at all is a user error."""
+    found = io.latest_baseline_snapshot(data_dir)
+    if found is None:
+        raise UserError(
+            f"no baseline snapshot under {Path(data_dir) / 'baselines'} (run uba-batch train or score first)"
+        )
+    as_of, path = found
+    frame = io.read_baseline_snapshot(path)
+    return index_baselines(frame, as_of, path)
+
+
+def build_scorer(bundle: Bundle, settings: Settings) -> tuple[Scorer, str]:
+    """The compact forest, or (benchmark only) scikit-learn refitted to the same forest."""
+    if settings.api.scorer == "sklearn":
+        from uba.api.sklearn_scorer import sklearn_scorer
+
+        return sklearn_scorer(bundle, settings.api.sklearn_training_matrix), "sklearn"
+    return bundle.detector.anomaly_scores, "compact"
+
+
+def load_state(settings: Settings) -> ModelState:
+    """Load the newest bundle + snapshot and prove they score a probe event."""
+    bundle = load_bundle(
+        settings.paths.model_dir,
+        expected_features=FEATURE_COLUMNS,
+        expected_feature_set_version=FEATURE_SET_VERSION,
+    )
+    baselines = load_baselines(settings.paths.data_dir)
+    scorer, scorer_name = build_scorer(bundle, settings)
+    state = ModelState(bundle=bundle, baselines=baselines, scorer=scorer, scorer_name=scorer_name,
+                       loaded_at=datetime.now(UTC))
+    _probe(state, settings)
+    return state
+
+
+def _probe(state: ModelState, settings: Settings) -> None:
+    """Score one synthetic event through the real request path before the state goes live."""
+    from uba.api.inference import ScoringEvent, score_events
+
+    probe = ScoringEvent(
+        event_id="probe", user_id="uba-api-probe", timestamp=None,
+        event_type=settings.events.event_types[0], session_duration_sec=60.0, events_in_session=1,
+        device_type=settings.events.device_types[0], hour_of_day=12, day_of_week=2, session_id=None,
+    )
+    try:
+        result = score_events(state, [probe], settings.threshold.max_reasons)
+    except Exception as exc:  # any failure here means the pair cannot serve
+        raise BundleError(f"model {state.version} cannot score with baselines as of "
+                          f"{state.baselines.as_of}: {exc}") from exc
+    if not np.isfinite(result.scores).all():
+        raise BundleError(f"model {state.version} gives a non-finite score for a probe event")
+
+
+class ModelHolder:
+    """The one mutable reference: the state being served, or why there is none."""
+
+    def __init__(self) -> None:
+        self.current: ModelState | None = None
+        self.problem: str | None = "not loaded yet"
+        self._reload_lock = threading.Lock()
+
+    def load_initial(self, settings: Settings) -> None:
+        """Startup load: a missing or broken model leaves the app running but not ready."""
+        try:
+            self.current = load_state(settings)
+            self.problem = None
+            log.info("serving model %s with baselines as of %s",
+                     self.current.version, self.current.baselines.as_of)
+        except UserError as exc:
+            self.problem = str(exc)
+            log.warning("starting without a model: %s", exc)
+
+    def reload(self, settings: Settings) -> tuple[ModelState | None, ModelState]:
+        """Load the newest pair and swap it in; on failure the old state stays and this raises."""
+        with self._reload_lock:
+            previous = self.current
+            fresh = load_state(settings)
+            self.current = fresh  # the atomic swap: one reference assignment
+            self.problem = None
+            return previous, fresh
