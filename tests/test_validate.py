@@ -243,6 +243,16 @@ def test_duplicates_in_batch_keep_the_first_valid_occurrence() -> None:
     ]
 
 
+def test_duplicate_ids_are_judged_per_utc_date() -> None:
+    valid, rejected = split(rows_frame([
+        {"event_id": "a", "timestamp": "2026-03-01T23:00:00Z"},
+        {"event_id": "a", "timestamp": "2026-03-02T01:00:00Z"},
+        {"event_id": "a", "timestamp": "2026-03-02T00:30:00+01:00"},
+    ]))
+    assert valid.get_column("timestamp").dt.day().to_list() == [1, 2]
+    assert rejected.get_column("reason").to_list() == ["event_id: 'a' duplicated in this batch (first seen at row 1)"]
+
+
 def test_duplicates_against_stored_ids_are_per_date() -> None:
     existing = pl.LazyFrame({"event_id": ["a", "b"], "event_date": [date(2026, 3, 1), date(2026, 2, 28)]})
     valid, rejected = split(rows_frame([{"event_id": "a"}, {"event_id": "b"}, {"event_id": "a"}]),

@@ -22,7 +22,8 @@ Rules (first failing check wins, in this order):
   agree with the UTC timestamp; the stored values are always derived from it
 * ``session_id`` (optional): same string rules as the ids
 * ``event_id`` already stored for the event's UTC date, then repeated within the input
-  (the first otherwise-valid occurrence is kept)
+  for that date (the first otherwise-valid occurrence is kept). Uniqueness is enforced
+  per UTC date: checking every stored day would make each ingest cost grow with history.
 
 Ids are stripped of surrounding whitespace; an integer ``user_id`` is stored as its
 decimal text.
@@ -390,10 +391,12 @@ def _stored_hits(candidates: pl.LazyFrame, existing_ids: pl.LazyFrame) -> pl.Laz
 
 
 def _with_duplicate_marks(candidates: pl.LazyFrame, existing_ids: pl.LazyFrame | None) -> pl.LazyFrame:
-    """Flag rows whose id is already stored for their date, or repeats an earlier row.
+    """Flag rows whose id is already stored for their date, or repeats an earlier row of that date.
 
-    Ids are compared trimmed. The in-batch rule only looks at rows that are not already
-    stored, so a stored id repeated twice reads "already stored" both times.
+    Ids are compared trimmed, and per UTC date in both rules, so the outcome does not
+    depend on how the input was cut into batches. The in-batch rule only looks at rows
+    that are not already stored, so a stored id repeated twice reads "already stored"
+    both times.
     """
     if existing_ids is None:
         candidates = candidates.with_columns(pl.lit(False).alias(_STORED))
@@ -402,10 +405,10 @@ def _with_duplicate_marks(candidates: pl.LazyFrame, existing_ids: pl.LazyFrame |
             _stored_hits(candidates, existing_ids), on=[_v("event_id"), _DATE], how="left",
             maintain_order="left",
         ).with_columns(pl.col(_STORED).fill_null(False))
-    fresh_id = pl.when(~pl.col(_STORED)).then(pl.col(_v("event_id")))
+    key = [_v("event_id"), _DATE]
     return candidates.with_columns(
-        (fresh_id.is_not_null() & ~fresh_id.is_first_distinct()).alias("_later_copy"),
-        pl.col(SOURCE_ROW).first().over(_v("event_id")).alias(_FIRST_ROW),
+        (~pl.col(_STORED) & (pl.int_range(pl.len()).over([*key, _STORED]) > 0)).alias("_later_copy"),
+        pl.col(SOURCE_ROW).first().over(key).alias(_FIRST_ROW),
     )
 
 

@@ -1,0 +1,473 @@
+"""Ingest on real files: readers, partitions, quarantine, duplicates, atomicity, CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import cli
+from uba import io as storage
+from uba.errors import UserError
+from uba.ingest import detect_format, ingest_files, ingest_frame
+from uba.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA
+from uba.settings import IngestSettings, Settings
+
+HEADER = ("event_id,user_id,timestamp,event_type,session_duration_sec,events_in_session,"
+          "device_type,hour_of_day,day_of_week,session_id")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def settings(batch_rows: int = 250_000) -> Settings:
+    return Settings(ingest=IngestSettings(batch_rows=batch_rows))
+
+
+def stored(data_dir: Path, dataset: str = storage.EVENTS) -> pl.DataFrame:
+    """Every finished part of a dataset, with its partition label, in a stable order."""
+    frames = [
+        pl.read_parquet(part).with_columns(pl.lit(folder.name.split("=", 1)[1]).alias("event_date"))
+        for folder in sorted((data_dir / dataset).glob("event_date=*"))
+        for part in storage.partition_files(data_dir, dataset, folder.name.split("=", 1)[1])
+    ]
+    if not frames:
+        return pl.DataFrame()
+    frame = pl.concat(frames)
+    key = ["event_id"] if dataset == storage.EVENTS else ["source_file", "source_row"]
+    return frame.sort(key)
+
+
+# ------------------------------------------------------------------ the malformed file
+
+GOOD_ROWS = {
+    # line text -> expected stored values
+    "g1,u1,2026-03-02T09:15:00Z,login,120.5,4,desktop,9,0,s1":
+        ("g1", "u1", datetime(2026, 3, 2, 9, 15, tzinfo=UTC), "login", 120.5, 4, "desktop", 9, 0, "s1"),
+    "g2,42,2026-03-02 10:00:00+02:00,view,0,1,mobile,,,":
+        ("g2", "42", datetime(2026, 3, 2, 8, 0, tzinfo=UTC), "view", 0.0, 1, "mobile", 8, 0, None),
+    "g3,u2,2026-03-02T23:30:00.250-01:00, CLICK ,15,2,Desktop,,,":
+        ("g3", "u2", datetime(2026, 3, 3, 0, 30, 0, 250000, tzinfo=UTC), "click", 15.0, 2, "desktop", 0, 1, None),
+    "g4,  u9  ,2026-03-03T12:00:00,download,7e2,3.0,mobile,12,1,":
+        ("g4", "u9", datetime(2026, 3, 3, 12, 0, tzinfo=UTC), "download", 700.0, 3, "mobile", 12, 1, None),
+    "g5,u3,2026-03-02T09:15,logout,1,1,desktop,,,":
+        ("g5", "u3", datetime(2026, 3, 2, 9, 15, tzinfo=UTC), "logout", 1.0, 1, "desktop", 9, 0, None),
+    "old1,u1,2026-03-04T08:00:00Z,login,5,1,desktop,,,":
+        ("old1", "u1", datetime(2026, 3, 4, 8, 0, tzinfo=UTC), "login", 5.0, 1, "desktop", 8, 2, None),
+}
+LONG = "x" * 300
+BAD_ROWS: list[tuple[str, str]] = [
+    (",u1,2026-03-02T09:00:00Z,login,1,1,desktop,,,", "missing field: event_id"),
+    ("b2,u1,2026-03-02T09:00:00Z,login,1,1,,,,", "missing field: device_type"),
+    ("b3,   ,2026-03-02T09:00:00Z,login,1,1,desktop,,,", "missing field: user_id"),
+    (",,,,,,,,,", "empty row (no values)"),
+    ("", "empty row (no values)"),
+    ("b6,u1,yesterday,login,1,1,desktop,,,", "timestamp: 'yesterday' is not an ISO-8601 timestamp"),
+    ("b7,u1,2026-02-30T10:00:00,login,1,1,desktop,,,",
+     "timestamp: '2026-02-30T10:00:00' is not a valid date, time or UTC offset"),
+    ("b8,u1,2026-03-02,login,1,1,desktop,,,", "timestamp: '2026-03-02' is not an ISO-8601 timestamp"),
+    ("b9,u1,2026-03-02T09:00:00Z,hack,1,1,desktop,,,",
+     "event_type: 'hack' not one of login, logout, view, click, download"),
+    ("b10,u1,2026-03-02T09:00:00Z,login,1,1,tablet,,,", "device_type: 'tablet' not one of desktop, mobile"),
+    ("b11,u1,2026-03-02T09:00:00Z,login,-5,1,desktop,,,", "session_duration_sec: -5 is negative"),
+    ("b12,u1,2026-03-02T09:00:00Z,login,NaN,1,desktop,,,", "session_duration_sec: 'NaN' is not a finite number"),
+    ("b13,u1,2026-03-02T09:00:00Z,login,abc,1,desktop,,,", "session_duration_sec: 'abc' is not a number"),
+    ("b14,u1,2026-03-02T09:00:00Z,login,true,1,desktop,,,", "session_duration_sec: 'true' is not a number"),
+    ("b15,u1,2026-03-02T09:00:00Z,login,9999999,1,desktop,,,",
+     "session_duration_sec: 9999999 exceeds maximum 604800"),
+    ("b16,u1,2026-03-02T09:00:00Z,login,1,0,desktop,,,", "events_in_session: 0 is less than 1"),
+    ("b17,u1,2026-03-02T09:00:00Z,login,1,1.5,desktop,,,", "events_in_session: '1.5' is not an integer"),
+    ("b18,u1,2026-03-02T09:00:00Z,login,1,1000001,desktop,,,",
+     "events_in_session: 1000001 exceeds maximum 100000"),
+    ("b19,u1,2026-03-02T09:00:00Z,login,1,1,desktop,24,,", "hour_of_day: 24 out of range 0-23"),
+    ("b20,u1,2026-03-02T09:00:00Z,login,1,1,desktop,,7,", "day_of_week: 7 out of range 0-6 (0=Monday)"),
+    ("b21,u1,2026-03-02T09:00:00Z,login,1,1,desktop,3,,", "hour_of_day: 3 disagrees with timestamp hour 9 (UTC)"),
+    ("b22,u1,2026-03-02T09:00:00Z,login,1,1,desktop,,4,",
+     "day_of_week: 4 disagrees with timestamp weekday 0 (UTC, 0=Monday)"),
+    ("b23,u1,2026-03-02T09:00:00Z,login,1,1,desktop,nine,,", "hour_of_day: 'nine' is not an integer"),
+    (f"{LONG},u1,2026-03-02T09:00:00Z,login,1,1,desktop,,,", "event_id: longer than 256 characters"),
+    ("b25,u\t1,2026-03-02T09:00:00Z,login,1,1,desktop,,,", "user_id: contains control characters or invalid UTF-8"),
+    (f"b26,u1,2026-03-02T09:00:00Z,login,1,1,desktop,,,{LONG}", "session_id: longer than 256 characters"),
+    ("g1,u1,2026-03-02T09:15:00Z,login,120.5,4,desktop,9,0,s1",
+     "event_id: 'g1' duplicated in this batch (first seen at row 1)"),
+    ("b28,u1,2026-03-02T09:00:00Z,login,1,1,desktop,,,,surplus",
+     "row has 11 fields, header has 10 (extra: 'surplus')"),
+    ("old1,u1,2026-03-04T08:00:00Z,login,5,1,desktop,,,", "event_id: 'old1' already stored for 2026-03-04"),
+    ("b30,u1,2026-03-02T09:00:00Z,login,inf,1,desktop,,,", "session_duration_sec: 'inf' is not a finite number"),
+    ("b31,u1,2026-03-02T09:00:00+25:00,login,1,1,desktop,,,",
+     "timestamp: '2026-03-02T09:00:00+25:00' is not a valid date, time or UTC offset"),
+]
+INVALID_UTF8 = b"b32,u\xff\xfe,2026-03-02T09:00:00Z,login,1,1,desktop,,,"
+
+
+def write_malformed(path: Path) -> dict[int, str]:
+    """Good and bad lines interleaved; returns the expected reason per data row."""
+    good = list(GOOD_ROWS)
+    lines: list[bytes] = [HEADER.encode()]
+    expected: dict[int, str] = {}
+    for i, (text, reason) in enumerate(BAD_ROWS):
+        if i < len(good) - 1:  # old1 (the stored duplicate) is ingested separately first
+            lines.append(good[i].encode())
+        lines.append(text.encode())
+        expected[len(lines) - 1] = reason
+    lines.append(INVALID_UTF8)
+    expected[len(lines) - 1] = "user_id: contains control characters or invalid UTF-8"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return expected
+
+
+def test_malformed_file_every_row_accounted_for_with_exact_reasons(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = tmp_path / "first.csv"
+    first.write_text(HEADER + "\nold1,u1,2026-03-04T08:00:00Z,login,5,1,desktop,,,\n")
+    ingest_files([first], data, settings())
+    source = tmp_path / "mixed.csv"
+    expected = write_malformed(source)
+
+    summary = ingest_files([source], data, settings())
+
+    good_count = len(GOOD_ROWS) - 1
+    assert len(expected) >= 30 and len(set(expected.values())) >= 28
+    assert summary.rows_read == good_count + len(expected)
+    assert (summary.rows_written, summary.rows_quarantined) == (good_count, len(expected))
+    quarantine = stored(data, storage.QUARANTINE).filter(pl.col("source_file") == str(source))
+    assert dict(zip(quarantine["source_row"], quarantine["reason"], strict=True)) == expected
+    assert set(QUARANTINE_SCHEMA) <= set(quarantine.columns)
+    # the unusable timestamps sit under event_date=unknown, the others under their UTC date
+    unknown = quarantine.filter(pl.col("event_date") == "unknown")["source_row"].to_list()
+    assert sorted(unknown) == sorted(r for r, why in expected.items() if why.startswith(("timestamp:", "empty row")))
+    # original values survive as text, untrimmed
+    b3 = quarantine.filter(pl.col("event_id") == "b3")
+    assert b3.item(0, "user_id") == "   " and b3.item(0, "session_duration_sec") == "1"
+    events = stored(data)
+    for line, values in GOOD_ROWS.items():
+        row = events.filter(pl.col("event_id") == values[0]).drop("event_date")
+        assert row.height == 1, line
+        assert row.row(0) == values, line
+    assert summary.reasons["duplicate event_id"] == 2
+    assert sum(summary.reasons.values()) == summary.rows_quarantined
+
+
+def test_unknown_partition_holds_only_unusable_timestamps(tmp_path: Path) -> None:
+    source = tmp_path / "t.csv"
+    source.write_text(HEADER + "\n"
+                      "a,u1,never,login,1,1,desktop,,,\n"
+                      ",u1,2026-03-02T09:00:00Z,login,1,1,desktop,,,\n"
+                      "c,u1,,login,1,1,desktop,,,\n")
+    ingest_files([source], tmp_path / "d", settings())
+    q = stored(tmp_path / "d", storage.QUARANTINE)
+    assert q.select("event_id", "event_date").rows() == [("a", "unknown"), (None, "2026-03-02"), ("c", "unknown")]
+
+
+# ------------------------------------------------------------------ same events, four formats
+
+
+def sample_events(n: int, seed: int = 7) -> pl.DataFrame:
+    """Typed events over three days, with a few bad rows, as Parquet would carry them."""
+    rng = np.random.default_rng(seed)
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    seconds = np.sort(rng.integers(0, 3 * 86400, n))
+    frame = pl.DataFrame({
+        "event_id": [f"ev{i:06d}" for i in range(n)],
+        "user_id": rng.integers(1, 60, n),
+        "timestamp": [start + timedelta(seconds=int(s), microseconds=int(s % 7) * 1000) for s in seconds],
+        "event_type": rng.choice(["login", "logout", "view", "click", "download"], n),
+        "session_duration_sec": np.round(rng.exponential(600, n), 3),
+        "events_in_session": rng.integers(1, 50, n),
+        "device_type": rng.choice(["desktop", "mobile"], n),
+    })
+    bad = {5: ("event_type", "hack"), 17: ("device_type", "tablet"), 1200: ("event_type", "x")}
+    types = frame["event_type"].to_list()
+    devices = frame["device_type"].to_list()
+    for row, (col, value) in bad.items():
+        if row < n:
+            (types if col == "event_type" else devices)[row] = value
+    ids = frame["event_id"].to_list()
+    if n > 1500:
+        ids[1500] = ids[900]  # same UTC day, later batch
+    return frame.with_columns(pl.Series("event_type", types), pl.Series("device_type", devices),
+                              pl.Series("event_id", ids))
+
+
+def write_all_formats(frame: pl.DataFrame, folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    text = frame.with_columns(pl.col("timestamp").dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ"))
+    paths = {fmt: folder / f"events.{fmt}" for fmt in ("csv", "jsonl", "json", "parquet")}
+    text.write_csv(paths["csv"])
+    records = text.to_dicts()
+    paths["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in records))
+    paths["json"].write_text(json.dumps(records, indent=1))
+    frame.write_parquet(paths["parquet"])
+    return paths
+
+
+def test_csv_jsonl_json_parquet_give_identical_partitions(tmp_path: Path) -> None:
+    frame = sample_events(2500)
+    paths = write_all_formats(frame, tmp_path / "in")
+    results = {}
+    for fmt, path in paths.items():
+        data = tmp_path / f"data-{fmt}"
+        summary = ingest_files([path], data, settings(batch_rows=1000))
+        assert summary.rows_read == 2500 and summary.rows_quarantined == 4, fmt
+        events = stored(data)
+        quarantine = stored(data, storage.QUARANTINE)
+        assert sorted(p.name for p in (data / "events").iterdir()) == [
+            "event_date=2026-03-01", "event_date=2026-03-02", "event_date=2026-03-03"]
+        results[fmt] = (events, quarantine.select("event_id", "reason", "event_date", "source_row"))
+    reference_events, reference_quarantine = results["csv"]
+    assert reference_events.height == 2496
+    assert reference_events.drop("event_date").schema == pl.Schema(EVENT_SCHEMA)
+    assert reference_quarantine["reason"].to_list() == [
+        "event_type: 'hack' not one of login, logout, view, click, download",
+        "device_type: 'tablet' not one of desktop, mobile",
+        "event_type: 'x' not one of login, logout, view, click, download",
+        "event_id: 'ev000900' already stored for 2026-03-02",
+    ]
+    for fmt, (events, quarantine) in results.items():
+        assert events.equals(reference_events), fmt
+        assert quarantine.equals(reference_quarantine), fmt
+    # integer user ids are stored as their decimal text
+    assert reference_events["user_id"].to_list()[:3] == [str(v) for v in frame["user_id"][:3]]
+
+
+def test_parts_are_sorted_by_timestamp_then_event_id(tmp_path: Path) -> None:
+    frame = sample_events(300).sample(fraction=1.0, shuffle=True, seed=3)
+    data = tmp_path / "d"
+    ingest_frame(frame, data, settings())
+    for day in storage.partition_dates(data, storage.EVENTS):
+        for part in storage.partition_files(data, storage.EVENTS, day):
+            rows = pl.read_parquet(part)
+            assert rows.equals(rows.sort(["timestamp", "event_id"]))
+
+
+def test_reingesting_a_file_adds_nothing(tmp_path: Path) -> None:
+    path = write_all_formats(sample_events(1200), tmp_path / "in")["csv"]
+    data = tmp_path / "data"
+    first = ingest_files([path], data, settings(batch_rows=1000))
+    before = stored(data)
+    second = ingest_files([path], data, settings(batch_rows=1000))
+    assert stored(data).equals(before)
+    assert (second.rows_read, second.rows_written, second.rows_quarantined) == (1200, 0, 1200)
+    assert second.reasons == {"duplicate event_id": first.rows_written,
+                              "unknown category": first.rows_quarantined}
+
+
+def test_fast_and_record_by_record_csv_paths_agree(tmp_path: Path) -> None:
+    clean = tmp_path / "clean.csv"
+    sample = sample_events(200).with_columns(pl.col("timestamp").dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ"))
+    sample.write_csv(clean)
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text(clean.read_text() + "zz,1,2026-03-01T00:00:00Z,view,1,1,desktop,extra\n")
+    a = ingest_files([clean], tmp_path / "a", settings())
+    b = ingest_files([ragged], tmp_path / "b", settings())
+    assert b.rows_read == a.rows_read + 1
+    assert stored(tmp_path / "a").equals(stored(tmp_path / "b"))
+    assert b.reasons["unreadable record"] == 1
+
+
+def test_quoted_fields_with_line_breaks_across_batches(tmp_path: Path) -> None:
+    def row(i: int) -> str:
+        session = f'"line {i}\nbreak"' if i % 7 == 0 else f'"say ""hi"" {i}"'
+        return f'q{i:04d},"user, {i}",2026-03-01T10:00:00Z,view,1,1,desktop,,,{session}'
+
+    path = tmp_path / "quoted.csv"
+    path.write_text(HEADER + "\n" + "\n".join(row(i) for i in range(2100)) + "\n")
+    summary = ingest_files([path], tmp_path / "d", settings(batch_rows=1000))
+    broken = [i for i in range(2100) if i % 7 == 0]
+    assert (summary.rows_read, summary.rows_quarantined) == (2100, len(broken))
+    events = stored(tmp_path / "d")
+    assert events.filter(pl.col("event_id") == "q1999").select("user_id", "session_id").row(0) == (
+        "user, 1999", 'say "hi" 1999')
+    q = stored(tmp_path / "d", storage.QUARANTINE)
+    assert q["source_row"].to_list() == [i + 1 for i in broken]
+    assert set(q["reason"]) == {"session_id: contains control characters or invalid UTF-8"}
+    assert q.item(1, "session_id") == "line 7\nbreak"
+
+
+# ------------------------------------------------------------------ JSON readers
+
+
+def test_jsonl_bad_lines_are_quarantined_with_line_numbers(tmp_path: Path) -> None:
+    good = {"event_id": "j1", "user_id": 7, "timestamp": "2026-03-01T10:00:00+01:00", "event_type": "view",
+            "session_duration_sec": 3, "events_in_session": 2, "device_type": "mobile", "hour_of_day": 9}
+    lines = [json.dumps(good), "", "{not json", "[1, 2]",
+             json.dumps({**good, "event_id": "j2", "session_duration_sec": True}),
+             json.dumps({**good, "event_id": "j3", "user_id": "u3", "extra": {"nested": [1]}}), "   "]
+    path = tmp_path / "e.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    summary = ingest_files([path], tmp_path / "d", settings())
+    assert (summary.rows_read, summary.rows_written, summary.rows_quarantined) == (5, 2, 3)
+    q = stored(tmp_path / "d", storage.QUARANTINE)
+    assert dict(zip(q["source_row"], q["reason"], strict=True)) == {
+        3: "line is not valid JSON (Expecting property name enclosed in double quotes at column 2): '{not json'",
+        4: "line is not a JSON object: [1, 2]",
+        5: "session_duration_sec: 'true' is not a number",
+    }
+    events = stored(tmp_path / "d")
+    assert events.select("event_id", "user_id").rows() == [("j1", "7"), ("j3", "u3")]
+    assert events.item(0, "timestamp") == datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def test_json_array_elements_and_syntax_errors(tmp_path: Path) -> None:
+    good = {"event_id": "a1", "user_id": "u", "timestamp": "2026-03-01T10:00:00Z", "event_type": "view",
+            "session_duration_sec": 1.5, "events_in_session": 1, "device_type": "desktop"}
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps([good, 42, {**good, "event_id": "a2"}, None]))
+    summary = ingest_files([path], tmp_path / "d", settings())
+    assert (summary.rows_read, summary.rows_written) == (4, 2)
+    q = stored(tmp_path / "d", storage.QUARANTINE)
+    assert q.select("source_row", "reason").rows() == [
+        (2, "element is not a JSON object: 42"), (4, "element is not a JSON object: null")]
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"event_id": "x"}, {"event_id": ]')
+    with pytest.raises(UserError, match=r"broken.json: not a valid JSON array at element 2"):
+        ingest_files([broken], tmp_path / "d2", settings())
+    runs = list((tmp_path / "d2" / "ingest_runs").glob("*.json"))
+    assert len(runs) == 1 and json.loads(runs[0].read_text())["status"] == "failed"
+    not_array = tmp_path / "obj.json"
+    not_array.write_text('{"event_id": "x"}')
+    with pytest.raises(UserError, match="must hold one JSON array"):
+        ingest_files([not_array], tmp_path / "d3", settings())
+
+
+def test_gzip_inputs(tmp_path: Path) -> None:
+    paths = write_all_formats(sample_events(50), tmp_path / "in")
+    for fmt in ("csv", "jsonl"):
+        gz = tmp_path / f"events.{fmt}.gz"
+        gz.write_bytes(gzip.compress(paths[fmt].read_bytes()))
+        summary = ingest_files([gz], tmp_path / f"d-{fmt}", settings())
+        assert (summary.rows_read, summary.files[0].format) == (50, fmt)
+    assert stored(tmp_path / "d-csv").equals(stored(tmp_path / "d-jsonl"))
+
+
+# ------------------------------------------------------------------ inputs and formats
+
+
+def test_glob_and_format_override(tmp_path: Path) -> None:
+    frame = sample_events(30)
+    for day in range(3):
+        part = frame.filter(pl.col("timestamp").dt.day() == day + 1)
+        write_all_formats(part, tmp_path / f"in{day}")
+    summary = ingest_files([str(tmp_path / "in*" / "events.csv")], tmp_path / "d", settings())
+    assert [Path(f.path).parent.name for f in summary.files] == ["in0", "in1", "in2"]
+    assert summary.rows_read == 30
+    dump = tmp_path / "dump.txt"
+    dump.write_bytes((tmp_path / "in0" / "events.jsonl").read_bytes())
+    with pytest.raises(UserError, match=r"cannot tell the format of .*dump.txt.*--format"):
+        ingest_files([dump], tmp_path / "e", settings())
+    summary = ingest_files([dump], tmp_path / "e", settings(), fmt="jsonl")
+    assert summary.files[0].format == "jsonl" and summary.rows_written > 0
+    assert detect_format(Path("x.ndjson")) == "jsonl" and detect_format(Path("x.CSV.gz")) == "csv"
+    with pytest.raises(UserError, match="gzip is supported for csv, json and jsonl"):
+        detect_format(Path("x.parquet.gz"))
+
+
+def test_bad_inputs_fail_before_anything_is_written(tmp_path: Path) -> None:
+    good = write_all_formats(sample_events(10), tmp_path / "in")["csv"]
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"not parquet at all")
+    cases = {
+        "input file not found: ": [good, tmp_path / "missing.csv"],
+        "no files match ": [good, str(tmp_path / "nothing-*.csv")],
+        "is a directory": [good, tmp_path / "in"],
+        "cannot read .*corrupt.parquet as parquet": [good, corrupt],
+    }
+    for message, inputs in cases.items():
+        with pytest.raises(UserError, match=message):
+            ingest_files(inputs, tmp_path / "d", settings())
+    assert not (tmp_path / "d").exists()
+
+
+def test_cli_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "UBA_DATA_DIR": str(tmp_path / "d")}
+    for args, message in ([str(tmp_path / "missing.csv")], "error: input file not found: "), \
+                         ([str(tmp_path / "none-*.jsonl")], "error: no files match "):
+        done = subprocess.run([str(Path(sys.executable).parent / "uba-batch"), "ingest", *args],
+                              capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+        assert done.returncode == 1
+        assert done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_cli_prints_table_or_json_and_keeps_the_summary(tmp_path: Path) -> None:
+    path = write_all_formats(sample_events(40), tmp_path / "in")["jsonl"]
+    runner = CliRunner()
+    result = runner.invoke(cli, ["ingest", str(path), "--data-dir", str(tmp_path / "d"), "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    kept = json.loads(Path(printed["summary_path"]).read_text())
+    assert kept == printed
+    assert printed["rows_read"] == 40 == printed["rows_written"] + printed["rows_quarantined"]
+    assert printed["status"] == "ok" and printed["files"][0]["format"] == "jsonl"
+    assert Path(printed["summary_path"]).parent == tmp_path / "d" / "ingest_runs"
+    result = runner.invoke(cli, ["ingest", str(path), "--data-dir", str(tmp_path / "d"), "--format", "jsonl",
+                                 "--batch-rows", "1000"])
+    assert result.exit_code == 0
+    assert "rows quarantined" in result.stdout and "duplicate event_id" in result.stdout
+    result = runner.invoke(cli, ["ingest", str(path), "--batch-rows", "5", "--data-dir", str(tmp_path / "d")])
+    assert result.exit_code == 1 and "ingest.batch_rows" in result.stderr
+    result = runner.invoke(cli, ["ingest", "--help"])
+    assert "Example:" in result.stdout and "--format" in result.stdout
+
+
+# ------------------------------------------------------------------ frames, atomicity
+
+
+def test_ingest_frame_accepts_typed_frames_and_is_idempotent(tmp_path: Path) -> None:
+    frame = sample_events(120).with_columns(session_id=pl.lit("s"))
+    data = tmp_path / "d"
+    summary = ingest_frame(frame.lazy(), data, settings(), source="generate")
+    assert summary.files[0].path == "generate" and summary.rows_written == 118
+    again = ingest_frame(frame, data, settings(), source="generate")
+    assert (again.rows_written, again.reasons) == (0, {"duplicate event_id": 118, "unknown category": 2})
+    assert stored(data)["session_id"].unique().to_list() == ["s"]
+    q = stored(data, storage.QUARANTINE)
+    assert set(q["source_file"]) == {"generate"} and q["source_row"].min() >= 1
+
+
+def test_temporary_files_are_never_read_as_parts(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    frame = sample_events(20)
+    ingest_frame(frame, data, settings())
+    folder = storage.partition_dir(data, storage.EVENTS, date(2026, 3, 1))
+    (folder / f"{storage.TMP_PREFIX}deadbeef.parquet").write_bytes(b"half a file")
+    assert all(not p.name.startswith(storage.TMP_PREFIX)
+               for p in storage.partition_files(data, storage.EVENTS, date(2026, 3, 1)))
+    again = ingest_frame(frame, data, settings())  # reads stored ids past the junk file
+    assert again.rows_written == 0
+    assert [p.name for p in data.rglob(f"{storage.TMP_PREFIX}*")] == [f"{storage.TMP_PREFIX}deadbeef.parquet"]
+
+
+def test_killed_ingest_leaves_whole_parts_and_a_rerun_completes(tmp_path: Path) -> None:
+    frame = sample_events(12000, seed=11)
+    path = write_all_formats(frame, tmp_path / "in")["csv"]
+    data = tmp_path / "d"
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "uba-batch"), "ingest", str(path), "--data-dir", str(data),
+         "--batch-rows", "1000"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO, start_new_session=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "batch 2 of" in line:
+            with contextlib.suppress(ProcessLookupError):  # finished first: the checks still hold
+                os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    for part in data.rglob("*.parquet"):
+        assert not part.name.startswith(storage.TMP_PREFIX)
+        pl.read_parquet(part)  # every finished part is whole
+    summary = ingest_files([path], data, settings(batch_rows=1000))
+    events = stored(data)
+    valid_ids = 12000 - 4
+    assert events.height == valid_ids and events["event_id"].n_unique() == valid_ids
+    assert summary.rows_written + summary.reasons.get("duplicate event_id", 0) - 1 == valid_ids
+    assert not list(data.rglob(f"{storage.TMP_PREFIX}*"))
