@@ -45,6 +45,7 @@ from uba.generate.sessions import (
     US_PER_DAY,
     active_session_counts,
     apply_session_shift,
+    drop_normals_overlapping_anomalies,
     epoch_us,
     inside_window,
     separate_overlaps,
@@ -168,8 +169,10 @@ def generate_dataset(options: GenerationOptions) -> SyntheticData:
         sessions, users, options.anomaly_rate, window_start, window_end,
         _min_user_sessions(options.days), _rng(options.seed, "anomalies"),
     )
+    sessions = drop_normals_overlapping_anomalies(sessions)
     if options.shift_from is not None:
         sessions = apply_session_shift(sessions, epoch_us(options.shift_from), options.session_scale)
+        sessions = separate_overlaps(sessions, _rng(options.seed, "overlaps"))
     sessions = sessions.take(np.flatnonzero(inside_window(sessions, window_start, window_end)))
     events, labels = expand_sessions(sessions, users, options.fingerprint(), _rng(options.seed, "events"))
     return SyntheticData(events=events, labels=labels, users=users_frame(users), options=options)

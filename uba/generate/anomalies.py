@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import polars as pl
 
 from uba.errors import UserError
 from uba.generate.personas import DEVICE_HABIT_NAMES, DOWNLOAD_HABITS, Users
@@ -112,19 +111,28 @@ class UserLogStats:
     spread: np.ndarray
 
 
+def _group_weighted_median(group: np.ndarray, values: np.ndarray, weights: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per-group median of ``values`` where each value counts ``weights`` times (NaN for an
+    empty group); two sorts instead of materialising one row per event."""
+    order = np.lexsort((values, group))
+    g, v, w = group[order], values[order], weights[order].astype(np.float64)
+    cumulative = np.cumsum(w)
+    totals = np.bincount(g, weights=w, minlength=n_groups)
+    before = np.r_[0.0, np.cumsum(totals)[:-1]]
+    reached = cumulative - before[g] >= totals[g] / 2
+    first_group, first_index = np.unique(g[reached], return_index=True)
+    median = np.full(n_groups, np.nan)
+    median[first_group] = v[np.flatnonzero(reached)[first_index]]
+    return median
+
+
 def user_log_stats(user: np.ndarray, values: np.ndarray, weights: np.ndarray, n_users: int) -> UserLogStats:
     """Robust per-user statistics of ``log(values)`` with each session counted once per event,
-    i.e. exactly what a per-user baseline over the events will see."""
-    frame = pl.DataFrame({"user": np.repeat(user, weights), "v": np.log(np.repeat(values, weights))})
-    stats = frame.group_by("user").agg(
-        pl.col("v").median().alias("median"),
-        ((pl.col("v") - pl.col("v").median()).abs().median() * 1.4826).alias("spread"),
-    )
-    median = np.full(n_users, np.nan)
-    spread = np.full(n_users, np.nan)
-    index = stats["user"].to_numpy()
-    median[index] = stats["median"].to_numpy()
-    spread[index] = stats["spread"].to_numpy()
+    i.e. what a per-user baseline over the events will see."""
+    logs = np.log(values.astype(np.float64))
+    median = _group_weighted_median(user, logs, weights, n_users)
+    deviation = np.abs(logs - median[user])
+    spread = 1.4826 * _group_weighted_median(user, deviation, weights, n_users)
     return UserLogStats(median, spread)
 
 

@@ -7,6 +7,8 @@ per-event (or per-session) Python loop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import polars as pl
 
@@ -70,72 +72,69 @@ def _event_types(position: np.ndarray, last: np.ndarray, session: np.ndarray,
     return np.where(position == 0, LOGIN, np.where(last, LOGOUT, action)).astype(np.int8)
 
 
-def _kind_names() -> pl.Series:
-    return pl.Series("kind", [None, *ANOMALY_KINDS], dtype=pl.String)
+def _numbered(prefix: str, count: int, width: int) -> pl.Series:
+    """``prefix`` + zero-padded 0..count-1, built by Polars (fast for millions of ids)."""
+    shifted = pl.Series(np.arange(count, dtype=np.int64) + 10**width)  # leading 1 keeps the zeros
+    return pl.select(pl.lit(prefix) + shifted.cast(pl.String).str.slice(1)).to_series()
+
+
+def _lookup(table: Sequence[str | None], codes: np.ndarray) -> pl.Series:
+    """Strings for integer codes (a gather, not a Python loop)."""
+    return pl.Series(list(table), dtype=pl.String).gather(pl.Series(codes.astype(np.int64)))
+
+
+def _session_rows(n_events: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For every event row: its session, the session's first row, its position, is-last."""
+    session = np.repeat(np.arange(n_events.size, dtype=np.int64), n_events)
+    first_row = np.cumsum(n_events) - n_events
+    position = np.arange(session.size, dtype=np.int64) - first_row[session]
+    return session, first_row, position, position == n_events[session] - 1
 
 
 def expand_sessions(
     sessions: Sessions, users: Users, id_prefix: str, rng: np.random.Generator
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Events in ``EVENT_SCHEMA`` (sorted by time, ids in that order) and their labels."""
+    sessions = sessions.take(np.lexsort((sessions.user, sessions.start_us)))  # session ids follow time
     n = sessions.n_events.astype(np.int64)
-    session = np.repeat(np.arange(len(sessions), dtype=np.int64), n)
-    first_row = np.cumsum(n) - n
-    position = np.arange(session.size, dtype=np.int64) - first_row[session]
-    last_mask = position == n[session] - 1
-    fractions = _in_session_fractions(position, first_row, session, last_mask, rng)
-    timestamp = sessions.start_us[session] + np.round(
-        fractions * sessions.duration_sec[session] * US_PER_SEC
-    ).astype(np.int64)
-    event_type = _event_types(position, last_mask, session, sessions, rng)
+    session, first_row, position, last = _session_rows(n)
+    fractions = _in_session_fractions(position, first_row, session, last, rng)
+    offset_us = np.round(fractions * sessions.duration_sec[session] * US_PER_SEC).astype(np.int64)
+    timestamp = sessions.start_us[session] + offset_us
+    event_type = _event_types(position, last, session, sessions, rng)
 
-    order = np.lexsort((position, session, timestamp))
+    order = np.argsort(timestamp, kind="stable")  # rows come in runs already sorted: timsort is cheap
     session, timestamp, event_type = session[order], timestamp[order], event_type[order]
-    width = max(8, len(str(session.size)))
-    row = pl.Series("row", np.arange(session.size, dtype=np.int64))
-    event_id = (pl.lit(f"e{id_prefix}-") + row.cast(pl.String).str.zfill(width)).alias("event_id")
-    session_names = (
-        pl.lit(f"s{id_prefix}-") + pl.Series(np.arange(len(sessions), dtype=np.int64)).cast(pl.String).str.zfill(7)
-    )
-    session_ids = pl.select(session_names).to_series()
-    names = pl.Series(user_ids(users.count))
-    idx = pl.Series(session)
-    user_of_row = pl.Series(sessions.user[session])
-    day_number = np.floor_divide(timestamp, US_PER_DAY)
-
+    session_ids = _numbered(f"s{id_prefix}-", len(sessions), 7)
     events = pl.DataFrame(
         {
-            "row": row,
-            "user_id": names.gather(user_of_row),
+            "event_id": _numbered(f"e{id_prefix}-", session.size, 8),
+            "user_id": pl.Series(user_ids(users.count)).gather(pl.Series(sessions.user[session])),
             "timestamp": pl.Series(timestamp).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
-            "event_type": pl.Series(EVENT_TYPES).gather(pl.Series(event_type.astype(np.int64))),
+            "event_type": _lookup(EVENT_TYPES, event_type),
             "session_duration_sec": sessions.duration_sec[session],
             "events_in_session": n[session],
-            "device_type": pl.Series(DEVICES).gather(pl.Series(sessions.mobile[session].astype(np.int64))),
-            "hour_of_day": np.floor_divide(np.mod(timestamp, US_PER_DAY), US_PER_HOUR).astype(np.int8),
-            "day_of_week": ((day_number + EPOCH_WEEKDAY) % 7).astype(np.int8),
-            "session_id": session_ids.gather(idx),
+            "device_type": _lookup(DEVICES, sessions.mobile[session]),
+            "hour_of_day": np.floor_divide(np.mod(timestamp, US_PER_DAY), US_PER_HOUR),
+            "day_of_week": (np.floor_divide(timestamp, US_PER_DAY) + EPOCH_WEEKDAY) % 7,
+            "session_id": session_ids.gather(pl.Series(session)),
         }
-    ).with_columns(event_id)
-    events = events.select(list(EVENT_SCHEMA)).cast(EVENT_SCHEMA)
+    ).cast(EVENT_SCHEMA)
+    return events, _labels(events, sessions.kind[session])
 
-    kind_code = sessions.kind[session].astype(np.int64)
-    kind = _kind_names().gather(pl.Series(kind_code))
-    level = pl.Series(["", "event", "user_day"], dtype=pl.String)
-    level_code = np.where(kind_code == 0, 0, np.where(np.isin(kind_code, _user_day_codes()), 2, 1))
-    labels = pl.DataFrame(
+
+def _labels(events: pl.DataFrame, kind_code: np.ndarray) -> pl.DataFrame:
+    """One label row per event: the anomaly kind of its session and its level."""
+    user_day = np.isin(kind_code, [ANOMALY_KINDS.index(k) + 1 for k in USER_DAY_KINDS])
+    level_code = np.where(kind_code == 0, 0, np.where(user_day, 2, 1))
+    return pl.DataFrame(
         {
             "event_id": events["event_id"],
             "user_id": events["user_id"],
             "session_id": events["session_id"],
             "event_date": events["timestamp"].dt.date(),
             "is_anomaly": kind_code > 0,
-            "kind": kind,
-            "level": level.gather(pl.Series(level_code)).replace("", None),
+            "kind": _lookup([None, *ANOMALY_KINDS], kind_code),
+            "level": _lookup([None, "event", "user_day"], level_code),
         }
     ).cast(LABEL_SCHEMA)
-    return events, labels
-
-
-def _user_day_codes() -> list[int]:
-    return [ANOMALY_KINDS.index(k) + 1 for k in USER_DAY_KINDS]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import UTC, date, datetime
 
 import numpy as np
+import polars as pl
 
 from uba.generate.personas import Users
 
@@ -122,28 +123,57 @@ def sessions_from_counts(
     return draw_sessions(users, user, day, window_start_us, rng)
 
 
+def _rank_in_group(group: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... along each run of equal values of an already grouped array."""
+    first = np.r_[True, group[1:] != group[:-1]]
+    return np.arange(group.size) - np.maximum.accumulate(np.where(first, np.arange(group.size), 0))
+
+
 def separate_overlaps(sessions: Sessions, rng: np.random.Generator) -> Sessions:
-    """Push a user's later session of the day after the end of their previous one.
+    """Push each of a user's sessions after the end of their previous one (plus a pause).
 
     A person logs in again after logging out; overlapping visits would make "sessions
-    per day" meaningless. The loop runs over the rank of a session within its day
-    (a handful of steps), each step vectorised over all users.
+    per day" meaningless. The loop runs over the rank of a session in its user's
+    timeline, each step vectorised over all users that have a session of that rank.
     """
     if len(sessions) == 0:
         return sessions
-    order = np.lexsort((sessions.start_us, sessions.day, sessions.user))
-    s = sessions.take(order)
-    group = s.user * (int(s.day.max()) + 1) + s.day
-    first = np.r_[True, group[1:] != group[:-1]]
-    group_start = np.maximum.accumulate(np.where(first, np.arange(len(s)), 0))
-    rank = np.arange(len(s)) - group_start
+    s = sessions.take(np.lexsort((sessions.start_us, sessions.user)))
+    rank = _rank_in_group(s.user)
     start = s.start_us.copy()
     duration_us = np.round(s.duration_sec * US_PER_SEC).astype(np.int64)
     gap_us = np.round(rng.uniform(*GAP_MINUTES, len(s)) * 60 * US_PER_SEC).astype(np.int64)
-    for r in range(1, int(rank.max()) + 1):
-        idx = np.flatnonzero(rank == r)
+    by_rank = np.argsort(rank, kind="stable")
+    bounds = np.searchsorted(rank[by_rank], np.arange(1, int(rank.max()) + 2))
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        idx = by_rank[lo:hi]
         start[idx] = np.maximum(start[idx], start[idx - 1] + duration_us[idx - 1] + gap_us[idx])
     return s.with_values(start_us=start)
+
+
+def drop_normals_overlapping_anomalies(sessions: Sessions) -> Sessions:
+    """A user inside a (moved or lengthened) anomalous session is not also in a normal one:
+    drop normal sessions that overlap an anomaly of the same user, and an anomaly that
+    overlaps an earlier anomaly."""
+    if len(sessions) == 0:
+        return sessions
+    lowest, highest = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    frame = pl.DataFrame({
+        "i": np.arange(len(sessions)), "user": sessions.user, "start": sessions.start_us,
+        "end": sessions.end_us, "anomaly": sessions.kind != NORMAL,
+    }).sort("user", "start", "i")
+    anomaly_end = pl.when("anomaly").then("end").otherwise(lowest)
+    anomaly_start = pl.when("anomaly").then("start").otherwise(highest)
+    frame = frame.with_columns(
+        anomaly_end.cum_max().shift(1, fill_value=lowest).over("user").alias("prev_anomaly_end"),
+        anomaly_start.cum_min(reverse=True).shift(-1, fill_value=highest).over("user").alias("next_anomaly_start"),
+    )
+    overlaps_earlier = pl.col("start") < pl.col("prev_anomaly_end")
+    overlaps_later = pl.col("end") > pl.col("next_anomaly_start")
+    keep = frame.filter(
+        pl.when("anomaly").then(~overlaps_earlier).otherwise(~overlaps_earlier & ~overlaps_later)
+    )["i"].sort().to_numpy()
+    return sessions.take(keep)
 
 
 def inside_window(sessions: Sessions, window_start_us: int, window_end_us: int) -> np.ndarray:
