@@ -24,10 +24,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import polars as pl
+import pytest
 
 from uba import io
 from uba.artifacts import save_bundle
-from uba.features import baselines_as_of, ensure_aggregates, event_features, snapshot_baselines
+from uba.features import ensure_aggregates, event_features, snapshot_baselines
 from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
 from uba.generate import GenerationOptions
 from uba.generate.store import write_generated
@@ -73,16 +74,16 @@ class World:
                      dest / self.training_matrix.relative_to(self.root))
 
 
-def training_features(settings: Settings, days: list[date]) -> pl.DataFrame:
+def train_bundle(settings: Settings, days: list[date], baselines: pl.DataFrame) -> tuple[str, np.ndarray]:
+    """Fit and save a bundle on the events of ``days`` (what ``train`` does); returns version and X.
+
+    For speed every training day is featurised against one baseline frame (the
+    snapshot's), not a rolling one per day: the API tests need a real bundle of real
+    features, not a leak-free evaluation.
+    """
     data_dir = settings.paths.data_dir
-    frames = [event_features(io.scan_events(data_dir, d), baselines_as_of(data_dir, d, settings))
-              for d in days]
-    return pl.concat(frames, how="vertical").collect()
-
-
-def train_bundle(settings: Settings, days: list[date]) -> tuple[str, np.ndarray]:
-    """Fit and save a bundle on ``days`` (what ``train`` does); returns its version and X."""
-    features = training_features(settings, days)
+    events = pl.concat([io.scan_events(data_dir, d) for d in days], how="vertical")
+    features = event_features(events, baselines.lazy()).collect()
     X = np.ascontiguousarray(features.select(list(FEATURE_COLUMNS)).to_numpy(), dtype=np.float64)
     detector, _ = fit_detector(X, FEATURE_COLUMNS, settings.model, settings.threshold.percentile)
     metadata = {
@@ -93,17 +94,31 @@ def train_bundle(settings: Settings, days: list[date]) -> tuple[str, np.ndarray]
     return save_bundle(settings.paths.model_dir, detector, metadata), X
 
 
+def training_days() -> list[date]:
+    return [START + timedelta(days=i) for i in range(TRAIN_DAYS)]
+
+
 def build_world(root: Path, users: int = 30, seed: int = 11) -> World:
     world = World(root, root / "data", root / "models", root / "output", "", root / "train.npy")
     settings = world.settings()
     write_generated(GenerationOptions(users=users, days=TRAIN_DAYS + 1, start=START, seed=seed),
                     world.data_dir, settings)
-    days = [START + timedelta(days=i) for i in range(TRAIN_DAYS)]
+    days = training_days()
     ensure_aggregates(world.data_dir, [*days, SCORE_DAY], settings.events)
-    version, X = train_bundle(settings, days)
+    baselines, _ = snapshot_baselines(world.data_dir, SCORE_DAY, settings)
+    version, X = train_bundle(settings, days, baselines)
     np.save(world.training_matrix, X)
-    snapshot_baselines(world.data_dir, SCORE_DAY, settings)
     return World(root, world.data_dir, world.model_dir, world.output_dir, version, world.training_matrix)
+
+
+_WORLDS: dict[str, World] = {}
+
+
+def shared_world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """One world per test session (it costs seconds); tests that change it take a copy."""
+    if "world" not in _WORLDS:
+        _WORLDS["world"] = build_world(tmp_path_factory.mktemp("api-world"))
+    return _WORLDS["world"]
 
 
 def free_port() -> int:

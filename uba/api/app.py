@@ -16,11 +16,12 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from uba.api.auth import load_api_keys, require_api_key
 from uba.api.batcher import ScoringBatcher
 from uba.api.deps import Runtime
-from uba.api.errors import unexpected_error_handler, validation_error_handler
+from uba.api.errors import http_error_handler, unexpected_error_handler, validation_error_handler
 from uba.api.metrics import ApiMetrics, MetricsMiddleware
 from uba.api.middleware import BodyLimitMiddleware
 from uba.api.routes import admin, health, metrics, model, predict
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "with the batch job's feature code and model bundle.")
     app.state.runtime = runtime
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
 
     protected = [Depends(require_api_key)]

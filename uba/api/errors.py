@@ -12,8 +12,10 @@ import math
 from typing import Any
 
 from fastapi import Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from uba.api.schemas import BATCH_TOO_LARGE
 from uba.logs import get_logger
@@ -73,6 +75,16 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     if any(e.get("type") == BATCH_TOO_LARGE for e in errors):
         code = status.HTTP_413_CONTENT_TOO_LARGE
     return JSONResponse(status_code=code, content={"detail": [describe_error(e) for e in errors[:50]]})
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """FastAPI's own body-parse failure (e.g. JSON nested too deeply) in the field shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(exc.detail, str):
+        detail = [{"field": "body", "message": "cannot parse the request body as JSON "
+                   "(malformed or nested too deeply)", "value": None}]
+        return JSONResponse(status_code=400, content={"detail": detail})
+    return await http_exception_handler(request, exc)
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
