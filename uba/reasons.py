@@ -78,15 +78,17 @@ def _str(expr: pl.Expr) -> pl.Expr:
 
 def _ratio(expr: pl.Expr) -> pl.Expr:
     """9.1 below 10, 42 above: as precise as a person needs."""
+    expr = expr.cast(pl.Float64).fill_nan(None)
     return pl.when(expr < 10).then(_str(expr.round(1))).otherwise(_str(expr.round(0).cast(pl.Int64)))
 
 
 def _percent(share: pl.Expr) -> pl.Expr:
-    pct = share * 100.0
+    pct = share.cast(pl.Float64).fill_nan(None) * 100.0
     return pl.when(pct < 1).then(_str(pct.round(1))).otherwise(_str(pct.round(0).cast(pl.Int64)))
 
 
 def _duration(seconds: pl.Expr) -> pl.Expr:
+    seconds = seconds.cast(pl.Float64).fill_nan(None)
     return (
         pl.when(seconds < 120).then(pl.format("{} s", _str(seconds.round(0).cast(pl.Int64))))
         .when(seconds < 7200).then(pl.format("{} min", _str((seconds / 60).round(0).cast(pl.Int64))))

@@ -37,6 +37,7 @@ POPULATION_USER = "__population__"
 MAX_HOUR_SPREAD = 12.0
 USUAL_HOURS_COVERAGE = 0.9  # the "usual hours" window holds this share of a user's events
 _MIN_RESULTANT = 1e-12
+_FLOAT_RESOLUTION = 1e-12
 _HOURS_PER_RADIAN = 1.0 / HOUR_RADIANS
 
 
@@ -127,15 +128,21 @@ def _per_user_sums(window: pl.LazyFrame, devices: list[str], events: list[str]) 
 
 
 def _within_ss(stat: str) -> pl.Expr:
-    """Sum of squared deviations from the user's own mean (0 for a single event)."""
+    """Sum of squared deviations from the user's own mean (0 for a single event).
+
+    Differences below the float resolution of the sums are rounding, not spread, and
+    count as exactly 0 (a perfectly regular user has spread 0, then the floor).
+    """
     n = pl.col("n_events").cast(pl.Float64)
-    ss = pl.col(f"sumsq_{stat}") - pl.col(f"sum_{stat}") ** 2 / n
-    return pl.max_horizontal(ss, pl.lit(0.0))
+    sumsq = pl.col(f"sumsq_{stat}")
+    ss = sumsq - pl.col(f"sum_{stat}") ** 2 / n
+    return pl.when(ss > sumsq.abs() * _FLOAT_RESOLUTION).then(ss).otherwise(0.0)
 
 
 def _circular_spread_hours(cos_mean: pl.Expr, sin_mean: pl.Expr) -> pl.Expr:
     """Circular standard deviation sqrt(-2 ln R) in hours, capped at 12 (no preferred hour)."""
     resultant = (cos_mean**2 + sin_mean**2).sqrt().clip(_MIN_RESULTANT, 1.0)
+    resultant = pl.when(resultant > 1.0 - _FLOAT_RESOLUTION).then(1.0).otherwise(resultant)
     spread = (resultant.log() * -2.0).abs().sqrt() * _HOURS_PER_RADIAN  # abs: no -0.0
     return spread.clip(0.0, MAX_HOUR_SPREAD)
 
@@ -216,23 +223,37 @@ def _population_stats(pop: pl.LazyFrame, devices: list[str], events: list[str],
     return pop.with_columns(*moments, *shares)
 
 
-def _usual_hours(total: pl.Expr) -> list[pl.Expr]:
-    """Shortest circular run of hours holding USUAL_HOURS_COVERAGE of the events.
+def _with_usual_hours(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Add the shortest circular run of hours holding USUAL_HOURS_COVERAGE of the events.
 
     Used only to phrase reasons ("outside this user's usual 09:00-17:00"): start hour
     and length in hours; the earliest start wins ties so the result is deterministic.
+    Built in stages (prefix sums, then per-length best windows) so every expression
+    refers to materialised columns instead of repeating a large sub-expression.
     """
     doubled = pl.concat_list([pl.col(hour_col(h)) for h in HOURS + HOURS])
-    prefix = pl.concat_list([pl.lit(0, pl.Int64), doubled.list.eval(pl.element().cum_sum())])
-    need = total.cast(pl.Float64) * USUAL_HOURS_COVERAGE
-    length_branches, starts = [], {}
-    for k in range(1, 25):
-        covered = prefix.list.slice(k, 24) - prefix.list.slice(0, 24)
-        length_branches.append(pl.when(covered.list.max().cast(pl.Float64) >= need - 1e-9).then(k))
-        starts[k] = covered.list.arg_max().cast(pl.Int64)
-    length = pl.coalesce(length_branches).cast(pl.Int64)
-    start = pl.coalesce([pl.when(length == k).then(s) for k, s in starts.items()])
-    return [length.alias("usual_hour_length"), start.alias("usual_hour_start")]
+    staged = frame.with_columns(
+        _prefix=pl.concat_list([pl.lit(0, pl.Int64), doubled.list.eval(pl.element().cum_sum())]),
+        _need=pl.col("n_events").cast(pl.Float64) * USUAL_HOURS_COVERAGE - 1e-9,
+    )
+    lengths = range(1, 25)
+    covered = {
+        k: pl.col("_prefix").list.slice(k, 24) - pl.col("_prefix").list.slice(0, 24) for k in lengths
+    }
+    staged = staged.with_columns(
+        *(covered[k].list.max().cast(pl.Float64).alias(f"_best_{k}") for k in lengths),
+        *(covered[k].list.arg_max().cast(pl.Int64).alias(f"_start_{k}") for k in lengths),
+    ).with_columns(
+        usual_hour_length=pl.coalesce(
+            [pl.when(pl.col(f"_best_{k}") >= pl.col("_need")).then(pl.lit(k, pl.Int64)) for k in lengths]
+        ),
+    ).with_columns(
+        usual_hour_start=pl.coalesce(
+            [pl.when(pl.col("usual_hour_length") == k).then(pl.col(f"_start_{k}")) for k in lengths]
+        ),
+    )
+    scratch = ["_prefix", "_need", *(f"_best_{k}" for k in lengths), *(f"_start_{k}" for k in lengths)]
+    return staged.drop(scratch)
 
 
 def _shrunk_shares(specs: list[tuple[str, str, str]], alpha: float) -> list[pl.Expr]:
@@ -270,7 +291,7 @@ def _user_rows(users: pl.LazyFrame, pop: pl.LazyFrame, as_of: date, devices: lis
     prior = features.prior_strength_days
     alpha = features.prior_strength_events
     w = pl.col("shrink_weight")
-    joined = users.join(
+    joined = _with_usual_hours(users).join(
         pop.select(pl.selectors.starts_with("pop_")), how="cross"
     ).with_columns(
         shrink_weight=pl.col("days_active").cast(pl.Float64)
@@ -299,7 +320,6 @@ def _user_rows(users: pl.LazyFrame, pop: pl.LazyFrame, as_of: date, devices: lis
         *moments,
         *_shrunk_shares(_category_specs(devices, events), alpha),
         *_population_reference(),
-        *_usual_hours(pl.col("n_events")),
         *_activity(as_of, pl.col("first_active"), pl.col("days_active")),
     )
 
@@ -352,14 +372,13 @@ def _population_row(pop: pl.LazyFrame, as_of: date, devices: list[str], events: 
             exprs.append((pl.col(count) / n).alias(share_col(kind, label)))
     history = (pl.lit(as_of, pl.Date) - pl.col("first_active")).dt.total_days().cast(pl.Int64)
     exprs += [
-        *_usual_hours(pl.col("n_events")),
         history.alias("history_days"),
         (n / (pl.col("n_users").cast(pl.Float64) * history.cast(pl.Float64))).alias("events_per_day"),
         (n / user_days).alias("events_per_active_day"),
         (pl.col("n_sessions") / user_days).alias("sessions_per_active_day"),
         (pl.col("n_downloads") / user_days).alias("downloads_per_active_day"),
     ]
-    return pop.with_columns(exprs)
+    return _with_usual_hours(pop).with_columns(exprs)
 
 
 def baseline_columns(devices: list[str], events: list[str]) -> list[str]:

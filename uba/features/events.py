@@ -78,6 +78,11 @@ CONTEXT_COLUMNS: tuple[str, ...] = (
     "global_by_actions",
 )
 
+_FLOAT_CONTEXT = (
+    "user_median_session_sec", "user_median_actions", "user_device_share",
+    "user_event_type_share", "user_download_share", "user_weekday_share",
+)
+
 Z_CLIP = 10.0
 RARITY_CLIP = 12.0
 HOUR_DEVIATION_CLIP = 12.0
@@ -282,7 +287,9 @@ def compute_features(frame: pl.LazyFrame) -> pl.LazyFrame:
             pl.col("_download_rarity_z") * (1.0 + pl.col("actions_excess")), 0.0, DOWNLOAD_CLIP
         ),
     )
-    staged = staged.with_columns(_context(devices, events))
+    staged = staged.with_columns(_context(devices, events)).with_columns(
+        pl.col(c).fill_nan(None) for c in _FLOAT_CONTEXT
+    )
     scratch = ["_log_duration", "_log_actions", "_hour", "_weekday", "_hour_int",
                "_weekday_int", "_download_rarity_z"]
     return staged.drop(scratch)

@@ -33,13 +33,17 @@ def aggregate_tag(events_fingerprint: str, categories: EventSettings) -> str:
 
 
 def ensure_aggregates(
-    data_dir: Path, days: Iterable[date], categories: EventSettings | None = None
+    data_dir: Path, days: Iterable[date], categories: EventSettings | Settings | None = None
 ) -> list[date]:
     """Compute and store the aggregates of ``days`` that are missing or stale; return those days.
 
-    A day without an events partition has no aggregates (nothing is written, existing
-    aggregates are kept: raw events may be pruned while their aggregates live on).
+    ``categories`` is the events section (or whole settings) naming the device and event
+    types to count. A day without an events partition has no aggregates (nothing is
+    written, existing aggregates are kept: raw events may be pruned while their
+    aggregates live on).
     """
+    if isinstance(categories, Settings):
+        categories = categories.events
     cats = categories or EventSettings()
     written = []
     for day in sorted(set(days)):

@@ -1,0 +1,359 @@
+"""Daily aggregates, user baselines and event features on tiny hand-made events."""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from uba import io
+from uba.features import (
+    CONTEXT_COLUMNS,
+    FEATURE_COLUMNS,
+    FEATURE_SET_VERSION,
+    POPULATION_USER,
+    baselines_as_of,
+    daily_aggregates,
+    ensure_aggregates,
+    event_features,
+    user_baselines,
+)
+from uba.reasons import explain
+from uba.schema import EVENT_SCHEMA
+from uba.settings import FeatureSettings, Settings
+
+DAY0 = date(2026, 3, 2)  # a Monday
+FEATURES = FeatureSettings()
+
+
+def event(user: str, day: date, hour: int, *, event_type: str = "view", duration: float = 600.0,
+          actions: int = 10, device: str = "desktop", session: str | None = None,
+          eid: str | None = None) -> dict:
+    ts = datetime(day.year, day.month, day.day, hour, 30, tzinfo=UTC)
+    return {
+        "event_id": eid or f"{user}-{day.isoformat()}-{hour}-{random.random()}",
+        "user_id": user, "timestamp": ts, "event_type": event_type,
+        "session_duration_sec": float(duration), "events_in_session": actions,
+        "device_type": device, "hour_of_day": hour, "day_of_week": ts.weekday(),
+        "session_id": session,
+    }
+
+
+def frame(rows: list[dict]) -> pl.LazyFrame:
+    return pl.DataFrame(rows, schema=EVENT_SCHEMA).lazy()
+
+
+def history(user: str, hours: list[int], days: int, start: date = DAY0, **kw) -> list[dict]:
+    """``user`` active at each of ``hours`` on ``days`` consecutive days from ``start``."""
+    return [event(user, start + timedelta(days=d), h, **kw) for d in range(days) for h in hours]
+
+
+def baselines_from(rows: list[dict], as_of: date, features: FeatureSettings = FEATURES) -> pl.DataFrame:
+    return user_baselines(daily_aggregates(frame(rows)), as_of, features).collect()
+
+
+def row_of(df: pl.DataFrame, user: str) -> dict:
+    return df.filter(pl.col("user_id") == user).row(0, named=True)
+
+
+def circular_gap(a: float, b: float) -> float:
+    d = abs(a - b) % 24
+    return min(d, 24 - d)
+
+
+# ---- daily aggregates ------------------------------------------------------------------
+
+
+def test_daily_aggregates_are_exact_for_a_hand_made_day():
+    rows = [
+        event("u1", DAY0, 9, duration=100, actions=3, session="s1", event_type="login"),
+        event("u1", DAY0, 9, duration=100, actions=3, session="s1", event_type="download"),
+        event("u1", DAY0, 23, duration=4000, actions=50, session="s2", device="mobile"),
+        event("u2", DAY0, 1, duration=0, actions=1, event_type="login"),
+        event("u2", DAY0, 2, duration=30, actions=2, event_type="click"),
+        event("u3", DAY0, 12, duration=60, actions=1),
+    ]
+    agg = daily_aggregates(frame(rows)).collect()
+    assert agg["user_id"].to_list() == ["u1", "u2", "u3"]
+    u1, u2, u3 = (row_of(agg, u) for u in ("u1", "u2", "u3"))
+    assert u1["event_date"] == DAY0 and u1["day_of_week"] == 0
+    assert (u1["n_events"], u1["n_sessions"], u1["n_downloads"]) == (3, 2, 1)
+    assert (u2["n_events"], u2["n_sessions"]) == (2, 1)  # no session ids: one login
+    assert u3["n_sessions"] == 1  # no id, no login: still at least one session
+    assert u1["max_events_in_session"] == 50
+    logs = [math.log1p(100), math.log1p(100), math.log1p(4000)]
+    assert u1["sum_log_duration"] == pytest.approx(math.fsum(logs), rel=1e-15)
+    assert u1["sumsq_log_duration"] == pytest.approx(math.fsum(x * x for x in logs), rel=1e-15)
+    acts = [math.log1p(3), math.log1p(3), math.log1p(50)]
+    assert u1["sum_log_actions"] == pytest.approx(math.fsum(acts), rel=1e-15)
+    angles = [2 * math.pi * h / 24 for h in (9, 9, 23)]
+    assert u1["sum_hour_cos"] == pytest.approx(math.fsum(map(math.cos, angles)), abs=1e-15)
+    assert u1["sum_hour_sin"] == pytest.approx(math.fsum(map(math.sin, angles)), abs=1e-15)
+    assert (u1["n_hour_09"], u1["n_hour_23"], u1["n_hour_12"]) == (2, 1, 0)
+    assert sum(u1[f"n_hour_{h:02d}"] for h in range(24)) == 3
+    assert (u1["n_device_desktop"], u1["n_device_mobile"]) == (2, 1)
+    assert (u1["n_event_login"], u1["n_event_download"], u1["n_event_view"]) == (1, 1, 1)
+    assert (u2["n_event_login"], u2["n_event_click"]) == (1, 1)
+
+
+def test_aggregates_split_days_by_utc_date():
+    rows = history("u1", [10], 3)
+    agg = daily_aggregates(frame(rows)).collect()
+    assert agg["event_date"].to_list() == [DAY0, DAY0 + timedelta(1), DAY0 + timedelta(2)]
+    assert agg["day_of_week"].to_list() == [0, 1, 2]
+
+
+# ---- baselines -------------------------------------------------------------------------
+
+
+def test_baseline_rollup_equals_direct_computation_from_raw_events():
+    rng = random.Random(7)
+    rows = []
+    for d in range(6):
+        day = DAY0 + timedelta(days=d)
+        for user in ("a", "b"):
+            for _ in range(rng.randint(1, 5)):
+                rows.append(event(user, day, rng.randint(0, 23), duration=rng.uniform(5, 9000),
+                                  actions=rng.randint(1, 80), device=rng.choice(["desktop", "mobile"]),
+                                  event_type=rng.choice(["view", "click", "download"])))
+    as_of = DAY0 + timedelta(days=6)
+    base = baselines_from(rows, as_of)
+    raw = pl.DataFrame(rows, schema=EVENT_SCHEMA)
+    for user in ("a", "b"):
+        mine = raw.filter(pl.col("user_id") == user)
+        got = row_of(base, user)
+        dur = np.log1p(mine["session_duration_sec"].to_numpy())
+        act = np.log1p(mine["events_in_session"].to_numpy().astype(float))
+        hours = mine["hour_of_day"].to_numpy().astype(float) * 2 * np.pi / 24
+        assert got["n_events"] == mine.height
+        assert got["days_active"] == 6 and got["history_days"] == 6
+        assert got["raw_mean_log_duration"] == pytest.approx(dur.mean(), rel=1e-12)
+        assert got["raw_sd_log_duration"] == pytest.approx(dur.std(ddof=1), rel=1e-9)
+        assert got["raw_mean_log_actions"] == pytest.approx(act.mean(), rel=1e-12)
+        assert got["raw_sd_log_actions"] == pytest.approx(act.std(ddof=1), rel=1e-9)
+        direct_hour = (np.arctan2(np.sin(hours).mean(), np.cos(hours).mean()) * 24 / (2 * np.pi)) % 24
+        assert circular_gap(got["raw_hour_mean"], direct_hour) < 1e-9
+        assert got["share_device_mobile"] == pytest.approx((mine["device_type"] == "mobile").mean())
+        assert got["share_event_download"] == pytest.approx((mine["event_type"] == "download").mean())
+        assert got["events_per_active_day"] == pytest.approx(mine.height / 6)
+    pop = row_of(base, POPULATION_USER)
+    all_dur = np.log1p(raw["session_duration_sec"].to_numpy())
+    assert pop["n_events"] == raw.height
+    assert pop["mean_log_duration"] == pytest.approx(all_dur.mean(), rel=1e-12)
+    assert pop["raw_sd_log_duration"] == pytest.approx(all_dur.std(ddof=1), rel=1e-9)
+
+
+def test_circular_hour_mean_of_23_and_1_is_midnight_with_a_small_spread():
+    base = baselines_from(history("owl", [23, 1], 10), DAY0 + timedelta(days=10))
+    owl = row_of(base, "owl")
+    assert circular_gap(owl["raw_hour_mean"], 0.0) < 1e-9  # a linear mean would say 12:00
+    expected = math.sqrt(-2 * math.log(math.cos(math.pi / 12))) * 24 / (2 * math.pi)
+    assert owl["raw_hour_spread"] == pytest.approx(expected, rel=1e-9)
+    assert owl["raw_hour_spread"] < 1.1
+
+
+def test_shrinkage_pulls_a_one_day_user_to_the_population_and_keeps_a_long_history():
+    rows = []
+    for i in range(8):  # the population: 600 s sessions
+        rows += history(f"p{i}", [10, 14], 28, duration=600)
+    rows += history("veteran", [10, 14], 28, duration=20000)
+    rows += history("newcomer", [10, 14], 1, start=DAY0 + timedelta(days=27), duration=20000)
+    base = baselines_from(rows, DAY0 + timedelta(days=28))
+    pop = row_of(base, POPULATION_USER)["mean_log_duration"]
+    own = math.log1p(20000)
+    for user, days in (("veteran", 28), ("newcomer", 1)):
+        got = row_of(base, user)
+        w = days / (days + FEATURES.prior_strength_days)
+        assert got["shrink_weight"] == pytest.approx(w)
+        assert got["raw_mean_log_duration"] == pytest.approx(own, rel=1e-12)
+        assert got["mean_log_duration"] == pytest.approx(w * own + (1 - w) * pop, rel=1e-12)
+    newcomer, veteran = row_of(base, "newcomer"), row_of(base, "veteran")
+    assert abs(newcomer["mean_log_duration"] - pop) < 0.2 * abs(own - pop)
+    assert abs(veteran["mean_log_duration"] - own) < 0.2 * abs(own - pop)
+    assert newcomer["history_days"] == 1 and veteran["history_days"] == 28
+
+
+def test_spreads_have_floors_for_perfectly_regular_users():
+    settings = FeatureSettings(min_hour_spread=1.5, min_log_spread=0.3)
+    base = baselines_from(history("clock", [9], 28), DAY0 + timedelta(days=28), settings)
+    clock = row_of(base, "clock")
+    assert clock["raw_sd_log_duration"] == 0.0 and clock["raw_hour_spread"] == 0.0
+    assert clock["sd_log_duration"] == 0.3 and clock["sd_log_actions"] == 0.3
+    assert clock["hour_spread"] == 1.5
+
+
+def test_baselines_use_only_days_strictly_before_as_of_within_the_lookback():
+    rows = history("u", [10], 10, duration=600) + [event("u", DAY0 + timedelta(days=10), 3, duration=1e6)]
+    settings = FeatureSettings(lookback_days=4)
+    base = baselines_from(rows, DAY0 + timedelta(days=10), settings)
+    u = row_of(base, "u")
+    assert u["n_events"] == 4 and u["days_active"] == 4  # days 6..9 only; day 10 is the scored day
+    assert u["raw_mean_log_duration"] == pytest.approx(math.log1p(600))
+
+
+def test_empty_history_gives_only_a_population_row():
+    base = baselines_from([], DAY0)
+    assert base["user_id"].to_list() == [POPULATION_USER]
+
+
+# ---- event features --------------------------------------------------------------------
+
+
+def population(days: int = 28) -> list[dict]:
+    rows = []
+    for i in range(6):
+        rows += history(f"office{i}", list(range(9, 17)), days, duration=1800, actions=20)
+    return rows
+
+
+def features_for(events: list[dict], rows: list[dict], as_of: date) -> pl.DataFrame:
+    base = user_baselines(daily_aggregates(frame(rows)), as_of, FEATURES)
+    return explain(event_features(frame(events), base)).collect()
+
+
+def test_feature_list_is_fixed_and_versioned():
+    assert len(FEATURE_COLUMNS) == len(set(FEATURE_COLUMNS)) == 14
+    assert FEATURE_SET_VERSION
+    assert not set(FEATURE_COLUMNS) & set(EVENT_SCHEMA)  # never overwrite an input column
+
+
+def test_unknown_user_gets_the_population_baseline_and_known_user_false():
+    rows = population(5)
+    as_of = DAY0 + timedelta(days=5)
+    out = features_for([event("office0", as_of, 10), event("stranger", as_of, 10)], rows, as_of)
+    base = user_baselines(daily_aggregates(frame(rows)), as_of, FEATURES).collect()
+    known, unknown = out.row(0, named=True), out.row(1, named=True)
+    assert known["known_user"] is True and unknown["known_user"] is False
+    pop = row_of(base, POPULATION_USER)
+    assert unknown["bl_mean_log_duration"] == pop["mean_log_duration"]
+    assert unknown["bl_hour_spread"] == pop["hour_spread"]
+    assert unknown["log_history_days"] == 0.0 and known["log_history_days"] == pytest.approx(math.log1p(5))
+    assert unknown["device_rarity"] == 0.0 and unknown["event_type_rarity"] == 0.0
+
+
+def test_features_are_finite_floats_even_without_any_history():
+    odd = [
+        event("a", DAY0, 0, duration=0, actions=1, event_type="download", device="mobile"),
+        {**event("b", DAY0, 23, duration=7 * 24 * 3600, actions=100_000), "hour_of_day": None},
+    ]
+    for rows in ([], population(3)):
+        out = features_for(odd, rows, DAY0)
+        assert out.height == 2
+        for name in FEATURE_COLUMNS:
+            col = out[name]
+            assert col.dtype == pl.Float64, name
+            assert col.null_count() == 0 and col.is_finite().all(), name
+    assert out["event_hour"].to_list() == [0.0, 23.0]  # null hour_of_day falls back to the timestamp
+
+
+def test_features_are_row_local():
+    rows = population(10) + history("night", [22, 23, 0, 1, 2], 10, device="mobile")
+    as_of = DAY0 + timedelta(days=10)
+    probe = event("night", as_of, 14, event_type="download", duration=9000, actions=300, eid="probe")
+    rng = random.Random(3)
+    others = [
+        event(rng.choice(["office0", "office3", "night", "nobody"]), as_of, rng.randint(0, 23),
+              event_type=rng.choice(["view", "download", "login"]), duration=rng.uniform(0, 20000),
+              actions=rng.randint(1, 500), device=rng.choice(["desktop", "mobile"]), eid=f"o{i}")
+        for i in range(1000)
+    ]
+    alone = features_for([probe], rows, as_of)
+    crowd = features_for(others[:400] + [probe] + others[400:], rows, as_of)
+    in_crowd = crowd.filter(pl.col("event_id") == "probe")
+    columns = [*FEATURE_COLUMNS, *CONTEXT_COLUMNS, "reasons", "reason_kinds"]
+    assert alone.select(columns).equals(in_crowd.select(columns))
+    assert crowd["event_id"].to_list()[400] == "probe"  # input order is kept
+
+
+def test_off_hours_event_deviates_for_a_nine_to_five_user_but_not_for_a_night_shift_user():
+    rows = population()
+    rows += [r for r in history("nine2five", list(range(9, 17)), 28) if r["day_of_week"] < 5]
+    rows += history("nightshift", [22, 23, 0, 1, 2, 3, 4, 5], 28)
+    as_of = DAY0 + timedelta(days=28)  # a Monday
+    out = features_for([event("nine2five", as_of, 3), event("nightshift", as_of, 3)], rows, as_of)
+    office, night = out.row(0, named=True), out.row(1, named=True)
+    assert office["hour_deviation"] > 4.0
+    assert office["reason_kinds"][0] == "hour"
+    assert office["reasons"][0] == "03:00 is outside this user's usual 09:00-17:00"
+    assert night["hour_deviation"] < 1.0
+    assert "hour" not in night["reason_kinds"]
+    for name in ("session_length_excess", "actions_excess", "device_rarity", "event_type_rarity"):
+        assert office[name] < 1.0, name  # only the hour is off
+
+
+def test_first_mobile_use_and_rare_downloads_are_rare_for_the_user():
+    rows = population() + history("saver", list(range(9, 17)), 28, duration=1800, actions=20)
+    rows += history("hoarder", list(range(9, 17)), 28, duration=1800, actions=20, event_type="download")
+    as_of = DAY0 + timedelta(days=28)
+    out = features_for([
+        event("saver", as_of, 10, duration=1800, actions=20, device="mobile"),
+        event("saver", as_of, 11, duration=1800, actions=200, event_type="download"),
+        event("hoarder", as_of, 11, duration=1800, actions=200, event_type="download"),
+    ], rows, as_of)
+    mobile, saver_dl, hoarder_dl = (out.row(i, named=True) for i in range(3))
+    assert mobile["device_rarity"] > 2.0 and mobile["reason_kinds"][0] == "device"
+    assert mobile["reasons"][0] == "first mobile use for this user"
+    assert saver_dl["download_intensity"] > 3 * (1 + hoarder_dl["download_intensity"])
+    assert saver_dl["reason_kinds"][0] == "download_intensity"
+    assert saver_dl["reasons"][0].startswith("first download for this user, in a session of 200 actions")
+    assert hoarder_dl["download_intensity"] == 0.0
+    assert "download_intensity" not in hoarder_dl["reason_kinds"]
+
+
+# ---- storage: aggregates partitions and baselines_as_of --------------------------------
+
+
+def write_events(data_dir, rows: list[dict]) -> None:
+    df = pl.DataFrame(rows, schema=EVENT_SCHEMA)
+    for (day,), part in df.group_by(pl.col("timestamp").dt.date(), maintain_order=True):
+        io.write_part(part, data_dir, io.EVENTS, day)
+
+
+def test_baselines_as_of_reads_only_aggregates_and_nothing_on_or_after_as_of(tmp_path):
+    settings = Settings(features=FeatureSettings(lookback_days=3))
+    as_of = DAY0 + timedelta(days=5)
+    rows = history("u", [10], 5, duration=600) + history("v", [11], 5, duration=60)
+    rows += [event("u", as_of, 3, duration=1e6), event("late", as_of + timedelta(1), 3)]
+    write_events(tmp_path, rows)
+    days = [DAY0 + timedelta(days=d) for d in range(8)]
+    assert ensure_aggregates(tmp_path, days, settings.events) == days[:7]  # day 7 has no events
+    assert ensure_aggregates(tmp_path, days, settings.events) == []  # already up to date
+
+    shutil.move(tmp_path / io.EVENTS, tmp_path / "events-moved-away")  # raw events are gone
+    got = baselines_as_of(tmp_path, as_of, settings).collect()
+    shutil.move(tmp_path / "events-moved-away", tmp_path / io.EVENTS)
+
+    expected = baselines_from([r for r in rows if r["timestamp"].date() < as_of], as_of,
+                              settings.features)
+    assert got.equals(expected)
+    assert set(got["user_id"]) == {"u", "v", POPULATION_USER}  # "late" is after as_of
+    assert row_of(got, "u")["n_events"] == 3  # lookback 3: days 2..4, not the 1e6 s session of as_of
+    assert row_of(got, "u")["raw_mean_log_duration"] == pytest.approx(math.log1p(600))
+
+
+def test_aggregates_are_recomputed_when_a_day_gets_more_events(tmp_path):
+    write_events(tmp_path, history("u", [10], 1))
+    assert ensure_aggregates(tmp_path, [DAY0]) == [DAY0]
+    write_events(tmp_path, [event("u", DAY0, 12)])  # a later ingest adds a part
+    assert ensure_aggregates(tmp_path, [DAY0]) == [DAY0]
+    agg = io.scan_aggregates(tmp_path, [DAY0]).collect()
+    assert agg["n_events"].to_list() == [2] and agg["event_date"].to_list() == [DAY0]
+    assert len(io.partition_files(tmp_path, io.AGGREGATES, DAY0)) == 1
+
+
+def test_baseline_snapshot_round_trip(tmp_path):
+    settings = Settings()
+    assert io.latest_baseline_snapshot(tmp_path) is None
+    base = baselines_as_of(tmp_path, DAY0, settings).collect()  # no aggregates at all
+    assert base["user_id"].to_list() == [POPULATION_USER]
+    for as_of in (DAY0, DAY0 + timedelta(days=1)):
+        io.write_baseline_snapshot(base, tmp_path, as_of)
+    as_of, path = io.latest_baseline_snapshot(tmp_path)
+    assert as_of == DAY0 + timedelta(days=1)
+    assert path == tmp_path / "baselines" / "as_of=2026-03-03" / "baselines.parquet"
+    assert io.read_baseline_snapshot(path).equals(base)
