@@ -1,0 +1,77 @@
+"""`uba-batch evaluate`: out-of-sample quality report against generated labels."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import click
+
+from jobs.options import DATE, data_dir_option, model_dir_option, output_dir_option, settings_from
+
+
+def _default_days(data_dir: Path, training_end: date) -> list[date]:
+    from uba import io
+
+    return [d for d in io.partition_dates(data_dir, io.EVENTS) if d > training_end]
+
+
+@click.command(name="evaluate")
+@click.option("--start", type=DATE, default=None, help="First evaluation day (default: day after training).")
+@click.option("--end", type=DATE, default=None, help="Last evaluation day (default: last day with events).")
+@click.option("--model-version", default=None, help="Bundle version to evaluate (default: latest).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Report directory (default: <output-dir>/evaluation).")
+@data_dir_option
+@model_dir_option
+@output_dir_option
+@click.pass_context
+def command(ctx: click.Context, start: date | None, end: date | None, model_version: str | None,
+            out_dir: str | None, data_dir: str | None, model_dir: str | None, output_dir: str | None) -> None:
+    """Score days the model never saw and compare with a naive global model.
+
+    Reports ROC-AUC, PR-AUC, precision/recall at the saved threshold, alert rate,
+    recall per anomaly kind and alert concentration across users, as JSON and a PNG.
+
+    \b
+    Example:
+      uba-batch train --data-dir data --end-date 2026-03-21 --window-days 21 --model-dir models
+      uba-batch evaluate --data-dir data --model-dir models --start 2026-03-22 --end 2026-03-28
+    """
+    from uba import io
+    from uba.artifacts import load_bundle
+    from uba.errors import UserError
+    from uba.evaluate import evaluate, plot_report, public_report
+    from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
+    from uba.pipeline import date_range
+
+    settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir, output_dir=output_dir)
+    bundle = load_bundle(settings.paths.model_dir, model_version, expected_features=FEATURE_COLUMNS,
+                         expected_feature_set_version=FEATURE_SET_VERSION)
+    training_end = date.fromisoformat(bundle.metadata["training_window"]["end"])
+    if start is None and end is None:
+        days = _default_days(settings.paths.data_dir, training_end)
+    else:
+        first = start or training_end + timedelta(days=1)
+        last = end or max(io.partition_dates(settings.paths.data_dir, io.EVENTS), default=first)
+        days = date_range(first, last)
+    if not days:
+        raise UserError(f"no events after the training window (ends {training_end}) to evaluate on")
+    report = evaluate(settings, bundle, days)
+    target = Path(out_dir) if out_dir else Path(settings.paths.output_dir) / "evaluation"
+    io.write_json_atomic(public_report(report), target / "evaluation.json")
+    plot_report(report, target / "evaluation.png")
+    _print_summary(report)
+    click.echo(f"report: {target / 'evaluation.json'}, figure: {target / 'evaluation.png'}")
+
+
+def _print_summary(report: dict) -> None:
+    for name, m in report["models"].items():
+        click.echo(f"{name}: ROC-AUC {m['roc_auc']:.3f}  PR-AUC {m['pr_auc']:.3f}  "
+                   f"precision {m['precision_at_threshold']:.3f}  recall {m['recall_at_threshold']:.3f}  "
+                   f"alert rate {m['alert_rate']:.4f}")
+        for kind, k in m["recall_by_kind"].items():
+            click.echo(f"    recall {kind:<16} {k['recall']:.3f}  ({k['events']} events)")
+    click.echo(f"PR-AUC ratio vs naive: {report['pr_auc_ratio_vs_naive']:.2f}")
+    conc = report["alert_concentration"]
+    click.echo(f"alerts from top 1% of users: {conc['top_1pct_share_of_alerts']:.3f}")

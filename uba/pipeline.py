@@ -1,0 +1,62 @@
+"""Feature frames for whole days, shared by `train`, `score` and `evaluate`.
+
+One place decides how a day's events meet their baselines, so training, batch scoring
+and evaluation can never drift apart: events of day D are joined with the baselines
+rolled up from the aggregates strictly before D.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from uba import io
+from uba.errors import UserError
+from uba.features import baselines_as_of, ensure_aggregates
+from uba.features.events import FEATURE_COLUMNS, event_features
+from uba.features.store import lookback_days
+from uba.settings import Settings
+
+
+def date_range(start: date, end: date) -> list[date]:
+    """Inclusive list of dates; an inverted range is a user error, not an empty result."""
+    if end < start:
+        raise UserError(f"end date {end} is before start date {start}")
+    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def prepare_aggregates(data_dir: Path, days: Sequence[date], settings: Settings) -> None:
+    """Make sure every aggregate partition needed to score ``days`` exists (computed once per day)."""
+    needed: set[date] = set(days)
+    for day in days:
+        needed.update(lookback_days(day, settings.features.lookback_days))
+    ensure_aggregates(data_dir, sorted(needed), settings)
+
+
+def day_features(data_dir: Path, day: date, settings: Settings) -> pl.LazyFrame:
+    """Features of one day's events against baselines as of that day (aggregates must exist)."""
+    events = io.scan_events(data_dir, day)
+    baselines = baselines_as_of(data_dir, day, settings)
+    return event_features(events, baselines)
+
+
+def window_features(data_dir: Path, days: Sequence[date], settings: Settings) -> pl.LazyFrame:
+    """Features of several days; days without an events partition are skipped, none at all is an error."""
+    present = [d for d in days if io.partition_files(data_dir, io.EVENTS, d)]
+    if not present:
+        first, last = min(days), max(days)
+        raise UserError(f"no events partitions between {first} and {last} under {Path(data_dir) / io.EVENTS}")
+    prepare_aggregates(data_dir, present, settings)
+    return pl.concat([day_features(data_dir, d, settings) for d in present], how="vertical")
+
+
+def feature_matrix(features: pl.DataFrame, feature_names: Sequence[str] = FEATURE_COLUMNS) -> np.ndarray:
+    """The model's input, columns in the bundle's order, as a contiguous float64 array."""
+    missing = [c for c in feature_names if c not in features.columns]
+    if missing:
+        raise UserError(f"feature frame lacks columns {missing}")
+    return np.ascontiguousarray(features.select(list(feature_names)).to_numpy(), dtype=np.float64)

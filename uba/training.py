@@ -1,0 +1,118 @@
+"""`train`: features over a window of days -> scaler + forest -> calibrated threshold -> bundle.
+
+The threshold is a percentile of the training scores (not the forest's own
+contamination cut) so operators tune the alert rate in one obvious place, and it is
+stored in the bundle so every scorer (batch, API) applies the same cut.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from uba import io
+from uba.artifacts import feature_reference, save_bundle, score_summary
+from uba.errors import UserError
+from uba.features import snapshot_baselines
+from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
+from uba.logs import get_logger
+from uba.model import fit_detector
+from uba.pipeline import date_range, feature_matrix, prepare_aggregates, window_features
+from uba.settings import Settings
+
+log = get_logger("train")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced, for the CLI to report."""
+
+    version: str
+    bundle_path: Path
+    rows: int
+    threshold: float
+    percentile: float
+    window_start: date
+    window_end: date
+    excluded_malicious: int
+    snapshot_path: Path
+
+
+def data_fingerprint(data_dir: Path, days: list[date]) -> str:
+    """Hash of the event parts (names and sizes) the model learned from, to tie a bundle to its data."""
+    digest = hashlib.sha256()
+    for day in days:
+        for part in io.partition_files(data_dir, io.EVENTS, day):
+            digest.update(f"{day}/{part.name}:{part.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def _sample_rows(features: pl.DataFrame, limit: int, seed: int) -> pl.DataFrame:
+    """Cap the training set deterministically; the forest sub-samples anyway, so this loses little."""
+    if features.height <= limit:
+        return features
+    log.info("sampling %d of %d training rows (train.max_training_rows)", limit, features.height)
+    return features.sort("event_id").sample(n=limit, seed=seed, shuffle=False)
+
+
+def _drop_confirmed_malicious(features: pl.DataFrame, malicious_ids: set[str]) -> tuple[pl.DataFrame, int]:
+    if not malicious_ids:
+        return features, 0
+    kept = features.filter(~pl.col("event_id").is_in(list(malicious_ids)))
+    return kept, features.height - kept.height
+
+
+def train_model(
+    settings: Settings,
+    end_date: date,
+    window_days: int | None = None,
+    malicious_ids: set[str] | None = None,
+) -> TrainResult:
+    """Train on the ``window_days`` days ending at ``end_date`` (inclusive) and save a bundle."""
+    data_dir, model_dir = settings.paths.data_dir, settings.paths.model_dir
+    window = window_days or settings.train.window_days
+    days = date_range(end_date - timedelta(days=window - 1), end_date)
+    features = window_features(data_dir, days, settings).collect()
+    features, excluded = _drop_confirmed_malicious(features, malicious_ids or set())
+    features = _sample_rows(features, settings.train.max_training_rows, settings.model.random_state)
+    if features.height < 100:
+        raise UserError(f"only {features.height} training events between {days[0]} and {days[-1]}; need at least 100")
+    matrix = feature_matrix(features)
+    detector, train_scores = fit_detector(
+        matrix, FEATURE_COLUMNS, settings.model, settings.threshold.percentile
+    )
+    present = sorted({d for d in days if io.partition_files(data_dir, io.EVENTS, d)})
+    metadata: dict[str, Any] = {
+        "feature_set_version": FEATURE_SET_VERSION,
+        "training_window": {"start": days[0].isoformat(), "end": days[-1].isoformat(),
+                            "days_with_data": len(present)},
+        "rows": {"training": int(features.height), "users": int(features["user_id"].n_unique()),
+                 "excluded_confirmed_malicious": excluded},
+        "score_summary": score_summary(train_scores),
+        "feature_reference": feature_reference(matrix, FEATURE_COLUMNS),
+        "data_fingerprint": data_fingerprint(data_dir, present),
+        "settings": {"model": settings.model.model_dump(mode="json"),
+                     "features": settings.features.model_dump(mode="json"),
+                     "threshold_percentile": settings.threshold.percentile},
+    }
+    version = save_bundle(model_dir, detector, metadata)
+    snapshot = write_snapshot_after(settings, end_date)
+    log.info("trained %s on %d events (%s..%s), threshold %.6f at p%.1f",
+             version, features.height, days[0], days[-1], detector.threshold, detector.percentile)
+    return TrainResult(version=version, bundle_path=Path(model_dir) / version, rows=int(features.height),
+                       threshold=float(detector.threshold), percentile=float(detector.percentile),
+                       window_start=days[0], window_end=days[-1], excluded_malicious=excluded,
+                       snapshot_path=snapshot)
+
+
+def write_snapshot_after(settings: Settings, end_date: date) -> Path:
+    """Baselines as of the day after training, so the API can score 'tomorrow' at once."""
+    as_of = end_date + timedelta(days=1)
+    prepare_aggregates(settings.paths.data_dir, [as_of], settings)
+    return snapshot_baselines(settings.paths.data_dir, as_of, settings)[1]
+
