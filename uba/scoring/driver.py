@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,10 @@ import polars as pl
 
 from uba import io
 from uba.artifacts import Bundle, load_bundle
-from uba.features import baselines_as_of
+from uba.features import baselines_as_of, ensure_aggregates
 from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION, event_features
 from uba.logs import get_logger
-from uba.pipeline import feature_matrix, prepare_aggregates
+from uba.pipeline import feature_matrix
 from uba.scoring import manifest as mf
 from uba.scoring import outputs
 from uba.scoring.lock import date_lock
@@ -139,6 +139,7 @@ class _Run:
         self.record: dict[str, Any] = {}
         self.staging_root = self.output_dir / STAGING_DIR / f"event_date={self.day.isoformat()}"
         self._detector_ref: Any = None
+        self.aggregates_computed: list[date] = []
 
     # -- the run ---------------------------------------------------------------------
 
@@ -172,7 +173,9 @@ class _Run:
             input_rows = int(self.events.select(pl.len()).collect().item())
             quarantined = io.partition_row_count(self.data_dir, io.QUARANTINE, self.day)
         with self.timer.stage("aggregates"):
-            prepare_aggregates(self.data_dir, [self.day], self.settings)
+            lookback = self.settings.features.lookback_days
+            needed = [self.day - timedelta(days=n) for n in range(lookback, -1, -1)]
+            self.aggregates_computed = ensure_aggregates(self.data_dir, needed, self.settings.events)
         with self.timer.stage("baselines"):
             baselines = baselines_as_of(self.data_dir, self.day, self.settings).collect()
         execution = self._execution(input_rows)
@@ -191,7 +194,7 @@ class _Run:
                 score_files[name] = self._write(scored, staging / io.SCORES / name)
         with self.timer.stage("write"):
             flagged_all = pl.concat(flagged_parts, how="vertical").sort(
-                ["anomaly_score", "event_id"], descending=[True, False])
+                outputs.FLAGGED_SORT_KEY, descending=[True, False])
             counts["flagged_rows"] = flagged_all.height
             flagged_files = {PART_NAME.format(index=0):
                              self._write(flagged_all, staging / io.FLAGGED / PART_NAME.format(index=0))}
@@ -239,10 +242,11 @@ class _Run:
         if len(scores) != features.height:
             raise RunFailedError(f"scoring returned {len(scores)} scores for {features.height} events")
         with self.timer.stage("reasons"):
-            scored = outputs.scored_events(
+            annotated = outputs.annotate(
                 features.lazy(), scores, detector.is_anomaly(scores), detector.threshold,
                 self.bundle.version, self.settings.threshold.max_reasons).collect()
-            flagged = outputs.flagged_events(scored.lazy(), baselines.lazy()).collect()
+            scored = outputs.score_rows(annotated.lazy()).collect()
+            flagged = outputs.flagged_rows(annotated.lazy()).collect()
         return scored, flagged
 
     def _write(self, df: pl.DataFrame, path: Path) -> dict[str, Any]:
@@ -280,6 +284,7 @@ class _Run:
                 "baselines_as_of": self.day.isoformat(),
                 "baseline_users": int(baselines.height),
                 "lookback_days": self.settings.features.lookback_days,
+                "aggregates_computed": [d.isoformat() for d in self.aggregates_computed],
             },
             "model": {
                 "version": self.bundle.version,

@@ -2,9 +2,10 @@
 
 ``scores/`` holds every event of the day with its score, flag, reasons and the model
 that produced them; ``flagged/`` holds the events over the threshold plus the summary
-of the user's baseline an analyst needs to judge them ("usually active 9-17h, median
-session 20 min, 25 days of history"). Rows are sorted on a total key so the same input
-and model give the same bytes whatever the execution mode.
+of the user's baseline an analyst needs to judge them ("usually active 09:00-17:00,
+median session 20 min, 25 days of history"). The summary comes from the feature
+module's context columns, the same numbers the reasons quote. Rows are sorted on a
+total key so the same input and model give the same bytes whatever the execution mode.
 """
 
 from __future__ import annotations
@@ -34,12 +35,41 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "known_user",
 )
 SCORE_SORT_KEY: tuple[str, ...] = ("timestamp", "event_id")
-BASELINE_PREFIX = "baseline_"
+FLAGGED_SORT_KEY: tuple[str, ...] = ("anomaly_score", "event_id")
 
 
-def scored_events(features: pl.LazyFrame, scores: np.ndarray, flags: np.ndarray,
-                  threshold: float, model_version: str, max_reasons: int) -> pl.LazyFrame:
-    """Every event with its score, flag and ranked reasons, in the published column order.
+def _usual_hours_text() -> pl.Expr:
+    def two_digits(col: str) -> pl.Expr:
+        return pl.col(col).cast(pl.String).str.zfill(2)
+
+    return pl.format("{}:00-{}:00", two_digits("user_usual_hour_start"), two_digits("user_usual_hour_end"))
+
+
+def flagged_context() -> dict[str, pl.Expr]:
+    """The user's baseline as an analyst reads it next to a flagged event.
+
+    For an unknown user (``known_user`` false) these describe the population and the
+    history is 0 days.
+    """
+    return {
+        "baseline_history_days": pl.col("bl_history_days"),
+        "baseline_days_active": pl.col("bl_days_active"),
+        "baseline_events_per_active_day": pl.col("bl_events_per_active_day"),
+        "usual_hours": _usual_hours_text(),
+        "user_usual_hour_start": pl.col("user_usual_hour_start"),
+        "user_usual_hour_end": pl.col("user_usual_hour_end"),
+        "user_median_session_sec": pl.col("user_median_session_sec"),
+        "user_median_actions": pl.col("user_median_actions"),
+        "user_device_share": pl.col("user_device_share"),
+        "user_event_type_share": pl.col("user_event_type_share"),
+        "user_download_share": pl.col("user_download_share"),
+        "user_weekday_share": pl.col("user_weekday_share"),
+    }
+
+
+def annotate(features: pl.LazyFrame, scores: np.ndarray, flags: np.ndarray, threshold: float,
+             model_version: str, max_reasons: int) -> pl.LazyFrame:
+    """Features plus score, flag, threshold, model version and ranked reasons.
 
     ``features`` must be the exact frame (same row order) the scores were computed from;
     ``flags`` come from the detector so "anomalous" has one definition everywhere.
@@ -47,50 +77,21 @@ def scored_events(features: pl.LazyFrame, scores: np.ndarray, flags: np.ndarray,
     with_scores = features.with_columns(
         pl.Series("anomaly_score", np.asarray(scores, dtype=np.float64)),
         pl.Series("is_anomaly", np.asarray(flags, dtype=bool)),
-    ).with_columns(
         pl.lit(float(threshold), dtype=pl.Float64).alias("threshold"),
         pl.lit(model_version, dtype=pl.String).alias("model_version"),
     )
-    return explain(with_scores, max_reasons=max_reasons).select(SCORE_COLUMNS).sort(SCORE_SORT_KEY)
+    return explain(with_scores, max_reasons=max_reasons)
 
 
-def _usual_hours_text() -> pl.Expr:
-    start = pl.col("usual_hour_start")
-    stop = (start + pl.col("usual_hour_length")) % 24
-    return pl.format("{}:00-{}:00", start.cast(pl.String).str.zfill(2), stop.cast(pl.String).str.zfill(2))
+def score_rows(annotated: pl.LazyFrame) -> pl.LazyFrame:
+    """Every event in the published ``scores/`` shape and order."""
+    return annotated.select(SCORE_COLUMNS).sort(SCORE_SORT_KEY)
 
 
-def baseline_summary(baselines: pl.LazyFrame) -> pl.LazyFrame:
-    """What an analyst needs to judge a flagged event against the user's normal, in plain units.
-
-    Session length and actions are kept in log space by the baselines; ``exp(mean of
-    log1p) - 1`` turns them back into the user's typical (geometric-mean, about median)
-    session seconds and actions per session. Device and event-type shares come from
-    the raw (unshrunk) ``share_device_*`` / ``share_event_*`` columns.
-    """
-    schema = baselines.collect_schema()
-    shares = [c for c in schema if c.startswith(("share_device_", "share_event_"))]
-    return baselines.select(
-        pl.col("user_id"),
-        pl.col("history_days").alias(f"{BASELINE_PREFIX}history_days"),
-        pl.col("days_active").alias(f"{BASELINE_PREFIX}days_active"),
-        pl.col("events_per_active_day").alias(f"{BASELINE_PREFIX}events_per_active_day"),
-        _usual_hours_text().alias(f"{BASELINE_PREFIX}usual_hours"),
-        (pl.col("raw_mean_log_duration").exp() - 1.0).alias(f"{BASELINE_PREFIX}typical_session_sec"),
-        (pl.col("raw_mean_log_actions").exp() - 1.0).alias(f"{BASELINE_PREFIX}typical_events_in_session"),
-        pl.col("max_events_in_session").alias(f"{BASELINE_PREFIX}max_events_in_session"),
-        *(pl.col(c).alias(f"{BASELINE_PREFIX}{c}") for c in shares),
-    )
-
-
-def flagged_events(scored: pl.LazyFrame, baselines: pl.LazyFrame) -> pl.LazyFrame:
-    """Events over the threshold with their user's baseline summary, most anomalous first.
-
-    Unknown users have no baseline row, so their summary columns stay null (and
-    ``known_user`` says why).
-    """
-    flagged = scored.filter(pl.col("is_anomaly"))
-    summary = baseline_summary(baselines)
-    return flagged.join(summary, on="user_id", how="left", maintain_order="left").sort(
-        ["anomaly_score", "event_id"], descending=[True, False]
+def flagged_rows(annotated: pl.LazyFrame) -> pl.LazyFrame:
+    """Events over the threshold with their user's baseline summary, most anomalous first."""
+    return (
+        annotated.filter(pl.col("is_anomaly"))
+        .select(*SCORE_COLUMNS, *(expr.alias(name) for name, expr in flagged_context().items()))
+        .sort(FLAGGED_SORT_KEY, descending=[True, False])
     )

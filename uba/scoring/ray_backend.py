@@ -171,7 +171,9 @@ class RayRuntime:
                                   "namespace": "uba"}
         if self.address:
             return {"address": self.address, **common}
-        kwargs = {"num_cpus": self.requested_workers or self.default_workers,
+        # address="local" always starts a fresh instance: without it ray.init() joins any
+        # cluster a `ray start` left registered on this machine (even a dead one).
+        kwargs = {"address": "local", "num_cpus": self.requested_workers or self.default_workers,
                   "include_dashboard": False, "_node_ip_address": "127.0.0.1", **common}
         if self.object_store_memory_mb:
             kwargs["object_store_memory"] = self.object_store_memory_mb * 1024 * 1024

@@ -1,0 +1,218 @@
+"""Batch scoring of one day through the library: Ray and in-process give the same bytes,
+every event is scored once, outputs carry what DESIGN.md promises, runs are locked."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from uba import io
+from uba.artifacts import load_bundle
+from uba.errors import UserError
+from uba.features import baselines_as_of
+from uba.features.events import FEATURE_COLUMNS, event_features
+from uba.scoring import RunLockedError, ScoreOptions, read_manifest, score_day
+from uba.scoring.lock import date_lock, lock_path
+from uba.scoring.outputs import SCORE_COLUMNS
+from uba.scoring.ray_backend import shard_bounds
+
+CONTRACT_COLUMNS = {"event_id", "user_id", "timestamp", "anomaly_score", "is_anomaly", "threshold",
+                    "model_version", "reasons"}
+
+
+def _events(data_dir: Path, day: date) -> pl.DataFrame:
+    return io.scan_events(data_dir, day).collect()
+
+
+def _scores(output_dir: Path, day: date) -> pl.DataFrame:
+    return pl.read_parquet(io.partition_files(output_dir, io.SCORES, day))
+
+
+def _flagged(output_dir: Path, day: date) -> pl.DataFrame:
+    return pl.read_parquet(io.partition_files(output_dir, io.FLAGGED, day))
+
+
+@pytest.mark.parametrize(("rows", "shards", "expected"), [
+    (10, 3, [(0, 3), (3, 7), (7, 10)]),
+    (2, 5, [(0, 1), (1, 2)]),
+    (0, 4, []),
+    (7, 1, [(0, 7)]),
+])
+def test_shard_bounds_cover_every_row_once(rows: int, shards: int, expected: list[tuple[int, int]]) -> None:
+    assert shard_bounds(rows, shards) == expected
+
+
+def test_ray_and_in_process_publish_identical_bytes(trained_dataset, ray_runtime, scoring_settings,
+                                                     day_output_bytes, tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    on_ray = score_day(scoring_settings(tmp_path / "ray"), ScoreOptions(day=day, shards=3, workers=2))
+    local = score_day(scoring_settings(tmp_path / "local"), ScoreOptions(day=day, shards=1, in_process=True))
+
+    assert on_ray["execution"]["mode"] == "local" and on_ray["execution"]["workers"] == 2
+    assert on_ray["execution"]["shards"] == 3
+    assert local["execution"]["mode"] == "in-process"
+    ray_files = day_output_bytes(tmp_path / "ray", day)
+    assert set(ray_files) == {"scores/part-00000.parquet", "flagged/part-00000.parquet"}
+    assert ray_files == day_output_bytes(tmp_path / "local", day)
+    assert on_ray["outputs"]["scores"]["files"] == local["outputs"]["scores"]["files"]
+    # the manifest's checksums describe the published files
+    for name, meta in on_ray["outputs"]["scores"]["files"].items():
+        assert io.file_sha256(io.partition_dir(tmp_path / "ray", io.SCORES, day) / name) == meta["sha256"]
+
+
+def test_every_event_is_scored_once_and_the_manifest_says_so(trained_dataset, ray_runtime,
+                                                             scoring_settings, tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    manifest = score_day(scoring_settings(tmp_path), ScoreOptions(day=day))
+    events = _events(trained_dataset.data_dir, day)
+    scores = _scores(tmp_path, day)
+
+    assert set(scores.columns) >= CONTRACT_COLUMNS and tuple(scores.columns) == SCORE_COLUMNS
+    assert scores.height == events.height > 0
+    assert sorted(scores["event_id"]) == sorted(events["event_id"])
+    counts = manifest["counts"]
+    assert counts["input_rows"] == counts["scored_rows"] == events.height
+    assert counts["quarantined_rows"] == io.partition_row_count(trained_dataset.data_dir, io.QUARANTINE, day)
+    assert manifest["row_conservation"] == {
+        "input_rows": events.height, "scored_rows": events.height,
+        "quarantined_rows": counts["quarantined_rows"],
+        "received_rows": events.height + counts["quarantined_rows"], "ok": True}
+    assert manifest["status"] == "succeeded" and manifest["error"] is None
+    assert read_manifest(tmp_path, day) == manifest
+    assert set(manifest["timings_sec"]) >= {"aggregates", "baselines", "features", "scoring", "reasons",
+                                            "write", "publish"}
+
+
+def test_scores_flags_and_reasons_follow_the_model(trained_dataset, ray_runtime, scoring_settings,
+                                                   tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[1]
+    manifest = score_day(scoring_settings(tmp_path), ScoreOptions(day=day, shards=2))
+    bundle = load_bundle(trained_dataset.model_dir)
+    scores = _scores(tmp_path, day)
+    flagged = _flagged(tmp_path, day)
+
+    assert (scores["threshold"] == bundle.detector.threshold).all()
+    assert (scores["model_version"] == bundle.version).all()
+    assert scores["is_anomaly"].to_list() == (scores["anomaly_score"] >= bundle.detector.threshold).to_list()
+    assert scores["anomaly_score"].is_between(0.0, 1.0, closed="right").all()
+    assert flagged.height == manifest["counts"]["flagged_rows"] == int(scores["is_anomaly"].sum())
+    assert sorted(flagged["event_id"]) == sorted(scores.filter("is_anomaly")["event_id"])
+    assert flagged["anomaly_score"].to_list() == sorted(flagged["anomaly_score"], reverse=True)
+    if flagged.height:
+        assert flagged["reasons"].list.len().to_list() == flagged["reason_kinds"].list.len().to_list()
+        assert flagged["reasons"].list.len().max() >= 1
+        assert {"baseline_history_days", "usual_hours", "user_median_session_sec"} <= set(flagged.columns)
+        assert flagged["usual_hours"].str.contains(r"^\d\d:00-\d\d:00$").all()
+
+
+def test_a_batch_score_equals_the_single_event_score(trained_dataset, ray_runtime, scoring_settings,
+                                                     tmp_path: Path) -> None:
+    """The API's path (one event, the snapshot as of D) gives the job's score."""
+    day = trained_dataset.score_dates[0]
+    score_day(scoring_settings(tmp_path), ScoreOptions(day=day))
+    scores = _scores(tmp_path, day).sort("anomaly_score", descending=True)
+    snapshot = pl.read_parquet(trained_dataset.data_dir / "baselines" / f"as_of={day}" / "baselines.parquet")
+    bundle = load_bundle(trained_dataset.model_dir)
+    events = _events(trained_dataset.data_dir, day)
+    for event_id in scores["event_id"].head(3).to_list() + scores["event_id"].tail(2).to_list():
+        one = events.filter(pl.col("event_id") == event_id)
+        features = event_features(one.lazy(), snapshot.lazy()).collect()
+        expected = bundle.detector.anomaly_score(features.select(FEATURE_COLUMNS).row(0))
+        got = scores.filter(pl.col("event_id") == event_id)["anomaly_score"].item()
+        assert got == pytest.approx(expected, rel=0, abs=1e-12)
+
+
+def test_the_snapshot_of_d_matches_baselines_as_of_d(trained_dataset, scoring_settings, tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    settings = scoring_settings(tmp_path)
+    score_day(settings, ScoreOptions(day=day, in_process=True))
+    snapshot = pl.read_parquet(trained_dataset.data_dir / "baselines" / f"as_of={day}" / "baselines.parquet")
+    expected = baselines_as_of(trained_dataset.data_dir, day, settings).collect()
+    assert snapshot.sort("user_id").equals(expected.sort("user_id"))
+
+
+def test_chunked_day_gives_the_same_rows_in_more_parts(trained_dataset, scoring_settings, tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    whole = score_day(scoring_settings(tmp_path / "whole"), ScoreOptions(day=day, in_process=True))
+    rows = whole["counts"]["input_rows"]
+    chunk_rows = max(1, rows // 3)
+    chunked = score_day(scoring_settings(tmp_path / "chunked", scoring={"chunk_rows": chunk_rows}),
+                        ScoreOptions(day=day, in_process=True))
+    assert chunked["execution"]["chunks"] == math.ceil(rows / chunk_rows) >= 3
+    assert len(io.partition_files(tmp_path / "chunked", io.SCORES, day)) == chunked["execution"]["chunks"]
+    a = _scores(tmp_path / "whole", day).sort("event_id")
+    b = _scores(tmp_path / "chunked", day).sort("event_id")
+    assert a.equals(b)
+    assert _flagged(tmp_path / "whole", day).equals(_flagged(tmp_path / "chunked", day))
+    assert chunked["row_conservation"]["ok"] and chunked["counts"]["scored_rows"] == rows
+
+
+def test_small_days_run_in_process_and_say_why(trained_dataset, scoring_settings, tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    settings = scoring_settings(tmp_path, ray={"min_rows_for_ray": 10_000_000})
+    manifest = score_day(settings, ScoreOptions(day=day))
+    assert manifest["execution"]["mode"] == "in-process"
+    assert "min_rows_for_ray" in manifest["execution"]["reason"]
+
+
+def test_rerun_replaces_the_day_with_identical_bytes(trained_dataset, scoring_settings, day_output_bytes,
+                                                      tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    settings = scoring_settings(tmp_path)
+    first = score_day(settings, ScoreOptions(day=day, in_process=True))
+    before = day_output_bytes(tmp_path, day)
+    second = score_day(settings, ScoreOptions(day=day, in_process=True))
+    assert day_output_bytes(tmp_path, day) == before
+    assert second["run_id"] != first["run_id"]
+    assert not (tmp_path / ".staging").exists() or not any((tmp_path / ".staging").rglob("*.parquet"))
+
+
+def test_missing_partition_is_a_user_error_that_touches_no_output(trained_dataset, scoring_settings,
+                                                                  tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no events partition for 2020-01-01"):
+        score_day(scoring_settings(tmp_path / "out"), ScoreOptions(day=date(2020, 1, 1)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_model_version_is_a_user_error(trained_dataset, scoring_settings, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="nope"):
+        score_day(scoring_settings(tmp_path), ScoreOptions(day=trained_dataset.score_dates[0],
+                                                           model_version="nope"))
+
+
+def test_a_second_run_of_the_same_date_is_refused(trained_dataset, scoring_settings, tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    settings = scoring_settings(tmp_path)
+    with date_lock(tmp_path, day), pytest.raises(RunLockedError, match=rf"pid {os.getpid()}"):
+        score_day(settings, ScoreOptions(day=day, in_process=True))
+    assert not io.partition_dir(tmp_path, io.SCORES, day).exists()
+    # once the holder is gone the date can be scored
+    assert score_day(settings, ScoreOptions(day=day, in_process=True))["status"] == "succeeded"
+
+
+def test_a_lock_held_by_a_killed_process_is_not_stale(trained_dataset, scoring_settings, tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time, datetime, pathlib; from uba.scoring.lock import date_lock\n"
+         "with date_lock(pathlib.Path(sys.argv[1]), datetime.date.fromisoformat(sys.argv[2])):\n"
+         "    print('held', flush=True); time.sleep(60)", str(tmp_path), day.isoformat()],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=rf"pid {holder.pid}"):
+            score_day(scoring_settings(tmp_path), ScoreOptions(day=day, in_process=True))
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert lock_path(tmp_path, day).exists()
+    manifest = score_day(scoring_settings(tmp_path), ScoreOptions(day=day, in_process=True))
+    assert manifest["status"] == "succeeded"
