@@ -138,11 +138,17 @@ class Server:
 
 
 @contextmanager
-def running_server(env: dict[str, str], log: Path, timeout: float = 30.0) -> Iterator[Server]:
-    """``uvicorn uba.api.app:app`` on a free loopback port, stopped by its own pid."""
+def running_server(env: dict[str, str], log: Path, timeout: float = 30.0,
+                   uba_api: list[str] | None = None) -> Iterator[Server]:
+    """``uvicorn uba.api.app:app`` (or ``uba-api`` with these flags) on a free loopback port,
+    stopped by its own pid."""
     port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "uba.api.app:app", "--host", "127.0.0.1",
-           "--port", str(port), "--no-access-log"]
+    if uba_api is None:
+        cmd = [sys.executable, "-m", "uvicorn", "uba.api.app:app", "--host", "127.0.0.1",
+               "--port", str(port), "--no-access-log"]
+    else:
+        cmd = [str(Path(sys.executable).parent / "uba-api"), "--host", "127.0.0.1",
+               "--port", str(port), *uba_api]
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", process, log)

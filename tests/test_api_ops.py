@@ -1,0 +1,169 @@
+"""Operating the API: start without a model, hot reload, broken bundles, API keys, uba-api."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from test_api_world import (
+    SCORE_DAY,
+    SEED_PAYLOAD,
+    World,
+    running_server,
+    shared_world,
+    train_bundle,
+    training_days,
+)
+
+from uba import io
+from uba.artifacts import FOREST_FILE
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return shared_world(tmp_path_factory)
+
+
+def test_uba_api_starts_without_a_model_then_reload_brings_it(world: World, tmp_path: Path) -> None:
+    empty_data, empty_models = tmp_path / "data", tmp_path / "models"
+    flags = ["--data-dir", str(empty_data), "--model-dir", str(empty_models), "--no-access-log"]
+    with running_server(world.env(), tmp_path / "api.log", uba_api=flags) as server, server.client() as c:
+        ready = c.get("/ready")
+        assert ready.status_code == 503 and "no model directory" in ready.json()["reason"]
+        refused = c.post("/predict", json=SEED_PAYLOAD)
+        assert refused.status_code == 503 and "no model loaded" in refused.json()["detail"]
+        assert c.get("/model").status_code == 503
+        assert c.post("/admin/reload").status_code == 409
+        assert "uba_api_model_loaded 0.0" in c.get("/metrics").text
+
+        # a bundle and a snapshot appear (as after `train`): reload makes the server ready
+        import shutil
+
+        shutil.copytree(world.model_dir, empty_models)
+        snapshot = io.latest_baseline_snapshot(world.data_dir)
+        assert snapshot is not None
+        io.write_baseline_snapshot(io.read_baseline_snapshot(snapshot[1]), empty_data, snapshot[0])
+        reloaded = c.post("/admin/reload")
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["previous_model_version"] is None
+        assert c.get("/ready").status_code == 200
+        assert c.post("/predict", json=SEED_PAYLOAD).json()["model_version"] == world.version
+
+
+@pytest.fixture
+def own_world(world: World, tmp_path: Path) -> World:
+    return world.copy(tmp_path / "world")
+
+
+class Traffic:
+    """Posts /predict and /predict/batch in a loop from a thread, recording every answer."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.statuses: list[int] = []
+        self.versions: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self._stop.is_set():
+                for response in (client.post("/predict", json=SEED_PAYLOAD),
+                                 client.post("/predict/batch", json={"events": [SEED_PAYLOAD] * 5})):
+                    self.statuses.append(response.status_code)
+                    if response.status_code == 200:
+                        self.versions.append(response.json()["model_version"])
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def _wait_for_requests(traffic: Traffic, count: int) -> None:
+    start = len(traffic.statuses)
+    deadline = 200
+    while len(traffic.statuses) < start + count and deadline:
+        threading.Event().wait(0.05)
+        deadline -= 1
+
+
+def test_hot_reload_swaps_without_failed_requests_and_refuses_a_broken_bundle(
+    own_world: World, tmp_path: Path
+) -> None:
+    settings = own_world.settings(random_state=7)
+    baselines = io.read_baseline_snapshot(io.latest_baseline_snapshot(own_world.data_dir)[1])
+    with running_server(own_world.env(), tmp_path / "api.log") as server, server.client() as c:
+        with Traffic(server.url) as traffic:
+            _wait_for_requests(traffic, 4)
+            new_version, _ = train_bundle(settings, training_days(), baselines)
+            assert new_version != own_world.version
+            reloaded = c.post("/admin/reload")
+            assert reloaded.status_code == 200, reloaded.text
+            body = reloaded.json()
+            assert body["changed"] and body["model_version"] == new_version
+            assert body["previous_model_version"] == own_world.version
+            _wait_for_requests(traffic, 4)
+        assert traffic.statuses and set(traffic.statuses) == {200}
+        assert traffic.versions[0] == own_world.version and traffic.versions[-1] == new_version
+
+        # a newer snapshot alone is picked up too
+        newer = SCORE_DAY + timedelta(days=1)
+        io.write_baseline_snapshot(baselines, own_world.data_dir, newer)
+        assert c.post("/admin/reload").json()["baseline_as_of"] == newer.isoformat()
+
+        # a tampered bundle becomes LATEST: refused, the previous one keeps serving
+        broken, _ = train_bundle(own_world.settings(random_state=8), training_days(), baselines)
+        forest = own_world.model_dir / broken / FOREST_FILE
+        data = bytearray(forest.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        forest.write_bytes(bytes(data))
+        with Traffic(server.url) as traffic:
+            refused = c.post("/admin/reload")
+            _wait_for_requests(traffic, 2)
+        assert refused.status_code == 409
+        assert broken in refused.json()["detail"] and new_version in refused.json()["detail"]
+        assert set(traffic.statuses) == {200} and set(traffic.versions) == {new_version}
+        assert c.get("/ready").json()["model_version"] == new_version
+        assert 'uba_api_reloads_total{outcome="refused"} 1.0' in c.get("/metrics").text
+
+
+@pytest.fixture(scope="module")
+def keyed_server(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp_path = tmp_path_factory.mktemp("keyed")
+    key_file = tmp_path / "keys.txt"
+    key_file.write_text("# rotated 2026-03\nfile-key-1\n")
+    env = world.env(UBA_API_KEYS="env-key-1, env-key-2", UBA_API__API_KEY_FILE=str(key_file))
+    with running_server(env, tmp_path / "api.log") as server:
+        yield server.url
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": ""},
+                                     {"Authorization": "env-key-1"}])
+def test_api_key_required_when_configured(keyed_server: str, headers: dict[str, str]) -> None:
+    with httpx.Client(base_url=keyed_server, headers=headers) as c:
+        for method, path, kwargs in (("post", "/predict", {"json": SEED_PAYLOAD}),
+                                     ("post", "/predict/batch", {"json": {"events": [SEED_PAYLOAD]}}),
+                                     ("get", "/model", {}), ("post", "/admin/reload", {})):
+            response = getattr(c, method)(path, **kwargs)
+            assert response.status_code == 401, (path, response.text)
+            assert response.json()["detail"][0]["field"] == "X-API-Key"
+        assert c.get("/health").status_code == 200
+        assert c.get("/ready").status_code == 200
+        assert c.get("/metrics").status_code == 200
+
+
+@pytest.mark.parametrize("key", ["env-key-1", "env-key-2", "file-key-1"])
+def test_any_configured_key_is_accepted(keyed_server: str, key: str) -> None:
+    with httpx.Client(base_url=keyed_server, headers={"X-API-Key": key}) as c:
+        response = c.post("/predict", json=SEED_PAYLOAD)
+        assert response.status_code == 200, response.text
+        assert np.isfinite(response.json()["anomaly_score"])
