@@ -21,6 +21,7 @@ from test_api_world import (
     SEED_PAYLOAD,
     Server,
     World,
+    as_payload,
     running_server,
     shared_world,
 )
@@ -52,16 +53,6 @@ def client(server: Server) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def day_events(world: World) -> pl.DataFrame:
     return io.scan_events(world.data_dir, SCORE_DAY).collect()
-
-
-def as_payload(row: dict[str, Any]) -> dict[str, Any]:
-    """A stored event as a client would post it (timestamp plus the derived hour/day)."""
-    payload = {k: row[k] for k in ("event_id", "user_id", "event_type", "session_duration_sec",
-                                   "events_in_session", "device_type", "hour_of_day", "day_of_week")}
-    payload["timestamp"] = row["timestamp"].isoformat()
-    if row.get("session_id"):
-        payload["session_id"] = row["session_id"]
-    return payload
 
 
 def test_seed_payload_gets_the_seed_fields_and_the_extras(client: httpx.Client, world: World) -> None:

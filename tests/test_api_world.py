@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -119,6 +120,16 @@ def shared_world(tmp_path_factory: pytest.TempPathFactory) -> World:
     if "world" not in _WORLDS:
         _WORLDS["world"] = build_world(tmp_path_factory.mktemp("api-world"))
     return _WORLDS["world"]
+
+
+def as_payload(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored event as a client would post it (timestamp plus the derived hour/day)."""
+    payload = {k: row[k] for k in ("event_id", "user_id", "event_type", "session_duration_sec",
+                                   "events_in_session", "device_type", "hour_of_day", "day_of_week")}
+    payload["timestamp"] = row["timestamp"].isoformat()
+    if row.get("session_id"):
+        payload["session_id"] = row["session_id"]
+    return payload
 
 
 def free_port() -> int:

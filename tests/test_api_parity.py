@@ -1,0 +1,52 @@
+"""The same event gets the same score from POST /predict/batch and from `uba-batch score --date`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from test_api_world import SCORE_DAY, as_payload, running_server, shared_world
+
+from uba import io
+
+CHUNK = 70  # several batches per day, none at the limit
+
+
+def test_predict_batch_matches_batch_scoring(tmp_path_factory: pytest.TempPathFactory) -> None:
+    world = shared_world(tmp_path_factory).copy(tmp_path_factory.mktemp("parity") / "world")
+    env = world.env()
+    uba_batch = str(Path(sys.executable).parent / "uba-batch")
+    run = subprocess.run([uba_batch, "score", "--date", SCORE_DAY.isoformat(), "--workers", "1",
+                          "--shards", "2"], env=env, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    batch = pl.read_parquet(io.partition_files(world.output_dir, io.SCORES, SCORE_DAY))
+    snapshot = io.latest_baseline_snapshot(world.data_dir)
+    assert snapshot is not None and snapshot[0] == SCORE_DAY  # score wrote the snapshot the API loads
+
+    events = io.scan_events(world.data_dir, SCORE_DAY).collect()
+    assert events.height == batch.height > 100
+    answers: dict[str, dict] = {}
+    with running_server(env, tmp_path_factory.mktemp("parity-log") / "api.log") as server, \
+            server.client() as client:
+        rows = [as_payload(r) for r in events.iter_rows(named=True)]
+        for start in range(0, len(rows), CHUNK):
+            response = client.post("/predict/batch", json={"events": rows[start:start + CHUNK]})
+            assert response.status_code == 200, response.text
+            for prediction in response.json()["predictions"]:
+                answers[prediction["event_id"]] = prediction
+
+    assert len(answers) == batch.height
+    flagged = 0
+    for row in batch.iter_rows(named=True):
+        api = answers[row["event_id"]]
+        assert abs(api["anomaly_score"] - row["anomaly_score"]) <= 1e-9, row["event_id"]
+        assert api["is_anomaly"] == row["is_anomaly"], row["event_id"]
+        assert api["known_user"] == row["known_user"]
+        assert api["reasons"] == row["reasons"] and api["reason_kinds"] == row["reason_kinds"]
+        assert api["model_version"] == row["model_version"] == world.version
+        assert api["baseline_as_of"] == SCORE_DAY.isoformat()
+        flagged += row["is_anomaly"]
+    assert 0 < flagged < batch.height  # the comparison covers both flagged and normal events
