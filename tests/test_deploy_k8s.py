@@ -18,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -481,3 +482,69 @@ def test_rayjob_script_refuses_a_bad_date() -> None:
                             capture_output=True, text=True, env={**os.environ, "KUBECTL": _kubectl()}, timeout=30)
     assert result.returncode == 1
     assert "2026-02-30" in result.stderr and "YYYY-MM-DD" in result.stderr
+
+
+def _can_make_read_only_root() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount --make-rprivate / && mount -o remount,bind,ro /"],
+                           capture_output=True, timeout=10)
+    return probe.returncode == 0
+
+
+def _run_cli(*argv: str | Path, env: dict[str, str]) -> None:
+    result = subprocess.run([str(Path(sys.executable).parent / "uba-batch"), *map(str, argv)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_nightly_score_runs_with_a_read_only_root_and_only_the_pods_writable_mounts(
+        builds: dict[str, list[Obj]], tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The prod score CronJob's exact command line and env, run with the root filesystem
+    remounted read-only in a private mount namespace: only /tmp (the pod's emptyDirs
+    live there in this test), /dev/shm and the data volume stay writable."""
+    if not _can_make_read_only_root():
+        pytest.skip("needs root and mount namespaces (unshare -m) to remount / read-only")
+    cronjob = _one(builds["prod"], "CronJob", "uba-score")
+    container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    argv = _container_argv(container)
+    # The pod's paths, mapped to directories of this test (as the volumes map them).
+    volume = tmp_path / "var-lib-uba"
+    config = _one(builds["prod"], "ConfigMap")["data"]["uba.yaml"].replace("/var/lib/uba", str(volume))
+    (tmp_path / "etc-uba").mkdir()
+    (tmp_path / "etc-uba" / "uba.yaml").write_text(config)
+    # Ray's sockets must stay under 107 bytes: a short dir, as /ray-tmp is in the pod.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="uba-rt", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
+    pod_paths = {"/etc/uba": tmp_path / "etc-uba", "/ray-tmp": ray_tmp, "/tmp": tmp_path / "pod-tmp"}
+    (tmp_path / "pod-tmp").mkdir()  # the emptyDir
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    for item in container["env"]:
+        value = item["value"]
+        for pod_path, local in pod_paths.items():
+            if value == pod_path or value.startswith(pod_path + "/"):
+                value = str(local) + value[len(pod_path):]
+                break
+        env[item["name"]] = value
+    # Yesterday (UTC) is the day the CronJob scores: give it history and a model.
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    setup_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    _run_cli("generate", "--out", volume / "data", "--users", "25", "--days", "9",
+             "--start", (yesterday - timedelta(days=8)).isoformat(), "--seed", "5", env=setup_env)
+    _run_cli("train", "--data-dir", volume / "data", "--end-date", (yesterday - timedelta(days=1)).isoformat(),
+             "--window-days", "7", "--model-dir", volume / "models", env=setup_env)
+    read_only_root = "mount --make-rprivate / && mount --bind /tmp /tmp && mount -o remount,bind,ro / && exec \"$@\""
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", read_only_root, "sh", "touch", str(REPO / ".ro-probe")],
+                           capture_output=True, text=True, timeout=30)
+    assert probe.returncode != 0 and "Read-only file system" in probe.stderr  # the root really is read-only
+    result = subprocess.run(["unshare", "-m", "sh", "-c", read_only_root, "sh", *argv],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    day = f"event_date={yesterday.isoformat()}"
+    assert list((volume / "output" / "scores" / day).glob("*.parquet"))
+    manifest = json.loads((volume / "output" / "runs" / day / "manifest.json").read_text())
+    assert manifest["status"] == "succeeded" and manifest["event_date"] == yesterday.isoformat()
+    assert manifest["counts"]["scored_rows"] == manifest["counts"]["input_rows"] > 0
+    assert manifest["execution"]["mode"] == "local" and manifest["execution"]["started_by_job"]  # embedded Ray
+    assert not (REPO / ".ro-probe").exists()
