@@ -74,8 +74,8 @@ DEFAULT_SESSION_SCALE = 3.0
 MAX_ANOMALY_RATE = 0.2
 # Independent random streams: changing one option (e.g. adding exfiltration days) leaves
 # the draws of the other stages where they were.
-_STREAMS = {"users": 1, "activity": 2, "sessions": 3, "exfiltration": 4, "overlaps": 5,
-            "anomalies": 6, "events": 7}
+_STREAMS = {"users": 1, "activity": 2, "sessions": 3, "exfiltration_plan": 4, "overlaps": 5,
+            "anomalies": 6, "events": 7, "exfiltration_sessions": 8}
 
 
 @dataclass(frozen=True)
@@ -157,12 +157,12 @@ def generate_dataset(options: GenerationOptions) -> SyntheticData:
 
     counts = active_session_counts(users, options.start, options.days, _rng(options.seed, "activity"))
     exfil_user, exfil_day = plan_exfiltration(
-        users, options.start.weekday(), options.days, options.user_day_anomalies, _rng(options.seed, "exfiltration")
+        users, options.start.weekday(), options.days, options.user_day_anomalies, _rng(options.seed, "exfiltration_plan")
     )
     counts[exfil_user, exfil_day] = 0
     sessions = sessions_from_counts(users, counts, window_start, _rng(options.seed, "sessions"))
     if exfil_user.size:
-        extra = exfiltration_sessions(users, exfil_user, exfil_day, window_start, _rng(options.seed, "exfiltration"))
+        extra = exfiltration_sessions(users, exfil_user, exfil_day, window_start, _rng(options.seed, "exfiltration_sessions"))
         sessions = sessions.concat(extra)
     sessions = separate_overlaps(sessions, _rng(options.seed, "overlaps"))
     sessions = inject_event_anomalies(

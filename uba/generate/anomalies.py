@@ -1,9 +1,10 @@
 """Labelled anomalies, injected at session level.
 
 Most kinds are *contextual*: the edited session keeps values that are ordinary for the
-population (inside the event-weighted 97th percentile of the field) but far from that
-user's own habits (at least ~5 of the user's own log-spreads away, a device they never
-use, an hour 10+ hours from their usual one). A few ``global_extreme`` sessions are
+population (under the event-weighted 99th percentile of the field over normal events)
+but far from that user's own habits (at least 3x and 5 of the user's own robust
+log-spreads above their median, a device they never use, an hour 10+ hours from their
+usual one, downloads from someone who almost never downloads). A few ``global_extreme`` sessions are
 the opposite: longer than any normal session, so even a naive global model sees them.
 
 ``exfiltration_day`` is a user-day kind: many small sessions, each unremarkable, that
@@ -83,6 +84,14 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> floa
 
 
 @dataclass(frozen=True)
+class UserLogStats:
+    """Each user's own median and robust spread (1.4826 MAD) of a log field, per event."""
+
+    median: np.ndarray
+    spread: np.ndarray
+
+
+@dataclass(frozen=True)
 class _Context:
     users: Users
     sessions: Sessions
@@ -101,14 +110,6 @@ class _Context:
 
 
 Proposal = tuple[np.ndarray, dict[str, np.ndarray]]
-
-
-@dataclass(frozen=True)
-class UserLogStats:
-    """Each user's own median and robust spread (1.4826 MAD) of a log field, per event."""
-
-    median: np.ndarray
-    spread: np.ndarray
 
 
 def _group_weighted_median(group: np.ndarray, values: np.ndarray, weights: np.ndarray, n_groups: int) -> np.ndarray:
