@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
@@ -49,3 +49,8 @@ def settings_from(ctx: click.Context, **paths: Any) -> Settings:
     for section, values in extra.get("overrides", {}).items():
         overrides.setdefault(section, {}).update(values)
     return load_settings(extra.get("config"), overrides=overrides)
+
+
+def yesterday_utc() -> date:
+    """The default day for nightly jobs: the last complete day in UTC."""
+    return datetime.now(UTC).date() - timedelta(days=1)

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import click
 
-from jobs.options import DATE, data_dir_option, model_dir_option, settings_from
+from jobs.options import DATE, data_dir_option, model_dir_option, settings_from, yesterday_utc
 
 
 @click.command(name="train")
-@click.option("--end-date", type=DATE, required=True, help="Last day (inclusive) of the training window.")
+@click.option("--end-date", type=DATE, default=None,
+              help="Last day (inclusive) of the training window (default: yesterday in UTC).")
 @click.option("--window-days", type=click.IntRange(1, 366), default=None,
               help="Days in the window, ending at --end-date (default: train.window_days, 21).")
 @click.option("--exclude-malicious/--keep-malicious", default=False, show_default=True,
@@ -19,7 +20,7 @@ from jobs.options import DATE, data_dir_option, model_dir_option, settings_from
 @data_dir_option
 @model_dir_option
 @click.pass_context
-def command(ctx: click.Context, end_date: date, window_days: int | None, exclude_malicious: bool,
+def command(ctx: click.Context, end_date: date | None, window_days: int | None, exclude_malicious: bool,
             data_dir: str | None, model_dir: str | None) -> None:
     """Train StandardScaler + IsolationForest and calibrate the alert threshold.
 
@@ -38,7 +39,7 @@ def command(ctx: click.Context, end_date: date, window_days: int | None, exclude
         from uba.feedback import confirmed_malicious_ids
 
         malicious = confirmed_malicious_ids(settings.paths.data_dir)
-    result = train_model(settings, end_date, window_days, malicious)
+    result = train_model(settings, end_date or yesterday_utc(), window_days, malicious)
     click.echo(f"model {result.version} trained on {result.rows} events "
                f"({result.window_start}..{result.window_end}); threshold {result.threshold:.6f} "
                f"= p{result.percentile:g} of training scores")
