@@ -142,22 +142,27 @@ def psi(actual_counts: np.ndarray, expected_shares: Sequence[float]) -> float:
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
-def _level(value: float, settings: MonitoringSettings) -> str:
-    if value >= settings.psi_drift:
-        return "drift"
-    return "warn" if value >= settings.psi_warn else "ok"
-
-
 def _worst(*statuses: str) -> str:
     return max(statuses, key=STATUS_ORDER.index, default="ok")
 
 
 def drift_report_from_counts(counts: DriftCounts, metadata: Mapping[str, Any],
                              settings: MonitoringSettings) -> dict[str, Any]:
-    """Turn a day's merged bin counts into the report stored in the run manifest."""
+    """Turn a day's merged bin counts into the report stored in the run manifest.
+
+    Status: ``drift`` (retraining advised) when the score distribution moved (score PSI
+    >= psi_drift) or at least ``min_drifted_features`` features did; ``warn`` when one
+    feature did, the score PSI passed psi_warn or the alert rate left its band; else
+    ``ok``. One feature alone only warns: a single day's mix (a Monday, a holiday) moves
+    one feature now and then, while a real shift moves the model's output or several
+    inputs at once. Features in ``ignore_features`` (calendar features that differ per
+    day by design) are reported but never counted. Days with fewer than ``min_rows``
+    events never reach ``drift``: their PSI is mostly noise.
+    """
     reference = (metadata.get("feature_reference") or {}).get("features", {})
     feature_psi = {name: round(psi(c, reference[name]["proportions"]), 6)
                    for name, c in sorted(counts.feature_counts.items())}
+    counted = {k: v for k, v in feature_psi.items() if k not in settings.ignore_features}
     score_ref = score_reference(metadata)
     score_psi = (round(psi(counts.score_counts, score_ref[1]), 6)
                  if score_ref is not None and counts.score_counts is not None else None)
@@ -166,25 +171,29 @@ def drift_report_from_counts(counts: DriftCounts, metadata: Mapping[str, Any],
     ratio = alert_rate / expected_rate if expected_rate > 0 else float("nan")
     band = (1.0 / (1.0 + settings.alert_rate_tolerance), 1.0 + settings.alert_rate_tolerance)
 
-    max_feature, max_psi = max(feature_psi.items(), key=lambda kv: kv[1], default=(None, 0.0))
-    why: list[str] = []
-    for name, value in sorted(feature_psi.items(), key=lambda kv: -kv[1]):
-        if value >= settings.psi_drift:
-            why.append(f"feature {name} PSI {value:.3f} >= {settings.psi_drift:g}")
-    if score_psi is not None and score_psi >= settings.psi_drift:
-        why.append(f"anomaly score PSI {score_psi:.3f} >= {settings.psi_drift:g}")
-    status = _worst(_level(max_psi, settings), _level(score_psi or 0.0, settings))
+    max_feature, max_psi = max(counted.items(), key=lambda kv: kv[1], default=(None, 0.0))
+    shifted = [(k, v) for k, v in sorted(counted.items(), key=lambda kv: -kv[1]) if v >= settings.psi_drift]
+    why = [f"feature {name} PSI {value:.3f} >= {settings.psi_drift:g}" for name, value in shifted]
+    score_shifted = score_psi is not None and score_psi >= settings.psi_drift
+    if score_shifted:
+        why.insert(0, f"anomaly score PSI {score_psi:.3f} >= {settings.psi_drift:g}")
     warnings: list[str] = []
+    if score_shifted or len(shifted) >= settings.min_drifted_features:
+        status = "drift"
+    elif shifted or (score_psi or 0.0) >= settings.psi_warn:
+        status = "warn"
+        warnings += why or [f"anomaly score PSI {score_psi:.3f} >= {settings.psi_warn:g}"]
+        why = []
+    else:
+        status, why = "ok", []
     if counts.rows and not band[0] <= ratio <= band[1]:
         status = _worst(status, "warn")
         warnings.append(f"alert rate {alert_rate:.4f} is {ratio:.2f}x the expected {expected_rate:.4f}")
     if status == "drift" and counts.rows < settings.min_rows:
         status = "warn"
-        warnings.append(f"only {counts.rows} scored events (< monitoring.min_rows {settings.min_rows}): "
-                        "PSI too noisy to call drift")
+        warnings += why + [f"only {counts.rows} scored events (< monitoring.min_rows {settings.min_rows}): "
+                           "PSI too noisy to call drift"]
         why = []
-    if status == "warn" and not warnings:
-        warnings.append(f"max PSI {max(max_psi, score_psi or 0.0):.3f} >= {settings.psi_warn:g}")
     return {
         "status": status,
         "retrain_advised": status == "drift",
@@ -192,6 +201,7 @@ def drift_report_from_counts(counts: DriftCounts, metadata: Mapping[str, Any],
         "warnings": warnings,
         "rows": counts.rows,
         "feature_psi": feature_psi,
+        "ignored_features": [f for f in settings.ignore_features if f in feature_psi],
         "max_feature_psi": round(max_psi, 6),
         "max_feature": max_feature,
         "score_psi": score_psi,
@@ -200,6 +210,7 @@ def drift_report_from_counts(counts: DriftCounts, metadata: Mapping[str, Any],
         "expected_alert_rate": round(expected_rate, 6),
         "alert_rate_ratio": round(ratio, 4) if counts.rows else None,
         "limits": {"psi_warn": settings.psi_warn, "psi_drift": settings.psi_drift,
+                   "min_drifted_features": settings.min_drifted_features,
                    "alert_rate_band": [round(band[0], 4), round(band[1], 4)]},
     }
 

@@ -114,13 +114,13 @@ class ScoringSettings(_Section):
 
 
 class UserThresholdSettings(_Section):
-    """Per-user adaptive thresholds (issue 7): a user's cut = the global threshold blended with
-    the ``user_quantile`` of the user's own training scores, weight n / (n + prior_events),
+    """Per-user adaptive thresholds (issue 7): a user's cut = the global threshold moved by how far
+    the user's ``user_quantile`` training score sits above everyone's, weight n / (n + prior_events),
     kept within [min_ratio, max_ratio] x the global threshold. Off by default."""
 
     enabled: bool = False
-    prior_events: float = Field(200.0, gt=0)
-    user_quantile: float = Field(0.98, gt=0.5, lt=1)
+    prior_events: float = Field(50.0, gt=0)
+    user_quantile: float = Field(0.9, gt=0.5, lt=1)
     min_ratio: float = Field(0.9, gt=0, le=1)
     max_ratio: float = Field(1.3, ge=1)
 
@@ -130,6 +130,8 @@ class MonitoringSettings(_Section):
 
     psi_warn: float = Field(0.1, gt=0)
     psi_drift: float = Field(0.25, gt=0)
+    min_drifted_features: int = Field(2, ge=1)
+    ignore_features: tuple[str, ...] = ("event_weekday",)
     alert_rate_tolerance: float = Field(1.0, gt=0)
     min_rows: int = Field(500, ge=1)
     fail_on_drift: bool = False
@@ -140,7 +142,11 @@ class UserDaySettings(_Section):
 
     enabled: bool = True
     download_ratio: float = Field(10.0, gt=1)
-    min_downloads: int = Field(20, ge=1)
+    min_downloads: int = Field(10, ge=1)
+    spread_download_ratio: float = Field(5.0, gt=1)
+    spread_session_ratio: float = Field(3.0, gt=1)
+    spread_min_downloads: int = Field(5, ge=1)
+    spread_min_sessions: int = Field(4, ge=1)
     session_ratio: float = Field(4.0, gt=1)
     min_sessions: int = Field(8, ge=1)
     event_ratio: float = Field(5.0, gt=1)
@@ -148,6 +154,7 @@ class UserDaySettings(_Section):
     weekday_min_weeks: int = Field(3, ge=1)
     weekday_min_events: int = Field(5, ge=1)
     prior_days: float = Field(5.0, gt=0)
+    rate_floor: float = Field(0.5, gt=0)
 
 
 class Settings(_Section):

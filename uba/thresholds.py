@@ -1,22 +1,24 @@
 """Per-user adaptive thresholds.
 
 One global cut makes a naturally erratic user produce a large share of all alerts,
-while a very regular user's small departure from habit never reaches it. Each user
-therefore gets a cut between the global threshold ``T`` and the ``user_quantile`` of
-the user's own training scores ``q_u``::
+while a very regular user's small departure from habit never reaches it. Each user's
+cut is therefore moved by how far the user's own scores sit above (or below) everyone
+else's, at a robust quantile ``q`` of the training scores (``user_quantile``, 0.9)::
 
-    w   = n / (n + prior_events)            n = the user's scored training events
-    t_u = clip(w * q_u + (1 - w) * T, min_ratio * T, max_ratio * T)
+    w   = n / (n + prior_events)             n = the user's scored training events
+    t_u = clip(T + w * (q_u - q_pop), min_ratio * T, max_ratio * T)
 
-A user with little history keeps (nearly) the global cut; the clip bounds how far any
-one user's history can move it, so an erratic user is damped but never invisible.
-Users the model never saw get ``T``. Since ``q_u`` is roughly each user's own 98th
-percentile, the overall alert budget stays close to the global one: it is shared out
-more evenly across users rather than enlarged.
+``T`` is the model's global threshold and ``q_pop`` the same quantile over all
+training events: the user's own cut ``T + q_u - q_pop`` is shrunk toward ``T`` when
+the history is short. A mid-high quantile (not the 98th) is used on purpose: it is
+stable with a few dozen events and hardly moved by the rare true anomalies in the
+training window, so a user attacked during training is not granted a higher cut.
+The clip bounds how far history can move a cut, so an erratic user is damped but
+never invisible. Users the model never saw get ``T``.
 
-The per-user table is derived data: built from the bundle's training window (same
-features, same detector), stored next to the bundle (``user_scores.parquet``) and
-rebuilt whenever it is missing.
+The per-user table is derived data: built from the bundle's training scores, stored
+next to the bundle (``user_scores-q<q>.parquet``, with the population quantile in the
+row ``POPULATION_USER``) and rebuilt from the training window whenever it is missing.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import polars as pl
 
 from uba import io
 from uba.artifacts import Bundle
+from uba.features.baselines import POPULATION_USER
 from uba.logs import get_logger
 from uba.settings import Settings, UserThresholdSettings
 
@@ -43,30 +46,34 @@ HISTORY_SCHEMA: dict[str, pl.DataType] = {
 
 
 def score_history(scored: pl.LazyFrame, quantile: float) -> pl.LazyFrame:
-    """Per user: how many scored events back the estimate, and their ``quantile`` score."""
-    return (
-        scored.group_by("user_id")
-        .agg(
-            pl.len().cast(pl.Int64).alias("n"),
-            pl.col("anomaly_score").quantile(quantile, interpolation="linear").alias("user_quantile"),
-        )
-        .sort("user_id")
-        .select(list(HISTORY_SCHEMA))
+    """Per user (and once for everyone, as ``POPULATION_USER``): event count and ``quantile`` score."""
+    q = pl.col("anomaly_score").quantile(quantile, interpolation="linear").alias("user_quantile")
+    users = scored.group_by("user_id").agg(pl.len().cast(pl.Int64).alias("n"), q)
+    everyone = scored.select(pl.lit(POPULATION_USER, pl.String).alias("user_id"),
+                             pl.len().cast(pl.Int64).alias("n"), q)
+    return pl.concat([users.sort("user_id"), everyone], how="vertical_relaxed").select(
+        pl.col("user_id").cast(pl.String), pl.col("n").cast(pl.Int64), pl.col("user_quantile").cast(pl.Float64)
     )
 
 
 def user_thresholds(history: pl.LazyFrame, global_threshold: float,
                     settings: UserThresholdSettings) -> pl.LazyFrame:
-    """One cut per user with history: the global threshold shrunk toward the user's own quantile."""
+    """One cut per user with history: the global threshold moved by the user's shrunk excess score."""
     t = float(global_threshold)
+    population = history.filter(pl.col("user_id") == POPULATION_USER).select(
+        pl.col("user_quantile").alias("_q_pop"))
     n = pl.col("n").cast(pl.Float64)
     weight = n / (n + settings.prior_events)
-    blended = weight * pl.col("user_quantile") + (1.0 - weight) * t
-    return history.select(
-        "user_id",
-        "n",
-        weight.alias("weight"),
-        blended.clip(settings.min_ratio * t, settings.max_ratio * t).alias("user_threshold"),
+    moved = t + weight * (pl.col("user_quantile") - pl.col("_q_pop"))
+    return (
+        history.filter(pl.col("user_id") != POPULATION_USER)
+        .join(population, how="cross")
+        .select(
+            "user_id",
+            "n",
+            weight.alias("weight"),
+            moved.clip(settings.min_ratio * t, settings.max_ratio * t).alias("user_threshold"),
+        )
     )
 
 

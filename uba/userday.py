@@ -1,21 +1,24 @@
 """User-day alerts: a user's whole day is unusual for them, even when no single event is.
 
 Data theft spread over many small sessions gives no event that stands out; the day
-does. From the day's aggregate row of each user and the user's baseline (aggregates
-of the lookback strictly before the day) four signals are checked:
+does. Each user's aggregate row of the day is compared with the user's baseline
+(aggregates of the lookback strictly before the day). Counts are compared as
+``ratio = today / max(usual, rate_floor)``, where ``usual`` is the user's per-active-day
+rate shrunk toward the population's with ``prior_days`` pseudo-days (a user seen on
+two days has a noisy rate; an unknown user gets the population's). Signals:
 
-- downloads, sessions and events of the day against the user's usual per-active-day
-  rate: ``ratio = today / max(usual, 1)``, where ``usual`` is the user's rate shrunk
-  toward the population's with ``prior_days`` pseudo-days (a user seen on two days
-  has a noisy rate; an unknown user gets the population's). A signal fires when the
-  ratio reaches its limit *and* today's count reaches its minimum, so tiny counts
-  never alert;
-- activity on a weekday the user has not been active on in at least
+- ``downloads``: downloads >= ``download_ratio`` x usual (and >= ``min_downloads``);
+- ``spread_downloads``: the exfiltration pattern, downloads >= ``spread_download_ratio``
+  x usual *and* sessions >= ``spread_session_ratio`` x usual (with minimum counts):
+  many downloads over many small sessions, none of which is remarkable alone;
+- ``sessions`` / ``events``: many more sessions or events than usual;
+- ``new_weekday``: activity on a weekday the user has not been active on in at least
   ``weekday_min_weeks`` weeks of history.
 
-Each fired signal contributes its strength (ratio / limit, 1 for the weekday) to the
-day's ``risk_score``, so several signals together outrank one. Reasons are plain
-sentences, strongest first, with a parallel list of machine kinds.
+Minimum counts keep tiny numbers from alerting. Each fired signal contributes its
+strength (ratio / limit; for the two-sided pattern the weaker of its two; 1 for the
+weekday) to the day's ``risk_score``, so several signals together outrank one. Reasons
+are plain sentences, strongest first, with a parallel list of machine kinds.
 """
 
 from __future__ import annotations
@@ -72,20 +75,43 @@ def _usual(rate: str, prior_days: float) -> pl.Expr:
     return (days * own + prior_days * pop) / (days + prior_days)
 
 
-def _rate_reason(kind: str, count: str, ratio_limit: float, minimum: int) -> pl.Expr:
-    today = pl.col(count).cast(pl.Float64)
-    usual = pl.col(f"usual_{kind}")
-    ratio = today / pl.max_horizontal(usual, pl.lit(1.0))
-    fired = (today >= minimum) & (ratio >= ratio_limit)
+def _ratio(kind: str, count: str, floor: float) -> pl.Expr:
+    return pl.col(count).cast(pl.Float64) / pl.max_horizontal(pl.col(f"usual_{kind}"), pl.lit(floor))
+
+
+def _rate_reason(kind: str, count: str, ratio_limit: float, minimum: int, floor: float) -> pl.Expr:
+    ratio = _ratio(kind, count, floor)
+    fired = (pl.col(count) >= minimum) & (ratio >= ratio_limit)
     text = pl.format(
         "{} {} today, {}x this user's usual {} per active day",
-        pl.col(count), pl.lit(kind), ratio.round(1), usual.round(1),
+        pl.col(count), pl.lit(kind), ratio.round(1), pl.col(f"usual_{kind}").round(1),
     )
     return pl.struct(
         strength=pl.when(fired).then(ratio / ratio_limit).otherwise(0.0),
         text=text,
         kind=pl.lit(kind),
     )
+
+
+def _spread_reason(settings: UserDaySettings) -> pl.Expr:
+    """Downloads well above usual, spread over many more sessions than usual."""
+    downloads = _ratio("downloads", "n_downloads", settings.rate_floor)
+    sessions = _ratio("sessions", "n_sessions", settings.rate_floor)
+    fired = (
+        (pl.col("n_downloads") >= settings.spread_min_downloads)
+        & (pl.col("n_sessions") >= settings.spread_min_sessions)
+        & (downloads >= settings.spread_download_ratio)
+        & (sessions >= settings.spread_session_ratio)
+    )
+    strength = pl.min_horizontal(downloads / settings.spread_download_ratio,
+                                 sessions / settings.spread_session_ratio)
+    text = pl.format(
+        "{} downloads spread over {} sessions ({}x usual downloads, {}x usual sessions): "
+        "possible data exfiltration",
+        pl.col("n_downloads"), pl.col("n_sessions"), downloads.round(1), sessions.round(1),
+    )
+    return pl.struct(strength=pl.when(fired).then(strength).otherwise(0.0), text=text,
+                     kind=pl.lit("spread_downloads"))
 
 
 def _weekday_reason(settings: UserDaySettings) -> pl.Expr:
@@ -117,8 +143,9 @@ def score_user_days(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
         )
     )
     limits = _limits(settings)
-    candidates = [_rate_reason(kind, count, *limits[kind]) for kind, count, _ in RATE_SIGNALS]
-    candidates.append(_weekday_reason(settings))
+    candidates = [_rate_reason(kind, count, *limits[kind], settings.rate_floor)
+                  for kind, count, _ in RATE_SIGNALS]
+    candidates += [_spread_reason(settings), _weekday_reason(settings)]
     ranked = pl.concat_list(candidates).list.eval(
         pl.element().sort_by(pl.element().struct.field("strength"), descending=True, maintain_order=True)
     ).list.eval(pl.element().filter(pl.element().struct.field("strength") > 0))
@@ -178,6 +205,7 @@ def run_user_day(settings: Settings, day: date) -> UserDayRun:
     if today is None:
         raise UserError(f"no aggregates for {day.isoformat()} under {Path(data_dir) / io.AGGREGATES} "
                         "(no events that day?)")
+    today = today.with_columns(pl.lit(day, dtype=pl.Date).alias("event_date"))  # Hive path only
     scored = score_user_days(today, baselines_as_of(data_dir, day, settings), settings.user_day).collect()
     alerts = (scored.filter(pl.col("risk_score") > 0)
               .sort(["risk_score", "user_id"], descending=[True, False]))
