@@ -293,6 +293,40 @@ def test_quoted_fields_with_line_breaks_across_batches(tmp_path: Path) -> None:
     assert q.item(1, "session_id") == "line 7\nbreak"
 
 
+def test_batches_never_cut_a_quoted_field(tmp_path: Path) -> None:
+    # every record spans three lines, so a cut after 1000 lines would land inside one
+    path = tmp_path / "multiline.csv"
+    path.write_text(HEADER + "\n" + "".join(
+        f'q{i},u,2026-03-01T10:00:00Z,view,1,1,desktop,,,"a\nb\nc"\n' for i in range(2500)))
+    summary = ingest_files([path], tmp_path / "d", settings(batch_rows=1000))
+    assert summary.rows_read == 2500
+    q = stored(tmp_path / "d", storage.QUARANTINE)
+    assert q["source_row"].to_list() == list(range(1, 2501))
+    assert q["event_id"].to_list() == [f"q{i}" for i in range(2500)]
+    assert q["session_id"].unique().to_list() == ["a\nb\nc"]
+
+
+def test_a_stray_quote_does_not_swallow_the_file(tmp_path: Path) -> None:
+    rows = [f"s{i},u{i},2026-03-01T10:00:00Z,view,1,1,desktop,,," for i in range(3000)]
+    rows[10] = 's10,u"10,2026-03-01T10:00:00Z,view,1,1,desktop,,,'
+    path = tmp_path / "stray.csv"
+    path.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    summary = ingest_files([path], tmp_path / "d", settings(batch_rows=1000))
+    assert (summary.rows_read, summary.rows_written) == (3000, 3000)
+    assert stored(tmp_path / "d").filter(pl.col("event_id") == "s10").item(0, "user_id") == 'u"10'
+
+
+def test_csv_with_bom_crlf_and_spaced_header(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbfevent_id, user_id ,timestamp,event_type,session_duration_sec,"
+                     b"events_in_session,device_type\r\n"
+                     b"e1,u1,2026-03-01T10:00:00Z,view,1,1,desktop\r\n"
+                     b"e2,u1,2026-03-01T10:00:00Z,view,1,1,desktop\r\n")
+    summary = ingest_files([path], tmp_path / "d", settings())
+    assert (summary.rows_written, summary.files[0].ignored_columns) == (2, [])
+    assert stored(tmp_path / "d")["user_id"].to_list() == ["u1", "u1"]
+
+
 # ------------------------------------------------------------------ JSON readers
 
 

@@ -293,7 +293,10 @@ def test_unknown_columns_are_ignored() -> None:
     assert valid.columns == list(EVENT_SCHEMA)
 
 
-def test_event_dates_lists_parseable_dates() -> None:
+def test_event_dates_cover_every_date_a_row_can_land_on() -> None:
     raw = rows_frame([{"timestamp": "2026-03-02T00:30:00+01:00"}, {"timestamp": "nope"},
-                      {"timestamp": "2026-03-03 10:00:00"}])
-    assert event_dates(raw).collect().get_column("event_date").to_list() == [date(2026, 3, 1), date(2026, 3, 3)]
+                      {"timestamp": "2026-03-05 10:00:00"}])
+    dates = event_dates(raw).collect().get_column("event_date").to_list()
+    assert dates == [date(2026, 3, d) for d in (1, 2, 3, 4, 5, 6)]
+    valid, _ = split(raw)
+    assert set(valid.get_column("timestamp").dt.date()) <= set(dates)

@@ -53,6 +53,7 @@ EXTENSIONS: dict[str, str] = {
 GZIP_FORMATS = frozenset({"csv", "json", "jsonl"})
 EXCERPT_CHARS = 80
 JSON_READ_CHARS = 1 << 20
+CSV_READ_BYTES = 1 << 20
 MAX_JSON_ELEMENT_CHARS = 64 << 20
 
 _log = get_logger("ingest")
@@ -143,24 +144,60 @@ def _csv_header(line: bytes, path: Path) -> list[str]:
     return names
 
 
-def _balanced_lines(lines: list[bytes], handle: Any, limit: int) -> list[bytes]:
-    """Extend a block of lines so it does not stop inside a quoted field.
+def _after_lines(data: bytes, start: int, lines: int) -> int:
+    """Offset just past the ``lines``-th line break from ``start`` (end of data if fewer)."""
+    pos = start
+    for _ in range(lines):
+        found = data.find(b"\n", pos)
+        if found < 0:
+            return len(data)
+        pos = found + 1
+    return pos
 
-    In RFC 4180 CSV a line break is a record boundary exactly when the number of quote
-    characters before it is even. A malformed file with a stray quote would never
-    balance, so at most ``limit`` extra lines are taken; the parser then sees the damage
-    and the rows are quarantined instead of the whole file being swallowed.
+
+def _csv_blocks(handle: Any, header: bytes, batch_rows: int) -> Iterator[bytes]:
+    """Header + about ``batch_rows`` whole records, read in fixed-size chunks.
+
+    Reading raw chunks (not a list of line objects) keeps a batch to a few copies of its
+    bytes. A block never stops inside a quoted field: in RFC 4180 CSV a line break ends a
+    record exactly when the number of quote characters before it is even. A malformed
+    file with a stray quote would never balance, so at most ``batch_rows`` extra lines are
+    taken; the parser then sees the damage and those rows are quarantined instead of the
+    rest of the file being swallowed.
     """
-    quotes = sum(line.count(b'"') for line in lines)
-    extra = 0
-    while quotes % 2 and extra < limit:
-        line = handle.readline()
-        if not line:
-            break
-        lines.append(line)
-        quotes += line.count(b'"')
-        extra += 1
-    return lines
+    start = len(header)
+    data = header
+    eof = False
+    while True:
+        parts = [data]
+        lines = data.count(b"\n", start)
+        while lines < batch_rows and not eof:
+            more = handle.read(CSV_READ_BYTES)
+            eof = not more
+            parts.append(more)
+            lines += more.count(b"\n")
+        data = b"".join(parts)
+        del parts
+        cut = _after_lines(data, start, batch_rows)
+        quotes = data.count(b'"', start, cut)
+        extra = 0
+        while quotes % 2 and extra < batch_rows:
+            found = data.find(b"\n", cut)
+            if found < 0 and not eof:
+                more = handle.read(CSV_READ_BYTES)
+                eof = not more
+                data += more
+                continue
+            end = len(data) if found < 0 else found + 1
+            quotes += data.count(b'"', cut, end)
+            cut, extra = end, extra + 1
+            if found < 0:
+                break
+        if cut > start:
+            yield data[:cut]
+        if eof and cut >= len(data):
+            return
+        data = header + data[cut:]
 
 
 def _csv_rows_slowly(chunk: bytes, names: list[str]) -> pl.DataFrame:
@@ -190,18 +227,22 @@ def _csv_rows_slowly(chunk: bytes, names: list[str]) -> pl.DataFrame:
     return pl.DataFrame(columns, schema={**{n: pl.String for n in names}, READ_ERROR: pl.String})
 
 
-def _csv_chunk(header: bytes, chunk: bytes, names: list[str]) -> pl.DataFrame:
-    """Parse one block of CSV records as text; a block the fast parser refuses goes record by record."""
-    try:
-        frame = pl.read_csv(
-            io.BytesIO(header + chunk), infer_schema=False, encoding="utf8-lossy", raise_if_empty=False
-        )
-    except pl.exceptions.PolarsError:
-        return _csv_rows_slowly(chunk, names)
-    if frame.width != len(names):
-        return _csv_rows_slowly(chunk, names)
-    frame.columns = names
-    return frame.with_columns(pl.lit(None, pl.String).alias(READ_ERROR))
+def _csv_block(block: bytes, header_size: int, names: list[str]) -> pl.DataFrame:
+    """Parse header + records as text; a block the fast parser refuses goes record by record.
+
+    Strict UTF-8 first (no copy); a block with invalid bytes is decoded with replacement
+    characters, which validation then rejects in ids and categories.
+    """
+    for encoding in ("utf8", "utf8-lossy"):
+        try:
+            frame = pl.read_csv(block, infer_schema=False, encoding=encoding, raise_if_empty=False)
+        except pl.exceptions.PolarsError:
+            continue
+        if frame.width == len(names):
+            frame.columns = names
+            return frame.with_columns(pl.lit(None, pl.String).alias(READ_ERROR))
+        break
+    return _csv_rows_slowly(block[header_size:], names)
 
 
 def _csv_batches(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
@@ -213,10 +254,12 @@ def _csv_batches(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
             header += b"\n"
         names = _csv_header(header, path)
         first_row = 1
-        while lines := list(islice(handle, batch_rows)):
-            chunk = b"".join(_balanced_lines(lines, handle, limit=batch_rows))
-            frame = _csv_chunk(header, chunk, names)
-            yield frame.with_columns(pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64).alias(SOURCE_ROW))
+        for block in _csv_blocks(handle, header, batch_rows):
+            frame = _csv_block(block, len(header), names)
+            del block
+            yield frame.with_columns(
+                pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64).alias(SOURCE_ROW)
+            )
             first_row += frame.height
 
 

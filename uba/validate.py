@@ -224,7 +224,7 @@ def _parse(lf: pl.LazyFrame, events: EventSettings) -> pl.LazyFrame:
         pl.col("_ts").dt.date().alias(_DATE),
         pl.col("_ts").dt.hour().alias("_ts_hour"),
         (pl.col("_ts").dt.weekday() - 1).alias("_ts_dow"),
-    )
+    ).drop("_ts_parts")
 
 
 # ---------------------------------------------------------------- rules
@@ -482,15 +482,14 @@ def validate_events(
 
 
 def event_dates(raw: pl.LazyFrame) -> pl.LazyFrame:
-    """Distinct UTC dates of the parseable timestamps in ``raw`` (column ``event_date``).
+    """UTC dates the rows of ``raw`` can fall on (column ``event_date``), a cheap superset.
 
-    Lets the caller load only the stored ids of the dates an input touches before it
-    validates.
+    Read from the first ten characters of each timestamp plus the day either side (a UTC
+    offset moves an event by less than a day), without parsing the full timestamp. It
+    lets the caller load only the stored ids of those dates before validating.
     """
-    parts = _as_text(raw).select(_timestamp_parts(pl.col("timestamp").str.strip_chars()).alias("p"))
-    return (
-        parts.select(_timestamp_from_parts(pl.col("p")).dt.date().alias(PARTITION_COLUMN))
-        .drop_nulls()
-        .unique()
-        .sort(PARTITION_COLUMN)
-    )
+    text = _as_text(raw).select(pl.col("timestamp").str.strip_chars().str.slice(0, 10).alias("t"))
+    day = pl.col("t").str.to_date("%Y-%m-%d", strict=False)
+    days = text.select(day.alias("d")).drop_nulls().unique()
+    shifted = [days.select((pl.col("d") + pl.duration(days=k)).alias(PARTITION_COLUMN)) for k in (-1, 0, 1)]
+    return pl.concat(shifted).unique().sort(PARTITION_COLUMN)
