@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,6 +115,22 @@ def user_cut_array(user_ids: Sequence[str], thresholds: pl.DataFrame, global_thr
     return joined["user_threshold"].fill_null(float(global_threshold)).to_numpy()
 
 
+def concentration_from_counts(per_user: pl.DataFrame, alerts: str) -> dict[str, Any]:
+    """``uba.evaluate.alert_concentration`` from per-user alert counts (column ``alerts``),
+    so a run can add up chunks without keeping one row per event."""
+    counts = per_user.select(pl.col(alerts).fill_null(0)).to_series().sort(descending=True)
+    total = int(counts.sum())
+    top = max(1, int(np.ceil(per_user.height * 0.01)))
+    return {
+        "users": per_user.height,
+        "users_with_alerts": int((counts > 0).sum()),
+        "top_1pct_users": top,
+        "top_1pct_share_of_alerts": float(counts.head(top).sum() / total) if total else 0.0,
+        "max_alerts_one_user": int(counts.max() or 0) if per_user.height else 0,
+        "alerts": total,
+    }
+
+
 # --- the per-user table of a bundle ---------------------------------------------------
 
 
@@ -154,3 +171,11 @@ def load_or_build_history(settings: Settings, bundle: Bundle) -> pl.DataFrame:
     history = history_from_training(settings, bundle)
     io.write_user_score_history(history, bundle.path, quantile)
     return history
+
+
+def store_training_history(bundle_path: Path, user_ids: Sequence[str], train_scores: np.ndarray,
+                           quantile: float) -> Path:
+    """Save the per-user table from the scores `train` already computed (no second pass)."""
+    scored = pl.LazyFrame({"user_id": pl.Series(list(user_ids), dtype=pl.String),
+                           "anomaly_score": np.asarray(train_scores, dtype=np.float64)})
+    return io.write_user_score_history(score_history(scored, quantile).collect(), bundle_path, quantile)

@@ -82,9 +82,10 @@ def _ratio(kind: str, count: str, floor: float) -> pl.Expr:
 def _rate_reason(kind: str, count: str, ratio_limit: float, minimum: int, floor: float) -> pl.Expr:
     ratio = _ratio(kind, count, floor)
     fired = (pl.col(count) >= minimum) & (ratio >= ratio_limit)
+    owner = pl.when(pl.col("known_user")).then(pl.lit("this user's")).otherwise(pl.lit("the population's"))
     text = pl.format(
-        "{} {} today, {}x this user's usual {} per active day",
-        pl.col(count), pl.lit(kind), ratio.round(1), pl.col(f"usual_{kind}").round(1),
+        "{} {} today, {}x {} usual {} per active day",
+        pl.col(count), pl.lit(kind), ratio.round(1), owner, pl.col(f"usual_{kind}").round(1),
     )
     return pl.struct(
         strength=pl.when(fired).then(ratio / ratio_limit).otherwise(0.0),

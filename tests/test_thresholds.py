@@ -1,0 +1,88 @@
+"""Per-user thresholds: the arithmetic on small hand-made frames (the end-to-end effect on
+generated data with an erratic user is in test_operations_e2e.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from uba.features.baselines import POPULATION_USER
+from uba.settings import UserThresholdSettings
+from uba.thresholds import (
+    apply_thresholds,
+    concentration_comparison,
+    score_history,
+    user_cut_array,
+    user_thresholds,
+)
+
+T = 0.6
+SETTINGS = UserThresholdSettings(enabled=True, prior_events=50, user_quantile=0.9, min_ratio=0.9, max_ratio=1.3)
+
+
+def _history(rows: list[tuple[str, int, float]]) -> pl.LazyFrame:
+    return pl.LazyFrame(rows, schema={"user_id": pl.String, "n": pl.Int64, "user_quantile": pl.Float64},
+                        orient="row")
+
+
+def test_score_history_has_each_user_and_the_population() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.uniform(0.3, 0.5, 200), rng.uniform(0.5, 0.9, 50)
+    scored = pl.LazyFrame({"user_id": ["a"] * 200 + ["b"] * 50, "anomaly_score": np.concatenate([a, b])})
+    out = score_history(scored, 0.9).collect()
+    by_user = {r["user_id"]: r for r in out.iter_rows(named=True)}
+    assert set(by_user) == {"a", "b", POPULATION_USER}
+    assert by_user["a"]["n"] == 200 and by_user[POPULATION_USER]["n"] == 250
+    assert by_user["b"]["user_quantile"] == pytest.approx(np.quantile(b, 0.9))
+    assert by_user[POPULATION_USER]["user_quantile"] == pytest.approx(np.quantile(np.concatenate([a, b]), 0.9))
+
+
+def test_cut_moves_by_the_shrunk_excess_and_stays_within_bounds() -> None:
+    history = _history([
+        ("erratic", 150, 0.62),    # 0.12 above everyone, lots of history
+        ("wild", 5000, 0.95),      # would be far above: clipped at 1.3 T
+        ("newcomer", 2, 0.70),     # little history: stays near T
+        ("regular", 150, 0.40),    # well below everyone: lowered, floored at 0.9 T
+        ("average", 80, 0.50),
+        (POPULATION_USER, 10_000, 0.50),
+    ])
+    cuts = {r["user_id"]: r for r in user_thresholds(history, T, SETTINGS).collect().iter_rows(named=True)}
+    assert POPULATION_USER not in cuts
+    assert cuts["erratic"]["weight"] == pytest.approx(150 / 200)
+    assert cuts["erratic"]["user_threshold"] == pytest.approx(T + 0.75 * 0.12)
+    assert cuts["wild"]["user_threshold"] == pytest.approx(1.3 * T)
+    assert cuts["newcomer"]["user_threshold"] == pytest.approx(T + 2 / 52 * 0.20)
+    assert cuts["regular"]["user_threshold"] == pytest.approx(0.9 * T)
+    assert cuts["average"]["user_threshold"] == pytest.approx(T)
+
+
+def test_apply_redecides_alerts_and_keeps_the_global_cut() -> None:
+    cuts = user_thresholds(_history([("erratic", 150, 0.62), ("regular", 150, 0.40),
+                                     (POPULATION_USER, 1000, 0.50)]), T, SETTINGS)
+    scored = pl.LazyFrame({
+        "event_id": ["e1", "e2", "e3", "e4"],
+        "user_id": ["erratic", "regular", "stranger", "erratic"],
+        "anomaly_score": [0.65, 0.56, 0.61, 0.70],
+        "is_anomaly": [True, False, True, True],
+        "threshold": [T] * 4,
+    })
+    out = apply_thresholds(scored, cuts, T).collect()
+    assert out["event_id"].to_list() == ["e1", "e2", "e3", "e4"], "row order is kept"
+    assert out["is_anomaly"].to_list() == [False, True, True, True]
+    assert out["user_threshold"].to_list() == pytest.approx([0.69, 0.54, T, 0.69])
+    assert out["threshold"].to_list() == [T] * 4
+
+
+def test_concentration_with_and_without() -> None:
+    users = ["noisy"] * 10 + [f"u{i}" for i in range(99)]
+    scores = np.array([0.7] * 10 + [0.65] * 5 + [0.3] * 94)
+    cuts = user_cut_array(users, pl.DataFrame({"user_id": ["noisy"], "user_threshold": [0.8]}), T)
+    assert cuts[:10].tolist() == [0.8] * 10 and cuts[10:].tolist() == [T] * 99
+    report = concentration_comparison(users, scores, T, cuts)
+    assert report["global_threshold"]["alerts"] == 15
+    assert report["global_threshold"]["max_alerts_one_user"] == 10
+    assert report["per_user_thresholds"]["alerts"] == 5
+    assert report["per_user_thresholds"]["max_alerts_one_user"] == 1
+    assert (report["per_user_thresholds"]["top_1pct_share_of_alerts"]
+            < report["global_threshold"]["top_1pct_share_of_alerts"])

@@ -1,0 +1,109 @@
+"""User-day alerts on hand-made histories, through the real aggregates, baselines and storage
+(the generated exfiltration day is checked in test_operations_e2e.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from uba import io
+from uba.schema import EVENT_SCHEMA
+from uba.settings import load_settings
+from uba.userday import run_user_day
+
+FIRST = date(2026, 2, 2)            # a Monday; four weeks of history follow
+WEDNESDAY = date(2026, 3, 4)
+SATURDAY = date(2026, 3, 7)
+
+
+def _session(user: str, day: date, index: int, hour: int, n: int, downloads: int) -> list[dict]:
+    start = datetime(day.year, day.month, day.day, hour, 5 * index % 60, tzinfo=UTC)
+    sid = f"{user}-{day.isoformat()}-{index}"
+    rows = []
+    for k in range(n):
+        kind = "download" if k < downloads else ("login" if k == n - 1 else "view")
+        ts = start + timedelta(seconds=30 * k)
+        rows.append({"event_id": f"{sid}-{k}", "user_id": user, "timestamp": ts, "event_type": kind,
+                     "session_duration_sec": 600.0, "events_in_session": n, "device_type": "desktop",
+                     "hour_of_day": ts.hour, "day_of_week": ts.weekday(), "session_id": sid})
+    return rows
+
+
+def _day(user: str, day: date, sessions: int, events_each: int, downloads: int) -> list[dict]:
+    rows: list[dict] = []
+    for i in range(sessions):
+        rows += _session(user, day, i, 9 + i % 8, events_each, downloads // sessions + (i < downloads % sessions))
+    return rows
+
+
+def _history() -> dict[date, list[dict]]:
+    days: dict[date, list[dict]] = {}
+    for offset in range((SATURDAY - FIRST).days):
+        day = FIRST + timedelta(days=offset)
+        if day.weekday() >= 5:
+            continue
+        rows = _day("steady", day, 2, 5, 1) + _day("quiet", day, 2, 5, 1) + _day("tiny", day, 1, 4, offset % 10 == 0)
+        days[day] = rows
+    return days
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    days = _history()
+    days[WEDNESDAY] = (
+        _day("steady", WEDNESDAY, 8, 4, 12)      # 12 downloads over 8 sessions: exfiltration pattern
+        + _day("quiet", WEDNESDAY, 2, 5, 1)      # an ordinary day
+        + _day("tiny", WEDNESDAY, 1, 6, 3)       # 3 downloads: many times usual, but too few to matter
+        + _day("newbie", WEDNESDAY, 1, 14, 12)   # unknown user, 12 downloads: vs the population
+    )
+    days[SATURDAY] = _day("quiet", SATURDAY, 2, 5, 0)  # never active on a Saturday before
+    for day, rows in days.items():
+        io.write_part(pl.DataFrame(rows, schema=EVENT_SCHEMA), tmp_path / "data", io.EVENTS, day)
+    return load_settings(overrides={"paths": {"data_dir": tmp_path / "data", "output_dir": tmp_path / "out"}},
+                         env={})
+
+
+def _alerts(settings, day: date) -> dict[str, dict]:
+    run = run_user_day(settings, day)
+    stored = pl.read_parquet(io.partition_files(settings.paths.output_dir, io.FLAGGED_USERS, day))
+    assert stored.equals(run.alerts), "what is returned is what is stored"
+    return {r["user_id"]: r for r in stored.iter_rows(named=True)}
+
+
+def test_exfiltration_day_is_flagged_with_reasons_and_quiet_users_are_not(settings) -> None:
+    alerts = _alerts(settings, WEDNESDAY)
+    assert set(alerts) == {"steady", "newbie"}
+    steady = alerts["steady"]
+    assert steady["reason_kinds"][0] in {"spread_downloads", "downloads"}
+    assert set(steady["reason_kinds"]) >= {"spread_downloads", "downloads", "sessions"}
+    assert steady["n_downloads"] == 12 and steady["n_sessions"] == 8
+    assert steady["usual_downloads"] == pytest.approx(1.0, abs=0.2)
+    spread = steady["reasons"][steady["reason_kinds"].index("spread_downloads")]
+    assert spread.startswith("12 downloads spread over 8 sessions") and "exfiltration" in spread
+    assert steady["risk_score"] > alerts["newbie"]["risk_score"] > 0, "three signals outrank one"
+    assert alerts["newbie"]["known_user"] is False and alerts["newbie"]["reason_kinds"] == ["downloads"]
+    assert "the population's usual" in alerts["newbie"]["reasons"][0]
+
+
+def test_first_activity_on_a_never_active_weekday(settings) -> None:
+    alerts = _alerts(settings, SATURDAY)
+    assert list(alerts) == ["quiet"]
+    assert alerts["quiet"]["reason_kinds"] == ["new_weekday"]
+    assert alerts["quiet"]["reasons"][0].startswith("active on a Saturday (10 events)")
+
+
+def test_rerun_replaces_the_partition(settings) -> None:
+    _alerts(settings, WEDNESDAY)
+    _alerts(settings, WEDNESDAY)
+    files = io.partition_files(settings.paths.output_dir, io.FLAGGED_USERS, WEDNESDAY)
+    assert len(files) == 1
+    assert pl.read_parquet(files).height == 2
+
+
+def test_thresholds_come_from_settings(settings, tmp_path: Path) -> None:
+    strict = settings.model_copy(update={"user_day": settings.user_day.model_copy(update={
+        "download_ratio": 50.0, "spread_download_ratio": 50.0, "session_ratio": 50.0})})
+    assert _alerts(strict, WEDNESDAY) == {}

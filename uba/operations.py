@@ -1,0 +1,138 @@
+"""What a score run does beyond scoring: the hooks of issue 7 in one place.
+
+The scoring driver calls, per run::
+
+    ops = RunOperations.prepare(settings, bundle, day)     # once: per-user cuts, rules
+    annotated = ops.apply(annotated, matrix, scores)       # per chunk
+    user_days = ops.user_day_alerts(baselines)             # once, from the day's aggregates
+    manifest.update(ops.manifest_sections())               # drift, alert counts, user-day
+
+``apply`` re-decides ``is_anomaly`` with per-user thresholds (when enabled), marks
+suppressed alerts and accumulates the day's drift counts and per-user alert counts, so
+nothing here needs the whole day in memory at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from uba import io
+from uba.artifacts import Bundle
+from uba.drift import DriftCounts, drift_counts, drift_report_from_counts
+from uba.feedback import active_rules, apply_suppressions, load_rules
+from uba.logs import get_logger
+from uba.settings import Settings
+from uba.thresholds import (
+    apply_thresholds,
+    concentration_from_counts,
+    load_or_build_history,
+    user_thresholds,
+)
+from uba.userday import score_user_days
+
+log = get_logger("operations")
+
+OPERATION_COLUMNS = ("user_threshold", "suppressed", "suppressed_by")
+_PER_USER_SCHEMA = {"user_id": pl.String(), "events": pl.Int64(), "alerts_global": pl.Int64(),
+                    "alerts_user": pl.Int64(), "suppressed": pl.Int64()}
+
+
+@dataclass
+class RunOperations:
+    """Per-run state of the operations hooks (see the module doc)."""
+
+    settings: Settings
+    bundle: Bundle
+    day: date
+    cuts: pl.DataFrame | None
+    rules: pl.DataFrame
+    counts: DriftCounts = field(default_factory=DriftCounts)
+    per_user: list[pl.DataFrame] = field(default_factory=list)
+    users_scored: int = 0
+
+    @classmethod
+    def prepare(cls, settings: Settings, bundle: Bundle, day: date) -> RunOperations:
+        """Load what every chunk needs once: per-user cuts (if enabled) and the day's active rules."""
+        cuts = None
+        if settings.user_thresholds.enabled:
+            history = load_or_build_history(settings, bundle)
+            cuts = user_thresholds(history.lazy(), bundle.detector.threshold, settings.user_thresholds).collect()
+        rules = active_rules(load_rules(settings.paths.data_dir), day)
+        return cls(settings=settings, bundle=bundle, day=day, cuts=cuts, rules=rules)
+
+    def apply(self, annotated: pl.DataFrame, matrix: np.ndarray, scores: np.ndarray) -> pl.DataFrame:
+        """One scored chunk with ``user_threshold``, the final ``is_anomaly``, ``suppressed``
+        and ``suppressed_by``; its drift counts and alert counts are remembered."""
+        threshold = float(self.bundle.detector.threshold)
+        frame = annotated.lazy()
+        if self.cuts is not None:
+            frame = apply_thresholds(frame, self.cuts.lazy(), threshold)
+        else:
+            frame = frame.with_columns(pl.col("threshold").alias("user_threshold"))
+        out = apply_suppressions(frame, self.rules, self.day).collect()
+        self.counts = self.counts.merge(drift_counts(matrix, scores, self.bundle.metadata))
+        self.per_user.append(
+            out.group_by("user_id").agg(
+                pl.len().cast(pl.Int64).alias("events"),
+                (pl.col("anomaly_score") >= pl.col("threshold")).sum().cast(pl.Int64).alias("alerts_global"),
+                pl.col("is_anomaly").sum().cast(pl.Int64).alias("alerts_user"),
+                pl.col("suppressed").sum().cast(pl.Int64).alias("suppressed"),
+            )
+        )
+        return out
+
+    def user_day_alerts(self, baselines: pl.DataFrame) -> pl.DataFrame | None:
+        """The day's user-day alerts against the run's own baselines (None when disabled)."""
+        if not self.settings.user_day.enabled:
+            return None
+        today = io.scan_partition(self.settings.paths.data_dir, io.AGGREGATES, self.day)
+        if today is None:
+            return None
+        today = today.with_columns(pl.lit(self.day, dtype=pl.Date).alias("event_date"))
+        scored = score_user_days(today, baselines.lazy(), self.settings.user_day).collect()
+        self.users_scored = scored.height
+        return (scored.filter(pl.col("risk_score") > 0)
+                .sort(["risk_score", "user_id"], descending=[True, False]))
+
+    def _user_totals(self) -> pl.DataFrame:
+        if not self.per_user:
+            return pl.DataFrame(schema=_PER_USER_SCHEMA)
+        return pl.concat(self.per_user).group_by("user_id").agg(pl.all().sum())
+
+    def manifest_sections(self, user_days: pl.DataFrame | None = None) -> dict[str, Any]:
+        """``drift``, ``alerts`` and ``user_day`` sections for the run manifest."""
+        totals = self._user_totals()
+        per_user_on = self.cuts is not None
+        flagged = int(totals["alerts_user"].sum())
+        suppressed = int(totals["suppressed"].sum())
+        concentration = {"global_threshold": concentration_from_counts(totals, "alerts_global"),
+                         "per_user_thresholds": (concentration_from_counts(totals, "alerts_user")
+                                                 if per_user_on else None)}
+        sections: dict[str, Any] = {
+            "drift": drift_report_from_counts(self.counts, self.bundle.metadata, self.settings.monitoring),
+            "alerts": {
+                "per_user_thresholds": per_user_on,
+                "flagged_rows": flagged,
+                "flagged_rows_global_threshold": int(totals["alerts_global"].sum()),
+                "suppressed_rows": suppressed,
+                "alert_rows": flagged - suppressed,
+                "active_suppression_rules": self.rules.height,
+                "concentration": concentration,
+            },
+            "user_day": {"enabled": self.settings.user_day.enabled,
+                         "users_scored": self.users_scored,
+                         "flagged_users": 0 if user_days is None else user_days.height},
+        }
+        return sections
+
+    def warn_on_drift(self, drift: dict[str, Any]) -> None:
+        """Heavy drift is logged loudly; whether it fails the run is the caller's decision."""
+        if drift["status"] == "drift":
+            log.warning("drift on %s: %s; retraining advised", self.day, "; ".join(drift["why"][:3]))
+        elif drift["status"] == "warn":
+            log.info("drift check on %s: warn (%s)", self.day, "; ".join(drift["warnings"][:2]))
