@@ -91,36 +91,42 @@ def test_sessions_three_times_longer_is_drift_with_reasons(reference: dict[str, 
     assert any("f_session" in why or "score" in why for why in report["why"])
 
 
-def _counts_like_reference(metadata: dict[str, Any], rows: int, moved: dict[str, float]) -> DriftCounts:
-    """Day counts equal to the training shares, except features in ``moved`` whose mass
-    (the given share) is pushed into their last bin."""
-    counts = {}
-    for name, ref in metadata["feature_reference"]["features"].items():
-        shares = np.asarray(ref["proportions"], dtype=float)
-        if name in moved:
-            shares = shares * (1 - moved[name])
-            shares[-1] += moved[name]
-        counts[name] = np.round(shares * rows).astype(np.int64)
-    score_counts = np.round(np.asarray(score_reference(metadata)[1]) * rows).astype(np.int64)
+def _counts_like_reference(metadata: dict[str, Any], rows: int, moved: dict[str, float],
+                           score_moved: float = 0.0) -> DriftCounts:
+    """Day counts equal to the training shares, except features in ``moved`` (and the
+    score when ``score_moved``) whose given share of mass is pushed into the last bin."""
+    def push(shares: np.ndarray, share: float) -> np.ndarray:
+        shares = shares * (1 - share)
+        shares[-1] += share
+        return np.round(shares * rows).astype(np.int64)
+
+    counts = {name: push(np.asarray(ref["proportions"], dtype=float), moved.get(name, 0.0))
+              for name, ref in metadata["feature_reference"]["features"].items()}
+    score_counts = push(np.asarray(score_reference(metadata)[1], dtype=float), score_moved)
     return DriftCounts(rows=rows, alerts=int(rows * 0.02), feature_counts=counts, score_counts=score_counts)
 
 
-@pytest.mark.parametrize(("moved", "rows", "status"), [
-    ({}, 2000, "ok"),
-    ({"f_session": 0.6}, 2000, "warn"),                     # one feature: a warning, not drift
-    ({"f_session": 0.6, "f_actions": 0.6}, 2000, "drift"),  # two features: drift
-    ({"f_weekday": 0.9}, 2000, "ok"),                       # ignored calendar feature
-    ({"f_session": 0.6, "f_actions": 0.6}, 300, "warn"),    # too few rows to call drift
+@pytest.mark.parametrize(("moved", "score_moved", "rows", "status"), [
+    ({}, 0.0, 2000, "ok"),
+    ({"f_session": 0.6, "f_actions": 0.6}, 0.0, 2000, "warn"),  # inputs moved, model output did not
+    ({}, 0.5, 2000, "warn"),                                   # output moved, no input explains it
+    ({"f_session": 0.6}, 0.5, 2000, "drift"),                  # both: retrain
+    ({"f_weekday": 0.9}, 0.5, 2000, "warn"),                   # ignored calendar feature does not count
+    ({"f_session": 0.6}, 0.5, 300, "warn"),                    # too few rows to call drift
 ])
-def test_status_rules(reference: dict[str, Any], moved: dict[str, float], rows: int, status: str) -> None:
-    counts = _counts_like_reference(reference["metadata"], rows, moved)
+def test_status_rules(reference: dict[str, Any], moved: dict[str, float], score_moved: float, rows: int,
+                      status: str) -> None:
+    counts = _counts_like_reference(reference["metadata"], rows, moved, score_moved)
     report = drift_report_from_counts(counts, reference["metadata"], LIMITS)
     assert report["status"] == status, report
     assert report["retrain_advised"] == (status == "drift")
+    assert (report["score_psi"] >= LIMITS.psi_drift) == (score_moved > 0)
+    if status == "drift":
+        assert report["why"][0].startswith("anomaly score PSI") and "f_session" in report["why"][1]
     if "f_weekday" in moved:
         assert report["feature_psi"]["f_weekday"] > LIMITS.psi_drift
         assert report["max_feature"] != "f_weekday" and report["ignored_features"] == ["f_weekday"]
-    if status == "warn" and rows < LIMITS.min_rows:
+    if rows < LIMITS.min_rows:
         assert any("min_rows" in w for w in report["warnings"])
 
 

@@ -150,14 +150,16 @@ def drift_report_from_counts(counts: DriftCounts, metadata: Mapping[str, Any],
                              settings: MonitoringSettings) -> dict[str, Any]:
     """Turn a day's merged bin counts into the report stored in the run manifest.
 
-    Status: ``drift`` (retraining advised) when the score distribution moved (score PSI
-    >= psi_drift) or at least ``min_drifted_features`` features did; ``warn`` when one
-    feature did, the score PSI passed psi_warn or the alert rate left its band; else
-    ``ok``. One feature alone only warns: a single day's mix (a Monday, a holiday) moves
-    one feature now and then, while a real shift moves the model's output or several
-    inputs at once. Features in ``ignore_features`` (calendar features that differ per
-    day by design) are reported but never counted. Days with fewer than ``min_rows``
-    events never reach ``drift``: their PSI is mostly noise.
+    Status: ``drift`` (retraining advised) when the model's output moved (score PSI >=
+    psi_drift) *and* its inputs explain it (at least ``min_drifted_features`` features
+    with PSI >= psi_drift); ``warn`` when only one side moved, the score PSI passed
+    psi_warn or the alert rate left its band; else ``ok``. Requiring both sides keeps an
+    ordinary Monday (a different user mix moves the scores a little, no feature much)
+    or a feature the forest barely uses from calling for a retrain, while a real shift
+    moves both. Without a score reference, features alone decide. Features in
+    ``ignore_features`` (calendar features that differ per day by design) are reported
+    but never counted. Days with fewer than ``min_rows`` events never reach ``drift``:
+    their PSI is mostly noise.
     """
     reference = (metadata.get("feature_reference") or {}).get("features", {})
     feature_psi = {name: round(psi(c, reference[name]["proportions"]), 6)
@@ -178,7 +180,8 @@ def drift_report_from_counts(counts: DriftCounts, metadata: Mapping[str, Any],
     if score_shifted:
         why.insert(0, f"anomaly score PSI {score_psi:.3f} >= {settings.psi_drift:g}")
     warnings: list[str] = []
-    if score_shifted or len(shifted) >= settings.min_drifted_features:
+    inputs_shifted = len(shifted) >= settings.min_drifted_features
+    if inputs_shifted and (score_shifted or score_psi is None):
         status = "drift"
     elif shifted or (score_psi or 0.0) >= settings.psi_warn:
         status = "warn"
