@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import numpy as np
 
 from uba.errors import UserError
 
+CONNECT_TIMEOUT_SEC = 10.0
 RETRYABLE_EXCEPTIONS: tuple[type[BaseException], ...] = (OSError, MemoryError)
 FAULT_ENV = {
     "shard_delay_sec": "UBA_FAULT_SHARD_DELAY_SEC",
@@ -129,6 +131,26 @@ def _failure_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {_one_line(str(exc))}"
 
 
+def check_reachable(address: str, timeout_sec: float = CONNECT_TIMEOUT_SEC) -> None:
+    """Fail fast on a cluster address nobody answers on.
+
+    ``ray.init(address=...)`` retries an unreachable GCS for many minutes, which would
+    turn a typo in a nightly job into a silent hang; a plain TCP connect answers in
+    seconds. ``auto`` is left to Ray, which resolves it from this machine's cluster.
+    """
+    if address == "auto":
+        return
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--ray-address {address!r} is not 'auto' or host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_sec).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise RunFailedError(f"cannot connect to the Ray cluster at {address}: {reason}") from exc
+
+
 class RayRuntime:
     """The job's connection to Ray, made on first use and closed by the job.
 
@@ -158,11 +180,14 @@ class RayRuntime:
         import ray
 
         if not ray.is_initialized():
+            if self.address:
+                check_reachable(self.address)
             try:
                 ray.init(**self._init_kwargs())
             except Exception as exc:
-                where = f"Ray cluster at {self.address}" if self.address else "an embedded local Ray"
-                raise RunFailedError(f"cannot start {where}: {_one_line(str(exc))}") from exc
+                what = (f"cannot connect to the Ray cluster at {self.address}" if self.address
+                        else "cannot start the embedded local Ray")
+                raise RunFailedError(f"{what}: {_one_line(str(exc))}") from exc
             self.owned = True
         self.started = True
 
@@ -197,7 +222,7 @@ class RayRuntime:
         return {
             "mode": self.mode,
             "address": self.address,
-            "started_by_job": self.owned,
+            "started_by_job": self.owned and self.mode == "local",
             "cluster_cpus": int(resources.get("CPU", 0)),
             "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
             "workers": self.workers(),

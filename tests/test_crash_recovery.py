@@ -1,0 +1,182 @@
+"""What a crash leaves behind: the job SIGKILLed mid-run, a Ray worker killed during
+scoring, a swap interrupted between its two renames."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uba import io
+from uba.scoring import FaultInjection, ScoreOptions, ShardFailedError, score_day
+from uba.scoring.driver import STAGING_DIR
+
+UBA = Path(sys.executable).with_name("uba-batch")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _published_state(output_dir: Path, day, day_output_bytes) -> tuple[dict[str, bytes], str]:
+    manifest = io.partition_dir(output_dir, io.RUNS, day) / "manifest.json"
+    return day_output_bytes(output_dir, day), manifest.read_text()
+
+
+def test_sigkill_mid_run_keeps_the_previous_output_and_a_rerun_completes(
+        trained_dataset, scoring_settings, day_output_bytes, tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    out = tmp_path / "out"
+    score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
+    previous = _published_state(out, day, day_output_bytes)
+    # The killed run and the re-run cut the day into several parts, so any mix of old and
+    # new files in the published directory would show.
+    rows = json.loads(previous[1])["counts"]["input_rows"]
+    chunk_env = {"UBA_SCORING__CHUNK_ROWS": str(max(1, rows // 3))}
+    paths = ["--data-dir", str(trained_dataset.data_dir), "--model-dir", str(trained_dataset.model_dir),
+             "--output-dir", str(out)]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           **chunk_env, "UBA_FAULT_PAUSE_BEFORE_PUBLISH_SEC": "120"}
+    env.pop("RAY_ADDRESS", None)
+    log = (tmp_path / "killed-job.log").open("w")
+    job = subprocess.Popen([str(UBA), "score", "--date", day.isoformat(), *paths], env=env, cwd=REPO,
+                           stdout=log, stderr=log, start_new_session=True)
+    try:
+        staged = _wait_for(lambda: list((out / STAGING_DIR).glob("*/*/flagged/part-00000.parquet")),
+                           120, "the killed run to finish staging")
+        assert len(list(staged[0].parents[1].glob("scores/part-*.parquet"))) >= 3
+        job.send_signal(signal.SIGKILL)
+        assert job.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        # the job's embedded Ray lives in its process group; end what the kill left running
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+        log.close()
+
+    assert _published_state(out, day, day_output_bytes) == previous
+    assert not list(io.partition_dir(out, io.RUNS, day).glob("failed-*.json"))
+    assert (out / STAGING_DIR).exists()
+
+    rerun = subprocess.run([str(UBA), "score", "--date", day.isoformat(), "--in-process", *paths],
+                           env={**env, "UBA_FAULT_PAUSE_BEFORE_PUBLISH_SEC": ""}, cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    reference = tmp_path / "reference"
+    score_day(scoring_settings(reference, scoring={"chunk_rows": max(1, rows // 3)}),
+              ScoreOptions(day=day, in_process=True))
+    assert day_output_bytes(out, day) == day_output_bytes(reference, day)
+    assert not any((out / STAGING_DIR).rglob("*.parquet"))
+    assert json.loads((io.partition_dir(out, io.RUNS, day) / "manifest.json").read_text())["status"] == "succeeded"
+
+
+def _score_in_thread(settings, options: ScoreOptions) -> tuple[threading.Thread, dict[str, Any]]:
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["manifest"] = score_day(settings, options)
+        except BaseException as exc:  # handed to the test thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def _kill_first_shard_worker(pid_dir: Path) -> tuple[str, int]:
+    first = _wait_for(lambda: sorted(pid_dir.glob("*.pid")), 60, "a shard to start")[0]
+    label, pid = first.name.rsplit(".", 2)[0], int(first.read_text())
+    assert pid != os.getpid()
+    os.kill(pid, signal.SIGKILL)
+    return label, pid
+
+
+def test_a_killed_ray_worker_is_retried_and_the_output_is_correct(
+        trained_dataset, ray_runtime, scoring_settings, day_output_bytes, tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[1]
+    pid_dir = tmp_path / "pids"
+    fault = FaultInjection(shard_delay_sec=1.5, pid_dir=str(pid_dir))
+    thread, box = _score_in_thread(scoring_settings(tmp_path / "out"),
+                                   ScoreOptions(day=day, shards=2, workers=2, fault=fault))
+    label, killed = _kill_first_shard_worker(pid_dir)
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert "error" not in box, box.get("error")
+    attempts = [p.name for p in pid_dir.glob(f"{label}.*.pid")]
+    assert len(attempts) >= 2 and f"{label}.{killed}.pid" in attempts  # the shard ran again elsewhere
+    manifest = box["manifest"]
+    assert manifest["status"] == "succeeded" and manifest["row_conservation"]["ok"]
+    score_day(scoring_settings(tmp_path / "ref"), ScoreOptions(day=day, in_process=True))
+    assert day_output_bytes(tmp_path / "out", day) == day_output_bytes(tmp_path / "ref", day)
+
+
+def test_a_shard_that_keeps_failing_fails_the_run_cleanly(
+        trained_dataset, ray_runtime, scoring_settings, day_output_bytes, tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[1]
+    out = tmp_path / "out"
+    score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
+    previous = _published_state(out, day, day_output_bytes)
+    pid_dir = tmp_path / "pids"
+    fault = FaultInjection(shard_delay_sec=1.5, pid_dir=str(pid_dir))
+    thread, box = _score_in_thread(scoring_settings(out, ray={"max_retries": 0}),
+                                   ScoreOptions(day=day, shards=2, workers=2, fault=fault))
+    label, _ = _kill_first_shard_worker(pid_dir)
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    error = box.get("error")
+    assert isinstance(error, ShardFailedError), error
+    message = str(error)
+    assert "\n" not in message and "failed after 0 retries" in message
+    assert _published_state(out, day, day_output_bytes) == previous
+    failures = list(io.partition_dir(out, io.RUNS, day).glob("failed-*.json"))
+    assert len(failures) == 1
+    record = json.loads(failures[0].read_text())
+    assert record["status"] == "failed" and record["published"] is False
+    assert record["error"].startswith("ShardFailedError: scoring shard") and record["failed_stage"] == "scoring"
+    assert not any((out / STAGING_DIR).rglob("*.parquet"))
+
+
+def test_an_interrupted_swap_is_undone_before_the_next_run(
+        trained_dataset, scoring_settings, day_output_bytes, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Without RENAME_EXCHANGE a swap is two renames; a crash between them leaves the old
+    day under an aside name. The next run puts it back before doing anything else."""
+    day = trained_dataset.score_dates[0]
+    out = tmp_path / "out"
+    score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
+    previous = day_output_bytes(out, day)
+    final = io.partition_dir(out, io.SCORES, day)
+    aside = final.parent / f".tmp-old-{final.name}-0123abcd"
+    os.replace(final, aside)  # the state such a crash leaves
+
+    assert io.recover_replaced_dir(final) is True
+    assert day_output_bytes(out, day) == previous and not aside.exists()
+
+    os.replace(final, aside)
+    logger = logging.getLogger("uba.scoring")
+    logger.addHandler(caplog.handler)
+    try:
+        score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "restored the previous scores output" in caplog.text
+    assert day_output_bytes(out, day) == previous and not aside.exists()

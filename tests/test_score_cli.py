@@ -1,0 +1,121 @@
+"""`uba-batch score` and `uba-batch backfill` as a scheduler or a person runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from uba import io
+from uba.scoring import ScoreOptions, score_day
+from uba.scoring.lock import date_lock
+
+UBA = Path(sys.executable).with_name("uba-batch")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _uba(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                **(env or {})}
+    full_env.pop("RAY_ADDRESS", None)
+    return subprocess.run([str(UBA), *args], capture_output=True, text=True, env=full_env, cwd=REPO,
+                          timeout=timeout)
+
+
+def _paths(trained_dataset, output_dir: Path) -> list[str]:
+    return ["--data-dir", str(trained_dataset.data_dir), "--model-dir", str(trained_dataset.model_dir),
+            "--output-dir", str(output_dir)]
+
+
+def test_score_cli_end_to_end_on_an_embedded_local_ray(trained_dataset, scoring_settings, day_output_bytes,
+                                                       tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    result = _uba("score", "--date", day.isoformat(), "--workers", "2", "--shards", "4",
+                  *_paths(trained_dataset, tmp_path / "ray"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"scored {day}: ")
+    manifest = json.loads((tmp_path / "ray" / "runs" / f"event_date={day}" / "manifest.json").read_text())
+    execution = manifest["execution"]
+    assert execution["mode"] == "local" and execution["started_by_job"] is True
+    assert execution["workers"] == 2 and execution["shards"] == 4 and execution["address"] is None
+    assert manifest["row_conservation"]["ok"] is True
+    reference = score_day(scoring_settings(tmp_path / "ref"), ScoreOptions(day=day, in_process=True))
+    assert day_output_bytes(tmp_path / "ray", day) == day_output_bytes(tmp_path / "ref", day)
+    assert manifest["counts"] == reference["counts"]
+
+
+def test_missing_partition_is_one_line_without_traceback(trained_dataset, tmp_path: Path) -> None:
+    result = _uba("score", "--date", "2020-01-01", *_paths(trained_dataset, tmp_path / "out"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "2020-01-01" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_default_date_is_yesterday_in_utc(trained_dataset, tmp_path: Path) -> None:
+    before = datetime.now(UTC).date() - timedelta(days=1)
+    result = _uba("score", *_paths(trained_dataset, tmp_path / "out"))
+    after = datetime.now(UTC).date() - timedelta(days=1)
+    assert result.returncode == 1
+    assert f"no events partition for {before}" in result.stderr or f"no events partition for {after}" in result.stderr
+
+
+def test_a_concurrent_run_is_refused_with_one_line(trained_dataset, tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    with date_lock(tmp_path, day):
+        result = _uba("score", "--date", day.isoformat(), "--in-process", *_paths(trained_dataset, tmp_path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"another score run for {day} is in progress (pid {os.getpid()}" in result.stderr
+    assert not io.partition_dir(tmp_path, io.SCORES, day).exists()
+
+
+def _manifest(output_dir: Path, day: date) -> dict:
+    return json.loads((output_dir / "runs" / f"event_date={day}" / "manifest.json").read_text())
+
+
+def test_backfill_scores_in_order_skips_done_dates_and_forces(trained_dataset, tmp_path: Path) -> None:
+    first, last = trained_dataset.score_dates[0], trained_dataset.score_dates[-1]
+    args = ["backfill", "--start", first.isoformat(), "--end", last.isoformat(), "--in-process",
+            *_paths(trained_dataset, tmp_path)]
+
+    scored = _uba(*args)
+    assert scored.returncode == 0, scored.stderr
+    assert "backfill: 2 scored, 0 skipped, 0 failed of 2 dates" in scored.stdout
+    assert f"[1/2] {first} scored" in scored.stderr and f"[2/2] {last} scored" in scored.stderr
+    runs = {d: _manifest(tmp_path, d)["run_id"] for d in (first, last)}
+    started = [_manifest(tmp_path, d)["started_at"] for d in (first, last)]
+    assert started == sorted(started)
+
+    skipped = _uba(*args)
+    assert skipped.returncode == 0, skipped.stderr
+    assert "backfill: 0 scored, 2 skipped, 0 failed of 2 dates" in skipped.stdout
+    assert f"already scored with model {trained_dataset.version}" in skipped.stderr
+    assert {d: _manifest(tmp_path, d)["run_id"] for d in (first, last)} == runs
+
+    forced = _uba(*args, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "backfill: 2 scored, 0 skipped, 0 failed of 2 dates" in forced.stdout
+    assert all(_manifest(tmp_path, d)["run_id"] != runs[d] for d in (first, last))
+
+
+def test_backfill_reports_a_failing_date_and_exits_non_zero(trained_dataset, tmp_path: Path) -> None:
+    last = trained_dataset.score_dates[-1]
+    missing = last + timedelta(days=1)
+    result = _uba("backfill", "--start", last.isoformat(), "--end", missing.isoformat(), "--in-process",
+                  *_paths(trained_dataset, tmp_path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "backfill: 1 scored, 0 skipped, 1 failed of 2 dates" in result.stdout
+    assert f"error: failed dates: {missing}" in result.stderr
+    assert _manifest(tmp_path, last)["status"] == "succeeded"
+
+
+def test_backfill_rejects_an_inverted_range(trained_dataset, tmp_path: Path) -> None:
+    result = _uba("backfill", "--start", "2026-03-10", "--end", "2026-03-09", *_paths(trained_dataset, tmp_path))
+    assert result.returncode == 1 and "before start date" in result.stderr
+    assert "Traceback" not in result.stderr
