@@ -180,3 +180,33 @@ def test_monitor_prints_a_table_writes_a_chart_and_advises(reference: dict[str, 
     empty = CliRunner().invoke(cli, ["monitor", "--start", "2026-04-01", "--end", "2026-04-02",
                                      "--output-dir", str(tmp_path)])
     assert empty.exit_code == 1 and "no run manifests between 2026-04-01 and 2026-04-02" in empty.output
+
+
+def test_a_weekday_is_compared_with_the_same_weekday_of_training(reference: dict[str, Any]) -> None:
+    """Weekends with a different rhythm are drift against the pooled window, not against
+    the training weekends."""
+    from uba.drift import reference_for_weekday, weekday_references
+
+    rng = np.random.default_rng(11)
+    weekdays = np.repeat(np.arange(7), 1500)
+    X = _sample(rng, weekdays.size)
+    weekend = weekdays >= 5
+    X[weekend, 0] = np.log1p(np.expm1(X[weekend, 0]) * 4.0)   # weekend sessions 4x longer
+    detector, train_scores = fit_detector(X, NAMES, ModelSettings(n_estimators=50), 98.0)
+    meta = {"feature_names": list(NAMES), "threshold": detector.threshold, "percentile": 98.0,
+            "feature_reference": feature_reference(X, NAMES), "score_summary": score_summary(train_scores)}
+    meta["drift_reference_by_weekday"] = weekday_references(X, train_scores, weekdays, NAMES, min_rows=1000)
+    assert set(meta["drift_reference_by_weekday"]) == {str(d) for d in range(7)}
+
+    saturday = _sample(np.random.default_rng(12), 1500)
+    saturday[:, 0] = np.log1p(np.expm1(saturday[:, 0]) * 4.0)
+    scores = detector.anomaly_scores(saturday)
+    pooled = drift_report(saturday, scores, meta, LIMITS)
+    same_day, name = reference_for_weekday(meta, 5)
+    seasonal = drift_report(saturday, scores, same_day, LIMITS)
+    assert name == "training Sats (1500 events)"
+    assert pooled["feature_psi"]["f_session"] > LIMITS.psi_drift
+    assert not seasonal["retrain_advised"] and seasonal["max_feature_psi"] < LIMITS.psi_warn, seasonal["warnings"]
+    assert seasonal["score_psi"] < LIMITS.psi_warn
+    assert reference_for_weekday({k: v for k, v in meta.items() if k != "drift_reference_by_weekday"},
+                                 5)[1] == "pooled training window"

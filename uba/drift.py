@@ -287,3 +287,45 @@ def retrain_advice(rows: Sequence[Mapping[str, Any]]) -> str | None:
     reason = latest["why"][0] if latest.get("why") else "drift"
     return (f"retraining advised: {len(drifted)} of {len(rows)} days drifted "
             f"(first {drifted[0]['date']}, latest {latest['date']}: {reason})")
+
+
+# --- weekly seasonality: one reference per weekday -----------------------------------
+
+WEEKDAY_REFERENCE_KEY = "drift_reference_by_weekday"
+WEEKDAY_SHORT = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def weekday_references(X: np.ndarray, scores: np.ndarray, weekdays: np.ndarray,
+                       feature_names: Sequence[str], min_rows: int) -> dict[str, Any]:
+    """Training reference per weekday (0 = Monday), for weekdays with at least ``min_rows`` events.
+
+    Office users make Mondays and Saturdays look different from the pooled training
+    window every single week; comparing a Saturday with the training Saturdays keeps
+    that rhythm from reading as drift. Same summaries as the pooled ones
+    (``uba.artifacts.feature_reference`` / ``score_summary``), so the PSI code is shared.
+    """
+    from uba.artifacts import feature_reference, score_summary
+
+    X = np.asarray(X, dtype=np.float64)
+    weekdays = np.asarray(weekdays)
+    out: dict[str, Any] = {}
+    for day in range(7):
+        mask = weekdays == day
+        if int(mask.sum()) >= min_rows:
+            out[str(day)] = {"rows": int(mask.sum()),
+                             "feature_reference": feature_reference(X[mask], feature_names),
+                             "score_summary": score_summary(np.asarray(scores)[mask])}
+    return out
+
+
+def reference_for_weekday(metadata: Mapping[str, Any], weekday: int) -> tuple[dict[str, Any], str]:
+    """The bundle metadata with the reference to compare a day of ``weekday`` with, and its name.
+
+    Falls back to the pooled training reference when the bundle has none for that weekday
+    (older bundles, or too few training events on that weekday).
+    """
+    own = (metadata.get(WEEKDAY_REFERENCE_KEY) or {}).get(str(weekday))
+    if not own:
+        return dict(metadata), "pooled training window"
+    return ({**metadata, "feature_reference": own["feature_reference"], "score_summary": own["score_summary"]},
+            f"training {WEEKDAY_SHORT[weekday]}s ({own['rows']} events)")

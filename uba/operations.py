@@ -14,8 +14,10 @@ nothing here needs the whole day in memory at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,7 @@ import polars as pl
 
 from uba import io
 from uba.artifacts import Bundle
-from uba.drift import DriftCounts, drift_counts, drift_report_from_counts
+from uba.drift import DriftCounts, drift_counts, drift_report_from_counts, reference_for_weekday
 from uba.feedback import active_rules, apply_suppressions, load_rules
 from uba.logs import get_logger
 from uba.settings import Settings
@@ -51,6 +53,8 @@ class RunOperations:
     day: date
     cuts: pl.DataFrame | None
     rules: pl.DataFrame
+    reference: dict[str, Any]
+    reference_name: str
     counts: DriftCounts = field(default_factory=DriftCounts)
     per_user: list[pl.DataFrame] = field(default_factory=list)
     users_scored: int = 0
@@ -63,7 +67,9 @@ class RunOperations:
             history = load_or_build_history(settings, bundle)
             cuts = user_thresholds(history.lazy(), bundle.detector.threshold, settings.user_thresholds).collect()
         rules = active_rules(load_rules(settings.paths.data_dir), day)
-        return cls(settings=settings, bundle=bundle, day=day, cuts=cuts, rules=rules)
+        reference, name = reference_for_weekday(bundle.metadata, day.weekday())
+        return cls(settings=settings, bundle=bundle, day=day, cuts=cuts, rules=rules, reference=reference,
+                   reference_name=name)
 
     def apply(self, annotated: pl.DataFrame, matrix: np.ndarray, scores: np.ndarray) -> pl.DataFrame:
         """One scored chunk with ``user_threshold``, the final ``is_anomaly``, ``suppressed``
@@ -75,7 +81,7 @@ class RunOperations:
         else:
             frame = frame.with_columns(pl.col("threshold").alias("user_threshold"))
         out = apply_suppressions(frame, self.rules, self.day).collect()
-        self.counts = self.counts.merge(drift_counts(matrix, scores, self.bundle.metadata))
+        self.counts = self.counts.merge(drift_counts(matrix, scores, self.reference))
         self.per_user.append(
             out.group_by("user_id").agg(
                 pl.len().cast(pl.Int64).alias("events"),
@@ -114,7 +120,8 @@ class RunOperations:
                          "per_user_thresholds": (concentration_from_counts(totals, "alerts_user")
                                                  if per_user_on else None)}
         sections: dict[str, Any] = {
-            "drift": drift_report_from_counts(self.counts, self.bundle.metadata, self.settings.monitoring),
+            "drift": {**drift_report_from_counts(self.counts, self.reference, self.settings.monitoring),
+                      "reference": self.reference_name},
             "alerts": {
                 "per_user_thresholds": per_user_on,
                 "flagged_rows": flagged,
@@ -136,3 +143,26 @@ class RunOperations:
             log.warning("drift on %s: %s; retraining advised", self.day, "; ".join(drift["why"][:3]))
         elif drift["status"] == "warn":
             log.info("drift check on %s: warn (%s)", self.day, "; ".join(drift["warnings"][:2]))
+
+
+# --- hooks for `train` -----------------------------------------------------------------
+
+
+def training_metadata(settings: Settings, features: pl.DataFrame, matrix: np.ndarray,
+                      train_scores: np.ndarray, feature_names: Sequence[str]) -> dict[str, Any]:
+    """Extra bundle metadata (checksummed with the bundle): drift references per weekday."""
+    from uba.drift import WEEKDAY_REFERENCE_KEY, weekday_references
+
+    return {WEEKDAY_REFERENCE_KEY: weekday_references(
+        matrix, train_scores, features["day_of_week"].to_numpy(), feature_names, settings.monitoring.min_rows)}
+
+
+def after_training(settings: Settings, bundle_path: Path, features: pl.DataFrame,
+                   train_scores: np.ndarray) -> None:
+    """Store the per-user score table from the training scores, so the first score run
+    with per-user thresholds does not have to recompute the training window."""
+    from uba.thresholds import store_training_history
+
+    store_training_history(bundle_path, features["user_id"].to_list(), train_scores,
+                           settings.user_thresholds.user_quantile)
+

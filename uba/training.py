@@ -22,6 +22,7 @@ from uba.features import snapshot_baselines
 from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
 from uba.logs import get_logger
 from uba.model import fit_detector
+from uba.operations import after_training, training_metadata
 from uba.pipeline import date_range, feature_matrix, prepare_aggregates, window_features
 from uba.settings import Settings
 
@@ -100,7 +101,11 @@ def train_model(
                      "features": settings.features.model_dump(mode="json"),
                      "threshold_percentile": settings.threshold.percentile},
     }
+    # operations (issue 7): per-weekday drift references, checksummed with the bundle
+    metadata.update(training_metadata(settings, features, matrix, train_scores, FEATURE_COLUMNS))
     version = save_bundle(model_dir, detector, metadata)
+    # operations (issue 7): per-user score table for per-user thresholds, from these scores
+    after_training(settings, Path(model_dir) / version, features, train_scores)
     snapshot = write_snapshot_after(settings, end_date)
     log.info("trained %s on %d events (%s..%s), threshold %.6f at p%.1f",
              version, features.height, days[0], days[-1], detector.threshold, detector.percentile)
