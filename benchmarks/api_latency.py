@@ -209,8 +209,49 @@ def scorer_microbenchmark(env: dict[str, str], matrix: Path, rows: int = 2000) -
     return out
 
 
+def baseline_index_microbenchmark(env: dict[str, str], users: int = 100_000) -> dict[str, float]:
+    """Per-request feature time with the indexed snapshot vs joining the whole snapshot.
+
+    The snapshot of the run is blown up to ``users`` users (copies of real rows under new
+    ids) to show what the index buys for a large tenant.
+    """
+    import polars as pl
+
+    from uba import io
+    from uba.api.inference import ScoringEvent, events_frame, feature_frame
+    from uba.api.state import index_baselines
+    from uba.features import POPULATION_USER, attach_baselines, compute_features
+    from uba.reasons import explain
+
+    as_of, path = io.latest_baseline_snapshot(Path(env["UBA_DATA_DIR"]))  # type: ignore[misc]
+    snapshot = io.read_baseline_snapshot(path)
+    people = snapshot.filter(pl.col("user_id") != POPULATION_USER)
+    copies = -(-users // people.height)
+    big = pl.concat(
+        [people.with_columns(pl.col("user_id") + f"-{k}") for k in range(copies)]
+        + [snapshot.filter(pl.col("user_id") == POPULATION_USER)], how="vertical",
+    )
+    index = index_baselines(big, as_of, path)
+    user = big["user_id"][big.height // 2]
+    events = [ScoringEvent("e1", user, None, "login", 600.0, 12, "desktop", 10, 2, None)]
+
+    def joined() -> None:
+        lf = attach_baselines(events_frame(events).lazy(), big.lazy())
+        explain(compute_features(lf), 3).collect()
+
+    out = {"users": float(big.height - 1)}
+    for name, call in (("indexed", lambda: feature_frame(index, events, 3)), ("full_join", joined)):
+        times = []
+        for _ in range(40):
+            t = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t)
+        out[name] = statistics.median(times) * 1e3
+    return out
+
+
 def write_results(path: Path, runs: list[Run], info: dict[str, str], micro: dict[str, float],
-                  command: str, setup: dict[str, Any]) -> None:
+                  index: dict[str, float], command: str, setup: dict[str, Any]) -> None:
     by = {(r.scorer, r.connections): r for r in runs}
     lines = [
         "# /predict latency: compact forest vs scikit-learn score_samples",
@@ -266,6 +307,11 @@ def write_results(path: Path, runs: list[Run], info: dict[str, str], micro: dict
         f"- compact forest: {micro['compact']:.3f} ms; scikit-learn score_samples: {micro['sklearn']:.3f} ms "
         f"(x{micro['sklearn'] / micro['compact']:.0f})",
         "",
+        f"Features + reasons for one event against a snapshot of {index['users']:,.0f} users (median):",
+        "",
+        f"- indexed snapshot (the user's row sliced by a dict lookup): {index['indexed']:.2f} ms; "
+        f"joining the whole snapshot: {index['full_join']:.2f} ms",
+        "",
         "## Reading the numbers",
         "",
         "- A request's time is HTTP + validation + the feature/reason expressions (Polars, the same",
@@ -303,6 +349,8 @@ def main() -> None:
         script.write_text(LUA % {"bodies": bodies})
         micro = scorer_microbenchmark(env, matrix)
         print(f"scorer alone: {micro}", flush=True)
+        index = baseline_index_microbenchmark(env)
+        print(f"baseline index: {index}", flush=True)
         runs = []
         for scorer in ("compact", "sklearn"):
             scorer_env = {**env, "UBA_API__SCORER": scorer,
@@ -315,7 +363,7 @@ def main() -> None:
                     print(runs[-1], flush=True)
         setup = {"users": args.users, "days": args.days, "rows": int(np.load(matrix).shape[0]),
                  "version": version, "as_of": as_of, "bodies": n_bodies, "duration": args.duration}
-        write_results(args.out, runs, info, micro, command, setup)
+        write_results(args.out, runs, info, micro, index, command, setup)
         print(f"wrote {args.out}")
     finally:
         if not args.keep:

@@ -22,7 +22,7 @@ from uba.reasons import explain
 from uba.schema import EVENT_SCHEMA
 
 if TYPE_CHECKING:
-    from uba.api.state import ModelState
+    from uba.api.state import BaselineIndex, ModelState
 
 _ROW_ORDER = "__request_row"
 
@@ -59,17 +59,23 @@ def events_frame(events: Sequence[ScoringEvent]) -> pl.DataFrame:
     return frame.with_row_index(_ROW_ORDER)
 
 
-def feature_frame(state: ModelState, events: Sequence[ScoringEvent], max_reasons: int) -> pl.DataFrame:
-    """Features and reasons for the events, in request order."""
+def feature_frame(
+    baselines: BaselineIndex, events: Sequence[ScoringEvent], max_reasons: int
+) -> pl.DataFrame:
+    """Features and reasons for the events, in request order.
+
+    Only the rows these events need (their users' + the population row) are joined, so
+    the cost does not grow with the size of the snapshot.
+    """
     frame = events_frame(events)
-    baselines = state.baselines.rows_for([e.user_id for e in events])
-    features = explain(compute_features(attach_baselines(frame.lazy(), baselines.lazy())), max_reasons)
+    rows = baselines.rows_for([e.user_id for e in events])
+    features = explain(compute_features(attach_baselines(frame.lazy(), rows.lazy())), max_reasons)
     return features.sort(_ROW_ORDER).collect()
 
 
 def score_events(state: ModelState, events: Sequence[ScoringEvent], max_reasons: int) -> ScoringResult:
     """Score events against the state's model and baselines; one vectorised pass for the lot."""
-    features = feature_frame(state, events, max_reasons)
+    features = feature_frame(state.baselines, events, max_reasons)
     names = list(state.bundle.detector.feature_names)
     matrix = np.ascontiguousarray(features.select(names).to_numpy(), dtype=np.float64)
     scores = np.asarray(state.scorer(matrix), dtype=np.float64)
