@@ -167,3 +167,18 @@ def test_any_configured_key_is_accepted(keyed_server: str, key: str) -> None:
         response = c.post("/predict", json=SEED_PAYLOAD)
         assert response.status_code == 200, response.text
         assert np.isfinite(response.json()["anomaly_score"])
+
+
+def test_configured_key_file_that_is_missing_or_empty_fails_closed(tmp_path: Path) -> None:
+    from uba.api.auth import load_api_keys
+    from uba.errors import UserError
+    from uba.settings import ApiSettings
+
+    with pytest.raises(UserError, match="cannot read api.api_key_file"):
+        load_api_keys(ApiSettings(api_key_file=tmp_path / "absent"), env={})
+    empty = tmp_path / "empty"
+    empty.write_text("# no keys yet\n\n")
+    with pytest.raises(UserError, match="holds no keys"):
+        load_api_keys(ApiSettings(api_key_file=empty), env={})
+    assert load_api_keys(ApiSettings(), env={}) == ()
+    assert load_api_keys(ApiSettings(), env={"UBA_API_KEYS": " a , b,a"}) == (b"a", b"b")

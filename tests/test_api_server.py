@@ -221,6 +221,21 @@ def test_enough_malformed_cases() -> None:
     assert len(BAD_REQUESTS) >= 30
 
 
+def test_streamed_body_without_length_is_cut_at_the_limit(client: httpx.Client) -> None:
+    """A chunked upload declares no Content-Length; the bytes are counted as they arrive."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"user_id": "'
+        for _ in range(MAX_BODY // 1024 + 2):
+            yield b"u" * 1024
+        yield b'"}'
+
+    response = client.post("/predict", content=chunks(), headers=J)
+    assert response.status_code == 413
+    assert response.json()["detail"][0]["field"] == "body"
+    assert "content-length" not in {k.lower() for k in response.request.headers}
+
+
 def test_over_limit_batch_message_names_the_limit(client: httpx.Client) -> None:
     response = client.post("/predict/batch", json={"events": [SEED_PAYLOAD] * (MAX_BATCH + 1)})
     message = response.json()["detail"][0]["message"]
