@@ -87,7 +87,7 @@ def time_command(users: int, days: int, root: Path) -> dict[str, float | str]:
     events = int(first.split()[1].replace(",", ""))
     size = sum(p.stat().st_size for p in out.rglob("*.parquet"))
     return {"events": events, "seconds": seconds, "bytes": size,
-            "command": shlex.join(["uba-batch", *args[4:]]).replace(str(root), "$TMP")}
+            "command": shlex.join(["uba-batch", *args[1:]]).replace(str(root), "$TMP")}
 
 
 def render(pure: list[tuple[int, int, dict[str, float]]], command: list[tuple[int, int, dict[str, float | str]]],
