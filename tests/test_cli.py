@@ -15,7 +15,7 @@ UBA = Path(sys.executable).with_name("uba-batch")
 
 
 def _commands() -> list[str]:
-    ctx = cli.make_context("uba-batch", [])
+    ctx = cli.make_context("uba-batch", [], resilient_parsing=True)
     return cli.list_commands(ctx)
 
 
