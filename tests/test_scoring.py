@@ -216,3 +216,39 @@ def test_a_lock_held_by_a_killed_process_is_not_stale(trained_dataset, scoring_s
     assert lock_path(tmp_path, day).exists()
     manifest = score_day(scoring_settings(tmp_path), ScoreOptions(day=day, in_process=True))
     assert manifest["status"] == "succeeded"
+
+
+def test_quarantined_rows_of_the_day_are_counted_beside_the_scored_ones(
+        trained_dataset, tmp_path: Path) -> None:
+    """received = input + quarantined: rows ingest rejected for D are reported, not lost."""
+    from click.testing import CliRunner
+
+    from jobs.cli import cli
+    from uba.settings import load_settings
+
+    day = trained_dataset.score_dates[0]
+    data_dir = tmp_path / "data"
+    for part in sorted((trained_dataset.data_dir / io.EVENTS).glob("event_date=*/*.parquet")):
+        target = data_dir / part.relative_to(trained_dataset.data_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(part.read_bytes())
+    raw = tmp_path / "late.csv"
+    raw.write_text(
+        "event_id,user_id,timestamp,event_type,session_duration_sec,events_in_session,device_type\n"
+        f"late-1,new-user,{day}T12:00:00Z,login,60,3,desktop\n"
+        f"late-2,new-user,{day}T12:05:00Z,teleport,60,3,desktop\n"
+        f"late-3,new-user,{day}T12:06:00Z,view,-5,3,desktop\n")
+    result = CliRunner().invoke(cli, ["ingest", str(raw), "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    settings = load_settings(overrides={"paths": {"data_dir": data_dir, "model_dir": trained_dataset.model_dir,
+                                                  "output_dir": tmp_path / "out"}}, env={})
+    manifest = score_day(settings, ScoreOptions(day=day, in_process=True))
+    events = _events(data_dir, day)
+    assert manifest["counts"]["quarantined_rows"] == 2
+    assert manifest["row_conservation"] == {
+        "input_rows": events.height, "scored_rows": events.height, "quarantined_rows": 2,
+        "received_rows": events.height + 2, "ok": True}
+    scores = _scores(tmp_path / "out", day)
+    late = scores.filter(pl.col("event_id") == "late-1")
+    assert late.height == 1 and late["known_user"].item() is False
+    assert manifest["counts"]["unknown_user_rows"] >= 1
