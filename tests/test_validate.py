@@ -193,6 +193,16 @@ def test_floats_and_booleans_from_typed_columns() -> None:
         "session_duration_sec: 'true' is not a number", "session_duration_sec: 'false' is not a number"]
 
 
+def test_nested_values_become_json_text() -> None:
+    raw = pl.DataFrame({**{k: [v] * 2 for k, v in GOOD.items() if v is not None},
+                        "session_duration_sec": [[1, 2], None],
+                        "device_type": [{"kind": "tv"}, {"kind": "desktop"}]})
+    _, rejected = split(raw.lazy())
+    assert rejected.get_column("reason").to_list() == [
+        "session_duration_sec: '[1, 2]' is not a number", "missing field: session_duration_sec"]
+    assert rejected.get_column("device_type").to_list() == ['{"kind": "tv"}', '{"kind": "desktop"}']
+
+
 def test_naive_datetime_column_means_utc() -> None:
     raw = pl.DataFrame({**{k: [v] for k, v in GOOD.items() if v is not None},
                         "timestamp": [datetime(2026, 3, 1, 14, 5)]})

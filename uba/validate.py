@@ -110,6 +110,9 @@ def _float_text(name: str) -> pl.Expr:
 
 
 def _json_text(value: object) -> str | None:
+    """Nested values (lists, structs) as JSON text, so they can be shown and rejected."""
+    if isinstance(value, pl.Series):
+        value = value.to_list()
     return None if value is None else json.dumps(value, default=str)
 
 
