@@ -37,7 +37,7 @@ def describe_manifest(manifest: dict[str, Any]) -> str:
     """A one-line summary of a finished run, for logs and the CLI."""
     counts = manifest["counts"]
     execution = manifest["execution"]
-    return (f"{counts['scored_rows']} events, {counts['flagged_rows']} flagged, "
+    return (f"{counts['scored_rows']:,} events, {counts['flagged_rows']:,} flagged, "
             f"{execution['mode']} x{execution.get('workers', 1)}, {manifest['duration_sec']:.1f} s")
 
 
