@@ -3,6 +3,7 @@ the generated shifted-day case runs end to end in test_operations_e2e.py."""
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,6 @@ def test_chunked_counts_give_the_same_report(reference: dict[str, Any]) -> None:
 
 
 def _write_manifest(output_dir: Path, day: str, report: dict[str, Any], version: str) -> None:
-    from datetime import date
-
     manifest = {"event_date": day, "status": "succeeded",
                 "model": {"version": version, "threshold": 0.6, "threshold_percentile": 98.0},
                 "counts": {"scored_rows": report["rows"], "flagged_rows": report["alerts_at_global_threshold"]},
@@ -188,15 +187,18 @@ def test_a_weekday_is_compared_with_the_same_weekday_of_training(reference: dict
     from uba.drift import reference_for_weekday, weekday_references
 
     rng = np.random.default_rng(11)
-    weekdays = np.repeat(np.arange(7), 1500)
+    days = [date(2026, 3, 2) + timedelta(days=i // 500) for i in range(21 * 500)]  # 3 weeks
+    weekdays = np.array([d.weekday() for d in days])
     X = _sample(rng, weekdays.size)
     weekend = weekdays >= 5
     X[weekend, 0] = np.log1p(np.expm1(X[weekend, 0]) * 4.0)   # weekend sessions 4x longer
     detector, train_scores = fit_detector(X, NAMES, ModelSettings(n_estimators=50), 98.0)
     meta = {"feature_names": list(NAMES), "threshold": detector.threshold, "percentile": 98.0,
             "feature_reference": feature_reference(X, NAMES), "score_summary": score_summary(train_scores)}
-    meta["drift_reference_by_weekday"] = weekday_references(X, train_scores, weekdays, NAMES, min_rows=1000)
+    meta["drift_reference_by_weekday"] = weekday_references(X, train_scores, days, NAMES, min_rows=1000,
+                                                            min_days=3)
     assert set(meta["drift_reference_by_weekday"]) == {str(d) for d in range(7)}
+    assert weekday_references(X, train_scores, days, NAMES, min_rows=1000, min_days=4) == {}
 
     saturday = _sample(np.random.default_rng(12), 1500)
     saturday[:, 0] = np.log1p(np.expm1(saturday[:, 0]) * 4.0)
@@ -204,7 +206,7 @@ def test_a_weekday_is_compared_with_the_same_weekday_of_training(reference: dict
     pooled = drift_report(saturday, scores, meta, LIMITS)
     same_day, name = reference_for_weekday(meta, 5)
     seasonal = drift_report(saturday, scores, same_day, LIMITS)
-    assert name == "training Sats (1500 events)"
+    assert name == "training Saturdays (3 days, 1500 events)"
     assert pooled["feature_psi"]["f_session"] > LIMITS.psi_drift
     assert not seasonal["retrain_advised"] and seasonal["max_feature_psi"] < LIMITS.psi_warn, seasonal["warnings"]
     assert seasonal["score_psi"] < LIMITS.psi_warn

@@ -156,3 +156,36 @@ def test_suppress_cli_add_list_remove(tmp_path: Path) -> None:
     removed = runner.invoke(cli, ["suppress", "remove", rule_id, "--data-dir", data])
     assert removed.exit_code == 0, removed.output
     assert "no active rules" in runner.invoke(cli, ["suppress", "list", "--data-dir", data]).output
+
+
+def test_post_feedback_on_a_real_server(tmp_path: Path) -> None:
+    """POST /feedback stores what `uba-batch feedback` stores; bad items are refused whole."""
+    import os
+
+    from test_api_world import running_server
+
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UBA_")}
+    env.update(UBA_DATA_DIR=str(data), UBA_MODEL_DIR=str(tmp_path / "no-model"),
+               UBA_OUTPUT_DIR=str(tmp_path / "out"), UBA_API_KEYS="k-123", UBA_API__MAX_BATCH="3")
+    items = [{"event_id": "e1", "label": "malicious", "analyst": "ann", "note": "exfil"},
+             {"event_id": "e2", "label": "benign"}]
+    with running_server(env, tmp_path / "uvicorn.log") as server, server.client() as client:
+        assert client.post("/feedback", json={"items": items}).status_code == 401
+        keyed = {"X-API-Key": "k-123"}
+        stored = client.post("/feedback", json={"items": items}, headers=keyed)
+        assert stored.status_code == 201, stored.text
+        assert stored.json() == {"stored": 2, "benign": 1, "malicious": 1}
+        bad = client.post("/feedback", json={"items": [items[0], {"event_id": "e3", "label": "evil"}]},
+                          headers=keyed)
+        assert bad.status_code == 422
+        assert bad.json()["detail"][0]["field"] == "items.1.label"
+        assert bad.json()["detail"][0]["value"] == "evil"
+        blank = client.post("/feedback", json={"items": [{"event_id": "  ", "label": "benign"}]}, headers=keyed)
+        assert blank.status_code == 422 and "item 0: event_id is missing" in blank.text
+        too_many = client.post("/feedback", json={"items": items * 2}, headers=keyed)
+        assert too_many.status_code == 413 and "api.max_batch" in too_many.text
+        assert client.post("/feedback", content=b"event_id,label", headers=keyed).status_code == 415
+    assert confirmed_malicious_ids(data) == {"e1"}
+    assert len(io.table_part_files(data, io.FEEDBACK)) == 1, "refused requests store nothing"
+    assert latest_feedback(data).collect().filter(pl.col("event_id") == "e1")["source"].item() == "api"

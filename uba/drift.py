@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -292,29 +293,33 @@ def retrain_advice(rows: Sequence[Mapping[str, Any]]) -> str | None:
 # --- weekly seasonality: one reference per weekday -----------------------------------
 
 WEEKDAY_REFERENCE_KEY = "drift_reference_by_weekday"
-WEEKDAY_SHORT = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
-def weekday_references(X: np.ndarray, scores: np.ndarray, weekdays: np.ndarray,
-                       feature_names: Sequence[str], min_rows: int) -> dict[str, Any]:
-    """Training reference per weekday (0 = Monday), for weekdays with at least ``min_rows`` events.
+def weekday_references(X: np.ndarray, scores: np.ndarray, days: Sequence[date],
+                       feature_names: Sequence[str], min_rows: int, min_days: int) -> dict[str, Any]:
+    """Training reference per weekday (0 = Monday) for weekdays with at least ``min_days``
+    training days and ``min_rows`` events (``days`` holds each row's UTC date).
 
     Office users make Mondays and Saturdays look different from the pooled training
     window every single week; comparing a Saturday with the training Saturdays keeps
-    that rhythm from reading as drift. Same summaries as the pooled ones
-    (``uba.artifacts.feature_reference`` / ``score_summary``), so the PSI code is shared.
+    that rhythm from reading as drift. One day alone is too noisy a reference, hence
+    ``min_days``. Same summaries as the pooled ones (``uba.artifacts.feature_reference``
+    / ``score_summary``), so the PSI code is shared.
     """
     from uba.artifacts import feature_reference, score_summary
 
     X = np.asarray(X, dtype=np.float64)
-    weekdays = np.asarray(weekdays)
+    days = list(days)
+    weekdays = np.array([d.weekday() for d in days])
     out: dict[str, Any] = {}
-    for day in range(7):
-        mask = weekdays == day
-        if int(mask.sum()) >= min_rows:
-            out[str(day)] = {"rows": int(mask.sum()),
-                             "feature_reference": feature_reference(X[mask], feature_names),
-                             "score_summary": score_summary(np.asarray(scores)[mask])}
+    for weekday in range(7):
+        mask = weekdays == weekday
+        n_days = len({d for d, keep in zip(days, mask, strict=True) if keep})
+        if int(mask.sum()) >= min_rows and n_days >= min_days:
+            out[str(weekday)] = {"rows": int(mask.sum()), "days": n_days,
+                                 "feature_reference": feature_reference(X[mask], feature_names),
+                                 "score_summary": score_summary(np.asarray(scores)[mask])}
     return out
 
 
@@ -328,4 +333,4 @@ def reference_for_weekday(metadata: Mapping[str, Any], weekday: int) -> tuple[di
     if not own:
         return dict(metadata), "pooled training window"
     return ({**metadata, "feature_reference": own["feature_reference"], "score_summary": own["score_summary"]},
-            f"training {WEEKDAY_SHORT[weekday]}s ({own['rows']} events)")
+            f"training {WEEKDAY_NAMES[weekday]}s ({own['days']} days, {own['rows']} events)")

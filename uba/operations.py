@@ -153,8 +153,10 @@ def training_metadata(settings: Settings, features: pl.DataFrame, matrix: np.nda
     """Extra bundle metadata (checksummed with the bundle): drift references per weekday."""
     from uba.drift import WEEKDAY_REFERENCE_KEY, weekday_references
 
+    days = features["timestamp"].dt.date().to_list()
     return {WEEKDAY_REFERENCE_KEY: weekday_references(
-        matrix, train_scores, features["day_of_week"].to_numpy(), feature_names, settings.monitoring.min_rows)}
+        matrix, train_scores, days, feature_names, settings.monitoring.min_rows,
+        settings.monitoring.weekday_reference_min_days)}
 
 
 def after_training(settings: Settings, bundle_path: Path, features: pl.DataFrame,
@@ -166,3 +168,28 @@ def after_training(settings: Settings, bundle_path: Path, features: pl.DataFrame
     store_training_history(bundle_path, features["user_id"].to_list(), train_scores,
                            settings.user_thresholds.user_quantile)
 
+
+
+# --- hook for the `score` command ------------------------------------------------------
+
+DRIFT_EXIT_CODE = 3
+
+
+def drift_verdict(manifest: dict[str, Any], settings: Settings) -> tuple[str, int]:
+    """One line about the run's drift check, and the exit code the command should use.
+
+    Heavy drift is reported but the outputs are published and the exit code stays 0,
+    unless ``monitoring.fail_on_drift`` asks the scheduler to notice (exit 3).
+    """
+    drift = manifest.get("drift") or {}
+    alerts = manifest.get("alerts") or {}
+    status = drift.get("status", "n/a")
+    line = (f"drift: {status} (max feature PSI {drift.get('max_feature_psi', 0):.3f}, score PSI "
+            f"{drift.get('score_psi') or 0:.3f}); alerts {alerts.get('alert_rows', '?')}, "
+            f"suppressed {alerts.get('suppressed_rows', 0)}, "
+            f"unusual user-days {(manifest.get('user_day') or {}).get('flagged_users', 0)}")
+    if status == "drift":
+        line += f"; retraining advised: {'; '.join(drift.get('why', [])[:2])}"
+        if settings.monitoring.fail_on_drift:
+            return line + " (monitoring.fail_on_drift: exit 3)", DRIFT_EXIT_CODE
+    return line, 0

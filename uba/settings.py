@@ -120,7 +120,7 @@ class UserThresholdSettings(_Section):
 
     enabled: bool = False
     prior_events: float = Field(50.0, gt=0)
-    user_quantile: float = Field(0.9, gt=0.5, lt=1)
+    user_quantile: float = Field(0.9, ge=0.5, lt=1)
     min_ratio: float = Field(0.9, gt=0, le=1)
     max_ratio: float = Field(1.3, ge=1)
 
@@ -132,6 +132,7 @@ class MonitoringSettings(_Section):
     psi_drift: float = Field(0.25, gt=0)
     min_drifted_features: int = Field(1, ge=1)
     ignore_features: tuple[str, ...] = ("event_weekday",)
+    weekday_reference_min_days: int = Field(2, ge=1)
     alert_rate_tolerance: float = Field(1.0, gt=0)
     min_rows: int = Field(500, ge=1)
     fail_on_drift: bool = False

@@ -70,3 +70,10 @@ def command(ctx: click.Context, day: date | None, data_dir: str | None, model_di
     manifest = score_day(settings, options)
     click.echo(f"scored {options.day}: {describe_manifest(manifest)}, model {manifest['model']['version']} "
                f"-> {manifest['outputs']['scores']['path']}")
+    # operations (issue 7): drift verdict; heavy drift fails the command only if configured
+    from uba.operations import drift_verdict
+
+    line, code = drift_verdict(manifest, settings)
+    click.echo(line, err=code != 0)
+    if code:
+        ctx.exit(code)

@@ -24,7 +24,7 @@ from uba.api.deps import Runtime
 from uba.api.errors import http_error_handler, unexpected_error_handler, validation_error_handler
 from uba.api.metrics import ApiMetrics, MetricsMiddleware
 from uba.api.middleware import BodyLimitMiddleware
-from uba.api.routes import admin, health, metrics, model, predict
+from uba.api.routes import admin, feedback, health, metrics, model, predict
 from uba.api.schemas import build_models
 from uba.settings import Settings, load_settings
 
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.build_router(models), dependencies=protected)
     app.include_router(model.router, dependencies=protected)
     app.include_router(admin.router, dependencies=protected)
+    app.include_router(feedback.router, dependencies=protected)  # issue 7: analyst labels
 
     # Outermost first in the request path: metrics see every response, including 413s.
     app.add_middleware(BodyLimitMiddleware, limit=settings.api.max_body_bytes)

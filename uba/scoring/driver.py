@@ -35,6 +35,7 @@ from uba.artifacts import Bundle, load_bundle
 from uba.features import baselines_as_of, ensure_aggregates
 from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION, event_features
 from uba.logs import get_logger
+from uba.operations import RunOperations
 from uba.pipeline import feature_matrix
 from uba.scoring import manifest as mf
 from uba.scoring import outputs
@@ -160,7 +161,7 @@ class _Run:
         """Undo an interrupted swap and drop staging left by a killed run of this date
         (safe: we hold the date's lock, so no live run owns it)."""
         with self.timer.stage("recover"):
-            for dataset in (io.SCORES, io.FLAGGED):
+            for dataset in (io.SCORES, io.FLAGGED, io.FLAGGED_USERS):
                 if io.recover_replaced_dir(io.partition_dir(self.output_dir, dataset, self.day)):
                     log.warning("restored the previous %s output of %s after an interrupted swap",
                                 dataset, self.day)
@@ -178,6 +179,8 @@ class _Run:
             self.aggregates_computed = ensure_aggregates(self.data_dir, needed, self.settings.events)
         with self.timer.stage("baselines"):
             baselines = baselines_as_of(self.data_dir, self.day, self.settings).collect()
+        with self.timer.stage("operations"):  # issue 7: per-user cuts, suppression rules
+            self.ops = RunOperations.prepare(self.settings, self.bundle, self.day)
         execution = self._execution(input_rows)
         chunk_rows = self.settings.scoring.chunk_rows
         n_chunks = max(1, math.ceil(input_rows / chunk_rows))
@@ -198,9 +201,15 @@ class _Run:
             counts["flagged_rows"] = flagged_all.height
             flagged_files = {PART_NAME.format(index=0):
                              self._write(flagged_all, staging / io.FLAGGED / PART_NAME.format(index=0))}
+        with self.timer.stage("user_day"):  # issue 7: whole-day alerts, published with the rest
+            user_days = self.ops.user_day_alerts(baselines)
+            if user_days is not None:
+                self._write(user_days, staging / io.FLAGGED_USERS / PART_NAME.format(index=0))
         conservation = mf.row_conservation(input_rows, counts["scored_rows"], quarantined)
         self.record = self._manifest(input_rows, quarantined, counts, conservation, execution,
                                      baselines, score_files, flagged_files, n_chunks)
+        self.record.update(self.ops.manifest_sections(user_days))  # drift, alerts, user_day
+        self.ops.warn_on_drift(self.record["drift"])
         if not conservation["ok"]:
             raise RunFailedError(
                 f"row conservation failed for {self.day}: {input_rows} input events but "
@@ -245,6 +254,7 @@ class _Run:
             annotated = outputs.annotate(
                 features.lazy(), scores, detector.is_anomaly(scores), detector.threshold,
                 self.bundle.version, self.settings.threshold.max_reasons).collect()
+            annotated = self.ops.apply(annotated, matrix, scores)  # issue 7
             scored = outputs.score_rows(annotated.lazy()).collect()
             flagged = outputs.flagged_rows(annotated.lazy()).collect()
         return scored, flagged
@@ -260,8 +270,9 @@ class _Run:
             log.warning("fault injection: pausing %.1f s before publishing", fault.pause_before_publish_sec)
             time.sleep(fault.pause_before_publish_sec)
         with self.timer.stage("publish"):
-            for dataset in (io.SCORES, io.FLAGGED):
-                io.replace_dir_atomic(staging / dataset, io.partition_dir(self.output_dir, dataset, self.day))
+            for dataset in (io.SCORES, io.FLAGGED, io.FLAGGED_USERS):
+                if (staging / dataset).is_dir():  # flagged_users/ only when user-day alerts are on
+                    io.replace_dir_atomic(staging / dataset, io.partition_dir(self.output_dir, dataset, self.day))
         finished = time.time()
         self.record.update(status=mf.SUCCEEDED, finished_at=mf.utc_iso(finished),
                            duration_sec=round(finished - self.started, 3),

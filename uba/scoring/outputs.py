@@ -33,6 +33,10 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "reasons",
     "reason_kinds",
     "known_user",
+    # operations (issue 7): the user's effective cut and suppression (uba.operations)
+    "user_threshold",
+    "suppressed",
+    "suppressed_by",
 )
 SCORE_SORT_KEY: tuple[str, ...] = ("timestamp", "event_id")
 FLAGGED_SORT_KEY: tuple[str, ...] = ("anomaly_score", "event_id")
