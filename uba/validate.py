@@ -408,10 +408,18 @@ def _with_duplicate_marks(candidates: pl.LazyFrame, existing_ids: pl.LazyFrame |
             _stored_hits(candidates, existing_ids), on=[_v("event_id"), _DATE], how="left",
             maintain_order="left",
         ).with_columns(pl.col(_STORED).fill_null(False))
-    key = [_v("event_id"), _DATE]
+    # Hash-based marks, not window functions: most batches have no duplicates at all.
+    copies = pl.struct(_v("event_id"), _DATE, _STORED)
     return candidates.with_columns(
-        (~pl.col(_STORED) & (pl.int_range(pl.len()).over([*key, _STORED]) > 0)).alias("_later_copy"),
-        pl.col(SOURCE_ROW).first().over(key).alias(_FIRST_ROW),
+        (~pl.col(_STORED) & ~copies.is_first_distinct()).alias("_later_copy"),
+        (~pl.col(_STORED) & copies.is_duplicated() & copies.is_first_distinct()).alias("_first_copy"),
+    )
+
+
+def _first_rows(candidates: pl.LazyFrame) -> pl.LazyFrame:
+    """Row of the kept occurrence of each repeated id, for the in-batch duplicate message."""
+    return candidates.filter(pl.col("_first_copy")).select(
+        _v("event_id"), _DATE, pl.col(SOURCE_ROW).alias(_FIRST_ROW)
     )
 
 
@@ -470,8 +478,11 @@ def validate_events(
     row_rejects = parsed.filter(pl.col(_CHECK).is_not_null()).with_columns(
         pl.lit(None, pl.Int64).alias(_FIRST_ROW)
     )
+    dup_rejects = candidates.filter(pl.col(_CHECK).is_not_null()).join(
+        _first_rows(candidates), on=[_v("event_id"), _DATE], how="left", maintain_order="left"
+    )
     rejected = (
-        pl.concat([row_rejects.select(kept), candidates.filter(pl.col(_CHECK).is_not_null()).select(kept)])
+        pl.concat([row_rejects.select(kept), dup_rejects.select(kept)])
         .with_columns(
             _pick(checks, lambda c: c.message).alias(REASON),
             _pick(checks, lambda c: pl.lit(c.kind)).alias(REASON_KIND),
