@@ -339,7 +339,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "_work" / "score")
     parser.add_argument("--output", type=Path, default=None, help="Markdown file for the results")
-    parser.add_argument("--reuse", action="store_true", help="reuse data and model already in --work")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep what --work already holds (data, model, reference model); build the rest")
     parser.add_argument("--reference-run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--date", type=date.fromisoformat, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -356,15 +357,18 @@ def main() -> None:
     setup: dict[str, float] = {}
     if not args.reuse:
         shutil.rmtree(args.work, ignore_errors=True)
+    if not (data_dir / "events").is_dir():
         setup["generate"] = _run([str(UBA), "generate", "--out", str(data_dir), "--users", str(args.users),
                                   "--days", str(args.history_days + 1), "--start", args.start.isoformat(),
                                   "--seed", str(args.seed)], "generate")
         began = time.perf_counter()
         enlarge_day(data_dir, day, args.day_events)
         setup["enlarge day D"] = time.perf_counter() - began
+    if not (model_dir / "LATEST").is_file():
         setup["train"] = _run([str(UBA), "train", "--data-dir", str(data_dir), "--model-dir", str(model_dir),
                                "--end-date", train_end.isoformat(), "--window-days", str(TRAIN_WINDOW_DAYS)],
                               "train")
+    if not (args.work / "reference-model.pkl").is_file():
         began = time.perf_counter()
         fit_reference_model(args.work, data_dir, model_dir, train_end)
         setup["reference fit"] = time.perf_counter() - began
@@ -418,7 +422,7 @@ def render(args: argparse.Namespace, host: dict[str, str], day: date, setup: dic
         f"{first_manifest['inputs']['lookback_days']} lookback days.",
         "",
         "Setup (not part of the comparison): "
-        + ", ".join(f"{k} {v:.0f} s" for k, v in setup.items()) + ("." if setup else "reused."),
+        + (", ".join(f"{k} {v:.0f} s" for k, v in setup.items()) or "reused from an earlier run") + ".",
         "",
         "| run | wall s | events/s | peak memory MiB (PSS, process tree) | peak RSS MiB (main process) | vs reference (events/s) |",
         "|---|---:|---:|---:|---:|---:|",

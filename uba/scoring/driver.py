@@ -238,7 +238,8 @@ class _Run:
         with self.timer.stage("read"):
             chunk = self.events.slice(index * chunk_rows, chunk_rows).collect()
         with self.timer.stage("features"):
-            features = event_features(chunk.lazy(), baselines.lazy()).collect()
+            features = outputs.without_baseline_copies(
+                event_features(chunk.lazy(), baselines.lazy())).collect()
             matrix = feature_matrix(features, detector.feature_names)
         with self.timer.stage("scoring"):
             label = f"{self.day.isoformat()}-c{index:05d}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import polars.selectors as cs
 
 from uba.reasons import explain
 
@@ -38,6 +39,8 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "suppressed",
     "suppressed_by",
 )
+# The only columns of the attached baseline row (``bl_*``) the outputs show.
+FLAGGED_BASELINE_INPUTS: tuple[str, ...] = ("bl_history_days", "bl_days_active", "bl_events_per_active_day")
 SCORE_SORT_KEY: tuple[str, ...] = ("timestamp", "event_id")
 FLAGGED_SORT_KEY: tuple[str, ...] = ("anomaly_score", "event_id")
 
@@ -69,6 +72,16 @@ def flagged_context() -> dict[str, pl.Expr]:
         "user_download_share": pl.col("user_download_share"),
         "user_weekday_share": pl.col("user_weekday_share"),
     }
+
+
+def without_baseline_copies(features: pl.LazyFrame) -> pl.LazyFrame:
+    """Drop the per-event copies of the user's baseline row that the features were
+    computed from, except the few the flagged summary shows.
+
+    ``event_features`` carries the whole baseline row (over a hundred ``bl_*`` columns)
+    on every event; they are most of a chunk's memory and no output needs them.
+    """
+    return features.select(~(cs.starts_with("bl_") - cs.by_name(*FLAGGED_BASELINE_INPUTS)))
 
 
 def annotate(features: pl.LazyFrame, scores: np.ndarray, flags: np.ndarray, threshold: float,
