@@ -206,3 +206,34 @@ def test_daily_report_renders_in_headless_chromium(world: World, tmp_path: Path)
     target = os.environ.get("UBA_REPORT_SCREENSHOT")  # set to refresh docs/report-screenshot.png
     if target:
         _chromium.screenshot(page, tmp_path, Path(target), width=1100, height=1500)
+
+
+def test_score_command_reports_drift_and_fails_only_when_configured(world: World) -> None:
+    s = world.settings
+    args = ["score", "--date", SHIFTED.isoformat(), "--data-dir", str(s.paths.data_dir),
+            "--model-dir", str(s.paths.model_dir), "--output-dir", str(s.paths.output_dir)]
+    env = {"UBA_FEATURES__LOOKBACK_DAYS": "7", "UBA_USER_THRESHOLDS__ENABLED": "true"}
+    relaxed = CliRunner().invoke(cli, args, env=env)
+    assert relaxed.exit_code == 0, relaxed.output
+    assert "drift: drift" in relaxed.output and "retraining advised" in relaxed.output
+    strict = CliRunner().invoke(cli, args, env={**env, "UBA_MONITORING__FAIL_ON_DRIFT": "true"})
+    assert strict.exit_code == 3, strict.output
+    assert "monitoring.fail_on_drift" in strict.output
+    assert read_manifest(s.paths.output_dir, SHIFTED)["status"] == "succeeded", "outputs still published"
+
+
+def test_evaluate_shows_alerts_with_and_without_per_user_thresholds(world: World, tmp_path: Path) -> None:
+    import json
+
+    s = world.settings
+    printed = CliRunner().invoke(cli, [
+        "evaluate", "--data-dir", str(s.paths.data_dir), "--model-dir", str(s.paths.model_dir),
+        "--start", ORDINARY[0].isoformat(), "--end", ORDINARY[-1].isoformat(), "--out", str(tmp_path)],
+        env={"UBA_FEATURES__LOOKBACK_DAYS": "7", "UBA_MODEL__N_ESTIMATORS": "50"})
+    assert printed.exit_code == 0, printed.output
+    assert "with per-user thresholds: alert rate" in printed.output
+    report = json.loads((tmp_path / "evaluation.json").read_text())["per_user_thresholds"]
+    both = report["alert_concentration"]
+    assert (both["per_user_thresholds"]["top_1pct_share_of_alerts"]
+            < both["global_threshold"]["top_1pct_share_of_alerts"])
+    assert report["metrics"]["flagged"] == both["per_user_thresholds"]["alerts"]

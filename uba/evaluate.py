@@ -157,6 +157,11 @@ def evaluate(settings: Settings, bundle: Bundle, days: Sequence[date]) -> dict[s
         "models": {s.name: metrics(s, labels) for s in (ours, naive)},
         "alert_concentration": alert_concentration(frame["user_id"].to_list(), ours.scores >= ours.threshold),
     }
+    # operations (issue 7): the same days with per-user thresholds, side by side
+    from uba.thresholds import per_user_comparison
+
+    report["per_user_thresholds"] = per_user_comparison(settings, bundle, frame["user_id"].to_list(),
+                                                        ours.scores, labels)
     ours_m, naive_m = report["models"][ours.name], report["models"][naive.name]
     report["pr_auc_ratio_vs_naive"] = ours_m["pr_auc"] / max(naive_m["pr_auc"], 1e-12)
     report["_curves"] = {"labels": labels["is_anomaly"].to_numpy(), "ours": ours, "naive": naive}
