@@ -4,8 +4,8 @@ One world for the module: 120 generated users over 18 days (one naturally errati
 user, two planted exfiltration days, sessions 3x longer from the last day on), a
 model trained with the real `train` on days 8-14 (7-day lookback, so baselines are
 mature), and days 15-18 scored by the real `score --date` path on Ray with per-user
-thresholds on. Seed 3 is one where the erratic user floods the global threshold (a
-precondition each test checks, so a generator change cannot make a test vacuous).
+thresholds on. Seed 3 is one where the erratic user is a visible source of global-threshold
+alerts (a precondition the test checks, so a generator or model change cannot make it vacuous).
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ def test_per_user_thresholds_damp_the_erratic_user_and_keep_recall(world: World)
     def recall(frame: pl.DataFrame) -> float:
         return frame.filter(pl.col("kind").is_in(CONTEXTUAL_KINDS))["flag"].mean()
 
-    assert glob.filter(pl.col("user_id") == world.erratic_user)["flag"].sum() >= 5, "precondition"
-    assert share(glob) >= 0.2, "precondition: the erratic user floods the global threshold"
+    # precondition: under the global threshold the erratic user is a real source of noise
+    assert glob.filter(pl.col("user_id") == world.erratic_user)["flag"].sum() >= 5
+    assert share(glob) >= 0.1
     assert share(mine) <= share(glob) / 2
     assert recall(mine) >= recall(glob) - 0.05
     erratic_cut = scores.filter(pl.col("user_id") == world.erratic_user)["user_threshold"].unique()
@@ -205,7 +206,9 @@ def test_daily_report_renders_in_headless_chromium(world: World, tmp_path: Path)
     assert read_manifest(out, SHIFTED)["model"]["version"] in rendered.dom
     target = os.environ.get("UBA_REPORT_SCREENSHOT")  # set to refresh docs/report-screenshot.png
     if target:
-        _chromium.screenshot(page, tmp_path, Path(target), width=1100, height=1500)
+        short = tmp_path / "short.html"
+        _cli("report", "--date", SHIFTED.isoformat(), "--output-dir", str(out), "--out", str(short), "--top", "5")
+        _chromium.screenshot(short, tmp_path, Path(target), width=1000, height=1900)
 
 
 def test_score_command_reports_drift_and_fails_only_when_configured(world: World) -> None:

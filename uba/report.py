@@ -177,7 +177,7 @@ def _pyplot() -> Any:
 def alert_history_png(rows: Sequence[Mapping[str, Any]], day: date) -> bytes:
     """Alerts per day (suppressed stacked on top) against the alerts the percentile promises."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 2.6))
+    fig, ax = plt.subplots(figsize=(10, 2.8))
     labels = [str(r["date"])[5:] for r in rows]
     alerts = [r["alerts"] for r in rows]
     suppressed = [r["suppressed"] for r in rows]
@@ -196,7 +196,7 @@ def alert_history_png(rows: Sequence[Mapping[str, Any]], day: date) -> bytes:
 def drift_history_png(rows: Sequence[Mapping[str, Any]], psi_warn: float, psi_drift: float) -> bytes:
     """Max feature PSI and score PSI over time (with the limits), and alert rate vs expected."""
     plt = _pyplot()
-    fig, (ax_psi, ax_rate) = plt.subplots(2, 1, figsize=(7.5, 4.6), sharex=True)
+    fig, (ax_psi, ax_rate) = plt.subplots(2, 1, figsize=(10, 4.6), sharex=True)
     labels = [str(r["date"])[5:] for r in rows]
 
     def series(key: str) -> list[float]:
@@ -230,7 +230,7 @@ h2{font-size:16px;margin:0 0 10px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;background:none;border:0;padding:0}
 .card{background:#fff;border:1px solid #e0e0e0;border-radius:6px;padding:10px 16px;min-width:130px}
 .card b{display:block;font-size:22px}
-.card span{color:#616161;font-size:12px}
+.card .label{color:#616161;font-size:12px}
 .chip{display:inline-block;padding:1px 10px;border-radius:10px;color:#fff;font-weight:600}
 table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #eee;vertical-align:top}
@@ -257,7 +257,7 @@ def _chip(status: str) -> str:
 
 
 def _card(value: Any, label: str, ident: str) -> str:
-    return f'<div class="card" id="{ident}"><b>{_e(value)}</b><span>{_e(label)}</span></div>'
+    return f'<div class="card" id="{ident}"><b>{_e(value)}</b><span class="label">{_e(label)}</span></div>'
 
 
 def _reasons(items: Sequence[str] | None) -> str:
@@ -290,7 +290,10 @@ def _drift_section(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]
     if not drift:
         return '<p class="muted">This run has no drift check (scored before monitoring was enabled).</p>'
     top = sorted(drift.get("feature_psi", {}).items(), key=lambda kv: -kv[1])[:6]
-    feature_rows = "".join(f'<tr><td>{_e(n)}</td><td class="num">{v:.3f}</td></tr>' for n, v in top)
+    ignored = set(drift.get("ignored_features", []))
+    feature_rows = "".join(
+        f'<tr><td>{_e(n)}{" <span class=muted>(calendar feature, not counted)</span>" if n in ignored else ""}'
+        f'</td><td class="num">{v:.3f}</td></tr>' for n, v in top)
     notes = list(drift.get("why", [])) + list(drift.get("warnings", []))
     advice = retrain_advice(rows)
     score_psi = drift.get("score_psi")
@@ -318,7 +321,8 @@ def _suppression_section(counts: pl.DataFrame, total: int) -> str:
         return '<p class="muted">No alerts were suppressed.</p>'
     rows = "".join(f'<tr><td>{_e(r["rule_id"])}</td><td class="num">{r["suppressed"]}</td></tr>'
                    for r in counts.iter_rows(named=True))
-    return (f"<p>{total} alerts matched a suppression rule: still scored, not counted as alerts.</p>"
+    noun = "alert" if total == 1 else "alerts"
+    return (f"<p>{total} {noun} matched a suppression rule: still scored, not counted as alerts.</p>"
             f'<table id="suppressed"><thead><tr><th>rule</th><th>suppressed</th></tr></thead>'
             f"<tbody>{rows}</tbody></table>")
 
@@ -334,7 +338,7 @@ def render_report(data: ReportData, settings: Settings) -> str:
         _card(today["alerts"], "alerts", "card-alerts"),
         _card(today["suppressed"], "suppressed", "card-suppressed"),
         _card(data.flagged_users, "unusual user-days", "card-user-days"),
-        f'<div class="card" id="card-drift"><b>{_chip(today["status"])}</b><span>drift</span></div>',
+        f'<div class="card" id="card-drift"><b>{_chip(today["status"])}</b><span class="label">drift</span></div>',
     ])
     history = (_img(alert_history_png(data.history, data.day), "alerts per day") if data.history
                else '<p class="muted">No history yet.</p>')
