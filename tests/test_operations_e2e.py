@@ -235,8 +235,13 @@ def test_evaluate_shows_alerts_with_and_without_per_user_thresholds(world: World
         env={"UBA_FEATURES__LOOKBACK_DAYS": "7", "UBA_MODEL__N_ESTIMATORS": "50"})
     assert printed.exit_code == 0, printed.output
     assert "with per-user thresholds: alert rate" in printed.output
-    report = json.loads((tmp_path / "evaluation.json").read_text())["per_user_thresholds"]
+    full = json.loads((tmp_path / "evaluation.json").read_text())
+    report = full["per_user_thresholds"]
     both = report["alert_concentration"]
-    assert (both["per_user_thresholds"]["top_1pct_share_of_alerts"]
-            < both["global_threshold"]["top_1pct_share_of_alerts"])
+    without = {k: v for k, v in both["global_threshold"].items() if k != "alerts"}
+    assert without == full["alert_concentration"], "same numbers as evaluate's own concentration"
+    assert both["global_threshold"]["alerts"] == full["models"]["uba_user_baseline_iforest"]["flagged"]
     assert report["metrics"]["flagged"] == both["per_user_thresholds"]["alerts"]
+    assert report["users_with_own_threshold"] > 100
+    assert set(report["metrics"]["recall_by_kind"]) >= set(CONTEXTUAL_KINDS) & set(
+        full["models"]["uba_user_baseline_iforest"]["recall_by_kind"])
