@@ -87,7 +87,7 @@ def test_every_event_is_scored_once_and_the_manifest_says_so(trained_dataset, ra
         "received_rows": events.height + counts["quarantined_rows"], "ok": True}
     assert manifest["status"] == "succeeded" and manifest["error"] is None
     assert read_manifest(tmp_path, day) == manifest
-    assert set(manifest["timings_sec"]) >= {"aggregates", "baselines", "features", "scoring", "reasons",
+    assert set(manifest["timings_sec"]) >= {"aggregates", "baselines", "features", "scoring", "outputs",
                                             "write", "publish"}
 
 

@@ -40,7 +40,13 @@ from uba.pipeline import feature_matrix
 from uba.scoring import manifest as mf
 from uba.scoring import outputs
 from uba.scoring.lock import date_lock
-from uba.scoring.ray_backend import FaultInjection, RayRuntime, RunFailedError, score_in_process
+from uba.scoring.ray_backend import (
+    FaultInjection,
+    RayRuntime,
+    RunFailedError,
+    ShardWork,
+    score_in_process,
+)
 from uba.settings import Settings
 
 log = get_logger("scoring")
@@ -241,20 +247,18 @@ class _Run:
             features = outputs.without_baseline_copies(
                 event_features(chunk.lazy(), baselines.lazy())).collect()
             matrix = feature_matrix(features, detector.feature_names)
-        with self.timer.stage("scoring"):
+        with self.timer.stage("scoring"):  # scores, flags and reasons, per shard
             label = f"{self.day.isoformat()}-c{index:05d}"
+            work = ShardWork(self.bundle.version, self.settings.threshold.max_reasons, self.options.fault)
             if execution["mode"] == IN_PROCESS:
-                scores = score_in_process(detector, matrix, execution["shards"],
-                                          self.options.fault, label)
+                annotated = score_in_process(detector, matrix, features, execution["shards"], work, label)
             else:
-                scores = self.runtime.score(self._detector_ref, matrix, execution["shards"],
-                                            execution["max_retries"], self.options.fault, label)
-        if len(scores) != features.height:
-            raise RunFailedError(f"scoring returned {len(scores)} scores for {features.height} events")
-        with self.timer.stage("reasons"):
-            annotated = outputs.annotate(
-                features.lazy(), scores, detector.is_anomaly(scores), detector.threshold,
-                self.bundle.version, self.settings.threshold.max_reasons).collect()
+                annotated = self.runtime.score(self._detector_ref, matrix, features, execution["shards"],
+                                               execution["max_retries"], work, label)
+        if annotated.height != features.height:
+            raise RunFailedError(f"scoring returned {annotated.height} rows for {features.height} events")
+        with self.timer.stage("outputs"):
+            scores = annotated["anomaly_score"].to_numpy()
             annotated = self.ops.apply(annotated, matrix, scores)  # issue 7
             scored = outputs.score_rows(annotated.lazy()).collect()
             flagged = outputs.flagged_rows(annotated.lazy()).collect()

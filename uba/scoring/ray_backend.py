@@ -2,12 +2,13 @@
 
 The detector is put into the Ray object store once per run (``ray.put``) and every
 shard task receives the same reference, so the model is never re-serialised per task;
-the chunk's feature matrix is also put once and each task reads its own row slice of
-it (zero-copy on the node). Shards are contiguous row ranges, and the results are
-reassembled by shard index, so the output order never depends on which worker
-finished first. Anomaly scores are row-local, so the number of shards and workers
-never changes a single score: in-process, local Ray and a Ray cluster give identical
-bytes.
+each task gets only its own row slice of the chunk's feature matrix and feature frame,
+scores it and attaches flags and reasons there (the per-row work that dominates a
+run), so that work spreads over the workers too. Shards are contiguous row ranges, and
+the results are reassembled by shard index, so the output order never depends on which
+worker finished first. Scores and reasons are row-local, so the number of shards and
+workers never changes a byte: in-process, local Ray and a Ray cluster give identical
+outputs.
 
 Ray retries a task whose worker died (``max_retries``) and one that raised a transient
 error (``retry_exceptions``: OSError, MemoryError); a shard that still fails fails the
@@ -18,6 +19,7 @@ Only this module and the driver import Ray, and only when a run needs it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -94,19 +96,49 @@ def _run_fault_hooks(fault: FaultInjection | None, label: str) -> None:
         time.sleep(fault.shard_delay_sec)
 
 
-def score_shard(detector: Any, matrix: np.ndarray, start: int, stop: int,
-                fault: FaultInjection | None = None, label: str = "shard") -> np.ndarray:
-    """Score one row range; runs inside a Ray worker (or in-process with the same code)."""
-    _run_fault_hooks(fault, label)
-    return detector.anomaly_scores(matrix[start:stop])
+@dataclass(frozen=True)
+class ShardWork:
+    """What every shard does besides scoring: the flag, threshold, model version and
+    reasons it attaches (so that per-row work runs on the workers, not the driver)."""
+
+    model_version: str
+    max_reasons: int
+    fault: FaultInjection | None = None
 
 
-def score_in_process(detector: Any, matrix: np.ndarray, n_shards: int,
-                     fault: FaultInjection | None = None, label: str = "chunk") -> np.ndarray:
+def score_shard(detector: Any, matrix: np.ndarray, features: Any, work: ShardWork,
+                label: str = "shard") -> Any:
+    """Score and explain one row range; runs in a Ray worker, or in-process with the same code.
+
+    Returns the shard's features with ``anomaly_score``, ``is_anomaly``, ``threshold``,
+    ``model_version``, ``reasons`` and ``reason_kinds`` (a Polars DataFrame, same rows
+    and order as ``features``).
+    """
+    from uba.scoring.outputs import annotate
+
+    _run_fault_hooks(work.fault, label)
+    scores = detector.anomaly_scores(matrix)
+    return annotate(features.lazy(), scores, detector.is_anomaly(scores), detector.threshold,
+                    work.model_version, work.max_reasons).collect()
+
+
+def _shards(n_rows: int, n_shards: int) -> list[tuple[int, int]]:
+    # an empty chunk still yields one (empty) shard, so the result has the output schema
+    return shard_bounds(n_rows, n_shards) or [(0, 0)]
+
+
+def _concat(parts: list[Any]) -> Any:
+    import polars as pl
+
+    # one contiguous chunk: later selects on many small string-view chunks hit a polars panic
+    return pl.concat(parts, how="vertical", rechunk=True) if len(parts) > 1 else parts[0]
+
+
+def score_in_process(detector: Any, matrix: np.ndarray, features: Any, n_shards: int,
+                     work: ShardWork, label: str = "chunk") -> Any:
     """The no-Ray path: the same shards, one after another, in this process."""
-    parts = [score_shard(detector, matrix, a, b, fault, f"{label}-s{i:04d}")
-             for i, (a, b) in enumerate(shard_bounds(len(matrix), n_shards))]
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.float64)
+    return _concat([score_shard(detector, matrix[a:b], features.slice(a, b - a), work, f"{label}-s{i:04d}")
+                    for i, (a, b) in enumerate(_shards(len(matrix), n_shards))])
 
 
 @cache
@@ -236,27 +268,28 @@ class RayRuntime:
             self._detector_refs[version] = ray.put(detector)
         return self._detector_refs[version]
 
-    def score(self, detector_ref: Any, matrix: np.ndarray, n_shards: int, max_retries: int,
-              fault: FaultInjection | None = None, label: str = "chunk") -> np.ndarray:
-        """Score a chunk's matrix over Ray tasks, at most ``workers()`` in flight."""
+    def score(self, detector_ref: Any, matrix: np.ndarray, features: Any, n_shards: int,
+              max_retries: int, work: ShardWork, label: str = "chunk") -> Any:
+        """Score and explain a chunk over Ray tasks, at most ``workers()`` in flight.
+
+        Each task gets only its own row slice of the matrix and of the features (Ray
+        stores task arguments in the object store once, also for retries) and the shared
+        detector reference; results are put back in shard order.
+        """
         import ray
 
-        bounds = shard_bounds(len(matrix), n_shards)
-        if not bounds:
-            return np.empty(0, dtype=np.float64)
-        matrix_ref = ray.put(matrix)
         task = _remote_score_shard().options(
             max_retries=max_retries, retry_exceptions=list(RETRYABLE_EXCEPTIONS))
         limit = self.workers()
-        results: dict[int, np.ndarray] = {}
+        queue = list(enumerate(_shards(len(matrix), n_shards)))
+        results: dict[int, Any] = {}
         in_flight: dict[Any, int] = {}
-        queue = list(enumerate(bounds))
         try:
             while queue or in_flight:
                 while queue and len(in_flight) < limit:
                     index, (start, stop) = queue.pop(0)
-                    ref = task.remote(detector_ref, matrix_ref, start, stop, fault,
-                                      f"{label}-s{index:04d}")
+                    ref = task.remote(detector_ref, matrix[start:stop], features.slice(start, stop - start),
+                                      work, f"{label}-s{index:04d}")
                     in_flight[ref] = index
                 done, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in done:
@@ -264,12 +297,12 @@ class RayRuntime:
                     results[index] = self._get_shard(ref, label, index, max_retries)
         finally:
             for ref in in_flight:
-                ray.cancel(ref, force=False)
-            del matrix_ref
-        return np.concatenate([results[i] for i in range(len(bounds))])
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=False)
+        return _concat([results[i] for i in range(len(results))])
 
     @staticmethod
-    def _get_shard(ref: Any, label: str, index: int, max_retries: int) -> np.ndarray:
+    def _get_shard(ref: Any, label: str, index: int, max_retries: int) -> Any:
         import ray
 
         try:
