@@ -119,3 +119,33 @@ def test_backfill_rejects_an_inverted_range(trained_dataset, tmp_path: Path) -> 
     result = _uba("backfill", "--start", "2026-03-10", "--end", "2026-03-09", *_paths(trained_dataset, tmp_path))
     assert result.returncode == 1 and "before start date" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_backfill_shows_a_progress_bar_at_a_terminal(trained_dataset, tmp_path: Path) -> None:
+    import pty
+
+    first, last = trained_dataset.score_dates[0], trained_dataset.score_dates[-1]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [str(UBA), "backfill", "--start", first.isoformat(), "--end", last.isoformat(), "--in-process",
+         *_paths(trained_dataset, tmp_path)],
+        stdout=subprocess.PIPE, stderr=terminal, text=True, env=env, cwd=REPO)
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            block = os.read(controller, 4096)
+        except OSError:  # the terminal side closed
+            break
+        if not block:
+            break
+        seen += block
+    os.close(controller)
+    stdout, _ = proc.communicate(timeout=120)
+    screen = seen.decode(errors="replace")
+    assert proc.returncode == 0, screen
+    assert "backfill  [" in screen and "100%" in screen
+    assert "[1/2]" not in screen  # log lines are for non-terminals
+    assert "backfill: 2 scored, 0 skipped, 0 failed of 2 dates" in stdout
