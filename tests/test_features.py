@@ -14,6 +14,7 @@ import pytest
 from uba import io
 from uba.features import (
     CONTEXT_COLUMNS,
+    DEVIATION_COLUMNS,
     FEATURE_COLUMNS,
     FEATURE_SET_VERSION,
     POPULATION_USER,
@@ -159,23 +160,39 @@ def test_circular_hour_mean_of_23_and_1_is_midnight_with_a_small_spread():
 
 def test_shrinkage_pulls_a_one_day_user_to_the_population_and_keeps_a_long_history():
     rows = []
-    for i in range(8):  # the population: 600 s sessions
-        rows += history(f"p{i}", [10, 14], 28, duration=600)
-    rows += history("veteran", [10, 14], 28, duration=20000)
-    rows += history("newcomer", [10, 14], 1, start=DAY0 + timedelta(days=27), duration=20000)
+    for i in range(8):  # the population: 600 s sessions give or take a factor e^0.5, one a day
+        rows += [event(f"p{i}", DAY0 + timedelta(days=d), 10, duration=600 * math.exp(0.5 * (-1) ** (d + i)))
+                 for d in range(28)]
+    rows += history("veteran", [10], 28, duration=1200)
+    rows += history("newcomer", [10], 1, start=DAY0 + timedelta(days=27), duration=1200)
     base = baselines_from(rows, DAY0 + timedelta(days=28))
     pop = row_of(base, POPULATION_USER)["mean_log_duration"]
-    own = math.log1p(20000)
-    for user, days in (("veteran", 28), ("newcomer", 1)):
-        got = row_of(base, user)
-        w = days / (days + FEATURES.prior_strength_days)
-        assert got["shrink_weight"] == pytest.approx(w)
-        assert got["raw_mean_log_duration"] == pytest.approx(own, rel=1e-12)
-        assert got["mean_log_duration"] == pytest.approx(w * own + (1 - w) * pop, rel=1e-12)
+    own = math.log1p(1200)
     newcomer, veteran = row_of(base, "newcomer"), row_of(base, "veteran")
-    assert abs(newcomer["mean_log_duration"] - pop) < 0.2 * abs(own - pop)
+    # the same empirical prior strength k (in sessions) for both: weight = n / (n + k)
+    k = 1 / newcomer["mean_weight_log_duration"] - 1
+    assert 0 < k <= FEATURES.prior_strength_days * 1.0  # capped at 5 days of 1 session
+    assert veteran["mean_weight_log_duration"] == pytest.approx(28 / (28 + k))
+    for got, days in ((newcomer, 1), (veteran, 28)):
+        wm = got["mean_weight_log_duration"]
+        assert got["raw_mean_log_duration"] == pytest.approx(own, rel=1e-12)
+        assert got["mean_log_duration"] == pytest.approx(wm * own + (1 - wm) * pop, rel=1e-12)
+        assert got["shrink_weight"] == pytest.approx(days / (days + FEATURES.prior_strength_days))
+    assert newcomer["mean_weight_log_duration"] < 0.3 and veteran["mean_weight_log_duration"] > 0.8
+    assert abs(newcomer["mean_log_duration"] - pop) < 0.3 * abs(own - pop)
     assert abs(veteran["mean_log_duration"] - own) < 0.2 * abs(own - pop)
+    assert newcomer["sd_log_duration"] > veteran["sd_log_duration"]  # less history, wider baseline
     assert newcomer["history_days"] == 1 and veteran["history_days"] == 28
+
+
+def test_empirical_prior_is_weak_when_users_differ_a_lot():
+    rows = []
+    for i in range(8):  # users far apart (60 s .. 2 h) and each very regular
+        rows += history(f"p{i}", [10], 28, duration=60 * 2**i)
+    rows += history("newcomer", [10], 1, start=DAY0 + timedelta(days=27), duration=20000)
+    newcomer = row_of(baselines_from(rows, DAY0 + timedelta(days=28)), "newcomer")
+    assert newcomer["mean_weight_log_duration"] > 0.99  # one session already says a lot
+    assert newcomer["mean_log_duration"] == pytest.approx(math.log1p(20000), rel=1e-2)
 
 
 def test_spreads_have_floors_for_perfectly_regular_users():
@@ -207,7 +224,7 @@ def test_empty_history_gives_only_a_population_row():
 def population(days: int = 28) -> list[dict]:
     rows = []
     for i in range(6):
-        rows += history(f"office{i}", list(range(9, 17)), days, duration=1800, actions=20)
+        rows += history(f"office{i}", list(range(9, 17)), days, duration=900 * (i + 1), actions=10 * (i + 1))
     return rows
 
 
@@ -217,7 +234,8 @@ def features_for(events: list[dict], rows: list[dict], as_of: date) -> pl.DataFr
 
 
 def test_feature_list_is_fixed_and_versioned():
-    assert len(FEATURE_COLUMNS) == len(set(FEATURE_COLUMNS)) == 14
+    assert len(FEATURE_COLUMNS) == len(set(FEATURE_COLUMNS)) == 17
+    assert set(DEVIATION_COLUMNS) <= set(FEATURE_COLUMNS)
     assert FEATURE_SET_VERSION
     assert not set(FEATURE_COLUMNS) & set(EVENT_SCHEMA)  # never overwrite an input column
 
@@ -277,13 +295,24 @@ def test_off_hours_event_deviates_for_a_nine_to_five_user_but_not_for_a_night_sh
     as_of = DAY0 + timedelta(days=28)  # a Monday
     out = features_for([event("nine2five", as_of, 3), event("nightshift", as_of, 3)], rows, as_of)
     office, night = out.row(0, named=True), out.row(1, named=True)
-    assert office["hour_deviation"] > 4.0
+    assert office["hour_z"] > 3.5 and office["hour_deviation"] > 2.0
     assert office["reason_kinds"][0] == "hour"
     assert office["reasons"][0] == "03:00 is outside this user's usual 09:00-17:00"
-    assert night["hour_deviation"] < 1.0
+    assert night["hour_z"] < 1.0 and night["hour_deviation"] == 0.0
     assert "hour" not in night["reason_kinds"]
-    for name in ("session_length_excess", "actions_excess", "device_rarity", "event_type_rarity"):
-        assert office[name] < 1.0, name  # only the hour is off
+    others = [c for c in DEVIATION_COLUMNS if c not in ("hour_deviation", "time_of_week_rarity")]
+    assert all(office[c] == 0.0 for c in others)  # only the hour is off
+    assert office["max_surprise"] == office["hour_deviation"]
+
+
+def test_an_ordinary_event_has_no_deviation_at_all():
+    rows = population() + history("regular", list(range(9, 17)), 28, duration=1800, actions=20)
+    as_of = DAY0 + timedelta(days=28)
+    out = features_for([event("regular", as_of, 13, duration=1800, actions=20)], rows, as_of)
+    ordinary = out.row(0, named=True)
+    assert all(ordinary[c] == 0.0 for c in DEVIATION_COLUMNS)
+    assert ordinary["max_surprise"] == ordinary["total_surprise"] == ordinary["first_use"] == 0.0
+    assert ordinary["reasons"] == [] and ordinary["reason_kinds"] == []
 
 
 def test_first_mobile_use_and_rare_downloads_are_rare_for_the_user():
@@ -296,9 +325,11 @@ def test_first_mobile_use_and_rare_downloads_are_rare_for_the_user():
         event("hoarder", as_of, 11, duration=1800, actions=200, event_type="download"),
     ], rows, as_of)
     mobile, saver_dl, hoarder_dl = (out.row(i, named=True) for i in range(3))
-    assert mobile["device_rarity"] > 2.0 and mobile["reason_kinds"][0] == "device"
+    assert mobile["device_rarity_nats"] > 1.0 and mobile["reason_kinds"][0] == "device"
     assert mobile["reasons"][0] == "first mobile use for this user"
-    assert saver_dl["download_intensity"] > 3 * (1 + hoarder_dl["download_intensity"])
+    assert 0.5 < mobile["first_use"] < 1.0  # 28 sessions of desktop only
+    assert saver_dl["first_use"] > 0.5 and hoarder_dl["first_use"] == 0.0
+    assert saver_dl["download_intensity"] > 3.0
     assert saver_dl["reason_kinds"][0] == "download_intensity"
     assert saver_dl["reasons"][0].startswith("first download for this user, in a session of 200 actions")
     assert hoarder_dl["download_intensity"] == 0.0

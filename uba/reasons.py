@@ -1,25 +1,25 @@
 """Plain-word reasons for a score, ranked, derived from the deviation features.
 
-An analyst needs to know *why* an event stands out before acting on it. Each reason
-kind has a severity on one comparable scale, "z-equivalent" units:
+An analyst needs to know *why* an event stands out before acting on it. Every reason
+kind gets a severity on one comparable scale, a z-score: z-scores against the user's
+baseline as they are, rarities (surprises in nats, see docs/features.md) as the
+z-equivalent ``z(s) = sqrt(2 * s)``:
 
 ==================  ===========================================================
 kind                severity
 ==================  ===========================================================
-hour                max(hour_deviation, sqrt(2 * hour_rarity))
-session_length      session_length_excess
-actions             actions_excess
-device              sqrt(2 * device_rarity)
-event_type          sqrt(2 * event_type_rarity)  (0 for downloads: see below)
-download_intensity  download_intensity  (downloads only)
-time_of_week        sqrt(2 * weekday_rarity)
-global              global_extremity
+hour                max(hour_z, z(hour_rarity))
+session_length      session_length_z (above the user's mean only)
+actions             actions_z (above the user's mean only)
+device              z(device_rarity_nats)
+event_type          z(event_type_rarity_nats)  (0 for downloads: see below)
+download_intensity  z(download_surprise)  (downloads only)
+time_of_week        z(weekday_rarity)
+global              global_extremity (already a z against the population)
 ==================  ===========================================================
 
-z-scores are used as they are; a rarity of r nats (how many times rarer than for the
-population, on a log scale) becomes sqrt(2 r), the z whose Gaussian surprise is r
-nats. Downloads are described by the download kind only, and time of week by its
-weekday part (the hour part is the hour reason), so one fact is not told twice.
+Downloads are described by the download kind only, and time of week by its weekday
+part (the hour part is the hour reason), so one fact is not told twice.
 
 Reasons with severity >= MIN_SEVERITY are listed, strongest first (ties keep the order
 of REASON_KINDS), at most ``max_reasons``; when none reaches it, the strongest is still
@@ -47,8 +47,10 @@ MIN_TOP_SEVERITY = 1.0
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
-def _rarity_z(column: str) -> pl.Expr:
-    return (2.0 * pl.col(column)).sqrt()
+def _z(column: str | pl.Expr) -> pl.Expr:
+    """z-equivalent of a surprise in nats: sqrt(2 s)."""
+    expr = pl.col(column) if isinstance(column, str) else column
+    return (2.0 * expr.clip(0.0, None)).sqrt()
 
 
 def _is_download() -> pl.Expr:
@@ -58,18 +60,23 @@ def _is_download() -> pl.Expr:
 def severities() -> dict[str, pl.Expr]:
     """Severity of every reason kind, in REASON_KINDS order (documented in the module)."""
     return {
-        "hour": pl.max_horizontal(pl.col("hour_deviation"), _rarity_z("hour_rarity")),
-        "session_length": pl.col("session_length_excess"),
-        "actions": pl.col("actions_excess"),
-        "device": _rarity_z("device_rarity"),
-        "event_type": pl.when(_is_download()).then(0.0).otherwise(_rarity_z("event_type_rarity")),
-        "download_intensity": pl.col("download_intensity"),
-        "time_of_week": _rarity_z("weekday_rarity"),
+        "hour": pl.max_horizontal(pl.col("hour_z"), _z("hour_rarity")),
+        "session_length": pl.col("session_length_z").clip(0.0, None),
+        "actions": pl.col("actions_z").clip(0.0, None),
+        "device": _z("device_rarity_nats"),
+        "event_type": pl.when(_is_download()).then(0.0).otherwise(_z("event_type_rarity_nats")),
+        "download_intensity": _z("download_surprise"),
+        "time_of_week": _z("weekday_rarity"),
         "global": pl.col("global_extremity"),
     }
 
 
 # ---- number formatting -----------------------------------------------------------------
+
+
+def _num(name: str) -> pl.Expr:
+    """A context number as Float64 (an all-missing column may arrive typed Null)."""
+    return pl.col(name).cast(pl.Float64)
 
 
 def _str(expr: pl.Expr) -> pl.Expr:
@@ -124,7 +131,7 @@ def _first_or_rare(share: pl.Expr, first: pl.Expr, rare: pl.Expr) -> pl.Expr:
 
 def _hour_text() -> pl.Expr:
     hour = pl.col("event_hour").cast(pl.Int64)
-    start, end = pl.col("user_usual_hour_start"), pl.col("user_usual_hour_end")
+    start, end = pl.col("user_usual_hour_start").cast(pl.Int64), pl.col("user_usual_hour_end").cast(pl.Int64)
     inside = pl.when(start < end).then((hour >= start) & (hour < end)).otherwise(
         (hour >= start) | (hour < end)
     )
@@ -137,13 +144,13 @@ def _hour_text() -> pl.Expr:
 
 
 def _session_text() -> pl.Expr:
-    median = pl.col("user_median_session_sec")
-    ratio = pl.col("session_duration_sec") / median.clip(1.0, None)
+    median = _num("user_median_session_sec")
+    ratio = _num("session_duration_sec") / median.clip(1.0, None)
     return pl.format("session {}x longer than {} median ({})", _ratio(ratio), _owner(), _duration(median))
 
 
 def _actions_text() -> pl.Expr:
-    median = pl.col("user_median_actions")
+    median = _num("user_median_actions")
     ratio = pl.col("events_in_session") / median.clip(1.0, None)
     return pl.format(
         "{} actions in the session, {}x {} median ({})",
@@ -152,7 +159,7 @@ def _actions_text() -> pl.Expr:
 
 
 def _device_text() -> pl.Expr:
-    share, device = pl.col("user_device_share"), _str(pl.col("device_type"))
+    share, device = _num("user_device_share"), _str(pl.col("device_type"))
     return _first_or_rare(
         share,
         pl.format("first {} use for this user", device),
@@ -161,7 +168,7 @@ def _device_text() -> pl.Expr:
 
 
 def _event_type_text() -> pl.Expr:
-    share, kind = pl.col("user_event_type_share"), _str(pl.col("event_type"))
+    share, kind = _num("user_event_type_share"), _str(pl.col("event_type"))
     return _first_or_rare(
         share,
         pl.format("first {} event for this user", kind),
@@ -170,21 +177,21 @@ def _event_type_text() -> pl.Expr:
 
 
 def _download_text() -> pl.Expr:
-    share = pl.col("user_download_share")
+    share = _num("user_download_share")
     base = _first_or_rare(
         share,
         pl.lit("first download for this user"),
         pl.format("downloads are rare for this user ({}% of events)", _percent(share)),
     )
-    ratio = pl.col("events_in_session") / pl.col("user_median_actions").clip(1.0, None)
-    return pl.when(pl.col("actions_excess") >= MIN_SEVERITY).then(
+    ratio = pl.col("events_in_session") / _num("user_median_actions").clip(1.0, None)
+    return pl.when(pl.col("actions_z") >= MIN_SEVERITY).then(
         pl.format("{}, in a session of {} actions ({}x usual)", base,
                   _str(pl.col("events_in_session")), _ratio(ratio))
     ).otherwise(base)
 
 
 def _time_of_week_text() -> pl.Expr:
-    share, day = pl.col("user_weekday_share"), _weekday_name(pl.col("event_weekday"))
+    share, day = _num("user_weekday_share"), _weekday_name(pl.col("event_weekday"))
     return _first_or_rare(
         share,
         pl.format("first {} activity for this user", day),
@@ -193,7 +200,7 @@ def _time_of_week_text() -> pl.Expr:
 
 
 def _global_text() -> pl.Expr:
-    duration = pl.col("session_duration_sec").cast(pl.Float64)
+    duration = _num("session_duration_sec").cast(pl.Float64)
     by_length = pl.format("a {} session is extreme for any user", _duration(duration))
     by_actions = pl.format("{} actions in one session is extreme for any user",
                            _str(pl.col("events_in_session")))

@@ -65,7 +65,7 @@ class FeatureSettings(_Section):
     prior_strength_days: float = Field(5.0, gt=0)
     min_hour_spread: float = Field(1.0, gt=0)
     min_log_spread: float = Field(0.25, gt=0)
-    prior_strength_events: float = Field(5.0, gt=0)
+    prior_strength_sessions: float = Field(10.0, gt=0)
 
 
 class TrainSettings(_Section):

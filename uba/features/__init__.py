@@ -8,6 +8,7 @@ from uba.features.aggregates import daily_aggregates
 from uba.features.baselines import POPULATION_USER, user_baselines
 from uba.features.events import (
     CONTEXT_COLUMNS,
+    DEVIATION_COLUMNS,
     FEATURE_COLUMNS,
     FEATURE_SET_VERSION,
     attach_baselines,
@@ -18,6 +19,7 @@ from uba.features.store import baselines_as_of, ensure_aggregates, snapshot_base
 
 __all__ = [
     "CONTEXT_COLUMNS",
+    "DEVIATION_COLUMNS",
     "FEATURE_COLUMNS",
     "FEATURE_SET_VERSION",
     "POPULATION_USER",

@@ -10,7 +10,7 @@ serves unknown users and is the prior every user is shrunk toward.
 Shrinkage (empirical Bayes in spirit): a user seen on few days has noisy statistics,
 so moments are blended with the population with weight
 ``w = days_active / (days_active + prior_strength_days)``, and category shares get
-``prior_strength_events`` pseudo-events distributed like the population's. Spreads
+``prior_strength_sessions`` pseudo-sessions distributed like the population's. Spreads
 have floors so a perfectly regular user does not turn small wobbles into huge z-scores.
 """
 
@@ -36,7 +36,13 @@ from uba.settings import FeatureSettings
 POPULATION_USER = "__population__"
 MAX_HOUR_SPREAD = 12.0
 USUAL_HOURS_COVERAGE = 0.9  # the "usual hours" window holds this share of a user's events
+LOG_STATS = ("log_duration", "log_actions")
+SHARE_KINDS = ("device", "event", "hour", "dow")
+_INV_EVIDENCE = {"device": "sum_inv_sessions", "event": "sum_inv_events",
+                 "hour": "sum_inv_sessions", "dow": "sum_inv_sessions"}
 _MIN_RESULTANT = 1e-12
+_MIN_BETWEEN_VAR = 1e-9
+MIN_SHARE_PRIOR = 0.1
 _FLOAT_RESOLUTION = 1e-12
 _HOURS_PER_RADIAN = 1.0 / HOUR_RADIANS
 
@@ -184,7 +190,48 @@ def _population_sums(users: pl.LazyFrame, devices: list[str], events: list[str])
         exact_sum(_within_ss("log_actions")).alias("within_ss_log_actions"),
         exact_sum(dof * user_spread**2).alias("within_ss_hour"),
         dof.sum().alias("within_dof"),
+        *(exact_sum(pl.col(f"raw_mean_{stat}")).alias(f"sum_user_mean_{stat}") for stat in LOG_STATS),
+        *(exact_sum(pl.col(f"raw_mean_{stat}") ** 2).alias(f"sumsq_user_mean_{stat}")
+          for stat in LOG_STATS),
+        exact_sum(1.0 / pl.col("n_sessions").cast(pl.Float64).clip(1.0, None)).alias("sum_inv_sessions"),
+        exact_sum(1.0 / pl.col("n_events").cast(pl.Float64).clip(1.0, None)).alias("sum_inv_events"),
+        *_user_share_sums(devices, events),
     )
+
+
+def _user_share_sums(devices: list[str], events: list[str]) -> list[pl.Expr]:
+    """Sums of each user's category shares and their squares (for the share priors)."""
+    n = pl.col("n_events").cast(pl.Float64)
+    out = []
+    for kind, label, count in _category_specs(devices, events):
+        share = pl.col(count).cast(pl.Float64) / n
+        out += [exact_sum(share).alias(f"sum_share_{kind}_{label}"),
+                exact_sum(share**2).alias(f"sumsq_share_{kind}_{label}")]
+    return out
+
+
+def _share_prior(kind: str, labels: list[str], max_prior: float) -> pl.Expr:
+    """Empirical-Bayes prior strength (pseudo-sessions) of one kind of category share.
+
+    Beta/Dirichlet method of moments: across users, the true shares vary with variance
+    ``p (1 - p) / (alpha + 1)``. Habits that differ a lot between users (desktop-only vs
+    mobile-only) give a small alpha, so a user's own history dominates and a device they
+    never used is very surprising; shares that everybody has alike give a large alpha.
+    The observed variance is corrected for each user's sampling noise
+    ``p (1 - p) / sessions``; the result is kept in [MIN_SHARE_PRIOR, max_prior].
+    """
+    users = pl.col("n_users").cast(pl.Float64)
+    binomial, between = [], []
+    for label in labels:
+        total, squares = pl.col(f"sum_share_{kind}_{label}"), pl.col(f"sumsq_share_{kind}_{label}")
+        mean = total / users
+        spread = (squares - total**2 / users) / (users - 1)
+        noise = mean * (1 - mean) * pl.col(_INV_EVIDENCE[kind]) / users
+        binomial.append(mean * (1 - mean))
+        between.append((spread - noise).clip(0.0, None))
+    alpha = pl.sum_horizontal(binomial) / pl.sum_horizontal(between) - 1.0
+    alpha = alpha.fill_nan(max_prior).clip(MIN_SHARE_PRIOR, max_prior)
+    return pl.when(users > 1).then(alpha).otherwise(max_prior)
 
 
 def _smoothed_population_shares(specs: list[tuple[str, str, str]]) -> list[pl.Expr]:
@@ -202,15 +249,24 @@ def _population_stats(pop: pl.LazyFrame, devices: list[str], events: list[str],
     """Population moments (total spread for unknown users, pooled within-user spread as prior)."""
     n = pl.col("n_events").cast(pl.Float64)
     dof = pl.col("within_dof")
-    shares = _smoothed_population_shares(_category_specs(devices, events))
+    specs = _category_specs(devices, events)
+    shares = _smoothed_population_shares(specs)
+    shares += [
+        _share_prior(kind, [label for k, label, _ in specs if k == kind],
+                     features.prior_strength_sessions).alias(f"pop_share_prior_{kind}")
+        for kind in SHARE_KINDS
+    ]
     moments = []
-    for stat in ("log_duration", "log_actions"):
+    max_prior = features.prior_strength_days * pl.col("n_sessions") / pl.col("user_days")
+    for stat in LOG_STATS:
         total_var = pl.when(n > 1).then(_within_ss(stat) / (n - 1)).otherwise(0.0)
         within = pl.when(dof > 0).then(pl.col(f"within_ss_{stat}") / dof).otherwise(total_var)
+        prior_sessions = (within / _between_user_var(stat, within)).clip(0.0, max_prior)
         moments += [
             (pl.col(f"sum_{stat}") / n).alias(f"pop_mean_{stat}"),
             total_var.alias(f"pop_var_{stat}"),
             within.alias(f"pop_within_var_{stat}"),
+            prior_sessions.alias(f"pop_prior_sessions_{stat}"),
         ]
     cos_mean, sin_mean = pl.col("sum_hour_cos") / n, pl.col("sum_hour_sin") / n
     total_hour_var = _circular_spread_hours(cos_mean, sin_mean) ** 2
@@ -221,6 +277,19 @@ def _population_stats(pop: pl.LazyFrame, devices: list[str], events: list[str],
         .alias("pop_within_var_hour"),
     ]
     return pop.with_columns(*moments, *shares)
+
+
+def _between_user_var(stat: str, within: pl.Expr) -> pl.Expr:
+    """Variance of the users' true means: spread of their sample means minus sampling noise.
+
+    The classic empirical-Bayes (method of moments) estimate; a user's mean of ``n``
+    sessions carries noise ``within / n``. Floored so the prior strength stays finite.
+    """
+    users = pl.col("n_users").cast(pl.Float64)
+    total = pl.col(f"sum_user_mean_{stat}")
+    spread = (pl.col(f"sumsq_user_mean_{stat}") - total**2 / users) / (users - 1)
+    noise = within * pl.col("sum_inv_sessions") / users
+    return pl.when(users > 1).then(spread - noise).otherwise(0.0).clip(_MIN_BETWEEN_VAR, None)
 
 
 def _with_usual_hours(frame: pl.LazyFrame) -> pl.LazyFrame:
@@ -256,70 +325,103 @@ def _with_usual_hours(frame: pl.LazyFrame) -> pl.LazyFrame:
     return staged.drop(scratch)
 
 
-def _shrunk_shares(specs: list[tuple[str, str, str]], alpha: float) -> list[pl.Expr]:
-    """Raw shares and Dirichlet-smoothed shares (alpha pseudo-events shaped like the population).
+def _evidence(kind: str) -> pl.Expr:
+    """Independent observations behind a share: sessions for session-level habits
+    (device, hour, weekday), events for the type of each action."""
+    column = "n_events" if kind == "event" else "n_sessions"
+    return pl.col(column).cast(pl.Float64).clip(1.0, None)
 
+
+def _shrunk_shares(specs: list[tuple[str, str, str]]) -> list[pl.Expr]:
+    """Raw shares and Dirichlet-smoothed shares (alpha pseudo-sessions shaped like the population).
+
+    ``alpha`` is the kind's empirical-Bayes prior strength (``pop_share_prior_<kind>``).
+
+    The evidence for device, hour and weekday is counted in sessions, not events: the
+    events of one session share its device and hour, so 200 events in 40 sessions are 40
+    observations of a habit, not 200. ``p = (share * n + alpha * p_pop) / (n + alpha)``;
+    a category the user never used has rarity ``ln((n + alpha) / alpha)``
+    (``unseen_rarity_<kind>``).
     Hours get no raw share column: reasons phrase hours through the usual-hours window.
     """
     n = pl.col("n_events").cast(pl.Float64)
-    out = [((n + alpha) / alpha).log().alias("unseen_rarity")]
+    out = []
+    for kind in SHARE_KINDS:
+        alpha, evidence = pl.col(f"pop_share_prior_{kind}"), _evidence(kind)
+        out += [alpha.alias(f"share_prior_{kind}"),
+                ((evidence + alpha) / alpha).log().alias(f"unseen_rarity_{kind}")]
     for kind, label, count_name in specs:
-        count = pl.col(count_name).cast(pl.Float64)
+        alpha, evidence = pl.col(f"pop_share_prior_{kind}"), _evidence(kind)
+        share = pl.col(count_name).cast(pl.Float64) / n
         pop = pl.col(f"pop_{prob_col(kind, label)}")
-        shrunk = (count + alpha * pop) / (n + alpha)
+        shrunk = (share * evidence + alpha * pop) / (evidence + alpha)
         out.append(shrunk.alias(prob_col(kind, label)))
         out.append((pop / shrunk).log().clip(0.0, None).alias(rarity_col(kind, label)))
         if kind != "hour":
-            out.append((count / n).alias(share_col(kind, label)))
+            out.append(share.alias(share_col(kind, label)))
     return out
 
 
-def _population_reference() -> list[pl.Expr]:
-    """Population mean/spread copied into every row, for the row-local "extreme for anyone" check."""
+def _population_reference(features: FeatureSettings) -> list[pl.Expr]:
+    """Population mean/spread (floored) copied into every row, for the row-local
+    "extreme for anyone" check."""
     out = []
-    for stat in ("log_duration", "log_actions"):
+    for stat in LOG_STATS:
         out += [
             pl.col(f"pop_mean_{stat}").alias(f"pop_mean_{stat}"),
-            pl.col(f"pop_var_{stat}").sqrt().alias(f"pop_sd_{stat}"),
+            pl.col(f"pop_var_{stat}").sqrt().clip(features.min_log_spread, None).alias(f"pop_sd_{stat}"),
         ]
     return out
 
 
 def _user_rows(users: pl.LazyFrame, pop: pl.LazyFrame, as_of: date, devices: list[str],
                events: list[str], features: FeatureSettings) -> pl.LazyFrame:
-    """Shrink each user's statistics toward the population and floor the spreads."""
+    """Shrink each user's statistics toward the population and floor the spreads.
+
+    Means: empirical Bayes, weight ``n / (n + k)`` with ``n`` the user's sessions and
+    ``k = within-user variance / between-user variance`` estimated from everyone (at
+    most ``prior_strength_days`` days of sessions). Spreads: weight
+    ``days / (days + prior_strength_days)`` toward the typical user's own spread, then
+    widened by the uncertainty of the mean (``1 + 1 / (n + k)``), so a new user's
+    few observations do not make a tight, overconfident baseline. The mean hour is the
+    user's own: users' hours are multimodal (office, night shift, other time zones), so
+    a population mean hour is no sensible prior; little history widens the spread instead.
+    """
     prior = features.prior_strength_days
-    alpha = features.prior_strength_events
     w = pl.col("shrink_weight")
+    sessions = pl.col("n_sessions").cast(pl.Float64).clip(1.0, None)
     joined = _with_usual_hours(users).join(
         pop.select(pl.selectors.starts_with("pop_")), how="cross"
     ).with_columns(
         shrink_weight=pl.col("days_active").cast(pl.Float64)
         / (pl.col("days_active").cast(pl.Float64) + prior),
+        **{f"mean_weight_{stat}": sessions / (sessions + pl.col(f"pop_prior_sessions_{stat}"))
+           for stat in LOG_STATS},
     )
     moments = []
-    for stat in ("log_duration", "log_actions"):
-        mean = w * pl.col(f"raw_mean_{stat}") + (1 - w) * pl.col(f"pop_mean_{stat}")
+    for stat in LOG_STATS:
+        wm, k = pl.col(f"mean_weight_{stat}"), pl.col(f"pop_prior_sessions_{stat}")
+        mean = wm * pl.col(f"raw_mean_{stat}") + (1 - wm) * pl.col(f"pop_mean_{stat}")
         var = w * pl.col(f"raw_var_{stat}") + (1 - w) * pl.col(f"pop_within_var_{stat}")
+        var = var * (1.0 + 1.0 / (sessions + k))
         moments += [
             mean.alias(f"mean_{stat}"),
             var.sqrt().clip(features.min_log_spread, None).alias(f"sd_{stat}"),
             pl.col(f"raw_var_{stat}").sqrt().alias(f"raw_sd_{stat}"),
         ]
     user_spread = _circular_spread_hours(pl.col("_cos_mean"), pl.col("_sin_mean"))
-    cos_mix = w * pl.col("_cos_mean") + (1 - w) * pl.col("pop_cos_mean")
-    sin_mix = w * pl.col("_sin_mean") + (1 - w) * pl.col("pop_sin_mean")
-    hour_var = w * user_spread**2 + (1 - w) * pl.col("pop_within_var_hour")
+    own_mean = _circular_mean_hours(pl.col("_cos_mean"), pl.col("_sin_mean"))
+    hour_var = (w * user_spread**2 + (1 - w) * pl.col("pop_within_var_hour")) * (1.0 + 1.0 / sessions)
     moments += [
-        _circular_mean_hours(pl.col("_cos_mean"), pl.col("_sin_mean")).alias("raw_hour_mean"),
+        own_mean.alias("raw_hour_mean"),
         user_spread.alias("raw_hour_spread"),
-        _circular_mean_hours(cos_mix, sin_mix).alias("hour_mean"),
+        own_mean.alias("hour_mean"),
         hour_var.sqrt().clip(features.min_hour_spread, MAX_HOUR_SPREAD).alias("hour_spread"),
     ]
     return joined.with_columns(
         *moments,
-        *_shrunk_shares(_category_specs(devices, events), alpha),
-        *_population_reference(),
+        *_shrunk_shares(_category_specs(devices, events)),
+        *_population_reference(features),
         *_activity(as_of, pl.col("first_active"), pl.col("days_active")),
     )
 
@@ -346,8 +448,11 @@ def _population_row(pop: pl.LazyFrame, as_of: date, devices: list[str], events: 
     exprs = [
         pl.lit(POPULATION_USER, pl.String).alias("user_id"),
         pl.lit(1.0).alias("shrink_weight"),
-        pl.lit(0.0).alias("unseen_rarity"),
-        *_population_reference(),
+        pl.lit(1.0).alias("mean_weight_log_duration"),
+        pl.lit(1.0).alias("mean_weight_log_actions"),
+        *(pl.lit(0.0).alias(f"unseen_rarity_{kind}") for kind in SHARE_KINDS),
+        *(pl.col(f"pop_share_prior_{kind}").alias(f"share_prior_{kind}") for kind in SHARE_KINDS),
+        *_population_reference(features),
         pl.col("active_dates").alias("days_active"),
     ]
     for stat in ("log_duration", "log_actions"):
@@ -385,6 +490,7 @@ def baseline_columns(devices: list[str], events: list[str]) -> list[str]:
     """Ordered columns of the baselines frame (the snapshot format the API reads)."""
     cols = [
         "user_id", "as_of", "history_days", "days_active", "shrink_weight",
+        "mean_weight_log_duration", "mean_weight_log_actions",
         "n_events", "n_sessions", "n_downloads", "max_events_in_session",
         "events_per_day", "events_per_active_day", "sessions_per_active_day",
         "downloads_per_active_day",
@@ -393,7 +499,9 @@ def baseline_columns(devices: list[str], events: list[str]) -> list[str]:
         cols += [f"raw_mean_{stat}", f"raw_sd_{stat}", f"mean_{stat}", f"sd_{stat}"]
         cols += [f"pop_mean_{stat}", f"pop_sd_{stat}"]
     cols += ["raw_hour_mean", "raw_hour_spread", "hour_mean", "hour_spread",
-             "usual_hour_start", "usual_hour_length", "unseen_rarity"]
+             "usual_hour_start", "usual_hour_length"]
+    cols += [f"share_prior_{kind}" for kind in SHARE_KINDS]
+    cols += [f"unseen_rarity_{kind}" for kind in SHARE_KINDS]
     for kind, label, _ in _category_specs(devices, events):
         if kind != "hour":
             cols.append(share_col(kind, label))

@@ -39,7 +39,7 @@ from uba.features.baselines import (
     share_col,
 )
 
-FEATURE_SET_VERSION = "uba-features-1"
+FEATURE_SET_VERSION = "uba-features-4"
 
 FEATURE_COLUMNS: tuple[str, ...] = (
     # the seed's event-level fields
@@ -57,13 +57,35 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "event_type_rarity",
     "download_intensity",
     "time_of_week_rarity",
+    "first_use",
+    # the strongest and the sum of the deviations above, so a one-feature anomaly is
+    # extreme in more than one dimension the forest may pick
+    "max_surprise",
+    "total_surprise",
     # how much history backs the baseline
     "log_history_days",
+)
+
+# Deviation features, all surprises in nats (0 = as expected for this user).
+DEVIATION_COLUMNS: tuple[str, ...] = (
+    "session_length_excess",
+    "actions_excess",
+    "hour_deviation",
+    "device_rarity",
+    "event_type_rarity",
+    "download_intensity",
+    "time_of_week_rarity",
 )
 
 # Context the reasons quote; kept next to the features in scored output.
 CONTEXT_COLUMNS: tuple[str, ...] = (
     "known_user",
+    "session_length_z",
+    "actions_z",
+    "hour_z",
+    "device_rarity_nats",
+    "event_type_rarity_nats",
+    "download_surprise",
     "user_median_session_sec",
     "user_median_actions",
     "user_usual_hour_start",
@@ -84,9 +106,10 @@ _FLOAT_CONTEXT = (
 )
 
 Z_CLIP = 10.0
+NOISE_NATS = 4.0  # z-type deviations count from z ~ 2.8 (0.25% one-sided) upward
+RARITY_NOISE_NATS = 2.0  # categories count from e^2 ~ 7.4x rarer than for the population
 RARITY_CLIP = 12.0
 HOUR_DEVIATION_CLIP = 12.0
-DOWNLOAD_CLIP = 50.0
 BASELINE_PREFIX = "bl_"
 
 
@@ -196,14 +219,34 @@ def _hour_and_weekday_rarity() -> list[pl.Expr]:
     hour_cases = [(h, rarity_col("hour", hour_label(h))) for h in HOURS]
     dow_cases = [(d, rarity_col("dow", d)) for d in WEEKDAYS]
     return [
-        _pick_int("_hour_int", hour_cases, bl("unseen_rarity")).alias("hour_rarity"),
-        _pick_int("_weekday_int", dow_cases, bl("unseen_rarity")).alias("weekday_rarity"),
+        _pick_int("_hour_int", hour_cases, bl("unseen_rarity_hour")).alias("hour_rarity"),
+        _pick_int("_weekday_int", dow_cases, bl("unseen_rarity_dow")).alias("weekday_rarity"),
     ]
 
 
-def _excess(value: str, stat: str) -> pl.Expr:
-    z = (pl.col(value) - bl(f"mean_{stat}")) / bl(f"sd_{stat}")
-    return _finite(z, 0.0, Z_CLIP)
+def surprise(z: pl.Expr) -> pl.Expr:
+    """Gaussian surprise z^2/2 in nats: the common unit of every deviation feature."""
+    return z * z / 2.0
+
+
+def beyond(nats: pl.Expr, noise: float) -> pl.Expr:
+    """The part of a surprise above its noise level; ordinary wobble becomes exactly 0.
+
+    A forest spends splits on whatever varies; folding every user's everyday variation
+    into a single point at 0 leaves it nothing to isolate there, so its splits go to the
+    deviations that matter (see docs/features.md for the measured effect).
+    """
+    return (nats - noise).clip(0.0, None)
+
+
+def excess_surprise(z: pl.Expr) -> pl.Expr:
+    """Gaussian surprise beyond NOISE_NATS (z beyond ~2.8)."""
+    return beyond(surprise(z), NOISE_NATS)
+
+
+def _z(value: str, stat: str) -> pl.Expr:
+    """Signed z against the user's own mean and spread (log space), clipped."""
+    return _finite((pl.col(value) - bl(f"mean_{stat}")) / bl(f"sd_{stat}"), -Z_CLIP, Z_CLIP)
 
 
 def _population_z(value: str, stat: str) -> pl.Expr:
@@ -221,30 +264,52 @@ def _global_extremity() -> list[pl.Expr]:
     ]
 
 
-def _features(devices: list[str], events: list[str]) -> list[pl.Expr]:
+def _deviations(devices: list[str], events: list[str]) -> list[pl.Expr]:
+    """z-scores and rarities of the event against its user's baseline (features and context)."""
     device_cases = [(d, rarity_col("device", d)) for d in devices]
     event_cases = [(e, rarity_col("event", e)) for e in events]
     is_download = (pl.col("event_type").cast(pl.String) == DOWNLOAD).cast(pl.Float64)
     download_rarity = bl(rarity_col("event", DOWNLOAD)) if DOWNLOAD in events else pl.lit(0.0)
+    hour_z = _circular_distance(pl.col("_hour"), bl("hour_mean")) / bl("hour_spread")
+    return [
+        _z("_log_duration", "log_duration").alias("session_length_z"),
+        _z("_log_actions", "log_actions").alias("actions_z"),
+        _finite(hour_z, 0.0, HOUR_DEVIATION_CLIP).alias("hour_z"),
+        _finite(_pick("device_type", device_cases, bl("unseen_rarity_device")), 0.0, RARITY_CLIP)
+        .alias("device_rarity_nats"),
+        _finite(_pick("event_type", event_cases, bl("unseen_rarity_event")), 0.0, RARITY_CLIP)
+        .alias("event_type_rarity_nats"),
+        (is_download * _finite(download_rarity, 0.0, RARITY_CLIP)).alias("_download_rarity"),
+        _first_use(devices, events).alias("first_use"),
+    ]
+
+
+def _first_use(devices: list[str], events: list[str]) -> pl.Expr:
+    """Known user, device or event type never seen before: 1 each, weighted by how
+    established the habit is (``n / (n + prior)``, n = the user's sessions or events)."""
+    def never(column: str, kind: str, names: list[str], evidence: str) -> pl.Expr:
+        share = _pick(column, [(x, share_col(kind, x)) for x in names], pl.lit(0.0))
+        seen = bl(evidence).cast(pl.Float64)
+        weight = seen / (seen + bl(f"share_prior_{kind}"))
+        return pl.when(pl.col("known_user") & (share.fill_null(0.0) <= 0.0)).then(weight).otherwise(0.0)
+
+    total = never("device_type", "device", devices, "n_sessions")
+    total = total + never("event_type", "event", events, "n_events")
+    return _finite(total, 0.0, 2.0)
+
+
+def _features(events: list[str]) -> list[pl.Expr]:
     return [
         _finite(pl.col("_log_duration"), 0.0, math.inf).alias("log_session_duration"),
         _finite(pl.col("_log_actions"), 0.0, math.inf).alias("log_events_in_session"),
         _finite(pl.col("_hour"), 0.0, 23.0).alias("event_hour"),
         _finite(pl.col("_weekday"), 0.0, 6.0).alias("event_weekday"),
-        _finite(_code("event_type", events), 0.0, len(events)).alias("event_type_code"),
-        _finite(_code("device_type", devices), 0.0, len(devices)).alias("device_code"),
-        _excess("_log_duration", "log_duration").alias("session_length_excess"),
-        _excess("_log_actions", "log_actions").alias("actions_excess"),
-        _finite(_circular_distance(pl.col("_hour"), bl("hour_mean")) / bl("hour_spread"),
-                0.0, HOUR_DEVIATION_CLIP).alias("hour_deviation"),
-        _finite(_pick("device_type", device_cases, bl("unseen_rarity")), 0.0, RARITY_CLIP)
-        .alias("device_rarity"),
-        _finite(_pick("event_type", event_cases, bl("unseen_rarity")), 0.0, RARITY_CLIP)
-        .alias("event_type_rarity"),
-        _finite(is_download * (2.0 * _finite(download_rarity, 0.0, RARITY_CLIP)).sqrt(),
-                0.0, math.inf).alias("_download_rarity_z"),
-        _finite(pl.col("hour_rarity") + pl.col("weekday_rarity"), 0.0, 2 * RARITY_CLIP)
-        .alias("time_of_week_rarity"),
+        excess_surprise(pl.col("session_length_z").clip(0.0, None)).alias("session_length_excess"),
+        excess_surprise(pl.col("actions_z").clip(0.0, None)).alias("actions_excess"),
+        excess_surprise(pl.col("hour_z")).alias("hour_deviation"),
+        beyond(pl.col("device_rarity_nats"), RARITY_NOISE_NATS).alias("device_rarity"),
+        beyond(pl.col("event_type_rarity_nats"), RARITY_NOISE_NATS).alias("event_type_rarity"),
+        beyond(pl.col("weekday_rarity"), RARITY_NOISE_NATS).alias("time_of_week_rarity"),
         _finite(bl("history_days").cast(pl.Float64).log1p(), 0.0, math.inf).alias("log_history_days"),
     ]
 
@@ -281,17 +346,25 @@ def compute_features(frame: pl.LazyFrame) -> pl.LazyFrame:
     staged = frame.with_columns(_base_columns(schema)).with_columns(
         _hour_int=pl.col("_hour").cast(pl.Int64),
         _weekday_int=pl.col("_weekday").cast(pl.Int64),
+        event_type_code=_finite(_code("event_type", events), 0.0, len(events)),
+        device_code=_finite(_code("device_type", devices), 0.0, len(devices)),
     ).with_columns(_hour_and_weekday_rarity())
-    staged = staged.with_columns(_features(devices, events)).with_columns(
-        download_intensity=_finite(
-            pl.col("_download_rarity_z") * (1.0 + pl.col("actions_excess")), 0.0, DOWNLOAD_CLIP
-        ),
+    staged = staged.with_columns(_deviations(devices, events)).with_columns(_features(events))
+    staged = staged.with_columns(
+        download_surprise=pl.when(pl.col("_download_rarity") > 0)
+        .then(pl.col("_download_rarity") + surprise(pl.col("actions_z").clip(0.0, None)))
+        .otherwise(0.0),
+    ).with_columns(
+        download_intensity=beyond(pl.col("download_surprise"), RARITY_NOISE_NATS),
+    ).with_columns(
+        max_surprise=pl.max_horizontal(*DEVIATION_COLUMNS),
+        total_surprise=pl.sum_horizontal(*DEVIATION_COLUMNS),
     )
     staged = staged.with_columns(_context(devices, events)).with_columns(
         pl.col(c).fill_nan(None) for c in _FLOAT_CONTEXT
     )
     scratch = ["_log_duration", "_log_actions", "_hour", "_weekday", "_hour_int",
-               "_weekday_int", "_download_rarity_z"]
+               "_weekday_int", "_download_rarity"]
     return staged.drop(scratch)
 
 

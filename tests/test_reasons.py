@@ -1,0 +1,125 @@
+"""Ranked plain-word reasons from hand-made feature rows (no model, no files)."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from uba.reasons import MIN_SEVERITY, REASON_KINDS, explain
+
+ORDINARY = {
+    "known_user": True, "event_type": "view", "device_type": "desktop",
+    "event_hour": 10.0, "event_weekday": 1.0,
+    "session_duration_sec": 720.0, "events_in_session": 20,
+    "hour_z": 0.0, "hour_rarity": 0.0, "session_length_z": 0.0, "actions_z": 0.0,
+    "device_rarity_nats": 0.0, "event_type_rarity_nats": 0.0, "download_surprise": 0.0,
+    "weekday_rarity": 0.0, "global_extremity": 0.0, "global_by_actions": False,
+    "user_median_session_sec": 720.0, "user_median_actions": 20.0,
+    "user_usual_hour_start": 9, "user_usual_hour_end": 17,
+    "user_device_share": 0.9, "user_event_type_share": 0.6, "user_download_share": 0.05,
+    "user_weekday_share": 0.2,
+}
+
+
+def reasons_of(*changes: dict, max_reasons: int = 3) -> list[tuple[list[str], list[str]]]:
+    frame = pl.DataFrame([{**ORDINARY, **c} for c in changes]).lazy()
+    out = explain(frame, max_reasons=max_reasons)
+    assert isinstance(out, pl.LazyFrame)  # expression-only: the API applies it to its own row
+    df = out.collect()
+    assert df.schema["reasons"] == pl.List(pl.String) == df.schema["reason_kinds"]
+    return list(zip(df["reasons"].to_list(), df["reason_kinds"].to_list(), strict=True))
+
+
+def test_reasons_are_ranked_by_severity_with_parallel_kinds():
+    [(texts, kinds)] = reasons_of({
+        "hour_z": 5.0, "event_hour": 3.0, "session_length_z": 3.0, "session_duration_sec": 6552.0,
+        "device_rarity_nats": 8.0, "device_type": "mobile", "user_device_share": 0.0,
+    })
+    assert kinds == ["hour", "device", "session_length"]  # 5 > sqrt(2*8)=4 > 3
+    assert texts == [
+        "03:00 is outside this user's usual 09:00-17:00",
+        "first mobile use for this user",
+        "session 9.1x longer than this user's median (12 min)",
+    ]
+
+
+def test_max_reasons_keeps_the_strongest():
+    [(texts, kinds)] = reasons_of({"hour_z": 5.0, "session_length_z": 3.0}, max_reasons=1)
+    assert kinds == ["hour"] and len(texts) == 1
+
+
+def test_ordinary_and_weak_events():
+    ordinary, weak, faint, two = reasons_of(
+        {},
+        {"actions_z": 1.5, "events_in_session": 35},
+        {"actions_z": 0.9},
+        {"actions_z": 1.5, "session_length_z": 2.5},
+    )
+    assert ordinary == ([], [])
+    assert weak == (["35 actions in the session, 1.8x this user's median (20)"], ["actions"])
+    assert faint == ([], [])  # under one sigma: nothing worth saying
+    assert two[1] == ["session_length"]  # a second reason needs MIN_SEVERITY
+    assert MIN_SEVERITY == 2.0
+
+
+def test_ties_keep_the_documented_kind_order():
+    [(_, kinds)] = reasons_of({"hour_z": 3.0, "session_length_z": 3.0, "actions_z": 3.0})
+    assert kinds == ["hour", "session_length", "actions"]
+    assert list(REASON_KINDS[:3]) == kinds
+
+
+def test_hour_texts_handle_windows_across_midnight_and_rare_hours_inside():
+    outside, inside = reasons_of(
+        {"hour_z": 4.0, "event_hour": 12.0, "user_usual_hour_start": 22, "user_usual_hour_end": 6},
+        {"hour_rarity": 3.0, "event_hour": 23.0, "user_usual_hour_start": 22, "user_usual_hour_end": 6},
+    )
+    assert outside[0] == ["12:00 is outside this user's usual 22:00-06:00"]
+    assert inside[0] == ["23:00 is a rare hour for this user (usual hours 22:00-06:00)"]
+
+
+def test_device_event_type_and_weekday_texts_quote_the_users_share():
+    rare_device, rare_type, new_type, weekend = reasons_of(
+        {"device_rarity_nats": 4.0, "device_type": "mobile", "user_device_share": 0.03},
+        {"event_type_rarity_nats": 4.0, "event_type": "logout", "user_event_type_share": 0.004},
+        {"event_type_rarity_nats": 4.0, "event_type": "click", "user_event_type_share": 0.0},
+        {"weekday_rarity": 3.0, "event_weekday": 5.0, "user_weekday_share": 0.01},
+    )
+    assert rare_device == (["mobile is rare for this user (3% of events)"], ["device"])
+    assert rare_type == (["logout events are rare for this user (0.4% of events)"], ["event_type"])
+    assert new_type == (["first click event for this user"], ["event_type"])
+    assert weekend == (["Saturday activity is rare for this user (1% of events)"], ["time_of_week"])
+
+
+def test_downloads_are_told_once_with_the_session_size_when_it_matters():
+    big, first = reasons_of(
+        {"event_type": "download", "download_surprise": 12.0, "event_type_rarity_nats": 4.0,
+         "user_download_share": 0.02, "user_event_type_share": 0.02, "actions_z": 4.0,
+         "events_in_session": 120},
+        {"event_type": "download", "download_surprise": 4.5, "event_type_rarity_nats": 4.5,
+         "user_download_share": 0.0, "user_event_type_share": 0.0},
+    )
+    assert big[1] == ["download_intensity", "actions"]  # never also "event_type"
+    assert big[0][0] == "downloads are rare for this user (2% of events), in a session of 120 actions (6.0x usual)"
+    assert first == (["first download for this user"], ["download_intensity"])
+
+
+def test_unknown_users_are_compared_with_most_users():
+    [(texts, _)] = reasons_of({"known_user": False, "session_length_z": 3.0, "session_duration_sec": 2160.0,
+                               "user_device_share": 0.0, "device_rarity_nats": 0.0})
+    assert texts == ["session 3.0x longer than most users' median (12 min)"]
+
+
+def test_global_extremes_name_the_extreme_field():
+    by_length, by_actions = reasons_of(
+        {"global_extremity": 6.0, "session_duration_sec": 90000.0},
+        {"global_extremity": 6.0, "global_by_actions": True, "events_in_session": 5000},
+    )
+    assert by_length == (["a 25.0 h session is extreme for any user"], ["global"])
+    assert by_actions == (["5000 actions in one session is extreme for any user"], ["global"])
+
+
+@pytest.mark.parametrize("missing", ["user_median_session_sec", "user_usual_hour_start"])
+def test_missing_context_still_gives_a_reason(missing):
+    [(texts, kinds)] = reasons_of({"session_length_z": 3.0, "hour_z": 2.5, missing: None})
+    assert kinds == ["session_length", "hour"]
+    assert all(isinstance(t, str) and t for t in texts)
