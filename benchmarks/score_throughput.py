@@ -146,15 +146,21 @@ def reference_features(events: Any, baselines: Any, feature_names: tuple[str, ..
                        deviation_columns: tuple[str, ...]) -> Any:
     """The product's event features, written the straightforward pandas/numpy way.
 
-    Mirrors uba/features/events.py (attach the user's baseline row, population row for
-    unknown users; log1p lengths; one-sided z surprises; circular hour distance;
-    category rarities picked per row; everything made finite and clipped).
+    Mirrors uba/features/events.py (feature set ``uba-features-4``): attach the user's
+    baseline row (population row for unknown users), log1p lengths, signed z against the
+    user, one-sided Gaussian surprises beyond a noise level, circular hour distance,
+    category rarities picked per row, first use of a device/event type, everything
+    made finite and clipped. Only numeric constants are taken from the product module.
     """
     import pandas as pd
 
+    from uba.features import events as product
+
     population = "__population__"
+    z_clip, rarity_clip, hour_clip = product.Z_CLIP, product.RARITY_CLIP, product.HOUR_DEVIATION_CLIP
+    noise, rarity_noise = product.NOISE_NATS, product.RARITY_NOISE_NATS
     base = baselines.set_index("user_id")
-    known = events["user_id"].isin(base.index.drop(population, errors="ignore"))
+    known = events["user_id"].isin(base.index.drop(population, errors="ignore")).to_numpy()
     key = events["user_id"].where(known, population)
     joined = base.reindex(key.to_numpy())
     joined.index = events.index
@@ -163,12 +169,15 @@ def reference_features(events: Any, baselines: Any, feature_names: tuple[str, ..
     devices = [c[len("rarity_device_"):] for c in base.columns if c.startswith("rarity_device_")]
     kinds = [c[len("rarity_event_"):] for c in base.columns if c.startswith("rarity_event_")]
 
+    def col(name: str) -> np.ndarray:
+        return df[name].to_numpy(dtype=np.float64)
+
     def finite(values: Any, low: float, high: float) -> np.ndarray:
         arr = np.asarray(values, dtype=np.float64)
         return np.clip(np.where(np.isnan(arr), 0.0, arr), low, high)
 
-    def pick(column: Any, cases: dict[Any, str], default: str) -> np.ndarray:
-        out = df[default].to_numpy(dtype=np.float64).copy()
+    def pick(column: Any, cases: dict[Any, str], default: np.ndarray | float) -> np.ndarray:
+        out = np.broadcast_to(np.asarray(default, dtype=np.float64), (len(df),)).copy()
         for value, name in cases.items():
             mask = (column == value).to_numpy()
             out[mask] = df.loc[mask, name].to_numpy(dtype=np.float64)
@@ -180,19 +189,35 @@ def reference_features(events: Any, baselines: Any, feature_names: tuple[str, ..
             out[(column == name).to_numpy()] = float(index)
         return out
 
+    def surprise(z: np.ndarray) -> np.ndarray:
+        return z * z / 2.0
+
+    def beyond(nats: np.ndarray, level: float) -> np.ndarray:
+        return np.clip(nats - level, 0.0, None)
+
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_duration = np.log1p(df["session_duration_sec"].to_numpy(dtype=np.float64))
-        log_actions = np.log1p(df["events_in_session"].to_numpy(dtype=np.float64))
-        hour = df["hour_of_day"].to_numpy(dtype=np.float64)
-        weekday = df["day_of_week"].to_numpy(dtype=np.float64)
+        log_duration = np.log1p(col("session_duration_sec"))
+        log_actions = np.log1p(col("events_in_session"))
+        hour, weekday = col("hour_of_day"), col("day_of_week")
+        weekday_rarity = pick(df["day_of_week"], {d: f"rarity_dow_{d}" for d in range(7)},
+                              col("unseen_rarity_dow"))
+        length_z = finite((log_duration - col("mean_log_duration")) / col("sd_log_duration"), -z_clip, z_clip)
+        actions_z = finite((log_actions - col("mean_log_actions")) / col("sd_log_actions"), -z_clip, z_clip)
+        diff = np.abs(hour - col("hour_mean")) % 24.0
+        hour_z = finite(np.minimum(diff, 24.0 - diff) / col("hour_spread"), 0.0, hour_clip)
+        device_nats = finite(pick(df["device_type"], {d: f"rarity_device_{d}" for d in devices},
+                                  col("unseen_rarity_device")), 0.0, rarity_clip)
+        event_nats = finite(pick(df["event_type"], {e: f"rarity_event_{e}" for e in kinds},
+                                 col("unseen_rarity_event")), 0.0, rarity_clip)
+        is_download = (df["event_type"] == "download").to_numpy().astype(np.float64)
+        download_rarity = is_download * finite(col("rarity_event_download"), 0.0, rarity_clip)
 
-        def excess(values: np.ndarray, stat: str) -> np.ndarray:
-            z = finite((values - df[f"mean_{stat}"].to_numpy()) / df[f"sd_{stat}"].to_numpy(), 0.0, 10.0)
-            return z * z / 2.0
+        def never(column: str, kind: str, names: list[str], evidence: str) -> np.ndarray:
+            share = pick(df[column], {x: f"share_{kind}_{x}" for x in names}, 0.0)
+            share = np.where(np.isnan(share), 0.0, share)
+            weight = col(evidence) / (col(evidence) + col(f"share_prior_{kind}"))
+            return np.where(known & (share <= 0.0), weight, 0.0)
 
-        diff = np.abs(hour - df["hour_mean"].to_numpy()) % 24.0
-        circular = np.minimum(diff, 24.0 - diff)
-        hour_z = finite(circular / df["hour_spread"].to_numpy(), 0.0, 12.0)
         out = pd.DataFrame(index=df.index)
         out["log_session_duration"] = finite(log_duration, 0.0, np.inf)
         out["log_events_in_session"] = finite(log_actions, 0.0, np.inf)
@@ -200,21 +225,20 @@ def reference_features(events: Any, baselines: Any, feature_names: tuple[str, ..
         out["event_weekday"] = finite(weekday, 0.0, 6.0)
         out["event_type_code"] = finite(code(df["event_type"], kinds), 0.0, len(kinds))
         out["device_code"] = finite(code(df["device_type"], devices), 0.0, len(devices))
-        out["session_length_excess"] = excess(log_duration, "log_duration")
-        out["actions_excess"] = excess(log_actions, "log_actions")
-        out["hour_deviation"] = hour_z * hour_z / 2.0
-        out["device_rarity"] = finite(pick(df["device_type"], {d: f"rarity_device_{d}" for d in devices},
-                                           "unseen_rarity_device"), 0.0, 12.0)
-        out["event_type_rarity"] = finite(pick(df["event_type"], {e: f"rarity_event_{e}" for e in kinds},
-                                               "unseen_rarity_event"), 0.0, 12.0)
-        is_download = (df["event_type"] == "download").to_numpy().astype(np.float64)
-        download_rarity = is_download * finite(df["rarity_event_download"], 0.0, 12.0)
-        hour_rarity = pick(df["hour_of_day"], {h: f"rarity_hour_{h:02d}" for h in range(24)}, "unseen_rarity_hour")
-        weekday_rarity = pick(df["day_of_week"], {d: f"rarity_dow_{d}" for d in range(7)}, "unseen_rarity_dow")
-        out["time_of_week_rarity"] = finite(hour_rarity + weekday_rarity, 0.0, 24.0)
-        out["download_intensity"] = np.where(download_rarity > 0, download_rarity + out["actions_excess"], 0.0)
+        out["session_length_excess"] = beyond(surprise(np.clip(length_z, 0.0, None)), noise)
+        out["actions_excess"] = beyond(surprise(np.clip(actions_z, 0.0, None)), noise)
+        out["hour_deviation"] = beyond(surprise(hour_z), noise)
+        out["device_rarity"] = beyond(device_nats, rarity_noise)
+        out["event_type_rarity"] = beyond(event_nats, rarity_noise)
+        out["time_of_week_rarity"] = beyond(weekday_rarity, rarity_noise)
+        out["first_use"] = finite(never("device_type", "device", devices, "n_sessions")
+                                  + never("event_type", "event", kinds, "n_events"), 0.0, 2.0)
+        download_surprise = np.where(download_rarity > 0,
+                                     download_rarity + surprise(np.clip(actions_z, 0.0, None)), 0.0)
+        out["download_intensity"] = beyond(download_surprise, rarity_noise)
         out["max_surprise"] = out[list(deviation_columns)].max(axis=1)
-        out["log_history_days"] = finite(np.log1p(df["history_days"].to_numpy(dtype=np.float64)), 0.0, np.inf)
+        out["total_surprise"] = out[list(deviation_columns)].sum(axis=1)
+        out["log_history_days"] = finite(np.log1p(col("history_days")), 0.0, np.inf)
     missing = [c for c in feature_names if c not in out.columns]
     if missing:
         raise SystemExit(f"the reference does not implement features {missing}; update it")
