@@ -225,36 +225,67 @@ def explain(features: pl.LazyFrame, max_reasons: int = 3) -> pl.LazyFrame:
     """Add ``reasons`` and ``reason_kinds`` (parallel List(String), strongest first).
 
     ``features`` is the output of ``uba.features.events.event_features`` (the feature
-    and context columns are what is read).
+    and context columns are what is read); row order is kept. Sentences are only built
+    for the rows that get a reason (a few percent of a day), then joined back: building
+    eight sentences for every one of millions of ordinary events would cost more than
+    the features themselves. The ranking is plain arithmetic on the eight severities
+    (rank of a kind = how many kinds beat it, earlier kinds winning ties).
     """
-    sev, txt = severities(), texts()
-    sev_cols = {kind: f"_sev_{kind}" for kind in REASON_KINDS}
+    sev = severities()
+    sev_col = {kind: f"_sev_{kind}" for kind in REASON_KINDS}
     staged = features.with_columns(
-        sev[kind].fill_nan(0.0).fill_null(0.0).alias(sev_cols[kind]) for kind in REASON_KINDS
-    ).with_columns(
-        _keep_from=pl.max_horizontal(
-            pl.min_horizontal(
-                pl.max_horizontal(*(pl.col(c) for c in sev_cols.values())), pl.lit(MIN_SEVERITY)
-            ),
-            pl.lit(MIN_TOP_SEVERITY),
-        )
+        sev[kind].fill_nan(0.0).fill_null(0.0).alias(sev_col[kind]) for kind in REASON_KINDS
+    ).with_columns(_top=pl.max_horizontal(*sev_col.values())).with_row_index(_ROW)
+    explained = _ranked_reasons(
+        staged.filter(pl.col("_top") >= MIN_TOP_SEVERITY), sev_col, max_reasons
+    ).select(_ROW, "reasons", "reason_kinds")
+    empty = pl.lit([], dtype=pl.List(pl.String))
+    return (
+        staged.join(explained, on=_ROW, how="left", maintain_order="left")
+        .with_columns(pl.col("reasons").fill_null(empty), pl.col("reason_kinds").fill_null(empty))
+        .drop(_ROW, "_top", *sev_col.values())
     )
-    candidates = pl.concat_list([
-        pl.struct(
-            sev=pl.col(sev_cols[kind]),
-            keep=pl.col(sev_cols[kind]) >= pl.col("_keep_from"),
-            kind=pl.lit(kind),
-            text=txt[kind].fill_null(pl.lit(kind.replace("_", " "))),
-        )
-        for kind in REASON_KINDS
-    ])
-    ranked = (
-        candidates.list.eval(pl.element().filter(pl.element().struct.field("keep")))
-        .list.eval(pl.element().sort_by(pl.element().struct.field("sev"), descending=True,
-                                        maintain_order=True))
-        .list.head(max_reasons)
+
+
+_ROW = "__reasons_row"
+
+
+def _ranked_reasons(rows: pl.LazyFrame, sev_col: dict[str, str], max_reasons: int) -> pl.LazyFrame:
+    """The top ``max_reasons`` kinds of each row with their sentences."""
+    txt = texts()
+    rank_col = {kind: f"_rank_{kind}" for kind in REASON_KINDS}
+    text_col = {kind: f"_text_{kind}" for kind in REASON_KINDS}
+    keep_from = pl.max_horizontal(pl.min_horizontal(pl.col("_top"), pl.lit(MIN_SEVERITY)),
+                                  pl.lit(MIN_TOP_SEVERITY))
+    staged = rows.with_columns(_keep_from=keep_from).with_columns(
+        *(_rank(kind, sev_col).alias(rank_col[kind]) for kind in REASON_KINDS),
+        *(txt[k].fill_null(pl.lit(k.replace("_", " "))).alias(text_col[k]) for k in REASON_KINDS),
     )
-    return staged.with_columns(_ranked=ranked).with_columns(
-        reasons=pl.col("_ranked").list.eval(pl.element().struct.field("text")),
-        reason_kinds=pl.col("_ranked").list.eval(pl.element().struct.field("kind")),
-    ).drop("_ranked", "_keep_from", *sev_cols.values())
+
+    def at(position: int, value: dict[str, pl.Expr]) -> pl.Expr:
+        chosen = [
+            pl.when((pl.col(rank_col[k]) == position) & (pl.col(sev_col[k]) >= pl.col("_keep_from")))
+            .then(value[k])
+            for k in REASON_KINDS
+        ]
+        return pl.coalesce(chosen)
+
+    positions = range(min(max_reasons, len(REASON_KINDS)))
+    text = {k: pl.col(text_col[k]) for k in REASON_KINDS}
+    kind = {k: pl.lit(k) for k in REASON_KINDS}
+    return staged.with_columns(
+        reasons=pl.concat_list([at(p, text) for p in positions]).list.drop_nulls(),
+        reason_kinds=pl.concat_list([at(p, kind) for p in positions]).list.drop_nulls(),
+    )
+
+
+def _rank(kind: str, sev_col: dict[str, str]) -> pl.Expr:
+    """0 for the strongest kind: the number of kinds with a higher severity, or an equal
+    one listed earlier in REASON_KINDS."""
+    mine = pl.col(sev_col[kind])
+    index = REASON_KINDS.index(kind)
+    beats = [
+        (pl.col(sev_col[other]) > mine) | ((pl.col(sev_col[other]) == mine) & pl.lit(j < index))
+        for j, other in enumerate(REASON_KINDS) if other != kind
+    ]
+    return pl.sum_horizontal([b.cast(pl.Int32) for b in beats])
