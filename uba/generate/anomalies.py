@@ -260,18 +260,34 @@ def inject_event_anomalies(
     duration_ceiling = weighted_quantile(sessions.duration_sec[normal], weights, GLOBAL_CEILING_Q)
     events_ceiling = weighted_quantile(sessions.n_events[normal], weights, GLOBAL_CEILING_Q)
     duration_max = float(sessions.duration_sec[normal].max())
-    user = sessions.user[normal]
-    log_duration = user_log_stats(user, sessions.duration_sec[normal], weights, users.count)
-    log_events = user_log_stats(user, sessions.n_events[normal], weights, users.count)
     for kind in SELECTION_ORDER:
+        # the user's own statistics over the sessions still normal: an earlier kind may
+        # have edited one of them, and the norm a detector learns is the remaining ones
+        normal = inside & (sessions.kind == NORMAL)
+        user, weights = sessions.user[normal], sessions.n_events[normal]
+        log_duration = user_log_stats(user, sessions.duration_sec[normal], weights, users.count)
+        log_events = user_log_stats(user, sessions.n_events[normal], weights, users.count)
         ctx = _Context(users, sessions, window_start_us, window_end_us, duration_ceiling,
                        events_ceiling, duration_max, log_duration, log_events, rng)
         ok, changes = PROPOSERS[kind](ctx)
         eligible = base & ok & (sessions.kind == NORMAL)
-        rows = changes.get("n_events", sessions.n_events)
+        rows = labelled_rows(kind, sessions, changes)
         chosen = select_sessions(eligible, rows, sessions.user, KIND_SHARES[kind] * rate * total_events, rng)
         sessions = _apply(sessions, chosen, changes, kind_code(kind))
     return sessions
+
+
+def labelled_rows(kind: str, sessions: Sessions, changes: dict[str, np.ndarray]) -> np.ndarray:
+    """Events of each proposed session that will carry the label (what the rate budgets).
+
+    Every row of an anomalous session is labelled, except in a download spree, where
+    only the download rows are (see ``uba.generate.events.labelled_kind``): its budget
+    counts the expected downloads, so the labelled share stays near ``rate``.
+    """
+    rows = changes.get("n_events", sessions.n_events).astype(np.float64)
+    if kind == "download_spree":
+        return (rows - 2.0) * changes["p_download"]
+    return rows
 
 
 def _apply(sessions: Sessions, chosen: np.ndarray, changes: dict[str, np.ndarray], code: int) -> Sessions:

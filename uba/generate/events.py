@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from uba.generate.anomalies import ANOMALY_KINDS, USER_DAY_KINDS
+from uba.generate.anomalies import ANOMALY_KINDS, USER_DAY_KINDS, kind_code
 from uba.generate.personas import Users, user_ids
 from uba.generate.sessions import US_PER_DAY, US_PER_HOUR, US_PER_SEC, Sessions
 from uba.schema import EVENT_SCHEMA
@@ -120,7 +120,19 @@ def expand_sessions(
             "session_id": session_ids.gather(pl.Series(session)),
         }
     ).cast(EVENT_SCHEMA)
-    return events, _labels(events, sessions.kind[session])
+    return events, _labels(events, labelled_kind(sessions.kind[session], event_type))
+
+
+def labelled_kind(session_kind: np.ndarray, event_type: np.ndarray) -> np.ndarray:
+    """The kind each *event* carries: its session's, except in a download spree.
+
+    A spree is anomalous through its download rows; its login, logout, view and click
+    rows are ordinary events of an ordinary-looking session, and a detector whose
+    features are row-local (the product's, by design) cannot and should not flag them.
+    Labelling them would count unreachable rows as misses.
+    """
+    spree_other = (session_kind == kind_code("download_spree")) & (event_type != DOWNLOAD)
+    return np.where(spree_other, 0, session_kind).astype(session_kind.dtype)
 
 
 def _labels(events: pl.DataFrame, kind_code: np.ndarray) -> pl.DataFrame:
