@@ -41,6 +41,7 @@ from uba.scoring import manifest as mf
 from uba.scoring import outputs
 from uba.scoring.lock import date_lock
 from uba.scoring.ray_backend import (
+    EAGER_ENGINE,
     FaultInjection,
     RayRuntime,
     RunFailedError,
@@ -260,8 +261,8 @@ class _Run:
         with self.timer.stage("outputs"):
             scores = annotated["anomaly_score"].to_numpy()
             annotated = self.ops.apply(annotated, matrix, scores)  # issue 7
-            scored = outputs.score_rows(annotated.lazy()).collect()
-            flagged = outputs.flagged_rows(annotated.lazy()).collect()
+            scored = outputs.score_rows(annotated.lazy()).collect(engine=EAGER_ENGINE)
+            flagged = outputs.flagged_rows(annotated.lazy()).collect(engine=EAGER_ENGINE)
         return scored, flagged
 
     def _write(self, df: pl.DataFrame, path: Path) -> dict[str, Any]:
