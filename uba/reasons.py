@@ -108,8 +108,11 @@ def _clock(hour: pl.Expr) -> pl.Expr:
 
 
 def _weekday_name(day: pl.Expr) -> pl.Expr:
-    names = pl.lit(list(WEEKDAY_NAMES), dtype=pl.List(pl.String))
-    return names.list.get(day.cast(pl.Int64).clip(0, 6))
+    """A mapping, not ``list.get`` on a broadcast literal list: that form panicked in
+    Polars 2.1's streaming engine under load (binview index assertion)."""
+    return day.cast(pl.Int64).clip(0, 6).replace_strict(
+        list(range(7)), list(WEEKDAY_NAMES), return_dtype=pl.String
+    )
 
 
 # ---- texts -----------------------------------------------------------------------------
