@@ -146,7 +146,7 @@ def reference_features(events: Any, baselines: Any, feature_names: tuple[str, ..
                        deviation_columns: tuple[str, ...]) -> Any:
     """The product's event features, written the straightforward pandas/numpy way.
 
-    Mirrors uba/features/events.py (feature set ``uba-features-4``): attach the user's
+    Mirrors uba/features/events.py (feature set ``uba-features-5``): attach the user's
     baseline row (population row for unknown users), log1p lengths, signed z against the
     user, one-sided Gaussian surprises beyond a noise level, circular hour distance,
     category rarities picked per row, first use of a device/event type, everything
@@ -235,7 +235,7 @@ def reference_features(events: Any, baselines: Any, feature_names: tuple[str, ..
                                   + never("event_type", "event", kinds, "n_events"), 0.0, 2.0)
         download_surprise = np.where(download_rarity > 0,
                                      download_rarity + surprise(np.clip(actions_z, 0.0, None)), 0.0)
-        out["download_intensity"] = beyond(download_surprise, rarity_noise)
+        out["download_intensity"] = beyond(download_surprise, product.DOWNLOAD_NOISE_NATS)
         out["max_surprise"] = out[list(deviation_columns)].max(axis=1)
         out["total_surprise"] = out[list(deviation_columns)].sum(axis=1)
         out["log_history_days"] = finite(np.log1p(col("history_days")), 0.0, np.inf)

@@ -39,7 +39,7 @@ from uba.features.baselines import (
     share_col,
 )
 
-FEATURE_SET_VERSION = "uba-features-4"
+FEATURE_SET_VERSION = "uba-features-5"
 
 FEATURE_COLUMNS: tuple[str, ...] = (
     # the seed's event-level fields
@@ -108,6 +108,9 @@ _FLOAT_CONTEXT = (
 Z_CLIP = 10.0
 NOISE_NATS = 4.0  # z-type deviations count from z ~ 2.8 (0.25% one-sided) upward
 RARITY_NOISE_NATS = 2.0  # categories count from e^2 ~ 7.4x rarer than for the population
+# a download by a user who downloads 3x less than the population, counted from 1 nat: the
+# evidence of a spree is split over its rows (row-local), so each row's share is small
+DOWNLOAD_NOISE_NATS = 1.0
 RARITY_CLIP = 12.0
 HOUR_DEVIATION_CLIP = 12.0
 BASELINE_PREFIX = "bl_"
@@ -355,7 +358,7 @@ def compute_features(frame: pl.LazyFrame) -> pl.LazyFrame:
         .then(pl.col("_download_rarity") + surprise(pl.col("actions_z").clip(0.0, None)))
         .otherwise(0.0),
     ).with_columns(
-        download_intensity=beyond(pl.col("download_surprise"), RARITY_NOISE_NATS),
+        download_intensity=beyond(pl.col("download_surprise"), DOWNLOAD_NOISE_NATS),
     ).with_columns(
         max_surprise=pl.max_horizontal(*DEVIATION_COLUMNS),
         total_surprise=pl.sum_horizontal(*DEVIATION_COLUMNS),
