@@ -47,6 +47,9 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 UBA = BIN / "uba-batch"
 TRAIN_WINDOW_DAYS = 21
+RAY_LABEL = "uba score (embedded Ray, default)"
+IN_PROCESS_LABEL = "uba score --in-process"
+REFERENCE_LABEL = "pandas + scikit-learn reference"
 REFERENCE_TRAIN_ROWS = 300_000
 FEATURE_CHECK_ROWS = 200_000
 
@@ -365,6 +368,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="Markdown file for the results")
     parser.add_argument("--reuse", action="store_true",
                         help="keep what --work already holds (data, model, reference model); build the rest")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the three runs (median reported)")
     parser.add_argument("--reference-run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--date", type=date.fromisoformat, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -399,24 +403,28 @@ def main() -> None:
 
     env = {**os.environ}
     env.pop("RAY_ADDRESS", None)
-    runs: dict[str, tuple[Measured, dict[str, Any] | None]] = {}
-    for label, extra in (("uba score (embedded Ray, default)", []), ("uba score --in-process", ["--in-process"])):
-        out = args.work / ("out-" + ("ray" if not extra else "inproc"))
-        shutil.rmtree(out, ignore_errors=True)
-        cmd = [str(UBA), "score", "--date", day.isoformat(), "--data-dir", str(data_dir),
-               "--model-dir", str(model_dir), "--output-dir", str(out), *extra]
-        measured = measure(cmd, env)
-        if measured.returncode != 0:
-            raise SystemExit(f"{label} failed:\n{measured.output}")
-        manifest = json.loads((out / "runs" / f"event_date={day}" / "manifest.json").read_text())
-        runs[label] = (measured, manifest)
-        print(f"{label}: {measured.wall_s:.1f} s, peak tree PSS {measured.peak_tree_pss_mib:.0f} MiB", flush=True)
-    reference = measure([sys.executable, str(Path(__file__).resolve()), "--reference-run",
-                         "--work", str(args.work), "--date", day.isoformat()], env)
-    if reference.returncode != 0:
-        raise SystemExit(f"reference failed:\n{reference.output}")
-    runs["pandas + scikit-learn reference"] = (reference, None)
-    print(f"reference: {reference.wall_s:.1f} s, peak PSS {reference.peak_tree_pss_mib:.0f} MiB", flush=True)
+    score_cmd = [str(UBA), "score", "--date", day.isoformat(), "--data-dir", str(data_dir),
+                 "--model-dir", str(model_dir)]
+    contenders: dict[str, tuple[list[str], Path | None]] = {
+        RAY_LABEL: ([*score_cmd, "--output-dir", str(args.work / "out-ray")], args.work / "out-ray"),
+        IN_PROCESS_LABEL: ([*score_cmd, "--output-dir", str(args.work / "out-inproc"), "--in-process"],
+                           args.work / "out-inproc"),
+        REFERENCE_LABEL: ([sys.executable, str(Path(__file__).resolve()), "--reference-run",
+                           "--work", str(args.work), "--date", day.isoformat()], None),
+    }
+    runs: dict[str, list[tuple[Measured, dict[str, Any] | None]]] = {label: [] for label in contenders}
+    for round_no in range(1, args.repeat + 1):  # interleaved, so load changes hit every contender
+        for label, (cmd, out) in contenders.items():
+            if out is not None:
+                shutil.rmtree(out, ignore_errors=True)
+            measured = measure(cmd, env)
+            if measured.returncode != 0:
+                raise SystemExit(f"{label} failed:\n{measured.output}")
+            manifest = (json.loads((out / "runs" / f"event_date={day}" / "manifest.json").read_text())
+                        if out is not None else None)
+            runs[label].append((measured, manifest))
+            print(f"round {round_no} {label}: {measured.wall_s:.1f} s, "
+                  f"peak tree PSS {measured.peak_tree_pss_mib:.0f} MiB", flush=True)
     agreement = feature_agreement(data_dir, day)
     report = render(args, host, day, setup, runs, agreement)
     print(report)
@@ -425,11 +433,17 @@ def main() -> None:
         args.output.write_text(report)
 
 
+def _median_run(results: list[tuple[Measured, dict[str, Any] | None]]) -> tuple[Measured, dict[str, Any] | None]:
+    ordered = sorted(results, key=lambda r: r[0].wall_s)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def render(args: argparse.Namespace, host: dict[str, str], day: date, setup: dict[str, float],
-           runs: dict[str, tuple[Measured, dict[str, Any] | None]], agreement: dict[str, float]) -> str:
-    first_manifest = next(m for _, m in runs.values() if m)
+           runs: dict[str, list[tuple[Measured, dict[str, Any] | None]]], agreement: dict[str, float]) -> str:
+    medians = {label: _median_run(results) for label, results in runs.items()}
+    first_manifest = medians[RAY_LABEL][1] or {}
     events = first_manifest["counts"]["input_rows"]
-    reference = runs["pandas + scikit-learn reference"][0]
+    reference = medians[REFERENCE_LABEL][0]
     command = " ".join(["python", "benchmarks/score_throughput.py", *sys.argv[1:]])
     lines = [
         "# `score --date` throughput: uba on Ray vs a single-process pandas + scikit-learn job",
@@ -448,21 +462,29 @@ def render(args: argparse.Namespace, host: dict[str, str], day: date, setup: dic
         "Setup (not part of the comparison): "
         + (", ".join(f"{k} {v:.0f} s" for k, v in setup.items()) or "reused from an earlier run") + ".",
         "",
-        "| run | wall s | events/s | peak memory MiB (PSS, process tree) | peak RSS MiB (main process) | vs reference (events/s) |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"Each run in its own process, {args.repeat} interleaved rounds; wall time and events/s of the "
+        "median round, best round beside it, memory the largest of the rounds.",
+        "",
+        "| run | wall s (median) | wall s (best) | events/s (median) | peak memory MiB (PSS, process tree) "
+        "| peak RSS MiB (main process) | events/s vs reference |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, (m, _) in runs.items():
-        ratio = reference.wall_s / m.wall_s
-        lines.append(f"| {label} | {m.wall_s:.1f} | {events / m.wall_s:,.0f} | {m.peak_tree_pss_mib:,.0f} | "
-                     f"{m.peak_rss_mib:,.0f} | {ratio:.2f}x |")
-    lines += ["", "Stage timings of the uba runs (seconds, from their manifests):", "",
-              "| stage | " + " | ".join(k for k, (_, m) in runs.items() if m) + " |",
-              "|---|" + "---:|" * sum(1 for _, m in runs.values() if m)]
-    stages = sorted({s for _, m in runs.values() if m for s in m["timings_sec"]})
+    for label, results in runs.items():
+        median = medians[label][0]
+        best = min(m.wall_s for m, _ in results)
+        pss = max(m.peak_tree_pss_mib for m, _ in results)
+        rss = max(m.peak_rss_mib for m, _ in results)
+        lines.append(f"| {label} | {median.wall_s:.1f} | {best:.1f} | {events / median.wall_s:,.0f} | "
+                     f"{pss:,.0f} | {rss:,.0f} | {reference.wall_s / median.wall_s:.2f}x |")
+    uba_runs = {label: m for label, (_, m) in medians.items() if m}
+    lines += ["", "Stage timings of the median uba runs (seconds, from their manifests):", "",
+              "| stage | " + " | ".join(uba_runs) + " |",
+              "|---|" + "---:|" * len(uba_runs)]
+    stages = sorted({s for m in uba_runs.values() for s in m["timings_sec"]})
     for stage in stages:
-        values = [f"{m['timings_sec'].get(stage, 0.0):.2f}" for _, m in runs.values() if m]
+        values = [f"{m['timings_sec'].get(stage, 0.0):.2f}" for m in uba_runs.values()]
         lines.append(f"| {stage} | " + " | ".join(values) + " |")
-    ray_manifest = runs["uba score (embedded Ray, default)"][1] or {}
+    ray_manifest = uba_runs[RAY_LABEL]
     execution = ray_manifest.get("execution", {})
     lines += [
         "",
