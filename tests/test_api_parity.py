@@ -1,4 +1,5 @@
-"""The same event gets the same score from POST /predict/batch and from `uba-batch score --date`."""
+"""The same event gets the same score and verdict from POST /predict/batch and from
+`uba-batch score --date`, with per-user thresholds on (the global verdict is compared too)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ CHUNK = 70  # several batches per day, none at the limit
 
 def test_predict_batch_matches_batch_scoring(tmp_path_factory: pytest.TempPathFactory) -> None:
     world = shared_world(tmp_path_factory).copy(tmp_path_factory.mktemp("parity") / "world")
-    env = world.env()
+    env = world.env(UBA_USER_THRESHOLDS__ENABLED="true")
     uba_batch = str(Path(sys.executable).parent / "uba-batch")
     run = subprocess.run([uba_batch, "score", "--date", SCORE_DAY.isoformat(), "--workers", "1",
                           "--shards", "2"], env=env, capture_output=True, text=True, timeout=180)
@@ -37,16 +38,26 @@ def test_predict_batch_matches_batch_scoring(tmp_path_factory: pytest.TempPathFa
             assert response.status_code == 200, response.text
             for prediction in response.json()["predictions"]:
                 answers[prediction["event_id"]] = prediction
+        stranger = client.post("/predict", json={**rows[0], "user_id": "never-seen", "event_id": "x"}).json()
+        info = client.get("/model").json()
 
     assert len(answers) == batch.height
-    flagged = 0
+    flagged = moved = 0
     for row in batch.iter_rows(named=True):
         api = answers[row["event_id"]]
         assert abs(api["anomaly_score"] - row["anomaly_score"]) <= 1e-9, row["event_id"]
         assert api["is_anomaly"] == row["is_anomaly"], row["event_id"]
+        assert abs(api["threshold"] - row["user_threshold"]) <= 1e-12, row["event_id"]
+        assert api["global_threshold"] == pytest.approx(row["threshold"], abs=1e-12)
+        global_verdict = row["anomaly_score"] >= row["threshold"]
+        assert (api["anomaly_score"] >= api["global_threshold"]) == global_verdict, row["event_id"]
+        moved += global_verdict != row["is_anomaly"]
         assert api["known_user"] == row["known_user"]
         assert api["reasons"] == row["reasons"] and api["reason_kinds"] == row["reason_kinds"]
         assert api["model_version"] == row["model_version"] == world.version
         assert api["baseline_as_of"] == SCORE_DAY.isoformat()
         flagged += row["is_anomaly"]
     assert 0 < flagged < batch.height  # the comparison covers both flagged and normal events
+    assert moved > 0  # per-user cuts changed some verdicts, so the flag comparison above is not vacuous
+    assert stranger["threshold"] == stranger["global_threshold"] == info["threshold"]  # unknown: global cut
+    assert info["per_user_thresholds"]["enabled"] and info["per_user_thresholds"]["users"] > 0

@@ -47,6 +47,7 @@ class ScoringEvent:
 class ScoringResult:
     scores: np.ndarray
     flags: np.ndarray
+    thresholds: np.ndarray
     known_user: list[bool]
     reasons: list[list[str]]
     reason_kinds: list[list[str]]
@@ -74,14 +75,20 @@ def feature_frame(
 
 
 def score_events(state: ModelState, events: Sequence[ScoringEvent], max_reasons: int) -> ScoringResult:
-    """Score events against the state's model and baselines; one vectorised pass for the lot."""
+    """Score events against the state's model and baselines; one vectorised pass for the lot.
+
+    Each event is judged against its user's cut when per-user thresholds are on
+    (``ModelState.thresholds_for``), as ``score --date`` does.
+    """
     features = feature_frame(state.baselines, events, max_reasons)
     names = list(state.bundle.detector.feature_names)
     matrix = np.ascontiguousarray(features.select(names).to_numpy(), dtype=np.float64)
     scores = np.asarray(state.scorer(matrix), dtype=np.float64)
+    cuts = state.thresholds_for([e.user_id for e in events])
     return ScoringResult(
         scores=scores,
-        flags=scores >= state.threshold,
+        flags=scores >= cuts,
+        thresholds=cuts,
         known_user=features["known_user"].to_list(),
         reasons=features["reasons"].to_list(),
         reason_kinds=features["reason_kinds"].to_list(),

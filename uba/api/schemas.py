@@ -197,8 +197,12 @@ class Prediction(BaseModel):
     user_id: str
     anomaly_score: float = Field(description="Higher is more anomalous; -IsolationForest.score_samples.")
     is_anomaly: bool = Field(description="anomaly_score >= threshold")
-    threshold_percentile: float = Field(description="Percentile as a fraction, e.g. 0.98 (as in the seed).")
-    threshold: float
+    threshold_percentile: float = Field(description="Percentile of the global threshold as a fraction, "
+                                                    "e.g. 0.98 (as in the seed).")
+    threshold: float = Field(description="The cut this event was judged against: its user's own when "
+                                         "user_thresholds.enabled, else the global one.")
+    global_threshold: float = Field(description="The model's global cut (threshold_percentile of the "
+                                                "training scores).")
     model_version: str
     baseline_as_of: date
     known_user: bool = Field(description="False when the population baseline was used.")
@@ -223,6 +227,8 @@ class ModelInfo(BaseModel):
     threshold_percentile: float
     baseline_as_of: date
     baseline_users: int
+    per_user_thresholds: dict[str, Any] = Field(
+        description="enabled (user_thresholds.enabled) and how many users have their own cut.")
     training: dict[str, Any] = Field(description="Training window and counts from the bundle metadata.")
     loaded_at: datetime
     scorer: str

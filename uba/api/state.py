@@ -25,6 +25,7 @@ from uba.features.baselines import POPULATION_USER
 from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
 from uba.logs import get_logger
 from uba.settings import Settings
+from uba.thresholds import load_or_build_history, user_thresholds
 
 log = get_logger("api.state")
 
@@ -83,6 +84,7 @@ class ModelState:
     scorer: Scorer
     scorer_name: str
     loaded_at: datetime
+    user_cuts: Mapping[str, float] | None = None
 
     @property
     def version(self) -> str:
@@ -90,7 +92,18 @@ class ModelState:
 
     @property
     def threshold(self) -> float:
+        """The model's global cut (per-user cuts, when on, are moved from it)."""
         return float(self.bundle.detector.threshold)
+
+    def thresholds_for(self, user_ids: list[str]) -> np.ndarray:
+        """Each event's cut: its user's own when per-user thresholds are on, else the global one.
+
+        Users without training history get the global cut, as in ``apply_thresholds``.
+        """
+        if self.user_cuts is None:
+            return np.full(len(user_ids), self.threshold, dtype=np.float64)
+        cuts = self.user_cuts
+        return np.array([cuts.get(u, self.threshold) for u in user_ids], dtype=np.float64)
 
     @property
     def percentile(self) -> float:
@@ -107,6 +120,10 @@ class ModelState:
             "threshold_percentile": self.percentile / 100.0,
             "baseline_as_of": self.baselines.as_of,
             "baseline_users": self.baselines.users,
+            "per_user_thresholds": {
+                "enabled": self.user_cuts is not None,
+                "users": len(self.user_cuts) if self.user_cuts is not None else 0,
+            },
             "training": {
                 key: meta[key]
                 for key in ("training_window", "rows", "score_summary", "created_at", "settings")
@@ -138,8 +155,27 @@ def build_scorer(bundle: Bundle, settings: Settings) -> tuple[Scorer, str]:
     return bundle.detector.anomaly_scores, "compact"
 
 
+def load_user_cuts(bundle: Bundle, settings: Settings) -> dict[str, float] | None:
+    """Per-user thresholds exactly as ``score`` computes them (None when the option is off).
+
+    Same table (``load_or_build_history``, built from the training window and stored next
+    to the bundle when missing) and same arithmetic (``user_thresholds``) as
+    ``RunOperations.prepare``, so an online verdict and the nightly one agree.
+    """
+    if not settings.user_thresholds.enabled:
+        return None
+    try:
+        history = load_or_build_history(settings, bundle)
+        cuts = user_thresholds(history.lazy(), bundle.detector.threshold, settings.user_thresholds).collect()
+    except UserError:
+        raise
+    except Exception as exc:  # e.g. the training window's events are gone and no table was stored
+        raise BundleError(f"model {bundle.version}: cannot load per-user thresholds: {exc}") from exc
+    return dict(zip(cuts["user_id"].to_list(), cuts["user_threshold"].to_list(), strict=True))
+
+
 def load_state(settings: Settings) -> ModelState:
-    """Load the newest bundle + snapshot and prove they score a probe event."""
+    """Load the newest bundle + snapshot (+ per-user cuts) and prove they score a probe event."""
     bundle = load_bundle(
         settings.paths.model_dir,
         expected_features=FEATURE_COLUMNS,
@@ -148,7 +184,7 @@ def load_state(settings: Settings) -> ModelState:
     baselines = load_baselines(settings.paths.data_dir)
     scorer, scorer_name = build_scorer(bundle, settings)
     state = ModelState(bundle=bundle, baselines=baselines, scorer=scorer, scorer_name=scorer_name,
-                       loaded_at=datetime.now(UTC))
+                       loaded_at=datetime.now(UTC), user_cuts=load_user_cuts(bundle, settings))
     _probe(state, settings)
     return state
 

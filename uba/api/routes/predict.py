@@ -44,7 +44,8 @@ def prediction(state: ModelState, event: ScoringEvent, result: ScoringResult, ro
     return Prediction(
         event_id=event.event_id, user_id=event.user_id,
         anomaly_score=float(result.scores[row]), is_anomaly=bool(result.flags[row]),
-        threshold_percentile=state.percentile / 100.0, threshold=state.threshold,
+        threshold_percentile=state.percentile / 100.0, threshold=float(result.thresholds[row]),
+        global_threshold=state.threshold,
         model_version=state.version, baseline_as_of=state.baselines.as_of,
         known_user=bool(result.known_user[row]),
         reasons=result.reasons[row], reason_kinds=result.reason_kinds[row],
