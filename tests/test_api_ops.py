@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -182,3 +183,57 @@ def test_configured_key_file_that_is_missing_or_empty_fails_closed(tmp_path: Pat
         load_api_keys(ApiSettings(api_key_file=empty), env={})
     assert load_api_keys(ApiSettings(), env={}) == ()
     assert load_api_keys(ApiSettings(), env={"UBA_API_KEYS": " a , b,a"}) == (b"a", b"b")
+
+
+def _metric(text: str, name: str) -> float:
+    lines = [line for line in text.splitlines() if line.startswith(name + " ")]
+    return float(lines[0].split()[1]) if lines else 0.0
+
+
+def _poll(check: object, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_periodic_reload_picks_up_new_bundles_and_snapshots_and_skips_broken_ones(
+    own_world: World, tmp_path: Path
+) -> None:
+    env = own_world.env(UBA_API__RELOAD_INTERVAL_SEC="0.3")
+    baselines = io.read_baseline_snapshot(io.latest_baseline_snapshot(own_world.data_dir)[1])
+    ok = 'uba_api_reloads_total{outcome="ok"}'
+    refused = 'uba_api_reloads_total{outcome="refused"}'
+    with running_server(env, tmp_path / "api.log") as server, server.client() as c:
+        time.sleep(1.2)  # several intervals with nothing new on disk: no reload at all
+        assert _metric(c.get("/metrics").text, ok) == 0
+        assert c.get("/model").json()["model_version"] == own_world.version
+
+        newer = SCORE_DAY + timedelta(days=1)
+        io.write_baseline_snapshot(baselines, own_world.data_dir, newer)
+        new_version, _ = train_bundle(own_world.settings(random_state=7), training_days(), baselines)
+        assert _poll(lambda: c.get("/model").json()["model_version"] == new_version)
+        info = c.get("/model").json()
+        assert info["baseline_as_of"] == newer.isoformat()
+        assert c.post("/predict", json=SEED_PAYLOAD).json()["model_version"] == new_version
+        swaps = _metric(c.get("/metrics").text, ok)
+        assert 1 <= swaps <= 2  # the snapshot and the bundle, together or one after the other
+        time.sleep(1.2)
+        assert _metric(c.get("/metrics").text, ok) == swaps  # unchanged disk: no further reloads
+
+        # a tampered bundle becomes LATEST: refused once, not retried every interval, old one serves
+        broken, _ = train_bundle(own_world.settings(random_state=8), training_days(), baselines)
+        forest = own_world.model_dir / broken / FOREST_FILE
+        data = bytearray(forest.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        forest.write_bytes(bytes(data))
+        assert _poll(lambda: _metric(c.get("/metrics").text, refused) >= 1)
+        time.sleep(1.2)
+        assert _metric(c.get("/metrics").text, refused) == 1
+        assert c.get("/model").json()["model_version"] == new_version
+        assert c.post("/predict", json=SEED_PAYLOAD).status_code == 200
+    log = (tmp_path / "api.log").read_text()
+    assert "reload refused" in log and broken in log
+    assert "Traceback" not in log  # the loop was cancelled cleanly at shutdown

@@ -104,6 +104,7 @@ class ApiSettings(_Section):
     max_body_bytes: int = Field(2_097_152, ge=1024, le=1 << 30)
     scorer: Literal["compact", "sklearn"] = "compact"
     sklearn_training_matrix: Path | None = None
+    reload_interval_sec: float = Field(0, ge=0, le=86400)
 
 
 class ScoringSettings(_Section):

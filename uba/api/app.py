@@ -24,6 +24,7 @@ from uba.api.deps import Runtime
 from uba.api.errors import http_error_handler, unexpected_error_handler, validation_error_handler
 from uba.api.metrics import ApiMetrics, MetricsMiddleware
 from uba.api.middleware import BodyLimitMiddleware
+from uba.api.reloader import PeriodicReloader
 from uba.api.routes import admin, feedback, health, metrics, model, predict
 from uba.api.schemas import build_models
 from uba.settings import Settings, load_settings
@@ -41,9 +42,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.version if state else None, state.baselines.as_of.isoformat() if state else None
     )
     await runtime.batcher.start()
+    reloader = None
+    if runtime.settings.api.reload_interval_sec > 0:
+        reloader = PeriodicReloader(runtime, runtime.settings.api.reload_interval_sec)
+        reloader.start()
     try:
         yield
     finally:
+        if reloader is not None:
+            await reloader.stop()
         await runtime.batcher.stop()
 
 

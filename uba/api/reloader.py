@@ -1,0 +1,109 @@
+"""Reloading the served model: on request (``POST /admin/reload``) and periodically.
+
+Both go through :func:`reload_runtime`, so a periodic reload is exactly an admin
+reload: the new bundle + snapshot are loaded off to the side, probed and swapped in
+with one assignment, and a refused one leaves the old state serving. The periodic loop
+(``api.reload_interval_sec`` > 0) exists because a reload request through a load
+balancer reaches one worker of one pod; a loop in every worker moves them all to the
+nightly snapshot and the weekly bundle without a restart. It first compares the
+newest bundle version and snapshot date with what is served (a pointer read and a
+directory listing), so an unchanged night costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import date
+
+from fastapi.concurrency import run_in_threadpool
+
+from uba import io
+from uba.api.deps import Runtime
+from uba.api.state import ModelState
+from uba.artifacts import latest_version
+from uba.errors import UserError
+from uba.logs import get_logger
+
+log = get_logger("api.reload")
+
+ServedKey = tuple[str, date]
+
+
+async def reload_runtime(runtime: Runtime) -> tuple[ModelState | None, ModelState]:
+    """Load the newest bundle + snapshot and swap them in; raises UserError when refused
+    (the previous state keeps serving). Counts the attempt and updates the model metrics."""
+    try:
+        previous, fresh = await run_in_threadpool(runtime.holder.reload, runtime.settings)
+    except UserError as exc:
+        runtime.metrics.reloads.labels(outcome="refused").inc()
+        log.warning("reload refused: %s", exc)
+        raise
+    runtime.metrics.reloads.labels(outcome="ok").inc()
+    runtime.metrics.set_model(fresh.version, fresh.baselines.as_of.isoformat())
+    log.info("reloaded: model %s, baselines as of %s", fresh.version, fresh.baselines.as_of)
+    return previous, fresh
+
+
+def served_key(state: ModelState | None) -> ServedKey | None:
+    return None if state is None else (state.version, state.baselines.as_of)
+
+
+def newest_key(runtime: Runtime) -> ServedKey | None:
+    """(LATEST bundle version, newest snapshot date) on disk, or None while either is missing."""
+    paths = runtime.settings.paths
+    version = latest_version(paths.model_dir) if paths.model_dir.is_dir() else None
+    snapshot = io.latest_baseline_snapshot(paths.data_dir)
+    if version is None or snapshot is None:
+        return None
+    return version, snapshot[0]
+
+
+class PeriodicReloader:
+    """Reloads every ``interval`` seconds when the newest pair on disk differs from the served one.
+
+    A refused pair is remembered and not retried until the bundle or snapshot on disk
+    changes again, so a broken bundle is logged once, not every interval.
+    """
+
+    def __init__(self, runtime: Runtime, interval: float) -> None:
+        self.runtime = runtime
+        self.interval = interval
+        self.refused: ServedKey | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="uba-periodic-reload")
+        log.info("checking for a newer bundle or snapshot every %gs", self.interval)
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def check_once(self) -> bool:
+        """One check; True when a new state was swapped in."""
+        try:
+            newest = await run_in_threadpool(newest_key, self.runtime)
+        except UserError as exc:  # e.g. an unreadable LATEST pointer: keep serving, say why
+            log.warning("periodic reload: %s", exc)
+            return False
+        if newest is None or newest in (served_key(self.runtime.holder.current), self.refused):
+            return False
+        try:
+            await reload_runtime(self.runtime)
+        except UserError:
+            self.refused = newest
+            return False
+        self.refused = None
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.check_once()
+            except Exception:  # a bug here must not end the loop: keep serving, log it
+                log.exception("periodic reload failed unexpectedly")
