@@ -14,15 +14,13 @@ Run::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import sys
 import time
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
+import _machine  # benchmarks/_machine.py, beside this script
 import numpy as np
 from sklearn.ensemble import IsolationForest
 from sklearn.preprocessing import StandardScaler
@@ -32,28 +30,7 @@ from uba.settings import ModelSettings
 
 
 def machine_info() -> dict[str, str]:
-    cpu = "unknown"
-    ram = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                ram = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "cpu": cpu,
-        "ram": ram,
-        "load average at start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scikit-learn": metadata.version("scikit-learn"),
-    }
+    return _machine.machine_info("numpy", "scikit-learn")
 
 
 def training_data(rng: np.random.Generator, n_rows: int, n_features: int) -> np.ndarray:

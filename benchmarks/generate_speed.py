@@ -16,8 +16,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -25,11 +23,9 @@ import sys
 import tempfile
 import time
 from datetime import UTC, date, datetime
-from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-import polars as pl
+import _machine  # benchmarks/_machine.py, beside this script
 
 from uba.generate import GenerationOptions, generate_dataset
 
@@ -40,28 +36,7 @@ UBA = Path(sys.executable).with_name("uba-batch")
 
 
 def machine_info() -> dict[str, str]:
-    cpu, ram = "unknown", "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                ram = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "cpu": cpu,
-        "ram": ram,
-        "load average at start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "polars": pl.__version__,
-        "uba": metadata.version("uba"),
-    }
+    return _machine.machine_info("numpy", "polars", "uba")
 
 
 def time_pure(users: int, days: int, repeats: int) -> dict[str, float]:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -31,9 +29,9 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
+import _machine  # benchmarks/_machine.py, beside this script
 import numpy as np
 import polars as pl
 
@@ -41,24 +39,7 @@ BAD_EVERY = 200  # one malformed row in this many, so the quarantine path runs t
 
 
 def machine_info() -> dict[str, str]:
-    cpu = ram = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal"):
-            ram = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-            break
-    return {
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "cpu": cpu,
-        "ram": ram,
-        "load average at start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-        "python": platform.python_version(),
-        "polars": pl.__version__,
-        "pyarrow": metadata.version("pyarrow"),
-    }
+    return _machine.machine_info("polars", "pyarrow")
 
 
 def write_csv(path: Path, rows: int, rows_per_day: int, seed: int = 0) -> None:

@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -115,19 +115,32 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
-    """Write ``df`` to ``path`` via a temporary file and rename, so the part is whole or absent."""
+def _write_atomic(path: Path, write: Callable[[Path], None], durable: bool = False) -> Path:
+    """The one write-then-rename routine: ``write`` fills a temporary file beside ``path``.
+
+    ``durable`` adds the fsyncs that make the rename survive a power cut (data parts);
+    exports and reports only need readers never to see half a file.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path.parent, ".parquet")
+    tmp = _tmp_path(path.parent, path.suffix)
     try:
-        df.write_parquet(tmp, compression="zstd", statistics=True)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        write(tmp)
+        if durable:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
     return path
+
+
+def write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
+    """Write ``df`` to ``path`` via a temporary file and rename, so the part is whole or absent."""
+    return _write_atomic(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True),
+                         durable=True)
 
 
 def write_part(df: pl.DataFrame, root: Path, dataset: str, day: date | str, name: str | None = None) -> Path:
@@ -138,14 +151,8 @@ def write_part(df: pl.DataFrame, root: Path, dataset: str, day: date | str, name
 
 def write_json_atomic(data: Any, path: Path) -> Path:
     """JSON with the same all-or-nothing guarantee as the Parquet writer."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path.parent, ".json")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    return _write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def read_json(path: Path) -> Any:
@@ -364,15 +371,7 @@ def read_run_manifest(output_dir: Path, day: date) -> dict[str, Any] | None:
 
 def write_bytes_atomic(data: bytes, path: Path) -> Path:
     """Binary file (a PNG, an HTML page) with the same all-or-nothing guarantee as the other writers."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path.parent, path.suffix)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return _write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 # --- generate (issue 2): raw-event exports in the formats ingest reads ---
@@ -380,28 +379,12 @@ def write_bytes_atomic(data: bytes, path: Path) -> Path:
 
 def write_csv_atomic(df: pl.DataFrame, path: Path) -> Path:
     """CSV export (header row) with the same all-or-nothing guarantee as the Parquet writer."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path.parent, ".csv")
-    try:
-        df.write_csv(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return _write_atomic(path, df.write_csv)
 
 
 def write_jsonl_atomic(df: pl.DataFrame, path: Path) -> Path:
     """JSON Lines export (one object per row), written whole or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path.parent, ".jsonl")
-    try:
-        df.write_ndjson(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return _write_atomic(path, df.write_ndjson)
 
 
 def read_parquet_if_exists(path: Path) -> pl.DataFrame | None:
