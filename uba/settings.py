@@ -132,7 +132,7 @@ class MonitoringSettings(_Section):
     psi_warn: float = Field(0.1, gt=0)
     psi_drift: float = Field(0.25, gt=0)
     min_drifted_features: int = Field(1, ge=1)
-    ignore_features: tuple[str, ...] = ("event_weekday",)
+    ignore_features: tuple[str, ...] = ("event_weekday", "log_history_days")
     weekday_reference_min_days: int = Field(2, ge=1)
     alert_rate_tolerance: float = Field(1.0, gt=0)
     min_rows: int = Field(500, ge=1)
