@@ -2,7 +2,8 @@
 a straightforward single-process pandas + scikit-learn implementation of the same
 event features.
 
-What it does (work files under --work, default benchmarks/_work/score, git-ignored):
+What it does (work files under --work, default <tmp>/uba-score-throughput, outside the
+repository; about 150 MB, removed at the end unless --keep):
 
 1. `uba-batch generate` --users users x (--history-days + 1) days; the last day is D.
 2. Day D is enlarged to ~--day-events events (D's own events repeated with new event
@@ -34,6 +35,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -364,7 +366,8 @@ def main() -> None:
     parser.add_argument("--day-events", type=int, default=2_000_000)
     parser.add_argument("--start", type=date.fromisoformat, default=date(2026, 2, 1))
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "_work" / "score")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "uba-score-throughput")
+    parser.add_argument("--keep", action="store_true", help="keep --work for a later --reuse")
     parser.add_argument("--output", type=Path, default=None, help="Markdown file for the results")
     parser.add_argument("--reuse", action="store_true",
                         help="keep what --work already holds (data, model, reference model); build the rest")
@@ -431,6 +434,8 @@ def main() -> None:
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(report)
+    if not args.keep:
+        shutil.rmtree(args.work, ignore_errors=True)
 
 
 def _median_run(results: list[tuple[Measured, dict[str, Any] | None]]) -> tuple[Measured, dict[str, Any] | None]:
