@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -237,3 +239,28 @@ def test_periodic_reload_picks_up_new_bundles_and_snapshots_and_skips_broken_one
     log = (tmp_path / "api.log").read_text()
     assert "reload refused" in log and broken in log
     assert "Traceback" not in log  # the loop was cancelled cleanly at shutdown
+
+
+def test_request_id_is_echoed_or_minted_and_in_the_access_log(world: World, tmp_path: Path) -> None:
+    flags = ["--data-dir", str(world.data_dir), "--model-dir", str(world.model_dir), "--log-format", "json"]
+    with running_server(world.env(), tmp_path / "api.log", uba_api=flags) as server, server.client() as c:
+        kept = c.post("/predict", json=SEED_PAYLOAD, headers={"X-Request-ID": "trace-42.a_b:c"})
+        minted = c.post("/predict", json=SEED_PAYLOAD)
+        replaced = c.get("/ready", headers={"X-Request-ID": "two words <script>"})
+        invalid = c.post("/predict", json={"user_id": 1}, headers={"X-Request-ID": "bad-input-7"})
+        missing = c.get("/no/such/path", headers={"X-Request-ID": "lost-8"})
+    assert kept.status_code == 200 and kept.headers.get_list("x-request-id") == ["trace-42.a_b:c"]
+    assert re.fullmatch(r"[0-9a-f]{32}", minted.headers["x-request-id"])
+    assert re.fullmatch(r"[0-9a-f]{32}", replaced.headers["x-request-id"])
+    assert minted.headers["x-request-id"] != replaced.headers["x-request-id"]
+    assert invalid.status_code == 422 and invalid.headers["x-request-id"] == "bad-input-7"
+    assert missing.status_code == 404 and missing.headers["x-request-id"] == "lost-8"
+
+    entries = [json.loads(line) for line in (tmp_path / "api.log").read_text().splitlines()
+               if line.startswith("{")]
+    access = {e["request_id"]: e for e in entries if e.get("logger") == "uba.api.access"}
+    for response, path in ((kept, "/predict"), (minted, "/predict"), (replaced, "/ready"),
+                           (invalid, "/predict"), (missing, "/no/such/path")):
+        entry = access[response.headers["x-request-id"]]
+        assert entry["path"] == path and entry["status"] == response.status_code
+        assert entry["duration_ms"] >= 0 and response.headers["x-request-id"] in entry["msg"]

@@ -105,6 +105,7 @@ class ApiSettings(_Section):
     scorer: Literal["compact", "sklearn"] = "compact"
     sklearn_training_matrix: Path | None = None
     reload_interval_sec: float = Field(0, ge=0, le=86400)
+    access_log: bool = True
 
 
 class ScoringSettings(_Section):

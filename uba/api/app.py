@@ -9,6 +9,8 @@ built on first access, for ``uvicorn uba.api.app:app``.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,18 +25,31 @@ from uba.api.batcher import ScoringBatcher
 from uba.api.deps import Runtime
 from uba.api.errors import http_error_handler, unexpected_error_handler, validation_error_handler
 from uba.api.metrics import ApiMetrics, MetricsMiddleware
-from uba.api.middleware import BodyLimitMiddleware
+from uba.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from uba.api.reloader import PeriodicReloader
 from uba.api.routes import admin, feedback, health, metrics, model, predict
 from uba.api.schemas import build_models
+from uba.logs import LOGGER_NAME, configure_logging
 from uba.settings import Settings, load_settings
 
 API_TITLE = "UBA inference API"
 
 
+def configure_worker_logging() -> None:
+    """Worker processes spawned by uvicorn (``--workers`` > 1) and plain ``uvicorn
+    uba.api.app:app`` runs never went through ``uba-api``'s logging setup; without it
+    the access and info lines would be dropped. ``uba-api`` passes its choice on in
+    ``UBA_LOG_FORMAT`` / ``UBA_LOG_LEVEL``."""
+    if logging.getLogger(LOGGER_NAME).handlers:
+        return
+    fmt = "json" if os.environ.get("UBA_LOG_FORMAT") == "json" else "text"
+    configure_logging(fmt, os.environ.get("UBA_LOG_LEVEL", "INFO"))
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     runtime: Runtime = app.state.runtime
+    configure_worker_logging()
     runtime.api_keys = load_api_keys(runtime.settings.api)
     await run_in_threadpool(runtime.holder.load_initial, runtime.settings)
     state = runtime.holder.current
@@ -82,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost first in the request path: metrics see every response, including 413s.
     app.add_middleware(BodyLimitMiddleware, limit=settings.api.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics)
+    app.add_middleware(RequestIdMiddleware, log_requests=settings.api.access_log)
     return app
 
 

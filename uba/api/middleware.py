@@ -1,4 +1,4 @@
-"""Request body cap.
+"""Request body cap, and request ids on every response and access log line.
 
 The body is read here, counted as it streams and refused with 413 the moment it passes
 the cap, so neither a lying ``Content-Length`` nor a chunked upload can make the JSON
@@ -8,9 +8,14 @@ never sees the difference.
 
 from __future__ import annotations
 
+import contextvars
 import json
+import re
+import time
+import uuid
 
 from uba.api.metrics import ASGIApp, Message, Receive, Scope, Send
+from uba.logs import get_logger
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -86,3 +91,75 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+# --- request ids ----------------------------------------------------------------------
+
+REQUEST_ID_HEADER = b"x-request-id"
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # nginx's rule (configs/nginx/uba.conf.template)
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("uba_request_id", default=None)
+access_log = get_logger("api.access")
+
+
+def current_request_id() -> str | None:
+    """The id of the request being handled in this task (for log lines and error answers)."""
+    return _request_id.get()
+
+
+def request_id_from(scope: Scope) -> str:
+    """The caller's X-Request-ID when it is a plain token, else a fresh one (32 hex digits),
+    so nginx's id (or a client's) reaches the app logs and anything odd is not echoed."""
+    for name, value in scope.get("headers", ()):
+        if name == REQUEST_ID_HEADER:
+            text = value.decode("latin-1")
+            if _VALID_REQUEST_ID.fullmatch(text):
+                return text
+            break
+    return uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    """Outermost layer: sets the request id, echoes it on the response, writes the access line.
+
+    The id lives in a context variable, so the 500 handler (which Starlette runs outside
+    the user middleware) can still log and answer it.
+    """
+
+    def __init__(self, app: ASGIApp, log_requests: bool = True) -> None:
+        self.app = app
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(scope)
+        _request_id.set(request_id)  # one task per request: no reset needed, and the 500 handler sees it
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != REQUEST_ID_HEADER]
+                message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, request_id.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.log_requests:
+                self._log(scope, status, time.perf_counter() - started, request_id)
+
+    @staticmethod
+    def _log(scope: Scope, status: int, seconds: float, request_id: str) -> None:
+        client = scope.get("client")
+        where = f"{client[0]}:{client[1]}" if client else "-"
+        path = scope.get("path", "")
+        method = scope.get("method", "")
+        access_log.info(
+            '%s "%s %s" %d %.1fms request_id=%s', where, method, path, status, seconds * 1000, request_id,
+            extra={"fields": {"client": where, "method": method, "path": path, "status": status,
+                              "duration_ms": round(seconds * 1000, 3), "request_id": request_id}},
+        )

@@ -39,11 +39,11 @@ def _export(env: dict[str, str], name: str, value: object) -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True)
-@click.option("--access-log/--no-access-log", default=True, show_default=True,
-              help="One log line per request (uvicorn's access log).")
+@click.option("--access-log/--no-access-log", default=None,
+              help="One log line per request with its X-Request-ID (default: api.access_log, on).")
 def main(config: str | None, data_dir: str | None, model_dir: str | None, host: str | None,
          port: int | None, workers: int | None, log_format: str, log_level: str,
-         access_log: bool) -> None:
+         access_log: bool | None) -> None:
     """Serve POST /predict, /predict/batch, /health, /ready, /model, /metrics, /admin/reload.
 
     \b
@@ -62,6 +62,9 @@ def main(config: str | None, data_dir: str | None, model_dir: str | None, host: 
     _export(env, "UBA_API__HOST", host)
     _export(env, "UBA_API__PORT", port)
     _export(env, "UBA_API__WORKERS", workers)
+    _export(env, "UBA_API__ACCESS_LOG", None if access_log is None else str(access_log).lower())
+    _export(env, "UBA_LOG_FORMAT", log_format)  # for worker processes (uba.api.app)
+    _export(env, "UBA_LOG_LEVEL", log_level)
     try:
         settings = load_settings()  # fail fast, once, on a bad config before forking workers
     except UserError as exc:
@@ -69,7 +72,8 @@ def main(config: str | None, data_dir: str | None, model_dir: str | None, host: 
         sys.exit(1)
     uvicorn.run(
         APP_FACTORY, factory=True, host=settings.api.host, port=settings.api.port,
-        workers=settings.api.workers, log_level=log_level.lower(), access_log=access_log,
+        workers=settings.api.workers, log_level=log_level.lower(),
+        access_log=False,  # the app writes its own access line, with the request id
     )
 
 
