@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from typing import Any, TypeVar
 
 import click
 
-from jobs.options import DATE, data_dir_option, model_dir_option, output_dir_option, settings_from
+from jobs.options import (
+    DATE,
+    data_dir_option,
+    model_dir_option,
+    output_dir_option,
+    settings_from,
+    yesterday_utc,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def yesterday_utc() -> date:
-    """The default date: a nightly run at 01:00 scores the day that just ended in UTC."""
-    return datetime.now(UTC).date() - timedelta(days=1)
 
 
 def ray_options(func: F) -> F:
