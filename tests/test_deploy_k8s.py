@@ -520,7 +520,8 @@ def test_nightly_score_runs_with_a_read_only_root_and_only_the_pods_writable_mou
     _run_cli("train", "--data-dir", volume / "data", "--end-date", (yesterday - timedelta(days=1)).isoformat(),
              "--window-days", "7", "--model-dir", volume / "models", env=setup_env)
     read_only_root = "mount --make-rprivate / && mount --bind /tmp /tmp && mount -o remount,bind,ro / && exec \"$@\""
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", read_only_root, "sh", "touch", str(REPO / ".ro-probe")],
+    ro_probe = Path("/.uba-ro-probe")  # on the root filesystem itself: the clone may live under /tmp
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", read_only_root, "sh", "touch", str(ro_probe)],
                            capture_output=True, text=True, timeout=30)
     assert probe.returncode != 0 and "Read-only file system" in probe.stderr  # the root really is read-only
     result = subprocess.run(["unshare", "-m", "sh", "-c", read_only_root, "sh", *argv],
@@ -532,4 +533,4 @@ def test_nightly_score_runs_with_a_read_only_root_and_only_the_pods_writable_mou
     assert manifest["status"] == "succeeded" and manifest["event_date"] == yesterday.isoformat()
     assert manifest["counts"]["scored_rows"] == manifest["counts"]["input_rows"] > 0
     assert manifest["execution"]["mode"] == "local" and manifest["execution"]["started_by_job"]  # embedded Ray
-    assert not (REPO / ".ro-probe").exists()
+    assert not ro_probe.exists()
