@@ -505,3 +505,18 @@ def test_killed_ingest_leaves_whole_parts_and_a_rerun_completes(tmp_path: Path) 
     assert events.height == valid_ids and events["event_id"].n_unique() == valid_ids
     assert summary.rows_written + summary.reasons.get("duplicate event_id", 0) - 1 == valid_ids
     assert not list(data.rglob(f"{storage.TMP_PREFIX}*"))
+
+
+def test_integral_float_user_id_is_the_same_user_in_every_json_reader(tmp_path: Path) -> None:
+    """A JSON exporter writing user_id 123.0 must not split user "123" in two by reader path."""
+    event = {"event_id": "f1", "user_id": 123.0, "timestamp": "2026-03-01T10:00:00Z", "event_type": "view",
+             "session_duration_sec": 4.0, "events_in_session": 2.0, "device_type": "desktop"}
+    array = tmp_path / "a.json"
+    array.write_text(json.dumps([event]))
+    careful = tmp_path / "c.jsonl"  # a bad line sends the whole batch through the record-by-record path
+    careful.write_text(json.dumps({**event, "event_id": "f2"}) + "\n{not json\n")
+    fast = tmp_path / "f.jsonl"
+    fast.write_text(json.dumps({**event, "event_id": "f3"}) + "\n")
+    ingest_files([array, careful, fast], tmp_path / "d", settings())
+    events = stored(tmp_path / "d")
+    assert events.select("event_id", "user_id").rows() == [("f1", "123"), ("f2", "123"), ("f3", "123")]

@@ -100,6 +100,8 @@ def _value_text(value: Any) -> str | None:
             return "NaN"
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
+        if value.is_integer() and abs(value) < 1e15:  # 123.0 -> "123", as the JSONL and Parquet readers do
+            return str(int(value))
         return repr(value)
     if isinstance(value, int):
         return str(value)
