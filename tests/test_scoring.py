@@ -252,3 +252,25 @@ def test_quarantined_rows_of_the_day_are_counted_beside_the_scored_ones(
     late = scores.filter(pl.col("event_id") == "late-1")
     assert late.height == 1 and late["known_user"].item() is False
     assert manifest["counts"]["unknown_user_rows"] >= 1
+
+
+def test_a_day_whose_rows_were_all_quarantined_says_so(tmp_path: Path) -> None:
+    """The operator is told the day was ingested but rejected, not to ingest it again."""
+    from click.testing import CliRunner
+
+    from jobs.cli import cli
+    from uba.settings import load_settings
+
+    raw = tmp_path / "bad.csv"
+    raw.write_text(
+        "event_id,user_id,timestamp,event_type,session_duration_sec,events_in_session,device_type\n"
+        "b1,u1,2026-03-11T10:00:00Z,teleport,60,3,desktop\n"
+        "b2,u1,2026-03-11T11:00:00Z,login,-5,3,desktop\n")
+    data_dir = tmp_path / "data"
+    assert CliRunner().invoke(cli, ["ingest", str(raw), "--data-dir", str(data_dir)]).exit_code == 0
+    settings = load_settings(overrides={"paths": {"data_dir": data_dir, "model_dir": tmp_path / "m",
+                                                  "output_dir": tmp_path / "out"}}, env={})
+    with pytest.raises(UserError, match=r"no events partition for 2026-03-11 .*all 2 ingested rows of that "
+                                        r"day were quarantined"):
+        score_day(settings, ScoreOptions(day=date(2026, 3, 11), in_process=True))
+    assert not (tmp_path / "out").exists()

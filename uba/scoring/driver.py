@@ -32,6 +32,7 @@ import polars as pl
 
 from uba import io
 from uba.artifacts import Bundle, load_bundle
+from uba.errors import UserError
 from uba.features import baselines_as_of, ensure_aggregates
 from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION, event_features
 from uba.logs import get_logger
@@ -108,6 +109,19 @@ def load_scoring_bundle(settings: Settings, version: str | None) -> Bundle:
                        expected_feature_set_version=FEATURE_SET_VERSION)
 
 
+def scan_day_events(data_dir: Path, day: date) -> pl.LazyFrame:
+    """The day's events; a day whose rows were all quarantined says so instead of
+    telling the operator to ingest a day that was ingested."""
+    if not io.partition_files(data_dir, io.EVENTS, day):
+        quarantined = io.partition_row_count(data_dir, io.QUARANTINE, day)
+        if quarantined:
+            raise UserError(
+                f"no events partition for {day.isoformat()} under {Path(data_dir) / io.EVENTS}: all "
+                f"{quarantined} ingested rows of that day were quarantined (see "
+                f"{io.partition_dir(data_dir, io.QUARANTINE, day)})")
+    return io.scan_events(data_dir, day)
+
+
 def score_day(settings: Settings, options: ScoreOptions, runtime: RayRuntime | None = None,
               bundle: Bundle | None = None) -> dict[str, Any]:
     """Score ``options.day`` and publish it; returns the manifest that was written.
@@ -116,7 +130,7 @@ def score_day(settings: Settings, options: ScoreOptions, runtime: RayRuntime | N
     runtime opened here is closed here. Raises UserError for bad input, RunLockedError
     when another run holds the date, RunFailedError/ShardFailedError when the run failed.
     """
-    events = io.scan_events(settings.paths.data_dir, options.day)
+    events = scan_day_events(settings.paths.data_dir, options.day)
     bundle = bundle or load_scoring_bundle(settings, options.model_version)
     own_runtime = runtime is None
     runtime = runtime or open_runtime(settings, options)
