@@ -37,13 +37,15 @@ def parse_timestamp(value: str) -> datetime:
     """ISO-8601 to an aware UTC datetime; a naive time means UTC, as in DESIGN.md."""
     try:
         parsed = datetime.fromisoformat(value.strip())
-    except ValueError as exc:
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(UTC)  # 0001-01-01T00:00+01:00 overflows: the same 422
+    except (ValueError, OverflowError) as exc:
         raise PydanticCustomError(
             "timestamp_format", "must be an ISO-8601 date-time such as 2026-03-01T02:15:00Z"
         ) from exc
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    return parsed
 
 
 def _clean_id(value: str, max_length: int) -> str:
