@@ -186,6 +186,9 @@ def test_post_feedback_on_a_real_server(tmp_path: Path) -> None:
         too_many = client.post("/feedback", json={"items": items * 2}, headers=keyed)
         assert too_many.status_code == 413 and "api.max_batch" in too_many.text
         assert client.post("/feedback", content=b"event_id,label", headers=keyed).status_code == 415
+        surrogate = client.post("/feedback", content=b'{"items": [{"event_id": "e4", "label": "benign", '
+                                b'"analyst": "\\ud800"}]}', headers={**keyed, "content-type": "application/json"})
+        assert surrogate.status_code == 422 and surrogate.json()["detail"][0]["field"] == "items.0.analyst"
     assert confirmed_malicious_ids(data) == {"e1"}
     assert len(io.table_part_files(data, io.FEEDBACK)) == 1, "refused requests store nothing"
     assert latest_feedback(data).collect().filter(pl.col("event_id") == "e1")["source"].item() == "api"

@@ -34,6 +34,7 @@ def safe_value(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, str):
+        value = value.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate would fail the answer
         return value if len(value) <= MAX_VALUE_CHARS else value[:MAX_VALUE_CHARS] + "..."
     if isinstance(value, dict):
         return f"<object with {len(value)} keys>"

@@ -59,6 +59,11 @@ def _clean_id(value: str, max_length: int) -> str:
         )
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
         raise PydanticCustomError("id_characters", "must not contain control characters")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800"): Polars cannot store it
+            raise PydanticCustomError("id_characters", "must be valid Unicode (no lone surrogates)") from exc
     return text
 
 
