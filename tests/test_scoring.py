@@ -274,3 +274,15 @@ def test_a_day_whose_rows_were_all_quarantined_says_so(tmp_path: Path) -> None:
                                         r"day were quarantined"):
         score_day(settings, ScoreOptions(day=date(2026, 3, 11), in_process=True))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_rerun_without_user_day_alerts_drops_the_earlier_runs_alerts(trained_dataset, scoring_settings,
+                                                                        tmp_path: Path) -> None:
+    """Published outputs of D all come from one run: no stale flagged_users/ beside new scores."""
+    day = trained_dataset.score_dates[0]
+    first = score_day(scoring_settings(tmp_path), ScoreOptions(day=day, in_process=True))
+    assert first["user_day"]["enabled"] is True
+    assert io.partition_dir(tmp_path, io.FLAGGED_USERS, day).is_dir()
+    score_day(scoring_settings(tmp_path, user_day={"enabled": False}), ScoreOptions(day=day, in_process=True))
+    assert not io.partition_dir(tmp_path, io.FLAGGED_USERS, day).exists()
+    assert _scores(tmp_path, day).height == _events(trained_dataset.data_dir, day).height

@@ -291,8 +291,11 @@ class _Run:
             time.sleep(fault.pause_before_publish_sec)
         with self.timer.stage("publish"):
             for dataset in (io.SCORES, io.FLAGGED, io.FLAGGED_USERS):
+                final = io.partition_dir(self.output_dir, dataset, self.day)
                 if (staging / dataset).is_dir():  # flagged_users/ only when user-day alerts are on
-                    io.replace_dir_atomic(staging / dataset, io.partition_dir(self.output_dir, dataset, self.day))
+                    io.replace_dir_atomic(staging / dataset, final)
+                else:  # an earlier run's user-day alerts must not outlive it
+                    io.discard_dir(final)
         finished = time.time()
         self.record.update(status=mf.SUCCEEDED, finished_at=mf.utc_iso(finished),
                            duration_sec=round(finished - self.started, 3),
