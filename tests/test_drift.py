@@ -179,6 +179,10 @@ def test_monitor_prints_a_table_writes_a_chart_and_advises(reference: dict[str, 
     empty = CliRunner().invoke(cli, ["monitor", "--start", "2026-04-01", "--end", "2026-04-02",
                                      "--output-dir", str(tmp_path)])
     assert empty.exit_code == 1 and "no run manifests between 2026-04-01 and 2026-04-02" in empty.output
+    unwritable = CliRunner().invoke(cli, ["monitor", "--start", "2026-03-01", "--end", "2026-03-02",
+                                          "--output-dir", str(tmp_path), "--png", str(png / "m.png")])
+    assert unwritable.exit_code == 1 and f"cannot write the chart to {png / 'm.png'}" in unwritable.output
+    assert "Traceback" not in unwritable.output
 
 
 def test_a_weekday_is_compared_with_the_same_weekday_of_training(reference: dict[str, Any]) -> None:

@@ -103,3 +103,14 @@ def test_report_for_an_unscored_day_is_a_one_line_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["report", "--date", "2026-01-01", "--output-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "2026-01-01 has not been scored" in result.output and "Traceback" not in result.output
+
+
+def test_report_to_an_unwritable_path_is_a_one_line_error(tmp_path: Path) -> None:
+    out = _output_dir(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(cli, ["report", "--date", DAY.isoformat(), "--output-dir", str(out),
+                                      "--out", str(blocker / "r.html")])
+    assert result.exit_code == 1, result.output
+    assert f"cannot write the report to {blocker / 'r.html'}" in result.output
+    assert "Traceback" not in result.output

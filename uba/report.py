@@ -371,4 +371,7 @@ def write_report(settings: Settings, day: date, out: Path | None = None, history
     """Build the page for ``day`` and write it (default ``<output-dir>/reports/report-D.html``)."""
     data = load_report_data(settings, day, history_days, top)
     target = out or Path(settings.paths.output_dir) / "reports" / f"report-{day.isoformat()}.html"
-    return io.write_bytes_atomic(render_report(data, settings).encode("utf-8"), target)
+    try:
+        return io.write_bytes_atomic(render_report(data, settings).encode("utf-8"), target)
+    except OSError as exc:  # a mistyped --out (its folder is a file, no permission): one line, no traceback
+        raise UserError(f"cannot write the report to {target}: {exc.strerror or exc}") from exc

@@ -60,8 +60,11 @@ def command(ctx: click.Context, start: date, end: date, png: str | None, output_
     if missing:
         click.echo(f"no run for: {', '.join(missing)}")
     target = Path(png) if png else out_dir / "monitoring" / f"monitor-{start}_{end}.png"
-    io.write_bytes_atomic(drift_history_png(rows, settings.monitoring.psi_warn,
-                                            settings.monitoring.psi_drift), target)
+    try:
+        io.write_bytes_atomic(drift_history_png(rows, settings.monitoring.psi_warn,
+                                                settings.monitoring.psi_drift), target)
+    except OSError as exc:  # a mistyped --png: one line, no traceback
+        raise UserError(f"cannot write the chart to {target}: {exc.strerror or exc}") from exc
     click.echo(f"chart: {target}")
     advice = retrain_advice(rows)
     click.echo(advice or "no retraining needed: no day drifted beyond the configured limits")
