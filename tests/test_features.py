@@ -388,3 +388,30 @@ def test_baseline_snapshot_round_trip(tmp_path):
     assert as_of == DAY0 + timedelta(days=1)
     assert path == tmp_path / "baselines" / "as_of=2026-03-03" / "baselines.parquet"
     assert io.read_baseline_snapshot(path).equals(base)
+
+
+def test_two_runs_writing_the_same_new_aggregates_day_both_succeed(tmp_path) -> None:
+    """Runs of different dates share lookback days: the second to publish a fresh
+    aggregates partition must replace the first's, not fail with 'Directory not empty'."""
+    import threading
+
+    frame = pl.DataFrame({"user_id": ["u1"], "n_events": [3]})
+    errors: list[BaseException] = []
+    for trial in range(60):
+        root = tmp_path / f"t{trial}"
+        barrier = threading.Barrier(2)
+
+        def publish(root=root, barrier=barrier) -> None:
+            barrier.wait()
+            try:
+                io.write_aggregates(frame, root, DAY0, "tag")
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=publish) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert io.aggregates_tag(root, DAY0) == "tag"
+    assert errors == []

@@ -240,7 +240,15 @@ def replace_dir_atomic(staging: Path, final: Path) -> None:
     if final.exists():
         aside = final.parent / f"{_aside_prefix(final)}{uuid.uuid4().hex}"
         os.replace(final, aside)
-    os.replace(staging, final)
+    try:
+        os.replace(staging, final)
+    except OSError as exc:
+        # A concurrent writer of the same partition (e.g. two dates' runs computing one
+        # lookback day's aggregates) created ``final`` after the check: replace theirs.
+        if aside is None and exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and final.is_dir():
+            replace_dir_atomic(staging, final)
+            return
+        raise
     _fsync_dir(final.parent)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
