@@ -520,3 +520,10 @@ def test_integral_float_user_id_is_the_same_user_in_every_json_reader(tmp_path: 
     ingest_files([array, careful, fast], tmp_path / "d", settings())
     events = stored(tmp_path / "d")
     assert events.select("event_id", "user_id").rows() == [("f1", "123"), ("f2", "123"), ("f3", "123")]
+
+
+def test_an_existing_file_named_with_glob_characters_is_read_as_itself(tmp_path: Path) -> None:
+    """Exports named like 'events [1].csv' are files, not patterns that match something else."""
+    path = write_all_formats(sample_events(20), tmp_path / "in")["csv"].rename(tmp_path / "events [1].csv")
+    summary = ingest_files([str(path)], tmp_path / "d", settings())
+    assert summary.rows_read == 20 and summary.files[0].path == str(path)

@@ -421,7 +421,7 @@ def expand_inputs(patterns: Iterable[str]) -> list[Path]:
 
     found: list[Path] = []
     for pattern in patterns:
-        if _GLOB_CHARS & set(pattern):
+        if _GLOB_CHARS & set(pattern) and not Path(pattern).is_file():  # 'export [1].csv' is a file
             matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
             if not matches:
                 raise UserError(f"no files match {pattern!r}")
