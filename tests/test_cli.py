@@ -65,3 +65,26 @@ def test_json_log_format_emits_json_lines(tmp_path: Path) -> None:
     for line in lines:
         record = json.loads(line)
         assert {"ts", "level", "msg"} <= set(record)
+
+
+def test_a_path_that_cannot_be_created_is_one_line_without_traceback(trained_dataset, tmp_path: Path) -> None:
+    """A --data-dir / --model-dir / --output-dir / --out under a regular file: exit 1, one line."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    bad = str(blocker / "sub")
+    data, models = str(trained_dataset.data_dir), str(trained_dataset.model_dir)
+    day = trained_dataset.score_dates[0].isoformat()
+    source = tmp_path / "e.csv"
+    source.write_text("event_id,user_id,timestamp,event_type,session_duration_sec,events_in_session,device_type\n"
+                      "e1,u1,2026-03-01T10:00:00Z,login,5,2,desktop\n")
+    cases = {
+        "cannot create the data directory": ["ingest", str(source), "--data-dir", bad],
+        "cannot create the model directory": ["train", "--data-dir", data, "--model-dir", bad],
+        "cannot create the run lock": ["score", "--date", day, "--data-dir", data, "--model-dir", models,
+                                       "--output-dir", bad, "--in-process"],
+        "cannot write the report to": ["evaluate", "--data-dir", data, "--model-dir", models, "--out", bad],
+    }
+    for message, args in cases.items():
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, (args[0], result.output)
+        assert "Traceback" not in result.output and message in result.output, (args[0], result.output)

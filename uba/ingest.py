@@ -649,6 +649,10 @@ def ingest_files(
     for path, file_format in plan:
         storage.check_input_readable(path, file_format)
     batch_rows = settings.ingest.batch_rows
+    try:  # a mistyped --data-dir fails before anything is read, as one line
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the data directory {data_dir}: {exc.strerror or exc}") from exc
     run = _Run(data_dir, settings)
     return _run_inputs(
         run,

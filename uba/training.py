@@ -76,6 +76,10 @@ def train_model(
 ) -> TrainResult:
     """Train on the ``window_days`` days ending at ``end_date`` (inclusive) and save a bundle."""
     data_dir, model_dir = settings.paths.data_dir, settings.paths.model_dir
+    try:  # a mistyped --model-dir fails before minutes of training, as one line
+        Path(model_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the model directory {model_dir}: {exc.strerror or exc}") from exc
     window = window_days or settings.train.window_days
     days = date_range(end_date - timedelta(days=window - 1), end_date)
     features = window_features(data_dir, days, settings).collect()

@@ -59,8 +59,11 @@ def command(ctx: click.Context, start: date | None, end: date | None, model_vers
         raise UserError(f"no events after the training window (ends {training_end}) to evaluate on")
     report = evaluate(settings, bundle, days)
     target = Path(out_dir) if out_dir else Path(settings.paths.output_dir) / "evaluation"
-    io.write_json_atomic(public_report(report), target / "evaluation.json")
-    plot_report(report, target / "evaluation.png")
+    try:
+        io.write_json_atomic(public_report(report), target / "evaluation.json")
+        plot_report(report, target / "evaluation.png")
+    except OSError as exc:  # a mistyped --out (under a file, no permission): one line, no traceback
+        raise UserError(f"cannot write the report to {target}: {exc.strerror or exc}") from exc
     _print_summary(report)
     click.echo(f"report: {target / 'evaluation.json'}, figure: {target / 'evaluation.png'}")
 

@@ -52,8 +52,11 @@ def _holder_description(handle_fd: int) -> str:
 def date_lock(output_dir: Path, day: date) -> Iterator[Path]:
     """Hold the scoring lock of ``day`` for the duration of the block, or raise RunLockedError."""
     path = lock_path(output_dir, day)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:  # a mistyped --output-dir (under a file, no permission): one line
+        raise UserError(f"cannot create the run lock {path}: {exc.strerror or exc} (check --output-dir)") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
