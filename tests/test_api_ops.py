@@ -7,7 +7,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
@@ -25,6 +25,7 @@ from test_api_world import (
 
 from uba import io
 from uba.artifacts import FOREST_FILE
+from uba.feedback import add_rule, known_reason_kinds, remove_rule
 
 
 @pytest.fixture(scope="module")
@@ -264,3 +265,44 @@ def test_request_id_is_echoed_or_minted_and_in_the_access_log(world: World, tmp_
         entry = access[response.headers["x-request-id"]]
         assert entry["path"] == path and entry["status"] == response.status_code
         assert entry["duration_ms"] >= 0 and response.headers["x-request-id"] in entry["msg"]
+
+
+def _stamped(user: str, day: date) -> dict[str, object]:
+    """The seed event for ``user`` on ``day`` at 02:00 UTC (timestamp instead of hour/day)."""
+    event = {k: v for k, v in SEED_PAYLOAD.items() if k not in ("hour_of_day", "day_of_week")}
+    return {**event, "user_id": user, "timestamp": f"{day.isoformat()}T02:00:00Z"}
+
+
+def test_suppression_rules_reach_predict_on_reload_like_the_nightly_job(own_world: World, tmp_path: Path) -> None:
+    env = own_world.env(UBA_API__RELOAD_INTERVAL_SEC="0.3")
+    data = own_world.data_dir
+    with running_server(env, tmp_path / "api.log") as server, server.client() as c:
+        before = c.post("/predict", json=SEED_PAYLOAD).json()
+        assert before["is_anomaly"] and before["suppressed"] is False and before["suppressed_by"] is None
+        kind = before["reason_kinds"][0]
+        other = next(k for k in known_reason_kinds() if k != kind)
+
+        rule = add_rule(data, "123", kind, known_reason_kinds())
+        add_rule(data, "124", kind, known_reason_kinds(), expires=SCORE_DAY, today=SCORE_DAY)
+        add_rule(data, "125", other, known_reason_kinds())  # right user, wrong top kind
+        # the periodic reloader notices the new rule parts (bundle and snapshot unchanged)
+        assert _poll(lambda: c.get("/model").json()["suppression_rules"] == 2)  # 124's rule expired
+
+        hit = c.post("/predict", json=SEED_PAYLOAD).json()
+        assert hit["is_anomaly"] is True and hit["suppressed"] is True and hit["suppressed_by"] == rule
+        miss = c.post("/predict", json={**SEED_PAYLOAD, "user_id": 999}).json()
+        assert miss["is_anomaly"] is True and miss["suppressed"] is False
+        batch = c.post("/predict/batch", json={"events": [
+            _stamped("124", SCORE_DAY), _stamped("124", SCORE_DAY + timedelta(days=1)),
+            _stamped("125", SCORE_DAY), _stamped("123", SCORE_DAY)]}).json()
+        # the expiry is judged on each event's own UTC day: inclusive on SCORE_DAY, over the day after
+        assert [p["suppressed"] for p in batch["predictions"]] == [True, False, False, True]
+        assert all(p["is_anomaly"] for p in batch["predictions"])
+        assert batch["anomalies"] == 4 and batch["suppressed"] == 2
+
+        assert c.post("/admin/reload").json()["changed"] is False  # nothing new on disk
+        remove_rule(data, rule)
+        reloaded = c.post("/admin/reload").json()
+        assert reloaded["changed"] is True
+        after = c.post("/predict", json=SEED_PAYLOAD).json()
+        assert after["is_anomaly"] is True and after["suppressed"] is False

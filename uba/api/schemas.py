@@ -203,7 +203,11 @@ class Prediction(BaseModel):
     event_id: str | None = None
     user_id: str
     anomaly_score: float = Field(description="Higher is more anomalous; -IsolationForest.score_samples.")
-    is_anomaly: bool = Field(description="anomaly_score >= threshold")
+    is_anomaly: bool = Field(description="anomaly_score >= threshold (true also when suppressed, as the "
+                                         "batch is_anomaly column)")
+    suppressed: bool = Field(False, description="Flagged, but an active suppression rule matches its user "
+                                                "and top reason kind: not an alert (batch `suppressed`).")
+    suppressed_by: str | None = Field(None, description="The id of the rule that suppressed it.")
     threshold_percentile: float = Field(description="Percentile of the global threshold as a fraction, "
                                                     "e.g. 0.98 (as in the seed).")
     threshold: float = Field(description="The cut this event was judged against: its user's own when "
@@ -219,7 +223,8 @@ class Prediction(BaseModel):
 
 class BatchPrediction(BaseModel):
     count: int
-    anomalies: int
+    anomalies: int = Field(description="Events with is_anomaly (suppressed ones included).")
+    suppressed: int = Field(0, description="Of those, events an active suppression rule suppressed.")
     model_version: str
     baseline_as_of: date
     predictions: list[Prediction]
@@ -239,6 +244,7 @@ class ModelInfo(BaseModel):
     training: dict[str, Any] = Field(description="Training window and counts from the bundle metadata.")
     loaded_at: datetime
     scorer: str
+    suppression_rules: int = Field(0, description="Suppression rules active today (UTC) in the served state.")
 
 
 class Health(BaseModel):

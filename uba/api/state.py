@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from uba.artifacts import Bundle, load_bundle
 from uba.errors import BundleError, UserError
 from uba.features.baselines import POPULATION_USER
 from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
+from uba.feedback import RULE_SCHEMA, active_rules, load_rules
 from uba.logs import get_logger
 from uba.settings import Settings
 from uba.thresholds import load_or_build_history, user_thresholds
@@ -30,6 +31,7 @@ from uba.thresholds import load_or_build_history, user_thresholds
 log = get_logger("api.state")
 
 Scorer = Callable[[np.ndarray], np.ndarray]
+RulesKey = tuple[str, ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,6 +87,8 @@ class ModelState:
     scorer_name: str
     loaded_at: datetime
     user_cuts: Mapping[str, float] | None = None
+    rules: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=RULE_SCHEMA))
+    rules_key: RulesKey = ()
 
     @property
     def version(self) -> str:
@@ -131,6 +135,7 @@ class ModelState:
             },
             "loaded_at": self.loaded_at,
             "scorer": self.scorer_name,
+            "suppression_rules": active_rules(self.rules, datetime.now(UTC).date()).height,
         }
 
 
@@ -174,8 +179,30 @@ def load_user_cuts(bundle: Bundle, settings: Settings) -> dict[str, float] | Non
     return dict(zip(cuts["user_id"].to_list(), cuts["user_threshold"].to_list(), strict=True))
 
 
+def rules_key(data_dir: Path) -> RulesKey:
+    """The names of the suppression table's parts: append-only, so a new name is the only
+    way the rules change, and a directory listing tells the periodic reloader about it."""
+    return tuple(p.name for p in io.table_part_files(data_dir, io.SUPPRESSIONS))
+
+
+def load_suppression_rules(data_dir: Path) -> tuple[pl.DataFrame, RulesKey]:
+    """Every rule event (``load_rules``, as ``score`` reads them) and the parts they came from.
+
+    The whole log is kept, not today's active rules, because a rule's expiry is judged
+    against each event's own day when a request is scored. An unreadable part refuses
+    the load (the nightly job would fail on it too) rather than serving without rules.
+    """
+    key = rules_key(data_dir)
+    try:
+        return load_rules(data_dir), key
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read suppression rules under {Path(data_dir) / io.SUPPRESSIONS}: "
+                        f"{first[:300]}") from exc
+
+
 def load_state(settings: Settings) -> ModelState:
-    """Load the newest bundle + snapshot (+ per-user cuts) and prove they score a probe event."""
+    """Load the newest bundle + snapshot (+ per-user cuts, suppression rules) and prove they score a probe event."""
     bundle = load_bundle(
         settings.paths.model_dir,
         expected_features=FEATURE_COLUMNS,
@@ -183,8 +210,10 @@ def load_state(settings: Settings) -> ModelState:
     )
     baselines = load_baselines(settings.paths.data_dir)
     scorer, scorer_name = build_scorer(bundle, settings)
+    rules, key = load_suppression_rules(settings.paths.data_dir)
     state = ModelState(bundle=bundle, baselines=baselines, scorer=scorer, scorer_name=scorer_name,
-                       loaded_at=datetime.now(UTC), user_cuts=load_user_cuts(bundle, settings))
+                       loaded_at=datetime.now(UTC), user_cuts=load_user_cuts(bundle, settings),
+                       rules=rules, rules_key=key)
     _probe(state, settings)
     return state
 

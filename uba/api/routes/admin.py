@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from uba.api.deps import RuntimeDep
-from uba.api.reloader import reload_runtime
+from uba.api.reloader import reload_runtime, served_key
 from uba.api.schemas import ErrorBody, ReloadResult
 from uba.errors import UserError
 
@@ -14,7 +14,7 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 
 @router.post(
     "/reload", response_model=ReloadResult,
-    summary="Load the newest bundle + baseline snapshot and swap them in atomically",
+    summary="Load the newest bundle + baseline snapshot + suppression rules and swap them in atomically",
     responses={409: {"model": ErrorBody, "description": "The new bundle or snapshot was refused; "
                      "the previous one keeps serving"}},
 )
@@ -25,8 +25,7 @@ async def reload(runtime: RuntimeDep) -> ReloadResult:
         serving = runtime.holder.current
         kept = f"; still serving {serving.version}" if serving else "; no model is being served"
         raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=f"reload refused: {exc}{kept}") from exc
-    changed = previous is None or (previous.version, previous.baselines.as_of) != (
-        fresh.version, fresh.baselines.as_of)
+    changed = previous is None or served_key(previous) != served_key(fresh)
     return ReloadResult(
         reloaded=True, changed=changed, model_version=fresh.version,
         baseline_as_of=fresh.baselines.as_of,

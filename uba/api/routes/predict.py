@@ -49,6 +49,7 @@ def prediction(state: ModelState, event: ScoringEvent, result: ScoringResult, ro
         model_version=state.version, baseline_as_of=state.baselines.as_of,
         known_user=bool(result.known_user[row]),
         reasons=result.reasons[row], reason_kinds=result.reason_kinds[row],
+        suppressed=result.suppressed[row], suppressed_by=result.suppressed_by[row],
     )
 
 
@@ -82,6 +83,7 @@ def build_router(models: ApiModels) -> APIRouter:
         scored = await run_in_threadpool(_score_batch, runtime, state, events)
         return BatchPrediction(
             count=len(scored), anomalies=sum(p.is_anomaly for p in scored),
+            suppressed=sum(p.suppressed for p in scored),
             model_version=state.version, baseline_as_of=state.baselines.as_of, predictions=scored,
         )
 
