@@ -306,3 +306,21 @@ def test_suppression_rules_reach_predict_on_reload_like_the_nightly_job(own_worl
         assert reloaded["changed"] is True
         after = c.post("/predict", json=SEED_PAYLOAD).json()
         assert after["is_anomaly"] is True and after["suppressed"] is False
+
+
+def test_refused_reload_answers_a_short_reason_and_logs_the_whole_one(own_world: World, tmp_path: Path) -> None:
+    snapshot = io.latest_baseline_snapshot(own_world.data_dir)
+    assert snapshot is not None
+    # a newer snapshot without a column the feature code needs: Polars fails with its query plan
+    baselines = io.read_baseline_snapshot(snapshot[1])
+    broken = baselines.drop("mean_log_duration")
+    with running_server(own_world.env(), tmp_path / "api.log") as server, server.client() as c:
+        io.write_baseline_snapshot(broken, own_world.data_dir, SCORE_DAY + timedelta(days=1))
+        refused = c.post("/admin/reload")
+        assert c.get("/model").json()["baseline_as_of"] == SCORE_DAY.isoformat()  # old pair still serves
+    assert refused.status_code == 409
+    detail = refused.json()["detail"]
+    assert detail.startswith("reload refused: ") and "\n" not in detail
+    assert len(detail) <= 300 + 120 and detail.endswith(f"still serving {own_world.version}")
+    log = (tmp_path / "api.log").read_text()
+    assert "reload refused" in log and len(log) > len(detail) + 500  # the whole reason is logged

@@ -9,7 +9,20 @@ from uba.api.reloader import reload_runtime, served_key
 from uba.api.schemas import ErrorBody, ReloadResult
 from uba.errors import UserError
 
+MAX_DETAIL_CHARS = 300
+
 router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+def short_reason(exc: Exception) -> str:
+    """The first line of a refusal, cut to MAX_DETAIL_CHARS: a Polars error can carry a
+    20 KB query plan, which belongs in the server log (``reload_runtime`` logs it whole),
+    not in every client's answer."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0].strip() if lines else type(exc).__name__
+    if len(first) > MAX_DETAIL_CHARS or len(lines) > 1:
+        return first[:MAX_DETAIL_CHARS].rstrip() + " ... (full reason in the server log)"
+    return first
 
 
 @router.post(
@@ -24,7 +37,8 @@ async def reload(runtime: RuntimeDep) -> ReloadResult:
     except UserError as exc:
         serving = runtime.holder.current
         kept = f"; still serving {serving.version}" if serving else "; no model is being served"
-        raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=f"reload refused: {exc}{kept}") from exc
+        raise HTTPException(status_code=status.HTTP_409_CONFLICT,
+                            detail=f"reload refused: {short_reason(exc)}{kept}") from exc
     changed = previous is None or served_key(previous) != served_key(fresh)
     return ReloadResult(
         reloaded=True, changed=changed, model_version=fresh.version,
