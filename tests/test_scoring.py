@@ -286,3 +286,19 @@ def test_a_rerun_without_user_day_alerts_drops_the_earlier_runs_alerts(trained_d
     score_day(scoring_settings(tmp_path, user_day={"enabled": False}), ScoreOptions(day=day, in_process=True))
     assert not io.partition_dir(tmp_path, io.FLAGGED_USERS, day).exists()
     assert _scores(tmp_path, day).height == _events(trained_dataset.data_dir, day).height
+
+
+def test_a_corrupt_events_part_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    """A truncated part (a copy cut short, a full disk elsewhere) must name itself, not crash."""
+    uba_io = io
+    day = date(2026, 3, 2)
+    part = uba_io.partition_dir(tmp_path, uba_io.EVENTS, day) / "part-broken.parquet"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"PAR1 this is not a parquet file")
+    with pytest.raises(UserError, match="part-broken.parquet is not a readable Parquet file"):
+        uba_io.scan_events(tmp_path, day)
+    foreign = part.with_name("part-foreign.parquet")
+    part.unlink()
+    pl.DataFrame({"event_id": ["e1"]}).write_parquet(foreign)
+    with pytest.raises(UserError, match="part-foreign.parquet lacks columns"):
+        uba_io.scan_events(tmp_path, day)

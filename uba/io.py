@@ -92,7 +92,24 @@ def scan_events(data_dir: Path, day: date) -> pl.LazyFrame:
             f"no events partition for {day.isoformat()} under {Path(data_dir) / EVENTS} "
             "(ingest or generate that day first)"
         )
+    for part in partition_files(data_dir, EVENTS, day):
+        _check_event_part(part)
     return lf.select(list(EVENT_SCHEMA))
+
+
+def _check_event_part(part: Path) -> None:
+    """Refuse a truncated or foreign part up front, naming it, rather than failing mid-query.
+
+    Reading a Parquet footer costs microseconds; a corrupt part found by the engine
+    later surfaces as an internal error without the file's name.
+    """
+    try:
+        schema = pl.read_parquet_schema(part)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise UserError(f"events part {part} is not a readable Parquet file: {exc}") from exc
+    missing = [name for name in EVENT_SCHEMA if name not in schema]
+    if missing:
+        raise UserError(f"events part {part} lacks columns {missing}: it was not written by ingest")
 
 
 def scan_partitions(root: Path, dataset: str, days: Iterable[date]) -> pl.LazyFrame | None:
