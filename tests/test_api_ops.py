@@ -324,3 +324,18 @@ def test_refused_reload_answers_a_short_reason_and_logs_the_whole_one(own_world:
     assert len(detail) <= 300 + 120 and detail.endswith(f"still serving {own_world.version}")
     log = (tmp_path / "api.log").read_text()
     assert "reload refused" in log and len(log) > len(detail) + 500  # the whole reason is logged
+
+
+def test_access_log_escapes_control_characters_so_a_url_cannot_forge_a_line(world: World, tmp_path: Path) -> None:
+    flags = ["--data-dir", str(world.data_dir), "--model-dir", str(world.model_dir)]  # text log format
+    forged = "2026-01-01 00:00:00,000 INFO uba.api.access: 10.0.0.1 \"POST /admin/reload\" 200"
+    raw = "/no/such%0a" + forged.replace(" ", "%20").replace('"', "%22") + "%0d%1b[31m%5c"
+    with running_server(world.env(), tmp_path / "api.log", uba_api=flags) as server, server.client() as c:
+        missing = c.get(raw, headers={"X-Request-ID": "forge-1"})
+    assert missing.status_code == 404
+    lines = (tmp_path / "api.log").read_text().splitlines()
+    assert not any(line.startswith("2026-01-01") for line in lines)  # no forged line
+    assert "\x1b" not in "\n".join(lines)
+    (access,) = [line for line in lines if "request_id=forge-1" in line]
+    assert '"GET /no/such\\x0a2026-01-01 00:00:00,000 INFO' in access
+    assert '\\"POST /admin/reload\\" 200\\x0d\\x1b[31m\\\\" 404' in access

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from uba.api.middleware import current_request_id
+from uba.api.middleware import current_request_id, printable
 from uba.api.schemas import BATCH_TOO_LARGE
 from uba.logs import get_logger
 
@@ -92,7 +92,8 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """A bug: log it with its traceback, answer a plain 500 without internals."""
     request_id = current_request_id()
-    log.error("unhandled error on %s %s request_id=%s", request.method, request.url.path, request_id,
+    log.error("unhandled error on %s %s request_id=%s", printable(request.method),
+              printable(request.url.path), request_id,
               exc_info=exc)
     headers = {"X-Request-ID": request_id} if request_id else None
     return JSONResponse(status_code=500, content={"detail": "internal server error"}, headers=headers)

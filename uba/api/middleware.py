@@ -118,6 +118,28 @@ def request_id_from(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (newline, CR, ESC, U+2028, a lone
+    surrogate...) written as a Python escape, and backslash and double quote escaped too.
+
+    The server decodes ``%0a`` in a URL into a real newline; logged as is, one request
+    could forge a whole access line (or colour a terminal) in the text log format.
+    """
+    if text.isprintable() and "\\" not in text and '"' not in text:
+        return text
+    out = []
+    for ch in text:
+        if ch in ('\\', '"'):
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else
+                       f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
+
+
 class RequestIdMiddleware:
     """Outermost layer: sets the request id, echoes it on the response, writes the access line.
 
@@ -154,10 +176,12 @@ class RequestIdMiddleware:
 
     @staticmethod
     def _log(scope: Scope, status: int, seconds: float, request_id: str) -> None:
+        """One access line; the caller-controlled parts are escaped (``printable``) and the
+        request id is already a plain token (``request_id_from``)."""
         client = scope.get("client")
         where = f"{client[0]}:{client[1]}" if client else "-"
-        path = scope.get("path", "")
-        method = scope.get("method", "")
+        path = printable(scope.get("path", ""))
+        method = printable(scope.get("method", ""))
         access_log.info(
             '%s "%s %s" %d %.1fms request_id=%s', where, method, path, status, seconds * 1000, request_id,
             extra={"fields": {"client": where, "method": method, "path": path, "status": status,
