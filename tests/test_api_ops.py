@@ -163,6 +163,10 @@ def test_api_key_required_when_configured(keyed_server: str, headers: dict[str, 
         assert c.get("/health").status_code == 200
         assert c.get("/ready").status_code == 200
         assert c.get("/metrics").status_code == 200
+        # the API description stays open, as docs/api.md says (schemathesis and operators read it)
+        schema = c.get("/openapi.json")
+        assert schema.status_code == 200 and "/predict" in schema.json()["paths"]
+        assert c.get("/docs").status_code == 200 and c.get("/redoc").status_code == 200
 
 
 @pytest.mark.parametrize("key", ["env-key-1", "env-key-2", "file-key-1"])
