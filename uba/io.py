@@ -57,23 +57,34 @@ def partition_files(root: Path, dataset: str, day: date | str) -> list[Path]:
     return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
 
 
-def partition_dates(root: Path, dataset: str) -> list[date]:
-    """Dates that have at least one finished part, ascending; 'unknown' is skipped."""
-    base = Path(root) / dataset
+def dated_dirs(base: Path, key: str, finished: Callable[[Path], bool]) -> list[date]:
+    """Dates of ``base/<key>=YYYY-MM-DD`` folders that hold finished content, ascending.
+
+    The one walk over dated folders: partitions, run manifests and baseline snapshots
+    only differ in the key and in what counts as finished. Other names ('unknown',
+    temporary folders) are skipped.
+    """
+    base = Path(base)
     if not base.is_dir():
         return []
     found = []
     for child in base.iterdir():
         name, _, label = child.name.partition("=")
-        if name != PARTITION_COLUMN or not child.is_dir():
+        if name != key or not child.is_dir():
             continue
         try:
             day = date.fromisoformat(label)
         except ValueError:
             continue
-        if partition_files(root, dataset, day):
+        if finished(child):
             found.append(day)
     return sorted(found)
+
+
+def partition_dates(root: Path, dataset: str) -> list[date]:
+    """Dates that have at least one finished part, ascending; 'unknown' is skipped."""
+    return dated_dirs(Path(root) / dataset, PARTITION_COLUMN,
+                      lambda folder: any(not p.name.startswith(TMP_PREFIX) for p in folder.glob("*.parquet")))
 
 
 def scan_partition(root: Path, dataset: str, day: date | str) -> pl.LazyFrame | None:
@@ -368,19 +379,7 @@ def run_manifest_path(output_dir: Path, day: date) -> Path:
 
 def run_manifest_dates(output_dir: Path) -> list[date]:
     """Days that have a finished run manifest, ascending."""
-    base = Path(output_dir) / RUNS
-    if not base.is_dir():
-        return []
-    found = []
-    for child in base.iterdir():
-        name, _, label = child.name.partition("=")
-        if name != PARTITION_COLUMN or not (child / MANIFEST_NAME).is_file():
-            continue
-        try:
-            found.append(date.fromisoformat(label))
-        except ValueError:
-            continue
-    return sorted(found)
+    return dated_dirs(Path(output_dir) / RUNS, PARTITION_COLUMN, lambda folder: (folder / MANIFEST_NAME).is_file())
 
 
 def read_run_manifest(output_dir: Path, day: date) -> dict[str, Any] | None:
@@ -582,19 +581,8 @@ def write_baseline_snapshot(df: pl.DataFrame, data_dir: Path, as_of: date) -> Pa
 
 def baseline_snapshot_dates(data_dir: Path) -> list[date]:
     """Dates that have a finished baseline snapshot, ascending."""
-    base = Path(data_dir) / BASELINES
-    if not base.is_dir():
-        return []
-    found = []
-    for child in base.iterdir():
-        name, _, label = child.name.partition("=")
-        if name != "as_of" or not (child / BASELINE_SNAPSHOT_NAME).is_file():
-            continue
-        try:
-            found.append(date.fromisoformat(label))
-        except ValueError:
-            continue
-    return sorted(found)
+    return dated_dirs(Path(data_dir) / BASELINES, "as_of",
+                      lambda folder: (folder / BASELINE_SNAPSHOT_NAME).is_file())
 
 
 def latest_baseline_snapshot(data_dir: Path) -> tuple[date, Path] | None:
