@@ -26,7 +26,6 @@ import math
 import os
 import platform
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -175,25 +174,8 @@ def latest_version(model_dir: Path) -> str | None:
 
 
 def _write_latest(model_dir: Path, version: str) -> None:
-    """Temp file + fsync + os.replace: readers see the old pointer or the new one, never half."""
-    tmp = model_dir / f"{uba_io.TMP_PREFIX}{LATEST_FILE}-{uuid.uuid4().hex}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(version + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, model_dir / LATEST_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(model_dir)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Readers see the old pointer or the new one, never half, and it survives a power cut."""
+    uba_io.write_text_atomic(version + "\n", model_dir / LATEST_FILE, durable=True)
 
 
 # ---------------------------------------------------------------- saving
@@ -323,7 +305,7 @@ def save_bundle(model_dir: Path, detector: Detector, metadata: Mapping[str, Any]
     try:
         for name, data in files.items():
             _write_file(staging / name, data)
-        _fsync_dir(staging)
+        uba_io.fsync_dir(staging)
         os.rename(staging, model_dir / version)
     except OSError as exc:
         raise BundleError(f"{model_dir / version}: cannot write the bundle ({exc})") from exc
@@ -332,7 +314,7 @@ def save_bundle(model_dir: Path, detector: Detector, metadata: Mapping[str, Any]
             for leftover in staging.iterdir():
                 leftover.unlink()
             staging.rmdir()
-    _fsync_dir(model_dir)
+    uba_io.fsync_dir(model_dir)
     _write_latest(model_dir, version)
     return version
 

@@ -135,7 +135,8 @@ def _tmp_path(folder: Path, suffix: str) -> Path:
     return folder / f"{TMP_PREFIX}{uuid.uuid4().hex}{suffix}"
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` survive a power cut, not only a process crash."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -161,7 +162,7 @@ def _write_atomic(path: Path, write: Callable[[Path], None], durable: bool = Fal
     finally:
         tmp.unlink(missing_ok=True)
     if durable:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return path
 
 
@@ -239,7 +240,7 @@ def recover_replaced_dir(final: Path) -> bool:
     restored = False
     if asides and not final.exists():
         os.replace(asides.pop(), final)
-        _fsync_dir(parent)
+        fsync_dir(parent)
         restored = True
     for leftover in asides:
         shutil.rmtree(leftover, ignore_errors=True)
@@ -259,9 +260,9 @@ def replace_dir_atomic(staging: Path, final: Path) -> None:
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists() and _rename_exchange(staging, final):
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         if staging.parent != final.parent:
-            _fsync_dir(staging.parent)
+            fsync_dir(staging.parent)
         shutil.rmtree(staging, ignore_errors=True)
         return
     aside = None
@@ -277,7 +278,7 @@ def replace_dir_atomic(staging: Path, final: Path) -> None:
             replace_dir_atomic(staging, final)
             return
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
 
@@ -391,6 +392,11 @@ def read_run_manifest(output_dir: Path, day: date) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise UserError(f"run manifest {path} does not hold a JSON object")
     return data
+
+
+def write_text_atomic(text: str, path: Path, durable: bool = False) -> Path:
+    """Small text file (a pointer, a note) written whole or not at all; ``durable`` also fsyncs."""
+    return _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), durable=durable)
 
 
 def write_bytes_atomic(data: bytes, path: Path) -> Path:

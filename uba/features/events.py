@@ -41,31 +41,6 @@ from uba.features.baselines import (
 
 FEATURE_SET_VERSION = "uba-features-5"
 
-FEATURE_COLUMNS: tuple[str, ...] = (
-    # the seed's event-level fields
-    "log_session_duration",
-    "log_events_in_session",
-    "event_hour",
-    "event_weekday",
-    "event_type_code",
-    "device_code",
-    # deviations from the user's own baseline
-    "session_length_excess",
-    "actions_excess",
-    "hour_deviation",
-    "device_rarity",
-    "event_type_rarity",
-    "download_intensity",
-    "time_of_week_rarity",
-    "first_use",
-    # the strongest and the sum of the deviations above, so a one-feature anomaly is
-    # extreme in more than one dimension the forest may pick
-    "max_surprise",
-    "total_surprise",
-    # how much history backs the baseline
-    "log_history_days",
-)
-
 # Deviation features, all surprises in nats (0 = as expected for this user).
 DEVIATION_COLUMNS: tuple[str, ...] = (
     "session_length_excess",
@@ -76,6 +51,26 @@ DEVIATION_COLUMNS: tuple[str, ...] = (
     "download_intensity",
     "time_of_week_rarity",
 )
+
+FEATURE_COLUMNS: tuple[str, ...] = (
+    # the seed's event-level fields
+    "log_session_duration",
+    "log_events_in_session",
+    "event_hour",
+    "event_weekday",
+    "event_type_code",
+    "device_code",
+    # deviations from the user's own baseline
+    *DEVIATION_COLUMNS,
+    "first_use",
+    # the strongest and the sum of the deviations above, so a one-feature anomaly is
+    # extreme in more than one dimension the forest may pick
+    "max_surprise",
+    "total_surprise",
+    # how much history backs the baseline
+    "log_history_days",
+)
+
 
 # Context the reasons quote; kept next to the features in scored output.
 CONTEXT_COLUMNS: tuple[str, ...] = (
