@@ -102,6 +102,12 @@ def _score_in_thread(settings, options: ScoreOptions) -> tuple[threading.Thread,
     return thread, box
 
 
+def _half_day(data_dir: Path, day) -> int:
+    """Shard size that splits the day into two shards."""
+    rows = io.partition_row_count(data_dir, io.EVENTS, day)
+    return max(1, (rows + 1) // 2)
+
+
 def _kill_first_shard_worker(pid_dir: Path) -> tuple[str, int]:
     first = _wait_for(lambda: sorted(pid_dir.glob("*.pid")), 60, "a shard to start")[0]
     label, pid = first.name.rsplit(".", 2)[0], int(first.read_text())
@@ -115,8 +121,9 @@ def test_a_killed_ray_worker_is_retried_and_the_output_is_correct(
     day = trained_dataset.score_dates[1]
     pid_dir = tmp_path / "pids"
     fault = FaultInjection(shard_delay_sec=1.5, pid_dir=str(pid_dir))
-    thread, box = _score_in_thread(scoring_settings(tmp_path / "out"),
-                                   ScoreOptions(day=day, shards=2, workers=2, fault=fault))
+    halves = {"chunk_rows": _half_day(trained_dataset.data_dir, day)}
+    thread, box = _score_in_thread(scoring_settings(tmp_path / "out", scoring=halves),
+                                   ScoreOptions(day=day, workers=2, fault=fault))
     label, killed = _kill_first_shard_worker(pid_dir)
     thread.join(timeout=120)
     assert not thread.is_alive()
@@ -125,7 +132,8 @@ def test_a_killed_ray_worker_is_retried_and_the_output_is_correct(
     assert len(attempts) >= 2 and f"{label}.{killed}.pid" in attempts  # the shard ran again elsewhere
     manifest = box["manifest"]
     assert manifest["status"] == "succeeded" and manifest["row_conservation"]["ok"]
-    score_day(scoring_settings(tmp_path / "ref"), ScoreOptions(day=day, in_process=True))
+    assert manifest["execution"]["shards"] == 2
+    score_day(scoring_settings(tmp_path / "ref", scoring=halves), ScoreOptions(day=day, in_process=True))
     assert day_output_bytes(tmp_path / "out", day) == day_output_bytes(tmp_path / "ref", day)
 
 
@@ -137,8 +145,9 @@ def test_a_shard_that_keeps_failing_fails_the_run_cleanly(
     previous = _published_state(out, day, day_output_bytes)
     pid_dir = tmp_path / "pids"
     fault = FaultInjection(shard_delay_sec=1.5, pid_dir=str(pid_dir))
-    thread, box = _score_in_thread(scoring_settings(out, ray={"max_retries": 0}),
-                                   ScoreOptions(day=day, shards=2, workers=2, fault=fault))
+    halves = {"chunk_rows": _half_day(trained_dataset.data_dir, day)}
+    thread, box = _score_in_thread(scoring_settings(out, ray={"max_retries": 0}, scoring=halves),
+                                   ScoreOptions(day=day, workers=2, fault=fault))
     label, _ = _kill_first_shard_worker(pid_dir)
     thread.join(timeout=120)
     assert not thread.is_alive()
@@ -151,7 +160,7 @@ def test_a_shard_that_keeps_failing_fails_the_run_cleanly(
     assert len(failures) == 1
     record = json.loads(failures[0].read_text())
     assert record["status"] == "failed" and record["published"] is False
-    assert record["error"].startswith("ShardFailedError: scoring shard") and record["failed_stage"] == "scoring"
+    assert record["error"].startswith("ShardFailedError: scoring shard") and record["failed_stage"] == "shards"
     assert not any((out / STAGING_DIR).rglob("*.parquet"))
 
 

@@ -1,4 +1,4 @@
-"""`score --date` joining a Ray cluster started with `ray start --head` on 127.0.0.1.
+"""`score --date` joining a two-node Ray cluster (`ray start --head` + `ray start --address`) on 127.0.0.1.
 
 The cluster lives in its own process group for the module and is stopped by group id;
 no Ray process is ever killed by name. Ray 2.60 needs RAY_AUTH_MODE=token on both the
@@ -25,6 +25,7 @@ from uba.scoring import ScoreOptions, score_day
 RAY = Path(sys.executable).with_name("ray")
 UBA = Path(sys.executable).with_name("uba-batch")
 REPO = Path(__file__).resolve().parents[1]
+JOIN_NODE = Path(__file__).with_name("ray_start_node.py")
 LOOPBACK = "127.0.0.1"
 
 
@@ -33,12 +34,36 @@ def _free(port: int) -> bool:
         return probe.connect_ex((LOOPBACK, port)) != 0
 
 
-def _ports() -> tuple[int, int, int, int]:
-    """Four consecutive free ports above Ray's worker range (10002-19999)."""
-    for base in range(26379, 26779, 4):
-        if all(_free(base + i) for i in range(4)):
-            return base, base + 1, base + 2, base + 3
-    raise RuntimeError("no free ports for a test Ray head")
+def _ports(count: int) -> list[int]:
+    """``count`` consecutive free ports above Ray's worker range (10002-19999)."""
+    for base in range(26379, 27379, count):
+        if all(_free(base + i) for i in range(count)):
+            return list(range(base, base + count))
+    raise RuntimeError("no free ports for a test Ray cluster")
+
+
+def _node_ports(ports: list[int], worker_range: tuple[int, int]) -> list[str]:
+    """Distinct ports for one node's raylet, object manager, agents and workers, so two
+    nodes can share one machine."""
+    manager, objects, agent_grpc, agent_http, metrics, runtime_env = ports
+    return [f"--node-manager-port={manager}", f"--object-manager-port={objects}",
+            f"--dashboard-agent-grpc-port={agent_grpc}", f"--dashboard-agent-listen-port={agent_http}",
+            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
+            f"--min-worker-port={worker_range[0]}", f"--max-worker-port={worker_range[1]}"]
+
+
+def _wait_for_nodes(address: str, count: int, processes: list[subprocess.Popen[bytes]]) -> None:
+    """Wait until ``count`` nodes are alive (asked through the Ray CLI, not a driver)."""
+    deadline = time.monotonic() + 120
+    while True:
+        for process in processes:
+            assert process.poll() is None, "a `ray start` exited early"
+        status = subprocess.run([str(RAY), "status", f"--address={address}"], env=_cluster_env(),
+                                capture_output=True, text=True, timeout=60)
+        if status.returncode == 0 and status.stdout.count("node_") >= count:
+            return
+        assert time.monotonic() < deadline, f"the cluster did not reach {count} nodes: {status.stdout}"
+        time.sleep(1)
 
 
 def _cluster_env() -> dict[str, str]:
@@ -61,26 +86,37 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A single-node cluster of 2 CPUs on loopback; yields its address."""
-    gcs, client, dashboard, agent = _ports()
-    log = (tmp_path_factory.mktemp("ray-head") / "head.log").open("wb")
-    head = subprocess.Popen(
-        [str(RAY), "start", "--head", "--block", f"--port={gcs}", f"--node-ip-address={LOOPBACK}",
-         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-         f"--ray-client-server-port={client}", f"--dashboard-port={dashboard}",
-         f"--dashboard-agent-listen-port={agent}"],
-        env=_cluster_env(), stdout=log, stderr=log, start_new_session=True)
+    """A two-node cluster on loopback: a head and a second node, one CPU each, each with its
+    own raylet, object store and port ranges; yields the head's address."""
+    ports = _ports(16)
+    gcs, client, dashboard = ports[:3]
+    folder = tmp_path_factory.mktemp("ray-cluster")
+    logs = [(folder / "head.log").open("wb"), (folder / "node.log").open("wb")]
     address = f"{LOOPBACK}:{gcs}"
+    common = [f"--node-ip-address={LOOPBACK}", "--num-cpus=1", "--block", "--disable-usage-stats"]
+    head = subprocess.Popen(
+        [str(RAY), "start", "--head", f"--port={gcs}", "--include-dashboard=false",
+         f"--ray-client-server-port={client}", f"--dashboard-port={dashboard}", *common,
+         *_node_ports(ports[3:9], (11000, 11999))],
+        env=_cluster_env(), stdout=logs[0], stderr=logs[0], start_new_session=True)
+    processes = [head]
     try:
         deadline = time.monotonic() + 90
         while _free(gcs):
             assert head.poll() is None, "ray start --head exited early"
             assert time.monotonic() < deadline, "ray head did not come up"
             time.sleep(0.2)
+        processes.append(subprocess.Popen(  # `ray start --address`, kept on loopback (see the script)
+            [sys.executable, str(JOIN_NODE), f"--address={address}", *common,
+             *_node_ports(ports[9:15], (12000, 12999))],
+            env=_cluster_env(), stdout=logs[1], stderr=logs[1], start_new_session=True))
+        _wait_for_nodes(address, 2, processes)
         yield address
     finally:
-        _stop_group(head)
-        log.close()
+        for process in reversed(processes):
+            _stop_group(process)
+        for log in logs:
+            log.close()
         # `ray start` registers itself as this machine's current cluster; a later plain
         # ray.init() elsewhere would try to join the dead head, so unregister it
         current = Path("/tmp/ray/ray_current_cluster")
@@ -94,19 +130,26 @@ def test_score_cli_on_a_ray_start_cluster_matches_local_and_in_process(
     day = trained_dataset.score_dates[0]
     out = tmp_path / "cluster"
     result = subprocess.run(
-        [str(UBA), "score", "--date", day.isoformat(), "--ray-address", ray_head, "--shards", "3",
+        [str(UBA), "score", "--date", day.isoformat(), "--ray-address", ray_head,
          "--data-dir", str(trained_dataset.data_dir), "--model-dir", str(trained_dataset.model_dir),
          "--output-dir", str(out)],
-        env=_cluster_env(), cwd=REPO, capture_output=True, text=True, timeout=180)
+        env={**_cluster_env(), "UBA_SCORING__CHUNK_ROWS": "60"}, cwd=REPO, capture_output=True, text=True,
+        timeout=180)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "runs" / f"event_date={day}" / "manifest.json").read_text())
     execution = manifest["execution"]
     assert execution["mode"] == "cluster" and execution["address"] == ray_head
     assert execution["started_by_job"] is False and execution["cluster_cpus"] == 2
-    assert execution["workers"] == 2 and execution["shards"] == 3
+    assert execution["nodes"] == 2 and execution["workers"] == 2 and execution["shards"] >= 4
     assert manifest["row_conservation"]["ok"] is True
+    # the shards ran on both nodes, each node fetched the shared inputs for its own workers
+    records = execution["shard_records"]
+    assert len(records) == execution["shards"]
+    assert len({r["node_id"] for r in records}) == 2, [r["node_id"] for r in records]
+    assert {r["node_id"] for r in records if r["fetched_inputs"]} == {r["node_id"] for r in records}
 
-    score_day(scoring_settings(tmp_path / "in-process"), ScoreOptions(day=day, in_process=True))
+    score_day(scoring_settings(tmp_path / "in-process", scoring={"chunk_rows": 60}),
+              ScoreOptions(day=day, in_process=True))
     assert day_output_bytes(out, day) == day_output_bytes(tmp_path / "in-process", day)
 
 

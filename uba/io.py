@@ -144,14 +144,17 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None], durable: bool = False) -> Path:
+def _write_atomic(path: Path, write: Callable[[Path], None], durable: bool = False,
+                  make_parent: bool = True) -> Path:
     """The one write-then-rename routine: ``write`` fills a temporary file beside ``path``.
 
     ``durable`` adds the fsyncs that make the rename survive a power cut (data parts);
-    exports and reports only need readers never to see half a file.
+    exports and reports only need readers never to see half a file. ``make_parent``
+    False makes a missing folder an error instead of creating it (see write_staged_part).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path.parent, path.suffix)
     try:
         write(tmp)
@@ -170,6 +173,17 @@ def write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
     """Write ``df`` to ``path`` via a temporary file and rename, so the part is whole or absent."""
     return _write_atomic(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True),
                          durable=True)
+
+
+def write_staged_part(df: pl.DataFrame, path: Path) -> Path:
+    """Write a shard's part into a staging folder that must already exist.
+
+    The driver creates a run's staging folders and removes them when the run ends; a
+    shard task orphaned by a killed driver must then fail, not re-create the folder of a
+    run that no longer exists.
+    """
+    return _write_atomic(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True),
+                         durable=True, make_parent=False)
 
 
 def write_part(df: pl.DataFrame, root: Path, dataset: str, day: date | str, name: str | None = None) -> Path:

@@ -3,13 +3,13 @@
 The scoring driver calls, per run::
 
     ops = RunOperations.prepare(settings, bundle, day)     # once: per-user cuts, rules
-    annotated = ops.apply(annotated, matrix, scores)       # per chunk
+    ops.add_partial(drift_counts, per_user_counts)         # per shard result
     user_days = ops.user_day_alerts(baselines)             # once, from the day's aggregates
     manifest.update(ops.manifest_sections())               # drift, alert counts, user-day
 
-``apply`` re-decides ``is_anomaly`` with per-user thresholds (when enabled), marks
-suppressed alerts and accumulates the day's drift counts and per-user alert counts, so
-nothing here needs the whole day in memory at once.
+The shards (``uba.scoring.shard``) apply the cuts and rules prepared here to their own
+rows and send back drift bin counts and per-user alert counts; ``add_partial`` adds them
+up, so nothing here needs the whole day in memory at once.
 """
 
 from __future__ import annotations
@@ -25,23 +25,18 @@ import polars as pl
 
 from uba import io
 from uba.artifacts import Bundle
-from uba.drift import DriftCounts, drift_counts, drift_report_from_counts, reference_for_weekday
-from uba.feedback import active_rules, apply_suppressions, load_rules
+from uba.drift import DriftCounts, drift_report_from_counts, reference_for_weekday
+from uba.feedback import active_rules, load_rules
 from uba.logs import get_logger
 from uba.settings import Settings
-from uba.thresholds import (
-    apply_thresholds,
-    concentration_from_counts,
-    load_or_build_history,
-    user_thresholds,
-)
+from uba.thresholds import concentration_from_counts, load_or_build_history, user_thresholds
 from uba.userday import score_user_days
 
 log = get_logger("operations")
 
 OPERATION_COLUMNS = ("user_threshold", "suppressed", "suppressed_by")
 _PER_USER_SCHEMA = {"user_id": pl.String(), "events": pl.Int64(), "alerts_global": pl.Int64(),
-                    "alerts_user": pl.Int64(), "suppressed": pl.Int64()}
+                    "alerts_user": pl.Int64(), "suppressed": pl.Int64()}  # = shard.PER_USER_SCHEMA
 
 
 @dataclass
@@ -71,26 +66,15 @@ class RunOperations:
         return cls(settings=settings, bundle=bundle, day=day, cuts=cuts, rules=rules, reference=reference,
                    reference_name=name)
 
-    def apply(self, annotated: pl.DataFrame, matrix: np.ndarray, scores: np.ndarray) -> pl.DataFrame:
-        """One scored chunk with ``user_threshold``, the final ``is_anomaly``, ``suppressed``
-        and ``suppressed_by``; its drift counts and alert counts are remembered."""
-        threshold = float(self.bundle.detector.threshold)
-        frame = annotated.lazy()
-        if self.cuts is not None:
-            frame = apply_thresholds(frame, self.cuts.lazy(), threshold)
-        else:
-            frame = frame.with_columns(pl.col("threshold").alias("user_threshold"))
-        out = apply_suppressions(frame, self.rules, self.day).collect()
-        self.counts = self.counts.merge(drift_counts(matrix, scores, self.reference))
-        self.per_user.append(
-            out.group_by("user_id").agg(
-                pl.len().cast(pl.Int64).alias("events"),
-                (pl.col("anomaly_score") >= pl.col("threshold")).sum().cast(pl.Int64).alias("alerts_global"),
-                pl.col("is_anomaly").sum().cast(pl.Int64).alias("alerts_user"),
-                pl.col("suppressed").sum().cast(pl.Int64).alias("suppressed"),
-            )
-        )
-        return out
+    def add_partial(self, drift: DriftCounts, per_user: pl.DataFrame) -> None:
+        """Fold one shard's drift bin counts and per-user alert counts into the day's.
+
+        Per-user rows are summed as they arrive, so what is kept grows with the users of
+        the day, not with its events or its number of shards.
+        """
+        self.counts = self.counts.merge(drift)
+        merged = pl.concat([*self.per_user, per_user]) if self.per_user else per_user
+        self.per_user = [merged.group_by("user_id").agg(pl.all().sum())]
 
     def user_day_alerts(self, baselines: pl.DataFrame) -> pl.DataFrame | None:
         """The day's user-day alerts against the run's own baselines (None when disabled)."""

@@ -224,61 +224,89 @@ def texts() -> dict[str, pl.Expr]:
     }
 
 
-def explain(features: pl.LazyFrame, max_reasons: int = 3) -> pl.LazyFrame:
+def explain(features: pl.LazyFrame, max_reasons: int = 3,
+            sentences_for: pl.Expr | None = None) -> pl.LazyFrame:
     """Add ``reasons`` and ``reason_kinds`` (parallel List(String), strongest first).
 
     ``features`` is the output of ``uba.features.events.event_features`` (the feature
-    and context columns are what is read); row order is kept. Sentences are only built
-    for the rows that get a reason (a few percent of a day), then joined back: building
-    eight sentences for every one of millions of ordinary events would cost more than
-    the features themselves. The ranking is plain arithmetic on the eight severities
-    (rank of a kind = how many kinds beat it, earlier kinds winning ties).
+    and context columns are what is read); row order is kept. The kinds are plain
+    arithmetic on the eight severities (rank of a kind = how many kinds beat it, earlier
+    kinds winning ties) and are given to every row: suppression rules and analysts'
+    filters match on them. Sentences cost far more than the features, so they are built
+    only where someone reads them: with ``sentences_for`` (a boolean expression, the
+    batch job passes ``is_anomaly``) the other rows get a null ``reasons``; without it
+    (the API, which explains whatever it is asked about) every row gets its sentences.
     """
-    sev = severities()
     sev_col = {kind: f"_sev_{kind}" for kind in REASON_KINDS}
-    staged = features.with_columns(
-        sev[kind].fill_nan(0.0).fill_null(0.0).alias(sev_col[kind]) for kind in REASON_KINDS
-    ).with_columns(_top=pl.max_horizontal(*sev_col.values())).with_row_index(_ROW)
-    explained = _ranked_reasons(
-        staged.filter(pl.col("_top") >= MIN_TOP_SEVERITY), sev_col, max_reasons
-    ).select(_ROW, "reasons", "reason_kinds")
+    staged = _ranked(features, sev_col, max_reasons).with_row_index(_ROW)
+    wanted = pl.col("_top") >= MIN_TOP_SEVERITY
+    if sentences_for is not None:
+        wanted = wanted & sentences_for.fill_null(False)
+    explained = _sentences(staged.filter(wanted), sev_col, max_reasons).select(_ROW, "reasons")
     empty = pl.lit([], dtype=pl.List(pl.String))
+    reasons = pl.col("reasons").fill_null(empty)
+    if sentences_for is not None:
+        reasons = pl.when(sentences_for.fill_null(False)).then(reasons).otherwise(
+            pl.lit(None, dtype=pl.List(pl.String)))
     return (
         staged.join(explained, on=_ROW, how="left", maintain_order="left")
-        .with_columns(pl.col("reasons").fill_null(empty), pl.col("reason_kinds").fill_null(empty))
-        .drop(_ROW, "_top", *sev_col.values())
+        .with_columns(reasons.alias("reasons"))
+        .drop(_ROW, *_scratch(sev_col))
     )
 
 
 _ROW = "__reasons_row"
 
 
-def _ranked_reasons(rows: pl.LazyFrame, sev_col: dict[str, str], max_reasons: int) -> pl.LazyFrame:
-    """The top ``max_reasons`` kinds of each row with their sentences."""
-    txt = texts()
-    rank_col = {kind: f"_rank_{kind}" for kind in REASON_KINDS}
-    text_col = {kind: f"_text_{kind}" for kind in REASON_KINDS}
+def _rank_col(kind: str) -> str:
+    return f"_rank_{kind}"
+
+
+def _scratch(sev_col: dict[str, str]) -> list[str]:
+    return ["_top", "_keep_from", *sev_col.values(), *(_rank_col(k) for k in REASON_KINDS)]
+
+
+def _ranked(features: pl.LazyFrame, sev_col: dict[str, str], max_reasons: int) -> pl.LazyFrame:
+    """Severities, ranks and ``reason_kinds`` for every row (rows under MIN_TOP_SEVERITY: [])."""
+    sev = severities()
     keep_from = pl.max_horizontal(pl.min_horizontal(pl.col("_top"), pl.lit(MIN_SEVERITY)),
                                   pl.lit(MIN_TOP_SEVERITY))
-    staged = rows.with_columns(_keep_from=keep_from).with_columns(
-        *(_rank(kind, sev_col).alias(rank_col[kind]) for kind in REASON_KINDS),
-        *(txt[k].fill_null(pl.lit(k.replace("_", " "))).alias(text_col[k]) for k in REASON_KINDS),
+    staged = features.with_columns(
+        sev[kind].fill_nan(0.0).fill_null(0.0).alias(sev_col[kind]) for kind in REASON_KINDS
+    ).with_columns(_top=pl.max_horizontal(*sev_col.values())).with_columns(
+        _keep_from=keep_from, **{_rank_col(kind): _rank(kind, sev_col) for kind in REASON_KINDS},
     )
-
-    def at(position: int, value: dict[str, pl.Expr]) -> pl.Expr:
-        chosen = [
-            pl.when((pl.col(rank_col[k]) == position) & (pl.col(sev_col[k]) >= pl.col("_keep_from")))
-            .then(value[k])
-            for k in REASON_KINDS
-        ]
-        return pl.coalesce(chosen)
-
-    positions = range(min(max_reasons, len(REASON_KINDS)))
-    text = {k: pl.col(text_col[k]) for k in REASON_KINDS}
     kind = {k: pl.lit(k) for k in REASON_KINDS}
+    kinds = pl.concat_list([_at(p, kind, sev_col) for p in _positions(max_reasons)]).list.drop_nulls()
+    empty = pl.lit([], dtype=pl.List(pl.String))
     return staged.with_columns(
-        reasons=pl.concat_list([at(p, text) for p in positions]).list.drop_nulls(),
-        reason_kinds=pl.concat_list([at(p, kind) for p in positions]).list.drop_nulls(),
+        reason_kinds=pl.when(pl.col("_top") >= MIN_TOP_SEVERITY).then(kinds).otherwise(empty))
+
+
+def _positions(max_reasons: int) -> range:
+    return range(min(max_reasons, len(REASON_KINDS)))
+
+
+def _at(position: int, value: dict[str, pl.Expr], sev_col: dict[str, str]) -> pl.Expr:
+    """The value of the kind ranked ``position`` if it is strong enough to be listed."""
+    chosen = [
+        pl.when((pl.col(_rank_col(k)) == position) & (pl.col(sev_col[k]) >= pl.col("_keep_from")))
+        .then(value[k])
+        for k in REASON_KINDS
+    ]
+    return pl.coalesce(chosen)
+
+
+def _sentences(rows: pl.LazyFrame, sev_col: dict[str, str], max_reasons: int) -> pl.LazyFrame:
+    """The sentences of the top ``max_reasons`` kinds of each (already ranked) row."""
+    txt = texts()
+    text_col = {kind: f"_text_{kind}" for kind in REASON_KINDS}
+    staged = rows.with_columns(
+        txt[k].fill_null(pl.lit(k.replace("_", " "))).alias(text_col[k]) for k in REASON_KINDS
+    )
+    text = {k: pl.col(text_col[k]) for k in REASON_KINDS}
+    return staged.with_columns(
+        reasons=pl.concat_list([_at(p, text, sev_col) for p in _positions(max_reasons)]).list.drop_nulls(),
     )
 
 

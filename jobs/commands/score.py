@@ -28,8 +28,9 @@ def ray_options(func: F) -> F:
                           "or host:port). Default: start an embedded local Ray. Env: RAY_ADDRESS."),
         click.option("--workers", type=click.IntRange(1, 1024), default=None,
                      help="Concurrent scoring tasks (default: ray.num_workers; all CPUs of a joined cluster)."),
-        click.option("--shards", type=click.IntRange(1, 100_000), default=None,
-                     help="Shards each chunk of the day is split into (default: ray.num_shards)."),
+        click.option("--shards", type=click.IntRange(1, 100_000), default=None, hidden=True,
+                     help="Ignored (kept so old scripts still run): shards are planned from the "
+                          "data, scoring.chunk_rows events each, so outputs never depend on it."),
         click.option("--in-process", is_flag=True, default=False,
                      help="Score in this process without Ray (same results, for small days and debugging)."),
         click.option("--model-version", default=None, metavar="VERSION",
@@ -60,7 +61,7 @@ def command(ctx: click.Context, day: date | None, data_dir: str | None, model_di
     \b
     Example:
       uba-batch score --date 2026-03-22 --data-dir data --model-dir models --output-dir output
-      uba-batch score --date 2026-03-22 --ray-address auto --workers 16 --shards 64
+      uba-batch score --date 2026-03-22 --ray-address auto --workers 16
     """
     from uba.scoring import FaultInjection, ScoreOptions, score_day
     from uba.scoring.backfill import describe_manifest

@@ -61,6 +61,19 @@ def ensure_aggregates(
     return written
 
 
+def stale_aggregate_days(data_dir: Path, days: Iterable[date], categories: EventSettings) -> list[date]:
+    """The days among ``days`` whose aggregates ``ensure_aggregates`` would (re)compute.
+
+    Reads only file names and footers, so a driver can hand the work to other processes.
+    """
+    stale = []
+    for day in sorted(set(days)):
+        fingerprint = io.partition_fingerprint(data_dir, io.EVENTS, day)
+        if fingerprint is not None and io.aggregates_tag(data_dir, day) != aggregate_tag(fingerprint, categories):
+            stale.append(day)
+    return stale
+
+
 def lookback_days(as_of: date, lookback: int) -> list[date]:
     """The days a baseline for ``as_of`` may use: [as_of - lookback, as_of)."""
     return [as_of - timedelta(days=k) for k in range(lookback, 0, -1)]

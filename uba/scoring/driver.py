@@ -1,13 +1,18 @@
 """``score --date D``: score one day's events and publish them all at once.
 
-The run, in order: check the inputs exist and load the model (before touching the
-output, so a typo costs nothing); take the per-date lock; heal what a crashed run may
-have left; make sure the aggregates of D and its lookback exist; build the baselines
-as of D; then, chunk by chunk of at most ``scoring.chunk_rows`` events, compute the
-features with the shared feature module, score them (sharded on Ray, or in-process),
-attach reasons and write the chunk's part into a staging directory. Only when every
-chunk is written and the row counts add up are ``scores/`` and ``flagged/`` swapped into
-``event_date=D`` (an atomic directory exchange each) and the manifest written last.
+The driver plans and publishes; the shards do the per-row work. In order: check the
+inputs exist and load the model (before touching the output, so a typo costs nothing);
+take the per-date lock; heal what a crashed run may have left; plan shards of at most
+``scoring.chunk_rows`` events from the Parquet footers of D's events (``plan``); make
+sure the lookback's aggregates exist and build the baselines as of D (small: one row
+per user); start D's own aggregates as a task of their own; run every shard
+(``shard.run_shard``: read, features, score, decide, explain, write its own part into
+the run's staging folder ``.staging/event_date=D/run-<run id>/``) on Ray or in this
+process; add up the shards' counts and partial results; merge their flagged rows into
+one sorted part; user-day alerts from D's aggregates. Only when every shard is written
+and the row counts add up are ``scores/``, ``flagged/`` and ``flagged_users/`` swapped
+into ``event_date=D`` (an atomic directory exchange each) and the manifest written last.
+The driver never holds the day's rows, so its memory does not grow with the day.
 
 Any failure before the swap leaves the published output of D exactly as it was and
 writes a ``failed-<ts>.json`` record next to the manifest instead.
@@ -15,7 +20,6 @@ writes a ``failed-<ts>.json`` record next to the manifest instead.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import time
@@ -34,21 +38,15 @@ from uba import io
 from uba.artifacts import Bundle, load_bundle
 from uba.errors import UserError
 from uba.features import baselines_as_of, ensure_aggregates
-from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION, event_features
+from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
+from uba.features.store import stale_aggregate_days
 from uba.logs import get_logger
 from uba.operations import RunOperations
-from uba.pipeline import feature_matrix
 from uba.scoring import manifest as mf
-from uba.scoring import outputs
+from uba.scoring import shard
 from uba.scoring.lock import date_lock
-from uba.scoring.ray_backend import (
-    EAGER_ENGINE,
-    FaultInjection,
-    RayRuntime,
-    RunFailedError,
-    ShardWork,
-    score_in_process,
-)
+from uba.scoring.plan import ShardSpec, plan_shards
+from uba.scoring.ray_backend import FaultInjection, RayRuntime, RunFailedError
 from uba.settings import Settings
 
 log = get_logger("scoring")
@@ -160,7 +158,6 @@ class _Run:
         self.timer = _Timer()
         self.record: dict[str, Any] = {}
         self.staging_root = self.output_dir / STAGING_DIR / f"event_date={self.day.isoformat()}"
-        self._detector_ref: Any = None
         self.aggregates_computed: list[date] = []
 
     # -- the run ---------------------------------------------------------------------
@@ -168,7 +165,8 @@ class _Run:
     def execute(self) -> dict[str, Any]:
         try:
             self._recover_previous()
-            staging = io.make_staging_dir(self.staging_root)
+            staging = self.staging_root / f"run-{self.run_id}"
+            staging.mkdir(parents=True)
             self._score_into(staging)
             self._publish(staging)
         except BaseException as exc:
@@ -191,44 +189,42 @@ class _Run:
                 io.discard_dir(self.staging_root)
 
     def _score_into(self, staging: Path) -> None:
-        with self.timer.stage("count"):
-            input_rows = int(self.events.select(pl.len()).collect().item())
+        with self.timer.stage("plan"):
+            specs = plan_shards(io.partition_files(self.data_dir, io.EVENTS, self.day),
+                                self.settings.scoring.chunk_rows)
+            input_rows = sum(spec.rows for spec in specs)
             quarantined = io.partition_row_count(self.data_dir, io.QUARANTINE, self.day)
-        with self.timer.stage("aggregates"):
-            lookback = self.settings.features.lookback_days
-            needed = [self.day - timedelta(days=n) for n in range(lookback, -1, -1)]
-            self.aggregates_computed = ensure_aggregates(self.data_dir, needed, self.settings.events)
+        execution = self._execution(input_rows, len(specs))
+        day_aggregates = self._aggregates(execution)
         with self.timer.stage("baselines"):
             baselines = baselines_as_of(self.data_dir, self.day, self.settings).collect()
         with self.timer.stage("operations"):  # issue 7: per-user cuts, suppression rules
             self.ops = RunOperations.prepare(self.settings, self.bundle, self.day)
-        execution = self._execution(input_rows)
-        chunk_rows = self.settings.scoring.chunk_rows
-        n_chunks = max(1, math.ceil(input_rows / chunk_rows))
-        counts = {"scored_rows": 0, "flagged_rows": 0, "known_user_rows": 0}
-        flagged_parts: list[pl.DataFrame] = []
-        score_files: dict[str, Any] = {}
-        for index in range(n_chunks):
-            scored, flagged = self._score_chunk(index, chunk_rows, baselines, execution)
-            counts["scored_rows"] += scored.height
-            counts["known_user_rows"] += int(scored["known_user"].sum())
-            flagged_parts.append(flagged)
-            with self.timer.stage("write"):
-                name = PART_NAME.format(index=index)
-                score_files[name] = self._write(scored, staging / io.SCORES / name)
-        with self.timer.stage("write"):
-            flagged_all = pl.concat(flagged_parts, how="vertical").sort(
-                outputs.FLAGGED_SORT_KEY, descending=[True, False])
-            counts["flagged_rows"] = flagged_all.height
-            flagged_files = {PART_NAME.format(index=0):
-                             self._write(flagged_all, staging / io.FLAGGED / PART_NAME.format(index=0))}
+        for folder in (shard.SCORES_DIR, shard.FLAGGED_PARTS_DIR):
+            (staging / folder).mkdir()
+        ctx = shard.ShardContext(run_key=self.run_id, day=self.day, model_version=self.bundle.version,
+                                 max_reasons=self.settings.threshold.max_reasons,
+                                 staging=str(staging), fault=self.options.fault)
+        inputs = shard.ShardInputs(detector=self.bundle.detector, baselines=baselines,
+                                   cuts=self.ops.cuts, rules=self.ops.rules,
+                                   drift_reference=self.ops.reference)
+        with self.timer.stage("shards"):
+            results = self._run_shards(specs, ctx, inputs, execution)
+        counts = self._merge_results(results)
+        with self.timer.stage("merge_flagged"):
+            flagged_files = self._merge_flagged(results, staging, execution)
+        self._finish_aggregates(day_aggregates)
         with self.timer.stage("user_day"):  # issue 7: whole-day alerts, published with the rest
             user_days = self.ops.user_day_alerts(baselines)
             if user_days is not None:
-                self._write(user_days, staging / io.FLAGGED_USERS / PART_NAME.format(index=0))
+                (staging / io.FLAGGED_USERS).mkdir()
+                io.write_staged_part(user_days.rechunk(),
+                                     staging / io.FLAGGED_USERS / PART_NAME.format(index=0))
         conservation = mf.row_conservation(input_rows, counts["scored_rows"], quarantined)
+        score_files = {name: record for r in results for name, record in r.scores_file.items()}
+        execution["shard_records"] = [r.record() for r in results]
         self.record = self._manifest(input_rows, quarantined, counts, conservation, execution,
-                                     baselines, score_files, flagged_files, n_chunks)
+                                     baselines, score_files, flagged_files, len(specs))
         self.record.update(self.ops.manifest_sections(user_days))  # drift, alerts, user_day
         self.ops.warn_on_drift(self.record["drift"])
         if not conservation["ok"]:
@@ -237,11 +233,15 @@ class _Run:
                 f"{counts['scored_rows']} scored; nothing was published")
         with self.timer.stage("baseline_snapshot"):
             io.write_baseline_snapshot(baselines, self.data_dir, self.day)
+        io.discard_dir(staging / shard.FLAGGED_PARTS_DIR)
 
-    def _execution(self, input_rows: int) -> dict[str, Any]:
-        """Decide where the model runs and describe it for the manifest."""
-        shards = self.options.shards or self.settings.ray.num_shards
-        base = {"shards": shards, "max_retries": self.settings.ray.max_retries,
+    def _execution(self, input_rows: int, n_shards: int) -> dict[str, Any]:
+        """Decide where the shards run and describe it for the manifest."""
+        if self.options.shards:
+            log.warning("--shards is ignored: the day is split into %d shards of at most "
+                        "scoring.chunk_rows=%d events, planned from the data", n_shards,
+                        self.settings.scoring.chunk_rows)
+        base = {"shards": n_shards, "max_retries": self.settings.ray.max_retries,
                 "chunk_rows": self.settings.scoring.chunk_rows}
         if self.options.in_process or input_rows < self.settings.ray.min_rows_for_ray:
             reason = ("--in-process requested" if self.options.in_process else
@@ -249,40 +249,62 @@ class _Run:
             return {**base, "mode": IN_PROCESS, "reason": reason, "workers": 1, "address": None}
         with self.timer.stage("ray_init"):
             self.runtime.start()
+            self.runtime.warm_up()
             detail = self.runtime.describe()
-            self._detector_ref = self.runtime.detector_ref(self.bundle.version, self.bundle.detector)
         return {**base, **detail, "reason": "default" if detail["mode"] == "local" else "address given"}
 
-    def _score_chunk(self, index: int, chunk_rows: int, baselines: pl.DataFrame,
-                     execution: dict[str, Any]) -> tuple[pl.DataFrame, pl.DataFrame]:
-        detector = self.bundle.detector
-        with self.timer.stage("read"):
-            chunk = self.events.slice(index * chunk_rows, chunk_rows).collect()
-        with self.timer.stage("features"):
-            features = outputs.without_baseline_copies(
-                event_features(chunk.lazy(), baselines.lazy())).collect()
-            matrix = feature_matrix(features, detector.feature_names)
-        with self.timer.stage("scoring"):  # scores, flags and reasons, per shard
-            label = f"{self.day.isoformat()}-c{index:05d}"
-            work = ShardWork(self.bundle.version, self.settings.threshold.max_reasons, self.options.fault)
-            if execution["mode"] == IN_PROCESS:
-                annotated = score_in_process(detector, matrix, features, execution["shards"], work, label)
-            else:
-                annotated = self.runtime.score(self._detector_ref, matrix, features, execution["shards"],
-                                               execution["max_retries"], work, label)
-        if annotated.height != features.height:
-            raise RunFailedError(f"scoring returned {annotated.height} rows for {features.height} events")
-        with self.timer.stage("outputs"):
-            scores = annotated["anomaly_score"].to_numpy()
-            annotated = self.ops.apply(annotated, matrix, scores)  # issue 7
-            scored = outputs.score_rows(annotated.lazy()).collect(engine=EAGER_ENGINE)
-            flagged = outputs.flagged_rows(annotated.lazy()).collect(engine=EAGER_ENGINE)
-        return scored, flagged
+    def _on_ray(self, execution: dict[str, Any]) -> bool:
+        return execution["mode"] != IN_PROCESS
 
-    def _write(self, df: pl.DataFrame, path: Path) -> dict[str, Any]:
-        """Write one part with fixed options (one chunk, fixed name) so bytes are reproducible."""
-        io.write_parquet_atomic(df.rechunk(), path)
-        return {"rows": df.height, "sha256": io.file_sha256(path)}
+    def _aggregates(self, execution: dict[str, Any]) -> Any:
+        """Make the lookback's aggregates exist before the baselines; D's own aggregates
+        (needed only by the user-day alerts and later days) are computed by a Ray task
+        next to the shards, so the day's rows never pass through the driver. Returns
+        what ``_finish_aggregates`` waits for."""
+        categories = self.settings.events
+        lookback = [self.day - timedelta(days=n) for n in range(self.settings.features.lookback_days, 0, -1)]
+        with self.timer.stage("aggregates"):
+            if not self._on_ray(execution):
+                self.aggregates_computed = ensure_aggregates(self.data_dir, [*lookback, self.day], categories)
+                return None
+            missing = stale_aggregate_days(self.data_dir, lookback, categories)
+            refs = [self.runtime.submit(ensure_aggregates, self.data_dir, [d], categories) for d in missing]
+            for ref, d in zip(refs, missing, strict=True):
+                self.aggregates_computed += self.runtime.result(ref, f"aggregates of {d}")
+            return self.runtime.submit(ensure_aggregates, self.data_dir, [self.day], categories)
+
+    def _finish_aggregates(self, pending: Any) -> None:
+        if pending is None:
+            return
+        with self.timer.stage("aggregates_day"):
+            self.aggregates_computed += self.runtime.result(pending, f"aggregates of {self.day}")
+
+    def _run_shards(self, specs: list[ShardSpec], ctx: shard.ShardContext, inputs: shard.ShardInputs,
+                    execution: dict[str, Any]) -> list[shard.ShardResult]:
+        if not self._on_ray(execution):
+            return [shard.run_shard(spec, ctx, inputs) for spec in specs]
+        boxed = self.runtime.put(inputs)
+        return self.runtime.run_shards(specs, ctx, boxed, execution["max_retries"])
+
+    def _merge_results(self, results: list[shard.ShardResult]) -> dict[str, int]:
+        """Add up the shards' counts and partial results (drift bins, per-user alerts)."""
+        for result in results:
+            self.ops.add_partial(result.drift, pl.from_arrow(result.per_user))
+        return {"scored_rows": sum(r.rows for r in results),
+                "known_user_rows": sum(r.known_user_rows for r in results),
+                "flagged_rows": sum(r.flagged_rows for r in results)}
+
+    def _merge_flagged(self, results: list[shard.ShardResult], staging: Path,
+                       execution: dict[str, Any]) -> dict[str, Any]:
+        (staging / io.FLAGGED).mkdir()
+        name = PART_NAME.format(index=0)
+        parts, out = [r.flagged_part for r in results], str(staging / io.FLAGGED / name)
+        if self._on_ray(execution):
+            record = self.runtime.result(self.runtime.submit(shard.merge_flagged, parts, out),
+                                         "merging the flagged rows")
+        else:
+            record = shard.merge_flagged(parts, out)
+        return {name: record}
 
     def _publish(self, staging: Path) -> None:
         fault = self.options.fault

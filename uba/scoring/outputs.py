@@ -10,11 +10,8 @@ total key so the same input and model give the same bytes whatever the execution
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 import polars.selectors as cs
-
-from uba.reasons import explain
 
 SCORE_COLUMNS: tuple[str, ...] = (
     "event_id",
@@ -82,22 +79,6 @@ def without_baseline_copies(features: pl.LazyFrame) -> pl.LazyFrame:
     on every event; they are most of a chunk's memory and no output needs them.
     """
     return features.select(~(cs.starts_with("bl_") - cs.by_name(*FLAGGED_BASELINE_INPUTS)))
-
-
-def annotate(features: pl.LazyFrame, scores: np.ndarray, flags: np.ndarray, threshold: float,
-             model_version: str, max_reasons: int) -> pl.LazyFrame:
-    """Features plus score, flag, threshold, model version and ranked reasons.
-
-    ``features`` must be the exact frame (same row order) the scores were computed from;
-    ``flags`` come from the detector so "anomalous" has one definition everywhere.
-    """
-    with_scores = features.with_columns(
-        pl.Series("anomaly_score", np.asarray(scores, dtype=np.float64)),
-        pl.Series("is_anomaly", np.asarray(flags, dtype=bool)),
-        pl.lit(float(threshold), dtype=pl.Float64).alias("threshold"),
-        pl.lit(model_version, dtype=pl.String).alias("model_version"),
-    )
-    return explain(with_scores, max_reasons=max_reasons)
 
 
 def score_rows(annotated: pl.LazyFrame) -> pl.LazyFrame:

@@ -1,18 +1,17 @@
-"""Where the model runs: sharded over Ray tasks, or in this process.
+"""Where the shards run: Ray tasks on an embedded or joined Ray, or this process.
 
-The detector is put into the Ray object store once per run (``ray.put``) and every
-shard task receives the same reference, so the model is never re-serialised per task;
-each task gets only its own row slice of the chunk's feature matrix and feature frame,
-scores it and attaches flags and reasons there (the per-row work that dominates a
-run), so that work spreads over the workers too. Shards are contiguous row ranges, and
-the results are reassembled by shard index, so the output order never depends on which
-worker finished first. Scores and reasons are row-local, so the number of shards and
-workers never changes a byte: in-process, local Ray and a Ray cluster give identical
-outputs.
+Each shard task runs the whole per-row pipeline of ``uba.scoring.shard.run_shard`` on
+its own slice of the day, read from shared storage, and returns only counts, checksums
+and partial results. What all shards share (detector, baselines, cuts, rules) is put
+into the object store once per run; a worker fetches it on its first shard of the run
+and keeps it for the next ones (``_worker_inputs``), so it crosses the network once per
+worker, not once per task. The task receives the reference boxed in a list so Ray does
+not resolve it for every task.
 
 Ray retries a task whose worker died (``max_retries``) and one that raised a transient
-error (``retry_exceptions``: OSError, MemoryError); a shard that still fails fails the
-whole run with :class:`ShardFailedError`, and the driver then publishes nothing.
+error (``retry_exceptions``: OSError, MemoryError); shards are idempotent (a fixed part
+name written atomically), so a retry is safe. A shard that still fails fails the whole
+run with :class:`ShardFailedError`, and the driver then publishes nothing.
 
 Only this module and the driver import Ray, and only when a run needs it.
 """
@@ -23,28 +22,27 @@ import contextlib
 import logging
 import os
 import socket
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import cache
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from uba.errors import UserError
+from uba.scoring.plan import ShardSpec
+from uba.scoring.shard import (
+    EAGER_ENGINE,
+    FAULT_ENV,
+    FaultInjection,
+    ShardContext,
+    ShardInputs,
+    ShardResult,
+    run_shard,
+)
+
+__all__ = ["EAGER_ENGINE", "FAULT_ENV", "FaultInjection", "RayRuntime", "RunFailedError",
+           "ShardFailedError", "check_reachable"]
 
 CONNECT_TIMEOUT_SEC = 10.0
-# Frames already in memory are finished with the in-memory engine: polars 2.1's streaming
-# engine intermittently panicked ("assertion failed: i < self.len()" in binview) on the
-# string expressions of the reasons over sliced or concatenated frames.
-EAGER_ENGINE = "in-memory"
 RETRYABLE_EXCEPTIONS: tuple[type[BaseException], ...] = (OSError, MemoryError)
-FAULT_ENV = {
-    "shard_delay_sec": "UBA_FAULT_SHARD_DELAY_SEC",
-    "pid_dir": "UBA_FAULT_PID_DIR",
-    "pause_before_publish_sec": "UBA_FAULT_PAUSE_BEFORE_PUBLISH_SEC",
-}
 
 
 class RunFailedError(UserError):
@@ -56,118 +54,71 @@ class ShardFailedError(RunFailedError):
     """A scoring shard failed even after Ray's retries."""
 
 
-@dataclass(frozen=True)
-class FaultInjection:
-    """Test hooks that make a run slow at chosen points so a test can kill it there.
+# --- worker side ---------------------------------------------------------------------
 
-    ``shard_delay_sec`` sleeps in every shard task after it has written its PID into
-    ``pid_dir`` (so a test can SIGKILL that worker); ``pause_before_publish_sec`` sleeps
-    after the staging directory is complete and before it is swapped in. Never set in
-    production; the CLI reads them from ``UBA_FAULT_*`` environment variables.
-    """
-
-    shard_delay_sec: float = 0.0
-    pid_dir: str | None = None
-    pause_before_publish_sec: float = 0.0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> FaultInjection | None:
-        env = os.environ if env is None else env
-        if not any(env.get(var) for var in FAULT_ENV.values()):
-            return None
-        return cls(
-            shard_delay_sec=float(env.get(FAULT_ENV["shard_delay_sec"]) or 0.0),
-            pid_dir=env.get(FAULT_ENV["pid_dir"]) or None,
-            pause_before_publish_sec=float(env.get(FAULT_ENV["pause_before_publish_sec"]) or 0.0),
-        )
+_WORKER_INPUTS: dict[str, ShardInputs] = {}
 
 
-def shard_bounds(n_rows: int, n_shards: int) -> list[tuple[int, int]]:
-    """Contiguous, non-empty row ranges covering ``[0, n_rows)``, as even as possible."""
-    n_shards = max(1, min(n_shards, n_rows))
-    edges = np.linspace(0, n_rows, n_shards + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+def _worker_inputs(run_key: str, boxed_ref: list[Any]) -> tuple[ShardInputs, bool]:
+    """The run's shared inputs, fetched from the object store once per worker and run."""
+    cached = _WORKER_INPUTS.get(run_key)
+    if cached is not None:
+        return cached, False
+    import ray
+
+    inputs = ray.get(boxed_ref[0])
+    _WORKER_INPUTS.clear()  # a worker serves one run at a time; drop the previous run's
+    _WORKER_INPUTS[run_key] = inputs
+    return inputs, True
 
 
-def _run_fault_hooks(fault: FaultInjection | None, label: str) -> None:
-    if fault is None:
-        return
-    if fault.pid_dir:
-        folder = Path(fault.pid_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{label}.{os.getpid()}.pid").write_text(str(os.getpid()))
-    if fault.shard_delay_sec:
-        time.sleep(fault.shard_delay_sec)
+def _shard_task(spec: ShardSpec, ctx: ShardContext, boxed_ref: list[Any]) -> ShardResult:
+    import ray
+
+    inputs, fetched = _worker_inputs(ctx.run_key, boxed_ref)
+    result = run_shard(spec, ctx, inputs)
+    result.node_id = ray.get_runtime_context().get_node_id()
+    result.fetched_inputs = fetched
+    return result
 
 
-@dataclass(frozen=True)
-class ShardWork:
-    """What every shard does besides scoring: the flag, threshold, model version and
-    reasons it attaches (so that per-row work runs on the workers, not the driver)."""
+def _warm_up() -> int:
+    """Import the shard code (Polars, the feature module, the model) in a worker while the
+    driver is still building baselines, so the first shard does not pay for it."""
+    import uba.scoring.shard  # noqa: F401
 
-    model_version: str
-    max_reasons: int
-    fault: FaultInjection | None = None
+    return os.getpid()
 
 
-def score_shard(detector: Any, matrix: np.ndarray, features: Any, work: ShardWork,
-                label: str = "shard") -> Any:
-    """Score and explain one row range; runs in a Ray worker, or in-process with the same code.
+class _NodeSlots:
+    """Free task slots per node (its CPUs), with a cap on the total in flight."""
 
-    Returns the shard's features with ``anomaly_score``, ``is_anomaly``, ``threshold``,
-    ``model_version``, ``reasons`` and ``reason_kinds`` (a Polars DataFrame, same rows
-    and order as ``features``).
-    """
-    from uba.scoring.outputs import annotate
+    def __init__(self, node_cpus: dict[str, int], limit: int) -> None:
+        if not node_cpus:
+            raise RunFailedError("the Ray cluster has no live node with a CPU to run shards on")
+        self.free_per_node = dict(node_cpus)
+        self.room = max(1, limit)
 
-    _run_fault_hooks(work.fault, label)
-    scores = detector.anomaly_scores(matrix)
-    return annotate(features.lazy(), scores, detector.is_anomaly(scores), detector.threshold,
-                    work.model_version, work.max_reasons).collect(engine=EAGER_ENGINE)
+    def free(self) -> bool:
+        return self.room > 0
 
+    def take(self) -> str:
+        """The node with the most free CPUs (it may be over-committed when all are busy)."""
+        node = max(self.free_per_node, key=lambda n: self.free_per_node[n])
+        self.free_per_node[node] -= 1
+        self.room -= 1
+        return node
 
-def _shards(n_rows: int, n_shards: int) -> list[tuple[int, int]]:
-    # an empty chunk still yields one (empty) shard, so the result has the output schema
-    return shard_bounds(n_rows, n_shards) or [(0, 0)]
-
-
-def _concat(parts: list[Any]) -> Any:
-    import polars as pl
-
-    # one contiguous chunk: later selects on many small string-view chunks hit a polars panic
-    return pl.concat(parts, how="vertical", rechunk=True) if len(parts) > 1 else parts[0]
-
-
-def score_in_process(detector: Any, matrix: np.ndarray, features: Any, n_shards: int,
-                     work: ShardWork, label: str = "chunk") -> Any:
-    """The no-Ray path: the same shards, through the same Arrow boundary as a Ray task,
-    one after another in this process."""
-    import polars as pl
-
-    return _concat([
-        pl.from_arrow(score_shard_arrow(detector, matrix[a:b], features.slice(a, b - a).to_arrow(),
-                                        work, f"{label}-s{i:04d}"))
-        for i, (a, b) in enumerate(_shards(len(matrix), n_shards))])
-
-
-def score_shard_arrow(detector: Any, matrix: np.ndarray, features: Any, work: ShardWork,
-                      label: str = "shard") -> Any:
-    """``score_shard`` with Arrow tables at the task boundary.
-
-    Ray pickles a Polars frame through an IPC copy, but ships an Arrow table's buffers
-    out of band into the object store; that made a shard's round trip about ten times
-    cheaper (measured on 62,500 events: 0.18 s -> 0.014 s).
-    """
-    import polars as pl
-
-    return score_shard(detector, matrix, pl.from_arrow(features), work, label).to_arrow()
+    def give_back(self, node: str) -> None:
+        self.free_per_node[node] = self.free_per_node.get(node, 0) + 1
+        self.room += 1
 
 
 @cache
-def _remote_score_shard() -> Any:
+def _remote(fn: Callable[..., Any]) -> Any:
     import ray
 
-    return ray.remote(num_cpus=1)(score_shard_arrow)
+    return ray.remote(num_cpus=1)(fn)
 
 
 def _one_line(text: str) -> str:
@@ -223,7 +174,6 @@ class RayRuntime:
         self.started = False
         self.owned = False
         self.mode = "cluster" if address else "local"
-        self._detector_refs: dict[str, Any] = {}
 
     def start(self) -> None:
         """Init or join Ray once; failures become one-line RunFailedError errors."""
@@ -282,51 +232,81 @@ class RayRuntime:
             "workers": self.workers(),
         }
 
-    def detector_ref(self, version: str, detector: Any) -> Any:
-        """The detector's object-store reference, put once per model version and runtime."""
+    def put(self, value: Any) -> list[Any]:
+        """``value`` in the object store, boxed so tasks resolve it themselves (once per worker)."""
         import ray
 
-        if version not in self._detector_refs:
-            self._detector_refs[version] = ray.put(detector)
-        return self._detector_refs[version]
+        return [ray.put(value)]
 
-    def score(self, detector_ref: Any, matrix: np.ndarray, features: Any, n_shards: int,
-              max_retries: int, work: ShardWork, label: str = "chunk") -> Any:
-        """Score and explain a chunk over Ray tasks, at most ``workers()`` in flight.
+    def warm_up(self) -> list[Any]:
+        """Start one warm-up task per worker slot; the caller need not wait for them."""
+        return [_remote(_warm_up).remote() for _ in range(self.workers())]
 
-        Each task gets only its own row slice of the matrix and of the features (Ray
-        stores task arguments in the object store once, also for retries) and the shared
-        detector reference; results are put back in shard order.
+    def submit(self, fn: Callable[..., Any], *args: Any, max_retries: int = 3) -> Any:
+        """Run ``fn(*args)`` as one Ray task (aggregates, the flagged merge)."""
+        return _remote(fn).options(max_retries=max_retries,
+                                   retry_exceptions=list(RETRYABLE_EXCEPTIONS)).remote(*args)
+
+    @staticmethod
+    def result(ref: Any, what: str) -> Any:
+        """The value of a task started with ``submit``; a failure is one line naming ``what``."""
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            raise RunFailedError(f"{what} failed: {_failure_message(exc)}") from exc
+
+    def run_shards(self, specs: list[ShardSpec], ctx: ShardContext, boxed_inputs: list[Any],
+                   max_retries: int) -> list[ShardResult]:
+        """Run every shard as a Ray task, at most ``workers()`` in flight; results in shard order.
+
+        Each task goes to the node with the most free CPUs right now (soft node affinity,
+        so a retry after a node died may land anywhere): Ray's own placement packs tasks
+        onto the driver's node while its view of the others is stale, which left a second
+        node idle. Results are ordered by shard index, never by completion.
         """
-        import polars as pl
         import ray
 
-        task = _remote_score_shard().options(
-            max_retries=max_retries, retry_exceptions=list(RETRYABLE_EXCEPTIONS))
-        limit = self.workers()
-        queue = list(enumerate(_shards(len(matrix), n_shards)))
-        results: dict[int, Any] = {}
-        in_flight: dict[Any, int] = {}
+        slots = _NodeSlots(self._node_cpus(), self.workers())
+        queue = list(specs)
+        results: dict[int, ShardResult] = {}
+        in_flight: dict[Any, tuple[int, str]] = {}
         try:
             while queue or in_flight:
-                while queue and len(in_flight) < limit:
-                    index, (start, stop) = queue.pop(0)
-                    ref = task.remote(detector_ref, matrix[start:stop],
-                                      features.slice(start, stop - start).to_arrow(),
-                                      work, f"{label}-s{index:04d}")
-                    in_flight[ref] = index
+                while queue and slots.free():
+                    spec, node = queue.pop(0), slots.take()
+                    ref = self._shard_task(node, max_retries).remote(spec, ctx, boxed_inputs)
+                    in_flight[ref] = (spec.index, node)
                 done, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in done:
-                    index = in_flight.pop(ref)
-                    results[index] = pl.from_arrow(self._get_shard(ref, label, index, max_retries))
+                    index, node = in_flight.pop(ref)
+                    slots.give_back(node)
+                    results[index] = self._get_shard(ref, ctx.day.isoformat(), index, max_retries)
         finally:
             for ref in in_flight:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=False)
-        return _concat([results[i] for i in range(len(results))])
+        return [results[spec.index] for spec in specs]
 
     @staticmethod
-    def _get_shard(ref: Any, label: str, index: int, max_retries: int) -> Any:
+    def _shard_task(node: str, max_retries: int) -> Any:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        return _remote(_shard_task).options(
+            max_retries=max_retries, retry_exceptions=list(RETRYABLE_EXCEPTIONS),
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=True))
+
+    @staticmethod
+    def _node_cpus() -> dict[str, int]:
+        """CPUs of every live node that has any, in a stable order."""
+        import ray
+
+        nodes = {n["NodeID"]: int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")}
+        return {node: cpus for node, cpus in sorted(nodes.items()) if cpus > 0}
+
+    @staticmethod
+    def _get_shard(ref: Any, label: str, index: int, max_retries: int) -> ShardResult:
         import ray
 
         try:
@@ -345,4 +325,3 @@ class RayRuntime:
             ray.shutdown()
             self.owned = False
         self.started = False
-        self._detector_refs.clear()

@@ -1,0 +1,251 @@
+"""One shard of a day, end to end: read, features, score, decide, explain, write.
+
+This is all the per-row work of ``score --date``. It runs in a Ray worker (or, in-process,
+in the driver) and touches only its own slice of the day:
+
+1. reads its pieces of the events partition straight from storage;
+2. joins them with the baselines and computes features with the shared feature module;
+3. scores them with the bundle's detector;
+4. decides ``is_anomaly`` (global or per-user cut) and ``suppressed``;
+5. gives every row its ``reason_kinds`` and only flagged rows their sentences;
+6. writes its own ``scores`` part and a ``flagged`` part into the run's staging folder;
+7. returns a :class:`ShardResult` of counts, checksums and mergeable partial results
+   (drift bin counts, per-user alert counts): never the rows themselves.
+
+What every shard of a run shares (detector, baselines, per-user cuts, suppression
+rules, drift reference) travels once as :class:`ShardInputs`; on Ray a worker fetches
+it once per run and keeps it for the run's later shards (see ``ray_backend``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from uba import io
+from uba.drift import DriftCounts, drift_counts
+from uba.features.events import event_features
+from uba.feedback import apply_suppressions
+from uba.pipeline import feature_matrix
+from uba.reasons import explain
+from uba.schema import EVENT_SCHEMA
+from uba.scoring import outputs
+from uba.scoring.plan import Piece, ShardSpec
+from uba.thresholds import apply_thresholds
+
+SCORES_DIR = io.SCORES
+FLAGGED_PARTS_DIR = "flagged-parts"
+PER_USER_SCHEMA = {"user_id": pl.String(), "events": pl.Int64(), "alerts_global": pl.Int64(),
+                   "alerts_user": pl.Int64(), "suppressed": pl.Int64()}
+# Frames already in memory are finished with the in-memory engine: polars 2.1's streaming
+# engine intermittently panicked ("assertion failed: i < self.len()" in binview) on the
+# string expressions of the reasons over sliced or concatenated frames.
+EAGER_ENGINE = "in-memory"
+FAULT_ENV = {
+    "shard_delay_sec": "UBA_FAULT_SHARD_DELAY_SEC",
+    "pid_dir": "UBA_FAULT_PID_DIR",
+    "pause_before_publish_sec": "UBA_FAULT_PAUSE_BEFORE_PUBLISH_SEC",
+}
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Test hooks that make a run slow at chosen points so a test can kill it there.
+
+    ``shard_delay_sec`` sleeps in every shard task after it has written its PID into
+    ``pid_dir`` (so a test can SIGKILL that worker); ``pause_before_publish_sec`` sleeps
+    after the staging directory is complete and before it is swapped in. Never set in
+    production; the CLI reads them from ``UBA_FAULT_*`` environment variables.
+    """
+
+    shard_delay_sec: float = 0.0
+    pid_dir: str | None = None
+    pause_before_publish_sec: float = 0.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FaultInjection | None:
+        env = os.environ if env is None else env
+        if not any(env.get(var) for var in FAULT_ENV.values()):
+            return None
+        return cls(
+            shard_delay_sec=float(env.get(FAULT_ENV["shard_delay_sec"]) or 0.0),
+            pid_dir=env.get(FAULT_ENV["pid_dir"]) or None,
+            pause_before_publish_sec=float(env.get(FAULT_ENV["pause_before_publish_sec"]) or 0.0),
+        )
+
+
+@dataclass(frozen=True)
+class ShardContext:
+    """The small, per-run description every shard task receives by value."""
+
+    run_key: str
+    day: date
+    model_version: str
+    max_reasons: int
+    staging: str
+    fault: FaultInjection | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ShardInputs:
+    """What all shards of a run read, in memory: put in Ray's object store once per run.
+
+    ``baselines``, ``cuts`` (None without per-user thresholds) and ``rules`` are Polars
+    frames; ``drift_reference`` is the bundle's reference for the day's weekday.
+    """
+
+    detector: Any
+    baselines: pl.DataFrame
+    cuts: pl.DataFrame | None
+    rules: pl.DataFrame
+    drift_reference: dict[str, Any]
+
+
+@dataclass
+class ShardResult:
+    """What a shard sends back: counts, checksums and partial results to merge."""
+
+    index: int
+    rows: int
+    known_user_rows: int
+    flagged_rows: int
+    scores_file: dict[str, Any]
+    flagged_part: str
+    drift: DriftCounts
+    per_user: Any  # pyarrow.Table in PER_USER_SCHEMA (Arrow travels out of band on Ray)
+    seconds: dict[str, float] = field(default_factory=dict)
+    pid: int = 0
+    node_id: str = "driver"
+    fetched_inputs: bool = False
+
+    def record(self) -> dict[str, Any]:
+        """The shard's line in the manifest (where it ran, how long each step took)."""
+        return {"index": self.index, "rows": self.rows, "flagged_rows": self.flagged_rows,
+                "node_id": self.node_id, "pid": self.pid, "fetched_inputs": self.fetched_inputs,
+                "seconds": {k: round(v, 4) for k, v in self.seconds.items()}}
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - began
+
+
+def read_pieces(pieces: tuple[Piece, ...]) -> pl.DataFrame:
+    """The shard's events in the stored schema, pieces in plan order."""
+    columns = list(EVENT_SCHEMA)
+    frames = [pl.scan_parquet(piece.path).select(columns).slice(piece.offset, piece.rows).collect()
+              for piece in pieces]
+    if not frames:
+        return pl.DataFrame(schema=EVENT_SCHEMA)
+    return pl.concat(frames, how="vertical", rechunk=True) if len(frames) > 1 else frames[0]
+
+
+def decide(scored: pl.LazyFrame, cuts: pl.DataFrame | None, threshold: float) -> pl.LazyFrame:
+    """``is_anomaly`` and ``user_threshold``: the user's cut when per-user thresholds are on,
+    else the model's global threshold (``threshold`` always keeps the global cut)."""
+    if cuts is not None:
+        return apply_thresholds(scored, cuts.lazy(), threshold)
+    return scored.with_columns(
+        pl.col("threshold").alias("user_threshold"),
+        (pl.col("anomaly_score") >= pl.col("threshold")).alias("is_anomaly"),
+    )
+
+
+def annotate(features: pl.DataFrame, scores: np.ndarray, inputs: ShardInputs, ctx: ShardContext) -> pl.DataFrame:
+    """Scores, the decision, reasons and suppression on the shard's feature frame."""
+    threshold = float(inputs.detector.threshold)
+    scored = features.lazy().with_columns(
+        pl.Series("anomaly_score", np.asarray(scores, dtype=np.float64)),
+        pl.lit(threshold, dtype=pl.Float64).alias("threshold"),
+        pl.lit(ctx.model_version, dtype=pl.String).alias("model_version"),
+    )
+    decided = decide(scored, inputs.cuts, threshold)
+    explained = explain(decided, max_reasons=ctx.max_reasons, sentences_for=pl.col("is_anomaly"))
+    return apply_suppressions(explained, inputs.rules, ctx.day).collect(engine=EAGER_ENGINE)
+
+
+def per_user_counts(annotated: pl.DataFrame) -> pl.DataFrame:
+    """Per-user event, alert and suppression counts: partial sums the driver adds up."""
+    return annotated.group_by("user_id").agg(
+        pl.len().cast(pl.Int64).alias("events"),
+        (pl.col("anomaly_score") >= pl.col("threshold")).sum().cast(pl.Int64).alias("alerts_global"),
+        pl.col("is_anomaly").sum().cast(pl.Int64).alias("alerts_user"),
+        pl.col("suppressed").sum().cast(pl.Int64).alias("suppressed"),
+    ).select(list(PER_USER_SCHEMA)).cast(PER_USER_SCHEMA)
+
+
+def _run_fault_hooks(fault: FaultInjection | None, label: str) -> None:
+    if fault is None:
+        return
+    if fault.pid_dir:
+        folder = Path(fault.pid_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{label}.{os.getpid()}.pid").write_text(str(os.getpid()))
+    if fault.shard_delay_sec:
+        time.sleep(fault.shard_delay_sec)
+
+
+def _write(df: pl.DataFrame, path: Path) -> dict[str, Any]:
+    """One part with fixed options (one row group run, fixed name) so bytes are reproducible."""
+    io.write_staged_part(df.rechunk(), path)
+    return {"rows": df.height, "sha256": io.file_sha256(path)}
+
+
+def run_shard(spec: ShardSpec, ctx: ShardContext, inputs: ShardInputs) -> ShardResult:
+    """Score one shard and write its parts; see the module docstring for the steps."""
+    _run_fault_hooks(ctx.fault, f"{ctx.day.isoformat()}-s{spec.index:05d}")
+    watch = _Stopwatch()
+    detector = inputs.detector
+    with watch.stage("read"):
+        events = read_pieces(spec.pieces)
+    with watch.stage("features"):
+        features = outputs.without_baseline_copies(
+            event_features(events.lazy(), inputs.baselines.lazy())).collect()
+        matrix = feature_matrix(features, detector.feature_names)
+    with watch.stage("scoring"):
+        scores = detector.anomaly_scores(matrix)
+    with watch.stage("decide_explain"):
+        annotated = annotate(features, scores, inputs, ctx)
+        drift = drift_counts(matrix, scores, inputs.drift_reference)
+        per_user = per_user_counts(annotated)
+    staging = Path(ctx.staging)
+    with watch.stage("write"):
+        scored = outputs.score_rows(annotated.lazy()).collect(engine=EAGER_ENGINE)
+        flagged = outputs.flagged_rows(annotated.lazy()).collect(engine=EAGER_ENGINE)
+        scores_file = _write(scored, staging / SCORES_DIR / spec.part_name)
+        flagged_part = staging / FLAGGED_PARTS_DIR / spec.part_name
+        _write(flagged, flagged_part)
+    return ShardResult(
+        index=spec.index, rows=scored.height, known_user_rows=int(scored["known_user"].sum()),
+        flagged_rows=flagged.height, scores_file={spec.part_name: scores_file},
+        flagged_part=str(flagged_part), drift=drift, per_user=per_user.to_arrow(),
+        seconds=watch.seconds, pid=os.getpid())
+
+
+def merge_flagged(parts: list[str], out: str) -> dict[str, Any]:
+    """The day's single ``flagged`` part: every shard's flagged rows, most anomalous first.
+
+    Runs where the shards' parts are (a Ray task, or the driver in-process), reading only
+    flagged rows, a few percent of the day.
+    """
+    frames = [pl.read_parquet(p) for p in parts]
+    merged = pl.concat(frames, how="vertical", rechunk=True) if len(frames) > 1 else frames[0]
+    ordered = merged.sort(outputs.FLAGGED_SORT_KEY, descending=[True, False])
+    return _write(ordered, Path(out))
