@@ -1,44 +1,71 @@
-"""End-to-end `uba-batch score --date` throughput and peak memory on a large day, next to
-a straightforward single-process pandas + scikit-learn implementation of the same
-event features.
+"""End-to-end `uba-batch score --date` throughput and peak memory on a large day, against
+two single-process pandas + scikit-learn jobs, every contender timed in the same run.
 
-What it does (work files under --work, default <tmp>/uba-score-throughput, outside the
-repository; about 150 MB, removed at the end unless --keep):
+The benchmark of issue 10 ("Done when"). What it does (work files under --work, default
+<tmp>/uba-score-throughput, outside the repository; about 150 MB at full size, removed at
+the end unless --keep):
 
 1. `uba-batch generate` --users users x (--history-days + 1) days; the last day is D.
 2. Day D is enlarged to ~--day-events events (D's own events repeated with new event
    ids) and stored through the real ingest writer, so D is one large day while the
    history keeps its normal density.
 3. `uba-batch train` on the 21 days before D.
-4. A scikit-learn StandardScaler + IsolationForest with the same settings is fitted for
-   the reference on a sample of the same training features (not timed).
-5. Timed, each in its own process, peak memory sampled over the whole process tree:
-   `uba-batch score --date D` (embedded local Ray, the default) and `--in-process`,
-   then the reference (`--reference-run`): pandas reads D's events and the baseline
-   table as of D, computes the event features with pandas/numpy, scales and scores with
-   scikit-learn, thresholds, writes a Parquet of scores.
-6. The reference's features are checked against the product's `event_features` on a
-   sample of D's events (largest absolute difference per column), so the comparison is
-   of the same features, and the results are written as Markdown.
+4. Two scikit-learn baselines are fitted (not timed): the pandas reference's twin of the
+   bundle (same features, same settings, on a sample of the training features) and the
+   seed-style script's model (`seed_style_score.py --fit`, the seed's features).
+5. If a cluster contender is selected, a warm single-node Ray cluster is started on
+   127.0.0.1 (`ray start --head --block`, its own process group, stopped by group id at
+   the end, also on error or Ctrl-C) and warmed by one untimed `score --ray-address`
+   run. Otherwise one untimed run of the first uba contender warms the data directory
+   (the daily aggregates of the lookback and of D are computed once per day, by the
+   first run; every timed run finds them, as the nightly job does).
+6. --rounds interleaved rounds; in each, every selected contender runs once, each in its
+   own process, with wall time, peak PSS over its process tree and peak RSS of the
+   process itself sampled every 0.1 s, and the load average before and after:
 
-Run from the repository root, e.g.
+   | --only label | run |
+   |---|---|
+   | embedded   | `uba-batch score --date D` (embedded Ray, the default; start-up included) |
+   | cluster    | `... --ray-address A` on the warm cluster (all its CPUs) |
+   | cluster-w1 | `... --ray-address A --workers 1` |
+   | cluster-w2 | `... --ray-address A --workers 2` |
+   | in-process | `... --in-process` |
+   | reference  | pandas + scikit-learn with the product's features, reading the baseline table as of D |
+   | seed       | `seed_style_score.py --run`: the seed's features, baselines rebuilt from 28 raw days |
+
+   For uba runs the stage timings come from each run's manifest
+   (`<output-dir>/runs/event_date=D/manifest.json`, `timings_sec`, whatever stages it
+   has). "Start-up not counted" = the manifest's `duration_sec` minus its `ray_init`
+   stage(s); the report gives that and the process wall time as is.
+7. The reference's features are checked against the product's `event_features` on a
+   sample of D's events, and the results (medians, every round, the issue's target
+   ratios) are written as Markdown.
+
+Run from the repository root; the full-size recording:
     .venv/bin/python benchmarks/score_throughput.py --output benchmarks/results/score_throughput.md
+A quick check at small size:
+    .venv/bin/python benchmarks/score_throughput.py --users 2000 --day-events 100000 --rounds 1
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
 import platform
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,14 +73,32 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 UBA = BIN / "uba-batch"
+RAY = BIN / "ray"
+SEED_SCRIPT = HERE / "seed_style_score.py"
 TRAIN_WINDOW_DAYS = 21
-RAY_LABEL = "uba score (embedded Ray, default)"
-IN_PROCESS_LABEL = "uba score --in-process"
-REFERENCE_LABEL = "pandas + scikit-learn reference"
+LOOKBACK_DAYS = 28
 REFERENCE_TRAIN_ROWS = 300_000
 FEATURE_CHECK_ROWS = 200_000
+LOOPBACK = "127.0.0.1"
+STARTUP_STAGES = ("ray_init",)  # a stage named so, or nested under it ("ray_init.x"), is start-up
+
+# --only label -> table label, in run order
+LABELS: dict[str, str] = {
+    "embedded": "uba score (embedded Ray, default)",
+    "cluster": "uba score --ray-address (warm cluster)",
+    "cluster-w1": "uba score --ray-address --workers 1",
+    "cluster-w2": "uba score --ray-address --workers 2",
+    "in-process": "uba score --in-process",
+    "reference": "pandas + scikit-learn reference",
+    "seed": "seed-style pandas script",
+}
+CLUSTER_KEYS = ("cluster", "cluster-w1", "cluster-w2")
+UBA_KEYS = ("embedded", *CLUSTER_KEYS, "in-process")
+# kept for importers of the previous version
+RAY_LABEL, IN_PROCESS_LABEL, REFERENCE_LABEL = LABELS["embedded"], LABELS["in-process"], LABELS["reference"]
 
 
 # --- measuring a process tree ------------------------------------------------------------
@@ -75,15 +120,22 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _rss_kib(pid: int) -> int:
+def status_kib(pid: int, *fields: str) -> dict[str, int]:
+    """``fields`` (e.g. VmRSS, VmHWM, RssAnon, RssShmem) of /proc/<pid>/status in KiB; 0 when absent."""
+    values = dict.fromkeys(fields, 0)
     try:
         with open(f"/proc/{pid}/status") as handle:
             for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
+                name, _, rest = line.partition(":")
+                if name in values:
+                    values[name] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return values
+
+
+def _rss_kib(pid: int) -> int:
+    return status_kib(pid, "VmRSS")["VmRSS"]
 
 
 def _pss_kib(pid: int) -> int:
@@ -105,36 +157,60 @@ class Measured:
     peak_rss_mib: float
     returncode: int
     output: str
+    peak_hwm_mib: float = 0.0  # the main process's own VmHWM, last sampled value
+    peak_anon_mib: float = 0.0  # the main process's largest sampled RssAnon (private memory)
+    peak_shmem_mib: float = 0.0  # the main process's largest sampled RssShmem (e.g. mapped object store)
+    load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
-def measure(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
-    """Run ``cmd``; wall time, peak PSS summed over its process tree and peak RSS of the
-    process itself, both sampled every 0.1 s (so Ray's raylet, GCS and workers count).
-    ru_maxrss is not used: a forked child starts with its parent's high-water mark."""
+def measure(cmd: list[str], env: dict[str, str] | None = None, tree: bool = True,
+            extra_roots: tuple[int, ...] = ()) -> Measured:
+    """Run ``cmd``; wall time, peak PSS summed over its process tree and peak RSS / VmHWM of
+    the process itself, sampled every 0.1 s (so Ray's raylet, GCS and workers count in the
+    tree), and the load average before and after. ru_maxrss is not used: a forked child
+    starts with its parent's high-water mark. The trees of ``extra_roots`` (a joined
+    cluster's head) are added to the PSS sum; ``tree=False`` skips the (costlier) PSS walk.
+    The child runs in its own session; if this process is interrupted, that group is killed."""
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"score-bench-{os.getpid()}.log"
+    load_before = os.getloadavg()
     with open(log, "w") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        peak = [0, 0]
+        peak = {"pss": 0, "VmRSS": 0, "VmHWM": 0, "RssAnon": 0, "RssShmem": 0}
         done = threading.Event()
 
         def sample() -> None:
             while not done.is_set():
-                peak[0] = max(peak[0], sum(_pss_kib(p) for p in _tree(proc.pid)))
-                peak[1] = max(peak[1], _rss_kib(proc.pid))
+                if tree:
+                    pids = {p for root in (proc.pid, *extra_roots) for p in _tree(root)}
+                    peak["pss"] = max(peak["pss"], sum(_pss_kib(p) for p in pids))
+                own = status_kib(proc.pid, "VmRSS", "VmHWM", "RssAnon", "RssShmem")
+                for name, value in own.items():
+                    peak[name] = max(peak[name], value)
                 done.wait(0.1)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        _, status = os.waitpid(proc.pid, 0)
-        wall = time.perf_counter() - start
-        done.set()
-        sampler.join()
+        try:
+            _, status = os.waitpid(proc.pid, 0)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        finally:
+            wall = time.perf_counter() - start
+            done.set()
+            sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     text = log.read_text()
     log.unlink()
-    return Measured(wall, peak[0] / 1024, peak[1] / 1024, proc.returncode, text)
+    mib = {name: value / 1024 for name, value in peak.items()}
+    return Measured(wall, mib["pss"], mib["VmRSS"], proc.returncode, text,
+                    peak_hwm_mib=max(mib["VmHWM"], mib["VmRSS"]), peak_anon_mib=mib["RssAnon"],
+                    peak_shmem_mib=mib["RssShmem"], load_before=load_before, load_after=os.getloadavg())
 
 
 def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> float:
@@ -143,6 +219,223 @@ def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> float:
     if result.returncode != 0:
         raise SystemExit(f"{what} failed:\n{result.stdout}\n{result.stderr}")
     return time.perf_counter() - start
+
+
+# --- a warm Ray cluster on loopback ---------------------------------------------------------
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex((LOOPBACK, port)) != 0
+
+
+def _free_ports(base: int, count: int = 4) -> list[int]:
+    """``count`` consecutive free ports from ``base`` up (above Ray's worker range 10002-19999)."""
+    for first in range(base, base + 400, count):
+        if all(_port_free(first + i) for i in range(count)):
+            return [first + i for i in range(count)]
+    raise SystemExit(f"no {count} free consecutive ports in {base}..{base + 400}")
+
+
+def cluster_env() -> dict[str, str]:
+    """Environment for `ray start` and for jobs joining it (DESIGN.md, Ray section)."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+    # `ray start --block` may leave its children shutting down; make sure the group is gone
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@dataclass
+class Cluster:
+    address: str
+    head_pid: int  # `ray start --block`; its process group holds GCS, raylet and workers
+
+
+@contextlib.contextmanager
+def warm_cluster(log_path: Path, cpus: int = 2, base_port: int = 26379) -> Iterator[Cluster]:
+    """A single-node Ray cluster (`ray start --head --block`) on 127.0.0.1 in its own process
+    group; yields its address and pid; stopped by group id on exit, error or interrupt."""
+    gcs, client, dashboard, agent = _free_ports(base_port)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("wb")
+    head = subprocess.Popen(
+        [str(RAY), "start", "--head", "--block", f"--port={gcs}", f"--node-ip-address={LOOPBACK}",
+         f"--num-cpus={cpus}", "--include-dashboard=false", "--disable-usage-stats",
+         f"--ray-client-server-port={client}", f"--dashboard-port={dashboard}",
+         f"--dashboard-agent-listen-port={agent}"],
+        env=cluster_env(), stdout=log, stderr=log, start_new_session=True)
+    address = f"{LOOPBACK}:{gcs}"
+    try:
+        deadline = time.monotonic() + 120
+        while _port_free(gcs):
+            if head.poll() is not None:
+                raise SystemExit(f"ray start --head exited early; see {log_path}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the Ray head did not come up in 120 s; see {log_path}")
+            time.sleep(0.2)
+        yield Cluster(address, head.pid)
+    finally:
+        _stop_group(head)
+        log.close()
+        # `ray start` registers itself as this machine's current cluster; a later plain
+        # ray.init() elsewhere would try to join the dead head, so unregister it
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        with contextlib.suppress(OSError):
+            if current.read_text().strip() == address:
+                current.unlink()
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """SIGTERM / SIGHUP raise SystemExit, so `finally` blocks (cluster shutdown) run."""
+    def handler(signum: int, _frame: Any) -> None:
+        raise SystemExit(f"stopped by signal {signum}")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# --- manifests ----------------------------------------------------------------------------
+
+def read_manifest(output_dir: Path, day: date) -> dict[str, Any]:
+    return json.loads((output_dir / "runs" / f"event_date={day}" / "manifest.json").read_text())
+
+
+def flat_seconds(timings: Any, prefix: str = "") -> dict[str, float]:
+    """Stage seconds of a manifest's ``timings_sec``, nested dicts flattened to ``a.b``."""
+    out: dict[str, float] = {}
+    if isinstance(timings, dict):
+        for name, value in timings.items():
+            key = f"{prefix}{name}"
+            if isinstance(value, dict):
+                out.update(flat_seconds(value, key + "."))
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                out[key] = float(value)
+    return out
+
+
+def startup_seconds(stages: dict[str, float]) -> float:
+    """Seconds of the start-up stages (``ray_init``; if it is nested, its parts, not both)."""
+    total = 0.0
+    for name in STARTUP_STAGES:
+        if name in stages:
+            total += stages[name]
+        else:
+            total += sum(v for k, v in stages.items() if k.startswith(name + "."))
+    return total
+
+
+def job_seconds(manifest: dict[str, Any]) -> float | None:
+    """The run's own wall time from its manifest (``duration_sec``, else started/finished)."""
+    if isinstance(manifest.get("duration_sec"), int | float):
+        return float(manifest["duration_sec"])
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        return (datetime.fromisoformat(manifest["finished_at"])
+                - datetime.fromisoformat(manifest["started_at"])).total_seconds()
+    return None
+
+
+def shard_summary(manifest: dict[str, Any] | None) -> str | None:
+    """"N shard records on K nodes (node: count, ...)" when the manifest lists shards."""
+    shards = ((manifest or {}).get("execution") or {}).get("shards")
+    if not isinstance(shards, list):
+        return None
+    nodes = Counter(str(s.get("node_id", "?")) if isinstance(s, dict) else "?" for s in shards)
+    per_node = ", ".join(f"{node[:12]}: {count}" for node, count in sorted(nodes.items()))
+    return f"{len(shards)} shard records on {len(nodes)} node(s) ({per_node})"
+
+
+# --- one run of one contender ---------------------------------------------------------------
+
+@dataclass
+class Contender:
+    key: str
+    cmd: list[str]
+    env: dict[str, str]
+    output_dir: Path | None = None  # uba runs: the manifest is read from here
+    summary: Path | None = None  # seed-style run: its JSON summary
+    extra_roots: tuple[int, ...] = ()  # more process trees whose PSS counts (the joined cluster)
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.key]
+
+
+@dataclass
+class Run:
+    key: str
+    round: int
+    measured: Measured
+    events: int
+    manifest: dict[str, Any] | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def wall(self) -> float:
+        return self.measured.wall_s
+
+    @property
+    def ray_init(self) -> float | None:
+        return startup_seconds(self.stages) if self.manifest is not None else None
+
+    @property
+    def job(self) -> float | None:
+        return job_seconds(self.manifest) if self.manifest is not None else None
+
+    @property
+    def warm(self) -> float:
+        """Seconds without start-up: the manifest's duration minus ray_init (uba runs);
+        the process wall time for the pandas scripts, which have no start-up stage."""
+        if self.manifest is None or self.job is None:
+            return self.wall
+        return self.job - (self.ray_init or 0.0)
+
+    def rate(self, warm: bool = False) -> float:
+        return self.events / (self.warm if warm else self.wall)
+
+
+def run_contender(contender: Contender, day: date, events: int, round_no: int) -> Run:
+    if contender.output_dir is not None:
+        shutil.rmtree(contender.output_dir, ignore_errors=True)
+    measured = measure(contender.cmd, contender.env, extra_roots=contender.extra_roots)
+    if measured.returncode != 0:
+        raise SystemExit(f"{contender.label} failed (exit {measured.returncode}):\n{measured.output}")
+    run = Run(contender.key, round_no, measured, events)
+    if contender.output_dir is not None:
+        run.manifest = read_manifest(contender.output_dir, day)
+        run.stages = flat_seconds(run.manifest.get("timings_sec"))
+        scored = (run.manifest.get("counts") or {}).get("input_rows")
+        if scored is not None and scored != events:
+            print(f"warning: {contender.label} counted {scored:,} input rows, the day has {events:,}",
+                  file=sys.stderr)
+    elif contender.summary is not None and contender.summary.is_file():
+        run.stages = flat_seconds(json.loads(contender.summary.read_text()).get("timings_sec"))
+    return run
+
+
+def describe(run: Run) -> str:
+    m = run.measured
+    text = f"round {run.round} {run.key}: wall {run.wall:.1f} s"
+    if run.manifest is not None:
+        text += f" (job {run.job or 0:.1f} s, ray_init {run.ray_init or 0:.1f} s, without start-up {run.warm:.1f} s)"
+    text += (f", {run.rate():,.0f} events/s, peak tree PSS {m.peak_tree_pss_mib:,.0f} MiB, main RSS "
+             f"{m.peak_hwm_mib:,.0f} MiB, load {m.load_before[0]:.2f} -> {m.load_after[0]:.2f}")
+    shards = shard_summary(run.manifest)
+    return text + (f"; {shards}" if shards else "")
 
 
 # --- the reference: pandas + scikit-learn ---------------------------------------------------
@@ -338,6 +631,178 @@ def feature_agreement(data_dir: Path, day: date) -> dict[str, float]:
             for i, name in enumerate(FEATURE_COLUMNS)}
 
 
+# --- setup ----------------------------------------------------------------------------------
+
+@dataclass
+class Dataset:
+    work: Path
+    day: date
+    data_dir: Path
+    model_dir: Path
+    setup: dict[str, float]
+
+
+def count_events(data_dir: Path, day: date) -> int:
+    """Rows of day D from the Parquet footers."""
+    import pyarrow.parquet as pq
+
+    folder = data_dir / "events" / f"event_date={day}"
+    return sum(pq.ParquetFile(part).metadata.num_rows for part in sorted(folder.glob("*.parquet")))
+
+
+def prepare(args: argparse.Namespace, day: date, *, reference: bool = True, seed: bool = True,
+            enlarge: dict[date, int] | None = None) -> Dataset:
+    """Generate, enlarge the scored day(s), train on the 21 days before ``day``, fit the
+    baselines' models; what --work already holds is kept with --reuse. ``enlarge`` maps
+    each day to enlarge to its target event count (default: ``day`` to --day-events); days
+    after ``day`` are generated too (driver_memory.py scores several large days)."""
+    work = args.work
+    data_dir, model_dir = work / "data", work / "models"
+    train_end = day - timedelta(days=1)
+    enlarge = enlarge or {day: args.day_events}
+    last = max(enlarge)
+    setup: dict[str, float] = {}
+    if not args.reuse:
+        shutil.rmtree(work, ignore_errors=True)
+    if not (data_dir / "events").is_dir():
+        setup["generate"] = _run([str(UBA), "generate", "--out", str(data_dir), "--users", str(args.users),
+                                  "--days", str(args.history_days + 1 + (last - day).days),
+                                  "--start", args.start.isoformat(), "--seed", str(args.seed)], "generate")
+        began = time.perf_counter()
+        for target_day, target in sorted(enlarge.items()):
+            enlarge_day(data_dir, target_day, target)
+        setup["enlarge " + ", ".join(str(d) for d in sorted(enlarge))] = time.perf_counter() - began
+    if not (model_dir / "LATEST").is_file():
+        setup["train"] = _run([str(UBA), "train", "--data-dir", str(data_dir), "--model-dir", str(model_dir),
+                               "--end-date", train_end.isoformat(), "--window-days", str(TRAIN_WINDOW_DAYS)],
+                              "train")
+    if reference and not (work / "reference-model.pkl").is_file():
+        began = time.perf_counter()
+        fit_reference_model(work, data_dir, model_dir, train_end)
+        setup["reference fit"] = time.perf_counter() - began
+    if seed and not (work / "seed-model.pkl").is_file():
+        setup["seed-style fit"] = _run(
+            [sys.executable, str(SEED_SCRIPT), "--fit", "--data-dir", str(data_dir), "--date", day.isoformat(),
+             "--model", str(work / "seed-model.pkl"), "--train-days", str(TRAIN_WINDOW_DAYS)], "seed-style fit")
+    return Dataset(work, day, data_dir, model_dir, setup)
+
+
+def uba_score_cmd(data: Dataset, day: date, output_dir: Path, *extra: str) -> list[str]:
+    return [str(UBA), "score", "--date", day.isoformat(), "--data-dir", str(data.data_dir),
+            "--model-dir", str(data.model_dir), "--output-dir", str(output_dir), *extra]
+
+
+def contenders(data: Dataset, keys: list[str], cluster: Cluster | None) -> list[Contender]:
+    local_env = {**os.environ}
+    local_env.pop("RAY_ADDRESS", None)
+    joined_env = cluster_env()
+    work, day = data.work, data.day
+    made: dict[str, Contender] = {}
+    for key in keys:
+        out = work / f"out-{key}"
+        if key == "embedded":
+            made[key] = Contender(key, uba_score_cmd(data, day, out), local_env, out)
+        elif key in CLUSTER_KEYS:
+            workers = {"cluster-w1": ["--workers", "1"], "cluster-w2": ["--workers", "2"]}.get(key, [])
+            assert cluster is not None
+            made[key] = Contender(key, uba_score_cmd(data, day, out, "--ray-address", cluster.address, *workers),
+                                  joined_env, out, extra_roots=(cluster.head_pid,))
+        elif key == "in-process":
+            made[key] = Contender(key, uba_score_cmd(data, day, out, "--in-process"), local_env, out)
+        elif key == "reference":
+            made[key] = Contender(key, [sys.executable, str(Path(__file__).resolve()), "--reference-run",
+                                        "--work", str(work), "--date", day.isoformat()], local_env)
+        elif key == "seed":
+            scores = work / "seed" / "scores.parquet"
+            made[key] = Contender(key, [sys.executable, str(SEED_SCRIPT), "--run", "--data-dir", str(data.data_dir),
+                                        "--date", day.isoformat(), "--model", str(work / "seed-model.pkl"),
+                                        "--out", str(scores), "--lookback-days", str(LOOKBACK_DAYS)],
+                                  local_env, summary=scores.with_suffix(".json"))
+    return [made[key] for key in LABELS if key in made]
+
+
+def parse_only(values: list[str] | None) -> list[str]:
+    if not values:
+        return list(LABELS)
+    keys = [k.strip() for v in values for k in v.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in LABELS]
+    if unknown:
+        raise SystemExit(f"--only: unknown {unknown}; choose from {', '.join(LABELS)}")
+    return [k for k in LABELS if k in keys]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--history-days", type=int, default=28)
+    parser.add_argument("--day-events", type=int, default=2_000_000)
+    parser.add_argument("--start", type=date.fromisoformat, default=date(2026, 2, 1))
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "uba-score-throughput")
+    parser.add_argument("--keep", action="store_true", help="keep --work for a later --reuse")
+    parser.add_argument("--output", type=Path, default=None, help="Markdown file for the results")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep what --work already holds (data, model, baselines' models); build the rest")
+    parser.add_argument("--rounds", "--repeat", dest="rounds", type=int, default=3,
+                        help="interleaved rounds of all selected runs (median reported, every round listed)")
+    parser.add_argument("--only", action="append", metavar="LABELS",
+                        help=f"comma-separated subset of: {', '.join(LABELS)} (default: all)")
+    parser.add_argument("--cluster-cpus", type=int, default=2, help="--num-cpus of the warm cluster's head")
+    parser.add_argument("--ray-port", type=int, default=26379,
+                        help="first port tried for the warm cluster's GCS (the next three: client, "
+                             "dashboard, dashboard agent)")
+    parser.add_argument("--reference-run", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--date", type=date.fromisoformat, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if args.reference_run:
+        reference_run(args.work, args.date, args.work / "reference" / "scores.parquet")
+        return
+    keys = parse_only(args.only)
+    with terminate_as_exit():
+        report = benchmark(args, keys)
+    print(report)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(report)
+    if not args.keep:
+        shutil.rmtree(args.work, ignore_errors=True)
+
+
+def benchmark(args: argparse.Namespace, keys: list[str]) -> str:
+    host = machine()
+    day = args.start + timedelta(days=args.history_days)
+    data = prepare(args, day, reference="reference" in keys, seed="seed" in keys)
+    events = count_events(data.data_dir, day)
+    print(f"day {day}: {events:,} events; setup " + ", ".join(f"{k} {v:.0f} s" for k, v in data.setup.items()),
+          flush=True)
+    runs: dict[str, list[Run]] = {key: [] for key in keys}
+    warmup: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        cluster = None
+        if any(k in CLUSTER_KEYS for k in keys):
+            began = time.perf_counter()
+            cluster = stack.enter_context(warm_cluster(args.work / "ray-head.log", args.cluster_cpus,
+                                                       args.ray_port))
+            warmup["ray start --head (until its port answers)"] = time.perf_counter() - began
+        chosen = contenders(data, keys, cluster)
+        first_uba = next((c for c in chosen if c.key in CLUSTER_KEYS),
+                         next((c for c in chosen if c.key in UBA_KEYS), None))
+        if first_uba is not None:  # untimed: warms the cluster and computes the days' aggregates once
+            warm = run_contender(first_uba, day, events, 0)
+            warmup[f"untimed warm-up run ({first_uba.key})"] = warm.wall
+            print(describe(warm), flush=True)
+        for round_no in range(1, args.rounds + 1):  # interleaved, so load changes hit every contender
+            for contender in chosen:
+                run = run_contender(contender, day, events, round_no)
+                runs[contender.key].append(run)
+                print(describe(run), flush=True)
+    agreement = feature_agreement(data.data_dir, day) if "reference" in keys else None
+    return render(args, host, day, events, data.setup, warmup, cluster.address if cluster else None, runs,
+                  agreement)
+
+
 # --- report -----------------------------------------------------------------------------------
 
 def machine() -> dict[str, str]:
@@ -359,99 +824,54 @@ def machine() -> dict[str, str]:
             "scikit-learn": sklearn.__version__}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--history-days", type=int, default=28)
-    parser.add_argument("--day-events", type=int, default=2_000_000)
-    parser.add_argument("--start", type=date.fromisoformat, default=date(2026, 2, 1))
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "uba-score-throughput")
-    parser.add_argument("--keep", action="store_true", help="keep --work for a later --reuse")
-    parser.add_argument("--output", type=Path, default=None, help="Markdown file for the results")
-    parser.add_argument("--reuse", action="store_true",
-                        help="keep what --work already holds (data, model, reference model); build the rest")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds of the three runs (median reported)")
-    parser.add_argument("--reference-run", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--date", type=date.fromisoformat, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if args.reference_run:
-        reference_run(args.work, args.date, args.work / "reference" / "scores.parquet")
-        return
-
-    host = machine()
-    day = args.start + timedelta(days=args.history_days)
-    train_end = day - timedelta(days=1)
-    data_dir, model_dir = args.work / "data", args.work / "models"
-    setup: dict[str, float] = {}
-    if not args.reuse:
-        shutil.rmtree(args.work, ignore_errors=True)
-    if not (data_dir / "events").is_dir():
-        setup["generate"] = _run([str(UBA), "generate", "--out", str(data_dir), "--users", str(args.users),
-                                  "--days", str(args.history_days + 1), "--start", args.start.isoformat(),
-                                  "--seed", str(args.seed)], "generate")
-        began = time.perf_counter()
-        enlarge_day(data_dir, day, args.day_events)
-        setup["enlarge day D"] = time.perf_counter() - began
-    if not (model_dir / "LATEST").is_file():
-        setup["train"] = _run([str(UBA), "train", "--data-dir", str(data_dir), "--model-dir", str(model_dir),
-                               "--end-date", train_end.isoformat(), "--window-days", str(TRAIN_WINDOW_DAYS)],
-                              "train")
-    if not (args.work / "reference-model.pkl").is_file():
-        began = time.perf_counter()
-        fit_reference_model(args.work, data_dir, model_dir, train_end)
-        setup["reference fit"] = time.perf_counter() - began
-
-    env = {**os.environ}
-    env.pop("RAY_ADDRESS", None)
-    score_cmd = [str(UBA), "score", "--date", day.isoformat(), "--data-dir", str(data_dir),
-                 "--model-dir", str(model_dir)]
-    contenders: dict[str, tuple[list[str], Path | None]] = {
-        RAY_LABEL: ([*score_cmd, "--output-dir", str(args.work / "out-ray")], args.work / "out-ray"),
-        IN_PROCESS_LABEL: ([*score_cmd, "--output-dir", str(args.work / "out-inproc"), "--in-process"],
-                           args.work / "out-inproc"),
-        REFERENCE_LABEL: ([sys.executable, str(Path(__file__).resolve()), "--reference-run",
-                           "--work", str(args.work), "--date", day.isoformat()], None),
-    }
-    runs: dict[str, list[tuple[Measured, dict[str, Any] | None]]] = {label: [] for label in contenders}
-    for round_no in range(1, args.repeat + 1):  # interleaved, so load changes hit every contender
-        for label, (cmd, out) in contenders.items():
-            if out is not None:
-                shutil.rmtree(out, ignore_errors=True)
-            measured = measure(cmd, env)
-            if measured.returncode != 0:
-                raise SystemExit(f"{label} failed:\n{measured.output}")
-            manifest = (json.loads((out / "runs" / f"event_date={day}" / "manifest.json").read_text())
-                        if out is not None else None)
-            runs[label].append((measured, manifest))
-            print(f"round {round_no} {label}: {measured.wall_s:.1f} s, "
-                  f"peak tree PSS {measured.peak_tree_pss_mib:.0f} MiB", flush=True)
-    agreement = feature_agreement(data_dir, day)
-    report = render(args, host, day, setup, runs, agreement)
-    print(report)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report)
-    if not args.keep:
-        shutil.rmtree(args.work, ignore_errors=True)
-
-
-def _median_run(results: list[tuple[Measured, dict[str, Any] | None]]) -> tuple[Measured, dict[str, Any] | None]:
-    ordered = sorted(results, key=lambda r: r[0].wall_s)
+def median_run(results: list[Run], warm: bool = False) -> Run:
+    ordered = sorted(results, key=lambda r: r.warm if warm else r.wall)
     return ordered[(len(ordered) - 1) // 2]
 
 
-def render(args: argparse.Namespace, host: dict[str, str], day: date, setup: dict[str, float],
-           runs: dict[str, list[tuple[Measured, dict[str, Any] | None]]], agreement: dict[str, float]) -> str:
-    medians = {label: _median_run(results) for label, results in runs.items()}
-    first_manifest = medians[RAY_LABEL][1] or {}
-    events = first_manifest["counts"]["input_rows"]
-    reference = medians[REFERENCE_LABEL][0]
-    command = " ".join(["python", "benchmarks/score_throughput.py", *sys.argv[1:]])
+def _load(values: tuple[float, float, float]) -> str:
+    return "/".join(f"{v:.2f}" for v in values)
+
+
+# (name, numerator, numerator without start-up?, denominator, target); "cluster" falls back
+# to cluster-w2 when only that one ran
+TARGETS = [
+    ("warm cluster vs seed-style script", "cluster", True, "seed", 4.0),
+    ("warm cluster vs pandas reference", "cluster", True, "reference", 3.0),
+    ("embedded default vs seed-style script (start-up included)", "embedded", False, "seed", 1.5),
+    ("2 workers vs 1 worker (warm cluster)", "cluster-w2", True, "cluster-w1", 1.7),
+]
+
+
+def target_rows(runs: dict[str, list[Run]]) -> list[str]:
+    rows = []
+    for name, top, top_warm, bottom, target in TARGETS:
+        if top == "cluster" and not runs.get(top):
+            top = "cluster-w2"
+        if not runs.get(top) or not runs.get(bottom):
+            rows.append(f"| {name} | not run | | | >= {target}x | |")
+            continue
+        bottom_warm = bottom in UBA_KEYS and top_warm  # worker scaling: both without start-up
+        med_top, med_bottom = median_run(runs[top], top_warm), median_run(runs[bottom], bottom_warm)
+        ratio = med_top.rate(top_warm) / med_bottom.rate(bottom_warm)
+        as_is = median_run(runs[top]).rate() / median_run(runs[bottom]).rate()
+        paired = {r.round: r for r in runs[bottom]}
+        per_round = [a.rate(top_warm) / paired[a.round].rate(bottom_warm) for a in runs[top] if a.round in paired]
+        rows.append(f"| {name} | **{ratio:.2f}x** | {as_is:.2f}x | "
+                    f"{', '.join(f'{r:.2f}' for r in per_round)} | >= {target}x | "
+                    f"{'yes' if ratio >= target else 'no'} |")
+    return rows
+
+
+def render(args: argparse.Namespace, host: dict[str, str], day: date, events: int, setup: dict[str, float],
+           warmup: dict[str, float], address: str | None, runs: dict[str, list[Run]],
+           agreement: dict[str, float] | None) -> str:
+    runs = {k: v for k, v in runs.items() if v}
+    medians = {key: median_run(results) for key, results in runs.items()}
+    command = " ".join([".venv/bin/python", "benchmarks/score_throughput.py", *sys.argv[1:]])
     lines = [
-        "# `score --date` throughput: uba on Ray vs a single-process pandas + scikit-learn job",
+        "# `score --date` throughput: uba (embedded Ray, warm cluster, in-process) vs single-process "
+        "pandas + scikit-learn jobs",
         "",
         f"Recorded {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `{command}`.",
         "",
@@ -461,61 +881,115 @@ def render(args: argparse.Namespace, host: dict[str, str], day: date, setup: dic
         f"Data: {args.users:,} users, {args.history_days} days of history at the generator's normal "
         f"density, and the scored day {day} enlarged to **{events:,} events** (D's own events repeated "
         f"under new ids, stored through the ingest writer). Model: `uba-batch train` on the "
-        f"{TRAIN_WINDOW_DAYS} days before D. Baselines for D come from the aggregates of the "
-        f"{first_manifest['inputs']['lookback_days']} lookback days.",
+        f"{TRAIN_WINDOW_DAYS} days before D.",
         "",
         "Setup (not part of the comparison): "
-        + (", ".join(f"{k} {v:.0f} s" for k, v in setup.items()) or "reused from an earlier run") + ".",
-        "",
-        f"Each run in its own process, {args.repeat} interleaved rounds; wall time and events/s of the "
-        "median round, best round beside it, memory the largest of the rounds.",
-        "",
-        "| run | wall s (median) | wall s (best) | events/s (median) | peak memory MiB (PSS, process tree) "
-        "| peak RSS MiB (main process) | events/s vs reference |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        + (", ".join(f"{k} {v:.0f} s" for k, v in setup.items()) or "reused from an earlier run")
+        + (". Before the rounds: " + ", ".join(f"{k} {v:.1f} s" for k, v in warmup.items()) if warmup else "")
+        + ".",
     ]
-    for label, results in runs.items():
-        median = medians[label][0]
-        best = min(m.wall_s for m, _ in results)
-        pss = max(m.peak_tree_pss_mib for m, _ in results)
-        rss = max(m.peak_rss_mib for m, _ in results)
-        lines.append(f"| {label} | {median.wall_s:.1f} | {best:.1f} | {events / median.wall_s:,.0f} | "
-                     f"{pss:,.0f} | {rss:,.0f} | {reference.wall_s / median.wall_s:.2f}x |")
-    uba_runs = {label: m for label, (_, m) in medians.items() if m}
-    lines += ["", "Stage timings of the median uba runs (seconds, from their manifests):", "",
-              "| stage | " + " | ".join(uba_runs) + " |",
-              "|---|" + "---:|" * len(uba_runs)]
-    stages = sorted({s for m in uba_runs.values() for s in m["timings_sec"]})
-    for stage in stages:
-        values = [f"{m['timings_sec'].get(stage, 0.0):.2f}" for m in uba_runs.values()]
-        lines.append(f"| {stage} | " + " | ".join(values) + " |")
-    ray_manifest = uba_runs[RAY_LABEL]
-    execution = ray_manifest.get("execution", {})
+    if address:
+        lines += ["", f"Warm cluster: `ray start --head --block --node-ip-address=127.0.0.1 "
+                      f"--num-cpus={args.cluster_cpus} --include-dashboard=false` at {address}, up for all "
+                      "rounds (also while the other runs ran), joined with `--ray-address` and "
+                      "RAY_AUTH_MODE=token."]
     lines += [
         "",
-        f"Ray run: {execution.get('workers')} workers, {execution.get('shards')} shards per chunk, "
-        f"{execution.get('chunks')} chunks of at most {execution.get('chunk_rows'):,} events; "
-        f"{ray_manifest['counts']['flagged_rows']:,} events flagged; row conservation "
-        f"{'ok' if ray_manifest['row_conservation']['ok'] else 'FAILED'}.",
+        f"Each run in its own process, {args.rounds} interleaved round(s). Medians: the run with the "
+        "median wall time. **Without start-up** = the job's own `duration_sec` (manifest) minus its "
+        "`ray_init` stage, i.e. without interpreter start, imports and Ray start or connect; the pandas "
+        "scripts have no such stage and are always timed as whole processes (imports included). "
+        "Load average = 1/5/15-minute `os.getloadavg()` just before the run, then the 1-minute one "
+        "just after.",
         "",
-        f"Same features: largest |reference - uba| over {FEATURE_CHECK_ROWS:,} events of D, per feature: "
-        + ", ".join(f"{k} {v:.1e}" for k, v in agreement.items()) + ".",
+        "| run | wall s (process) | ray_init s | wall s without start-up | events/s (process) "
+        "| events/s without start-up | peak PSS MiB (process tree) | peak RSS MiB (main process) "
+        "| load before -> after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for key, run in medians.items():
+        m = run.measured
+        pss = max(r.measured.peak_tree_pss_mib for r in runs[key])
+        rss = max(r.measured.peak_hwm_mib for r in runs[key])
+        uba = run.manifest is not None
+        lines.append(f"| {LABELS[key]} | {run.wall:.1f} | {f'{run.ray_init:.1f}' if uba else '-'} | "
+                     f"{f'{run.warm:.1f}' if uba else '-'} | {run.rate():,.0f} | "
+                     f"{f'{run.rate(True):,.0f}' if uba else '-'} | {pss:,.0f} | {rss:,.0f} | "
+                     f"{_load(m.load_before)} -> {m.load_after[0]:.2f} |")
+    lines += [
         "",
-        "What each side does. **uba** (`uba-batch score --date`): count and quarantine lookup, "
-        "aggregates of D (computed from D's events), baselines as of D from the aggregates, "
-        "features through the shared feature module, the compact forest sharded over Ray tasks "
-        "(or in-process), thresholds, plain-word reasons for every event, flagged rows with "
-        "the baseline summary, deterministic Parquet parts in a staging directory, atomic "
-        "swap, manifest with checksums, baseline snapshot for the API. **Reference** (one "
-        "Python process): pandas reads D's events and the baseline table as of D (it does not "
-        "rebuild baselines: that is the `aggregates` + `baselines` stages on the uba side), "
-        "computes the same event features with pandas/numpy, scikit-learn StandardScaler + "
-        "IsolationForest.score_samples (same settings, fitted on a sample of the same "
-        "training features), thresholds, and writes one Parquet of scores without reasons. "
-        "Peak memory is the proportional set size summed over the process and all its "
-        "descendants (Ray's GCS, raylet, workers and shared-memory object store included), "
-        "sampled every 0.1 s. The machine is shared with other jobs: wall times vary with its "
-        "load (see the load average), memory much less.",
+        "Issue 10's targets, as ratios of events/s (ratio of the medians; \"as is\" = both sides "
+        "timed as whole processes; per round = the two runs of the same round):",
+        "",
+        "| target | ratio | as is | per round | target | met |",
+        "|---|---:|---:|---|---:|---|",
+        *target_rows(runs),
+        "",
+        "Every round:",
+        "",
+        "| round | run | wall s | without start-up s | events/s | peak PSS MiB | peak RSS MiB (main) "
+        "| load before -> after |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for round_no in range(1, args.rounds + 1):
+        for key, results in runs.items():
+            for r in results:
+                if r.round == round_no:
+                    m = r.measured
+                    lines.append(f"| {round_no} | {LABELS[key]} | {r.wall:.1f} | "
+                                 f"{f'{r.warm:.1f}' if r.manifest is not None else '-'} | {r.rate():,.0f} | "
+                                 f"{m.peak_tree_pss_mib:,.0f} | {m.peak_hwm_mib:,.0f} | "
+                                 f"{_load(m.load_before)} -> {m.load_after[0]:.2f} |")
+    staged = {key: run for key, run in medians.items() if run.stages}
+    if staged:
+        stages = sorted({s for run in staged.values() for s in run.stages},
+                        key=lambda s: -max(run.stages.get(s, 0.0) for run in staged.values()))
+        lines += ["", "Stage timings of the median runs (seconds; uba: `timings_sec` of the manifest, "
+                      "seed-style: its own summary; empty = no such stage):", "",
+                  "| stage | " + " | ".join(LABELS[k] for k in staged) + " |",
+                  "|---|" + "---:|" * len(staged)]
+        for stage in stages:
+            values = [f"{run.stages[stage]:.2f}" if stage in run.stages else "" for run in staged.values()]
+            lines.append(f"| {stage} | " + " | ".join(values) + " |")
+    lines += ["", "How the uba runs ran (manifest `execution`, median runs):", ""]
+    for key, run in medians.items():
+        if run.manifest is None:
+            continue
+        execution = run.manifest.get("execution") or {}
+        scalars = ", ".join(f"{k} {v}" for k, v in execution.items() if isinstance(v, str | int | float | bool)
+                            or v is None)
+        shards = shard_summary(run.manifest)
+        counts = run.manifest.get("counts") or {}
+        conservation = (run.manifest.get("row_conservation") or {}).get("ok")
+        lines.append(f"- {LABELS[key]}: {scalars}" + (f"; {shards}" if shards else "")
+                     + f"; {counts.get('flagged_rows', '?'):,} events flagged; row conservation "
+                     + ("ok" if conservation else "FAILED" if conservation is False else "?") + ".")
+    if agreement is not None:
+        lines += ["", f"Same features: largest |reference - uba| over {FEATURE_CHECK_ROWS:,} events of D, "
+                      "per feature: " + ", ".join(f"{k} {v:.1e}" for k, v in agreement.items()) + "."]
+    lines += [
+        "",
+        "What each side does. **uba** (`uba-batch score --date`): the whole nightly job as the "
+        "product runs it (baselines as of D from the daily aggregates, which the untimed warm-up "
+        "run computed once for the lookback and D, features through the shared feature module, "
+        "the forest, thresholds, per-user cuts, suppression, reasons, Parquet parts, atomic "
+        "publish, manifest, baseline snapshot for the API); stage names are the manifest's. "
+        "**Pandas reference** (one process): pandas reads D's events and the baseline table as "
+        "of D (it does not rebuild baselines), computes the product's event features with "
+        "pandas/numpy, scikit-learn StandardScaler + IsolationForest.score_samples (same "
+        "settings, fitted on a sample of the same training features), thresholds, and writes "
+        "one Parquet of scores without reasons. **Seed-style script** (`benchmarks/seed_style_score.py "
+        "--run`, one process, nothing from uba): pandas reads the raw events of the 28 days before "
+        "D and of D from the contracted layout, rebuilds every user's mean and spread of session "
+        "duration, mean actions and mean hour with a groupby, merges them onto D's events, adds "
+        "the deviations, scores with scikit-learn StandardScaler + IsolationForest (200 trees, "
+        "contamination 0.02, fitted on the seed features of the 21 training days, not timed), "
+        "flags at the fitted threshold and writes one Parquet of scores. Peak PSS is summed over "
+        "the process and all its descendants (Ray's GCS, raylet, workers and shared-memory "
+        "object store when the job starts them; for the warm-cluster runs the cluster's processes "
+        "are added, idle workers of earlier jobs included), sampled every 0.1 s; peak RSS is the main process's own "
+        "VmHWM. The machine is shared with other jobs: wall times vary with its load (see the "
+        "load averages), memory much less.",
         "",
     ]
     return "\n".join(lines)
