@@ -308,3 +308,39 @@ def test_a_corrupt_events_part_is_one_line_naming_the_file(tmp_path: Path) -> No
     pl.DataFrame({"event_id": ["e1"]}).write_parquet(foreign)
     with pytest.raises(UserError, match="part-foreign.parquet lacks columns"):
         uba_io.scan_events(tmp_path, day)
+
+
+def _shard_inputs(settings, day: date):
+    from uba.operations import RunOperations
+    from uba.scoring.shard import ShardInputs
+
+    bundle = load_bundle(settings.paths.model_dir)
+    ops = RunOperations.prepare(settings, bundle, day)
+    baselines = baselines_as_of(settings.paths.data_dir, day, settings).collect()
+    return bundle, ShardInputs(detector=bundle.detector, baselines=baselines, cuts=ops.cuts, rules=ops.rules,
+                               drift_reference=ops.reference)
+
+
+def test_a_shard_orphaned_by_a_killed_driver_cannot_recreate_its_staging(
+        trained_dataset, scoring_settings, tmp_path: Path) -> None:
+    """Staging is keyed by run id and created by the driver only: a task still running for a
+    run whose driver died (its staging removed by the next run) fails instead of writing."""
+    from uba.scoring.plan import plan_shards
+    from uba.scoring.shard import ShardContext, run_shard
+
+    day = trained_dataset.score_dates[0]
+    settings = scoring_settings(tmp_path / "out")
+    bundle, inputs = _shard_inputs(settings, day)
+    spec = plan_shards(io.partition_files(trained_dataset.data_dir, io.EVENTS, day), 10_000)[0]
+    gone = tmp_path / "out" / ".staging" / f"event_date={day}" / "run-killed"
+    ctx = ShardContext(run_key="killed", day=day, model_version=bundle.version, max_reasons=3, staging=str(gone))
+    with pytest.raises(FileNotFoundError):
+        run_shard(spec, ctx, inputs)
+    assert not gone.exists()
+    # with its staging in place the same shard writes exactly its own two parts
+    for folder in ("scores", "flagged-parts"):
+        (gone / folder).mkdir(parents=True)
+    result = run_shard(spec, ctx, inputs)
+    assert sorted(p.relative_to(gone).as_posix() for p in gone.rglob("*.parquet")) == [
+        "flagged-parts/part-00000.parquet", "scores/part-00000.parquet"]
+    assert result.rows == io.partition_row_count(trained_dataset.data_dir, io.EVENTS, day)
