@@ -123,3 +123,29 @@ def test_missing_context_still_gives_a_reason(missing):
     [(texts, kinds)] = reasons_of({"session_length_z": 3.0, "hour_z": 2.5, missing: None})
     assert kinds == ["session_length", "hour"]
     assert all(isinstance(t, str) and t for t in texts)
+
+
+def _ranked_by_hand(row: list[float], max_reasons: int) -> list[str]:
+    """The documented rule, written out one row at a time."""
+    from uba.reasons import MIN_SEVERITY, MIN_TOP_SEVERITY, REASON_KINDS
+
+    ranked = sorted(zip(REASON_KINDS, row, strict=True), key=lambda kv: -kv[1])  # sorted() is stable
+    top = ranked[0][1]
+    if top < MIN_TOP_SEVERITY:
+        return []
+    keep_from = max(min(top, MIN_SEVERITY), MIN_TOP_SEVERITY)
+    return [kind for kind, sev in ranked if sev >= keep_from][:max_reasons]
+
+
+@pytest.mark.parametrize("max_reasons", [0, 1, 3, 8])
+def test_kind_ranking_follows_the_documented_rule_with_ties(max_reasons: int) -> None:
+    import numpy as np
+
+    from uba.reasons import reason_kinds_column
+
+    rng = np.random.default_rng(max_reasons)
+    severity = rng.choice([0.0, 0.5, 0.99, 1.0, 1.5, 1.99, 2.0, 2.5, 3.0], size=(3000, 8))
+    severity[:1000] *= 0.4  # rows whose strongest kind stays under MIN_TOP_SEVERITY
+    got = reason_kinds_column(severity, max_reasons).to_list()
+    assert got == [_ranked_by_hand(list(row), max_reasons) for row in severity]
+    assert max(len(k) for k in got) >= min(max_reasons, 3) and any(k == [] for k in got[:1000])

@@ -25,12 +25,15 @@ Reasons with severity >= MIN_SEVERITY are listed, strongest first (ties keep the
 of REASON_KINDS), at most ``max_reasons``; when none reaches it, the strongest is still
 listed if it reaches MIN_TOP_SEVERITY (a one-sigma deviation), so a flagged event is
 rarely left without an explanation, while an ordinary event gets an empty list rather
-than an overstated one. Expression-only: the API reuses it on one row.
+than an overstated one. The batch job and the API call the same ``explain``; its ranking
+is array arithmetic (``rank_reason_kinds``), the sentences Polars expressions.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 
 REASON_KINDS: tuple[str, ...] = (
     "hour",
@@ -224,99 +227,86 @@ def texts() -> dict[str, pl.Expr]:
     }
 
 
-def explain(features: pl.LazyFrame, max_reasons: int = 3,
+def explain(features: pl.LazyFrame | pl.DataFrame, max_reasons: int = 3,
             sentences_for: pl.Expr | None = None) -> pl.LazyFrame:
     """Add ``reasons`` and ``reason_kinds`` (parallel List(String), strongest first).
 
     ``features`` is the output of ``uba.features.events.event_features`` (the feature
-    and context columns are what is read); row order is kept. The kinds are plain
-    arithmetic on the eight severities (rank of a kind = how many kinds beat it, earlier
-    kinds winning ties) and are given to every row: suppression rules and analysts'
-    filters match on them. Sentences cost far more than the features, so they are built
-    only where someone reads them: with ``sentences_for`` (a boolean expression, the
-    batch job passes ``is_anomaly``) the other rows get a null ``reasons``; without it
-    (the API, which explains whatever it is asked about) every row gets its sentences.
+    and context columns are what is read); row order is kept. The kinds are ranked with
+    array arithmetic (``rank_reason_kinds``) and given to every row: suppression rules and
+    analysts' filters match on them. Sentences cost far more than the features, so they
+    are built only where someone reads them: with ``sentences_for`` (a boolean
+    expression, the batch job passes ``is_anomaly``) the other rows get a null
+    ``reasons``; without it (the API, which explains whatever it is asked about) every
+    row gets its sentences.
     """
-    sev_col = {kind: f"_sev_{kind}" for kind in REASON_KINDS}
-    staged = _ranked(features, sev_col, max_reasons).with_row_index(_ROW)
-    wanted = pl.col("_top") >= MIN_TOP_SEVERITY
+    frame = features.collect() if isinstance(features, pl.LazyFrame) else features
+    severity = frame.select(
+        expr.cast(pl.Float64).fill_nan(0.0).fill_null(0.0).alias(kind) for kind, expr in severities().items()
+    ).to_numpy()
+    staged = frame.with_columns(reason_kinds_column(severity, max_reasons)).with_row_index(_ROW)
+    wanted = pl.col("reason_kinds").list.len() > 0
     if sentences_for is not None:
         wanted = wanted & sentences_for.fill_null(False)
-    explained = _sentences(staged.filter(wanted), sev_col, max_reasons).select(_ROW, "reasons")
+    # eager and rechunked: polars 2.1 panicked ("assertion failed: i < self.len()") in the
+    # string expressions when they ran lazily over a few filtered rows of a small frame
+    rows = staged.filter(wanted).rechunk()
+    explained = _sentences(rows.lazy(), max_reasons).select(_ROW, "reasons").collect(engine=_EAGER)
     empty = pl.lit([], dtype=pl.List(pl.String))
     reasons = pl.col("reasons").fill_null(empty)
     if sentences_for is not None:
         reasons = pl.when(sentences_for.fill_null(False)).then(reasons).otherwise(
             pl.lit(None, dtype=pl.List(pl.String)))
-    return (
-        staged.join(explained, on=_ROW, how="left", maintain_order="left")
-        .with_columns(reasons.alias("reasons"))
-        .drop(_ROW, *_scratch(sev_col))
-    )
+    joined = staged.join(explained, on=_ROW, how="left", maintain_order="left")
+    return joined.with_columns(reasons.alias("reasons")).drop(_ROW).lazy()
 
 
 _ROW = "__reasons_row"
+_EAGER = "in-memory"
 
 
-def _rank_col(kind: str) -> str:
-    return f"_rank_{kind}"
+def rank_reason_kinds(severity: np.ndarray, max_reasons: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each row, its kinds strongest first and how many of them are listed.
+
+    ``severity`` is (rows, len(REASON_KINDS)) in REASON_KINDS order. A stable sort on the
+    negated severities ranks ties in REASON_KINDS order. A row lists the kinds at or
+    above ``keep_from = max(min(top, MIN_SEVERITY), MIN_TOP_SEVERITY)``, at most
+    ``max_reasons``: every kind from MIN_SEVERITY up, or the single strongest one when
+    none reaches it but it reaches MIN_TOP_SEVERITY; none when even the strongest is
+    below that. Returns (order: rows x kinds column indices, counts: rows).
+    """
+    severity = np.asarray(severity, dtype=np.float64).reshape(-1, len(REASON_KINDS))
+    order = np.argsort(-severity, axis=1, kind="stable")
+    ranked = np.take_along_axis(severity, order, axis=1)
+    top = ranked[:, 0]
+    keep_from = np.maximum(np.minimum(top, MIN_SEVERITY), MIN_TOP_SEVERITY)
+    listed = (ranked >= keep_from[:, None]).sum(axis=1)
+    counts = np.where(top >= MIN_TOP_SEVERITY, np.minimum(listed, max(0, max_reasons)), 0)
+    return order, counts
 
 
-def _scratch(sev_col: dict[str, str]) -> list[str]:
-    return ["_top", "_keep_from", *sev_col.values(), *(_rank_col(k) for k in REASON_KINDS)]
+def reason_kinds_column(severity: np.ndarray, max_reasons: int) -> pl.Series:
+    """``reason_kinds`` as a List(String) column built straight from the ranking arrays."""
+    order, counts = rank_reason_kinds(severity, max_reasons)
+    keep = np.arange(order.shape[1])[None, :] < counts[:, None]
+    names = pa.array(REASON_KINDS, type=pa.large_string())
+    values = pa.DictionaryArray.from_arrays(pa.array(order[keep].astype(np.int32)), names)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+    lists = pa.LargeListArray.from_arrays(offsets, values.cast(pa.large_string()))
+    return pl.Series("reason_kinds", pl.from_arrow(lists), dtype=pl.List(pl.String))
 
 
-def _ranked(features: pl.LazyFrame, sev_col: dict[str, str], max_reasons: int) -> pl.LazyFrame:
-    """Severities, ranks and ``reason_kinds`` for every row (rows under MIN_TOP_SEVERITY: [])."""
-    sev = severities()
-    keep_from = pl.max_horizontal(pl.min_horizontal(pl.col("_top"), pl.lit(MIN_SEVERITY)),
-                                  pl.lit(MIN_TOP_SEVERITY))
-    staged = features.with_columns(
-        sev[kind].fill_nan(0.0).fill_null(0.0).alias(sev_col[kind]) for kind in REASON_KINDS
-    ).with_columns(_top=pl.max_horizontal(*sev_col.values())).with_columns(
-        _keep_from=keep_from, **{_rank_col(kind): _rank(kind, sev_col) for kind in REASON_KINDS},
-    )
-    kind = {k: pl.lit(k) for k in REASON_KINDS}
-    kinds = pl.concat_list([_at(p, kind, sev_col) for p in _positions(max_reasons)]).list.drop_nulls()
-    empty = pl.lit([], dtype=pl.List(pl.String))
-    return staged.with_columns(
-        reason_kinds=pl.when(pl.col("_top") >= MIN_TOP_SEVERITY).then(kinds).otherwise(empty))
-
-
-def _positions(max_reasons: int) -> range:
-    return range(min(max_reasons, len(REASON_KINDS)))
-
-
-def _at(position: int, value: dict[str, pl.Expr], sev_col: dict[str, str]) -> pl.Expr:
-    """The value of the kind ranked ``position`` if it is strong enough to be listed."""
-    chosen = [
-        pl.when((pl.col(_rank_col(k)) == position) & (pl.col(sev_col[k]) >= pl.col("_keep_from")))
-        .then(value[k])
-        for k in REASON_KINDS
-    ]
-    return pl.coalesce(chosen)
-
-
-def _sentences(rows: pl.LazyFrame, sev_col: dict[str, str], max_reasons: int) -> pl.LazyFrame:
-    """The sentences of the top ``max_reasons`` kinds of each (already ranked) row."""
+def _sentences(rows: pl.LazyFrame, max_reasons: int) -> pl.LazyFrame:
+    """The sentence of each listed kind, in the row's ``reason_kinds`` order."""
     txt = texts()
     text_col = {kind: f"_text_{kind}" for kind in REASON_KINDS}
     staged = rows.with_columns(
         txt[k].fill_null(pl.lit(k.replace("_", " "))).alias(text_col[k]) for k in REASON_KINDS
     )
-    text = {k: pl.col(text_col[k]) for k in REASON_KINDS}
-    return staged.with_columns(
-        reasons=pl.concat_list([_at(p, text, sev_col) for p in _positions(max_reasons)]).list.drop_nulls(),
-    )
 
+    def at(position: int) -> pl.Expr:
+        kind = pl.col("reason_kinds").list.get(position, null_on_oob=True)
+        return pl.coalesce([pl.when(kind == k).then(pl.col(text_col[k])) for k in REASON_KINDS])
 
-def _rank(kind: str, sev_col: dict[str, str]) -> pl.Expr:
-    """0 for the strongest kind: the number of kinds with a higher severity, or an equal
-    one listed earlier in REASON_KINDS."""
-    mine = pl.col(sev_col[kind])
-    index = REASON_KINDS.index(kind)
-    beats = [
-        (pl.col(sev_col[other]) > mine) | ((pl.col(sev_col[other]) == mine) & pl.lit(j < index))
-        for j, other in enumerate(REASON_KINDS) if other != kind
-    ]
-    return pl.sum_horizontal([b.cast(pl.Int32) for b in beats])
+    positions = range(min(max_reasons, len(REASON_KINDS)))
+    return staged.with_columns(reasons=pl.concat_list([at(p) for p in positions]).list.drop_nulls())
