@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
+import io
 import json
 import os
 import signal
@@ -20,6 +22,7 @@ from click.testing import CliRunner
 from jobs.cli import cli
 from uba import io as storage
 from uba.errors import UserError
+from uba.event_rules import MSG_TS_INVALID, MSG_TS_SYNTAX
 from uba.ingest import detect_format, ingest_files, ingest_frame
 from uba.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA
 from uba.settings import IngestSettings, Settings
@@ -59,7 +62,7 @@ GOOD_ROWS = {
         ("g3", "u2", datetime(2026, 3, 3, 0, 30, 0, 250000, tzinfo=UTC), "click", 15.0, 2, "desktop", 0, 1, None),
     "g4,  u9  ,2026-03-03T12:00:00,download,7e2,3.0,mobile,12,1,":
         ("g4", "u9", datetime(2026, 3, 3, 12, 0, tzinfo=UTC), "download", 700.0, 3, "mobile", 12, 1, None),
-    "g5,u3,2026-03-02T09:15,logout,1,1,desktop,,,":
+    "g5,u3,2026-03-02T09:15:00,logout,1,1,desktop,,,":
         ("g5", "u3", datetime(2026, 3, 2, 9, 15, tzinfo=UTC), "logout", 1.0, 1, "desktop", 9, 0, None),
     "old1,u1,2026-03-04T08:00:00Z,login,5,1,desktop,,,":
         ("old1", "u1", datetime(2026, 3, 4, 8, 0, tzinfo=UTC), "login", 5.0, 1, "desktop", 8, 2, None),
@@ -71,10 +74,10 @@ BAD_ROWS: list[tuple[str, str]] = [
     ("b3,   ,2026-03-02T09:00:00Z,login,1,1,desktop,,,", "missing field: user_id"),
     (",,,,,,,,,", "empty row (no values)"),
     ("", "empty row (no values)"),
-    ("b6,u1,yesterday,login,1,1,desktop,,,", "timestamp: 'yesterday' is not an ISO-8601 timestamp"),
+    ("b6,u1,yesterday,login,1,1,desktop,,,", f"timestamp: 'yesterday' {MSG_TS_SYNTAX}"),
     ("b7,u1,2026-02-30T10:00:00,login,1,1,desktop,,,",
-     "timestamp: '2026-02-30T10:00:00' is not a valid date, time or UTC offset"),
-    ("b8,u1,2026-03-02,login,1,1,desktop,,,", "timestamp: '2026-03-02' is not an ISO-8601 timestamp"),
+     f"timestamp: '2026-02-30T10:00:00' {MSG_TS_INVALID}"),
+    ("b8,u1,2026-03-02,login,1,1,desktop,,,", f"timestamp: '2026-03-02' {MSG_TS_SYNTAX}"),
     ("b9,u1,2026-03-02T09:00:00Z,hack,1,1,desktop,,,",
      "event_type: 'hack' not one of login, logout, view, click, download"),
     ("b10,u1,2026-03-02T09:00:00Z,login,1,1,tablet,,,", "device_type: 'tablet' not one of desktop, mobile"),
@@ -104,7 +107,8 @@ BAD_ROWS: list[tuple[str, str]] = [
     ("old1,u1,2026-03-04T08:00:00Z,login,5,1,desktop,,,", "event_id: 'old1' already stored for 2026-03-04"),
     ("b30,u1,2026-03-02T09:00:00Z,login,inf,1,desktop,,,", "session_duration_sec: 'inf' is not a finite number"),
     ("b31,u1,2026-03-02T09:00:00+25:00,login,1,1,desktop,,,",
-     "timestamp: '2026-03-02T09:00:00+25:00' is not a valid date, time or UTC offset"),
+     f"timestamp: '2026-03-02T09:00:00+25:00' {MSG_TS_INVALID}"),
+    ("b33,u1,2026-03-02T09:15,logout,1,1,desktop,,,", f"timestamp: '2026-03-02T09:15' {MSG_TS_SYNTAX}"),
 ]
 INVALID_UTF8 = b"b32,u\xff\xfe,2026-03-02T09:00:00Z,login,1,1,desktop,,,"
 
@@ -527,3 +531,226 @@ def test_an_existing_file_named_with_glob_characters_is_read_as_itself(tmp_path:
     path = write_all_formats(sample_events(20), tmp_path / "in")["csv"].rename(tmp_path / "events [1].csv")
     summary = ingest_files([str(path)], tmp_path / "d", settings())
     assert summary.rows_read == 20 and summary.files[0].path == str(path)
+
+
+# ------------------------------------------------------------------ hostile input (issue 11, items 1-5)
+
+ISSUE_HEADER = "event_id,user_id,timestamp,event_type,session_duration_sec,events_in_session,device_type,session_id"
+
+
+def _issue11_file(path: Path, field_chars: int) -> None:
+    """The issue's reproduction: a quoted field holding a fake event, and a ragged row."""
+    field = "A" * field_chars + "\nx4,someone-else,2026-11-11T03:00:00Z,download,60,3,desktop,sF\nB"
+    path.write_text(ISSUE_HEADER + "\nx1,u00001,2026-11-11T10:00:00Z,login,60,3,desktop,s1\n"
+                    + f'x2,"{field}",2026-11-11T10:00:00Z,login,60,3,desktop,s2\n'
+                    + "x3,u00001,2026-11-11T10:00:00Z,login,60,3,desktop,s3,EXTRA\n"
+                    + "x4,u00042,2026-11-11T11:00:00Z,login,60,3,desktop,s4\n")
+
+
+@pytest.mark.parametrize("field_chars", [10, 140_000, 10 * 1024 * 1024])
+def test_text_inside_a_quoted_field_never_becomes_an_event(tmp_path: Path, field_chars: int) -> None:
+    path = tmp_path / "inj.csv"
+    _issue11_file(path, field_chars)
+    summary = ingest_files([path], tmp_path / "d", settings())
+    assert (summary.rows_read, summary.rows_written, summary.rows_quarantined) == (4, 2, 2)
+    assert dict(stored(tmp_path / "d").select("event_id", "user_id").iter_rows()) == {"x1": "u00001", "x4": "u00042"}
+    q = stored(tmp_path / "d", storage.QUARANTINE)
+    x2 = q.filter(pl.col("event_id") == "x2")
+    if field_chars > 65_536:  # one quarantined row naming the field, the value kept cut
+        assert x2.item(0, "reason").startswith(f"field 'user_id' is {field_chars + 64} bytes, over ingest.max_field_bytes")
+        assert len(x2.item(0, "user_id")) < 300
+    else:
+        assert x2.item(0, "reason") == "user_id: contains control characters or invalid UTF-8"
+
+
+def test_max_field_bytes_is_a_setting_and_never_moves_records(tmp_path: Path) -> None:
+    path = tmp_path / "f.csv"
+    path.write_text(ISSUE_HEADER + "\n" + "".join(
+        f"f{i},{'u' * (200 + i)},2026-03-01T10:00:00Z,view,1,1,desktop,\n" for i in range(120)))
+    limits = Settings(ingest=IngestSettings(max_field_bytes=256, max_record_bytes=4096))
+    summary = ingest_files([path], tmp_path / "d", limits)
+    assert (summary.rows_written, summary.rows_quarantined) == (57, 63)
+    q = stored(tmp_path / "d", storage.QUARANTINE)
+    assert q["event_id"].to_list() == [f"f{i}" for i in range(57, 120)]
+    assert q.item(0, "reason").startswith("field 'user_id' is 257 bytes, over ingest.max_field_bytes (256)")
+    with pytest.raises(ValueError, match="max_record_bytes must be at least max_field_bytes"):
+        IngestSettings(max_field_bytes=4096, max_record_bytes=2048)
+
+
+def _random_csv(rng: np.random.Generator, well_formed: bool) -> tuple[bytes, list[int]]:
+    """A few records of random fields; for well-formed ones also where each record ends."""
+    alphabet = ["a", "b", ",", '"', "\n", "\r", " ", "\u00e9", '""']
+    records = []
+    for _ in range(int(rng.integers(1, 7))):
+        fields = []
+        for _ in range(3):
+            raw = "".join(rng.choice(alphabet) for _ in range(int(rng.integers(0, 6))))
+            if well_formed and any(c in raw for c in ',"\n\r'):
+                raw = '"' + raw.replace('"', '""') + '"'
+            fields.append(raw)
+        records.append(",".join(fields).encode())
+    data = b"\n".join(records) + (b"\n" if rng.random() < 0.7 else b"")
+    ends = list(np.minimum(np.cumsum([len(r) + 1 for r in records]), len(data)))
+    return data, ends
+
+
+def test_one_definition_of_a_record_whatever_the_read_size_and_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Record ends match RFC 4180 exactly, do not depend on where reads are cut, and the
+    columnar and record-by-record parsers give the same fields for every record."""
+    from uba import ingest
+
+    rng = np.random.default_rng(11)
+    names = ["x", "y", "z"]
+    columnar = 0
+    for trial in range(800):
+        well_formed = bool(trial % 2)
+        data, true_ends = _random_csv(rng, well_formed)
+        ends, regular = ingest._record_ends(data, eof=True)
+        if well_formed:
+            assert ends.tolist() == true_ends, data
+        monkeypatch.setattr(ingest, "CSV_READ_BYTES", int(rng.integers(1, 8)))
+        runs = list(ingest._csv_runs(io.BytesIO(data), Path("t.csv"), 1 << 20))
+        offsets, seen = [], 0
+        for chunk, chunk_ends, _ in runs:
+            offsets += (chunk_ends + seen).tolist()
+            seen += len(chunk)
+        assert offsets == ends.tolist(), data
+        slow = ingest._csv_rows_slowly(data, ends, names)
+        fast = ingest._csv_fast(data, len(ends), names) if regular else None
+        if fast is not None:
+            columnar += 1
+            readable = slow[ingest.READ_ERROR].is_null()
+            assert fast.filter(readable).drop(ingest.READ_ERROR).equals(
+                slow.filter(readable).drop(ingest.READ_ERROR)), data
+    assert columnar > 50
+
+
+def test_calendar_edges_are_stored_or_quarantined_never_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "edges.csv"
+    path.write_text(ISSUE_HEADER + "\n"
+                    "e1,u1,9999-12-31T23:59:59Z,login,1,1,desktop,\n"
+                    "e2,u1,0001-01-01T00:00:00Z,login,1,1,desktop,\n"
+                    "e3,u1,9999-12-31T23:59:59-00:01,login,1,1,desktop,\n"
+                    "e4,u1,0001-01-01T00:00:00+00:01,login,1,1,desktop,\n")
+    summary = ingest_files([path], tmp_path / "d", settings())
+    assert (summary.status, summary.rows_written, summary.rows_quarantined) == ("ok", 2, 2)
+    assert stored(tmp_path / "d")["event_date"].to_list() == ["9999-12-31", "0001-01-01"]
+    reasons = stored(tmp_path / "d", storage.QUARANTINE)["reason"].to_list()
+    assert all(r.endswith("is outside 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z in UTC") for r in reasons)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_json_nested_200k_levels_is_one_quarantined_record(tmp_path: Path, fmt: str) -> None:
+    good = json.dumps({"event_id": "d2", "user_id": "u2", "timestamp": "2026-03-01T10:00:00Z", "event_type": "view",
+                       "session_duration_sec": 1, "events_in_session": 1, "device_type": "mobile"})
+    deep = '{"event_id": "d1", "user_id": ' + "[" * 200_000 + "]" * 200_000 + "}"
+    path = tmp_path / f"deep.{fmt}"
+    path.write_text(f"{deep}\n{good}\n" if fmt == "jsonl" else f"[{deep},\n{good}]")
+    summary = ingest_files([path], tmp_path / "d", settings())
+    assert (summary.rows_read, summary.rows_written, summary.rows_quarantined) == (2, 1, 1)
+    assert "nested too deeply" in stored(tmp_path / "d", storage.QUARANTINE).item(0, "reason")
+
+
+def _failing_writes(monkeypatch: pytest.MonkeyPatch, at: int) -> None:
+    """The ``at``-th Parquet write raises ENOSPC: a fault hook for a disk that fills mid-ingest."""
+    real, calls = storage.write_parquet_atomic, [0]
+
+    def write(df: pl.DataFrame, path: Path) -> Path:
+        calls[0] += 1
+        if calls[0] == at:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(df, path)
+
+    monkeypatch.setattr(storage, "write_parquet_atomic", write)
+
+
+@pytest.mark.parametrize("at", [1, 2])
+def test_disk_full_mid_ingest_is_one_line_and_a_failed_summary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: int) -> None:
+    data = tmp_path / "d"
+    first = tmp_path / "first.csv"
+    first.write_text(ISSUE_HEADER + "\np1,u1,2026-03-01T10:00:00Z,login,1,1,desktop,\n")
+    ingest_files([first], data, settings())
+    before = {p: p.read_bytes() for p in data.rglob("*.parquet")}
+    second = tmp_path / "second.csv"  # one valid and one bad row: an events and a quarantine part
+    second.write_text(ISSUE_HEADER + "\nn1,u1,2026-03-01T11:00:00Z,login,1,1,desktop,\n"
+                      "n2,u1,2026-03-01T11:00:00Z,hack,1,1,desktop,\n")
+    _failing_writes(monkeypatch, at)
+    result = CliRunner().invoke(cli, ["ingest", str(second), "--data-dir", str(data)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.count("\n") == 1 and "No space left on device (ENOSPC)" in result.stderr
+    assert {p: p.read_bytes() for p in data.rglob("*.parquet")} == before  # the batch's parts are gone again
+    runs = [json.loads(p.read_text()) for p in sorted((data / "ingest_runs").glob("*.json"))]
+    assert [r["status"] for r in runs] == ["ok", "failed"]
+    assert (runs[1]["rows_read"], runs[1]["parts"]) == (0, []) and "No space left" in runs[1]["error"]
+
+
+def _can_mount_tmpfs(target: Path) -> bool:
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(target)], capture_output=True)
+    return done.returncode == 0
+
+
+def test_disk_full_on_a_real_small_tmpfs(tmp_path: Path) -> None:
+    """A real filesystem that fills: Polars reports ENOSPC as a ComputeError, still one line."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if not _can_mount_tmpfs(mount):
+        pytest.skip("needs root and tmpfs mounts")
+    try:
+        data = mount / "d"
+        first = tmp_path / "first.csv"
+        first.write_text(ISSUE_HEADER + "\np1,u1,2026-03-01T10:00:00Z,login,1,1,desktop,\n")
+        assert CliRunner().invoke(cli, ["ingest", str(first), "--data-dir", str(data)]).exit_code == 0
+        rng = np.random.default_rng(3)
+        big = tmp_path / "big.csv"  # random ids: ~3 MB of Parquet that cannot fit in 600 kB
+        big.write_text(ISSUE_HEADER + "\n" + "".join(
+            f"{rng.bytes(16).hex()},{rng.bytes(16).hex()},2026-03-02T10:00:00Z,login,1,1,desktop,\n"
+            for _ in range(60_000)))
+        result = CliRunner().invoke(cli, ["ingest", str(big), "--data-dir", str(data)])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert "No space left on device" in result.stderr and result.stderr.count("\n") == 1
+        assert dict(stored(data).select("event_id", "user_id").iter_rows()) == {"p1": "u1"}
+        statuses = sorted(json.loads(p.read_text())["status"] for p in (data / "ingest_runs").glob("*.json"))
+        assert statuses == ["failed", "ok"]
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_gzip_that_inflates_without_end_is_stopped(tmp_path: Path) -> None:
+    one_line = tmp_path / "bomb.csv.gz"  # 2 GiB in one line from 2 MB, as in the issue
+    member = gzip.compress(b"A" * (16 << 20), compresslevel=9)
+    one_line.write_bytes(gzip.compress(ISSUE_HEADER.encode() + b"\ng1,") + member * 128)
+    with pytest.raises(UserError, match=r"bomb.csv.gz: data row 1 is longer than ingest.max_record_bytes"):
+        ingest_files([one_line], tmp_path / "d", settings())
+    rows = tmp_path / "rows.csv.gz"
+    rows.write_bytes(gzip.compress(ISSUE_HEADER.encode() + b"\n")
+                     + gzip.compress(b"z,u1,2026-03-01T10:00:00Z,login,1,1,desktop,\n" * 50_000) * 2)
+    limits = Settings(ingest=IngestSettings(max_decompressed_bytes=1 << 20))
+    with pytest.raises(UserError, match=r"rows.csv.gz: decompresses to more than ingest.max_decompressed_bytes"):
+        ingest_files([rows], tmp_path / "d", limits)
+
+
+def test_a_header_of_2m_columns_is_refused_without_quadratic_work(tmp_path: Path) -> None:
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(f"c{i}" for i in range(2_000_000)) + "\n1\n")
+    limits = Settings(ingest=IngestSettings(max_record_bytes=32 << 20))  # so the column limit is what trips
+    with pytest.raises(UserError, match=r"wide.csv: the header has 2,000,000 columns, over ingest.max_columns"):
+        ingest_files([path], tmp_path / "d", limits)
+    path.write_text(",".join(f"c{i}" for i in range(1000)) + "\n1\n")  # at the limit, and unique: fine
+    assert ingest_files([path], tmp_path / "d", limits).rows_read == 1
+
+
+def test_double_star_glob_enters_each_folder_once(tmp_path: Path) -> None:
+    deepest = tmp_path / "a" / "b" / "c"
+    deepest.mkdir(parents=True)
+    (deepest / "x.csv").write_text(ISSUE_HEADER + "\ng1,u1,2026-03-01T10:00:00Z,login,1,1,desktop,\n")
+    for folder in (tmp_path, tmp_path / "a", tmp_path / "a" / "b", deepest):
+        for name in ("loop1", "loop2"):  # glob.glob follows these into 2**40 paths
+            (folder / name).symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "alias").symlink_to(deepest, target_is_directory=True)
+    found = storage.expand_inputs([f"{tmp_path}/**/*.csv", str(deepest / "x.csv"), f"{tmp_path}/alias/*.csv"])
+    assert found == [deepest / "x.csv"]
+    summary = ingest_files([f"{tmp_path}/**/*.csv"], tmp_path / "d", settings())
+    assert (summary.rows_read, len(summary.files)) == (1, 1)

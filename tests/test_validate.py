@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+import json
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 
+from uba.event_rules import MSG_TS_INVALID, MSG_TS_RANGE, MSG_TS_SYNTAX
 from uba.schema import EVENT_SCHEMA, RAW_FIELDS
 from uba.settings import EventSettings
 from uba.validate import REASON_KINDS, REJECTED_COLUMNS, event_dates, validate_events
@@ -52,15 +55,32 @@ REASONS = [
     ({"session_id": "s" * 257}, "session_id: longer than 256 characters", "oversized string"),
     ({"user_id": "u\x001"}, "user_id: contains control characters or invalid UTF-8", "invalid characters"),
     ({"event_id": "e\ufffd"}, "event_id: contains control characters or invalid UTF-8", "invalid characters"),
-    ({"timestamp": "yesterday"}, "timestamp: 'yesterday' is not an ISO-8601 timestamp", "bad timestamp"),
-    ({"timestamp": "2026-03-01"}, "timestamp: '2026-03-01' is not an ISO-8601 timestamp", "bad timestamp"),
-    ({"timestamp": "1740830400"}, "timestamp: '1740830400' is not an ISO-8601 timestamp", "bad timestamp"),
+    ({"timestamp": "yesterday"}, f"timestamp: 'yesterday' {MSG_TS_SYNTAX}", "bad timestamp"),
+    ({"timestamp": "2026-03-01"}, f"timestamp: '2026-03-01' {MSG_TS_SYNTAX}", "bad timestamp"),
+    ({"timestamp": "1740830400"}, f"timestamp: '1740830400' {MSG_TS_SYNTAX}", "bad timestamp"),
+    ({"timestamp": "2026-W09-7T14:05:00"}, f"timestamp: '2026-W09-7T14:05:00' {MSG_TS_SYNTAX}", "bad timestamp"),
+    ({"timestamp": "2026-03-01T14:05:00\x00"}, f"timestamp: '2026-03-01T14:05:00\x00' {MSG_TS_SYNTAX}",
+     "bad timestamp"),
+    ({"timestamp": "2026-03-01T14:05"}, f"timestamp: '2026-03-01T14:05' {MSG_TS_SYNTAX}", "bad timestamp"),
+    ({"timestamp": "2026-03-01T14:05:00+0530"}, f"timestamp: '2026-03-01T14:05:00+0530' {MSG_TS_SYNTAX}",
+     "bad timestamp"),
+    ({"timestamp": "2026-03-01T14:05:00.1234567890Z"},
+     f"timestamp: '2026-03-01T14:05:00.1234567890Z' {MSG_TS_SYNTAX}", "bad timestamp"),
+    ({"timestamp": "2026-03-01T23:59:60Z"}, f"timestamp: '2026-03-01T23:59:60Z' {MSG_TS_INVALID}",
+     "bad timestamp"),
+    ({"timestamp": "9999-12-31T23:59:59-00:01"}, f"timestamp: '9999-12-31T23:59:59-00:01' {MSG_TS_RANGE}",
+     "bad timestamp"),
+    ({"timestamp": "0001-01-01T00:00:00+00:01"}, f"timestamp: '0001-01-01T00:00:00+00:01' {MSG_TS_RANGE}",
+     "bad timestamp"),
+    ({"timestamp": "0000-06-01T00:00:00Z"}, f"timestamp: '0000-06-01T00:00:00Z' {MSG_TS_RANGE}", "bad timestamp"),
+    ({"user_id": "\x1cu1"}, "user_id: contains control characters or invalid UTF-8", "invalid characters"),
+    ({"user_id": "u\x85v"}, "user_id: contains control characters or invalid UTF-8", "invalid characters"),
     ({"timestamp": "2026-02-30T10:00:00"},
-     "timestamp: '2026-02-30T10:00:00' is not a valid date, time or UTC offset", "bad timestamp"),
+     f"timestamp: '2026-02-30T10:00:00' {MSG_TS_INVALID}", "bad timestamp"),
     ({"timestamp": "2026-03-01T25:00:00Z"},
-     "timestamp: '2026-03-01T25:00:00Z' is not a valid date, time or UTC offset", "bad timestamp"),
+     f"timestamp: '2026-03-01T25:00:00Z' {MSG_TS_INVALID}", "bad timestamp"),
     ({"timestamp": "2026-03-01T10:00:00+24:00"},
-     "timestamp: '2026-03-01T10:00:00+24:00' is not a valid date, time or UTC offset", "bad timestamp"),
+     f"timestamp: '2026-03-01T10:00:00+24:00' {MSG_TS_INVALID}", "bad timestamp"),
     ({"event_type": "hack"}, "event_type: 'hack' not one of login, logout, view, click, download",
      "unknown category"),
     ({"device_type": "tablet"}, "device_type: 'tablet' not one of desktop, mobile", "unknown category"),
@@ -138,16 +158,18 @@ def test_good_row_is_stored_with_its_values() -> None:
     ("2026-03-01T14:05:00Z", datetime(2026, 3, 1, 14, 5, tzinfo=UTC)),
     ("2026-03-01T14:05:00", datetime(2026, 3, 1, 14, 5, tzinfo=UTC)),
     ("2026-03-01 14:05:00", datetime(2026, 3, 1, 14, 5, tzinfo=UTC)),
-    ("2026-03-01T14:05", datetime(2026, 3, 1, 14, 5, tzinfo=UTC)),
+    ("2026-03-01t14:05:00z", datetime(2026, 3, 1, 14, 5, tzinfo=UTC)),
     ("2026-03-01T14:05:00.123Z", datetime(2026, 3, 1, 14, 5, 0, 123000, tzinfo=UTC)),
     ("2026-03-01T14:05:00.123456789Z", datetime(2026, 3, 1, 14, 5, 0, 123456, tzinfo=UTC)),
-    ("2026-03-01T14:05:00,5Z", datetime(2026, 3, 1, 14, 5, 0, 500000, tzinfo=UTC)),
     ("2026-03-01T19:35:00+05:30", datetime(2026, 3, 1, 14, 5, tzinfo=UTC)),
-    ("2026-03-01T19:35:00+0530", datetime(2026, 3, 1, 14, 5, tzinfo=UTC)),
-    ("2026-03-01T09:05:00-05", datetime(2026, 3, 1, 14, 5, tzinfo=UTC)),
-    ("2026-03-01 14:05:00 UTC", datetime(2026, 3, 1, 14, 5, tzinfo=UTC)),
+    ("2026-03-01T14:05:00-00:00", datetime(2026, 3, 1, 14, 5, tzinfo=UTC)),
     ("2026-03-01T23:30:00-01:00", datetime(2026, 3, 2, 0, 30, tzinfo=UTC)),
     ("  2026-03-01T14:05:00Z  ", datetime(2026, 3, 1, 14, 5, tzinfo=UTC)),
+    ("\u30002026-03-01T14:05:00Z\xa0", datetime(2026, 3, 1, 14, 5, tzinfo=UTC)),
+    ("9999-12-31T23:59:59.999999Z", datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+    ("0001-01-01T00:00:00Z", datetime(1, 1, 1, tzinfo=UTC)),
+    ("0001-01-01T00:30:00+00:30", datetime(1, 1, 1, tzinfo=UTC)),
+    ("2024-02-29T12:00:00Z", datetime(2024, 2, 29, 12, tzinfo=UTC)),
 ])
 def test_timestamp_forms_normalise_to_utc(text: str, expected: datetime) -> None:
     valid, rejected = split(rows_frame([{"timestamp": text}]))
@@ -190,7 +212,8 @@ def test_floats_and_booleans_from_typed_columns() -> None:
     _, rejected = split(raw.lazy())
     assert rejected.get_column("user_id").to_list() == ["42", "7.5"]
     assert rejected.get_column("reason").to_list() == [
-        "session_duration_sec: 'true' is not a number", "session_duration_sec: 'false' is not a number"]
+        "session_duration_sec: 'true' is not a number",
+        "user_id: must be a string or an integer, not a number with a fraction"]
 
 
 def test_nested_values_become_json_text() -> None:
@@ -310,3 +333,96 @@ def test_event_dates_cover_every_date_a_row_can_land_on() -> None:
     assert dates == [date(2026, 3, d) for d in (1, 2, 3, 4, 5, 6)]
     valid, _ = split(raw)
     assert set(valid.get_column("timestamp").dt.date()) <= set(dates)
+
+
+# ------------------------------------------------------------------ one definition of a valid event
+
+TIMESTAMP_EDGES: list[Any] = [
+    # accepted: RFC 3339 date-times and the variants RFC 3339 allows; naive means UTC
+    "2026-03-01T14:05:00Z", "2026-03-01t14:05:00z", "2026-03-01 14:05:00Z", "2026-03-01T14:05:00",
+    "2026-03-01T14:05:00-00:00", "2026-03-01T19:35:00+05:30", "2026-03-01T14:05:00+23:59",
+    "2026-03-01T14:05:00-23:59", "2026-03-01T14:05:00.1Z", "2026-03-01T14:05:00.123456Z",
+    "2026-03-01T14:05:00.123456789Z", "2024-02-29T12:00:00Z", "2000-02-29T00:00:00Z",
+    "9999-12-31T23:59:59Z", "9999-12-31T23:59:59.999999999Z", "0001-01-01T00:00:00Z",
+    "0001-01-01T00:30:00+00:30", "9999-12-31T22:59:59-01:00", " 2026-03-01T14:05:00Z ",
+    "\t2026-03-01T14:05:00Z\n", "\u00a02026-03-01T14:05:00Z\u3000", "2026-03-01T00:00:00+14:00",
+    # refused: dates alone, week and ordinal dates, other ISO-8601 forms, impossible values
+    "", "   ", "2026-03-01", "2026-11-11", "2026-W09-7", "2026-W46-3T10:00", "2026-W09-7T14:05:00",
+    "2026-060T14:05:00", "2026-03-01T14:05", "2026-03-01T14", "20260301T140500Z", "2026-03-01T140500Z",
+    "2026-03-01T14:05:00+0530", "2026-03-01T14:05:00+05", "2026-03-01T14:05:00 UTC", "2026-03-01T14:05:00UTC",
+    "2026-03-01T14:05:00 Z", "2026-03-01T14:05:00,5Z", "2026-03-01T14:05:00.Z", "2026-03-01T14:05:00.1234567890Z",
+    "2026-03-01T24:00:00Z", "2026-03-01T23:59:60Z", "2026-03-01T25:00:00Z", "2026-03-01T14:60:00Z",
+    "2026-02-29T12:00:00Z", "1900-02-29T12:00:00Z", "2026-13-01T00:00:00Z", "2026-00-10T00:00:00Z",
+    "2026-04-31T00:00:00Z", "2026-03-00T00:00:00Z", "2026-03-01T14:05:00+24:00", "2026-03-01T14:05:00+23:60",
+    "2026-03-01T14:05:00-24:00", "2026-03-01T14:05:00+05:30:00", "2026-03-01T14:05:00[Europe/Paris]",
+    "2026-03-01T14:05:00Z\x00", "2026-11-11T10:00:00\x00Z", "\x1c2026-03-01T14:05:00Z", "2026-03-01T14:05:00\x85Z",
+    "\u0662\u0660\u0662\u0666-03-01T14:05:00Z", "\uff12\uff10\uff12\uff16-03-01T14:05:00Z", "yesterday",
+    "1740830400", "0000-01-01T00:00:00Z", "9999-12-31T23:59:59-00:01", "0001-01-01T00:00:00+00:01",
+    "10000-01-01T00:00:00Z", "-2026-03-01T00:00:00Z", "+2026-03-01T00:00:00Z", "2026-3-1T14:05:00Z",
+    "2026-03-01T14:05:00ZZ", "2026-03-01_14:05:00Z", "2026-03-01T14:05:00Z" + "0" * 300, "2026-03-01T14:05:00\ud800",
+    # refused: not a string at all
+    1740830400, 1740830400.5, True, {"at": "2026-03-01T14:05:00Z"}, ["2026-03-01T14:05:00Z"],
+]
+ID_EDGES: list[Any] = [
+    # accepted: strings and integers (a JSON number without a fraction is an integer)
+    "u1", " u1 ", "\tu1\n", "\u00a0u1\u3000", "\u00e9", "\u7528\u6237", "\U0001f642", "a" * 256, " " + "a" * 256,
+    "u,1", 'u"1', '{"a": 1}', "[1]", "null", "true", "123.0", "0", "-1", "\ufeffu1",
+    0, -1, 42, 2**63, 2**64 + 1, 123.0, -0.0, 9007199254740991.0,
+    # refused
+    "", "   ", "\u3000", "u\x00", "u\x1f", "\x1cu", "u\x7f", "u\x85v", "u\x9f", "u\ufffd", "u\ud800", "a" * 257,
+    10**300, True, False, 1.5, -0.5, 1e300, 9007199254740992.0, float("nan"), float("inf"),
+    {}, [], {"$gt": ""}, [0] * 3,
+]
+
+
+def _api_verdict(model: type, event: dict[str, Any]) -> dict[str, Any] | None:
+    """What the API makes of the event (its request path: json.loads, then the model), or None if refused."""
+    from pydantic import ValidationError
+
+    try:
+        checked = model.model_validate(json.loads(json.dumps(event)))
+    except ValidationError:
+        return None
+    stamp, _, _ = checked.time_fields()
+    return {"event_id": checked.event_id, "user_id": checked.user_id, "session_id": checked.session_id,
+            "timestamp": stamp}
+
+
+def test_the_api_and_ingest_accept_exactly_the_same_timestamps_and_ids(tmp_path: Path) -> None:
+    """The same 200+ edge values to the API's request model and through a real JSON Lines file."""
+    from uba.api.schemas import build_event_model
+    from uba.ingest import ingest_files
+    from uba.settings import IngestSettings, Settings
+
+    cases = [("timestamp", value) for value in TIMESTAMP_EDGES]
+    cases += [(name, value) for name in ("user_id", "event_id", "session_id") for value in ID_EDGES]
+    assert len(cases) >= 100
+    events = []
+    for row, (name, value) in enumerate(cases, start=1):
+        day = date(2026, 1, 1) + timedelta(days=row)  # one day per case: event ids never collide
+        event = {"event_id": f"p{row}", "user_id": "u1", "timestamp": f"{day}T10:00:00Z", "event_type": "view",
+                 "session_duration_sec": 5, "events_in_session": 1, "device_type": "mobile", name: value}
+        events.append(event)
+    source = tmp_path / "edges.jsonl"
+    source.write_text("".join(json.dumps(event) + "\n" for event in events))
+    data = tmp_path / "data"
+    summary = ingest_files([source], data, Settings(ingest=IngestSettings(batch_rows=1000)))
+    assert summary.rows_read == len(cases)
+    stored = {(row["event_id"], row["timestamp"]): row
+              for row in pl.read_parquet(data / "events" / "*" / "*.parquet").iter_rows(named=True)}
+    rejected = pl.read_parquet(data / "quarantine" / "*" / "*.parquet")
+    rows_refused = set(rejected["source_row"].to_list())
+
+    model = build_event_model(EventSettings())
+    disagreements = []
+    for row, ((name, value), event) in enumerate(zip(cases, events, strict=True), start=1):
+        api = _api_verdict(model, event)
+        kept = row not in rows_refused
+        if (api is not None) != kept:
+            disagreements.append((name, value, "api accepts" if api else "ingest accepts"))
+        elif api is not None:
+            mine = stored.get((api["event_id"], api["timestamp"]), {})
+            if {k: mine.get(k) for k in api} != api:
+                disagreements.append((name, value, f"api {api} != ingest {mine}"))
+    assert not disagreements
+    assert 0 < len(stored) < len(cases)

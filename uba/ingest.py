@@ -5,33 +5,46 @@ row with a reason instead of a crash. Each batch is validated against the ids al
 stored for the dates it touches (including parts written by earlier batches of the same
 run) and written at once, so memory follows ``settings.ingest.batch_rows``, not the file.
 
+Input is untrusted. Where a record ends is decided once, by one scanner per format
+(``_record_ends`` for CSV, line breaks for JSON Lines, the decoder for JSON arrays), and
+every later parser only ever sees one such record, so text inside a quoted field can
+never become a record of its own. The ``ingest.max_*`` settings bound field, record,
+column and decompressed sizes: a field over its limit quarantines its row, the others
+stop the run with an error naming the file and the limit.
+
 ``ingest_frame`` is the one event writer: ``uba-batch generate`` goes through it too, so
 every row under ``events/`` passed the same checks.
 """
 
 from __future__ import annotations
 
-import csv
+import errno
+import functools
 import io
 import json
 import math
+import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
+from uba import event_rules as rules
 from uba import io as storage
 from uba.errors import UserError
 from uba.logs import get_logger
 from uba.schema import PARTITION_COLUMN, QUARANTINE_SCHEMA, RAW_FIELDS, UNKNOWN_PARTITION
-from uba.settings import Settings
+from uba.settings import IngestSettings, Settings
 from uba.validate import (
+    ID_TYPE_ERROR,
     META_FIELDS,
     READ_ERROR,
     REASON_KIND,
@@ -52,9 +65,18 @@ EXTENSIONS: dict[str, str] = {
 }
 GZIP_FORMATS = frozenset({"csv", "json", "jsonl"})
 EXCERPT_CHARS = 80
+KEPT_CHARS = 200  # an oversized field is kept in the quarantine cut to this many characters
 JSON_READ_CHARS = 1 << 20
 CSV_READ_BYTES = 1 << 20
-MAX_JSON_ELEMENT_CHARS = 64 << 20
+BLOCK_BYTES = 64 << 20  # a batch also ends at this many bytes of records, whatever batch_rows says
+NESTED_TOO_DEEP = "is nested too deeply to read (JSON deeper than about 1,000 levels)"
+
+_QUOTE, _COMMA, _LF, _CR = 0x22, 0x2C, 0x0A, 0x0D
+_QUOTED_FIELD = re.compile(r'"((?:[^"]++|"")*+)"')
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]++|\\.)*+"|[\[\]{}]|"')
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # how a lone surrogate gets into parsed JSON
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_JSON_SCALAR = re.compile(r'[^,\]\s]*')
 
 _log = get_logger("ingest")
 
@@ -89,8 +111,398 @@ def _excerpt(text: str) -> str:
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
 
 
+class _CappedStream(io.RawIOBase):
+    """A decompressing reader that stops at ``limit`` bytes: a small .gz can inflate without end."""
+
+    def __init__(self, inner: Any, limit: int, path: Path) -> None:
+        super().__init__()
+        self._inner = inner
+        self._limit = limit
+        self._path = path
+        self._total = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._inner.readinto(buffer)
+        self._total += count
+        if self._total > self._limit:
+            raise UserError(
+                f"{self._path}: decompresses to more than ingest.max_decompressed_bytes "
+                f"({self._limit:,} bytes); raise the limit if the file is genuine"
+            )
+        return count
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+
+def _open_input(path: Path, limits: IngestSettings) -> Any:
+    """Binary reader of an input; a gzip input is capped at ``max_decompressed_bytes``."""
+    handle = storage.open_input(path)
+    if Path(path).suffix.lower() != ".gz":
+        return handle
+    return io.BufferedReader(_CappedStream(handle, limits.max_decompressed_bytes, Path(path)),
+                             buffer_size=CSV_READ_BYTES)
+
+
+def _record_too_long(path: Path, what: str, limit: int) -> UserError:
+    return UserError(
+        f"{path}: {what} is longer than ingest.max_record_bytes ({limit:,} bytes); "
+        "a quote that never closes or line ends other than \\n and \\r\\n also make one long record"
+    )
+
+
+# ---------------------------------------------------------------- CSV records
+
+
+def _parity_spans_are_exact(arr: np.ndarray, opens: np.ndarray, closes: np.ndarray) -> bool:
+    """Whether pairing quotes in order gives the same quoted fields as reading field by field.
+
+    True when every opening quote starts a field (or follows the quote it escapes) and
+    every closing quote ends one; any other quote is taken literally by the field rule,
+    which then needs the slow scan.
+    """
+    size = arr.size
+    before = arr[np.maximum(opens - 1, 0)]
+    opens_ok = (opens == 0) | np.isin(before, (_COMMA, _LF, _QUOTE))
+    after_at = closes + 1
+    known = after_at < size
+    after = arr[np.minimum(after_at, size - 1)]
+    after2 = arr[np.minimum(after_at + 1, size - 1)]
+    crlf = (after == _CR) & ((after_at + 1 >= size) | (after2 == _LF))
+    closes_ok = ~known | np.isin(after, (_COMMA, _LF, _QUOTE)) | crlf
+    return bool(opens_ok.all() and closes_ok.all())
+
+
+def _quoted_spans_slowly(data: bytes, quotes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Quoted fields field by field: a quote opens one only where a field starts."""
+    opens: list[int] = []
+    closes: list[int] = []
+    inside = False
+    index, count = 0, len(quotes)
+    while index < count:
+        at = quotes[index]
+        if inside:
+            if index + 1 < count and quotes[index + 1] == at + 1:  # "" inside a quoted field
+                index += 2
+                continue
+            closes.append(at)
+            inside = False
+        elif at == 0 or data[at - 1] in (_COMMA, _LF):
+            opens.append(at)
+            inside = True
+        index += 1
+    return np.array(opens, dtype=np.int64), np.array(closes, dtype=np.int64)
+
+
+def _outside_spans(newlines: np.ndarray, opens: np.ndarray, closes: np.ndarray) -> np.ndarray:
+    """The line breaks that are not inside a quoted field (a last unclosed one runs to the end)."""
+    if opens.size == 0:
+        return newlines
+    if closes.size < opens.size:
+        closes = np.append(closes, np.iinfo(np.int64).max)
+    span = np.searchsorted(opens, newlines, side="right") - 1
+    inside = (span >= 0) & (closes[np.maximum(span, 0)] > newlines)
+    return newlines[~inside]
+
+
+def _record_ends(data: bytes, eof: bool) -> tuple[np.ndarray, bool]:
+    """Offsets just past each whole record of ``data`` (which starts at a record start).
+
+    The one definition of a CSV record (RFC 4180, read leniently): a line break ends a
+    record unless it is inside a quoted field; a quote opens a quoted field only where a
+    field starts, ``""`` inside one is a quote, and a quote anywhere else is a character.
+    At the end of the input the rest is a last record. The second value says whether
+    the quoting was regular (every quote where RFC 4180 puts it): only then may the
+    columnar parser read the records, since any parser agrees on regular CSV.
+    """
+    arr = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(arr == _LF)
+    quotes = np.flatnonzero(arr == _QUOTE)
+    returns = np.flatnonzero(arr == _CR)  # a \r not before \n: parsers differ on its field
+    regular = not returns.size or bool((arr[np.minimum(returns + 1, arr.size - 1)] == _LF).all()
+                                       and returns[-1] + 1 < arr.size)
+    if quotes.size:
+        opens, closes = quotes[0::2], quotes[1::2]
+        exact = _parity_spans_are_exact(arr, opens, closes)
+        regular = regular and exact
+        if not exact:
+            opens, closes = _quoted_spans_slowly(data, quotes.tolist())
+        newlines = _outside_spans(newlines, opens, closes)
+    ends = newlines + 1
+    if eof and data and (ends.size == 0 or int(ends[-1]) != len(data)):
+        ends = np.append(ends, len(data))
+    return ends, regular
+
+
+def _csv_runs(handle: Any, path: Path, limit: int) -> Iterator[tuple[bytes, np.ndarray, bool]]:
+    """Whole records as read: ``(bytes, end of each record, regular)``, about one read block each."""
+    tail = b""
+    records = 0
+    while True:
+        chunk = handle.read(CSV_READ_BYTES)
+        eof = not chunk
+        data = tail + chunk if tail else chunk
+        if not data:
+            return
+        ends, regular = _record_ends(data, eof)
+        if ends.size:
+            sizes = np.diff(ends, prepend=0)
+            if int(sizes.max()) > limit:
+                row = records + int(np.argmax(sizes > limit))
+                raise _record_too_long(path, f"data row {row:,}" if row else "the header", limit)
+            cut = int(ends[-1])
+            yield data[:cut], ends, regular
+            records += int(ends.size)
+            tail = data[cut:]
+        else:
+            tail = data
+        if len(tail) > limit:
+            raise _record_too_long(path, f"data row {records:,}" if records else "the header", limit)
+        if eof:
+            return
+
+
+def _csv_blocks(runs: Iterable[tuple[bytes, np.ndarray, bool]], batch_rows: int,
+                max_bytes: int) -> Iterator[tuple[bytes, np.ndarray, bool]]:
+    """Runs regrouped into batches of at most ``batch_rows`` records and about ``max_bytes``."""
+    parts: list[bytes] = []
+    offsets: list[np.ndarray] = []
+    size = count = 0
+    regular = True
+    for data, ends, run_regular in runs:
+        start = index = 0
+        while index < ends.size:
+            by_bytes = int(np.searchsorted(ends, start + max_bytes - size, side="right"))
+            stop = min(int(ends.size), index + batch_rows - count, by_bytes)
+            if stop <= index and count:
+                yield b"".join(parts), np.concatenate(offsets), regular
+                parts, offsets, size, count, regular = [], [], 0, 0, True
+                continue
+            stop = max(stop, index + 1)
+            end = int(ends[stop - 1])
+            parts.append(data[start:end])
+            offsets.append(ends[index:stop] - start + size)
+            size, count, regular = size + end - start, count + stop - index, regular and run_regular
+            start, index = end, stop
+            if count >= batch_rows or size >= max_bytes:
+                yield b"".join(parts), np.concatenate(offsets), regular
+                parts, offsets, size, count, regular = [], [], 0, 0, True
+    if count:
+        yield b"".join(parts), np.concatenate(offsets), regular
+
+
+class _CsvError(ValueError):
+    """One record that is not CSV; it is quarantined, the records around it are not touched."""
+
+
+def _without_line_end(record: bytes) -> bytes:
+    if record.endswith(b"\r\n"):
+        return record[:-2]
+    return record[:-1] if record.endswith(b"\n") else record
+
+
+def _parse_record(text: str) -> list[str | None]:
+    """Fields of one record (its line end removed); an empty unquoted field is null."""
+    if '"' not in text:
+        return [value or None for value in text.split(",")]
+    fields: list[str | None] = []
+    pos, size = 0, len(text)
+    while True:
+        value: str | None
+        if text.startswith('"', pos):
+            match = _QUOTED_FIELD.match(text, pos)
+            if match is None:
+                raise _CsvError(f"field {len(fields) + 1} opens a quote that is never closed")
+            value, pos = match.group(1).replace('""', '"'), match.end()
+            if pos < size and text[pos] != ",":
+                raise _CsvError(f"field {len(fields) + 1} has text after its closing quote")
+        else:
+            comma = text.find(",", pos)
+            end = size if comma < 0 else comma
+            value, pos = text[pos:end] or None, end
+        fields.append(value)
+        if pos >= size:
+            return fields
+        pos += 1
+
+
+def _csv_header(record: bytes, path: Path, limits: IngestSettings) -> list[str]:
+    """Column names, refused (one line naming the file) when they would make the run unsafe."""
+    text = _without_line_end(record).decode("utf-8-sig", errors="replace")
+    try:
+        fields = _parse_record(text)
+    except _CsvError as exc:
+        raise UserError(f"{path}: the header is not CSV: {exc}") from exc
+    if len(fields) > limits.max_columns:
+        raise UserError(f"{path}: the header has {len(fields):,} columns, over ingest.max_columns "
+                        f"({limits.max_columns:,})")
+    names = [(name or "").strip() for name in fields]
+    if any("\n" in name or "\r" in name for name in names):
+        raise UserError(f"{path}: a header column name holds a line break (are the line ends \\r only?)")
+    if any(len(name.encode()) > limits.max_field_bytes for name in names):
+        raise UserError(f"{path}: a header column name is longer than ingest.max_field_bytes "
+                        f"({limits.max_field_bytes:,} bytes)")
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise UserError(f"{path}: header repeats column {_excerpt(repeated[0])!r}")
+    return names
+
+
+def _csv_rows_slowly(body: bytes, ends: np.ndarray, names: list[str]) -> pl.DataFrame:
+    """Record-by-record parse of a batch, flagging each record that is not CSV."""
+    width = len(names)
+    rows: list[list[str | None]] = []
+    errors: list[str | None] = []
+    start = 0
+    for end in ends.tolist():
+        text = _without_line_end(body[start:end]).decode("utf-8", errors="replace")
+        start = end
+        try:
+            record = _parse_record(text)
+        except _CsvError as exc:
+            rows.append([None] * width)
+            errors.append(f"row could not be parsed as CSV: {exc}")
+            continue
+        error = None
+        if len(record) > width:
+            extra = ",".join(value or "" for value in record[width:])
+            error = f"row has {len(record)} fields, header has {width} (extra: {_excerpt(extra)!r})"
+        values = record[:width]
+        rows.append(values + [None] * (width - len(values)))
+        errors.append(error)
+    columns: dict[str, list[Any]] = {name: [row[i] for row in rows] for i, name in enumerate(names)}
+    columns[READ_ERROR] = errors
+    return pl.DataFrame(columns, schema={**{n: pl.String for n in names}, READ_ERROR: pl.String})
+
+
+def _csv_fast(body: bytes, records: int, names: list[str]) -> pl.DataFrame | None:
+    """Columnar parse of regular records; None when it does not give exactly one row per record.
+
+    Strict UTF-8 first (no copy); a block with invalid bytes is decoded with replacement
+    characters, which validation then rejects in ids and categories.
+    """
+    schema = {f"column_{i}": pl.String for i in range(len(names))}
+    for encoding in ("utf8", "utf8-lossy"):
+        try:
+            frame = pl.read_csv(body, has_header=False, schema=schema, encoding=encoding, raise_if_empty=False)
+        except (pl.exceptions.PolarsError, pl.exceptions.PanicException) as exc:
+            if "utf" in str(exc).lower():  # only bad bytes are worth a second try
+                continue
+            return None
+        if frame.height != records or frame.width != len(names):
+            return None
+        frame.columns = names
+        return frame.with_columns(pl.lit(None, pl.String).alias(READ_ERROR))
+    return None
+
+
+def _csv_batches(path: Path, batch_rows: int, limits: IngestSettings) -> Iterator[pl.DataFrame]:
+    with _open_input(path, limits) as handle:
+        runs = _csv_runs(handle, path, limits.max_record_bytes)
+        first = next(runs, None)
+        if first is None:
+            return
+        data, ends, regular = first
+        header = data[: int(ends[0])]
+        rest = (data[int(ends[0]):], ends[1:] - ends[0], regular)
+        if not header.strip():
+            if rest[1].size or next(runs, None) is not None:
+                raise UserError(f"{path}: the first line (the header) is empty")
+            return
+        names = _csv_header(header, path, limits)
+        first_row = 1
+        for body, body_ends, body_regular in _csv_blocks(chain([rest], runs), batch_rows, BLOCK_BYTES):
+            frame = _csv_fast(body, int(body_ends.size), names) if body_regular else None
+            if frame is None:
+                frame = _csv_rows_slowly(body, body_ends, names)
+            del body
+            yield frame.with_columns(  # a column of the file named like reader metadata is overridden
+                pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64).alias(SOURCE_ROW),
+                pl.lit(None, pl.String).alias(ID_TYPE_ERROR),
+            )
+            first_row += frame.height
+
+
+# ---------------------------------------------------------------- JSON values
+
+
+class _RepeatedKey(dict):  # type: ignore[type-arg]
+    """An object that repeats a key: parsers disagree on which value wins, so it is refused."""
+
+    key: str = ""
+
+
+def _object_from_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    marked = _RepeatedKey(obj)
+    for key, _ in pairs:
+        if key in seen:
+            marked.key = key
+            break
+        seen.add(key)
+    return marked
+
+
+@functools.cache
+def _json_decoder() -> json.JSONDecoder:
+    """The one JSON parser of ingest (made once, on first use): repeated keys are marked."""
+    return json.JSONDecoder(object_pairs_hook=_object_from_pairs)
+
+
+def _without_surrogates(value: Any) -> Any:
+    """The value with lone surrogates (escaped ``\\ud800`` in the JSON) as U+FFFD, in keys too.
+
+    Such text cannot be stored as UTF-8; U+FFFD is what an invalid byte becomes in the
+    other readers, so validation refuses it in ids the same way.
+    """
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        cleaned = {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+        if isinstance(value, _RepeatedKey):
+            marked = _RepeatedKey(cleaned)
+            marked.key = _without_surrogates(value.key)
+            return marked
+        return cleaned
+    return value
+
+
+def _decoded(text: str, value: Any, start: int = 0, end: int | None = None) -> Any:
+    """``value`` parsed from ``text[start:end]``, made storable if that text escapes a surrogate."""
+    if _SURROGATE_ESCAPE.search(text, start, len(text) if end is None else end) is None:
+        return value
+    return _without_surrogates(value)
+
+
+def _describe(value: Any) -> str:
+    try:
+        return _excerpt(json.dumps(value, default=str))
+    except (RecursionError, ValueError):
+        return type(value).__name__
+
+
+def _record_error(value: Any, what: str, max_columns: int) -> str | None:
+    """Why a parsed record cannot be read as an event (None when it can)."""
+    if not isinstance(value, dict):
+        return f"{what} is not a JSON object: {_describe(value)}"
+    if isinstance(value, _RepeatedKey):
+        return f"{what} repeats the key {_excerpt(value.key)!r}"
+    if len(value) > max_columns:
+        return f"{what} has {len(value):,} fields, over ingest.max_columns ({max_columns:,})"
+    return None
+
+
 def _value_text(value: Any) -> str | None:
-    """Text of a parsed JSON value, matching what the columnar JSON reader produces."""
+    """Text of a parsed JSON value, as the typed readers produce it."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, bool):
@@ -100,7 +512,7 @@ def _value_text(value: Any) -> str | None:
             return "NaN"
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
-        if value.is_integer() and abs(value) < 1e15:  # 123.0 -> "123", as the JSONL and Parquet readers do
+        if value.is_integer() and abs(value) < rules.MAX_EXACT_INTEGER:  # 123.0 -> "123", as for Parquet
             return str(int(value))
         return repr(value)
     if isinstance(value, int):
@@ -108,161 +520,69 @@ def _value_text(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _records_frame(records: Sequence[tuple[int, Any, str | None]]) -> pl.DataFrame:
+def _id_type_error(obj: dict[str, Any]) -> str | None:
+    """The first id that is neither a string nor an integer, as a reason (uba.event_rules)."""
+    for name in rules.ID_FIELDS:
+        value = obj.get(name)
+        if value is None or type(value) is str:
+            continue
+        problem = rules.id_type_error(value)
+        if problem is not None:
+            return f"{name}: {problem}"
+    return None
+
+
+def _text_column(values: list[Any]) -> tuple[list[str | None], list[int]]:
+    """Text of one column's parsed values, and the rows whose value could not be written as text.
+
+    Most columns hold only strings (kept as they are) or only strings and integers; the
+    general conversion runs only for columns that need it.
+    """
+    kinds = set(map(type, values))
+    if kinds <= {str, type(None)}:
+        return values, []
+    if kinds <= {str, int, type(None)}:
+        return [v if v is None or type(v) is str else str(v) for v in values], []
+    texts: list[str | None] = []
+    failed: list[int] = []
+    for index, value in enumerate(values):
+        try:
+            texts.append(_value_text(value))
+        except (RecursionError, ValueError):  # nested too deeply to print, or a 4,300-digit integer
+            texts.append(None)
+            failed.append(index)
+    return texts, failed
+
+
+def _column_keys(objects: list[dict[str, Any]], max_columns: int) -> list[str]:
+    """The event fields, then other keys in order of appearance, at most ``max_columns`` in all."""
+    keys: dict[str, None] = dict.fromkeys(RAW_FIELDS)
+    for obj in objects:
+        if len(keys) >= max_columns:
+            break
+        keys.update(dict.fromkeys(obj))
+    return [key for key in keys if key not in META_FIELDS][:max_columns]
+
+
+def _records_frame(records: Sequence[tuple[int, Any, str | None]], what: str, max_columns: int) -> pl.DataFrame:
     """Frame of text columns from parsed records ``(row, value, read_error)``.
 
-    A record that is not an object keeps its row with all fields null and the reader's
-    message, so it is quarantined rather than dropped.
+    A record that cannot be read keeps its row (with the fields it has, or all null) and
+    the reason, so it is quarantined rather than dropped. At most ``max_columns``
+    distinct keys become columns, whatever the records hold.
     """
-    keys: dict[str, None] = dict.fromkeys(RAW_FIELDS)
-    for _, value, _ in records:
-        if isinstance(value, dict):
-            keys.update(dict.fromkeys(k for k in value if isinstance(k, str)))
-    columns: dict[str, list[Any]] = {
-        key: [_value_text(v.get(key)) if isinstance(v, dict) else None for _, v, _ in records]
-        for key in keys
-    }
+    errors = [error or _record_error(value, what, max_columns) for _, value, error in records]
+    objects = [value if isinstance(value, dict) and len(value) <= max_columns else {} for _, value, _ in records]
+    columns: dict[str, list[Any]] = {}
+    for key in _column_keys(objects, max_columns):
+        columns[key], failed = _text_column([obj.get(key) for obj in objects])
+        for index in failed:
+            errors[index] = errors[index] or f"{what} {NESTED_TOO_DEEP}"
     columns[SOURCE_ROW] = [row for row, _, _ in records]
-    columns[READ_ERROR] = [error for _, _, error in records]
-    schema = {key: pl.String for key in keys} | {SOURCE_ROW: pl.Int64, READ_ERROR: pl.String}
-    return pl.DataFrame(columns, schema=schema)
-
-
-def _object_or_error(value: Any, what: str) -> str | None:
-    if isinstance(value, dict):
-        return None
-    return f"{what} is not a JSON object: {_excerpt(json.dumps(value, default=str))}"
-
-
-# ---------------------------------------------------------------- CSV
-
-
-def _csv_header(line: bytes, path: Path) -> list[str]:
-    text = line.decode("utf-8-sig", errors="replace")
-    names = [name.strip() for name in next(csv.reader([text]), [])]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise UserError(f"{path}: header repeats column {repeated[0]!r}")
-    return names
-
-
-def _after_lines(data: bytes, start: int, lines: int) -> int:
-    """Offset just past the ``lines``-th line break from ``start`` (end of data if fewer)."""
-    pos = start
-    for _ in range(lines):
-        found = data.find(b"\n", pos)
-        if found < 0:
-            return len(data)
-        pos = found + 1
-    return pos
-
-
-def _csv_blocks(handle: Any, header: bytes, batch_rows: int) -> Iterator[bytes]:
-    """Header + about ``batch_rows`` whole records, read in fixed-size chunks.
-
-    Reading raw chunks (not a list of line objects) keeps a batch to a few copies of its
-    bytes. A block never stops inside a quoted field: in RFC 4180 CSV a line break ends a
-    record exactly when the number of quote characters before it is even. A malformed
-    file with a stray quote would never balance, so at most ``batch_rows`` extra lines are
-    taken; the parser then sees the damage and those rows are quarantined instead of the
-    rest of the file being swallowed.
-    """
-    start = len(header)
-    data = header
-    eof = False
-    while True:
-        parts = [data]
-        lines = data.count(b"\n", start)
-        while lines < batch_rows and not eof:
-            more = handle.read(CSV_READ_BYTES)
-            eof = not more
-            parts.append(more)
-            lines += more.count(b"\n")
-        data = b"".join(parts)
-        del parts
-        cut = _after_lines(data, start, batch_rows)
-        quotes = data.count(b'"', start, cut)
-        extra = 0
-        while quotes % 2 and extra < batch_rows:
-            found = data.find(b"\n", cut)
-            if found < 0 and not eof:
-                more = handle.read(CSV_READ_BYTES)
-                eof = not more
-                data += more
-                continue
-            end = len(data) if found < 0 else found + 1
-            quotes += data.count(b'"', cut, end)
-            cut, extra = end, extra + 1
-            if found < 0:
-                break
-        if cut > start:
-            yield data[:cut]
-        if eof and cut >= len(data):
-            return
-        data = header + data[cut:]
-
-
-def _csv_rows_slowly(chunk: bytes, names: list[str]) -> pl.DataFrame:
-    """Record-by-record parse of a block the fast parser refused, flagging each bad record."""
-    width = len(names)
-    rows: list[list[str | None]] = []
-    errors: list[str | None] = []
-    reader = csv.reader(io.StringIO(chunk.decode("utf-8", errors="replace"), newline=""))
-    while True:
-        try:
-            record = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            rows.append([None] * width)
-            errors.append(f"row could not be parsed as CSV: {exc}")
-            continue
-        error = None
-        if len(record) > width:
-            extra = ",".join(record[width:])
-            error = f"row has {len(record)} fields, header has {width} (extra: {_excerpt(extra)!r})"
-        values: list[str | None] = list(record[:width])
-        rows.append(values + [None] * (width - len(values)))
-        errors.append(error)
-    columns = {name: [row[i] for row in rows] for i, name in enumerate(names)}
     columns[READ_ERROR] = errors
-    return pl.DataFrame(columns, schema={**{n: pl.String for n in names}, READ_ERROR: pl.String})
-
-
-def _csv_block(block: bytes, header_size: int, names: list[str]) -> pl.DataFrame:
-    """Parse header + records as text; a block the fast parser refuses goes record by record.
-
-    Strict UTF-8 first (no copy); a block with invalid bytes is decoded with replacement
-    characters, which validation then rejects in ids and categories.
-    """
-    for encoding in ("utf8", "utf8-lossy"):
-        try:
-            frame = pl.read_csv(block, infer_schema=False, encoding=encoding, raise_if_empty=False)
-        except pl.exceptions.PolarsError:
-            continue
-        if frame.width == len(names):
-            frame.columns = names
-            return frame.with_columns(pl.lit(None, pl.String).alias(READ_ERROR))
-        break
-    return _csv_rows_slowly(block[header_size:], names)
-
-
-def _csv_batches(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
-    with storage.open_input(path) as handle:
-        header = handle.readline()
-        if not header.strip():
-            return
-        if not header.endswith(b"\n"):
-            header += b"\n"
-        names = _csv_header(header, path)
-        first_row = 1
-        for block in _csv_blocks(handle, header, batch_rows):
-            frame = _csv_block(block, len(header), names)
-            del block
-            yield frame.with_columns(
-                pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64).alias(SOURCE_ROW)
-            )
-            first_row += frame.height
+    columns[ID_TYPE_ERROR] = [_id_type_error(obj) for obj in objects]
+    schema = {key: pl.String for key in columns} | {SOURCE_ROW: pl.Int64}
+    return pl.DataFrame(columns, schema=schema)
 
 
 # ---------------------------------------------------------------- JSON Lines
@@ -271,66 +591,104 @@ def _csv_batches(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
 def _jsonl_line(line: bytes) -> tuple[Any, str | None]:
     text = line.decode("utf-8", errors="replace")
     try:
-        value = json.loads(text)
+        return _decoded(text, _json_decoder().decode(text)), None
     except json.JSONDecodeError as exc:
         return None, f"line is not valid JSON ({exc.msg} at column {exc.colno}): {_excerpt(text)!r}"
-    return value, _object_or_error(value, "line")
+    except RecursionError:
+        return None, f"line {NESTED_TOO_DEEP}"
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        return None, f"line is not readable JSON: {_excerpt(str(exc))}"
 
 
-def _jsonl_fast(lines: list[bytes], numbers: list[int]) -> pl.DataFrame | None:
-    """Columnar parse of well-formed lines; None when any line needs the careful path."""
-    try:
-        first = json.loads(lines[0])
-        if not isinstance(first, dict):
-            return None
-        keys = [k for k in first if k not in RAW_FIELDS]
-        schema = {name: pl.String for name in (*RAW_FIELDS, *keys)}
-        body = b"\n".join(line.rstrip(b"\r\n") for line in lines) + b"\n"
-        frame = pl.read_ndjson(io.BytesIO(body), schema=schema)
-    except (pl.exceptions.PolarsError, ValueError, TypeError, AttributeError):
-        return None
-    if frame.height != len(lines):
-        return None
-    return frame.with_columns(
-        pl.Series(SOURCE_ROW, numbers, dtype=pl.Int64), pl.lit(None, pl.String).alias(READ_ERROR)
-    )
+def _bounded_lines(handle: Any, path: Path, limit: int) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines, none longer than ``limit`` bytes (a longer one stops the run)."""
+    number = 0
+    while line := handle.readline(limit + 1):
+        number += 1
+        if len(line) > limit and not line.endswith(b"\n"):
+            raise _record_too_long(path, f"line {number:,}", limit)
+        yield number, line
 
 
-def _jsonl_batches(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
-    """Line-batched JSON Lines; ``source_row`` is the line number, blank lines are skipped."""
-    with storage.open_input(path) as handle:
-        line_no = 0
-        while block := list(islice(handle, batch_rows)):
-            numbered = [(line_no + i + 1, line) for i, line in enumerate(block) if line.strip()]
-            line_no += len(block)
-            if not numbered:
-                continue
-            numbers = [n for n, _ in numbered]
-            lines = [line for _, line in numbered]
-            frame = _jsonl_fast(lines, numbers)
-            if frame is None:
-                frame = _records_frame([(n, *_jsonl_line(line)) for n, line in numbered])
-            yield frame
+def _take(lines: Iterator[tuple[int, bytes]], count: int, max_bytes: int) -> list[tuple[int, bytes]]:
+    """Up to ``count`` lines and about ``max_bytes`` bytes of them."""
+    taken: list[tuple[int, bytes]] = []
+    size = 0
+    for item in lines:
+        taken.append(item)
+        size += len(item[1])
+        if len(taken) >= count or size >= max_bytes:
+            break
+    return taken
+
+
+def _jsonl_batches(path: Path, batch_rows: int, limits: IngestSettings) -> Iterator[pl.DataFrame]:
+    """Line-batched JSON Lines; ``source_row`` is the line number, blank lines are skipped.
+
+    Every line goes through Python's JSON parser: a columnar reader would take the first
+    of two repeated keys where this one takes the last, and would turn an object id
+    into text, so two parsers would disagree about what a line says.
+    """
+    with _open_input(path, limits) as handle:
+        lines = _bounded_lines(handle, path, limits.max_record_bytes)
+        while block := _take(lines, batch_rows, BLOCK_BYTES):
+            numbered = [(n, *_jsonl_line(line)) for n, line in block if line.strip()]
+            if numbered:
+                yield _records_frame(numbered, "line", limits.max_columns)
 
 
 # ---------------------------------------------------------------- JSON array
 
 
+@dataclass(frozen=True)
+class _Unreadable:
+    """An array element that was skipped instead of decoded, with the reason."""
+
+    reason: str
+
+
+def _maybe_cut(exc: json.JSONDecodeError, text: str) -> bool:
+    """Whether a decode error may only mean the element continues past the buffer."""
+    return exc.pos >= len(text) - 1 or exc.msg.startswith("Unterminated string")
+
+
+def _value_end(text: str, start: int) -> int | None:
+    """End of the JSON value at ``start`` found by brackets and strings alone (None: not in ``text``)."""
+    if text[start] not in "[{\"":
+        match = _JSON_SCALAR.match(text, start)
+        return match.end() if match and match.end() < len(text) else None
+    depth = 0
+    for token in _JSON_TOKEN.finditer(text, start):
+        first = token.group()
+        if first == '"':  # a string that does not end within the text
+            return None
+        if first[0] in "[{":
+            depth += 1
+        elif first[0] in "]}":
+            depth -= 1
+        if depth == 0:
+            return token.end()
+    return None
+
+
 class _JsonArrayReader:
     """Elements of a top-level JSON array, decoded one at a time from a sliding text buffer.
 
-    Memory holds one read block plus one element, whatever the file size. A syntax error
-    cannot be resynchronised (the next element's start is unknown), so it stops the run
-    with the element number; elements before it have already been ingested.
+    Memory holds one read block plus one element (at most ``max_record_bytes``
+    characters), whatever the file size. An element too deeply nested to decode is
+    skipped by bracket matching and reported; a syntax error cannot be resynchronised
+    (the next element's start is unknown), so it stops the run with the element number;
+    elements before it have already been ingested.
     """
 
-    def __init__(self, handle: Any, path: Path) -> None:
+    def __init__(self, handle: Any, path: Path, limit: int) -> None:
         self._text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="replace")
         self._path = path
+        self._limit = limit
         self._buf = ""
         self._pos = 0
         self._eof = False
-        self._decoder = json.JSONDecoder()
+        self._decoder = _json_decoder()
 
     def _fill(self) -> bool:
         if self._eof:
@@ -342,6 +700,9 @@ class _JsonArrayReader:
         self._buf = self._buf[self._pos:] + more
         self._pos = 0
         return True
+
+    def _room(self) -> bool:
+        return len(self._buf) - self._pos < self._limit
 
     def _next_char(self) -> str:
         """Skip whitespace and return the next character ('' at the end of the file)."""
@@ -359,17 +720,36 @@ class _JsonArrayReader:
             f"(elements before it were ingested; fix the file and re-run, stored rows are skipped as duplicates)"
         )
 
+    def _skip(self, index: int, reason: str) -> _Unreadable:
+        """Move past an element the decoder cannot take, by brackets and strings alone."""
+        while (end := _value_end(self._buf, self._pos)) is None:
+            if not self._room():
+                raise _record_too_long(self._path, f"element {index:,}", self._limit)
+            if not self._fill():
+                raise self._fail(index, "the element never ends")
+        self._pos = end
+        return _Unreadable(reason)
+
     def _decode(self, index: int) -> Any:
         while True:
             try:
                 value, end = self._decoder.raw_decode(self._buf, self._pos)
             except json.JSONDecodeError as exc:
-                if len(self._buf) - self._pos < MAX_JSON_ELEMENT_CHARS and self._fill():
+                if _maybe_cut(exc, self._buf) and self._room() and self._fill():
                     continue
+                if not self._room():
+                    raise _record_too_long(self._path, f"element {index:,}", self._limit) from exc
                 raise self._fail(index, exc.msg) from exc
+            except RecursionError:
+                return self._skip(index, f"element {NESTED_TOO_DEEP}")
+            except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+                return self._skip(index, f"element is not readable JSON: {_excerpt(str(exc))}")
             # A number cut at the block edge decodes "successfully"; be sure it is whole.
             if end >= len(self._buf) and self._fill():
                 continue
+            if end - self._pos > self._limit:
+                raise _record_too_long(self._path, f"element {index:,}", self._limit)
+            value = _decoded(self._buf, value, self._pos, end)
             self._pos = end
             return value
 
@@ -393,22 +773,26 @@ class _JsonArrayReader:
                 raise self._fail(index + 1, f"expected ',' or ']' but found {sep or 'end of file'!r}")
 
 
-def _json_array_batches(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
+def _json_array_batches(path: Path, batch_rows: int, limits: IngestSettings) -> Iterator[pl.DataFrame]:
     """JSON array read element by element; ``source_row`` is the 1-based element index."""
-    with storage.open_input(path) as handle:
-        elements = enumerate(_JsonArrayReader(handle, path), start=1)
+    with _open_input(path, limits) as handle:
+        elements = enumerate(_JsonArrayReader(handle, path, limits.max_record_bytes), start=1)
         while block := list(islice(elements, batch_rows)):
-            yield _records_frame([(i, v, _object_or_error(v, "element")) for i, v in block])
+            records = [(i, None, v.reason) if isinstance(v, _Unreadable) else (i, v, None) for i, v in block]
+            yield _records_frame(records, "element", limits.max_columns)
 
 
 # ---------------------------------------------------------------- Parquet
 
 
-def _parquet_batches(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
+def _parquet_batches(path: Path, batch_rows: int, limits: IngestSettings) -> Iterator[pl.DataFrame]:
     """Parquet row batches with their stored types; validation turns them into text."""
     first_row = 1
     for frame in storage.iter_parquet_batches(path, batch_rows):
-        yield frame.with_columns(
+        if frame.width > limits.max_columns:
+            raise UserError(f"{path}: has {frame.width:,} columns, over ingest.max_columns "
+                            f"({limits.max_columns:,})")
+        yield frame.drop([name for name in META_FIELDS if name in frame.columns]).with_columns(
             pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64).alias(SOURCE_ROW),
             pl.lit(None, pl.String).alias(READ_ERROR),
         )
@@ -423,19 +807,49 @@ _READERS = {
 }
 
 
-def read_batches(path: Path, fmt: str, batch_rows: int) -> Iterator[pl.DataFrame]:
+def _flag_oversized_fields(frame: pl.DataFrame, limit: int) -> pl.DataFrame:
+    """Quarantine rows with a text field over ``limit`` bytes, naming the field; keep it cut.
+
+    Checked on whatever the reader produced, so the limit means the same for every format.
+    """
+    names = [name for name, dtype in frame.schema.items() if dtype == pl.String and name not in META_FIELDS]
+    if not names:
+        return frame
+    longest = frame.select(pl.max_horizontal(pl.col(names).str.len_bytes().max())).item()
+    if longest is None or longest <= limit:
+        return frame
+    over = {name: pl.col(name).str.len_bytes() > limit for name in names}
+    reason = pl.coalesce([
+        pl.when(oversized).then(pl.concat_str(
+            pl.lit(f"field {_excerpt(name)!r} is "), pl.col(name).str.len_bytes().cast(pl.String),
+            pl.lit(f" bytes, over ingest.max_field_bytes ({limit:,}); kept cut to {KEPT_CHARS} characters"),
+        ))
+        for name, oversized in over.items()
+    ])
+    return frame.with_columns(
+        pl.coalesce(pl.col(READ_ERROR), reason).alias(READ_ERROR),
+        *[pl.when(oversized).then(pl.col(name).str.slice(0, KEPT_CHARS) + "...").otherwise(pl.col(name)).alias(name)
+          for name, oversized in over.items()],
+    )
+
+
+def read_batches(path: Path, fmt: str, batch_rows: int,
+                 limits: IngestSettings | None = None) -> Iterator[pl.DataFrame]:
     """Raw batches of one file with ``source_file`` and ``source_row``; at most ``batch_rows`` records each.
 
     ``source_row`` is 1-based: the data row for CSV (header not counted, so the file line
     is ``source_row + 1`` when no field holds a line break), the line for JSON Lines, the
-    element for a JSON array, the row for Parquet.
+    element for a JSON array, the row for Parquet. ``limits`` (default: the defaults of
+    ``IngestSettings``) bounds fields, records, columns and decompressed size.
     """
+    limits = limits or IngestSettings()
     source = str(path)
     try:
-        for frame in _READERS[fmt](Path(path), batch_rows):
+        for frame in _READERS[fmt](Path(path), batch_rows, limits):
             if frame.height == 0:
                 continue
-            yield frame.with_columns(pl.lit(source, pl.String).alias(SOURCE_FILE))
+            checked = _flag_oversized_fields(frame, limits.max_field_bytes)
+            yield checked.with_columns(pl.lit(source, pl.String).alias(SOURCE_FILE))
     except UserError:
         raise
     except (OSError, EOFError) as exc:  # truncated gzip, disk errors mid-file
@@ -540,15 +954,14 @@ class _Run:
         counts = self.summary.dates.setdefault(day, {"written": 0, "quarantined": 0})
         counts[key] += count
 
-    def _write_events(self, valid: pl.DataFrame, part: str) -> None:
+    def _write_events(self, valid: pl.DataFrame, part: str, written: list[_Written]) -> None:
         dated = valid.with_columns(pl.col("timestamp").dt.date().alias(PARTITION_COLUMN))
         for (day,), rows in sorted(dated.partition_by(PARTITION_COLUMN, as_dict=True).items()):
             ordered = rows.drop(PARTITION_COLUMN).sort(["timestamp", "event_id"])
             path = storage.write_part(ordered, self.data_dir, storage.EVENTS, day, name=part)
-            self.summary.parts.append(str(path.relative_to(self.data_dir)))
-            self._count_date(day.isoformat(), "written", rows.height)
+            written.append(_Written(path, day.isoformat(), "written", rows.height))
 
-    def _write_quarantine(self, rejected: pl.DataFrame, part: str) -> None:
+    def _write_quarantine(self, rejected: pl.DataFrame, part: str, written: list[_Written]) -> None:
         labelled = rejected.with_columns(
             pl.col(PARTITION_COLUMN).cast(pl.String).fill_null(UNKNOWN_PARTITION),
             pl.lit(self.ingested_at).dt.replace_time_zone("UTC").alias("ingested_at"),
@@ -558,8 +971,30 @@ class _Run:
                 [pl.col(name).cast(dtype) for name, dtype in QUARANTINE_SCHEMA.items()]
             )
             path = storage.write_part(ordered, self.data_dir, storage.QUARANTINE, day, name=part)
-            self.summary.parts.append(str(path.relative_to(self.data_dir)))
-            self._count_date(day, "quarantined", rows.height)
+            written.append(_Written(path, day, "quarantined", rows.height))
+
+    def _write_batch(self, valid: pl.DataFrame, rejected: pl.DataFrame, item: FileSummary) -> None:
+        """Write a batch's parts all or none: a failed write (a full disk) removes the others.
+
+        Parts of earlier batches and of earlier runs are never touched, so a failed run
+        leaves exactly what its summary lists.
+        """
+        part = f"part-{self.summary.run_id}-{self.batches:05d}"
+        written: list[_Written] = []
+        try:
+            self._write_events(valid, part, written)
+            self._write_quarantine(rejected, part, written)
+        except (OSError, pl.exceptions.PolarsError) as exc:  # Polars reports ENOSPC as a ComputeError
+            for done in written:
+                done.path.unlink(missing_ok=True)
+            raise UserError(
+                f"cannot write to {self.data_dir}: {_os_reason(exc)}; the batch of {item.path} being "
+                "written was not stored (earlier batches were: re-running stores the rest and "
+                "quarantines those rows as duplicates)"
+            ) from exc
+        for done in written:
+            self.summary.parts.append(str(done.path.relative_to(self.data_dir)))
+            self._count_date(done.day, done.key, done.rows)
 
     def _count_reasons(self, rejected: pl.DataFrame) -> None:
         firsts = rejected.group_by(REASON_KIND, maintain_order=True).agg(
@@ -580,9 +1015,7 @@ class _Run:
                 f"validation lost rows: {raw.height} in, {valid.height} valid + {rejected.height} rejected"
             )
         self.batches += 1
-        part = f"part-{self.summary.run_id}-{self.batches:05d}"
-        self._write_events(valid, part)
-        self._write_quarantine(rejected, part)
+        self._write_batch(valid, rejected, item)
         self._count_reasons(rejected)
         for target in (item, self.summary):
             target.rows_read += raw.height
@@ -604,8 +1037,32 @@ class _Run:
             raise AssertionError(f"ingest summary does not balance: {summary}")
         path = storage.ingest_run_path(self.data_dir, summary.run_id)
         summary.summary_path = str(path)
-        storage.write_json_atomic(summary.to_dict(), path)
+        try:
+            storage.write_json_atomic(summary.to_dict(), path)
+        except OSError as exc:
+            first = f"{error}; " if error else "every batch was stored, but "
+            raise UserError(f"{first}the run summary {path} could not be written: {_os_reason(exc)}") from exc
         return summary
+
+
+@dataclass(frozen=True)
+class _Written:
+    """One part a batch wrote: where, for which partition, and how many rows."""
+
+    path: Path
+    day: str
+    key: str
+    rows: int
+
+
+def _os_reason(exc: Exception) -> str:
+    """One line saying why a write failed, from an OSError or a Polars IO error."""
+    if isinstance(exc, OSError):
+        name = errno.errorcode.get(exc.errno or 0, "")
+        text = exc.strerror or str(exc)
+        return f"{text} ({name})" if name else text
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.rsplit("IO error: ", 1)[-1]
 
 
 def _ignored_columns(frame: pl.DataFrame) -> list[str]:
@@ -628,7 +1085,7 @@ def _run_inputs(run: _Run, inputs: Iterable[tuple[FileSummary, Iterable[pl.DataF
                 _note_columns(item, frame)
                 run.ingest_batch(frame, item)
     except UserError as exc:
-        run.finish(error=str(exc))
+        run.finish(error=str(exc))  # a failed summary, or one error naming both failures
         raise
     return run.finish()
 
@@ -649,6 +1106,7 @@ def ingest_files(
     for path, file_format in plan:
         storage.check_input_readable(path, file_format)
     batch_rows = settings.ingest.batch_rows
+    limits = settings.ingest
     try:  # a mistyped --data-dir fails before anything is read, as one line
         Path(data_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -656,7 +1114,7 @@ def ingest_files(
     run = _Run(data_dir, settings)
     return _run_inputs(
         run,
-        ((FileSummary(str(path), file_format), read_batches(path, file_format, batch_rows))
+        ((FileSummary(str(path), file_format), read_batches(path, file_format, batch_rows, limits))
          for path, file_format in plan),
     )
 

@@ -447,18 +447,104 @@ INGEST_RUNS = "ingest_runs"
 _GLOB_CHARS = frozenset("*?[")
 
 
+def _split_glob(pattern: str) -> tuple[str, list[str]]:
+    """The fixed leading folder of a glob and its remaining components."""
+    parts = [part for part in pattern.split("/") if part not in ("", ".")]
+    fixed: list[str] = []
+    while parts and not _GLOB_CHARS & set(parts[0]):
+        fixed.append(parts.pop(0))
+    root = "/" if pattern.startswith("/") else ""
+    return os.path.join(root, *fixed) if fixed else root, parts
+
+
+def _glob_names(folder: str, part: str) -> list[str]:
+    """Entries of ``folder`` matching one glob component; hidden ones only for a '.' pattern, as glob does."""
+    import fnmatch
+
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return []
+    return [os.path.join(folder, name) for name in names
+            if fnmatch.fnmatchcase(name, part) and (part.startswith(".") or not name.startswith("."))]
+
+
+def _walk_dirs(top: str) -> list[str]:
+    """``top`` and every folder below it (not hidden ones), each entered once.
+
+    Folder symlinks are followed, but a folder already entered (same device and inode)
+    is not entered again, so a symlink loop costs one visit instead of one per level.
+    Real folders are walked before any symlink is followed, so a folder reached both
+    ways is listed under its real path.
+    """
+    from collections import deque
+
+    found: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    real, linked = deque([top]), deque()
+    while real or linked:
+        folder = real.popleft() if real else linked.popleft()
+        try:
+            info = os.stat(folder or ".")
+            entries = sorted(os.scandir(folder or "."), key=lambda e: e.name)
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        found.append(folder)
+        for entry in entries:
+            try:
+                if entry.name.startswith(".") or not entry.is_dir():
+                    continue
+                (linked if entry.is_symlink() else real).append(os.path.join(folder, entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _glob_files(pattern: str) -> list[Path]:
+    """Files matching a glob (``**`` = any depth of folders), sorted.
+
+    ``glob.glob(recursive=True)`` follows folder symlinks under ``**`` without noticing
+    a loop: one ``a/loop -> ..`` listed every file about 40 times (and two loops an
+    exponential number of times). Here ``**`` enters each folder once.
+    """
+    current, parts = _split_glob(pattern)
+    candidates = [current]
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        if part == "**":
+            folders = [sub for folder in candidates for sub in _walk_dirs(folder)]
+            candidates = [entry for folder in folders for entry in _glob_names(folder, "*")] if last else folders
+        elif _GLOB_CHARS & set(part):
+            candidates = [entry for folder in candidates for entry in _glob_names(folder, part)]
+        else:
+            candidates = [os.path.join(folder, part) for folder in candidates]
+    return sorted({Path(c) for c in candidates if os.path.isfile(c)})
+
+
+def _file_key(path: Path) -> tuple[int, int] | Path:
+    """What makes two paths the same file: device and inode (the path itself if stat fails)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return path
+    return info.st_dev, info.st_ino
+
+
 def expand_inputs(patterns: Iterable[str]) -> list[Path]:
-    """Files named by paths or globs, in the order given (each glob sorted), without repeats.
+    """Files named by paths or globs, in the order given (each glob sorted), each file once.
 
     A glob matching nothing, a missing path or a directory is a user error, checked before
-    anything is ingested so a typo never leaves a half-done run.
+    anything is ingested so a typo never leaves a half-done run. A file reached by two
+    paths (a symlink, a hard link, two globs) is read once, under the first path.
     """
-    import glob
-
     found: list[Path] = []
+    seen: set[tuple[int, int] | Path] = set()
     for pattern in patterns:
         if _GLOB_CHARS & set(pattern) and not Path(pattern).is_file():  # 'export [1].csv' is a file
-            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+            matches = _glob_files(pattern)
             if not matches:
                 raise UserError(f"no files match {pattern!r}")
         else:
@@ -468,7 +554,11 @@ def expand_inputs(patterns: Iterable[str]) -> list[Path]:
             if not path.is_file():
                 raise UserError(f"input file not found: {path}")
             matches = [path]
-        found += [m for m in matches if m not in found]
+        for match in matches:
+            key = _file_key(match)
+            if key not in seen:
+                seen.add(key)
+                found.append(match)
     return found
 
 

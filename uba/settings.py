@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from uba.errors import UserError
 
@@ -56,8 +56,26 @@ class EventSettings(_Section):
 
 
 class IngestSettings(_Section):
+    """Ingest batching and the limits that keep a hostile file from exhausting memory or time.
+
+    A field over ``max_field_bytes`` quarantines its row; a record (CSV record, JSON Lines
+    line, JSON array element) over ``max_record_bytes``, a header or object with more than
+    ``max_columns`` columns, or a ``.gz`` input inflating past ``max_decompressed_bytes``
+    stops the run with an error naming the file and the limit (docs/ingest.md).
+    """
+
     batch_rows: int = Field(250_000, ge=1000)
     format: Literal["auto", "csv", "json", "jsonl", "parquet"] = "auto"
+    max_field_bytes: int = Field(65_536, ge=256, le=1 << 30)
+    max_record_bytes: int = Field(16 << 20, ge=1024, le=1 << 31)
+    max_columns: int = Field(1_000, ge=16, le=1_000_000)
+    max_decompressed_bytes: int = Field(4 << 30, ge=1 << 20)
+
+    @model_validator(mode="after")
+    def _record_holds_a_field(self) -> IngestSettings:
+        if self.max_record_bytes < self.max_field_bytes:
+            raise ValueError("max_record_bytes must be at least max_field_bytes")
+        return self
 
 
 class FeatureSettings(_Section):

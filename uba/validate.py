@@ -9,11 +9,13 @@ Rules (first failing check wins, in this order):
 
 * a reader error (``read_error`` column, e.g. a line that is not JSON)
 * an empty row; then a missing required field (column absent, null, empty or blank)
+* an id (``event_id``, ``user_id``, ``session_id``) that is neither a string nor an
+  integer (a JSON object, array, boolean or fractional number; readers of typed input
+  say so in the ``id_type_error`` column, typed columns are judged by their type)
 * ``event_id`` / ``user_id``: longer than ``max_string_length`` characters, or
   containing control characters / invalid UTF-8
-* ``timestamp``: ISO-8601 date and time (``T`` or space separator, optional seconds
-  and fraction, ``Z`` / ``UTC`` / ``+HH:MM`` / ``+HHMM`` / ``+HH`` offset; naive means
-  UTC), converted to UTC
+* ``timestamp``: RFC 3339 date-time (``YYYY-MM-DDTHH:MM:SS[.fraction]`` with ``Z`` or
+  ``±HH:MM``; naive means UTC) within years 0001-9999 in UTC, converted to UTC
 * ``event_type`` / ``device_type``: one of the configured categories; surrounding
   whitespace and letter case are ignored and the configured spelling is stored
 * ``session_duration_sec``: a finite number, ``0 <= x <= max_session_duration_sec``
@@ -25,8 +27,9 @@ Rules (first failing check wins, in this order):
   for that date (the first otherwise-valid occurrence is kept). Uniqueness is enforced
   per UTC date: checking every stored day would make each ingest cost grow with history.
 
-Ids are stripped of surrounding whitespace; an integer ``user_id`` is stored as its
-decimal text.
+Ids are stripped of surrounding whitespace; an integer id is stored as its decimal text.
+The timestamp and id rules are those of ``uba.event_rules``, which the API applies to
+one event at a time: both places accept and refuse the same values.
 """
 
 from __future__ import annotations
@@ -37,15 +40,18 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from uba import event_rules as rules
+from uba.event_rules import KIND_CHARACTERS, KIND_MISSING, KIND_OVERSIZED, KIND_TIMESTAMP, KIND_TYPE
 from uba.schema import EVENT_SCHEMA, PARTITION_COLUMN, RAW_FIELDS, REQUIRED_FIELDS
 from uba.settings import EventSettings
 
 SOURCE_FILE = "source_file"
 SOURCE_ROW = "source_row"
 READ_ERROR = "read_error"
+ID_TYPE_ERROR = "id_type_error"
 REASON = "reason"
 REASON_KIND = "reason_kind"
-META_FIELDS: tuple[str, ...] = (SOURCE_FILE, SOURCE_ROW, READ_ERROR)
+META_FIELDS: tuple[str, ...] = (SOURCE_FILE, SOURCE_ROW, READ_ERROR, ID_TYPE_ERROR)
 
 # Extra columns of the rejected frame besides the raw fields: the ingest layer drops
 # REASON_KIND and the partition column before writing QUARANTINE_SCHEMA parts.
@@ -55,34 +61,23 @@ REJECTED_COLUMNS: tuple[str, ...] = (
 
 # Reason kinds: stable names for summaries and alerting.
 KIND_UNREADABLE = "unreadable record"
-KIND_MISSING = "missing field"
-KIND_TYPE = "wrong type"
 KIND_RANGE = "out of range"
 KIND_CATEGORY = "unknown category"
-KIND_TIMESTAMP = "bad timestamp"
 KIND_DISAGREE = "disagrees with timestamp"
 KIND_DUPLICATE = "duplicate event_id"
-KIND_OVERSIZED = "oversized string"
-KIND_CHARACTERS = "invalid characters"
 REASON_KINDS: tuple[str, ...] = (
     KIND_UNREADABLE, KIND_MISSING, KIND_TYPE, KIND_RANGE, KIND_CATEGORY, KIND_TIMESTAMP,
     KIND_DISAGREE, KIND_DUPLICATE, KIND_OVERSIZED, KIND_CHARACTERS,
 )
 
 ID_FIELDS: tuple[str, ...] = ("event_id", "user_id")
-SHOWN_CHARS = 60
-MAX_EXACT_INTEGER = 2.0**53
+SHOWN_CHARS = rules.SHOWN_CHARS
+MAX_EXACT_INTEGER = float(rules.MAX_EXACT_INTEGER)
 _ROW = "_row"
 _CHECK = "_check"
 _DATE = "_date"
 _STORED = "_stored"
 _FIRST_ROW = "_first_row"
-_TS_PATTERN = (
-    r"^(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})[Tt ](?P<h>\d{2}):(?P<mi>\d{2})"
-    r"(?::(?P<s>\d{2})(?:[.,](?P<f>\d{1,9}))?)?"
-    r"\s*(?P<tz>[Zz]|UTC|[+-]\d{2}(?::?\d{2})?)?$"
-)
-_BAD_CHARS = r"[\x00-\x1F\x7F\x{FFFD}]"
 
 
 @dataclass(frozen=True)
@@ -105,7 +100,7 @@ def _v(field: str) -> str:
 def _float_text(name: str) -> pl.Expr:
     """Integral floats print as integers so a pandas-style ``123.0`` user id reads ``123``."""
     col = pl.col(name)
-    integral = col.is_finite() & (col == col.floor()) & (col.abs() < 1e15)
+    integral = col.is_finite() & (col == col.floor()) & (col.abs() < MAX_EXACT_INTEGER)
     return pl.when(integral).then(col.cast(pl.Int64).cast(pl.String)).otherwise(col.cast(pl.String))
 
 
@@ -135,6 +130,20 @@ def _text_expr(name: str, dtype: pl.DataType) -> pl.Expr:
     return col.map_elements(_json_text, return_dtype=pl.String, skip_nulls=True)
 
 
+def _id_type_error(schema: pl.Schema) -> pl.Expr:
+    """First id whose value is neither a string nor an integer, as a reason (null when none).
+
+    Readers of parsed values (JSON) name it in ``id_type_error``; typed columns (Parquet,
+    frames) are judged here by their type, since their text alone no longer tells.
+    """
+    found = [pl.col(ID_TYPE_ERROR).cast(pl.String)] if ID_TYPE_ERROR in schema else []
+    for name in rules.ID_FIELDS:
+        problem = rules.id_dtype_error(pl.col(name), schema[name]) if name in schema else None
+        if problem is not None:
+            found.append(pl.concat_str(pl.lit(f"{name}: "), problem))
+    return pl.coalesce(found) if found else pl.lit(None, pl.String)
+
+
 def _as_text(raw: pl.LazyFrame) -> pl.LazyFrame:
     """Known fields as text (absent ones as null), reader metadata, and a row number."""
     schema = raw.collect_schema()
@@ -147,6 +156,7 @@ def _as_text(raw: pl.LazyFrame) -> pl.LazyFrame:
         (pl.col(name).cast(dtype) if name in schema else pl.lit(None, dtype)).alias(name)
         for name, dtype in meta_types.items()
     ]
+    exprs.append(_id_type_error(schema).alias(ID_TYPE_ERROR))
     return raw.select(exprs).with_row_index(_ROW)
 
 
@@ -154,7 +164,7 @@ def _as_text(raw: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _trimmed(name: str) -> pl.Expr:
-    text = pl.col(name).str.strip_chars()
+    text = rules.strip_text(pl.col(name))
     return pl.when(text.str.len_chars() > 0).then(text).alias(_v(name))
 
 
@@ -171,52 +181,17 @@ def _category(field: str, allowed: tuple[str, ...]) -> pl.Expr:
     )
 
 
-def _timestamp_parts(text: pl.Expr) -> pl.Expr:
-    """Named pieces of an ISO-8601 timestamp (all null when the text does not match)."""
-    return text.str.extract_groups(_TS_PATTERN)
-
-
-def _offset_minutes(tz: pl.Expr) -> pl.Expr:
-    """UTC offset in minutes from 'Z', 'UTC', '+HH', '+HHMM' or '+HH:MM' (0 when absent)."""
-    digits = tz.str.replace(":", "", literal=True)
-    hours = digits.str.slice(1, 2).cast(pl.Int32, strict=False)
-    minutes = pl.when(digits.str.len_chars() > 3).then(digits.str.slice(3, 2)).otherwise(pl.lit("0"))
-    magnitude = hours * 60 + minutes.cast(pl.Int32, strict=False)
-    signed = pl.when(tz.str.starts_with("-")).then(-magnitude).otherwise(magnitude)
-    valid = (hours <= 23) & (minutes.cast(pl.Int32, strict=False) <= 59)
-    return (
-        pl.when(tz.is_null() | ~tz.str.contains("^[+-]")).then(pl.lit(0, pl.Int32))
-        .when(valid).then(signed)
-        .otherwise(pl.lit(None, pl.Int32))
-    )
-
-
-def _timestamp_from_parts(parts: pl.Expr) -> pl.Expr:
-    """UTC datetime from the pieces; null for impossible dates/times or offsets.
-
-    Parsed field by field from one strict pattern instead of trying formats in turn, so
-    mixed offsets in one column each convert correctly and nothing is guessed.
-    """
-    field = parts.struct.field
-    fraction = field("f").fill_null("0").str.pad_end(6, "0").str.slice(0, 6)
-    canonical = pl.concat_str(
-        field("y"), pl.lit("-"), field("mo"), pl.lit("-"), field("d"), pl.lit("T"),
-        field("h"), pl.lit(":"), field("mi"), pl.lit(":"), field("s").fill_null("00"),
-        pl.lit("."), fraction,
-    )
-    naive = canonical.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", strict=False, time_unit="us")
-    shifted = naive - pl.duration(minutes=_offset_minutes(field("tz")), time_unit="us")
-    return shifted.dt.replace_time_zone("UTC").cast(EVENT_SCHEMA["timestamp"])
-
-
 def _parse(lf: pl.LazyFrame, events: EventSettings) -> pl.LazyFrame:
     """Trimmed text plus the typed value of every field, side by side with the raw text."""
     lf = lf.with_columns(_trimmed(name) for name in RAW_FIELDS).with_columns(
-        _timestamp_parts(pl.col(_v("timestamp"))).alias("_ts_parts")
+        rules.timestamp_parts(pl.col(_v("timestamp"))).alias("_ts_parts")
+    ).with_columns(
+        rules.local_timestamp(pl.col("_ts_parts")).alias("_ts_local"),
+        pl.col("_ts_parts").struct.field("y").is_not_null().alias("_ts_syntax"),
     )
     return lf.with_columns(
-        _ts=_timestamp_from_parts(pl.col("_ts_parts")),
-        _ts_syntax=pl.col("_ts_parts").struct.field("y").is_not_null(),
+        _ts=pl.when(rules.in_utc_range(pl.col("_ts_local"))).then(pl.col("_ts_local"))
+        .dt.replace_time_zone("UTC").cast(EVENT_SCHEMA["timestamp"]),
         _event_type=_category("event_type", events.event_types),
         _device_type=_category("device_type", events.device_types),
         _duration=_number("session_duration_sec"),
@@ -260,9 +235,9 @@ def _string_checks(field: str, max_len: int) -> list[_Check]:
     value = pl.col(_v(field))
     return [
         _Check(KIND_OVERSIZED, value.str.len_chars() > max_len,
-               pl.lit(f"{field}: longer than {max_len} characters")),
-        _Check(KIND_CHARACTERS, value.str.contains(_BAD_CHARS),
-               pl.lit(f"{field}: contains control characters or invalid UTF-8")),
+               pl.lit(f"{field}: {rules.msg_id_too_long(max_len)}")),
+        _Check(KIND_CHARACTERS, rules.has_bad_chars(value),
+               pl.lit(f"{field}: {rules.MSG_ID_CHARACTERS}")),
     ]
 
 
@@ -308,13 +283,16 @@ def _row_checks(events: EventSettings) -> list[_Check]:
                pl.lit("empty row (no values)")),
     ]
     checks += [_Check(KIND_MISSING, pl.col(_v(f)).is_null(), pl.lit(f"missing field: {f}")) for f in REQUIRED_FIELDS]
+    checks.append(_Check(KIND_TYPE, pl.col(ID_TYPE_ERROR).is_not_null(), pl.col(ID_TYPE_ERROR)))
     for field in ID_FIELDS:
         checks += _string_checks(field, max_len)
     checks += [
         _Check(KIND_TIMESTAMP, ~pl.col("_ts_syntax"),
-               _msg("timestamp: ", _quoted("timestamp"), " is not an ISO-8601 timestamp")),
+               _msg("timestamp: ", _quoted("timestamp"), f" {rules.MSG_TS_SYNTAX}")),
+        _Check(KIND_TIMESTAMP, pl.col("_ts_local").is_null(),
+               _msg("timestamp: ", _quoted("timestamp"), f" {rules.MSG_TS_INVALID}")),
         _Check(KIND_TIMESTAMP, pl.col("_ts").is_null(),
-               _msg("timestamp: ", _quoted("timestamp"), " is not a valid date, time or UTC offset")),
+               _msg("timestamp: ", _quoted("timestamp"), f" {rules.MSG_TS_RANGE}")),
         _category_check("event_type", events.event_types),
         *_number_checks("session_duration_sec", "_duration", integer=False),
         _Check(KIND_RANGE, pl.col("_duration") < 0,
@@ -472,7 +450,7 @@ def validate_events(
     candidates = _with_duplicate_marks(parsed.filter(pl.col(_CHECK).is_null()), existing_ids)
     candidates = candidates.with_columns(_duplicate_index(len(row_checks)).alias(_CHECK))
 
-    kept = [*RAW_FIELDS, SOURCE_FILE, SOURCE_ROW, READ_ERROR, _ROW, _CHECK, _DATE, _FIRST_ROW,
+    kept = [*RAW_FIELDS, SOURCE_FILE, SOURCE_ROW, READ_ERROR, ID_TYPE_ERROR, _ROW, _CHECK, _DATE, _FIRST_ROW,
             "_ts_hour", "_ts_dow",
             *(_v(f) for f in RAW_FIELDS)]
     row_rejects = parsed.filter(pl.col(_CHECK).is_not_null()).with_columns(
@@ -500,10 +478,13 @@ def event_dates(raw: pl.LazyFrame) -> pl.LazyFrame:
 
     Read from the first ten characters of each timestamp plus the day either side (a UTC
     offset moves an event by less than a day), without parsing the full timestamp. It
-    lets the caller load only the stored ids of those dates before validating.
+    lets the caller load only the stored ids of those dates before validating. Only
+    dates in years 0001-9999 are listed: no event is stored outside them, and the
+    caller turns the dates into Python dates.
     """
-    text = _as_text(raw).select(pl.col("timestamp").str.strip_chars().str.slice(0, 10).alias("t"))
+    text = _as_text(raw).select(rules.strip_text(pl.col("timestamp")).str.slice(0, 10).alias("t"))
     day = pl.col("t").str.to_date("%Y-%m-%d", strict=False)
     days = text.select(day.alias("d")).drop_nulls().unique()
     shifted = [days.select((pl.col("d") + pl.duration(days=k)).alias(PARTITION_COLUMN)) for k in (-1, 0, 1)]
-    return pl.concat(shifted).unique().sort(PARTITION_COLUMN)
+    representable = pl.col(PARTITION_COLUMN).is_between(rules.MIN_UTC.date(), rules.MAX_UTC.date())
+    return pl.concat(shifted).unique().filter(representable).sort(PARTITION_COLUMN)

@@ -11,7 +11,7 @@ would silently score an event that the batch job would quarantine.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from uba import event_rules as rules
 from uba.settings import ApiSettings, EventSettings
 
 BATCH_TOO_LARGE = "batch_too_large"
@@ -34,52 +35,35 @@ _STRICT_MODEL = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
 
 def parse_timestamp(value: str) -> datetime:
-    """ISO-8601 to an aware UTC datetime; a naive time means UTC, as in DESIGN.md."""
+    """RFC 3339 text to an aware UTC datetime (naive means UTC), by the rules ingest applies.
+
+    ``uba.event_rules`` is the one definition: a value is accepted here exactly when
+    ingest would store it.
+    """
     try:
-        parsed = datetime.fromisoformat(value.strip())
-        if parsed.tzinfo is not None:
-            parsed = parsed.astimezone(UTC)  # 0001-01-01T00:00+01:00 overflows: the same 422
-    except (ValueError, OverflowError) as exc:
-        raise PydanticCustomError(
-            "timestamp_format", "must be an ISO-8601 date-time such as 2026-03-01T02:15:00Z"
-        ) from exc
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed
+        return rules.parse_timestamp(value)
+    except rules.RuleError as exc:
+        raise PydanticCustomError(exc.code, exc.message) from None
 
 
-def _clean_id(value: str, max_length: int) -> str:
-    """Ids as ingest stores them: surrounding whitespace stripped, no control characters."""
-    text = value.strip()
-    if not text:
-        raise PydanticCustomError("id_empty", "must not be empty or blank")
-    if len(text) > max_length:
-        raise PydanticCustomError(
-            "id_too_long", "must be at most {max_length} characters", {"max_length": max_length}
-        )
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
-        raise PydanticCustomError("id_characters", "must not contain control characters")
-    if not text.isascii():
+def _id_type(max_length: int, blank_is_absent: bool = False) -> Any:
+    """An id: a string or an integer (stored as its decimal text), as ingest takes it.
+
+    ``blank_is_absent`` (optional ids): an empty or blank value means no id, as an empty
+    CSV cell does in ingest.
+    """
+
+    def check(value: Any) -> str | None:
         try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800"): Polars cannot store it
-            raise PydanticCustomError("id_characters", "must be valid Unicode (no lone surrogates)") from exc
-    return text
+            return rules.check_id(value, max_length)
+        except rules.RuleError as exc:
+            if blank_is_absent and exc.kind == rules.KIND_MISSING and isinstance(value, str):
+                return None
+            raise PydanticCustomError(exc.code, exc.message) from None
 
-
-def _id_type(max_length: int, allow_int: bool = False) -> Any:
-    """A string id (user_id may also be an integer, stored as its decimal text)."""
-
-    def check(value: Any) -> str:
-        if allow_int and isinstance(value, int) and not isinstance(value, bool):
-            return _clean_id(str(value), max_length)
-        if not isinstance(value, str):
-            expected = "an integer or a string" if allow_int else "a string"
-            raise PydanticCustomError("id_type", "must be {expected}", {"expected": expected})
-        return _clean_id(value, max_length)
-
-    text_schema = {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": r"^\s*[^\x00-\x1f\x7f\s][^\x00-\x1f\x7f]*$"}
-    schema = {"anyOf": [{"type": "integer"}, text_schema]} if allow_int else text_schema
+    text_schema = {"type": "string", "minLength": 1, "maxLength": max_length,
+                   "pattern": r"^\s*[^\x00-\x1f\x7f-\x9f\ufffd\s][^\x00-\x1f\x7f-\x9f\ufffd]*$"}
+    schema = {"anyOf": [{"type": "integer"}, text_schema]}
     return Annotated[str, PlainValidator(check), WithJsonSchema(schema)]
 
 
@@ -126,7 +110,8 @@ class _EventBase(BaseModel):
 
 def build_event_model(events: EventSettings) -> type[BaseModel]:
     """The per-event request model, with categories and limits from settings."""
-    text = Annotated[str, Field(strict=True, min_length=1, max_length=events.max_string_length)]
+    stamp = Annotated[str, Field(strict=True, min_length=1, max_length=events.max_string_length,
+                                 json_schema_extra={"format": "date-time"})]
     event_type = Literal[events.event_types]  # type: ignore[valid-type]
     device_type = Literal[events.device_types]  # type: ignore[valid-type]
     return create_model(
@@ -135,9 +120,9 @@ def build_event_model(events: EventSettings) -> type[BaseModel]:
         __doc__="One user activity event, as in the seed's /predict payload.",
         event_id=(_id_type(events.max_string_length) | None,
                   Field(None, description="Echoed back; optional.")),
-        session_id=(_id_type(events.max_string_length) | None,
+        session_id=(_id_type(events.max_string_length, blank_is_absent=True) | None,
                     Field(None, description="Optional session identifier.")),
-        user_id=(_id_type(events.max_string_length, allow_int=True), Field(examples=[123])),
+        user_id=(_id_type(events.max_string_length), Field(examples=[123])),
         event_type=(event_type, Field(examples=["login"])),
         session_duration_sec=(
             float,
@@ -149,9 +134,9 @@ def build_event_model(events: EventSettings) -> type[BaseModel]:
         ),
         device_type=(device_type, Field(examples=["desktop"])),
         timestamp=(
-            text | None,
-            Field(None, description="ISO-8601; naive means UTC. Replaces or must agree with "
-                  "hour_of_day/day_of_week."),
+            stamp | None,
+            Field(None, description=f"RFC 3339 date-time ({rules.TIMESTAMP_GRAMMAR}), as ingest "
+                  "takes it. Replaces or must agree with hour_of_day/day_of_week."),
         ),
         hour_of_day=(
             int | None,

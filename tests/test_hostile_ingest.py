@@ -1,0 +1,242 @@
+"""Replay of the hostile-input corpus of ingest (tests/hostile/ingest/, issue 11 items 1-5).
+
+Every case is an input file ``<case>.<ext>`` (or a ``<case>.recipe.json`` that builds large
+or special inputs at test time: a 10 MB field, a gzip bomb, a symlink loop) and a
+``<case>.expect.json`` stating the verdict. Each case goes through the real CLI,
+``uba-batch ingest ... --data-dir D --json`` (in-process with click's runner, so the
+replay stays fast; one test runs the installed entry point as a subprocess), and must
+meet its verdict with:
+
+* nothing lost: read == written + quarantined, as expected, and the stored parts hold
+  exactly those rows;
+* nothing forged: the stored events are exactly the expected (event_id, user_id) pairs;
+* no traceback, the expected exit code, a one-line error naming what stopped the run,
+  and a summary under ``ingest_runs/`` (``failed`` when the run stopped).
+
+Recipe format (``files`` are made in order inside the case's work folder):
+
+* ``{"path", "parts", "gzip"}``: the concatenation of ``{"text": s}``,
+  ``{"repeat": s, "times": n}`` and ``{"numbered": "k{i}", "count": n}`` parts;
+* ``{"path", "gzip_members": [{"parts", "copies"}]}``: a multi-member gzip file, each
+  member compressed once and written ``copies`` times (a small file that inflates a lot);
+* ``{"path", "jsonl_numbered": {"template", "extra_key", "count"}}``: JSON Lines whose
+  string values and one extra key have ``{i}`` replaced by the line number;
+* ``{"path", "parquet": {"rows", "extra_columns"}}``: a Parquet file of those rows;
+* ``{"symlink", "target"}`` and ``{"hardlink", "target"}``; ``inputs`` are the CLI
+  arguments, ``before`` inputs are ingested first (their events must survive), ``env``
+  sets settings, ``fault`` makes the Nth Parquet write of the run fail with an errno.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import cli
+from uba import io as storage
+
+CORPUS = Path(__file__).parent / "hostile" / "ingest"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def case_names() -> list[str]:
+    return sorted(p.name.removesuffix(".expect.json") for p in CORPUS.glob("*.expect.json"))
+
+
+# ------------------------------------------------------------------ building inputs
+
+
+def _parts_bytes(parts: list[dict[str, Any]]) -> Iterator[bytes]:
+    for part in parts:
+        if "text" in part:
+            yield part["text"].encode()
+        elif "repeat" in part:
+            yield part["repeat"].encode() * part["times"]
+        else:
+            yield "".join(part["numbered"].replace("{i}", str(i)) for i in range(part["count"])).encode()
+
+
+def _numbered_lines(spec: dict[str, Any]) -> Iterator[str]:
+    for i in range(spec["count"]):
+        record = {k: v.replace("{i}", str(i)) if isinstance(v, str) else v for k, v in spec["template"].items()}
+        record[spec["extra_key"].replace("{i}", str(i))] = i
+        yield json.dumps(record) + "\n"
+
+
+def _parquet(path: Path, spec: dict[str, Any]) -> None:
+    frame = pl.DataFrame(spec["rows"])
+    extra = [pl.lit(i).alias(f"extra_{i}") for i in range(spec.get("extra_columns", 0))]
+    (frame.with_columns(extra) if extra else frame).write_parquet(path)
+
+
+def make_file(work: Path, spec: dict[str, Any]) -> None:
+    """One entry of a recipe's ``files``."""
+    if "symlink" in spec:
+        (work / spec["symlink"]).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(spec["target"], work / spec["symlink"])
+        return
+    path = work / spec.get("path", spec.get("hardlink", ""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if "hardlink" in spec:
+        os.link(work / spec["target"], path)
+    elif "gzip_members" in spec:
+        with open(path, "wb") as out:
+            for member in spec["gzip_members"]:
+                packed = gzip.compress(b"".join(_parts_bytes(member["parts"])), compresslevel=9)
+                for _ in range(member.get("copies", 1)):
+                    out.write(packed)
+    elif "jsonl_numbered" in spec:
+        path.write_text("".join(_numbered_lines(spec["jsonl_numbered"])))
+    elif "parquet" in spec:
+        _parquet(path, spec["parquet"])
+    else:
+        body = b"".join(_parts_bytes(spec.get("parts", [])))
+        path.write_bytes(gzip.compress(body) if spec.get("gzip") else body)
+
+
+def prepare(name: str, work: Path) -> dict[str, Any]:
+    """Build the case's inputs in ``work``; the recipe (or a one-file recipe for a plain input)."""
+    recipe_path = CORPUS / f"{name}.recipe.json"
+    if recipe_path.exists():
+        recipe = json.loads(recipe_path.read_text())
+        for spec in recipe["files"]:
+            make_file(work, spec)
+        return recipe
+    (source,) = [p for p in CORPUS.glob(f"{name}.*") if not p.name.endswith(".expect.json")]
+    (work / source.name).write_bytes(source.read_bytes())
+    return {"inputs": [source.name]}
+
+
+# ------------------------------------------------------------------ running
+
+
+@contextmanager
+def failing_write(monkeypatch: pytest.MonkeyPatch, fault: dict[str, Any] | None) -> Iterator[None]:
+    """Make the Nth Parquet write fail with ``fault['errno']`` (a disk that fills mid-run)."""
+    if not fault:
+        yield
+        return
+    real = storage.write_parquet_atomic
+    calls = {"n": 0}
+
+    def write(df: pl.DataFrame, path: Path) -> Path:
+        calls["n"] += 1
+        if calls["n"] == fault["at_write"]:
+            code = getattr(errno, fault["errno"])
+            raise OSError(code, os.strerror(code), str(path))
+        return real(df, path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(storage, "write_parquet_atomic", write)
+        yield
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(cli, args, env=env, catch_exceptions=True)
+
+
+def stored_pairs(data: Path) -> dict[str, str]:
+    parts = sorted((data / storage.EVENTS).glob("event_date=*/part-*.parquet"))
+    if not parts:
+        return {}
+    events = pl.concat([pl.read_parquet(p, columns=["event_id", "user_id"]) for p in parts])
+    pairs = dict(events.iter_rows())
+    assert len(pairs) == events.height, "an event_id is stored twice"
+    return pairs
+
+
+def rows_in(data: Path, dataset: str) -> int:
+    return sum(pl.read_parquet_schema(p) and pl.scan_parquet(p).select(pl.len()).collect().item()
+               for p in (data / dataset).glob("event_date=*/part-*.parquet"))
+
+
+def summaries(data: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((data / "ingest_runs").glob("*.json"))]
+
+
+# ------------------------------------------------------------------ the replay
+
+
+def test_the_corpus_covers_items_1_to_5_with_30_or_more_cases() -> None:
+    names = case_names()
+    items = {json.loads((CORPUS / f"{n}.expect.json").read_text())["item"] for n in names}
+    assert len(names) >= 30 and items == {1, 2, 3, 4, 5}
+    for name in names:  # every case has exactly one input or one recipe
+        inputs = [p for p in CORPUS.glob(f"{name}.*") if not p.name.endswith(".expect.json")]
+        assert len(inputs) == 1, name
+    assert sum(p.stat().st_size for p in CORPUS.iterdir()) < 300_000  # big inputs come from recipes
+
+
+@pytest.mark.parametrize("name", case_names())
+def test_hostile_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    expect = json.loads((CORPUS / f"{name}.expect.json").read_text())
+    work = tmp_path / "work"
+    work.mkdir()
+    recipe = prepare(name, work)
+    data = tmp_path / "data"
+    monkeypatch.chdir(work)
+    for before in recipe.get("before", []):
+        assert run_cli(["ingest", before, "--data-dir", str(data)]).exit_code == 0
+    pairs_before = stored_pairs(data)
+
+    with failing_write(monkeypatch, recipe.get("fault")):
+        result = run_cli(["ingest", *recipe["inputs"], "--data-dir", str(data), "--json"], env=recipe.get("env"))
+
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == expect["exit_code"], output[-2000:]
+    runs = summaries(data)[len(recipe.get("before", [])):]
+    if expect["exit_code"]:
+        (line,) = result.stderr.strip().splitlines()[-1:]
+        assert line.startswith("error: ") and expect["error"] in line, result.stderr[-2000:]
+        assert "\n" not in result.stderr.strip().split("error: ", 1)[1]
+    assert [run["status"] for run in runs] == ([expect["summary"]] if expect["summary"] != "none" else [])
+    if runs:
+        run = runs[0]
+        counts = (run["rows_read"], run["rows_written"], run["rows_quarantined"])
+        assert counts == (expect["rows_read"], expect["rows_written"], expect["rows_quarantined"])
+        assert run["rows_read"] == run["rows_written"] + run["rows_quarantined"]
+        if expect["exit_code"] == 0:
+            assert json.loads(result.stdout) == run
+
+    # nothing lost: what the summaries count is what the parts hold
+    every_run = summaries(data)
+    assert rows_in(data, storage.EVENTS) == sum(r["rows_written"] for r in every_run)
+    assert rows_in(data, storage.QUARANTINE) == sum(r["rows_quarantined"] for r in every_run)
+    # nothing forged: exactly the expected events, and what was stored before is still there
+    pairs = stored_pairs(data)
+    assert pairs_before.items() <= pairs.items()
+    if expect.get("stored") is not None:
+        assert pairs == expect["stored"]
+    else:
+        assert len(pairs) == expect["stored_count"]
+    reasons = (pl.read_parquet(data / storage.QUARANTINE / "*" / "*.parquet")["reason"].to_list()
+               if rows_in(data, storage.QUARANTINE) else [])
+    for wanted in expect.get("quarantine_reasons", []):
+        assert any(wanted in reason for reason in reasons), (wanted, reasons)
+
+
+def test_the_issue_reproduction_through_the_installed_command(tmp_path: Path) -> None:
+    """The issue's exact commands: `uba-batch ingest inj.csv --data-dir D --json` as a subprocess."""
+    recipe = prepare("csv_issue11_forged_record", tmp_path)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "uba-batch"), "ingest", *recipe["inputs"], "--data-dir", "D", "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "UBA_CONFIG": str(
+            REPO / "configs" / "default.yaml")})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["rows_read"], summary["rows_written"], summary["rows_quarantined"]) == (4, 2, 2)
+    assert stored_pairs(tmp_path / "D") == {"x1": "u00001", "x4": "u00042"}
