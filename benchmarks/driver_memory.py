@@ -240,7 +240,7 @@ def render(args: argparse.Namespace, host: dict[str, str], setup: dict[str, floa
     lines += ["", "Stage timings and execution of the largest day's runs (manifest):", ""]
     for mode in modes:
         r = peak(sizes[-1], mode)
-        stages = st.flat_seconds((r.manifest or {}).get("timings_sec"))
+        stages = {**st.flat_seconds((r.manifest or {}).get("timings_sec")), **st.shard_step_seconds(r.manifest)}
         shards = st.shard_summary(r.manifest)
         execution = (r.manifest or {}).get("execution") or {}
         scalars = ", ".join(f"{k} {v}" for k, v in execution.items()

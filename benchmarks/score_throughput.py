@@ -349,14 +349,41 @@ def job_seconds(manifest: dict[str, Any]) -> float | None:
     return None
 
 
+def shard_records(manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The per-shard records of a manifest: ``execution.shard_records`` (or a list under
+    ``execution.shards``); empty when the driver does not record shards."""
+    execution = (manifest or {}).get("execution") or {}
+    for key in ("shard_records", "shards"):
+        if isinstance(execution.get(key), list):
+            return [r for r in execution[key] if isinstance(r, dict)]
+    return []
+
+
 def shard_summary(manifest: dict[str, Any] | None) -> str | None:
-    """"N shard records on K nodes (node: count, ...)" when the manifest lists shards."""
-    shards = ((manifest or {}).get("execution") or {}).get("shards")
-    if not isinstance(shards, list):
+    """"N shard records on K node(s) (node: count, ...), P worker processes, ..." or None."""
+    records = shard_records(manifest)
+    if not records:
         return None
-    nodes = Counter(str(s.get("node_id", "?")) if isinstance(s, dict) else "?" for s in shards)
+    nodes = Counter(str(r.get("node_id", "?")) for r in records)
     per_node = ", ".join(f"{node[:12]}: {count}" for node, count in sorted(nodes.items()))
-    return f"{len(shards)} shard records on {len(nodes)} node(s) ({per_node})"
+    text = f"{len(records)} shard records on {len(nodes)} node(s) ({per_node})"
+    pids = {(r.get("node_id"), r.get("pid")) for r in records if r.get("pid") is not None}
+    if pids:
+        text += f", {len(pids)} worker process(es)"
+    fetched = [r["fetched_inputs"] for r in records if isinstance(r.get("fetched_inputs"), bool)]
+    if fetched:
+        text += f", shared inputs fetched {sum(fetched)} time(s)"
+    return text
+
+
+def shard_step_seconds(manifest: dict[str, Any] | None) -> dict[str, float]:
+    """Per-shard step seconds summed over the shards, as ``shards Σ <step>`` (busy time,
+    not wall: shards run in parallel)."""
+    total: dict[str, float] = {}
+    for record in shard_records(manifest):
+        for step, value in flat_seconds(record.get("seconds")).items():
+            total[f"shards Σ {step}"] = total.get(f"shards Σ {step}", 0.0) + value
+    return total
 
 
 # --- one run of one contender ---------------------------------------------------------------
@@ -383,6 +410,7 @@ class Run:
     events: int
     manifest: dict[str, Any] | None = None
     stages: dict[str, float] = field(default_factory=dict)
+    shard_steps: dict[str, float] = field(default_factory=dict)  # summed over shard records
 
     @property
     def wall(self) -> float:
@@ -418,6 +446,7 @@ def run_contender(contender: Contender, day: date, events: int, round_no: int) -
     if contender.output_dir is not None:
         run.manifest = read_manifest(contender.output_dir, day)
         run.stages = flat_seconds(run.manifest.get("timings_sec"))
+        run.shard_steps = shard_step_seconds(run.manifest)
         scored = (run.manifest.get("counts") or {}).get("input_rows")
         if scored is not None and scored != events:
             print(f"warning: {contender.label} counted {scored:,} input rows, the day has {events:,}",
@@ -945,12 +974,17 @@ def render(args: argparse.Namespace, host: dict[str, str], day: date, events: in
         stages = sorted({s for run in staged.values() for s in run.stages},
                         key=lambda s: -max(run.stages.get(s, 0.0) for run in staged.values()))
         lines += ["", "Stage timings of the median runs (seconds; uba: `timings_sec` of the manifest, "
-                      "seed-style: its own summary; empty = no such stage):", "",
+                      "seed-style: its own summary; empty = no such stage; `shards Σ x` = step x of the manifest's "
+                      "shard records summed over the shards, busy time rather than wall):", "",
                   "| stage | " + " | ".join(LABELS[k] for k in staged) + " |",
                   "|---|" + "---:|" * len(staged)]
         for stage in stages:
             values = [f"{run.stages[stage]:.2f}" if stage in run.stages else "" for run in staged.values()]
             lines.append(f"| {stage} | " + " | ".join(values) + " |")
+        steps = sorted({s for run in staged.values() for s in run.shard_steps})
+        for step in steps:  # busy seconds inside the shards, summed over shards (not wall)
+            values = [f"{run.shard_steps[step]:.2f}" if step in run.shard_steps else "" for run in staged.values()]
+            lines.append(f"| {step} | " + " | ".join(values) + " |")
     lines += ["", "How the uba runs ran (manifest `execution`, median runs):", ""]
     for key, run in medians.items():
         if run.manifest is None:
