@@ -96,21 +96,19 @@ def parse_timestamp(value: str) -> datetime:
     match = _TIMESTAMP.fullmatch(text)
     if match is None:
         raise RuleError(KIND_TIMESTAMP, "timestamp_format", MSG_TS_SYNTAX)
-    parts = match.groupdict()
-    year = int(parts["y"])
-    fraction = (parts["f"] or "0").ljust(6, "0")[:6]
-    offset = _offset_minutes(parts["tz"])
+    year, month, day, hour, minute, second, fraction, tz = match.groups()
+    offset = _offset_minutes(tz)
     try:  # year 0 is a leap year like 2000: check the calendar there, then refuse the range
-        local = datetime(year or 2000, int(parts["mo"]), int(parts["d"]), int(parts["h"]),
-                         int(parts["mi"]), int(parts["s"]), int(fraction))
+        local = datetime(int(year) or 2000, int(month), int(day), int(hour), int(minute), int(second),
+                         int(fraction[:6].ljust(6, "0")) if fraction else 0)
     except ValueError:
         raise RuleError(KIND_TIMESTAMP, "timestamp_invalid", MSG_TS_INVALID) from None
     if offset is None:
         raise RuleError(KIND_TIMESTAMP, "timestamp_invalid", MSG_TS_INVALID)
-    if year == 0:
+    if year == "0000":
         raise RuleError(KIND_TIMESTAMP, "timestamp_range", MSG_TS_RANGE)
     try:
-        utc = local - timedelta(minutes=offset)
+        utc = local - timedelta(minutes=offset) if offset else local
     except OverflowError:
         raise RuleError(KIND_TIMESTAMP, "timestamp_range", MSG_TS_RANGE) from None
     return utc.replace(tzinfo=UTC)
