@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
+import stat
+import zipfile
 from datetime import date
 from pathlib import Path
 
@@ -18,6 +21,8 @@ from uba.artifacts import (
     CHECKSUMS_FILE,
     FOREST_FILE,
     LATEST_FILE,
+    MAX_BUNDLE_JSON_BYTES,
+    MAX_LATEST_BYTES,
     bin_proportions,
     feature_reference,
     latest_version,
@@ -205,7 +210,7 @@ def test_wrong_format_version_is_refused(saved):
     assert "incompatible format_version 2" in _refusal(model_dir)
     assert "upgrade uba" in _refusal(model_dir)
     _edit_body(model_dir / version, format_version="one")
-    assert "incompatible format_version 'one'" in _refusal(model_dir)
+    assert "incompatible format_version a string of 3 characters" in _refusal(model_dir)
 
 
 def test_a_different_feature_list_is_refused(saved):
@@ -266,7 +271,7 @@ def test_non_integer_sub_sample_size_is_refused(saved):
     model_dir, version = saved
     body = json.loads((model_dir / version / BUNDLE_FILE).read_text())
     _edit_body(model_dir / version, model=body["model"] | {"max_samples_": "256"})
-    assert "'model.max_samples_' must be an integer, got '256'" in _refusal(model_dir)
+    assert "'model.max_samples_' must be an integer, got a string of 3 characters" in _refusal(model_dir)
 
 
 def test_a_bundle_copied_under_another_version_name_is_refused(saved):
@@ -346,3 +351,133 @@ def test_feature_reference_bins_give_equal_shares_and_collapse_for_constants():
     assert np.isclose(sum(flag["proportions"]), 1.0) and flag["proportions"][2] == 0.0
     shifted = bin_proportions(X[:, 0] + 10, z["cuts"])
     assert shifted[-1] == 1.0
+
+
+# ---------------------------------------------------------------- hostile files (issue 11, item 11)
+
+SECRET = "root:x:0:0:SECRET-LINE-7f3a"
+
+
+def _no_echo(message: str) -> None:
+    assert "SECRET" not in message and "root:x" not in message
+
+
+def test_latest_linked_outside_the_model_dir_is_refused_without_echo(saved, tmp_path_factory):
+    model_dir, _ = saved
+    outside = tmp_path_factory.mktemp("outside") / "passwd"
+    outside.write_text(SECRET + "\n")
+    (model_dir / LATEST_FILE).unlink()
+    (model_dir / LATEST_FILE).symlink_to(outside)
+    message = _refusal(model_dir)
+    assert "leads outside the model directory" in message
+    _no_echo(message)
+
+
+def test_latest_holding_another_files_text_is_refused_without_echo(saved):
+    model_dir, _ = saved
+    (model_dir / LATEST_FILE).write_text(SECRET + "\nbin:x:1:1\n")
+    message = _refusal(model_dir)
+    assert "does not hold a bundle version" in message
+    _no_echo(message)
+
+
+def test_bundle_files_or_version_dir_linked_outside_are_refused(saved, tmp_path_factory):
+    model_dir, version = saved
+    outside = tmp_path_factory.mktemp("elsewhere")
+    target = outside / BUNDLE_FILE
+    shutil.copy(model_dir / version / BUNDLE_FILE, target)
+    (model_dir / version / BUNDLE_FILE).unlink()
+    (model_dir / version / BUNDLE_FILE).symlink_to(target)
+    assert "leads outside the model directory" in _refusal(model_dir)
+
+    moved = outside / "bundle-dir"
+    shutil.move(model_dir / version, moved)
+    (model_dir / version).symlink_to(moved, target_is_directory=True)
+    assert "leads outside the model directory" in _refusal(model_dir)
+
+
+def test_a_link_inside_the_model_dir_is_followed(saved):
+    model_dir, version = saved
+    (model_dir / "copy.json").write_bytes((model_dir / version / BUNDLE_FILE).read_bytes())
+    (model_dir / version / BUNDLE_FILE).unlink()
+    (model_dir / version / BUNDLE_FILE).symlink_to(model_dir / "copy.json")
+    assert _load(model_dir).version == version
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("name", [LATEST_FILE, CHECKSUMS_FILE, FOREST_FILE])
+def test_a_fifo_is_refused_without_blocking(saved, name):
+    model_dir, version = saved
+    path = model_dir / name if name == LATEST_FILE else model_dir / version / name
+    path.unlink()
+    os.mkfifo(path)
+    assert "is a FIFO, not a regular file" in _refusal(model_dir, **({} if name == LATEST_FILE else
+                                                                       {"version": version}))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating a device node needs root")
+def test_a_device_is_refused(saved):
+    model_dir, version = saved
+    path = model_dir / version / BUNDLE_FILE
+    path.unlink()
+    os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero: reading never ends
+    assert "is a character device, not a regular file" in _refusal(model_dir)
+
+
+def test_oversized_files_are_refused_before_reading(saved):
+    model_dir, version = saved
+    with open(model_dir / version / BUNDLE_FILE, "r+b") as handle:
+        handle.truncate(MAX_BUNDLE_JSON_BYTES + 1)  # sparse: costs no disk
+    assert f"over the {MAX_BUNDLE_JSON_BYTES}-byte limit" in _refusal(model_dir)
+    (model_dir / LATEST_FILE).write_text(version + "\n" + " " * MAX_LATEST_BYTES)
+    assert f"over the {MAX_LATEST_BYTES}-byte limit" in _refusal(model_dir)
+
+
+def zip_bomb(inflated: int) -> bytes:
+    """A small deflated .npz member that inflates to ``inflated`` zero bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive, \
+            archive.open("threshold.npy", "w", force_zip64=True) as member:
+        chunk = bytes(1 << 20)
+        for _ in range(inflated // len(chunk) + 1):
+            member.write(chunk)
+    return buffer.getvalue()
+
+
+def test_a_zip_bomb_forest_is_refused_before_inflating(saved, monkeypatch):
+    model_dir, version = saved
+    monkeypatch.setattr("uba.artifacts.MAX_FOREST_BYTES", 8 << 20)  # the check reads the constant when it runs
+    bomb = zip_bomb(16 << 20)
+    assert len(bomb) < 1 << 20
+    _rewrite_consistently(model_dir / version, FOREST_FILE, bomb)
+    assert "is over the limit (64 arrays, 8388608 bytes)" in _refusal(model_dir)
+
+
+def test_checksums_nested_too_deeply_is_a_one_line_refusal(saved):
+    model_dir, version = saved
+    (model_dir / version / CHECKSUMS_FILE).write_text("[" * 100_000 + "]" * 100_000)
+    assert "malformed JSON (nested too deeply)" in _refusal(model_dir)
+
+
+def test_values_from_bundle_files_are_described_not_echoed(saved):
+    model_dir, version = saved
+    _edit_body(model_dir / version, format_version=SECRET)
+    message = _refusal(model_dir)
+    assert "incompatible format_version a string of" in message
+    _no_echo(message)
+    _edit_body(model_dir / version, format_version=1, threshold=SECRET)
+    message = _refusal(model_dir)
+    assert "'threshold' must be a number" in message
+    _no_echo(message)
+
+
+def test_invalid_utf8_or_json_in_a_bundle_file_shows_no_content(saved):
+    model_dir, version = saved
+    _rewrite_consistently(model_dir / version, BUNDLE_FILE, SECRET.encode() + b"\xff")
+    message = _refusal(model_dir)
+    assert "malformed JSON (not UTF-8 text" in message
+    _no_echo(message)
+    _rewrite_consistently(model_dir / version, BUNDLE_FILE, ('{"a": "' + SECRET + '" x}').encode())
+    message = _refusal(model_dir)
+    assert "malformed JSON (Expecting" in message
+    _no_echo(message)

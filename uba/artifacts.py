@@ -26,6 +26,8 @@ import math
 import os
 import platform
 import re
+import stat
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -65,6 +67,16 @@ DEFAULT_SCORE_QUANTILES = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0
 SCORE_HISTOGRAM_BINS = 100
 FEATURE_REFERENCE_BINS = 10
 _INTEGER_ARRAYS = {"children_left", "children_right", "feature", "tree_offsets"}
+# Size caps for reading a bundle: far above what `train` writes (a 5000-tree forest of
+# 256-sample trees is ~60 MB of arrays), far below what would exhaust a pod's memory.
+MAX_LATEST_BYTES = 256
+MAX_CHECKSUMS_BYTES = 1 << 20
+MAX_BUNDLE_JSON_BYTES = 64 << 20
+MAX_FOREST_BYTES = 512 << 20
+MAX_FOREST_MEMBERS = 64
+FILE_LIMITS = {CHECKSUMS_FILE: MAX_CHECKSUMS_BYTES, BUNDLE_FILE: MAX_BUNDLE_JSON_BYTES,
+               FOREST_FILE: MAX_FOREST_BYTES}
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -157,18 +169,24 @@ def list_versions(model_dir: Path) -> list[str]:
 
 
 def latest_version(model_dir: Path) -> str | None:
-    """Version named by the ``LATEST`` pointer, or None when there is no pointer yet."""
+    """Version named by the ``LATEST`` pointer, or None when there is no pointer yet.
+
+    The pointer is read like a bundle file (inside the model directory, a regular file,
+    at most MAX_LATEST_BYTES), and its content is never repeated in an error: a pointer
+    swapped for a link to /etc/passwd must not print that file's first line.
+    """
     pointer = Path(model_dir) / LATEST_FILE
-    try:
-        text = pointer.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not os.path.lexists(pointer):
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{pointer}: cannot read the LATEST pointer ({exc})") from exc
-    version = text.strip()
+    data = read_bundle_file(pointer, Path(model_dir), MAX_LATEST_BYTES)
+    try:
+        version = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        version = ""
     if not VERSION_PATTERN.match(version):
         raise BundleError(
-            f"{pointer}: does not hold a bundle version (expected e.g. 20260322T010203Z-ab12cd34, got {version[:60]!r})"
+            f"{pointer}: does not hold a bundle version (expected one line such as "
+            f"20260322T010203Z-ab12cd34, found {len(data)} bytes that are not one)"
         )
     return version
 
@@ -322,19 +340,85 @@ def save_bundle(model_dir: Path, detector: Detector, metadata: Mapping[str, Any]
 # ---------------------------------------------------------------- loading
 
 
-def _read_bytes(path: Path) -> bytes:
+def describe_value(value: Any) -> str:
+    """A value from a bundle file, fit for an error message: numbers and bundle versions
+    as themselves, anything else only by its type and size, so an error never carries a
+    file's content along (a LATEST or bundle.json swapped for a secret must not leak it)."""
+    if value is None or isinstance(value, bool | int | float):
+        text = repr(value)
+        return text if len(text) <= 40 else f"a {len(text)}-digit number"
+    if isinstance(value, str):
+        return repr(value) if VERSION_PATTERN.match(value) else f"a string of {len(value)} characters"
+    if isinstance(value, list | dict):
+        return f"a JSON {'array' if isinstance(value, list) else 'object'} of {len(value)} entries"
+    return f"a value of type {type(value).__name__}"
+
+
+def _echo(name: str) -> str:
+    """A feature or array name from a bundle file as itself when it is an identifier, else described."""
+    return name if _IDENTIFIER.fullmatch(name) else describe_value(name)
+
+
+def _inside(path: Path, root: Path) -> str:
+    """The real path of ``path``; a symlink that leads out of ``root`` is refused."""
+    root_real = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if os.path.commonpath([root_real, real]) != root_real:
+        raise BundleError(f"{path}: is a link that leads outside the model directory {root}; refused")
+    return real
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _check_regular(path: Path, info: os.stat_result, limit: int) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise BundleError(f"{path}: is {_file_kind(info.st_mode)}, not a regular file; refused")
+    if info.st_size > limit:
+        raise BundleError(f"{path}: {info.st_size} bytes, over the {limit}-byte limit for this file")
+
+
+def read_bundle_file(path: Path, root: Path, limit: int) -> bytes:
+    """The bytes of a regular file inside ``root``, at most ``limit`` of them.
+
+    Refuses links out of the model directory, FIFOs and devices (reading one would
+    block or never end: checked before opening, and again on the opened descriptor,
+    which is opened non-blocking so a FIFO swapped in meanwhile cannot hang the
+    reader), and files over the cap (checked on the size and on the bytes read).
+    """
+    real = _inside(path, root)
     try:
-        return path.read_bytes()
+        _check_regular(path, os.stat(real), limit)
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError as exc:
         raise BundleError(f"{path}: file is missing (incomplete bundle)") from exc
     except OSError as exc:
-        raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+        raise BundleError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from exc
+    with os.fdopen(fd, "rb") as handle:
+        _check_regular(path, os.fstat(fd), limit)
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise BundleError(f"{path}: over the {limit}-byte limit for this file")
+    return data
 
 
 def _parse_json(path: Path, data: bytes) -> Any:
+    """JSON with standard constants only; the error says where, never what was there."""
     try:
         return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path}: malformed JSON (not UTF-8 text at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    except RecursionError as exc:
+        raise BundleError(f"{path}: malformed JSON (nested too deeply)") from exc
+    except ValueError as exc:
         raise BundleError(f"{path}: malformed JSON ({exc})") from exc
 
 
@@ -342,14 +426,14 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
-def _verified_files(bundle_dir: Path) -> dict[str, bytes]:
+def _verified_files(bundle_dir: Path, model_dir: Path) -> dict[str, bytes]:
     """Read every data file once and check it against checksums.json before any parsing.
 
     The same bytes that were hashed are the ones parsed, so a file swapped between
     the check and the parse cannot slip through.
     """
     checksums_path = bundle_dir / CHECKSUMS_FILE
-    checksums = _parse_json(checksums_path, _read_bytes(checksums_path))
+    checksums = _parse_json(checksums_path, read_bundle_file(checksums_path, model_dir, MAX_CHECKSUMS_BYTES))
     listed = checksums.get("files") if isinstance(checksums, dict) else None
     if not isinstance(listed, dict) or checksums.get("algorithm") != "sha256":
         raise BundleError(f"{checksums_path}: expected {{'algorithm': 'sha256', 'files': {{...}}}}")
@@ -358,12 +442,15 @@ def _verified_files(bundle_dir: Path) -> dict[str, bytes]:
         raise BundleError(f"{checksums_path}: no checksum for {', '.join(missing)}")
     contents = {}
     for name in DATA_FILES:
-        data = _read_bytes(bundle_dir / name)
+        data = read_bundle_file(bundle_dir / name, model_dir, FILE_LIMITS[name])
         actual = hashlib.sha256(data).hexdigest()
-        if not isinstance(listed[name], str) or not hmac.compare_digest(actual, listed[name]):
+        expected = listed[name]
+        if not isinstance(expected, str) or not hmac.compare_digest(actual, expected):
+            said = f"{expected[:12]}..." if isinstance(expected, str) and re.fullmatch(r"[0-9a-f]{64}", expected) \
+                else "no sha256"
             raise BundleError(
                 f"{bundle_dir / name}: checksum mismatch (sha256 {actual[:12]}..., checksums.json "
-                f"says {str(listed[name])[:12]}...): the file was changed or damaged after it was written"
+                f"says {said}): the file was changed or damaged after it was written"
             )
         contents[name] = data
     return contents
@@ -380,11 +467,11 @@ def _check_format(path: Path, body: Any, version: str) -> None:
             else "retrain the model"
         )
         raise BundleError(
-            f"{path}: incompatible format_version {found!r} (this uba reads {sorted(SUPPORTED_FORMAT_VERSIONS)}); {hint}"
+            f"{path}: incompatible format_version {describe_value(found)} (this uba reads {sorted(SUPPORTED_FORMAT_VERSIONS)}); {hint}"
         )
     if body.get("version") != version:
         raise BundleError(
-            f"{path}: says version {body.get('version')!r} but lives in directory {version!r}"
+            f"{path}: says version {describe_value(body.get('version'))} but lives in directory {version!r}"
         )
 
 
@@ -410,7 +497,8 @@ def _check_features(
         unknown = [n for n in names if n not in expected]
         absent = [n for n in expected if n not in names]
         if unknown or absent:
-            detail = f"unknown to this code: {unknown[:5]}, not in the bundle: {absent[:5]}"
+            shown = [_echo(n) for n in unknown[:5]]
+            detail = f"unknown to this code: {shown}, not in the bundle: {absent[:5]}"
         else:
             detail = "same features in a different order"
         raise BundleError(
@@ -418,16 +506,32 @@ def _check_features(
         )
 
 
+def _check_members(path: Path, data: bytes) -> None:
+    """Bound what the archive inflates to before numpy reads it (a zip bomb of a few
+    kilobytes could otherwise expand to gigabytes)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise BundleError(f"{path}: not a readable numeric .npz archive ({type(exc).__name__})") from exc
+    inflated = sum(m.file_size for m in members)
+    if len(members) > MAX_FOREST_MEMBERS or inflated > MAX_FOREST_BYTES:
+        raise BundleError(f"{path}: archive of {len(members)} arrays inflating to {inflated} bytes "
+                          f"is over the limit ({MAX_FOREST_MEMBERS} arrays, {MAX_FOREST_BYTES} bytes)")
+
+
 def _load_arrays(path: Path, data: bytes) -> dict[str, np.ndarray]:
+    _check_members(path, data)
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
-    except Exception as exc:  # a damaged zip or object array: all just "unreadable"
-        raise BundleError(f"{path}: not a readable numeric .npz archive ({exc})") from exc
+    except Exception as exc:  # a damaged zip or object array: all just "unreadable", never its bytes
+        raise BundleError(f"{path}: not a readable numeric .npz archive ({type(exc).__name__})") from exc
     expected = set(FOREST_ARRAY_NAMES)
     if set(arrays) != expected:
         raise BundleError(
-            f"{path}: arrays {sorted(arrays)} do not match the expected {sorted(expected)}"
+            f"{path}: arrays {sorted(_echo(n) for n in arrays)} do not match the expected "
+            f"{sorted(expected)}"
         )
     for name, array in arrays.items():
         kinds = (
@@ -449,32 +553,40 @@ def _number(path: Path, body: Mapping[str, Any], *keys: str) -> Any:
     return value
 
 
+def _real(path: Path, body: Mapping[str, Any], *keys: str) -> float:
+    value = _number(path, body, *keys)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BundleError(f"{path}: '{'.'.join(keys)}' must be a number, got {describe_value(value)}")
+    return float(value)
+
+
+def _reals(path: Path, body: Mapping[str, Any], *keys: str) -> np.ndarray:
+    values = _number(path, body, *keys)
+    if not isinstance(values, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
+    ):
+        raise BundleError(f"{path}: '{'.'.join(keys)}' must be a list of numbers, got {describe_value(values)}")
+    return np.asarray(values, dtype=np.float64)
+
+
 def _rebuild_detector(
     path: Path, npz_path: Path, body: Mapping[str, Any], arrays: dict[str, np.ndarray]
 ) -> Detector:
     names = tuple(body["feature_names"])
     max_samples = _number(path, body, "model", "max_samples_")
     if isinstance(max_samples, bool) or not isinstance(max_samples, int):
-        raise BundleError(f"{path}: 'model.max_samples_' must be an integer, got {max_samples!r}")
+        raise BundleError(f"{path}: 'model.max_samples_' must be an integer, got {describe_value(max_samples)}")
     try:
         forest = CompactForest(**arrays, max_samples=max_samples, n_features=len(names))
     except (TypeError, ValueError) as exc:
         raise BundleError(f"{npz_path}: {exc}") from exc
+    mean, scale = _reals(path, body, "scaler", "mean"), _reals(path, body, "scaler", "scale")
+    threshold, percentile = _real(path, body, "threshold"), _real(path, body, "percentile")
+    params = body.get("model", {})
     try:
-        mean = np.asarray(_number(path, body, "scaler", "mean"), dtype=np.float64)
-        scale = np.asarray(_number(path, body, "scaler", "scale"), dtype=np.float64)
-        threshold = _number(path, body, "threshold")
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-            raise ValueError(f"'threshold' must be a number, got {threshold!r}")
-        return Detector(
-            feature_names=names,
-            scaler_mean=mean,
-            scaler_scale=scale,
-            forest=forest,
-            threshold=float(threshold),
-            percentile=float(_number(path, body, "percentile")),
-            params=dict(body.get("model", {})),
-        )
+        return Detector(feature_names=names, scaler_mean=mean, scaler_scale=scale, forest=forest,
+                        threshold=threshold, percentile=percentile,
+                        params=dict(params) if isinstance(params, Mapping) else {})
     except (TypeError, ValueError) as exc:
         raise BundleError(f"{path}: {exc}") from exc
 
@@ -500,6 +612,7 @@ def _resolve_version(model_dir: Path, version: str | None) -> str:
         raise BundleError(
             f"{model_dir / version}: no such bundle version (have: {', '.join(list_versions(model_dir)[-5:]) or 'none'})"
         )
+    _inside(model_dir / version, model_dir)
     return version
 
 
@@ -518,7 +631,7 @@ def load_bundle(
     model_dir = Path(model_dir)
     version = _resolve_version(model_dir, version)
     bundle_dir = model_dir / version
-    contents = _verified_files(bundle_dir)
+    contents = _verified_files(bundle_dir, model_dir)
     body_path = bundle_dir / BUNDLE_FILE
     body = _parse_json(body_path, contents[BUNDLE_FILE])
     _check_format(body_path, body, version)

@@ -23,9 +23,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uba.api.auth import load_api_keys, require_api_key
 from uba.api.batcher import ScoringBatcher
 from uba.api.deps import Runtime
-from uba.api.errors import http_error_handler, unexpected_error_handler, validation_error_handler
+from uba.api.errors import (
+    AUTH_ERRORS,
+    http_error_handler,
+    unexpected_error_handler,
+    validation_error_handler,
+)
 from uba.api.metrics import ApiMetrics, MetricsMiddleware
 from uba.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from uba.api.openapi import openapi_builder
 from uba.api.reloader import PeriodicReloader
 from uba.api.routes import admin, feedback, health, metrics, model, predict
 from uba.api.schemas import build_models
@@ -86,13 +92,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
 
+    # The key is the first dependency of every protected route: checked before the body
+    # is read or validated (bodies are a later dependency, uba.api.body).
     protected = [Depends(require_api_key)]
     app.include_router(health.router)
     app.include_router(metrics.router)
-    app.include_router(predict.build_router(models), dependencies=protected)
-    app.include_router(model.router, dependencies=protected)
-    app.include_router(admin.router, dependencies=protected)
-    app.include_router(feedback.router, dependencies=protected)  # issue 7: analyst labels
+    for router in (predict.build_router(models), model.router, admin.router,
+                   feedback.build_router(models)):  # feedback: issue 7, analyst labels
+        app.include_router(router, dependencies=protected, responses=AUTH_ERRORS)
+    app.openapi = openapi_builder(  # type: ignore[method-assign]
+        app, [models.event, models.batch, models.feedback], lambda: bool(runtime.api_keys))
 
     # Outermost first in the request path: metrics see every response, including 413s.
     app.add_middleware(BodyLimitMiddleware, limit=settings.api.max_body_bytes)

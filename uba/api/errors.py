@@ -17,12 +17,30 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from uba.api.body import TOO_MANY_VALUES
 from uba.api.middleware import current_request_id, printable
-from uba.api.schemas import BATCH_TOO_LARGE
+from uba.api.schemas import BATCH_TOO_LARGE, ErrorBody
 from uba.logs import get_logger
 
 log = get_logger("api.errors")
 MAX_VALUE_CHARS = 80
+_TOO_LARGE_TYPES = frozenset({BATCH_TOO_LARGE, TOO_MANY_VALUES})
+
+# Declared in the OpenAPI schema of every route that can answer them (schemathesis checks
+# that no undeclared status is ever sent).
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or invalid X-API-Key (when keys are configured); "
+                                             "checked before the body is read"},
+}
+BODY_LIMIT_ERROR: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody, "description": "Body over api.max_body_bytes, or more items than api.max_batch"},
+}
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Body cannot be parsed as JSON (nested too deeply, "
+                                             "an integer too long to read)"},
+    **BODY_LIMIT_ERROR,
+    415: {"model": ErrorBody, "description": "Body is not application/json"},
+}
 
 
 def safe_value(value: Any) -> Any:
@@ -55,10 +73,10 @@ def field_path(loc: tuple[Any, ...]) -> str:
 def describe_error(error: dict[str, Any]) -> dict[str, Any]:
     kind = error.get("type", "")
     if kind == "json_invalid":
-        position = error.get("loc", ("body", "?"))[-1]
+        position = error.get("loc", ("body",))[-1]
         reason = (error.get("ctx") or {}).get("error", "invalid JSON")
-        return {"field": "body", "message": f"invalid JSON: {reason} (at character {position})",
-                "value": None}
+        where = f" (at character {position})" if isinstance(position, int) else ""
+        return {"field": "body", "message": f"invalid JSON: {reason}{where}", "value": None}
     if kind == "missing":
         field = field_path(tuple(error.get("loc", ())))
         message = "request body is required" if field == "body" else "field required"
@@ -74,7 +92,7 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
     code = status.HTTP_422_UNPROCESSABLE_CONTENT
-    if any(e.get("type") == BATCH_TOO_LARGE for e in errors):
+    if any(e.get("type") in _TOO_LARGE_TYPES for e in errors):
         code = status.HTTP_413_CONTENT_TOO_LARGE
     return JSONResponse(status_code=code, content={"detail": [describe_error(e) for e in errors[:50]]})
 

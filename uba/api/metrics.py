@@ -21,6 +21,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+CLIENT_CLOSED = 499  # nginx's code for "the client closed the connection before the answer"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UNMATCHED_ROUTE = "unmatched"
 
@@ -77,6 +78,18 @@ class ApiMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+def final_status(sent: int | None, error: BaseException | None) -> int:
+    """The outcome to count for a request: the status actually sent; else 499 when the
+    client went away before an answer (the app returned without one, or reading the
+    body failed on the disconnect); else 500 for an exception, which Starlette's error
+    middleware answers as a 500 outside this one."""
+    if sent is not None:
+        return sent
+    if error is None or type(error).__name__ == "ClientDisconnect":
+        return CLIENT_CLOSED
+    return 500
+
+
 def route_label(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
@@ -94,21 +107,26 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
+        sent: int | None = None
+        error: BaseException | None = None
         started = time.perf_counter()
 
         async def send_with_status(message: Message) -> None:
-            nonlocal status
+            nonlocal sent
             if message["type"] == "http.response.start":
-                status = message["status"]
+                sent = message["status"]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_status)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             route = route_label(scope)
             method = scope.get("method", "")
             self.metrics.latency.labels(route=route, method=method).observe(
                 time.perf_counter() - started
             )
+            status = final_status(sent, error)
             self.metrics.requests.labels(route=route, method=method, status=str(status)).inc()

@@ -14,7 +14,7 @@ import re
 import time
 import uuid
 
-from uba.api.metrics import ASGIApp, Message, Receive, Scope, Send
+from uba.api.metrics import ASGIApp, Message, Receive, Scope, Send, final_status
 from uba.logs import get_logger
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -157,22 +157,26 @@ class RequestIdMiddleware:
             return
         request_id = request_id_from(scope)
         _request_id.set(request_id)  # one task per request: no reset needed, and the 500 handler sees it
-        status = 500
+        sent: int | None = None
+        error: BaseException | None = None
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal sent
             if message["type"] == "http.response.start":
-                status = message["status"]
+                sent = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != REQUEST_ID_HEADER]
                 message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, request_id.encode())]}
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             if self.log_requests:
-                self._log(scope, status, time.perf_counter() - started, request_id)
+                self._log(scope, final_status(sent, error), time.perf_counter() - started, request_id)
 
     @staticmethod
     def _log(scope: Scope, status: int, seconds: float, request_id: str) -> None:

@@ -6,7 +6,7 @@ with one assignment, and a refused one leaves the old state serving. The periodi
 (``api.reload_interval_sec`` > 0) exists because a reload request through a load
 balancer reaches one worker of one pod; a loop in every worker moves them all to the
 nightly snapshot and the weekly bundle without a restart. It first compares the
-newest bundle version, snapshot date and suppression-rule parts with what is served
+newest bundle version, snapshot date and file and suppression-rule parts with what is served
 (a pointer read and two directory listings), so an unchanged night costs nothing, and
 a rule an analyst adds or removes reaches the API within one interval.
 """
@@ -21,14 +21,14 @@ from fastapi.concurrency import run_in_threadpool
 
 from uba import io
 from uba.api.deps import Runtime
-from uba.api.state import ModelState, RulesKey, rules_key
+from uba.api.state import ModelState, RulesKey, rules_key, snapshot_stamp
 from uba.artifacts import latest_version
 from uba.errors import UserError
 from uba.logs import get_logger
 
 log = get_logger("api.reload")
 
-ServedKey = tuple[str, date, RulesKey]
+ServedKey = tuple[str, date, tuple[int, ...], RulesKey]
 
 
 async def reload_runtime(runtime: Runtime) -> tuple[ModelState | None, ModelState]:
@@ -47,18 +47,21 @@ async def reload_runtime(runtime: Runtime) -> tuple[ModelState | None, ModelStat
 
 
 def served_key(state: ModelState | None) -> ServedKey | None:
-    return None if state is None else (state.version, state.baselines.as_of, state.rules_key)
+    """What a state was loaded from: bundle version, snapshot date and file, rule parts."""
+    if state is None:
+        return None
+    return state.version, state.baselines.as_of, state.baselines.stamp, state.rules_key
 
 
 def newest_key(runtime: Runtime) -> ServedKey | None:
-    """(LATEST bundle version, newest snapshot date, rule parts) on disk, or None while the
-    bundle or the snapshot is missing."""
+    """(LATEST bundle version, newest snapshot date and file, rule parts) on disk, or None
+    while the bundle or the snapshot is missing."""
     paths = runtime.settings.paths
     version = latest_version(paths.model_dir) if paths.model_dir.is_dir() else None
     snapshot = io.latest_baseline_snapshot(paths.data_dir)
     if version is None or snapshot is None:
         return None
-    return version, snapshot[0], rules_key(paths.data_dir)
+    return version, snapshot[0], snapshot_stamp(snapshot[1]), rules_key(paths.data_dir)
 
 
 class PeriodicReloader:

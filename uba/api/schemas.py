@@ -67,10 +67,19 @@ def _id_type(max_length: int, blank_is_absent: bool = False) -> Any:
     return Annotated[str, PlainValidator(check), WithJsonSchema(schema)]
 
 
+# The cross-field rule below, as far as JSON Schema can say it: a timestamp, or both
+# hour_of_day and day_of_week (that they agree with a timestamp is checked, not declared).
+_TIME_SOURCE_SCHEMA = {"anyOf": [
+    {"required": ["timestamp"], "properties": {"timestamp": {"type": "string"}}},
+    {"required": ["hour_of_day", "day_of_week"],
+     "properties": {"hour_of_day": {"type": "integer"}, "day_of_week": {"type": "integer"}}},
+]}
+
+
 class _EventBase(BaseModel):
     """Cross-field rule shared by every generated event model: time comes from somewhere."""
 
-    model_config = _STRICT_MODEL
+    model_config = ConfigDict(**_STRICT_MODEL, json_schema_extra=_TIME_SOURCE_SCHEMA)
 
     @field_validator("timestamp", mode="after", check_fields=False)
     @classmethod
@@ -152,26 +161,36 @@ def build_event_model(events: EventSettings) -> type[BaseModel]:
     )
 
 
-def _batch_limit(max_batch: int) -> Any:
-    """Count first: a 100k-event body is refused without validating 100k events."""
+def count_limit(max_items: int, noun: str = "events") -> Any:
+    """Count first: a 100k-item body is refused without validating 100k items."""
 
     def check(value: Any) -> Any:
-        if isinstance(value, list) and len(value) > max_batch:
+        if isinstance(value, list) and len(value) > max_items:
             raise PydanticCustomError(
                 BATCH_TOO_LARGE,
-                "holds {count} events; the limit is {limit} per request (api.max_batch)",
-                {"count": len(value), "limit": max_batch},
+                "holds {count} {noun}; the limit is {limit} per request (api.max_batch)",
+                {"count": len(value), "noun": noun, "limit": max_items},
             )
         return value
 
     return check
 
 
+MIN_JSON_VALUES = 32_768  # parses in a few ms; leaves room to name the field of a wrong-shaped value
+
+
+def max_json_values(max_items: int, per_item: int) -> int:
+    """How many JSON keys and values (commas, colons, brackets) a body may hold before it
+    is refused unparsed: what the largest valid body of ``max_items`` items holds, and
+    never less than MIN_JSON_VALUES, so a smaller mistake still gets a 422 naming its field."""
+    return max(max_items * per_item + 64, MIN_JSON_VALUES)
+
+
 def build_batch_model(event_model: type[BaseModel], api: ApiSettings) -> type[BaseModel]:
     """``{"events": [...]}`` with the size limit checked before any event is validated."""
     events_type = Annotated[
         list[event_model],  # type: ignore[valid-type]
-        BeforeValidator(_batch_limit(api.max_batch)),
+        BeforeValidator(count_limit(api.max_batch)),
         Field(min_length=1, json_schema_extra={"maxItems": api.max_batch}),
     ]
     return create_model(
@@ -262,14 +281,58 @@ class ErrorBody(BaseModel):
     detail: list[FieldError] | str
 
 
+class FeedbackItem(BaseModel):
+    """One analyst verdict on a scored event."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Not blank: declared for clients, checked by uba.feedback (which strips and names the item).
+    event_id: str = Field(min_length=1, max_length=256, json_schema_extra={"pattern": r"\S"},
+                          description="event_id of a scored event (stored stripped; not blank)")
+    label: Literal["benign", "malicious"]
+    analyst: str | None = Field(default=None, max_length=256)
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class FeedbackStored(BaseModel):
+    stored: int
+    benign: int
+    malicious: int
+
+
+def build_feedback_model(api: ApiSettings) -> type[BaseModel]:
+    """``{"items": [...]}`` with at most ``api.max_batch`` items, counted before any is validated."""
+    items_type = Annotated[
+        list[FeedbackItem],
+        BeforeValidator(count_limit(api.max_batch, "items")),
+        Field(min_length=1, json_schema_extra={"maxItems": api.max_batch}),
+    ]
+    return create_model(
+        "FeedbackRequest",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__=f"Up to {api.max_batch} analyst verdicts, stored all or none.",
+        items=(items_type, ...),
+    )
+
+
+EVENT_JSON_VALUES = 32  # an event has 11 fields: 11 keys, 11 values, braces, commas
+FEEDBACK_JSON_VALUES = 12  # a feedback item has 4 fields
+
+
 @dataclass(frozen=True)
 class ApiModels:
-    """The generated request models of one app."""
+    """The generated request models of one app, and how many JSON values their largest
+    valid body holds (``uba.api.body`` refuses more before parsing)."""
 
     event: type[BaseModel]
     batch: type[BaseModel]
+    feedback: type[BaseModel]
+    event_values: int
+    feedback_values: int
 
 
 def build_models(events: EventSettings, api: ApiSettings) -> ApiModels:
     event = build_event_model(events)
-    return ApiModels(event=event, batch=build_batch_model(event, api))
+    return ApiModels(event=event, batch=build_batch_model(event, api), feedback=build_feedback_model(api),
+                     event_values=max_json_values(api.max_batch, EVENT_JSON_VALUES),
+                     feedback_values=max_json_values(api.max_batch, FEEDBACK_JSON_VALUES))

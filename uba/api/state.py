@@ -47,6 +47,7 @@ class BaselineIndex:
     frame: pl.DataFrame
     positions: Mapping[str, int]
     population: pl.DataFrame
+    stamp: tuple[int, ...] = ()
 
     @property
     def users(self) -> int:
@@ -63,7 +64,18 @@ class BaselineIndex:
         return pl.concat([self.frame[wanted], self.population], how="vertical")
 
 
-def index_baselines(frame: pl.DataFrame, as_of: date, path: Path) -> BaselineIndex:
+def snapshot_stamp(path: Path) -> tuple[int, ...]:
+    """Which file a snapshot is (inode, size, mtime): ``score --date D`` rewrites the
+    snapshot as of D in place of train's, so the date alone does not tell a new one."""
+    try:
+        info = Path(path).stat()
+    except OSError:
+        return ()
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def index_baselines(frame: pl.DataFrame, as_of: date, path: Path,
+                    stamp: tuple[int, ...] = ()) -> BaselineIndex:
     """Validate a snapshot (one row per user, a population row) and index it."""
     if "user_id" not in frame.columns:
         raise UserError(f"baseline snapshot {path} has no user_id column")
@@ -74,7 +86,8 @@ def index_baselines(frame: pl.DataFrame, as_of: date, path: Path) -> BaselineInd
     if POPULATION_USER not in positions:
         raise UserError(f"baseline snapshot {path} has no population row ({POPULATION_USER!r})")
     population = frame.slice(positions[POPULATION_USER], 1)
-    return BaselineIndex(as_of=as_of, path=path, frame=frame, positions=positions, population=population)
+    return BaselineIndex(as_of=as_of, path=path, frame=frame, positions=positions, population=population,
+                         stamp=stamp)
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,8 +160,9 @@ def load_baselines(data_dir: Path) -> BaselineIndex:
             f"no baseline snapshot under {Path(data_dir) / 'baselines'} (run uba-batch train or score first)"
         )
     as_of, path = found
+    stamp = snapshot_stamp(path)  # before the read: a rewrite meanwhile shows as a change next time
     frame = io.read_baseline_snapshot(path)
-    return index_baselines(frame, as_of, path)
+    return index_baselines(frame, as_of, path, stamp)
 
 
 def build_scorer(bundle: Bundle, settings: Settings) -> tuple[Scorer, str]:

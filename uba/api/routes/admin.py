@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from uba.api.deps import RuntimeDep
+from uba.api.errors import BODY_LIMIT_ERROR
 from uba.api.reloader import reload_runtime, served_key
 from uba.api.schemas import ErrorBody, ReloadResult
 from uba.errors import UserError
@@ -29,11 +30,14 @@ def short_reason(exc: Exception) -> str:
     "/reload", response_model=ReloadResult,
     summary="Load the newest bundle + baseline snapshot + suppression rules and swap them in atomically",
     responses={409: {"model": ErrorBody, "description": "The new bundle or snapshot was refused; "
-                     "the previous one keeps serving"}},
+                     "the previous one keeps serving"}, **BODY_LIMIT_ERROR},
 )
 async def reload(runtime: RuntimeDep) -> ReloadResult:
+    """``changed`` compares with what was served when this call arrived, not with what a
+    concurrent (e.g. periodic) reload swapped in while this one waited for the lock."""
+    previous = runtime.holder.current
     try:
-        previous, fresh = await reload_runtime(runtime)
+        _, fresh = await reload_runtime(runtime)
     except UserError as exc:
         serving = runtime.holder.current
         kept = f"; still serving {serving.version}" if serving else "; no model is being served"

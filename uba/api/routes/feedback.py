@@ -3,64 +3,51 @@
 Stored exactly like ``uba-batch feedback`` (``uba.feedback.record_feedback``): one
 append-only Parquet part per request under ``<data-dir>/feedback/``, all items or none,
 latest label per event wins. No model is needed, so this works before the first reload.
-(No ``from __future__ import annotations``: FastAPI must see the real classes.)
+The body is bounded (``api.max_batch`` items, counted before any is validated) and
+parsed off the event loop (``uba.api.body``). (No ``from __future__ import
+annotations``: FastAPI must see the real classes.)
 """
 
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
+from uba.api.body import JsonBody, request_body
 from uba.api.deps import RuntimeDep, require_json
-from uba.api.schemas import ErrorBody
+from uba.api.errors import BODY_ERRORS
+from uba.api.schemas import ApiModels, ErrorBody, FeedbackStored
 from uba.errors import UserError
-from uba.feedback import record_feedback
-
-router = APIRouter(tags=["feedback"])
-
-
-class FeedbackItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    event_id: str = Field(min_length=1, max_length=256, description="event_id of a scored event")
-    label: Literal["benign", "malicious"]
-    analyst: str | None = Field(default=None, max_length=256)
-    note: str | None = Field(default=None, max_length=2000)
-
-
-class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    items: list[FeedbackItem] = Field(min_length=1, max_length=100_000)
-
-
-class FeedbackStored(BaseModel):
-    stored: int
-    benign: int
-    malicious: int
-
+from uba.feedback import FeedbackSummary, record_feedback
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"model": ErrorBody, "description": "More items than api.max_batch"},
-    415: {"model": ErrorBody, "description": "Body is not application/json"},
+    **BODY_ERRORS,
     422: {"model": ErrorBody, "description": "Invalid item: the field, message and value"},
 }
 
 
-@router.post("/feedback", response_model=FeedbackStored, status_code=status.HTTP_201_CREATED,
-             dependencies=[Depends(require_json)], responses=_ERRORS,
-             summary="Store analyst labels (benign / malicious) for scored events")
-async def post_feedback(body: FeedbackRequest, runtime: RuntimeDep) -> FeedbackStored:
-    limit = runtime.settings.api.max_batch
-    if len(body.items) > limit:
-        raise HTTPException(status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, detail=[{
-            "field": "items", "message": f"at most {limit} items per request (api.max_batch)",
-            "value": len(body.items)}])
-    rows = [item.model_dump() for item in body.items]
-    try:
-        summary = await run_in_threadpool(record_feedback, runtime.settings.paths.data_dir, rows, "api")
-    except UserError as exc:  # e.g. whitespace-only event_id: named by item
-        raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
-                            detail=[{"field": "items", "message": str(exc), "value": None}]) from exc
-    return FeedbackStored(stored=summary.rows, benign=summary.benign, malicious=summary.malicious)
+def store_items(data_dir: Path, items: list[BaseModel]) -> FeedbackSummary:
+    """Dump and store the items (in the thread pool: up to api.max_batch of them)."""
+    return record_feedback(data_dir, [item.model_dump() for item in items], "api")
+
+
+def build_router(models: ApiModels) -> APIRouter:
+    router = APIRouter(tags=["feedback"])
+    body_dep = JsonBody(models.feedback, models.feedback_values, "api.max_batch items")
+
+    @router.post("/feedback", response_model=FeedbackStored, status_code=status.HTTP_201_CREATED,
+                 dependencies=[Depends(require_json)], responses=_ERRORS,
+                 openapi_extra=request_body(models.feedback.__name__),
+                 summary="Store analyst labels (benign / malicious) for scored events")
+    async def post_feedback(runtime: RuntimeDep, body: Annotated[BaseModel, Depends(body_dep)]) -> FeedbackStored:
+        items = body.items  # type: ignore[attr-defined]
+        try:
+            summary = await run_in_threadpool(store_items, runtime.settings.paths.data_dir, items)
+        except UserError as exc:  # e.g. whitespace-only event_id: named by item
+            raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                detail=[{"field": "items", "message": str(exc), "value": None}]) from exc
+        return FeedbackStored(stored=summary.rows, benign=summary.benign, malicious=summary.malicious)
+
+    return router

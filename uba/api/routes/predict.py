@@ -7,11 +7,13 @@ annotations`` here: FastAPI must see the generated classes, not their names.)
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
+from uba.api.body import JsonBody, request_body
 from uba.api.deps import ModelStateDep, Runtime, RuntimeDep, require_json
+from uba.api.errors import BODY_ERRORS
 from uba.api.inference import ScoringEvent, ScoringResult, score_events
 from uba.api.schemas import ApiModels, BatchPrediction, ErrorBody, Prediction
 from uba.api.state import ModelState
@@ -21,8 +23,7 @@ SEED_EXAMPLE = {
     "events_in_session": 190, "hour_of_day": 2, "day_of_week": 1, "device_type": "desktop",
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"model": ErrorBody, "description": "Body or batch over the configured limit"},
-    415: {"model": ErrorBody, "description": "Body is not application/json"},
+    **BODY_ERRORS,
     422: {"model": ErrorBody, "description": "Invalid event: the field, message and value"},
     503: {"model": ErrorBody, "description": "No model loaded yet"},
 }
@@ -61,23 +62,27 @@ def _score_batch(runtime: Runtime, state: ModelState, events: list[ScoringEvent]
 
 def build_router(models: ApiModels) -> APIRouter:
     router = APIRouter(tags=["predict"], dependencies=[Depends(require_json)], responses=_ERRORS)
+    event_body = JsonBody(models.event, models.event_values, "1 event")
+    batch_body = JsonBody(models.batch, models.event_values, "api.max_batch events")
 
-    @router.post("/predict", response_model=Prediction, summary="Score one event")
+    @router.post("/predict", response_model=Prediction, summary="Score one event",
+                 openapi_extra=request_body(models.event.__name__, {"seed": {"value": SEED_EXAMPLE}}))
     async def predict(
-        event: Annotated[models.event, Body(openapi_examples={"seed": {"value": SEED_EXAMPLE}})],  # type: ignore[name-defined]
         state: ModelStateDep,
         runtime: RuntimeDep,
+        event: Annotated[BaseModel, Depends(event_body)],
     ) -> Prediction:
         scoring_event = to_scoring_event(event)
         result, row = await runtime.batcher.score(state, scoring_event)
         return prediction(state, scoring_event, result, row)
 
     @router.post("/predict/batch", response_model=BatchPrediction,
-                 summary="Score a list of events, answered in order")
+                 summary="Score a list of events, answered in order",
+                 openapi_extra=request_body(models.batch.__name__, {"seed": {"value": {"events": [SEED_EXAMPLE]}}}))
     async def predict_batch(
-        batch: Annotated[models.batch, Body(openapi_examples={"seed": {"value": {"events": [SEED_EXAMPLE]}}})],  # type: ignore[name-defined]
         state: ModelStateDep,
         runtime: RuntimeDep,
+        batch: Annotated[BaseModel, Depends(batch_body)],
     ) -> BatchPrediction:
         events = [to_scoring_event(e) for e in batch.events]  # type: ignore[attr-defined]
         scored = await run_in_threadpool(_score_batch, runtime, state, events)

@@ -1,0 +1,57 @@
+"""The OpenAPI document: FastAPI's, plus the request models it cannot see.
+
+Request bodies are parsed by a dependency (``uba.api.body``), so FastAPI does not know
+their models; the routes declare them by reference (``request_body``) and this module
+adds those models' schemas to ``components.schemas``. Built on the first request for
+``/openapi.json``, never at import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+
+def body_schemas(models: Sequence[type[BaseModel]]) -> dict[str, Any]:
+    """Validation-mode JSON schemas of ``models`` and everything they reference, by name."""
+    _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF_TEMPLATE)
+    return dict(top.get("$defs", {}))
+
+
+def drop_security(schema: dict[str, Any]) -> None:
+    """Operations of a server without keys require none: say so, rather than declare a
+    key that is never checked."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict):
+                operation.pop("security", None)
+                operation.get("responses", {}).pop("401", None)
+
+
+def openapi_builder(app: FastAPI, models: Sequence[type[BaseModel]],
+                    keys_configured: Callable[[], bool]) -> Callable[[], dict[str, Any]]:
+    """A replacement for ``app.openapi`` that also holds the request body models and
+    declares the API key only when keys are configured (known once the lifespan ran)."""
+    built: dict[bool, dict[str, Any]] = {}
+
+    def build() -> dict[str, Any]:
+        keyed = keys_configured()
+        if keyed not in built:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in body_schemas(models).items():
+                components.setdefault(name, definition)
+            if not keyed:
+                drop_security(schema)
+            built[keyed] = schema
+        return built[keyed]
+
+    return build
