@@ -1,12 +1,13 @@
 """Settings precedence and validation, on real YAML files."""
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
 from uba.errors import UserError
-from uba.settings import Settings, load_settings
+from uba.settings import MAX_CONFIG_BYTES, MIN_RELOAD_INTERVAL_SEC, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,3 +75,94 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_bad_env_value_names_the_setting() -> None:
     with pytest.raises(UserError, match="invalid setting 'ray.num_workers' = 0"):
         load_settings(env={"UBA_RAY__NUM_WORKERS": "0"})
+
+
+# --- hostile config files (issue 11, item 12) ----------------------------------------
+
+# "Billion laughs" under a real setting: the old loader expanded it when the error
+# message printed the value (repr of 9**9 strings: 2.5 GB and no end).
+ALIAS_BOMB = "threshold:\n  percentile:\n" + "".join(
+    f"    - &{name} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
+    for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
+)
+
+
+@pytest.mark.timeout(20)
+def test_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    config = tmp_path / "bomb.yaml"
+    config.write_text(ALIAS_BOMB)
+    with pytest.raises(UserError, match=r"YAML aliases \(\*name\) are not allowed in settings, at line 4"):
+        load_settings(config, env={})
+
+
+@pytest.mark.timeout(20)
+def test_alias_in_an_environment_value_is_not_expanded() -> None:
+    """An env value that is not plain YAML stays the raw string, which then fails validation."""
+    with pytest.raises(UserError, match="invalid setting 'model.n_estimators'"):
+        load_settings(env={"UBA_MODEL__N_ESTIMATORS": "&a [1, *a]"})
+
+
+def test_plain_anchors_without_aliases_still_load(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("model: &m {n_estimators: 50}\n")
+    assert load_settings(config, env={}).model.n_estimators == 50
+
+
+@pytest.mark.parametrize("value", ["1e-9", "0.000000001", "0.1"])
+def test_reload_interval_below_the_minimum_is_refused(value: str) -> None:
+    with pytest.raises(UserError, match=r"invalid setting 'api.reload_interval_sec'.*must be 0 \(off\) or at least"):
+        load_settings(env={"UBA_API__RELOAD_INTERVAL_SEC": value})
+
+
+@pytest.mark.parametrize("value", ["0", str(MIN_RELOAD_INTERVAL_SEC), "300"])
+def test_reload_interval_off_or_sane_is_accepted(value: str) -> None:
+    assert load_settings(env={"UBA_API__RELOAD_INTERVAL_SEC": value}).api.reload_interval_sec == float(value)
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_or_device_as_config_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="not a regular file"):
+        load_settings(fifo, env={})
+    with pytest.raises(UserError, match="not a regular file"):
+        load_settings("/dev/zero", env={})
+
+
+def test_oversized_or_binary_config_is_refused(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    with open(big, "wb") as handle:
+        handle.truncate(MAX_CONFIG_BYTES + 1)
+    with pytest.raises(UserError, match="larger than"):
+        load_settings(big, env={})
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"model: {n_estimators: 5}\n\xff\xfe")
+    with pytest.raises(UserError, match="is not UTF-8 text"):
+        load_settings(binary, env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("api: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested too deeply"),
+        ("api: {port: " + "9" * 5000 + "}\n", "integer of thousands of digits"),
+        ("api: {port: !!python/object/apply:os.system ['echo SECRET-7f3a']}\n", "could not determine a constructor"),
+        ("api:\n  port: 1\n\tSECRET-7f3a: 2\n", "at line 3, column 1"),
+        ('"SECRET-7f3a\n\n', "not valid YAML"),
+    ],
+)
+def test_unreadable_yaml_is_one_line_and_echoes_nothing(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    with pytest.raises(UserError) as caught:
+        load_settings(config, env={})
+    said = str(caught.value)
+    assert message in said and "\n" not in said and "SECRET" not in said and len(said) < 400
+
+
+def test_a_huge_or_multiline_bad_value_is_shown_short_on_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f'threshold: {{percentile: "{"x" * 5000}"}}\n"evil\\nkey": 1\n')
+    with pytest.raises(UserError) as caught:
+        load_settings(config, env={})
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 400

@@ -13,6 +13,8 @@ Environment variables: ``UBA_DATA_DIR``, ``UBA_MODEL_DIR``, ``UBA_OUTPUT_DIR`` a
 from __future__ import annotations
 
 import os
+import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from uba.errors import UserError
 
 DEFAULT_CONFIG_PATH = Path("configs/default.yaml")
+MAX_CONFIG_BYTES = 1 << 20  # default.yaml is ~6 KB; a config file is never megabytes
+MIN_RELOAD_INTERVAL_SEC = 0.25  # a check (a pointer read, two listings) costs ~1 ms: <1% of a core
 PATH_ENV_VARS = {
     "UBA_DATA_DIR": ("paths", "data_dir"),
     "UBA_MODEL_DIR": ("paths", "model_dir"),
@@ -125,6 +129,15 @@ class ApiSettings(_Section):
     reload_interval_sec: float = Field(0, ge=0, le=86400)
     access_log: bool = True
 
+    @field_validator("reload_interval_sec")
+    @classmethod
+    def _off_or_sane(cls, value: float) -> float:
+        """0 turns the periodic check off; anything shorter than MIN_RELOAD_INTERVAL_SEC would only
+        burn a core on directory listings (1e-9 took 93% of one)."""
+        if 0 < value < MIN_RELOAD_INTERVAL_SEC:
+            raise ValueError(f"must be 0 (off) or at least {MIN_RELOAD_INTERVAL_SEC:g} seconds")
+        return value
+
 
 class ScoringSettings(_Section):
     """Batch scoring (``score --date``): the day is processed in row chunks of this size,
@@ -204,14 +217,75 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
     return merged
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (``*name``): a few lines of nested aliases
+    expand to billions of nodes when validated (a "billion laughs" hung the CLI at
+    2.5 GB), and a settings file never needs them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"YAML aliases (*name) are not allowed in settings, at line {mark.line + 1}")
+        return super().compose_node(parent, index)
+
+
+def _short(text: object, limit: int = 80) -> str:
+    """One printable line of at most ``limit`` characters, for error messages."""
+    line = re.sub(r"[^\x20-\x7e]", "?", str(text))
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """What the YAML parser objected to and where, without the quoted file snippet
+    PyYAML adds (a config must not be echoed, e.g. into a CI log)."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"{_short(exc.reason)} (character #x{exc.character:04x}) at position {exc.position}"
+    if isinstance(exc, yaml.MarkedYAMLError):
+        problem = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", exc.problem or exc.context or "syntax error")
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return _short(problem) + where
+    if isinstance(exc, yaml.YAMLError):
+        return _short(exc, 120)
+    return "a value cannot be read as its type (e.g. an integer of thousands of digits, an impossible date)"
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML without aliases; any parse failure is a UserError-ready sentence."""
     try:
-        text = path.read_text()
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:
+        raise ValueError(_yaml_problem(exc)) from exc
+
+
+def _read_config_text(path: Path) -> str:
+    """A regular file of at most MAX_CONFIG_BYTES of UTF-8: a FIFO or device named as
+    the config would block or never end, and a huge file is never a config."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CONFIG_BYTES:
+            what = "not a regular file" if not stat.S_ISREG(info.st_mode) else f"larger than {MAX_CONFIG_BYTES} bytes"
+            raise UserError(f"cannot read config file {path}: {what}")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UserError(f"cannot read config file {path}: larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start})") from exc
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    text = _read_config_text(path)
+    try:
+        data = parse_yaml(text) or {}
+    except ValueError as exc:
         raise UserError(f"config file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping at the top level")
@@ -229,8 +303,8 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
             continue
         section, _, key = var[4:].lower().partition("__")
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
+            value = parse_yaml(raw)
+        except ValueError:
             value = raw
         layer.setdefault(section, {})[key] = value
     return layer
@@ -238,11 +312,12 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
+    where = _short(".".join(str(p) for p in first["loc"]))
     value = first.get("input")
     if first["type"] == "extra_forbidden":
         return f"unknown setting '{where}' ({source})"
-    return f"invalid setting '{where}' = {value!r}: {first['msg']} ({source})"
+    shown = f"<{type(value).__name__} of {len(value)} entries>" if isinstance(value, dict | list) else _short(repr(value))
+    return f"invalid setting '{where}' = {shown}: {_short(first['msg'], 200)} ({source})"
 
 
 def load_settings(
