@@ -30,7 +30,7 @@ import time
 import tomllib
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import httpx
 import pytest
@@ -201,6 +201,31 @@ def test_runs_as_non_root_with_both_roles_and_a_health_check(dockerfile: list[In
     env = _image_env(dockerfile, final)
     assert env["RAY_USAGE_STATS_ENABLED"] == "0"
     assert env["UBA_API__HOST"] == "0.0.0.0" and env["PATH"].startswith("/opt/venv/bin:")
+
+
+def _numba_cache_setup(dockerfile: list[Instruction]) -> tuple[str, list[Instruction], Instruction]:
+    """The final stage's NUMBA_CACHE_DIR, its instructions, and the RUN that warms the cache."""
+    final = max(i.stage for i in dockerfile)
+    stage = [i for i in dockerfile if i.stage == final]
+    warm = [i for i in stage if i.keyword == "RUN" and "warm_up()" in i.args]
+    assert len(warm) == 1, "no (or several) RUN warming numba's cache in the final stage"
+    return _image_env(dockerfile, final)["NUMBA_CACHE_DIR"], stage, warm[0]
+
+
+def test_numba_cache_is_warmed_at_build_and_owned_by_the_image_user(dockerfile: list[Instruction]) -> None:
+    """numba only uses a cache directory it can write to: the image's user must own it."""
+    cache_dir, stage, warm = _numba_cache_setup(dockerfile)
+    position = {id(i): n for n, i in enumerate(stage)}
+    env_at = next(n for n, i in enumerate(stage) if i.keyword == "ENV" and "NUMBA_CACHE_DIR=" in i.args)
+    copy_venv_at = next(n for n, i in enumerate(stage) if i.keyword == "COPY" and "/opt/venv" in i.args)
+    last_user = max(n for n, i in enumerate(stage) if i.keyword == "USER")
+    assert max(env_at, copy_venv_at) < position[id(warm)] < last_user
+    commands = _split_commands(warm.args)
+    chown = [shlex.split(c) for c in commands if c.startswith("chown")]
+    assert chown and chown[-1][:3] == ["chown", "-R", "${UBA_UID}:${UBA_UID}"]
+    assert PurePosixPath(cache_dir).is_relative_to(chown[-1][3])
+    assert not PurePosixPath(cache_dir).is_relative_to("/tmp")  # a pod's /tmp emptyDir would hide it
+    assert [c for c in commands if "uba.forest_kernel" in c]
 
 
 # ----------------------------------------------------------------- .dockerignore
@@ -386,3 +411,23 @@ def test_batch_override_command_runs(image_venv: tuple[Path, Path], dockerfile: 
     bad = subprocess.run(["uba-batch", "score", "--date", "2026-13-01"], env=env, cwd=workdir,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "2026-13-01" in bad.stderr
+
+
+def test_the_build_time_warm_up_fills_the_cache_that_later_processes_load(
+        image_venv: tuple[Path, Path], dockerfile: list[Instruction], tmp_path: Path) -> None:
+    """The Dockerfile's own warm-up command, run against the installed copy: both kernels
+    land in NUMBA_CACHE_DIR, and a new process loads them instead of compiling."""
+    venv, workdir = image_venv
+    _, _, warm = _numba_cache_setup(dockerfile)
+    (command,) = [c for c in _split_commands(warm.args) if "uba.forest_kernel" in c]
+    cache = tmp_path / "numba-cache"
+    cache.mkdir()
+    env = _image_process_env(dockerfile, venv, NUMBA_CACHE_DIR=str(cache), HOME=str(tmp_path))
+    subprocess.run(command.replace("/opt/venv", str(venv)), shell=True, env=env, cwd=workdir,
+                   check=True, timeout=300)
+    assert len(list(cache.rglob("forest_kernel.*.nbi"))) == 2  # the complete and node kernels
+    again = subprocess.run([str(venv / "bin" / "python"), "-c", "import uba.forest_kernel as k; k.warm_up()"],
+                           env={**env, "NUMBA_DEBUG_CACHE": "1"}, cwd=workdir, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("[cache] data loaded") == 2 and "data saved" not in again.stdout

@@ -123,6 +123,13 @@ def _container_argv(container: Obj) -> list[str]:
     return [*container.get("command", []), *container.get("args", [])]
 
 
+def _dockerfile_numba_cache_dir() -> str:
+    """Where the image points numba's cache of the compiled forest kernel (ENV NUMBA_CACHE_DIR)."""
+    match = re.search(r"^ENV NUMBA_CACHE_DIR=(\S+)$", (REPO / "Dockerfile").read_text(), re.M)
+    assert match, "Dockerfile sets no NUMBA_CACHE_DIR"
+    return match.group(1)
+
+
 def _dockerfile_uid() -> int:
     match = re.search(r"^ARG UBA_UID=(\d+)$", (REPO / "Dockerfile").read_text(), re.M)
     assert match, "Dockerfile has no ARG UBA_UID"
@@ -330,6 +337,32 @@ def test_batch_pods_can_write_where_the_code_writes(builds: dict[str, list[Obj]]
                         assert "RAY_TMPDIR" in env and "/dev/shm" in mounts, f"{label}: Ray needs its dirs"
 
 
+def test_scoring_pods_mount_a_writable_numba_cache_where_the_image_points_it(
+        builds: dict[str, list[Obj]]) -> None:
+    """numba uses a cache directory only if it can write there; with a read-only root,
+    every pod that scores (and so runs the compiled forest kernel) mounts an emptyDir at
+    the image's NUMBA_CACHE_DIR, shared by the pod's processes (Ray workers)."""
+    image_cache_dir = _dockerfile_numba_cache_dir()
+    scoring = 0
+    for build, objects in builds.items():
+        for obj in objects:
+            for where, template in _pod_templates(obj):
+                if not (where.startswith(("RayJob head", "RayJob workers"))
+                        or obj["metadata"]["name"] in ("uba-api", "uba-score", "uba-train")):
+                    continue
+                volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+                for container in template["spec"]["containers"]:
+                    label = f"{build}: {obj['metadata']['name']} ({where})"
+                    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                    cache_dir = env.get("NUMBA_CACHE_DIR", image_cache_dir)
+                    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == cache_dir] or [None]
+                    assert mount is not None, f"{label}: nothing mounted at NUMBA_CACHE_DIR {cache_dir}"
+                    assert not mount.get("readOnly"), label
+                    assert "sizeLimit" in volumes[mount["name"]]["emptyDir"], label
+                    scoring += 1
+    assert scoring == 2 * 5  # API, score and train CronJobs, Ray head and workers, per overlay
+
+
 def test_references_resolve_inside_each_build(builds: dict[str, list[Obj]]) -> None:
     for build, objects in builds.items():
         config_maps = {o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"}
@@ -505,6 +538,10 @@ def test_nightly_score_runs_with_a_read_only_root_and_only_the_pods_writable_mou
     (tmp_path / "pod-tmp").mkdir()  # the emptyDir
     env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            "PYTHONDONTWRITEBYTECODE": "1"}
+    # The image's NUMBA_CACHE_DIR, on the pod's (empty) emptyDir: the kernel compiles and caches there.
+    numba_cache = tmp_path / "numba-cache"
+    numba_cache.mkdir()
+    env["NUMBA_CACHE_DIR"] = str(numba_cache)
     for item in container["env"]:
         value = item["value"]
         for pod_path, local in pod_paths.items():
@@ -534,3 +571,4 @@ def test_nightly_score_runs_with_a_read_only_root_and_only_the_pods_writable_mou
     assert manifest["counts"]["scored_rows"] == manifest["counts"]["input_rows"] > 0
     assert manifest["execution"]["mode"] == "local" and manifest["execution"]["started_by_job"]  # embedded Ray
     assert not ro_probe.exists()
+    assert list(numba_cache.rglob("*.nbi")), "the forest kernel was not cached on the mounted cache dir"

@@ -1,0 +1,337 @@
+"""The compiled forest kernel gives scikit-learn's scores, and only ever indexes in range.
+
+The kernel (``uba.forest_kernel``) reads its tables without bounds checks, so besides
+parity with scikit-learn on fitted forests, the tables built from any forest that
+passes validation (hand-made, odd node orders, odd dtypes, infinite thresholds) are
+checked for range and compared with a plain-Python walk of scikit-learn's rules.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+from sklearn.ensemble import IsolationForest
+
+import uba.model
+from uba import forest_kernel
+from uba.model import COMPLETE_MAX_DEPTH, CompactForest, compact_forest_from_sklearn
+
+TOLERANCE = 1e-9
+
+
+def _fitted(n_rows: int, n_features: int, seed: int, **params: object) -> IsolationForest:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_rows, n_features))
+    X[:, 0] = rng.lognormal(2.0, 1.0, n_rows)
+    return IsolationForest(random_state=seed, **params).fit(X)
+
+
+def _probe(rng: np.random.Generator, n_rows: int, n_features: int) -> np.ndarray:
+    return (rng.normal(size=(n_rows, n_features)) * rng.choice([0.5, 2.0, 6.0], (n_rows, 1))).astype(
+        np.float32
+    )
+
+
+@pytest.mark.parametrize(
+    ("n_features", "params"),
+    [
+        (17, {"n_estimators": 100}),  # the product's shape: psi 256, depth 8
+        (5, {"n_estimators": 60, "max_samples": 16}),  # shallow: depth 4
+        (9, {"n_estimators": 40, "max_samples": 1024}),  # depth 10
+        (12, {"n_estimators": 50, "max_features": 0.5}),  # feature sub-sampling
+        (3, {"n_estimators": 30, "max_samples": 2}),  # depth 1
+    ],
+)
+def test_kernel_scores_equal_sklearn_and_the_numpy_path(n_features, params):
+    forest = _fitted(3000, n_features, n_features, **params)
+    compact = compact_forest_from_sklearn(forest, n_features)
+    probe = _probe(np.random.default_rng(1), 5000, n_features)
+
+    got = compact.scores(probe)
+
+    assert compact.complete_layout
+    assert np.max(np.abs(got + forest.score_samples(probe))) <= TOLERANCE
+    assert np.array_equal(got, compact.scores(probe, compiled=False))
+
+
+def test_forest_deeper_than_the_complete_layout_cap_walks_the_node_arrays():
+    forest = _fitted(9000, 6, 2, n_estimators=30, max_samples=9000)  # max depth ceil(log2 9000) = 14
+    compact = compact_forest_from_sklearn(forest, 6)
+    probe = _probe(np.random.default_rng(2), 3000, 6)
+
+    assert compact.depth > COMPLETE_MAX_DEPTH
+    assert not compact.complete_layout
+    assert np.max(np.abs(compact.scores(probe) + forest.score_samples(probe))) <= TOLERANCE
+    assert np.array_equal(compact.scores(probe), compact.scores(probe, compiled=False))
+
+
+def test_node_layout_of_a_shallow_forest_gives_the_same_sums(monkeypatch):
+    forest = _fitted(2000, 8, 3, n_estimators=50)
+    complete = compact_forest_from_sklearn(forest, 8)
+    monkeypatch.setattr(uba.model, "COMPLETE_MAX_DEPTH", 0)
+    node = compact_forest_from_sklearn(forest, 8)
+    probe = _probe(np.random.default_rng(3), 2000, 8)
+
+    assert complete.complete_layout and not node.complete_layout
+    assert np.array_equal(complete.path_lengths(probe), node.path_lengths(probe))
+
+
+@pytest.mark.parametrize("max_samples", [256, 9000])
+def test_rows_with_nan_are_scored_like_sklearn_among_clean_rows(max_samples):
+    forest = _fitted(9000, 7, 4, n_estimators=40, max_samples=max_samples)
+    compact = compact_forest_from_sklearn(forest, 7)
+    rng = np.random.default_rng(4)
+    probe = _probe(rng, 3000, 7)
+    probe[rng.random(probe.shape) < 0.05] = np.nan  # about 30% of rows hold a NaN
+
+    got = compact.scores(probe)
+
+    assert 0 < np.isnan(probe).any(axis=1).sum() < len(probe)
+    assert np.max(np.abs(got + forest.score_samples(probe))) <= TOLERANCE
+
+
+def test_single_rows_equal_the_batch_and_sklearn():
+    forest = _fitted(2000, 17, 5, n_estimators=200)
+    compact = compact_forest_from_sklearn(forest, 17)
+    probe = _probe(np.random.default_rng(5), 300, 17)
+
+    batch = compact.scores(probe)
+    singles = np.array([compact.scores(row[None, :])[0] for row in probe])
+
+    assert np.array_equal(batch, singles)
+    assert np.max(np.abs(singles + forest.score_samples(probe))) <= TOLERANCE
+
+
+@pytest.mark.parametrize("max_samples", [256, 9000])
+def test_read_only_tables_and_rows_are_accepted(max_samples):
+    """A Ray worker unpickles the detector from the object store: its arrays are read-only."""
+    forest = _fitted(9000, 5, 8, n_estimators=20, max_samples=max_samples)
+    compact = pickle.loads(pickle.dumps(compact_forest_from_sklearn(forest, 5)))
+    for table in vars(compact._kernel).values():
+        if isinstance(table, np.ndarray):
+            table.setflags(write=False)
+    probe = _probe(np.random.default_rng(8), 500, 5)
+    probe.setflags(write=False)
+
+    assert np.max(np.abs(compact.scores(probe) + forest.score_samples(probe))) <= TOLERANCE
+
+
+def test_empty_input_gives_no_scores_and_a_wrong_width_is_refused():
+    compact = compact_forest_from_sklearn(_fitted(500, 4, 6, n_estimators=10), 4)
+
+    assert compact.scores(np.empty((0, 4), dtype=np.float32)).shape == (0,)
+    for bad in (np.zeros((3, 5), np.float32), np.zeros((3, 3), np.float32), np.zeros(4, np.float32)):
+        with pytest.raises(ValueError, match="expected rows of 4 features"):
+            compact.scores(bad)
+
+
+def test_non_contiguous_float64_rows_are_converted_not_misread():
+    forest = _fitted(1500, 6, 7, n_estimators=30)
+    compact = compact_forest_from_sklearn(forest, 6)
+    wide = _probe(np.random.default_rng(7), 400, 12).astype(np.float64)
+    rows = wide[::2, ::2]  # strided view
+
+    expected = -forest.score_samples(np.ascontiguousarray(rows, dtype=np.float32))
+    assert np.max(np.abs(compact.scores(rows) - expected)) <= TOLERANCE
+
+
+def test_complete_layout_pads_a_shallow_leaf_to_its_leftmost_slot():
+    """Root: x0 <= 0 -> leaf A (depth 1); else x1 <= 0 -> leaves B, C (depth 2)."""
+    forest = CompactForest(
+        children_left=np.array([1, -1, 3, -1, -1]),
+        children_right=np.array([2, -1, 4, -1, -1]),
+        feature=np.array([0, -2, 1, -2, -2]),
+        threshold=np.array([0.0, -2.0, 0.0, -2.0, -2.0]),
+        missing_go_to_left=np.zeros(5, dtype=bool),
+        node_value=np.array([0.0, 10.0, 0.0, 20.0, 30.0]),
+        tree_offsets=np.array([0, 5]),
+        max_samples=4,
+        n_features=2,
+    )
+    tables = forest._kernel
+
+    assert tables.complete and forest.depth == 2
+    assert tables.feature.tolist() == [[0, 0, 1]]
+    assert tables.threshold.tolist() == [[0.0, math.inf, 0.0]]
+    assert tables.value.tolist() == [[10.0, 10.0, 20.0, 30.0]]
+    rows = np.array([[-1, 5], [-1, -5], [np.inf, -1], [np.inf, 1], [1, np.inf]], np.float32)
+    assert forest.path_lengths(rows).tolist() == [10.0, 10.0, 20.0, 30.0, 30.0]
+
+
+# ------------------------------------------------------- hand-made forests that pass validation
+
+
+def _random_tree(rng: np.random.Generator, max_depth: int, n_features: int) -> dict[str, list]:
+    """A random binary tree whose node ids are any parent-before-child order (not BFS)."""
+    shapes: list[tuple[int, int]] = [(0, -1)]  # (depth, parent slot) per node, in creation order
+    children: dict[int, list[int]] = {}
+    frontier = [0]
+    while frontier:
+        node = frontier.pop(int(rng.integers(len(frontier))))
+        depth = shapes[node][0]
+        if depth < max_depth and (node == 0 or rng.random() < 0.7):
+            pair = [len(shapes), len(shapes) + 1]
+            shapes += [(depth + 1, node), (depth + 1, node)]
+            children[node] = pair
+            frontier += pair
+    # Number nodes in a random parent-before-child order.
+    order, ready = [], [0]
+    while ready:
+        node = ready.pop(int(rng.integers(len(ready))))
+        order.append(node)
+        ready += children.get(node, [])
+    new_id = {old: new for new, old in enumerate(order)}
+    specials = [np.inf, -np.inf, 1e300, -1e300, 3.4e38, 0.0, -0.0, 1e-45]
+    tree: dict[str, list] = {k: [] for k in ("left", "right", "feature", "threshold", "missing", "value")}
+    for old in order:
+        pair = children.get(old)
+        tree["left"].append(new_id[pair[0]] if pair else -1)
+        tree["right"].append(new_id[pair[1]] if pair else -1)
+        tree["feature"].append(int(rng.integers(n_features)) if pair else -2)
+        special = rng.random() < 0.15
+        tree["threshold"].append(float(rng.choice(specials)) if special else float(rng.normal()))
+        tree["missing"].append(bool(rng.random() < 0.5))
+        tree["value"].append(0.0 if pair else float(rng.uniform(0, 20)))
+    return tree
+
+
+def _random_forest(rng: np.random.Generator, n_trees: int, max_depth: int, n_features: int) -> CompactForest:
+    trees = [_random_tree(rng, max_depth, n_features) for _ in range(n_trees)]
+    sizes = [len(t["left"]) for t in trees]
+
+    def cat(key: str, dtype: object) -> np.ndarray:
+        return np.concatenate([np.asarray(t[key], dtype=dtype) for t in trees])
+
+    return CompactForest(
+        children_left=cat("left", np.int16),
+        children_right=cat("right", np.int64),
+        feature=cat("feature", np.int8),
+        threshold=cat("threshold", np.float64),
+        missing_go_to_left=cat("missing", np.uint8),
+        node_value=cat("value", np.float64),
+        tree_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.uint32),
+        max_samples=64,
+        n_features=n_features,
+    )
+
+
+def _reference_path_lengths(forest: CompactForest, X32: np.ndarray) -> np.ndarray:
+    """scikit-learn's rules, one node at a time: float32 x <= float64 threshold goes left,
+    NaN goes where missing_go_to_left says."""
+    out = []
+    for row in X32:
+        total = 0.0
+        for t in range(forest.n_trees):
+            base, node = int(forest.tree_offsets[t]), 0
+            while forest.children_left[base + node] != -1:
+                g = base + node
+                x = float(row[forest.feature[g]])
+                left = bool(forest.missing_go_to_left[g]) if math.isnan(x) else x <= forest.threshold[g]
+                node = int(forest.children_left[g] if left else forest.children_right[g])
+            total += float(forest.node_value[base + node])
+        out.append(total)
+    return np.array(out)
+
+
+def _edge_rows(rng: np.random.Generator, forest: CompactForest, n_rows: int) -> np.ndarray:
+    """Random rows, rows on (and one float32 step around) thresholds, infinities, NaN."""
+    n = forest.n_features
+    rows = rng.normal(size=(n_rows, n)).astype(np.float32)
+    inner = np.flatnonzero(forest.children_left != -1)
+    picks = rng.choice(inner, size=n_rows)
+    with np.errstate(over="ignore"):
+        on = forest.threshold[picks].astype(np.float32)
+    step = rng.integers(-1, 2, n_rows)  # one float32 below, exactly on, one above
+    on = np.where(step == 0, on, np.nextafter(on, np.where(step < 0, -np.inf, np.inf).astype(np.float32)))
+    rows[np.arange(n_rows), forest.feature[picks]] = on
+    rows[rng.random(rows.shape) < 0.03] = np.inf
+    rows[rng.random(rows.shape) < 0.03] = -np.inf
+    rows[rng.random(rows.shape) < 0.02] = np.nan
+    return rows
+
+
+@pytest.mark.parametrize(("seed", "max_depth"), [(0, 3), (1, 8), (2, 12), (3, 15)])
+def test_tables_of_any_validated_forest_stay_in_range_and_score_by_the_rules(seed, max_depth):
+    rng = np.random.default_rng(seed)
+    forest = _random_forest(rng, n_trees=12, max_depth=max_depth, n_features=5)
+    tables = forest._kernel
+    depth = forest.depth
+
+    # What the kernel indexes without checks: features, and slots or node ids.
+    assert tables.feature.dtype == np.uint32 and int(tables.feature.max()) < forest.n_features
+    if tables.complete:
+        assert tables.feature.shape == tables.threshold.shape == (forest.n_trees, 2**depth - 1)
+        assert tables.value.shape == (forest.n_trees, 2**depth)
+        leaf_values = set(forest.node_value[forest.children_left == -1].tolist())
+        assert set(tables.value.ravel().tolist()) <= leaf_values
+    else:
+        assert tables.children is not None and tables.roots is not None
+        assert int(tables.children.max()) < forest.n_nodes and int(tables.roots.max()) < forest.n_nodes
+    assert tables.complete == (depth <= COMPLETE_MAX_DEPTH)
+
+    rows = _edge_rows(rng, forest, 600)
+    expected = _reference_path_lengths(forest, rows)
+    assert np.array_equal(forest.path_lengths(rows), expected)
+    assert np.array_equal(forest.path_lengths(rows, compiled=False), expected)
+
+
+def test_nan_threshold_at_an_inner_node_is_refused():
+    with pytest.raises(ValueError, match="'threshold' must not be NaN at inner nodes"):
+        CompactForest(
+            children_left=np.array([1, -1, -1]),
+            children_right=np.array([2, -1, -1]),
+            feature=np.array([0, -2, -2]),
+            threshold=np.array([np.nan, -2.0, -2.0]),
+            missing_go_to_left=np.array([True, False, False]),
+            node_value=np.array([0.0, 1.0, 2.0]),
+            tree_offsets=np.array([0, 3]),
+            max_samples=2,
+            n_features=1,
+        )
+
+
+# ------------------------------------------------------- loading and caching
+
+
+def test_importing_and_building_a_forest_does_not_import_numba_loading_the_kernel_does():
+    code = (
+        "import sys, numpy as np\n"
+        "import uba.model\n"
+        "from sklearn.ensemble import IsolationForest\n"
+        "f = IsolationForest(n_estimators=5, random_state=0).fit(np.eye(8))\n"
+        "c = uba.model.compact_forest_from_sklearn(f, 8)\n"
+        "assert 'numba' not in sys.modules, 'numba imported before the first score'\n"
+        "c.load_kernel()  # what a server calls at model load\n"
+        "assert 'numba' in sys.modules and 'uba.forest_kernel' in sys.modules\n"
+        "assert c.scores(np.zeros((1, 8), np.float32)).shape == (1,)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_without_a_writable_cache_the_loops_compile_in_memory(monkeypatch):
+    real_njit = numba.njit
+
+    def njit(*args, **kwargs):
+        if kwargs.get("cache"):
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'x.py'")
+        return real_njit(*args, **kwargs)
+
+    monkeypatch.setattr(forest_kernel.numba, "njit", njit)
+
+    def add(a, b):
+        return a + b
+
+    compiled = forest_kernel._compiled(numba.int64(numba.int64, numba.int64))(add)
+    assert compiled(2, 3) == 5
+    assert compiled._cache.cache_path is None  # numba's NullCache: nothing written
+
+
+def test_warm_up_self_check_passes():
+    forest_kernel.warm_up()

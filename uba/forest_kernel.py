@@ -1,0 +1,291 @@
+"""Compiled (numba) scoring loops of the compact forest.
+
+Why compiled: numpy walks a forest with a few whole-array calls per tree level, which
+runs at about scikit-learn's own speed; a loop that keeps one tree's tables and a block
+of rows in L1 cache and walks several rows at once is several times faster per core.
+
+Two layouts, both prepared by :mod:`uba.model` from the validated forest arrays:
+
+* **complete**: every tree re-laid as a complete binary tree of the forest's depth D
+  (inner slots ``0 .. 2**D - 2``, leaves ``0 .. 2**D - 1``). A row takes exactly D
+  branch-free steps ``i = 2 i + 1 + (x[feature[i]] > threshold[i])``; a leaf shallower
+  than D was padded by the builder with ``+inf`` thresholds (always go left).
+* **node**: scikit-learn's own node arrays (global ids, leaves pointing at themselves),
+  for forests too deep for a complete layout: ``i = children[2 i + (x > threshold)]``.
+
+Both add the per-tree path lengths of a row in tree order starting from 0.0, as
+scikit-learn's ``depths +=`` does, so the sums are bit-identical to its own.
+
+Safety: the loops index without bounds checks. They are only ever given tables whose
+every index is in range by construction (``uba.model`` builds them after
+``_check_forest_arrays``), and the wrappers below check shapes and the row width before
+calling them. Rows holding NaN are not routed here (``uba.model`` scores them with the
+numpy path, which implements scikit-learn's missing-value routing).
+
+Caching: compiled machine code goes to numba's cache (``NUMBA_CACHE_DIR`` in the image),
+so a process loads it instead of compiling; without a writable cache location the
+loops are compiled in memory once per process. Importing this module imports numba,
+so ``uba.model`` imports it only when it first scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numba
+import numpy as np
+
+# Rows per block: a block of float32 rows should stay in L1 (with one tree's tables)
+# while every tree walks it.
+_BLOCK_BYTES = 16 * 1024
+_MAX_BLOCK_ROWS = 1024
+# Rows walked side by side (see _complete_kernel): independent chains of dependent
+# loads let the CPU overlap them; 8 measured about as fast as 16 and reads better.
+_LANES = 8
+
+
+def _readonly(dtype: Any, ndim: int) -> Any:
+    """A C-contiguous array the loops only read: accepts writable arrays too, and the
+    read-only ones a Ray worker gets from the object store (unpickled detectors)."""
+    return numba.types.Array(dtype, ndim, "C", readonly=True)
+
+
+_ROWS = _readonly(numba.float32, 2)
+_OUT = numba.types.Array(numba.float64, 1, "C")
+_COMPLETE_SIGNATURE = numba.int64(
+    _ROWS,
+    _readonly(numba.uint32, 2),  # feature
+    _readonly(numba.float32, 2),  # threshold
+    _readonly(numba.float64, 2),  # leaf value
+    numba.int64,  # depth
+    numba.int64,  # rows per block
+    _OUT,
+)
+_NODE_SIGNATURE = numba.int64(
+    _ROWS,
+    _readonly(numba.uint32, 1),  # children
+    _readonly(numba.uint32, 1),  # feature
+    _readonly(numba.float32, 1),  # threshold
+    _readonly(numba.float64, 1),  # node value
+    _readonly(numba.uint32, 1),  # roots
+    numba.int64,  # depth
+    numba.int64,  # rows per block
+    _OUT,
+)
+
+
+def _compiled(signature: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``njit`` with an explicit signature, cached on disk when a cache location is writable.
+
+    numba refuses ``cache=True`` outright (RuntimeError) when neither ``NUMBA_CACHE_DIR``
+    nor the package directory nor ``~/.cache`` is writable; scoring then still works,
+    compiling in memory once per process.
+    """
+
+    def wrap(fn: Callable[..., Any]) -> Any:
+        try:
+            return numba.njit(signature, cache=True, nogil=True)(fn)
+        except RuntimeError:
+            return numba.njit(signature, nogil=True)(fn)
+
+    return wrap
+
+
+@numba.njit(inline="always")
+def _rows_with_nan(X: Any) -> Any:
+    """How many rows hold a NaN (their sums are meaningless: ``x > t`` is false for NaN,
+    while scikit-learn routes NaN per node; the caller rescores them with numpy)."""
+    count = 0
+    for r in range(X.shape[0]):
+        for c in range(X.shape[1]):
+            if np.isnan(X[r, c]):
+                count += 1
+                break
+    return count
+
+
+@numba.njit(inline="always")
+def _complete_step(x: Any, feature: Any, threshold: Any, i: Any) -> Any:
+    """One level down a complete tree; unsigned so numba adds no negative-index fix-up."""
+    return i + i + np.uint64(1) + np.uint64(x[feature[i]] > threshold[i])
+
+
+@_compiled(_COMPLETE_SIGNATURE)
+def _complete_kernel(X, feature, threshold, leaf_value, depth, block, out):
+    """Trees outer, rows inner per block; 8 rows (_LANES) walked side by side, written
+    out: numba keeps these scalars in registers, a small index array would go through
+    memory (measured ~15% slower)."""
+    n_rows, n_trees = X.shape[0], feature.shape[0]
+    n_inner = np.uint64(feature.shape[1])
+    nan_rows = _rows_with_nan(X)
+    for start in range(0, n_rows, block):
+        stop = min(n_rows, start + block)
+        for r in range(start, stop):
+            out[r] = 0.0
+        for t in range(n_trees):
+            f = feature[t]
+            th = threshold[t]
+            leaf = leaf_value[t]
+            r = start
+            while r + 8 <= stop:
+                x0, x1, x2, x3 = X[r], X[r + 1], X[r + 2], X[r + 3]
+                x4, x5, x6, x7 = X[r + 4], X[r + 5], X[r + 6], X[r + 7]
+                i0 = i1 = i2 = i3 = i4 = i5 = i6 = i7 = np.uint64(0)
+                for _ in range(depth):
+                    i0 = _complete_step(x0, f, th, i0)
+                    i1 = _complete_step(x1, f, th, i1)
+                    i2 = _complete_step(x2, f, th, i2)
+                    i3 = _complete_step(x3, f, th, i3)
+                    i4 = _complete_step(x4, f, th, i4)
+                    i5 = _complete_step(x5, f, th, i5)
+                    i6 = _complete_step(x6, f, th, i6)
+                    i7 = _complete_step(x7, f, th, i7)
+                out[r] += leaf[i0 - n_inner]
+                out[r + 1] += leaf[i1 - n_inner]
+                out[r + 2] += leaf[i2 - n_inner]
+                out[r + 3] += leaf[i3 - n_inner]
+                out[r + 4] += leaf[i4 - n_inner]
+                out[r + 5] += leaf[i5 - n_inner]
+                out[r + 6] += leaf[i6 - n_inner]
+                out[r + 7] += leaf[i7 - n_inner]
+                r += 8
+            while r < stop:
+                x = X[r]
+                i = np.uint64(0)
+                for _ in range(depth):
+                    i = _complete_step(x, f, th, i)
+                out[r] += leaf[i - n_inner]
+                r += 1
+    return nan_rows
+
+
+@numba.njit(inline="always")
+def _node_step(x: Any, children: Any, feature: Any, threshold: Any, i: Any) -> Any:
+    """One level down scikit-learn's node arrays (a leaf's children are itself)."""
+    return np.uint64(children[i + i + np.uint64(x[feature[i]] > threshold[i])])
+
+
+@_compiled(_NODE_SIGNATURE)
+def _node_kernel(X, children, feature, threshold, node_value, roots, depth, block, out):
+    """Same loop order as _complete_kernel, over the node arrays (one more load per step)."""
+    n_rows, n_trees = X.shape[0], roots.shape[0]
+    nan_rows = _rows_with_nan(X)
+    for start in range(0, n_rows, block):
+        stop = min(n_rows, start + block)
+        for r in range(start, stop):
+            out[r] = 0.0
+        for t in range(n_trees):
+            root = np.uint64(roots[t])
+            r = start
+            while r + 4 <= stop:
+                x0, x1, x2, x3 = X[r], X[r + 1], X[r + 2], X[r + 3]
+                i0 = i1 = i2 = i3 = root
+                for _ in range(depth):
+                    i0 = _node_step(x0, children, feature, threshold, i0)
+                    i1 = _node_step(x1, children, feature, threshold, i1)
+                    i2 = _node_step(x2, children, feature, threshold, i2)
+                    i3 = _node_step(x3, children, feature, threshold, i3)
+                out[r] += node_value[i0]
+                out[r + 1] += node_value[i1]
+                out[r + 2] += node_value[i2]
+                out[r + 3] += node_value[i3]
+                r += 4
+            while r < stop:
+                x = X[r]
+                i = root
+                for _ in range(depth):
+                    i = _node_step(x, children, feature, threshold, i)
+                out[r] += node_value[i]
+                r += 1
+    return nan_rows
+
+
+def _block_rows(n_columns: int) -> int:
+    """Rows per block so one block of float32 rows fits _BLOCK_BYTES, a multiple of _LANES."""
+    rows = _BLOCK_BYTES // (4 * max(1, n_columns))
+    return max(_LANES, min(_MAX_BLOCK_ROWS, rows - rows % _LANES))
+
+
+def complete_path_lengths(
+    X32: np.ndarray,
+    feature: np.ndarray,
+    threshold: np.ndarray,
+    leaf_value: np.ndarray,
+) -> tuple[np.ndarray, int]:
+    """Summed path length per row over complete-layout trees, and how many rows hold NaN.
+
+    ``feature``/``threshold`` are ``(n_trees, 2**D - 1)``, ``leaf_value`` is
+    ``(n_trees, 2**D)``, and ``feature`` holds only columns of ``X32`` (the builder in
+    ``uba.model`` guarantees it). The sums of rows holding NaN are not scikit-learn's.
+    """
+    n_trees, n_inner = feature.shape
+    depth = n_inner.bit_length()  # n_inner = 2**depth - 1
+    if (
+        X32.ndim != 2
+        or threshold.shape != feature.shape
+        or leaf_value.shape != (n_trees, n_inner + 1)
+        or n_inner + 1 != 1 << depth
+    ):
+        raise ValueError("complete-layout tables of inconsistent shapes")
+    out = np.empty(X32.shape[0], dtype=np.float64)
+    nan_rows = _complete_kernel(
+        X32, feature, threshold, leaf_value, depth, _block_rows(X32.shape[1]), out
+    )
+    return out, int(nan_rows)
+
+
+def node_path_lengths(
+    X32: np.ndarray,
+    children: np.ndarray,
+    feature: np.ndarray,
+    threshold: np.ndarray,
+    node_value: np.ndarray,
+    roots: np.ndarray,
+    depth: int,
+) -> tuple[np.ndarray, int]:
+    """Summed path length per row over scikit-learn's node arrays, and how many rows hold NaN.
+
+    Node ids are global; ``children[2 g]``/``children[2 g + 1]`` are node ``g``'s left and
+    right child (a leaf's are itself). Every id, root and feature must be in range (the
+    builder in ``uba.model`` guarantees it after the forest arrays were validated).
+    """
+    n_nodes = feature.shape[0]
+    if (
+        X32.ndim != 2
+        or children.shape != (2 * n_nodes,)
+        or threshold.shape != (n_nodes,)
+        or node_value.shape != (n_nodes,)
+    ):
+        raise ValueError("node tables of inconsistent shapes")
+    out = np.empty(X32.shape[0], dtype=np.float64)
+    nan_rows = _node_kernel(
+        X32, children, feature, threshold, node_value, roots, depth, _block_rows(X32.shape[1]), out
+    )
+    return out, int(nan_rows)
+
+
+def warm_up() -> None:
+    """Run both loops on one row of a one-split tree and check the answer.
+
+    Importing this module already compiled the loops (or loaded them from numba's
+    cache); the image runs this at build time so its cache is populated and known good.
+    """
+    X = np.array([[0.0, 1.0]], dtype=np.float32)  # column 1 > 0.5: the right leaf, value 2
+    complete, _ = complete_path_lengths(
+        X,
+        feature=np.array([[1]], dtype=np.uint32),
+        threshold=np.array([[0.5]], dtype=np.float32),
+        leaf_value=np.array([[1.0, 2.0]]),
+    )
+    node, _ = node_path_lengths(
+        X,
+        children=np.array([1, 2, 1, 1, 2, 2], dtype=np.uint32),
+        feature=np.array([1, 0, 0], dtype=np.uint32),
+        threshold=np.array([0.5, 0.0, 0.0], dtype=np.float32),
+        node_value=np.array([0.0, 1.0, 2.0]),
+        roots=np.array([0], dtype=np.uint32),
+        depth=1,
+    )
+    if complete.tolist() != [2.0] or node.tolist() != [2.0]:
+        raise RuntimeError(f"forest kernel self-check failed: {complete} {node}")
