@@ -6,6 +6,7 @@ finds them when it runs, so adding a command never means editing this file.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import pkgutil
 import sys
@@ -43,6 +44,14 @@ class _Group(click.Group):
         except UserError as exc:
             get_logger("cli").debug("user error", exc_info=True)
             click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except OSError as exc:  # a full disk anywhere: one line, like a user error
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            get_logger("cli").debug("disk full", exc_info=True)
+            from uba.io import os_error_reason
+
+            click.echo(f"error: {os_error_reason(exc)}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)

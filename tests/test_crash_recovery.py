@@ -189,3 +189,82 @@ def test_an_interrupted_swap_is_undone_before_the_next_run(
         logger.removeHandler(caplog.handler)
     assert "restored the previous scores output" in caplog.text
     assert day_output_bytes(out, day) == previous and not aside.exists()
+
+
+# --- issue 11, item 8: a full disk in score is one line, and the previous output stays ---
+
+
+def _cli_score(day, data_dir: Path, model_dir: Path, out: Path, env: dict[str, str] | None = None) -> Any:
+    from click.testing import CliRunner
+
+    from jobs.cli import cli
+
+    return CliRunner().invoke(cli, ["score", "--date", day.isoformat(), "--data-dir", str(data_dir),
+                                    "--model-dir", str(model_dir), "--output-dir", str(out), "--in-process"],
+                              env=env, catch_exceptions=True)
+
+
+def _assert_one_line_failure(result: Any, wanted: str) -> None:
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output[-3000:]
+    assert result.exit_code == 1, output[-3000:]
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.stderr.strip().splitlines()  # log lines of the run, then one error line
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == lines[-1:] and wanted in errors[0], result.stderr
+
+
+@pytest.mark.parametrize("stage", ["staged_part", "aggregates", "baseline_snapshot"])
+def test_disk_full_in_score_is_one_line_and_keeps_the_previous_output(
+        trained_dataset, day_output_bytes, tmp_path: Path, stage: str) -> None:
+    import shutil
+
+    day = trained_dataset.score_dates[0]
+    data, out = tmp_path / "data", tmp_path / "out"
+    shutil.copytree(trained_dataset.data_dir, data, symlinks=True)
+    first = _cli_score(day, data, trained_dataset.model_dir, out)
+    assert first.exit_code == 0, first.output
+    previous = _published_state(out, day, day_output_bytes)
+    if stage == "aggregates":  # make the run compute D's aggregates again
+        shutil.rmtree(io.partition_dir(data, io.AGGREGATES, day))
+
+    result = _cli_score(day, data, trained_dataset.model_dir, out, env={io.FAULT_ENOSPC_ENV: stage})
+
+    _assert_one_line_failure(result, "No space left on device")
+    assert _published_state(out, day, day_output_bytes) == previous
+    (failure,) = io.partition_dir(out, io.RUNS, day).glob("failed-*.json")
+    record = json.loads(failure.read_text())
+    assert record["status"] == "failed" and record["published"] is False
+    assert "No space left on device" in record["error"]
+    assert not any((out / STAGING_DIR).rglob("*.parquet"))
+
+
+def _mount_tmpfs(target: Path, size: str) -> bool:
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)],
+                          capture_output=True).returncode == 0
+
+
+def test_disk_full_on_a_real_small_tmpfs_in_score(trained_dataset, day_output_bytes, tmp_path: Path) -> None:
+    """A real filesystem that fills: Polars 2.1 reports it as 'Invalid thrift: transport
+    error' without the OS error; the run still ends with one line naming ENOSPC."""
+    day = trained_dataset.score_dates[0]
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if not _mount_tmpfs(mount, "1m"):
+        pytest.skip("needs root and tmpfs mounts")
+    try:
+        out = mount / "out"
+        first = _cli_score(day, trained_dataset.data_dir, trained_dataset.model_dir, out)
+        assert first.exit_code == 0, first.output
+        previous = _published_state(out, day, day_output_bytes)
+        info = os.statvfs(mount)  # fill the disk but for 16 KiB
+        (mount / "filler").write_bytes(b"\0" * max(0, info.f_bavail * info.f_frsize - (16 << 10)))
+
+        result = _cli_score(day, trained_dataset.data_dir, trained_dataset.model_dir, out)
+
+        _assert_one_line_failure(result, "No space left on device")
+        assert _published_state(out, day, day_output_bytes) == previous
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

@@ -41,6 +41,35 @@ SCORES = "scores"
 FLAGGED = "flagged"
 RUNS = "runs"
 TMP_PREFIX = ".tmp-"
+# Test hook (never set in production): the write of this kind fails with ENOSPC, as a
+# full disk would make it. Kinds: staged_part, baseline_snapshot, aggregates, events,
+# publish, manifest (see fault_point).
+FAULT_ENOSPC_ENV = "UBA_FAULT_ENOSPC_AT"
+
+
+class CorruptPartError(UserError):
+    """A stored Parquet part whose bytes are not the ones that were written (or unreadable)."""
+
+
+def fault_point(kind: str, path: Path | str = "") -> None:
+    """Raise ENOSPC here when ``UBA_FAULT_ENOSPC_AT`` names ``kind`` (fault-injection tests)."""
+    if os.environ.get(FAULT_ENOSPC_ENV) == kind:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def os_error_reason(exc: BaseException) -> str | None:
+    """One line saying why a file operation failed, from an OSError or a Polars/Arrow IO
+    error (Polars reports ENOSPC as a ComputeError); None when ``exc`` is neither."""
+    if isinstance(exc, OSError) and exc.errno:
+        name = errno.errorcode.get(exc.errno, "")
+        text = exc.strerror or str(exc)
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{text} [{name}]{where}" if name else f"{text}{where}"
+    text = str(exc).strip()
+    if isinstance(exc, pl.exceptions.PolarsError) and "os error" in text:
+        first = text.splitlines()[0]
+        return first.rsplit("IO error: ", 1)[-1]
+    return None
 
 
 def partition_dir(root: Path, dataset: str, day: date | str) -> Path:
@@ -144,6 +173,18 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+DISK_FULL_BYTES = 1 << 20
+
+
+def disk_full(folder: Path) -> bool:
+    """True when the filesystem of ``folder`` has less than 1 MiB left (a failed write's likely cause)."""
+    try:
+        info = os.statvfs(folder)
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < DISK_FULL_BYTES
+
+
 def _write_atomic(path: Path, write: Callable[[Path], None], durable: bool = False,
                   make_parent: bool = True) -> Path:
     """The one write-then-rename routine: ``write`` fills a temporary file beside ``path``.
@@ -157,7 +198,14 @@ def _write_atomic(path: Path, write: Callable[[Path], None], durable: bool = Fal
         path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path.parent, path.suffix)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except Exception as exc:
+            # Polars 2.1 reports a full disk as "Invalid thrift: transport error", without the
+            # OS error: ask the filesystem, with the partial file still holding its space.
+            if not isinstance(exc, OSError) and disk_full(path.parent):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+            raise
         if durable:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
@@ -182,6 +230,7 @@ def write_staged_part(df: pl.DataFrame, path: Path) -> Path:
     shard task orphaned by a killed driver must then fail, not re-create the folder of a
     run that no longer exists.
     """
+    fault_point("staged_part", path)
     return _write_atomic(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True),
                          durable=True, make_parent=False)
 
@@ -660,6 +709,7 @@ def write_aggregates(df: pl.DataFrame, data_dir: Path, day: date, tag: str) -> P
     ``event_date`` is dropped from the file: it lives in the Hive path, as for events.
     """
     body = df.drop(PARTITION_COLUMN, strict=False)
+    fault_point("aggregates", partition_dir(data_dir, AGGREGATES, day))
     return replace_partition(body, data_dir, AGGREGATES, day, name=f"{AGGREGATE_PART_PREFIX}{tag}")
 
 
@@ -686,6 +736,7 @@ def baseline_snapshot_path(data_dir: Path, as_of: date) -> Path:
 
 def write_baseline_snapshot(df: pl.DataFrame, data_dir: Path, as_of: date) -> Path:
     """Write (or atomically replace) the baseline snapshot for ``as_of``."""
+    fault_point("baseline_snapshot", baseline_snapshot_path(data_dir, as_of))
     return write_parquet_atomic(df, baseline_snapshot_path(data_dir, as_of))
 
 

@@ -170,11 +170,41 @@ class _Run:
             self._score_into(staging)
             self._publish(staging)
         except BaseException as exc:
-            self._record_failure(exc)
-            raise
+            failure = self._one_line_failure(exc)
+            recorded = self._record_failure(failure or exc)
+            if failure is None:
+                raise
+            if not recorded:
+                failure = type(failure)(f"{failure}; the failure record could not be written either")
+            raise failure from exc
         finally:
             io.discard_dir(self.staging_root)
         return self.record
+
+    def _one_line_failure(self, exc: BaseException) -> UserError | None:
+        """The error to report for a failure that is not a bug, as one line; None otherwise.
+
+        A full disk (or any other failed file operation, from Python, Polars or Arrow) and
+        a corrupt stored part found by a shard on Ray (Ray wraps it) become one line naming
+        the file; nothing was published, so the previous output of the day is intact.
+        """
+        cause: BaseException | None = exc
+        while cause is not None:  # a corrupt part reported by a Ray task: its own message
+            if isinstance(cause, io.CorruptPartError):
+                if cause is exc:
+                    return None
+                original = getattr(cause, "cause", None)
+                return io.CorruptPartError(str(original if isinstance(original, io.CorruptPartError)
+                                               else cause).strip().splitlines()[-1])
+            cause = cause.__cause__
+        if isinstance(exc, UserError):
+            return None
+        reason = io.os_error_reason(exc)
+        if reason is None:
+            return None
+        return RunFailedError(
+            f"cannot score {self.day}: {reason} (stage {self.timer.current}); nothing was published, "
+            f"the previous output of {self.day} is intact")
 
     def _recover_previous(self) -> None:
         """Undo an interrupted swap and drop staging left by a killed run of this date
@@ -379,8 +409,9 @@ class _Run:
             "uba_version": _package_version(),
         }
 
-    def _record_failure(self, exc: BaseException) -> None:
-        """Write the failed run's record beside (never over) the manifest; best effort."""
+    def _record_failure(self, exc: BaseException) -> bool:
+        """Write the failed run's record beside (never over) the manifest; best effort
+        (False when it could not be written, e.g. on a full disk)."""
         finished = time.time()
         record = {
             **(self.record or self._identity()),
@@ -395,7 +426,9 @@ class _Run:
         try:
             io.write_json_atomic(record, mf.failure_path(self.output_dir, self.day, finished))
         except OSError as write_error:
-            log.error("could not write the failure record of %s: %s", self.day, write_error)
+            log.debug("could not write the failure record of %s: %s", self.day, write_error)
+            return False
+        return True
 
 
 def _package_version() -> str:
