@@ -254,3 +254,15 @@ def test_a_newer_day_still_counts_as_changed(world: World, tmp_path: Path) -> No
                                    SCORE_DAY + timedelta(days=1))
         body = client.post("/admin/reload").json()
         assert body["changed"] is True and body["previous_baseline_as_of"] == SCORE_DAY.isoformat()
+
+
+def test_integral_floats_count_as_integers_and_bounds_are_declared(open_server: Server) -> None:
+    """3.0 is the integer 3 (as ingest reads it and JSON Schema's integer means); 2.5 is not."""
+    whole = {**SEED_PAYLOAD, "events_in_session": 190.0, "hour_of_day": 2.0, "day_of_week": 1.0}
+    assert httpx.post(open_server.url + "/predict", json=whole).status_code == 200
+    half = httpx.post(open_server.url + "/predict", json={**SEED_PAYLOAD, "events_in_session": 2.5})
+    assert half.status_code == 422 and half.json()["detail"][0]["field"] == "events_in_session"
+    event = httpx.get(open_server.url + "/openapi.json").json()["components"]["schemas"]["EventIn"]
+    hour = event["properties"]["hour_of_day"]["anyOf"][0]
+    assert (hour["minimum"], hour["maximum"]) == (0, 23)
+    assert event["properties"]["events_in_session"]["minimum"] == 1

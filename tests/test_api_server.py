@@ -249,17 +249,24 @@ def test_over_limit_batch_message_names_the_limit(client: httpx.Client) -> None:
     assert f"limit is {MAX_BATCH}" in message and "api.max_batch" in message
 
 
-def test_schemathesis_finds_no_server_error(server: Server, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Property-based requests from the app's own OpenAPI schema; any 5xx fails the run."""
+def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(
+    server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Property-based requests from the app's own OpenAPI schema with every check: no 5xx,
+    every status, header and body declared, and the schema neither looser nor stricter
+    than the server (a body over api.max_batch items is refused with 413: a rejection)."""
+    work = tmp_path_factory.mktemp("schemathesis")
+    config = work / "schemathesis.toml"
+    config.write_text("[checks.negative_data_rejection]\n"
+                      "expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]\n")
     cmd = [
-        str(Path(sys.executable).parent / "schemathesis"), "run", f"{server.url}/openapi.json",
-        "--checks", "not_a_server_error", "--max-examples", "40", "--seed", "1",
+        str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(config), "run",
+        f"{server.url}/openapi.json", "--checks", "all", "--max-examples", "40", "--seed", "1",
         "--phases", "examples,coverage,fuzzing", "--no-shrink", "--workers", "2",
         "--generation-database", "none",
         "--request-timeout", "10", "--exclude-path", "/admin/reload",
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=90,
-                            cwd=tmp_path_factory.mktemp("schemathesis"))
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=work)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     counts = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
     assert counts is not None, result.stdout[-2000:]

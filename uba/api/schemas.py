@@ -67,12 +67,15 @@ def _id_type(max_length: int, blank_is_absent: bool = False) -> Any:
     return Annotated[str, PlainValidator(check), WithJsonSchema(schema)]
 
 
-# The cross-field rule below, as far as JSON Schema can say it: a timestamp, or both
-# hour_of_day and day_of_week (that they agree with a timestamp is checked, not declared).
+# The cross-field rule below, as JSON Schema can say it: a timestamp, or hour_of_day and
+# day_of_week. The schema offers them as alternatives, since it cannot say "must agree";
+# the server also accepts both when they agree with the timestamp.
 _TIME_SOURCE_SCHEMA = {"anyOf": [
-    {"required": ["timestamp"], "properties": {"timestamp": {"type": "string"}}},
+    {"required": ["timestamp"], "properties": {"timestamp": {"type": "string"},
+                                               "hour_of_day": {"type": "null"}, "day_of_week": {"type": "null"}}},
     {"required": ["hour_of_day", "day_of_week"],
-     "properties": {"hour_of_day": {"type": "integer"}, "day_of_week": {"type": "integer"}}},
+     "properties": {"hour_of_day": {"type": "integer"}, "day_of_week": {"type": "integer"},
+                    "timestamp": {"type": "null"}}},
 ]}
 
 
@@ -117,6 +120,20 @@ class _EventBase(BaseModel):
         return stamp, data["hour_of_day"], data["day_of_week"]
 
 
+def _integral_float(value: Any) -> Any:
+    """``3.0`` is the integer 3, as ingest reads it and as JSON Schema's ``integer`` means
+    it; ``2.5``, ``true`` and ``"3"`` stay what they are and fail the strict int check."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def whole_number(low: int, high: int) -> Any:
+    """A strict integer in [low, high] that also takes an integral float; the bounds sit
+    inside the type so the JSON schema states them (minimum/maximum) even when optional."""
+    return Annotated[int, Field(strict=True, ge=low, le=high), BeforeValidator(_integral_float)]
+
+
 def build_event_model(events: EventSettings) -> type[BaseModel]:
     """The per-event request model, with categories and limits from settings."""
     stamp = Annotated[str, Field(strict=True, min_length=1, max_length=events.max_string_length,
@@ -137,10 +154,7 @@ def build_event_model(events: EventSettings) -> type[BaseModel]:
             float,
             Field(strict=True, ge=0, le=events.max_session_duration_sec, examples=[18000]),
         ),
-        events_in_session=(
-            int,
-            Field(strict=True, ge=1, le=events.max_events_in_session, examples=[190]),
-        ),
+        events_in_session=(whole_number(1, events.max_events_in_session), Field(examples=[190])),
         device_type=(device_type, Field(examples=["desktop"])),
         timestamp=(
             stamp | None,
@@ -148,13 +162,13 @@ def build_event_model(events: EventSettings) -> type[BaseModel]:
                   "takes it. Replaces or must agree with hour_of_day/day_of_week."),
         ),
         hour_of_day=(
-            int | None,
-            Field(None, strict=True, ge=0, le=23, validate_default=True,
+            whole_number(0, 23) | None,
+            Field(None, validate_default=True,
                   description="0-23 in UTC; required without timestamp.", examples=[2]),
         ),
         day_of_week=(
-            int | None,
-            Field(None, strict=True, ge=0, le=6, validate_default=True,
+            whole_number(0, 6) | None,
+            Field(None, validate_default=True,
                   description="0=Monday..6=Sunday in UTC; required without timestamp.",
                   examples=[1]),
         ),
@@ -281,13 +295,17 @@ class ErrorBody(BaseModel):
     detail: list[FieldError] | str
 
 
+# At least one character that str.strip() keeps (spelled out: regex engines differ on \s).
+NOT_BLANK = "[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
+
 class FeedbackItem(BaseModel):
     """One analyst verdict on a scored event."""
 
     model_config = ConfigDict(extra="forbid")
 
     # Not blank: declared for clients, checked by uba.feedback (which strips and names the item).
-    event_id: str = Field(min_length=1, max_length=256, json_schema_extra={"pattern": r"\S"},
+    event_id: str = Field(min_length=1, max_length=256, json_schema_extra={"pattern": NOT_BLANK},
                           description="event_id of a scored event (stored stripped; not blank)")
     label: Literal["benign", "malicious"]
     analyst: str | None = Field(default=None, max_length=256)
