@@ -986,7 +986,7 @@ class _Run:
             self._write_quarantine(rejected, part, written)
         except (OSError, pl.exceptions.PolarsError) as exc:  # Polars reports ENOSPC as a ComputeError
             for done in written:
-                done.path.unlink(missing_ok=True)
+                storage.remove_part(done.path)
             raise UserError(
                 f"cannot write to {self.data_dir}: {_os_reason(exc)}; the batch of {item.path} being "
                 "written was not stored (earlier batches were: re-running stores the rest and "

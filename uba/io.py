@@ -146,7 +146,7 @@ def _check_event_part(part: Path) -> None:
     try:
         schema = pl.read_parquet_schema(part)
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise UserError(f"events part {part} is not a readable Parquet file: {exc}") from exc
+        raise CorruptPartError(f"events part {part} is not a readable Parquet file: {exc}") from exc
     missing = [name for name in EVENT_SCHEMA if name not in schema]
     if missing:
         raise UserError(f"events part {part} lacks columns {missing}: it was not written by ingest")
@@ -186,12 +186,15 @@ def disk_full(folder: Path) -> bool:
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None], durable: bool = False,
-                  make_parent: bool = True) -> Path:
+                  make_parent: bool = True, checksum_for: Path | None = None) -> Path:
     """The one write-then-rename routine: ``write`` fills a temporary file beside ``path``.
 
     ``durable`` adds the fsyncs that make the rename survive a power cut (data parts);
     exports and reports only need readers never to see half a file. ``make_parent``
     False makes a missing folder an error instead of creating it (see write_staged_part).
+    ``checksum_for`` records the finished file's sha256 for the part that will live at
+    that path (see ``record_checksum``), before the file is renamed into place, so a
+    checksummed part never exists without its record.
     """
     path = Path(path)
     if make_parent:
@@ -209,6 +212,8 @@ def _write_atomic(path: Path, write: Callable[[Path], None], durable: bool = Fal
         if durable:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
+        if checksum_for is not None:
+            record_checksum(tmp, checksum_for)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -218,9 +223,15 @@ def _write_atomic(path: Path, write: Callable[[Path], None], durable: bool = Fal
 
 
 def write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
-    """Write ``df`` to ``path`` via a temporary file and rename, so the part is whole or absent."""
+    """Write ``df`` to ``path`` via a temporary file and rename, so the part is whole or absent.
+
+    A part of an events or aggregates partition (``<dataset>/event_date=*/``) gets its
+    checksum recorded before the rename (``record_checksum``).
+    """
+    path = Path(path)
+    checksummed = path.parent.parent.name in CHECKSUMMED and path.parent.name.startswith(f"{PARTITION_COLUMN}=")
     return _write_atomic(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True),
-                         durable=True)
+                         durable=True, checksum_for=path if checksummed else None)
 
 
 def write_staged_part(df: pl.DataFrame, path: Path) -> Path:
@@ -236,9 +247,134 @@ def write_staged_part(df: pl.DataFrame, path: Path) -> Path:
 
 
 def write_part(df: pl.DataFrame, root: Path, dataset: str, day: date | str, name: str | None = None) -> Path:
-    """Add one part to a partition; ``name`` makes the write deterministic (e.g. a content hash)."""
+    """Add one part to a partition; ``name`` makes the write deterministic (e.g. a content hash).
+
+    Parts of events and aggregates get their sha256 recorded (``record_checksum``).
+    """
     part = name or f"part-{uuid.uuid4().hex}"
-    return write_parquet_atomic(df, partition_dir(root, dataset, day) / f"{part}.parquet")
+    path = partition_dir(root, dataset, day) / f"{part}.parquet"
+    if dataset == EVENTS:
+        fault_point("events", path)
+    return write_parquet_atomic(df, path)
+
+
+def remove_part(path: Path) -> None:
+    """Delete a part written by ``write_part`` (a failed batch) and its checksum record."""
+    Path(path).unlink(missing_ok=True)
+    checksum_path(path).unlink(missing_ok=True)
+
+
+# --- stored-data integrity (issue 11, item 7): a sha256 per events and aggregates part ---
+
+CHECKSUMS = ".checksums"
+CHECKSUMMED = frozenset({EVENTS, AGGREGATES})
+_VERIFIED: dict[tuple[str, int, int, int, int], str] = {}
+_VERIFIED_MAX = 50_000
+
+
+def checksum_path(part: Path) -> Path:
+    """Where the checksum of ``root/<dataset>/<partition>/<name>`` is recorded:
+    ``root/.checksums/<dataset>/<partition>/<name>.json``.
+
+    Outside the dataset folders: Polars' directory scan (``scan_parquet('events/')``) reads
+    every file below the folder, hidden ones included, and refuses mixed extensions.
+    """
+    part = Path(part)
+    return part.parents[2] / CHECKSUMS / part.parent.parent.name / part.parent.name / f"{part.name}.json"
+
+
+def record_checksum(written: Path, part: Path) -> Path:
+    """Record the sha256 and size of ``written`` (a finished file) as those of ``part``."""
+    record = {"format": 1, "sha256": file_sha256(written), "size": Path(written).stat().st_size}
+    target = checksum_path(part)
+    text = json.dumps(record, sort_keys=True) + "\n"
+    return _write_atomic(target, lambda tmp: tmp.write_text(text), durable=True)
+
+
+def _recorded_checksum(part: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(checksum_path(part).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CorruptPartError(f"the checksum record of {part} is unreadable ({checksum_path(part)}: "
+                               f"{exc}); the part cannot be verified") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+        raise CorruptPartError(f"the checksum record of {part} is malformed ({checksum_path(part)})")
+    return record
+
+
+def _sha256_cached(part: Path, info: os.stat_result) -> str:
+    """sha256 of ``part``, hashed once per process for one (inode, size, mtime)."""
+    key = (str(part), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    digest = _VERIFIED.get(key)
+    if digest is None:
+        digest = file_sha256(part)
+        if len(_VERIFIED) >= _VERIFIED_MAX:
+            _VERIFIED.clear()
+        _VERIFIED[key] = digest
+    return digest
+
+
+def verify_part(part: Path, remedy: str = "") -> bool:
+    """Check a stored part against the sha256 recorded when it was written.
+
+    Returns True when it matched, False when the part has no record (written before
+    checksums existed: unverified, read as before). A mismatch (a flipped byte, a
+    truncated or replaced file) raises CorruptPartError naming the file, in one line.
+    Hashes once per process per (inode, size, mtime), so a worker reading several
+    pieces of one file, or the aggregates of the same days again, pays once.
+    """
+    part = Path(part)
+    record = _recorded_checksum(part)
+    if record is None:
+        return False
+    try:
+        info = part.stat()
+    except OSError as exc:
+        raise CorruptPartError(f"{_kind(part)} part {part} cannot be read: {exc.strerror or exc}") from exc
+    hint = f"; {remedy}" if remedy else ""
+    if info.st_size != record.get("size", info.st_size):
+        raise CorruptPartError(f"{_kind(part)} part {part} is corrupt: {info.st_size} bytes, "
+                               f"{record['size']} were written (truncated or replaced){hint}")
+    digest = _sha256_cached(part, info)
+    if digest != record["sha256"]:
+        raise CorruptPartError(f"{_kind(part)} part {part} is corrupt: its sha256 {digest[:16]}... is not "
+                               f"the {record['sha256'][:16]}... recorded when it was written{hint}")
+    return True
+
+
+def part_intact(part: Path) -> bool:
+    """True when ``part`` matches its checksum record, or (no record) its Parquet footer reads."""
+    try:
+        if verify_part(part):
+            return True
+        pl.read_parquet_schema(part)
+    except (CorruptPartError, pl.exceptions.PolarsError, OSError):
+        return False
+    return True
+
+
+def verify_partition(root: Path, dataset: str, day: date | str, remedy: str = "") -> None:
+    """``verify_part`` on every part of one partition."""
+    for part in partition_files(root, dataset, day):
+        verify_part(part, remedy)
+
+
+def _kind(part: Path) -> str:
+    dataset = part.parent.parent.name
+    return {EVENTS: "events", AGGREGATES: "aggregates"}.get(dataset, dataset)
+
+
+def _drop_stale_checksums(final: Path) -> None:
+    """Remove the checksum records of parts no longer in a replaced partition."""
+    folder = checksum_path(final / "x").parent
+    if not folder.is_dir():
+        return
+    names = {p.name for p in final.glob("*.parquet")}
+    for record in folder.glob("*.json"):
+        if record.name.removesuffix(".json") not in names:
+            record.unlink(missing_ok=True)
 
 
 def write_json_atomic(data: Any, path: Path) -> Path:
@@ -424,15 +560,23 @@ def scan_table(root: Path, table: str) -> pl.LazyFrame | None:
 
 
 def replace_partition(df: pl.DataFrame, root: Path, dataset: str, day: date | str, name: str = "part-0") -> Path:
-    """Make ``df`` the whole content of one partition, swapped in atomically (re-runs replace, never add)."""
+    """Make ``df`` the whole content of one partition, swapped in atomically (re-runs replace, never add).
+
+    Events and aggregates parts get their checksum recorded (under the final name) first.
+    """
     final = partition_dir(root, dataset, day)
     staging = make_staging_dir(final.parent)
+    checksum = final / f"{name}.parquet" if dataset in CHECKSUMMED else None
     try:
-        write_parquet_atomic(df, staging / f"{name}.parquet")
+        _write_atomic(staging / f"{name}.parquet",
+                      lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True),
+                      durable=True, checksum_for=checksum)
         recover_replaced_dir(final)
         replace_dir_atomic(staging, final)
     finally:
         discard_dir(staging)
+    if checksum is not None:
+        _drop_stale_checksums(final)
     return final / f"{name}.parquet"
 
 
@@ -719,14 +863,29 @@ def scan_aggregates(data_dir: Path, days: Iterable[date]) -> pl.LazyFrame | None
     Only files under ``aggregates/`` are opened. Days written with different category
     lists are stacked with missing count columns as null.
     """
-    frames = [
-        pl.scan_parquet(path).with_columns(pl.lit(day, dtype=pl.Date).alias(PARTITION_COLUMN))
-        for day in sorted(set(days))
-        for path in partition_files(data_dir, AGGREGATES, day)
-    ]
+    paths = [(day, path) for day in sorted(set(days)) for path in partition_files(data_dir, AGGREGATES, day)]
+    for _, path in paths:  # small files (one row per user), hashed once per process
+        verify_part(path, AGGREGATES_REMEDY)
+        _check_readable(path)
+    frames = [pl.scan_parquet(path).with_columns(pl.lit(day, dtype=pl.Date).alias(PARTITION_COLUMN))
+              for day, path in paths]
     if not frames:
         return None
     return pl.concat(frames, how="diagonal_relaxed")
+
+
+AGGREGATES_REMEDY = ("aggregates are derived from the day's events: delete the part and re-run to "
+                     "rebuild it (score and train do so by themselves while the events are there)")
+
+
+def _check_readable(part: Path) -> None:
+    """A part without a checksum record (written before them) that is not Parquet: one line."""
+    try:
+        pl.read_parquet_schema(part)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise CorruptPartError(f"{_kind(part)} part {part} is not a readable Parquet file: "
+                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+                               ) from exc
 
 
 def baseline_snapshot_path(data_dir: Path, as_of: date) -> Path:

@@ -19,8 +19,11 @@ import polars as pl
 from uba import io
 from uba.features.aggregates import AGGREGATES_VERSION, daily_aggregates, empty_aggregates
 from uba.features.baselines import user_baselines
+from uba.logs import get_logger
 from uba.schema import PARTITION_COLUMN
 from uba.settings import EventSettings, Settings
+
+log = get_logger("features")
 
 
 def aggregate_tag(events_fingerprint: str, categories: EventSettings) -> str:
@@ -50,13 +53,14 @@ def ensure_aggregates(
         fingerprint = io.partition_fingerprint(data_dir, io.EVENTS, day)
         if fingerprint is None:
             continue
-        tag = aggregate_tag(fingerprint, cats)
-        if io.aggregates_tag(data_dir, day) == tag:
+        if _aggregates_current(data_dir, day, aggregate_tag(fingerprint, cats)):
             continue
+        io.verify_partition(data_dir, io.EVENTS, day)  # never derive from corrupt events
         events = io.scan_events(data_dir, day).with_columns(
             pl.lit(day, dtype=pl.Date).alias(PARTITION_COLUMN)
         )
-        io.write_aggregates(daily_aggregates(events, cats).collect(), data_dir, day, tag)
+        io.write_aggregates(daily_aggregates(events, cats).collect(), data_dir, day,
+                            aggregate_tag(fingerprint, cats))
         written.append(day)
     return written
 
@@ -69,9 +73,25 @@ def stale_aggregate_days(data_dir: Path, days: Iterable[date], categories: Event
     stale = []
     for day in sorted(set(days)):
         fingerprint = io.partition_fingerprint(data_dir, io.EVENTS, day)
-        if fingerprint is not None and io.aggregates_tag(data_dir, day) != aggregate_tag(fingerprint, categories):
+        if fingerprint is not None and not _aggregates_current(data_dir, day, aggregate_tag(fingerprint, categories)):
             stale.append(day)
     return stale
+
+
+def _aggregates_current(data_dir: Path, day: date, tag: str) -> bool:
+    """The stored aggregates of ``day`` are those of its events now and intact.
+
+    A part whose bytes differ from its checksum record (or, written before records
+    existed, whose footer does not read) counts as missing, so it is rebuilt from the
+    events: aggregates are derived data. Costs one hash of a small file (cached per process).
+    """
+    if io.aggregates_tag(data_dir, day) != tag:
+        return False
+    (part,) = io.partition_files(data_dir, io.AGGREGATES, day)
+    if io.part_intact(part):
+        return True
+    log.warning("aggregates part %s is corrupt; rebuilding it from the events of %s", part, day)
+    return False
 
 
 def lookback_days(as_of: date, lookback: int) -> list[date]:

@@ -148,8 +148,17 @@ class _Stopwatch:
 
 
 def read_pieces(pieces: tuple[Piece, ...]) -> pl.DataFrame:
-    """The shard's events in the stored schema, pieces in plan order."""
+    """The shard's events in the stored schema, pieces in plan order.
+
+    Each file is first checked against the sha256 recorded when it was written (once per
+    worker process per file: a file cut into several pieces is hashed once by a worker
+    that reads several), so a flipped byte fails the shard with one line naming the file
+    instead of changing a timestamp. Verifying here, where the rows are read, spreads the
+    hashing over the workers; the driver never reads the day.
+    """
     columns = list(EVENT_SCHEMA)
+    for path in dict.fromkeys(piece.path for piece in pieces):
+        io.verify_part(Path(path), "restore it from a backup or re-ingest its source")
     frames = [pl.scan_parquet(piece.path).select(columns).slice(piece.offset, piece.rows).collect()
               for piece in pieces]
     if not frames:
