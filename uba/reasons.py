@@ -244,25 +244,29 @@ def explain(features: pl.LazyFrame | pl.DataFrame, max_reasons: int = 3,
     severity = frame.select(
         expr.cast(pl.Float64).fill_nan(0.0).fill_null(0.0).alias(kind) for kind, expr in severities().items()
     ).to_numpy()
-    staged = frame.with_columns(reason_kinds_column(severity, max_reasons)).with_row_index(_ROW)
-    wanted = pl.col("reason_kinds").list.len() > 0
-    if sentences_for is not None:
-        wanted = wanted & sentences_for.fill_null(False)
-    # eager and rechunked: polars 2.1 panicked ("assertion failed: i < self.len()") in the
-    # string expressions when they ran lazily over a few filtered rows of a small frame
-    rows = staged.filter(wanted).rechunk()
-    explained = _sentences(rows.lazy(), max_reasons).select(_ROW, "reasons").collect(engine=_EAGER)
-    empty = pl.lit([], dtype=pl.List(pl.String))
-    reasons = pl.col("reasons").fill_null(empty)
-    if sentences_for is not None:
-        reasons = pl.when(sentences_for.fill_null(False)).then(reasons).otherwise(
-            pl.lit(None, dtype=pl.List(pl.String)))
-    joined = staged.join(explained, on=_ROW, how="left", maintain_order="left")
-    return joined.with_columns(reasons.alias("reasons")).drop(_ROW).lazy()
+    kinds = reason_kinds_column(severity, max_reasons)
+    staged = frame.with_columns(kinds)
+    readers = (np.ones(frame.height, dtype=bool) if sentences_for is None
+               else frame.select(sentences_for.fill_null(False)).to_series().to_numpy().astype(bool))
+    rows = np.flatnonzero(readers & (kinds.list.len().to_numpy() > 0))
+    # eager on the gathered rows: polars 2.1 panicked ("assertion failed: i < self.len()")
+    # in the string expressions when they ran lazily over a few filtered rows of a small frame
+    sentences = _sentences(staged[rows].lazy(), max_reasons).collect(engine=_EAGER)["reasons"]
+    return staged.with_columns(_spread(sentences, rows, readers)).lazy()
 
 
-_ROW = "__reasons_row"
 _EAGER = "in-memory"
+
+
+def _spread(sentences: pl.Series, rows: np.ndarray, readers: np.ndarray) -> pl.Series:
+    """The full ``reasons`` column: each listed row's sentences at its position, ``[]`` for a
+    row someone reads but that has no reason, null for a row nobody reads."""
+    lengths = np.zeros(len(readers), dtype=np.int64)
+    lengths[rows] = sentences.list.len().to_numpy()
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]))
+    values = sentences.to_arrow().cast(pa.large_list(pa.large_string())).flatten()
+    lists = pa.LargeListArray.from_arrays(offsets, values, mask=pa.array(~readers))
+    return pl.Series("reasons", pl.from_arrow(lists), dtype=pl.List(pl.String))
 
 
 def rank_reason_kinds(severity: np.ndarray, max_reasons: int) -> tuple[np.ndarray, np.ndarray]:
