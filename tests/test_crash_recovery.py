@@ -268,3 +268,108 @@ def test_disk_full_on_a_real_small_tmpfs_in_score(trained_dataset, day_output_by
         assert _published_state(out, day, day_output_bytes) == previous
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+# --- issue 11, item 6: a day changes as a whole, wherever publishing is killed ---
+
+PUBLISH_STEPS_BY_LAYOUT = {
+    # a day already in the versioned layout: its links exist, no link:* step runs
+    "versioned": ("manifest", "links", "version", "commit", "prune"),
+    # a day in the layout before versions (real folders): taken over link by link
+    "legacy": ("manifest", "link:scores", "link:flagged", "link:flagged_users", "link:manifest", "links",
+               "version", "commit", "prune"),
+    # a day never published before
+    "fresh": ("link:scores", "link:manifest", "version", "commit"),
+}
+NEW_RUN = {"threshold": {"max_reasons": 1}, "user_day": {"enabled": False}}  # other bytes in every dataset
+
+
+def _day_state(out: Path, day) -> tuple[dict[str, dict[str, str]], dict[str, Any] | None]:
+    """What a reader sees of D: sha256 per file of every dataset, and the manifest."""
+    state = {}
+    for dataset in io.DAY_DATASETS:
+        folder = io.partition_dir(out, dataset, day)
+        state[dataset] = {p.name: io.file_sha256(p) for p in io.partition_files(out, dataset, day)} \
+            if folder.is_dir() else {}
+    path = io.run_manifest_path(out, day)
+    return state, (json.loads(path.read_text()) if path.is_file() else None)
+
+
+def _to_legacy_layout(out: Path, day) -> None:
+    """Rewrite a published day as the layout before versions left it: real folders and file."""
+    import shutil
+
+    links = [io.partition_dir(out, dataset, day) for dataset in io.DAY_DATASETS]
+    contents = [{p.name: p.read_bytes() for p in link.iterdir()} for link in links]  # all read through links first
+    manifest = io.run_manifest_path(out, day)
+    text = manifest.read_text()
+    for link, files in zip(links, contents, strict=True):
+        link.unlink()
+        link.mkdir()
+        for name, body in files.items():
+            (link / name).write_bytes(body)
+    manifest.unlink()
+    manifest.write_text(text)
+    shutil.rmtree(out / io.DAYS)
+
+
+@pytest.mark.parametrize(("layout", "step"), [(layout, step) for layout, steps in PUBLISH_STEPS_BY_LAYOUT.items()
+                                              for step in steps])
+def test_a_kill_at_any_publish_step_leaves_the_day_all_old_or_all_new_and_the_next_run_recovers(
+        trained_dataset, scoring_settings, tmp_path: Path, layout: str, step: str) -> None:
+    day = trained_dataset.score_dates[0]
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    if layout != "fresh":
+        score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
+    if layout == "legacy":
+        _to_legacy_layout(out, day)
+    old_state, old_manifest = _day_state(out, day)
+    rows = io.partition_row_count(trained_dataset.data_dir, io.EVENTS, day)
+    chunks = {"chunk_rows": max(1, rows // 3)}  # the new run also cuts the day into other parts
+    score_day(scoring_settings(ref, scoring=chunks, **NEW_RUN), ScoreOptions(day=day, in_process=True))
+    new_state, _ = _day_state(ref, day)
+    assert new_state != old_state and len(new_state[io.SCORES]) >= 3
+
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "UBA_SCORING__CHUNK_ROWS": str(chunks["chunk_rows"]), "UBA_THRESHOLD__MAX_REASONS": "1",
+           "UBA_USER_DAY__ENABLED": "false", "UBA_FAULT_KILL_AT_PUBLISH_STEP": step}
+    killed = subprocess.run(
+        [str(UBA), "score", "--date", day.isoformat(), "--in-process", "--data-dir", str(trained_dataset.data_dir),
+         "--model-dir", str(trained_dataset.model_dir), "--output-dir", str(out)],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+
+    seen_state, seen_manifest = _day_state(out, day)
+    committed = PUBLISH_STEPS_BY_LAYOUT[layout].index(step) >= PUBLISH_STEPS_BY_LAYOUT[layout].index("commit")
+    if committed:
+        assert seen_state == new_state and seen_manifest["status"] == "succeeded"
+        for dataset in (io.SCORES, io.FLAGGED):  # the manifest describes exactly what is visible
+            files = seen_manifest["outputs"][dataset]["files"]
+            assert {name: f["sha256"] for name, f in files.items()} == seen_state[dataset]
+    else:
+        assert (seen_state, seen_manifest) == (old_state, old_manifest)
+
+    recovered = score_day(scoring_settings(out, scoring=chunks, **NEW_RUN), ScoreOptions(day=day, in_process=True))
+    assert _day_state(out, day) == (new_state, recovered)
+    versions = sorted(p.name for p in (out / io.DAYS / f"event_date={day.isoformat()}").iterdir())
+    assert recovered["run_id"] in versions and len(versions) == 2  # the published one and the one before
+    assert not any((out / STAGING_DIR).rglob("*"))
+    for dataset in io.DAY_DATASETS:
+        assert io.partition_dir(out, dataset, day).is_symlink()
+
+
+def test_a_copy_of_scores_keeps_the_version_it_copied_until_the_run_after_next(
+        trained_dataset, scoring_settings, tmp_path: Path) -> None:
+    """What the contract check's `cp -r out/scores first` relies on: the copied link names
+    the version it was taken from, which one later run keeps."""
+    day = trained_dataset.score_dates[0]
+    out, copy = tmp_path / "out", tmp_path / "first"
+    score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
+    subprocess.run(["cp", "-r", str(out / io.SCORES), str(copy)], check=True)
+    first_files = {p.name: p.read_bytes() for p in (copy / f"event_date={day.isoformat()}").iterdir()}
+    score_day(scoring_settings(out, scoring={"chunk_rows": 100}), ScoreOptions(day=day, in_process=True))
+    kept = {p.name: p.read_bytes() for p in (copy / f"event_date={day.isoformat()}").iterdir()}
+    assert kept == first_files  # still the first run's bytes, not the second run's
+    assert kept != {p.name: p.read_bytes() for p in io.partition_files(out, io.SCORES, day)}
+    score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
+    assert not (copy / f"event_date={day.isoformat()}").exists()  # pruned: one previous version is kept

@@ -290,7 +290,9 @@ def test_a_rerun_without_user_day_alerts_drops_the_earlier_runs_alerts(trained_d
     assert first["user_day"]["enabled"] is True
     assert io.partition_dir(tmp_path, io.FLAGGED_USERS, day).is_dir()
     score_day(scoring_settings(tmp_path, user_day={"enabled": False}), ScoreOptions(day=day, in_process=True))
-    assert not io.partition_dir(tmp_path, io.FLAGGED_USERS, day).exists()
+    # the day's flagged_users/ now resolves to the second run's (empty) folder: it never vanishes
+    assert io.partition_dir(tmp_path, io.FLAGGED_USERS, day).is_dir()
+    assert io.partition_files(tmp_path, io.FLAGGED_USERS, day) == []
     assert _scores(tmp_path, day).height == _events(trained_dataset.data_dir, day).height
 
 

@@ -14,6 +14,7 @@ into place, so a reader (or a crash) never sees half a file.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -377,10 +378,10 @@ def _drop_stale_checksums(final: Path) -> None:
             record.unlink(missing_ok=True)
 
 
-def write_json_atomic(data: Any, path: Path) -> Path:
-    """JSON with the same all-or-nothing guarantee as the Parquet writer."""
+def write_json_atomic(data: Any, path: Path, durable: bool = False) -> Path:
+    """JSON with the same all-or-nothing guarantee as the Parquet writer (``durable``: fsynced)."""
     text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
-    return _write_atomic(path, lambda tmp: tmp.write_text(text))
+    return _write_atomic(path, lambda tmp: tmp.write_text(text), durable=durable)
 
 
 def read_json(path: Path) -> Any:
@@ -567,6 +568,8 @@ def replace_partition(df: pl.DataFrame, root: Path, dataset: str, day: date | st
     final = partition_dir(root, dataset, day)
     staging = make_staging_dir(final.parent)
     checksum = final / f"{name}.parquet" if dataset in CHECKSUMMED else None
+    if final.is_symlink():  # a dataset of a published day: replace the folder of its current version
+        final = Path(os.path.realpath(final))
     try:
         _write_atomic(staging / f"{name}.parquet",
                       lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True),
@@ -945,3 +948,227 @@ def read_user_score_history(bundle_path: Path, quantile: float) -> pl.DataFrame 
 def write_user_score_history(df: pl.DataFrame, bundle_path: Path, quantile: float) -> Path:
     """Store the per-user score table next to the bundle files it was derived from."""
     return write_parquet_atomic(df, _user_history_path(bundle_path, quantile))
+
+
+# --- published days (issue 11, item 6): one rename commits a whole day ---
+#
+#   <out>/.days/event_date=D/<version>/{scores,flagged,flagged_users}/part-*.parquet
+#   <out>/.days/event_date=D/<version>/manifest.json          (+ .previous: the version it replaced)
+#   <out>/scores/event_date=D        -> <abs out>/.days/event_date=D/<version>/scores   (the anchor)
+#   <out>/flagged/event_date=D       -> <abs out>/scores/event_date=D/../flagged
+#   <out>/flagged_users/event_date=D -> <abs out>/scores/event_date=D/../flagged_users
+#   <out>/runs/event_date=D/manifest.json -> <abs out>/scores/event_date=D/../manifest.json
+#
+# The kernel resolves ``..`` after following the anchor physically (to the version
+# folder), so every dataset and the manifest of D are reached through the anchor: a
+# rename(2) of a new symlink over it switches them all at once. Only the anchor names a
+# version, so a ``cp -r scores/`` keeps pointing at the version it copied (kept until the
+# run after next prunes it); the other links never change once made.
+
+DAYS = ".days"
+DAY_DATASETS: tuple[str, ...] = (SCORES, FLAGGED, FLAGGED_USERS)  # risk/ joins here when it exists
+EMPTY_VERSION = "empty"
+PREVIOUS_NAME = ".previous"
+LEGACY_PREFIX = "legacy-"
+
+
+def day_versions_dir(output_dir: Path, day: date | str) -> Path:
+    """``<out>/.days/event_date=D``: every kept version of day D's outputs."""
+    label = day.isoformat() if isinstance(day, date) else day
+    return Path(output_dir) / DAYS / f"{PARTITION_COLUMN}={label}"
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
+def _anchor(output_dir: Path, day: date | str) -> Path:
+    return partition_dir(output_dir, SCORES, day)
+
+
+def _link_text(output_dir: Path, day: date | str, name: str) -> str:
+    """What the stable link of ``name`` (a dataset or manifest.json) points at."""
+    if name == SCORES:
+        raise ValueError("the anchor names a version")
+    return f"{_absolute(_anchor(output_dir, day))}/../{name}"
+
+
+def _stable_link(output_dir: Path, day: date | str, name: str) -> Path:
+    if name == MANIFEST_NAME:
+        return run_manifest_path(output_dir, day)
+    return partition_dir(output_dir, name, day)
+
+
+def published_version(output_dir: Path, day: date | str) -> str | None:
+    """The version of D that readers see (the anchor's target), None when D has no
+    versioned output (never scored, or still in the layout before versions)."""
+    anchor = _anchor(output_dir, day)
+    if not anchor.is_symlink():
+        return None
+    return Path(os.readlink(anchor)).parent.name
+
+
+def _symlink_over(text: str, link: Path) -> None:
+    """Make ``link`` a symlink to ``text`` in one rename(2) of a new symlink over it."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.parent / f"{TMP_PREFIX}link-{uuid.uuid4().hex}"
+    os.symlink(text, tmp)
+    try:
+        os.replace(tmp, link)
+    finally:
+        if tmp.is_symlink():
+            tmp.unlink()
+    fsync_dir(link.parent)
+
+
+def _dir_to_link(text: str, final: Path) -> None:
+    """Replace a real directory by a symlink to ``text``: one RENAME_EXCHANGE where the
+    kernel has it, else rename aside + rename in (undone by ``recover_replaced_dir``)."""
+    tmp = final.parent / f"{TMP_PREFIX}link-{uuid.uuid4().hex}"
+    os.symlink(text, tmp)
+    try:
+        if _rename_exchange(tmp, final):
+            fsync_dir(final.parent)
+            discard_dir(tmp)
+            return
+        aside = final.parent / f"{_aside_prefix(final)}{uuid.uuid4().hex}"
+        os.replace(final, aside)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+        discard_dir(aside)
+    finally:
+        if tmp.is_symlink():
+            tmp.unlink()
+
+
+def _link_files(source: Path, target: Path) -> None:
+    """Hard-link (copy where links are refused) the files of ``source`` into ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.iterdir()):
+        if not path.is_file() or path.name.startswith(TMP_PREFIX) or (target / path.name).exists():
+            continue
+        try:
+            os.link(path, target / path.name)
+        except OSError:
+            shutil.copy2(path, target / path.name)
+
+
+def _is_real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _new_version_dir(versions: Path, name: str, fill: Callable[[Path], None]) -> Path:
+    """Build a version folder under a temporary name and rename it into place."""
+    versions.mkdir(parents=True, exist_ok=True)
+    tmp = versions / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        for dataset in DAY_DATASETS:
+            (tmp / dataset).mkdir()
+        fill(tmp)
+        os.replace(tmp, versions / name)
+    finally:
+        discard_dir(tmp)
+    fsync_dir(versions)
+    return versions / name
+
+
+def ensure_day_links(output_dir: Path, day: date | str, on_step: Callable[[str], None] | None = None) -> None:
+    """Make D's stable links exist before a version is committed, without changing what
+    readers see.
+
+    A day never published gets an empty version and links to it (so no link ever
+    dangles). A day in the layout before versions (real ``scores/event_date=D`` etc.) is
+    taken over: its files are hard-linked into a ``legacy-*`` version, then each real
+    folder (the anchor first) is exchanged for its link, so readers see the same old
+    files throughout; a kill in between is finished by the next call. ``on_step`` is
+    called after each step (fault-injection tests kill the process there).
+    """
+    step = on_step or (lambda name: None)
+    anchor = _anchor(output_dir, day)
+    versions = day_versions_dir(output_dir, day)
+    manifest = run_manifest_path(output_dir, day)
+    recover_replaced_dir(anchor)
+    if not anchor.is_symlink():
+        legacy = _is_real_dir(anchor)
+
+        def fill(folder: Path) -> None:
+            for dataset in DAY_DATASETS:
+                if _is_real_dir(partition_dir(output_dir, dataset, day)):
+                    _link_files(partition_dir(output_dir, dataset, day), folder / dataset)
+            if manifest.is_file() and not manifest.is_symlink():
+                os.link(manifest, folder / MANIFEST_NAME)
+
+        name = f"{LEGACY_PREFIX}{uuid.uuid4().hex}" if legacy else EMPTY_VERSION
+        if legacy or not (versions / name).is_dir():
+            _new_version_dir(versions, name, fill)
+        text = str(_absolute(versions / name / SCORES))
+        if legacy:
+            _dir_to_link(text, anchor)
+        else:
+            _symlink_over(text, anchor)
+        step("link:scores")
+    current = Path(os.path.realpath(anchor)).parent
+    for dataset in DAY_DATASETS[1:]:
+        link = partition_dir(output_dir, dataset, day)
+        recover_replaced_dir(link)
+        if link.is_symlink():
+            continue
+        if _is_real_dir(link):
+            _link_files(link, current / dataset)
+            _dir_to_link(_link_text(output_dir, day, dataset), link)
+        else:
+            _symlink_over(_link_text(output_dir, day, dataset), link)
+        step(f"link:{dataset}")
+    if not manifest.is_symlink():
+        if manifest.is_file() and not (current / MANIFEST_NAME).exists():
+            os.link(manifest, current / MANIFEST_NAME)
+        _symlink_over(_link_text(output_dir, day, MANIFEST_NAME), manifest)
+        step("link:manifest")
+
+
+def add_day_version(output_dir: Path, day: date | str, staged: Path, version: str) -> Path:
+    """Move a finished staging folder (every dataset folder + manifest.json) into D's
+    versions, recording the version it will replace; readers do not see it yet."""
+    staged = Path(staged)
+    for dataset in DAY_DATASETS:  # a dataset absent from the run is an empty folder, never missing
+        (staged / dataset).mkdir(exist_ok=True)
+    previous = published_version(output_dir, day) or ""
+    (staged / PREVIOUS_NAME).write_text(previous + "\n")
+    versions = day_versions_dir(output_dir, day)
+    versions.mkdir(parents=True, exist_ok=True)
+    os.replace(staged, versions / version)
+    fsync_dir(versions)
+    if staged.parent != versions:
+        fsync_dir(staged.parent)
+    return versions / version
+
+
+def commit_day_version(output_dir: Path, day: date | str, version: str) -> None:
+    """THE commit point of a day: one rename(2) points the anchor at ``version``, and with
+    it every dataset and the manifest of D."""
+    target = day_versions_dir(output_dir, day) / version
+    if not (target / SCORES).is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such day version", str(target))
+    fault_point("publish", target)
+    _symlink_over(str(_absolute(target / SCORES)), _anchor(output_dir, day))
+
+
+def prune_day_versions(output_dir: Path, day: date | str) -> list[str]:
+    """Delete D's versions other than the published one and the one it replaced (kept so
+    a reader, or a copy of ``scores/``, that resolved the old links still finds its
+    files until the next run); also what a killed run left (uncommitted versions,
+    temporary folders). Returns the names removed. Call with the date's lock held."""
+    versions = day_versions_dir(output_dir, day)
+    current = published_version(output_dir, day)
+    if current is None or not versions.is_dir():
+        return []
+    keep = {current}
+    with contextlib.suppress(OSError):
+        keep.add((versions / current / PREVIOUS_NAME).read_text().strip())
+    removed = []
+    for child in sorted(versions.iterdir()):
+        if child.name not in keep:
+            discard_dir(child) if child.is_dir() and not child.is_symlink() else child.unlink(missing_ok=True)
+            removed.append(child.name)
+    return removed

@@ -10,8 +10,9 @@ per user); start D's own aggregates as a task of their own; run every shard
 the run's staging folder ``.staging/event_date=D/run-<run id>/``) on Ray or in this
 process; add up the shards' counts and partial results; merge their flagged rows into
 one sorted part; user-day alerts from D's aggregates. Only when every shard is written
-and the row counts add up are ``scores/``, ``flagged/`` and ``flagged_users/`` swapped
-into ``event_date=D`` (an atomic directory exchange each) and the manifest written last.
+and the row counts add up does the staging folder, with the manifest, become a version of
+D under ``.days/event_date=D/``, published for ``scores/``, ``flagged/``,
+``flagged_users/`` and the manifest at once by one rename (``io.commit_day_version``).
 The driver never holds the day's rows, so its memory does not grow with the day.
 
 Any failure before the swap leaves the published output of D exactly as it was and
@@ -21,6 +22,7 @@ writes a ``failed-<ts>.json`` record next to the manifest instead.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 import uuid
@@ -207,13 +209,18 @@ class _Run:
             f"the previous output of {self.day} is intact")
 
     def _recover_previous(self) -> None:
-        """Undo an interrupted swap and drop staging left by a killed run of this date
-        (safe: we hold the date's lock, so no live run owns it)."""
+        """Heal what a killed run of this date left (safe: we hold the date's lock, so no
+        live run owns any of it): an interrupted swap of the layout before versions is
+        undone, versions that were never committed (or are older than the one the
+        published version replaced) and leftover staging are deleted."""
         with self.timer.stage("recover"):
-            for dataset in (io.SCORES, io.FLAGGED, io.FLAGGED_USERS):
+            for dataset in io.DAY_DATASETS:
                 if io.recover_replaced_dir(io.partition_dir(self.output_dir, dataset, self.day)):
                     log.warning("restored the previous %s output of %s after an interrupted swap",
                                 dataset, self.day)
+            removed = io.prune_day_versions(self.output_dir, self.day)
+            if removed:
+                log.info("removed %d unpublished or old version(s) of %s", len(removed), self.day)
             if self.staging_root.exists():
                 log.info("removing staging left by an interrupted run of %s", self.day)
                 io.discard_dir(self.staging_root)
@@ -337,22 +344,50 @@ class _Run:
         return {name: record}
 
     def _publish(self, staging: Path) -> None:
+        """Make the staged run the day's output in one step (see ``io.commit_day_version``).
+
+        The staging folder gets every dataset folder (empty ones too) and the manifest,
+        the day's stable links are made if missing (which changes nothing readers see),
+        the staging folder becomes a version of the day under ``.days/`` (recording the
+        version it replaces), and one rename points the anchor at
+        the new version: scores, flagged, flagged_users and the manifest switch together.
+        The version it replaced is kept for readers still on it; older ones are deleted.
+        """
         fault = self.options.fault
         if fault and fault.pause_before_publish_sec:
             log.warning("fault injection: pausing %.1f s before publishing", fault.pause_before_publish_sec)
             time.sleep(fault.pause_before_publish_sec)
+        step = self._publish_step
+        began = time.perf_counter()
         with self.timer.stage("publish"):
-            for dataset in (io.SCORES, io.FLAGGED, io.FLAGGED_USERS):
-                final = io.partition_dir(self.output_dir, dataset, self.day)
-                if (staging / dataset).is_dir():  # flagged_users/ only when user-day alerts are on
-                    io.replace_dir_atomic(staging / dataset, final)
-                else:  # an earlier run's user-day alerts must not outlive it
-                    io.discard_dir(final)
-        finished = time.time()
-        self.record.update(status=mf.SUCCEEDED, finished_at=mf.utc_iso(finished),
-                           duration_sec=round(finished - self.started, 3),
-                           timings_sec=dict(self.timer.seconds))
-        io.write_json_atomic(self.record, mf.manifest_path(self.output_dir, self.day))
+            version_dir = io.day_versions_dir(self.output_dir, self.day) / self.run_id
+            self.record["outputs"]["version"] = str(version_dir)
+            finished = time.time()
+            # the manifest is part of what is committed: "publish" = the time up to writing it
+            timings = {**self.timer.seconds, "publish": round(time.perf_counter() - began, 6)}
+            self.record.update(status=mf.SUCCEEDED, finished_at=mf.utc_iso(finished),
+                               duration_sec=round(finished - self.started, 3), timings_sec=timings)
+            io.fault_point("manifest", staging / mf.MANIFEST_NAME)
+            io.write_json_atomic(self.record, staging / mf.MANIFEST_NAME, durable=True)
+            step("manifest")
+            io.ensure_day_links(self.output_dir, self.day, on_step=step)
+            step("links")
+            io.add_day_version(self.output_dir, self.day, staging, self.run_id)
+            step("version")
+            io.commit_day_version(self.output_dir, self.day, self.run_id)  # the commit point
+        step("commit")
+        try:
+            io.prune_day_versions(self.output_dir, self.day)
+        except OSError as exc:  # published already: the next run retries the clean-up
+            log.warning("could not delete old versions of %s: %s", self.day, exc)
+        step("prune")
+
+    def _publish_step(self, name: str) -> None:
+        """Fault injection: SIGKILL this process right after publish step ``name``."""
+        fault = self.options.fault
+        if fault and fault.kill_at_publish_step == name:
+            log.warning("fault injection: killing the run after publish step %s", name)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     # -- records ---------------------------------------------------------------------
 

@@ -1,10 +1,12 @@
 """The run record of one scored date: what went in, what came out, how it ran.
 
-``runs/event_date=D/manifest.json`` describes the output currently published for D and
-is written last, after the scores and flagged directories were swapped in, so its
-presence with ``status: succeeded`` means the day is complete. A failed run never
-touches it: its record goes to ``runs/event_date=D/failed-<UTC timestamp>.json`` and the
-previous good output and manifest stay as they were.
+``runs/event_date=D/manifest.json`` describes the output currently published for D. It
+is written into the run's version folder with the outputs (``<out>/.days/event_date=D/
+<run id>/manifest.json``) and becomes visible with them in the one rename that publishes
+the day (``uba.io.commit_day_version``), so the manifest a reader sees always describes
+the files it sees. A failed run never touches it: its record goes to
+``runs/event_date=D/failed-<UTC timestamp>.json`` and the previous good output and
+manifest stay as they were.
 """
 
 from __future__ import annotations

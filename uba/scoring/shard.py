@@ -54,7 +54,12 @@ FAULT_ENV = {
     "shard_delay_sec": "UBA_FAULT_SHARD_DELAY_SEC",
     "pid_dir": "UBA_FAULT_PID_DIR",
     "pause_before_publish_sec": "UBA_FAULT_PAUSE_BEFORE_PUBLISH_SEC",
+    "kill_at_publish_step": "UBA_FAULT_KILL_AT_PUBLISH_STEP",
 }
+# Steps of publishing a day, in order (the driver's ``_publish``); ``link:*`` steps run
+# only when a link is made (a day's first run, or one in the layout before versions).
+PUBLISH_STEPS = ("manifest", "link:scores", "link:flagged", "link:flagged_users", "link:manifest",
+                 "links", "version", "commit", "prune")
 
 
 @dataclass(frozen=True)
@@ -63,13 +68,16 @@ class FaultInjection:
 
     ``shard_delay_sec`` sleeps in every shard task after it has written its PID into
     ``pid_dir`` (so a test can SIGKILL that worker); ``pause_before_publish_sec`` sleeps
-    after the staging directory is complete and before it is swapped in. Never set in
-    production; the CLI reads them from ``UBA_FAULT_*`` environment variables.
+    after the staging directory is complete and before it is swapped in;
+    ``kill_at_publish_step`` makes the driver SIGKILL itself right after that step of
+    publishing (one of ``PUBLISH_STEPS``). Never set in production; the CLI reads them
+    from ``UBA_FAULT_*`` environment variables (and io reads ``UBA_FAULT_ENOSPC_AT``).
     """
 
     shard_delay_sec: float = 0.0
     pid_dir: str | None = None
     pause_before_publish_sec: float = 0.0
+    kill_at_publish_step: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FaultInjection | None:
@@ -80,6 +88,7 @@ class FaultInjection:
             shard_delay_sec=float(env.get(FAULT_ENV["shard_delay_sec"]) or 0.0),
             pid_dir=env.get(FAULT_ENV["pid_dir"]) or None,
             pause_before_publish_sec=float(env.get(FAULT_ENV["pause_before_publish_sec"]) or 0.0),
+            kill_at_publish_step=env.get(FAULT_ENV["kill_at_publish_step"]) or None,
         )
 
 
