@@ -1,0 +1,207 @@
+"""Replay of the hostile corpus of the batch job (tests/hostile/batch/, issue 11 items 6-8).
+
+Every case is a ``<case>.recipe.json`` (what to do to a fresh copy of the trained data
+set and output directory before running ``uba-batch score --date 2026-03-09``) and a
+``<case>.expect.json`` stating the verdict. Recipe keys:
+
+* ``score_first``: score the day once first (the "old" output a failed run must keep);
+* ``layout: "legacy"``: rewrite that output as the layout before versions left it (real
+  folders and manifest file);
+* ``damage``: a list of ``{"dataset": "events"|"aggregates", "day", "how"}`` with ``how``
+  one of ``flip`` (one byte XOR 1 at ``at`` (fraction of the size) or ``at_byte``
+  (negative = from the end)), ``truncate`` (to ``at`` of the size), ``garbage``,
+  ``delete`` (the partition), ``drop_record`` (the part's checksum record, as for data
+  written before records existed), ``record_garbage``;
+* ``env``: environment of the run (fault hooks: ``UBA_FAULT_ENOSPC_AT``);
+* ``kill_at``: run the installed ``uba-batch`` as a subprocess that SIGKILLs itself after
+  that publish step (``UBA_FAULT_KILL_AT_PUBLISH_STEP``);
+* ``copy_scores``: ``cp -r out/scores`` before the run (the contract check's scenario).
+
+Every case, whatever its verdict: no traceback; the expected exit code; a failure is one
+``error:`` line naming what stopped it, with a failure record (``failure_record: false``:
+refused before the run took the date's lock, as a missing partition is); nothing lost or forged:
+the day is exactly the old output (``published: old``), nothing (``none``), or a new
+output whose manifest's sha256s match the visible files and whose scored rows are
+exactly the day's events (``new``). ``then_rerun``: a run without the fault then
+succeeds and leaves no orphaned version; ``rebuilt``: those days' aggregates verify again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import cli
+from uba import io
+
+CORPUS = Path(__file__).parent / "hostile" / "batch"
+REPO = Path(__file__).resolve().parents[1]
+UBA = Path(sys.executable).with_name("uba-batch")
+DAY = date(2026, 3, 9)
+
+
+def case_names() -> list[str]:
+    return sorted(p.name.removesuffix(".expect.json") for p in CORPUS.glob("*.expect.json"))
+
+
+def _part(data: Path, dataset: str, day: str) -> Path:
+    (part,) = io.partition_files(data, dataset, day)
+    return part
+
+
+def damage(data: Path, spec: dict[str, Any]) -> None:
+    how, dataset, day = spec["how"], spec["dataset"], spec["day"]
+    if how == "delete":
+        shutil.rmtree(io.partition_dir(data, dataset, day))
+        return
+    part = _part(data, dataset, day)
+    body = bytearray(part.read_bytes())
+    if how == "flip":
+        at = spec["at_byte"] if "at_byte" in spec else int(len(body) * spec["at"])
+        body[at] ^= 0x01
+    elif how == "truncate":
+        body = body[: int(len(body) * spec["at"])]
+    elif how == "garbage":
+        body = bytearray(b"this is not parquet\n" * 40)
+    elif how == "drop_record":
+        io.checksum_path(part).unlink()
+        return
+    elif how == "record_garbage":
+        io.checksum_path(part).write_text("{not json")
+        return
+    else:
+        raise ValueError(how)
+    part.write_bytes(bytes(body))
+
+
+def to_legacy_layout(out: Path, day: date) -> None:
+    links = [io.partition_dir(out, dataset, day) for dataset in io.DAY_DATASETS]
+    contents = [{p.name: p.read_bytes() for p in link.iterdir()} for link in links]
+    manifest = io.run_manifest_path(out, day)
+    text = manifest.read_text()
+    for link, files in zip(links, contents, strict=True):
+        link.unlink()
+        link.mkdir()
+        for name, body in files.items():
+            (link / name).write_bytes(body)
+    manifest.unlink()
+    manifest.write_text(text)
+    shutil.rmtree(out / io.DAYS)
+
+
+def day_state(out: Path, day: date) -> tuple[dict[str, dict[str, str]], dict[str, Any] | None]:
+    files = {dataset: {p.name: io.file_sha256(p) for p in io.partition_files(out, dataset, day)}
+             for dataset in io.DAY_DATASETS}
+    path = io.run_manifest_path(out, day)
+    return files, (json.loads(path.read_text()) if path.is_file() else None)
+
+
+def failure_records(out: Path, day: date) -> int:
+    return len(list(io.partition_dir(out, io.RUNS, day).glob("failed-*.json")))
+
+
+def score_args(data: Path, model_dir: Path, out: Path) -> list[str]:
+    return ["score", "--date", DAY.isoformat(), "--in-process", "--data-dir", str(data),
+            "--model-dir", str(model_dir), "--output-dir", str(out)]
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str, BaseException | None]:
+    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=True)
+    exception = None if isinstance(result.exception, SystemExit) else result.exception
+    return result.exit_code, result.stdout, result.stderr, exception
+
+
+def run_killed(args: list[str], step: str) -> tuple[int, str, str, None]:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "UBA_FAULT_KILL_AT_PUBLISH_STEP": step}
+    done = subprocess.run([str(UBA), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr, None
+
+
+def assert_new_day(data: Path, out: Path, day: date, old_manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """A complete new output: the manifest describes exactly the visible files, and the
+    scored rows are exactly the day's stored events (nothing lost, nothing forged)."""
+    files, manifest = day_state(out, day)
+    assert manifest is not None and manifest["status"] == "succeeded" and manifest["row_conservation"]["ok"]
+    assert old_manifest is None or manifest["run_id"] != old_manifest["run_id"]
+    for dataset in (io.SCORES, io.FLAGGED):
+        recorded = {name: f["sha256"] for name, f in manifest["outputs"][dataset]["files"].items()}
+        assert recorded == files[dataset]
+    key = ["event_id", "user_id", "timestamp"]
+    scored = pl.read_parquet(io.partition_files(out, io.SCORES, day)).select(key).sort("event_id")
+    stored = pl.read_parquet(io.partition_files(data, io.EVENTS, day)).select(key).sort("event_id")
+    assert scored.equals(stored)
+    return manifest
+
+
+def test_the_corpus_covers_items_6_to_8() -> None:
+    names = case_names()
+    items = {json.loads((CORPUS / f"{n}.expect.json").read_text())["item"] for n in names}
+    assert items == {6, 7, 8} and len(names) >= 20
+    for name in names:
+        assert (CORPUS / f"{name}.recipe.json").is_file(), name
+    assert sum(p.stat().st_size for p in CORPUS.iterdir()) < 100_000
+
+
+@pytest.mark.parametrize("name", case_names())
+def test_hostile_batch_case(name: str, trained_dataset, tmp_path: Path) -> None:
+    expect = json.loads((CORPUS / f"{name}.expect.json").read_text())
+    recipe = json.loads((CORPUS / f"{name}.recipe.json").read_text())
+    data, out = tmp_path / "data", tmp_path / "out"
+    shutil.copytree(trained_dataset.data_dir, data, symlinks=True)
+    args = score_args(data, trained_dataset.model_dir, out)
+    if recipe.get("score_first"):
+        assert run_cli(args)[0] == 0
+    if recipe.get("layout") == "legacy":
+        to_legacy_layout(out, DAY)
+    for spec in recipe.get("damage", []):
+        damage(data, spec)
+    old_files, old_manifest = day_state(out, DAY)
+    records_before = failure_records(out, DAY)
+    if recipe.get("copy_scores"):
+        subprocess.run(["cp", "-r", str(out / io.SCORES), str(tmp_path / "first")], check=True)
+
+    if recipe.get("kill_at"):
+        code, stdout, stderr, exception = run_killed(args, recipe["kill_at"])
+    else:
+        code, stdout, stderr, exception = run_cli(args, env=recipe.get("env"))
+
+    assert exception is None, repr(exception)
+    assert "Traceback" not in stdout + stderr, (stdout + stderr)[-3000:]
+    assert code == expect["exit_code"], (stdout + stderr)[-3000:]
+    if code == 1:
+        lines = stderr.strip().splitlines()
+        errors = [line for line in lines if line.startswith("error: ")]
+        assert errors == lines[-1:] and expect["error"] in errors[0], stderr[-3000:]
+        # a part whose footer does not read is refused before the run starts (no record)
+        assert failure_records(out, DAY) == records_before + int(expect.get("failure_record", True))
+    if expect["published"] == "old":
+        assert day_state(out, DAY) == (old_files, old_manifest)
+    elif expect["published"] == "none":
+        assert day_state(out, DAY) == ({dataset: {} for dataset in io.DAY_DATASETS}, None)
+    else:
+        assert_new_day(data, out, DAY, old_manifest)
+    for day in expect.get("rebuilt", []):
+        assert io.verify_part(_part(data, io.AGGREGATES, day))
+    if expect.get("copy_is_first_run"):
+        copied = tmp_path / "first" / f"event_date={DAY.isoformat()}"
+        assert {p.name: io.file_sha256(p) for p in copied.iterdir()} == old_files[io.SCORES]
+    if expect.get("then_rerun"):
+        assert run_cli(args)[0] == 0
+        manifest = assert_new_day(data, out, DAY, None)
+        versions = [p.name for p in io.day_versions_dir(out, DAY).iterdir()]
+        assert manifest["run_id"] in versions and len(versions) <= 2
+        assert not any((out / ".staging").rglob("*.parquet"))
+    if code == -signal.SIGKILL:
+        assert expect["exit_code"] == -9
