@@ -373,8 +373,8 @@ def _drop_stale_checksums(final: Path) -> None:
     if not folder.is_dir():
         return
     names = {p.name for p in final.glob("*.parquet")}
-    for record in folder.glob("*.json"):
-        if record.name.removesuffix(".json") not in names:
+    for record in folder.glob("*.json"):  # not another writer's temporary file
+        if not record.name.startswith(TMP_PREFIX) and record.name.removesuffix(".json") not in names:
             record.unlink(missing_ok=True)
 
 
