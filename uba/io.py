@@ -5,8 +5,14 @@ Layout (Hive-style, readable by Polars, DuckDB, Spark and Arrow as-is)::
     <data-dir>/events/event_date=YYYY-MM-DD/*.parquet
     <data-dir>/quarantine/event_date=YYYY-MM-DD|unknown/*.parquet
     <data-dir>/aggregates/event_date=YYYY-MM-DD/*.parquet
-    <output-dir>/{scores,flagged}/event_date=YYYY-MM-DD/*.parquet
+    <output-dir>/{scores,flagged,flagged_users}/event_date=YYYY-MM-DD/*.parquet
     <output-dir>/runs/event_date=YYYY-MM-DD/manifest.json
+    <output-dir>/.days/event_date=YYYY-MM-DD/<version>/...   what the day's links resolve to
+    <data-dir>/.checksums/{events,aggregates}/event_date=YYYY-MM-DD/<part>.json   sha256 records
+
+A scored day's datasets and manifest are symlinks that all resolve through one anchor,
+``scores/event_date=D``, so one rename publishes the whole day (see the section
+"published days" below).
 
 Every write goes to a temporary name in the destination directory and is renamed
 into place, so a reader (or a crash) never sees half a file.
