@@ -110,7 +110,7 @@ class ThresholdSettings(_Section):
 class RaySettings(_Section):
     address: str | None = None
     num_workers: int = Field(2, ge=1, le=1024)
-    num_shards: int = Field(8, ge=1, le=100_000)
+    num_shards: int = Field(8, ge=1, le=100_000)  # unused: shards come from scoring.chunk_rows
     max_retries: int = Field(3, ge=0, le=100)
     min_rows_for_ray: int = Field(0, ge=0)
     object_store_memory_mb: int | None = Field(None, ge=64)
@@ -140,10 +140,11 @@ class ApiSettings(_Section):
 
 
 class ScoringSettings(_Section):
-    """Batch scoring (``score --date``): the day is processed in row chunks of this size,
-    so memory is bounded by one chunk plus the baselines, not by the size of the day."""
+    """Batch scoring (``score --date``): the day is planned into shards of at most this many
+    events (262,144 = Polars' default row-group size), so a worker's memory is bounded by
+    one shard plus the baselines, not by the size of the day."""
 
-    chunk_rows: int = Field(500_000, ge=1)
+    chunk_rows: int = Field(262_144, ge=1)
 
 
 class UserThresholdSettings(_Section):
