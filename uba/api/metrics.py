@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -85,7 +86,7 @@ def final_status(sent: int | None, error: BaseException | None) -> int:
     middleware answers as a 500 outside this one."""
     if sent is not None:
         return sent
-    if error is None or type(error).__name__ == "ClientDisconnect":
+    if error is None or isinstance(error, ClientDisconnect):
         return CLIENT_CLOSED
     return 500
 

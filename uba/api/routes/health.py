@@ -13,7 +13,7 @@ from uba.api.deps import Runtime, RuntimeDep
 from uba.api.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/[^\s:,;'\"()]+")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~>-])/[^\s:,;'\"()]+")
 
 
 @router.get("/health", response_model=Health, summary="Liveness: the process answers")
@@ -28,7 +28,7 @@ def redact_paths(text: str, runtime: Runtime) -> str:
     paths = runtime.settings.paths
     for root, label in ((paths.model_dir, "<model-dir>"), (paths.data_dir, "<data-dir>")):
         for form in {os.path.abspath(root), str(root)}:
-            if form not in ("", ".", "/"):
+            if os.path.isabs(form) and form != "/":  # a relative root shows no layout ("data")
                 text = text.replace(form, label)
     return _ABSOLUTE_PATH.sub(lambda m: ".../" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
