@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import stat
@@ -32,10 +33,18 @@ from jobs.cli import cli
 from uba.artifacts import CHECKSUMS_FILE, load_bundle
 from uba.errors import BundleError, UserError
 from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
+from uba.io import user_score_history_path
 from uba.settings import load_settings
+from uba.thresholds import history_from_training, load_or_build_history
 
 HOSTILE = Path(__file__).parent / "hostile"
 BUNDLE_CASES = sorted(p.name.removesuffix(".expect.json") for p in (HOSTILE / "bundle").glob("*.expect.json"))
+# Cases on the per-user score table stored next to a bundle: the bundle loads, the table
+# is refused and rebuilt from the training window (replayed through load_or_build_history).
+HISTORY_CASES = [name for name in BUNDLE_CASES
+                 if json.loads((HOSTILE / "bundle" / f"{name}.expect.json").read_text()).get("replay")
+                 == "user_score_history"]
+LOAD_CASES = [name for name in BUNDLE_CASES if name not in HISTORY_CASES]
 CONFIG_CASES = sorted(p.name.removesuffix(".expect.json") for p in (HOSTILE / "config").glob("*.expect.json"))
 BIN = Path(sys.executable).parent
 
@@ -148,7 +157,7 @@ def build_bundle_case(world: World, name: str, root: Path) -> Path:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("name", BUNDLE_CASES)
+@pytest.mark.parametrize("name", LOAD_CASES)
 def test_hostile_bundle_case(world: World, name: str, tmp_path: Path) -> None:
     expect = _expect("bundle", name)
     if expect.get("needs_root") and os.geteuid() != 0:
@@ -169,6 +178,38 @@ def test_hostile_bundle_case(world: World, name: str, tmp_path: Path) -> None:
                              env=world.env())
         assert run.returncode == 1 and run.stdout == "", run.stdout
         _check_message(run.stderr, expect)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", HISTORY_CASES)
+def test_hostile_user_score_history_case(world: World, name: str, tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """The bundle loads; its tampered per-user table is refused without blocking or quoting
+    it, rebuilt from the training window and stored in place of the hostile entry, whose
+    target (a file outside the model directory) is never written."""
+    expect = _expect("bundle", name)
+    model_dir = build_bundle_case(world, name, tmp_path)
+    outside = {p: p.read_bytes() for p in (tmp_path / "outside").iterdir() if p.is_file()}
+    bundle = load_bundle(model_dir, expected_features=FEATURE_COLUMNS,
+                         expected_feature_set_version=FEATURE_SET_VERSION)
+    settings = world.settings()
+    table = user_score_history_path(bundle.path, settings.user_thresholds.user_quantile)
+    logger = logging.getLogger("uba.thresholds")
+    logger.addHandler(caplog.handler)
+    try:
+        history = load_or_build_history(settings, bundle)
+        warnings = sorted({r.getMessage() for r in caplog.records if r.levelno == logging.WARNING})
+        caplog.clear()
+        again = load_or_build_history(settings, bundle)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert len(warnings) == 1, warnings
+    _check_message(warnings[0], {"error_contains": expect["warning_contains"], **expect})
+    assert str(table) in warnings[0]
+    assert history.equals(history_from_training(settings, bundle))
+    assert stat.S_ISREG(os.lstat(table).st_mode) and again.equals(history)  # stored, read back quietly
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert {p: p.read_bytes() for p in outside} == outside
 
 
 # ---------------------------------------------------------------- config files

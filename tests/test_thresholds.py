@@ -3,15 +3,25 @@ generated data with an erratic user is in test_operations_e2e.py)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import polars as pl
 import pytest
 
+from uba import io, thresholds
+from uba.errors import BundleError
 from uba.features.baselines import POPULATION_USER
-from uba.settings import UserThresholdSettings
+from uba.settings import Settings, UserThresholdSettings
 from uba.thresholds import (
+    HISTORY_SCHEMA,
     apply_thresholds,
     concentration_comparison,
+    load_or_build_history,
     score_history,
     user_cut_array,
     user_thresholds,
@@ -86,3 +96,106 @@ def test_concentration_with_and_without() -> None:
     assert report["per_user_thresholds"]["max_alerts_one_user"] == 1
     assert (report["per_user_thresholds"]["top_1pct_share_of_alerts"]
             < report["global_threshold"]["top_1pct_share_of_alerts"])
+
+
+# --- the stored table of a bundle is read with the bundle guards (issue 11, item 11) ---
+
+FORGED = pl.DataFrame({"user_id": ["u00001", POPULATION_USER], "n": [10_000, 10_000],
+                       "user_quantile": [0.99, 0.1]}, schema=dict(HISTORY_SCHEMA))
+REBUILT = pl.DataFrame({"user_id": ["u00001", POPULATION_USER], "n": [5, 5],
+                        "user_quantile": [0.5, 0.5]}, schema=dict(HISTORY_SCHEMA))
+
+
+@pytest.fixture
+def stored_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """A bundle directory, a history rebuild that returns REBUILT, and the module's log captured."""
+    bundle_dir = tmp_path / "models" / "20260322T010203Z-ab12cd34"
+    bundle_dir.mkdir(parents=True)
+    monkeypatch.setattr(thresholds, "history_from_training", lambda settings, bundle: REBUILT)
+    logger = logging.getLogger("uba.thresholds")
+    logger.addHandler(caplog.handler)
+    yield SimpleNamespace(path=bundle_dir, version=bundle_dir.name), io.user_score_history_path(bundle_dir, 0.9)
+    logger.removeHandler(caplog.handler)
+
+
+def _load(bundle: SimpleNamespace) -> pl.DataFrame:
+    return load_or_build_history(Settings(), bundle)  # type: ignore[arg-type]
+
+
+def test_a_stored_table_is_used_as_it_is(stored_table) -> None:
+    bundle, path = stored_table
+    FORGED.write_parquet(path)
+    assert _load(bundle).equals(FORGED)
+
+
+def test_a_table_linked_from_outside_the_bundle_is_refused_and_rebuilt(
+        stored_table, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before: the link was followed and a forged table set every user's cut."""
+    bundle, path = stored_table
+    outside = tmp_path / "outside.parquet"
+    FORGED.write_parquet(outside)
+    path.symlink_to(outside)
+    assert _load(bundle).equals(REBUILT)
+    assert "leads outside" in caplog.text and path.name in caplog.text
+    assert not path.is_symlink() and pl.read_parquet(path).equals(REBUILT)  # the link is replaced...
+    assert pl.read_parquet(outside).equals(FORGED)  # ...and its target never written
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_in_place_of_the_table_does_not_hang(stored_table, caplog: pytest.LogCaptureFixture) -> None:
+    bundle, path = stored_table
+    os.mkfifo(path)
+    assert _load(bundle).equals(REBUILT)
+    assert stat.S_ISREG(os.lstat(path).st_mode)
+
+
+@pytest.mark.timeout(20)
+def test_a_link_to_a_fifo_inside_the_bundle_is_refused(stored_table, caplog: pytest.LogCaptureFixture) -> None:
+    bundle, path = stored_table
+    os.mkfifo(path.parent / "pipe")
+    path.symlink_to("pipe")
+    assert _load(bundle).equals(REBUILT)
+    assert "is a FIFO" in caplog.text
+
+
+@pytest.mark.parametrize("content", [b"root:x:0:0:SECRET-7f3a\n", b"PAR1" + b"SECRET-7f3a" * 100 + b"PAR1"])
+def test_a_damaged_table_is_rebuilt_with_a_warning_that_quotes_nothing(
+        stored_table, caplog: pytest.LogCaptureFixture, content: bytes) -> None:
+    """Before: a UserError that carried the Parquet reader's message."""
+    bundle, path = stored_table
+    path.write_bytes(content)
+    assert _load(bundle).equals(REBUILT)
+    assert "not a readable Parquet table" in caplog.text and path.name in caplog.text
+    assert "SECRET" not in caplog.text and "root:x" not in caplog.text
+
+
+def test_a_table_with_other_columns_is_rebuilt(stored_table, caplog: pytest.LogCaptureFixture) -> None:
+    bundle, path = stored_table
+    pl.DataFrame({"user_id": ["u1"], "cut": [0.1]}).write_parquet(path)
+    assert _load(bundle).equals(REBUILT)
+    assert "columns are not user_id, n, user_quantile" in caplog.text
+
+
+def test_a_table_over_the_size_cap_is_refused(stored_table, monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    bundle, path = stored_table
+    with open(path, "wb") as handle:
+        handle.truncate(io.MAX_USER_HISTORY_BYTES + 1)  # sparse: no disk used
+    assert _load(bundle).equals(REBUILT)
+    assert f"over the {io.MAX_USER_HISTORY_BYTES}-byte limit" in caplog.text
+
+
+def test_a_table_that_cannot_be_stored_is_used_for_the_run(stored_table, caplog: pytest.LogCaptureFixture) -> None:
+    bundle, path = stored_table
+    path.mkdir()  # a rename of a file over a directory fails
+    assert _load(bundle).equals(REBUILT)
+    assert "is a directory" in caplog.text and "using it for this run only" in caplog.text
+
+
+def test_a_stored_table_is_read_with_the_bundle_guards(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="leads outside"):
+        outside = tmp_path / "t.parquet"
+        FORGED.write_parquet(outside)
+        (tmp_path / "b").mkdir()
+        io.user_score_history_path(tmp_path / "b", 0.9).symlink_to(outside)
+        io.read_user_score_history(tmp_path / "b", 0.9)

@@ -33,6 +33,7 @@ import polars as pl
 
 from uba import io
 from uba.artifacts import Bundle
+from uba.errors import BundleError
 from uba.features.baselines import POPULATION_USER
 from uba.logs import get_logger
 from uba.settings import Settings, UserThresholdSettings
@@ -161,15 +162,32 @@ def load_or_build_history(settings: Settings, bundle: Bundle) -> pl.DataFrame:
     """The bundle's per-user score table, built once from the training window when missing.
 
     A table built for another quantile setting is rebuilt, so changing
-    ``user_thresholds.user_quantile`` takes effect at the next run.
+    ``user_thresholds.user_quantile`` takes effect at the next run. So is one that the
+    bundle guards refuse (a link out of the bundle directory, a FIFO or device, over the
+    size cap), one that is not readable Parquet, and one without this table's columns:
+    it is derived data, so like a missing one it is rebuilt from its source, with a
+    warning naming the file. The rebuilt table replaces the directory entry by an
+    atomic rename (a link is replaced, its target never written); if it cannot be
+    stored, it is used anyway and the next run rebuilds it again.
     """
     quantile = settings.user_thresholds.user_quantile
-    stored = io.read_user_score_history(bundle.path, quantile)
+    try:
+        stored = io.read_user_score_history(bundle.path, quantile)
+    except BundleError as exc:
+        log.warning("per-user score history refused, rebuilding it from the training window: %s", exc)
+        stored = None
     if stored is not None:
-        return stored
+        if dict(stored.schema) == HISTORY_SCHEMA:
+            return stored
+        log.warning("per-user score history %s: columns are not %s, rebuilding it from the training window",
+                    io.user_score_history_path(bundle.path, quantile), ", ".join(HISTORY_SCHEMA))
     log.info("building per-user score history for %s from its training window", bundle.version)
     history = history_from_training(settings, bundle)
-    io.write_user_score_history(history, bundle.path, quantile)
+    try:
+        io.write_user_score_history(history, bundle.path, quantile)
+    except OSError as exc:
+        log.warning("per-user score history %s: cannot store the rebuilt table (%s); using it for this run only",
+                    io.user_score_history_path(bundle.path, quantile), exc.strerror or type(exc).__name__)
     return history
 
 
