@@ -22,15 +22,16 @@ every index is in range by construction (``uba.model`` builds them after
 calling them. Rows holding NaN are not routed here (``uba.model`` scores them with the
 numpy path, which implements scikit-learn's missing-value routing).
 
-Caching: compiled machine code goes to numba's cache (``NUMBA_CACHE_DIR`` in the image),
-so a process loads it instead of compiling; without a writable cache location the
-loops are compiled in memory once per process. Importing this module imports numba,
-so ``uba.model`` imports it only when it first scores.
+Compiling: importing this module imports numba and compiles the complete-layout loop
+(the node loop on its first use), or loads them from numba's cache (``NUMBA_CACHE_DIR``
+in the image); without a writable cache location they are compiled in memory once per
+process. ``uba.model`` imports this module only when it first scores.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 import numba
@@ -111,28 +112,86 @@ def _complete_step(x: Any, feature: Any, threshold: Any, i: Any) -> Any:
     return i + i + np.uint64(1) + np.uint64(x[feature[i]] > threshold[i])
 
 
+@numba.njit(inline="always")
+def _root_step(x: Any, feature: Any, threshold: Any) -> Any:
+    """The first step (slot 0 to slot 1 or 2), with the root's feature and threshold."""
+    return np.uint64(1) + np.uint64(x[feature] > threshold)
+
+
+@numba.njit(inline="always")
+def _complete_row(x: Any, feature: Any, threshold: Any, leaf_value: Any, depth: Any) -> Any:
+    """One row's summed path length, 8 trees walked side by side (in tree order).
+
+    For the rows left over after the groups of 8 (one row per API request): a lone row
+    walked tree after tree would wait on each step's loads; different trees do not.
+    """
+    n_trees, n_inner = feature.shape[0], np.uint64(feature.shape[1])
+    total = 0.0
+    t = 0
+    while t + 8 <= n_trees:
+        f0, f1, f2, f3 = feature[t], feature[t + 1], feature[t + 2], feature[t + 3]
+        f4, f5, f6, f7 = feature[t + 4], feature[t + 5], feature[t + 6], feature[t + 7]
+        h0, h1, h2, h3 = threshold[t], threshold[t + 1], threshold[t + 2], threshold[t + 3]
+        h4, h5, h6, h7 = threshold[t + 4], threshold[t + 5], threshold[t + 6], threshold[t + 7]
+        i0 = i1 = i2 = i3 = i4 = i5 = i6 = i7 = np.uint64(0)
+        for _ in range(depth):
+            i0 = _complete_step(x, f0, h0, i0)
+            i1 = _complete_step(x, f1, h1, i1)
+            i2 = _complete_step(x, f2, h2, i2)
+            i3 = _complete_step(x, f3, h3, i3)
+            i4 = _complete_step(x, f4, h4, i4)
+            i5 = _complete_step(x, f5, h5, i5)
+            i6 = _complete_step(x, f6, h6, i6)
+            i7 = _complete_step(x, f7, h7, i7)
+        total += leaf_value[t, i0 - n_inner]
+        total += leaf_value[t + 1, i1 - n_inner]
+        total += leaf_value[t + 2, i2 - n_inner]
+        total += leaf_value[t + 3, i3 - n_inner]
+        total += leaf_value[t + 4, i4 - n_inner]
+        total += leaf_value[t + 5, i5 - n_inner]
+        total += leaf_value[t + 6, i6 - n_inner]
+        total += leaf_value[t + 7, i7 - n_inner]
+        t += 8
+    while t < n_trees:
+        i = np.uint64(0)
+        for _ in range(depth):
+            i = _complete_step(x, feature[t], threshold[t], i)
+        total += leaf_value[t, i - n_inner]
+        t += 1
+    return total
+
+
 @_compiled(_COMPLETE_SIGNATURE)
 def _complete_kernel(X, feature, threshold, leaf_value, depth, block, out):
-    """Trees outer, rows inner per block; 8 rows (_LANES) walked side by side, written
-    out: numba keeps these scalars in registers, a small index array would go through
-    memory (measured ~15% slower)."""
+    """Trees outer, rows inner per block, 8 rows (_LANES) walked side by side; written
+    out because numba keeps these scalars in registers, while a small index array would
+    go through memory (measured ~15% slower). The root's feature and threshold are
+    read once per tree (~5%). Rows left over (< 8) go tree-wise. Needs depth >= 1."""
     n_rows, n_trees = X.shape[0], feature.shape[0]
     n_inner = np.uint64(feature.shape[1])
     nan_rows = _rows_with_nan(X)
     for start in range(0, n_rows, block):
         stop = min(n_rows, start + block)
-        for r in range(start, stop):
+        grouped = stop - (stop - start) % 8
+        for r in range(start, grouped):
             out[r] = 0.0
         for t in range(n_trees):
             f = feature[t]
             th = threshold[t]
             leaf = leaf_value[t]
-            r = start
-            while r + 8 <= stop:
+            f_root, th_root = f[0], th[0]
+            for r in range(start, grouped, 8):
                 x0, x1, x2, x3 = X[r], X[r + 1], X[r + 2], X[r + 3]
                 x4, x5, x6, x7 = X[r + 4], X[r + 5], X[r + 6], X[r + 7]
-                i0 = i1 = i2 = i3 = i4 = i5 = i6 = i7 = np.uint64(0)
-                for _ in range(depth):
+                i0 = _root_step(x0, f_root, th_root)
+                i1 = _root_step(x1, f_root, th_root)
+                i2 = _root_step(x2, f_root, th_root)
+                i3 = _root_step(x3, f_root, th_root)
+                i4 = _root_step(x4, f_root, th_root)
+                i5 = _root_step(x5, f_root, th_root)
+                i6 = _root_step(x6, f_root, th_root)
+                i7 = _root_step(x7, f_root, th_root)
+                for _ in range(depth - 1):
                     i0 = _complete_step(x0, f, th, i0)
                     i1 = _complete_step(x1, f, th, i1)
                     i2 = _complete_step(x2, f, th, i2)
@@ -149,14 +208,8 @@ def _complete_kernel(X, feature, threshold, leaf_value, depth, block, out):
                 out[r + 5] += leaf[i5 - n_inner]
                 out[r + 6] += leaf[i6 - n_inner]
                 out[r + 7] += leaf[i7 - n_inner]
-                r += 8
-            while r < stop:
-                x = X[r]
-                i = np.uint64(0)
-                for _ in range(depth):
-                    i = _complete_step(x, f, th, i)
-                out[r] += leaf[i - n_inner]
-                r += 1
+        for r in range(grouped, stop):
+            out[r] = _complete_row(X[r], feature, threshold, leaf_value, depth)
     return nan_rows
 
 
@@ -166,8 +219,7 @@ def _node_step(x: Any, children: Any, feature: Any, threshold: Any, i: Any) -> A
     return np.uint64(children[i + i + np.uint64(x[feature[i]] > threshold[i])])
 
 
-@_compiled(_NODE_SIGNATURE)
-def _node_kernel(X, children, feature, threshold, node_value, roots, depth, block, out):
+def _node_loop(X, children, feature, threshold, node_value, roots, depth, block, out):
     """Same loop order as _complete_kernel, over the node arrays (one more load per step)."""
     n_rows, n_trees = X.shape[0], roots.shape[0]
     nan_rows = _rows_with_nan(X)
@@ -201,6 +253,13 @@ def _node_kernel(X, children, feature, threshold, node_value, roots, depth, bloc
     return nan_rows
 
 
+@cache
+def _node_kernel() -> Any:
+    """_node_loop compiled on first use: only forests deeper than the complete layout's
+    cap need it, so most processes never pay its compile (about half a cold start)."""
+    return _compiled(_NODE_SIGNATURE)(_node_loop)
+
+
 def _block_rows(n_columns: int) -> int:
     """Rows per block so one block of float32 rows fits _BLOCK_BYTES, a multiple of _LANES."""
     rows = _BLOCK_BYTES // (4 * max(1, n_columns))
@@ -228,6 +287,8 @@ def complete_path_lengths(
         or n_inner + 1 != 1 << depth
     ):
         raise ValueError("complete-layout tables of inconsistent shapes")
+    if depth == 0:  # single-leaf trees: every row, NaN or not, ends at the roots
+        return np.full(X32.shape[0], np.cumsum(leaf_value[:, 0])[-1]), 0
     out = np.empty(X32.shape[0], dtype=np.float64)
     nan_rows = _complete_kernel(
         X32, feature, threshold, leaf_value, depth, _block_rows(X32.shape[1]), out
@@ -259,7 +320,7 @@ def node_path_lengths(
     ):
         raise ValueError("node tables of inconsistent shapes")
     out = np.empty(X32.shape[0], dtype=np.float64)
-    nan_rows = _node_kernel(
+    nan_rows = _node_kernel()(
         X32, children, feature, threshold, node_value, roots, depth, _block_rows(X32.shape[1]), out
     )
     return out, int(nan_rows)
@@ -268,8 +329,8 @@ def node_path_lengths(
 def warm_up() -> None:
     """Run both loops on one row of a one-split tree and check the answer.
 
-    Importing this module already compiled the loops (or loaded them from numba's
-    cache); the image runs this at build time so its cache is populated and known good.
+    Compiles both (or loads them from numba's cache): the image runs this at build time
+    so its cache holds both and is known good.
     """
     X = np.array([[0.0, 1.0]], dtype=np.float32)  # column 1 > 0.5: the right leaf, value 2
     complete, _ = complete_path_lengths(
