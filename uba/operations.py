@@ -35,8 +35,9 @@ from uba.userday import score_user_days
 log = get_logger("operations")
 
 OPERATION_COLUMNS = ("user_threshold", "suppressed", "suppressed_by")
-_PER_USER_SCHEMA = {"user_id": pl.String(), "events": pl.Int64(), "alerts_global": pl.Int64(),
-                    "alerts_user": pl.Int64(), "suppressed": pl.Int64()}  # = shard.PER_USER_SCHEMA
+# a shard's per-user partial counts (uba.scoring.shard.per_user_counts), summed by add_partial
+PER_USER_SCHEMA = {"user_id": pl.String(), "events": pl.Int64(), "alerts_global": pl.Int64(),
+                   "alerts_user": pl.Int64(), "suppressed": pl.Int64()}
 
 
 @dataclass
@@ -91,7 +92,7 @@ class RunOperations:
 
     def _user_totals(self) -> pl.DataFrame:
         if not self.per_user:
-            return pl.DataFrame(schema=_PER_USER_SCHEMA)
+            return pl.DataFrame(schema=PER_USER_SCHEMA)
         return pl.concat(self.per_user).group_by("user_id").agg(pl.all().sum())
 
     def manifest_sections(self, user_days: pl.DataFrame | None = None) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from uba.scoring.backfill import BackfillOutcome, backfill_dates
 from uba.scoring.driver import ScoreOptions, load_scoring_bundle, open_runtime, score_day
 from uba.scoring.lock import RunLockedError
 from uba.scoring.manifest import read_manifest, scored_with
-from uba.scoring.ray_backend import FaultInjection, RunFailedError, ShardFailedError
+from uba.scoring.ray_backend import RunFailedError, ShardFailedError
+from uba.scoring.shard import FaultInjection
 
 __all__ = [
     "BackfillOutcome",

@@ -48,7 +48,8 @@ from uba.scoring import manifest as mf
 from uba.scoring import shard
 from uba.scoring.lock import date_lock
 from uba.scoring.plan import ShardSpec, plan_shards
-from uba.scoring.ray_backend import FaultInjection, RayRuntime, RunFailedError
+from uba.scoring.ray_backend import RayRuntime, RunFailedError
+from uba.scoring.shard import FaultInjection
 from uba.settings import Settings
 
 log = get_logger("scoring")

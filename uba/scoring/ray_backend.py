@@ -29,17 +29,13 @@ from typing import Any
 from uba.errors import UserError
 from uba.scoring.plan import ShardSpec
 from uba.scoring.shard import (
-    EAGER_ENGINE,
-    FAULT_ENV,
-    FaultInjection,
     ShardContext,
     ShardInputs,
     ShardResult,
     run_shard,
 )
 
-__all__ = ["EAGER_ENGINE", "FAULT_ENV", "FaultInjection", "RayRuntime", "RunFailedError",
-           "ShardFailedError", "check_reachable"]
+__all__ = ["RayRuntime", "RunFailedError", "ShardFailedError", "check_reachable"]
 
 CONNECT_TIMEOUT_SEC = 10.0
 RETRYABLE_EXCEPTIONS: tuple[type[BaseException], ...] = (OSError, MemoryError)

@@ -35,6 +35,7 @@ from uba import io
 from uba.drift import DriftCounts, drift_counts
 from uba.features.events import event_features
 from uba.feedback import apply_suppressions
+from uba.operations import PER_USER_SCHEMA
 from uba.pipeline import feature_matrix
 from uba.reasons import explain
 from uba.schema import EVENT_SCHEMA
@@ -44,8 +45,6 @@ from uba.thresholds import apply_thresholds
 
 SCORES_DIR = io.SCORES
 FLAGGED_PARTS_DIR = "flagged-parts"
-PER_USER_SCHEMA = {"user_id": pl.String(), "events": pl.Int64(), "alerts_global": pl.Int64(),
-                   "alerts_user": pl.Int64(), "suppressed": pl.Int64()}
 # Frames already in memory are finished with the in-memory engine: polars 2.1's streaming
 # engine intermittently panicked ("assertion failed: i < self.len()" in binview) on the
 # string expressions of the reasons over sliced or concatenated frames.
