@@ -51,10 +51,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import pickle
 import platform
+import secrets
 import shutil
 import signal
 import socket
@@ -236,10 +238,17 @@ def _free_ports(base: int, count: int = 4) -> list[int]:
     raise SystemExit(f"no {count} free consecutive ports in {base}..{base + 400}")
 
 
+@functools.cache
+def cluster_token() -> str:
+    """One auth token per benchmark run, passed by environment (a fresh machine has no
+    ~/.ray/auth_token, and a token-auth head refuses to start without one)."""
+    return secrets.token_hex(32)
+
+
 def cluster_env() -> dict[str, str]:
     """Environment for `ray start` and for jobs joining it (DESIGN.md, Ray section)."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "RAY_AUTH_MODE": "token"}
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster_token()}
     env.pop("RAY_ADDRESS", None)
     return env
 

@@ -2,14 +2,16 @@
 
 The cluster lives in its own process group for the module and is stopped by group id;
 no Ray process is ever killed by name. Ray 2.60 needs RAY_AUTH_MODE=token on both the
-head and the joining job (the token is shared through ~/.ray/auth_token).
+head and the joining job (the token is shared through RAY_AUTH_TOKEN, generated per run).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -66,9 +68,16 @@ def _wait_for_nodes(address: str, count: int, processes: list[subprocess.Popen[b
         time.sleep(1)
 
 
+@functools.cache
+def _cluster_token() -> str:
+    """The cluster's auth token, shared by environment: a fresh machine (CI) has no
+    ~/.ray/auth_token, and `ray start --head` with token auth refuses to start without one."""
+    return secrets.token_hex(32)
+
+
 def _cluster_env() -> dict[str, str]:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "RAY_AUTH_MODE": "token"}
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": _cluster_token()}
     env.pop("RAY_ADDRESS", None)
     return env
 
