@@ -362,3 +362,21 @@ def test_tiny_shards_give_the_same_rows_and_flagged_bytes(trained_dataset, scori
             == day_output_bytes(tmp_path / "whole", day)["flagged/part-00000.parquet"])
     a, b = _scores(tmp_path / "whole", day).sort("event_id"), _scores(tmp_path / "tiny", day).sort("event_id")
     assert a.equals(b)
+
+
+def test_in_process_threads_publish_the_same_bytes_as_one_thread(trained_dataset, scoring_settings,
+                                                                  day_output_bytes, tmp_path: Path) -> None:
+    """In-process shards run side by side in threads; the parts must not depend on it."""
+    day = trained_dataset.score_dates[0]
+    rows = io.partition_row_count(trained_dataset.data_dir, io.EVENTS, day)
+    small = {"chunk_rows": max(1, rows // 4)}
+    one = score_day(scoring_settings(tmp_path / "one", scoring=small),
+                    ScoreOptions(day=day, in_process=True, workers=1))
+    two = score_day(scoring_settings(tmp_path / "two", scoring=small),
+                    ScoreOptions(day=day, in_process=True, workers=2))
+    assert one["execution"]["workers"] == 1
+    assert two["execution"]["workers"] == min(2, len(os.sched_getaffinity(0)))
+    assert two["execution"]["shards"] >= 4
+    assert {r["pid"] for r in two["execution"]["shard_records"]} == {os.getpid()}
+    assert day_output_bytes(tmp_path / "one", day) == day_output_bytes(tmp_path / "two", day)
+    assert one["counts"] == two["counts"]

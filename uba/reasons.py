@@ -263,10 +263,16 @@ def _spread(sentences: pl.Series, rows: np.ndarray, readers: np.ndarray) -> pl.S
     row someone reads but that has no reason, null for a row nobody reads."""
     lengths = np.zeros(len(readers), dtype=np.int64)
     lengths[rows] = sentences.list.len().to_numpy()
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]))
+    offsets = _arrow(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
     values = sentences.to_arrow().cast(pa.large_list(pa.large_string())).flatten()
-    lists = pa.LargeListArray.from_arrays(offsets, values, mask=pa.array(~readers))
+    lists = pa.LargeListArray.from_arrays(offsets, values, mask=_arrow(~readers))
     return pl.Series("reasons", pl.from_arrow(lists), dtype=pl.List(pl.String))
+
+
+def _arrow(values: np.ndarray) -> pa.Array:
+    """A numpy array as Arrow through Polars: ``pa.array`` imports pandas on first use
+    (about 0.5 s per worker process, paid by every shard worker's first shard)."""
+    return pl.Series(values).to_arrow()
 
 
 def rank_reason_kinds(severity: np.ndarray, max_reasons: int) -> tuple[np.ndarray, np.ndarray]:
@@ -293,9 +299,8 @@ def reason_kinds_column(severity: np.ndarray, max_reasons: int) -> pl.Series:
     """``reason_kinds`` as a List(String) column built straight from the ranking arrays."""
     order, counts = rank_reason_kinds(severity, max_reasons)
     keep = np.arange(order.shape[1])[None, :] < counts[:, None]
-    names = pa.array(REASON_KINDS, type=pa.large_string())
-    values = pa.DictionaryArray.from_arrays(pa.array(order[keep].astype(np.int32)), names)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+    values = pl.Series(REASON_KINDS, dtype=pl.String).gather(order[keep]).to_arrow()
+    offsets = _arrow(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
     lists = pa.LargeListArray.from_arrays(offsets, values.cast(pa.large_string()))
     return pl.Series("reason_kinds", pl.from_arrow(lists), dtype=pl.List(pl.String))
 

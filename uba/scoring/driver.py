@@ -12,7 +12,7 @@ process; add up the shards' counts and partial results; merge their flagged rows
 one sorted part; user-day alerts from D's aggregates. Only when every shard is written
 and the row counts add up does the staging folder, with the manifest, become a version of
 D under ``.days/event_date=D/``, published for ``scores/``, ``flagged/``,
-``flagged_users/`` and the manifest at once by one rename (``io.commit_day_version``).
+``flagged_users/`` and the manifest at once by one atomic step (``io.commit_day_version``).
 The driver never holds the day's rows, so its memory does not grow with the day.
 
 Any failure before the swap leaves the published output of D exactly as it was and
@@ -27,6 +27,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -284,12 +285,17 @@ class _Run:
         if self.options.in_process or input_rows < self.settings.ray.min_rows_for_ray:
             reason = ("--in-process requested" if self.options.in_process else
                       f"{input_rows} events < ray.min_rows_for_ray={self.settings.ray.min_rows_for_ray}")
-            return {**base, "mode": IN_PROCESS, "reason": reason, "workers": 1, "address": None}
+            return {**base, "mode": IN_PROCESS, "reason": reason, "workers": self._local_threads(), "address": None}
         with self.timer.stage("ray_init"):
             self.runtime.start()
             self.runtime.warm_up()
             detail = self.runtime.describe()
         return {**base, **detail, "reason": "default" if detail["mode"] == "local" else "address given"}
+
+    def _local_threads(self) -> int:
+        """Shards run side by side in this process: --workers (else ``ray.num_workers``),
+        capped by the CPUs this process may use."""
+        return max(1, min(self.options.workers or self.settings.ray.num_workers, usable_cpus()))
 
     def _on_ray(self, execution: dict[str, Any]) -> bool:
         return execution["mode"] != IN_PROCESS
@@ -320,7 +326,7 @@ class _Run:
     def _run_shards(self, specs: list[ShardSpec], ctx: shard.ShardContext, inputs: shard.ShardInputs,
                     execution: dict[str, Any]) -> list[shard.ShardResult]:
         if not self._on_ray(execution):
-            return [shard.run_shard(spec, ctx, inputs) for spec in specs]
+            return run_shards_in_threads(specs, ctx, inputs, execution["workers"])
         boxed = self.runtime.put(inputs)
         return self.runtime.run_shards(specs, ctx, boxed, execution["max_retries"])
 
@@ -362,7 +368,8 @@ class _Run:
         began = time.perf_counter()
         with self.timer.stage("publish"):
             version_dir = io.day_versions_dir(self.output_dir, self.day) / self.run_id
-            self.record["outputs"]["version"] = str(version_dir)
+            # relative to the output directory, like the day's links: still right after a move
+            self.record["outputs"]["version"] = str(version_dir.relative_to(self.output_dir))
             finished = time.time()
             # the manifest is part of what is committed: "publish" = the time up to writing it
             timings = {**self.timer.seconds, "publish": round(time.perf_counter() - began, 6)}
@@ -465,6 +472,34 @@ class _Run:
             log.debug("could not write the failure record of %s: %s", self.day, write_error)
             return False
         return True
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which a container's cpuset sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def run_shards_in_threads(specs: list[ShardSpec], ctx: shard.ShardContext, inputs: shard.ShardInputs,
+                          threads: int) -> list[shard.ShardResult]:
+    """Every shard in this process, ``threads`` at a time; results in shard order.
+
+    Threads, not processes, are enough: a shard spends its time in Polars, Arrow and the
+    compiled forest, which all release the GIL, and threads share the run's inputs
+    without copying them. The first error stops the run (shards not yet started are
+    cancelled) and is raised as is, as in the sequential loop.
+    """
+    if threads <= 1 or len(specs) <= 1:
+        return [shard.run_shard(spec, ctx, inputs) for spec in specs]
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="uba-shard") as pool:
+        futures = [pool.submit(shard.run_shard, spec, ctx, inputs) for spec in specs]
+        try:
+            return [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def _package_version() -> str:

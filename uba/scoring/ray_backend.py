@@ -38,6 +38,7 @@ from uba.scoring.shard import (
 __all__ = ["RayRuntime", "RunFailedError", "ShardFailedError", "check_reachable"]
 
 CONNECT_TIMEOUT_SEC = 10.0
+TASK_CPUS = 1  # CPUs one shard task asks Ray for (and the threads it uses)
 RETRYABLE_EXCEPTIONS: tuple[type[BaseException], ...] = (OSError, MemoryError)
 
 
@@ -116,7 +117,7 @@ class _NodeSlots:
 def _remote(fn: Callable[..., Any]) -> Any:
     import ray
 
-    return ray.remote(num_cpus=1)(fn)
+    return ray.remote(num_cpus=TASK_CPUS)(fn)
 
 
 def _one_line(text: str) -> str:
@@ -152,6 +153,14 @@ def check_reachable(address: str, timeout_sec: float = CONNECT_TIMEOUT_SEC) -> N
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise RunFailedError(f"cannot connect to the Ray cluster at {address}: {reason}") from exc
+
+
+def worker_env() -> dict[str, str]:
+    """Environment of the job's Ray workers: each task holds one CPU, so Polars in it gets
+    one thread. Polars otherwise sizes its pool to the whole node in every worker, and two
+    shard tasks on a two-core node then ran four busy threads and each shard took about
+    twice as long as alone: adding workers bought nothing."""
+    return {"POLARS_MAX_THREADS": str(TASK_CPUS)}
 
 
 class RayRuntime:
@@ -195,7 +204,7 @@ class RayRuntime:
 
     def _init_kwargs(self) -> dict[str, Any]:
         common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
-                                  "namespace": "uba"}
+                                  "namespace": "uba", "runtime_env": {"env_vars": worker_env()}}
         if self.address:
             return {"address": self.address, **common}
         # address="local" always starts a fresh instance: without it ray.init() joins any
