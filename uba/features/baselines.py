@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import numpy as np
 import polars as pl
 
 from uba.features.aggregates import (
@@ -297,32 +298,47 @@ def _with_usual_hours(frame: pl.LazyFrame) -> pl.LazyFrame:
 
     Used only to phrase reasons ("outside this user's usual 09:00-17:00"): start hour
     and length in hours; the earliest start wins ties so the result is deterministic.
-    Built in stages (prefix sums, then per-length best windows) so every expression
-    refers to materialised columns instead of repeating a large sub-expression.
+    Computed on the (users x 24) count matrix in numpy (``usual_hours``): the same
+    search as list expressions took a third of the baselines' time.
     """
-    doubled = pl.concat_list([pl.col(hour_col(h)) for h in HOURS + HOURS])
-    staged = frame.with_columns(
-        _prefix=pl.concat_list([pl.lit(0, pl.Int64), doubled.list.eval(pl.element().cum_sum())]),
-        _need=pl.col("n_events").cast(pl.Float64) * USUAL_HOURS_COVERAGE - 1e-9,
-    )
-    lengths = range(1, 25)
-    covered = {
-        k: pl.col("_prefix").list.slice(k, 24) - pl.col("_prefix").list.slice(0, 24) for k in lengths
-    }
-    staged = staged.with_columns(
-        *(covered[k].list.max().cast(pl.Float64).alias(f"_best_{k}") for k in lengths),
-        *(covered[k].list.arg_max().cast(pl.Int64).alias(f"_start_{k}") for k in lengths),
-    ).with_columns(
-        usual_hour_length=pl.coalesce(
-            [pl.when(pl.col(f"_best_{k}") >= pl.col("_need")).then(pl.lit(k, pl.Int64)) for k in lengths]
-        ),
-    ).with_columns(
-        usual_hour_start=pl.coalesce(
-            [pl.when(pl.col("usual_hour_length") == k).then(pl.col(f"_start_{k}")) for k in lengths]
-        ),
-    )
-    scratch = ["_prefix", "_need", *(f"_best_{k}" for k in lengths), *(f"_start_{k}" for k in lengths)]
-    return staged.drop(scratch)
+    inputs = pl.struct([pl.col(hour_col(h)).cast(pl.Int64).fill_null(0) for h in HOURS]
+                       + [pl.col("n_events").cast(pl.Float64).alias("_n_events")])
+    usual = inputs.map_batches(_usual_hours_batch, return_dtype=_USUAL_HOURS_DTYPE, is_elementwise=True)
+    return frame.with_columns(usual.alias("_usual")).unnest("_usual")
+
+
+_USUAL_HOURS_DTYPE = pl.Struct({"usual_hour_length": pl.Int64, "usual_hour_start": pl.Int64})
+
+
+def _usual_hours_batch(packed: pl.Series) -> pl.Series:
+    table = packed.struct.unnest()
+    counts = table.select(hour_col(h) for h in HOURS).to_numpy().astype(np.int64, copy=False)
+    n_events = table["_n_events"].to_numpy()
+    length, start = usual_hours(counts.reshape(len(table), len(HOURS)), n_events)
+    return pl.DataFrame({"usual_hour_length": length, "usual_hour_start": start},
+                        schema=dict(_USUAL_HOURS_DTYPE)).to_struct(packed.name)
+
+
+def usual_hours(counts: np.ndarray, n_events: np.ndarray) -> tuple[pl.Series, pl.Series]:
+    """For each row of hour counts: the shortest circular window (length, earliest start)
+    holding ``USUAL_HOURS_COVERAGE`` of ``n_events``; null where ``n_events`` is null/NaN."""
+    rows, hours = counts.shape
+    prefix = np.zeros((rows, 2 * hours + 1), dtype=np.int64)
+    np.cumsum(np.concatenate([counts, counts], axis=1), axis=1, out=prefix[:, 1:])
+    need = n_events * USUAL_HOURS_COVERAGE - 1e-9
+    length = np.zeros(rows, dtype=np.int64)
+    start = np.zeros(rows, dtype=np.int64)
+    open_rows = ~np.isnan(need)
+    for k in range(1, hours + 1):
+        covered = prefix[:, k:k + hours] - prefix[:, :hours]
+        best = covered.max(axis=1)
+        hit = open_rows & (best.astype(np.float64) >= need)
+        length[hit] = k
+        start[hit] = covered[hit].argmax(axis=1)
+        open_rows &= ~hit
+    missing = length == 0
+    return (pl.Series(length).set(pl.Series(missing), None) if missing.any() else pl.Series(length),
+            pl.Series(start).set(pl.Series(missing), None) if missing.any() else pl.Series(start))
 
 
 def _evidence(kind: str) -> pl.Expr:
@@ -520,8 +536,10 @@ def user_baselines(aggregates: pl.LazyFrame, as_of: date, features: FeatureSetti
     """
     window = _window(aggregates, as_of, features.lookback_days)
     devices, events = _count_columns(window.collect_schema())
-    users = _per_user_sums(window, devices, events).with_columns(*_user_moments(), *_smoothed_hours())
-    pop = _population_stats(_population_sums(users, devices, events), devices, events, features)
+    # users and pop each feed two branches of the plan; without cache() Polars computed
+    # them once per branch (the baselines took ~1.6x as long)
+    users = _per_user_sums(window, devices, events).with_columns(*_user_moments(), *_smoothed_hours()).cache()
+    pop = _population_stats(_population_sums(users, devices, events), devices, events, features).cache()
     pop_days = window.select(
         pl.col("event_date").n_unique().cast(pl.Int64).alias("active_dates"),
         *(pl.col("event_date").filter(pl.col("day_of_week").cast(pl.Int64) == d).n_unique()
