@@ -219,15 +219,35 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases (``*name``): a few lines of nested aliases
-    expand to billions of nodes when validated (a "billion laughs" hung the CLI at
-    2.5 GB), and a settings file never needs them."""
+    """SafeLoader that refuses aliases (``*name``) and repeated keys.
+
+    A few lines of nested aliases expand to billions of nodes when validated (a "billion
+    laughs" hung the CLI at 2.5 GB), and a settings file never needs them. A key given
+    twice in one mapping used to be silently last-wins, so a second ``api:`` section
+    further down quietly replaced the first.
+    """
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             raise yaml.YAMLError(f"YAML aliases (*name) are not allowed in settings, at line {mark.line + 1}")
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first_line.get(key)
+                except TypeError:  # an unhashable key: SafeLoader refuses it below
+                    continue
+                line = key_node.start_mark.line + 1
+                if seen is not None:
+                    raise yaml.YAMLError(f"the key {_short(key)!r} is repeated at line {line} "
+                                         f"(first at line {seen}); each key may appear once")
+                first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _short(text: object, limit: int = 80) -> str:
