@@ -20,11 +20,19 @@ Recipe format (``files`` are made in order inside the case's work folder):
 * ``{"path", "gzip_members": [{"parts", "copies"}]}``: a multi-member gzip file, each
   member compressed once and written ``copies`` times (a small file that inflates a lot);
 * ``{"path", "jsonl_numbered": {"template", "extra_key", "count"}}``: JSON Lines whose
-  string values and one extra key have ``{i}`` replaced by the line number;
-* ``{"path", "parquet": {"rows", "extra_columns"}}``: a Parquet file of those rows;
+  string values and one extra key have ``{i}`` replaced by the line number
+  (``json_numbered``: the same objects as one JSON array);
+* ``{"path", "parquet": {"rows", "extra_columns", "types"}}``: a Parquet file of those rows;
+  ``types`` gives a column a stored type: ``datetime[ms]`` / ``datetime[us]`` /
+  ``duration[us]`` / ``date`` from integers, ``datetime[ms, <zone>]`` from integers,
+  ``binary`` from hex strings, ``utf8-unchecked`` (a string column holding the bytes of
+  hex strings, as a careless writer can produce: Arrow does not check them);
 * ``{"symlink", "target"}`` and ``{"hardlink", "target"}``; ``inputs`` are the CLI
   arguments, ``before`` inputs are ingested first (their events must survive), ``env``
   sets settings, ``fault`` makes the Nth Parquet write of the run fail with an errno.
+
+``expect`` may also state ``ignored_columns`` (how many names the file's summary lists,
+and whether it says there were more) for inputs full of keys outside the event schema.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -75,10 +85,29 @@ def _numbered_lines(spec: dict[str, Any]) -> Iterator[str]:
         yield json.dumps(record) + "\n"
 
 
+def _typed(values: list[Any], kind: str) -> pa.Array:
+    if kind in ("binary", "utf8-unchecked"):
+        raw = pa.array([None if v is None else bytes.fromhex(v) for v in values], type=pa.binary())
+        return raw if kind == "binary" else pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
+    unit, _, zone = kind.partition("[")[2].rstrip("]").partition(", ")
+    ints = pl.Series(values, dtype=pl.Int64)
+    if kind.startswith("datetime"):
+        return ints.cast(pl.Datetime(unit, zone or None)).to_arrow()
+    if kind.startswith("duration"):
+        return ints.cast(pl.Duration(unit)).to_arrow()
+    if kind == "date":
+        return ints.cast(pl.Int32).cast(pl.Date).to_arrow()
+    raise ValueError(f"unknown parquet type {kind!r} in the corpus")
+
+
 def _parquet(path: Path, spec: dict[str, Any]) -> None:
     frame = pl.DataFrame(spec["rows"])
     extra = [pl.lit(i).alias(f"extra_{i}") for i in range(spec.get("extra_columns", 0))]
-    (frame.with_columns(extra) if extra else frame).write_parquet(path)
+    table = (frame.with_columns(extra) if extra else frame).to_arrow()
+    for name, kind in spec.get("types", {}).items():
+        column = _typed(frame.get_column(name).to_list(), kind)
+        table = table.set_column(table.column_names.index(name), name, column)
+    pq.write_table(table, path)
 
 
 def make_file(work: Path, spec: dict[str, Any]) -> None:
@@ -99,6 +128,8 @@ def make_file(work: Path, spec: dict[str, Any]) -> None:
                     out.write(packed)
     elif "jsonl_numbered" in spec:
         path.write_text("".join(_numbered_lines(spec["jsonl_numbered"])))
+    elif "json_numbered" in spec:
+        path.write_text("[" + ",".join(_numbered_lines(spec["json_numbered"])) + "]")
     elif "parquet" in spec:
         _parquet(path, spec["parquet"])
     else:
@@ -211,6 +242,9 @@ def test_hostile_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert run["rows_read"] == run["rows_written"] + run["rows_quarantined"]
         if expect["exit_code"] == 0:
             assert json.loads(result.stdout) == run
+        if "ignored_columns" in expect:
+            listed = [(len(f["ignored_columns"]), f.get("ignored_columns_truncated", False)) for f in run["files"]]
+            assert listed == [tuple(expect["ignored_columns"])], listed
 
     # nothing lost: what the summaries count is what the parts hold
     every_run = summaries(data)

@@ -98,7 +98,7 @@ BAD_ROWS: list[tuple[str, str]] = [
      "day_of_week: 4 disagrees with timestamp weekday 0 (UTC, 0=Monday)"),
     ("b23,u1,2026-03-02T09:00:00Z,login,1,1,desktop,nine,,", "hour_of_day: 'nine' is not an integer"),
     (f"{LONG},u1,2026-03-02T09:00:00Z,login,1,1,desktop,,,", "event_id: longer than 256 characters"),
-    ("b25,u\t1,2026-03-02T09:00:00Z,login,1,1,desktop,,,", "user_id: contains control characters or invalid UTF-8"),
+    ("b25,u\t1,2026-03-02T09:00:00Z,login,1,1,desktop,,,", "user_id: 'u?1' contains control, invisible or format characters, or invalid UTF-8 (the first as UTF-8: 09)"),
     (f"b26,u1,2026-03-02T09:00:00Z,login,1,1,desktop,,,{LONG}", "session_id: longer than 256 characters"),
     ("g1,u1,2026-03-02T09:15:00Z,login,120.5,4,desktop,9,0,s1",
      "event_id: 'g1' duplicated in this batch (first seen at row 1)"),
@@ -124,7 +124,7 @@ def write_malformed(path: Path) -> dict[int, str]:
         lines.append(text.encode())
         expected[len(lines) - 1] = reason
     lines.append(INVALID_UTF8)
-    expected[len(lines) - 1] = "user_id: contains control characters or invalid UTF-8"
+    expected[len(lines) - 1] = "user_id: 'u??' contains control, invisible or format characters, or invalid UTF-8 (the first as UTF-8: efbfbd)"
     path.write_bytes(b"\n".join(lines) + b"\n")
     return expected
 
@@ -293,7 +293,7 @@ def test_quoted_fields_with_line_breaks_across_batches(tmp_path: Path) -> None:
         "user, 1999", 'say "hi" 1999')
     q = stored(tmp_path / "d", storage.QUARANTINE)
     assert q["source_row"].to_list() == [i + 1 for i in broken]
-    assert set(q["reason"]) == {"session_id: contains control characters or invalid UTF-8"}
+    assert {reason.split("' ", 1)[1] for reason in q["reason"]} == {"contains control, invisible or format characters, or invalid UTF-8 (the first as UTF-8: 0a)"}
     assert q.item(1, "session_id") == "line 7\nbreak"
 
 
@@ -348,7 +348,7 @@ def test_jsonl_bad_lines_are_quarantined_with_line_numbers(tmp_path: Path) -> No
     assert dict(zip(q["source_row"], q["reason"], strict=True)) == {
         3: "line is not valid JSON (Expecting property name enclosed in double quotes at column 2): '{not json'",
         4: "line is not a JSON object: [1, 2]",
-        5: "session_duration_sec: 'true' is not a number",
+        5: "session_duration_sec: must be a number, not a boolean",
     }
     events = stored(tmp_path / "d")
     assert events.select("event_id", "user_id").rows() == [("j1", "7"), ("j3", "u3")]
@@ -560,7 +560,7 @@ def test_text_inside_a_quoted_field_never_becomes_an_event(tmp_path: Path, field
         assert x2.item(0, "reason").startswith(f"field 'user_id' is {field_chars + 64} bytes, over ingest.max_field_bytes")
         assert len(x2.item(0, "user_id")) < 300
     else:
-        assert x2.item(0, "reason") == "user_id: contains control characters or invalid UTF-8"
+        assert x2.item(0, "reason").endswith("' contains control, invisible or format characters, or invalid UTF-8 (the first as UTF-8: 0a)")
 
 
 def test_max_field_bytes_is_a_setting_and_never_moves_records(tmp_path: Path) -> None:
@@ -754,3 +754,144 @@ def test_double_star_glob_enters_each_folder_once(tmp_path: Path) -> None:
     assert found == [deepest / "x.csv"]
     summary = ingest_files([f"{tmp_path}/**/*.csv"], tmp_path / "d", settings())
     assert (summary.rows_read, len(summary.files)) == (1, 1)
+
+
+# ------------------------------------------------------------------ issue 11 follow-up: typed Parquet,
+# JSON array ends, unknown keys, line ends
+
+
+def _event(i: int, **fields: object) -> dict[str, object]:
+    return {"event_id": f"t{i}", "user_id": f"u{i}", "timestamp": "2026-11-11T10:00:00Z", "event_type": "login",
+            "session_duration_sec": 60, "events_in_session": 3, "device_type": "desktop", **fields}
+
+
+def test_typed_parquet_extremes_never_reach_a_polars_formatter(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Datetimes, dates and times past what Polars can print, as event fields and nested in
+    lists and structs, and bytes that are not UTF-8: rows quarantined naming field and value,
+    no panic (which Rust prints to the process's stderr even when Python catches it), nothing lost."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    extremes = [2**62, -(2**62), 10**16, 1_762_855_200_000]
+    n = len(extremes)
+
+    def parquet(name: str, columns: dict[str, pa.Array]) -> Path:
+        table = pl.DataFrame([_event(i) for i in range(n)]).to_arrow()
+        for column, values in columns.items():
+            table = table.set_column(table.column_names.index(column), column, values) \
+                if column in table.column_names else table.append_column(column, values)
+        pq.write_table(table, tmp_path / name)
+        return tmp_path / name
+
+    flat = parquet("flat.parquet", {
+        "timestamp": pl.Series(extremes).cast(pl.Datetime("ms")).to_arrow(),
+        "event_id": pa.array([b"\xff1", b"t1", b"t2", b"t3"], type=pa.binary()),
+    })
+    nested = parquet("nested.parquet", {
+        "session_id": pl.Series([[v] for v in extremes]).cast(pl.List(pl.Datetime("us"))).to_arrow(),
+        "hour_of_day": pl.Series([{"t": v} for v in extremes]).cast(pl.Struct({"t": pl.Datetime("ms")})).to_arrow(),
+        "day_of_week": pl.Series([2**31 - 1, -(2**31), 5, None], dtype=pl.Int32).cast(pl.Date).to_arrow(),
+        "event_id": pa.array([f"n{i}" for i in range(n)]),
+    })
+
+    summary = ingest_files([flat, nested], tmp_path / "d", settings())
+
+    assert (summary.rows_read, summary.rows_written, summary.rows_quarantined) == (2 * n, 1, 2 * n - 1)
+    captured = capfd.readouterr()
+    assert "panicked" not in captured.err and "Traceback" not in captured.err
+    quarantine = stored(tmp_path / "d", storage.QUARANTINE)
+    reasons = quarantine.filter(pl.col("source_file") == str(flat))["reason"].to_list()
+    assert [r.split(" contains ")[0].split(" is not ")[0] for r in reasons] == [
+        "event_id: '?1'", "timestamp: '-4611686018427387904 ms since 1970-01-01T00:00:00Z'",
+        "timestamp: '10000000000000000 ms since 1970-01-01T00:00:00Z'"]
+    assert set(quarantine.filter(pl.col("source_file") == str(nested))["reason"]) == {
+        "session_id: must be a string or an integer, not an array"}
+
+
+def test_a_duration_event_field_is_one_line_naming_file_column_and_type(tmp_path: Path) -> None:
+    good = tmp_path / "a.csv"
+    good.write_text(HEADER + "\ng1,u1,2026-11-11T10:00:00Z,login,60,3,desktop,,,\n")
+    bad = tmp_path / "b.parquet"
+    pl.DataFrame([_event(1)]).with_columns(pl.duration(seconds=60).alias("session_duration_sec")).write_parquet(bad)
+    data = tmp_path / "d"
+    with pytest.raises(UserError, match=r"b\.parquet: column 'session_duration_sec' has type Duration") as caught:
+        ingest_files([good, bad], data, settings())
+    assert "\n" not in str(caught.value)
+    (run,) = [json.loads(p.read_text()) for p in (data / "ingest_runs").glob("*.json")]
+    assert (run["status"], run["rows_read"], run["rows_written"]) == ("failed", 1, 1)
+    with pytest.raises(UserError, match="column 'timestamp' has type Duration"):
+        ingest_frame(pl.DataFrame([_event(2)]).with_columns(pl.duration(days=1).alias("timestamp")), data, settings())
+
+
+@pytest.mark.parametrize(("tail", "offset"), [("[{second}]", 0), ("  junk", 2), ("\n{second}", 1)])
+def test_anything_after_the_json_array_refuses_the_file_naming_the_byte(tmp_path: Path, tail: str, offset: int) -> None:
+    first = json.dumps(_event(1))
+    path = tmp_path / "two.json"
+    path.write_text(f"[{first}]" + tail.format(second=json.dumps(_event(2, user_id="forged"))))
+    data = tmp_path / "d"
+    with pytest.raises(UserError, match=f"at byte {len(first) + 2 + offset:,}"):
+        ingest_files([path], data, settings())
+    assert stored(data).height == 0  # the one batch of the file is refused whole, nothing forged
+
+
+def test_unknown_json_keys_never_become_columns(tmp_path: Path) -> None:
+    """250,000 lines with a key each took 6.2 GB (a column per key, rows x keys null cells)."""
+    from uba.ingest import MAX_IGNORED_NAMES, read_batches
+    from uba.schema import RAW_FIELDS
+    from uba.validate import META_FIELDS
+
+    path = tmp_path / "keys.jsonl"
+    path.write_text("".join(json.dumps({**_event(i), f"x{i}": i, "source_row": -1}) + "\n" for i in range(3000)))
+    noted: list[tuple[list[str], bool]] = []
+    frames = list(read_batches(path, "jsonl", 1000, IngestSettings(batch_rows=1000),
+                               lambda names, more: noted.append((names, more))))
+    assert [f.height for f in frames] == [1000, 1000, 1000]
+    assert all(set(f.columns) <= set(RAW_FIELDS) | set(META_FIELDS) for f in frames)
+    assert frames[0]["source_row"].to_list()[:2] == [1, 2]  # a key named like reader metadata is ignored too
+    assert all(len(names) == MAX_IGNORED_NAMES and more for names, more in noted)
+    summary = ingest_files([path], tmp_path / "d", settings(batch_rows=1000))
+    item = summary.files[0]
+    assert (summary.rows_written, len(item.ignored_columns), item.ignored_columns_truncated) == (3000, 100, True)
+    assert item.ignored_columns[:2] == ["x0", "source_row"]
+
+
+def _peak_rss_mb(path: Path, data: Path) -> float:
+    script = ("import resource, sys\nfrom uba.ingest import ingest_files\nfrom uba.settings import Settings\n"
+              "s = ingest_files([sys.argv[1]], sys.argv[2], Settings())\nassert s.rows_written == s.rows_read\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    done = subprocess.run([sys.executable, "-c", script, str(path), str(data)], capture_output=True, text=True,
+                          timeout=300, check=True)
+    return float(done.stdout.split()[-1])
+
+
+def test_memory_of_a_file_of_new_keys_stays_that_of_the_same_file_without_them(tmp_path: Path) -> None:
+    """Peak RSS of 60,000 lines each with a key of its own, against the same lines without
+    (a ratio in the same run, not an absolute number: the machine is shared)."""
+    keyed, plain = tmp_path / "keyed.jsonl", tmp_path / "plain.jsonl"
+    keyed.write_text("".join(json.dumps({**_event(i), f"extra_key_{i}": i}) + "\n" for i in range(60_000)))
+    plain.write_text("".join(json.dumps(_event(i)) + "\n" for i in range(60_000)))
+    ratio = _peak_rss_mb(keyed, tmp_path / "d1") / _peak_rss_mb(plain, tmp_path / "d2")
+    assert ratio < 1.5, ratio  # a column per key: about x5 here, and rows x keys in general
+
+
+def test_jsonl_line_ends_and_bom_are_read_like_csv(tmp_path: Path) -> None:
+    lines = [json.dumps(_event(i)) for i in range(6)]
+    path = tmp_path / "ends.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + f"{lines[0]}\r{lines[1]}\r\n{lines[2]}\n\r{lines[3]}\r\r{lines[4]}\r{lines[5]}"
+                     .encode())
+    summary = ingest_files([path], tmp_path / "d", settings())
+    assert (summary.rows_read, summary.rows_written) == (6, 6)
+
+
+def test_jsonl_cr_split_across_read_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A \\r\\n cut between two reads is one line end, not a line end and a blank line."""
+    import uba.ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "CSV_READ_BYTES", 7)
+    lines = [json.dumps(_event(i)) for i in range(40)]
+    path = tmp_path / "crlf.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r")
+    with open(path, "rb") as handle:
+        numbered = list(ingest_module._bounded_lines(handle, path, 1 << 20))
+    assert [n for n, _ in numbered] == list(range(1, 41))
+    assert [json.loads(line)["event_id"] for _, line in numbered] == [f"t{i}" for i in range(40)]

@@ -53,8 +53,14 @@ REASONS = [
     ({"event_id": "x" * 257}, "event_id: longer than 256 characters", "oversized string"),
     ({"user_id": "u" * 300}, "user_id: longer than 256 characters", "oversized string"),
     ({"session_id": "s" * 257}, "session_id: longer than 256 characters", "oversized string"),
-    ({"user_id": "u\x001"}, "user_id: contains control characters or invalid UTF-8", "invalid characters"),
-    ({"event_id": "e\ufffd"}, "event_id: contains control characters or invalid UTF-8", "invalid characters"),
+    ({"user_id": "u\x001"}, "user_id: 'u?1' contains control, invisible or format characters, or invalid UTF-8 (the first as UTF-8: 00)", "invalid characters"),
+    ({"event_id": "e\ufffd"}, "event_id: 'e?' contains control, invisible or format characters, or invalid UTF-8 (the first as UTF-8: efbfbd)", "invalid characters"),
+    ({"user_id": "\ufeffu1"}, "user_id: '?u1' contains control, invisible or format characters, or invalid UTF-8 (the first as UTF-8: efbbbf)", "invalid characters"),
+    ({"user_id": "u\u20281"}, "user_id: 'u?1' contains control, invisible or format characters, or invalid UTF-8 (the first as UTF-8: e280a8)", "invalid characters"),
+    ({"user_id": "u\u20291"}, "user_id: 'u?1' contains control, invisible or format characters, or invalid UTF-8 (the first as UTF-8: e280a9)", "invalid characters"),
+    ({"user_id": "ad\u200bmin"}, "user_id: 'ad?min' contains control, invisible or format characters, or invalid UTF-8 (the first as UTF-8: e2808b)", "invalid characters"),
+    ({"user_id": "u1\u202e"}, "user_id: 'u1?' contains control, invisible or format characters, or invalid UTF-8 (the first as UTF-8: e280ae)", "invalid characters"),
+    ({"user_id": "u\U000e0041"}, "user_id: 'u?' contains control, invisible or format characters, or invalid UTF-8 (the first as UTF-8: f3a08181)", "invalid characters"),
     ({"timestamp": "yesterday"}, f"timestamp: 'yesterday' {MSG_TS_SYNTAX}", "bad timestamp"),
     ({"timestamp": "2026-03-01"}, f"timestamp: '2026-03-01' {MSG_TS_SYNTAX}", "bad timestamp"),
     ({"timestamp": "1740830400"}, f"timestamp: '1740830400' {MSG_TS_SYNTAX}", "bad timestamp"),
@@ -73,8 +79,8 @@ REASONS = [
     ({"timestamp": "0001-01-01T00:00:00+00:01"}, f"timestamp: '0001-01-01T00:00:00+00:01' {MSG_TS_RANGE}",
      "bad timestamp"),
     ({"timestamp": "0000-06-01T00:00:00Z"}, f"timestamp: '0000-06-01T00:00:00Z' {MSG_TS_RANGE}", "bad timestamp"),
-    ({"user_id": "\x1cu1"}, "user_id: contains control characters or invalid UTF-8", "invalid characters"),
-    ({"user_id": "u\x85v"}, "user_id: contains control characters or invalid UTF-8", "invalid characters"),
+    ({"user_id": "\x1cu1"}, "user_id: '?u1' contains control, invisible or format characters, or invalid UTF-8 (the first as UTF-8: 1c)", "invalid characters"),
+    ({"user_id": "u\x85v"}, "user_id: 'u?v' contains control, invisible or format characters, or invalid UTF-8 (the first as UTF-8: c285)", "invalid characters"),
     ({"timestamp": "2026-02-30T10:00:00"},
      f"timestamp: '2026-02-30T10:00:00' {MSG_TS_INVALID}", "bad timestamp"),
     ({"timestamp": "2026-03-01T25:00:00Z"},
@@ -366,10 +372,15 @@ TIMESTAMP_EDGES: list[Any] = [
 ID_EDGES: list[Any] = [
     # accepted: strings and integers (a JSON number without a fraction is an integer)
     "u1", " u1 ", "\tu1\n", "\u00a0u1\u3000", "\u00e9", "\u7528\u6237", "\U0001f642", "a" * 256, " " + "a" * 256,
-    "u,1", 'u"1', '{"a": 1}', "[1]", "null", "true", "123.0", "0", "-1", "\ufeffu1",
+    "u,1", 'u"1', '{"a": 1}', "[1]", "null", "true", "123.0", "0", "-1", "u\u00a0v", "\u2028u1\u2029",
+    "\U0001f600", "u\ufffc",
     0, -1, 42, 2**63, 2**64 + 1, 123.0, -0.0, 9007199254740991.0,
     # refused
     "", "   ", "\u3000", "u\x00", "u\x1f", "\x1cu", "u\x7f", "u\x85v", "u\x9f", "u\ufffd", "u\ud800", "a" * 257,
+    # refused: invisible, format and separator characters (issue 11 follow-up)
+    "\ufeffu1", "u1\ufeff", "u\u2028v", "u\u2029v", "a\u200bb", "a\u200db", "\u202eu1", "u\u2060", "u\u00ad",
+    "u\u034f", "\u115fu", "u\u3164", "u\ufe0f", "u\U000e0041", "u\U000e0100", "u\ufffe", "u\U0010ffff",
+    "u\u061c", "u\u180e", "\u200b", "u\U0001d173", "u\U00013439",
     10**300, True, False, 1.5, -0.5, 1e300, 9007199254740992.0, float("nan"), float("inf"),
     {}, [], {"$gt": ""}, [0] * 3,
 ]
@@ -426,3 +437,101 @@ def test_the_api_and_ingest_accept_exactly_the_same_timestamps_and_ids(tmp_path:
                 disagreements.append((name, value, f"api {api} != ingest {mine}"))
     assert not disagreements
     assert 0 < len(stored) < len(cases)
+
+
+# Every field, as the raw JSON text a client or an export writes: (field, JSON literal).
+# One rule in both places (docs/ingest.md, "One definition of a valid event"): numbers
+# must be JSON numbers, categories ignore surrounding whitespace and ASCII case, and an
+# object that repeats a key is refused.
+FIELD_EDGES: list[tuple[str, str]] = [
+    *[("event_type", literal) for literal in [
+        '"login"', '"LOGIN"', '" login "', '"Login\\t"', '"\\u3000view\\u00a0"', '"DownLoad"', '"logout\\n"',
+        '"lo gin"', '"log\\u0130n"', '"clic\\u212a"', '"\\uff4c\\uff4f\\uff47\\uff49\\uff4e"', '"login\\u200b"',
+        '"\\ufefflogin"', '"login\\u0000"', '""', '"   "', '"hack"', '5', 'true', 'null', '{}', '["login"]']],
+    *[("device_type", literal) for literal in [
+        '"desktop"', '"Desktop"', '"MOBILE"', '" mobile"', '"tablet"', '"Desk top"', '1', 'false', '[]']],
+    *[("session_duration_sec", literal) for literal in [
+        '60', '60.5', '0', '-0.0', '0.0', '1e3', '604800', '604800.0', '"60"', '"60.5"', '" 60"', '""', '"1e3"',
+        'true', 'false', 'null', 'NaN', 'Infinity', '-Infinity', '"NaN"', '-1', '604801', '1e400', '[60]',
+        '{"v": 60}', '1E3', '5e-1', '0.000001', '-0', '1.7976931348623157e308', '"inf"', '"-5"']],
+    *[("events_in_session", literal) for literal in [
+        '3', '3.0', '1', '100000', '1e2', '"3"', '"3.0"', '2.5', '0', '-1', '100001', 'true', 'null', '""',
+        '9007199254740993', '1e300', '[3]', '-0', '1.0e0', '"1"', 'NaN', '{}']],
+    *[("hour_of_day", literal) for literal in [
+        '10', '10.0', 'null', '"10"', '""', '9', '24', '-1', '10.5', 'true', '"ten"', '1e1', '"10.0"', 'NaN']],
+    *[("day_of_week", literal) for literal in ['null', '"3"', '7', '-1', '1.5', 'false', '"x"', '[]']],
+]
+
+
+def _raw_event(row: int, field: str, literal: str) -> str:
+    """One event as JSON text with ``field`` given as ``literal`` (its day: row days after 2026-01-01)."""
+    day = date(2026, 1, 1) + timedelta(days=row)
+    fields = {"event_id": f'"f{row}"', "user_id": '"u1"', "timestamp": f'"{day}T10:00:00Z"',
+              "event_type": '"view"', "session_duration_sec": "5", "events_in_session": "1",
+              "device_type": '"mobile"', field: literal}
+    return "{" + ", ".join(f'"{key}": {value}' for key, value in fields.items()) + "}"
+
+
+# Objects that repeat a key, with the same or another value, at the top level or inside a value.
+REPEATED_KEY_EVENTS = [
+    '{{"event_id": "r{row}", "user_id": "victim", "timestamp": "{day}T10:00:00Z", "event_type": "view", '
+    '"session_duration_sec": 5, "events_in_session": 1, "device_type": "mobile", "user_id": "attacker"}}',
+    '{{"event_id": "r{row}", "user_id": "u1", "timestamp": "{day}T10:00:00Z", "event_type": "view", '
+    '"event_type": "view", "session_duration_sec": 5, "events_in_session": 1, "device_type": "mobile"}}',
+    '{{"event_id": "r{row}", "event_id": "r{row}b", "user_id": "u1", "timestamp": "{day}T10:00:00Z", '
+    '"event_type": "view", "session_duration_sec": 5, "events_in_session": 1, "device_type": "mobile"}}',
+    '{{"event_id": "r{row}", "user_id": "u1", "timestamp": "{day}T10:00:00Z", "event_type": "view", '
+    '"session_duration_sec": 5, "events_in_session": 1, "device_type": "mobile", "hour_of_day": null, '
+    '"hour_of_day": 3}}',
+    '{{"event_id": "r{row}", "user_id": "u1", "timestamp": "{day}T10:00:00Z", "event_type": "view", '
+    '"session_duration_sec": 5, "events_in_session": 1, "device_type": "mobile", "session_id": {{"a": 1, "a": 2}}}}',
+]
+
+
+def test_the_api_and_ingest_agree_on_every_field_and_refuse_repeated_keys(tmp_path: Path) -> None:
+    """The same raw JSON text to the API's request path (uba.api.body) and through a JSON Lines
+    file: numbers as strings, category spellings, booleans, non-finite numbers, repeated keys."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    from uba.api.body import JsonBody
+    from uba.api.schemas import build_event_model
+    from uba.ingest import ingest_files
+    from uba.settings import IngestSettings, Settings
+
+    lines = [_raw_event(row, field, literal) for row, (field, literal) in enumerate(FIELD_EDGES, start=1)]
+    first_repeated = len(lines) + 1
+    for row, template in enumerate(REPEATED_KEY_EVENTS, start=first_repeated):
+        lines.append(template.format(row=row, day=date(2026, 1, 1) + timedelta(days=row)))
+    assert len(FIELD_EDGES) >= 100
+    source = tmp_path / "fields.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    data = tmp_path / "data"
+    summary = ingest_files([source], data, Settings(ingest=IngestSettings(batch_rows=1000)))
+    assert summary.rows_read == len(lines)
+    stored = {row["event_id"]: row for row in pl.read_parquet(data / "events" / "*" / "*.parquet").iter_rows(named=True)}
+    refused = pl.read_parquet(data / "quarantine" / "*" / "*.parquet")
+    reasons = dict(zip(refused["source_row"].to_list(), refused["reason"].to_list(), strict=True))
+
+    body = JsonBody(build_event_model(EventSettings()), 10_000, "1 event")
+    disagreements = []
+    for row, line in enumerate(lines, start=1):
+        try:
+            event = body.parse(line.encode())
+        except (RequestValidationError, HTTPException):
+            event = None
+        kept = row not in reasons
+        if (event is not None) != kept:
+            disagreements.append((line, "api accepts" if event is not None else "ingest accepts", reasons.get(row)))
+        elif event is not None:
+            mine = stored[event.event_id]  # type: ignore[attr-defined]
+            api = {name: getattr(event, name) for name in ("user_id", "event_type", "device_type",
+                                                           "session_duration_sec", "events_in_session")}
+            api["hour_of_day"], api["day_of_week"] = event.time_fields()[1:]  # type: ignore[attr-defined]
+            if {name: mine[name] for name in api} != api:
+                disagreements.append((line, f"api {api} != ingest {mine}"))
+    assert not disagreements
+    repeated = [reasons.get(row, "") for row in range(first_repeated, len(lines) + 1)]
+    assert all("repeats the key" in reason for reason in repeated[:-1]), repeated
+    assert repeated[-1]  # a repeat inside an id value: refused (for the object id) in both places
+    assert 10 < len(stored) < len(lines) - 10

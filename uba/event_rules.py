@@ -1,4 +1,5 @@
-"""The one definition of a valid event timestamp and event id, for the API and for ingest.
+"""The one definition of a valid event, for the API and for ingest: timestamps, ids,
+categories, JSON value types and repeated keys.
 
 The API checks one event at a time within a fraction of a millisecond, so each rule has
 a per-value form (a compiled regex and integer arithmetic, no frame building); ingest
@@ -18,8 +19,24 @@ DuckDB) can represent.
 Ids (``event_id``, ``user_id``, ``session_id``) are strings or integers; an integer (also
 a JSON number written ``123.0``) is used as its decimal text. Surrounding Unicode
 whitespace is removed; what remains must be non-empty, at most ``max_length`` characters
-and free of control characters (C0, DEL, C1), U+FFFD (what an invalid UTF-8 byte
-becomes) and lone surrogates.
+and free of control characters (C0, DEL, C1), invisible and format characters (U+200B..
+U+200F, U+FEFF, bidi controls, U+2060.., variation selectors, tags: Unicode's format
+category and default-ignorable code points), line and paragraph separators (U+2028,
+U+2029), noncharacters, U+FFFD (what an invalid UTF-8 byte becomes) and lone surrogates.
+The set is spelled out below as code point ranges, so Python's ``re`` and Polars' regex
+engine (whose Unicode tables may be of another version) refuse exactly the same ids.
+
+Categories (``event_type``, ``device_type``): surrounding whitespace and ASCII letter
+case are ignored (``" LOGIN "`` is ``login``); the configured spelling is used. Other
+case mappings (a Kelvin sign for ``k``) are not applied.
+
+JSON values have types, and a field takes only its own (``json_type_error``): ids a
+string or an integer, ``timestamp`` and the categories a string, the numeric fields
+(``session_duration_sec``, ``events_in_session``, ``hour_of_day``, ``day_of_week``) a
+number, so ``"60"`` in JSON is refused by the API and by ingest alike. Text formats
+(CSV, text columns of Parquet) carry no types: there the text must spell the value.
+An object that repeats a key is refused (``repeated_key``): parsers disagree on which
+value wins.
 """
 
 from __future__ import annotations
@@ -38,6 +55,8 @@ KIND_OVERSIZED = "oversized string"
 KIND_CHARACTERS = "invalid characters"
 
 ID_FIELDS: tuple[str, ...] = ("event_id", "user_id", "session_id")
+NUMBER_FIELDS: tuple[str, ...] = ("session_duration_sec", "events_in_session", "hour_of_day", "day_of_week")
+TEXT_FIELDS: tuple[str, ...] = ("timestamp", "event_type", "device_type")
 SHOWN_CHARS = 60
 MAX_EXACT_INTEGER = 2**53
 
@@ -47,8 +66,24 @@ WHITESPACE = (
     "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
     "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
-BAD_CHARS_PATTERN = r"[\x00-\x1F\x7F-\x9F\x{FFFD}]"  # Rust regex syntax, for Polars
-_BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ufffd\ud800-\udfff]")
+# Code points an id may not hold once its surrounding whitespace is removed: controls,
+# Unicode's format characters (Cf) and default-ignorable code points (zero-width spaces and
+# joiners, bidi controls, U+FEFF, Hangul fillers, variation selectors, tags), line and
+# paragraph separators, noncharacters and U+FFFD. Spelled out as ranges (Unicode 15) so
+# both regex engines refuse exactly the same ids whatever their own Unicode tables say.
+BAD_ID_RANGES: tuple[tuple[int, int], ...] = (
+    (0x00, 0x1F), (0x7F, 0x9F), (0xAD, 0xAD), (0x34F, 0x34F), (0x600, 0x605), (0x61C, 0x61C),
+    (0x6DD, 0x6DD), (0x70F, 0x70F), (0x890, 0x891), (0x8E2, 0x8E2), (0x115F, 0x1160),
+    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x2028, 0x202E), (0x2060, 0x206F),
+    (0x3164, 0x3164), (0xFDD0, 0xFDEF), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFFB), (0xFFFD, 0xFFFF), (0x110BD, 0x110BD), (0x110CD, 0x110CD),
+    (0x13430, 0x1343F), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+    *((plane + 0xFFFE, plane + 0xFFFF) for plane in range(0x10000, 0x110000, 0x10000)),
+)
+BAD_CHARS_PATTERN = "[" + "".join(f"\\x{{{a:X}}}-\\x{{{b:X}}}" for a, b in BAD_ID_RANGES) + "]"  # Rust regex
+_BAD_CHARS = re.compile(
+    "[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in BAD_ID_RANGES) + "\\ud800-\\udfff]"
+)
 
 TIMESTAMP_GRAMMAR = "YYYY-MM-DDTHH:MM:SS[.fraction] with Z or ±HH:MM; no offset means UTC"
 _TIMESTAMP_BODY = (
@@ -63,9 +98,14 @@ MAX_UTC = datetime(9999, 12, 31, 23, 59, 59, 999999)
 MSG_TS_SYNTAX = f"is not an RFC 3339 date-time ({TIMESTAMP_GRAMMAR})"
 MSG_TS_INVALID = "is not a valid date, time or UTC offset"
 MSG_TS_RANGE = "is outside 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z in UTC"
-MSG_ID_CHARACTERS = "contains control characters or invalid UTF-8"
+MSG_ID_CHARACTERS = "contains control, invisible or format characters, or invalid UTF-8"
 MSG_ID_EMPTY = "is empty or blank"
 ID_TYPE_PREFIX = "must be a string or an integer, not "
+MSG_NUMBER_TYPE = "must be a number, not "
+MSG_STRING_TYPE = "must be a string, not "
+MSG_REPEATED_KEY = "repeats the key"
+_ASCII_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_ASCII_LOWER = str.maketrans(_ASCII_UPPER, _ASCII_UPPER.lower())
 
 
 def msg_id_too_long(max_length: int) -> str:
@@ -173,6 +213,110 @@ def check_id(value: Any, max_length: int) -> str:
     return text
 
 
+def _json_kind(value: Any) -> str:
+    """What a parsed JSON value is, as reasons name it."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    return type(value).__name__
+
+
+def json_type_error(field: str, value: Any) -> str | None:
+    """Why a parsed JSON value cannot be ``field`` by its type alone (None: it can, or it is null).
+
+    Ids take a string or an integer, ``timestamp`` and the categories a string, the
+    numeric fields a number (``true`` is not 1, ``"60"`` is not 60). Text formats have no
+    types, so ingest applies this only to values a JSON reader parsed.
+    """
+    if value is None:
+        return None
+    if field in ID_FIELDS:
+        return id_type_error(value)
+    if field in NUMBER_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return MSG_NUMBER_TYPE + _json_kind(value)
+        return None
+    if field in TEXT_FIELDS and not isinstance(value, str):
+        return MSG_STRING_TYPE + _json_kind(value)
+    return None
+
+
+def field_json_types(field: str) -> tuple[type, ...]:
+    """The Python types of parsed JSON values ``field`` takes without a closer look."""
+    if field in NUMBER_FIELDS:
+        return (int, float, type(None))  # bool is a subclass of int: checked by type identity
+    if field in ID_FIELDS:
+        return (str, int, type(None))
+    return (str, type(None))
+
+
+def category_key(text: str) -> str:
+    """What a category is compared by: surrounding whitespace removed, ASCII letters lowered."""
+    return text.strip(WHITESPACE).translate(_ASCII_LOWER)
+
+
+def category_lookup(allowed: tuple[str, ...]) -> dict[str, str]:
+    """Comparison key -> configured spelling, for ``category_key`` of a value."""
+    return {category_key(name): name for name in allowed}
+
+
+def msg_category(allowed: tuple[str, ...]) -> str:
+    return f"not one of {', '.join(allowed)}"
+
+
+def category_pattern(allowed: tuple[str, ...]) -> str:
+    """A regex (JSON Schema / ECMA 262 and Python alike) matching exactly the accepted spellings."""
+    space = "".join(f"\\u{ord(c):04x}" for c in WHITESPACE)
+
+    def spelled(name: str) -> str:
+        parts = []
+        for char in name.strip(WHITESPACE):
+            if char.isascii() and char.isalpha():
+                parts.append(f"[{char.upper()}{char.lower()}]")
+            elif char.isascii() and char.isalnum():
+                parts.append(char)
+            elif ord(char) <= 0xFFFF:
+                parts.append(f"\\u{ord(char):04x}")
+            else:
+                parts.append(re.escape(char))
+        return "".join(parts)
+
+    return f"^[{space}]*(?:{'|'.join(spelled(name) for name in allowed)})[{space}]*$"
+
+
+class RepeatedKeyError(ValueError):
+    """A JSON object that repeats a key (raised by ``unique_object``)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{MSG_REPEATED_KEY} {shown(key)!r}")
+        self.key = key
+
+
+def repeated_key(pairs: list[tuple[str, Any]]) -> str | None:
+    """The first key that ``pairs`` (one JSON object, in order) repeats, or None."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
+
+
+def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for ``json``: the object, or ``RepeatedKeyError`` naming the key."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise RepeatedKeyError(repeated_key(pairs) or "")
+    return obj
+
+
 # ---------------------------------------------------------------- a column (ingest)
 
 
@@ -218,6 +362,12 @@ def local_timestamp(parts: pl.Expr) -> pl.Expr:
 
 def in_utc_range(naive_utc: pl.Expr) -> pl.Expr:
     return naive_utc.is_between(pl.lit(MIN_UTC), pl.lit(MAX_UTC))
+
+
+def category_expr(text: pl.Expr, allowed: tuple[str, ...]) -> pl.Expr:
+    """The configured spelling of each stripped value (``category_key``), null when none matches."""
+    folded = text.str.replace_many(list(_ASCII_UPPER), list(_ASCII_UPPER.lower()))
+    return folded.replace_strict(category_lookup(allowed), default=None, return_dtype=pl.String)
 
 
 def id_dtype_error(column: pl.Expr, dtype: pl.DataType) -> pl.Expr | None:

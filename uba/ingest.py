@@ -10,7 +10,11 @@ Input is untrusted. Where a record ends is decided once, by one scanner per form
 every later parser only ever sees one such record, so text inside a quoted field can
 never become a record of its own. The ``ingest.max_*`` settings bound field, record,
 column and decompressed sizes: a field over its limit quarantines its row, the others
-stop the run with an error naming the file and the limit.
+stop the run with an error naming the file and the limit. A JSON array file is one
+array: content after its closing bracket stops the run with the byte offset. JSON keys
+outside the event schema are named in the summary but never become columns, so memory
+follows the input, not rows x distinct keys. Parquet columns of any type are read
+(values past what text can hold are quarantined); a duration event field stops the run.
 
 ``ingest_frame`` is the one event writer: ``uba-batch generate`` goes through it too, so
 every row under ``events/`` passed the same checks.
@@ -27,7 +31,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from itertools import chain, islice
@@ -44,13 +48,14 @@ from uba.logs import get_logger
 from uba.schema import PARTITION_COLUMN, QUARANTINE_SCHEMA, RAW_FIELDS, UNKNOWN_PARTITION
 from uba.settings import IngestSettings, Settings
 from uba.validate import (
-    ID_TYPE_ERROR,
     META_FIELDS,
     READ_ERROR,
     REASON_KIND,
     SOURCE_FILE,
     SOURCE_ROW,
+    TYPE_ERROR,
     event_dates,
+    unreadable_columns,
     validate_events,
 )
 
@@ -77,8 +82,13 @@ _JSON_TOKEN = re.compile(r'"(?:[^"\\]++|\\.)*+"|[\[\]{}]|"')
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # how a lone surrogate gets into parsed JSON
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _JSON_SCALAR = re.compile(r'[^,\]\s]*')
+_JSON_WHITESPACE = frozenset(" \t\n\r")
+_BOM = b"\xef\xbb\xbf"
+_BOM_TEXT = "\ufeff"
+MAX_IGNORED_NAMES = 100  # names of columns or keys outside the event schema kept per file
 
 _log = get_logger("ingest")
+_IgnoredNote = Callable[[list[str], bool], None]  # names outside the event schema, and whether there were more
 
 
 # ---------------------------------------------------------------- formats
@@ -400,7 +410,8 @@ def _csv_fast(body: bytes, records: int, names: list[str]) -> pl.DataFrame | Non
     return None
 
 
-def _csv_batches(path: Path, batch_rows: int, limits: IngestSettings) -> Iterator[pl.DataFrame]:
+def _csv_batches(path: Path, batch_rows: int, limits: IngestSettings,
+                 ignored: _IgnoredNote | None = None) -> Iterator[pl.DataFrame]:
     with _open_input(path, limits) as handle:
         runs = _csv_runs(handle, path, limits.max_record_bytes)
         first = next(runs, None)
@@ -414,6 +425,8 @@ def _csv_batches(path: Path, batch_rows: int, limits: IngestSettings) -> Iterato
                 raise UserError(f"{path}: the first line (the header) is empty")
             return
         names = _csv_header(header, path, limits)
+        if ignored is not None:
+            ignored(*_unknown_columns(names))
         first_row = 1
         for body, body_ends, body_regular in _csv_blocks(chain([rest], runs), batch_rows, BLOCK_BYTES):
             frame = _csv_fast(body, int(body_ends.size), names) if body_regular else None
@@ -422,7 +435,7 @@ def _csv_batches(path: Path, batch_rows: int, limits: IngestSettings) -> Iterato
             del body
             yield frame.with_columns(  # a column of the file named like reader metadata is overridden
                 pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64).alias(SOURCE_ROW),
-                pl.lit(None, pl.String).alias(ID_TYPE_ERROR),
+                pl.lit(None, pl.String).alias(TYPE_ERROR),
             )
             first_row += frame.height
 
@@ -437,16 +450,12 @@ class _RepeatedKey(dict):  # type: ignore[type-arg]
 
 
 def _object_from_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The object, marked when it repeats a key (``uba.event_rules.repeated_key``, as the API)."""
     obj = dict(pairs)
     if len(obj) == len(pairs):
         return obj
-    seen: set[str] = set()
     marked = _RepeatedKey(obj)
-    for key, _ in pairs:
-        if key in seen:
-            marked.key = key
-            break
-        seen.add(key)
+    marked.key = rules.repeated_key(pairs) or ""
     return marked
 
 
@@ -495,7 +504,7 @@ def _record_error(value: Any, what: str, max_columns: int) -> str | None:
     if not isinstance(value, dict):
         return f"{what} is not a JSON object: {_describe(value)}"
     if isinstance(value, _RepeatedKey):
-        return f"{what} repeats the key {_excerpt(value.key)!r}"
+        return f"{what} {rules.MSG_REPEATED_KEY} {_excerpt(value.key)!r}"
     if len(value) > max_columns:
         return f"{what} has {len(value):,} fields, over ingest.max_columns ({max_columns:,})"
     return None
@@ -520,16 +529,19 @@ def _value_text(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _id_type_error(obj: dict[str, Any]) -> str | None:
-    """The first id that is neither a string nor an integer, as a reason (uba.event_rules)."""
-    for name in rules.ID_FIELDS:
-        value = obj.get(name)
-        if value is None or type(value) is str:
-            continue
-        problem = rules.id_type_error(value)
-        if problem is not None:
-            return f"{name}: {problem}"
-    return None
+def _type_errors(field: str, values: list[Any]) -> list[str | None] | None:
+    """Per row, why the parsed value cannot be ``field`` by its JSON type (None: no row fails).
+
+    The common case (every value of an allowed type) is one set of types per column.
+    """
+    allowed = rules.field_json_types(field)
+    if set(map(type, values)) <= set(allowed):
+        return None
+    errors: list[str | None] = []
+    for value in values:
+        problem = rules.json_type_error(field, value)
+        errors.append(None if problem is None else f"{field}: {problem}")
+    return errors if any(errors) else None
 
 
 def _text_column(values: list[Any]) -> tuple[list[str | None], list[int]]:
@@ -554,33 +566,57 @@ def _text_column(values: list[Any]) -> tuple[list[str | None], list[int]]:
     return texts, failed
 
 
-def _column_keys(objects: list[dict[str, Any]], max_columns: int) -> list[str]:
-    """The event fields, then other keys in order of appearance, at most ``max_columns`` in all."""
-    keys: dict[str, None] = dict.fromkeys(RAW_FIELDS)
+_KNOWN_KEYS = frozenset(RAW_FIELDS)
+
+
+def _unknown_keys(objects: list[dict[str, Any]], limit: int) -> tuple[list[str], bool]:
+    """Keys outside the event schema, in order of appearance: at most ``limit`` names, and
+    whether there were more. Objects with only event fields (the usual case) cost one
+    C-level set comparison each."""
+    names: dict[str, None] = {}
+    more = False
     for obj in objects:
-        if len(keys) >= max_columns:
+        if obj.keys() <= _KNOWN_KEYS:
+            continue
+        for key in obj:
+            if key not in _KNOWN_KEYS and key not in names:
+                if len(names) >= limit:
+                    more = True
+                    break
+                names[key] = None
+        if more:
             break
-        keys.update(dict.fromkeys(obj))
-    return [key for key in keys if key not in META_FIELDS][:max_columns]
+    return list(names), more
 
 
-def _records_frame(records: Sequence[tuple[int, Any, str | None]], what: str, max_columns: int) -> pl.DataFrame:
-    """Frame of text columns from parsed records ``(row, value, read_error)``.
+def _records_frame(records: Sequence[tuple[int, Any, str | None]], what: str, max_columns: int,
+                   ignored: _IgnoredNote | None = None) -> pl.DataFrame:
+    """Frame of the event fields, as text, from parsed records ``(row, value, read_error)``.
 
     A record that cannot be read keeps its row (with the fields it has, or all null) and
-    the reason, so it is quarantined rather than dropped. At most ``max_columns``
-    distinct keys become columns, whatever the records hold.
+    the reason, so it is quarantined rather than dropped. Only the event fields become
+    columns: a key outside the event schema is named to ``ignored`` (at most
+    ``MAX_IGNORED_NAMES`` of them) and never materialised, so 250,000 lines with a key
+    each cost 250,000 rows, not 250,000 x 250,000 null cells. A value of the wrong JSON
+    type for its field (``uba.event_rules.json_type_error``) is named in ``type_error``.
     """
     errors = [error or _record_error(value, what, max_columns) for _, value, error in records]
     objects = [value if isinstance(value, dict) and len(value) <= max_columns else {} for _, value, _ in records]
+    if ignored is not None:
+        ignored(*_unknown_keys(objects, MAX_IGNORED_NAMES))
     columns: dict[str, list[Any]] = {}
-    for key in _column_keys(objects, max_columns):
-        columns[key], failed = _text_column([obj.get(key) for obj in objects])
+    type_errors: list[str | None] = [None] * len(objects)
+    for key in RAW_FIELDS:
+        values = [obj.get(key) for obj in objects]
+        wrong = _type_errors(key, values)
+        if wrong is not None:
+            type_errors = [first or this for first, this in zip(type_errors, wrong, strict=True)]
+        columns[key], failed = _text_column(values)
         for index in failed:
             errors[index] = errors[index] or f"{what} {NESTED_TOO_DEEP}"
     columns[SOURCE_ROW] = [row for row, _, _ in records]
     columns[READ_ERROR] = errors
-    columns[ID_TYPE_ERROR] = [_id_type_error(obj) for obj in objects]
+    columns[TYPE_ERROR] = type_errors
     schema = {key: pl.String for key in columns} | {SOURCE_ROW: pl.Int64}
     return pl.DataFrame(columns, schema=schema)
 
@@ -601,13 +637,36 @@ def _jsonl_line(line: bytes) -> tuple[Any, str | None]:
 
 
 def _bounded_lines(handle: Any, path: Path, limit: int) -> Iterator[tuple[int, bytes]]:
-    """Numbered lines, none longer than ``limit`` bytes (a longer one stops the run)."""
+    """Numbered lines, none longer than ``limit`` bytes (a longer one stops the run).
+
+    A line ends at ``\\n``, ``\\r\\n`` or a lone ``\\r`` (old Mac line ends): JSON text
+    holds a raw CR only as whitespace between tokens, never inside a string, so a CR can
+    only end a line or pad one. A UTF-8 byte order mark at the start of the file is
+    dropped, as for CSV and JSON arrays.
+    """
     number = 0
-    while line := handle.readline(limit + 1):
-        number += 1
-        if len(line) > limit and not line.endswith(b"\n"):
-            raise _record_too_long(path, f"line {number:,}", limit)
-        yield number, line
+    tail = b""
+    first = True
+    while True:
+        chunk = handle.read(CSV_READ_BYTES)
+        eof = not chunk
+        data = tail + chunk if tail else chunk
+        if first and (len(data) >= len(_BOM) or eof):
+            first = False
+            data = data.removeprefix(_BOM)
+        lines = data.splitlines(keepends=True)  # bytes: only \n, \r\n and \r end a line
+        tail = b""
+        if lines and not eof and (first or not lines[-1].endswith(b"\n")):
+            tail = lines.pop()  # unfinished, or a \r whose \n may start the next chunk
+        for line in lines:
+            number += 1
+            if len(line.rstrip(b"\r\n")) > limit:
+                raise _record_too_long(path, f"line {number:,}", limit)
+            yield number, line
+        if len(tail) > limit + 2:
+            raise _record_too_long(path, f"line {number + 1:,}", limit)
+        if eof:
+            return
 
 
 def _take(lines: Iterator[tuple[int, bytes]], count: int, max_bytes: int) -> list[tuple[int, bytes]]:
@@ -622,7 +681,8 @@ def _take(lines: Iterator[tuple[int, bytes]], count: int, max_bytes: int) -> lis
     return taken
 
 
-def _jsonl_batches(path: Path, batch_rows: int, limits: IngestSettings) -> Iterator[pl.DataFrame]:
+def _jsonl_batches(path: Path, batch_rows: int, limits: IngestSettings,
+                   ignored: _IgnoredNote | None = None) -> Iterator[pl.DataFrame]:
     """Line-batched JSON Lines; ``source_row`` is the line number, blank lines are skipped.
 
     Every line goes through Python's JSON parser: a columnar reader would take the first
@@ -634,7 +694,7 @@ def _jsonl_batches(path: Path, batch_rows: int, limits: IngestSettings) -> Itera
         while block := _take(lines, batch_rows, BLOCK_BYTES):
             numbered = [(n, *_jsonl_line(line)) for n, line in block if line.strip()]
             if numbered:
-                yield _records_frame(numbered, "line", limits.max_columns)
+                yield _records_frame(numbered, "line", limits.max_columns, ignored)
 
 
 # ---------------------------------------------------------------- JSON array
@@ -677,16 +737,19 @@ class _JsonArrayReader:
     Memory holds one read block plus one element (at most ``max_record_bytes``
     characters), whatever the file size. An element too deeply nested to decode is
     skipped by bracket matching and reported; a syntax error cannot be resynchronised
-    (the next element's start is unknown), so it stops the run with the element number;
-    elements before it have already been ingested.
+    (the next element's start is unknown), so it stops the run with the element number
+    and byte offset; batches of the file before it have already been ingested. Anything
+    but JSON whitespace after the closing bracket (a second array, text) is such an
+    error too: a file is one array, and nothing in it is silently left unread.
     """
 
     def __init__(self, handle: Any, path: Path, limit: int) -> None:
-        self._text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="replace")
+        self._text = io.TextIOWrapper(handle, encoding="utf-8", errors="replace")
         self._path = path
         self._limit = limit
         self._buf = ""
         self._pos = 0
+        self._dropped_bytes = 0  # UTF-8 size of the text before the buffer (exact for valid UTF-8)
         self._eof = False
         self._decoder = _json_decoder()
 
@@ -697,17 +760,22 @@ class _JsonArrayReader:
         if not more:
             self._eof = True
             return False
+        self._dropped_bytes += len(self._buf[:self._pos].encode("utf-8", "surrogatepass"))
         self._buf = self._buf[self._pos:] + more
         self._pos = 0
         return True
+
+    def _byte_offset(self) -> int:
+        """Offset in the file of the current position, counting a byte order mark."""
+        return self._dropped_bytes + len(self._buf[:self._pos].encode("utf-8", "surrogatepass"))
 
     def _room(self) -> bool:
         return len(self._buf) - self._pos < self._limit
 
     def _next_char(self) -> str:
-        """Skip whitespace and return the next character ('' at the end of the file)."""
+        """Skip JSON whitespace (space, tab, CR, LF) and return the next character ('' at the end)."""
         while True:
-            while self._pos < len(self._buf) and self._buf[self._pos].isspace():
+            while self._pos < len(self._buf) and self._buf[self._pos] in _JSON_WHITESPACE:
                 self._pos += 1
             if self._pos < len(self._buf):
                 return self._buf[self._pos]
@@ -716,8 +784,9 @@ class _JsonArrayReader:
 
     def _fail(self, index: int, what: str) -> UserError:
         return UserError(
-            f"{self._path}: not a valid JSON array at element {index}: {what} "
-            f"(elements before it were ingested; fix the file and re-run, stored rows are skipped as duplicates)"
+            f"{self._path}: not a valid JSON array at element {index} (byte {self._byte_offset():,}): {what} "
+            f"(earlier batches of the file were ingested, the batch holding it was not; fix the file and "
+            f"re-run, stored rows are skipped as duplicates)"
         )
 
     def _skip(self, index: int, reason: str) -> _Unreadable:
@@ -753,46 +822,94 @@ class _JsonArrayReader:
             self._pos = end
             return value
 
+    def _after_array(self, count: int) -> None:
+        """Refuse anything but whitespace after the closing bracket (it used to be dropped unread)."""
+        if self._next_char() != "":
+            raise UserError(
+                f"{self._path}: content after the closing ']' of the top-level array, at byte "
+                f"{self._byte_offset():,} (after {count:,} elements): a .json input holds exactly one "
+                f"array (use JSON Lines for one object per line); earlier batches of the file were "
+                f"ingested, the last one was not"
+            )
+
     def __iter__(self) -> Iterator[Any]:
+        if self._fill() and self._buf.startswith(_BOM_TEXT):
+            self._pos = 1  # a byte order mark, as for CSV (still counted in byte offsets)
         if self._next_char() != "[":
             raise UserError(f"{self._path}: a .json input must hold one JSON array of event objects")
         self._pos += 1
         index = 0
         if self._next_char() == "]":
+            self._pos += 1
+            self._after_array(index)
             return
         while True:
             index += 1
             if self._next_char() == "":
                 raise self._fail(index, "the array is not closed")
-            yield self._decode(index)
+            value = self._decode(index)
             sep = self._next_char()
             self._pos += 1
             if sep == "]":
+                self._after_array(index)  # before the last element is handed on: refused whole
+                yield value
                 return
             if sep != ",":
                 raise self._fail(index + 1, f"expected ',' or ']' but found {sep or 'end of file'!r}")
+            yield value
 
 
-def _json_array_batches(path: Path, batch_rows: int, limits: IngestSettings) -> Iterator[pl.DataFrame]:
+def _json_array_batches(path: Path, batch_rows: int, limits: IngestSettings,
+                        ignored: _IgnoredNote | None = None) -> Iterator[pl.DataFrame]:
     """JSON array read element by element; ``source_row`` is the 1-based element index."""
     with _open_input(path, limits) as handle:
         elements = enumerate(_JsonArrayReader(handle, path, limits.max_record_bytes), start=1)
         while block := list(islice(elements, batch_rows)):
             records = [(i, None, v.reason) if isinstance(v, _Unreadable) else (i, v, None) for i, v in block]
-            yield _records_frame(records, "element", limits.max_columns)
+            yield _records_frame(records, "element", limits.max_columns, ignored)
 
 
 # ---------------------------------------------------------------- Parquet
 
 
-def _parquet_batches(path: Path, batch_rows: int, limits: IngestSettings) -> Iterator[pl.DataFrame]:
+def _valid_text(frame: pl.DataFrame) -> pl.DataFrame:
+    """String columns checked to be UTF-8: Arrow does not check a Parquet string column, and
+    Polars panics on invalid bytes later; such bytes are decoded with U+FFFD, as in CSV."""
+    fixed = []
+    for name, dtype in frame.schema.items():
+        if dtype != pl.String:
+            continue
+        raw = frame.get_column(name).cast(pl.Binary)
+        try:
+            raw.cast(pl.String)
+        except pl.exceptions.ComputeError:
+            fixed.append(pl.Series(name, [None if b is None else b.decode("utf-8", "replace")
+                                          for b in raw.to_list()], dtype=pl.String))
+    return frame.with_columns(fixed) if fixed else frame
+
+
+def _check_column_types(frame: pl.DataFrame, source: str) -> None:
+    """Refuse event fields of a type with no text form (a duration), naming file, column and type."""
+    refused = unreadable_columns(frame.schema)
+    if refused:
+        name, dtype = refused[0]
+        raise UserError(f"{source}: column {_excerpt(name)!r} has type {dtype}, which cannot hold "
+                        f"an event field (expected text, numbers, datetimes or booleans)")
+
+
+def _parquet_batches(path: Path, batch_rows: int, limits: IngestSettings,
+                     ignored: _IgnoredNote | None = None) -> Iterator[pl.DataFrame]:
     """Parquet row batches with their stored types; validation turns them into text."""
     first_row = 1
     for frame in storage.iter_parquet_batches(path, batch_rows):
         if frame.width > limits.max_columns:
             raise UserError(f"{path}: has {frame.width:,} columns, over ingest.max_columns "
                             f"({limits.max_columns:,})")
-        yield frame.drop([name for name in META_FIELDS if name in frame.columns]).with_columns(
+        if first_row == 1:
+            _check_column_types(frame, str(path))
+            if ignored is not None:
+                ignored(*_unknown_columns(frame.columns))
+        yield _valid_text(frame).drop([name for name in META_FIELDS if name in frame.columns]).with_columns(
             pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64).alias(SOURCE_ROW),
             pl.lit(None, pl.String).alias(READ_ERROR),
         )
@@ -833,19 +950,21 @@ def _flag_oversized_fields(frame: pl.DataFrame, limit: int) -> pl.DataFrame:
     )
 
 
-def read_batches(path: Path, fmt: str, batch_rows: int,
-                 limits: IngestSettings | None = None) -> Iterator[pl.DataFrame]:
+def read_batches(path: Path, fmt: str, batch_rows: int, limits: IngestSettings | None = None,
+                 ignored: _IgnoredNote | None = None) -> Iterator[pl.DataFrame]:
     """Raw batches of one file with ``source_file`` and ``source_row``; at most ``batch_rows`` records each.
 
     ``source_row`` is 1-based: the data row for CSV (header not counted, so the file line
     is ``source_row + 1`` when no field holds a line break), the line for JSON Lines, the
     element for a JSON array, the row for Parquet. ``limits`` (default: the defaults of
     ``IngestSettings``) bounds fields, records, columns and decompressed size.
+    ``ignored(names, more)`` is told the columns or keys outside the event schema (at most
+    ``MAX_IGNORED_NAMES`` names; ``more`` when there were others); they are not read.
     """
     limits = limits or IngestSettings()
     source = str(path)
     try:
-        for frame in _READERS[fmt](Path(path), batch_rows, limits):
+        for frame in _READERS[fmt](Path(path), batch_rows, limits, ignored):
             if frame.height == 0:
                 continue
             checked = _flag_oversized_fields(frame, limits.max_field_bytes)
@@ -869,6 +988,22 @@ class FileSummary:
     rows_written: int = 0
     rows_quarantined: int = 0
     ignored_columns: list[str] = field(default_factory=list)
+    ignored_columns_truncated: bool = False
+
+    def note_ignored(self, names: list[str], more: bool = False) -> None:
+        """Record columns or keys outside the event schema: at most MAX_IGNORED_NAMES names,
+        ``ignored_columns_truncated`` when there were more; new ones are logged."""
+        known = set(self.ignored_columns)
+        new = [name for name in names if name not in known]
+        room = MAX_IGNORED_NAMES - len(self.ignored_columns)
+        if len(new) > room or more:
+            self.ignored_columns_truncated = True
+        new = new[:max(room, 0)]
+        if new:
+            _log.warning("%s: ignoring columns not in the event schema: %s%s", self.path,
+                         ", ".join(_excerpt(name) for name in new),
+                         " (and more)" if self.ignored_columns_truncated else "")
+            self.ignored_columns += new
 
 
 @dataclass
@@ -915,7 +1050,8 @@ class IngestSummary:
                 )
         lines.append("inputs:")
         for item in self.files:
-            ignored = f"   ignored columns: {', '.join(item.ignored_columns)}" if item.ignored_columns else ""
+            more = ", ..." if item.ignored_columns_truncated else ""
+            ignored = f"   ignored columns: {', '.join(item.ignored_columns)}{more}" if item.ignored_columns else ""
             lines.append(
                 f"  {item.path} ({item.format}): read {item.rows_read:,}, written {item.rows_written:,}, "
                 f"quarantined {item.rows_quarantined:,}{ignored}"
@@ -1065,16 +1201,11 @@ def _os_reason(exc: Exception) -> str:
     return text.rsplit("IO error: ", 1)[-1]
 
 
-def _ignored_columns(frame: pl.DataFrame) -> list[str]:
-    known = set(RAW_FIELDS) | set(META_FIELDS)
-    return [name for name in frame.columns if name not in known]
-
-
-def _note_columns(item: FileSummary, frame: pl.DataFrame) -> None:
-    new = [c for c in _ignored_columns(frame) if c not in item.ignored_columns]
-    if new:
-        _log.warning("%s: ignoring columns not in the event schema: %s", item.path, ", ".join(new))
-        item.ignored_columns += new
+def _unknown_columns(names: Iterable[str]) -> tuple[list[str], bool]:
+    """Column names outside the event schema (reader metadata included): at most
+    MAX_IGNORED_NAMES of them, and whether there were more."""
+    unknown = [name for name in names if name not in _KNOWN_KEYS]
+    return unknown[:MAX_IGNORED_NAMES], len(unknown) > MAX_IGNORED_NAMES
 
 
 def _run_inputs(run: _Run, inputs: Iterable[tuple[FileSummary, Iterable[pl.DataFrame]]]) -> IngestSummary:
@@ -1082,7 +1213,6 @@ def _run_inputs(run: _Run, inputs: Iterable[tuple[FileSummary, Iterable[pl.DataF
         for item, batches in inputs:
             run.summary.files.append(item)
             for frame in batches:
-                _note_columns(item, frame)
                 run.ingest_batch(frame, item)
     except UserError as exc:
         run.finish(error=str(exc))  # a failed summary, or one error naming both failures
@@ -1112,14 +1242,16 @@ def ingest_files(
     except OSError as exc:
         raise UserError(f"cannot create the data directory {data_dir}: {exc.strerror or exc}") from exc
     run = _Run(data_dir, settings)
+    items = ((FileSummary(str(path), file_format), path, file_format) for path, file_format in plan)
     return _run_inputs(
         run,
-        ((FileSummary(str(path), file_format), read_batches(path, file_format, batch_rows, limits))
-         for path, file_format in plan),
+        ((item, read_batches(path, file_format, batch_rows, limits, item.note_ignored))
+         for item, path, file_format in items),
     )
 
 
 def _frame_batches(df: pl.DataFrame, source: str, batch_rows: int) -> Iterator[pl.DataFrame]:
+    _check_column_types(df, source)
     if SOURCE_ROW not in df.columns:
         df = df.with_columns(pl.int_range(1, df.height + 1, dtype=pl.Int64).alias(SOURCE_ROW))
     if SOURCE_FILE not in df.columns:
@@ -1142,6 +1274,8 @@ def ingest_frame(
     """
     frame = df.collect() if isinstance(df, pl.LazyFrame) else df
     run = _Run(data_dir, settings)
+    item = FileSummary(source, "frame")
+    item.note_ignored(*_unknown_columns(name for name in frame.columns if name not in META_FIELDS))
     batches = _frame_batches(frame, source, settings.ingest.batch_rows)
-    return _run_inputs(run, [(FileSummary(source, "frame"), batches)])
+    return _run_inputs(run, [(item, batches)])
 

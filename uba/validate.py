@@ -9,15 +9,16 @@ Rules (first failing check wins, in this order):
 
 * a reader error (``read_error`` column, e.g. a line that is not JSON)
 * an empty row; then a missing required field (column absent, null, empty or blank)
-* an id (``event_id``, ``user_id``, ``session_id``) that is neither a string nor an
-  integer (a JSON object, array, boolean or fractional number; readers of typed input
-  say so in the ``id_type_error`` column, typed columns are judged by their type)
+* a value of the wrong JSON type (``uba.event_rules.json_type_error``: an id that is
+  neither a string nor an integer, a number given as a JSON string, a category or
+  timestamp that is not a string; JSON readers say so in the ``type_error`` column) or
+  an id column of a type that cannot hold ids (typed columns are judged by their type)
 * ``event_id`` / ``user_id``: longer than ``max_string_length`` characters, or
   containing control characters / invalid UTF-8
 * ``timestamp``: RFC 3339 date-time (``YYYY-MM-DDTHH:MM:SS[.fraction]`` with ``Z`` or
   ``±HH:MM``; naive means UTC) within years 0001-9999 in UTC, converted to UTC
 * ``event_type`` / ``device_type``: one of the configured categories; surrounding
-  whitespace and letter case are ignored and the configured spelling is stored
+  whitespace and ASCII letter case are ignored and the configured spelling is stored
 * ``session_duration_sec``: a finite number, ``0 <= x <= max_session_duration_sec``
 * ``events_in_session``: an integer (``3`` or ``3.0``), ``1 <= n <= max_events_in_session``
 * ``hour_of_day`` / ``day_of_week`` (optional): integers in 0-23 / 0-6 (0=Monday) that
@@ -28,8 +29,15 @@ Rules (first failing check wins, in this order):
   per UTC date: checking every stored day would make each ingest cost grow with history.
 
 Ids are stripped of surrounding whitespace; an integer id is stored as its decimal text.
-The timestamp and id rules are those of ``uba.event_rules``, which the API applies to
-one event at a time: both places accept and refuse the same values.
+The timestamp, id, category and JSON type rules are those of ``uba.event_rules``, which
+the API applies to one event at a time: both places accept and refuse the same values.
+
+Typed columns are turned into text without ever failing: a datetime, date or time
+outside what the text form can hold (years 0001-9999) reads ``<n> <unit> since
+1970-01-01T00:00:00Z`` (and is then refused as a timestamp), bytes that are not UTF-8
+are decoded with U+FFFD (refused in ids and categories), nested values become JSON
+text. ``unreadable_columns`` names the column types that have no text form at all
+(durations): ingest refuses a file with such an event field before reading its rows.
 """
 
 from __future__ import annotations
@@ -48,10 +56,10 @@ from uba.settings import EventSettings
 SOURCE_FILE = "source_file"
 SOURCE_ROW = "source_row"
 READ_ERROR = "read_error"
-ID_TYPE_ERROR = "id_type_error"
+TYPE_ERROR = "type_error"
 REASON = "reason"
 REASON_KIND = "reason_kind"
-META_FIELDS: tuple[str, ...] = (SOURCE_FILE, SOURCE_ROW, READ_ERROR, ID_TYPE_ERROR)
+META_FIELDS: tuple[str, ...] = (SOURCE_FILE, SOURCE_ROW, READ_ERROR, TYPE_ERROR)
 
 # Extra columns of the rejected frame besides the raw fields: the ingest layer drops
 # REASON_KIND and the partition column before writing QUARANTINE_SCHEMA parts.
@@ -111,8 +119,81 @@ def _json_text(value: object) -> str | None:
     return None if value is None else json.dumps(value, default=str)
 
 
+_EPOCH_TEXT = " since 1970-01-01T00:00:00Z"
+_TIME_UNIT_PER_SECOND = {"ms": 10**3, "us": 10**6, "ns": 10**9}
+_FIRST_SECOND = -62_135_596_800  # 0001-01-01T00:00:00Z in seconds from the epoch
+_END_SECOND = 253_402_300_800  # 10000-01-01T00:00:00Z
+_FIRST_DAY, _END_DAY = -719_162, 2_932_897  # the same, in days
+_NS_PER_DAY = 86_400 * 10**9
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _beyond_text(physical: pl.Expr, unit: str) -> pl.Expr:
+    return pl.concat_str(physical.cast(pl.String), pl.lit(f" {unit}{_EPOCH_TEXT}"))
+
+
+def _temporal_text(name: str, dtype: pl.DataType) -> pl.Expr:
+    """Text of a datetime, date or time column; values the formatter cannot hold as text
+    (Polars panics on them) are never handed to it and read as a count from the epoch."""
+    col = pl.col(name)
+    physical = col.to_physical()
+    if isinstance(dtype, pl.Datetime):
+        per = _TIME_UNIT_PER_SECOND[dtype.time_unit or "us"]
+        low, high = max(_FIRST_SECOND * per, _INT64[0]), min(_END_SECOND * per - 1, _INT64[1])
+        inside = pl.when(physical.is_between(low, high)).then(col)
+        if dtype.time_zone:  # the instant in UTC: a local 10000-01-01 can be 9999-12-31 in UTC
+            text = inside.dt.convert_time_zone("UTC").dt.to_string("%Y-%m-%dT%H:%M:%S%.f%:z")
+        else:
+            text = inside.dt.to_string("%Y-%m-%dT%H:%M:%S%.f")
+        return pl.coalesce(text, _beyond_text(physical, dtype.time_unit or "us"))
+    if isinstance(dtype, pl.Date):
+        inside = physical.is_between(_FIRST_DAY, _END_DAY - 1)
+        return pl.coalesce(pl.when(inside).then(col).cast(pl.String), _beyond_text(physical, "days"))
+    # Time: nanoseconds since midnight
+    inside = physical.is_between(0, _NS_PER_DAY - 1)
+    return pl.coalesce(pl.when(inside).then(col).cast(pl.String),
+                       pl.concat_str(physical.cast(pl.String), pl.lit(" ns since midnight")))
+
+
+def _binary_text(series: pl.Series) -> pl.Series:
+    """Bytes as text; bytes that are not UTF-8 are decoded with U+FFFD, as the CSV reader does."""
+    try:
+        return series.cast(pl.String)
+    except pl.exceptions.ComputeError:
+        values = [None if b is None else b.decode("utf-8", "replace") for b in series.to_list()]
+        return pl.Series(series.name, values, dtype=pl.String)
+
+
+def _printable_dtype(dtype: pl.DataType) -> pl.DataType:
+    """A nested type whose values Python can hold: temporal leaves as their integers.
+
+    (Converting a datetime of year 300,000 inside a list to Python panics in Polars.)
+    """
+    if isinstance(dtype, (pl.Datetime, pl.Duration, pl.Time)):
+        return pl.Int64()
+    if isinstance(dtype, pl.Date):
+        return pl.Int32()
+    if isinstance(dtype, (pl.Categorical, pl.Enum)):
+        return pl.String()
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return pl.List(_printable_dtype(dtype.inner))
+    if isinstance(dtype, pl.Struct):
+        return pl.Struct([pl.Field(f.name, _printable_dtype(f.dtype)) for f in dtype.fields])
+    return dtype
+
+
+def unreadable_dtype(dtype: pl.DataType) -> bool:
+    """A column type with no text form an event field could be read from (a duration)."""
+    return isinstance(dtype, (pl.Duration, pl.Object, pl.Unknown))
+
+
+def unreadable_columns(schema: pl.Schema | dict[str, pl.DataType]) -> list[tuple[str, pl.DataType]]:
+    """Event fields of ``schema`` whose column type cannot be read as text, in schema order."""
+    return [(name, dtype) for name, dtype in schema.items() if name in RAW_FIELDS and unreadable_dtype(dtype)]
+
+
 def _text_expr(name: str, dtype: pl.DataType) -> pl.Expr:
-    """The raw text of one input column, whatever type its reader produced."""
+    """The raw text of one input column, whatever type its reader produced; never fails."""
     col = pl.col(name)
     if dtype == pl.String:
         return col
@@ -120,23 +201,28 @@ def _text_expr(name: str, dtype: pl.DataType) -> pl.Expr:
         return pl.when(col).then(pl.lit("true")).when(~col).then(pl.lit("false"))
     if dtype.is_float():
         return _float_text(name)
-    if isinstance(dtype, pl.Datetime):
-        fmt = "%Y-%m-%dT%H:%M:%S%.f" + ("%:z" if dtype.time_zone else "")
-        return col.dt.to_string(fmt)
-    if dtype.is_integer() or dtype.is_decimal() or dtype.is_temporal() or dtype == pl.Null:
+    if isinstance(dtype, (pl.Datetime, pl.Date, pl.Time)):
+        return _temporal_text(name, dtype)
+    if isinstance(dtype, pl.Duration):  # ingest refuses such a column first (unreadable_columns)
+        return pl.concat_str(col.to_physical().cast(pl.String), pl.lit(f" {dtype.time_unit} (a duration)"))
+    if dtype.is_integer() or dtype.is_decimal() or dtype == pl.Null:
         return col.cast(pl.String)
-    if isinstance(dtype, (pl.Categorical, pl.Enum, pl.Binary)):
+    if isinstance(dtype, pl.Binary):
+        return col.map_batches(_binary_text, return_dtype=pl.String)
+    if isinstance(dtype, (pl.Categorical, pl.Enum)):
         return col.cast(pl.String, strict=False)
+    if dtype.is_nested():
+        return col.cast(_printable_dtype(dtype)).map_elements(_json_text, return_dtype=pl.String, skip_nulls=True)
     return col.map_elements(_json_text, return_dtype=pl.String, skip_nulls=True)
 
 
-def _id_type_error(schema: pl.Schema) -> pl.Expr:
-    """First id whose value is neither a string nor an integer, as a reason (null when none).
+def _type_error(schema: pl.Schema) -> pl.Expr:
+    """First value of the wrong type, as a reason (null when none).
 
-    Readers of parsed values (JSON) name it in ``id_type_error``; typed columns (Parquet,
+    Readers of parsed values (JSON) name it in ``type_error``; typed id columns (Parquet,
     frames) are judged here by their type, since their text alone no longer tells.
     """
-    found = [pl.col(ID_TYPE_ERROR).cast(pl.String)] if ID_TYPE_ERROR in schema else []
+    found = [pl.col(TYPE_ERROR).cast(pl.String)] if TYPE_ERROR in schema else []
     for name in rules.ID_FIELDS:
         problem = rules.id_dtype_error(pl.col(name), schema[name]) if name in schema else None
         if problem is not None:
@@ -156,7 +242,7 @@ def _as_text(raw: pl.LazyFrame) -> pl.LazyFrame:
         (pl.col(name).cast(dtype) if name in schema else pl.lit(None, dtype)).alias(name)
         for name, dtype in meta_types.items()
     ]
-    exprs.append(_id_type_error(schema).alias(ID_TYPE_ERROR))
+    exprs.append(_type_error(schema).alias(TYPE_ERROR))
     return raw.select(exprs).with_row_index(_ROW)
 
 
@@ -173,12 +259,7 @@ def _number(field: str) -> pl.Expr:
 
 
 def _category(field: str, allowed: tuple[str, ...]) -> pl.Expr:
-    mapping = {name.strip().lower(): name for name in allowed}
-    return (
-        pl.col(_v(field))
-        .str.to_lowercase()
-        .replace_strict(mapping, default=None, return_dtype=pl.String)
-    )
+    return rules.category_expr(pl.col(_v(field)), allowed)
 
 
 def _parse(lf: pl.LazyFrame, events: EventSettings) -> pl.LazyFrame:
@@ -222,6 +303,11 @@ def _quoted(field: str) -> pl.Expr:
     return pl.concat_str(pl.lit("'"), _shown(field), pl.lit("'"))
 
 
+def _quoted_clean(field: str) -> pl.Expr:
+    """The value quoted, each refused id character shown as '?' (a reason is one printable line)."""
+    return pl.concat_str(pl.lit("'"), _shown(field).str.replace_all(rules.BAD_CHARS_PATTERN, "?"), pl.lit("'"))
+
+
 def _msg(*parts: str | pl.Expr) -> pl.Expr:
     return pl.concat_str([pl.lit(p) if isinstance(p, str) else p for p in parts])
 
@@ -237,13 +323,14 @@ def _string_checks(field: str, max_len: int) -> list[_Check]:
         _Check(KIND_OVERSIZED, value.str.len_chars() > max_len,
                pl.lit(f"{field}: {rules.msg_id_too_long(max_len)}")),
         _Check(KIND_CHARACTERS, rules.has_bad_chars(value),
-               pl.lit(f"{field}: {rules.MSG_ID_CHARACTERS}")),
+               _msg(f"{field}: ", _quoted_clean(field), f" {rules.MSG_ID_CHARACTERS} (the first as UTF-8: ",
+                    value.str.extract(f"({rules.BAD_CHARS_PATTERN})", 1).str.encode("hex"), ")")),
     ]
 
 
 def _category_check(field: str, allowed: tuple[str, ...]) -> _Check:
     return _Check(KIND_CATEGORY, pl.col(f"_{field}").is_null(),
-                  _msg(f"{field}: ", _quoted(field), f" not one of {', '.join(allowed)}"))
+                  _msg(f"{field}: ", _quoted(field), f" {rules.msg_category(allowed)}"))
 
 
 def _number_checks(field: str, col: str, integer: bool) -> list[_Check]:
@@ -283,7 +370,7 @@ def _row_checks(events: EventSettings) -> list[_Check]:
                pl.lit("empty row (no values)")),
     ]
     checks += [_Check(KIND_MISSING, pl.col(_v(f)).is_null(), pl.lit(f"missing field: {f}")) for f in REQUIRED_FIELDS]
-    checks.append(_Check(KIND_TYPE, pl.col(ID_TYPE_ERROR).is_not_null(), pl.col(ID_TYPE_ERROR)))
+    checks.append(_Check(KIND_TYPE, pl.col(TYPE_ERROR).is_not_null(), pl.col(TYPE_ERROR)))
     for field in ID_FIELDS:
         checks += _string_checks(field, max_len)
     checks += [
@@ -450,7 +537,7 @@ def validate_events(
     candidates = _with_duplicate_marks(parsed.filter(pl.col(_CHECK).is_null()), existing_ids)
     candidates = candidates.with_columns(_duplicate_index(len(row_checks)).alias(_CHECK))
 
-    kept = [*RAW_FIELDS, SOURCE_FILE, SOURCE_ROW, READ_ERROR, ID_TYPE_ERROR, _ROW, _CHECK, _DATE, _FIRST_ROW,
+    kept = [*RAW_FIELDS, SOURCE_FILE, SOURCE_ROW, READ_ERROR, TYPE_ERROR, _ROW, _CHECK, _DATE, _FIRST_ROW,
             "_ts_hour", "_ts_dow",
             *(_v(f) for f in RAW_FIELDS)]
     row_rejects = parsed.filter(pl.col(_CHECK).is_not_null()).with_columns(

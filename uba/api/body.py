@@ -13,10 +13,12 @@ before the API key was looked at. Bodies here are a dependency instead, so
   larger one is parsed and validated in the thread pool, so the loop keeps answering;
 * the models count list items before validating them (``schemas.count_limit``).
 
-Parsing is ``json.loads`` followed by the model's python-mode validation, exactly what
-FastAPI did, so the accepted inputs and the error locations are unchanged. The body
-does not appear in FastAPI's own view of the route, so each route declares it with
-:func:`request_body` and ``uba.api.openapi`` adds the models to the schema.
+Parsing is ``json.loads`` followed by the model's python-mode validation, as FastAPI
+did, with one difference: an object that repeats a key is a 422 naming the key
+(``uba.event_rules.unique_object``), as ingest quarantines such a record, instead of
+letting the last value silently win. The body does not appear in FastAPI's own view
+of the route, so each route declares it with :func:`request_body` and
+``uba.api.openapi`` adds the models to the schema.
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from uba import event_rules as rules
+
 INLINE_BODY_BYTES = 16 * 1024
 NESTED_TOO_DEEPLY = "nested too deeply"
 TOO_MANY_VALUES = "too_many_values"
+REPEATED_KEY = "repeated_key"
 _STRUCTURE = (b",", b":", b"{", b"[")
 
 
@@ -107,9 +112,15 @@ class JsonBody:
 
 def _loads(raw: bytes) -> Any:
     """``json.loads`` with FastAPI's error shapes: 422 ``json_invalid`` for a syntax
-    error or bytes that are not UTF-8, 400 for a text nested too deeply to parse."""
+    error or bytes that are not UTF-8, 422 ``repeated_key`` (the key as the field) for an
+    object that repeats a key, 400 for a text nested too deeply to parse."""
     try:
-        return json.loads(raw)
+        return json.loads(raw, object_pairs_hook=rules.unique_object)
+    except rules.RepeatedKeyError as exc:
+        key = rules.shown(exc.key).encode("utf-8", "replace").decode("utf-8")  # a lone surrogate cannot be sent
+        raise RequestValidationError([{"type": REPEATED_KEY, "loc": ("body", key),
+                                       "msg": f"{rules.MSG_REPEATED_KEY} {key!r}: an object may hold each "
+                                              "key once", "input": None}]) from None
     except json.JSONDecodeError as exc:
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos),
                                        "msg": "JSON decode error", "input": {},

@@ -3,9 +3,14 @@
 The allowed categories, string lengths, numeric ranges and the batch limit come from
 settings, so the models are built per app by :func:`build_models` rather than declared
 once at import: a deployment that adds an event type in its YAML gets it in validation
-and in the OpenAPI schema without a code change. Numbers are strict (``true`` is not
-``1``, ``"5"`` is not ``5``) and non-finite floats are refused, because a lax coercion
-would silently score an event that the batch job would quarantine.
+and in the OpenAPI schema without a code change.
+
+Every field applies the rules of ``uba.event_rules``, which ingest applies to a whole
+batch, so an event is accepted here exactly when ingest would store it: numbers must be
+JSON numbers (``true`` is not ``1``, ``"5"`` is not ``5``) and finite; categories ignore
+surrounding whitespace and ASCII letter case (``" LOGIN "`` is ``login``) and are
+answered in the configured spelling; ids refuse control, invisible and format
+characters; an object that repeats a key is refused before validation (``uba.api.body``).
 """
 
 from __future__ import annotations
@@ -61,9 +66,56 @@ def _id_type(max_length: int, blank_is_absent: bool = False) -> Any:
                 return None
             raise PydanticCustomError(exc.code, exc.message) from None
 
-    text_schema = {"type": "string", "minLength": 1, "maxLength": max_length,
-                   "pattern": r"^\s*[^\x00-\x1f\x7f-\x9f\ufffd\s][^\x00-\x1f\x7f-\x9f\ufffd]*$"}
+    text_schema = {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": _ID_PATTERN}
     schema = {"anyOf": [{"type": "integer"}, text_schema]}
+    return Annotated[str, PlainValidator(check), WithJsonSchema(schema)]
+
+
+def _class_of(ranges: Any) -> str:
+    """A regex character class body from code point ranges (``\\uXXXX`` escapes for the BMP)."""
+    def char(cp: int) -> str:
+        return f"\\u{cp:04x}" if cp <= 0xFFFF else chr(cp)
+    return "".join(char(a) if a == b else f"{char(a)}-{char(b)}" for a, b in ranges)
+
+
+# An id as JSON Schema can say it: optional surrounding whitespace (event_rules.WHITESPACE)
+# around at least one character, none of them a refused one (event_rules.BAD_ID_RANGES;
+# lone surrogates are left out, since a JSON Schema regex sees astral characters as pairs).
+_SPACE = "".join(f"\\u{ord(c):04x}" for c in rules.WHITESPACE)
+_BAD = _class_of(rules.BAD_ID_RANGES)
+_ID_PATTERN = f"^[{_SPACE}]*[^{_BAD}{_SPACE}](?:[^{_BAD}]*[^{_BAD}{_SPACE}])?[{_SPACE}]*$"
+
+
+def _number_type(field: str) -> Any:
+    """The JSON type rule of a numeric field (``event_rules.json_type_error``), before the
+    strict number check and its bounds: a string, boolean, object or array is refused."""
+
+    def check(value: Any) -> Any:
+        problem = rules.json_type_error(field, value)
+        if problem is not None:
+            raise PydanticCustomError("number_type", problem)
+        return value
+
+    return BeforeValidator(check)
+
+
+def _category_type(field: str, allowed: tuple[str, ...]) -> Any:
+    """A category: a string matching a configured one up to surrounding whitespace and
+    ASCII letter case (``event_rules.category_key``); the configured spelling is kept."""
+    lookup = rules.category_lookup(allowed)
+    message = rules.msg_category(allowed)
+
+    def check(value: Any) -> str:
+        problem = "must be one of the categories, not null" if value is None else rules.json_type_error(field, value)
+        if problem is not None:
+            raise PydanticCustomError("category_type", problem)
+        found = lookup.get(rules.category_key(value))
+        if found is None:
+            raise PydanticCustomError("category", message)
+        return found
+
+    schema = {"anyOf": [{"type": "string", "enum": list(allowed)},
+                        {"type": "string", "pattern": rules.category_pattern(allowed)}]}
     return Annotated[str, PlainValidator(check), WithJsonSchema(schema)]
 
 
@@ -128,18 +180,21 @@ def _integral_float(value: Any) -> Any:
     return value
 
 
-def whole_number(low: int, high: int) -> Any:
+def whole_number(low: int, high: int, field: str = "") -> Any:
     """A strict integer in [low, high] that also takes an integral float; the bounds sit
-    inside the type so the JSON schema states them (minimum/maximum) even when optional."""
-    return Annotated[int, Field(strict=True, ge=low, le=high), BeforeValidator(_integral_float)]
+    inside the type so the JSON schema states them (minimum/maximum) even when optional.
+    With ``field``, its JSON type rule runs first (``event_rules.json_type_error``)."""
+    checks = [BeforeValidator(_integral_float)] + ([_number_type(field)] if field else [])
+    return Annotated[int, Field(strict=True, ge=low, le=high), *checks]
 
 
 def build_event_model(events: EventSettings) -> type[BaseModel]:
     """The per-event request model, with categories and limits from settings."""
     stamp = Annotated[str, Field(strict=True, min_length=1, max_length=events.max_string_length,
                                  json_schema_extra={"format": "date-time"})]
-    event_type = Literal[events.event_types]  # type: ignore[valid-type]
-    device_type = Literal[events.device_types]  # type: ignore[valid-type]
+    event_type = _category_type("event_type", events.event_types)
+    device_type = _category_type("device_type", events.device_types)
+    duration = Annotated[float, _number_type("session_duration_sec")]
     return create_model(
         "EventIn",
         __base__=_EventBase,
@@ -151,10 +206,11 @@ def build_event_model(events: EventSettings) -> type[BaseModel]:
         user_id=(_id_type(events.max_string_length), Field(examples=[123])),
         event_type=(event_type, Field(examples=["login"])),
         session_duration_sec=(
-            float,
+            duration,
             Field(strict=True, ge=0, le=events.max_session_duration_sec, examples=[18000]),
         ),
-        events_in_session=(whole_number(1, events.max_events_in_session), Field(examples=[190])),
+        events_in_session=(whole_number(1, events.max_events_in_session, "events_in_session"),
+                           Field(examples=[190])),
         device_type=(device_type, Field(examples=["desktop"])),
         timestamp=(
             stamp | None,
@@ -162,12 +218,12 @@ def build_event_model(events: EventSettings) -> type[BaseModel]:
                   "takes it. Replaces or must agree with hour_of_day/day_of_week."),
         ),
         hour_of_day=(
-            whole_number(0, 23) | None,
+            whole_number(0, 23, "hour_of_day") | None,
             Field(None, validate_default=True,
                   description="0-23 in UTC; required without timestamp.", examples=[2]),
         ),
         day_of_week=(
-            whole_number(0, 6) | None,
+            whole_number(0, 6, "day_of_week") | None,
             Field(None, validate_default=True,
                   description="0=Monday..6=Sunday in UTC; required without timestamp.",
                   examples=[1]),
