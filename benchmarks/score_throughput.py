@@ -613,7 +613,8 @@ def enlarge_day(data_dir: Path, day: date, target: int) -> int:
 
     folder = io.partition_dir(data_dir, io.EVENTS, day)
     original = pl.read_parquet(io.partition_files(data_dir, io.EVENTS, day))
-    shutil.rmtree(folder)
+    shutil.rmtree(folder)  # and its checksum records, or the day reads as damaged
+    shutil.rmtree(Path(data_dir) / io.CHECKSUMS / io.EVENTS / folder.name, ignore_errors=True)
     copies = max(1, round(target / original.height))
     big = pl.concat([
         original.with_columns(
