@@ -210,18 +210,17 @@ def scorer_microbenchmark(env: dict[str, str], matrix: Path, rows: int = 2000) -
 
 
 def baseline_index_microbenchmark(env: dict[str, str], users: int = 100_000) -> dict[str, float]:
-    """Per-request feature time with the indexed snapshot vs joining the whole snapshot.
+    """Features of one event against a large compiled snapshot: the cost must not grow with it.
 
     The snapshot of the run is blown up to ``users`` users (copies of real rows under new
-    ids) to show what the index buys for a large tenant.
+    ids) and compiled as the API compiles it at load; one event's features are then
+    array lookups by its user's row.
     """
     import polars as pl
 
     from uba import io
-    from uba.api.inference import ScoringEvent, events_frame, feature_frame
-    from uba.api.state import index_baselines
-    from uba.features import POPULATION_USER, attach_baselines, compute_features
-    from uba.reasons import explain
+    from uba.features import POPULATION_USER, compile_baselines
+    from uba.features.compiled import event_columns, feature_arrays
 
     as_of, path = io.latest_baseline_snapshot(Path(env["UBA_DATA_DIR"]))  # type: ignore[misc]
     snapshot = io.read_baseline_snapshot(path)
@@ -231,22 +230,16 @@ def baseline_index_microbenchmark(env: dict[str, str], users: int = 100_000) -> 
         [people.with_columns(pl.col("user_id") + f"-{k}") for k in range(copies)]
         + [snapshot.filter(pl.col("user_id") == POPULATION_USER)], how="vertical",
     )
-    index = index_baselines(big, as_of, path)
+    t = time.perf_counter()
+    compiled = compile_baselines(big)
+    out = {"users": float(big.height - 1), "compile": (time.perf_counter() - t) * 1e3}
     user = big["user_id"][big.height // 2]
-    events = [ScoringEvent("e1", user, None, "login", 600.0, 12, "desktop", 10, 2, None)]
-
-    def joined() -> None:
-        lf = attach_baselines(events_frame(events).lazy(), big.lazy())
-        explain(compute_features(lf), 3).collect()
-
-    out = {"users": float(big.height - 1)}
-    for name, call in (("indexed", lambda: feature_frame(index, events, 3)), ("full_join", joined)):
-        times = []
-        for _ in range(40):
-            t = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t)
-        out[name] = statistics.median(times) * 1e3
+    times = []
+    for _ in range(2000):
+        t = time.perf_counter()
+        feature_arrays(compiled, event_columns(compiled, [user], ["login"], ["desktop"], [600.0], [12], [10], [2]))
+        times.append(time.perf_counter() - t)
+    out["indexed"] = statistics.median(times) * 1e3
     return out
 
 
@@ -307,10 +300,9 @@ def write_results(path: Path, runs: list[Run], info: dict[str, str], micro: dict
         f"- compact forest: {micro['compact']:.3f} ms; scikit-learn score_samples: {micro['sklearn']:.3f} ms "
         f"(x{micro['sklearn'] / micro['compact']:.0f})",
         "",
-        f"Features + reasons for one event against a snapshot of {index['users']:,.0f} users (median):",
+        f"Features of one event against a compiled snapshot of {index['users']:,.0f} users (median):",
         "",
-        f"- indexed snapshot (the user's row sliced by a dict lookup): {index['indexed']:.2f} ms; "
-        f"joining the whole snapshot: {index['full_join']:.2f} ms",
+        f"- {index['indexed']:.3f} ms per event (compiling the snapshot at load: {index['compile']:.0f} ms)",
         "",
         "## Reading the numbers",
         "",
@@ -325,15 +317,295 @@ def write_results(path: Path, runs: list[Run], info: dict[str, str], micro: dict
     path.write_text("\n".join(lines))
 
 
+# ---- in process: the handler's own work per event (issue 12) -------------------------------
+
+INPROCESS_RESULTS = REPO / "benchmarks" / "results" / "api_inprocess.md"
+# The files issue 12 rewrites: the "before" tree is the working tree with these taken
+# from --baseline-rev, so both sides share everything else (validation, middleware, ...)
+# and the ratio is the change's own.
+CHANGED_PATHS = (
+    "uba/features/events.py", "uba/features/compiled.py", "uba/features/__init__.py", "uba/reasons.py",
+    "uba/pipeline.py", "uba/api/inference.py", "uba/api/state.py", "uba/api/batcher.py",
+    "uba/api/routes/predict.py", "uba/thresholds.py", "uba/operations.py", "uba/feedback.py",
+    "uba/decision.py", "uba/scoring/shard.py",
+)
+PAYLOAD_CLASSES = ("known_ordinary", "known_flagged", "unknown_ordinary", "unknown_flagged")
+PER_CLASS_BODIES = 50
+
+
+def asgi_request(path: str, body: bytes) -> dict[str, Any]:
+    """The HTTP scope of a JSON POST, as a server would hand it to the app."""
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"bench"), (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+    }
+
+
+async def asgi_post(app: Any, path: str, body: bytes) -> tuple[int, bytes]:
+    """One request straight through the ASGI app (no socket, no HTTP parser): what is timed
+    is middleware, routing, validation, scoring and serialisation."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    status, chunks = 0, []
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(asgi_request(path, body), receive, send)
+    return status, b"".join(chunks)
+
+
+async def _timed_calls(app: Any, bodies: list[bytes], calls: int) -> list[float]:
+    times = []
+    for i in range(calls):
+        body = bodies[i % len(bodies)]
+        began = time.perf_counter()
+        status, answer = await asgi_post(app, "/predict", body)
+        times.append(time.perf_counter() - began)
+        if status != 200:
+            raise RuntimeError(f"/predict answered {status}: {answer[:300]!r}")
+    return times
+
+
+async def _serve_and_time(spec: dict[str, Any]) -> dict[str, Any]:
+    from uba.api.app import create_app
+    from uba.settings import load_settings
+
+    app = create_app(load_settings(env=spec["env"]))
+    out: dict[str, Any] = {"median_ms": {}, "p99_ms": {}, "calls": spec["calls"]}
+    async with app.router.lifespan_context(app):
+        for name, bodies in spec["bodies"].items():
+            encoded = [b.encode() for b in bodies]
+            await _timed_calls(app, encoded, min(200, spec["calls"]))  # warm-up
+            if spec.get("profile"):
+                out.setdefault("profile", {})[name] = await _profile(app, encoded, spec["calls"])
+                continue
+            times = sorted(await _timed_calls(app, encoded, spec["calls"]))
+            out["median_ms"][name] = statistics.median(times) * 1e3
+            out["p99_ms"][name] = times[int(0.99 * (len(times) - 1))] * 1e3
+    return out
+
+
+async def _profile(app: Any, bodies: list[bytes], calls: int) -> str:
+    import cProfile
+    import io as _io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    await _timed_calls(app, bodies, calls)
+    profiler.disable()
+    text = _io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+    return text.getvalue()
+
+
+def inprocess_worker(spec_path: Path) -> None:
+    """Entry of the timing subprocess: imports whichever ``uba`` its PYTHONPATH names."""
+    import asyncio
+
+    spec = json.loads(spec_path.read_text())
+    result = asyncio.run(_serve_and_time(spec))
+    import uba
+
+    result["uba_from"] = str(Path(uba.__file__).parent)
+    print(json.dumps(result))
+
+
+def baseline_tree(rev: str, dest: Path) -> Path:
+    """The working tree's ``uba`` with CHANGED_PATHS as they were at ``rev`` (absent then: removed)."""
+    shutil.copytree(REPO / "uba", dest / "uba", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in CHANGED_PATHS:
+        shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, capture_output=True)
+        target = dest / path
+        if shown.returncode == 0:
+            target.write_bytes(shown.stdout)
+        elif target.exists():
+            target.unlink()
+    return dest
+
+
+def run_timing(pythonpath: Path, spec: dict[str, Any], work: Path, label: str) -> dict[str, Any]:
+    spec_path = work / f"spec-{label}.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {**spec["env"], "PYTHONPATH": str(pythonpath), "POLARS_MAX_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)],
+                          env=env, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{label} timing failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if not result["uba_from"].startswith(str(pythonpath)):
+        raise RuntimeError(f"{label} imported uba from {result['uba_from']}, not {pythonpath}")
+    return result
+
+
+def classify_bodies(env: dict[str, str], root: Path, day: date) -> dict[str, list[str]]:
+    """Up to PER_CLASS_BODIES request bodies per payload class, sorted by how the product scores them.
+
+    Candidates: the day's real events (known users), the same events under never-seen
+    user ids, and the seed's long night session for both kinds of users.
+    """
+    import asyncio
+
+    from uba import io
+
+    events = io.scan_events(root / "data", day).head(BODIES).collect()
+    candidates = []
+    for i, row in enumerate(events.iter_rows(named=True)):
+        body = {k: row[k] for k in ("event_id", "user_id", "event_type", "session_duration_sec",
+                                    "events_in_session", "device_type")}
+        body["timestamp"] = row["timestamp"].isoformat()
+        seed = {**body, "session_duration_sec": 18000, "events_in_session": 190,
+                "timestamp": row["timestamp"].replace(hour=2).isoformat(), "event_id": f"seed-{i}"}
+        for one in (body, seed):
+            candidates.append(one)
+            candidates.append({**one, "user_id": f"bench-stranger-{i}", "event_id": f"{one['event_id']}-x"})
+
+    async def judge() -> dict[str, list[str]]:
+        from uba.api.app import create_app
+        from uba.settings import load_settings
+
+        app = create_app(load_settings(env=env))
+        found: dict[str, list[str]] = {name: [] for name in PAYLOAD_CLASSES}
+        async with app.router.lifespan_context(app):
+            for body in candidates:
+                text = json.dumps(body)
+                status, answer = await asgi_post(app, "/predict", text.encode())
+                if status != 200:
+                    raise RuntimeError(f"/predict answered {status}: {answer[:300]!r}")
+                verdict = json.loads(answer)
+                name = (f"{'known' if verdict['known_user'] else 'unknown'}_"
+                        f"{'flagged' if verdict['is_anomaly'] else 'ordinary'}")
+                if len(found[name]) < PER_CLASS_BODIES:
+                    found[name].append(text)
+        return found
+
+    return asyncio.run(judge())
+
+
+def inprocess_main(args: argparse.Namespace) -> None:
+    """Old (``--baseline-rev``) vs new handler work, alternating rounds in fresh processes."""
+    from _machine import machine_info
+
+    command = "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
+    info = machine_info("polars", "numpy", "fastapi")
+    root = Path(tempfile.mkdtemp(prefix="uba-api-inproc-"))
+    try:
+        env, _, version, as_of = build_world(root, args.users, args.days)
+        env = {**env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        bodies = classify_bodies(env, root, as_of)
+        missing = [name for name, found in bodies.items() if not found]
+        if missing:
+            raise RuntimeError(f"no request body found for {missing}")
+        before = baseline_tree(args.baseline_rev, root / "before")
+        rounds: list[dict[str, Any]] = []
+        for r in range(args.rounds):
+            load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+            new = run_timing(REPO, {"env": env, "bodies": bodies, "calls": args.calls}, root, "new")
+            old = (run_timing(before, {"env": env, "bodies": bodies, "calls": args.baseline_calls}, root, "old")
+                   if args.baseline_calls else None)
+            rounds.append({"round": r + 1, "load": load, "new": new, "old": old,
+                           "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg())})
+            print(json.dumps(rounds[-1]), flush=True)
+        profile = None
+        if args.profile:
+            profile = run_timing(REPO, {"env": env, "bodies": bodies, "calls": 2000, "profile": True},
+                                 root, "profile")["profile"]
+        setup = {"users": args.users, "days": args.days, "version": version, "as_of": as_of,
+                 "bodies": {k: len(v) for k, v in bodies.items()}, "baseline_rev": args.baseline_rev}
+        write_inprocess(args.out or INPROCESS_RESULTS, rounds, info, command, setup, profile)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def write_inprocess(path: Path, rounds: list[dict[str, Any]], info: dict[str, str], command: str,
+                    setup: dict[str, Any], profile: dict[str, str] | None) -> None:
+    lines = [
+        "# /predict handler work per event, in process: before vs after issue 12",
+        "",
+        f"Recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `benchmarks/api_latency.py --inprocess`.",
+        "",
+        "Command:", "", "```", command, "```", "",
+        "## Machine", "",
+        *(f"- {k}: {v}" for k, v in info.items()), "",
+        "## What is timed", "",
+        "- One `POST /predict` at a time straight through the ASGI app (`create_app()` with its lifespan, "
+        "middleware, API-key check, body validation, scoring, JSON answer): no socket, no HTTP parser.",
+        f"- World: {setup['users']} users x {setup['days']} days generated and trained with `train_model` "
+        f"(bundle `{setup['version']}`), baselines as of {setup['as_of']}.",
+        f"- Payload classes (bodies per class, rotated): {setup['bodies']}; classified by the product's own "
+        "verdict (known/unknown user, flagged/ordinary).",
+        f"- `before`: the working tree with issue 12's files as of `{setup['baseline_rev']}` "
+        f"({', '.join(CHANGED_PATHS)}); `after`: the working tree. Same world, same bodies, "
+        "one fresh process per side per round, `POLARS_MAX_THREADS=1`, sides alternating.",
+        "",
+        "## Results (median ms per call; p99 in brackets)", "",
+        "| round | load avg before / after | side | calls per class | "
+        + " | ".join(PAYLOAD_CLASSES) + " |",
+        "|---|---|---|---:|" + "---:|" * len(PAYLOAD_CLASSES),
+    ]
+    for r in rounds:
+        for side in ("old", "new"):
+            res = r[side]
+            if res is None:
+                continue
+            cells = " | ".join(f"{res['median_ms'][c]:.3f} ({res['p99_ms'][c]:.2f})" for c in PAYLOAD_CLASSES)
+            label = "before" if side == "old" else "after"
+            lines.append(f"| {r['round']} | {r['load']} / {r['load_after']} | {label} | {res['calls']} | {cells} |")
+    if all(r["old"] for r in rounds):
+        lines += ["", "Ratio before / after, per round (same run, same world):", ""]
+        for r in rounds:
+            ratios = ", ".join(f"{c} x{r['old']['median_ms'][c] / r['new']['median_ms'][c]:.1f}"
+                               for c in PAYLOAD_CLASSES)
+            lines.append(f"- round {r['round']}: {ratios}")
+    if profile:
+        lines += ["", "## Where the time goes (after; cProfile, 2,000 calls per class, top by own time)", ""]
+        for name, text in profile.items():
+            lines += [f"### {name}", "", "```", text.strip(), "```", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--days", type=int, default=21)
     parser.add_argument("--duration", type=int, default=60, help="seconds of load per cell")
     parser.add_argument("--connections", default="1,16", help="comma-separated concurrency levels")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    parser.add_argument("--inprocess", action="store_true",
+                        help="time the handler's own work in process, before vs after (issue 12)")
+    parser.add_argument("--calls", type=int, default=10_000, help="--inprocess: calls per payload class")
+    parser.add_argument("--baseline-calls", type=int, default=1_000,
+                        help="--inprocess: calls per class for the before side (0: skip it)")
+    parser.add_argument("--baseline-rev", default="HEAD", help="--inprocess: the before side's revision")
+    parser.add_argument("--rounds", type=int, default=3, help="--inprocess: alternating rounds")
+    parser.add_argument("--profile", action="store_true", help="--inprocess: add a cProfile of the after side")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        inprocess_worker(args.worker)
+        return
+    if args.inprocess:
+        inprocess_main(args)
+        return
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
     command = "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
@@ -363,8 +635,8 @@ def main() -> None:
                     print(runs[-1], flush=True)
         setup = {"users": args.users, "days": args.days, "rows": int(np.load(matrix).shape[0]),
                  "version": version, "as_of": as_of, "bodies": n_bodies, "duration": args.duration}
-        write_results(args.out, runs, info, micro, index, command, setup)
-        print(f"wrote {args.out}")
+        write_results(args.out or RESULTS, runs, info, micro, index, command, setup)
+        print(f"wrote {args.out or RESULTS}")
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

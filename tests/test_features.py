@@ -248,8 +248,9 @@ def test_unknown_user_gets_the_population_baseline_and_known_user_false():
     known, unknown = out.row(0, named=True), out.row(1, named=True)
     assert known["known_user"] is True and unknown["known_user"] is False
     pop = row_of(base, POPULATION_USER)
-    assert unknown["bl_mean_log_duration"] == pop["mean_log_duration"]
-    assert unknown["bl_hour_spread"] == pop["hour_spread"]
+    assert unknown["user_median_session_sec"] == pytest.approx(math.exp(pop["mean_log_duration"]) - 1.0)
+    assert unknown["user_usual_hour_start"] == pop["usual_hour_start"]
+    assert unknown["bl_history_days"] == 0 and unknown["bl_days_active"] == 0
     assert unknown["log_history_days"] == 0.0 and known["log_history_days"] == pytest.approx(math.log1p(5))
     assert unknown["device_rarity"] == 0.0 and unknown["event_type_rarity"] == 0.0
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from uba.features.events import attach_baselines, compute_features
+from uba.features.events import features_frame
 from uba.feedback import apply_suppressions
 from uba.reasons import explain
 from uba.schema import EVENT_SCHEMA
@@ -66,14 +66,10 @@ def events_frame(events: Sequence[ScoringEvent]) -> pl.DataFrame:
 def feature_frame(
     baselines: BaselineIndex, events: Sequence[ScoringEvent], max_reasons: int
 ) -> pl.DataFrame:
-    """Features and reasons for the events, in request order.
-
-    Only the rows these events need (their users' + the population row) are joined, so
-    the cost does not grow with the size of the snapshot.
-    """
+    """Features and reasons for the events, in request order (the snapshot is compiled at
+    load, so the cost does not grow with its size)."""
     frame = events_frame(events)
-    rows = baselines.rows_for([e.user_id for e in events])
-    features = explain(compute_features(attach_baselines(frame.lazy(), rows.lazy())), max_reasons)
+    features = explain(features_frame(frame, baselines.compiled).lazy(), max_reasons)
     return features.sort(_ROW_ORDER).collect()
 
 

@@ -22,6 +22,7 @@ from uba import io
 from uba.artifacts import Bundle, load_bundle
 from uba.errors import BundleError, UserError
 from uba.features.baselines import POPULATION_USER
+from uba.features.compiled import CompiledBaselines, compile_baselines
 from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
 from uba.feedback import RULE_SCHEMA, active_rules, load_rules
 from uba.logs import get_logger
@@ -36,32 +37,18 @@ RulesKey = tuple[str, ...]
 
 @dataclass(frozen=True, eq=False)
 class BaselineIndex:
-    """A baseline snapshot indexed by user, so a request slices its row instead of joining.
-
-    ``positions`` maps user_id to its row in ``frame``; slicing a Polars frame is
-    zero-copy, and a dict of ints stays small even for millions of users.
-    """
+    """A baseline snapshot compiled at load into per-user arrays (``compiled``), so a
+    request's features are array lookups by its user's row, not a join or a query."""
 
     as_of: date
     path: Path
     frame: pl.DataFrame
-    positions: Mapping[str, int]
-    population: pl.DataFrame
+    compiled: CompiledBaselines
     stamp: tuple[int, ...] = ()
 
     @property
     def users(self) -> int:
-        return len(self.positions) - (POPULATION_USER in self.positions)
-
-    def rows_for(self, user_ids: list[str]) -> pl.DataFrame:
-        """The baseline rows these users need: their own (when known) plus the population row."""
-        wanted = sorted({self.positions[u] for u in user_ids
-                         if u in self.positions and u != POPULATION_USER})
-        if not wanted:
-            return self.population
-        if len(wanted) == 1:
-            return pl.concat([self.frame.slice(wanted[0], 1), self.population], how="vertical")
-        return pl.concat([self.frame[wanted], self.population], how="vertical")
+        return len(self.compiled.positions)
 
 
 def snapshot_stamp(path: Path) -> tuple[int, ...]:
@@ -76,18 +63,15 @@ def snapshot_stamp(path: Path) -> tuple[int, ...]:
 
 def index_baselines(frame: pl.DataFrame, as_of: date, path: Path,
                     stamp: tuple[int, ...] = ()) -> BaselineIndex:
-    """Validate a snapshot (one row per user, a population row) and index it."""
+    """Validate a snapshot (one row per user, a population row) and compile it."""
     if "user_id" not in frame.columns:
         raise UserError(f"baseline snapshot {path} has no user_id column")
     ids = frame["user_id"].to_list()
     if len(set(ids)) != len(ids):
         raise UserError(f"baseline snapshot {path} has duplicate user_id rows")
-    positions = {uid: i for i, uid in enumerate(ids)}
-    if POPULATION_USER not in positions:
+    if POPULATION_USER not in ids:
         raise UserError(f"baseline snapshot {path} has no population row ({POPULATION_USER!r})")
-    population = frame.slice(positions[POPULATION_USER], 1)
-    return BaselineIndex(as_of=as_of, path=path, frame=frame, positions=positions, population=population,
-                         stamp=stamp)
+    return BaselineIndex(as_of=as_of, path=path, frame=frame, compiled=compile_baselines(frame), stamp=stamp)
 
 
 @dataclass(frozen=True, eq=False)

@@ -6,14 +6,14 @@ holds the job-layer helpers that read and write through ``uba.io``.
 
 from uba.features.aggregates import daily_aggregates
 from uba.features.baselines import POPULATION_USER, user_baselines
+from uba.features.compiled import CompiledBaselines, compile_baselines, feature_arrays
 from uba.features.events import (
     CONTEXT_COLUMNS,
     DEVIATION_COLUMNS,
     FEATURE_COLUMNS,
     FEATURE_SET_VERSION,
-    attach_baselines,
-    compute_features,
     event_features,
+    features_frame,
 )
 from uba.features.store import baselines_as_of, ensure_aggregates, snapshot_baselines
 
@@ -23,12 +23,14 @@ __all__ = [
     "FEATURE_COLUMNS",
     "FEATURE_SET_VERSION",
     "POPULATION_USER",
-    "attach_baselines",
+    "CompiledBaselines",
     "baselines_as_of",
-    "compute_features",
+    "compile_baselines",
     "daily_aggregates",
     "ensure_aggregates",
     "event_features",
+    "feature_arrays",
+    "features_frame",
     "snapshot_baselines",
     "user_baselines",
 ]

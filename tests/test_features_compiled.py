@@ -1,0 +1,123 @@
+"""The compiled feature kernel gives the values the former Polars expressions gave.
+
+``uba.features.compiled`` is the one definition of the event features (batch frames
+through ``uba.features.events``, single API events directly). These tests compare it
+with the frozen expressions (``tests/polars_features_reference.py``) on a generated,
+trained world's scoring day, on that day twisted into edge cases (unknown users, an
+unknown device, missing hours and weekdays, a population-only snapshot) and on a
+snapshot built from no history at all: same nulls, values equal to 1e-12.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import polars_features_reference as reference
+import pytest
+from test_api_world import SCORE_DAY, shared_world
+from test_features import DAY0, FEATURES, event, frame, population
+
+from uba import io
+from uba.features import POPULATION_USER, daily_aggregates, user_baselines
+from uba.features.compiled import (
+    CONTEXT_COLUMNS,
+    FEATURE_COLUMNS,
+    compile_baselines,
+    event_columns,
+    feature_arrays,
+)
+from uba.features.events import BASELINE_PREFIX, event_features, features_frame
+
+TOLERANCE = 1e-12
+COMPARED = (*FEATURE_COLUMNS, *CONTEXT_COLUMNS,
+            *(BASELINE_PREFIX + c for c in ("history_days", "days_active", "events_per_active_day")))
+
+
+def assert_same(old: pl.DataFrame, new: pl.DataFrame) -> None:
+    """Same dtypes, same nulls, values within TOLERANCE (NaN where the other is NaN)."""
+    assert old.height == new.height
+    for name in COMPARED:
+        a, b = old[name], new[name]
+        assert a.dtype == b.dtype, name
+        assert (a.is_null() == b.is_null()).all(), name
+        if a.dtype == pl.Boolean:
+            assert a.fill_null(False).equals(b.fill_null(False)), name
+            continue
+        x, y = a.cast(pl.Float64).to_numpy(), b.cast(pl.Float64).to_numpy()
+        assert (np.isnan(x) == np.isnan(y)).all(), name
+        both = ~np.isnan(x)
+        assert np.all(np.abs(x[both] - y[both]) <= TOLERANCE), name
+
+
+@pytest.fixture(scope="module")
+def day(tmp_path_factory: pytest.TempPathFactory) -> tuple[pl.DataFrame, pl.DataFrame]:
+    world = shared_world(tmp_path_factory)
+    snapshot = io.latest_baseline_snapshot(world.data_dir)
+    assert snapshot is not None
+    return io.scan_events(world.data_dir, SCORE_DAY).collect(), io.read_baseline_snapshot(snapshot[1])
+
+
+def twisted(events: pl.DataFrame) -> pl.DataFrame:
+    """Every third event by a stranger, every seventh on an unknown device, every fifth
+    without an hour, every eleventh with neither weekday nor timestamp."""
+    i = pl.int_range(pl.len())
+    return events.with_columns(
+        user_id=pl.when(i % 3 == 0).then(pl.lit("stranger")).otherwise(pl.col("user_id")),
+        device_type=pl.when(i % 7 == 0).then(pl.lit("tablet")).otherwise(pl.col("device_type")),
+        hour_of_day=pl.when(i % 5 == 0).then(None).otherwise(pl.col("hour_of_day")),
+        day_of_week=pl.when(i % 11 == 0).then(None).otherwise(pl.col("day_of_week")),
+        timestamp=pl.when(i % 11 == 0).then(None).otherwise(pl.col("timestamp")),
+    )
+
+
+def test_kernel_equals_the_polars_expressions_on_a_generated_day(day) -> None:
+    events, snapshot = day
+    old = reference.event_features(events.lazy(), snapshot.lazy()).collect()
+    assert_same(old, features_frame(events, compile_baselines(snapshot)))
+    assert_same(old, event_features(events.lazy(), snapshot.lazy()).collect())
+
+
+def test_kernel_equals_the_polars_expressions_on_edge_cases(day) -> None:
+    events, snapshot = day
+    odd = twisted(events)
+    old = reference.event_features(odd.lazy(), snapshot.lazy()).collect()
+    assert_same(old, features_frame(odd, compile_baselines(snapshot)))
+    population_only = snapshot.filter(pl.col("user_id") == POPULATION_USER)
+    old = reference.event_features(events.lazy(), population_only.lazy()).collect()
+    assert_same(old, features_frame(events, compile_baselines(population_only)))
+
+
+@pytest.mark.parametrize("history_users", [0, 3])
+def test_kernel_equals_the_polars_expressions_without_history(history_users: int) -> None:
+    rows = population(history_users) if history_users else []
+    snapshot = user_baselines(daily_aggregates(frame(rows)), DAY0, FEATURES).collect()
+    odd = frame([
+        event("a", DAY0, 0, duration=0, actions=1, event_type="download", device="mobile"),
+        {**event("office0", DAY0, 23, duration=7 * 24 * 3600, actions=100_000), "hour_of_day": None},
+        event("office1", DAY0, 3, event_type="logout"),
+    ]).collect()
+    old = reference.event_features(odd.lazy(), snapshot.lazy()).collect()
+    assert_same(old, features_frame(odd, compile_baselines(snapshot)))
+
+
+def test_one_event_at_a_time_equals_the_frame(day) -> None:
+    """What the API computes for one event (plain values, no frame) is what a shard computes."""
+    events, snapshot = day
+    compiled = compile_baselines(snapshot)
+    odd = twisted(events).head(60)
+    whole = features_frame(odd, compiled)
+    for i, row in enumerate(odd.iter_rows(named=True)):
+        hour = row["hour_of_day"] if row["hour_of_day"] is not None else (
+            row["timestamp"].hour if row["timestamp"] is not None else np.nan)
+        weekday = row["day_of_week"] if row["day_of_week"] is not None else (
+            row["timestamp"].weekday() if row["timestamp"] is not None else np.nan)
+        columns = event_columns(compiled, [row["user_id"]], [row["event_type"]], [row["device_type"]],
+                                [row["session_duration_sec"]], [row["events_in_session"]], [hour], [weekday])
+        one = feature_arrays(compiled, columns)
+        for name in (*FEATURE_COLUMNS, *CONTEXT_COLUMNS):
+            expected = whole[name][i]
+            got = one[name][0]
+            if expected is None:
+                assert np.isnan(got), name
+            else:
+                assert got == expected, name

@@ -1,0 +1,457 @@
+"""The event features as array arithmetic over a baseline snapshot compiled once.
+
+Everything an event's features read from its user's baseline depends only on the
+snapshot, so :func:`compile_baselines` turns the snapshot frame into per-user arrays
+once (at API load, once per batch shard): moments, spreads, first-use weights, medians,
+and one ``(users x categories)`` table per category kind (rarities and shares) whose
+extra last column is the value for a category the snapshot does not know. An event's
+features are then gathers by (user row, category code) plus a few vectorised
+operations: :func:`feature_arrays`, the one definition of every feature and context
+column, called by the batch job (on a shard's columns, ``uba.features.events``) and by
+the API (on the columns of a request's events) alike.
+
+Numerics follow the former Polars expressions exactly where it matters: logarithms and
+exponentials go through the C library (``math``; Polars calls the same functions, numpy's
+own SIMD versions differ in the last bit), and the total of the deviations is added in
+the association Polars' ``sum_horizontal`` uses. Missing baseline values are NaN here;
+a missing share is told apart from a NaN one by a mask, because "never used" (missing or
+0) and "no information" (NaN) read differently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from uba.features.aggregates import DOWNLOAD, HOURS, WEEKDAYS, categories_in
+from uba.features.baselines import POPULATION_USER, hour_label, rarity_col, share_col
+
+# Deviation features, all surprises in nats (0 = as expected for this user).
+DEVIATION_COLUMNS: tuple[str, ...] = (
+    "session_length_excess",
+    "actions_excess",
+    "hour_deviation",
+    "device_rarity",
+    "event_type_rarity",
+    "download_intensity",
+    "time_of_week_rarity",
+)
+
+FEATURE_COLUMNS: tuple[str, ...] = (
+    # the seed's event-level fields
+    "log_session_duration",
+    "log_events_in_session",
+    "event_hour",
+    "event_weekday",
+    "event_type_code",
+    "device_code",
+    # deviations from the user's own baseline
+    *DEVIATION_COLUMNS,
+    "first_use",
+    # the strongest and the sum of the deviations above, so a one-feature anomaly is
+    # extreme in more than one dimension the forest may pick
+    "max_surprise",
+    "total_surprise",
+    # how much history backs the baseline
+    "log_history_days",
+)
+
+# Context the reasons quote; kept next to the features in scored output.
+CONTEXT_COLUMNS: tuple[str, ...] = (
+    "known_user",
+    "session_length_z",
+    "actions_z",
+    "hour_z",
+    "device_rarity_nats",
+    "event_type_rarity_nats",
+    "download_surprise",
+    "user_median_session_sec",
+    "user_median_actions",
+    "user_usual_hour_start",
+    "user_usual_hour_end",
+    "user_device_share",
+    "user_event_type_share",
+    "user_download_share",
+    "user_weekday_share",
+    "hour_rarity",
+    "weekday_rarity",
+    "global_extremity",
+    "global_by_actions",
+)
+# Context columns where "no value" is a null in frames (NaN in the arrays).
+NULLABLE_CONTEXT: tuple[str, ...] = (
+    "user_median_session_sec", "user_median_actions", "user_device_share", "user_event_type_share",
+    "user_download_share", "user_weekday_share", "hour_rarity", "weekday_rarity",
+)
+INTEGER_CONTEXT: tuple[str, ...] = ("user_usual_hour_start", "user_usual_hour_end")
+BOOLEAN_CONTEXT: tuple[str, ...] = ("known_user", "global_by_actions")
+
+Z_CLIP = 10.0
+NOISE_NATS = 4.0  # z-type deviations count from z ~ 2.8 (0.25% one-sided) upward
+RARITY_NOISE_NATS = 2.0  # categories count from e^2 ~ 7.4x rarer than for the population
+# a download by a user who downloads 3x less than the population, counted from 1 nat: the
+# evidence of a spree is split over its rows (row-local), so each row's share is small
+DOWNLOAD_NOISE_NATS = 1.0
+RARITY_CLIP = 12.0
+HOUR_DEVIATION_CLIP = 12.0
+FIRST_USE_CLIP = 2.0
+POPULATION_SD_FLOOR = 1e-6
+# Below this many values, C-library calls one by one beat a round trip through Polars.
+_SCALAR_MATH_ROWS = 16
+
+
+@dataclass(frozen=True, eq=False)
+class CategoryTable:
+    """One kind of category: code per name, and per-user values by (row, code).
+
+    ``values`` has one column per known category plus a last one for any other value
+    (the baseline's "unseen" rarity, or a share of 0); ``missing`` marks values that
+    were null in the snapshot (shares only).
+    """
+
+    names: tuple[str, ...]
+    values: np.ndarray
+    missing: np.ndarray | None = None
+
+    def codes(self, categories: Sequence[str | None]) -> np.ndarray:
+        """Position of each category in ``names`` (any other value or None: ``len(names)``)."""
+        lookup = {name: i for i, name in enumerate(self.names)}
+        other = len(self.names)
+        return np.fromiter((lookup.get(c, other) for c in categories), dtype=np.intp, count=len(categories))
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledBaselines:
+    """A baseline snapshot as arrays, one row per snapshot row (the population row included).
+
+    ``scalars`` holds per-row values derived once (see ``_scalars``); the tables give
+    the rarities and shares an event looks up by its category.
+    """
+
+    user_ids: tuple[str, ...]
+    positions: Mapping[str, int]
+    population: int
+    scalars: Mapping[str, np.ndarray]
+    device_rarity: CategoryTable
+    event_rarity: CategoryTable
+    hour_rarity: np.ndarray  # (rows, 25): hours 0..23, then unseen
+    dow_rarity: np.ndarray  # (rows, 8): Monday..Sunday, then unseen
+    device_share: CategoryTable
+    event_share: CategoryTable
+    dow_share: CategoryTable
+    frame: pl.DataFrame  # the snapshot itself (outputs quote a few of its columns)
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return self.device_rarity.names
+
+    @property
+    def event_types(self) -> tuple[str, ...]:
+        return self.event_rarity.names
+
+    def rows_for(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's snapshot row (the population row for an unknown user) and whether known."""
+        pop, positions = self.population, self.positions
+        rows = np.fromiter((positions.get(u, pop) for u in user_ids), dtype=np.intp, count=len(user_ids))
+        return rows, rows != pop
+
+
+def _column(frame: pl.DataFrame, name: str) -> np.ndarray:
+    """A snapshot column as float64 with NaN for null (absent column: all NaN)."""
+    if name not in frame.columns:
+        return np.full(frame.height, np.nan)
+    return frame[name].cast(pl.Float64).to_numpy().astype(np.float64, copy=True)
+
+
+def _table(frame: pl.DataFrame, names: Sequence[str], columns: Sequence[str],
+           other: np.ndarray, with_missing: bool = False) -> CategoryTable:
+    values = np.column_stack([*(_column(frame, c) for c in columns), other]) if frame.height else \
+        np.zeros((0, len(columns) + 1))
+    missing = None
+    if with_missing:
+        flags = [frame[c].is_null().to_numpy() if c in frame.columns else np.ones(frame.height, dtype=bool)
+                 for c in columns]
+        missing = np.column_stack([*flags, np.zeros(frame.height, dtype=bool)]) if frame.height else \
+            np.zeros((0, len(columns) + 1), dtype=bool)
+    return CategoryTable(tuple(names), np.ascontiguousarray(values), missing)
+
+
+def _log1p(values: np.ndarray) -> np.ndarray:
+    """``log(1 + x)`` bit for bit as the C library (and Polars) computes it."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size <= _SCALAR_MATH_ROWS:
+        return np.array([_c_log1p(v) for v in values.tolist()], dtype=np.float64)
+    return pl.Series(values).log1p().to_numpy()
+
+
+def _c_log1p(value: float) -> float:
+    if math.isnan(value) or value < -1.0:
+        return math.nan
+    return -math.inf if value == -1.0 else math.log1p(value)
+
+
+def _expm1_of_exp(values: np.ndarray) -> np.ndarray:
+    """``exp(x) - 1`` as the former expressions computed it (exp, then subtract)."""
+    values = np.asarray(values, dtype=np.float64)
+    return pl.Series(values).exp().to_numpy() - 1.0
+
+
+def finite(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Missing or NaN counts as "no deviation" (0); the result is clipped to [low, high].
+
+    Plain ufuncs rather than ``np.clip`` / ``np.nan_to_num``, which cost several
+    microseconds each on the API's one-event arrays.
+    """
+    values = np.where(np.isnan(values), 0.0, values)
+    return np.minimum(np.maximum(values, low), high)
+
+
+def _scalars(frame: pl.DataFrame) -> dict[str, np.ndarray]:
+    """Per-row quantities every event of the row's user reuses, derived once per snapshot."""
+    col = {name: _column(frame, name) for name in (
+        "mean_log_duration", "sd_log_duration", "mean_log_actions", "sd_log_actions", "hour_mean",
+        "hour_spread", "pop_mean_log_duration", "pop_sd_log_duration", "pop_mean_log_actions",
+        "pop_sd_log_actions", "n_sessions", "n_events", "share_prior_device", "share_prior_event",
+        "history_days", "usual_hour_start", "usual_hour_length", share_col("event", DOWNLOAD),
+        rarity_col("event", DOWNLOAD))}
+    start = col["usual_hour_start"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "mean_log_duration": col["mean_log_duration"], "sd_log_duration": col["sd_log_duration"],
+            "mean_log_actions": col["mean_log_actions"], "sd_log_actions": col["sd_log_actions"],
+            "hour_mean": col["hour_mean"], "hour_spread": col["hour_spread"],
+            "pop_mean_log_duration": col["pop_mean_log_duration"],
+            "pop_sd_log_duration": np.clip(col["pop_sd_log_duration"], POPULATION_SD_FLOOR, None),
+            "pop_mean_log_actions": col["pop_mean_log_actions"],
+            "pop_sd_log_actions": np.clip(col["pop_sd_log_actions"], POPULATION_SD_FLOOR, None),
+            # first use of a device / event type weighs n / (n + prior): how established the habit is
+            "first_use_device": col["n_sessions"] / (col["n_sessions"] + col["share_prior_device"]),
+            "first_use_event": col["n_events"] / (col["n_events"] + col["share_prior_event"]),
+            "log_history_days": finite(_log1p(col["history_days"]), 0.0, math.inf),
+            "median_session_sec": np.clip(_expm1_of_exp(col["mean_log_duration"]), 0.0, None),
+            "median_actions": np.clip(_expm1_of_exp(col["mean_log_actions"]), 0.0, None),
+            "usual_hour_start": start,
+            "usual_hour_end": np.fmod(start + col["usual_hour_length"], 24.0),
+            "download_rarity": finite(col[rarity_col("event", DOWNLOAD)], 0.0, RARITY_CLIP),
+            "download_share": col[share_col("event", DOWNLOAD)],
+            "download_share_missing": (frame[share_col("event", DOWNLOAD)].is_null().to_numpy()
+                                       if share_col("event", DOWNLOAD) in frame.columns
+                                       else np.ones(frame.height, dtype=bool)),
+        }
+
+
+def compile_baselines(frame: pl.DataFrame) -> CompiledBaselines:
+    """Arrays of a baseline snapshot (``user_baselines``: unique users plus the population row)."""
+    ids = frame["user_id"].cast(pl.String).to_list()
+    positions = {uid: i for i, uid in enumerate(ids) if uid != POPULATION_USER}
+    if POPULATION_USER not in ids:
+        raise ValueError(f"baseline snapshot has no population row ({POPULATION_USER!r})")
+    if len(positions) != len(ids) - 1:
+        raise ValueError("baseline snapshot has duplicate user_id rows")
+    devices = categories_in(frame.columns, "rarity_device_")
+    events = categories_in(frame.columns, "rarity_event_")
+    zeros = np.zeros(frame.height)
+
+    def unseen(kind: str) -> np.ndarray:
+        return _column(frame, f"unseen_rarity_{kind}")
+
+    hours = [rarity_col("hour", hour_label(h)) for h in HOURS]
+    days = [rarity_col("dow", d) for d in WEEKDAYS]
+    return CompiledBaselines(
+        user_ids=tuple(ids), positions=positions, population=ids.index(POPULATION_USER),
+        scalars=_scalars(frame),
+        device_rarity=_table(frame, devices, [rarity_col("device", d) for d in devices], unseen("device")),
+        event_rarity=_table(frame, events, [rarity_col("event", e) for e in events], unseen("event")),
+        hour_rarity=_table(frame, [], hours, unseen("hour")).values,
+        dow_rarity=_table(frame, [], days, unseen("dow")).values,
+        device_share=_table(frame, devices, [share_col("device", d) for d in devices], zeros, True),
+        event_share=_table(frame, events, [share_col("event", e) for e in events], zeros, True),
+        dow_share=_table(frame, [str(d) for d in WEEKDAYS], [share_col("dow", d) for d in WEEKDAYS],
+                         zeros, True),
+        frame=frame,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class EventColumns:
+    """What the features read from the events, as arrays aligned by event.
+
+    ``hour`` / ``weekday`` are floats with NaN when unknown; ``device`` / ``event_type``
+    are codes from ``CategoryTable.codes``; ``rows`` / ``known`` from ``rows_for``.
+    """
+
+    rows: np.ndarray
+    known: np.ndarray
+    duration: np.ndarray
+    actions: np.ndarray
+    hour: np.ndarray
+    weekday: np.ndarray
+    device: np.ndarray
+    event_type: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def event_columns(baselines: CompiledBaselines, user_ids: Sequence[str], event_types: Sequence[str | None],
+                  device_types: Sequence[str | None], duration: Sequence[float] | np.ndarray,
+                  actions: Sequence[float] | np.ndarray, hour: Sequence[float] | np.ndarray,
+                  weekday: Sequence[float] | np.ndarray) -> EventColumns:
+    """The arrays of ``EventColumns`` from plain per-event values (missing hour/day: NaN)."""
+    rows, known = baselines.rows_for(user_ids)
+    return EventColumns(
+        rows=rows, known=known,
+        duration=np.asarray(duration, dtype=np.float64), actions=np.asarray(actions, dtype=np.float64),
+        hour=np.asarray(hour, dtype=np.float64), weekday=np.asarray(weekday, dtype=np.float64),
+        device=baselines.device_rarity.codes(device_types),
+        event_type=baselines.event_rarity.codes(event_types),
+    )
+
+
+def _category_index(values: np.ndarray, count: int) -> np.ndarray:
+    """Integer part of an hour or weekday as a table column; NaN or out of range: ``count``."""
+    index = np.full(values.shape, count, dtype=np.intp)
+    ok = ~np.isnan(values)
+    whole = np.trunc(values[ok])
+    inside = (whole >= 0) & (whole < count)
+    picked = np.flatnonzero(ok)[inside]
+    index[picked] = whole[inside].astype(np.intp)
+    return index
+
+
+def surprise(z: np.ndarray) -> np.ndarray:
+    """Gaussian surprise z^2/2 in nats: the common unit of every deviation feature."""
+    return z * z / 2.0
+
+
+def beyond(nats: np.ndarray, noise: float) -> np.ndarray:
+    """The part of a surprise above its noise level; ordinary wobble becomes exactly 0.
+
+    A forest spends splits on whatever varies; folding every user's everyday variation
+    into a single point at 0 leaves it nothing to isolate there, so its splits go to the
+    deviations that matter (see docs/features.md for the measured effect).
+    """
+    return np.maximum(nats - noise, 0.0)  # NaN stays NaN, as with clip
+
+
+def _z(value: np.ndarray, mean: np.ndarray, sd: np.ndarray, low: float) -> np.ndarray:
+    return finite((value - mean) / sd, low, Z_CLIP)
+
+
+def _circular_distance(hour: np.ndarray, center: np.ndarray) -> np.ndarray:
+    diff = np.fmod(np.abs(hour - center), 24.0)
+    return np.fmin(diff, 24.0 - diff)
+
+
+def _first_use(table: CategoryTable, rows: np.ndarray, codes: np.ndarray, known: np.ndarray,
+               weight: np.ndarray) -> np.ndarray:
+    """The user's weight when a known user has never used this category (share missing or 0)."""
+    assert table.missing is not None
+    share = table.values[rows, codes]
+    never = known & (table.missing[rows, codes] | (share <= 0.0))
+    return np.where(never, weight[rows], 0.0)
+
+
+def _total(parts: list[np.ndarray]) -> np.ndarray:
+    """Sum in the association Polars' ``sum_horizontal`` uses (halves, left half n // 2)."""
+    if len(parts) == 1:
+        return parts[0]
+    half = len(parts) // 2
+    return _total(parts[:half]) + _total(parts[half:])
+
+
+def feature_arrays(baselines: CompiledBaselines, events: EventColumns) -> dict[str, np.ndarray]:
+    """Every FEATURE_COLUMNS and CONTEXT_COLUMNS value of the events, as arrays.
+
+    Row-local: an event's values depend only on its own fields and its user's row, so
+    one event posted to the API gets exactly what the nightly job computed for it.
+    Formulas and their reasons: docs/features.md.
+    """
+    s, rows, known = baselines.scalars, events.rows, events.known
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        log_duration, log_actions = _log1p(events.duration), _log1p(events.actions)
+        hour_index, day_index = _category_index(events.hour, 24), _category_index(events.weekday, 7)
+        out: dict[str, np.ndarray] = {
+            "known_user": known,
+            "session_length_z": _z(log_duration, s["mean_log_duration"][rows], s["sd_log_duration"][rows], -Z_CLIP),
+            "actions_z": _z(log_actions, s["mean_log_actions"][rows], s["sd_log_actions"][rows], -Z_CLIP),
+            "hour_z": finite(_circular_distance(events.hour, s["hour_mean"][rows]) / s["hour_spread"][rows],
+                             0.0, HOUR_DEVIATION_CLIP),
+            "device_rarity_nats": finite(baselines.device_rarity.values[rows, events.device], 0.0, RARITY_CLIP),
+            "event_type_rarity_nats": finite(baselines.event_rarity.values[rows, events.event_type],
+                                             0.0, RARITY_CLIP),
+            "hour_rarity": baselines.hour_rarity[rows, hour_index],
+            "weekday_rarity": baselines.dow_rarity[rows, day_index],
+        }
+        out.update(_event_features(baselines, events, out, log_duration, log_actions))
+        out.update(_context(baselines, events, out, log_duration, log_actions, day_index))
+    return out
+
+
+def _event_features(baselines: CompiledBaselines, events: EventColumns, ctx: Mapping[str, np.ndarray],
+                    log_duration: np.ndarray, log_actions: np.ndarray) -> dict[str, np.ndarray]:
+    s, rows, known = baselines.scalars, events.rows, events.known
+    is_download = _is_download(baselines, events)
+    download_rarity = np.where(is_download, s["download_rarity"][rows], 0.0)
+    actions_up = np.maximum(ctx["actions_z"], 0.0)
+    download_surprise = np.where(download_rarity > 0, download_rarity + surprise(actions_up), 0.0)
+    first_use = (_first_use(baselines.device_share, rows, events.device, known, s["first_use_device"])
+                 + _first_use(baselines.event_share, rows, events.event_type, known, s["first_use_event"]))
+    out = {
+        "log_session_duration": finite(log_duration, 0.0, math.inf),
+        "log_events_in_session": finite(log_actions, 0.0, math.inf),
+        "event_hour": finite(events.hour, 0.0, 23.0),
+        "event_weekday": finite(events.weekday, 0.0, 6.0),
+        "event_type_code": finite(events.event_type.astype(np.float64), 0.0, len(baselines.event_types)),
+        "device_code": finite(events.device.astype(np.float64), 0.0, len(baselines.devices)),
+        "session_length_excess": beyond(surprise(np.maximum(ctx["session_length_z"], 0.0)), NOISE_NATS),
+        "actions_excess": beyond(surprise(actions_up), NOISE_NATS),
+        "hour_deviation": beyond(surprise(ctx["hour_z"]), NOISE_NATS),
+        "device_rarity": beyond(ctx["device_rarity_nats"], RARITY_NOISE_NATS),
+        "event_type_rarity": beyond(ctx["event_type_rarity_nats"], RARITY_NOISE_NATS),
+        "download_intensity": beyond(download_surprise, DOWNLOAD_NOISE_NATS),
+        "time_of_week_rarity": beyond(ctx["weekday_rarity"], RARITY_NOISE_NATS),
+        "first_use": finite(first_use, 0.0, FIRST_USE_CLIP),
+        "download_surprise": download_surprise,
+        # an unknown user has no history of their own: 0 days, whatever the population's
+        "log_history_days": np.where(known, s["log_history_days"][rows], 0.0),
+    }
+    deviations = [out[c] for c in DEVIATION_COLUMNS]
+    out["max_surprise"] = np.fmax.reduce(deviations)
+    out["total_surprise"] = _total([np.where(np.isnan(d), 0.0, d) for d in deviations])
+    return out
+
+
+def _is_download(baselines: CompiledBaselines, events: EventColumns) -> np.ndarray:
+    if DOWNLOAD not in baselines.event_types:
+        return np.zeros(len(events), dtype=bool)
+    return events.event_type == baselines.event_types.index(DOWNLOAD)
+
+
+def _context(baselines: CompiledBaselines, events: EventColumns, ctx: Mapping[str, np.ndarray],
+             log_duration: np.ndarray, log_actions: np.ndarray, day_index: np.ndarray) -> dict[str, np.ndarray]:
+    """Plain quantities the reasons quote (user's median session, usual hours, shares)."""
+    s, rows = baselines.scalars, events.rows
+    length_z = _z(log_duration, s["pop_mean_log_duration"][rows], s["pop_sd_log_duration"][rows], 0.0)
+    actions_z = _z(log_actions, s["pop_mean_log_actions"][rows], s["pop_sd_log_actions"][rows], 0.0)
+    return {
+        "user_median_session_sec": s["median_session_sec"][rows],
+        "user_median_actions": s["median_actions"][rows],
+        "user_usual_hour_start": s["usual_hour_start"][rows],
+        "user_usual_hour_end": s["usual_hour_end"][rows],
+        "user_device_share": _share(baselines.device_share, rows, events.device),
+        "user_event_type_share": _share(baselines.event_share, rows, events.event_type),
+        "user_download_share": np.where(s["download_share_missing"][rows], np.nan, s["download_share"][rows]),
+        "user_weekday_share": _share(baselines.dow_share, rows, day_index),
+        "global_extremity": np.fmax(length_z, actions_z),
+        "global_by_actions": actions_z > length_z,
+    }
+
+
+def _share(table: CategoryTable, rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    assert table.missing is not None
+    return np.where(table.missing[rows, codes], np.nan, table.values[rows, codes])
