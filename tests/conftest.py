@@ -90,14 +90,15 @@ def scoring_settings(trained_dataset: TrainedDataset) -> Callable[..., Any]:
 
 @pytest.fixture
 def day_output_bytes() -> Callable[[Path, date], dict[str, bytes]]:
-    """Every published file of one scored day (scores/ and flagged/), by relative path."""
+    """Every published part of one scored day (scores/ and flagged/), by relative path
+    (the hidden ``.version`` link of a published day is not a part)."""
     from uba import io
 
     def read(output_dir: Path, day: date) -> dict[str, bytes]:
         files: dict[str, bytes] = {}
         for dataset in (io.SCORES, io.FLAGGED):
             folder = io.partition_dir(output_dir, dataset, day)
-            for path in sorted(folder.iterdir()):
+            for path in sorted(folder.glob("*.parquet")):
                 files[f"{dataset}/{path.name}"] = path.read_bytes()
         return files
 

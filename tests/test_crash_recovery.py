@@ -280,6 +280,9 @@ PUBLISH_STEPS_BY_LAYOUT = {
                "version", "commit", "prune"),
     # a day never published before
     "fresh": ("link:scores", "link:manifest", "version", "commit"),
+    # a day published with absolute links (before they were relative): rewritten link by link
+    "absolute": ("manifest", "link:scores", "link:flagged", "link:flagged_users", "link:manifest", "links",
+                 "version", "commit", "prune"),
 }
 NEW_RUN = {"threshold": {"max_reasons": 1}, "user_day": {"enabled": False}}  # other bytes in every dataset
 
@@ -300,17 +303,57 @@ def _to_legacy_layout(out: Path, day) -> None:
     import shutil
 
     links = [io.partition_dir(out, dataset, day) for dataset in io.DAY_DATASETS]
-    contents = [{p.name: p.read_bytes() for p in link.iterdir()} for link in links]  # all read through links first
+    contents = [{p.name: p.read_bytes() for p in link.glob("*.parquet")} for link in links]  # all read through links first
     manifest = io.run_manifest_path(out, day)
     text = manifest.read_text()
     for link, files in zip(links, contents, strict=True):
-        link.unlink()
+        shutil.rmtree(link) if link.is_dir() and not link.is_symlink() else link.unlink()  # the anchor is a real folder
         link.mkdir()
         for name, body in files.items():
             (link / name).write_bytes(body)
     manifest.unlink()
     manifest.write_text(text)
     shutil.rmtree(out / io.DAYS)
+
+
+def _to_absolute_links_layout(out: Path, day) -> None:
+    """Rewrite a published day as the versioned layout with absolute links left it: the
+    anchor a symlink to the version's scores, the other links through the anchor's
+    ``..``, every text absolute (what dangles once the output directory is moved)."""
+    import shutil
+
+    version = io.published_version(out, day)
+    assert version is not None
+    folder = io.day_versions_dir(out, day) / version
+    absolute = out.resolve()
+    (folder / io.SCORES / io.VERSION_LINK).unlink()
+    (folder / io.ANCHOR_DIR).rmdir()
+    anchor = io.partition_dir(out, io.SCORES, day)
+    shutil.rmtree(anchor)
+    anchor.symlink_to(absolute / io.DAYS / f"event_date={day.isoformat()}" / version / io.SCORES)
+    through = absolute / io.SCORES / f"event_date={day.isoformat()}"
+    for dataset in io.DAY_DATASETS[1:]:
+        link = io.partition_dir(out, dataset, day)
+        link.unlink()
+        link.symlink_to(f"{through}/../{dataset}")
+    manifest = io.run_manifest_path(out, day)
+    manifest.unlink()
+    manifest.symlink_to(f"{through}/../manifest.json")
+
+
+def _assert_relative_layout(out: Path, day) -> None:
+    """D in the current layout: the anchor a real folder naming its version by a relative
+    ``.version`` (a relative symlink where the filesystem lacks RENAME_EXCHANGE), every
+    other dataset and the manifest a relative link through it."""
+    anchor = io.partition_dir(out, io.SCORES, day)
+    if anchor.is_symlink():
+        assert not os.readlink(anchor).startswith("/")
+    else:
+        assert not os.readlink(anchor / io.VERSION_LINK).startswith("/")
+    for link in [io.partition_dir(out, dataset, day) for dataset in io.DAY_DATASETS[1:]] + [
+            io.run_manifest_path(out, day)]:
+        assert link.is_symlink() and "/.version/../" in os.readlink(link), link
+        assert not os.readlink(link).startswith("/")
 
 
 @pytest.mark.parametrize(("layout", "step"), [(layout, step) for layout, steps in PUBLISH_STEPS_BY_LAYOUT.items()
@@ -323,6 +366,8 @@ def test_a_kill_at_any_publish_step_leaves_the_day_all_old_or_all_new_and_the_ne
         score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
     if layout == "legacy":
         _to_legacy_layout(out, day)
+    if layout == "absolute":
+        _to_absolute_links_layout(out, day)
     old_state, old_manifest = _day_state(out, day)
     rows = io.partition_row_count(trained_dataset.data_dir, io.EVENTS, day)
     chunks = {"chunk_rows": max(1, rows // 3)}  # the new run also cuts the day into other parts
@@ -354,22 +399,131 @@ def test_a_kill_at_any_publish_step_leaves_the_day_all_old_or_all_new_and_the_ne
     versions = sorted(p.name for p in (out / io.DAYS / f"event_date={day.isoformat()}").iterdir())
     assert recovered["run_id"] in versions and len(versions) == 2  # the published one and the one before
     assert not any((out / STAGING_DIR).rglob("*"))
-    for dataset in io.DAY_DATASETS:
-        assert io.partition_dir(out, dataset, day).is_symlink()
+    _assert_relative_layout(out, day)
+    assert io.partition_dir(out, io.SCORES, day).is_dir() and not io.partition_dir(out, io.SCORES, day).is_symlink()
 
 
-def test_a_copy_of_scores_keeps_the_version_it_copied_until_the_run_after_next(
-        trained_dataset, scoring_settings, tmp_path: Path) -> None:
-    """What the contract check's `cp -r out/scores first` relies on: the copied link names
-    the version it was taken from, which one later run keeps."""
+def test_a_copy_of_scores_keeps_the_first_runs_bytes(trained_dataset, scoring_settings, tmp_path: Path) -> None:
+    """What the contract check's `cp -r out/scores first` relies on: the anchor is a real
+    folder, so the copy holds the scores themselves, whatever later runs do."""
     day = trained_dataset.score_dates[0]
     out, copy = tmp_path / "out", tmp_path / "first"
     score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
     subprocess.run(["cp", "-r", str(out / io.SCORES), str(copy)], check=True)
-    first_files = {p.name: p.read_bytes() for p in (copy / f"event_date={day.isoformat()}").iterdir()}
+    first_files = {p.name: p.read_bytes() for p in (copy / f"event_date={day.isoformat()}").glob("*.parquet")}
+    assert first_files
     score_day(scoring_settings(out, scoring={"chunk_rows": 100}), ScoreOptions(day=day, in_process=True))
-    kept = {p.name: p.read_bytes() for p in (copy / f"event_date={day.isoformat()}").iterdir()}
+    kept = {p.name: p.read_bytes() for p in (copy / f"event_date={day.isoformat()}").glob("*.parquet")}
     assert kept == first_files  # still the first run's bytes, not the second run's
     assert kept != {p.name: p.read_bytes() for p in io.partition_files(out, io.SCORES, day)}
     score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
-    assert not (copy / f"event_date={day.isoformat()}").exists()  # pruned: one previous version is kept
+    assert {p.name: p.read_bytes() for p in (copy / f"event_date={day.isoformat()}").glob("*.parquet")} == first_files
+
+
+# --- a scored output directory can be moved: every link is relative ---
+
+
+def _read_everything(out: Path, day) -> dict[str, Any]:
+    """What outside readers see of D under ``out``: Polars with Hive partitioning (folder
+    and ``**`` glob), Python's glob, pyarrow, find, and the manifest through its link."""
+    import glob
+
+    import polars as pl
+    import pyarrow.dataset as ds
+
+    label = day.isoformat()
+    seen: dict[str, Any] = {}
+    for dataset in (io.SCORES, io.FLAGGED):
+        by_folder = pl.scan_parquet(out / dataset, hive_partitioning=True).collect()
+        by_glob = pl.read_parquet(f"{out}/{dataset}/**/*.parquet", hive_partitioning=True)
+        assert by_folder.sort("event_id").equals(by_glob.sort("event_id"))
+        assert by_folder["event_date"].cast(str).unique().to_list() == [label]
+        assert ds.dataset(out / dataset, format="parquet", partitioning="hive").count_rows() == by_glob.height
+        files = glob.glob(f"{out}/{dataset}/**/*.parquet", recursive=True)
+        assert len(files) == len(io.partition_files(out, dataset, day)) >= 1
+        seen[dataset] = by_glob.drop("event_date").sort("event_id")
+    # the anchor is a real folder (unless a symlink, as without RENAME_EXCHANGE): plain find lists it
+    plain = [] if io.partition_dir(out, io.SCORES, day).is_symlink() else ["-P"]
+    found = subprocess.run(["find", *(plain or ["-L"]), str(out / io.SCORES), "-name", "*.parquet"],
+                           capture_output=True, text=True)
+    assert len(found.stdout.split()) == len(io.partition_files(out, io.SCORES, day))
+    found = subprocess.run(["find", "-L", str(out / io.FLAGGED), "-name", "*.parquet"], capture_output=True,
+                           text=True)
+    assert len(found.stdout.split()) == len(io.partition_files(out, io.FLAGGED, day))
+    seen["manifest"] = io.read_run_manifest(out, day)
+    return seen
+
+
+def test_a_moved_output_directory_reads_as_before_and_reruns(trained_dataset, scoring_settings,
+                                                               tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    out, moved, copy = tmp_path / "out", tmp_path / "moved", tmp_path / "first"
+    first = score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
+    before = _read_everything(out, day)
+    os.rename(out, moved)  # `mv out moved`
+
+    after = _read_everything(moved, day)
+    assert after["manifest"] == first and before.keys() == after.keys()
+    for key in (io.SCORES, io.FLAGGED):
+        assert after[key].equals(before[key])
+    assert io.published_version(moved, day) == first["run_id"]
+    assert (moved / first["outputs"]["version"]).is_dir()  # recorded relative to the output directory
+
+    # the contract check's scenario on the moved directory: copy, re-run, compare
+    subprocess.run(["cp", "-r", str(moved / io.SCORES), str(copy)], check=True)
+    rerun = score_day(scoring_settings(moved), ScoreOptions(day=day, in_process=True))
+    import polars as pl
+
+    a = pl.read_parquet(f"{copy}/**/*.parquet").sort("event_id")
+    b = pl.read_parquet(f"{moved}/scores/**/*.parquet").sort("event_id")
+    assert a.height == b.height == first["counts"]["scored_rows"] and a.equals(b)
+    assert _read_everything(moved, day)["manifest"] == rerun
+    _assert_relative_layout(moved, day)
+
+
+def test_absolute_links_left_by_the_layout_before_are_read_and_made_relative_by_the_next_run(
+        trained_dataset, scoring_settings, tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    out, moved = tmp_path / "out", tmp_path / "moved"
+    first = score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
+    before = _read_everything(out, day)
+    _to_absolute_links_layout(out, day)
+    assert _read_everything(out, day)["manifest"] == first  # readers follow absolute links meanwhile
+    assert io.published_version(out, day) == first["run_id"]
+    os.rename(out, moved)
+    assert io.read_run_manifest(moved, day) is None  # what broke: every absolute link dangles
+    assert io.published_version(moved, day) == first["run_id"]  # read from the link text alone
+
+    rerun = score_day(scoring_settings(moved), ScoreOptions(day=day, in_process=True))
+    _assert_relative_layout(moved, day)
+    after = _read_everything(moved, day)
+    assert after["manifest"] == rerun and after[io.SCORES].equals(before[io.SCORES])
+    assert sorted(p.name for p in io.day_versions_dir(moved, day).iterdir()) == sorted([first["run_id"],
+                                                                                         rerun["run_id"]])
+
+
+def test_without_rename_exchange_the_anchor_is_a_relative_symlink_renamed_over(
+        trained_dataset, scoring_settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Filesystems without RENAME_EXCHANGE (NFS, macOS): the commit is the rename of a
+    symlink, still one atomic step; a real anchor left by another filesystem is set aside
+    once, and a cut between those two renames is undone by the next run."""
+    day = trained_dataset.score_dates[0]
+    out, moved = tmp_path / "out", tmp_path / "moved"
+    real = score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))  # a real anchor
+    monkeypatch.setattr(io, "_rename_exchange", lambda a, b: False)
+    monkeypatch.setattr(io, "_CAN_EXCHANGE", {})
+    anchor = io.partition_dir(out, io.SCORES, day)
+    aside = out / io.DAYS / f".aside-event_date={day.isoformat()}-0123"
+    os.rename(anchor, aside)  # the state a cut between the set-aside and the symlink leaves
+    assert io.prune_day_versions(out, day) == [] and anchor.is_dir() and not aside.exists()
+    assert io.read_run_manifest(out, day) == real
+
+    second = score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
+    assert anchor.is_symlink() and os.readlink(anchor) == f"../.days/event_date={day.isoformat()}/{second['run_id']}/scores"
+    third = score_day(scoring_settings(out, scoring={"chunk_rows": 100}), ScoreOptions(day=day, in_process=True))
+    assert os.readlink(anchor).endswith(f"/{third['run_id']}/scores")
+    _assert_relative_layout(out, day)
+    before = _read_everything(out, day)
+    os.rename(out, moved)
+    after = _read_everything(moved, day)
+    assert after["manifest"] == third and after[io.SCORES].equals(before[io.SCORES])

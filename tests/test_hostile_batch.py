@@ -7,11 +7,18 @@ set and output directory before running ``uba-batch score --date 2026-03-09``) a
 * ``score_first``: score the day once first (the "old" output a failed run must keep);
 * ``layout: "legacy"``: rewrite that output as the layout before versions left it (real
   folders and manifest file);
+* ``layout: "absolute"``: rewrite it as the versioned layout with absolute links left it;
 * ``damage``: a list of ``{"dataset": "events"|"aggregates", "day", "how"}`` with ``how``
   one of ``flip`` (one byte XOR 1 at ``at`` (fraction of the size) or ``at_byte``
   (negative = from the end)), ``truncate`` (to ``at`` of the size), ``garbage``,
-  ``delete`` (the partition), ``drop_record`` (the part's checksum record, as for data
-  written before records existed), ``record_garbage``;
+  ``delete`` (the partition), ``drop_record`` (make the partition one written before
+  checksums and manifests: no manifest, no record, listed as such in the data
+  directory's marker), ``legacy_record`` (written before manifests, with per-part
+  records), ``record_garbage`` (the partition's checksum manifest is not JSON),
+  ``drop_manifest``, ``extra_part`` (a copy of the part under another name),
+  ``delete_part`` (the part file only); or ``{"how": "drop_marker"}`` (the data
+  directory's ``.part-manifests.json``);
+* ``move_output``: ``mv out moved`` before the run, which then writes to ``moved``;
 * ``env``: environment of the run (fault hooks: ``UBA_FAULT_ENOSPC_AT``);
 * ``kill_at``: run the installed ``uba-batch`` as a subprocess that SIGKILLs itself after
   that publish step (``UBA_FAULT_KILL_AT_PUBLISH_STEP``);
@@ -23,7 +30,9 @@ refused before the run took the date's lock, as a missing partition is); nothing
 the day is exactly the old output (``published: old``), nothing (``none``), or a new
 output whose manifest's sha256s match the visible files and whose scored rows are
 exactly the day's events (``new``). ``then_rerun``: a run without the fault then
-succeeds and leaves no orphaned version; ``rebuilt``: those days' aggregates verify again.
+succeeds and leaves no orphaned version; ``rebuilt``: those days' aggregates verify again;
+``old_readable``: the old output reads completely before the run (e.g. once moved);
+``relative_links``: afterwards every link of the day is relative.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from typing import Any
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from test_crash_recovery import _assert_relative_layout, _to_absolute_links_layout
 
 from jobs.cli import cli
 from uba import io
@@ -60,12 +70,44 @@ def _part(data: Path, dataset: str, day: str) -> Path:
     return part
 
 
+def to_legacy_partition(data: Path, dataset: str, day: str, records: bool) -> None:
+    """Make one partition look written before manifests (with per-part records or none)."""
+    io.part_manifest_path(data, dataset, day).unlink()
+    marker = json.loads(io.part_manifests_marker(data).read_text())
+    marker["legacy"].setdefault(dataset, []).append(day)
+    io.part_manifests_marker(data).write_text(json.dumps(marker))
+    for part in io.partition_dir(data, dataset, day).glob("*.parquet"):
+        if records:
+            io.record_checksum(part, part)
+        else:
+            io.checksum_path(part).unlink(missing_ok=True)
+
+
 def damage(data: Path, spec: dict[str, Any]) -> None:
-    how, dataset, day = spec["how"], spec["dataset"], spec["day"]
+    how = spec["how"]
+    if how == "drop_marker":
+        io.part_manifests_marker(data).unlink()
+        return
+    dataset, day = spec["dataset"], spec["day"]
     if how == "delete":
         shutil.rmtree(io.partition_dir(data, dataset, day))
         return
+    if how in ("drop_record", "legacy_record"):
+        to_legacy_partition(data, dataset, day, records=how == "legacy_record")
+        return
+    if how == "drop_manifest":
+        io.part_manifest_path(data, dataset, day).unlink()
+        return
+    if how == "record_garbage":
+        io.part_manifest_path(data, dataset, day).write_text("{not json")
+        return
     part = _part(data, dataset, day)
+    if how == "extra_part":
+        shutil.copyfile(part, part.with_name("part-extra.parquet"))
+        return
+    if how == "delete_part":
+        part.unlink()
+        return
     body = bytearray(part.read_bytes())
     if how == "flip":
         at = spec["at_byte"] if "at_byte" in spec else int(len(body) * spec["at"])
@@ -74,12 +116,6 @@ def damage(data: Path, spec: dict[str, Any]) -> None:
         body = body[: int(len(body) * spec["at"])]
     elif how == "garbage":
         body = bytearray(b"this is not parquet\n" * 40)
-    elif how == "drop_record":
-        io.checksum_path(part).unlink()
-        return
-    elif how == "record_garbage":
-        io.checksum_path(part).write_text("{not json")
-        return
     else:
         raise ValueError(how)
     part.write_bytes(bytes(body))
@@ -87,11 +123,11 @@ def damage(data: Path, spec: dict[str, Any]) -> None:
 
 def to_legacy_layout(out: Path, day: date) -> None:
     links = [io.partition_dir(out, dataset, day) for dataset in io.DAY_DATASETS]
-    contents = [{p.name: p.read_bytes() for p in link.iterdir()} for link in links]
+    contents = [{p.name: p.read_bytes() for p in link.glob("*.parquet")} for link in links]
     manifest = io.run_manifest_path(out, day)
     text = manifest.read_text()
     for link, files in zip(links, contents, strict=True):
-        link.unlink()
+        shutil.rmtree(link) if link.is_dir() and not link.is_symlink() else link.unlink()  # the anchor is a real folder
         link.mkdir()
         for name, body in files.items():
             (link / name).write_bytes(body)
@@ -165,9 +201,20 @@ def test_hostile_batch_case(name: str, trained_dataset, tmp_path: Path) -> None:
         assert run_cli(args)[0] == 0
     if recipe.get("layout") == "legacy":
         to_legacy_layout(out, DAY)
+    if recipe.get("layout") == "absolute":
+        _to_absolute_links_layout(out, DAY)
     for spec in recipe.get("damage", []):
         damage(data, spec)
+    if recipe.get("move_output"):
+        os.rename(out, tmp_path / "moved")
+        out = tmp_path / "moved"
+        args = score_args(data, trained_dataset.model_dir, out)
     old_files, old_manifest = day_state(out, DAY)
+    if expect.get("old_readable"):
+        assert old_manifest is not None and old_manifest["status"] == "succeeded"
+        assert all(old_files[dataset] for dataset in (io.SCORES, io.FLAGGED)), old_files
+        for dataset in (io.SCORES, io.FLAGGED):
+            assert pl.scan_parquet(out / dataset, hive_partitioning=True).collect().height > 0
     records_before = failure_records(out, DAY)
     if recipe.get("copy_scores"):
         subprocess.run(["cp", "-r", str(out / io.SCORES), str(tmp_path / "first")], check=True)
@@ -196,12 +243,14 @@ def test_hostile_batch_case(name: str, trained_dataset, tmp_path: Path) -> None:
         assert io.verify_part(_part(data, io.AGGREGATES, day))
     if expect.get("copy_is_first_run"):
         copied = tmp_path / "first" / f"event_date={DAY.isoformat()}"
-        assert {p.name: io.file_sha256(p) for p in copied.iterdir()} == old_files[io.SCORES]
+        assert {p.name: io.file_sha256(p) for p in copied.glob("*.parquet")} == old_files[io.SCORES]
     if expect.get("then_rerun"):
         assert run_cli(args)[0] == 0
         manifest = assert_new_day(data, out, DAY, None)
         versions = [p.name for p in io.day_versions_dir(out, DAY).iterdir()]
         assert manifest["run_id"] in versions and len(versions) <= 2
         assert not any((out / ".staging").rglob("*.parquet"))
+    if expect.get("relative_links"):
+        _assert_relative_layout(out, DAY)
     if code == -signal.SIGKILL:
         assert expect["exit_code"] == -9

@@ -1,9 +1,11 @@
 """Stored data is checked against the sha256 recorded when it was written (issue 11, item 7).
 
-Events and aggregates parts get a record under ``<data-dir>/.checksums/`` written by the
-io writers before the part is renamed into place. A part whose bytes differ fails a
-score run with one line naming it (events), or is rebuilt from its source (aggregates,
-derived data). Parts written before records existed are read unverified.
+Every events and aggregates partition has a manifest under ``<data-dir>/.checksums/``
+listing each part with its sha256, written by the io writers with the parts. A part
+whose bytes differ, a part the manifest does not list, a listed part that is gone, or a
+deleted manifest fails a score run with one line naming the file (events), or gets the
+partition rebuilt from its source (aggregates, derived data). Partitions written before
+manifests (listed in ``<data-dir>/.part-manifests.json``) are read as before.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from test_hostile_batch import to_legacy_partition
 
 from jobs.cli import cli
 from uba import io
@@ -49,20 +52,182 @@ def _one_error_line(result: Any) -> str:
     return errors[0]
 
 
-def test_writers_record_a_checksum_outside_the_hive_folders(tmp_path: Path) -> None:
+def test_writers_list_every_part_in_a_manifest_outside_the_hive_folders(tmp_path: Path) -> None:
     frame = pl.DataFrame({"a": [1, 2, 3]})
     part = io.write_part(frame, tmp_path, io.EVENTS, "2026-03-01", name="part-x")
-    record = json.loads(io.checksum_path(part).read_text())
-    assert record == {"format": 1, "sha256": io.file_sha256(part), "size": part.stat().st_size}
-    assert io.checksum_path(part) == tmp_path / ".checksums" / "events" / "event_date=2026-03-01" / "part-x.parquet.json"
+    other = io.write_part(frame, tmp_path, io.EVENTS, "2026-03-01", name="part-y")
+    path = io.part_manifest_path(tmp_path, io.EVENTS, "2026-03-01")
+    assert path == tmp_path / ".checksums" / "events" / "event_date=2026-03-01" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["parts"] == {p.name: {"sha256": io.file_sha256(p), "size": p.stat().st_size}
+                                 for p in (part, other)}
+    assert manifest["pending"] == {}
+    assert json.loads(io.part_manifests_marker(tmp_path).read_text())["legacy"] == {"events": [], "aggregates": []}
     aggregates = io.write_aggregates(frame, tmp_path, date(2026, 3, 1), "t1")
     assert io.verify_part(aggregates) and io.verify_part(part)
-    io.write_aggregates(frame, tmp_path, date(2026, 3, 1), "t2")  # a rebuilt day drops the old record
-    assert [p.name for p in io.checksum_path(aggregates).parent.iterdir()] == ["part-t2.parquet.json"]
-    # Hive readers never see the records: a directory scan refuses mixed extensions
-    assert pl.scan_parquet(tmp_path / io.EVENTS, hive_partitioning=True).collect().height == 3
-    quarantine = io.write_part(frame, tmp_path, io.QUARANTINE, "2026-03-01")
-    assert not io.checksum_path(quarantine).exists()
+    rebuilt = io.write_aggregates(frame, tmp_path, date(2026, 3, 1), "t2")  # a rebuilt day lists only the new part
+    assert list(json.loads(io.part_manifest_path(tmp_path, io.AGGREGATES, "2026-03-01").read_text())["parts"]) == [
+        rebuilt.name]
+    # Hive readers never see the manifests: a directory scan refuses mixed extensions
+    assert pl.scan_parquet(tmp_path / io.EVENTS, hive_partitioning=True).collect().height == 6
+    io.write_part(frame, tmp_path, io.QUARANTINE, "2026-03-01")
+    assert not (tmp_path / ".checksums" / io.QUARANTINE).exists()
+    io.remove_part(other)
+    assert list(json.loads(path.read_text())["parts"]) == [part.name]
+    assert io.partition_files(tmp_path, io.EVENTS, "2026-03-01") == [part]
+
+
+def _events_day(root: Path, names: tuple[str, ...] = ("p1", "p2")) -> list[Path]:
+    return [io.write_part(pl.DataFrame({"a": [i]}), root, io.EVENTS, "2026-03-01", name=name)
+            for i, name in enumerate(names)]
+
+
+def test_a_part_not_in_the_manifest_fails_the_read_naming_it(tmp_path: Path) -> None:
+    """The attack: an extra part dropped into a partition was read unverified."""
+    part, _ = _events_day(tmp_path)
+    extra = part.with_name("part-extra.parquet")
+    shutil.copyfile(part, extra)
+    pattern = rf"events part {extra} is not in the checksum manifest .*manifest\.json"
+    with pytest.raises(io.CorruptPartError, match=pattern):
+        io.partition_files(tmp_path, io.EVENTS, "2026-03-01")
+    with pytest.raises(io.CorruptPartError, match=pattern):
+        io.verify_part(extra)  # what a shard checks for each file it reads
+    with pytest.raises(io.CorruptPartError, match=pattern):
+        io.scan_events(tmp_path, date(2026, 3, 1))
+
+
+def test_a_listed_part_that_is_gone_fails_the_read_naming_it(tmp_path: Path) -> None:
+    _, second = _events_day(tmp_path)
+    second.unlink()
+    with pytest.raises(io.CorruptPartError, match=rf"events part {second} is missing: the checksum manifest"):
+        io.partition_files(tmp_path, io.EVENTS, "2026-03-01")
+    shutil.rmtree(io.partition_dir(tmp_path, io.EVENTS, "2026-03-01"))  # a day pruned whole is no partition
+    assert io.partition_files(tmp_path, io.EVENTS, "2026-03-01") == []
+
+
+def test_deleting_the_manifest_does_not_downgrade_the_partition_to_unverified(tmp_path: Path) -> None:
+    """The attack: deleting a part's checksum sidecar made it read unverified."""
+    part, _ = _events_day(tmp_path)
+    manifest = io.part_manifest_path(tmp_path, io.EVENTS, "2026-03-01")
+    manifest.unlink()
+    expected = rf"the checksum manifest {manifest} of .* is missing \(the partition was written with one\)"
+    with pytest.raises(io.CorruptPartError, match=expected):
+        io.partition_files(tmp_path, io.EVENTS, "2026-03-01")
+    with pytest.raises(io.CorruptPartError, match=expected):
+        io.verify_part(part)
+    with pytest.raises(io.CorruptPartError, match=expected):  # a writer does not bless the parts either
+        io.write_part(pl.DataFrame({"a": [9]}), tmp_path, io.EVENTS, "2026-03-01", name="p3")
+
+
+def test_deleting_the_marker_too_is_detected_while_other_manifests_exist(tmp_path: Path) -> None:
+    _events_day(tmp_path)
+    io.write_part(pl.DataFrame({"a": [1]}), tmp_path, io.EVENTS, "2026-03-02", name="p1")
+    marker = io.part_manifests_marker(tmp_path)
+    marker.unlink()
+    assert len(io.partition_files(tmp_path, io.EVENTS, "2026-03-01")) == 2  # manifests still govern
+    io.part_manifest_path(tmp_path, io.EVENTS, "2026-03-01").unlink()
+    with pytest.raises(io.CorruptPartError, match=rf"{marker} is missing although partitions of .* have checksum"):
+        io.partition_files(tmp_path, io.EVENTS, "2026-03-01")
+    with pytest.raises(io.CorruptPartError, match=rf"{marker} is missing"):  # not re-created over the damage
+        io.write_part(pl.DataFrame({"a": [1]}), tmp_path, io.EVENTS, "2026-03-03", name="p1")
+    assert not marker.exists()
+
+
+def test_partitions_written_before_manifests_are_read_as_before_then_adopted(tmp_path: Path) -> None:
+    """A data directory from before manifests: per-part records where they exist, else unverified;
+    the first write lists them in the marker; adding a part to one adopts it for good."""
+    folder = io.partition_dir(tmp_path, io.EVENTS, "2026-03-01")
+    folder.mkdir(parents=True)
+    recorded, bare = folder / "old-recorded.parquet", folder / "old-bare.parquet"
+    pl.DataFrame({"a": [1]}).write_parquet(recorded)
+    pl.DataFrame({"a": [2]}).write_parquet(bare)
+    io.record_checksum(recorded, recorded)
+    assert io.verify_part(recorded) is True and io.verify_part(bare) is False
+    assert io.partition_files(tmp_path, io.EVENTS, "2026-03-01") == [bare, recorded]
+
+    io.write_part(pl.DataFrame({"a": [3]}), tmp_path, io.EVENTS, "2026-03-02", name="new")  # manifests start
+    assert json.loads(io.part_manifests_marker(tmp_path).read_text())["legacy"]["events"] == ["2026-03-01"]
+    assert io.verify_part(bare) is False  # still read as before
+    _flip(recorded, 10)
+    with pytest.raises(io.CorruptPartError, match="is corrupt"):
+        io.verify_part(recorded)
+    _flip(recorded, 10)
+
+    added = io.write_part(pl.DataFrame({"a": [4]}), tmp_path, io.EVENTS, "2026-03-01", name="added")
+    manifest = json.loads(io.part_manifest_path(tmp_path, io.EVENTS, "2026-03-01").read_text())
+    assert manifest["parts"][bare.name] == {"sha256": None, "size": None}  # membership checked, bytes unknown
+    assert manifest["parts"][recorded.name]["sha256"] == io.file_sha256(recorded)
+    assert io.verify_part(added) and io.verify_part(recorded) and io.verify_part(bare) is False
+    assert json.loads(io.part_manifests_marker(tmp_path).read_text())["legacy"]["events"] == []
+    assert not io.checksum_path(recorded).exists()
+    io.part_manifest_path(tmp_path, io.EVENTS, "2026-03-01").unlink()  # adopted: no way back to unverified
+    with pytest.raises(io.CorruptPartError, match="is missing"):
+        io.partition_files(tmp_path, io.EVENTS, "2026-03-01")
+
+
+def test_a_write_cut_short_leaves_the_partition_readable(tmp_path: Path) -> None:
+    """Pending entries: listed before the rename, settled after; a reader skips a pending
+    entry whose part is absent and takes one whose part is present."""
+    part, _ = _events_day(tmp_path)
+    path = io.part_manifest_path(tmp_path, io.EVENTS, "2026-03-01")
+    manifest = json.loads(path.read_text())
+    entry = manifest["parts"][part.name]
+    manifest["pending"] = {"p9.parquet": entry}  # killed between listing and renaming
+    path.write_text(json.dumps(manifest))
+    assert len(io.partition_files(tmp_path, io.EVENTS, "2026-03-01")) == 2
+    shutil.copyfile(part, part.with_name("p9.parquet"))  # killed between renaming and settling
+    assert len(io.partition_files(tmp_path, io.EVENTS, "2026-03-01")) == 3 and io.verify_part(part.with_name("p9.parquet"))
+    io.write_part(pl.DataFrame({"a": [5]}), tmp_path, io.EVENTS, "2026-03-01", name="p10")  # the next writer settles it
+    manifest = json.loads(path.read_text())
+    assert manifest["pending"] == {} and {"p9.parquet", "p10.parquet"} <= set(manifest["parts"])
+
+
+def test_a_failed_write_leaves_the_manifest_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _events_day(tmp_path)
+    path = io.part_manifest_path(tmp_path, io.EVENTS, "2026-03-01")
+    before = json.loads(path.read_text())["parts"]
+    monkeypatch.setenv(io.FAULT_ENOSPC_ENV, "events")
+    with pytest.raises(OSError, match="No space left"):
+        io.write_part(pl.DataFrame({"a": [5]}), tmp_path, io.EVENTS, "2026-03-01", name="p3")
+    assert json.loads(path.read_text())["parts"] == before
+
+    def refuse(tmp: Path) -> None:
+        raise OSError(28, "No space left on device", str(tmp))
+
+    monkeypatch.delenv(io.FAULT_ENOSPC_ENV)
+    with pytest.raises(OSError):
+        io._write_listed_part(io.partition_dir(tmp_path, io.EVENTS, "2026-03-01") / "p4.parquet", refuse)
+    assert json.loads(path.read_text())["parts"] == before and len(io.partition_files(tmp_path, io.EVENTS,
+                                                                                     "2026-03-01")) == 2
+
+
+def _write_parts(root: str, day: str, names: list[str]) -> None:
+    for name in names:
+        io.write_part(pl.DataFrame({"a": list(range(50))}), Path(root), io.EVENTS, day, name=name)
+
+
+def test_concurrent_writers_of_different_and_same_days_keep_every_manifest_exact(tmp_path: Path) -> None:
+    """Four processes ingest at once: two write days of their own, two share a day. Every
+    part ends up listed exactly once, and the marker was made once, listing nothing."""
+    import multiprocessing
+
+    jobs = [("2026-03-01", [f"a{i}" for i in range(15)]), ("2026-03-02", [f"b{i}" for i in range(15)]),
+            ("2026-03-03", [f"c{i}" for i in range(15)]), ("2026-03-03", [f"d{i}" for i in range(15)])]
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_parts, args=(str(tmp_path), day, names)) for day, names in jobs]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    for day in ("2026-03-01", "2026-03-02", "2026-03-03"):
+        files = io.partition_files(tmp_path, io.EVENTS, day)
+        expected = sorted(f"{n}.parquet" for d, names in jobs if d == day for n in names)
+        assert sorted(p.name for p in files) == expected
+        manifest = json.loads(io.part_manifest_path(tmp_path, io.EVENTS, day).read_text())
+        assert sorted(manifest["parts"]) == expected and manifest["pending"] == {}
+        assert all(io.verify_part(p) for p in files)
+    assert json.loads(io.part_manifests_marker(tmp_path).read_text())["legacy"] == {"events": [], "aggregates": []}
 
 
 @pytest.mark.parametrize("where", ["magic", "first page", "middle", "footer", "last byte"])
@@ -81,7 +246,7 @@ def test_a_single_flipped_byte_anywhere_is_caught(tmp_path: Path, where: str) ->
 
 def test_a_part_written_before_checksums_is_read_unverified(tmp_path: Path) -> None:
     part = io.write_part(pl.DataFrame({"a": [1]}), tmp_path, io.EVENTS, "2026-03-01", name="old")
-    io.checksum_path(part).unlink()
+    to_legacy_partition(tmp_path, io.EVENTS, "2026-03-01", records=False)
     assert io.verify_part(part) is False and io.part_intact(part)
     part.write_bytes(b"garbage")
     assert not io.part_intact(part)
@@ -143,7 +308,7 @@ def test_a_corrupt_aggregates_part_is_rebuilt_from_its_events(
     else:
         part.write_bytes(b"PAR1 not really" * 50)
         if damage == "garbage without a record":
-            io.checksum_path(part).unlink()
+            to_legacy_partition(data, io.AGGREGATES, lookback_day.isoformat(), records=False)
 
     result = _score(day, data, trained_dataset.model_dir, tmp_path / "out")
 

@@ -8,11 +8,14 @@ Layout (Hive-style, readable by Polars, DuckDB, Spark and Arrow as-is)::
     <output-dir>/{scores,flagged,flagged_users}/event_date=YYYY-MM-DD/*.parquet
     <output-dir>/runs/event_date=YYYY-MM-DD/manifest.json
     <output-dir>/.days/event_date=YYYY-MM-DD/<version>/...   what the day's links resolve to
-    <data-dir>/.checksums/{events,aggregates}/event_date=YYYY-MM-DD/<part>.json   sha256 records
+    <data-dir>/.checksums/{events,aggregates}/event_date=YYYY-MM-DD/manifest.json   every part + sha256
+    <data-dir>/.part-manifests.json                          manifests in use; partitions from before them
 
-A scored day's datasets and manifest are symlinks that all resolve through one anchor,
-``scores/event_date=D``, so one rename publishes the whole day (see the section
-"published days" below).
+A scored day's other datasets and manifest are relative symlinks that all resolve
+through one anchor, the real folder ``scores/event_date=D`` (its ``.version`` link), so
+one atomic swap of that folder publishes the whole day (see the section "published
+days" below). Reads of events and aggregates are checked against their partition's
+manifest (see "stored-data integrity").
 
 Every write goes to a temporary name in the destination directory and is renamed
 into place, so a reader (or a crash) never sees half a file.
@@ -39,6 +42,7 @@ from typing import Any
 import polars as pl
 
 from uba.errors import BundleError, UserError
+from uba.logs import get_logger
 from uba.schema import EVENT_SCHEMA, PARTITION_COLUMN
 
 EVENTS = "events"
@@ -53,6 +57,7 @@ TMP_PREFIX = ".tmp-"
 # full disk would make it. Kinds: staged_part, baseline_snapshot, aggregates, events,
 # publish, manifest (see fault_point).
 FAULT_ENOSPC_ENV = "UBA_FAULT_ENOSPC_AT"
+log = get_logger("io")
 
 
 class CorruptPartError(UserError):
@@ -87,11 +92,20 @@ def partition_dir(root: Path, dataset: str, day: date | str) -> Path:
 
 
 def partition_files(root: Path, dataset: str, day: date | str) -> list[Path]:
-    """Finished Parquet parts of one partition (temporary files are never listed)."""
+    """Finished Parquet parts of one partition (temporary files are never listed).
+
+    For events and aggregates the listing is checked against the partition's manifest
+    (``check_listed_parts``): an extra part, a listed part that is gone or a deleted
+    manifest raises CorruptPartError naming the file. A missing partition folder is no
+    partition (raw events may be pruned while their aggregates live on).
+    """
     folder = partition_dir(root, dataset, day)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
+    found = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
+    if dataset in CHECKSUMMED:
+        return check_listed_parts(folder, found)
+    return found
 
 
 def dated_dirs(base: Path, key: str, finished: Callable[[Path], bool]) -> list[date]:
@@ -193,35 +207,37 @@ def disk_full(folder: Path) -> bool:
     return info.f_bavail * info.f_frsize < DISK_FULL_BYTES
 
 
+def _fill(tmp: Path, write: Callable[[Path], None], path: Path, durable: bool) -> None:
+    """Run ``write`` into ``tmp`` (fsynced when ``durable``); a full disk is reported as ENOSPC."""
+    try:
+        write(tmp)
+    except Exception as exc:
+        # Polars 2.1 reports a full disk as "Invalid thrift: transport error", without the
+        # OS error: ask the filesystem, with the partial file still holding its space.
+        if not isinstance(exc, OSError) and disk_full(path.parent):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+        raise
+    if durable:
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+
+
 def _write_atomic(path: Path, write: Callable[[Path], None], durable: bool = False,
-                  make_parent: bool = True, checksum_for: Path | None = None) -> Path:
+                  make_parent: bool = True) -> Path:
     """The one write-then-rename routine: ``write`` fills a temporary file beside ``path``.
 
     ``durable`` adds the fsyncs that make the rename survive a power cut (data parts);
     exports and reports only need readers never to see half a file. ``make_parent``
     False makes a missing folder an error instead of creating it (see write_staged_part).
-    ``checksum_for`` records the finished file's sha256 for the part that will live at
-    that path (see ``record_checksum``), before the file is renamed into place, so a
-    checksummed part never exists without its record.
+    Parts of events and aggregates partitions go through ``_write_listed_part`` instead,
+    which also lists them in their partition's manifest.
     """
     path = Path(path)
     if make_parent:
         path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path.parent, path.suffix)
     try:
-        try:
-            write(tmp)
-        except Exception as exc:
-            # Polars 2.1 reports a full disk as "Invalid thrift: transport error", without the
-            # OS error: ask the filesystem, with the partial file still holding its space.
-            if not isinstance(exc, OSError) and disk_full(path.parent):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
-            raise
-        if durable:
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-        if checksum_for is not None:
-            record_checksum(tmp, checksum_for)
+        _fill(tmp, write, path, durable)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -230,16 +246,25 @@ def _write_atomic(path: Path, write: Callable[[Path], None], durable: bool = Fal
     return path
 
 
+def _parquet_writer(df: pl.DataFrame) -> Callable[[Path], None]:
+    return lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True)
+
+
+def _is_listed_partition(folder: Path) -> bool:
+    """``folder`` is a partition of events or aggregates (``<root>/<dataset>/event_date=*``)."""
+    return folder.parent.name in CHECKSUMMED and folder.name.startswith(f"{PARTITION_COLUMN}=")
+
+
 def write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
     """Write ``df`` to ``path`` via a temporary file and rename, so the part is whole or absent.
 
-    A part of an events or aggregates partition (``<dataset>/event_date=*/``) gets its
-    checksum recorded before the rename (``record_checksum``).
+    A part of an events or aggregates partition (``<dataset>/event_date=*/``) is also
+    listed, with its sha256, in the partition's manifest (``_write_listed_part``).
     """
     path = Path(path)
-    checksummed = path.parent.parent.name in CHECKSUMMED and path.parent.name.startswith(f"{PARTITION_COLUMN}=")
-    return _write_atomic(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True),
-                         durable=True, checksum_for=path if checksummed else None)
+    if _is_listed_partition(path.parent):
+        return _write_listed_part(path, _parquet_writer(df))
+    return _write_atomic(path, _parquet_writer(df), durable=True)
 
 
 def write_staged_part(df: pl.DataFrame, path: Path) -> Path:
@@ -250,14 +275,14 @@ def write_staged_part(df: pl.DataFrame, path: Path) -> Path:
     run that no longer exists.
     """
     fault_point("staged_part", path)
-    return _write_atomic(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True),
-                         durable=True, make_parent=False)
+    return _write_atomic(path, _parquet_writer(df), durable=True, make_parent=False)
 
 
 def write_part(df: pl.DataFrame, root: Path, dataset: str, day: date | str, name: str | None = None) -> Path:
     """Add one part to a partition; ``name`` makes the write deterministic (e.g. a content hash).
 
-    Parts of events and aggregates get their sha256 recorded (``record_checksum``).
+    Parts of events and aggregates are listed with their sha256 in the partition's
+    manifest (``_write_listed_part``); concurrent writers of one partition take turns.
     """
     part = name or f"part-{uuid.uuid4().hex}"
     path = partition_dir(root, dataset, day) / f"{part}.parquet"
@@ -267,32 +292,76 @@ def write_part(df: pl.DataFrame, root: Path, dataset: str, day: date | str, name
 
 
 def remove_part(path: Path) -> None:
-    """Delete a part written by ``write_part`` (a failed batch) and its checksum record."""
-    Path(path).unlink(missing_ok=True)
+    """Delete a part written by ``write_part`` (a failed batch) and its manifest entry."""
+    path = Path(path)
+    if _is_listed_partition(path.parent):
+        _remove_listed_part(path)
+    else:
+        path.unlink(missing_ok=True)
     checksum_path(path).unlink(missing_ok=True)
 
 
-# --- stored-data integrity (issue 11, item 7): a sha256 per events and aggregates part ---
+# --- stored-data integrity (issue 11, item 7): a manifest per events and aggregates partition ---
+#
+#   <data-dir>/.checksums/<dataset>/event_date=D/manifest.json   every part of the partition
+#                                                                 with its sha256 and size
+#   <data-dir>/.checksums/<dataset>/event_date=D/.lock           writers of the partition take turns
+#   <data-dir>/.part-manifests.json                              manifests are in use here, and which
+#                                                                 partitions were written before them
+#
+# Readers check the partition against its manifest: a part the manifest does not list
+# (added later), a listed part that is gone, or a part whose bytes differ fails the read
+# with one line naming the file. A partition without a manifest is read as before
+# (per-part records ``<part>.json`` where they exist, else unverified) only if the marker
+# lists it as written before manifests; once the marker exists, any other partition
+# without a manifest had one deleted. The marker itself is created (listing the
+# partitions then present without a manifest) before the first manifest is written, so
+# deleting it while manifests exist is detected too.
+#
+# A writer lists a new part as ``pending`` before renaming it into place, then moves it
+# to ``parts``. Readers take a pending entry whose part is present as listed and skip one
+# whose part is absent (a write in flight, or one a crash cut short), so concurrent
+# readers need no lock and a crash never leaves a partition unreadable.
 
 CHECKSUMS = ".checksums"
 CHECKSUMMED = frozenset({EVENTS, AGGREGATES})
+PART_MANIFEST_NAME = "manifest.json"
+PART_MANIFESTS_MARKER = ".part-manifests.json"
+PART_MANIFEST_FORMAT = 1
+_LOCK_NAME = ".lock"
 _VERIFIED: dict[tuple[str, int, int, int, int], str] = {}
 _VERIFIED_MAX = 50_000
 
 
-def checksum_path(part: Path) -> Path:
-    """Where the checksum of ``root/<dataset>/<partition>/<name>`` is recorded:
-    ``root/.checksums/<dataset>/<partition>/<name>.json``.
+def checksum_folder(partition: Path) -> Path:
+    """``root/.checksums/<dataset>/<partition>`` for the partition folder ``root/<dataset>/<partition>``.
 
     Outside the dataset folders: Polars' directory scan (``scan_parquet('events/')``) reads
     every file below the folder, hidden ones included, and refuses mixed extensions.
     """
+    partition = Path(partition)
+    return partition.parents[1] / CHECKSUMS / partition.parent.name / partition.name
+
+
+def part_manifest_path(root: Path, dataset: str, day: date | str) -> Path:
+    """Where the manifest of one events or aggregates partition lives."""
+    return checksum_folder(partition_dir(root, dataset, day)) / PART_MANIFEST_NAME
+
+
+def part_manifests_marker(root: Path) -> Path:
+    """``<data-dir>/.part-manifests.json``: partition manifests are in use in this data directory."""
+    return Path(root) / PART_MANIFESTS_MARKER
+
+
+def checksum_path(part: Path) -> Path:
+    """The per-part record of the format before manifests:
+    ``root/.checksums/<dataset>/<partition>/<name>.json`` (read for partitions written then)."""
     part = Path(part)
-    return part.parents[2] / CHECKSUMS / part.parent.parent.name / part.parent.name / f"{part.name}.json"
+    return checksum_folder(part.parent) / f"{part.name}.json"
 
 
 def record_checksum(written: Path, part: Path) -> Path:
-    """Record the sha256 and size of ``written`` (a finished file) as those of ``part``."""
+    """Write a per-part record (the format before manifests) of ``written`` for ``part``."""
     record = {"format": 1, "sha256": file_sha256(written), "size": Path(written).stat().st_size}
     target = checksum_path(part)
     text = json.dumps(record, sort_keys=True) + "\n"
@@ -312,6 +381,123 @@ def _recorded_checksum(part: Path) -> dict[str, Any] | None:
     return record
 
 
+def _finished_parts(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
+
+
+def _remedy(folder: Path) -> str:
+    return AGGREGATES_REMEDY if folder.parent.name == AGGREGATES else EVENTS_REMEDY
+
+
+def _valid_entries(entries: Any) -> bool:
+    return isinstance(entries, dict) and all(
+        isinstance(name, str) and isinstance(entry, dict)
+        and (entry.get("sha256") is None or isinstance(entry.get("sha256"), str))
+        and (entry.get("size") is None or isinstance(entry.get("size"), int))
+        for name, entry in entries.items())
+
+
+def _read_part_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of the partition ``folder``, None when it has none; unreadable = CorruptPartError."""
+    path = checksum_folder(folder) / PART_MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not JSON"
+        raise CorruptPartError(f"the checksum manifest {path} of {folder} is unreadable ({reason}): its parts "
+                               f"cannot be verified; {_remedy(folder)}") from exc
+    if not (isinstance(data, dict) and _valid_entries(data.get("parts"))
+            and _valid_entries(data.get("pending", {}))):
+        raise CorruptPartError(f"the checksum manifest {path} of {folder} is malformed: its parts cannot be "
+                               f"verified; {_remedy(folder)}")
+    data.setdefault("pending", {})
+    return data
+
+
+def _read_marker(root: Path) -> dict[str, Any] | None:
+    path = part_manifests_marker(root)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CorruptPartError(f"{path} is unreadable: partitions without a manifest cannot be told from "
+                               "partitions written before manifests; restore it from a backup") from exc
+    legacy = data.get("legacy") if isinstance(data, dict) else None
+    if not (isinstance(legacy, dict) and all(isinstance(v, list) for v in legacy.values())):
+        raise CorruptPartError(f"{path} is malformed: partitions without a manifest cannot be told from "
+                               "partitions written before manifests; restore it from a backup")
+    return data
+
+
+def _any_part_manifest(root: Path) -> Path | None:
+    """A partition manifest somewhere under ``root/.checksums`` (None when there is none)."""
+    for dataset in sorted(CHECKSUMMED):
+        base = Path(root) / CHECKSUMS / dataset
+        if base.is_dir():
+            for child in sorted(base.iterdir()):
+                if (child / PART_MANIFEST_NAME).is_file():
+                    return child / PART_MANIFEST_NAME
+    return None
+
+
+def _governing_manifest(folder: Path, has_parts: bool) -> dict[str, Any] | None:
+    """The manifest the partition ``folder`` is checked against; None: read as before manifests.
+
+    None only for a partition the marker lists as written before manifests, or for any
+    partition of a data directory where manifests were never written. A partition with
+    parts and no manifest otherwise had it deleted: CorruptPartError naming the file.
+    """
+    manifest = _read_part_manifest(folder)
+    if manifest is not None or not has_parts:
+        return manifest
+    root = folder.parents[1]
+    marker = _read_marker(root)
+    path = checksum_folder(folder) / PART_MANIFEST_NAME
+    if marker is None:
+        found = _any_part_manifest(root)
+        if found is None:
+            return None  # manifests never written here: every partition is read as before
+        raise CorruptPartError(f"{part_manifests_marker(root)} is missing although partitions of {root} have "
+                               f"checksum manifests (e.g. {found}): a partition without one cannot be told "
+                               "from one written before manifests; restore the file from a backup")
+    label = folder.name.partition("=")[2]
+    if label in marker["legacy"].get(folder.parent.name, []):
+        return None
+    raise CorruptPartError(f"the checksum manifest {path} of {folder} is missing (the partition was written "
+                           f"with one): its parts cannot be verified; {_remedy(folder)}")
+
+
+def _listed_entry(manifest: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return manifest["parts"].get(name) or manifest["pending"].get(name)
+
+
+def check_listed_parts(folder: Path, found: list[Path]) -> list[Path]:
+    """``found`` (the finished parts of the partition ``folder``) checked against its manifest.
+
+    A part the manifest does not list, or a listed part that is gone, raises
+    CorruptPartError naming the file. Pending entries (a write in flight or cut short)
+    count when their part is present and are skipped when it is not.
+    """
+    manifest = _governing_manifest(folder, bool(found))
+    if manifest is None:
+        return found
+    path = checksum_folder(folder) / PART_MANIFEST_NAME
+    for part in found:
+        if _listed_entry(manifest, part.name) is None:
+            raise CorruptPartError(f"{_kind(part)} part {part} is not in the checksum manifest {path}: it was "
+                                   f"added after the partition was written; remove it, or {_remedy(folder)}")
+    names = {part.name for part in found}
+    gone = sorted(name for name in manifest["parts"] if name not in names)
+    if gone:
+        more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
+        raise CorruptPartError(f"{_kind(folder / gone[0])} part {folder / gone[0]}{more} is missing: the checksum "
+                               f"manifest {path} lists it; {_remedy(folder)}")
+    return found
+
+
 def _sha256_cached(part: Path, info: os.stat_result) -> str:
     """sha256 of ``part``, hashed once per process for one (inode, size, mtime)."""
     key = (str(part), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
@@ -325,24 +511,33 @@ def _sha256_cached(part: Path, info: os.stat_result) -> str:
 
 
 def verify_part(part: Path, remedy: str = "") -> bool:
-    """Check a stored part against the sha256 recorded when it was written.
+    """Check a stored part against the sha256 its partition's manifest lists for it.
 
-    Returns True when it matched, False when the part has no record (written before
-    checksums existed: unverified, read as before). A mismatch (a flipped byte, a
-    truncated or replaced file) raises CorruptPartError naming the file, in one line.
-    Hashes once per process per (inode, size, mtime), so a worker reading several
-    pieces of one file, or the aggregates of the same days again, pays once.
+    Returns True when it matched, False when no sha256 is known for it (a partition
+    written before checksums, read as before). A mismatch (a flipped byte, a truncated or
+    replaced file), a part the manifest does not list, or a missing manifest raises
+    CorruptPartError naming the file, in one line. Hashes once per process per (inode,
+    size, mtime), so a worker reading several pieces of one file, or the aggregates of
+    the same days again, pays once.
     """
     part = Path(part)
-    record = _recorded_checksum(part)
-    if record is None:
+    manifest = _governing_manifest(part.parent, True)
+    if manifest is None:
+        record = _recorded_checksum(part)  # a partition written before manifests
+    else:
+        record = _listed_entry(manifest, part.name)
+        if record is None:
+            raise CorruptPartError(f"{_kind(part)} part {part} is not in the checksum manifest "
+                                   f"{checksum_folder(part.parent) / PART_MANIFEST_NAME}: it was added after the "
+                                   f"partition was written; remove it, or {_remedy(part.parent)}")
+    if record is None or record.get("sha256") is None:
         return False
     try:
         info = part.stat()
     except OSError as exc:
         raise CorruptPartError(f"{_kind(part)} part {part} cannot be read: {exc.strerror or exc}") from exc
     hint = f"; {remedy}" if remedy else ""
-    if info.st_size != record.get("size", info.st_size):
+    if record.get("size") is not None and info.st_size != record["size"]:
         raise CorruptPartError(f"{_kind(part)} part {part} is corrupt: {info.st_size} bytes, "
                                f"{record['size']} were written (truncated or replaced){hint}")
     digest = _sha256_cached(part, info)
@@ -353,7 +548,7 @@ def verify_part(part: Path, remedy: str = "") -> bool:
 
 
 def part_intact(part: Path) -> bool:
-    """True when ``part`` matches its checksum record, or (no record) its Parquet footer reads."""
+    """True when ``part`` matches its manifest entry, or (no sha256 known) its Parquet footer reads."""
     try:
         if verify_part(part):
             return True
@@ -364,7 +559,7 @@ def part_intact(part: Path) -> bool:
 
 
 def verify_partition(root: Path, dataset: str, day: date | str, remedy: str = "") -> None:
-    """``verify_part`` on every part of one partition."""
+    """``verify_part`` on every part of one partition (``partition_files`` checks the listing)."""
     for part in partition_files(root, dataset, day):
         verify_part(part, remedy)
 
@@ -374,15 +569,178 @@ def _kind(part: Path) -> str:
     return {EVENTS: "events", AGGREGATES: "aggregates"}.get(dataset, dataset)
 
 
-def _drop_stale_checksums(final: Path) -> None:
-    """Remove the checksum records of parts no longer in a replaced partition."""
-    folder = checksum_path(final / "x").parent
-    if not folder.is_dir():
+@contextlib.contextmanager
+def _locked(path: Path) -> Any:
+    """An exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _enable_part_manifests(root: Path) -> None:
+    """Create the marker before the first manifest of ``root`` is written, listing the
+    partitions present then without a manifest (written before manifests, read as before)."""
+    root = Path(root)
+    if part_manifests_marker(root).is_file():
         return
-    names = {p.name for p in final.glob("*.parquet")}
-    for record in folder.glob("*.json"):  # not another writer's temporary file
-        if not record.name.startswith(TMP_PREFIX) and record.name.removesuffix(".json") not in names:
+    with _locked(root / CHECKSUMS / _LOCK_NAME):
+        if part_manifests_marker(root).is_file():
+            return
+        found = _any_part_manifest(root)
+        if found is not None:  # deleted: re-creating it would pass off damaged partitions as old ones
+            raise CorruptPartError(f"{part_manifests_marker(root)} is missing although partitions of {root} "
+                                   f"have checksum manifests (e.g. {found}): restore the file from a backup "
+                                   "before writing here (docs/operations.md, stored data)")
+        legacy: dict[str, list[str]] = {}
+        for dataset in sorted(CHECKSUMMED):
+            base = root / dataset
+            folders = sorted(base.iterdir()) if base.is_dir() else []
+            legacy[dataset] = [folder.name.partition("=")[2] for folder in folders
+                               if _is_listed_partition(folder) and folder.is_dir() and _finished_parts(folder)
+                               and not (checksum_folder(folder) / PART_MANIFEST_NAME).exists()]
+        from datetime import UTC, datetime
+
+        marker = {"format": PART_MANIFEST_FORMAT, "created_at": datetime.now(UTC).isoformat(), "legacy": legacy}
+        write_json_atomic(marker, part_manifests_marker(root), durable=True)
+
+
+def _forget_legacy(folder: Path) -> None:
+    """The partition ``folder`` has a manifest now: drop it from the marker's legacy list,
+    so deleting that manifest is detected."""
+    root, dataset, label = folder.parents[1], folder.parent.name, folder.name.partition("=")[2]
+    with _locked(root / CHECKSUMS / _LOCK_NAME):
+        marker = _read_marker(root)
+        if marker is None or label not in marker["legacy"].get(dataset, []):
+            return
+        marker["legacy"][dataset] = [d for d in marker["legacy"][dataset] if d != label]
+        write_json_atomic(marker, part_manifests_marker(root), durable=True)
+
+
+def _store_part_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    body = {"format": PART_MANIFEST_FORMAT, "dataset": folder.parent.name, "partition": folder.name,
+            "parts": manifest["parts"], "pending": manifest["pending"]}
+    write_json_atomic(body, checksum_folder(folder) / PART_MANIFEST_NAME, durable=True)
+
+
+def _manifest_for_update(folder: Path) -> tuple[dict[str, Any], bool]:
+    """The manifest a writer of ``folder`` (holding its lock) starts from, and whether the
+    partition was adopted from the format before manifests.
+
+    Pending entries are settled: listed if their part is there, dropped if not. A
+    partition written before manifests is adopted: its parts are listed with the sha256
+    of their per-part record, or none (written before checksums: membership is checked,
+    content cannot be). A partition with parts that lost its manifest is refused.
+    """
+    manifest = _read_part_manifest(folder)
+    adopted = False
+    if manifest is None:
+        parts = _finished_parts(folder) if folder.is_dir() else []
+        manifest = {"parts": {}, "pending": {}}
+        if parts and _governing_manifest(folder, True) is None:  # raises unless the partition is legacy
+            for part in parts:
+                record = _recorded_checksum(part)
+                manifest["parts"][part.name] = ({"sha256": record["sha256"], "size": record.get("size")}
+                                                if record else {"sha256": None, "size": None})
+            adopted = True
+    for name, entry in list(manifest["pending"].items()):
+        if (folder / name).exists():
+            manifest["parts"][name] = entry
+    manifest["pending"] = {}
+    return manifest, adopted
+
+
+def _write_listed_part(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write a part of an events or aggregates partition and list it in the partition's manifest.
+
+    Under the partition's lock: the finished file is hashed, listed as pending, renamed
+    into place, then listed as a part. A failure after the rename takes the part out
+    again, so a failed write leaves the partition as it was.
+    """
+    path = Path(path)
+    folder = path.parent
+    _enable_part_manifests(folder.parents[1])
+    with _locked(checksum_folder(folder) / _LOCK_NAME):
+        manifest, adopted = _manifest_for_update(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_path(folder, path.suffix)
+        try:
+            _fill(tmp, write, path, durable=True)
+            entry = {"sha256": file_sha256(tmp), "size": tmp.stat().st_size}
+            manifest["parts"].pop(path.name, None)
+            manifest["pending"][path.name] = entry
+            _store_part_manifest(folder, manifest)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        try:
+            fsync_dir(folder)
+            del manifest["pending"][path.name]
+            manifest["parts"][path.name] = entry
+            _store_part_manifest(folder, manifest)
+        except BaseException:
+            path.unlink(missing_ok=True)  # listed as pending and absent: skipped by readers
+            raise
+        if adopted:
+            _forget_legacy(folder)
+            for part in manifest["parts"]:
+                checksum_path(folder / part).unlink(missing_ok=True)
+    return path
+
+
+def _remove_listed_part(path: Path) -> None:
+    """Delete a part and its manifest entry: listed as pending, deleted, then unlisted.
+
+    When the manifest cannot be written first (a full disk), the part is deleted anyway
+    to free the space, then unlisted.
+    """
+    folder = path.parent
+    with _locked(checksum_folder(folder) / _LOCK_NAME):
+        manifest = _read_part_manifest(folder)
+        if manifest is None:
+            path.unlink(missing_ok=True)
+            return
+        entry = manifest["parts"].pop(path.name, None) or manifest["pending"].pop(path.name, None)
+        if entry is not None:
+            manifest["pending"][path.name] = entry
+            with contextlib.suppress(OSError):
+                _store_part_manifest(folder, manifest)
+        path.unlink(missing_ok=True)
+        manifest["pending"].pop(path.name, None)
+        _store_part_manifest(folder, manifest)
+
+
+def _replace_listed_partition(df: pl.DataFrame, final: Path, name: str) -> Path:
+    """``replace_partition`` for events and aggregates: the new part is hashed, every old
+    entry and the new one are listed as pending, the folders are swapped, then the
+    manifest lists exactly the new part."""
+    _enable_part_manifests(final.parents[1])
+    part = f"{name}.parquet"
+    with _locked(checksum_folder(final) / _LOCK_NAME):
+        try:
+            old = _read_part_manifest(final)
+        except CorruptPartError:
+            old = None  # replaced as a whole: an unreadable manifest is rewritten
+        staging = make_staging_dir(final.parent)
+        try:
+            staged = _write_atomic(staging / part, _parquet_writer(df), durable=True)
+            entry = {"sha256": file_sha256(staged), "size": staged.stat().st_size}
+            pending = {**(old["parts"] if old else {}), **(old["pending"] if old else {}), part: entry}
+            _store_part_manifest(final, {"parts": {}, "pending": pending})
+            recover_replaced_dir(final)
+            replace_dir_atomic(staging, final)
+        finally:
+            discard_dir(staging)
+        _store_part_manifest(final, {"parts": {part: entry}, "pending": {}})
+        for record in checksum_folder(final).glob("*.parquet.json"):  # per-part records before manifests
             record.unlink(missing_ok=True)
+        _forget_legacy(final)
+    return final / part
 
 
 def write_json_atomic(data: Any, path: Path, durable: bool = False) -> Path:
@@ -570,23 +928,21 @@ def scan_table(root: Path, table: str) -> pl.LazyFrame | None:
 def replace_partition(df: pl.DataFrame, root: Path, dataset: str, day: date | str, name: str = "part-0") -> Path:
     """Make ``df`` the whole content of one partition, swapped in atomically (re-runs replace, never add).
 
-    Events and aggregates parts get their checksum recorded (under the final name) first.
+    Events and aggregates partitions also get their manifest rewritten to list exactly
+    the new part (``_replace_listed_partition``).
     """
     final = partition_dir(root, dataset, day)
+    if dataset in CHECKSUMMED:
+        return _replace_listed_partition(df, final, name)
     staging = make_staging_dir(final.parent)
-    checksum = final / f"{name}.parquet" if dataset in CHECKSUMMED else None
     if final.is_symlink():  # a dataset of a published day: replace the folder of its current version
         final = Path(os.path.realpath(final))
     try:
-        _write_atomic(staging / f"{name}.parquet",
-                      lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True),
-                      durable=True, checksum_for=checksum)
+        _write_atomic(staging / f"{name}.parquet", _parquet_writer(df), durable=True)
         recover_replaced_dir(final)
         replace_dir_atomic(staging, final)
     finally:
         discard_dir(staging)
-    if checksum is not None:
-        _drop_stale_checksums(final)
     return final / f"{name}.parquet"
 
 
@@ -850,8 +1206,16 @@ def partition_fingerprint(root: Path, dataset: str, day: date | str) -> str | No
 
 
 def aggregates_tag(data_dir: Path, day: date) -> str | None:
-    """Tag of the finished aggregates part of ``day`` (its name minus prefix), or None."""
-    files = partition_files(data_dir, AGGREGATES, day)
+    """Tag of the finished aggregates part of ``day`` (its name minus prefix), or None.
+
+    None also when the partition does not match its manifest (a part added or gone, the
+    manifest deleted): aggregates are derived, so the caller rebuilds them from the events.
+    """
+    try:
+        files = partition_files(data_dir, AGGREGATES, day)
+    except CorruptPartError as exc:
+        log.warning("%s; rebuilding the aggregates of %s from its events", exc, day)
+        return None
     if len(files) != 1 or not files[0].stem.startswith(AGGREGATE_PART_PREFIX):
         return None
     return files[0].stem[len(AGGREGATE_PART_PREFIX):]
@@ -884,6 +1248,7 @@ def scan_aggregates(data_dir: Path, days: Iterable[date]) -> pl.LazyFrame | None
     return pl.concat(frames, how="diagonal_relaxed")
 
 
+EVENTS_REMEDY = "restore it from a backup or re-ingest the day's source"
 AGGREGATES_REMEDY = ("aggregates are derived from the day's events: delete the part and re-run to "
                      "rebuild it (score and train do so by themselves while the events are there)")
 
@@ -972,47 +1337,74 @@ def write_user_score_history(df: pl.DataFrame, bundle_path: Path, quantile: floa
     return write_parquet_atomic(df, user_score_history_path(bundle_path, quantile))
 
 
-# --- published days (issue 11, item 6): one rename commits a whole day ---
+# --- published days (issue 11, items 6 and 7): one rename commits a whole day ---
 #
-#   <out>/.days/event_date=D/<version>/{scores,flagged,flagged_users}/part-*.parquet
-#   <out>/.days/event_date=D/<version>/manifest.json          (+ .previous: the version it replaced)
-#   <out>/scores/event_date=D        -> <abs out>/.days/event_date=D/<version>/scores   (the anchor)
-#   <out>/flagged/event_date=D       -> <abs out>/scores/event_date=D/../flagged
-#   <out>/flagged_users/event_date=D -> <abs out>/scores/event_date=D/../flagged_users
-#   <out>/runs/event_date=D/manifest.json -> <abs out>/scores/event_date=D/../manifest.json
+#   <out>/.days/event_date=D/<v>/{scores,flagged,flagged_users}/part-*.parquet   version <v> of D
+#   <out>/.days/event_date=D/<v>/manifest.json, .previous (the version it replaced)
+#   <out>/.days/event_date=D/<v>/.anchor/                 an empty folder: what `.version` links name
+#   <out>/.days/event_date=D/<v>/scores/.version -> ../.anchor
+#   <out>/scores/event_date=D/            THE ANCHOR, a real folder: the published version's scores
+#                                         parts (hard links) and
+#                                         .version -> ../../.days/event_date=D/<v>/.anchor
+#   <out>/flagged/event_date=D            -> ../scores/event_date=D/.version/../flagged
+#   <out>/flagged_users/event_date=D      -> ../scores/event_date=D/.version/../flagged_users
+#   <out>/runs/event_date=D/manifest.json -> ../../scores/event_date=D/.version/../manifest.json
 #
-# The kernel resolves ``..`` after following the anchor physically (to the version
-# folder), so every dataset and the manifest of D are reached through the anchor: a
-# rename(2) of a new symlink over it switches them all at once. Only the anchor names a
-# version, so a ``cp -r scores/`` keeps pointing at the version it copied (kept until the
-# run after next prunes it); the other links never change once made.
+# Every link is relative, so the output directory can be moved or mounted elsewhere. The
+# kernel resolves ``..`` after following ``.version`` physically (to the version folder),
+# so every dataset and the manifest of D are reached through the anchor, and one
+# renameat2(RENAME_EXCHANGE) of a finished folder with the anchor switches them all at
+# once. The anchor is a real folder so that ``cp -r scores/`` copies the scores themselves
+# and ``find out/scores`` lists them (the other datasets are links: ``find -L``).
+#
+# Where the filesystem cannot exchange two entries (NFS, CephFS, macOS), the anchor is a
+# relative symlink, ``scores/event_date=D -> ../.days/event_date=D/<v>/scores``, and the
+# commit is a rename(2) of a new symlink over it: the same single atomic step, the same
+# other links (they go through the version's own ``scores/.version``). Readers see either
+# form; so they do the absolute links of the layout before, which the next run of D
+# rewrites relative. ``.anchor`` is empty so that globs following ``.version`` (Polars'
+# ``**``) find nothing there.
 
 DAYS = ".days"
 DAY_DATASETS: tuple[str, ...] = (SCORES, FLAGGED, FLAGGED_USERS)  # risk/ joins here when it exists
 EMPTY_VERSION = "empty"
 PREVIOUS_NAME = ".previous"
 LEGACY_PREFIX = "legacy-"
+VERSION_LINK = ".version"
+ANCHOR_DIR = ".anchor"
+_PUBLISH_PREFIX = ".publish-"
+_ASIDE_PREFIX = ".aside-"
 
 
 def day_versions_dir(output_dir: Path, day: date | str) -> Path:
     """``<out>/.days/event_date=D``: every kept version of day D's outputs."""
-    label = day.isoformat() if isinstance(day, date) else day
-    return Path(output_dir) / DAYS / f"{PARTITION_COLUMN}={label}"
+    return Path(output_dir) / DAYS / f"{PARTITION_COLUMN}={_day_label(day)}"
 
 
-def _absolute(path: Path) -> Path:
-    return Path(os.path.abspath(path))
+def _day_label(day: date | str) -> str:
+    return day.isoformat() if isinstance(day, date) else day
 
 
 def _anchor(output_dir: Path, day: date | str) -> Path:
     return partition_dir(output_dir, SCORES, day)
 
 
-def _link_text(output_dir: Path, day: date | str, name: str) -> str:
-    """What the stable link of ``name`` (a dataset or manifest.json) points at."""
+def _version_link_text(day: date | str, version: str) -> str:
+    """Text of ``.version`` inside the anchor folder (two levels below the output directory)."""
+    return f"../../{DAYS}/{PARTITION_COLUMN}={_day_label(day)}/{version}/{ANCHOR_DIR}"
+
+
+def _anchor_link_text(day: date | str, version: str) -> str:
+    """Text of the anchor where it is a symlink (no RENAME_EXCHANGE)."""
+    return f"../{DAYS}/{PARTITION_COLUMN}={_day_label(day)}/{version}/{SCORES}"
+
+
+def _link_text(day: date | str, name: str) -> str:
+    """What the stable link of ``name`` (a dataset other than scores, or manifest.json) points at."""
     if name == SCORES:
         raise ValueError("the anchor names a version")
-    return f"{_absolute(_anchor(output_dir, day))}/../{name}"
+    up = "../.." if name == MANIFEST_NAME else ".."
+    return f"{up}/{SCORES}/{PARTITION_COLUMN}={_day_label(day)}/{VERSION_LINK}/../{name}"
 
 
 def _stable_link(output_dir: Path, day: date | str, name: str) -> Path:
@@ -1022,12 +1414,15 @@ def _stable_link(output_dir: Path, day: date | str, name: str) -> Path:
 
 
 def published_version(output_dir: Path, day: date | str) -> str | None:
-    """The version of D that readers see (the anchor's target), None when D has no
-    versioned output (never scored, or still in the layout before versions)."""
+    """The version of D that readers see, None when D has no versioned output (never
+    scored, or still in the layout before versions). Reads link texts only, so it works
+    on an output directory that was moved while its links were still absolute."""
     anchor = _anchor(output_dir, day)
-    if not anchor.is_symlink():
+    try:
+        text = os.readlink(anchor) if anchor.is_symlink() else os.readlink(anchor / VERSION_LINK)
+    except OSError:
         return None
-    return Path(os.readlink(anchor)).parent.name
+    return Path(text).parent.name
 
 
 def _symlink_over(text: str, link: Path) -> None:
@@ -1067,7 +1462,8 @@ def _link_files(source: Path, target: Path) -> None:
     """Hard-link (copy where links are refused) the files of ``source`` into ``target``."""
     target.mkdir(parents=True, exist_ok=True)
     for path in sorted(source.iterdir()):
-        if not path.is_file() or path.name.startswith(TMP_PREFIX) or (target / path.name).exists():
+        if path.is_symlink() or not path.is_file() or path.name.startswith(TMP_PREFIX) \
+                or (target / path.name).exists():
             continue
         try:
             os.link(path, target / path.name)
@@ -1079,6 +1475,15 @@ def _is_real_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink()
 
 
+def _prepare_version(folder: Path) -> None:
+    """Give a version folder its empty ``.anchor`` and ``scores/.version -> ../.anchor``."""
+    (folder / ANCHOR_DIR).mkdir(exist_ok=True)
+    (folder / SCORES).mkdir(exist_ok=True)
+    link = folder / SCORES / VERSION_LINK
+    if not link.is_symlink():
+        os.symlink(f"../{ANCHOR_DIR}", link)
+
+
 def _new_version_dir(versions: Path, name: str, fill: Callable[[Path], None]) -> Path:
     """Build a version folder under a temporary name and rename it into place."""
     versions.mkdir(parents=True, exist_ok=True)
@@ -1088,6 +1493,7 @@ def _new_version_dir(versions: Path, name: str, fill: Callable[[Path], None]) ->
         for dataset in DAY_DATASETS:
             (tmp / dataset).mkdir()
         fill(tmp)
+        _prepare_version(tmp)
         os.replace(tmp, versions / name)
     finally:
         discard_dir(tmp)
@@ -1095,58 +1501,165 @@ def _new_version_dir(versions: Path, name: str, fill: Callable[[Path], None]) ->
     return versions / name
 
 
-def ensure_day_links(output_dir: Path, day: date | str, on_step: Callable[[str], None] | None = None) -> None:
-    """Make D's stable links exist before a version is committed, without changing what
-    readers see.
+def _remove_entry(path: Path) -> None:
+    """Delete a file, symlink or folder tree (what an exchange left where the new folder was)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        discard_dir(path)
 
-    A day never published gets an empty version and links to it (so no link ever
-    dangles). A day in the layout before versions (real ``scores/event_date=D`` etc.) is
-    taken over: its files are hard-linked into a ``legacy-*`` version, then each real
-    folder (the anchor first) is exchanged for its link, so readers see the same old
-    files throughout; a kill in between is finished by the next call. ``on_step`` is
+
+def _side_entries(output_dir: Path, day: date | str, prefix: str) -> list[Path]:
+    """``.days/<prefix>event_date=D-*`` entries (publish folders, set-aside anchors), oldest first."""
+    base = Path(output_dir) / DAYS
+    if not base.is_dir():
+        return []
+    start = f"{prefix}{PARTITION_COLUMN}={_day_label(day)}-"
+    found = [p for p in base.iterdir() if p.name.startswith(start)]
+    return sorted(found, key=lambda p: p.lstat().st_mtime_ns)
+
+
+def _restore_anchor(output_dir: Path, day: date | str) -> bool:
+    """Undo a commit cut between its two renames (filesystems without RENAME_EXCHANGE):
+    the anchor set aside is renamed back when the anchor is missing. True if restored."""
+    anchor = _anchor(output_dir, day)
+    asides = _side_entries(output_dir, day, _ASIDE_PREFIX)
+    restored = False
+    if asides and not os.path.lexists(anchor):
+        os.replace(asides.pop(), anchor)
+        fsync_dir(anchor.parent)
+        restored = True
+    if os.path.lexists(anchor):
+        for leftover in asides:
+            _remove_entry(leftover)
+    return restored
+
+
+_CAN_EXCHANGE: dict[int, bool] = {}
+
+
+def _can_exchange(folder: Path) -> bool:
+    """Whether the filesystem of ``folder`` has RENAME_EXCHANGE (tried once per filesystem
+    and process on two throw-away symlinks)."""
+    device = folder.stat().st_dev
+    if device not in _CAN_EXCHANGE:
+        a, b = (folder / f"{TMP_PREFIX}probe-{uuid.uuid4().hex}" for _ in range(2))
+        os.symlink("a", a)
+        os.symlink("b", b)
+        try:
+            _CAN_EXCHANGE[device] = _rename_exchange(a, b)
+        finally:
+            a.unlink(missing_ok=True)
+            b.unlink(missing_ok=True)
+    return _CAN_EXCHANGE[device]
+
+
+def _publish_anchor(output_dir: Path, day: date | str, version: str) -> None:
+    """Make the anchor of D name ``version``, in one atomic step where the anchor exists.
+
+    A finished folder (the version's scores parts, hard-linked, and ``.version``) is built
+    under ``.days/`` (two levels below the output directory, as the anchor is, so the
+    relative ``.version`` resolves the same there) and exchanged with the anchor; what it
+    replaced is then deleted. Without RENAME_EXCHANGE the anchor becomes a symlink renamed
+    over the old one (a real folder left by another filesystem is set aside first, the
+    one step that is not atomic; ``_restore_anchor`` undoes it if cut).
+    """
+    anchor = _anchor(output_dir, day)
+    target = day_versions_dir(output_dir, day) / version
+    anchor.parent.mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / DAYS).mkdir(exist_ok=True)
+    if _can_exchange(Path(output_dir) / DAYS):  # probed there: nothing new appears under scores/
+        folder = Path(output_dir) / DAYS / f"{_PUBLISH_PREFIX}{PARTITION_COLUMN}={_day_label(day)}-{uuid.uuid4().hex}"
+        folder.mkdir()
+        try:
+            _link_files(target / SCORES, folder)
+            os.symlink(_version_link_text(day, version), folder / VERSION_LINK)
+            fsync_dir(folder)
+            if not os.path.lexists(anchor):
+                os.replace(folder, anchor)  # a first anchor: nothing to replace
+                fsync_dir(anchor.parent)
+                return
+            if not _rename_exchange(folder, anchor):  # the commit point
+                raise OSError(errno.EOPNOTSUPP, "RENAME_EXCHANGE refused", str(anchor))
+            fsync_dir(anchor.parent)
+            fsync_dir(folder.parent)
+            return
+        finally:
+            if os.path.lexists(folder):
+                _remove_entry(folder)  # what the exchange replaced, or the unused new folder
+    text = _anchor_link_text(day, version)
+    if anchor.is_symlink() or not os.path.lexists(anchor):
+        _symlink_over(text, anchor)  # the commit point (no RENAME_EXCHANGE)
+        return
+    aside = Path(output_dir) / DAYS / f"{_ASIDE_PREFIX}{PARTITION_COLUMN}={_day_label(day)}-{uuid.uuid4().hex}"
+    os.replace(anchor, aside)
+    _symlink_over(text, anchor)
+    _remove_entry(aside)
+
+
+def ensure_day_links(output_dir: Path, day: date | str, on_step: Callable[[str], None] | None = None) -> None:
+    """Make D's stable links exist, relative, before a version is committed, without
+    changing what readers see.
+
+    A day never published gets an empty version and an anchor naming it (so no link ever
+    dangles). A day in the layout before versions (real ``scores/event_date=D`` without
+    ``.version``, real dataset folders) is taken over: its files are hard-linked into a
+    ``legacy-*`` version, ``.version`` naming it is added to the real scores folder, then
+    each other real folder is exchanged for its link, so readers see the same old files
+    throughout. A day whose links are absolute (the layout before relative links, which a
+    moved output directory leaves dangling) gets them rewritten relative, one rename each,
+    to the same version. A kill in between is finished by the next call. ``on_step`` is
     called after each step (fault-injection tests kill the process there).
     """
     step = on_step or (lambda name: None)
     anchor = _anchor(output_dir, day)
     versions = day_versions_dir(output_dir, day)
     manifest = run_manifest_path(output_dir, day)
+    _restore_anchor(output_dir, day)
     recover_replaced_dir(anchor)
-    if not anchor.is_symlink():
-        legacy = _is_real_dir(anchor)
+    if anchor.is_symlink():
+        version = Path(os.readlink(anchor)).parent.name
+        if (versions / version).is_dir():
+            _prepare_version(versions / version)
+        if os.readlink(anchor) != _anchor_link_text(day, version):  # absolute, from the layout before
+            _symlink_over(_anchor_link_text(day, version), anchor)
+            step("link:scores")
+    elif _is_real_dir(anchor):
+        if not (anchor / VERSION_LINK).is_symlink():  # the layout before versions
 
-        def fill(folder: Path) -> None:
-            for dataset in DAY_DATASETS:
-                if _is_real_dir(partition_dir(output_dir, dataset, day)):
-                    _link_files(partition_dir(output_dir, dataset, day), folder / dataset)
-            if manifest.is_file() and not manifest.is_symlink():
-                os.link(manifest, folder / MANIFEST_NAME)
+            def fill(folder: Path) -> None:
+                for dataset in DAY_DATASETS:
+                    if _is_real_dir(partition_dir(output_dir, dataset, day)):
+                        _link_files(partition_dir(output_dir, dataset, day), folder / dataset)
+                if manifest.is_file() and not manifest.is_symlink():
+                    os.link(manifest, folder / MANIFEST_NAME)
 
-        name = f"{LEGACY_PREFIX}{uuid.uuid4().hex}" if legacy else EMPTY_VERSION
-        if legacy or not (versions / name).is_dir():
+            name = f"{LEGACY_PREFIX}{uuid.uuid4().hex}"
             _new_version_dir(versions, name, fill)
-        text = str(_absolute(versions / name / SCORES))
-        if legacy:
-            _dir_to_link(text, anchor)
-        else:
-            _symlink_over(text, anchor)
+            _symlink_over(_version_link_text(day, name), anchor / VERSION_LINK)
+            step("link:scores")
+    else:  # never published
+        if not (versions / EMPTY_VERSION).is_dir():
+            _new_version_dir(versions, EMPTY_VERSION, lambda folder: None)
+        _publish_anchor(output_dir, day, EMPTY_VERSION)
         step("link:scores")
-    current = Path(os.path.realpath(anchor)).parent
-    for dataset in DAY_DATASETS[1:]:
-        link = partition_dir(output_dir, dataset, day)
+    current = versions / (published_version(output_dir, day) or EMPTY_VERSION)
+    for name in (*DAY_DATASETS[1:], MANIFEST_NAME):
+        link = _stable_link(output_dir, day, name)
+        text = _link_text(day, name)
         recover_replaced_dir(link)
         if link.is_symlink():
-            continue
-        if _is_real_dir(link):
-            _link_files(link, current / dataset)
-            _dir_to_link(_link_text(output_dir, day, dataset), link)
+            if os.readlink(link) == text:
+                continue
+            _symlink_over(text, link)  # an absolute link of the layout before: the same target
+        elif _is_real_dir(link):
+            _link_files(link, current / name)
+            _dir_to_link(text, link)
         else:
-            _symlink_over(_link_text(output_dir, day, dataset), link)
-        step(f"link:{dataset}")
-    if not manifest.is_symlink():
-        if manifest.is_file() and not (current / MANIFEST_NAME).exists():
-            os.link(manifest, current / MANIFEST_NAME)
-        _symlink_over(_link_text(output_dir, day, MANIFEST_NAME), manifest)
-        step("link:manifest")
+            if link.is_file() and not (current / name).exists():  # the manifest before versions
+                os.link(link, current / name)
+            _symlink_over(text, link)
+        step(f"link:{name.removesuffix('.json')}")
 
 
 def add_day_version(output_dir: Path, day: date | str, staged: Path, version: str) -> Path:
@@ -1155,6 +1668,7 @@ def add_day_version(output_dir: Path, day: date | str, staged: Path, version: st
     staged = Path(staged)
     for dataset in DAY_DATASETS:  # a dataset absent from the run is an empty folder, never missing
         (staged / dataset).mkdir(exist_ok=True)
+    _prepare_version(staged)
     previous = published_version(output_dir, day) or ""
     (staged / PREVIOUS_NAME).write_text(previous + "\n")
     versions = day_versions_dir(output_dir, day)
@@ -1167,20 +1681,24 @@ def add_day_version(output_dir: Path, day: date | str, staged: Path, version: st
 
 
 def commit_day_version(output_dir: Path, day: date | str, version: str) -> None:
-    """THE commit point of a day: one rename(2) points the anchor at ``version``, and with
-    it every dataset and the manifest of D."""
+    """THE commit point of a day: one atomic step (RENAME_EXCHANGE of the anchor folder,
+    or rename of the anchor symlink) makes ``version`` the published one, and with it
+    every dataset and the manifest of D."""
     target = day_versions_dir(output_dir, day) / version
     if not (target / SCORES).is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such day version", str(target))
     fault_point("publish", target)
-    _symlink_over(str(_absolute(target / SCORES)), _anchor(output_dir, day))
+    _publish_anchor(output_dir, day, version)
 
 
 def prune_day_versions(output_dir: Path, day: date | str) -> list[str]:
     """Delete D's versions other than the published one and the one it replaced (kept so
-    a reader, or a copy of ``scores/``, that resolved the old links still finds its
-    files until the next run); also what a killed run left (uncommitted versions,
-    temporary folders). Returns the names removed. Call with the date's lock held."""
+    a reader that resolved the old links still finds its files until the next run); also
+    what a killed run left (uncommitted versions, temporary folders, an unused publish
+    folder or a replaced anchor). Returns the names removed. Call with the date's lock held."""
+    _restore_anchor(output_dir, day)
+    for leftover in _side_entries(output_dir, day, _PUBLISH_PREFIX):
+        _remove_entry(leftover)
     versions = day_versions_dir(output_dir, day)
     current = published_version(output_dir, day)
     if current is None or not versions.is_dir():
