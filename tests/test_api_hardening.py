@@ -139,6 +139,7 @@ def test_clients_that_close_mid_body_count_as_499_not_500(world: World, tmp_path
                 break
             time.sleep(0.1)
     assert sum(v for k, v in counts.items() if 'status="499"' in k) == 10, counts
+    assert counts['uba_api_requests_total{method="POST",route="/predict",status="499"}'] == 10, counts
     assert not any('status="500"' in k for k in counts), counts
     log = (tmp_path / "api.log").read_text()
     assert "Traceback" not in log and '"POST /predict" 499' in log and '"POST /predict" 500' not in log
@@ -158,6 +159,44 @@ def test_the_api_key_is_checked_before_the_body(keyed_server: Server, content: s
         response = httpx.post(keyed_server.url + path, content=content, headers=headers)
         assert response.status_code == 401, (path, response.text[:200])
         assert response.json()["detail"][0]["field"] == "X-API-Key"
+
+
+TWO_MB = 2 * 1024 * 1024 + 1024  # just over api.max_body_bytes (2 MiB by default)
+
+
+def _chunks(total: int, size: int = 64 * 1024) -> Iterator[bytes]:
+    sent = 0
+    while sent < total:
+        yield b"x" * min(size, total - sent)
+        sent += size
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_a_2mb_body_without_the_key_is_a_401_not_a_413(keyed_server: Server, chunked: bool) -> None:
+    """The attack: a 2 MB body sent without the key got 413 (the body was sized before the
+    key was looked at). Neither a chunked body nor a declared Content-Length is read or
+    sized before the key; with the key, the same body is a 413."""
+    for path in ("/predict", "/predict/batch", "/feedback", "/admin/reload"):
+        body = _chunks(TWO_MB) if chunked else b"x" * TWO_MB
+        response = httpx.post(keyed_server.url + path, content=body, headers=J, timeout=30)
+        assert response.status_code == 401, (path, response.text[:200])
+        assert response.json()["detail"][0]["field"] == "X-API-Key"
+        body = _chunks(TWO_MB) if chunked else b"x" * TWO_MB
+        keyed = httpx.post(keyed_server.url + path, content=body, headers={**J, "X-API-Key": KEY}, timeout=30)
+        assert keyed.status_code == 413, (path, keyed.text[:200])
+        assert keyed.json()["detail"][0]["field"] == "body"
+
+
+def test_413s_are_counted_under_the_route_template(world: World, tmp_path: Path) -> None:
+    """The 413 (and 499, above) outcomes were labelled route="unmatched"."""
+    with running_server(world.env(), tmp_path / "api.log") as server:
+        for path in ("/predict", "/feedback"):
+            assert httpx.post(server.url + path, content=_chunks(TWO_MB), headers=J).status_code == 413
+        assert httpx.post(server.url + "/predict", content=b"x" * TWO_MB, headers=J).status_code == 413
+        counts = _metric_lines(server, "uba_api_requests_total")
+    assert counts['uba_api_requests_total{method="POST",route="/predict",status="413"}'] == 2, counts
+    assert counts['uba_api_requests_total{method="POST",route="/feedback",status="413"}'] == 1, counts
+    assert not any('route="unmatched"' in k for k in counts), counts
 
 
 def test_ready_shows_no_absolute_path_to_an_unauthenticated_caller(world: World, tmp_path: Path) -> None:

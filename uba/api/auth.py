@@ -64,14 +64,26 @@ def key_is_valid(candidate: str, keys: tuple[bytes, ...]) -> bool:
     return matched
 
 
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
 async def require_api_key(request: Request, api_key: str | None = Security(api_key_header)) -> None:
-    """Router dependency: 401 unless the key matches, when keys are configured."""
+    """Router dependency of every protected route: 401 unless the key matches (when keys
+    are configured), then the body is read under the cap.
+
+    Nothing of the body is read or sized before the key is checked (the cap is applied
+    as the body is read, ``uba.api.middleware.BodyLimitMiddleware``). Reading it here,
+    inside the matched route, makes a body over ``api.max_body_bytes`` a 413 on every
+    protected route, also on those that ignore their body (``/admin/reload``), and
+    labels it with the route's template in the metrics; the route's own body dependency
+    then gets the bytes already read.
+    """
     keys: tuple[bytes, ...] = request.app.state.runtime.api_keys
-    if not keys:
-        return
-    if api_key is None or not key_is_valid(api_key, keys):
+    if keys and (api_key is None or not key_is_valid(api_key, keys)):
         raise HTTPException(
             status_code=status.HTTP_401_UNAUTHORIZED,
             detail=[{"field": API_KEY_HEADER, "message": "missing or invalid API key", "value": None}],
             headers={"WWW-Authenticate": API_KEY_HEADER},
         )
+    if request.method in _BODY_METHODS:
+        await request.body()

@@ -1,33 +1,27 @@
 """Request body cap, and request ids on every response and access log line.
 
-The body is read here, counted as it streams and refused with 413 the moment it passes
-the cap, so neither a lying ``Content-Length`` nor a chunked upload can make the JSON
-parser hold an unbounded body. The bytes already read are replayed to the app, which
-never sees the difference.
+The body is counted as the app reads it and refused with 413 the moment it passes the
+cap, so neither a lying ``Content-Length`` nor a chunked upload can make the JSON parser
+hold an unbounded body. Nothing is read here: the first read happens inside the matched
+route, after its API-key dependency (``uba.api.auth.require_api_key``), so a request
+without a valid key is a 401 whatever its size, and a 413 or a client that closes
+mid-body (499) is counted under the route's template in the metrics.
 """
 
 from __future__ import annotations
 
 import contextvars
-import json
 import re
 import time
 import uuid
+
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from uba.api.metrics import ASGIApp, Message, Receive, Scope, Send, final_status
 from uba.logs import get_logger
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
-async def send_json_error(send: Send, status: int, detail: object) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-    })
-    await send({"type": "http.response.body", "body": body})
 
 
 def _too_large(limit: int) -> list[dict[str, object]]:
@@ -48,8 +42,22 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
+class BodyTooLargeError(StarletteHTTPException):
+    """413 raised from the app's own read of a body over ``api.max_body_bytes``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, detail=_too_large(limit))
+
+
 class BodyLimitMiddleware:
-    """Buffers request bodies up to ``limit`` bytes; anything larger is a 413."""
+    """Caps request bodies at ``limit`` bytes while the app reads them; never reads itself.
+
+    A declared ``Content-Length`` over the cap is refused at the first read, before any
+    byte is taken; a chunked body when the running total passes the cap. The refusal is
+    a :class:`BodyTooLargeError` raised from ``receive`` inside the route, answered 413
+    by the app's HTTP error handler. A client that goes away mid-body ends the request
+    without an answer (no traceback, no 500), counted as 499 by the metrics.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -60,37 +68,27 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = _declared_length(scope)
-        if declared is not None and declared > self.limit:
-            await send_json_error(send, 413, _too_large(self.limit))
-            return
-        chunks: list[bytes] = []
         size = 0
-        while True:
+        complete = False
+
+        async def limited() -> Message:
+            nonlocal size, complete
+            if complete:  # the whole body was delivered: only a disconnect can follow
+                return await receive()
+            if declared is not None and declared > self.limit:
+                raise BodyTooLargeError(self.limit)
             message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await send_json_error(send, 413, _too_large(self.limit))
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > self.limit:
+                    raise BodyTooLargeError(self.limit)
+                complete = not message.get("more_body", False)
+            return message
 
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
+        try:
+            await self.app(scope, limited, send)
+        except ClientDisconnect:
+            return  # the client closed mid-body: nobody to answer
 
 
 # --- request ids ----------------------------------------------------------------------
