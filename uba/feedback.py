@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from uba import io
@@ -194,13 +195,31 @@ def active_rules(rule_log: pl.DataFrame, day: date | None) -> pl.DataFrame:
     return rules.select(list(ACTIVE_RULE_COLUMNS))
 
 
-def _rule_matches(rule: Mapping[str, Any], top_kind: pl.Expr) -> pl.Expr:
-    cond = pl.lit(True)
-    if rule["user_id"] != WILDCARD:
-        cond = cond & (pl.col("user_id") == rule["user_id"])
-    if rule["reason_kind"] != WILDCARD:
-        cond = cond & (top_kind == rule["reason_kind"]).fill_null(False)
-    return cond
+Rule = tuple[str, str, str]  # (rule_id, user_id or WILDCARD, reason_kind or WILDCARD)
+
+
+def rule_tuples(rules: pl.DataFrame) -> list[Rule]:
+    """Active rules (``active_rules``, write order) as plain tuples for ``suppressing_rules``."""
+    if rules.is_empty():
+        return []
+    return [(str(r), str(u), str(k)) for r, u, k in rules.select("rule_id", "user_id", "reason_kind").rows()]
+
+
+def suppressing_rules(user_ids: Sequence[str | None] | pl.Series, top_kinds: Sequence[str | None] | pl.Series,
+                      flagged: Sequence[bool] | np.ndarray, rules: Sequence[Rule]) -> list[str | None]:
+    """Per event, the id of the first rule (in write order) whose user and top reason kind
+    match a flagged event, else None. Only flagged events can be suppressed; the loop runs
+    over the flagged events only (a few percent of a day) and the handful of rules."""
+    by: list[str | None] = [None] * len(flagged)
+    if not rules:
+        return by
+    for i in np.flatnonzero(np.asarray(flagged, dtype=bool)).tolist():
+        user, top = user_ids[i], top_kinds[i]
+        for rule_id, rule_user, rule_kind in rules:
+            if rule_user in (WILDCARD, user) and rule_kind in (WILDCARD, top):
+                by[i] = rule_id
+                break
+    return by
 
 
 def apply_suppressions(scored: pl.LazyFrame, rules: pl.DataFrame, day: date) -> pl.LazyFrame:
@@ -208,21 +227,18 @@ def apply_suppressions(scored: pl.LazyFrame, rules: pl.DataFrame, day: date) -> 
 
     Only events over the threshold (``is_anomaly``) can be suppressed; the first active
     rule (in write order) whose user and top reason kind match is recorded. The row
-    stays in the output with its score: suppression hides an alert, never data.
+    stays in the output with its score: suppression hides an alert, never data. A frame
+    adapter of ``suppressing_rules`` (what ``uba.thresholds.decide`` applies).
     """
     live = active_rules(rules, day) if "action" in rules.columns else rules
-    names = scored.collect_schema().names()
-    top_kind = pl.col("reason_kinds").list.first() if "reason_kinds" in names else pl.lit(None, pl.String)
-    flagged = pl.col("is_anomaly").fill_null(False)
-    matched = [
-        pl.when(_rule_matches(rule, top_kind)).then(pl.lit(rule["rule_id"]))
-        for rule in live.iter_rows(named=True)
-    ]
-    by = pl.coalesce(matched) if matched else pl.lit(None, dtype=pl.String)
-    by = pl.when(flagged).then(by).otherwise(pl.lit(None, dtype=pl.String)).cast(pl.String)
-    return scored.with_columns(by.alias("suppressed_by")).with_columns(
+    frame = scored.collect()
+    tops = (frame["reason_kinds"].list.first().to_list() if "reason_kinds" in frame.columns
+            else [None] * frame.height)
+    flagged = frame["is_anomaly"].fill_null(False).to_numpy()
+    by = suppressing_rules(frame["user_id"].cast(pl.String).to_list(), tops, flagged, rule_tuples(live))
+    return frame.with_columns(pl.Series("suppressed_by", by, dtype=pl.String)).with_columns(
         pl.col("suppressed_by").is_not_null().alias("suppressed")
-    )
+    ).lazy()
 
 
 def known_reason_kinds() -> tuple[str, ...]:

@@ -29,7 +29,7 @@ from uba.drift import DriftCounts, drift_report_from_counts, reference_for_weekd
 from uba.feedback import active_rules, load_rules
 from uba.logs import get_logger
 from uba.settings import Settings
-from uba.thresholds import concentration_from_counts, load_or_build_history, user_thresholds
+from uba.thresholds import concentration_from_counts, load_user_cuts
 from uba.userday import score_user_days
 
 log = get_logger("operations")
@@ -58,10 +58,7 @@ class RunOperations:
     @classmethod
     def prepare(cls, settings: Settings, bundle: Bundle, day: date) -> RunOperations:
         """Load what every chunk needs once: per-user cuts (if enabled) and the day's active rules."""
-        cuts = None
-        if settings.user_thresholds.enabled:
-            history = load_or_build_history(settings, bundle)
-            cuts = user_thresholds(history.lazy(), bundle.detector.threshold, settings.user_thresholds).collect()
+        cuts = load_user_cuts(settings, bundle)
         rules = active_rules(load_rules(settings.paths.data_dir), day)
         reference, name = reference_for_weekday(bundle.metadata, day.weekday())
         return cls(settings=settings, bundle=bundle, day=day, cuts=cuts, rules=rules, reference=reference,

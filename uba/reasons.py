@@ -25,11 +25,22 @@ Reasons with severity >= MIN_SEVERITY are listed, strongest first (ties keep the
 of REASON_KINDS), at most ``max_reasons``; when none reaches it, the strongest is still
 listed if it reaches MIN_TOP_SEVERITY (a one-sigma deviation), so a flagged event is
 rarely left without an explanation, while an ordinary event gets an empty list rather
-than an overstated one. The batch job and the API call the same ``explain``; its ranking
-is array arithmetic (``rank_reason_kinds``), the sentences Polars expressions.
+than an overstated one.
+
+Defined once for both callers: severities are array arithmetic on the feature kernel's
+context (``severity_matrix``), the ranking too (``rank_reason_kinds``), and a sentence is
+plain string formatting of one event's values (``sentences``), so the API explains one
+event in microseconds and the batch job (``explain``, on a frame) phrases only the rows
+someone reads. A sentence whose inputs are missing falls back to the kind's name.
+Numbers are rounded as the former Polars expressions rounded them (half to even on the
+scaled value), so the texts did not change.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -48,231 +59,212 @@ REASON_KINDS: tuple[str, ...] = (
 MIN_SEVERITY = 2.0
 MIN_TOP_SEVERITY = 1.0
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+DOWNLOAD = "download"
+# What a sentence reads, besides the kinds: the event's own fields and the kernel's context.
+SENTENCE_INPUTS: tuple[str, ...] = (
+    "known_user", "event_type", "device_type", "session_duration_sec", "events_in_session",
+    "event_hour", "event_weekday", "actions_z", "global_by_actions", "user_median_session_sec",
+    "user_median_actions", "user_usual_hour_start", "user_usual_hour_end", "user_device_share",
+    "user_event_type_share", "user_download_share", "user_weekday_share",
+)
+SEVERITY_INPUTS: tuple[str, ...] = (
+    "hour_z", "hour_rarity", "session_length_z", "actions_z", "device_rarity_nats",
+    "event_type_rarity_nats", "download_surprise", "weekday_rarity", "global_extremity",
+)
 
 
-def _z(column: str | pl.Expr) -> pl.Expr:
+def _z(nats: np.ndarray) -> np.ndarray:
     """z-equivalent of a surprise in nats: sqrt(2 s)."""
-    expr = pl.col(column) if isinstance(column, str) else column
-    return (2.0 * expr.clip(0.0, None)).sqrt()
+    return np.sqrt(2.0 * np.maximum(nats, 0.0))
 
 
-def _is_download() -> pl.Expr:
-    return pl.col("event_type").cast(pl.String) == "download"
+def severity_matrix(values: Mapping[str, np.ndarray], is_download: np.ndarray) -> np.ndarray:
+    """Severity of every reason kind (rows x REASON_KINDS), as documented in the module.
 
+    ``values`` holds SEVERITY_INPUTS as float arrays (NaN where missing); a missing
+    severity counts as 0.
+    """
+    def f(name: str) -> np.ndarray:
+        return np.asarray(values[name], dtype=np.float64)
 
-def severities() -> dict[str, pl.Expr]:
-    """Severity of every reason kind, in REASON_KINDS order (documented in the module)."""
-    return {
-        "hour": pl.max_horizontal(pl.col("hour_z"), _z("hour_rarity")),
-        "session_length": pl.col("session_length_z").clip(0.0, None),
-        "actions": pl.col("actions_z").clip(0.0, None),
-        "device": _z("device_rarity_nats"),
-        "event_type": pl.when(_is_download()).then(0.0).otherwise(_z("event_type_rarity_nats")),
-        "download_intensity": _z("download_surprise"),
-        "time_of_week": _z("weekday_rarity"),
-        "global": pl.col("global_extremity"),
-    }
+    with np.errstate(invalid="ignore"):
+        columns = [
+            np.fmax(f("hour_z"), _z(f("hour_rarity"))),
+            np.maximum(f("session_length_z"), 0.0),
+            np.maximum(f("actions_z"), 0.0),
+            _z(f("device_rarity_nats")),
+            np.where(is_download, 0.0, _z(f("event_type_rarity_nats"))),
+            _z(f("download_surprise")),
+            _z(f("weekday_rarity")),
+            f("global_extremity"),
+        ]
+    severity = np.column_stack(columns)
+    return np.where(np.isnan(severity), 0.0, severity)
 
 
 # ---- number formatting -----------------------------------------------------------------
 
 
-def _num(name: str) -> pl.Expr:
-    """A context number as Float64 (an all-missing column may arrive typed Null)."""
-    return pl.col(name).cast(pl.Float64)
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _str(expr: pl.Expr) -> pl.Expr:
-    return expr.cast(pl.String)
+def _round1(value: float) -> str:
+    """One decimal, rounded half to even on the scaled value (as the former Polars ``round(1)``)."""
+    return repr(round(value * 10.0) / 10.0)
 
 
-def _ratio(expr: pl.Expr) -> pl.Expr:
+def _ratio(value: float | None) -> str | None:
     """9.1 below 10, 42 above: as precise as a person needs."""
-    expr = expr.cast(pl.Float64).fill_nan(None)
-    return pl.when(expr < 10).then(_str(expr.round(1))).otherwise(_str(expr.round(0).cast(pl.Int64)))
+    if _missing(value):
+        return None
+    return _round1(value) if value < 10 else str(round(value))  # type: ignore[operator, arg-type]
 
 
-def _percent(share: pl.Expr) -> pl.Expr:
-    pct = share.cast(pl.Float64).fill_nan(None) * 100.0
-    return pl.when(pct < 1).then(_str(pct.round(1))).otherwise(_str(pct.round(0).cast(pl.Int64)))
+def _percent(share: float | None) -> str | None:
+    if _missing(share):
+        return None
+    pct = share * 100.0  # type: ignore[operator]
+    return _round1(pct) if pct < 1 else str(round(pct))
 
 
-def _duration(seconds: pl.Expr) -> pl.Expr:
-    seconds = seconds.cast(pl.Float64).fill_nan(None)
-    return (
-        pl.when(seconds < 120).then(pl.format("{} s", _str(seconds.round(0).cast(pl.Int64))))
-        .when(seconds < 7200).then(pl.format("{} min", _str((seconds / 60).round(0).cast(pl.Int64))))
-        .otherwise(pl.format("{} h", _str((seconds / 3600).round(1))))
-    )
+def _duration(seconds: float | None) -> str | None:
+    if _missing(seconds):
+        return None
+    if seconds < 120:  # type: ignore[operator]
+        return f"{round(seconds)} s"  # type: ignore[arg-type]
+    if seconds < 7200:  # type: ignore[operator]
+        return f"{round(seconds / 60)} min"  # type: ignore[operator]
+    return f"{_round1(seconds / 3600)} h"  # type: ignore[operator]
 
 
-def _clock(hour: pl.Expr) -> pl.Expr:
-    return pl.format("{}:00", _str(hour.cast(pl.Int64)).str.zfill(2))
+def _clock(hour: int) -> str:
+    return f"{str(hour).zfill(2)}:00"
 
 
-def _weekday_name(day: pl.Expr) -> pl.Expr:
-    """A mapping, not ``list.get`` on a broadcast literal list: that form panicked in
-    Polars 2.1's streaming engine under load (binview index assertion)."""
-    return day.cast(pl.Int64).clip(0, 6).replace_strict(
-        list(range(7)), list(WEEKDAY_NAMES), return_dtype=pl.String
-    )
+def _per_median(value: float, median: float | None) -> float | None:
+    """``value`` over the user's median, the median counted as at least 1."""
+    return None if _missing(median) else value / max(median, 1.0)  # type: ignore[type-var]
+
+
+def _whole(value: float | None) -> int | None:
+    return None if _missing(value) else int(value)  # type: ignore[arg-type]
 
 
 # ---- texts -----------------------------------------------------------------------------
 
 
-def _owner() -> pl.Expr:
+def _owner(row: Mapping[str, Any]) -> str:
     """Whose habits the baseline describes: the user's, or everyone's for an unknown user."""
-    return pl.when(pl.col("known_user")).then(pl.lit("this user's")).otherwise(pl.lit("most users'"))
+    return "this user's" if row["known_user"] else "most users'"
 
 
-def _subject() -> pl.Expr:
-    return pl.when(pl.col("known_user")).then(pl.lit("this user")).otherwise(pl.lit("a new user"))
+def _subject(row: Mapping[str, Any]) -> str:
+    return "this user" if row["known_user"] else "a new user"
 
 
-def _first_or_rare(share: pl.Expr, first: pl.Expr, rare: pl.Expr) -> pl.Expr:
-    never = pl.col("known_user") & (share.fill_null(0.0) <= 0.0)
-    return pl.when(never).then(first).otherwise(rare)
+def _first_or_rare(row: Mapping[str, Any], share: float | None, first: str, rare: str) -> str | None:
+    """``first`` when a known user never did this (share missing or 0), else ``rare`` with
+    the share in percent (None without one)."""
+    if row["known_user"] and (_missing(share) or share <= 0.0):  # type: ignore[operator]
+        return first
+    percent = _percent(share)
+    return None if percent is None else rare.format(percent=percent)
 
 
-def _hour_text() -> pl.Expr:
-    hour = pl.col("event_hour").cast(pl.Int64)
-    start, end = pl.col("user_usual_hour_start").cast(pl.Int64), pl.col("user_usual_hour_end").cast(pl.Int64)
-    inside = pl.when(start < end).then((hour >= start) & (hour < end)).otherwise(
-        (hour >= start) | (hour < end)
-    )
-    window = pl.format("{}-{}", _clock(start), _clock(end))
-    return (
-        pl.when(start == end).then(pl.format("{} is an unusual hour for {}", _clock(hour), _subject()))
-        .when(inside.not_()).then(pl.format("{} is outside {} usual {}", _clock(hour), _owner(), window))
-        .otherwise(pl.format("{} is a rare hour for {} (usual hours {})", _clock(hour), _subject(), window))
-    )
+def _hour_text(row: Mapping[str, Any]) -> str | None:
+    hour, start, end = int(row["event_hour"]), _whole(row["user_usual_hour_start"]), _whole(row["user_usual_hour_end"])
+    if start is None or end is None:
+        return None
+    if start == end:
+        return f"{_clock(hour)} is an unusual hour for {_subject(row)}"
+    inside = start <= hour < end if start < end else (hour >= start or hour < end)
+    window = f"{_clock(start)}-{_clock(end)}"
+    if not inside:
+        return f"{_clock(hour)} is outside {_owner(row)} usual {window}"
+    return f"{_clock(hour)} is a rare hour for {_subject(row)} (usual hours {window})"
 
 
-def _session_text() -> pl.Expr:
-    median = _num("user_median_session_sec")
-    ratio = _num("session_duration_sec") / median.clip(1.0, None)
-    return pl.format("session {}x longer than {} median ({})", _ratio(ratio), _owner(), _duration(median))
+def _session_text(row: Mapping[str, Any]) -> str | None:
+    median = row["user_median_session_sec"]
+    ratio = _ratio(_per_median(row["session_duration_sec"], median))
+    if ratio is None:
+        return None
+    return f"session {ratio}x longer than {_owner(row)} median ({_duration(median)})"
 
 
-def _actions_text() -> pl.Expr:
-    median = _num("user_median_actions")
-    ratio = pl.col("events_in_session") / median.clip(1.0, None)
-    return pl.format(
-        "{} actions in the session, {}x {} median ({})",
-        _str(pl.col("events_in_session")), _ratio(ratio), _owner(), _str(median.round(0).cast(pl.Int64)),
-    )
+def _actions_text(row: Mapping[str, Any]) -> str | None:
+    median = row["user_median_actions"]
+    ratio = _ratio(_per_median(row["events_in_session"], median))
+    if ratio is None:
+        return None
+    return (f"{row['events_in_session']} actions in the session, {ratio}x {_owner(row)} median "
+            f"({round(median)})")
 
 
-def _device_text() -> pl.Expr:
-    share, device = _num("user_device_share"), _str(pl.col("device_type"))
-    return _first_or_rare(
-        share,
-        pl.format("first {} use for this user", device),
-        pl.format("{} is rare for this user ({}% of events)", device, _percent(share)),
-    )
+def _device_text(row: Mapping[str, Any]) -> str | None:
+    device = row["device_type"]
+    if device is None:
+        return None
+    return _first_or_rare(row, row["user_device_share"], f"first {device} use for this user",
+                          f"{device} is rare for this user ({{percent}}% of events)")
 
 
-def _event_type_text() -> pl.Expr:
-    share, kind = _num("user_event_type_share"), _str(pl.col("event_type"))
-    return _first_or_rare(
-        share,
-        pl.format("first {} event for this user", kind),
-        pl.format("{} events are rare for this user ({}% of events)", kind, _percent(share)),
-    )
+def _event_type_text(row: Mapping[str, Any]) -> str | None:
+    kind = row["event_type"]
+    if kind is None:
+        return None
+    return _first_or_rare(row, row["user_event_type_share"], f"first {kind} event for this user",
+                          f"{kind} events are rare for this user ({{percent}}% of events)")
 
 
-def _download_text() -> pl.Expr:
-    share = _num("user_download_share")
-    base = _first_or_rare(
-        share,
-        pl.lit("first download for this user"),
-        pl.format("downloads are rare for this user ({}% of events)", _percent(share)),
-    )
-    ratio = pl.col("events_in_session") / _num("user_median_actions").clip(1.0, None)
-    return pl.when(pl.col("actions_z") >= MIN_SEVERITY).then(
-        pl.format("{}, in a session of {} actions ({}x usual)", base,
-                  _str(pl.col("events_in_session")), _ratio(ratio))
-    ).otherwise(base)
+def _download_text(row: Mapping[str, Any]) -> str | None:
+    base = _first_or_rare(row, row["user_download_share"], "first download for this user",
+                          "downloads are rare for this user ({percent}% of events)")
+    if base is None or not row["actions_z"] >= MIN_SEVERITY:
+        return base
+    ratio = _ratio(_per_median(row["events_in_session"], row["user_median_actions"]))
+    if ratio is None:
+        return None
+    return f"{base}, in a session of {row['events_in_session']} actions ({ratio}x usual)"
 
 
-def _time_of_week_text() -> pl.Expr:
-    share, day = _num("user_weekday_share"), _weekday_name(pl.col("event_weekday"))
-    return _first_or_rare(
-        share,
-        pl.format("first {} activity for this user", day),
-        pl.format("{} activity is rare for this user ({}% of events)", day, _percent(share)),
-    )
+def _time_of_week_text(row: Mapping[str, Any]) -> str | None:
+    day = WEEKDAY_NAMES[min(max(int(row["event_weekday"]), 0), 6)]
+    return _first_or_rare(row, row["user_weekday_share"], f"first {day} activity for this user",
+                          f"{day} activity is rare for this user ({{percent}}% of events)")
 
 
-def _global_text() -> pl.Expr:
-    duration = _num("session_duration_sec").cast(pl.Float64)
-    by_length = pl.format("a {} session is extreme for any user", _duration(duration))
-    by_actions = pl.format("{} actions in one session is extreme for any user",
-                           _str(pl.col("events_in_session")))
-    return pl.when(pl.col("global_by_actions")).then(by_actions).otherwise(by_length)
+def _global_text(row: Mapping[str, Any]) -> str | None:
+    if row["global_by_actions"]:
+        return f"{row['events_in_session']} actions in one session is extreme for any user"
+    duration = _duration(row["session_duration_sec"])
+    return None if duration is None else f"a {duration} session is extreme for any user"
 
 
-def texts() -> dict[str, pl.Expr]:
-    """The sentence of every reason kind for this row (only the ranked ones are kept)."""
-    return {
-        "hour": _hour_text(),
-        "session_length": _session_text(),
-        "actions": _actions_text(),
-        "device": _device_text(),
-        "event_type": _event_type_text(),
-        "download_intensity": _download_text(),
-        "time_of_week": _time_of_week_text(),
-        "global": _global_text(),
-    }
+_TEXTS = {
+    "hour": _hour_text,
+    "session_length": _session_text,
+    "actions": _actions_text,
+    "device": _device_text,
+    "event_type": _event_type_text,
+    "download_intensity": _download_text,
+    "time_of_week": _time_of_week_text,
+    "global": _global_text,
+}
 
 
-def explain(features: pl.LazyFrame | pl.DataFrame, max_reasons: int = 3,
-            sentences_for: pl.Expr | None = None) -> pl.LazyFrame:
-    """Add ``reasons`` and ``reason_kinds`` (parallel List(String), strongest first).
-
-    ``features`` is the output of ``uba.features.events.event_features`` (the feature
-    and context columns are what is read); row order is kept. The kinds are ranked with
-    array arithmetic (``rank_reason_kinds``) and given to every row: suppression rules and
-    analysts' filters match on them. Sentences cost far more than the features, so they
-    are built only where someone reads them: with ``sentences_for`` (a boolean
-    expression, the batch job passes ``is_anomaly``) the other rows get a null
-    ``reasons``; without it (the API, which explains whatever it is asked about) every
-    row gets its sentences.
-    """
-    frame = features.collect() if isinstance(features, pl.LazyFrame) else features
-    severity = frame.select(
-        expr.cast(pl.Float64).fill_nan(0.0).fill_null(0.0).alias(kind) for kind, expr in severities().items()
-    ).to_numpy()
-    kinds = reason_kinds_column(severity, max_reasons)
-    staged = frame.with_columns(kinds)
-    readers = (np.ones(frame.height, dtype=bool) if sentences_for is None
-               else frame.select(sentences_for.fill_null(False)).to_series().to_numpy().astype(bool))
-    rows = np.flatnonzero(readers & (kinds.list.len().to_numpy() > 0))
-    # eager on the gathered rows: polars 2.1 panicked ("assertion failed: i < self.len()")
-    # in the string expressions when they ran lazily over a few filtered rows of a small frame
-    sentences = _sentences(staged[rows].lazy(), max_reasons).collect(engine=_EAGER)["reasons"]
-    return staged.with_columns(_spread(sentences, rows, readers)).lazy()
+def sentences(row: Mapping[str, Any], kinds: Sequence[str]) -> list[str]:
+    """The sentence of each kind for one event (``row`` holds SENTENCE_INPUTS as plain
+    values, None or NaN where missing), in the order given."""
+    out = []
+    for kind in kinds:
+        text = _TEXTS[kind](row)
+        out.append(kind.replace("_", " ") if text is None else text)
+    return out
 
 
-_EAGER = "in-memory"
-
-
-def _spread(sentences: pl.Series, rows: np.ndarray, readers: np.ndarray) -> pl.Series:
-    """The full ``reasons`` column: each listed row's sentences at its position, ``[]`` for a
-    row someone reads but that has no reason, null for a row nobody reads."""
-    lengths = np.zeros(len(readers), dtype=np.int64)
-    lengths[rows] = sentences.list.len().to_numpy()
-    offsets = _arrow(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-    values = sentences.to_arrow().cast(pa.large_list(pa.large_string())).flatten()
-    lists = pa.LargeListArray.from_arrays(offsets, values, mask=_arrow(~readers))
-    return pl.Series("reasons", pl.from_arrow(lists), dtype=pl.List(pl.String))
-
-
-def _arrow(values: np.ndarray) -> pa.Array:
-    """A numpy array as Arrow through Polars: ``pa.array`` imports pandas on first use
-    (about 0.5 s per worker process, paid by every shard worker's first shard)."""
-    return pl.Series(values).to_arrow()
+# ---- ranking ---------------------------------------------------------------------------
 
 
 def rank_reason_kinds(severity: np.ndarray, max_reasons: int) -> tuple[np.ndarray, np.ndarray]:
@@ -295,6 +287,13 @@ def rank_reason_kinds(severity: np.ndarray, max_reasons: int) -> tuple[np.ndarra
     return order, counts
 
 
+def reason_kinds(severity: np.ndarray, max_reasons: int) -> list[list[str]]:
+    """Each row's listed kinds, strongest first, as plain lists (the single-event path)."""
+    order, counts = rank_reason_kinds(severity, max_reasons)
+    return [[REASON_KINDS[k] for k in row[:count]] for row, count in zip(order.tolist(), counts.tolist(),
+                                                                              strict=True)]
+
+
 def reason_kinds_column(severity: np.ndarray, max_reasons: int) -> pl.Series:
     """``reason_kinds`` as a List(String) column built straight from the ranking arrays."""
     order, counts = rank_reason_kinds(severity, max_reasons)
@@ -305,17 +304,58 @@ def reason_kinds_column(severity: np.ndarray, max_reasons: int) -> pl.Series:
     return pl.Series("reason_kinds", pl.from_arrow(lists), dtype=pl.List(pl.String))
 
 
-def _sentences(rows: pl.LazyFrame, max_reasons: int) -> pl.LazyFrame:
-    """The sentence of each listed kind, in the row's ``reason_kinds`` order."""
-    txt = texts()
-    text_col = {kind: f"_text_{kind}" for kind in REASON_KINDS}
-    staged = rows.with_columns(
-        txt[k].fill_null(pl.lit(k.replace("_", " "))).alias(text_col[k]) for k in REASON_KINDS
-    )
+# ---- frames (the batch job) ------------------------------------------------------------
 
-    def at(position: int) -> pl.Expr:
-        kind = pl.col("reason_kinds").list.get(position, null_on_oob=True)
-        return pl.coalesce([pl.when(kind == k).then(pl.col(text_col[k])) for k in REASON_KINDS])
 
-    positions = range(min(max_reasons, len(REASON_KINDS)))
-    return staged.with_columns(reasons=pl.concat_list([at(p) for p in positions]).list.drop_nulls())
+def explain(features: pl.LazyFrame | pl.DataFrame, max_reasons: int = 3,
+            sentences_for: pl.Expr | None = None) -> pl.LazyFrame:
+    """Add ``reasons`` and ``reason_kinds`` (parallel List(String), strongest first).
+
+    ``features`` is the output of ``uba.features.events.event_features`` (the feature
+    and context columns are what is read); row order is kept. The kinds are ranked with
+    array arithmetic and given to every row: suppression rules and analysts' filters
+    match on them. Sentences cost far more than the kinds, so they are built only where
+    someone reads them: with ``sentences_for`` (a boolean expression, the batch job
+    passes ``is_anomaly``) the other rows get a null ``reasons``; without it every row
+    gets its sentences.
+    """
+    frame = features.collect() if isinstance(features, pl.LazyFrame) else features
+    kinds = rank_frame(frame, max_reasons)
+    readers = (np.ones(frame.height, dtype=bool) if sentences_for is None
+               else frame.select(sentences_for.fill_null(False)).to_series().to_numpy().astype(bool))
+    return frame.with_columns(kinds, phrase_frame(frame, kinds, readers)).lazy()
+
+
+def rank_frame(frame: pl.DataFrame, max_reasons: int) -> pl.Series:
+    """``reason_kinds`` of every row of a feature frame (``severity_matrix`` + ranking)."""
+    values = {name: frame[name].cast(pl.Float64).to_numpy() for name in SEVERITY_INPUTS}
+    is_download = (frame["event_type"].cast(pl.String) == DOWNLOAD).fill_null(False).to_numpy()
+    return reason_kinds_column(severity_matrix(values, is_download), max_reasons)
+
+
+def phrase_frame(frame: pl.DataFrame, kinds: pl.Series, readers: np.ndarray) -> pl.Series:
+    """``reasons``: the sentences of the rows someone reads (``readers``) that have kinds;
+    ``[]`` for a read row without any, null for the others. Python per phrased row only."""
+    rows = np.flatnonzero(readers & (kinds.list.len().to_numpy() > 0))
+    picked = frame[rows].select(SENTENCE_INPUTS).to_dicts() if rows.size else []
+    listed = kinds[rows].to_list() if rows.size else []
+    texts = pl.Series("reasons", [sentences(row, k) for row, k in zip(picked, listed, strict=True)],
+                      dtype=pl.List(pl.String))
+    return _spread(texts, rows, readers)
+
+
+def _spread(sentences: pl.Series, rows: np.ndarray, readers: np.ndarray) -> pl.Series:
+    """The full ``reasons`` column: each listed row's sentences at its position, ``[]`` for a
+    row someone reads but that has no reason, null for a row nobody reads."""
+    lengths = np.zeros(len(readers), dtype=np.int64)
+    lengths[rows] = sentences.list.len().to_numpy()
+    offsets = _arrow(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    values = sentences.to_arrow().cast(pa.large_list(pa.large_string())).flatten()
+    lists = pa.LargeListArray.from_arrays(offsets, values, mask=_arrow(~readers))
+    return pl.Series("reasons", pl.from_arrow(lists), dtype=pl.List(pl.String))
+
+
+def _arrow(values: np.ndarray) -> pa.Array:
+    """A numpy array as Arrow through Polars: ``pa.array`` imports pandas on first use
+    (about 0.5 s per worker process, paid by every shard worker's first shard)."""
+    return pl.Series(values).to_arrow()

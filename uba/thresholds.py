@@ -23,7 +23,8 @@ row ``POPULATION_USER``) and rebuilt from the training window whenever it is mis
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from uba import io
 from uba.artifacts import Bundle
 from uba.errors import BundleError
 from uba.features.baselines import POPULATION_USER
+from uba.feedback import Rule, suppressing_rules
 from uba.logs import get_logger
 from uba.settings import Settings, UserThresholdSettings
 
@@ -83,15 +85,62 @@ def apply_thresholds(scored: pl.LazyFrame, thresholds: pl.LazyFrame, global_thre
     """Re-decide ``is_anomaly`` with each user's cut (``user_threshold``; unknown users: global).
 
     ``threshold`` keeps the model's global cut, so the decision without per-user
-    thresholds stays recoverable as ``anomaly_score >= threshold``.
+    thresholds stays recoverable as ``anomaly_score >= threshold``. A frame adapter of
+    ``decide`` (no suppression rules).
     """
-    cuts = thresholds.select("user_id", pl.col("user_threshold").alias("_user_cut"))
-    return (
-        scored.join(cuts, on="user_id", how="left", maintain_order="left")
-        .with_columns(pl.col("_user_cut").fill_null(float(global_threshold)).alias("user_threshold"))
-        .with_columns((pl.col("anomaly_score") >= pl.col("user_threshold")).alias("is_anomaly"))
-        .drop("_user_cut")
-    )
+    frame = scored.collect()
+    cuts = user_cut_array(frame["user_id"].cast(pl.String), thresholds.collect(), global_threshold)
+    decision = decide(frame["anomaly_score"].to_numpy(), cuts, [], [], [])
+    return frame.with_columns(pl.Series("user_threshold", decision.cuts, dtype=pl.Float64),
+                              pl.Series("is_anomaly", decision.is_anomaly, dtype=pl.Boolean)).lazy()
+
+
+@dataclass(frozen=True, eq=False)
+class Decision:
+    """The verdict on scored events: each event's cut, ``is_anomaly`` and the suppressing rule."""
+
+    cuts: np.ndarray
+    is_anomaly: np.ndarray
+    suppressed_by: list[str | None]
+
+    @property
+    def suppressed(self) -> np.ndarray:
+        return np.array([rule is not None for rule in self.suppressed_by], dtype=bool)
+
+
+def decide(scores: np.ndarray, cuts: np.ndarray, user_ids: Sequence[str | None] | pl.Series,
+           top_kinds: Sequence[str | None] | pl.Series, rules: Sequence[Rule]) -> Decision:
+    """THE decision, for the batch shards and the API alike.
+
+    ``is_anomaly = score >= cut`` with each event's cut (its user's when per-user
+    thresholds are on, else the global threshold: ``event_cuts`` / ``user_cut_array``);
+    a flagged event whose user and top reason kind match an active suppression rule
+    (``uba.feedback.active_rules`` for the event's day, as ``rule_tuples``) stays
+    flagged and is marked suppressed by the first such rule in write order.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    cuts = np.asarray(cuts, dtype=np.float64)
+    flagged = scores >= cuts
+    return Decision(cuts=cuts, is_anomaly=flagged, suppressed_by=suppressing_rules(user_ids, top_kinds, flagged,
+                                                                                     rules))
+
+
+def event_cuts(user_ids: Sequence[str], user_cuts: Mapping[str, float] | None, global_threshold: float) -> np.ndarray:
+    """Each event's cut from a user -> cut mapping (None: per-user thresholds off); users
+    without a cut get the global one. The API's form of ``user_cut_array``."""
+    if user_cuts is None:
+        return np.full(len(user_ids), float(global_threshold), dtype=np.float64)
+    return np.array([user_cuts.get(u, global_threshold) for u in user_ids], dtype=np.float64)
+
+
+def load_user_cuts(settings: Settings, bundle: Bundle) -> pl.DataFrame | None:
+    """The per-user cuts (``user_id``, ``user_threshold``) of a bundle, or None when the option
+    is off: the one place the batch run (``RunOperations.prepare``) and the API load them,
+    so an online verdict and the nightly one use the same cuts."""
+    if not settings.user_thresholds.enabled:
+        return None
+    history = load_or_build_history(settings, bundle)
+    return user_thresholds(history.lazy(), bundle.detector.threshold, settings.user_thresholds).collect()
 
 
 def concentration_comparison(user_ids: Sequence[str], scores: np.ndarray, global_threshold: float,
@@ -108,9 +157,10 @@ def concentration_comparison(user_ids: Sequence[str], scores: np.ndarray, global
     }
 
 
-def user_cut_array(user_ids: Sequence[str], thresholds: pl.DataFrame, global_threshold: float) -> np.ndarray:
+def user_cut_array(user_ids: Sequence[str] | pl.Series, thresholds: pl.DataFrame, global_threshold: float) -> np.ndarray:
     """Each event's user cut as an array aligned with ``user_ids`` (global for unknown users)."""
-    frame = pl.DataFrame({"user_id": list(user_ids)}, schema={"user_id": pl.String()})
+    ids = user_ids if isinstance(user_ids, pl.Series) else list(user_ids)
+    frame = pl.DataFrame({"user_id": ids}, schema={"user_id": pl.String()})
     joined = frame.join(thresholds.select("user_id", "user_threshold"), on="user_id", how="left",
                         maintain_order="left")
     return joined["user_threshold"].fill_null(float(global_threshold)).to_numpy()

@@ -1,10 +1,13 @@
-"""Scoring request events with the batch job's own feature, reason and model code.
+"""Scoring request events with the batch job's own feature, reason, model and decision code.
 
-The request events become a frame in the stored event shape (``EVENT_SCHEMA``), meet
-their users' rows of the baseline snapshot through ``attach_baselines``, get
-``compute_features`` and ``explain`` exactly as ``uba-batch score`` applies them, and
-the bundle's detector scores the feature matrix. Nothing here re-implements a feature:
-that is what makes an event scored online and in batch get the same score.
+No frame and no query per request: the baseline snapshot was compiled into per-user
+arrays at load (``uba.features.compiled``), so a request's events become a few arrays
+(``event_columns``), get their features from the same kernel the batch shards call
+(``feature_arrays``), their reason kinds and sentences from ``uba.reasons`` (severity
+arrays, plain string formatting), their scores from the bundle's detector and their
+verdict from ``uba.thresholds.decide``. Nothing here re-implements a feature, a reason
+or a cut: that is what makes an event scored online and in batch get the same answer.
+``/predict/batch`` takes the same path with more rows.
 """
 
 from __future__ import annotations
@@ -12,20 +15,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 
-from uba.features.events import features_frame
-from uba.feedback import apply_suppressions
-from uba.reasons import explain
-from uba.schema import EVENT_SCHEMA
+from uba.features.compiled import event_columns, feature_arrays
+from uba.reasons import DOWNLOAD, SENTENCE_INPUTS, reason_kinds, sentences, severity_matrix
+from uba.thresholds import Decision, decide
 
 if TYPE_CHECKING:
-    from uba.api.state import BaselineIndex, ModelState
+    from uba.api.state import ModelState
 
-_ROW_ORDER = "__request_row"
+# SENTENCE_INPUTS that come from the request itself rather than from the kernel
+_EVENT_FIELDS = ("event_type", "device_type", "session_duration_sec", "events_in_session")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,75 +58,72 @@ class ScoringResult:
     suppressed_by: list[str | None]
 
 
-def events_frame(events: Sequence[ScoringEvent]) -> pl.DataFrame:
-    """Request events as one frame in ``EVENT_SCHEMA``, plus their position in the request."""
-    columns = {name: [getattr(e, name) for e in events] for name in EVENT_SCHEMA}
-    frame = pl.DataFrame(columns, schema=EVENT_SCHEMA)
-    return frame.with_row_index(_ROW_ORDER)
-
-
-def feature_frame(
-    baselines: BaselineIndex, events: Sequence[ScoringEvent], max_reasons: int
-) -> pl.DataFrame:
-    """Features and reasons for the events, in request order (the snapshot is compiled at
-    load, so the cost does not grow with its size)."""
-    frame = events_frame(events)
-    features = explain(features_frame(frame, baselines.compiled).lazy(), max_reasons)
-    return features.sort(_ROW_ORDER).collect()
-
-
 def event_day(event: ScoringEvent, today: date) -> date:
     """The day a rule's expiry is judged against: the event's UTC date, as ``score --date``
     judges it for its day; an event given only hour/day has no date, so today (UTC)."""
     return event.timestamp.astimezone(UTC).date() if event.timestamp is not None else today
 
 
-def mark_suppressions(
-    rules: pl.DataFrame, events: Sequence[ScoringEvent], flags: np.ndarray, reason_kinds: list[list[str]],
-    today: date | None = None,
-) -> tuple[list[bool], list[str | None]]:
-    """``suppressed`` / ``suppressed_by`` per event, from ``uba.feedback.apply_suppressions``
-    (the nightly job's own matching), applied once per event day present in the request."""
-    count = len(events)
-    if rules.is_empty() or not flags.any():
-        return [False] * count, [None] * count
-    today = today or datetime.now(UTC).date()
-    frame = pl.DataFrame(
-        {"user_id": [e.user_id for e in events], "reason_kinds": reason_kinds, "is_anomaly": flags.tolist(),
-         "day": [event_day(e, today) for e in events]},
-        schema={"user_id": pl.String, "reason_kinds": pl.List(pl.String), "is_anomaly": pl.Boolean,
-                "day": pl.Date},
-    ).with_row_index(_ROW_ORDER)
-    by: list[str | None] = [None] * count
-    for day in frame["day"].unique().to_list():
-        marked = apply_suppressions(frame.lazy().filter(pl.col("day") == day), rules, day).collect()
-        for row, rule in zip(marked[_ROW_ORDER].to_list(), marked["suppressed_by"].to_list(), strict=True):
-            by[row] = rule
-    return [rule is not None for rule in by], by
+def _sentence_rows(values: dict[str, np.ndarray], events: Sequence[ScoringEvent]) -> list[dict[str, Any]]:
+    """One plain-value mapping per event with what its sentences read."""
+    kernel = {name: values[name].tolist() for name in SENTENCE_INPUTS if name not in _EVENT_FIELDS}
+    rows = []
+    for i, event in enumerate(events):
+        row = {name: column[i] for name, column in kernel.items()}
+        for name in _EVENT_FIELDS:
+            row[name] = getattr(event, name)
+        rows.append(row)
+    return rows
+
+
+def _rules_for(state: ModelState, events: Sequence[ScoringEvent]) -> list[Any]:
+    """Active suppression rules for the events' day (one day per request in practice;
+    several days are judged one by one, as ``score --date`` judges each day)."""
+    if state.rules.is_empty():
+        return []
+    today = datetime.now(UTC).date()
+    return [state.rules_on(event_day(e, today)) for e in events]
 
 
 def score_events(state: ModelState, events: Sequence[ScoringEvent], max_reasons: int) -> ScoringResult:
-    """Score events against the state's model and baselines; one vectorised pass for the lot.
-
-    Each event is judged against its user's cut when per-user thresholds are on
-    (``ModelState.thresholds_for``), and flagged events matching an analyst's suppression
-    rule are marked ``suppressed`` (still flagged), as ``score --date`` does.
-    """
-    features = feature_frame(state.baselines, events, max_reasons)
-    names = list(state.bundle.detector.feature_names)
-    matrix = np.ascontiguousarray(features.select(names).to_numpy(), dtype=np.float64)
-    scores = np.asarray(state.scorer(matrix), dtype=np.float64)
-    cuts = state.thresholds_for([e.user_id for e in events])
-    flags = scores >= cuts
-    reason_kinds = features["reason_kinds"].to_list()
-    suppressed, suppressed_by = mark_suppressions(state.rules, events, flags, reason_kinds)
-    return ScoringResult(
-        scores=scores,
-        flags=flags,
-        thresholds=cuts,
-        known_user=features["known_user"].to_list(),
-        reasons=features["reasons"].to_list(),
-        reason_kinds=reason_kinds,
-        suppressed=suppressed,
-        suppressed_by=suppressed_by,
+    """Score events against the state's model and compiled snapshot; one vectorised pass for the lot."""
+    compiled = state.baselines.compiled
+    user_ids = [e.user_id for e in events]
+    columns = event_columns(
+        compiled, user_ids, [e.event_type for e in events], [e.device_type for e in events],
+        [e.session_duration_sec for e in events], [e.events_in_session for e in events],
+        [e.hour_of_day for e in events], [e.day_of_week for e in events],
     )
+    values = feature_arrays(compiled, columns)
+    names = state.bundle.detector.feature_names
+    matrix = np.empty((len(events), len(names)), dtype=np.float64)
+    for j, name in enumerate(names):
+        matrix[:, j] = values[name]
+    scores = np.asarray(state.scorer(matrix), dtype=np.float64)
+    severity = severity_matrix(values, np.array([e.event_type == DOWNLOAD for e in events], dtype=bool))
+    kinds = reason_kinds(severity, max_reasons)
+    decision = _decide(state, events, scores, kinds)
+    rows = _sentence_rows(values, events)
+    return ScoringResult(
+        scores=scores, flags=decision.is_anomaly, thresholds=decision.cuts,
+        known_user=columns.known.tolist(),
+        reasons=[sentences(row, k) for row, k in zip(rows, kinds, strict=True)],
+        reason_kinds=kinds,
+        suppressed=[rule is not None for rule in decision.suppressed_by],
+        suppressed_by=decision.suppressed_by,
+    )
+
+
+def _decide(state: ModelState, events: Sequence[ScoringEvent], scores: np.ndarray,
+            kinds: list[list[str]]) -> Decision:
+    """``uba.thresholds.decide`` per event day (rules expire by day; one day in practice)."""
+    user_ids = [e.user_id for e in events]
+    tops = [k[0] if k else None for k in kinds]
+    cuts = state.thresholds_for(user_ids)
+    per_event = _rules_for(state, events)
+    if not per_event or all(r is per_event[0] for r in per_event):
+        return decide(scores, cuts, user_ids, tops, per_event[0] if per_event else [])
+    decisions = [decide(scores[i:i + 1], cuts[i:i + 1], user_ids[i:i + 1], tops[i:i + 1], rules)
+                 for i, rules in enumerate(per_event)]
+    return Decision(cuts=cuts, is_anomaly=np.concatenate([d.is_anomaly for d in decisions]),
+                    suppressed_by=[d.suppressed_by[0] for d in decisions])

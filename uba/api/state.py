@@ -24,14 +24,15 @@ from uba.errors import BundleError, UserError
 from uba.features.baselines import POPULATION_USER
 from uba.features.compiled import CompiledBaselines, compile_baselines
 from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
-from uba.feedback import RULE_SCHEMA, active_rules, load_rules
+from uba.feedback import RULE_SCHEMA, Rule, active_rules, load_rules, rule_tuples
 from uba.logs import get_logger
 from uba.settings import Settings
-from uba.thresholds import load_or_build_history, user_thresholds
+from uba.thresholds import event_cuts, load_user_cuts
 
 log = get_logger("api.state")
 
 Scorer = Callable[[np.ndarray], np.ndarray]
+_RULE_DAYS_KEPT = 64
 RulesKey = tuple[str, ...]
 
 
@@ -71,7 +72,11 @@ def index_baselines(frame: pl.DataFrame, as_of: date, path: Path,
         raise UserError(f"baseline snapshot {path} has duplicate user_id rows")
     if POPULATION_USER not in ids:
         raise UserError(f"baseline snapshot {path} has no population row ({POPULATION_USER!r})")
-    return BaselineIndex(as_of=as_of, path=path, frame=frame, compiled=compile_baselines(frame), stamp=stamp)
+    try:
+        compiled = compile_baselines(frame)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from exc
+    return BaselineIndex(as_of=as_of, path=path, frame=frame, compiled=compiled, stamp=stamp)
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,6 +91,7 @@ class ModelState:
     user_cuts: Mapping[str, float] | None = None
     rules: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=RULE_SCHEMA))
     rules_key: RulesKey = ()
+    _rules_by_day: dict[date, list[Rule]] = field(default_factory=dict, repr=False)
 
     @property
     def version(self) -> str:
@@ -97,14 +103,19 @@ class ModelState:
         return float(self.bundle.detector.threshold)
 
     def thresholds_for(self, user_ids: list[str]) -> np.ndarray:
-        """Each event's cut: its user's own when per-user thresholds are on, else the global one.
+        """Each event's cut: its user's own when per-user thresholds are on, else the global one."""
+        return event_cuts(user_ids, self.user_cuts, self.threshold)
 
-        Users without training history get the global cut, as in ``apply_thresholds``.
-        """
-        if self.user_cuts is None:
-            return np.full(len(user_ids), self.threshold, dtype=np.float64)
-        cuts = self.user_cuts
-        return np.array([cuts.get(u, self.threshold) for u in user_ids], dtype=np.float64)
+    def rules_on(self, day: date) -> list[Rule]:
+        """The suppression rules active on ``day``, computed once per day per state (the
+        rules only change with a reload, which builds a new state)."""
+        found = self._rules_by_day.get(day)
+        if found is None:
+            found = rule_tuples(active_rules(self.rules, day))
+            if len(self._rules_by_day) >= _RULE_DAYS_KEPT:
+                self._rules_by_day.clear()
+            self._rules_by_day[day] = found
+        return found
 
     @property
     def percentile(self) -> float:
@@ -158,22 +169,17 @@ def build_scorer(bundle: Bundle, settings: Settings) -> tuple[Scorer, str]:
     return bundle.detector.anomaly_scores, "compact"
 
 
-def load_user_cuts(bundle: Bundle, settings: Settings) -> dict[str, float] | None:
-    """Per-user thresholds exactly as ``score`` computes them (None when the option is off).
-
-    Same table (``load_or_build_history``, built from the training window and stored next
-    to the bundle when missing) and same arithmetic (``user_thresholds``) as
-    ``RunOperations.prepare``, so an online verdict and the nightly one agree.
-    """
-    if not settings.user_thresholds.enabled:
-        return None
+def user_cut_map(bundle: Bundle, settings: Settings) -> dict[str, float] | None:
+    """Per-user thresholds as ``score`` loads them (``uba.thresholds.load_user_cuts``), as a
+    mapping for one-event lookups (None when the option is off)."""
     try:
-        history = load_or_build_history(settings, bundle)
-        cuts = user_thresholds(history.lazy(), bundle.detector.threshold, settings.user_thresholds).collect()
+        cuts = load_user_cuts(settings, bundle)
     except UserError:
         raise
     except Exception as exc:  # e.g. the training window's events are gone and no table was stored
         raise BundleError(f"model {bundle.version}: cannot load per-user thresholds: {exc}") from exc
+    if cuts is None:
+        return None
     return dict(zip(cuts["user_id"].to_list(), cuts["user_threshold"].to_list(), strict=True))
 
 
@@ -210,7 +216,7 @@ def load_state(settings: Settings) -> ModelState:
     scorer, scorer_name = build_scorer(bundle, settings)
     rules, key = load_suppression_rules(settings.paths.data_dir)
     state = ModelState(bundle=bundle, baselines=baselines, scorer=scorer, scorer_name=scorer_name,
-                       loaded_at=datetime.now(UTC), user_cuts=load_user_cuts(bundle, settings),
+                       loaded_at=datetime.now(UTC), user_cuts=user_cut_map(bundle, settings),
                        rules=rules, rules_key=key)
     _probe(state, settings)
     return state

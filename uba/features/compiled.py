@@ -161,10 +161,26 @@ class CompiledBaselines:
 
 
 def _column(frame: pl.DataFrame, name: str) -> np.ndarray:
-    """A snapshot column as float64 with NaN for null (absent column: all NaN)."""
-    if name not in frame.columns:
-        return np.full(frame.height, np.nan)
+    """A snapshot column as float64 with NaN for null."""
     return frame[name].cast(pl.Float64).to_numpy().astype(np.float64, copy=True)
+
+
+_SCALAR_INPUTS = (
+    "mean_log_duration", "sd_log_duration", "mean_log_actions", "sd_log_actions", "hour_mean",
+    "hour_spread", "pop_mean_log_duration", "pop_sd_log_duration", "pop_mean_log_actions",
+    "pop_sd_log_actions", "n_sessions", "n_events", "share_prior_device", "share_prior_event",
+    "history_days", "usual_hour_start", "usual_hour_length",
+)
+
+
+def required_columns(devices: Sequence[str], events: Sequence[str]) -> list[str]:
+    """The snapshot columns the features read, for categories ``devices`` and ``events``."""
+    cols = ["user_id", *_SCALAR_INPUTS, *(f"unseen_rarity_{k}" for k in ("device", "event", "hour", "dow"))]
+    cols += [rarity_col("hour", hour_label(h)) for h in HOURS]
+    for d in WEEKDAYS:
+        cols += [rarity_col("dow", d), share_col("dow", d)]
+    cols += [share_col("device", d) for d in devices] + [share_col("event", e) for e in events]
+    return cols
 
 
 def _table(frame: pl.DataFrame, names: Sequence[str], columns: Sequence[str],
@@ -173,8 +189,7 @@ def _table(frame: pl.DataFrame, names: Sequence[str], columns: Sequence[str],
         np.zeros((0, len(columns) + 1))
     missing = None
     if with_missing:
-        flags = [frame[c].is_null().to_numpy() if c in frame.columns else np.ones(frame.height, dtype=bool)
-                 for c in columns]
+        flags = [frame[c].is_null().to_numpy() for c in columns]
         missing = np.column_stack([*flags, np.zeros(frame.height, dtype=bool)]) if frame.height else \
             np.zeros((0, len(columns) + 1), dtype=bool)
     return CategoryTable(tuple(names), np.ascontiguousarray(values), missing)
@@ -212,12 +227,10 @@ def finite(values: np.ndarray, low: float, high: float) -> np.ndarray:
 
 def _scalars(frame: pl.DataFrame) -> dict[str, np.ndarray]:
     """Per-row quantities every event of the row's user reuses, derived once per snapshot."""
-    col = {name: _column(frame, name) for name in (
-        "mean_log_duration", "sd_log_duration", "mean_log_actions", "sd_log_actions", "hour_mean",
-        "hour_spread", "pop_mean_log_duration", "pop_sd_log_duration", "pop_mean_log_actions",
-        "pop_sd_log_actions", "n_sessions", "n_events", "share_prior_device", "share_prior_event",
-        "history_days", "usual_hour_start", "usual_hour_length", share_col("event", DOWNLOAD),
-        rarity_col("event", DOWNLOAD))}
+    col = {name: _column(frame, name) for name in _SCALAR_INPUTS}
+    download_share, download_rarity = share_col("event", DOWNLOAD), rarity_col("event", DOWNLOAD)
+    for name in (download_share, download_rarity):  # present when downloads are a known category
+        col[name] = _column(frame, name) if name in frame.columns else np.full(frame.height, np.nan)
     start = col["usual_hour_start"]
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
@@ -236,24 +249,27 @@ def _scalars(frame: pl.DataFrame) -> dict[str, np.ndarray]:
             "median_actions": np.clip(_expm1_of_exp(col["mean_log_actions"]), 0.0, None),
             "usual_hour_start": start,
             "usual_hour_end": np.fmod(start + col["usual_hour_length"], 24.0),
-            "download_rarity": finite(col[rarity_col("event", DOWNLOAD)], 0.0, RARITY_CLIP),
-            "download_share": col[share_col("event", DOWNLOAD)],
-            "download_share_missing": (frame[share_col("event", DOWNLOAD)].is_null().to_numpy()
-                                       if share_col("event", DOWNLOAD) in frame.columns
-                                       else np.ones(frame.height, dtype=bool)),
+            "download_rarity": finite(col[download_rarity], 0.0, RARITY_CLIP),
+            "download_share": col[download_share],
+            "download_share_missing": (frame[download_share].is_null().to_numpy()
+                                       if download_share in frame.columns else np.ones(frame.height, dtype=bool)),
         }
 
 
 def compile_baselines(frame: pl.DataFrame) -> CompiledBaselines:
     """Arrays of a baseline snapshot (``user_baselines``: unique users plus the population row)."""
+    devices = categories_in(frame.columns, "rarity_device_")
+    events = categories_in(frame.columns, "rarity_event_")
+    missing = [c for c in required_columns(devices, events) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"baseline snapshot lacks the columns {', '.join(missing)} "
+                         f"(present: {', '.join(frame.columns)})")
     ids = frame["user_id"].cast(pl.String).to_list()
     positions = {uid: i for i, uid in enumerate(ids) if uid != POPULATION_USER}
     if POPULATION_USER not in ids:
         raise ValueError(f"baseline snapshot has no population row ({POPULATION_USER!r})")
     if len(positions) != len(ids) - 1:
         raise ValueError("baseline snapshot has duplicate user_id rows")
-    devices = categories_in(frame.columns, "rarity_device_")
-    events = categories_in(frame.columns, "rarity_event_")
     zeros = np.zeros(frame.height)
 
     def unseen(kind: str) -> np.ndarray:

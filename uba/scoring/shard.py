@@ -34,14 +34,14 @@ import polars as pl
 from uba import io
 from uba.drift import DriftCounts, drift_counts
 from uba.features.events import event_features
-from uba.feedback import apply_suppressions
+from uba.feedback import rule_tuples
 from uba.operations import PER_USER_SCHEMA
 from uba.pipeline import feature_matrix
-from uba.reasons import explain
+from uba.reasons import phrase_frame, rank_frame
 from uba.schema import EVENT_SCHEMA
 from uba.scoring import outputs
 from uba.scoring.plan import Piece, ShardSpec
-from uba.thresholds import apply_thresholds
+from uba.thresholds import decide, user_cut_array
 
 SCORES_DIR = io.SCORES
 FLAGGED_PARTS_DIR = "flagged-parts"
@@ -174,28 +174,30 @@ def read_pieces(pieces: tuple[Piece, ...]) -> pl.DataFrame:
     return pl.concat(frames, how="vertical", rechunk=True) if len(frames) > 1 else frames[0]
 
 
-def decide(scored: pl.LazyFrame, cuts: pl.DataFrame | None, threshold: float) -> pl.LazyFrame:
-    """``is_anomaly`` and ``user_threshold``: the user's cut when per-user thresholds are on,
-    else the model's global threshold (``threshold`` always keeps the global cut)."""
-    if cuts is not None:
-        return apply_thresholds(scored, cuts.lazy(), threshold)
-    return scored.with_columns(
-        pl.col("threshold").alias("user_threshold"),
-        (pl.col("anomaly_score") >= pl.col("threshold")).alias("is_anomaly"),
-    )
-
-
 def annotate(features: pl.DataFrame, scores: np.ndarray, inputs: ShardInputs, ctx: ShardContext) -> pl.DataFrame:
-    """Scores, the decision, reasons and suppression on the shard's feature frame."""
+    """Scores, reason kinds, the decision (``uba.thresholds.decide``, as the API decides)
+    and sentences for the flagged rows, on the shard's feature frame."""
     threshold = float(inputs.detector.threshold)
-    scored = features.lazy().with_columns(
-        pl.Series("anomaly_score", np.asarray(scores, dtype=np.float64)),
+    scores = np.asarray(scores, dtype=np.float64)
+    kinds = rank_frame(features, ctx.max_reasons)
+    user_ids = features["user_id"].cast(pl.String)
+    cuts = (user_cut_array(user_ids, inputs.cuts, threshold) if inputs.cuts is not None
+            else np.full(features.height, threshold))
+    # Series index like lists; only flagged rows are looked at, and only when rules exist
+    decision = decide(scores, cuts, user_ids, kinds.list.first(), rule_tuples(inputs.rules))
+    decided = features.with_columns(
+        pl.Series("anomaly_score", scores),
         pl.lit(threshold, dtype=pl.Float64).alias("threshold"),
         pl.lit(ctx.model_version, dtype=pl.String).alias("model_version"),
+        pl.Series("user_threshold", decision.cuts, dtype=pl.Float64),
+        pl.Series("is_anomaly", decision.is_anomaly, dtype=pl.Boolean),
+        kinds,
     )
-    decided = decide(scored, inputs.cuts, threshold)
-    explained = explain(decided, max_reasons=ctx.max_reasons, sentences_for=pl.col("is_anomaly"))
-    return apply_suppressions(explained, inputs.rules, ctx.day).collect(engine=EAGER_ENGINE)
+    return decided.with_columns(
+        phrase_frame(decided, kinds, decision.is_anomaly),
+        pl.Series("suppressed_by", decision.suppressed_by, dtype=pl.String),
+        pl.Series("suppressed", decision.suppressed, dtype=pl.Boolean),
+    )
 
 
 def per_user_counts(annotated: pl.DataFrame) -> pl.DataFrame:
