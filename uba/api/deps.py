@@ -26,14 +26,14 @@ class Runtime:
     api_keys: tuple[bytes, ...] = ()
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_model_state(runtime: RuntimeDep) -> ModelState:
+async def get_model_state(runtime: RuntimeDep) -> ModelState:
     """The state this request will use from start to end, even if a reload swaps it meanwhile."""
     state = runtime.holder.current
     if state is None:
@@ -47,7 +47,7 @@ def get_model_state(runtime: RuntimeDep) -> ModelState:
 ModelStateDep = Annotated[ModelState, Depends(get_model_state)]
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """415 for a body that does not claim to be JSON (FastAPI alone would answer 422)."""
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";", 1)[0].strip().lower()
