@@ -327,7 +327,7 @@ CHANGED_PATHS = (
     "uba/features/events.py", "uba/features/compiled.py", "uba/features/__init__.py", "uba/reasons.py",
     "uba/pipeline.py", "uba/api/inference.py", "uba/api/state.py", "uba/api/batcher.py",
     "uba/api/routes/predict.py", "uba/thresholds.py", "uba/operations.py", "uba/feedback.py",
-    "uba/decision.py", "uba/scoring/shard.py",
+    "uba/decision.py", "uba/scoring/shard.py", "uba/api/deps.py",
 )
 PAYLOAD_CLASSES = ("known_ordinary", "known_flagged", "unknown_ordinary", "unknown_flagged")
 PER_CLASS_BODIES = 50
@@ -506,7 +506,8 @@ def inprocess_main(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="uba-api-inproc-"))
     try:
         env, _, version, as_of = build_world(root, args.users, args.days)
-        env = {**env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        env = {**env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+               "UBA_API__ACCESS_LOG": "false"}  # as issue 12 measured: access log off
         bodies = classify_bodies(env, root, as_of)
         missing = [name for name, found in bodies.items() if not found]
         if missing:
