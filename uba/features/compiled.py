@@ -221,6 +221,8 @@ def finite(values: np.ndarray, low: float, high: float) -> np.ndarray:
     Plain ufuncs rather than ``np.clip`` / ``np.nan_to_num``, which cost several
     microseconds each on the API's one-event arrays.
     """
+    if low == 0.0:  # fmax maps NaN to the other operand: NaN -> 0 and the floor in one call
+        return np.fmin(np.fmax(values, 0.0), high)
     values = np.where(np.isnan(values), 0.0, values)
     return np.minimum(np.maximum(values, low), high)
 
@@ -330,13 +332,8 @@ def event_columns(baselines: CompiledBaselines, user_ids: Sequence[str], event_t
 
 def _category_index(values: np.ndarray, count: int) -> np.ndarray:
     """Integer part of an hour or weekday as a table column; NaN or out of range: ``count``."""
-    index = np.full(values.shape, count, dtype=np.intp)
-    ok = ~np.isnan(values)
-    whole = np.trunc(values[ok])
-    inside = (whole >= 0) & (whole < count)
-    picked = np.flatnonzero(ok)[inside]
-    index[picked] = whole[inside].astype(np.intp)
-    return index
+    whole = np.trunc(values)  # NaN stays NaN and fails both comparisons below
+    return np.where((whole >= 0) & (whole < count), whole, count).astype(np.intp)
 
 
 def surprise(z: np.ndarray) -> np.ndarray:
@@ -376,6 +373,9 @@ def _total(parts: list[np.ndarray]) -> np.ndarray:
     """Sum in the association Polars' ``sum_horizontal`` uses (halves, left half n // 2)."""
     if len(parts) == 1:
         return parts[0]
+    if len(parts) == 7:  # the deviation columns, written out (the recursion costs more than the adds)
+        a, b, c, d, e, f, g = parts
+        return (a + (b + c)) + ((d + e) + (f + g))
     half = len(parts) // 2
     return _total(parts[:half]) + _total(parts[half:])
 
@@ -436,9 +436,15 @@ def _event_features(baselines: CompiledBaselines, events: EventColumns, ctx: Map
         # an unknown user has no history of their own: 0 days, whatever the population's
         "log_history_days": np.where(known, s["log_history_days"][rows], 0.0),
     }
+    # only the weekday rarity can be missing (a snapshot without it); the others are
+    # built from clipped values. A missing one counts as 0 in the total, is skipped by the max.
     deviations = [out[c] for c in DEVIATION_COLUMNS]
-    out["max_surprise"] = np.fmax.reduce(deviations)
-    out["total_surprise"] = _total([np.where(np.isnan(d), 0.0, d) for d in deviations])
+    top = deviations[0]
+    for value in deviations[1:]:
+        top = np.fmax(top, value)
+    out["max_surprise"] = top
+    deviations[-1] = np.where(np.isnan(deviations[-1]), 0.0, deviations[-1])
+    out["total_surprise"] = _total(deviations)
     return out
 
 
