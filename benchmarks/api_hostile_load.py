@@ -125,7 +125,11 @@ async def reloader(client: httpx.AsyncClient, every: float, deadline: float, pha
     while time.monotonic() + every < deadline:
         await asyncio.sleep(every)
         began = time.perf_counter()
-        response = await client.post("/admin/reload")
+        try:
+            response = await client.post("/admin/reload")
+        except httpx.HTTPError as exc:  # counted and shown, not a crash of the benchmark
+            phase.reloads[type(exc).__name__] += 1
+            continue
         phase.reloads[response.status_code] += 1
         phase.reload_ms.append((time.perf_counter() - began) * 1000)
 
@@ -278,7 +282,10 @@ def main() -> None:
         bodies = predict_bodies(data)
         with api_server(data, models, env, root / "api.log") as url:
             phases = asyncio.run(run_all(url, args, bodies))
-        tracebacks = (root / "api.log").read_text().count("Traceback")
+        server_log = (root / "api.log").read_text()
+        tracebacks = server_log.count("Traceback")
+        if tracebacks:
+            print(server_log[-6000:], file=sys.stderr)
     load_end = " ".join(f"{v:.2f}" for v in os.getloadavg())
     command = ".venv/bin/python benchmarks/api_hostile_load.py " + shlex.join(sys.argv[1:])
     write_markdown(args.output, phases, info, command, args, load_end)
