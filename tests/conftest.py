@@ -14,6 +14,15 @@ import pytest
 
 # --- batch scoring (issue 4): one Ray runtime per session, one trained data set ----------
 
+# Days of a few hundred events are far below ray.min_rows_for_ray, so by default they would
+# all run in-process; the suite runs them on Ray (the path with workers, retries and
+# faults to test) unless a test sets the threshold itself (test_score_cli checks the default).
+SUITE_MIN_ROWS_FOR_RAY = "0"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("UBA_RAY__MIN_ROWS_FOR_RAY", SUITE_MIN_ROWS_FOR_RAY)
+
 SCORING_START = date(2026, 3, 1)
 SCORING_TRAIN_END = date(2026, 3, 8)
 SCORING_DATES = (date(2026, 3, 9), date(2026, 3, 10))
@@ -82,6 +91,8 @@ def scoring_settings(trained_dataset: TrainedDataset) -> Callable[..., Any]:
         overrides: dict[str, dict[str, Any]] = {"paths": {
             "data_dir": trained_dataset.data_dir, "model_dir": trained_dataset.model_dir,
             "output_dir": output_dir}}
+        sections = {"ray": {"min_rows_for_ray": int(SUITE_MIN_ROWS_FOR_RAY)}, **sections}
+        sections["ray"] = {"min_rows_for_ray": int(SUITE_MIN_ROWS_FOR_RAY), **sections["ray"]}
         overrides.update(sections)
         return load_settings(overrides=overrides, env={})
 

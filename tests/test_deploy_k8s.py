@@ -537,7 +537,9 @@ def test_nightly_score_runs_with_a_read_only_root_and_only_the_pods_writable_mou
     pod_paths = {"/etc/uba": tmp_path / "etc-uba", "/ray-tmp": ray_tmp, "/tmp": tmp_path / "pod-tmp"}
     (tmp_path / "pod-tmp").mkdir()  # the emptyDir
     env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "PYTHONDONTWRITEBYTECODE": "1"}
+           "PYTHONDONTWRITEBYTECODE": "1",
+           # a small day would run in-process; the embedded Ray is what needs writable dirs
+           "UBA_RAY__MIN_ROWS_FOR_RAY": "0"}
     # The image's NUMBA_CACHE_DIR, on the pod's (empty) emptyDir: the kernel compiles and caches there.
     numba_cache = tmp_path / "numba-cache"
     numba_cache.mkdir()

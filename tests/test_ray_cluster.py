@@ -142,8 +142,9 @@ def test_score_cli_on_a_ray_start_cluster_matches_local_and_in_process(
         [str(UBA), "score", "--date", day.isoformat(), "--ray-address", ray_head,
          "--data-dir", str(trained_dataset.data_dir), "--model-dir", str(trained_dataset.model_dir),
          "--output-dir", str(out)],
-        env={**_cluster_env(), "UBA_SCORING__CHUNK_ROWS": "60"}, cwd=REPO, capture_output=True, text=True,
-        timeout=180)
+        # a given address is used whatever the day's size: ray.min_rows_for_ray is for the embedded Ray
+        env={**_cluster_env(), "UBA_SCORING__CHUNK_ROWS": "60", "UBA_RAY__MIN_ROWS_FOR_RAY": "10000000"},
+        cwd=REPO, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "runs" / f"event_date={day}" / "manifest.json").read_text())
     execution = manifest["execution"]

@@ -153,3 +153,24 @@ def test_backfill_shows_a_progress_bar_at_a_terminal(trained_dataset, tmp_path: 
     assert "backfill  [" in screen and "100%" in screen
     assert "[1/2]" not in screen  # log lines are for non-terminals
     assert "backfill: 2 scored, 0 skipped, 0 failed of 2 dates" in stdout
+
+
+def test_by_default_a_day_below_the_ray_threshold_runs_in_process_threads(trained_dataset, day_output_bytes,
+                                                                         tmp_path: Path) -> None:
+    """The product's default (no address, a day below ray.min_rows_for_ray) scores in this
+    process with one thread per worker, says why, and gives the same bytes as Ray."""
+    from uba.settings import MIN_ROWS_FOR_RAY
+
+    day = trained_dataset.score_dates[0]
+    env = {k: v for k, v in os.environ.items() if k not in ("UBA_RAY__MIN_ROWS_FOR_RAY", "RAY_ADDRESS")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", UBA_SCORING__CHUNK_ROWS="100")
+    result = subprocess.run([str(UBA), "score", "--date", day.isoformat(), *_paths(trained_dataset, tmp_path / "d")],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    execution = json.loads((tmp_path / "d" / "runs" / f"event_date={day}" / "manifest.json").read_text())["execution"]
+    assert execution["mode"] == "in-process" and f"ray.min_rows_for_ray={MIN_ROWS_FOR_RAY}" in execution["reason"]
+    assert execution["workers"] == min(2, len(os.sched_getaffinity(0))) and execution["shards"] >= 2
+    ray_run = _uba("score", "--date", day.isoformat(), *_paths(trained_dataset, tmp_path / "r"),
+                   env={"UBA_SCORING__CHUNK_ROWS": "100", "UBA_RAY__MIN_ROWS_FOR_RAY": "0"})
+    assert ray_run.returncode == 0, ray_run.stderr
+    assert day_output_bytes(tmp_path / "d", day) == day_output_bytes(tmp_path / "r", day)

@@ -107,12 +107,17 @@ class ThresholdSettings(_Section):
     max_reasons: int = Field(3, ge=1, le=10)
 
 
+MIN_ROWS_FOR_RAY = 10_000_000
+
+
 class RaySettings(_Section):
     address: str | None = None
     num_workers: int = Field(2, ge=1, le=1024)
     num_shards: int = Field(8, ge=1, le=100_000)  # unused: shards come from scoring.chunk_rows
     max_retries: int = Field(3, ge=0, le=100)
-    min_rows_for_ray: int = Field(0, ge=0)
+    # below this many events a day without a Ray address runs in-process (threads): on one
+    # machine they do the same work without Ray's start-up (docs/batch-scoring.md, measured)
+    min_rows_for_ray: int = Field(MIN_ROWS_FOR_RAY, ge=0)
     object_store_memory_mb: int | None = Field(None, ge=64)
 
 

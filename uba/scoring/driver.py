@@ -282,7 +282,8 @@ class _Run:
                         self.settings.scoring.chunk_rows)
         base = {"shards": n_shards, "max_retries": self.settings.ray.max_retries,
                 "chunk_rows": self.settings.scoring.chunk_rows}
-        if self.options.in_process or input_rows < self.settings.ray.min_rows_for_ray:
+        if self.options.in_process or (self.runtime.address is None
+                                       and input_rows < self.settings.ray.min_rows_for_ray):
             reason = ("--in-process requested" if self.options.in_process else
                       f"{input_rows} events < ray.min_rows_for_ray={self.settings.ray.min_rows_for_ray}")
             return {**base, "mode": IN_PROCESS, "reason": reason, "workers": self._local_threads(), "address": None}
