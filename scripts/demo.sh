@@ -15,7 +15,7 @@ if "$uba" train --help >/dev/null 2>&1; then
   "$uba" train --data-dir "$dir/data" --end-date 2026-03-21 --window-days 21 --model-dir "$dir/models"
 fi
 if "$uba" score --help >/dev/null 2>&1; then
-  echo "== score 2026-03-22 (embedded local Ray)"
+  echo "== score 2026-03-22 (the default: shards on threads below ray.min_rows_for_ray events, an embedded Ray above)"
   "$uba" score --date 2026-03-22 --data-dir "$dir/data" --model-dir "$dir/models" --output-dir "$dir/output"
   echo "== flagged events, 2026-03-22 (top 15 by score)"
   "$bin/python" - "$dir" <<'PY'
