@@ -46,7 +46,9 @@ from typing import Any
 
 import score_throughput as st  # benchmarks/score_throughput.py, beside this script
 
-MODES = {"cluster": "warm cluster (`--ray-address`)", "embedded": "embedded Ray (default)",
+MODES = {"cluster": "warm cluster (`--ray-address`)",
+         "embedded": "embedded Ray (`UBA_RAY__MIN_ROWS_FOR_RAY=0`)",
+         "default": "the default (no address: in-process threads below `ray.min_rows_for_ray`)",
          "in-process": "`--in-process`"}
 TARGET = 1.3
 HWM_ENV = "UBA_BENCH_HWM_FILE"
@@ -101,12 +103,14 @@ def _read_status(path: Path) -> dict[str, int]:
 def score_run(data: st.Dataset, day: date, mode: str, cluster: st.Cluster | None, out: Path,
               round_no: int, size: int, events: int) -> Result:
     extra = {"cluster": ["--ray-address", cluster.address] if cluster else [],
-             "embedded": [], "in-process": ["--in-process"]}[mode]
+             "embedded": [], "default": [], "in-process": ["--in-process"]}[mode]
     uba_cmd = st.uba_score_cmd(data, day, out, *extra)
     hwm_file = data.work / f"driver-status-{os.getpid()}.txt"
     hwm_file.unlink(missing_ok=True)
     env = st.cluster_env() if mode == "cluster" else {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env[HWM_ENV] = str(hwm_file)
+    if mode == "embedded":  # the embedded Ray whatever the day's size
+        env["UBA_RAY__MIN_ROWS_FOR_RAY"] = "0"
     shutil.rmtree(out, ignore_errors=True)
     measured = st.measure([sys.executable, "-c", LAUNCHER, *uba_cmd[1:]], env,
                           extra_roots=(cluster.head_pid,) if mode == "cluster" and cluster else ())

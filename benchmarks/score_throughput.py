@@ -25,7 +25,9 @@ the end unless --keep):
 
    | --only label | run |
    |---|---|
-   | embedded   | `uba-batch score --date D` (embedded Ray, the default; start-up included) |
+   | embedded   | `uba-batch score --date D`, the default (no address: threads in-process below
+   |            | `ray.min_rows_for_ray` events, an embedded Ray above; start-up included) |
+   | embedded-ray | the same with `UBA_RAY__MIN_ROWS_FOR_RAY=0`: the embedded Ray whatever the size |
    | cluster    | `... --ray-address A` on the warm cluster (all its CPUs) |
    | cluster-w1 | `... --ray-address A --workers 1` |
    | cluster-w2 | `... --ray-address A --workers 2` |
@@ -89,7 +91,8 @@ STARTUP_STAGES = ("ray_init",)  # a stage named so, or nested under it ("ray_ini
 
 # --only label -> table label, in run order
 LABELS: dict[str, str] = {
-    "embedded": "uba score (embedded Ray, default)",
+    "embedded": "uba score (the default, no address)",
+    "embedded-ray": "uba score, embedded Ray forced (ray.min_rows_for_ray=0)",
     "cluster": "uba score --ray-address (warm cluster)",
     "cluster-w1": "uba score --ray-address --workers 1",
     "cluster-w2": "uba score --ray-address --workers 2",
@@ -98,7 +101,7 @@ LABELS: dict[str, str] = {
     "seed": "seed-style pandas script",
 }
 CLUSTER_KEYS = ("cluster", "cluster-w1", "cluster-w2")
-UBA_KEYS = ("embedded", *CLUSTER_KEYS, "in-process")
+UBA_KEYS = ("embedded", "embedded-ray", *CLUSTER_KEYS, "in-process")
 # kept for importers of the previous version
 RAY_LABEL, IN_PROCESS_LABEL, REFERENCE_LABEL = LABELS["embedded"], LABELS["in-process"], LABELS["reference"]
 
@@ -741,6 +744,9 @@ def contenders(data: Dataset, keys: list[str], cluster: Cluster | None) -> list[
         out = work / f"out-{key}"
         if key == "embedded":
             made[key] = Contender(key, uba_score_cmd(data, day, out), local_env, out)
+        elif key == "embedded-ray":
+            made[key] = Contender(key, uba_score_cmd(data, day, out),
+                                  {**local_env, "UBA_RAY__MIN_ROWS_FOR_RAY": "0"}, out)
         elif key in CLUSTER_KEYS:
             workers = {"cluster-w1": ["--workers", "1"], "cluster-w2": ["--workers", "2"]}.get(key, [])
             assert cluster is not None
