@@ -397,6 +397,37 @@ async def _serve_and_time(spec: dict[str, Any]) -> dict[str, Any]:
             times = sorted(await _timed_calls(app, encoded, spec["calls"]))
             out["median_ms"][name] = statistics.median(times) * 1e3
             out["p99_ms"][name] = times[int(0.99 * (len(times) - 1))] * 1e3
+            if spec.get("components"):
+                out.setdefault("components_ms", {})[name] = _components(app, encoded)
+    return out
+
+
+def _components(app: Any, bodies: list[bytes], calls: int = 3000) -> dict[str, float]:
+    """Median ms of the handler's own steps for one event, called directly: parsing and
+    validating the body, scoring (features, forest, reasons, decision), the answer as JSON."""
+    from uba.api.body import JsonBody
+    from uba.api.inference import score_events
+    from uba.api.routes.predict import prediction, to_scoring_event
+
+    runtime = app.state.runtime
+    state, models = runtime.holder.current, runtime.models
+    parser = JsonBody(models.event, models.event_values, "1 event")
+    max_reasons = runtime.settings.threshold.max_reasons
+    events = [to_scoring_event(parser.parse(b)) for b in bodies]
+    results = [score_events(state, [e], max_reasons) for e in events]
+    steps = {
+        "validate": lambda i: to_scoring_event(parser.parse(bodies[i])),
+        "score_events": lambda i: score_events(state, [events[i]], max_reasons),
+        "answer_json": lambda i: prediction(state, events[i], results[i], 0).model_dump_json(),
+    }
+    out = {}
+    for step, call in steps.items():
+        times = []
+        for k in range(calls):
+            began = time.perf_counter()
+            call(k % len(bodies))
+            times.append(time.perf_counter() - began)
+        out[step] = statistics.median(times) * 1e3
     return out
 
 
@@ -516,7 +547,8 @@ def inprocess_main(args: argparse.Namespace) -> None:
         rounds: list[dict[str, Any]] = []
         for r in range(args.rounds):
             load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-            new = run_timing(REPO, {"env": env, "bodies": bodies, "calls": args.calls}, root, "new")
+            new = run_timing(REPO, {"env": env, "bodies": bodies, "calls": args.calls, "components": True},
+                             root, "new")
             old = (run_timing(before, {"env": env, "bodies": bodies, "calls": args.baseline_calls}, root, "old")
                    if args.baseline_calls else None)
             rounds.append({"round": r + 1, "load": load, "new": new, "old": old,
@@ -574,6 +606,17 @@ def write_inprocess(path: Path, rounds: list[dict[str, Any]], info: dict[str, st
             ratios = ", ".join(f"{c} x{r['old']['median_ms'][c] / r['new']['median_ms'][c]:.1f}"
                                for c in PAYLOAD_CLASSES)
             lines.append(f"- round {r['round']}: {ratios}")
+    parts = [r["new"].get("components_ms") for r in rounds if r["new"].get("components_ms")]
+    if parts:
+        lines += ["", "## Where the after side's time goes (median ms, steps called directly, last round)", "",
+                  "| class | whole call | validate body | score_events | answer as JSON | rest (FastAPI, middleware) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        last = rounds[-1]["new"]
+        for c in PAYLOAD_CLASSES:
+            comp = last["components_ms"][c]
+            rest = last["median_ms"][c] - sum(comp.values())
+            lines.append(f"| {c} | {last['median_ms'][c]:.3f} | {comp['validate']:.3f} | "
+                         f"{comp['score_events']:.3f} | {comp['answer_json']:.3f} | {rest:.3f} |")
     if profile:
         lines += ["", "## Where the time goes (after; cProfile, 2,000 calls per class, top by own time)", ""]
         for name, text in profile.items():
