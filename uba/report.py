@@ -133,7 +133,7 @@ def load_report_data(settings: Settings, day: date, history_days: int = 14, top:
     if manifest is None:
         raise UserError(f"{day.isoformat()} has not been scored (no manifest under {output_dir / io.RUNS}); "
                         f"run `uba-batch score --date {day.isoformat()}` first")
-    first = day - timedelta(days=history_days - 1)
+    first = day - timedelta(days=min(history_days - 1, (day - date.min).days))  # clipped at 0001-01-01
     history = []
     for past in io.run_manifest_dates(output_dir):
         if first <= past <= day:

@@ -81,7 +81,11 @@ def train_model(
     except OSError as exc:
         raise UserError(f"cannot create the model directory {model_dir}: {exc.strerror or exc}") from exc
     window = window_days or settings.train.window_days
-    days = date_range(end_date - timedelta(days=window - 1), end_date)
+    if end_date == date.max:  # the baseline snapshot is dated the day after the window
+        raise UserError(f"--end-date {end_date} is the last representable date: the baseline snapshot for the "
+                        "next day cannot be dated; train on a window that ends earlier")
+    # a window reaching before 0001-01-01 is clipped there (fewer days of data)
+    days = date_range(end_date - timedelta(days=min(window - 1, (end_date - date.min).days)), end_date)
     features = window_features(data_dir, days, settings).collect()
     features, excluded = _drop_confirmed_malicious(features, malicious_ids or set())
     features = _sample_rows(features, settings.train.max_training_rows, settings.model.random_state)

@@ -97,7 +97,7 @@ def hour_label(hour: int) -> str:
 
 def _window(aggregates: pl.LazyFrame, as_of: date, lookback_days: int) -> pl.LazyFrame:
     """Aggregates of [as_of - lookback_days, as_of): nothing on or after the scored day."""
-    start = as_of - timedelta(days=lookback_days)
+    start = as_of - timedelta(days=min(lookback_days, (as_of - date.min).days))  # clipped at 0001-01-01
     day = pl.col("event_date").cast(pl.Date)
     return aggregates.filter((day >= start) & (day < as_of))
 

@@ -95,7 +95,9 @@ def _aggregates_current(data_dir: Path, day: date, tag: str) -> bool:
 
 
 def lookback_days(as_of: date, lookback: int) -> list[date]:
-    """The days a baseline for ``as_of`` may use: [as_of - lookback, as_of)."""
+    """The days a baseline for ``as_of`` may use: [as_of - lookback, as_of), clipped at
+    ``date.min`` (a day near 0001-01-01 has fewer days of history, not an OverflowError)."""
+    lookback = min(lookback, (as_of - date.min).days)
     return [as_of - timedelta(days=k) for k in range(lookback, 0, -1)]
 
 

@@ -99,6 +99,10 @@ class GenerationOptions:
             raise UserError(f"--users must be >= 1, got {self.users}")
         if self.days < 1:
             raise UserError(f"--days must be >= 1, got {self.days}")
+        room = (date.max - self.start).days + 1
+        if self.days > room:
+            raise UserError(f"--days {self.days} from --start {self.start.isoformat()} runs past "
+                            f"{date.max.isoformat()}, the last representable date (at most {room} days)")
         if not 0 <= self.anomaly_rate <= MAX_ANOMALY_RATE:
             raise UserError(f"--anomaly-rate must be between 0 and {MAX_ANOMALY_RATE}, got {self.anomaly_rate}")
         if self.seed < 0:
@@ -115,9 +119,9 @@ class GenerationOptions:
         return check_persona_mix(self.persona_mix if self.persona_mix is not None else DEFAULT_PERSONA_MIX)
 
     @property
-    def end(self) -> date:
-        """First day after the window."""
-        return self.start + timedelta(days=self.days)
+    def last(self) -> date:
+        """Last day of the window (the day after it may be past ``date.max``)."""
+        return self.start + timedelta(days=self.days - 1)
 
     def fingerprint(self) -> str:
         """Short hash of all options: ids are equal for equal runs and differ otherwise, so

@@ -7,7 +7,6 @@ and never in ``events/``: training and scoring read ``events/`` only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,7 +91,7 @@ class GenerateResult:
         anomalous = int(labels["is_anomaly"].sum())
         lines = [
             f"generated {events.height:,} events for {o.users:,} users over {o.days} days "
-            f"({o.start.isoformat()}..{(o.end - timedelta(days=1)).isoformat()}), seed {o.seed}",
+            f"({o.start.isoformat()}..{o.last.isoformat()}), seed {o.seed}",
             f"anomalous events: {anomalous:,} ({anomalous / max(events.height, 1):.2%})",
         ]
         for row in self.kind_counts().iter_rows(named=True):

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from uba.artifacts import Bundle, load_bundle
 from uba.errors import UserError
 from uba.features import baselines_as_of, ensure_aggregates
 from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
-from uba.features.store import stale_aggregate_days
+from uba.features.store import lookback_days, stale_aggregate_days
 from uba.logs import get_logger
 from uba.operations import RunOperations
 from uba.scoring import manifest as mf
@@ -307,7 +307,7 @@ class _Run:
         next to the shards, so the day's rows never pass through the driver. Returns
         what ``_finish_aggregates`` waits for."""
         categories = self.settings.events
-        lookback = [self.day - timedelta(days=n) for n in range(self.settings.features.lookback_days, 0, -1)]
+        lookback = lookback_days(self.day, self.settings.features.lookback_days)
         with self.timer.stage("aggregates"):
             if not self._on_ray(execution):
                 self.aggregates_computed = ensure_aggregates(self.data_dir, [*lookback, self.day], categories)
