@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ import polars as pl
 
 from uba import io
 from uba.drift import DriftCounts, drift_counts
-from uba.features.events import event_features
+from uba.features.compiled import CompiledBaselines, compile_baselines
+from uba.features.events import features_frame
 from uba.feedback import rule_tuples
 from uba.operations import PER_USER_SCHEMA
 from uba.pipeline import feature_matrix
@@ -116,6 +118,12 @@ class ShardInputs:
     cuts: pl.DataFrame | None
     rules: pl.DataFrame
     drift_reference: dict[str, Any]
+
+    @cached_property
+    def compiled(self) -> CompiledBaselines:
+        """The baselines compiled for the feature kernel: once per process and run (a Ray
+        worker keeps its inputs for the run's later shards), not once per shard."""
+        return compile_baselines(self.baselines)
 
 
 @dataclass
@@ -235,8 +243,7 @@ def run_shard(spec: ShardSpec, ctx: ShardContext, inputs: ShardInputs) -> ShardR
     with watch.stage("read"):
         events = read_pieces(spec.pieces)
     with watch.stage("features"):
-        features = outputs.without_baseline_copies(
-            event_features(events.lazy(), inputs.baselines.lazy())).collect()
+        features = features_frame(events, inputs.compiled)
         matrix = feature_matrix(features, detector.feature_names)
     with watch.stage("scoring"):
         scores = detector.anomaly_scores(matrix)
