@@ -527,3 +527,94 @@ def test_without_rename_exchange_the_anchor_is_a_relative_symlink_renamed_over(
     os.rename(out, moved)
     after = _read_everything(moved, day)
     assert after["manifest"] == third and after[io.SCORES].equals(before[io.SCORES])
+
+
+# --- links the product did not make are refused before anything of the day is touched ---
+
+
+def _hand_made_links(out: Path, day, datasets: tuple[str, ...] = (io.SCORES, io.FLAGGED)) -> dict[str, str]:
+    """The attack of the issue: scores and flagged of D as symlinks into ``out/archive/v1``
+    (real copies of the day's files), the rest of the day as the product left it."""
+    import shutil
+
+    archive = out / "archive" / "v1"
+    for dataset in datasets:
+        link = io.partition_dir(out, dataset, day)
+        (archive / dataset).mkdir(parents=True)
+        for part in io.partition_files(out, dataset, day):
+            shutil.copyfile(part, archive / dataset / part.name)
+        shutil.rmtree(link) if link.is_dir() and not link.is_symlink() else link.unlink()
+        link.symlink_to(f"../archive/v1/{dataset}")
+    return _link_texts(out, day)
+
+
+def _link_texts(out: Path, day) -> dict[str, str]:
+    links = [io.partition_dir(out, dataset, day) for dataset in io.DAY_DATASETS] + [io.run_manifest_path(out, day)]
+    return {str(link): os.readlink(link) if link.is_symlink() else "real" for link in links}
+
+
+def test_a_hand_made_anchor_link_out_of_the_versions_is_refused_and_nothing_is_touched(
+        trained_dataset, tmp_path: Path) -> None:
+    """Before: the run read the version name off any link (`../archive/v1/scores` -> "v1"),
+    rewrote the anchor to a version that does not exist and failed at publish saying the
+    day was intact while every link now dangled, and every later run failed the same way."""
+    day = trained_dataset.score_dates[0]
+    out = tmp_path / "out"
+    assert _cli_score(day, trained_dataset.data_dir, trained_dataset.model_dir, out).exit_code == 0
+    versions = sorted(p.name for p in io.day_versions_dir(out, day).iterdir())
+    texts = _hand_made_links(out, day)
+    seen = {dataset: sorted(p.name for p in io.partition_files(out, dataset, day)) for dataset in (io.SCORES, io.FLAGGED)}
+    for _ in range(2):  # refused again, the same way: nothing was changed by the first refusal
+        result = _cli_score(day, trained_dataset.data_dir, trained_dataset.model_dir, out)
+        _assert_one_line_failure(result, f"{io.partition_dir(out, io.SCORES, day)} is a symlink to "
+                                         "'../archive/v1/scores', not to a version under")
+        assert "is intact" not in result.stderr and "nothing of" in result.stderr
+        assert _link_texts(out, day) == texts
+        assert sorted(p.name for p in io.day_versions_dir(out, day).iterdir()) == versions
+        assert {dataset: sorted(p.name for p in io.partition_files(out, dataset, day))
+                for dataset in (io.SCORES, io.FLAGGED)} == seen
+    assert io.published_version(out, day) is None  # "v1" is no version of the day
+
+
+@pytest.mark.parametrize("entry", ["flagged", "version_link", "manifest", "anchor_file"])
+def test_every_hand_made_entry_of_a_day_is_refused(trained_dataset, scoring_settings, entry: str,
+                                                   tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    out = tmp_path / "out"
+    score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
+    anchor = io.partition_dir(out, io.SCORES, day)
+    if entry == "flagged":
+        _hand_made_links(out, day, (io.FLAGGED,))
+        wanted = f"{io.partition_dir(out, io.FLAGGED, day)} is a symlink to '../archive/v1/flagged'"
+    elif entry == "version_link":
+        (anchor / io.VERSION_LINK).unlink()
+        (anchor / io.VERSION_LINK).symlink_to("../../archive/v1/.anchor")
+        wanted = f"{anchor / io.VERSION_LINK} names '../../archive/v1/.anchor'"
+    elif entry == "manifest":
+        manifest = io.run_manifest_path(out, day)
+        manifest.unlink()
+        manifest.symlink_to("/etc/hostname")
+        wanted = f"{manifest} is a symlink to '/etc/hostname'"
+    else:
+        import shutil
+
+        shutil.rmtree(anchor)
+        anchor.write_text("not a folder")
+        wanted = f"{anchor} is not a folder"
+    texts = _link_texts(out, day) if entry != "anchor_file" else None
+    with pytest.raises(io.ForeignDayLayoutError, match="not made by uba-batch") as caught:
+        score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
+    assert wanted in str(caught.value) and "\n" not in str(caught.value)
+    if texts is not None:
+        assert _link_texts(out, day) == texts
+
+
+def test_the_layouts_the_product_made_pass_the_check(trained_dataset, scoring_settings, tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    out = tmp_path / "out"
+    io.check_day_layout(out, day)  # never scored
+    score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
+    io.check_day_layout(out, day)
+    _to_absolute_links_layout(out, day)
+    io.check_day_layout(out, day)
+    assert io.published_version(out, day) is not None

@@ -8,6 +8,8 @@ set and output directory before running ``uba-batch score --date 2026-03-09``) a
 * ``layout: "legacy"``: rewrite that output as the layout before versions left it (real
   folders and manifest file);
 * ``layout: "absolute"``: rewrite it as the versioned layout with absolute links left it;
+* ``layout: "foreign"``: scores and flagged of the day made by hand as symlinks into
+  ``out/archive/v1/`` (copies of the day's files): links the product did not make;
 * ``damage``: a list of ``{"dataset": "events"|"aggregates", "day", "how"}`` with ``how``
   one of ``flip`` (one byte XOR 1 at ``at`` (fraction of the size) or ``at_byte``
   (negative = from the end)), ``truncate`` (to ``at`` of the size), ``garbage``,
@@ -50,7 +52,7 @@ from typing import Any
 import polars as pl
 import pytest
 from click.testing import CliRunner
-from test_crash_recovery import _assert_relative_layout, _to_absolute_links_layout
+from test_crash_recovery import _assert_relative_layout, _hand_made_links, _to_absolute_links_layout
 
 from jobs.cli import cli
 from uba import io
@@ -203,6 +205,8 @@ def test_hostile_batch_case(name: str, trained_dataset, tmp_path: Path) -> None:
         to_legacy_layout(out, DAY)
     if recipe.get("layout") == "absolute":
         _to_absolute_links_layout(out, DAY)
+    if recipe.get("layout") == "foreign":
+        _hand_made_links(out, DAY)
     for spec in recipe.get("damage", []):
         damage(data, spec)
     if recipe.get("move_output"):

@@ -1413,16 +1413,96 @@ def _stable_link(output_dir: Path, day: date | str, name: str) -> Path:
     return partition_dir(output_dir, name, day)
 
 
+class ForeignDayLayoutError(UserError):
+    """A link or entry of a day's outputs that this product did not make (it points
+    outside the day's versions): refused before anything of the day is touched."""
+
+
+def _version_in(text: str, day: date | str, tail: str) -> str | None:
+    """The version named by a link text of the form ``.../.days/event_date=D/<version>/<tail>``
+    (relative as written now, or absolute as the layout before relative links wrote it);
+    None for any other text (a link this product did not make)."""
+    parts = Path(text).parts
+    if len(parts) < 4 or list(parts[-4:]) != [DAYS, f"{PARTITION_COLUMN}={_day_label(day)}", parts[-2], tail]:
+        return None
+    version = parts[-2]
+    if version in ("", ".", "..") or version.startswith("."):
+        return None
+    if not Path(text).is_absolute() and list(parts[:-4]) != [".."] * (1 if tail == SCORES else 2):
+        return None
+    return version
+
+
 def published_version(output_dir: Path, day: date | str) -> str | None:
     """The version of D that readers see, None when D has no versioned output (never
-    scored, or still in the layout before versions). Reads link texts only, so it works
-    on an output directory that was moved while its links were still absolute."""
+    scored, or still in the layout before versions) or when its anchor names no version
+    of D (a link made by hand: see ``check_day_layout``). Reads link texts only, so it
+    works on an output directory that was moved while its links were still absolute."""
     anchor = _anchor(output_dir, day)
     try:
-        text = os.readlink(anchor) if anchor.is_symlink() else os.readlink(anchor / VERSION_LINK)
+        if anchor.is_symlink():
+            return _version_in(os.readlink(anchor), day, SCORES)
+        return _version_in(os.readlink(anchor / VERSION_LINK), day, ANCHOR_DIR)
     except OSError:
         return None
-    return Path(text).parent.name
+
+
+def _through_anchor(text: str, day: date | str, name: str) -> bool:
+    """Whether ``text`` is the link of ``name`` this product writes (relative through the
+    anchor's ``.version``), or the absolute one of the layout before relative links."""
+    if text == _link_text(day, name):
+        return True
+    parts = Path(text).parts
+    tail = [SCORES, f"{PARTITION_COLUMN}={_day_label(day)}", "..", name]
+    return Path(text).is_absolute() and len(parts) > 4 and list(parts[-4:]) == tail
+
+
+def dangling_day_links(output_dir: Path, day: date | str) -> list[Path]:
+    """The links of day D (anchor, other datasets, manifest) that exist but resolve to nothing."""
+    links = [_anchor(output_dir, day), _anchor(output_dir, day) / VERSION_LINK,
+             *(_stable_link(output_dir, day, name) for name in (*DAY_DATASETS[1:], MANIFEST_NAME))]
+    return [link for link in links if link.is_symlink() and not link.exists()]
+
+
+def check_day_layout(output_dir: Path, day: date | str) -> None:
+    """Refuse, before anything of day D is touched, an entry of its outputs this product
+    did not make: an anchor (``scores/event_date=D``) or its ``.version`` naming anything
+    but an existing version under ``.days/event_date=D/``, a ``flagged``/``flagged_users``
+    link or manifest link not going through the anchor, or a file where a folder belongs.
+    Real folders and a real manifest file (the layout before versions) are fine: their
+    files are adopted by hard links. Raises ForeignDayLayoutError naming the path."""
+    versions = day_versions_dir(output_dir, day)
+    anchor = _anchor(output_dir, day)
+    hint = ("it was not made by uba-batch; move it away (restore the day's outputs as real folders or "
+            "from a backup) and re-run")
+
+    def refuse(path: Path, what: str) -> ForeignDayLayoutError:
+        return ForeignDayLayoutError(f"{path} {what}: {hint}; nothing of {_day_label(day)} was changed")
+
+    if anchor.is_symlink():
+        text = os.readlink(anchor)
+        version = _version_in(text, day, SCORES)
+        if version is None or not (versions / version).is_dir():
+            raise refuse(anchor, f"is a symlink to {text!r}, not to a version under {versions}")
+    elif _is_real_dir(anchor):
+        link = anchor / VERSION_LINK
+        if os.path.lexists(link):
+            text = os.readlink(link) if link.is_symlink() else ""
+            version = _version_in(text, day, ANCHOR_DIR) if text else None
+            if version is None or not (versions / version).is_dir():
+                raise refuse(link, f"names {text!r}, not a version under {versions}")
+    elif os.path.lexists(anchor):
+        raise refuse(anchor, "is not a folder")
+    for name in (*DAY_DATASETS[1:], MANIFEST_NAME):
+        link = _stable_link(output_dir, day, name)
+        if link.is_symlink():
+            text = os.readlink(link)
+            if not _through_anchor(text, day, name):
+                raise refuse(link, f"is a symlink to {text!r}, not through {anchor}")
+        elif os.path.lexists(link) and name != MANIFEST_NAME and not _is_real_dir(link):
+            raise refuse(link, "is not a folder")
+        elif os.path.lexists(link) and name == MANIFEST_NAME and not link.is_file():
+            raise refuse(link, "is not a file")
 
 
 def _symlink_over(text: str, link: Path) -> None:
@@ -1617,8 +1697,10 @@ def ensure_day_links(output_dir: Path, day: date | str, on_step: Callable[[str],
     manifest = run_manifest_path(output_dir, day)
     _restore_anchor(output_dir, day)
     recover_replaced_dir(anchor)
+    check_day_layout(output_dir, day)
     if anchor.is_symlink():
-        version = Path(os.readlink(anchor)).parent.name
+        version = _version_in(os.readlink(anchor), day, SCORES)
+        assert version is not None  # check_day_layout refused any other link
         if (versions / version).is_dir():
             _prepare_version(versions / version)
         if os.readlink(anchor) != _anchor_link_text(day, version):  # absolute, from the layout before

@@ -206,9 +206,22 @@ class _Run:
         reason = io.os_error_reason(exc)
         if reason is None:
             return None
-        return RunFailedError(
-            f"cannot score {self.day}: {reason} (stage {self.timer.current}); nothing was published, "
-            f"the previous output of {self.day} is intact")
+        if self._previous_output_intact():
+            after = f"nothing was published, the previous output of {self.day} is intact"
+        else:
+            after = (f"the output of {self.day} is not intact (a link of the day names a missing file or the "
+                     f"run's version): check {io.partition_dir(self.output_dir, io.SCORES, self.day)} and the "
+                     "links beside it, or restore them from a backup")
+        return RunFailedError(f"cannot score {self.day}: {reason} (stage {self.timer.current}); {after}")
+
+    def _previous_output_intact(self) -> bool:
+        """What the "intact" claim of a failure rests on: the run's version was not
+        published, and every link of the day still resolves."""
+        try:
+            return (io.published_version(self.output_dir, self.day) != self.run_id
+                    and not io.dangling_day_links(self.output_dir, self.day))
+        except OSError:
+            return False
 
     def _recover_previous(self) -> None:
         """Heal what a killed run of this date left (safe: we hold the date's lock, so no
@@ -216,6 +229,7 @@ class _Run:
         undone, versions that were never committed (or are older than the one the
         published version replaced) and leftover staging are deleted."""
         with self.timer.stage("recover"):
+            io.check_day_layout(self.output_dir, self.day)  # a link made by hand: refused, nothing touched
             for dataset in io.DAY_DATASETS:
                 if io.recover_replaced_dir(io.partition_dir(self.output_dir, dataset, self.day)):
                     log.warning("restored the previous %s output of %s after an interrupted swap",
