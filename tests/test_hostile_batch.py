@@ -18,7 +18,8 @@ set and output directory before running ``uba-batch score --date 2026-03-09``) a
   directory's marker), ``legacy_record`` (written before manifests, with per-part
   records), ``record_garbage`` (the partition's checksum manifest is not JSON),
   ``drop_manifest``, ``extra_part`` (a copy of the part under another name),
-  ``delete_part`` (the part file only); or ``{"how": "drop_marker"}`` (the data
+  ``delete_part`` (the part file only), ``dead_writer_tmp`` (the 0-byte ``.tmp-*.parquet``
+  a ``kill -9`` mid-ingest leaves in the partition); or ``{"how": "drop_marker"}`` (the data
   directory's ``.part-manifests.json``);
 * ``move_output``: ``mv out moved`` before the run, which then writes to ``moved``;
 * ``env``: environment of the run (fault hooks: ``UBA_FAULT_ENOSPC_AT``);
@@ -109,6 +110,9 @@ def damage(data: Path, spec: dict[str, Any]) -> None:
         return
     if how == "delete_part":
         part.unlink()
+        return
+    if how == "dead_writer_tmp":
+        (part.parent / ".tmp-0123456789abcdef.parquet").write_bytes(b"")
         return
     body = bytearray(part.read_bytes())
     if how == "flip":

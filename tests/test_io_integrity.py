@@ -82,6 +82,21 @@ def _events_day(root: Path, names: tuple[str, ...] = ("p1", "p2")) -> list[Path]
             for i, name in enumerate(names)]
 
 
+def test_a_dead_writers_temporary_file_is_removed_by_the_next_write_of_its_partition(tmp_path: Path) -> None:
+    """Before: the 0-byte ``.tmp-*.parquet`` a ``kill -9`` mid-ingest leaves stayed for good."""
+    parts = _events_day(tmp_path)
+    dead = parts[0].parent / ".tmp-0123456789abcdef.parquet"
+    dead.write_bytes(b"")
+    elsewhere = io.write_part(pl.DataFrame({"a": [1]}), tmp_path, io.EVENTS, "2026-03-02", name="p1").parent
+    other = elsewhere / ".tmp-fedcba9876543210.parquet"
+    other.write_bytes(b"")
+    assert io.partition_files(tmp_path, io.EVENTS, "2026-03-01") == sorted(parts)  # readers skip it
+    added = io.write_part(pl.DataFrame({"a": [7]}), tmp_path, io.EVENTS, "2026-03-01", name="p3")
+    assert not dead.exists() and other.exists()  # that partition only: its lock says no writer owns it
+    assert io.partition_files(tmp_path, io.EVENTS, "2026-03-01") == sorted([*parts, added])
+    assert [p.name for p in parts[0].parent.iterdir() if p.name.startswith(".tmp-")] == []
+
+
 def test_a_part_not_in_the_manifest_fails_the_read_naming_it(tmp_path: Path) -> None:
     """The attack: an extra part dropped into a partition was read unverified."""
     part, _ = _events_day(tmp_path)

@@ -655,6 +655,24 @@ def _manifest_for_update(folder: Path) -> tuple[dict[str, Any], bool]:
     return manifest, adopted
 
 
+def _remove_dead_temporaries(folder: Path) -> list[Path]:
+    """Delete the ``.tmp-*`` files of the partition ``folder`` (call with its lock held).
+
+    Every writer of an events or aggregates partition holds the partition's lock for as
+    long as its temporary file exists, so one found under the lock belongs to a writer
+    that died (``kill -9`` mid-ingest leaves a 0-byte ``.tmp-*.parquet``): readers
+    already skip it, and this is where it is cleaned up.
+    """
+    removed = []
+    for leftover in folder.glob(f"{TMP_PREFIX}*"):
+        if leftover.is_file() or leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    if removed:
+        log.info("removed %d temporary file(s) of a dead writer in %s", len(removed), folder)
+    return removed
+
+
 def _write_listed_part(path: Path, write: Callable[[Path], None]) -> Path:
     """Write a part of an events or aggregates partition and list it in the partition's manifest.
 
@@ -668,6 +686,7 @@ def _write_listed_part(path: Path, write: Callable[[Path], None]) -> Path:
     with _locked(checksum_folder(folder) / _LOCK_NAME):
         manifest, adopted = _manifest_for_update(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        _remove_dead_temporaries(folder)
         tmp = _tmp_path(folder, path.suffix)
         try:
             _fill(tmp, write, path, durable=True)

@@ -92,9 +92,28 @@ def final_status(sent: int | None, error: BaseException | None) -> int:
 
 
 def route_label(scope: Scope) -> str:
+    """The route template of the request; ``unmatched`` only when no route has its path.
+
+    FastAPI's own routes put themselves in the scope. The routes Starlette adds plainly
+    (``/docs``, ``/openapi.json``, ``/redoc``) do not, so they are found by matching the
+    router's routes again, a method mismatch (405) included: the label of ``POST /docs``
+    is ``/docs``, as the label of ``POST /metrics`` is ``/metrics``.
+    """
     route = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else UNMATCHED_ROUTE
+    if isinstance(path, str):
+        return path
+    from starlette.routing import Match
+
+    for candidate in getattr(scope.get("router"), "routes", ()):
+        try:
+            match, _ = candidate.matches(scope)
+        except Exception:  # a route that cannot judge this scope is not its route
+            continue
+        path = getattr(candidate, "path", None)
+        if match is not Match.NONE and isinstance(path, str):
+            return path
+    return UNMATCHED_ROUTE
 
 
 class MetricsMiddleware:
