@@ -18,7 +18,8 @@ set and output directory before running ``uba-batch score --date 2026-03-09``) a
   directory's marker), ``legacy_record`` (written before manifests, with per-part
   records), ``record_garbage`` (the partition's checksum manifest is not JSON),
   ``drop_manifest``, ``extra_part`` (a copy of the part under another name),
-  ``delete_part`` (the part file only), ``dead_writer_tmp`` (the 0-byte ``.tmp-*.parquet``
+  ``delete_part`` (the part file only), ``drop_all_checksums`` (``.checksums/`` and the
+  marker deleted: nothing left to verify against), ``dead_writer_tmp`` (the 0-byte ``.tmp-*.parquet``
   a ``kill -9`` mid-ingest leaves in the partition); or ``{"how": "drop_marker"}`` (the data
   directory's ``.part-manifests.json``);
 * ``move_output``: ``mv out moved`` before the run, which then writes to ``moved``;
@@ -35,7 +36,9 @@ output whose manifest's sha256s match the visible files and whose scored rows ar
 exactly the day's events (``new``). ``then_rerun``: a run without the fault then
 succeeds and leaves no orphaned version; ``rebuilt``: those days' aggregates verify again;
 ``old_readable``: the old output reads completely before the run (e.g. once moved);
-``relative_links``: afterwards every link of the day is relative.
+``relative_links``: afterwards every link of the day is relative. ``warning``: one stderr
+line holds this text; ``unverified``: these partitions are in the new manifest's
+``inputs.unverified_partitions``.
 """
 
 from __future__ import annotations
@@ -89,6 +92,10 @@ def to_legacy_partition(data: Path, dataset: str, day: str, records: bool) -> No
 def damage(data: Path, spec: dict[str, Any]) -> None:
     how = spec["how"]
     if how == "drop_marker":
+        io.part_manifests_marker(data).unlink()
+        return
+    if how == "drop_all_checksums":
+        shutil.rmtree(data / io.CHECKSUMS)
         io.part_manifests_marker(data).unlink()
         return
     dataset, day = spec["dataset"], spec["day"]
@@ -258,6 +265,11 @@ def test_hostile_batch_case(name: str, trained_dataset, tmp_path: Path) -> None:
         versions = [p.name for p in io.day_versions_dir(out, DAY).iterdir()]
         assert manifest["run_id"] in versions and len(versions) <= 2
         assert not any((out / ".staging").rglob("*.parquet"))
+    if "warning" in expect:
+        assert sum(expect["warning"] in line for line in stderr.splitlines()) == 1, stderr[-3000:]
+    if "unverified" in expect:
+        inputs = json.loads(io.run_manifest_path(out, DAY).read_text())["inputs"]
+        assert set(expect["unverified"]) <= set(inputs["unverified_partitions"]), inputs
     if expect.get("relative_links"):
         _assert_relative_layout(out, DAY)
     if code == -signal.SIGKILL:

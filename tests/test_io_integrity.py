@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +345,55 @@ def test_a_corrupt_aggregates_part_whose_events_are_gone_is_one_line(trained_dat
 
     assert f"aggregates part {part} is corrupt" in line and "rebuild" in line
     assert not (tmp_path / "out" / io.SCORES).exists()
+
+
+def _run_manifest(out: Path, day: date) -> dict[str, Any]:
+    return json.loads(io.run_manifest_path(out, day).read_text())
+
+
+def test_deleting_every_checksum_and_the_marker_is_warned_recorded_and_never_blessed(
+        trained_dataset, tmp_path: Path) -> None:
+    """The attack: with `.checksums/` and `.part-manifests.json` deleted, a tampered events
+    part was scored silently (exit 0), and the run's first write created a marker that
+    passed every partition off as written before manifests, unverified from then on with
+    nothing said. Now: every run warns and records the unverified inputs until the
+    operator adopts them (`uba-batch verify --adopt-legacy`); then a change is caught."""
+    day = trained_dataset.score_dates[0]
+    data, out = _copy(trained_dataset, tmp_path), tmp_path / "out"
+    shutil.rmtree(data / io.CHECKSUMS)
+    io.part_manifests_marker(data).unlink()
+    (part,) = io.partition_files(data, io.EVENTS, day)
+    tampered = pl.read_parquet(part).with_columns(pl.col("user_id").str.replace(r"^u", "x"))
+    tampered.write_parquet(part)  # nothing left to tell this from the original
+    shutil.rmtree(io.partition_dir(data, io.AGGREGATES, day - timedelta(days=1)))  # the run writes: a marker
+    wanted = f"events/event_date={day.isoformat()}"
+    for _ in range(2):  # the marker the first run writes blesses nothing: the second run warns again
+        result = _score(day, data, trained_dataset.model_dir, out)
+        assert result.exit_code == 0, result.output[-3000:]
+        warnings = [line for line in result.stderr.splitlines() if "read unverified" in line]
+        assert len(warnings) == 1 and wanted in warnings[0] and "verify --adopt-legacy" in warnings[0]
+        assert wanted in _run_manifest(out, day)["inputs"]["unverified_partitions"]
+    assert io.part_manifests_marker(data).is_file()
+
+    verify = CliRunner().invoke(cli, ["verify", "--data-dir", str(data)], catch_exceptions=False)
+    assert verify.exit_code == 0 and f"unverified: {wanted}" in verify.stdout
+    adopt = CliRunner().invoke(cli, ["verify", "--data-dir", str(data), "--adopt-legacy"], catch_exceptions=False)
+    assert adopt.exit_code == 0 and f"adopted: {wanted}" in adopt.stdout and " 0 unverified" in adopt.stdout
+    result = _score(day, data, trained_dataset.model_dir, out)
+    assert result.exit_code == 0 and "read unverified" not in result.stderr
+    assert _run_manifest(out, day)["inputs"]["unverified_partitions"] == []
+    _flip(part, part.stat().st_size // 2)  # adopted: a change from now on is caught
+    assert f"events part {part} is corrupt" in _one_error_line(_score(day, data, trained_dataset.model_dir, out))
+    failed = CliRunner().invoke(cli, ["verify", "--data-dir", str(data)])
+    assert failed.exit_code == 1 and "Traceback" not in failed.output
+    assert failed.stderr.strip().splitlines()[-1].startswith("error: 1 partition(s) of ")
+    refused = CliRunner().invoke(cli, ["verify", "--data-dir", str(data), "--adopt-legacy"])
+    assert refused.exit_code == 1 and "nothing was adopted" in refused.stderr
+
+
+def test_a_fresh_data_directory_needs_no_adoption(tmp_path: Path) -> None:
+    _events_day(tmp_path)
+    assert io.verify_data_dir(tmp_path) == {"verified": ["events/event_date=2026-03-01"], "unverified": [],
+                                            "corrupt": []}
+    assert io.adopt_unverified_partitions(tmp_path) == []
+    assert io.unverified_partitions(tmp_path, io.EVENTS, ["2026-03-01", "2026-03-02"]) == []

@@ -564,6 +564,90 @@ def verify_partition(root: Path, dataset: str, day: date | str, remedy: str = ""
         verify_part(part, remedy)
 
 
+def unverified_partitions(root: Path, dataset: str, days: Iterable[date | str]) -> list[str]:
+    """The partitions of ``days`` that are read unverified: some part has no known sha256.
+
+    That is a partition without a manifest that predates manifests (listed in the
+    marker), every partition of a data directory with parts but neither marker nor any
+    manifest (they may also have been deleted: nothing here can tell), or a manifest
+    entry adopted without a sha256. No hashing: names only (``dataset/event_date=D``).
+    A deleted manifest still raises CorruptPartError, as on read.
+    """
+    found = []
+    for day in days:
+        folder = partition_dir(root, dataset, day)
+        parts = _finished_parts(folder) if folder.is_dir() else []
+        if not parts:
+            continue
+        manifest = _governing_manifest(folder, True)
+        if manifest is None:
+            known = all(_recorded_checksum(part) is not None for part in parts)
+        else:
+            known = all((_listed_entry(manifest, part.name) or {"sha256": "?"}).get("sha256") for part in parts)
+        if not known:
+            found.append(f"{dataset}/{folder.name}")
+    return found
+
+
+def verify_data_dir(root: Path) -> dict[str, list[str]]:
+    """Check every events and aggregates partition of ``root`` in full (listing, sha256 of
+    every part, and the Parquet footer of parts without a known sha256).
+
+    Returns ``verified`` and ``unverified`` partition names (``dataset/event_date=D``) and
+    ``corrupt``: one line per partition that failed, naming the file.
+    """
+    report: dict[str, list[str]] = {"verified": [], "unverified": [], "corrupt": []}
+    for dataset in sorted(CHECKSUMMED):
+        base = Path(root) / dataset
+        for folder in sorted(base.iterdir()) if base.is_dir() else []:
+            if not (_is_listed_partition(folder) and folder.is_dir()):
+                continue
+            try:
+                parts = partition_files(root, dataset, folder.name.partition("=")[2])
+                known = [verify_part(part) for part in parts]
+                for part, checked in zip(parts, known, strict=True):
+                    if not checked:
+                        _check_readable(part)
+            except CorruptPartError as exc:
+                report["corrupt"].append(str(exc))
+                continue
+            if parts:
+                report["verified" if all(known) else "unverified"].append(f"{dataset}/{folder.name}")
+    return report
+
+
+def adopt_unverified_partitions(root: Path) -> list[str]:
+    """Record the sha256 of every part of the partitions read unverified (the operator's
+    explicit ``uba-batch verify --adopt-legacy``): from then on they are verified like any
+    other. Refused (CorruptPartError, nothing adopted) while any partition fails
+    verification. The marker is created first when missing, listing them (so a crash
+    half-way leaves every partition readable), then each gets its manifest and leaves the
+    marker's list. Returns the names adopted."""
+    root = Path(root)
+    report = verify_data_dir(root)
+    if report["corrupt"]:
+        more = f" (and {len(report['corrupt']) - 1} more)" if len(report["corrupt"]) > 1 else ""
+        raise CorruptPartError(f"nothing was adopted: {report['corrupt'][0]}{more}")
+    if not report["unverified"]:
+        return []
+    _enable_part_manifests(root)
+    for name in report["unverified"]:
+        folder = root / name
+        with _locked(checksum_folder(folder) / _LOCK_NAME):
+            manifest = _read_part_manifest(folder) or {"parts": {}, "pending": {}}
+            parts = {}
+            for part in _finished_parts(folder):
+                entry = _listed_entry(manifest, part.name) or {}
+                if not entry.get("sha256"):
+                    entry = {"sha256": file_sha256(part), "size": part.stat().st_size}
+                parts[part.name] = entry
+            _store_part_manifest(folder, {"parts": parts, "pending": {}})
+        _forget_legacy(folder)
+        for record in checksum_folder(folder).glob("*.parquet.json"):
+            record.unlink(missing_ok=True)
+    return report["unverified"]
+
+
 def _kind(part: Path) -> str:
     dataset = part.parent.parent.name
     return {EVENTS: "events", AGGREGATES: "aggregates"}.get(dataset, dataset)

@@ -163,6 +163,7 @@ class _Run:
         self.record: dict[str, Any] = {}
         self.staging_root = self.output_dir / STAGING_DIR / f"event_date={self.day.isoformat()}"
         self.aggregates_computed: list[date] = []
+        self.unverified: list[str] = []
 
     # -- the run ---------------------------------------------------------------------
 
@@ -251,6 +252,7 @@ class _Run:
         day_aggregates = self._aggregates(execution)
         with self.timer.stage("baselines"):
             baselines = baselines_as_of(self.data_dir, self.day, self.settings).collect()
+            self._note_unverified_inputs()
         with self.timer.stage("operations"):  # issue 7: per-user cuts, suppression rules
             self.ops = RunOperations.prepare(self.settings, self.bundle, self.day)
         for folder in (shard.SCORES_DIR, shard.FLAGGED_PARTS_DIR):
@@ -331,6 +333,22 @@ class _Run:
             for ref, d in zip(refs, missing, strict=True):
                 self.aggregates_computed += self.runtime.result(ref, f"aggregates of {d}")
             return self.runtime.submit(ensure_aggregates, self.data_dir, [self.day], categories)
+
+    def _note_unverified_inputs(self) -> None:
+        """Name the input partitions read without a known sha256 (written before checksum
+        manifests, or in a data directory whose manifests and marker are all gone): one
+        warning line and ``inputs.unverified_partitions`` in the manifest. Never silent,
+        and never turned into verified by a run: ``uba-batch verify --adopt-legacy`` does that."""
+        lookback = lookback_days(self.day, self.settings.features.lookback_days)
+        events_read = [self.day, *sorted(set(self.aggregates_computed) - {self.day})]  # the day's own first
+        self.unverified = (io.unverified_partitions(self.data_dir, io.EVENTS, events_read)
+                           + io.unverified_partitions(self.data_dir, io.AGGREGATES, lookback))
+        if self.unverified:
+            more = f" and {len(self.unverified) - 1} more" if len(self.unverified) > 1 else ""
+            log.warning("%d input partition(s) of %s have no checksums and are read unverified (%s%s): a "
+                        "changed byte there cannot be detected; if they are intact, record their checksums "
+                        "with `uba-batch verify --adopt-legacy` (docs/operations.md)", len(self.unverified),
+                        self.day, self.unverified[0], more)
 
     def _finish_aggregates(self, pending: Any) -> None:
         if pending is None:
@@ -429,6 +447,7 @@ class _Run:
                 "baseline_users": int(baselines.height),
                 "lookback_days": self.settings.features.lookback_days,
                 "aggregates_computed": [d.isoformat() for d in self.aggregates_computed],
+                "unverified_partitions": self.unverified,
             },
             "model": {
                 "version": self.bundle.version,
