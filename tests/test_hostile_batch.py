@@ -26,7 +26,9 @@ set and output directory before running ``uba-batch score --date 2026-03-09``) a
 * ``env``: environment of the run (fault hooks: ``UBA_FAULT_ENOSPC_AT``);
 * ``kill_at``: run the installed ``uba-batch`` as a subprocess that SIGKILLs itself after
   that publish step (``UBA_FAULT_KILL_AT_PUBLISH_STEP``);
-* ``copy_scores``: ``cp -r out/scores`` before the run (the contract check's scenario).
+* ``copy_scores``: ``cp -r out/scores`` before the run (the contract check's scenario);
+* ``date``: score that date instead (the events of 2026-03-09 are first written there,
+  at the same times of day): the calendar edges.
 
 Every case, whatever its verdict: no traceback; the expected exit code; a failure is one
 ``error:`` line naming what stopped it, with a failure record (``failure_record: false``:
@@ -160,8 +162,8 @@ def failure_records(out: Path, day: date) -> int:
     return len(list(io.partition_dir(out, io.RUNS, day).glob("failed-*.json")))
 
 
-def score_args(data: Path, model_dir: Path, out: Path) -> list[str]:
-    return ["score", "--date", DAY.isoformat(), "--in-process", "--data-dir", str(data),
+def score_args(data: Path, model_dir: Path, out: Path, day: date = DAY) -> list[str]:
+    return ["score", "--date", day.isoformat(), "--in-process", "--data-dir", str(data),
             "--model-dir", str(model_dir), "--output-dir", str(out)]
 
 
@@ -209,28 +211,32 @@ def test_hostile_batch_case(name: str, trained_dataset, tmp_path: Path) -> None:
     recipe = json.loads((CORPUS / f"{name}.recipe.json").read_text())
     data, out = tmp_path / "data", tmp_path / "out"
     shutil.copytree(trained_dataset.data_dir, data, symlinks=True)
-    args = score_args(data, trained_dataset.model_dir, out)
+    day = date.fromisoformat(recipe.get("date", DAY.isoformat()))
+    if day != DAY:  # the day's events, moved to that date (same times of day)
+        events = pl.read_parquet(io.partition_files(data, io.EVENTS, DAY))
+        io.write_part(events.with_columns(pl.col("timestamp") - (DAY - day)), data, io.EVENTS, day, name="part-moved")
+    args = score_args(data, trained_dataset.model_dir, out, day)
     if recipe.get("score_first"):
         assert run_cli(args)[0] == 0
     if recipe.get("layout") == "legacy":
-        to_legacy_layout(out, DAY)
+        to_legacy_layout(out, day)
     if recipe.get("layout") == "absolute":
-        _to_absolute_links_layout(out, DAY)
+        _to_absolute_links_layout(out, day)
     if recipe.get("layout") == "foreign":
-        _hand_made_links(out, DAY)
+        _hand_made_links(out, day)
     for spec in recipe.get("damage", []):
         damage(data, spec)
     if recipe.get("move_output"):
         os.rename(out, tmp_path / "moved")
         out = tmp_path / "moved"
-        args = score_args(data, trained_dataset.model_dir, out)
-    old_files, old_manifest = day_state(out, DAY)
+        args = score_args(data, trained_dataset.model_dir, out, day)
+    old_files, old_manifest = day_state(out, day)
     if expect.get("old_readable"):
         assert old_manifest is not None and old_manifest["status"] == "succeeded"
         assert all(old_files[dataset] for dataset in (io.SCORES, io.FLAGGED)), old_files
         for dataset in (io.SCORES, io.FLAGGED):
             assert pl.scan_parquet(out / dataset, hive_partitioning=True).collect().height > 0
-    records_before = failure_records(out, DAY)
+    records_before = failure_records(out, day)
     if recipe.get("copy_scores"):
         subprocess.run(["cp", "-r", str(out / io.SCORES), str(tmp_path / "first")], check=True)
 
@@ -247,30 +253,30 @@ def test_hostile_batch_case(name: str, trained_dataset, tmp_path: Path) -> None:
         errors = [line for line in lines if line.startswith("error: ")]
         assert errors == lines[-1:] and expect["error"] in errors[0], stderr[-3000:]
         # a part whose footer does not read is refused before the run starts (no record)
-        assert failure_records(out, DAY) == records_before + int(expect.get("failure_record", True))
+        assert failure_records(out, day) == records_before + int(expect.get("failure_record", True))
     if expect["published"] == "old":
-        assert day_state(out, DAY) == (old_files, old_manifest)
+        assert day_state(out, day) == (old_files, old_manifest)
     elif expect["published"] == "none":
-        assert day_state(out, DAY) == ({dataset: {} for dataset in io.DAY_DATASETS}, None)
+        assert day_state(out, day) == ({dataset: {} for dataset in io.DAY_DATASETS}, None)
     else:
-        assert_new_day(data, out, DAY, old_manifest)
+        assert_new_day(data, out, day, old_manifest)
     for day in expect.get("rebuilt", []):
         assert io.verify_part(_part(data, io.AGGREGATES, day))
     if expect.get("copy_is_first_run"):
-        copied = tmp_path / "first" / f"event_date={DAY.isoformat()}"
+        copied = tmp_path / "first" / f"event_date={day.isoformat()}"
         assert {p.name: io.file_sha256(p) for p in copied.glob("*.parquet")} == old_files[io.SCORES]
     if expect.get("then_rerun"):
         assert run_cli(args)[0] == 0
-        manifest = assert_new_day(data, out, DAY, None)
-        versions = [p.name for p in io.day_versions_dir(out, DAY).iterdir()]
+        manifest = assert_new_day(data, out, day, None)
+        versions = [p.name for p in io.day_versions_dir(out, day).iterdir()]
         assert manifest["run_id"] in versions and len(versions) <= 2
         assert not any((out / ".staging").rglob("*.parquet"))
     if "warning" in expect:
         assert sum(expect["warning"] in line for line in stderr.splitlines()) == 1, stderr[-3000:]
     if "unverified" in expect:
-        inputs = json.loads(io.run_manifest_path(out, DAY).read_text())["inputs"]
+        inputs = json.loads(io.run_manifest_path(out, day).read_text())["inputs"]
         assert set(expect["unverified"]) <= set(inputs["unverified_partitions"]), inputs
     if expect.get("relative_links"):
-        _assert_relative_layout(out, DAY)
+        _assert_relative_layout(out, day)
     if code == -signal.SIGKILL:
         assert expect["exit_code"] == -9
