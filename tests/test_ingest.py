@@ -875,12 +875,52 @@ def test_memory_of_a_file_of_new_keys_stays_that_of_the_same_file_without_them(t
 
 
 def test_jsonl_line_ends_and_bom_are_read_like_csv(tmp_path: Path) -> None:
-    lines = [json.dumps(_event(i)) for i in range(6)]
+    """\\n and \\r\\n end a line; a BOM is dropped; blank lines (also \\r alone) are skipped."""
+    lines = [json.dumps(_event(i)) for i in range(5)]
     path = tmp_path / "ends.jsonl"
-    path.write_bytes(b"\xef\xbb\xbf" + f"{lines[0]}\r{lines[1]}\r\n{lines[2]}\n\r{lines[3]}\r\r{lines[4]}\r{lines[5]}"
+    path.write_bytes(b"\xef\xbb\xbf" + f"{lines[0]}\r\n{lines[1]}\n\r\n{lines[2]}\r\r\n{lines[3]}\n\n{lines[4]}"
                      .encode())
     summary = ingest_files([path], tmp_path / "d", settings())
-    assert (summary.rows_read, summary.rows_written) == (6, 6)
+    assert (summary.rows_read, summary.rows_written) == (5, 5)
+
+
+def _forging_jsonl(tmp_path: Path, name: str) -> Path:
+    """Issue: a raw CR inside a string of line 2 holding a whole event of its own."""
+    forged = json.dumps(_event(99, user_id="someone-else"))
+    line2 = json.dumps(_event(2, note="@")).replace('"@"', '"\r' + forged + '\r"')
+    body = "\n".join([json.dumps(_event(1)), line2, json.dumps(_event(3))]) + "\n"
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(body.encode()) if name.endswith(".gz") else body.encode())
+    return path
+
+
+@pytest.mark.parametrize("name", ["cr.jsonl", "cr.jsonl.gz"])
+def test_jsonl_raw_cr_inside_a_string_never_splits_a_line(tmp_path: Path, name: str) -> None:
+    summary = ingest_files([_forging_jsonl(tmp_path, name)], tmp_path / "d", settings())
+    assert (summary.rows_read, summary.rows_written, summary.rows_quarantined) == (3, 2, 1)
+    stored = pl.read_parquet(tmp_path / "d" / "events" / "*" / "*.parquet")
+    assert sorted(stored["event_id"]) == ["t1", "t3"] and "someone-else" not in stored["user_id"].to_list()
+    (reason,) = pl.read_parquet(tmp_path / "d" / "quarantine" / "*" / "*.parquet")["reason"].to_list()
+    assert "raw control character '\\r' inside a string" in reason and '"t2"' in reason
+
+
+def test_jsonl_cr_whitespace_between_tokens_is_one_record(tmp_path: Path) -> None:
+    """RFC 8259 whitespace includes CR: such a line is one event, as in the API and .json arrays."""
+    path = tmp_path / "ws.jsonl"
+    path.write_bytes((json.dumps(_event(1)).replace(', "user_id"', ',\r"user_id"').replace("{", "{\r") + "\r\n"
+                      + json.dumps(_event(2)).replace(", ", ",\r") + "\n").encode())
+    summary = ingest_files([path], tmp_path / "d", settings())
+    assert (summary.rows_read, summary.rows_written) == (2, 2)
+
+
+def test_jsonl_cr_only_line_ends_are_refused_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "mac.jsonl"
+    path.write_bytes("\r".join(json.dumps(_event(i)) for i in range(3)).encode() + b"\r")
+    with pytest.raises(UserError, match=r"no \\n line end but holds \\r") as caught:
+        ingest_files([path], tmp_path / "d", settings())
+    assert "\n" not in str(caught.value)
+    (run,) = [json.loads(p.read_text()) for p in (tmp_path / "d" / "ingest_runs").glob("*.json")]
+    assert (run["status"], run["rows_read"]) == ("failed", 0)
 
 
 def test_jsonl_cr_split_across_read_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

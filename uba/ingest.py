@@ -629,7 +629,10 @@ def _jsonl_line(line: bytes) -> tuple[Any, str | None]:
     try:
         return _decoded(text, _json_decoder().decode(text)), None
     except json.JSONDecodeError as exc:
-        return None, f"line is not valid JSON ({exc.msg} at column {exc.colno}): {_excerpt(text)!r}"
+        what = exc.msg
+        if what.startswith("Invalid control character"):  # a raw CR, tab, ... inside a string
+            what = f"raw control character {text[exc.pos]!r} inside a string, which JSON forbids,"
+        return None, f"line is not valid JSON ({what} at column {exc.colno}): {_excerpt(text)!r}"
     except RecursionError:
         return None, f"line {NESTED_TOO_DEEP}"
     except ValueError as exc:  # e.g. an integer of more than 4,300 digits
@@ -639,10 +642,13 @@ def _jsonl_line(line: bytes) -> tuple[Any, str | None]:
 def _bounded_lines(handle: Any, path: Path, limit: int) -> Iterator[tuple[int, bytes]]:
     """Numbered lines, none longer than ``limit`` bytes (a longer one stops the run).
 
-    A line ends at ``\\n``, ``\\r\\n`` or a lone ``\\r`` (old Mac line ends): JSON text
-    holds a raw CR only as whitespace between tokens, never inside a string, so a CR can
-    only end a line or pad one. A UTF-8 byte order mark at the start of the file is
-    dropped, as for CSV and JSON arrays.
+    A line ends at ``\\n`` only (so ``\\r\\n`` too). A ``\\r`` anywhere else stays in its
+    line: between tokens it is JSON whitespace, inside a string it is a raw control
+    character the JSON parser refuses, so the line is quarantined once and the text after
+    the CR can never become a record of its own (a CR used to end a line, which let a
+    string value forge an event). A file of lone-CR line ends (old Mac) is therefore one
+    line; ``_jsonl_batches`` refuses it with one line. A UTF-8 byte order mark at the
+    start of the file is dropped, as for CSV and JSON arrays.
     """
     number = 0
     tail = b""
@@ -654,19 +660,34 @@ def _bounded_lines(handle: Any, path: Path, limit: int) -> Iterator[tuple[int, b
         if first and (len(data) >= len(_BOM) or eof):
             first = False
             data = data.removeprefix(_BOM)
-        lines = data.splitlines(keepends=True)  # bytes: only \n, \r\n and \r end a line
-        tail = b""
-        if lines and not eof and (first or not lines[-1].endswith(b"\n")):
-            tail = lines.pop()  # unfinished, or a \r whose \n may start the next chunk
-        for line in lines:
+        lines = data.split(b"\n")
+        tail = lines.pop()  # after the last \n: unfinished, or the last line of the file
+        if eof and tail:
+            lines.append(tail)
+            tail = b""
+        last = len(lines) - 1 if eof else -1
+        for index, line in enumerate(lines):
             number += 1
-            if len(line.rstrip(b"\r\n")) > limit:
+            if len(line) - line.endswith(b"\r") > limit:
                 raise _record_too_long(path, f"line {number:,}", limit)
-            yield number, line
-        if len(tail) > limit + 2:
+            yield number, line if index == last and not data.endswith(b"\n") else line + b"\n"
+        if len(tail) > limit + 1:
             raise _record_too_long(path, f"line {number + 1:,}", limit)
         if eof:
             return
+
+
+def _cr_only_file(path: Path, numbered: list[tuple[int, Any, str | None]]) -> None:
+    """Refuse a file whose only line (no ``\\n`` at all) holds lone CRs and is not JSON:
+    old Mac line ends.
+
+    A file with a ``\\n`` never gets here, so a raw CR inside a string of a normal file
+    cannot make its whole file refused: that line alone is quarantined.
+    """
+    if numbered and numbered[0][2] is not None:
+        raise UserError(f"{path}: the file has no \\n line end but holds \\r: JSON Lines records end at "
+                        "\\n or \\r\\n only (\\r-only line ends are not read, so text inside a string can "
+                        "never start a record); convert the line ends and re-run")
 
 
 def _take(lines: Iterator[tuple[int, bytes]], count: int, max_bytes: int) -> list[tuple[int, bytes]]:
@@ -693,6 +714,8 @@ def _jsonl_batches(path: Path, batch_rows: int, limits: IngestSettings,
         lines = _bounded_lines(handle, path, limits.max_record_bytes)
         while block := _take(lines, batch_rows, BLOCK_BYTES):
             numbered = [(n, *_jsonl_line(line)) for n, line in block if line.strip()]
+            if block[0][0] == 1 and not block[0][1].endswith(b"\n") and b"\r" in block[0][1].rstrip(b"\r"):
+                _cr_only_file(path, numbered)
             if numbered:
                 yield _records_frame(numbered, "line", limits.max_columns, ignored)
 
