@@ -935,3 +935,27 @@ def test_jsonl_cr_split_across_read_blocks(tmp_path: Path, monkeypatch: pytest.M
         numbered = list(ingest_module._bounded_lines(handle, path, 1 << 20))
     assert [n for n, _ in numbered] == list(range(1, 41))
     assert [json.loads(line)["event_id"] for _, line in numbered] == [f"t{i}" for i in range(40)]
+
+
+def test_concurrent_ingests_of_the_same_file_store_each_event_once(tmp_path: Path) -> None:
+    """Two real `uba-batch ingest` processes of one file: the duplicate check and the write of
+    a day happen under that day's lock, so the second sees the first one's rows as stored
+    (it used to store 2 x n rows for n ids)."""
+    n = 30_000
+    path = tmp_path / "mid.csv"
+    path.write_text("event_id,user_id,timestamp,event_type,session_duration_sec,events_in_session,device_type\n"
+                    + "".join(f"c{i},u{i % 50},2026-11-11T{i % 24:02d}:00:00Z,view,5,2,desktop\n" for i in range(n)))
+    data = tmp_path / "d"
+    command = [str(Path(sys.executable).parent / "uba-batch"), "ingest", str(path), "--data-dir", str(data),
+               "--batch-rows", "1000", "--json"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+             for _ in range(2)]
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    runs = [json.loads(out) for out, _ in outs]
+    events = stored(data)
+    assert events.height == n and events["event_id"].n_unique() == n
+    assert sum(run["rows_written"] for run in runs) == n
+    assert sum(run["reasons"].get("duplicate event_id", 0) for run in runs) == n
+    quarantined = stored(data, storage.QUARANTINE)
+    assert quarantined.height == n and set(quarantined["reason"].str.contains("already stored")) == {True}

@@ -1167,14 +1167,17 @@ class _Run:
         """Validate one batch against what is stored for its dates, then write both halves."""
         lf = raw.lazy()
         days = event_dates(lf).collect().get_column(PARTITION_COLUMN).to_list()
-        existing = storage.scan_event_ids(self.data_dir, days)
-        valid, rejected = pl.collect_all(list(validate_events(lf, self.settings.events, existing)))
-        if valid.height + rejected.height != raw.height:
-            raise AssertionError(
-                f"validation lost rows: {raw.height} in, {valid.height} valid + {rejected.height} rejected"
-            )
-        self.batches += 1
-        self._write_batch(valid, rejected, item)
+        # The duplicate check and the write under the days' locks: a concurrent ingest of
+        # the same data sees these rows as stored, never stores them a second time.
+        with storage.ingest_locks(self.data_dir, days):
+            existing = storage.scan_event_ids(self.data_dir, days)
+            valid, rejected = pl.collect_all(list(validate_events(lf, self.settings.events, existing)))
+            if valid.height + rejected.height != raw.height:
+                raise AssertionError(
+                    f"validation lost rows: {raw.height} in, {valid.height} valid + {rejected.height} rejected"
+                )
+            self.batches += 1
+            self._write_batch(valid, rejected, item)
         self._count_reasons(rejected)
         for target in (item, self.summary):
             target.rows_read += raw.height

@@ -667,6 +667,42 @@ def _locked(path: Path) -> Any:
         os.close(fd)  # releases the lock
 
 
+_INGEST_LOCK_NAME = ".ingest.lock"
+INGEST_LOCKED_DAYS = 64  # a batch touching more days locks the whole data directory instead
+
+
+@contextlib.contextmanager
+def ingest_locks(root: Path, days: Iterable[date]) -> Any:
+    """Hold the ingest lock of the events partition of each of ``days`` for the ``with`` block.
+
+    An ingest checks a batch's ids against the stored ones and writes the batch under
+    these locks, so a concurrent ingest of the same days sees those rows as stored (and
+    quarantines them as duplicates) instead of storing them again. Locks are taken in
+    date order, so two ingests never deadlock; a batch touching more than
+    ``INGEST_LOCKED_DAYS`` days takes the data directory's lock exclusively instead
+    (every batch holds it shared). Separate from the partition's manifest ``.lock``,
+    which ``write_part`` takes inside this block (``flock`` is not re-entrant).
+    """
+    import fcntl
+
+    wanted = sorted(set(days))
+    base = Path(root) / CHECKSUMS
+    paths = [base / _INGEST_LOCK_NAME]
+    if len(wanted) <= INGEST_LOCKED_DAYS:
+        paths += [checksum_folder(partition_dir(root, EVENTS, day)) / _INGEST_LOCK_NAME for day in wanted]
+    whole = len(wanted) > INGEST_LOCKED_DAYS
+    fds: list[int] = []
+    try:
+        for index, path in enumerate(paths):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fds.append(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+            fcntl.flock(fds[-1], fcntl.LOCK_SH if index == 0 and not whole else fcntl.LOCK_EX)
+        yield
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)  # releases the lock
+
+
 def _enable_part_manifests(root: Path) -> None:
     """Create the marker before the first manifest of ``root`` is written, listing the
     partitions present then without a manifest (written before manifests, read as before)."""
