@@ -397,8 +397,49 @@ async def _serve_and_time(spec: dict[str, Any]) -> dict[str, Any]:
             times = sorted(await _timed_calls(app, encoded, spec["calls"]))
             out["median_ms"][name] = statistics.median(times) * 1e3
             out["p99_ms"][name] = times[int(0.99 * (len(times) - 1))] * 1e3
+            if spec.get("coalescing"):
+                out.setdefault("coalescing", {})[name] = await _coalescing(app, encoded, spec["calls"])
+                continue
             if spec.get("components"):
                 out.setdefault("components_ms", {})[name] = _components(app, encoded)
+    return out
+
+
+async def _coalescing(app: Any, bodies: list[bytes], calls: int, rounds: int = 3) -> list[dict[str, float]]:
+    """Requests/s through the ASGI app with 1 and 16 concurrent callers, with the batcher's
+    coalescing (the product) and with each event scored inline on its own (the alternative).
+
+    In process, so it isolates what coalescing saves in scoring from HTTP and sockets."""
+    from uba.api.inference import score_events
+
+    batcher = app.state.runtime.batcher
+    coalesced = batcher.score
+    max_reasons = app.state.runtime.settings.threshold.max_reasons
+
+    async def inline(state: Any, event: Any) -> tuple[Any, int]:
+        return score_events(state, [event], max_reasons), 0
+
+    async def caller(n: int, offset: int) -> None:
+        for i in range(n):
+            status, answer = await asgi_post(app, "/predict", bodies[(i + offset) % len(bodies)])
+            if status != 200:
+                raise RuntimeError(f"/predict answered {status}: {answer[:300]!r}")
+
+    import asyncio
+
+    out = []
+    try:
+        for r in range(rounds):
+            for mode, score in (("coalesced", coalesced), ("inline", inline)):
+                batcher.score = score
+                for callers in (1, 16):
+                    began = time.perf_counter()
+                    await asyncio.gather(*(caller(calls // callers, k) for k in range(callers)))
+                    out.append({"round": r + 1, "mode": mode, "callers": callers,
+                                "requests_per_s": calls / (time.perf_counter() - began),
+                                "load": os.getloadavg()[0]})
+    finally:
+        batcher.score = coalesced
     return out
 
 
@@ -554,20 +595,26 @@ def inprocess_main(args: argparse.Namespace) -> None:
             rounds.append({"round": r + 1, "load": load, "new": new, "old": old,
                            "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg())})
             print(json.dumps(rounds[-1]), flush=True)
+        coalescing = None
+        if args.coalescing:
+            spec = {"env": env, "bodies": {"mixed": [b for v in bodies.values() for b in v]},
+                    "calls": 4000, "coalescing": True}
+            coalescing = run_timing(REPO, spec, root, "coalescing")["coalescing"]["mixed"]
         profile = None
         if args.profile:
             profile = run_timing(REPO, {"env": env, "bodies": bodies, "calls": 2000, "profile": True},
                                  root, "profile")["profile"]
         setup = {"users": args.users, "days": args.days, "version": version, "as_of": as_of,
                  "bodies": {k: len(v) for k, v in bodies.items()}, "baseline_rev": args.baseline_rev}
-        write_inprocess(args.out or INPROCESS_RESULTS, rounds, info, command, setup, profile)
+        write_inprocess(args.out or INPROCESS_RESULTS, rounds, info, command, setup, profile, coalescing)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
 
 def write_inprocess(path: Path, rounds: list[dict[str, Any]], info: dict[str, str], command: str,
-                    setup: dict[str, Any], profile: dict[str, str] | None) -> None:
+                    setup: dict[str, Any], profile: dict[str, str] | None,
+                    coalescing: list[dict[str, Any]] | None = None) -> None:
     lines = [
         "# /predict handler work per event, in process: before vs after issue 12",
         "",
@@ -617,6 +664,11 @@ def write_inprocess(path: Path, rounds: list[dict[str, Any]], info: dict[str, st
             rest = last["median_ms"][c] - sum(comp.values())
             lines.append(f"| {c} | {last['median_ms'][c]:.3f} | {comp['validate']:.3f} | "
                          f"{comp['score_events']:.3f} | {comp['answer_json']:.3f} | {rest:.3f} |")
+    if coalescing:
+        lines += ["", "## Coalescing concurrent requests (after side, 4,000 calls per cell, mixed payloads)", "",
+                  "| round | scoring | callers | requests/s | load avg (1 min) |", "|---:|---|---:|---:|---:|"]
+        lines += [f"| {c['round']} | {c['mode']} | {c['callers']} | {c['requests_per_s']:.0f} | {c['load']:.2f} |"
+                  for c in coalescing]
     if profile:
         lines += ["", "## Where the time goes (after; cProfile, 2,000 calls per class, top by own time)", ""]
         for name, text in profile.items():
@@ -642,6 +694,8 @@ def main() -> None:
     parser.add_argument("--baseline-rev", default="HEAD", help="--inprocess: the before side's revision")
     parser.add_argument("--rounds", type=int, default=3, help="--inprocess: alternating rounds")
     parser.add_argument("--profile", action="store_true", help="--inprocess: add a cProfile of the after side")
+    parser.add_argument("--coalescing", action="store_true",
+                        help="--inprocess: also compare the batcher's coalescing with inline scoring")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
