@@ -1,5 +1,6 @@
-"""The same event gets the same score and verdict from POST /predict/batch and from
-`uba-batch score --date`, with per-user thresholds on (the global verdict is compared too)."""
+"""The same event gets the same score and verdict from POST /predict/batch, POST /predict
+and `uba-batch score --date`, with per-user thresholds on and off (the global verdict is
+compared too)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from test_api_world import SCORE_DAY, as_payload, running_server, shared_world
 from uba import io
 
 CHUNK = 70  # several batches per day, none at the limit
+SINGLE_EVERY = 3  # every third event is also posted alone to /predict
 
 
-def test_predict_batch_matches_batch_scoring(tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.mark.parametrize("per_user", [True, False], ids=["per-user-cuts", "global-cut"])
+def test_predict_and_predict_batch_match_batch_scoring(tmp_path_factory: pytest.TempPathFactory,
+                                                       per_user: bool) -> None:
     world = shared_world(tmp_path_factory).copy(tmp_path_factory.mktemp("parity") / "world")
-    env = world.env(UBA_USER_THRESHOLDS__ENABLED="true")
+    env = world.env(UBA_USER_THRESHOLDS__ENABLED=str(per_user).lower())
     uba_batch = str(Path(sys.executable).parent / "uba-batch")
     run = subprocess.run([uba_batch, "score", "--date", SCORE_DAY.isoformat(), "--workers", "1"],
                          env={**env, "UBA_SCORING__CHUNK_ROWS": "200"}, capture_output=True, text=True,
@@ -39,10 +43,16 @@ def test_predict_batch_matches_batch_scoring(tmp_path_factory: pytest.TempPathFa
             assert response.status_code == 200, response.text
             for prediction in response.json()["predictions"]:
                 answers[prediction["event_id"]] = prediction
+        alone = {}
+        for row in rows[::SINGLE_EVERY]:
+            response = client.post("/predict", json=row)
+            assert response.status_code == 200, response.text
+            alone[row["event_id"]] = response.json()
         stranger = client.post("/predict", json={**rows[0], "user_id": "never-seen", "event_id": "x"}).json()
         info = client.get("/model").json()
 
     assert len(answers) == batch.height
+    assert alone and all(alone[e] == answers[e] for e in alone)  # one at a time: the same answer
     flagged = moved = 0
     for row in batch.iter_rows(named=True):
         api = answers[row["event_id"]]
@@ -64,6 +74,10 @@ def test_predict_batch_matches_batch_scoring(tmp_path_factory: pytest.TempPathFa
         assert api["baseline_as_of"] == SCORE_DAY.isoformat()
         flagged += row["is_anomaly"]
     assert 0 < flagged < batch.height  # the comparison covers both flagged and normal events
-    assert moved > 0  # per-user cuts changed some verdicts, so the flag comparison above is not vacuous
     assert stranger["threshold"] == stranger["global_threshold"] == info["threshold"]  # unknown: global cut
-    assert info["per_user_thresholds"]["enabled"] and info["per_user_thresholds"]["users"] > 0
+    assert info["per_user_thresholds"]["enabled"] is per_user
+    if per_user:
+        assert moved > 0  # per-user cuts changed some verdicts, so the flag comparison above is not vacuous
+        assert info["per_user_thresholds"]["users"] > 0
+    else:
+        assert moved == 0
