@@ -1,7 +1,10 @@
 """Behavioural features: daily aggregates -> user baselines -> event features.
 
-``aggregates``, ``baselines`` and ``events`` are pure LazyFrame functions; ``store``
-holds the job-layer helpers that read and write through ``uba.io``.
+``aggregates`` and ``baselines`` are pure LazyFrame functions; ``compiled`` turns a
+baseline snapshot into per-user arrays once and holds the one definition of the event
+features (``feature_arrays``), which ``events`` applies to frames and the API to a
+request's events; ``store`` holds the job-layer helpers that read and write through
+``uba.io``.
 """
 
 from uba.features.aggregates import daily_aggregates
