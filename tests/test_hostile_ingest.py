@@ -26,7 +26,10 @@ Recipe format (``files`` are made in order inside the case's work folder):
   ``types`` gives a column a stored type: ``datetime[ms]`` / ``datetime[us]`` /
   ``duration[us]`` / ``date`` from integers, ``datetime[ms, <zone>]`` from integers,
   ``binary`` from hex strings, ``utf8-unchecked`` (a string column holding the bytes of
-  hex strings, as a careless writer can produce: Arrow does not check them);
+  hex strings, as a careless writer can produce: Arrow does not check them),
+  ``decimal128[p, s]`` / ``decimal256[p, s]`` from strings, ``timestamp[us, <zone>]`` from
+  integers with any zone name; ``repeated_columns`` appends a second column of a name,
+  ``long_values`` sets one value to ``bytes`` characters, ``compression`` picks the codec;
 * ``{"symlink", "target"}`` and ``{"hardlink", "target"}``; ``inputs`` are the CLI
   arguments, ``before`` inputs are ingested first (their events must survive), ``env``
   sets settings, ``fault`` makes the Nth Parquet write of the run fail with an errno.
@@ -86,6 +89,15 @@ def _numbered_lines(spec: dict[str, Any]) -> Iterator[str]:
 
 
 def _typed(values: list[Any], kind: str) -> pa.Array:
+    if kind.startswith("decimal"):  # decimal128[5, 1] / decimal256[76, 2] from strings
+        from decimal import Decimal
+
+        precision, scale = (int(x) for x in kind.partition("[")[2].rstrip("]").split(","))
+        maker = pa.decimal256 if kind.startswith("decimal256") else pa.decimal128
+        return pa.array([None if v is None else Decimal(v) for v in values], type=maker(precision, scale))
+    if kind.startswith("timestamp["):  # timestamp[us, <any zone>] from integers, unchecked by Polars
+        unit, _, zone = kind.partition("[")[2].rstrip("]").partition(", ")
+        return pa.array(values, type=pa.timestamp(unit, tz=zone or None))
     if kind in ("binary", "utf8-unchecked"):
         raw = pa.array([None if v is None else bytes.fromhex(v) for v in values], type=pa.binary())
         return raw if kind == "binary" else pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
@@ -107,7 +119,13 @@ def _parquet(path: Path, spec: dict[str, Any]) -> None:
     for name, kind in spec.get("types", {}).items():
         column = _typed(frame.get_column(name).to_list(), kind)
         table = table.set_column(table.column_names.index(name), name, column)
-    pq.write_table(table, path)
+    for name, values in spec.get("repeated_columns", {}).items():  # a second column of that name
+        table = pa.Table.from_arrays([*table.columns, pa.array(values)], names=[*table.column_names, name])
+    for long in spec.get("long_values", []):  # one value of many bytes (compresses to almost nothing)
+        column = table.column(long["column"]).to_pylist()
+        column[long["row"]] = "x" * long["bytes"]
+        table = table.set_column(table.column_names.index(long["column"]), long["column"], pa.array(column))
+    pq.write_table(table, path, compression=spec.get("compression", "snappy"))
 
 
 def make_file(work: Path, spec: dict[str, Any]) -> None:

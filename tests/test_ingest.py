@@ -959,3 +959,24 @@ def test_concurrent_ingests_of_the_same_file_store_each_event_once(tmp_path: Pat
     assert sum(run["reasons"].get("duplicate event_id", 0) for run in runs) == n
     quarantined = stored(data, storage.QUARANTINE)
     assert quarantined.height == n and set(quarantined["reason"].str.contains("already stored")) == {True}
+
+
+def test_parquet_row_groups_are_checked_from_the_footer_one_at_a_time(tmp_path: Path) -> None:
+    """Row groups are read one at a time; one decompressing past the limits is refused before it
+    is inflated, with one line naming file, row group and limit, and the groups before it stay stored."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [_event(i) for i in range(3000)]
+    rows[2500]["user_id"] = "x" * 3_000_000
+    table = pa.Table.from_pylist(rows)
+    path = tmp_path / "groups.parquet"
+    pq.write_table(table, path, row_group_size=1000, compression="zstd")
+    config = Settings(ingest=IngestSettings(batch_rows=1000, max_field_bytes=1024, max_record_bytes=1 << 20))
+    with pytest.raises(UserError, match=r"row group 3 of 3: column 'user_id' decompresses to .* over "
+                                        r"ingest.max_field_bytes \(1,024\) per value") as caught:
+        ingest_files([path], tmp_path / "d", config)
+    assert "\n" not in str(caught.value)
+    (run,) = [json.loads(p.read_text()) for p in (tmp_path / "d" / "ingest_runs").glob("*.json")]
+    assert (run["status"], run["rows_read"], run["rows_written"]) == ("failed", 2000, 2000)
+    assert stored(tmp_path / "d").height == 2000

@@ -920,23 +920,113 @@ def _check_column_types(frame: pl.DataFrame, source: str) -> None:
                         f"an event field (expected text, numbers, datetimes or booleans)")
 
 
+def _polars_can_import(kind: Any) -> str | None:
+    """Why Polars cannot take an Arrow type (None when it can), checked before any value is
+    converted: Polars panics (printing a Rust backtrace) on Int256 decimals and intervals,
+    and refuses a time zone it does not know only when the column is converted."""
+    import pyarrow as pa
+
+    types = pa.types
+    if types.is_decimal256(kind):
+        return "a 256-bit decimal (store it as decimal128 with precision <= 38, or double)"
+    if types.is_timestamp(kind) and kind.tz is not None:
+        try:
+            pl.Series([], dtype=pl.Int64).cast(pl.Datetime(kind.unit, kind.tz))
+        except (pl.exceptions.PolarsError, ValueError):
+            return f"a timestamp in the unknown time zone {_excerpt(str(kind.tz))!r}"
+        return None
+    if types.is_list(kind) or types.is_large_list(kind) or types.is_fixed_size_list(kind):
+        return _polars_can_import(kind.value_type)
+    if types.is_struct(kind):
+        return next((why for index in range(kind.num_fields)
+                     if (why := _polars_can_import(kind.field(index).type))), None)
+    if types.is_dictionary(kind):
+        return _polars_can_import(kind.value_type)
+    plain = (types.is_null, types.is_boolean, types.is_integer, types.is_floating, types.is_string,
+             types.is_large_string, types.is_binary, types.is_large_binary, types.is_fixed_size_binary,
+             types.is_date, types.is_time, types.is_timestamp, types.is_duration, types.is_decimal128,
+             types.is_string_view, types.is_binary_view)
+    return None if any(test(kind) for test in plain) else "a type Polars cannot read"
+
+
+def _parquet_columns(parquet: Any, path: Path, limits: IngestSettings,
+                     ignored: _IgnoredNote | None) -> list[str]:
+    """The event columns to read, from the footer alone; refuses with one line (naming file
+    and column) what would otherwise crash the read: a repeated event column, a type Polars
+    cannot import. Columns outside the event schema are named, never read."""
+    schema = parquet.schema_arrow
+    names = schema.names
+    if len(names) > limits.max_columns:
+        raise UserError(f"{path}: has {len(names):,} columns, over ingest.max_columns ({limits.max_columns:,})")
+    if ignored is not None:
+        ignored(*_unknown_columns(dict.fromkeys(names)))
+    counts = Counter(names)
+    wanted = [name for name in RAW_FIELDS if name in counts]
+    for name in wanted:
+        if counts[name] > 1:
+            raise UserError(f"{path}: column {name!r} appears {counts[name]} times; parsers disagree on "
+                            "which one holds the field, so the file is refused")
+        kind = schema.field(name).type
+        why = _polars_can_import(kind)
+        if why is not None:
+            raise UserError(f"{path}: column {name!r} has type {_excerpt(str(kind))}, {why}, which cannot "
+                            "hold an event field")
+    return wanted
+
+
+def _check_row_group(metadata: Any, index: int, columns: list[str], path: Path, limits: IngestSettings,
+                     total: int) -> int:
+    """Refuse a row group whose event columns would decompress past the limits, from the
+    footer, before a byte of it is inflated (an 11.7 KB zstd file can hold a 300 MB
+    string). Returns the running decompressed total of the file."""
+    group = metadata.row_group(index)
+    rows = max(group.num_rows, 1)
+    wanted = set(columns)
+    sizes: Counter[str] = Counter()
+    for leaf in range(group.num_columns):
+        chunk = group.column(leaf)
+        top = chunk.path_in_schema.split(".", 1)[0]
+        if top in wanted:
+            sizes[top] += chunk.total_uncompressed_size
+    size = sum(sizes.values())
+    total += size
+    where = f"{path}: row group {index + 1:,} of {metadata.num_row_groups:,}"
+    if total > limits.max_decompressed_bytes:
+        raise UserError(f"{where} takes the file past ingest.max_decompressed_bytes "
+                        f"({limits.max_decompressed_bytes:,} bytes decompressed); raise the limit if it is genuine")
+    if size > rows * limits.max_record_bytes:
+        raise UserError(f"{where} decompresses to {size:,} bytes for {group.num_rows:,} rows, over "
+                        f"ingest.max_record_bytes ({limits.max_record_bytes:,}) per row")
+    for name, column_size in sizes.items():
+        if column_size > rows * limits.max_field_bytes:
+            raise UserError(f"{where}: column {name!r} decompresses to {column_size:,} bytes for "
+                            f"{group.num_rows:,} rows, over ingest.max_field_bytes ({limits.max_field_bytes:,}) "
+                            "per value")
+    return total
+
+
 def _parquet_batches(path: Path, batch_rows: int, limits: IngestSettings,
                      ignored: _IgnoredNote | None = None) -> Iterator[pl.DataFrame]:
-    """Parquet row batches with their stored types; validation turns them into text."""
+    """Parquet row batches of the event columns with their stored types; validation turns
+    them into text. The footer is checked first (``_parquet_columns``), then each row group
+    (``_check_row_group``) just before it is read, one at a time."""
     first_row = 1
-    for frame in storage.iter_parquet_batches(path, batch_rows):
-        if frame.width > limits.max_columns:
-            raise UserError(f"{path}: has {frame.width:,} columns, over ingest.max_columns "
-                            f"({limits.max_columns:,})")
-        if first_row == 1:
-            _check_column_types(frame, str(path))
-            if ignored is not None:
-                ignored(*_unknown_columns(frame.columns))
-        yield _valid_text(frame).drop([name for name in META_FIELDS if name in frame.columns]).with_columns(
-            pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64).alias(SOURCE_ROW),
-            pl.lit(None, pl.String).alias(READ_ERROR),
-        )
-        first_row += frame.height
+    total = 0
+    with storage.open_parquet(path) as parquet:
+        columns = _parquet_columns(parquet, path, limits, ignored)
+        metadata = parquet.metadata
+        for index in range(metadata.num_row_groups):
+            total = _check_row_group(metadata, index, columns, path, limits, total)
+            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[index], columns=columns):
+                frame = pl.from_arrow(batch)
+                assert isinstance(frame, pl.DataFrame)
+                if first_row == 1:
+                    _check_column_types(frame, str(path))
+                yield _valid_text(frame).with_columns(
+                    pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64).alias(SOURCE_ROW),
+                    pl.lit(None, pl.String).alias(READ_ERROR),
+                )
+                first_row += frame.height
 
 
 _READERS = {
@@ -996,6 +1086,10 @@ def read_batches(path: Path, fmt: str, batch_rows: int, limits: IngestSettings |
         raise
     except (OSError, EOFError) as exc:  # truncated gzip, disk errors mid-file
         raise UserError(f"cannot read {path}: {exc}") from exc
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException, ValueError) as exc:
+        if fmt != "parquet":  # pyarrow's errors (a damaged page) are ValueErrors or OSErrors
+            raise
+        raise UserError(f"cannot read {path} as parquet: {_first_line(exc)}") from exc
 
 
 # ---------------------------------------------------------------- summary
@@ -1215,6 +1309,11 @@ class _Written:
     day: str
     key: str
     rows: int
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return _excerpt(text.splitlines()[0]) if text else type(exc).__name__
 
 
 def _os_reason(exc: Exception) -> str:

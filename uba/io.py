@@ -1304,6 +1304,16 @@ def iter_parquet_batches(path: Path, batch_rows: int) -> Iterable[pl.DataFrame]:
             yield pl.from_arrow(batch)  # type: ignore[misc]
 
 
+def open_parquet(path: Path) -> Any:
+    """A ``pyarrow.parquet.ParquetFile`` (a context manager): its footer is read, no row group yet."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as exc:
+        raise UserError(f"cannot read {path} as parquet: {exc}") from exc
+
+
 def scan_event_ids(data_dir: Path, days: Iterable[date]) -> pl.LazyFrame | None:
     """``event_id`` and ``event_date`` of the events stored for ``days`` (None when none are).
 

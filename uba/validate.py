@@ -205,6 +205,10 @@ def _text_expr(name: str, dtype: pl.DataType) -> pl.Expr:
         return _temporal_text(name, dtype)
     if isinstance(dtype, pl.Duration):  # ingest refuses such a column first (unreadable_columns)
         return pl.concat_str(col.to_physical().cast(pl.String), pl.lit(f" {dtype.time_unit} (a duration)"))
+    if dtype.is_decimal() and (getattr(dtype, "scale", 0) or 0) > 0:
+        # An integral decimal prints as an integer, as an integral float does: user_id 1.00
+        # is user "1" whichever type carried it (a fraction is refused in ids by its type).
+        return col.cast(pl.String).str.replace(r"\.0+$", "")
     if dtype.is_integer() or dtype.is_decimal() or dtype == pl.Null:
         return col.cast(pl.String)
     if isinstance(dtype, pl.Binary):
