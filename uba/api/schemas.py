@@ -360,9 +360,10 @@ class FeedbackItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # Not blank: declared for clients, checked by uba.feedback (which strips and names the item).
-    event_id: str = Field(min_length=1, max_length=256, json_schema_extra={"pattern": NOT_BLANK},
-                          description="event_id of a scored event (stored stripped; not blank)")
+    # Replaced in build_feedback_model by the event id rule of ingest and /predict
+    # (uba.event_rules.check_id, with the configured max length): a string or an integer,
+    # stored stripped; blank, control, invisible or format characters refused.
+    event_id: str
     label: Literal["benign", "malicious"]
     analyst: str | None = Field(default=None, max_length=256)
     note: str | None = Field(default=None, max_length=2000)
@@ -374,10 +375,22 @@ class FeedbackStored(BaseModel):
     malicious: int
 
 
-def build_feedback_model(api: ApiSettings) -> type[BaseModel]:
-    """``{"items": [...]}`` with at most ``api.max_batch`` items, counted before any is validated."""
+def build_feedback_model(api: ApiSettings, max_id_length: int = 256) -> type[BaseModel]:
+    """``{"items": [...]}`` with at most ``api.max_batch`` items, counted before any is validated.
+
+    Each item's ``event_id`` follows the event id rule with the events' ``max_string_length``,
+    so feedback can name exactly the ids ingest stores (``"e1\u200b"`` or ``"\u0000"`` are
+    refused, integer ids accepted as their decimal text).
+    """
+    item = create_model(
+        "FeedbackItem",
+        __base__=FeedbackItem,
+        __doc__=FeedbackItem.__doc__,
+        event_id=(_id_type(max_id_length), Field(description="event_id of a scored event: a string or an "
+                                                             "integer, by the event id rule (stored stripped)")),
+    )
     items_type = Annotated[
-        list[FeedbackItem],
+        list[item],  # type: ignore[valid-type]
         BeforeValidator(count_limit(api.max_batch, "items")),
         Field(min_length=1, json_schema_extra={"maxItems": api.max_batch}),
     ]
@@ -407,6 +420,6 @@ class ApiModels:
 
 def build_models(events: EventSettings, api: ApiSettings) -> ApiModels:
     event = build_event_model(events)
-    return ApiModels(event=event, batch=build_batch_model(event, api), feedback=build_feedback_model(api),
+    return ApiModels(event=event, batch=build_batch_model(event, api), feedback=build_feedback_model(api, events.max_string_length),
                      event_values=max_json_values(api.max_batch, EVENT_JSON_VALUES),
                      feedback_values=max_json_values(api.max_batch, FEEDBACK_JSON_VALUES))
