@@ -166,3 +166,26 @@ def test_a_huge_or_multiline_bad_value_is_shown_short_on_one_line(tmp_path: Path
     with pytest.raises(UserError) as caught:
         load_settings(config, env={})
     assert "\n" not in str(caught.value) and len(str(caught.value)) < 400
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[]\n", "must hold a mapping at the top level, not list"),
+    ('""\n', "must hold a mapping at the top level, not str"),
+    ("0\n", "must hold a mapping at the top level, not int"),
+    ("events:\n  event_types: [login, LOGIN, view]\n", "entries 'login' and 'LOGIN' are the same name"),
+    ("events:\n  event_types: [login, ' sp ']\n", "entry ' sp ' has surrounding whitespace"),
+    ("events:\n  device_types: [desktop, '']\n", "entry '' has surrounding whitespace or is blank"),
+])
+def test_falsy_top_levels_and_untrimmed_or_case_colliding_categories_are_refused(
+        tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message) as caught:
+        load_settings(path, env={})
+    assert "\n" not in str(caught.value)
+
+
+def test_an_empty_or_comment_only_config_means_every_default(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("# nothing set here\n")
+    assert load_settings(path, env={}).events == Settings().events

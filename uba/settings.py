@@ -54,8 +54,25 @@ class EventSettings(_Section):
     @field_validator("event_types", "device_types")
     @classmethod
     def _non_empty_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Distinct names as they will be stored: trimmed, and distinct however they are spelled.
+
+        Values are matched trimmed and ASCII-case-insensitively (``category_key``), so
+        ``[login, LOGIN]`` would make ingest store ``LOGIN`` for ``login`` events and
+        ``" sp "`` could never be matched as configured.
+        """
+        from uba.event_rules import WHITESPACE, category_key
+
         if not value or len(set(value)) != len(value):
             raise ValueError("must be a non-empty list of distinct names")
+        seen: dict[str, str] = {}
+        for name in value:
+            if not name.strip(WHITESPACE) or name != name.strip(WHITESPACE):
+                raise ValueError(f"entry {name!r} has surrounding whitespace or is blank; write it trimmed")
+            key = category_key(name).casefold()
+            if key in seen:
+                raise ValueError(f"entries {seen[key]!r} and {name!r} are the same name in another case "
+                                 "(values are matched case-insensitively); keep one")
+            seen[key] = name
         return value
 
 
@@ -310,11 +327,13 @@ def _read_config_text(path: Path) -> str:
 def _read_yaml(path: Path) -> dict[str, Any]:
     text = _read_config_text(path)
     try:
-        data = parse_yaml(text) or {}
+        data = parse_yaml(text)
     except ValueError as exc:
         raise UserError(f"config file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping at the top level")
+    if data is None:  # an empty file (or only comments): every default
+        data = {}
+    if not isinstance(data, dict):  # [] and "" too: falsy, they used to pass as {}
+        raise UserError(f"config file {path} must hold a mapping at the top level, not {type(data).__name__}")
     return data
 
 
