@@ -1022,11 +1022,14 @@ def _parquet_batches(path: Path, batch_rows: int, limits: IngestSettings,
                 assert isinstance(frame, pl.DataFrame)
                 if first_row == 1:
                     _check_column_types(frame, str(path))
-                yield _valid_text(frame).with_columns(
-                    pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64).alias(SOURCE_ROW),
-                    pl.lit(None, pl.String).alias(READ_ERROR),
-                )
-                first_row += frame.height
+                rows = pl.int_range(first_row, first_row + batch.num_rows, dtype=pl.Int64, eager=True)
+                # No event column at all: the rows still count (each one quarantined as missing fields).
+                if frame.width:
+                    frame = _valid_text(frame).with_columns(rows.alias(SOURCE_ROW))
+                else:
+                    frame = rows.alias(SOURCE_ROW).to_frame()
+                yield frame.with_columns(pl.lit(None, pl.String).alias(READ_ERROR))
+                first_row += batch.num_rows
 
 
 _READERS = {
