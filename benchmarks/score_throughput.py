@@ -485,7 +485,7 @@ def reference_features(events: Any, baselines: Any, feature_names: tuple[str, ..
                        deviation_columns: tuple[str, ...]) -> Any:
     """The product's event features, written the straightforward pandas/numpy way.
 
-    Mirrors uba/features/events.py (feature set ``uba-features-5``): attach the user's
+    Mirrors uba/features/compiled.py (feature set ``uba-features-5``): attach the user's
     baseline row (population row for unknown users), log1p lengths, signed z against the
     user, one-sided Gaussian surprises beyond a noise level, circular hour distance,
     category rarities picked per row, first use of a device/event type, everything
@@ -493,7 +493,7 @@ def reference_features(events: Any, baselines: Any, feature_names: tuple[str, ..
     """
     import pandas as pd
 
-    from uba.features import events as product
+    from uba.features import compiled as product
 
     population = "__population__"
     z_clip, rarity_clip, hour_clip = product.Z_CLIP, product.RARITY_CLIP, product.HOUR_DEVIATION_CLIP
