@@ -579,10 +579,6 @@ class Detector:
         """Score of one event's feature vector; the API's per-request call."""
         return float(self.anomaly_scores(np.asarray(row, dtype=np.float64).reshape(1, -1))[0])
 
-    def is_anomaly(self, scores: np.ndarray | float) -> np.ndarray:
-        """Flag scores at or above the calibrated threshold."""
-        return np.asarray(scores) >= self.threshold
-
 
 def _as_matrix(X: np.ndarray, n_features: int) -> np.ndarray:
     X64 = np.asarray(X, dtype=np.float64)
