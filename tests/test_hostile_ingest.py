@@ -29,7 +29,9 @@ Recipe format (``files`` are made in order inside the case's work folder):
   hex strings, as a careless writer can produce: Arrow does not check them),
   ``decimal128[p, s]`` / ``decimal256[p, s]`` from strings, ``timestamp[us, <zone>]`` from
   integers with any zone name; ``repeated_columns`` appends a second column of a name,
-  ``long_values`` sets one value to ``bytes`` characters, ``compression`` picks the codec;
+  ``long_values`` sets one value to ``bytes`` characters, ``compression`` picks the codec,
+  ``dictionary_value: {"column", "bytes", "rows"}`` tiles the first row ``rows`` times with
+  that column a dictionary of one ``bytes``-character value (stored once);
 * ``{"symlink", "target"}`` and ``{"hardlink", "target"}``; ``inputs`` are the CLI
   arguments, ``before`` inputs are ingested first (their events must survive), ``env``
   sets settings, ``fault`` makes the Nth Parquet write of the run fail with an errno.
@@ -125,7 +127,22 @@ def _parquet(path: Path, spec: dict[str, Any]) -> None:
         column = table.column(long["column"]).to_pylist()
         column[long["row"]] = "x" * long["bytes"]
         table = table.set_column(table.column_names.index(long["column"]), long["column"], pa.array(column))
+    if "dictionary_value" in spec:  # the one row tiled, one long value stored once in a dictionary
+        table = _dictionary_tiled(table, spec["dictionary_value"])
     pq.write_table(table, path, compression=spec.get("compression", "snappy"))
+
+
+def _dictionary_tiled(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
+    """``spec["rows"]`` copies of the table's first row (event_id numbered ``<id>-<i>``), the
+    ``column`` a dictionary holding one ``bytes``-character value: a small file whose rows
+    decode to rows x bytes."""
+    count = spec["rows"]
+    first = table.slice(0, 1).to_pylist()[0]
+    columns = {name: pa.array([value] * count) for name, value in first.items()}
+    columns["event_id"] = pa.array([f"{first['event_id']}-{i}" for i in range(count)])
+    columns[spec["column"]] = pa.DictionaryArray.from_arrays(pa.array([0] * count, pa.int32()),
+                                                             pa.array(["x" * spec["bytes"]]))
+    return pa.table(columns)
 
 
 def make_file(work: Path, spec: dict[str, Any]) -> None:

@@ -961,6 +961,55 @@ def test_concurrent_ingests_of_the_same_file_store_each_event_once(tmp_path: Pat
     assert quarantined.height == n and set(quarantined["reason"].str.contains("already stored")) == {True}
 
 
+def _dictionary_bomb(path: Path, rows: int, value_bytes: int = 60_000) -> None:
+    """A zstd Parquet file whose user_id is one ``value_bytes``-character dictionary value on
+    every row: the footer's uncompressed size is the encoded one (indices), not the decoded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    events = [_event(0)] * rows
+    table = pa.Table.from_pylist(events).set_column(
+        1, "user_id", pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array(["x" * value_bytes])))
+    table = table.set_column(0, "event_id", pa.array([f"k{i}" for i in range(rows)]))
+    pq.write_table(table, path, compression="zstd")
+
+
+def _cli_peak_rss_mb(path: Path, data: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Peak RSS (MB) of a real ``uba-batch ingest`` of ``path``, measured by a fresh parent."""
+    script = ("import resource, subprocess, sys\n"
+              "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+              "sys.stderr.write(done.stderr)\nprint(done.returncode, done.stdout.count(chr(10)))\n"
+              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)")
+    command = [str(Path(sys.executable).parent / "uba-batch"), "ingest", str(path), "--data-dir", str(data), "--json"]
+    done = subprocess.run([sys.executable, "-c", script, *command], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+    return float(done.stdout.split()[-1]), done
+
+
+def test_parquet_dictionary_values_are_bounded_by_their_decoded_size(tmp_path: Path) -> None:
+    """A 51 KB file of one 60,000-character dictionary user_id on 20,000 rows decodes to 1.2 GB
+    (it took 2.9 GB RSS): read in slices of bounded decoded size, every row quarantined; the
+    same value on 2,000,000 rows (1.3 MB, 120 GB decoded; past 3 GB RSS in seconds) is refused
+    before decoding, naming file, row group, column and limit. Peak RSS stays a few hundred MB."""
+    small, big = tmp_path / "small.parquet", tmp_path / "big.parquet"
+    _dictionary_bomb(small, 20_000)
+    _dictionary_bomb(big, 2_000_000)
+    assert small.stat().st_size < 100_000 and big.stat().st_size < 2_000_000
+    peak, done = _cli_peak_rss_mb(small, tmp_path / "d1")
+    assert done.stdout.split()[0] == "0", done.stderr[-2000:]
+    (run,) = [json.loads(p.read_text()) for p in (tmp_path / "d1" / "ingest_runs").glob("*.json")]
+    assert (run["status"], run["rows_read"], run["rows_written"], run["rows_quarantined"]) == ("ok", 20_000, 0, 20_000)
+    assert peak < 600, peak
+    peak, done = _cli_peak_rss_mb(big, tmp_path / "d2")
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.stdout.split()[0] == "1" and "Traceback" not in done.stderr
+    assert f"{big}: row group 1 of 2 decodes to" in line and "column 'user_id'" in line
+    assert "ingest.max_decompressed_bytes (4,294,967,296 bytes)" in line
+    (run,) = [json.loads(p.read_text()) for p in (tmp_path / "d2" / "ingest_runs").glob("*.json")]
+    assert run["status"] == "failed"
+    assert peak < 600, peak
+
+
 def test_parquet_row_groups_are_checked_from_the_footer_one_at_a_time(tmp_path: Path) -> None:
     """Row groups are read one at a time; one decompressing past the limits is refused before it
     is inflated, with one line naming file, row group and limit, and the groups before it stay stored."""

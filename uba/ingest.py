@@ -74,6 +74,7 @@ KEPT_CHARS = 200  # an oversized field is kept in the quarantine cut to this man
 JSON_READ_CHARS = 1 << 20
 CSV_READ_BYTES = 1 << 20
 BLOCK_BYTES = 64 << 20  # a batch also ends at this many bytes of records, whatever batch_rows says
+PARQUET_BLOCK_BYTES = 32 << 20  # a Parquet batch ends at this many decoded text bytes (~250,000 plain events)
 NESTED_TOO_DEEP = "is nested too deeply to read (JSON deeper than about 1,000 levels)"
 
 _QUOTE, _COMMA, _LF, _CR = 0x22, 0x2C, 0x0A, 0x0D
@@ -1005,31 +1006,151 @@ def _check_row_group(metadata: Any, index: int, columns: list[str], path: Path, 
     return total
 
 
+def _text_columns(parquet: Any, columns: list[str]) -> list[str]:
+    """The event columns stored as strings or bytes: read as dictionaries, so their decoded
+    size is known (from the dictionary's value lengths) before a value is decoded."""
+    from pyarrow import types
+
+    schema = parquet.schema_arrow
+    text = (types.is_string, types.is_large_string, types.is_binary, types.is_large_binary)
+    kinds = {name: schema.field(name).type for name in columns}
+    return [name for name, kind in kinds.items()
+            if any(test(kind.value_type if types.is_dictionary(kind) else kind) for test in text)]
+
+
+def _value_lengths(column: Any) -> Any:
+    """Byte length of each value of a dictionary column, gathered from the dictionary's value
+    lengths by the indices: nothing is decoded."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pa.chunked_array([pc.take(pc.binary_length(chunk.dictionary).cast(pa.int64()), chunk.indices)
+                             for chunk in column.chunks], type=pa.int64())
+
+
+def _check_decoded(table: Any, text: list[str], where: str, limits: IngestSettings, total: int) -> int:
+    """Refuse a row group whose event columns decode past ``max_decompressed_bytes`` (file
+    total), counted from the dictionaries before any value is decoded: the footer gives the
+    encoded size, and a 51 KB file can repeat one 60,000-byte value on 20,000 rows."""
+    import pyarrow.compute as pc
+
+    sizes = {name: (pc.sum(_value_lengths(table.column(name))).as_py() or 0) if name in text
+             else table.column(name).nbytes for name in table.column_names}
+    total += sum(sizes.values())
+    if total > limits.max_decompressed_bytes:
+        name = max(sizes, key=lambda key: sizes[key])
+        raise UserError(f"{where} decodes to {sum(sizes.values()):,} bytes (column {_excerpt(name)!r}: "
+                        f"{sizes[name]:,}), taking the file past ingest.max_decompressed_bytes "
+                        f"({limits.max_decompressed_bytes:,} bytes); raise the limit if it is genuine")
+    return total
+
+
+def _decode_bounded(batch: Any, text: list[str], limit: int) -> tuple[Any, dict[str, Any]]:
+    """``batch`` with its dictionary columns decoded, every value over ``limit`` bytes replaced
+    (in the dictionary, before decoding) by its first KEPT_CHARS characters and "...";
+    also the value lengths of the columns that had such values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    over: dict[str, Any] = {}
+    arrays = []
+    for name in batch.column_names:
+        column = batch.column(name)
+        if name not in text:
+            arrays.append(column)
+            continue
+        lengths = _value_lengths(column)
+        if (pc.max(lengths).as_py() or 0) > limit:
+            over[name] = lengths
+        chunks = []
+        for chunk in column.chunks:
+            dictionary = chunk.dictionary
+            long = pc.greater(pc.binary_length(dictionary), limit)
+            if pc.any(long).as_py():
+                cut = [None if value is None else value[:KEPT_CHARS] + ("..." if isinstance(value, str) else b"...")
+                       for value in dictionary.filter(long).to_pylist()]
+                dictionary = pc.replace_with_mask(dictionary, long, pa.array(cut, dictionary.type))
+            chunks.append(pc.take(dictionary, chunk.indices))
+        arrays.append(pa.chunked_array(chunks, type=column.type.value_type))
+    return pa.table(arrays, names=batch.column_names), over
+
+
+def _oversized_reasons(over: dict[str, Any], limit: int) -> pl.Series | None:
+    """The quarantine reason of each row with a value over ``limit`` (as ``_flag_oversized_fields``)."""
+    if not over:
+        return None
+    lengths = pl.DataFrame({name: pl.Series(values.combine_chunks().to_numpy(zero_copy_only=False))
+                            for name, values in over.items()})
+    return lengths.select(pl.coalesce([
+        pl.when(pl.col(name) > limit).then(pl.concat_str(
+            pl.lit(f"field {_excerpt(name)!r} is "), pl.col(name).cast(pl.String),
+            pl.lit(f" bytes, over ingest.max_field_bytes ({limit:,}); kept cut to {KEPT_CHARS} characters"),
+        ))
+        for name in over
+    ]).alias(READ_ERROR)).to_series()
+
+
+def _bounded_slices(group: Any, text: list[str], batch_rows: int, limit: int) -> Iterator[tuple[int, int]]:
+    """(offset, rows) slices of a row group of at most ``batch_rows`` rows and about
+    ``PARQUET_BLOCK_BYTES`` decoded text (each value counted up to ``limit``: a longer one is cut before
+    decoding), so a batch's memory follows its decoded size, not its row count."""
+    import pyarrow.compute as pc
+
+    rows = group.num_rows
+    weights = np.full(rows, 16, dtype=np.int64)
+    for name in text:
+        lengths = pc.min_element_wise(_value_lengths(group.column(name)), limit)
+        weights += pc.fill_null(lengths, 0).to_numpy()
+    ends = np.cumsum(weights)
+    start = 0
+    while start < rows:
+        base = int(ends[start - 1]) if start else 0
+        end = int(np.searchsorted(ends, base + PARQUET_BLOCK_BYTES, side="right"))
+        end = min(max(end, start + 1), start + batch_rows, rows)
+        yield start, end - start
+        start = end
+
+
 def _parquet_batches(path: Path, batch_rows: int, limits: IngestSettings,
                      ignored: _IgnoredNote | None = None) -> Iterator[pl.DataFrame]:
     """Parquet row batches of the event columns with their stored types; validation turns
     them into text. The footer is checked first (``_parquet_columns``), then each row group
-    (``_check_row_group``) just before it is read, one at a time."""
+    (``_check_row_group``) just before it is read, one at a time. String and byte columns are
+    read as dictionaries (still encoded); the row group's decoded size is checked from the
+    dictionaries' value lengths (``_check_decoded``), and a value over max_field_bytes is cut
+    in the dictionary before decoding, its row quarantined (``_decode_bounded``)."""
     first_row = 1
     total = 0
-    with storage.open_parquet(path) as parquet:
-        columns = _parquet_columns(parquet, path, limits, ignored)
+    decoded = 0
+    with storage.open_parquet(path) as footer:
+        columns = _parquet_columns(footer, path, limits, ignored)
+        text = _text_columns(footer, columns)
+    with storage.open_parquet(path, read_dictionary=text or None) as parquet:
         metadata = parquet.metadata
         for index in range(metadata.num_row_groups):
             total = _check_row_group(metadata, index, columns, path, limits, total)
-            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[index], columns=columns):
-                frame = pl.from_arrow(batch)
+            group = parquet.read_row_group(index, columns=columns)
+            where = f"{path}: row group {index + 1:,} of {metadata.num_row_groups:,}"
+            decoded = _check_decoded(group, text, where, limits, decoded)
+            group_rows = metadata.row_group(index).num_rows
+            slices = (_bounded_slices(group, text, batch_rows, limits.max_field_bytes) if columns
+                      else ((offset, min(batch_rows, group_rows - offset))
+                            for offset in range(0, group_rows, batch_rows)))
+            for offset, rows_here in slices:
+                table, over = _decode_bounded(group.slice(offset, rows_here), text, limits.max_field_bytes)
+                frame = pl.from_arrow(table) if table.num_columns else pl.DataFrame()
                 assert isinstance(frame, pl.DataFrame)
                 if first_row == 1:
                     _check_column_types(frame, str(path))
-                rows = pl.int_range(first_row, first_row + batch.num_rows, dtype=pl.Int64, eager=True)
+                rows = pl.int_range(first_row, first_row + rows_here, dtype=pl.Int64, eager=True)
                 # No event column at all: the rows still count (each one quarantined as missing fields).
                 if frame.width:
                     frame = _valid_text(frame).with_columns(rows.alias(SOURCE_ROW))
                 else:
                     frame = rows.alias(SOURCE_ROW).to_frame()
-                yield frame.with_columns(pl.lit(None, pl.String).alias(READ_ERROR))
-                first_row += batch.num_rows
+                reasons = _oversized_reasons(over, limits.max_field_bytes)
+                yield frame.with_columns(reasons if reasons is not None else pl.lit(None, pl.String).alias(READ_ERROR))
+                first_row += rows_here
 
 
 _READERS = {

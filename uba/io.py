@@ -1304,12 +1304,13 @@ def iter_parquet_batches(path: Path, batch_rows: int) -> Iterable[pl.DataFrame]:
             yield pl.from_arrow(batch)  # type: ignore[misc]
 
 
-def open_parquet(path: Path) -> Any:
-    """A ``pyarrow.parquet.ParquetFile`` (a context manager): its footer is read, no row group yet."""
+def open_parquet(path: Path, read_dictionary: list[str] | None = None) -> Any:
+    """A ``pyarrow.parquet.ParquetFile`` (a context manager): its footer is read, no row group yet.
+    ``read_dictionary`` names columns read as Arrow dictionaries (not decoded)."""
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, read_dictionary=read_dictionary)
     except Exception as exc:
         raise UserError(f"cannot read {path} as parquet: {exc}") from exc
 
