@@ -175,6 +175,10 @@ def test_a_huge_or_multiline_bad_value_is_shown_short_on_one_line(tmp_path: Path
     ("events:\n  event_types: [login, LOGIN, view]\n", "entries 'login' and 'LOGIN' are the same name"),
     ("events:\n  event_types: [login, ' sp ']\n", "entry ' sp ' has surrounding whitespace"),
     ("events:\n  device_types: [desktop, '']\n", "entry '' has surrounding whitespace or is blank"),
+    ('events:\n  event_types: [login, "login\\u200b"]\n',
+     r"entry 'login\\u200b' contains the control, invisible or format character U\+200B"),
+    ('events:\n  device_types: [desktop, "mob\\0ile"]\n', r"entry 'mob\\x00ile' contains .* U\+0000"),
+    ('events:\n  device_types: [desktop, "mob\\x1cile"]\n', r"entry 'mob\\x1cile' contains .* U\+001C"),
 ])
 def test_falsy_top_levels_and_untrimmed_or_case_colliding_categories_are_refused(
         tmp_path: Path, text: str, message: str) -> None:

@@ -195,6 +195,12 @@ def id_as_text(value: Any) -> str:
     return str(value)  # ValueError for an integer of more than 4,300 digits
 
 
+def bad_id_char(text: str) -> str | None:
+    """The first character of ``text`` an id may not hold (``BAD_ID_RANGES``), or None."""
+    found = _BAD_CHARS.search(text)
+    return found.group() if found else None
+
+
 def check_id(value: Any, max_length: int) -> str:
     """The stored text of an id; ``RuleError`` says why the value is not one."""
     problem = id_type_error(value)

@@ -60,7 +60,7 @@ class EventSettings(_Section):
         ``[login, LOGIN]`` would make ingest store ``LOGIN`` for ``login`` events and
         ``" sp "`` could never be matched as configured.
         """
-        from uba.event_rules import WHITESPACE, category_key
+        from uba.event_rules import WHITESPACE, bad_id_char, category_key
 
         if not value or len(set(value)) != len(value):
             raise ValueError("must be a non-empty list of distinct names")
@@ -68,6 +68,10 @@ class EventSettings(_Section):
         for name in value:
             if not name.strip(WHITESPACE) or name != name.strip(WHITESPACE):
                 raise ValueError(f"entry {name!r} has surrounding whitespace or is blank; write it trimmed")
+            bad = bad_id_char(name)
+            if bad is not None:  # the id rule: "login\u200b" would be a second, look-alike category
+                raise ValueError(f"entry {name!r} contains the control, invisible or format character "
+                                 f"U+{ord(bad):04X}; write it without")
             key = category_key(name).casefold()
             if key in seen:
                 raise ValueError(f"entries {seen[key]!r} and {name!r} are the same name in another case "
