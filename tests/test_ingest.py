@@ -1003,7 +1003,7 @@ def test_parquet_dictionary_values_are_bounded_by_their_decoded_size(tmp_path: P
     peak, done = _cli_peak_rss_mb(big, tmp_path / "d2")
     (line,) = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert done.stdout.split()[0] == "1" and "Traceback" not in done.stderr
-    assert f"{big}: row group 1 of 2 decodes to" in line and "column 'user_id'" in line
+    assert f"{big}: row group 1 of 2 (rows 1-250,000) decodes to" in line and "column 'user_id'" in line
     assert "ingest.max_decompressed_bytes (4,294,967,296 bytes)" in line
     (run,) = [json.loads(p.read_text()) for p in (tmp_path / "d2" / "ingest_runs").glob("*.json")]
     assert run["status"] == "failed"

@@ -1029,7 +1029,7 @@ def _value_lengths(column: Any) -> Any:
 
 
 def _check_decoded(table: Any, text: list[str], where: str, limits: IngestSettings, total: int) -> int:
-    """Refuse a row group whose event columns decode past ``max_decompressed_bytes`` (file
+    """Refuse a read batch whose event columns decode past ``max_decompressed_bytes`` (file
     total), counted from the dictionaries before any value is decoded: the footer gives the
     encoded size, and a 51 KB file can repeat one 60,000-byte value on 20,000 rows."""
     import pyarrow.compute as pc
@@ -1116,41 +1116,54 @@ def _parquet_batches(path: Path, batch_rows: int, limits: IngestSettings,
     """Parquet row batches of the event columns with their stored types; validation turns
     them into text. The footer is checked first (``_parquet_columns``), then each row group
     (``_check_row_group``) just before it is read, one at a time. String and byte columns are
-    read as dictionaries (still encoded); the row group's decoded size is checked from the
-    dictionaries' value lengths (``_check_decoded``), and a value over max_field_bytes is cut
-    in the dictionary before decoding, its row quarantined (``_decode_bounded``)."""
+    read as dictionaries (still encoded), ``batch_rows`` rows at a time; each batch's decoded
+    size is checked from the dictionaries' value lengths (``_check_decoded``), it is decoded in
+    slices of about ``PARQUET_BLOCK_BYTES`` (``_bounded_slices``), and a value over
+    max_field_bytes is cut in the dictionary before decoding, its row quarantined
+    (``_decode_bounded``)."""
     first_row = 1
     total = 0
     decoded = 0
     with storage.open_parquet(path) as footer:
         columns = _parquet_columns(footer, path, limits, ignored)
         text = _text_columns(footer, columns)
+    import pyarrow as pa
+
     with storage.open_parquet(path, read_dictionary=text or None) as parquet:
         metadata = parquet.metadata
         for index in range(metadata.num_row_groups):
             total = _check_row_group(metadata, index, columns, path, limits, total)
-            group = parquet.read_row_group(index, columns=columns)
             where = f"{path}: row group {index + 1:,} of {metadata.num_row_groups:,}"
-            decoded = _check_decoded(group, text, where, limits, decoded)
-            group_rows = metadata.row_group(index).num_rows
-            slices = (_bounded_slices(group, text, batch_rows, limits.max_field_bytes) if columns
-                      else ((offset, min(batch_rows, group_rows - offset))
-                            for offset in range(0, group_rows, batch_rows)))
-            for offset, rows_here in slices:
-                table, over = _decode_bounded(group.slice(offset, rows_here), text, limits.max_field_bytes)
-                frame = pl.from_arrow(table) if table.num_columns else pl.DataFrame()
-                assert isinstance(frame, pl.DataFrame)
-                if first_row == 1:
-                    _check_column_types(frame, str(path))
-                rows = pl.int_range(first_row, first_row + rows_here, dtype=pl.Int64, eager=True)
-                # No event column at all: the rows still count (each one quarantined as missing fields).
-                if frame.width:
-                    frame = _valid_text(frame).with_columns(rows.alias(SOURCE_ROW))
-                else:
-                    frame = rows.alias(SOURCE_ROW).to_frame()
-                reasons = _oversized_reasons(over, limits.max_field_bytes)
-                yield frame.with_columns(reasons if reasons is not None else pl.lit(None, pl.String).alias(READ_ERROR))
-                first_row += rows_here
+            first_in_group = 1
+            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[index], columns=columns):
+                group = pa.Table.from_batches([batch])  # text columns still dictionary-encoded
+                span = f"{where} (rows {first_in_group:,}-{first_in_group + batch.num_rows - 1:,})"
+                decoded = _check_decoded(group, text, span, limits, decoded)
+                first_in_group += batch.num_rows
+                slices = (_bounded_slices(group, text, batch_rows, limits.max_field_bytes) if columns
+                          else [(0, batch.num_rows)])
+                yield from _decoded_frames(group, slices, text, path, limits, first_row)
+                first_row += batch.num_rows
+
+
+def _decoded_frames(group: Any, slices: Iterable[tuple[int, int]], text: list[str], path: Path,
+                    limits: IngestSettings, first_row: int) -> Iterator[pl.DataFrame]:
+    """The frames of one read batch, decoded slice by slice (``_decode_bounded``)."""
+    for offset, rows_here in slices:
+        table, over = _decode_bounded(group.slice(offset, rows_here), text, limits.max_field_bytes)
+        frame = pl.from_arrow(table) if table.num_columns else pl.DataFrame()
+        assert isinstance(frame, pl.DataFrame)
+        if first_row == 1:
+            _check_column_types(frame, str(path))
+        rows = pl.int_range(first_row, first_row + rows_here, dtype=pl.Int64, eager=True)
+        # No event column at all: the rows still count (each one quarantined as missing fields).
+        if frame.width:
+            frame = _valid_text(frame).with_columns(rows.alias(SOURCE_ROW))
+        else:
+            frame = rows.alias(SOURCE_ROW).to_frame()
+        reasons = _oversized_reasons(over, limits.max_field_bytes)
+        yield frame.with_columns(reasons if reasons is not None else pl.lit(None, pl.String).alias(READ_ERROR))
+        first_row += rows_here
 
 
 _READERS = {
