@@ -17,7 +17,8 @@ set and output directory before running ``uba-batch score --date 2026-03-09``) a
   checksums and manifests: no manifest, no record, listed as such in the data
   directory's marker), ``legacy_record`` (written before manifests, with per-part
   records), ``record_garbage`` (the partition's checksum manifest is not JSON),
-  ``drop_manifest``, ``extra_part`` (a copy of the part under another name),
+  ``drop_manifest``, ``copy_from`` (the parts and manifest of ``source_day`` copied over
+  the day's), ``extra_part`` (a copy of the part under another name),
   ``delete_part`` (the part file only), ``drop_all_checksums`` (``.checksums/`` and the
   marker deleted: nothing left to verify against), ``dead_writer_tmp`` (the 0-byte ``.tmp-*.parquet``
   a ``kill -9`` mid-ingest leaves in the partition); or ``{"how": "drop_marker"}`` (the data
@@ -112,6 +113,15 @@ def damage(data: Path, spec: dict[str, Any]) -> None:
         return
     if how == "record_garbage":
         io.part_manifest_path(data, dataset, day).write_text("{not json")
+        return
+    if how == "copy_from":  # another day's parts and manifest copied into this day's folders
+        folder = io.partition_dir(data, dataset, day)
+        for stale in folder.glob("*.parquet"):
+            stale.unlink()
+        for source in io.partition_dir(data, dataset, spec["source_day"]).glob("*.parquet"):
+            shutil.copy2(source, folder / source.name)
+        shutil.copyfile(io.part_manifest_path(data, dataset, spec["source_day"]),
+                        io.part_manifest_path(data, dataset, day))
         return
     part = _part(data, dataset, day)
     if how == "extra_part":

@@ -397,3 +397,66 @@ def test_a_fresh_data_directory_needs_no_adoption(tmp_path: Path) -> None:
                                             "corrupt": []}
     assert io.adopt_unverified_partitions(tmp_path) == []
     assert io.unverified_partitions(tmp_path, io.EVENTS, ["2026-03-01", "2026-03-02"]) == []
+
+
+def _copy_day_over(root: Path, dataset: str, source: str, target: str) -> Path:
+    """The tester's attack: one day's parts and manifest copied into another day's folders."""
+    target_dir = io.partition_dir(root, dataset, target)
+    for part in target_dir.glob("*.parquet"):
+        part.unlink()
+    for part in io.partition_dir(root, dataset, source).glob("*.parquet"):
+        shutil.copy2(part, target_dir / part.name)
+    manifest = io.part_manifest_path(root, dataset, target)
+    shutil.copyfile(io.part_manifest_path(root, dataset, source), manifest)
+    return manifest
+
+
+def test_a_manifest_copied_with_its_parts_from_another_day_is_refused(tmp_path: Path) -> None:
+    """Before: 03-08's parts and manifest copied into 03-09's folders passed read and verify."""
+    for day in ("2026-03-08", "2026-03-09"):
+        io.write_part(pl.DataFrame({"a": [1 if day.endswith("8") else 2]}), tmp_path, io.EVENTS, day, name="p")
+    manifest = _copy_day_over(tmp_path, io.EVENTS, "2026-03-08", "2026-03-09")
+    pattern = (rf"the checksum manifest {manifest} was written for events/event_date=2026-03-08, not "
+               r"events/event_date=2026-03-09")
+    with pytest.raises(io.CorruptPartError, match=pattern):
+        io.partition_files(tmp_path, io.EVENTS, "2026-03-09")
+    with pytest.raises(io.CorruptPartError, match=pattern):
+        io.scan_events(tmp_path, date(2026, 3, 9))
+    report = io.verify_data_dir(tmp_path)
+    assert report["verified"] == ["events/event_date=2026-03-08"]
+    assert len(report["corrupt"]) == 1 and str(manifest) in report["corrupt"][0]
+    body = json.loads(manifest.read_text())
+    body["dataset"] = io.AGGREGATES  # the right day of another dataset is refused too
+    body["partition"] = "event_date=2026-03-09"
+    manifest.write_text(json.dumps(body))
+    with pytest.raises(io.CorruptPartError, match="was written for aggregates/event_date=2026-03-09"):
+        io.partition_files(tmp_path, io.EVENTS, "2026-03-09")
+
+
+def test_another_days_events_copied_over_fail_score_naming_the_manifest(trained_dataset, tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    data = _copy(trained_dataset, tmp_path)
+    manifest = _copy_day_over(data, io.EVENTS, (day - timedelta(days=1)).isoformat(), day.isoformat())
+
+    line = _one_error_line(_score(day, data, trained_dataset.model_dir, tmp_path / "out"))
+
+    assert str(manifest) in line and f"not events/event_date={day.isoformat()}" in line
+    assert not (tmp_path / "out" / io.SCORES).exists()
+
+
+def test_another_days_aggregates_copied_over_are_rebuilt_from_the_events(
+        trained_dataset, day_output_bytes, tmp_path: Path) -> None:
+    day = trained_dataset.score_dates[0]
+    data = _copy(trained_dataset, tmp_path)
+    assert _score(day, data, trained_dataset.model_dir, tmp_path / "clean").exit_code == 0
+    (original,) = io.partition_files(data, io.AGGREGATES, date(2026, 3, 5))
+    body = original.read_bytes()
+    manifest = _copy_day_over(data, io.AGGREGATES, "2026-03-04", "2026-03-05")
+
+    result = _score(day, data, trained_dataset.model_dir, tmp_path / "out")
+
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output[-3000:]
+    assert f"the checksum manifest {manifest} was written for aggregates/event_date=2026-03-04" in result.stderr
+    (rebuilt,) = io.partition_files(data, io.AGGREGATES, date(2026, 3, 5))
+    assert rebuilt.read_bytes() == body and io.verify_part(rebuilt)
+    assert day_output_bytes(tmp_path / "out", day) == day_output_bytes(tmp_path / "clean", day)
