@@ -412,6 +412,12 @@ def _read_part_manifest(folder: Path) -> dict[str, Any] | None:
             and _valid_entries(data.get("pending", {}))):
         raise CorruptPartError(f"the checksum manifest {path} of {folder} is malformed: its parts cannot be "
                                f"verified; {_remedy(folder)}")
+    folder = Path(folder)
+    recorded = (data.get("dataset"), data.get("partition"))
+    if recorded != (folder.parent.name, folder.name):
+        raise CorruptPartError(f"the checksum manifest {path} was written for {recorded[0]}/{recorded[1]}, not "
+                               f"{folder.parent.name}/{folder.name} (copied from another partition): its parts "
+                               f"cannot be verified; {_remedy(folder)}")
     data.setdefault("pending", {})
     return data
 
