@@ -1029,3 +1029,33 @@ def test_parquet_row_groups_are_checked_from_the_footer_one_at_a_time(tmp_path: 
     (run,) = [json.loads(p.read_text()) for p in (tmp_path / "d" / "ingest_runs").glob("*.json")]
     assert (run["status"], run["rows_read"], run["rows_written"]) == ("failed", 2000, 2000)
     assert stored(tmp_path / "d").height == 2000
+
+
+def test_an_ingest_behind_a_held_lock_says_so_and_gives_up_after_the_timeout(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before: a blocking flock with no timeout, silent: an ingest behind a stopped one waited forever."""
+    import fcntl
+
+    data = tmp_path / "data"
+    source = tmp_path / "a.csv"
+    source.write_text(HEADER + "\nl1,u1,2026-03-04T08:00:00Z,login,5,1,desktop,,,\n")
+    lock = storage.checksum_folder(storage.partition_dir(data, storage.EVENTS, "2026-03-04")) / ".ingest.lock"
+    lock.parent.mkdir(parents=True)
+    held = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(held, fcntl.LOCK_EX)  # a stopped ingest holding the day
+    try:
+        configured = Settings(ingest=IngestSettings(lock_timeout_sec=0.5))
+        with pytest.raises(UserError) as caught:
+            ingest_files([source], data, configured)
+    finally:
+        os.close(held)
+    message = str(caught.value)
+    assert "\n" not in message and str(lock) in message and "0.5s" in message
+    waits = [r.getMessage() for r in caplog.records if "waiting up to" in r.getMessage()]
+    assert len(waits) == 1 and str(lock) in waits[0]
+    (record,) = (data / storage.INGEST_RUNS).glob("*.json")
+    summary = json.loads(record.read_text())
+    assert summary["status"] == "failed" and str(lock) in summary["error"] and summary["rows_written"] == 0
+    assert IngestSettings().lock_timeout_sec == 600
+    ingest_files([source], data, settings())  # once released, the next ingest goes straight through
+    assert stored(data).height == 1

@@ -1400,7 +1400,7 @@ class _Run:
         days = event_dates(lf).collect().get_column(PARTITION_COLUMN).to_list()
         # The duplicate check and the write under the days' locks: a concurrent ingest of
         # the same data sees these rows as stored, never stores them a second time.
-        with storage.ingest_locks(self.data_dir, days):
+        with storage.ingest_locks(self.data_dir, days, self.settings.ingest.lock_timeout_sec):
             existing = storage.scan_event_ids(self.data_dir, days)
             valid, rejected = pl.collect_all(list(validate_events(lf, self.settings.events, existing)))
             if valid.height + rejected.height != raw.height:

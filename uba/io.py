@@ -33,6 +33,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import date
@@ -677,8 +678,36 @@ _INGEST_LOCK_NAME = ".ingest.lock"
 INGEST_LOCKED_DAYS = 64  # a batch touching more days locks the whole data directory instead
 
 
+INGEST_LOCK_TIMEOUT_SEC = 600.0  # settings.ingest.lock_timeout_sec
+_LOCK_POLL_SEC = 0.2
+
+
+def _flock_waiting(fd: int, path: Path, mode: int, timeout: float) -> None:
+    """``flock`` ``fd`` in ``mode``: at once when free; else say once on stderr which lock
+    it waits for, poll, and after ``timeout`` seconds raise UserError naming the lock file."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    log.warning("waiting up to %gs for the ingest lock %s (another ingest holds it)", timeout, path)
+    deadline = time.monotonic() + timeout
+    while True:
+        time.sleep(min(_LOCK_POLL_SEC, max(0.0, deadline - time.monotonic())))
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise UserError(f"the ingest lock {path} is still held by another ingest after {timeout:g}s "
+                                "(ingest.lock_timeout_sec): nothing of this batch was written; wait for that "
+                                "ingest, or stop it, and re-run") from None
+
+
 @contextlib.contextmanager
-def ingest_locks(root: Path, days: Iterable[date]) -> Any:
+def ingest_locks(root: Path, days: Iterable[date], timeout: float = INGEST_LOCK_TIMEOUT_SEC) -> Any:
     """Hold the ingest lock of the events partition of each of ``days`` for the ``with`` block.
 
     An ingest checks a batch's ids against the stored ones and writes the batch under
@@ -687,7 +716,9 @@ def ingest_locks(root: Path, days: Iterable[date]) -> Any:
     date order, so two ingests never deadlock; a batch touching more than
     ``INGEST_LOCKED_DAYS`` days takes the data directory's lock exclusively instead
     (every batch holds it shared). Separate from the partition's manifest ``.lock``,
-    which ``write_part`` takes inside this block (``flock`` is not re-entrant).
+    which ``write_part`` takes inside this block (``flock`` is not re-entrant). A lock held
+    by another ingest is waited for at most ``timeout`` seconds (one stderr line, then a
+    UserError naming the lock file).
     """
     import fcntl
 
@@ -702,7 +733,7 @@ def ingest_locks(root: Path, days: Iterable[date]) -> Any:
         for index, path in enumerate(paths):
             path.parent.mkdir(parents=True, exist_ok=True)
             fds.append(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
-            fcntl.flock(fds[-1], fcntl.LOCK_SH if index == 0 and not whole else fcntl.LOCK_EX)
+            _flock_waiting(fds[-1], path, fcntl.LOCK_SH if index == 0 and not whole else fcntl.LOCK_EX, timeout)
         yield
     finally:
         for fd in reversed(fds):

@@ -95,6 +95,7 @@ class IngestSettings(_Section):
     max_record_bytes: int = Field(16 << 20, ge=1024, le=1 << 31)
     max_columns: int = Field(1_000, ge=16, le=1_000_000)
     max_decompressed_bytes: int = Field(4 << 30, ge=1 << 20)
+    lock_timeout_sec: float = Field(600.0, ge=0, le=86_400)  # wait for another ingest's lock (docs/ingest.md)
 
     @model_validator(mode="after")
     def _record_holds_a_field(self) -> IngestSettings:
