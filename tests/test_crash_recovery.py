@@ -618,3 +618,12 @@ def test_the_layouts_the_product_made_pass_the_check(trained_dataset, scoring_se
     _to_absolute_links_layout(out, day)
     io.check_day_layout(out, day)
     assert io.published_version(out, day) is not None
+
+
+def test_a_real_folder_where_the_version_link_belongs_is_named_as_such(tmp_path: Path) -> None:
+    """Before: after ``cp -rL`` the refusal read ``.version names ''``."""
+    link = io.partition_dir(tmp_path, io.SCORES, "2026-03-09") / io.VERSION_LINK
+    link.mkdir(parents=True)
+    with pytest.raises(io.ForeignDayLayoutError, match=rf"{link} is a real folder where the link to a version "
+                                                        r"belongs \(a copy made with `cp -rL`"):
+        io.check_day_layout(tmp_path, "2026-03-09")

@@ -1673,6 +1673,10 @@ def check_day_layout(output_dir: Path, day: date | str) -> None:
             raise refuse(anchor, f"is a symlink to {text!r}, not to a version under {versions}")
     elif _is_real_dir(anchor):
         link = anchor / VERSION_LINK
+        if os.path.lexists(link) and not link.is_symlink():
+            what = "folder" if link.is_dir() else "file"
+            raise refuse(link, f"is a real {what} where the link to a version belongs (a copy made with "
+                               "`cp -rL` or similar follows the links)")
         if os.path.lexists(link):
             text = os.readlink(link) if link.is_symlink() else ""
             version = _version_in(text, day, ANCHOR_DIR) if text else None
