@@ -627,3 +627,25 @@ def test_a_real_folder_where_the_version_link_belongs_is_named_as_such(tmp_path:
     with pytest.raises(io.ForeignDayLayoutError, match=rf"{link} is a real folder where the link to a version "
                                                         r"belongs \(a copy made with `cp -rL`"):
         io.check_day_layout(tmp_path, "2026-03-09")
+
+
+def test_a_reader_refuses_a_version_link_naming_another_days_version(trained_dataset, scoring_settings,
+                                                                      tmp_path: Path) -> None:
+    """report read a day whose ``.version`` was pointed at the next day's version, and showed
+    that day's figures under this day's date; readers now check the layout as score does."""
+    first, second = trained_dataset.score_dates[:2]
+    out = tmp_path / "out"
+    for day in (first, second):
+        score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
+    link = io.partition_dir(out, io.SCORES, first) / io.VERSION_LINK
+    other = io.published_version(out, second)
+    link.unlink()
+    link.symlink_to(f"../../{io.DAYS}/event_date={second.isoformat()}/{other}/.anchor")
+    with pytest.raises(io.ForeignDayLayoutError, match=str(link)):
+        io.read_run_manifest(out, first)
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("uba-batch")), "report", "--date", first.isoformat(),
+         "--output-dir", str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert str(link) in result.stderr
+    assert io.read_run_manifest(out, second)["event_date"] == second.isoformat()  # the other day still reads

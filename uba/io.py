@@ -1133,7 +1133,13 @@ def run_manifest_dates(output_dir: Path) -> list[date]:
 
 
 def read_run_manifest(output_dir: Path, day: date) -> dict[str, Any] | None:
-    """The manifest of ``day``'s run, or None when that day was never scored."""
+    """The manifest of ``day``'s run, or None when that day was never scored.
+
+    Readers of a day (report, monitor, backfill) start here, so the day's layout is
+    checked first as score checks it: a hand-made ``.version`` or link naming another
+    day's version would otherwise show that day's figures under this day's date.
+    """
+    check_day_layout(output_dir, day)
     path = run_manifest_path(output_dir, day)
     if not path.is_file():
         return None
