@@ -140,8 +140,10 @@ def _dictionary_tiled(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
     first = table.slice(0, 1).to_pylist()[0]
     columns = {name: pa.array([value] * count) for name, value in first.items()}
     columns["event_id"] = pa.array([f"{first['event_id']}-{i}" for i in range(count)])
-    columns[spec["column"]] = pa.DictionaryArray.from_arrays(pa.array([0] * count, pa.int32()),
-                                                             pa.array(["x" * spec["bytes"]]))
+    values = pa.DictionaryArray.from_arrays(pa.array([0] * count, pa.int32()), pa.array(["x" * spec["bytes"]]))
+    if spec.get("in_list"):  # each row a one-element list of that value: nested, still one dictionary entry
+        values = pa.ListArray.from_arrays(pa.array(range(count + 1), pa.int32()), values)
+    columns[spec["column"]] = values
     return pa.table(columns)
 
 

@@ -1018,6 +1018,33 @@ def _text_columns(parquet: Any, columns: list[str]) -> list[str]:
             if any(test(kind.value_type if types.is_dictionary(kind) else kind) for test in text)]
 
 
+def _nested_columns(parquet: Any, columns: list[str]) -> dict[str, str]:
+    """Event columns of a nested Parquet type (list, struct, map), with what the values are.
+
+    No event field can be nested, so every row of such a column is quarantined without its
+    values being read: their decoded size is not bounded by the footer or the dictionaries
+    (a 16 KB file of one repeated 60,000-byte string in a list decoded to 1 GB)."""
+    from pyarrow import types
+
+    schema = parquet.schema_arrow
+    nested = {}
+    for name in columns:
+        kind = schema.field(name).type
+        if types.is_nested(kind):
+            what = "an object" if types.is_struct(kind) or types.is_map(kind) else "an array"
+            nested[name] = f"{what} (a Parquet {_excerpt(str(kind))}; its values were not read)"
+    return nested
+
+
+def _nested_reasons(nested: dict[str, str]) -> pl.Expr:
+    """The quarantine reason of every row of a file with nested event columns (the first one
+    named), worded as validation words a JSON object or array in that field."""
+    name = min(nested, key=lambda field: field not in rules.ID_FIELDS)  # ids first, as validation checks
+    what = nested[name]
+    wanted = "a string or an integer" if name in rules.ID_FIELDS else "a single value"
+    return pl.lit(f"{name}: must be {wanted}, not {what}")
+
+
 def _value_lengths(column: Any) -> Any:
     """Byte length of each value of a dictionary column, gathered from the dictionary's value
     lengths by the indices: nothing is decoded."""
@@ -1125,7 +1152,9 @@ def _parquet_batches(path: Path, batch_rows: int, limits: IngestSettings,
     total = 0
     decoded = 0
     with storage.open_parquet(path) as footer:
-        columns = _parquet_columns(footer, path, limits, ignored)
+        wanted = _parquet_columns(footer, path, limits, ignored)
+        nested = _nested_columns(footer, wanted)
+        columns = [name for name in wanted if name not in nested]
         text = _text_columns(footer, columns)
     import pyarrow as pa
 
@@ -1142,7 +1171,8 @@ def _parquet_batches(path: Path, batch_rows: int, limits: IngestSettings,
                 first_in_group += batch.num_rows
                 slices = (_bounded_slices(group, text, batch_rows, limits.max_field_bytes) if columns
                           else [(0, batch.num_rows)])
-                yield from _decoded_frames(group, slices, text, path, limits, first_row)
+                frames = _decoded_frames(group, slices, text, path, limits, first_row)
+                yield from (_with_nested_refused(frame, nested) for frame in frames)
                 first_row += batch.num_rows
 
 
@@ -1164,6 +1194,16 @@ def _decoded_frames(group: Any, slices: Iterable[tuple[int, int]], text: list[st
         reasons = _oversized_reasons(over, limits.max_field_bytes)
         yield frame.with_columns(reasons if reasons is not None else pl.lit(None, pl.String).alias(READ_ERROR))
         first_row += rows_here
+
+
+def _with_nested_refused(frame: pl.DataFrame, nested: dict[str, str]) -> pl.DataFrame:
+    """``frame`` with its nested event columns present but empty, every row given their reason."""
+    if not nested:
+        return frame
+    return frame.with_columns(
+        *[pl.lit(None, pl.String).alias(name) for name in nested],
+        pl.coalesce(pl.col(READ_ERROR), _nested_reasons(nested)).alias(READ_ERROR),
+    )
 
 
 _READERS = {

@@ -1670,7 +1670,7 @@ def check_day_layout(output_dir: Path, day: date | str) -> None:
             "from a backup) and re-run")
 
     def refuse(path: Path, what: str) -> ForeignDayLayoutError:
-        return ForeignDayLayoutError(f"{path} {what}: {hint}; nothing of {_day_label(day)} was changed")
+        return ForeignDayLayoutError(f"{path} {what}: {hint}; the outputs of {_day_label(day)} were left as they are")
 
     if anchor.is_symlink():
         text = os.readlink(anchor)

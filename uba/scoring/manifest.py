@@ -25,11 +25,6 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 
 
-def manifest_path(output_dir: Path, day: date) -> Path:
-    """The published run record of ``day``."""
-    return io.partition_dir(Path(output_dir), io.RUNS, day) / MANIFEST_NAME
-
-
 def failure_path(output_dir: Path, day: date, at: float | None = None) -> Path:
     """A failed run's record; one file per failure, so none overwrites another or the manifest."""
     at = time.time() if at is None else at
@@ -40,17 +35,15 @@ def failure_path(output_dir: Path, day: date, at: float | None = None) -> Path:
 def read_manifest(output_dir: Path, day: date) -> dict[str, Any] | None:
     """The published manifest of ``day``, or None when the day was never completed.
 
-    An unreadable manifest counts as absent: the only consumer that must decide on it,
-    backfill, then re-scores the day, which is always safe.
+    Read through :func:`uba.io.read_run_manifest`, so a day whose links were made by
+    hand (naming another day's version) is not taken for scored. An unreadable manifest
+    or such a layout counts as absent: the only consumer that must decide on it,
+    backfill, then re-scores the day, and score refuses a foreign layout with its reason.
     """
-    path = manifest_path(output_dir, day)
-    if not path.is_file():
-        return None
     try:
-        data = io.read_json(path)
-    except UserError:  # corrupt means "not scored"
+        return io.read_run_manifest(Path(output_dir), day)
+    except UserError:  # corrupt or foreign means "not scored"
         return None
-    return data if isinstance(data, dict) else None
 
 
 def scored_with(output_dir: Path, day: date, model_version: str) -> bool:
