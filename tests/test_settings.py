@@ -1,11 +1,14 @@
 """Settings precedence and validation, on real YAML files."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from jobs.cli import cli
 from uba.errors import UserError
 from uba.settings import MAX_CONFIG_BYTES, MIN_RELOAD_INTERVAL_SEC, Settings, load_settings
 
@@ -193,3 +196,26 @@ def test_an_empty_or_comment_only_config_means_every_default(tmp_path: Path) -> 
     path = tmp_path / "c.yaml"
     path.write_text("# nothing set here\n")
     assert load_settings(path, env={}).events == Settings().events
+
+
+@pytest.mark.parametrize(("env", "setting"), [
+    ({"UBA_FEATURES__PRIOR_STRENGTH_DAYS": "1e999"}, "features.prior_strength_days"),
+    ({"UBA_MONITORING__PSI_WARN": "1.0e+999"}, "monitoring.psi_warn"),
+    ({"UBA_MODEL__RANDOM_STATE": "4294967296"}, "model.random_state"),
+    ({"UBA_MODEL__RANDOM_STATE": "-1"}, "model.random_state"),
+    ({"UBA_MODEL__MAX_SAMPLES": "0"}, "model.max_samples"),
+])
+def test_values_train_would_crash_on_are_refused_at_load(env: dict[str, str], setting: str) -> None:
+    """Infinite floats, and seeds or sample counts outside scikit-learn's ranges, used to load
+    and then end ``train`` in a traceback (after reading the whole window)."""
+    with pytest.raises(UserError, match=rf"invalid setting '{re.escape(setting)}'"):
+        load_settings(env=env)
+
+
+def test_train_refuses_an_infinite_setting_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["train", "--data-dir", str(tmp_path), "--end-date", "2026-03-21",
+                                      "--model-dir", str(tmp_path / "m")],
+                                env={"UBA_FEATURES__MIN_HOUR_SPREAD": "1e999"})
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: invalid setting 'features.min_hour_spread'") and "finite number" in line

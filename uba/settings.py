@@ -35,7 +35,11 @@ PATH_ENV_VARS = {
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A settings section: unknown keys refused, and no float setting may be infinite or NaN
+    (``1e999`` reads as infinity: the bundle metadata then cannot be written as JSON, so
+    ``train`` ended in a traceback after fitting; no setting means anything at infinity)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PathSettings(_Section):
@@ -121,7 +125,16 @@ class ModelSettings(_Section):
     n_estimators: int = Field(200, ge=10, le=5000)
     contamination: float = Field(0.02, gt=0, le=0.5)
     max_samples: int | Literal["auto"] = "auto"
-    random_state: int = 42
+    random_state: int = Field(42, ge=0, le=2**32 - 1)  # scikit-learn's range for a seed
+
+    @field_validator("max_samples")
+    @classmethod
+    def _positive_or_auto(cls, value: int | str) -> int | str:
+        """scikit-learn's IsolationForest refuses fewer than one sample, but only once train has
+        read the whole window, and then with a traceback: checked here, at load."""
+        if value != "auto" and int(value) < 1:
+            raise ValueError("must be 'auto' or an integer of at least 1")
+        return value
 
 
 class ThresholdSettings(_Section):
