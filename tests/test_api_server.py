@@ -106,6 +106,24 @@ def test_batch_answers_in_order_like_single_requests(client: httpx.Client, day_e
     assert body["anomalies"] == sum(p["is_anomaly"] for p in body["predictions"])
 
 
+def test_answers_hold_exactly_the_declared_fields(client: httpx.Client, day_events: pl.DataFrame) -> None:
+    """The scoring routes build their JSON from plain values (no response-model pass): the
+    answer must still be the declared model, field for field, with nothing extra."""
+    from uba.api.schemas import BatchPrediction, Prediction
+
+    single = client.post("/predict", json=SEED_PAYLOAD)
+    assert single.headers["content-type"] == "application/json"
+    assert list(single.json()) == list(Prediction.model_fields)
+    assert Prediction.model_validate_json(single.content).model_dump(mode="json") == single.json()
+    batch = client.post("/predict/batch", json={"events": [as_payload(r) for r in day_events.head(3).iter_rows(named=True)]})
+    assert list(batch.json()) == list(BatchPrediction.model_fields)
+    assert BatchPrediction.model_validate_json(batch.content).model_dump(mode="json") == batch.json()
+    schema = client.get("/openapi.json").json()["paths"]
+    for path, model in (("/predict", "Prediction"), ("/predict/batch", "BatchPrediction")):
+        answer = schema[path]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert answer == {"$ref": f"#/components/schemas/{model}"}, answer
+
+
 def test_model_ready_and_health(client: httpx.Client, world: World) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")

@@ -94,11 +94,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # The key is the first dependency of every protected route: checked before the body
     # is read or validated (bodies are a later dependency, uba.api.body).
+    # Routes are matched in order: the scoring routes first, as nearly every request is one.
     protected = [Depends(require_api_key)]
+    app.include_router(predict.build_router(models), dependencies=protected, responses=AUTH_ERRORS)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    for router in (predict.build_router(models), model.router, admin.router,
-                   feedback.build_router(models)):  # feedback: issue 7, analyst labels
+    for router in (model.router, admin.router, feedback.build_router(models)):
         app.include_router(router, dependencies=protected, responses=AUTH_ERRORS)
     app.openapi = openapi_builder(  # type: ignore[method-assign]
         app, [models.event, models.batch, models.feedback], lambda: bool(runtime.api_keys))

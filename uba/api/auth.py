@@ -68,18 +68,23 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 async def require_api_key(request: Request, api_key: str | None = Security(api_key_header)) -> None:
-    """Router dependency of every protected route: 401 unless the key matches (when keys
-    are configured), then the body is read under the cap.
+    """Router dependency of every protected route: :func:`authorize` (the key, then the body)."""
+    await authorize(request, api_key)
+
+
+async def authorize(request: Request, api_key: str | None) -> None:
+    """401 unless the key matches (when keys are configured), then the body is read under the cap.
 
     Nothing of the body is read or sized before the key is checked (the cap is applied
     as the body is read, ``uba.api.middleware.BodyLimitMiddleware``). Reading it here,
     inside the matched route, makes a body over ``api.max_body_bytes`` a 413 on every
     protected route, also on those that ignore their body (``/admin/reload``), and
     labels it with the route's template in the metrics; the route's own body dependency
-    then gets the bytes already read.
+    then gets the bytes already read. The scoring routes call this directly
+    (``uba.api.direct``), the others through :func:`require_api_key`.
     """
     keys: tuple[bytes, ...] = request.app.state.runtime.api_keys
-    if keys and (api_key is None or not key_is_valid(api_key, keys)):
+    if keys and (not api_key or not key_is_valid(api_key, keys)):
         raise HTTPException(
             status_code=status.HTTP_401_UNAUTHORIZED,
             detail=[{"field": API_KEY_HEADER, "message": "missing or invalid API key", "value": None}],

@@ -35,6 +35,11 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 async def get_model_state(runtime: RuntimeDep) -> ModelState:
     """The state this request will use from start to end, even if a reload swaps it meanwhile."""
+    return current_state(runtime)
+
+
+def current_state(runtime: Runtime) -> ModelState:
+    """The served state, or 503 naming why there is none."""
     state = runtime.holder.current
     if state is None:
         raise HTTPException(
@@ -49,6 +54,11 @@ ModelStateDep = Annotated[ModelState, Depends(get_model_state)]
 
 async def require_json(request: Request) -> None:
     """415 for a body that does not claim to be JSON (FastAPI alone would answer 422)."""
+    check_json(request)
+
+
+def check_json(request: Request) -> None:
+    """:func:`require_json`'s check, for routes that resolve their arguments themselves."""
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):

@@ -1,18 +1,22 @@
 """POST /predict and /predict/batch.
 
 The request models are generated from settings (allowed categories, limits), so this
-router is built per app by :func:`build_router`. (No ``from __future__ import
-annotations`` here: FastAPI must see the generated classes, not their names.)
+router is built per app by :func:`build_router`. Both routes are ``uba.api.direct``
+routes: declared as usual, resolved per request by one function. (No ``from __future__
+import annotations`` here: FastAPI must see the generated classes, not their names.)
 """
 
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
+from uba.api.auth import API_KEY_HEADER, authorize
 from uba.api.body import JsonBody, request_body
-from uba.api.deps import ModelStateDep, Runtime, RuntimeDep, require_json
+from uba.api.deps import ModelStateDep, Runtime, RuntimeDep, check_json, current_state, require_json
+from uba.api.direct import Resolver, direct_route
 from uba.api.errors import BODY_ERRORS
 from uba.api.inference import ScoringEvent, ScoringResult, score_events
 from uba.api.schemas import ApiModels, BatchPrediction, ErrorBody, Prediction
@@ -41,23 +45,45 @@ def to_scoring_event(event: BaseModel) -> ScoringEvent:
     )
 
 
-def prediction(state: ModelState, event: ScoringEvent, result: ScoringResult, row: int) -> Prediction:
-    return Prediction(
-        event_id=event.event_id, user_id=event.user_id,
-        anomaly_score=float(result.scores[row]), is_anomaly=bool(result.flags[row]),
-        threshold_percentile=state.percentile / 100.0, threshold=float(result.thresholds[row]),
-        global_threshold=state.threshold,
-        model_version=state.version, baseline_as_of=state.baselines.as_of,
-        known_user=bool(result.known_user[row]),
-        reasons=result.reasons[row], reason_kinds=result.reason_kinds[row],
-        suppressed=result.suppressed[row], suppressed_by=result.suppressed_by[row],
-    )
+def prediction(state: ModelState, event: ScoringEvent, result: ScoringResult, row: int) -> dict[str, Any]:
+    """One answer as plain values, key for key as :class:`Prediction` (a test holds them equal)."""
+    return {
+        "event_id": event.event_id, "user_id": event.user_id,
+        "anomaly_score": float(result.scores[row]), "is_anomaly": bool(result.flags[row]),
+        "suppressed": bool(result.suppressed[row]), "suppressed_by": result.suppressed_by[row],
+        "threshold_percentile": state.percentile / 100.0, "threshold": float(result.thresholds[row]),
+        "global_threshold": float(state.threshold), "model_version": state.version,
+        "baseline_as_of": state.baselines.as_of.isoformat(), "known_user": bool(result.known_user[row]),
+        "reasons": result.reasons[row], "reason_kinds": result.reason_kinds[row],
+    }
 
 
-def _score_batch(runtime: Runtime, state: ModelState, events: list[ScoringEvent]) -> list[Prediction]:
+def json_response(content: dict[str, Any]) -> Response:
+    """The answer as compact JSON. ASCII escapes keep any text (a lone surrogate in an id
+    included) sendable; a non-finite number is refused rather than sent as invalid JSON."""
+    return Response(json.dumps(content, separators=(",", ":"), allow_nan=False).encode(),
+                    media_type="application/json")
+
+
+def _score_batch(runtime: Runtime, state: ModelState, events: list[ScoringEvent]) -> list[dict[str, Any]]:
     result = score_events(state, events, runtime.settings.threshold.max_reasons)
     runtime.metrics.record_scores(result.known_user, int(result.flags.sum()))
     return [prediction(state, event, result, i) for i, event in enumerate(events)]
+
+
+def _resolver(body: JsonBody, name: str) -> Resolver:
+    """The arguments of a scoring endpoint, checked in the order its declared dependencies
+    would run: API key (then the body is read under the cap), content type, a served
+    model, the body validated as ``name``."""
+
+    async def resolve(request: Request) -> dict[str, Any]:
+        runtime: Runtime = request.app.state.runtime
+        await authorize(request, request.headers.get(API_KEY_HEADER))
+        check_json(request)
+        state = current_state(runtime)
+        return {"state": state, "runtime": runtime, name: await body(request)}
+
+    return resolve
 
 
 def build_router(models: ApiModels) -> APIRouter:
@@ -65,31 +91,35 @@ def build_router(models: ApiModels) -> APIRouter:
     event_body = JsonBody(models.event, models.event_values, "1 event")
     batch_body = JsonBody(models.batch, models.event_values, "api.max_batch events")
 
-    @router.post("/predict", response_model=Prediction, summary="Score one event",
-                 openapi_extra=request_body(models.event.__name__, {"seed": {"value": SEED_EXAMPLE}}))
     async def predict(
         state: ModelStateDep,
         runtime: RuntimeDep,
         event: Annotated[BaseModel, Depends(event_body)],
-    ) -> Prediction:
+    ) -> Response:
         scoring_event = to_scoring_event(event)
         result, row = await runtime.batcher.score(state, scoring_event)
-        return prediction(state, scoring_event, result, row)
+        return json_response(prediction(state, scoring_event, result, row))
 
-    @router.post("/predict/batch", response_model=BatchPrediction,
-                 summary="Score a list of events, answered in order",
-                 openapi_extra=request_body(models.batch.__name__, {"seed": {"value": {"events": [SEED_EXAMPLE]}}}))
     async def predict_batch(
         state: ModelStateDep,
         runtime: RuntimeDep,
         batch: Annotated[BaseModel, Depends(batch_body)],
-    ) -> BatchPrediction:
+    ) -> Response:
         events = [to_scoring_event(e) for e in batch.events]  # type: ignore[attr-defined]
         scored = await run_in_threadpool(_score_batch, runtime, state, events)
-        return BatchPrediction(
-            count=len(scored), anomalies=sum(p.is_anomaly for p in scored),
-            suppressed=sum(p.suppressed for p in scored),
-            model_version=state.version, baseline_as_of=state.baselines.as_of, predictions=scored,
-        )
+        return json_response({
+            "count": len(scored), "anomalies": sum(p["is_anomaly"] for p in scored),
+            "suppressed": sum(p["suppressed"] for p in scored), "model_version": state.version,
+            "baseline_as_of": state.baselines.as_of.isoformat(), "predictions": scored,
+        })
 
+    router.add_api_route(
+        "/predict", predict, methods=["POST"], response_model=Prediction, summary="Score one event",
+        openapi_extra=request_body(models.event.__name__, {"seed": {"value": SEED_EXAMPLE}}),
+        route_class_override=direct_route(_resolver(event_body, "event")))
+    router.add_api_route(
+        "/predict/batch", predict_batch, methods=["POST"], response_model=BatchPrediction,
+        summary="Score a list of events, answered in order",
+        openapi_extra=request_body(models.batch.__name__, {"seed": {"value": {"events": [SEED_EXAMPLE]}}}),
+        route_class_override=direct_route(_resolver(batch_body, "batch")))
     return router
