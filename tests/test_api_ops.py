@@ -343,3 +343,45 @@ def test_access_log_escapes_control_characters_so_a_url_cannot_forge_a_line(worl
     (access,) = [line for line in lines if "request_id=forge-1" in line]
     assert '"GET /no/such\\x0a2026-01-01 00:00:00,000 INFO' in access
     assert '\\"POST /admin/reload\\" 200\\x0d\\x1b[31m\\\\" 404' in access
+
+
+def _served_by_worker(metrics_text: str) -> dict[str, str]:
+    """pid -> the model version that worker reports with value 1 (``uba_api_model_info``)."""
+    served = {}
+    for line in metrics_text.splitlines():
+        found = re.match(r'uba_api_model_info\{.*model_version="([^"]+)",pid="(\d+)"\} 1\.0$', line)
+        if found:
+            served[found.group(2)] = found.group(1)
+    return served
+
+
+def test_two_workers_add_up_their_metrics_and_all_follow_one_reload(own_world: World, tmp_path: Path) -> None:
+    """``uba-api --workers 2``: a request reaches one worker, yet /metrics counts every
+    request whichever worker answers the scrape, and one POST /admin/reload moves both."""
+    flags = ["--workers", "2", "--no-access-log"]
+    baselines = io.read_baseline_snapshot(io.latest_baseline_snapshot(own_world.data_dir)[1])
+    with running_server(own_world.env(), tmp_path / "api.log", uba_api=flags) as server:
+        sent = 0
+        while sent < 200 and len(_served_by_worker(httpx.get(server.url + "/metrics").text)) < 2:
+            for _ in range(10):  # a fresh connection each: the kernel hands them to either worker
+                assert httpx.post(server.url + "/predict", json=SEED_PAYLOAD).status_code == 200
+                sent += 1
+        workers = _served_by_worker(httpx.get(server.url + "/metrics").text)
+        assert len(workers) == 2 and set(workers.values()) == {own_world.version}, workers
+        for _ in range(6):  # every scrape, from either worker, has every request
+            text = httpx.get(server.url + "/metrics").text
+            assert _metric(text, 'uba_api_requests_total{method="POST",route="/predict",status="200"}') == sent
+            assert _metric(text, 'uba_api_events_scored_total{known_user="false"}') == sent
+            assert _metric(text, "uba_api_model_loaded") == 1
+
+        new_version, _ = train_bundle(own_world.settings(random_state=7), training_days(), baselines)
+        reloaded = httpx.post(server.url + "/admin/reload")
+        assert reloaded.status_code == 200 and reloaded.json()["model_version"] == new_version
+        assert _poll(lambda: set(_served_by_worker(httpx.get(server.url + "/metrics").text).values())
+                     == {new_version}, timeout=10)
+        assert _served_by_worker(httpx.get(server.url + "/metrics").text).keys() == workers.keys()
+        answers = {httpx.post(server.url + "/predict", json=SEED_PAYLOAD).json()["model_version"]
+                   for _ in range(20)}
+        assert answers == {new_version}
+    log = (tmp_path / "api.log").read_text()
+    assert log.count(f"reloaded: model {new_version}") == 2 and "Traceback" not in log

@@ -32,9 +32,10 @@ from uba.api.errors import (
 from uba.api.metrics import ApiMetrics, MetricsMiddleware
 from uba.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from uba.api.openapi import openapi_builder
-from uba.api.reloader import PeriodicReloader
+from uba.api.reloader import PeriodicReloader, reload_runtime
 from uba.api.routes import admin, feedback, health, metrics, model, predict
 from uba.api.schemas import build_models
+from uba.api.workers import group_from_env
 from uba.logs import LOGGER_NAME, configure_logging
 from uba.settings import Settings, load_settings
 
@@ -63,6 +64,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.version if state else None, state.baselines.as_of.isoformat() if state else None
     )
     await runtime.batcher.start()
+    if runtime.group is not None:
+        runtime.group.start(lambda: reload_runtime(runtime))
     reloader = None
     if runtime.settings.api.reload_interval_sec > 0:
         reloader = PeriodicReloader(runtime, runtime.settings.api.reload_interval_sec)
@@ -72,7 +75,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if reloader is not None:
             await reloader.stop()
+        if runtime.group is not None:
+            await runtime.group.stop()
         await runtime.batcher.stop()
+        runtime.metrics.worker_stopped()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -81,7 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     models = build_models(settings.events, settings.api)
     api_metrics = ApiMetrics()
     batcher = ScoringBatcher(api_metrics, settings.threshold.max_reasons)
-    runtime = Runtime(settings=settings, models=models, metrics=api_metrics, batcher=batcher)
+    runtime = Runtime(settings=settings, models=models, metrics=api_metrics, batcher=batcher,
+                      group=group_from_env())
     from uba import __version__
 
     app = FastAPI(title=API_TITLE, version=__version__, lifespan=lifespan,

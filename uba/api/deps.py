@@ -11,6 +11,7 @@ from uba.api.batcher import ScoringBatcher
 from uba.api.metrics import ApiMetrics
 from uba.api.schemas import ApiModels
 from uba.api.state import ModelHolder, ModelState
+from uba.api.workers import WorkerGroup
 from uba.settings import Settings
 
 
@@ -24,6 +25,7 @@ class Runtime:
     batcher: ScoringBatcher
     holder: ModelHolder = field(default_factory=ModelHolder)
     api_keys: tuple[bytes, ...] = ()
+    group: WorkerGroup | None = None  # the other workers of this server (uba.api.workers)
 
 
 async def get_runtime(request: Request) -> Runtime:

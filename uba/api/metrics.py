@@ -8,13 +8,16 @@ whatever clients send.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
+
+from uba.api.workers import METRICS_DIR_ENV
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -31,6 +34,10 @@ class ApiMetrics:
     """The counters, histograms and gauges the service exports."""
 
     def __init__(self) -> None:
+        # Several workers (uba.api.workers): prometheus_client keeps every value in files
+        # of that folder, and /metrics adds up all workers' files.
+        self.multiprocess_dir = os.environ.get(METRICS_DIR_ENV) or None
+        self._served: tuple[str, str] | None = None  # model_info's labels now set to 1
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "uba_api_requests", "HTTP requests by route, method and status code.",
@@ -50,9 +57,11 @@ class ApiMetrics:
         self.model_info = Gauge(
             "uba_api_model_info", "1 for the model version and baseline snapshot being served.",
             ["model_version", "baseline_as_of"], registry=self.registry,
+            multiprocess_mode="liveall",  # one series per worker (a pid label): a lagging worker shows
         )
         self.model_loaded = Gauge(
-            "uba_api_model_loaded", "1 when a model and baselines are loaded.", registry=self.registry,
+            "uba_api_model_loaded", "1 when a model and baselines are loaded (in every worker).",
+            registry=self.registry, multiprocess_mode="livemin",
         )
         self.reloads = Counter(
             "uba_api_reloads", "Reload attempts by outcome.", ["outcome"], registry=self.registry,
@@ -68,15 +77,28 @@ class ApiMetrics:
             self.anomalies.inc(anomalies)
 
     def set_model(self, model_version: str | None, baseline_as_of: str | None) -> None:
+        if self.multiprocess_dir and self._served is not None:  # a worker's file outlives clear(): zero it
+            self.model_info.labels(*self._served).set(0)
         self.model_info.clear()
+        self._served = None
         if model_version is None:
             self.model_loaded.set(0)
             return
-        self.model_info.labels(model_version=model_version, baseline_as_of=baseline_as_of or "").set(1)
+        self._served = (model_version, baseline_as_of or "")
+        self.model_info.labels(*self._served).set(1)
         self.model_loaded.set(1)
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    def worker_stopped(self) -> None:
+        """Drop this worker's live gauges from the group's sums (its counts stay counted)."""
+        if self.multiprocess_dir:
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
 
 
 def final_status(sent: int | None, error: BaseException | None) -> int:

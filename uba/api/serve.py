@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from uba.api.workers import make_group_dir, remove_group_dir
 from uba.errors import UserError
 from uba.logs import configure_logging
 from uba.settings import load_settings
@@ -70,11 +71,16 @@ def main(config: str | None, data_dir: str | None, model_dir: str | None, host: 
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    uvicorn.run(
-        APP_FACTORY, factory=True, host=settings.api.host, port=settings.api.port,
-        workers=settings.api.workers, log_level=log_level.lower(),
-        access_log=False,  # the app writes its own access line, with the request id
-    )
+    group = make_group_dir(env) if settings.api.workers > 1 else None
+    try:
+        uvicorn.run(
+            APP_FACTORY, factory=True, host=settings.api.host, port=settings.api.port,
+            workers=settings.api.workers, log_level=log_level.lower(),
+            access_log=False,  # the app writes its own access line, with the request id
+        )
+    finally:
+        if group is not None:
+            remove_group_dir(group)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,16 +33,21 @@ def short_reason(exc: Exception) -> str:
                      "the previous one keeps serving"}, **BODY_LIMIT_ERROR},
 )
 async def reload(runtime: RuntimeDep) -> ReloadResult:
-    """``changed`` compares with what was served when this call arrived, not with what a
+    """Reloads this worker, then (``uba-api --workers N``) asks the others to, which they do
+    within about a second (``uba.api.workers``). ``changed`` compares with what was served when this call arrived, not with what a
     concurrent (e.g. periodic) reload swapped in while this one waited for the lock."""
     previous = runtime.holder.current
     try:
         _, fresh = await reload_runtime(runtime)
     except UserError as exc:
+        if runtime.group is not None:  # the other workers try the same pair (and keep serving if refused)
+            runtime.group.announce_reload()
         serving = runtime.holder.current
         kept = f"; still serving {serving.version}" if serving else "; no model is being served"
         raise HTTPException(status_code=status.HTTP_409_CONFLICT,
                             detail=f"reload refused: {short_reason(exc)}{kept}") from exc
+    if runtime.group is not None:  # every other worker of this server reloads within about a second
+        runtime.group.announce_reload()
     changed = previous is None or served_key(previous) != served_key(fresh)
     return ReloadResult(
         reloaded=True, changed=changed, model_version=fresh.version,

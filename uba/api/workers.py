@@ -1,0 +1,111 @@
+"""What the worker processes of one ``uba-api --workers N`` share: reloads and metrics.
+
+uvicorn's workers are separate processes behind one socket; a request reaches one of
+them. Two things must not depend on which:
+
+* ``POST /admin/reload`` reloads the worker that received it, then leaves a reload
+  request in the group's folder; every other worker polls that file (one ``stat`` every
+  ``RELOAD_POLL_SEC``) and reloads too, so the whole server serves the new bundle within
+  about a second. A worker whose reload is refused keeps serving its previous state and
+  logs why, as a periodic reload does.
+* ``GET /metrics`` adds up every worker's counters and histograms: prometheus_client's
+  multiprocess mode, whose files live in the same folder (``PROMETHEUS_MULTIPROC_DIR``).
+
+``uba-api`` makes the folder (a fresh temporary one per server) and names it in the
+environment before uvicorn starts the workers; one worker, or an app built in a test,
+has no group and nothing here runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from uba.logs import get_logger
+
+GROUP_DIR_ENV = "UBA_API_WORKER_GROUP_DIR"
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+RELOAD_REQUEST = "reload-request"
+RELOAD_POLL_SEC = 0.5
+
+log = get_logger("api.workers")
+
+
+def make_group_dir(env: MutableMapping[str, str]) -> Path:
+    """A fresh, empty folder for one server's workers, named in ``env`` for them to find.
+
+    Fresh per server because multiprocess metrics read every file in the folder: files of
+    an earlier server would be counted again.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="uba-api-workers-"))
+    (folder / "metrics").mkdir()
+    env[GROUP_DIR_ENV] = str(folder)
+    env[METRICS_DIR_ENV] = str(folder / "metrics")
+    return folder
+
+
+def remove_group_dir(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def group_from_env() -> WorkerGroup | None:
+    """The group this worker belongs to, or None when it runs alone."""
+    folder = os.environ.get(GROUP_DIR_ENV)
+    return WorkerGroup(Path(folder)) if folder else None
+
+
+@dataclass
+class WorkerGroup:
+    """This worker's view of the group folder."""
+
+    folder: Path
+    seen: str = ""  # the last reload request this worker acted on (or made)
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def request_path(self) -> Path:
+        return self.folder / RELOAD_REQUEST
+
+    def current_request(self) -> str:
+        try:
+            return self.request_path.read_text(encoding="utf-8")
+        except OSError:
+            return ""
+
+    def announce_reload(self) -> None:
+        """Ask every other worker to reload (written whole, then renamed into place)."""
+        token = f"{os.getpid()}-{time.time_ns()}"
+        staging = self.folder / f".{RELOAD_REQUEST}.{os.getpid()}"
+        staging.write_text(token, encoding="utf-8")
+        os.replace(staging, self.request_path)
+        self.seen = token
+
+    def start(self, on_request: Callable[[], Awaitable[object]]) -> None:
+        """Poll for other workers' reload requests and run ``on_request`` for each new one."""
+        self.seen = self.current_request()
+        self._task = asyncio.create_task(self._watch(on_request), name="uba-worker-group-reload")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self, on_request: Callable[[], Awaitable[object]]) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_POLL_SEC)
+            request = self.current_request()
+            if not request or request == self.seen:
+                continue
+            self.seen = request
+            try:
+                await on_request()
+            except Exception:  # refused or broken: keep serving and watching; the reload logged why
+                log.warning("reload requested by another worker (%s) did not complete", request)
