@@ -10,6 +10,11 @@ set and output directory before running ``uba-batch score --date 2026-03-09``) a
 * ``layout: "absolute"``: rewrite it as the versioned layout with absolute links left it;
 * ``layout: "foreign"``: scores and flagged of the day made by hand as symlinks into
   ``out/archive/v1/`` (copies of the day's files): links the product did not make;
+* ``layout: "version_of_next_day"``: the day's ``.version`` names the next day's version;
+  ``"version_folder_linked_to_next_day"``: it names a symlink among the day's versions that
+  points at the next day's version; ``"anchor_linked_to_next_day"``: the published
+  version's ``.anchor`` is a symlink to the next day's (``score_next_day`` scores that day);
+* ``command``: ``report`` or ``backfill`` runs that reader of the day instead of score;
 * ``damage``: a list of ``{"dataset": "events"|"aggregates", "day", "how"}`` with ``how``
   one of ``flip`` (one byte XOR 1 at ``at`` (fraction of the size) or ``at_byte``
   (negative = from the end)), ``truncate`` (to ``at`` of the size), ``garbage``,
@@ -199,6 +204,26 @@ def point_version_at_next_day(out: Path, day: date) -> Path:
     return link
 
 
+def link_version_folder_to_next_day(out: Path, day: date) -> None:
+    """A symlink among the day's versions naming the next day's published version, and the
+    day's ``.version`` naming that symlink: every link text has the form publish writes."""
+    nxt = day + timedelta(days=1)
+    other = io.published_version(out, nxt)
+    (io.day_versions_dir(out, day) / "linked").symlink_to(f"../event_date={nxt.isoformat()}/{other}")
+    link = io.partition_dir(out, io.SCORES, day) / io.VERSION_LINK
+    link.unlink()
+    link.symlink_to(f"../../{io.DAYS}/event_date={day.isoformat()}/linked/{io.ANCHOR_DIR}")
+
+
+def link_anchor_to_next_day(out: Path, day: date) -> None:
+    """The ``.anchor`` of the day's published version replaced by a symlink to the next
+    day's: the day's links (``.version/../flagged``, the manifest) then resolve there."""
+    nxt = day + timedelta(days=1)
+    anchor = io.day_versions_dir(out, day) / io.published_version(out, day) / io.ANCHOR_DIR
+    anchor.rmdir()
+    anchor.symlink_to(f"../../event_date={nxt.isoformat()}/{io.published_version(out, nxt)}/{io.ANCHOR_DIR}")
+
+
 def run_cli(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str, BaseException | None]:
     result = CliRunner().invoke(cli, args, env=env, catch_exceptions=True)
     exception = None if isinstance(result.exception, SystemExit) else result.exception
@@ -260,6 +285,10 @@ def test_hostile_batch_case(name: str, trained_dataset, tmp_path: Path) -> None:
         _hand_made_links(out, day)
     if recipe.get("layout") == "version_of_next_day":
         point_version_at_next_day(out, day)
+    if recipe.get("layout") == "version_folder_linked_to_next_day":
+        link_version_folder_to_next_day(out, day)
+    if recipe.get("layout") == "anchor_linked_to_next_day":
+        link_anchor_to_next_day(out, day)
     for spec in recipe.get("damage", []):
         damage(data, spec)
     if recipe.get("move_output"):

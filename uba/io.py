@@ -1657,6 +1657,20 @@ def dangling_day_links(output_dir: Path, day: date | str) -> list[Path]:
     return [link for link in links if link.is_symlink() and not link.exists()]
 
 
+def _check_version_entries(folder: Path, refuse: Callable[[Path, str], UserError]) -> None:
+    """Refuse a version whose folder, ``.anchor``, dataset folders or manifest is a symlink.
+
+    Publish makes every one of them real; the day's links go through them, so a symlink
+    there (``.days/event_date=D/v -> ../event_date=D2/v2``, or an ``.anchor`` linked to
+    D2's) passed the link-text checks and showed D2's figures under D's date."""
+    if folder.is_symlink():
+        raise refuse(folder, f"is a symlink to {os.readlink(folder)!r}, not a version folder")
+    for name in (ANCHOR_DIR, *DAY_DATASETS, MANIFEST_NAME):
+        entry = folder / name
+        if entry.is_symlink():
+            raise refuse(entry, f"is a symlink to {os.readlink(entry)!r}; a version holds real folders and files")
+
+
 def check_day_layout(output_dir: Path, day: date | str) -> None:
     """Refuse, before anything of day D is touched, an entry of its outputs this product
     did not make: an anchor (``scores/event_date=D``) or its ``.version`` naming anything
@@ -1672,11 +1686,14 @@ def check_day_layout(output_dir: Path, day: date | str) -> None:
     def refuse(path: Path, what: str) -> ForeignDayLayoutError:
         return ForeignDayLayoutError(f"{path} {what}: {hint}; the outputs of {_day_label(day)} were left as they are")
 
+    if os.path.lexists(versions) and not _is_real_dir(versions):
+        raise refuse(versions, "is not a real folder (a symlink could name another day's versions)")
     if anchor.is_symlink():
         text = os.readlink(anchor)
         version = _version_in(text, day, SCORES)
         if version is None or not (versions / version).is_dir():
             raise refuse(anchor, f"is a symlink to {text!r}, not to a version under {versions}")
+        _check_version_entries(versions / version, refuse)
     elif _is_real_dir(anchor):
         link = anchor / VERSION_LINK
         if os.path.lexists(link) and not link.is_symlink():
@@ -1688,6 +1705,7 @@ def check_day_layout(output_dir: Path, day: date | str) -> None:
             version = _version_in(text, day, ANCHOR_DIR) if text else None
             if version is None or not (versions / version).is_dir():
                 raise refuse(link, f"names {text!r}, not a version under {versions}")
+            _check_version_entries(versions / version, refuse)
     elif os.path.lexists(anchor):
         raise refuse(anchor, "is not a folder")
     for name in (*DAY_DATASETS[1:], MANIFEST_NAME):
