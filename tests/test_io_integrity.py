@@ -120,6 +120,30 @@ def test_a_listed_part_that_is_gone_fails_the_read_naming_it(tmp_path: Path) -> 
     assert io.partition_files(tmp_path, io.EVENTS, "2026-03-01") == []
 
 
+@pytest.mark.parametrize("step", ["add", "remove"])
+def test_a_writer_between_the_listing_and_the_manifest_is_no_corruption(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    """A reader lists the folder, then reads the manifest; an ingest renaming a part into
+    place (or a part removed) in between made a healthy partition fail the read ("is
+    missing" / "not in the checksum manifest"): a score next to an ingest of its day."""
+    first, second = _events_day(tmp_path)
+    real = io._governing_manifest
+    calls = {"n": 0}
+
+    def writer_in_between(folder: Path, has_parts: bool) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:  # after the first listing: another process's write or removal completes
+            if step == "add":
+                io.write_part(pl.DataFrame({"a": [3]}), tmp_path, io.EVENTS, "2026-03-01", name="part-late")
+            else:
+                io.remove_part(second)
+        return real(folder, has_parts)
+
+    monkeypatch.setattr(io, "_governing_manifest", writer_in_between)
+    names = sorted(p.name for p in io.partition_files(tmp_path, io.EVENTS, "2026-03-01"))
+    assert names == sorted([first.name, *(["part-late.parquet", second.name] if step == "add" else [])])
+
+
 def test_deleting_the_manifest_does_not_downgrade_the_partition_to_unverified(tmp_path: Path) -> None:
     """The attack: deleting a part's checksum sidecar made it read unverified."""
     part, _ = _events_day(tmp_path)

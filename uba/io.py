@@ -103,10 +103,31 @@ def partition_files(root: Path, dataset: str, day: date | str) -> list[Path]:
     folder = partition_dir(root, dataset, day)
     if not folder.is_dir():
         return []
-    found = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
     if dataset in CHECKSUMMED:
-        return check_listed_parts(folder, found)
-    return found
+        return _settled_listing(folder)
+    return _finished_parts(folder)
+
+
+LISTING_ATTEMPTS = 5  # reads of a partition's listing and manifest before a mismatch is corruption
+
+
+def _settled_listing(folder: Path) -> list[Path]:
+    """The finished parts of ``folder`` checked against its manifest, both read again when
+    they disagree.
+
+    The folder is listed, then the manifest read, without the writers' lock (a reader may
+    not be allowed to take it): a part an ingest renamed into place between the two reads
+    is listed by the manifest but not by the listing, so a score next to an ingest of the
+    same day failed on a healthy partition ("part ... is missing", about one read in 60
+    under a busy writer). A writer's step is over within milliseconds; a damaged
+    partition reads the same every time, and only then is it refused.
+    """
+    for attempt in range(1, LISTING_ATTEMPTS):
+        try:
+            return check_listed_parts(folder, _finished_parts(folder))
+        except CorruptPartError:
+            time.sleep(0.01 * attempt)
+    return check_listed_parts(folder, _finished_parts(folder))
 
 
 def dated_dirs(base: Path, key: str, finished: Callable[[Path], bool]) -> list[date]:
