@@ -31,7 +31,9 @@ Recipe format (``files`` are made in order inside the case's work folder):
   integers with any zone name; ``repeated_columns`` appends a second column of a name,
   ``long_values`` sets one value to ``bytes`` characters, ``compression`` picks the codec,
   ``dictionary_value: {"column", "bytes", "rows"}`` tiles the first row ``rows`` times with
-  that column a dictionary of one ``bytes``-character value (stored once);
+  that column a dictionary of one ``bytes``-character value (stored once; ``in_list``: each
+  row a one-element list of it; ``value_type``: a plain ``string_view``, ``binary_view`` or
+  ``fixed_size_binary`` column of that value instead);
 * ``{"symlink", "target"}`` and ``{"hardlink", "target"}``; ``inputs`` are the CLI
   arguments, ``before`` inputs are ingested first (their events must survive), ``env``
   sets settings, ``fault`` makes the Nth Parquet write of the run fail with an errno.
@@ -53,6 +55,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -141,10 +144,24 @@ def _dictionary_tiled(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
     columns = {name: pa.array([value] * count) for name, value in first.items()}
     columns["event_id"] = pa.array([f"{first['event_id']}-{i}" for i in range(count)])
     values = pa.DictionaryArray.from_arrays(pa.array([0] * count, pa.int32()), pa.array(["x" * spec["bytes"]]))
+    if spec.get("value_type"):  # a plain column of that type (the writer makes the dictionary pages)
+        values = _one_value_column(spec["value_type"], spec["bytes"], count)
     if spec.get("in_list"):  # each row a one-element list of that value: nested, still one dictionary entry
         values = pa.ListArray.from_arrays(pa.array(range(count + 1), pa.int32()), values)
     columns[spec["column"]] = values
     return pa.table(columns)
+
+
+def _one_value_column(kind: str, size: int, count: int) -> pa.Array:
+    """``count`` rows of one ``size``-byte value as ``string_view`` / ``binary_view`` (every
+    view naming the same bytes, so the column costs one value) or ``fixed_size_binary``."""
+    if kind == "fixed_size_binary":
+        return pa.array([b"x" * size] * count, pa.binary(size))
+    views = np.zeros((count, 4), dtype=np.int32)  # length, 4-byte prefix, buffer 0, offset 0
+    views[:, 0] = size
+    views[:, 1] = int.from_bytes(b"xxxx", "little")
+    kinds = {"string_view": pa.string_view(), "binary_view": pa.binary_view()}
+    return pa.Array.from_buffers(kinds[kind], count, [None, pa.py_buffer(views.tobytes()), pa.py_buffer(b"x" * size)])
 
 
 def make_file(work: Path, spec: dict[str, Any]) -> None:

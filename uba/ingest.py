@@ -1012,7 +1012,10 @@ def _text_columns(parquet: Any, columns: list[str]) -> list[str]:
     from pyarrow import types
 
     schema = parquet.schema_arrow
-    text = (types.is_string, types.is_large_string, types.is_binary, types.is_large_binary)
+    # string_view / binary_view are stored as plain byte arrays and read back as dictionaries
+    # too; left out, a 138 KB file of one 60,000-byte view value on 20,000 rows took 4 GB
+    text = (types.is_string, types.is_large_string, types.is_binary, types.is_large_binary,
+            types.is_string_view, types.is_binary_view)
     kinds = {name: schema.field(name).type for name in columns}
     return [name for name, kind in kinds.items()
             if any(test(kind.value_type if types.is_dictionary(kind) else kind) for test in text)]
@@ -1034,6 +1037,28 @@ def _nested_columns(parquet: Any, columns: list[str]) -> dict[str, str]:
             what = "an object" if types.is_struct(kind) or types.is_map(kind) else "an array"
             nested[name] = f"{what} (a Parquet {_excerpt(str(kind))}; its values were not read)"
     return nested
+
+
+def _fixed_widths(parquet: Any, columns: list[str]) -> dict[str, int]:
+    """Byte width of each event column of type fixed_size_binary (no dictionary read exists
+    for it: every value decodes to exactly that many bytes, known from the footer)."""
+    from pyarrow import types
+
+    schema = parquet.schema_arrow
+    return {name: schema.field(name).type.byte_width for name in columns
+            if types.is_fixed_size_binary(schema.field(name).type)}
+
+
+def _too_wide_reason(name: str, width: int, limit: int) -> str:
+    return (f"field {_excerpt(name)!r} is a Parquet fixed_size_binary column of {width:,} bytes per value, "
+            f"over ingest.max_field_bytes ({limit:,}); its values were not read")
+
+
+def _rows_per_read(batch_rows: int, widths: Iterable[int]) -> int:
+    """Rows per read batch: ``batch_rows``, fewer when fixed-size binary columns would decode
+    past ``PARQUET_BLOCK_BYTES`` (20,000 rows of 60,000 bytes are 1.2 GB, from a 138 KB file)."""
+    row_bytes = sum(widths)
+    return min(batch_rows, max(1, PARQUET_BLOCK_BYTES // row_bytes)) if row_bytes else batch_rows
 
 
 def _nested_reasons(nested: dict[str, str]) -> pl.Expr:
@@ -1147,15 +1172,21 @@ def _parquet_batches(path: Path, batch_rows: int, limits: IngestSettings,
     size is checked from the dictionaries' value lengths (``_check_decoded``), it is decoded in
     slices of about ``PARQUET_BLOCK_BYTES`` (``_bounded_slices``), and a value over
     max_field_bytes is cut in the dictionary before decoding, its row quarantined
-    (``_decode_bounded``)."""
+    (``_decode_bounded``). A fixed-size binary column has no dictionary read: it is read in
+    batches that decode to about ``PARQUET_BLOCK_BYTES`` (``_rows_per_read``), or, wider than
+    max_field_bytes, not read at all (every row quarantined naming it)."""
     first_row = 1
     total = 0
     decoded = 0
     with storage.open_parquet(path) as footer:
         wanted = _parquet_columns(footer, path, limits, ignored)
         nested = _nested_columns(footer, wanted)
-        columns = [name for name in wanted if name not in nested]
+        widths = _fixed_widths(footer, wanted)
+        too_wide = {name: _too_wide_reason(name, width, limits.max_field_bytes)
+                    for name, width in widths.items() if width > limits.max_field_bytes}
+        columns = [name for name in wanted if name not in nested and name not in too_wide]
         text = _text_columns(footer, columns)
+    read_rows = _rows_per_read(batch_rows, (widths[name] for name in columns if name in widths))
     import pyarrow as pa
 
     with storage.open_parquet(path, read_dictionary=text or None) as parquet:
@@ -1164,7 +1195,7 @@ def _parquet_batches(path: Path, batch_rows: int, limits: IngestSettings,
             total = _check_row_group(metadata, index, columns, path, limits, total)
             where = f"{path}: row group {index + 1:,} of {metadata.num_row_groups:,}"
             first_in_group = 1
-            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[index], columns=columns):
+            for batch in parquet.iter_batches(batch_size=read_rows, row_groups=[index], columns=columns):
                 group = pa.Table.from_batches([batch])  # text columns still dictionary-encoded
                 span = f"{where} (rows {first_in_group:,}-{first_in_group + batch.num_rows - 1:,})"
                 decoded = _check_decoded(group, text, span, limits, decoded)
@@ -1172,7 +1203,7 @@ def _parquet_batches(path: Path, batch_rows: int, limits: IngestSettings,
                 slices = (_bounded_slices(group, text, batch_rows, limits.max_field_bytes) if columns
                           else [(0, batch.num_rows)])
                 frames = _decoded_frames(group, slices, text, path, limits, first_row)
-                yield from (_with_nested_refused(frame, nested) for frame in frames)
+                yield from (_with_unread_refused(_with_nested_refused(frame, nested), too_wide) for frame in frames)
                 first_row += batch.num_rows
 
 
@@ -1203,6 +1234,16 @@ def _with_nested_refused(frame: pl.DataFrame, nested: dict[str, str]) -> pl.Data
     return frame.with_columns(
         *[pl.lit(None, pl.String).alias(name) for name in nested],
         pl.coalesce(pl.col(READ_ERROR), _nested_reasons(nested)).alias(READ_ERROR),
+    )
+
+
+def _with_unread_refused(frame: pl.DataFrame, reasons: dict[str, str]) -> pl.DataFrame:
+    """``frame`` with the columns of ``reasons`` present but empty, every row given the first reason."""
+    if not reasons:
+        return frame
+    return frame.with_columns(
+        *[pl.lit(None, pl.String).alias(name) for name in reasons],
+        pl.coalesce(pl.col(READ_ERROR), pl.lit(next(iter(reasons.values())))).alias(READ_ERROR),
     )
 
 
