@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -385,3 +386,27 @@ def test_two_workers_add_up_their_metrics_and_all_follow_one_reload(own_world: W
         assert answers == {new_version}
     log = (tmp_path / "api.log").read_text()
     assert log.count(f"reloaded: model {new_version}") == 2 and "Traceback" not in log
+
+
+def _get_on(sock: socket.socket, path: str) -> bytes:
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    return sock.recv(65536)
+
+
+def test_kept_alive_connections_outlive_a_proxys_idle_timeout(world: World, tmp_path: Path) -> None:
+    """uvicorn's own default closed idle connections after 5 s: a client (or proxy) reusing
+    one after 5-6 s of quiet lost that request ('Server disconnected without sending a
+    response', seen by the hostile-load benchmark's reloader posting every 5 s)."""
+    flags = ["--no-access-log"]
+    for keep_alive, idle, alive in ((None, 6.0, True), ("1", 2.0, False)):
+        env = world.env() if keep_alive is None else world.env(UBA_API__KEEP_ALIVE_SEC=keep_alive)
+        with running_server(env, tmp_path / "api.log", uba_api=flags) as server:
+            host, port = server.url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                assert _get_on(sock, "/health").startswith(b"HTTP/1.1 200")
+                time.sleep(idle)
+                try:
+                    again = _get_on(sock, "/health")
+                except ConnectionResetError:
+                    again = b""
+                assert again.startswith(b"HTTP/1.1 200") is alive, (keep_alive, again[:80])

@@ -76,6 +76,7 @@ def main(config: str | None, data_dir: str | None, model_dir: str | None, host: 
         uvicorn.run(
             APP_FACTORY, factory=True, host=settings.api.host, port=settings.api.port,
             workers=settings.api.workers, log_level=log_level.lower(),
+            timeout_keep_alive=settings.api.keep_alive_sec,
             access_log=False,  # the app writes its own access line, with the request id
         )
     finally:
