@@ -1,22 +1,39 @@
-"""POST /predict latency and throughput on 127.0.0.1: compact forest vs scikit-learn.
+"""POST /predict over HTTP on 127.0.0.1: the product against a seed-style server (issue 12).
 
-What it does, end to end, with the product's own code:
+Default mode (issue 12's "Done when", all in one run, same world, same payload mix):
 
-1. generates a seed-sized data set (``--users`` users, ``--days`` days) into a temporary
-   directory, trains a bundle with ``uba.training.train_model`` (default settings: 200
-   trees, p98 threshold) and saves the exact training matrix (``.npy``);
-2. starts the real server (``uvicorn uba.api.app:app``, one worker, no access log) twice:
-   once with the production scorer (``api.scorer: compact``) and once with
-   ``UBA_API__SCORER=sklearn``, where the server refits scikit-learn's IsolationForest on
-   that training matrix with the bundle's seed and parameters and refuses to start unless
-   it scores exactly like the bundle (1e-9): both servers evaluate the same forest;
-3. drives ``/predict`` with ``wrk`` (Debian package; a Lua script posts real events of
-   the day after training, rotating through a few hundred bodies) for ``--duration``
-   seconds per concurrency level, and reads p50/p99 latency and requests/s;
-4. also times the scorer call alone (one row, in process) for both, and writes
-   ``benchmarks/results/api_latency.md`` with the machine description and the command.
+1. generates a seed-sized world (``--users`` users, ``--days`` training days) into a
+   temporary directory and trains a bundle with the product's ``train_model`` (default
+   settings); trains it a second time (a second bundle version, same forest) so that
+   reloads really swap a model; fits the seed-style model (``seed_style_score.py
+   --fit``: seed features, StandardScaler + scikit-learn IsolationForest with the
+   bundle's parameters and seed, on the same training window);
+2. picks request bodies from the day after training in four classes by the product's
+   own verdict (known/unknown user x ordinary/flagged; ``classify_bodies``), adds the
+   seed payload's ``hour_of_day`` / ``day_of_week`` (taken from the timestamp, UTC) and
+   interleaves them; both servers get exactly these bodies;
+3. drives them with ``wrk`` (Debian package; one thread, a Lua script rotating through
+   the bodies, closed loop, keep-alive) for ``--duration`` seconds per cell against:
+   - the product, ``uba-api`` (uvicorn, factory ``uba.api.app:create_app``), access log
+     off: 1 and 16 connections; 16 connections while a side loop flips ``LATEST``
+     between the two bundles and POSTs ``/admin/reload`` every 5 s; ``/predict/batch``
+     with ``--batch-size`` events per request;
+   - the seed-style server (``seed_style_api.py``: pandas features + scikit-learn
+     ``score_samples`` per request, one uvicorn worker, no access log): 1 and 16;
+   - the product with ``UBA_API__WORKERS=1`` (access log off, then on) and
+     ``UBA_API__WORKERS=2`` at 16 connections;
+   - the product over a 100,000-user baseline snapshot (the run's snapshot with its
+     users copied under new ids), RSS of the server sampled every second over a load
+     after a warm-up;
+4. writes ``benchmarks/results/api_latency.md``: machine, command, commit, load
+   averages per cell, the figures, the ratios issue 12 asks for and which targets are
+   met.
 
-Run: ``.venv/bin/python benchmarks/api_latency.py`` (needs ``wrk``: ``apt-get install -y wrk``).
+``--inprocess`` instead times the handler's own work through the ASGI app (results in
+``benchmarks/results/api_inprocess.md``).
+
+Run: ``.venv/bin/python benchmarks/api_latency.py`` (needs ``wrk``: ``apt-get install -y wrk``);
+``--duration 5`` for a quick check.
 """
 
 from __future__ import annotations
@@ -24,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -33,10 +49,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,48 +63,6 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "api_latency.md"
 START = date(2026, 3, 2)
 BODIES = 400
-
-LUA = """
-local bodies = {}
-local f = io.open("%(bodies)s", "r")
-for line in f:lines() do bodies[#bodies + 1] = line end
-f:close()
-local i = 0
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  i = i %% #bodies + 1
-  return wrk.format(nil, "/predict", nil, bodies[i])
-end
-"""
-
-
-@dataclass(frozen=True)
-class Run:
-    scorer: str
-    connections: int
-    requests_per_s: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    requests: int
-    errors: str
-    non_2xx: int
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-    return {
-        "cpu": cpu, "nproc": str(os.cpu_count()), "ram": f"{mem_kb / 1024 / 1024:.1f} GiB",
-        "python": platform.python_version(), "kernel": platform.release(),
-        "loadavg_at_start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
-    }
 
 
 def build_world(root: Path, users: int, days: int) -> tuple[dict[str, str], Path, str, date]:
@@ -114,56 +88,10 @@ def build_world(root: Path, users: int, days: int) -> tuple[dict[str, str], Path
     return env, path, result.version, end + timedelta(days=1)
 
 
-def request_bodies(root: Path, day: date, out: Path) -> int:
-    """Real events of the day after training, one JSON body per line, as clients post them."""
-    from uba import io
-
-    events = io.scan_events(root / "data", day).head(BODIES).collect()
-    with out.open("w") as handle:
-        for row in events.iter_rows(named=True):
-            body = {k: row[k] for k in ("event_id", "user_id", "event_type", "session_duration_sec",
-                                        "events_in_session", "device_type")}
-            body["timestamp"] = row["timestamp"].isoformat()
-            handle.write(json.dumps(body) + "\n")
-    return events.height
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@contextmanager
-def server(env: dict[str, str], log: Path):  # type: ignore[no-untyped-def]
-    port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "uba.api.app:app", "--host", "127.0.0.1",
-           "--port", str(port), "--no-access-log", "--log-level", "warning"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
-            try:
-                ready = httpx.get(url + "/ready", timeout=2)
-                if ready.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"server not ready:\n{log.read_text()[-3000:]}")
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _ms(text: str) -> float:
@@ -181,140 +109,6 @@ def parse_wrk(output: str) -> dict[str, Any]:
             "requests_per_s": rps, "requests": total,
             "errors": errors.group(1) if errors else "none",
             "non_2xx": int(non2xx.group(1)) if non2xx else 0}
-
-
-def drive(url: str, script: Path, connections: int, duration: int) -> dict[str, Any]:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s",
-           "-s", str(script), url + "/predict"]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return parse_wrk(result.stdout)
-
-
-def scorer_microbenchmark(env: dict[str, str], matrix: Path, rows: int = 2000) -> dict[str, float]:
-    """One-row scoring calls in process: the part of a request the scorer choice changes."""
-    from uba.api.sklearn_scorer import sklearn_scorer
-    from uba.artifacts import load_bundle
-
-    bundle = load_bundle(Path(env["UBA_MODEL_DIR"]))
-    X = np.load(matrix)[:rows]
-    sk = sklearn_scorer(bundle, matrix)
-    out = {}
-    for name, score in (("compact", bundle.detector.anomaly_scores), ("sklearn", sk)):
-        times = []
-        for i in range(min(rows, 300 if name == "sklearn" else rows)):
-            t = time.perf_counter()
-            score(X[i : i + 1])
-            times.append(time.perf_counter() - t)
-        out[name] = statistics.median(times) * 1e3
-    return out
-
-
-def baseline_index_microbenchmark(env: dict[str, str], users: int = 100_000) -> dict[str, float]:
-    """Features of one event against a large compiled snapshot: the cost must not grow with it.
-
-    The snapshot of the run is blown up to ``users`` users (copies of real rows under new
-    ids) and compiled as the API compiles it at load; one event's features are then
-    array lookups by its user's row.
-    """
-    import polars as pl
-
-    from uba import io
-    from uba.features import POPULATION_USER, compile_baselines
-    from uba.features.compiled import event_columns, feature_arrays
-
-    as_of, path = io.latest_baseline_snapshot(Path(env["UBA_DATA_DIR"]))  # type: ignore[misc]
-    snapshot = io.read_baseline_snapshot(path)
-    people = snapshot.filter(pl.col("user_id") != POPULATION_USER)
-    copies = -(-users // people.height)
-    big = pl.concat(
-        [people.with_columns(pl.col("user_id") + f"-{k}") for k in range(copies)]
-        + [snapshot.filter(pl.col("user_id") == POPULATION_USER)], how="vertical",
-    )
-    t = time.perf_counter()
-    compiled = compile_baselines(big)
-    out = {"users": float(big.height - 1), "compile": (time.perf_counter() - t) * 1e3}
-    user = big["user_id"][big.height // 2]
-    times = []
-    for _ in range(2000):
-        t = time.perf_counter()
-        feature_arrays(compiled, event_columns(compiled, [user], ["login"], ["desktop"], [600.0], [12], [10], [2]))
-        times.append(time.perf_counter() - t)
-    out["indexed"] = statistics.median(times) * 1e3
-    return out
-
-
-def write_results(path: Path, runs: list[Run], info: dict[str, str], micro: dict[str, float],
-                  index: dict[str, float], command: str, setup: dict[str, Any]) -> None:
-    by = {(r.scorer, r.connections): r for r in runs}
-    lines = [
-        "# /predict latency: compact forest vs scikit-learn score_samples",
-        "",
-        f"Recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `benchmarks/api_latency.py`.",
-        "",
-        "Command:",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        "## Machine",
-        "",
-        f"- CPU: {info['cpu']}, nproc {info['nproc']}, RAM {info['ram']}",
-        f"- Python {info['python']}, Linux {info['kernel']}; load average at start {info['loadavg_at_start']}",
-        "- Server, load generator (wrk, 1 thread) and the machine's other work share these cores,",
-        "  so absolute numbers are pessimistic; both scorers ran back to back under the same conditions.",
-        "",
-        "## Setup",
-        "",
-        f"- Data: {setup['users']} users x {setup['days']} training days ({setup['rows']} training events), "
-        f"bundle `{setup['version']}` (200 trees, p98 threshold), baselines as of {setup['as_of']}.",
-        f"- Requests: {setup['bodies']} real events of {setup['as_of']} posted in rotation "
-        "(timestamp given, hour/day derived), one uvicorn worker, access log off.",
-        f"- Each cell: wrk for {setup['duration']} s after a short warm-up; closed loop "
-        "(each connection sends its next request when the previous answer arrives).",
-        "- `sklearn`: the same server with `UBA_API__SCORER=sklearn`: scikit-learn's IsolationForest "
-        "refitted on the bundle's training matrix with its seed, verified equal to the bundle "
-        "(1e-9) at startup, scoring with `-score_samples` per request.",
-        "",
-        "## Results",
-        "",
-        "| scorer | connections | requests/s | p50 ms | p90 ms | p99 ms | requests | non-2xx | socket errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in runs:
-        lines.append(f"| {r.scorer} | {r.connections} | {r.requests_per_s:.1f} | {r.p50_ms:.2f} | "
-                     f"{r.p90_ms:.2f} | {r.p99_ms:.2f} | {r.requests} | {r.non_2xx} | {r.errors} |")
-    lines += ["", "Ratios (sklearn / compact; > 1 means the compact forest is better):", ""]
-    for c in sorted({r.connections for r in runs}):
-        compact, sk = by.get(("compact", c)), by.get(("sklearn", c))
-        if compact and sk:
-            lines.append(
-                f"- {c} connection(s): p50 latency x{sk.p50_ms / compact.p50_ms:.2f}, "
-                f"p99 latency x{sk.p99_ms / compact.p99_ms:.2f}, "
-                f"throughput x{compact.requests_per_s / sk.requests_per_s:.2f} (compact / sklearn)"
-            )
-    lines += [
-        "",
-        "Scorer call alone, one row, in process (median over calls):",
-        "",
-        f"- compact forest: {micro['compact']:.3f} ms; scikit-learn score_samples: {micro['sklearn']:.3f} ms "
-        f"(x{micro['sklearn'] / micro['compact']:.0f})",
-        "",
-        f"Features of one event against a compiled snapshot of {index['users']:,.0f} users (median):",
-        "",
-        f"- {index['indexed']:.3f} ms per event (compiling the snapshot at load: {index['compile']:.0f} ms)",
-        "",
-        "## Reading the numbers",
-        "",
-        "- A request's time is HTTP + validation + the feature/reason expressions (Polars, the same",
-        "  code as the batch job) + the forest. The forest is the only part the scorer switch changes.",
-        "- Single-event requests that arrive while another batch is being scored are coalesced into one",
-        "  frame (uba/api/batcher.py), in both modes: under concurrency the per-call costs of the feature",
-        "  code and of scikit-learn's per-tree loop are shared by the coalesced events.",
-        "",
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
 
 
 # ---- in process: the handler's own work per event (issue 12) -------------------------------
@@ -448,7 +242,15 @@ def _components(app: Any, bodies: list[bytes], calls: int = 3000) -> dict[str, f
     validating the body, scoring (features, forest, reasons, decision), the answer as JSON."""
     from uba.api.body import JsonBody
     from uba.api.inference import score_events
+    from uba.api.routes import predict as predict_route
     from uba.api.routes.predict import prediction, to_scoring_event
+
+    def answer_bytes(made: Any) -> bytes:
+        """The answer's JSON as the route makes it: a response model (before orjson) or plain
+        values through the route's ``json_response``."""
+        if hasattr(made, "model_dump_json"):
+            return made.model_dump_json().encode()
+        return bytes(predict_route.json_response(made).body)
 
     runtime = app.state.runtime
     state, models = runtime.holder.current, runtime.models
@@ -459,7 +261,7 @@ def _components(app: Any, bodies: list[bytes], calls: int = 3000) -> dict[str, f
     steps = {
         "validate": lambda i: to_scoring_event(parser.parse(bodies[i])),
         "score_events": lambda i: score_events(state, [events[i]], max_reasons),
-        "answer_json": lambda i: prediction(state, events[i], results[i], 0).model_dump_json(),
+        "answer_json": lambda i: answer_bytes(prediction(state, events[i], results[i], 0)),
     }
     out = {}
     for step, call in steps.items():
@@ -498,8 +300,16 @@ def inprocess_worker(spec_path: Path) -> None:
     print(json.dumps(result))
 
 
-def baseline_tree(rev: str, dest: Path) -> Path:
-    """The working tree's ``uba`` with CHANGED_PATHS as they were at ``rev`` (absent then: removed)."""
+def baseline_tree(rev: str, dest: Path, whole: bool = False) -> Path:
+    """The working tree's ``uba`` with CHANGED_PATHS as they were at ``rev`` (absent then: removed);
+    ``whole``: all of ``uba`` as it was at ``rev`` (when the rest of the package has moved on so
+    far that the old files no longer fit the new ones)."""
+    if whole:
+        archive = subprocess.run(["git", "archive", rev, "uba", "configs"], cwd=REPO, capture_output=True,
+                                 check=True)
+        dest.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+        return dest
     shutil.copytree(REPO / "uba", dest / "uba", ignore=shutil.ignore_patterns("__pycache__"))
     for path in CHANGED_PATHS:
         shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, capture_output=True)
@@ -584,13 +394,14 @@ def inprocess_main(args: argparse.Namespace) -> None:
         missing = [name for name, found in bodies.items() if not found]
         if missing:
             raise RuntimeError(f"no request body found for {missing}")
-        before = baseline_tree(args.baseline_rev, root / "before")
+        before = baseline_tree(args.baseline_rev, root / "before", args.baseline_whole)
         rounds: list[dict[str, Any]] = []
         for r in range(args.rounds):
             load = " ".join(f"{v:.2f}" for v in os.getloadavg())
             new = run_timing(REPO, {"env": env, "bodies": bodies, "calls": args.calls, "components": True},
                              root, "new")
-            old = (run_timing(before, {"env": env, "bodies": bodies, "calls": args.baseline_calls}, root, "old")
+            old_env = {**env, "UBA_CONFIG": str(before / "configs" / "default.yaml")} if args.baseline_whole else env
+            old = (run_timing(before, {"env": old_env, "bodies": bodies, "calls": args.baseline_calls}, root, "old")
                    if args.baseline_calls else None)
             rounds.append({"round": r + 1, "load": load, "new": new, "old": old,
                            "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg())})
@@ -605,7 +416,8 @@ def inprocess_main(args: argparse.Namespace) -> None:
             profile = run_timing(REPO, {"env": env, "bodies": bodies, "calls": 2000, "profile": True},
                                  root, "profile")["profile"]
         setup = {"users": args.users, "days": args.days, "version": version, "as_of": as_of,
-                 "bodies": {k: len(v) for k, v in bodies.items()}, "baseline_rev": args.baseline_rev}
+                 "bodies": {k: len(v) for k, v in bodies.items()}, "baseline_rev": args.baseline_rev,
+                 "baseline_whole": args.baseline_whole}
         write_inprocess(args.out or INPROCESS_RESULTS, rounds, info, command, setup, profile, coalescing)
     finally:
         if not args.keep:
@@ -630,8 +442,10 @@ def write_inprocess(path: Path, rounds: list[dict[str, Any]], info: dict[str, st
         f"(bundle `{setup['version']}`), baselines as of {setup['as_of']}.",
         f"- Payload classes (bodies per class, rotated): {setup['bodies']}; classified by the product's own "
         "verdict (known/unknown user, flagged/ordinary).",
-        f"- `before`: the working tree with issue 12's files as of `{setup['baseline_rev']}` "
-        f"({', '.join(CHANGED_PATHS)}); `after`: the working tree. Same world, same bodies, "
+        (f"- `before`: all of `uba/` as of `{setup['baseline_rev']}`" if setup.get("baseline_whole") else
+         f"- `before`: the working tree with issue 12's files as of `{setup['baseline_rev']}` "
+         f"({', '.join(CHANGED_PATHS)})")
+        + "; `after`: the working tree. Same world, same bodies, "
         "one fresh process per side per round, `POLARS_MAX_THREADS=1`, sides alternating.",
         "",
         "## Results (median ms per call; p99 in brackets)", "",
@@ -678,13 +492,547 @@ def write_inprocess(path: Path, rounds: list[dict[str, Any]], info: dict[str, st
     print(f"wrote {path}")
 
 
+# ---- over HTTP: issue 12's "Done when" (wrk against uba-api and the seed-style server) ------
+
+SEED_API = REPO / "benchmarks" / "seed_style_api.py"
+RELOAD_EVERY_SEC = 5.0
+MEMORY_USERS = 100_000
+LUA = """
+local bodies = {}
+local f = io.open("%(bodies)s", "r")
+for line in f:lines() do bodies[#bodies + 1] = line end
+f:close()
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i %% #bodies + 1
+  return wrk.format(nil, "%(path)s", nil, bodies[i])
+end
+done = function(summary, latency, requests)
+  io.write(string.format("P999 %%.0f\\nPMAX %%.0f\\n", latency:percentile(99.9), latency.max))
+end
+"""
+
+
+def socket_errors(text: str) -> int:
+    """wrk's ``connect 0, read 0, write 0, timeout 0`` as one count."""
+    return sum(int(n) for n in re.findall(r"\d+", text)) if text != "none" else 0
+
+
+def with_seed_fields(body: str) -> str:
+    """The seed payload's ``hour_of_day`` / ``day_of_week``, from the body's timestamp in UTC
+    (the product checks that they agree with it)."""
+    event = json.loads(body)
+    stamp = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+    stamp = stamp.astimezone(UTC) if stamp.tzinfo else stamp
+    return json.dumps({**event, "hour_of_day": stamp.hour, "day_of_week": stamp.weekday()})
+
+
+def interleave(by_class: dict[str, list[str]]) -> list[str]:
+    """One body of each class in turn, so every stretch of the load has the same mix."""
+    mixed = []
+    for k in range(max(len(v) for v in by_class.values())):
+        mixed += [bodies[k % len(bodies)] for bodies in by_class.values()]
+    return mixed
+
+
+def lua_script(root: Path, name: str, bodies: list[str], path: str) -> Path:
+    body_file = root / f"{name}.jsonl"
+    body_file.write_text("\n".join(bodies) + "\n")
+    script = root / f"{name}.lua"
+    script.write_text(LUA % {"bodies": body_file, "path": path})
+    return script
+
+
+def loadavg() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set of ``pid`` plus its children (uvicorn's workers, if any), in KiB."""
+    def one(p: int) -> int:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        except OSError:
+            return 0
+        return 0
+
+    total = one(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return total + sum(one(int(c)) for c in children)
+
+
+@contextmanager
+def serve(cmd: list[str], env: dict[str, str], log: Path, ready: str, port: int,
+          settle: int = 1):  # type: ignore[no-untyped-def]
+    """Start a server in its own process group, wait until ``ready`` answers 200 ``settle``
+    times in a row (several workers: each must have loaded), stop that group at the end."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline, good = time.monotonic() + 300, 0
+        while good < settle:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready:\n{log.read_text()[-3000:]}")
+            try:
+                good = good + 1 if httpx.get(url + ready, timeout=2).status_code == 200 else 0
+            except httpx.HTTPError:
+                good = 0
+            time.sleep(0.2 if good == 0 else 0.05)
+        yield url, process
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def product_server(env: dict[str, str], log: Path, **settings: str):  # type: ignore[no-untyped-def]
+    """``uba-api`` (uvicorn with the ``uba.api.app:create_app`` factory), settings as UBA_API__* env."""
+    port = free_port()
+    extra = {f"UBA_API__{k.upper()}": v for k, v in settings.items()}
+    workers = int(extra.get("UBA_API__WORKERS", "1"))
+    cmd = [str(Path(sys.executable).parent / "uba-api")]
+    return serve(cmd, {**env, **extra, "UBA_API__PORT": str(port)}, log, "/ready", port,
+                 settle=10 * workers)
+
+
+def gc_frozen_server(env: dict[str, str], log: Path):  # type: ignore[no-untyped-def]
+    """The product's app with ``gc.freeze()`` after its start-up (``gc_frozen_app.py``), under
+    plain uvicorn with the same host, one worker, no uvicorn access log: a what-if cell."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "--app-dir", str(REPO / "benchmarks"),
+           "gc_frozen_app:create_app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+           "--log-level", "warning"]
+    return serve(cmd, env, log, "/ready", port, settle=10)
+
+
+def seed_server(env: dict[str, str], log: Path, data_dir: Path, as_of: date, model: Path):  # type: ignore[no-untyped-def]
+    port = free_port()
+    cmd = [sys.executable, str(SEED_API), "--data-dir", str(data_dir), "--date", as_of.isoformat(),
+           "--model", str(model), "--port", str(port)]
+    return serve(cmd, env, log, "/health", port)
+
+
+def wrk(url: str, script: Path, path: str, connections: int, duration: int) -> dict[str, Any]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s",
+           "-s", str(script), url + path]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    stats = parse_wrk(result.stdout)
+    stats["socket_errors"] = socket_errors(stats["errors"])
+    tail = dict(re.findall(r"^(P999|PMAX) (\d+)$", result.stdout, flags=re.M))
+    stats["p999_ms"] = int(tail["P999"]) / 1e3
+    stats["max_ms"] = int(tail["PMAX"]) / 1e3
+    return stats
+
+
+def cell(cells: list[dict[str, Any]], name: str, server: str, url: str, script: Path, connections: int,
+         duration: int, path: str = "/predict", side: Any = None, **extra: Any) -> dict[str, Any]:
+    """One wrk run, with the load average before and after; ``side`` runs in a thread meanwhile."""
+    before = loadavg()
+    stop = threading.Event()
+    side_out: dict[str, Any] = {}
+    thread = None
+    if side is not None:
+        thread = threading.Thread(target=side, args=(url, stop, side_out), daemon=True)
+        thread.start()
+    try:
+        stats = wrk(url, script, path, connections, duration)
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=120)
+    row = {"name": name, "server": server, "path": path, "connections": connections, "duration": duration,
+           **stats, "load_before": before, "load_after": loadavg(), **extra, **side_out}
+    cells.append(row)
+    print(json.dumps({k: v for k, v in row.items() if k != "rss_samples_kib"}), flush=True)
+    return row
+
+
+def check_bodies(url: str, bodies: list[str]) -> dict[str, int]:
+    """Every body once: all must answer 200; returns how many were flagged."""
+    flagged = 0
+    with httpx.Client(timeout=30) as client:
+        for body in bodies:
+            answer = client.post(url + "/predict", content=body, headers={"Content-Type": "application/json"})
+            if answer.status_code != 200:
+                raise RuntimeError(f"{url}/predict answered {answer.status_code}: {answer.text[:300]}")
+            flagged += bool(answer.json()["is_anomaly"])
+    return {"bodies": len(bodies), "flagged": flagged}
+
+
+def reload_loop(model_dir: Path, versions: tuple[str, str]):  # type: ignore[no-untyped-def]
+    """Side loop: every RELOAD_EVERY_SEC (the first half an interval into the load), point LATEST
+    at the other bundle and POST /admin/reload."""
+    from uba import io
+
+    def run(url: str, stop: threading.Event, out: dict[str, Any]) -> None:
+        calls: list[dict[str, Any]] = []
+        k, wait = 0, RELOAD_EVERY_SEC / 2
+        with httpx.Client(timeout=60) as client:
+            while not stop.wait(wait):
+                wait = RELOAD_EVERY_SEC
+                k += 1
+                io.write_text_atomic(versions[k % 2] + "\n", model_dir / "LATEST", durable=True)
+                began = time.perf_counter()
+                try:
+                    answer = client.post(url + "/admin/reload")
+                    status, body = answer.status_code, answer.json()
+                except httpx.HTTPError as exc:
+                    status, body = 0, {"error": str(exc)}
+                calls.append({"status": status, "seconds": time.perf_counter() - began,
+                              "changed": body.get("changed"), "model_version": body.get("model_version")})
+        out["reloads"] = calls
+
+    return run
+
+
+def rss_sampler(pid: int):  # type: ignore[no-untyped-def]
+    """Side loop: the server's RSS once a second while the load runs."""
+    def run(url: str, stop: threading.Event, out: dict[str, Any]) -> None:
+        samples = [rss_kib(pid)]
+        while not stop.wait(1.0):
+            samples.append(rss_kib(pid))
+        samples.append(rss_kib(pid))
+        out["rss_samples_kib"] = samples
+
+    return run
+
+
+def big_snapshot(data_dir: Path, out_dir: Path, users: int) -> tuple[int, int]:
+    """A baseline snapshot of ``users`` users in the product's format: the run's snapshot with
+    its users copied under new ids (the originals kept, so known users stay known)."""
+    import polars as pl
+
+    from uba import io
+    from uba.features import POPULATION_USER
+
+    as_of, path = io.latest_baseline_snapshot(data_dir)  # type: ignore[misc]
+    snapshot = io.read_baseline_snapshot(path)
+    people = snapshot.filter(pl.col("user_id") != POPULATION_USER)
+    copies = -(-(users - people.height) // people.height)
+    big = pl.concat([people] + [people.with_columns(pl.col("user_id") + f"-copy{k}") for k in range(copies)],
+                    how="vertical").head(users)
+    big = pl.concat([big, snapshot.filter(pl.col("user_id") == POPULATION_USER)], how="vertical")
+    written = io.write_baseline_snapshot(big, out_dir, as_of)
+    return big.height - 1, written.stat().st_size
+
+
+def commit_measured(given: str | None = None) -> str:
+    """The commit measured: ``given`` (running from an exported tree), else the repository's HEAD,
+    with any uncommitted change under uba/ named."""
+    if given:
+        return given
+    head = subprocess.run(["git", "log", "-1", "--format=%h %cI %s"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "uba"], cwd=REPO, capture_output=True,
+                           text=True).stdout.split("\n")
+    changed = [line[3:] for line in dirty if line.strip()]
+    return head[:160] + (f" (working tree: uncommitted changes in {', '.join(changed)})" if changed else "")
+
+
+def http_main(args: argparse.Namespace) -> None:
+    from _machine import machine_info
+
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install -y wrk")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import seed_style_score
+
+    from uba import io
+    from uba.artifacts import load_bundle
+    from uba.settings import load_settings
+    from uba.training import train_model
+
+    command = "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
+    info = machine_info("fastapi", "uvicorn", "polars", "numpy", "pandas", "scikit-learn")
+    commit = commit_measured(args.commit)
+    root = Path(tempfile.mkdtemp(prefix="uba-api-http-"))
+    cells: list[dict[str, Any]] = []
+    d, conns = args.duration, [int(x) for x in args.connections.split(",")]
+    top = max(conns)
+    try:
+        t0 = time.perf_counter()
+        env, _, version, as_of = build_world(root, args.users, args.days)
+        env = {**env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+               "UBA_API__ACCESS_LOG": "false", "UBA_API__WORKERS": "1"}
+        settings = load_settings(env=env)
+        workers_default = load_settings(env={k: v for k, v in env.items() if k != "UBA_API__WORKERS"}).api.workers
+        model_dir, data_dir = settings.paths.model_dir, settings.paths.data_dir
+        time.sleep(1.1)  # a second bundle version (same data, same forest) for the reload cell
+        second = train_model(settings, as_of - timedelta(days=1), args.days).version
+        io.write_text_atomic(version + "\n", model_dir / "LATEST", durable=True)
+        if second == version:
+            raise RuntimeError("the second training gave the same bundle version")
+        params = load_bundle(model_dir).detector.params
+        seed_model = root / "seed.pkl"
+        seed_style_score.fit(data_dir, as_of, seed_model, args.days, 300_000, int(params["random_state"] or 42))
+        by_class = {k: [with_seed_fields(b) for b in v] for k, v in classify_bodies(env, root, as_of).items()}
+        missing = [name for name, found in by_class.items() if not found]
+        if missing:
+            raise RuntimeError(f"no request body found for {missing}")
+        mixed = interleave(by_class)
+        predict_lua = lua_script(root, "predict", mixed, "/predict")
+        events = [json.loads(b) for b in mixed]
+        batches = [json.dumps({"events": [events[(s * 37 + i) % len(events)] for i in range(args.batch_size)]})
+                   for s in range(8)]
+        batch_lua = lua_script(root, "batch", batches, "/predict/batch")
+        big_dir = root / "data-100k"
+        big_users, big_bytes = big_snapshot(data_dir, big_dir, MEMORY_USERS)
+        print(f"world ready in {time.perf_counter() - t0:.0f}s: bundles {version}, {second}", flush=True)
+        checks: dict[str, Any] = {}
+
+        # 1. the product (default settings, access log off): 1 and 16 connections, then
+        #    reloads every 5 s at 16, then /predict/batch
+        with product_server(env, root / "product.log") as (url, process):
+            rss_small = rss_kib(process.pid)
+            checks["product"] = check_bodies(url, mixed)
+            wrk(url, predict_lua, "/predict", 4, args.warmup)
+            for c in conns:
+                cell(cells, "product", "product", url, predict_lua, c, d)
+            cell(cells, "product, /admin/reload every 5 s", "product", url, predict_lua, top, d,
+                 side=reload_loop(model_dir, (version, second)))
+            io.write_text_atomic(version + "\n", model_dir / "LATEST", durable=True)
+            for c in (int(x) for x in args.batch_connections.split(",")):
+                cell(cells, f"product /predict/batch ({args.batch_size} events)", "product", url, batch_lua, c, d,
+                     path="/predict/batch", batch_size=args.batch_size)
+        # what-if: the same app with its loaded state frozen out of the garbage collector
+        with gc_frozen_server(env, root / "product-gc-frozen.log") as (url, _):
+            wrk(url, predict_lua, "/predict", 4, args.warmup)
+            cell(cells, "what-if: product + gc.freeze() after load", "product (gc frozen)", url, predict_lua, top, d)
+        # 2. the seed-style server
+        with seed_server(env, root / "seed.log", data_dir, as_of, seed_model) as (url, _):
+            checks["seed"] = check_bodies(url, mixed)
+            wrk(url, predict_lua, "/predict", 4, args.warmup)
+            for c in conns:
+                cell(cells, "seed-style", "seed", url, predict_lua, c, d)
+        # 3. workers 1 vs 2 and the access log off vs on, at 16 connections, in rounds of
+        #    alternating order (the machine's other work moves between cells)
+        triple = [("1", "false"), ("1", "true"), ("2", "false")]
+        for r in range(args.serving_rounds):
+            for workers, access in (triple if r % 2 == 0 else triple[::-1]):
+                log = root / f"product-w{workers}-log{access}-r{r + 1}.log"
+                with product_server(env, log, workers=workers, access_log=access) as (url, _):
+                    wrk(url, predict_lua, "/predict", 4, args.warmup)
+                    size_before = log.stat().st_size
+                    row = cell(cells, f"round {r + 1}: product, {workers} worker(s), access log "
+                               f"{'on' if access == 'true' else 'off'}", "product", url, predict_lua, top, d,
+                               workers=int(workers), access_log=access == "true", round=r + 1)
+                    row["log_bytes"] = log.stat().st_size - size_before
+        # 4. memory over a 100,000-user snapshot
+        with product_server({**env, "UBA_DATA_DIR": str(big_dir)}, root / "product-100k.log") as (url, process):
+            memory: dict[str, Any] = {"users": big_users, "snapshot_bytes": big_bytes,
+                                      "rss_ready_kib": rss_kib(process.pid), "rss_small_ready_kib": rss_small,
+                                      "served_users": httpx.get(url + "/model", timeout=10).json()["baseline_users"]}
+            checks["product-100k"] = check_bodies(url, mixed)
+            wrk(url, predict_lua, "/predict", top, args.memory_warmup)
+            memory["rss_warm_kib"] = rss_kib(process.pid)
+            cell(cells, f"product, {big_users:,}-user snapshot", "product", url, predict_lua, top, d,
+                 side=rss_sampler(process.pid))
+            memory["samples_kib"] = cells[-1].pop("rss_samples_kib")
+        setup = {"users": args.users, "days": args.days, "version": version, "second": second, "as_of": as_of,
+                 "classes": {k: len(v) for k, v in by_class.items()}, "bodies": len(mixed),
+                 "batch_size": args.batch_size, "duration": d, "warmup": args.warmup,
+                 "memory_warmup": args.memory_warmup, "checks": checks, "commit": commit,
+                 "workers_default": workers_default,
+                 "seed_params": {k: params[k] for k in ("n_estimators", "contamination", "random_state")}}
+        (root / "cells.json").write_text(json.dumps({"cells": cells, "memory": memory, "setup": setup}, default=str))
+        try:
+            write_http(args.out or RESULTS, cells, memory, info, command, setup, top, conns)
+        except Exception:
+            args.keep = True  # the measurements stay in cells.json
+            raise
+    finally:
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _find(cells: list[dict[str, Any]], name: str, connections: int) -> dict[str, Any] | None:
+    return next((c for c in cells if c["name"] == name and c["connections"] == connections), None)
+
+
+def _errors(c: dict[str, Any]) -> int:
+    return int(c["non_2xx"]) + int(c["socket_errors"])
+
+
+def _verdict(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"
+
+
+def write_http(path: Path, cells: list[dict[str, Any]], memory: dict[str, Any], info: dict[str, str],
+               command: str, setup: dict[str, Any], top: int, conns: list[int]) -> None:
+    low = min(conns)
+    prod_low, prod_top = _find(cells, "product", low), _find(cells, "product", top)
+    seed_low, seed_top = _find(cells, "seed-style", low), _find(cells, "seed-style", top)
+    reload_cell = _find(cells, "product, /admin/reload every 5 s", top)
+    rounds = sorted({c["round"] for c in cells if "round" in c})
+
+    def serving(workers: int, access: bool) -> list[dict[str, Any]]:
+        return [c for c in cells if c.get("workers") == workers and c.get("access_log") == access]
+
+    def mean_rps(found: list[dict[str, Any]]) -> float:
+        return statistics.mean(c["requests_per_s"] for c in found)
+
+    w1, w1_log, w2 = serving(1, False), serving(1, True), serving(2, False)
+    frozen = next((c for c in cells if c["server"] == "product (gc frozen)"), None)
+    batch_cells = [c for c in cells if c["path"] == "/predict/batch"]
+    assert prod_low and prod_top and seed_low and seed_top and reload_cell
+    seed_best = max(seed_low["requests_per_s"], seed_top["requests_per_s"])
+    samples = memory["samples_kib"]
+    warm = memory["rss_warm_kib"]
+    growth_max = max(samples) / warm - 1
+    growth_end = samples[-1] / warm - 1
+    reloads = reload_cell.get("reloads", [])
+    lines = [
+        "# /predict over HTTP: the product against a seed-style server (issue 12)",
+        "",
+        f"Recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `benchmarks/api_latency.py`, "
+        f"on commit `{setup['commit']}`.",
+        "",
+        "Command:", "", "```", command, "```", "",
+        "## Machine", "",
+        *(f"- {k}: {v}" for k, v in info.items()),
+        "- Server, load generator (wrk, one thread) and the machine's other work share the 2 cores: "
+        "the load average before and after every cell is in the tables.",
+        "",
+        "## Setup", "",
+        f"- World: {setup['users']} users x {setup['days']} training days generated and trained with the product's "
+        f"`train_model` (default settings; bundle `{setup['version']}`), baselines as of {setup['as_of']}; a second "
+        f"training of the same window gave bundle `{setup['second']}` (same forest) for the reload cell.",
+        f"- Payload mix: {setup['bodies']} bodies, the four classes interleaved ({setup['classes']}), classified by "
+        "the product's own verdict (known/unknown user x ordinary/flagged) from real events of "
+        f"{setup['as_of']} and the seed's long night session (18,000 s, 190 actions, 02:00); each body carries "
+        "`timestamp` and the seed payload's `hour_of_day` / `day_of_week`. Every body was posted once to each "
+        f"server before its load and answered 200: {setup['checks']}.",
+        "- wrk: one thread, closed loop (each connection sends its next request when the previous answer "
+        f"arrives), keep-alive, {setup['duration']} s per cell after a {setup['warmup']} s warm-up at 4 "
+        "connections; `errors` = non-2xx answers + socket errors.",
+        "- Product: `uba-api` (uvicorn, factory `uba.api.app:create_app`, default `configs/default.yaml` "
+        f"settings; `api.workers` default at this commit: {setup['workers_default']}), "
+        "`UBA_API__WORKERS=1` and `UBA_API__ACCESS_LOG=false` unless the cell says otherwise, log level INFO "
+        "to a file.",
+        "- Seed-style: `benchmarks/seed_style_api.py`, one uvicorn worker, no access log: per request a one-row "
+        "pandas frame, the seed's features (`seed_style_score.seed_features`: merge with per-user means and "
+        "spreads built with pandas from the 28 days of raw events before the day), StandardScaler and "
+        "scikit-learn `IsolationForest.score_samples` on the row, threshold compare, JSON "
+        f"({setup['seed_params']} from the bundle, fitted on the same training window).",
+        "",
+        "## Results", "",
+        "| cell | server | path | connections | requests/s | events/s | p50 ms | p90 ms | p99 ms | p99.9 ms | "
+        "max ms | requests | errors | load avg before / after |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in cells:
+        per = c.get("batch_size", 1)
+        lines.append(
+            f"| {c['name']} | {c['server']} | `{c['path']}` | {c['connections']} | {c['requests_per_s']:.1f} | "
+            f"{c['requests_per_s'] * per:,.0f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['p99_ms']:.2f} | "
+            f"{c['p999_ms']:.1f} | {c['max_ms']:.1f} | "
+            f"{c['requests']:,} | {_errors(c)} | {c['load_before']} / {c['load_after']} |")
+    thr = prod_top["requests_per_s"] / seed_top["requests_per_s"]
+    p50 = prod_low["p50_ms"] / seed_low["p50_ms"]
+    p99 = prod_top["p99_ms"] / seed_top["p99_ms"]
+    best_batch = max(batch_cells, key=lambda c: c["requests_per_s"])
+    batch_ratio = best_batch["requests_per_s"] * best_batch["batch_size"] / seed_best
+    log_ratio = mean_rps(w1_log) / mean_rps(w1)
+    worker_ratio = mean_rps(w2) / mean_rps(w1)
+
+    def p99s(found: list[dict[str, Any]]) -> str:
+        return ", ".join(f"{c['p99_ms']:.1f}" for c in found)
+
+    def per_round(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str:
+        pairs = [(next(x for x in a if x["round"] == r), next(x for x in b if x["round"] == r)) for r in rounds]
+        return ", ".join(f"round {x['round']} {x['requests_per_s'] / y['requests_per_s']:.2f}" for x, y in pairs)
+
+    reload_ratio = reload_cell["p99_ms"] / prod_top["p99_ms"]
+    swapped = sum(1 for r in reloads if r["status"] == 200 and r["changed"])
+    lines += [
+        "",
+        "## Issue 12's targets (ratios in this run)", "",
+        "| target | figure | verdict |", "|---|---|---|",
+        f"| product / seed-style throughput at {top} connections >= 30x, 0 errors | "
+        f"{prod_top['requests_per_s']:.0f} / {seed_top['requests_per_s']:.1f} req/s = **{thr:.1f}x**; "
+        f"errors {_errors(prod_top)} | {_verdict(thr >= 30 and _errors(prod_top) == 0)} |",
+        f"| p50 at {low} connection <= 1/10 of seed-style's | {prod_low['p50_ms']:.2f} / {seed_low['p50_ms']:.2f} ms "
+        f"= **{p50:.3f}** (1/{1 / p50:.1f}) | {_verdict(p50 <= 0.1)} |",
+        f"| p99 at {top} connections <= 1/10 of seed-style's | {prod_top['p99_ms']:.2f} / {seed_top['p99_ms']:.2f} ms "
+        f"= **{p99:.3f}** (1/{1 / p99:.1f}) | {_verdict(p99 <= 0.1)} |",
+        f"| `/predict/batch` ({best_batch['batch_size']} events) events/s >= 50x seed-style single-event "
+        f"req/s (best seed cell) | {best_batch['requests_per_s'] * best_batch['batch_size']:,.0f} events/s at "
+        f"{best_batch['connections']} connection(s) ({1000 / best_batch['requests_per_s'] * best_batch['connections']:.1f} "
+        f"ms a request) / {seed_best:.1f} req/s = **{batch_ratio:.0f}x** | {_verdict(batch_ratio >= 50)} |",
+        f"| access log costs <= 10% of throughput ({top} connections, 1 worker, mean of {len(rounds)} rounds) | "
+        f"on / off = {mean_rps(w1_log):.0f} / {mean_rps(w1):.0f} req/s = **{log_ratio:.3f}** "
+        f"({(1 - log_ratio) * 100:.1f}% cost; per round: {per_round(w1_log, w1)}; "
+        f"{w1_log[0]['log_bytes']:,} bytes of log in round 1) | "
+        f"{_verdict(log_ratio >= 0.9)} |",
+        f"| p99 with `/admin/reload` every 5 s <= 2x without ({top} connections, same server) | "
+        f"{reload_cell['p99_ms']:.2f} / {prod_top['p99_ms']:.2f} ms = **{reload_ratio:.2f}x**; "
+        f"{len(reloads)} reloads, {swapped} swapped a bundle, statuses "
+        f"{sorted({r['status'] for r in reloads})}, errors {_errors(reload_cell)} | "
+        f"{_verdict(reload_ratio <= 2 and _errors(reload_cell) == 0)} |",
+        f"| RSS growth over {setup['duration']} s of load after warm-up <= 5% "
+        f"({memory['users']:,}-user snapshot) | warm {warm / 1024:.0f} MiB, max {max(samples) / 1024:.0f} MiB "
+        f"(**{growth_max * 100:+.1f}%**), end {samples[-1] / 1024:.0f} MiB ({growth_end * 100:+.1f}%) | "
+        f"{_verdict(growth_max <= 0.05)} |",
+        "",
+        f"Workers ({top} connections, access log off, mean of {len(rounds)} rounds): 2 workers / 1 worker = "
+        f"{mean_rps(w2):.0f} / {mean_rps(w1):.0f} req/s = **{worker_ratio:.2f}x** (per round: {per_round(w2, w1)}; "
+        f"p99 {p99s(w2)} vs {p99s(w1)} ms).",
+        "",
+        (f"What-if, same run, not the product: the product's app with `gc.freeze()` after its start-up "
+         f"(`gc_frozen_app.py`) at {top} connections: p99 {frozen['p99_ms']:.2f} ms vs {prod_top['p99_ms']:.2f} ms "
+         f"for `uba-api` (**{frozen['p99_ms'] / seed_top['p99_ms']:.3f}** of the seed-style p99), "
+         f"{frozen['requests_per_s']:.0f} vs {prod_top['requests_per_s']:.0f} req/s." if frozen else ""),
+        "",
+        "Reloads during the reload cell (seconds from POST to answer): "
+        + (", ".join(f"{r['seconds']:.2f}" for r in reloads) or "none") + ".",
+        "",
+        f"Memory ({memory['users']:,} users + the population row, {memory['served_users']:,} rows served "
+        "according to `GET /model`; snapshot file "
+        f"{memory['snapshot_bytes'] / 2**20:.0f} MiB): RSS at ready {memory['rss_ready_kib'] / 1024:.0f} MiB "
+        f"(the {setup['users']}-user server at ready: {memory['rss_small_ready_kib'] / 1024:.0f} MiB), "
+        f"after a {setup['memory_warmup']} s warm-up at {top} connections {warm / 1024:.0f} MiB; every second "
+        "of the load (MiB): " + ", ".join(f"{s / 1024:.0f}" for s in samples) + ".",
+        "",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--days", type=int, default=21)
     parser.add_argument("--duration", type=int, default=60, help="seconds of load per cell")
+    parser.add_argument("--warmup", type=int, default=5, help="seconds of warm-up load per server")
+    parser.add_argument("--memory-warmup", type=int, default=15,
+                        help="seconds of load before the memory cell's reference RSS")
     parser.add_argument("--connections", default="1,16", help="comma-separated concurrency levels")
+    parser.add_argument("--batch-size", type=int, default=1000, help="events per /predict/batch request")
+    parser.add_argument("--serving-rounds", type=int, default=2,
+                        help="rounds of the workers / access-log cells, order alternating")
+    parser.add_argument("--batch-connections", default="1,2", help="concurrency levels for /predict/batch")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--commit", default=None,
+                        help="the commit measured, when running from a tree exported with git archive")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     parser.add_argument("--inprocess", action="store_true",
                         help="time the handler's own work in process, before vs after (issue 12)")
@@ -692,6 +1040,8 @@ def main() -> None:
     parser.add_argument("--baseline-calls", type=int, default=1_000,
                         help="--inprocess: calls per class for the before side (0: skip it)")
     parser.add_argument("--baseline-rev", default="HEAD", help="--inprocess: the before side's revision")
+    parser.add_argument("--baseline-whole", action="store_true",
+                        help="--inprocess: the before side is all of uba/ at --baseline-rev, not only issue 12's files")
     parser.add_argument("--rounds", type=int, default=3, help="--inprocess: alternating rounds")
     parser.add_argument("--profile", action="store_true", help="--inprocess: add a cProfile of the after side")
     parser.add_argument("--coalescing", action="store_true",
@@ -704,40 +1054,7 @@ def main() -> None:
     if args.inprocess:
         inprocess_main(args)
         return
-    if shutil.which("wrk") is None:
-        sys.exit("wrk not found: apt-get install -y wrk")
-    command = "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
-    info = machine()
-    root = Path(tempfile.mkdtemp(prefix="uba-api-bench-"))
-    try:
-        t0 = time.perf_counter()
-        env, matrix, version, as_of = build_world(root, args.users, args.days)
-        print(f"world ready in {time.perf_counter() - t0:.0f}s: bundle {version}", flush=True)
-        bodies = root / "bodies.jsonl"
-        n_bodies = request_bodies(root, as_of, bodies)
-        script = root / "post.lua"
-        script.write_text(LUA % {"bodies": bodies})
-        micro = scorer_microbenchmark(env, matrix)
-        print(f"scorer alone: {micro}", flush=True)
-        index = baseline_index_microbenchmark(env)
-        print(f"baseline index: {index}", flush=True)
-        runs = []
-        for scorer in ("compact", "sklearn"):
-            scorer_env = {**env, "UBA_API__SCORER": scorer,
-                          "UBA_API__SKLEARN_TRAINING_MATRIX": str(matrix)}
-            with server(scorer_env, root / f"server-{scorer}.log") as url:
-                drive(url, script, 4, 5)  # warm-up
-                for c in (int(x) for x in args.connections.split(",")):
-                    stats = drive(url, script, c, args.duration)
-                    runs.append(Run(scorer=scorer, connections=c, **stats))
-                    print(runs[-1], flush=True)
-        setup = {"users": args.users, "days": args.days, "rows": int(np.load(matrix).shape[0]),
-                 "version": version, "as_of": as_of, "bodies": n_bodies, "duration": args.duration}
-        write_results(args.out or RESULTS, runs, info, micro, index, command, setup)
-        print(f"wrote {args.out or RESULTS}")
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+    http_main(args)
 
 
 if __name__ == "__main__":
