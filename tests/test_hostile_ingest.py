@@ -39,7 +39,9 @@ Recipe format (``files`` are made in order inside the case's work folder):
   sets settings, ``fault`` makes the Nth Parquet write of the run fail with an errno.
 
 ``expect`` may also state ``ignored_columns`` (how many names the file's summary lists,
-and whether it says there were more) for inputs full of keys outside the event schema.
+and whether it says there were more) for inputs full of keys outside the event schema, and
+``event_parts`` (how many events parts the run stored). A Parquet recipe may set
+``row_group_size``.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ def _parquet(path: Path, spec: dict[str, Any]) -> None:
         table = table.set_column(table.column_names.index(long["column"]), long["column"], pa.array(column))
     if "dictionary_value" in spec:  # the one row tiled, one long value stored once in a dictionary
         table = _dictionary_tiled(table, spec["dictionary_value"])
-    pq.write_table(table, path, compression=spec.get("compression", "snappy"))
+    pq.write_table(table, path, compression=spec.get("compression", "snappy"), row_group_size=spec.get("row_group_size"))
 
 
 def _dictionary_tiled(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
@@ -311,6 +313,8 @@ def test_hostile_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert pairs == expect["stored"]
     else:
         assert len(pairs) == expect["stored_count"]
+    if "event_parts" in expect:  # how many parts the run stored its events in
+        assert len(list((data / storage.EVENTS).glob("event_date=*/part-*.parquet"))) == expect["event_parts"]
     reasons = (pl.read_parquet(data / storage.QUARANTINE / "*" / "*.parquet")["reason"].to_list()
                if rows_in(data, storage.QUARANTINE) else [])
     for wanted in expect.get("quarantine_reasons", []):

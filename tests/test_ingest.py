@@ -1101,3 +1101,23 @@ def test_a_fixed_size_binary_column_wider_than_the_field_limit_is_not_read(tmp_p
     assert frame["read_error"].to_list() == [
         "field 'user_id' is a Parquet fixed_size_binary column of 70,000 bytes per value, over "
         "ingest.max_field_bytes (65,536); its values were not read"] * 2
+
+
+def test_a_parquet_file_of_many_tiny_row_groups_is_read_in_few_batches(tmp_path: Path) -> None:
+    """Before: one batch (and one stored part, with a manifest rewrite) per row group: a 4 MB
+    file of 3,000 one-row row groups wrote 3,000 parts and took minutes."""
+    import pyarrow.parquet as pq
+
+    from uba.ingest import read_batches
+    from uba.settings import IngestSettings
+
+    rows = 300
+    frame = pl.DataFrame({"event_id": [f"e{i}" for i in range(rows)], "user_id": ["u1"] * rows})
+    path = tmp_path / "groups.parquet"
+    pq.write_table(frame.to_arrow(), path, row_group_size=1)
+    assert pq.ParquetFile(path).metadata.num_row_groups == rows
+    batches = list(read_batches(path, "parquet", 1000, IngestSettings(batch_rows=1000)))
+    assert [batch.height for batch in batches] == [rows]
+    assert batches[0]["source_row"].to_list() == list(range(1, rows + 1))
+    assert list(read_batches(path, "parquet", 1000, IngestSettings(batch_rows=1000)))[0]["event_id"].to_list() == \
+        frame["event_id"].to_list()

@@ -1165,6 +1165,38 @@ def _bounded_slices(group: Any, text: list[str], batch_rows: int, limit: int) ->
 
 def _parquet_batches(path: Path, batch_rows: int, limits: IngestSettings,
                      ignored: _IgnoredNote | None = None) -> Iterator[pl.DataFrame]:
+    """Parquet batches of up to ``batch_rows`` rows and about ``PARQUET_BLOCK_BYTES``
+    (``_parquet_frames`` joined by ``_joined_frames``)."""
+    return _joined_frames(_parquet_frames(path, batch_rows, limits, ignored), batch_rows, PARQUET_BLOCK_BYTES)
+
+
+def _joined_frames(frames: Iterable[pl.DataFrame], rows: int, max_bytes: int) -> Iterator[pl.DataFrame]:
+    """Consecutive ``frames`` joined into frames of at most ``rows`` rows and about ``max_bytes``.
+
+    A Parquet file is read one row group at a time, and each frame read becomes an ingest
+    batch with parts of its own: a 4 MB file of 3,000 one-row row groups wrote 3,000 parts,
+    rewriting the partition's manifest each time (minutes, and every later read lists them).
+    """
+    held: list[pl.DataFrame] = []
+    count = size = 0
+    try:
+        for frame in frames:
+            if held and (count + frame.height > rows or size + frame.estimated_size() > max_bytes):
+                yield pl.concat(held, how="vertical_relaxed")
+                held, count, size = [], 0, 0
+            held.append(frame)
+            count += frame.height
+            size += frame.estimated_size()
+    except Exception:  # a row group refused later: what was read before it is still stored
+        if held:
+            yield pl.concat(held, how="vertical_relaxed")
+        raise
+    if held:
+        yield pl.concat(held, how="vertical_relaxed")
+
+
+def _parquet_frames(path: Path, batch_rows: int, limits: IngestSettings,
+                    ignored: _IgnoredNote | None = None) -> Iterator[pl.DataFrame]:
     """Parquet row batches of the event columns with their stored types; validation turns
     them into text. The footer is checked first (``_parquet_columns``), then each row group
     (``_check_row_group``) just before it is read, one at a time. String and byte columns are
