@@ -34,6 +34,7 @@ Recipe format (``files`` are made in order inside the case's work folder):
   that column a dictionary of one ``bytes``-character value (stored once; ``in_list``: each
   row a one-element list of it; ``value_type``: a plain ``string_view``, ``binary_view`` or
   ``fixed_size_binary`` column of that value instead);
+* ``"copies": n`` on any of these makes n files, ``{f}`` replaced by each one's number;
 * ``{"symlink", "target"}`` and ``{"hardlink", "target"}``; ``inputs`` are the CLI
   arguments, ``before`` inputs are ingested first (their events must survive), ``env``
   sets settings, ``fault`` makes the Nth Parquet write of the run fail with an errno.
@@ -167,7 +168,13 @@ def _one_value_column(kind: str, size: int, count: int) -> pa.Array:
 
 
 def make_file(work: Path, spec: dict[str, Any]) -> None:
-    """One entry of a recipe's ``files``."""
+    """One entry of a recipe's ``files`` (``copies``: that many files, ``{f}`` in the path
+    and in text parts replaced by the copy's number)."""
+    if "copies" in spec:
+        for number in range(spec["copies"]):
+            copy = json.loads(json.dumps({k: v for k, v in spec.items() if k != "copies"}).replace("{f}", str(number)))
+            make_file(work, copy)
+        return
     if "symlink" in spec:
         (work / spec["symlink"]).parent.mkdir(parents=True, exist_ok=True)
         os.symlink(spec["target"], work / spec["symlink"])

@@ -1121,3 +1121,28 @@ def test_a_parquet_file_of_many_tiny_row_groups_is_read_in_few_batches(tmp_path:
     assert batches[0]["source_row"].to_list() == list(range(1, rows + 1))
     assert list(read_batches(path, "parquet", 1000, IngestSettings(batch_rows=1000)))[0]["event_id"].to_list() == \
         frame["event_id"].to_list()
+
+
+def test_many_small_files_are_stored_in_few_parts_with_per_file_counts(tmp_path: Path) -> None:
+    """Before: every file was its own batch, part and manifest rewrite (1,000 one-row files:
+    1,000 parts, 108 s). Batches of different files with the same columns are joined; each
+    file's summary still counts its own rows; a file refused later does not lose the rows read
+    before it."""
+    header = "event_id,user_id,timestamp,event_type,session_duration_sec,events_in_session,device_type\n"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(120):
+        bad = "" if i % 10 else f"x{i},u1,2026-03-04T09:00:00Z,login,5,1,tablet\n"
+        (inputs / f"f{i:03d}.csv").write_text(header + f"e{i},u1,2026-03-04T08:00:00Z,login,5,1,desktop\n" + bad)
+    summary = ingest_files([str(inputs / "*.csv")], tmp_path / "d", settings())
+    assert (summary.rows_read, summary.rows_written, summary.rows_quarantined) == (132, 120, 12)
+    assert len(storage.partition_files(tmp_path / "d", storage.EVENTS, "2026-03-04")) == 1
+    counts = {Path(f.path).name: (f.rows_read, f.rows_written, f.rows_quarantined) for f in summary.files}
+    assert counts["f000.csv"] == (2, 1, 1) and counts["f001.csv"] == (1, 1, 0) and len(counts) == 120
+
+    (inputs / "f120.csv").write_text("a," * 5000 + "b\n")  # refused: more columns than ingest.max_columns
+    with pytest.raises(UserError, match="f120.csv: the header has 5,001 columns"):
+        ingest_files([str(inputs / "f1[01]*.csv"), str(inputs / "f120.csv")], tmp_path / "d2", settings())
+    (run,) = [json.loads(p.read_text()) for p in (tmp_path / "d2" / "ingest_runs").glob("*.json")]
+    assert (run["status"], run["rows_read"], run["rows_written"]) == ("failed", 22, 20)
+    assert stored(tmp_path / "d2").height == 20
