@@ -110,12 +110,22 @@ class JsonBody:
         return {"type": TOO_MANY_VALUES, "loc": ("body",), "msg": error.message(), "input": None}
 
 
+def _utf8_text(raw: bytes) -> str:
+    """The body as UTF-8 text, a leading byte order mark dropped (as ingest does).
+
+    ``json.loads`` given bytes also takes UTF-16 and UTF-32 (guessed from the zero bytes)
+    and surrogates encoded in UTF-8 (``\xed\xa0\x80``): an event ingest would refuse as
+    not UTF-8 was scored. JSON between systems is UTF-8 (RFC 8259), so anything else is a
+    ``UnicodeDecodeError`` here."""
+    return raw.decode("utf-8").removeprefix("\ufeff")
+
+
 def _loads(raw: bytes) -> Any:
     """``json.loads`` with FastAPI's error shapes: 422 ``json_invalid`` for a syntax
     error or bytes that are not UTF-8, 422 ``repeated_key`` (the key as the field) for an
     object that repeats a key, 400 for a text nested too deeply to parse."""
     try:
-        return json.loads(raw, object_pairs_hook=rules.unique_object)
+        return json.loads(_utf8_text(raw), object_pairs_hook=rules.unique_object)
     except rules.RepeatedKeyError as exc:
         key = rules.shown(exc.key).encode("utf-8", "replace").decode("utf-8")  # a lone surrogate cannot be sent
         raise RequestValidationError([{"type": REPEATED_KEY, "loc": ("body", key),
