@@ -17,10 +17,12 @@ UBA = Path(sys.executable).with_name("uba-batch")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _uba(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _uba(*args: str, env: dict[str, str | None] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
                 **(env or {})}
     full_env.pop("RAY_ADDRESS", None)
+    for name in [k for k, v in full_env.items() if v is None]:  # None: leave the variable out
+        full_env.pop(name)
     return subprocess.run([str(UBA), *args], capture_output=True, text=True, env=full_env, cwd=REPO,
                           timeout=timeout)
 
@@ -33,10 +35,15 @@ def _paths(trained_dataset, output_dir: Path) -> list[str]:
 def test_score_cli_end_to_end_on_an_embedded_local_ray(trained_dataset, scoring_settings, day_output_bytes,
                                                        tmp_path: Path) -> None:
     day = trained_dataset.score_dates[0]
+    home = tmp_path / "home"  # a fresh machine: no ~/.ray/auth_token, no RAY_AUTH_MODE
     result = _uba("score", "--date", day.isoformat(), "--workers", "2", "--shards", "4",
-                  *_paths(trained_dataset, tmp_path / "ray"), env={"UBA_SCORING__CHUNK_ROWS": "100"})
+                  *_paths(trained_dataset, tmp_path / "ray"),
+                  env={"UBA_SCORING__CHUNK_ROWS": "100", "HOME": str(home), "RAY_AUTH_MODE": None,
+                       "RAY_AUTH_TOKEN": None})
     assert result.returncode == 0, result.stderr
     assert "--shards is ignored" in result.stderr  # old scripts still run; the plan comes from the data
+    # the job's own Ray runs with a token of its own: no warning, nothing written to the home folder
+    assert "Token authentication" not in result.stderr and not (home / ".ray").exists()
     assert result.stdout.startswith(f"scored {day}: ")
     manifest = json.loads((tmp_path / "ray" / "runs" / f"event_date={day}" / "manifest.json").read_text())
     execution = manifest["execution"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Callable
 from functools import cache
@@ -163,6 +164,20 @@ def worker_env() -> dict[str, str]:
     return {"POLARS_MAX_THREADS": str(TASK_CPUS)}
 
 
+
+def use_token_auth_for_embedded_ray() -> None:
+    """Token authentication for the job's own Ray, with a fresh token held in the
+    environment of this process and the Ray processes it starts.
+
+    Left unset, Ray turns token mode on for a new local instance and warns about it on
+    every run, and with no token yet writes one to ``~/.ray/auth_token``. An operator's
+    explicit ``RAY_AUTH_MODE`` (or token) is kept as is.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+
 class RayRuntime:
     """The job's connection to Ray, made on first use and closed by the job.
 
@@ -188,6 +203,8 @@ class RayRuntime:
             return
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        if not self.address:
+            use_token_auth_for_embedded_ray()
         import ray
 
         if not ray.is_initialized():
