@@ -7,24 +7,37 @@ DEMO ?= demo
 export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 
-.PHONY: install demo test lint clean
+# Two stamps: the demo needs only the product's own dependencies; the tests also need
+# the dev extras (pytest, ruff, schemathesis, ...). `make test` after `make demo` adds them.
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP := $(VENV)/.installed-dev
 
-$(BIN)/uba-batch: pyproject.toml
+.PHONY: install install-dev demo test lint clean
+
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e .
 	@touch $@
 
-install: $(BIN)/uba-batch
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e ".[dev]"
+	@touch $(RUNTIME_STAMP) $@
+
+install: $(RUNTIME_STAMP)
+
+install-dev: $(DEV_STAMP)
 
 demo: install
 	./scripts/demo.sh $(DEMO)
 
-test: install
+test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 
 clean:
