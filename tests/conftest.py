@@ -23,6 +23,24 @@ SUITE_MIN_ROWS_FOR_RAY = "0"
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("UBA_RAY__MIN_ROWS_FOR_RAY", SUITE_MIN_ROWS_FOR_RAY)
 
+
+# Tests that need a Debian package skip themselves when it is missing; `make test` on a
+# laptop then ends by saying which and how to run them (.ci/run installs the packages).
+SYSTEM_PACKAGES = {"nginx": "nginx", "openssl": "openssl", "chromium": "chromium"}
+INSTALL_HINT = "sudo apt-get update && sudo apt-get install -y nginx openssl gettext-base chromium"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    tests, packages = 0, set()
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        wanted = {package for word, package in SYSTEM_PACKAGES.items() if word in reason}
+        tests += bool(wanted)
+        packages |= wanted
+    if tests:
+        terminalreporter.write_line(f"{tests} tests skipped for want of system packages ({', '.join(sorted(packages))}); "
+                                    f"to run them too: {INSTALL_HINT}", yellow=True)
+
 SCORING_START = date(2026, 3, 1)
 SCORING_TRAIN_END = date(2026, 3, 8)
 SCORING_DATES = (date(2026, 3, 9), date(2026, 3, 10))
