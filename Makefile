@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEMO ?= demo
+DEMO ?= .
 export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 
@@ -41,4 +41,5 @@ lint: install-dev
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(DEMO) .pytest_cache .ruff_cache
+	./scripts/demo.sh --clean $(DEMO)
+	rm -rf .pytest_cache .ruff_cache
