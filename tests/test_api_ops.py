@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -410,3 +412,37 @@ def test_kept_alive_connections_outlive_a_proxys_idle_timeout(world: World, tmp_
                 except ConnectionResetError:
                     again = b""
                 assert again.startswith(b"HTTP/1.1 200") is alive, (keep_alive, again[:80])
+
+
+def test_plain_uvicorn_logs_each_request_once(world: World, tmp_path: Path) -> None:
+    """``uvicorn uba.api.app:app`` without ``--no-access-log``: uvicorn's own access line
+    came on top of the app's (which carries the request id)."""
+    log = tmp_path / "api.log"
+    port = _free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "uba.api.app:app", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(cmd, env=world.env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert _poll(lambda: _answers(url + "/health"))
+        assert httpx.post(url + "/predict", json=SEED_PAYLOAD).status_code == 200
+        assert _poll(lambda: "POST /predict" in log.read_text())
+        time.sleep(0.3)  # a second line, if any, is written right after the first
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    lines = [line for line in log.read_text().splitlines() if "/predict" in line]
+    assert len(lines) == 1 and "request_id=" in lines[0], lines
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

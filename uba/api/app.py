@@ -53,10 +53,19 @@ def configure_worker_logging() -> None:
     configure_logging(fmt, os.environ.get("UBA_LOG_LEVEL", "INFO"))
 
 
+def silence_uvicorn_access_log() -> None:
+    """The app writes its own access line (with the request id, ``api.access_log``);
+    uvicorn's CLI (``uvicorn uba.api.app:app``) writes one more per request unless told
+    ``--no-access-log``, so every request was logged twice. ``uba-api`` already turns
+    uvicorn's off."""
+    logging.getLogger("uvicorn.access").disabled = True
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     runtime: Runtime = app.state.runtime
     configure_worker_logging()
+    silence_uvicorn_access_log()
     runtime.api_keys = load_api_keys(runtime.settings.api)
     await run_in_threadpool(runtime.holder.load_initial, runtime.settings)
     state = runtime.holder.current
