@@ -146,12 +146,22 @@ def parse_timestamp(value: str) -> datetime:
     if offset is None:
         raise RuleError(KIND_TIMESTAMP, "timestamp_invalid", MSG_TS_INVALID)
     if year == "0000":
-        raise RuleError(KIND_TIMESTAMP, "timestamp_range", MSG_TS_RANGE)
+        return _utc_of_year_zero(local, offset).replace(tzinfo=UTC)
     try:
         utc = local - timedelta(minutes=offset) if offset else local
     except OverflowError:
         raise RuleError(KIND_TIMESTAMP, "timestamp_range", MSG_TS_RANGE) from None
     return utc.replace(tzinfo=UTC)
+
+
+def _utc_of_year_zero(stand_in: datetime, offset: int) -> datetime:
+    """The UTC instant of a local time in year 0 (held as year 2000, which has the same
+    calendar), or ``RuleError``: in range only when a negative offset carries it into
+    0001-01-01 UTC (``0000-12-31T23:30:00-00:45``), as ingest's column rule finds."""
+    utc = stand_in - timedelta(minutes=offset)
+    if utc.year != 2001:
+        raise RuleError(KIND_TIMESTAMP, "timestamp_range", MSG_TS_RANGE)
+    return utc.replace(year=1)
 
 
 def _offset_minutes(tz: str | None) -> int | None:
