@@ -26,7 +26,8 @@ set and output directory before running ``uba-batch score --date 2026-03-09``) a
   the day's), ``extra_part`` (a copy of the part under another name),
   ``delete_part`` (the part file only), ``drop_all_checksums`` (``.checksums/`` and the
   marker deleted: nothing left to verify against), ``dead_writer_tmp`` (the 0-byte ``.tmp-*.parquet``
-  a ``kill -9`` mid-ingest leaves in the partition); or ``{"how": "drop_marker"}`` (the data
+  a ``kill -9`` mid-ingest leaves in the partition), ``fifo_part`` (a FIFO named
+  ``part-fifo.parquet`` next to the part); or ``{"how": "drop_marker"}`` (the data
   directory's ``.part-manifests.json``);
 * ``move_output``: ``mv out moved`` before the run, which then writes to ``moved``;
 * ``env``: environment of the run (fault hooks: ``UBA_FAULT_ENOSPC_AT``);
@@ -137,6 +138,9 @@ def damage(data: Path, spec: dict[str, Any]) -> None:
         return
     if how == "dead_writer_tmp":
         (part.parent / ".tmp-0123456789abcdef.parquet").write_bytes(b"")
+        return
+    if how == "fifo_part":  # a FIFO named like a part: opening it waits for a writer
+        os.mkfifo(part.with_name("part-fifo.parquet"))
         return
     body = bytearray(part.read_bytes())
     if how == "flip":

@@ -484,3 +484,20 @@ def test_another_days_aggregates_copied_over_are_rebuilt_from_the_events(
     (rebuilt,) = io.partition_files(data, io.AGGREGATES, date(2026, 3, 5))
     assert rebuilt.read_bytes() == body and io.verify_part(rebuilt)
     assert day_output_bytes(tmp_path / "out", day) == day_output_bytes(tmp_path / "clean", day)
+
+
+def test_a_fifo_named_like_a_part_is_refused_without_being_opened(tmp_path: Path) -> None:
+    """Before: listed like any part; in a partition read without a manifest, its footer
+    check (score, verify, an ingest of that day) waited forever for a writer."""
+    import os
+
+    (part,) = _events_day(tmp_path, ("p1",))
+    shutil.rmtree(tmp_path / io.CHECKSUMS)  # manifests never written here: read as before them
+    io.part_manifests_marker(tmp_path).unlink()
+    fifo = part.with_name("part-fifo.parquet")
+    os.mkfifo(fifo)
+    pattern = rf"events part {fifo} is not a regular file"
+    with pytest.raises(io.CorruptPartError, match=pattern):
+        io.partition_files(tmp_path, io.EVENTS, "2026-03-01")
+    (line,) = io.verify_data_dir(tmp_path)["corrupt"]
+    assert f"{fifo} is not a regular file" in line

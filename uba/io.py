@@ -404,7 +404,19 @@ def _recorded_checksum(part: Path) -> dict[str, Any] | None:
 
 
 def _finished_parts(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
+    """The finished parts of a partition folder (temporary files left out).
+
+    An entry named like a part that is not a regular file (a FIFO, a device, a folder, a
+    dangling link) is refused naming it: opening a FIFO waits for a writer, so a FIFO
+    in a partition read without a manifest hung ``verify``, ``score`` and ``ingest`` of
+    that day for good."""
+    parts = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
+    for part in parts:
+        if not part.is_file():
+            raise CorruptPartError(f"{_kind(part)} part {part} is not a regular file (a FIFO, device, folder "
+                                   "or dangling link named like a part): reading it could block or fail; "
+                                   "remove it")
+    return parts
 
 
 def _remedy(folder: Path) -> str:
