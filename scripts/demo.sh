@@ -41,7 +41,8 @@ pl.Config.set_tbl_rows(15); pl.Config.set_fmt_str_lengths(90); pl.Config.set_tbl
 df = pl.read_parquet(f"{sys.argv[1]}/output/flagged/event_date=2026-03-22/*.parquet")
 cols = [c for c in ("user_id", "timestamp", "event_type", "device_type", "anomaly_score", "reasons") if c in df.columns]
 print(f"{df.height} flagged events")
-print(df.sort("anomaly_score", descending=True).select(cols).head(15))
+top = df.sort("anomaly_score", descending=True).select(cols).head(15)
+print(top.with_columns(pl.col("timestamp").dt.strftime("%Y-%m-%d %H:%M:%S UTC")))  # seconds, not microseconds
 PY
 
 # What to try next, printed exactly as it runs (tests/test_demo.py runs these lines).

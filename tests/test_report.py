@@ -8,6 +8,7 @@ from datetime import date
 from pathlib import Path
 
 import _chromium
+import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
@@ -97,6 +98,24 @@ def test_report_renders_cleanly_in_chromium(tmp_path: Path) -> None:
     rendered = _chromium.render(page, tmp_path)
     assert rendered.console == []
     assert 'data-user="u2"' in rendered.dom and 'data-user="u9"' in rendered.dom
+
+
+@needs_chromium
+def test_report_fills_a_wide_window_and_names_every_user_day(tmp_path: Path) -> None:
+    """At 1,400 px the sections reach the right-hand side (the page stopped at 1,100 px),
+    and every user-day alert of the day is listed, not only counted."""
+    from PIL import Image
+
+    settings = load_settings(overrides={"paths": {"output_dir": _output_dir(tmp_path)}}, env={})
+    page = write_report(settings, DAY, tmp_path / "r.html")
+    rendered = _chromium.render(page, tmp_path)
+    listed = re.findall(r'<tr class="user-day" data-user="([^"]+)"', rendered.dom)
+    assert listed == ["u2", "u9"], listed  # riskiest first
+    assert "Unusual user-days (2)" in rendered.dom
+    shot = Image.open(_chromium.screenshot(page, tmp_path, tmp_path / "wide.png", width=1400, height=900))
+    right = np.asarray(shot.convert("RGB").crop((1180, 120, 1370, 600)))
+    white = int((right == 255).all(axis=2).sum())
+    assert white > 0.3 * right.shape[0] * right.shape[1], white
 
 
 def test_report_for_an_unscored_day_is_a_one_line_error(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import base64
 import html
 import io as stdio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,16 @@ def suppression_counts(flagged: pl.LazyFrame) -> pl.LazyFrame:
                                                                    descending=[True, False]))
 
 
+def user_day_alerts(users: pl.LazyFrame) -> pl.LazyFrame:
+    """Every user-day alert of the day, riskiest first, with the day's counts next to the
+    user's usual ones where the run recorded them."""
+    names = users.collect_schema().names()
+    counts = [c for c in ("n_events", "usual_events", "n_sessions", "usual_sessions", "n_downloads",
+                          "usual_downloads") if c in names]
+    return users.select("user_id", "risk_score", "reasons", *counts).sort(["risk_score", "user_id"],
+                                                                          descending=[True, False])
+
+
 # --- data ------------------------------------------------------------------------------
 
 
@@ -119,6 +129,7 @@ class ReportData:
     suppressions: pl.DataFrame
     flagged_users: int
     generated_at: datetime
+    user_days: pl.DataFrame = field(default_factory=pl.DataFrame)  # every user-day alert, riskiest first
 
 
 def _scan_or_empty(root: Path, dataset: str, day: date, schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
@@ -150,6 +161,7 @@ def load_report_data(settings: Settings, day: date, history_days: int = 14, top:
         suppressions=suppression_counts(flagged).collect(),
         flagged_users=int(users.select(pl.len()).collect().item()),
         generated_at=datetime.now(UTC),
+        user_days=user_day_alerts(users).collect(),
     )
 
 
@@ -224,7 +236,9 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:
 header{background:#263238;color:#fff;padding:16px 28px}
 header h1{margin:0;font-size:22px}
 header p{margin:4px 0 0;color:#cfd8dc;font-size:13px}
-main{padding:18px 28px;max-width:1100px}
+main{padding:18px 28px}
+.row{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:16px}
+.row>section{margin:0 0 16px;min-width:0}
 section{background:#fff;border:1px solid #e0e0e0;border-radius:6px;padding:14px 18px;margin:0 0 16px}
 h2{font-size:16px;margin:0 0 10px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;background:none;border:0;padding:0}
@@ -282,6 +296,30 @@ def _users_table(top: pl.DataFrame) -> str:
     head = ("<tr><th>user</th><th>risk</th><th>alerts</th><th>suppressed</th><th>max score</th>"
             "<th>user-day risk</th><th>reasons</th></tr>")
     return f'<table id="top-users"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _usual(now: Any, usual: Any) -> str:
+    if now is None:
+        return "-"
+    return f"{now}" if usual is None else f"{now} <span class=muted>(usually {usual:.0f})</span>"
+
+
+def _user_days_table(days: pl.DataFrame) -> str:
+    if days.height == 0:
+        return '<p class="muted">No unusual user-days today.</p>'
+    rows = []
+    for r in days.iter_rows(named=True):
+        rows.append(
+            f'<tr class="user-day" data-user="{_e(r["user_id"])}"><td>{_e(r["user_id"])}</td>'
+            f'<td class="num">{r["risk_score"]:.2f}</td>'
+            f'<td class="num">{_usual(r.get("n_events"), r.get("usual_events"))}</td>'
+            f'<td class="num">{_usual(r.get("n_sessions"), r.get("usual_sessions"))}</td>'
+            f'<td class="num">{_usual(r.get("n_downloads"), r.get("usual_downloads"))}</td>'
+            f'<td>{_reasons(r["reasons"])}</td></tr>'
+        )
+    head = ("<tr><th>user</th><th>user-day risk</th><th>events</th><th>sessions</th><th>downloads</th>"
+            "<th>reasons</th></tr>")
+    return f'<table id="user-days"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def _drift_section(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
@@ -355,10 +393,16 @@ def render_report(data: ReportData, settings: Settings) -> str:
 <header><h1>UBA daily report &mdash; {data.day.isoformat()}</h1><p>{subtitle}</p></header>
 <main>
 <section class="cards">{cards}</section>
-<section><h2>Alerts vs previous days</h2>{history}</section>
+<div class="row">
 <section><h2>Top users by risk</h2>{_users_table(data.top_users)}
 <p class="muted">Risk = sum over the user's unsuppressed alerts of score / threshold, plus the user-day risk.</p></section>
+<section><h2>Unusual user-days ({data.flagged_users})</h2>{_user_days_table(data.user_days)}
+<p class="muted">A user's day as a whole (events, sessions, downloads) against their usual days.</p></section>
+</div>
+<div class="row">
+<section><h2>Alerts vs previous days</h2>{history}</section>
 <section><h2>Drift</h2>{_drift_section(manifest, data.history, settings)}</section>
+</div>
 <section><h2>Suppressed alerts</h2>{_suppression_section(data.suppressions, today["suppressed"])}</section>
 </main>
 <footer>Generated {data.generated_at.strftime("%Y-%m-%d %H:%M UTC")} from run {_e(manifest.get("run_id"))}.</footer>
