@@ -55,6 +55,20 @@ def test_the_demo_then_every_command_it_prints(tmp_path: Path) -> None:
     assert "PR-AUC ratio vs naive" in ran.stdout
     answer = json.loads(next(line for line in ran.stdout.splitlines() if line.startswith("{")))
     assert answer["user_id"] == "u00042" and answer["is_anomaly"] is True and answer["reasons"]
+    target = os.environ.get("UBA_REPORT_SCREENSHOT")  # set to refresh docs/report-screenshot.png
+    if target:
+        _screenshot_of_a_demo_day(tmp_path, Path(target))
+
+
+def _screenshot_of_a_demo_day(demo: Path, target: Path) -> None:
+    """docs/report-screenshot.png: a backfilled demo day with user-day alerts, at 1,400 px."""
+    import _chromium
+
+    page = demo / "shot.html"
+    made = subprocess.run([str(REPO / ".venv" / "bin" / "uba-batch"), "report", "--date", "2026-03-25",
+                           "--top", "6", "--out", str(page)], cwd=demo, env=_env(), capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr[-2000:]
+    _chromium.screenshot(page, demo, target, width=1400, height=1400)
 
 
 def test_the_demo_leaves_folders_it_did_not_make_alone(tmp_path: Path) -> None:
