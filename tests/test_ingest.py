@@ -1146,3 +1146,19 @@ def test_many_small_files_are_stored_in_few_parts_with_per_file_counts(tmp_path:
     (run,) = [json.loads(p.read_text()) for p in (tmp_path / "d2" / "ingest_runs").glob("*.json")]
     assert (run["status"], run["rows_read"], run["rows_written"]) == ("failed", 22, 20)
     assert stored(tmp_path / "d2").height == 20
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_line_and_a_failed_summary(tmp_path: Path) -> None:
+    """Before: a folder in the place of a day's ingest lock file (or a lock without permission)
+    was an IsADirectoryError traceback, and no summary was written."""
+    data = tmp_path / "data"
+    source = tmp_path / "a.csv"
+    source.write_text(HEADER + "\nl1,u1,2026-03-04T08:00:00Z,login,5,1,desktop,,,\n")
+    lock = storage.checksum_folder(storage.partition_dir(data, storage.EVENTS, "2026-03-04")) / ".ingest.lock"
+    lock.mkdir(parents=True)
+    result = CliRunner().invoke(cli, ["ingest", str(source), "--data-dir", str(data)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    (line,) = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"error: cannot open the lock file {lock}: Is a directory")
+    (run,) = [json.loads(p.read_text()) for p in (data / "ingest_runs").glob("*.json")]
+    assert (run["status"], run["rows_read"]) == ("failed", 0)

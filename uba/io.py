@@ -693,13 +693,26 @@ def _kind(part: Path) -> str:
     return {EVENTS: "events", AGGREGATES: "aggregates"}.get(dataset, dataset)
 
 
+def _open_lock(path: Path) -> int:
+    """A descriptor of the lock file ``path`` (created, with its folder, if missing).
+
+    A lock that cannot be opened (a folder where the file belongs, no permission on a
+    data directory made by another user) is one line naming it: it was an
+    IsADirectoryError/PermissionError traceback, and ingest wrote no summary."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(f"cannot open the lock file {path}: {exc.strerror or exc}; nothing was written "
+                        "under it (remove what is in its place, or fix its permissions, and re-run)") from exc
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Any:
     """An exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block."""
     import fcntl
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -764,8 +777,7 @@ def ingest_locks(root: Path, days: Iterable[date], timeout: float = INGEST_LOCK_
     fds: list[int] = []
     try:
         for index, path in enumerate(paths):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fds.append(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+            fds.append(_open_lock(path))
             _flock_waiting(fds[-1], path, fcntl.LOCK_SH if index == 0 and not whole else fcntl.LOCK_EX, timeout)
         yield
     finally:
