@@ -225,3 +225,29 @@ def test_train_can_drop_confirmed_malicious_events_and_says_how_many(tmp_path: P
     bundle = json.loads(next(models.glob("*/bundle.json")).read_text())
     assert bundle["rows"]["excluded_confirmed_malicious"] == 3
     assert bundle["rows"]["training"] == events.height - 3
+
+
+HOSTILE_FEEDBACK = Path(__file__).parent / "hostile" / "feedback"
+
+
+@pytest.mark.parametrize("name", sorted(p.name.removesuffix(".expect.json")
+                                        for p in HOSTILE_FEEDBACK.glob("*.expect.json")))
+def test_hostile_feedback_csv(name: str, tmp_path: Path) -> None:
+    """The hostile corpus of ``uba-batch feedback`` (tests/hostile/feedback/<case>.csv and its
+    verdict): ids follow the event id rule of ingest and POST /feedback, a repeated header
+    column is refused, every refusal is one line and stores nothing."""
+    import json
+
+    expect = json.loads((HOSTILE_FEEDBACK / f"{name}.expect.json").read_text())
+    source = tmp_path / f"{name}.csv"
+    source.write_bytes((HOSTILE_FEEDBACK / f"{name}.csv").read_bytes())
+    result = CliRunner().invoke(cli, ["feedback", str(source), "--data-dir", str(tmp_path / "d")])
+    assert isinstance(result.exception, SystemExit | None), repr(result.exception)
+    assert result.exit_code == expect["exit_code"] and "Traceback" not in result.output, result.output
+    stored = io.table_part_files(tmp_path / "d", io.FEEDBACK)
+    if expect["exit_code"]:
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: ") and expect["error"] in line, line
+        assert stored == []
+    else:
+        assert pl.read_parquet(stored).height == expect["stored"]

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from uba import event_rules as rules
 from uba import io
 from uba.errors import UserError
 
@@ -66,19 +67,31 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
-def validate_feedback(rows: Sequence[Mapping[str, Any]], where: Callable[[int], str]) -> pl.DataFrame:
+def _event_id(value: Any, max_id_length: int, where: str) -> str:
+    """The stored text of a feedback event id, by the event id rule of ingest and the API
+    (``uba.event_rules.check_id``): the CSV path stored a 10 MB id, or one holding NUL or a
+    line break, which POST /feedback refuses and no stored event can have."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise UserError(f"{where}: event_id is missing")
+    try:
+        return rules.check_id(value, max_id_length)
+    except rules.RuleError as exc:
+        raise UserError(f"{where}: event_id {exc.message}") from None
+
+
+def validate_feedback(rows: Sequence[Mapping[str, Any]], where: Callable[[int], str],
+                      max_id_length: int = 256) -> pl.DataFrame:
     """Check and normalise feedback rows; the first problem is a UserError naming the row and value.
 
     ``where(i)`` turns a 0-based row index into the caller's words ("line 4" for a CSV,
-    "item 2" for an API body), so the analyst can find the bad row.
+    "item 2" for an API body), so the analyst can find the bad row. ``max_id_length`` is
+    the events' ``max_string_length``.
     """
     if not rows:
         raise UserError("feedback has no rows")
     clean: dict[str, list[str | None]] = {c: [] for c in FEEDBACK_COLUMNS}
     for i, row in enumerate(rows):
-        event_id = _text(row.get("event_id"))
-        if event_id is None:
-            raise UserError(f"{where(i)}: event_id is missing")
+        event_id = _event_id(row.get("event_id"), max_id_length, where(i))
         raw_label = _text(row.get("label"))
         label = raw_label.lower() if raw_label else None
         if label not in LABELS:
@@ -91,9 +104,9 @@ def validate_feedback(rows: Sequence[Mapping[str, Any]], where: Callable[[int], 
 
 
 def record_feedback(data_dir: Path, rows: Sequence[Mapping[str, Any]], source: str = "api",
-                    where: Callable[[int], str] | None = None) -> FeedbackSummary:
+                    where: Callable[[int], str] | None = None, max_id_length: int = 256) -> FeedbackSummary:
     """Validate and append feedback rows as one part of ``<data-dir>/feedback/`` (all or nothing)."""
-    valid = validate_feedback(rows, where or (lambda i: f"item {i}"))
+    valid = validate_feedback(rows, where or (lambda i: f"item {i}"), max_id_length)
     now = datetime.now(UTC)
     stored = valid.with_columns(
         pl.lit(source, dtype=pl.String()).alias("source"),
@@ -107,7 +120,7 @@ def record_feedback(data_dir: Path, rows: Sequence[Mapping[str, Any]], source: s
                            malicious=int(by_label.get("malicious", 0)), path=path)
 
 
-def record_feedback_csv(data_dir: Path, csv_path: Path) -> FeedbackSummary:
+def record_feedback_csv(data_dir: Path, csv_path: Path, max_id_length: int = 256) -> FeedbackSummary:
     """Feedback from an analyst's CSV (event_id, label[, analyst, note]); errors name the CSV line."""
     frame = io.read_csv_as_strings(csv_path)
     missing = [c for c in ("event_id", "label") if c not in frame.columns]
@@ -116,7 +129,7 @@ def record_feedback_csv(data_dir: Path, csv_path: Path) -> FeedbackSummary:
                         f"(expected event_id, label[, analyst, note]; found {', '.join(frame.columns) or 'none'})")
     rows = frame.select([c for c in FEEDBACK_COLUMNS if c in frame.columns]).to_dicts()
     return record_feedback(data_dir, rows, source=f"csv:{Path(csv_path).name}",
-                           where=lambda i: f"{csv_path} line {i + 2}")
+                           where=lambda i: f"{csv_path} line {i + 2}", max_id_length=max_id_length)
 
 
 def latest_feedback(data_dir: Path) -> pl.LazyFrame:

@@ -1111,9 +1111,18 @@ def read_csv_as_strings(path: Path) -> pl.DataFrame:
     if not path.is_file():
         raise UserError(f"file not found: {path}")
     try:
-        return pl.read_csv(path, infer_schema=False, raise_if_empty=False)
+        with open(path, "rb") as handle:  # polars renames a repeated column "<name>_duplicated_0"
+            header = handle.readline(1 << 16).decode("utf-8-sig", "replace").rstrip("\r\n").split(",")
+        frame = pl.read_csv(path, infer_schema=False, raise_if_empty=False)
     except (pl.exceptions.ComputeError, OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read CSV file {path}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read CSV file {path}: {first}") from exc  # polars adds hint paragraphs
+    names = [name.strip().strip('"') for name in header]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UserError(f"{path}: the header repeats column {repeated[0]!r}; which one holds the value is "
+                        "ambiguous, so the file is refused")
+    return frame
 
 
 def append_table_part(df: pl.DataFrame, root: Path, table: str) -> Path:

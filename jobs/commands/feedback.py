@@ -30,6 +30,6 @@ def command(ctx: click.Context, csv_file: str, data_dir: str | None) -> None:
     from uba.feedback import record_feedback_csv
 
     settings = settings_from(ctx, data_dir=data_dir)
-    summary = record_feedback_csv(settings.paths.data_dir, Path(csv_file))
+    summary = record_feedback_csv(settings.paths.data_dir, Path(csv_file), settings.events.max_string_length)
     click.echo(f"stored {summary.rows} labels ({summary.benign} benign, {summary.malicious} malicious) "
                f"in {summary.path}")

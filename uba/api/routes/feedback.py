@@ -28,9 +28,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def store_items(data_dir: Path, items: list[BaseModel]) -> FeedbackSummary:
-    """Dump and store the items (in the thread pool: up to api.max_batch of them)."""
-    return record_feedback(data_dir, [item.model_dump() for item in items], "api")
+def store_items(data_dir: Path, items: list[BaseModel], max_id_length: int) -> FeedbackSummary:
+    """Dump and store the items (in the thread pool: up to api.max_batch of them); their
+    event ids were checked by the model with the same rule and length."""
+    return record_feedback(data_dir, [item.model_dump() for item in items], "api", max_id_length=max_id_length)
 
 
 def build_router(models: ApiModels) -> APIRouter:
@@ -44,7 +45,8 @@ def build_router(models: ApiModels) -> APIRouter:
     async def post_feedback(runtime: RuntimeDep, body: Annotated[BaseModel, Depends(body_dep)]) -> FeedbackStored:
         items = body.items  # type: ignore[attr-defined]
         try:
-            summary = await run_in_threadpool(store_items, runtime.settings.paths.data_dir, items)
+            summary = await run_in_threadpool(store_items, runtime.settings.paths.data_dir, items,
+                                              runtime.settings.events.max_string_length)
         except UserError as exc:  # e.g. whitespace-only event_id: named by item
             raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
                                 detail=[{"field": "items", "message": str(exc), "value": None}]) from exc
