@@ -8,7 +8,9 @@ that must not be, and no traceback in the server's log. Format: tests/hostile/ap
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -44,7 +46,8 @@ class Servers:
     def get(self, name: str) -> tuple[Server, World]:
         if name not in self.started:
             world, env = self._setup(name)
-            server = self.stack.enter_context(running_server(env, self.root / f"{name}.log"))
+            flags = ["--workers", "2", "--no-access-log"] if name == "workers" else None
+            server = self.stack.enter_context(running_server(env, self.root / f"{name}.log", uba_api=flags))
             self.started[name] = (server, world)
         return self.started[name]
 
@@ -52,7 +55,7 @@ class Servers:
         own = self.world.copy(self.root / name)
         if name == "open":
             return own, own.env()
-        if name == "keyed":
+        if name in ("keyed", "workers"):  # workers: uba-api --workers 2
             return own, own.env(UBA_API_KEYS=KEY)
         if name == "broken_keyed":  # LATEST swapped for a link to /etc/passwd (or a stand-in)
             target = Path("/etc/passwd")
@@ -117,6 +120,29 @@ def close_mid_body(server: Server, case: dict[str, Any]) -> None:
         time.sleep(0.05)
 
 
+def served_by_worker(server: Server) -> dict[str, str]:
+    """pid -> model version of every ``uba_api_model_info`` series at 1."""
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    return {m[2]: m[1] for m in re.finditer(r'uba_api_model_info\{.*model_version="([^"]+)",pid="(\d+)"\} 1\.0', text)}
+
+
+def kill_a_worker(server: Server) -> int:
+    """SIGKILL one worker of this ``--workers 2`` server (no shutdown runs) and wait until
+    uvicorn's replacement serves; returns the dead worker's pid."""
+    deadline = time.monotonic() + 30
+    while len(served_by_worker(server)) < 2 and time.monotonic() < deadline:
+        for _ in range(5):  # fresh connections reach either worker
+            httpx.get(server.url + "/health")
+    victim = int(sorted(served_by_worker(server))[0])
+    stat = Path(f"/proc/{victim}/stat").read_text()
+    assert int(stat.rsplit(")", 1)[1].split()[1]) == server.process.pid  # this server's own worker
+    os.kill(victim, signal.SIGKILL)
+    while time.monotonic() < deadline and len(set(served_by_worker(server)) - {str(victim)}) < 2:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    return victim
+
+
 def rewrite_snapshot(world: World) -> None:
     """What ``score --date D`` does to the snapshot as of D: a new file, same date."""
     found = io.latest_baseline_snapshot(world.data_dir)
@@ -159,6 +185,9 @@ def test_hostile_api_case(servers: Servers, name: str) -> None:
     else:
         if action == "rewrite_snapshot_then_request":
             rewrite_snapshot(world)
+        if action == "kill_worker_then_request":
+            expect = {**expect, "not_in_body": [*expect.get("not_in_body", []),
+                                                f'pid="{kill_a_worker(server)}"']}
         response = httpx.request(case["method"], server.url + case["path"], content=request_body(case),
                                  headers=headers_for(case), timeout=60)
         check_response(response, expect)

@@ -8,9 +8,12 @@ whatever clients send.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
@@ -28,6 +31,37 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 CLIENT_CLOSED = 499  # nginx's code for "the client closed the connection before the answer"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UNMATCHED_ROUTE = "unmatched"
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")  # prometheus_client's file names
+
+
+def process_is_gone(pid: int) -> bool:
+    """True when no process ``pid`` exists any more (a worker killed or crashed), or it is a
+    zombie its supervisor has not reaped yet."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's process: alive
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
+
+
+def forget_dead_workers(folder: str) -> None:
+    """Drop the live gauges of workers that died without shutting down (SIGKILL, OOM,
+    a crash; uvicorn starts a new worker under a new pid). Their files stay otherwise,
+    so ``uba_api_model_info`` kept a series for the dead pid with what it served, also
+    after every live worker reloaded, and ``uba_api_model_loaded`` kept its value in the
+    minimum. Their counters stay: those requests did happen."""
+    for name in os.listdir(folder):
+        found = _LIVE_GAUGE_FILE.fullmatch(name)
+        if found and int(found[1]) != os.getpid() and process_is_gone(int(found[1])):
+            # mark_process_dead's work, but another worker's scrape may remove it first
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
 
 
 class ApiMetrics:
@@ -91,6 +125,7 @@ class ApiMetrics:
     def render(self) -> tuple[bytes, str]:
         if self.multiprocess_dir is None:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        forget_dead_workers(self.multiprocess_dir)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
         return generate_latest(registry), CONTENT_TYPE_LATEST
