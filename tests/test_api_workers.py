@@ -75,3 +75,44 @@ def test_a_killed_worker_leaves_no_series_behind_in_metrics(own_world: World, tm
         assert re.search(r"^uba_api_model_loaded 1\.0$", text, re.M), text
         assert len(served_by_worker(text)) == 2 and set(served_by_worker(text).values()) == {own_world.version}
     assert "Traceback" not in (tmp_path / "api.log").read_text()
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def group_folder_of(pid: int) -> Path:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    (value,) = [item.split(b"=", 1)[1] for item in environ if item.startswith(b"UBA_API_WORKER_GROUP_DIR=")]
+    return Path(value.decode())
+
+
+def test_workers_stop_and_remove_their_folder_when_uba_api_is_killed(own_world: World, tmp_path: Path) -> None:
+    """uba-api (uvicorn's supervisor) killed with SIGKILL runs no cleanup: its workers,
+    reparented, kept serving the port for good (an old model, nobody to restart or stop
+    them, the port taken from the next uba-api) and the shared folder stayed in /tmp.
+    Now each worker sees its parent gone within a poll (0.5 s), shuts down gracefully, and
+    the last one removes the folder."""
+    flags = ["--workers", "2", "--no-access-log"]
+    with running_server(own_world.env(), tmp_path / "api.log", uba_api=flags) as server:
+        assert poll(lambda: len(served_by_worker(httpx.get(server.url + "/metrics").text)) == 2, timeout=20)
+        workers = [int(pid) for pid in served_by_worker(httpx.get(server.url + "/metrics").text)]
+        assert all(parent_of(pid) == server.process.pid for pid in workers)
+        folder = group_folder_of(workers[0])
+        assert folder.is_dir()
+        server.process.kill()
+        server.process.wait()
+        try:
+            assert poll(lambda: not any(running(pid) for pid in workers), timeout=15)
+        finally:
+            for pid in workers:  # this test's own processes, whatever happened
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(server.url + "/health", timeout=2)
+        assert poll(lambda: not folder.exists(), timeout=5), sorted(folder.rglob("*"))
+    log = (tmp_path / "api.log").read_text()
+    assert "Traceback" not in log and "that started this worker is gone" in log

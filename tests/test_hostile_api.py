@@ -46,7 +46,7 @@ class Servers:
     def get(self, name: str) -> tuple[Server, World]:
         if name not in self.started:
             world, env = self._setup(name)
-            flags = ["--workers", "2", "--no-access-log"] if name == "workers" else None
+            flags = ["--workers", "2", "--no-access-log"] if name.startswith("workers") else None
             server = self.stack.enter_context(running_server(env, self.root / f"{name}.log", uba_api=flags))
             self.started[name] = (server, world)
         return self.started[name]
@@ -55,7 +55,7 @@ class Servers:
         own = self.world.copy(self.root / name)
         if name == "open":
             return own, own.env()
-        if name in ("keyed", "workers"):  # workers: uba-api --workers 2
+        if name in ("keyed", "workers", "workers_killed"):  # workers*: uba-api --workers 2
             return own, own.env(UBA_API_KEYS=KEY)
         if name == "broken_keyed":  # LATEST swapped for a link to /etc/passwd (or a stand-in)
             target = Path("/etc/passwd")
@@ -143,6 +143,36 @@ def kill_a_worker(server: Server) -> int:
     return victim
 
 
+def kill_uba_api(server: Server) -> None:
+    """SIGKILL the uba-api process itself (uvicorn's supervisor: no cleanup runs); its
+    workers must stop by themselves and the last one remove the group folder."""
+    deadline = time.monotonic() + 30
+    while len(served_by_worker(server)) < 2 and time.monotonic() < deadline:
+        httpx.get(server.url + "/health")
+    workers = [int(pid) for pid in served_by_worker(server)]
+    environ = Path(f"/proc/{workers[0]}/environ").read_bytes().split(b"\0")
+    (folder,) = [item.split(b"=", 1)[1].decode() for item in environ if item.startswith(b"UBA_API_WORKER_GROUP_DIR=")]
+    server.process.kill()
+    server.process.wait()
+
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+    try:
+        while time.monotonic() < deadline and any(running(pid) for pid in workers):
+            time.sleep(0.1)
+        assert not any(running(pid) for pid in workers), "workers outlived uba-api"
+    finally:
+        for pid in workers:  # this test's own processes, whatever happened
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+    while time.monotonic() < deadline and Path(folder).exists():
+        time.sleep(0.1)
+    assert not Path(folder).exists(), f"{folder} left behind"
+
+
 def rewrite_snapshot(world: World) -> None:
     """What ``score --date D`` does to the snapshot as of D: a new file, same date."""
     found = io.latest_baseline_snapshot(world.data_dir)
@@ -182,6 +212,12 @@ def test_hostile_api_case(servers: Servers, name: str) -> None:
     action = case.get("action", "request")
     if action == "close_mid_body":
         close_mid_body(server, case)
+    elif action == "kill_uba_api_then_request":
+        kill_uba_api(server)
+        with pytest.raises(httpx.ConnectError):  # nobody serves the port any more
+            httpx.request(case["method"], server.url + case["path"], timeout=5)
+        assert "Traceback" not in server.log.read_text()
+        return
     else:
         if action == "rewrite_snapshot_then_request":
             rewrite_snapshot(world)

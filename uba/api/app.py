@@ -88,6 +88,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await runtime.group.stop()
         await runtime.batcher.stop()
         runtime.metrics.worker_stopped()
+        if runtime.group is not None and runtime.group.orphaned():
+            runtime.group.remove_if_last()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

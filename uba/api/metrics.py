@@ -50,6 +50,12 @@ def process_is_gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
+def live_worker_pids(folder: str) -> set[int]:
+    """The pids whose live gauges are in ``folder`` and whose process still runs."""
+    pids = {int(found[1]) for found in map(_LIVE_GAUGE_FILE.fullmatch, os.listdir(folder)) if found}
+    return {pid for pid in pids if pid == os.getpid() or not process_is_gone(pid)}
+
+
 def forget_dead_workers(folder: str) -> None:
     """Drop the live gauges of workers that died without shutting down (SIGKILL, OOM,
     a crash; uvicorn starts a new worker under a new pid). Their files stay otherwise,

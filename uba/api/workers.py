@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -67,6 +68,7 @@ class WorkerGroup:
 
     folder: Path
     seen: str = ""  # the last reload request this worker acted on (or made)
+    parent: int = 0  # the uba-api (uvicorn supervisor) process that started this worker
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -90,6 +92,7 @@ class WorkerGroup:
     def start(self, on_request: Callable[[], Awaitable[object]]) -> None:
         """Poll for other workers' reload requests and run ``on_request`` for each new one."""
         self.seen = self.current_request()
+        self.parent = os.getppid()
         self._task = asyncio.create_task(self._watch(on_request), name="uba-worker-group-reload")
 
     async def stop(self) -> None:
@@ -98,9 +101,29 @@ class WorkerGroup:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def orphaned(self) -> bool:
+        """True when the uba-api process that started this worker is gone (killed with
+        SIGKILL, out of memory): uvicorn's workers do not notice, and kept serving the port
+        with nobody to stop them, restart them or remove the group folder."""
+        return self.parent != 0 and os.getppid() != self.parent
+
+    def remove_if_last(self) -> None:
+        """At the exit of an orphaned worker: remove the group folder once no other worker
+        of the group runs (uba-api, which would have removed it, is gone)."""
+        from uba.api.metrics import live_worker_pids
+
+        metrics = self.folder / "metrics"
+        others = live_worker_pids(str(metrics)) - {os.getpid()} if metrics.is_dir() else set()
+        if not others:
+            remove_group_dir(self.folder)
+
     async def _watch(self, on_request: Callable[[], Awaitable[object]]) -> None:
         while True:
             await asyncio.sleep(RELOAD_POLL_SEC)
+            if self.orphaned():
+                log.warning("uba-api (pid %d) that started this worker is gone: stopping this worker", self.parent)
+                os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful shutdown, then the lifespan's end
+                return
             request = self.current_request()
             if not request or request == self.seen:
                 continue
