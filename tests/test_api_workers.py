@@ -116,3 +116,27 @@ def test_workers_stop_and_remove_their_folder_when_uba_api_is_killed(own_world: 
         assert poll(lambda: not folder.exists(), timeout=5), sorted(folder.rglob("*"))
     log = (tmp_path / "api.log").read_text()
     assert "Traceback" not in log and "that started this worker is gone" in log
+
+
+def test_single_worker_servers_ignore_a_group_folder_in_their_environment(own_world: World, tmp_path: Path) -> None:
+    """A one-worker uba-api took the group variables of whatever environment started it
+    (``PROMETHEUS_MULTIPROC_DIR`` set for other programs, another server's
+    ``UBA_API_WORKER_GROUP_DIR``): two servers started from one environment added up each
+    other's counts in /metrics, reloaded on each other's requests, and a one-worker server
+    whose launching shell exited took itself for an orphaned worker and stopped. Each
+    server's group is its own: none for one worker."""
+    shared = tmp_path / "shared"
+    (shared / "metrics").mkdir(parents=True)
+    env = own_world.env(UBA_API_WORKER_GROUP_DIR=str(shared), PROMETHEUS_MULTIPROC_DIR=str(shared / "metrics"))
+    flags = ["--no-access-log"]
+    with running_server(env, tmp_path / "a.log", uba_api=flags) as a, \
+            running_server(env, tmp_path / "b.log", uba_api=flags) as b:
+        for _ in range(5):
+            assert httpx.post(a.url + "/predict", json=SEED_PAYLOAD).status_code == 200
+        assert httpx.post(a.url + "/admin/reload").status_code == 200
+        time.sleep(1.5)  # two polls of a group folder, had b joined one
+        text = httpx.get(b.url + "/metrics").text
+        assert 'route="/predict"' not in text, text
+        assert "reloaded: model" not in (tmp_path / "b.log").read_text()
+        assert a.process.poll() is None and b.process.poll() is None
+    assert not any(shared.rglob("*.db"))

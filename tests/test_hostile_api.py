@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from test_api_world import SCORE_DAY, Server, World, running_server, shared_world
 
 from uba import io
@@ -46,7 +47,8 @@ class Servers:
     def get(self, name: str) -> tuple[Server, World]:
         if name not in self.started:
             world, env = self._setup(name)
-            flags = ["--workers", "2", "--no-access-log"] if name.startswith("workers") else None
+            flags = (["--workers", "2", "--no-access-log"] if name.startswith("workers") else
+                     ["--no-access-log"] if name == "inherited_group" else None)
             server = self.stack.enter_context(running_server(env, self.root / f"{name}.log", uba_api=flags))
             self.started[name] = (server, world)
         return self.started[name]
@@ -57,6 +59,16 @@ class Servers:
             return own, own.env()
         if name in ("keyed", "workers", "workers_killed"):  # workers*: uba-api --workers 2
             return own, own.env(UBA_API_KEYS=KEY)
+        if name == "inherited_group":  # the environment names another server's group folder
+            folder = self.root / "another-servers-group"
+            (folder / "metrics").mkdir(parents=True)
+            counts = MmapedDict(str(folder / "metrics" / "counter_1.db"))
+            counts.write_value(mmap_key("uba_api_requests_total", "uba_api_requests_total",
+                                        ["route", "method", "status"], ["/from-another-server", "POST", "200"],
+                                        "HTTP requests by route, method and status code."), 1000.0, 0.0)
+            counts.close()
+            return own, own.env(UBA_API_WORKER_GROUP_DIR=str(folder),
+                                PROMETHEUS_MULTIPROC_DIR=str(folder / "metrics"))
         if name == "broken_keyed":  # LATEST swapped for a link to /etc/passwd (or a stand-in)
             target = Path("/etc/passwd")
             if not target.is_file():

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from uba.api.workers import make_group_dir, remove_group_dir
+from uba.api.workers import GROUP_DIR_ENV, METRICS_DIR_ENV, make_group_dir, remove_group_dir
 from uba.errors import UserError
 from uba.logs import configure_logging
 from uba.settings import load_settings
@@ -71,6 +71,11 @@ def main(config: str | None, data_dir: str | None, model_dir: str | None, host: 
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    # The group folder is this server's own: a fresh one for several workers, none for one.
+    # Variables inherited from the environment (another server's, or a PROMETHEUS_MULTIPROC_DIR
+    # set for other programs) would make a single worker share its counts and reloads.
+    for name in (GROUP_DIR_ENV, METRICS_DIR_ENV):
+        env.pop(name, None)
     group = make_group_dir(env) if settings.api.workers > 1 else None
     try:
         uvicorn.run(
