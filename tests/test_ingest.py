@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -738,7 +739,8 @@ def test_a_header_of_2m_columns_is_refused_without_quadratic_work(tmp_path: Path
     limits = Settings(ingest=IngestSettings(max_record_bytes=32 << 20))  # so the column limit is what trips
     with pytest.raises(UserError, match=r"wide.csv: the header has 2,000,000 columns, over ingest.max_columns"):
         ingest_files([path], tmp_path / "d", limits)
-    path.write_text(",".join(f"c{i}" for i in range(1000)) + "\n1\n")  # at the limit, and unique: fine
+    names = ISSUE_HEADER.split(",") + [f"c{i}" for i in range(1000 - len(ISSUE_HEADER.split(",")))]
+    path.write_text(",".join(names) + "\n1\n")  # at the limit, and unique: fine
     assert ingest_files([path], tmp_path / "d", limits).rows_read == 1
 
 
@@ -758,6 +760,13 @@ def test_double_star_glob_enters_each_folder_once(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ issue 11 follow-up: typed Parquet,
 # JSON array ends, unknown keys, line ends
+
+
+def _other_event_fields(columns: dict[str, object], rows: int) -> dict[str, object]:
+    """``columns`` plus ordinary values for every required event field it lacks: a file
+    without them is refused as a whole (check_required_columns), not read."""
+    ordinary = _event(0)
+    return {**{name: [value] * rows for name, value in ordinary.items() if name not in columns}, **columns}
 
 
 def _event(i: int, **fields: object) -> dict[str, object]:
@@ -997,7 +1006,7 @@ def test_parquet_dictionary_values_are_bounded_by_their_decoded_size(tmp_path: P
     _dictionary_bomb(big, 2_000_000)
     assert small.stat().st_size < 100_000 and big.stat().st_size < 2_000_000
     peak, done = _cli_peak_rss_mb(small, tmp_path / "d1")
-    assert done.stdout.split()[0] == "0", done.stderr[-2000:]
+    assert done.stdout.split()[0] == "2", done.stderr[-2000:]  # stored what it could; all quarantined
     (run,) = [json.loads(p.read_text()) for p in (tmp_path / "d1" / "ingest_runs").glob("*.json")]
     assert (run["status"], run["rows_read"], run["rows_written"], run["rows_quarantined"]) == ("ok", 20_000, 0, 20_000)
     assert peak < 600, peak
@@ -1080,7 +1089,8 @@ def test_view_and_fixed_size_binary_parquet_columns_decode_in_bounded_batches(
     column = (pa.array([value] * rows, pa.binary(size)) if kind == "fixed_size_binary"
               else pa.array([value] * rows, pa.binary()).cast(getattr(pa, kind)()))
     path = tmp_path / "wide.parquet"
-    pq.write_table(pa.table({"event_id": [f"e{i}" for i in range(rows)], "user_id": column}), path)
+    pq.write_table(pa.table(_other_event_fields({"event_id": [f"e{i}" for i in range(rows)], "user_id": column},
+                                                rows)), path)
     frames = list(ingest.read_batches(path, "parquet", 250_000, IngestSettings()))
     assert sum(frame.height for frame in frames) == rows
     biggest = max(frame.select(pl.col("user_id").cast(pl.Binary).bin.size()).sum().item() for frame in frames)
@@ -1095,7 +1105,8 @@ def test_a_fixed_size_binary_column_wider_than_the_field_limit_is_not_read(tmp_p
     from uba.settings import IngestSettings
 
     path = tmp_path / "wider.parquet"
-    pq.write_table(pa.table({"event_id": ["e1", "e2"], "user_id": pa.array([b"y" * 70_000] * 2, pa.binary(70_000))}), path)
+    columns = {"event_id": ["e1", "e2"], "user_id": pa.array([b"y" * 70_000] * 2, pa.binary(70_000))}
+    pq.write_table(pa.table(_other_event_fields(columns, 2)), path)
     (frame,) = read_batches(path, "parquet", 1000, IngestSettings())
     assert frame["user_id"].to_list() == [None, None]
     assert frame["read_error"].to_list() == [
@@ -1112,7 +1123,8 @@ def test_a_parquet_file_of_many_tiny_row_groups_is_read_in_few_batches(tmp_path:
     from uba.settings import IngestSettings
 
     rows = 300
-    frame = pl.DataFrame({"event_id": [f"e{i}" for i in range(rows)], "user_id": ["u1"] * rows})
+    frame = pl.DataFrame(_other_event_fields({"event_id": [f"e{i}" for i in range(rows)], "user_id": ["u1"] * rows},
+                                             rows))
     path = tmp_path / "groups.parquet"
     pq.write_table(frame.to_arrow(), path, row_group_size=1)
     assert pq.ParquetFile(path).metadata.num_row_groups == rows
@@ -1162,3 +1174,70 @@ def test_a_lock_file_that_cannot_be_opened_is_one_line_and_a_failed_summary(tmp_
     assert line.startswith(f"error: cannot open the lock file {lock}: Is a directory")
     (run,) = [json.loads(p.read_text()) for p in (data / "ingest_runs").glob("*.json")]
     assert (run["status"], run["rows_read"]) == ("failed", 0)
+
+
+# ------------------------------------------------------------------ exit codes that tell the truth
+
+
+def _ingest_cli(tmp_path: Path, name: str, body: bytes) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / name
+    path.write_bytes(body)
+    return subprocess.run([str(Path(sys.executable).parent / "uba-batch"), "ingest", str(path), "--data-dir",
+                           str(tmp_path / "d"), "--json"], capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+FULL_HEADER = "event_id,user_id,timestamp,event_type,session_duration_sec,events_in_session,device_type\n"
+GOOD_ROW = "e1,u1,2026-11-11T10:00:00Z,login,60,3,desktop\n"
+
+
+@pytest.mark.parametrize(("name", "body", "code", "wanted"), [
+    ("empty.csv", b"", 0, "empty.csv: no data rows"),
+    ("header-only.csv", FULL_HEADER.encode(), 0, "header-only.csv: no data rows"),
+    ("other-columns.csv", b"foo,bar\n1,2\n3,4\n", 1,
+     "missing required columns event_id, user_id, timestamp, event_type, session_duration_sec, "
+     "events_in_session, device_type; found: foo, bar; expected: event_id"),
+    ("userid.csv", (FULL_HEADER.replace("user_id", "userid") + GOOD_ROW).encode(), 1,
+     "missing required column user_id (did you mean 'userid' for user_id?); found: event_id, userid,"),
+    ("User_ID.parquet", None, 1, "did you mean 'User_ID' for user_id?"),
+    ("random.csv", bytes(random.Random(3).randrange(256) for _ in range(100)), 1,
+     "missing required columns event_id, user_id"),
+    ("mostly-bad.csv", (FULL_HEADER + GOOD_ROW + "e2,u1,not-a-time,login,60,3,desktop\n"
+                        "e3,u1,nope,login,60,3,desktop\n").encode(), 2,
+     "2 of 3 rows (67%) were quarantined, over ingest.max_quarantine_ratio (0.5); the valid rows are stored"),
+])
+def test_ingest_exit_codes_and_messages(tmp_path: Path, name: str, body: bytes | None, code: int,
+                                        wanted: str) -> None:
+    """Before: all of these printed `ok` and exited 0 (the random bytes below excepted)."""
+    if body is None:  # a Parquet export whose id column is spelled differently
+        frame = pl.DataFrame([_event(1)]).rename({"user_id": "User_ID"})
+        frame.write_parquet(tmp_path / "src.parquet")
+        body = (tmp_path / "src.parquet").read_bytes()
+    done = _ingest_cli(tmp_path, name, body)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert wanted in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    (run,) = [json.loads(p.read_text()) for p in (tmp_path / "d" / "ingest_runs").glob("*.json")]
+    if code == 1:  # refused: nothing of the file stored, a failed summary naming why
+        assert run["status"] == "failed" and run["rows_written"] == 0 and wanted.split(";")[0] in run["error"]
+        assert not (tmp_path / "d" / "events").exists()
+    else:  # stored what it could; the summary (printed and kept) says what happened
+        assert run["status"] == "ok" and json.loads(done.stdout) == run
+    if code == 0:
+        assert run["warnings"] == [f"{tmp_path / name}: no data rows"]
+    if code == 2:
+        assert (run["rows_read"], run["rows_written"], run["rows_quarantined"]) == (3, 1, 2)
+
+
+def test_a_retried_delivery_exits_as_the_first_run_did(tmp_path: Path) -> None:
+    """Rows refused as already stored do not count towards ingest.max_quarantine_ratio."""
+    body = (FULL_HEADER + GOOD_ROW + "e2,u2,2026-11-11T11:00:00Z,login,60,3,desktop\n").encode()
+    assert _ingest_cli(tmp_path, "a.csv", body).returncode == 0
+    again = _ingest_cli(tmp_path, "a.csv", body)
+    assert again.returncode == 0 and json.loads(again.stdout)["reasons"] == {"duplicate event_id": 2}
+
+
+def test_the_empty_row_reason_is_only_for_empty_rows(tmp_path: Path) -> None:
+    path = tmp_path / "keys.jsonl"
+    path.write_text('{"foo": 1, "bar": 2}\n{}\n' + json.dumps(_event(3)) + "\n")
+    ingest_files([path], tmp_path / "d", settings())
+    reasons = dict(stored(tmp_path / "d", storage.QUARANTINE).select("source_row", "reason").iter_rows())
+    assert reasons == {1: "line has no event field, only foo, bar", 2: "empty row (no values)"}

@@ -22,6 +22,7 @@ every row under ``events/`` passed the same checks.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import functools
 import io
@@ -45,9 +46,17 @@ from uba import event_rules as rules
 from uba import io as storage
 from uba.errors import UserError
 from uba.logs import get_logger
-from uba.schema import PARTITION_COLUMN, QUARANTINE_SCHEMA, RAW_FIELDS, UNKNOWN_PARTITION
+from uba.schema import (
+    OPTIONAL_FIELDS,
+    PARTITION_COLUMN,
+    QUARANTINE_SCHEMA,
+    RAW_FIELDS,
+    REQUIRED_FIELDS,
+    UNKNOWN_PARTITION,
+)
 from uba.settings import IngestSettings, Settings
 from uba.validate import (
+    KIND_DUPLICATE,
     META_FIELDS,
     READ_ERROR,
     REASON_KIND,
@@ -363,6 +372,29 @@ def _csv_header(record: bytes, path: Path, limits: IngestSettings) -> list[str]:
     return names
 
 
+def check_required_columns(path: Path | str, names: Sequence[str]) -> None:
+    """Refuse a file whose header or schema lacks a required event field, naming what it
+    has, what is expected and the closest name (``userid`` for ``user_id``). Every row of
+    such a file would only be quarantined for the same missing field, and a run reporting
+    ``ok`` while storing nothing hid a wrong export from whoever scheduled it."""
+    present = set(names)
+    missing = [field for field in REQUIRED_FIELDS if field not in present]
+    if not missing:
+        return
+    others = {name.strip().lower().replace("-", "_").replace(" ", "_"): name
+              for name in names if name not in _KNOWN_KEYS}
+    hints = []
+    for wanted in missing:
+        close = difflib.get_close_matches(wanted, list(others), n=1, cutoff=0.75)
+        if close:
+            hints.append(f"{_excerpt(others[close[0]])!r} for {wanted}?")
+    hint = f" (did you mean {', '.join(hints)})" if hints else ""
+    found = ", ".join(_excerpt(name) for name in list(names)[:30]) or "none"
+    raise UserError(f"{path}: missing required column{'s' if len(missing) > 1 else ''} {', '.join(missing)}{hint}; "
+                    f"found: {found}; expected: {', '.join(REQUIRED_FIELDS)}, and optionally "
+                    f"{', '.join(OPTIONAL_FIELDS)}")
+
+
 def _csv_rows_slowly(body: bytes, ends: np.ndarray, names: list[str]) -> pl.DataFrame:
     """Record-by-record parse of a batch, flagging each record that is not CSV."""
     width = len(names)
@@ -426,6 +458,7 @@ def _csv_batches(path: Path, batch_rows: int, limits: IngestSettings,
                 raise UserError(f"{path}: the first line (the header) is empty")
             return
         names = _csv_header(header, path, limits)
+        check_required_columns(path, names)
         if ignored is not None:
             ignored(*_unknown_columns(names))
         first_row = 1
@@ -508,6 +541,8 @@ def _record_error(value: Any, what: str, max_columns: int) -> str | None:
         return f"{what} {rules.MSG_REPEATED_KEY} {_excerpt(value.key)!r}"
     if len(value) > max_columns:
         return f"{what} has {len(value):,} fields, over ingest.max_columns ({max_columns:,})"
+    if value and value.keys().isdisjoint(_KNOWN_KEYS):  # not an empty row: keys, none of them ours
+        return f"{what} has no event field, only {', '.join(_excerpt(k) for k in islice(value, 5))}"
     return None
 
 
@@ -959,6 +994,7 @@ def _parquet_columns(parquet: Any, path: Path, limits: IngestSettings,
     names = schema.names
     if len(names) > limits.max_columns:
         raise UserError(f"{path}: has {len(names):,} columns, over ingest.max_columns ({limits.max_columns:,})")
+    check_required_columns(path, names)
     if ignored is not None:
         ignored(*_unknown_columns(dict.fromkeys(names)))
     counts = Counter(names)
@@ -1393,6 +1429,7 @@ class IngestSummary:
     parts: list[str] = field(default_factory=list)
     seconds: float = 0.0
     summary_path: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -1423,6 +1460,7 @@ class IngestSummary:
                 f"  {item.path} ({item.format}): read {item.rows_read:,}, written {item.rows_written:,}, "
                 f"quarantined {item.rows_quarantined:,}{ignored}"
             )
+        lines += [f"warning: {warning}" for warning in self.warnings]
         if self.error:
             lines.append(f"error: {self.error}")
         if self.summary_path:
@@ -1638,6 +1676,30 @@ class _SmallBatches:
             self._run.ingest_batch(pl.concat([frame for frame, _ in held]), items)
 
 
+def _warn_of_empty_inputs(summary: IngestSummary) -> None:
+    """A file with no data rows is not an error (an empty export happens), but a run that
+    stores nothing must not look like one that stored a day: say so, in the log and the summary."""
+    for item in summary.files:
+        if item.rows_read == 0:
+            warning = f"{item.path}: no data rows"
+            _log.warning(warning)
+            summary.warnings.append(warning)
+
+
+def quarantine_share_exceeded(summary: IngestSummary, limit: float) -> str | None:
+    """Why the run's exit code must not say success although it stored what it could: more
+    than ``limit`` of the rows read were quarantined (a wrong export, a changed format).
+    Rows refused as already stored (``duplicate event_id``) count as good ones: re-ingesting
+    a file, or a retried delivery, is safe and exits as the first run did."""
+    read = summary.rows_read
+    bad = summary.rows_quarantined - summary.reasons.get(KIND_DUPLICATE, 0)
+    if read <= 0 or bad <= limit * read:
+        return None
+    return (f"{bad:,} of {read:,} rows ({bad / read:.0%}) were quarantined, over ingest.max_quarantine_ratio "
+            f"({limit:g}); the valid rows are stored, the others are in quarantine/ with their reasons "
+            f"(summary: {summary.summary_path})")
+
+
 def _run_inputs(run: _Run, inputs: Iterable[tuple[FileSummary, Iterable[pl.DataFrame]]]) -> IngestSummary:
     batches = _SmallBatches(run)
     try:
@@ -1646,6 +1708,7 @@ def _run_inputs(run: _Run, inputs: Iterable[tuple[FileSummary, Iterable[pl.DataF
             for frame in frames:
                 batches.add(frame, item)
         batches.flush()
+        _warn_of_empty_inputs(run.summary)
     except UserError as exc:
         error = str(exc)
         try:

@@ -1328,12 +1328,27 @@ def _file_key(path: Path) -> tuple[int, int] | Path:
     return info.st_dev, info.st_ino
 
 
+def _refuse_links_out_of(base: str, pattern: str, matches: list[Path]) -> None:
+    """A file a glob found through a symlink pointing outside the glob's folder is refused,
+    naming both: a drop folder anyone can write to would otherwise let a link to
+    ``/var/run/secrets/...`` or ``/proc/self/environ`` be read, and its first line shown
+    back in the summary, the log and quarantine reasons. A path named directly is followed:
+    the operator chose it."""
+    root = os.path.realpath(base or ".")
+    for match in matches:
+        target = os.path.realpath(match)
+        if os.path.commonpath([root, target]) != root:
+            raise UserError(f"{match} (matched by {pattern!r}) is a link to {target}, outside {root}; "
+                            "name the file itself to ingest it")
+
+
 def expand_inputs(patterns: Iterable[str]) -> list[Path]:
     """Files named by paths or globs, in the order given (each glob sorted), each file once.
 
     A glob matching nothing, a missing path or a directory is a user error, checked before
     anything is ingested so a typo never leaves a half-done run. A file reached by two
-    paths (a symlink, a hard link, two globs) is read once, under the first path.
+    paths (a symlink, a hard link, two globs) is read once, under the first path. A glob
+    does not follow links out of its own folder (``_refuse_links_out_of``).
     """
     found: list[Path] = []
     seen: set[tuple[int, int] | Path] = set()
@@ -1342,6 +1357,7 @@ def expand_inputs(patterns: Iterable[str]) -> list[Path]:
             matches = _glob_files(pattern)
             if not matches:
                 raise UserError(f"no files match {pattern!r}")
+            _refuse_links_out_of(_split_glob(pattern)[0], pattern, matches)
         else:
             path = Path(pattern)
             if path.is_dir():

@@ -100,6 +100,8 @@ class IngestSettings(_Section):
     max_columns: int = Field(1_000, ge=16, le=1_000_000)
     max_decompressed_bytes: int = Field(4 << 30, ge=1 << 20)
     lock_timeout_sec: float = Field(600.0, ge=0, le=86_400)  # wait for another ingest's lock (docs/ingest.md)
+    # a run quarantining more than this share of what it read exits 2 after storing what it could
+    max_quarantine_ratio: float = Field(0.5, ge=0, le=1)
 
     @model_validator(mode="after")
     def _record_holds_a_field(self) -> IngestSettings:

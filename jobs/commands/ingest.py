@@ -8,6 +8,10 @@ import click
 
 from jobs.options import data_dir_option, settings_from
 
+# 0: stored (warnings aside); 1: refused, one line, the failed summary written; 2: stored
+# what it could, but more than ingest.max_quarantine_ratio of the rows went to quarantine.
+QUARANTINE_EXIT_CODE = 2
+
 
 @click.command(name="ingest")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
@@ -27,7 +31,9 @@ def command(ctx: click.Context, inputs: tuple[str, ...], data_dir: str | None, f
     values as text + reason + source file and row) to <data-dir>/quarantine/. Files are
     read in bounded batches; re-ingesting a file adds nothing (its rows are quarantined
     as duplicate event_id). The summary is printed and kept in <data-dir>/ingest_runs/.
-    See docs/ingest.md for the list of reasons.
+    See docs/ingest.md for the list of reasons. Exit code 0: stored; 1: refused (one
+    line, nothing of that file stored); 2: stored, but more than ingest.max_quarantine_ratio
+    of the rows were quarantined.
 
     \b
     Example:
@@ -35,7 +41,7 @@ def command(ctx: click.Context, inputs: tuple[str, ...], data_dir: str | None, f
       uba-batch ingest 'exports/**/*.jsonl.gz' --data-dir data --json
       uba-batch ingest dump.txt --format jsonl --batch-rows 100000
     """
-    from uba.ingest import ingest_files
+    from uba.ingest import ingest_files, quarantine_share_exceeded
 
     if batch_rows is not None:
         root = ctx.find_root()
@@ -47,3 +53,7 @@ def command(ctx: click.Context, inputs: tuple[str, ...], data_dir: str | None, f
         click.echo(json.dumps(summary.to_dict(), indent=2, sort_keys=True))
     else:
         click.echo(summary.to_table())
+    too_many = quarantine_share_exceeded(summary, settings.ingest.max_quarantine_ratio)
+    if too_many:
+        click.echo(f"error: {too_many}", err=True)
+        ctx.exit(QUARANTINE_EXIT_CODE)
