@@ -69,7 +69,7 @@ class Servers:
             counts.close()
             return own, own.env(UBA_API_WORKER_GROUP_DIR=str(folder),
                                 PROMETHEUS_MULTIPROC_DIR=str(folder / "metrics"))
-        if name == "broken_keyed":  # LATEST swapped for a link to /etc/passwd (or a stand-in)
+        if name in ("broken_keyed", "open_broken"):  # LATEST swapped for a link to /etc/passwd (or a stand-in)
             target = Path("/etc/passwd")
             if not target.is_file():
                 target = self.root / "passwd"
@@ -77,7 +77,7 @@ class Servers:
             latest = own.model_dir / "LATEST"
             latest.unlink()
             latest.symlink_to(target)
-            return own, own.env(UBA_API_KEYS=KEY)
+            return own, (own.env() if name == "open_broken" else own.env(UBA_API_KEYS=KEY))
         raise ValueError(f"unknown server {name!r} in the corpus")
 
 

@@ -35,18 +35,24 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-async def get_model_state(runtime: RuntimeDep) -> ModelState:
+async def get_model_state(request: Request, runtime: RuntimeDep) -> ModelState:
     """The state this request will use from start to end, even if a reload swaps it meanwhile."""
-    return current_state(runtime)
+    return current_state(runtime, request)
 
 
-def current_state(runtime: Runtime) -> ModelState:
-    """The served state, or 503 naming why there is none."""
+def current_state(runtime: Runtime, request: Request) -> ModelState:
+    """The served state, or 503 naming why there is none: file-system paths only for a
+    caller with a valid key, as ``/ready`` shows them (on an open API, nobody has one)."""
     state = runtime.holder.current
     if state is None:
+        from uba.api.routes.health import is_authenticated, redact_paths
+
+        problem = runtime.holder.problem
+        if problem and not is_authenticated(request, runtime):
+            problem = redact_paths(problem, runtime)
         raise HTTPException(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"no model loaded: {runtime.holder.problem}",
+            detail=f"no model loaded: {problem}",
         )
     return state
 

@@ -85,7 +85,7 @@ def _resolver(body: JsonBody, name: str) -> Resolver:
         runtime: Runtime = request.app.state.runtime
         await authorize(request, request.headers.get(API_KEY_HEADER))
         check_json(request)
-        state = current_state(runtime)
+        state = current_state(runtime, request)
         return {"state": state, "runtime": runtime, name: await body(request)}
 
     return resolve
