@@ -140,3 +140,33 @@ def test_single_worker_servers_ignore_a_group_folder_in_their_environment(own_wo
         assert "reloaded: model" not in (tmp_path / "b.log").read_text()
         assert a.process.poll() is None and b.process.poll() is None
     assert not any(shared.rglob("*.db"))
+
+
+def test_a_reload_request_overwritten_before_the_poll_still_reloads(tmp_path: Path) -> None:
+    """Two workers' views of one real group folder. Worker A reloads (a new bundle) and
+    announces; before B's next poll (every 0.5 s), B's own reload, which read LATEST
+    before that bundle landed, ends and announces too, replacing A's request. B marked
+    its own request seen and never acted on A's: B kept serving the old bundle. Now B's
+    poll runs one more reload."""
+    import asyncio
+
+    from uba.api.workers import WorkerGroup
+
+    async def scenario() -> int:
+        reloads = 0
+
+        async def reload_b() -> None:
+            nonlocal reloads
+            reloads += 1
+
+        a, b = WorkerGroup(tmp_path), WorkerGroup(tmp_path)
+        b.start(reload_b)
+        try:
+            a.announce_reload()  # A: reloaded the new bundle
+            b.announce_reload()  # B: its own (older) reload ends before its poll saw A's request
+            await asyncio.sleep(1.2)  # two polls
+        finally:
+            await b.stop()
+        return reloads
+
+    assert asyncio.run(scenario()) == 1

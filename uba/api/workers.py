@@ -82,12 +82,19 @@ class WorkerGroup:
             return ""
 
     def announce_reload(self) -> None:
-        """Ask every other worker to reload (written whole, then renamed into place)."""
+        """Ask every other worker to reload (written whole, then renamed into place).
+
+        Another worker's request this worker's poll has not acted on yet is overwritten
+        here; it may name a newer bundle than the one this worker's own reload read
+        (that reload began before the bundle landed and ended after the other worker's
+        did), so it is not marked seen: the poll then runs one more reload."""
+        pending = self.current_request() not in ("", self.seen)
         token = f"{os.getpid()}-{time.time_ns()}"
         staging = self.folder / f".{RELOAD_REQUEST}.{os.getpid()}"
         staging.write_text(token, encoding="utf-8")
         os.replace(staging, self.request_path)
-        self.seen = token
+        if not pending:
+            self.seen = token
 
     def start(self, on_request: Callable[[], Awaitable[object]]) -> None:
         """Poll for other workers' reload requests and run ``on_request`` for each new one."""
