@@ -74,7 +74,11 @@ def test_a_killed_worker_leaves_no_series_behind_in_metrics(own_world: World, tm
         text = scrape()
         assert re.search(r"^uba_api_model_loaded 1\.0$", text, re.M), text
         assert len(served_by_worker(text)) == 2 and set(served_by_worker(text).values()) == {own_world.version}
-    assert "Traceback" not in (tmp_path / "api.log").read_text()
+        assert httpx.post(server.url + "/admin/reload", timeout=30).status_code == 200
+        assert poll(lambda: "reloaded: model" in (tmp_path / "api.log").read_text(), timeout=5)
+    log = (tmp_path / "api.log").read_text()
+    assert "Traceback" not in log
+    assert "UserWarning" not in log  # prometheus_client's 'Clearing labels has not been implemented' at a reload
 
 
 def running(pid: int) -> bool:

@@ -247,6 +247,8 @@ def test_hostile_api_case(servers: Servers, name: str) -> None:
     assert not any(code.startswith("5") and code != "503" for code in counts), counts
     if expect.get("no_traceback", True):
         assert "Traceback" not in server.log.read_text()
+    if expect.get("no_warning"):
+        assert "Warning" not in server.log.read_text()
 
 
 def test_the_corpus_is_complete() -> None:

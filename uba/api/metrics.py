@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import time
+import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,9 @@ class ApiMetrics:
     def set_model(self, model_version: str | None, baseline_as_of: str | None) -> None:
         if self.multiprocess_dir and self._served is not None:  # a worker's file outlives clear(): zero it
             self.model_info.labels(*self._served).set(0)
-        self.model_info.clear()
+        with warnings.catch_warnings():  # multiprocess mode warns that clear() leaves the files: zeroed above
+            warnings.filterwarnings("ignore", "Clearing labels has not been implemented", UserWarning)
+            self.model_info.clear()
         self._served = None
         if model_version is None:
             self.model_loaded.set(0)
