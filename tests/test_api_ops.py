@@ -400,7 +400,7 @@ def test_kept_alive_connections_outlive_a_proxys_idle_timeout(world: World, tmp_
     one after 5-6 s of quiet lost that request ('Server disconnected without sending a
     response', seen by the hostile-load benchmark's reloader posting every 5 s)."""
     flags = ["--no-access-log"]
-    for keep_alive, idle, alive in ((None, 6.0, True), ("1", 2.0, False)):
+    for keep_alive, idle, alive in ((None, 6.0, True), ("1", 4.0, False)):  # 3 s of slack on a busy machine
         env = world.env() if keep_alive is None else world.env(UBA_API__KEEP_ALIVE_SEC=keep_alive)
         with running_server(env, tmp_path / "api.log", uba_api=flags) as server:
             host, port = server.url.removeprefix("http://").split(":")
@@ -409,7 +409,7 @@ def test_kept_alive_connections_outlive_a_proxys_idle_timeout(world: World, tmp_
                 time.sleep(idle)
                 try:
                     again = _get_on(sock, "/health")
-                except ConnectionResetError:
+                except (ConnectionResetError, BrokenPipeError):
                     again = b""
                 assert again.startswith(b"HTTP/1.1 200") is alive, (keep_alive, again[:80])
 
