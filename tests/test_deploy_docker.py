@@ -114,15 +114,16 @@ def _exec_form(args: str) -> list[str]:
     return value
 
 
-def _makefile_install_commands() -> list[str]:
-    """The recipe lines of the target `make install` builds (the venv's uba-batch)."""
+def _makefile_recipe(target: str) -> list[str]:
+    """The recipe lines of one Makefile target, with the Makefile's $(UV) spelled out."""
     lines = (REPO / "Makefile").read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("$(BIN)/uba-batch:"))
+    uv = next(line.split(":=", 1)[1].strip() for line in lines if line.startswith("UV :="))
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
     recipe = []
     for line in lines[start + 1:]:
         if not line.startswith("\t"):
             break
-        recipe.append(line.strip())
+        recipe.append(line.strip().replace("$(UV)", uv))
     return recipe
 
 
@@ -158,16 +159,18 @@ def test_dependencies_are_a_layer_before_the_source(dockerfile: list[Instruction
 
 
 def test_install_steps_are_the_makefiles(dockerfile: list[Instruction]) -> None:
-    """Same pip, same pyproject: the Makefile's `pip install -e ".[dev]"` becomes a
-    regular install of "." (no editable mode, no dev extras) after the same pip upgrade."""
-    make = _pip_installs(_makefile_install_commands())
+    """Same pyproject: the Makefile's `make install` (uv, `-e .`) and `make install-dev`
+    (`-e ".[dev]"`) become, in the image, the pyproject's dependencies and then a regular
+    install of "." (no editable mode, no dev extras) after a pip upgrade."""
+    runtime = _pip_installs(_makefile_recipe("$(RUNTIME_STAMP)"))
+    dev = _pip_installs(_makefile_recipe("$(DEV_STAMP)"))
+    assert runtime == [["--python", "$(BIN)/python", "-e", "."]]
+    assert dev == [["--python", "$(BIN)/python", "-e", ".[dev]"]]
     runs = [c for i in dockerfile if i.stage == 0 and i.keyword == "RUN" for c in _split_commands(i.args)]
     docker = _pip_installs(runs)
-    assert make[0] == docker[0] == ["--upgrade", "pip"]
-    (make_target,) = [a for a in make[1] if not a.startswith("-")]
-    assert make[1] == ["-e", make_target] and make_target == ".[dev]"
-    assert docker[-1] == ["--no-deps", make_target.split("[")[0]]  # the project, from "."
+    assert docker[0] == ["--upgrade", "pip"]
     assert docker[1] == ["-r", "/tmp/requirements.txt"]
+    assert docker[-1] == ["--no-deps", "."]  # the project, from "."
 
 
 def test_dependency_layer_installs_exactly_pyprojects_dependencies(
