@@ -391,8 +391,16 @@ def test_two_workers_add_up_their_metrics_and_all_follow_one_reload(own_world: W
 
 
 def _get_on(sock: socket.socket, path: str) -> bytes:
+    """One whole answer (head and body: they may come in separate reads), b"" once closed."""
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-    return sock.recv(65536)
+    answer = b""
+    while True:
+        chunk = sock.recv(65536)
+        answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+        if not chunk or (length and len(body) >= int(length.group(1))):
+            return answer
 
 
 def test_kept_alive_connections_outlive_a_proxys_idle_timeout(world: World, tmp_path: Path) -> None:

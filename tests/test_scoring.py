@@ -245,7 +245,7 @@ def test_quarantined_rows_of_the_day_are_counted_beside_the_scored_ones(
         f"late-2,new-user,{day}T12:05:00Z,teleport,60,3,desktop\n"
         f"late-3,new-user,{day}T12:06:00Z,view,-5,3,desktop\n")
     result = CliRunner().invoke(cli, ["ingest", str(raw), "--data-dir", str(data_dir)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output  # stored the valid row; 2 of 3 over ingest.max_quarantine_ratio
     settings = load_settings(overrides={"paths": {"data_dir": data_dir, "model_dir": trained_dataset.model_dir,
                                                   "output_dir": tmp_path / "out"}}, env={})
     manifest = score_day(settings, ScoreOptions(day=day, in_process=True))
@@ -273,7 +273,7 @@ def test_a_day_whose_rows_were_all_quarantined_says_so(tmp_path: Path) -> None:
         "b1,u1,2026-03-11T10:00:00Z,teleport,60,3,desktop\n"
         "b2,u1,2026-03-11T11:00:00Z,login,-5,3,desktop\n")
     data_dir = tmp_path / "data"
-    assert CliRunner().invoke(cli, ["ingest", str(raw), "--data-dir", str(data_dir)]).exit_code == 0
+    assert CliRunner().invoke(cli, ["ingest", str(raw), "--data-dir", str(data_dir)]).exit_code == 2  # all quarantined
     settings = load_settings(overrides={"paths": {"data_dir": data_dir, "model_dir": tmp_path / "m",
                                                   "output_dir": tmp_path / "out"}}, env={})
     with pytest.raises(UserError, match=r"no events partition for 2026-03-11 .*all 2 ingested rows of that "
