@@ -16,10 +16,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from test_api_workers import served_by_worker
 from test_api_world import (
     SCORE_DAY,
     SEED_PAYLOAD,
     World,
+    free_port,
     running_server,
     shared_world,
     train_bundle,
@@ -348,16 +350,6 @@ def test_access_log_escapes_control_characters_so_a_url_cannot_forge_a_line(worl
     assert '\\"POST /admin/reload\\" 200\\x0d\\x1b[31m\\\\" 404' in access
 
 
-def _served_by_worker(metrics_text: str) -> dict[str, str]:
-    """pid -> the model version that worker reports with value 1 (``uba_api_model_info``)."""
-    served = {}
-    for line in metrics_text.splitlines():
-        found = re.match(r'uba_api_model_info\{.*model_version="([^"]+)",pid="(\d+)"\} 1\.0$', line)
-        if found:
-            served[found.group(2)] = found.group(1)
-    return served
-
-
 def test_two_workers_add_up_their_metrics_and_all_follow_one_reload(own_world: World, tmp_path: Path) -> None:
     """``uba-api --workers 2``: a request reaches one worker, yet /metrics counts every
     request whichever worker answers the scrape, and one POST /admin/reload moves both."""
@@ -365,11 +357,11 @@ def test_two_workers_add_up_their_metrics_and_all_follow_one_reload(own_world: W
     baselines = io.read_baseline_snapshot(io.latest_baseline_snapshot(own_world.data_dir)[1])
     with running_server(own_world.env(), tmp_path / "api.log", uba_api=flags) as server:
         sent = 0
-        while sent < 200 and len(_served_by_worker(httpx.get(server.url + "/metrics").text)) < 2:
+        while sent < 200 and len(served_by_worker(httpx.get(server.url + "/metrics").text)) < 2:
             for _ in range(10):  # a fresh connection each: the kernel hands them to either worker
                 assert httpx.post(server.url + "/predict", json=SEED_PAYLOAD).status_code == 200
                 sent += 1
-        workers = _served_by_worker(httpx.get(server.url + "/metrics").text)
+        workers = served_by_worker(httpx.get(server.url + "/metrics").text)
         assert len(workers) == 2 and set(workers.values()) == {own_world.version}, workers
         for _ in range(6):  # every scrape, from either worker, has every request
             text = httpx.get(server.url + "/metrics").text
@@ -380,9 +372,9 @@ def test_two_workers_add_up_their_metrics_and_all_follow_one_reload(own_world: W
         new_version, _ = train_bundle(own_world.settings(random_state=7), training_days(), baselines)
         reloaded = httpx.post(server.url + "/admin/reload")
         assert reloaded.status_code == 200 and reloaded.json()["model_version"] == new_version
-        assert _poll(lambda: set(_served_by_worker(httpx.get(server.url + "/metrics").text).values())
+        assert _poll(lambda: set(served_by_worker(httpx.get(server.url + "/metrics").text).values())
                      == {new_version}, timeout=10)
-        assert _served_by_worker(httpx.get(server.url + "/metrics").text).keys() == workers.keys()
+        assert served_by_worker(httpx.get(server.url + "/metrics").text).keys() == workers.keys()
         answers = {httpx.post(server.url + "/predict", json=SEED_PAYLOAD).json()["model_version"]
                    for _ in range(20)}
         assert answers == {new_version}
@@ -426,7 +418,7 @@ def test_plain_uvicorn_logs_each_request_once(world: World, tmp_path: Path) -> N
     """``uvicorn uba.api.app:app`` without ``--no-access-log``: uvicorn's own access line
     came on top of the app's (which carries the request id)."""
     log = tmp_path / "api.log"
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "uba.api.app:app", "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, env=world.env(), stdout=out, stderr=subprocess.STDOUT)
@@ -441,12 +433,6 @@ def test_plain_uvicorn_logs_each_request_once(world: World, tmp_path: Path) -> N
         process.wait(timeout=10)
     lines = [line for line in log.read_text().splitlines() if "/predict" in line]
     assert len(lines) == 1 and "request_id=" in lines[0], lines
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _answers(url: str) -> bool:

@@ -257,6 +257,17 @@ def assert_new_day(data: Path, out: Path, day: date, old_manifest: dict[str, Any
     return manifest
 
 
+# How a recipe's "layout" rewrites the day's outputs after the first run.
+LAYOUTS: dict[str, Any] = {
+    "legacy": to_legacy_layout,
+    "absolute": _to_absolute_links_layout,
+    "foreign": _hand_made_links,
+    "version_of_next_day": point_version_at_next_day,
+    "version_folder_linked_to_next_day": link_version_folder_to_next_day,
+    "anchor_linked_to_next_day": link_anchor_to_next_day,
+}
+
+
 def test_the_corpus_covers_items_6_to_8() -> None:
     names = case_names()
     items = {json.loads((CORPUS / f"{n}.expect.json").read_text())["item"] for n in names}
@@ -281,18 +292,8 @@ def test_hostile_batch_case(name: str, trained_dataset, tmp_path: Path) -> None:
         assert run_cli(args)[0] == 0
     if recipe.get("score_next_day"):
         assert run_cli(score_args(data, trained_dataset.model_dir, out, day + timedelta(days=1)))[0] == 0
-    if recipe.get("layout") == "legacy":
-        to_legacy_layout(out, day)
-    if recipe.get("layout") == "absolute":
-        _to_absolute_links_layout(out, day)
-    if recipe.get("layout") == "foreign":
-        _hand_made_links(out, day)
-    if recipe.get("layout") == "version_of_next_day":
-        point_version_at_next_day(out, day)
-    if recipe.get("layout") == "version_folder_linked_to_next_day":
-        link_version_folder_to_next_day(out, day)
-    if recipe.get("layout") == "anchor_linked_to_next_day":
-        link_anchor_to_next_day(out, day)
+    if "layout" in recipe:
+        LAYOUTS[recipe["layout"]](out, day)
     for spec in recipe.get("damage", []):
         damage(data, spec)
     if recipe.get("move_output"):
