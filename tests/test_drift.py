@@ -15,6 +15,7 @@ from jobs.cli import cli
 from uba import io
 from uba.artifacts import feature_reference, score_summary
 from uba.drift import (
+    DayUsers,
     DriftCounts,
     drift_counts,
     drift_report,
@@ -216,3 +217,121 @@ def test_a_weekday_is_compared_with_the_same_weekday_of_training(reference: dict
     assert seasonal["score_psi"] < LIMITS.psi_warn
     assert reference_for_weekday({k: v for k, v in meta.items() if k != "drift_reference_by_weekday"},
                                  5)[1] == "pooled training window"
+
+
+# --- the cross-fitted reference and the excess over chance ---------------------------------
+
+
+def test_chance_psi_covers_samples_of_one_distribution_and_not_a_shift() -> None:
+    """n * PSI ~ chi2(bins - 1): at confidence 0.999 about one day in a thousand of an
+    unchanged distribution has any excess, while a real shift keeps nearly all its PSI."""
+    from uba.drift import chance_psi
+
+    rng = np.random.default_rng(3)
+    shares = np.array([0.2, 0.2, 0.2, 0.2, 0.15, 0.05])
+    noise = chance_psi(len(shares), 230, 450, 0.999)
+    assert noise == pytest.approx(20.515 * (1 / 230 + 1 / 450), rel=1e-3)
+    over = 0
+    for _ in range(2000):
+        reference = rng.multinomial(450, shares) / 450
+        over += psi(rng.multinomial(230, shares), reference) > noise
+    assert over <= 10, f"{over} of 2000 same-distribution days passed the chance level"
+    moved = shares.copy()
+    moved[:2] -= 0.1
+    moved[-1] += 0.2
+    shifted = psi(rng.multinomial(230, moved), shares)
+    assert shifted - noise > LIMITS.psi_drift
+    assert chance_psi(1, 230, 450, 0.999) == 0.0 and chance_psi(5, 0, 450, 0.999) == 0.0
+
+
+def _training_window(constant_hour: bool = False) -> tuple[np.ndarray, Any]:
+    """14 days x 60 users x 20 events; users start on day 0, so days 0-6 are warm-up, and
+    warm-up rows have 3x the actions (what an immature baseline does to a feature)."""
+    from uba.drift import TrainingRows
+
+    days, users, per = 14, 60, 20
+    n = days * users * per
+    day = np.repeat(np.arange(days), users * per)
+    X = _sample(np.random.default_rng(21), n)
+    X[day < 7, 1] += np.log(3.0)
+    if constant_hour:
+        X[:, 2] = 12.0
+    first = np.datetime64("2026-03-02", "D")  # a Monday
+    rows = TrainingRows(days=first + day, users=np.tile(np.repeat(np.arange(users), per), days).astype(str),
+                        history_days=day)
+    return X, rows
+
+
+def test_the_reference_is_cross_fitted_and_leaves_out_the_warm_up() -> None:
+    from uba.drift import build_drift_reference, cross_fitted_scores, reference_for_weekday
+
+    X, rows = _training_window(constant_hour=True)
+    model = ModelSettings(n_estimators=50)
+    detector, in_sample = fit_detector(X, NAMES, model, 98.0)
+    scores, kind = cross_fitted_scores(X, rows.days, NAMES, model, 98.0)
+    assert kind == "cross-fitted" and scores.shape == in_sample.shape
+    assert not np.allclose(scores, in_sample)
+    ref = build_drift_reference(X, scores, kind, rows, detector.threshold, NAMES, LIMITS)
+    mature = rows.history_days >= LIMITS.reference_min_history_days
+    pooled = ref["pooled"]
+    assert not ref["warm_up_rows_included"]
+    assert pooled["rows"] == int(mature.sum()) and pooled["days"] == 7 and pooled["user_days"] == 7 * 60
+    assert pooled["feature_reference"] == feature_reference(X[mature], NAMES)
+    assert pooled["score_reference"]["cuts"] == [float(c) for c in np.quantile(scores[mature], (0.2, 0.4, 0.6, 0.8,
+                                                                                                   0.95))]
+    alerted = {(d, u) for d, u, s in zip(rows.days[mature].tolist(), rows.users[mature].tolist(),
+                                         scores[mature], strict=True) if s >= detector.threshold}
+    assert pooled["alerted_user_days"] == len(alerted) > 0
+    assert ref["constant_features"] == ["f_hour"]
+    assert ref["weekdays"] == {}, "one mature day per weekday is fewer than weekday_reference_min_days"
+    meta = {"feature_names": list(NAMES), "threshold": detector.threshold, "percentile": 98.0,
+            "drift_reference": ref}
+    chosen, name = reference_for_weekday(meta, 5)
+    assert name == "training window (cross-fitted scores, 7 days, 420 user-days)"
+    assert chosen["reference_user_days"] == 420 and chosen["constant_features"] == ["f_hour"]
+
+    # a mature day like the training one: no drift, although the in-sample reference
+    # and the warm-up would have moved its PSI
+    day = _sample(np.random.default_rng(77), 1200)
+    day[:, 2] = 12.0
+    counts = drift_counts(day, detector.anomaly_scores(day), chosen)
+    usual_alerted = round(60 * pooled["alerted_user_days"] / 420)
+    report = drift_report_from_counts(counts, chosen, LIMITS, DayUsers(active=60, alerted=usual_alerted))
+    assert report["judged_by"] == "excess" and report["status"] == "ok", report
+    assert report["unused_features"] == ["f_hour"] and report["max_feature"] != "f_hour"
+    # with the whole window the warm-up's 3x actions are part of "normal"
+    everything = build_drift_reference(X, scores, kind, rows, detector.threshold, NAMES,
+                                       MonitoringSettings(reference_min_history_days=0))
+    assert everything["pooled"]["rows"] == X.shape[0]
+    assert everything["pooled"]["feature_reference"]["features"]["f_actions"] != \
+        pooled["feature_reference"]["features"]["f_actions"]
+
+
+def test_the_same_shift_is_noise_for_twenty_users_and_drift_for_two_thousand(reference: dict[str, Any]) -> None:
+    meta = {**reference["metadata"], "reference_user_days": 4000, "reference_alerted_user_days": 80}
+    counts = _counts_like_reference(meta, 20000, {"f_session": 0.25}, score_moved=0.25)
+    few = drift_report_from_counts(counts, meta, LIMITS, DayUsers(active=20, alerted=0))
+    many = drift_report_from_counts(counts, meta, LIMITS, DayUsers(active=2000, alerted=40))
+    assert few["feature_psi"] == many["feature_psi"] and few["score_psi"] == many["score_psi"]
+    assert few["status"] == "ok" and few["score_psi_excess"] == 0.0 and few["max_feature_psi_excess"] == 0.0
+    assert many["status"] == "drift" and many["why"][0].startswith("anomaly score excess PSI")
+    assert many["chance"] == {"users": 2000, "reference_user_days": 4000, "confidence": LIMITS.confidence}
+    # without the day's users (older callers) the raw PSI is judged, as before
+    assert drift_report_from_counts(counts, meta, LIMITS)["judged_by"] == "psi"
+
+
+@pytest.mark.parametrize(("active", "alerted", "warns"), [
+    (200, 4, False),    # the 4 expected
+    (200, 9, False),    # 2.25x, but 9 against 4 is within chance
+    (2000, 90, True),   # 2.25x of 40: beyond chance
+    (2000, 12, True),   # 0.3x of 40: too few alerts is a warning too
+])
+def test_alert_volume_is_judged_in_users_beyond_chance(reference: dict[str, Any], active: int, alerted: int,
+                                                       warns: bool) -> None:
+    meta = {**reference["metadata"], "reference_user_days": 1000, "reference_alerted_user_days": 20}
+    counts = _counts_like_reference(meta, 5000, {})
+    report = drift_report_from_counts(counts, meta, LIMITS, DayUsers(active=active, alerted=alerted))
+    assert report["expected_alerted_users"] == pytest.approx(active * 0.02)
+    assert report["alerted_users"] == alerted
+    assert (report["status"] == "warn") == warns, report
+    assert any("users with an alert" in w for w in report["warnings"]) == warns

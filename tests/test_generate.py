@@ -339,6 +339,41 @@ def test_shift_makes_every_session_from_that_day_longer_by_the_scale() -> None:
     assert np.allclose(ratio.to_numpy(), 3.0, rtol=2e-3)
 
 
+def test_device_shift_moves_the_given_share_of_desktop_sessions_to_mobile() -> None:
+    shift_day = START + timedelta(days=4)
+    base = _generate(users=300, anomaly_rate=0.0)
+    shifted = _generate(users=300, anomaly_rate=0.0, device_shift_from=shift_day, mobile_shift=0.5)
+
+    def logins(d: SyntheticData) -> pl.DataFrame:
+        return d.events.filter(pl.col("event_type") == "login").select("user_id", "timestamp", "device_type")
+
+    matched = logins(base).join(logins(shifted), on=["user_id", "timestamp"], suffix="_shifted")
+    assert matched.height == logins(base).height == logins(shifted).height  # only devices change
+    before = matched.filter(pl.col("timestamp").dt.date() < shift_day)
+    after = matched.filter(pl.col("timestamp").dt.date() >= shift_day)
+    assert (before["device_type"] == before["device_type_shifted"]).all()
+    assert after.filter(pl.col("device_type") == "mobile")["device_type_shifted"].eq("mobile").all()
+    desktop = after.filter(pl.col("device_type") == "desktop")
+    moved = desktop["device_type_shifted"].eq("mobile").mean()
+    assert desktop.height > 200 and 0.4 < moved < 0.6, moved
+    # runs without a device shift keep their ids; with one they get their own
+    assert _generate(users=300, anomaly_rate=0.0).events["event_id"].equals(base.events["event_id"])
+    assert shifted.options.fingerprint() != base.options.fingerprint()
+
+
+@pytest.mark.parametrize("share", [0.0, 1.5])
+def test_device_shift_share_out_of_range_names_the_option(share: float) -> None:
+    with pytest.raises(UserError, match="--mobile-shift must be > 0 and <= 1"):
+        _generate(device_shift_from=START, mobile_shift=share)
+
+
+def test_mobile_shift_without_a_date_is_refused_by_the_cli(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["generate", "--out", str(tmp_path / "d"), "--users", "5", "--days", "2",
+                                      "--mobile-shift", "0.3"])
+    assert result.exit_code != 0 and "--mobile-shift only applies together with --device-shift-from" in result.output
+    assert not (tmp_path / "d").exists()
+
+
 def test_user_day_anomalies_appear_only_when_asked() -> None:
     assert "exfiltration_day" not in _generate(users=120, days=10).labels["kind"].drop_nulls().to_list()
     data = _generate(users=120, days=10, user_day_anomalies=3)

@@ -113,14 +113,20 @@ def test_shifted_day_drifts_and_ordinary_days_do_not(world: World, tmp_path: Pat
     assert shifted["score_psi"] >= world.settings.monitoring.psi_drift
     assert shifted["max_feature"] in {"session_length_excess", "log_session_duration"}
     assert shifted["max_feature_psi"] > world.settings.monitoring.psi_drift
+    assert shifted["score_psi_excess"] >= world.settings.monitoring.psi_drift  # the verdict judges the excess
+    assert shifted["max_feature_psi_excess"] >= world.settings.monitoring.psi_drift
     for day in ORDINARY:
         drift = read_manifest(out, day)["drift"]
         assert drift["status"] != "drift" and not drift["retrain_advised"], (day, drift)
-        assert drift["reference"] == "pooled training window", "one training day per weekday is too few"
+        assert drift["reference"].startswith("training window (cross-fitted scores, 7 days"), \
+            "one training day per weekday is too few: the pooled cross-fitted reference"
+        assert drift["judged_by"] == "excess" and drift["chance"]["users"] > 0
     png = tmp_path / "monitor.png"
     printed = _cli("monitor", "--start", SCORED[0].isoformat(), "--end", SHIFTED.isoformat(),
                    "--output-dir", str(out), "--png", str(png))
     assert f"retraining advised: 1 of 4 days drifted (first {SHIFTED}" in printed
+    assert printed.splitlines()[0].split()[5:7] == ["featxs", "scorexs"]
+    assert "xs = excess PSI over what chance gives" in printed
     assert png.stat().st_size > 1000
 
 

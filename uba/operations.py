@@ -25,7 +25,7 @@ import polars as pl
 
 from uba import io
 from uba.artifacts import Bundle
-from uba.drift import DriftCounts, drift_report_from_counts, reference_for_weekday
+from uba.drift import DayUsers, DriftCounts, drift_report_from_counts, reference_for_weekday
 from uba.feedback import active_rules, load_rules
 from uba.logs import get_logger
 from uba.settings import Settings
@@ -102,7 +102,9 @@ class RunOperations:
                          "per_user_thresholds": (concentration_from_counts(totals, "alerts_user")
                                                  if per_user_on else None)}
         sections: dict[str, Any] = {
-            "drift": {**drift_report_from_counts(self.counts, self.reference, self.settings.monitoring),
+            "drift": {**drift_report_from_counts(self.counts, self.reference, self.settings.monitoring,
+                                                 DayUsers(active=totals.filter(pl.col("events") > 0).height,
+                                                          alerted=totals.filter(pl.col("alerts_global") > 0).height)),
                       "reference": self.reference_name},
             "alerts": {
                 "per_user_thresholds": per_user_on,
@@ -132,13 +134,27 @@ class RunOperations:
 
 def training_metadata(settings: Settings, features: pl.DataFrame, matrix: np.ndarray,
                       train_scores: np.ndarray, feature_names: Sequence[str]) -> dict[str, Any]:
-    """Extra bundle metadata (checksummed with the bundle): drift references per weekday."""
-    from uba.drift import WEEKDAY_REFERENCE_KEY, weekday_references
+    """Extra bundle metadata (checksummed with the bundle): the drift references."""
+    from uba.drift import (
+        DRIFT_REFERENCE_KEY,
+        WEEKDAY_REFERENCE_KEY,
+        TrainingRows,
+        build_drift_reference,
+        cross_fitted_scores,
+        weekday_references,
+    )
 
-    days = features["timestamp"].dt.date().to_list()
+    days = features["timestamp"].dt.date()
+    percentile = settings.threshold.percentile
+    rows = TrainingRows(days=days.to_numpy().astype("datetime64[D]"), users=features["user_id"].to_numpy(),
+                        history_days=features["bl_history_days"].fill_null(0).to_numpy())
+    scores, kind = cross_fitted_scores(matrix, rows.days, feature_names, settings.model, percentile)
+    threshold = float(np.percentile(train_scores, percentile))
     return {WEEKDAY_REFERENCE_KEY: weekday_references(
-        matrix, train_scores, days, feature_names, settings.monitoring.min_rows,
-        settings.monitoring.weekday_reference_min_days)}
+                matrix, train_scores, days.to_list(), feature_names, settings.monitoring.min_rows,
+                settings.monitoring.weekday_reference_min_days),
+            DRIFT_REFERENCE_KEY: build_drift_reference(matrix, scores, kind, rows, threshold, feature_names,
+                                                       settings.monitoring)}
 
 
 def after_training(settings: Settings, bundle_path: Path, features: pl.DataFrame,

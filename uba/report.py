@@ -206,23 +206,40 @@ def alert_history_png(rows: Sequence[Mapping[str, Any]], day: date) -> bytes:
 
 
 def drift_history_png(rows: Sequence[Mapping[str, Any]], psi_warn: float, psi_drift: float) -> bytes:
-    """Max feature PSI and score PSI over time (with the limits), and alert rate vs expected."""
+    """The verdict's own rule over time: the judged feature and score PSI (the excess over
+    chance for runs with a cross-fitted reference) against the warn and drift lines, each
+    day's verdict, and the alert volume against what the reference expects."""
     plt = _pyplot()
-    fig, (ax_psi, ax_rate) = plt.subplots(2, 1, figsize=(10, 4.6), sharex=True)
+    fig, (ax_psi, ax_rate) = plt.subplots(2, 1, figsize=(10, 5.2), sharex=True)
     labels = [str(r["date"])[5:] for r in rows]
 
     def series(key: str) -> list[float]:
-        return [float("nan") if r[key] is None else float(r[key]) for r in rows]
+        return [float("nan") if r.get(key) is None else float(r[key]) for r in rows]
 
-    ax_psi.plot(labels, series("max_feature_psi"), marker="o", label="max feature PSI")
-    ax_psi.plot(labels, series("score_psi"), marker="s", label="score PSI")
-    ax_psi.axhline(psi_warn, color="#b26a00", linestyle=":", label=f"warn {psi_warn:g}")
-    ax_psi.axhline(psi_drift, color="#c62828", linestyle="--", label=f"drift {psi_drift:g}")
-    ax_psi.set_ylabel("PSI")
+    excess = any(r.get("judged_by") == "excess" for r in rows)
+    unit = "excess PSI" if excess else "PSI"
+    ax_psi.plot(labels, series("feature_judged"), marker="o", label=f"max feature {unit}")
+    ax_psi.plot(labels, series("score_judged"), marker="s", label=f"score {unit}")
+    ax_psi.axhline(psi_warn, color=STATUS_COLOURS["warn"], linestyle=":", label=f"score warn {psi_warn:g}")
+    ax_psi.axhline(psi_drift, color=STATUS_COLOURS["drift"], linestyle="--", label=f"drift {psi_drift:g}")
+    for x, row in zip(labels, rows, strict=True):
+        ax_psi.axvspan(labels.index(x) - 0.5, labels.index(x) + 0.5, alpha=0.18, linewidth=0,
+                       color=STATUS_COLOURS.get(row.get("status"), "#9e9e9e"))
+    ax_psi.set_ylabel(unit)
+    ax_psi.set_title("drift = score and a feature at or above the drift line; warn = a feature at or above it, "
+                     "the score above the warn line, or alert volume outside its band (shading: verdict)",
+                     fontsize=7)
     ax_psi.legend(fontsize=7, loc="upper left")
-    ax_rate.plot(labels, series("alert_rate"), marker="o", label="alert rate")
-    ax_rate.plot(labels, series("expected_alert_rate"), linestyle="--", color="#37474f", label="expected")
-    ax_rate.set_ylabel("alert rate")
+    by_users = any(r.get("alerted_users") is not None for r in rows)
+    observed, expected = (("alerted_users", "expected_alerted_users") if by_users
+                          else ("alert_rate", "expected_alert_rate"))
+    ax_rate.plot(labels, series(observed), marker="o", label="users with an alert" if by_users else "alert rate")
+    ax_rate.plot(labels, series(expected), linestyle="--", color="#37474f", label="expected")
+    bands = [r.get("alert_band") or [float("nan"), float("nan")] for r in rows]
+    ax_rate.fill_between(labels, [e * b[0] for e, b in zip(series(expected), bands, strict=True)],
+                         [e * b[1] for e, b in zip(series(expected), bands, strict=True)], color="#90a4ae",
+                         alpha=0.25, label="band (warn outside it when beyond chance)" if by_users else "band")
+    ax_rate.set_ylabel("users" if by_users else "alert rate")
     ax_rate.tick_params(axis="x", labelsize=7, rotation=45)
     ax_rate.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
@@ -322,24 +339,38 @@ def _user_days_table(days: pl.DataFrame) -> str:
     return f'<table id="user-days"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+def _drift_feature_rows(drift: Mapping[str, Any], limit: int = 6) -> str:
+    """The features the verdict counted, most shifted first. Calendar features (which
+    differ every day by design) and features constant in training are left out: their
+    PSI says nothing about the model."""
+    skipped = set(drift.get("ignored_features", [])) | set(drift.get("unused_features", []))
+    excess = drift.get("feature_psi_excess") or {}
+    psi_of = drift.get("feature_psi", {})
+    judged = {n: excess.get(n, v) for n, v in psi_of.items() if n not in skipped}
+    top = sorted(judged.items(), key=lambda kv: (-kv[1], -psi_of[kv[0]], kv[0]))[:limit]
+    return "".join(f'<tr><td>{_e(n)}</td><td class="num">{psi_of[n]:.3f}</td>'
+                   + (f'<td class="num">{v:.3f}</td>' if excess else "") + "</tr>" for n, v in top)
+
+
 def _drift_section(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
                    settings: Settings) -> str:
     drift = manifest.get("drift")
     if not drift:
         return '<p class="muted">This run has no drift check (scored before monitoring was enabled).</p>'
-    top = sorted(drift.get("feature_psi", {}).items(), key=lambda kv: -kv[1])[:6]
-    ignored = set(drift.get("ignored_features", []))
-    feature_rows = "".join(
-        f'<tr><td>{_e(n)}{" <span class=muted>(calendar feature, not counted)</span>" if n in ignored else ""}'
-        f'</td><td class="num">{v:.3f}</td></tr>' for n, v in top)
+    feature_rows = _drift_feature_rows(drift)
     notes = list(drift.get("why", [])) + list(drift.get("warnings", []))
     advice = retrain_advice(rows)
-    score_psi = drift.get("score_psi")
+    excess = drift.get("judged_by") == "excess"
+    unit = "excess PSI" if excess else "PSI"
+    score = drift.get("score_psi_excess") if excess else drift.get("score_psi")
+    feature = drift.get("max_feature_psi_excess") if excess else drift.get("max_feature_psi")
+    volume = (f'{drift.get("alerted_users")} users with an alert vs {drift.get("expected_alerted_users")} expected'
+              if excess else
+              f'alert rate {drift.get("alert_rate", 0):.4f} vs expected {drift.get("expected_alert_rate", 0):.4f}')
     parts = [
         f'<p id="drift-status">Status {_chip(drift.get("status", "n/a"))} '
-        f'max feature PSI <b>{drift.get("max_feature_psi", 0):.3f}</b> ({_e(drift.get("max_feature"))}), '
-        f'score PSI <b>{"-" if score_psi is None else f"{score_psi:.3f}"}</b>, '
-        f'alert rate {drift.get("alert_rate", 0):.4f} vs expected {drift.get("expected_alert_rate", 0):.4f}.</p>',
+        f'max feature {unit} <b>{feature or 0:.3f}</b> ({_e(drift.get("max_feature"))}), '
+        f'score {unit} <b>{"-" if score is None else f"{score:.3f}"}</b>, {volume}.</p>',
     ]
     if drift.get("retrain_advised"):
         parts.append('<p id="retrain"><b>Retraining advised</b> for this day.</p>')
@@ -347,7 +378,8 @@ def _drift_section(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]
         parts.append(f'<p class="muted">{_e(advice)}</p>')
     if notes:
         parts.append(_reasons(notes))
-    parts.append(f'<table><thead><tr><th>feature</th><th>PSI</th></tr></thead><tbody>{feature_rows}</tbody></table>')
+    head = "<th>PSI</th><th>excess over chance</th>" if excess else "<th>PSI</th>"
+    parts.append(f'<table><thead><tr><th>feature</th>{head}</tr></thead><tbody>{feature_rows}</tbody></table>')
     if len(rows) > 1:
         parts.append(_img(drift_history_png(rows, settings.monitoring.psi_warn, settings.monitoring.psi_drift),
                           "PSI and alert rate over time"))

@@ -212,6 +212,8 @@ class MonitoringSettings(_Section):
     min_drifted_features: int = Field(1, ge=1)
     ignore_features: tuple[str, ...] = ("event_weekday", "log_history_days")
     weekday_reference_min_days: int = Field(2, ge=1)
+    reference_min_history_days: int = Field(7, ge=0)
+    confidence: float = Field(0.999, gt=0.5, lt=1)
     alert_rate_tolerance: float = Field(1.0, gt=0)
     min_rows: int = Field(500, ge=1)
     fail_on_drift: bool = False

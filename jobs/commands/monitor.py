@@ -51,12 +51,17 @@ def command(ctx: click.Context, start: date, end: date, png: str | None, output_
             rows.append(monitoring_row(manifest))
     if not rows:
         raise UserError(f"no run manifests between {start} and {end} under {out_dir / io.RUNS}")
-    click.echo(f"{'date':<12}{'scored':>8}{'alerts':>8}{'rate':>8}{'expect':>8}{'maxPSI':>8}"
-               f"{'scorePSI':>9}  {'status':<6} top feature")
+    excess = any(r.get("judged_by") == "excess" for r in rows)
+    unit = "xs" if excess else "PSI"
+    click.echo(f"{'date':<12}{'scored':>8}{'alerts':>8}{'rate':>8}{'expect':>8}{'feat' + unit:>9}"
+               f"{'score' + unit:>10}  {'status':<6} top feature")
     for r in rows:
         click.echo(f"{r['date']:<12}{r['scored']:>8}{r['alerts']:>8}{_fmt(r['alert_rate'], 4):>8}"
-                   f"{_fmt(r['expected_alert_rate'], 4):>8}{_fmt(r['max_feature_psi']):>8}"
-                   f"{_fmt(r['score_psi']):>9}  {r['status']:<6} {r['max_feature'] or '-'}")
+                   f"{_fmt(r['expected_alert_rate'], 4):>8}{_fmt(r['feature_judged']):>9}"
+                   f"{_fmt(r['score_judged']):>10}  {r['status']:<6} {r['max_feature'] or '-'}")
+    if excess:
+        click.echo("xs = excess PSI over what chance gives for the day's users (monitoring.confidence); "
+                   "the verdict compares it with psi_warn and psi_drift")
     if missing:
         click.echo(f"no run for: {', '.join(missing)}")
     target = Path(png) if png else out_dir / "monitoring" / f"monitor-{start}_{end}.png"

@@ -44,6 +44,7 @@ from uba.generate.personas import (
 from uba.generate.sessions import (
     US_PER_DAY,
     active_session_counts,
+    apply_device_shift,
     apply_session_shift,
     drop_normals_overlapping_anomalies,
     epoch_us,
@@ -71,11 +72,12 @@ __all__ = [
 ]
 
 DEFAULT_SESSION_SCALE = 3.0
+DEFAULT_MOBILE_SHIFT = 0.5
 MAX_ANOMALY_RATE = 0.2
 # Independent random streams: changing one option (e.g. adding exfiltration days) leaves
 # the draws of the other stages where they were.
 _STREAMS = {"users": 1, "activity": 2, "sessions": 3, "exfiltration_plan": 4, "overlaps": 5,
-            "anomalies": 6, "events": 7, "exfiltration_sessions": 8}
+            "anomalies": 6, "events": 7, "exfiltration_sessions": 8, "device_shift": 9}
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class GenerationOptions:
     shift_from: date | None = None
     session_scale: float = DEFAULT_SESSION_SCALE
     user_day_anomalies: int = 0
+    device_shift_from: date | None = None
+    mobile_shift: float = DEFAULT_MOBILE_SHIFT
 
     def check(self) -> None:
         """Reject impossible requests with one line naming the option."""
@@ -111,6 +115,8 @@ class GenerationOptions:
             raise UserError(f"--erratic-users must be between 0 and --users ({self.users}), got {self.erratic_users}")
         if not 0 < self.session_scale <= 100:
             raise UserError(f"--session-scale must be > 0 and <= 100, got {self.session_scale}")
+        if not 0 < self.mobile_shift <= 1:
+            raise UserError(f"--mobile-shift must be > 0 and <= 1, got {self.mobile_shift}")
         if self.user_day_anomalies < 0:
             raise UserError(f"--user-day-anomalies must be >= 0, got {self.user_day_anomalies}")
 
@@ -129,8 +135,15 @@ class GenerationOptions:
         text = repr((self.users, self.days, self.start.isoformat(), round(self.anomaly_rate, 12), self.seed,
                      sorted(self.mix.items()), self.erratic_users,
                      self.shift_from.isoformat() if self.shift_from else None,
-                     round(self.session_scale, 12), self.user_day_anomalies))
+                     round(self.session_scale, 12), self.user_day_anomalies,
+                     *self._device_shift_key()))
         return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
+
+    def _device_shift_key(self) -> tuple[object, ...]:
+        """Empty without a device shift, so runs without one keep the ids they always had."""
+        if self.device_shift_from is None:
+            return ()
+        return (self.device_shift_from.isoformat(), round(self.mobile_shift, 12))
 
 
 @dataclass(frozen=True)
@@ -177,6 +190,9 @@ def generate_dataset(options: GenerationOptions) -> SyntheticData:
     if options.shift_from is not None:
         sessions = apply_session_shift(sessions, epoch_us(options.shift_from), options.session_scale)
         sessions = separate_overlaps(sessions, _rng(options.seed, "overlaps"))
+    if options.device_shift_from is not None:
+        sessions = apply_device_shift(sessions, epoch_us(options.device_shift_from), options.mobile_shift,
+                                      _rng(options.seed, "device_shift"))
     sessions = sessions.take(np.flatnonzero(inside_window(sessions, window_start, window_end)))
     events, labels = expand_sessions(sessions, users, options.fingerprint(), _rng(options.seed, "events"))
     return SyntheticData(events=events, labels=labels, users=users_frame(users), options=options)

@@ -187,3 +187,14 @@ def apply_session_shift(sessions: Sessions, shift_from_us: int, scale: float) ->
     shifted = sessions.start_us >= shift_from_us
     duration = np.where(shifted, np.round(sessions.duration_sec * scale, 1), sessions.duration_sec)
     return sessions.with_values(duration_sec=duration)
+
+
+def apply_device_shift(sessions: Sessions, shift_from_us: int, share: float, rng: np.random.Generator) -> Sessions:
+    """Drift: from ``shift_from`` a ``share`` of the desktop sessions happen on mobile instead.
+
+    A population-wide change of habit (a new mobile app, a hardware refresh) that no
+    single user's baseline has seen: the drift monitor must call it, per-event scoring
+    alone would only see many slightly unusual sessions.
+    """
+    moved = (sessions.start_us >= shift_from_us) & ~sessions.mobile & (rng.random(len(sessions)) < share)
+    return sessions.with_values(mobile=sessions.mobile | moved)
