@@ -462,3 +462,104 @@ def test_generate_command_rejects_scale_without_shift(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["generate", "--out", str(tmp_path), "--session-scale", "2"])
     assert result.exit_code == 1
     assert "--shift-from" in result.output
+
+
+# --- multi-day campaigns ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def campaigns() -> SyntheticData:
+    return _generate(users=400, days=21, seed=8, campaigns=9, campaigns_from=START + timedelta(days=12))
+
+
+def _campaign_sessions(data: SyntheticData, kind: str) -> pl.DataFrame:
+    """Every session of a campaign user on a campaign day, with its label and the user's habits."""
+    planted = data.campaigns.filter(pl.col("kind") == kind)
+    labelled = data.labels.filter(pl.col("kind") == kind).select("session_id").unique()
+    sessions = data.events.group_by("session_id").agg(
+        pl.col("user_id").first(), pl.col("timestamp").min().alias("start"),
+        pl.col("session_duration_sec").first(), pl.col("device_type").first(),
+        (pl.col("event_type") == "download").sum().alias("downloads"),
+        (pl.col("event_type").is_in(["view", "click", "download"])).sum().alias("actions"),
+    ).with_columns(pl.col("start").dt.date().alias("day"))
+    return (sessions.join(planted, on="user_id")
+            .filter(pl.col("day").is_between(pl.col("start_right"), pl.col("end")))
+            .join(data.users, on="user_id")
+            .with_columns(pl.col("session_id").is_in(labelled["session_id"].implode()).alias("labelled")))
+
+
+def test_campaigns_are_planted_in_turn_on_their_own_users_inside_the_window(campaigns: SyntheticData) -> None:
+    table = campaigns.campaigns
+    assert table.height == 9 and table["user_id"].n_unique() == 9
+    assert table.group_by("kind").len().sort("kind")["len"].to_list() == [3, 3, 3]
+    length = (table["end"] - table["start"]).dt.total_days() + 1
+    assert length.is_between(4, 7).all()
+    assert (table["start"] >= START + timedelta(days=12)).all() and (table["end"] <= START + timedelta(days=20)).all()
+    users = campaigns.users.filter(pl.col("user_id").is_in(table["user_id"].implode()))
+    assert not users["is_erratic"].any()
+    labelled = campaigns.labels.filter(pl.col("level") == "campaign")
+    assert set(labelled["kind"].unique()) == {"slow_exfiltration", "takeover", "insider_drift"}
+    inside = labelled.join(table, on=["user_id", "kind"]).filter(
+        pl.col("event_date").is_between(pl.col("start"), pl.col("end")))
+    assert inside.height == labelled.height, "every campaign label is inside its own campaign"
+    days = labelled.select("user_id", "event_date").unique().group_by("user_id").len()
+    planned = table.with_columns(((pl.col("end") - pl.col("start")).dt.total_days() + 1).alias("n"))
+    assert days.join(planned, on="user_id").filter(pl.col("len") == pl.col("n")).height >= 8, \
+        "a campaign is active on (nearly) every one of its days"
+
+
+def test_takeover_is_the_never_used_device_far_from_the_usual_hours(campaigns: SyntheticData) -> None:
+    takeover = _campaign_sessions(campaigns, "takeover").filter(pl.col("labelled"))
+    assert takeover.height >= 3
+    never = pl.when(pl.col("mobile_share") < 0.5).then(pl.lit("mobile")).otherwise(pl.lit("desktop"))
+    assert (takeover["device_type"] == takeover.select(never).to_series()).all()
+    hour = takeover["start"].dt.hour().cast(pl.Float64) + takeover["start"].dt.minute() / 60
+    away = np.abs(np.mod(hour.to_numpy() - takeover["hour_centre"].to_numpy() + 12, 24) - 12)
+    assert (away >= 9).mean() >= 0.9, "about twelve hours from the user's usual start"
+
+
+def test_insider_drift_and_slow_exfiltration_grow_gradually(campaigns: SyntheticData) -> None:
+    drift = _campaign_sessions(campaigns, "insider_drift").filter(pl.col("labelled"))
+    ratio = drift["session_duration_sec"] / drift["session_median_sec"]
+    assert drift.height >= 6 and ratio.median() > 1.1
+    assert (ratio <= 6 * 2.0).all(), "at most twice the user's own spread of lengths, never extreme"
+    first = drift.sort("start").group_by("user_id").agg(pl.all().first(), pl.all().last().name.suffix("_last"))
+    assert (first["session_duration_sec_last"] / first["session_median_sec_last"]).mean() > \
+        (first["session_duration_sec"] / first["session_median_sec"]).mean()
+
+    exfil = _campaign_sessions(campaigns, "slow_exfiltration").filter(pl.col("actions") > 0)
+    share = (exfil["downloads"] / exfil["actions"]) / exfil["download_share"]
+    assert exfil.height >= 6 and 1.0 < share.median() <= 3.5
+    assert (exfil["downloads"] <= exfil["actions"]).all()
+
+
+def test_no_campaigns_leaves_the_data_as_it_was() -> None:
+    plain = _generate(users=120, days=10)
+    assert plain.campaigns.height == 0 and "campaign" not in plain.labels["level"].drop_nulls().to_list()
+    planted = _generate(users=120, days=10, campaigns=3)
+    assert planted.options.fingerprint() != plain.options.fingerprint()
+    assert planted.campaigns["start"].min() >= START + timedelta(days=6)  # default: the last week, after history
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"days": 10, "campaigns": 2, "campaigns_from": START + timedelta(days=8)}, "at least 4 days from --campaigns-from"),
+    ({"days": 10, "campaigns": 2, "campaigns_from": START + timedelta(days=30)}, "outside the generated window"),
+    ({"users": 5, "days": 10, "campaigns": 30}, "no user left whose habits suit"),
+])
+def test_impossible_campaigns_are_one_line_errors(options: dict[str, object], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        _generate(**options)
+
+
+def test_generate_stores_the_campaigns_table_once(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    args = ["generate", "--out", str(out), "--users", "150", "--days", "14", "--campaigns", "3"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert "campaigns: 3 (insider_drift 1, slow_exfiltration 1, takeover 1)" in first.output
+    stored = pl.read_parquet(out / "labels" / "campaigns.parquet")
+    assert stored.height == 3 and stored.columns == ["user_id", "kind", "start", "end"]
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and pl.read_parquet(out / "labels" / "campaigns.parquet").equals(stored)
+    refused = CliRunner().invoke(cli, ["generate", "--out", str(tmp_path / "x"), "--campaigns-from", "2026-03-05"])
+    assert refused.exit_code != 0 and "--campaigns-from only applies together with --campaigns" in refused.output

@@ -49,6 +49,11 @@ def _persona_mix(ctx: click.Context, param: click.Parameter, value: str | None) 
               help="Drift: from this day on, --mobile-shift of the desktop sessions happen on mobile.")
 @click.option("--mobile-shift", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Share of desktop sessions moved to mobile by --device-shift-from (default 0.5).")
+@click.option("--campaigns", type=click.IntRange(0), default=0, show_default=True,
+              help="Plant this many multi-day campaigns (slow exfiltration, takeover, insider drift in "
+                   "turn), listed in labels/campaigns.parquet.")
+@click.option("--campaigns-from", type=DATE, default=None,
+              help="First day a campaign may start (default: the window's last 7 days).")
 @click.option("--user-day-anomalies", type=click.IntRange(0), default=0, show_default=True,
               help="Plant this many exfiltration days (user-day anomalies: ~10x the user's usual "
                    "downloads over many small sessions).")
@@ -60,7 +65,7 @@ def _persona_mix(ctx: click.Context, param: click.Parameter, value: str | None) 
 def command(ctx: click.Context, out: str | None, users: int, days: int, start: date, anomaly_rate: float,
             seed: int, persona_mix: dict[str, float] | None, erratic_users: int, shift_from: date | None,
             session_scale: float | None, device_shift_from: date | None, mobile_shift: float | None,
-            user_day_anomalies: int, csv_path: str | None,
+            campaigns: int, campaigns_from: date | None, user_day_anomalies: int, csv_path: str | None,
             jsonl_path: str | None) -> None:
     """Generate realistic SaaS activity and write it like an ingest would.
 
@@ -76,6 +81,7 @@ def command(ctx: click.Context, out: str | None, users: int, days: int, start: d
       uba-batch generate --out data --users 500 --days 21 --start 2026-03-01 --seed 7
       uba-batch generate --out data2 --days 22 --shift-from 2026-03-22 --session-scale 3
       uba-batch generate --out data4 --days 28 --device-shift-from 2026-03-22 --mobile-shift 0.5
+      uba-batch generate --out data5 --users 500 --days 28 --campaigns 12 --campaigns-from 2026-03-22
       uba-batch generate --out data3 --persona-mix office=0.3,night=0.4,light=0.3 --csv ev.csv
     """
     from uba.errors import UserError
@@ -84,6 +90,8 @@ def command(ctx: click.Context, out: str | None, users: int, days: int, start: d
 
     if session_scale is not None and shift_from is None:
         raise UserError("--session-scale only applies together with --shift-from")
+    if campaigns_from is not None and not campaigns:
+        raise UserError("--campaigns-from only applies together with --campaigns")
     if mobile_shift is not None and device_shift_from is None:
         raise UserError("--mobile-shift only applies together with --device-shift-from")
     settings = settings_from(ctx, data_dir=out)
@@ -93,6 +101,7 @@ def command(ctx: click.Context, out: str | None, users: int, days: int, start: d
         session_scale=3.0 if session_scale is None else session_scale,
         user_day_anomalies=user_day_anomalies, device_shift_from=device_shift_from,
         mobile_shift=DEFAULT_MOBILE_SHIFT if mobile_shift is None else mobile_shift,
+        campaigns=campaigns, campaigns_from=campaigns_from,
     )
     result = write_generated(options, Path(settings.paths.data_dir), settings)
     for line in result.summary_lines():

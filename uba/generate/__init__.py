@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 import numpy as np
@@ -30,6 +30,13 @@ from uba.generate.anomalies import (
     exfiltration_sessions,
     inject_event_anomalies,
     plan_exfiltration,
+)
+from uba.generate.campaigns import (
+    CAMPAIGN_SCHEMA,
+    apply_campaigns,
+    campaigns_frame,
+    ensure_campaign_activity,
+    plan_campaigns,
 )
 from uba.generate.events import EVENT_TYPES, LABEL_SCHEMA, expand_sessions
 from uba.generate.personas import (
@@ -77,7 +84,8 @@ MAX_ANOMALY_RATE = 0.2
 # Independent random streams: changing one option (e.g. adding exfiltration days) leaves
 # the draws of the other stages where they were.
 _STREAMS = {"users": 1, "activity": 2, "sessions": 3, "exfiltration_plan": 4, "overlaps": 5,
-            "anomalies": 6, "events": 7, "exfiltration_sessions": 8, "device_shift": 9}
+            "anomalies": 6, "events": 7, "exfiltration_sessions": 8, "device_shift": 9,
+            "campaign_plan": 10, "campaigns": 11, "campaign_overlaps": 12}
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,8 @@ class GenerationOptions:
     user_day_anomalies: int = 0
     device_shift_from: date | None = None
     mobile_shift: float = DEFAULT_MOBILE_SHIFT
+    campaigns: int = 0
+    campaigns_from: date | None = None
 
     def check(self) -> None:
         """Reject impossible requests with one line naming the option."""
@@ -117,6 +127,11 @@ class GenerationOptions:
             raise UserError(f"--session-scale must be > 0 and <= 100, got {self.session_scale}")
         if not 0 < self.mobile_shift <= 1:
             raise UserError(f"--mobile-shift must be > 0 and <= 1, got {self.mobile_shift}")
+        if self.campaigns < 0:
+            raise UserError(f"--campaigns must be >= 0, got {self.campaigns}")
+        if self.campaigns_from is not None and not self.start <= self.campaigns_from <= self.last:
+            raise UserError(f"--campaigns-from {self.campaigns_from} is outside the generated window "
+                            f"{self.start}..{self.last}")
         if self.user_day_anomalies < 0:
             raise UserError(f"--user-day-anomalies must be >= 0, got {self.user_day_anomalies}")
 
@@ -136,8 +151,19 @@ class GenerationOptions:
                      sorted(self.mix.items()), self.erratic_users,
                      self.shift_from.isoformat() if self.shift_from else None,
                      round(self.session_scale, 12), self.user_day_anomalies,
-                     *self._device_shift_key()))
+                     *self._device_shift_key(), *self._campaign_key()))
         return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
+
+    def _campaign_key(self) -> tuple[object, ...]:
+        """Empty without campaigns, so runs without them keep the ids they always had."""
+        return (self.campaigns, self.first_campaign_day) if self.campaigns else ()
+
+    @property
+    def first_campaign_day(self) -> int:
+        """Day number campaigns may start from: --campaigns-from, else the last week."""
+        if self.campaigns_from is not None:
+            return (self.campaigns_from - self.start).days
+        return max(self.days - 7, _min_user_sessions(self.days))
 
     def _device_shift_key(self) -> tuple[object, ...]:
         """Empty without a device shift, so runs without one keep the ids they always had."""
@@ -154,6 +180,7 @@ class SyntheticData:
     labels: pl.DataFrame
     users: pl.DataFrame
     options: GenerationOptions
+    campaigns: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=CAMPAIGN_SCHEMA))
 
 
 def _rng(seed: int, stream: str) -> np.random.Generator:
@@ -177,6 +204,9 @@ def generate_dataset(options: GenerationOptions) -> SyntheticData:
         users, options.start.weekday(), options.days, options.user_day_anomalies, _rng(options.seed, "exfiltration_plan")
     )
     counts[exfil_user, exfil_day] = 0
+    plan = plan_campaigns(users, options.days, options.campaigns, options.first_campaign_day, exfil_user,
+                          _rng(options.seed, "campaign_plan"))
+    counts = ensure_campaign_activity(counts, plan)
     sessions = sessions_from_counts(users, counts, window_start, _rng(options.seed, "sessions"))
     if exfil_user.size:
         extra = exfiltration_sessions(users, exfil_user, exfil_day, window_start, _rng(options.seed, "exfiltration_sessions"))
@@ -187,6 +217,10 @@ def generate_dataset(options: GenerationOptions) -> SyntheticData:
         _min_user_sessions(options.days), _rng(options.seed, "anomalies"),
     )
     sessions = drop_normals_overlapping_anomalies(sessions)
+    if len(plan):
+        sessions = apply_campaigns(sessions, users, plan, window_start, _rng(options.seed, "campaigns"))
+        sessions = drop_normals_overlapping_anomalies(
+            separate_overlaps(sessions, _rng(options.seed, "campaign_overlaps")))
     if options.shift_from is not None:
         sessions = apply_session_shift(sessions, epoch_us(options.shift_from), options.session_scale)
         sessions = separate_overlaps(sessions, _rng(options.seed, "overlaps"))
@@ -195,7 +229,8 @@ def generate_dataset(options: GenerationOptions) -> SyntheticData:
                                       _rng(options.seed, "device_shift"))
     sessions = sessions.take(np.flatnonzero(inside_window(sessions, window_start, window_end)))
     events, labels = expand_sessions(sessions, users, options.fingerprint(), _rng(options.seed, "events"))
-    return SyntheticData(events=events, labels=labels, users=users_frame(users), options=options)
+    return SyntheticData(events=events, labels=labels, users=users_frame(users), options=options,
+                         campaigns=campaigns_frame(plan, users, options.start))
 
 
 def generate_events(

@@ -39,7 +39,9 @@ EVENT_KINDS: tuple[str, ...] = (
     "global_extreme",
 )
 USER_DAY_KINDS: tuple[str, ...] = ("exfiltration_day",)
-ANOMALY_KINDS: tuple[str, ...] = EVENT_KINDS + USER_DAY_KINDS
+# multi-day campaigns (uba.generate.campaigns), planted only when asked for
+CAMPAIGN_KINDS: tuple[str, ...] = ("slow_exfiltration", "takeover", "insider_drift")
+ANOMALY_KINDS: tuple[str, ...] = EVENT_KINDS + USER_DAY_KINDS + CAMPAIGN_KINDS
 CONTEXTUAL_KINDS: tuple[str, ...] = EVENT_KINDS[:-1]
 
 # Share of the anomalous *events* each kind receives.

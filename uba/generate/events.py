@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from uba.generate.anomalies import ANOMALY_KINDS, USER_DAY_KINDS, kind_code
+from uba.generate.anomalies import ANOMALY_KINDS, CAMPAIGN_KINDS, USER_DAY_KINDS, kind_code
 from uba.generate.personas import Users, user_ids
 from uba.generate.sessions import US_PER_DAY, US_PER_HOUR, US_PER_SEC, Sessions
 from uba.schema import EVENT_SCHEMA
@@ -124,21 +124,24 @@ def expand_sessions(
 
 
 def labelled_kind(session_kind: np.ndarray, event_type: np.ndarray) -> np.ndarray:
-    """The kind each *event* carries: its session's, except in a download spree.
+    """The kind each *event* carries: its session's, except in a download spree or a slow
+    exfiltration, where only the downloads are.
 
     A spree is anomalous through its download rows; its login, logout, view and click
     rows are ordinary events of an ordinary-looking session, and a detector whose
     features are row-local (the product's, by design) cannot and should not flag them.
     Labelling them would count unreachable rows as misses.
     """
-    spree_other = (session_kind == kind_code("download_spree")) & (event_type != DOWNLOAD)
+    by_downloads = np.isin(session_kind, [kind_code("download_spree"), kind_code("slow_exfiltration")])
+    spree_other = by_downloads & (event_type != DOWNLOAD)
     return np.where(spree_other, 0, session_kind).astype(session_kind.dtype)
 
 
 def _labels(events: pl.DataFrame, kind_code: np.ndarray) -> pl.DataFrame:
     """One label row per event: the anomaly kind of its session and its level."""
     user_day = np.isin(kind_code, [ANOMALY_KINDS.index(k) + 1 for k in USER_DAY_KINDS])
-    level_code = np.where(kind_code == 0, 0, np.where(user_day, 2, 1))
+    campaign = np.isin(kind_code, [ANOMALY_KINDS.index(k) + 1 for k in CAMPAIGN_KINDS])
+    level_code = np.where(kind_code == 0, 0, np.where(user_day, 2, np.where(campaign, 3, 1)))
     return pl.DataFrame(
         {
             "event_id": events["event_id"],
@@ -147,6 +150,6 @@ def _labels(events: pl.DataFrame, kind_code: np.ndarray) -> pl.DataFrame:
             "event_date": events["timestamp"].dt.date(),
             "is_anomaly": kind_code > 0,
             "kind": _lookup([None, *ANOMALY_KINDS], kind_code),
-            "level": _lookup([None, "event", "user_day"], level_code),
+            "level": _lookup([None, "event", "user_day", "campaign"], level_code),
         }
     ).cast(LABEL_SCHEMA)

@@ -21,6 +21,7 @@ from uba.settings import Settings
 
 LABELS_FILE = "labels.parquet"
 USERS_FILE = "users.parquet"
+CAMPAIGNS_FILE = "campaigns.parquet"
 # Columns that identify a user's persona: a stored user must match the new run on these.
 _USER_IDENTITY = ("persona", "hour_centre", "session_median_sec")
 
@@ -33,6 +34,16 @@ def labels_path(data_dir: Path) -> Path:
 
 def users_path(data_dir: Path) -> Path:
     return Path(data_dir) / io.LABELS / USERS_FILE
+
+
+def campaigns_path(data_dir: Path) -> Path:
+    return Path(data_dir) / io.LABELS / CAMPAIGNS_FILE
+
+
+def merge_campaigns(stored: pl.DataFrame | None, new: pl.DataFrame) -> pl.DataFrame:
+    """Stored campaigns plus the new run's; the same campaign generated again is one row."""
+    both = new if stored is None else pl.concat([stored, new], how="vertical_relaxed")
+    return both.unique(maintain_order=True).sort("start", "user_id", "kind")
 
 
 def merge_labels(stored: pl.DataFrame | None, new: pl.DataFrame) -> pl.DataFrame:
@@ -99,6 +110,11 @@ class GenerateResult:
         s = self.ingest
         lines.append(f"ingest: read {s.rows_read:,}, written {s.rows_written:,}, quarantined {s.rows_quarantined:,}"
                      + (f" {dict(s.reasons)}" if s.rows_quarantined else ""))
+        if self.data.campaigns.height:
+            kinds = self.data.campaigns.group_by("kind").len().sort("kind")
+            lines.append(f"campaigns: {self.data.campaigns.height} ("
+                         + ", ".join(f"{r['kind']} {r['len']}" for r in kinds.iter_rows(named=True))
+                         + f"), listed in {campaigns_path(self.labels_path.parent.parent)}")
         lines.append(f"labels: {self.labels_path}; users: {self.users_path}")
         return lines
 
@@ -114,6 +130,9 @@ def write_generated(options: GenerationOptions, data_dir: Path, settings: Settin
     users = merge_users(io.read_parquet_if_exists(users_file), data.users)
     io.write_parquet_atomic(labels, labels_file)
     io.write_parquet_atomic(users, users_file)
+    if data.campaigns.height or campaigns_path(data_dir).exists():
+        stored = io.read_parquet_if_exists(campaigns_path(data_dir))
+        io.write_parquet_atomic(merge_campaigns(stored, data.campaigns), campaigns_path(data_dir))
     summary = ingest_frame(data.events, Path(data_dir), settings, source="generate")
     log.info("generated run stored", extra={"fields": {"events": data.events.height, "data_dir": str(data_dir)}})
     return GenerateResult(data=data, ingest=summary, labels_path=labels_file, users_path=users_file)
