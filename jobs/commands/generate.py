@@ -54,6 +54,9 @@ def _persona_mix(ctx: click.Context, param: click.Parameter, value: str | None) 
                    "turn), listed in labels/campaigns.parquet.")
 @click.option("--campaigns-from", type=DATE, default=None,
               help="First day a campaign may start (default: the window's last 7 days).")
+@click.option("--directory/--no-directory", "with_directory", default=False, show_default=True,
+              help="Also store the population's user directory (departments and roles whose habits "
+                   "differ, privilege, criticality) as `uba-batch users import` would.")
 @click.option("--user-day-anomalies", type=click.IntRange(0), default=0, show_default=True,
               help="Plant this many exfiltration days (user-day anomalies: ~10x the user's usual "
                    "downloads over many small sessions).")
@@ -65,7 +68,7 @@ def _persona_mix(ctx: click.Context, param: click.Parameter, value: str | None) 
 def command(ctx: click.Context, out: str | None, users: int, days: int, start: date, anomaly_rate: float,
             seed: int, persona_mix: dict[str, float] | None, erratic_users: int, shift_from: date | None,
             session_scale: float | None, device_shift_from: date | None, mobile_shift: float | None,
-            campaigns: int, campaigns_from: date | None, user_day_anomalies: int, csv_path: str | None,
+            campaigns: int, campaigns_from: date | None, with_directory: bool, user_day_anomalies: int, csv_path: str | None,
             jsonl_path: str | None) -> None:
     """Generate realistic SaaS activity and write it like an ingest would.
 
@@ -103,7 +106,7 @@ def command(ctx: click.Context, out: str | None, users: int, days: int, start: d
         mobile_shift=DEFAULT_MOBILE_SHIFT if mobile_shift is None else mobile_shift,
         campaigns=campaigns, campaigns_from=campaigns_from,
     )
-    result = write_generated(options, Path(settings.paths.data_dir), settings)
+    result = write_generated(options, Path(settings.paths.data_dir), settings, with_directory=with_directory)
     for line in result.summary_lines():
         click.echo(line)
     for path, fmt in ((csv_path, "csv"), (jsonl_path, "jsonl")):

@@ -38,6 +38,7 @@ from uba.generate.campaigns import (
     ensure_campaign_activity,
     plan_campaigns,
 )
+from uba.generate.directory import directory_frame
 from uba.generate.events import EVENT_TYPES, LABEL_SCHEMA, expand_sessions
 from uba.generate.personas import (
     DEFAULT_PERSONA_MIX,
@@ -85,7 +86,8 @@ MAX_ANOMALY_RATE = 0.2
 # the draws of the other stages where they were.
 _STREAMS = {"users": 1, "activity": 2, "sessions": 3, "exfiltration_plan": 4, "overlaps": 5,
             "anomalies": 6, "events": 7, "exfiltration_sessions": 8, "device_shift": 9,
-            "campaign_plan": 10, "campaigns": 11, "campaign_overlaps": 12}
+            "campaign_plan": 10, "campaigns": 11, "campaign_overlaps": 12,
+            "directory": 13}
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ class SyntheticData:
     users: pl.DataFrame
     options: GenerationOptions
     campaigns: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=CAMPAIGN_SCHEMA))
+    directory: pl.DataFrame | None = None
 
 
 def _rng(seed: int, stream: str) -> np.random.Generator:
@@ -230,7 +233,8 @@ def generate_dataset(options: GenerationOptions) -> SyntheticData:
     sessions = sessions.take(np.flatnonzero(inside_window(sessions, window_start, window_end)))
     events, labels = expand_sessions(sessions, users, options.fingerprint(), _rng(options.seed, "events"))
     return SyntheticData(events=events, labels=labels, users=users_frame(users), options=options,
-                         campaigns=campaigns_frame(plan, users, options.start))
+                         campaigns=campaigns_frame(plan, users, options.start),
+                         directory=directory_frame(users, _rng(options.seed, "directory")))
 
 
 def generate_events(

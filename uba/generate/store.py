@@ -85,6 +85,7 @@ class GenerateResult:
     ingest: Any  # uba.ingest.IngestSummary
     labels_path: Path
     users_path: Path
+    directory: Any = None  # uba.directory.ImportSummary when the directory was stored
 
     def kind_counts(self) -> pl.DataFrame:
         """Anomalous events and sessions per kind, in the documented kind order."""
@@ -115,11 +116,14 @@ class GenerateResult:
             lines.append(f"campaigns: {self.data.campaigns.height} ("
                          + ", ".join(f"{r['kind']} {r['len']}" for r in kinds.iter_rows(named=True))
                          + f"), listed in {campaigns_path(self.labels_path.parent.parent)}")
+        if self.directory is not None:
+            lines.append(f"directory: {self.directory.rows_stored} users ({self.directory.path})")
         lines.append(f"labels: {self.labels_path}; users: {self.users_path}")
         return lines
 
 
-def write_generated(options: GenerationOptions, data_dir: Path, settings: Settings) -> GenerateResult:
+def write_generated(options: GenerationOptions, data_dir: Path, settings: Settings,
+                    with_directory: bool = False) -> GenerateResult:
     """Generate, then write labels and users (first, so events never exist without their
     labels), then the events through the one ingest writer."""
     from uba.ingest import ingest_frame
@@ -133,9 +137,17 @@ def write_generated(options: GenerationOptions, data_dir: Path, settings: Settin
     if data.campaigns.height or campaigns_path(data_dir).exists():
         stored = io.read_parquet_if_exists(campaigns_path(data_dir))
         io.write_parquet_atomic(merge_campaigns(stored, data.campaigns), campaigns_path(data_dir))
+    if with_directory and data.directory is not None:
+        from uba.directory import store_directory_frame
+
+        directory = store_directory_frame(data_dir, data.directory, source="generate",
+                                          max_id_length=settings.events.max_string_length)
+    else:
+        directory = None
     summary = ingest_frame(data.events, Path(data_dir), settings, source="generate")
     log.info("generated run stored", extra={"fields": {"events": data.events.height, "data_dir": str(data_dir)}})
-    return GenerateResult(data=data, ingest=summary, labels_path=labels_file, users_path=users_file)
+    return GenerateResult(data=data, ingest=summary, labels_path=labels_file, users_path=users_file,
+                          directory=directory)
 
 
 def raw_export_frame(events: pl.DataFrame) -> pl.DataFrame:

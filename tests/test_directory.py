@@ -1,0 +1,121 @@
+"""The optional user directory: `uba-batch users import` and `generate --directory`, on real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner, Result
+
+from jobs.cli import cli
+
+HEADER = "user_id,department,role,is_privileged,criticality,badge\n"
+
+
+def _import(tmp_path: Path, body: str, *extra: str, name: str = "users.csv") -> Result:
+    source = tmp_path / name
+    source.write_text(body)
+    return CliRunner().invoke(cli, ["users", "import", str(source), "--data-dir", str(tmp_path / "data"), *extra])
+
+
+def _stored(tmp_path: Path) -> pl.DataFrame:
+    return pl.read_parquet(tmp_path / "data" / "directory" / "users.parquet")
+
+
+def _quarantined(tmp_path: Path) -> pl.DataFrame:
+    return pl.read_parquet(tmp_path / "data" / "directory" / "quarantine")
+
+
+def test_every_row_is_stored_or_quarantined_with_the_field_and_value(tmp_path: Path) -> None:
+    body = (HEADER + "u1,finance,analyst,no,high,7\n" + "u2,,,,,\n" + ",eng,dev,yes,low,\n"
+            + "u3,eng,dev,maybe,low,\n" + "u1,hr,x,no,low,\n" + "u4,ops,admin,YES,Critical,\n"
+            + "u5,ops,admin,true,extreme,\n" + f"{'x' * 300},ops,a,no,low,\n" + "u6,ops\u0007,a,no,low,\n"
+            + "u7,sales,manager,1,medium,\n" + "".join(f"v{i},hr,analyst,no,low,\n" for i in range(4)))
+    result = _import(tmp_path, body)
+    assert result.exit_code == 0, result.output
+    assert "read 14 rows: 8 stored, 6 quarantined; the directory holds 8 users" in result.output
+    stored = _stored(tmp_path)
+    assert stored.filter(pl.col("user_id").str.starts_with("u")).rows() == [
+        ("u1", "finance", "analyst", False, "high"), ("u2", None, None, False, None),
+        ("u4", "ops", "admin", True, "critical"), ("u7", "sales", "manager", True, "medium")]
+    bad = _quarantined(tmp_path).sort("line")
+    assert bad["line"].to_list() == [4, 5, 6, 8, 9, 10]
+    reasons = bad["reason"].to_list()
+    assert reasons[0] == "user_id is missing"
+    assert reasons[1] == "is_privileged 'maybe' is not true or false"
+    assert reasons[2] == "user_id 'u1' repeats line 2"
+    assert reasons[3] == "criticality 'extreme' is not one of low, medium, high, critical"
+    assert reasons[4] == "user_id longer than 256 characters"
+    assert reasons[5].startswith("department contains control")
+    assert bad["user_id"][1] == "u3" and bad["source"].str.ends_with("users.csv").all()
+
+
+def test_a_mostly_bad_file_exits_2_after_storing_what_it_could(tmp_path: Path) -> None:
+    result = _import(tmp_path, HEADER + "u1,a,b,no,low,\n" + ",a,b,no,low,\n" + "u2,a,b,zzz,low,\n")
+    assert result.exit_code == 2
+    assert "67% of the rows were quarantined (ingest.max_quarantine_ratio 0.5)" in result.output
+    assert _stored(tmp_path)["user_id"].to_list() == ["u1"]
+
+
+def test_a_later_import_updates_listed_users_and_replace_drops_the_rest(tmp_path: Path) -> None:
+    assert _import(tmp_path, HEADER + "u1,finance,analyst,no,low,\nu2,sales,analyst,no,low,\n").exit_code == 0
+    assert _import(tmp_path, HEADER + "u2,sales,manager,no,high,\nu3,hr,analyst,no,,\n").exit_code == 0
+    assert _stored(tmp_path).select("user_id", "role").rows() == [("u1", "analyst"), ("u2", "manager"),
+                                                                   ("u3", "analyst")]
+    result = _import(tmp_path, HEADER + "u3,hr,admin,yes,critical,\n", "--replace")
+    assert result.exit_code == 0 and "the directory holds 1 users" in result.output
+    assert _stored(tmp_path).rows() == [("u3", "hr", "admin", True, "critical")]
+
+
+def test_parquet_files_are_read_flat_and_refused_when_they_are_not(tmp_path: Path) -> None:
+    good = tmp_path / "users.parquet"
+    pl.DataFrame({"user_id": ["u1", "u2"], "department": ["eng", None], "is_privileged": [True, False],
+                  "criticality": ["low", "high"], "photo": [b"\x00", b"\x01"]}).write_parquet(good)
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["users", "import", str(good), "--data-dir", str(tmp_path / "data")])
+    assert ok.exit_code == 0 and "2 stored, 0 quarantined" in ok.output, ok.output
+    assert _stored(tmp_path).rows() == [("u1", "eng", None, True, "low"), ("u2", None, None, False, "high")]
+    nested = tmp_path / "nested.parquet"
+    pl.DataFrame({"user_id": ["u1"], "role": [["a", "b"]]}).write_parquet(nested)
+    refused = runner.invoke(cli, ["users", "import", str(nested), "--data-dir", str(tmp_path / "data")])
+    assert refused.exit_code == 1 and "column role is large_list<element: large_string>, not a plain value" in refused.output
+    fake = tmp_path / "fake.parquet"
+    fake.write_bytes(b"not parquet at all")
+    broken = runner.invoke(cli, ["users", "import", str(fake), "--data-dir", str(tmp_path / "data")])
+    assert broken.exit_code == 1 and f"cannot read Parquet file {fake}" in broken.output
+    assert "Traceback" not in broken.output + refused.output
+    assert _stored(tmp_path).height == 2, "a refused file stores nothing"
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("userid,department\nu1,eng\n", "no user_id column (expected user_id, department, role, is_privileged, "
+                                    "criticality; found userid, department)"),
+    ("user_id,role\nu1,a\nu1,b,c\n", "cannot read CSV file"),
+])
+def test_unreadable_files_are_one_line_errors_and_store_nothing(tmp_path: Path, body: str, message: str) -> None:
+    result = _import(tmp_path, body)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not (tmp_path / "data" / "directory" / "users.parquet").exists()
+
+
+def test_a_header_only_file_is_a_warning(tmp_path: Path) -> None:
+    result = _import(tmp_path, HEADER)
+    assert result.exit_code == 0 and "has no data rows" in result.output
+
+
+def test_generate_writes_a_directory_whose_departments_differ(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    result = CliRunner().invoke(cli, ["generate", "--out", str(out), "--users", "300", "--days", "3", "--directory"])
+    assert result.exit_code == 0 and "directory: 300 users" in result.output, result.output
+    directory = pl.read_parquet(out / "directory" / "users.parquet")
+    truth = pl.read_parquet(out / "labels" / "users.parquet")
+    by_department = directory.join(truth, on="user_id").group_by("department").agg(
+        pl.col("hour_centre").mean(), pl.col("persona").n_unique())
+    assert by_department.height >= 6 and (by_department["persona"] == 1).all()
+    hours = dict(by_department.select("department", "hour_centre").iter_rows())
+    assert hours["operations"] < 4 and 11 < hours["finance"] < 15, "departments keep their own hours"
+    assert (directory["is_privileged"] == (directory["role"] == "admin")).all()
+    plain = tmp_path / "plain"
+    assert CliRunner().invoke(cli, ["generate", "--out", str(plain), "--users", "20", "--days", "2"]).exit_code == 0
+    assert not (plain / "directory").exists(), "without --directory behaviour is as before"

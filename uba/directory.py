@@ -1,0 +1,231 @@
+"""The optional user directory: who each user is (department, role, privilege, criticality).
+
+Detection works without it. With it, entity risk can weigh a privileged or critical
+user more, and peer groups can be formed from departments and roles. It is imported
+from an HR or IdP export (CSV or Parquet) by ``uba-batch users import`` and stored as
+one table, ``<data-dir>/directory/users.parquet``, replaced atomically by each import.
+
+Every input row is accounted for, as ingest does for events: a valid row is stored
+(a later import replaces the stored row of the same user), a bad one goes to
+``<data-dir>/directory/quarantine/`` with its line and the reason, naming the field and
+the value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from uba import event_rules as rules
+from uba import io
+from uba.errors import UserError
+
+DIRECTORY = "directory"
+USERS_FILE = "users.parquet"
+QUARANTINE = "quarantine"
+COLUMNS = ("user_id", "department", "role", "is_privileged", "criticality")
+CRITICALITY = ("low", "medium", "high", "critical")
+TRUE_WORDS = frozenset({"true", "1", "yes", "y", "t"})
+FALSE_WORDS = frozenset({"false", "0", "no", "n", "f", ""})
+MAX_NAME_LENGTH = 128  # department and role
+MAX_PARQUET_ROWS = 5_000_000
+SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "department": pl.String(),
+    "role": pl.String(),
+    "is_privileged": pl.Boolean(),
+    "criticality": pl.String(),
+}
+QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String(), "line": pl.Int64(), "reason": pl.String(),
+    **{c: pl.String() for c in COLUMNS},
+}
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What one import did with every row of its file."""
+
+    rows_read: int
+    rows_stored: int
+    rows_quarantined: int
+    users_total: int
+    reasons: dict[str, int]
+    path: Path
+    quarantine_path: Path | None
+
+    @property
+    def quarantined_ratio(self) -> float:
+        return self.rows_quarantined / self.rows_read if self.rows_read else 0.0
+
+
+def directory_path(data_dir: Path) -> Path:
+    return Path(data_dir) / DIRECTORY / USERS_FILE
+
+
+def _text(value: Any, field: str, max_length: int) -> str | None:
+    """Optional text: empty is null; control or invisible characters are refused."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return rules.check_id(value, max_length)
+    except rules.RuleError as exc:
+        raise ValueError(f"{field} {exc.message}") from None
+
+
+def _privileged(value: Any) -> bool:
+    word = "" if value is None else str(value).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"is_privileged {str(value)[:40]!r} is not true or false")
+
+
+def _criticality(value: Any) -> str | None:
+    word = "" if value is None else str(value).strip().lower()
+    if not word:
+        return None
+    if word not in CRITICALITY:
+        raise ValueError(f"criticality {str(value)[:40]!r} is not one of {', '.join(CRITICALITY)}")
+    return word
+
+
+def check_row(row: Mapping[str, Any], max_id_length: int) -> dict[str, Any]:
+    """One directory row, normalised; ValueError names the field and the value."""
+    user = row.get("user_id")
+    if user is None or (isinstance(user, str) and not user.strip()):
+        raise ValueError("user_id is missing")
+    try:
+        user_id = rules.check_id(user, max_id_length)
+    except rules.RuleError as exc:
+        raise ValueError(f"user_id {exc.message}") from None
+    return {
+        "user_id": user_id,
+        "department": _text(row.get("department"), "department", MAX_NAME_LENGTH),
+        "role": _text(row.get("role"), "role", MAX_NAME_LENGTH),
+        "is_privileged": _privileged(row.get("is_privileged")),
+        "criticality": _criticality(row.get("criticality")),
+    }
+
+
+def _read_parquet_as_strings(path: Path) -> pl.DataFrame:
+    """Only the directory's columns, only when they are flat: a nested or huge column in
+    a stranger's file is refused before it is decoded."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+        raise UserError(f"cannot read Parquet file {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+    if meta.metadata.num_rows > MAX_PARQUET_ROWS:
+        raise UserError(f"{path}: {meta.metadata.num_rows} rows is more than a directory holds "
+                        f"(at most {MAX_PARQUET_ROWS})")
+    wanted = []
+    for field in meta.schema_arrow:
+        if field.name not in COLUMNS:
+            continue
+        if field.type.num_fields or str(field.type).startswith(("list", "large_list", "map", "struct")):
+            raise UserError(f"{path}: column {field.name} is {field.type}, not a plain value")
+        wanted.append(field.name)
+    if "user_id" not in wanted:
+        return pl.DataFrame(schema={name: pl.String() for name in meta.schema_arrow.names})
+    try:
+        frame = pl.read_parquet(path, columns=wanted)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise UserError(f"cannot read Parquet file {path}: {str(exc).splitlines()[0]}") from exc
+    return frame.with_columns(pl.all().cast(pl.String))
+
+
+def read_directory_file(path: Path) -> pl.DataFrame:
+    """The file's rows with every cell as text (validation decides what is wrong)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"file not found: {path}")
+    if path.suffix.lower() == ".parquet":
+        frame = _read_parquet_as_strings(path)
+    else:
+        frame = io.read_csv_as_strings(path)
+    if "user_id" not in frame.columns:
+        raise UserError(f"{path}: no user_id column (expected {', '.join(COLUMNS)}; found "
+                        f"{', '.join(frame.columns) or 'none'})")
+    return frame
+
+
+def _split(rows: Sequence[Mapping[str, Any]], max_id_length: int,
+           line: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(valid rows, quarantined rows with line and reason); a repeated user keeps its first row."""
+    good: list[dict[str, Any]] = []
+    bad: list[dict[str, Any]] = []
+    first_line: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        raw = {c: None if row.get(c) is None else str(row.get(c)) for c in COLUMNS}
+        try:
+            clean = check_row(row, max_id_length)
+        except ValueError as exc:
+            bad.append({"line": line(i), "reason": str(exc), **raw})
+            continue
+        if clean["user_id"] in first_line:
+            bad.append({"line": line(i), "reason": f"user_id {clean['user_id']!r} repeats line "
+                                                   f"{first_line[clean['user_id']]}", **raw})
+            continue
+        first_line[clean["user_id"]] = line(i)
+        good.append(clean)
+    return good, bad
+
+
+def import_directory(data_dir: Path, path: Path, *, replace: bool = False,
+                     max_id_length: int = 256) -> ImportSummary:
+    """Validate ``path`` and store its users; every row is stored or quarantined.
+
+    Without ``replace`` the stored directory keeps users the file does not mention (an
+    export of one department updates that department); with it the file is the whole
+    directory.
+    """
+    frame = read_directory_file(path)
+    first_line = 2 if Path(path).suffix.lower() != ".parquet" else 1
+    return store_directory_frame(data_dir, frame, source=str(path), replace=replace, max_id_length=max_id_length,
+                                 first_line=first_line)
+
+
+def store_directory_frame(data_dir: Path, frame: pl.DataFrame, *, source: str, replace: bool = False,
+                          max_id_length: int = 256, first_line: int = 1) -> ImportSummary:
+    """The checks and the store of :func:`import_directory`, for rows already in memory
+    (``generate`` writes its population's directory through here)."""
+    path = source
+    good, bad = _split(frame.to_dicts(), max_id_length, lambda i: i + first_line)
+    new = pl.DataFrame(good, schema=SCHEMA)
+    target = directory_path(data_dir)
+    stored = None if replace else io.read_parquet_if_exists(target)
+    merged = new if stored is None else pl.concat(
+        [stored.cast(SCHEMA).join(new.select("user_id"), on="user_id", how="anti"), new])
+    io.write_parquet_atomic(merged.sort("user_id"), target)
+    quarantine_path = None
+    if bad:
+        quarantined = pl.DataFrame([{"source": str(path), **b} for b in bad], schema=QUARANTINE_SCHEMA)
+        quarantine_path = io.append_table_part(quarantined, Path(data_dir) / DIRECTORY, QUARANTINE)
+    reasons: dict[str, int] = {}
+    for b in bad:
+        key = b["reason"].split(" ", 1)[0] + " " + _reason_kind(b["reason"])
+        reasons[key] = reasons.get(key, 0) + 1
+    return ImportSummary(rows_read=frame.height, rows_stored=new.height, rows_quarantined=len(bad),
+                         users_total=merged.height, reasons=reasons, path=target, quarantine_path=quarantine_path)
+
+
+def _reason_kind(reason: str) -> str:
+    """A short grouping key for the summary ("user_id missing", "criticality invalid")."""
+    if "missing" in reason:
+        return "missing"
+    if "repeats" in reason:
+        return "repeated"
+    return "invalid"
+
+
+def load_directory(data_dir: Path) -> pl.DataFrame | None:
+    """The stored directory, or None when there is none (behaviour as without one)."""
+    frame = io.read_parquet_if_exists(directory_path(data_dir))
+    return None if frame is None else frame.cast(SCHEMA)
