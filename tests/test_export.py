@@ -1,0 +1,176 @@
+"""`uba-batch export` on a generated, trained and scored week: OCSF 1.5.0 and ECS 9.2.0
+exports validate against the vendored schemas, and alert ids survive re-scoring."""
+
+from __future__ import annotations
+
+import csv
+import io as stdio
+import json
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import cli
+from uba.alerts.formats import render
+from uba.alerts.records import RECORD_SCHEMA, alert_id
+
+FIXTURES = Path(__file__).parent / "fixtures"
+START = date(2026, 3, 2)
+TRAIN_END = START + timedelta(days=13)
+WEEK = [TRAIN_END + timedelta(days=i) for i in range(1, 8)]
+
+
+def _cli(*args: str) -> str:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, (args[:2], result.output, result.exception)
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    data, models, out = str(root / "data"), str(root / "models"), str(root / "out")
+    _cli("generate", "--out", data, "--users", "150", "--days", "21", "--start", START.isoformat(), "--seed", "4",
+         "--user-day-anomalies", "3")
+    _cli("train", "--data-dir", data, "--model-dir", models, "--end-date", TRAIN_END.isoformat(),
+         "--window-days", "14")
+    _cli("backfill", "--start", WEEK[0].isoformat(), "--end", WEEK[-1].isoformat(), "--data-dir", data,
+         "--model-dir", models, "--output-dir", out, "--in-process")
+    return root
+
+
+def _export(world: Path, day: date, fmt: str, *extra: str) -> list[str]:
+    result = CliRunner().invoke(cli, ["export", "--date", day.isoformat(), "--format", fmt,
+                                      "--output-dir", str(world / "out"), *extra])
+    assert result.exit_code == 0, result.output
+    return [line for line in result.stdout.splitlines() if line]
+
+
+def test_ocsf_export_of_a_week_validates_against_ocsf_1_5(world: Path) -> None:
+    schema = json.loads((FIXTURES / "ocsf-1.5.0" / "detection_finding.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    findings = [json.loads(line) for day in WEEK for line in _export(world, day, "ocsf")]
+    kinds = {f["unmapped"]["uba"]["alert_type"] for f in findings}
+    assert len(findings) > 100 and kinds == {"event", "user_day"}
+    errors = [f"{f['finding_info']['uid']}: {e.message}" for f in findings for e in validator.iter_errors(f)]
+    assert errors == []
+    assert validator.is_valid({**findings[0], "class_uid": 2003}) is False, "the schema is really checked"
+    assert {f["metadata"]["version"] for f in findings} == {"1.5.0"}
+    assert len({f["finding_info"]["uid"] for f in findings}) == len(findings)
+
+
+def _ecs_errors(doc: dict[str, Any], fields: dict[str, Any], prefix: str = "") -> list[str]:
+    """ECS 9.2.0 field definitions: every leaf a known field of the right type; arrays where
+    ECS says so; categorisation values from ECS's allowed lists; labels.* keyword values."""
+    errors: list[str] = []
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if name == "labels":
+            errors += [f"labels.{k} is not a keyword" for k, v in value.items() if not isinstance(v, str)]
+            continue
+        if isinstance(value, dict):
+            errors += _ecs_errors(value, fields, name + ".")
+            continue
+        field = fields.get(name)
+        if field is None:
+            errors.append(f"{name} is not an ECS field")
+            continue
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and not field["array"] and field["type"] not in ("keyword", "text", "wildcard"):
+            errors.append(f"{name} is not an array field")
+        checks = {"keyword": str, "match_only_text": str, "text": str, "wildcard": str, "constant_keyword": str,
+                  "long": int, "float": (int, float), "scaled_float": (int, float), "date": str}
+        expected = checks.get(field["type"])
+        if expected is None:
+            errors.append(f"{name}: unchecked ECS type {field['type']}")
+        errors += [f"{name}={v!r} is not {field['type']}" for v in values
+                   if expected is not None and (not isinstance(v, expected) or isinstance(v, bool))]
+        if field["type"] == "date":
+            for v in values:
+                datetime.fromisoformat(v.replace("Z", "+00:00"))
+        errors += [f"{name}={v!r} is not an allowed value" for v in values
+                   if "allowed" in field and v not in field["allowed"]]
+    return errors
+
+
+def test_ecs_export_of_a_week_uses_only_ecs_9_2_fields(world: Path) -> None:
+    fields = json.loads((FIXTURES / "ecs-9.2.0" / "ecs_fields.json").read_text())
+    docs = [json.loads(line) for day in WEEK for line in _export(world, day, "ecs")]
+    assert len(docs) > 100
+    assert [e for d in docs for e in _ecs_errors(d, fields)] == []
+    assert _ecs_errors({"event": {"kind": "finding"}, "user": {"shoe_size": 3}}, fields) == [
+        "event.kind='finding' is not an allowed value", "user.shoe_size is not an ECS field"]
+    assert {d["event"]["id"] for d in docs} == {json.loads(x)["finding_info"]["uid"]
+                                                for day in WEEK for x in _export(world, day, "ocsf")}
+
+
+def test_alert_ids_are_what_was_detected_and_survive_re_scoring(world: Path, tmp_path: Path) -> None:
+    day = WEEK[2]
+    before = [json.loads(line) for line in _export(world, day, "jsonl")]
+    for record in before:
+        subject = ([record["event_id"]] if record["alert_type"] == "event"
+                   else [record["user_id"], day.isoformat()])
+        assert record["alert_id"] == alert_id(record["alert_type"], *subject)
+    models = tmp_path / "models2"  # another model: a different version and forest seed
+    _cli("train", "--data-dir", str(world / "data"), "--model-dir", str(models), "--end-date",
+         (TRAIN_END - timedelta(days=1)).isoformat(), "--window-days", "13")
+    _cli("score", "--date", day.isoformat(), "--data-dir", str(world / "data"), "--model-dir", str(models),
+         "--output-dir", str(world / "out"), "--in-process")
+    after = [json.loads(line) for line in _export(world, day, "jsonl")]
+    assert {r["model_version"] for r in after} != {r["model_version"] for r in before}
+    by_subject = {(r["alert_type"], r["event_id"] or r["user_id"]): r["alert_id"] for r in before}
+    both = [(r["alert_type"], r["event_id"] or r["user_id"]) for r in after
+            if (r["alert_type"], r["event_id"] or r["user_id"]) in by_subject]
+    assert len(both) > 10
+    assert all(by_subject[s] == r["alert_id"] for s, r in
+               zip(both, [r for r in after if (r["alert_type"], r["event_id"] or r["user_id"]) in by_subject],
+                   strict=True))
+
+
+def test_every_record_carries_the_contracted_fields(world: Path) -> None:
+    records = [json.loads(line) for line in _export(world, WEEK[0], "jsonl")]
+    assert records and all(set(r) == set(RECORD_SCHEMA) for r in records)
+    for r in records:
+        assert r["user_id"] and r["time"].endswith("Z") and r["score"] is not None and r["threshold"] is not None
+        assert r["reasons"] and len(r["reasons"]) == len(r["reason_kinds"]) and r["model_version"]
+        assert r["run_ref"] == f"runs/event_date={WEEK[0]}/manifest.json#run={r['run_id']}"
+    events = [r for r in records if r["alert_type"] == "event"]
+    assert all(r["score"] >= r["threshold"] for r in events)
+    flagged = pl.read_parquet(next((world / "out").glob(f"flagged/event_date={WEEK[0]}/*.parquet")))
+    unsuppressed = flagged.filter(pl.col("is_anomaly") & ~pl.col("suppressed"))
+    assert sorted(r["event_id"] for r in events) == sorted(unsuppressed["event_id"].to_list())
+
+
+def test_csv_export_quotes_formulas_and_has_a_header_when_empty(world: Path, tmp_path: Path) -> None:
+    lines = _export(world, WEEK[0], "csv")
+    rows = list(csv.DictReader(stdio.StringIO("\n".join(lines))))
+    assert rows and list(rows[0]) == list(RECORD_SCHEMA)
+    hostile = {"alert_id": "uba-x", "alert_type": "event", "user_id": "=HYPERLINK(\"http://x\")",
+               "time": datetime(2026, 3, 2, tzinfo=UTC), "event_date": date(2026, 3, 2), "event_id": "@SUM(1)",
+               "score": 0.7, "threshold": 0.6, "severity": "medium", "reasons": ["-2+3"], "reason_kinds": ["hour"],
+               "model_version": "v", "run_id": "r", "run_ref": "runs/x"}
+    row = next(csv.DictReader(stdio.StringIO("".join(render([hostile], "csv")))))
+    assert row["user_id"] == "'=HYPERLINK(\"http://x\")" and row["event_id"] == "'@SUM(1)"
+    assert row["reasons"] == "'-2+3"
+    assert "".join(render([], "csv")) == ",".join(RECORD_SCHEMA) + "\n"
+
+
+def test_export_errors_are_one_line(world: Path, tmp_path: Path) -> None:
+    out = str(world / "out")
+    never = CliRunner().invoke(cli, ["export", "--date", "2020-01-01", "--output-dir", out])
+    assert never.exit_code == 1 and "2020-01-01 is not scored" in never.output
+    risk = CliRunner().invoke(cli, ["export", "--date", WEEK[0].isoformat(), "--what", "risk", "--output-dir", out])
+    assert risk.exit_code == 1 and "has no entity risk" in risk.output
+    target = tmp_path / "a.ocsf.jsonl"
+    written = CliRunner().invoke(cli, ["export", "--date", WEEK[0].isoformat(), "--out", str(target),
+                                       "--output-dir", out])
+    assert written.exit_code == 0 and target.read_text().count("\n") == len(_export(world, WEEK[0], "ocsf"))
+    blocked = CliRunner().invoke(cli, ["export", "--date", WEEK[0].isoformat(), "--out", str(target / "x"),
+                                       "--output-dir", out])
+    assert blocked.exit_code == 1 and f"cannot write {target / 'x'}" in blocked.output
+    assert "Traceback" not in never.output + risk.output + blocked.output

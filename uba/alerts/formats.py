@@ -1,0 +1,156 @@
+"""Render canonical alert records (``uba.alerts.records``) in the formats analysts' tools read.
+
+- ``ocsf``: OCSF 1.5.0 Detection Finding (class 2004), one JSON object per line, with the
+  reasons in ``anomaly_analyses`` (the object OCSF added for behavioural detections);
+- ``ecs``: Elastic Common Schema 9.2.0 alert documents, one JSON object per line;
+- ``jsonl``: the canonical record itself, one per line;
+- ``csv``: the canonical record, lists joined with `` | ``.
+
+docs/alerting.md maps every field. The versions are pinned here and in the vendored
+schemas the tests validate against (tests/fixtures/ocsf-1.5.0, tests/fixtures/ecs-9.2.0).
+"""
+
+from __future__ import annotations
+
+import csv
+import io as stdio
+import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from uba import __version__
+
+OCSF_VERSION = "1.5.0"
+ECS_VERSION = "9.2.0"
+FORMATS = ("ocsf", "ecs", "jsonl", "csv")
+PRODUCT = {"name": "UBA", "vendor_name": "UBA", "version": __version__}
+OCSF_SEVERITY = {"low": (2, "Low"), "medium": (3, "Medium"), "high": (4, "High"), "critical": (5, "Critical")}
+ECS_SEVERITY = {"low": 21, "medium": 47, "high": 73, "critical": 99}  # Elastic's risk-score bands
+ANALYTICS = {  # alert type -> (analytic name, OCSF analytic type_id, its caption, title)
+    "event": ("uba per-user isolation forest", 4, "Learning (ML/DL)", "Unusual activity for this user"),
+    "user_day": ("uba user-day rules", 3, "Statistical", "Unusual day for this user"),
+    "risk": ("uba entity risk", 3, "Statistical", "User at elevated entity risk"),
+}
+
+
+def _ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _title(record: Mapping[str, Any]) -> str:
+    return f"{ANALYTICS[record['alert_type']][3]}: {record['user_id']}"
+
+
+def to_ocsf(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One OCSF Detection Finding."""
+    name, type_id, type_caption, _ = ANALYTICS[record["alert_type"]]
+    severity_id, severity = OCSF_SEVERITY[record["severity"]]
+    reasons, kinds = list(record["reasons"] or []), list(record["reason_kinds"] or [])
+    time_ms = _ms(record["time"])
+    analytic: dict[str, Any] = {"name": name, "type_id": type_id, "type": type_caption}
+    if record["model_version"]:
+        analytic["version"] = record["model_version"]
+    finding: dict[str, Any] = {
+        "class_uid": 2004, "class_name": "Detection Finding", "category_uid": 2, "category_name": "Findings",
+        "activity_id": 1, "activity_name": "Create", "type_uid": 200401, "type_name": "Detection Finding: Create",
+        "time": time_ms, "severity_id": severity_id, "severity": severity, "status_id": 1, "status": "New",
+        "message": reasons[0] if reasons else _title(record),
+        "finding_info": {"uid": record["alert_id"], "title": _title(record), "desc": "; ".join(reasons),
+                         "types": kinds, "created_time": time_ms, "analytic": analytic},
+        "metadata": {"product": PRODUCT, "version": OCSF_VERSION, "uid": record["alert_id"],
+                     "correlation_uid": record["run_id"], "log_name": record["run_ref"]},
+        "evidences": [{"user": {"uid": record["user_id"], "name": record["user_id"]},
+                       **({"uid": record["event_id"], "name": "event"} if record["event_id"] else {})}],
+        "anomaly_analyses": [{
+            "analysis_targets": [{"name": record["user_id"], "type": "User"}],
+            "anomalies": [{"observation_parameter": kind, "observations": [{"value": text}]}
+                          for kind, text in zip(kinds, reasons, strict=False)] or
+                         [{"observation_parameter": record["alert_type"], "observations": [{"value": _title(record)}]}],
+        }],
+        "unmapped": {"uba": {"alert_type": record["alert_type"], "score": record["score"],
+                             "threshold": record["threshold"], "event_id": record["event_id"],
+                             "event_date": record["event_date"].isoformat(), "run_ref": record["run_ref"]}},
+    }
+    return finding
+
+
+def to_ecs(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One ECS alert document."""
+    name = ANALYTICS[record["alert_type"]][0]
+    reasons, kinds = list(record["reasons"] or []), list(record["reason_kinds"] or [])
+    event: dict[str, Any] = {
+        "kind": "alert", "category": ["intrusion_detection"], "type": ["info"], "id": record["alert_id"],
+        "code": record["alert_type"], "dataset": "uba.alerts", "module": "uba", "provider": "uba",
+        "severity": ECS_SEVERITY[record["severity"]], "risk_score": float(record["score"]),
+        "reason": "; ".join(reasons), "reference": record["run_ref"],
+    }
+    doc: dict[str, Any] = {
+        "@timestamp": _iso(record["time"]),
+        "ecs": {"version": ECS_VERSION},
+        "message": reasons[0] if reasons else _title(record),
+        "event": event,
+        "user": {"id": record["user_id"], "name": record["user_id"]},
+        "related": {"user": [record["user_id"]]},
+        "rule": {"name": name, "category": record["alert_type"], "ruleset": "uba",
+                 **({"version": record["model_version"]} if record["model_version"] else {})},
+        "tags": kinds,
+        "labels": {"uba_event_date": record["event_date"].isoformat(), "uba_run_id": record["run_id"],
+                   **({"uba_event_id": record["event_id"]} if record["event_id"] else {}),
+                   **({"uba_threshold": f"{record['threshold']:.6f}"} if record["threshold"] is not None else {})},
+    }
+    return doc
+
+
+def to_plain(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The canonical record as JSON-ready values."""
+    out = dict(record)
+    out["time"] = _iso(record["time"])
+    out["event_date"] = record["event_date"].isoformat()
+    out["reasons"], out["reason_kinds"] = list(record["reasons"] or []), list(record["reason_kinds"] or [])
+    return out
+
+
+def render(records: Iterable[Mapping[str, Any]], fmt: str) -> Iterable[str]:
+    """Lines of text (with their newline) of ``records`` in ``fmt``."""
+    if fmt == "csv":
+        yield from _csv_lines(records)
+        return
+    convert = {"ocsf": to_ocsf, "ecs": to_ecs, "jsonl": to_plain}[fmt]
+    for record in records:
+        yield json.dumps(convert(record), ensure_ascii=False, sort_keys=True) + "\n"
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula is quoted (user ids and event ids
+    come from logs an attacker can write)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _csv_lines(records: Iterable[Mapping[str, Any]]) -> Iterable[str]:
+    from uba.alerts.records import RECORD_SCHEMA
+
+    buffer = stdio.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(RECORD_SCHEMA), lineterminator="\n")
+    writer.writeheader()
+    yield buffer.getvalue()
+    buffer.seek(0)
+    buffer.truncate()
+    for record in records:
+        row = to_plain(record)
+        row["reasons"], row["reason_kinds"] = " | ".join(row["reasons"]), " | ".join(row["reason_kinds"])
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    if buffer.getvalue():
+        yield buffer.getvalue()

@@ -1,0 +1,184 @@
+"""One canonical record per finding of a scored day, the source of every export format.
+
+Three kinds of finding:
+
+- ``event``: a flagged event that is not suppressed (``flagged/``);
+- ``user_day``: a user-day alert (``flagged_users/``);
+- ``risk``: a user whose entity risk is at or above a level (``risk/``, when the run
+  computed it).
+
+The alert id is a hash of what was detected, never of the model or the run: the event
+id for an event alert, the user and the day for a user-day alert, the user, the day and
+the level for a risk alert, each with its kind. Re-scoring a day, a new model or
+``backfill --force`` finds the same things under the same ids, so a receiver that
+de-duplicates by id never sees one finding twice under two names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from uba import io
+from uba.errors import UserError
+
+ALERT_TYPES = ("event", "user_day", "risk")
+RISK = "risk"
+RISK_LEVELS = ("low", "medium", "high", "critical")
+ID_PREFIX = "uba-"
+RECORD_SCHEMA: dict[str, pl.DataType] = {
+    "alert_id": pl.String(),
+    "alert_type": pl.String(),
+    "user_id": pl.String(),
+    "time": pl.Datetime("us", "UTC"),
+    "event_date": pl.Date(),
+    "event_id": pl.String(),
+    "score": pl.Float64(),
+    "threshold": pl.Float64(),
+    "severity": pl.String(),
+    "reasons": pl.List(pl.String()),
+    "reason_kinds": pl.List(pl.String()),
+    "model_version": pl.String(),
+    "run_id": pl.String(),
+    "run_ref": pl.String(),
+}
+SEVERITIES = ("low", "medium", "high", "critical")
+
+
+def alert_id(alert_type: str, *subject: str) -> str:
+    """Stable id of a finding: its kind and what it is about (see the module doc)."""
+    if alert_type not in ALERT_TYPES:
+        raise ValueError(f"unknown alert type {alert_type!r}")
+    text = "\x1f".join((alert_type, *subject))
+    return ID_PREFIX + hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What every record of a day says about the run that found it."""
+
+    run_id: str
+    model_version: str | None
+    run_ref: str
+
+
+def run_info(output_dir: Path, day: date) -> RunInfo:
+    """The day's run, or a one-line error when the day was never scored."""
+    manifest = io.read_run_manifest(output_dir, day)
+    if manifest is None:
+        raise UserError(f"{day} is not scored in {output_dir} (no {io.RUNS}/event_date={day}/"
+                        f"{io.MANIFEST_NAME}); run `uba-batch score --date {day}` first")
+    run_id = str(manifest.get("run_id") or "")
+    ref = f"{io.RUNS}/event_date={day.isoformat()}/{io.MANIFEST_NAME}#run={run_id}"
+    return RunInfo(run_id=run_id, model_version=(manifest.get("model") or {}).get("version"), run_ref=ref)
+
+
+def _severity(margin: pl.Expr) -> pl.Expr:
+    """How far over its cut a finding is, in four steps (documented in docs/alerting.md)."""
+    return (pl.when(margin >= 0.15).then(pl.lit("critical"))
+            .when(margin >= 0.08).then(pl.lit("high"))
+            .when(margin >= 0.03).then(pl.lit("medium"))
+            .otherwise(pl.lit("low")))
+
+
+def _with_run(frame: pl.DataFrame, run: RunInfo) -> pl.DataFrame:
+    return frame.with_columns(
+        pl.lit(run.run_id).alias("run_id"), pl.lit(run.run_ref).alias("run_ref"),
+        *([] if "model_version" in frame.columns else [pl.lit(run.model_version, pl.String).alias("model_version")]),
+    ).select([pl.col(c).cast(t) for c, t in RECORD_SCHEMA.items()])
+
+
+def event_records(output_dir: Path, day: date, run: RunInfo) -> pl.DataFrame:
+    """One record per flagged, unsuppressed event of ``day``, most anomalous first."""
+    scan = io.scan_partition(output_dir, io.FLAGGED, day)
+    if scan is None:
+        return pl.DataFrame(schema=RECORD_SCHEMA)
+    flagged = scan.filter(pl.col("is_anomaly") & ~pl.col("suppressed").fill_null(False)).collect()
+    cut = pl.coalesce("user_threshold", "threshold")
+    frame = flagged.with_columns(
+        pl.col("event_id").map_elements(lambda e: alert_id("event", e), return_dtype=pl.String).alias("alert_id"),
+        pl.lit("event").alias("alert_type"),
+        pl.col("timestamp").alias("time"),
+        pl.lit(day).alias("event_date"),
+        pl.col("anomaly_score").alias("score"),
+        cut.alias("threshold"),
+        _severity(pl.col("anomaly_score") - cut).alias("severity"),
+    )
+    return _with_run(frame, run).sort(["score", "event_id"], descending=[True, False])
+
+
+def user_day_records(output_dir: Path, day: date, run: RunInfo) -> pl.DataFrame:
+    """One record per user-day alert of ``day``. Its score is the day's sum of signal
+    strengths (``day_score``; ``risk_score`` in runs before entity risk existed); any
+    firing signal makes an alert, so the threshold is 0."""
+    scan = io.scan_partition(output_dir, io.FLAGGED_USERS, day)
+    if scan is None:
+        return pl.DataFrame(schema=RECORD_SCHEMA)
+    users = scan.collect()
+    score = "day_score" if "day_score" in users.columns else "risk_score"
+    frame = users.with_columns(
+        pl.col("user_id").map_elements(lambda u: alert_id("user_day", u, day.isoformat()),
+                                       return_dtype=pl.String).alias("alert_id"),
+        pl.lit("user_day").alias("alert_type"),
+        pl.lit(datetime.combine(day, time(), UTC)).alias("time"),
+        pl.lit(day).alias("event_date"),
+        pl.lit(None, pl.String).alias("event_id"),
+        pl.col(score).cast(pl.Float64).alias("score"),
+        pl.lit(0.0).alias("threshold"),
+        _severity(pl.col(score).cast(pl.Float64) / 10.0).alias("severity"),
+    )
+    return _with_run(frame, run).sort(["score", "user_id"], descending=[True, False])
+
+
+def risk_records(output_dir: Path, day: date, run: RunInfo, min_level: str) -> pl.DataFrame:
+    """One record per user whose entity risk on ``day`` is ``min_level`` or above."""
+    if min_level not in RISK_LEVELS:
+        raise UserError(f"risk level {min_level!r} is not one of {', '.join(RISK_LEVELS)}")
+    scan = io.scan_partition(output_dir, RISK, day)
+    if scan is None:
+        raise UserError(f"{day} has no entity risk in {output_dir}/{RISK}/ (scored before entity risk existed?); "
+                        "re-score the day to compute it")
+    wanted = RISK_LEVELS[RISK_LEVELS.index(min_level):]
+    risky = scan.filter(pl.col("risk_level").is_in(wanted)).collect()
+    kinds = (pl.col("contributions").list.eval(pl.element().struct.field("reason_kinds")).list.eval(
+        pl.element().flatten()).list.unique(maintain_order=True)
+        if "contributions" in risky.columns else pl.lit([], pl.List(pl.String)))
+    frame = risky.with_columns(
+        pl.struct("user_id", "risk_level").map_elements(
+            lambda r: alert_id("risk", r["user_id"], day.isoformat(), r["risk_level"]),
+            return_dtype=pl.String).alias("alert_id"),
+        pl.lit("risk").alias("alert_type"),
+        pl.lit(datetime.combine(day, time(), UTC)).alias("time"),
+        pl.lit(day).alias("event_date"),
+        pl.lit(None, pl.String).alias("event_id"),
+        pl.col("risk_score").cast(pl.Float64).alias("score"),
+        pl.lit(None, pl.Float64).alias("threshold"),
+        pl.col("risk_level").alias("severity"),
+        pl.concat_str(pl.lit("entity risk "), pl.col("risk_score").round(1).cast(pl.String), pl.lit(" ("),
+                      pl.col("risk_level"), pl.lit(")")).cast(pl.List(pl.String)).alias("reasons"),
+        kinds.cast(pl.List(pl.String)).alias("reason_kinds"),
+    )
+    return _with_run(frame, run).sort(["score", "user_id"], descending=[True, False])
+
+
+def day_records(output_dir: Path, day: date, what: str, risk_min_level: str = "high") -> pl.DataFrame:
+    """The ``what`` records of ``day``: ``alerts`` (events), ``user-days``, ``risk`` or ``all``."""
+    run = run_info(output_dir, day)
+    readers: dict[str, Any] = {
+        "alerts": lambda: event_records(output_dir, day, run),
+        "user-days": lambda: user_day_records(output_dir, day, run),
+        "risk": lambda: risk_records(output_dir, day, run, risk_min_level),
+    }
+    if what == "all":
+        parts = [readers["alerts"](), readers["user-days"]()]
+        if io.partition_files(output_dir, RISK, day):
+            parts.append(readers["risk"]())
+        return pl.concat(parts)
+    if what not in readers:
+        raise UserError(f"--what {what!r} is not one of alerts, user-days, risk, all")
+    return readers[what]()
