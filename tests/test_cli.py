@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -29,6 +30,24 @@ def test_every_command_has_help_with_an_example(name: str) -> None:
     assert result.exit_code == 0, result.output
     assert "Example" in result.output, f"{name} --help has no example"
     assert f"uba-batch {name}" in result.output
+
+
+def _subcommands() -> list[tuple[str, str]]:
+    ctx = cli.make_context("uba-batch", [], resilient_parsing=True)
+    pairs = []
+    for name in cli.list_commands(ctx):
+        group = cli.get_command(ctx, name)
+        if isinstance(group, click.Group):
+            pairs += [(name, sub) for sub in group.list_commands(ctx)]
+    return pairs
+
+
+@pytest.mark.parametrize(("name", "sub"), _subcommands())
+def test_every_subcommand_has_help_with_an_example(name: str, sub: str) -> None:
+    result = CliRunner().invoke(cli, [name, sub, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output, f"{name} {sub} --help has no example"
+    assert f"uba-batch {name} {sub}" in result.output
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,12 @@ QUARANTINE_EXIT_CODE = 2  # as ingest: stored what it could, but too much went t
 
 @click.group(name="users")
 def command() -> None:
-    """The user directory: who each user is, for entity risk and peer groups."""
+    """The user directory: who each user is, for entity risk and peer groups.
+
+    \b
+    Example:
+      uba-batch users import hr_export.csv --data-dir data
+    """
 
 
 @command.command(name="import")
