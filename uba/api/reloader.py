@@ -29,15 +29,15 @@ from uba.logs import get_logger
 log = get_logger("api.reload")
 
 ServedKey = tuple[str, date, tuple[int, ...], RulesKey]
-# Long enough for the admin route and requests in flight to drop the previous state,
-# which then is garbage when the heap is settled (uba.api.state.settle_heap).
+# Long enough for the admin route and requests in flight to drop the previous state, so
+# what the young collection finds then is the reload's own garbage (uba.api.state.settle_heap).
 SETTLE_AFTER_RELOAD_SEC = 1.0
 _settling: set[asyncio.Task[None]] = set()
 
 
 async def _settle_later(delay: float) -> None:
     await asyncio.sleep(delay)
-    await run_in_threadpool(settle_heap)
+    settle_heap(full=False)  # milliseconds, on the loop: no thread hop needed
 
 
 def schedule_settle(delay: float = SETTLE_AFTER_RELOAD_SEC) -> None:
