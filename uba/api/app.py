@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from uba.api.access_log import AccessLog
-from uba.api.auth import load_api_keys, require_api_key
+from uba.api.auth import load_api_keys, require_api_key, require_configured_key
 from uba.api.batcher import ScoringBatcher
 from uba.api.deps import Runtime
 from uba.api.errors import (
@@ -34,7 +34,7 @@ from uba.api.metrics import ApiMetrics, MetricsMiddleware
 from uba.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from uba.api.openapi import openapi_builder
 from uba.api.reloader import PeriodicReloader, reload_runtime
-from uba.api.routes import admin, feedback, health, metrics, model, predict
+from uba.api.routes import admin, alerts, feedback, health, metrics, model, predict
 from uba.api.schemas import build_models
 from uba.api.state import settle_heap
 from uba.api.workers import group_from_env
@@ -140,8 +140,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     for router in (model.router, admin.router, feedback.build_router(models)):
         app.include_router(router, dependencies=protected, responses=AUTH_ERRORS)
+    app.include_router(alerts.build_router(), dependencies=[*protected, Depends(require_configured_key)],
+                       responses=AUTH_ERRORS)
     app.openapi = openapi_builder(  # type: ignore[method-assign]
-        app, [models.event, models.batch, models.feedback], lambda: bool(runtime.api_keys))
+        app, [models.event, models.batch, models.feedback, alerts.AlertUpdate], lambda: bool(runtime.api_keys))
 
     # Outermost first in the request path: metrics see every response, including 413s.
     app.add_middleware(BodyLimitMiddleware, limit=settings.api.max_body_bytes)
