@@ -45,12 +45,12 @@ from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
 from uba.features.store import lookback_days, stale_aggregate_days
 from uba.logs import get_logger
 from uba.operations import RunOperations
+from uba.risk import STALE_KEY, RiskRun
 from uba.scoring import manifest as mf
 from uba.scoring import shard
 from uba.scoring.lock import date_lock
 from uba.scoring.plan import ShardSpec, plan_shards
 from uba.scoring.ray_backend import RayRuntime, RunFailedError
-from uba.risk import STALE_KEY, RiskRun
 from uba.scoring.shard import FaultInjection
 from uba.settings import Settings
 
