@@ -251,35 +251,43 @@ def previous_risk(output_dir: Path, day: date) -> tuple[date, pl.DataFrame] | No
     return None
 
 
+def risk_window(output_dir: Path, end: date, days: int = 30) -> pl.DataFrame:
+    """Every row of the risk tables of the ``days`` days ending at ``end``, with ``event_date``
+    (days without a table are absent), oldest first."""
+    schema = {"event_date": pl.Date(), **RISK_SCHEMA}
+    first = end - timedelta(days=days - 1)
+    rows = []
+    for day in risk_days(output_dir):
+        table = read_risk(output_dir, day) if first <= day <= end else None
+        if table is not None:
+            rows.append(table.with_columns(pl.lit(day, pl.Date).alias("event_date")).select(list(schema)))
+    return pl.concat(rows) if rows else pl.DataFrame(schema=schema)
+
+
+def user_series(window: pl.DataFrame, user_id: str, fill: bool = False) -> pl.DataFrame:
+    """One user's rows of a :func:`risk_window`, oldest first. With ``fill`` every day of the
+    window that has a table gets a row: a user missing from a day's table had no
+    contribution and less than ``risk.min_score``, shown as 0 (what a chart needs)."""
+    mine = window.filter(pl.col("user_id") == user_id)
+    if not fill:
+        return mine.sort("event_date")
+    days = window.select(pl.col("event_date").unique())
+    return (days.join(mine, on="event_date", how="left")
+            .with_columns(pl.lit(user_id).alias("user_id"), pl.col("risk_score").fill_null(0.0),
+                          pl.col("risk_level").fill_null("low"),
+                          pl.col("contributions").fill_null(pl.lit([], pl.List(CONTRIBUTION))))
+            .select(window.columns).sort("event_date"))
+
+
 def read_risk_history(output_dir: Path, user_id: str, days: int = 30, end: date | None = None,
                       fill: bool = False) -> pl.DataFrame:
-    """The user's rows of the ``days`` days ending at ``end`` (default: the newest risk day),
-    oldest first, each with its ``event_date``.
-
-    With ``fill``, every day of the window that has a risk table gets a row: a user
-    missing from a day's table had less than ``risk.min_score`` and no contribution, shown
-    as 0 (what a chart needs). Without it only the user's own rows are returned.
-    """
+    """The user's risk over the ``days`` days ending at ``end`` (default: the newest risk
+    day), oldest first, each row with its ``event_date`` (see :func:`user_series`)."""
     available = risk_days(output_dir)
     end = end or (available[-1] if available else None)
-    schema = {"event_date": pl.Date(), **RISK_SCHEMA}
     if end is None:
-        return pl.DataFrame(schema=schema)
-    window = [d for d in available if end - timedelta(days=days - 1) <= d <= end]
-    rows = []
-    for day in window:
-        table = read_risk(output_dir, day)
-        if table is None:
-            continue
-        mine = table.filter(pl.col("user_id") == user_id)
-        if mine.is_empty() and fill:
-            mine = pl.DataFrame([{"user_id": user_id, "risk_score": 0.0, "risk_level": "low", "risk_delta": None,
-                                  "contributions": [], "first_seen_high": None, "carried_score": 0.0,
-                                  "day_points": 0.0, "weight": None}], schema=RISK_SCHEMA)
-        rows.append(mine.with_columns(pl.lit(day).alias("event_date")))
-    if not rows:
-        return pl.DataFrame(schema=schema)
-    return pl.concat(rows).select(list(schema))
+        return pl.DataFrame(schema={"event_date": pl.Date(), **RISK_SCHEMA})
+    return user_series(risk_window(output_dir, end, days), user_id, fill)
 
 
 def benign_ids(data_dir: Path) -> set[str]:
