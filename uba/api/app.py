@@ -33,7 +33,7 @@ from uba.api.metrics import ApiMetrics, MetricsMiddleware
 from uba.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from uba.api.openapi import openapi_builder
 from uba.api.reloader import PeriodicReloader, reload_runtime
-from uba.api.routes import admin, feedback, health, metrics, model, predict
+from uba.api.routes import admin, feedback, health, metrics, model, predict, risk
 from uba.api.schemas import build_models
 from uba.api.workers import group_from_env
 from uba.logs import LOGGER_NAME, configure_logging
@@ -68,6 +68,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     silence_uvicorn_access_log()
     runtime.api_keys = load_api_keys(runtime.settings.api)
     await run_in_threadpool(runtime.holder.load_initial, runtime.settings)
+    await run_in_threadpool(runtime.risk.load, runtime.settings)
     state = runtime.holder.current
     runtime.metrics.set_model(
         state.version if state else None, state.baselines.as_of.isoformat() if state else None
@@ -117,7 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.build_router(models), dependencies=protected, responses=AUTH_ERRORS)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    for router in (model.router, admin.router, feedback.build_router(models)):
+    for router in (model.router, admin.router, feedback.build_router(models), risk.router):
         app.include_router(router, dependencies=protected, responses=AUTH_ERRORS)
     app.openapi = openapi_builder(  # type: ignore[method-assign]
         app, [models.event, models.batch, models.feedback], lambda: bool(runtime.api_keys))
