@@ -187,7 +187,8 @@ def compute_risk(contributions: pl.DataFrame, previous: pl.DataFrame | None, pre
     ``first_seen_high`` keeps the day an episode at high or above began while the user
     stays there (a user who fell below high on the day before starts a new one).
     """
-    today = _today(contributions, user_weights(directory, settings), settings)
+    weights = user_weights(directory, settings)
+    today = _today(contributions, weights, settings).drop("weight")
     prev = previous if previous is not None else pl.DataFrame(schema=PREVIOUS_SCHEMA)
     gap = (day - previous_day).days if previous_day is not None else 0
     carried = prev.select(
@@ -197,6 +198,7 @@ def compute_risk(contributions: pl.DataFrame, previous: pl.DataFrame | None, pre
         pl.col("first_seen_high").cast(pl.Date).alias("_first_high"),
     )
     joined = (today.join(carried, on="user_id", how="full", coalesce=True)
+              .join(weights, on="user_id", how="left")
               .with_columns(pl.col("carried_score", "_yesterday", "day_points").fill_null(0.0),
                             pl.col("weight").fill_null(1.0),
                             pl.col("contributions").fill_null(pl.lit([], pl.List(CONTRIBUTION)))))
