@@ -16,13 +16,18 @@ from uba.api.deps import RuntimeDep
 from uba.api.schemas import ErrorBody, RiskDay, UserRisk
 
 router = APIRouter(tags=["risk"])
+# The schema's bound on the path's id: a longer request line would be refused by the HTTP
+# server itself (an answer the schema cannot declare); events.max_string_length is checked too.
+MAX_PATH_ID = 1024
 
 
 @router.get("/users/{user_id}/risk", response_model=UserRisk,
             summary="A user's entity risk (0-100, level, contributions) over the last risk.history_days days",
-            responses={422: {"model": ErrorBody, "description": "user_id too long"}})
+            responses={422: {"model": ErrorBody, "description": "user_id too long"},
+                       404: {"model": ErrorBody, "description": "no such route: a user_id holding '/' "
+                                                              "(also percent-encoded) matches no path"}})
 async def user_risk(request: Request, runtime: RuntimeDep,
-                    user_id: Annotated[str, Path(min_length=1, max_length=65536)]) -> UserRisk:
+                    user_id: Annotated[str, Path(min_length=1, max_length=MAX_PATH_ID)]) -> UserRisk:
     if len(user_id) > runtime.settings.events.max_string_length:
         raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
                             detail=[{"field": "user_id", "message": "longer than events.max_string_length",
