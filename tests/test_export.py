@@ -56,7 +56,7 @@ def test_ocsf_export_of_a_week_validates_against_ocsf_1_5(world: Path) -> None:
     validator = jsonschema.Draft202012Validator(schema)
     findings = [json.loads(line) for day in WEEK for line in _export(world, day, "ocsf")]
     kinds = {f["unmapped"]["uba"]["alert_type"] for f in findings}
-    assert len(findings) > 100 and kinds == {"event", "user_day"}
+    assert len(findings) > 100 and kinds == {"event", "user_day", "risk"}
     errors = [f"{f['finding_info']['uid']}: {e.message}" for f in findings for e in validator.iter_errors(f)]
     assert errors == []
     assert validator.is_valid({**findings[0], "class_uid": 2003}) is False, "the schema is really checked"
@@ -114,7 +114,8 @@ def test_alert_ids_are_what_was_detected_and_survive_re_scoring(world: Path, tmp
     before = [json.loads(line) for line in _export(world, day, "jsonl")]
     for record in before:
         subject = ([record["event_id"]] if record["alert_type"] == "event"
-                   else [record["user_id"], day.isoformat()])
+                   else [record["user_id"], day.isoformat()] if record["alert_type"] == "user_day"
+                   else [record["user_id"], day.isoformat(), record["severity"]])
         assert record["alert_id"] == alert_id(record["alert_type"], *subject)
     models = tmp_path / "models2"  # another model: a different version and forest seed
     _cli("train", "--data-dir", str(world / "data"), "--model-dir", str(models), "--end-date",
@@ -123,13 +124,13 @@ def test_alert_ids_are_what_was_detected_and_survive_re_scoring(world: Path, tmp
          "--output-dir", str(world / "out"), "--in-process")
     after = [json.loads(line) for line in _export(world, day, "jsonl")]
     assert {r["model_version"] for r in after} != {r["model_version"] for r in before}
-    by_subject = {(r["alert_type"], r["event_id"] or r["user_id"]): r["alert_id"] for r in before}
-    both = [(r["alert_type"], r["event_id"] or r["user_id"]) for r in after
-            if (r["alert_type"], r["event_id"] or r["user_id"]) in by_subject]
+    def key(r: dict[str, Any]) -> tuple[str, str, str]:  # a risk finding is also about its level
+        return r["alert_type"], r["event_id"] or r["user_id"], r["severity"] if r["alert_type"] == "risk" else ""
+
+    by_subject = {key(r): r["alert_id"] for r in before}
+    both = [r for r in after if key(r) in by_subject]
     assert len(both) > 10
-    assert all(by_subject[s] == r["alert_id"] for s, r in
-               zip(both, [r for r in after if (r["alert_type"], r["event_id"] or r["user_id"]) in by_subject],
-                   strict=True))
+    assert all(by_subject[key(r)] == r["alert_id"] for r in both)
 
 
 def test_every_record_carries_the_contracted_fields(world: Path) -> None:
@@ -165,7 +166,7 @@ def test_export_errors_are_one_line(world: Path, tmp_path: Path) -> None:
     never = CliRunner().invoke(cli, ["export", "--date", "2020-01-01", "--output-dir", out])
     assert never.exit_code == 1 and "2020-01-01 is not scored" in never.output
     risk = CliRunner().invoke(cli, ["export", "--date", WEEK[0].isoformat(), "--what", "risk", "--output-dir", out])
-    assert risk.exit_code == 1 and "has no entity risk" in risk.output
+    assert risk.exit_code == 0, risk.output  # every score run computes entity risk now (tests/test_risk_cli.py)
     target = tmp_path / "a.ocsf.jsonl"
     written = CliRunner().invoke(cli, ["export", "--date", WEEK[0].isoformat(), "--out", str(target),
                                        "--output-dir", out])

@@ -83,7 +83,7 @@ def test_exfiltration_day_is_flagged_with_reasons_and_quiet_users_are_not(settin
     assert steady["usual_downloads"] == pytest.approx(1.0, abs=0.2)
     spread = steady["reasons"][steady["reason_kinds"].index("spread_downloads")]
     assert spread.startswith("12 downloads spread over 8 sessions") and "exfiltration" in spread
-    assert steady["risk_score"] > alerts["newbie"]["risk_score"] > 0, "three signals outrank one"
+    assert steady["day_score"] > alerts["newbie"]["day_score"] > 0, "three signals outrank one"
     assert alerts["newbie"]["known_user"] is False and alerts["newbie"]["reason_kinds"] == ["downloads"]
     assert "the population's usual" in alerts["newbie"]["reasons"][0]
 

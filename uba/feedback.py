@@ -1,5 +1,10 @@
 """Analyst feedback on alerts, and suppression rules for known-benign patterns.
 
+Feedback is keyed by ``event_id``: an event's own id, or an alert id (``uba-...``, as
+``uba.alerts.records.alert_id`` makes it and the export and entity risk show it), which
+is how a user-day alert, having no event, gets a verdict. A benign verdict removes the
+alert's contribution to entity risk (``uba.risk``).
+
 Both live under the data directory as append-only Parquet tables, so nothing an
 analyst said is ever overwritten: the latest label for an event wins, and removing a
 suppression rule appends a tombstone rather than deleting the rule.
@@ -58,6 +63,7 @@ class FeedbackSummary:
     benign: int
     malicious: int
     path: Path
+    benign_ids: tuple[str, ...] = ()  # ids labelled benign: entity risk marks the days they built stale
 
 
 def _text(value: Any) -> str | None:
@@ -116,8 +122,9 @@ def record_feedback(data_dir: Path, rows: Sequence[Mapping[str, Any]], source: s
     path = io.append_table_part(stored, data_dir, io.FEEDBACK)
     counts = valid["label"].value_counts()
     by_label = dict(zip(counts["label"].to_list(), counts["count"].to_list(), strict=True))
+    benign_ids = tuple(valid.filter(pl.col("label") == "benign")["event_id"].unique(maintain_order=True))
     return FeedbackSummary(rows=valid.height, benign=int(by_label.get("benign", 0)),
-                           malicious=int(by_label.get("malicious", 0)), path=path)
+                           malicious=int(by_label.get("malicious", 0)), path=path, benign_ids=benign_ids)
 
 
 def record_feedback_csv(data_dir: Path, csv_path: Path, max_id_length: int = 256) -> FeedbackSummary:

@@ -1102,6 +1102,7 @@ def partition_row_count(root: Path, dataset: str, day: date | str) -> int:
 FEEDBACK = "feedback"
 SUPPRESSIONS = "suppressions"
 FLAGGED_USERS = "flagged_users"
+RISK = "risk"  # entity risk per user (uba.risk), published with the day's other outputs
 MANIFEST_NAME = "manifest.json"
 
 
@@ -1629,7 +1630,7 @@ def write_user_score_history(df: pl.DataFrame, bundle_path: Path, quantile: floa
 # ``**``) find nothing there.
 
 DAYS = ".days"
-DAY_DATASETS: tuple[str, ...] = (SCORES, FLAGGED, FLAGGED_USERS)  # risk/ joins here when it exists
+DAY_DATASETS: tuple[str, ...] = (SCORES, FLAGGED, FLAGGED_USERS, RISK)
 EMPTY_VERSION = "empty"
 PREVIOUS_NAME = ".previous"
 LEGACY_PREFIX = "legacy-"
@@ -2025,6 +2026,8 @@ def ensure_day_links(output_dir: Path, day: date | str, on_step: Callable[[str],
         else:
             if link.is_file() and not (current / name).exists():  # the manifest before versions
                 os.link(link, current / name)
+            if name != MANIFEST_NAME and _is_real_dir(current) and not os.path.lexists(current / name):
+                (current / name).mkdir()  # a dataset newer than the version (risk/): empty, never dangling
             _symlink_over(text, link)
         step(f"link:{name.removesuffix('.json')}")
 

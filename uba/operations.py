@@ -84,8 +84,8 @@ class RunOperations:
         today = today.with_columns(pl.lit(self.day, dtype=pl.Date).alias("event_date"))
         scored = score_user_days(today, baselines.lazy(), self.settings.user_day).collect()
         self.users_scored = scored.height
-        return (scored.filter(pl.col("risk_score") > 0)
-                .sort(["risk_score", "user_id"], descending=[True, False]))
+        return (scored.filter(pl.col("day_score") > 0)
+                .sort(["day_score", "user_id"], descending=[True, False]))
 
     def _user_totals(self) -> pl.DataFrame:
         if not self.per_user:

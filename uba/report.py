@@ -4,10 +4,12 @@ Everything the page shows is embedded (inline CSS, charts as base64 PNGs, no scr
 no external links), so it can be mailed, attached to a ticket or opened on an
 air-gapped workstation and look the same.
 
-User risk, used to rank the "top users" table, adds up what the day says about a user:
-each unsuppressed event alert contributes ``anomaly_score / threshold`` (at least 1;
-the user's own threshold when per-user thresholds are on) and a user-day alert
-contributes its ``risk_score``. Suppressed alerts are counted but add no risk.
+The "top users" table reads the day's entity risk table (``uba.risk``, the one table
+the API and the export read too): the riskiest users, and every user at high or above
+however many there are, each with a 30-day sparkline (inline SVG) and the day's alerts
+and reasons beside it. A day scored before entity risk existed falls back to the old
+one-day sum: each unsuppressed event alert contributes ``anomaly_score / threshold``
+(at least 1) and a user-day alert its ``day_score``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import polars as pl
 from uba import io
 from uba.drift import monitoring_row, retrain_advice
 from uba.errors import UserError
+from uba.risk import read_risk, risk_window, stale_marker, user_series
 from uba.settings import Settings
 
 FLAGGED_NEEDED: dict[str, pl.DataType] = {
@@ -37,7 +40,7 @@ FLAGGED_NEEDED: dict[str, pl.DataType] = {
 }
 USER_DAY_NEEDED: dict[str, pl.DataType] = {
     "user_id": pl.String(),
-    "risk_score": pl.Float64(),
+    "day_score": pl.Float64(),
     "reasons": pl.List(pl.String()),
 }
 STATUS_COLOURS = {"ok": "#2e7d32", "warn": "#b26a00", "drift": "#c62828", "n/a": "#666666"}
@@ -57,8 +60,33 @@ def _with_defaults(frame: pl.LazyFrame) -> pl.LazyFrame:
     return frame.with_columns(extra) if extra else frame
 
 
-def user_risk_table(flagged: pl.LazyFrame, flagged_users: pl.LazyFrame, top: int) -> pl.LazyFrame:
-    """Users ranked by the day's risk (see the module doc), with their strongest reasons."""
+def with_day_score(users: pl.LazyFrame) -> pl.LazyFrame:
+    """User-day alerts with ``day_score`` (runs before entity risk called it ``risk_score``)."""
+    names = users.collect_schema().names()
+    if "day_score" not in names and "risk_score" in names:
+        return users.rename({"risk_score": "day_score"})
+    return users
+
+
+def risk_top_users(risk: pl.DataFrame, flagged: pl.LazyFrame, flagged_users: pl.LazyFrame, top: int,
+                   high_levels: tuple[str, ...] = ("high", "critical")) -> pl.DataFrame:
+    """The report's top users from the risk table: the ``top`` riskiest and every user at
+    high or above (never cut off), with the day's alert details joined."""
+    ranked = risk.sort(["risk_score", "user_id"], descending=[True, False]).with_row_index("_rank")
+    chosen = ranked.filter((pl.col("_rank") < top) | pl.col("risk_level").is_in(high_levels))
+    details = user_risk_table(flagged, flagged_users, top=None).drop("risk").collect()
+    return (chosen.join(details, on="user_id", how="left")
+            .with_columns(pl.col("alerts", "suppressed").fill_null(0),
+                          pl.col("reasons").fill_null(pl.lit([], pl.List(pl.String))))
+            .sort("_rank")
+            .select("user_id", pl.col("risk_score").alias("risk"), "risk_level", "risk_delta", "first_seen_high",
+                    "alerts", "suppressed", "max_score", "user_day_risk", "reasons"))
+
+
+def user_risk_table(flagged: pl.LazyFrame, flagged_users: pl.LazyFrame, top: int | None) -> pl.LazyFrame:
+    """Users ranked by the day's one-day sum (see the module doc), with their strongest
+    reasons: the ranking of days scored before entity risk, and the day's details."""
+    flagged_users = with_day_score(flagged_users)
     events = _with_defaults(flagged)
     alerting = events.filter(~pl.col("suppressed"))
     per_user = alerting.group_by("user_id").agg(
@@ -72,7 +100,7 @@ def user_risk_table(flagged: pl.LazyFrame, flagged_users: pl.LazyFrame, top: int
         pl.len().cast(pl.Int64).alias("suppressed")
     )
     days = flagged_users.select(
-        "user_id", pl.col("risk_score").alias("user_day_risk"), pl.col("reasons").alias("user_day_reasons")
+        "user_id", pl.col("day_score").alias("user_day_risk"), pl.col("reasons").alias("user_day_reasons")
     )
     users = pl.concat([per_user.select("user_id"), suppressed.select("user_id"), days.select("user_id")]
                       ).unique()
@@ -90,7 +118,7 @@ def user_risk_table(flagged: pl.LazyFrame, flagged_users: pl.LazyFrame, top: int
         )
         .filter(pl.col("risk") > 0)
         .sort(["risk", "user_id"], descending=[True, False])
-        .head(top)
+        .head(top if top is not None else 2**31)
         .select("user_id", "risk", "alerts", "suppressed", "max_score", "user_day_risk", "reasons")
     )
 
@@ -108,11 +136,12 @@ def suppression_counts(flagged: pl.LazyFrame) -> pl.LazyFrame:
 def user_day_alerts(users: pl.LazyFrame) -> pl.LazyFrame:
     """Every user-day alert of the day, riskiest first, with the day's counts next to the
     user's usual ones where the run recorded them."""
+    users = with_day_score(users)
     names = users.collect_schema().names()
     counts = [c for c in ("n_events", "usual_events", "n_sessions", "usual_sessions", "n_downloads",
                           "usual_downloads") if c in names]
-    return users.select("user_id", "risk_score", "reasons", *counts).sort(["risk_score", "user_id"],
-                                                                          descending=[True, False])
+    return users.select("user_id", "day_score", "reasons", *counts).sort(["day_score", "user_id"],
+                                                                         descending=[True, False])
 
 
 # --- data ------------------------------------------------------------------------------
@@ -130,6 +159,9 @@ class ReportData:
     flagged_users: int
     generated_at: datetime
     user_days: pl.DataFrame = field(default_factory=pl.DataFrame)  # every user-day alert, riskiest first
+    sparklines: dict[str, list[float]] = field(default_factory=dict)  # user -> risk over the last days
+    entity_risk: bool = False  # the top users come from the risk table (else the one-day sum)
+    stale: list[dict[str, Any]] = field(default_factory=list)  # the day's risk_stale entries
 
 
 def _scan_or_empty(root: Path, dataset: str, day: date, schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
@@ -152,17 +184,30 @@ def load_report_data(settings: Settings, day: date, history_days: int = 14, top:
             if past_manifest is not None:
                 history.append(monitoring_row(past_manifest))
     flagged = _scan_or_empty(output_dir, io.FLAGGED, day, FLAGGED_NEEDED)
-    users = _scan_or_empty(output_dir, io.FLAGGED_USERS, day, USER_DAY_NEEDED)
+    users = with_day_score(_scan_or_empty(output_dir, io.FLAGGED_USERS, day, USER_DAY_NEEDED))
+    risk = read_risk(output_dir, day)
+    top_users = (user_risk_table(flagged, users, top).collect() if risk is None
+                 else risk_top_users(risk, flagged, users, top))
     return ReportData(
         day=day,
         manifest=manifest,
         history=history,
-        top_users=user_risk_table(flagged, users, top).collect(),
+        top_users=top_users,
         suppressions=suppression_counts(flagged).collect(),
         flagged_users=int(users.select(pl.len()).collect().item()),
         generated_at=datetime.now(UTC),
         user_days=user_day_alerts(users).collect(),
+        sparklines=_sparklines(output_dir, day, top_users["user_id"].to_list(), settings.risk.history_days)
+        if risk is not None else {},
+        entity_risk=risk is not None,
+        stale=stale_marker(manifest),
     )
+
+
+def _sparklines(output_dir: Path, day: date, users: list[str], days: int) -> dict[str, list[float]]:
+    """Each user's risk on every scored day of the window (0 where absent), read once."""
+    window = risk_window(output_dir, day, days)
+    return {u: user_series(window, u, fill=True)["risk_score"].to_list() for u in users}
 
 
 # --- charts ----------------------------------------------------------------------------
@@ -297,22 +342,61 @@ def _reasons(items: Sequence[str] | None) -> str:
     return '<ul class="reasons">' + "".join(f"<li>{_e(r)}</li>" for r in items) + "</ul>"
 
 
-def _users_table(top: pl.DataFrame) -> str:
+LEVEL_COLOURS = {"low": "#607d8b", "medium": "#b26a00", "high": "#c62828", "critical": "#6a1b9a"}
+
+
+def sparkline_svg(values: Sequence[float], width: int = 120, height: int = 26) -> str:
+    """A small inline SVG line of 0-100 values (no script, no external resource)."""
+    if not values:
+        return '<span class="muted">-</span>'
+    step = width / max(len(values) - 1, 1)
+    points = " ".join(f"{i * step:.1f},{height - 2 - (min(max(v, 0.0), 100.0) / 100.0) * (height - 4):.1f}"
+                      for i, v in enumerate(values))
+    return (f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+            f'aria-label="risk over {len(values)} scored days, last {values[-1]:.0f}">'
+            f'<polyline fill="none" stroke="#1565c0" stroke-width="1.5" points="{points}"/></svg>')
+
+
+def _risk_cells(r: Mapping[str, Any], spark: Sequence[float] | None) -> str:
+    if "risk_level" not in r:
+        return f'<td class="num">{r["risk"]:.2f}</td>'
+    level = str(r["risk_level"])
+    delta = "-" if r["risk_delta"] is None else f"{r['risk_delta']:+.1f}"
+    since = "-" if r["first_seen_high"] is None else r["first_seen_high"].isoformat()
+    chip = f'<span class="chip" style="background:{LEVEL_COLOURS.get(level, "#666")}">{_e(level)}</span>'
+    return (f'<td class="num">{r["risk"]:.1f}</td><td>{chip}</td><td class="num">{delta}</td>'
+            f"<td>{_e(since)}</td><td>{sparkline_svg(spark or [])}</td>")
+
+
+def _users_table(top: pl.DataFrame, sparklines: Mapping[str, Sequence[float]] | None = None) -> str:
     if top.height == 0:
-        return '<p class="muted">No alerts today.</p>'
+        return '<p class="muted">No user at risk today.</p>'
     rows = []
     for r in top.iter_rows(named=True):
         max_score = "-" if r["max_score"] is None else f"{r['max_score']:.3f}"
         day_risk = "-" if r["user_day_risk"] is None else f"{r['user_day_risk']:.2f}"
+        level = f' data-level="{_e(r["risk_level"])}"' if "risk_level" in r else ""
         rows.append(
-            f'<tr class="user" data-user="{_e(r["user_id"])}"><td>{_e(r["user_id"])}</td>'
-            f'<td class="num">{r["risk"]:.2f}</td><td class="num">{r["alerts"]}</td>'
+            f'<tr class="user" data-user="{_e(r["user_id"])}"{level}><td>{_e(r["user_id"])}</td>'
+            f'{_risk_cells(r, (sparklines or {}).get(r["user_id"]))}<td class="num">{r["alerts"]}</td>'
             f'<td class="num">{r["suppressed"]}</td><td class="num">{max_score}</td>'
             f'<td class="num">{day_risk}</td><td>{_reasons(r["reasons"])}</td></tr>'
         )
-    head = ("<tr><th>user</th><th>risk</th><th>alerts</th><th>suppressed</th><th>max score</th>"
-            "<th>user-day risk</th><th>reasons</th></tr>")
+    risk_head = ("<th>risk</th><th>level</th><th>&Delta; day</th><th>high since</th><th>30 days</th>"
+                 if "risk_level" in top.columns else "<th>risk</th>")
+    head = (f"<tr><th>user</th>{risk_head}<th>alerts</th><th>suppressed</th><th>max score</th>"
+            "<th>user-day score</th><th>reasons</th></tr>")
     return f'<table id="top-users"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _risk_note(data: ReportData) -> str:
+    if not data.entity_risk:
+        return ('<p class="muted">Scored before entity risk existed: risk = sum over the user\'s unsuppressed '
+                "alerts of score / threshold, plus the user-day score.</p>")
+    stale = "".join(f'<p id="risk-stale"><b>Entity risk is stale:</b> {_e(e.get("reason"))}; re-score this day '
+                    "to bring it up to date.</p>" for e in data.stale[:1])
+    return (stale + '<p class="muted">Entity risk 0-100 (docs/risk.md): today\'s alerts and user-day alerts '
+            "plus earlier days' risk decayed by its half-life; every user at high or above is listed.</p>")
 
 
 def _usual(now: Any, usual: Any) -> str:
@@ -328,13 +412,13 @@ def _user_days_table(days: pl.DataFrame) -> str:
     for r in days.iter_rows(named=True):
         rows.append(
             f'<tr class="user-day" data-user="{_e(r["user_id"])}"><td>{_e(r["user_id"])}</td>'
-            f'<td class="num">{r["risk_score"]:.2f}</td>'
+            f'<td class="num">{r["day_score"]:.2f}</td>'
             f'<td class="num">{_usual(r.get("n_events"), r.get("usual_events"))}</td>'
             f'<td class="num">{_usual(r.get("n_sessions"), r.get("usual_sessions"))}</td>'
             f'<td class="num">{_usual(r.get("n_downloads"), r.get("usual_downloads"))}</td>'
             f'<td>{_reasons(r["reasons"])}</td></tr>'
         )
-    head = ("<tr><th>user</th><th>user-day risk</th><th>events</th><th>sessions</th><th>downloads</th>"
+    head = ("<tr><th>user</th><th>day score</th><th>events</th><th>sessions</th><th>downloads</th>"
             "<th>reasons</th></tr>")
     return f'<table id="user-days"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
@@ -426,8 +510,8 @@ def render_report(data: ReportData, settings: Settings) -> str:
 <main>
 <section class="cards">{cards}</section>
 <div class="row">
-<section><h2>Top users by risk</h2>{_users_table(data.top_users)}
-<p class="muted">Risk = sum over the user's unsuppressed alerts of score / threshold, plus the user-day risk.</p></section>
+<section><h2>Top users by risk</h2>{_users_table(data.top_users, data.sparklines)}
+{_risk_note(data)}</section>
 <section><h2>Unusual user-days ({data.flagged_users})</h2>{_user_days_table(data.user_days)}
 <p class="muted">A user's day as a whole (events, sessions, downloads) against their usual days.</p></section>
 </div>

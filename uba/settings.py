@@ -241,6 +241,56 @@ class UserDaySettings(_Section):
     rate_floor: float = Field(0.5, gt=0)
 
 
+RISK_LEVELS = ("low", "medium", "high", "critical")
+
+
+class RiskSettings(_Section):
+    """Entity risk (docs/risk.md): a 0-100 score per user carried from day to day.
+
+    Today's points (alerts weighted by how far over their cut, user-day alerts, repeats of
+    one kind discounted, several kinds boosted, privileged/critical users weighed more)
+    are added to yesterday's score decayed by ``half_life_days`` per calendar day:
+    ``score = 100 - (100 - carried) * exp(-points / scale_points)``.
+    """
+
+    half_life_days: float = Field(3.0, gt=0, le=365)
+    scale_points: float = Field(50.0, gt=0)
+    event_points: float = Field(10.0, ge=0)
+    margin_unit: float = Field(0.05, gt=0)
+    max_margin_factor: float = Field(4.0, ge=1)
+    user_day_points: float = Field(10.0, ge=0)
+    max_user_day_strength: float = Field(4.0, gt=0)
+    repeat_factor: float = Field(0.5, gt=0, le=1)
+    max_repeats: int = Field(10, ge=1, le=1000)
+    diversity_bonus: float = Field(0.25, ge=0)
+    max_diversity_kinds: int = Field(4, ge=1, le=50)
+    privileged_weight: float = Field(1.5, gt=0)
+    criticality_weights: dict[str, float] = Field(
+        default_factory=lambda: {"low": 1.0, "medium": 1.0, "high": 1.25, "critical": 1.5})
+    medium_cut: float = Field(40.0, gt=0, lt=100)
+    high_cut: float = Field(70.0, gt=0, lt=100)
+    critical_cut: float = Field(90.0, gt=0, lt=100)
+    min_score: float = Field(1.0, ge=0, lt=100)
+    history_days: int = Field(30, ge=1, le=366)
+
+    @field_validator("criticality_weights")
+    @classmethod
+    def _known_levels(cls, value: dict[str, float]) -> dict[str, float]:
+        """Only the directory's criticality levels; a level left out weighs 1."""
+        unknown = sorted(set(value) - set(RISK_LEVELS))
+        if unknown:
+            raise ValueError(f"unknown criticality {unknown[0]!r}; use {', '.join(RISK_LEVELS)}")
+        if any(not (0 < w < float("inf")) for w in value.values()):
+            raise ValueError("weights must be positive numbers")
+        return value
+
+    @model_validator(mode="after")
+    def _cuts_increase(self) -> RiskSettings:
+        if not self.medium_cut < self.high_cut < self.critical_cut:
+            raise ValueError("the level cuts must increase: medium_cut < high_cut < critical_cut")
+        return self
+
+
 class Settings(_Section):
     paths: PathSettings = PathSettings()
     events: EventSettings = EventSettings()
@@ -255,6 +305,7 @@ class Settings(_Section):
     user_thresholds: UserThresholdSettings = UserThresholdSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     user_day: UserDaySettings = UserDaySettings()
+    risk: RiskSettings = RiskSettings()
 
 
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

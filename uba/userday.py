@@ -17,7 +17,8 @@ two days has a noisy rate; an unknown user gets the population's). Signals:
 
 Minimum counts keep tiny numbers from alerting. Each fired signal contributes its
 strength (ratio / limit; for the two-sided pattern the weaker of its two; 1 for the
-weekday) to the day's ``risk_score``, so several signals together outrank one. Reasons
+weekday) to the day's ``day_score``, so several signals together outrank one (entity
+risk, ``uba.risk``, turns it into points on the 0-100 ``risk_score`` scale). Reasons
 are plain sentences, strongest first, with a parallel list of machine kinds.
 """
 
@@ -42,7 +43,7 @@ RATE_SIGNALS: tuple[tuple[str, str, str], ...] = (
     ("events", "n_events", "events_per_active_day"),
 )
 ALERT_COLUMNS = (
-    "user_id", "event_date", "risk_score", "reasons", "reason_kinds", "n_events", "n_sessions",
+    "user_id", "event_date", "day_score", "reasons", "reason_kinds", "n_events", "n_sessions",
     "n_downloads", "usual_events", "usual_sessions", "usual_downloads", "days_active", "known_user",
 )
 
@@ -133,7 +134,7 @@ def _weekday_reason(settings: UserDaySettings) -> pl.Expr:
 
 def score_user_days(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
                     settings: UserDaySettings) -> pl.LazyFrame:
-    """Every user active in ``day_aggregates`` with their day's risk score and reasons (may be empty)."""
+    """Every user active in ``day_aggregates`` with their day's score and reasons (may be empty)."""
     users, population = _baseline_inputs(baselines)
     joined = (
         day_aggregates.join(users, on="user_id", how="left")
@@ -154,7 +155,7 @@ def score_user_days(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
         joined.with_columns(ranked.alias("_fired"))
         .with_columns(
             pl.col("_fired").list.eval(pl.element().struct.field("strength")).list.sum()
-            .fill_null(0.0).round(4).alias("risk_score"),
+            .fill_null(0.0).round(4).alias("day_score"),
             pl.col("_fired").list.eval(pl.element().struct.field("text")).alias("reasons"),
             pl.col("_fired").list.eval(pl.element().struct.field("kind")).alias("reason_kinds"),
             pl.col("event_date").cast(pl.Date),
@@ -170,8 +171,8 @@ def user_day_alerts(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
     """Users whose day fired at least one signal, riskiest first."""
     return (
         score_user_days(day_aggregates, baselines, settings)
-        .filter(pl.col("risk_score") > 0)
-        .sort(["risk_score", "user_id"], descending=[True, False])
+        .filter(pl.col("day_score") > 0)
+        .sort(["day_score", "user_id"], descending=[True, False])
     )
 
 
@@ -208,7 +209,7 @@ def run_user_day(settings: Settings, day: date) -> UserDayRun:
                         "(no events that day?)")
     today = today.with_columns(pl.lit(day, dtype=pl.Date).alias("event_date"))  # Hive path only
     scored = score_user_days(today, baselines_as_of(data_dir, day, settings), settings.user_day).collect()
-    alerts = (scored.filter(pl.col("risk_score") > 0)
-              .sort(["risk_score", "user_id"], descending=[True, False]))
+    alerts = (scored.filter(pl.col("day_score") > 0)
+              .sort(["day_score", "user_id"], descending=[True, False]))
     path = io.replace_partition(alerts, settings.paths.output_dir, io.FLAGGED_USERS, day)
     return UserDayRun(alerts=alerts, users_scored=scored.height, path=path)

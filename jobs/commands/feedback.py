@@ -6,21 +6,25 @@ from pathlib import Path
 
 import click
 
-from jobs.options import data_dir_option, settings_from
+from jobs.options import data_dir_option, output_dir_option, settings_from
 
 
 @click.command(name="feedback")
 @click.argument("csv_file", type=click.Path(dir_okay=False))
 @data_dir_option
+@output_dir_option
 @click.pass_context
-def command(ctx: click.Context, csv_file: str, data_dir: str | None) -> None:
-    """Record analyst labels from a CSV of event ids.
+def command(ctx: click.Context, csv_file: str, data_dir: str | None, output_dir: str | None) -> None:
+    """Record analyst labels from a CSV of event ids or alert ids.
 
-    Columns: event_id, label (benign or malicious), optional analyst and note. The
+    Columns: event_id (an event's id, or an alert id "uba-..." as the export and the
+    entity risk contributions show, which is how a user-day alert gets a verdict), label
+    (benign or malicious), optional analyst and note. The
     whole file is validated first (a bad row is named with its line and value, and
     nothing is stored); labels are appended under <data-dir>/feedback/ and the latest
     label per event wins. `uba-batch train --exclude-malicious` drops the events whose
-    latest label is malicious.
+    latest label is malicious. A benign label removes the alert's contribution to entity
+    risk: the days whose risk it built are marked stale until re-scored (docs/risk.md).
 
     \b
     Example:
@@ -28,8 +32,13 @@ def command(ctx: click.Context, csv_file: str, data_dir: str | None) -> None:
       uba-batch feedback labels.csv --data-dir data
     """
     from uba.feedback import record_feedback_csv
+    from uba.risk import mark_stale_after_verdicts
 
-    settings = settings_from(ctx, data_dir=data_dir)
+    settings = settings_from(ctx, data_dir=data_dir, output_dir=output_dir)
     summary = record_feedback_csv(settings.paths.data_dir, Path(csv_file), settings.events.max_string_length)
     click.echo(f"stored {summary.rows} labels ({summary.benign} benign, {summary.malicious} malicious) "
                f"in {summary.path}")
+    stale = mark_stale_after_verdicts(settings.paths.output_dir, summary.benign_ids)
+    if stale:
+        click.echo(f"entity risk of {stale[0]}..{stale[-1]} ({len(stale)} days) marked stale: re-score them with "
+                   f"`uba-batch backfill --start {stale[0]} --end {stale[-1]}`")

@@ -26,7 +26,8 @@ def command(ctx: click.Context, start: date, end: date, png: str | None, output_
     and say whether retraining is advisable.
 
     Reads runs/event_date=*/manifest.json written by `score`; days without a run are
-    listed as missing. Limits come from the monitoring settings (psi_warn, psi_drift,
+    listed as missing, and days whose entity risk is stale (an earlier day was re-scored,
+    or a benign verdict arrived, after they were scored) are named with the reason. Limits come from the monitoring settings (psi_warn, psi_drift,
     alert_rate_tolerance).
 
     \b
@@ -39,16 +40,18 @@ def command(ctx: click.Context, start: date, end: date, png: str | None, output_
     from uba.errors import UserError
     from uba.pipeline import date_range
     from uba.report import drift_history_png
+    from uba.risk import stale_marker
 
     settings = settings_from(ctx, output_dir=output_dir)
     out_dir = Path(settings.paths.output_dir)
-    rows, missing = [], []
+    rows, missing, stale = [], [], []
     for day in date_range(start, end):
         manifest = io.read_run_manifest(out_dir, day)
         if manifest is None:
             missing.append(day.isoformat())
         else:
             rows.append(monitoring_row(manifest))
+            stale += [(day, entry) for entry in stale_marker(manifest)[:1]]
     if not rows:
         raise UserError(f"no run manifests between {start} and {end} under {out_dir / io.RUNS}")
     excess = any(r.get("judged_by") == "excess" for r in rows)
@@ -64,6 +67,11 @@ def command(ctx: click.Context, start: date, end: date, png: str | None, output_
                    "the verdict compares it with psi_warn and psi_drift")
     if missing:
         click.echo(f"no run for: {', '.join(missing)}")
+    for day, entry in stale:
+        click.echo(f"entity risk stale on {day}: {entry.get('reason')} (changed day {entry.get('changed_day')})")
+    if stale:
+        click.echo(f"re-score the stale days in date order: uba-batch backfill --start {stale[0][0]} "
+                   f"--end {stale[-1][0]}")
     target = Path(png) if png else out_dir / "monitoring" / f"monitor-{start}_{end}.png"
     try:
         io.write_bytes_atomic(drift_history_png(rows, settings.monitoring.psi_warn,

@@ -135,8 +135,25 @@ def user_day_records(output_dir: Path, day: date, run: RunInfo) -> pl.DataFrame:
     return _with_run(frame, run).sort(["score", "user_id"], descending=[True, False])
 
 
+def _risk_reasons(row: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Parallel reasons and kinds of a risk record: the points each top reason kind
+    brought today, biggest first, or the carried-over score when nothing new came."""
+    by_kind: dict[str, list[float]] = {}
+    for c in row.get("contributions") or []:
+        kind = (c.get("reason_kinds") or [c.get("type") or "alert"])[0]
+        by_kind.setdefault(kind, []).append(float(c.get("points") or 0.0))
+    if not by_kind:
+        return [f"entity risk {row['risk_score']:.1f} ({row['risk_level']}) carried over from earlier days"], \
+            ["carried_risk"]
+    ranked = sorted(by_kind.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
+    reasons = [f"{kind}: {sum(points):.1f} points from {len(points)} alert{'s' if len(points) > 1 else ''} today"
+               for kind, points in ranked]
+    return reasons, [kind for kind, _ in ranked]
+
+
 def risk_records(output_dir: Path, day: date, run: RunInfo, min_level: str) -> pl.DataFrame:
-    """One record per user whose entity risk on ``day`` is ``min_level`` or above."""
+    """One record per user whose entity risk on ``day`` is ``min_level`` or above; its
+    threshold is the cut of the user's level (from the run's manifest)."""
     if min_level not in RISK_LEVELS:
         raise UserError(f"risk level {min_level!r} is not one of {', '.join(RISK_LEVELS)}")
     scan = io.scan_partition(output_dir, RISK, day)
@@ -145,9 +162,8 @@ def risk_records(output_dir: Path, day: date, run: RunInfo, min_level: str) -> p
                         "re-score the day to compute it")
     wanted = RISK_LEVELS[RISK_LEVELS.index(min_level):]
     risky = scan.filter(pl.col("risk_level").is_in(wanted)).collect()
-    kinds = (pl.col("contributions").list.eval(pl.element().struct.field("reason_kinds")).list.eval(
-        pl.element().flatten()).list.unique(maintain_order=True)
-        if "contributions" in risky.columns else pl.lit([], pl.List(pl.String)))
+    cuts = ((io.read_run_manifest(output_dir, day) or {}).get("risk") or {}).get("cuts") or {}
+    explained = [_risk_reasons(row) for row in risky.to_dicts()]
     frame = risky.with_columns(
         pl.struct("user_id", "risk_level").map_elements(
             lambda r: alert_id("risk", r["user_id"], day.isoformat(), r["risk_level"]),
@@ -157,11 +173,11 @@ def risk_records(output_dir: Path, day: date, run: RunInfo, min_level: str) -> p
         pl.lit(day).alias("event_date"),
         pl.lit(None, pl.String).alias("event_id"),
         pl.col("risk_score").cast(pl.Float64).alias("score"),
-        pl.lit(None, pl.Float64).alias("threshold"),
+        pl.col("risk_level").replace_strict(list(RISK_LEVELS), [float(cuts.get(level, 0.0)) for level in RISK_LEVELS],
+                                            return_dtype=pl.Float64).alias("threshold"),
         pl.col("risk_level").alias("severity"),
-        pl.concat_str(pl.lit("entity risk "), pl.col("risk_score").round(1).cast(pl.String), pl.lit(" ("),
-                      pl.col("risk_level"), pl.lit(")")).cast(pl.List(pl.String)).alias("reasons"),
-        kinds.cast(pl.List(pl.String)).alias("reason_kinds"),
+        pl.Series("reasons", [r for r, _ in explained], dtype=pl.List(pl.String)),
+        pl.Series("reason_kinds", [k for _, k in explained], dtype=pl.List(pl.String)),
     )
     return _with_run(frame, run).sort(["score", "user_id"], descending=[True, False])
 

@@ -34,7 +34,7 @@ from uba.api.metrics import ApiMetrics, MetricsMiddleware
 from uba.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from uba.api.openapi import openapi_builder
 from uba.api.reloader import PeriodicReloader, reload_runtime
-from uba.api.routes import admin, alerts, feedback, health, metrics, model, predict
+from uba.api.routes import admin, alerts, feedback, health, metrics, model, predict, risk
 from uba.api.schemas import build_models
 from uba.api.state import settle_heap
 from uba.api.workers import group_from_env
@@ -83,6 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     silence_uvicorn_access_log()
     runtime.api_keys = load_api_keys(runtime.settings.api)
     await run_in_threadpool(runtime.holder.load_initial, runtime.settings)
+    await run_in_threadpool(runtime.risk.load, runtime.settings)
     await run_in_threadpool(settle_heap)
     access_log: AccessLog | None = app.state.access_log
     if access_log is not None:
@@ -138,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.build_router(models), dependencies=protected, responses=AUTH_ERRORS)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    for router in (model.router, admin.router, feedback.build_router(models)):
+    for router in (model.router, admin.router, feedback.build_router(models), risk.router):
         app.include_router(router, dependencies=protected, responses=AUTH_ERRORS)
     app.include_router(alerts.build_router(), dependencies=[*protected, Depends(require_configured_key)],
                        responses=AUTH_ERRORS)

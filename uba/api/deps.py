@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Request, status
 
 from uba.api.batcher import ScoringBatcher
 from uba.api.metrics import ApiMetrics
+from uba.api.risk import RiskHolder
 from uba.api.schemas import ApiModels
 from uba.api.state import ModelHolder, ModelState
 from uba.api.workers import WorkerGroup
@@ -24,6 +25,7 @@ class Runtime:
     metrics: ApiMetrics
     batcher: ScoringBatcher
     holder: ModelHolder = field(default_factory=ModelHolder)
+    risk: RiskHolder = field(default_factory=RiskHolder)  # entity risk (GET /users/{id}/risk)
     api_keys: tuple[bytes, ...] = ()
     group: WorkerGroup | None = None  # the other workers of this server (uba.api.workers)
 

@@ -49,7 +49,10 @@ def schedule_settle(delay: float = SETTLE_AFTER_RELOAD_SEC) -> None:
 
 async def reload_runtime(runtime: Runtime) -> tuple[ModelState | None, ModelState]:
     """Load the newest bundle + snapshot and swap them in; raises UserError when refused
-    (the previous state keeps serving). Counts the attempt and updates the model metrics."""
+    (the previous state keeps serving). Counts the attempt and updates the model metrics.
+    Entity risk is reloaded first and whatever happens to the model: new risk days are
+    served even while a bundle is refused."""
+    await run_in_threadpool(runtime.risk.load, runtime.settings)
     try:
         previous, fresh = await run_in_threadpool(runtime.holder.reload, runtime.settings)
     except UserError as exc:
@@ -112,6 +115,8 @@ class PeriodicReloader:
         except UserError as exc:  # e.g. an unreadable LATEST pointer: keep serving, say why
             log.warning("periodic reload: %s", exc)
             return False
+        if await run_in_threadpool(self.runtime.risk.changed_on_disk, self.runtime.settings):
+            await run_in_threadpool(self.runtime.risk.load, self.runtime.settings)
         if newest is None or newest in (served_key(self.runtime.holder.current), self.refused):
             return False
         try:

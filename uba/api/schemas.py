@@ -423,3 +423,37 @@ def build_models(events: EventSettings, api: ApiSettings) -> ApiModels:
     return ApiModels(event=event, batch=build_batch_model(event, api), feedback=build_feedback_model(api, events.max_string_length),
                      event_values=max_json_values(api.max_batch, EVENT_JSON_VALUES),
                      feedback_values=max_json_values(api.max_batch, FEEDBACK_JSON_VALUES))
+
+
+class RiskContribution(BaseModel):
+    """One alert that built a day's entity risk."""
+
+    alert_id: str
+    type: str = Field(description="event or user_day")
+    event_id: str | None = None
+    score: float | None = None
+    cut: float | None = None
+    points: float
+    reason_kinds: list[str]
+
+
+class RiskDay(BaseModel):
+    """A user's entity risk on one scored day."""
+
+    event_date: date
+    risk_score: float
+    risk_level: Literal["low", "medium", "high", "critical"]
+    risk_delta: float | None = None
+    first_seen_high: date | None = None
+    contributions: list[RiskContribution]
+    stale: bool = Field(False, description="the day's risk is marked stale (re-score it): docs/risk.md")
+
+
+class UserRisk(BaseModel):
+    """``GET /users/{user_id}/risk``: the user's rows of the last ``days`` days of risk tables."""
+
+    user_id: str
+    as_of: date | None = Field(None, description="the newest day with a risk table, loaded at start or reload")
+    days: int
+    history: list[RiskDay] = Field(description="oldest first; a day without the user means risk below "
+                                               "risk.min_score and no alert; empty for an unknown user")

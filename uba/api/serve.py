@@ -1,7 +1,7 @@
 """``uba-api``: run the inference API under uvicorn with host/port/workers from settings.
 
 Flags are written into the environment (``UBA_CONFIG``, ``UBA_DATA_DIR``,
-``UBA_MODEL_DIR``, ``UBA_API__*``) before uvicorn starts, because with several workers
+``UBA_MODEL_DIR``, ``UBA_OUTPUT_DIR``, ``UBA_API__*``) before uvicorn starts, because with several workers
 each worker process builds its own app from ``uba.api.app:create_app`` and reads
 settings there; the environment is the one channel all of them share.
 """
@@ -33,6 +33,8 @@ def _export(env: dict[str, str], name: str, value: object) -> None:
               help="Data directory holding baselines/. Env: UBA_DATA_DIR.")
 @click.option("--model-dir", type=click.Path(file_okay=False), default=None,
               help="Model bundle directory. Env: UBA_MODEL_DIR.")
+@click.option("--output-dir", type=click.Path(file_okay=False), default=None,
+              help="Output directory holding risk/ (GET /users/{id}/risk). Env: UBA_OUTPUT_DIR.")
 @click.option("--host", default=None, help="Bind address (default: api.host, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: api.port, 8000).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
@@ -42,14 +44,16 @@ def _export(env: dict[str, str], name: str, value: object) -> None:
               default="INFO", show_default=True)
 @click.option("--access-log/--no-access-log", default=None,
               help="One log line per request with its X-Request-ID (default: api.access_log, on).")
-def main(config: str | None, data_dir: str | None, model_dir: str | None, host: str | None,
+def main(config: str | None, data_dir: str | None, model_dir: str | None, output_dir: str | None,
+         host: str | None,
          port: int | None, workers: int | None, log_format: str, log_level: str,
          access_log: bool | None) -> None:
-    """Serve POST /predict, /predict/batch, /health, /ready, /model, /metrics, /admin/reload.
+    """Serve POST /predict, /predict/batch, /health, /ready, /model, /metrics, /admin/reload,
+    GET /users/{user_id}/risk.
 
     \b
     Example:
-      uba-api --data-dir data --model-dir models --port 8000
+      uba-api --data-dir data --model-dir models --output-dir output --port 8000
       curl -s localhost:8000/ready
       UBA_API__WORKERS=2 uba-api --config configs/default.yaml
     """
@@ -60,6 +64,7 @@ def main(config: str | None, data_dir: str | None, model_dir: str | None, host: 
     _export(env, "UBA_CONFIG", config)
     _export(env, "UBA_DATA_DIR", data_dir)
     _export(env, "UBA_MODEL_DIR", model_dir)
+    _export(env, "UBA_OUTPUT_DIR", output_dir)
     _export(env, "UBA_API__HOST", host)
     _export(env, "UBA_API__PORT", port)
     _export(env, "UBA_API__WORKERS", workers)

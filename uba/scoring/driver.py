@@ -45,6 +45,7 @@ from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
 from uba.features.store import lookback_days, stale_aggregate_days
 from uba.logs import get_logger
 from uba.operations import RunOperations
+from uba.risk import STALE_KEY, RiskRun
 from uba.scoring import manifest as mf
 from uba.scoring import shard
 from uba.scoring.lock import date_lock
@@ -58,6 +59,11 @@ log = get_logger("scoring")
 STAGING_DIR = ".staging"
 PART_NAME = "part-{index:05d}.parquet"
 IN_PROCESS = "in-process"
+RISK_FLAGGED_SCHEMA: dict[str, pl.DataType] = {
+    "event_id": pl.String(), "user_id": pl.String(), "anomaly_score": pl.Float64(), "threshold": pl.Float64(),
+    "is_anomaly": pl.Boolean(), "suppressed": pl.Boolean(), "reason_kinds": pl.List(pl.String()),
+}
+RISK_FLAGGED_COLUMNS = (*RISK_FLAGGED_SCHEMA, "user_threshold")
 
 
 @dataclass(frozen=True)
@@ -275,12 +281,16 @@ class _Run:
                 (staging / io.FLAGGED_USERS).mkdir()
                 io.write_staged_part(user_days.rechunk(),
                                      staging / io.FLAGGED_USERS / PART_NAME.format(index=0))
+        with self.timer.stage("risk"):  # issue 14: entity risk, published with the rest
+            self.risk = self._risk(staging, user_days)
         conservation = mf.row_conservation(input_rows, counts["scored_rows"], quarantined)
         score_files = {name: record for r in results for name, record in r.scores_file.items()}
         execution["shard_records"] = [r.record() for r in results]
         self.record = self._manifest(input_rows, quarantined, counts, conservation, execution,
                                      baselines, score_files, flagged_files, len(specs))
         self.record.update(self.ops.manifest_sections(user_days))  # drift, alerts, user_day
+        self.record["risk"] = self.risk.manifest_section(self.settings.risk)
+        self.record["outputs"]["risk"] = {"path": str(io.partition_dir(self.output_dir, io.RISK, self.day))}
         self.ops.warn_on_drift(self.record["drift"])
         if not conservation["ok"]:
             raise RunFailedError(
@@ -289,6 +299,20 @@ class _Run:
         with self.timer.stage("baseline_snapshot"):
             io.write_baseline_snapshot(baselines, self.data_dir, self.day)
         io.discard_dir(staging / shard.FLAGGED_PARTS_DIR)
+
+    def _risk(self, staging: Path, user_days: pl.DataFrame | None) -> RiskRun:
+        """Entity risk of the day from the staged flagged part (alerts only: a few per cent of
+        the day, the columns risk needs) and the user-day alerts, staged as ``risk/``."""
+        flagged_parts = sorted((staging / io.FLAGGED).glob("*.parquet"))
+        if flagged_parts:
+            scan = pl.scan_parquet(flagged_parts)
+            flagged = scan.select([c for c in scan.collect_schema().names() if c in RISK_FLAGGED_COLUMNS]).collect()
+        else:
+            flagged = pl.DataFrame(schema=RISK_FLAGGED_SCHEMA)
+        run = RiskRun.compute(self.settings, self.day, flagged, user_days)
+        (staging / io.RISK).mkdir()
+        io.write_staged_part(run.table, staging / io.RISK / PART_NAME.format(index=0))
+        return run
 
     def _execution(self, input_rows: int, n_shards: int) -> dict[str, Any]:
         """Decide where the shards run and describe it for the manifest."""
@@ -408,6 +432,9 @@ class _Run:
             timings = {**self.timer.seconds, "publish": round(time.perf_counter() - began, 6)}
             self.record.update(status=mf.SUCCEEDED, finished_at=mf.utc_iso(finished),
                                duration_sec=round(finished - self.started, 3), timings_sec=timings)
+            stale = self.risk.stale_entries(self.output_dir, self.data_dir)
+            if stale:  # an earlier day or a verdict changed while this run computed its risk
+                self.record[STALE_KEY] = stale
             io.fault_point("manifest", staging / mf.MANIFEST_NAME)
             io.write_json_atomic(self.record, staging / mf.MANIFEST_NAME, durable=True)
             step("manifest")
@@ -422,6 +449,10 @@ class _Run:
         except OSError as exc:  # published already: the next run retries the clean-up
             log.warning("could not delete old versions of %s: %s", self.day, exc)
         step("prune")
+        try:
+            self.risk.mark_later_days(self.output_dir, self.run_id)
+        except OSError as exc:  # published already; say which days may now be stale
+            log.warning("could not mark the entity risk of the days after %s stale: %s", self.day, exc)
 
     def _publish_step(self, name: str) -> None:
         """Fault injection: SIGKILL this process right after publish step ``name``."""

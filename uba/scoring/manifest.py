@@ -47,10 +47,12 @@ def read_manifest(output_dir: Path, day: date) -> dict[str, Any] | None:
 
 
 def scored_with(output_dir: Path, day: date, model_version: str) -> bool:
-    """True when ``day`` has a complete output made by ``model_version`` (backfill skips it)."""
+    """True when ``day`` has a complete output made by ``model_version`` whose entity risk is
+    not marked stale (backfill skips it; a stale day is re-scored, which clears the mark)."""
     manifest = read_manifest(output_dir, day)
     return bool(manifest and manifest.get("status") == SUCCEEDED
-                and manifest.get("model", {}).get("version") == model_version)
+                and manifest.get("model", {}).get("version") == model_version
+                and not manifest.get("risk_stale"))
 
 
 def row_conservation(input_rows: int, scored_rows: int, quarantined_rows: int) -> dict[str, Any]:

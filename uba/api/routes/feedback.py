@@ -21,6 +21,10 @@ from uba.api.errors import BODY_ERRORS
 from uba.api.schemas import ApiModels, ErrorBody, FeedbackStored
 from uba.errors import UserError
 from uba.feedback import FeedbackSummary, record_feedback
+from uba.logs import get_logger
+from uba.risk import mark_stale_after_verdicts
+
+log = get_logger("api.feedback")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     **BODY_ERRORS,
@@ -50,6 +54,12 @@ def build_router(models: ApiModels) -> APIRouter:
         except UserError as exc:  # e.g. whitespace-only event_id: named by item
             raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
                                 detail=[{"field": "items", "message": str(exc), "value": None}]) from exc
+        if summary.benign_ids:  # late verdicts make the days whose risk they built stale
+            try:
+                await run_in_threadpool(mark_stale_after_verdicts, runtime.settings.paths.output_dir,
+                                        summary.benign_ids)
+            except (OSError, UserError) as exc:  # stored already: the verdict counts at the next re-score
+                log.warning("feedback stored, but entity risk could not be marked stale: %s", exc)
         return FeedbackStored(stored=summary.rows, benign=summary.benign, malicious=summary.malicious)
 
     return router

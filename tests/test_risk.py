@@ -1,0 +1,118 @@
+"""Entity risk (uba.risk): the pure formula on hand-made frames with exact expectations."""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+
+import polars as pl
+import pytest
+
+from uba.alerts.records import alert_id
+from uba.risk import compute_risk, contributions_of_day, saturate
+from uba.settings import RiskSettings
+
+DAY = date(2026, 3, 10)
+S = RiskSettings()
+
+
+def _flagged(rows: list[tuple[str, str, float, list[str], bool]]) -> pl.DataFrame:
+    """(event_id, user_id, anomaly_score, reason_kinds, suppressed), all over a 0.6 cut."""
+    return pl.DataFrame({
+        "event_id": [r[0] for r in rows], "user_id": [r[1] for r in rows],
+        "anomaly_score": [r[2] for r in rows], "threshold": [0.6] * len(rows),
+        "is_anomaly": [True] * len(rows), "reason_kinds": [r[3] for r in rows],
+        "suppressed": [r[4] for r in rows],
+    }, schema_overrides={"reason_kinds": pl.List(pl.String)})
+
+
+def _risk(flagged: pl.DataFrame, user_days: pl.DataFrame | None = None, benign: tuple[str, ...] = (),
+          previous: pl.DataFrame | None = None, previous_day: date | None = None,
+          directory: pl.DataFrame | None = None, settings: RiskSettings = S) -> dict[str, dict]:
+    contributions = contributions_of_day(flagged, user_days, DAY, settings, benign)
+    table = compute_risk(contributions, previous, previous_day, DAY, settings, directory)
+    return {r["user_id"]: r for r in table.to_dicts()}
+
+
+def test_an_alert_is_worth_more_the_further_over_its_cut() -> None:
+    risk = _risk(_flagged([("a", "u1", 0.6, ["hour"], False), ("b", "u2", 0.7, ["hour"], False)]))
+    assert risk["u1"]["day_points"] == pytest.approx(S.event_points)
+    assert risk["u2"]["day_points"] == pytest.approx(S.event_points * (1 + 0.1 / S.margin_unit))
+    assert risk["u1"]["risk_score"] == pytest.approx(100 * (1 - math.exp(-S.event_points / S.scale_points)))
+    assert risk["u1"]["contributions"][0]["alert_id"] == alert_id("event", "a")
+
+
+def test_suppressed_alerts_add_nothing() -> None:
+    risk = _risk(_flagged([("a", "u1", 0.7, ["hour"], True), ("b", "u2", 0.7, ["hour"], False)]))
+    assert "u1" not in risk and "u2" in risk
+
+
+def test_different_kinds_weigh_more_than_repeats_of_one() -> None:
+    repeats = _risk(_flagged([("a", "u1", 0.6, ["hour"], False), ("b", "u1", 0.6, ["hour"], False),
+                              ("c", "u1", 0.6, ["hour"], False)]))["u1"]
+    diverse = _risk(_flagged([("a", "u1", 0.6, ["hour"], False), ("b", "u1", 0.6, ["device"], False),
+                              ("c", "u1", 0.6, ["actions"], False)]))["u1"]
+    p = S.event_points
+    assert repeats["day_points"] == pytest.approx(p * (1 + S.repeat_factor + S.repeat_factor ** 2))
+    assert diverse["day_points"] == pytest.approx(3 * p * (1 + 2 * S.diversity_bonus))
+    assert diverse["risk_score"] > repeats["risk_score"]
+
+
+def test_a_benign_verdict_by_event_id_or_alert_id_removes_the_contribution() -> None:
+    flagged = _flagged([("a", "u1", 0.6, ["hour"], False), ("b", "u1", 0.6, ["device"], False)])
+    days = pl.DataFrame({"user_id": ["u1"], "day_score": [1.5], "reason_kinds": [["downloads"]]})
+    full = _risk(flagged, days)["u1"]
+    assert {c["type"] for c in full["contributions"]} == {"event", "user_day"}
+    by_event = _risk(flagged, days, benign=("a",))["u1"]
+    by_alert = _risk(flagged, days, benign=(alert_id("user_day", "u1", DAY.isoformat()),))["u1"]
+    assert {c["event_id"] for c in by_event["contributions"]} == {None, "b"}
+    assert {c["type"] for c in by_alert["contributions"]} == {"event"}
+    assert by_event["day_points"] < full["day_points"] and by_alert["day_points"] < full["day_points"]
+
+
+def test_privileged_and_critical_users_weigh_more() -> None:
+    flagged = _flagged([("a", "u1", 0.6, ["hour"], False), ("b", "u2", 0.6, ["hour"], False),
+                        ("c", "u3", 0.6, ["hour"], False)])
+    directory = pl.DataFrame({"user_id": ["u1", "u2"], "department": ["it", "it"], "role": ["admin", "analyst"],
+                              "is_privileged": [True, False], "criticality": ["critical", None]})
+    risk = _risk(flagged, directory=directory)
+    assert risk["u1"]["weight"] == pytest.approx(S.privileged_weight * S.criticality_weights["critical"])
+    assert risk["u1"]["day_points"] == pytest.approx(S.event_points * risk["u1"]["weight"])
+    assert risk["u2"]["weight"] == 1.0 and risk["u3"]["weight"] == 1.0, "no criticality / not listed: 1"
+    assert risk["u1"]["risk_score"] > risk["u2"]["risk_score"] == risk["u3"]["risk_score"]
+
+
+def test_yesterday_decays_over_calendar_days_including_days_without_a_run() -> None:
+    previous = pl.DataFrame({"user_id": ["u1", "u2"], "risk_score": [80.0, 50.0],
+                             "first_seen_high": [date(2026, 3, 5), None]})
+    empty = _flagged([])
+    gap = _risk(empty, previous=previous, previous_day=date(2026, 3, 7))  # 3 days, two without a run
+    assert gap["u1"]["risk_score"] == pytest.approx(80.0 * 0.5 ** (3 / S.half_life_days), abs=1e-12)
+    assert gap["u1"]["risk_delta"] == pytest.approx(gap["u1"]["risk_score"] - 80.0 * 0.5 ** (2 / S.half_life_days))
+    assert gap["u1"]["contributions"] == [] and gap["u1"]["risk_level"] == "medium"
+    assert gap["u1"]["first_seen_high"] is None, "fell below high: the episode ended"
+    more = _risk(_flagged([("a", "u2", 0.6, ["hour"], False)]), previous=previous, previous_day=date(2026, 3, 9))
+    carried = 50.0 * 0.5 ** (1 / S.half_life_days)
+    assert more["u2"]["carried_score"] == pytest.approx(carried)
+    assert more["u2"]["risk_score"] == pytest.approx(saturate(S.event_points, carried, S))
+
+
+def test_levels_episode_start_and_the_floor() -> None:
+    settings = RiskSettings(half_life_days=100.0)
+    previous = pl.DataFrame({"user_id": ["hi", "faint"], "risk_score": [95.0, 1.001],
+                             "first_seen_high": [date(2026, 3, 1), None]})
+    risk = _risk(_flagged([("a", "new", 0.6, ["hour"], False)]), previous=previous, previous_day=date(2026, 3, 9),
+                 settings=settings)
+    assert risk["hi"]["risk_level"] == "critical" and risk["hi"]["first_seen_high"] == date(2026, 3, 1)
+    assert "faint" not in risk, "below risk.min_score with nothing new: dropped"
+    assert risk["new"]["risk_level"] == "low"
+    strong = _risk(_flagged([(f"e{i}", "x", 0.8, [k], False) for i, k in enumerate(["hour", "device", "actions"])]))
+    assert strong["x"]["risk_level"] in ("high", "critical") and strong["x"]["first_seen_high"] == DAY
+    assert 0 <= strong["x"]["risk_score"] < 100
+
+
+def test_cuts_must_increase() -> None:
+    with pytest.raises(ValueError, match="must increase"):
+        RiskSettings(medium_cut=80.0)
+    with pytest.raises(ValueError, match="unknown criticality"):
+        RiskSettings(criticality_weights={"huge": 2.0})

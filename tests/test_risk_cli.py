@@ -1,0 +1,198 @@
+"""Entity risk through the real CLI and a real uvicorn: ``score`` over three consecutive
+days of the session's trained data set, checked by exact values (decay, a benign verdict,
+re-scoring staleness), then ``GET /users/{id}/risk`` before and after a reload."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from test_api_world import running_server
+
+from jobs.cli import cli
+from uba import io
+from uba.risk import read_risk, stale_marker
+from uba.settings import RiskSettings
+
+S = RiskSettings()
+D1 = date(2026, 3, 8)
+DAYS = [D1, D1 + timedelta(days=1), D1 + timedelta(days=2)]
+KEY = "risk-test-key"
+A1, A2 = DAYS[1], DAYS[2]  # the API test's days (the verdict above emptied the first day's risk)
+
+
+@dataclass(frozen=True)
+class RiskWorld:
+    data_dir: Path
+    model_dir: Path
+    out: Path
+
+    def args(self, out: Path | None = None) -> list[str]:
+        return ["--data-dir", str(self.data_dir), "--model-dir", str(self.model_dir),
+                "--output-dir", str(out or self.out)]
+
+
+def _cli(*args: str) -> str:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, (args[:3], result.output, result.exception)
+    return result.output
+
+
+def _score(world: RiskWorld, day: date, out: Path | None = None) -> None:
+    _cli("score", "--date", day.isoformat(), *world.args(out), "--in-process")
+
+
+@pytest.fixture(scope="module")
+def world(trained_dataset, tmp_path_factory: pytest.TempPathFactory) -> RiskWorld:
+    """A private copy of the data (feedback is written there), the shared model, three scored days."""
+    root = tmp_path_factory.mktemp("risk")
+    shutil.copytree(trained_dataset.data_dir, root / "data")
+    world = RiskWorld(root / "data", trained_dataset.model_dir, root / "out")
+    for day in DAYS:
+        _score(world, day)
+    return world
+
+
+def _tables(out: Path) -> list[pl.DataFrame]:
+    tables = [read_risk(out, d) for d in DAYS]
+    assert all(t is not None for t in tables)
+    return tables  # type: ignore[return-value]
+
+
+def _manifest(out: Path, day: date) -> dict:
+    return json.loads(io.run_manifest_path(out, day).read_text())
+
+
+def _expected(previous: pl.DataFrame, today: pl.DataFrame, gap_days: int) -> dict[str, float]:
+    """Each user's score from the published previous score, the half-life and today's listed points."""
+    before = dict(zip(previous["user_id"], previous["risk_score"], strict=True))
+    out = {}
+    for row in today.iter_rows(named=True):
+        carried = before.get(row["user_id"], 0.0) * 0.5 ** (gap_days / S.half_life_days)
+        points = sum(c["points"] for c in row["contributions"])
+        out[row["user_id"]] = 100.0 - (100.0 - carried) * math.exp(-points / S.scale_points)
+    return out
+
+
+def test_risk_decays_from_day_to_day_by_exact_values(world: RiskWorld) -> None:
+    tables = _tables(world.out)
+    assert tables[0].height > 0, "the first day has alerts"
+    carried_only = 0
+    for previous, today in zip(tables, tables[1:], strict=False):
+        expected = _expected(previous, today, 1)
+        for row in today.iter_rows(named=True):
+            assert row["risk_score"] == pytest.approx(expected[row["user_id"]], rel=0, abs=1e-9), row["user_id"]
+            if not row["contributions"]:
+                carried_only += 1
+                before = previous.filter(pl.col("user_id") == row["user_id"])["risk_score"].item()
+                assert row["risk_score"] == pytest.approx(before * 0.5 ** (1 / S.half_life_days), abs=1e-12)
+                assert row["risk_delta"] == pytest.approx(row["risk_score"] - before, abs=1e-12)
+        gone = set(previous["user_id"]) - set(today["user_id"])
+        for user in gone:  # decayed below the floor with nothing new
+            score = previous.filter(pl.col("user_id") == user)["risk_score"].item()
+            assert score * 0.5 ** (1 / S.half_life_days) < S.min_score
+    assert carried_only > 0, "some user carried risk without a new alert"
+    manifest = _manifest(world.out, DAYS[1])
+    assert manifest["risk"]["previous"] == {"date": D1.isoformat(), "run_id": _manifest(world.out, D1)["run_id"]}
+    assert not any(stale_marker(_manifest(world.out, d)) for d in DAYS)
+
+
+def test_a_benign_verdict_and_re_scoring_make_later_days_stale_until_re_scored(
+        world: RiskWorld, tmp_path: Path) -> None:
+    day1 = _tables(world.out)[0]
+    top = day1.row(0, named=True)
+    victim = top["contributions"][0]
+    csv = tmp_path / "verdicts.csv"
+    csv.write_text(f"event_id,label,analyst\n{victim['alert_id']},benign,ann\n")
+    printed = _cli("feedback", str(csv), "--data-dir", str(world.data_dir), "--output-dir", str(world.out))
+    assert f"entity risk of {D1}..{DAYS[-1]} (3 days) marked stale" in printed
+    assert all(stale_marker(_manifest(world.out, d)) for d in DAYS), "the verdict's day and later ones"
+
+    _score(world, D1)  # re-scoring the verdict's day: clears it, marks the later days again
+    assert stale_marker(_manifest(world.out, D1)) == []
+    rescored = read_risk(world.out, D1)
+    assert rescored is not None
+    assert victim["alert_id"] not in {c["alert_id"] for cs in rescored["contributions"] for c in cs}
+    mine = rescored.filter(pl.col("user_id") == top["user_id"])
+    if mine.height:  # the user's score is what their remaining contributions give (no earlier day)
+        points = sum(c["points"] for c in mine["contributions"].item())
+        assert mine["risk_score"].item() == pytest.approx(100 * (1 - math.exp(-points / S.scale_points)), abs=1e-9)
+        assert mine["risk_score"].item() < top["risk_score"]
+    for day in DAYS[1:]:
+        entries = stale_marker(_manifest(world.out, day))
+        assert entries[-1]["changed_day"] == D1.isoformat() and "re-scored" in entries[-1]["reason"], entries
+
+    monitor = _cli("monitor", "--start", D1.isoformat(), "--end", DAYS[-1].isoformat(), "--output-dir",
+                   str(world.out), "--png", str(tmp_path / "m.png"))
+    assert f"entity risk stale on {DAYS[1]}" in monitor and f"entity risk stale on {D1}" not in monitor
+
+    _cli("backfill", "--start", D1.isoformat(), "--end", DAYS[-1].isoformat(), *world.args(), "--in-process")
+    assert all(stale_marker(_manifest(world.out, d)) == [] for d in DAYS), "backfill re-scored the stale days"
+    assert _manifest(world.out, D1)["run_id"] == _manifest(world.out, DAYS[1])["risk"]["previous"]["run_id"]
+    tables = _tables(world.out)
+    expected = _expected(tables[0], tables[1], 1)
+    assert all(r["risk_score"] == pytest.approx(expected[r["user_id"]], abs=1e-9)
+               for r in tables[1].iter_rows(named=True))
+
+
+def test_re_scoring_with_an_unchanged_risk_marks_nothing_and_a_gap_decays_over_calendar_days(
+        world: RiskWorld, tmp_path: Path) -> None:
+    _score(world, DAYS[1])  # same inputs: the same risk, so day 3 stays current
+    assert stale_marker(_manifest(world.out, DAYS[2])) == []
+    gap_out = tmp_path / "gap"
+    _score(world, D1, gap_out)
+    _score(world, DAYS[2], gap_out)  # no run on the day between: two calendar days of decay
+    first, third = read_risk(gap_out, D1), read_risk(gap_out, DAYS[2])
+    assert first is not None and third is not None
+    expected = _expected(first, third, 2)
+    assert all(r["risk_score"] == pytest.approx(expected[r["user_id"]], abs=1e-9) for r in third.iter_rows(named=True))
+
+
+@pytest.fixture
+def api_out(world: RiskWorld, tmp_path: Path) -> Iterator[Path]:
+    out = tmp_path / "api-out"
+    _score(world, DAYS[1], out)
+    yield out
+
+
+def test_api_serves_a_users_risk_and_a_reload_picks_up_a_new_day(world: RiskWorld, api_out: Path,
+                                                                  tmp_path: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UBA_")}
+    env.update(UBA_DATA_DIR=str(world.data_dir), UBA_MODEL_DIR=str(world.model_dir), UBA_API_KEYS=KEY,
+               RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    day1 = read_risk(api_out, A1)
+    assert day1 is not None and day1.height
+    user = day1["user_id"][0]
+    with running_server(env, tmp_path / "uvicorn.log", uba_api=["--output-dir", str(api_out)]) as server, \
+            server.client(headers={"X-API-Key": KEY}) as client:
+        assert httpx.get(f"{server.url}/users/{user}/risk").status_code == 401, "behind the key like /model"
+        body = client.get(f"/users/{user}/risk").json()
+        assert body["as_of"] == A1.isoformat() and body["days"] == S.history_days
+        assert [h["event_date"] for h in body["history"]] == [A1.isoformat()]
+        assert body["history"][0]["risk_score"] == pytest.approx(day1["risk_score"][0], abs=1e-12)
+        assert body["history"][0]["contributions"][0]["alert_id"] == day1["contributions"][0][0]["alert_id"]
+        unknown = client.get("/users/nobody-at-all/risk")
+        assert unknown.status_code == 200 and unknown.json()["history"] == []
+
+        _score(world, A2, api_out)
+        assert client.get(f"/users/{user}/risk").json()["as_of"] == A1.isoformat(), "served from the loaded index"
+        assert client.post("/admin/reload").status_code == 200
+        after = client.get(f"/users/{user}/risk").json()
+        assert after["as_of"] == A2.isoformat()
+        assert [h["event_date"] for h in after["history"]][0] == A1.isoformat()
+        day2 = read_risk(api_out, A2)
+        assert day2 is not None
+        listed = {h["event_date"]: h["risk_score"] for h in after["history"]}
+        mine = day2.filter(pl.col("user_id") == user)
+        assert (A2.isoformat() in listed) == bool(mine.height)

@@ -1,0 +1,82 @@
+"""Entity risk as the API serves it: the last ``risk.history_days`` days of risk tables,
+loaded at start and by every reload (``POST /admin/reload`` or the periodic check), so a
+new scored day appears after a reload, as a new bundle or snapshot does.
+
+The index is separate from the model state: risk is served even when no model is
+loaded, and a refused bundle does not keep new risk days from being served. The tables
+are small (a row per user at risk per day), so the whole window is held in memory and a
+request is a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from uba import io
+from uba.errors import UserError
+from uba.logs import get_logger
+from uba.risk import risk_days, risk_window, stale_marker
+from uba.settings import Settings
+
+log = get_logger("api.risk")
+
+RiskKey = tuple[tuple[str, str | None], ...]
+
+
+def risk_key(output_dir: Path, days: int) -> RiskKey:
+    """What the newest ``days`` risk days on disk are: their dates and published versions
+    (a listing and a link read per day), so the periodic check sees a new or re-scored day."""
+    found = risk_days(output_dir)[-days:]
+    return tuple((d.isoformat(), io.published_version(output_dir, d)) for d in found)
+
+
+@dataclass(frozen=True)
+class RiskIndex:
+    """The window's rows by user, built once per load."""
+
+    as_of: date | None = None
+    days: int = 30
+    by_user: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    key: RiskKey = ()
+
+    def history(self, user_id: str) -> list[dict[str, Any]]:
+        return self.by_user.get(user_id, [])
+
+
+def load_index(settings: Settings) -> RiskIndex:
+    """Read the window ending at the newest risk day (an empty index when there is none)."""
+    output_dir, days = Path(settings.paths.output_dir), settings.risk.history_days
+    key = risk_key(output_dir, days)
+    if not key:
+        return RiskIndex(days=days, key=key)
+    end = date.fromisoformat(key[-1][0])
+    window = risk_window(output_dir, end, days)
+    stale = {d: bool(stale_marker(io.read_run_manifest(output_dir, d))) for d in window["event_date"].unique()}
+    by_user: dict[str, list[dict[str, Any]]] = {}
+    for row in window.sort(["user_id", "event_date"]).iter_rows(named=True):
+        row["stale"] = stale.get(row["event_date"], False)
+        by_user.setdefault(row["user_id"], []).append(row)
+    return RiskIndex(as_of=end, days=days, by_user=by_user, key=key)
+
+
+class RiskHolder:
+    """The served index, swapped by one assignment like the model state."""
+
+    def __init__(self) -> None:
+        self.current = RiskIndex()
+
+    def load(self, settings: Settings) -> RiskIndex:
+        """Load the newest window; on an unreadable table keep serving the previous one."""
+        try:
+            self.current = load_index(settings)
+        except (OSError, UserError, pl.exceptions.PolarsError) as exc:
+            log.warning("entity risk not reloaded (still serving as of %s): %s", self.current.as_of, exc)
+        return self.current
+
+    def changed_on_disk(self, settings: Settings) -> bool:
+        return risk_key(Path(settings.paths.output_dir), settings.risk.history_days) != self.current.key

@@ -1,0 +1,472 @@
+"""Entity risk: which users to look at today, as a 0-100 score carried from day to day.
+
+Every ``score --date D`` run computes one row per user with a contribution on D or risk
+carried over from earlier days, and publishes it with the day's other outputs as
+``<output-dir>/risk/event_date=D/``. The formula (docs/risk.md):
+
+1. Contributions of D: each unsuppressed event alert, ``event_points`` times
+   ``1 + (anomaly_score - cut) / margin_unit`` (capped at ``max_margin_factor``), and
+   each user-day alert, ``user_day_points`` times its ``day_score`` (capped). An alert
+   an analyst called benign (feedback keyed by its event id or its alert id) adds
+   nothing; a suppressed alert adds nothing.
+2. Per user, contributions are grouped by their top reason kind: the n-th of one kind
+   counts ``repeat_factor ** (n - 1)`` (only the first ``max_repeats`` count), and the
+   day's points are multiplied by ``1 + diversity_bonus * (kinds - 1)`` (at most
+   ``max_diversity_kinds`` extra kinds), then by the user's directory weight.
+3. ``carried = previous score * 0.5 ** (calendar days since it / half_life_days)``, from
+   the most recent earlier day with a risk table (days without a run count).
+4. ``risk_score = 100 - (100 - carried) * exp(-points / scale_points)``: bounded, and
+   exactly ``carried`` for a user with nothing new.
+
+The pure part (``contributions_of_day``, ``compute_risk``) takes frames and returns frames;
+reading and writing go through ``uba.io``. The table is the one source of a user's risk:
+the report, ``GET /users/{id}/risk``, the export and ``evaluate`` read it with
+:func:`read_risk` and :func:`read_risk_history`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from uba import io
+from uba.alerts.records import alert_id
+from uba.logs import get_logger
+from uba.settings import RISK_LEVELS, RiskSettings
+
+log = get_logger("risk")
+
+RISK = io.RISK
+STALE_KEY = "risk_stale"
+CONTRIBUTION = pl.Struct({
+    "alert_id": pl.String(), "type": pl.String(), "event_id": pl.String(), "score": pl.Float64(),
+    "cut": pl.Float64(), "points": pl.Float64(), "reason_kinds": pl.List(pl.String()),
+})
+RISK_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "risk_score": pl.Float64(),
+    "risk_level": pl.String(),
+    "risk_delta": pl.Float64(),
+    "contributions": pl.List(CONTRIBUTION),
+    "first_seen_high": pl.Date(),
+    "carried_score": pl.Float64(),
+    "day_points": pl.Float64(),
+    "weight": pl.Float64(),
+}
+CONTRIBUTION_COLUMNS: dict[str, pl.DataType] = {
+    "user_id": pl.String(), "alert_id": pl.String(), "type": pl.String(), "event_id": pl.String(),
+    "score": pl.Float64(), "cut": pl.Float64(), "base_points": pl.Float64(), "reason_kinds": pl.List(pl.String()),
+}
+PREVIOUS_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(), "risk_score": pl.Float64(), "first_seen_high": pl.Date(),
+}
+HIGH_LEVELS = ("high", "critical")
+
+
+# --- the pure part -----------------------------------------------------------------
+
+
+def event_contributions(flagged: pl.DataFrame, settings: RiskSettings) -> pl.DataFrame:
+    """One candidate contribution per unsuppressed event alert, worth more the further over its cut."""
+    names = flagged.columns
+    suppressed = pl.col("suppressed").fill_null(False) if "suppressed" in names else pl.lit(False)
+    cut = pl.coalesce("user_threshold", "threshold") if "user_threshold" in names else pl.col("threshold")
+    alerts = flagged.filter(pl.col("is_anomaly").fill_null(False) & ~suppressed)
+    ids = [alert_id("event", e) for e in alerts["event_id"].to_list()]
+    factor = (1.0 + (pl.col("score") - pl.col("cut")).clip(0.0, None) / settings.margin_unit)
+    kinds = pl.col("reason_kinds") if "reason_kinds" in names else pl.lit([], pl.List(pl.String))
+    return alerts.select(
+        pl.col("user_id").cast(pl.String),
+        pl.Series("alert_id", ids, dtype=pl.String),
+        pl.lit("event").alias("type"),
+        pl.col("event_id").cast(pl.String),
+        pl.col("anomaly_score").cast(pl.Float64).alias("score"),
+        cut.cast(pl.Float64).alias("cut"),
+        kinds.cast(pl.List(pl.String)).alias("reason_kinds"),
+    ).with_columns(
+        (settings.event_points * factor.clip(None, settings.max_margin_factor)).alias("base_points"),
+    ).select(list(CONTRIBUTION_COLUMNS))
+
+
+def user_day_contributions(user_days: pl.DataFrame, day: date, settings: RiskSettings) -> pl.DataFrame:
+    """One candidate contribution per user-day alert, worth its day_score (capped) in points."""
+    score = "day_score" if "day_score" in user_days.columns else "risk_score"
+    days = user_days.filter(pl.col(score) > 0)
+    ids = [alert_id("user_day", u, day.isoformat()) for u in days["user_id"].cast(pl.String).to_list()]
+    return days.select(
+        pl.col("user_id").cast(pl.String),
+        pl.Series("alert_id", ids, dtype=pl.String),
+        pl.lit("user_day").alias("type"),
+        pl.lit(None, pl.String).alias("event_id"),
+        pl.col(score).cast(pl.Float64).alias("score"),
+        pl.lit(0.0).alias("cut"),
+        pl.col("reason_kinds").cast(pl.List(pl.String)),
+    ).with_columns(
+        (settings.user_day_points * pl.col("score").clip(None, settings.max_user_day_strength)).alias("base_points"),
+    ).select(list(CONTRIBUTION_COLUMNS))
+
+
+def contributions_of_day(flagged: pl.DataFrame, user_days: pl.DataFrame | None, day: date,
+                         settings: RiskSettings, benign: Iterable[str] = ()) -> pl.DataFrame:
+    """Every alert of ``day`` that may build risk, minus those an analyst called benign.
+
+    ``benign`` holds feedback ids: an event's own id or either kind of alert id, so a
+    verdict given in the export's terms (alert id) or the event's (event id) both count.
+    """
+    parts = [event_contributions(flagged, settings)]
+    if user_days is not None and user_days.height:
+        parts.append(user_day_contributions(user_days, day, settings))
+    frame = pl.concat(parts)
+    dropped = list(set(benign))
+    if dropped:
+        frame = frame.filter(~pl.col("alert_id").is_in(dropped) & ~pl.col("event_id").fill_null("").is_in(dropped))
+    return frame
+
+
+def user_weights(directory: pl.DataFrame | None, settings: RiskSettings) -> pl.DataFrame:
+    """``user_id, weight`` from the directory (privilege x criticality); empty without one."""
+    if directory is None or directory.is_empty():
+        return pl.DataFrame(schema={"user_id": pl.String(), "weight": pl.Float64()})
+    levels = settings.criticality_weights
+    criticality = pl.col("criticality").replace_strict(list(levels), list(levels.values()), default=1.0,
+                                                       return_dtype=pl.Float64)
+    privileged = pl.when(pl.col("is_privileged").fill_null(False)).then(settings.privileged_weight).otherwise(1.0)
+    return directory.select(pl.col("user_id").cast(pl.String), (privileged * criticality).alias("weight"))
+
+
+def _weighted(contributions: pl.DataFrame, weights: pl.DataFrame, settings: RiskSettings) -> pl.DataFrame:
+    """Each kept contribution with its final points (repeats, diversity and user weight applied)."""
+    top = pl.col("reason_kinds").list.first().fill_null(pl.col("type"))
+    ranked = (contributions.with_columns(top.alias("_kind"))
+              .sort(["user_id", "_kind", "base_points", "alert_id"], descending=[False, False, True, False])
+              .with_columns(pl.int_range(pl.len()).over("user_id", "_kind").alias("_rank"))
+              .filter(pl.col("_rank") < settings.max_repeats))
+    diversity = 1.0 + settings.diversity_bonus * (pl.col("_kind").n_unique().over("user_id") - 1).clip(
+        None, settings.max_diversity_kinds)
+    return (ranked.join(weights, on="user_id", how="left")
+            .with_columns(pl.col("weight").fill_null(1.0))
+            .with_columns((pl.col("base_points") * settings.repeat_factor ** pl.col("_rank") * diversity
+                           * pl.col("weight")).alias("points")))
+
+
+def _today(contributions: pl.DataFrame, weights: pl.DataFrame, settings: RiskSettings) -> pl.DataFrame:
+    """``user_id, day_points, weight, contributions`` (biggest first) of the users with any."""
+    weighted = _weighted(contributions, weights, settings)
+    structs = pl.struct(*(pl.col(name) for name in CONTRIBUTION.to_schema())).alias("contributions")
+    return (weighted.sort(["user_id", "points", "alert_id"], descending=[False, True, False])
+            .group_by("user_id", maintain_order=True)
+            .agg(pl.col("points").sum().alias("day_points"), pl.col("weight").first(), structs))
+
+
+def decay(score: pl.Expr | float, days: pl.Expr | float, half_life_days: float) -> Any:
+    """``score`` after ``days`` calendar days of half-life ``half_life_days``."""
+    return score * 0.5 ** (days / half_life_days)
+
+
+def level_of(score: pl.Expr, settings: RiskSettings) -> pl.Expr:
+    """The documented cuts: low < medium_cut <= medium < high_cut <= high < critical_cut <= critical."""
+    return (pl.when(score >= settings.critical_cut).then(pl.lit("critical"))
+            .when(score >= settings.high_cut).then(pl.lit("high"))
+            .when(score >= settings.medium_cut).then(pl.lit("medium"))
+            .otherwise(pl.lit("low")))
+
+
+def compute_risk(contributions: pl.DataFrame, previous: pl.DataFrame | None, previous_day: date | None,
+                 day: date, settings: RiskSettings, directory: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The risk table of ``day`` (``RISK_SCHEMA``, riskiest first) from its contributions and
+    the table of ``previous_day`` (the most recent earlier day that has one, or None).
+
+    ``risk_delta`` is against the user's score on the day before D: the previous table's
+    score, decayed over the days between it and D - 1 (none when it is D - 1).
+    ``first_seen_high`` keeps the day an episode at high or above began while the user
+    stays there (a user who fell below high on the day before starts a new one).
+    """
+    weights = user_weights(directory, settings)
+    today = _today(contributions, weights, settings).drop("weight")
+    prev = previous if previous is not None else pl.DataFrame(schema=PREVIOUS_SCHEMA)
+    gap = (day - previous_day).days if previous_day is not None else 0
+    carried = prev.select(
+        pl.col("user_id").cast(pl.String),
+        decay(pl.col("risk_score"), gap, settings.half_life_days).alias("carried_score"),
+        decay(pl.col("risk_score"), gap - 1, settings.half_life_days).alias("_yesterday"),
+        pl.col("first_seen_high").cast(pl.Date).alias("_first_high"),
+    )
+    joined = (today.join(carried, on="user_id", how="full", coalesce=True)
+              .join(weights, on="user_id", how="left")
+              .with_columns(pl.col("carried_score", "_yesterday", "day_points").fill_null(0.0),
+                            pl.col("weight").fill_null(1.0),
+                            pl.col("contributions").fill_null(pl.lit([], pl.List(CONTRIBUTION)))))
+    score = 100.0 - (100.0 - pl.col("carried_score")) * (-pl.col("day_points") / settings.scale_points).exp()
+    still_high = pl.col("_first_high").is_not_null() & (pl.col("_yesterday") >= settings.high_cut)
+    return (joined.with_columns(score.alias("risk_score"))
+            .with_columns(level_of(pl.col("risk_score"), settings).alias("risk_level"),
+                          (pl.col("risk_score") - pl.col("_yesterday")).alias("risk_delta"))
+            .with_columns(pl.when(pl.col("risk_level").is_in(HIGH_LEVELS))
+                          .then(pl.when(still_high).then(pl.col("_first_high")).otherwise(pl.lit(day)))
+                          .otherwise(pl.lit(None, pl.Date)).alias("first_seen_high"))
+            .filter((pl.col("contributions").list.len() > 0) | (pl.col("risk_score") >= settings.min_score))
+            .sort(["risk_score", "user_id"], descending=[True, False])
+            .select([pl.col(name).cast(dtype) for name, dtype in RISK_SCHEMA.items()]))
+
+
+def saturate(points: float, carried: float, settings: RiskSettings) -> float:
+    """The score formula for one user, for tests and docs: ``100 - (100 - carried) * exp(-points / scale)``."""
+    return 100.0 - (100.0 - carried) * math.exp(-points / settings.scale_points)
+
+
+def level_counts(table: pl.DataFrame) -> dict[str, int]:
+    """Users per level, every level named (for the manifest)."""
+    counts = dict(table.group_by("risk_level").len().iter_rows()) if table.height else {}
+    return {level: int(counts.get(level, 0)) for level in RISK_LEVELS}
+
+
+# --- reading ------------------------------------------------------------------------
+
+
+def risk_days(output_dir: Path) -> list[date]:
+    """Days that have a published risk table, ascending."""
+    return io.partition_dates(Path(output_dir), RISK)
+
+
+def read_risk(output_dir: Path, day: date) -> pl.DataFrame | None:
+    """The risk table of ``day`` (``RISK_SCHEMA``), or None when the day has none (never
+    scored, or scored before entity risk existed). The one reader of the table."""
+    scan = io.scan_partition(Path(output_dir), RISK, day)
+    if scan is None:
+        return None
+    return scan.collect().select([pl.col(n).cast(t) for n, t in RISK_SCHEMA.items()])
+
+
+def previous_risk(output_dir: Path, day: date) -> tuple[date, pl.DataFrame] | None:
+    """The most recent table before ``day`` and its date (days without a run are skipped)."""
+    earlier = [d for d in risk_days(output_dir) if d < day]
+    for candidate in reversed(earlier):
+        table = read_risk(output_dir, candidate)
+        if table is not None:
+            return candidate, table
+    return None
+
+
+def risk_window(output_dir: Path, end: date, days: int = 30) -> pl.DataFrame:
+    """Every row of the risk tables of the ``days`` days ending at ``end``, with ``event_date``
+    (days without a table are absent), oldest first."""
+    schema = {"event_date": pl.Date(), **RISK_SCHEMA}
+    first = end - timedelta(days=days - 1)
+    rows = []
+    for day in risk_days(output_dir):
+        table = read_risk(output_dir, day) if first <= day <= end else None
+        if table is not None:
+            rows.append(table.with_columns(pl.lit(day, pl.Date).alias("event_date")).select(list(schema)))
+    return pl.concat(rows) if rows else pl.DataFrame(schema=schema)
+
+
+def user_series(window: pl.DataFrame, user_id: str, fill: bool = False) -> pl.DataFrame:
+    """One user's rows of a :func:`risk_window`, oldest first. With ``fill`` every day of the
+    window that has a table gets a row: a user missing from a day's table had no
+    contribution and less than ``risk.min_score``, shown as 0 (what a chart needs)."""
+    mine = window.filter(pl.col("user_id") == user_id)
+    if not fill:
+        return mine.sort("event_date")
+    days = window.select(pl.col("event_date").unique())
+    return (days.join(mine, on="event_date", how="left")
+            .with_columns(pl.lit(user_id).alias("user_id"), pl.col("risk_score").fill_null(0.0),
+                          pl.col("risk_level").fill_null("low"),
+                          pl.col("contributions").fill_null(pl.lit([], pl.List(CONTRIBUTION))))
+            .select(window.columns).sort("event_date"))
+
+
+def read_risk_history(output_dir: Path, user_id: str, days: int = 30, end: date | None = None,
+                      fill: bool = False) -> pl.DataFrame:
+    """The user's risk over the ``days`` days ending at ``end`` (default: the newest risk
+    day), oldest first, each row with its ``event_date`` (see :func:`user_series`)."""
+    available = risk_days(output_dir)
+    end = end or (available[-1] if available else None)
+    if end is None:
+        return pl.DataFrame(schema={"event_date": pl.Date(), **RISK_SCHEMA})
+    return user_series(risk_window(output_dir, end, days), user_id, fill)
+
+
+def benign_ids(data_dir: Path) -> set[str]:
+    """Ids (event ids or alert ids) whose latest analyst label is benign."""
+    from uba.feedback import latest_feedback
+
+    latest = latest_feedback(data_dir).filter(pl.col("label") == "benign").select("event_id").collect()
+    return set(latest["event_id"].to_list())
+
+
+def feedback_stamp(data_dir: Path) -> list[str]:
+    """Which feedback parts exist (append-only, so a new verdict is a new name)."""
+    from uba.io import FEEDBACK
+
+    return [p.name for p in io.table_part_files(Path(data_dir), FEEDBACK)]
+
+
+# --- staleness ----------------------------------------------------------------------
+
+
+def stale_marker(manifest: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The ``risk_stale`` entries of a day's manifest (empty when its risk is current)."""
+    if not manifest:
+        return []
+    return list(manifest.get(STALE_KEY) or [])
+
+
+def mark_stale(output_dir: Path, days: Iterable[date], reason: str, changed_day: date) -> list[date]:
+    """Add a ``risk_stale`` entry (reason, the day that changed, when) to each day's published
+    manifest; returns the days marked. The manifest file inside the published version is
+    replaced atomically (its links are left alone); re-scoring the day writes a new
+    manifest without the marker, which is how it clears."""
+    marked = []
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for day in sorted(set(days)):
+        link = io.run_manifest_path(Path(output_dir), day)
+        if not link.exists():
+            continue
+        target = Path(link.resolve())
+        manifest = io.read_json(target)
+        if not isinstance(manifest, dict):
+            continue
+        entry = {"changed_day": changed_day.isoformat(), "reason": reason, "marked_at": now}
+        manifest[STALE_KEY] = [*stale_marker(manifest), entry]
+        io.write_json_atomic(manifest, target, durable=True)
+        marked.append(day)
+    if marked:
+        log.warning("entity risk of %s is stale (%s): re-score %s", ", ".join(d.isoformat() for d in marked),
+                    reason, "it" if len(marked) == 1 else "them in date order (uba-batch backfill)")
+    return marked
+
+
+def later_risk_days(output_dir: Path, day: date) -> list[date]:
+    """Published risk days after ``day``: they all carry ``day``'s risk forward."""
+    return [d for d in risk_days(output_dir) if d > day]
+
+
+def _carried_part(table: pl.DataFrame | None) -> pl.DataFrame:
+    """What a later day reads of a table: the score and episode start of each user."""
+    if table is None:
+        return pl.DataFrame(schema=PREVIOUS_SCHEMA)
+    return table.select(list(PREVIOUS_SCHEMA)).sort("user_id")
+
+
+def tables_differ(old: pl.DataFrame | None, new: pl.DataFrame) -> bool:
+    """Whether a re-scored day changes what later days carry (an identical re-run does not)."""
+    if old is None:
+        return True
+    return not _carried_part(old).equals(_carried_part(new))
+
+
+def days_with_contribution(output_dir: Path, ids: Iterable[str]) -> list[date]:
+    """Risk days whose contributions include any of ``ids`` (alert ids or event ids)."""
+    wanted = list(set(ids))
+    found = []
+    if not wanted:
+        return found
+    for day in risk_days(output_dir):
+        table = read_risk(output_dir, day)
+        if table is None or table.is_empty():
+            continue
+        hits = table.select(pl.col("contributions").explode().struct.unnest()).filter(
+            pl.col("alert_id").is_in(wanted) | pl.col("event_id").fill_null("").is_in(wanted))
+        if hits.height:
+            found.append(day)
+    return found
+
+
+def mark_stale_after_verdicts(output_dir: Path, ids: Iterable[str]) -> list[date]:
+    """A benign verdict on an alert that built some day's risk makes that day and every later
+    one stale (their scores still include it). Returns the days marked."""
+    ids = list(ids)
+    hit = days_with_contribution(output_dir, ids)
+    if not hit:
+        return []
+    first = hit[0]
+    days = [d for d in risk_days(output_dir) if d >= first]
+    shown = ids[0] if len(ids) == 1 else f"{len(ids)} alerts"
+    return mark_stale(output_dir, days, f"benign verdict on {shown} that built the risk of {first.isoformat()}",
+                      first)
+
+
+# --- one run's risk -----------------------------------------------------------------
+
+
+@dataclass
+class RiskRun:
+    """The risk of one score run: computed from the run's staged alerts before publishing,
+    checked against what changed meanwhile just before the commit, and, after it, used to
+    mark later days stale when the day's risk changed."""
+
+    day: date
+    table: pl.DataFrame
+    previous_day: date | None
+    previous_run: str | None
+    feedback: list[str]
+    old_table: pl.DataFrame | None
+    benign: int
+
+    @classmethod
+    def compute(cls, settings: Any, day: date, flagged: pl.DataFrame, user_days: pl.DataFrame | None) -> RiskRun:
+        """Read yesterday's risk (or the latest earlier), feedback and the directory; compute D's table."""
+        from uba.directory import load_directory
+
+        output_dir, data_dir = Path(settings.paths.output_dir), Path(settings.paths.data_dir)
+        stamp = feedback_stamp(data_dir)
+        benign = benign_ids(data_dir)
+        found = previous_risk(output_dir, day)
+        previous_day, previous = found if found else (None, None)
+        contributions = contributions_of_day(flagged, user_days, day, settings.risk, benign)
+        table = compute_risk(contributions, previous, previous_day, day, settings.risk, load_directory(data_dir))
+        return cls(day=day, table=table, previous_day=previous_day,
+                   previous_run=_run_id(output_dir, previous_day), feedback=stamp,
+                   old_table=read_risk(output_dir, day), benign=len(benign))
+
+    def manifest_section(self, settings: RiskSettings) -> dict[str, Any]:
+        """The manifest's ``risk`` section: counts, what it was computed from, the cuts."""
+        return {
+            "users": self.table.height,
+            "levels": level_counts(self.table),
+            "previous": ({"date": self.previous_day.isoformat(), "run_id": self.previous_run}
+                         if self.previous_day else None),
+            "benign_verdicts": self.benign,
+            "half_life_days": settings.half_life_days,
+            "cuts": {"medium": settings.medium_cut, "high": settings.high_cut, "critical": settings.critical_cut},
+        }
+
+    def changed_inputs(self, output_dir: Path, data_dir: Path) -> list[str]:
+        """What changed since the inputs were read (checked just before the commit): a
+        re-scored earlier day or a new verdict makes this run's own risk stale at birth."""
+        reasons = []
+        found = previous_risk(output_dir, self.day)
+        now_day = found[0] if found else None
+        if now_day != self.previous_day or _run_id(output_dir, now_day) != self.previous_run:
+            reasons.append(f"{now_day or self.previous_day} was re-scored while this run computed its risk")
+        if feedback_stamp(data_dir) != self.feedback:
+            reasons.append("feedback arrived while this run computed its risk")
+        return reasons
+
+    def stale_entries(self, output_dir: Path, data_dir: Path) -> list[dict[str, Any]]:
+        """``risk_stale`` entries for this run's own manifest (usually none)."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        changed = (self.previous_day or self.day).isoformat()
+        return [{"changed_day": changed, "reason": r, "marked_at": now}
+                for r in self.changed_inputs(output_dir, data_dir)]
+
+    def mark_later_days(self, output_dir: Path, run_id: str) -> list[date]:
+        """After the commit: later days carry this day's risk, so they are stale if it changed."""
+        later = later_risk_days(output_dir, self.day)
+        if not later or not tables_differ(self.old_table, self.table):
+            return []
+        return mark_stale(output_dir, later, f"{self.day.isoformat()} re-scored (run {run_id}) and its risk changed",
+                          self.day)
+
+
+def _run_id(output_dir: Path, day: date | None) -> str | None:
+    if day is None:
+        return None
+    manifest = io.read_run_manifest(Path(output_dir), day)
+    return None if manifest is None else manifest.get("run_id")
