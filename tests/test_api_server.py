@@ -280,7 +280,7 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(
     cmd = [
         str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(config), "run",
         f"{server.url}/openapi.json", "--checks", "all", "--max-examples", "40", "--seed", "1",
-        "--phases", "examples,coverage,fuzzing", "--no-shrink", "--workers", "2",
+        "--phases", "examples,coverage,fuzzing", "--no-shrink", "--workers", "1",  # with 2 threads, ast.parse races (SystemError, CPython 3.11)
         "--generation-database", "none",
         "--request-timeout", "10", "--exclude-path", "/admin/reload",
     ]

@@ -139,7 +139,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.build_router(models), dependencies=protected, responses=AUTH_ERRORS)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    for router in (model.router, admin.router, feedback.build_router(models), risk.router):
+    for router in (model.router, admin.router, feedback.build_router(models),
+                   risk.build_router(settings.events.max_string_length)):
         app.include_router(router, dependencies=protected, responses=AUTH_ERRORS)
     app.include_router(alerts.build_router(), dependencies=[*protected, Depends(require_configured_key)],
                        responses=AUTH_ERRORS)
