@@ -346,6 +346,7 @@ class SyslogSink(_SinkBase):
 
 
 Sink = Annotated[WebhookSink | SyslogSink, Field(discriminator="type")]
+SINK_TYPES = ("webhook", "syslog")
 AlertKind = Literal["alerts", "user-days", "risk"]
 
 
@@ -522,7 +523,9 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     first = exc.errors()[0]
-    where = _short(".".join(str(p) for p in first["loc"]))
+    loc = list(first["loc"])  # a union member's tag ('sinks.0.webhook.url') is not a key the user wrote
+    loc = [p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in SINK_TYPES)]
+    where = _short(".".join(str(p) for p in loc))
     value = first.get("input")
     if first["type"] == "extra_forbidden":
         return f"unknown setting '{where}' ({source})"
