@@ -26,8 +26,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # Tests that need a Debian package skip themselves when it is missing; `make test` on a
 # laptop then ends by saying which and how to run them (.ci/run installs the packages).
-SYSTEM_PACKAGES = {"nginx": "nginx", "openssl": "openssl", "chromium": "chromium"}
-INSTALL_HINT = "sudo apt-get update && sudo apt-get install -y nginx openssl gettext-base chromium"
+SYSTEM_PACKAGES = {"nginx": "nginx", "openssl": "openssl", "chromium": "chromium", "rsyslog": "rsyslog"}
+INSTALL_HINT = "sudo apt-get update && sudo apt-get install -y nginx openssl gettext-base chromium rsyslog"
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
