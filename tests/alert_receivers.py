@@ -42,6 +42,7 @@ class Behaviour:
     seed: int = 7
     reject_ids: frozenset[str] = frozenset()   # a batch holding one of these gets 400
     status_for_all: int | None = None          # e.g. 401: every request refused
+    fail_requests: frozenset[int] = frozenset()  # these requests (1-based) get 503
     retry_after: str | None = None             # sent with 503 answers
     block_on_request: int | None = None        # the n-th request (1-based) records, then blocks
     release: threading.Event = field(default_factory=threading.Event)
@@ -97,7 +98,7 @@ class WebhookReceiver:
         b = self.behaviour
         if b.block_on_request == n:
             return n, "block"
-        if roll < b.fail_rate:
+        if roll < b.fail_rate or n in b.fail_requests:
             return n, "fail"
         if roll < b.fail_rate + b.timeout_rate:
             return n, "sleep"
@@ -138,7 +139,7 @@ class WebhookReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 b = receiver.behaviour
                 if b.status_for_all is not None:
-                    return self._answer(b.status_for_all)
+                    return self._answer(b.status_for_all, {"Retry-After": b.retry_after} if b.retry_after else None)
                 n, action = receiver._decide()
                 if action == "fail":
                     return self._answer(503, {"Retry-After": b.retry_after} if b.retry_after else None)
