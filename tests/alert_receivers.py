@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -53,8 +54,10 @@ class WebhookReceiver:
     """An http.server webhook in a thread; ``arrivals`` lists (alert id, day) of every
     accepted record in arrival order (duplicates included)."""
 
-    def __init__(self, secrets: list[bytes] | None = None, behaviour: Behaviour | None = None) -> None:
+    def __init__(self, secrets: list[bytes] | None = None, behaviour: Behaviour | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.secrets = secrets or []
+        self.tls = tls
         self.behaviour = behaviour or Behaviour()
         self.arrivals: list[tuple[str, str]] = []
         self.requests = 0
@@ -69,13 +72,15 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hook"
 
     def up(self) -> None:
         """Listen (again on the same port after ``down``)."""
         server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         server.daemon_threads = True
         server.block_on_close = False
+        if self.tls is not None:
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True)
         self.port = server.server_address[1]
         self._server = server
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
@@ -152,3 +157,40 @@ class WebhookReceiver:
                 return self._answer(status)
 
         return Handler
+
+
+class TlsSyslogCollector:
+    """A minimal RFC 5425 collector: TLS on 127.0.0.1, reads each connection to its end,
+    then closes it (as rsyslog does); ``messages`` are the octet-counted frames received."""
+
+    def __init__(self, tls: ssl.SSLContext) -> None:
+        self.messages: list[str] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._tls = tls
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            conn.settimeout(5)
+            with self._tls.wrap_socket(conn, server_side=True) as tls:
+                data = b""
+                try:
+                    while chunk := tls.recv(65536):
+                        data += chunk
+                except (ssl.SSLError, OSError):
+                    pass
+            while data:
+                length, _, rest = data.partition(b" ")
+                self.messages.append(rest[:int(length)].decode("utf-8"))
+                data = rest[int(length):]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()

@@ -264,3 +264,64 @@ def test_check_sinks_needs_the_secrets_in_the_environment(tmp_path: Path) -> Non
 def test_malformed_urls_are_refused_at_load(tmp_path: Path, url: str, message: str) -> None:
     with pytest.raises(UserError, match=message):
         _settings(tmp_path, url)
+
+
+# --- TLS: HTTPS webhooks and RFC 5425 syslog, with a private CA file ------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (made by openssl, as a private CA would)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed (.ci/run installs it)")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def _server_tls(certificate: tuple[Path, Path]) -> Any:
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(certificate[0]), str(certificate[1]))
+    return context
+
+
+def test_https_webhook_trusts_only_the_configured_ca(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+    receiver = WebhookReceiver(tls=_server_tls(certificate))
+    try:
+        untrusted = _settings(tmp_path / "a", receiver.url)
+        _enqueue(untrusted, {DAY: 3})
+        [report] = deliver(untrusted, check_sinks(untrusted, env={}))
+        assert report.totals["pending"] == 3 and "not trusted" in (report.stopped or "") and receiver.ids() == []
+        trusted = _settings(tmp_path / "b", receiver.url, ca_file=str(certificate[0]))
+        ids = _enqueue(trusted, {DAY: 3})
+        [report] = deliver(trusted, check_sinks(trusted, env={}))
+        assert report.delivered == 3 and receiver.ids() == ids
+    finally:
+        receiver.down()
+
+
+def test_syslog_over_tls_is_acknowledged_when_the_collector_closed(tmp_path: Path,
+                                                                   certificate: tuple[Path, Path]) -> None:
+    from alert_receivers import TlsSyslogCollector
+
+    collector = TlsSyslogCollector(_server_tls(certificate))
+    try:
+        settings = load_settings(overrides={"paths": {"data_dir": tmp_path / "data"}, "alerting": {"sinks": [{
+            "type": "syslog", "name": "hook", "host": "127.0.0.1", "port": collector.port, "tls": True,
+            "ca_file": str(certificate[0]), "batch_size": 2, "timeout_sec": 5, "payload": "json"}]}}, env={})
+        [sink] = check_sinks(settings, env={})
+        messages = [syslog_message(_record(alert_id=f"uba-{i}"), sink.config, hostname="h") for i in range(5)]
+        with Ledger.open(settings.paths.data_dir) as ledger:
+            ledger.enqueue(DAY, "r", {"hook": [Entry(f"uba-{i}", "event", "u", m) for i, m in enumerate(messages)]})
+        [report] = deliver(settings, [sink])
+        assert report.delivered == 5 and report.requests == 3 and collector.messages == messages
+    finally:
+        collector.close()
