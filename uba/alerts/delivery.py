@@ -110,8 +110,14 @@ def select_sinks(sinks: Sequence[ReadySink], names: Iterable[str]) -> list[Ready
 
 
 def open_ledger(settings: Settings) -> Ledger:
-    """The ledger of the settings' data directory (one-line error when it cannot be opened)."""
-    return Ledger.open(Path(settings.paths.data_dir))
+    """The ledger of the settings' data directory (one-line error when it cannot be opened).
+    A data directory that does not exist is refused rather than created: it is a mistyped
+    ``--data-dir``, and a ledger there would be one nobody reads."""
+    data_dir = Path(settings.paths.data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"data directory {data_dir} does not exist (check --data-dir / UBA_DATA_DIR); "
+                        "the alert delivery ledger lives in it")
+    return Ledger.open(data_dir)
 
 
 def register_sinks(settings: Settings, sinks: Sequence[ReadySink]) -> None:
