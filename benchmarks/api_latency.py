@@ -611,16 +611,6 @@ def product_server(env: dict[str, str], log: Path, **settings: str):  # type: ig
                  settle=10 * workers)
 
 
-def gc_frozen_server(env: dict[str, str], log: Path):  # type: ignore[no-untyped-def]
-    """The product's app with ``gc.freeze()`` after its start-up (``gc_frozen_app.py``), under
-    plain uvicorn with the same host, one worker, no uvicorn access log: a what-if cell."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "--app-dir", str(REPO / "benchmarks"),
-           "gc_frozen_app:create_app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-           "--log-level", "warning"]
-    return serve(cmd, env, log, "/ready", port, settle=10)
-
-
 def seed_server(env: dict[str, str], log: Path, data_dir: Path, as_of: date, model: Path):  # type: ignore[no-untyped-def]
     port = free_port()
     cmd = [sys.executable, str(SEED_API), "--data-dir", str(data_dir), "--date", as_of.isoformat(),
@@ -810,10 +800,6 @@ def http_main(args: argparse.Namespace) -> None:
             for c in (int(x) for x in args.batch_connections.split(",")):
                 cell(cells, f"product /predict/batch ({args.batch_size} events)", "product", url, batch_lua, c, d,
                      path="/predict/batch", batch_size=args.batch_size)
-        # what-if: the same app with its loaded state frozen out of the garbage collector
-        with gc_frozen_server(env, root / "product-gc-frozen.log") as (url, _):
-            wrk(url, predict_lua, "/predict", 4, args.warmup)
-            cell(cells, "what-if: product + gc.freeze() after load", "product (gc frozen)", url, predict_lua, top, d)
         # 2. the seed-style server
         with seed_server(env, root / "seed.log", data_dir, as_of, seed_model) as (url, _):
             checks["seed"] = check_bodies(url, mixed)
@@ -890,7 +876,6 @@ def write_http(path: Path, cells: list[dict[str, Any]], memory: dict[str, Any], 
         return statistics.mean(c["requests_per_s"] for c in found)
 
     w1, w1_log, w2 = serving(1, False), serving(1, True), serving(2, False)
-    frozen = next((c for c in cells if c["server"] == "product (gc frozen)"), None)
     batch_cells = [c for c in cells if c["path"] == "/predict/batch"]
     assert prod_low and prod_top and seed_low and seed_top and reload_cell
     seed_best = max(seed_low["requests_per_s"], seed_top["requests_per_s"])
@@ -995,11 +980,6 @@ def write_http(path: Path, cells: list[dict[str, Any]], memory: dict[str, Any], 
         f"Workers ({top} connections, access log off, mean of {len(rounds)} rounds): 2 workers / 1 worker = "
         f"{mean_rps(w2):.0f} / {mean_rps(w1):.0f} req/s = **{worker_ratio:.2f}x** (per round: {per_round(w2, w1)}; "
         f"p99 {p99s(w2)} vs {p99s(w1)} ms).",
-        "",
-        (f"What-if, same run, not the product: the product's app with `gc.freeze()` after its start-up "
-         f"(`gc_frozen_app.py`) at {top} connections: p99 {frozen['p99_ms']:.2f} ms vs {prod_top['p99_ms']:.2f} ms "
-         f"for `uba-api` (**{frozen['p99_ms'] / seed_top['p99_ms']:.3f}** of the seed-style p99), "
-         f"{frozen['requests_per_s']:.0f} vs {prod_top['requests_per_s']:.0f} req/s." if frozen else ""),
         "",
         "Reloads during the reload cell (seconds from POST to answer): "
         + (", ".join(f"{r['seconds']:.2f}" for r in reloads) or "none") + ".",

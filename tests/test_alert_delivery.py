@@ -144,7 +144,7 @@ def test_a_flaky_receiver_gets_every_alert_of_a_backfill_once_by_id_in_day_order
             manifest = json.loads((setup.out / "runs" / f"event_date={day}" / "manifest.json").read_text())
             sink = manifest["delivery"]["sinks"]["hook"]
             assert sink["enqueued"] == sum(d == day.isoformat() for _, d in expected)
-        listed = run(setup, "alerts", "list", "--data-dir", str(setup.data))
+        listed = run(setup, "alerts", "outbox", "--data-dir", str(setup.data))
         assert "hook" in listed.output and f"{len(expected)}" in listed.output
     finally:
         receiver.down()
@@ -237,7 +237,7 @@ def test_an_unreachable_receiver_leaves_alerts_pending_and_score_succeeds(alert_
                   "--png", str(tmp_path / "m.png"))
     assert monitor.exit_code == 0, monitor.output
     assert f"delivery hook: {len(expected)} pending (oldest {day})" in monitor.output
-    pending = run(setup, "alerts", "list", "--pending", "--json", "--data-dir", str(setup.data))
+    pending = run(setup, "alerts", "list", "--pending", "--format", "jsonl", "--data-dir", str(setup.data))
     rows = [json.loads(line) for line in pending.stdout.splitlines()]
     assert [r["alert_id"] for r in rows] == [a for a, _ in expected][:100]
     assert all(r["attempts"] == 2 and "ConnectionRefused" in r["last_error"] for r in rows[:10])

@@ -9,6 +9,7 @@ import time
 from typing import Literal
 
 LOGGER_NAME = "uba"
+_format: Literal["text", "json"] = "text"
 
 
 class _JsonFormatter(logging.Formatter):
@@ -29,6 +30,8 @@ class _JsonFormatter(logging.Formatter):
 
 def configure_logging(fmt: Literal["text", "json"] = "text", level: str = "INFO") -> None:
     """Send the ``uba`` loggers to stderr; called once by each entry point, never on import."""
+    global _format
+    _format = "json" if fmt == "json" else "text"
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
@@ -43,3 +46,9 @@ def configure_logging(fmt: Literal["text", "json"] = "text", level: str = "INFO"
 def get_logger(name: str) -> logging.Logger:
     """A child of the ``uba`` logger so one configuration covers every module."""
     return logging.getLogger(f"{LOGGER_NAME}.{name}" if not name.startswith(LOGGER_NAME) else name)
+
+
+def current_format() -> Literal["text", "json"]:
+    """The format ``configure_logging`` last set: the API's buffered access lines
+    (``uba.api.access_log``) are written in it without going through a formatter."""
+    return _format

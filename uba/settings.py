@@ -171,6 +171,8 @@ class ApiSettings(_Section):
     sklearn_training_matrix: Path | None = None
     reload_interval_sec: float = Field(0, ge=0, le=86400)
     access_log: bool = True
+    access_log_buffer_bytes: int = Field(65536, ge=0, le=16 << 20)
+    access_log_flush_sec: float = Field(1.0, gt=0, le=60)
     # Longer than the idle timeout of the proxies in front (nginx and AWS ALB: 60 s), so the
     # server never closes a kept-alive connection a proxy is about to reuse (a 502 there).
     keep_alive_sec: int = Field(75, ge=1, le=3600)

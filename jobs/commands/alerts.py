@@ -1,35 +1,244 @@
-"""``uba-batch alerts``: the delivery outbox (issue 15 items 2-3) from the command line.
-
-``deliver`` sends what is pending, ``list`` shows the outbox (``--pending``,
-``--failed`` dead letters), ``retry-failed`` queues dead letters again. The triage
-lifecycle (item 4: show, ack, close and open/acknowledged/closed listing) will join
-this group.
-"""
+"""`uba-batch alerts`: triage of scored days' alerts (list, show, ack, close, reopen) and
+their delivery to webhooks and syslog (deliver, list --pending/--failed, outbox, retry-failed)."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
 
 import click
 
 from jobs.options import DATE, data_dir_option, output_dir_option, settings_from
 
+WHAT = {"event": "alerts", "user-day": "user-days", "risk": "risk", "all": "all"}
+
 
 @click.group(name="alerts")
 def command() -> None:
-    """Alert delivery to webhooks and syslog: deliver, list the outbox, retry dead letters.
+    """Alerts of scored days: list them by status, show one, acknowledge, close with a verdict.
 
-    Sinks are configured under alerting.sinks in the settings YAML; `score` and
-    `backfill` enqueue each published day's alerts and deliver them. See
-    docs/alerting.md#delivery.
+    An alert is a flagged event, a user-day alert or a user at high entity risk, named by
+    its stable alert id (as `uba-batch export` writes it). Status: open, acknowledged,
+    closed. A close records the verdict in the feedback store too.
+
+    Delivery: sinks under alerting.sinks in the settings YAML get each published day's
+    alerts through a durable outbox; `deliver` sends what is pending, `list --pending` /
+    `list --failed` show the outbox and its dead letters (docs/alerting.md#delivery).
 
     \b
     Example:
+      uba-batch alerts list --days 3
+      uba-batch alerts close uba-0123456789abcdef01234567 --verdict benign --note "admin maintenance"
       uba-batch --config prod.yaml alerts deliver
-      uba-batch alerts list --pending
       uba-batch alerts list --failed --sink siem
     """
+
+
+def _days(settings: Any, day: date | None, days: int) -> list[date]:
+    from uba.alerts.triage import scored_days
+
+    if day is not None:
+        return [day]
+    return scored_days(Path(settings.paths.output_dir))[:days]
+
+
+def _short(record: dict[str, Any]) -> str:
+    reasons = "; ".join(record.get("reasons") or [])
+    score = record.get("score")
+    return (f"{record['alert_id']}  {record['event_date']}  {record['alert_type']:<8} {record['severity'] or '-':<8} "
+            f"{record['status']:<12} user={record['user_id']}  score={score:.3f}  {reasons[:100]}")
+
+
+@command.command(name="list")
+@click.option("--date", "day", type=DATE, default=None, help="Only this scored day (default: the newest --days).")
+@click.option("--days", type=click.IntRange(1, 3650), default=7, show_default=True,
+              help="How many of the newest scored days to list.")
+@click.option("--status", type=click.Choice(["open", "acknowledged", "closed", "all"]), default="open",
+              show_default=True)
+@click.option("--type", "kind", type=click.Choice(list(WHAT)), default="all", show_default=True,
+              help="Flagged events, user-day alerts, users at high entity risk, or all.")
+@click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True)
+@click.option("--limit", type=click.IntRange(0, None), default=100, show_default=True, help="0: no limit.")
+@click.option("--pending", "delivery", flag_value="pending",
+              help="Instead: the delivery outbox's alerts not yet acknowledged by their sink.")
+@click.option("--failed", "delivery", flag_value="failed",
+              help="Instead: the dead letters, alerts a sink refused for good (with its answer).")
+@click.option("--delivered", "delivery", flag_value="delivered", help="Instead: alerts their sink acknowledged.")
+@click.option("--sink", default=None, metavar="NAME", help="With --pending/--failed/--delivered: only this sink.")
+@output_dir_option
+@data_dir_option
+@click.pass_context
+def list_command(ctx: click.Context, day: date | None, days: int, status: str, kind: str, fmt: str, limit: int,
+                 delivery: str | None, sink: str | None, output_dir: str | None, data_dir: str | None) -> None:
+    """List alerts by status, newest day first, strongest first within a day.
+
+    With --pending, --failed or --delivered, lists the delivery outbox instead: per sink
+    in delivery order (day, then queue order), with attempts and the last error.
+
+    \b
+    Example:
+      uba-batch alerts list --status all --date 2026-03-22
+      uba-batch alerts list --type user-day --format jsonl | head -3
+      uba-batch alerts list --failed --sink siem
+    """
+    from uba.alerts.triage import STATUSES, list_alerts
+
+    settings = settings_from(ctx, output_dir=output_dir, data_dir=data_dir)
+    if delivery is not None:
+        _list_outbox(Path(settings.paths.data_dir), delivery, sink, day, limit, fmt)
+        return
+    statuses = STATUSES if status == "all" else (status,)
+    found = list_alerts(Path(settings.paths.output_dir), Path(settings.paths.data_dir), _days(settings, day, days),
+                        statuses, WHAT[kind])
+    shown = found.head(limit) if limit else found
+    for record in shown.to_dicts():
+        click.echo(json.dumps(record, default=str) if fmt == "jsonl" else _short(record))
+    if fmt == "text":
+        more = f" (first {shown.height} shown; --limit 0 for all)" if shown.height < found.height else ""
+        click.echo(f"{found.height} {status} alert(s){more}", err=True)
+
+
+@command.command(name="show")
+@click.argument("alert_id")
+@click.option("--date", "day", type=DATE, default=None, help="The alert's day (default: search every scored day).")
+@output_dir_option
+@data_dir_option
+@click.pass_context
+def show_command(ctx: click.Context, alert_id: str, day: date | None, output_dir: str | None,
+                 data_dir: str | None) -> None:
+    """Show one alert as JSON: the record, its status and every triage action.
+
+    \b
+    Example:
+      uba-batch alerts show uba-0123456789abcdef01234567
+    """
+    from uba.alerts.triage import alert_history, find_alert
+
+    settings = settings_from(ctx, output_dir=output_dir, data_dir=data_dir)
+    record = find_alert(Path(settings.paths.output_dir), alert_id, [day] if day else None)
+    history = alert_history(Path(settings.paths.data_dir), record["alert_id"])
+    record["status"] = history[-1]["status"] if history else "open"
+    record["history"] = history
+    click.echo(json.dumps(record, default=str, indent=2))
+
+
+def _act(ctx: click.Context, alert_id: str, action: str, day: date | None, output_dir: str | None,
+         data_dir: str | None, **kwargs: Any) -> None:
+    from uba.alerts.triage import apply_action
+
+    settings = settings_from(ctx, output_dir=output_dir, data_dir=data_dir)
+    result = apply_action(Path(settings.paths.output_dir), Path(settings.paths.data_dir), alert_id, action,
+                          days=[day] if day else None, max_id_length=settings.events.max_string_length, **kwargs)
+    extra = ""
+    if result.feedback_id is not None:
+        extra += f"; verdict {result.verdict} stored as feedback for {result.feedback_id}"
+    if result.suppression_rule is not None:
+        extra += f"; suppression rule {result.suppression_rule} added (`uba-batch suppress list`)"
+    click.echo(f"{result.alert_id}: {result.status}{extra}")
+
+
+_note = click.option("--note", default=None, help="Free text kept with the action.")
+_analyst = click.option("--analyst", default=None, help="Who acted (default: none recorded).")
+_day = click.option("--date", "day", type=DATE, default=None,
+                    help="The alert's day (default: search every scored day).")
+
+
+@command.command(name="ack")
+@click.argument("alert_id")
+@_note
+@_analyst
+@_day
+@output_dir_option
+@data_dir_option
+@click.pass_context
+def ack_command(ctx: click.Context, alert_id: str, note: str | None, analyst: str | None, day: date | None,
+                output_dir: str | None, data_dir: str | None) -> None:
+    """Acknowledge an open alert: someone is looking at it.
+
+    \b
+    Example:
+      uba-batch alerts ack uba-0123456789abcdef01234567 --analyst ann
+    """
+    _act(ctx, alert_id, "ack", day, output_dir, data_dir, note=note, analyst=analyst)
+
+
+@command.command(name="close")
+@click.argument("alert_id")
+@click.option("--verdict", type=click.Choice(["benign", "malicious"]), required=True)
+@click.option("--suppress-similar", is_flag=True,
+              help="With --verdict benign: also add a suppression rule for this user and the alert's top "
+                   "reason kind (event alerts), as `uba-batch suppress add` does.")
+@_note
+@_analyst
+@_day
+@output_dir_option
+@data_dir_option
+@click.pass_context
+def close_command(ctx: click.Context, alert_id: str, verdict: str, suppress_similar: bool, note: str | None,
+                  analyst: str | None, day: date | None, output_dir: str | None, data_dir: str | None) -> None:
+    """Close an alert with a verdict, which is also stored as analyst feedback.
+
+    The verdict reaches `train --exclude-malicious` (malicious event alerts) and entity
+    risk (a benign verdict removes the alert's contribution).
+
+    \b
+    Example:
+      uba-batch alerts close uba-0123456789abcdef01234567 --verdict benign --suppress-similar \\
+          --note "backup job"
+    """
+    _act(ctx, alert_id, "close", day, output_dir, data_dir, verdict=verdict, note=note, analyst=analyst,
+         suppress_similar=suppress_similar)
+
+
+@command.command(name="reopen")
+@click.argument("alert_id")
+@_note
+@_analyst
+@_day
+@output_dir_option
+@data_dir_option
+@click.pass_context
+def reopen_command(ctx: click.Context, alert_id: str, note: str | None, analyst: str | None, day: date | None,
+                   output_dir: str | None, data_dir: str | None) -> None:
+    """Reopen an acknowledged or closed alert (its verdict stays in the feedback history).
+
+    \b
+    Example:
+      uba-batch alerts reopen uba-0123456789abcdef01234567 --note "seen again"
+    """
+    _act(ctx, alert_id, "reopen", day, output_dir, data_dir, note=note, analyst=analyst)
+
+
+# --- delivery (issue 15 items 2-3) ---------------------------------------------------------
+
+
+def _when(epoch: float | None) -> str:
+    return "-" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _list_outbox(data_dir: Path, status: str, sink: str | None, day: date | None, limit: int, fmt: str) -> None:
+    """``alerts list --pending|--failed|--delivered``: rows of the delivery ledger."""
+    from uba.alerts.ledger import Ledger, ledger_exists
+
+    if not ledger_exists(data_dir):
+        click.echo("no delivery ledger yet (no alerting sink has been used with this data directory)", err=True)
+        return
+    with Ledger.open(data_dir) as ledger:
+        rows = ledger.rows(status=status, sink=sink, day=day, limit=limit or None)
+    for row in rows:
+        if fmt == "jsonl":
+            click.echo(json.dumps({"sink": row.sink, "alert_id": row.alert_id, "day": row.day,
+                                   "alert_type": row.alert_type, "user_id": row.user_id, "status": row.status,
+                                   "attempts": row.attempts, "last_error": row.last_error,
+                                   "enqueued_at": _when(row.enqueued_at), "delivered_at": _when(row.delivered_at)}))
+        else:
+            click.echo(f"{row.alert_id}  {row.day}  {row.sink:<16} {row.alert_type:<8} user={row.user_id}  "
+                       f"attempts={row.attempts}" + (f"  {row.last_error}" if row.last_error else ""))
+    if fmt == "text":
+        shown = f" (limit {limit})" if limit and len(rows) == limit else ""
+        click.echo(f"{len(rows)} {status} deliver{'y' if len(rows) == 1 else 'ies'}{shown}", err=True)
 
 
 @command.command(name="deliver")
@@ -76,32 +285,15 @@ def deliver_command(ctx: click.Context, sink_names: tuple[str, ...], days: tuple
         ctx.exit(2)
 
 
-def _when(epoch: float | None) -> str:
-    return "-" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@command.command(name="list")
-@click.option("--pending", "status", flag_value="pending", help="Alerts not yet acknowledged by their sink.")
-@click.option("--failed", "status", flag_value="failed", help="Dead letters: alerts a sink refused for good.")
-@click.option("--delivered", "status", flag_value="delivered", help="Alerts their sink acknowledged.")
-@click.option("--sink", default=None, metavar="NAME", help="Only this sink.")
-@click.option("--date", "day", type=DATE, default=None, help="Only alerts of this day.")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many rows.")
-@click.option("--json", "as_json", is_flag=True, default=False, help="One JSON object per line.")
+@command.command(name="outbox")
 @data_dir_option
 @click.pass_context
-def list_command(ctx: click.Context, status: str | None, sink: str | None, day: date | None, limit: int,
-                 as_json: bool, data_dir: str | None) -> None:
-    """List the delivery outbox: counts per sink, or the alerts with one status.
-
-    Without --pending/--failed/--delivered, prints per sink how many alerts are
-    pending, delivered and failed, and the oldest pending day.
+def outbox_command(ctx: click.Context, data_dir: str | None) -> None:
+    """Per sink: alerts pending, delivered and failed (dead letters), and the oldest pending day.
 
     \b
     Example:
-      uba-batch alerts list
-      uba-batch alerts list --pending --sink siem
-      uba-batch alerts list --failed --json
+      uba-batch alerts outbox --data-dir data
     """
     from uba.alerts.ledger import Ledger, ledger_exists
 
@@ -110,26 +302,10 @@ def list_command(ctx: click.Context, status: str | None, sink: str | None, day: 
         click.echo("no delivery ledger yet (no alerting sink has been used with this data directory)")
         return
     with Ledger.open(settings.paths.data_dir) as ledger:
-        if status is None:
-            counts = ledger.counts()
-            click.echo(f"{'sink':<20}{'pending':>9}{'delivered':>11}{'failed':>8}  oldest pending")
-            for name, c in sorted(counts.items()):
-                if sink is None or name == sink:
-                    click.echo(f"{name:<20}{c['pending']:>9}{c['delivered']:>11}{c['failed']:>8}  "
-                               f"{ledger.oldest_pending_day(name) or '-'}")
-            return
-        rows = ledger.rows(status=status, sink=sink, day=day, limit=limit)
-    for row in rows:
-        if as_json:
-            click.echo(json.dumps({"sink": row.sink, "alert_id": row.alert_id, "day": row.day,
-                                   "alert_type": row.alert_type, "user_id": row.user_id, "status": row.status,
-                                   "attempts": row.attempts, "last_error": row.last_error,
-                                   "enqueued_at": _when(row.enqueued_at), "delivered_at": _when(row.delivered_at)}))
-        else:
-            click.echo(f"{row.day}  {row.sink:<16} {row.alert_id}  {row.alert_type:<8} {row.user_id:<12} "
-                       f"attempts {row.attempts}" + (f"  {row.last_error}" if row.last_error else ""))
-    if not as_json:
-        click.echo(f"{len(rows)} {status} alert(s)" + (f" (limit {limit})" if len(rows) == limit else ""), err=True)
+        click.echo(f"{'sink':<20}{'pending':>9}{'delivered':>11}{'failed':>8}  oldest pending")
+        for name, c in sorted(ledger.counts().items()):
+            click.echo(f"{name:<20}{c['pending']:>9}{c['delivered']:>11}{c['failed']:>8}  "
+                       f"{ledger.oldest_pending_day(name) or '-'}")
 
 
 @command.command(name="retry-failed")
@@ -139,7 +315,7 @@ def list_command(ctx: click.Context, status: str | None, sink: str | None, day: 
 @click.pass_context
 def retry_failed_command(ctx: click.Context, sink: str | None, alert_ids: tuple[str, ...],
                          data_dir: str | None) -> None:
-    """Put dead letters back in the queue (after fixing what the receiver refused).
+    """Put dead letters back in the delivery queue (after fixing what the receiver refused).
 
     They are sent by the next `alerts deliver` or score run, before later days' alerts
     (delivery goes in day order).

@@ -32,6 +32,10 @@ def command(ctx: click.Context, start: date | None, end: date | None, model_vers
 
     Reports ROC-AUC, PR-AUC, precision/recall at the saved threshold, alert rate,
     recall per anomaly kind and alert concentration across users, as JSON and a PNG.
+    With campaigns in the labels (generate --campaigns) and the days scored (their
+    risk/ tables published), also user-level precision@k and recall@k of users ranked
+    by entity risk vs by their maximum event score, days to high risk, and a user-level
+    precision-recall figure (evaluation_users.png).
 
     \b
     Example:
@@ -42,6 +46,7 @@ def command(ctx: click.Context, start: date | None, end: date | None, model_vers
     from uba.artifacts import load_bundle
     from uba.errors import UserError
     from uba.evaluate import evaluate, plot_report, public_report
+    from uba.evaluate_users import plot_user_pr, user_level_report
     from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
     from uba.pipeline import date_range
 
@@ -58,10 +63,13 @@ def command(ctx: click.Context, start: date | None, end: date | None, model_vers
     if not days:
         raise UserError(f"no events after the training window (ends {training_end}) to evaluate on")
     report = evaluate(settings, bundle, days)
+    report["user_level"] = user_level_report(Path(settings.paths.output_dir), Path(settings.paths.data_dir), days)
     target = Path(out_dir) if out_dir else Path(settings.paths.output_dir) / "evaluation"
     try:
         io.write_json_atomic(public_report(report), target / "evaluation.json")
         plot_report(report, target / "evaluation.png")
+        if "skipped" not in report["user_level"]:
+            plot_user_pr(report["user_level"], target / "evaluation_users.png")
     except OSError as exc:  # a mistyped --out (under a file, no permission): one line, no traceback
         raise UserError(f"cannot write the report to {target}: {exc.strerror or exc}") from exc
     _print_summary(report)
@@ -85,3 +93,20 @@ def _print_summary(report: dict) -> None:
                    f"precision {m['precision_at_threshold']:.3f}  alerts from top 1% of users "
                    f"{both['per_user_thresholds']['top_1pct_share_of_alerts']:.3f} "
                    f"(global threshold: {both['global_threshold']['top_1pct_share_of_alerts']:.3f})")
+    _print_user_level(report["user_level"])
+
+
+def _print_user_level(user_level: dict) -> None:
+    if "skipped" in user_level:
+        click.echo(f"user level: skipped, {user_level['skipped']}")
+        return
+    for name, r in user_level["rankings"].items():
+        p, t = r["precision_at_k"], r["time_to_high"]
+        median = "not reached" if t["median_days"] is None else f"{t['median_days']:g} days"
+        mean = p["mean_precision_at_k"]
+        click.echo(f"users by {name:<16} precision@k = recall@k {'-' if mean is None else f'{mean:.3f}'} "
+                   f"over {p['days_with_campaigns']} days; to high: median {median} "
+                   f"({t['reached']}/{t['total']} campaigns reached); AP {r['pr_curve']['average_precision'] or 0:.3f}")
+    gain = user_level["precision_at_k_gain"]
+    if gain is not None:
+        click.echo(f"precision@k gain of risk over max event score: {gain:+.3f}")

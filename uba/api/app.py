@@ -20,7 +20,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from uba.api.auth import load_api_keys, require_api_key
+from uba.api.access_log import AccessLog
+from uba.api.auth import load_api_keys, require_api_key, require_configured_key
 from uba.api.batcher import ScoringBatcher
 from uba.api.deps import Runtime
 from uba.api.errors import (
@@ -33,13 +34,17 @@ from uba.api.metrics import ApiMetrics, MetricsMiddleware
 from uba.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from uba.api.openapi import openapi_builder
 from uba.api.reloader import PeriodicReloader, reload_runtime
-from uba.api.routes import admin, feedback, health, metrics, model, predict
+from uba.api.routes import admin, alerts, feedback, health, metrics, model, predict
 from uba.api.schemas import build_models
+from uba.api.state import settle_heap
 from uba.api.workers import group_from_env
 from uba.logs import LOGGER_NAME, configure_logging
 from uba.settings import Settings, load_settings
 
 API_TITLE = "UBA inference API"
+# FastAPI's native OpenTelemetry asks the global providers whether anyone listens on every
+# request (~5 us, 1-2% of a /predict); the product's metrics are Prometheus (/metrics).
+NO_TELEMETRY: dict[str, Any] = {"tracing": False, "metrics": False, "logs": False}
 
 
 def configure_worker_logging() -> None:
@@ -61,6 +66,16 @@ def silence_uvicorn_access_log() -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
+def report_served_model(runtime: Runtime) -> None:
+    """The model gauges for the state served now. A function of its own so the lifespan,
+    which lives as long as the server, holds no reference to the first state: a local
+    there kept the start-up bundle and snapshot alive through every reload."""
+    state = runtime.holder.current
+    runtime.metrics.set_model(
+        state.version if state else None, state.baselines.as_of.isoformat() if state else None
+    )
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     runtime: Runtime = app.state.runtime
@@ -68,10 +83,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     silence_uvicorn_access_log()
     runtime.api_keys = load_api_keys(runtime.settings.api)
     await run_in_threadpool(runtime.holder.load_initial, runtime.settings)
-    state = runtime.holder.current
-    runtime.metrics.set_model(
-        state.version if state else None, state.baselines.as_of.isoformat() if state else None
-    )
+    await run_in_threadpool(settle_heap)
+    access_log: AccessLog | None = app.state.access_log
+    if access_log is not None:
+        access_log.start()
+    report_served_model(runtime)
     await runtime.batcher.start()
     if runtime.group is not None:
         runtime.group.start(lambda: reload_runtime(runtime))
@@ -87,6 +103,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if runtime.group is not None:
             await runtime.group.stop()
         await runtime.batcher.stop()
+        if access_log is not None:
+            await access_log.stop()
         runtime.metrics.worker_stopped()
         if runtime.group is not None and runtime.group.orphaned():
             runtime.group.remove_if_last()
@@ -102,10 +120,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                       group=group_from_env())
     from uba import __version__
 
-    app = FastAPI(title=API_TITLE, version=__version__, lifespan=lifespan,
+    app = FastAPI(title=API_TITLE, version=__version__, lifespan=lifespan, telemetry=NO_TELEMETRY,
                   description="Scores user activity events against per-user baselines "
                               "with the batch job's feature code and model bundle.")
     app.state.runtime = runtime
+    access_log = (AccessLog(settings.api.access_log_buffer_bytes, settings.api.access_log_flush_sec)
+                  if settings.api.access_log else None)
+    app.state.access_log = access_log
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
@@ -119,13 +140,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     for router in (model.router, admin.router, feedback.build_router(models)):
         app.include_router(router, dependencies=protected, responses=AUTH_ERRORS)
+    app.include_router(alerts.build_router(), dependencies=[*protected, Depends(require_configured_key)],
+                       responses=AUTH_ERRORS)
     app.openapi = openapi_builder(  # type: ignore[method-assign]
-        app, [models.event, models.batch, models.feedback], lambda: bool(runtime.api_keys))
+        app, [models.event, models.batch, models.feedback, alerts.AlertUpdate], lambda: bool(runtime.api_keys))
 
     # Outermost first in the request path: metrics see every response, including 413s.
     app.add_middleware(BodyLimitMiddleware, limit=settings.api.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics)
-    app.add_middleware(RequestIdMiddleware, log_requests=settings.api.access_log)
+    app.add_middleware(RequestIdMiddleware, access_log=access_log)
     return app
 
 

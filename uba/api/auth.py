@@ -92,3 +92,15 @@ async def authorize(request: Request, api_key: str | None) -> None:
         )
     if request.method in _BODY_METHODS:
         await request.body()
+
+
+async def require_configured_key(request: Request) -> None:
+    """403 on an API without keys: routes that change analysts' records (triage, verdicts,
+    suppression rules) are never open, whatever suits scoring on a loopback deployment."""
+    if not request.app.state.runtime.api_keys:
+        raise HTTPException(
+            status_code=status.HTTP_403_FORBIDDEN,
+            detail=[{"field": API_KEY_HEADER, "value": None,
+                     "message": "this route needs the server to be configured with API keys "
+                                "(api.api_keys_env or api.api_key_file); `uba-batch alerts` works without"}],
+        )

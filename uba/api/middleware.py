@@ -11,15 +11,15 @@ mid-body (499) is counted under the route's template in the metrics.
 from __future__ import annotations
 
 import contextvars
+import os
 import re
 import time
-import uuid
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from uba.api.access_log import AccessLog
 from uba.api.metrics import ASGIApp, Message, Receive, Scope, Send, final_status
-from uba.logs import get_logger
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -96,7 +96,6 @@ class BodyLimitMiddleware:
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # nginx's rule (configs/nginx/uba.conf.template)
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("uba_request_id", default=None)
-access_log = get_logger("api.access")
 
 
 def current_request_id() -> str | None:
@@ -113,7 +112,7 @@ def request_id_from(scope: Scope) -> str:
             if _VALID_REQUEST_ID.fullmatch(text):
                 return text
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
 
 def printable(text: str) -> str:
@@ -145,9 +144,9 @@ class RequestIdMiddleware:
     the user middleware) can still log and answer it.
     """
 
-    def __init__(self, app: ASGIApp, log_requests: bool = True) -> None:
+    def __init__(self, app: ASGIApp, access_log: AccessLog | None = None) -> None:
         self.app = app
-        self.log_requests = log_requests
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -173,19 +172,15 @@ class RequestIdMiddleware:
             error = exc
             raise
         finally:
-            if self.log_requests:
-                self._log(scope, final_status(sent, error), time.perf_counter() - started, request_id)
+            if self.access_log is not None:
+                self._log(self.access_log, scope, final_status(sent, error), time.perf_counter() - started,
+                          request_id)
 
     @staticmethod
-    def _log(scope: Scope, status: int, seconds: float, request_id: str) -> None:
+    def _log(access_log: AccessLog, scope: Scope, status: int, seconds: float, request_id: str) -> None:
         """One access line; the caller-controlled parts are escaped (``printable``) and the
         request id is already a plain token (``request_id_from``)."""
         client = scope.get("client")
         where = f"{client[0]}:{client[1]}" if client else "-"
-        path = printable(scope.get("path", ""))
-        method = printable(scope.get("method", ""))
-        access_log.info(
-            '%s "%s %s" %d %.1fms request_id=%s', where, method, path, status, seconds * 1000, request_id,
-            extra={"fields": {"client": where, "method": method, "path": path, "status": status,
-                              "duration_ms": round(seconds * 1000, 3), "request_id": request_id}},
-        )
+        access_log.write(where, printable(scope.get("method", "")), printable(scope.get("path", "")),
+                         status, seconds, request_id)

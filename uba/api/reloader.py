@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from uba import io
 from uba.api.deps import Runtime
-from uba.api.state import ModelState, RulesKey, rules_key, snapshot_stamp
+from uba.api.state import ModelState, RulesKey, rules_key, settle_heap, snapshot_stamp
 from uba.artifacts import latest_version
 from uba.errors import UserError
 from uba.logs import get_logger
@@ -29,6 +29,22 @@ from uba.logs import get_logger
 log = get_logger("api.reload")
 
 ServedKey = tuple[str, date, tuple[int, ...], RulesKey]
+# Long enough for the admin route and requests in flight to drop the previous state, so
+# what the young collection finds then is the reload's own garbage (uba.api.state.settle_heap).
+SETTLE_AFTER_RELOAD_SEC = 1.0
+_settling: set[asyncio.Task[None]] = set()
+
+
+async def _settle_later(delay: float) -> None:
+    await asyncio.sleep(delay)
+    settle_heap(full=False)  # milliseconds, on the loop: no thread hop needed
+
+
+def schedule_settle(delay: float = SETTLE_AFTER_RELOAD_SEC) -> None:
+    """Settle the heap ``delay`` seconds from now (the task is kept until it ends)."""
+    task = asyncio.create_task(_settle_later(delay), name="uba-settle-heap")
+    _settling.add(task)
+    task.add_done_callback(_settling.discard)
 
 
 async def reload_runtime(runtime: Runtime) -> tuple[ModelState | None, ModelState]:
@@ -41,6 +57,7 @@ async def reload_runtime(runtime: Runtime) -> tuple[ModelState | None, ModelStat
         log.warning("reload refused: %s", exc)
         raise
     runtime.metrics.reloads.labels(outcome="ok").inc()
+    schedule_settle()
     runtime.metrics.set_model(fresh.version, fresh.baselines.as_of.isoformat())
     log.info("reloaded: model %s, baselines as of %s", fresh.version, fresh.baselines.as_of)
     return previous, fresh

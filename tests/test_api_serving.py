@@ -1,0 +1,127 @@
+"""How the server spends its time outside scoring: the buffered access log and a heap
+settled out of the cyclic collector's reach (benchmarks/api_latency.py measures both)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io as textio
+import json
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+from test_api_world import (
+    SEED_PAYLOAD,
+    World,
+    running_server,
+    shared_world,
+    train_bundle,
+    training_days,
+)
+
+from uba import io
+from uba.api.access_log import PIPE_BUF, AccessLog
+from uba.api.app import create_app
+from uba.api.reloader import reload_runtime
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return shared_world(tmp_path_factory)
+
+
+class _Writes(textio.StringIO):
+    """A log stream that remembers the size of every write it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def write(self, text: str) -> int:
+        self.sizes.append(len(text.encode()))
+        return super().write(text)
+
+
+def _access_lines(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if "uba.api.access" in line]
+
+
+def test_access_lines_reach_the_log_within_the_flush_interval_while_the_server_runs(
+        world: World, tmp_path: Path) -> None:
+    log = tmp_path / "api.log"
+    env = world.env(UBA_API__ACCESS_LOG_FLUSH_SEC="0.2")
+    flags = ["--data-dir", str(world.data_dir), "--model-dir", str(world.model_dir)]
+    with running_server(env, log, uba_api=flags) as server, server.client() as c:
+        for i in range(5):
+            assert c.post("/predict", json=SEED_PAYLOAD, headers={"X-Request-ID": f"live-{i}"}).status_code == 200
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len([x for x in _access_lines(log) if "live-" in x]) < 5:
+            time.sleep(0.05)
+        live = [x for x in _access_lines(log) if "live-" in x]
+        assert len(live) == 5, log.read_text()[-2000:]  # written while serving, not only at exit
+        assert server.process.poll() is None
+        c.get("/ready", headers={"X-Request-ID": "last-one"})
+    # the lines of the last interval are flushed by the graceful shutdown
+    assert any("request_id=last-one" in x for x in _access_lines(log))
+
+
+def test_buffered_lines_go_out_whole_in_writes_no_larger_than_pipe_buf() -> None:
+    stream = _Writes()
+    access = AccessLog(buffer_bytes=1 << 20, flush_sec=60)
+    access._stream, access._json = stream, True  # what start() takes from the logging set-up
+    paths = [f"/predict/{'é' * (i % 7)}{i}" for i in range(300)]
+    for i, path in enumerate(paths):
+        access.write("127.0.0.1:1", "POST", path, 200, 0.0004, f"id-{i}")
+    assert stream.sizes == []  # below the buffer size nothing is written
+    access.flush()
+    assert len(stream.sizes) > 1 and max(stream.sizes) <= PIPE_BUF
+    lines = stream.getvalue().splitlines()
+    entries = [json.loads(line) for line in lines]  # every line whole: none split across writes
+    assert [e["path"] for e in entries] == paths
+    assert [e["request_id"] for e in entries] == [f"id-{i}" for i in range(300)]
+    assert entries[0]["logger"] == "uba.api.access" and entries[0]["status"] == 200
+
+
+def test_a_full_buffer_is_written_at_once() -> None:
+    stream = _Writes()
+    access = AccessLog(buffer_bytes=1000, flush_sec=60)
+    access._stream = stream
+    for i in range(30):
+        access.write("127.0.0.1:1", "GET", "/ready", 200, 0.001, f"id-{i}")
+    written = stream.getvalue().splitlines()
+    assert 0 < len(written) < 30 and sum(stream.sizes) >= 1000  # flushed when the buffer filled
+    access.flush()
+    assert len(stream.getvalue().splitlines()) == 30
+
+
+def test_loaded_state_is_frozen_and_a_reload_lets_the_previous_state_go(world: World, tmp_path: Path) -> None:
+    """After start-up the long-lived objects are out of the collector's reach; after a
+    reload the previous model state is collected (not frozen for good) and the new one frozen."""
+    own = world.copy(tmp_path / "w")
+    app = create_app(own.settings())
+    runtime = app.state.runtime
+
+    async def run() -> tuple[int, int, bool, str]:
+        async with app.router.lifespan_context(app):
+            frozen_at_start = gc.get_freeze_count()
+            previous = weakref.ref(runtime.holder.current.bundle)
+            baselines = io.read_baseline_snapshot(io.latest_baseline_snapshot(own.data_dir)[1])
+            version, _ = train_bundle(own.settings(random_state=7), training_days(), baselines)
+            await reload_runtime(runtime)
+            await asyncio.sleep(1.5)  # SETTLE_AFTER_RELOAD_SEC, then the settle in a thread
+            for _ in range(50):
+                if previous() is None:
+                    break
+                await asyncio.sleep(0.1)
+            return frozen_at_start, gc.get_freeze_count(), previous() is None, version
+
+    try:
+        at_start, after_reload, released, version = asyncio.run(run())
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual
+    assert at_start > 50_000, at_start
+    assert after_reload > 50_000, after_reload
+    assert released, "the previous bundle is still alive after the reload settled"
+    assert runtime.holder.current.version == version

@@ -1,0 +1,179 @@
+"""Triage through the real CLI on a scored world: statuses, verdicts into feedback,
+suppress-similar through the suppression machinery, and refusals that write nothing."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import cli
+from uba import io
+from uba.alerts.triage import TRIAGE, triage_log
+from uba.feedback import confirmed_malicious_ids, latest_feedback, load_rules
+
+START = date(2026, 3, 2)
+TRAIN_END = START + timedelta(days=11)
+DAYS = [TRAIN_END + timedelta(days=1), TRAIN_END + timedelta(days=2)]
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _ok(*args: str) -> str:
+    code, out, err = _run(*args)
+    assert code == 0, (args[:2], out, err)
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("triage")
+    data, models, out = str(root / "data"), str(root / "models"), str(root / "out")
+    _ok("generate", "--out", data, "--users", "80", "--days", "14", "--start", START.isoformat(), "--seed", "9",
+        "--user-day-anomalies", "3")
+    _ok("train", "--data-dir", data, "--model-dir", models, "--end-date", TRAIN_END.isoformat(),
+        "--window-days", "12")
+    _ok("backfill", "--start", DAYS[0].isoformat(), "--end", DAYS[-1].isoformat(), "--data-dir", data,
+        "--model-dir", models, "--output-dir", out, "--in-process")
+    return root
+
+
+def _dirs(world: Path) -> list[str]:
+    return ["--data-dir", str(world / "data"), "--output-dir", str(world / "out")]
+
+
+def _listed(world: Path, *extra: str) -> list[dict[str, object]]:
+    out = _ok("alerts", "list", "--format", "jsonl", "--limit", "0", *_dirs(world), *extra)
+    return [json.loads(line) for line in out.splitlines() if line]
+
+
+@pytest.fixture
+def own(world: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(world, tmp_path / "w", symlinks=True)  # published days are relative links
+    return tmp_path / "w"
+
+
+def test_ack_and_close_move_an_alert_through_its_statuses(own: Path) -> None:
+    open_alerts = _listed(own, "--days", "2")
+    assert len(open_alerts) > 5 and {a["status"] for a in open_alerts} == {"open"}
+    assert {a["alert_type"] for a in open_alerts} == {"event", "user_day"}
+    first = open_alerts[0]["alert_id"]
+    assert f"{first}: acknowledged" in _ok("alerts", "ack", first, "--analyst", "ann", "--note", "looking",
+                                           *_dirs(own))
+    assert first not in {a["alert_id"] for a in _listed(own, "--days", "2")}
+    (acked,) = _listed(own, "--days", "2", "--status", "acknowledged")
+    assert acked["alert_id"] == first and acked["analyst"] == "ann" and acked["note"] == "looking"
+    _ok("alerts", "close", first, "--verdict", "malicious", *_dirs(own))
+    shown = json.loads(_ok("alerts", "show", first, *_dirs(own)))
+    assert shown["status"] == "closed" and [h["action"] for h in shown["history"]] == ["ack", "close"]
+    assert shown["history"][-1]["verdict"] == "malicious"
+    _ok("alerts", "reopen", first, "--note", "seen again", *_dirs(own))
+    assert first in {a["alert_id"] for a in _listed(own, "--days", "2")}
+    counts = {s: len(_listed(own, "--days", "2", "--status", s)) for s in ("open", "acknowledged", "closed")}
+    assert counts == {"open": len(open_alerts), "acknowledged": 0, "closed": 0}
+
+
+def test_verdicts_reach_the_feedback_store_under_the_event_or_alert_id(own: Path) -> None:
+    alerts = _listed(own, "--days", "2")
+    event = next(a for a in alerts if a["alert_type"] == "event")
+    user_day = next(a for a in alerts if a["alert_type"] == "user_day")
+    _ok("alerts", "close", event["alert_id"], "--verdict", "malicious", "--note", "exfil", *_dirs(own))
+    _ok("alerts", "close", user_day["alert_id"], "--verdict", "benign", *_dirs(own))
+    labels = dict(latest_feedback(own / "data").select("event_id", "label").collect().iter_rows())
+    assert labels == {event["event_id"]: "malicious", user_day["alert_id"]: "benign"}
+    assert confirmed_malicious_ids(own / "data") == {event["event_id"]}
+
+
+def test_close_benign_with_suppress_similar_creates_a_rule_that_the_next_score_applies(own: Path) -> None:
+    day = DAYS[1]
+    event = next(a for a in _listed(own, "--date", day.isoformat(), "--type", "event"))
+    out = _ok("alerts", "close", event["alert_id"], "--verdict", "benign", "--suppress-similar", *_dirs(own))
+    assert "suppression rule" in out
+    rules = load_rules(own / "data")
+    assert rules.height == 1 and rules.row(0, named=True)["user_id"] == event["user_id"]
+    assert rules.row(0, named=True)["reason_kind"] == event["reason_kinds"][0]
+    _ok("score", "--date", day.isoformat(), "--in-process", *_dirs(own),
+        "--model-dir", str(own / "models"))
+    flagged = pl.read_parquet(io.partition_files(own / "out", "flagged", day))
+    row = flagged.filter(pl.col("event_id") == event["event_id"]).row(0, named=True)
+    assert row["suppressed"] is True
+    # the re-scored day no longer lists it as an alert; its triage history is kept
+    assert event["alert_id"] not in {a["alert_id"] for a in _listed(own, "--date", day.isoformat(),
+                                                                      "--status", "all")}
+    assert triage_log(own / "data").filter(pl.col("alert_id") == event["alert_id"]).height == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["ack", "uba-000000000000000000000000"], "alert_id 'uba-000000000000000000000000' not found"),
+    (["close", "{user_day}", "--verdict", "benign", "--suppress-similar"], "only event alerts"),
+    (["close", "{event}", "--verdict", "malicious", "--suppress-similar"], "only a close with verdict benign"),
+    (["reopen", "{event}"], "is open: reopen is not possible"),
+    (["ack", "{event}", "--note", "x" * 2001], "note: 2001 characters"),
+])
+def test_refusals_are_one_line_and_write_nothing(own: Path, args: list[str], message: str) -> None:
+    alerts = _listed(own, "--days", "2")
+    ids = {"event": next(a["alert_id"] for a in alerts if a["alert_type"] == "event"),
+           "user_day": next(a["alert_id"] for a in alerts if a["alert_type"] == "user_day")}
+    code, out, err = _run("alerts", *[a.format(**ids) for a in args], *_dirs(own))
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1, (out, err)
+    assert io.table_part_files(own / "data", TRIAGE) == []
+    assert io.table_part_files(own / "data", io.FEEDBACK) == []
+    assert io.table_part_files(own / "data", io.SUPPRESSIONS) == []
+
+
+def test_an_acknowledged_alert_cannot_be_acknowledged_twice(own: Path) -> None:
+    alert = _listed(own, "--days", "1")[0]["alert_id"]
+    _ok("alerts", "ack", alert, *_dirs(own))
+    code, _, err = _run("alerts", "ack", alert, *_dirs(own))
+    assert code == 1 and "is acknowledged: ack is not possible (possible: close, reopen)" in err
+
+
+def _server_env(world: Path, **extra: str) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UBA_")}
+    env.update(UBA_DATA_DIR=str(world / "data"), UBA_MODEL_DIR=str(world / "models"),
+               UBA_OUTPUT_DIR=str(world / "out"), **extra)
+    return env
+
+
+def test_triage_over_http_needs_a_key_and_answers_like_the_cli(own: Path, tmp_path: Path) -> None:
+    from test_api_world import running_server
+
+    with running_server(_server_env(own, UBA_API_KEYS="k1"), tmp_path / "api.log") as server, \
+            server.client(headers={"X-API-Key": "k1"}) as c:
+        listed = c.get("/alerts", params={"days": 2}).json()
+        assert listed["count"] == len(_listed(own, "--days", "2")) and listed["days"] == [
+            d.isoformat() for d in reversed(DAYS)]
+        first = next(a for a in listed["alerts"] if a["alert_type"] == "event")
+        acked = c.patch(f"/alerts/{first['alert_id']}", json={"status": "acknowledged", "analyst": "bo"})
+        assert acked.status_code == 200 and acked.json()["status"] == "acknowledged"
+        again = c.patch(f"/alerts/{first['alert_id']}", json={"status": "acknowledged"})
+        assert again.status_code == 409 and "ack is not possible" in again.json()["detail"]
+        no_verdict = c.patch(f"/alerts/{first['alert_id']}", json={"status": "closed"})
+        assert no_verdict.status_code == 422 and no_verdict.json()["detail"][0]["field"] == "verdict"
+        bad = c.patch(f"/alerts/{first['alert_id']}", json={"status": "done"})
+        assert bad.status_code == 422 and "status" in str(bad.json()["detail"][0]["field"])
+        closed = c.patch(f"/alerts/{first['alert_id']}", json={"status": "closed", "verdict": "malicious"})
+        assert closed.json() == {"alert_id": first["alert_id"], "status": "closed", "verdict": "malicious",
+                                 "feedback_id": first["event_id"], "suppression_rule": None}
+        missing = c.patch("/alerts/uba-000000000000000000000000", json={"status": "acknowledged"})
+        assert missing.status_code == 404
+        closed_list = c.get("/alerts", params={"days": 2, "status": "closed"}).json()
+        assert [a["alert_id"] for a in closed_list["alerts"]] == [first["alert_id"]]
+        assert c.get("/alerts", params={"status": "nope"}).status_code == 422
+        assert httpx.get(server.url + "/alerts", timeout=10).status_code == 401  # no key
+    assert confirmed_malicious_ids(own / "data") == {first["event_id"]}
+    with running_server(_server_env(own), tmp_path / "open.log") as server:  # no keys: never open
+        refused = httpx.get(server.url + "/alerts", timeout=10)
+        assert refused.status_code == 403 and "API keys" in refused.json()["detail"][0]["message"]

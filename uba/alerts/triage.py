@@ -1,0 +1,204 @@
+"""Triage of alerts: open, acknowledged, closed, and the analyst's verdict.
+
+An alert is any canonical record of a scored day (``uba.alerts.records``: a flagged
+event, a user-day alert, a user at high entity risk), named by its stable alert id, so
+a status survives re-scoring and a new model: the same finding keeps its id and so its
+status. Every action is appended to ``<data-dir>/triage/`` (an append-only table, as
+feedback and suppression rules are) and the latest action per alert is its status:
+nothing an analyst did is ever overwritten, and the history of an alert is its rows.
+
+A close carries a verdict, benign or malicious, written also to the feedback store:
+under the event id for an event alert (what ``train --exclude-malicious`` and the
+suppression tooling read), under the alert id for a user-day or risk alert (what entity
+risk reads for the findings that are not one event).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from uba import io
+from uba.alerts.records import RECORD_SCHEMA, day_records
+from uba.errors import UserError
+from uba.feedback import LABELS, add_rule, known_reason_kinds, record_feedback
+
+TRIAGE = "triage"
+STATUSES = ("open", "acknowledged", "closed")
+ACTIONS = {"ack": "acknowledged", "close": "closed", "reopen": "open"}
+# which actions an alert in each status can take; a repeated ack or close is a mistake
+ALLOWED = {"open": ("ack", "close"), "acknowledged": ("close", "reopen"), "closed": ("reopen",)}
+TRIAGE_SCHEMA: dict[str, pl.DataType] = {
+    "alert_id": pl.String(),
+    "action": pl.String(),
+    "status": pl.String(),
+    "verdict": pl.String(),
+    "note": pl.String(),
+    "analyst": pl.String(),
+    "alert_type": pl.String(),
+    "user_id": pl.String(),
+    "event_date": pl.Date(),
+    "suppression_rule": pl.String(),
+    "recorded_at": pl.Datetime("us", "UTC"),
+}
+STATE_COLUMNS = ("status", "verdict", "note", "analyst", "updated_at")
+MAX_NOTE = 2000
+
+
+class AlertNotFoundError(UserError):
+    """No scored day holds the alert id."""
+
+
+class TransitionError(UserError):
+    """The alert's status does not allow the action (an ack of a closed alert)."""
+
+
+@dataclass(frozen=True)
+class TriageResult:
+    """What one action did: the alert's new status and any feedback or rule it wrote."""
+
+    alert_id: str
+    status: str
+    verdict: str | None
+    feedback_id: str | None
+    suppression_rule: str | None
+
+
+def _text(value: str | None, field: str, limit: int = MAX_NOTE) -> str | None:
+    if value is None:
+        return None
+    text = value.strip()
+    if len(text) > limit:
+        raise UserError(f"{field}: {len(text)} characters, at most {limit}")
+    if any(ch in text for ch in ("\x00",)):
+        raise UserError(f"{field}: holds a NUL character")
+    return text or None
+
+
+def triage_log(data_dir: Path) -> pl.DataFrame:
+    """Every action ever recorded, in write order."""
+    parts = io.scan_table(data_dir, TRIAGE)
+    if parts is None:
+        return pl.DataFrame(schema=TRIAGE_SCHEMA)
+    return parts.sort(["_part", "recorded_at"], maintain_order=True).select(list(TRIAGE_SCHEMA)).collect()
+
+
+def triage_state(data_dir: Path) -> pl.DataFrame:
+    """The latest action per alert: alert_id plus STATE_COLUMNS (no row: the alert is open)."""
+    log = triage_log(data_dir)
+    latest = log.group_by("alert_id", maintain_order=True).last()
+    return latest.select("alert_id", "status", "verdict", "note", "analyst",
+                         pl.col("recorded_at").alias("updated_at"))
+
+
+def with_status(records: pl.DataFrame, state: pl.DataFrame) -> pl.DataFrame:
+    """Records with their triage status (``open`` where nothing was recorded)."""
+    joined = records.join(state, on="alert_id", how="left", maintain_order="left")
+    return joined.with_columns(pl.col("status").fill_null("open"))
+
+
+def scored_days(output_dir: Path) -> list[date]:
+    """Days with a published run, newest first."""
+    return sorted(io.run_manifest_dates(output_dir), reverse=True)
+
+
+def list_alerts(output_dir: Path, data_dir: Path, days: Sequence[date], statuses: Iterable[str] = STATUSES,
+                what: str = "all", risk_min_level: str = "high") -> pl.DataFrame:
+    """The records of ``days`` whose status is one of ``statuses``, newest day first."""
+    wanted = list(statuses)
+    unknown = [s for s in wanted if s not in STATUSES]
+    if unknown:
+        raise UserError(f"status {unknown[0]!r} is not one of {', '.join(STATUSES)}")
+    state = triage_state(data_dir)
+    frames = [with_status(day_records(output_dir, day, what, risk_min_level), state) for day in days]
+    if not frames:
+        return with_status(pl.DataFrame(schema=RECORD_SCHEMA), state)
+    return pl.concat(frames, how="vertical_relaxed").filter(pl.col("status").is_in(wanted))
+
+
+def find_alert(output_dir: Path, alert_id: str, days: Sequence[date] | None = None,
+               risk_min_level: str = "low") -> dict[str, Any]:
+    """The record of ``alert_id``, searched in ``days`` (default: every scored day, newest
+    first); ids are hashes, so the day cannot be read off the id."""
+    alert_id = alert_id.strip()
+    for day in days if days is not None else scored_days(output_dir):
+        records = day_records(output_dir, day, "all", risk_min_level)
+        found = records.filter(pl.col("alert_id") == alert_id)
+        if found.height:
+            return found.row(0, named=True)
+    where = f"on {', '.join(d.isoformat() for d in days)}" if days else "on any scored day"
+    raise AlertNotFoundError(f"alert_id {alert_id!r} not found {where} (see `uba-batch alerts list`)")
+
+
+def alert_history(data_dir: Path, alert_id: str) -> list[dict[str, Any]]:
+    """Every action recorded for the alert, oldest first."""
+    return triage_log(data_dir).filter(pl.col("alert_id") == alert_id).to_dicts()
+
+
+def current_status(data_dir: Path, alert_id: str) -> str:
+    history = alert_history(data_dir, alert_id)
+    return history[-1]["status"] if history else "open"
+
+
+def _check_action(action: str, status: str, verdict: str | None, suppress_similar: bool,
+                  alert: dict[str, Any]) -> None:
+    if action not in ACTIONS:
+        raise UserError(f"action {action!r} is not one of {', '.join(ACTIONS)}")
+    if action not in ALLOWED[status]:
+        raise TransitionError(f"alert {alert['alert_id']} is {status}: {action} is not possible "
+                        f"(possible: {', '.join(ALLOWED[status])})")
+    if action == "close" and verdict not in LABELS:
+        raise UserError(f"verdict: {verdict!r} is not one of {', '.join(LABELS)} (a close needs one)")
+    if action != "close" and verdict is not None:
+        raise UserError(f"verdict: only a close takes a verdict, not {action}")
+    if suppress_similar:
+        if action != "close" or verdict != "benign":
+            raise UserError("suppress_similar: only a close with verdict benign creates a suppression rule")
+        if alert["alert_type"] != "event" or not alert.get("reason_kinds"):
+            raise UserError(f"suppress_similar: a {alert['alert_type']} alert has no top reason kind of an "
+                            "event to suppress; only event alerts can create a rule")
+
+
+def apply_action(output_dir: Path, data_dir: Path, alert_id: str, action: str, verdict: str | None = None,
+                 note: str | None = None, analyst: str | None = None, suppress_similar: bool = False,
+                 days: Sequence[date] | None = None, max_id_length: int = 256) -> TriageResult:
+    """Ack, close (with a verdict) or reopen one alert; checked whole before anything is written."""
+    alert = find_alert(output_dir, alert_id, days)
+    status = current_status(data_dir, alert["alert_id"])
+    verdict = verdict.strip().lower() if verdict else None
+    note, analyst = _text(note, "note"), _text(analyst, "analyst", 200)
+    _check_action(action, status, verdict, suppress_similar, alert)
+    feedback_id = None
+    if action == "close":
+        feedback_id = alert["event_id"] if alert["alert_type"] == "event" else alert["alert_id"]
+        record_feedback(data_dir, [{"event_id": feedback_id, "label": verdict, "analyst": analyst,
+                                    "note": note}], source=f"triage:{alert['alert_id']}",
+                        max_id_length=max(max_id_length, len(alert["alert_id"])))
+    rule = None
+    if suppress_similar:
+        rule = add_rule(data_dir, alert["user_id"], alert["reason_kinds"][0], known_reason_kinds(),
+                        note=note or f"benign alert {alert['alert_id']}")
+    new_status = ACTIONS[action]
+    row = pl.DataFrame([{
+        "alert_id": alert["alert_id"], "action": action, "status": new_status, "verdict": verdict,
+        "note": note, "analyst": analyst, "alert_type": alert["alert_type"], "user_id": alert["user_id"],
+        "event_date": alert["event_date"], "suppression_rule": rule, "recorded_at": datetime.now(UTC),
+    }], schema=TRIAGE_SCHEMA)
+    io.append_table_part(row, data_dir, TRIAGE)
+    return TriageResult(alert["alert_id"], new_status, verdict, feedback_id, rule)
+
+
+def status_counts(data_dir: Path, records: pl.DataFrame) -> dict[str, int]:
+    """How many of ``records`` are in each status (every status listed, 0 included)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    if records.height == 0:
+        return counts
+    statuses = with_status(records.select("alert_id"), triage_state(data_dir))["status"]
+    for status, n in statuses.value_counts().iter_rows():
+        counts[status] = int(n)
+    return counts

@@ -1,0 +1,121 @@
+"""GET /alerts and PATCH /alerts/{alert_id}: the triage lifecycle over HTTP.
+
+The same library as ``uba-batch alerts`` (``uba.alerts.triage``): the same statuses,
+the same append-only triage table, a close's verdict stored in the same feedback
+store. Alerts are read from ``paths.output_dir``; no model is needed. (No ``from
+__future__ import annotations``: FastAPI must see the real classes.)
+"""
+
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+
+from uba.alerts import triage
+from uba.api.body import JsonBody, request_body
+from uba.api.deps import Runtime, RuntimeDep, require_json
+from uba.api.errors import BODY_ERRORS
+from uba.api.routes.predict import json_response
+from uba.api.schemas import ErrorBody
+from uba.errors import UserError
+
+STATUS_ACTIONS = {"acknowledged": "ack", "closed": "close", "open": "reopen"}
+TYPES = {"event": "alerts", "user_day": "user-days", "risk": "risk", "all": "all"}
+
+
+class AlertUpdate(BaseModel):
+    """A triage action: the status to move to, and for a close the verdict."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    status: Literal["acknowledged", "closed", "open"]
+    verdict: Literal["benign", "malicious"] | None = None
+    note: str | None = Field(None, max_length=triage.MAX_NOTE)
+    analyst: str | None = Field(None, max_length=200)
+    suppress_similar: bool = False
+
+
+class AlertUpdated(BaseModel):
+    alert_id: str
+    status: str
+    verdict: str | None
+    feedback_id: str | None
+    suppression_rule: str | None
+
+
+_FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorBody, "description": "The server has no API keys configured: triage is never open"},
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    **BODY_ERRORS, **_FORBIDDEN,
+    404: {"model": ErrorBody, "description": "No scored day holds this alert id"},
+    409: {"model": ErrorBody, "description": "The alert's status does not allow this change"},
+    422: {"model": ErrorBody, "description": "Invalid field: the field, message and value"},
+}
+
+
+def _listed(runtime: Runtime, day: date | None, days: int, statuses: tuple[str, ...], kind: str,
+            limit: int) -> dict[str, Any]:
+    paths = runtime.settings.paths
+    output_dir = Path(paths.output_dir)
+    chosen = [day] if day is not None else triage.scored_days(output_dir)[:days]
+    found = triage.list_alerts(output_dir, Path(paths.data_dir), chosen, statuses, TYPES[kind])
+    return {"count": found.height, "days": [d.isoformat() for d in chosen],
+            "alerts": found.head(limit).to_dicts()}
+
+
+def _update(runtime: Runtime, alert_id: str, update: AlertUpdate) -> triage.TriageResult:
+    paths = runtime.settings.paths
+    return triage.apply_action(
+        Path(paths.output_dir), Path(paths.data_dir), alert_id, STATUS_ACTIONS[update.status],
+        verdict=update.verdict, note=update.note, analyst=update.analyst,
+        suppress_similar=update.suppress_similar, max_id_length=runtime.settings.events.max_string_length)
+
+
+def _http_error(exc: UserError) -> HTTPException:
+    if isinstance(exc, triage.AlertNotFoundError):
+        return HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc))
+    if isinstance(exc, triage.TransitionError):
+        return HTTPException(status.HTTP_409_CONFLICT, detail=str(exc))
+    named = str(exc).split(":", 1)[0]
+    field = named if named in AlertUpdate.model_fields else "body"
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                         detail=[{"field": field, "message": str(exc), "value": None}])
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(tags=["alerts"])
+    body_dep = JsonBody(AlertUpdate, 64, "1 alert update")
+
+    @router.get("/alerts", summary="Alerts of scored days by triage status, newest day first",
+                responses={**_FORBIDDEN, 422: {"model": ErrorBody, "description": "Invalid query parameter"}})
+    async def get_alerts(
+        runtime: RuntimeDep,
+        day: Annotated[date | None, Query(alias="date", description="Only this scored day")] = None,
+        days: Annotated[int, Query(ge=1, le=3650, description="The newest N scored days")] = 7,
+        alert_status: Annotated[Literal["open", "acknowledged", "closed", "all"], Query(alias="status")] = "open",
+        kind: Annotated[Literal["event", "user_day", "risk", "all"], Query(alias="type")] = "all",
+        limit: Annotated[int, Query(ge=0, le=10_000)] = 100,
+    ) -> Response:
+        statuses = triage.STATUSES if alert_status == "all" else (alert_status,)
+        try:
+            listed = await run_in_threadpool(_listed, runtime, day, days, statuses, kind, limit)
+        except UserError as exc:
+            raise _http_error(exc) from exc
+        return json_response(listed)
+
+    @router.patch("/alerts/{alert_id}", response_model=AlertUpdated, dependencies=[Depends(require_json)],
+                  responses=_ERRORS, openapi_extra=request_body(AlertUpdate.__name__),
+                  summary="Acknowledge, close (with a verdict) or reopen an alert")
+    async def patch_alert(runtime: RuntimeDep, alert_id: str,
+                          update: Annotated[BaseModel, Depends(body_dep)]) -> AlertUpdated:
+        try:
+            result = await run_in_threadpool(_update, runtime, alert_id, update)  # type: ignore[arg-type]
+        except UserError as exc:
+            raise _http_error(exc) from exc
+        return AlertUpdated(alert_id=result.alert_id, status=result.status, verdict=result.verdict,
+                            feedback_id=result.feedback_id, suppression_rule=result.suppression_rule)
+
+    return router

@@ -1,0 +1,187 @@
+"""User-level evaluation: does ranking users by entity risk find the planted campaigns?
+
+An analyst's question is "which users should I look at today?", so the unit here is a
+user on a day, not an event. On each scored day with at least one active campaign
+(``labels/campaigns.parquet``: user, kind, start, end), k is the number of users with
+an active campaign, and the users are ranked two ways, side by side:
+
+- by ``risk_score`` from the day's published ``risk/`` table (what analysts see);
+- by the user's maximum event ``anomaly_score`` that day (``scores/``), the ranking a
+  product without entity risk would offer.
+
+precision@k is the share of the top k that have an active campaign. With k equal to
+the number of such users, recall@k is the same number (hits / k): both are reported
+because the issue names both, and they are equal by construction. Time to high is the
+number of days from a campaign's start to the first day its user is at risk level high
+or above (for the score ranking: to the first unsuppressed alert), counted only within
+the campaign; a campaign never reached counts as not reached, and the median is None
+when more than half were not reached.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from uba import io
+from uba.generate.store import campaigns_path
+
+RISK_TABLE = "risk"
+SCORES_TABLE = "scores"
+HIGH_LEVELS = ("high", "critical")
+RANKING_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(), "event_date": pl.Date(), "value": pl.Float64(), "high": pl.Boolean(),
+}
+
+
+def read_campaigns(data_dir: Path) -> pl.DataFrame | None:
+    """The campaigns table, or None when the data has none (generated without --campaigns)."""
+    frame = io.read_parquet_if_exists(campaigns_path(data_dir))
+    if frame is None or frame.height == 0:
+        return None
+    return frame.select(pl.col("user_id").cast(pl.String), "kind", pl.col("start").cast(pl.Date),
+                        pl.col("end").cast(pl.Date))
+
+
+def missing_risk_days(output_dir: Path, days: Sequence[date]) -> list[date]:
+    return [d for d in days if not io.partition_files(output_dir, RISK_TABLE, d)]
+
+
+def risk_ranking(output_dir: Path, days: Sequence[date]) -> pl.DataFrame:
+    """(user, day, risk_score, at high or above) from the published risk tables."""
+    frames = []
+    for day in days:
+        files = io.partition_files(output_dir, RISK_TABLE, day)
+        if not files:
+            continue
+        risk = pl.read_parquet(files, columns=["user_id", "risk_score", "risk_level"])
+        frames.append(risk.select(
+            pl.col("user_id").cast(pl.String), pl.lit(day, pl.Date).alias("event_date"),
+            pl.col("risk_score").cast(pl.Float64).alias("value"),
+            pl.col("risk_level").is_in(HIGH_LEVELS).alias("high")))
+    return pl.concat(frames) if frames else pl.DataFrame(schema=RANKING_SCHEMA)
+
+
+def max_score_ranking(output_dir: Path, days: Sequence[date]) -> pl.DataFrame:
+    """(user, day, max event score, any unsuppressed alert) from the published scores."""
+    scanned = io.scan_partitions(output_dir, SCORES_TABLE, days)
+    if scanned is None:
+        return pl.DataFrame(schema=RANKING_SCHEMA)
+    alert = pl.col("is_anomaly") & ~pl.col("suppressed").fill_null(False)
+    return (scanned.with_columns(pl.col("timestamp").dt.date().alias("event_date"))
+            .group_by("user_id", "event_date")
+            .agg(pl.col("anomaly_score").max().alias("value"), alert.any().alias("high"))
+            .select(pl.col("user_id").cast(pl.String), "event_date", pl.col("value").cast(pl.Float64), "high")
+            .collect())
+
+
+def active_users(campaigns: pl.DataFrame, day: date) -> set[str]:
+    live = campaigns.filter((pl.col("start") <= day) & (pl.col("end") >= day))
+    return set(live["user_id"].to_list())
+
+
+def precision_at_k(ranking: pl.DataFrame, campaigns: pl.DataFrame, days: Sequence[date]) -> dict[str, Any]:
+    """Per day with an active campaign: k, hits in the top k, precision@k and recall@k."""
+    per_day = []
+    for day in days:
+        positives = active_users(campaigns, day)
+        if not positives:
+            continue
+        k = len(positives)
+        top = (ranking.filter(pl.col("event_date") == day).sort(["value", "user_id"], descending=[True, False])
+               .head(k)["user_id"].to_list())
+        hits = len(positives.intersection(top))
+        per_day.append({"day": day.isoformat(), "k": k, "hits": hits, "precision": hits / k, "recall": hits / k})
+    mean = (sum(d["precision"] for d in per_day) / len(per_day)) if per_day else None
+    return {"days": per_day, "mean_precision_at_k": mean, "mean_recall_at_k": mean,
+            "days_with_campaigns": len(per_day)}
+
+
+def time_to_high(ranking: pl.DataFrame, campaigns: pl.DataFrame) -> dict[str, Any]:
+    """Days from each campaign's start to its user's first ``high`` day within the campaign."""
+    rows = []
+    for c in campaigns.sort("start", "user_id").iter_rows(named=True):
+        high_days = ranking.filter((pl.col("user_id") == c["user_id"]) & pl.col("high")
+                                   & pl.col("event_date").is_between(c["start"], c["end"]))["event_date"]
+        first = high_days.min() if high_days.len() else None
+        rows.append({"user_id": c["user_id"], "kind": c["kind"], "start": c["start"].isoformat(),
+                     "days": None if first is None else (first - c["start"]).days})  # type: ignore[operator]
+    reached = [r["days"] for r in rows if r["days"] is not None]
+    values = sorted(reached + [math.inf] * (len(rows) - len(reached)))
+    median = float(np.median(values)) if values else None
+    return {"campaigns": rows, "reached": len(reached), "total": len(rows),
+            "median_days": None if median is None or math.isinf(median) else median}
+
+
+def pr_curve(ranking: pl.DataFrame, campaigns: pl.DataFrame, days: Sequence[date]) -> dict[str, Any]:
+    """Pooled user-day precision-recall over the days with a campaign (average precision too).
+
+    Every (user, day) of the ranking on those days is a candidate; a campaign user with
+    no row that day is a positive the ranking never reaches."""
+    campaign_days = [d for d in days if active_users(campaigns, d)]
+    pairs = ranking.filter(pl.col("event_date").is_in(campaign_days))
+    positives = {(u, d) for d in campaign_days for u in active_users(campaigns, d)}
+    if not positives:
+        return {"precision": [], "recall": [], "average_precision": None, "positives": 0}
+    ordered = pairs.sort(["value", "user_id"], descending=[True, False])
+    hit = np.array([(u, d) in positives for u, d in zip(ordered["user_id"], ordered["event_date"], strict=True)])
+    hits = np.cumsum(hit)
+    precision = hits / np.arange(1, len(hit) + 1) if len(hit) else np.array([])
+    recall = hits / len(positives)
+    ap = float(np.sum(precision[hit]) / len(positives)) if len(hit) else 0.0
+    step = max(1, len(hit) // 400)  # enough points to draw, not thousands in the JSON
+    return {"precision": precision[::step].round(4).tolist(), "recall": recall[::step].round(4).tolist(),
+            "average_precision": ap, "positives": len(positives)}
+
+
+def user_level_report(output_dir: Path, data_dir: Path, days: Sequence[date]) -> dict[str, Any]:
+    """Both rankings side by side, or why there is no user-level evaluation."""
+    campaigns = read_campaigns(data_dir)
+    if campaigns is None:
+        return {"skipped": f"no campaigns in {campaigns_path(data_dir)} (generate --campaigns N)"}
+    missing = missing_risk_days(output_dir, days)
+    if missing:
+        return {"skipped": f"no risk/ table for {len(missing)} of {len(days)} days (first {missing[0]}): "
+                           f"score them first (uba-batch backfill --start {days[0]} --end {days[-1]})"}
+    rankings = {"risk_score": risk_ranking(output_dir, days), "max_event_score": max_score_ranking(output_dir, days)}
+    out: dict[str, Any] = {"campaigns": campaigns.height, "rankings": {}}
+    for name, ranking in rankings.items():
+        out["rankings"][name] = {"precision_at_k": precision_at_k(ranking, campaigns, days),
+                                 "time_to_high": time_to_high(ranking, campaigns),
+                                 "pr_curve": pr_curve(ranking, campaigns, days)}
+    risk_p = out["rankings"]["risk_score"]["precision_at_k"]["mean_precision_at_k"]
+    score_p = out["rankings"]["max_event_score"]["precision_at_k"]["mean_precision_at_k"]
+    out["precision_at_k_gain"] = None if risk_p is None or score_p is None else risk_p - score_p
+    return out
+
+
+def plot_user_pr(report: dict[str, Any], path: Path) -> Path:
+    """The user-level precision-recall curves of both rankings, in one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for name, ranking in report["rankings"].items():
+        curve = ranking["pr_curve"]
+        ap = curve["average_precision"]
+        label = f"{name} (AP {ap:.2f}, P@k {ranking['precision_at_k']['mean_precision_at_k']:.2f})"
+        ax.plot(curve["recall"], curve["precision"], label=label)
+    ax.set_xlabel("recall (campaign user-days)")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Users ranked per day: entity risk vs max event score")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
