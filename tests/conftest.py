@@ -26,8 +26,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # Tests that need a Debian package skip themselves when it is missing; `make test` on a
 # laptop then ends by saying which and how to run them (.ci/run installs the packages).
-SYSTEM_PACKAGES = {"nginx": "nginx", "openssl": "openssl", "chromium": "chromium"}
-INSTALL_HINT = "sudo apt-get update && sudo apt-get install -y nginx openssl gettext-base chromium"
+SYSTEM_PACKAGES = {"nginx": "nginx", "openssl": "openssl", "chromium": "chromium", "rsyslog": "rsyslog"}
+INSTALL_HINT = "sudo apt-get update && sudo apt-get install -y nginx openssl gettext-base chromium rsyslog"
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -132,3 +132,41 @@ def day_output_bytes() -> Callable[[Path, date], dict[str, bytes]]:
         return files
 
     return read
+
+
+# --- alert delivery (issue 15): a small trained world with ~300 alerts over three days -----
+
+ALERT_START = date(2026, 3, 1)
+ALERT_TRAIN_END = date(2026, 3, 8)
+ALERT_DAYS = (date(2026, 3, 9), date(2026, 3, 10), date(2026, 3, 11))
+
+
+@dataclass(frozen=True)
+class AlertWorld:
+    """Generated events and a model whose threshold (80th percentile) flags about 100
+    findings a day; tests copy ``data_dir`` (the delivery ledger lives there)."""
+
+    data_dir: Path
+    model_dir: Path
+    days: tuple[date, ...]
+
+
+@pytest.fixture(scope="session")
+def alert_world(tmp_path_factory: pytest.TempPathFactory) -> AlertWorld:
+    from click.testing import CliRunner
+
+    from jobs.cli import cli
+
+    root = tmp_path_factory.mktemp("alert-world")
+    data_dir, model_dir = root / "data", root / "models"
+    days = (ALERT_DAYS[-1] - ALERT_START).days + 1
+    for args in (
+        ["generate", "--out", str(data_dir), "--users", "80", "--days", str(days), "--start",
+         ALERT_START.isoformat(), "--seed", "5", "--user-day-anomalies", "3"],
+        ["train", "--data-dir", str(data_dir), "--end-date", ALERT_TRAIN_END.isoformat(), "--window-days",
+         str((ALERT_TRAIN_END - ALERT_START).days + 1), "--model-dir", str(model_dir)],
+    ):
+        result = CliRunner().invoke(cli, args, env={"UBA_MODEL__N_ESTIMATORS": "30",
+                                                    "UBA_THRESHOLD__PERCENTILE": "80"})
+        assert result.exit_code == 0, (args[0], result.output, result.exception)
+    return AlertWorld(data_dir, model_dir, ALERT_DAYS)

@@ -17,7 +17,8 @@ import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -291,6 +292,145 @@ class RiskSettings(_Section):
         return self
 
 
+SINK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+APP_NAME = re.compile(r"^[\x21-\x7e]{1,48}$")  # RFC 5424 APP-NAME: 1-48 printable US-ASCII, no space
+
+
+def _check_host(host: str) -> str:
+    """A host name or address as it goes on the wire: no spaces, controls or scheme."""
+    if not host or len(host) > 253 or any(c.isspace() or ord(c) < 0x21 or c in "/@?#" for c in host):
+        raise ValueError("must be a host name or IP address (no scheme, path or spaces)")
+    return host
+
+
+class _SinkBase(_Section):
+    """What every alert sink has: a unique name (the ledger key), batching and retry limits.
+
+    Retries back off exponentially with jitter: attempt n waits between half and all of
+    ``min(backoff_max_sec, backoff_base_sec * 2**(n-1))`` (docs/alerting.md#delivery).
+    """
+
+    name: str
+    batch_size: int = Field(100, ge=1, le=10_000)
+    timeout_sec: float = Field(10.0, gt=0, le=600)
+    max_attempts: int = Field(5, ge=1, le=100)
+    backoff_base_sec: float = Field(1.0, gt=0, le=3600)
+    backoff_max_sec: float = Field(60.0, gt=0, le=86_400)
+    verify_tls: bool = True
+    ca_file: Path | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        """The name keys the ledger and appears in file names and logs: keep it plain."""
+        if not SINK_NAME.match(value):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> _SinkBase:
+        if self.backoff_max_sec < self.backoff_base_sec:
+            raise ValueError("backoff_max_sec must be at least backoff_base_sec")
+        return self
+
+
+class WebhookSink(_SinkBase):
+    """HTTP(S) POST of JSON batches, signed with HMAC-SHA256 (``X-UBA-Signature``)."""
+
+    type: Literal["webhook"] = "webhook"
+    url: str
+    format: Literal["ocsf", "ecs", "jsonl", "slack"] = "ocsf"
+    secret_envs: tuple[str, ...] = Field((), max_length=2)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        """Refused at load, so a typo never surfaces only after a night of scoring."""
+        if any(c.isspace() or ord(c) < 0x20 for c in value):
+            raise ValueError("must be an http:// or https:// URL without spaces or control characters")
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if port == 0:
+            raise ValueError("has port 0")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials (user:password@); sign requests with secret_envs")
+        return value
+
+    @field_validator("secret_envs")
+    @classmethod
+    def _env_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        if len(set(value)) != len(value):
+            raise ValueError("names the same variable twice")
+        return value
+
+
+class SyslogSink(_SinkBase):
+    """RFC 5424 messages over TCP with octet-counted framing (RFC 6587), TLS optional (RFC 5425)."""
+
+    type: Literal["syslog"] = "syslog"
+    host: str
+    port: int = Field(514, ge=1, le=65535)
+    tls: bool = False
+    payload: Literal["cef", "json"] = "cef"
+    app_name: str = "uba"
+    facility: int = Field(10, ge=0, le=23)  # 10 = security/authorization (authpriv)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return _check_host(value)
+
+    @field_validator("app_name")
+    @classmethod
+    def _app_name(cls, value: str) -> str:
+        if not APP_NAME.match(value):
+            raise ValueError("must be 1-48 printable ASCII characters without spaces (RFC 5424 APP-NAME)")
+        return value
+
+
+Sink = Annotated[WebhookSink | SyslogSink, Field(discriminator="type")]
+SINK_TYPES = ("webhook", "syslog")
+AlertKind = Literal["alerts", "user-days", "risk"]
+
+
+class AlertingSettings(_Section):
+    """Delivery of alerts to webhooks and syslog through a durable outbox (docs/alerting.md#delivery).
+
+    No sinks by default: nothing is enqueued or sent until one is configured.
+    """
+
+    sinks: tuple[Sink, ...] = ()
+    deliver_after_score: bool = True
+    deliver_budget_sec: float = Field(60.0, ge=0, le=86_400)
+    what: tuple[AlertKind, ...] = ("alerts", "user-days", "risk")
+    risk_min_level: Literal["low", "medium", "high", "critical"] = "high"
+
+    @field_validator("sinks")
+    @classmethod
+    def _unique_names(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
+        names = [sink.name for sink in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"sink name {repeated[0]!r} is used twice; names key the delivery ledger")
+        return value
+
+    @field_validator("what")
+    @classmethod
+    def _some_kind(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("must be a non-empty list of distinct kinds (alerts, user-days, risk)")
+        return value
+
+
 class Settings(_Section):
     paths: PathSettings = PathSettings()
     events: EventSettings = EventSettings()
@@ -306,6 +446,7 @@ class Settings(_Section):
     monitoring: MonitoringSettings = MonitoringSettings()
     user_day: UserDaySettings = UserDaySettings()
     risk: RiskSettings = RiskSettings()
+    alerting: AlertingSettings = AlertingSettings()
 
 
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -435,7 +576,9 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     first = exc.errors()[0]
-    where = _short(".".join(str(p) for p in first["loc"]))
+    loc = list(first["loc"])  # a union member's tag ('sinks.0.webhook.url') is not a key the user wrote
+    loc = [p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in SINK_TYPES)]
+    where = _short(".".join(str(p) for p in loc))
     value = first.get("input")
     if first["type"] == "extra_forbidden":
         return f"unknown setting '{where}' ({source})"

@@ -1,9 +1,10 @@
-"""`uba-batch alerts`: triage of scored days' alerts (list, show, ack, close, reopen)."""
+"""`uba-batch alerts`: triage of scored days' alerts (list, show, ack, close, reopen) and
+their delivery to webhooks and syslog (deliver, list --pending/--failed, outbox, retry-failed)."""
 
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,16 @@ def command() -> None:
     its stable alert id (as `uba-batch export` writes it). Status: open, acknowledged,
     closed. A close records the verdict in the feedback store too.
 
+    Delivery: sinks under alerting.sinks in the settings YAML get each published day's
+    alerts through a durable outbox; `deliver` sends what is pending, `list --pending` /
+    `list --failed` show the outbox and its dead letters (docs/alerting.md#delivery).
+
     \b
     Example:
       uba-batch alerts list --days 3
       uba-batch alerts close uba-0123456789abcdef01234567 --verdict benign --note "admin maintenance"
+      uba-batch --config prod.yaml alerts deliver
+      uba-batch alerts list --failed --sink siem
     """
 
 
@@ -54,21 +61,34 @@ def _short(record: dict[str, Any]) -> str:
               help="Flagged events, user-day alerts, users at high entity risk, or all.")
 @click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True)
 @click.option("--limit", type=click.IntRange(0, None), default=100, show_default=True, help="0: no limit.")
+@click.option("--pending", "delivery", flag_value="pending",
+              help="Instead: the delivery outbox's alerts not yet acknowledged by their sink.")
+@click.option("--failed", "delivery", flag_value="failed",
+              help="Instead: the dead letters, alerts a sink refused for good (with its answer).")
+@click.option("--delivered", "delivery", flag_value="delivered", help="Instead: alerts their sink acknowledged.")
+@click.option("--sink", default=None, metavar="NAME", help="With --pending/--failed/--delivered: only this sink.")
 @output_dir_option
 @data_dir_option
 @click.pass_context
 def list_command(ctx: click.Context, day: date | None, days: int, status: str, kind: str, fmt: str, limit: int,
-                 output_dir: str | None, data_dir: str | None) -> None:
+                 delivery: str | None, sink: str | None, output_dir: str | None, data_dir: str | None) -> None:
     """List alerts by status, newest day first, strongest first within a day.
+
+    With --pending, --failed or --delivered, lists the delivery outbox instead: per sink
+    in delivery order (day, then queue order), with attempts and the last error.
 
     \b
     Example:
       uba-batch alerts list --status all --date 2026-03-22
       uba-batch alerts list --type user-day --format jsonl | head -3
+      uba-batch alerts list --failed --sink siem
     """
     from uba.alerts.triage import STATUSES, list_alerts
 
     settings = settings_from(ctx, output_dir=output_dir, data_dir=data_dir)
+    if delivery is not None:
+        _list_outbox(Path(settings.paths.data_dir), delivery, sink, day, limit, fmt)
+        return
     statuses = STATUSES if status == "all" else (status,)
     found = list_alerts(Path(settings.paths.output_dir), Path(settings.paths.data_dir), _days(settings, day, days),
                         statuses, WHAT[kind])
@@ -189,3 +209,125 @@ def reopen_command(ctx: click.Context, alert_id: str, note: str | None, analyst:
       uba-batch alerts reopen uba-0123456789abcdef01234567 --note "seen again"
     """
     _act(ctx, alert_id, "reopen", day, output_dir, data_dir, note=note, analyst=analyst)
+
+
+# --- delivery (issue 15 items 2-3) ---------------------------------------------------------
+
+
+def _when(epoch: float | None) -> str:
+    return "-" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _list_outbox(data_dir: Path, status: str, sink: str | None, day: date | None, limit: int, fmt: str) -> None:
+    """``alerts list --pending|--failed|--delivered``: rows of the delivery ledger."""
+    from uba.alerts.ledger import Ledger, ledger_exists
+
+    if not ledger_exists(data_dir):
+        click.echo("no delivery ledger yet (no alerting sink has been used with this data directory)", err=True)
+        return
+    with Ledger.open(data_dir) as ledger:
+        rows = ledger.rows(status=status, sink=sink, day=day, limit=limit or None)
+    for row in rows:
+        if fmt == "jsonl":
+            click.echo(json.dumps({"sink": row.sink, "alert_id": row.alert_id, "day": row.day,
+                                   "alert_type": row.alert_type, "user_id": row.user_id, "status": row.status,
+                                   "attempts": row.attempts, "last_error": row.last_error,
+                                   "enqueued_at": _when(row.enqueued_at), "delivered_at": _when(row.delivered_at)}))
+        else:
+            click.echo(f"{row.alert_id}  {row.day}  {row.sink:<16} {row.alert_type:<8} user={row.user_id}  "
+                       f"attempts={row.attempts}" + (f"  {row.last_error}" if row.last_error else ""))
+    if fmt == "text":
+        shown = f" (limit {limit})" if limit and len(rows) == limit else ""
+        click.echo(f"{len(rows)} {status} deliver{'y' if len(rows) == 1 else 'ies'}{shown}", err=True)
+
+
+@command.command(name="deliver")
+@click.option("--sink", "sink_names", multiple=True, metavar="NAME",
+              help="Deliver to this sink only (repeatable; default: every configured sink).")
+@click.option("--date", "days", type=DATE, multiple=True,
+              help="Also enqueue this scored day for the sinks even if it was published before they were "
+                   "configured (repeatable). Delivery itself always goes in day order from the oldest pending.")
+@click.option("--budget-sec", type=click.FloatRange(min=0), default=None,
+              help="Stop after this many seconds, leaving the rest pending (default: no limit).")
+@data_dir_option
+@output_dir_option
+@click.pass_context
+def deliver_command(ctx: click.Context, sink_names: tuple[str, ...], days: tuple[date, ...],
+                    budget_sec: float | None, data_dir: str | None, output_dir: str | None) -> None:
+    """Send every pending alert, per sink in day order; enqueue published days first.
+
+    Published runs that were never enqueued (a run killed between publishing and
+    enqueueing, or scored while delivery was off) are enqueued first, for days
+    published since the sink was first seen; older days only with --date. Exit code 0
+    when nothing is left pending, 2 when a sink did not take everything (the receiver
+    is down or slow: run it again later), 1 for a configuration error.
+
+    \b
+    Example:
+      uba-batch alerts deliver
+      uba-batch alerts deliver --sink siem --date 2026-03-20 --date 2026-03-21
+    """
+    from uba.alerts.delivery import catch_up, check_sinks, deliver, select_sinks
+    from uba.alerts.ledger import PENDING
+
+    settings = settings_from(ctx, data_dir=data_dir, output_dir=output_dir)
+    sinks = select_sinks(check_sinks(settings), sink_names)
+    if not sinks:
+        click.echo("no alerting sinks configured (alerting.sinks): nothing to deliver")
+        return
+    enqueued = catch_up(settings, sinks, days)
+    for day, added in sorted(enqueued.items()):
+        click.echo(f"enqueued {day}: " + ", ".join(f"{n} new for {s}" for s, n in added.items()))
+    reports = deliver(settings, sinks, budget_sec)
+    for report in reports:
+        click.echo(report.line())
+    if any(r.totals[PENDING] for r in reports):
+        ctx.exit(2)
+
+
+@command.command(name="outbox")
+@data_dir_option
+@click.pass_context
+def outbox_command(ctx: click.Context, data_dir: str | None) -> None:
+    """Per sink: alerts pending, delivered and failed (dead letters), and the oldest pending day.
+
+    \b
+    Example:
+      uba-batch alerts outbox --data-dir data
+    """
+    from uba.alerts.ledger import Ledger, ledger_exists
+
+    settings = settings_from(ctx, data_dir=data_dir)
+    if not ledger_exists(settings.paths.data_dir):
+        click.echo("no delivery ledger yet (no alerting sink has been used with this data directory)")
+        return
+    with Ledger.open(settings.paths.data_dir) as ledger:
+        click.echo(f"{'sink':<20}{'pending':>9}{'delivered':>11}{'failed':>8}  oldest pending")
+        for name, c in sorted(ledger.counts().items()):
+            click.echo(f"{name:<20}{c['pending']:>9}{c['delivered']:>11}{c['failed']:>8}  "
+                       f"{ledger.oldest_pending_day(name) or '-'}")
+
+
+@command.command(name="retry-failed")
+@click.option("--sink", default=None, metavar="NAME", help="Only this sink's dead letters.")
+@click.option("--alert-id", "alert_ids", multiple=True, metavar="ID", help="Only these alerts (repeatable).")
+@data_dir_option
+@click.pass_context
+def retry_failed_command(ctx: click.Context, sink: str | None, alert_ids: tuple[str, ...],
+                         data_dir: str | None) -> None:
+    """Put dead letters back in the delivery queue (after fixing what the receiver refused).
+
+    They are sent by the next `alerts deliver` or score run, before later days' alerts
+    (delivery goes in day order).
+
+    \b
+    Example:
+      uba-batch alerts retry-failed --sink siem
+      uba-batch alerts retry-failed --alert-id uba-0123456789abcdef01234567 && uba-batch alerts deliver
+    """
+    from uba.alerts.ledger import Ledger
+
+    settings = settings_from(ctx, data_dir=data_dir)
+    with Ledger.open(settings.paths.data_dir) as ledger:
+        moved = ledger.retry_failed(sink, alert_ids)
+    click.echo(f"{moved} dead letter(s) queued again; run `uba-batch alerts deliver` to send them")

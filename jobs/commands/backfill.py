@@ -14,7 +14,9 @@ from jobs.options import DATE, data_dir_option, model_dir_option, output_dir_opt
 from uba.logs import get_logger
 
 if TYPE_CHECKING:
+    from uba.alerts.delivery import ReadySink
     from uba.scoring.backfill import BackfillOutcome
+    from uba.settings import Settings
 
 log = get_logger("backfill")
 
@@ -41,21 +43,45 @@ def command(ctx: click.Context, start: date, end: date, force: bool, data_dir: s
     Dates whose published manifest already names the current model version are skipped
     unless --force. A failing date is reported and the others still run; the exit code
     is 1 if any date failed. Shows a progress bar at a terminal, log lines otherwise.
+    With alerting sinks configured, each scored date's alerts are enqueued as it is
+    published and delivered at the end (docs/alerting.md#delivery).
 
     \b
     Example:
       uba-batch backfill --start 2026-03-01 --end 2026-03-28 --data-dir data --model-dir models --output-dir output
       uba-batch backfill --start 2026-03-01 --end 2026-03-07 --force --in-process
     """
+    from uba.alerts.delivery import catch_up, check_sinks, deliver_published, register_sinks
     from uba.scoring import FaultInjection, ScoreOptions
     from uba.scoring.backfill import backfill_dates
 
     settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir, output_dir=output_dir)
+    sinks = check_sinks(settings)  # a misconfigured sink fails here, before any scoring
+    register_sinks(settings, sinks)
     options = ScoreOptions(day=start, ray_address=ray_address, workers=workers, shards=shards,
                            in_process=in_process, model_version=model_version,
                            fault=FaultInjection.from_env())
-    outcomes = _run(backfill_dates(settings, start, end, options, force=force), (end - start).days + 1)
+    walk = backfill_dates(settings, start, end, options, force=force)
+    published: dict[tuple[date, str], dict[str, int]] = {}
+    outcomes = _run(_enqueueing(walk, settings, sinks, published), (end - start).days + 1)
+    if sinks:
+        catch_up(settings, sinks)  # days whose own enqueue was interrupted (a kill right after publishing)
+    if published:  # delivered once at the end, in day order, within alerting.deliver_budget_sec
+        for line in deliver_published(settings, sinks, published):
+            click.echo(line)
     _summarise(outcomes)
+
+
+def _enqueueing(walk: Iterator[BackfillOutcome], settings: Settings, sinks: list[ReadySink],
+                published: dict[tuple[date, str], dict[str, int]]) -> Iterator[BackfillOutcome]:
+    """Enqueue each day's alerts as soon as it is published (before any send), so a
+    backfill killed later loses none of them."""
+    from uba.alerts.delivery import enqueue_day
+
+    for outcome in walk:
+        if sinks and outcome.status == "scored" and outcome.manifest is not None:
+            published[(outcome.day, outcome.manifest["run_id"])] = enqueue_day(settings, sinks, outcome.day)
+        yield outcome
 
 
 def _run(walk: Iterator[BackfillOutcome], total: int) -> list[BackfillOutcome]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from jobs.options import DATE, output_dir_option, settings_from
+from jobs.options import DATE, data_dir_option, output_dir_option, settings_from
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -19,16 +19,20 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 @click.option("--end", type=DATE, required=True, help="Last day (inclusive).")
 @click.option("--png", "png", type=click.Path(dir_okay=False), default=None,
               help="Chart to write (default: <output-dir>/monitoring/monitor-<start>_<end>.png).")
+@data_dir_option
 @output_dir_option
 @click.pass_context
-def command(ctx: click.Context, start: date, end: date, png: str | None, output_dir: str | None) -> None:
+def command(ctx: click.Context, start: date, end: date, png: str | None, data_dir: str | None,
+            output_dir: str | None) -> None:
     """Print per-day drift (PSI vs the training reference) and alert rate, chart them,
     and say whether retraining is advisable.
 
     Reads runs/event_date=*/manifest.json written by `score`; days without a run are
     listed as missing, and days whose entity risk is stale (an earlier day was re-scored,
-    or a benign verdict arrived, after they were scored) are named with the reason. Limits come from the monitoring settings (psi_warn, psi_drift,
-    alert_rate_tolerance).
+    or a benign verdict arrived, after they were scored) are named with the reason.
+    Limits come from the monitoring settings (psi_warn, psi_drift, alert_rate_tolerance).
+    With alert delivery configured, also lists per sink the alerts still pending and the
+    dead letters, from the delivery ledger.
 
     \b
     Example:
@@ -42,7 +46,7 @@ def command(ctx: click.Context, start: date, end: date, png: str | None, output_
     from uba.report import drift_history_png
     from uba.risk import stale_marker
 
-    settings = settings_from(ctx, output_dir=output_dir)
+    settings = settings_from(ctx, data_dir=data_dir, output_dir=output_dir)
     out_dir = Path(settings.paths.output_dir)
     rows, missing, stale = [], [], []
     for day in date_range(start, end):
@@ -81,3 +85,23 @@ def command(ctx: click.Context, start: date, end: date, png: str | None, output_
     click.echo(f"chart: {target}")
     advice = retrain_advice(rows)
     click.echo(advice or "no retraining needed: no day drifted beyond the configured limits")
+    for line in _delivery_lines(Path(settings.paths.data_dir)):
+        click.echo(line)
+
+
+def _delivery_lines(data_dir: Path) -> list[str]:
+    """Pending and failed deliveries per sink (issue 15), when the ledger exists."""
+    from uba.alerts.ledger import Ledger, ledger_exists
+
+    if not ledger_exists(data_dir):
+        return []
+    with Ledger.open(data_dir) as ledger:
+        counts = ledger.counts()
+        lines = []
+        for sink, c in sorted(counts.items()):
+            oldest = ledger.oldest_pending_day(sink)
+            state = "ok" if not (c["pending"] or c["failed"]) else "attention"
+            lines.append(f"delivery {sink}: {c['pending']} pending" + (f" (oldest {oldest})" if oldest else "")
+                         + f", {c['failed']} failed (dead letters: `uba-batch alerts list --failed`), "
+                           f"{c['delivered']} delivered  [{state}]")
+    return lines

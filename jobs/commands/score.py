@@ -58,21 +58,39 @@ def command(ctx: click.Context, day: date | None, data_dir: str | None, model_di
     complete; a failed or killed run leaves the previous output of D untouched. Runs of
     the same date are refused while one holds the lock. Details: docs/batch-scoring.md.
 
+    With alerting sinks configured, the day's alerts are then recorded in the delivery
+    outbox and sent (for at most alerting.deliver_budget_sec); alerts a receiver did not
+    take stay pending and the command still exits 0 (docs/alerting.md#delivery).
+
     \b
     Example:
       uba-batch score --date 2026-03-22 --data-dir data --model-dir models --output-dir output
       uba-batch score --date 2026-03-22 --ray-address auto --workers 16
     """
+    from uba.alerts.delivery import (
+        catch_up,
+        check_sinks,
+        deliver_published,
+        enqueue_day,
+        register_sinks,
+    )
     from uba.scoring import FaultInjection, ScoreOptions, score_day
     from uba.scoring.backfill import describe_manifest
 
     settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir, output_dir=output_dir)
+    sinks = check_sinks(settings)  # a misconfigured sink fails here, before any scoring
+    register_sinks(settings, sinks)
     options = ScoreOptions(day=day or yesterday_utc(), ray_address=ray_address, workers=workers,
                            shards=shards, in_process=in_process, model_version=model_version,
                            fault=FaultInjection.from_env())
     manifest = score_day(settings, options)
     click.echo(f"scored {options.day}: {describe_manifest(manifest)}, model {manifest['model']['version']} "
                f"-> {manifest['outputs']['scores']['path']}")
+    if sinks:  # issue 15: the outbox first (durable), then delivery; pending alerts do not fail the run
+        added = enqueue_day(settings, sinks, options.day)
+        catch_up(settings, sinks)  # days whose own enqueue was interrupted (a kill right after publishing)
+        for line in deliver_published(settings, sinks, {(options.day, manifest["run_id"]): added}):
+            click.echo(line)
     # operations (issue 7): drift verdict; heavy drift fails the command only if configured
     from uba.operations import drift_verdict
 

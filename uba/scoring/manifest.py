@@ -70,3 +70,30 @@ def row_conservation(input_rows: int, scored_rows: int, quarantined_rows: int) -
 def utc_iso(at: float) -> str:
     """Seconds since the epoch as an ISO-8601 UTC timestamp with milliseconds."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}Z"
+
+
+def amend_published(output_dir: Path, day: date, run_id: str, key: str, value: Any) -> bool:
+    """Set ``key`` of the published manifest of ``day`` to ``value`` after the run (the
+    delivery counts known only once the day is published and its alerts sent).
+
+    Written atomically into the run's own version folder, under the date's lock and only
+    while that run is still the published one: a newer run of the day is never given an
+    older run's figures. Returns False (and changes nothing) when another run holds the
+    date, when ``run_id`` is no longer published, or for a day in the layout before versions.
+    """
+    from uba.scoring.lock import RunLockedError, date_lock
+
+    output_dir = Path(output_dir)
+    try:
+        with date_lock(output_dir, day):
+            if io.published_version(output_dir, day) != run_id:
+                return False
+            path = io.day_versions_dir(output_dir, day) / run_id / MANIFEST_NAME
+            record = io.read_json(path)
+            if not isinstance(record, dict) or record.get("run_id") != run_id:
+                return False
+            record[key] = value
+            io.write_json_atomic(record, path, durable=True)
+            return True
+    except RunLockedError:
+        return False

@@ -1,0 +1,196 @@
+"""Real receivers on 127.0.0.1 for the alert delivery tests: a webhook that misbehaves on
+purpose (5xx, timeouts, down for a run, refusing some alerts, blocking), checking the
+``X-UBA-Signature`` of every request it records."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from uba.alerts.signing import HEADER, verify_signature
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def record_day(record: dict[str, Any]) -> str:
+    """The event date of a delivered record, whatever its format."""
+    if "event_date" in record:
+        return str(record["event_date"])
+    if "unmapped" in record:
+        return str(record["unmapped"]["uba"]["event_date"])
+    return str(record["labels"]["uba_event_date"])
+
+
+@dataclass
+class Behaviour:
+    """How the receiver answers: shares of 5xx and of timeouts (deterministic from seed)."""
+
+    fail_rate: float = 0.0
+    timeout_rate: float = 0.0
+    sleep_sec: float = 0.0          # how long a "timeout" request sleeps before answering
+    seed: int = 7
+    reject_ids: frozenset[str] = frozenset()   # a batch holding one of these gets 400
+    status_for_all: int | None = None          # e.g. 401: every request refused
+    fail_requests: frozenset[int] = frozenset()  # these requests (1-based) get 503
+    retry_after: str | None = None             # sent with 503 answers
+    block_on_request: int | None = None        # the n-th request (1-based) records, then blocks
+    release: threading.Event = field(default_factory=threading.Event)
+    blocked: threading.Event = field(default_factory=threading.Event)
+
+
+class WebhookReceiver:
+    """An http.server webhook in a thread; ``arrivals`` lists (alert id, day) of every
+    accepted record in arrival order (duplicates included)."""
+
+    def __init__(self, secrets: list[bytes] | None = None, behaviour: Behaviour | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.secrets = secrets or []
+        self.tls = tls
+        self.behaviour = behaviour or Behaviour()
+        self.arrivals: list[tuple[str, str]] = []
+        self.requests = 0
+        self.bad_signatures = 0
+        self.delivery_ids: list[str] = []
+        self.bodies: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._rng = random.Random(self.behaviour.seed)
+        self.port = 0
+        self._server: ThreadingHTTPServer | None = None
+        self.up()
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hook"
+
+    def up(self) -> None:
+        """Listen (again on the same port after ``down``)."""
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        server.daemon_threads = True
+        server.block_on_close = False
+        if self.tls is not None:
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True)
+        self.port = server.server_address[1]
+        self._server = server
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def down(self) -> None:
+        """Stop listening: connections are refused until ``up``."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def ids(self) -> list[str]:
+        return [a for a, _ in self.arrivals]
+
+    def _decide(self) -> tuple[int, str]:
+        with self._lock:
+            self.requests += 1
+            n = self.requests
+            roll = self._rng.random()
+        b = self.behaviour
+        if b.block_on_request == n:
+            return n, "block"
+        if roll < b.fail_rate or n in b.fail_requests:
+            return n, "fail"
+        if roll < b.fail_rate + b.timeout_rate:
+            return n, "sleep"
+        return n, "ok"
+
+    def _accept(self, body: bytes, headers: Any) -> tuple[int, dict[str, Any]]:
+        if self.secrets and not verify_signature(headers.get(HEADER), body, self.secrets):
+            with self._lock:
+                self.bad_signatures += 1
+            return 401, {}
+        doc = json.loads(body)
+        if set(doc.get("alert_ids", ())) & self.behaviour.reject_ids:
+            return 400, doc
+        with self._lock:
+            self.bodies.append(doc)
+            self.delivery_ids.append(headers.get("X-UBA-Delivery-Id", ""))
+            self.arrivals += [(a, record_day(r)) for a, r in zip(doc["alert_ids"], doc["records"], strict=True)]
+        return 200, doc
+
+    def _handler(self) -> Callable[..., BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def _answer(self, status: int, extra: dict[str, str] | None = None) -> None:
+                try:
+                    self.send_response(status)
+                    for key, value in (extra or {}).items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                b = receiver.behaviour
+                if b.status_for_all is not None:
+                    return self._answer(b.status_for_all, {"Retry-After": b.retry_after} if b.retry_after else None)
+                n, action = receiver._decide()
+                if action == "fail":
+                    return self._answer(503, {"Retry-After": b.retry_after} if b.retry_after else None)
+                status, _ = receiver._accept(body, self.headers)
+                if action == "block":
+                    b.blocked.set()
+                    b.release.wait(30)
+                elif action == "sleep":
+                    time.sleep(b.sleep_sec)  # recorded, but the sender has given up: it retries
+                return self._answer(status)
+
+        return Handler
+
+
+class TlsSyslogCollector:
+    """A minimal RFC 5425 collector: TLS on 127.0.0.1, reads each connection to its end,
+    then closes it (as rsyslog does); ``messages`` are the octet-counted frames received."""
+
+    def __init__(self, tls: ssl.SSLContext) -> None:
+        self.messages: list[str] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._tls = tls
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            conn.settimeout(5)
+            with self._tls.wrap_socket(conn, server_side=True) as tls:
+                data = b""
+                try:
+                    while chunk := tls.recv(65536):
+                        data += chunk
+                except (ssl.SSLError, OSError):
+                    pass
+            while data:
+                length, _, rest = data.partition(b" ")
+                self.messages.append(rest[:int(length)].decode("utf-8"))
+                data = rest[int(length):]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()

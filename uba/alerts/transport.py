@@ -1,0 +1,199 @@
+"""Sending one batch to one sink, and telling what the answer means for the outbox.
+
+Every send ends in one of three ``Outcome`` kinds:
+
+- ``ack``: the sink has the batch (a 2xx; for syslog, the bytes were sent and the
+  collector closed the connection after reading them all);
+- ``retry``: try again later (timeouts, refused or reset connections, 5xx, 408, 429
+  with its ``Retry-After``); and ``stop``, a failure no retry of this run will cure and
+  that is not the alerts' fault (3xx, 401, 403, 404, 405, 407: the URL or credentials
+  are wrong): the alerts stay pending;
+- ``reject``: the sink refuses the content (any other 4xx): the batch is split to find
+  the alert(s) it refuses, which become dead letters.
+
+Only the standard library: ``http.client``, ``socket`` and ``ssl``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+from uba import __version__
+from uba.alerts.payloads import delivery_id, octet_frame, webhook_body
+from uba.alerts.signing import HEADER, sign
+from uba.settings import SyslogSink, WebhookSink
+
+Kind = Literal["ack", "retry", "stop", "reject"]
+SINK_WIDE_4XX = frozenset({401, 403, 404, 405, 407})
+RETRYABLE_4XX = frozenset({408, 425, 429})
+MAX_ANSWER_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a send means for the outbox (see the module doc)."""
+
+    kind: Kind
+    detail: str
+    retry_after: float | None = None
+
+
+def tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
+    """The client TLS context: system trust (or ``ca_file``), hostname checked, TLS 1.2+."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def safe_url(url: str) -> str:
+    """The URL as logs may show it: scheme, host and port only (a Slack webhook's path is its secret)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/..." if parts.path not in ("", "/") else f"{parts.scheme}://{parts.netloc}/"
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def classify_status(status: int, reason: str, retry_after: str | None) -> Outcome:
+    """What an HTTP status means for the batch (see the module doc)."""
+    detail = f"HTTP {status} {reason}".strip()
+    if 200 <= status < 300:
+        return Outcome("ack", detail)
+    if status >= 500 or status in RETRYABLE_4XX:
+        return Outcome("retry", detail, retry_after_seconds(retry_after))
+    if status in SINK_WIDE_4XX or 300 <= status < 400 or status < 200:
+        return Outcome("stop", detail + " (the sink refuses every request: check its url and secrets)")
+    return Outcome("reject", detail)
+
+
+class WebhookSender:
+    """POSTs batches to one webhook; one connection per request (no state to go stale)."""
+
+    def __init__(self, sink: WebhookSink, secrets: Sequence[bytes]) -> None:
+        self.sink = sink
+        self.secrets = list(secrets)
+        parts = urlsplit(sink.url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._context = tls_context(sink.verify_tls, str(sink.ca_file) if sink.ca_file else None) \
+            if self._https else None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._context is not None:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self.sink.timeout_sec,
+                                               context=self._context)
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.sink.timeout_sec)
+
+    def headers(self, body: bytes, alert_ids: Sequence[str]) -> dict[str, str]:
+        headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": f"uba/{__version__}",
+                   "X-UBA-Delivery-Id": delivery_id(self.sink.name, alert_ids),
+                   "X-UBA-Alert-Count": str(len(alert_ids))}
+        if self.secrets:
+            headers[HEADER] = sign(body, self.secrets)
+        return headers
+
+    def send(self, alert_ids: Sequence[str], payloads: Sequence[str]) -> Outcome:
+        body = webhook_body(self.sink, alert_ids, payloads)
+        connection = self._connection()
+        try:
+            connection.request("POST", self._target, body=body, headers=self.headers(body, alert_ids))
+            response = connection.getresponse()
+            answer = response.read(4096).decode("utf-8", "replace")
+            outcome = classify_status(response.status, response.reason, response.getheader("Retry-After"))
+        except ssl.SSLCertVerificationError as exc:
+            return Outcome("stop", f"TLS certificate not trusted for {safe_url(self.sink.url)}: {exc.verify_message}")
+        except (OSError, http.client.HTTPException) as exc:  # timeouts, refused, reset, bad answers
+            return Outcome("retry", _network_error(exc))
+        finally:
+            connection.close()
+        if outcome.kind != "ack" and answer.strip():
+            outcome = Outcome(outcome.kind, f"{outcome.detail}: {' '.join(answer.split())[:MAX_ANSWER_CHARS]}",
+                              outcome.retry_after)
+        return outcome
+
+
+def _network_error(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timed out"
+    name = type(exc).__name__
+    text = getattr(exc, "strerror", None) or str(exc) or name
+    return f"{name}: {text}"
+
+
+class SyslogSender:
+    """Writes batches of RFC 5424 messages to a TCP (or TLS) syslog collector.
+
+    A batch is acknowledged when every byte was written and the collector, after our
+    half-close, closed its side: it has read the whole batch. That is the most TCP
+    syslog offers (RFC 5425/6587 have no application acknowledgement): a collector that
+    reads and then crashes before writing may lose it, and a batch whose close was not
+    seen is sent again (at-least-once; the alert id is in the structured data)."""
+
+    def __init__(self, sink: SyslogSink) -> None:
+        self.sink = sink
+        self._context = tls_context(sink.verify_tls, str(sink.ca_file) if sink.ca_file else None) \
+            if sink.tls else None
+
+    def send(self, alert_ids: Sequence[str], payloads: Sequence[str]) -> Outcome:
+        data = b"".join(octet_frame(p) for p in payloads)
+        try:
+            raw = socket.create_connection((self.sink.host, self.sink.port), timeout=self.sink.timeout_sec)
+        except OSError as exc:
+            return Outcome("retry", _network_error(exc))
+        sock: socket.socket = raw
+        try:
+            if self._context is not None:
+                sock = self._context.wrap_socket(raw, server_hostname=self.sink.host)
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)  # half-close (for TLS without close_notify: see docs)
+            return self._await_close(sock)
+        except ssl.SSLCertVerificationError as exc:
+            return Outcome("stop", f"TLS certificate of {self.sink.host} not trusted: {exc.verify_message}")
+        except OSError as exc:
+            return Outcome("retry", _network_error(exc))
+        finally:
+            sock.close()
+
+    def _await_close(self, sock: socket.socket) -> Outcome:
+        """Wait (up to timeout_sec) for the collector to close: then it read everything."""
+        deadline = time.monotonic() + self.sink.timeout_sec
+        while True:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(4096)
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                chunk = b""
+            if not chunk:
+                return Outcome("ack", "sent, and the collector closed the connection")
+            if time.monotonic() >= deadline:
+                return Outcome("retry", "the collector did not close the connection after the batch")
+
+
+def sender_for(sink: WebhookSink | SyslogSink, secrets: Sequence[bytes] = ()) -> WebhookSender | SyslogSender:
+    """The sender of ``sink``."""
+    return WebhookSender(sink, secrets) if isinstance(sink, WebhookSink) else SyslogSender(sink)
