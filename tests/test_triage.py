@@ -177,3 +177,21 @@ def test_triage_over_http_needs_a_key_and_answers_like_the_cli(own: Path, tmp_pa
     with running_server(_server_env(own), tmp_path / "open.log") as server:  # no keys: never open
         refused = httpx.get(server.url + "/alerts", timeout=10)
         assert refused.status_code == 403 and "API keys" in refused.json()["detail"][0]["message"]
+
+
+def test_the_report_counts_the_days_findings_by_status(own: Path, tmp_path: Path) -> None:
+    import re
+
+    day = DAYS[1]
+    alerts = _listed(own, "--date", day.isoformat())
+    events = [a for a in alerts if a["alert_type"] == "event"]
+    _ok("alerts", "ack", events[0]["alert_id"], *_dirs(own))
+    _ok("alerts", "close", events[1]["alert_id"], "--verdict", "benign", *_dirs(own))
+    page = tmp_path / "r.html"
+    _ok("report", "--date", day.isoformat(), *_dirs(own), "--out", str(page))
+    table = re.search(r'<table id="triage">.*?</table>', page.read_text(), re.S)
+    assert table is not None
+    row = re.search(r"<tr><td>flagged events</td>(.*?)</tr>", table.group(0))
+    assert row is not None
+    counts = [int(n) for n in re.findall(r'<td class="num">(\d+)</td>', row.group(1))]
+    assert counts == [len(events) - 2, 1, 1]

@@ -26,6 +26,8 @@ from typing import Any
 import polars as pl
 
 from uba import io
+from uba.alerts.records import day_records
+from uba.alerts.triage import status_counts
 from uba.drift import monitoring_row, retrain_advice
 from uba.errors import UserError
 from uba.risk import read_risk, risk_window, stale_marker, user_series
@@ -162,6 +164,7 @@ class ReportData:
     sparklines: dict[str, list[float]] = field(default_factory=dict)  # user -> risk over the last days
     entity_risk: bool = False  # the top users come from the risk table (else the one-day sum)
     stale: list[dict[str, Any]] = field(default_factory=list)  # the day's risk_stale entries
+    triage: dict[str, dict[str, int]] = field(default_factory=dict)  # alert type -> status -> count
 
 
 def _scan_or_empty(root: Path, dataset: str, day: date, schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
@@ -201,7 +204,14 @@ def load_report_data(settings: Settings, day: date, history_days: int = 14, top:
         if risk is not None else {},
         entity_risk=risk is not None,
         stale=stale_marker(manifest),
+        triage=triage_counts(settings, day),
     )
+
+
+def triage_counts(settings: Settings, day: date) -> dict[str, dict[str, int]]:
+    """The day's findings (as exported) by alert type and triage status."""
+    records = day_records(Path(settings.paths.output_dir), day, "all", settings.alerting.risk_min_level)
+    return status_counts(Path(settings.paths.data_dir), records)
 
 
 def _sparklines(output_dir: Path, day: date, users: list[str], days: int) -> dict[str, list[float]]:
@@ -481,6 +491,20 @@ def _suppression_section(counts: pl.DataFrame, total: int) -> str:
             f"<tbody>{rows}</tbody></table>")
 
 
+def _triage_section(counts: Mapping[str, Mapping[str, int]]) -> str:
+    if not counts:
+        return '<p class="muted">No findings to triage on this day.</p>'
+    labels = {"event": "flagged events", "user_day": "user-day alerts", "risk": "users at high risk"}
+    rows = "".join(
+        f'<tr><td>{_e(labels.get(kind, kind))}</td>'
+        + "".join(f'<td class="num">{by_status.get(s, 0)}</td>' for s in ("open", "acknowledged", "closed"))
+        + "</tr>" for kind, by_status in sorted(counts.items()))
+    return ('<table id="triage"><thead><tr><th>finding</th><th>open</th><th>acknowledged</th><th>closed</th>'
+            f"</tr></thead><tbody>{rows}</tbody></table>"
+            '<p class="muted">By alert id; change with <code>uba-batch alerts ack|close</code> or '
+            "<code>PATCH /alerts/{id}</code>.</p>")
+
+
 def render_report(data: ReportData, settings: Settings) -> str:
     """The page as one HTML string (no external resources of any kind)."""
     manifest = data.manifest
@@ -519,7 +543,10 @@ def render_report(data: ReportData, settings: Settings) -> str:
 <section><h2>Alerts vs previous days</h2>{history}</section>
 <section><h2>Drift</h2>{_drift_section(manifest, data.history, settings)}</section>
 </div>
+<div class="row">
 <section><h2>Suppressed alerts</h2>{_suppression_section(data.suppressions, today["suppressed"])}</section>
+<section><h2>Triage</h2>{_triage_section(data.triage)}</section>
+</div>
 </main>
 <footer>Generated {data.generated_at.strftime("%Y-%m-%d %H:%M UTC")} from run {_e(manifest.get("run_id"))}.</footer>
 </body></html>

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from jobs.options import DATE, output_dir_option, settings_from
+from jobs.options import DATE, data_dir_option, output_dir_option, settings_from
 
 
 @click.command(name="report")
@@ -19,11 +19,13 @@ from jobs.options import DATE, output_dir_option, settings_from
 @click.option("--top", type=click.IntRange(1, 1000), default=15, show_default=True,
               help="Users listed in the top-users table.")
 @output_dir_option
+@data_dir_option
 @click.pass_context
 def command(ctx: click.Context, day: date, out: str | None, history_days: int, top: int,
-            output_dir: str | None) -> None:
+            output_dir: str | None, data_dir: str | None) -> None:
     """Write the daily report: alerts vs history, top users by risk with reasons,
-    user-day alerts, drift status, model version and suppressed alerts.
+    user-day alerts, drift status, model version, suppressed alerts and the day's
+    findings by triage status (the triage table lives under --data-dir).
 
     The page is one file with inline CSS and embedded PNG charts: no scripts and no
     external assets, so it opens anywhere, offline.
@@ -35,6 +37,6 @@ def command(ctx: click.Context, day: date, out: str | None, history_days: int, t
     """
     from uba.report import write_report
 
-    settings = settings_from(ctx, output_dir=output_dir)
+    settings = settings_from(ctx, output_dir=output_dir, data_dir=data_dir)
     path = write_report(settings, day, Path(out) if out else None, history_days, top)
     click.echo(f"report: {path}")

@@ -193,12 +193,12 @@ def apply_action(output_dir: Path, data_dir: Path, alert_id: str, action: str, v
     return TriageResult(alert["alert_id"], new_status, verdict, feedback_id, rule)
 
 
-def status_counts(data_dir: Path, records: pl.DataFrame) -> dict[str, int]:
-    """How many of ``records`` are in each status (every status listed, 0 included)."""
-    counts = dict.fromkeys(STATUSES, 0)
+def status_counts(data_dir: Path, records: pl.DataFrame) -> dict[str, dict[str, int]]:
+    """How many of ``records`` are in each status, per alert type (every status listed, 0 included)."""
+    counts: dict[str, dict[str, int]] = {}
     if records.height == 0:
         return counts
-    statuses = with_status(records.select("alert_id"), triage_state(data_dir))["status"]
-    for status, n in statuses.value_counts().iter_rows():
-        counts[status] = int(n)
+    statuses = with_status(records.select("alert_id", "alert_type"), triage_state(data_dir))
+    for kind, status, n in statuses.group_by("alert_type", "status").len().iter_rows():
+        counts.setdefault(kind, dict.fromkeys(STATUSES, 0))[status] = int(n)
     return counts
