@@ -125,3 +125,18 @@ def test_loaded_state_is_frozen_and_a_reload_lets_the_previous_state_go(world: W
     assert after_reload > 50_000, after_reload
     assert released, "the previous bundle is still alive after the reload settled"
     assert runtime.holder.current.version == version
+
+
+@pytest.mark.parametrize("json_format", [False, True])
+def test_a_long_path_is_cut_so_every_write_stays_within_pipe_buf(json_format: bool) -> None:
+    """Any client can send a 20,000-character path; written whole, its line was one write
+    over PIPE_BUF, and two workers' lines interleaved inside it (found by review)."""
+    stream = _Writes()
+    access = AccessLog(buffer_bytes=1 << 20, flush_sec=60)
+    access._stream, access._json = stream, json_format
+    for i, path in enumerate(["/ready", "/" + "x" * 20000, "/ready"]):
+        access.write("127.0.0.1:1", "GET", path, 200, 0.001, f"id-{i}")
+    access.flush()
+    assert max(stream.sizes) <= PIPE_BUF, stream.sizes
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3 and "...[20001 chars]" in lines[1]

@@ -66,7 +66,7 @@ def own(world: Path, tmp_path: Path) -> Path:
 def test_ack_and_close_move_an_alert_through_its_statuses(own: Path) -> None:
     open_alerts = _listed(own, "--days", "2")
     assert len(open_alerts) > 5 and {a["status"] for a in open_alerts} == {"open"}
-    assert {a["alert_type"] for a in open_alerts} == {"event", "user_day"}
+    assert {"event", "user_day"} <= {a["alert_type"] for a in open_alerts}
     first = open_alerts[0]["alert_id"]
     assert f"{first}: acknowledged" in _ok("alerts", "ack", first, "--analyst", "ann", "--note", "looking",
                                            *_dirs(own))
@@ -195,3 +195,40 @@ def test_the_report_counts_the_days_findings_by_status(own: Path, tmp_path: Path
     assert row is not None
     counts = [int(n) for n in re.findall(r'<td class="num">(\d+)</td>', row.group(1))]
     assert counts == [len(events) - 2, 1, 1]
+
+
+def test_two_concurrent_closes_of_one_alert_let_only_one_through(own: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both read "open" before either wrote, and both closes were stored (found by review):
+    the status check and the writes now hold the triage table's lock."""
+    import threading
+
+    from uba.alerts import triage
+
+    alert = _listed(own, "--days", "2")[0]["alert_id"]
+    read_status = triage.current_status
+    started = threading.Event()
+
+    def slow_status(data_dir: Path, alert_id: str) -> str:
+        found = read_status(data_dir, alert_id)
+        started.set()
+        threading.Event().wait(0.3)  # give the other close every chance to overlap
+        return found
+
+    monkeypatch.setattr(triage, "current_status", slow_status)
+    outcomes: list[str] = []
+
+    def close(verdict: str) -> None:
+        try:
+            triage.apply_action(own / "out", own / "data", alert, "close", verdict=verdict)
+            outcomes.append("closed")
+        except triage.TransitionError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=close, args=(v,)) for v in ("benign", "malicious")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["closed", "refused"]
+    assert triage_log(own / "data").filter(pl.col("alert_id") == alert)["action"].to_list() == ["close"]
+    assert io.table_part_files(own / "data", io.FEEDBACK).__len__() == 1

@@ -720,6 +720,12 @@ def _locked(path: Path) -> Any:
         os.close(fd)  # releases the lock
 
 
+def table_lock(root: Path, table: str) -> Any:
+    """An exclusive lock on an append-only table for a read-check-append sequence (two
+    analysts closing one alert at once: only the first close may pass the status check)."""
+    return _locked(Path(root) / table / ".lock")
+
+
 _INGEST_LOCK_NAME = ".ingest.lock"
 INGEST_LOCKED_DAYS = 64  # a batch touching more days locks the whole data directory instead
 

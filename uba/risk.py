@@ -257,7 +257,7 @@ def risk_window(output_dir: Path, end: date, days: int = 30) -> pl.DataFrame:
     """Every row of the risk tables of the ``days`` days ending at ``end``, with ``event_date``
     (days without a table are absent), oldest first."""
     schema = {"event_date": pl.Date(), **RISK_SCHEMA}
-    first = end - timedelta(days=days - 1)
+    first = end - timedelta(days=min(days - 1, (end - date.min).days))  # clipped at 0001-01-01
     rows = []
     for day in risk_days(output_dir):
         table = read_risk(output_dir, day) if first <= day <= end else None

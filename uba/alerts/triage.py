@@ -169,28 +169,29 @@ def apply_action(output_dir: Path, data_dir: Path, alert_id: str, action: str, v
                  days: Sequence[date] | None = None, max_id_length: int = 256) -> TriageResult:
     """Ack, close (with a verdict) or reopen one alert; checked whole before anything is written."""
     alert = find_alert(output_dir, alert_id, days)
-    status = current_status(data_dir, alert["alert_id"])
-    verdict = verdict.strip().lower() if verdict else None
-    note, analyst = _text(note, "note"), _text(analyst, "analyst", 200)
-    _check_action(action, status, verdict, suppress_similar, alert)
-    feedback_id = None
-    if action == "close":
-        feedback_id = alert["event_id"] if alert["alert_type"] == "event" else alert["alert_id"]
-        record_feedback(data_dir, [{"event_id": feedback_id, "label": verdict, "analyst": analyst,
-                                    "note": note}], source=f"triage:{alert['alert_id']}",
-                        max_id_length=max(max_id_length, len(alert["alert_id"])))
-    rule = None
-    if suppress_similar:
-        rule = add_rule(data_dir, alert["user_id"], alert["reason_kinds"][0], known_reason_kinds(),
-                        note=note or f"benign alert {alert['alert_id']}")
-    new_status = ACTIONS[action]
-    row = pl.DataFrame([{
-        "alert_id": alert["alert_id"], "action": action, "status": new_status, "verdict": verdict,
-        "note": note, "analyst": analyst, "alert_type": alert["alert_type"], "user_id": alert["user_id"],
-        "event_date": alert["event_date"], "suppression_rule": rule, "recorded_at": datetime.now(UTC),
-    }], schema=TRIAGE_SCHEMA)
-    io.append_table_part(row, data_dir, TRIAGE)
-    return TriageResult(alert["alert_id"], new_status, verdict, feedback_id, rule)
+    with io.table_lock(data_dir, TRIAGE):  # the status check and the writes as one step
+        status = current_status(data_dir, alert["alert_id"])
+        verdict = verdict.strip().lower() if verdict else None
+        note, analyst = _text(note, "note"), _text(analyst, "analyst", 200)
+        _check_action(action, status, verdict, suppress_similar, alert)
+        feedback_id = None
+        if action == "close":
+            feedback_id = alert["event_id"] if alert["alert_type"] == "event" else alert["alert_id"]
+            record_feedback(data_dir, [{"event_id": feedback_id, "label": verdict, "analyst": analyst,
+                                        "note": note}], source=f"triage:{alert['alert_id']}",
+                            max_id_length=max(max_id_length, len(alert["alert_id"])))
+        rule = None
+        if suppress_similar:
+            rule = add_rule(data_dir, alert["user_id"], alert["reason_kinds"][0], known_reason_kinds(),
+                            note=note or f"benign alert {alert['alert_id']}")
+        new_status = ACTIONS[action]
+        row = pl.DataFrame([{
+            "alert_id": alert["alert_id"], "action": action, "status": new_status, "verdict": verdict,
+            "note": note, "analyst": analyst, "alert_type": alert["alert_type"], "user_id": alert["user_id"],
+            "event_date": alert["event_date"], "suppression_rule": rule, "recorded_at": datetime.now(UTC),
+        }], schema=TRIAGE_SCHEMA)
+        io.append_table_part(row, data_dir, TRIAGE)
+        return TriageResult(alert["alert_id"], new_status, verdict, feedback_id, rule)
 
 
 def status_counts(data_dir: Path, records: pl.DataFrame) -> dict[str, dict[str, int]]:

@@ -29,6 +29,9 @@ from uba.logs import LOGGER_NAME, current_format
 
 ACCESS_LOGGER = f"{LOGGER_NAME}.api.access"
 PIPE_BUF = 4096  # POSIX: writes of at most this many bytes to a pipe are never interleaved
+# A client chooses the path: longer ones are cut (with a marker) so that one line, even in
+# JSON where the path appears twice, still fits in one PIPE_BUF write.
+MAX_LOGGED_PATH = 1024
 
 
 def _log_stream() -> IO[str]:
@@ -104,6 +107,8 @@ class AccessLog:
         """One access line (``method`` and ``path`` already escaped by the caller)."""
         if not self._enabled:
             return
+        if len(path) > MAX_LOGGED_PATH:
+            path = f"{path[:MAX_LOGGED_PATH]}...[{len(path)} chars]"
         now = time.time()
         ms = seconds * 1000
         message = f'{client} "{method} {path}" {status} {ms:.1f}ms request_id={request_id}'
