@@ -74,13 +74,13 @@ def _update(runtime: Runtime, alert_id: str, update: AlertUpdate) -> triage.Tria
         suppress_similar=update.suppress_similar, max_id_length=runtime.settings.events.max_string_length)
 
 
-def _http_error(exc: UserError) -> HTTPException:
+def _http_error(exc: UserError, field_hint: str = "body") -> HTTPException:
     if isinstance(exc, triage.AlertNotFoundError):
         return HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc))
     if isinstance(exc, triage.TransitionError):
         return HTTPException(status.HTTP_409_CONFLICT, detail=str(exc))
     named = str(exc).split(":", 1)[0]
-    field = named if named in AlertUpdate.model_fields else "body"
+    field = named if named in AlertUpdate.model_fields else field_hint
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                          detail=[{"field": field, "message": str(exc), "value": None}])
 
@@ -102,8 +102,8 @@ def build_router() -> APIRouter:
         statuses = triage.STATUSES if alert_status == "all" else (alert_status,)
         try:
             listed = await run_in_threadpool(_listed, runtime, day, days, statuses, kind, limit)
-        except UserError as exc:
-            raise _http_error(exc) from exc
+        except UserError as exc:  # e.g. a date that was never scored
+            raise _http_error(exc, "date" if day is not None else "days") from exc
         return json_response(listed)
 
     @router.patch("/alerts/{alert_id}", response_model=AlertUpdated, dependencies=[Depends(require_json)],
