@@ -325,9 +325,16 @@ def retry_failed_command(ctx: click.Context, sink: str | None, alert_ids: tuple[
       uba-batch alerts retry-failed --sink siem
       uba-batch alerts retry-failed --alert-id uba-0123456789abcdef01234567 && uba-batch alerts deliver
     """
-    from uba.alerts.ledger import Ledger
+    from uba.alerts.ledger import Ledger, ledger_exists
+    from uba.errors import UserError
 
     settings = settings_from(ctx, data_dir=data_dir)
+    if not ledger_exists(settings.paths.data_dir):  # never create a ledger (or a data directory) here
+        raise UserError(f"no delivery ledger under {settings.paths.data_dir}: no alerting sink has been used "
+                        "with this data directory, so there are no dead letters")
     with Ledger.open(settings.paths.data_dir) as ledger:
+        if sink is not None and sink not in ledger.counts():
+            raise UserError(f"sink: no sink named {sink!r} in the delivery ledger "
+                            f"(known: {', '.join(sorted(ledger.counts())) or 'none'})")
         moved = ledger.retry_failed(sink, alert_ids)
     click.echo(f"{moved} dead letter(s) queued again; run `uba-batch alerts deliver` to send them")
