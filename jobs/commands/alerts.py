@@ -139,20 +139,22 @@ def _act(ctx: click.Context, alert_id: str, action: str, day: date | None, outpu
     click.echo(f"{result.alert_id}: {result.status}{extra}")
 
 
-_note = click.option("--note", default=None, help="Free text kept with the action.")
-_analyst = click.option("--analyst", default=None, help="Who acted (default: none recorded).")
-_day = click.option("--date", "day", type=DATE, default=None,
-                    help="The alert's day (default: search every scored day).")
+def _action_options(func: Any) -> Any:
+    """The alert id and the options every triage action takes (note, analyst, day, folders)."""
+    for option in reversed((
+        click.argument("alert_id"),
+        click.option("--note", default=None, help="Free text kept with the action."),
+        click.option("--analyst", default=None, help="Who acted (default: none recorded)."),
+        click.option("--date", "day", type=DATE, default=None,
+                     help="The alert's day (default: search every scored day)."),
+        output_dir_option, data_dir_option, click.pass_context,
+    )):
+        func = option(func)
+    return func
 
 
 @command.command(name="ack")
-@click.argument("alert_id")
-@_note
-@_analyst
-@_day
-@output_dir_option
-@data_dir_option
-@click.pass_context
+@_action_options
 def ack_command(ctx: click.Context, alert_id: str, note: str | None, analyst: str | None, day: date | None,
                 output_dir: str | None, data_dir: str | None) -> None:
     """Acknowledge an open alert: someone is looking at it.
@@ -165,17 +167,11 @@ def ack_command(ctx: click.Context, alert_id: str, note: str | None, analyst: st
 
 
 @command.command(name="close")
-@click.argument("alert_id")
 @click.option("--verdict", type=click.Choice(["benign", "malicious"]), required=True)
 @click.option("--suppress-similar", is_flag=True,
               help="With --verdict benign: also add a suppression rule for this user and the alert's top "
                    "reason kind (event alerts), as `uba-batch suppress add` does.")
-@_note
-@_analyst
-@_day
-@output_dir_option
-@data_dir_option
-@click.pass_context
+@_action_options
 def close_command(ctx: click.Context, alert_id: str, verdict: str, suppress_similar: bool, note: str | None,
                   analyst: str | None, day: date | None, output_dir: str | None, data_dir: str | None) -> None:
     """Close an alert with a verdict, which is also stored as analyst feedback.
@@ -193,13 +189,7 @@ def close_command(ctx: click.Context, alert_id: str, verdict: str, suppress_simi
 
 
 @command.command(name="reopen")
-@click.argument("alert_id")
-@_note
-@_analyst
-@_day
-@output_dir_option
-@data_dir_option
-@click.pass_context
+@_action_options
 def reopen_command(ctx: click.Context, alert_id: str, note: str | None, analyst: str | None, day: date | None,
                    output_dir: str | None, data_dir: str | None) -> None:
     """Reopen an acknowledged or closed alert (its verdict stays in the feedback history).
@@ -211,7 +201,7 @@ def reopen_command(ctx: click.Context, alert_id: str, note: str | None, analyst:
     _act(ctx, alert_id, "reopen", day, output_dir, data_dir, note=note, analyst=analyst)
 
 
-# --- delivery (issue 15 items 2-3) ---------------------------------------------------------
+# --- delivery ---------------------------------------------------------
 
 
 def _when(epoch: float | None) -> str:

@@ -75,7 +75,7 @@ def _text(value: str | None, field: str, limit: int = MAX_NOTE) -> str | None:
     text = value.strip()
     if len(text) > limit:
         raise UserError(f"{field}: {len(text)} characters, at most {limit}")
-    if any(ch in text for ch in ("\x00",)):
+    if "\x00" in text:
         raise UserError(f"{field}: holds a NUL character")
     return text or None
 
