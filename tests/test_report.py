@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import _chromium
@@ -27,6 +27,7 @@ def _flagged() -> pl.DataFrame:
     return pl.DataFrame({
         "event_id": ["a", "b", "c", "d", "e"],
         "user_id": ["u1", "u1", "u2", EVIL, "u4"],
+        "timestamp": [datetime(2026, 3, 20, h, tzinfo=UTC) for h in (3, 9, 11, 12, 14)],
         "anomaly_score": [0.9, 0.66, 0.7, 0.8, 0.95],
         "is_anomaly": [True] * 5,
         "threshold": [0.6] * 5,

@@ -87,6 +87,9 @@ def _severity(margin: pl.Expr) -> pl.Expr:
 
 
 def _with_run(frame: pl.DataFrame, run: RunInfo) -> pl.DataFrame:
+    """Outputs written before reason kinds existed still make records, with none."""
+    if "reason_kinds" not in frame.columns:
+        frame = frame.with_columns(pl.lit([], pl.List(pl.String)).alias("reason_kinds"))
     return frame.with_columns(
         pl.lit(run.run_id).alias("run_id"), pl.lit(run.run_ref).alias("run_ref"),
         *([] if "model_version" in frame.columns else [pl.lit(run.model_version, pl.String).alias("model_version")]),
@@ -99,7 +102,8 @@ def event_records(output_dir: Path, day: date, run: RunInfo) -> pl.DataFrame:
     if scan is None:
         return pl.DataFrame(schema=RECORD_SCHEMA)
     flagged = scan.filter(pl.col("is_anomaly") & ~pl.col("suppressed").fill_null(False)).collect()
-    cut = pl.coalesce("user_threshold", "threshold")
+    per_user = "user_threshold" in flagged.columns  # absent in runs before per-user cuts
+    cut = pl.coalesce("user_threshold", "threshold") if per_user else pl.col("threshold")
     frame = flagged.with_columns(
         pl.col("event_id").map_elements(lambda e: alert_id("event", e), return_dtype=pl.String).alias("alert_id"),
         pl.lit("event").alias("alert_type"),
