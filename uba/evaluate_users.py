@@ -31,10 +31,10 @@ import polars as pl
 
 from uba import io
 from uba.generate.store import campaigns_path
+from uba.risk import HIGH_LEVELS, read_risk
 
-RISK_TABLE = "risk"
+RISK_TABLE = io.RISK
 SCORES_TABLE = "scores"
-HIGH_LEVELS = ("high", "critical")
 RANKING_SCHEMA: dict[str, pl.DataType] = {
     "user_id": pl.String(), "event_date": pl.Date(), "value": pl.Float64(), "high": pl.Boolean(),
 }
@@ -54,13 +54,13 @@ def missing_risk_days(output_dir: Path, days: Sequence[date]) -> list[date]:
 
 
 def risk_ranking(output_dir: Path, days: Sequence[date]) -> pl.DataFrame:
-    """(user, day, risk_score, at high or above) from the published risk tables."""
+    """(user, day, risk_score, at high or above) from the published risk tables (``read_risk``,
+    the one reader of the table)."""
     frames = []
     for day in days:
-        files = io.partition_files(output_dir, RISK_TABLE, day)
-        if not files:
+        risk = read_risk(output_dir, day)
+        if risk is None:
             continue
-        risk = pl.read_parquet(files, columns=["user_id", "risk_score", "risk_level"])
         frames.append(risk.select(
             pl.col("user_id").cast(pl.String), pl.lit(day, pl.Date).alias("event_date"),
             pl.col("risk_score").cast(pl.Float64).alias("value"),
@@ -179,7 +179,7 @@ def plot_user_pr(report: dict[str, Any], path: Path) -> Path:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_title("Users ranked per day: entity risk vs max event score")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)  # low curves run along the bottom: a fixed corner hid them
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
