@@ -232,3 +232,15 @@ def test_two_concurrent_closes_of_one_alert_let_only_one_through(own: Path, monk
     assert sorted(outcomes) == ["closed", "refused"]
     assert triage_log(own / "data").filter(pl.col("alert_id") == alert)["action"].to_list() == ["close"]
     assert io.table_part_files(own / "data", io.FEEDBACK).__len__() == 1
+
+
+def test_a_truncated_triage_part_is_one_line_naming_it_and_the_next_action_still_lands(own: Path) -> None:
+    first = _listed(own, "--days", "2")[0]["alert_id"]
+    _ok("alerts", "ack", first, *_dirs(own))
+    (part,) = io.table_part_files(own / "data", TRIAGE)
+    part.write_bytes(part.read_bytes()[:40])  # a disk that filled up under another tool
+    code, out, err = _run("alerts", "list", *_dirs(own))
+    assert code == 1 and "Traceback" not in out + err, (out, err)
+    assert f"{part} is not a readable Parquet file" in err and len(err.strip().splitlines()) == 1, err
+    part.rename(part.with_suffix(".broken"))  # the operator moves it aside, as the message says
+    assert f"{first}: acknowledged" in _ok("alerts", "ack", first, *_dirs(own))

@@ -1156,10 +1156,23 @@ def scan_table(root: Path, table: str) -> pl.LazyFrame | None:
     files = table_part_files(root, table)
     if not files:
         return None
+    for f in files:
+        _check_table_part(f)
     return pl.concat(
         [pl.scan_parquet(f).with_columns(pl.lit(i, dtype=pl.Int64).alias("_part")) for i, f in enumerate(files)],
         how="diagonal_relaxed",
     )
+
+
+def _check_table_part(part: Path) -> None:
+    """A truncated or overwritten part of an append-only table (feedback, triage, rules...)
+    is named in one line here, instead of surfacing as a Parquet decoder traceback when
+    the scan is collected far from the file."""
+    try:
+        pl.read_parquet_schema(part)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise CorruptPartError(f"{part} is not a readable Parquet file ({type(exc).__name__}): move it aside "
+                               "or restore it from a backup; the other parts of its table are intact") from exc
 
 
 def replace_partition(df: pl.DataFrame, root: Path, dataset: str, day: date | str, name: str = "part-0") -> Path:
