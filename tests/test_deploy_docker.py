@@ -159,13 +159,13 @@ def test_dependencies_are_a_layer_before_the_source(dockerfile: list[Instruction
 
 
 def test_install_steps_are_the_makefiles(dockerfile: list[Instruction]) -> None:
-    """Same pyproject: the Makefile's `make install` (uv, `-e .`) and `make install-dev`
-    (`-e ".[dev]"`) become, in the image, the pyproject's dependencies and then a regular
+    """Same pyproject: the Makefile's `make install` (uv, `-e .`, byte-compiled as pip does
+    by default) and `make install-dev` (`-e ".[dev]"`) become, in the image, the pyproject's dependencies and then a regular
     install of "." (no editable mode, no dev extras) after a pip upgrade."""
     runtime = _pip_installs(_makefile_recipe("$(RUNTIME_STAMP)"))
     dev = _pip_installs(_makefile_recipe("$(DEV_STAMP)"))
-    assert runtime == [["--python", "$(BIN)/python", "-e", "."]]
-    assert dev == [["--python", "$(BIN)/python", "-e", ".[dev]"]]
+    assert runtime == [["--compile-bytecode", "--python", "$(BIN)/python", "-e", "."]]
+    assert dev == [["--compile-bytecode", "--python", "$(BIN)/python", "-e", ".[dev]"]]
     runs = [c for i in dockerfile if i.stage == 0 and i.keyword == "RUN" for c in _split_commands(i.args)]
     docker = _pip_installs(runs)
     assert docker[0] == ["--upgrade", "pip"]
