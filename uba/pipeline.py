@@ -16,7 +16,7 @@ import polars as pl
 
 from uba import io
 from uba.errors import UserError
-from uba.features import baselines_as_of, ensure_aggregates
+from uba.features import ensure_aggregates, protected_baselines_as_of
 from uba.features.events import FEATURE_COLUMNS, event_features
 from uba.features.store import lookback_days
 from uba.settings import Settings
@@ -38,9 +38,10 @@ def prepare_aggregates(data_dir: Path, days: Sequence[date], settings: Settings)
 
 
 def day_features(data_dir: Path, day: date, settings: Settings) -> pl.LazyFrame:
-    """Features of one day's events against baselines as of that day (aggregates must exist)."""
+    """Features of one day's events against baselines as of that day (aggregates must exist),
+    protected from the alerts published under ``settings.paths.output_dir`` as ``score`` is."""
     events = io.scan_events(data_dir, day)
-    baselines = baselines_as_of(data_dir, day, settings)
+    baselines = protected_baselines_as_of(data_dir, day, settings, settings.paths.output_dir)
     return event_features(events, baselines)
 
 

@@ -119,6 +119,15 @@ class FeatureSettings(_Section):
     prior_strength_sessions: float = Field(10.0, gt=0)
 
 
+class BaselineProtectionSettings(_Section):
+    """Baseline poisoning protection (docs/features.md): a user's day with an alert is not
+    learned into the baselines of the following days, so a persistent attacker keeps
+    deviating instead of becoming the norm after a day or two."""
+
+    enabled: bool = True
+    min_active_days: int = Field(5, ge=0, le=366)
+
+
 class TrainSettings(_Section):
     window_days: int = Field(21, ge=1, le=366)
     max_training_rows: int = Field(2_000_000, ge=1000)
@@ -436,6 +445,7 @@ class Settings(_Section):
     events: EventSettings = EventSettings()
     ingest: IngestSettings = IngestSettings()
     features: FeatureSettings = FeatureSettings()
+    baseline_protection: BaselineProtectionSettings = BaselineProtectionSettings()
     train: TrainSettings = TrainSettings()
     model: ModelSettings = ModelSettings()
     threshold: ThresholdSettings = ThresholdSettings()

@@ -127,5 +127,5 @@ def write_snapshot_after(settings: Settings, end_date: date) -> Path:
     """Baselines as of the day after training, so the API can score 'tomorrow' at once."""
     as_of = end_date + timedelta(days=1)
     prepare_aggregates(settings.paths.data_dir, [as_of], settings)
-    return snapshot_baselines(settings.paths.data_dir, as_of, settings)[1]
+    return snapshot_baselines(settings.paths.data_dir, as_of, settings, settings.paths.output_dir)[1]
 

@@ -198,7 +198,7 @@ def run_user_day(settings: Settings, day: date) -> UserDayRun:
     The partition is replaced as a whole, so re-running a day never duplicates alerts;
     a day with no alerts still gets an (empty) partition, which says "checked, nothing found".
     """
-    from uba.features import baselines_as_of
+    from uba.features import protected_baselines_as_of
     from uba.pipeline import prepare_aggregates
 
     data_dir = settings.paths.data_dir
@@ -208,7 +208,8 @@ def run_user_day(settings: Settings, day: date) -> UserDayRun:
         raise UserError(f"no aggregates for {day.isoformat()} under {Path(data_dir) / io.AGGREGATES} "
                         "(no events that day?)")
     today = today.with_columns(pl.lit(day, dtype=pl.Date).alias("event_date"))  # Hive path only
-    scored = score_user_days(today, baselines_as_of(data_dir, day, settings), settings.user_day).collect()
+    baselines = protected_baselines_as_of(data_dir, day, settings, settings.paths.output_dir)
+    scored = score_user_days(today, baselines, settings.user_day).collect()
     alerts = (scored.filter(pl.col("day_score") > 0)
               .sort(["day_score", "user_id"], descending=[True, False]))
     path = io.replace_partition(alerts, settings.paths.output_dir, io.FLAGGED_USERS, day)

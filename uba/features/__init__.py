@@ -18,7 +18,13 @@ from uba.features.events import (
     event_features,
     features_frame,
 )
-from uba.features.store import baselines_as_of, ensure_aggregates, snapshot_baselines
+from uba.features.store import (
+    baselines_as_of,
+    ensure_aggregates,
+    protected_baselines_as_of,
+    snapshot_baselines,
+    unlearned_as_of,
+)
 
 __all__ = [
     "CONTEXT_COLUMNS",
@@ -34,6 +40,8 @@ __all__ = [
     "event_features",
     "feature_arrays",
     "features_frame",
+    "protected_baselines_as_of",
     "snapshot_baselines",
+    "unlearned_as_of",
     "user_baselines",
 ]

@@ -19,6 +19,7 @@ import polars as pl
 from uba import io
 from uba.features.aggregates import AGGREGATES_VERSION, daily_aggregates, empty_aggregates
 from uba.features.baselines import user_baselines
+from uba.features.protection import UNLEARNED_SCHEMA, unlearned_user_days, without_user_days
 from uba.logs import get_logger
 from uba.schema import PARTITION_COLUMN
 from uba.settings import EventSettings, Settings
@@ -101,20 +102,44 @@ def lookback_days(as_of: date, lookback: int) -> list[date]:
     return [as_of - timedelta(days=k) for k in range(lookback, 0, -1)]
 
 
-def baselines_as_of(data_dir: Path, as_of: date, settings: Settings) -> pl.LazyFrame:
+def baselines_as_of(data_dir: Path, as_of: date, settings: Settings,
+                    unlearned: pl.DataFrame | None = None) -> pl.LazyFrame:
     """Baselines for scoring ``as_of``, read ONLY from the aggregate partitions of the lookback.
 
     Raw events are never opened (call ``ensure_aggregates`` first). With no aggregates at
-    all the result is just the population row with no information.
+    all the result is just the population row with no information. ``unlearned``
+    (``user_id, event_date``; see ``unlearned_as_of``) names user-days left out of the
+    window: the days with alerts, under baseline poisoning protection.
     """
     days = lookback_days(as_of, settings.features.lookback_days)
     aggregates = io.scan_aggregates(data_dir, days)
     if aggregates is None:
         aggregates = empty_aggregates(settings.events)
+    elif unlearned is not None:
+        aggregates = without_user_days(aggregates, unlearned)
     return user_baselines(aggregates, as_of, settings.features)
 
 
-def snapshot_baselines(data_dir: Path, as_of: date, settings: Settings) -> tuple[pl.DataFrame, Path]:
-    """Collect the baselines for ``as_of`` and write them as the snapshot the API loads."""
-    frame = baselines_as_of(data_dir, as_of, settings).collect()
+def unlearned_as_of(output_dir: Path | None, data_dir: Path, as_of: date, settings: Settings) -> pl.DataFrame:
+    """The user-days of ``as_of``'s lookback that its baselines leave out (the days whose
+    published alerts were not called benign); empty without an output directory or with
+    ``baseline_protection.enabled`` false."""
+    if output_dir is None:
+        return pl.DataFrame(schema=UNLEARNED_SCHEMA)
+    days = lookback_days(as_of, settings.features.lookback_days)
+    return unlearned_user_days(Path(output_dir), data_dir, days, settings.baseline_protection)
+
+
+def protected_baselines_as_of(data_dir: Path, as_of: date, settings: Settings,
+                              output_dir: Path | None) -> pl.LazyFrame:
+    """``baselines_as_of`` with the protection applied from the alerts under ``output_dir``:
+    what ``score --date`` uses, so training, evaluation and user-day alerts see the same."""
+    return baselines_as_of(data_dir, as_of, settings, unlearned_as_of(output_dir, data_dir, as_of, settings))
+
+
+def snapshot_baselines(data_dir: Path, as_of: date, settings: Settings,
+                       output_dir: Path | None = None) -> tuple[pl.DataFrame, Path]:
+    """Collect the baselines for ``as_of`` (protected by the alerts under ``output_dir``,
+    as scoring does) and write them as the snapshot the API loads."""
+    frame = protected_baselines_as_of(data_dir, as_of, settings, output_dir).collect()
     return frame, io.write_baseline_snapshot(frame, data_dir, as_of)

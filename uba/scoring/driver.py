@@ -40,7 +40,7 @@ import polars as pl
 from uba import io
 from uba.artifacts import Bundle, load_bundle
 from uba.errors import UserError
-from uba.features import baselines_as_of, ensure_aggregates
+from uba.features import baselines_as_of, ensure_aggregates, unlearned_as_of
 from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
 from uba.features.store import lookback_days, stale_aggregate_days
 from uba.logs import get_logger
@@ -170,6 +170,7 @@ class _Run:
         self.staging_root = self.output_dir / STAGING_DIR / f"event_date={self.day.isoformat()}"
         self.aggregates_computed: list[date] = []
         self.unverified: list[str] = []
+        self.unlearned: pl.DataFrame | None = None
 
     # -- the run ---------------------------------------------------------------------
 
@@ -257,7 +258,9 @@ class _Run:
         execution = self._execution(input_rows, len(specs))
         day_aggregates = self._aggregates(execution)
         with self.timer.stage("baselines"):
-            baselines = baselines_as_of(self.data_dir, self.day, self.settings).collect()
+            # issue 14: the lookback's user-days with alerts are not learned (uba.features.protection)
+            self.unlearned = unlearned_as_of(self.output_dir, self.data_dir, self.day, self.settings)
+            baselines = baselines_as_of(self.data_dir, self.day, self.settings, self.unlearned).collect()
             self._note_unverified_inputs()
         with self.timer.stage("operations"):  # issue 7: per-user cuts, suppression rules
             self.ops = RunOperations.prepare(self.settings, self.bundle, self.day)
@@ -479,6 +482,7 @@ class _Run:
                 "lookback_days": self.settings.features.lookback_days,
                 "aggregates_computed": [d.isoformat() for d in self.aggregates_computed],
                 "unverified_partitions": self.unverified,
+                "baseline_protection": self._protection_record(),
             },
             "model": {
                 "version": self.bundle.version,
@@ -505,6 +509,15 @@ class _Run:
                             "files": flagged_files},
             },
         }
+
+    def _protection_record(self) -> dict[str, Any]:
+        """How many user-days of the lookback the baselines left out, so a reader of the
+        manifest can tell a protected run from an unprotected one."""
+        protection = self.settings.baseline_protection
+        unlearned = self.unlearned
+        return {"enabled": protection.enabled, "min_active_days": protection.min_active_days,
+                "unlearned_user_days": 0 if unlearned is None else int(unlearned.height),
+                "unlearned_users": 0 if unlearned is None else int(unlearned["user_id"].n_unique())}
 
     def _identity(self) -> dict[str, Any]:
         return {

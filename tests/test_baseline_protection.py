@@ -1,0 +1,178 @@
+"""Baseline poisoning protection (issue 14) through the real CLI, on hand-built events.
+
+Forty users keep their habits for three weeks (office hours on a desktop or a phone, or
+night shifts); from day 22 on, one office desktop user (the victim) also has a 03:00
+session on a phone every day, as an attacker who took the account over would. With the protection on, the victim's
+alerted days are never learned: the phone stays unseen in their baseline and every
+attacker event is flagged on every day. With it off, day 22 is learned, the phone
+becomes part of the baseline and the alerts fade. A benign verdict on the first day's
+alerts makes that day learned again.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import cli
+from uba import io
+
+FIRST = date(2026, 2, 1)
+TRAIN_END = date(2026, 2, 21)
+ATTACK = [date(2026, 2, 22), date(2026, 2, 23), date(2026, 2, 24)]
+VICTIM = "victim"
+EVENT_TYPES = ("login", "view", "click", "view", "download", "logout")
+
+
+@dataclass(frozen=True)
+class World:
+    data_dir: Path
+    model_dir: Path
+
+    def args(self, out: Path) -> list[str]:
+        return ["--data-dir", str(self.data_dir), "--model-dir", str(self.model_dir), "--output-dir", str(out)]
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> str:
+    result = CliRunner().invoke(cli, list(args), env=env)
+    assert result.exit_code == 0, (args[:3], result.output, result.exception)
+    return result.output
+
+
+def _session(rng: random.Random, user: str, day: date, hour: int, device: str, n: int, sid: str) -> list[dict]:
+    start = datetime(day.year, day.month, day.day, hour, rng.randrange(60))
+    duration = rng.randrange(600, 3600)
+    return [{"event_id": f"{sid}-{k}", "user_id": user, "session_id": sid,
+             "timestamp": (start + timedelta(seconds=60 * k)).isoformat() + "Z",
+             "event_type": EVENT_TYPES[k % len(EVENT_TYPES)], "session_duration_sec": duration,
+             "events_in_session": n, "device_type": device} for k in range(n)]
+
+
+def _habits(u: int) -> tuple[str, tuple[int, int]]:
+    """(usual device, usual hours) of user ``u``: office desktops, office phones, night shifts.
+
+    The mix makes a phone at 03:00 normal for the population but unseen for the victim, so
+    only the user's own baseline can tell (and learning it can hide it)."""
+    return [("desktop", (9, 16)), ("desktop", (9, 16)), ("mobile", (9, 16)), ("desktop", (0, 5))][u % 4]
+
+
+def _user_day(rng: random.Random, u: int, day: date) -> list[dict]:
+    """Two sessions of the user's habit; now and then one on the other device or at another hour."""
+    user = VICTIM if u == 0 else f"u{u:02d}"
+    device, (first, last) = _habits(u)
+    rows = []
+    for s in range(2):
+        hour, used = rng.randrange(first, last + 1), device
+        if u != 0 and rng.random() < 0.05:
+            used = "mobile" if device == "desktop" else "desktop"
+        if u != 0 and rng.random() < 0.05:
+            hour = rng.randrange(24)
+        rows += _session(rng, user, day, hour, used, rng.randrange(3, 9), f"{user}-{day}-{s}")
+    return rows
+
+
+def _events() -> list[dict]:
+    """Forty users for three weeks and three days; the victim's phone at 03:00 from day 22."""
+    rng = random.Random(14)
+    rows: list[dict] = []
+    for offset in range((ATTACK[-1] - FIRST).days + 1):
+        day = FIRST + timedelta(days=offset)
+        for u in range(40):
+            rows += _user_day(rng, u, day)
+        if day in ATTACK:
+            rows += _session(rng, VICTIM, day, 3, "mobile", 8, f"attacker-{day}")
+    return rows
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The events ingested and a model trained on the three office weeks."""
+    root = tmp_path_factory.mktemp("protection")
+    source = root / "events.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in _events()))
+    world = World(root / "data", root / "models")
+    _cli("ingest", str(source), "--data-dir", str(world.data_dir))
+    _cli("train", "--end-date", TRAIN_END.isoformat(), "--window-days", "14",
+         "--data-dir", str(world.data_dir), "--model-dir", str(world.model_dir))
+    return world
+
+
+def _score_days(world: World, out: Path, days: list[date], protect: bool) -> None:
+    env = {"UBA_BASELINE_PROTECTION__ENABLED": "true" if protect else "false"}
+    for day in days:
+        _cli("score", "--date", day.isoformat(), *world.args(out), "--in-process", env=env)
+
+
+def _attacker_flags(out: Path, day: date) -> tuple[int, int]:
+    """(flagged, all) attacker events of ``day`` in its published scores."""
+    scores = io.scan_partition(out, io.SCORES, day).collect()  # type: ignore[union-attr]
+    attacker = scores.filter(pl.col("session_id").str.starts_with("attacker-"))
+    return int(attacker["is_anomaly"].sum()), attacker.height
+
+
+def _mobile_share(world: World, as_of: date) -> float:
+    """The victim's share of mobile events in the baseline snapshot ``score`` wrote for ``as_of``."""
+    snapshot = io.read_baseline_snapshot(io.baseline_snapshot_path(world.data_dir, as_of))
+    return float(snapshot.filter(pl.col("user_id") == VICTIM)["share_device_mobile"].item())
+
+
+def _manifest(out: Path, day: date) -> dict:
+    return json.loads(io.run_manifest_path(out, day).read_text())
+
+
+@pytest.fixture(scope="module")
+def protected(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("protected-out")
+    _score_days(world, out, ATTACK, protect=True)
+    return out
+
+
+def test_a_protected_baseline_keeps_flagging_the_attacker_every_day(world: World, protected: Path) -> None:
+    for day in ATTACK:
+        flagged, total = _attacker_flags(protected, day)
+        assert total == 8 and flagged == total, (day, flagged, total)
+        assert _mobile_share(world, day) == 0.0  # the phone was never learned
+    record = _manifest(protected, ATTACK[-1])["inputs"]["baseline_protection"]
+    assert record["enabled"] is True
+    assert record["unlearned_user_days"] >= 2  # at least the victim's two alerted days before the last
+
+
+def test_without_protection_the_attacker_is_learned_and_fades(world: World, protected: Path,
+                                                              tmp_path: Path) -> None:
+    _score_days(world, tmp_path, ATTACK, protect=False)
+    assert _attacker_flags(tmp_path, ATTACK[0]) == _attacker_flags(protected, ATTACK[0])  # same first day
+    assert _mobile_share(world, ATTACK[-1]) > 0.0
+    for day in ATTACK[1:]:  # learned from day 22 on: the alerts fade
+        assert _attacker_flags(tmp_path, day)[0] < _attacker_flags(protected, day)[0], day
+    assert _manifest(tmp_path, ATTACK[-1])["inputs"]["baseline_protection"]["unlearned_user_days"] == 0
+
+
+def test_rescoring_a_protected_day_gives_the_same_scores(world: World, protected: Path) -> None:
+    before = io.scan_partition(protected, io.SCORES, ATTACK[-1]).collect()  # type: ignore[union-attr]
+    _score_days(world, protected, [ATTACK[-1]], protect=True)
+    after = io.scan_partition(protected, io.SCORES, ATTACK[-1]).collect()  # type: ignore[union-attr]
+    assert after.equals(before)
+
+
+def test_a_benign_verdict_lets_the_day_be_learned_again(world: World, tmp_path: Path) -> None:
+    shutil.copytree(world.data_dir, tmp_path / "data")  # the verdict is written there
+    world = World(tmp_path / "data", world.model_dir)
+    out = tmp_path / "out"
+    _score_days(world, out, ATTACK[:2], protect=True)
+    assert _mobile_share(world, ATTACK[1]) == 0.0
+    alerts = io.scan_partition(out, io.FLAGGED, ATTACK[0]).collect()  # type: ignore[union-attr]
+    verdicts = tmp_path / "verdicts.csv"
+    alerts.filter(pl.col("user_id") == VICTIM).select(
+        "event_id", pl.lit("benign").alias("label"), pl.lit("ana").alias("analyst"),
+        pl.lit("new phone").alias("note")).write_csv(verdicts)
+    _cli("feedback", str(verdicts), "--data-dir", str(world.data_dir), "--output-dir", str(out))
+    _score_days(world, out, [ATTACK[1]], protect=True)
+    assert _mobile_share(world, ATTACK[1]) > 0.0  # day 22 is in the victim's baseline now
