@@ -20,7 +20,7 @@ UV := $(BIN)/uv pip install --compile-bytecode --python $(BIN)/python
 # The project's own sources (an editable install) are compiled by each run, for the same reason.
 COMPILE_SOURCES := $(BIN)/python -m compileall -q uba jobs
 
-.PHONY: install install-dev demo test lint clean
+.PHONY: install install-dev demo test test-fast lint clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ test: install-dev
 	$(BIN)/ruff check .
 	@$(COMPILE_SOURCES) >/dev/null
 	$(BIN)/pytest -q
+
+# The unit tier only (tests/conftest.py says what each tier holds): under a minute.
+test-fast: install-dev
+	@$(COMPILE_SOURCES) >/dev/null
+	$(BIN)/pytest -q -m unit
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -24,6 +24,44 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("UBA_RAY__MIN_ROWS_FOR_RAY", SUITE_MIN_ROWS_FOR_RAY)
 
 
+# --- test tiers: `make test-fast` runs `-m unit`, `make test` runs every tier ----------------
+# unit: in-process, no Ray, no server, no subprocess, well under a second each.
+# integration: real Ray, real uvicorn, real files through the CLI and subprocesses.
+# deploy: nginx, kustomize, the Dockerfile, chromium.
+# A test marked with a tier keeps it; otherwise its module decides, and a test of a unit
+# module that asks for a shared world or a Ray runtime is integration. A module not listed
+# here is integration, so a new file never slows the fast tier by accident.
+TIERS = ("unit", "integration", "deploy")
+UNIT_MODULES = frozenset({
+    "test_alert_delivery_units", "test_api_metrics_labels", "test_artifacts", "test_drift", "test_evaluate_users",
+    "test_features", "test_features_compiled", "test_forest_kernel", "test_generate", "test_ingest",
+    "test_io_integrity", "test_model", "test_plan", "test_reasons", "test_reasons_oracle", "test_risk",
+    "test_settings", "test_thresholds", "test_userday", "test_validate",
+})
+DEPLOY_MODULES = frozenset({"test_deploy_docker", "test_deploy_k8s", "test_deploy_nginx"})
+INTEGRATION_FIXTURES = frozenset({"ray_runtime", "trained_dataset", "scoring_settings", "alert_world"})
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The tier a collected test runs in (see the block comment above)."""
+    explicit = [tier for tier in TIERS if item.get_closest_marker(tier) is not None]
+    if explicit:
+        return explicit[0]
+    module = item.nodeid.split("::", 1)[0].rpartition("/")[2].removesuffix(".py")
+    if module in DEPLOY_MODULES:
+        return "deploy"
+    if module in UNIT_MODULES and not INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return "unit"
+    return "integration"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = tier_of(item)
+        if item.get_closest_marker(tier) is None:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
 # Tests that need a Debian package skip themselves when it is missing; `make test` on a
 # laptop then ends by saying which and how to run them (.ci/run installs the packages).
 SYSTEM_PACKAGES = {"nginx": "nginx", "openssl": "openssl", "chromium": "chromium", "rsyslog": "rsyslog"}

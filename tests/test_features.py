@@ -391,6 +391,7 @@ def test_baseline_snapshot_round_trip(tmp_path):
     assert io.read_baseline_snapshot(path).equals(base)
 
 
+@pytest.mark.integration  # a real subprocess, server or seconds of work
 def test_two_runs_writing_the_same_new_aggregates_day_both_succeed(tmp_path) -> None:
     """Runs of different dates share lookback days: the second to publish a fresh
     aggregates partition must replace the first's, not fail with 'Directory not empty'."""

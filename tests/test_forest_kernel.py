@@ -299,6 +299,7 @@ def test_nan_threshold_at_an_inner_node_is_refused():
 # ------------------------------------------------------- loading and caching
 
 
+@pytest.mark.integration  # a real subprocess, server or seconds of work
 def test_importing_and_building_a_forest_does_not_import_numba_loading_the_kernel_does():
     code = (
         "import sys, numpy as np\n"

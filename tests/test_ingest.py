@@ -215,6 +215,7 @@ def write_all_formats(frame: pl.DataFrame, folder: Path) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.integration  # a real subprocess, server or seconds of work
 def test_csv_jsonl_json_parquet_give_identical_partitions(tmp_path: Path) -> None:
     frame = sample_events(2500)
     paths = write_all_formats(frame, tmp_path / "in")
@@ -486,6 +487,7 @@ def test_temporary_files_are_never_read_as_parts(tmp_path: Path) -> None:
     assert [p.name for p in data.rglob(f"{storage.TMP_PREFIX}*")] == [f"{storage.TMP_PREFIX}deadbeef.parquet"]
 
 
+@pytest.mark.integration  # a real subprocess, server or seconds of work
 def test_killed_ingest_leaves_whole_parts_and_a_rerun_completes(tmp_path: Path) -> None:
     frame = sample_events(12000, seed=11)
     path = write_all_formats(frame, tmp_path / "in")["csv"]
@@ -595,6 +597,7 @@ def _random_csv(rng: np.random.Generator, well_formed: bool) -> tuple[bytes, lis
     return data, ends
 
 
+@pytest.mark.integration  # a real subprocess, server or seconds of work
 def test_one_definition_of_a_record_whatever_the_read_size_and_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     """Record ends match RFC 4180 exactly, do not depend on where reads are cut, and the
     columnar and record-by-record parsers give the same fields for every record."""
@@ -693,6 +696,7 @@ def _can_mount_tmpfs(target: Path) -> bool:
     return done.returncode == 0
 
 
+@pytest.mark.integration  # a real subprocess, server or seconds of work
 def test_disk_full_on_a_real_small_tmpfs(tmp_path: Path) -> None:
     """A real filesystem that fills: Polars reports ENOSPC as a ComputeError, still one line."""
     mount = tmp_path / "small"
@@ -874,6 +878,7 @@ def _peak_rss_mb(path: Path, data: Path) -> float:
     return float(done.stdout.split()[-1])
 
 
+@pytest.mark.integration  # a real subprocess, server or seconds of work
 def test_memory_of_a_file_of_new_keys_stays_that_of_the_same_file_without_them(tmp_path: Path) -> None:
     """Peak RSS of 60,000 lines each with a key of its own, against the same lines without
     (a ratio in the same run, not an absolute number: the machine is shared)."""
@@ -947,6 +952,7 @@ def test_jsonl_cr_split_across_read_blocks(tmp_path: Path, monkeypatch: pytest.M
     assert [json.loads(line)["event_id"] for _, line in numbered] == [f"t{i}" for i in range(40)]
 
 
+@pytest.mark.integration  # a real subprocess, server or seconds of work
 def test_concurrent_ingests_of_the_same_file_store_each_event_once(tmp_path: Path) -> None:
     """Two real `uba-batch ingest` processes of one file: the duplicate check and the write of
     a day happen under that day's lock, so the second sees the first one's rows as stored
@@ -996,6 +1002,7 @@ def _cli_peak_rss_mb(path: Path, data: Path) -> tuple[float, subprocess.Complete
     return float(done.stdout.split()[-1]), done
 
 
+@pytest.mark.integration  # a real subprocess, server or seconds of work
 def test_parquet_dictionary_values_are_bounded_by_their_decoded_size(tmp_path: Path) -> None:
     """A 51 KB file of one 60,000-character dictionary user_id on 20,000 rows decodes to 1.2 GB
     (it took 2.9 GB RSS): read in slices of bounded decoded size, every row quarantined; the
@@ -1227,6 +1234,7 @@ def test_ingest_exit_codes_and_messages(tmp_path: Path, name: str, body: bytes |
         assert (run["rows_read"], run["rows_written"], run["rows_quarantined"]) == (3, 1, 2)
 
 
+@pytest.mark.integration  # a real subprocess, server or seconds of work
 def test_a_retried_delivery_exits_as_the_first_run_did(tmp_path: Path) -> None:
     """Rows refused as already stored do not count towards ingest.max_quarantine_ratio."""
     body = (FULL_HEADER + GOOD_ROW + "e2,u2,2026-11-11T11:00:00Z,login,60,3,desktop\n").encode()

@@ -245,6 +245,7 @@ def _write_parts(root: str, day: str, names: list[str]) -> None:
         io.write_part(pl.DataFrame({"a": list(range(50))}), Path(root), io.EVENTS, day, name=name)
 
 
+@pytest.mark.integration  # a real subprocess, server or seconds of work
 def test_concurrent_writers_of_different_and_same_days_keep_every_manifest_exact(tmp_path: Path) -> None:
     """Four processes ingest at once: two write days of their own, two share a day. Every
     part ends up listed exactly once, and the marker was made once, listing nothing."""

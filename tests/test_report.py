@@ -92,6 +92,7 @@ def test_chromium_check_catches_a_broken_page(tmp_path: Path) -> None:
     assert any("boom" in line for line in rendered.console), rendered.console
 
 
+@pytest.mark.deploy
 @needs_chromium
 def test_report_renders_cleanly_in_chromium(tmp_path: Path) -> None:
     settings = load_settings(overrides={"paths": {"output_dir": _output_dir(tmp_path)}}, env={})

@@ -401,6 +401,7 @@ def _api_verdict(model: type, event: dict[str, Any]) -> dict[str, Any] | None:
             "timestamp": stamp}
 
 
+@pytest.mark.integration  # a real subprocess, server or seconds of work
 def test_the_api_and_ingest_accept_exactly_the_same_timestamps_and_ids(tmp_path: Path) -> None:
     """The same 200+ edge values to the API's request model and through a real JSON Lines file."""
     from uba.api.schemas import build_event_model
@@ -490,6 +491,7 @@ REPEATED_KEY_EVENTS = [
 ]
 
 
+@pytest.mark.integration  # a real subprocess, server or seconds of work
 def test_the_api_and_ingest_agree_on_every_field_and_refuse_repeated_keys(tmp_path: Path) -> None:
     """The same raw JSON text to the API's request path (uba.api.body) and through a JSON Lines
     file: numbers as strings, category spellings, booleans, non-finite numbers, repeated keys."""
