@@ -126,6 +126,9 @@ class BaselineProtectionSettings(_Section):
 
     enabled: bool = True
     min_active_days: int = Field(5, ge=0, le=366)
+    # Alerted days older than this before the scored day are learned again: a real habit
+    # change nobody triaged stops alerting after this many days instead of a whole lookback.
+    max_days: int = Field(14, ge=1, le=366)
 
 
 class TrainSettings(_Section):

@@ -122,12 +122,15 @@ def baselines_as_of(data_dir: Path, as_of: date, settings: Settings,
 
 def unlearned_as_of(output_dir: Path | None, data_dir: Path, as_of: date, settings: Settings) -> pl.DataFrame:
     """The user-days of ``as_of``'s lookback that its baselines leave out (the days whose
-    published alerts were not called benign); empty without an output directory or with
+    published alerts were not called benign) within ``baseline_protection.max_days``
+    before it; empty without an output directory or with
     ``baseline_protection.enabled`` false."""
     if output_dir is None:
         return pl.DataFrame(schema=UNLEARNED_SCHEMA)
     days = lookback_days(as_of, settings.features.lookback_days)
-    return unlearned_user_days(Path(output_dir), data_dir, days, settings.baseline_protection)
+    oldest = as_of - timedelta(days=settings.baseline_protection.max_days)
+    return unlearned_user_days(Path(output_dir), data_dir, [d for d in days if d >= oldest],
+                               settings.baseline_protection)
 
 
 def protected_baselines_as_of(data_dir: Path, as_of: date, settings: Settings,

@@ -516,6 +516,7 @@ class _Run:
         protection = self.settings.baseline_protection
         unlearned = self.unlearned
         return {"enabled": protection.enabled, "min_active_days": protection.min_active_days,
+                "max_days": protection.max_days,
                 "unlearned_user_days": 0 if unlearned is None else int(unlearned.height),
                 "unlearned_users": 0 if unlearned is None else int(unlearned["user_id"].n_unique())}
 
