@@ -30,7 +30,7 @@ from uba.feedback import active_rules, load_rules
 from uba.logs import get_logger
 from uba.settings import Settings
 from uba.thresholds import concentration_from_counts, load_user_cuts
-from uba.userday import score_user_days
+from uba.userday import read_trends, score_user_days
 
 log = get_logger("operations")
 
@@ -82,7 +82,8 @@ class RunOperations:
         if today is None:
             return None
         today = today.with_columns(pl.lit(self.day, dtype=pl.Date).alias("event_date"))
-        scored = score_user_days(today, baselines.lazy(), self.settings.user_day).collect()
+        scored = score_user_days(today, baselines.lazy(), self.settings.user_day,
+                                 read_trends(self.settings, self.day)).collect()
         self.users_scored = scored.height
         return (scored.filter(pl.col("day_score") > 0)
                 .sort(["day_score", "user_id"], descending=[True, False]))

@@ -234,8 +234,33 @@ class MonitoringSettings(_Section):
     fail_on_drift: bool = False
 
 
+class TrendSettings(_Section):
+    """Multi-day user-day signals (``uba.trends``): the user's recent active days on the same
+    side of their own history before the window, pooled (Stouffer) and tested one-sided at
+    ``alpha`` against Student's t. Variances are shrunk toward the population's median with ``prior_days``."""
+
+    enabled: bool = True
+    window_days: int = Field(7, ge=2, le=60)
+    min_days: int = Field(3, ge=2, le=60)
+    alpha: float = Field(0.001, gt=0, lt=0.5)
+    max_day_z: float = Field(3.0, gt=0)
+    min_history_days: int = Field(7, ge=2)
+    prior_days: float = Field(5.0, ge=0)
+    min_downloads: int = Field(6, ge=1)
+    min_download_share: float = Field(0.01, gt=0, lt=1)
+    min_hour_sd: float = Field(0.5, gt=0)
+    min_log_duration_sd: float = Field(0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _run_fits(self) -> TrendSettings:
+        if self.min_days > self.window_days:
+            raise ValueError("min_days must be at most window_days (a run lives inside the window)")
+        return self
+
+
 class UserDaySettings(_Section):
-    """User-day alerts: a whole day unusual for the user (downloads, sessions, events, weekday)."""
+    """User-day alerts: a whole day unusual for the user (downloads, sessions, events, weekday),
+    and the multi-day signals of ``trend``."""
 
     enabled: bool = True
     download_ratio: float = Field(10.0, gt=1)
@@ -252,6 +277,7 @@ class UserDaySettings(_Section):
     weekday_min_events: int = Field(5, ge=1)
     prior_days: float = Field(5.0, gt=0)
     rate_floor: float = Field(0.5, gt=0)
+    trend: TrendSettings = TrendSettings()
 
 
 RISK_LEVELS = ("low", "medium", "high", "critical")

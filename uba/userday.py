@@ -15,6 +15,10 @@ two days has a noisy rate; an unknown user gets the population's). Signals:
 - ``new_weekday``: activity on a weekday the user has not been active on in at least
   ``weekday_min_weeks`` weeks of history.
 
+Multi-day signals (``uba.trends``: ``rising_downloads``, ``later_hours``,
+``longer_sessions``) join the same candidates when the caller passes them: several days
+in a row on the same side of the user's usual, none remarkable alone.
+
 Minimum counts keep tiny numbers from alerting. Each fired signal contributes its
 strength (ratio / limit; for the two-sided pattern the weaker of its two; 1 for the
 weekday) to the day's ``day_score``, so several signals together outrank one (entity
@@ -34,6 +38,7 @@ from uba import io
 from uba.errors import UserError
 from uba.features.baselines import POPULATION_USER, dow_days_col
 from uba.settings import Settings, UserDaySettings
+from uba.trends import TREND_SCHEMA, trend_signals
 
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 RATE_SIGNALS: tuple[tuple[str, str, str], ...] = (
@@ -132,12 +137,25 @@ def _weekday_reason(settings: UserDaySettings) -> pl.Expr:
     return pl.struct(strength=pl.when(fired).then(1.0).otherwise(0.0), text=text, kind=pl.lit("new_weekday"))
 
 
+def _with_trends(day_aggregates: pl.LazyFrame, trends: pl.LazyFrame | None) -> pl.LazyFrame:
+    """The day's rows with the user's fired multi-day signals (``uba.trends``; empty list if none)."""
+    empty = pl.lit([], TREND_SCHEMA["trend_fired"])
+    if trends is None:
+        return day_aggregates.with_columns(empty.alias("trend_fired"))
+    return (day_aggregates.join(trends, on="user_id", how="left")
+            .with_columns(pl.col("trend_fired").fill_null(empty)))
+
+
 def score_user_days(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
-                    settings: UserDaySettings) -> pl.LazyFrame:
-    """Every user active in ``day_aggregates`` with their day's score and reasons (may be empty)."""
+                    settings: UserDaySettings, trends: pl.LazyFrame | None = None) -> pl.LazyFrame:
+    """Every user active in ``day_aggregates`` with their day's score and reasons (may be empty).
+
+    ``trends`` (``uba.trends.trend_signals`` of the same day) adds the multi-day signals
+    to the day's candidates, so they are scored, ranked and worded like the one-day ones.
+    """
     users, population = _baseline_inputs(baselines)
     joined = (
-        day_aggregates.join(users, on="user_id", how="left")
+        _with_trends(day_aggregates, trends).join(users, on="user_id", how="left")
         .join(population, how="cross")
         .with_columns(
             pl.col("days_active").is_not_null().alias("known_user"),
@@ -147,7 +165,7 @@ def score_user_days(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
     limits = _limits(settings)
     candidates = [_rate_reason(kind, count, *limits[kind], settings.rate_floor)
                   for kind, count, _ in RATE_SIGNALS]
-    candidates += [_spread_reason(settings), _weekday_reason(settings)]
+    candidates += [_spread_reason(settings), _weekday_reason(settings), pl.col("trend_fired")]
     ranked = pl.concat_list(candidates).list.eval(
         pl.element().sort_by(pl.element().struct.field("strength"), descending=True, maintain_order=True)
     ).list.eval(pl.element().filter(pl.element().struct.field("strength") > 0))
@@ -167,10 +185,10 @@ def score_user_days(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
 
 
 def user_day_alerts(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
-                    settings: UserDaySettings) -> pl.LazyFrame:
+                    settings: UserDaySettings, trends: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """Users whose day fired at least one signal, riskiest first."""
     return (
-        score_user_days(day_aggregates, baselines, settings)
+        score_user_days(day_aggregates, baselines, settings, trends)
         .filter(pl.col("day_score") > 0)
         .sort(["day_score", "user_id"], descending=[True, False])
     )
@@ -178,9 +196,25 @@ def user_day_alerts(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
 
 def alerts_for_day(aggregates: pl.LazyFrame, baselines: pl.LazyFrame, day: date,
                    settings: UserDaySettings) -> pl.LazyFrame:
-    """User-day alerts of ``day`` from an aggregates frame that may hold other days too."""
+    """User-day alerts of ``day`` from an aggregates frame that may hold other days too
+    (the days before ``day`` in it feed the multi-day signals)."""
     today = aggregates.filter(pl.col("event_date").cast(pl.Date) == day)
-    return user_day_alerts(today, baselines, settings)
+    trends = trend_signals(aggregates, day, settings.trend) if settings.trend.enabled else None
+    return user_day_alerts(today, baselines, settings, trends)
+
+
+def read_trends(settings: Settings, day: date) -> pl.LazyFrame | None:
+    """The multi-day signals of ``day`` from the stored aggregates of the lookback and the day
+    (None when turned off or there are none). The lookback is the baselines' own, so the
+    history compared with is the one the rest of scoring uses."""
+    from uba.features.store import lookback_days
+
+    trend = settings.user_day.trend
+    if not trend.enabled:
+        return None
+    days = [*lookback_days(day, settings.features.lookback_days), day]
+    history = io.scan_aggregates(settings.paths.data_dir, days)
+    return None if history is None else trend_signals(history, day, trend)
 
 
 @dataclass(frozen=True)
@@ -209,7 +243,7 @@ def run_user_day(settings: Settings, day: date) -> UserDayRun:
                         "(no events that day?)")
     today = today.with_columns(pl.lit(day, dtype=pl.Date).alias("event_date"))  # Hive path only
     baselines = protected_baselines_as_of(data_dir, day, settings, settings.paths.output_dir)
-    scored = score_user_days(today, baselines, settings.user_day).collect()
+    scored = score_user_days(today, baselines, settings.user_day, read_trends(settings, day)).collect()
     alerts = (scored.filter(pl.col("day_score") > 0)
               .sort(["day_score", "user_id"], descending=[True, False]))
     path = io.replace_partition(alerts, settings.paths.output_dir, io.FLAGGED_USERS, day)

@@ -1,0 +1,147 @@
+"""Multi-day user-day signals (uba.trends) on hand-made event partitions, through the real CLI:
+``train`` on four weeks of ordinary days, then ``score --date`` on a day that ends a run of
+rising downloads for one user and of later, longer sessions for another."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import cli
+from uba import io
+from uba.risk import read_risk
+from uba.schema import EVENT_SCHEMA
+from uba.settings import TrendSettings
+from uba.trends import trend_signals
+
+FIRST = date(2026, 2, 2)
+TRAIN_END = date(2026, 3, 1)        # 28 days of ordinary history
+DAY = date(2026, 3, 5)              # scored: the fourth day of both campaigns
+CAMPAIGN = [date(2026, 3, 2) + timedelta(days=k) for k in range(4)]
+EXFIL_DOWNLOADS = (6, 8, 10, 12)    # of 20 events a day, vs usually 1-3
+DRIFT_HOURS = (12, 13, 14, 15)      # vs usually 9-10
+DRIFT_SECONDS = (1200.0, 1500.0, 1800.0, 2100.0)  # vs usually 600
+USERS = ("steady", "exfil", "drifter", *(f"filler{i}" for i in range(5)))
+ENV = {"UBA_MODEL__N_ESTIMATORS": "30", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def _session(user: str, day: date, hour: int, n: int, downloads: int, seconds: float) -> list[dict]:
+    start = datetime(day.year, day.month, day.day, hour, 0, tzinfo=UTC)
+    sid = f"{user}-{day.isoformat()}"
+    rows = []
+    for k in range(n):
+        kind = "login" if k == 0 else ("download" if k <= downloads else "view")
+        ts = start + timedelta(seconds=20 * k)
+        rows.append({"event_id": f"{sid}-{k}", "user_id": user, "timestamp": ts, "event_type": kind,
+                     "session_duration_sec": seconds, "events_in_session": n, "device_type": "desktop",
+                     "hour_of_day": ts.hour, "day_of_week": ts.weekday(), "session_id": sid})
+    return rows
+
+
+def _ordinary(user: str, day: date, rng: np.random.Generator) -> list[dict]:
+    """One session a day at 9 or 10, 1-3 downloads of 20 events, about ten minutes."""
+    return _session(user, day, 9 + int(rng.integers(0, 2)), 20, int(rng.integers(1, 4)),
+                    float(rng.normal(600.0, 60.0)))
+
+
+def _rows(day: date, rng: np.random.Generator) -> list[dict]:
+    rows: list[dict] = []
+    for user in USERS:
+        if day in CAMPAIGN and user == "exfil":
+            rows += _session(user, day, 9, 20, EXFIL_DOWNLOADS[CAMPAIGN.index(day)], 600.0)
+        elif day in CAMPAIGN and user == "drifter":
+            step = CAMPAIGN.index(day)
+            rows += _session(user, day, DRIFT_HOURS[step], 20, 2, DRIFT_SECONDS[step])
+        else:
+            rows += _ordinary(user, day, rng)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Hand-made events written as partitions, a bundle trained and DAY scored with the CLI."""
+    root = tmp_path_factory.mktemp("trends")
+    rng = np.random.default_rng(3)
+    day = FIRST
+    while day <= CAMPAIGN[-1]:
+        io.write_part(pl.DataFrame(_rows(day, rng), schema=EVENT_SCHEMA), root / "data", io.EVENTS, day)
+        day += timedelta(days=1)
+    dirs = ["--data-dir", str(root / "data"), "--model-dir", str(root / "models")]
+    for args in (["train", *dirs, "--end-date", TRAIN_END.isoformat(), "--window-days", "28"],
+                 ["score", *dirs, "--output-dir", str(root / "out"), "--date", DAY.isoformat()]):
+        result = CliRunner().invoke(cli, args, env=ENV)
+        assert result.exit_code == 0, (args[0], result.output, result.exception)
+    return root
+
+
+def _user_days(world: Path) -> dict[str, dict]:
+    stored = pl.read_parquet(io.partition_files(world / "out", io.FLAGGED_USERS, DAY))
+    return {r["user_id"]: r for r in stored.iter_rows(named=True)}
+
+
+def test_rising_downloads_fire_with_the_days_and_the_usual(world: Path) -> None:
+    exfil = _user_days(world)["exfil"]
+    assert exfil["reason_kinds"] == ["rising_downloads"]
+    reason = exfil["reasons"][0]
+    assert reason.startswith("downloads above usual for 4 active days running, rising: 6, 8, 10, 12 vs usually 2.")
+    assert "over 22 earlier active days" in reason
+    assert exfil["day_score"] > 1.0, "strength = t / critical value, over 1 when fired"
+
+
+def test_later_hours_and_longer_sessions_fire_for_the_drifting_user(world: Path) -> None:
+    drifter = _user_days(world)["drifter"]
+    assert set(drifter["reason_kinds"]) == {"later_hours", "longer_sessions"}
+    hours = drifter["reasons"][drifter["reason_kinds"].index("later_hours")]
+    # the run may start on ordinary days that happened to sit above the mean (10:00 vs 09:38)
+    assert hours.startswith("active later than usual (mean hour) for ") and ", rising: " in hours
+    assert "12:00, 13:00, 14:00, 15:00 vs usually 09:" in hours
+    lengths = drifter["reasons"][drifter["reason_kinds"].index("longer_sessions")]
+    usual = re.search(r"20\.0, 25\.0, 30\.0, 35\.0 min vs usually ([0-9.]+) min", lengths)
+    assert usual is not None and 9.0 < float(usual.group(1)) < 11.0, lengths
+
+
+def test_steady_users_get_no_multi_day_signal(world: Path) -> None:
+    days = _user_days(world)
+    assert set(days) <= {"exfil", "drifter"}, f"ordinary users flagged: {sorted(set(days) - {'exfil', 'drifter'})}"
+
+
+def test_entity_risk_counts_the_signals_as_user_day_contributions(world: Path) -> None:
+    risk = read_risk(world / "out", DAY)
+    assert risk is not None
+    rows = {r["user_id"]: r for r in risk.iter_rows(named=True)}
+    kinds = {k for c in rows["drifter"]["contributions"] if c["type"] == "user_day" for k in c["reason_kinds"]}
+    assert kinds == {"later_hours", "longer_sessions"}
+    assert rows["exfil"]["contributions"][0]["reason_kinds"] == ["rising_downloads"]
+
+
+def _frame(values: list[float], today: date) -> pl.LazyFrame:
+    """Aggregates of one user, one row a day ending ``today``: ``values`` are daily downloads
+    of 20 events; hours and lengths are constant."""
+    days = [today - timedelta(days=len(values) - 1 - k) for k in range(len(values))]
+    return pl.LazyFrame({
+        "user_id": ["u"] * len(values), "event_date": days, "n_events": [20] * len(values),
+        "n_downloads": [int(v) for v in values], "sum_hour_sin": [20 * 0.0] * len(values),
+        "sum_hour_cos": [20.0] * len(values), "sum_log_duration": [20 * 6.4] * len(values),
+    })
+
+
+def test_one_extreme_day_does_not_carry_a_run_of_ordinary_days() -> None:
+    history = [1, 2, 1, 3, 2, 1, 2, 2, 1, 3, 2, 1, 2, 2]
+    settings = TrendSettings()
+    extreme_then_ordinary = _frame([*history, 0, 0, 0, 0, 18, 3, 3], DAY)
+    assert trend_signals(extreme_then_ordinary, DAY, settings).collect().is_empty()
+    steadily_up = _frame([*history, 0, 0, 0, 0, 6, 7, 8], DAY)
+    fired = trend_signals(steadily_up, DAY, settings).collect()
+    assert fired["trend_fired"][0][0]["kind"] == "rising_downloads"
+
+
+def test_too_little_history_is_not_judged() -> None:
+    settings = TrendSettings()
+    short = _frame([1, 2, 1, 6, 7, 8, 9, 10, 11, 12], DAY)  # 3 days before the 7-day window
+    assert trend_signals(short, DAY, settings).collect().is_empty()

@@ -1,0 +1,257 @@
+"""Multi-day user-day signals: a user's days moving away from their own history, day after day.
+
+A slow exfiltration (a few more downloads each day) or an insider drifting to later
+hours and longer sessions never makes one event, nor one day, extreme; what gives it
+away is several days in a row on the same side of the user's usual, adding up.
+These signals compare each of the user's recent active days with the user's own
+history *before* the recent window, so a campaign running through the window does not
+become its own reference (the rolling baselines would learn it within days).
+
+For each metric of a day (from the daily aggregates, no raw events):
+
+- ``rising_downloads``: the share of the day's events that are downloads (shown as
+  counts), so a day with more activity is not mistaken for more theft;
+- ``later_hours``: the day's mean hour (circular, event-weighted), as a signed offset
+  from the user's usual (later is positive);
+- ``longer_sessions``: the day's mean log session length (event-weighted).
+
+Reference: the user's active days in the lookback *before* the window of
+``window_days`` calendar days ending today, at least ``min_history_days`` of them.
+The user's day-to-day spread there is the noise unit. A spread from a handful of days
+is itself noisy, so its variance is shrunk toward the population's median variance with
+``prior_days`` pseudo-days, and floored (a share's variance is at least binomial; hours
+and lengths have fixed floors), so a user who happened to be steady for two weeks does
+not turn small wobbles into large deviations.
+
+The run: the user's active days within the window counted back from today while the
+metric stays above the reference. With ``n`` days in the run, the days' standardised
+deviations, each capped at ``max_day_z`` (one extreme day must not carry a run of
+ordinary ones), are pooled as ``t = sum(min(dev / sd, max_day_z)) / sqrt(n)``
+(Stouffer; it assumes independent days). Because ``sd`` is estimated, ``t`` is
+compared with Student's t at one-sided level ``alpha`` with ``ref_days - 1 +
+prior_days`` degrees of freedom, not with the normal quantile (with 10 days of history
+the normal cut fires six times too often). A signal fires when ``n >= min_days`` and
+``t`` clears that critical value (downloads also need ``min_downloads`` over the run);
+its strength is ``t / critical``, so it enters ``day_score`` like every other user-day
+signal. Trends are not required to be monotone (the reason says "rising" when the last
+day is further out than the first): day-to-day noise would hide most real ones.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, timedelta
+
+import polars as pl
+
+from uba.settings import TrendSettings
+
+HOURS_PER_RADIAN = 24.0 / (2.0 * math.pi)
+TREND_KINDS = ("rising_downloads", "later_hours", "longer_sessions")
+# (kind, deviation column, value column shown in the reason)
+_METRICS = (
+    ("rising_downloads", "dev_downloads", "n_downloads"),  # tested on the share, shown as counts
+    ("later_hours", "dev_hour", "hour"),
+    ("longer_sessions", "dev_log_duration", "log_duration"),
+)
+TREND_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "trend_fired": pl.List(pl.Struct({"strength": pl.Float64(), "text": pl.String(), "kind": pl.String()})),
+}
+
+
+def _daily(aggregates: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per user and active day: the day's downloads, mean hour (radians) and mean log length."""
+    events = pl.col("n_events").cast(pl.Float64)
+    return aggregates.filter(pl.col("n_events") > 0).select(
+        pl.col("user_id").cast(pl.String),
+        pl.col("event_date").cast(pl.Date),
+        events.alias("n_events"),
+        pl.col("n_downloads").cast(pl.Float64),
+        pl.col("sum_hour_sin").cast(pl.Float64),
+        pl.col("sum_hour_cos").cast(pl.Float64),
+        (pl.col("sum_log_duration").cast(pl.Float64) / events).alias("log_duration"),
+        (pl.col("n_downloads").cast(pl.Float64) / events).alias("download_share"),
+        (pl.arctan2("sum_hour_sin", "sum_hour_cos") * HOURS_PER_RADIAN % 24.0).alias("hour"),
+    )
+
+
+def _wrapped(hours: pl.Expr) -> pl.Expr:
+    """A difference of hours of the day, in [-12, 12): 23:00 is one hour before 00:00."""
+    return (hours + 12.0) % 24.0 - 12.0
+
+
+def _reference(daily: pl.LazyFrame, window_start: date, settings: TrendSettings) -> pl.LazyFrame:
+    """Per user, from active days before the window: means, centre hour and day-to-day variances."""
+    before = daily.filter(pl.col("event_date") < window_start)
+    centre = (pl.arctan2(pl.col("sum_hour_sin").sum(), pl.col("sum_hour_cos").sum()) * HOURS_PER_RADIAN % 24.0)
+    per_user = (
+        before.group_by("user_id").agg(
+            pl.len().alias("ref_days"),
+            pl.col("n_downloads").mean().alias("ref_downloads"),
+            pl.col("n_events").mean().alias("ref_events"),
+            (pl.col("n_downloads").sum() / pl.col("n_events").sum()).alias("ref_share"),
+            pl.col("download_share").var().alias("var_downloads"),
+            pl.col("log_duration").mean().alias("ref_log_duration"),
+            pl.col("log_duration").var().alias("var_log_duration"),
+            centre.alias("ref_hour"),
+        )
+        .filter(pl.col("ref_days") >= settings.min_history_days)
+    )
+    return _hour_variance(per_user, before)
+
+
+def _hour_variance(per_user: pl.LazyFrame, before: pl.LazyFrame) -> pl.LazyFrame:
+    """Day-to-day variance of the mean hour around the user's centre (wrapped offsets)."""
+    offsets = before.join(per_user.select("user_id", "ref_hour"), on="user_id").with_columns(
+        _wrapped(pl.col("hour") - pl.col("ref_hour")).alias("_offset"))
+    spread = offsets.group_by("user_id").agg(
+        ((pl.col("_offset") - pl.col("_offset").mean()) ** 2).sum().alias("_ss"),
+        pl.col("_offset").mean().alias("ref_offset"),
+    )
+    return per_user.join(spread, on="user_id").with_columns(
+        (pl.col("_ss") / (pl.col("ref_days") - 1).clip(1, None)).alias("var_hour")).drop("_ss")
+
+
+def _shrunk_sd(var: str, floor: pl.Expr, settings: TrendSettings) -> pl.Expr:
+    """sqrt of the user's variance shrunk toward the population's median, floored."""
+    own_weight = (pl.col("ref_days") - 1).cast(pl.Float64)
+    pooled = (own_weight * pl.col(var).fill_null(0.0) + settings.prior_days * pl.col(var).median()) / (
+        own_weight + settings.prior_days)
+    return pl.max_horizontal(pooled, floor).sqrt()
+
+
+def _binomial_var(settings: TrendSettings) -> pl.Expr:
+    """Sampling variance of a day's download share on a usual day, ``p (1 - p) / events``: the
+    floor of the share's day-to-day variance (a user whose history happens to show the
+    same share every day is not more predictable than chance allows). ``p`` is at least
+    ``min_download_share``, so a user who never downloaded still has a noise unit."""
+    share = pl.max_horizontal(pl.col("ref_share"), pl.lit(settings.min_download_share))
+    return share * (1.0 - share) / pl.col("ref_events").clip(1.0, None)
+
+
+def _noise(reference: pl.LazyFrame, settings: TrendSettings) -> pl.LazyFrame:
+    """The noise unit of each metric, per user (see the module doc)."""
+    return reference.with_columns(
+        _shrunk_sd("var_downloads", _binomial_var(settings), settings).alias("sd_downloads"),
+        _shrunk_sd("var_hour", pl.lit(settings.min_hour_sd ** 2), settings).alias("sd_hour"),
+        _shrunk_sd("var_log_duration", pl.lit(settings.min_log_duration_sd ** 2), settings).alias("sd_log_duration"),
+    )
+
+
+def _window_days(daily: pl.LazyFrame, reference: pl.LazyFrame, window_start: date, day: date) -> pl.LazyFrame:
+    """The users' active days of the window with each metric's deviation from their reference."""
+    return (
+        daily.filter((pl.col("event_date") >= window_start) & (pl.col("event_date") <= day))
+        .join(reference, on="user_id")
+        .with_columns(
+            (pl.col("download_share") - pl.col("ref_share")).alias("dev_downloads"),
+            (_wrapped(pl.col("hour") - pl.col("ref_hour")) - pl.col("ref_offset")).alias("dev_hour"),
+            (pl.col("log_duration") - pl.col("ref_log_duration")).alias("dev_log_duration"),
+        )
+    )
+
+
+def _runs(window: pl.LazyFrame, kind: str, dev: str, value: str, day: date, max_day_z: float) -> pl.LazyFrame:
+    """Per user active today: the run of days (newest back) with this metric above usual, pooled.
+
+    Each day's z is capped at ``max_day_z`` before pooling: the signal is about several
+    days agreeing, and one extreme day (already the one-day signals' and the event
+    model's business) must not carry a "run" of otherwise ordinary days.
+    """
+    sd = dev.replace("dev_", "sd_")
+    day_z = (pl.col(dev) / pl.col(sd)).clip(None, max_day_z)
+    ordered = window.sort(["user_id", "event_date"], descending=[False, True]).with_columns(
+        (pl.col(dev) > 0).cast(pl.Int32).cum_prod().over("user_id").alias("_in_run"),
+        (pl.col("event_date") == day).any().over("user_id").alias("_today"),
+    )
+    run = ordered.filter(pl.col("_today") & (pl.col("_in_run") == 1)).sort(["user_id", "event_date"])
+    return run.group_by("user_id", maintain_order=True).agg(
+        pl.lit(kind).alias("kind"),
+        pl.len().alias("n"),
+        (day_z.sum() / pl.len().cast(pl.Float64).sqrt()).alias("z"),
+        pl.col(value).alias("values"),
+        pl.col(dev).alias("devs"),
+        *(pl.col(c).first() for c in ("ref_downloads", "ref_hour", "ref_offset", "ref_log_duration", "ref_days")),
+    )
+
+
+def _clock(hours: pl.Expr) -> pl.Expr:
+    """Hours of the day as ``HH:MM``."""
+    minutes = (hours * 60.0).round().cast(pl.Int64) % (24 * 60)
+    return pl.format("{}:{}", (minutes // 60).cast(pl.String).str.zfill(2),
+                     (minutes % 60).cast(pl.String).str.zfill(2))
+
+
+def _minutes(log_duration: pl.Expr) -> pl.Expr:
+    """A mean log1p(seconds) back to a typical session length in minutes (geometric mean)."""
+    return ((log_duration.exp() - 1.0) / 60.0).round(1)
+
+
+def _values_text(kind: str) -> tuple[pl.Expr, pl.Expr]:
+    """(the run's daily values, the usual value) as text, in the metric's own unit."""
+    if kind == "rising_downloads":
+        return (pl.col("values").list.eval(pl.element().cast(pl.Int64).cast(pl.String)).list.join(", "),
+                pl.col("ref_downloads").round(1).cast(pl.String))
+    if kind == "later_hours":
+        return (pl.col("values").list.eval(_clock(pl.element())).list.join(", "),
+                _clock(pl.col("ref_hour") + pl.col("ref_offset")))
+    return (pl.col("values").list.eval(_minutes(pl.element()).cast(pl.String)).list.join(", ") + pl.lit(" min"),
+            _minutes(pl.col("ref_log_duration")).cast(pl.String) + pl.lit(" min"))
+
+
+_PHRASES = {
+    "rising_downloads": "downloads above usual",
+    "later_hours": "active later than usual (mean hour)",
+    "longer_sessions": "sessions longer than usual (typical length)",
+}
+
+
+def _critical(df: pl.Expr, alpha: float) -> pl.Expr:
+    """One-sided critical value of Student's t with ``df`` degrees of freedom at level ``alpha``.
+
+    The noise unit is estimated from the user's own few days, so the pooled statistic is
+    t- rather than normally distributed: with 10 days of history, z > 3.09 happens 6 times
+    as often as the nominal 0.1%. The degrees of freedom are the user's days minus one
+    plus the ``prior_days`` the variance was shrunk with.
+    """
+    from scipy.special import stdtrit  # scipy.stats costs a second per process
+
+    return df.map_batches(lambda s: pl.Series(stdtrit(s.to_numpy(), 1.0 - alpha)), return_dtype=pl.Float64)
+
+
+def _reason(kind: str, settings: TrendSettings) -> pl.Expr:
+    """The fired signal as a struct of strength, sentence and kind (strength 0 when not fired)."""
+    values, usual = _values_text(kind)
+    rising = pl.when(pl.col("devs").list.last() > pl.col("devs").list.first()).then(pl.lit(", rising")).otherwise(
+        pl.lit(""))
+    text = pl.format("{} for {} active days running{}: {} vs usually {} (t {} over {} earlier active days)",
+                     pl.lit(_PHRASES[kind]), pl.col("n"), rising, values, usual, pl.col("z").round(1),
+                     pl.col("ref_days"))
+    fired = (pl.col("n") >= settings.min_days) & (pl.col("z") >= pl.col("critical"))
+    if kind == "rising_downloads":
+        fired = fired & (pl.col("values").list.sum() >= settings.min_downloads)
+    return pl.struct(strength=pl.when(fired).then(pl.col("z") / pl.col("critical")).otherwise(0.0), text=text,
+                     kind=pl.lit(kind))
+
+
+def trend_signals(aggregates: pl.LazyFrame, day: date, settings: TrendSettings) -> pl.LazyFrame:
+    """``user_id, trend_fired`` (``TREND_SCHEMA``): the multi-day signals each user fired on ``day``.
+
+    ``aggregates`` holds daily aggregates of the lookback and of ``day`` itself (other
+    days are ignored). Users without enough history, or with nothing fired, are absent.
+    """
+    window_start = day - timedelta(days=settings.window_days - 1)
+    daily = _daily(aggregates.filter(pl.col("event_date").cast(pl.Date) <= day))
+    reference = _noise(_reference(daily, window_start, settings), settings)
+    window = _window_days(daily, reference, window_start, day)
+    runs = pl.concat([_runs(window, kind, dev, value, day, settings.max_day_z) for kind, dev, value in _METRICS])
+    runs = runs.with_columns(
+        _critical((pl.col("ref_days") - 1).cast(pl.Float64) + settings.prior_days, settings.alpha).alias("critical"))
+    reasons = pl.concat([
+        runs.filter(pl.col("kind") == kind).select("user_id", _reason(kind, settings).alias("signal"))
+        for kind in TREND_KINDS
+    ])
+    return (reasons.filter(pl.col("signal").struct.field("strength") > 0)
+            .group_by("user_id").agg(pl.col("signal").alias("trend_fired"))
+            .select([pl.col(n).cast(t) for n, t in TREND_SCHEMA.items()]))
