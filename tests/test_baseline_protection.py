@@ -176,3 +176,18 @@ def test_a_benign_verdict_lets_the_day_be_learned_again(world: World, tmp_path: 
     _cli("feedback", str(verdicts), "--data-dir", str(world.data_dir), "--output-dir", str(out))
     _score_days(world, out, [ATTACK[1]], protect=True)
     assert _mobile_share(world, ATTACK[1]) > 0.0  # day 22 is in the victim's baseline now
+
+
+def test_alerted_days_older_than_max_days_are_learned_again(world: World, protected: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(protected, out, symlinks=True)  # published days are relative links
+    last = ATTACK[-1]
+    assert _mobile_share(world, last) == 0.0
+    _cli("score", "--date", last.isoformat(), *world.args(out), "--in-process",
+         env={"UBA_BASELINE_PROTECTION__MAX_DAYS": "1"})
+    assert _mobile_share(world, last) > 0.0  # day 22, two days back, is learned; 23 is not
+    record = _manifest(out, last)["inputs"]["baseline_protection"]
+    assert record["max_days"] == 1 and record["unlearned_user_days"] < _manifest(
+        protected, last)["inputs"]["baseline_protection"]["unlearned_user_days"]
+    _cli("score", "--date", last.isoformat(), *world.args(out), "--in-process")  # the default again
+    assert _mobile_share(world, last) == 0.0
