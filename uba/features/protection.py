@@ -117,6 +117,14 @@ def _published(output_dir: Path, dataset: str, day: date, wanted: tuple[str, ...
     scan = io.scan_partition(output_dir, dataset, day)
     if scan is None:
         return None
+    for part in io.partition_files(output_dir, dataset, day):  # one line naming a cut part, not a traceback
+        try:
+            pl.read_parquet_schema(part)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            raise io.CorruptPartError(
+                f"{part} is not a readable Parquet file ({type(exc).__name__}): baseline protection reads "
+                f"the alerts of {day.isoformat()} from it; re-score that day (backfill --force) or "
+                "restore it from a backup") from exc
     names = scan.collect_schema().names()
     return scan.select([c for c in wanted if c in names]).collect()
 
