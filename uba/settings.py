@@ -745,7 +745,9 @@ def load_settings(
     try:
         return Settings(**flags)
     except ValidationError as exc:
-        named = _env_origin(tuple(exc.errors()[0]["loc"]), env)
+        loc = tuple(exc.errors()[0]["loc"])
+        from_flag = len(loc) > 1 and str(loc[1]) in flags.get(str(loc[0]), {})
+        named = None if from_flag else _env_origin(loc, env)
         raise UserError(_format_validation_error(exc, f"environment {named}" if named else source)) from exc
     finally:
         _LOWER_LAYERS.reset(token)
