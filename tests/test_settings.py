@@ -219,3 +219,63 @@ def test_train_refuses_an_infinite_setting_in_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     (line,) = result.output.strip().splitlines()
     assert line.startswith("error: invalid setting 'features.min_hour_spread'") and "finite number" in line
+
+
+# --- the environment layer (pydantic-settings sources) ------------------------------
+
+
+def test_bad_env_value_names_the_variable_value_and_what_is_allowed() -> None:
+    with pytest.raises(UserError) as caught:
+        load_settings(env={"UBA_SCORING__CHUNK_ROWS": "0"})
+    message = str(caught.value)
+    assert message == ("invalid setting 'scoring.chunk_rows' = 0: Input should be greater than or equal to 1 "
+                       "(environment UBA_SCORING__CHUNK_ROWS)")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"UBA_SCORING__WORKERS": "3"}, "unknown setting 'scoring.workers' (environment UBA_SCORING__WORKERS)"),
+    ({"UBA_SCORNIG__CHUNK_ROWS": "3"}, "unknown setting 'scornig' (environment UBA_SCORNIG__CHUNK_ROWS)"),
+])
+def test_unknown_env_setting_is_refused(env: dict[str, str], message: str) -> None:
+    """A misspelt variable would otherwise change nothing, silently."""
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_settings(env=env)
+
+
+def test_env_names_without_a_double_underscore_are_not_settings() -> None:
+    env = {"UBA_API_KEYS": "k", "UBA_FAULT_SHARD_DELAY_SEC": "1", "UBA_LOG_LEVEL": "debug"}
+    assert load_settings(env=env) == load_settings(env={})
+
+
+def test_env_values_are_read_as_yaml_and_nested_keys_reach_nested_sections() -> None:
+    settings = load_settings(env={"UBA_EVENTS__EVENT_TYPES": "[login, view]", "uba_model__n_estimators": "33",
+                                  "UBA_USER_DAY__TREND__WINDOW_DAYS": "9", "UBA_RAY__ADDRESS": "null",
+                                  "UBA_RISK__CRITICALITY_WEIGHTS__HIGH": "2"})
+    assert settings.events.event_types == ("login", "view")
+    assert settings.model.n_estimators == 33
+    assert settings.user_day.trend.window_days == 9 and settings.user_day.trend.min_days == 3
+    assert settings.ray.address is None
+    assert settings.risk.criticality_weights["high"] == 2.0
+
+
+def test_section_env_name_beats_the_short_path_name_and_an_empty_one_is_unset(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("paths: {data_dir: from-file, model_dir: m-file}\n")
+    env = {"UBA_DATA_DIR": "short", "UBA_PATHS__DATA_DIR": "sectioned", "UBA_MODEL_DIR": ""}
+    paths = load_settings(config, env=env).paths
+    assert (paths.data_dir, paths.model_dir) == (Path("sectioned"), Path("m-file"))
+
+
+def test_settings_constructor_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only load_settings reads the layers: Settings() is the defaults whatever the process has set."""
+    monkeypatch.setenv("UBA_MODEL__N_ESTIMATORS", "11")
+    monkeypatch.setenv("UBA_DATA_DIR", "elsewhere")
+    assert Settings().model.n_estimators == 200 and Settings().paths.data_dir == Path("data")
+    assert load_settings().model.n_estimators == 11
+
+
+def test_a_non_text_top_level_key_is_an_unknown_setting(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("1: 2\n")
+    with pytest.raises(UserError, match="unknown setting '1'"):
+        load_settings(config, env={})

@@ -7,7 +7,10 @@ them equal) so an installed package without the repository still has sane values
 
 Environment variables: ``UBA_DATA_DIR``, ``UBA_MODEL_DIR``, ``UBA_OUTPUT_DIR`` and
 ``UBA_CONFIG`` as the design asks, plus ``UBA_<SECTION>__<KEY>`` for any other key
-(``UBA_MODEL__N_ESTIMATORS=300``).
+(``UBA_MODEL__N_ESTIMATORS=300``; nested keys too, ``UBA_USER_DAY__TREND__WINDOW_DAYS=9``).
+Values are read as YAML, like the file. The layers are pydantic-settings sources in the
+order above (its default order would put ``.env`` files and ``os.environ`` first and
+never read the YAML), set only while ``load_settings`` builds.
 """
 
 from __future__ import annotations
@@ -16,12 +19,21 @@ import os
 import re
 import stat
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from uba.errors import UserError
 
@@ -469,7 +481,19 @@ class AlertingSettings(_Section):
         return value
 
 
-class Settings(_Section):
+class Settings(BaseSettings):
+    """Every section; built from its layers only by ``load_settings``.
+
+    ``Settings()`` is the model defaults and ``Settings(section=...)`` exactly what is
+    given: the environment and the YAML are read only while ``load_settings`` runs, so
+    a test or a library caller never picks up a stray ``UBA_*`` variable.
+    """
+
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False,
+        env_prefix="UBA_", env_nested_delimiter="__", case_sensitive=False,
+    )
+
     paths: PathSettings = PathSettings()
     events: EventSettings = EventSettings()
     ingest: IngestSettings = IngestSettings()
@@ -487,15 +511,22 @@ class Settings(_Section):
     risk: RiskSettings = RiskSettings()
     alerting: AlertingSettings = AlertingSettings()
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (the init arguments) first, then the layers ``load_settings`` set for this
+        build, highest first: the library's own order would read ``os.environ`` and
+        ``.env`` files on every ``Settings()``, and knows nothing of the YAML."""
+        return (init_settings, *_LOWER_LAYERS.get())
 
-def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(dict(merged[key]), value)
-        else:
-            merged[key] = value
-    return merged
+
+_LOWER_LAYERS: ContextVar[tuple[PydanticBaseSettingsSource, ...]] = ContextVar("_LOWER_LAYERS", default=())
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -595,25 +626,76 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
-    """Environment overrides; values are parsed as YAML scalars so '300' becomes 300."""
-    layer: dict[str, Any] = {}
+def _env_value(raw: str) -> object:
+    """An environment value read as a YAML scalar or flow collection, as in the config file
+    ('300' is 300, '[login, view]' a list); what is not plain YAML stays the raw string."""
+    try:
+        return parse_yaml(raw)
+    except ValueError:
+        return raw
+
+
+class _SectionEnvSource(EnvSettingsSource):
+    """``UBA_<SECTION>__<KEY>`` (and deeper, ``UBA_USER_DAY__TREND__WINDOW_DAYS``) from the
+    given mapping, each value read as YAML. A name without ``__`` is never a setting
+    (``UBA_API_KEYS``, ``UBA_FAULT_*``), so only names with one are read."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._given = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): _env_value(raw) for name, raw in self._given.items()  # type: ignore[misc]
+                if name.upper().startswith("UBA_") and "__" in name}
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: object) -> object:
+        """Already decoded (as YAML, not the library's JSON) when the variables were read."""
+        return value
+
+
+class _PathEnvSource(PydanticBaseSettingsSource):
+    """The design's own names for the three paths: ``UBA_DATA_DIR``, ``UBA_MODEL_DIR``,
+    ``UBA_OUTPUT_DIR`` (an empty one is unset). Below ``UBA_PATHS__*``, which names the
+    same key more precisely."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._given = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[object, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the three names directly
+
+    def __call__(self) -> dict[str, dict[str, str]]:
+        paths = {key: self._given[var] for var, (_, key) in PATH_ENV_VARS.items() if self._given.get(var)}
+        return {"paths": paths} if paths else {}
+
+
+def _unknown_env_sections(env: Mapping[str, str]) -> list[str]:
+    """``UBA_<NAME>__...`` whose NAME is no section: refused like an unknown YAML section
+    (the library would silently ignore it, and a typo would then change nothing)."""
+    sections = set(Settings.model_fields)
+    return sorted(name for name in env
+                  if name.upper().startswith("UBA_") and "__" in name
+                  and name[4:].partition("__")[0].lower() not in sections)
+
+
+def _env_origin(loc: tuple[int | str, ...], env: Mapping[str, str]) -> str | None:
+    """The environment variable that set the setting at ``loc``, if one did."""
+    keys = [str(p) for p in loc if not isinstance(p, int)]
+    for depth in range(len(keys), 1, -1):
+        wanted = "UBA_" + "__".join(keys[:depth]).upper()
+        named = next((name for name in sorted(env) if name.upper() == wanted
+                      or name.upper().startswith(wanted + "__")), None)
+        if named is not None:
+            return named
     for var, (section, key) in PATH_ENV_VARS.items():
-        if env.get(var):
-            layer.setdefault(section, {})[key] = env[var]
-    for var, raw in env.items():
-        if not var.startswith("UBA_") or "__" not in var:
-            continue
-        section, _, key = var[4:].lower().partition("__")
-        try:
-            value = parse_yaml(raw)
-        except ValueError:
-            value = raw
-        layer.setdefault(section, {})[key] = value
-    return layer
+        if keys[:2] == [section, key] and env.get(var):
+            return var
+    return None
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line naming the setting, the value given and what is allowed; never pydantic's dump."""
     first = exc.errors()[0]
     loc = list(first["loc"])  # a union member's tag ('sinks.0.webhook.url') is not a key the user wrote
     loc = [p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in SINK_TYPES)]
@@ -625,34 +707,47 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return f"invalid setting '{where}' = {shown}: {_short(first['msg'], 200)} ({source})"
 
 
+def _config_layer(config_path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> tuple[dict[str, object], list[str]]:
+    """The YAML named by the flag or ``UBA_CONFIG``, else ``configs/default.yaml`` if present."""
+    chosen = config_path or env.get("UBA_CONFIG")
+    if chosen:
+        return _read_yaml(Path(chosen)), [str(chosen)]
+    if DEFAULT_CONFIG_PATH.is_file():
+        return _read_yaml(DEFAULT_CONFIG_PATH), [str(DEFAULT_CONFIG_PATH)]
+    return {}, []
+
+
 def load_settings(
     config_path: str | os.PathLike[str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Mapping[str, object]] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build the one settings object from all layers.
+    """Build the one settings object from all layers: flags > environment > YAML > defaults.
 
     ``overrides`` is a nested mapping of CLI flag values (``{"paths": {"data_dir": x}}``);
     ``None`` values are dropped so an unset flag never hides a lower layer.
     """
     env = os.environ if env is None else env
-    layers: dict[str, Any] = {}
-    sources = []
-    chosen = config_path or env.get("UBA_CONFIG")
-    if chosen:
-        layers = _read_yaml(Path(chosen))
-        sources.append(str(chosen))
-    elif DEFAULT_CONFIG_PATH.is_file():
-        layers = _read_yaml(DEFAULT_CONFIG_PATH)
-        sources.append(str(DEFAULT_CONFIG_PATH))
-    layers = _deep_merge(layers, _env_layer(env))
-    cleaned = {
-        section: {k: v for k, v in values.items() if v is not None}
-        for section, values in (overrides or {}).items()
-    }
-    layers = _deep_merge(layers, cleaned)
+    config, sources = _config_layer(config_path, env)
+    source = ", ".join(sources + ["environment", "flags"])
+    stray = next((key for key in config if not isinstance(key, str)), None)
+    if stray is not None:  # a section name is text; 1: or [a]: would reach pydantic as a keyword
+        raise UserError(f"unknown setting '{_short(stray)}' ({source})")
+    unknown = _unknown_env_sections(env)
+    if unknown:
+        raise UserError(f"unknown setting '{_short(unknown[0][4:].partition('__')[0].lower())}' "
+                        f"(environment {_short(unknown[0])})")
+    flags = {section: {k: v for k, v in values.items() if v is not None}
+             for section, values in (overrides or {}).items()}
+    layers = (_SectionEnvSource(Settings, env), _PathEnvSource(Settings, env),
+              InitSettingsSource(Settings, init_kwargs=config))
+    token = _LOWER_LAYERS.set(layers)
     try:
-        return Settings.model_validate(layers)
+        return Settings(**flags)
     except ValidationError as exc:
-        source = ", ".join(sources + ["environment", "flags"])
-        raise UserError(_format_validation_error(exc, source)) from exc
+        loc = tuple(exc.errors()[0]["loc"])
+        from_flag = len(loc) > 1 and str(loc[1]) in flags.get(str(loc[0]), {})
+        named = None if from_flag else _env_origin(loc, env)
+        raise UserError(_format_validation_error(exc, f"environment {named}" if named else source)) from exc
+    finally:
+        _LOWER_LAYERS.reset(token)
