@@ -162,7 +162,7 @@ def test_post_feedback_on_a_real_server(tmp_path: Path) -> None:
     """POST /feedback stores what `uba-batch feedback` stores; bad items are refused whole."""
     import os
 
-    from test_api_world import running_server
+    from api_world import running_server
 
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("UBA_")}

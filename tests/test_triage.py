@@ -148,7 +148,7 @@ def _server_env(world: Path, **extra: str) -> dict[str, str]:
 
 
 def test_triage_over_http_needs_a_key_and_answers_like_the_cli(own: Path, tmp_path: Path) -> None:
-    from test_api_world import running_server
+    from api_world import running_server
 
     with running_server(_server_env(own, UBA_API_KEYS="k1"), tmp_path / "api.log") as server, \
             server.client(headers={"X-API-Key": "k1"}) as c:
