@@ -51,6 +51,7 @@ def settings_from(ctx: click.Context, **paths: Any) -> Settings:
     return load_settings(extra.get("config"), overrides=overrides)
 
 
-def yesterday_utc() -> date:
-    """The default day for nightly jobs: the last complete day in UTC."""
-    return datetime.now(UTC).date() - timedelta(days=1)
+def yesterday_utc(now: datetime | None = None) -> date:
+    """The default day for nightly jobs: the last complete day in UTC (``now`` is the
+    clock's reading, any time zone; the current time unless given)."""
+    return (now or datetime.now(UTC)).astimezone(UTC).date() - timedelta(days=1)

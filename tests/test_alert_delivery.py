@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from alert_receivers import Behaviour, WebhookReceiver, free_port
+from alert_receivers import Behaviour, WebhookReceiver, refusing_port
 from click.testing import CliRunner, Result
 
 from jobs.cli import cli
@@ -222,26 +222,26 @@ def test_duplicate_sink_names_are_refused_at_load(alert_world, tmp_path: Path) -
 
 
 def test_an_unreachable_receiver_leaves_alerts_pending_and_score_succeeds(alert_world, tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{free_port()}/nobody-listens"
-    setup = make_setup(alert_world, tmp_path, [webhook(url, max_attempts=2)])
-    day = alert_world.days[1]
-    result = run(setup, "score", "--date", day.isoformat(), *setup.score_dirs())
-    assert result.exit_code == 0, result.output
-    expected = exported(setup, (day,))
-    assert counts(setup) == {"pending": len(expected), "delivered": 0, "failed": 0}
-    assert "delivery hook: 0 delivered" in result.output and "ConnectionRefusedError" in result.output
-    manifest = json.loads((setup.out / "runs" / f"event_date={day}" / "manifest.json").read_text())
-    hook = manifest["delivery"]["sinks"]["hook"]
-    assert hook["enqueued"] == len(expected) and hook["day"]["pending"] == len(expected) and hook["stopped"]
-    monitor = run(setup, "monitor", "--start", day.isoformat(), "--end", day.isoformat(), *setup.dirs(),
-                  "--png", str(tmp_path / "m.png"))
-    assert monitor.exit_code == 0, monitor.output
-    assert f"delivery hook: {len(expected)} pending (oldest {day})" in monitor.output
-    pending = run(setup, "alerts", "list", "--pending", "--format", "jsonl", "--data-dir", str(setup.data))
-    rows = [json.loads(line) for line in pending.stdout.splitlines()]
-    assert [r["alert_id"] for r in rows] == [a for a, _ in expected][:100]
-    assert all(r["attempts"] == 2 and "ConnectionRefused" in r["last_error"] for r in rows[:10])
-    # re-scoring the day adds nothing and keeps the history (attempts, errors)
-    again = run(setup, "score", "--date", day.isoformat(), *setup.score_dirs())
-    assert again.exit_code == 0
-    assert counts(setup)["pending"] == len(expected)
+    with refusing_port() as port:  # held (bound, never listening) for the whole test
+        setup = make_setup(alert_world, tmp_path, [webhook(f"http://127.0.0.1:{port}/nobody-listens", max_attempts=2)])
+        day = alert_world.days[1]
+        result = run(setup, "score", "--date", day.isoformat(), *setup.score_dirs())
+        assert result.exit_code == 0, result.output
+        expected = exported(setup, (day,))
+        assert counts(setup) == {"pending": len(expected), "delivered": 0, "failed": 0}
+        assert "delivery hook: 0 delivered" in result.output and "ConnectionRefusedError" in result.output
+        manifest = json.loads((setup.out / "runs" / f"event_date={day}" / "manifest.json").read_text())
+        hook = manifest["delivery"]["sinks"]["hook"]
+        assert hook["enqueued"] == len(expected) and hook["day"]["pending"] == len(expected) and hook["stopped"]
+        monitor = run(setup, "monitor", "--start", day.isoformat(), "--end", day.isoformat(), *setup.dirs(),
+                      "--png", str(tmp_path / "m.png"))
+        assert monitor.exit_code == 0, monitor.output
+        assert f"delivery hook: {len(expected)} pending (oldest {day})" in monitor.output
+        pending = run(setup, "alerts", "list", "--pending", "--format", "jsonl", "--data-dir", str(setup.data))
+        rows = [json.loads(line) for line in pending.stdout.splitlines()]
+        assert [r["alert_id"] for r in rows] == [a for a, _ in expected][:100]
+        assert all(r["attempts"] == 2 and "ConnectionRefused" in r["last_error"] for r in rows[:10])
+        # re-scoring the day adds nothing and keeps the history (attempts, errors)
+        again = run(setup, "score", "--date", day.isoformat(), *setup.score_dirs())
+        assert again.exit_code == 0
+        assert counts(setup)["pending"] == len(expected)

@@ -9,7 +9,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,8 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-from alert_receivers import free_port
 from click.testing import CliRunner
+from waiting import wait_until
 
 from jobs.cli import cli
 from uba.alerts.payloads import CEF_SEVERITY
@@ -33,31 +32,39 @@ LINE = re.compile(r'^<(?P<pri>\d{1,3})>1 (?P<ts>\S+) (?P<host>[\x21-\x7e]{1,255}
 SD_PARAM = re.compile(r'([a-z_]+)="((?:[^"\\\]]|\\.)*)"')
 
 
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
 @pytest.fixture
 def rsyslog(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """rsyslogd in the foreground with its own config, work dir and pid file: imtcp on a
     free loopback port, every message's raw text to one file. Stopped by its PID."""
-    port, log_file, work = free_port(), tmp_path / "syslog.log", tmp_path / "rsyslog-work"
+    log_file, work, port_file = tmp_path / "syslog.log", tmp_path / "rsyslog-work", tmp_path / "rsyslog.port"
     work.mkdir()
     conf = tmp_path / "rsyslog.conf"
     conf.write_text(f'''global(workDirectory="{work}" maxMessageSize="64k")
 module(load="imtcp")
 template(name="raw" type="string" string="%rawmsg%\\n")
 ruleset(name="uba") {{ action(type="omfile" file="{log_file}" template="raw") }}
-input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="uba")
+input(type="imtcp" address="127.0.0.1" port="0" listenPortFileName="{port_file}" ruleset="uba")
 ''')
     process = subprocess.Popen([str(RSYSLOGD), "-n", "-f", str(conf), "-i", str(tmp_path / "rsyslogd.pid")],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"rsyslogd did not listen: {process.communicate()[0]}") from None
-                time.sleep(0.05)
+        def bound_port() -> int | None:
+            """rsyslogd binds port 0 itself and writes the port it got (imtcp listenPortFileName)."""
+            if process.poll() is not None:
+                raise AssertionError(f"rsyslogd exited: {process.communicate()[0]}")
+            text = port_file.read_text().strip() if port_file.exists() else ""
+            return int(text) if text else None
+
+        port = wait_until(bound_port, 15, "rsyslogd to write its imtcp port")
+        wait_until(lambda: _accepts(port), 15, f"rsyslogd to accept on 127.0.0.1:{port}")
         yield port, log_file
     finally:
         process.terminate()
@@ -130,9 +137,8 @@ def test_rsyslog_receives_one_rfc5424_line_per_alert_with_cef_and_json_payloads(
     def written() -> int:
         return log_file.read_text().count("\n") if log_file.exists() else 0
 
-    deadline = time.monotonic() + 10  # omfile writes asynchronously to our send
-    while written() < 2 * len(records) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # omfile writes asynchronously to our send
+    wait_until(lambda: written() >= 2 * len(records), 10, f"rsyslogd to write {2 * len(records)} lines")
     lines = log_file.read_text().splitlines()
     assert len(lines) == 2 * len(records)
     by_app: dict[str, list[re.Match[str]]] = {"uba-cef": [], "uba-json": []}

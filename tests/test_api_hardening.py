@@ -7,7 +7,6 @@ import json
 import re
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +14,8 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
-from test_api_world import SCORE_DAY, SEED_PAYLOAD, Server, World, running_server, shared_world
+from api_world import SCORE_DAY, SEED_PAYLOAD, Server, World, running_server, shared_world
+from waiting import wait_until
 
 from uba import io
 from uba.api.body import INLINE_BODY_BYTES, JsonBody, holds_too_many_values
@@ -124,20 +124,18 @@ def _close_mid_body(url: str, path: str, declared: int, sent: bytes) -> None:
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {declared}\r\n\r\n").encode()
-        sock.sendall(head + sent)
-        time.sleep(0.05)
+        sock.sendall(head + sent)  # then close: TCP delivers the bytes before the FIN
 
 
 def test_clients_that_close_mid_body_count_as_499_not_500(world: World, tmp_path: Path) -> None:
     with running_server(world.env(), tmp_path / "api.log") as server:
         for _ in range(10):
             _close_mid_body(server.url, "/predict", 1000, b'{"user_id": ')
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        def counted_499s() -> dict[str, float] | None:
             counts = _metric_lines(server, "uba_api_requests_total")
-            if sum(v for k, v in counts.items() if 'status="499"' in k) >= 10:
-                break
-            time.sleep(0.1)
+            return counts if sum(v for k, v in counts.items() if 'status="499"' in k) >= 10 else None
+
+        counts = wait_until(counted_499s, 10, "ten 499s in uba_api_requests_total")
     assert sum(v for k, v in counts.items() if 'status="499"' in k) == 10, counts
     assert counts['uba_api_requests_total{method="POST",route="/predict",status="499"}'] == 10, counts
     assert not any('status="500"' in k for k in counts), counts
@@ -277,10 +275,8 @@ def test_periodic_reloader_picks_up_a_rewritten_snapshot(world: World, tmp_path:
         before = client.get("/model").json()["baseline_users"]
         frame = io.read_baseline_snapshot(snapshot[1])
         io.write_baseline_snapshot(_one_user_less(frame), own.data_dir, SCORE_DAY)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and client.get("/model").json()["baseline_users"] == before:
-            time.sleep(0.1)
-        assert client.get("/model").json()["baseline_users"] != before
+        wait_until(lambda: client.get("/model").json()["baseline_users"] != before, 20,
+                   "the reloader to pick up the snapshot with one user less")
         assert client.get("/model").json()["baseline_as_of"] == SCORE_DAY.isoformat()
 
 

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_api_world import SEED_PAYLOAD, World, running_server, shared_world
+from api_world import SEED_PAYLOAD, World, running_server, shared_world
 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~<-])/[A-Za-z0-9_.-]+/")
 

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -16,17 +15,18 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_api_workers import served_by_worker
-from test_api_world import (
+from api_world import (
     SCORE_DAY,
     SEED_PAYLOAD,
     World,
-    free_port,
     running_server,
     shared_world,
+    started_url,
     train_bundle,
     training_days,
 )
+from test_api_workers import served_by_worker
+from waiting import holds_throughout, wait_until
 
 from uba import io
 from uba.artifacts import FOREST_FILE
@@ -99,10 +99,7 @@ class Traffic:
 
 def _wait_for_requests(traffic: Traffic, count: int) -> None:
     start = len(traffic.statuses)
-    deadline = 200
-    while len(traffic.statuses) < start + count and deadline:
-        threading.Event().wait(0.05)
-        deadline -= 1
+    wait_until(lambda: len(traffic.statuses) >= start + count, 10, f"{count} more answered requests")
 
 
 def test_hot_reload_swaps_without_failed_requests_and_refuses_a_broken_bundle(
@@ -202,15 +199,6 @@ def _metric(text: str, name: str) -> float:
     return float(lines[0].split()[1]) if lines else 0.0
 
 
-def _poll(check: object, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_periodic_reload_picks_up_new_bundles_and_snapshots_and_skips_broken_ones(
     own_world: World, tmp_path: Path
 ) -> None:
@@ -219,21 +207,22 @@ def test_periodic_reload_picks_up_new_bundles_and_snapshots_and_skips_broken_one
     ok = 'uba_api_reloads_total{outcome="ok"}'
     refused = 'uba_api_reloads_total{outcome="refused"}'
     with running_server(env, tmp_path / "api.log") as server, server.client() as c:
-        time.sleep(1.2)  # several intervals with nothing new on disk: no reload at all
-        assert _metric(c.get("/metrics").text, ok) == 0
+        # several intervals with nothing new on disk: no reload at all
+        holds_throughout(lambda: _metric(c.get("/metrics").text, ok) == 0, 1.2, "no reload with nothing new")
         assert c.get("/model").json()["model_version"] == own_world.version
 
         newer = SCORE_DAY + timedelta(days=1)
         io.write_baseline_snapshot(baselines, own_world.data_dir, newer)
         new_version, _ = train_bundle(own_world.settings(random_state=7), training_days(), baselines)
-        assert _poll(lambda: c.get("/model").json()["model_version"] == new_version)
+        wait_until(lambda: c.get("/model").json()["model_version"] == new_version, 30,
+                   f"the periodic reload to serve {new_version}")
         info = c.get("/model").json()
         assert info["baseline_as_of"] == newer.isoformat()
         assert c.post("/predict", json=SEED_PAYLOAD).json()["model_version"] == new_version
         swaps = _metric(c.get("/metrics").text, ok)
         assert 1 <= swaps <= 2  # the snapshot and the bundle, together or one after the other
-        time.sleep(1.2)
-        assert _metric(c.get("/metrics").text, ok) == swaps  # unchanged disk: no further reloads
+        holds_throughout(lambda: _metric(c.get("/metrics").text, ok) == swaps, 1.2,
+                         "no further reloads on an unchanged disk")
 
         # a tampered bundle becomes LATEST: refused once, not retried every interval, old one serves
         broken, _ = train_bundle(own_world.settings(random_state=8), training_days(), baselines)
@@ -241,9 +230,9 @@ def test_periodic_reload_picks_up_new_bundles_and_snapshots_and_skips_broken_one
         data = bytearray(forest.read_bytes())
         data[len(data) // 2] ^= 0xFF
         forest.write_bytes(bytes(data))
-        assert _poll(lambda: _metric(c.get("/metrics").text, refused) >= 1)
-        time.sleep(1.2)
-        assert _metric(c.get("/metrics").text, refused) == 1
+        wait_until(lambda: _metric(c.get("/metrics").text, refused) >= 1, 30, "the tampered bundle refused")
+        holds_throughout(lambda: _metric(c.get("/metrics").text, refused) == 1, 1.2,
+                         "the tampered bundle refused once, not every interval")
         assert c.get("/model").json()["model_version"] == new_version
         assert c.post("/predict", json=SEED_PAYLOAD).status_code == 200
     log = (tmp_path / "api.log").read_text()
@@ -295,7 +284,7 @@ def test_suppression_rules_reach_predict_on_reload_like_the_nightly_job(own_worl
         add_rule(data, "124", kind, known_reason_kinds(), expires=SCORE_DAY, today=SCORE_DAY)
         add_rule(data, "125", other, known_reason_kinds())  # right user, wrong top kind
         # the periodic reloader notices the new rule parts (bundle and snapshot unchanged)
-        assert _poll(lambda: c.get("/model").json()["suppression_rules"] == 2)  # 124's rule expired
+        wait_until(lambda: c.get("/model").json()["suppression_rules"] == 2, 30, "two suppression rules")  # 124's rule expired
 
         hit = c.post("/predict", json=SEED_PAYLOAD).json()
         assert hit["is_anomaly"] is True and hit["suppressed"] is True and hit["suppressed_by"] == rule
@@ -372,14 +361,28 @@ def test_two_workers_add_up_their_metrics_and_all_follow_one_reload(own_world: W
         new_version, _ = train_bundle(own_world.settings(random_state=7), training_days(), baselines)
         reloaded = httpx.post(server.url + "/admin/reload")
         assert reloaded.status_code == 200 and reloaded.json()["model_version"] == new_version
-        assert _poll(lambda: set(served_by_worker(httpx.get(server.url + "/metrics").text).values())
-                     == {new_version}, timeout=10)
+        wait_until(lambda: set(served_by_worker(httpx.get(server.url + "/metrics").text).values())
+                   == {new_version}, 10, f"every worker to serve {new_version}")
         assert served_by_worker(httpx.get(server.url + "/metrics").text).keys() == workers.keys()
         answers = {httpx.post(server.url + "/predict", json=SEED_PAYLOAD).json()["model_version"]
                    for _ in range(20)}
         assert answers == {new_version}
     log = (tmp_path / "api.log").read_text()
     assert log.count(f"reloaded: model {new_version}") == 2 and "Traceback" not in log
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """True once the peer closed the connection (EOF or reset waiting to be read); reads nothing."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+    finally:
+        sock.setblocking(True)
+        sock.settimeout(10)
 
 
 def _get_on(sock: socket.socket, path: str) -> bytes:
@@ -406,7 +409,10 @@ def test_kept_alive_connections_outlive_a_proxys_idle_timeout(world: World, tmp_
             host, port = server.url.removeprefix("http://").split(":")
             with socket.create_connection((host, int(port)), timeout=10) as sock:
                 assert _get_on(sock, "/health").startswith(b"HTTP/1.1 200")
-                time.sleep(idle)
+                if alive:  # quiet past uvicorn's own 5 s, watched throughout: never closed
+                    holds_throughout(lambda: not _closed_by_server(sock), idle, "the idle connection open")
+                else:  # the configured keep-alive closes it, well before `idle`
+                    wait_until(lambda: _closed_by_server(sock), idle, "the server to close the idle connection")
                 try:
                     again = _get_on(sock, "/health")
                 except (ConnectionResetError, BrokenPipeError):
@@ -418,16 +424,17 @@ def test_plain_uvicorn_logs_each_request_once(world: World, tmp_path: Path) -> N
     """``uvicorn uba.api.app:app`` without ``--no-access-log``: uvicorn's own access line
     came on top of the app's (which carries the request id)."""
     log = tmp_path / "api.log"
-    port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "uba.api.app:app", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "uvicorn", "uba.api.app:app", "--host", "127.0.0.1", "--port", "0"]
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, env=world.env(), stdout=out, stderr=subprocess.STDOUT)
     try:
-        url = f"http://127.0.0.1:{port}"
-        assert _poll(lambda: _answers(url + "/health"))
+        url = started_url(process, log)
+        wait_until(lambda: _answers(url + "/health"), 30, f"{url}/health")
         assert httpx.post(url + "/predict", json=SEED_PAYLOAD).status_code == 200
-        assert _poll(lambda: "POST /predict" in log.read_text())
-        time.sleep(0.3)  # a second line, if any, is written right after the first
+        # a later request's app line is written after any line of the /predict before it
+        assert httpx.get(url + "/model").status_code == 200
+        wait_until(lambda: any("/model" in line and "request_id=" in line for line in log.read_text().splitlines()),
+                   30, "the app's access line of GET /model")
     finally:
         process.terminate()
         process.wait(timeout=10)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from test_api_world import SCORE_DAY, as_payload, running_server, shared_world
+from api_world import SCORE_DAY, as_payload, running_server, shared_world
 
 from uba import io
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-from test_api_world import (
+from api_world import (
     EXTRA_FIELDS,
     SCORE_DAY,
     SEED_FIELDS,

@@ -7,12 +7,11 @@ import asyncio
 import gc
 import io as textio
 import json
-import time
 import weakref
 from pathlib import Path
 
 import pytest
-from test_api_world import (
+from api_world import (
     SEED_PAYLOAD,
     World,
     running_server,
@@ -20,8 +19,10 @@ from test_api_world import (
     train_bundle,
     training_days,
 )
+from waiting import wait_until, wait_until_async
 
 from uba import io
+from uba.api import reloader
 from uba.api.access_log import PIPE_BUF, AccessLog
 from uba.api.app import create_app
 from uba.api.reloader import reload_runtime
@@ -56,9 +57,8 @@ def test_access_lines_reach_the_log_within_the_flush_interval_while_the_server_r
     with running_server(env, log, uba_api=flags) as server, server.client() as c:
         for i in range(5):
             assert c.post("/predict", json=SEED_PAYLOAD, headers={"X-Request-ID": f"live-{i}"}).status_code == 200
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len([x for x in _access_lines(log) if "live-" in x]) < 5:
-            time.sleep(0.05)
+        wait_until(lambda: len([x for x in _access_lines(log) if "live-" in x]) >= 5, 10,
+                   "the five access lines in the log")
         live = [x for x in _access_lines(log) if "live-" in x]
         assert len(live) == 5, log.read_text()[-2000:]  # written while serving, not only at exit
         assert server.process.poll() is None
@@ -110,11 +110,11 @@ def test_loaded_state_is_frozen_and_a_reload_lets_the_previous_state_go(world: W
             baselines = io.read_baseline_snapshot(io.latest_baseline_snapshot(own.data_dir)[1])
             version, _ = train_bundle(own.settings(random_state=7), training_days(), baselines)
             await reload_runtime(runtime)
-            await asyncio.sleep(1.5)  # SETTLE_AFTER_RELOAD_SEC, then the settle in a thread
-            for _ in range(50):
-                if previous() is None:
-                    break
-                await asyncio.sleep(0.1)
+
+            async def settled() -> bool:  # the scheduled settle ran (none pending) and freed the old bundle
+                return not reloader._settling and previous() is None
+
+            await wait_until_async(settled, 10, "the settle after the reload to run and free the previous bundle")
             return frozen_at_start, gc.get_freeze_count(), previous() is None, version
 
     try:

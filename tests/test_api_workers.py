@@ -6,13 +6,15 @@ import contextlib
 import os
 import re
 import signal
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from test_api_world import SEED_PAYLOAD, World, running_server, shared_world
+from api_world import SEED_PAYLOAD, World, running_server, shared_world
+from waiting import holds_throughout, wait_until, wait_until_async
+
+from uba.api.workers import RELOAD_POLL_SEC
 
 
 @pytest.fixture
@@ -28,15 +30,6 @@ def served_by_worker(metrics_text: str) -> dict[str, str]:
         if found:
             served[found.group(2)] = found.group(1)
     return served
-
-
-def poll(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def parent_of(pid: int) -> int:
@@ -58,7 +51,7 @@ def test_a_killed_worker_leaves_no_series_behind_in_metrics(own_world: World, tm
             with contextlib.suppress(httpx.HTTPError):  # the killed worker's connection
                 httpx.post(server.url + "/predict", json=SEED_PAYLOAD, timeout=10)
 
-        assert poll(lambda: len(served_by_worker(scrape())) == 2, timeout=20)
+        wait_until(lambda: len(served_by_worker(scrape())) == 2, 20, "both workers in uba_api_model_info")
         workers = served_by_worker(scrape())
         victim = int(sorted(workers)[0])
         assert parent_of(victim) == server.process.pid  # a worker of this server, started by this test
@@ -69,13 +62,13 @@ def test_a_killed_worker_leaves_no_series_behind_in_metrics(own_world: World, tm
             post_fresh()
             served = served_by_worker(scrape())
             return len(set(served) - {str(victim)}) == 2
-        assert poll(replaced, timeout=30), scrape()
-        assert poll(lambda: f'pid="{victim}"' not in scrape(), timeout=5), scrape()
+        wait_until(replaced, 30, "a replacement worker")
+        wait_until(lambda: f'pid="{victim}"' not in scrape(), 5, f"the dead worker {victim}'s series gone")
         text = scrape()
         assert re.search(r"^uba_api_model_loaded 1\.0$", text, re.M), text
         assert len(served_by_worker(text)) == 2 and set(served_by_worker(text).values()) == {own_world.version}
         assert httpx.post(server.url + "/admin/reload", timeout=30).status_code == 200
-        assert poll(lambda: "reloaded: model" in (tmp_path / "api.log").read_text(), timeout=5)
+        wait_until(lambda: "reloaded: model" in (tmp_path / "api.log").read_text(), 5, "a reloaded line")
     log = (tmp_path / "api.log").read_text()
     assert "Traceback" not in log
     assert "UserWarning" not in log  # prometheus_client's 'Clearing labels has not been implemented' at a reload
@@ -102,7 +95,8 @@ def test_workers_stop_and_remove_their_folder_when_uba_api_is_killed(own_world: 
     the last one removes the folder."""
     flags = ["--workers", "2", "--no-access-log"]
     with running_server(own_world.env(), tmp_path / "api.log", uba_api=flags) as server:
-        assert poll(lambda: len(served_by_worker(httpx.get(server.url + "/metrics").text)) == 2, timeout=20)
+        wait_until(lambda: len(served_by_worker(httpx.get(server.url + "/metrics").text)) == 2, 20,
+                   "both workers in uba_api_model_info")
         workers = [int(pid) for pid in served_by_worker(httpx.get(server.url + "/metrics").text)]
         assert all(parent_of(pid) == server.process.pid for pid in workers)
         folder = group_folder_of(workers[0])
@@ -110,14 +104,14 @@ def test_workers_stop_and_remove_their_folder_when_uba_api_is_killed(own_world: 
         server.process.kill()
         server.process.wait()
         try:
-            assert poll(lambda: not any(running(pid) for pid in workers), timeout=15)
+            wait_until(lambda: not any(running(pid) for pid in workers), 15, "the workers to stop")
         finally:
             for pid in workers:  # this test's own processes, whatever happened
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         with pytest.raises(httpx.HTTPError):
             httpx.get(server.url + "/health", timeout=2)
-        assert poll(lambda: not folder.exists(), timeout=5), sorted(folder.rglob("*"))
+        wait_until(lambda: not folder.exists(), 5, "the group folder removed")
     log = (tmp_path / "api.log").read_text()
     assert "Traceback" not in log and "that started this worker is gone" in log
 
@@ -138,10 +132,10 @@ def test_single_worker_servers_ignore_a_group_folder_in_their_environment(own_wo
         for _ in range(5):
             assert httpx.post(a.url + "/predict", json=SEED_PAYLOAD).status_code == 200
         assert httpx.post(a.url + "/admin/reload").status_code == 200
-        time.sleep(1.5)  # two polls of a group folder, had b joined one
-        text = httpx.get(b.url + "/metrics").text
-        assert 'route="/predict"' not in text, text
-        assert "reloaded: model" not in (tmp_path / "b.log").read_text()
+        # watched for three polls of a group folder (had b joined one): none of a's traffic or reloads
+        holds_throughout(lambda: 'route="/predict"' not in httpx.get(b.url + "/metrics").text
+                         and "reloaded: model" not in (tmp_path / "b.log").read_text(),
+                         3 * RELOAD_POLL_SEC, "b apart from a's counts and reloads")
         assert a.process.poll() is None and b.process.poll() is None
     assert not any(shared.rglob("*.db"))
 
@@ -156,6 +150,11 @@ def test_a_reload_request_overwritten_before_the_poll_still_reloads(tmp_path: Pa
 
     from uba.api.workers import WorkerGroup
 
+    def _seen_by_b(b: WorkerGroup, count: Callable[[], int]) -> Callable[[], Awaitable[bool]]:
+        async def acted() -> bool:  # B reloaded and holds the current request as seen: no reload is owed
+            return count() >= 1 and b.seen == b.current_request()
+        return acted
+
     async def scenario() -> int:
         reloads = 0
 
@@ -168,7 +167,7 @@ def test_a_reload_request_overwritten_before_the_poll_still_reloads(tmp_path: Pa
         try:
             a.announce_reload()  # A: reloaded the new bundle
             b.announce_reload()  # B: its own (older) reload ends before its poll saw A's request
-            await asyncio.sleep(1.2)  # two polls
+            await wait_until_async(_seen_by_b(b, lambda: reloads), 5, "B's poll to act on A's request")
         finally:
             await b.stop()
         return reloads

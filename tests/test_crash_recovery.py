@@ -11,12 +11,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_until
 
 from uba import io
 from uba.scoring import FaultInjection, ScoreOptions, ShardFailedError, score_day
@@ -24,16 +23,6 @@ from uba.scoring.driver import STAGING_DIR
 
 UBA = Path(sys.executable).with_name("uba-batch")
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _published_state(output_dir: Path, day, day_output_bytes) -> tuple[dict[str, bytes], str]:
@@ -60,7 +49,7 @@ def test_sigkill_mid_run_keeps_the_previous_output_and_a_rerun_completes(
     job = subprocess.Popen([str(UBA), "score", "--date", day.isoformat(), *paths], env=env, cwd=REPO,
                            stdout=log, stderr=log, start_new_session=True)
     try:
-        staged = _wait_for(lambda: list((out / STAGING_DIR).glob("*/*/flagged/part-00000.parquet")),
+        staged = wait_until(lambda: list((out / STAGING_DIR).glob("*/*/flagged/part-00000.parquet")),
                            120, "the killed run to finish staging")
         assert len(list(staged[0].parents[1].glob("scores/part-*.parquet"))) >= 3
         job.send_signal(signal.SIGKILL)
@@ -109,7 +98,7 @@ def _half_day(data_dir: Path, day) -> int:
 
 
 def _kill_first_shard_worker(pid_dir: Path) -> tuple[str, int]:
-    first = _wait_for(lambda: sorted(pid_dir.glob("*.pid")), 60, "a shard to start")[0]
+    first = wait_until(lambda: sorted(pid_dir.glob("*.pid")), 60, "a shard to start")[0]
     label, pid = first.name.rsplit(".", 2)[0], int(first.read_text())
     assert pid != os.getpid()
     os.kill(pid, signal.SIGKILL)

@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import time
 import tomllib
 from dataclasses import dataclass
 from importlib import metadata
@@ -36,6 +35,7 @@ import httpx
 import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_VENV_BIN = Path(sys.executable).parent
@@ -307,10 +307,24 @@ def test_every_copy_source_is_in_the_build_context(dockerfile: list[Instruction]
 # ----------------------------------------------------------------- the image's commands, for real
 
 
-def _free_port() -> int:
+def _unused_port() -> int:
+    """A port nobody listens on now (the server binds it itself; callers retry on a conflict)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _serves_health(server: subprocess.Popen[bytes], port: int, log: Path) -> bool:
+    """Wait until /health answers 200 (True) or the server exits (False, e.g. a taken port)."""
+    def settled() -> str | None:
+        if server.poll() is not None:
+            return "exited"
+        try:
+            return "serving" if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200 else None
+        except httpx.HTTPError:
+            return None
+
+    return wait_until(settled, 60, f"uba-api on port {port} to serve /health (log {log})", interval=0.2) == "serving"
 
 
 @pytest.fixture(scope="module")
@@ -369,28 +383,26 @@ def test_default_cmd_serves_and_the_healthcheck_passes(image_venv: tuple[Path, P
     cmd = _exec_form(next(i.args for i in dockerfile if i.stage == final and i.keyword == "CMD"))
     health = next(i.args for i in dockerfile if i.stage == final and i.keyword == "HEALTHCHECK")
     check = _exec_form(health[health.index("CMD") + 3:].strip())
-    port = _free_port()
-    # As `docker run -e UBA_API__HOST=127.0.0.1 -e UBA_API__PORT=... -v ...:/var/lib/uba IMAGE`:
-    # tests listen on loopback only.
-    env = _image_process_env(dockerfile, venv, UBA_API__HOST="127.0.0.1", UBA_API__PORT=str(port),
-                             UBA_DATA_DIR=str(tmp_path / "data"), UBA_MODEL_DIR=str(tmp_path / "models"),
-                             UBA_OUTPUT_DIR=str(tmp_path / "output"), HOME=str(tmp_path),
-                             MPLCONFIGDIR=str(tmp_path / "mpl"))
-    unhealthy = subprocess.run(check, env=env, cwd=workdir, capture_output=True, timeout=30)
-    assert unhealthy.returncode != 0  # nothing listens yet: the check can fail
-    log = tmp_path / "api.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+    # The HEALTHCHECK reads the port from UBA_API__PORT, so the server gets a fixed one (not 0):
+    # one free a moment ago may be taken when uvicorn binds, so a start that fails is retried.
+    for attempt in range(3):
+        port = _unused_port()
+        # As `docker run -e UBA_API__HOST=127.0.0.1 -e UBA_API__PORT=... -v ...:/var/lib/uba IMAGE`:
+        # tests listen on loopback only.
+        env = _image_process_env(dockerfile, venv, UBA_API__HOST="127.0.0.1", UBA_API__PORT=str(port),
+                                 UBA_DATA_DIR=str(tmp_path / "data"), UBA_MODEL_DIR=str(tmp_path / "models"),
+                                 UBA_OUTPUT_DIR=str(tmp_path / "output"), HOME=str(tmp_path),
+                                 MPLCONFIGDIR=str(tmp_path / "mpl"))
+        unhealthy = subprocess.run(check, env=env, cwd=workdir, capture_output=True, timeout=30)
+        assert unhealthy.returncode != 0  # nothing listens yet: the check can fail
+        log = tmp_path / f"api-{attempt}.log"
+        with log.open("wb") as out:
+            server = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        if _serves_health(server, port, log) or attempt == 2 or "address already in use" not in log.read_text():
+            break
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert server.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        assert server.poll() is None, log.read_text()
         healthy = subprocess.run(check, env=env, cwd=workdir, capture_output=True, text=True, timeout=30)
         assert healthy.returncode == 0, healthy.stderr + log.read_text()
         ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5)

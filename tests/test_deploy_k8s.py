@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -447,7 +447,9 @@ def test_score_cronjob_runs_a_real_uba_batch_command(builds: dict[str, list[Obj]
         name, params = _parse_uba_batch(_container_argv(container))
         assert name == "score"
         assert params["day"] is None  # the command's own default: yesterday in UTC
-        assert yesterday_utc() == datetime.now(UTC).date() - timedelta(days=1)
+        # pinned clocks: just after midnight UTC, and a zone where it is already the next day
+        assert yesterday_utc(datetime(2026, 3, 10, 0, 0, 1, tzinfo=UTC)) == date(2026, 3, 9)
+        assert yesterday_utc(datetime(2026, 3, 10, 1, 0, tzinfo=timezone(timedelta(hours=2)))) == date(2026, 3, 8)
         assert params["ray_address"] is None  # embedded Ray inside the pod
 
 
@@ -551,10 +553,12 @@ def test_nightly_score_runs_with_a_read_only_root_and_only_the_pods_writable_mou
                 value = str(local) + value[len(pod_path):]
                 break
         env[item["name"]] = value
-    # Yesterday (UTC) is the day the CronJob scores: give it history and a model.
-    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    # Yesterday (UTC) is the day the CronJob scores: give it history and a model. The command
+    # reads the clock itself, so today gets events too: run across midnight UTC, it scores
+    # that day instead, and the check below takes the yesterday of the run's own end.
+    yesterday = yesterday_utc()
     setup_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    _run_cli("generate", "--out", volume / "data", "--users", "25", "--days", "9",
+    _run_cli("generate", "--out", volume / "data", "--users", "25", "--days", "10",
              "--start", (yesterday - timedelta(days=8)).isoformat(), "--seed", "5", env=setup_env)
     _run_cli("train", "--data-dir", volume / "data", "--end-date", (yesterday - timedelta(days=1)).isoformat(),
              "--window-days", "7", "--model-dir", volume / "models", env=setup_env)
@@ -566,6 +570,8 @@ def test_nightly_score_runs_with_a_read_only_root_and_only_the_pods_writable_mou
     result = subprocess.run(["unshare", "-m", "sh", "-c", read_only_root, "sh", *argv],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
+    if not (volume / "output" / "runs" / f"event_date={yesterday.isoformat()}").exists():
+        yesterday = yesterday_utc()  # midnight UTC passed during the run: the command scored the new yesterday
     day = f"event_date={yesterday.isoformat()}"
     assert list((volume / "output" / "scores" / day).glob("*.parquet"))
     manifest = json.loads((volume / "output" / "runs" / day / "manifest.json").read_text())

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from api_world import started_url
+from waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -63,12 +65,6 @@ class Proxy:
         return httpx.Client(transport=transport, base_url=self.https, timeout=10, **kwargs)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _stop(process: subprocess.Popen[bytes]) -> None:
     """Stop a server this module started: its own process group, by id."""
     if process.poll() is None:
@@ -80,19 +76,21 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
+class ServerExitedError(AssertionError):
+    """The server stopped while coming up (its log says why: a taken port, a bad config)."""
+
+
 def _wait_until_ready(url: str, process: subprocess.Popen[bytes], verify: ssl.SSLContext | bool,
                       log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            raise ServerExitedError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(url, verify=verify, timeout=2).status_code == 200:
-                return
+            return httpx.get(url, verify=verify, timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+            return False
+
+    wait_until(ready, timeout, f"{url} to answer 200 (log {log})", interval=0.2)
 
 
 def _run(*argv: str | Path, env: dict[str, str] | None = None) -> str:
@@ -102,33 +100,28 @@ def _run(*argv: str | Path, env: dict[str, str] | None = None) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Data and model dirs made by the real CLI: a tiny generated history and a model."""
-    root = tmp_path_factory.mktemp("model")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    _run(BIN / "uba-batch", "generate", "--out", root / "data", "--users", "30", "--days", "8",
-         "--start", "2026-03-01", "--seed", "3", env=env)
-    _run(BIN / "uba-batch", "train", "--data-dir", root / "data", "--end-date", "2026-03-08",
-         "--window-days", "7", "--model-dir", root / "models", env=env)
-    return root / "data", root / "models"
+def trained(trained_dataset) -> tuple[Path, Path]:
+    """Data and model dirs made by the real CLI (the session's generated and trained world;
+    the server only reads them)."""
+    return trained_dataset.data_dir, trained_dataset.model_dir
 
 
 @pytest.fixture(scope="module")
 def api(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """`uba-api` (the image's default command) on a free loopback port."""
     data_dir, model_dir = trained
-    port = _free_port()
     log = tmp_path_factory.mktemp("api") / "api.log"
     env = {**os.environ, "UBA_API_KEYS": API_KEY, "RAY_USAGE_STATS_ENABLED": "0"}
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(BIN / "uba-api"), "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir),
+        process = subprocess.Popen(  # port 0: the server binds a free port and names it
+            [str(BIN / "uba-api"), "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data_dir),
              "--model-dir", str(model_dir), "--no-access-log"],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True,
         )
     try:
-        _wait_until_ready(f"http://127.0.0.1:{port}/ready", process, False, log)
-        yield port
+        url = started_url(process, log, 60)
+        _wait_until_ready(f"{url}/ready", process, False, log)
+        yield int(url.rpartition(":")[2])
     finally:
         _stop(process)
 
@@ -138,8 +131,47 @@ def proxy(api: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]
     """nginx running the repo's config (rendered by the repo's script) on high ports."""
     root = tmp_path_factory.mktemp("nginx")
     _run(REPO / "scripts" / "self-signed-cert.sh", root / "certs", "localhost", "2")
-    prefix = root / "prefix"
-    http_port, https_port = _free_port(), _free_port()
+    cert = root / "certs" / "uba.crt"
+    (root / "acme" / ".well-known" / "acme-challenge").mkdir(parents=True)
+    (root / "acme" / ".well-known" / "acme-challenge" / "token123").write_text("token123.proof")
+    # nginx takes the ports its config names (no port 0): ports that were free a moment ago
+    # may be taken by the time it binds, so a start that fails is retried on new ones
+    for attempt in range(3):
+        http_port, https_port = _unused_port(), _unused_port()
+        prefix = root / f"prefix-{attempt}"
+        process = _start_nginx(root, prefix, api, http_port, https_port)
+        try:
+            _wait_until_ready(f"https://127.0.0.1:{https_port}/health", process,
+                              ssl.create_default_context(cafile=str(cert)), prefix / "logs" / "stderr.log")
+        except ServerExitedError as exc:
+            _stop(process)
+            if attempt == 2 or "Address already in use" not in str(exc) + _startup_log(prefix):
+                raise
+            continue
+        except BaseException:
+            _stop(process)
+            raise
+        try:
+            yield Proxy(https_port, http_port, api, cert, prefix)
+        finally:
+            _stop(process)
+        return
+
+
+def _unused_port() -> int:
+    """A port nobody listens on now (nginx binds it itself; see the retry in ``proxy``)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _startup_log(prefix: Path) -> str:
+    log = prefix / "logs" / "startup.log"
+    return log.read_text() if log.exists() else ""
+
+
+def _start_nginx(root: Path, prefix: Path, api: int, http_port: int, https_port: int) -> subprocess.Popen[bytes]:
+    """The repo's config rendered by the repo's script for these ports, nginx started on it."""
     env = {
         **os.environ,
         "UBA_NGINX_CERT": str(root / "certs" / "uba.crt"),
@@ -153,34 +185,21 @@ def proxy(api: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]
     for name in ("UBA_NGINX_RATE", "UBA_NGINX_BURST", "UBA_NGINX_MAX_BODY", "UBA_NGINX_METRICS_ALLOW"):
         env.pop(name, None)  # the shipped defaults are what is tested
     _run(REPO / "scripts" / "render-nginx.sh", "--standalone", prefix, env=env)
-    (root / "acme" / ".well-known" / "acme-challenge").mkdir(parents=True)
-    (root / "acme" / ".well-known" / "acme-challenge" / "token123").write_text("token123.proof")
     globals_ = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
     startup_log = prefix / "logs" / "startup.log"
     with (prefix / "logs" / "stderr.log").open("wb") as out:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             ["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(startup_log),
              "-g", globals_],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    cert = root / "certs" / "uba.crt"
-    try:
-        _wait_until_ready(f"https://127.0.0.1:{https_port}/health", process,
-                          ssl.create_default_context(cafile=str(cert)), prefix / "logs" / "stderr.log")
-        yield Proxy(https_port, http_port, api, cert, prefix)
-    finally:
-        _stop(process)
 
 
 def _log_entries(proxy: Proxy, request_id: str) -> list[dict[str, object]]:
-    entries = []
-    for _ in range(20):  # nginx writes the log line just after the response
-        entries = [json.loads(line) for line in proxy.access_log.read_text().splitlines()
-                   if request_id in line]
-        if entries:
-            return entries
-        time.sleep(0.05)
-    return entries
+    def entries() -> list[dict[str, object]]:
+        return [json.loads(line) for line in proxy.access_log.read_text().splitlines() if request_id in line]
+
+    return wait_until(entries, 10, f"nginx's access line of {request_id}")  # written just after the response
 
 
 def _handshake(proxy: Proxy, version: ssl.TLSVersion, ciphers: str = "DEFAULT:@SECLEVEL=0") -> str:

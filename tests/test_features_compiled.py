@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import polars_features_reference as reference
 import pytest
-from test_api_world import SCORE_DAY, shared_world
+from api_world import SCORE_DAY, shared_world
 from test_features import DAY0, FEATURES, event, frame, population
 
 from uba import io

@@ -162,7 +162,7 @@ def test_post_feedback_on_a_real_server(tmp_path: Path) -> None:
     """POST /feedback stores what `uba-batch feedback` stores; bad items are refused whole."""
     import os
 
-    from test_api_world import running_server
+    from api_world import running_server
 
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("UBA_")}
@@ -195,31 +195,36 @@ def test_post_feedback_on_a_real_server(tmp_path: Path) -> None:
     assert latest_feedback(data).collect().filter(pl.col("event_id") == "e1")["source"].item() == "api"
 
 
-def test_train_can_drop_confirmed_malicious_events_and_says_how_many(tmp_path: Path) -> None:
-    """Issue 7: verdicts feed the next `train`, which reports what it left out."""
+def test_train_can_drop_confirmed_malicious_events_and_says_how_many(trained_dataset, tmp_path: Path) -> None:
+    """Issue 7: verdicts feed the next `train`, which reports what it left out. Verdicts are
+    stored in the data directory, so the session's generated world is copied, not shared."""
     import json
     import os
+    import shutil
     import subprocess
     import sys
+    from datetime import timedelta
 
     import polars as pl
 
     uba = str(Path(sys.executable).with_name("uba-batch"))
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     data, models = tmp_path / "data", tmp_path / "models"
+    shutil.copytree(trained_dataset.data_dir, data, symlinks=True)
 
     def run(*args: str) -> str:
         result = subprocess.run([uba, *args], capture_output=True, text=True, env=env)
         assert result.returncode == 0, result.stderr[-2000:]
         return result.stdout
 
-    run("generate", "--out", str(data), "--users", "40", "--days", "6", "--start", "2026-03-02", "--seed", "8")
-    events = pl.read_parquet(str(data / "events" / "**" / "*.parquet")).sort("event_id")
+    end = trained_dataset.score_dates[0] - timedelta(days=2)  # a window inside the generated days
+    window = [end - timedelta(days=i) for i in range(6)]
+    events = pl.concat([io.scan_events(data, day).collect() for day in window]).sort("event_id")
     verdicts = pl.DataFrame({"event_id": events["event_id"].head(5).to_list(),
                              "label": ["malicious", "malicious", "malicious", "benign", "benign"]})
     verdicts.write_csv(tmp_path / "verdicts.csv")
     run("feedback", str(tmp_path / "verdicts.csv"), "--data-dir", str(data))
-    printed = run("train", "--data-dir", str(data), "--end-date", "2026-03-07", "--window-days", "6",
+    printed = run("train", "--data-dir", str(data), "--end-date", end.isoformat(), "--window-days", "6",
                   "--model-dir", str(models), "--exclude-malicious")
     assert "excluded 3 confirmed-malicious events from training" in printed
     bundle = json.loads(next(models.glob("*/bundle.json")).read_text())

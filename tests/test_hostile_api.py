@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import socket
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,8 +20,9 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
+from api_world import SCORE_DAY, Server, World, running_server, shared_world
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
-from test_api_world import SCORE_DAY, Server, World, running_server, shared_world
+from waiting import wait_until
 
 from uba import io
 
@@ -126,10 +126,7 @@ def close_mid_body(server: Server, case: dict[str, Any]) -> None:
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall((f"POST {case['path']} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                       f"Content-Length: {case['declared_length']}\r\n\r\n").encode() + sent)
-        time.sleep(0.05)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and status_counts(server).get("499", 0.0) <= before:
-        time.sleep(0.05)
+    wait_until(lambda: status_counts(server).get("499", 0.0) > before, 10, "the server to count the 499")
 
 
 def served_by_worker(server: Server) -> dict[str, str]:
@@ -141,26 +138,30 @@ def served_by_worker(server: Server) -> dict[str, str]:
 def kill_a_worker(server: Server) -> int:
     """SIGKILL one worker of this ``--workers 2`` server (no shutdown runs) and wait until
     uvicorn's replacement serves; returns the dead worker's pid."""
-    deadline = time.monotonic() + 30
-    while len(served_by_worker(server)) < 2 and time.monotonic() < deadline:
+    def both_workers_seen() -> bool:
         for _ in range(5):  # fresh connections reach either worker
             httpx.get(server.url + "/health")
+        return len(served_by_worker(server)) >= 2
+
+    wait_until(both_workers_seen, 30, "both workers to report uba_api_model_info")
     victim = int(sorted(served_by_worker(server))[0])
     stat = Path(f"/proc/{victim}/stat").read_text()
     assert int(stat.rsplit(")", 1)[1].split()[1]) == server.process.pid  # this server's own worker
     os.kill(victim, signal.SIGKILL)
-    while time.monotonic() < deadline and len(set(served_by_worker(server)) - {str(victim)}) < 2:
-        time.sleep(0.1)
-    time.sleep(0.5)
+    wait_until(lambda: len(set(served_by_worker(server)) - {str(victim)}) >= 2
+               and f'pid="{victim}"' not in httpx.get(server.url + "/metrics", timeout=10).text,
+               30, f"a replacement worker serving and every series of the dead worker {victim} gone")
     return victim
 
 
 def kill_uba_api(server: Server) -> None:
     """SIGKILL the uba-api process itself (uvicorn's supervisor: no cleanup runs); its
     workers must stop by themselves and the last one remove the group folder."""
-    deadline = time.monotonic() + 30
-    while len(served_by_worker(server)) < 2 and time.monotonic() < deadline:
+    def both_workers_seen() -> bool:
         httpx.get(server.url + "/health")
+        return len(served_by_worker(server)) >= 2
+
+    wait_until(both_workers_seen, 30, "both workers to report uba_api_model_info")
     workers = [int(pid) for pid in served_by_worker(server)]
     environ = Path(f"/proc/{workers[0]}/environ").read_bytes().split(b"\0")
     (folder,) = [item.split(b"=", 1)[1].decode() for item in environ if item.startswith(b"UBA_API_WORKER_GROUP_DIR=")]
@@ -173,16 +174,12 @@ def kill_uba_api(server: Server) -> None:
         except OSError:
             return False
     try:
-        while time.monotonic() < deadline and any(running(pid) for pid in workers):
-            time.sleep(0.1)
-        assert not any(running(pid) for pid in workers), "workers outlived uba-api"
+        wait_until(lambda: not any(running(pid) for pid in workers), 30, "the workers to stop after uba-api died")
     finally:
         for pid in workers:  # this test's own processes, whatever happened
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
-    while time.monotonic() < deadline and Path(folder).exists():
-        time.sleep(0.1)
-    assert not Path(folder).exists(), f"{folder} left behind"
+    wait_until(lambda: not Path(folder).exists(), 30, f"the last worker to remove {folder}")
 
 
 def rewrite_snapshot(world: World) -> None:

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from api_world import SCORE_DAY, World, shared_world
 from click.testing import CliRunner
-from test_api_world import SCORE_DAY, World, shared_world
 
 from jobs.cli import cli
 from uba.artifacts import CHECKSUMS_FILE, load_bundle

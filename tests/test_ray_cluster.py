@@ -16,11 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 from uba.scoring import ScoreOptions, score_day
 
@@ -36,12 +36,18 @@ def _free(port: int) -> bool:
         return probe.connect_ex((LOOPBACK, port)) != 0
 
 
-def _ports(count: int) -> list[int]:
-    """``count`` consecutive free ports above Ray's worker range (10002-19999)."""
-    for base in range(26379, 27379, count):
+def _ports(count: int, after: int = 26378) -> list[int]:
+    """``count`` consecutive free ports above Ray's worker range (10002-19999), from ``after + 1``.
+    Free now is no promise (Ray's head needs fixed ports it is told, not port 0): the
+    cluster fixture retries on the next range when a node cannot bind."""
+    for base in range(after + 1, 27379, count):
         if all(_free(base + i) for i in range(count)):
             return list(range(base, base + count))
     raise RuntimeError("no free ports for a test Ray cluster")
+
+
+class PortTakenError(RuntimeError):
+    """A `ray start` exited while coming up: most likely one of its fixed ports was taken."""
 
 
 def _node_ports(ports: list[int], worker_range: tuple[int, int]) -> list[str]:
@@ -56,16 +62,15 @@ def _node_ports(ports: list[int], worker_range: tuple[int, int]) -> list[str]:
 
 def _wait_for_nodes(address: str, count: int, processes: list[subprocess.Popen[bytes]]) -> None:
     """Wait until ``count`` nodes are alive (asked through the Ray CLI, not a driver)."""
-    deadline = time.monotonic() + 120
-    while True:
+    def reached() -> bool:
         for process in processes:
-            assert process.poll() is None, "a `ray start` exited early"
+            if process.poll() is not None:
+                raise PortTakenError("a `ray start` exited early")
         status = subprocess.run([str(RAY), "status", f"--address={address}"], env=_cluster_env(),
                                 capture_output=True, text=True, timeout=60)
-        if status.returncode == 0 and status.stdout.count("node_") >= count:
-            return
-        assert time.monotonic() < deadline, f"the cluster did not reach {count} nodes: {status.stdout}"
-        time.sleep(1)
+        return status.returncode == 0 and status.stdout.count("node_") >= count
+
+    wait_until(reached, 120, f"the cluster at {address} to reach {count} nodes", interval=1)
 
 
 @functools.cache
@@ -93,45 +98,75 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A two-node cluster on loopback: a head and a second node, one CPU each, each with its
-    own raylet, object store and port ranges; yields the head's address."""
-    ports = _ports(16)
+def _start_cluster(ports: list[int], folder: Path, processes: list[subprocess.Popen[bytes]]) -> str:
+    """Start the head, then the second node, on these fixed ports (appended to ``processes``
+    as they start); returns the head's address once both nodes are alive."""
     gcs, client, dashboard = ports[:3]
-    folder = tmp_path_factory.mktemp("ray-cluster")
-    logs = [(folder / "head.log").open("wb"), (folder / "node.log").open("wb")]
     address = f"{LOOPBACK}:{gcs}"
     common = [f"--node-ip-address={LOOPBACK}", "--num-cpus=1", "--block", "--disable-usage-stats"]
-    head = subprocess.Popen(
-        [str(RAY), "start", "--head", f"--port={gcs}", "--include-dashboard=false",
-         f"--ray-client-server-port={client}", f"--dashboard-port={dashboard}", *common,
-         *_node_ports(ports[3:9], (11000, 11999))],
-        env=_cluster_env(), stdout=logs[0], stderr=logs[0], start_new_session=True)
-    processes = [head]
-    try:
-        deadline = time.monotonic() + 90
-        while _free(gcs):
-            assert head.poll() is None, "ray start --head exited early"
-            assert time.monotonic() < deadline, "ray head did not come up"
-            time.sleep(0.2)
+    with (folder / "head.log").open("ab") as log:
+        processes.append(subprocess.Popen(
+            [str(RAY), "start", "--head", f"--port={gcs}", "--include-dashboard=false",
+             f"--ray-client-server-port={client}", f"--dashboard-port={dashboard}", *common,
+             *_node_ports(ports[3:9], (11000, 11999))],
+            env=_cluster_env(), stdout=log, stderr=log, start_new_session=True))
+    head = processes[0]
+
+    def head_listens() -> bool:
+        if head.poll() is not None:
+            raise PortTakenError(f"ray start --head exited early: {(folder / 'head.log').read_text()[-2000:]}")
+        return not _free(gcs)
+
+    wait_until(head_listens, 90, f"the ray head to listen on {address}", interval=0.2)
+    with (folder / "node.log").open("ab") as log:
         processes.append(subprocess.Popen(  # `ray start --address`, kept on loopback (see the script)
             [sys.executable, str(JOIN_NODE), f"--address={address}", *common,
              *_node_ports(ports[9:15], (12000, 12999))],
-            env=_cluster_env(), stdout=logs[1], stderr=logs[1], start_new_session=True))
-        _wait_for_nodes(address, 2, processes)
-        yield address
-    finally:
-        for process in reversed(processes):
-            _stop_group(process)
-        for log in logs:
-            log.close()
-        # `ray start` registers itself as this machine's current cluster; a later plain
-        # ray.init() elsewhere would try to join the dead head, so unregister it
-        current = Path("/tmp/ray/ray_current_cluster")
-        with contextlib.suppress(OSError):
-            if current.read_text().strip() == address:
-                current.unlink()
+            env=_cluster_env(), stdout=log, stderr=log, start_new_session=True))
+    _wait_for_nodes(address, 2, processes)
+    return address
+
+
+def _forget_cluster(address: str) -> None:
+    """`ray start` registers itself as this machine's current cluster; a later plain
+    ray.init() elsewhere would try to join the dead head, so unregister it."""
+    current = Path("/tmp/ray/ray_current_cluster")
+    with contextlib.suppress(OSError):
+        if current.read_text().strip() == address:
+            current.unlink()
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A two-node cluster on loopback: a head and a second node, one CPU each, each with its
+    own raylet, object store and port ranges; yields the head's address. Ray takes fixed
+    ports, so a start that loses one of them to another program is retried on the next range."""
+    folder = tmp_path_factory.mktemp("ray-cluster")
+    after = 26378
+    for attempt in range(3):
+        ports = _ports(16, after)
+        processes: list[subprocess.Popen[bytes]] = []
+        try:
+            address = _start_cluster(ports, folder, processes)
+        except PortTakenError:
+            for process in reversed(processes):
+                _stop_group(process)
+            _forget_cluster(f"{LOOPBACK}:{ports[0]}")
+            if attempt == 2:
+                raise
+            after = ports[-1]
+            continue
+        except BaseException:
+            for process in reversed(processes):
+                _stop_group(process)
+            raise
+        try:
+            yield address
+        finally:
+            for process in reversed(processes):
+                _stop_group(process)
+            _forget_cluster(address)
+        return
 
 
 def test_score_cli_on_a_ray_start_cluster_matches_local_and_in_process(

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import polars_reasons_reference as reference
 import pytest
-from test_api_world import SCORE_DAY, shared_world
+from api_world import SCORE_DAY, shared_world
 from test_features_compiled import twisted
 from test_reasons import ORDINARY
 

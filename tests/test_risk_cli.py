@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
+from api_world import running_server
 from click.testing import CliRunner
-from test_api_world import running_server
 
 from jobs.cli import cli
 from uba import io

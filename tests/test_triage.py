@@ -4,22 +4,20 @@ suppress-similar through the suppression machinery, and refusals that write noth
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from conftest import ALERT_DAYS
 
 from jobs.cli import cli
 from uba import io
 from uba.alerts.triage import TRIAGE, triage_log
 from uba.feedback import confirmed_malicious_ids, latest_feedback, load_rules
 
-START = date(2026, 3, 2)
-TRAIN_END = START + timedelta(days=11)
-DAYS = [TRAIN_END + timedelta(days=1), TRAIN_END + timedelta(days=2)]
+DAYS = list(ALERT_DAYS[:2])  # the session's alert world, scored by this module
 
 
 def _run(*args: str) -> tuple[int, str, str]:
@@ -34,13 +32,16 @@ def _ok(*args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def world(alert_world, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's alert world (80 users, user-day anomalies, a model that flags plenty),
+    copied (the triage table and feedback live in its data directory) and its first two
+    alert days scored."""
+    import shutil
+
     root = tmp_path_factory.mktemp("triage")
+    shutil.copytree(alert_world.data_dir, root / "data", symlinks=True)
+    shutil.copytree(alert_world.model_dir, root / "models", symlinks=True)
     data, models, out = str(root / "data"), str(root / "models"), str(root / "out")
-    _ok("generate", "--out", data, "--users", "80", "--days", "14", "--start", START.isoformat(), "--seed", "9",
-        "--user-day-anomalies", "3")
-    _ok("train", "--data-dir", data, "--model-dir", models, "--end-date", TRAIN_END.isoformat(),
-        "--window-days", "12")
     _ok("backfill", "--start", DAYS[0].isoformat(), "--end", DAYS[-1].isoformat(), "--data-dir", data,
         "--model-dir", models, "--output-dir", out, "--in-process")
     return root
@@ -148,7 +149,7 @@ def _server_env(world: Path, **extra: str) -> dict[str, str]:
 
 
 def test_triage_over_http_needs_a_key_and_answers_like_the_cli(own: Path, tmp_path: Path) -> None:
-    from test_api_world import running_server
+    from api_world import running_server
 
     with running_server(_server_env(own, UBA_API_KEYS="k1"), tmp_path / "api.log") as server, \
             server.client(headers={"X-API-Key": "k1"}) as c:

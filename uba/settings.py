@@ -185,7 +185,7 @@ class RaySettings(_Section):
 
 class ApiSettings(_Section):
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=0, le=65535)  # 0: any free port, named in the startup line
     workers: int = Field(1, ge=1, le=64)
     max_batch: int = Field(1000, ge=1, le=100_000)
     api_keys_env: str = "UBA_API_KEYS"

@@ -36,7 +36,9 @@ def _export(env: dict[str, str], name: str, value: object) -> None:
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="Output directory holding risk/ (GET /users/{id}/risk). Env: UBA_OUTPUT_DIR.")
 @click.option("--host", default=None, help="Bind address (default: api.host, 127.0.0.1).")
-@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: api.port, 8000).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Port (default: api.port, 8000); 0 takes any free port, which the startup line "
+                   "'Uvicorn running on http://HOST:PORT' names.")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Worker processes (default: api.workers, 1). Each loads its own model copy.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)

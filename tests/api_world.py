@@ -1,6 +1,6 @@
 """Shared builders for the API tests: a tiny real world and a real uvicorn server.
 
-Not a test module of its own (pytest collects it, finds no tests). The world is made
+Not a test module (its name keeps pytest from collecting it). The world is made
 by the product's own functions: ``write_generated`` (generate + ingest), the feature
 store (aggregates, baselines, snapshot), ``event_features``, ``fit_detector`` and
 ``save_bundle``, i.e. what ``uba-batch train`` does, with a small forest for speed.
@@ -9,12 +9,11 @@ store (aggregates, baselines, snapshot), ``event_features``, ``fit_detector`` an
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
+from waiting import wait_until
 
 from uba import io
 from uba.artifacts import save_bundle
@@ -132,12 +132,6 @@ def as_payload(row: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Server:
     url: str
@@ -148,22 +142,25 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)  # type: ignore[arg-type]
 
 
+# uvicorn names the port it bound (port 0 asks the kernel for a free one) in this line.
+STARTED_LINE = re.compile(rb"Uvicorn running on (http://127\.0\.0\.1:\d+)")
+
+
 @contextmanager
 def running_server(env: dict[str, str], log: Path, timeout: float = 30.0,
                    uba_api: list[str] | None = None) -> Iterator[Server]:
-    """``uvicorn uba.api.app:app`` (or ``uba-api`` with these flags) on a free loopback port,
-    stopped by its own pid."""
-    port = free_port()
+    """``uvicorn uba.api.app:app`` (or ``uba-api`` with these flags) on loopback port 0, so
+    the server itself takes a free port (no bind-then-release race); the URL comes from its
+    startup line. Stopped by its own pid."""
     if uba_api is None:
         cmd = [sys.executable, "-m", "uvicorn", "uba.api.app:app", "--host", "127.0.0.1",
-               "--port", str(port), "--no-access-log"]
+               "--port", "0", "--no-access-log"]
     else:
-        cmd = [str(Path(sys.executable).parent / "uba-api"), "--host", "127.0.0.1",
-               "--port", str(port), *uba_api]
+        cmd = [str(Path(sys.executable).parent / "uba-api"), "--host", "127.0.0.1", "--port", "0", *uba_api]
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(f"http://127.0.0.1:{port}", process, log)
     try:
+        server = Server(started_url(process, log, timeout), process, log)
         wait_for_health(server, timeout)
         yield server
     finally:
@@ -175,15 +172,28 @@ def running_server(env: dict[str, str], log: Path, timeout: float = 30.0,
             process.wait()
 
 
+def started_url(process: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> str:
+    """The base URL a uvicorn started with ``--port 0`` on 127.0.0.1 names in its startup line."""
+    def named() -> str | None:
+        match = STARTED_LINE.search(log.read_bytes())
+        if match:
+            return match.group(1).decode()
+        _assert_running(process, log)
+        return None
+
+    return wait_until(named, timeout, f"the server's startup line in {log}")
+
+
+def _assert_running(process: subprocess.Popen[bytes], log: Path) -> None:
+    assert process.poll() is None, f"server exited with {process.returncode}:\n{log.read_text()}"
+
+
 def wait_for_health(server: Server, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log.read_text()}")
+    def healthy() -> bool:
+        _assert_running(server.process, server.log)
         try:
-            if httpx.get(server.url + "/health", timeout=1).status_code == 200:
-                return
+            return httpx.get(server.url + "/health", timeout=1).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"server not healthy after {timeout}s:\n{server.log.read_text()}")
+            return False
+
+    wait_until(healthy, timeout, f"{server.url}/health to answer 200 (log {server.log})")
