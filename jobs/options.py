@@ -55,3 +55,24 @@ def yesterday_utc(now: datetime | None = None) -> date:
     """The default day for nightly jobs: the last complete day in UTC (``now`` is the
     clock's reading, any time zone; the current time unless given)."""
     return (now or datetime.now(UTC)).astimezone(UTC).date() - timedelta(days=1)
+
+
+def ray_options(func: F) -> F:
+    """Options of ``score`` and ``backfill``: where the model runs and how the work is split."""
+    decorators = [
+        click.option("--ray-address", default=None, envvar="RAY_ADDRESS", metavar="ADDR",
+                     help="Join an existing Ray cluster ('auto' = the cluster this process runs in, "
+                          "or host:port). Default: start an embedded local Ray. Env: RAY_ADDRESS."),
+        click.option("--workers", type=click.IntRange(1, 1024), default=None,
+                     help="Concurrent scoring tasks (default: ray.num_workers; all CPUs of a joined cluster)."),
+        click.option("--shards", type=click.IntRange(1, 100_000), default=None, hidden=True,
+                     help="Ignored (kept so old scripts still run): shards are planned from the "
+                          "data, scoring.chunk_rows events each, so outputs never depend on it."),
+        click.option("--in-process", is_flag=True, default=False,
+                     help="Score in this process without Ray (same results, for small days and debugging)."),
+        click.option("--model-version", default=None, metavar="VERSION",
+                     help="Model bundle version to use (default: the LATEST one in --model-dir)."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func

@@ -14,7 +14,7 @@ import pytest
 from alert_receivers import Behaviour, WebhookReceiver
 
 from uba.alerts.delivery import ReadySink, _SinkRun, backoff_delay, check_sinks, deliver
-from uba.alerts.ledger import Entry, Ledger
+from uba.alerts.ledger import Entry, Ledger, outbox_rows, retry_dead_letters, sink_states
 from uba.alerts.payloads import (
     cef_header_escape,
     cef_value_escape,
@@ -250,6 +250,29 @@ def test_enqueue_is_insert_or_ignore_and_keeps_history(tmp_path: Path) -> None:
         assert rows["uba-b"].status == "failed" and rows["uba-c"].status == "pending"
         assert rows["uba-c"].seq > rows["uba-b"].seq
         assert ledger.was_enqueued("hook", DAY, "r1") and ledger.was_enqueued("hook", DAY, "r2")
+
+
+def test_ledger_summaries_for_monitor_outbox_and_retry(tmp_path: Path) -> None:
+    """What `monitor`, `alerts outbox`, `alerts list --failed` and `alerts retry-failed`
+    read: nothing (and nothing created) without a ledger, then the per-sink state."""
+    data = tmp_path / "data"
+    assert sink_states(data) is None and outbox_rows(data, "failed", None, None, None) is None
+    with pytest.raises(UserError, match="no delivery ledger under .*no dead letters"):
+        retry_dead_letters(data, None, ())
+    assert not data.exists()
+    with Ledger.open(data) as ledger:
+        ledger.enqueue(DAY, "r1", {"hook": [Entry("uba-a", "event", "u", "{}"), Entry("uba-b", "event", "u", "{}")],
+                                   "siem": [Entry("uba-a", "event", "u", "{}")]})
+        ledger.mark_failed("hook", ["uba-b"], "HTTP 400")
+        ledger.mark_delivered("siem", ["uba-a"])
+    hook, siem = sink_states(data) or []
+    assert (hook.sink, hook.pending, hook.failed, hook.delivered, hook.oldest_pending) == ("hook", 1, 1, 0, DAY.isoformat())
+    assert hook.needs_attention and not siem.needs_attention and siem.oldest_pending is None
+    assert [r.alert_id for r in outbox_rows(data, "failed", "hook", None, None) or []] == ["uba-b"]
+    with pytest.raises(UserError, match="sink: no sink named 'nope' in the delivery ledger \\(known: hook, siem\\)"):
+        retry_dead_letters(data, "nope", ())
+    assert retry_dead_letters(data, "hook", ()) == 1
+    assert (sink_states(data) or [])[0].pending == 2
 
 
 def test_check_sinks_needs_the_secrets_in_the_environment(tmp_path: Path) -> None:

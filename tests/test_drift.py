@@ -186,6 +186,26 @@ def test_monitor_prints_a_table_writes_a_chart_and_advises(reference: dict[str, 
     assert "Traceback" not in unwritable.output
 
 
+def test_monitor_days_reads_the_range_back_from_the_manifests(reference: dict[str, Any], tmp_path: Path) -> None:
+    """The library call behind `monitor`: rows of days with a run, days without, the
+    default chart path and the advice, with no printing involved."""
+    from uba.monitoring import monitor_days
+    from uba.settings import load_settings
+
+    meta, det = reference["metadata"], reference["detector"]
+    for i, scale in enumerate((1.0, 3.0)):
+        X = _sample(np.random.default_rng(i), 1000, session_scale=scale)
+        _write_manifest(tmp_path, f"2026-03-0{i + 1}", drift_report(X, det.anomaly_scores(X), meta, LIMITS), "v1")
+    settings = load_settings(None, overrides={"paths": {"output_dir": str(tmp_path)}})
+    summary = monitor_days(settings, date(2026, 3, 1), date(2026, 3, 3), None)
+    assert [r["date"] for r in summary.rows] == ["2026-03-01", "2026-03-02"]
+    assert [r["status"] for r in summary.rows] == ["ok", "drift"]
+    assert summary.missing == [date(2026, 3, 3)] and summary.stale == []
+    assert summary.chart == tmp_path / "monitoring" / "monitor-2026-03-01_2026-03-03.png"
+    assert summary.chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary.advice is not None and summary.advice.startswith("retraining advised: 1 of 2 days drifted")
+
+
 def test_a_weekday_is_compared_with_the_same_weekday_of_training(reference: dict[str, Any]) -> None:
     """Weekends with a different rhythm are drift against the pooled window, not against
     the training weekends."""

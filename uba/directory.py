@@ -62,6 +62,11 @@ class ImportSummary:
     def quarantined_ratio(self) -> float:
         return self.rows_quarantined / self.rows_read if self.rows_read else 0.0
 
+    def quarantine_exceeded(self, limit: float) -> bool:
+        """Stored what it could, but too much went to quarantine for the run to count as a
+        success (a wrong export): the same limit as ingest (ingest.max_quarantine_ratio)."""
+        return bool(self.rows_read) and self.quarantined_ratio > limit
+
 
 def directory_path(data_dir: Path) -> Path:
     return Path(data_dir) / DIRECTORY / USERS_FILE

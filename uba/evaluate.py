@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +201,53 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
 def public_report(report: dict[str, Any]) -> dict[str, Any]:
     """The report without the in-memory arrays, ready for JSON."""
     return {k: v for k, v in report.items() if not k.startswith("_")}
+
+
+def evaluation_days(data_dir: Path, training_end: date, start: date | None, end: date | None) -> list[date]:
+    """The out-of-sample days: by default every stored day after training, else the given
+    range, whose missing end falls back to the day after training or the last stored day."""
+    stored = io.partition_dates(data_dir, io.EVENTS)
+    if start is None and end is None:
+        return [d for d in stored if d > training_end]
+    first = start or training_end + timedelta(days=1)
+    last = end or max(stored, default=first)
+    return date_range(first, last)
+
+
+@dataclass(frozen=True)
+class EvaluationRun:
+    """A written evaluation: the full report (event and user level) and where it went."""
+
+    report: dict[str, Any]
+    json_path: Path
+    png_path: Path
+
+
+def run_evaluation(settings: Settings, start: date | None, end: date | None, model_version: str | None,
+                   out_dir: Path | None) -> EvaluationRun:
+    """Evaluate a bundle on days it never saw and write evaluation.json and the figures.
+
+    The default report directory is <output-dir>/evaluation; user-level figures are
+    written only when the labels have campaigns and their days were scored.
+    """
+    from uba.artifacts import load_bundle
+    from uba.evaluate_users import plot_user_pr, user_level_report
+    from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
+
+    bundle = load_bundle(settings.paths.model_dir, model_version, expected_features=FEATURE_COLUMNS,
+                         expected_feature_set_version=FEATURE_SET_VERSION)
+    training_end = date.fromisoformat(bundle.metadata["training_window"]["end"])
+    days = evaluation_days(Path(settings.paths.data_dir), training_end, start, end)
+    if not days:
+        raise UserError(f"no events after the training window (ends {training_end}) to evaluate on")
+    report = evaluate(settings, bundle, days)
+    report["user_level"] = user_level_report(Path(settings.paths.output_dir), Path(settings.paths.data_dir), days)
+    target = out_dir if out_dir is not None else Path(settings.paths.output_dir) / "evaluation"
+    try:
+        io.write_json_atomic(public_report(report), target / "evaluation.json")
+        plot_report(report, target / "evaluation.png")
+        if "skipped" not in report["user_level"]:
+            plot_user_pr(report["user_level"], target / "evaluation_users.png")
+    except OSError as exc:  # a mistyped --out (under a file, no permission): one line, no traceback
+        raise UserError(f"cannot write the report to {target}: {exc.strerror or exc}") from exc
+    return EvaluationRun(report, target / "evaluation.json", target / "evaluation.png")

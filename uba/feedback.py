@@ -139,6 +139,24 @@ def record_feedback_csv(data_dir: Path, csv_path: Path, max_id_length: int = 256
                            where=lambda i: f"{csv_path} line {i + 2}", max_id_length=max_id_length)
 
 
+@dataclass(frozen=True)
+class VerdictsRecorded:
+    """A stored feedback CSV and the days of entity risk its benign verdicts made stale."""
+
+    summary: FeedbackSummary
+    stale_days: list[date]
+
+
+def record_verdicts_csv(data_dir: Path, output_dir: Path, csv_path: Path,
+                        max_id_length: int = 256) -> VerdictsRecorded:
+    """Store an analyst's CSV, then mark stale the risk days its benign verdicts helped
+    build (their scores still include those alerts until re-scored)."""
+    from uba.risk import mark_stale_after_verdicts
+
+    summary = record_feedback_csv(data_dir, csv_path, max_id_length)
+    return VerdictsRecorded(summary, mark_stale_after_verdicts(output_dir, summary.benign_ids))
+
+
 def latest_feedback(data_dir: Path) -> pl.LazyFrame:
     """One row per event with its most recent label (later parts, then later rows, win)."""
     parts = io.scan_table(data_dir, io.FEEDBACK)
@@ -259,6 +277,12 @@ def apply_suppressions(scored: pl.LazyFrame, rules: pl.DataFrame, day: date) -> 
     return frame.with_columns(pl.Series("suppressed_by", by, dtype=pl.String)).with_columns(
         pl.col("suppressed_by").is_not_null().alias("suppressed")
     ).lazy()
+
+
+def listed_rules(data_dir: Path, include_expired: bool = False) -> pl.DataFrame:
+    """The rules ``suppress list`` shows: not removed, and unless ``include_expired`` still
+    in force today (UTC)."""
+    return active_rules(load_rules(data_dir), None if include_expired else datetime.now(UTC).date())
 
 
 def known_reason_kinds() -> tuple[str, ...]:

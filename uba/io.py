@@ -656,6 +656,13 @@ def verify_data_dir(root: Path) -> dict[str, list[str]]:
     return report
 
 
+def verify_and_adopt(root: Path, adopt_legacy: bool) -> dict[str, list[str]]:
+    """``uba-batch verify``: adopt the unverified partitions first when the operator asked
+    (``adopted``), then the full verification report of ``root``."""
+    adopted = adopt_unverified_partitions(root) if adopt_legacy else []
+    return {**verify_data_dir(root), "adopted": adopted}
+
+
 def adopt_unverified_partitions(root: Path) -> list[str]:
     """Record the sha256 of every part of the partitions read unverified (the operator's
     explicit ``uba-batch verify --adopt-legacy``): from then on they are verified like any

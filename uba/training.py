@@ -73,9 +73,18 @@ def train_model(
     end_date: date,
     window_days: int | None = None,
     malicious_ids: set[str] | None = None,
+    exclude_malicious: bool = False,
 ) -> TrainResult:
-    """Train on the ``window_days`` days ending at ``end_date`` (inclusive) and save a bundle."""
+    """Train on the ``window_days`` days ending at ``end_date`` (inclusive) and save a bundle.
+
+    ``exclude_malicious`` adds the events analysts confirmed malicious (the feedback
+    store) to ``malicious_ids``, so confirmed attacks never become part of "normal".
+    """
     data_dir, model_dir = settings.paths.data_dir, settings.paths.model_dir
+    if exclude_malicious:
+        from uba.feedback import confirmed_malicious_ids
+
+        malicious_ids = (malicious_ids or set()) | confirmed_malicious_ids(data_dir)
     try:  # a mistyped --model-dir fails before minutes of training, as one line
         Path(model_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -36,14 +36,6 @@ def command() -> None:
     """
 
 
-def _days(settings: Any, day: date | None, days: int) -> list[date]:
-    from uba.alerts.triage import scored_days
-
-    if day is not None:
-        return [day]
-    return scored_days(Path(settings.paths.output_dir))[:days]
-
-
 def _short(record: dict[str, Any]) -> str:
     reasons = "; ".join(record.get("reasons") or [])
     score = record.get("score")
@@ -83,15 +75,15 @@ def list_command(ctx: click.Context, day: date | None, days: int, status: str, k
       uba-batch alerts list --type user-day --format jsonl | head -3
       uba-batch alerts list --failed --sink siem
     """
-    from uba.alerts.triage import STATUSES, list_alerts
+    from uba.alerts.triage import STATUSES, list_alerts, recent_days
 
     settings = settings_from(ctx, output_dir=output_dir, data_dir=data_dir)
     if delivery is not None:
         _list_outbox(Path(settings.paths.data_dir), delivery, sink, day, limit, fmt)
         return
     statuses = STATUSES if status == "all" else (status,)
-    found = list_alerts(Path(settings.paths.output_dir), Path(settings.paths.data_dir), _days(settings, day, days),
-                        statuses, WHAT[kind])
+    output = Path(settings.paths.output_dir)
+    found = list_alerts(output, Path(settings.paths.data_dir), recent_days(output, day, days), statuses, WHAT[kind])
     shown = found.head(limit) if limit else found
     for record in shown.to_dicts():
         click.echo(json.dumps(record, default=str) if fmt == "jsonl" else _short(record))
@@ -114,13 +106,11 @@ def show_command(ctx: click.Context, alert_id: str, day: date | None, output_dir
     Example:
       uba-batch alerts show uba-0123456789abcdef01234567
     """
-    from uba.alerts.triage import alert_history, find_alert
+    from uba.alerts.triage import alert_with_history
 
     settings = settings_from(ctx, output_dir=output_dir, data_dir=data_dir)
-    record = find_alert(Path(settings.paths.output_dir), alert_id, [day] if day else None)
-    history = alert_history(Path(settings.paths.data_dir), record["alert_id"])
-    record["status"] = history[-1]["status"] if history else "open"
-    record["history"] = history
+    record = alert_with_history(Path(settings.paths.output_dir), Path(settings.paths.data_dir), alert_id,
+                                [day] if day else None)
     click.echo(json.dumps(record, default=str, indent=2))
 
 
@@ -210,13 +200,12 @@ def _when(epoch: float | None) -> str:
 
 def _list_outbox(data_dir: Path, status: str, sink: str | None, day: date | None, limit: int, fmt: str) -> None:
     """``alerts list --pending|--failed|--delivered``: rows of the delivery ledger."""
-    from uba.alerts.ledger import Ledger, ledger_exists
+    from uba.alerts.ledger import outbox_rows
 
-    if not ledger_exists(data_dir):
+    rows = outbox_rows(data_dir, status, sink, day, limit or None)
+    if rows is None:
         click.echo("no delivery ledger yet (no alerting sink has been used with this data directory)", err=True)
         return
-    with Ledger.open(data_dir) as ledger:
-        rows = ledger.rows(status=status, sink=sink, day=day, limit=limit or None)
     for row in rows:
         if fmt == "jsonl":
             click.echo(json.dumps({"sink": row.sink, "alert_id": row.alert_id, "day": row.day,
@@ -257,21 +246,18 @@ def deliver_command(ctx: click.Context, sink_names: tuple[str, ...], days: tuple
       uba-batch alerts deliver
       uba-batch alerts deliver --sink siem --date 2026-03-20 --date 2026-03-21
     """
-    from uba.alerts.delivery import catch_up, check_sinks, deliver, select_sinks
-    from uba.alerts.ledger import PENDING
+    from uba.alerts.delivery import deliver_pending
 
     settings = settings_from(ctx, data_dir=data_dir, output_dir=output_dir)
-    sinks = select_sinks(check_sinks(settings), sink_names)
-    if not sinks:
+    run = deliver_pending(settings, sink_names, days, budget_sec)
+    if run is None:
         click.echo("no alerting sinks configured (alerting.sinks): nothing to deliver")
         return
-    enqueued = catch_up(settings, sinks, days)
-    for day, added in sorted(enqueued.items()):
+    for day, added in sorted(run.enqueued.items()):
         click.echo(f"enqueued {day}: " + ", ".join(f"{n} new for {s}" for s, n in added.items()))
-    reports = deliver(settings, sinks, budget_sec)
-    for report in reports:
+    for report in run.reports:
         click.echo(report.line())
-    if any(r.totals[PENDING] for r in reports):
+    if run.left_pending:
         ctx.exit(2)
 
 
@@ -285,17 +271,16 @@ def outbox_command(ctx: click.Context, data_dir: str | None) -> None:
     Example:
       uba-batch alerts outbox --data-dir data
     """
-    from uba.alerts.ledger import Ledger, ledger_exists
+    from uba.alerts.ledger import sink_states
 
     settings = settings_from(ctx, data_dir=data_dir)
-    if not ledger_exists(settings.paths.data_dir):
+    states = sink_states(settings.paths.data_dir)
+    if states is None:
         click.echo("no delivery ledger yet (no alerting sink has been used with this data directory)")
         return
-    with Ledger.open(settings.paths.data_dir) as ledger:
-        click.echo(f"{'sink':<20}{'pending':>9}{'delivered':>11}{'failed':>8}  oldest pending")
-        for name, c in sorted(ledger.counts().items()):
-            click.echo(f"{name:<20}{c['pending']:>9}{c['delivered']:>11}{c['failed']:>8}  "
-                       f"{ledger.oldest_pending_day(name) or '-'}")
+    click.echo(f"{'sink':<20}{'pending':>9}{'delivered':>11}{'failed':>8}  oldest pending")
+    for st in states:
+        click.echo(f"{st.sink:<20}{st.pending:>9}{st.delivered:>11}{st.failed:>8}  {st.oldest_pending or '-'}")
 
 
 @command.command(name="retry-failed")
@@ -315,16 +300,8 @@ def retry_failed_command(ctx: click.Context, sink: str | None, alert_ids: tuple[
       uba-batch alerts retry-failed --sink siem
       uba-batch alerts retry-failed --alert-id uba-0123456789abcdef01234567 && uba-batch alerts deliver
     """
-    from uba.alerts.ledger import Ledger, ledger_exists
-    from uba.errors import UserError
+    from uba.alerts.ledger import retry_dead_letters
 
     settings = settings_from(ctx, data_dir=data_dir)
-    if not ledger_exists(settings.paths.data_dir):  # never create a ledger (or a data directory) here
-        raise UserError(f"no delivery ledger under {settings.paths.data_dir}: no alerting sink has been used "
-                        "with this data directory, so there are no dead letters")
-    with Ledger.open(settings.paths.data_dir) as ledger:
-        if sink is not None and sink not in ledger.counts():
-            raise UserError(f"sink: no sink named {sink!r} in the delivery ledger "
-                            f"(known: {', '.join(sorted(ledger.counts())) or 'none'})")
-        moved = ledger.retry_failed(sink, alert_ids)
+    moved = retry_dead_letters(settings.paths.data_dir, sink, alert_ids)
     click.echo(f"{moved} dead letter(s) queued again; run `uba-batch alerts deliver` to send them")

@@ -9,14 +9,18 @@ from typing import TYPE_CHECKING
 
 import click
 
-from jobs.commands.score import ray_options
-from jobs.options import DATE, data_dir_option, model_dir_option, output_dir_option, settings_from
+from jobs.options import (
+    DATE,
+    data_dir_option,
+    model_dir_option,
+    output_dir_option,
+    ray_options,
+    settings_from,
+)
 from uba.logs import get_logger
 
 if TYPE_CHECKING:
-    from uba.alerts.delivery import ReadySink
     from uba.scoring.backfill import BackfillOutcome
-    from uba.settings import Settings
 
 log = get_logger("backfill")
 
@@ -51,37 +55,20 @@ def command(ctx: click.Context, start: date, end: date, force: bool, data_dir: s
       uba-batch backfill --start 2026-03-01 --end 2026-03-28 --data-dir data --model-dir models --output-dir output
       uba-batch backfill --start 2026-03-01 --end 2026-03-07 --force --in-process
     """
-    from uba.alerts.delivery import catch_up, check_sinks, deliver_published, register_sinks
+    from uba.alerts.delivery import prepare_sinks
     from uba.scoring import FaultInjection, ScoreOptions
-    from uba.scoring.backfill import backfill_dates
+    from uba.scoring.backfill import BackfillDelivery, backfill_dates
 
     settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir, output_dir=output_dir)
-    sinks = check_sinks(settings)  # a misconfigured sink fails here, before any scoring
-    register_sinks(settings, sinks)
+    delivery = BackfillDelivery(settings, prepare_sinks(settings))  # a misconfigured sink fails before scoring
     options = ScoreOptions(day=start, ray_address=ray_address, workers=workers, shards=shards,
                            in_process=in_process, model_version=model_version,
                            fault=FaultInjection.from_env())
-    walk = backfill_dates(settings, start, end, options, force=force)
-    published: dict[tuple[date, str], dict[str, int]] = {}
-    outcomes = _run(_enqueueing(walk, settings, sinks, published), (end - start).days + 1)
-    if sinks:
-        catch_up(settings, sinks)  # days whose own enqueue was interrupted (a kill right after publishing)
-    if published:  # delivered once at the end, in day order, within alerting.deliver_budget_sec
-        for line in deliver_published(settings, sinks, published):
-            click.echo(line)
+    outcomes = _run(delivery.follow(backfill_dates(settings, start, end, options, force=force)),
+                    (end - start).days + 1)
+    for line in delivery.finish():
+        click.echo(line)
     _summarise(outcomes)
-
-
-def _enqueueing(walk: Iterator[BackfillOutcome], settings: Settings, sinks: list[ReadySink],
-                published: dict[tuple[date, str], dict[str, int]]) -> Iterator[BackfillOutcome]:
-    """Enqueue each day's alerts as soon as it is published (before any send), so a
-    backfill killed later loses none of them."""
-    from uba.alerts.delivery import enqueue_day
-
-    for outcome in walk:
-        if sinks and outcome.status == "scored" and outcome.manifest is not None:
-            published[(outcome.day, outcome.manifest["run_id"])] = enqueue_day(settings, sinks, outcome.day)
-        yield outcome
 
 
 def _run(walk: Iterator[BackfillOutcome], total: int) -> list[BackfillOutcome]:
@@ -105,8 +92,10 @@ def _run(walk: Iterator[BackfillOutcome], total: int) -> list[BackfillOutcome]:
 
 
 def _summarise(outcomes: list[BackfillOutcome]) -> None:
+    from uba.scoring.backfill import outcome_counts
+
     failed = [o for o in outcomes if o.status == "failed"]
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("scored", "skipped", "failed")}
+    counts = outcome_counts(outcomes)
     click.echo(f"backfill: {counts['scored']} scored, {counts['skipped']} skipped, "
                f"{counts['failed']} failed of {len(outcomes)} dates")
     if failed:

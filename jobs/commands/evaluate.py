@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import click
 
 from jobs.options import DATE, data_dir_option, model_dir_option, output_dir_option, settings_from
-
-
-def _default_days(data_dir: Path, training_end: date) -> list[date]:
-    from uba import io
-
-    return [d for d in io.partition_dates(data_dir, io.EVENTS) if d > training_end]
 
 
 @click.command(name="evaluate")
@@ -42,38 +36,12 @@ def command(ctx: click.Context, start: date | None, end: date | None, model_vers
       uba-batch train --data-dir data --end-date 2026-03-21 --window-days 21 --model-dir models
       uba-batch evaluate --data-dir data --model-dir models --start 2026-03-22 --end 2026-03-28
     """
-    from uba import io
-    from uba.artifacts import load_bundle
-    from uba.errors import UserError
-    from uba.evaluate import evaluate, plot_report, public_report
-    from uba.evaluate_users import plot_user_pr, user_level_report
-    from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
-    from uba.pipeline import date_range
+    from uba.evaluate import run_evaluation
 
     settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir, output_dir=output_dir)
-    bundle = load_bundle(settings.paths.model_dir, model_version, expected_features=FEATURE_COLUMNS,
-                         expected_feature_set_version=FEATURE_SET_VERSION)
-    training_end = date.fromisoformat(bundle.metadata["training_window"]["end"])
-    if start is None and end is None:
-        days = _default_days(settings.paths.data_dir, training_end)
-    else:
-        first = start or training_end + timedelta(days=1)
-        last = end or max(io.partition_dates(settings.paths.data_dir, io.EVENTS), default=first)
-        days = date_range(first, last)
-    if not days:
-        raise UserError(f"no events after the training window (ends {training_end}) to evaluate on")
-    report = evaluate(settings, bundle, days)
-    report["user_level"] = user_level_report(Path(settings.paths.output_dir), Path(settings.paths.data_dir), days)
-    target = Path(out_dir) if out_dir else Path(settings.paths.output_dir) / "evaluation"
-    try:
-        io.write_json_atomic(public_report(report), target / "evaluation.json")
-        plot_report(report, target / "evaluation.png")
-        if "skipped" not in report["user_level"]:
-            plot_user_pr(report["user_level"], target / "evaluation_users.png")
-    except OSError as exc:  # a mistyped --out (under a file, no permission): one line, no traceback
-        raise UserError(f"cannot write the report to {target}: {exc.strerror or exc}") from exc
-    _print_summary(report)
-    click.echo(f"report: {target / 'evaluation.json'}, figure: {target / 'evaluation.png'}")
+    run = run_evaluation(settings, start, end, model_version, Path(out_dir) if out_dir else None)
+    _print_summary(run.report)
+    click.echo(f"report: {run.json_path}, figure: {run.png_path}")
 
 
 def _print_summary(report: dict) -> None:
@@ -86,7 +54,7 @@ def _print_summary(report: dict) -> None:
     click.echo(f"PR-AUC ratio vs naive: {report['pr_auc_ratio_vs_naive']:.2f}")
     conc = report["alert_concentration"]
     click.echo(f"alerts from top 1% of users: {conc['top_1pct_share_of_alerts']:.3f}")
-    per_user = report.get("per_user_thresholds")  # operations (issue 7)
+    per_user = report.get("per_user_thresholds")
     if per_user:
         m, both = per_user["metrics"], per_user["alert_concentration"]
         click.echo(f"with per-user thresholds: alert rate {m['alert_rate']:.4f}  recall {m['recall_at_threshold']:.3f}  "

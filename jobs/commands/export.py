@@ -39,21 +39,14 @@ def command(ctx: click.Context, day: date, fmt: str, what: str, risk_level: str,
       uba-batch export --date 2026-03-22 --format ocsf --out alerts-2026-03-22.ocsf.jsonl
       uba-batch export --date 2026-03-22 --format ecs --what alerts | head -1
     """
-    from uba import io
-    from uba.alerts.formats import render
-    from uba.alerts.records import day_records
-    from uba.errors import UserError
+    from uba.alerts.formats import day_export, write_export
 
     settings = settings_from(ctx, output_dir=output_dir)
-    records = day_records(Path(settings.paths.output_dir), day, what, risk_level).to_dicts()
-    lines = render(records, fmt)
+    export = day_export(Path(settings.paths.output_dir), day, what, risk_level, fmt)
     if out == "-":
-        for line in lines:
+        for line in export.lines:
             sys.stdout.write(line)
         sys.stdout.flush()
         return
-    try:
-        io.write_bytes_atomic("".join(lines).encode("utf-8"), Path(out))
-    except OSError as exc:
-        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from exc
-    click.echo(f"exported {len(records)} {what} record(s) of {day} as {fmt} to {out}", err=True)
+    write_export(export, Path(out))
+    click.echo(f"exported {export.count} {what} record(s) of {day} as {fmt} to {out}", err=True)

@@ -31,14 +31,14 @@ def command(ctx: click.Context, csv_file: str, data_dir: str | None, output_dir:
       printf 'event_id,label,analyst\\nev-001,malicious,ann\\n' > labels.csv
       uba-batch feedback labels.csv --data-dir data
     """
-    from uba.feedback import record_feedback_csv
-    from uba.risk import mark_stale_after_verdicts
+    from uba.feedback import record_verdicts_csv
 
     settings = settings_from(ctx, data_dir=data_dir, output_dir=output_dir)
-    summary = record_feedback_csv(settings.paths.data_dir, Path(csv_file), settings.events.max_string_length)
+    recorded = record_verdicts_csv(settings.paths.data_dir, settings.paths.output_dir, Path(csv_file),
+                                   settings.events.max_string_length)
+    summary, stale = recorded.summary, recorded.stale_days
     click.echo(f"stored {summary.rows} labels ({summary.benign} benign, {summary.malicious} malicious) "
                f"in {summary.path}")
-    stale = mark_stale_after_verdicts(settings.paths.output_dir, summary.benign_ids)
     if stale:
         click.echo(f"entity risk of {stale[0]}..{stale[-1]} ({len(stale)} days) marked stale: re-score them with "
                    f"`uba-batch backfill --start {stale[0]} --end {stale[-1]}`")

@@ -62,13 +62,10 @@ def list_rules(ctx: click.Context, show_all: bool, data_dir: str | None) -> None
     Example:
       uba-batch suppress list --data-dir data
     """
-    from datetime import UTC, datetime
-
-    from uba.feedback import active_rules, load_rules
+    from uba.feedback import listed_rules
 
     settings = settings_from(ctx, data_dir=data_dir)
-    today = None if show_all else datetime.now(UTC).date()
-    rules = active_rules(load_rules(settings.paths.data_dir), today)
+    rules = listed_rules(settings.paths.data_dir, include_expired=show_all)
     if rules.height == 0:
         click.echo("no active rules")
         return

@@ -44,12 +44,7 @@ def command(ctx: click.Context, end_date: date | None, window_days: int | None, 
     from uba.training import train_model
 
     settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir, output_dir=output_dir)
-    malicious: set[str] = set()
-    if exclude_malicious:
-        from uba.feedback import confirmed_malicious_ids
-
-        malicious = confirmed_malicious_ids(settings.paths.data_dir)
-    result = train_model(settings, end_date or yesterday_utc(), window_days, malicious)
+    result = train_model(settings, end_date or yesterday_utc(), window_days, exclude_malicious=exclude_malicious)
     click.echo(f"model {result.version} trained on {result.rows} events "
                f"({result.window_start}..{result.window_end}); threshold {result.threshold:.6f} "
                f"= p{result.percentile:g} of training scores")

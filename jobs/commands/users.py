@@ -56,7 +56,7 @@ def import_command(ctx: click.Context, file: str, replace: bool, data_dir: str |
     if summary.quarantine_path is not None:
         click.echo(f"quarantined rows: {summary.quarantine_path} "
                    + ", ".join(f"{k}: {v}" for k, v in sorted(summary.reasons.items())))
-    if summary.rows_read and summary.quarantined_ratio > settings.ingest.max_quarantine_ratio:
+    if summary.quarantine_exceeded(settings.ingest.max_quarantine_ratio):
         click.echo(f"error: {summary.quarantined_ratio:.0%} of the rows were quarantined "
                    f"(ingest.max_quarantine_ratio {settings.ingest.max_quarantine_ratio:g})", err=True)
         ctx.exit(QUARANTINE_EXIT_CODE)

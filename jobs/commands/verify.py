@@ -36,10 +36,10 @@ def command(ctx: click.Context, adopt_legacy: bool, as_json: bool, data_dir: str
     from uba.errors import UserError
 
     root = settings_from(ctx, data_dir=data_dir).paths.data_dir
-    adopted = io.adopt_unverified_partitions(root) if adopt_legacy else []
-    report = io.verify_data_dir(root)
+    report = io.verify_and_adopt(root, adopt_legacy)
+    adopted = report["adopted"]
     if as_json:
-        click.echo(json.dumps({**report, "adopted": adopted}, indent=2))
+        click.echo(json.dumps(report, indent=2))
     else:
         for line in report["corrupt"]:
             click.echo(f"corrupt: {line}")

@@ -130,6 +130,14 @@ def register_sinks(settings: Settings, sinks: Sequence[ReadySink]) -> None:
         ledger.register_sinks(s.name for s in sinks)
 
 
+def prepare_sinks(settings: Settings) -> list[ReadySink]:
+    """The configured sinks, checked and registered before a score run: a misconfigured
+    sink or an unwritable ledger fails the command before any scoring."""
+    sinks = check_sinks(settings)
+    register_sinks(settings, sinks)
+    return sinks
+
+
 # --- enqueue ------------------------------------------------------------------------------
 
 
@@ -411,3 +419,39 @@ def deliver_published(settings: Settings, sinks: Sequence[ReadySink],
     if any(r.totals[PENDING] for r in reports):
         lines.append("alerts left pending are sent by the next score run or `uba-batch alerts deliver`")
     return lines
+
+
+def deliver_scored_day(settings: Settings, sinks: Sequence[ReadySink], day: date, run_id: str) -> list[str]:
+    """After ``score`` published ``day``: the outbox first (durable), then catch-up of days
+    whose own enqueue was interrupted, then delivery. Returns the operator's lines; pending
+    alerts do not fail the run."""
+    if not sinks:
+        return []
+    added = enqueue_day(settings, sinks, day)
+    catch_up(settings, sinks)
+    return deliver_published(settings, sinks, {(day, run_id): added})
+
+
+@dataclass(frozen=True)
+class DeliveryRun:
+    """What ``alerts deliver`` did: days enqueued by catch-up, then one report per sink."""
+
+    enqueued: dict[date, dict[str, int]]
+    reports: list[SinkReport]
+
+    @property
+    def left_pending(self) -> bool:
+        """A sink did not take everything (receiver down or slow): run again later."""
+        return any(r.totals[PENDING] for r in self.reports)
+
+
+def deliver_pending(settings: Settings, sink_names: Iterable[str], forced_days: Sequence[date] = (),
+                    budget_sec: float | None = None) -> DeliveryRun | None:
+    """``alerts deliver``: enqueue published days never enqueued (and ``forced_days``), then
+    send every pending alert of the selected sinks (all when ``sink_names`` is empty).
+    None when no sink is configured."""
+    sinks = select_sinks(check_sinks(settings), sink_names)
+    if not sinks:
+        return None
+    enqueued = catch_up(settings, sinks, forced_days)
+    return DeliveryRun(enqueued, deliver(settings, sinks, budget_sec))

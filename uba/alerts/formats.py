@@ -16,7 +16,9 @@ import csv
 import io as stdio
 import json
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 from uba import __version__
@@ -154,3 +156,30 @@ def _csv_lines(records: Iterable[Mapping[str, Any]]) -> Iterable[str]:
         buffer.truncate()
     if buffer.getvalue():
         yield buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class DayExport:
+    """A scored day's findings rendered for ``uba-batch export``; ``lines`` is consumed once."""
+
+    count: int
+    lines: Iterable[str]
+
+
+def day_export(output_dir: Path, day: date, what: str, risk_min_level: str, fmt: str) -> DayExport:
+    """The ``what`` records of ``day`` in ``fmt``, rendered lazily so standard output streams."""
+    from uba.alerts.records import day_records
+
+    records = day_records(output_dir, day, what, risk_min_level).to_dicts()
+    return DayExport(len(records), render(records, fmt))
+
+
+def write_export(export: DayExport, path: Path) -> None:
+    """Replace ``path`` atomically with the export; a path that cannot be written is one line."""
+    from uba import io
+    from uba.errors import UserError
+
+    try:
+        io.write_bytes_atomic("".join(export.lines).encode("utf-8"), path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc

@@ -297,3 +297,51 @@ class _Tx:
 def ledger_exists(data_dir: Path) -> bool:
     """Whether any delivery was ever configured here (monitor shows nothing otherwise)."""
     return ledger_path(data_dir).is_file()
+
+
+@dataclass(frozen=True)
+class SinkState:
+    """One sink's outbox totals, as `monitor` and `alerts outbox` show them."""
+
+    sink: str
+    pending: int
+    delivered: int
+    failed: int
+    oldest_pending: str | None
+
+    @property
+    def needs_attention(self) -> bool:
+        """Anything not yet taken, or refused for good, wants an operator's look."""
+        return bool(self.pending or self.failed)
+
+
+def sink_states(data_dir: Path) -> list[SinkState] | None:
+    """Per sink, sorted by name; None when no ledger exists (never creates one)."""
+    if not ledger_exists(data_dir):
+        return None
+    with Ledger.open(data_dir) as ledger:
+        return [SinkState(sink, c["pending"], c["delivered"], c["failed"], ledger.oldest_pending_day(sink))
+                for sink, c in sorted(ledger.counts().items())]
+
+
+def outbox_rows(data_dir: Path, status: str, sink: str | None, day: date | None,
+                limit: int | None) -> list[OutboxRow] | None:
+    """Outbox rows in delivery order; None when no ledger exists (never creates one)."""
+    if not ledger_exists(data_dir):
+        return None
+    with Ledger.open(data_dir) as ledger:
+        return ledger.rows(status=status, sink=sink, day=day, limit=limit)
+
+
+def retry_dead_letters(data_dir: Path, sink: str | None, alert_ids: Sequence[str]) -> int:
+    """Queue dead letters again; a missing ledger or an unknown sink is a user error
+    (nothing to retry there), and no ledger or data directory is created."""
+    if not ledger_exists(data_dir):
+        raise UserError(f"no delivery ledger under {data_dir}: no alerting sink has been used "
+                        "with this data directory, so there are no dead letters")
+    with Ledger.open(data_dir) as ledger:
+        known = ledger.counts()
+        if sink is not None and sink not in known:
+            raise UserError(f"sink: no sink named {sink!r} in the delivery ledger "
+                            f"(known: {', '.join(sorted(known)) or 'none'})")
+        return ledger.retry_failed(sink, alert_ids)

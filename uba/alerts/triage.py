@@ -107,6 +107,11 @@ def scored_days(output_dir: Path) -> list[date]:
     return sorted(io.run_manifest_dates(output_dir), reverse=True)
 
 
+def recent_days(output_dir: Path, day: date | None, days: int) -> list[date]:
+    """``day`` alone, else the ``days`` newest scored days (``alerts list``)."""
+    return [day] if day is not None else scored_days(output_dir)[:days]
+
+
 def list_alerts(output_dir: Path, data_dir: Path, days: Sequence[date], statuses: Iterable[str] = STATUSES,
                 what: str = "all", risk_min_level: str = "high") -> pl.DataFrame:
     """The records of ``days`` whose status is one of ``statuses``, newest day first."""
@@ -138,6 +143,14 @@ def find_alert(output_dir: Path, alert_id: str, days: Sequence[date] | None = No
 def alert_history(data_dir: Path, alert_id: str) -> list[dict[str, Any]]:
     """Every action recorded for the alert, oldest first."""
     return triage_log(data_dir).filter(pl.col("alert_id") == alert_id).to_dicts()
+
+
+def alert_with_history(output_dir: Path, data_dir: Path, alert_id: str,
+                       days: Sequence[date] | None = None) -> dict[str, Any]:
+    """The alert's record with its current status and every triage action (``alerts show``)."""
+    record = find_alert(output_dir, alert_id, days)
+    history = alert_history(data_dir, record["alert_id"])
+    return {**record, "status": history[-1]["status"] if history else "open", "history": history}
 
 
 def current_status(data_dir: Path, alert_id: str) -> str:

@@ -10,15 +10,18 @@ goes on with the next one; the caller turns any failure into a non-zero exit.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from uba.errors import UserError
 from uba.pipeline import date_range
 from uba.scoring.driver import ScoreOptions, load_scoring_bundle, open_runtime, score_day
 from uba.scoring.manifest import scored_with
 from uba.settings import Settings
+
+if TYPE_CHECKING:
+    from uba.alerts.delivery import ReadySink
 
 Status = Literal["scored", "skipped", "failed"]
 
@@ -64,3 +67,40 @@ def backfill_dates(settings: Settings, start: date, end: date, options: ScoreOpt
             yield BackfillOutcome(day, "scored", describe_manifest(manifest), manifest)
     finally:
         runtime.close()
+
+
+def outcome_counts(outcomes: list[BackfillOutcome]) -> dict[Status, int]:
+    """How many dates were scored, skipped and failed."""
+    return {s: sum(o.status == s for o in outcomes) for s in ("scored", "skipped", "failed")}
+
+
+@dataclass
+class BackfillDelivery:
+    """Alert delivery for a backfill: each day is enqueued as soon as it is published
+    (before any send), so a backfill killed later loses none of its alerts, and all of
+    them are delivered once at the end, in day order."""
+
+    settings: Settings
+    sinks: list[ReadySink]
+    published: dict[tuple[date, str], dict[str, int]] = field(default_factory=dict)
+
+    def follow(self, walk: Iterator[BackfillOutcome]) -> Iterator[BackfillOutcome]:
+        """The walk unchanged, enqueueing each scored day's alerts on the way."""
+        from uba.alerts.delivery import enqueue_day
+
+        for outcome in walk:
+            if self.sinks and outcome.status == "scored" and outcome.manifest is not None:
+                self.published[(outcome.day, outcome.manifest["run_id"])] = enqueue_day(
+                    self.settings, self.sinks, outcome.day)
+            yield outcome
+
+    def finish(self) -> list[str]:
+        """Catch up days whose own enqueue was interrupted (a kill right after publishing),
+        then deliver within alerting.deliver_budget_sec; returns the operator's lines."""
+        from uba.alerts.delivery import catch_up, deliver_published
+
+        if self.sinks:
+            catch_up(self.settings, self.sinks)
+        if not self.published:
+            return []
+        return deliver_published(self.settings, self.sinks, self.published)

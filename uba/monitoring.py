@@ -1,0 +1,73 @@
+"""`monitor`: a range of scored days read back from their run manifests.
+
+Drift itself is measured while a day is scored (``uba.drift``); this module only
+collects what the manifests recorded, which days have no run, which days' entity risk
+went stale, charts the history and says whether retraining is advisable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from uba import io
+from uba.drift import monitoring_row, retrain_advice
+from uba.errors import UserError
+from uba.pipeline import date_range
+from uba.settings import Settings
+
+
+@dataclass(frozen=True)
+class MonitoringSummary:
+    """Per-day rows (``drift.monitoring_row``) plus what an operator must act on."""
+
+    rows: list[dict[str, Any]]
+    missing: list[date]
+    stale: list[tuple[date, dict[str, Any]]]
+    chart: Path
+    advice: str | None
+
+    @property
+    def judged_by_excess(self) -> bool:
+        """Whether any day's verdict used excess PSI (over chance) rather than raw PSI."""
+        return any(r.get("judged_by") == "excess" for r in self.rows)
+
+
+def collect_rows(output_dir: Path, start: date, end: date) -> tuple[list[dict[str, Any]], list[date],
+                                                                      list[tuple[date, dict[str, Any]]]]:
+    """Rows of the days with a run, the days without one, and each stale day's first marker."""
+    from uba.risk import stale_marker
+
+    rows: list[dict[str, Any]] = []
+    missing: list[date] = []
+    stale: list[tuple[date, dict[str, Any]]] = []
+    for day in date_range(start, end):
+        manifest = io.read_run_manifest(output_dir, day)
+        if manifest is None:
+            missing.append(day)
+        else:
+            rows.append(monitoring_row(manifest))
+            stale += [(day, entry) for entry in stale_marker(manifest)[:1]]
+    return rows, missing, stale
+
+
+def monitor_days(settings: Settings, start: date, end: date, png: Path | None) -> MonitoringSummary:
+    """Read the manifests of ``start..end``, write the drift chart and judge retraining.
+
+    The chart goes to ``png`` or <output-dir>/monitoring/monitor-<start>_<end>.png.
+    """
+    from uba.report import drift_history_png
+
+    out_dir = Path(settings.paths.output_dir)
+    rows, missing, stale = collect_rows(out_dir, start, end)
+    if not rows:
+        raise UserError(f"no run manifests between {start} and {end} under {out_dir / io.RUNS}")
+    target = png if png is not None else out_dir / "monitoring" / f"monitor-{start}_{end}.png"
+    try:
+        io.write_bytes_atomic(drift_history_png(rows, settings.monitoring.psi_warn,
+                                                settings.monitoring.psi_drift), target)
+    except OSError as exc:  # a mistyped --png: one line, no traceback
+        raise UserError(f"cannot write the chart to {target}: {exc.strerror or exc}") from exc
+    return MonitoringSummary(rows, missing, stale, target, retrain_advice(rows))
