@@ -22,8 +22,8 @@ from click.testing import CliRunner
 
 from jobs.cli import cli
 from uba import io
-from uba.evaluate import CONTEXTUAL_KINDS
 from uba.feedback import add_rule, known_reason_kinds, remove_rule
+from uba.generate import CONTEXTUAL_KINDS
 from uba.report import load_report_data
 from uba.scoring import ScoreOptions, read_manifest, score_day
 from uba.settings import Settings, load_settings

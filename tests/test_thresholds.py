@@ -15,12 +15,12 @@ import pytest
 
 from uba import io, thresholds
 from uba.errors import BundleError
+from uba.evaluate import concentration_comparison
 from uba.features.baselines import POPULATION_USER
 from uba.settings import Settings, UserThresholdSettings
 from uba.thresholds import (
     HISTORY_SCHEMA,
-    apply_thresholds,
-    concentration_comparison,
+    decide,
     load_or_build_history,
     score_history,
     user_cut_array,
@@ -67,21 +67,15 @@ def test_cut_moves_by_the_shrunk_excess_and_stays_within_bounds() -> None:
     assert cuts["average"]["user_threshold"] == pytest.approx(T)
 
 
-def test_apply_redecides_alerts_and_keeps_the_global_cut() -> None:
+def test_decide_redecides_alerts_with_each_users_cut() -> None:
     cuts = user_thresholds(_history([("erratic", 150, 0.62), ("regular", 150, 0.40),
-                                     (POPULATION_USER, 1000, 0.50)]), T, SETTINGS)
-    scored = pl.LazyFrame({
-        "event_id": ["e1", "e2", "e3", "e4"],
-        "user_id": ["erratic", "regular", "stranger", "erratic"],
-        "anomaly_score": [0.65, 0.56, 0.61, 0.70],
-        "is_anomaly": [True, False, True, True],
-        "threshold": [T] * 4,
-    })
-    out = apply_thresholds(scored, cuts, T).collect()
-    assert out["event_id"].to_list() == ["e1", "e2", "e3", "e4"], "row order is kept"
-    assert out["is_anomaly"].to_list() == [False, True, True, True]
-    assert out["user_threshold"].to_list() == pytest.approx([0.69, 0.54, T, 0.69])
-    assert out["threshold"].to_list() == [T] * 4
+                                     (POPULATION_USER, 1000, 0.50)]), T, SETTINGS).collect()
+    users = ["erratic", "regular", "stranger", "erratic"]
+    decision = decide(np.array([0.65, 0.56, 0.61, 0.70]), user_cut_array(users, cuts, T), users,
+                      [None] * 4, [])
+    assert decision.is_anomaly.tolist() == [False, True, True, True]
+    assert decision.cuts.tolist() == pytest.approx([0.69, 0.54, T, 0.69]), "unknown users get the global cut"
+    assert decision.suppressed_by == [None] * 4
 
 
 def test_concentration_with_and_without() -> None:
