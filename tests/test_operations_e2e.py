@@ -22,13 +22,14 @@ from click.testing import CliRunner
 
 from jobs.cli import cli
 from uba import io
+from uba.features import protected_baselines_as_of
 from uba.feedback import add_rule, known_reason_kinds, remove_rule
 from uba.generate import CONTEXTUAL_KINDS
 from uba.report import load_report_data
 from uba.scoring import ScoreOptions, score_day
 from uba.settings import Settings, load_settings
 from uba.training import train_model
-from uba.userday import run_user_day
+from uba.userday import stored_day_alerts
 
 START = date(2026, 3, 2)                       # a Monday
 TRAIN_END = START + timedelta(days=13)         # Sunday 2026-03-15
@@ -164,8 +165,10 @@ def test_exfiltration_days_are_flagged_at_the_user_day_level(world: World) -> No
     for user, day in planted.iter_rows():
         if day in SCORED:
             alerts = pl.read_parquet(io.partition_files(world.settings.paths.output_dir, io.FLAGGED_USERS, day))
-        else:  # planted inside the training window: the standalone user-day pass
-            alerts = run_user_day(world.settings, day).alerts
+        else:  # planted inside the training window: score's user-day pass on that day's baselines
+            baselines = protected_baselines_as_of(world.settings.paths.data_dir, day, world.settings,
+                                                  world.settings.paths.output_dir)
+            alerts, _ = stored_day_alerts(world.settings, day, baselines)
         row = alerts.filter(pl.col("user_id") == user)
         assert row.height == 1, (user, day, alerts)
         assert "spread_downloads" in row["reason_kinds"].item()
