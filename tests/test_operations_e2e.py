@@ -1,4 +1,4 @@
-"""Operating the detector end to end on generated data (issue 7, "Done when").
+"""Operating the detector end to end on generated data.
 
 One world for the module: 120 generated users over 18 days (one naturally erratic
 user, two planted exfiltration days, sessions 3x longer from the last day on), a

@@ -92,7 +92,7 @@ def test_concentration_with_and_without() -> None:
             < report["global_threshold"]["top_1pct_share_of_alerts"])
 
 
-# --- the stored table of a bundle is read with the bundle guards (issue 11, item 11) ---
+# --- the stored table of a bundle is read with the bundle guards (hardening) ---
 
 FORGED = pl.DataFrame({"user_id": ["u00001", POPULATION_USER], "n": [10_000, 10_000],
                        "user_quantile": [0.99, 0.1]}, schema=dict(HISTORY_SCHEMA))

@@ -323,7 +323,7 @@ def remove_part(path: Path) -> None:
     checksum_path(path).unlink(missing_ok=True)
 
 
-# --- stored-data integrity (issue 11, item 7): a manifest per events and aggregates partition ---
+# --- stored-data integrity (hardening): a manifest per events and aggregates partition ---
 #
 #   <data-dir>/.checksums/<dataset>/event_date=D/manifest.json   every part of the partition
 #                                                                 with its sha256 and size
@@ -1105,7 +1105,7 @@ def partition_row_count(root: Path, dataset: str, day: date | str) -> int:
     return int(lf.select(pl.len()).collect().item())
 
 
-# --- operations (issue 7): feedback, suppressions, user-day alerts, manifests, reports ---
+# --- feedback, suppressions, user-day alerts, manifests, reports ---
 
 FEEDBACK = "feedback"
 SUPPRESSIONS = "suppressions"
@@ -1224,7 +1224,7 @@ def write_bytes_atomic(data: bytes, path: Path) -> Path:
     return _write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
-# --- generate (issue 2): raw-event exports in the formats ingest reads ---
+# --- generate: raw-event exports in the formats ingest reads ---
 
 
 def write_csv_atomic(df: pl.DataFrame, path: Path) -> Path:
@@ -1247,7 +1247,7 @@ def read_parquet_if_exists(path: Path) -> pl.DataFrame | None:
     except (pl.exceptions.ComputeError, OSError) as exc:
         raise UserError(f"cannot read Parquet file {path}: {exc}") from exc
 
-# --- ingest (issue 2): raw input files, stored event ids, run summaries ---
+# --- ingest: raw input files, stored event ids, run summaries ---
 
 INGEST_RUNS = "ingest_runs"
 _GLOB_CHARS = frozenset("*?[")
@@ -1457,7 +1457,7 @@ def ingest_run_path(data_dir: Path, run_id: str) -> Path:
     return Path(data_dir) / INGEST_RUNS / f"{run_id}.json"
 
 
-# --- features (issue 3): daily aggregates and baseline snapshots ---
+# --- features: daily aggregates and baseline snapshots ---
 
 BASELINES = "baselines"
 BASELINE_SNAPSHOT_NAME = "baselines.parquet"
@@ -1575,7 +1575,7 @@ def read_baseline_snapshot(path: Path) -> pl.DataFrame:
         raise UserError(f"cannot read baseline snapshot {path}: {exc}") from exc
 
 
-# --- operations (issue 7): per-user score history of a bundle ---
+# --- per-user score history of a bundle ---
 
 
 def user_score_history_path(bundle_path: Path, quantile: float) -> Path:
@@ -1613,7 +1613,7 @@ def write_user_score_history(df: pl.DataFrame, bundle_path: Path, quantile: floa
     return write_parquet_atomic(df, user_score_history_path(bundle_path, quantile))
 
 
-# --- published days (issue 11, items 6 and 7): one rename commits a whole day ---
+# --- published days (hardening): one rename commits a whole day ---
 #
 #   <out>/.days/event_date=D/<v>/{scores,flagged,flagged_users}/part-*.parquet   version <v> of D
 #   <out>/.days/event_date=D/<v>/manifest.json, .previous (the version it replaced)

@@ -86,7 +86,7 @@ def _print_summary(report: dict) -> None:
     click.echo(f"PR-AUC ratio vs naive: {report['pr_auc_ratio_vs_naive']:.2f}")
     conc = report["alert_concentration"]
     click.echo(f"alerts from top 1% of users: {conc['top_1pct_share_of_alerts']:.3f}")
-    per_user = report.get("per_user_thresholds")  # operations (issue 7)
+    per_user = report.get("per_user_thresholds")
     if per_user:
         m, both = per_user["metrics"], per_user["alert_concentration"]
         click.echo(f"with per-user thresholds: alert rate {m['alert_rate']:.4f}  recall {m['recall_at_threshold']:.3f}  "

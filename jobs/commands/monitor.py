@@ -90,7 +90,7 @@ def command(ctx: click.Context, start: date, end: date, png: str | None, data_di
 
 
 def _delivery_lines(data_dir: Path) -> list[str]:
-    """Pending and failed deliveries per sink (issue 15), when the ledger exists."""
+    """Pending and failed deliveries per sink, when the ledger exists."""
     from uba.alerts.ledger import Ledger, ledger_exists
 
     if not ledger_exists(data_dir):

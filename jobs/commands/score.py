@@ -86,12 +86,12 @@ def command(ctx: click.Context, day: date | None, data_dir: str | None, model_di
     manifest = score_day(settings, options)
     click.echo(f"scored {options.day}: {describe_manifest(manifest)}, model {manifest['model']['version']} "
                f"-> {manifest['outputs']['scores']['path']}")
-    if sinks:  # issue 15: the outbox first (durable), then delivery; pending alerts do not fail the run
+    if sinks:  # the outbox first (durable), then delivery; pending alerts do not fail the run
         added = enqueue_day(settings, sinks, options.day)
         catch_up(settings, sinks)  # days whose own enqueue was interrupted (a kill right after publishing)
         for line in deliver_published(settings, sinks, {(options.day, manifest["run_id"]): added}):
             click.echo(line)
-    # operations (issue 7): drift verdict; heavy drift fails the command only if configured
+    # drift verdict; heavy drift fails the command only if configured
     from uba.operations import drift_verdict
 
     line, code = drift_verdict(manifest, settings)
