@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from uba import io, thresholds
+from uba import artifacts, io, thresholds
 from uba.errors import BundleError
 from uba.evaluate import concentration_comparison
 from uba.features.baselines import POPULATION_USER
@@ -192,4 +192,4 @@ def test_a_stored_table_is_read_with_the_bundle_guards(tmp_path: Path) -> None:
         FORGED.write_parquet(outside)
         (tmp_path / "b").mkdir()
         io.user_score_history_path(tmp_path / "b", 0.9).symlink_to(outside)
-        io.read_user_score_history(tmp_path / "b", 0.9)
+        artifacts.read_user_score_history(tmp_path / "b", 0.9)

@@ -30,6 +30,7 @@ import polars as pl
 from uba import event_rules as rules
 from uba import io
 from uba.errors import UserError
+from uba.reasons import REASON_KINDS
 
 LABELS = ("benign", "malicious")
 WILDCARD = "*"
@@ -263,6 +264,4 @@ def apply_suppressions(scored: pl.LazyFrame, rules: pl.DataFrame, day: date) -> 
 
 def known_reason_kinds() -> tuple[str, ...]:
     """The stable reason kinds a rule may name (owned by uba.reasons)."""
-    from uba.reasons import REASON_KINDS
-
     return tuple(REASON_KINDS)

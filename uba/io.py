@@ -27,7 +27,6 @@ import contextlib
 import ctypes
 import errno
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -42,7 +41,7 @@ from typing import Any
 
 import polars as pl
 
-from uba.errors import BundleError, UserError
+from uba.errors import UserError
 from uba.logs import get_logger
 from uba.schema import EVENT_SCHEMA, PARTITION_COLUMN
 
@@ -1585,27 +1584,6 @@ def user_score_history_path(bundle_path: Path, quantile: float) -> Path:
 # Cap on the per-user table read back (a row per user of a few dozen bytes): a million
 # users is ~20 MB, so the cap only stops a file that was never this table.
 MAX_USER_HISTORY_BYTES = 256 << 20
-
-
-def read_user_score_history(bundle_path: Path, quantile: float) -> pl.DataFrame | None:
-    """A bundle's per-user score table for ``quantile`` (derived data, outside the checksums), or None.
-
-    Read with the bundle guards (``uba.artifacts.read_bundle_file``): a regular file
-    inside the bundle directory once links are resolved, at most
-    ``MAX_USER_HISTORY_BYTES``, never a FIFO or device, and parsed from the very bytes
-    that were checked. Anything refused or unreadable raises
-    :class:`uba.errors.BundleError` naming the file, never quoting it.
-    """
-    from uba.artifacts import read_bundle_file  # uba.artifacts imports this module
-
-    path = user_score_history_path(bundle_path, quantile)
-    if not os.path.lexists(path):
-        return None
-    data = read_bundle_file(path, Path(bundle_path), MAX_USER_HISTORY_BYTES)
-    try:
-        return pl.read_parquet(io.BytesIO(data))
-    except Exception as exc:  # any Polars/Arrow error on damaged bytes: named by type, never by content
-        raise BundleError(f"{path}: not a readable Parquet table ({type(exc).__name__})") from exc
 
 
 def write_user_score_history(df: pl.DataFrame, bundle_path: Path, quantile: float) -> Path:

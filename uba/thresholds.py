@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from uba import io
-from uba.artifacts import Bundle
+from uba.artifacts import Bundle, read_user_score_history
 from uba.errors import BundleError
 from uba.features.baselines import POPULATION_USER
 from uba.feedback import Rule, suppressing_rules
@@ -184,7 +184,7 @@ def load_or_build_history(settings: Settings, bundle: Bundle) -> pl.DataFrame:
     """
     quantile = settings.user_thresholds.user_quantile
     try:
-        stored = io.read_user_score_history(bundle.path, quantile)
+        stored = read_user_score_history(bundle.path, quantile)
     except BundleError as exc:
         log.warning("per-user score history refused, rebuilding it from the training window: %s", exc)
         stored = None
