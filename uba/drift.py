@@ -329,23 +329,6 @@ def drift_report_from_counts(counts: DriftCounts, metadata: Mapping[str, Any],
     return report
 
 
-def drift_report(features_matrix: np.ndarray, scores: np.ndarray, bundle_metadata: Mapping[str, Any],
-                 settings: MonitoringSettings) -> dict[str, Any]:
-    """Drift of one whole day against the bundle's training reference (see the module doc)."""
-    return drift_report_from_counts(drift_counts(features_matrix, scores, bundle_metadata),
-                                    bundle_metadata, settings)
-
-
-def reference_shares_match(metadata: Mapping[str, Any], X: np.ndarray) -> bool:
-    """True when binning ``X`` here reproduces the bundle's training shares (a self-check for tests)."""
-    reference = metadata["feature_reference"]["features"]
-    for i, name in enumerate(metadata["feature_names"]):
-        ours = bin_proportions(X[:, i], reference[name]["cuts"])
-        if not np.allclose(ours, reference[name]["proportions"], atol=1e-12):
-            return False
-    return True
-
-
 # --- over time: one row per scored day, from the run manifests ---------------------
 
 
