@@ -30,6 +30,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 CLIENT_CLOSED = 499  # nginx's code for "the client closed the connection before the answer"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UNMATCHED_ROUTE = "unmatched"
+
+
 def forget_dead_workers(folder: str) -> None:
     """Drop the live gauges of workers that died without shutting down (SIGKILL, OOM,
     a crash; uvicorn starts a new worker under a new pid). Their files stay otherwise,
