@@ -25,7 +25,7 @@ from uba.artifacts import Bundle
 from uba.errors import UserError
 from uba.pipeline import feature_matrix, training_days, window_features
 from uba.settings import Settings
-from uba.thresholds import load_or_build_history, user_cut_array, user_thresholds
+from uba.thresholds import bundle_user_cuts, user_cut_array
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,7 @@ def per_user_comparison(settings: Settings, bundle: Bundle, user_ids: Sequence[s
     per-user ranking an analyst would see.
     """
     global_threshold = float(bundle.detector.threshold)
-    cuts = user_thresholds(load_or_build_history(settings, bundle).lazy(), global_threshold,
-                           settings.user_thresholds).collect()
+    cuts = bundle_user_cuts(settings, bundle)
     user_cuts = user_cut_array(user_ids, cuts, global_threshold)
     shifted = np.asarray(scores, dtype=np.float64) - user_cuts + global_threshold
     return {

@@ -125,6 +125,13 @@ def load_user_cuts(settings: Settings, bundle: Bundle) -> pl.DataFrame | None:
     so an online verdict and the nightly one use the same cuts."""
     if not settings.user_thresholds.enabled:
         return None
+    return bundle_user_cuts(settings, bundle)
+
+
+def bundle_user_cuts(settings: Settings, bundle: Bundle) -> pl.DataFrame:
+    """The per-user cuts of a bundle whether or not the option is on (``evaluate`` shows
+    them before anyone enables it): its score table, rebuilt if needed, moved from the
+    global threshold."""
     history = load_or_build_history(settings, bundle)
     return user_thresholds(history.lazy(), bundle.detector.threshold, settings.user_thresholds).collect()
 
