@@ -185,10 +185,15 @@ def score_user_days(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
     )
 
 
+def riskiest_first(user_days: FrameT) -> FrameT:
+    """User-days by ``day_score``, highest first, ties by user id: the one order of user-day
+    alerts, stored and shown."""
+    return user_days.sort(["day_score", "user_id"], descending=[True, False])
+
+
 def rank_alerts(scored: FrameT) -> FrameT:
-    """The user-days that fired at least one signal, riskiest first (ties by user id, so
-    the stored order is reproducible)."""
-    return scored.filter(pl.col("day_score") > 0).sort(["day_score", "user_id"], descending=[True, False])
+    """The user-days that fired at least one signal, riskiest first."""
+    return riskiest_first(scored.filter(pl.col("day_score") > 0))
 
 
 def user_day_alerts(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,

@@ -75,9 +75,8 @@ def load_baselines(data_dir: Path) -> BaselineIndex:
 def build_scorer(bundle: Bundle, settings: Settings) -> tuple[Scorer, str]:
     """The compact forest, or (benchmark only) scikit-learn refitted to the same forest."""
     if settings.api.scorer == "sklearn":
-        from uba.api.sklearn_scorer import (
-            sklearn_scorer,  # scikit-learn: loaded only for this benchmark mode
-        )
+        # scikit-learn is imported only for this benchmark mode, not by every API start
+        from uba.api.sklearn_scorer import sklearn_scorer
 
         return sklearn_scorer(bundle, settings.api.sklearn_training_matrix), "sklearn"
     return bundle.detector.anomaly_scores, "compact"
