@@ -19,6 +19,10 @@ DEV_STAMP := $(VENV)/.installed-dev
 UV := $(BIN)/uv pip install --compile-bytecode --python $(BIN)/python
 # The project's own sources (an editable install) are compiled by each run, for the same reason.
 COMPILE_SOURCES := $(BIN)/python -m compileall -q uba jobs
+# Copied logic (six or more equal lines, imports and docstrings aside) in the product's code
+# fails the build: each decision lives in one place. Nothing is excluded.
+DUPLICATES := $(BIN)/pylint --disable=all --enable=R0801 --min-similarity-lines=6 --ignore-imports=yes \
+	--ignore-docstrings=yes --score=no uba jobs
 
 .PHONY: install install-dev demo test test-fast lint clean
 
@@ -44,6 +48,7 @@ demo: install
 
 test: install-dev
 	$(BIN)/ruff check .
+	$(DUPLICATES)
 	@$(COMPILE_SOURCES) >/dev/null
 	$(BIN)/pytest -q
 
@@ -54,6 +59,7 @@ test-fast: install-dev
 
 lint: install-dev
 	$(BIN)/ruff check .
+	$(DUPLICATES)
 
 clean:
 	./scripts/demo.sh --clean $(DEMO)

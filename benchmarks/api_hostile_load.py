@@ -1,6 +1,6 @@
 """/predict under load with hot reloads, with and without hostile /feedback posts mixed in.
 
-Issue 11: "A 60 s load on /predict at 16 connections, with a reload every 5 s and hostile
+The API hardening target: "A 60 s load on /predict at 16 connections, with a reload every 5 s and hostile
 /feedback posts mixed in, gives 0 errors on the valid requests. Its p99 is no worse than
 2x the p99 of the same run without the hostile traffic." Before the fix one /feedback
 body of 100,000 empty items held the event loop for 1-2 s.

@@ -1,6 +1,6 @@
-"""POST /predict over HTTP on 127.0.0.1: the product against a seed-style server (issue 12).
+"""POST /predict over HTTP on 127.0.0.1: the product against a seed-style server.
 
-Default mode (issue 12's "Done when", all in one run, same world, same payload mix):
+Default mode (the API latency targets, all in one run, same world, same payload mix):
 
 1. generates a seed-sized world (``--users`` users, ``--days`` training days) into a
    temporary directory and trains a bundle with the product's ``train_model`` (default
@@ -26,7 +26,7 @@ Default mode (issue 12's "Done when", all in one run, same world, same payload m
      users copied under new ids), RSS of the server sampled every second over a load
      after a warm-up;
 4. writes ``benchmarks/results/api_latency.md``: machine, command, commit, load
-   averages per cell, the figures, the ratios issue 12 asks for and which targets are
+   averages per cell, the figures, the ratios the API latency targets ask for and which targets are
    met.
 
 ``--inprocess`` instead times the handler's own work through the ASGI app (results in
@@ -111,10 +111,10 @@ def parse_wrk(output: str) -> dict[str, Any]:
             "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
-# ---- in process: the handler's own work per event (issue 12) -------------------------------
+# ---- in process: the handler's own work per event -------------------------------
 
 INPROCESS_RESULTS = REPO / "benchmarks" / "results" / "api_inprocess.md"
-# The files issue 12 rewrites: the "before" tree is the working tree with these taken
+# The files the compiled request path rewrote: the "before" tree is the working tree with these taken
 # from --baseline-rev, so both sides share everything else (validation, middleware, ...)
 # and the ratio is the change's own.
 CHANGED_PATHS = (
@@ -389,7 +389,7 @@ def inprocess_main(args: argparse.Namespace) -> None:
     try:
         env, _, version, as_of = build_world(root, args.users, args.days)
         env = {**env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-               "UBA_API__ACCESS_LOG": "false"}  # as issue 12 measured: access log off
+               "UBA_API__ACCESS_LOG": "false"}  # as the API latency targets were measured: access log off
         bodies = classify_bodies(env, root, as_of)
         missing = [name for name, found in bodies.items() if not found]
         if missing:
@@ -428,7 +428,7 @@ def write_inprocess(path: Path, rounds: list[dict[str, Any]], info: dict[str, st
                     setup: dict[str, Any], profile: dict[str, str] | None,
                     coalescing: list[dict[str, Any]] | None = None) -> None:
     lines = [
-        "# /predict handler work per event, in process: before vs after issue 12",
+        "# /predict handler work per event, in process: before vs after the compiled request path",
         "",
         f"Recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `benchmarks/api_latency.py --inprocess`.",
         "",
@@ -443,7 +443,7 @@ def write_inprocess(path: Path, rounds: list[dict[str, Any]], info: dict[str, st
         f"- Payload classes (bodies per class, rotated): {setup['bodies']}; classified by the product's own "
         "verdict (known/unknown user, flagged/ordinary).",
         (f"- `before`: all of `uba/` as of `{setup['baseline_rev']}`" if setup.get("baseline_whole") else
-         f"- `before`: the working tree with issue 12's files as of `{setup['baseline_rev']}` "
+         f"- `before`: the working tree with the compiled request path's files as of `{setup['baseline_rev']}` "
          f"({', '.join(CHANGED_PATHS)})")
         + "; `after`: the working tree. Same world, same bodies, "
         "one fresh process per side per round, `POLARS_MAX_THREADS=1`, sides alternating.",
@@ -492,7 +492,7 @@ def write_inprocess(path: Path, rounds: list[dict[str, Any]], info: dict[str, st
     print(f"wrote {path}")
 
 
-# ---- over HTTP: issue 12's "Done when" (wrk against uba-api and the seed-style server) ------
+# ---- over HTTP: the API latency targets (wrk against uba-api and the seed-style server) ------
 
 SEED_API = REPO / "benchmarks" / "seed_style_api.py"
 RELOAD_EVERY_SEC = 5.0
@@ -885,7 +885,7 @@ def write_http(path: Path, cells: list[dict[str, Any]], memory: dict[str, Any], 
     growth_end = samples[-1] / warm - 1
     reloads = reload_cell.get("reloads", [])
     lines = [
-        "# /predict over HTTP: the product against a seed-style server (issue 12)",
+        "# /predict over HTTP: the product against a seed-style server",
         "",
         f"Recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `benchmarks/api_latency.py`, "
         f"on commit `{setup['commit']}`.",
@@ -949,7 +949,7 @@ def write_http(path: Path, cells: list[dict[str, Any]], memory: dict[str, Any], 
     swapped = sum(1 for r in reloads if r["status"] == 200 and r["changed"])
     lines += [
         "",
-        "## Issue 12's targets (ratios in this run)", "",
+        "## The API latency targets (ratios in this run)", "",
         "| target | figure | verdict |", "|---|---|---|",
         f"| product / seed-style throughput at {top} connections >= 30x, 0 errors | "
         f"{prod_top['requests_per_s']:.0f} / {seed_top['requests_per_s']:.1f} req/s = **{thr:.1f}x**; "
@@ -1015,13 +1015,13 @@ def main() -> None:
                         help="the commit measured, when running from a tree exported with git archive")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     parser.add_argument("--inprocess", action="store_true",
-                        help="time the handler's own work in process, before vs after (issue 12)")
+                        help="time the handler's own work in process, before vs after")
     parser.add_argument("--calls", type=int, default=10_000, help="--inprocess: calls per payload class")
     parser.add_argument("--baseline-calls", type=int, default=1_000,
                         help="--inprocess: calls per class for the before side (0: skip it)")
     parser.add_argument("--baseline-rev", default="HEAD", help="--inprocess: the before side's revision")
     parser.add_argument("--baseline-whole", action="store_true",
-                        help="--inprocess: the before side is all of uba/ at --baseline-rev, not only issue 12's files")
+                        help="--inprocess: the before side is all of uba/ at --baseline-rev, not only the compiled request path's files")
     parser.add_argument("--rounds", type=int, default=3, help="--inprocess: alternating rounds")
     parser.add_argument("--profile", action="store_true", help="--inprocess: add a cProfile of the after side")
     parser.add_argument("--coalescing", action="store_true",

@@ -1,6 +1,6 @@
 """Schemathesis against a real ``uba-api`` on 127.0.0.1: no 5xx, no answer outside the schema.
 
-Issue 11 asks for "a schemathesis run of at least 1,000 cases, with and without API keys,
+The API hardening asks for "a schemathesis run of at least 1,000 cases, with and without API keys,
 [that] finds no 5xx and no schema violation". This script, end to end with the product:
 
 1. makes a tiny world in a temporary directory with the real CLI: ``uba-batch generate``

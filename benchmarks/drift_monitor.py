@@ -1,6 +1,6 @@
 """Drift monitor verdicts on clean and shifted generated days, through the real CLI.
 
-Issue 13's scenario: ``uba-batch generate --users 300 --days 36 --start 2026-03-01``,
+The drift monitoring scenario: ``uba-batch generate --users 300 --days 36 --start 2026-03-01``,
 ``train`` on the first 21 days, ``backfill`` the rest, then count each day's verdict
 from the run manifests. Clean worlds (no drift injected) should give at most one
 ``warn`` in all and no ``drift``; a planted session-length shift and a device-mix

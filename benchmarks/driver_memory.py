@@ -1,6 +1,6 @@
 """Does the `uba-batch score --date` driver's memory stay flat as the day grows?
 
-Issue 10, "Done when": on 0.5 M, 2 M and 4 M event days the driver process's peak RSS
+The driver memory target: on 0.5 M, 2 M and 4 M event days the driver process's peak RSS
 grows less than 1.3x from the smallest day to the largest. The driver is the
 `uba-batch` process itself: Ray's GCS, raylet and workers (children of the driver on
 the embedded Ray, or the cluster's processes) are not counted; the Ray runs' whole
@@ -233,7 +233,7 @@ def render(args: argparse.Namespace, host: dict[str, str], setup: dict[str, floa
                          f"{m.peak_shmem_mib:,.0f} | {m.peak_tree_pss_mib:,.0f} | {m.wall_s:.1f} | "
                          f"{r.events / m.wall_s:,.0f} | {'/'.join(f'{v:.2f}' for v in m.load_before)} -> "
                          f"{m.load_after[0]:.2f} |")
-    lines += ["", f"Target (issue 10): driver peak RSS on the largest day < {TARGET}x the smallest "
+    lines += ["", f"Target: driver peak RSS on the largest day < {TARGET}x the smallest "
                   f"({events[sizes[-1]] / events[sizes[0]]:.1f}x the events).", "",
               "| mode | smallest MiB | largest MiB | largest / smallest | met |", "|---|---:|---:|---:|---|"]
     for mode in modes:

@@ -1,7 +1,7 @@
 """End-to-end `uba-batch score --date` throughput and peak memory on a large day, against
 two single-process pandas + scikit-learn jobs, every contender timed in the same run.
 
-The benchmark of issue 10 ("Done when"). What it does (work files under --work, default
+The batch speed benchmark. What it does (work files under --work, default
 <tmp>/uba-score-throughput, outside the repository; about 150 MB at full size, removed at
 the end unless --keep):
 
@@ -963,7 +963,7 @@ def render(args: argparse.Namespace, host: dict[str, str], day: date, events: in
                      f"{_load(m.load_before)} -> {m.load_after[0]:.2f} |")
     lines += [
         "",
-        "Issue 10's targets, as ratios of events/s (ratio of the medians; \"as is\" = both sides "
+        "The batch speed targets, as ratios of events/s (ratio of the medians; \"as is\" = both sides "
         "timed as whole processes; per round = the two runs of the same round):",
         "",
         "| target | ratio | as is | per round | target | met |",

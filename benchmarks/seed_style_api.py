@@ -1,5 +1,5 @@
 """A /predict server the way a team following the seed write-up would build it: the
-baseline of issue 12's HTTP targets (``api_latency.py`` runs it next to ``uba-api``).
+baseline of the API latency targets over HTTP (``api_latency.py`` runs it next to ``uba-api``).
 
 The seed (../shared/seed/original-system.txt) describes a FastAPI inference service:
 ``POST /predict`` takes one event, engineers event-level and user-level features,

@@ -2,7 +2,7 @@
 one pandas process that reads the raw events, rebuilds every user's baseline from the
 raw lookback window each night, and scores with scikit-learn.
 
-It is the baseline of issue 10's speed targets (`score_throughput.py` times `--run` in
+It is the baseline of the batch speed targets (`score_throughput.py` times `--run` in
 its own process next to `uba-batch score --date`). It reads only the contracted storage
 layout, `<data-dir>/events/event_date=YYYY-MM-DD/*.parquet`, and uses nothing from `uba`.
 

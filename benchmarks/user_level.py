@@ -1,4 +1,4 @@
-"""User-level detection of multi-day campaigns, through the real CLI (issue 14's targets).
+"""User-level detection of multi-day campaigns, through the real CLI (the user-level targets).
 
 Per world: ``generate --users 500 --days 28 --campaigns N --campaigns-from <day 22>``,
 ``train`` on the first 21 days, ``backfill`` the last 7 (every run publishes risk/),
@@ -214,7 +214,7 @@ def write(path: Path, results: list[tuple[str, dict]], command: str, campaigns: 
     modes = sorted({m for _, r in results for m in r["modes"]})
     default = RiskSettings()
     lines = [
-        "# User-level detection of multi-day campaigns (issue 14)", "",
+        "# User-level detection of multi-day campaigns", "",
         f"Recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `benchmarks/user_level.py`.", "",
         "Command:", "", "```", command, "```", "", "## Machine", "",
         *[f"- {k}: {v}" for k, v in info.items()], "",
@@ -243,7 +243,7 @@ def write(path: Path, results: list[tuple[str, dict]], command: str, campaigns: 
             p, t, c = r["precision_at_k"], r["time_to_high"], r["pr_curve"]
             lines.append(f"| {name} | {ranking} | {_fmt(p['mean_precision_at_k'])} | {p['days_with_campaigns']} | "
                          f"{_median(t)} | {t['reached']}/{t['total']} | {_fmt(c['average_precision'])} |")
-    lines += ["", "## Issue 14's user-level targets", "",
+    lines += ["", "## The user-level targets", "",
               "The gain is precision@k of the risk ranking minus precision@k of the max-event-score ranking "
               "(`precision_at_k_gain` in `evaluation.json`).", "",
               "| world | precision@k >= 0.8 | median time to high <= 2 days | risk beats max score by >= 0.2 |",
@@ -297,7 +297,7 @@ def write(path: Path, results: list[tuple[str, dict]], command: str, campaigns: 
                          f"{v['others_high_user_days']} |")
         lines.append("")
     lines += ["## Event-level figures of the same runs (`evaluate`)", "",
-              "Campaign events are labelled anomalous too, so these are not comparable with issue 3's runs "
+              "Campaign events are labelled anomalous too, so these are not comparable with the event-level detection runs "
               "(docs/evaluation.md), which had no campaigns.", ""]
     for name, result in results:
         lines += [f"### {name} ({result['seconds']:.0f} s generate to evaluate)", "", "```",

@@ -49,7 +49,7 @@ class _Group(click.Group):
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             get_logger("cli").debug("disk full", exc_info=True)
-            from uba.io import os_error_reason
+            from uba.io import os_error_reason  # polars: kept out of the CLI's start-up
 
             click.echo(f"error: {os_error_reason(exc)}", err=True)
             sys.exit(1)

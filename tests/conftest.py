@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-# --- batch scoring (issue 4): one Ray runtime per session, one trained data set ----------
+# --- batch scoring: one Ray runtime per session, one trained data set ----------
 
 # Days of a few hundred events are far below ray.min_rows_for_ray, so by default they would
 # all run in-process; the suite runs them on Ray (the path with workers, retries and
@@ -191,7 +191,7 @@ def day_output_bytes() -> Callable[[Path, date], dict[str, bytes]]:
     return read
 
 
-# --- alert delivery (issue 15): a small trained world with ~300 alerts over three days -----
+# --- alert delivery: a small trained world with ~300 alerts over three days -----
 
 ALERT_START = date(2026, 3, 1)
 ALERT_TRAIN_END = date(2026, 3, 8)

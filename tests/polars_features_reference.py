@@ -1,5 +1,5 @@
 """FROZEN ORACLE, not product code: the Polars expressions that defined the event
-features until issue 12 (``uba/features/events.py`` as of b6c4c58).
+features until the compiled feature kernel (``uba/features/events.py`` as of b6c4c58).
 
 The product computes features once, in ``uba.features.compiled`` (array arithmetic over a
 compiled snapshot). This copy exists only so ``tests/test_features_compiled.py`` can prove

@@ -1,5 +1,5 @@
 """FROZEN ORACLE, not product code: the Polars expressions that built reason sentences
-until issue 12 (``uba/reasons.py`` as of b6c4c58).
+until the compiled feature kernel (``uba/reasons.py`` as of b6c4c58).
 
 The product ranks and phrases reasons once, in ``uba.reasons`` (arrays and plain
 Python, for one event or a shard's flagged rows). This copy exists only so

@@ -1,4 +1,4 @@
-"""Alert delivery end to end (issue 15, items 2-3): the real CLI, a real webhook receiver on
+"""Alert delivery end to end: the real CLI, a real webhook receiver on
 127.0.0.1 that misbehaves on purpose, the real SQLite ledger; no mocks.
 
 Done-when: after a 3-day backfill of ~300 alerts to a receiver failing 30% of requests with

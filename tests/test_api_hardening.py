@@ -1,4 +1,4 @@
-"""Issue 11, items 9, 10 and 13: bounded bodies off the loop, client-closed requests, key
+"""Hardening: bounded bodies off the loop, client-closed requests, key
 before body, /ready without paths, declared error statuses, reload `changed`."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Route labels of the API's Prometheus metrics (hardening, issue 11): every route FastAPI
+"""Route labels of the API's Prometheus metrics (hardening): every route FastAPI
 serves is counted under its own path, whatever the method; ``unmatched`` is for paths no
 route has."""
 

@@ -353,7 +353,7 @@ def test_feature_reference_bins_give_equal_shares_and_collapse_for_constants():
     assert shifted[-1] == 1.0
 
 
-# ---------------------------------------------------------------- hostile files (issue 11, item 11)
+# ---------------------------------------------------------------- hostile files (hardening)
 
 SECRET = "root:x:0:0:SECRET-LINE-7f3a"
 

@@ -1,4 +1,4 @@
-"""Baseline poisoning protection (issue 14) through the real CLI, on hand-built events.
+"""Baseline poisoning protection through the real CLI, on hand-built events.
 
 Forty users keep their habits for three weeks (office hours on a desktop or a phone, or
 night shifts); from day 22 on, one office desktop user (the victim) also has a 03:00

@@ -1,5 +1,5 @@
 """Dates at the calendar edges (0001-01-01, 9999-12-31): a clipped window or a one-line error,
-never ``OverflowError: date value out of range`` (hardening, issue 11)."""
+never ``OverflowError: date value out of range`` (hardening)."""
 
 from __future__ import annotations
 

@@ -180,7 +180,7 @@ def test_an_interrupted_swap_is_undone_before_the_next_run(
     assert day_output_bytes(out, day) == previous and not aside.exists()
 
 
-# --- issue 11, item 8: a full disk in score is one line, and the previous output stays ---
+# --- hardening: a full disk in score is one line, and the previous output stays ---
 
 
 def _cli_score(day, data_dir: Path, model_dir: Path, out: Path, env: dict[str, str] | None = None) -> Any:
@@ -259,7 +259,7 @@ def test_disk_full_on_a_real_small_tmpfs_in_score(trained_dataset, day_output_by
         subprocess.run(["umount", str(mount)], check=False)
 
 
-# --- issue 11, item 6: a day changes as a whole, wherever publishing is killed ---
+# --- hardening: a day changes as a whole, wherever publishing is killed ---
 
 PUBLISH_STEPS_BY_LAYOUT = {
     # a day already in the versioned layout: its links exist, no link:* step runs

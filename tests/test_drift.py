@@ -13,15 +13,13 @@ from click.testing import CliRunner
 
 from jobs.cli import cli
 from uba import io
-from uba.artifacts import feature_reference, score_summary
+from uba.artifacts import bin_proportions, feature_reference, score_summary
 from uba.drift import (
     DayUsers,
     DriftCounts,
     drift_counts,
-    drift_report,
     drift_report_from_counts,
     psi,
-    reference_shares_match,
     score_reference,
 )
 from uba.model import fit_detector
@@ -29,6 +27,20 @@ from uba.settings import ModelSettings, MonitoringSettings
 
 NAMES = ("f_session", "f_actions", "f_hour", "f_weekday")
 LIMITS = MonitoringSettings(ignore_features=("f_weekday",))
+
+
+def _day_report(X: np.ndarray, scores: np.ndarray, meta: dict[str, Any], limits: MonitoringSettings) -> dict[str, Any]:
+    """A day's drift report as ``score`` makes it: a shard's bin counts (``drift_counts``), added
+    up by ``RunOperations.add_partial``, judged by ``drift_report_from_counts``."""
+    return drift_report_from_counts(DriftCounts().merge(drift_counts(X, scores, meta)), meta, limits)
+
+
+def _reference_shares_match(metadata: dict[str, Any], X: np.ndarray) -> bool:
+    """True when binning ``X`` reproduces the bundle's training shares."""
+    reference = metadata["feature_reference"]["features"]
+    return all(np.allclose(bin_proportions(X[:, i], reference[name]["cuts"]), reference[name]["proportions"],
+                           atol=1e-12)
+               for i, name in enumerate(metadata["feature_names"]))
 
 
 def _sample(rng: np.random.Generator, n: int, session_scale: float = 1.0) -> np.ndarray:
@@ -69,13 +81,13 @@ def test_psi_of_known_shares() -> None:
 
 
 def test_binning_reproduces_the_bundle_reference(reference: dict[str, Any]) -> None:
-    assert reference_shares_match(reference["metadata"], reference["train"])
+    assert _reference_shares_match(reference["metadata"], reference["train"])
 
 
 def test_an_ordinary_day_is_not_drift(reference: dict[str, Any]) -> None:
     X = _sample(np.random.default_rng(99), 1500)
     scores = reference["detector"].anomaly_scores(X)
-    report = drift_report(X, scores, reference["metadata"], LIMITS)
+    report = _day_report(X, scores, reference["metadata"], LIMITS)
     assert report["status"] == "ok", report
     assert not report["retrain_advised"] and report["why"] == []
     assert report["max_feature_psi"] < LIMITS.psi_warn
@@ -86,7 +98,7 @@ def test_an_ordinary_day_is_not_drift(reference: dict[str, Any]) -> None:
 
 def test_sessions_three_times_longer_is_drift_with_reasons(reference: dict[str, Any]) -> None:
     X = _sample(np.random.default_rng(99), 1500, session_scale=3.0)
-    report = drift_report(X, reference["detector"].anomaly_scores(X), reference["metadata"], LIMITS)
+    report = _day_report(X, reference["detector"].anomaly_scores(X), reference["metadata"], LIMITS)
     assert report["status"] == "drift" and report["retrain_advised"]
     assert report["max_feature"] == "f_session"
     assert report["feature_psi"]["f_session"] > LIMITS.psi_drift
@@ -148,7 +160,7 @@ def test_chunked_counts_give_the_same_report(reference: dict[str, Any]) -> None:
     merged = DriftCounts()
     for part in np.array_split(np.arange(len(X)), 4):
         merged = merged.merge(DriftCounts.from_dict(drift_counts(X[part], scores[part], meta).to_dict()))
-    assert drift_report_from_counts(merged, meta, LIMITS) == drift_report(X, scores, meta, LIMITS)
+    assert drift_report_from_counts(merged, meta, LIMITS) == _day_report(X, scores, meta, LIMITS)
 
 
 def _write_manifest(output_dir: Path, day: str, report: dict[str, Any], version: str) -> None:
@@ -163,7 +175,7 @@ def test_monitor_prints_a_table_writes_a_chart_and_advises(reference: dict[str, 
     meta, det = reference["metadata"], reference["detector"]
     for i, scale in enumerate((1.0, 1.0, 3.0)):
         X = _sample(np.random.default_rng(i), 1000, session_scale=scale)
-        _write_manifest(tmp_path, f"2026-03-0{i + 1}", drift_report(X, det.anomaly_scores(X), meta, LIMITS), "v1")
+        _write_manifest(tmp_path, f"2026-03-0{i + 1}", _day_report(X, det.anomaly_scores(X), meta, LIMITS), "v1")
     png = tmp_path / "m.png"
     result = CliRunner().invoke(cli, ["monitor", "--start", "2026-03-01", "--end", "2026-03-04",
                                       "--output-dir", str(tmp_path), "--png", str(png)])
@@ -195,7 +207,7 @@ def test_monitor_days_reads_the_range_back_from_the_manifests(reference: dict[st
     meta, det = reference["metadata"], reference["detector"]
     for i, scale in enumerate((1.0, 3.0)):
         X = _sample(np.random.default_rng(i), 1000, session_scale=scale)
-        _write_manifest(tmp_path, f"2026-03-0{i + 1}", drift_report(X, det.anomaly_scores(X), meta, LIMITS), "v1")
+        _write_manifest(tmp_path, f"2026-03-0{i + 1}", _day_report(X, det.anomaly_scores(X), meta, LIMITS), "v1")
     settings = load_settings(None, overrides={"paths": {"output_dir": str(tmp_path)}})
     summary = monitor_days(settings, date(2026, 3, 1), date(2026, 3, 3), None)
     assert [r["date"] for r in summary.rows] == ["2026-03-01", "2026-03-02"]
@@ -228,9 +240,9 @@ def test_a_weekday_is_compared_with_the_same_weekday_of_training(reference: dict
     saturday = _sample(np.random.default_rng(12), 1500)
     saturday[:, 0] = np.log1p(np.expm1(saturday[:, 0]) * 4.0)
     scores = detector.anomaly_scores(saturday)
-    pooled = drift_report(saturday, scores, meta, LIMITS)
+    pooled = _day_report(saturday, scores, meta, LIMITS)
     same_day, name = reference_for_weekday(meta, 5)
-    seasonal = drift_report(saturday, scores, same_day, LIMITS)
+    seasonal = _day_report(saturday, scores, same_day, LIMITS)
     assert name == "training Saturdays (3 days, 1500 events)"
     assert pooled["feature_psi"]["f_session"] > LIMITS.psi_drift
     assert not seasonal["retrain_advised"] and seasonal["max_feature_psi"] < LIMITS.psi_warn, seasonal["warnings"]

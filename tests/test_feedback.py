@@ -196,7 +196,7 @@ def test_post_feedback_on_a_real_server(tmp_path: Path) -> None:
 
 
 def test_train_can_drop_confirmed_malicious_events_and_says_how_many(trained_dataset, tmp_path: Path) -> None:
-    """Issue 7: verdicts feed the next `train`, which reports what it left out. Verdicts are
+    """Verdicts feed the next `train`, which reports what it left out. Verdicts are
     stored in the data directory, so the session's generated world is copied, not shared."""
     import json
     import os

@@ -1,4 +1,4 @@
-"""Issue 2's round trip through the real CLI: generated events exported as CSV and as JSONL,
+"""The generate-then-ingest round trip through the real CLI: generated events exported as CSV and as JSONL,
 each ingested like real logs, give partitions identical to each other and to `generate`'s own."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Replay of the hostile corpus of the batch job (tests/hostile/batch/, issue 11 items 6-8).
+"""Replay of the hostile corpus of the batch job (tests/hostile/batch/, hardening).
 
 Every case is a ``<case>.recipe.json`` (what to do to a fresh copy of the trained data
 set and output directory before running ``uba-batch score --date 2026-03-09``) and a

@@ -1,4 +1,4 @@
-"""Replay of the hostile-input corpus of ingest (tests/hostile/ingest/, issue 11 items 1-5).
+"""Replay of the hostile-input corpus of ingest (tests/hostile/ingest/, hardening).
 
 Every case is an input file ``<case>.<ext>`` (or a ``<case>.recipe.json`` that builds large
 or special inputs at test time: a 10 MB field, a gzip bomb, a symlink loop) and a
@@ -330,7 +330,7 @@ def test_hostile_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_the_issue_reproduction_through_the_installed_command(tmp_path: Path) -> None:
     """The issue's exact commands: `uba-batch ingest inj.csv --data-dir D --json` as a subprocess."""
-    recipe = prepare("csv_issue11_forged_record", tmp_path)
+    recipe = prepare("csv_forged_record", tmp_path)
     done = subprocess.run(
         [str(Path(sys.executable).parent / "uba-batch"), "ingest", *recipe["inputs"], "--data-dir", "D", "--json"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "UBA_CONFIG": str(

@@ -537,12 +537,12 @@ def test_an_existing_file_named_with_glob_characters_is_read_as_itself(tmp_path:
     assert summary.rows_read == 20 and summary.files[0].path == str(path)
 
 
-# ------------------------------------------------------------------ hostile input (issue 11, items 1-5)
+# ------------------------------------------------------------------ hostile input (hardening)
 
 ISSUE_HEADER = "event_id,user_id,timestamp,event_type,session_duration_sec,events_in_session,device_type,session_id"
 
 
-def _issue11_file(path: Path, field_chars: int) -> None:
+def _hostile_file(path: Path, field_chars: int) -> None:
     """The issue's reproduction: a quoted field holding a fake event, and a ragged row."""
     field = "A" * field_chars + "\nx4,someone-else,2026-11-11T03:00:00Z,download,60,3,desktop,sF\nB"
     path.write_text(ISSUE_HEADER + "\nx1,u00001,2026-11-11T10:00:00Z,login,60,3,desktop,s1\n"
@@ -554,7 +554,7 @@ def _issue11_file(path: Path, field_chars: int) -> None:
 @pytest.mark.parametrize("field_chars", [10, 140_000, 10 * 1024 * 1024])
 def test_text_inside_a_quoted_field_never_becomes_an_event(tmp_path: Path, field_chars: int) -> None:
     path = tmp_path / "inj.csv"
-    _issue11_file(path, field_chars)
+    _hostile_file(path, field_chars)
     summary = ingest_files([path], tmp_path / "d", settings())
     assert (summary.rows_read, summary.rows_written, summary.rows_quarantined) == (4, 2, 2)
     assert dict(stored(tmp_path / "d").select("event_id", "user_id").iter_rows()) == {"x1": "u00001", "x4": "u00042"}
@@ -763,7 +763,7 @@ def test_double_star_glob_enters_each_folder_once(tmp_path: Path) -> None:
     assert (summary.rows_read, len(summary.files)) == (1, 1)
 
 
-# ------------------------------------------------------------------ issue 11 follow-up: typed Parquet,
+# ------------------------------------------------------------------ hardening: typed Parquet,
 # JSON array ends, unknown keys, line ends
 
 

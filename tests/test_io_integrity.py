@@ -1,4 +1,4 @@
-"""Stored data is checked against the sha256 recorded when it was written (issue 11, item 7).
+"""Stored data is checked against the sha256 recorded when it was written (hardening).
 
 Every events and aggregates partition has a manifest under ``<data-dir>/.checksums/``
 listing each part with its sha256, written by the io writers with the parts. A part

@@ -1,4 +1,4 @@
-"""Operating the detector end to end on generated data (issue 7, "Done when").
+"""Operating the detector end to end on generated data.
 
 One world for the module: 120 generated users over 18 days (one naturally erratic
 user, two planted exfiltration days, sessions 3x longer from the last day on), a
@@ -22,13 +22,14 @@ from click.testing import CliRunner
 
 from jobs.cli import cli
 from uba import io
-from uba.evaluate import CONTEXTUAL_KINDS
+from uba.features import protected_baselines_as_of
 from uba.feedback import add_rule, known_reason_kinds, remove_rule
+from uba.generate import CONTEXTUAL_KINDS
 from uba.report import load_report_data
-from uba.scoring import ScoreOptions, read_manifest, score_day
+from uba.scoring import ScoreOptions, score_day
 from uba.settings import Settings, load_settings
 from uba.training import train_model
-from uba.userday import run_user_day
+from uba.userday import stored_day_alerts
 
 START = date(2026, 3, 2)                       # a Monday
 TRAIN_END = START + timedelta(days=13)         # Sunday 2026-03-15
@@ -99,7 +100,7 @@ def test_per_user_thresholds_damp_the_erratic_user_and_keep_recall(world: World)
     erratic_cut = scores.filter(pl.col("user_id") == world.erratic_user)["user_threshold"].unique()
     assert erratic_cut.len() == 1 and erratic_cut.item() > scores["threshold"][0]
     for day in ORDINARY:  # the manifest shows the distribution both ways
-        alerts = read_manifest(world.settings.paths.output_dir, day)["alerts"]
+        alerts = io.read_run_manifest(world.settings.paths.output_dir, day)["alerts"]
         conc = alerts["concentration"]
         assert alerts["per_user_thresholds"] is True
         assert conc["global_threshold"]["alerts"] == alerts["flagged_rows_global_threshold"]
@@ -108,7 +109,7 @@ def test_per_user_thresholds_damp_the_erratic_user_and_keep_recall(world: World)
 
 def test_shifted_day_drifts_and_ordinary_days_do_not(world: World, tmp_path: Path) -> None:
     out = world.settings.paths.output_dir
-    shifted = read_manifest(out, SHIFTED)["drift"]
+    shifted = io.read_run_manifest(out, SHIFTED)["drift"]
     assert shifted["status"] == "drift" and shifted["retrain_advised"]
     assert shifted["score_psi"] >= world.settings.monitoring.psi_drift
     assert shifted["max_feature"] in {"session_length_excess", "log_session_duration"}
@@ -116,7 +117,7 @@ def test_shifted_day_drifts_and_ordinary_days_do_not(world: World, tmp_path: Pat
     assert shifted["score_psi_excess"] >= world.settings.monitoring.psi_drift  # the verdict judges the excess
     assert shifted["max_feature_psi_excess"] >= world.settings.monitoring.psi_drift
     for day in ORDINARY:
-        drift = read_manifest(out, day)["drift"]
+        drift = io.read_run_manifest(out, day)["drift"]
         assert drift["status"] != "drift" and not drift["retrain_advised"], (day, drift)
         assert drift["reference"].startswith("training window (cross-fitted scores, 7 days"), \
             "one training day per weekday is too few: the pooled cross-fitted reference"
@@ -164,15 +165,17 @@ def test_exfiltration_days_are_flagged_at_the_user_day_level(world: World) -> No
     for user, day in planted.iter_rows():
         if day in SCORED:
             alerts = pl.read_parquet(io.partition_files(world.settings.paths.output_dir, io.FLAGGED_USERS, day))
-        else:  # planted inside the training window: the standalone user-day pass
-            alerts = run_user_day(world.settings, day).alerts
+        else:  # planted inside the training window: score's user-day pass on that day's baselines
+            baselines = protected_baselines_as_of(world.settings.paths.data_dir, day, world.settings,
+                                                  world.settings.paths.output_dir)
+            alerts, _ = stored_day_alerts(world.settings, day, baselines)
         row = alerts.filter(pl.col("user_id") == user)
         assert row.height == 1, (user, day, alerts)
         assert "spread_downloads" in row["reason_kinds"].item()
         assert any("possible data exfiltration" in r for r in row["reasons"].item())
         assert alerts.height <= 3, "a user-day alert is rare"
     for day in SCORED:
-        manifest = read_manifest(world.settings.paths.output_dir, day)
+        manifest = io.read_run_manifest(world.settings.paths.output_dir, day)
         stored = io.partition_files(world.settings.paths.output_dir, io.FLAGGED_USERS, day)
         assert manifest["user_day"]["flagged_users"] == pl.read_parquet(stored).height
 
@@ -209,7 +212,7 @@ def test_daily_report_renders_in_headless_chromium(world: World, tmp_path: Path)
     for user in expected:
         assert f'data-user="{user}"' in rendered.dom
     assert 'id="retrain"' in rendered.dom and "Retraining advised" in rendered.dom
-    assert read_manifest(out, SHIFTED)["model"]["version"] in rendered.dom
+    assert io.read_run_manifest(out, SHIFTED)["model"]["version"] in rendered.dom
     target = os.environ.get("UBA_REPORT_SCREENSHOT")  # set to refresh docs/report-screenshot.png
     if target:
         short = tmp_path / "short.html"
@@ -228,7 +231,7 @@ def test_score_command_reports_drift_and_fails_only_when_configured(world: World
     strict = CliRunner().invoke(cli, args, env={**env, "UBA_MONITORING__FAIL_ON_DRIFT": "true"})
     assert strict.exit_code == 3, strict.output
     assert "monitoring.fail_on_drift" in strict.output
-    assert read_manifest(s.paths.output_dir, SHIFTED)["status"] == "succeeded", "outputs still published"
+    assert io.read_run_manifest(s.paths.output_dir, SHIFTED)["status"] == "succeeded", "outputs still published"
 
 
 def test_evaluate_shows_alerts_with_and_without_per_user_thresholds(world: World, tmp_path: Path) -> None:

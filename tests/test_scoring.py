@@ -19,7 +19,7 @@ from uba.artifacts import load_bundle
 from uba.errors import UserError
 from uba.features import baselines_as_of
 from uba.features.events import FEATURE_COLUMNS, event_features
-from uba.scoring import RunLockedError, ScoreOptions, read_manifest, score_day
+from uba.scoring import RunLockedError, ScoreOptions, score_day
 from uba.scoring.lock import date_lock, lock_path
 from uba.scoring.outputs import SCORE_COLUMNS
 
@@ -83,7 +83,7 @@ def test_every_event_is_scored_once_and_the_manifest_says_so(trained_dataset, ra
         "quarantined_rows": counts["quarantined_rows"],
         "received_rows": events.height + counts["quarantined_rows"], "ok": True}
     assert manifest["status"] == "succeeded" and manifest["error"] is None
-    assert read_manifest(tmp_path, day) == manifest
+    assert io.read_run_manifest(tmp_path, day) == manifest
     assert set(manifest["timings_sec"]) >= {"plan", "aggregates", "baselines", "shards", "merge_flagged",
                                             "publish"}
     for record in manifest["execution"]["shard_records"]:

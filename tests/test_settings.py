@@ -80,7 +80,7 @@ def test_bad_env_value_names_the_setting() -> None:
         load_settings(env={"UBA_RAY__NUM_WORKERS": "0"})
 
 
-# --- hostile config files (issue 11, item 12) ----------------------------------------
+# --- hostile config files (hardening) ----------------------------------------
 
 # "Billion laughs" under a real setting: the old loader expanded it when the error
 # message printed the value (repr of 9**9 strings: 2.5 GB and no end).

@@ -13,14 +13,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from uba import io, thresholds
+from uba import artifacts, io, thresholds
 from uba.errors import BundleError
+from uba.evaluate import concentration_comparison
 from uba.features.baselines import POPULATION_USER
 from uba.settings import Settings, UserThresholdSettings
 from uba.thresholds import (
     HISTORY_SCHEMA,
-    apply_thresholds,
-    concentration_comparison,
+    decide,
     load_or_build_history,
     score_history,
     user_cut_array,
@@ -67,21 +67,15 @@ def test_cut_moves_by_the_shrunk_excess_and_stays_within_bounds() -> None:
     assert cuts["average"]["user_threshold"] == pytest.approx(T)
 
 
-def test_apply_redecides_alerts_and_keeps_the_global_cut() -> None:
+def test_decide_redecides_alerts_with_each_users_cut() -> None:
     cuts = user_thresholds(_history([("erratic", 150, 0.62), ("regular", 150, 0.40),
-                                     (POPULATION_USER, 1000, 0.50)]), T, SETTINGS)
-    scored = pl.LazyFrame({
-        "event_id": ["e1", "e2", "e3", "e4"],
-        "user_id": ["erratic", "regular", "stranger", "erratic"],
-        "anomaly_score": [0.65, 0.56, 0.61, 0.70],
-        "is_anomaly": [True, False, True, True],
-        "threshold": [T] * 4,
-    })
-    out = apply_thresholds(scored, cuts, T).collect()
-    assert out["event_id"].to_list() == ["e1", "e2", "e3", "e4"], "row order is kept"
-    assert out["is_anomaly"].to_list() == [False, True, True, True]
-    assert out["user_threshold"].to_list() == pytest.approx([0.69, 0.54, T, 0.69])
-    assert out["threshold"].to_list() == [T] * 4
+                                     (POPULATION_USER, 1000, 0.50)]), T, SETTINGS).collect()
+    users = ["erratic", "regular", "stranger", "erratic"]
+    decision = decide(np.array([0.65, 0.56, 0.61, 0.70]), user_cut_array(users, cuts, T), users,
+                      [None] * 4, [])
+    assert decision.is_anomaly.tolist() == [False, True, True, True]
+    assert decision.cuts.tolist() == pytest.approx([0.69, 0.54, T, 0.69]), "unknown users get the global cut"
+    assert decision.suppressed_by == [None] * 4
 
 
 def test_concentration_with_and_without() -> None:
@@ -98,7 +92,7 @@ def test_concentration_with_and_without() -> None:
             < report["global_threshold"]["top_1pct_share_of_alerts"])
 
 
-# --- the stored table of a bundle is read with the bundle guards (issue 11, item 11) ---
+# --- the stored table of a bundle is read with the bundle guards (hardening) ---
 
 FORGED = pl.DataFrame({"user_id": ["u00001", POPULATION_USER], "n": [10_000, 10_000],
                        "user_quantile": [0.99, 0.1]}, schema=dict(HISTORY_SCHEMA))
@@ -198,4 +192,4 @@ def test_a_stored_table_is_read_with_the_bundle_guards(tmp_path: Path) -> None:
         FORGED.write_parquet(outside)
         (tmp_path / "b").mkdir()
         io.user_score_history_path(tmp_path / "b", 0.9).symlink_to(outside)
-        io.read_user_score_history(tmp_path / "b", 0.9)
+        artifacts.read_user_score_history(tmp_path / "b", 0.9)

@@ -379,7 +379,7 @@ ID_EDGES: list[Any] = [
     0, -1, 42, 2**63, 2**64 + 1, 123.0, -0.0, 9007199254740991.0,
     # refused
     "", "   ", "\u3000", "u\x00", "u\x1f", "\x1cu", "u\x7f", "u\x85v", "u\x9f", "u\ufffd", "u\ud800", "a" * 257,
-    # refused: invisible, format and separator characters (issue 11 follow-up)
+    # refused: invisible, format and separator characters (hardening)
     "\ufeffu1", "u1\ufeff", "u\u2028v", "u\u2029v", "a\u200bb", "a\u200db", "\u202eu1", "u\u2060", "u\u00ad",
     "u\u034f", "\u115fu", "u\u3164", "u\ufe0f", "u\U000e0041", "u\U000e0100", "u\ufffe", "u\U0010ffff",
     "u\u061c", "u\u180e", "\u200b", "u\U0001d173", "u\U00013439",

@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 
+from uba import __version__
 from uba import io as uba_io
 from uba.errors import BundleError
 from uba.model import FOREST_ARRAY_NAMES, CompactForest, Detector
@@ -221,12 +223,10 @@ def _jsonable(value: Any, where: str) -> Any:
 
 
 def _library_versions() -> dict[str, str]:
-    import uba
-
     versions = {
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "uba": uba.__version__,
+        "uba": __version__,
     }
     for label, dist in (("sklearn", "scikit-learn"), ("polars", "polars")):
         try:
@@ -639,3 +639,22 @@ def load_bundle(
     arrays = _load_arrays(bundle_dir / FOREST_FILE, contents[FOREST_FILE])
     detector = _rebuild_detector(body_path, bundle_dir / FOREST_FILE, body, arrays)
     return Bundle(version=version, path=bundle_dir, detector=detector, metadata=body)
+
+
+def read_user_score_history(bundle_path: Path, quantile: float) -> pl.DataFrame | None:
+    """A bundle's per-user score table for ``quantile`` (derived data, outside the checksums), or None.
+
+    Read with the bundle guards (``read_bundle_file``): a regular file
+    inside the bundle directory once links are resolved, at most
+    ``MAX_USER_HISTORY_BYTES``, never a FIFO or device, and parsed from the very bytes
+    that were checked. Anything refused or unreadable raises
+    :class:`uba.errors.BundleError` naming the file, never quoting it.
+    """
+    path = uba_io.user_score_history_path(bundle_path, quantile)
+    if not os.path.lexists(path):
+        return None
+    data = read_bundle_file(path, Path(bundle_path), uba_io.MAX_USER_HISTORY_BYTES)
+    try:
+        return pl.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # any Polars/Arrow error on damaged bytes: named by type, never by content
+        raise BundleError(f"{path}: not a readable Parquet table ({type(exc).__name__})") from exc

@@ -44,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from uba.artifacts import bin_proportions
+from uba.artifacts import bin_proportions, feature_reference, score_summary
+from uba.model import fit_detector
 from uba.settings import MonitoringSettings
 
 SCORE_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99)
@@ -328,23 +329,6 @@ def drift_report_from_counts(counts: DriftCounts, metadata: Mapping[str, Any],
     return report
 
 
-def drift_report(features_matrix: np.ndarray, scores: np.ndarray, bundle_metadata: Mapping[str, Any],
-                 settings: MonitoringSettings) -> dict[str, Any]:
-    """Drift of one whole day against the bundle's training reference (see the module doc)."""
-    return drift_report_from_counts(drift_counts(features_matrix, scores, bundle_metadata),
-                                    bundle_metadata, settings)
-
-
-def reference_shares_match(metadata: Mapping[str, Any], X: np.ndarray) -> bool:
-    """True when binning ``X`` here reproduces the bundle's training shares (a self-check for tests)."""
-    reference = metadata["feature_reference"]["features"]
-    for i, name in enumerate(metadata["feature_names"]):
-        ours = bin_proportions(X[:, i], reference[name]["cuts"])
-        if not np.allclose(ours, reference[name]["proportions"], atol=1e-12):
-            return False
-    return True
-
-
 # --- over time: one row per scored day, from the run manifests ---------------------
 
 
@@ -424,8 +408,6 @@ def weekday_references(X: np.ndarray, scores: np.ndarray, days: Sequence[date],
     ``min_days``. Same summaries as the pooled ones (``uba.artifacts.feature_reference``
     / ``score_summary``), so the PSI code is shared.
     """
-    from uba.artifacts import feature_reference, score_summary
-
     X = np.asarray(X, dtype=np.float64)
     days = list(days)
     weekdays = np.array([d.weekday() for d in days])
@@ -482,8 +464,6 @@ def cross_fitted_scores(X: np.ndarray, days: np.ndarray, feature_names: Sequence
     alternate days of the window. A one-day window cannot be split and keeps its own
     (in-sample) scores, and says so.
     """
-    from uba.model import fit_detector
-
     order = np.unique(days)
     if order.size < 2:
         detector, scores = fit_detector(X, feature_names, model, percentile)
@@ -498,8 +478,6 @@ def cross_fitted_scores(X: np.ndarray, days: np.ndarray, feature_names: Sequence
 
 def _reference_part(X: np.ndarray, scores: np.ndarray, rows: TrainingRows, mask: np.ndarray, threshold: float,
                     feature_names: Sequence[str]) -> dict[str, Any]:
-    from uba.artifacts import bin_proportions, feature_reference
-
     cuts = [float(c) for c in np.unique(np.quantile(scores[mask], REFERENCE_SCORE_LEVELS))]
     user_days = {(d, u) for d, u in zip(rows.days[mask].tolist(), rows.users[mask].tolist(), strict=True)}
     alerted = mask & (scores >= threshold)

@@ -23,10 +23,9 @@ from sklearn.preprocessing import StandardScaler
 from uba import io
 from uba.artifacts import Bundle
 from uba.errors import UserError
-from uba.pipeline import date_range, feature_matrix, window_features
+from uba.pipeline import feature_matrix, training_days, window_features
 from uba.settings import Settings
-
-CONTEXTUAL_KINDS = ("off_hours", "long_session", "action_burst", "new_device", "download_spree")
+from uba.thresholds import bundle_user_cuts, user_cut_array
 
 
 @dataclass(frozen=True)
@@ -120,6 +119,40 @@ def alert_concentration(user_ids: Sequence[str], flagged: np.ndarray) -> dict[st
     }
 
 
+def concentration_comparison(user_ids: Sequence[str], scores: np.ndarray, global_threshold: float,
+                             user_cuts: np.ndarray) -> dict[str, Any]:
+    """Alert concentration across users with the global cut and with per-user cuts, side by side."""
+    scores = np.asarray(scores, dtype=np.float64)
+    without = scores >= float(global_threshold)
+    with_user = scores >= np.asarray(user_cuts, dtype=np.float64)
+    return {
+        "global_threshold": alert_concentration(list(user_ids), without) | {"alerts": int(without.sum())},
+        "per_user_thresholds": alert_concentration(list(user_ids), with_user) | {"alerts": int(with_user.sum())},
+    }
+
+
+def per_user_comparison(settings: Settings, bundle: Bundle, user_ids: Sequence[str], scores: np.ndarray,
+                        labels: pl.DataFrame) -> dict[str, Any]:
+    """`evaluate`'s metrics for the same events with per-user thresholds, and the alert
+    concentration both ways, so the effect of the option can be judged before enabling it.
+
+    Scores are shifted by each user's cut (``score - t_u + T``): the operating point is
+    then exactly "over the user's own threshold", and the ranking metrics describe the
+    per-user ranking an analyst would see.
+    """
+    global_threshold = float(bundle.detector.threshold)
+    cuts = bundle_user_cuts(settings, bundle)
+    user_cuts = user_cut_array(user_ids, cuts, global_threshold)
+    shifted = np.asarray(scores, dtype=np.float64) - user_cuts + global_threshold
+    return {
+        "enabled_in_settings": settings.user_thresholds.enabled,
+        "settings": settings.user_thresholds.model_dump(mode="json"),
+        "users_with_own_threshold": int(cuts.height),
+        "metrics": metrics(Scored("uba_per_user_thresholds", shifted, global_threshold), labels),
+        "alert_concentration": concentration_comparison(user_ids, scores, global_threshold, user_cuts),
+    }
+
+
 def evaluation_frame(settings: Settings, bundle: Bundle, days: Sequence[date]) -> pl.DataFrame:
     """Out-of-sample features of the evaluation days joined with their labels."""
     features = window_features(settings.paths.data_dir, days, settings).collect()
@@ -128,11 +161,6 @@ def evaluation_frame(settings: Settings, bundle: Bundle, days: Sequence[date]) -
         pl.col("is_anomaly").fill_null(False), pl.col("kind").fill_null("normal")
     )
     return joined.sort("event_id")
-
-
-def training_days(bundle: Bundle) -> list[date]:
-    window = bundle.metadata["training_window"]
-    return date_range(date.fromisoformat(window["start"]), date.fromisoformat(window["end"]))
 
 
 def evaluate(settings: Settings, bundle: Bundle, days: Sequence[date]) -> dict[str, Any]:
@@ -157,9 +185,7 @@ def evaluate(settings: Settings, bundle: Bundle, days: Sequence[date]) -> dict[s
         "models": {s.name: metrics(s, labels) for s in (ours, naive)},
         "alert_concentration": alert_concentration(frame["user_id"].to_list(), ours.scores >= ours.threshold),
     }
-    # operations (issue 7): the same days with per-user thresholds, side by side
-    from uba.thresholds import per_user_comparison
-
+    # the same days with per-user thresholds, side by side
     report["per_user_thresholds"] = per_user_comparison(settings, bundle, frame["user_id"].to_list(),
                                                         ours.scores, labels)
     ours_m, naive_m = report["models"][ours.name], report["models"][naive.name]

@@ -30,6 +30,7 @@ import polars as pl
 from uba import event_rules as rules
 from uba import io
 from uba.errors import UserError
+from uba.reasons import REASON_KINDS
 
 LABELS = ("benign", "malicious")
 WILDCARD = "*"
@@ -287,6 +288,4 @@ def listed_rules(data_dir: Path, include_expired: bool = False) -> pl.DataFrame:
 
 def known_reason_kinds() -> tuple[str, ...]:
     """The stable reason kinds a rule may name (owned by uba.reasons)."""
-    from uba.reasons import REASON_KINDS
-
     return tuple(REASON_KINDS)

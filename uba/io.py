@@ -27,7 +27,6 @@ import contextlib
 import ctypes
 import errno
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -42,7 +41,7 @@ from typing import Any
 
 import polars as pl
 
-from uba.errors import BundleError, UserError
+from uba.errors import UserError
 from uba.logs import get_logger
 from uba.schema import EVENT_SCHEMA, PARTITION_COLUMN
 
@@ -323,7 +322,7 @@ def remove_part(path: Path) -> None:
     checksum_path(path).unlink(missing_ok=True)
 
 
-# --- stored-data integrity (issue 11, item 7): a manifest per events and aggregates partition ---
+# --- stored-data integrity (hardening): a manifest per events and aggregates partition ---
 #
 #   <data-dir>/.checksums/<dataset>/event_date=D/manifest.json   every part of the partition
 #                                                                 with its sha256 and size
@@ -1112,7 +1111,7 @@ def partition_row_count(root: Path, dataset: str, day: date | str) -> int:
     return int(lf.select(pl.len()).collect().item())
 
 
-# --- operations (issue 7): feedback, suppressions, user-day alerts, manifests, reports ---
+# --- feedback, suppressions, user-day alerts, manifests, reports ---
 
 FEEDBACK = "feedback"
 SUPPRESSIONS = "suppressions"
@@ -1231,7 +1230,7 @@ def write_bytes_atomic(data: bytes, path: Path) -> Path:
     return _write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
-# --- generate (issue 2): raw-event exports in the formats ingest reads ---
+# --- generate: raw-event exports in the formats ingest reads ---
 
 
 def write_csv_atomic(df: pl.DataFrame, path: Path) -> Path:
@@ -1254,7 +1253,7 @@ def read_parquet_if_exists(path: Path) -> pl.DataFrame | None:
     except (pl.exceptions.ComputeError, OSError) as exc:
         raise UserError(f"cannot read Parquet file {path}: {exc}") from exc
 
-# --- ingest (issue 2): raw input files, stored event ids, run summaries ---
+# --- ingest: raw input files, stored event ids, run summaries ---
 
 INGEST_RUNS = "ingest_runs"
 _GLOB_CHARS = frozenset("*?[")
@@ -1464,7 +1463,7 @@ def ingest_run_path(data_dir: Path, run_id: str) -> Path:
     return Path(data_dir) / INGEST_RUNS / f"{run_id}.json"
 
 
-# --- features (issue 3): daily aggregates and baseline snapshots ---
+# --- features: daily aggregates and baseline snapshots ---
 
 BASELINES = "baselines"
 BASELINE_SNAPSHOT_NAME = "baselines.parquet"
@@ -1582,7 +1581,7 @@ def read_baseline_snapshot(path: Path) -> pl.DataFrame:
         raise UserError(f"cannot read baseline snapshot {path}: {exc}") from exc
 
 
-# --- operations (issue 7): per-user score history of a bundle ---
+# --- per-user score history of a bundle ---
 
 
 def user_score_history_path(bundle_path: Path, quantile: float) -> Path:
@@ -1594,33 +1593,12 @@ def user_score_history_path(bundle_path: Path, quantile: float) -> Path:
 MAX_USER_HISTORY_BYTES = 256 << 20
 
 
-def read_user_score_history(bundle_path: Path, quantile: float) -> pl.DataFrame | None:
-    """A bundle's per-user score table for ``quantile`` (derived data, outside the checksums), or None.
-
-    Read with the bundle guards (``uba.artifacts.read_bundle_file``): a regular file
-    inside the bundle directory once links are resolved, at most
-    ``MAX_USER_HISTORY_BYTES``, never a FIFO or device, and parsed from the very bytes
-    that were checked. Anything refused or unreadable raises
-    :class:`uba.errors.BundleError` naming the file, never quoting it.
-    """
-    from uba.artifacts import read_bundle_file  # uba.artifacts imports this module
-
-    path = user_score_history_path(bundle_path, quantile)
-    if not os.path.lexists(path):
-        return None
-    data = read_bundle_file(path, Path(bundle_path), MAX_USER_HISTORY_BYTES)
-    try:
-        return pl.read_parquet(io.BytesIO(data))
-    except Exception as exc:  # any Polars/Arrow error on damaged bytes: named by type, never by content
-        raise BundleError(f"{path}: not a readable Parquet table ({type(exc).__name__})") from exc
-
-
 def write_user_score_history(df: pl.DataFrame, bundle_path: Path, quantile: float) -> Path:
     """Store the per-user score table next to the bundle files it was derived from."""
     return write_parquet_atomic(df, user_score_history_path(bundle_path, quantile))
 
 
-# --- published days (issue 11, items 6 and 7): one rename commits a whole day ---
+# --- published days (hardening): one rename commits a whole day ---
 #
 #   <out>/.days/event_date=D/<v>/{scores,flagged,flagged_users}/part-*.parquet   version <v> of D
 #   <out>/.days/event_date=D/<v>/manifest.json, .previous (the version it replaced)

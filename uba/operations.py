@@ -1,4 +1,4 @@
-"""What a score run does beyond scoring: the hooks of issue 7 in one place.
+"""What a score run does beyond scoring: its operations hooks in one place.
 
 The scoring driver calls, per run::
 
@@ -23,14 +23,24 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from uba import io
 from uba.artifacts import Bundle
-from uba.drift import DayUsers, DriftCounts, drift_report_from_counts, reference_for_weekday
+from uba.drift import (
+    DRIFT_REFERENCE_KEY,
+    WEEKDAY_REFERENCE_KEY,
+    DayUsers,
+    DriftCounts,
+    TrainingRows,
+    build_drift_reference,
+    cross_fitted_scores,
+    drift_report_from_counts,
+    reference_for_weekday,
+    weekday_references,
+)
 from uba.feedback import active_rules, load_rules
 from uba.logs import get_logger
 from uba.settings import Settings
-from uba.thresholds import concentration_from_counts, load_user_cuts
-from uba.userday import read_trends, score_user_days
+from uba.thresholds import concentration_from_counts, load_user_cuts, store_training_history
+from uba.userday import stored_day_alerts
 
 log = get_logger("operations")
 
@@ -78,15 +88,11 @@ class RunOperations:
         """The day's user-day alerts against the run's own baselines (None when disabled)."""
         if not self.settings.user_day.enabled:
             return None
-        today = io.scan_partition(self.settings.paths.data_dir, io.AGGREGATES, self.day)
-        if today is None:
+        found = stored_day_alerts(self.settings, self.day, baselines.lazy())
+        if found is None:
             return None
-        today = today.with_columns(pl.lit(self.day, dtype=pl.Date).alias("event_date"))
-        scored = score_user_days(today, baselines.lazy(), self.settings.user_day,
-                                 read_trends(self.settings, self.day)).collect()
-        self.users_scored = scored.height
-        return (scored.filter(pl.col("day_score") > 0)
-                .sort(["day_score", "user_id"], descending=[True, False]))
+        alerts, self.users_scored = found
+        return alerts
 
     def _user_totals(self) -> pl.DataFrame:
         if not self.per_user:
@@ -136,15 +142,6 @@ class RunOperations:
 def training_metadata(settings: Settings, features: pl.DataFrame, matrix: np.ndarray,
                       train_scores: np.ndarray, feature_names: Sequence[str]) -> dict[str, Any]:
     """Extra bundle metadata (checksummed with the bundle): the drift references."""
-    from uba.drift import (
-        DRIFT_REFERENCE_KEY,
-        WEEKDAY_REFERENCE_KEY,
-        TrainingRows,
-        build_drift_reference,
-        cross_fitted_scores,
-        weekday_references,
-    )
-
     days = features["timestamp"].dt.date()
     percentile = settings.threshold.percentile
     rows = TrainingRows(days=days.to_numpy().astype("datetime64[D]"), users=features["user_id"].to_numpy(),
@@ -162,8 +159,6 @@ def after_training(settings: Settings, bundle_path: Path, features: pl.DataFrame
                    train_scores: np.ndarray) -> None:
     """Store the per-user score table from the training scores, so the first score run
     with per-user thresholds does not have to recompute the training window."""
-    from uba.thresholds import store_training_history
-
     store_training_history(bundle_path, features["user_id"].to_list(), train_scores,
                            settings.user_thresholds.user_quantile)
 

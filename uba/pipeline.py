@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from uba import io
+from uba.artifacts import Bundle
 from uba.errors import UserError
 from uba.features import ensure_aggregates, protected_baselines_as_of
 from uba.features.events import FEATURE_COLUMNS, event_features
@@ -27,6 +28,13 @@ def date_range(start: date, end: date) -> list[date]:
     if end < start:
         raise UserError(f"end date {end} is before start date {start}")
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def training_days(bundle: Bundle) -> list[date]:
+    """The days a bundle was trained on, from its metadata: what `evaluate` must stay out
+    of and what the per-user score table is rebuilt from."""
+    window = bundle.metadata["training_window"]
+    return date_range(date.fromisoformat(window["start"]), date.fromisoformat(window["end"]))
 
 
 def prepare_aggregates(data_dir: Path, days: Sequence[date], settings: Settings) -> None:

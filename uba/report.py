@@ -32,6 +32,7 @@ from uba.drift import monitoring_row, retrain_advice
 from uba.errors import UserError
 from uba.risk import read_risk, risk_window, stale_marker, user_series
 from uba.settings import Settings
+from uba.userday import riskiest_first
 
 FLAGGED_NEEDED: dict[str, pl.DataType] = {
     "event_id": pl.String(),
@@ -142,8 +143,7 @@ def user_day_alerts(users: pl.LazyFrame) -> pl.LazyFrame:
     names = users.collect_schema().names()
     counts = [c for c in ("n_events", "usual_events", "n_sessions", "usual_sessions", "n_downloads",
                           "usual_downloads") if c in names]
-    return users.select("user_id", "day_score", "reasons", *counts).sort(["day_score", "user_id"],
-                                                                         descending=[True, False])
+    return riskiest_first(users.select("user_id", "day_score", "reasons", *counts))
 
 
 # --- data ------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ import polars as pl
 
 from uba import io
 from uba.alerts.records import alert_id
+from uba.directory import load_directory
+from uba.feedback import latest_feedback
 from uba.logs import get_logger
 from uba.settings import RISK_LEVELS, RiskSettings
 
@@ -294,17 +296,13 @@ def read_risk_history(output_dir: Path, user_id: str, days: int = 30, end: date 
 
 def benign_ids(data_dir: Path) -> set[str]:
     """Ids (event ids or alert ids) whose latest analyst label is benign."""
-    from uba.feedback import latest_feedback
-
     latest = latest_feedback(data_dir).filter(pl.col("label") == "benign").select("event_id").collect()
     return set(latest["event_id"].to_list())
 
 
 def feedback_stamp(data_dir: Path) -> list[str]:
     """Which feedback parts exist (append-only, so a new verdict is a new name)."""
-    from uba.io import FEEDBACK
-
-    return [p.name for p in io.table_part_files(Path(data_dir), FEEDBACK)]
+    return [p.name for p in io.table_part_files(Path(data_dir), io.FEEDBACK)]
 
 
 # --- staleness ----------------------------------------------------------------------
@@ -412,8 +410,6 @@ class RiskRun:
     @classmethod
     def compute(cls, settings: Any, day: date, flagged: pl.DataFrame, user_days: pl.DataFrame | None) -> RiskRun:
         """Read yesterday's risk (or the latest earlier), feedback and the directory; compute D's table."""
-        from uba.directory import load_directory
-
         output_dir, data_dir = Path(settings.paths.output_dir), Path(settings.paths.data_dir)
         stamp = feedback_stamp(data_dir)
         benign = benign_ids(data_dir)

@@ -220,7 +220,7 @@ class ScoringSettings(_Section):
 
 
 class UserThresholdSettings(_Section):
-    """Per-user adaptive thresholds (issue 7): a user's cut = the global threshold moved by how far
+    """Per-user adaptive thresholds: a user's cut = the global threshold moved by how far
     the user's ``user_quantile`` training score sits above everyone's, weight n / (n + prior_events),
     kept within [min_ratio, max_ratio] x the global threshold. Off by default."""
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,12 @@ import numpy as np
 import polars as pl
 
 from uba import io
-from uba.artifacts import Bundle
+from uba.artifacts import Bundle, read_user_score_history
 from uba.errors import BundleError
 from uba.features.baselines import POPULATION_USER
 from uba.feedback import Rule, suppressing_rules
 from uba.logs import get_logger
+from uba.pipeline import feature_matrix, training_days, window_features
 from uba.settings import Settings, UserThresholdSettings
 
 log = get_logger("thresholds")
@@ -79,20 +79,6 @@ def user_thresholds(history: pl.LazyFrame, global_threshold: float,
             moved.clip(settings.min_ratio * t, settings.max_ratio * t).alias("user_threshold"),
         )
     )
-
-
-def apply_thresholds(scored: pl.LazyFrame, thresholds: pl.LazyFrame, global_threshold: float) -> pl.LazyFrame:
-    """Re-decide ``is_anomaly`` with each user's cut (``user_threshold``; unknown users: global).
-
-    ``threshold`` keeps the model's global cut, so the decision without per-user
-    thresholds stays recoverable as ``anomaly_score >= threshold``. A frame adapter of
-    ``decide`` (no suppression rules).
-    """
-    frame = scored.collect()
-    cuts = user_cut_array(frame["user_id"].cast(pl.String), thresholds.collect(), global_threshold)
-    decision = decide(frame["anomaly_score"].to_numpy(), cuts, [], [], [])
-    return frame.with_columns(pl.Series("user_threshold", decision.cuts, dtype=pl.Float64),
-                              pl.Series("is_anomaly", decision.is_anomaly, dtype=pl.Boolean)).lazy()
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,22 +125,15 @@ def load_user_cuts(settings: Settings, bundle: Bundle) -> pl.DataFrame | None:
     so an online verdict and the nightly one use the same cuts."""
     if not settings.user_thresholds.enabled:
         return None
+    return bundle_user_cuts(settings, bundle)
+
+
+def bundle_user_cuts(settings: Settings, bundle: Bundle) -> pl.DataFrame:
+    """The per-user cuts of a bundle whether or not the option is on (``evaluate`` shows
+    them before anyone enables it): its score table, rebuilt if needed, moved from the
+    global threshold."""
     history = load_or_build_history(settings, bundle)
     return user_thresholds(history.lazy(), bundle.detector.threshold, settings.user_thresholds).collect()
-
-
-def concentration_comparison(user_ids: Sequence[str], scores: np.ndarray, global_threshold: float,
-                             user_cuts: np.ndarray) -> dict[str, Any]:
-    """Alert concentration across users with the global cut and with per-user cuts, side by side."""
-    from uba.evaluate import alert_concentration
-
-    scores = np.asarray(scores, dtype=np.float64)
-    without = scores >= float(global_threshold)
-    with_user = scores >= np.asarray(user_cuts, dtype=np.float64)
-    return {
-        "global_threshold": alert_concentration(list(user_ids), without) | {"alerts": int(without.sum())},
-        "per_user_thresholds": alert_concentration(list(user_ids), with_user) | {"alerts": int(with_user.sum())},
-    }
 
 
 def user_cut_array(user_ids: Sequence[str] | pl.Series, thresholds: pl.DataFrame, global_threshold: float) -> np.ndarray:
@@ -185,22 +164,12 @@ def concentration_from_counts(per_user: pl.DataFrame, alerts: str) -> dict[str, 
 # --- the per-user table of a bundle ---------------------------------------------------
 
 
-def training_days(bundle: Bundle) -> list[date]:
-    """The days the bundle was trained on, from its metadata."""
-    from uba.pipeline import date_range
-
-    window = bundle.metadata["training_window"]
-    return date_range(date.fromisoformat(window["start"]), date.fromisoformat(window["end"]))
-
-
 def history_from_training(settings: Settings, bundle: Bundle) -> pl.DataFrame:
     """Score the bundle's own training window and summarise it per user.
 
     Uses the same feature function and detector as scoring, so a user's history is on
     exactly the scale of the scores it is compared with.
     """
-    from uba.pipeline import feature_matrix, window_features
-
     features = window_features(settings.paths.data_dir, training_days(bundle), settings)
     frame = features.select("user_id", *bundle.detector.feature_names).collect()
     scores = bundle.detector.anomaly_scores(feature_matrix(frame, bundle.detector.feature_names))
@@ -222,7 +191,7 @@ def load_or_build_history(settings: Settings, bundle: Bundle) -> pl.DataFrame:
     """
     quantile = settings.user_thresholds.user_quantile
     try:
-        stored = io.read_user_score_history(bundle.path, quantile)
+        stored = read_user_score_history(bundle.path, quantile)
     except BundleError as exc:
         log.warning("per-user score history refused, rebuilding it from the training window: %s", exc)
         stored = None
@@ -247,28 +216,3 @@ def store_training_history(bundle_path: Path, user_ids: Sequence[str], train_sco
     scored = pl.LazyFrame({"user_id": pl.Series(list(user_ids), dtype=pl.String),
                            "anomaly_score": np.asarray(train_scores, dtype=np.float64)})
     return io.write_user_score_history(score_history(scored, quantile).collect(), bundle_path, quantile)
-
-
-def per_user_comparison(settings: Settings, bundle: Bundle, user_ids: Sequence[str], scores: np.ndarray,
-                        labels: pl.DataFrame) -> dict[str, Any]:
-    """`evaluate`'s metrics for the same events with per-user thresholds, and the alert
-    concentration both ways, so the effect of the option can be judged before enabling it.
-
-    Scores are shifted by each user's cut (``score - t_u + T``): the operating point is
-    then exactly "over the user's own threshold", and the ranking metrics describe the
-    per-user ranking an analyst would see.
-    """
-    from uba.evaluate import Scored, metrics
-
-    global_threshold = float(bundle.detector.threshold)
-    history = load_or_build_history(settings, bundle)
-    cuts = user_thresholds(history.lazy(), global_threshold, settings.user_thresholds).collect()
-    user_cuts = user_cut_array(user_ids, cuts, global_threshold)
-    shifted = np.asarray(scores, dtype=np.float64) - user_cuts + global_threshold
-    return {
-        "enabled_in_settings": settings.user_thresholds.enabled,
-        "settings": settings.user_thresholds.model_dump(mode="json"),
-        "users_with_own_threshold": int(cuts.height),
-        "metrics": metrics(Scored("uba_per_user_thresholds", shifted, global_threshold), labels),
-        "alert_concentration": concentration_comparison(user_ids, scores, global_threshold, user_cuts),
-    }

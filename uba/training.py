@@ -118,10 +118,10 @@ def train_model(
                      "features": settings.features.model_dump(mode="json"),
                      "threshold_percentile": settings.threshold.percentile},
     }
-    # operations (issue 7): per-weekday drift references, checksummed with the bundle
+    # per-weekday drift references, checksummed with the bundle
     metadata.update(training_metadata(settings, features, matrix, train_scores, FEATURE_COLUMNS))
     version = save_bundle(model_dir, detector, metadata)
-    # operations (issue 7): per-user score table for per-user thresholds, from these scores
+    # per-user score table for per-user thresholds, from these scores
     after_training(settings, Path(model_dir) / version, features, train_scores)
     snapshot = write_snapshot_after(settings, end_date)
     log.info("trained %s on %d events (%s..%s), threshold %.6f at p%.1f",

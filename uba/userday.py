@@ -28,18 +28,18 @@ are plain sentences, strongest first, with a parallel list of machine kinds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 
 from uba import io
-from uba.errors import UserError
 from uba.features.baselines import POPULATION_USER, dow_days_col
 from uba.features.store import lookback_days
 from uba.settings import Settings, UserDaySettings
 from uba.trends import TREND_SCHEMA, trend_signals
+
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 RATE_SIGNALS: tuple[tuple[str, str, str], ...] = (
@@ -185,14 +185,21 @@ def score_user_days(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
     )
 
 
+def riskiest_first(user_days: FrameT) -> FrameT:
+    """User-days by ``day_score``, highest first, ties by user id: the one order of user-day
+    alerts, stored and shown."""
+    return user_days.sort(["day_score", "user_id"], descending=[True, False])
+
+
+def rank_alerts(scored: FrameT) -> FrameT:
+    """The user-days that fired at least one signal, riskiest first."""
+    return riskiest_first(scored.filter(pl.col("day_score") > 0))
+
+
 def user_day_alerts(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
                     settings: UserDaySettings, trends: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """Users whose day fired at least one signal, riskiest first."""
-    return (
-        score_user_days(day_aggregates, baselines, settings, trends)
-        .filter(pl.col("day_score") > 0)
-        .sort(["day_score", "user_id"], descending=[True, False])
-    )
+    return rank_alerts(score_user_days(day_aggregates, baselines, settings, trends))
 
 
 def alerts_for_day(aggregates: pl.LazyFrame, baselines: pl.LazyFrame, day: date,
@@ -216,34 +223,13 @@ def read_trends(settings: Settings, day: date) -> pl.LazyFrame | None:
     return None if history is None else trend_signals(history, day, trend)
 
 
-@dataclass(frozen=True)
-class UserDayRun:
-    """What one day's user-day pass found and where it wrote it."""
-
-    alerts: pl.DataFrame
-    users_scored: int
-    path: Path
-
-
-def run_user_day(settings: Settings, day: date) -> UserDayRun:
-    """Aggregates of ``day`` vs baselines as of ``day`` -> ``<output-dir>/flagged_users/event_date=day/``.
-
-    The partition is replaced as a whole, so re-running a day never duplicates alerts;
-    a day with no alerts still gets an (empty) partition, which says "checked, nothing found".
-    """
-    from uba.features import protected_baselines_as_of
-    from uba.pipeline import prepare_aggregates
-
-    data_dir = settings.paths.data_dir
-    prepare_aggregates(data_dir, [day], settings)
-    today = io.scan_partition(data_dir, io.AGGREGATES, day)
+def stored_day_alerts(settings: Settings, day: date, baselines: pl.LazyFrame) -> tuple[pl.DataFrame, int] | None:
+    """``day``'s user-day alerts from its stored aggregates against ``baselines`` (the run's
+    own), and how many users were scored; None when the day has no aggregates. What
+    ``score --date`` publishes under ``flagged_users/``."""
+    today = io.scan_partition(settings.paths.data_dir, io.AGGREGATES, day)
     if today is None:
-        raise UserError(f"no aggregates for {day.isoformat()} under {Path(data_dir) / io.AGGREGATES} "
-                        "(no events that day?)")
+        return None
     today = today.with_columns(pl.lit(day, dtype=pl.Date).alias("event_date"))  # Hive path only
-    baselines = protected_baselines_as_of(data_dir, day, settings, settings.paths.output_dir)
     scored = score_user_days(today, baselines, settings.user_day, read_trends(settings, day)).collect()
-    alerts = (scored.filter(pl.col("day_score") > 0)
-              .sort(["day_score", "user_id"], descending=[True, False]))
-    path = io.replace_partition(alerts, settings.paths.output_dir, io.FLAGGED_USERS, day)
-    return UserDayRun(alerts=alerts, users_scored=scored.height, path=path)
+    return rank_alerts(scored), scored.height

@@ -42,9 +42,11 @@ from uba.alerts.ledger import (
     ledger_path,
 )
 from uba.alerts.payloads import payload_for
+from uba.alerts.records import RISK, day_records, run_info
 from uba.alerts.transport import Outcome, safe_url, sender_for
 from uba.errors import UserError
 from uba.logs import get_logger
+from uba.scoring.manifest import SUCCEEDED, amend_published
 from uba.settings import AlertingSettings, Settings, SyslogSink, WebhookSink
 
 log = get_logger("alerts.delivery")
@@ -144,8 +146,6 @@ def prepare_sinks(settings: Settings) -> list[ReadySink]:
 def day_alert_records(output_dir: Path, day: date, alerting: AlertingSettings) -> list[dict[str, Any]]:
     """The records of ``day`` that ``alerting.what`` selects, in export order (risk only
     when the day has entity risk)."""
-    from uba.alerts.records import RISK, day_records
-
     records: list[dict[str, Any]] = []
     for kind in alerting.what:
         if kind == "risk" and not io.partition_files(output_dir, RISK, day):
@@ -158,8 +158,6 @@ def enqueue_day(settings: Settings, sinks: Sequence[ReadySink], day: date,
                 ledger: Ledger | None = None) -> dict[str, int]:
     """Record every alert of the published ``day`` for each sink (one transaction);
     returns how many were new per sink. Already-known alerts keep their state."""
-    from uba.alerts.records import run_info
-
     if not sinks:
         return {}
     output_dir = Path(settings.paths.output_dir)
@@ -194,19 +192,21 @@ def catch_up(settings: Settings, sinks: Sequence[ReadySink], forced_days: Sequen
     interrupted (a kill between publish and enqueue), or published since the sink was
     first seen. A sink added later does not get the history before it unless asked:
     ``forced_days`` are enqueued for every sink whatever their age."""
-    from uba.scoring.manifest import SUCCEEDED, read_manifest
-
     output_dir = Path(settings.paths.output_dir)
     forced = set(forced_days)
     for day in forced:
-        if read_manifest(output_dir, day) is None:
+        if io.read_run_manifest(output_dir, day) is None:
             raise UserError(f"{day} is not scored in {output_dir}; run `uba-batch score --date {day}` first")
     done: dict[date, dict[str, int]] = {}
     with open_ledger(settings) as ledger:
         ledger.register_sinks(s.name for s in sinks)
         since = {s.name: ledger.registered_at(s.name) or 0.0 for s in sinks}
         for day in io.run_manifest_dates(output_dir):
-            manifest = read_manifest(output_dir, day)
+            try:
+                manifest = io.read_run_manifest(output_dir, day)
+            except UserError as exc:  # one unreadable day does not hold back the others
+                log.warning("catch-up skips %s: %s", day, exc)
+                continue
             if not manifest or manifest.get("status") != SUCCEEDED:
                 continue
             finished = _finished_at(manifest) or 0.0
@@ -402,8 +402,6 @@ def deliver_published(settings: Settings, sinks: Sequence[ReadySink],
     ``deliver_after_score``, then write each day's ``delivery`` section into its manifest.
     ``published`` maps (day, run id) to what its enqueue added per sink. Returns lines
     for the operator; pending alerts are not an error (the command still exits 0)."""
-    from uba.scoring.manifest import amend_published
-
     alerting = settings.alerting
     reports = deliver(settings, sinks, alerting.deliver_budget_sec) if alerting.deliver_after_score else []
     output_dir = Path(settings.paths.output_dir)

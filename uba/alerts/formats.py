@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from uba import __version__
+from uba.alerts.records import RECORD_SCHEMA
 
 OCSF_VERSION = "1.5.0"
 ECS_VERSION = "9.2.0"
@@ -139,8 +140,6 @@ def _csv_cell(value: Any) -> Any:
 
 
 def _csv_lines(records: Iterable[Mapping[str, Any]]) -> Iterable[str]:
-    from uba.alerts.records import RECORD_SCHEMA
-
     buffer = stdio.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(RECORD_SCHEMA), lineterminator="\n")
     writer.writeheader()

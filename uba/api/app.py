@@ -20,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from uba import __version__
 from uba.api.access_log import AccessLog
 from uba.api.auth import load_api_keys, require_api_key, require_configured_key
 from uba.api.batcher import ScoringBatcher
@@ -119,8 +120,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     batcher = ScoringBatcher(api_metrics, settings.threshold.max_reasons)
     runtime = Runtime(settings=settings, models=models, metrics=api_metrics, batcher=batcher,
                       group=group_from_env())
-    from uba import __version__
-
     app = FastAPI(title=API_TITLE, version=__version__, lifespan=lifespan, telemetry=NO_TELEMETRY,
                   description="Scores user activity events against per-user baselines "
                               "with the batch job's feature code and model bundle.")

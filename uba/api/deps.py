@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
+from uba.api.auth import API_KEY_HEADER, key_is_valid
 from uba.api.batcher import ScoringBatcher
 from uba.api.metrics import ApiMetrics
 from uba.api.risk import RiskHolder
@@ -47,8 +50,6 @@ def current_state(runtime: Runtime, request: Request) -> ModelState:
     caller with a valid key, as ``/ready`` shows them (on an open API, nobody has one)."""
     state = runtime.holder.current
     if state is None:
-        from uba.api.routes.health import is_authenticated, redact_paths
-
         problem = runtime.holder.problem
         if problem and not is_authenticated(request, runtime):
             problem = redact_paths(problem, runtime)
@@ -77,3 +78,24 @@ def check_json(request: Request) -> None:
             detail=[{"field": "content-type", "message": "must be application/json",
                      "value": content_type[:100] or None}],
         )
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~>-])/[^\s:,;'\"()]+")
+
+
+def redact_paths(text: str, runtime: Runtime) -> str:
+    """``text`` with the data and model directories named by role and any other absolute
+    path cut to its last component: the file system layout is for operators (the server
+    log has the whole reason), not for whoever can reach an unauthenticated probe."""
+    paths = runtime.settings.paths
+    for root, label in ((paths.model_dir, "<model-dir>"), (paths.data_dir, "<data-dir>")):
+        for form in {os.path.abspath(root), str(root)}:
+            if os.path.isabs(form) and form != "/":  # a relative root shows no layout ("data")
+                text = text.replace(form, label)
+    return _ABSOLUTE_PATH.sub(lambda m: ".../" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
+
+
+def is_authenticated(request: Request, runtime: Runtime) -> bool:
+    """True only for a caller presenting a configured key (an open API has none)."""
+    given = request.headers.get(API_KEY_HEADER)
+    return bool(runtime.api_keys) and given is not None and key_is_valid(given, runtime.api_keys)

@@ -3,7 +3,7 @@
 FastAPI resolves a route's dependencies per request by walking their declared graph:
 for ``/predict`` (API key, content type, model state, runtime, body) that walk cost
 about 0.2 ms of the 0.55 ms the whole request took in process, more than the features,
-the forest and the reasons together (issue 12). A :func:`direct_route` keeps the route
+the forest and the reasons together. A :func:`direct_route` keeps the route
 as FastAPI declared it (path, summary, dependencies, request and response schemas in
 ``/openapi.json``) and, per request, calls its ``resolve`` function, which runs the
 same checks in the same order (``uba.api.auth.authorize``, ``uba.api.deps.check_json``,

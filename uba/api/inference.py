@@ -15,16 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from uba.api.model_state import ModelState
 from uba.features.compiled import event_columns, feature_arrays
 from uba.reasons import DOWNLOAD, SENTENCE_INPUTS, reason_kinds, sentences, severity_matrix
 from uba.thresholds import Decision, decide
-
-if TYPE_CHECKING:
-    from uba.api.state import ModelState
 
 # SENTENCE_INPUTS that come from the request itself rather than from the kernel
 _EVENT_FIELDS = ("event_type", "device_type", "session_duration_sec", "events_in_session")

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
-from uba.api.workers import METRICS_DIR_ENV
+from uba.api.workers import LIVE_GAUGE_FILE, METRICS_DIR_ENV, process_is_gone
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -32,29 +30,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 CLIENT_CLOSED = 499  # nginx's code for "the client closed the connection before the answer"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UNMATCHED_ROUTE = "unmatched"
-_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")  # prometheus_client's file names
-
-
-def process_is_gone(pid: int) -> bool:
-    """True when no process ``pid`` exists any more (a worker killed or crashed), or it is a
-    zombie its supervisor has not reaped yet."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # someone else's process: alive
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
-
-
-def live_worker_pids(folder: str) -> set[int]:
-    """The pids whose live gauges are in ``folder`` and whose process still runs."""
-    pids = {int(found[1]) for found in map(_LIVE_GAUGE_FILE.fullmatch, os.listdir(folder)) if found}
-    return {pid for pid in pids if pid == os.getpid() or not process_is_gone(pid)}
 
 
 def forget_dead_workers(folder: str) -> None:
@@ -64,7 +39,7 @@ def forget_dead_workers(folder: str) -> None:
     after every live worker reloaded, and ``uba_api_model_loaded`` kept its value in the
     minimum. Their counters stay: those requests did happen."""
     for name in os.listdir(folder):
-        found = _LIVE_GAUGE_FILE.fullmatch(name)
+        found = LIVE_GAUGE_FILE.fullmatch(name)
         if found and int(found[1]) != os.getpid() and process_is_gone(int(found[1])):
             # mark_process_dead's work, but another worker's scrape may remove it first
             with contextlib.suppress(FileNotFoundError):

@@ -10,47 +10,26 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
 
 from uba import io
+from uba.api.inference import ScoringEvent, score_events
+from uba.api.model_state import BaselineIndex, ModelState, RulesKey, Scorer
 from uba.artifacts import Bundle, load_bundle
 from uba.errors import BundleError, UserError
 from uba.features.baselines import POPULATION_USER
-from uba.features.compiled import CompiledBaselines, compile_baselines
+from uba.features.compiled import compile_baselines
 from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
-from uba.feedback import RULE_SCHEMA, Rule, active_rules, load_rules, rule_tuples
+from uba.feedback import load_rules
 from uba.logs import get_logger
 from uba.settings import Settings
-from uba.thresholds import event_cuts, load_user_cuts
+from uba.thresholds import load_user_cuts
 
 log = get_logger("api.state")
-
-Scorer = Callable[[np.ndarray], np.ndarray]
-_RULE_DAYS_KEPT = 64
-RulesKey = tuple[str, ...]
-
-
-@dataclass(frozen=True, eq=False)
-class BaselineIndex:
-    """A baseline snapshot compiled at load into per-user arrays (``compiled``), so a
-    request's features are array lookups by its user's row, not a join or a query."""
-
-    as_of: date
-    path: Path
-    frame: pl.DataFrame
-    compiled: CompiledBaselines
-    stamp: tuple[int, ...] = ()
-
-    @property
-    def users(self) -> int:
-        return len(self.compiled.positions)
 
 
 def snapshot_stamp(path: Path) -> tuple[int, ...]:
@@ -80,74 +59,6 @@ def index_baselines(frame: pl.DataFrame, as_of: date, path: Path,
     return BaselineIndex(as_of=as_of, path=path, frame=frame, compiled=compiled, stamp=stamp)
 
 
-@dataclass(frozen=True, eq=False)
-class ModelState:
-    """Everything one request needs; never mutated after it is built."""
-
-    bundle: Bundle
-    baselines: BaselineIndex
-    scorer: Scorer
-    scorer_name: str
-    loaded_at: datetime
-    user_cuts: Mapping[str, float] | None = None
-    rules: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=RULE_SCHEMA))
-    rules_key: RulesKey = ()
-    _rules_by_day: dict[date, list[Rule]] = field(default_factory=dict, repr=False)
-
-    @property
-    def version(self) -> str:
-        return self.bundle.version
-
-    @property
-    def threshold(self) -> float:
-        """The model's global cut (per-user cuts, when on, are moved from it)."""
-        return float(self.bundle.detector.threshold)
-
-    def thresholds_for(self, user_ids: list[str]) -> np.ndarray:
-        """Each event's cut: its user's own when per-user thresholds are on, else the global one."""
-        return event_cuts(user_ids, self.user_cuts, self.threshold)
-
-    def rules_on(self, day: date) -> list[Rule]:
-        """The suppression rules active on ``day``, computed once per day per state (the
-        rules only change with a reload, which builds a new state)."""
-        found = self._rules_by_day.get(day)
-        if found is None:
-            found = rule_tuples(active_rules(self.rules, day))
-            if len(self._rules_by_day) >= _RULE_DAYS_KEPT:
-                self._rules_by_day.clear()
-            self._rules_by_day[day] = found
-        return found
-
-    @property
-    def percentile(self) -> float:
-        return float(self.bundle.detector.percentile)
-
-    def describe(self) -> dict[str, Any]:
-        meta = dict(self.bundle.metadata)
-        return {
-            "model_version": self.version,
-            "feature_set_version": meta.get("feature_set_version"),
-            "features": list(self.bundle.detector.feature_names),
-            "threshold": self.threshold,
-            "percentile": self.percentile,
-            "threshold_percentile": self.percentile / 100.0,
-            "baseline_as_of": self.baselines.as_of,
-            "baseline_users": self.baselines.users,
-            "per_user_thresholds": {
-                "enabled": self.user_cuts is not None,
-                "users": len(self.user_cuts) if self.user_cuts is not None else 0,
-            },
-            "training": {
-                key: meta[key]
-                for key in ("training_window", "rows", "score_summary", "created_at", "settings")
-                if key in meta
-            },
-            "loaded_at": self.loaded_at,
-            "scorer": self.scorer_name,
-            "suppression_rules": active_rules(self.rules, datetime.now(UTC).date()).height,
-        }
-
-
 def load_baselines(data_dir: Path) -> BaselineIndex:
     """The newest snapshot under ``<data-dir>/baselines``; none at all is a user error."""
     found = io.latest_baseline_snapshot(data_dir)
@@ -164,6 +75,7 @@ def load_baselines(data_dir: Path) -> BaselineIndex:
 def build_scorer(bundle: Bundle, settings: Settings) -> tuple[Scorer, str]:
     """The compact forest, or (benchmark only) scikit-learn refitted to the same forest."""
     if settings.api.scorer == "sklearn":
+        # scikit-learn is imported only for this benchmark mode, not by every API start
         from uba.api.sklearn_scorer import sklearn_scorer
 
         return sklearn_scorer(bundle, settings.api.sklearn_training_matrix), "sklearn"
@@ -225,8 +137,6 @@ def load_state(settings: Settings) -> ModelState:
 
 def _probe(state: ModelState, settings: Settings) -> None:
     """Score one synthetic event through the real request path before the state goes live."""
-    from uba.api.inference import ScoringEvent, score_events
-
     probe = ScoringEvent(
         event_id="probe", user_id="uba-api-probe", timestamp=None,
         event_type=settings.events.event_types[0], session_duration_sec=60.0, events_in_session=1,

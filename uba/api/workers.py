@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -34,6 +35,7 @@ from uba.logs import get_logger
 GROUP_DIR_ENV = "UBA_API_WORKER_GROUP_DIR"
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RELOAD_REQUEST = "reload-request"
+LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")  # prometheus_client's file names
 RELOAD_POLL_SEC = 0.5
 
 log = get_logger("api.workers")
@@ -117,8 +119,6 @@ class WorkerGroup:
     def remove_if_last(self) -> None:
         """At the exit of an orphaned worker: remove the group folder once no other worker
         of the group runs (uba-api, which would have removed it, is gone)."""
-        from uba.api.metrics import live_worker_pids
-
         metrics = self.folder / "metrics"
         others = live_worker_pids(str(metrics)) - {os.getpid()} if metrics.is_dir() else set()
         if not others:
@@ -139,3 +139,25 @@ class WorkerGroup:
                 await on_request()
             except Exception:  # refused or broken: keep serving and watching; the reload logged why
                 log.warning("reload requested by another worker (%s) did not complete", request)
+
+
+def process_is_gone(pid: int) -> bool:
+    """True when no process ``pid`` exists any more (a worker killed or crashed), or it is a
+    zombie its supervisor has not reaped yet."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's process: alive
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
+
+
+def live_worker_pids(folder: str) -> set[int]:
+    """The pids whose live gauges are in ``folder`` and whose process still runs."""
+    pids = {int(found[1]) for found in map(LIVE_GAUGE_FILE.fullmatch, os.listdir(folder)) if found}
+    return {pid for pid in pids if pid == os.getpid() or not process_is_gone(pid)}

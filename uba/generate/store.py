@@ -13,8 +13,10 @@ from typing import Any, Literal
 import polars as pl
 
 from uba import io
+from uba.directory import store_directory_frame
 from uba.errors import UserError
 from uba.generate import ANOMALY_KINDS, GenerationOptions, SyntheticData, generate_dataset
+from uba.ingest import ingest_frame
 from uba.logs import get_logger
 from uba.schema import RAW_FIELDS
 from uba.settings import Settings
@@ -126,8 +128,6 @@ def write_generated(options: GenerationOptions, data_dir: Path, settings: Settin
                     with_directory: bool = False) -> GenerateResult:
     """Generate, then write labels and users (first, so events never exist without their
     labels), then the events through the one ingest writer."""
-    from uba.ingest import ingest_frame
-
     data = generate_dataset(options)
     labels_file, users_file = labels_path(data_dir), users_path(data_dir)
     labels = merge_labels(io.read_parquet_if_exists(labels_file), data.labels)
@@ -138,8 +138,6 @@ def write_generated(options: GenerationOptions, data_dir: Path, settings: Settin
         stored = io.read_parquet_if_exists(campaigns_path(data_dir))
         io.write_parquet_atomic(merge_campaigns(stored, data.campaigns), campaigns_path(data_dir))
     if with_directory and data.directory is not None:
-        from uba.directory import store_directory_frame
-
         directory = store_directory_frame(data_dir, data.directory, source="generate",
                                           max_id_length=settings.events.max_string_length)
     else:

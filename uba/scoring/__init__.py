@@ -10,7 +10,7 @@ import Ray.
 from uba.scoring.backfill import BackfillOutcome, backfill_dates
 from uba.scoring.driver import ScoreOptions, load_scoring_bundle, open_runtime, score_day
 from uba.scoring.lock import RunLockedError
-from uba.scoring.manifest import read_manifest, scored_with
+from uba.scoring.manifest import scored_with
 from uba.scoring.ray_backend import RunFailedError, ShardFailedError
 from uba.scoring.shard import FaultInjection
 
@@ -24,7 +24,6 @@ __all__ = [
     "backfill_dates",
     "load_scoring_bundle",
     "open_runtime",
-    "read_manifest",
     "score_day",
     "scored_with",
 ]

@@ -258,11 +258,12 @@ class _Run:
         execution = self._execution(input_rows, len(specs))
         day_aggregates = self._aggregates(execution)
         with self.timer.stage("baselines"):
-            # issue 14: the lookback's user-days with alerts are not learned (uba.features.protection)
+            # baseline poisoning protection: the lookback's user-days with alerts are not learned
+            # (uba.features.protection)
             self.unlearned = unlearned_as_of(self.output_dir, self.data_dir, self.day, self.settings)
             baselines = baselines_as_of(self.data_dir, self.day, self.settings, self.unlearned).collect()
             self._note_unverified_inputs()
-        with self.timer.stage("operations"):  # issue 7: per-user cuts, suppression rules
+        with self.timer.stage("operations"):  # per-user cuts, suppression rules
             self.ops = RunOperations.prepare(self.settings, self.bundle, self.day)
         for folder in (shard.SCORES_DIR, shard.FLAGGED_PARTS_DIR):
             (staging / folder).mkdir()
@@ -278,13 +279,13 @@ class _Run:
         with self.timer.stage("merge_flagged"):
             flagged_files = self._merge_flagged(results, staging, execution)
         self._finish_aggregates(day_aggregates)
-        with self.timer.stage("user_day"):  # issue 7: whole-day alerts, published with the rest
+        with self.timer.stage("user_day"):  # whole-day alerts, published with the rest
             user_days = self.ops.user_day_alerts(baselines)
             if user_days is not None:
                 (staging / io.FLAGGED_USERS).mkdir()
                 io.write_staged_part(user_days.rechunk(),
                                      staging / io.FLAGGED_USERS / PART_NAME.format(index=0))
-        with self.timer.stage("risk"):  # issue 14: entity risk, published with the rest
+        with self.timer.stage("risk"):  # entity risk, published with the rest
             self.risk = self._risk(staging, user_days)
         conservation = mf.row_conservation(input_rows, counts["scored_rows"], quarantined)
         score_files = {name: record for r in results for name, record in r.scores_file.items()}

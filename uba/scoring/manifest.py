@@ -18,6 +18,7 @@ from typing import Any
 
 from uba import io
 from uba.errors import UserError
+from uba.scoring.lock import RunLockedError, date_lock
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -32,24 +33,18 @@ def failure_path(output_dir: Path, day: date, at: float | None = None) -> Path:
     return io.partition_dir(Path(output_dir), io.RUNS, day) / f"failed-{stamp}.json"
 
 
-def read_manifest(output_dir: Path, day: date) -> dict[str, Any] | None:
-    """The published manifest of ``day``, or None when the day was never completed.
-
-    Read through :func:`uba.io.read_run_manifest`, so a day whose links were made by
-    hand (naming another day's version) is not taken for scored. An unreadable manifest
-    or such a layout counts as absent: the only consumer that must decide on it,
-    backfill, then re-scores the day, and score refuses a foreign layout with its reason.
-    """
-    try:
-        return io.read_run_manifest(Path(output_dir), day)
-    except UserError:  # corrupt or foreign means "not scored"
-        return None
-
-
 def scored_with(output_dir: Path, day: date, model_version: str) -> bool:
     """True when ``day`` has a complete output made by ``model_version`` whose entity risk is
-    not marked stale (backfill skips it; a stale day is re-scored, which clears the mark)."""
-    manifest = read_manifest(output_dir, day)
+    not marked stale (backfill skips it; a stale day is re-scored, which clears the mark).
+
+    An unreadable manifest, or a day whose links were made by hand (naming another day's
+    version), counts as not scored: backfill then re-scores the day, and score refuses a
+    foreign layout with its reason.
+    """
+    try:
+        manifest = io.read_run_manifest(Path(output_dir), day)
+    except UserError:
+        return False
     return bool(manifest and manifest.get("status") == SUCCEEDED
                 and manifest.get("model", {}).get("version") == model_version
                 and not manifest.get("risk_stale"))
@@ -81,8 +76,6 @@ def amend_published(output_dir: Path, day: date, run_id: str, key: str, value: A
     older run's figures. Returns False (and changes nothing) when another run holds the
     date, when ``run_id`` is no longer published, or for a day in the layout before versions.
     """
-    from uba.scoring.lock import RunLockedError, date_lock
-
     output_dir = Path(output_dir)
     try:
         with date_lock(output_dir, day):
