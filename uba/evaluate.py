@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from uba import io
 from uba.artifacts import Bundle
 from uba.errors import UserError
-from uba.pipeline import feature_matrix, training_days, window_features
+from uba.pipeline import date_range, feature_matrix, training_days, window_features
 from uba.settings import Settings
 from uba.thresholds import bundle_user_cuts, user_cut_array
 
