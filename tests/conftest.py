@@ -62,6 +62,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(getattr(pytest.mark, tier))
 
 
+@pytest.fixture(autouse=True)
+def _unit_tier_stays_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit-tier test that starts a subprocess or listens on a socket fails, naming the tier
+    it belongs in, so `make test-fast` keeps the promise of the block comment above."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    import socket
+    import subprocess
+
+    def refuse(what: str) -> Callable[..., Any]:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError(f"{request.node.nodeid} is in the unit tier but {what}: "
+                                 "mark it @pytest.mark.integration")
+        return refused
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("starts a subprocess"))
+    monkeypatch.setattr(socket.socket, "bind", refuse("listens on a socket (a server)"))
+
+
 # Tests that need a Debian package skip themselves when it is missing; `make test` on a
 # laptop then ends by saying which and how to run them (.ci/run installs the packages).
 SYSTEM_PACKAGES = {"nginx": "nginx", "openssl": "openssl", "chromium": "chromium", "rsyslog": "rsyslog"}

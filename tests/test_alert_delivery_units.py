@@ -155,6 +155,7 @@ def _statuses(settings: Settings) -> dict[str, str]:
         return {r.alert_id: r.status for r in ledger.rows()}
 
 
+@pytest.mark.integration  # a real server on 127.0.0.1
 def test_a_refused_alert_is_found_by_bisection_and_dead_lettered(tmp_path: Path) -> None:
     bad = frozenset({"uba-09-005", "uba-10-002"})
     receiver = WebhookReceiver(behaviour=Behaviour(reject_ids=bad))
@@ -177,6 +178,7 @@ def test_a_refused_alert_is_found_by_bisection_and_dead_lettered(tmp_path: Path)
         receiver.down()
 
 
+@pytest.mark.integration  # a real server on 127.0.0.1
 def test_a_failing_sink_stops_without_skipping_ahead_then_resumes_in_order(tmp_path: Path) -> None:
     receiver = WebhookReceiver(behaviour=Behaviour(fail_requests=frozenset({3})))
     try:
@@ -192,6 +194,7 @@ def test_a_failing_sink_stops_without_skipping_ahead_then_resumes_in_order(tmp_p
         receiver.down()
 
 
+@pytest.mark.integration  # a real server on 127.0.0.1
 def test_a_sink_refusing_every_request_stops_instead_of_dead_lettering_everything(tmp_path: Path) -> None:
     receiver = WebhookReceiver(behaviour=Behaviour(status_for_all=401))
     try:
@@ -203,6 +206,7 @@ def test_a_sink_refusing_every_request_stops_instead_of_dead_lettering_everythin
         receiver.down()
 
 
+@pytest.mark.integration  # a real server on 127.0.0.1
 def test_retry_after_is_obeyed_up_to_backoff_max(tmp_path: Path) -> None:
     receiver = WebhookReceiver(behaviour=Behaviour(status_for_all=429, retry_after="120"))
     try:
@@ -217,6 +221,7 @@ def test_retry_after_is_obeyed_up_to_backoff_max(tmp_path: Path) -> None:
         receiver.down()
 
 
+@pytest.mark.integration  # a real server on 127.0.0.1
 def test_the_budget_leaves_alerts_pending(tmp_path: Path) -> None:
     receiver = WebhookReceiver(behaviour=Behaviour(status_for_all=503))
     try:
@@ -293,6 +298,7 @@ def _server_tls(certificate: tuple[Path, Path]) -> Any:
     return context
 
 
+@pytest.mark.integration  # a real server on 127.0.0.1
 def test_https_webhook_trusts_only_the_configured_ca(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
     receiver = WebhookReceiver(tls=_server_tls(certificate))
     try:
@@ -308,6 +314,7 @@ def test_https_webhook_trusts_only_the_configured_ca(tmp_path: Path, certificate
         receiver.down()
 
 
+@pytest.mark.integration  # a real server on 127.0.0.1
 def test_syslog_over_tls_is_acknowledged_when_the_collector_closed(tmp_path: Path,
                                                                    certificate: tuple[Path, Path]) -> None:
     from alert_receivers import TlsSyslogCollector

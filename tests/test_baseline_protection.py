@@ -191,3 +191,33 @@ def test_alerted_days_older_than_max_days_are_learned_again(world: World, protec
         protected, last)["inputs"]["baseline_protection"]["unlearned_user_days"]
     _cli("score", "--date", last.isoformat(), *world.args(out), "--in-process")  # the default again
     assert _mobile_share(world, last) == 0.0
+
+
+def test_retraining_keeps_the_protected_snapshot_score_wrote(world: World, protected: Path, tmp_path: Path) -> None:
+    """`train` takes --output-dir: retraining up to a scored day rewrites the snapshot of the
+    day after it, which must stay the protected one `score` wrote (the API serves it)."""
+    shutil.copytree(world.data_dir, tmp_path / "data")
+    shutil.copytree(world.model_dir, tmp_path / "models")
+    copy = World(tmp_path / "data", tmp_path / "models")
+    last = ATTACK[-1]
+    path = io.baseline_snapshot_path(copy.data_dir, last)
+    written_by_score = io.read_baseline_snapshot(path)
+    assert _mobile_share(copy, last) == 0.0
+    _cli("train", "--end-date", ATTACK[-2].isoformat(), "--window-days", "14", *copy.args(protected))
+    assert _mobile_share(copy, last) == 0.0  # the victim's alerted days are still not learned
+    assert io.read_baseline_snapshot(path).equals(written_by_score)
+
+
+def test_a_corrupt_flagged_part_of_an_earlier_day_is_one_line_naming_it(world: World, protected: Path,
+                                                                        tmp_path: Path) -> None:
+    """The protection reads the published flagged/ of the lookback: a truncated part there is
+    refused in one line naming it, not a Parquet decoder traceback from the baselines stage."""
+    out = tmp_path / "out"
+    shutil.copytree(protected, out, symlinks=True)
+    (listed,) = io.partition_files(out, io.FLAGGED, ATTACK[1])
+    part = listed.resolve()
+    part.unlink()  # the copy shares nothing with the module's output: a new file, cut short
+    part.write_bytes((protected / io.FLAGGED / f"event_date={ATTACK[1].isoformat()}" / part.name).read_bytes()[:40])
+    result = CliRunner().invoke(cli, ["score", "--date", ATTACK[-1].isoformat(), *world.args(out), "--in-process"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert str(listed) in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

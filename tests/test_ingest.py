@@ -427,6 +427,7 @@ def test_bad_inputs_fail_before_anything_is_written(tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.integration  # a real subprocess, server or seconds of work
 def test_cli_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     env = {**os.environ, "UBA_DATA_DIR": str(tmp_path / "d")}
     for args, message in ([str(tmp_path / "missing.csv")], "error: input file not found: "), \
@@ -1197,6 +1198,7 @@ FULL_HEADER = "event_id,user_id,timestamp,event_type,session_duration_sec,events
 GOOD_ROW = "e1,u1,2026-11-11T10:00:00Z,login,60,3,desktop\n"
 
 
+@pytest.mark.integration  # a real subprocess, server or seconds of work
 @pytest.mark.parametrize(("name", "body", "code", "wanted"), [
     ("empty.csv", b"", 0, "empty.csv: no data rows"),
     ("header-only.csv", FULL_HEADER.encode(), 0, "header-only.csv: no data rows"),

@@ -647,7 +647,7 @@ def verify_data_dir(root: Path) -> dict[str, list[str]]:
                 known = [verify_part(part) for part in parts]
                 for part, checked in zip(parts, known, strict=True):
                     if not checked:
-                        _check_readable(part)
+                        check_readable(part)
             except CorruptPartError as exc:
                 report["corrupt"].append(str(exc))
                 continue
@@ -689,7 +689,9 @@ def adopt_unverified_partitions(root: Path) -> list[str]:
 
 
 def _kind(part: Path) -> str:
-    dataset = part.parent.parent.name
+    """The dataset or table a part belongs to (``<dataset>/event_date=D/part`` or ``<table>/part``)."""
+    folder = part.parent
+    dataset = folder.parent.name if "=" in folder.name else folder.name
     return {EVENTS: "events", AGGREGATES: "aggregates"}.get(dataset, dataset)
 
 
@@ -1157,22 +1159,11 @@ def scan_table(root: Path, table: str) -> pl.LazyFrame | None:
     if not files:
         return None
     for f in files:
-        _check_table_part(f)
+        check_readable(f, "move it aside or restore it from a backup; the other parts of its table are intact")
     return pl.concat(
         [pl.scan_parquet(f).with_columns(pl.lit(i, dtype=pl.Int64).alias("_part")) for i, f in enumerate(files)],
         how="diagonal_relaxed",
     )
-
-
-def _check_table_part(part: Path) -> None:
-    """A truncated or overwritten part of an append-only table (feedback, triage, rules...)
-    is named in one line here, instead of surfacing as a Parquet decoder traceback when
-    the scan is collected far from the file."""
-    try:
-        pl.read_parquet_schema(part)
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        raise CorruptPartError(f"{part} is not a readable Parquet file ({type(exc).__name__}): move it aside "
-                               "or restore it from a backup; the other parts of its table are intact") from exc
 
 
 def replace_partition(df: pl.DataFrame, root: Path, dataset: str, day: date | str, name: str = "part-0") -> Path:
@@ -1523,7 +1514,7 @@ def scan_aggregates(data_dir: Path, days: Iterable[date]) -> pl.LazyFrame | None
     paths = [(day, path) for day in sorted(set(days)) for path in partition_files(data_dir, AGGREGATES, day)]
     for _, path in paths:  # small files (one row per user), hashed once per process
         verify_part(path, AGGREGATES_REMEDY)
-        _check_readable(path)
+        check_readable(path)
     frames = [pl.scan_parquet(path).with_columns(pl.lit(day, dtype=pl.Date).alias(PARTITION_COLUMN))
               for day, path in paths]
     if not frames:
@@ -1536,14 +1527,16 @@ AGGREGATES_REMEDY = ("aggregates are derived from the day's events: delete the p
                      "rebuild it (score and train do so by themselves while the events are there)")
 
 
-def _check_readable(part: Path) -> None:
-    """A part without a checksum record (written before them) that is not Parquet: one line."""
+def check_readable(part: Path, remedy: str = "") -> None:
+    """A part whose Parquet footer does not read is named in one line, with what to do
+    about it, here instead of as a decoder traceback when a scan is collected far from
+    the file (parts without a checksum record, append-only tables, published outputs)."""
     try:
         pl.read_parquet_schema(part)
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise CorruptPartError(f"{_kind(part)} part {part} is not a readable Parquet file: "
-                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-                               ) from exc
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorruptPartError(f"{_kind(part)} part {part} is not a readable Parquet file: {detail}"
+                               + (f"; {remedy}" if remedy else "")) from exc
 
 
 def baseline_snapshot_path(data_dir: Path, as_of: date) -> Path:

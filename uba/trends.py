@@ -241,7 +241,7 @@ def trend_signals(aggregates: pl.LazyFrame, day: date, settings: TrendSettings) 
     ``aggregates`` holds daily aggregates of the lookback and of ``day`` itself (other
     days are ignored). Users without enough history, or with nothing fired, are absent.
     """
-    window_start = day - timedelta(days=settings.window_days - 1)
+    window_start = day - timedelta(days=min(settings.window_days - 1, (day - date.min).days))  # 0001-01-01
     daily = _daily(aggregates.filter(pl.col("event_date").cast(pl.Date) <= day))
     reference = _noise(_reference(daily, window_start, settings), settings)
     window = _window_days(daily, reference, window_start, day)

@@ -37,6 +37,7 @@ import polars as pl
 from uba import io
 from uba.errors import UserError
 from uba.features.baselines import POPULATION_USER, dow_days_col
+from uba.features.store import lookback_days
 from uba.settings import Settings, UserDaySettings
 from uba.trends import TREND_SCHEMA, trend_signals
 
@@ -207,8 +208,6 @@ def read_trends(settings: Settings, day: date) -> pl.LazyFrame | None:
     """The multi-day signals of ``day`` from the stored aggregates of the lookback and the day
     (None when turned off or there are none). The lookback is the baselines' own, so the
     history compared with is the one the rest of scoring uses."""
-    from uba.features.store import lookback_days
-
     trend = settings.user_day.trend
     if not trend.enabled:
         return None

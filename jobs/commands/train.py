@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from jobs.options import DATE, data_dir_option, model_dir_option, settings_from, yesterday_utc
+from jobs.options import (
+    DATE,
+    data_dir_option,
+    model_dir_option,
+    output_dir_option,
+    settings_from,
+    yesterday_utc,
+)
 
 
 @click.command(name="train")
@@ -19,13 +26,16 @@ from jobs.options import DATE, data_dir_option, model_dir_option, settings_from,
               help="Drop events analysts confirmed malicious (uba-batch feedback) from the training data.")
 @data_dir_option
 @model_dir_option
+@output_dir_option
 @click.pass_context
 def command(ctx: click.Context, end_date: date | None, window_days: int | None, exclude_malicious: bool,
-            data_dir: str | None, model_dir: str | None) -> None:
+            data_dir: str | None, model_dir: str | None, output_dir: str | None) -> None:
     """Train StandardScaler + IsolationForest and calibrate the alert threshold.
 
     Features come from the same code the scorer and the API use; the threshold is the
-    configured percentile (default 98th) of the training anomaly scores.
+    configured percentile (default 98th) of the training anomaly scores. Baselines leave
+    out the user-days whose alerts are published under --output-dir (baseline poisoning
+    protection, docs/features.md), as `score` does: pass the directory `score` writes to.
 
     \b
     Example:
@@ -33,7 +43,7 @@ def command(ctx: click.Context, end_date: date | None, window_days: int | None, 
     """
     from uba.training import train_model
 
-    settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir)
+    settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir, output_dir=output_dir)
     malicious: set[str] = set()
     if exclude_malicious:
         from uba.feedback import confirmed_malicious_ids

@@ -39,6 +39,7 @@ import polars as pl
 
 from uba import io
 from uba.alerts.records import alert_id
+from uba.feedback import latest_feedback
 from uba.settings import BaselineProtectionSettings
 
 UNLEARNED_SCHEMA: dict[str, pl.DataType] = {"user_id": pl.String(), "event_date": pl.Date()}
@@ -106,8 +107,6 @@ def without_user_days(aggregates: pl.LazyFrame, unlearned: pl.DataFrame) -> pl.L
 
 def benign_verdict_ids(data_dir: Path) -> set[str]:
     """Ids (event ids or alert ids) whose latest analyst label is benign."""
-    from uba.feedback import latest_feedback
-
     latest = latest_feedback(data_dir).filter(pl.col("label") == "benign").select("event_id").collect()
     return set(latest["event_id"].to_list())
 
@@ -117,6 +116,9 @@ def _published(output_dir: Path, dataset: str, day: date, wanted: tuple[str, ...
     scan = io.scan_partition(output_dir, dataset, day)
     if scan is None:
         return None
+    for part in io.partition_files(output_dir, dataset, day):
+        io.check_readable(part, f"baseline protection reads the alerts of {day.isoformat()} from it; "
+                                "re-score that day (backfill --force) or restore it from a backup")
     names = scan.collect_schema().names()
     return scan.select([c for c in wanted if c in names]).collect()
 

@@ -137,7 +137,7 @@ def unlearned_as_of(output_dir: Path | None, data_dir: Path, as_of: date, settin
     if output_dir is None:
         return pl.DataFrame(schema=UNLEARNED_SCHEMA)
     days = lookback_days(as_of, settings.features.lookback_days)
-    oldest = as_of - timedelta(days=settings.baseline_protection.max_days)
+    oldest = as_of - timedelta(days=min(settings.baseline_protection.max_days, (as_of - date.min).days))
     return unlearned_user_days(Path(output_dir), data_dir, [d for d in days if d >= oldest],
                                settings.baseline_protection)
 
