@@ -43,16 +43,14 @@ def command(ctx: click.Context, start: date | None, end: date | None, model_vers
       uba-batch evaluate --data-dir data --model-dir models --start 2026-03-22 --end 2026-03-28
     """
     from uba import io
-    from uba.artifacts import load_bundle
     from uba.errors import UserError
     from uba.evaluate import evaluate, plot_report, public_report
     from uba.evaluate_users import plot_user_pr, user_level_report
-    from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
     from uba.pipeline import date_range
+    from uba.scoring.driver import load_scoring_bundle
 
     settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir, output_dir=output_dir)
-    bundle = load_bundle(settings.paths.model_dir, model_version, expected_features=FEATURE_COLUMNS,
-                         expected_feature_set_version=FEATURE_SET_VERSION)
+    bundle = load_scoring_bundle(settings, model_version)
     training_end = date.fromisoformat(bundle.metadata["training_window"]["end"])
     if start is None and end is None:
         days = _default_days(settings.paths.data_dir, training_end)

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from uba.features.aggregates import (
+    DOWNLOAD,
     FLOAT_SUM_COLUMNS,
     HOUR_RADIANS,
     HOURS,
@@ -533,19 +534,47 @@ def _peer_priors(users: pl.LazyFrame, pop: pl.LazyFrame, peers: pl.LazyFrame, de
                  events: list[str], features: FeatureSettings) -> pl.LazyFrame:
     """Each user's prior: their peer group's statistics, computed exactly as the
     population's are but over the group's users, or the population's for a user with
-    no group or in a group of fewer than ``peer_min_users`` users active in the window."""
+    no group or in a group of fewer than ``peer_min_users`` users active in the window.
+
+    Also the group's own habits the peer deviation features compare an event with
+    (:func:`peer_columns`; null for a user without a usable group)."""
     names = prior_columns(devices, events)
     grouped = users.join(peers.select("user_id", "peer_group"), on="user_id", how="inner")
     groups = _population_stats(_population_sums(grouped, devices, events, by="peer_group"),
                                devices, events, features)
     groups = groups.filter(pl.col("n_users") >= features.peer_min_users).select(
-        "peer_group", pl.lit(True).alias("_peer"), *(pl.col(c).alias(prior_name(c)) for c in names))
+        "peer_group", pl.lit(True).alias("_peer"), *(pl.col(c).alias(prior_name(c)) for c in names),
+        *_peer_habits(devices, events, features))
     fallback = pop.select(*(pl.col(c).alias("_pop_" + c) for c in names))
     chosen = users.select("user_id").join(peers.select("user_id", "peer_group"), on="user_id", how="left") \
         .join(groups, on="peer_group", how="left").join(fallback, how="cross")
     return chosen.select("user_id", *(
         pl.when(pl.col("_peer")).then(pl.col(prior_name(c))).otherwise(pl.col("_pop_" + c)).alias(prior_name(c))
-        for c in names))
+        for c in names), *peer_columns(devices, events))
+
+
+def peer_columns(devices: list[str], events: list[str]) -> list[str]:
+    """The snapshot columns of a user's peer group's habits (present only with a directory).
+
+    ``peer_hour_mean`` / ``peer_hour_spread``: circular mean and total circular spread of
+    the group's events' hours (hours); ``peer_p_device_<d>``: the group's smoothed device
+    shares; ``peer_p_event_download``: its smoothed download share (when downloads are a
+    category). Shares are smoothed like the population's (one pseudo-event per category).
+    """
+    cols = ["peer_hour_mean", "peer_hour_spread", *(f"peer_{prob_col('device', d)}" for d in devices)]
+    return cols + [f"peer_{prob_col('event', DOWNLOAD)}"] if DOWNLOAD in events else cols
+
+
+def _peer_habits(devices: list[str], events: list[str], features: FeatureSettings) -> list[pl.Expr]:
+    """A group's habits from its ``_population_stats`` row (see :func:`peer_columns`)."""
+    cos_mean, sin_mean = pl.col("pop_cos_mean"), pl.col("pop_sin_mean")
+    out = [_circular_mean_hours(cos_mean, sin_mean).alias("peer_hour_mean"),
+           _circular_spread_hours(cos_mean, sin_mean).clip(features.min_hour_spread, MAX_HOUR_SPREAD)
+           .alias("peer_hour_spread")]
+    out += [pl.col(f"pop_{prob_col('device', d)}").alias(f"peer_{prob_col('device', d)}") for d in devices]
+    if DOWNLOAD in events:
+        out.append(pl.col(f"pop_{prob_col('event', DOWNLOAD)}").alias(f"peer_{prob_col('event', DOWNLOAD)}"))
+    return out
 
 
 def peer_groups(directory: pl.DataFrame, by: str) -> pl.DataFrame:
@@ -590,8 +619,10 @@ def user_baselines(aggregates: pl.LazyFrame, as_of: date, features: FeatureSetti
 
     ``peers`` (``user_id``, ``peer_group``; see :func:`peer_groups`) comes from the user
     directory: each user in a group of at least ``features.peer_min_users`` active users
-    is shrunk toward that group's statistics instead of the population's. ``None`` (no
-    directory) is the population prior for everyone.
+    is shrunk toward that group's statistics instead of the population's, and every row
+    also carries the group's habits (:func:`peer_columns`, for the peer deviation
+    features). ``None`` (no directory) is the population prior for everyone and exactly
+    the columns of :func:`baseline_columns`.
 
     Only aggregate rows strictly before ``as_of`` are used, whatever ``aggregates`` holds,
     so a day is never scored against a baseline that already contains it. The
@@ -613,6 +644,9 @@ def user_baselines(aggregates: pl.LazyFrame, as_of: date, features: FeatureSetti
     user_rows = _user_rows(users, pop, priors, as_of, devices, events, features)
     pop_row = _population_row(pop.join(pop_days, how="cross"), as_of, devices, events, features)
     columns = baseline_columns(devices, events)
+    if peers is not None:  # the peer group's habits, for the peer deviation features
+        columns += peer_columns(devices, events)
+        pop_row = pop_row.with_columns(pl.lit(None, pl.Float64).alias(c) for c in peer_columns(devices, events))
     stamp = pl.lit(as_of, pl.Date).alias("as_of")
     frames = [f.with_columns(stamp).select(columns) for f in (user_rows, pop_row)]
     return pl.concat(frames, how="vertical_relaxed").sort(

@@ -17,7 +17,8 @@ from pathlib import Path
 import polars as pl
 
 from uba import io
-from uba.directory import load_directory
+from uba.artifacts import PeerContext
+from uba.directory import directory_path, load_directory
 from uba.features.aggregates import AGGREGATES_VERSION, daily_aggregates, empty_aggregates
 from uba.features.baselines import peer_groups, user_baselines
 from uba.features.protection import UNLEARNED_SCHEMA, unlearned_user_days, without_user_days
@@ -127,6 +128,13 @@ def peers_of(data_dir: Path, settings: Settings) -> pl.DataFrame | None:
     None without a directory, so baselines are exactly what they were before peer groups."""
     directory = load_directory(data_dir)
     return None if directory is None else peer_groups(directory, settings.features.peer_group_by)
+
+
+def directory_context(data_dir: Path) -> PeerContext:
+    """Whether scoring with ``data_dir`` has a user directory, hence peer features: what a
+    bundle's feature set is checked against before a batch run."""
+    path = directory_path(data_dir)
+    return PeerContext(present=path.is_file(), source=str(path) + ("" if path.is_file() else " does not exist"))
 
 
 def unlearned_as_of(output_dir: Path | None, data_dir: Path, as_of: date, settings: Settings) -> pl.DataFrame:
