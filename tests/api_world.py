@@ -30,7 +30,8 @@ from waiting import wait_until
 from uba import io
 from uba.artifacts import save_bundle
 from uba.features import ensure_aggregates, event_features, snapshot_baselines
-from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
+from uba.features.compiled import feature_columns
+from uba.features.events import FEATURE_SET_VERSION, has_peer_statistics
 from uba.generate import GenerationOptions
 from uba.generate.store import write_generated
 from uba.model import fit_detector
@@ -56,6 +57,7 @@ class World:
     output_dir: Path
     version: str
     training_matrix: Path
+    own_settings: tuple[tuple[str, str], ...] = ()  # UBA_* settings of this world (e.g. peer groups)
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a server or CLI run against this world (settings via UBA_*)."""
@@ -63,6 +65,7 @@ class World:
         env.update(UBA_DATA_DIR=str(self.data_dir), UBA_MODEL_DIR=str(self.model_dir),
                    UBA_OUTPUT_DIR=str(self.output_dir), UBA_MODEL__N_ESTIMATORS=str(N_ESTIMATORS),
                    RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+        env.update(dict(self.own_settings))
         env.update(extra)
         return env
 
@@ -72,7 +75,7 @@ class World:
     def copy(self, dest: Path) -> World:
         shutil.copytree(self.root, dest)
         return World(dest, dest / "data", dest / "models", dest / "output", self.version,
-                     dest / self.training_matrix.relative_to(self.root))
+                     dest / self.training_matrix.relative_to(self.root), self.own_settings)
 
 
 def train_bundle(settings: Settings, days: list[date], baselines: pl.DataFrame) -> tuple[str, np.ndarray]:
@@ -85,10 +88,13 @@ def train_bundle(settings: Settings, days: list[date], baselines: pl.DataFrame) 
     data_dir = settings.paths.data_dir
     events = pl.concat([io.scan_events(data_dir, d) for d in days], how="vertical")
     features = event_features(events, baselines.lazy()).collect()
-    X = np.ascontiguousarray(features.select(list(FEATURE_COLUMNS)).to_numpy(), dtype=np.float64)
-    detector, _ = fit_detector(X, FEATURE_COLUMNS, settings.model, settings.threshold.percentile)
+    peers = has_peer_statistics(baselines)  # a directory at training: the peer features too
+    names = feature_columns(peers)
+    X = np.ascontiguousarray(features.select(list(names)).to_numpy(), dtype=np.float64)
+    detector, _ = fit_detector(X, names, settings.model, settings.threshold.percentile)
     metadata = {
         "feature_set_version": FEATURE_SET_VERSION,
+        "peer_features": peers,
         "training_window": {"start": days[0].isoformat(), "end": days[-1].isoformat()},
         "rows": {"training": int(features.height)},
     }
@@ -99,27 +105,34 @@ def training_days() -> list[date]:
     return [START + timedelta(days=i) for i in range(TRAIN_DAYS)]
 
 
-def build_world(root: Path, users: int = 30, seed: int = 11) -> World:
-    world = World(root, root / "data", root / "models", root / "output", "", root / "train.npy")
+def build_world(root: Path, users: int = 30, seed: int = 11, directory: bool = False) -> World:
+    """A world; ``directory``: with the generated user directory (peer features on), in
+    peer groups of at least 3 users so a world this small has some, and more injected
+    anomalies so some events deviate from their group."""
+    own = (("UBA_FEATURES__PEER_MIN_USERS", "3"),) if directory else ()
+    world = World(root, root / "data", root / "models", root / "output", "", root / "train.npy", own)
     settings = world.settings()
-    write_generated(GenerationOptions(users=users, days=TRAIN_DAYS + 1, start=START, seed=seed),
-                    world.data_dir, settings)
+    options = GenerationOptions(users=users, days=TRAIN_DAYS + 1, start=START, seed=seed,
+                                anomaly_rate=0.1 if directory else 0.02)
+    write_generated(options, world.data_dir, settings, with_directory=directory)
     days = training_days()
     ensure_aggregates(world.data_dir, [*days, SCORE_DAY], settings.events)
     baselines, _ = snapshot_baselines(world.data_dir, SCORE_DAY, settings)
     version, X = train_bundle(settings, days, baselines)
     np.save(world.training_matrix, X)
-    return World(root, world.data_dir, world.model_dir, world.output_dir, version, world.training_matrix)
+    return World(root, world.data_dir, world.model_dir, world.output_dir, version, world.training_matrix, own)
 
 
 _WORLDS: dict[str, World] = {}
 
 
-def shared_world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    """One world per test session (it costs seconds); tests that change it take a copy."""
-    if "world" not in _WORLDS:
-        _WORLDS["world"] = build_world(tmp_path_factory.mktemp("api-world"))
-    return _WORLDS["world"]
+def shared_world(tmp_path_factory: pytest.TempPathFactory, directory: bool = False) -> World:
+    """One world per test session (it costs seconds); tests that change it take a copy.
+    ``directory``: the world with a user directory (a separate one)."""
+    key = "directory" if directory else "world"
+    if key not in _WORLDS:
+        _WORLDS[key] = build_world(tmp_path_factory.mktemp(f"api-{key}"), directory=directory)
+    return _WORLDS[key]
 
 
 def as_payload(row: dict[str, Any]) -> dict[str, Any]:

@@ -13,17 +13,22 @@ import pytest
 from api_world import SCORE_DAY, as_payload, running_server, shared_world
 
 from uba import io
+from uba.features.compiled import PEER_FEATURE_COLUMNS, compile_baselines
+from uba.features.events import features_frame
 
 CHUNK = 70  # several batches per day, none at the limit
 SINGLE_EVERY = 3  # every third event is also posted alone to /predict
 
 
-@pytest.mark.parametrize("per_user", [True, False], ids=["per-user-cuts", "global-cut"])
+@pytest.mark.parametrize(("per_user", "directory"), [(True, False), (False, False), (True, True)],
+                         ids=["per-user-cuts", "global-cut", "directory-peer-features"])
 def test_predict_and_predict_batch_match_batch_scoring(tmp_path_factory: pytest.TempPathFactory,
-                                                       per_user: bool) -> None:
-    world = shared_world(tmp_path_factory).copy(tmp_path_factory.mktemp("parity") / "world")
+                                                       per_user: bool, directory: bool) -> None:
+    world = shared_world(tmp_path_factory, directory).copy(tmp_path_factory.mktemp("parity") / "world")
     env = world.env(UBA_USER_THRESHOLDS__ENABLED=str(per_user).lower())
     uba_batch = str(Path(sys.executable).parent / "uba-batch")
+    if directory:
+        _ingest_off_habit_events(world.data_dir, uba_batch, env, tmp_path_factory.mktemp("off-habit"))
     run = subprocess.run([uba_batch, "score", "--date", SCORE_DAY.isoformat(), "--workers", "1"],
                          env={**env, "UBA_SCORING__CHUNK_ROWS": "200"}, capture_output=True, text=True,
                          timeout=180)
@@ -34,6 +39,7 @@ def test_predict_and_predict_batch_match_batch_scoring(tmp_path_factory: pytest.
 
     events = io.scan_events(world.data_dir, SCORE_DAY).collect()
     assert events.height == batch.height > 100
+    _assert_peer_features(events, snapshot[1], directory)
     answers: dict[str, dict] = {}
     with running_server(env, tmp_path_factory.mktemp("parity-log") / "api.log") as server, \
             server.client() as client:
@@ -81,3 +87,36 @@ def test_predict_and_predict_batch_match_batch_scoring(tmp_path_factory: pytest.
         assert info["per_user_thresholds"]["users"] > 0
     else:
         assert moved == 0
+
+
+def _ingest_off_habit_events(data_dir: Path, uba_batch: str, env: dict[str, str], tmp: Path) -> None:
+    """Copies of some of the day's events twelve hours away and on the other device,
+    ingested as the day's events, so the peer deviations are not all 0 on the day."""
+    events = io.scan_events(data_dir, SCORE_DAY).collect().gather_every(6)
+    hour = (pl.col("hour_of_day") + 12) % 24
+    moved = events.with_columns(
+        ("off-" + pl.col("event_id")).alias("event_id"),
+        hour.alias("hour_of_day"),
+        (pl.col("timestamp").dt.truncate("1d") + pl.duration(hours=hour, minutes=pl.col("timestamp").dt.minute()))
+        .alias("timestamp"),
+        pl.when(pl.col("device_type") == "mobile").then(pl.lit("desktop")).otherwise(pl.lit("mobile"))
+        .alias("device_type"),
+    ).drop("event_date", strict=False)
+    moved.write_parquet(tmp / "off-habit.parquet")
+    run = subprocess.run([uba_batch, "ingest", str(tmp / "off-habit.parquet")], env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+
+
+def _assert_peer_features(events: pl.DataFrame, snapshot: Path, directory: bool) -> None:
+    """With a directory the snapshot both sides score from has peer statistics and the
+    day's events get non-zero peer deviations (so the comparison covers them); without
+    one, neither."""
+    compiled = compile_baselines(io.read_baseline_snapshot(snapshot))
+    assert (compiled.peers is not None) is directory
+    features = features_frame(events, compiled)
+    if not directory:
+        assert not set(PEER_FEATURE_COLUMNS) & set(features.columns)
+        return
+    for name in ("peer_hour_deviation", "peer_device_rarity"):
+        assert (features[name] > 0).sum() > 0, name

@@ -475,6 +475,30 @@ def _check_format(path: Path, body: Any, version: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class PeerContext:
+    """Whether the scoring side has a user directory (peer-group statistics), and what
+    was looked at (``/data/directory/users.parquet``, ``baseline snapshot as of D``)."""
+
+    present: bool
+    source: str
+
+
+def _check_peer_features(path: Path, body: Mapping[str, Any], peers: PeerContext) -> None:
+    """The directory present at training fixed the bundle's feature set: one line when
+    the scoring side differs, naming what differs and the remedy."""
+    trained = body.get("peer_features") is True
+    if trained and not peers.present:
+        raise BundleError(
+            f"{path}: the model was trained with peer features (a user directory was stored at training) "
+            f"but scoring has no directory ({peers.source}); import it (uba-batch users import FILE) "
+            "or retrain without one")
+    if peers.present and not trained:
+        raise BundleError(
+            f"{path}: the model was trained without peer features (no user directory at training) but "
+            f"scoring has a directory ({peers.source}); retrain the model to use it, or remove the directory")
+
+
 def _check_features(
     path: Path,
     body: Mapping[str, Any],
@@ -621,12 +645,14 @@ def load_bundle(
     version: str | None = None,
     expected_features: Sequence[str] | None = None,
     expected_feature_set_version: str | None = None,
+    peers: PeerContext | None = None,
 ) -> Bundle:
     """Load and verify a bundle (the ``LATEST`` one by default); refuse anything doubtful.
 
     Callers pass the feature list and feature-set version of the code that will feed
     the detector, so a model trained on other features is refused rather than fed
-    misaligned columns.
+    misaligned columns. ``peers`` says whether the scoring side has a user directory
+    (peer features): a bundle trained the other way is refused first, with the remedy.
     """
     model_dir = Path(model_dir)
     version = _resolve_version(model_dir, version)
@@ -635,6 +661,8 @@ def load_bundle(
     body_path = bundle_dir / BUNDLE_FILE
     body = _parse_json(body_path, contents[BUNDLE_FILE])
     _check_format(body_path, body, version)
+    if peers is not None:
+        _check_peer_features(body_path, body, peers)
     _check_features(body_path, body, expected_features, expected_feature_set_version)
     arrays = _load_arrays(bundle_dir / FOREST_FILE, contents[FOREST_FILE])
     detector = _rebuild_detector(body_path, bundle_dir / FOREST_FILE, body, arrays)

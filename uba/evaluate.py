@@ -256,12 +256,10 @@ def run_evaluation(settings: Settings, start: date | None, end: date | None, mod
     The default report directory is <output-dir>/evaluation; user-level figures are
     written only when the labels have campaigns and their days were scored.
     """
-    from uba.artifacts import load_bundle
     from uba.evaluate_users import plot_user_pr, user_level_report
-    from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
+    from uba.scoring.driver import load_scoring_bundle  # the same directory check as score
 
-    bundle = load_bundle(settings.paths.model_dir, model_version, expected_features=FEATURE_COLUMNS,
-                         expected_feature_set_version=FEATURE_SET_VERSION)
+    bundle = load_scoring_bundle(settings, model_version)
     training_end = date.fromisoformat(bundle.metadata["training_window"]["end"])
     days = evaluation_days(Path(settings.paths.data_dir), training_end, start, end)
     if not days:

@@ -129,6 +129,12 @@ class FeatureSettings(_Section):
     min_hour_spread: float = Field(1.0, gt=0)
     min_log_spread: float = Field(0.25, gt=0)
     prior_strength_sessions: float = Field(10.0, gt=0)
+    # Peer groups (docs/features.md#peer-groups), used only where a user directory is
+    # stored: a user is shrunk toward their group's baseline instead of the population's.
+    peer_group_by: Literal["department", "department_role"] = "department"
+    # a group with fewer users active in the lookback falls back to the population: the
+    # between-user variances its priors are estimated from are too noisy below this
+    peer_min_users: int = Field(10, ge=2, le=1_000_000)
 
 
 class BaselineProtectionSettings(_Section):

@@ -19,7 +19,8 @@ from uba import io
 from uba.artifacts import feature_reference, save_bundle, score_summary
 from uba.errors import UserError
 from uba.features import snapshot_baselines
-from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
+from uba.features.compiled import PEER_FEATURE_COLUMNS, feature_columns
+from uba.features.events import FEATURE_SET_VERSION
 from uba.logs import get_logger
 from uba.model import fit_detector
 from uba.operations import after_training, training_metadata
@@ -100,26 +101,30 @@ def train_model(
     features = _sample_rows(features, settings.train.max_training_rows, settings.model.random_state)
     if features.height < 100:
         raise UserError(f"only {features.height} training events between {days[0]} and {days[-1]}; need at least 100")
-    matrix = feature_matrix(features)
+    # the directory present at training fixes the feature set (scoring refuses a mismatch)
+    peers = all(c in features.columns for c in PEER_FEATURE_COLUMNS)
+    names = feature_columns(peers)
+    matrix = feature_matrix(features, names)
     detector, train_scores = fit_detector(
-        matrix, FEATURE_COLUMNS, settings.model, settings.threshold.percentile
+        matrix, names, settings.model, settings.threshold.percentile
     )
     present = sorted({d for d in days if io.partition_files(data_dir, io.EVENTS, d)})
     metadata: dict[str, Any] = {
         "feature_set_version": FEATURE_SET_VERSION,
+        "peer_features": peers,
         "training_window": {"start": days[0].isoformat(), "end": days[-1].isoformat(),
                             "days_with_data": len(present)},
         "rows": {"training": int(features.height), "users": int(features["user_id"].n_unique()),
                  "excluded_confirmed_malicious": excluded},
         "score_summary": score_summary(train_scores),
-        "feature_reference": feature_reference(matrix, FEATURE_COLUMNS),
+        "feature_reference": feature_reference(matrix, names),
         "data_fingerprint": data_fingerprint(data_dir, present),
         "settings": {"model": settings.model.model_dump(mode="json"),
                      "features": settings.features.model_dump(mode="json"),
                      "threshold_percentile": settings.threshold.percentile},
     }
     # per-weekday drift references, checksummed with the bundle
-    metadata.update(training_metadata(settings, features, matrix, train_scores, FEATURE_COLUMNS))
+    metadata.update(training_metadata(settings, features, matrix, train_scores, names))
     version = save_bundle(model_dir, detector, metadata)
     # per-user score table for per-user thresholds, from these scores
     after_training(settings, Path(model_dir) / version, features, train_scores)

@@ -19,11 +19,11 @@ import polars as pl
 from uba import io
 from uba.api.inference import ScoringEvent, score_events
 from uba.api.model_state import BaselineIndex, ModelState, RulesKey, Scorer
-from uba.artifacts import Bundle, load_bundle
+from uba.artifacts import Bundle, PeerContext, load_bundle
 from uba.errors import BundleError, UserError
 from uba.features.baselines import POPULATION_USER
-from uba.features.compiled import compile_baselines
-from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
+from uba.features.compiled import compile_baselines, feature_columns
+from uba.features.events import FEATURE_SET_VERSION
 from uba.feedback import load_rules
 from uba.logs import get_logger
 from uba.settings import Settings
@@ -120,12 +120,15 @@ def load_suppression_rules(data_dir: Path) -> tuple[pl.DataFrame, RulesKey]:
 
 def load_state(settings: Settings) -> ModelState:
     """Load the newest bundle + snapshot (+ per-user cuts, suppression rules) and prove they score a probe event."""
+    baselines = load_baselines(settings.paths.data_dir)
+    # the snapshot has peer statistics iff a directory was stored when it was built
+    peers = baselines.compiled.peers is not None
     bundle = load_bundle(
         settings.paths.model_dir,
-        expected_features=FEATURE_COLUMNS,
+        expected_features=feature_columns(peers),
         expected_feature_set_version=FEATURE_SET_VERSION,
+        peers=PeerContext(peers, f"baseline snapshot as of {baselines.as_of}, {baselines.path}"),
     )
-    baselines = load_baselines(settings.paths.data_dir)
     scorer, scorer_name = build_scorer(bundle, settings)
     rules, key = load_suppression_rules(settings.paths.data_dir)
     state = ModelState(bundle=bundle, baselines=baselines, scorer=scorer, scorer_name=scorer_name,

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from uba.features.aggregates import (
+    DOWNLOAD,
     FLOAT_SUM_COLUMNS,
     HOUR_RADIANS,
     HOURS,
@@ -172,13 +173,15 @@ def _user_moments() -> list[pl.Expr]:
     return out
 
 
-def _population_sums(users: pl.LazyFrame, devices: list[str], events: list[str]) -> pl.LazyFrame:
-    """One row of window totals plus the pooled within-user variances used as priors."""
+def _population_sums(users: pl.LazyFrame, devices: list[str], events: list[str],
+                     by: str | None = None) -> pl.LazyFrame:
+    """One row of window totals plus the pooled within-user variances used as priors
+    (one row per value of ``by`` when given: the peer groups' totals)."""
     counts = [count for _, _, count in _category_specs(devices, events)]
     counts += [hour_col(h) for h in HOURS]  # raw hours, for the population's usual-hours window
     dof = (pl.col("n_events") - 1).clip(0, None).cast(pl.Float64)
     user_spread = _circular_spread_hours(pl.col("_cos_mean"), pl.col("_sin_mean"))
-    return users.select(
+    totals = [
         pl.len().cast(pl.Int64).alias("n_users"),
         pl.col("days_active").sum().alias("user_days"),
         pl.col("first_active").min(),
@@ -197,7 +200,8 @@ def _population_sums(users: pl.LazyFrame, devices: list[str], events: list[str])
         exact_sum(1.0 / pl.col("n_sessions").cast(pl.Float64).clip(1.0, None)).alias("sum_inv_sessions"),
         exact_sum(1.0 / pl.col("n_events").cast(pl.Float64).clip(1.0, None)).alias("sum_inv_events"),
         *_user_share_sums(devices, events),
-    )
+    ]
+    return users.select(*totals) if by is None else users.group_by(by).agg(*totals)
 
 
 def _user_share_sums(devices: list[str], events: list[str]) -> list[pl.Expr]:
@@ -351,7 +355,9 @@ def _evidence(kind: str) -> pl.Expr:
 def _shrunk_shares(specs: list[tuple[str, str, str]]) -> list[pl.Expr]:
     """Raw shares and Dirichlet-smoothed shares (alpha pseudo-sessions shaped like the population).
 
-    ``alpha`` is the kind's empirical-Bayes prior strength (``pop_share_prior_<kind>``).
+    ``alpha`` is the kind's empirical-Bayes prior strength (``pop_share_prior_<kind>``,
+    the peer group's where there is one) and the pseudo-sessions are shaped like the
+    prior's shares; the rarity compares the result with the whole population.
 
     The evidence for device, hour and weekday is counted in sessions, not events: the
     events of one session share its device and hour, so 200 events in 40 sessions are 40
@@ -363,14 +369,15 @@ def _shrunk_shares(specs: list[tuple[str, str, str]]) -> list[pl.Expr]:
     n = pl.col("n_events").cast(pl.Float64)
     out = []
     for kind in SHARE_KINDS:
-        alpha, evidence = pl.col(f"pop_share_prior_{kind}"), _evidence(kind)
+        alpha, evidence = pl.col(prior_name(f"pop_share_prior_{kind}")), _evidence(kind)
         out += [alpha.alias(f"share_prior_{kind}"),
                 ((evidence + alpha) / alpha).log().alias(f"unseen_rarity_{kind}")]
     for kind, label, count_name in specs:
-        alpha, evidence = pl.col(f"pop_share_prior_{kind}"), _evidence(kind)
+        alpha, evidence = pl.col(prior_name(f"pop_share_prior_{kind}")), _evidence(kind)
         share = pl.col(count_name).cast(pl.Float64) / n
         pop = pl.col(f"pop_{prob_col(kind, label)}")
-        shrunk = (share * evidence + alpha * pop) / (evidence + alpha)
+        target = pl.col(prior_name(f"pop_{prob_col(kind, label)}"))
+        shrunk = (share * evidence + alpha * target) / (evidence + alpha)
         out.append(shrunk.alias(prob_col(kind, label)))
         out.append((pop / shrunk).log().clip(0.0, None).alias(rarity_col(kind, label)))
         if kind != "hour":
@@ -390,9 +397,14 @@ def _population_reference(features: FeatureSettings) -> list[pl.Expr]:
     return out
 
 
-def _user_rows(users: pl.LazyFrame, pop: pl.LazyFrame, as_of: date, devices: list[str],
+def _user_rows(users: pl.LazyFrame, pop: pl.LazyFrame, priors: pl.LazyFrame | None, as_of: date, devices: list[str],
                events: list[str], features: FeatureSettings) -> pl.LazyFrame:
-    """Shrink each user's statistics toward the population and floor the spreads.
+    """Shrink each user's statistics toward their prior and floor the spreads.
+
+    ``priors`` (``user_id`` and the ``prior_*`` columns, see :func:`prior_columns`) is
+    the user's peer group's statistics where a directory names one (:func:`_peer_priors`);
+    ``None`` is the population's for everyone. The "extreme for anyone" reference and
+    the rarities stay relative to the whole population either way.
 
     Means: empirical Bayes, weight ``n / (n + k)`` with ``n`` the user's sessions and
     ``k = within-user variance / between-user variance`` estimated from everyone (at
@@ -408,17 +420,20 @@ def _user_rows(users: pl.LazyFrame, pop: pl.LazyFrame, as_of: date, devices: lis
     sessions = pl.col("n_sessions").cast(pl.Float64).clip(1.0, None)
     joined = _with_usual_hours(users).join(
         pop.select(pl.selectors.starts_with("pop_")), how="cross"
-    ).with_columns(
+    )
+    joined = joined.with_columns(pl.col(c).alias(prior_name(c)) for c in prior_columns(devices, events)) \
+        if priors is None else joined.join(priors, on="user_id", how="left")
+    joined = joined.with_columns(
         shrink_weight=pl.col("days_active").cast(pl.Float64)
         / (pl.col("days_active").cast(pl.Float64) + prior),
-        **{f"mean_weight_{stat}": sessions / (sessions + pl.col(f"pop_prior_sessions_{stat}"))
+        **{f"mean_weight_{stat}": sessions / (sessions + pl.col(prior_name(f"pop_prior_sessions_{stat}")))
            for stat in LOG_STATS},
     )
     moments = []
     for stat in LOG_STATS:
-        wm, k = pl.col(f"mean_weight_{stat}"), pl.col(f"pop_prior_sessions_{stat}")
-        mean = wm * pl.col(f"raw_mean_{stat}") + (1 - wm) * pl.col(f"pop_mean_{stat}")
-        var = w * pl.col(f"raw_var_{stat}") + (1 - w) * pl.col(f"pop_within_var_{stat}")
+        wm, k = pl.col(f"mean_weight_{stat}"), pl.col(prior_name(f"pop_prior_sessions_{stat}"))
+        mean = wm * pl.col(f"raw_mean_{stat}") + (1 - wm) * pl.col(prior_name(f"pop_mean_{stat}"))
+        var = w * pl.col(f"raw_var_{stat}") + (1 - w) * pl.col(prior_name(f"pop_within_var_{stat}"))
         var = var * (1.0 + 1.0 / (sessions + k))
         moments += [
             mean.alias(f"mean_{stat}"),
@@ -427,7 +442,7 @@ def _user_rows(users: pl.LazyFrame, pop: pl.LazyFrame, as_of: date, devices: lis
         ]
     user_spread = _circular_spread_hours(pl.col("_cos_mean"), pl.col("_sin_mean"))
     own_mean = _circular_mean_hours(pl.col("_cos_mean"), pl.col("_sin_mean"))
-    hour_var = (w * user_spread**2 + (1 - w) * pl.col("pop_within_var_hour")) * (1.0 + 1.0 / sessions)
+    hour_var = (w * user_spread**2 + (1 - w) * pl.col(prior_name("pop_within_var_hour"))) * (1.0 + 1.0 / sessions)
     moments += [
         own_mean.alias("raw_hour_mean"),
         user_spread.alias("raw_hour_spread"),
@@ -502,6 +517,78 @@ def _population_row(pop: pl.LazyFrame, as_of: date, devices: list[str], events: 
     return _with_usual_hours(pop).with_columns(exprs)
 
 
+def prior_name(pop_column: str) -> str:
+    """The shrinkage-target twin of a population column: ``pop_mean_x`` -> ``prior_mean_x``."""
+    return "prior_" + pop_column.removeprefix("pop_")
+
+
+def prior_columns(devices: list[str], events: list[str]) -> list[str]:
+    """The population columns a user is shrunk toward (the peer group replaces them)."""
+    cols = [f"pop_{name}_{stat}" for stat in LOG_STATS for name in ("mean", "within_var", "prior_sessions")]
+    cols += ["pop_within_var_hour", *(f"pop_share_prior_{kind}" for kind in SHARE_KINDS)]
+    cols += [f"pop_{prob_col(kind, label)}" for kind, label, _ in _category_specs(devices, events)]
+    return cols
+
+
+def _peer_priors(users: pl.LazyFrame, pop: pl.LazyFrame, peers: pl.LazyFrame, devices: list[str],
+                 events: list[str], features: FeatureSettings) -> pl.LazyFrame:
+    """Each user's prior: their peer group's statistics, computed exactly as the
+    population's are but over the group's users, or the population's for a user with
+    no group or in a group of fewer than ``peer_min_users`` users active in the window.
+
+    Also the group's own habits the peer deviation features compare an event with
+    (:func:`peer_columns`; null for a user without a usable group)."""
+    names = prior_columns(devices, events)
+    grouped = users.join(peers.select("user_id", "peer_group"), on="user_id", how="inner")
+    groups = _population_stats(_population_sums(grouped, devices, events, by="peer_group"),
+                               devices, events, features)
+    groups = groups.filter(pl.col("n_users") >= features.peer_min_users).select(
+        "peer_group", pl.lit(True).alias("_peer"), *(pl.col(c).alias(prior_name(c)) for c in names),
+        *_peer_habits(devices, events, features))
+    fallback = pop.select(*(pl.col(c).alias("_pop_" + c) for c in names))
+    chosen = users.select("user_id").join(peers.select("user_id", "peer_group"), on="user_id", how="left") \
+        .join(groups, on="peer_group", how="left").join(fallback, how="cross")
+    return chosen.select("user_id", *(
+        pl.when(pl.col("_peer")).then(pl.col(prior_name(c))).otherwise(pl.col("_pop_" + c)).alias(prior_name(c))
+        for c in names), *peer_columns(devices, events))
+
+
+def peer_columns(devices: list[str], events: list[str]) -> list[str]:
+    """The snapshot columns of a user's peer group's habits (present only with a directory).
+
+    ``peer_hour_mean`` / ``peer_hour_spread``: circular mean and total circular spread of
+    the group's events' hours (hours); ``peer_p_device_<d>``: the group's smoothed device
+    shares; ``peer_p_event_download``: its smoothed download share (when downloads are a
+    category). Shares are smoothed like the population's (one pseudo-event per category).
+    """
+    cols = ["peer_hour_mean", "peer_hour_spread", *(f"peer_{prob_col('device', d)}" for d in devices)]
+    return cols + [f"peer_{prob_col('event', DOWNLOAD)}"] if DOWNLOAD in events else cols
+
+
+def _peer_habits(devices: list[str], events: list[str], features: FeatureSettings) -> list[pl.Expr]:
+    """A group's habits from its ``_population_stats`` row (see :func:`peer_columns`)."""
+    cos_mean, sin_mean = pl.col("pop_cos_mean"), pl.col("pop_sin_mean")
+    out = [_circular_mean_hours(cos_mean, sin_mean).alias("peer_hour_mean"),
+           _circular_spread_hours(cos_mean, sin_mean).clip(features.min_hour_spread, MAX_HOUR_SPREAD)
+           .alias("peer_hour_spread")]
+    out += [pl.col(f"pop_{prob_col('device', d)}").alias(f"peer_{prob_col('device', d)}") for d in devices]
+    if DOWNLOAD in events:
+        out.append(pl.col(f"pop_{prob_col('event', DOWNLOAD)}").alias(f"peer_{prob_col('event', DOWNLOAD)}"))
+    return out
+
+
+def peer_groups(directory: pl.DataFrame, by: str) -> pl.DataFrame:
+    """``user_id``, ``peer_group`` from the directory: the department, or department and
+    role (``by``); a user with no department has no group (the population is their prior)."""
+    group = pl.col("department") if by == "department" else \
+        pl.concat_str(pl.col("department"), pl.col("role").fill_null("?"), separator="/")
+    return directory.select("user_id", group.alias("peer_group")).filter(pl.col("peer_group").is_not_null())
+
+
+def _as_lazy(frame: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
+    return frame.lazy() if isinstance(frame, pl.DataFrame) else frame
+
+
 def baseline_columns(devices: list[str], events: list[str]) -> list[str]:
     """Ordered columns of the baselines frame (the snapshot format the API reads)."""
     cols = [
@@ -526,8 +613,16 @@ def baseline_columns(devices: list[str], events: list[str]) -> list[str]:
     return cols
 
 
-def user_baselines(aggregates: pl.LazyFrame, as_of: date, features: FeatureSettings) -> pl.LazyFrame:
+def user_baselines(aggregates: pl.LazyFrame, as_of: date, features: FeatureSettings,
+                   peers: pl.LazyFrame | pl.DataFrame | None = None) -> pl.LazyFrame:
     """One baseline row per user active in [as_of - lookback_days, as_of), plus the population row.
+
+    ``peers`` (``user_id``, ``peer_group``; see :func:`peer_groups`) comes from the user
+    directory: each user in a group of at least ``features.peer_min_users`` active users
+    is shrunk toward that group's statistics instead of the population's, and every row
+    also carries the group's habits (:func:`peer_columns`, for the peer deviation
+    features). ``None`` (no directory) is the population prior for everyone and exactly
+    the columns of :func:`baseline_columns`.
 
     Only aggregate rows strictly before ``as_of`` are used, whatever ``aggregates`` holds,
     so a day is never scored against a baseline that already contains it. The
@@ -545,9 +640,13 @@ def user_baselines(aggregates: pl.LazyFrame, as_of: date, features: FeatureSetti
         *(pl.col("event_date").filter(pl.col("day_of_week").cast(pl.Int64) == d).n_unique()
           .cast(pl.Int64).alias(dow_days_col(d)) for d in WEEKDAYS)
     )
-    user_rows = _user_rows(users, pop, as_of, devices, events, features)
+    priors = None if peers is None else _peer_priors(users, pop, _as_lazy(peers), devices, events, features)
+    user_rows = _user_rows(users, pop, priors, as_of, devices, events, features)
     pop_row = _population_row(pop.join(pop_days, how="cross"), as_of, devices, events, features)
     columns = baseline_columns(devices, events)
+    if peers is not None:  # the peer group's habits, for the peer deviation features
+        columns += peer_columns(devices, events)
+        pop_row = pop_row.with_columns(pl.lit(None, pl.Float64).alias(c) for c in peer_columns(devices, events))
     stamp = pl.lit(as_of, pl.Date).alias("as_of")
     frames = [f.with_columns(stamp).select(columns) for f in (user_rows, pop_row)]
     return pl.concat(frames, how="vertical_relaxed").sort(

@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from uba.features.aggregates import DOWNLOAD, HOURS, WEEKDAYS, categories_in
-from uba.features.baselines import POPULATION_USER, hour_label, rarity_col, share_col
+from uba.features.baselines import POPULATION_USER, hour_label, prob_col, rarity_col, share_col
 
 # Deviation features, all surprises in nats (0 = as expected for this user).
 DEVIATION_COLUMNS: tuple[str, ...] = (
@@ -59,6 +59,21 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     # how much history backs the baseline
     "log_history_days",
 )
+
+# Deviations from the user's peer group (with a user directory only; docs/features.md):
+# the event compared with the habits of the user's department, in nats like the others.
+PEER_FEATURE_COLUMNS: tuple[str, ...] = (
+    "peer_hour_deviation",
+    "peer_device_rarity",
+    "peer_download_intensity",
+)
+
+
+def feature_columns(peers: bool) -> tuple[str, ...]:
+    """The model's features: FEATURE_COLUMNS, then the peer deviations where a directory
+    gave the snapshot peer-group statistics (the directory at training fixes the set)."""
+    return (*FEATURE_COLUMNS, *PEER_FEATURE_COLUMNS) if peers else FEATURE_COLUMNS
+
 
 # Context the reasons quote; kept next to the features in scored output.
 CONTEXT_COLUMNS: tuple[str, ...] = (
@@ -96,6 +111,10 @@ RARITY_NOISE_NATS = 2.0  # categories count from e^2 ~ 7.4x rarer than for the p
 # a download by a user who downloads 3x less than the population, counted from 1 nat: the
 # evidence of a spree is split over its rows (row-local), so each row's share is small
 DOWNLOAD_NOISE_NATS = 1.0
+# a device rarer for the user's peer group than for everyone, counted from e^1 ~ 2.7x: a
+# group's share is estimated from many users, so it needs less of a dead zone than one
+# user's, and groups are mixtures, so their shares are less extreme than users'
+PEER_RARITY_NOISE_NATS = 1.0
 RARITY_CLIP = 12.0
 HOUR_DEVIATION_CLIP = 12.0
 FIRST_USE_CLIP = 2.0
@@ -144,6 +163,11 @@ class CompiledBaselines:
     event_share: CategoryTable
     dow_share: CategoryTable
     frame: pl.DataFrame  # the snapshot itself (outputs quote a few of its columns)
+    peers: PeerArrays | None = None  # the peer groups' habits; None without a directory
+
+    @property
+    def feature_columns(self) -> tuple[str, ...]:
+        return feature_columns(self.peers is not None)
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -158,6 +182,22 @@ class CompiledBaselines:
         pop, positions = self.population, self.positions
         rows = np.fromiter((positions.get(u, pop) for u in user_ids), dtype=np.intp, count=len(user_ids))
         return rows, rows != pop
+
+
+@dataclass(frozen=True, eq=False)
+class PeerArrays:
+    """A snapshot's peer-group habits per row (NaN: the user has no usable peer group).
+
+    ``device_rarity`` is ``(rows, devices + 1)``: ``ln(p_population / p_group)`` of each
+    device, clipped to [0, RARITY_CLIP] (0 for an unknown device or no group);
+    ``download_rarity`` the same for downloads. Logarithms are taken here, once, so the
+    batch and the API gather the same bits.
+    """
+
+    hour_mean: np.ndarray
+    hour_spread: np.ndarray
+    device_rarity: np.ndarray
+    download_rarity: np.ndarray
 
 
 def _column(frame: pl.DataFrame, name: str) -> np.ndarray:
@@ -279,8 +319,9 @@ def compile_baselines(frame: pl.DataFrame) -> CompiledBaselines:
 
     hours = [rarity_col("hour", hour_label(h)) for h in HOURS]
     days = [rarity_col("dow", d) for d in WEEKDAYS]
+    population = ids.index(POPULATION_USER)
     return CompiledBaselines(
-        user_ids=tuple(ids), positions=positions, population=ids.index(POPULATION_USER),
+        user_ids=tuple(ids), positions=positions, population=population,
         scalars=_scalars(frame),
         device_rarity=_table(frame, devices, [rarity_col("device", d) for d in devices], unseen("device")),
         event_rarity=_table(frame, events, [rarity_col("event", e) for e in events], unseen("event")),
@@ -291,6 +332,34 @@ def compile_baselines(frame: pl.DataFrame) -> CompiledBaselines:
         dow_share=_table(frame, [str(d) for d in WEEKDAYS], [share_col("dow", d) for d in WEEKDAYS],
                          zeros, True),
         frame=frame,
+        peers=_peer_arrays(frame, devices, population) if "peer_hour_mean" in frame.columns else None,
+    )
+
+
+def _peer_rarity(frame: pl.DataFrame, name: str, population: int) -> np.ndarray:
+    """``ln(p_population / p_group)`` of one category per row, clipped; 0 where unknown."""
+    group = _column(frame, f"peer_{name}")
+    if not frame.height:
+        return group
+    ratio = _column(frame, name)[population] / group
+    nats = pl.Series(ratio, dtype=pl.Float64, nan_to_null=False).log().to_numpy()
+    return finite(nats, 0.0, RARITY_CLIP)
+
+
+def _peer_arrays(frame: pl.DataFrame, devices: Sequence[str], population: int) -> PeerArrays:
+    """The peer-group columns of a snapshot (``baselines.peer_columns``) as arrays."""
+    missing = [c for c in ("peer_hour_spread", *(f"peer_{prob_col('device', d)}" for d in devices))
+               if c not in frame.columns]
+    if missing:
+        raise ValueError(f"baseline snapshot has peer_hour_mean but lacks the columns {', '.join(missing)}")
+    rarities = [_peer_rarity(frame, prob_col("device", d), population) for d in devices]
+    download = prob_col("event", DOWNLOAD)
+    return PeerArrays(
+        hour_mean=_column(frame, "peer_hour_mean"), hour_spread=_column(frame, "peer_hour_spread"),
+        device_rarity=np.column_stack([*rarities, np.zeros(frame.height)]) if frame.height else
+        np.zeros((0, len(devices) + 1)),
+        download_rarity=_peer_rarity(frame, download, population) if f"peer_{download}" in frame.columns
+        else np.zeros(frame.height),
     )
 
 
@@ -405,7 +474,31 @@ def feature_arrays(baselines: CompiledBaselines, events: EventColumns) -> dict[s
         }
         out.update(_event_features(baselines, events, out, log_duration, log_actions))
         out.update(_context(baselines, events, out, log_duration, log_actions, day_index))
+        if baselines.peers is not None:
+            out.update(_peer_features(baselines.peers, events, out, _is_download(baselines, events)))
     return out
+
+
+def _peer_features(peers: PeerArrays, events: EventColumns, ctx: Mapping[str, np.ndarray],
+                   is_download: np.ndarray) -> dict[str, np.ndarray]:
+    """The event against its user's peer group, in nats with the own-baseline noise floors.
+
+    A user without a usable group (or an unknown user) has NaN/0 group values, which
+    count as no deviation. ``max_surprise`` and ``total_surprise`` keep covering the
+    own-baseline deviations only, so they mean the same with and without a directory.
+    """
+    rows = events.rows
+    hour_z = finite(_circular_distance(events.hour, peers.hour_mean[rows]) / peers.hour_spread[rows],
+                    0.0, HOUR_DEVIATION_CLIP)
+    device_nats = peers.device_rarity[rows, events.device]
+    download_nats = np.where(is_download, peers.download_rarity[rows], 0.0)
+    download_nats = np.where(download_nats > 0,
+                             download_nats + surprise(np.maximum(ctx["actions_z"], 0.0)), 0.0)
+    return {
+        "peer_hour_deviation": beyond(surprise(hour_z), NOISE_NATS),
+        "peer_device_rarity": beyond(device_nats, PEER_RARITY_NOISE_NATS),
+        "peer_download_intensity": beyond(download_nats, DOWNLOAD_NOISE_NATS),
+    }
 
 
 def _event_features(baselines: CompiledBaselines, events: EventColumns, ctx: Mapping[str, np.ndarray],

@@ -42,6 +42,7 @@ from uba.features.compiled import (
     FEATURE_COLUMNS,
     INTEGER_CONTEXT,
     NULLABLE_CONTEXT,
+    PEER_FEATURE_COLUMNS,
     CompiledBaselines,
     EventColumns,
     compile_baselines,
@@ -59,7 +60,7 @@ _OWN_HISTORY = ("history_days", "days_active")
 
 __all__ = [
     "BASELINE_COPIES", "BASELINE_PREFIX", "CONTEXT_COLUMNS", "DEVIATION_COLUMNS", "FEATURE_COLUMNS",
-    "FEATURE_SET_VERSION", "event_features", "features_frame", "frame_columns", "output_schema",
+    "FEATURE_SET_VERSION", "PEER_FEATURE_COLUMNS", "has_peer_statistics", "event_features", "features_frame", "frame_columns", "output_schema",
 ]
 
 
@@ -139,14 +140,24 @@ def features_frame(events: pl.DataFrame, baselines: CompiledBaselines) -> pl.Dat
     and the BASELINE_COPIES (``bl_*``), in input order."""
     columns = frame_columns(events, baselines)
     values = feature_arrays(baselines, columns)
-    computed = [_series(name, values[name]) for name in ("known_user", *FEATURE_COLUMNS, *CONTEXT_COLUMNS[1:])]
+    names = ("known_user", *baselines.feature_columns, *CONTEXT_COLUMNS[1:])
+    computed = [_series(name, values[name]) for name in names]
     return events.with_columns(*computed, *_baseline_copies(baselines, columns))
 
 
-def output_schema(events: pl.Schema) -> dict[str, pl.DataType]:
-    """The schema ``features_frame`` gives a frame of this schema."""
+def has_peer_statistics(baselines: pl.Schema | pl.LazyFrame | pl.DataFrame) -> bool:
+    """Whether a baseline frame carries peer-group statistics (a directory was stored),
+    hence whether its events get the peer deviation features."""
+    schema = baselines.collect_schema() if isinstance(baselines, pl.LazyFrame) else \
+        baselines.schema if isinstance(baselines, pl.DataFrame) else baselines
+    return "peer_hour_mean" in schema
+
+
+def output_schema(events: pl.Schema, peers: bool = False) -> dict[str, pl.DataType]:
+    """The schema ``features_frame`` gives a frame of this schema (``peers``: with the
+    peer deviation features)."""
     out: dict[str, pl.DataType] = dict(events)
-    for name in ("known_user", *FEATURE_COLUMNS, *CONTEXT_COLUMNS[1:]):
+    for name in ("known_user", *FEATURE_COLUMNS, *(PEER_FEATURE_COLUMNS if peers else ()), *CONTEXT_COLUMNS[1:]):
         out[name] = (pl.Boolean() if name in BOOLEAN_CONTEXT else
                      pl.Int64() if name in INTEGER_CONTEXT else pl.Float64())
     out.update({BASELINE_PREFIX + name: dtype for name, dtype in BASELINE_COPIES.items()})
@@ -166,4 +177,5 @@ def event_features(events: pl.LazyFrame, baselines: pl.LazyFrame | pl.DataFrame)
             compiled.append(compile_baselines(table))
         return features_frame(frame, compiled[0])
 
-    return events.map_batches(run, schema=output_schema(events.collect_schema()))
+    schema = output_schema(events.collect_schema(), has_peer_statistics(baselines))
+    return events.map_batches(run, schema=schema)

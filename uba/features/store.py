@@ -17,8 +17,10 @@ from pathlib import Path
 import polars as pl
 
 from uba import io
+from uba.artifacts import PeerContext
+from uba.directory import directory_path, load_directory
 from uba.features.aggregates import AGGREGATES_VERSION, daily_aggregates, empty_aggregates
-from uba.features.baselines import user_baselines
+from uba.features.baselines import peer_groups, user_baselines
 from uba.features.protection import UNLEARNED_SCHEMA, unlearned_user_days, without_user_days
 from uba.logs import get_logger
 from uba.schema import PARTITION_COLUMN
@@ -109,7 +111,8 @@ def baselines_as_of(data_dir: Path, as_of: date, settings: Settings,
     Raw events are never opened (call ``ensure_aggregates`` first). With no aggregates at
     all the result is just the population row with no information. ``unlearned``
     (``user_id, event_date``; see ``unlearned_as_of``) names user-days left out of the
-    window: the days with alerts, under baseline poisoning protection.
+    window: the days with alerts, under baseline poisoning protection. Where a user
+    directory is stored, users are shrunk toward their peer group (``peers_of``).
     """
     days = lookback_days(as_of, settings.features.lookback_days)
     aggregates = io.scan_aggregates(data_dir, days)
@@ -117,7 +120,21 @@ def baselines_as_of(data_dir: Path, as_of: date, settings: Settings,
         aggregates = empty_aggregates(settings.events)
     elif unlearned is not None:
         aggregates = without_user_days(aggregates, unlearned)
-    return user_baselines(aggregates, as_of, settings.features)
+    return user_baselines(aggregates, as_of, settings.features, peers=peers_of(data_dir, settings))
+
+
+def peers_of(data_dir: Path, settings: Settings) -> pl.DataFrame | None:
+    """Each user's peer group from the stored directory (``features.peer_group_by``);
+    None without a directory, so baselines are exactly what they were before peer groups."""
+    directory = load_directory(data_dir)
+    return None if directory is None else peer_groups(directory, settings.features.peer_group_by)
+
+
+def directory_context(data_dir: Path) -> PeerContext:
+    """Whether scoring with ``data_dir`` has a user directory, hence peer features: what a
+    bundle's feature set is checked against before a batch run."""
+    path = directory_path(data_dir)
+    return PeerContext(present=path.is_file(), source=str(path) + ("" if path.is_file() else " does not exist"))
 
 
 def unlearned_as_of(output_dir: Path | None, data_dir: Path, as_of: date, settings: Settings) -> pl.DataFrame:

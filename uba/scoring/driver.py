@@ -41,8 +41,9 @@ from uba import io
 from uba.artifacts import Bundle, load_bundle
 from uba.errors import UserError
 from uba.features import baselines_as_of, ensure_aggregates, unlearned_as_of
-from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
-from uba.features.store import lookback_days, stale_aggregate_days
+from uba.features.compiled import feature_columns
+from uba.features.events import FEATURE_SET_VERSION
+from uba.features.store import directory_context, lookback_days, stale_aggregate_days
 from uba.logs import get_logger
 from uba.operations import RunOperations
 from uba.risk import STALE_KEY, RiskRun
@@ -112,9 +113,12 @@ def open_runtime(settings: Settings, options: ScoreOptions) -> RayRuntime:
 
 
 def load_scoring_bundle(settings: Settings, version: str | None) -> Bundle:
-    """The bundle to score with, refused if it was trained on other features than this code's."""
-    return load_bundle(settings.paths.model_dir, version=version, expected_features=FEATURE_COLUMNS,
-                       expected_feature_set_version=FEATURE_SET_VERSION)
+    """The bundle to score with, refused if it was trained on other features than this
+    code's, or with a user directory where there is none here (or the reverse)."""
+    peers = directory_context(settings.paths.data_dir)
+    return load_bundle(settings.paths.model_dir, version=version,
+                       expected_features=feature_columns(peers.present),
+                       expected_feature_set_version=FEATURE_SET_VERSION, peers=peers)
 
 
 def scan_day_events(data_dir: Path, day: date) -> pl.LazyFrame:
