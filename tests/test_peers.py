@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from click.testing import CliRunner
-from test_api_world import running_server
+from api_world import running_server
 
 from jobs.cli import cli
 from uba import io
