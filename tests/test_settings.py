@@ -279,3 +279,24 @@ def test_a_non_text_top_level_key_is_an_unknown_setting(tmp_path: Path) -> None:
     config.write_text("1: 2\n")
     with pytest.raises(UserError, match="unknown setting '1'"):
         load_settings(config, env={})
+
+
+def test_a_null_top_level_yaml_key_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """``null:`` (or ``~:``) parses as the key None, which once passed the non-text check
+    and reached pydantic as a keyword (TypeError)."""
+    for text in ("null: 1\n", "~: 1\n"):
+        cfg = tmp_path / "n.yaml"
+        cfg.write_text(text)
+        with pytest.raises(UserError, match=r"^unknown setting 'None' \("):
+            load_settings(cfg, env={})
+
+
+def test_an_error_line_never_prints_a_urls_credentials_or_query() -> None:
+    """The sink validator refuses user:password in a URL; its error line must not echo them."""
+    url = "https://user:s3cretPassw0rd@h.example/x?token=abc"
+    env = {"UBA_ALERTING__SINKS": f"[{{type: webhook, name: a, url: '{url}'}}]"}
+    with pytest.raises(UserError) as caught:
+        load_settings(None, env=env)
+    line = str(caught.value)
+    assert "alerting.sinks.0.url" in line and "https://***@h.example/x?***" in line
+    assert "s3cretPassw0rd" not in line and "token=abc" not in line

@@ -700,6 +700,19 @@ def _env_origin(loc: tuple[int | str, ...], env: Mapping[str, str]) -> str | Non
     return None
 
 
+def _without_secrets(value: object) -> object:
+    """A URL's user:password and query replaced by ``***``: a sink URL refused for carrying
+    credentials must not print them into CI and pod logs through its own error line."""
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    scheme, _, rest = value.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    path, mark, _query = path.partition("?")
+    return f"{scheme}://{netloc}{slash}{path}{mark and '?***'}"
+
+
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     """One line naming the setting, the value given and what is allowed; never pydantic's dump."""
     first = exc.errors()[0]
@@ -709,7 +722,8 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     value = first.get("input")
     if first["type"] == "extra_forbidden":
         return f"unknown setting '{where}' ({source})"
-    shown = f"<{type(value).__name__} of {len(value)} entries>" if isinstance(value, dict | list) else _short(repr(value))
+    shown = (f"<{type(value).__name__} of {len(value)} entries>" if isinstance(value, dict | list)
+             else _short(repr(_without_secrets(value))))
     return f"invalid setting '{where}' = {shown}: {_short(first['msg'], 200)} ({source})"
 
 
@@ -736,9 +750,9 @@ def load_settings(
     env = os.environ if env is None else env
     config, sources = _config_layer(config_path, env)
     source = ", ".join(sources + ["environment", "flags"])
-    stray = next((key for key in config if not isinstance(key, str)), None)
-    if stray is not None:  # a section name is text; 1: or [a]: would reach pydantic as a keyword
-        raise UserError(f"unknown setting '{_short(stray)}' ({source})")
+    strays = [key for key in config if not isinstance(key, str)]
+    if strays:  # a section name is text; 1:, null: or [a]: would reach pydantic as a keyword
+        raise UserError(f"unknown setting '{_short(strays[0])}' ({source})")
     unknown = _unknown_env_sections(env)
     if unknown:
         raise UserError(f"unknown setting '{_short(unknown[0][4:].partition('__')[0].lower())}' "

@@ -64,9 +64,10 @@ def main(config: str | None, data_dir: str | None, model_dir: str | None, output
     configure_logging(log_format, log_level)
     env = os.environ
     _export(env, "UBA_CONFIG", config)
-    _export(env, "UBA_DATA_DIR", data_dir)
-    _export(env, "UBA_MODEL_DIR", model_dir)
-    _export(env, "UBA_OUTPUT_DIR", output_dir)
+    for name, value in (("DATA_DIR", data_dir), ("MODEL_DIR", model_dir), ("OUTPUT_DIR", output_dir)):
+        if value is not None:  # a flag beats the environment, UBA_PATHS__* included
+            env.pop(f"UBA_PATHS__{name}", None)
+        _export(env, f"UBA_{name}", value)
     _export(env, "UBA_API__HOST", host)
     _export(env, "UBA_API__PORT", port)
     _export(env, "UBA_API__WORKERS", workers)
