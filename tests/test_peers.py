@@ -19,8 +19,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from click.testing import CliRunner
 from api_world import running_server
+from click.testing import CliRunner
 
 from jobs.cli import cli
 from uba import io
