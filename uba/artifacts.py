@@ -615,6 +615,12 @@ def _rebuild_detector(
         raise BundleError(f"{path}: {exc}") from exc
 
 
+def resolve_version(model_dir: Path, version: str | None) -> str:
+    """The bundle version to load (LATEST when ``version`` is None), or the one-line reason
+    there is none; callers that need other inputs first can fail on the bundle before them."""
+    return _resolve_version(model_dir, version)
+
+
 def _resolve_version(model_dir: Path, version: str | None) -> str:
     if not model_dir.is_dir():
         raise BundleError(f"{model_dir}: no model directory (train a model first)")

@@ -19,7 +19,7 @@ import polars as pl
 from uba import io
 from uba.api.inference import ScoringEvent, score_events
 from uba.api.model_state import BaselineIndex, ModelState, RulesKey, Scorer
-from uba.artifacts import Bundle, PeerContext, load_bundle
+from uba.artifacts import Bundle, PeerContext, load_bundle, resolve_version
 from uba.errors import BundleError, UserError
 from uba.features.baselines import POPULATION_USER
 from uba.features.compiled import compile_baselines, feature_columns
@@ -120,6 +120,8 @@ def load_suppression_rules(data_dir: Path) -> tuple[pl.DataFrame, RulesKey]:
 
 def load_state(settings: Settings) -> ModelState:
     """Load the newest bundle + snapshot (+ per-user cuts, suppression rules) and prove they score a probe event."""
+    # a fresh install lacks the model first: say "train a model" before "no snapshot"
+    resolve_version(Path(settings.paths.model_dir), None)
     baselines = load_baselines(settings.paths.data_dir)
     # the snapshot has peer statistics iff a directory was stored when it was built
     peers = baselines.compiled.peers is not None
