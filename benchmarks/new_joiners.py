@@ -25,16 +25,14 @@ labelled anomalies, so a lower false-positive rate is not bought by flagging not
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
-import sys
 import time
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from _cli import uba_batch
 from _machine import machine_info
 
 START = date(2026, 3, 1)
@@ -50,15 +48,6 @@ WORLDS = (
 )
 RAW_COLUMNS = ("event_id", "user_id", "timestamp", "event_type", "session_duration_sec", "events_in_session",
                "device_type", "hour_of_day", "day_of_week", "session_id")
-
-
-def _cli(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    done = subprocess.run([str(Path(sys.executable).parent / "uba-batch"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"uba-batch {args[0]} failed ({done.returncode}) in {cwd}:\n{done.stderr[-4000:]}")
-    return done.stdout
 
 
 def make_joiners(source: Path, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -80,11 +69,11 @@ def run_variant(work: Path, name: str, with_directory: bool, source: Path) -> di
     train_end = START + timedelta(days=TRAIN_DAYS - 1)
     first, last = train_end + timedelta(days=1), START + timedelta(days=DAYS - 1)
     if with_directory:
-        _cli("users", "import", str(source / "directory" / "users.parquet"), "--data-dir", "data", cwd=work)
+        uba_batch("users", "import", str(source / "directory" / "users.parquet"), "--data-dir", "data", cwd=work)
     began = time.perf_counter()
-    _cli("train", "--data-dir", "data", "--end-date", train_end.isoformat(), "--window-days", str(TRAIN_DAYS),
+    uba_batch("train", "--data-dir", "data", "--end-date", train_end.isoformat(), "--window-days", str(TRAIN_DAYS),
          "--model-dir", f"models-{name}", cwd=work)
-    _cli("backfill", "--start", first.isoformat(), "--end", last.isoformat(), "--data-dir", "data",
+    uba_batch("backfill", "--start", first.isoformat(), "--end", last.isoformat(), "--data-dir", "data",
          "--model-dir", f"models-{name}", "--output-dir", f"output-{name}", "--in-process", cwd=work)
     return {"seconds": time.perf_counter() - began}
 
@@ -122,11 +111,11 @@ def figures(work: Path, name: str, labels: pl.DataFrame, joiners: pl.DataFrame) 
 def run_world(work: Path, seed: int, extra: list[str]) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    _cli("generate", "--out", "generated", "--users", str(USERS), "--days", str(DAYS), "--start",
+    uba_batch("generate", "--out", "generated", "--users", str(USERS), "--days", str(DAYS), "--start",
          START.isoformat(), "--seed", str(seed), "--directory", *extra, cwd=work)
     events, joiners = make_joiners(work / "generated", seed)
     events.write_parquet(work / "events.parquet")
-    _cli("ingest", "events.parquet", "--data-dir", "data", cwd=work)
+    uba_batch("ingest", "events.parquet", "--data-dir", "data", cwd=work)
     labels = pl.read_parquet(work / "generated" / "labels" / "labels.parquet").select(
         pl.col("event_id").cast(pl.String), pl.col("is_anomaly").alias("label"))
     result = {"joiners": joiners.height, "variants": {}}

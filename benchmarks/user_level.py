@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
+from _cli import uba_batch
 from _machine import machine_info
 
 from uba import io
@@ -63,29 +62,20 @@ VARIANTS: tuple[dict[str, float], ...] = (
 )
 
 
-def _cli(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    done = subprocess.run([str(Path(sys.executable).parent / "uba-batch"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"uba-batch {args[0]} failed ({done.returncode}) in {cwd}:\n{done.stderr[-4000:]}")
-    return done.stdout
-
-
 def run_world(work: Path, seed: int, extra: list[str], campaigns: int) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     train_end = START + timedelta(days=TRAIN_DAYS - 1)
     first, last = train_end + timedelta(days=1), START + timedelta(days=DAYS - 1)
     began = time.perf_counter()
-    _cli("generate", "--out", "data", "--users", "500", "--days", str(DAYS), "--start", START.isoformat(),
+    uba_batch("generate", "--out", "data", "--users", "500", "--days", str(DAYS), "--start", START.isoformat(),
          "--seed", str(seed), "--campaigns", str(campaigns), "--campaigns-from", first.isoformat(), *extra,
          cwd=work)
-    _cli("train", "--data-dir", "data", "--end-date", train_end.isoformat(), "--window-days", str(TRAIN_DAYS),
+    uba_batch("train", "--data-dir", "data", "--end-date", train_end.isoformat(), "--window-days", str(TRAIN_DAYS),
          "--model-dir", "models", cwd=work)
-    _cli("backfill", "--start", first.isoformat(), "--end", last.isoformat(), "--data-dir", "data",
+    uba_batch("backfill", "--start", first.isoformat(), "--end", last.isoformat(), "--data-dir", "data",
          "--model-dir", "models", "--output-dir", "output", cwd=work)
-    summary = _cli("evaluate", "--data-dir", "data", "--model-dir", "models", "--output-dir", "output",
+    summary = uba_batch("evaluate", "--data-dir", "data", "--model-dir", "models", "--output-dir", "output",
                    "--start", first.isoformat(), "--end", last.isoformat(), cwd=work)
     seconds = time.perf_counter() - began
     report = json.loads((work / "output" / "evaluation" / "evaluation.json").read_text())

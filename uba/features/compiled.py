@@ -472,10 +472,11 @@ def feature_arrays(baselines: CompiledBaselines, events: EventColumns) -> dict[s
             "hour_rarity": baselines.hour_rarity[rows, hour_index],
             "weekday_rarity": baselines.dow_rarity[rows, day_index],
         }
-        out.update(_event_features(baselines, events, out, log_duration, log_actions))
+        is_download = _is_download(baselines, events)
+        out.update(_event_features(baselines, events, out, log_duration, log_actions, is_download))
         out.update(_context(baselines, events, out, log_duration, log_actions, day_index))
         if baselines.peers is not None:
-            out.update(_peer_features(baselines.peers, events, out, _is_download(baselines, events)))
+            out.update(_peer_features(baselines.peers, events, out, is_download))
     return out
 
 
@@ -491,9 +492,8 @@ def _peer_features(peers: PeerArrays, events: EventColumns, ctx: Mapping[str, np
     hour_z = finite(_circular_distance(events.hour, peers.hour_mean[rows]) / peers.hour_spread[rows],
                     0.0, HOUR_DEVIATION_CLIP)
     device_nats = peers.device_rarity[rows, events.device]
-    download_nats = np.where(is_download, peers.download_rarity[rows], 0.0)
-    download_nats = np.where(download_nats > 0,
-                             download_nats + surprise(np.maximum(ctx["actions_z"], 0.0)), 0.0)
+    download_nats = _download_surprise(np.where(is_download, peers.download_rarity[rows], 0.0),
+                                       np.maximum(ctx["actions_z"], 0.0))
     return {
         "peer_hour_deviation": beyond(surprise(hour_z), NOISE_NATS),
         "peer_device_rarity": beyond(device_nats, PEER_RARITY_NOISE_NATS),
@@ -502,12 +502,12 @@ def _peer_features(peers: PeerArrays, events: EventColumns, ctx: Mapping[str, np
 
 
 def _event_features(baselines: CompiledBaselines, events: EventColumns, ctx: Mapping[str, np.ndarray],
-                    log_duration: np.ndarray, log_actions: np.ndarray) -> dict[str, np.ndarray]:
+                    log_duration: np.ndarray, log_actions: np.ndarray,
+                    is_download: np.ndarray) -> dict[str, np.ndarray]:
     s, rows, known = baselines.scalars, events.rows, events.known
-    is_download = _is_download(baselines, events)
     download_rarity = np.where(is_download, s["download_rarity"][rows], 0.0)
     actions_up = np.maximum(ctx["actions_z"], 0.0)
-    download_surprise = np.where(download_rarity > 0, download_rarity + surprise(actions_up), 0.0)
+    download_surprise = _download_surprise(download_rarity, actions_up)
     first_use = (_first_use(baselines.device_share, rows, events.device, known, s["first_use_device"])
                  + _first_use(baselines.event_share, rows, events.event_type, known, s["first_use_event"]))
     out = {
@@ -539,6 +539,12 @@ def _event_features(baselines: CompiledBaselines, events: EventColumns, ctx: Map
     deviations[-1] = np.where(np.isnan(deviations[-1]), 0.0, deviations[-1])
     out["total_surprise"] = _total(deviations)
     return out
+
+
+def _download_surprise(rarity: np.ndarray, actions_up: np.ndarray) -> np.ndarray:
+    """A download's rarity plus the surprise of its session's extra actions, only where
+    downloads are rarer than expected: a spree is rare downloads in a busy session."""
+    return np.where(rarity > 0, rarity + surprise(actions_up), 0.0)
 
 
 def _is_download(baselines: CompiledBaselines, events: EventColumns) -> np.ndarray:
