@@ -45,14 +45,14 @@ RUN groupadd --system --gid ${UBA_UID} uba \
  && mkdir -p /var/lib/uba/data /var/lib/uba/models /var/lib/uba/output \
  && chown -R ${UBA_UID}:${UBA_UID} /var/lib/uba
 COPY --from=build /opt/venv /opt/venv
-# numba's cache of the compiled forest kernel (uba/forest_kernel.py): a path the image's
+# numba's cache of the compiled forest kernel (uba/model/kernel.py): a path the image's
 # user can write (numba uses a cache directory only if it can write to it), filled here
 # by one tiny score so a container's first score loads machine code instead of
 # compiling it (docs/batch-scoring.md). Kubernetes mounts an emptyDir at this path
 # (read-only root): there the first scoring process of a pod compiles and caches.
 ENV NUMBA_CACHE_DIR=/var/cache/uba/numba
 RUN mkdir -p ${NUMBA_CACHE_DIR} \
- && PYTHONDONTWRITEBYTECODE=1 /opt/venv/bin/python -c "import uba.forest_kernel as kernel; kernel.warm_up()" \
+ && PYTHONDONTWRITEBYTECODE=1 /opt/venv/bin/python -c "import uba.model.kernel as kernel; kernel.warm_up()" \
  && chown -R ${UBA_UID}:${UBA_UID} /var/cache/uba
 WORKDIR /app
 # configs/default.yaml is read relative to the working directory (uba.settings).

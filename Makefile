@@ -24,6 +24,10 @@ COMPILE_SOURCES := $(BIN)/python -m compileall -q uba jobs
 DUPLICATES := $(BIN)/pylint --disable=all --enable=R0801 --min-similarity-lines=6 --ignore-imports=yes \
 	--ignore-docstrings=yes --score=no uba jobs
 
+# The layers of docs/architecture.md ([tool.importlinter] in pyproject.toml): an import
+# that goes up a layer, or between independent packages, or round a cycle, fails the build.
+LAYERS := $(BIN)/lint-imports --no-cache
+
 .PHONY: install install-dev demo test test-fast lint clean
 
 $(BIN)/uv:
@@ -49,6 +53,7 @@ demo: install
 test: install-dev
 	$(BIN)/ruff check .
 	$(DUPLICATES)
+	$(LAYERS)
 	@$(COMPILE_SOURCES) >/dev/null
 	$(BIN)/pytest -q
 
@@ -60,6 +65,7 @@ test-fast: install-dev
 lint: install-dev
 	$(BIN)/ruff check .
 	$(DUPLICATES)
+	$(LAYERS)
 
 clean:
 	./scripts/demo.sh --clean $(DEMO)

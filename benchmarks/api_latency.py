@@ -67,9 +67,9 @@ BODIES = 400
 
 def build_world(root: Path, users: int, days: int) -> tuple[dict[str, str], Path, str, date]:
     """Generate, train (the real `train`), save the training matrix; returns env, matrix, version, day."""
+    from uba.features.pipeline import feature_matrix, window_features
     from uba.generate import GenerationOptions
     from uba.generate.store import write_generated
-    from uba.pipeline import feature_matrix, window_features
     from uba.settings import load_settings
     from uba.training import train_model
 
@@ -118,9 +118,9 @@ INPROCESS_RESULTS = REPO / "benchmarks" / "results" / "api_inprocess.md"
 # from --baseline-rev, so both sides share everything else (validation, middleware, ...)
 # and the ratio is the change's own.
 CHANGED_PATHS = (
-    "uba/features/events.py", "uba/features/compiled.py", "uba/features/__init__.py", "uba/reasons.py",
-    "uba/pipeline.py", "uba/api/inference.py", "uba/api/state.py", "uba/api/batcher.py",
-    "uba/api/routes/predict.py", "uba/thresholds.py", "uba/operations.py", "uba/feedback.py",
+    "uba/features/events.py", "uba/features/compiled.py", "uba/features/__init__.py", "uba/features/reasons.py",
+    "uba/features/pipeline.py", "uba/api/inference.py", "uba/api/state.py", "uba/api/batcher.py",
+    "uba/api/routes/predict.py", "uba/alerting/thresholds.py", "uba/scoring/hooks.py", "uba/alerting/feedback.py",
     "uba/decision.py", "uba/scoring/shard.py", "uba/api/deps.py",
 )
 PAYLOAD_CLASSES = ("known_ordinary", "known_flagged", "unknown_ordinary", "unknown_flagged")
@@ -744,7 +744,7 @@ def http_main(args: argparse.Namespace) -> None:
     import seed_style_score
 
     from uba import io
-    from uba.artifacts import load_bundle
+    from uba.model.bundle import load_bundle
     from uba.settings import load_settings
     from uba.training import train_model
 

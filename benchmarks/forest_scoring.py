@@ -4,7 +4,7 @@ Why: batch scoring needs rows per second per core (Ray shards add cores), and th
 scores one event per request. Three ways to score the very same trees are measured in
 the same run, each including the StandardScaler step:
 
-* kernel: ``Detector.anomaly_scores`` (``uba.forest_kernel``, numba);
+* kernel: ``Detector.anomaly_scores`` (``uba.model.kernel``, numba);
 * numpy: the same compact forest walked with numpy gathers (``compiled=False``), the
   previous default;
 * scikit-learn: ``-IsolationForest.score_samples`` of a forest fitted with the same
@@ -39,7 +39,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.preprocessing import StandardScaler
 
 from uba.features.events import FEATURE_COLUMNS
-from uba.model import Detector, fit_detector
+from uba.model.forest import Detector, fit_detector
 from uba.settings import ModelSettings
 
 Scorer = Callable[[np.ndarray], np.ndarray]
@@ -62,7 +62,7 @@ READING = [
 _FIRST_SCORE = """
 import time, numpy as np
 from sklearn.ensemble import IsolationForest
-from uba.model import compact_forest_from_sklearn
+from uba.model.forest import compact_forest_from_sklearn
 forest = compact_forest_from_sklearn(IsolationForest(n_estimators=20, random_state=0).fit(np.eye(20)), 20)
 start = time.perf_counter()
 forest.scores(np.zeros((1, 20), np.float32))

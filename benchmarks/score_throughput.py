@@ -611,7 +611,7 @@ def enlarge_day(data_dir: Path, day: date, target: int) -> int:
     import polars as pl
 
     from uba import io
-    from uba.ingest import ingest_frame
+    from uba.ingest.files import ingest_frame
     from uba.settings import load_settings
 
     folder = io.partition_dir(data_dir, io.EVENTS, day)
@@ -635,8 +635,8 @@ def fit_reference_model(work: Path, data_dir: Path, model_dir: Path, train_end: 
     from sklearn.ensemble import IsolationForest
     from sklearn.preprocessing import StandardScaler
 
-    from uba.artifacts import load_bundle
-    from uba.pipeline import feature_matrix, window_features
+    from uba.features.pipeline import feature_matrix, window_features
+    from uba.model.bundle import load_bundle
     from uba.settings import load_settings
 
     settings = load_settings(overrides={"paths": {"data_dir": data_dir}}, env={})

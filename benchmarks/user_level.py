@@ -12,7 +12,7 @@ any alert, and of high risk; who holds the top-k places (campaign users, users w
 labelled event-level anomaly, others); the share of top-k places that any ranking built
 from alerts alone could reach (campaign users with an alert since their campaign began);
 and the same risk replayed from the published alerts with other settings, one at a time
-(``uba.risk.contributions_of_day`` and ``compute_risk``, as ``score`` runs them; the
+(``uba.alerting.risk.contributions_of_day`` and ``compute_risk``, as ``score`` runs them; the
 defaults must reproduce the published tables' figures).
 
     .venv/bin/python benchmarks/user_level.py --work /tmp/uba-user-level \\
@@ -34,7 +34,8 @@ from _cli import uba_batch
 from _machine import machine_info
 
 from uba import io
-from uba.evaluate_users import (
+from uba.alerting.risk import HIGH_LEVELS, compute_risk, contributions_of_day
+from uba.monitoring.user_evaluation import (
     active_users,
     max_score_ranking,
     precision_at_k,
@@ -42,7 +43,6 @@ from uba.evaluate_users import (
     risk_ranking,
     time_to_high,
 )
-from uba.risk import HIGH_LEVELS, compute_risk, contributions_of_day
 from uba.scoring.driver import RISK_FLAGGED_COLUMNS
 from uba.settings import RiskSettings
 

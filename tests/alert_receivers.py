@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from uba.alerts.signing import HEADER, verify_signature
+from uba.alerting.signing import HEADER, verify_signature
 
 
 @contextmanager

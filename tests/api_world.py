@@ -28,13 +28,13 @@ import pytest
 from waiting import wait_until
 
 from uba import io
-from uba.artifacts import save_bundle
 from uba.features import ensure_aggregates, event_features, snapshot_baselines
 from uba.features.compiled import feature_columns
 from uba.features.events import FEATURE_SET_VERSION, has_peer_statistics
 from uba.generate import GenerationOptions
 from uba.generate.store import write_generated
-from uba.model import fit_detector
+from uba.model.bundle import save_bundle
+from uba.model.forest import fit_detector
 from uba.settings import Settings, load_settings
 
 START = date(2026, 3, 2)

@@ -137,7 +137,7 @@ def trained_dataset(tmp_path_factory: pytest.TempPathFactory) -> TrainedDataset:
     from click.testing import CliRunner
 
     from jobs.cli import cli
-    from uba.artifacts import latest_version
+    from uba.model.bundle import latest_version
 
     root = tmp_path_factory.mktemp("trained")
     data_dir, model_dir = root / "data", root / "models"

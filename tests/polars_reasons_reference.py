@@ -1,7 +1,7 @@
 """FROZEN ORACLE, not product code: the Polars expressions that built reason sentences
-until the compiled feature kernel (``uba/reasons.py`` as of b6c4c58).
+until the compiled feature kernel (``uba/features/reasons.py`` as of b6c4c58).
 
-The product ranks and phrases reasons once, in ``uba.reasons`` (arrays and plain
+The product ranks and phrases reasons once, in ``uba.features.reasons`` (arrays and plain
 Python, for one event or a shard's flagged rows). This copy exists only so
 ``tests/test_reasons_oracle.py`` can prove the sentences are unchanged. Do not import
 it from ``uba``; do not change it.

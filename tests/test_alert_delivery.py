@@ -28,7 +28,7 @@ from alert_receivers import Behaviour, WebhookReceiver, refusing_port
 from click.testing import CliRunner, Result
 
 from jobs.cli import cli
-from uba.alerts.ledger import Ledger
+from uba.alerting.ledger import Ledger
 
 UBA = Path(sys.executable).with_name("uba-batch")
 SECRET_ENV, SECRET = "UBA_TEST_HOOK_SECRET", "test-secret-1"

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from alert_receivers import Behaviour, WebhookReceiver
 
-from uba.alerts.delivery import ReadySink, _SinkRun, backoff_delay, check_sinks, deliver
-from uba.alerts.ledger import Entry, Ledger, outbox_rows, retry_dead_letters, sink_states
-from uba.alerts.payloads import (
+from uba.alerting.delivery import ReadySink, _SinkRun, backoff_delay, check_sinks, deliver
+from uba.alerting.ledger import Entry, Ledger, outbox_rows, retry_dead_letters, sink_states
+from uba.alerting.payloads import (
     cef_header_escape,
     cef_value_escape,
     delivery_id,
@@ -25,8 +25,8 @@ from uba.alerts.payloads import (
     to_cef,
     webhook_body,
 )
-from uba.alerts.signing import parse_signature, sign, verify_signature
-from uba.alerts.transport import classify_status, retry_after_seconds
+from uba.alerting.signing import parse_signature, sign, verify_signature
+from uba.alerting.transport import classify_status, retry_after_seconds
 from uba.errors import UserError
 from uba.settings import Settings, SyslogSink, WebhookSink, load_settings
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from waiting import wait_until
 
 from jobs.cli import cli
-from uba.alerts.payloads import CEF_SEVERITY
+from uba.alerting.payloads import CEF_SEVERITY
 
 RSYSLOGD = shutil.which("rsyslogd") or shutil.which("rsyslogd", path="/usr/sbin:/sbin")
 pytestmark = pytest.mark.skipif(RSYSLOGD is None,

@@ -29,8 +29,8 @@ from test_api_workers import served_by_worker
 from waiting import holds_throughout, wait_until
 
 from uba import io
-from uba.artifacts import FOREST_FILE
-from uba.feedback import add_rule, known_reason_kinds, remove_rule
+from uba.alerting.feedback import add_rule, known_reason_kinds, remove_rule
+from uba.model.bundle import FOREST_FILE
 
 
 @pytest.fixture(scope="module")

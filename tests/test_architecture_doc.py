@@ -92,11 +92,11 @@ def test_the_paths_name_the_code_that_does_the_work(doc: str) -> None:
     """The lists name the files where features, sinks and commands are wired today."""
     lists = path_lists(doc)
     assert "uba/features/compiled.py" in lists["### To add a feature"]
-    assert "uba/alerts/transport.py" in lists["### To add an alert sink"]
+    assert "uba/alerting/transport.py" in lists["### To add an alert sink"]
     assert "jobs/options.py" in lists["### To add a CLI command"]
 
 
-@pytest.mark.parametrize("renamed", ["uba/alerts/transport.py", "tests/test_features.py", "jobs/options.py",
+@pytest.mark.parametrize("renamed", ["uba/alerting/transport.py", "tests/test_features.py", "jobs/options.py",
                                      "uba/api/inference.py", "uba/api/"])
 def test_a_renamed_file_fails_the_check(doc: str, renamed: str) -> None:
     """The same page with one file renamed (in the doc, as after a rename in the code)."""
@@ -106,7 +106,7 @@ def test_a_renamed_file_fails_the_check(doc: str, renamed: str) -> None:
 
 
 def test_a_bullet_that_is_not_a_backticked_path_is_refused(doc: str) -> None:
-    broken = doc.replace("- `uba/alerts/payloads.py`:", "- uba/alerts/payloads.py:")
+    broken = doc.replace("- `uba/alerting/payloads.py`:", "- uba/alerting/payloads.py:")
     with pytest.raises(ValueError, match="line .* is not '- `path`: ...'"):
         path_lists(broken)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from uba.artifacts import (
+from uba.errors import BundleError, UserError
+from uba.model.bundle import (
     BUNDLE_FILE,
     CHECKSUMS_FILE,
     FOREST_FILE,
@@ -31,8 +32,7 @@ from uba.artifacts import (
     save_bundle,
     score_summary,
 )
-from uba.errors import BundleError, UserError
-from uba.model import fit_detector
+from uba.model.forest import fit_detector
 from uba.settings import ModelSettings
 
 FEATURES = ("session_z", "actions_z", "hour_distance", "device_rarity")
@@ -446,7 +446,7 @@ def zip_bomb(inflated: int) -> bytes:
 
 def test_a_zip_bomb_forest_is_refused_before_inflating(saved, monkeypatch):
     model_dir, version = saved
-    monkeypatch.setattr("uba.artifacts.MAX_FOREST_BYTES", 8 << 20)  # the check reads the constant when it runs
+    monkeypatch.setattr("uba.model.bundle.MAX_FOREST_BYTES", 8 << 20)  # the check reads the constant when it runs
     bomb = zip_bomb(16 << 20)
     assert len(bomb) < 1 << 20
     _rewrite_consistently(model_dir / version, FOREST_FILE, bomb)

@@ -228,7 +228,7 @@ def test_numba_cache_is_warmed_at_build_and_owned_by_the_image_user(dockerfile: 
     assert chown and chown[-1][:3] == ["chown", "-R", "${UBA_UID}:${UBA_UID}"]
     assert PurePosixPath(cache_dir).is_relative_to(chown[-1][3])
     assert not PurePosixPath(cache_dir).is_relative_to("/tmp")  # a pod's /tmp emptyDir would hide it
-    assert [c for c in commands if "uba.forest_kernel" in c]
+    assert [c for c in commands if "uba.model.kernel" in c]
 
 
 # ----------------------------------------------------------------- .dockerignore
@@ -434,14 +434,14 @@ def test_the_build_time_warm_up_fills_the_cache_that_later_processes_load(
     land in NUMBA_CACHE_DIR, and a new process loads them instead of compiling."""
     venv, workdir = image_venv
     _, _, warm = _numba_cache_setup(dockerfile)
-    (command,) = [c for c in _split_commands(warm.args) if "uba.forest_kernel" in c]
+    (command,) = [c for c in _split_commands(warm.args) if "uba.model.kernel" in c]
     cache = tmp_path / "numba-cache"
     cache.mkdir()
     env = _image_process_env(dockerfile, venv, NUMBA_CACHE_DIR=str(cache), HOME=str(tmp_path))
     subprocess.run(command.replace("/opt/venv", str(venv)), shell=True, env=env, cwd=workdir,
                    check=True, timeout=300)
     assert len(list(cache.rglob("forest_kernel.*.nbi"))) == 2  # the complete and node kernels
-    again = subprocess.run([str(venv / "bin" / "python"), "-c", "import uba.forest_kernel as k; k.warm_up()"],
+    again = subprocess.run([str(venv / "bin" / "python"), "-c", "import uba.model.kernel as k; k.warm_up()"],
                            env={**env, "NUMBA_DEBUG_CACHE": "1"}, cwd=workdir, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr

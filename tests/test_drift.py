@@ -1,4 +1,4 @@
-"""Drift checks against a real bundle reference (uba.artifacts summaries of a fitted detector);
+"""Drift checks against a real bundle reference (uba.model.bundle summaries of a fitted detector);
 the generated shifted-day case runs end to end in test_operations_e2e.py."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from click.testing import CliRunner
 
 from jobs.cli import cli
 from uba import io
-from uba.artifacts import bin_proportions, feature_reference, score_summary
-from uba.drift import (
+from uba.model.bundle import bin_proportions, feature_reference, score_summary
+from uba.model.forest import fit_detector
+from uba.monitoring.drift import (
     DayUsers,
     DriftCounts,
     drift_counts,
@@ -22,7 +23,6 @@ from uba.drift import (
     psi,
     score_reference,
 )
-from uba.model import fit_detector
 from uba.settings import ModelSettings, MonitoringSettings
 
 NAMES = ("f_session", "f_actions", "f_hour", "f_weekday")
@@ -201,7 +201,7 @@ def test_monitor_prints_a_table_writes_a_chart_and_advises(reference: dict[str, 
 def test_monitor_days_reads_the_range_back_from_the_manifests(reference: dict[str, Any], tmp_path: Path) -> None:
     """The library call behind `monitor`: rows of days with a run, days without, the
     default chart path and the advice, with no printing involved."""
-    from uba.monitoring import monitor_days
+    from uba.monitoring.runs import monitor_days
     from uba.settings import load_settings
 
     meta, det = reference["metadata"], reference["detector"]
@@ -221,7 +221,7 @@ def test_monitor_days_reads_the_range_back_from_the_manifests(reference: dict[st
 def test_a_weekday_is_compared_with_the_same_weekday_of_training(reference: dict[str, Any]) -> None:
     """Weekends with a different rhythm are drift against the pooled window, not against
     the training weekends."""
-    from uba.drift import reference_for_weekday, weekday_references
+    from uba.monitoring.drift import reference_for_weekday, weekday_references
 
     rng = np.random.default_rng(11)
     days = [date(2026, 3, 2) + timedelta(days=i // 500) for i in range(21 * 500)]  # 3 weeks
@@ -257,7 +257,7 @@ def test_a_weekday_is_compared_with_the_same_weekday_of_training(reference: dict
 def test_chance_psi_covers_samples_of_one_distribution_and_not_a_shift() -> None:
     """n * PSI ~ chi2(bins - 1): at confidence 0.999 about one day in a thousand of an
     unchanged distribution has any excess, while a real shift keeps nearly all its PSI."""
-    from uba.drift import chance_psi
+    from uba.monitoring.drift import chance_psi
 
     rng = np.random.default_rng(3)
     shares = np.array([0.2, 0.2, 0.2, 0.2, 0.15, 0.05])
@@ -279,7 +279,7 @@ def test_chance_psi_covers_samples_of_one_distribution_and_not_a_shift() -> None
 def _training_window(constant_hour: bool = False) -> tuple[np.ndarray, Any]:
     """14 days x 60 users x 20 events; users start on day 0, so days 0-6 are warm-up, and
     warm-up rows have 3x the actions (what an immature baseline does to a feature)."""
-    from uba.drift import TrainingRows
+    from uba.monitoring.drift import TrainingRows
 
     days, users, per = 14, 60, 20
     n = days * users * per
@@ -295,7 +295,11 @@ def _training_window(constant_hour: bool = False) -> tuple[np.ndarray, Any]:
 
 
 def test_the_reference_is_cross_fitted_and_leaves_out_the_warm_up() -> None:
-    from uba.drift import build_drift_reference, cross_fitted_scores, reference_for_weekday
+    from uba.monitoring.drift import (
+        build_drift_reference,
+        cross_fitted_scores,
+        reference_for_weekday,
+    )
 
     X, rows = _training_window(constant_hour=True)
     model = ModelSettings(n_estimators=50)

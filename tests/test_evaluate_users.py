@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from uba.evaluate_users import (
+from uba.monitoring.user_evaluation import (
     RANKING_SCHEMA,
     pr_curve,
     precision_at_k,

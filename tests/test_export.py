@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from uba.alerts.formats import render
-from uba.alerts.records import RECORD_SCHEMA, alert_id
+from uba.alerting.formats import render
+from uba.alerting.records import RECORD_SCHEMA, alert_id
 
 FIXTURES = Path(__file__).parent / "fixtures"
 START = date(2026, 3, 2)

@@ -24,7 +24,7 @@ from uba.features import (
     event_features,
     user_baselines,
 )
-from uba.reasons import explain
+from uba.features.reasons import explain
 from uba.schema import EVENT_SCHEMA
 from uba.settings import FeatureSettings, Settings
 

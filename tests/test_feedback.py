@@ -11,8 +11,7 @@ from click.testing import CliRunner
 
 from jobs.cli import cli
 from uba import io
-from uba.errors import UserError
-from uba.feedback import (
+from uba.alerting.feedback import (
     active_rules,
     add_rule,
     apply_suppressions,
@@ -23,7 +22,8 @@ from uba.feedback import (
     record_feedback_csv,
     remove_rule,
 )
-from uba.reasons import REASON_KINDS
+from uba.errors import UserError
+from uba.features.reasons import REASON_KINDS
 
 KINDS = REASON_KINDS
 DAY = date(2026, 3, 20)

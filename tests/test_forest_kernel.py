@@ -1,6 +1,6 @@
 """The compiled forest kernel gives scikit-learn's scores, and only ever indexes in range.
 
-The kernel (``uba.forest_kernel``) reads its tables without bounds checks, so besides
+The kernel (``uba.model.kernel``) reads its tables without bounds checks, so besides
 parity with scikit-learn on fitted forests, the tables built from any forest that
 passes validation (hand-made, odd node orders, odd dtypes, infinite thresholds) are
 checked for range and compared with a plain-Python walk of scikit-learn's rules.
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from sklearn.ensemble import IsolationForest
 
-import uba.model
-from uba import forest_kernel
-from uba.model import COMPLETE_MAX_DEPTH, CompactForest, compact_forest_from_sklearn
+import uba.model.forest
+from uba.model import kernel as forest_kernel
+from uba.model.forest import COMPLETE_MAX_DEPTH, CompactForest, compact_forest_from_sklearn
 
 TOLERANCE = 1e-9
 
@@ -74,7 +74,7 @@ def test_forest_deeper_than_the_complete_layout_cap_walks_the_node_arrays():
 def test_node_layout_of_a_shallow_forest_gives_the_same_sums(monkeypatch):
     forest = _fitted(2000, 8, 3, n_estimators=50)
     complete = compact_forest_from_sklearn(forest, 8)
-    monkeypatch.setattr(uba.model, "COMPLETE_MAX_DEPTH", 0)
+    monkeypatch.setattr(uba.model.forest, "COMPLETE_MAX_DEPTH", 0)
     node = compact_forest_from_sklearn(forest, 8)
     probe = _probe(np.random.default_rng(3), 2000, 8)
 
@@ -303,15 +303,15 @@ def test_nan_threshold_at_an_inner_node_is_refused():
 def test_importing_and_building_a_forest_does_not_import_numba_loading_the_kernel_does():
     code = (
         "import sys, numpy as np\n"
-        "import uba.model\n"
+        "import uba.model.forest\n"
         "from sklearn.ensemble import IsolationForest\n"
         "f = IsolationForest(n_estimators=5, random_state=0).fit(np.eye(8))\n"
-        "c = uba.model.compact_forest_from_sklearn(f, 8)\n"
+        "c = uba.model.forest.compact_forest_from_sklearn(f, 8)\n"
         "assert 'numba' not in sys.modules, 'numba imported before the first score'\n"
         "c.load_kernel()  # what a server calls at model load\n"
-        "assert 'numba' in sys.modules and 'uba.forest_kernel' in sys.modules\n"
+        "assert 'numba' in sys.modules and 'uba.model.kernel' in sys.modules\n"
         "assert c.scores(np.zeros((1, 8), np.float32)).shape == (1,)\n"
-        "from uba import forest_kernel\n"
+        "from uba.model import kernel as forest_kernel\n"
         "assert forest_kernel._node_kernel.cache_info().currsize == 0, 'node loop compiled unasked'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -30,12 +30,12 @@ from api_world import SCORE_DAY, World, shared_world
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from uba.artifacts import CHECKSUMS_FILE, load_bundle
+from uba.alerting.thresholds import history_from_training, load_or_build_history
 from uba.errors import BundleError, UserError
 from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION
 from uba.io import user_score_history_path
+from uba.model.bundle import CHECKSUMS_FILE, load_bundle
 from uba.settings import load_settings
-from uba.thresholds import history_from_training, load_or_build_history
 
 HOSTILE = Path(__file__).parent / "hostile"
 BUNDLE_CASES = sorted(p.name.removesuffix(".expect.json") for p in (HOSTILE / "bundle").glob("*.expect.json"))

@@ -24,7 +24,7 @@ from jobs.cli import cli
 from uba import io as storage
 from uba.errors import UserError
 from uba.event_rules import MSG_TS_INVALID, MSG_TS_SYNTAX
-from uba.ingest import detect_format, ingest_files, ingest_frame
+from uba.ingest.files import detect_format, ingest_files, ingest_frame
 from uba.schema import EVENT_SCHEMA, QUARANTINE_SCHEMA
 from uba.settings import IngestSettings, Settings
 
@@ -602,7 +602,7 @@ def _random_csv(rng: np.random.Generator, well_formed: bool) -> tuple[bytes, lis
 def test_one_definition_of_a_record_whatever_the_read_size_and_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     """Record ends match RFC 4180 exactly, do not depend on where reads are cut, and the
     columnar and record-by-record parsers give the same fields for every record."""
-    from uba import ingest
+    from uba.ingest import files as ingest
 
     rng = np.random.default_rng(11)
     names = ["x", "y", "z"]
@@ -851,9 +851,9 @@ def test_anything_after_the_json_array_refuses_the_file_naming_the_byte(tmp_path
 
 def test_unknown_json_keys_never_become_columns(tmp_path: Path) -> None:
     """250,000 lines with a key each took 6.2 GB (a column per key, rows x keys null cells)."""
-    from uba.ingest import MAX_IGNORED_NAMES, read_batches
+    from uba.ingest.files import MAX_IGNORED_NAMES, read_batches
+    from uba.ingest.validate import META_FIELDS
     from uba.schema import RAW_FIELDS
-    from uba.validate import META_FIELDS
 
     path = tmp_path / "keys.jsonl"
     path.write_text("".join(json.dumps({**_event(i), f"x{i}": i, "source_row": -1}) + "\n" for i in range(3000)))
@@ -871,7 +871,7 @@ def test_unknown_json_keys_never_become_columns(tmp_path: Path) -> None:
 
 
 def _peak_rss_mb(path: Path, data: Path) -> float:
-    script = ("import resource, sys\nfrom uba.ingest import ingest_files\nfrom uba.settings import Settings\n"
+    script = ("import resource, sys\nfrom uba.ingest.files import ingest_files\nfrom uba.settings import Settings\n"
               "s = ingest_files([sys.argv[1]], sys.argv[2], Settings())\nassert s.rows_written == s.rows_read\n"
               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
     done = subprocess.run([sys.executable, "-c", script, str(path), str(data)], capture_output=True, text=True,
@@ -941,7 +941,7 @@ def test_jsonl_cr_only_line_ends_are_refused_with_one_line(tmp_path: Path) -> No
 
 def test_jsonl_cr_split_across_read_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A \\r\\n cut between two reads is one line end, not a line end and a blank line."""
-    import uba.ingest as ingest_module
+    import uba.ingest.files as ingest_module
 
     monkeypatch.setattr(ingest_module, "CSV_READ_BYTES", 7)
     lines = [json.dumps(_event(i)) for i in range(40)]
@@ -1088,7 +1088,7 @@ def test_view_and_fixed_size_binary_parquet_columns_decode_in_bounded_batches(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from uba import ingest
+    from uba.ingest import files as ingest
     from uba.settings import IngestSettings
 
     rows, size = 120, 60_000
@@ -1109,7 +1109,7 @@ def test_a_fixed_size_binary_column_wider_than_the_field_limit_is_not_read(tmp_p
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from uba.ingest import read_batches
+    from uba.ingest.files import read_batches
     from uba.settings import IngestSettings
 
     path = tmp_path / "wider.parquet"
@@ -1127,7 +1127,7 @@ def test_a_parquet_file_of_many_tiny_row_groups_is_read_in_few_batches(tmp_path:
     file of 3,000 one-row row groups wrote 3,000 parts and took minutes."""
     import pyarrow.parquet as pq
 
-    from uba.ingest import read_batches
+    from uba.ingest.files import read_batches
     from uba.settings import IngestSettings
 
     rows = 300

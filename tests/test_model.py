@@ -10,7 +10,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.ensemble._iforest import _average_path_length
 from sklearn.preprocessing import StandardScaler
 
-from uba.model import (
+from uba.model.forest import (
     CompactForest,
     Detector,
     average_path_length,
@@ -140,7 +140,7 @@ def test_threshold_is_the_configured_percentile_of_training_scores():
 
     assert detector.threshold == np.percentile(train_scores, 97.5)
     assert detector.percentile == 97.5
-    flagged = train_scores >= detector.threshold  # the cut uba.thresholds.decide applies
+    flagged = train_scores >= detector.threshold  # the cut uba.alerting.thresholds.decide applies
     assert abs(flagged.mean() - 0.025) < 0.002
 
 

@@ -22,14 +22,14 @@ from click.testing import CliRunner
 
 from jobs.cli import cli
 from uba import io
+from uba.alerting.feedback import add_rule, known_reason_kinds, remove_rule
+from uba.alerting.userday import stored_day_alerts
 from uba.features import protected_baselines_as_of
-from uba.feedback import add_rule, known_reason_kinds, remove_rule
 from uba.generate import CONTEXTUAL_KINDS
 from uba.report import load_report_data
 from uba.scoring import ScoreOptions, score_day
 from uba.settings import Settings, load_settings
 from uba.training import train_model
-from uba.userday import stored_day_alerts
 
 START = date(2026, 3, 2)                       # a Monday
 TRAIN_END = START + timedelta(days=13)         # Sunday 2026-03-15

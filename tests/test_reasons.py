@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from uba.reasons import MIN_SEVERITY, REASON_KINDS, explain
+from uba.features.reasons import MIN_SEVERITY, REASON_KINDS, explain
 
 ORDINARY = {
     "known_user": True, "event_type": "view", "device_type": "desktop",
@@ -127,7 +127,7 @@ def test_missing_context_still_gives_a_reason(missing):
 
 def _ranked_by_hand(row: list[float], max_reasons: int) -> list[str]:
     """The documented rule, written out one row at a time."""
-    from uba.reasons import MIN_SEVERITY, MIN_TOP_SEVERITY, REASON_KINDS
+    from uba.features.reasons import MIN_SEVERITY, MIN_TOP_SEVERITY, REASON_KINDS
 
     ranked = sorted(zip(REASON_KINDS, row, strict=True), key=lambda kv: -kv[1])  # sorted() is stable
     top = ranked[0][1]
@@ -141,7 +141,7 @@ def _ranked_by_hand(row: list[float], max_reasons: int) -> list[str]:
 def test_kind_ranking_follows_the_documented_rule_with_ties(max_reasons: int) -> None:
     import numpy as np
 
-    from uba.reasons import reason_kinds_column
+    from uba.features.reasons import reason_kinds_column
 
     rng = np.random.default_rng(max_reasons)
     severity = rng.choice([0.0, 0.5, 0.99, 1.0, 1.5, 1.99, 2.0, 2.5, 3.0], size=(3000, 8))

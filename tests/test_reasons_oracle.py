@@ -1,6 +1,6 @@
 """Reasons built from arrays and plain Python say what the former Polars expressions said.
 
-``uba.reasons`` ranks and phrases reasons once for the API (one event) and the batch job
+``uba.features.reasons`` ranks and phrases reasons once for the API (one event) and the batch job
 (flagged rows of a shard). These tests compare its ``explain`` with the frozen
 expressions (``tests/polars_reasons_reference.py``) on every event of a generated day,
 on edge cases of that day, and on random context values that exercise every rounding
@@ -22,7 +22,7 @@ from test_reasons import ORDINARY
 from uba import io
 from uba.features import POPULATION_USER
 from uba.features.events import event_features
-from uba.reasons import explain
+from uba.features.reasons import explain
 
 
 @pytest.fixture(scope="module")

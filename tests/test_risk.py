@@ -1,4 +1,4 @@
-"""Entity risk (uba.risk): the pure formula on hand-made frames with exact expectations."""
+"""Entity risk (uba.alerting.risk): the pure formula on hand-made frames with exact expectations."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from datetime import date
 import polars as pl
 import pytest
 
-from uba.alerts.records import alert_id
-from uba.risk import compute_risk, contributions_of_day, saturate
+from uba.alerting.records import alert_id
+from uba.alerting.risk import compute_risk, contributions_of_day, saturate
 from uba.settings import RiskSettings
 
 DAY = date(2026, 3, 10)

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from jobs.cli import cli
 from uba import io
-from uba.risk import read_risk, stale_marker
+from uba.alerting.risk import read_risk, stale_marker
 from uba.settings import RiskSettings
 
 S = RiskSettings()

@@ -10,8 +10,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from uba import io
+from uba.locks import date_lock
 from uba.scoring import ScoreOptions, score_day
-from uba.scoring.lock import date_lock
 
 UBA = Path(sys.executable).with_name("uba-batch")
 REPO = Path(__file__).resolve().parents[1]

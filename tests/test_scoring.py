@@ -15,12 +15,12 @@ import polars as pl
 import pytest
 
 from uba import io
-from uba.artifacts import load_bundle
 from uba.errors import UserError
 from uba.features import baselines_as_of
 from uba.features.events import FEATURE_COLUMNS, event_features
+from uba.locks import date_lock, lock_path
+from uba.model.bundle import load_bundle
 from uba.scoring import RunLockedError, ScoreOptions, score_day
-from uba.scoring.lock import date_lock, lock_path
 from uba.scoring.outputs import SCORE_COLUMNS
 
 CONTRACT_COLUMNS = {"event_id", "user_id", "timestamp", "anomaly_score", "is_anomaly", "threshold",
@@ -208,7 +208,7 @@ def test_a_lock_held_by_a_killed_process_is_not_stale(trained_dataset, scoring_s
     day = trained_dataset.score_dates[0]
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time, datetime, pathlib; from uba.scoring.lock import date_lock\n"
+         "import sys, time, datetime, pathlib; from uba.locks import date_lock\n"
          "with date_lock(pathlib.Path(sys.argv[1]), datetime.date.fromisoformat(sys.argv[2])):\n"
          "    print('held', flush=True); time.sleep(60)", str(tmp_path), day.isoformat()],
         stdout=subprocess.PIPE, text=True)
@@ -313,7 +313,7 @@ def test_a_corrupt_events_part_is_one_line_naming_the_file(tmp_path: Path) -> No
 
 
 def _shard_inputs(settings, day: date):
-    from uba.operations import RunOperations
+    from uba.scoring.hooks import RunOperations
     from uba.scoring.shard import ShardInputs
 
     bundle = load_bundle(settings.paths.model_dir)

@@ -13,12 +13,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from uba import artifacts, io, thresholds
-from uba.errors import BundleError
-from uba.evaluate import concentration_comparison
-from uba.features.baselines import POPULATION_USER
-from uba.settings import Settings, UserThresholdSettings
-from uba.thresholds import (
+from uba import io
+from uba.alerting import thresholds
+from uba.alerting.thresholds import (
     HISTORY_SCHEMA,
     decide,
     load_or_build_history,
@@ -26,6 +23,11 @@ from uba.thresholds import (
     user_cut_array,
     user_thresholds,
 )
+from uba.errors import BundleError
+from uba.features.baselines import POPULATION_USER
+from uba.model import bundle as artifacts
+from uba.monitoring.evaluation import concentration_comparison
+from uba.settings import Settings, UserThresholdSettings
 
 T = 0.6
 SETTINGS = UserThresholdSettings(enabled=True, prior_events=50, user_quantile=0.9, min_ratio=0.9, max_ratio=1.3)

@@ -1,4 +1,4 @@
-"""Multi-day user-day signals (uba.trends) on hand-made event partitions, through the real CLI:
+"""Multi-day user-day signals (uba.alerting.trends) on hand-made event partitions, through the real CLI:
 ``train`` on four weeks of ordinary days, then ``score --date`` on a day that ends a run of
 rising downloads for one user and of later, longer sessions for another."""
 
@@ -15,10 +15,10 @@ from click.testing import CliRunner
 
 from jobs.cli import cli
 from uba import io
-from uba.risk import read_risk
+from uba.alerting.risk import read_risk
+from uba.alerting.trends import trend_signals
 from uba.schema import EVENT_SCHEMA
 from uba.settings import TrendSettings
-from uba.trends import trend_signals
 
 FIRST = date(2026, 2, 2)
 TRAIN_END = date(2026, 3, 1)        # 28 days of ordinary history

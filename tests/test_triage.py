@@ -14,8 +14,8 @@ from conftest import ALERT_DAYS
 
 from jobs.cli import cli
 from uba import io
-from uba.alerts.triage import TRIAGE, triage_log
-from uba.feedback import confirmed_malicious_ids, latest_feedback, load_rules
+from uba.alerting.feedback import confirmed_malicious_ids, latest_feedback, load_rules
+from uba.alerting.triage import TRIAGE, triage_log
 
 DAYS = list(ALERT_DAYS[:2])  # the session's alert world, scored by this module
 
@@ -203,7 +203,7 @@ def test_two_concurrent_closes_of_one_alert_let_only_one_through(own: Path, monk
     the status check and the writes now hold the triage table's lock."""
     import threading
 
-    from uba.alerts import triage
+    from uba.alerting import triage
 
     alert = _listed(own, "--days", "2")[0]["alert_id"]
     read_status = triage.current_status

@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 
 from uba import io
+from uba.alerting.userday import stored_day_alerts
 from uba.features import protected_baselines_as_of
-from uba.pipeline import prepare_aggregates
+from uba.features.pipeline import prepare_aggregates
 from uba.schema import EVENT_SCHEMA
 from uba.settings import load_settings
-from uba.userday import stored_day_alerts
 
 FIRST = date(2026, 2, 2)            # a Monday; four weeks of history follow
 WEDNESDAY = date(2026, 3, 4)

@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 
 from uba.event_rules import MSG_TS_INVALID, MSG_TS_RANGE, MSG_TS_SYNTAX
+from uba.ingest.validate import REASON_KINDS, REJECTED_COLUMNS, event_dates, validate_events
 from uba.schema import EVENT_SCHEMA, RAW_FIELDS
 from uba.settings import EventSettings
-from uba.validate import REASON_KINDS, REJECTED_COLUMNS, event_dates, validate_events
 
 GOOD: dict[str, str | None] = {
     "event_id": "e1",
@@ -405,7 +405,7 @@ def _api_verdict(model: type, event: dict[str, Any]) -> dict[str, Any] | None:
 def test_the_api_and_ingest_accept_exactly_the_same_timestamps_and_ids(tmp_path: Path) -> None:
     """The same 200+ edge values to the API's request model and through a real JSON Lines file."""
     from uba.api.schemas import build_event_model
-    from uba.ingest import ingest_files
+    from uba.ingest.files import ingest_files
     from uba.settings import IngestSettings, Settings
 
     cases = [("timestamp", value) for value in TIMESTAMP_EDGES]
@@ -500,7 +500,7 @@ def test_the_api_and_ingest_agree_on_every_field_and_refuse_repeated_keys(tmp_pa
 
     from uba.api.body import JsonBody
     from uba.api.schemas import build_event_model
-    from uba.ingest import ingest_files
+    from uba.ingest.files import ingest_files
     from uba.settings import IngestSettings, Settings
 
     lines = [_raw_event(row, field, literal) for row, (field, literal) in enumerate(FIELD_EDGES, start=1)]

@@ -43,7 +43,7 @@ import polars as pl
 
 from uba.errors import UserError
 from uba.logs import get_logger
-from uba.schema import EVENT_SCHEMA, PARTITION_COLUMN
+from uba.schema import EVENT_SCHEMA, FEEDBACK_SCHEMA, PARTITION_COLUMN
 
 EVENTS = "events"
 QUARANTINE = "quarantine"
@@ -1116,7 +1116,7 @@ def partition_row_count(root: Path, dataset: str, day: date | str) -> int:
 FEEDBACK = "feedback"
 SUPPRESSIONS = "suppressions"
 FLAGGED_USERS = "flagged_users"
-RISK = "risk"  # entity risk per user (uba.risk), published with the day's other outputs
+RISK = "risk"  # entity risk per user (uba.alerting.risk), published with the day's other outputs
 MANIFEST_NAME = "manifest.json"
 
 
@@ -2079,3 +2079,16 @@ def prune_day_versions(output_dir: Path, day: date | str) -> list[str]:
             discard_dir(child) if child.is_dir() and not child.is_symlink() else child.unlink(missing_ok=True)
             removed.append(child.name)
     return removed
+
+
+def latest_feedback(data_dir: Path) -> pl.LazyFrame:
+    """One row per event with its most recent label (later parts, then later rows, win)."""
+    parts = scan_table(data_dir, FEEDBACK)
+    if parts is None:
+        return pl.LazyFrame(schema=FEEDBACK_SCHEMA)
+    return (
+        parts.sort(["_part", "recorded_at", "seq"])
+        .group_by("event_id", maintain_order=True)
+        .agg(pl.all().last())
+        .select(list(FEEDBACK_SCHEMA))
+    )

@@ -4,7 +4,7 @@ Everything the page shows is embedded (inline CSS, charts as base64 PNGs, no scr
 no external links), so it can be mailed, attached to a ticket or opened on an
 air-gapped workstation and look the same.
 
-The "top users" table reads the day's entity risk table (``uba.risk``, the one table
+The "top users" table reads the day's entity risk table (``uba.alerting.risk``, the one table
 the API and the export read too): the riskiest users, and every user at high or above
 however many there are, each with a 30-day sparkline (inline SVG) and the day's alerts
 and reasons beside it. A day scored before entity risk existed falls back to the old
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io as stdio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -26,13 +25,14 @@ from typing import Any
 import polars as pl
 
 from uba import io
-from uba.alerts.records import day_records
-from uba.alerts.triage import status_counts
-from uba.drift import monitoring_row, retrain_advice
+from uba.alerting.records import day_records
+from uba.alerting.risk import read_risk, risk_window, stale_marker, user_series
+from uba.alerting.triage import status_counts
+from uba.alerting.userday import riskiest_first
 from uba.errors import UserError
-from uba.risk import read_risk, risk_window, stale_marker, user_series
+from uba.monitoring.charts import STATUS_COLOURS, drift_history_png, png_bytes, pyplot
+from uba.monitoring.drift import monitoring_row, retrain_advice
 from uba.settings import Settings
-from uba.userday import riskiest_first
 
 FLAGGED_NEEDED: dict[str, pl.DataType] = {
     "event_id": pl.String(),
@@ -46,7 +46,6 @@ USER_DAY_NEEDED: dict[str, pl.DataType] = {
     "day_score": pl.Float64(),
     "reasons": pl.List(pl.String()),
 }
-STATUS_COLOURS = {"ok": "#2e7d32", "warn": "#b26a00", "drift": "#c62828", "n/a": "#666666"}
 
 
 # --- tables ----------------------------------------------------------------------------
@@ -223,27 +222,9 @@ def _sparklines(output_dir: Path, day: date, users: list[str], days: int) -> dic
 # --- charts ----------------------------------------------------------------------------
 
 
-def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = stdio.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80, metadata={"Software": None})
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def alert_history_png(rows: Sequence[Mapping[str, Any]], day: date) -> bytes:
     """Alerts per day (suppressed stacked on top) against the alerts the percentile promises."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 2.8))
     labels = [str(r["date"])[5:] for r in rows]
     alerts = [r["alerts"] for r in rows]
@@ -257,48 +238,7 @@ def alert_history_png(rows: Sequence[Mapping[str, Any]], day: date) -> bytes:
     ax.tick_params(axis="x", labelsize=7, rotation=45)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    return _png(fig)
-
-
-def drift_history_png(rows: Sequence[Mapping[str, Any]], psi_warn: float, psi_drift: float) -> bytes:
-    """The verdict's own rule over time: the judged feature and score PSI (the excess over
-    chance for runs with a cross-fitted reference) against the warn and drift lines, each
-    day's verdict, and the alert volume against what the reference expects."""
-    plt = _pyplot()
-    fig, (ax_psi, ax_rate) = plt.subplots(2, 1, figsize=(10, 5.2), sharex=True)
-    labels = [str(r["date"])[5:] for r in rows]
-
-    def series(key: str) -> list[float]:
-        return [float("nan") if r.get(key) is None else float(r[key]) for r in rows]
-
-    excess = any(r.get("judged_by") == "excess" for r in rows)
-    unit = "excess PSI" if excess else "PSI"
-    ax_psi.plot(labels, series("feature_judged"), marker="o", label=f"max feature {unit}")
-    ax_psi.plot(labels, series("score_judged"), marker="s", label=f"score {unit}")
-    ax_psi.axhline(psi_warn, color=STATUS_COLOURS["warn"], linestyle=":", label=f"score warn {psi_warn:g}")
-    ax_psi.axhline(psi_drift, color=STATUS_COLOURS["drift"], linestyle="--", label=f"drift {psi_drift:g}")
-    for x, row in zip(labels, rows, strict=True):
-        ax_psi.axvspan(labels.index(x) - 0.5, labels.index(x) + 0.5, alpha=0.18, linewidth=0,
-                       color=STATUS_COLOURS.get(row.get("status"), "#9e9e9e"))
-    ax_psi.set_ylabel(unit)
-    ax_psi.set_title("drift = score and a feature at or above the drift line; warn = a feature at or above it, "
-                     "the score above the warn line, or alert volume outside its band (shading: verdict)",
-                     fontsize=7)
-    ax_psi.legend(fontsize=7, loc="upper left")
-    by_users = any(r.get("alerted_users") is not None for r in rows)
-    observed, expected = (("alerted_users", "expected_alerted_users") if by_users
-                          else ("alert_rate", "expected_alert_rate"))
-    ax_rate.plot(labels, series(observed), marker="o", label="users with an alert" if by_users else "alert rate")
-    ax_rate.plot(labels, series(expected), linestyle="--", color="#37474f", label="expected")
-    bands = [r.get("alert_band") or [float("nan"), float("nan")] for r in rows]
-    ax_rate.fill_between(labels, [e * b[0] for e, b in zip(series(expected), bands, strict=True)],
-                         [e * b[1] for e, b in zip(series(expected), bands, strict=True)], color="#90a4ae",
-                         alpha=0.25, label="band (warn outside it when beyond chance)" if by_users else "band")
-    ax_rate.set_ylabel("users" if by_users else "alert rate")
-    ax_rate.tick_params(axis="x", labelsize=7, rotation=45)
-    ax_rate.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 # --- page ------------------------------------------------------------------------------

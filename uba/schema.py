@@ -8,6 +8,8 @@ features use it; when they do not, it stays null.
 
 from __future__ import annotations
 
+import hashlib
+
 import polars as pl
 
 REQUIRED_FIELDS: tuple[str, ...] = (
@@ -52,3 +54,28 @@ UNKNOWN_PARTITION = "unknown"
 def empty_events() -> pl.DataFrame:
     """An empty frame in the stored event shape, for days with no input."""
     return pl.DataFrame(schema=EVENT_SCHEMA)
+
+# --- analyst feedback: one row per label given to an event (append-only table) ---
+FEEDBACK_COLUMNS = ("event_id", "label", "analyst", "note")
+FEEDBACK_SCHEMA: dict[str, pl.DataType] = {
+    "event_id": pl.String(),
+    "label": pl.String(),
+    "analyst": pl.String(),
+    "note": pl.String(),
+    "source": pl.String(),
+    "recorded_at": pl.Datetime("us", "UTC"),
+    "seq": pl.Int64(),
+}
+
+# --- findings: every alert's stable id (the alerting records, feedback and baseline
+# protection all name alerts by it, so it lives below all of them) ---
+ALERT_TYPES = ("event", "user_day", "risk")
+ID_PREFIX = "uba-"
+
+
+def alert_id(alert_type: str, *subject: str) -> str:
+    """Stable id of a finding: its kind and what it is about (see the module doc)."""
+    if alert_type not in ALERT_TYPES:
+        raise ValueError(f"unknown alert type {alert_type!r}")
+    text = "\x1f".join((alert_type, *subject))
+    return ID_PREFIX + hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()

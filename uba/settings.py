@@ -36,6 +36,7 @@ from pydantic_settings import (
 )
 
 from uba.errors import UserError
+from uba.event_rules import WHITESPACE, bad_id_char, category_key
 
 DEFAULT_CONFIG_PATH = Path("configs/default.yaml")
 MAX_CONFIG_BYTES = 1 << 20  # default.yaml is ~6 KB; a config file is never megabytes
@@ -77,8 +78,6 @@ class EventSettings(_Section):
         ``[login, LOGIN]`` would make ingest store ``LOGIN`` for ``login`` events and
         ``" sp "`` could never be matched as configured.
         """
-        from uba.event_rules import WHITESPACE, bad_id_char, category_key
-
         if not value or len(set(value)) != len(value):
             raise ValueError("must be a non-empty list of distinct names")
         seen: dict[str, str] = {}
@@ -253,7 +252,7 @@ class MonitoringSettings(_Section):
 
 
 class TrendSettings(_Section):
-    """Multi-day user-day signals (``uba.trends``): the user's recent active days on the same
+    """Multi-day user-day signals (``uba.alerting.trends``): the user's recent active days on the same
     side of their own history before the window, pooled (Stouffer) and tested one-sided at
     ``alpha`` against Student's t. Variances are shrunk toward the population's median with ``prior_days``."""
 

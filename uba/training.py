@@ -8,23 +8,34 @@ stored in the bundle so every scorer (batch, API) applies the same cut.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from uba import io
-from uba.artifacts import feature_reference, save_bundle, score_summary
+from uba.alerting.feedback import confirmed_malicious_ids
+from uba.alerting.thresholds import store_training_history
 from uba.errors import UserError
 from uba.features import snapshot_baselines
 from uba.features.compiled import PEER_FEATURE_COLUMNS, feature_columns
 from uba.features.events import FEATURE_SET_VERSION
+from uba.features.pipeline import date_range, feature_matrix, prepare_aggregates, window_features
 from uba.logs import get_logger
-from uba.model import fit_detector
-from uba.operations import after_training, training_metadata
-from uba.pipeline import date_range, feature_matrix, prepare_aggregates, window_features
+from uba.model.bundle import feature_reference, save_bundle, score_summary
+from uba.model.forest import fit_detector
+from uba.monitoring.drift import (
+    DRIFT_REFERENCE_KEY,
+    WEEKDAY_REFERENCE_KEY,
+    TrainingRows,
+    build_drift_reference,
+    cross_fitted_scores,
+    weekday_references,
+)
 from uba.settings import Settings
 
 log = get_logger("train")
@@ -83,8 +94,6 @@ def train_model(
     """
     data_dir, model_dir = settings.paths.data_dir, settings.paths.model_dir
     if exclude_malicious:
-        from uba.feedback import confirmed_malicious_ids
-
         malicious_ids = (malicious_ids or set()) | confirmed_malicious_ids(data_dir)
     try:  # a mistyped --model-dir fails before minutes of training, as one line
         Path(model_dir).mkdir(parents=True, exist_ok=True)
@@ -143,3 +152,29 @@ def write_snapshot_after(settings: Settings, end_date: date) -> Path:
     prepare_aggregates(settings.paths.data_dir, [as_of], settings)
     return snapshot_baselines(settings.paths.data_dir, as_of, settings, settings.paths.output_dir)[1]
 
+
+# --- what a trained bundle carries beside the forest ---------------------------------
+
+
+def training_metadata(settings: Settings, features: pl.DataFrame, matrix: np.ndarray,
+                      train_scores: np.ndarray, feature_names: Sequence[str]) -> dict[str, Any]:
+    """Extra bundle metadata (checksummed with the bundle): the drift references."""
+    days = features["timestamp"].dt.date()
+    percentile = settings.threshold.percentile
+    rows = TrainingRows(days=days.to_numpy().astype("datetime64[D]"), users=features["user_id"].to_numpy(),
+                        history_days=features["bl_history_days"].fill_null(0).to_numpy())
+    scores, kind = cross_fitted_scores(matrix, rows.days, feature_names, settings.model, percentile)
+    threshold = float(np.percentile(train_scores, percentile))
+    return {WEEKDAY_REFERENCE_KEY: weekday_references(
+                matrix, train_scores, days.to_list(), feature_names, settings.monitoring.min_rows,
+                settings.monitoring.weekday_reference_min_days),
+            DRIFT_REFERENCE_KEY: build_drift_reference(matrix, scores, kind, rows, threshold, feature_names,
+                                                       settings.monitoring)}
+
+
+def after_training(settings: Settings, bundle_path: Path, features: pl.DataFrame,
+                   train_scores: np.ndarray) -> None:
+    """Store the per-user score table from the training scores, so the first score run
+    with per-user thresholds does not have to recompute the training window."""
+    store_training_history(bundle_path, features["user_id"].to_list(), train_scores,
+                           settings.user_thresholds.user_quantile)

@@ -75,7 +75,7 @@ def list_command(ctx: click.Context, day: date | None, days: int, status: str, k
       uba-batch alerts list --type user-day --format jsonl | head -3
       uba-batch alerts list --failed --sink siem
     """
-    from uba.alerts.triage import STATUSES, list_alerts, recent_days
+    from uba.alerting.triage import STATUSES, list_alerts, recent_days
 
     settings = settings_from(ctx, output_dir=output_dir, data_dir=data_dir)
     if delivery is not None:
@@ -106,7 +106,7 @@ def show_command(ctx: click.Context, alert_id: str, day: date | None, output_dir
     Example:
       uba-batch alerts show uba-0123456789abcdef01234567
     """
-    from uba.alerts.triage import alert_with_history
+    from uba.alerting.triage import alert_with_history
 
     settings = settings_from(ctx, output_dir=output_dir, data_dir=data_dir)
     record = alert_with_history(Path(settings.paths.output_dir), Path(settings.paths.data_dir), alert_id,
@@ -116,7 +116,7 @@ def show_command(ctx: click.Context, alert_id: str, day: date | None, output_dir
 
 def _act(ctx: click.Context, alert_id: str, action: str, day: date | None, output_dir: str | None,
          data_dir: str | None, **kwargs: Any) -> None:
-    from uba.alerts.triage import apply_action
+    from uba.alerting.triage import apply_action
 
     settings = settings_from(ctx, output_dir=output_dir, data_dir=data_dir)
     result = apply_action(Path(settings.paths.output_dir), Path(settings.paths.data_dir), alert_id, action,
@@ -200,7 +200,7 @@ def _when(epoch: float | None) -> str:
 
 def _list_outbox(data_dir: Path, status: str, sink: str | None, day: date | None, limit: int, fmt: str) -> None:
     """``alerts list --pending|--failed|--delivered``: rows of the delivery ledger."""
-    from uba.alerts.ledger import outbox_rows
+    from uba.alerting.ledger import outbox_rows
 
     rows = outbox_rows(data_dir, status, sink, day, limit or None)
     if rows is None:
@@ -246,7 +246,7 @@ def deliver_command(ctx: click.Context, sink_names: tuple[str, ...], days: tuple
       uba-batch alerts deliver
       uba-batch alerts deliver --sink siem --date 2026-03-20 --date 2026-03-21
     """
-    from uba.alerts.delivery import deliver_pending
+    from uba.alerting.delivery import deliver_pending
 
     settings = settings_from(ctx, data_dir=data_dir, output_dir=output_dir)
     run = deliver_pending(settings, sink_names, days, budget_sec)
@@ -271,7 +271,7 @@ def outbox_command(ctx: click.Context, data_dir: str | None) -> None:
     Example:
       uba-batch alerts outbox --data-dir data
     """
-    from uba.alerts.ledger import sink_states
+    from uba.alerting.ledger import sink_states
 
     settings = settings_from(ctx, data_dir=data_dir)
     states = sink_states(settings.paths.data_dir)
@@ -300,7 +300,7 @@ def retry_failed_command(ctx: click.Context, sink: str | None, alert_ids: tuple[
       uba-batch alerts retry-failed --sink siem
       uba-batch alerts retry-failed --alert-id uba-0123456789abcdef01234567 && uba-batch alerts deliver
     """
-    from uba.alerts.ledger import retry_dead_letters
+    from uba.alerting.ledger import retry_dead_letters
 
     settings = settings_from(ctx, data_dir=data_dir)
     moved = retry_dead_letters(settings.paths.data_dir, sink, alert_ids)

@@ -55,7 +55,7 @@ def command(ctx: click.Context, start: date, end: date, force: bool, data_dir: s
       uba-batch backfill --start 2026-03-01 --end 2026-03-28 --data-dir data --model-dir models --output-dir output
       uba-batch backfill --start 2026-03-01 --end 2026-03-07 --force --in-process
     """
-    from uba.alerts.delivery import prepare_sinks
+    from uba.alerting.delivery import prepare_sinks
     from uba.scoring import FaultInjection, ScoreOptions
     from uba.scoring.backfill import BackfillDelivery, backfill_dates
 

@@ -36,7 +36,7 @@ def command(ctx: click.Context, start: date | None, end: date | None, model_vers
       uba-batch train --data-dir data --end-date 2026-03-21 --window-days 21 --model-dir models
       uba-batch evaluate --data-dir data --model-dir models --start 2026-03-22 --end 2026-03-28
     """
-    from uba.evaluate import run_evaluation
+    from uba.monitoring.evaluation import run_evaluation
 
     settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir, output_dir=output_dir)
     run = run_evaluation(settings, start, end, model_version, Path(out_dir) if out_dir else None)

@@ -39,7 +39,7 @@ def command(ctx: click.Context, day: date, fmt: str, what: str, risk_level: str,
       uba-batch export --date 2026-03-22 --format ocsf --out alerts-2026-03-22.ocsf.jsonl
       uba-batch export --date 2026-03-22 --format ecs --what alerts | head -1
     """
-    from uba.alerts.formats import day_export, write_export
+    from uba.alerting.formats import day_export, write_export
 
     settings = settings_from(ctx, output_dir=output_dir)
     export = day_export(Path(settings.paths.output_dir), day, what, risk_level, fmt)

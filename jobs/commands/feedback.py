@@ -31,7 +31,7 @@ def command(ctx: click.Context, csv_file: str, data_dir: str | None, output_dir:
       printf 'event_id,label,analyst\\nev-001,malicious,ann\\n' > labels.csv
       uba-batch feedback labels.csv --data-dir data
     """
-    from uba.feedback import record_verdicts_csv
+    from uba.alerting.risk import record_verdicts_csv
 
     settings = settings_from(ctx, data_dir=data_dir, output_dir=output_dir)
     recorded = record_verdicts_csv(settings.paths.data_dir, settings.paths.output_dir, Path(csv_file),

@@ -41,7 +41,7 @@ def command(ctx: click.Context, inputs: tuple[str, ...], data_dir: str | None, f
       uba-batch ingest 'exports/**/*.jsonl.gz' --data-dir data --json
       uba-batch ingest dump.txt --format jsonl --batch-rows 100000
     """
-    from uba.ingest import ingest_files, quarantine_share_exceeded
+    from uba.ingest.files import ingest_files, quarantine_share_exceeded
 
     if batch_rows is not None:
         root = ctx.find_root()

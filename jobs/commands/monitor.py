@@ -39,8 +39,8 @@ def command(ctx: click.Context, start: date, end: date, png: str | None, data_di
       uba-batch backfill --start 2026-03-22 --end 2026-03-28
       uba-batch monitor --start 2026-03-22 --end 2026-03-28 --output-dir output
     """
-    from uba.alerts.ledger import sink_states
-    from uba.monitoring import monitor_days
+    from uba.alerting.ledger import sink_states
+    from uba.monitoring.runs import monitor_days
 
     settings = settings_from(ctx, data_dir=data_dir, output_dir=output_dir)
     summary = monitor_days(settings, start, end, Path(png) if png else None)

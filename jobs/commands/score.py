@@ -43,8 +43,8 @@ def command(ctx: click.Context, day: date | None, data_dir: str | None, model_di
       uba-batch score --date 2026-03-22 --data-dir data --model-dir models --output-dir output
       uba-batch score --date 2026-03-22 --ray-address auto --workers 16
     """
-    from uba.alerts.delivery import deliver_scored_day, prepare_sinks
-    from uba.operations import drift_verdict
+    from uba.alerting.delivery import deliver_scored_day, prepare_sinks
+    from uba.monitoring.drift import drift_verdict
     from uba.scoring import FaultInjection, ScoreOptions, score_day
     from uba.scoring.backfill import describe_manifest
 

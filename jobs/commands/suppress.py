@@ -42,7 +42,7 @@ def add(ctx: click.Context, user_id: str, reason_kind: str, expires: date | None
     Example:
       uba-batch suppress add --user '*' --reason-kind device --note "new laptops rolled out"
     """
-    from uba.feedback import add_rule, known_reason_kinds
+    from uba.alerting.feedback import add_rule, known_reason_kinds
 
     settings = settings_from(ctx, data_dir=data_dir)
     rule_id = add_rule(settings.paths.data_dir, user_id, reason_kind, known_reason_kinds(),
@@ -62,7 +62,7 @@ def list_rules(ctx: click.Context, show_all: bool, data_dir: str | None) -> None
     Example:
       uba-batch suppress list --data-dir data
     """
-    from uba.feedback import listed_rules
+    from uba.alerting.feedback import listed_rules
 
     settings = settings_from(ctx, data_dir=data_dir)
     rules = listed_rules(settings.paths.data_dir, include_expired=show_all)
@@ -87,7 +87,7 @@ def remove(ctx: click.Context, rule_id: str, data_dir: str | None) -> None:
     Example:
       uba-batch suppress remove 3f2a9c1b7d --data-dir data
     """
-    from uba.feedback import remove_rule
+    from uba.alerting.feedback import remove_rule
 
     settings = settings_from(ctx, data_dir=data_dir)
     remove_rule(settings.paths.data_dir, rule_id)

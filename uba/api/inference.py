@@ -3,9 +3,9 @@
 No frame and no query per request: the baseline snapshot was compiled into per-user
 arrays at load (``uba.features.compiled``), so a request's events become a few arrays
 (``event_columns``), get their features from the same kernel the batch shards call
-(``feature_arrays``), their reason kinds and sentences from ``uba.reasons`` (severity
+(``feature_arrays``), their reason kinds and sentences from ``uba.features.reasons`` (severity
 arrays, plain string formatting), their scores from the bundle's detector and their
-verdict from ``uba.thresholds.decide``. Nothing here re-implements a feature, a reason
+verdict from ``uba.alerting.thresholds.decide``. Nothing here re-implements a feature, a reason
 or a cut: that is what makes an event scored online and in batch get the same answer.
 ``/predict/batch`` takes the same path with more rows.
 """
@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from uba.alerting.thresholds import Decision, decide
 from uba.api.model_state import ModelState
 from uba.features.compiled import event_columns, feature_arrays
-from uba.reasons import DOWNLOAD, SENTENCE_INPUTS, reason_kinds, sentences, severity_matrix
-from uba.thresholds import Decision, decide
+from uba.features.reasons import DOWNLOAD, SENTENCE_INPUTS, reason_kinds, sentences, severity_matrix
 
 # SENTENCE_INPUTS that come from the request itself rather than from the kernel
 _EVENT_FIELDS = ("event_type", "device_type", "session_duration_sec", "events_in_session")
@@ -114,7 +114,7 @@ def score_events(state: ModelState, events: Sequence[ScoringEvent], max_reasons:
 
 def _decide(state: ModelState, events: Sequence[ScoringEvent], scores: np.ndarray,
             kinds: list[list[str]]) -> Decision:
-    """``uba.thresholds.decide`` per event day (rules expire by day; one day in practice)."""
+    """``uba.alerting.thresholds.decide`` per event day (rules expire by day; one day in practice)."""
     user_ids = [e.user_id for e in events]
     tops = [k[0] if k else None for k in kinds]
     cuts = state.thresholds_for(user_ids)

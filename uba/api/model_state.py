@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from uba.artifacts import Bundle
+from uba.alerting.feedback import RULE_SCHEMA, Rule, active_rules, rule_tuples
+from uba.alerting.thresholds import event_cuts
 from uba.features.compiled import CompiledBaselines
-from uba.feedback import RULE_SCHEMA, Rule, active_rules, rule_tuples
-from uba.thresholds import event_cuts
+from uba.model.bundle import Bundle
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 _RULE_DAYS_KEPT = 64

@@ -18,9 +18,9 @@ from typing import Any
 import polars as pl
 
 from uba import io
+from uba.alerting.risk import risk_days, risk_window, stale_marker
 from uba.errors import UserError
 from uba.logs import get_logger
-from uba.risk import risk_days, risk_window, stale_marker
 from uba.settings import Settings
 
 log = get_logger("api.risk")

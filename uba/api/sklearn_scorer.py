@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from uba.artifacts import Bundle
 from uba.errors import BundleError, UserError
+from uba.model.bundle import Bundle
 
 TOLERANCE = 1e-9
 CHECK_ROWS = 512

@@ -17,17 +17,17 @@ import numpy as np
 import polars as pl
 
 from uba import io
+from uba.alerting.feedback import load_rules
+from uba.alerting.thresholds import load_user_cuts
 from uba.api.inference import ScoringEvent, score_events
 from uba.api.model_state import BaselineIndex, ModelState, RulesKey, Scorer
-from uba.artifacts import Bundle, PeerContext, load_bundle, resolve_version
 from uba.errors import BundleError, UserError
 from uba.features.baselines import POPULATION_USER
 from uba.features.compiled import compile_baselines, feature_columns
 from uba.features.events import FEATURE_SET_VERSION
-from uba.feedback import load_rules
 from uba.logs import get_logger
+from uba.model.bundle import Bundle, PeerContext, load_bundle, resolve_version
 from uba.settings import Settings
-from uba.thresholds import load_user_cuts
 
 log = get_logger("api.state")
 
@@ -83,7 +83,7 @@ def build_scorer(bundle: Bundle, settings: Settings) -> tuple[Scorer, str]:
 
 
 def user_cut_map(bundle: Bundle, settings: Settings) -> dict[str, float] | None:
-    """Per-user thresholds as ``score`` loads them (``uba.thresholds.load_user_cuts``), as a
+    """Per-user thresholds as ``score`` loads them (``uba.alerting.thresholds.load_user_cuts``), as a
     mapping for one-event lookups (None when the option is off)."""
     try:
         cuts = load_user_cuts(settings, bundle)

@@ -38,8 +38,8 @@ from pathlib import Path
 import polars as pl
 
 from uba import io
-from uba.alerts.records import alert_id
-from uba.feedback import latest_feedback
+from uba.io import latest_feedback
+from uba.schema import alert_id
 from uba.settings import BaselineProtectionSettings
 
 UNLEARNED_SCHEMA: dict[str, pl.DataType] = {"user_id": pl.String(), "event_date": pl.Date()}

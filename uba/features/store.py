@@ -17,12 +17,12 @@ from pathlib import Path
 import polars as pl
 
 from uba import io
-from uba.artifacts import PeerContext
 from uba.directory import directory_path, load_directory
 from uba.features.aggregates import AGGREGATES_VERSION, daily_aggregates, empty_aggregates
 from uba.features.baselines import peer_groups, user_baselines
 from uba.features.protection import UNLEARNED_SCHEMA, unlearned_user_days, without_user_days
 from uba.logs import get_logger
+from uba.model.bundle import PeerContext
 from uba.schema import PARTITION_COLUMN
 from uba.settings import EventSettings, Settings
 

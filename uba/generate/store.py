@@ -16,7 +16,7 @@ from uba import io
 from uba.directory import store_directory_frame
 from uba.errors import UserError
 from uba.generate import ANOMALY_KINDS, GenerationOptions, SyntheticData, generate_dataset
-from uba.ingest import ingest_frame
+from uba.ingest.files import ingest_frame
 from uba.logs import get_logger
 from uba.schema import RAW_FIELDS
 from uba.settings import Settings
@@ -84,7 +84,7 @@ class GenerateResult:
     """What a generate run produced and where it went."""
 
     data: SyntheticData
-    ingest: Any  # uba.ingest.IngestSummary
+    ingest: Any  # uba.ingest.files.IngestSummary
     labels_path: Path
     users_path: Path
     directory: Any = None  # uba.directory.ImportSummary when the directory was stored

@@ -12,16 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import date
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+from uba.alerting.delivery import ReadySink, catch_up, deliver_published, enqueue_day
 from uba.errors import UserError
-from uba.pipeline import date_range
+from uba.features.pipeline import date_range
+from uba.manifest import scored_with
 from uba.scoring.driver import ScoreOptions, load_scoring_bundle, open_runtime, score_day
-from uba.scoring.manifest import scored_with
 from uba.settings import Settings
-
-if TYPE_CHECKING:
-    from uba.alerts.delivery import ReadySink
 
 Status = Literal["scored", "skipped", "failed"]
 
@@ -86,8 +84,6 @@ class BackfillDelivery:
 
     def follow(self, walk: Iterator[BackfillOutcome]) -> Iterator[BackfillOutcome]:
         """The walk unchanged, enqueueing each scored day's alerts on the way."""
-        from uba.alerts.delivery import enqueue_day
-
         for outcome in walk:
             if self.sinks and outcome.status == "scored" and outcome.manifest is not None:
                 self.published[(outcome.day, outcome.manifest["run_id"])] = enqueue_day(
@@ -97,8 +93,6 @@ class BackfillDelivery:
     def finish(self) -> list[str]:
         """Catch up days whose own enqueue was interrupted (a kill right after publishing),
         then deliver within alerting.deliver_budget_sec; returns the operator's lines."""
-        from uba.alerts.delivery import catch_up, deliver_published
-
         if self.sinks:
             catch_up(self.settings, self.sinks)
         if not self.published:

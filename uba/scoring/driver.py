@@ -38,18 +38,18 @@ from typing import Any
 import polars as pl
 
 from uba import io
-from uba.artifacts import Bundle, load_bundle
+from uba import manifest as mf
+from uba.alerting.risk import STALE_KEY, RiskRun
 from uba.errors import UserError
 from uba.features import baselines_as_of, ensure_aggregates, unlearned_as_of
-from uba.features.compiled import feature_columns
 from uba.features.events import FEATURE_SET_VERSION
-from uba.features.store import directory_context, lookback_days, stale_aggregate_days
+from uba.features.pipeline import load_scoring_bundle
+from uba.features.store import lookback_days, stale_aggregate_days
+from uba.locks import date_lock
 from uba.logs import get_logger
-from uba.operations import RunOperations
-from uba.risk import STALE_KEY, RiskRun
-from uba.scoring import manifest as mf
+from uba.model.bundle import Bundle
 from uba.scoring import shard
-from uba.scoring.lock import date_lock
+from uba.scoring.hooks import RunOperations
 from uba.scoring.plan import ShardSpec, plan_shards
 from uba.scoring.ray_backend import RayRuntime, RunFailedError
 from uba.scoring.shard import FaultInjection
@@ -110,15 +110,6 @@ def open_runtime(settings: Settings, options: ScoreOptions) -> RayRuntime:
         default_workers=settings.ray.num_workers,
         object_store_memory_mb=settings.ray.object_store_memory_mb,
     )
-
-
-def load_scoring_bundle(settings: Settings, version: str | None) -> Bundle:
-    """The bundle to score with, refused if it was trained on other features than this
-    code's, or with a user directory where there is none here (or the reverse)."""
-    peers = directory_context(settings.paths.data_dir)
-    return load_bundle(settings.paths.model_dir, version=version,
-                       expected_features=feature_columns(peers.present),
-                       expected_feature_set_version=FEATURE_SET_VERSION, peers=peers)
 
 
 def scan_day_events(data_dir: Path, day: date) -> pl.LazyFrame:

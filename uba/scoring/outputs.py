@@ -31,7 +31,7 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "reasons",
     "reason_kinds",
     "known_user",
-    # the user's effective cut and suppression (uba.operations)
+    # the user's effective cut and suppression (uba.scoring.hooks)
     "user_threshold",
     "suppressed",
     "suppressed_by",

@@ -33,17 +33,17 @@ import numpy as np
 import polars as pl
 
 from uba import io
-from uba.drift import DriftCounts, drift_counts
+from uba.alerting.feedback import rule_tuples
+from uba.alerting.thresholds import decide, user_cut_array
 from uba.features.compiled import CompiledBaselines, compile_baselines
 from uba.features.events import features_frame
-from uba.feedback import rule_tuples
-from uba.operations import PER_USER_SCHEMA
-from uba.pipeline import feature_matrix
-from uba.reasons import phrase_frame, rank_frame
+from uba.features.pipeline import feature_matrix
+from uba.features.reasons import phrase_frame, rank_frame
+from uba.monitoring.drift import DriftCounts, drift_counts
 from uba.schema import EVENT_SCHEMA
 from uba.scoring import outputs
+from uba.scoring.hooks import PER_USER_SCHEMA
 from uba.scoring.plan import Piece, ShardSpec
-from uba.thresholds import decide, user_cut_array
 
 SCORES_DIR = io.SCORES
 FLAGGED_PARTS_DIR = "flagged-parts"
@@ -183,7 +183,7 @@ def read_pieces(pieces: tuple[Piece, ...]) -> pl.DataFrame:
 
 
 def annotate(features: pl.DataFrame, scores: np.ndarray, inputs: ShardInputs, ctx: ShardContext) -> pl.DataFrame:
-    """Scores, reason kinds, the decision (``uba.thresholds.decide``, as the API decides)
+    """Scores, reason kinds, the decision (``uba.alerting.thresholds.decide``, as the API decides)
     and sentences for the flagged rows, on the shard's feature frame."""
     threshold = float(inputs.detector.threshold)
     scores = np.asarray(scores, dtype=np.float64)

@@ -1,6 +1,6 @@
 """GET /alerts and PATCH /alerts/{alert_id}: the triage lifecycle over HTTP.
 
-The same library as ``uba-batch alerts`` (``uba.alerts.triage``): the same statuses,
+The same library as ``uba-batch alerts`` (``uba.alerting.triage``): the same statuses,
 the same append-only triage table, a close's verdict stored in the same feedback
 store. Alerts are read from ``paths.output_dir``; no model is needed. (No ``from
 __future__ import annotations``: FastAPI must see the real classes.)
@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from uba.alerts import triage
+from uba.alerting import triage
 from uba.api.body import JsonBody, request_body
 from uba.api.deps import Runtime, RuntimeDep, require_json
 from uba.api.errors import BODY_ERRORS

@@ -1,6 +1,6 @@
 """POST /feedback: analysts mark flagged events benign or malicious.
 
-Stored exactly like ``uba-batch feedback`` (``uba.feedback.record_feedback``): one
+Stored exactly like ``uba-batch feedback`` (``uba.alerting.feedback.record_feedback``): one
 append-only Parquet part per request under ``<data-dir>/feedback/``, all items or none,
 latest label per event wins. No model is needed, so this works before the first reload.
 The body is bounded (``api.max_batch`` items, counted before any is validated) and
@@ -15,14 +15,14 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
+from uba.alerting.feedback import FeedbackSummary, record_feedback
+from uba.alerting.risk import mark_stale_after_verdicts
 from uba.api.body import JsonBody, request_body
 from uba.api.deps import RuntimeDep, require_json
 from uba.api.errors import BODY_ERRORS
 from uba.api.schemas import ApiModels, ErrorBody, FeedbackStored
 from uba.errors import UserError
-from uba.feedback import FeedbackSummary, record_feedback
 from uba.logs import get_logger
-from uba.risk import mark_stale_after_verdicts
 
 log = get_logger("api.feedback")
 

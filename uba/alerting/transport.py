@@ -27,8 +27,8 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from uba import __version__
-from uba.alerts.payloads import delivery_id, octet_frame, webhook_body
-from uba.alerts.signing import HEADER, sign
+from uba.alerting.payloads import delivery_id, octet_frame, webhook_body
+from uba.alerting.signing import HEADER, sign
 from uba.settings import SyslogSink, WebhookSink
 
 Kind = Literal["ack", "retry", "stop", "reject"]

@@ -12,7 +12,7 @@ The compact forest reproduces ``-IsolationForest.score_samples`` exactly (same
 float32 input cast, same NaN routing, same per-tree accumulation order); ``fit_detector``
 checks that on a sample of the training rows and the tests check it on random data.
 
-Two ways to walk it, giving identical sums: a compiled kernel (``uba.forest_kernel``,
+Two ways to walk it, giving identical sums: a compiled kernel (``uba.model.kernel``,
 numba; several times scikit-learn's rows per second per core, and a few microseconds for
 one row) on tables derived here at load, and numpy gathers level by level (rows holding
 NaN, whose routing the kernel does not implement; and the reference in tests and
@@ -120,7 +120,7 @@ class _TraversalTables:
 
 @dataclass(frozen=True, eq=False)
 class _KernelTables:
-    """What the compiled kernel (``uba.forest_kernel``) walks, derived from validated arrays.
+    """What the compiled kernel (``uba.model.kernel``) walks, derived from validated arrays.
 
     Complete layout (``complete`` true, depth <= COMPLETE_MAX_DEPTH): ``feature`` and
     ``threshold`` are ``(n_trees, 2**depth - 1)`` and ``value`` is ``(n_trees, 2**depth)``.
@@ -218,7 +218,7 @@ class CompactForest:
     def _compiled_path_lengths(self, X32: np.ndarray) -> tuple[np.ndarray, int]:
         """Rows through the numba kernel: path lengths and the number of rows holding NaN.
 
-        ``uba.forest_kernel`` (numba) is imported, and its loops compiled or loaded from
+        ``uba.model.kernel`` (numba) is imported, and its loops compiled or loaded from
         numba's cache, on first use, so importing this module stays cheap.
         """
         forest_kernel = _forest_kernel()
@@ -288,9 +288,9 @@ class CompactForest:
 
 @cache
 def _forest_kernel() -> ModuleType:
-    """``uba.forest_kernel``, imported once on first use (a plain import statement costs
+    """``uba.model.kernel``, imported once on first use (a plain import statement costs
     microseconds per call, a noticeable share of one API request)."""
-    from uba import forest_kernel
+    from uba.model import kernel as forest_kernel
 
     return forest_kernel
 
@@ -677,5 +677,5 @@ def _check_against_sklearn(detector: Detector, forest: IsolationForest, scaled: 
     if worst > _SELF_CHECK_TOLERANCE:
         raise RuntimeError(
             f"compact forest differs from scikit-learn's score_samples by {worst:.3g}; "
-            "this scikit-learn version is not supported by uba.model"
+            "this scikit-learn version is not supported by uba.model.forest"
         )

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from uba import io
-from uba.alerts.ledger import (
+from uba.alerting.ledger import (
     DELIVERED,
     FAILED,
     LEDGER_DIR,
@@ -41,12 +41,12 @@ from uba.alerts.ledger import (
     OutboxRow,
     ledger_path,
 )
-from uba.alerts.payloads import payload_for
-from uba.alerts.records import RISK, day_records, run_info
-from uba.alerts.transport import Outcome, safe_url, sender_for
+from uba.alerting.payloads import payload_for
+from uba.alerting.records import RISK, day_records, run_info
+from uba.alerting.transport import Outcome, safe_url, sender_for
 from uba.errors import UserError
 from uba.logs import get_logger
-from uba.scoring.manifest import SUCCEEDED, amend_published
+from uba.manifest import SUCCEEDED, amend_published
 from uba.settings import AlertingSettings, Settings, SyslogSink, WebhookSink
 
 log = get_logger("alerts.delivery")

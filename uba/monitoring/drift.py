@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from uba.artifacts import bin_proportions, feature_reference, score_summary
-from uba.model import fit_detector
-from uba.settings import MonitoringSettings
+from uba.model.bundle import bin_proportions, feature_reference, score_summary
+from uba.model.forest import fit_detector
+from uba.settings import MonitoringSettings, Settings
 
 SCORE_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99)
 # Score bins of a cross-fitted reference: quintiles of the bulk, where a shift of "normal"
@@ -126,7 +126,7 @@ def score_reference(metadata: Mapping[str, Any]) -> tuple[list[float], list[floa
 
 
 def _counts(values: np.ndarray, cuts: Sequence[float]) -> np.ndarray:
-    """Bin counts with the convention of ``uba.artifacts.bin_proportions`` (right-closed bins)."""
+    """Bin counts with the convention of ``uba.model.bundle.bin_proportions`` (right-closed bins)."""
     index = np.searchsorted(np.asarray(cuts, dtype=np.float64), values, side="left")
     return np.bincount(index, minlength=len(cuts) + 1).astype(np.int64)
 
@@ -405,7 +405,7 @@ def weekday_references(X: np.ndarray, scores: np.ndarray, days: Sequence[date],
     Office users make Mondays and Saturdays look different from the pooled training
     window every single week; comparing a Saturday with the training Saturdays keeps
     that rhythm from reading as drift. One day alone is too noisy a reference, hence
-    ``min_days``. Same summaries as the pooled ones (``uba.artifacts.feature_reference``
+    ``min_days``. Same summaries as the pooled ones (``uba.model.bundle.feature_reference``
     / ``score_summary``), so the PSI code is shared.
     """
     X = np.asarray(X, dtype=np.float64)
@@ -515,3 +515,28 @@ def build_drift_reference(X: np.ndarray, scores: np.ndarray, scores_kind: str, r
     return {"version": 2, "scores": scores_kind, "min_history_days": settings.reference_min_history_days,
             "warm_up_rows_included": warm_up_kept, "constant_features": constant,
             "pooled": pooled, "weekdays": per_weekday}
+
+
+# --- the verdict a score run reports ------------------------------------------------
+
+DRIFT_EXIT_CODE = 3
+
+
+def drift_verdict(manifest: dict[str, Any], settings: Settings) -> tuple[str, int]:
+    """One line about the run's drift check, and the exit code the command should use.
+
+    Heavy drift is reported but the outputs are published and the exit code stays 0,
+    unless ``monitoring.fail_on_drift`` asks the scheduler to notice (exit 3).
+    """
+    drift = manifest.get("drift") or {}
+    alerts = manifest.get("alerts") or {}
+    status = drift.get("status", "n/a")
+    line = (f"drift: {status} (max feature PSI {drift.get('max_feature_psi', 0):.3f}, score PSI "
+            f"{drift.get('score_psi') or 0:.3f}); alerts {alerts.get('alert_rows', '?')}, "
+            f"suppressed {alerts.get('suppressed_rows', 0)}, "
+            f"unusual user-days {(manifest.get('user_day') or {}).get('flagged_users', 0)}")
+    if status == "drift":
+        line += f"; retraining advised: {'; '.join(drift.get('why', [])[:2])}"
+        if settings.monitoring.fail_on_drift:
+            return line + " (monitoring.fail_on_drift: exit 3)", DRIFT_EXIT_CODE
+    return line, 0

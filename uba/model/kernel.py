@@ -4,7 +4,7 @@ Why compiled: numpy walks a forest with a few whole-array calls per tree level, 
 runs at about scikit-learn's own speed; a loop that keeps one tree's tables and a block
 of rows in L1 cache and walks several rows at once is several times faster per core.
 
-Two layouts, both prepared by :mod:`uba.model` from the validated forest arrays:
+Two layouts, both prepared by :mod:`uba.model.forest` from the validated forest arrays:
 
 * **complete**: every tree re-laid as a complete binary tree of the forest's depth D
   (inner slots ``0 .. 2**D - 2``, leaves ``0 .. 2**D - 1``). A row takes exactly D
@@ -17,15 +17,15 @@ Both add the per-tree path lengths of a row in tree order starting from 0.0, as
 scikit-learn's ``depths +=`` does, so the sums are bit-identical to its own.
 
 Safety: the loops index without bounds checks. They are only ever given tables whose
-every index is in range by construction (``uba.model`` builds them after
+every index is in range by construction (``uba.model.forest`` builds them after
 ``_check_forest_arrays``), and the wrappers below check shapes and the row width before
-calling them. Rows holding NaN are not routed here (``uba.model`` scores them with the
+calling them. Rows holding NaN are not routed here (``uba.model.forest`` scores them with the
 numpy path, which implements scikit-learn's missing-value routing).
 
 Compiling: importing this module imports numba and compiles the complete-layout loop
 (the node loop on its first use), or loads them from numba's cache (``NUMBA_CACHE_DIR``
 in the image); without a writable cache location they are compiled in memory once per
-process. ``uba.model`` imports this module only when it first scores.
+process. ``uba.model.forest`` imports this module only when it first scores.
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ def complete_path_lengths(
 
     ``feature``/``threshold`` are ``(n_trees, 2**D - 1)``, ``leaf_value`` is
     ``(n_trees, 2**D)``, and ``feature`` holds only columns of ``X32`` (the builder in
-    ``uba.model`` guarantees it). The sums of rows holding NaN are not scikit-learn's.
+    ``uba.model.forest`` guarantees it). The sums of rows holding NaN are not scikit-learn's.
     """
     n_trees, n_inner = feature.shape
     depth = n_inner.bit_length()  # n_inner = 2**depth - 1
@@ -309,7 +309,7 @@ def node_path_lengths(
 
     Node ids are global; ``children[2 g]``/``children[2 g + 1]`` are node ``g``'s left and
     right child (a leaf's are itself). Every id, root and feature must be in range (the
-    builder in ``uba.model`` guarantees it after the forest arrays were validated).
+    builder in ``uba.model.forest`` guarantees it after the forest arrays were validated).
     """
     n_nodes = feature.shape[0]
     if (

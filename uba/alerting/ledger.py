@@ -14,7 +14,7 @@ committed transaction survives SIGKILL and a power cut). Tables:
 Enqueueing is ``INSERT OR IGNORE``: a re-scored day (or ``backfill --force``) adds only
 findings the ledger has not seen and never touches the status of the others, so a
 delivered alert is never sent again under the same or another id. Ids are the export's
-alert ids (``uba.alerts.records.alert_id``), never new ones.
+alert ids (``uba.alerting.records.alert_id``), never new ones.
 """
 
 from __future__ import annotations

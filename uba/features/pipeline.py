@@ -15,11 +15,12 @@ import numpy as np
 import polars as pl
 
 from uba import io
-from uba.artifacts import Bundle
 from uba.errors import UserError
 from uba.features import ensure_aggregates, protected_baselines_as_of
-from uba.features.events import FEATURE_COLUMNS, event_features
-from uba.features.store import lookback_days
+from uba.features.compiled import feature_columns
+from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION, event_features
+from uba.features.store import directory_context, lookback_days
+from uba.model.bundle import Bundle, load_bundle
 from uba.settings import Settings
 
 
@@ -69,3 +70,12 @@ def feature_matrix(features: pl.DataFrame, feature_names: Sequence[str] = FEATUR
     if missing:
         raise UserError(f"feature frame lacks columns {missing}")
     return np.ascontiguousarray(features.select(list(feature_names)).to_numpy(), dtype=np.float64)
+
+
+def load_scoring_bundle(settings: Settings, version: str | None) -> Bundle:
+    """The bundle to score with, refused if it was trained on other features than this
+    code's, or with a user directory where there is none here (or the reverse)."""
+    peers = directory_context(settings.paths.data_dir)
+    return load_bundle(settings.paths.model_dir, version=version,
+                       expected_features=feature_columns(peers.present),
+                       expected_feature_set_version=FEATURE_SET_VERSION, peers=peers)

@@ -14,33 +14,27 @@ up, so nothing here needs the whole day in memory at once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
-from uba.artifacts import Bundle
-from uba.drift import (
-    DRIFT_REFERENCE_KEY,
-    WEEKDAY_REFERENCE_KEY,
+from uba.alerting.feedback import active_rules, load_rules
+from uba.alerting.thresholds import (
+    concentration_from_counts,
+    load_user_cuts,
+)
+from uba.alerting.userday import stored_day_alerts
+from uba.logs import get_logger
+from uba.model.bundle import Bundle
+from uba.monitoring.drift import (
     DayUsers,
     DriftCounts,
-    TrainingRows,
-    build_drift_reference,
-    cross_fitted_scores,
     drift_report_from_counts,
     reference_for_weekday,
-    weekday_references,
 )
-from uba.feedback import active_rules, load_rules
-from uba.logs import get_logger
 from uba.settings import Settings
-from uba.thresholds import concentration_from_counts, load_user_cuts, store_training_history
-from uba.userday import stored_day_alerts
 
 log = get_logger("operations")
 
@@ -134,56 +128,3 @@ class RunOperations:
             log.warning("drift on %s: %s; retraining advised", self.day, "; ".join(drift["why"][:3]))
         elif drift["status"] == "warn":
             log.info("drift check on %s: warn (%s)", self.day, "; ".join(drift["warnings"][:2]))
-
-
-# --- hooks for `train` -----------------------------------------------------------------
-
-
-def training_metadata(settings: Settings, features: pl.DataFrame, matrix: np.ndarray,
-                      train_scores: np.ndarray, feature_names: Sequence[str]) -> dict[str, Any]:
-    """Extra bundle metadata (checksummed with the bundle): the drift references."""
-    days = features["timestamp"].dt.date()
-    percentile = settings.threshold.percentile
-    rows = TrainingRows(days=days.to_numpy().astype("datetime64[D]"), users=features["user_id"].to_numpy(),
-                        history_days=features["bl_history_days"].fill_null(0).to_numpy())
-    scores, kind = cross_fitted_scores(matrix, rows.days, feature_names, settings.model, percentile)
-    threshold = float(np.percentile(train_scores, percentile))
-    return {WEEKDAY_REFERENCE_KEY: weekday_references(
-                matrix, train_scores, days.to_list(), feature_names, settings.monitoring.min_rows,
-                settings.monitoring.weekday_reference_min_days),
-            DRIFT_REFERENCE_KEY: build_drift_reference(matrix, scores, kind, rows, threshold, feature_names,
-                                                       settings.monitoring)}
-
-
-def after_training(settings: Settings, bundle_path: Path, features: pl.DataFrame,
-                   train_scores: np.ndarray) -> None:
-    """Store the per-user score table from the training scores, so the first score run
-    with per-user thresholds does not have to recompute the training window."""
-    store_training_history(bundle_path, features["user_id"].to_list(), train_scores,
-                           settings.user_thresholds.user_quantile)
-
-
-
-# --- hook for the `score` command ------------------------------------------------------
-
-DRIFT_EXIT_CODE = 3
-
-
-def drift_verdict(manifest: dict[str, Any], settings: Settings) -> tuple[str, int]:
-    """One line about the run's drift check, and the exit code the command should use.
-
-    Heavy drift is reported but the outputs are published and the exit code stays 0,
-    unless ``monitoring.fail_on_drift`` asks the scheduler to notice (exit 3).
-    """
-    drift = manifest.get("drift") or {}
-    alerts = manifest.get("alerts") or {}
-    status = drift.get("status", "n/a")
-    line = (f"drift: {status} (max feature PSI {drift.get('max_feature_psi', 0):.3f}, score PSI "
-            f"{drift.get('score_psi') or 0:.3f}); alerts {alerts.get('alert_rows', '?')}, "
-            f"suppressed {alerts.get('suppressed_rows', 0)}, "
-            f"unusual user-days {(manifest.get('user_day') or {}).get('flagged_users', 0)}")
-    if status == "drift":
-        line += f"; retraining advised: {'; '.join(drift.get('why', [])[:2])}"
-        if settings.monitoring.fail_on_drift:
-            return line + " (monitoring.fail_on_drift: exit 3)", DRIFT_EXIT_CODE
-    return line, 0

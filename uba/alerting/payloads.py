@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from uba import __version__
-from uba.alerts.formats import ANALYTICS, _iso, _ms, to_ecs, to_ocsf, to_plain
+from uba.alerting.formats import ANALYTICS, _iso, _ms, to_ecs, to_ocsf, to_plain
 from uba.settings import SyslogSink, WebhookSink
 
 # --- webhook ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """`monitor`: a range of scored days read back from their run manifests.
 
-Drift itself is measured while a day is scored (``uba.drift``); this module only
+Drift itself is measured while a day is scored (``uba.monitoring.drift``); this module only
 collects what the manifests recorded, which days have no run, which days' entity risk
 went stale, charts the history and says whether retraining is advisable.
 """
@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from uba import io
-from uba.drift import monitoring_row, retrain_advice
+from uba.alerting.risk import stale_marker
 from uba.errors import UserError
-from uba.pipeline import date_range
+from uba.features.pipeline import date_range
+from uba.monitoring.charts import drift_history_png
+from uba.monitoring.drift import monitoring_row, retrain_advice
 from uba.settings import Settings
 
 
@@ -38,7 +40,6 @@ class MonitoringSummary:
 def collect_rows(output_dir: Path, start: date, end: date) -> tuple[list[dict[str, Any]], list[date],
                                                                       list[tuple[date, dict[str, Any]]]]:
     """Rows of the days with a run, the days without one, and each stale day's first marker."""
-    from uba.risk import stale_marker
 
     rows: list[dict[str, Any]] = []
     missing: list[date] = []
@@ -58,7 +59,6 @@ def monitor_days(settings: Settings, start: date, end: date, png: Path | None) -
 
     The chart goes to ``png`` or <output-dir>/monitoring/monitor-<start>_<end>.png.
     """
-    from uba.report import drift_history_png
 
     out_dir = Path(settings.paths.output_dir)
     rows, missing, stale = collect_rows(out_dir, start, end)

@@ -18,7 +18,7 @@ from typing import Any
 
 from uba import io
 from uba.errors import UserError
-from uba.scoring.lock import RunLockedError, date_lock
+from uba.locks import RunLockedError, date_lock
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1

@@ -45,17 +45,7 @@ import polars as pl
 from uba import event_rules as rules
 from uba import io as storage
 from uba.errors import UserError
-from uba.logs import get_logger
-from uba.schema import (
-    OPTIONAL_FIELDS,
-    PARTITION_COLUMN,
-    QUARANTINE_SCHEMA,
-    RAW_FIELDS,
-    REQUIRED_FIELDS,
-    UNKNOWN_PARTITION,
-)
-from uba.settings import IngestSettings, Settings
-from uba.validate import (
+from uba.ingest.validate import (
     KIND_DUPLICATE,
     META_FIELDS,
     READ_ERROR,
@@ -67,6 +57,16 @@ from uba.validate import (
     unreadable_columns,
     validate_events,
 )
+from uba.logs import get_logger
+from uba.schema import (
+    OPTIONAL_FIELDS,
+    PARTITION_COLUMN,
+    QUARANTINE_SCHEMA,
+    RAW_FIELDS,
+    REQUIRED_FIELDS,
+    UNKNOWN_PARTITION,
+)
+from uba.settings import IngestSettings, Settings
 
 FORMATS: tuple[str, ...] = ("csv", "json", "jsonl", "parquet")
 EXTENSIONS: dict[str, str] = {

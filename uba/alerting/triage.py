@@ -1,6 +1,6 @@
 """Triage of alerts: open, acknowledged, closed, and the analyst's verdict.
 
-An alert is any canonical record of a scored day (``uba.alerts.records``: a flagged
+An alert is any canonical record of a scored day (``uba.alerting.records``: a flagged
 event, a user-day alert, a user at high entity risk), named by its stable alert id, so
 a status survives re-scoring and a new model: the same finding keeps its id and so its
 status. Every action is appended to ``<data-dir>/triage/`` (an append-only table, as
@@ -24,9 +24,9 @@ from typing import Any
 import polars as pl
 
 from uba import io
-from uba.alerts.records import RECORD_SCHEMA, day_records
+from uba.alerting.feedback import LABELS, add_rule, known_reason_kinds, record_feedback
+from uba.alerting.records import RECORD_SCHEMA, day_records
 from uba.errors import UserError
-from uba.feedback import LABELS, add_rule, known_reason_kinds, record_feedback
 
 TRIAGE = "triage"
 STATUSES = ("open", "acknowledged", "closed")

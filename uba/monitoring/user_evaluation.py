@@ -30,8 +30,9 @@ import numpy as np
 import polars as pl
 
 from uba import io
+from uba.alerting.risk import HIGH_LEVELS, read_risk
 from uba.generate.store import campaigns_path
-from uba.risk import HIGH_LEVELS, read_risk
+from uba.monitoring.charts import pyplot
 
 RISK_TABLE = io.RISK
 SCORES_TABLE = "scores"
@@ -163,11 +164,7 @@ def user_level_report(output_dir: Path, data_dir: Path, days: Sequence[date]) ->
 
 def plot_user_pr(report: dict[str, Any], path: Path) -> Path:
     """The user-level precision-recall curves of both rankings, in one figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     for name, ranking in report["rankings"].items():
         curve = ranking["pr_curve"]

@@ -16,7 +16,6 @@ de-duplicates by id never sees one finding twice under two names.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -26,11 +25,10 @@ import polars as pl
 
 from uba import io
 from uba.errors import UserError
+from uba.schema import alert_id
 
-ALERT_TYPES = ("event", "user_day", "risk")
 RISK = "risk"
 RISK_LEVELS = ("low", "medium", "high", "critical")
-ID_PREFIX = "uba-"
 RECORD_SCHEMA: dict[str, pl.DataType] = {
     "alert_id": pl.String(),
     "alert_type": pl.String(),
@@ -48,14 +46,6 @@ RECORD_SCHEMA: dict[str, pl.DataType] = {
     "run_ref": pl.String(),
 }
 SEVERITIES = ("low", "medium", "high", "critical")
-
-
-def alert_id(alert_type: str, *subject: str) -> str:
-    """Stable id of a finding: its kind and what it is about (see the module doc)."""
-    if alert_type not in ALERT_TYPES:
-        raise ValueError(f"unknown alert type {alert_type!r}")
-    text = "\x1f".join((alert_type, *subject))
-    return ID_PREFIX + hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
 
 
 @dataclass(frozen=True)

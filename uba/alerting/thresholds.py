@@ -32,12 +32,12 @@ import numpy as np
 import polars as pl
 
 from uba import io
-from uba.artifacts import Bundle, read_user_score_history
+from uba.alerting.feedback import Rule, suppressing_rules
 from uba.errors import BundleError
 from uba.features.baselines import POPULATION_USER
-from uba.feedback import Rule, suppressing_rules
+from uba.features.pipeline import feature_matrix, training_days, window_features
 from uba.logs import get_logger
-from uba.pipeline import feature_matrix, training_days, window_features
+from uba.model.bundle import Bundle, read_user_score_history
 from uba.settings import Settings, UserThresholdSettings
 
 log = get_logger("thresholds")
@@ -101,7 +101,7 @@ def decide(scores: np.ndarray, cuts: np.ndarray, user_ids: Sequence[str | None] 
     ``is_anomaly = score >= cut`` with each event's cut (its user's when per-user
     thresholds are on, else the global threshold: ``event_cuts`` / ``user_cut_array``);
     a flagged event whose user and top reason kind match an active suppression rule
-    (``uba.feedback.active_rules`` for the event's day, as ``rule_tuples``) stays
+    (``uba.alerting.feedback.active_rules`` for the event's day, as ``rule_tuples``) stays
     flagged and is marked suppressed by the first such rule in write order.
     """
     scores = np.asarray(scores, dtype=np.float64)
@@ -146,7 +146,7 @@ def user_cut_array(user_ids: Sequence[str] | pl.Series, thresholds: pl.DataFrame
 
 
 def concentration_from_counts(per_user: pl.DataFrame, alerts: str) -> dict[str, Any]:
-    """``uba.evaluate.alert_concentration`` from per-user alert counts (column ``alerts``),
+    """``uba.monitoring.evaluation.alert_concentration`` from per-user alert counts (column ``alerts``),
     so a run can add up chunks without keeping one row per event."""
     counts = per_user.select(pl.col(alerts).fill_null(0)).to_series().sort(descending=True)
     total = int(counts.sum())

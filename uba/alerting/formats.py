@@ -1,4 +1,4 @@
-"""Render canonical alert records (``uba.alerts.records``) in the formats analysts' tools read.
+"""Render canonical alert records (``uba.alerting.records``) in the formats analysts' tools read.
 
 - ``ocsf``: OCSF 1.5.0 Detection Finding (class 2004), one JSON object per line, with the
   reasons in ``anomaly_analyses`` (the object OCSF added for behavioural detections);
@@ -21,8 +21,9 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from uba import __version__
-from uba.alerts.records import RECORD_SCHEMA
+from uba import __version__, io
+from uba.alerting.records import RECORD_SCHEMA, day_records
+from uba.errors import UserError
 
 OCSF_VERSION = "1.5.0"
 ECS_VERSION = "9.2.0"
@@ -167,17 +168,12 @@ class DayExport:
 
 def day_export(output_dir: Path, day: date, what: str, risk_min_level: str, fmt: str) -> DayExport:
     """The ``what`` records of ``day`` in ``fmt``, rendered lazily so standard output streams."""
-    from uba.alerts.records import day_records
-
     records = day_records(output_dir, day, what, risk_min_level).to_dicts()
     return DayExport(len(records), render(records, fmt))
 
 
 def write_export(export: DayExport, path: Path) -> None:
     """Replace ``path`` atomically with the export; a path that cannot be written is one line."""
-    from uba import io
-    from uba.errors import UserError
-
     try:
         io.write_bytes_atomic("".join(export.lines).encode("utf-8"), path)
     except OSError as exc:

@@ -1,9 +1,9 @@
 """Analyst feedback on alerts, and suppression rules for known-benign patterns.
 
 Feedback is keyed by ``event_id``: an event's own id, or an alert id (``uba-...``, as
-``uba.alerts.records.alert_id`` makes it and the export and entity risk show it), which
+``uba.alerting.records.alert_id`` makes it and the export and entity risk show it), which
 is how a user-day alert, having no event, gets a verdict. A benign verdict removes the
-alert's contribution to entity risk (``uba.risk``).
+alert's contribution to entity risk (``uba.alerting.risk``).
 
 Both live under the data directory as append-only Parquet tables, so nothing an
 analyst said is ever overwritten: the latest label for an event wins, and removing a
@@ -30,20 +30,12 @@ import polars as pl
 from uba import event_rules as rules
 from uba import io
 from uba.errors import UserError
-from uba.reasons import REASON_KINDS
+from uba.features.reasons import REASON_KINDS
+from uba.io import latest_feedback
+from uba.schema import FEEDBACK_COLUMNS, FEEDBACK_SCHEMA
 
 LABELS = ("benign", "malicious")
 WILDCARD = "*"
-FEEDBACK_COLUMNS = ("event_id", "label", "analyst", "note")
-FEEDBACK_SCHEMA: dict[str, pl.DataType] = {
-    "event_id": pl.String(),
-    "label": pl.String(),
-    "analyst": pl.String(),
-    "note": pl.String(),
-    "source": pl.String(),
-    "recorded_at": pl.Datetime("us", "UTC"),
-    "seq": pl.Int64(),
-}
 RULE_SCHEMA: dict[str, pl.DataType] = {
     "rule_id": pl.String(),
     "action": pl.String(),
@@ -138,37 +130,6 @@ def record_feedback_csv(data_dir: Path, csv_path: Path, max_id_length: int = 256
     rows = frame.select([c for c in FEEDBACK_COLUMNS if c in frame.columns]).to_dicts()
     return record_feedback(data_dir, rows, source=f"csv:{Path(csv_path).name}",
                            where=lambda i: f"{csv_path} line {i + 2}", max_id_length=max_id_length)
-
-
-@dataclass(frozen=True)
-class VerdictsRecorded:
-    """A stored feedback CSV and the days of entity risk its benign verdicts made stale."""
-
-    summary: FeedbackSummary
-    stale_days: list[date]
-
-
-def record_verdicts_csv(data_dir: Path, output_dir: Path, csv_path: Path,
-                        max_id_length: int = 256) -> VerdictsRecorded:
-    """Store an analyst's CSV, then mark stale the risk days its benign verdicts helped
-    build (their scores still include those alerts until re-scored)."""
-    from uba.risk import mark_stale_after_verdicts
-
-    summary = record_feedback_csv(data_dir, csv_path, max_id_length)
-    return VerdictsRecorded(summary, mark_stale_after_verdicts(output_dir, summary.benign_ids))
-
-
-def latest_feedback(data_dir: Path) -> pl.LazyFrame:
-    """One row per event with its most recent label (later parts, then later rows, win)."""
-    parts = io.scan_table(data_dir, io.FEEDBACK)
-    if parts is None:
-        return pl.LazyFrame(schema=FEEDBACK_SCHEMA)
-    return (
-        parts.sort(["_part", "recorded_at", "seq"])
-        .group_by("event_id", maintain_order=True)
-        .agg(pl.all().last())
-        .select(list(FEEDBACK_SCHEMA))
-    )
 
 
 def confirmed_malicious_ids(data_dir: Path) -> set[str]:
@@ -267,7 +228,7 @@ def apply_suppressions(scored: pl.LazyFrame, rules: pl.DataFrame, day: date) -> 
     Only events over the threshold (``is_anomaly``) can be suppressed; the first active
     rule (in write order) whose user and top reason kind match is recorded. The row
     stays in the output with its score: suppression hides an alert, never data. A frame
-    adapter of ``suppressing_rules`` (what ``uba.thresholds.decide`` applies).
+    adapter of ``suppressing_rules`` (what ``uba.alerting.thresholds.decide`` applies).
     """
     live = active_rules(rules, day) if "action" in rules.columns else rules
     frame = scored.collect()
@@ -287,5 +248,5 @@ def listed_rules(data_dir: Path, include_expired: bool = False) -> pl.DataFrame:
 
 
 def known_reason_kinds() -> tuple[str, ...]:
-    """The stable reason kinds a rule may name (owned by uba.reasons)."""
+    """The stable reason kinds a rule may name (owned by uba.features.reasons)."""
     return tuple(REASON_KINDS)

@@ -15,14 +15,14 @@ two days has a noisy rate; an unknown user gets the population's). Signals:
 - ``new_weekday``: activity on a weekday the user has not been active on in at least
   ``weekday_min_weeks`` weeks of history.
 
-Multi-day signals (``uba.trends``: ``rising_downloads``, ``later_hours``,
+Multi-day signals (``uba.alerting.trends``: ``rising_downloads``, ``later_hours``,
 ``longer_sessions``) join the same candidates when the caller passes them: several days
 in a row on the same side of the user's usual, none remarkable alone.
 
 Minimum counts keep tiny numbers from alerting. Each fired signal contributes its
 strength (ratio / limit; for the two-sided pattern the weaker of its two; 1 for the
 weekday) to the day's ``day_score``, so several signals together outrank one (entity
-risk, ``uba.risk``, turns it into points on the 0-100 ``risk_score`` scale). Reasons
+risk, ``uba.alerting.risk``, turns it into points on the 0-100 ``risk_score`` scale). Reasons
 are plain sentences, strongest first, with a parallel list of machine kinds.
 """
 
@@ -34,10 +34,10 @@ from typing import TypeVar
 import polars as pl
 
 from uba import io
+from uba.alerting.trends import TREND_SCHEMA, trend_signals
 from uba.features.baselines import POPULATION_USER, dow_days_col
 from uba.features.store import lookback_days
 from uba.settings import Settings, UserDaySettings
-from uba.trends import TREND_SCHEMA, trend_signals
 
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
@@ -139,7 +139,7 @@ def _weekday_reason(settings: UserDaySettings) -> pl.Expr:
 
 
 def _with_trends(day_aggregates: pl.LazyFrame, trends: pl.LazyFrame | None) -> pl.LazyFrame:
-    """The day's rows with the user's fired multi-day signals (``uba.trends``; empty list if none)."""
+    """The day's rows with the user's fired multi-day signals (``uba.alerting.trends``; empty list if none)."""
     empty = pl.lit([], TREND_SCHEMA["trend_fired"])
     if trends is None:
         return day_aggregates.with_columns(empty.alias("trend_fired"))
@@ -151,7 +151,7 @@ def score_user_days(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
                     settings: UserDaySettings, trends: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """Every user active in ``day_aggregates`` with their day's score and reasons (may be empty).
 
-    ``trends`` (``uba.trends.trend_signals`` of the same day) adds the multi-day signals
+    ``trends`` (``uba.alerting.trends.trend_signals`` of the same day) adds the multi-day signals
     to the day's candidates, so they are scored, ranked and worded like the one-day ones.
     """
     users, population = _baseline_inputs(baselines)

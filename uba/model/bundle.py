@@ -41,7 +41,7 @@ import polars as pl
 from uba import __version__
 from uba import io as uba_io
 from uba.errors import BundleError
-from uba.model import FOREST_ARRAY_NAMES, CompactForest, Detector
+from uba.model.forest import FOREST_ARRAY_NAMES, CompactForest, Detector
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = frozenset({1})

@@ -21,11 +21,19 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from sklearn.preprocessing import StandardScaler
 
 from uba import io
-from uba.artifacts import Bundle
+from uba.alerting.thresholds import bundle_user_cuts, user_cut_array
 from uba.errors import UserError
-from uba.pipeline import date_range, feature_matrix, training_days, window_features
+from uba.features.pipeline import (
+    date_range,
+    feature_matrix,
+    load_scoring_bundle,
+    training_days,
+    window_features,
+)
+from uba.model.bundle import Bundle
+from uba.monitoring.charts import pyplot
+from uba.monitoring.user_evaluation import plot_user_pr, user_level_report
 from uba.settings import Settings
-from uba.thresholds import bundle_user_cuts, user_cut_array
 
 
 @dataclass(frozen=True)
@@ -196,11 +204,7 @@ def evaluate(settings: Settings, bundle: Bundle, days: Sequence[date]) -> dict[s
 
 def plot_report(report: dict[str, Any], path: Path) -> Path:
     """PR curves of both models and our score histogram with the threshold, in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     curves = report["_curves"]
     y = curves["labels"]
     fig, (ax_pr, ax_hist) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -256,9 +260,6 @@ def run_evaluation(settings: Settings, start: date | None, end: date | None, mod
     The default report directory is <output-dir>/evaluation; user-level figures are
     written only when the labels have campaigns and their days were scored.
     """
-    from uba.evaluate_users import plot_user_pr, user_level_report
-    from uba.scoring.driver import load_scoring_bundle  # the same directory check as score
-
     bundle = load_scoring_bundle(settings, model_version)
     training_end = date.fromisoformat(bundle.metadata["training_window"]["end"])
     days = evaluation_days(Path(settings.paths.data_dir), training_end, start, end)

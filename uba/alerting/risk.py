@@ -36,9 +36,10 @@ from typing import Any
 import polars as pl
 
 from uba import io
-from uba.alerts.records import alert_id
+from uba.alerting.feedback import FeedbackSummary, record_feedback_csv
+from uba.alerting.records import alert_id
 from uba.directory import load_directory
-from uba.feedback import latest_feedback
+from uba.io import latest_feedback
 from uba.logs import get_logger
 from uba.settings import RISK_LEVELS, RiskSettings
 
@@ -466,3 +467,22 @@ def _run_id(output_dir: Path, day: date | None) -> str | None:
         return None
     manifest = io.read_run_manifest(Path(output_dir), day)
     return None if manifest is None else manifest.get("run_id")
+
+
+# --- analyst verdicts that change past risk ---------------------------------------
+
+
+@dataclass(frozen=True)
+class VerdictsRecorded:
+    """A stored feedback CSV and the days of entity risk its benign verdicts made stale."""
+
+    summary: FeedbackSummary
+    stale_days: list[date]
+
+
+def record_verdicts_csv(data_dir: Path, output_dir: Path, csv_path: Path,
+                        max_id_length: int = 256) -> VerdictsRecorded:
+    """Store an analyst's CSV, then mark stale the risk days its benign verdicts helped
+    build (their scores still include those alerts until re-scored)."""
+    summary = record_feedback_csv(data_dir, csv_path, max_id_length)
+    return VerdictsRecorded(summary, mark_stale_after_verdicts(output_dir, summary.benign_ids))
