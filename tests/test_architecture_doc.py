@@ -9,6 +9,7 @@ for it. Pure file checks: no subprocess, no generated data.
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,42 @@ def test_a_placeholder_is_no_bullet_path(doc: str) -> None:
     """A bullet names a file that exists to copy or edit, never one still to be created."""
     broken = doc.replace("- `jobs/commands/report.py`:", "- `jobs/commands/<name>.py`:")
     assert missing_files(broken, REPO) == ["jobs/commands/<name>.py"]
+
+
+# --- the layer drawing and the import-linter contract ----------------------------------
+
+LAYERS_BLOCK = re.compile(r"<!-- layers: begin -->\n```\n(?P<body>.*?)\n```\n<!-- layers: end -->", re.S)
+
+
+def drawn_layers(doc: str) -> list[str]:
+    """The lines of the drawing between the layer markers, top first."""
+    match = LAYERS_BLOCK.search(doc)
+    if match is None:
+        raise ValueError("docs/architecture.md has no layer drawing between the layer markers")
+    return [line.strip() for line in match["body"].splitlines() if line.strip()]
+
+
+def contracted_layers(pyproject: str) -> list[str]:
+    """The layers of the one ``layers`` contract in ``[tool.importlinter]``, spaced as drawn."""
+    contracts = tomllib.loads(pyproject)["tool"]["importlinter"]["contracts"]
+    (layers,) = [c["layers"] for c in contracts if c["type"] == "layers"]
+    return [" ".join(layer.split()) for layer in layers]
+
+
+def test_the_layer_drawing_is_the_import_contract(doc: str) -> None:
+    assert drawn_layers(doc) == contracted_layers((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_a_drawing_that_differs_from_the_contract_fails(doc: str) -> None:
+    """Swapping two layers in the drawing (as after reordering only the page) is caught."""
+    swapped = doc.replace("uba.monitoring\nuba.alerting\n", "uba.alerting\nuba.monitoring\n")
+    assert swapped != doc
+    assert drawn_layers(swapped) != contracted_layers((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_every_package_of_uba_is_in_a_layer(doc: str) -> None:
+    """A new top-level module or package must be placed in the drawing (and the contract)."""
+    placed = {name for line in drawn_layers(doc) for name in re.split(r"\s*[|:]\s*", line)}
+    present = {f"uba.{p.stem}" for p in (REPO / "uba").glob("*.py") if p.stem != "__init__"}
+    present |= {f"uba.{p.parent.name}" for p in (REPO / "uba").glob("*/__init__.py")}
+    assert sorted(present - placed) == []
