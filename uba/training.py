@@ -8,13 +8,14 @@ stored in the bundle so every scorer (batch, API) applies the same cut.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from uba import io
@@ -26,11 +27,9 @@ from uba.features.compiled import PEER_FEATURE_COLUMNS, feature_columns
 from uba.features.events import FEATURE_SET_VERSION
 from uba.features.pipeline import date_range, feature_matrix, prepare_aggregates, window_features
 from uba.logs import get_logger
-from uba.model.bundle import feature_reference, save_bundle, score_summary
+from uba.model.bundle import TrainingMetadata, feature_reference, save_bundle, score_summary
 from uba.model.forest import fit_detector
 from uba.monitoring.drift import (
-    DRIFT_REFERENCE_KEY,
-    WEEKDAY_REFERENCE_KEY,
     TrainingRows,
     build_drift_reference,
     cross_fitted_scores,
@@ -118,7 +117,7 @@ def train_model(
         matrix, names, settings.model, settings.threshold.percentile
     )
     present = sorted({d for d in days if io.partition_files(data_dir, io.EVENTS, d)})
-    metadata: dict[str, Any] = {
+    metadata: TrainingMetadata = {
         "feature_set_version": FEATURE_SET_VERSION,
         "peer_features": peers,
         "training_window": {"start": days[0].isoformat(), "end": days[-1].isoformat(),
@@ -133,7 +132,9 @@ def train_model(
                      "threshold_percentile": settings.threshold.percentile},
     }
     # per-weekday drift references, checksummed with the bundle
-    metadata.update(training_metadata(settings, features, matrix, train_scores, names))
+    drift = training_metadata(settings, features, matrix, train_scores, names)
+    metadata["drift_reference_by_weekday"] = drift["drift_reference_by_weekday"]
+    metadata["drift_reference"] = drift["drift_reference"]
     version = save_bundle(model_dir, detector, metadata)
     # per-user score table for per-user thresholds, from these scores
     after_training(settings, Path(model_dir) / version, features, train_scores)
@@ -156,8 +157,16 @@ def write_snapshot_after(settings: Settings, end_date: date) -> Path:
 # --- what a trained bundle carries beside the forest ---------------------------------
 
 
-def training_metadata(settings: Settings, features: pl.DataFrame, matrix: np.ndarray,
-                      train_scores: np.ndarray, feature_names: Sequence[str]) -> dict[str, Any]:
+class DriftReferences(TypedDict):
+    """The drift references a bundle carries (keys WEEKDAY_REFERENCE_KEY and
+    DRIFT_REFERENCE_KEY of ``uba.monitoring.drift``, whose shapes that module defines)."""
+
+    drift_reference_by_weekday: Mapping[str, object]
+    drift_reference: Mapping[str, object]
+
+
+def training_metadata(settings: Settings, features: pl.DataFrame, matrix: npt.NDArray[np.float64],
+                      train_scores: npt.NDArray[np.float64], feature_names: Sequence[str]) -> DriftReferences:
     """Extra bundle metadata (checksummed with the bundle): the drift references."""
     days = features["timestamp"].dt.date()
     percentile = settings.threshold.percentile
@@ -165,15 +174,15 @@ def training_metadata(settings: Settings, features: pl.DataFrame, matrix: np.nda
                         history_days=features["bl_history_days"].fill_null(0).to_numpy())
     scores, kind = cross_fitted_scores(matrix, rows.days, feature_names, settings.model, percentile)
     threshold = float(np.percentile(train_scores, percentile))
-    return {WEEKDAY_REFERENCE_KEY: weekday_references(
+    return {"drift_reference_by_weekday": weekday_references(
                 matrix, train_scores, days.to_list(), feature_names, settings.monitoring.min_rows,
                 settings.monitoring.weekday_reference_min_days),
-            DRIFT_REFERENCE_KEY: build_drift_reference(matrix, scores, kind, rows, threshold, feature_names,
-                                                       settings.monitoring)}
+            "drift_reference": build_drift_reference(matrix, scores, kind, rows, threshold, feature_names,
+                                                     settings.monitoring)}
 
 
 def after_training(settings: Settings, bundle_path: Path, features: pl.DataFrame,
-                   train_scores: np.ndarray) -> None:
+                   train_scores: npt.NDArray[np.float64]) -> None:
     """Store the per-user score table from the training scores, so the first score run
     with per-user thresholds does not have to recompute the training window."""
     store_training_history(bundle_path, features["user_id"].to_list(), train_scores,

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from uba.features.aggregates import DOWNLOAD, HOURS, WEEKDAYS, categories_in
@@ -122,6 +123,10 @@ POPULATION_SD_FLOOR = 1e-6
 # Below this many values, C-library calls one by one beat a round trip through Polars.
 _SCALAR_MATH_ROWS = 16
 
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+IndexArray = npt.NDArray[np.intp]
+
 
 @dataclass(frozen=True, eq=False)
 class CategoryTable:
@@ -133,12 +138,12 @@ class CategoryTable:
     """
 
     names: tuple[str, ...]
-    values: np.ndarray
-    missing: np.ndarray | None = None
+    values: FloatArray
+    missing: BoolArray | None = None
 
-    def codes(self, categories: Sequence[str | None]) -> np.ndarray:
+    def codes(self, categories: Sequence[str | None]) -> IndexArray:
         """Position of each category in ``names`` (any other value or None: ``len(names)``)."""
-        lookup = {name: i for i, name in enumerate(self.names)}
+        lookup: dict[str | None, int] = {name: i for i, name in enumerate(self.names)}
         other = len(self.names)
         return np.fromiter((lookup.get(c, other) for c in categories), dtype=np.intp, count=len(categories))
 
@@ -157,8 +162,8 @@ class CompiledBaselines:
     scalars: Mapping[str, np.ndarray]
     device_rarity: CategoryTable
     event_rarity: CategoryTable
-    hour_rarity: np.ndarray  # (rows, 25): hours 0..23, then unseen
-    dow_rarity: np.ndarray  # (rows, 8): Monday..Sunday, then unseen
+    hour_rarity: FloatArray  # (rows, 25): hours 0..23, then unseen
+    dow_rarity: FloatArray  # (rows, 8): Monday..Sunday, then unseen
     device_share: CategoryTable
     event_share: CategoryTable
     dow_share: CategoryTable
@@ -177,7 +182,7 @@ class CompiledBaselines:
     def event_types(self) -> tuple[str, ...]:
         return self.event_rarity.names
 
-    def rows_for(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def rows_for(self, user_ids: Sequence[str]) -> tuple[IndexArray, BoolArray]:
         """Each user's snapshot row (the population row for an unknown user) and whether known."""
         pop, positions = self.population, self.positions
         rows = np.fromiter((positions.get(u, pop) for u in user_ids), dtype=np.intp, count=len(user_ids))
@@ -194,13 +199,13 @@ class PeerArrays:
     batch and the API gather the same bits.
     """
 
-    hour_mean: np.ndarray
-    hour_spread: np.ndarray
-    device_rarity: np.ndarray
-    download_rarity: np.ndarray
+    hour_mean: FloatArray
+    hour_spread: FloatArray
+    device_rarity: FloatArray
+    download_rarity: FloatArray
 
 
-def _column(frame: pl.DataFrame, name: str) -> np.ndarray:
+def _column(frame: pl.DataFrame, name: str) -> FloatArray:
     """A snapshot column as float64 with NaN for null."""
     return frame[name].cast(pl.Float64).to_numpy().astype(np.float64, copy=True)
 
@@ -224,7 +229,7 @@ def required_columns(devices: Sequence[str], events: Sequence[str]) -> list[str]
 
 
 def _table(frame: pl.DataFrame, names: Sequence[str], columns: Sequence[str],
-           other: np.ndarray, with_missing: bool = False) -> CategoryTable:
+           other: FloatArray, with_missing: bool = False) -> CategoryTable:
     values = np.column_stack([*(_column(frame, c) for c in columns), other]) if frame.height else \
         np.zeros((0, len(columns) + 1))
     missing = None
@@ -235,7 +240,7 @@ def _table(frame: pl.DataFrame, names: Sequence[str], columns: Sequence[str],
     return CategoryTable(tuple(names), np.ascontiguousarray(values), missing)
 
 
-def _log1p(values: np.ndarray) -> np.ndarray:
+def _log1p(values: FloatArray) -> FloatArray:
     """``log(1 + x)`` bit for bit as the C library (and Polars) computes it."""
     values = np.asarray(values, dtype=np.float64)
     if values.size <= _SCALAR_MATH_ROWS:
@@ -249,13 +254,13 @@ def _c_log1p(value: float) -> float:
     return -math.inf if value == -1.0 else math.log1p(value)
 
 
-def _expm1_of_exp(values: np.ndarray) -> np.ndarray:
+def _expm1_of_exp(values: FloatArray) -> FloatArray:
     """``exp(x) - 1`` as the former expressions computed it (exp, then subtract)."""
     values = np.asarray(values, dtype=np.float64)
     return pl.Series(values).exp().to_numpy() - 1.0
 
 
-def finite(values: np.ndarray, low: float, high: float) -> np.ndarray:
+def finite(values: FloatArray, low: float, high: float) -> FloatArray:
     """Missing or NaN counts as "no deviation" (0); the result is clipped to [low, high].
 
     Plain ufuncs rather than ``np.clip`` / ``np.nan_to_num``, which cost several
@@ -314,7 +319,7 @@ def compile_baselines(frame: pl.DataFrame) -> CompiledBaselines:
         raise ValueError("baseline snapshot has duplicate user_id rows")
     zeros = np.zeros(frame.height)
 
-    def unseen(kind: str) -> np.ndarray:
+    def unseen(kind: str) -> FloatArray:
         return _column(frame, f"unseen_rarity_{kind}")
 
     hours = [rarity_col("hour", hour_label(h)) for h in HOURS]
@@ -336,7 +341,7 @@ def compile_baselines(frame: pl.DataFrame) -> CompiledBaselines:
     )
 
 
-def _peer_rarity(frame: pl.DataFrame, name: str, population: int) -> np.ndarray:
+def _peer_rarity(frame: pl.DataFrame, name: str, population: int) -> FloatArray:
     """``ln(p_population / p_group)`` of one category per row, clipped; 0 where unknown."""
     group = _column(frame, f"peer_{name}")
     if not frame.height:
@@ -371,14 +376,14 @@ class EventColumns:
     are codes from ``CategoryTable.codes``; ``rows`` / ``known`` from ``rows_for``.
     """
 
-    rows: np.ndarray
-    known: np.ndarray
-    duration: np.ndarray
-    actions: np.ndarray
-    hour: np.ndarray
-    weekday: np.ndarray
-    device: np.ndarray
-    event_type: np.ndarray
+    rows: IndexArray
+    known: BoolArray
+    duration: FloatArray
+    actions: FloatArray
+    hour: FloatArray
+    weekday: FloatArray
+    device: IndexArray
+    event_type: IndexArray
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -399,18 +404,18 @@ def event_columns(baselines: CompiledBaselines, user_ids: Sequence[str], event_t
     )
 
 
-def _category_index(values: np.ndarray, count: int) -> np.ndarray:
+def _category_index(values: FloatArray, count: int) -> IndexArray:
     """Integer part of an hour or weekday as a table column; NaN or out of range: ``count``."""
     whole = np.trunc(values)  # NaN stays NaN and fails both comparisons below
     return np.where((whole >= 0) & (whole < count), whole, count).astype(np.intp)
 
 
-def surprise(z: np.ndarray) -> np.ndarray:
+def surprise(z: FloatArray) -> FloatArray:
     """Gaussian surprise z^2/2 in nats: the common unit of every deviation feature."""
     return z * z / 2.0
 
 
-def beyond(nats: np.ndarray, noise: float) -> np.ndarray:
+def beyond(nats: FloatArray, noise: float) -> FloatArray:
     """The part of a surprise above its noise level; ordinary wobble becomes exactly 0.
 
     A forest spends splits on whatever varies; folding every user's everyday variation
@@ -420,17 +425,17 @@ def beyond(nats: np.ndarray, noise: float) -> np.ndarray:
     return np.maximum(nats - noise, 0.0)  # NaN stays NaN, as with clip
 
 
-def _z(value: np.ndarray, mean: np.ndarray, sd: np.ndarray, low: float) -> np.ndarray:
+def _z(value: FloatArray, mean: FloatArray, sd: FloatArray, low: float) -> FloatArray:
     return finite((value - mean) / sd, low, Z_CLIP)
 
 
-def _circular_distance(hour: np.ndarray, center: np.ndarray) -> np.ndarray:
+def _circular_distance(hour: FloatArray, center: FloatArray) -> FloatArray:
     diff = np.fmod(np.abs(hour - center), 24.0)
     return np.fmin(diff, 24.0 - diff)
 
 
-def _first_use(table: CategoryTable, rows: np.ndarray, codes: np.ndarray, known: np.ndarray,
-               weight: np.ndarray) -> np.ndarray:
+def _first_use(table: CategoryTable, rows: IndexArray, codes: IndexArray, known: BoolArray,
+               weight: FloatArray) -> FloatArray:
     """The user's weight when a known user has never used this category (share missing or 0)."""
     assert table.missing is not None
     share = table.values[rows, codes]
@@ -438,7 +443,7 @@ def _first_use(table: CategoryTable, rows: np.ndarray, codes: np.ndarray, known:
     return np.where(never, weight[rows], 0.0)
 
 
-def _total(parts: list[np.ndarray]) -> np.ndarray:
+def _total(parts: list[FloatArray]) -> FloatArray:
     """Sum in the association Polars' ``sum_horizontal`` uses (halves, left half n // 2)."""
     if len(parts) == 1:
         return parts[0]
@@ -481,7 +486,7 @@ def feature_arrays(baselines: CompiledBaselines, events: EventColumns) -> dict[s
 
 
 def _peer_features(peers: PeerArrays, events: EventColumns, ctx: Mapping[str, np.ndarray],
-                   is_download: np.ndarray) -> dict[str, np.ndarray]:
+                   is_download: BoolArray) -> dict[str, FloatArray]:
     """The event against its user's peer group, in nats with the own-baseline noise floors.
 
     A user without a usable group (or an unknown user) has NaN/0 group values, which
@@ -502,8 +507,8 @@ def _peer_features(peers: PeerArrays, events: EventColumns, ctx: Mapping[str, np
 
 
 def _event_features(baselines: CompiledBaselines, events: EventColumns, ctx: Mapping[str, np.ndarray],
-                    log_duration: np.ndarray, log_actions: np.ndarray,
-                    is_download: np.ndarray) -> dict[str, np.ndarray]:
+                    log_duration: FloatArray, log_actions: FloatArray,
+                    is_download: BoolArray) -> dict[str, FloatArray]:
     s, rows, known = baselines.scalars, events.rows, events.known
     download_rarity = np.where(is_download, s["download_rarity"][rows], 0.0)
     actions_up = np.maximum(ctx["actions_z"], 0.0)
@@ -541,20 +546,21 @@ def _event_features(baselines: CompiledBaselines, events: EventColumns, ctx: Map
     return out
 
 
-def _download_surprise(rarity: np.ndarray, actions_up: np.ndarray) -> np.ndarray:
+def _download_surprise(rarity: FloatArray, actions_up: FloatArray) -> FloatArray:
     """A download's rarity plus the surprise of its session's extra actions, only where
     downloads are rarer than expected: a spree is rare downloads in a busy session."""
     return np.where(rarity > 0, rarity + surprise(actions_up), 0.0)
 
 
-def _is_download(baselines: CompiledBaselines, events: EventColumns) -> np.ndarray:
+def _is_download(baselines: CompiledBaselines, events: EventColumns) -> BoolArray:
     if DOWNLOAD not in baselines.event_types:
         return np.zeros(len(events), dtype=bool)
-    return events.event_type == baselines.event_types.index(DOWNLOAD)
+    is_download: BoolArray = events.event_type == baselines.event_types.index(DOWNLOAD)
+    return is_download
 
 
 def _context(baselines: CompiledBaselines, events: EventColumns, ctx: Mapping[str, np.ndarray],
-             log_duration: np.ndarray, log_actions: np.ndarray, day_index: np.ndarray) -> dict[str, np.ndarray]:
+             log_duration: FloatArray, log_actions: FloatArray, day_index: IndexArray) -> dict[str, np.ndarray]:
     """Plain quantities the reasons quote (user's median session, usual hours, shares)."""
     s, rows = baselines.scalars, events.rows
     length_z = _z(log_duration, s["pop_mean_log_duration"][rows], s["pop_sd_log_duration"][rows], 0.0)
@@ -573,6 +579,6 @@ def _context(baselines: CompiledBaselines, events: EventColumns, ctx: Mapping[st
     }
 
 
-def _share(table: CategoryTable, rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
+def _share(table: CategoryTable, rows: IndexArray, codes: IndexArray) -> FloatArray:
     assert table.missing is not None
     return np.where(table.missing[rows, codes], np.nan, table.values[rows, codes])

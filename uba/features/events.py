@@ -53,9 +53,9 @@ FEATURE_SET_VERSION = "uba-features-5"
 BASELINE_PREFIX = "bl_"
 # The baseline columns copied onto every event (the flagged summary quotes them);
 # an unknown user's history is 0 days.
-BASELINE_COPIES: dict[str, pl.DataType] = {
+BASELINE_COPIES = pl.Schema({
     "history_days": pl.Int64(), "days_active": pl.Int64(), "events_per_active_day": pl.Float64(),
-}
+})
 _OWN_HISTORY = ("history_days", "days_active")
 
 __all__ = [
@@ -124,7 +124,7 @@ def _series(name: str, values: np.ndarray) -> pl.Series:
 
 def _baseline_copies(baselines: CompiledBaselines, columns: EventColumns) -> list[pl.Series]:
     present = [c for c in BASELINE_COPIES if c in baselines.frame.columns]
-    rows = baselines.frame.select(present).cast(dict(BASELINE_COPIES))[columns.rows]
+    rows = baselines.frame.select(present).cast(BASELINE_COPIES)[columns.rows]
     known = pl.Series(columns.known)
     out = []
     for name in present:

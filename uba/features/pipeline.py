@@ -12,6 +12,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from uba import io
@@ -64,7 +65,8 @@ def window_features(data_dir: Path, days: Sequence[date], settings: Settings) ->
     return pl.concat([day_features(data_dir, d, settings) for d in present], how="vertical")
 
 
-def feature_matrix(features: pl.DataFrame, feature_names: Sequence[str] = FEATURE_COLUMNS) -> np.ndarray:
+def feature_matrix(features: pl.DataFrame,
+                   feature_names: Sequence[str] = FEATURE_COLUMNS) -> npt.NDArray[np.float64]:
     """The model's input, columns in the bundle's order, as a contiguous float64 array."""
     missing = [c for c in feature_names if c not in features.columns]
     if missing:

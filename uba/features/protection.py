@@ -42,7 +42,7 @@ from uba.io import latest_feedback
 from uba.schema import alert_id
 from uba.settings import BaselineProtectionSettings
 
-UNLEARNED_SCHEMA: dict[str, pl.DataType] = {"user_id": pl.String(), "event_date": pl.Date()}
+UNLEARNED_SCHEMA = pl.Schema({"user_id": pl.String(), "event_date": pl.Date()})
 _EVENT_COLUMNS = ("event_id", "user_id", "is_anomaly", "suppressed", "baseline_days_active")
 _USER_DAY_COLUMNS = ("user_id", "days_active")
 

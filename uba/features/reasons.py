@@ -40,9 +40,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TypedDict, cast
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
 
@@ -60,6 +61,8 @@ MIN_SEVERITY = 2.0
 MIN_TOP_SEVERITY = 1.0
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 DOWNLOAD = "download"
+FloatArray = npt.NDArray[np.float64]
+IndexArray = npt.NDArray[np.intp]
 # What a sentence reads, besides the kinds: the event's own fields and the kernel's context.
 SENTENCE_INPUTS: tuple[str, ...] = (
     "known_user", "event_type", "device_type", "session_duration_sec", "events_in_session",
@@ -67,24 +70,49 @@ SENTENCE_INPUTS: tuple[str, ...] = (
     "user_median_actions", "user_usual_hour_start", "user_usual_hour_end", "user_device_share",
     "user_event_type_share", "user_download_share", "user_weekday_share",
 )
+
+
+class SentenceInputs(TypedDict):
+    """One event's SENTENCE_INPUTS as plain values, None or NaN where missing (a frame
+    row's ``to_dicts()`` in the batch job, the request and the kernel's arrays in the API)."""
+
+    known_user: bool
+    event_type: str | None
+    device_type: str | None
+    session_duration_sec: float
+    events_in_session: int
+    event_hour: float
+    event_weekday: float
+    actions_z: float
+    global_by_actions: bool
+    user_median_session_sec: float | None
+    user_median_actions: float | None
+    user_usual_hour_start: float | None
+    user_usual_hour_end: float | None
+    user_device_share: float | None
+    user_event_type_share: float | None
+    user_download_share: float | None
+    user_weekday_share: float | None
+
+
 SEVERITY_INPUTS: tuple[str, ...] = (
     "hour_z", "hour_rarity", "session_length_z", "actions_z", "device_rarity_nats",
     "event_type_rarity_nats", "download_surprise", "weekday_rarity", "global_extremity",
 )
 
 
-def _z(nats: np.ndarray) -> np.ndarray:
+def _z(nats: FloatArray) -> FloatArray:
     """z-equivalent of a surprise in nats: sqrt(2 s)."""
     return np.sqrt(2.0 * np.maximum(nats, 0.0))
 
 
-def severity_matrix(values: Mapping[str, np.ndarray], is_download: np.ndarray) -> np.ndarray:
+def severity_matrix(values: Mapping[str, np.ndarray], is_download: npt.NDArray[np.bool_]) -> FloatArray:
     """Severity of every reason kind (rows x REASON_KINDS), as documented in the module.
 
     ``values`` holds SEVERITY_INPUTS as float arrays (NaN where missing); a missing
     severity counts as 0.
     """
-    def f(name: str) -> np.ndarray:
+    def f(name: str) -> FloatArray:
         return np.asarray(values[name], dtype=np.float64)
 
     # filled column by column: np.column_stack and np.where cost more than the arithmetic
@@ -106,8 +134,9 @@ def severity_matrix(values: Mapping[str, np.ndarray], is_download: np.ndarray) -
 # ---- number formatting -----------------------------------------------------------------
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+def _known(value: float | None) -> float | None:
+    """``value``, or None when it is missing (None or NaN)."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 def _round1(value: float) -> str:
@@ -117,26 +146,29 @@ def _round1(value: float) -> str:
 
 def _ratio(value: float | None) -> str | None:
     """9.1 below 10, 42 above: as precise as a person needs."""
-    if _missing(value):
+    known = _known(value)
+    if known is None:
         return None
-    return _round1(value) if value < 10 else str(round(value))  # type: ignore[operator, arg-type]
+    return _round1(known) if known < 10 else str(round(known))
 
 
 def _percent(share: float | None) -> str | None:
-    if _missing(share):
+    known = _known(share)
+    if known is None:
         return None
-    pct = share * 100.0  # type: ignore[operator]
+    pct = known * 100.0
     return _round1(pct) if pct < 1 else str(round(pct))
 
 
 def _duration(seconds: float | None) -> str | None:
-    if _missing(seconds):
+    known = _known(seconds)
+    if known is None:
         return None
-    if seconds < 120:  # type: ignore[operator]
-        return f"{round(seconds)} s"  # type: ignore[arg-type]
-    if seconds < 7200:  # type: ignore[operator]
-        return f"{round(seconds / 60)} min"  # type: ignore[operator]
-    return f"{_round1(seconds / 3600)} h"  # type: ignore[operator]
+    if known < 120:
+        return f"{round(known)} s"
+    if known < 7200:
+        return f"{round(known / 60)} min"
+    return f"{_round1(known / 3600)} h"
 
 
 def _clock(hour: int) -> str:
@@ -145,35 +177,38 @@ def _clock(hour: int) -> str:
 
 def _per_median(value: float, median: float | None) -> float | None:
     """``value`` over the user's median, the median counted as at least 1."""
-    return None if _missing(median) else value / max(median, 1.0)  # type: ignore[type-var]
+    known = _known(median)
+    return None if known is None else value / max(known, 1.0)
 
 
 def _whole(value: float | None) -> int | None:
-    return None if _missing(value) else int(value)  # type: ignore[arg-type]
+    known = _known(value)
+    return None if known is None else int(known)
 
 
 # ---- texts -----------------------------------------------------------------------------
 
 
-def _owner(row: Mapping[str, Any]) -> str:
+def _owner(row: SentenceInputs) -> str:
     """Whose habits the baseline describes: the user's, or everyone's for an unknown user."""
     return "this user's" if row["known_user"] else "most users'"
 
 
-def _subject(row: Mapping[str, Any]) -> str:
+def _subject(row: SentenceInputs) -> str:
     return "this user" if row["known_user"] else "a new user"
 
 
-def _first_or_rare(row: Mapping[str, Any], share: float | None, first: str, rare: str) -> str | None:
+def _first_or_rare(row: SentenceInputs, share: float | None, first: str, rare: str) -> str | None:
     """``first`` when a known user never did this (share missing or 0), else ``rare`` with
     the share in percent (None without one)."""
-    if row["known_user"] and (_missing(share) or share <= 0.0):  # type: ignore[operator]
+    known = _known(share)
+    if row["known_user"] and (known is None or known <= 0.0):
         return first
     percent = _percent(share)
     return None if percent is None else rare.format(percent=percent)
 
 
-def _hour_text(row: Mapping[str, Any]) -> str | None:
+def _hour_text(row: SentenceInputs) -> str | None:
     hour, start, end = int(row["event_hour"]), _whole(row["user_usual_hour_start"]), _whole(row["user_usual_hour_end"])
     if start is None or end is None:
         return None
@@ -186,7 +221,7 @@ def _hour_text(row: Mapping[str, Any]) -> str | None:
     return f"{_clock(hour)} is a rare hour for {_subject(row)} (usual hours {window})"
 
 
-def _session_text(row: Mapping[str, Any]) -> str | None:
+def _session_text(row: SentenceInputs) -> str | None:
     median = row["user_median_session_sec"]
     ratio = _ratio(_per_median(row["session_duration_sec"], median))
     if ratio is None:
@@ -194,16 +229,16 @@ def _session_text(row: Mapping[str, Any]) -> str | None:
     return f"session {ratio}x longer than {_owner(row)} median ({_duration(median)})"
 
 
-def _actions_text(row: Mapping[str, Any]) -> str | None:
+def _actions_text(row: SentenceInputs) -> str | None:
     median = row["user_median_actions"]
     ratio = _ratio(_per_median(row["events_in_session"], median))
-    if ratio is None:
+    if ratio is None or median is None:  # no ratio without a median
         return None
     return (f"{row['events_in_session']} actions in the session, {ratio}x {_owner(row)} median "
             f"({round(median)})")
 
 
-def _device_text(row: Mapping[str, Any]) -> str | None:
+def _device_text(row: SentenceInputs) -> str | None:
     device = row["device_type"]
     if device is None:
         return None
@@ -211,7 +246,7 @@ def _device_text(row: Mapping[str, Any]) -> str | None:
                           f"{device} is rare for this user ({{percent}}% of events)")
 
 
-def _event_type_text(row: Mapping[str, Any]) -> str | None:
+def _event_type_text(row: SentenceInputs) -> str | None:
     kind = row["event_type"]
     if kind is None:
         return None
@@ -219,7 +254,7 @@ def _event_type_text(row: Mapping[str, Any]) -> str | None:
                           f"{kind} events are rare for this user ({{percent}}% of events)")
 
 
-def _download_text(row: Mapping[str, Any]) -> str | None:
+def _download_text(row: SentenceInputs) -> str | None:
     base = _first_or_rare(row, row["user_download_share"], "first download for this user",
                           "downloads are rare for this user ({percent}% of events)")
     if base is None or not row["actions_z"] >= MIN_SEVERITY:
@@ -230,13 +265,13 @@ def _download_text(row: Mapping[str, Any]) -> str | None:
     return f"{base}, in a session of {row['events_in_session']} actions ({ratio}x usual)"
 
 
-def _time_of_week_text(row: Mapping[str, Any]) -> str | None:
+def _time_of_week_text(row: SentenceInputs) -> str | None:
     day = WEEKDAY_NAMES[min(max(int(row["event_weekday"]), 0), 6)]
     return _first_or_rare(row, row["user_weekday_share"], f"first {day} activity for this user",
                           f"{day} activity is rare for this user ({{percent}}% of events)")
 
 
-def _global_text(row: Mapping[str, Any]) -> str | None:
+def _global_text(row: SentenceInputs) -> str | None:
     if row["global_by_actions"]:
         return f"{row['events_in_session']} actions in one session is extreme for any user"
     duration = _duration(row["session_duration_sec"])
@@ -255,7 +290,7 @@ _TEXTS = {
 }
 
 
-def sentences(row: Mapping[str, Any], kinds: Sequence[str]) -> list[str]:
+def sentences(row: SentenceInputs, kinds: Sequence[str]) -> list[str]:
     """The sentence of each kind for one event (``row`` holds SENTENCE_INPUTS as plain
     values, None or NaN where missing), in the order given."""
     out = []
@@ -268,7 +303,7 @@ def sentences(row: Mapping[str, Any], kinds: Sequence[str]) -> list[str]:
 # ---- ranking ---------------------------------------------------------------------------
 
 
-def rank_reason_kinds(severity: np.ndarray, max_reasons: int) -> tuple[np.ndarray, np.ndarray]:
+def rank_reason_kinds(severity: npt.ArrayLike, max_reasons: int) -> tuple[IndexArray, IndexArray]:
     """For each row, its kinds strongest first and how many of them are listed.
 
     ``severity`` is (rows, len(REASON_KINDS)) in REASON_KINDS order. A stable sort on the
@@ -288,14 +323,14 @@ def rank_reason_kinds(severity: np.ndarray, max_reasons: int) -> tuple[np.ndarra
     return order, counts
 
 
-def reason_kinds(severity: np.ndarray, max_reasons: int) -> list[list[str]]:
+def reason_kinds(severity: npt.ArrayLike, max_reasons: int) -> list[list[str]]:
     """Each row's listed kinds, strongest first, as plain lists (the single-event path)."""
     order, counts = rank_reason_kinds(severity, max_reasons)
     return [[REASON_KINDS[k] for k in row[:count]] for row, count in zip(order.tolist(), counts.tolist(),
                                                                               strict=True)]
 
 
-def reason_kinds_column(severity: np.ndarray, max_reasons: int) -> pl.Series:
+def reason_kinds_column(severity: npt.ArrayLike, max_reasons: int) -> pl.Series:
     """``reason_kinds`` as a List(String) column built straight from the ranking arrays."""
     order, counts = rank_reason_kinds(severity, max_reasons)
     keep = np.arange(order.shape[1])[None, :] < counts[:, None]
@@ -334,18 +369,19 @@ def rank_frame(frame: pl.DataFrame, max_reasons: int) -> pl.Series:
     return reason_kinds_column(severity_matrix(values, is_download), max_reasons)
 
 
-def phrase_frame(frame: pl.DataFrame, kinds: pl.Series, readers: np.ndarray) -> pl.Series:
+def phrase_frame(frame: pl.DataFrame, kinds: pl.Series, readers: npt.NDArray[np.bool_]) -> pl.Series:
     """``reasons``: the sentences of the rows someone reads (``readers``) that have kinds;
     ``[]`` for a read row without any, null for the others. Python per phrased row only."""
     rows = np.flatnonzero(readers & (kinds.list.len().to_numpy() > 0))
-    picked = frame[rows].select(SENTENCE_INPUTS).to_dicts() if rows.size else []
+    # Polars gives plain Python values of the columns' dtypes: the shape SentenceInputs names
+    picked = cast(list[SentenceInputs], frame[rows].select(SENTENCE_INPUTS).to_dicts()) if rows.size else []
     listed = kinds[rows].to_list() if rows.size else []
     texts = pl.Series("reasons", [sentences(row, k) for row, k in zip(picked, listed, strict=True)],
                       dtype=pl.List(pl.String))
     return _spread(texts, rows, readers)
 
 
-def _spread(sentences: pl.Series, rows: np.ndarray, readers: np.ndarray) -> pl.Series:
+def _spread(sentences: pl.Series, rows: IndexArray, readers: npt.NDArray[np.bool_]) -> pl.Series:
     """The full ``reasons`` column: each listed row's sentences at its position, ``[]`` for a
     row someone reads but that has no reason, null for a row nobody reads."""
     lengths = np.zeros(len(readers), dtype=np.int64)

@@ -33,15 +33,17 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, cast
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from uba import __version__
 from uba import io as uba_io
 from uba.errors import BundleError
-from uba.model.forest import FOREST_ARRAY_NAMES, CompactForest, Detector
+from uba.model.forest import FOREST_ARRAY_NAMES, CompactForest, Detector, FloatArray, ModelParams
+from uba.schema import JsonValue
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = frozenset({1})
@@ -81,6 +83,100 @@ FILE_LIMITS = {CHECKSUMS_FILE: MAX_CHECKSUMS_BYTES, BUNDLE_FILE: MAX_BUNDLE_JSON
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
+class ScoreQuantiles(TypedDict):
+    levels: list[float]
+    values: list[float]
+
+
+class ScoreHistogram(TypedDict):
+    edges: list[float]
+    counts: list[int]
+
+
+class ScoreSummary(TypedDict):
+    """:func:`score_summary`: the training scores' distribution, as stored."""
+
+    count: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    quantiles: ScoreQuantiles
+    histogram: ScoreHistogram
+
+
+class FeatureBins(TypedDict):
+    cuts: list[float]
+    proportions: list[float]
+
+
+class FeatureReference(TypedDict):
+    """:func:`feature_reference`: per-feature training bins, as stored."""
+
+    rows: int
+    bins: int
+    features: dict[str, FeatureBins]
+
+
+class TrainingWindow(TypedDict):
+    start: str  # ISO dates
+    end: str
+    days_with_data: int
+
+
+class TrainingRowCounts(TypedDict):
+    training: int
+    users: int
+    excluded_confirmed_malicious: int
+
+
+class TrainingMetadata(TypedDict, total=False):
+    """What ``train`` stores at the top level of ``bundle.json`` beside the forest.
+
+    Optional, because ``save_bundle`` takes any JSON-friendly metadata and a bundle is
+    read as it was written. The drift references and the settings are plain JSON whose
+    shape their own modules (``uba.monitoring.drift``, ``uba.settings``) define.
+    """
+
+    feature_set_version: str | None
+    peer_features: bool
+    training_window: TrainingWindow
+    rows: TrainingRowCounts
+    score_summary: ScoreSummary
+    feature_reference: FeatureReference
+    data_fingerprint: str
+    settings: Mapping[str, object]
+    drift_reference_by_weekday: Mapping[str, object]
+    drift_reference: Mapping[str, object]
+
+
+class ScalerRecord(TypedDict):
+    kind: str
+    mean: list[float]
+    scale: list[float]
+
+
+class FilesRecord(TypedDict):
+    forest: str
+    arrays: list[str]
+
+
+class BundleMetadata(TrainingMetadata):
+    """The whole ``bundle.json``: the training metadata plus the keys ``save_bundle``
+    reserves (RESERVED_KEYS), which every bundle has."""
+
+    format_version: int
+    version: str
+    created_at: str
+    feature_names: list[str]
+    threshold: float
+    percentile: float
+    scaler: ScalerRecord
+    model: ModelParams
+    libraries: dict[str, str]
+    files: FilesRecord
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A loaded, verified bundle; ``metadata`` is the whole parsed ``bundle.json``."""
@@ -88,13 +184,13 @@ class Bundle:
     version: str
     path: Path
     detector: Detector
-    metadata: Mapping[str, Any]
+    metadata: BundleMetadata
 
 
 # ---------------------------------------------------------------- reference summaries
 
 
-def score_summary(train_scores: np.ndarray, bins: int = SCORE_HISTOGRAM_BINS) -> dict[str, Any]:
+def score_summary(train_scores: npt.ArrayLike, bins: int = SCORE_HISTOGRAM_BINS) -> ScoreSummary:
     """Distribution of training anomaly scores, kept so later runs can detect drift.
 
     The histogram uses fixed edges over [0, 1] (scores live in (0, 1]) so a later
@@ -119,22 +215,22 @@ def score_summary(train_scores: np.ndarray, bins: int = SCORE_HISTOGRAM_BINS) ->
     }
 
 
-def bin_proportions(values: np.ndarray, cuts: Sequence[float]) -> np.ndarray:
+def bin_proportions(values: npt.ArrayLike, cuts: Sequence[float] | FloatArray) -> FloatArray:
     """Share of values per bin (-inf, c1], (c1, c2], ..., (ck, inf); the PSI bin convention.
 
     Defined here, next to :func:`feature_reference`, so training and a later drift
     check can never bin differently.
     """
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
+    values64 = np.asarray(values, dtype=np.float64)
+    if values64.size == 0:
         return np.zeros(len(cuts) + 1)
-    index = np.searchsorted(np.asarray(cuts, dtype=np.float64), values, side="left")
-    return np.bincount(index, minlength=len(cuts) + 1) / values.size
+    index = np.searchsorted(np.asarray(cuts, dtype=np.float64), values64, side="left")
+    return np.bincount(index, minlength=len(cuts) + 1) / values64.size
 
 
 def feature_reference(
-    X: np.ndarray, feature_names: Sequence[str], bins: int = FEATURE_REFERENCE_BINS
-) -> dict[str, Any]:
+    X: npt.ArrayLike, feature_names: Sequence[str], bins: int = FEATURE_REFERENCE_BINS
+) -> FeatureReference:
     """Per-feature quantile bins of the training data, the reference for a later PSI.
 
     Cuts are training quantiles (duplicates dropped, so a discrete or constant feature
@@ -146,7 +242,7 @@ def feature_reference(
             f"feature_reference needs a (rows, {len(feature_names)}) matrix, got {X64.shape}"
         )
     levels = np.linspace(0.0, 1.0, bins + 1)[1:-1]
-    features = {}
+    features: dict[str, FeatureBins] = {}
     for column, name in enumerate(feature_names):
         values = X64[:, column]
         cuts = np.unique(np.quantile(values, levels))
@@ -201,7 +297,7 @@ def _write_latest(model_dir: Path, version: str) -> None:
 # ---------------------------------------------------------------- saving
 
 
-def _jsonable(value: Any, where: str) -> Any:
+def _jsonable(value: object, where: str) -> JsonValue:
     """Metadata to strict JSON: dates as ISO strings, numpy values as Python ones."""
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
@@ -222,8 +318,8 @@ def _jsonable(value: Any, where: str) -> Any:
     raise ValueError(f"metadata '{where}' has type {type(value).__name__}, which JSON cannot hold")
 
 
-def _library_versions() -> dict[str, str]:
-    versions = {
+def _library_versions() -> dict[str, JsonValue]:
+    versions: dict[str, JsonValue] = {
         "python": platform.python_version(),
         "numpy": np.__version__,
         "uba": __version__,
@@ -237,19 +333,21 @@ def _library_versions() -> dict[str, str]:
 
 
 def _bundle_body(
-    detector: Detector, metadata: Mapping[str, Any], created: datetime
-) -> dict[str, Any]:
+    detector: Detector, metadata: Mapping[str, object], created: datetime
+) -> dict[str, JsonValue]:
     clash = RESERVED_KEYS & set(metadata)
     if clash:
         raise ValueError(f"metadata may not set reserved bundle keys: {sorted(clash)}")
     forest = detector.forest
     body = {str(key): _jsonable(value, str(key)) for key, value in metadata.items()}
     body.setdefault("feature_set_version", None)
+    params = _jsonable(dict(detector.params), "params")
+    assert isinstance(params, dict)  # a mapping becomes a JSON object
     body.update(
         {
             "format_version": FORMAT_VERSION,
             "created_at": created.isoformat(),
-            "feature_names": list(detector.feature_names),
+            "feature_names": list[JsonValue](detector.feature_names),
             "threshold": detector.threshold,
             "percentile": detector.percentile,
             "scaler": {
@@ -258,14 +356,14 @@ def _bundle_body(
                 "scale": [float(v) for v in detector.scaler_scale],
             },
             "model": {
-                **_jsonable(dict(detector.params), "params"),
+                **params,
                 "n_trees": forest.n_trees,
                 "n_nodes": forest.n_nodes,
                 "depth": forest.depth,
                 "max_samples_": forest.max_samples,
             },
             "libraries": _library_versions(),
-            "files": {"forest": FOREST_FILE, "arrays": list(FOREST_ARRAY_NAMES)},
+            "files": {"forest": FOREST_FILE, "arrays": list[JsonValue](FOREST_ARRAY_NAMES)},
         }
     )
     return body
@@ -273,11 +371,11 @@ def _bundle_body(
 
 def _npz_bytes(forest: CompactForest) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **forest.arrays())
+    np.savez(buffer, allow_pickle=False, **forest.arrays())  # numeric arrays: the same bytes either way
     return buffer.getvalue()
 
 
-def _content_hash(body: Mapping[str, Any], forest: CompactForest) -> str:
+def _content_hash(body: Mapping[str, JsonValue], forest: CompactForest) -> str:
     """Short hash of the bundle content (JSON body + raw array bytes), for the version name."""
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode())
     for name, array in forest.arrays().items():
@@ -294,11 +392,11 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _dump_json(data: Any) -> bytes:
+def _dump_json(data: JsonValue) -> bytes:
     return (json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
-def save_bundle(model_dir: Path, detector: Detector, metadata: Mapping[str, Any]) -> str:
+def save_bundle(model_dir: Path, detector: Detector, metadata: Mapping[str, object]) -> str:
     """Write a new bundle version and point ``LATEST`` at it; returns the version.
 
     The bundle is written into a hidden staging directory and renamed into place, so a
@@ -314,10 +412,8 @@ def save_bundle(model_dir: Path, detector: Detector, metadata: Mapping[str, Any]
     version = f"{created.strftime('%Y%m%dT%H%M%SZ')}-{_content_hash(body, detector.forest)}"
     body["version"] = version
     files = {BUNDLE_FILE: _dump_json(body), FOREST_FILE: _npz_bytes(detector.forest)}
-    checksums = {
-        "algorithm": "sha256",
-        "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
-    }
+    digests: dict[str, JsonValue] = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    checksums: dict[str, JsonValue] = {"algorithm": "sha256", "files": digests}
     files[CHECKSUMS_FILE] = _dump_json(checksums)
     staging = uba_io.make_staging_dir(model_dir)
     try:
@@ -340,7 +436,7 @@ def save_bundle(model_dir: Path, detector: Detector, metadata: Mapping[str, Any]
 # ---------------------------------------------------------------- loading
 
 
-def describe_value(value: Any) -> str:
+def describe_value(value: object) -> str:
     """A value from a bundle file, fit for an error message: numbers and bundle versions
     as themselves, anything else only by its type and size, so an error never carries a
     file's content along (a LATEST or bundle.json swapped for a secret must not leak it)."""
@@ -408,10 +504,10 @@ def read_bundle_file(path: Path, root: Path, limit: int) -> bytes:
     return data
 
 
-def _parse_json(path: Path, data: bytes) -> Any:
+def _parse_json(path: Path, data: bytes) -> JsonValue:
     """JSON with standard constants only; the error says where, never what was there."""
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        return cast(JsonValue, json.loads(data.decode("utf-8"), parse_constant=_reject_constant))
     except UnicodeDecodeError as exc:
         raise BundleError(f"{path}: malformed JSON (not UTF-8 text at byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
@@ -435,7 +531,7 @@ def _verified_files(bundle_dir: Path, model_dir: Path) -> dict[str, bytes]:
     checksums_path = bundle_dir / CHECKSUMS_FILE
     checksums = _parse_json(checksums_path, read_bundle_file(checksums_path, model_dir, MAX_CHECKSUMS_BYTES))
     listed = checksums.get("files") if isinstance(checksums, dict) else None
-    if not isinstance(listed, dict) or checksums.get("algorithm") != "sha256":
+    if not isinstance(checksums, dict) or not isinstance(listed, dict) or checksums.get("algorithm") != "sha256":
         raise BundleError(f"{checksums_path}: expected {{'algorithm': 'sha256', 'files': {{...}}}}")
     missing = [name for name in DATA_FILES if name not in listed]
     if missing:
@@ -456,7 +552,8 @@ def _verified_files(bundle_dir: Path, model_dir: Path) -> dict[str, bytes]:
     return contents
 
 
-def _check_format(path: Path, body: Any, version: str) -> None:
+def _check_format(path: Path, body: JsonValue, version: str) -> dict[str, JsonValue]:
+    """``body`` as a JSON object of a format this code reads, in directory ``version``."""
     if not isinstance(body, dict):
         raise BundleError(f"{path}: expected a JSON object at the top level")
     found = body.get("format_version")
@@ -473,6 +570,7 @@ def _check_format(path: Path, body: Any, version: str) -> None:
         raise BundleError(
             f"{path}: says version {describe_value(body.get('version'))} but lives in directory {version!r}"
         )
+    return body
 
 
 @dataclass(frozen=True)
@@ -484,7 +582,7 @@ class PeerContext:
     source: str
 
 
-def _check_peer_features(path: Path, body: Mapping[str, Any], peers: PeerContext) -> None:
+def _check_peer_features(path: Path, body: Mapping[str, JsonValue], peers: PeerContext) -> None:
     """The directory present at training fixed the bundle's feature set: one line when
     the scoring side differs, naming what differs and the remedy."""
     trained = body.get("peer_features") is True
@@ -501,12 +599,14 @@ def _check_peer_features(path: Path, body: Mapping[str, Any], peers: PeerContext
 
 def _check_features(
     path: Path,
-    body: Mapping[str, Any],
+    body: Mapping[str, JsonValue],
     expected_features: Sequence[str] | None,
     expected_feature_set_version: str | None,
-) -> None:
-    names = body.get("feature_names")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+) -> list[str]:
+    """The bundle's feature names, once they are known to fit this code."""
+    listed = body.get("feature_names")
+    names = [n for n in listed if isinstance(n, str)] if isinstance(listed, list) else []
+    if not isinstance(listed, list) or not names or len(names) != len(listed):
         raise BundleError(f"{path}: 'feature_names' must be a non-empty list of strings")
     if (
         expected_feature_set_version is not None
@@ -528,6 +628,7 @@ def _check_features(
         raise BundleError(
             f"{path}: feature list does not match this code's features ({detail}); retrain the model"
         )
+    return names
 
 
 def _check_members(path: Path, data: bytes) -> None:
@@ -568,23 +669,23 @@ def _load_arrays(path: Path, data: bytes) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _number(path: Path, body: Mapping[str, Any], *keys: str) -> Any:
-    value: Any = body
+def _number(path: Path, body: dict[str, JsonValue], *keys: str) -> JsonValue:
+    value: JsonValue = body
     for key in keys:
-        if not isinstance(value, Mapping) or key not in value:
+        if not isinstance(value, dict) or key not in value:
             raise BundleError(f"{path}: missing field '{'.'.join(keys)}'")
         value = value[key]
     return value
 
 
-def _real(path: Path, body: Mapping[str, Any], *keys: str) -> float:
+def _real(path: Path, body: dict[str, JsonValue], *keys: str) -> float:
     value = _number(path, body, *keys)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BundleError(f"{path}: '{'.'.join(keys)}' must be a number, got {describe_value(value)}")
     return float(value)
 
 
-def _reals(path: Path, body: Mapping[str, Any], *keys: str) -> np.ndarray:
+def _reals(path: Path, body: dict[str, JsonValue], *keys: str) -> FloatArray:
     values = _number(path, body, *keys)
     if not isinstance(values, list) or not all(
         isinstance(v, int | float) and not isinstance(v, bool) for v in values
@@ -594,9 +695,8 @@ def _reals(path: Path, body: Mapping[str, Any], *keys: str) -> np.ndarray:
 
 
 def _rebuild_detector(
-    path: Path, npz_path: Path, body: Mapping[str, Any], arrays: dict[str, np.ndarray]
+    path: Path, npz_path: Path, body: dict[str, JsonValue], names: tuple[str, ...], arrays: dict[str, np.ndarray]
 ) -> Detector:
-    names = tuple(body["feature_names"])
     max_samples = _number(path, body, "model", "max_samples_")
     if isinstance(max_samples, bool) or not isinstance(max_samples, int):
         raise BundleError(f"{path}: 'model.max_samples_' must be an integer, got {describe_value(max_samples)}")
@@ -607,10 +707,10 @@ def _rebuild_detector(
     mean, scale = _reals(path, body, "scaler", "mean"), _reals(path, body, "scaler", "scale")
     threshold, percentile = _real(path, body, "threshold"), _real(path, body, "percentile")
     params = body.get("model", {})
-    try:
+    try:  # the model section is the detector's params as saved (plus the forest's shape)
         return Detector(feature_names=names, scaler_mean=mean, scaler_scale=scale, forest=forest,
                         threshold=threshold, percentile=percentile,
-                        params=dict(params) if isinstance(params, Mapping) else {})
+                        params=cast(ModelParams, dict(params)) if isinstance(params, dict) else ModelParams())
     except (TypeError, ValueError) as exc:
         raise BundleError(f"{path}: {exc}") from exc
 
@@ -665,14 +765,14 @@ def load_bundle(
     bundle_dir = model_dir / version
     contents = _verified_files(bundle_dir, model_dir)
     body_path = bundle_dir / BUNDLE_FILE
-    body = _parse_json(body_path, contents[BUNDLE_FILE])
-    _check_format(body_path, body, version)
+    body = _check_format(body_path, _parse_json(body_path, contents[BUNDLE_FILE]), version)
     if peers is not None:
         _check_peer_features(body_path, body, peers)
-    _check_features(body_path, body, expected_features, expected_feature_set_version)
+    names = _check_features(body_path, body, expected_features, expected_feature_set_version)
     arrays = _load_arrays(bundle_dir / FOREST_FILE, contents[FOREST_FILE])
-    detector = _rebuild_detector(body_path, bundle_dir / FOREST_FILE, body, arrays)
-    return Bundle(version=version, path=bundle_dir, detector=detector, metadata=body)
+    detector = _rebuild_detector(body_path, bundle_dir / FOREST_FILE, body, tuple(names), arrays)
+    # checked above as far as loading needs; the rest is read as bundle.json was written
+    return Bundle(version=version, path=bundle_dir, detector=detector, metadata=cast(BundleMetadata, body))
 
 
 def read_user_score_history(bundle_path: Path, quantile: float) -> pl.DataFrame | None:

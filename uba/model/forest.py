@@ -25,13 +25,13 @@ threshold is a percentile of the training scores.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 import numpy as np
+import numpy.typing as npt
 
 if TYPE_CHECKING:
     from sklearn.ensemble import IsolationForest
@@ -62,8 +62,28 @@ _SELF_CHECK_TOLERANCE = 1e-9
 COMPLETE_MAX_DEPTH = 12
 _COMPLETE_MAX_BYTES = 64 << 20
 
+FloatArray = npt.NDArray[np.float64]
+Rows32 = npt.NDArray[np.float32]
 
-def average_path_length(n_samples: np.ndarray | Sequence[float] | float) -> np.ndarray:
+
+class ModelParams(TypedDict, total=False):
+    """How a detector was fitted (``Detector.params``), stored as ``bundle.json``'s
+    ``model`` section, which adds the forest's shape (``n_trees``, ``n_nodes``, ``depth``).
+    Every key is optional: a bundle is data from disk, and a detector may be built by hand."""
+
+    kind: str
+    n_estimators: int
+    contamination: float
+    max_samples: int | str
+    max_samples_: int
+    random_state: int
+    n_training_rows: int
+    n_trees: int
+    n_nodes: int
+    depth: int
+
+
+def average_path_length(n_samples: npt.ArrayLike) -> FloatArray:
     """c(n): mean depth of an unsuccessful BST search, the isolation-forest normaliser.
 
     Written exactly like scikit-learn's ``_average_path_length`` so the per-leaf
@@ -82,7 +102,7 @@ def average_path_length(n_samples: np.ndarray | Sequence[float] | float) -> np.n
     return result.reshape(shape)
 
 
-def _float32_at_or_below(values: np.ndarray) -> np.ndarray:
+def _float32_at_or_below(values: FloatArray) -> Rows32:
     """Largest float32 <= each float64 value.
 
     scikit-learn compares a float32 feature value with a float64 threshold. For a
@@ -129,11 +149,11 @@ class _KernelTables:
     """
 
     complete: bool
-    feature: np.ndarray  # uint32
-    threshold: np.ndarray  # float32, rounded down (see _float32_at_or_below)
-    value: np.ndarray  # float64 path length credited at a leaf
-    children: np.ndarray | None = None  # uint32, node layout only
-    roots: np.ndarray | None = None  # uint32, node layout only
+    feature: npt.NDArray[np.uint32]
+    threshold: Rows32  # rounded down (see _float32_at_or_below)
+    value: FloatArray  # path length credited at a leaf
+    children: npt.NDArray[np.uint32] | None = None  # node layout only
+    roots: npt.NDArray[np.uint32] | None = None  # node layout only
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,7 +214,7 @@ class CompactForest:
         """Whether the compiled kernel walks complete trees (else the node arrays)."""
         return self._kernel.complete
 
-    def path_lengths(self, X32: np.ndarray, *, compiled: bool = True) -> np.ndarray:
+    def path_lengths(self, X32: Rows32, *, compiled: bool = True) -> FloatArray:
         """Sum over trees of each row's path length, accumulated tree by tree like scikit-learn.
 
         ``compiled=False`` forces the numpy path (the reference the kernel is tested
@@ -210,12 +230,12 @@ class CompactForest:
             out[missing] = self._numpy_path_lengths(X32[missing])
         return out
 
-    def scores(self, X32: np.ndarray, *, compiled: bool = True) -> np.ndarray:
+    def scores(self, X32: Rows32, *, compiled: bool = True) -> FloatArray:
         """Anomaly scores (= -score_samples) of already scaled float32 rows."""
         lengths = self.path_lengths(X32, compiled=compiled)
         return _scores_from_path_lengths(lengths, self._tables.denominator)
 
-    def _compiled_path_lengths(self, X32: np.ndarray) -> tuple[np.ndarray, int]:
+    def _compiled_path_lengths(self, X32: Rows32) -> tuple[FloatArray, int]:
         """Rows through the numba kernel: path lengths and the number of rows holding NaN.
 
         ``uba.model.kernel`` (numba) is imported, and its loops compiled or loaded from
@@ -230,7 +250,7 @@ class CompactForest:
             X32, k.children, k.feature, k.threshold, k.value, k.roots, self.depth
         )
 
-    def _numpy_path_lengths(self, X32: np.ndarray) -> np.ndarray:
+    def _numpy_path_lengths(self, X32: Rows32) -> FloatArray:
         """The numpy path: whole-array gathers, chunked so the node matrix stays in cache."""
         if X32.shape[0] == 1:
             return np.array([self._row_path_length(X32[0])])
@@ -240,7 +260,7 @@ class CompactForest:
             out[start : start + chunk] = self._chunk_path_lengths(X32[start : start + chunk])
         return out
 
-    def _row_path_length(self, row: np.ndarray) -> float:
+    def _row_path_length(self, row: Rows32) -> float:
         """One row through all trees at once, one level per step (tiny arrays: fancy indexing)."""
         t = self._tables
         nan_present = bool(np.isnan(row).any())
@@ -258,7 +278,7 @@ class CompactForest:
         # cumsum adds tree by tree from 0.0, the same order as scikit-learn's `depths +=`.
         return float(np.cumsum(t.node_value[nodes])[-1])
 
-    def _chunk_path_lengths(self, X32: np.ndarray) -> np.ndarray:
+    def _chunk_path_lengths(self, X32: Rows32) -> FloatArray:
         """Many rows through all trees at once: a (rows x trees) matrix of node ids per level.
 
         ``np.take`` and the root level read straight from the columns are worth ~20%
@@ -286,8 +306,19 @@ class CompactForest:
         return np.cumsum(np.take(t.node_value, nodes), axis=1)[:, -1]
 
 
+class _KernelModule(Protocol):
+    """What this module calls in ``uba.model.kernel`` (the module itself satisfies it)."""
+
+    def complete_path_lengths(self, X32: Rows32, feature: npt.NDArray[np.uint32], threshold: Rows32,
+                              leaf_value: FloatArray, /) -> tuple[FloatArray, int]: ...
+
+    def node_path_lengths(self, X32: Rows32, children: npt.NDArray[np.uint32], feature: npt.NDArray[np.uint32],
+                          threshold: Rows32, node_value: FloatArray, roots: npt.NDArray[np.uint32], depth: int,
+                          /) -> tuple[FloatArray, int]: ...
+
+
 @cache
-def _forest_kernel() -> ModuleType:
+def _forest_kernel() -> _KernelModule:
     """``uba.model.kernel``, imported once on first use (a plain import statement costs
     microseconds per call, a noticeable share of one API request)."""
     from uba.model import kernel as forest_kernel
@@ -295,7 +326,7 @@ def _forest_kernel() -> ModuleType:
     return forest_kernel
 
 
-def _as_rows32(X32: np.ndarray, n_features: int) -> np.ndarray:
+def _as_rows32(X32: npt.ArrayLike, n_features: int) -> Rows32:
     """C-contiguous float32 rows of the forest's width (the kernel reads them unchecked)."""
     X32 = np.ascontiguousarray(X32, dtype=np.float32)
     if X32.ndim != 2 or X32.shape[1] != n_features:
@@ -305,7 +336,7 @@ def _as_rows32(X32: np.ndarray, n_features: int) -> np.ndarray:
     return X32
 
 
-def _scores_from_path_lengths(path_lengths: np.ndarray, denominator: float) -> np.ndarray:
+def _scores_from_path_lengths(path_lengths: FloatArray, denominator: float) -> FloatArray:
     """2 ** -(summed path / (n_trees * c(psi))), with scikit-learn's guard for psi = 1.
 
     The same operations as scikit-learn's ``np.divide(..., where=denominator != 0)``,
@@ -537,12 +568,12 @@ class Detector:
     """
 
     feature_names: tuple[str, ...]
-    scaler_mean: np.ndarray
-    scaler_scale: np.ndarray
+    scaler_mean: FloatArray
+    scaler_scale: FloatArray
     forest: CompactForest
     threshold: float
     percentile: float
-    params: Mapping[str, Any] = field(default_factory=dict)
+    params: ModelParams = field(default_factory=ModelParams)
 
     def __post_init__(self) -> None:
         n = len(self.feature_names)
@@ -566,21 +597,21 @@ class Detector:
             0 < self.percentile < 100, f"percentile must be in (0, 100), got {self.percentile}"
         )
 
-    def scale(self, X: np.ndarray) -> np.ndarray:
+    def scale(self, X: npt.ArrayLike) -> Rows32:
         """StandardScaler.transform in float64, then the float32 cast IsolationForest applies."""
         X64 = _as_matrix(X, len(self.feature_names))
         return ((X64 - self.scaler_mean) / self.scaler_scale).astype(np.float32)
 
-    def anomaly_scores(self, X: np.ndarray) -> np.ndarray:
+    def anomaly_scores(self, X: npt.ArrayLike) -> FloatArray:
         """Anomaly score per row of raw feature values (columns in ``feature_names`` order)."""
         return self.forest.scores(self.scale(X))
 
-    def anomaly_score(self, row: np.ndarray | Sequence[float]) -> float:
+    def anomaly_score(self, row: npt.ArrayLike) -> float:
         """Score of one event's feature vector; the API's per-request call."""
         return float(self.anomaly_scores(np.asarray(row, dtype=np.float64).reshape(1, -1))[0])
 
 
-def _as_matrix(X: np.ndarray, n_features: int) -> np.ndarray:
+def _as_matrix(X: npt.ArrayLike, n_features: int) -> FloatArray:
     X64 = np.asarray(X, dtype=np.float64)
     if X64.ndim == 1 and X64.shape[0] == n_features:
         X64 = X64.reshape(1, -1)
@@ -591,7 +622,7 @@ def _as_matrix(X: np.ndarray, n_features: int) -> np.ndarray:
     return X64
 
 
-def _check_training_matrix(X: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
+def _check_training_matrix(X: npt.ArrayLike, feature_names: Sequence[str]) -> FloatArray:
     names = list(feature_names)
     X64 = np.asarray(X, dtype=np.float64)
     if X64.ndim != 2 or X64.shape[1] != len(names):
@@ -616,11 +647,11 @@ def _resolve_max_samples(setting: int | str, n_rows: int) -> int | str:
 
 
 def fit_detector(
-    X: np.ndarray,
+    X: npt.ArrayLike,
     feature_names: Sequence[str],
     model: ModelSettings,
     percentile: float,
-) -> tuple[Detector, np.ndarray]:
+) -> tuple[Detector, FloatArray]:
     """Fit scaler + forest on training features and calibrate the alert threshold.
 
     Returns the detector and the training anomaly scores (computed by the compact
@@ -663,7 +694,7 @@ def fit_detector(
     return replace(detector, threshold=threshold), train_scores
 
 
-def _check_against_sklearn(detector: Detector, forest: IsolationForest, scaled: np.ndarray) -> None:
+def _check_against_sklearn(detector: Detector, forest: IsolationForest, scaled: FloatArray) -> None:
     """Guard against a scikit-learn release that changes how it scores.
 
     The compact forest mirrors private scikit-learn internals; if a future version

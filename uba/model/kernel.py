@@ -36,6 +36,13 @@ from typing import Any
 
 import numba
 import numpy as np
+import numpy.typing as npt
+
+# numba's types and compiled dispatchers carry no static types: the helpers that build
+# or return them say Any, and the loops' arguments are typed by their numba signatures.
+FloatArray = npt.NDArray[np.float64]
+Rows32 = npt.NDArray[np.float32]
+Index32 = npt.NDArray[np.uint32]
 
 # Rows per block: a block of float32 rows should stay in L1 (with one tree's tables)
 # while every tree walks it.
@@ -162,14 +169,15 @@ def _complete_row(x: Any, feature: Any, threshold: Any, leaf_value: Any, depth: 
 
 
 @_compiled(_COMPLETE_SIGNATURE)
-def _complete_kernel(X, feature, threshold, leaf_value, depth, block, out):
+def _complete_kernel(X: Rows32, feature: Index32, threshold: Rows32, leaf_value: FloatArray, depth: int,
+                     block: int, out: FloatArray) -> int:
     """Trees outer, rows inner per block, 8 rows (_LANES) walked side by side; written
     out because numba keeps these scalars in registers, while a small index array would
     go through memory (measured ~15% slower). The root's feature and threshold are
     read once per tree (~5%). Rows left over (< 8) go tree-wise. Needs depth >= 1."""
     n_rows, n_trees = X.shape[0], feature.shape[0]
     n_inner = np.uint64(feature.shape[1])
-    nan_rows = _rows_with_nan(X)
+    nan_rows: int = _rows_with_nan(X)
     for start in range(0, n_rows, block):
         stop = min(n_rows, start + block)
         grouped = stop - (stop - start) % 8
@@ -219,10 +227,11 @@ def _node_step(x: Any, children: Any, feature: Any, threshold: Any, i: Any) -> A
     return np.uint64(children[i + i + np.uint64(x[feature[i]] > threshold[i])])
 
 
-def _node_loop(X, children, feature, threshold, node_value, roots, depth, block, out):
+def _node_loop(X: Rows32, children: Index32, feature: Index32, threshold: Rows32, node_value: FloatArray,
+               roots: Index32, depth: int, block: int, out: FloatArray) -> int:
     """Same loop order as _complete_kernel, over the node arrays (one more load per step)."""
     n_rows, n_trees = X.shape[0], roots.shape[0]
-    nan_rows = _rows_with_nan(X)
+    nan_rows: int = _rows_with_nan(X)
     for start in range(0, n_rows, block):
         stop = min(n_rows, start + block)
         for r in range(start, stop):
@@ -267,11 +276,11 @@ def _block_rows(n_columns: int) -> int:
 
 
 def complete_path_lengths(
-    X32: np.ndarray,
-    feature: np.ndarray,
-    threshold: np.ndarray,
-    leaf_value: np.ndarray,
-) -> tuple[np.ndarray, int]:
+    X32: Rows32,
+    feature: Index32,
+    threshold: Rows32,
+    leaf_value: FloatArray,
+) -> tuple[FloatArray, int]:
     """Summed path length per row over complete-layout trees, and how many rows hold NaN.
 
     ``feature``/``threshold`` are ``(n_trees, 2**D - 1)``, ``leaf_value`` is
@@ -297,14 +306,14 @@ def complete_path_lengths(
 
 
 def node_path_lengths(
-    X32: np.ndarray,
-    children: np.ndarray,
-    feature: np.ndarray,
-    threshold: np.ndarray,
-    node_value: np.ndarray,
-    roots: np.ndarray,
+    X32: Rows32,
+    children: Index32,
+    feature: Index32,
+    threshold: Rows32,
+    node_value: FloatArray,
+    roots: Index32,
     depth: int,
-) -> tuple[np.ndarray, int]:
+) -> tuple[FloatArray, int]:
     """Summed path length per row over scikit-learn's node arrays, and how many rows hold NaN.
 
     Node ids are global; ``children[2 g]``/``children[2 g + 1]`` are node ``g``'s left and

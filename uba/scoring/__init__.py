@@ -7,10 +7,11 @@ frames, ``manifest`` reads and writes run records, ``lock`` keeps one run per da
 import Ray.
 """
 
+from uba.features.pipeline import load_scoring_bundle
 from uba.locks import RunLockedError
 from uba.manifest import scored_with
 from uba.scoring.backfill import BackfillOutcome, backfill_dates
-from uba.scoring.driver import ScoreOptions, load_scoring_bundle, open_runtime, score_day
+from uba.scoring.driver import ScoreOptions, open_runtime, score_day
 from uba.scoring.ray_backend import RunFailedError, ShardFailedError
 from uba.scoring.shard import FaultInjection
 

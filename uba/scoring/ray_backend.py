@@ -25,7 +25,7 @@ import secrets
 import socket
 from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 from uba.errors import UserError
 from uba.scoring.plan import ShardSpec
@@ -36,7 +36,12 @@ from uba.scoring.shard import (
     run_shard,
 )
 
+if TYPE_CHECKING:  # Ray is imported only when a run needs it (see the module doc)
+    from ray import ObjectRef
+
 __all__ = ["RayRuntime", "RunFailedError", "ShardFailedError", "check_reachable"]
+
+R = TypeVar("R")
 
 CONNECT_TIMEOUT_SEC = 10.0
 TASK_CPUS = 1  # CPUs one shard task asks Ray for (and the threads it uses)
@@ -57,7 +62,7 @@ class ShardFailedError(RunFailedError):
 _WORKER_INPUTS: dict[str, ShardInputs] = {}
 
 
-def _worker_inputs(run_key: str, boxed_ref: list[Any]) -> tuple[ShardInputs, bool]:
+def _worker_inputs(run_key: str, boxed_ref: list[ObjectRef[ShardInputs]]) -> tuple[ShardInputs, bool]:
     """The run's shared inputs, fetched from the object store once per worker and run."""
     cached = _WORKER_INPUTS.get(run_key)
     if cached is not None:
@@ -70,7 +75,7 @@ def _worker_inputs(run_key: str, boxed_ref: list[Any]) -> tuple[ShardInputs, boo
     return inputs, True
 
 
-def _shard_task(spec: ShardSpec, ctx: ShardContext, boxed_ref: list[Any]) -> ShardResult:
+def _shard_task(spec: ShardSpec, ctx: ShardContext, boxed_ref: list[ObjectRef[ShardInputs]]) -> ShardResult:
     import ray
 
     inputs, fetched = _worker_inputs(ctx.run_key, boxed_ref)
@@ -114,8 +119,39 @@ class _NodeSlots:
         self.room += 1
 
 
+class RayPlacement(TypedDict):
+    """Where a run happened, as the manifest records it."""
+
+    mode: str
+    address: str | None
+    started_by_job: bool
+    cluster_cpus: int
+    nodes: int
+    workers: int
+
+
+class _RayNode(TypedDict, total=False):
+    """The fields of a ``ray.nodes()`` entry read here."""
+
+    NodeID: str
+    Alive: bool
+    Resources: dict[str, float]
+
+
+def _cluster_resources() -> dict[str, float]:
+    import ray
+
+    return cast("Callable[[], dict[str, float]]", ray.cluster_resources)()  # Ray leaves it unannotated
+
+
+def _nodes() -> list[_RayNode]:
+    import ray
+
+    return cast("Callable[[], list[_RayNode]]", ray.nodes)()  # Ray leaves it unannotated
+
+
 @cache
-def _remote(fn: Callable[..., Any]) -> Any:
+def _remote(fn: Callable[..., Any]) -> Any:  # Any: a Ray RemoteFunction, untyped in Ray
     import ray
 
     return ray.remote(num_cpus=TASK_CPUS)(fn)
@@ -219,7 +255,7 @@ class RayRuntime:
             self.owned = True
         self.started = True
 
-    def _init_kwargs(self) -> dict[str, Any]:
+    def _init_kwargs(self) -> dict[str, Any]:  # Any: the keyword arguments of ray.init
         common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
                                   "namespace": "uba", "runtime_env": {"env_vars": worker_env()}}
         if self.address:
@@ -235,44 +271,41 @@ class RayRuntime:
     def workers(self) -> int:
         """Concurrent shard tasks: on the embedded Ray, --workers (else the configured count)
         capped by its CPUs; on a joined cluster, --workers if given, else all its CPUs."""
-        import ray
-
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cpus = max(1, int(_cluster_resources().get("CPU", 1)))
         if self.mode == "cluster":
             return self.requested_workers or cpus
         return min(self.requested_workers or self.default_workers, cpus)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> RayPlacement:
         """What the manifest records about where the run happened."""
-        import ray
-
-        resources = ray.cluster_resources()
+        resources = _cluster_resources()
         return {
             "mode": self.mode,
             "address": self.address,
             "started_by_job": self.owned and self.mode == "local",
             "cluster_cpus": int(resources.get("CPU", 0)),
-            "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+            "nodes": sum(1 for n in _nodes() if n.get("Alive")),
             "workers": self.workers(),
         }
 
-    def put(self, value: Any) -> list[Any]:
+    def put(self, value: ShardInputs) -> list[ObjectRef[ShardInputs]]:
         """``value`` in the object store, boxed so tasks resolve it themselves (once per worker)."""
         import ray
 
         return [ray.put(value)]
 
-    def warm_up(self) -> list[Any]:
+    def warm_up(self) -> list[ObjectRef[int]]:
         """Start one warm-up task per worker slot; the caller need not wait for them."""
         return [_remote(_warm_up).remote() for _ in range(self.workers())]
 
-    def submit(self, fn: Callable[..., Any], *args: Any, max_retries: int = 3) -> Any:
+    def submit(self, fn: Callable[..., R], *args: object, max_retries: int = 3) -> ObjectRef[R]:
         """Run ``fn(*args)`` as one Ray task (aggregates, the flagged merge)."""
-        return _remote(fn).options(max_retries=max_retries,
-                                   retry_exceptions=list(RETRYABLE_EXCEPTIONS)).remote(*args)
+        ref: ObjectRef[R] = _remote(fn).options(max_retries=max_retries,
+                                                retry_exceptions=list(RETRYABLE_EXCEPTIONS)).remote(*args)
+        return ref
 
     @staticmethod
-    def result(ref: Any, what: str) -> Any:
+    def result(ref: ObjectRef[R], what: str) -> R:
         """The value of a task started with ``submit``; a failure is one line naming ``what``."""
         import ray
 
@@ -281,7 +314,7 @@ class RayRuntime:
         except ray.exceptions.RayError as exc:
             raise RunFailedError(f"{what} failed: {_failure_message(exc)}") from exc
 
-    def run_shards(self, specs: list[ShardSpec], ctx: ShardContext, boxed_inputs: list[Any],
+    def run_shards(self, specs: list[ShardSpec], ctx: ShardContext, boxed_inputs: list[ObjectRef[ShardInputs]],
                    max_retries: int) -> list[ShardResult]:
         """Run every shard as a Ray task, at most ``workers()`` in flight; results in shard order.
 
@@ -295,7 +328,7 @@ class RayRuntime:
         slots = _NodeSlots(self._node_cpus(), self.workers())
         queue = list(specs)
         results: dict[int, ShardResult] = {}
-        in_flight: dict[Any, tuple[int, str]] = {}
+        in_flight: dict[ObjectRef[ShardResult], tuple[int, str]] = {}
         try:
             while queue or in_flight:
                 while queue and slots.free():
@@ -314,7 +347,7 @@ class RayRuntime:
         return [results[spec.index] for spec in specs]
 
     @staticmethod
-    def _shard_task(node: str, max_retries: int) -> Any:
+    def _shard_task(node: str, max_retries: int) -> Any:  # Any: a Ray RemoteFunction, untyped in Ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         return _remote(_shard_task).options(
@@ -324,13 +357,11 @@ class RayRuntime:
     @staticmethod
     def _node_cpus() -> dict[str, int]:
         """CPUs of every live node that has any, in a stable order."""
-        import ray
-
-        nodes = {n["NodeID"]: int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")}
+        nodes = {n["NodeID"]: int(n.get("Resources", {}).get("CPU", 0)) for n in _nodes() if n.get("Alive")}
         return {node: cpus for node, cpus in sorted(nodes.items()) if cpus > 0}
 
     @staticmethod
-    def _get_shard(ref: Any, label: str, index: int, max_retries: int) -> ShardResult:
+    def _get_shard(ref: ObjectRef[ShardResult], label: str, index: int, max_retries: int) -> ShardResult:
         import ray
 
         try:

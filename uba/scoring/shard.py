@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Final, TypedDict
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
+import pyarrow as pa
 
 from uba import io
 from uba.alerting.feedback import rule_tuples
@@ -39,6 +41,7 @@ from uba.features.compiled import CompiledBaselines, compile_baselines
 from uba.features.events import features_frame
 from uba.features.pipeline import feature_matrix
 from uba.features.reasons import phrase_frame, rank_frame
+from uba.model.forest import Detector
 from uba.monitoring.drift import DriftCounts, drift_counts
 from uba.schema import EVENT_SCHEMA
 from uba.scoring import outputs
@@ -50,7 +53,7 @@ FLAGGED_PARTS_DIR = "flagged-parts"
 # Frames already in memory are finished with the in-memory engine: polars 2.1's streaming
 # engine intermittently panicked ("assertion failed: i < self.len()" in binview) on the
 # string expressions of the reasons over sliced or concatenated frames.
-EAGER_ENGINE = "in-memory"
+EAGER_ENGINE: Final = "in-memory"
 FAULT_ENV = {
     "shard_delay_sec": "UBA_FAULT_SHARD_DELAY_SEC",
     "pid_dir": "UBA_FAULT_PID_DIR",
@@ -61,6 +64,25 @@ FAULT_ENV = {
 # only when a link is made (a day's first run, or one in the layout before versions).
 PUBLISH_STEPS = ("manifest", "link:scores", "link:flagged", "link:flagged_users", "link:manifest",
                  "links", "version", "commit", "prune")
+
+
+class PartRecord(TypedDict):
+    """A written part as the manifest records it."""
+
+    rows: int
+    sha256: str
+
+
+class ShardRecord(TypedDict):
+    """A shard's line in the manifest."""
+
+    index: int
+    rows: int
+    flagged_rows: int
+    node_id: str
+    pid: int
+    fetched_inputs: bool
+    seconds: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -110,14 +132,15 @@ class ShardInputs:
     """What all shards of a run read, in memory: put in Ray's object store once per run.
 
     ``baselines``, ``cuts`` (None without per-user thresholds) and ``rules`` are Polars
-    frames; ``drift_reference`` is the bundle's reference for the day's weekday.
+    frames; ``drift_reference`` is the bundle's metadata with the reference for the day's
+    weekday (its shape is ``uba.monitoring.drift``'s).
     """
 
-    detector: Any
+    detector: Detector
     baselines: pl.DataFrame
     cuts: pl.DataFrame | None
     rules: pl.DataFrame
-    drift_reference: dict[str, Any]
+    drift_reference: Mapping[str, object]
 
     @cached_property
     def compiled(self) -> CompiledBaselines:
@@ -134,16 +157,16 @@ class ShardResult:
     rows: int
     known_user_rows: int
     flagged_rows: int
-    scores_file: dict[str, Any]
+    scores_file: dict[str, PartRecord]
     flagged_part: str
     drift: DriftCounts
-    per_user: Any  # pyarrow.Table in PER_USER_SCHEMA (Arrow travels out of band on Ray)
+    per_user: pa.Table  # in PER_USER_SCHEMA (Arrow travels out of band on Ray); pyarrow is untyped
     seconds: dict[str, float] = field(default_factory=dict)
     pid: int = 0
     node_id: str = "driver"
     fetched_inputs: bool = False
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> ShardRecord:
         """The shard's line in the manifest (where it ran, how long each step took)."""
         return {"index": self.index, "rows": self.rows, "flagged_rows": self.flagged_rows,
                 "node_id": self.node_id, "pid": self.pid, "fetched_inputs": self.fetched_inputs,
@@ -182,7 +205,8 @@ def read_pieces(pieces: tuple[Piece, ...]) -> pl.DataFrame:
     return pl.concat(frames, how="vertical", rechunk=True) if len(frames) > 1 else frames[0]
 
 
-def annotate(features: pl.DataFrame, scores: np.ndarray, inputs: ShardInputs, ctx: ShardContext) -> pl.DataFrame:
+def annotate(features: pl.DataFrame, scores: npt.NDArray[np.float64], inputs: ShardInputs,
+             ctx: ShardContext) -> pl.DataFrame:
     """Scores, reason kinds, the decision (``uba.alerting.thresholds.decide``, as the API decides)
     and sentences for the flagged rows, on the shard's feature frame."""
     threshold = float(inputs.detector.threshold)
@@ -215,7 +239,7 @@ def per_user_counts(annotated: pl.DataFrame) -> pl.DataFrame:
         (pl.col("anomaly_score") >= pl.col("threshold")).sum().cast(pl.Int64).alias("alerts_global"),
         pl.col("is_anomaly").sum().cast(pl.Int64).alias("alerts_user"),
         pl.col("suppressed").sum().cast(pl.Int64).alias("suppressed"),
-    ).select(list(PER_USER_SCHEMA)).cast(PER_USER_SCHEMA)
+    ).select(list(PER_USER_SCHEMA)).cast(pl.Schema(PER_USER_SCHEMA))
 
 
 def _run_fault_hooks(fault: FaultInjection | None, label: str) -> None:
@@ -229,7 +253,7 @@ def _run_fault_hooks(fault: FaultInjection | None, label: str) -> None:
         time.sleep(fault.shard_delay_sec)
 
 
-def _write(df: pl.DataFrame, path: Path) -> dict[str, Any]:
+def _write(df: pl.DataFrame, path: Path) -> PartRecord:
     """One part with fixed options (one row group run, fixed name) so bytes are reproducible."""
     io.write_staged_part(df.rechunk(), path)
     return {"rows": df.height, "sha256": io.file_sha256(path)}
@@ -265,7 +289,7 @@ def run_shard(spec: ShardSpec, ctx: ShardContext, inputs: ShardInputs) -> ShardR
         seconds=watch.seconds, pid=os.getpid())
 
 
-def merge_flagged(parts: list[str], out: str) -> dict[str, Any]:
+def merge_flagged(parts: list[str], out: str) -> PartRecord:
     """The day's single ``flagged`` part: every shard's flagged rows, most anomalous first.
 
     Runs where the shards' parts are (a Ray task, or the driver in-process), reading only
