@@ -1459,7 +1459,7 @@ def iter_parquet_batches(path: Path, batch_rows: int) -> Iterable[pl.DataFrame]:
         raise UserError(f"cannot read {path} as parquet: {exc}") from exc
     with parquet:
         for batch in parquet.iter_batches(batch_size=batch_rows):
-            yield pl.from_arrow(batch)  # type: ignore[misc]
+            yield cast(pl.DataFrame, pl.from_arrow(batch))  # pyarrow is untyped: a RecordBatch gives a frame
 
 
 def open_parquet(path: Path, read_dictionary: list[str] | None = None) -> Any:  # pyarrow (untyped): a ParquetFile

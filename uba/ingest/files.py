@@ -478,7 +478,7 @@ def _csv_batches(path: Path, batch_rows: int, limits: IngestSettings,
 # ---------------------------------------------------------------- JSON values
 
 
-class _RepeatedKey(dict):  # type: ignore[type-arg]
+class _RepeatedKey(dict[str, Any]):
     """An object that repeats a key: parsers disagree on which value wins, so it is refused."""
 
     key: str = ""
