@@ -13,10 +13,10 @@ the value.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import polars as pl
 
@@ -46,6 +46,16 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+class DirectoryRow(TypedDict):
+    """One stored directory row (the columns of ``SCHEMA``), as ``check_row`` normalises it."""
+
+    user_id: str
+    department: str | None
+    role: str | None
+    is_privileged: bool
+    criticality: str | None
+
+
 @dataclass(frozen=True)
 class ImportSummary:
     """What one import did with every row of its file."""
@@ -72,7 +82,7 @@ def directory_path(data_dir: Path) -> Path:
     return Path(data_dir) / DIRECTORY / USERS_FILE
 
 
-def _text(value: Any, field: str, max_length: int) -> str | None:
+def _text(value: object, field: str, max_length: int) -> str | None:
     """Optional text: empty is null; control or invisible characters are refused."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -82,7 +92,7 @@ def _text(value: Any, field: str, max_length: int) -> str | None:
         raise ValueError(f"{field} {exc.message}") from None
 
 
-def _privileged(value: Any) -> bool:
+def _privileged(value: object) -> bool:
     word = "" if value is None else str(value).strip().lower()
     if word in TRUE_WORDS:
         return True
@@ -91,7 +101,7 @@ def _privileged(value: Any) -> bool:
     raise ValueError(f"is_privileged {str(value)[:40]!r} is not true or false")
 
 
-def _criticality(value: Any) -> str | None:
+def _criticality(value: object) -> str | None:
     word = "" if value is None else str(value).strip().lower()
     if not word:
         return None
@@ -100,7 +110,7 @@ def _criticality(value: Any) -> str | None:
     return word
 
 
-def check_row(row: Mapping[str, Any], max_id_length: int) -> dict[str, Any]:
+def check_row(row: Mapping[str, object], max_id_length: int) -> DirectoryRow:
     """One directory row, normalised; ValueError names the field and the value."""
     user = row.get("user_id")
     if user is None or (isinstance(user, str) and not user.strip()):
@@ -161,11 +171,11 @@ def read_directory_file(path: Path) -> pl.DataFrame:
     return frame
 
 
-def _split(rows: Sequence[Mapping[str, Any]], max_id_length: int,
-           line: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _split(rows: Sequence[Mapping[str, object]], max_id_length: int, line: Callable[[int], int],
+           ) -> tuple[list[DirectoryRow], list[dict[str, str | int | None]]]:
     """(valid rows, quarantined rows with line and reason); a repeated user keeps its first row."""
-    good: list[dict[str, Any]] = []
-    bad: list[dict[str, Any]] = []
+    good: list[DirectoryRow] = []
+    bad: list[dict[str, str | int | None]] = []
     first_line: dict[str, int] = {}
     for i, row in enumerate(rows):
         raw = {c: None if row.get(c) is None else str(row.get(c)) for c in COLUMNS}
@@ -207,7 +217,7 @@ def store_directory_frame(data_dir: Path, frame: pl.DataFrame, *, source: str, r
     target = directory_path(data_dir)
     stored = None if replace else io.read_parquet_if_exists(target)
     merged = new if stored is None else pl.concat(
-        [stored.cast(SCHEMA).join(new.select("user_id"), on="user_id", how="anti"), new])
+        [stored.cast(pl.Schema(SCHEMA)).join(new.select("user_id"), on="user_id", how="anti"), new])
     io.write_parquet_atomic(merged.sort("user_id"), target)
     quarantine_path = None
     if bad:
@@ -215,7 +225,8 @@ def store_directory_frame(data_dir: Path, frame: pl.DataFrame, *, source: str, r
         quarantine_path = io.append_table_part(quarantined, Path(data_dir) / DIRECTORY, QUARANTINE)
     reasons: dict[str, int] = {}
     for b in bad:
-        key = b["reason"].split(" ", 1)[0] + " " + _reason_kind(b["reason"])
+        reason = str(b["reason"])
+        key = reason.split(" ", 1)[0] + " " + _reason_kind(reason)
         reasons[key] = reasons.get(key, 0) + 1
     return ImportSummary(rows_read=frame.height, rows_stored=new.height, rows_quarantined=len(bad),
                          users_total=merged.height, reasons=reasons, path=target, quarantine_path=quarantine_path)
@@ -233,4 +244,4 @@ def _reason_kind(reason: str) -> str:
 def load_directory(data_dir: Path) -> pl.DataFrame | None:
     """The stored directory, or None when there is none (behaviour as without one)."""
     frame = io.read_parquet_if_exists(directory_path(data_dir))
-    return None if frame is None else frame.cast(SCHEMA)
+    return None if frame is None else frame.cast(pl.Schema(SCHEMA))

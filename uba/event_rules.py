@@ -43,8 +43,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import polars as pl
 
@@ -175,7 +175,7 @@ def _offset_minutes(tz: str | None) -> int | None:
     return -magnitude if tz[0] == "-" else magnitude
 
 
-def id_type_error(value: Any) -> str | None:
+def id_type_error(value: object) -> str | None:
     """Why a parsed (JSON or Python) value cannot be an id, or None when it can."""
     if isinstance(value, bool):
         return ID_TYPE_PREFIX + "a boolean"
@@ -196,7 +196,7 @@ def id_type_error(value: Any) -> str | None:
     return ID_TYPE_PREFIX + type(value).__name__
 
 
-def id_as_text(value: Any) -> str:
+def id_as_text(value: object) -> str:
     """The text of an id value that passed ``id_type_error`` (integers as decimal text)."""
     if isinstance(value, str):
         return value
@@ -211,7 +211,7 @@ def bad_id_char(text: str) -> str | None:
     return found.group() if found else None
 
 
-def check_id(value: Any, max_length: int) -> str:
+def check_id(value: object, max_length: int) -> str:
     """The stored text of an id; ``RuleError`` says why the value is not one."""
     problem = id_type_error(value)
     if problem is not None:
@@ -229,7 +229,7 @@ def check_id(value: Any, max_length: int) -> str:
     return text
 
 
-def _json_kind(value: Any) -> str:
+def _json_kind(value: object) -> str:
     """What a parsed JSON value is, as reasons name it."""
     if isinstance(value, bool):
         return "a boolean"
@@ -244,7 +244,7 @@ def _json_kind(value: Any) -> str:
     return type(value).__name__
 
 
-def json_type_error(field: str, value: Any) -> str | None:
+def json_type_error(field: str, value: object) -> str | None:
     """Why a parsed JSON value cannot be ``field`` by its type alone (None: it can, or it is null).
 
     Ids take a string or an integer, ``timestamp`` and the categories a string, the
@@ -315,7 +315,7 @@ class RepeatedKeyError(ValueError):
         self.key = key
 
 
-def repeated_key(pairs: list[tuple[str, Any]]) -> str | None:
+def repeated_key(pairs: Sequence[tuple[str, object]]) -> str | None:
     """The first key that ``pairs`` (one JSON object, in order) repeats, or None."""
     seen: set[str] = set()
     for key, _ in pairs:
@@ -325,7 +325,7 @@ def repeated_key(pairs: list[tuple[str, Any]]) -> str | None:
     return None
 
 
-def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_object(pairs: Sequence[tuple[str, object]]) -> dict[str, object]:
     """``object_pairs_hook`` for ``json``: the object, or ``RepeatedKeyError`` naming the key."""
     obj = dict(pairs)
     if len(obj) != len(pairs):

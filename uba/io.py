@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import gzip
 import hashlib
 import json
 import os
@@ -34,16 +35,17 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import date
+from io import BufferedReader
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import polars as pl
 
 from uba.errors import UserError
 from uba.logs import get_logger
-from uba.schema import EVENT_SCHEMA, FEEDBACK_SCHEMA, PARTITION_COLUMN
+from uba.schema import EVENT_SCHEMA, FEEDBACK_SCHEMA, PARTITION_COLUMN, JsonValue
 
 EVENTS = "events"
 QUARANTINE = "quarantine"
@@ -58,6 +60,8 @@ TMP_PREFIX = ".tmp-"
 # publish, manifest (see fault_point).
 FAULT_ENOSPC_ENV = "UBA_FAULT_ENOSPC_AT"
 log = get_logger("io")
+# What ``open_input`` returns: the file itself, or a ``.gz`` file's decompressing reader.
+InputStream = BufferedReader | gzip.GzipFile
 
 
 class CorruptPartError(UserError):
@@ -228,7 +232,7 @@ def disk_full(folder: Path) -> bool:
     return info.f_bavail * info.f_frsize < DISK_FULL_BYTES
 
 
-def _fill(tmp: Path, write: Callable[[Path], None], path: Path, durable: bool) -> None:
+def _fill(tmp: Path, write: Callable[[Path], object], path: Path, durable: bool) -> None:
     """Run ``write`` into ``tmp`` (fsynced when ``durable``); a full disk is reported as ENOSPC."""
     try:
         write(tmp)
@@ -243,7 +247,7 @@ def _fill(tmp: Path, write: Callable[[Path], None], path: Path, durable: bool) -
             os.fsync(handle.fileno())
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None], durable: bool = False,
+def _write_atomic(path: Path, write: Callable[[Path], object], durable: bool = False,
                   make_parent: bool = True) -> Path:
     """The one write-then-rename routine: ``write`` fills a temporary file beside ``path``.
 
@@ -389,7 +393,30 @@ def record_checksum(written: Path, part: Path) -> Path:
     return _write_atomic(target, lambda tmp: tmp.write_text(text), durable=True)
 
 
-def _recorded_checksum(part: Path) -> dict[str, Any] | None:
+class _PartEntry(TypedDict, total=False):
+    """A part's entry in a partition manifest (or its per-part record before manifests):
+    ``sha256`` and ``size`` are None for a part adopted without a known checksum."""
+
+    sha256: str | None
+    size: int | None
+
+
+class _PartList(TypedDict):
+    """A partition manifest as writers keep it; the file adds format, dataset and partition."""
+
+    parts: dict[str, _PartEntry]
+    pending: dict[str, _PartEntry]
+
+
+class _Marker(TypedDict):
+    """``.part-manifests.json``: the partitions written before manifests, per dataset."""
+
+    format: int
+    created_at: str
+    legacy: dict[str, list[str]]
+
+
+def _recorded_checksum(part: Path) -> _PartEntry | None:
     try:
         record = json.loads(checksum_path(part).read_text())
     except FileNotFoundError:
@@ -399,7 +426,7 @@ def _recorded_checksum(part: Path) -> dict[str, Any] | None:
                                f"{exc}); the part cannot be verified") from exc
     if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
         raise CorruptPartError(f"the checksum record of {part} is malformed ({checksum_path(part)})")
-    return record
+    return cast(_PartEntry, record)
 
 
 def _finished_parts(folder: Path) -> list[Path]:
@@ -422,7 +449,7 @@ def _remedy(folder: Path) -> str:
     return AGGREGATES_REMEDY if folder.parent.name == AGGREGATES else EVENTS_REMEDY
 
 
-def _valid_entries(entries: Any) -> bool:
+def _valid_entries(entries: object) -> bool:
     return isinstance(entries, dict) and all(
         isinstance(name, str) and isinstance(entry, dict)
         and (entry.get("sha256") is None or isinstance(entry.get("sha256"), str))
@@ -430,7 +457,7 @@ def _valid_entries(entries: Any) -> bool:
         for name, entry in entries.items())
 
 
-def _read_part_manifest(folder: Path) -> dict[str, Any] | None:
+def _read_part_manifest(folder: Path) -> _PartList | None:
     """The manifest of the partition ``folder``, None when it has none; unreadable = CorruptPartError."""
     path = checksum_folder(folder) / PART_MANIFEST_NAME
     try:
@@ -452,10 +479,10 @@ def _read_part_manifest(folder: Path) -> dict[str, Any] | None:
                                f"{folder.parent.name}/{folder.name} (copied from another partition): its parts "
                                f"cannot be verified; {_remedy(folder)}")
     data.setdefault("pending", {})
-    return data
+    return cast(_PartList, data)
 
 
-def _read_marker(root: Path) -> dict[str, Any] | None:
+def _read_marker(root: Path) -> _Marker | None:
     path = part_manifests_marker(root)
     try:
         data = json.loads(path.read_text())
@@ -468,7 +495,7 @@ def _read_marker(root: Path) -> dict[str, Any] | None:
     if not (isinstance(legacy, dict) and all(isinstance(v, list) for v in legacy.values())):
         raise CorruptPartError(f"{path} is malformed: partitions without a manifest cannot be told from "
                                "partitions written before manifests; restore it from a backup")
-    return data
+    return cast(_Marker, data)
 
 
 def _any_part_manifest(root: Path) -> Path | None:
@@ -482,7 +509,7 @@ def _any_part_manifest(root: Path) -> Path | None:
     return None
 
 
-def _governing_manifest(folder: Path, has_parts: bool) -> dict[str, Any] | None:
+def _governing_manifest(folder: Path, has_parts: bool) -> _PartList | None:
     """The manifest the partition ``folder`` is checked against; None: read as before manifests.
 
     None only for a partition the marker lists as written before manifests, or for any
@@ -509,7 +536,7 @@ def _governing_manifest(folder: Path, has_parts: bool) -> dict[str, Any] | None:
                            f"with one): its parts cannot be verified; {_remedy(folder)}")
 
 
-def _listed_entry(manifest: dict[str, Any], name: str) -> dict[str, Any] | None:
+def _listed_entry(manifest: _PartList, name: str) -> _PartEntry | None:
     return manifest["parts"].get(name) or manifest["pending"].get(name)
 
 
@@ -569,20 +596,22 @@ def verify_part(part: Path, remedy: str = "") -> bool:
             raise CorruptPartError(f"{_kind(part)} part {part} is not in the checksum manifest "
                                    f"{checksum_folder(part.parent) / PART_MANIFEST_NAME}: it was added after the "
                                    f"partition was written; remove it, or {_remedy(part.parent)}")
-    if record is None or record.get("sha256") is None:
+    sha256 = record.get("sha256") if record is not None else None
+    if record is None or sha256 is None:
         return False
     try:
         info = part.stat()
     except OSError as exc:
         raise CorruptPartError(f"{_kind(part)} part {part} cannot be read: {exc.strerror or exc}") from exc
     hint = f"; {remedy}" if remedy else ""
-    if record.get("size") is not None and info.st_size != record["size"]:
+    size = record.get("size")
+    if size is not None and info.st_size != size:
         raise CorruptPartError(f"{_kind(part)} part {part} is corrupt: {info.st_size} bytes, "
-                               f"{record['size']} were written (truncated or replaced){hint}")
+                               f"{size} were written (truncated or replaced){hint}")
     digest = _sha256_cached(part, info)
-    if digest != record["sha256"]:
+    if digest != sha256:
         raise CorruptPartError(f"{_kind(part)} part {part} is corrupt: its sha256 {digest[:16]}... is not "
-                               f"the {record['sha256'][:16]}... recorded when it was written{hint}")
+                               f"the {sha256[:16]}... recorded when it was written{hint}")
     return True
 
 
@@ -681,7 +710,7 @@ def adopt_unverified_partitions(root: Path) -> list[str]:
         folder = root / name
         with _locked(checksum_folder(folder) / _LOCK_NAME):
             manifest = _read_part_manifest(folder) or {"parts": {}, "pending": {}}
-            parts = {}
+            parts: dict[str, _PartEntry] = {}
             for part in _finished_parts(folder):
                 entry = _listed_entry(manifest, part.name) or {}
                 if not entry.get("sha256"):
@@ -716,7 +745,7 @@ def _open_lock(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Any:
+def _locked(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block."""
     import fcntl
 
@@ -728,7 +757,7 @@ def _locked(path: Path) -> Any:
         os.close(fd)  # releases the lock
 
 
-def table_lock(root: Path, table: str) -> Any:
+def table_lock(root: Path, table: str) -> contextlib.AbstractContextManager[None]:
     """An exclusive lock on an append-only table for a read-check-append sequence (two
     analysts closing one alert at once: only the first close may pass the status check)."""
     return _locked(Path(root) / table / ".lock")
@@ -767,7 +796,7 @@ def _flock_waiting(fd: int, path: Path, mode: int, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def ingest_locks(root: Path, days: Iterable[date], timeout: float = INGEST_LOCK_TIMEOUT_SEC) -> Any:
+def ingest_locks(root: Path, days: Iterable[date], timeout: float = INGEST_LOCK_TIMEOUT_SEC) -> Iterator[None]:
     """Hold the ingest lock of the events partition of each of ``days`` for the ``with`` block.
 
     An ingest checks a batch's ids against the stored ones and writes the batch under
@@ -838,13 +867,13 @@ def _forget_legacy(folder: Path) -> None:
         write_json_atomic(marker, part_manifests_marker(root), durable=True)
 
 
-def _store_part_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+def _store_part_manifest(folder: Path, manifest: _PartList) -> None:
     body = {"format": PART_MANIFEST_FORMAT, "dataset": folder.parent.name, "partition": folder.name,
             "parts": manifest["parts"], "pending": manifest["pending"]}
     write_json_atomic(body, checksum_folder(folder) / PART_MANIFEST_NAME, durable=True)
 
 
-def _manifest_for_update(folder: Path) -> tuple[dict[str, Any], bool]:
+def _manifest_for_update(folder: Path) -> tuple[_PartList, bool]:
     """The manifest a writer of ``folder`` (holding its lock) starts from, and whether the
     partition was adopted from the format before manifests.
 
@@ -857,7 +886,7 @@ def _manifest_for_update(folder: Path) -> tuple[dict[str, Any], bool]:
     adopted = False
     if manifest is None:
         parts = _finished_parts(folder) if folder.is_dir() else []
-        manifest = {"parts": {}, "pending": {}}
+        manifest = _PartList(parts={}, pending={})
         if parts and _governing_manifest(folder, True) is None:  # raises unless the partition is legacy
             for part in parts:
                 record = _recorded_checksum(part)
@@ -906,7 +935,7 @@ def _write_listed_part(path: Path, write: Callable[[Path], None]) -> Path:
         tmp = _tmp_path(folder, path.suffix)
         try:
             _fill(tmp, write, path, durable=True)
-            entry = {"sha256": file_sha256(tmp), "size": tmp.stat().st_size}
+            entry: _PartEntry = {"sha256": file_sha256(tmp), "size": tmp.stat().st_size}
             manifest["parts"].pop(path.name, None)
             manifest["pending"][path.name] = entry
             _store_part_manifest(folder, manifest)
@@ -964,7 +993,7 @@ def _replace_listed_partition(df: pl.DataFrame, final: Path, name: str) -> Path:
         staging = make_staging_dir(final.parent)
         try:
             staged = _write_atomic(staging / part, _parquet_writer(df), durable=True)
-            entry = {"sha256": file_sha256(staged), "size": staged.stat().st_size}
+            entry: _PartEntry = {"sha256": file_sha256(staged), "size": staged.stat().st_size}
             pending = {**(old["parts"] if old else {}), **(old["pending"] if old else {}), part: entry}
             _store_part_manifest(final, {"parts": {}, "pending": pending})
             recover_replaced_dir(final)
@@ -978,20 +1007,21 @@ def _replace_listed_partition(df: pl.DataFrame, final: Path, name: str) -> Path:
     return final / part
 
 
-def write_json_atomic(data: Any, path: Path, durable: bool = False) -> Path:
+def write_json_atomic(data: object, path: Path, durable: bool = False) -> Path:
     """JSON with the same all-or-nothing guarantee as the Parquet writer (``durable``: fsynced)."""
     text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
     return _write_atomic(path, lambda tmp: tmp.write_text(text), durable=durable)
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path) -> JsonValue:
     """Read a JSON file, turning a missing or corrupt file into a user error."""
     try:
-        return json.loads(Path(path).read_text())
+        data: JsonValue = json.loads(Path(path).read_text())
     except FileNotFoundError as exc:
         raise UserError(f"file not found: {path}") from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read JSON file {path}: {exc}") from exc
+    return data
 
 
 def _rename_exchange(a: Path, b: Path) -> bool:
@@ -1193,7 +1223,7 @@ def replace_partition(df: pl.DataFrame, root: Path, dataset: str, day: date | st
     return final / f"{name}.parquet"
 
 
-def run_manifest_path(output_dir: Path, day: date) -> Path:
+def run_manifest_path(output_dir: Path, day: date | str) -> Path:
     """Where the score run of ``day`` writes its manifest."""
     return partition_dir(output_dir, RUNS, day) / MANIFEST_NAME
 
@@ -1293,7 +1323,7 @@ def _walk_dirs(top: str) -> list[str]:
 
     found: list[str] = []
     seen: set[tuple[int, int]] = set()
-    real, linked = deque([top]), deque()
+    real, linked = deque([top]), deque[str]()
     while real or linked:
         folder = real.popleft() if real else linked.popleft()
         try:
@@ -1390,10 +1420,8 @@ def expand_inputs(patterns: Iterable[str]) -> list[Path]:
     return found
 
 
-def open_input(path: Path) -> Any:
+def open_input(path: Path) -> InputStream:
     """Binary reader for an input file, decompressing ``.gz`` on the fly."""
-    import gzip
-
     path = Path(path)
     try:
         handle = open(path, "rb")  # noqa: SIM115 - the caller owns and closes it
@@ -1431,10 +1459,10 @@ def iter_parquet_batches(path: Path, batch_rows: int) -> Iterable[pl.DataFrame]:
         raise UserError(f"cannot read {path} as parquet: {exc}") from exc
     with parquet:
         for batch in parquet.iter_batches(batch_size=batch_rows):
-            yield pl.from_arrow(batch)  # type: ignore[misc]
+            yield cast(pl.DataFrame, pl.from_arrow(batch))  # pyarrow is untyped: a RecordBatch gives a frame
 
 
-def open_parquet(path: Path, read_dictionary: list[str] | None = None) -> Any:
+def open_parquet(path: Path, read_dictionary: list[str] | None = None) -> Any:  # pyarrow (untyped): a ParquetFile
     """A ``pyarrow.parquet.ParquetFile`` (a context manager): its footer is read, no row group yet.
     ``read_dictionary`` names columns read as Arrow dictionaries (not decoded)."""
     import pyarrow.parquet as pq

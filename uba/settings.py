@@ -471,7 +471,7 @@ class AlertingSettings(_Section):
 
     @field_validator("sinks")
     @classmethod
-    def _unique_names(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
+    def _unique_names(cls, value: tuple[Sink, ...]) -> tuple[Sink, ...]:
         names = [sink.name for sink in value]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
@@ -534,7 +534,7 @@ class Settings(BaseSettings):
 _LOWER_LAYERS: ContextVar[tuple[PydanticBaseSettingsSource, ...]] = ContextVar("_LOWER_LAYERS", default=())
 
 
-class _NoAliasLoader(yaml.SafeLoader):
+class _NoAliasLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no types: SafeLoader is Any
     """SafeLoader that refuses aliases (``*name``) and repeated keys.
 
     A few lines of nested aliases expand to billions of nodes when validated (a "billion
@@ -589,7 +589,7 @@ def _yaml_problem(exc: BaseException) -> str:
     return "a value cannot be read as its type (e.g. an integer of thousands of digits, an impossible date)"
 
 
-def parse_yaml(text: str) -> Any:
+def parse_yaml(text: str) -> object:
     """YAML without aliases; any parse failure is a UserError-ready sentence."""
     try:
         return yaml.load(text, Loader=_NoAliasLoader)
@@ -618,7 +618,7 @@ def _read_config_text(path: Path) -> str:
         raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start})") from exc
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path) -> dict[str, object]:
     text = _read_config_text(path)
     try:
         data = parse_yaml(text)
@@ -650,8 +650,9 @@ class _SectionEnvSource(EnvSettingsSource):
         super().__init__(settings_cls)
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
-        return {name.lower(): _env_value(raw) for name, raw in self._given.items()  # type: ignore[misc]
-                if name.upper().startswith("UBA_") and "__" in name}
+        decoded = {name.lower(): _env_value(raw) for name, raw in self._given.items()
+                   if name.upper().startswith("UBA_") and "__" in name}
+        return decoded  # type: ignore[return-value]  # YAML-decoded objects, not str: see decode_complex_value
 
     def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: object) -> object:
         """Already decoded (as YAML, not the library's JSON) when the variables were read."""
@@ -756,8 +757,10 @@ def load_settings(
     if unknown:
         raise UserError(f"unknown setting '{_short(unknown[0][4:].partition('__')[0].lower())}' "
                         f"(environment {_short(unknown[0])})")
-    flags = {section: {k: v for k, v in values.items() if v is not None}
-             for section, values in (overrides or {}).items()}
+    # Any: pydantic's typed Settings(**kwargs) wants each section's model, but takes (and
+    # validates) the raw mapping a flag section is
+    flags: dict[str, Any] = {section: {k: v for k, v in values.items() if v is not None}
+                             for section, values in (overrides or {}).items()}
     layers = (_SectionEnvSource(Settings, env), _PathEnvSource(Settings, env),
               InitSettingsSource(Settings, init_kwargs=config))
     token = _LOWER_LAYERS.set(layers)

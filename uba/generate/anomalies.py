@@ -145,7 +145,8 @@ def _contextual_log_value(ctx: _Context, stats: UserLogStats, sigma: np.ndarray)
     user = ctx.sessions.user
     spread = np.fmax(stats.spread[user], sigma)
     jump = np.maximum(LOG_SPREADS * spread, MIN_LOG_DEVIATION) + ctx.rng.uniform(0.0, 0.3, user.shape[0])
-    return stats.median[user] + jump
+    value: np.ndarray = stats.median[user] + jump
+    return value
 
 
 def _propose_long_session(ctx: _Context) -> Proposal:
@@ -288,7 +289,8 @@ def labelled_rows(kind: str, sessions: Sessions, changes: dict[str, np.ndarray])
     """
     rows = changes.get("n_events", sessions.n_events).astype(np.float64)
     if kind == "download_spree":
-        return (rows - 2.0) * changes["p_download"]
+        downloads: np.ndarray = (rows - 2.0) * changes["p_download"]
+        return downloads
     return rows
 
 

@@ -42,7 +42,8 @@ def _in_session_fractions(position: np.ndarray, first_row: np.ndarray, session: 
     cumulative = np.cumsum(gaps)
     within = cumulative - cumulative[first_row][session]
     total = within[last]  # one value per session, in session order
-    return within / np.maximum(total, 1e-12)[session]
+    fraction: np.ndarray = within / np.maximum(total, 1e-12)[session]
+    return fraction
 
 
 def _forced_download_rows(position: np.ndarray, last: np.ndarray, session: np.ndarray,
@@ -119,7 +120,7 @@ def expand_sessions(
             "day_of_week": (np.floor_divide(timestamp, US_PER_DAY) + EPOCH_WEEKDAY) % 7,
             "session_id": session_ids.gather(pl.Series(session)),
         }
-    ).cast(EVENT_SCHEMA)
+    ).cast(pl.Schema(EVENT_SCHEMA))
     return events, _labels(events, labelled_kind(sessions.kind[session], event_type))
 
 
@@ -152,4 +153,4 @@ def _labels(events: pl.DataFrame, kind_code: np.ndarray) -> pl.DataFrame:
             "kind": _lookup([None, *ANOMALY_KINDS], kind_code),
             "level": _lookup([None, "event", "user_day", "campaign"], level_code),
         }
-    ).cast(LABEL_SCHEMA)
+    ).cast(pl.Schema(LABEL_SCHEMA))

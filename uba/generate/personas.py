@@ -147,7 +147,8 @@ class Users:
 
     @property
     def erratic(self) -> np.ndarray:
-        return self.persona == PERSONA_NAMES.index(ERRATIC)
+        erratic: np.ndarray = self.persona == PERSONA_NAMES.index(ERRATIC)
+        return erratic
 
 
 def parse_persona_mix(text: str) -> dict[str, float]:
@@ -182,7 +183,7 @@ def check_persona_mix(mix: Mapping[str, float]) -> dict[str, float]:
 def _exact_counts(shares: np.ndarray, total: int) -> np.ndarray:
     """Largest-remainder rounding, so a small population still follows the mix exactly."""
     raw = shares * total
-    counts = np.floor(raw).astype(np.int64)
+    counts: np.ndarray = np.floor(raw).astype(np.int64)
     short = total - int(counts.sum())
     if short > 0:
         order = np.argsort(-(raw - counts), kind="stable")
@@ -195,8 +196,9 @@ def _draw(rng: np.random.Generator, persona: np.ndarray, attr: str) -> np.ndarra
     so changing one user's persona never shifts another user's values)."""
     lo = np.array([getattr(PERSONAS[name], attr)[0] for name in PERSONA_NAMES])
     hi = np.array([getattr(PERSONAS[name], attr)[1] for name in PERSONA_NAMES])
-    u = rng.random(persona.shape[0])
-    return lo[persona] + (hi[persona] - lo[persona]) * u
+    u = rng.random(len(persona))
+    drawn: np.ndarray = lo[persona] + (hi[persona] - lo[persona]) * u
+    return drawn
 
 
 def _draw_habit(
@@ -207,11 +209,11 @@ def _draw_habit(
         [[getattr(PERSONAS[p], attr).get(h, 0.0) for h in names] for p in PERSONA_NAMES]
     )
     cumulative = np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
-    u = rng.random(persona.shape[0])
+    u = rng.random(len(persona))
     habit = np.minimum((u[:, None] >= cumulative[persona]).sum(axis=1), len(names) - 1)
     lo = np.array([habits[h][0] for h in names])
     hi = np.array([habits[h][1] for h in names])
-    share = lo[habit] + (hi[habit] - lo[habit]) * rng.random(persona.shape[0])
+    share = lo[habit] + (hi[habit] - lo[habit]) * rng.random(len(persona))
     return habit, share
 
 

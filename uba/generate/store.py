@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import polars as pl
 
 from uba import io
-from uba.directory import store_directory_frame
+from uba.directory import ImportSummary, store_directory_frame
 from uba.errors import UserError
 from uba.generate import ANOMALY_KINDS, GenerationOptions, SyntheticData, generate_dataset
-from uba.ingest.files import ingest_frame
+from uba.ingest.files import IngestSummary, ingest_frame
 from uba.logs import get_logger
 from uba.schema import RAW_FIELDS
 from uba.settings import Settings
@@ -84,10 +84,10 @@ class GenerateResult:
     """What a generate run produced and where it went."""
 
     data: SyntheticData
-    ingest: Any  # uba.ingest.files.IngestSummary
+    ingest: IngestSummary
     labels_path: Path
     users_path: Path
-    directory: Any = None  # uba.directory.ImportSummary when the directory was stored
+    directory: ImportSummary | None = None  # when the directory was stored
 
     def kind_counts(self) -> pl.DataFrame:
         """Anomalous events and sessions per kind, in the documented kind order."""

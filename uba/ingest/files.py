@@ -65,6 +65,7 @@ from uba.schema import (
     RAW_FIELDS,
     REQUIRED_FIELDS,
     UNKNOWN_PARTITION,
+    JsonValue,
 )
 from uba.settings import IngestSettings, Settings
 
@@ -134,7 +135,7 @@ def _excerpt(text: str) -> str:
 class _CappedStream(io.RawIOBase):
     """A decompressing reader that stops at ``limit`` bytes: a small .gz can inflate without end."""
 
-    def __init__(self, inner: Any, limit: int, path: Path) -> None:
+    def __init__(self, inner: storage.InputStream, limit: int, path: Path) -> None:
         super().__init__()
         self._inner = inner
         self._limit = limit
@@ -159,7 +160,7 @@ class _CappedStream(io.RawIOBase):
         super().close()
 
 
-def _open_input(path: Path, limits: IngestSettings) -> Any:
+def _open_input(path: Path, limits: IngestSettings) -> storage.InputStream:
     """Binary reader of an input; a gzip input is capped at ``max_decompressed_bytes``."""
     handle = storage.open_input(path)
     if Path(path).suffix.lower() != ".gz":
@@ -258,7 +259,7 @@ def _record_ends(data: bytes, eof: bool) -> tuple[np.ndarray, bool]:
     return ends, regular
 
 
-def _csv_runs(handle: Any, path: Path, limit: int) -> Iterator[tuple[bytes, np.ndarray, bool]]:
+def _csv_runs(handle: storage.InputStream, path: Path, limit: int) -> Iterator[tuple[bytes, np.ndarray, bool]]:
     """Whole records as read: ``(bytes, end of each record, regular)``, about one read block each."""
     tail = b""
     records = 0
@@ -477,7 +478,7 @@ def _csv_batches(path: Path, batch_rows: int, limits: IngestSettings,
 # ---------------------------------------------------------------- JSON values
 
 
-class _RepeatedKey(dict):  # type: ignore[type-arg]
+class _RepeatedKey(dict[str, Any]):
     """An object that repeats a key: parsers disagree on which value wins, so it is refused."""
 
     key: str = ""
@@ -675,7 +676,7 @@ def _jsonl_line(line: bytes) -> tuple[Any, str | None]:
         return None, f"line is not readable JSON: {_excerpt(str(exc))}"
 
 
-def _bounded_lines(handle: Any, path: Path, limit: int) -> Iterator[tuple[int, bytes]]:
+def _bounded_lines(handle: storage.InputStream, path: Path, limit: int) -> Iterator[tuple[int, bytes]]:
     """Numbered lines, none longer than ``limit`` bytes (a longer one stops the run).
 
     A line ends at ``\\n`` only (so ``\\r\\n`` too). A ``\\r`` anywhere else stays in its
@@ -802,7 +803,7 @@ class _JsonArrayReader:
     error too: a file is one array, and nothing in it is silently left unread.
     """
 
-    def __init__(self, handle: Any, path: Path, limit: int) -> None:
+    def __init__(self, handle: storage.InputStream, path: Path, limit: int) -> None:
         self._text = io.TextIOWrapper(handle, encoding="utf-8", errors="replace")
         self._path = path
         self._limit = limit
@@ -1214,12 +1215,12 @@ def _joined_frames(frames: Iterable[pl.DataFrame], rows: int, max_bytes: int) ->
     rewriting the partition's manifest each time (minutes, and every later read lists them).
     """
     held: list[pl.DataFrame] = []
-    count = size = 0
+    count, size = 0, 0.0  # estimated_size is an int or a float
     try:
         for frame in frames:
             if held and (count + frame.height > rows or size + frame.estimated_size() > max_bytes):
                 yield pl.concat(held, how="vertical_relaxed")
-                held, count, size = [], 0, 0
+                held, count, size = [], 0, 0.0
             held.append(frame)
             count += frame.height
             size += frame.estimated_size()
@@ -1431,7 +1432,8 @@ class IngestSummary:
     summary_path: str | None = None
     warnings: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
+        """The summary as kept in ``<data-dir>/ingest_runs/`` and printed by ``--json``."""
         return asdict(self)
 
     def to_table(self) -> str:
@@ -1514,7 +1516,8 @@ class _Run:
             path = storage.write_part(ordered, self.data_dir, storage.QUARANTINE, day, name=part)
             written.append(_Written(path, day, "quarantined", rows.height))
 
-    def _write_batch(self, valid: pl.DataFrame, rejected: pl.DataFrame, item: FileSummary) -> None:
+    def _write_batch(self, valid: pl.DataFrame, rejected: pl.DataFrame,
+                     item: FileSummary | Mapping[str, FileSummary]) -> None:
         """Write a batch's parts all or none: a failed write (a full disk) removes the others.
 
         Parts of earlier batches and of earlier runs are never touched, so a failed run
@@ -1529,7 +1532,7 @@ class _Run:
             for done in written:
                 storage.remove_part(done.path)
             raise UserError(
-                f"cannot write to {self.data_dir}: {_os_reason(exc)}; the batch of {item.path} being "
+                f"cannot write to {self.data_dir}: {_os_reason(exc)}; the batch of {_batch_source(item)} being "
                 "written was not stored (earlier batches were: re-running stores the rest and "
                 "quarantines those rows as duplicates)"
             ) from exc
@@ -1571,7 +1574,7 @@ class _Run:
         self.summary.rows_read += raw.height
         self.summary.rows_written += valid.height
         self.summary.rows_quarantined += rejected.height
-        source = item.path if isinstance(item, FileSummary) else f"{len(item)} files"
+        source = _batch_source(item)
         _log.info(
             "batch %d of %s: %d rows, %d written, %d quarantined",
             self.batches, source, raw.height, valid.height, rejected.height,
@@ -1628,6 +1631,11 @@ def _unknown_columns(names: Iterable[str]) -> tuple[list[str], bool]:
     return unknown[:MAX_IGNORED_NAMES], len(unknown) > MAX_IGNORED_NAMES
 
 
+def _batch_source(item: FileSummary | Mapping[str, FileSummary]) -> str:
+    """The input a batch came from, as log and error lines name it."""
+    return item.path if isinstance(item, FileSummary) else f"{len(item)} files"
+
+
 def _per_input(item: FileSummary | Mapping[str, FileSummary], raw: pl.DataFrame,
                rejected: pl.DataFrame) -> list[tuple[FileSummary, int, int]]:
     """(input, rows read, rows quarantined) of a batch, per input file of a joined batch."""
@@ -1652,7 +1660,7 @@ class _SmallBatches:
         self._run = run
         self._held: list[tuple[pl.DataFrame, FileSummary]] = []
         self._rows = 0
-        self._bytes = 0
+        self._bytes = 0.0  # estimated_size is an int or a float
 
     def add(self, frame: pl.DataFrame, item: FileSummary) -> None:
         limit = self._run.settings.ingest.batch_rows
@@ -1668,7 +1676,7 @@ class _SmallBatches:
 
     def flush(self) -> None:
         """Ingest what is held (emptied first, so a failed write is never retried)."""
-        held, self._held, self._rows, self._bytes = self._held, [], 0, 0
+        held, self._held, self._rows, self._bytes = self._held, [], 0, 0.0
         if len(held) == 1:
             self._run.ingest_batch(*held[0])
         elif held:

@@ -47,6 +47,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
+from polars.datatypes import DataTypeClass
+from polars.expr.whenthen import ChainedThen, Then
 
 from uba import event_rules as rules
 from uba.event_rules import KIND_CHARACTERS, KIND_MISSING, KIND_OVERSIZED, KIND_TIMESTAMP, KIND_TYPE
@@ -138,20 +140,20 @@ def _temporal_text(name: str, dtype: pl.DataType) -> pl.Expr:
     col = pl.col(name)
     physical = col.to_physical()
     if isinstance(dtype, pl.Datetime):
-        per = _TIME_UNIT_PER_SECOND[dtype.time_unit or "us"]
+        per = _TIME_UNIT_PER_SECOND[dtype.time_unit]
         low, high = max(_FIRST_SECOND * per, _INT64[0]), min(_END_SECOND * per - 1, _INT64[1])
         inside = pl.when(physical.is_between(low, high)).then(col)
         if dtype.time_zone:  # the instant in UTC: a local 10000-01-01 can be 9999-12-31 in UTC
             text = inside.dt.convert_time_zone("UTC").dt.to_string("%Y-%m-%dT%H:%M:%S%.f%:z")
         else:
             text = inside.dt.to_string("%Y-%m-%dT%H:%M:%S%.f")
-        return pl.coalesce(text, _beyond_text(physical, dtype.time_unit or "us"))
+        return pl.coalesce(text, _beyond_text(physical, dtype.time_unit))
     if isinstance(dtype, pl.Date):
-        inside = physical.is_between(_FIRST_DAY, _END_DAY - 1)
-        return pl.coalesce(pl.when(inside).then(col).cast(pl.String), _beyond_text(physical, "days"))
+        in_range = physical.is_between(_FIRST_DAY, _END_DAY - 1)
+        return pl.coalesce(pl.when(in_range).then(col).cast(pl.String), _beyond_text(physical, "days"))
     # Time: nanoseconds since midnight
-    inside = physical.is_between(0, _NS_PER_DAY - 1)
-    return pl.coalesce(pl.when(inside).then(col).cast(pl.String),
+    in_range = physical.is_between(0, _NS_PER_DAY - 1)
+    return pl.coalesce(pl.when(in_range).then(col).cast(pl.String),
                        pl.concat_str(physical.cast(pl.String), pl.lit(" ns since midnight")))
 
 
@@ -164,7 +166,7 @@ def _binary_text(series: pl.Series) -> pl.Series:
         return pl.Series(series.name, values, dtype=pl.String)
 
 
-def _printable_dtype(dtype: pl.DataType) -> pl.DataType:
+def _printable_dtype(dtype: pl.DataType | DataTypeClass) -> pl.DataType | DataTypeClass:
     """A nested type whose values Python can hold: temporal leaves as their integers.
 
     (Converting a datetime of year 300,000 inside a list to Python panics in Polars.)
@@ -425,14 +427,14 @@ def _duplicate_checks() -> list[_Check]:
 
 def _first_failing(checks: list[_Check], offset: int = 0) -> pl.Expr:
     """Index of the first failed check (null when the row passes every one)."""
-    chain = pl.when(checks[0].failed).then(pl.lit(offset, pl.Int32))
+    chain: Then | ChainedThen = pl.when(checks[0].failed).then(pl.lit(offset, pl.Int32))
     for index, check in enumerate(checks[1:], start=offset + 1):
         chain = chain.when(check.failed).then(pl.lit(index, pl.Int32))
     return chain.otherwise(pl.lit(None, pl.Int32))
 
 
 def _pick(checks: list[_Check], attribute: Callable[[_Check], pl.Expr]) -> pl.Expr:
-    chain = pl.when(pl.col(_CHECK) == 0).then(attribute(checks[0]))
+    chain: Then | ChainedThen = pl.when(pl.col(_CHECK) == 0).then(attribute(checks[0]))
     for index, check in enumerate(checks[1:], start=1):
         chain = chain.when(pl.col(_CHECK) == index).then(attribute(check))
     return chain.otherwise(pl.lit(None, pl.String))
@@ -514,7 +516,7 @@ def _valid_events(rows: pl.LazyFrame) -> pl.LazyFrame:
         pl.col("_ts_hour").cast(pl.Int8).alias("hour_of_day"),
         pl.col("_ts_dow").cast(pl.Int8).alias("day_of_week"),
         pl.col(_v("session_id")).alias("session_id"),
-    ).cast(EVENT_SCHEMA)
+    ).cast(pl.Schema(EVENT_SCHEMA))
 
 
 def validate_events(
