@@ -24,16 +24,16 @@ of the route, so each route declares it with :func:`request_body` and
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from fastapi import Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from uba import event_rules as rules
+from uba.schema import JsonValue
 
 INLINE_BODY_BYTES = 16 * 1024
 NESTED_TOO_DEEPLY = "nested too deeply"
@@ -103,7 +103,7 @@ class JsonBody:
                 [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
             ) from None
 
-    def _too_many_error(self) -> dict[str, Any]:
+    def _too_many_error(self) -> ErrorDetails:
         error = PydanticCustomError(
             TOO_MANY_VALUES, "holds more JSON values than the largest allowed request ({limit})",
             {"limit": self.limit_hint})
@@ -120,12 +120,13 @@ def _utf8_text(raw: bytes) -> str:
     return raw.decode("utf-8").removeprefix("\ufeff")
 
 
-def _loads(raw: bytes) -> Any:
+def _loads(raw: bytes) -> JsonValue:
     """``json.loads`` with FastAPI's error shapes: 422 ``json_invalid`` for a syntax
     error or bytes that are not UTF-8, 422 ``repeated_key`` (the key as the field) for an
     object that repeats a key, 400 for a text nested too deeply to parse."""
     try:
-        return json.loads(_utf8_text(raw), object_pairs_hook=rules.unique_object)
+        data: JsonValue = json.loads(_utf8_text(raw), object_pairs_hook=rules.unique_object)
+        return data
     except rules.RepeatedKeyError as exc:
         key = rules.shown(exc.key).encode("utf-8", "replace").decode("utf-8")  # a lone surrogate cannot be sent
         raise RequestValidationError([{"type": REPEATED_KEY, "loc": ("body", key),
@@ -143,9 +144,9 @@ def _loads(raw: bytes) -> Any:
         raise StarletteHTTPException(status.HTTP_400_BAD_REQUEST, NESTED_TOO_DEEPLY) from exc
 
 
-def request_body(model_name: str, examples: dict[str, Any] | None = None) -> dict[str, Any]:
+def request_body(model_name: str, examples: dict[str, JsonValue] | None = None) -> dict[str, JsonValue]:
     """``openapi_extra`` declaring a required JSON body of the named component schema."""
-    content: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{model_name}"}}
+    content: dict[str, JsonValue] = {"schema": {"$ref": f"#/components/schemas/{model_name}"}}
     if examples:
         content["examples"] = examples
     return {"requestBody": {"required": True, "content": {"application/json": content}}}
