@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, dependencies=protected, responses=AUTH_ERRORS)
     app.include_router(alerts.build_router(), dependencies=[*protected, Depends(require_configured_key)],
                        responses=AUTH_ERRORS)
-    app.openapi = openapi_builder(  # type: ignore[method-assign]
+    app.openapi = openapi_builder(  # type: ignore[method-assign]  # FastAPI's documented way to replace it
         app, [models.event, models.batch, models.feedback, alerts.AlertUpdate], lambda: bool(runtime.api_keys))
 
     # Outermost first in the request path: metrics see every response, including 413s.

@@ -24,6 +24,7 @@ of the route, so each route declares it with :func:`request_body` and
 from __future__ import annotations
 
 import json
+from typing import Generic, TypeVar
 
 from fastapi import Request, status
 from fastapi.concurrency import run_in_threadpool
@@ -35,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uba import event_rules as rules
 from uba.schema import JsonValue
 
+_ModelT = TypeVar("_ModelT", bound=BaseModel)
 INLINE_BODY_BYTES = 16 * 1024
 NESTED_TOO_DEEPLY = "nested too deeply"
 TOO_MANY_VALUES = "too_many_values"
@@ -69,7 +71,7 @@ def holds_too_many_values(raw: bytes, max_values: int) -> bool:
     return _tokens_outside_strings(raw) > max_values
 
 
-class JsonBody:
+class JsonBody(Generic[_ModelT]):
     """Dependency that returns the request body validated as ``model``.
 
     ``max_values`` bounds the keys and values a valid body can have (what the largest
@@ -77,18 +79,18 @@ class JsonBody:
     that bounds it, for the 413 message.
     """
 
-    def __init__(self, model: type[BaseModel], max_values: int, limit_hint: str) -> None:
+    def __init__(self, model: type[_ModelT], max_values: int, limit_hint: str) -> None:
         self.model = model
         self.max_values = max_values
         self.limit_hint = limit_hint
 
-    async def __call__(self, request: Request) -> BaseModel:
+    async def __call__(self, request: Request) -> _ModelT:
         raw = await request.body()
         if len(raw) <= INLINE_BODY_BYTES:
             return self.parse(raw)
         return await run_in_threadpool(self.parse, raw)
 
-    def parse(self, raw: bytes) -> BaseModel:
+    def parse(self, raw: bytes) -> _ModelT:
         """The model, or the error FastAPI would raise (locations under ``body``)."""
         if not raw.strip():
             raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required",

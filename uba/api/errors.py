@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from uba.api.body import TOO_MANY_VALUES
 from uba.api.middleware import current_request_id, printable
-from uba.api.schemas import BATCH_TOO_LARGE, ErrorBody
+from uba.api.schemas import BATCH_TOO_LARGE, ErrorBody, ShownValue
 from uba.logs import get_logger
 
 log = get_logger("api.errors")
@@ -29,8 +29,6 @@ _TOO_LARGE_TYPES = frozenset({BATCH_TOO_LARGE, TOO_MANY_VALUES})
 
 # FastAPI's type of a route's ``responses``: OpenAPI fragments holding a pydantic ``model``.
 OpenApiResponses = dict[int | str, dict[str, Any]]
-# What an error answer echoes of the offending value (``safe_value``).
-ShownValue = str | int | float | bool | None
 
 
 class FieldErrorItem(TypedDict):

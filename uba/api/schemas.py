@@ -135,7 +135,7 @@ _TIME_SOURCE_SCHEMA: JsonDict = {"anyOf": [
 ]}
 
 
-class _EventBase(BaseModel):
+class EventBase(BaseModel):
     """Cross-field rule shared by every generated event model: time comes from somewhere."""
 
     model_config = ConfigDict(**_STRICT_MODEL, json_schema_extra=_TIME_SOURCE_SCHEMA)
@@ -197,7 +197,7 @@ def _optional(form: TypeForm[_T]) -> TypeForm[_T | None]:
     return cast("TypeForm[_T | None]", form | None)
 
 
-def build_event_model(events: EventSettings) -> type[BaseModel]:
+def build_event_model(events: EventSettings) -> type[EventBase]:
     """The per-event request model, with categories and limits from settings."""
     stamp = Annotated[str, Field(strict=True, min_length=1, max_length=events.max_string_length,
                                  json_schema_extra={"format": "date-time"})]
@@ -206,7 +206,7 @@ def build_event_model(events: EventSettings) -> type[BaseModel]:
     duration = Annotated[float, _number_type("session_duration_sec")]
     return create_model(
         "EventIn",
-        __base__=_EventBase,
+        __base__=EventBase,
         __doc__="One user activity event, as in the seed's /predict payload.",
         event_id=(_id_type(events.max_string_length) | None,
                   Field(None, description="Echoed back; optional.")),
@@ -265,10 +265,10 @@ def max_json_values(max_items: int, per_item: int) -> int:
     return max(max_items * per_item + 64, MIN_JSON_VALUES)
 
 
-def build_batch_model(event_model: type[BaseModel], api: ApiSettings) -> type[BaseModel]:
+def build_batch_model(event_model: type[EventBase], api: ApiSettings) -> type[BaseModel]:
     """``{"events": [...]}`` with the size limit checked before any event is validated."""
     events_type = Annotated[
-        list[event_model],  # type: ignore[valid-type]
+        list[event_model],  # type: ignore[valid-type]  # a class made at run time as a type argument
         BeforeValidator(count_limit(api.max_batch)),
         Field(min_length=1, json_schema_extra={"maxItems": api.max_batch}),
     ]
@@ -382,11 +382,15 @@ class ReloadResult(BaseModel):
     previous_baseline_as_of: date | None
 
 
+# What an error answer echoes of the offending value (``uba.api.errors.safe_value``).
+ShownValue = str | int | float | bool | None
+
+
 class FieldError(BaseModel):  # one entry of an error answer's detail (uba.api.errors.FieldErrorItem)
     field: str
     message: str
     # Documented as any JSON value (as it always was); the answers echo a short scalar.
-    value: Annotated[str | int | float | bool | None, WithJsonSchema({})] = None
+    value: Annotated[ShownValue, WithJsonSchema({})] = None
 
 
 class ErrorBody(BaseModel):
@@ -453,7 +457,7 @@ class ApiModels:
     """The generated request models of one app, and how many JSON values their largest
     valid body holds (``uba.api.body`` refuses more before parsing)."""
 
-    event: type[BaseModel]
+    event: type[EventBase]
     batch: type[BaseModel]
     feedback: type[BaseModel]
     event_values: int

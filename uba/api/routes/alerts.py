@@ -110,9 +110,9 @@ def build_router() -> APIRouter:
                   responses=_ERRORS, openapi_extra=request_body(AlertUpdate.__name__),
                   summary="Acknowledge, close (with a verdict) or reopen an alert")
     async def patch_alert(runtime: RuntimeDep, alert_id: str,
-                          update: Annotated[BaseModel, Depends(body_dep)]) -> AlertUpdated:
+                          update: Annotated[AlertUpdate, Depends(body_dep)]) -> AlertUpdated:
         try:
-            result = await run_in_threadpool(_update, runtime, alert_id, update)  # type: ignore[arg-type]
+            result = await run_in_threadpool(_update, runtime, alert_id, update)
         except UserError as exc:
             raise _http_error(exc) from exc
         return AlertUpdated(alert_id=result.alert_id, status=result.status, verdict=result.verdict,

@@ -47,7 +47,7 @@ def build_router(models: ApiModels) -> APIRouter:
                  openapi_extra=request_body(models.feedback.__name__),
                  summary="Store analyst labels (benign / malicious) for scored events")
     async def post_feedback(runtime: RuntimeDep, body: Annotated[BaseModel, Depends(body_dep)]) -> FeedbackStored:
-        items = body.items  # type: ignore[attr-defined]
+        items = body.items  # type: ignore[attr-defined]  # a field of the model made from settings
         try:
             summary = await run_in_threadpool(store_items, runtime.settings.paths.data_dir, items,
                                               runtime.settings.events.max_string_length)

@@ -27,6 +27,7 @@ from uba.api.schemas import (
     BatchPrediction,
     BatchPredictionBody,
     ErrorBody,
+    EventBase,
     Prediction,
     PredictionBody,
 )
@@ -43,9 +44,9 @@ _ERRORS: OpenApiResponses = {
 }
 
 
-def to_scoring_event(event: BaseModel) -> ScoringEvent:
+def to_scoring_event(event: EventBase) -> ScoringEvent:
     """A validated request event in stored form (time fields derived from the timestamp)."""
-    stamp, hour, day = event.time_fields()  # type: ignore[attr-defined]
+    stamp, hour, day = event.time_fields()
     data = event.__dict__
     return ScoringEvent(
         event_id=data["event_id"], user_id=data["user_id"], timestamp=stamp,
@@ -85,7 +86,7 @@ def _score_batch(runtime: Runtime, state: ModelState, events: list[ScoringEvent]
     return [prediction(state, event, result, i) for i, event in enumerate(events)]
 
 
-def _resolver(body: JsonBody, name: str) -> Resolver:
+def _resolver(body: JsonBody[EventBase] | JsonBody[BaseModel], name: str) -> Resolver:
     """The arguments of a scoring endpoint, checked in the order its declared dependencies
     would run: API key (then the body is read under the cap), content type, a served
     model, the body validated as ``name``."""
@@ -108,7 +109,7 @@ def build_router(models: ApiModels) -> APIRouter:
     async def predict(
         state: ModelStateDep,
         runtime: RuntimeDep,
-        event: Annotated[BaseModel, Depends(event_body)],
+        event: Annotated[EventBase, Depends(event_body)],
     ) -> Response:
         scoring_event = to_scoring_event(event)
         result, row = await runtime.batcher.score(state, scoring_event)
@@ -119,7 +120,7 @@ def build_router(models: ApiModels) -> APIRouter:
         runtime: RuntimeDep,
         batch: Annotated[BaseModel, Depends(batch_body)],
     ) -> Response:
-        events = [to_scoring_event(e) for e in batch.events]  # type: ignore[attr-defined]
+        events = [to_scoring_event(e) for e in batch.events]  # type: ignore[attr-defined]  # a field of the model made from settings
         scored = await run_in_threadpool(_score_batch, runtime, state, events)
         answer: BatchPredictionBody = {
             "count": len(scored), "anomalies": sum(p["is_anomaly"] for p in scored),
