@@ -21,7 +21,7 @@ import contextlib
 import logging
 import sys
 import time
-from typing import IO
+from typing import IO, cast
 
 import orjson
 
@@ -40,7 +40,7 @@ def _log_stream() -> IO[str]:
     for handler in logger.handlers:
         stream = getattr(handler, "stream", None)
         if stream is not None:
-            return stream  # type: ignore[no-any-return]
+            return cast("IO[str]", stream)  # logging.Handler has no typed stream attribute
     return sys.stderr
 
 

@@ -13,11 +13,12 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Literal
 
 from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.telemetry import TelemetryConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from uba import __version__
@@ -45,7 +46,7 @@ from uba.settings import Settings, load_settings
 API_TITLE = "UBA inference API"
 # FastAPI's native OpenTelemetry asks the global providers whether anyone listens on every
 # request (~5 us, 1-2% of a /predict); the product's metrics are Prometheus (/metrics).
-NO_TELEMETRY: dict[str, Any] = {"tracing": False, "metrics": False, "logs": False}
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 def configure_worker_logging() -> None:
@@ -55,7 +56,7 @@ def configure_worker_logging() -> None:
     ``UBA_LOG_FORMAT`` / ``UBA_LOG_LEVEL``."""
     if logging.getLogger(LOGGER_NAME).handlers:
         return
-    fmt = "json" if os.environ.get("UBA_LOG_FORMAT") == "json" else "text"
+    fmt: Literal["text", "json"] = "json" if os.environ.get("UBA_LOG_FORMAT") == "json" else "text"
     configure_logging(fmt, os.environ.get("UBA_LOG_LEVEL", "INFO"))
 
 
@@ -143,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, dependencies=protected, responses=AUTH_ERRORS)
     app.include_router(alerts.build_router(), dependencies=[*protected, Depends(require_configured_key)],
                        responses=AUTH_ERRORS)
-    app.openapi = openapi_builder(  # type: ignore[method-assign]
+    app.openapi = openapi_builder(  # type: ignore[method-assign]  # FastAPI's documented way to replace it
         app, [models.event, models.batch, models.feedback, alerts.AlertUpdate], lambda: bool(runtime.api_keys))
 
     # Outermost first in the request path: metrics see every response, including 413s.
@@ -153,7 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> FastAPI:
     """``uba.api.app:app`` for uvicorn, built on first access rather than at import."""
     if name == "app":
         application = create_app()

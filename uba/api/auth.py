@@ -28,7 +28,7 @@ api_key_header = APIKeyHeader(
 
 
 def _split_keys(text: str) -> list[str]:
-    keys = []
+    keys: list[str] = []
     for line in text.splitlines():
         line = line.split("#", 1)[0]
         keys.extend(part.strip() for part in line.split(","))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from uba.api.inference import ScoringEvent, ScoringResult, score_events
 from uba.api.metrics import ApiMetrics
-from uba.api.state import ModelState
+from uba.api.model_state import ModelState
 
 MAX_COALESCED_EVENTS = 256
 

@@ -24,17 +24,19 @@ of the route, so each route declares it with :func:`request_body` and
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Generic, TypeVar
 
 from fastapi import Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from uba import event_rules as rules
+from uba.schema import JsonValue
 
+_ModelT = TypeVar("_ModelT", bound=BaseModel)
 INLINE_BODY_BYTES = 16 * 1024
 NESTED_TOO_DEEPLY = "nested too deeply"
 TOO_MANY_VALUES = "too_many_values"
@@ -69,7 +71,7 @@ def holds_too_many_values(raw: bytes, max_values: int) -> bool:
     return _tokens_outside_strings(raw) > max_values
 
 
-class JsonBody:
+class JsonBody(Generic[_ModelT]):
     """Dependency that returns the request body validated as ``model``.
 
     ``max_values`` bounds the keys and values a valid body can have (what the largest
@@ -77,18 +79,18 @@ class JsonBody:
     that bounds it, for the 413 message.
     """
 
-    def __init__(self, model: type[BaseModel], max_values: int, limit_hint: str) -> None:
+    def __init__(self, model: type[_ModelT], max_values: int, limit_hint: str) -> None:
         self.model = model
         self.max_values = max_values
         self.limit_hint = limit_hint
 
-    async def __call__(self, request: Request) -> BaseModel:
+    async def __call__(self, request: Request) -> _ModelT:
         raw = await request.body()
         if len(raw) <= INLINE_BODY_BYTES:
             return self.parse(raw)
         return await run_in_threadpool(self.parse, raw)
 
-    def parse(self, raw: bytes) -> BaseModel:
+    def parse(self, raw: bytes) -> _ModelT:
         """The model, or the error FastAPI would raise (locations under ``body``)."""
         if not raw.strip():
             raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required",
@@ -103,7 +105,7 @@ class JsonBody:
                 [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
             ) from None
 
-    def _too_many_error(self) -> dict[str, Any]:
+    def _too_many_error(self) -> ErrorDetails:
         error = PydanticCustomError(
             TOO_MANY_VALUES, "holds more JSON values than the largest allowed request ({limit})",
             {"limit": self.limit_hint})
@@ -120,12 +122,13 @@ def _utf8_text(raw: bytes) -> str:
     return raw.decode("utf-8").removeprefix("\ufeff")
 
 
-def _loads(raw: bytes) -> Any:
+def _loads(raw: bytes) -> JsonValue:
     """``json.loads`` with FastAPI's error shapes: 422 ``json_invalid`` for a syntax
     error or bytes that are not UTF-8, 422 ``repeated_key`` (the key as the field) for an
     object that repeats a key, 400 for a text nested too deeply to parse."""
     try:
-        return json.loads(_utf8_text(raw), object_pairs_hook=rules.unique_object)
+        data: JsonValue = json.loads(_utf8_text(raw), object_pairs_hook=rules.unique_object)
+        return data
     except rules.RepeatedKeyError as exc:
         key = rules.shown(exc.key).encode("utf-8", "replace").decode("utf-8")  # a lone surrogate cannot be sent
         raise RequestValidationError([{"type": REPEATED_KEY, "loc": ("body", key),
@@ -143,9 +146,9 @@ def _loads(raw: bytes) -> Any:
         raise StarletteHTTPException(status.HTTP_400_BAD_REQUEST, NESTED_TOO_DEEPLY) from exc
 
 
-def request_body(model_name: str, examples: dict[str, Any] | None = None) -> dict[str, Any]:
+def request_body(model_name: str, examples: dict[str, JsonValue] | None = None) -> dict[str, JsonValue]:
     """``openapi_extra`` declaring a required JSON body of the named component schema."""
-    content: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{model_name}"}}
+    content: dict[str, JsonValue] = {"schema": {"$ref": f"#/components/schemas/{model_name}"}}
     if examples:
         content["examples"] = examples
     return {"requestBody": {"required": True, "content": {"application/json": content}}}

@@ -12,9 +12,10 @@ from fastapi import Depends, HTTPException, Request, status
 from uba.api.auth import API_KEY_HEADER, key_is_valid
 from uba.api.batcher import ScoringBatcher
 from uba.api.metrics import ApiMetrics
+from uba.api.model_state import ModelState
 from uba.api.risk import RiskHolder
 from uba.api.schemas import ApiModels
-from uba.api.state import ModelHolder, ModelState
+from uba.api.state import ModelHolder
 from uba.api.workers import WorkerGroup
 from uba.settings import Settings
 
@@ -34,7 +35,8 @@ class Runtime:
 
 
 async def get_runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
+    runtime: Runtime = request.app.state.runtime  # Starlette's app.state is untyped
+    return runtime
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

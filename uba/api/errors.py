@@ -9,33 +9,46 @@ string or a nested structure.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypedDict
 
 from fastapi import Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic_core import ErrorDetails
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from uba.api.body import TOO_MANY_VALUES
 from uba.api.middleware import current_request_id, printable
-from uba.api.schemas import BATCH_TOO_LARGE, ErrorBody
+from uba.api.schemas import BATCH_TOO_LARGE, ErrorBody, ShownValue
 from uba.logs import get_logger
 
 log = get_logger("api.errors")
 MAX_VALUE_CHARS = 80
 _TOO_LARGE_TYPES = frozenset({BATCH_TOO_LARGE, TOO_MANY_VALUES})
 
+# FastAPI's type of a route's ``responses``: OpenAPI fragments holding a pydantic ``model``.
+OpenApiResponses = dict[int | str, dict[str, Any]]
+
+
+class FieldErrorItem(TypedDict):
+    """One entry of an error answer's ``detail`` (``schemas.FieldError`` documents it)."""
+
+    field: str
+    message: str
+    value: ShownValue
+
+
 # Declared in the OpenAPI schema of every route that can answer them (schemathesis checks
 # that no undeclared status is ever sent).
-AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+AUTH_ERRORS: OpenApiResponses = {
     401: {"model": ErrorBody, "description": "Missing or invalid X-API-Key (when keys are configured); "
                                              "checked before the body is read"},
 }
-BODY_LIMIT_ERROR: dict[int | str, dict[str, Any]] = {
+BODY_LIMIT_ERROR: OpenApiResponses = {
     413: {"model": ErrorBody, "description": "Body over api.max_body_bytes, or more items than api.max_batch"},
 }
-BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+BODY_ERRORS: OpenApiResponses = {
     400: {"model": ErrorBody, "description": "Body cannot be parsed as JSON (nested too deeply, "
                                              "an integer too long to read)"},
     **BODY_LIMIT_ERROR,
@@ -43,7 +56,7 @@ BODY_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def safe_value(value: Any) -> Any:
+def safe_value(value: object) -> ShownValue:
     """A short, JSON-serialisable echo of the offending value."""
     if value is None or isinstance(value, bool | int):
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**18:
@@ -63,14 +76,14 @@ def safe_value(value: Any) -> Any:
     return str(value)[:MAX_VALUE_CHARS]
 
 
-def field_path(loc: tuple[Any, ...]) -> str:
+def field_path(loc: tuple[int | str, ...]) -> str:
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "header", "path"):
         parts = parts[1:]
     return ".".join(str(p) for p in parts) or "body"
 
 
-def describe_error(error: dict[str, Any]) -> dict[str, Any]:
+def describe_error(error: ErrorDetails) -> FieldErrorItem:
     kind = error.get("type", "")
     if kind == "json_invalid":
         position = error.get("loc", ("body",))[-1]

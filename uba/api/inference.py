@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from uba.alerting.feedback import Rule
 from uba.alerting.thresholds import Decision, decide
 from uba.api.model_state import ModelState
 from uba.features.compiled import event_columns, feature_arrays
@@ -74,7 +75,7 @@ def _sentence_rows(values: dict[str, np.ndarray], events: Sequence[ScoringEvent]
     return rows
 
 
-def _rules_for(state: ModelState, events: Sequence[ScoringEvent]) -> list[Any]:
+def _rules_for(state: ModelState, events: Sequence[ScoringEvent]) -> list[list[Rule]]:
     """Active suppression rules for the events' day (one day per request in practice;
     several days are judged one by one, as ``score --date`` judges each day)."""
     if state.rules.is_empty():

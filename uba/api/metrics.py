@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect
 
 from uba.api.workers import LIVE_GAUGE_FILE, METRICS_DIR_ENV, process_is_gone
 
+# ASGI's own types (as Starlette declares them): scopes and messages are open dicts of any value
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -111,13 +112,13 @@ class ApiMetrics:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         forget_dead_workers(self.multiprocess_dir)
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]  # prometheus_client.multiprocess is unannotated
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
     def worker_stopped(self) -> None:
         """Drop this worker's live gauges from the group's sums (its counts stay counted)."""
         if self.multiprocess_dir:
-            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]  # unannotated, as above
 
 
 def final_status(sent: int | None, error: BaseException | None) -> int:
@@ -166,8 +167,8 @@ class MetricsMiddleware:
         # The labelled children, looked up once per label set: ``labels()`` takes a lock
         # and builds a key each call (~6 us, three per request). Route templates, methods
         # and statuses are few, so these stay small.
-        self._latency: dict[tuple[str, str], Any] = {}
-        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._latency: dict[tuple[str, str], Histogram] = {}
+        self._requests: dict[tuple[str, str, int], Counter] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

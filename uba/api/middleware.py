@@ -15,7 +15,7 @@ import os
 import re
 import time
 
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import HTTPException
 from starlette.requests import ClientDisconnect
 
 from uba.api.access_log import AccessLog
@@ -42,8 +42,9 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
-class BodyTooLargeError(StarletteHTTPException):
-    """413 raised from the app's own read of a body over ``api.max_body_bytes``."""
+class BodyTooLargeError(HTTPException):
+    """413 raised from the app's own read of a body over ``api.max_body_bytes`` (FastAPI's
+    HTTPException, whose ``detail`` may be the field list; Starlette's takes text only)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, detail=_too_large(limit))
@@ -108,7 +109,7 @@ def request_id_from(scope: Scope) -> str:
     so nginx's id (or a client's) reaches the app logs and anything odd is not echoed."""
     for name, value in scope.get("headers", ()):
         if name == REQUEST_ID_HEADER:
-            text = value.decode("latin-1")
+            text: str = value.decode("latin-1")  # ASGI header values are bytes
             if _VALID_REQUEST_ID.fullmatch(text):
                 return text
             break

@@ -10,13 +10,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
 
 from uba.alerting.feedback import RULE_SCHEMA, Rule, active_rules, rule_tuples
 from uba.alerting.thresholds import event_cuts
+from uba.api.schemas import ModelInfo
 from uba.features.compiled import CompiledBaselines
 from uba.model.bundle import Bundle
 
@@ -83,27 +83,28 @@ class ModelState:
     def percentile(self) -> float:
         return float(self.bundle.detector.percentile)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> ModelInfo:
+        """What ``GET /model`` answers."""
         meta = dict(self.bundle.metadata)
-        return {
-            "model_version": self.version,
-            "feature_set_version": meta.get("feature_set_version"),
-            "features": list(self.bundle.detector.feature_names),
-            "threshold": self.threshold,
-            "percentile": self.percentile,
-            "threshold_percentile": self.percentile / 100.0,
-            "baseline_as_of": self.baselines.as_of,
-            "baseline_users": self.baselines.users,
-            "per_user_thresholds": {
+        return ModelInfo(
+            model_version=self.version,
+            feature_set_version=meta.get("feature_set_version"),
+            features=list(self.bundle.detector.feature_names),
+            threshold=self.threshold,
+            percentile=self.percentile,
+            threshold_percentile=self.percentile / 100.0,
+            baseline_as_of=self.baselines.as_of,
+            baseline_users=self.baselines.users,
+            per_user_thresholds={
                 "enabled": self.user_cuts is not None,
                 "users": len(self.user_cuts) if self.user_cuts is not None else 0,
             },
-            "training": {
+            training={
                 key: meta[key]
                 for key in ("training_window", "rows", "score_summary", "created_at", "settings")
                 if key in meta
             },
-            "loaded_at": self.loaded_at,
-            "scorer": self.scorer_name,
-            "suppression_rules": active_rules(self.rules, datetime.now(UTC).date()).height,
-        }
+            loaded_at=self.loaded_at,
+            scorer=self.scorer_name,
+            suppression_rules=active_rules(self.rules, datetime.now(UTC).date()).height,
+        )

@@ -21,7 +21,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from uba import io
 from uba.api.deps import Runtime
-from uba.api.state import ModelState, RulesKey, rules_key, settle_heap, snapshot_stamp
+from uba.api.model_state import ModelState, RulesKey
+from uba.api.state import rules_key, settle_heap, snapshot_stamp
 from uba.errors import UserError
 from uba.logs import get_logger
 from uba.model.bundle import latest_version

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, cast
 
 import polars as pl
 
@@ -26,6 +26,35 @@ from uba.settings import Settings
 log = get_logger("api.risk")
 
 RiskKey = tuple[tuple[str, str | None], ...]
+
+
+class RiskContributionRow(TypedDict):
+    """One alert of a day's ``contributions`` (``uba.alerting.risk.CONTRIBUTION``)."""
+
+    alert_id: str
+    type: str
+    event_id: str | None
+    score: float | None
+    cut: float | None
+    points: float
+    reason_kinds: list[str]
+
+
+class RiskRow(TypedDict):
+    """A row of ``uba.alerting.risk.risk_window`` (``event_date`` and ``RISK_SCHEMA``), plus
+    whether its day is marked stale."""
+
+    event_date: date
+    user_id: str
+    risk_score: float
+    risk_level: str
+    risk_delta: float | None
+    contributions: list[RiskContributionRow]
+    first_seen_high: date | None
+    carried_score: float
+    day_points: float
+    weight: float
+    stale: bool
 
 
 def risk_key(output_dir: Path, days: int) -> RiskKey:
@@ -41,10 +70,10 @@ class RiskIndex:
 
     as_of: date | None = None
     days: int = 30
-    by_user: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    by_user: dict[str, list[RiskRow]] = field(default_factory=dict)
     key: RiskKey = ()
 
-    def history(self, user_id: str) -> list[dict[str, Any]]:
+    def history(self, user_id: str) -> list[RiskRow]:
         return self.by_user.get(user_id, [])
 
 
@@ -57,10 +86,10 @@ def load_index(settings: Settings) -> RiskIndex:
     end = date.fromisoformat(key[-1][0])
     window = risk_window(output_dir, end, days)
     stale = {d: bool(stale_marker(io.read_run_manifest(output_dir, d))) for d in window["event_date"].unique()}
-    by_user: dict[str, list[dict[str, Any]]] = {}
+    by_user: dict[str, list[RiskRow]] = {}
     for row in window.sort(["user_id", "event_date"]).iter_rows(named=True):
         row["stale"] = stale.get(row["event_date"], False)
-        by_user.setdefault(row["user_id"], []).append(row)
+        by_user.setdefault(row["user_id"], []).append(cast(RiskRow, row))  # polars rows are dict[str, Any]
     return RiskIndex(as_of=end, days=days, by_user=by_user, key=key)
 
 

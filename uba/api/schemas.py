@@ -15,9 +15,10 @@ characters; an object that repeats a key is refused before validation (``uba.api
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict, TypeVar, cast
 
 from pydantic import (
     BaseModel,
@@ -30,12 +31,15 @@ from pydantic import (
     create_model,
     field_validator,
 )
+from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
+from typing_extensions import TypeForm
 
 from uba import event_rules as rules
 from uba.settings import ApiSettings, EventSettings
 
 BATCH_TOO_LARGE = "batch_too_large"
+_T = TypeVar("_T")
 _STRICT_MODEL = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
 
@@ -122,7 +126,7 @@ def _category_type(field: str, allowed: tuple[str, ...]) -> Any:
 # The cross-field rule below, as JSON Schema can say it: a timestamp, or hour_of_day and
 # day_of_week. The schema offers them as alternatives, since it cannot say "must agree";
 # the server also accepts both when they agree with the timestamp.
-_TIME_SOURCE_SCHEMA = {"anyOf": [
+_TIME_SOURCE_SCHEMA: JsonDict = {"anyOf": [
     {"required": ["timestamp"], "properties": {"timestamp": {"type": "string"},
                                                "hour_of_day": {"type": "null"}, "day_of_week": {"type": "null"}}},
     {"required": ["hour_of_day", "day_of_week"],
@@ -131,7 +135,7 @@ _TIME_SOURCE_SCHEMA = {"anyOf": [
 ]}
 
 
-class _EventBase(BaseModel):
+class EventBase(BaseModel):
     """Cross-field rule shared by every generated event model: time comes from somewhere."""
 
     model_config = ConfigDict(**_STRICT_MODEL, json_schema_extra=_TIME_SOURCE_SCHEMA)
@@ -180,7 +184,7 @@ def _integral_float(value: Any) -> Any:
     return value
 
 
-def whole_number(low: int, high: int, field: str = "") -> Any:
+def whole_number(low: int, high: int, field: str = "") -> TypeForm[int]:
     """A strict integer in [low, high] that also takes an integral float; the bounds sit
     inside the type so the JSON schema states them (minimum/maximum) even when optional.
     With ``field``, its JSON type rule runs first (``event_rules.json_type_error``)."""
@@ -188,7 +192,12 @@ def whole_number(low: int, high: int, field: str = "") -> Any:
     return Annotated[int, Field(strict=True, ge=low, le=high), *checks]
 
 
-def build_event_model(events: EventSettings) -> type[BaseModel]:
+def _optional(form: TypeForm[_T]) -> TypeForm[_T | None]:
+    """``form | None``: mypy reads ``|`` between a type form value and None as an operator."""
+    return cast("TypeForm[_T | None]", form | None)
+
+
+def build_event_model(events: EventSettings) -> type[EventBase]:
     """The per-event request model, with categories and limits from settings."""
     stamp = Annotated[str, Field(strict=True, min_length=1, max_length=events.max_string_length,
                                  json_schema_extra={"format": "date-time"})]
@@ -197,7 +206,7 @@ def build_event_model(events: EventSettings) -> type[BaseModel]:
     duration = Annotated[float, _number_type("session_duration_sec")]
     return create_model(
         "EventIn",
-        __base__=_EventBase,
+        __base__=EventBase,
         __doc__="One user activity event, as in the seed's /predict payload.",
         event_id=(_id_type(events.max_string_length) | None,
                   Field(None, description="Echoed back; optional.")),
@@ -218,12 +227,12 @@ def build_event_model(events: EventSettings) -> type[BaseModel]:
                   "takes it. Replaces or must agree with hour_of_day/day_of_week."),
         ),
         hour_of_day=(
-            whole_number(0, 23, "hour_of_day") | None,
+            _optional(whole_number(0, 23, "hour_of_day")),
             Field(None, validate_default=True,
                   description="0-23 in UTC; required without timestamp.", examples=[2]),
         ),
         day_of_week=(
-            whole_number(0, 6, "day_of_week") | None,
+            _optional(whole_number(0, 6, "day_of_week")),
             Field(None, validate_default=True,
                   description="0=Monday..6=Sunday in UTC; required without timestamp.",
                   examples=[1]),
@@ -231,10 +240,10 @@ def build_event_model(events: EventSettings) -> type[BaseModel]:
     )
 
 
-def count_limit(max_items: int, noun: str = "events") -> Any:
+def count_limit(max_items: int, noun: str = "events") -> Callable[[object], object]:
     """Count first: a 100k-item body is refused without validating 100k items."""
 
-    def check(value: Any) -> Any:
+    def check(value: object) -> object:
         if isinstance(value, list) and len(value) > max_items:
             raise PydanticCustomError(
                 BATCH_TOO_LARGE,
@@ -256,10 +265,10 @@ def max_json_values(max_items: int, per_item: int) -> int:
     return max(max_items * per_item + 64, MIN_JSON_VALUES)
 
 
-def build_batch_model(event_model: type[BaseModel], api: ApiSettings) -> type[BaseModel]:
+def build_batch_model(event_model: type[EventBase], api: ApiSettings) -> type[BaseModel]:
     """``{"events": [...]}`` with the size limit checked before any event is validated."""
     events_type = Annotated[
-        list[event_model],  # type: ignore[valid-type]
+        list[event_model],  # type: ignore[valid-type]  # a class made at run time as a type argument
         BeforeValidator(count_limit(api.max_batch)),
         Field(min_length=1, json_schema_extra={"maxItems": api.max_batch}),
     ]
@@ -295,6 +304,37 @@ class Prediction(BaseModel):
     reason_kinds: list[str]
 
 
+class PredictionBody(TypedDict):
+    """:class:`Prediction` as the plain values ``/predict`` sends (built without validation on
+    the hot path, ``uba.api.routes.predict.prediction``); key for key the same fields."""
+
+    event_id: str | None
+    user_id: str
+    anomaly_score: float
+    is_anomaly: bool
+    suppressed: bool
+    suppressed_by: str | None
+    threshold_percentile: float
+    threshold: float
+    global_threshold: float
+    model_version: str
+    baseline_as_of: str  # ISO date
+    known_user: bool
+    reasons: list[str]
+    reason_kinds: list[str]
+
+
+class BatchPredictionBody(TypedDict):
+    """:class:`BatchPrediction` as the plain values ``/predict/batch`` sends."""
+
+    count: int
+    anomalies: int
+    suppressed: int
+    model_version: str
+    baseline_as_of: str  # ISO date
+    predictions: list[PredictionBody]
+
+
 class BatchPrediction(BaseModel):
     count: int
     anomalies: int = Field(description="Events with is_anomaly (suppressed ones included).")
@@ -313,9 +353,10 @@ class ModelInfo(BaseModel):
     threshold_percentile: float
     baseline_as_of: date
     baseline_users: int
-    per_user_thresholds: dict[str, Any] = Field(
+    # Open objects in the OpenAPI document; their keys: uba.api.model_state.ModelDescription
+    per_user_thresholds: Mapping[str, object] = Field(
         description="enabled (user_thresholds.enabled) and how many users have their own cut.")
-    training: dict[str, Any] = Field(description="Training window and counts from the bundle metadata.")
+    training: Mapping[str, object] = Field(description="Training window and counts from the bundle metadata.")
     loaded_at: datetime
     scorer: str
     suppression_rules: int = Field(0, description="Suppression rules active today (UTC) in the served state.")
@@ -341,10 +382,15 @@ class ReloadResult(BaseModel):
     previous_baseline_as_of: date | None
 
 
-class FieldError(BaseModel):
+# What an error answer echoes of the offending value (``uba.api.errors.safe_value``).
+ShownValue = str | int | float | bool | None
+
+
+class FieldError(BaseModel):  # one entry of an error answer's detail (uba.api.errors.FieldErrorItem)
     field: str
     message: str
-    value: Any = None
+    # Documented as any JSON value (as it always was); the answers echo a short scalar.
+    value: Annotated[ShownValue, WithJsonSchema({})] = None
 
 
 class ErrorBody(BaseModel):
@@ -390,7 +436,7 @@ def build_feedback_model(api: ApiSettings, max_id_length: int = 256) -> type[Bas
                                                              "integer, by the event id rule (stored stripped)")),
     )
     items_type = Annotated[
-        list[item],  # type: ignore[valid-type]
+        list[item],
         BeforeValidator(count_limit(api.max_batch, "items")),
         Field(min_length=1, json_schema_extra={"maxItems": api.max_batch}),
     ]
@@ -411,7 +457,7 @@ class ApiModels:
     """The generated request models of one app, and how many JSON values their largest
     valid body holds (``uba.api.body`` refuses more before parsing)."""
 
-    event: type[BaseModel]
+    event: type[EventBase]
     batch: type[BaseModel]
     feedback: type[BaseModel]
     event_values: int

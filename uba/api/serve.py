@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import MutableMapping
+from typing import Literal
 
 import click
 
@@ -21,7 +23,7 @@ from uba.settings import load_settings
 APP_FACTORY = "uba.api.app:create_app"
 
 
-def _export(env: dict[str, str], name: str, value: object) -> None:
+def _export(env: MutableMapping[str, str], name: str, value: object) -> None:
     if value is not None:
         env[name] = str(value)
 
@@ -48,7 +50,7 @@ def _export(env: dict[str, str], name: str, value: object) -> None:
               help="One log line per request with its X-Request-ID (default: api.access_log, on).")
 def main(config: str | None, data_dir: str | None, model_dir: str | None, output_dir: str | None,
          host: str | None,
-         port: int | None, workers: int | None, log_format: str, log_level: str,
+         port: int | None, workers: int | None, log_format: Literal["text", "json"], log_level: str,
          access_log: bool | None) -> None:
     """Serve POST /predict, /predict/batch, /health, /ready, /model, /metrics, /admin/reload,
     GET /users/{user_id}/risk.

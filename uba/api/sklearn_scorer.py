@@ -50,7 +50,8 @@ def sklearn_scorer(bundle: Bundle, matrix_path: Path | None) -> Callable[[np.nda
     ).fit(scaler.transform(X))
 
     def score(rows: np.ndarray) -> np.ndarray:
-        return -forest.score_samples(scaler.transform(rows))
+        scores: np.ndarray = -forest.score_samples(scaler.transform(rows))  # scikit-learn is untyped
+        return scores
 
     sample = X[:: max(1, X.shape[0] // CHECK_ROWS)][:CHECK_ROWS]
     worst = float(np.max(np.abs(score(sample) - detector.anomaly_scores(sample))))

@@ -8,7 +8,7 @@ __future__ import annotations``: FastAPI must see the real classes.)
 
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from uba.alerting import triage
 from uba.api.body import JsonBody, request_body
 from uba.api.deps import Runtime, RuntimeDep, require_json
-from uba.api.errors import BODY_ERRORS
+from uba.api.errors import BODY_ERRORS, OpenApiResponses
 from uba.api.routes.predict import json_response
 from uba.api.schemas import ErrorBody
 from uba.errors import UserError
@@ -45,10 +45,10 @@ class AlertUpdated(BaseModel):
     suppression_rule: str | None
 
 
-_FORBIDDEN: dict[int | str, dict[str, Any]] = {
+_FORBIDDEN: OpenApiResponses = {
     403: {"model": ErrorBody, "description": "The server has no API keys configured: triage is never open"},
 }
-_ERRORS: dict[int | str, dict[str, Any]] = {
+_ERRORS: OpenApiResponses = {
     **BODY_ERRORS, **_FORBIDDEN,
     404: {"model": ErrorBody, "description": "No scored day holds this alert id"},
     409: {"model": ErrorBody, "description": "The alert's status does not allow this change"},
@@ -57,7 +57,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _listed(runtime: Runtime, day: date | None, days: int, statuses: tuple[str, ...], kind: str,
-            limit: int) -> dict[str, Any]:
+            limit: int) -> dict[str, object]:
     paths = runtime.settings.paths
     output_dir = Path(paths.output_dir)
     chosen = [day] if day is not None else triage.scored_days(output_dir)[:days]
@@ -110,9 +110,9 @@ def build_router() -> APIRouter:
                   responses=_ERRORS, openapi_extra=request_body(AlertUpdate.__name__),
                   summary="Acknowledge, close (with a verdict) or reopen an alert")
     async def patch_alert(runtime: RuntimeDep, alert_id: str,
-                          update: Annotated[BaseModel, Depends(body_dep)]) -> AlertUpdated:
+                          update: Annotated[AlertUpdate, Depends(body_dep)]) -> AlertUpdated:
         try:
-            result = await run_in_threadpool(_update, runtime, alert_id, update)  # type: ignore[arg-type]
+            result = await run_in_threadpool(_update, runtime, alert_id, update)
         except UserError as exc:
             raise _http_error(exc) from exc
         return AlertUpdated(alert_id=result.alert_id, status=result.status, verdict=result.verdict,

@@ -9,7 +9,7 @@ annotations``: FastAPI must see the real classes.)
 """
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
@@ -19,14 +19,14 @@ from uba.alerting.feedback import FeedbackSummary, record_feedback
 from uba.alerting.risk import mark_stale_after_verdicts
 from uba.api.body import JsonBody, request_body
 from uba.api.deps import RuntimeDep, require_json
-from uba.api.errors import BODY_ERRORS
+from uba.api.errors import BODY_ERRORS, OpenApiResponses
 from uba.api.schemas import ApiModels, ErrorBody, FeedbackStored
 from uba.errors import UserError
 from uba.logs import get_logger
 
 log = get_logger("api.feedback")
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+_ERRORS: OpenApiResponses = {
     **BODY_ERRORS,
     422: {"model": ErrorBody, "description": "Invalid item: the field, message and value"},
 }
@@ -47,7 +47,7 @@ def build_router(models: ApiModels) -> APIRouter:
                  openapi_extra=request_body(models.feedback.__name__),
                  summary="Store analyst labels (benign / malicious) for scored events")
     async def post_feedback(runtime: RuntimeDep, body: Annotated[BaseModel, Depends(body_dep)]) -> FeedbackStored:
-        items = body.items  # type: ignore[attr-defined]
+        items = body.items  # type: ignore[attr-defined]  # a field of the model made from settings
         try:
             summary = await run_in_threadpool(store_items, runtime.settings.paths.data_dir, items,
                                               runtime.settings.events.max_string_length)

@@ -13,4 +13,4 @@ router = APIRouter(tags=["model"])
 @router.get("/model", response_model=ModelInfo, summary="The loaded model and baseline snapshot",
             responses={503: {"model": ErrorBody, "description": "No model loaded"}})
 async def model_info(state: ModelStateDep) -> ModelInfo:
-    return ModelInfo(**state.describe())
+    return state.describe()

@@ -7,7 +7,8 @@ import annotations`` here: FastAPI must see the generated classes, not their nam
 """
 
 import json
-from typing import Annotated, Any
+from collections.abc import Mapping
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
@@ -18,25 +19,34 @@ from uba.api.auth import API_KEY_HEADER, authorize
 from uba.api.body import JsonBody, request_body
 from uba.api.deps import ModelStateDep, Runtime, RuntimeDep, check_json, current_state, require_json
 from uba.api.direct import Resolver, direct_route
-from uba.api.errors import BODY_ERRORS
+from uba.api.errors import BODY_ERRORS, OpenApiResponses
 from uba.api.inference import ScoringEvent, ScoringResult, score_events
-from uba.api.schemas import ApiModels, BatchPrediction, ErrorBody, Prediction
-from uba.api.state import ModelState
+from uba.api.model_state import ModelState
+from uba.api.schemas import (
+    ApiModels,
+    BatchPrediction,
+    BatchPredictionBody,
+    ErrorBody,
+    EventBase,
+    Prediction,
+    PredictionBody,
+)
+from uba.schema import JsonValue
 
-SEED_EXAMPLE = {
+SEED_EXAMPLE: dict[str, JsonValue] = {
     "user_id": 123, "event_type": "login", "session_duration_sec": 18000,
     "events_in_session": 190, "hour_of_day": 2, "day_of_week": 1, "device_type": "desktop",
 }
-_ERRORS: dict[int | str, dict[str, Any]] = {
+_ERRORS: OpenApiResponses = {
     **BODY_ERRORS,
     422: {"model": ErrorBody, "description": "Invalid event: the field, message and value"},
     503: {"model": ErrorBody, "description": "No model loaded yet"},
 }
 
 
-def to_scoring_event(event: BaseModel) -> ScoringEvent:
+def to_scoring_event(event: EventBase) -> ScoringEvent:
     """A validated request event in stored form (time fields derived from the timestamp)."""
-    stamp, hour, day = event.time_fields()  # type: ignore[attr-defined]
+    stamp, hour, day = event.time_fields()
     data = event.__dict__
     return ScoringEvent(
         event_id=data["event_id"], user_id=data["user_id"], timestamp=stamp,
@@ -46,7 +56,7 @@ def to_scoring_event(event: BaseModel) -> ScoringEvent:
     )
 
 
-def prediction(state: ModelState, event: ScoringEvent, result: ScoringResult, row: int) -> dict[str, Any]:
+def prediction(state: ModelState, event: ScoringEvent, result: ScoringResult, row: int) -> PredictionBody:
     """One answer as plain values, key for key as :class:`Prediction` (a test holds them equal)."""
     return {
         "event_id": event.event_id, "user_id": event.user_id,
@@ -59,7 +69,7 @@ def prediction(state: ModelState, event: ScoringEvent, result: ScoringResult, ro
     }
 
 
-def json_response(content: dict[str, Any]) -> Response:
+def json_response(content: Mapping[str, object]) -> Response:
     """The answer as compact JSON, by orjson (a 1,000-event batch answer in 0.3 ms instead
     of 4.4 ms). Text orjson refuses (a lone surrogate in an id, which JSON input can
     carry) falls back to ASCII escapes, which can send any text."""
@@ -70,18 +80,18 @@ def json_response(content: dict[str, Any]) -> Response:
     return Response(body, media_type="application/json")
 
 
-def _score_batch(runtime: Runtime, state: ModelState, events: list[ScoringEvent]) -> list[dict[str, Any]]:
+def _score_batch(runtime: Runtime, state: ModelState, events: list[ScoringEvent]) -> list[PredictionBody]:
     result = score_events(state, events, runtime.settings.threshold.max_reasons)
     runtime.metrics.record_scores(result.known_user, int(result.flags.sum()))
     return [prediction(state, event, result, i) for i, event in enumerate(events)]
 
 
-def _resolver(body: JsonBody, name: str) -> Resolver:
+def _resolver(body: JsonBody[EventBase] | JsonBody[BaseModel], name: str) -> Resolver:
     """The arguments of a scoring endpoint, checked in the order its declared dependencies
     would run: API key (then the body is read under the cap), content type, a served
     model, the body validated as ``name``."""
 
-    async def resolve(request: Request) -> dict[str, Any]:
+    async def resolve(request: Request) -> dict[str, object]:
         runtime: Runtime = request.app.state.runtime
         await authorize(request, request.headers.get(API_KEY_HEADER))
         check_json(request)
@@ -99,7 +109,7 @@ def build_router(models: ApiModels) -> APIRouter:
     async def predict(
         state: ModelStateDep,
         runtime: RuntimeDep,
-        event: Annotated[BaseModel, Depends(event_body)],
+        event: Annotated[EventBase, Depends(event_body)],
     ) -> Response:
         scoring_event = to_scoring_event(event)
         result, row = await runtime.batcher.score(state, scoring_event)
@@ -110,13 +120,14 @@ def build_router(models: ApiModels) -> APIRouter:
         runtime: RuntimeDep,
         batch: Annotated[BaseModel, Depends(batch_body)],
     ) -> Response:
-        events = [to_scoring_event(e) for e in batch.events]  # type: ignore[attr-defined]
+        events = [to_scoring_event(e) for e in batch.events]  # type: ignore[attr-defined]  # a field of the model made from settings
         scored = await run_in_threadpool(_score_batch, runtime, state, events)
-        return json_response({
+        answer: BatchPredictionBody = {
             "count": len(scored), "anomalies": sum(p["is_anomaly"] for p in scored),
             "suppressed": sum(p["suppressed"] for p in scored), "model_version": state.version,
             "baseline_as_of": state.baselines.as_of.isoformat(), "predictions": scored,
-        })
+        }
+        return json_response(answer)
 
     router.add_api_route(
         "/predict", predict, methods=["POST"], response_model=Prediction, summary="Score one event",

@@ -30,8 +30,7 @@ def build_router(max_id_length: int) -> APIRouter:
     async def user_risk(runtime: RuntimeDep,
                         user_id: Annotated[str, Path(min_length=1, max_length=max_id_length)]) -> UserRisk:
         index = runtime.risk.current
-        history = [RiskDay(**{k: row[k] for k in RiskDay.model_fields if k in row})
-                   for row in index.history(user_id)]
+        history = [RiskDay.model_validate(row) for row in index.history(user_id)]  # other columns ignored
         return UserRisk(user_id=user_id, as_of=index.as_of, days=index.days, history=history)
 
     return router
