@@ -12,8 +12,6 @@ import hashlib
 
 import polars as pl
 
-JsonValue = dict[str, "JsonValue"] | list["JsonValue"] | str | int | float | bool | None
-
 REQUIRED_FIELDS: tuple[str, ...] = (
     "event_id",
     "user_id",

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import cast
 
 import numpy as np
 
@@ -23,7 +23,14 @@ from uba.alerting.feedback import Rule
 from uba.alerting.thresholds import Decision, decide
 from uba.api.model_state import ModelState
 from uba.features.compiled import event_columns, feature_arrays
-from uba.features.reasons import DOWNLOAD, SENTENCE_INPUTS, reason_kinds, sentences, severity_matrix
+from uba.features.reasons import (
+    DOWNLOAD,
+    SENTENCE_INPUTS,
+    SentenceInputs,
+    reason_kinds,
+    sentences,
+    severity_matrix,
+)
 
 # SENTENCE_INPUTS that come from the request itself rather than from the kernel
 _EVENT_FIELDS = ("event_type", "device_type", "session_duration_sec", "events_in_session")
@@ -63,16 +70,16 @@ def event_day(event: ScoringEvent, today: date) -> date:
     return event.timestamp.astimezone(UTC).date() if event.timestamp is not None else today
 
 
-def _sentence_rows(values: dict[str, np.ndarray], events: Sequence[ScoringEvent]) -> list[dict[str, Any]]:
+def _sentence_rows(values: dict[str, np.ndarray], events: Sequence[ScoringEvent]) -> list[SentenceInputs]:
     """One plain-value mapping per event with what its sentences read."""
     kernel = {name: values[name].tolist() for name in SENTENCE_INPUTS if name not in _EVENT_FIELDS}
-    rows = []
+    rows: list[dict[str, object]] = []
     for i, event in enumerate(events):
-        row = {name: column[i] for name, column in kernel.items()}
+        row: dict[str, object] = {name: column[i] for name, column in kernel.items()}
         for name in _EVENT_FIELDS:
             row[name] = getattr(event, name)
         rows.append(row)
-    return rows
+    return cast("list[SentenceInputs]", rows)  # every SENTENCE_INPUTS key is set above
 
 
 def _rules_for(state: ModelState, events: Sequence[ScoringEvent]) -> list[list[Rule]]:

@@ -88,7 +88,7 @@ class ModelState:
         meta = dict(self.bundle.metadata)
         return ModelInfo(
             model_version=self.version,
-            feature_set_version=meta.get("feature_set_version"),
+            feature_set_version=self.bundle.metadata.get("feature_set_version"),
             features=list(self.bundle.detector.feature_names),
             threshold=self.threshold,
             percentile=self.percentile,
