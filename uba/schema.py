@@ -47,6 +47,9 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "ingested_at": TIMESTAMP_DTYPE,
 }
 
+# JSON of unknown shape (a parsed body or file whose keys nobody reads by name).
+JsonValue = dict[str, "JsonValue"] | list["JsonValue"] | str | int | float | bool | None
+
 PARTITION_COLUMN = "event_date"
 UNKNOWN_PARTITION = "unknown"
 
