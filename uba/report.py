@@ -26,11 +26,11 @@ import polars as pl
 
 from uba import io
 from uba.alerting.records import day_records
-from uba.alerting.risk import read_risk, risk_window, stale_marker, user_series
+from uba.alerting.risk import StaleEntry, read_risk, risk_window, stale_marker, user_series
 from uba.alerting.triage import status_counts
 from uba.alerting.userday import riskiest_first
 from uba.errors import UserError
-from uba.monitoring.charts import STATUS_COLOURS, drift_history_png, png_bytes, pyplot
+from uba.monitoring.charts import STATUS_COLOURS, drift_history_png, file_backend, png_bytes
 from uba.monitoring.drift import monitoring_row, retrain_advice
 from uba.settings import Settings
 
@@ -162,7 +162,7 @@ class ReportData:
     user_days: pl.DataFrame = field(default_factory=pl.DataFrame)  # every user-day alert, riskiest first
     sparklines: dict[str, list[float]] = field(default_factory=dict)  # user -> risk over the last days
     entity_risk: bool = False  # the top users come from the risk table (else the one-day sum)
-    stale: list[dict[str, Any]] = field(default_factory=list)  # the day's risk_stale entries
+    stale: list[StaleEntry] = field(default_factory=list)  # the day's risk_stale entries
     triage: dict[str, dict[str, int]] = field(default_factory=dict)  # alert type -> status -> count
 
 
@@ -224,7 +224,9 @@ def _sparklines(output_dir: Path, day: date, users: list[str], days: int) -> dic
 
 def alert_history_png(rows: Sequence[Mapping[str, Any]], day: date) -> bytes:
     """Alerts per day (suppressed stacked on top) against the alerts the percentile promises."""
-    plt = pyplot()
+    file_backend()
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(10, 2.8))
     labels = [str(r["date"])[5:] for r in rows]
     alerts = [r["alerts"] for r in rows]
@@ -269,7 +271,7 @@ footer{padding:0 28px 24px;color:#757575;font-size:12px}
 """
 
 
-def _e(value: Any) -> str:
+def _e(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
@@ -282,7 +284,7 @@ def _chip(status: str) -> str:
     return f'<span class="chip" style="background:{colour}">{_e(status)}</span>'
 
 
-def _card(value: Any, label: str, ident: str) -> str:
+def _card(value: object, label: str, ident: str) -> str:
     return f'<div class="card" id="{ident}"><b>{_e(value)}</b><span class="label">{_e(label)}</span></div>'
 
 
@@ -349,7 +351,7 @@ def _risk_note(data: ReportData) -> str:
             "plus earlier days' risk decayed by its half-life; every user at high or above is listed.</p>")
 
 
-def _usual(now: Any, usual: Any) -> str:
+def _usual(now: object, usual: float | None) -> str:
     if now is None:
         return "-"
     return f"{now}" if usual is None else f"{now} <span class=muted>(usually {usual:.0f})</span>"

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -59,14 +58,14 @@ class FeedbackSummary:
     benign_ids: tuple[str, ...] = ()  # ids labelled benign: entity risk marks the days they built stale
 
 
-def _text(value: Any) -> str | None:
+def _text(value: object) -> str | None:
     if value is None:
         return None
     text = str(value).strip()
     return text or None
 
 
-def _event_id(value: Any, max_id_length: int, where: str) -> str:
+def _event_id(value: object, max_id_length: int, where: str) -> str:
     """The stored text of a feedback event id, by the event id rule of ingest and the API
     (``uba.event_rules.check_id``): the CSV path stored a 10 MB id, or one holding NUL or a
     line break, which POST /feedback refuses and no stored event can have."""
@@ -78,7 +77,7 @@ def _event_id(value: Any, max_id_length: int, where: str) -> str:
         raise UserError(f"{where}: event_id {exc.message}") from None
 
 
-def validate_feedback(rows: Sequence[Mapping[str, Any]], where: Callable[[int], str],
+def validate_feedback(rows: Sequence[Mapping[str, object]], where: Callable[[int], str],
                       max_id_length: int = 256) -> pl.DataFrame:
     """Check and normalise feedback rows; the first problem is a UserError naming the row and value.
 
@@ -102,7 +101,7 @@ def validate_feedback(rows: Sequence[Mapping[str, Any]], where: Callable[[int], 
     return pl.DataFrame(clean, schema={c: pl.String() for c in FEEDBACK_COLUMNS})
 
 
-def record_feedback(data_dir: Path, rows: Sequence[Mapping[str, Any]], source: str = "api",
+def record_feedback(data_dir: Path, rows: Sequence[Mapping[str, object]], source: str = "api",
                     where: Callable[[int], str] | None = None, max_id_length: int = 256) -> FeedbackSummary:
     """Validate and append feedback rows as one part of ``<data-dir>/feedback/`` (all or nothing)."""
     valid = validate_feedback(rows, where or (lambda i: f"item {i}"), max_id_length)

@@ -15,20 +15,21 @@ from __future__ import annotations
 import csv
 import io as stdio
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from uba import __version__, io
-from uba.alerting.records import RECORD_SCHEMA, day_records
+from uba.alerting.records import RECORD_SCHEMA, AlertRecord, alert_records, day_records
 from uba.errors import UserError
+from uba.schema import JsonValue
 
 OCSF_VERSION = "1.5.0"
 ECS_VERSION = "9.2.0"
 FORMATS = ("ocsf", "ecs", "jsonl", "csv")
-PRODUCT = {"name": "UBA", "vendor_name": "UBA", "version": __version__}
+PRODUCT: dict[str, JsonValue] = {"name": "UBA", "vendor_name": "UBA", "version": __version__}
 OCSF_SEVERITY = {"low": (2, "Low"), "medium": (3, "Medium"), "high": (4, "High"), "critical": (5, "Critical")}
 ECS_SEVERITY = {"low": 21, "medium": 47, "high": 73, "critical": 99}  # Elastic's risk-score bands
 ANALYTICS = {  # alert type -> (analytic name, OCSF analytic type_id, its caption, title)
@@ -46,26 +47,45 @@ def _iso(value: datetime) -> str:
     return value.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _title(record: Mapping[str, Any]) -> str:
+class PlainRecord(TypedDict):
+    """An :class:`~uba.alerting.records.AlertRecord` as JSON values (the ``jsonl`` format)."""
+
+    alert_id: str
+    alert_type: str
+    user_id: str
+    time: str
+    event_date: str
+    event_id: str | None
+    score: float
+    threshold: float | None
+    severity: str
+    reasons: list[str]
+    reason_kinds: list[str]
+    model_version: str | None
+    run_id: str
+    run_ref: str
+
+
+def _title(record: AlertRecord) -> str:
     return f"{ANALYTICS[record['alert_type']][3]}: {record['user_id']}"
 
 
-def to_ocsf(record: Mapping[str, Any]) -> dict[str, Any]:
+def to_ocsf(record: AlertRecord) -> dict[str, JsonValue]:
     """One OCSF Detection Finding."""
     name, type_id, type_caption, _ = ANALYTICS[record["alert_type"]]
     severity_id, severity = OCSF_SEVERITY[record["severity"]]
-    reasons, kinds = list(record["reasons"] or []), list(record["reason_kinds"] or [])
+    reasons, kinds = _texts(record["reasons"]), _texts(record["reason_kinds"])
     time_ms = _ms(record["time"])
-    analytic: dict[str, Any] = {"name": name, "type_id": type_id, "type": type_caption}
+    analytic: dict[str, JsonValue] = {"name": name, "type_id": type_id, "type": type_caption}
     if record["model_version"]:
         analytic["version"] = record["model_version"]
-    finding: dict[str, Any] = {
+    finding: dict[str, JsonValue] = {
         "class_uid": 2004, "class_name": "Detection Finding", "category_uid": 2, "category_name": "Findings",
         "activity_id": 1, "activity_name": "Create", "type_uid": 200401, "type_name": "Detection Finding: Create",
         "time": time_ms, "severity_id": severity_id, "severity": severity, "status_id": 1, "status": "New",
         "message": reasons[0] if reasons else _title(record),
         "finding_info": {"uid": record["alert_id"], "title": _title(record), "desc": "; ".join(reasons),
-                         "types": kinds, "created_time": time_ms, "analytic": analytic},
+                         "types": _json_list(kinds), "created_time": time_ms, "analytic": analytic},
         "metadata": {"product": PRODUCT, "version": OCSF_VERSION, "uid": record["alert_id"],
                      "correlation_uid": record["run_id"], "log_name": record["run_ref"]},
         "evidences": [{"user": {"uid": record["user_id"], "name": record["user_id"]},
@@ -83,17 +103,17 @@ def to_ocsf(record: Mapping[str, Any]) -> dict[str, Any]:
     return finding
 
 
-def to_ecs(record: Mapping[str, Any]) -> dict[str, Any]:
+def to_ecs(record: AlertRecord) -> dict[str, JsonValue]:
     """One ECS alert document."""
     name = ANALYTICS[record["alert_type"]][0]
-    reasons, kinds = list(record["reasons"] or []), list(record["reason_kinds"] or [])
-    event: dict[str, Any] = {
+    reasons, kinds = _texts(record["reasons"]), _texts(record["reason_kinds"])
+    event: dict[str, JsonValue] = {
         "kind": "alert", "category": ["intrusion_detection"], "type": ["info"], "id": record["alert_id"],
         "code": record["alert_type"], "dataset": "uba.alerts", "module": "uba", "provider": "uba",
         "severity": ECS_SEVERITY[record["severity"]], "risk_score": float(record["score"]),
         "reason": "; ".join(reasons), "reference": record["run_ref"],
     }
-    doc: dict[str, Any] = {
+    doc: dict[str, JsonValue] = {
         "@timestamp": _iso(record["time"]),
         "ecs": {"version": ECS_VERSION},
         "message": reasons[0] if reasons else _title(record),
@@ -102,7 +122,7 @@ def to_ecs(record: Mapping[str, Any]) -> dict[str, Any]:
         "related": {"user": [record["user_id"]]},
         "rule": {"name": name, "category": record["alert_type"], "ruleset": "uba",
                  **({"version": record["model_version"]} if record["model_version"] else {})},
-        "tags": kinds,
+        "tags": _json_list(kinds),
         "labels": {"uba_event_date": record["event_date"].isoformat(), "uba_run_id": record["run_id"],
                    **({"uba_event_id": record["event_id"]} if record["event_id"] else {}),
                    **({"uba_threshold": f"{record['threshold']:.6f}"} if record["threshold"] is not None else {})},
@@ -110,21 +130,32 @@ def to_ecs(record: Mapping[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def to_plain(record: Mapping[str, Any]) -> dict[str, Any]:
+def _texts(values: list[str] | None) -> list[str]:
+    """A record's list of texts (null in the frame: none)."""
+    return list(values or [])
+
+
+def _json_list(values: list[str]) -> list[JsonValue]:
+    return list(values)
+
+
+def to_plain(record: AlertRecord) -> PlainRecord:
     """The canonical record as JSON-ready values."""
-    out = dict(record)
-    out["time"] = _iso(record["time"])
-    out["event_date"] = record["event_date"].isoformat()
-    out["reasons"], out["reason_kinds"] = list(record["reasons"] or []), list(record["reason_kinds"] or [])
-    return out
+    return {**record, "time": _iso(record["time"]), "event_date": record["event_date"].isoformat(),
+            "reasons": _texts(record["reasons"]), "reason_kinds": _texts(record["reason_kinds"])}
 
 
-def render(records: Iterable[Mapping[str, Any]], fmt: str) -> Iterable[str]:
+JSON_FORMATS: dict[str, Callable[[AlertRecord], dict[str, JsonValue] | PlainRecord]] = {
+    "ocsf": to_ocsf, "ecs": to_ecs, "jsonl": to_plain,
+}
+
+
+def render(records: Iterable[AlertRecord], fmt: str) -> Iterable[str]:
     """Lines of text (with their newline) of ``records`` in ``fmt``."""
     if fmt == "csv":
         yield from _csv_lines(records)
         return
-    convert = {"ocsf": to_ocsf, "ecs": to_ecs, "jsonl": to_plain}[fmt]
+    convert = JSON_FORMATS[fmt]
     for record in records:
         yield json.dumps(convert(record), ensure_ascii=False, sort_keys=True) + "\n"
 
@@ -132,7 +163,7 @@ def render(records: Iterable[Mapping[str, Any]], fmt: str) -> Iterable[str]:
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _csv_cell(value: Any) -> Any:
+def _csv_cell(value: object) -> object:
     """A text cell a spreadsheet would run as a formula is quoted (user ids and event ids
     come from logs an attacker can write)."""
     if isinstance(value, str) and value.startswith(FORMULA_STARTS):
@@ -140,7 +171,7 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
-def _csv_lines(records: Iterable[Mapping[str, Any]]) -> Iterable[str]:
+def _csv_lines(records: Iterable[AlertRecord]) -> Iterable[str]:
     buffer = stdio.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(RECORD_SCHEMA), lineterminator="\n")
     writer.writeheader()
@@ -148,8 +179,9 @@ def _csv_lines(records: Iterable[Mapping[str, Any]]) -> Iterable[str]:
     buffer.seek(0)
     buffer.truncate()
     for record in records:
-        row = to_plain(record)
-        row["reasons"], row["reason_kinds"] = " | ".join(row["reasons"]), " | ".join(row["reason_kinds"])
+        row: dict[str, object] = {**to_plain(record)}
+        row["reasons"] = " | ".join(_texts(record["reasons"]))
+        row["reason_kinds"] = " | ".join(_texts(record["reason_kinds"]))
         writer.writerow({k: _csv_cell(v) for k, v in row.items()})
         yield buffer.getvalue()
         buffer.seek(0)
@@ -168,7 +200,7 @@ class DayExport:
 
 def day_export(output_dir: Path, day: date, what: str, risk_min_level: str, fmt: str) -> DayExport:
     """The ``what`` records of ``day`` in ``fmt``, rendered lazily so standard output streams."""
-    records = day_records(output_dir, day, what, risk_min_level).to_dicts()
+    records = alert_records(day_records(output_dir, day, what, risk_min_level))
     return DayExport(len(records), render(records, fmt))
 
 

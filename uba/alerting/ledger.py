@@ -26,9 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 from uba.errors import UserError
+
+SqlValue = str | int | float | bytes | None  # what sqlite3 binds to a "?"
 
 LEDGER_DIR = "alerting"
 LEDGER_NAME = "ledger.sqlite3"
@@ -244,7 +245,8 @@ class Ledger:
     def rows(self, status: str | None = None, sink: str | None = None, day: date | None = None,
              limit: int | None = None) -> list[OutboxRow]:
         """Rows in delivery order, filtered (for ``alerts list`` and tests)."""
-        where, args = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        args: list[SqlValue] = []
         for column, value in (("status", status), ("sink", sink), ("day", day.isoformat() if day else None)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -258,7 +260,7 @@ class Ledger:
     def counts(self, day: date | None = None) -> dict[str, dict[str, int]]:
         """``{sink: {pending, delivered, failed}}`` over the whole ledger or one day."""
         query = "SELECT sink, status, COUNT(*) FROM outbox"
-        args: list[Any] = []
+        args: list[SqlValue] = []
         if day is not None:
             query += " WHERE day = ?"
             args.append(day.isoformat())
@@ -279,10 +281,10 @@ class _Tx:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+    def execute(self, sql: str, args: Sequence[SqlValue] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, args)
 
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
+    def executemany(self, sql: str, rows: Iterable[Sequence[SqlValue]]) -> sqlite3.Cursor:
         return self._db.executemany(sql, rows)
 
     def executescript_safe(self, script: str) -> None:

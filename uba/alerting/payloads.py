@@ -17,11 +17,11 @@ import hashlib
 import json
 import re
 import socket
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from uba import __version__
-from uba.alerting.formats import ANALYTICS, _iso, _ms, to_ecs, to_ocsf, to_plain
+from uba.alerting.formats import ANALYTICS, JSON_FORMATS, _iso, _ms, to_plain
+from uba.alerting.records import AlertRecord
 from uba.settings import SyslogSink, WebhookSink
 
 # --- webhook ---------------------------------------------------------------------------
@@ -30,7 +30,7 @@ SLACK_ICON = {"low": ":large_blue_circle:", "medium": ":large_yellow_circle:", "
               "critical": ":red_circle:"}
 
 
-def slack_line(record: Mapping[str, Any]) -> str:
+def slack_line(record: AlertRecord) -> str:
     """One alert as a line of a Slack message (mrkdwn), with its id so people can find it."""
     reasons = list(record["reasons"] or [])
     title = f"{ANALYTICS[record['alert_type']][3]}: {record['user_id']}"
@@ -45,12 +45,11 @@ def _slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def webhook_payload(record: Mapping[str, Any], fmt: str) -> str:
+def webhook_payload(record: AlertRecord, fmt: str) -> str:
     """The stored payload of one alert for a webhook in ``fmt``."""
     if fmt == "slack":
         return slack_line(record)
-    convert = {"ocsf": to_ocsf, "ecs": to_ecs, "jsonl": to_plain}[fmt]
-    return json.dumps(convert(record), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return json.dumps(JSON_FORMATS[fmt](record), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
 def delivery_id(sink: str, alert_ids: Sequence[str]) -> str:
@@ -101,27 +100,27 @@ def cef_value_escape(value: str) -> str:
             .replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r"))
 
 
-def to_cef(record: Mapping[str, Any]) -> str:
+def to_cef(record: AlertRecord) -> str:
     """One alert as a CEF:0 event. ``reasons`` are joined by `` | `` into ``msg``; the
     score and threshold are written with full precision (``repr``) so they parse back equal."""
     name, _, _, title = ANALYTICS[record["alert_type"]]
     header = ["CEF:0", "UBA", "UBA", __version__, record["alert_type"], f"{title}: {record['user_id']}",
               str(CEF_SEVERITY[record["severity"]])]
-    plain = to_plain(record)
+    plain: dict[str, object] = {**to_plain(record)}
     ext: list[tuple[str, str]] = [
         ("externalId", record["alert_id"]),
         ("rt", str(_ms(record["time"]))),
         ("suser", record["user_id"]),
         ("cat", record["alert_type"]),
         ("act", name),
-        ("msg", CEF_LIST_SEPARATOR.join(plain["reasons"])),
+        ("msg", CEF_LIST_SEPARATOR.join(record["reasons"] or [])),
     ]
     for key, label_key, label, field in CEF_CUSTOM:
         value = plain[field]
         if value is None:
             continue
         if isinstance(value, list):
-            value = CEF_LIST_SEPARATOR.join(value)
+            value = CEF_LIST_SEPARATOR.join(str(v) for v in value)
         elif isinstance(value, float):
             value = repr(value)
         ext += [(label_key, label), (key, str(value))]
@@ -146,7 +145,7 @@ def sd_param_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
-def syslog_message(record: Mapping[str, Any], sink: SyslogSink, hostname: str | None = None) -> str:
+def syslog_message(record: AlertRecord, sink: SyslogSink, hostname: str | None = None) -> str:
     """A full RFC 5424 message: ``<PRI>1 TIMESTAMP HOST APP - MSGID [uba@32473 ...] MSG``.
 
     TIMESTAMP is the alert's time (so a retry sends the same bytes), MSGID its type,
@@ -167,7 +166,7 @@ def octet_frame(message: str) -> bytes:
     return f"{len(data)} ".encode("ascii") + data
 
 
-def payload_for(record: Mapping[str, Any], sink: WebhookSink | SyslogSink) -> str:
+def payload_for(record: AlertRecord, sink: WebhookSink | SyslogSink) -> str:
     """The stored payload of ``record`` for ``sink`` (see the module doc)."""
     if isinstance(sink, WebhookSink):
         return webhook_payload(record, sink.format)

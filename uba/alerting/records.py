@@ -16,10 +16,11 @@ de-duplicates by id never sees one finding twice under two names.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, cast
 
 import polars as pl
 
@@ -48,6 +49,31 @@ RECORD_SCHEMA: dict[str, pl.DataType] = {
 SEVERITIES = ("low", "medium", "high", "critical")
 
 
+class AlertRecord(TypedDict):
+    """One row of ``RECORD_SCHEMA`` as Python values (``DataFrame.to_dicts``): what every
+    export format and sink payload is rendered from."""
+
+    alert_id: str
+    alert_type: str
+    user_id: str
+    time: datetime
+    event_date: date
+    event_id: str | None
+    score: float
+    threshold: float | None
+    severity: str
+    reasons: list[str] | None
+    reason_kinds: list[str] | None
+    model_version: str | None
+    run_id: str
+    run_ref: str
+
+
+def alert_records(frame: pl.DataFrame) -> list[AlertRecord]:
+    """The rows of a ``RECORD_SCHEMA`` frame as records (polars gives untyped dicts)."""
+    return cast(list[AlertRecord], frame.to_dicts())
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """What every record of a day says about the run that found it."""
@@ -65,7 +91,9 @@ def run_info(output_dir: Path, day: date) -> RunInfo:
                         f"{io.MANIFEST_NAME}); run `uba-batch score --date {day}` first")
     run_id = str(manifest.get("run_id") or "")
     ref = f"{io.RUNS}/event_date={day.isoformat()}/{io.MANIFEST_NAME}#run={run_id}"
-    return RunInfo(run_id=run_id, model_version=(manifest.get("model") or {}).get("version"), run_ref=ref)
+    model = manifest.get("model") or {}
+    version = model.get("version") if isinstance(model, Mapping) else None
+    return RunInfo(run_id=run_id, model_version=version if isinstance(version, str) else None, run_ref=ref)
 
 
 def _severity(margin: pl.Expr) -> pl.Expr:
@@ -129,7 +157,23 @@ def user_day_records(output_dir: Path, day: date, run: RunInfo) -> pl.DataFrame:
     return _with_run(frame, run).sort(["score", "user_id"], descending=[True, False])
 
 
-def _risk_reasons(row: dict[str, Any]) -> tuple[list[str], list[str]]:
+class _Contribution(TypedDict):
+    """The fields of one stored risk contribution (``uba.alerting.risk.CONTRIBUTION``) read here."""
+
+    type: str | None
+    points: float | None
+    reason_kinds: list[str] | None
+
+
+class _RiskRow(TypedDict):
+    """The fields of one risk-table row read here."""
+
+    risk_score: float
+    risk_level: str
+    contributions: list[_Contribution] | None
+
+
+def _risk_reasons(row: _RiskRow) -> tuple[list[str], list[str]]:
     """Parallel reasons and kinds of a risk record: the points each top reason kind
     brought today, biggest first, or the carried-over score when nothing new came."""
     by_kind: dict[str, list[float]] = {}
@@ -145,6 +189,13 @@ def _risk_reasons(row: dict[str, Any]) -> tuple[list[str], list[str]]:
     return reasons, [kind for kind, _ in ranked]
 
 
+def _risk_cuts(output_dir: Path, day: date) -> Mapping[str, float]:
+    """The day's risk level cuts from its manifest (none for runs before entity risk)."""
+    risk = (io.read_run_manifest(output_dir, day) or {}).get("risk") or {}
+    cuts = risk.get("cuts") if isinstance(risk, Mapping) else None
+    return cast(Mapping[str, float], cuts) if isinstance(cuts, Mapping) else {}
+
+
 def risk_records(output_dir: Path, day: date, run: RunInfo, min_level: str) -> pl.DataFrame:
     """One record per user whose entity risk on ``day`` is ``min_level`` or above; its
     threshold is the cut of the user's level (from the run's manifest)."""
@@ -156,8 +207,8 @@ def risk_records(output_dir: Path, day: date, run: RunInfo, min_level: str) -> p
                         "re-score the day to compute it")
     wanted = RISK_LEVELS[RISK_LEVELS.index(min_level):]
     risky = scan.filter(pl.col("risk_level").is_in(wanted)).collect()
-    cuts = ((io.read_run_manifest(output_dir, day) or {}).get("risk") or {}).get("cuts") or {}
-    explained = [_risk_reasons(row) for row in risky.to_dicts()]
+    cuts = _risk_cuts(output_dir, day)
+    explained = [_risk_reasons(row) for row in cast(list[_RiskRow], risky.to_dicts())]
     frame = risky.with_columns(
         pl.struct("user_id", "risk_level").map_elements(
             lambda r: alert_id("risk", r["user_id"], day.isoformat(), r["risk_level"]),
@@ -179,7 +230,7 @@ def risk_records(output_dir: Path, day: date, run: RunInfo, min_level: str) -> p
 def day_records(output_dir: Path, day: date, what: str, risk_min_level: str = "high") -> pl.DataFrame:
     """The ``what`` records of ``day``: ``alerts`` (events), ``user-days``, ``risk`` or ``all``."""
     run = run_info(output_dir, day)
-    readers: dict[str, Any] = {
+    readers: dict[str, Callable[[], pl.DataFrame]] = {
         "alerts": lambda: event_records(output_dir, day, run),
         "user-days": lambda: user_day_records(output_dir, day, run),
         "risk": lambda: risk_records(output_dir, day, run, risk_min_level),

@@ -31,17 +31,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, cast, overload
 
 import polars as pl
 
 from uba import io
 from uba.alerting.feedback import FeedbackSummary, record_feedback_csv
-from uba.alerting.records import alert_id
 from uba.directory import load_directory
 from uba.io import latest_feedback
 from uba.logs import get_logger
-from uba.settings import RISK_LEVELS, RiskSettings
+from uba.schema import JsonValue, alert_id
+from uba.settings import RISK_LEVELS, RiskSettings, Settings
 
 log = get_logger("risk")
 
@@ -70,6 +70,36 @@ PREVIOUS_SCHEMA: dict[str, pl.DataType] = {
     "user_id": pl.String(), "risk_score": pl.Float64(), "first_seen_high": pl.Date(),
 }
 HIGH_LEVELS = ("high", "critical")
+
+
+class RiskPrevious(TypedDict):
+    date: str
+    run_id: str | None
+
+
+class RiskCuts(TypedDict):
+    medium: float
+    high: float
+    critical: float
+
+
+class RiskSection(TypedDict):
+    """The manifest's ``risk`` section (:meth:`RiskRun.manifest_section`)."""
+
+    users: int
+    levels: dict[str, int]
+    previous: RiskPrevious | None
+    benign_verdicts: int
+    half_life_days: float
+    cuts: RiskCuts
+
+
+class StaleEntry(TypedDict):
+    """One ``risk_stale`` mark: an input of the day's entity risk changed after it was computed."""
+
+    changed_day: str
+    reason: str
+    marked_at: str
 
 
 # --- the pure part -----------------------------------------------------------------
@@ -167,7 +197,13 @@ def _today(contributions: pl.DataFrame, weights: pl.DataFrame, settings: RiskSet
             .agg(pl.col("points").sum().alias("day_points"), pl.col("weight").first(), structs))
 
 
-def decay(score: pl.Expr | float, days: pl.Expr | float, half_life_days: float) -> Any:
+@overload
+def decay(score: pl.Expr, days: pl.Expr | float, half_life_days: float) -> pl.Expr: ...
+@overload
+def decay(score: float, days: pl.Expr, half_life_days: float) -> pl.Expr: ...
+@overload
+def decay(score: float, days: float, half_life_days: float) -> float: ...
+def decay(score: pl.Expr | float, days: pl.Expr | float, half_life_days: float) -> pl.Expr | float:
     """``score`` after ``days`` calendar days of half-life ``half_life_days``."""
     return score * 0.5 ** (days / half_life_days)
 
@@ -309,11 +345,11 @@ def feedback_stamp(data_dir: Path) -> list[str]:
 # --- staleness ----------------------------------------------------------------------
 
 
-def stale_marker(manifest: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+def stale_marker(manifest: Mapping[str, object] | None) -> list[StaleEntry]:
     """The ``risk_stale`` entries of a day's manifest (empty when its risk is current)."""
     if not manifest:
         return []
-    return list(manifest.get(STALE_KEY) or [])
+    return list(cast("list[StaleEntry]", manifest.get(STALE_KEY) or []))
 
 
 def mark_stale(output_dir: Path, days: Iterable[date], reason: str, changed_day: date) -> list[date]:
@@ -331,8 +367,9 @@ def mark_stale(output_dir: Path, days: Iterable[date], reason: str, changed_day:
         manifest = io.read_json(target)
         if not isinstance(manifest, dict):
             continue
-        entry = {"changed_day": changed_day.isoformat(), "reason": reason, "marked_at": now}
-        manifest[STALE_KEY] = [*stale_marker(manifest), entry]
+        entry: dict[str, JsonValue] = {"changed_day": changed_day.isoformat(), "reason": reason, "marked_at": now}
+        marks = manifest.get(STALE_KEY) or []
+        manifest[STALE_KEY] = [*(marks if isinstance(marks, list) else []), entry]
         io.write_json_atomic(manifest, target, durable=True)
         marked.append(day)
     if marked:
@@ -363,7 +400,7 @@ def tables_differ(old: pl.DataFrame | None, new: pl.DataFrame) -> bool:
 def days_with_contribution(output_dir: Path, ids: Iterable[str]) -> list[date]:
     """Risk days whose contributions include any of ``ids`` (alert ids or event ids)."""
     wanted = list(set(ids))
-    found = []
+    found: list[date] = []
     if not wanted:
         return found
     for day in risk_days(output_dir):
@@ -409,7 +446,7 @@ class RiskRun:
     benign: int
 
     @classmethod
-    def compute(cls, settings: Any, day: date, flagged: pl.DataFrame, user_days: pl.DataFrame | None) -> RiskRun:
+    def compute(cls, settings: Settings, day: date, flagged: pl.DataFrame, user_days: pl.DataFrame | None) -> RiskRun:
         """Read yesterday's risk (or the latest earlier), feedback and the directory; compute D's table."""
         output_dir, data_dir = Path(settings.paths.output_dir), Path(settings.paths.data_dir)
         stamp = feedback_stamp(data_dir)
@@ -422,7 +459,7 @@ class RiskRun:
                    previous_run=_run_id(output_dir, previous_day), feedback=stamp,
                    old_table=read_risk(output_dir, day), benign=len(benign))
 
-    def manifest_section(self, settings: RiskSettings) -> dict[str, Any]:
+    def manifest_section(self, settings: RiskSettings) -> RiskSection:
         """The manifest's ``risk`` section: counts, what it was computed from, the cuts."""
         return {
             "users": self.table.height,
@@ -446,7 +483,7 @@ class RiskRun:
             reasons.append("feedback arrived while this run computed its risk")
         return reasons
 
-    def stale_entries(self, output_dir: Path, data_dir: Path) -> list[dict[str, Any]]:
+    def stale_entries(self, output_dir: Path, data_dir: Path) -> list[StaleEntry]:
         """``risk_stale`` entries for this run's own manifest (usually none)."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         changed = (self.previous_day or self.day).isoformat()
@@ -466,7 +503,8 @@ def _run_id(output_dir: Path, day: date | None) -> str | None:
     if day is None:
         return None
     manifest = io.read_run_manifest(Path(output_dir), day)
-    return None if manifest is None else manifest.get("run_id")
+    run_id = None if manifest is None else manifest.get("run_id")
+    return run_id if isinstance(run_id, str) else None
 
 
 # --- analyst verdicts that change past risk ---------------------------------------

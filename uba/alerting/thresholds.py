@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import polars as pl
@@ -145,7 +145,23 @@ def user_cut_array(user_ids: Sequence[str] | pl.Series, thresholds: pl.DataFrame
     return joined["user_threshold"].fill_null(float(global_threshold)).to_numpy()
 
 
-def concentration_from_counts(per_user: pl.DataFrame, alerts: str) -> dict[str, Any]:
+class AlertSpread(TypedDict):
+    """How alerts spread over users (``uba.monitoring.evaluation.alert_concentration``)."""
+
+    users: int
+    users_with_alerts: int
+    top_1pct_users: int
+    top_1pct_share_of_alerts: float
+    max_alerts_one_user: int
+
+
+class Concentration(AlertSpread):
+    """An :class:`AlertSpread` with its alert count, as a run's manifest and ``evaluate`` store it."""
+
+    alerts: int
+
+
+def concentration_from_counts(per_user: pl.DataFrame, alerts: str) -> Concentration:
     """``uba.monitoring.evaluation.alert_concentration`` from per-user alert counts (column ``alerts``),
     so a run can add up chunks without keeping one row per event."""
     counts = per_user.select(pl.col(alerts).fill_null(0)).to_series().sort(descending=True)
@@ -156,7 +172,7 @@ def concentration_from_counts(per_user: pl.DataFrame, alerts: str) -> dict[str, 
         "users_with_alerts": int((counts > 0).sum()),
         "top_1pct_users": top,
         "top_1pct_share_of_alerts": float(counts.head(top).sum() / total) if total else 0.0,
-        "max_alerts_one_user": int(counts.max() or 0) if per_user.height else 0,
+        "max_alerts_one_user": int(counts.to_numpy().max(initial=0)),
         "alerts": total,
     }
 

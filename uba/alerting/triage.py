@@ -19,13 +19,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, cast
 
 import polars as pl
 
 from uba import io
 from uba.alerting.feedback import LABELS, add_rule, known_reason_kinds, record_feedback
-from uba.alerting.records import RECORD_SCHEMA, day_records
+from uba.alerting.records import RECORD_SCHEMA, AlertRecord, alert_records, day_records
 from uba.errors import UserError
 
 TRIAGE = "triage"
@@ -48,6 +48,29 @@ TRIAGE_SCHEMA: dict[str, pl.DataType] = {
 }
 STATE_COLUMNS = ("status", "verdict", "note", "analyst", "updated_at")
 MAX_NOTE = 2000
+
+
+class TriageAction(TypedDict):
+    """One row of the triage table (``TRIAGE_SCHEMA``) as Python values."""
+
+    alert_id: str
+    action: str
+    status: str
+    verdict: str | None
+    note: str | None
+    analyst: str | None
+    alert_type: str
+    user_id: str
+    event_date: date
+    suppression_rule: str | None
+    recorded_at: datetime
+
+
+class AlertWithHistory(AlertRecord):
+    """``alerts show``: the alert's record, its current status and every triage action."""
+
+    status: str
+    history: list[TriageAction]
 
 
 class AlertNotFoundError(UserError):
@@ -127,26 +150,26 @@ def list_alerts(output_dir: Path, data_dir: Path, days: Sequence[date], statuses
 
 
 def find_alert(output_dir: Path, alert_id: str, days: Sequence[date] | None = None,
-               risk_min_level: str = "low") -> dict[str, Any]:
+               risk_min_level: str = "low") -> AlertRecord:
     """The record of ``alert_id``, searched in ``days`` (default: every scored day, newest
     first); ids are hashes, so the day cannot be read off the id."""
     alert_id = alert_id.strip()
     for day in days if days is not None else scored_days(output_dir):
         records = day_records(output_dir, day, "all", risk_min_level)
-        found = records.filter(pl.col("alert_id") == alert_id)
-        if found.height:
-            return found.row(0, named=True)
+        found = alert_records(records.filter(pl.col("alert_id") == alert_id))
+        if found:
+            return found[0]
     where = f"on {', '.join(d.isoformat() for d in days)}" if days else "on any scored day"
     raise AlertNotFoundError(f"alert_id {alert_id!r} not found {where} (see `uba-batch alerts list`)")
 
 
-def alert_history(data_dir: Path, alert_id: str) -> list[dict[str, Any]]:
+def alert_history(data_dir: Path, alert_id: str) -> list[TriageAction]:
     """Every action recorded for the alert, oldest first."""
-    return triage_log(data_dir).filter(pl.col("alert_id") == alert_id).to_dicts()
+    return cast(list[TriageAction], triage_log(data_dir).filter(pl.col("alert_id") == alert_id).to_dicts())
 
 
 def alert_with_history(output_dir: Path, data_dir: Path, alert_id: str,
-                       days: Sequence[date] | None = None) -> dict[str, Any]:
+                       days: Sequence[date] | None = None) -> AlertWithHistory:
     """The alert's record with its current status and every triage action (``alerts show``)."""
     record = find_alert(output_dir, alert_id, days)
     history = alert_history(data_dir, record["alert_id"])
@@ -159,7 +182,7 @@ def current_status(data_dir: Path, alert_id: str) -> str:
 
 
 def _check_action(action: str, status: str, verdict: str | None, suppress_similar: bool,
-                  alert: dict[str, Any]) -> None:
+                  alert: AlertRecord) -> None:
     if action not in ACTIONS:
         raise UserError(f"action {action!r} is not one of {', '.join(ACTIONS)}")
     if action not in ALLOWED[status]:
@@ -195,7 +218,9 @@ def apply_action(output_dir: Path, data_dir: Path, alert_id: str, action: str, v
                             max_id_length=max(max_id_length, len(alert["alert_id"])))
         rule = None
         if suppress_similar:
-            rule = add_rule(data_dir, alert["user_id"], alert["reason_kinds"][0], known_reason_kinds(),
+            kinds = alert["reason_kinds"]
+            assert kinds, "_check_action lets only an alert with reason kinds suppress similar ones"
+            rule = add_rule(data_dir, alert["user_id"], kinds[0], known_reason_kinds(),
                             note=note or f"benign alert {alert['alert_id']}")
         new_status = ACTIONS[action]
         row = pl.DataFrame([{

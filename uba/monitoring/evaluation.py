@@ -8,11 +8,11 @@ unpersonalised model" is the claim this product makes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import numpy as np
 import polars as pl
@@ -21,7 +21,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from sklearn.preprocessing import StandardScaler
 
 from uba import io
-from uba.alerting.thresholds import bundle_user_cuts, user_cut_array
+from uba.alerting.thresholds import AlertSpread, Concentration, bundle_user_cuts, user_cut_array
 from uba.errors import UserError
 from uba.features.pipeline import (
     date_range,
@@ -31,8 +31,14 @@ from uba.features.pipeline import (
     window_features,
 )
 from uba.model.bundle import Bundle
-from uba.monitoring.charts import pyplot
-from uba.monitoring.user_evaluation import plot_user_pr, user_level_report
+from uba.monitoring.charts import file_backend
+from uba.monitoring.user_evaluation import (
+    UserLevelReport,
+    UserLevelSkipped,
+    plot_user_pr,
+    user_level_report,
+)
+from uba.schema import JsonValue
 from uba.settings import Settings
 
 
@@ -43,6 +49,69 @@ class Scored:
     name: str
     scores: np.ndarray
     threshold: float
+
+
+@dataclass(frozen=True)
+class Curves:
+    """What the figure draws and the JSON leaves out: the labels and both models' scores."""
+
+    labels: np.ndarray
+    ours: Scored
+    naive: Scored
+
+
+class KindRecall(TypedDict):
+    events: int
+    recall: float
+
+
+class ModelMetrics(TypedDict):
+    model: str
+    events: int
+    anomalies: int
+    roc_auc: float
+    pr_auc: float
+    threshold: float
+    flagged: int
+    alert_rate: float
+    precision_at_threshold: float
+    recall_at_threshold: float
+    recall_by_kind: dict[str, KindRecall]
+
+
+class ConcentrationComparison(TypedDict):
+    global_threshold: Concentration
+    per_user_thresholds: Concentration
+
+
+class PerUserComparison(TypedDict):
+    enabled_in_settings: bool
+    settings: dict[str, JsonValue]  # the user_thresholds settings as JSON
+    users_with_own_threshold: int
+    metrics: ModelMetrics
+    alert_concentration: ConcentrationComparison
+
+
+class EvaluationReport(TypedDict):
+    """evaluation.json."""
+
+    model_version: str
+    training_window: Mapping[str, object]  # the bundle's, as stored
+    evaluation_days: list[str]
+    configured_alert_rate: float
+    models: dict[str, ModelMetrics]
+    alert_concentration: AlertSpread
+    per_user_thresholds: PerUserComparison
+    pr_auc_ratio_vs_naive: float
+    user_level: NotRequired[UserLevelReport | UserLevelSkipped]  # added by run_evaluation
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The report of one evaluation and the arrays its figure is drawn from."""
+
+    report: EvaluationReport
+    curves: Curves
 
 
 def read_labels(data_dir: Path) -> pl.DataFrame:
@@ -85,12 +154,12 @@ def naive_global_model(train_events: pl.DataFrame, test_events: pl.DataFrame, se
     return Scored("naive_global_iforest", scores, threshold)
 
 
-def metrics(scored: Scored, labels: pl.DataFrame) -> dict[str, Any]:
+def metrics(scored: Scored, labels: pl.DataFrame) -> ModelMetrics:
     """Ranking quality (ROC-AUC, PR-AUC) and the operating point at the saved threshold."""
     y = labels["is_anomaly"].to_numpy().astype(bool)
     flagged = scored.scores >= scored.threshold
     true_pos = int((flagged & y).sum())
-    per_kind = {}
+    per_kind: dict[str, KindRecall] = {}
     kinds = labels["kind"].to_numpy()
     for kind in sorted({k for k in kinds if k is not None and k != "normal"}):
         mask = kinds == kind
@@ -110,7 +179,7 @@ def metrics(scored: Scored, labels: pl.DataFrame) -> dict[str, Any]:
     }
 
 
-def alert_concentration(user_ids: Sequence[str], flagged: np.ndarray) -> dict[str, Any]:
+def alert_concentration(user_ids: Sequence[str], flagged: np.ndarray) -> AlertSpread:
     """How concentrated alerts are on a few users: analysts drown when one noisy user dominates."""
     frame = pl.DataFrame({"user_id": list(user_ids), "flagged": flagged})
     per_user = frame.group_by("user_id").agg(pl.col("flagged").sum()).sort("flagged", descending=True)
@@ -123,24 +192,24 @@ def alert_concentration(user_ids: Sequence[str], flagged: np.ndarray) -> dict[st
         "users_with_alerts": int((per_user["flagged"] > 0).sum()),
         "top_1pct_users": top,
         "top_1pct_share_of_alerts": top_share,
-        "max_alerts_one_user": int(per_user["flagged"].max() or 0),
+        "max_alerts_one_user": int(per_user["flagged"].to_numpy().max(initial=0)),
     }
 
 
 def concentration_comparison(user_ids: Sequence[str], scores: np.ndarray, global_threshold: float,
-                             user_cuts: np.ndarray) -> dict[str, Any]:
+                             user_cuts: np.ndarray) -> ConcentrationComparison:
     """Alert concentration across users with the global cut and with per-user cuts, side by side."""
     scores = np.asarray(scores, dtype=np.float64)
     without = scores >= float(global_threshold)
     with_user = scores >= np.asarray(user_cuts, dtype=np.float64)
     return {
-        "global_threshold": alert_concentration(list(user_ids), without) | {"alerts": int(without.sum())},
-        "per_user_thresholds": alert_concentration(list(user_ids), with_user) | {"alerts": int(with_user.sum())},
+        "global_threshold": {**alert_concentration(list(user_ids), without), "alerts": int(without.sum())},
+        "per_user_thresholds": {**alert_concentration(list(user_ids), with_user), "alerts": int(with_user.sum())},
     }
 
 
 def per_user_comparison(settings: Settings, bundle: Bundle, user_ids: Sequence[str], scores: np.ndarray,
-                        labels: pl.DataFrame) -> dict[str, Any]:
+                        labels: pl.DataFrame) -> PerUserComparison:
     """`evaluate`'s metrics for the same events with per-user thresholds, and the alert
     concentration both ways, so the effect of the option can be judged before enabling it.
 
@@ -171,7 +240,7 @@ def evaluation_frame(settings: Settings, bundle: Bundle, days: Sequence[date]) -
     return joined.sort("event_id")
 
 
-def evaluate(settings: Settings, bundle: Bundle, days: Sequence[date]) -> dict[str, Any]:
+def evaluate(settings: Settings, bundle: Bundle, days: Sequence[date]) -> Evaluation:
     """Report for the bundle and the naive model on ``days``, which must lie outside training."""
     trained = set(training_days(bundle))
     overlap = sorted(trained & set(days))
@@ -185,36 +254,37 @@ def evaluate(settings: Settings, bundle: Bundle, days: Sequence[date]) -> dict[s
                               if io.partition_files(settings.paths.data_dir, io.EVENTS, d)]).collect()
     naive = naive_global_model(train_events, frame, settings)
     labels = frame.select("event_id", "is_anomaly", "kind")
-    report = {
+    models = {s.name: metrics(s, labels) for s in (ours, naive)}
+    report: EvaluationReport = {
         "model_version": bundle.version,
         "training_window": bundle.metadata["training_window"],
         "evaluation_days": [d.isoformat() for d in days],
         "configured_alert_rate": round(1 - settings.threshold.percentile / 100, 6),
-        "models": {s.name: metrics(s, labels) for s in (ours, naive)},
+        "models": models,
         "alert_concentration": alert_concentration(frame["user_id"].to_list(), ours.scores >= ours.threshold),
+        # the same days with per-user thresholds, side by side
+        "per_user_thresholds": per_user_comparison(settings, bundle, frame["user_id"].to_list(), ours.scores,
+                                                   labels),
+        "pr_auc_ratio_vs_naive": models[ours.name]["pr_auc"] / max(models[naive.name]["pr_auc"], 1e-12),
     }
-    # the same days with per-user thresholds, side by side
-    report["per_user_thresholds"] = per_user_comparison(settings, bundle, frame["user_id"].to_list(),
-                                                        ours.scores, labels)
-    ours_m, naive_m = report["models"][ours.name], report["models"][naive.name]
-    report["pr_auc_ratio_vs_naive"] = ours_m["pr_auc"] / max(naive_m["pr_auc"], 1e-12)
-    report["_curves"] = {"labels": labels["is_anomaly"].to_numpy(), "ours": ours, "naive": naive}
-    return report
+    return Evaluation(report, Curves(labels["is_anomaly"].to_numpy(), ours, naive))
 
 
-def plot_report(report: dict[str, Any], path: Path) -> Path:
+def plot_report(evaluation: Evaluation, path: Path) -> Path:
     """PR curves of both models and our score histogram with the threshold, in one PNG."""
-    plt = pyplot()
-    curves = report["_curves"]
-    y = curves["labels"]
+    file_backend()
+    import matplotlib.pyplot as plt
+
+    report, curves = evaluation.report, evaluation.curves
+    y = curves.labels
     fig, (ax_pr, ax_hist) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for scored in (curves["ours"], curves["naive"]):
+    for scored in (curves.ours, curves.naive):
         precision, recall, _ = precision_recall_curve(y, scored.scores)
         auc = report["models"][scored.name]["pr_auc"]
         ax_pr.plot(recall, precision, label=f"{scored.name} (PR-AUC {auc:.3f})")
     ax_pr.set(xlabel="recall", ylabel="precision", title="Precision-recall, out of sample", ylim=(0, 1.02))
     ax_pr.legend(loc="lower left", fontsize=8)
-    ours = curves["ours"]
+    ours = curves.ours
     bins = np.linspace(float(ours.scores.min()), float(ours.scores.max()), 60)
     ax_hist.hist(ours.scores[~y], bins=bins, alpha=0.6, label="normal", log=True)
     ax_hist.hist(ours.scores[y], bins=bins, alpha=0.6, label="labelled anomaly", log=True)
@@ -226,11 +296,6 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
-
-
-def public_report(report: dict[str, Any]) -> dict[str, Any]:
-    """The report without the in-memory arrays, ready for JSON."""
-    return {k: v for k, v in report.items() if not k.startswith("_")}
 
 
 def evaluation_days(data_dir: Path, training_end: date, start: date | None, end: date | None) -> list[date]:
@@ -248,7 +313,7 @@ def evaluation_days(data_dir: Path, training_end: date, start: date | None, end:
 class EvaluationRun:
     """A written evaluation: the full report (event and user level) and where it went."""
 
-    report: dict[str, Any]
+    report: EvaluationReport
     json_path: Path
     png_path: Path
 
@@ -265,14 +330,16 @@ def run_evaluation(settings: Settings, start: date | None, end: date | None, mod
     days = evaluation_days(Path(settings.paths.data_dir), training_end, start, end)
     if not days:
         raise UserError(f"no events after the training window (ends {training_end}) to evaluate on")
-    report = evaluate(settings, bundle, days)
-    report["user_level"] = user_level_report(Path(settings.paths.output_dir), Path(settings.paths.data_dir), days)
+    evaluation = evaluate(settings, bundle, days)
+    report = evaluation.report
+    user_level = user_level_report(Path(settings.paths.output_dir), Path(settings.paths.data_dir), days)
+    report["user_level"] = user_level
     target = out_dir if out_dir is not None else Path(settings.paths.output_dir) / "evaluation"
     try:
-        io.write_json_atomic(public_report(report), target / "evaluation.json")
-        plot_report(report, target / "evaluation.png")
-        if "skipped" not in report["user_level"]:
-            plot_user_pr(report["user_level"], target / "evaluation_users.png")
+        io.write_json_atomic(report, target / "evaluation.json")
+        plot_report(evaluation, target / "evaluation.png")
+        if "skipped" not in user_level:
+            plot_user_pr(user_level, target / "evaluation_users.png")
     except OSError as exc:  # a mistyped --out (under a file, no permission): one line, no traceback
         raise UserError(f"cannot write the report to {target}: {exc.strerror or exc}") from exc
     return EvaluationRun(report, target / "evaluation.json", target / "evaluation.png")

@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import polars as pl
@@ -32,13 +32,69 @@ import polars as pl
 from uba import io
 from uba.alerting.risk import HIGH_LEVELS, read_risk
 from uba.generate.store import campaigns_path
-from uba.monitoring.charts import pyplot
+from uba.monitoring.charts import file_backend
 
 RISK_TABLE = io.RISK
 SCORES_TABLE = "scores"
 RANKING_SCHEMA: dict[str, pl.DataType] = {
     "user_id": pl.String(), "event_date": pl.Date(), "value": pl.Float64(), "high": pl.Boolean(),
 }
+
+
+class DayPrecision(TypedDict):
+    day: str
+    k: int
+    hits: int
+    precision: float
+    recall: float
+
+
+class PrecisionAtK(TypedDict):
+    days: list[DayPrecision]
+    mean_precision_at_k: float | None
+    mean_recall_at_k: float | None
+    days_with_campaigns: int
+
+
+class CampaignReach(TypedDict):
+    user_id: str
+    kind: str
+    start: str
+    days: int | None  # None: never reached within the campaign
+
+
+class TimeToHigh(TypedDict):
+    campaigns: list[CampaignReach]
+    reached: int
+    total: int
+    median_days: float | None
+
+
+class PrCurve(TypedDict):
+    precision: list[float]
+    recall: list[float]
+    average_precision: float | None
+    positives: int
+
+
+class RankingQuality(TypedDict):
+    precision_at_k: PrecisionAtK
+    time_to_high: TimeToHigh
+    pr_curve: PrCurve
+
+
+class UserLevelReport(TypedDict):
+    """``user_level`` of evaluation.json: both rankings side by side."""
+
+    campaigns: int
+    rankings: dict[str, RankingQuality]
+    precision_at_k_gain: float | None
+
+
+class UserLevelSkipped(TypedDict):
+    """``user_level`` of evaluation.json when there is nothing to rank: why."""
+
+    skipped: str
 
 
 def read_campaigns(data_dir: Path) -> pl.DataFrame | None:
@@ -87,9 +143,9 @@ def active_users(campaigns: pl.DataFrame, day: date) -> set[str]:
     return set(live["user_id"].to_list())
 
 
-def precision_at_k(ranking: pl.DataFrame, campaigns: pl.DataFrame, days: Sequence[date]) -> dict[str, Any]:
+def precision_at_k(ranking: pl.DataFrame, campaigns: pl.DataFrame, days: Sequence[date]) -> PrecisionAtK:
     """Per day with an active campaign: k, hits in the top k, precision@k and recall@k."""
-    per_day = []
+    per_day: list[DayPrecision] = []
     for day in days:
         positives = active_users(campaigns, day)
         if not positives:
@@ -104,23 +160,23 @@ def precision_at_k(ranking: pl.DataFrame, campaigns: pl.DataFrame, days: Sequenc
             "days_with_campaigns": len(per_day)}
 
 
-def time_to_high(ranking: pl.DataFrame, campaigns: pl.DataFrame) -> dict[str, Any]:
+def time_to_high(ranking: pl.DataFrame, campaigns: pl.DataFrame) -> TimeToHigh:
     """Days from each campaign's start to its user's first ``high`` day within the campaign."""
-    rows = []
+    rows: list[CampaignReach] = []
     for c in campaigns.sort("start", "user_id").iter_rows(named=True):
         high_days = ranking.filter((pl.col("user_id") == c["user_id"]) & pl.col("high")
                                    & pl.col("event_date").is_between(c["start"], c["end"]))["event_date"]
         first = high_days.min() if high_days.len() else None
         rows.append({"user_id": c["user_id"], "kind": c["kind"], "start": c["start"].isoformat(),
-                     "days": None if first is None else (first - c["start"]).days})  # type: ignore[operator]
-    reached = [r["days"] for r in rows if r["days"] is not None]
+                     "days": None if first is None else (first - c["start"]).days})
+    reached = [float(r["days"]) for r in rows if r["days"] is not None]
     values = sorted(reached + [math.inf] * (len(rows) - len(reached)))
     median = float(np.median(values)) if values else None
     return {"campaigns": rows, "reached": len(reached), "total": len(rows),
             "median_days": None if median is None or math.isinf(median) else median}
 
 
-def pr_curve(ranking: pl.DataFrame, campaigns: pl.DataFrame, days: Sequence[date]) -> dict[str, Any]:
+def pr_curve(ranking: pl.DataFrame, campaigns: pl.DataFrame, days: Sequence[date]) -> PrCurve:
     """Pooled user-day precision-recall over the days with a campaign (average precision too).
 
     Every (user, day) of the ranking on those days is a candidate; a campaign user with
@@ -141,7 +197,7 @@ def pr_curve(ranking: pl.DataFrame, campaigns: pl.DataFrame, days: Sequence[date
             "average_precision": ap, "positives": len(positives)}
 
 
-def user_level_report(output_dir: Path, data_dir: Path, days: Sequence[date]) -> dict[str, Any]:
+def user_level_report(output_dir: Path, data_dir: Path, days: Sequence[date]) -> UserLevelReport | UserLevelSkipped:
     """Both rankings side by side, or why there is no user-level evaluation."""
     campaigns = read_campaigns(data_dir)
     if campaigns is None:
@@ -151,20 +207,22 @@ def user_level_report(output_dir: Path, data_dir: Path, days: Sequence[date]) ->
         return {"skipped": f"no risk/ table for {len(missing)} of {len(days)} days (first {missing[0]}): "
                            f"score them first (uba-batch backfill --start {days[0]} --end {days[-1]})"}
     rankings = {"risk_score": risk_ranking(output_dir, days), "max_event_score": max_score_ranking(output_dir, days)}
-    out: dict[str, Any] = {"campaigns": campaigns.height, "rankings": {}}
-    for name, ranking in rankings.items():
-        out["rankings"][name] = {"precision_at_k": precision_at_k(ranking, campaigns, days),
-                                 "time_to_high": time_to_high(ranking, campaigns),
-                                 "pr_curve": pr_curve(ranking, campaigns, days)}
-    risk_p = out["rankings"]["risk_score"]["precision_at_k"]["mean_precision_at_k"]
-    score_p = out["rankings"]["max_event_score"]["precision_at_k"]["mean_precision_at_k"]
-    out["precision_at_k_gain"] = None if risk_p is None or score_p is None else risk_p - score_p
-    return out
+    quality: dict[str, RankingQuality] = {
+        name: {"precision_at_k": precision_at_k(ranking, campaigns, days),
+               "time_to_high": time_to_high(ranking, campaigns),
+               "pr_curve": pr_curve(ranking, campaigns, days)}
+        for name, ranking in rankings.items()}
+    risk_p = quality["risk_score"]["precision_at_k"]["mean_precision_at_k"]
+    score_p = quality["max_event_score"]["precision_at_k"]["mean_precision_at_k"]
+    return {"campaigns": campaigns.height, "rankings": quality,
+            "precision_at_k_gain": None if risk_p is None or score_p is None else risk_p - score_p}
 
 
-def plot_user_pr(report: dict[str, Any], path: Path) -> Path:
+def plot_user_pr(report: UserLevelReport, path: Path) -> Path:
     """The user-level precision-recall curves of both rankings, in one figure."""
-    plt = pyplot()
+    file_backend()
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     for name, ranking in report["rankings"].items():
         curve = ranking["pr_curve"]
