@@ -33,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # here is integration, so a new file never slows the fast tier by accident.
 TIERS = ("unit", "integration", "deploy")
 UNIT_MODULES = frozenset({
-    "test_alert_delivery_units", "test_api_metrics_labels", "test_artifacts", "test_drift", "test_evaluate_users",
+    "test_alert_delivery_units", "test_architecture_rules", "test_api_metrics_labels", "test_artifacts", "test_drift", "test_evaluate_users",
     "test_features", "test_features_compiled", "test_forest_kernel", "test_generate", "test_ingest",
     "test_io_integrity", "test_model", "test_plan", "test_reasons", "test_reasons_oracle", "test_risk",
     "test_settings", "test_thresholds", "test_userday", "test_validate",

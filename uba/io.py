@@ -1119,6 +1119,41 @@ def make_staging_dir(parent: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=parent))
 
 
+def ensure_dir(path: Path | str) -> Path:
+    """A folder that may already exist (the model directory, before minutes of training)."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def new_dir(path: Path | str, parents: bool = False) -> Path:
+    """A folder that must not exist yet (a run's staging folder and its datasets): finding
+    one means two runs share a name, which must fail rather than mix their parts."""
+    folder = Path(path)
+    folder.mkdir(parents=parents)
+    return folder
+
+
+def read_piece(path: Path | str, columns: list[str], offset: int, rows: int) -> pl.DataFrame:
+    """Rows ``[offset, offset + rows)`` of one part file, only ``columns``: a shard's slice
+    of the day, read without touching the rest of the file."""
+    return pl.scan_parquet(path).select(columns).slice(offset, rows).collect()
+
+
+def read_parts(paths: Iterable[Path | str], among: Iterable[str] | None = None) -> pl.DataFrame | None:
+    """Part files of one dataset as one frame, None when there are none. ``among`` keeps
+    only those of these columns that the parts have (older parts may lack new ones)."""
+    files = [Path(p) for p in paths]
+    if not files:
+        return None
+    if among is None:
+        frames = [pl.read_parquet(f) for f in files]
+        return pl.concat(frames, how="vertical", rechunk=True) if len(frames) > 1 else frames[0]
+    scan = pl.scan_parquet(files)
+    wanted = set(among)
+    return scan.select([c for c in scan.collect_schema().names() if c in wanted]).collect()
+
+
 def discard_dir(path: Path) -> None:
     """Remove a staging or leftover directory; a missing one is already gone."""
     shutil.rmtree(path, ignore_errors=True)

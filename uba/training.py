@@ -95,7 +95,7 @@ def train_model(
     if exclude_malicious:
         malicious_ids = (malicious_ids or set()) | confirmed_malicious_ids(data_dir)
     try:  # a mistyped --model-dir fails before minutes of training, as one line
-        Path(model_dir).mkdir(parents=True, exist_ok=True)
+        io.ensure_dir(model_dir)
     except OSError as exc:
         raise UserError(f"cannot create the model directory {model_dir}: {exc.strerror or exc}") from exc
     window = window_days or settings.train.window_days

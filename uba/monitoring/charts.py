@@ -13,12 +13,12 @@ if TYPE_CHECKING:  # matplotlib costs about a second to import; it is imported w
 STATUS_COLOURS = {"ok": "#2e7d32", "warn": "#b26a00", "drift": "#c62828", "n/a": "#666666"}
 
 
-def png_bytes(fig: Figure) -> bytes:
+def png_bytes(fig: Figure, dpi: int = 80) -> bytes:
     """The figure as PNG bytes without a timestamp, so the same data gives the same file."""
     import matplotlib.pyplot as plt
 
     buffer = stdio.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80, metadata={"Software": None})
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
     plt.close(fig)
     return buffer.getvalue()
 

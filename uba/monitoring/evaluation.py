@@ -31,7 +31,7 @@ from uba.features.pipeline import (
     window_features,
 )
 from uba.model.bundle import Bundle
-from uba.monitoring.charts import file_backend
+from uba.monitoring.charts import file_backend, png_bytes
 from uba.monitoring.user_evaluation import (
     UserLevelReport,
     UserLevelSkipped,
@@ -117,9 +117,10 @@ class Evaluation:
 def read_labels(data_dir: Path) -> pl.DataFrame:
     """Event labels written by `generate`; real logs have none, so evaluation needs generated data."""
     path = Path(data_dir) / io.LABELS / "labels.parquet"
-    if not path.is_file():
+    labels = io.read_parquet_if_exists(path)
+    if labels is None:
         raise UserError(f"no labels at {path}: evaluate needs data made by `uba-batch generate`")
-    return pl.read_parquet(path, columns=["event_id", "is_anomaly", "kind"])
+    return labels.select("event_id", "is_anomaly", "kind")
 
 
 def raw_matrix(events: pl.DataFrame, settings: Settings) -> np.ndarray:
@@ -292,10 +293,7 @@ def plot_report(evaluation: Evaluation, path: Path) -> Path:
     ax_hist.set(xlabel="anomaly score", ylabel="events (log)", title="Score distribution")
     ax_hist.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return io.write_bytes_atomic(png_bytes(fig, dpi=90), path)
 
 
 def evaluation_days(data_dir: Path, training_end: date, start: date | None, end: date | None) -> list[date]:

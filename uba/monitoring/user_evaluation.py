@@ -32,7 +32,7 @@ import polars as pl
 from uba import io
 from uba.alerting.risk import HIGH_LEVELS, read_risk
 from uba.generate.store import campaigns_path
-from uba.monitoring.charts import file_backend
+from uba.monitoring.charts import file_backend, png_bytes
 
 RISK_TABLE = io.RISK
 SCORES_TABLE = "scores"
@@ -236,7 +236,4 @@ def plot_user_pr(report: UserLevelReport, path: Path) -> Path:
     ax.set_title("Users ranked per day: entity risk vs max event score")
     ax.legend(loc="best", fontsize=8)  # low curves run along the bottom: a fixed corner hid them
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return io.write_bytes_atomic(png_bytes(fig, dpi=110), path)

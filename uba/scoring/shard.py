@@ -198,8 +198,7 @@ def read_pieces(pieces: tuple[Piece, ...]) -> pl.DataFrame:
     columns = list(EVENT_SCHEMA)
     for path in dict.fromkeys(piece.path for piece in pieces):
         io.verify_part(Path(path), "restore it from a backup or re-ingest its source")
-    frames = [pl.scan_parquet(piece.path).select(columns).slice(piece.offset, piece.rows).collect()
-              for piece in pieces]
+    frames = [io.read_piece(piece.path, columns, piece.offset, piece.rows) for piece in pieces]
     if not frames:
         return pl.DataFrame(schema=EVENT_SCHEMA)
     return pl.concat(frames, how="vertical", rechunk=True) if len(frames) > 1 else frames[0]
@@ -247,8 +246,7 @@ def _run_fault_hooks(fault: FaultInjection | None, label: str) -> None:
         return
     if fault.pid_dir:
         folder = Path(fault.pid_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{label}.{os.getpid()}.pid").write_text(str(os.getpid()))
+        io.write_bytes_atomic(str(os.getpid()).encode(), folder / f"{label}.{os.getpid()}.pid")
     if fault.shard_delay_sec:
         time.sleep(fault.shard_delay_sec)
 
@@ -295,7 +293,8 @@ def merge_flagged(parts: list[str], out: str) -> PartRecord:
     Runs where the shards' parts are (a Ray task, or the driver in-process), reading only
     flagged rows, a few percent of the day.
     """
-    frames = [pl.read_parquet(p) for p in parts]
-    merged = pl.concat(frames, how="vertical", rechunk=True) if len(frames) > 1 else frames[0]
+    merged = io.read_parts(parts)
+    if merged is None:
+        raise ValueError("merge_flagged was given no parts: the driver merges only when a shard flagged rows")
     ordered = merged.sort(outputs.FLAGGED_SORT_KEY, descending=[True, False])
     return _write(ordered, Path(out))
