@@ -10,7 +10,7 @@ import errno
 import importlib
 import pkgutil
 import sys
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -38,7 +38,7 @@ class _Group(click.Group):
         module = importlib.import_module(f"jobs.commands.{module_name}")
         return getattr(module, "command", None)
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: click.Context) -> Any:  # Any: click.Group.invoke's own return type
         try:
             return super().invoke(ctx)
         except UserError as exc:
@@ -67,7 +67,7 @@ class _Group(click.Group):
               default="INFO", show_default=True)
 @click.version_option(package_name="uba")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None, log_format: str, log_level: str) -> None:
+def cli(ctx: click.Context, config: str | None, log_format: Literal["text", "json"], log_level: str) -> None:
     """User behaviour anomaly detection batch jobs.
 
     \b

@@ -10,10 +10,10 @@ import click
 
 from uba.settings import Settings, load_settings
 
-F = TypeVar("F", bound=Callable[..., Any])
+F = TypeVar("F", bound=Callable[..., object])
 
 
-def _flag(*decls: str, **kwargs: Any) -> Callable[[F], F]:
+def _flag(*decls: str, **kwargs: Any) -> Callable[[F], F]:  # click.option's own keywords are Any
     return click.option(*decls, **kwargs)
 
 
@@ -25,12 +25,12 @@ output_dir_option = _flag("--output-dir", type=click.Path(file_okay=False), defa
                           help="Output directory (scores/, flagged/, runs/). Env: UBA_OUTPUT_DIR.")
 
 
-class DateType(click.ParamType):
+class DateType(click.ParamType):  # type: ignore[type-arg]  # click < 8.5 (the pin allows 8.1) is not subscriptable
     """A calendar date as YYYY-MM-DD; anything else is a one-line usage error."""
 
     name = "YYYY-MM-DD"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> date:
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> date:
         if isinstance(value, date):
             return value
         try:
@@ -42,9 +42,9 @@ class DateType(click.ParamType):
 DATE = DateType()
 
 
-def settings_from(ctx: click.Context, **paths: Any) -> Settings:
+def settings_from(ctx: click.Context, **paths: str | None) -> Settings:
     """Settings for a command: the group's --config, env, then this command's path flags."""
-    overrides: dict[str, dict[str, Any]] = {"paths": {k: v for k, v in paths.items() if v is not None}}
+    overrides: dict[str, dict[str, object]] = {"paths": {k: v for k, v in paths.items() if v is not None}}
     extra = ctx.find_root().obj or {}
     for section, values in extra.get("overrides", {}).items():
         overrides.setdefault(section, {}).update(values)

@@ -7,6 +7,10 @@ the day (``uba.io.commit_day_version``), so the manifest a reader sees always de
 the files it sees. A failed run never touches it: its record goes to
 ``runs/event_date=D/failed-<UTC timestamp>.json`` and the previous good output and
 manifest stay as they were.
+
+The record is typed here, section by section (``RunManifest``; ``FailureRecord``), as it
+is stored: the scoring driver writes it, ``read_manifest`` reads it back, and the JSON is
+exactly what the driver's dicts hold.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Final, Literal, NotRequired, TypedDict, cast
 
 from uba import io
 from uba.errors import UserError
@@ -22,8 +26,314 @@ from uba.locks import RunLockedError, date_lock
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
-SUCCEEDED = "succeeded"
-FAILED = "failed"
+RunStatus = Literal["running", "succeeded", "failed"]
+SUCCEEDED: Final = "succeeded"
+FAILED: Final = "failed"
+RUNNING: Final = "running"
+
+
+# --- the record: one TypedDict per section, as stored (keys older manifests may lack are
+# NotRequired; readers of those keys use ``.get``) ------------------------------------
+
+
+class RunIdentity(TypedDict):
+    """Which run this is; the part every record of a run has, a failed one included."""
+
+    format: int
+    event_date: str
+    run_id: str
+    started_at: str
+    host: str
+    pid: int
+    uba_version: str
+
+
+class BaselineProtection(TypedDict):
+    """How many user-days of the lookback the baselines left out (``uba.features.protection``)."""
+
+    enabled: bool
+    min_active_days: int
+    max_days: int
+    unlearned_user_days: int
+    unlearned_users: int
+
+
+class RunInputs(TypedDict):
+    events: str
+    baselines_as_of: str
+    baseline_users: int
+    lookback_days: int
+    aggregates_computed: list[str]
+    unverified_partitions: NotRequired[list[str]]
+    baseline_protection: NotRequired[BaselineProtection]
+
+
+class RunModel(TypedDict):
+    version: str
+    path: str
+    feature_set_version: str
+    features: list[str]
+    threshold: float
+    threshold_percentile: float
+
+
+class RunCounts(TypedDict):
+    input_rows: int
+    scored_rows: int
+    flagged_rows: int
+    quarantined_rows: int
+    known_user_rows: int
+    unknown_user_rows: int
+
+
+class RowConservation(TypedDict):
+    input_rows: int
+    scored_rows: int
+    quarantined_rows: int
+    received_rows: int
+    ok: bool
+
+
+class ShardRecord(TypedDict):
+    """One shard's line (``uba.scoring.shard.ShardResult.record``)."""
+
+    index: int
+    rows: int
+    flagged_rows: int
+    node_id: str
+    pid: int
+    fetched_inputs: bool
+    seconds: dict[str, float]
+
+
+class RunPlacement(TypedDict):
+    """Where the shards ran; the Ray keys come from ``RayRuntime.describe``."""
+
+    shards: int
+    max_retries: int
+    chunk_rows: int
+    mode: str
+    address: str | None
+    workers: int
+    reason: str
+    started_by_job: NotRequired[bool]
+    cluster_cpus: NotRequired[int]
+    nodes: NotRequired[int]
+
+
+class RunExecution(RunPlacement):
+    shard_records: NotRequired[list[ShardRecord]]
+    chunks: int
+
+
+class PartRecord(TypedDict):
+    """A written part: its rows and the sha256 of its bytes (``uba.scoring.shard``)."""
+
+    rows: int
+    sha256: str
+
+
+class DatasetFiles(TypedDict):
+    path: str
+    files: dict[str, PartRecord]
+
+
+class DatasetPath(TypedDict):
+    path: str
+
+
+class RunOutputs(TypedDict):
+    scores: DatasetFiles
+    flagged: DatasetFiles
+    risk: NotRequired[DatasetPath]
+    version: NotRequired[str]  # the run's version folder, relative to the output directory
+
+
+class AlertCheck(TypedDict):
+    """Alert volume against what the drift reference promises (``uba.monitoring.drift``)."""
+
+    alerts_at_global_threshold: int
+    alert_rate: float
+    expected_alert_rate: float
+    alerted_users: NotRequired[int]
+    expected_alerted_users: NotRequired[float]
+    alert_rate_ratio: float | None
+
+
+class DriftLimits(TypedDict):
+    psi_warn: float
+    psi_drift: float
+    min_drifted_features: int
+    alert_rate_band: list[float]
+
+
+class ChanceSample(TypedDict):
+    """The sample sizes the chance PSI was computed for."""
+
+    users: int
+    reference_user_days: int
+    confidence: float
+
+
+class DriftJudgement(TypedDict):
+    """What the verdict compared with its limits: the excess PSI keys are present only
+    when the day was judged by its excess over chance."""
+
+    judged_by: NotRequired[str]
+    limits: DriftLimits
+    feature_psi_excess: NotRequired[dict[str, float]]
+    max_feature_psi_excess: NotRequired[float]
+    score_psi_excess: NotRequired[float | None]
+    chance: NotRequired[ChanceSample]
+
+
+class DriftReport(AlertCheck, DriftJudgement):
+    """A day's drift check (``uba.monitoring.drift.drift_report_from_counts``)."""
+
+    status: str
+    retrain_advised: bool
+    why: list[str]
+    warnings: list[str]
+    rows: int
+    feature_psi: dict[str, float]
+    ignored_features: list[str]
+    unused_features: NotRequired[list[str]]
+    max_feature_psi: float
+    max_feature: str | None
+    score_psi: float | None
+
+
+class DriftSection(DriftReport):
+    reference: NotRequired[str]  # which training reference the day was compared with
+
+
+class Concentration(TypedDict):
+    """How alerts spread over users (``uba.alerting.thresholds.concentration_from_counts``)."""
+
+    users: int
+    users_with_alerts: int
+    top_1pct_users: int
+    top_1pct_share_of_alerts: float
+    max_alerts_one_user: int
+    alerts: int
+
+
+class AlertConcentration(TypedDict):
+    global_threshold: Concentration
+    per_user_thresholds: Concentration | None
+
+
+class AlertsSection(TypedDict):
+    per_user_thresholds: bool
+    flagged_rows: int
+    flagged_rows_global_threshold: int
+    suppressed_rows: int
+    alert_rows: int
+    active_suppression_rules: int
+    concentration: AlertConcentration
+
+
+class UserDaySection(TypedDict):
+    enabled: bool
+    users_scored: int
+    flagged_users: int
+
+
+class OperationSections(TypedDict):
+    """What the run's operations hooks add (``uba.scoring.hooks.RunOperations``)."""
+
+    drift: DriftSection
+    alerts: AlertsSection
+    user_day: UserDaySection
+
+
+class RiskPrevious(TypedDict):
+    date: str
+    run_id: str | None
+
+
+class RiskCuts(TypedDict):
+    medium: float
+    high: float
+    critical: float
+
+
+class RiskSection(TypedDict):
+    """Entity risk of the day (``uba.alerting.risk.RiskRun.manifest_section``)."""
+
+    users: int
+    levels: dict[str, int]
+    previous: RiskPrevious | None
+    benign_verdicts: int
+    half_life_days: float
+    cuts: RiskCuts
+
+
+class StaleEntry(TypedDict):
+    """One ``risk_stale`` mark: an input of the day's entity risk changed after it was computed."""
+
+    changed_day: str
+    reason: str
+    marked_at: str
+
+
+class SinkDelivery(TypedDict):
+    enqueued: int
+    day: dict[str, int]
+    delivered_now: int
+    dead_lettered_now: int
+    pending_total: int | None
+    failed_total: int | None
+    stopped: str | None
+
+
+class DeliverySection(TypedDict):
+    """Per sink, what the run enqueued and delivered; amended after publishing."""
+
+    sinks: dict[str, SinkDelivery]
+    updated_at: str
+
+
+class RunRecord(RunIdentity):
+    """The sections a run builds before it publishes (``status`` still ``running``); the
+    manifest is this plus what publishing adds."""
+
+    status: RunStatus
+    error: str | None
+    inputs: RunInputs
+    model: RunModel
+    counts: RunCounts
+    row_conservation: RowConservation
+    execution: RunExecution
+    outputs: RunOutputs
+    drift: NotRequired[DriftSection]
+    alerts: NotRequired[AlertsSection]
+    user_day: NotRequired[UserDaySection]
+    risk: NotRequired[RiskSection]
+    risk_stale: NotRequired[list[StaleEntry]]  # only while the day's entity risk is stale
+    delivery: NotRequired[DeliverySection]  # amended after publishing, when sinks are configured
+
+
+class RunManifest(RunRecord):
+    """``runs/event_date=D/manifest.json``: the published record of one scored date."""
+
+    finished_at: str
+    duration_sec: float
+    timings_sec: dict[str, float]
+
+
+class FailureRecord(RunIdentity):
+    """``failed-<ts>.json``: which run failed, where and why. A run that failed after
+    building its record also carries that record's sections (a ``RunRecord``), as far
+    as it got; nothing reads them back."""
+
+    status: RunStatus
+    error: str | None
+    failed_stage: str
+    finished_at: str
+    duration_sec: float
+    timings_sec: dict[str, float]
+    published: bool
 
 
 def failure_path(output_dir: Path, day: date, at: float | None = None) -> Path:
@@ -31,6 +341,17 @@ def failure_path(output_dir: Path, day: date, at: float | None = None) -> Path:
     at = time.time() if at is None else at
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(at)) + f"{int(at * 1e6) % 1_000_000:06d}Z"
     return io.partition_dir(Path(output_dir), io.RUNS, day) / f"failed-{stamp}.json"
+
+
+def read_manifest(output_dir: Path, day: date) -> RunManifest | None:
+    """The published manifest of ``day``, or None when that day was never scored.
+
+    The one typed reader: ``io.read_run_manifest`` checks the day's layout and reads the
+    JSON object (a UserError for a corrupt file or a foreign layout); the record is
+    taken as written by the driver, without a check of every key, so a manifest written
+    before a section existed still reads (its readers ``.get`` such sections).
+    """
+    return cast("RunManifest | None", io.read_run_manifest(Path(output_dir), day))
 
 
 def scored_with(output_dir: Path, day: date, model_version: str) -> bool:
@@ -42,7 +363,7 @@ def scored_with(output_dir: Path, day: date, model_version: str) -> bool:
     foreign layout with its reason.
     """
     try:
-        manifest = io.read_run_manifest(Path(output_dir), day)
+        manifest = read_manifest(output_dir, day)
     except UserError:
         return False
     return bool(manifest and manifest.get("status") == SUCCEEDED
@@ -50,7 +371,7 @@ def scored_with(output_dir: Path, day: date, model_version: str) -> bool:
                 and not manifest.get("risk_stale"))
 
 
-def row_conservation(input_rows: int, scored_rows: int, quarantined_rows: int) -> dict[str, Any]:
+def row_conservation(input_rows: int, scored_rows: int, quarantined_rows: int) -> RowConservation:
     """Every validated event of the day is scored exactly once; quarantined rows are the
     ones ingest rejected, so received = input + quarantined."""
     return {
@@ -67,9 +388,9 @@ def utc_iso(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}Z"
 
 
-def amend_published(output_dir: Path, day: date, run_id: str, key: str, value: Any) -> bool:
-    """Set ``key`` of the published manifest of ``day`` to ``value`` after the run (the
-    delivery counts known only once the day is published and its alerts sent).
+def amend_published(output_dir: Path, day: date, run_id: str, delivery: DeliverySection) -> bool:
+    """Set the ``delivery`` section of the published manifest of ``day`` after the run (the
+    delivery counts are known only once the day is published and its alerts sent).
 
     Written atomically into the run's own version folder, under the date's lock and only
     while that run is still the published one: a newer run of the day is never given an
@@ -85,8 +406,8 @@ def amend_published(output_dir: Path, day: date, run_id: str, key: str, value: A
             record = io.read_json(path)
             if not isinstance(record, dict) or record.get("run_id") != run_id:
                 return False
-            record[key] = value
-            io.write_json_atomic(record, path, durable=True)
+            # the stored record as it is (keys this version does not know included), plus the section
+            io.write_json_atomic({**record, "delivery": delivery}, path, durable=True)
             return True
     except RunLockedError:
         return False

@@ -76,7 +76,7 @@ def _run(walk: Iterator[BackfillOutcome], total: int) -> list[BackfillOutcome]:
     outcomes: list[BackfillOutcome] = []
     if sys.stderr.isatty():
         with click.progressbar(length=total, label="backfill", file=sys.stderr,
-                               item_show_func=lambda o: f"{o.day} {o.status}" if o else None) as bar:
+                               item_show_func=_progress_item) as bar:
             for outcome in walk:
                 outcomes.append(outcome)
                 bar.update(1, outcome)
@@ -89,6 +89,10 @@ def _run(walk: Iterator[BackfillOutcome], total: int) -> list[BackfillOutcome]:
         level = log.error if outcome.status == "failed" else log.info
         level("[%d/%d] %s", index, total, _report_line(outcome))
     return outcomes
+
+
+def _progress_item(outcome: BackfillOutcome | None) -> str | None:
+    return f"{outcome.day} {outcome.status}" if outcome else None
 
 
 def _summarise(outcomes: list[BackfillOutcome]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -44,7 +45,7 @@ def command(ctx: click.Context, start: date | None, end: date | None, model_vers
     click.echo(f"report: {run.json_path}, figure: {run.png_path}")
 
 
-def _print_summary(report: dict) -> None:
+def _print_summary(report: dict[str, Any]) -> None:
     for name, m in report["models"].items():
         click.echo(f"{name}: ROC-AUC {m['roc_auc']:.3f}  PR-AUC {m['pr_auc']:.3f}  "
                    f"precision {m['precision_at_threshold']:.3f}  recall {m['recall_at_threshold']:.3f}  "
@@ -64,7 +65,7 @@ def _print_summary(report: dict) -> None:
     _print_user_level(report["user_level"])
 
 
-def _print_user_level(user_level: dict) -> None:
+def _print_user_level(user_level: dict[str, Any]) -> None:
     if "skipped" in user_level:
         click.echo(f"user level: skipped, {user_level['skipped']}")
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -109,7 +110,8 @@ def command(ctx: click.Context, out: str | None, users: int, days: int, start: d
     result = write_generated(options, Path(settings.paths.data_dir), settings, with_directory=with_directory)
     for line in result.summary_lines():
         click.echo(line)
-    for path, fmt in ((csv_path, "csv"), (jsonl_path, "jsonl")):
+    exports: tuple[tuple[str | None, Literal["csv", "jsonl"]], ...] = ((csv_path, "csv"), (jsonl_path, "jsonl"))
+    for path, fmt in exports:
         if path:
             export_events(result.data.events, Path(path), fmt)
             click.echo(f"exported {result.data.events.height} raw events to {path} ({fmt})")

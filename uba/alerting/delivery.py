@@ -46,7 +46,14 @@ from uba.alerting.records import RISK, day_records, run_info
 from uba.alerting.transport import Outcome, safe_url, sender_for
 from uba.errors import UserError
 from uba.logs import get_logger
-from uba.manifest import SUCCEEDED, amend_published
+from uba.manifest import (
+    SUCCEEDED,
+    DeliverySection,
+    RunManifest,
+    SinkDelivery,
+    amend_published,
+    read_manifest,
+)
 from uba.settings import AlertingSettings, Settings, SyslogSink, WebhookSink
 
 log = get_logger("alerts.delivery")
@@ -143,6 +150,7 @@ def prepare_sinks(settings: Settings) -> list[ReadySink]:
 # --- enqueue ------------------------------------------------------------------------------
 
 
+# Any: the rows as Polars ``DataFrame.to_dicts`` gives them
 def day_alert_records(output_dir: Path, day: date, alerting: AlertingSettings) -> list[dict[str, Any]]:
     """The records of ``day`` that ``alerting.what`` selects, in export order (risk only
     when the day has entity risk)."""
@@ -179,7 +187,7 @@ def enqueue_day(settings: Settings, sinks: Sequence[ReadySink], day: date,
     return added
 
 
-def _finished_at(manifest: Mapping[str, Any]) -> float | None:
+def _finished_at(manifest: RunManifest) -> float | None:
     text = manifest.get("finished_at")
     try:
         return datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
@@ -195,7 +203,7 @@ def catch_up(settings: Settings, sinks: Sequence[ReadySink], forced_days: Sequen
     output_dir = Path(settings.paths.output_dir)
     forced = set(forced_days)
     for day in forced:
-        if io.read_run_manifest(output_dir, day) is None:
+        if read_manifest(output_dir, day) is None:
             raise UserError(f"{day} is not scored in {output_dir}; run `uba-batch score --date {day}` first")
     done: dict[date, dict[str, int]] = {}
     with open_ledger(settings) as ledger:
@@ -203,7 +211,7 @@ def catch_up(settings: Settings, sinks: Sequence[ReadySink], forced_days: Sequen
         since = {s.name: ledger.registered_at(s.name) or 0.0 for s in sinks}
         for day in io.run_manifest_dates(output_dir):
             try:
-                manifest = io.read_run_manifest(output_dir, day)
+                manifest = read_manifest(output_dir, day)
             except UserError as exc:  # one unreadable day does not hold back the others
                 log.warning("catch-up skips %s: %s", day, exc)
                 continue
@@ -372,11 +380,11 @@ def deliver(settings: Settings, sinks: Sequence[ReadySink], budget_sec: float | 
 
 
 def manifest_section(reports: Sequence[SinkReport], added: Mapping[str, int],
-                     day_counts: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
+                     day_counts: Mapping[str, Mapping[str, int]]) -> DeliverySection:
     """The run manifest's ``delivery`` section: per sink, what this run enqueued, the day's
     alerts by status, and what the delivery did."""
     by_name = {r.sink: r for r in reports}
-    sinks: dict[str, Any] = {}
+    sinks: dict[str, SinkDelivery] = {}
     for name in added:
         report = by_name.get(name)
         sinks[name] = {
@@ -407,7 +415,7 @@ def deliver_published(settings: Settings, sinks: Sequence[ReadySink],
     output_dir = Path(settings.paths.output_dir)
     for (day, run_id), added in published.items():
         section = manifest_section(reports, added, day_counts(settings, day))
-        if not amend_published(output_dir, day, run_id, "delivery", section):
+        if not amend_published(output_dir, day, run_id, section):
             log.warning("the delivery counts of %s were not written to its manifest (another run of the day "
                         "holds it or replaced it)", day)
     if not reports:

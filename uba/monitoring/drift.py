@@ -40,13 +40,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
+from uba.manifest import AlertCheck, DriftJudgement, DriftReport, RunManifest
 from uba.model.bundle import bin_proportions, feature_reference, score_summary
 from uba.model.forest import fit_detector
-from uba.settings import MonitoringSettings, Settings
+from uba.settings import ModelSettings, MonitoringSettings, Settings
 
 SCORE_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99)
 # Score bins of a cross-fitted reference: quintiles of the bulk, where a shift of "normal"
@@ -57,6 +58,15 @@ DRIFT_REFERENCE_KEY = "drift_reference"
 # Share floor before taking logs: an empty bin would otherwise make the PSI infinite.
 MIN_SHARE = 1e-4
 STATUS_ORDER = ("ok", "warn", "drift")
+
+
+class DriftCountsRecord(TypedDict):
+    """``DriftCounts`` as plain lists (``to_dict``), e.g. for a Ray task's answer or JSON."""
+
+    rows: int
+    alerts: int
+    feature_counts: dict[str, list[int]]
+    score_counts: list[int] | None
 
 
 @dataclass
@@ -81,7 +91,7 @@ class DriftCounts:
             scores = self.score_counts + other.score_counts
         return DriftCounts(self.rows + other.rows, self.alerts + other.alerts, features, scores)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> DriftCountsRecord:
         """Plain lists, so counts can travel back from a Ray task or into JSON."""
         return {
             "rows": self.rows,
@@ -91,7 +101,7 @@ class DriftCounts:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DriftCounts:
+    def from_dict(cls, data: DriftCountsRecord) -> DriftCounts:
         scores = data.get("score_counts")
         return cls(
             rows=int(data["rows"]),
@@ -113,7 +123,8 @@ def score_reference(metadata: Mapping[str, Any]) -> tuple[list[float], list[floa
     pairs = [(float(lv), float(v)) for lv, v in zip(quantiles.get("levels", []), quantiles.get("values", []),
                                                    strict=False)
              if any(abs(float(lv) - want) < 1e-12 for want in SCORE_LEVELS)]
-    cuts, levels = [], []
+    cuts: list[float] = []
+    levels: list[float] = []
     for level, value in pairs:
         if cuts and value <= cuts[-1]:
             continue
@@ -202,7 +213,7 @@ def _constant_features(metadata: Mapping[str, Any]) -> set[str]:
 
 
 def _alert_check(counts: DriftCounts, metadata: Mapping[str, Any], settings: MonitoringSettings,
-                 users: DayUsers | None) -> tuple[dict[str, Any], str | None]:
+                 users: DayUsers | None) -> tuple[AlertCheck, str | None]:
     """Alert volume against what the reference promises, and a warning when it is off.
 
     With a cross-fitted reference the unit is the user: users with an alert against the
@@ -213,32 +224,33 @@ def _alert_check(counts: DriftCounts, metadata: Mapping[str, Any], settings: Mon
     band = (1.0 / (1.0 + settings.alert_rate_tolerance), 1.0 + settings.alert_rate_tolerance)
     expected_rate = 1.0 - float(metadata["percentile"]) / 100.0
     alert_rate = counts.alerts / counts.rows if counts.rows else 0.0
-    fields: dict[str, Any] = {
-        "alerts_at_global_threshold": counts.alerts,
-        "alert_rate": round(alert_rate, 6),
-        "expected_alert_rate": round(expected_rate, 6),
-    }
-    ref_days, ref_alerted = metadata.get("reference_user_days"), metadata.get("reference_alerted_user_days")
+    ref_days = metadata.get("reference_user_days")
     if users is not None and ref_days:
         from scipy.special import ndtri
 
-        expected = users.active * float(ref_alerted) / float(ref_days)
+        expected = users.active * float(metadata["reference_alerted_user_days"]) / float(ref_days)
         ratio = users.alerted / expected if expected > 0 else float("nan")
         z = float(ndtri(0.5 + settings.confidence / 2.0))
         off = expected > 0 and not band[0] <= ratio <= band[1] and abs(users.alerted - expected) > z * expected ** 0.5
-        fields.update({"alerted_users": users.alerted, "expected_alerted_users": round(expected, 3),
-                       "alert_rate_ratio": round(ratio, 4) if expected > 0 else None})
+        by_users: AlertCheck = {
+            "alerts_at_global_threshold": counts.alerts, "alert_rate": round(alert_rate, 6),
+            "expected_alert_rate": round(expected_rate, 6), "alerted_users": users.alerted,
+            "expected_alerted_users": round(expected, 3),
+            "alert_rate_ratio": round(ratio, 4) if expected > 0 else None}
         message = (f"{users.alerted} users with an alert is {ratio:.2f}x the {expected:.1f} expected"
                    if off else None)
-        return fields, message
+        return by_users, message
     ratio = alert_rate / expected_rate if expected_rate > 0 else float("nan")
-    fields["alert_rate_ratio"] = round(ratio, 4) if counts.rows else None
+    by_events: AlertCheck = {
+        "alerts_at_global_threshold": counts.alerts, "alert_rate": round(alert_rate, 6),
+        "expected_alert_rate": round(expected_rate, 6),
+        "alert_rate_ratio": round(ratio, 4) if counts.rows else None}
     off = bool(counts.rows) and not band[0] <= ratio <= band[1]
-    return fields, (f"alert rate {alert_rate:.4f} is {ratio:.2f}x the expected {expected_rate:.4f}" if off else None)
+    return by_events, (f"alert rate {alert_rate:.4f} is {ratio:.2f}x the expected {expected_rate:.4f}" if off else None)
 
 
 def drift_report_from_counts(counts: DriftCounts, metadata: Mapping[str, Any],
-                             settings: MonitoringSettings, users: DayUsers | None = None) -> dict[str, Any]:
+                             settings: MonitoringSettings, users: DayUsers | None = None) -> DriftReport:
     """Turn a day's merged bin counts into the report stored in the run manifest.
 
     Status: ``drift`` (retraining advised) when the model's output moved (score PSI >=
@@ -264,12 +276,14 @@ def drift_report_from_counts(counts: DriftCounts, metadata: Mapping[str, Any],
     score_psi = (round(psi(counts.score_counts, score_ref[1]), 6)
                  if score_ref is not None and counts.score_counts is not None else None)
     ref_days = int(metadata.get("reference_user_days") or 0)
-    judged_by_excess = users is not None and ref_days > 0
-    if judged_by_excess:
-        feature_judged = {name: _excess(v, len(reference[name]["proportions"]), users, ref_days, settings.confidence)
+    chance_users = users if ref_days > 0 else None  # the excess over chance needs both sample sizes
+    judged_by_excess = chance_users is not None
+    if chance_users is not None:
+        feature_judged = {name: _excess(v, len(reference[name]["proportions"]), chance_users, ref_days,
+                                        settings.confidence)
                           for name, v in feature_psi.items()}
-        score_judged = (None if score_psi is None else
-                        _excess(score_psi, len(score_ref[1]), users, ref_days, settings.confidence))
+        score_judged = (None if score_psi is None or score_ref is None else
+                        _excess(score_psi, len(score_ref[1]), chance_users, ref_days, settings.confidence))
     else:
         feature_judged, score_judged = feature_psi, score_psi
     unused = _constant_features(metadata)
@@ -291,7 +305,7 @@ def drift_report_from_counts(counts: DriftCounts, metadata: Mapping[str, Any],
         why = []
     else:
         status, why = "ok", []
-    alert_fields, alert_warning = _alert_check(counts, metadata, settings, users if judged_by_excess else None)
+    alert_fields, alert_warning = _alert_check(counts, metadata, settings, chance_users)
     if alert_warning:
         status = _worst(status, "warn")
         warnings.append(alert_warning)
@@ -300,7 +314,20 @@ def drift_report_from_counts(counts: DriftCounts, metadata: Mapping[str, Any],
         warnings += why + [f"only {counts.rows} scored events (< monitoring.min_rows {settings.min_rows}): "
                            "PSI too noisy to call drift"]
         why = []
-    report: dict[str, Any] = {
+    judgement: DriftJudgement = {
+        "judged_by": "excess" if judged_by_excess else "psi",
+        "limits": {"psi_warn": settings.psi_warn, "psi_drift": settings.psi_drift,
+                   "min_drifted_features": settings.min_drifted_features,
+                   "alert_rate_band": [round(1.0 / (1.0 + settings.alert_rate_tolerance), 4),
+                                       round(1.0 + settings.alert_rate_tolerance, 4)]},
+    }
+    if chance_users is not None:
+        judgement["feature_psi_excess"] = feature_judged
+        judgement["max_feature_psi_excess"] = round(max_psi, 6)
+        judgement["score_psi_excess"] = score_judged
+        judgement["chance"] = {"users": chance_users.active, "reference_user_days": ref_days,
+                               "confidence": settings.confidence}
+    return {
         "status": status,
         "retrain_advised": status == "drift",
         "why": why,
@@ -313,26 +340,40 @@ def drift_report_from_counts(counts: DriftCounts, metadata: Mapping[str, Any],
         "max_feature": max_feature,
         "score_psi": score_psi,
         **alert_fields,
-        "judged_by": "excess" if judged_by_excess else "psi",
-        "limits": {"psi_warn": settings.psi_warn, "psi_drift": settings.psi_drift,
-                   "min_drifted_features": settings.min_drifted_features,
-                   "alert_rate_band": [round(1.0 / (1.0 + settings.alert_rate_tolerance), 4),
-                                       round(1.0 + settings.alert_rate_tolerance, 4)]},
+        **judgement,
     }
-    if judged_by_excess:
-        report.update({
-            "feature_psi_excess": feature_judged,
-            "max_feature_psi_excess": round(max_psi, 6),
-            "score_psi_excess": score_judged,
-            "chance": {"users": users.active, "reference_user_days": ref_days, "confidence": settings.confidence},
-        })
-    return report
 
 
 # --- over time: one row per scored day, from the run manifests ---------------------
 
 
-def monitoring_row(manifest: Mapping[str, Any]) -> dict[str, Any]:
+class MonitoringRow(TypedDict):
+    """One scored day as `monitor`, its chart and the daily report show it."""
+
+    date: str | None
+    model_version: str | None
+    scored: int
+    flagged: int
+    suppressed: int
+    alerts: int
+    alert_rate: float | None
+    expected_alert_rate: float | None
+    max_feature_psi: float | None
+    max_feature: str | None
+    score_psi: float | None
+    judged_by: str | None
+    feature_judged: float | None
+    score_judged: float | None
+    alerted_users: int | None
+    expected_alerted_users: float | None
+    alert_band: list[float] | None
+    status: str
+    retrain_advised: bool
+    why: list[str]
+    flagged_users: int
+
+
+def monitoring_row(manifest: RunManifest) -> MonitoringRow:
     """What `monitor` and the daily report show for one run, from its manifest.
 
     Runs scored before drift checks existed have no ``drift`` section; their PSI
@@ -340,7 +381,7 @@ def monitoring_row(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """
     counts = manifest.get("counts", {})
     alerts = manifest.get("alerts", {})
-    drift = manifest.get("drift") or {}
+    drift = manifest.get("drift", {})
     model = manifest.get("model", {})
     scored = int(counts.get("scored_rows", 0))
     flagged = int(alerts.get("flagged_rows", counts.get("flagged_rows", 0)))
@@ -368,15 +409,15 @@ def monitoring_row(manifest: Mapping[str, Any]) -> dict[str, Any]:
         "score_judged": drift.get("score_psi_excess", drift.get("score_psi")),
         "alerted_users": drift.get("alerted_users"),
         "expected_alerted_users": drift.get("expected_alerted_users"),
-        "alert_band": (drift.get("limits") or {}).get("alert_rate_band"),
+        "alert_band": drift.get("limits", {}).get("alert_rate_band"),
         "status": drift.get("status", "n/a"),
         "retrain_advised": bool(drift.get("retrain_advised", False)),
         "why": list(drift.get("why", [])),
-        "flagged_users": int((manifest.get("user_day") or {}).get("flagged_users", 0)),
+        "flagged_users": int(manifest.get("user_day", {}).get("flagged_users", 0)),
     }
 
 
-def retrain_advice(rows: Sequence[Mapping[str, Any]]) -> str | None:
+def retrain_advice(rows: Sequence[MonitoringRow]) -> str | None:
     """One sentence saying whether and why to retrain, or None when nothing calls for it.
 
     Retraining is advised when any day in the range drifted; the latest drifted day and
@@ -458,7 +499,7 @@ class TrainingRows:
     history_days: np.ndarray  # days of history behind the row's baseline
 
 
-def cross_fitted_scores(X: np.ndarray, days: np.ndarray, feature_names: Sequence[str], model: Any,
+def cross_fitted_scores(X: np.ndarray, days: np.ndarray, feature_names: Sequence[str], model: ModelSettings,
                         percentile: float) -> tuple[np.ndarray, str]:
     """Each row scored by a forest that never saw its day: two forests, each fitted on
     alternate days of the window. A one-day window cannot be split and keeps its own
@@ -522,19 +563,19 @@ def build_drift_reference(X: np.ndarray, scores: np.ndarray, scores_kind: str, r
 DRIFT_EXIT_CODE = 3
 
 
-def drift_verdict(manifest: dict[str, Any], settings: Settings) -> tuple[str, int]:
+def drift_verdict(manifest: RunManifest, settings: Settings) -> tuple[str, int]:
     """One line about the run's drift check, and the exit code the command should use.
 
     Heavy drift is reported but the outputs are published and the exit code stays 0,
     unless ``monitoring.fail_on_drift`` asks the scheduler to notice (exit 3).
     """
-    drift = manifest.get("drift") or {}
-    alerts = manifest.get("alerts") or {}
+    drift = manifest.get("drift", {})
+    alerts = manifest.get("alerts", {})
     status = drift.get("status", "n/a")
     line = (f"drift: {status} (max feature PSI {drift.get('max_feature_psi', 0):.3f}, score PSI "
             f"{drift.get('score_psi') or 0:.3f}); alerts {alerts.get('alert_rows', '?')}, "
             f"suppressed {alerts.get('suppressed_rows', 0)}, "
-            f"unusual user-days {(manifest.get('user_day') or {}).get('flagged_users', 0)}")
+            f"unusual user-days {manifest.get('user_day', {}).get('flagged_users', 0)}")
     if status == "drift":
         line += f"; retraining advised: {'; '.join(drift.get('why', [])[:2])}"
         if settings.monitoring.fail_on_drift:

@@ -10,14 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 from uba import io
-from uba.alerting.risk import stale_marker
 from uba.errors import UserError
 from uba.features.pipeline import date_range
+from uba.manifest import StaleEntry, read_manifest
 from uba.monitoring.charts import drift_history_png
-from uba.monitoring.drift import monitoring_row, retrain_advice
+from uba.monitoring.drift import MonitoringRow, monitoring_row, retrain_advice
 from uba.settings import Settings
 
 
@@ -25,9 +24,9 @@ from uba.settings import Settings
 class MonitoringSummary:
     """Per-day rows (``drift.monitoring_row``) plus what an operator must act on."""
 
-    rows: list[dict[str, Any]]
+    rows: list[MonitoringRow]
     missing: list[date]
-    stale: list[tuple[date, dict[str, Any]]]
+    stale: list[tuple[date, StaleEntry]]
     chart: Path
     advice: str | None
 
@@ -37,20 +36,20 @@ class MonitoringSummary:
         return any(r.get("judged_by") == "excess" for r in self.rows)
 
 
-def collect_rows(output_dir: Path, start: date, end: date) -> tuple[list[dict[str, Any]], list[date],
-                                                                      list[tuple[date, dict[str, Any]]]]:
+def collect_rows(output_dir: Path, start: date, end: date) -> tuple[list[MonitoringRow], list[date],
+                                                                      list[tuple[date, StaleEntry]]]:
     """Rows of the days with a run, the days without one, and each stale day's first marker."""
 
-    rows: list[dict[str, Any]] = []
+    rows: list[MonitoringRow] = []
     missing: list[date] = []
-    stale: list[tuple[date, dict[str, Any]]] = []
+    stale: list[tuple[date, StaleEntry]] = []
     for day in date_range(start, end):
-        manifest = io.read_run_manifest(output_dir, day)
+        manifest = read_manifest(output_dir, day)
         if manifest is None:
             missing.append(day)
         else:
             rows.append(monitoring_row(manifest))
-            stale += [(day, entry) for entry in stale_marker(manifest)[:1]]
+            stale += [(day, entry) for entry in manifest.get("risk_stale", [])[:1]]
     return rows, missing, stale
 
 

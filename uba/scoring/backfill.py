@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import date
-from typing import Any, Literal
+from typing import Literal
 
 from uba.alerting.delivery import ReadySink, catch_up, deliver_published, enqueue_day
 from uba.errors import UserError
-from uba.features.pipeline import date_range
-from uba.manifest import scored_with
-from uba.scoring.driver import ScoreOptions, load_scoring_bundle, open_runtime, score_day
+from uba.features.pipeline import date_range, load_scoring_bundle
+from uba.manifest import RunManifest, scored_with
+from uba.scoring.driver import ScoreOptions, open_runtime, score_day
 from uba.settings import Settings
 
 Status = Literal["scored", "skipped", "failed"]
@@ -31,10 +31,10 @@ class BackfillOutcome:
     day: date
     status: Status
     detail: str
-    manifest: dict[str, Any] | None = None
+    manifest: RunManifest | None = None
 
 
-def describe_manifest(manifest: dict[str, Any]) -> str:
+def describe_manifest(manifest: RunManifest) -> str:
     """A one-line summary of a finished run, for logs and the CLI."""
     counts = manifest["counts"]
     execution = manifest["execution"]

@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 from datetime import date
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 
 from uba import io
 from uba import manifest as mf
-from uba.alerting.risk import STALE_KEY, RiskRun
+from uba.alerting.risk import RiskRun
 from uba.errors import UserError
 from uba.features import baselines_as_of, ensure_aggregates, unlearned_as_of
 from uba.features.events import FEATURE_SET_VERSION
@@ -47,6 +47,21 @@ from uba.features.pipeline import load_scoring_bundle
 from uba.features.store import lookback_days, stale_aggregate_days
 from uba.locks import date_lock
 from uba.logs import get_logger
+from uba.manifest import (
+    BaselineProtection,
+    FailureRecord,
+    PartRecord,
+    RiskSection,
+    RowConservation,
+    RunCounts,
+    RunExecution,
+    RunIdentity,
+    RunManifest,
+    RunPlacement,
+    RunRecord,
+    ShardRecord,
+    StaleEntry,
+)
 from uba.model.bundle import Bundle
 from uba.scoring import shard
 from uba.scoring.hooks import RunOperations
@@ -126,7 +141,7 @@ def scan_day_events(data_dir: Path, day: date) -> pl.LazyFrame:
 
 
 def score_day(settings: Settings, options: ScoreOptions, runtime: RayRuntime | None = None,
-              bundle: Bundle | None = None) -> dict[str, Any]:
+              bundle: Bundle | None = None) -> RunManifest:
     """Score ``options.day`` and publish it; returns the manifest that was written.
 
     ``runtime`` lets a caller (backfill) keep one Ray connection across many days; a
@@ -161,7 +176,7 @@ class _Run:
         self.run_id = uuid.uuid4().hex
         self.started = time.time()
         self.timer = _Timer()
-        self.record: dict[str, Any] = {}
+        self.record: RunRecord | None = None  # built once the shards are scored; published with the outputs
         self.staging_root = self.output_dir / STAGING_DIR / f"event_date={self.day.isoformat()}"
         self.aggregates_computed: list[date] = []
         self.unverified: list[str] = []
@@ -169,13 +184,13 @@ class _Run:
 
     # -- the run ---------------------------------------------------------------------
 
-    def execute(self) -> dict[str, Any]:
+    def execute(self) -> RunManifest:
         try:
             self._recover_previous()
             staging = self.staging_root / f"run-{self.run_id}"
             staging.mkdir(parents=True)
-            self._score_into(staging)
-            self._publish(staging)
+            record = self._score_into(staging)
+            manifest = self._publish(staging, record)
         except BaseException as exc:
             failure = self._one_line_failure(exc)
             recorded = self._record_failure(failure or exc)
@@ -186,7 +201,7 @@ class _Run:
             raise failure from exc
         finally:
             io.discard_dir(self.staging_root)
-        return self.record
+        return manifest
 
     def _one_line_failure(self, exc: BaseException) -> UserError | None:
         """The error to report for a failure that is not a bug, as one line; None otherwise.
@@ -244,7 +259,7 @@ class _Run:
                 log.info("removing staging left by an interrupted run of %s", self.day)
                 io.discard_dir(self.staging_root)
 
-    def _score_into(self, staging: Path) -> None:
+    def _score_into(self, staging: Path) -> RunRecord:
         with self.timer.stage("plan"):
             specs = plan_shards(io.partition_files(self.data_dir, io.EVENTS, self.day),
                                 self.settings.scoring.chunk_rows)
@@ -283,14 +298,21 @@ class _Run:
         with self.timer.stage("risk"):  # entity risk, published with the rest
             self.risk = self._risk(staging, user_days)
         conservation = mf.row_conservation(input_rows, counts["scored_rows"], quarantined)
-        score_files = {name: record for r in results for name, record in r.scores_file.items()}
-        execution["shard_records"] = [r.record() for r in results]
-        self.record = self._manifest(input_rows, quarantined, counts, conservation, execution,
-                                     baselines, score_files, flagged_files, len(specs))
-        self.record.update(self.ops.manifest_sections(user_days))  # drift, alerts, user_day
-        self.record["risk"] = self.risk.manifest_section(self.settings.risk)
-        self.record["outputs"]["risk"] = {"path": str(io.partition_dir(self.output_dir, io.RISK, self.day))}
-        self.ops.warn_on_drift(self.record["drift"])
+        score_files = {name: file for r in results for name, file in r.scores_file.items()}
+        # the shards' lines, as ShardResult.record writes them (a plain dict of ShardRecord's keys)
+        run_execution: RunExecution = {**execution, "shard_records": [cast(ShardRecord, r.record()) for r in results],
+                                       "chunks": len(specs)}
+        record = self._manifest(input_rows, quarantined, counts, conservation, run_execution,
+                                baselines, score_files, flagged_files)
+        self.record = record
+        sections = self.ops.manifest_sections(user_days)
+        record["drift"] = sections["drift"]
+        record["alerts"] = sections["alerts"]
+        record["user_day"] = sections["user_day"]
+        # RiskRun.manifest_section (uba.alerting.risk) returns RiskSection's keys as a plain dict
+        record["risk"] = cast(RiskSection, self.risk.manifest_section(self.settings.risk))
+        record["outputs"]["risk"] = {"path": str(io.partition_dir(self.output_dir, io.RISK, self.day))}
+        self.ops.warn_on_drift(record["drift"])
         if not conservation["ok"]:
             raise RunFailedError(
                 f"row conservation failed for {self.day}: {input_rows} input events but "
@@ -298,6 +320,7 @@ class _Run:
         with self.timer.stage("baseline_snapshot"):
             io.write_baseline_snapshot(baselines, self.data_dir, self.day)
         io.discard_dir(staging / shard.FLAGGED_PARTS_DIR)
+        return record
 
     def _risk(self, staging: Path, user_days: pl.DataFrame | None) -> RiskRun:
         """Entity risk of the day from the staged flagged part (alerts only: a few per cent of
@@ -313,34 +336,38 @@ class _Run:
         io.write_staged_part(run.table, staging / io.RISK / PART_NAME.format(index=0))
         return run
 
-    def _execution(self, input_rows: int, n_shards: int) -> dict[str, Any]:
+    def _execution(self, input_rows: int, n_shards: int) -> RunPlacement:
         """Decide where the shards run and describe it for the manifest."""
         if self.options.shards:
             log.warning("--shards is ignored: the day is split into %d shards of at most "
                         "scoring.chunk_rows=%d events, planned from the data", n_shards,
                         self.settings.scoring.chunk_rows)
-        base = {"shards": n_shards, "max_retries": self.settings.ray.max_retries,
-                "chunk_rows": self.settings.scoring.chunk_rows}
         if self.options.in_process or (self.runtime.address is None
                                        and input_rows < self.settings.ray.min_rows_for_ray):
             reason = ("--in-process requested" if self.options.in_process else
                       f"{input_rows} events < ray.min_rows_for_ray={self.settings.ray.min_rows_for_ray}")
-            return {**base, "mode": IN_PROCESS, "reason": reason, "workers": self._local_threads(), "address": None}
+            return {"shards": n_shards, "max_retries": self.settings.ray.max_retries,
+                    "chunk_rows": self.settings.scoring.chunk_rows, "mode": IN_PROCESS, "reason": reason,
+                    "workers": self._local_threads(), "address": None}
         with self.timer.stage("ray_init"):
             self.runtime.start()
             self.runtime.warm_up()
             detail = self.runtime.describe()
-        return {**base, **detail, "reason": "default" if detail["mode"] == "local" else "address given"}
+        base = {"shards": n_shards, "max_retries": self.settings.ray.max_retries,
+                "chunk_rows": self.settings.scoring.chunk_rows}
+        # RayRuntime.describe returns RunPlacement's Ray keys (mode, address, workers, ...) as a plain dict
+        return cast(RunPlacement, {**base, **detail, "reason": "default" if detail["mode"] == "local"
+                                   else "address given"})
 
     def _local_threads(self) -> int:
         """Shards run side by side in this process: --workers (else ``ray.num_workers``),
         capped by the CPUs this process may use."""
         return max(1, min(self.options.workers or self.settings.ray.num_workers, usable_cpus()))
 
-    def _on_ray(self, execution: dict[str, Any]) -> bool:
+    def _on_ray(self, execution: RunPlacement) -> bool:
         return execution["mode"] != IN_PROCESS
 
-    def _aggregates(self, execution: dict[str, Any]) -> Any:
+    def _aggregates(self, execution: RunPlacement) -> Any:
         """Make the lookback's aggregates exist before the baselines; D's own aggregates
         (needed only by the user-day alerts and later days) are computed by a Ray task
         next to the shards, so the day's rows never pass through the driver. Returns
@@ -380,7 +407,7 @@ class _Run:
             self.aggregates_computed += self.runtime.result(pending, f"aggregates of {self.day}")
 
     def _run_shards(self, specs: list[ShardSpec], ctx: shard.ShardContext, inputs: shard.ShardInputs,
-                    execution: dict[str, Any]) -> list[shard.ShardResult]:
+                    execution: RunPlacement) -> list[shard.ShardResult]:
         if not self._on_ray(execution):
             return run_shards_in_threads(specs, ctx, inputs, execution["workers"])
         boxed = self.runtime.put(inputs)
@@ -389,13 +416,15 @@ class _Run:
     def _merge_results(self, results: list[shard.ShardResult]) -> dict[str, int]:
         """Add up the shards' counts and partial results (drift bins, per-user alerts)."""
         for result in results:
-            self.ops.add_partial(result.drift, pl.from_arrow(result.per_user))
+            per_user = pl.from_arrow(result.per_user)
+            assert isinstance(per_user, pl.DataFrame)  # an Arrow table, never an array
+            self.ops.add_partial(result.drift, per_user)
         return {"scored_rows": sum(r.rows for r in results),
                 "known_user_rows": sum(r.known_user_rows for r in results),
                 "flagged_rows": sum(r.flagged_rows for r in results)}
 
     def _merge_flagged(self, results: list[shard.ShardResult], staging: Path,
-                       execution: dict[str, Any]) -> dict[str, Any]:
+                       execution: RunPlacement) -> dict[str, PartRecord]:
         (staging / io.FLAGGED).mkdir()
         name = PART_NAME.format(index=0)
         parts, out = [r.flagged_part for r in results], str(staging / io.FLAGGED / name)
@@ -404,9 +433,10 @@ class _Run:
                                          "merging the flagged rows")
         else:
             record = shard.merge_flagged(parts, out)
-        return {name: record}
+        # merge_flagged (uba.scoring.shard) returns PartRecord's keys as a plain dict
+        return {name: cast(PartRecord, record)}
 
-    def _publish(self, staging: Path) -> None:
+    def _publish(self, staging: Path, record: RunRecord) -> RunManifest:
         """Make the staged run the day's output in one step (see ``io.commit_day_version``).
 
         The staging folder gets every dataset folder (empty ones too) and the manifest,
@@ -425,17 +455,19 @@ class _Run:
         with self.timer.stage("publish"):
             version_dir = io.day_versions_dir(self.output_dir, self.day) / self.run_id
             # relative to the output directory, like the day's links: still right after a move
-            self.record["outputs"]["version"] = str(version_dir.relative_to(self.output_dir))
+            record["outputs"]["version"] = str(version_dir.relative_to(self.output_dir))
             finished = time.time()
             # the manifest is part of what is committed: "publish" = the time up to writing it
             timings = {**self.timer.seconds, "publish": round(time.perf_counter() - began, 6)}
-            self.record.update(status=mf.SUCCEEDED, finished_at=mf.utc_iso(finished),
-                               duration_sec=round(finished - self.started, 3), timings_sec=timings)
+            manifest: RunManifest = {**record, "status": mf.SUCCEEDED, "finished_at": mf.utc_iso(finished),
+                                     "duration_sec": round(finished - self.started, 3), "timings_sec": timings}
+            self.record = manifest
             stale = self.risk.stale_entries(self.output_dir, self.data_dir)
             if stale:  # an earlier day or a verdict changed while this run computed its risk
-                self.record[STALE_KEY] = stale
+                # RiskRun.stale_entries (uba.alerting.risk) returns StaleEntry's keys as plain dicts
+                manifest["risk_stale"] = cast(list[StaleEntry], stale)
             io.fault_point("manifest", staging / mf.MANIFEST_NAME)
-            io.write_json_atomic(self.record, staging / mf.MANIFEST_NAME, durable=True)
+            io.write_json_atomic(manifest, staging / mf.MANIFEST_NAME, durable=True)
             step("manifest")
             io.ensure_day_links(self.output_dir, self.day, on_step=step)
             step("links")
@@ -452,6 +484,7 @@ class _Run:
             self.risk.mark_later_days(self.output_dir, self.run_id)
         except OSError as exc:  # published already; say which days may now be stale
             log.warning("could not mark the entity risk of the days after %s stale: %s", self.day, exc)
+        return manifest
 
     def _publish_step(self, name: str) -> None:
         """Fault injection: SIGKILL this process right after publish step ``name``."""
@@ -463,13 +496,28 @@ class _Run:
     # -- records ---------------------------------------------------------------------
 
     def _manifest(self, input_rows: int, quarantined: int, counts: dict[str, int],
-                  conservation: dict[str, Any], execution: dict[str, Any], baselines: pl.DataFrame,
-                  score_files: dict[str, Any], flagged_files: dict[str, Any],
-                  n_chunks: int) -> dict[str, Any]:
+                  conservation: RowConservation, execution: RunExecution, baselines: pl.DataFrame,
+                  score_files: dict[str, PartRecord], flagged_files: dict[str, PartRecord]) -> RunRecord:
         detector = self.bundle.detector
+        run_counts: RunCounts = {
+            "input_rows": input_rows,
+            "scored_rows": counts["scored_rows"],
+            "flagged_rows": counts["flagged_rows"],
+            "quarantined_rows": quarantined,
+            "known_user_rows": counts["known_user_rows"],
+            "unknown_user_rows": counts["scored_rows"] - counts["known_user_rows"],
+        }
+        identity = self._identity()
+        # the identity's keys one by one: mypy refuses a ** item in a record with optional sections
         return {
-            **self._identity(),
-            "status": "running",
+            "format": identity["format"],
+            "event_date": identity["event_date"],
+            "run_id": identity["run_id"],
+            "started_at": identity["started_at"],
+            "host": identity["host"],
+            "pid": identity["pid"],
+            "uba_version": identity["uba_version"],
+            "status": mf.RUNNING,
             "error": None,
             "inputs": {
                 "events": str(io.partition_dir(self.data_dir, io.EVENTS, self.day)),
@@ -488,16 +536,9 @@ class _Run:
                 "threshold": float(detector.threshold),
                 "threshold_percentile": float(detector.percentile),
             },
-            "counts": {
-                "input_rows": input_rows,
-                "scored_rows": counts["scored_rows"],
-                "flagged_rows": counts["flagged_rows"],
-                "quarantined_rows": quarantined,
-                "known_user_rows": counts["known_user_rows"],
-                "unknown_user_rows": counts["scored_rows"] - counts["known_user_rows"],
-            },
+            "counts": run_counts,
             "row_conservation": conservation,
-            "execution": {**execution, "chunks": n_chunks},
+            "execution": execution,
             "outputs": {
                 "scores": {"path": str(io.partition_dir(self.output_dir, io.SCORES, self.day)),
                            "files": score_files},
@@ -506,7 +547,7 @@ class _Run:
             },
         }
 
-    def _protection_record(self) -> dict[str, Any]:
+    def _protection_record(self) -> BaselineProtection:
         """How many user-days of the lookback the baselines left out, so a reader of the
         manifest can tell a protected run from an unprotected one."""
         protection = self.settings.baseline_protection
@@ -516,7 +557,7 @@ class _Run:
                 "unlearned_user_days": 0 if unlearned is None else int(unlearned.height),
                 "unlearned_users": 0 if unlearned is None else int(unlearned["user_id"].n_unique())}
 
-    def _identity(self) -> dict[str, Any]:
+    def _identity(self) -> RunIdentity:
         return {
             "format": mf.MANIFEST_FORMAT,
             "event_date": self.day.isoformat(),
@@ -531,8 +572,10 @@ class _Run:
         """Write the failed run's record beside (never over) the manifest; best effort
         (False when it could not be written, e.g. on a full disk)."""
         finished = time.time()
-        record = {
-            **(self.record or self._identity()),
+        # a run that built its record keeps its sections in the failure record
+        base: RunIdentity = self.record if self.record is not None else self._identity()
+        record: FailureRecord = {
+            **base,
             "status": mf.FAILED,
             "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
             "failed_stage": self.timer.current,

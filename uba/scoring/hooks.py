@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 
@@ -27,6 +27,14 @@ from uba.alerting.thresholds import (
 )
 from uba.alerting.userday import stored_day_alerts
 from uba.logs import get_logger
+from uba.manifest import (
+    AlertConcentration,
+    AlertsSection,
+    Concentration,
+    DriftSection,
+    OperationSections,
+    UserDaySection,
+)
 from uba.model.bundle import Bundle
 from uba.monitoring.drift import (
     DayUsers,
@@ -53,7 +61,7 @@ class RunOperations:
     day: date
     cuts: pl.DataFrame | None
     rules: pl.DataFrame
-    reference: dict[str, Any]
+    reference: dict[str, Any]  # the bundle metadata with the day's reference (Bundle.metadata's type)
     reference_name: str
     counts: DriftCounts = field(default_factory=DriftCounts)
     per_user: list[pl.DataFrame] = field(default_factory=list)
@@ -93,38 +101,42 @@ class RunOperations:
             return pl.DataFrame(schema=PER_USER_SCHEMA)
         return pl.concat(self.per_user).group_by("user_id").agg(pl.all().sum())
 
-    def manifest_sections(self, user_days: pl.DataFrame | None = None) -> dict[str, Any]:
+    def manifest_sections(self, user_days: pl.DataFrame | None = None) -> OperationSections:
         """``drift``, ``alerts`` and ``user_day`` sections for the run manifest."""
         totals = self._user_totals()
         per_user_on = self.cuts is not None
         flagged = int(totals["alerts_user"].sum())
         suppressed = int(totals["suppressed"].sum())
-        concentration = {"global_threshold": concentration_from_counts(totals, "alerts_global"),
-                         "per_user_thresholds": (concentration_from_counts(totals, "alerts_user")
-                                                 if per_user_on else None)}
-        sections: dict[str, Any] = {
-            "drift": {**drift_report_from_counts(self.counts, self.reference, self.settings.monitoring,
-                                                 DayUsers(active=totals.filter(pl.col("events") > 0).height,
-                                                          alerted=totals.filter(pl.col("alerts_global") > 0).height)),
-                      "reference": self.reference_name},
-            "alerts": {
-                "per_user_thresholds": per_user_on,
-                "flagged_rows": flagged,
-                "flagged_rows_global_threshold": int(totals["alerts_global"].sum()),
-                "suppressed_rows": suppressed,
-                "alert_rows": flagged - suppressed,
-                "active_suppression_rules": self.rules.height,
-                "concentration": concentration,
-            },
-            "user_day": {"enabled": self.settings.user_day.enabled,
-                         "users_scored": self.users_scored,
-                         "flagged_users": 0 if user_days is None else user_days.height},
+        concentration: AlertConcentration = {
+            "global_threshold": _concentration(totals, "alerts_global"),
+            "per_user_thresholds": _concentration(totals, "alerts_user") if per_user_on else None}
+        users = DayUsers(active=totals.filter(pl.col("events") > 0).height,
+                         alerted=totals.filter(pl.col("alerts_global") > 0).height)
+        drift: DriftSection = {**drift_report_from_counts(self.counts, self.reference, self.settings.monitoring,
+                                                          users),
+                               "reference": self.reference_name}
+        alerts: AlertsSection = {
+            "per_user_thresholds": per_user_on,
+            "flagged_rows": flagged,
+            "flagged_rows_global_threshold": int(totals["alerts_global"].sum()),
+            "suppressed_rows": suppressed,
+            "alert_rows": flagged - suppressed,
+            "active_suppression_rules": self.rules.height,
+            "concentration": concentration,
         }
-        return sections
+        user_day: UserDaySection = {"enabled": self.settings.user_day.enabled,
+                                    "users_scored": self.users_scored,
+                                    "flagged_users": 0 if user_days is None else user_days.height}
+        return {"drift": drift, "alerts": alerts, "user_day": user_day}
 
-    def warn_on_drift(self, drift: dict[str, Any]) -> None:
+    def warn_on_drift(self, drift: DriftSection) -> None:
         """Heavy drift is logged loudly; whether it fails the run is the caller's decision."""
         if drift["status"] == "drift":
             log.warning("drift on %s: %s; retraining advised", self.day, "; ".join(drift["why"][:3]))
         elif drift["status"] == "warn":
             log.info("drift check on %s: warn (%s)", self.day, "; ".join(drift["warnings"][:2]))
+
+
+def _concentration(totals: pl.DataFrame, alerts: str) -> Concentration:
+    # concentration_from_counts (uba.alerting.thresholds) returns these keys as a plain dict
+    return cast(Concentration, concentration_from_counts(totals, alerts))
