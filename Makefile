@@ -27,6 +27,8 @@ DUPLICATES := $(BIN)/pylint --disable=all --enable=R0801 --min-similarity-lines=
 # The layers of docs/architecture.md ([tool.importlinter] in pyproject.toml): an import
 # that goes up a layer, or between independent packages, or round a cycle, fails the build.
 LAYERS := $(BIN)/lint-imports --no-cache
+# Strict types on uba/ and jobs/ ([tool.mypy] in pyproject.toml): 0 errors or the build fails.
+TYPES := $(BIN)/mypy
 
 .PHONY: install install-dev demo test test-fast lint clean
 
@@ -54,6 +56,7 @@ test: install-dev
 	$(BIN)/ruff check .
 	$(DUPLICATES)
 	$(LAYERS)
+	$(TYPES)
 	@$(COMPILE_SOURCES) >/dev/null
 	$(BIN)/pytest -q
 
@@ -66,6 +69,7 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(DUPLICATES)
 	$(LAYERS)
+	$(TYPES)
 
 clean:
 	./scripts/demo.sh --clean $(DEMO)

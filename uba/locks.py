@@ -76,3 +76,16 @@ def date_lock(output_dir: Path, day: date) -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)
+
+
+def try_exclusive_lock(path: Path) -> int | None:
+    """An exclusive, non-blocking lock on ``path`` (created if missing), as an open file
+    descriptor to ``os.close`` when done; None when another process holds it. The kernel
+    drops it when the holder dies, SIGKILL included."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

@@ -207,14 +207,20 @@ class DriftSection(DriftReport):
     reference: NotRequired[str]  # which training reference the day was compared with
 
 
-class Concentration(TypedDict):
-    """How alerts spread over users (``uba.alerting.thresholds.concentration_from_counts``)."""
+class AlertSpread(TypedDict):
+    """How alerts spread over users (``uba.monitoring.evaluation.alert_concentration``)."""
 
     users: int
     users_with_alerts: int
     top_1pct_users: int
     top_1pct_share_of_alerts: float
     max_alerts_one_user: int
+
+
+class Concentration(AlertSpread):
+    """An :class:`AlertSpread` with its alert count, as a run's manifest and ``evaluate`` store it
+    (``uba.alerting.thresholds.concentration_from_counts``)."""
+
     alerts: int
 
 

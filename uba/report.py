@@ -26,12 +26,13 @@ import polars as pl
 
 from uba import io
 from uba.alerting.records import day_records
-from uba.alerting.risk import StaleEntry, read_risk, risk_window, stale_marker, user_series
+from uba.alerting.risk import read_risk, risk_window, stale_marker, user_series
 from uba.alerting.triage import status_counts
 from uba.alerting.userday import riskiest_first
 from uba.errors import UserError
+from uba.manifest import DriftSection, RunManifest, StaleEntry, read_manifest
 from uba.monitoring.charts import STATUS_COLOURS, drift_history_png, file_backend, png_bytes
-from uba.monitoring.drift import monitoring_row, retrain_advice
+from uba.monitoring.drift import MonitoringRow, monitoring_row, retrain_advice
 from uba.settings import Settings
 
 FLAGGED_NEEDED: dict[str, pl.DataType] = {
@@ -153,8 +154,8 @@ class ReportData:
     """Everything one day's page shows, already read from storage."""
 
     day: date
-    manifest: Mapping[str, Any]
-    history: list[dict[str, Any]]
+    manifest: RunManifest
+    history: list[MonitoringRow]
     top_users: pl.DataFrame
     suppressions: pl.DataFrame
     flagged_users: int
@@ -174,15 +175,15 @@ def _scan_or_empty(root: Path, dataset: str, day: date, schema: Mapping[str, pl.
 def load_report_data(settings: Settings, day: date, history_days: int = 14, top: int = 15) -> ReportData:
     """Read the day's manifest, outputs and the previous days' manifests."""
     output_dir = Path(settings.paths.output_dir)
-    manifest = io.read_run_manifest(output_dir, day)
+    manifest = read_manifest(output_dir, day)
     if manifest is None:
         raise UserError(f"{day.isoformat()} has not been scored (no manifest under {output_dir / io.RUNS}); "
                         f"run `uba-batch score --date {day.isoformat()}` first")
     first = day - timedelta(days=min(history_days - 1, (day - date.min).days))  # clipped at 0001-01-01
-    history = []
+    history: list[MonitoringRow] = []
     for past in io.run_manifest_dates(output_dir):
         if first <= past <= day:
-            past_manifest = manifest if past == day else io.read_run_manifest(output_dir, past)
+            past_manifest = manifest if past == day else read_manifest(output_dir, past)
             if past_manifest is not None:
                 history.append(monitoring_row(past_manifest))
     flagged = _scan_or_empty(output_dir, io.FLAGGED, day, FLAGGED_NEEDED)
@@ -222,7 +223,7 @@ def _sparklines(output_dir: Path, day: date, users: list[str], days: int) -> dic
 # --- charts ----------------------------------------------------------------------------
 
 
-def alert_history_png(rows: Sequence[Mapping[str, Any]], day: date) -> bytes:
+def alert_history_png(rows: Sequence[MonitoringRow], day: date) -> bytes:
     """Alerts per day (suppressed stacked on top) against the alerts the percentile promises."""
     file_backend()
     import matplotlib.pyplot as plt
@@ -375,7 +376,7 @@ def _user_days_table(days: pl.DataFrame) -> str:
     return f'<table id="user-days"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def _drift_feature_rows(drift: Mapping[str, Any], limit: int = 6) -> str:
+def _drift_feature_rows(drift: DriftSection, limit: int = 6) -> str:
     """The features the verdict counted, most shifted first. Calendar features (which
     differ every day by design) and features constant in training are left out: their
     PSI says nothing about the model."""
@@ -388,7 +389,7 @@ def _drift_feature_rows(drift: Mapping[str, Any], limit: int = 6) -> str:
                    + (f'<td class="num">{v:.3f}</td>' if excess else "") + "</tr>" for n, v in top)
 
 
-def _drift_section(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+def _drift_section(manifest: RunManifest, rows: Sequence[MonitoringRow],
                    settings: Settings) -> str:
     drift = manifest.get("drift")
     if not drift:
@@ -451,8 +452,9 @@ def render_report(data: ReportData, settings: Settings) -> str:
     """The page as one HTML string (no external resources of any kind)."""
     manifest = data.manifest
     today = monitoring_row(manifest)
-    model = manifest.get("model", {})
-    per_user = bool((manifest.get("alerts") or {}).get("per_user_thresholds"))
+    model = manifest["model"]
+    alerts = manifest.get("alerts")  # runs from before per-user thresholds have no section
+    per_user = alerts is not None and alerts["per_user_thresholds"]
     cards = "".join([
         _card(f"{today['scored']:,}", "events scored", "card-scored"),
         _card(today["alerts"], "alerts", "card-alerts"),
@@ -462,9 +464,8 @@ def render_report(data: ReportData, settings: Settings) -> str:
     ])
     history = (_img(alert_history_png(data.history, data.day), "alerts per day") if data.history
                else '<p class="muted">No history yet.</p>')
-    threshold = model.get("threshold")
-    subtitle = (f"model {_e(model.get('version'))} &middot; threshold "
-                f"{'-' if threshold is None else f'{threshold:.4f}'} (p{_e(model.get('threshold_percentile'))})"
+    subtitle = (f"model {_e(model['version'])} &middot; threshold {model['threshold']:.4f} "
+                f"(p{_e(model['threshold_percentile'])})"
                 f"{' &middot; per-user thresholds on' if per_user else ''}")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from jobs.options import DATE, data_dir_option, model_dir_option, output_dir_option, settings_from
+
+if TYPE_CHECKING:  # the command imports the library only when it runs (start-up time)
+    from uba.monitoring.evaluation import EvaluationReport
+    from uba.monitoring.user_evaluation import UserLevelReport, UserLevelSkipped
 
 
 @click.command(name="evaluate")
@@ -45,7 +49,7 @@ def command(ctx: click.Context, start: date | None, end: date | None, model_vers
     click.echo(f"report: {run.json_path}, figure: {run.png_path}")
 
 
-def _print_summary(report: dict[str, Any]) -> None:
+def _print_summary(report: EvaluationReport) -> None:
     for name, m in report["models"].items():
         click.echo(f"{name}: ROC-AUC {m['roc_auc']:.3f}  PR-AUC {m['pr_auc']:.3f}  "
                    f"precision {m['precision_at_threshold']:.3f}  recall {m['recall_at_threshold']:.3f}  "
@@ -65,7 +69,7 @@ def _print_summary(report: dict[str, Any]) -> None:
     _print_user_level(report["user_level"])
 
 
-def _print_user_level(user_level: dict[str, Any]) -> None:
+def _print_user_level(user_level: UserLevelReport | UserLevelSkipped) -> None:
     if "skipped" in user_level:
         click.echo(f"user level: skipped, {user_level['skipped']}")
         return

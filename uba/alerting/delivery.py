@@ -18,7 +18,6 @@ the queue, as dead letters (status ``failed``), found by splitting the batch in 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import random
 import sqlite3
@@ -28,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
 
 from uba import io
 from uba.alerting.ledger import (
@@ -42,9 +40,10 @@ from uba.alerting.ledger import (
     ledger_path,
 )
 from uba.alerting.payloads import payload_for
-from uba.alerting.records import RISK, day_records, run_info
+from uba.alerting.records import RISK, AlertRecord, alert_records, day_records, run_info
 from uba.alerting.transport import Outcome, safe_url, sender_for
 from uba.errors import UserError
+from uba.locks import try_exclusive_lock
 from uba.logs import get_logger
 from uba.manifest import (
     SUCCEEDED,
@@ -151,14 +150,14 @@ def prepare_sinks(settings: Settings) -> list[ReadySink]:
 
 
 # Any: the rows as Polars ``DataFrame.to_dicts`` gives them
-def day_alert_records(output_dir: Path, day: date, alerting: AlertingSettings) -> list[dict[str, Any]]:
+def day_alert_records(output_dir: Path, day: date, alerting: AlertingSettings) -> list[AlertRecord]:
     """The records of ``day`` that ``alerting.what`` selects, in export order (risk only
     when the day has entity risk)."""
-    records: list[dict[str, Any]] = []
+    records: list[AlertRecord] = []
     for kind in alerting.what:
         if kind == "risk" and not io.partition_files(output_dir, RISK, day):
             continue
-        records += day_records(output_dir, day, KIND_READERS[kind], alerting.risk_min_level).to_dicts()
+        records += alert_records(day_records(output_dir, day, KIND_READERS[kind], alerting.risk_min_level))
     return records
 
 
@@ -334,17 +333,9 @@ class _SinkRun:
 
 
 def _sink_lock(data_dir: Path, name: str) -> int | None:
-    """An exclusive, non-blocking lock on delivering to ``name`` (two deliverers would send
-    the same alerts out of order); None when another process holds it. The kernel drops it
-    when the holder dies, SIGKILL included."""
-    path = Path(data_dir) / LEDGER_DIR / f"deliver-{name}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+    """An exclusive lock on delivering to ``name`` (two deliverers would send the same alerts
+    out of order); None when another process holds it."""
+    return try_exclusive_lock(Path(data_dir) / LEDGER_DIR / f"deliver-{name}.lock")
 
 
 def _deliver_one(settings: Settings, sink: ReadySink, deadline: float | None) -> SinkReport:

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TypedDict, cast, overload
+from typing import cast, overload
 
 import polars as pl
 
@@ -40,6 +40,7 @@ from uba.alerting.feedback import FeedbackSummary, record_feedback_csv
 from uba.directory import load_directory
 from uba.io import latest_feedback
 from uba.logs import get_logger
+from uba.manifest import RiskSection, StaleEntry
 from uba.schema import JsonValue, alert_id
 from uba.settings import RISK_LEVELS, RiskSettings, Settings
 
@@ -70,36 +71,6 @@ PREVIOUS_SCHEMA: dict[str, pl.DataType] = {
     "user_id": pl.String(), "risk_score": pl.Float64(), "first_seen_high": pl.Date(),
 }
 HIGH_LEVELS = ("high", "critical")
-
-
-class RiskPrevious(TypedDict):
-    date: str
-    run_id: str | None
-
-
-class RiskCuts(TypedDict):
-    medium: float
-    high: float
-    critical: float
-
-
-class RiskSection(TypedDict):
-    """The manifest's ``risk`` section (:meth:`RiskRun.manifest_section`)."""
-
-    users: int
-    levels: dict[str, int]
-    previous: RiskPrevious | None
-    benign_verdicts: int
-    half_life_days: float
-    cuts: RiskCuts
-
-
-class StaleEntry(TypedDict):
-    """One ``risk_stale`` mark: an input of the day's entity risk changed after it was computed."""
-
-    changed_day: str
-    reason: str
-    marked_at: str
 
 
 # --- the pure part -----------------------------------------------------------------

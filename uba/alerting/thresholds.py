@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
 
 import numpy as np
 import polars as pl
@@ -37,6 +36,7 @@ from uba.errors import BundleError
 from uba.features.baselines import POPULATION_USER
 from uba.features.pipeline import feature_matrix, training_days, window_features
 from uba.logs import get_logger
+from uba.manifest import Concentration
 from uba.model.bundle import Bundle, read_user_score_history
 from uba.settings import Settings, UserThresholdSettings
 
@@ -143,22 +143,6 @@ def user_cut_array(user_ids: Sequence[str] | pl.Series, thresholds: pl.DataFrame
     joined = frame.join(thresholds.select("user_id", "user_threshold"), on="user_id", how="left",
                         maintain_order="left")
     return joined["user_threshold"].fill_null(float(global_threshold)).to_numpy()
-
-
-class AlertSpread(TypedDict):
-    """How alerts spread over users (``uba.monitoring.evaluation.alert_concentration``)."""
-
-    users: int
-    users_with_alerts: int
-    top_1pct_users: int
-    top_1pct_share_of_alerts: float
-    max_alerts_one_user: int
-
-
-class Concentration(AlertSpread):
-    """An :class:`AlertSpread` with its alert count, as a run's manifest and ``evaluate`` store it."""
-
-    alerts: int
 
 
 def concentration_from_counts(per_user: pl.DataFrame, alerts: str) -> Concentration:

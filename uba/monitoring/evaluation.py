@@ -21,7 +21,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from sklearn.preprocessing import StandardScaler
 
 from uba import io
-from uba.alerting.thresholds import AlertSpread, Concentration, bundle_user_cuts, user_cut_array
+from uba.alerting.thresholds import bundle_user_cuts, user_cut_array
 from uba.errors import UserError
 from uba.features.pipeline import (
     date_range,
@@ -30,6 +30,7 @@ from uba.features.pipeline import (
     training_days,
     window_features,
 )
+from uba.manifest import AlertSpread, Concentration
 from uba.model.bundle import Bundle
 from uba.monitoring.charts import file_backend, png_bytes
 from uba.monitoring.user_evaluation import (

@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import TypedDict
+from typing import TypedDict, final
 
 import numpy as np
 import polars as pl
@@ -83,6 +83,7 @@ class RankingQuality(TypedDict):
     pr_curve: PrCurve
 
 
+@final  # no other keys: `"skipped" in user_level` tells the two shapes apart
 class UserLevelReport(TypedDict):
     """``user_level`` of evaluation.json: both rankings side by side."""
 
@@ -91,6 +92,7 @@ class UserLevelReport(TypedDict):
     precision_at_k_gain: float | None
 
 
+@final
 class UserLevelSkipped(TypedDict):
     """``user_level`` of evaluation.json when there is nothing to rank: why."""
 

@@ -51,7 +51,6 @@ from uba.manifest import (
     BaselineProtection,
     FailureRecord,
     PartRecord,
-    RiskSection,
     RowConservation,
     RunCounts,
     RunExecution,
@@ -59,8 +58,6 @@ from uba.manifest import (
     RunManifest,
     RunPlacement,
     RunRecord,
-    ShardRecord,
-    StaleEntry,
 )
 from uba.model.bundle import Bundle
 from uba.scoring import shard
@@ -188,7 +185,7 @@ class _Run:
         try:
             self._recover_previous()
             staging = self.staging_root / f"run-{self.run_id}"
-            staging.mkdir(parents=True)
+            io.new_dir(staging, parents=True)
             record = self._score_into(staging)
             manifest = self._publish(staging, record)
         except BaseException as exc:
@@ -276,7 +273,7 @@ class _Run:
         with self.timer.stage("operations"):  # per-user cuts, suppression rules
             self.ops = RunOperations.prepare(self.settings, self.bundle, self.day)
         for folder in (shard.SCORES_DIR, shard.FLAGGED_PARTS_DIR):
-            (staging / folder).mkdir()
+            io.new_dir(staging / folder)
         ctx = shard.ShardContext(run_key=self.run_id, day=self.day, model_version=self.bundle.version,
                                  max_reasons=self.settings.threshold.max_reasons,
                                  staging=str(staging), fault=self.options.fault)
@@ -292,7 +289,7 @@ class _Run:
         with self.timer.stage("user_day"):  # whole-day alerts, published with the rest
             user_days = self.ops.user_day_alerts(baselines)
             if user_days is not None:
-                (staging / io.FLAGGED_USERS).mkdir()
+                io.new_dir(staging / io.FLAGGED_USERS)
                 io.write_staged_part(user_days.rechunk(),
                                      staging / io.FLAGGED_USERS / PART_NAME.format(index=0))
         with self.timer.stage("risk"):  # entity risk, published with the rest
@@ -300,7 +297,7 @@ class _Run:
         conservation = mf.row_conservation(input_rows, counts["scored_rows"], quarantined)
         score_files = {name: file for r in results for name, file in r.scores_file.items()}
         # the shards' lines, as ShardResult.record writes them (a plain dict of ShardRecord's keys)
-        run_execution: RunExecution = {**execution, "shard_records": [cast(ShardRecord, r.record()) for r in results],
+        run_execution: RunExecution = {**execution, "shard_records": [r.record() for r in results],
                                        "chunks": len(specs)}
         record = self._manifest(input_rows, quarantined, counts, conservation, run_execution,
                                 baselines, score_files, flagged_files)
@@ -310,7 +307,7 @@ class _Run:
         record["alerts"] = sections["alerts"]
         record["user_day"] = sections["user_day"]
         # RiskRun.manifest_section (uba.alerting.risk) returns RiskSection's keys as a plain dict
-        record["risk"] = cast(RiskSection, self.risk.manifest_section(self.settings.risk))
+        record["risk"] = self.risk.manifest_section(self.settings.risk)
         record["outputs"]["risk"] = {"path": str(io.partition_dir(self.output_dir, io.RISK, self.day))}
         self.ops.warn_on_drift(record["drift"])
         if not conservation["ok"]:
@@ -325,14 +322,10 @@ class _Run:
     def _risk(self, staging: Path, user_days: pl.DataFrame | None) -> RiskRun:
         """Entity risk of the day from the staged flagged part (alerts only: a few per cent of
         the day, the columns risk needs) and the user-day alerts, staged as ``risk/``."""
-        flagged_parts = sorted((staging / io.FLAGGED).glob("*.parquet"))
-        if flagged_parts:
-            scan = pl.scan_parquet(flagged_parts)
-            flagged = scan.select([c for c in scan.collect_schema().names() if c in RISK_FLAGGED_COLUMNS]).collect()
-        else:
-            flagged = pl.DataFrame(schema=RISK_FLAGGED_SCHEMA)
+        staged = io.read_parts(sorted((staging / io.FLAGGED).glob("*.parquet")), among=RISK_FLAGGED_COLUMNS)
+        flagged = pl.DataFrame(schema=RISK_FLAGGED_SCHEMA) if staged is None else staged
         run = RiskRun.compute(self.settings, self.day, flagged, user_days)
-        (staging / io.RISK).mkdir()
+        io.new_dir(staging / io.RISK)
         io.write_staged_part(run.table, staging / io.RISK / PART_NAME.format(index=0))
         return run
 
@@ -381,7 +374,8 @@ class _Run:
             missing = stale_aggregate_days(self.data_dir, lookback, categories)
             refs = [self.runtime.submit(ensure_aggregates, self.data_dir, [d], categories) for d in missing]
             for ref, d in zip(refs, missing, strict=True):
-                self.aggregates_computed += self.runtime.result(ref, f"aggregates of {d}")
+                computed = self.runtime.result(ref, f"aggregates of {d}")
+                self.aggregates_computed += computed
             return self.runtime.submit(ensure_aggregates, self.data_dir, [self.day], categories)
 
     def _note_unverified_inputs(self) -> None:
@@ -425,7 +419,7 @@ class _Run:
 
     def _merge_flagged(self, results: list[shard.ShardResult], staging: Path,
                        execution: RunPlacement) -> dict[str, PartRecord]:
-        (staging / io.FLAGGED).mkdir()
+        io.new_dir(staging / io.FLAGGED)
         name = PART_NAME.format(index=0)
         parts, out = [r.flagged_part for r in results], str(staging / io.FLAGGED / name)
         if self._on_ray(execution):
@@ -434,7 +428,7 @@ class _Run:
         else:
             record = shard.merge_flagged(parts, out)
         # merge_flagged (uba.scoring.shard) returns PartRecord's keys as a plain dict
-        return {name: cast(PartRecord, record)}
+        return {name: record}
 
     def _publish(self, staging: Path, record: RunRecord) -> RunManifest:
         """Make the staged run the day's output in one step (see ``io.commit_day_version``).
@@ -465,7 +459,7 @@ class _Run:
             stale = self.risk.stale_entries(self.output_dir, self.data_dir)
             if stale:  # an earlier day or a verdict changed while this run computed its risk
                 # RiskRun.stale_entries (uba.alerting.risk) returns StaleEntry's keys as plain dicts
-                manifest["risk_stale"] = cast(list[StaleEntry], stale)
+                manifest["risk_stale"] = stale
             io.fault_point("manifest", staging / mf.MANIFEST_NAME)
             io.write_json_atomic(manifest, staging / mf.MANIFEST_NAME, durable=True)
             step("manifest")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, cast
+from typing import Any
 
 import polars as pl
 
@@ -30,7 +30,6 @@ from uba.logs import get_logger
 from uba.manifest import (
     AlertConcentration,
     AlertsSection,
-    Concentration,
     DriftSection,
     OperationSections,
     UserDaySection,
@@ -108,8 +107,8 @@ class RunOperations:
         flagged = int(totals["alerts_user"].sum())
         suppressed = int(totals["suppressed"].sum())
         concentration: AlertConcentration = {
-            "global_threshold": _concentration(totals, "alerts_global"),
-            "per_user_thresholds": _concentration(totals, "alerts_user") if per_user_on else None}
+            "global_threshold": concentration_from_counts(totals, "alerts_global"),
+            "per_user_thresholds": concentration_from_counts(totals, "alerts_user") if per_user_on else None}
         users = DayUsers(active=totals.filter(pl.col("events") > 0).height,
                          alerted=totals.filter(pl.col("alerts_global") > 0).height)
         drift: DriftSection = {**drift_report_from_counts(self.counts, self.reference, self.settings.monitoring,
@@ -136,7 +135,3 @@ class RunOperations:
         elif drift["status"] == "warn":
             log.info("drift check on %s: warn (%s)", self.day, "; ".join(drift["warnings"][:2]))
 
-
-def _concentration(totals: pl.DataFrame, alerts: str) -> Concentration:
-    # concentration_from_counts (uba.alerting.thresholds) returns these keys as a plain dict
-    return cast(Concentration, concentration_from_counts(totals, alerts))

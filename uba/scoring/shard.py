@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
 from pathlib import Path
-from typing import Final, TypedDict
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +41,7 @@ from uba.features.compiled import CompiledBaselines, compile_baselines
 from uba.features.events import features_frame
 from uba.features.pipeline import feature_matrix
 from uba.features.reasons import phrase_frame, rank_frame
+from uba.manifest import PartRecord, ShardRecord
 from uba.model.forest import Detector
 from uba.monitoring.drift import DriftCounts, drift_counts
 from uba.schema import EVENT_SCHEMA
@@ -64,25 +65,6 @@ FAULT_ENV = {
 # only when a link is made (a day's first run, or one in the layout before versions).
 PUBLISH_STEPS = ("manifest", "link:scores", "link:flagged", "link:flagged_users", "link:manifest",
                  "links", "version", "commit", "prune")
-
-
-class PartRecord(TypedDict):
-    """A written part as the manifest records it."""
-
-    rows: int
-    sha256: str
-
-
-class ShardRecord(TypedDict):
-    """A shard's line in the manifest."""
-
-    index: int
-    rows: int
-    flagged_rows: int
-    node_id: str
-    pid: int
-    fetched_inputs: bool
-    seconds: dict[str, float]
 
 
 @dataclass(frozen=True)
