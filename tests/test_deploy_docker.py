@@ -440,7 +440,7 @@ def test_the_build_time_warm_up_fills_the_cache_that_later_processes_load(
     env = _image_process_env(dockerfile, venv, NUMBA_CACHE_DIR=str(cache), HOME=str(tmp_path))
     subprocess.run(command.replace("/opt/venv", str(venv)), shell=True, env=env, cwd=workdir,
                    check=True, timeout=300)
-    assert len(list(cache.rglob("forest_kernel.*.nbi"))) == 2  # the complete and node kernels
+    assert len(list(cache.rglob("kernel.*.nbi"))) == 2  # the complete and node kernels
     again = subprocess.run([str(venv / "bin" / "python"), "-c", "import uba.model.kernel as k; k.warm_up()"],
                            env={**env, "NUMBA_DEBUG_CACHE": "1"}, cwd=workdir, capture_output=True,
                            text=True, timeout=300)

@@ -453,8 +453,8 @@ def render_report(data: ReportData, settings: Settings) -> str:
     manifest = data.manifest
     today = monitoring_row(manifest)
     model = manifest["model"]
-    alerts = manifest.get("alerts")  # runs from before per-user thresholds have no section
-    per_user = alerts is not None and alerts["per_user_thresholds"]
+    alerts = manifest.get("alerts")  # older runs have no section, or one without the key
+    per_user = bool(alerts and alerts.get("per_user_thresholds"))
     cards = "".join([
         _card(f"{today['scored']:,}", "events scored", "card-scored"),
         _card(today["alerts"], "alerts", "card-alerts"),
