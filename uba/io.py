@@ -1268,7 +1268,7 @@ def run_manifest_dates(output_dir: Path) -> list[date]:
     return dated_dirs(Path(output_dir) / RUNS, PARTITION_COLUMN, lambda folder: (folder / MANIFEST_NAME).is_file())
 
 
-def read_run_manifest(output_dir: Path, day: date) -> dict[str, Any] | None:
+def read_run_manifest(output_dir: Path, day: date) -> dict[str, JsonValue] | None:
     """The manifest of ``day``'s run, or None when that day was never scored.
 
     Readers of a day (report, monitor, backfill) start here, so the day's layout is

@@ -8,7 +8,7 @@ stored in the bundle so every scorer (batch, API) applies the same cut.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -27,7 +27,14 @@ from uba.features.compiled import PEER_FEATURE_COLUMNS, feature_columns
 from uba.features.events import FEATURE_SET_VERSION
 from uba.features.pipeline import date_range, feature_matrix, prepare_aggregates, window_features
 from uba.logs import get_logger
-from uba.model.bundle import TrainingMetadata, feature_reference, save_bundle, score_summary
+from uba.model.bundle import (
+    DriftReference,
+    TrainingMetadata,
+    WeekdayReference,
+    feature_reference,
+    save_bundle,
+    score_summary,
+)
 from uba.model.forest import fit_detector
 from uba.monitoring.drift import (
     TrainingRows,
@@ -159,10 +166,10 @@ def write_snapshot_after(settings: Settings, end_date: date) -> Path:
 
 class DriftReferences(TypedDict):
     """The drift references a bundle carries (keys WEEKDAY_REFERENCE_KEY and
-    DRIFT_REFERENCE_KEY of ``uba.monitoring.drift``, whose shapes that module defines)."""
+    DRIFT_REFERENCE_KEY of ``uba.monitoring.drift``; shapes in ``uba.model.bundle``)."""
 
-    drift_reference_by_weekday: Mapping[str, object]
-    drift_reference: Mapping[str, object]
+    drift_reference_by_weekday: dict[str, WeekdayReference]
+    drift_reference: DriftReference
 
 
 def training_metadata(settings: Settings, features: pl.DataFrame, matrix: npt.NDArray[np.float64],

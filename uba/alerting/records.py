@@ -16,7 +16,7 @@ de-duplicates by id never sees one finding twice under two names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -26,6 +26,7 @@ import polars as pl
 
 from uba import io
 from uba.errors import UserError
+from uba.manifest import read_manifest
 from uba.schema import alert_id
 
 RISK = "risk"
@@ -85,15 +86,14 @@ class RunInfo:
 
 def run_info(output_dir: Path, day: date) -> RunInfo:
     """The day's run, or a one-line error when the day was never scored."""
-    manifest = io.read_run_manifest(output_dir, day)
+    manifest = read_manifest(output_dir, day)
     if manifest is None:
         raise UserError(f"{day} is not scored in {output_dir} (no {io.RUNS}/event_date={day}/"
                         f"{io.MANIFEST_NAME}); run `uba-batch score --date {day}` first")
-    run_id = str(manifest.get("run_id") or "")
+    run_id = manifest.get("run_id") or ""
     ref = f"{io.RUNS}/event_date={day.isoformat()}/{io.MANIFEST_NAME}#run={run_id}"
-    model = manifest.get("model") or {}
-    version = model.get("version") if isinstance(model, Mapping) else None
-    return RunInfo(run_id=run_id, model_version=version if isinstance(version, str) else None, run_ref=ref)
+    model = manifest.get("model")
+    return RunInfo(run_id=run_id, model_version=model.get("version") if model else None, run_ref=ref)
 
 
 def _severity(margin: pl.Expr) -> pl.Expr:
@@ -189,11 +189,12 @@ def _risk_reasons(row: _RiskRow) -> tuple[list[str], list[str]]:
     return reasons, [kind for kind, _ in ranked]
 
 
-def _risk_cuts(output_dir: Path, day: date) -> Mapping[str, float]:
-    """The day's risk level cuts from its manifest (none for runs before entity risk)."""
-    risk = (io.read_run_manifest(output_dir, day) or {}).get("risk") or {}
-    cuts = risk.get("cuts") if isinstance(risk, Mapping) else None
-    return cast(Mapping[str, float], cuts) if isinstance(cuts, Mapping) else {}
+def _risk_cuts(output_dir: Path, day: date) -> dict[str, float]:
+    """The day's risk level cuts by level from its manifest (none for runs before entity risk)."""
+    manifest = read_manifest(output_dir, day)
+    risk = manifest.get("risk") if manifest else None
+    cuts = risk.get("cuts") if risk else None
+    return {"medium": cuts["medium"], "high": cuts["high"], "critical": cuts["critical"]} if cuts else {}
 
 
 def risk_records(output_dir: Path, day: date, run: RunInfo, min_level: str) -> pl.DataFrame:

@@ -27,11 +27,11 @@ the report, ``GET /users/{id}/risk``, the export and ``evaluate`` read it with
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import cast, overload
+from typing import Final, overload
 
 import polars as pl
 
@@ -40,14 +40,14 @@ from uba.alerting.feedback import FeedbackSummary, record_feedback_csv
 from uba.directory import load_directory
 from uba.io import latest_feedback
 from uba.logs import get_logger
-from uba.manifest import RiskSection, StaleEntry
+from uba.manifest import RiskSection, RunManifest, StaleEntry, read_manifest
 from uba.schema import JsonValue, alert_id
 from uba.settings import RISK_LEVELS, RiskSettings, Settings
 
 log = get_logger("risk")
 
 RISK = io.RISK
-STALE_KEY = "risk_stale"
+STALE_KEY: Final = "risk_stale"
 CONTRIBUTION = pl.Struct({
     "alert_id": pl.String(), "type": pl.String(), "event_id": pl.String(), "score": pl.Float64(),
     "cut": pl.Float64(), "points": pl.Float64(), "reason_kinds": pl.List(pl.String()),
@@ -316,11 +316,11 @@ def feedback_stamp(data_dir: Path) -> list[str]:
 # --- staleness ----------------------------------------------------------------------
 
 
-def stale_marker(manifest: Mapping[str, object] | None) -> list[StaleEntry]:
+def stale_marker(manifest: RunManifest | None) -> list[StaleEntry]:
     """The ``risk_stale`` entries of a day's manifest (empty when its risk is current)."""
     if not manifest:
         return []
-    return list(cast("list[StaleEntry]", manifest.get(STALE_KEY) or []))
+    return list(manifest.get(STALE_KEY) or [])
 
 
 def mark_stale(output_dir: Path, days: Iterable[date], reason: str, changed_day: date) -> list[date]:
@@ -473,9 +473,8 @@ class RiskRun:
 def _run_id(output_dir: Path, day: date | None) -> str | None:
     if day is None:
         return None
-    manifest = io.read_run_manifest(Path(output_dir), day)
-    run_id = None if manifest is None else manifest.get("run_id")
-    return run_id if isinstance(run_id, str) else None
+    manifest = read_manifest(Path(output_dir), day)
+    return None if manifest is None else manifest.get("run_id")
 
 
 # --- analyst verdicts that change past risk ---------------------------------------

@@ -21,6 +21,7 @@ from uba import io
 from uba.alerting.risk import risk_days, risk_window, stale_marker
 from uba.errors import UserError
 from uba.logs import get_logger
+from uba.manifest import read_manifest
 from uba.settings import Settings
 
 log = get_logger("api.risk")
@@ -85,7 +86,7 @@ def load_index(settings: Settings) -> RiskIndex:
         return RiskIndex(days=days, key=key)
     end = date.fromisoformat(key[-1][0])
     window = risk_window(output_dir, end, days)
-    stale = {d: bool(stale_marker(io.read_run_manifest(output_dir, d))) for d in window["event_date"].unique()}
+    stale = {d: bool(stale_marker(read_manifest(output_dir, d))) for d in window["event_date"].unique()}
     by_user: dict[str, list[RiskRow]] = {}
     for row in window.sort(["user_id", "event_date"]).iter_rows(named=True):
         row["stale"] = stale.get(row["event_date"], False)

@@ -130,12 +130,55 @@ class TrainingRowCounts(TypedDict):
     excluded_confirmed_malicious: int
 
 
+class ScoreBins(TypedDict):
+    """Score cuts and the training share of each bin (the cross-fitted reference's)."""
+
+    cuts: list[float]
+    proportions: list[float]
+
+
+class WeekdayReference(TypedDict):
+    """One weekday of ``drift_reference_by_weekday`` (``uba.monitoring.drift.weekday_references``):
+    the pooled summaries over that weekday's training rows."""
+
+    rows: int
+    days: int
+    feature_reference: FeatureReference
+    score_summary: ScoreSummary
+
+
+class ReferencePart(TypedDict):
+    """The pooled part of ``drift_reference``, or one weekday of it: mature rows, cross-fitted scores."""
+
+    rows: int
+    days: int
+    user_days: int
+    alerted_user_days: int
+    feature_reference: FeatureReference
+    score_reference: ScoreBins
+
+
+class DriftReference(TypedDict):
+    """``drift_reference`` (``uba.monitoring.drift.build_drift_reference``), as stored.
+
+    Typed here, below monitoring, because the bundle's metadata names it.
+    """
+
+    version: int
+    scores: str  # "cross-fitted", or "in-sample" for a one-day window
+    min_history_days: int
+    warm_up_rows_included: bool
+    constant_features: list[str]
+    pooled: ReferencePart
+    weekdays: dict[str, ReferencePart]  # "0" (Monday) .. "6", weekdays with enough days
+
+
 class TrainingMetadata(TypedDict, total=False):
     """What ``train`` stores at the top level of ``bundle.json`` beside the forest.
 
     Optional, because ``save_bundle`` takes any JSON-friendly metadata and a bundle is
-    read as it was written. The drift references and the settings are plain JSON whose
-    shape their own modules (``uba.monitoring.drift``, ``uba.settings``) define.
+    read as it was written (bundles from before the drift references lack them). The
+    settings are plain JSON whose shape ``uba.settings`` defines.
     """
 
     feature_set_version: str | None
@@ -146,8 +189,8 @@ class TrainingMetadata(TypedDict, total=False):
     feature_reference: FeatureReference
     data_fingerprint: str
     settings: Mapping[str, object]
-    drift_reference_by_weekday: Mapping[str, object]
-    drift_reference: Mapping[str, object]
+    drift_reference_by_weekday: dict[str, WeekdayReference]  # "0" (Monday) .. "6"
+    drift_reference: DriftReference
 
 
 class ScalerRecord(TypedDict):

@@ -37,15 +37,25 @@ nothing had changed, for three reasons, each fixed where it arises:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, TypedDict
+from typing import Final, TypedDict
 
 import numpy as np
 
 from uba.manifest import AlertCheck, DriftJudgement, DriftReport, RunManifest
-from uba.model.bundle import bin_proportions, feature_reference, score_summary
+from uba.model.bundle import (
+    BundleMetadata,
+    DriftReference,
+    FeatureBins,
+    ReferencePart,
+    ScoreBins,
+    WeekdayReference,
+    bin_proportions,
+    feature_reference,
+    score_summary,
+)
 from uba.model.forest import fit_detector
 from uba.settings import ModelSettings, MonitoringSettings, Settings
 
@@ -54,7 +64,7 @@ SCORE_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99)
 # shows, and the top 5%, where a shift of behaviour the forest finds odd shows. The alert
 # tail itself (the top ~2%) holds too few users a day for a PSI; the alert check judges it.
 REFERENCE_SCORE_LEVELS = (0.2, 0.4, 0.6, 0.8, 0.95)
-DRIFT_REFERENCE_KEY = "drift_reference"
+DRIFT_REFERENCE_KEY: Final = "drift_reference"
 # Share floor before taking logs: an empty bin would otherwise make the PSI infinite.
 MIN_SHARE = 1e-4
 STATUS_ORDER = ("ok", "warn", "drift")
@@ -67,6 +77,23 @@ class DriftCountsRecord(TypedDict):
     alerts: int
     feature_counts: dict[str, list[int]]
     score_counts: list[int] | None
+
+
+class CrossFittedFields(TypedDict, total=False):
+    """What the chosen part of a cross-fitted ``drift_reference`` adds to the day's metadata;
+    absent when the bundle predates that reference (``score_reference`` is then None or absent)."""
+
+    score_reference: ScoreBins | None
+    reference_user_days: int
+    reference_alerted_user_days: int
+    constant_features: list[str]
+
+
+class DayReference(BundleMetadata, CrossFittedFields):
+    """The bundle metadata with the reference a day is compared with (``reference_for_weekday``):
+    its ``feature_reference`` (and for older bundles ``score_summary``) replaced by the chosen
+    part's. Built per run and sent to the shards, never stored.
+    """
 
 
 @dataclass
@@ -111,17 +138,14 @@ class DriftCounts:
         )
 
 
-def score_reference(metadata: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
+def score_reference(metadata: DayReference) -> tuple[list[float], list[float]] | None:
     """(cuts, training shares) for the score PSI: the cross-fitted reference's bins when
     the bundle has one, else the levels of SCORE_LEVELS from the training score quantiles.
     """
     own = metadata.get("score_reference")
     if own:
         return [float(c) for c in own["cuts"]], [float(p) for p in own["proportions"]]
-    summary = metadata.get("score_summary") or {}
-    quantiles = summary.get("quantiles") or {}
-    pairs = [(float(lv), float(v)) for lv, v in zip(quantiles.get("levels", []), quantiles.get("values", []),
-                                                   strict=False)
+    pairs = [(float(lv), float(v)) for lv, v in _stored_quantiles(metadata)
              if any(abs(float(lv) - want) < 1e-12 for want in SCORE_LEVELS)]
     cuts: list[float] = []
     levels: list[float] = []
@@ -136,13 +160,29 @@ def score_reference(metadata: Mapping[str, Any]) -> tuple[list[float], list[floa
     return cuts, [bounds[i + 1] - bounds[i] for i in range(len(bounds) - 1)]
 
 
+def _stored_quantiles(metadata: DayReference) -> list[tuple[float, float]]:
+    """(level, value) of the training score quantiles (``score_summary``); none when the
+    bundle has no summary."""
+    summary = metadata.get("score_summary")
+    quantiles = summary.get("quantiles") if summary else None
+    if not quantiles:
+        return []
+    return list(zip(quantiles.get("levels", []), quantiles.get("values", []), strict=False))
+
+
+def _feature_bins(metadata: DayReference) -> dict[str, FeatureBins]:
+    """The training bins per feature (``feature_reference``); none when the bundle has none."""
+    reference = metadata.get("feature_reference")
+    return reference.get("features", {}) if reference else {}
+
+
 def _counts(values: np.ndarray, cuts: Sequence[float]) -> np.ndarray:
     """Bin counts with the convention of ``uba.model.bundle.bin_proportions`` (right-closed bins)."""
     index = np.searchsorted(np.asarray(cuts, dtype=np.float64), values, side="left")
     return np.bincount(index, minlength=len(cuts) + 1).astype(np.int64)
 
 
-def drift_counts(X: np.ndarray, scores: np.ndarray, metadata: Mapping[str, Any]) -> DriftCounts:
+def drift_counts(X: np.ndarray, scores: np.ndarray, metadata: DayReference) -> DriftCounts:
     """Bin the day's feature values and scores exactly as the training reference was binned.
 
     ``X`` has the bundle's feature columns in the bundle's order (``feature_names``).
@@ -150,7 +190,7 @@ def drift_counts(X: np.ndarray, scores: np.ndarray, metadata: Mapping[str, Any])
     X = np.asarray(X, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
     names = list(metadata["feature_names"])
-    reference = (metadata.get("feature_reference") or {}).get("features", {})
+    reference = _feature_bins(metadata)
     if X.ndim != 2 or X.shape[1] != len(names) or X.shape[0] != scores.shape[0]:
         raise ValueError(f"drift_counts needs a (rows, {len(names)}) matrix and one score per row, "
                          f"got {X.shape} and {scores.shape}")
@@ -208,11 +248,11 @@ def _excess(value: float, bins: int, users: DayUsers, reference_user_days: int, 
     return round(max(0.0, value - chance_psi(bins, users.active, reference_user_days, confidence)), 6)
 
 
-def _constant_features(metadata: Mapping[str, Any]) -> set[str]:
+def _constant_features(metadata: DayReference) -> set[str]:
     return set(metadata.get("constant_features") or ())
 
 
-def _alert_check(counts: DriftCounts, metadata: Mapping[str, Any], settings: MonitoringSettings,
+def _alert_check(counts: DriftCounts, metadata: DayReference, settings: MonitoringSettings,
                  users: DayUsers | None) -> tuple[AlertCheck, str | None]:
     """Alert volume against what the reference promises, and a warning when it is off.
 
@@ -249,7 +289,7 @@ def _alert_check(counts: DriftCounts, metadata: Mapping[str, Any], settings: Mon
     return by_events, (f"alert rate {alert_rate:.4f} is {ratio:.2f}x the expected {expected_rate:.4f}" if off else None)
 
 
-def drift_report_from_counts(counts: DriftCounts, metadata: Mapping[str, Any],
+def drift_report_from_counts(counts: DriftCounts, metadata: DayReference,
                              settings: MonitoringSettings, users: DayUsers | None = None) -> DriftReport:
     """Turn a day's merged bin counts into the report stored in the run manifest.
 
@@ -269,7 +309,7 @@ def drift_report_from_counts(counts: DriftCounts, metadata: Mapping[str, Any],
     PSI above is judged as its excess over chance (see the module doc); the raw PSI is
     reported beside it.
     """
-    reference = (metadata.get("feature_reference") or {}).get("features", {})
+    reference = _feature_bins(metadata)
     feature_psi = {name: round(psi(c, reference[name]["proportions"]), 6)
                    for name, c in sorted(counts.feature_counts.items())}
     score_ref = score_reference(metadata)
@@ -434,12 +474,12 @@ def retrain_advice(rows: Sequence[MonitoringRow]) -> str | None:
 
 # --- weekly seasonality: one reference per weekday -----------------------------------
 
-WEEKDAY_REFERENCE_KEY = "drift_reference_by_weekday"
+WEEKDAY_REFERENCE_KEY: Final = "drift_reference_by_weekday"
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
 def weekday_references(X: np.ndarray, scores: np.ndarray, days: Sequence[date],
-                       feature_names: Sequence[str], min_rows: int, min_days: int) -> dict[str, Any]:
+                       feature_names: Sequence[str], min_rows: int, min_days: int) -> dict[str, WeekdayReference]:
     """Training reference per weekday (0 = Monday) for weekdays with at least ``min_days``
     training days and ``min_rows`` events (``days`` holds each row's UTC date).
 
@@ -452,7 +492,7 @@ def weekday_references(X: np.ndarray, scores: np.ndarray, days: Sequence[date],
     X = np.asarray(X, dtype=np.float64)
     days = list(days)
     weekdays = np.array([d.weekday() for d in days])
-    out: dict[str, Any] = {}
+    out: dict[str, WeekdayReference] = {}
     for weekday in range(7):
         mask = weekdays == weekday
         n_days = len({d for d, keep in zip(days, mask, strict=True) if keep})
@@ -463,7 +503,7 @@ def weekday_references(X: np.ndarray, scores: np.ndarray, days: Sequence[date],
     return out
 
 
-def reference_for_weekday(metadata: Mapping[str, Any], weekday: int) -> tuple[dict[str, Any], str]:
+def reference_for_weekday(metadata: BundleMetadata, weekday: int) -> tuple[DayReference, str]:
     """The bundle metadata with the reference to compare a day of ``weekday`` with, and its name.
 
     Prefers the cross-fitted ``drift_reference`` (its weekday, else its pooled part);
@@ -479,12 +519,13 @@ def reference_for_weekday(metadata: Mapping[str, Any], weekday: int) -> tuple[di
                  "score_reference": part["score_reference"], "reference_user_days": part["user_days"],
                  "reference_alerted_user_days": part["alerted_user_days"],
                  "constant_features": cross_fitted.get("constant_features", [])}, name)
-    own = (metadata.get(WEEKDAY_REFERENCE_KEY) or {}).get(str(weekday))
-    if not own:
-        return dict(metadata), "pooled training window"
-    return ({**metadata, "feature_reference": own["feature_reference"], "score_reference": None,
-             "score_summary": own["score_summary"]},
-            f"training {WEEKDAY_NAMES[weekday]}s ({own['days']} days, {own['rows']} events)")
+    # an older bundle: none of the cross-fitted fields (CrossFittedFields() adds no key)
+    older = (metadata.get(WEEKDAY_REFERENCE_KEY) or {}).get(str(weekday))
+    if not older:
+        return {**metadata, **CrossFittedFields()}, "pooled training window"
+    return ({**metadata, **CrossFittedFields(), "feature_reference": older["feature_reference"],
+             "score_reference": None, "score_summary": older["score_summary"]},
+            f"training {WEEKDAY_NAMES[weekday]}s ({older['days']} days, {older['rows']} events)")
 
 
 # --- the cross-fitted reference (see the module doc) ---------------------------------
@@ -518,7 +559,7 @@ def cross_fitted_scores(X: np.ndarray, days: np.ndarray, feature_names: Sequence
 
 
 def _reference_part(X: np.ndarray, scores: np.ndarray, rows: TrainingRows, mask: np.ndarray, threshold: float,
-                    feature_names: Sequence[str]) -> dict[str, Any]:
+                    feature_names: Sequence[str]) -> ReferencePart:
     cuts = [float(c) for c in np.unique(np.quantile(scores[mask], REFERENCE_SCORE_LEVELS))]
     user_days = {(d, u) for d, u in zip(rows.days[mask].tolist(), rows.users[mask].tolist(), strict=True)}
     alerted = mask & (scores >= threshold)
@@ -532,7 +573,7 @@ def _reference_part(X: np.ndarray, scores: np.ndarray, rows: TrainingRows, mask:
 
 def build_drift_reference(X: np.ndarray, scores: np.ndarray, scores_kind: str, rows: TrainingRows,
                           threshold: float, feature_names: Sequence[str],
-                          settings: MonitoringSettings) -> dict[str, Any]:
+                          settings: MonitoringSettings) -> DriftReference:
     """The reference clean days are compared with: mature rows, cross-fitted scores, pooled
     and per weekday (weekdays with ``weekday_reference_min_days`` days and ``min_rows``
     rows). When too few rows are mature (a window shorter than the warm-up), all rows
@@ -545,7 +586,7 @@ def build_drift_reference(X: np.ndarray, scores: np.ndarray, scores_kind: str, r
         mature = np.ones(X.shape[0], dtype=bool)
     pooled = _reference_part(X, scores, rows, mature, threshold, feature_names)
     weekdays = (rows.days.astype("datetime64[D]").view("int64") + 3) % 7  # 1970-01-01 was a Thursday
-    per_weekday: dict[str, Any] = {}
+    per_weekday: dict[str, ReferencePart] = {}
     for weekday in range(7):
         mask = mature & (weekdays == weekday)
         if int(mask.sum()) >= settings.min_rows and \

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
 
 import polars as pl
 
@@ -36,6 +35,7 @@ from uba.manifest import (
 )
 from uba.model.bundle import Bundle
 from uba.monitoring.drift import (
+    DayReference,
     DayUsers,
     DriftCounts,
     drift_report_from_counts,
@@ -60,7 +60,7 @@ class RunOperations:
     day: date
     cuts: pl.DataFrame | None
     rules: pl.DataFrame
-    reference: dict[str, Any]  # the bundle metadata with the day's reference (Bundle.metadata's type)
+    reference: DayReference  # the bundle metadata with the day's reference
     reference_name: str
     counts: DriftCounts = field(default_factory=DriftCounts)
     per_user: list[pl.DataFrame] = field(default_factory=list)

@@ -43,7 +43,7 @@ from uba.features.pipeline import feature_matrix
 from uba.features.reasons import phrase_frame, rank_frame
 from uba.manifest import PartRecord, ShardRecord
 from uba.model.forest import Detector
-from uba.monitoring.drift import DriftCounts, drift_counts
+from uba.monitoring.drift import DayReference, DriftCounts, drift_counts
 from uba.schema import EVENT_SCHEMA
 from uba.scoring import outputs
 from uba.scoring.hooks import PER_USER_SCHEMA
@@ -122,7 +122,7 @@ class ShardInputs:
     baselines: pl.DataFrame
     cuts: pl.DataFrame | None
     rules: pl.DataFrame
-    drift_reference: Mapping[str, object]
+    drift_reference: DayReference
 
     @cached_property
     def compiled(self) -> CompiledBaselines:
