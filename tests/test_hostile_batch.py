@@ -352,3 +352,22 @@ def test_hostile_batch_case(name: str, trained_dataset, tmp_path: Path) -> None:
         _assert_relative_layout(out, day)
     if code == -signal.SIGKILL:
         assert expect["exit_code"] == -9
+
+
+@pytest.mark.parametrize(("section", "named"), [
+    ({"model": "v1"}, "'model' is str"),
+    ({"risk": ["high"]}, "'risk' is list"),
+    ({"risk": {"cuts": {"medium": 40, "high": "70", "critical": 90}}}, "risk.cuts"),
+    ({"risk_stale": "yes"}, "'risk_stale' is str"),
+])
+def test_a_hand_edited_run_manifest_section_is_one_line_naming_it(tmp_path: Path, section: dict[str, Any],
+                                                                  named: str) -> None:
+    """The typed manifest reader trusts the driver's keys, but a section that readers step
+    into and that an operator's edit turned into a string or list is refused by name (the
+    export used to die with an AttributeError traceback after the readers were typed)."""
+    out, day = tmp_path / "out", date(2026, 3, 20)
+    manifest = {"event_date": day.isoformat(), "run_id": "r-1", "status": "succeeded", **section}
+    io.write_json_atomic(manifest, io.run_manifest_path(out, day))
+    code, _, err, exc = run_cli(["export", "--output-dir", str(out), "--date", day.isoformat(), "--what", "all"])
+    assert exc is None and code == 1
+    assert named in err and "Traceback" not in err

@@ -23,6 +23,7 @@ from typing import Final, Literal, NotRequired, TypedDict, cast
 from uba import io
 from uba.errors import UserError
 from uba.locks import RunLockedError, date_lock
+from uba.schema import JsonValue
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -355,9 +356,34 @@ def read_manifest(output_dir: Path, day: date) -> RunManifest | None:
     The one typed reader: ``io.read_run_manifest`` checks the day's layout and reads the
     JSON object (a UserError for a corrupt file or a foreign layout); the record is
     taken as written by the driver, without a check of every key, so a manifest written
-    before a section existed still reads (its readers ``.get`` such sections).
+    before a section existed still reads (its readers ``.get`` such sections); only the
+    sections readers step into are checked to be objects (``_check_sections``).
     """
-    return cast("RunManifest | None", io.read_run_manifest(Path(output_dir), day))
+    data = io.read_run_manifest(Path(output_dir), day)
+    if data is None:
+        return None
+    _check_sections(data, io.run_manifest_path(Path(output_dir), day))
+    return cast("RunManifest", data)
+
+
+# Sections readers step into (model.version, risk.cuts.high, ...): a hand-edited manifest
+# where one is not an object gets a one-line error naming it instead of a traceback.
+_OBJECT_SECTIONS = ("model", "counts", "alerts", "risk", "drift", "user_day", "delivery", "inputs", "outputs")
+
+
+def _check_sections(data: dict[str, JsonValue], path: Path) -> None:
+    for key in _OBJECT_SECTIONS:
+        value = data.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise UserError(f"run manifest {path}: {key!r} is {type(value).__name__}, not a JSON object")
+    risk = data.get("risk")
+    cuts = risk.get("cuts") if isinstance(risk, dict) else None
+    if cuts is not None and not (isinstance(cuts, dict) and all(
+            isinstance(cuts.get(level), int | float) for level in ("medium", "high", "critical"))):
+        raise UserError(f"run manifest {path}: risk.cuts must give a number for medium, high and critical")
+    stale = data.get("risk_stale")
+    if stale is not None and not isinstance(stale, list):
+        raise UserError(f"run manifest {path}: 'risk_stale' is {type(stale).__name__}, not a JSON list")
 
 
 def scored_with(output_dir: Path, day: date, model_version: str) -> bool:
