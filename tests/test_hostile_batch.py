@@ -371,3 +371,44 @@ def test_a_hand_edited_run_manifest_section_is_one_line_naming_it(tmp_path: Path
     code, _, err, exc = run_cli(["export", "--output-dir", str(out), "--date", day.isoformat(), "--what", "all"])
     assert exc is None and code == 1
     assert named in err and "Traceback" not in err
+
+
+_OLDER_MODEL = {"version": "20260318T000000Z-abcdef12", "threshold": 0.6, "threshold_percentile": 98.0}
+
+
+@pytest.mark.parametrize("sections", [
+    {},  # a run manifest from before model, counts, alerts, drift, user-day and risk sections
+    {"model": {"version": "v1"}},  # before the threshold was recorded
+    {"model": {"version": "v1", "threshold": None, "threshold_percentile": None}},
+    {"model": None, "counts": None, "alerts": None, "drift": None, "user_day": None, "risk": None,
+     "delivery": None, "risk_stale": None},  # a null section is a missing one
+    {"model": _OLDER_MODEL, "drift": {"status": "ok", "limits": None, "max_feature_psi": 0.1}},
+    {"model": _OLDER_MODEL, "risk": {"cuts": {}}},  # no cuts, as before entity risk
+])
+def test_an_older_or_sparse_run_manifest_still_reports_and_monitors(tmp_path: Path,
+                                                                   sections: dict[str, Any]) -> None:
+    """The report and monitor read manifests of runs older than today's sections: a missing
+    or null section (or threshold, or drift limits) shows as '-' or n/a, never a traceback
+    (after the readers were typed, the report died with KeyError 'model' on such a day, and
+    report and monitor with AttributeError on a null drift or user_day section)."""
+    out, day = tmp_path / "out", date(2026, 3, 20)
+    manifest = {"event_date": day.isoformat(), "run_id": "r-1", "status": "succeeded", **sections}
+    io.write_json_atomic(manifest, io.run_manifest_path(out, day))
+    common = ["--output-dir", str(out), "--data-dir", str(tmp_path / "data")]
+    code, _, err, exc = run_cli(["report", "--date", day.isoformat(), "--out", str(tmp_path / "r.html"), *common])
+    assert exc is None and code == 0, (exc, err)
+    assert "threshold -" in (tmp_path / "r.html").read_text() or sections.get("model", {}) == _OLDER_MODEL
+    code, stdout, err, exc = run_cli(["monitor", "--start", day.isoformat(), "--end", day.isoformat(),
+                                      "--png", str(tmp_path / "m.png"), *common])
+    assert exc is None and code == 0, (exc, err)
+    assert day.isoformat() in stdout
+
+
+def test_a_run_manifest_stale_entry_that_is_not_an_object_is_one_line_naming_it(tmp_path: Path) -> None:
+    out, day = tmp_path / "out", date(2026, 3, 20)
+    manifest = {"event_date": day.isoformat(), "run_id": "r-1", "status": "succeeded", "risk_stale": ["x"]}
+    io.write_json_atomic(manifest, io.run_manifest_path(out, day))
+    code, _, err, exc = run_cli(["monitor", "--start", day.isoformat(), "--end", day.isoformat(),
+                                 "--output-dir", str(out), "--png", str(tmp_path / "m.png")])
+    assert exc is None and code == 1, (exc, err)
+    assert "'risk_stale' entry 0 is str" in err and "Traceback" not in err

@@ -363,7 +363,11 @@ def read_manifest(output_dir: Path, day: date) -> RunManifest | None:
     if data is None:
         return None
     _check_sections(data, io.run_manifest_path(Path(output_dir), day))
-    return cast("RunManifest", data)
+    # a null section (hand-edited, or written so by an older version) is a missing one, as
+    # the readers' ``.get(section, {})`` expect; the stored file is left as it is
+    present = {key: value for key, value in data.items()
+               if value is not None or key not in (*_OBJECT_SECTIONS, "risk_stale")}
+    return cast("RunManifest", present)
 
 
 # Sections readers step into (model.version, risk.cuts.high, ...): a hand-edited manifest
@@ -378,12 +382,16 @@ def _check_sections(data: dict[str, JsonValue], path: Path) -> None:
             raise UserError(f"run manifest {path}: {key!r} is {type(value).__name__}, not a JSON object")
     risk = data.get("risk")
     cuts = risk.get("cuts") if isinstance(risk, dict) else None
-    if cuts is not None and not (isinstance(cuts, dict) and all(
+    if cuts and not (isinstance(cuts, dict) and all(  # an empty one is none, as before entity risk
             isinstance(cuts.get(level), int | float) for level in ("medium", "high", "critical"))):
         raise UserError(f"run manifest {path}: risk.cuts must give a number for medium, high and critical")
     stale = data.get("risk_stale")
     if stale is not None and not isinstance(stale, list):
         raise UserError(f"run manifest {path}: 'risk_stale' is {type(stale).__name__}, not a JSON list")
+    for index, entry in enumerate(stale if isinstance(stale, list) else []):
+        if not isinstance(entry, dict):
+            raise UserError(f"run manifest {path}: 'risk_stale' entry {index} is {type(entry).__name__}, "
+                            "not a JSON object")
 
 
 def scored_with(output_dir: Path, day: date, model_version: str) -> bool:

@@ -452,7 +452,7 @@ def render_report(data: ReportData, settings: Settings) -> str:
     """The page as one HTML string (no external resources of any kind)."""
     manifest = data.manifest
     today = monitoring_row(manifest)
-    model = manifest["model"]
+    model = manifest.get("model", {})  # runs before the model section have none
     alerts = manifest.get("alerts")  # older runs have no section, or one without the key
     per_user = bool(alerts and alerts.get("per_user_thresholds"))
     cards = "".join([
@@ -464,8 +464,9 @@ def render_report(data: ReportData, settings: Settings) -> str:
     ])
     history = (_img(alert_history_png(data.history, data.day), "alerts per day") if data.history
                else '<p class="muted">No history yet.</p>')
-    subtitle = (f"model {_e(model['version'])} &middot; threshold {model['threshold']:.4f} "
-                f"(p{_e(model['threshold_percentile'])})"
+    threshold = model.get("threshold")
+    subtitle = (f"model {_e(model.get('version'))} &middot; threshold "
+                f"{'-' if threshold is None else f'{threshold:.4f}'} (p{_e(model.get('threshold_percentile'))})"
                 f"{' &middot; per-user thresholds on' if per_user else ''}")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

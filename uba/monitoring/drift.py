@@ -44,7 +44,7 @@ from typing import Final, TypedDict
 
 import numpy as np
 
-from uba.manifest import AlertCheck, DriftJudgement, DriftReport, RunManifest
+from uba.manifest import AlertCheck, DriftJudgement, DriftLimits, DriftReport, RunManifest
 from uba.model.bundle import (
     BundleMetadata,
     DriftReference,
@@ -449,12 +449,17 @@ def monitoring_row(manifest: RunManifest) -> MonitoringRow:
         "score_judged": drift.get("score_psi_excess", drift.get("score_psi")),
         "alerted_users": drift.get("alerted_users"),
         "expected_alerted_users": drift.get("expected_alerted_users"),
-        "alert_band": drift.get("limits", {}).get("alert_rate_band"),
+        "alert_band": _alert_band(drift.get("limits")),
         "status": drift.get("status", "n/a"),
         "retrain_advised": bool(drift.get("retrain_advised", False)),
         "why": list(drift.get("why", [])),
         "flagged_users": int(manifest.get("user_day", {}).get("flagged_users", 0)),
     }
+
+
+def _alert_band(limits: DriftLimits | None) -> list[float] | None:
+    """The alert-rate band the run was judged with; none when its drift section has no limits."""
+    return limits.get("alert_rate_band") if limits else None
 
 
 def retrain_advice(rows: Sequence[MonitoringRow]) -> str | None:
