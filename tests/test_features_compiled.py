@@ -27,6 +27,7 @@ from uba.features.compiled import (
     feature_arrays,
 )
 from uba.features.events import BASELINE_PREFIX, event_features, features_frame
+from uba.features.pipeline import feature_major, feature_matrix
 
 TOLERANCE = 1e-12
 COMPARED = (*FEATURE_COLUMNS, *CONTEXT_COLUMNS,
@@ -121,3 +122,14 @@ def test_one_event_at_a_time_equals_the_frame(day) -> None:
                 assert np.isnan(got), name
             else:
                 assert got == expected, name
+
+
+def test_the_shards_feature_major_stack_is_the_models_matrix(day) -> None:
+    """A shard scores ``feature_major(...).T``; training and the API use ``feature_matrix``.
+    Same values bit for bit, on a real day and on its edge cases."""
+    events, snapshot = day
+    compiled = compile_baselines(snapshot)
+    for frame_ in (features_frame(events, compiled), features_frame(twisted(events), compiled)):
+        stacked = feature_major(frame_, FEATURE_COLUMNS)
+        assert stacked.shape == (len(FEATURE_COLUMNS), frame_.height) and stacked.flags.c_contiguous
+        assert np.array_equal(stacked.T, feature_matrix(frame_, FEATURE_COLUMNS), equal_nan=True)

@@ -312,7 +312,7 @@ def test_a_flipped_byte_in_an_events_part_fails_score_naming_the_file(
 
 def test_a_corrupt_events_part_fails_a_ray_shard_with_its_own_line(
         trained_dataset, ray_runtime, tmp_path: Path) -> None:
-    from uba.scoring import ScoreOptions, score_day
+    from uba.scoring.driver import ScoreOptions, score_day
 
     day = trained_dataset.score_dates[1]
     data = _copy(trained_dataset, tmp_path)

@@ -27,7 +27,7 @@ from uba.alerting.userday import stored_day_alerts
 from uba.features import protected_baselines_as_of
 from uba.generate import CONTEXTUAL_KINDS
 from uba.report import load_report_data
-from uba.scoring import ScoreOptions, score_day
+from uba.scoring.driver import ScoreOptions, score_day
 from uba.settings import Settings, load_settings
 from uba.training import train_model
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from waiting import wait_until
 
-from uba.scoring import ScoreOptions, score_day
+from uba.scoring.driver import ScoreOptions, score_day
 
 RAY = Path(sys.executable).with_name("ray")
 UBA = Path(sys.executable).with_name("uba-batch")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from uba import io
 from uba.locks import date_lock
-from uba.scoring import ScoreOptions, score_day
+from uba.scoring.driver import ScoreOptions, score_day
 
 UBA = Path(sys.executable).with_name("uba-batch")
 REPO = Path(__file__).resolve().parents[1]

@@ -18,9 +18,9 @@ from uba import io
 from uba.errors import UserError
 from uba.features import baselines_as_of
 from uba.features.events import FEATURE_COLUMNS, event_features
-from uba.locks import date_lock, lock_path
+from uba.locks import RunLockedError, date_lock, lock_path
 from uba.model.bundle import load_bundle
-from uba.scoring import RunLockedError, ScoreOptions, score_day
+from uba.scoring.driver import ScoreOptions, score_day
 from uba.scoring.outputs import SCORE_COLUMNS
 
 CONTRACT_COLUMNS = {"event_id", "user_id", "timestamp", "anomaly_score", "is_anomaly", "threshold",

@@ -56,8 +56,9 @@ def command(ctx: click.Context, start: date, end: date, force: bool, data_dir: s
       uba-batch backfill --start 2026-03-01 --end 2026-03-07 --force --in-process
     """
     from uba.alerting.delivery import prepare_sinks
-    from uba.scoring import FaultInjection, ScoreOptions
     from uba.scoring.backfill import BackfillDelivery, backfill_dates
+    from uba.scoring.driver import ScoreOptions
+    from uba.scoring.shard import FaultInjection
 
     settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir, output_dir=output_dir)
     delivery = BackfillDelivery(settings, prepare_sinks(settings))  # a misconfigured sink fails before scoring

@@ -45,8 +45,9 @@ def command(ctx: click.Context, day: date | None, data_dir: str | None, model_di
     """
     from uba.alerting.delivery import deliver_scored_day, prepare_sinks
     from uba.monitoring.drift import drift_verdict
-    from uba.scoring import FaultInjection, ScoreOptions, score_day
     from uba.scoring.backfill import describe_manifest
+    from uba.scoring.driver import ScoreOptions, score_day
+    from uba.scoring.shard import FaultInjection
 
     settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir, output_dir=output_dir)
     sinks = prepare_sinks(settings)  # a misconfigured sink fails here, before any scoring

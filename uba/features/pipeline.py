@@ -74,6 +74,18 @@ def feature_matrix(features: pl.DataFrame,
     return np.ascontiguousarray(features.select(list(feature_names)).to_numpy(), dtype=np.float64)
 
 
+def feature_major(features: pl.DataFrame,
+                  feature_names: Sequence[str] = FEATURE_COLUMNS) -> npt.NDArray[np.float64]:
+    """The model's input as one contiguous row per feature (features x events).
+
+    Its transpose is the same matrix as ``feature_matrix``'s, without Polars' row-major
+    copy; the scaler and the drift bins then read each feature as one contiguous run."""
+    missing = [c for c in feature_names if c not in features.columns]
+    if missing:
+        raise UserError(f"feature frame lacks columns {missing}")
+    return np.stack([features[name].cast(pl.Float64).to_numpy() for name in feature_names])
+
+
 def load_scoring_bundle(settings: Settings, version: str | None) -> Bundle:
     """The bundle to score with, refused if it was trained on other features than this
     code's, or with a user directory where there is none here (or the reverse)."""

@@ -376,19 +376,21 @@ def phrase_frame(frame: pl.DataFrame, kinds: pl.Series, readers: npt.NDArray[np.
     # Polars gives plain Python values of the columns' dtypes: the shape SentenceInputs names
     picked = cast(list[SentenceInputs], frame[rows].select(SENTENCE_INPUTS).to_dicts()) if rows.size else []
     listed = kinds[rows].to_list() if rows.size else []
-    texts = pl.Series("reasons", [sentences(row, k) for row, k in zip(picked, listed, strict=True)],
-                      dtype=pl.List(pl.String))
-    return _spread(texts, rows, readers)
+    phrased = [sentences(row, k) for row, k in zip(picked, listed, strict=True)]
+    return _spread(phrased, rows, readers)
 
 
-def _spread(sentences: pl.Series, rows: IndexArray, readers: npt.NDArray[np.bool_]) -> pl.Series:
+def _spread(phrased: list[list[str]], rows: IndexArray, readers: npt.NDArray[np.bool_]) -> pl.Series:
     """The full ``reasons`` column: each listed row's sentences at its position, ``[]`` for a
-    row someone reads but that has no reason, null for a row nobody reads."""
+    row someone reads but that has no reason, null for a row nobody reads.
+
+    Built from one flat list of strings and the offsets: a List(String) Series built from
+    nested Python lists costs a Series per row (most of the reasons' time in a shard)."""
     lengths = np.zeros(len(readers), dtype=np.int64)
-    lengths[rows] = sentences.list.len().to_numpy()
+    lengths[rows] = [len(texts) for texts in phrased]
     offsets = _arrow(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-    values = sentences.to_arrow().cast(pa.large_list(pa.large_string())).flatten()
-    lists = pa.LargeListArray.from_arrays(offsets, values, mask=_arrow(~readers))
+    values = pl.Series([text for texts in phrased for text in texts], dtype=pl.String).to_arrow()
+    lists = pa.LargeListArray.from_arrays(offsets, values.cast(pa.large_string()), mask=_arrow(~readers))
     return pl.Series("reasons", pl.from_arrow(lists), dtype=pl.List(pl.String))
 
 

@@ -316,6 +316,8 @@ class _KernelModule(Protocol):
                           threshold: Rows32, node_value: FloatArray, roots: npt.NDArray[np.uint32], depth: int,
                           /) -> tuple[FloatArray, int]: ...
 
+    def scaled_rows(self, X: FloatArray, mean: FloatArray, scale: FloatArray, /) -> Rows32: ...
+
 
 @cache
 def _forest_kernel() -> _KernelModule:
@@ -598,9 +600,13 @@ class Detector:
         )
 
     def scale(self, X: npt.ArrayLike) -> Rows32:
-        """StandardScaler.transform in float64, then the float32 cast IsolationForest applies."""
+        """StandardScaler.transform in float64, then the float32 cast IsolationForest applies.
+
+        Compiled (one pass, no float64 temporaries: a tenth of a shard's scoring time was
+        numpy's three passes); ``X`` may be any layout, such as a feature-major stack
+        seen through ``.T``."""
         X64 = _as_matrix(X, len(self.feature_names))
-        return ((X64 - self.scaler_mean) / self.scaler_scale).astype(np.float32)
+        return _forest_kernel().scaled_rows(X64, self.scaler_mean, self.scaler_scale)
 
     def anomaly_scores(self, X: npt.ArrayLike) -> FloatArray:
         """Anomaly score per row of raw feature values (columns in ``feature_names`` order)."""

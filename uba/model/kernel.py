@@ -83,6 +83,16 @@ _NODE_SIGNATURE = numba.int64(
 )
 
 
+# Any layout (the shard passes a feature-major stack seen as rows, the API one C row).
+_SCALE_SIGNATURE = numba.void(
+    numba.types.Array(numba.float64, 2, "A", readonly=True),  # raw feature rows
+    _readonly(numba.float64, 1),  # mean
+    _readonly(numba.float64, 1),  # scale
+    numba.int64,  # rows per block
+    numba.types.Array(numba.float32, 2, "C"),  # out
+)
+
+
 def _compiled(signature: Any) -> Callable[[Callable[..., Any]], Any]:
     """``njit`` with an explicit signature, cached on disk when a cache location is writable.
 
@@ -221,6 +231,20 @@ def _complete_kernel(X: Rows32, feature: Index32, threshold: Rows32, leaf_value:
     return nan_rows
 
 
+@_compiled(_SCALE_SIGNATURE)
+def _scale_kernel(X: FloatArray, mean: FloatArray, scale: FloatArray, block: int, out: Rows32) -> None:
+    """Blocks of rows, features outer within a block: a feature-major input is then read
+    in runs and the block's output stays in cache. ``(x - mean) / scale`` in float64 and
+    one cast to float32, the operations numpy performs, so the values are bit-identical."""
+    n_rows, n_cols = X.shape
+    for start in range(0, n_rows, block):
+        stop = min(n_rows, start + block)
+        for c in range(n_cols):
+            m, s = mean[c], scale[c]
+            for r in range(start, stop):
+                out[r, c] = np.float32((X[r, c] - m) / s)
+
+
 @numba.njit(inline="always")
 def _node_step(x: Any, children: Any, feature: Any, threshold: Any, i: Any) -> Any:
     """One level down scikit-learn's node arrays (a leaf's children are itself)."""
@@ -335,6 +359,17 @@ def node_path_lengths(
     return out, int(nan_rows)
 
 
+def scaled_rows(X: FloatArray, mean: FloatArray, scale: FloatArray) -> Rows32:
+    """StandardScaler.transform then the float32 cast, in one pass over ``X`` (any memory
+    layout) with no float64 temporaries; bit-identical to
+    ``((X - mean) / scale).astype(np.float32)``."""
+    if X.ndim != 2 or mean.shape != (X.shape[1],) or scale.shape != (X.shape[1],):
+        raise ValueError(f"cannot scale an array of shape {X.shape} with {mean.shape[0]} means")
+    out = np.empty(X.shape, dtype=np.float32)
+    _scale_kernel(X, mean, scale, _block_rows(X.shape[1]), out)
+    return out
+
+
 def warm_up() -> None:
     """Run both loops on one row of a one-split tree and check the answer.
 
@@ -357,5 +392,6 @@ def warm_up() -> None:
         roots=np.array([0], dtype=np.uint32),
         depth=1,
     )
-    if complete.tolist() != [2.0] or node.tolist() != [2.0]:
-        raise RuntimeError(f"forest kernel self-check failed: {complete} {node}")
+    scaled = scaled_rows(np.array([[3.0, 1.0]]), mean=np.array([1.0, 1.0]), scale=np.array([2.0, 4.0]))
+    if complete.tolist() != [2.0] or node.tolist() != [2.0] or scaled.tolist() != [[1.0, 0.0]]:
+        raise RuntimeError(f"forest kernel self-check failed: {complete} {node} {scaled}")

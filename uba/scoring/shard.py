@@ -39,7 +39,7 @@ from uba.alerting.feedback import rule_tuples
 from uba.alerting.thresholds import decide, user_cut_array
 from uba.features.compiled import CompiledBaselines, compile_baselines
 from uba.features.events import features_frame
-from uba.features.pipeline import feature_matrix
+from uba.features.pipeline import feature_major
 from uba.features.reasons import phrase_frame, rank_frame
 from uba.manifest import PartRecord, ShardRecord
 from uba.model.forest import Detector
@@ -248,7 +248,7 @@ def run_shard(spec: ShardSpec, ctx: ShardContext, inputs: ShardInputs) -> ShardR
         events = read_pieces(spec.pieces)
     with watch.stage("features"):
         features = features_frame(events, inputs.compiled)
-        matrix = feature_matrix(features, detector.feature_names)
+        matrix = feature_major(features, detector.feature_names).T  # rows x features, feature-major
     with watch.stage("scoring"):
         scores = detector.anomaly_scores(matrix)
     with watch.stage("decide_explain"):
