@@ -100,8 +100,11 @@ class _Timer:
     current: str = "start"
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        self.current = name
+    def stage(self, name: str, beside: bool = False) -> Iterator[None]:
+        """Time a stage; ``beside`` (a stage in a thread next to another) leaves ``current``,
+        which names the stage a failure happened in, to the main thread."""
+        if not beside:
+            self.current = name
         began = time.perf_counter()
         try:
             yield
@@ -264,6 +267,10 @@ class _Run:
             quarantined = io.partition_row_count(self.data_dir, io.QUARANTINE, self.day)
         execution = self._execution(input_rows, len(specs))
         day_aggregates = self._aggregates(execution)
+        if self._on_ray(execution):
+            # after the day's aggregates task, so it is not queued behind the warm-ups: the
+            # user-day alerts, computed beside the shards, wait for it
+            self.runtime.warm_up()
         with self.timer.stage("baselines"):
             # baseline poisoning protection: the lookback's user-days with alerts are not learned
             # (uba.features.protection)
@@ -280,18 +287,15 @@ class _Run:
         inputs = shard.ShardInputs(detector=self.bundle.detector, baselines=baselines,
                                    cuts=self.ops.cuts, rules=self.ops.rules,
                                    drift_reference=self.ops.reference)
-        with self.timer.stage("shards"):
-            results = self._run_shards(specs, ctx, inputs, execution)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="uba-user-day") as beside:
+            user_day_job = beside.submit(self._user_day_alerts, staging, baselines, day_aggregates)
+            with self.timer.stage("shards"):
+                results = self._run_shards(specs, ctx, inputs, execution)
+        self.timer.current = "user_day"  # a failure of the thread's work is reported as this stage
+        user_days = user_day_job.result()
         counts = self._merge_results(results)
         with self.timer.stage("merge_flagged"):
             flagged_files = self._merge_flagged(results, staging, execution)
-        self._finish_aggregates(day_aggregates)
-        with self.timer.stage("user_day"):  # whole-day alerts, published with the rest
-            user_days = self.ops.user_day_alerts(baselines)
-            if user_days is not None:
-                io.new_dir(staging / io.FLAGGED_USERS)
-                io.write_staged_part(user_days.rechunk(),
-                                     staging / io.FLAGGED_USERS / PART_NAME.format(index=0))
         with self.timer.stage("risk"):  # entity risk, published with the rest
             self.risk = self._risk(staging, user_days)
         conservation = mf.row_conservation(input_rows, counts["scored_rows"], quarantined)
@@ -319,6 +323,21 @@ class _Run:
         io.discard_dir(staging / shard.FLAGGED_PARTS_DIR)
         return record
 
+    def _user_day_alerts(self, staging: Path, baselines: pl.DataFrame, day_aggregates: Any) -> pl.DataFrame | None:
+        """The day's user-day alerts, staged with the rest. They read only the day's
+        aggregates and the baselines, never the shards' output, so the driver computes
+        them in a thread while the shards run: on Ray the driver's core is otherwise idle
+        (its timings then overlap the ``shards`` stage). Leaving the ``with`` block that
+        runs it waits for it, also when a shard failed."""
+        self._finish_aggregates(day_aggregates, beside=True)
+        with self.timer.stage("user_day", beside=True):
+            user_days = self.ops.user_day_alerts(baselines)
+            if user_days is not None:
+                io.new_dir(staging / io.FLAGGED_USERS)
+                io.write_staged_part(user_days.rechunk(),
+                                     staging / io.FLAGGED_USERS / PART_NAME.format(index=0))
+        return user_days
+
     def _risk(self, staging: Path, user_days: pl.DataFrame | None) -> RiskRun:
         """Entity risk of the day from the staged flagged part (alerts only: a few per cent of
         the day, the columns risk needs) and the user-day alerts, staged as ``risk/``."""
@@ -344,7 +363,6 @@ class _Run:
                     "workers": self._local_threads(), "address": None}
         with self.timer.stage("ray_init"):
             self.runtime.start()
-            self.runtime.warm_up()
             detail = self.runtime.describe()
         base = {"shards": n_shards, "max_retries": self.settings.ray.max_retries,
                 "chunk_rows": self.settings.scoring.chunk_rows}
@@ -394,10 +412,10 @@ class _Run:
                         "with `uba-batch verify --adopt-legacy` (docs/operations.md)", len(self.unverified),
                         self.day, self.unverified[0], more)
 
-    def _finish_aggregates(self, pending: Any) -> None:
+    def _finish_aggregates(self, pending: Any, beside: bool = False) -> None:
         if pending is None:
             return
-        with self.timer.stage("aggregates_day"):
+        with self.timer.stage("aggregates_day", beside=beside):
             self.aggregates_computed += self.runtime.result(pending, f"aggregates of {self.day}")
 
     def _run_shards(self, specs: list[ShardSpec], ctx: shard.ShardContext, inputs: shard.ShardInputs,
