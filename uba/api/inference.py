@@ -7,7 +7,10 @@ arrays at load (``uba.features.compiled``), so a request's events become a few a
 arrays, plain string formatting), their scores from the bundle's detector and their
 verdict from ``uba.alerting.thresholds.decide``. Nothing here re-implements a feature, a reason
 or a cut: that is what makes an event scored online and in batch get the same answer.
-``/predict/batch`` takes the same path with more rows.
+``/predict/batch`` takes the same path with more rows; a lone event (a ``/predict`` nobody
+coalesced with) takes it in plain floats (``score_event``: ``feature_values``,
+``severity_row``, ``listed_kinds``), the same formulas in ``uba.features.elementwise``'s
+scalar arithmetic, then the same forest and ``decide``.
 """
 
 from __future__ import annotations

@@ -6,9 +6,12 @@ once (at API load, once per batch shard): moments, spreads, first-use weights, m
 and one ``(users x categories)`` table per category kind (rarities and shares) whose
 extra last column is the value for a category the snapshot does not know. An event's
 features are then gathers by (user row, category code) plus a few vectorised
-operations: :func:`feature_arrays`, the one definition of every feature and context
-column, called by the batch job (on a shard's columns, ``uba.features.events``) and by
-the API (on the columns of a request's events) alike.
+operations: ``_features``, the one definition of every feature and context column,
+written against an element-wise namespace (``uba.features.elementwise``).
+:func:`feature_arrays` runs it on numpy arrays, for the batch job (a shard's columns,
+``uba.features.events``) and ``/predict/batch`` (a request's events);
+:func:`feature_values` runs the same formulas on one event's plain floats, for
+``/predict``, where a hundred numpy calls on one-element arrays cost ten times the work.
 
 Numerics follow the former Polars expressions exactly where it matters: logarithms and
 exponentials go through the C library (``math``; Polars calls the same functions, numpy's

@@ -27,8 +27,11 @@ listed if it reaches MIN_TOP_SEVERITY (a one-sigma deviation), so a flagged even
 rarely left without an explanation, while an ordinary event gets an empty list rather
 than an overstated one.
 
-Defined once for both callers: severities are array arithmetic on the feature kernel's
-context (``severity_matrix``), the ranking too (``rank_reason_kinds``), and a sentence is
+Defined once for both callers: severities are written once (``_severities``) against
+``uba.features.elementwise``, as arrays on the feature kernel's context (``severity_matrix``)
+or as one event's plain floats (``severity_row``, for ``/predict``); the ranking rule too
+(``rank_reason_kinds`` on arrays, ``listed_kinds`` on one row, sharing the cut-off and
+count), and a sentence is
 plain string formatting of one event's values (``sentences``), so the API explains one
 event in microseconds and the batch job (``explain``, on a frame) phrases only the rows
 someone reads. A sentence whose inputs are missing falls back to the kind's name.
