@@ -428,7 +428,7 @@ def write_inprocess(path: Path, rounds: list[dict[str, Any]], info: dict[str, st
                     setup: dict[str, Any], profile: dict[str, str] | None,
                     coalescing: list[dict[str, Any]] | None = None) -> None:
     lines = [
-        "# /predict handler work per event, in process: before vs after the compiled request path",
+        "# /predict handler work per event, in process: before vs after",
         "",
         f"Recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `benchmarks/api_latency.py --inprocess`.",
         "",
@@ -470,7 +470,7 @@ def write_inprocess(path: Path, rounds: list[dict[str, Any]], info: dict[str, st
     parts = [r["new"].get("components_ms") for r in rounds if r["new"].get("components_ms")]
     if parts:
         lines += ["", "## Where the after side's time goes (median ms, steps called directly, last round)", "",
-                  "| class | whole call | validate body | score_events | answer as JSON | rest (FastAPI, middleware) |",
+                  "| class | whole call | validate body | score_events | answer as JSON | rest (FastAPI, middleware, batcher) |",
                   "|---|---:|---:|---:|---:|---:|"]
         last = rounds[-1]["new"]
         for c in PAYLOAD_CLASSES:

@@ -140,3 +140,43 @@ def test_a_long_path_is_cut_so_every_write_stays_within_pipe_buf(json_format: bo
     assert max(stream.sizes) <= PIPE_BUF, stream.sizes
     lines = stream.getvalue().splitlines()
     assert len(lines) == 3 and "...[20001 chars]" in lines[1]
+
+
+def test_requests_that_arrive_together_are_scored_together_and_a_cancelled_one_strands_nobody(
+        world: World) -> None:
+    """Events queued in the same loop iteration are scored in one pass (the answers equal
+    those of each event scored alone, which takes the one-event path); when the request
+    that drains is cancelled while it yields, the others are still answered."""
+    from uba.api.routes.predict import to_scoring_event
+
+    app = create_app(world.settings())
+    runtime = app.state.runtime
+
+    async def run() -> tuple[list, list, list]:
+        async with app.router.lifespan_context(app):
+            state = runtime.holder.current
+            users = [*list(state.baselines.compiled.positions)[:5], "never-seen"]
+            events = [to_scoring_event(runtime.models.event.model_validate(
+                {**SEED_PAYLOAD, "user_id": user, "hour_of_day": (2 + 5 * i) % 24,
+                 "events_in_session": 10 + 40 * i})) for i, user in enumerate(users)]
+            alone = [await runtime.batcher.score(state, event) for event in events]
+            together = await asyncio.gather(*(runtime.batcher.score(state, event) for event in events))
+            tasks = [asyncio.create_task(runtime.batcher.score(state, event)) for event in events[:3]]
+            await asyncio.sleep(0)  # all three queued, the first one yielding before it drains
+            tasks[0].cancel()
+            after_cancel = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+            return alone, together, after_cancel
+
+    alone, together, after_cancel = asyncio.run(run())
+    assert all(result is together[0][0] for result, _ in together)  # one scoring pass
+    assert [row for _, row in together] == list(range(len(alone)))
+    for i, (one, _) in enumerate(alone):
+        both = together[i][0]
+        assert len(one.scores) == 1
+        assert one.scores[0] == both.scores[i] and one.flags[0] == both.flags[i]
+        assert one.reasons[0] == both.reasons[i] and one.reason_kinds[0] == both.reason_kinds[i]
+        assert one.known_user[0] == both.known_user[i]
+    assert isinstance(after_cancel[0], asyncio.CancelledError)
+    for i in (1, 2):
+        result, row = after_cancel[i]
+        assert result.scores[row] == alone[i][0].scores[0]

@@ -24,7 +24,9 @@ from uba.features.compiled import (
     FEATURE_COLUMNS,
     compile_baselines,
     event_columns,
+    event_row,
     feature_arrays,
+    feature_values,
 )
 from uba.features.events import BASELINE_PREFIX, event_features, features_frame
 from uba.features.pipeline import feature_major, feature_matrix
@@ -99,15 +101,14 @@ def test_kernel_equals_the_polars_expressions_without_history(history_users: int
     ]).collect()
     old = reference.event_features(odd.lazy(), snapshot.lazy()).collect()
     assert_same(old, features_frame(odd, compile_baselines(snapshot)))
+    assert_each_event_alone_equals_the_frame(odd, compile_baselines(snapshot))
 
 
-def test_one_event_at_a_time_equals_the_frame(day) -> None:
-    """What the API computes for one event (plain values, no frame) is what a shard computes."""
-    events, snapshot = day
-    compiled = compile_baselines(snapshot)
-    odd = twisted(events).head(60)
-    whole = features_frame(odd, compiled)
-    for i, row in enumerate(odd.iter_rows(named=True)):
+def assert_each_event_alone_equals_the_frame(events: pl.DataFrame, compiled) -> None:
+    """Each event scored alone, as one-element arrays (``/predict/batch``) and as plain
+    floats (``/predict``), gets exactly the frame's values (and the sign of a zero)."""
+    whole = features_frame(events, compiled)
+    for i, row in enumerate(events.iter_rows(named=True)):
         hour = row["hour_of_day"] if row["hour_of_day"] is not None else (
             row["timestamp"].hour if row["timestamp"] is not None else np.nan)
         weekday = row["day_of_week"] if row["day_of_week"] is not None else (
@@ -115,13 +116,23 @@ def test_one_event_at_a_time_equals_the_frame(day) -> None:
         columns = event_columns(compiled, [row["user_id"]], [row["event_type"]], [row["device_type"]],
                                 [row["session_duration_sec"]], [row["events_in_session"]], [hour], [weekday])
         one = feature_arrays(compiled, columns)
+        alone = feature_values(compiled, event_row(
+            compiled, row["user_id"], row["event_type"], row["device_type"], row["session_duration_sec"],
+            row["events_in_session"], hour, weekday))
         for name in (*FEATURE_COLUMNS, *CONTEXT_COLUMNS):
             expected = whole[name][i]
-            got = one[name][0]
-            if expected is None:
-                assert np.isnan(got), name
-            else:
-                assert got == expected, name
+            for got in (one[name][0], alone[name]):
+                if expected is None:
+                    assert np.isnan(got), name
+                else:
+                    assert got == expected, name
+                    assert type(got) is not float or np.signbit(got) == np.signbit(expected), name
+
+
+def test_one_event_at_a_time_equals_the_frame(day) -> None:
+    """What the API computes for one event is what a shard computes, bit for bit."""
+    events, snapshot = day
+    assert_each_event_alone_equals_the_frame(twisted(events).head(60), compile_baselines(snapshot))
 
 
 def test_the_shards_feature_major_stack_is_the_models_matrix(day) -> None:

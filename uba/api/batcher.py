@@ -4,10 +4,13 @@ Scoring an event is array arithmetic over the compiled snapshot (microseconds), 
 runs on the event loop itself: a thread hop would cost more than the work. Requests
 that arrive together are still scored together, because scoring a few hundred events
 costs about as much as scoring one: ``score`` queues the event and, if no drain is
-pending, schedules one with ``call_soon``; the drain runs after every callback that was
-already ready (other requests parsed in the same loop iteration) and scores everything
-queued in one vectorised pass. Nothing ever waits on purpose: a lone request is scored
-in the next loop iteration.
+pending, its request becomes the one that drains: it yields to the loop once
+(``asyncio.sleep(0)``), which runs every callback that was already ready (other requests
+parsed in the same loop iteration, which queue their events and wait on a future), then
+scores everything queued in one vectorised pass and takes its own answer directly. Nothing
+ever waits on purpose: a lone request is scored after one pass of the loop, and is not
+woken through a future in a second one (a scheduled drain cost a pass more per request).
+If that request is cancelled while it yields, a drain is scheduled for the others.
 
 Each queued event carries the :class:`ModelState` its request started with; events of
 different states (a reload happened in between) are scored in separate groups, so a
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+
+import numpy as np
 
 from uba.api.inference import ScoringEvent, ScoringResult, score_events
 from uba.api.metrics import ApiMetrics
@@ -42,7 +47,7 @@ class ScoringBatcher:
         self.max_events = max_events
         self._pending: list[_Pending] = []
         self._running = False
-        self._drain_scheduled = False
+        self._drain_pending = False
 
     async def start(self) -> None:
         self._running = True
@@ -61,14 +66,21 @@ class ScoringBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[ScoringResult, int]] = loop.create_future()
         self._pending.append(_Pending(state, event, future))
-        if not self._drain_scheduled:
-            self._drain_scheduled = True
+        if self._drain_pending:
+            return await future
+        self._drain_pending = True
+        try:
+            await asyncio.sleep(0)  # the requests ready in this loop iteration queue theirs meanwhile
+        except BaseException:  # cancelled: the others' drain must still happen
+            future.cancel()
             loop.call_soon(self._drain)
-        return await future
+            raise
+        self._drain()
+        return future.result()
 
     def _drain(self) -> None:
         """Score everything queued, at most ``max_events`` per pass, grouped by state."""
-        self._drain_scheduled = False
+        self._drain_pending = False
         while self._pending:
             batch, self._pending = self._pending[:self.max_events], self._pending[self.max_events:]
             groups: dict[int, list[_Pending]] = {}
@@ -86,7 +98,7 @@ class ScoringBatcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        self.metrics.record_scores(result.known_user, int(result.flags.sum()))
+        self.metrics.record_scores(result.known_user, int(np.count_nonzero(result.flags)))
         for row, item in enumerate(items):
             if not item.future.done():
                 item.future.set_result((result, row))

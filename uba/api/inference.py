@@ -7,7 +7,10 @@ arrays at load (``uba.features.compiled``), so a request's events become a few a
 arrays, plain string formatting), their scores from the bundle's detector and their
 verdict from ``uba.alerting.thresholds.decide``. Nothing here re-implements a feature, a reason
 or a cut: that is what makes an event scored online and in batch get the same answer.
-``/predict/batch`` takes the same path with more rows.
+``/predict/batch`` takes the same path with more rows; a lone event (a ``/predict`` nobody
+coalesced with) takes it in plain floats (``score_event``: ``feature_values``,
+``severity_row``, ``listed_kinds``), the same formulas in ``uba.features.elementwise``'s
+scalar arithmetic, then the same forest and ``decide``.
 """
 
 from __future__ import annotations
@@ -22,18 +25,21 @@ import numpy as np
 from uba.alerting.feedback import Rule
 from uba.alerting.thresholds import Decision, decide
 from uba.api.model_state import ModelState
-from uba.features.compiled import event_columns, feature_arrays
+from uba.features.compiled import event_columns, event_row, feature_arrays, feature_values
 from uba.features.reasons import (
     DOWNLOAD,
     SENTENCE_INPUTS,
     SentenceInputs,
+    listed_kinds,
     reason_kinds,
     sentences,
     severity_matrix,
+    severity_row,
 )
 
 # SENTENCE_INPUTS that come from the request itself rather than from the kernel
 _EVENT_FIELDS = ("event_type", "device_type", "session_duration_sec", "events_in_session")
+_KERNEL_INPUTS = tuple(name for name in SENTENCE_INPUTS if name not in _EVENT_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +78,7 @@ def event_day(event: ScoringEvent, today: date) -> date:
 
 def _sentence_rows(values: dict[str, np.ndarray], events: Sequence[ScoringEvent]) -> list[SentenceInputs]:
     """One plain-value mapping per event with what its sentences read."""
-    kernel = {name: values[name].tolist() for name in SENTENCE_INPUTS if name not in _EVENT_FIELDS}
+    kernel = {name: values[name].tolist() for name in _KERNEL_INPUTS}
     rows: list[dict[str, object]] = []
     for i, event in enumerate(events):
         row: dict[str, object] = {name: column[i] for name, column in kernel.items()}
@@ -92,7 +98,10 @@ def _rules_for(state: ModelState, events: Sequence[ScoringEvent]) -> list[list[R
 
 
 def score_events(state: ModelState, events: Sequence[ScoringEvent], max_reasons: int) -> ScoringResult:
-    """Score events against the state's model and compiled snapshot; one vectorised pass for the lot."""
+    """Score events against the state's model and compiled snapshot; one vectorised pass for the lot
+    (a lone event, what a ``/predict`` nearly always is, in plain floats: ``score_event``)."""
+    if len(events) == 1:
+        return score_event(state, events[0], max_reasons)
     compiled = state.baselines.compiled
     user_ids = [e.user_id for e in events]
     columns = event_columns(
@@ -117,6 +126,29 @@ def score_events(state: ModelState, events: Sequence[ScoringEvent], max_reasons:
         reason_kinds=kinds,
         suppressed=[rule is not None for rule in decision.suppressed_by],
         suppressed_by=decision.suppressed_by,
+    )
+
+
+def score_event(state: ModelState, event: ScoringEvent, max_reasons: int) -> ScoringResult:
+    """``score_events`` of one event: the same kernel, reasons, forest and decision, with
+    the features and severities computed on Python floats (``feature_values``), which
+    costs a fifth of the numpy calls on one-element arrays."""
+    compiled = state.baselines.compiled
+    row = event_row(compiled, event.user_id, event.event_type, event.device_type, event.session_duration_sec,
+                    event.events_in_session, event.hour_of_day, event.day_of_week)
+    values = feature_values(compiled, row)
+    matrix = np.array([[values[name] for name in state.bundle.detector.feature_names]], dtype=np.float64)
+    scores = np.asarray(state.scorer(matrix), dtype=np.float64)
+    kinds = [listed_kinds(severity_row(values, event.event_type == DOWNLOAD), max_reasons)]
+    decision = _decide(state, (event,), scores, kinds)
+    inputs: dict[str, object] = {name: values[name] for name in _KERNEL_INPUTS}
+    for name in _EVENT_FIELDS:
+        inputs[name] = getattr(event, name)
+    rule = decision.suppressed_by[0]
+    return ScoringResult(
+        scores=scores, flags=decision.is_anomaly, thresholds=decision.cuts, known_user=[row.known],
+        reasons=[sentences(cast("SentenceInputs", inputs), kinds[0])], reason_kinds=kinds,
+        suppressed=[rule is not None], suppressed_by=decision.suppressed_by,
     )
 
 

@@ -6,9 +6,12 @@ once (at API load, once per batch shard): moments, spreads, first-use weights, m
 and one ``(users x categories)`` table per category kind (rarities and shares) whose
 extra last column is the value for a category the snapshot does not know. An event's
 features are then gathers by (user row, category code) plus a few vectorised
-operations: :func:`feature_arrays`, the one definition of every feature and context
-column, called by the batch job (on a shard's columns, ``uba.features.events``) and by
-the API (on the columns of a request's events) alike.
+operations: ``_features``, the one definition of every feature and context column,
+written against an element-wise namespace (``uba.features.elementwise``).
+:func:`feature_arrays` runs it on numpy arrays, for the batch job (a shard's columns,
+``uba.features.events``) and ``/predict/batch`` (a request's events);
+:func:`feature_values` runs the same formulas on one event's plain floats, for
+``/predict``, where a hundred numpy calls on one-element arrays cost ten times the work.
 
 Numerics follow the former Polars expressions exactly where it matters: logarithms and
 exponentials go through the C library (``math``; Polars calls the same functions, numpy's
@@ -23,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +34,7 @@ import polars as pl
 
 from uba.features.aggregates import DOWNLOAD, HOURS, WEEKDAYS, categories_in
 from uba.features.baselines import POPULATION_USER, hour_label, prob_col, rarity_col, share_col
+from uba.features.elementwise import ARRAYS, FLOATS, ArrayMath, Math, Values
 
 # Deviation features, all surprises in nats (0 = as expected for this user).
 DEVIATION_COLUMNS: tuple[str, ...] = (
@@ -120,8 +125,6 @@ RARITY_CLIP = 12.0
 HOUR_DEVIATION_CLIP = 12.0
 FIRST_USE_CLIP = 2.0
 POPULATION_SD_FLOOR = 1e-6
-# Below this many values, C-library calls one by one beat a round trip through Polars.
-_SCALAR_MATH_ROWS = 16
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -141,11 +144,18 @@ class CategoryTable:
     values: FloatArray
     missing: BoolArray | None = None
 
+    @cached_property
+    def _lookup(self) -> dict[str | None, int]:
+        return {name: i for i, name in enumerate(self.names)}
+
     def codes(self, categories: Sequence[str | None]) -> IndexArray:
         """Position of each category in ``names`` (any other value or None: ``len(names)``)."""
-        lookup: dict[str | None, int] = {name: i for i, name in enumerate(self.names)}
-        other = len(self.names)
+        lookup, other = self._lookup, len(self.names)
         return np.fromiter((lookup.get(c, other) for c in categories), dtype=np.intp, count=len(categories))
+
+    def code(self, category: str | None) -> int:
+        """``codes`` of one category."""
+        return self._lookup.get(category, len(self.names))
 
 
 @dataclass(frozen=True, eq=False)
@@ -240,18 +250,7 @@ def _table(frame: pl.DataFrame, names: Sequence[str], columns: Sequence[str],
     return CategoryTable(tuple(names), np.ascontiguousarray(values), missing)
 
 
-def _log1p(values: FloatArray) -> FloatArray:
-    """``log(1 + x)`` bit for bit as the C library (and Polars) computes it."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size <= _SCALAR_MATH_ROWS:
-        return np.array([_c_log1p(v) for v in values.tolist()], dtype=np.float64)
-    return pl.Series(values).log1p().to_numpy()
-
-
-def _c_log1p(value: float) -> float:
-    if math.isnan(value) or value < -1.0:
-        return math.nan
-    return -math.inf if value == -1.0 else math.log1p(value)
+_log1p = ArrayMath.log1p
 
 
 def _expm1_of_exp(values: FloatArray) -> FloatArray:
@@ -260,16 +259,16 @@ def _expm1_of_exp(values: FloatArray) -> FloatArray:
     return pl.Series(values).exp().to_numpy() - 1.0
 
 
-def finite(values: FloatArray, low: float, high: float) -> FloatArray:
+def finite(values: Values, low: float, high: float, xp: Math = ARRAYS) -> Values:
     """Missing or NaN counts as "no deviation" (0); the result is clipped to [low, high].
 
     Plain ufuncs rather than ``np.clip`` / ``np.nan_to_num``, which cost several
     microseconds each on the API's one-event arrays.
     """
     if low == 0.0:  # fmax maps NaN to the other operand: NaN -> 0 and the floor in one call
-        return np.fmin(np.fmax(values, 0.0), high)
-    values = np.where(np.isnan(values), 0.0, values)
-    return np.minimum(np.maximum(values, low), high)
+        return xp.fmin(xp.fmax(values, 0.0), high)
+    values = xp.where(xp.isnan(values), 0.0, values)
+    return xp.minimum(xp.maximum(values, low), high)
 
 
 def _scalars(frame: pl.DataFrame) -> dict[str, np.ndarray]:
@@ -348,7 +347,8 @@ def _peer_rarity(frame: pl.DataFrame, name: str, population: int) -> FloatArray:
         return group
     ratio = _column(frame, name)[population] / group
     nats = pl.Series(ratio, dtype=pl.Float64, nan_to_null=False).log().to_numpy()
-    return finite(nats, 0.0, RARITY_CLIP)
+    clipped: FloatArray = finite(nats, 0.0, RARITY_CLIP)
+    return clipped
 
 
 def _peer_arrays(frame: pl.DataFrame, devices: Sequence[str], population: int) -> PeerArrays:
@@ -404,46 +404,76 @@ def event_columns(baselines: CompiledBaselines, user_ids: Sequence[str], event_t
     )
 
 
-def _category_index(values: FloatArray, count: int) -> IndexArray:
+@dataclass(frozen=True, eq=False, slots=True)
+class EventRow:
+    """One event's ``EventColumns`` as plain values (the single event of a ``/predict``):
+    the same fields, each a Python scalar, for the kernel's ``FLOATS`` form."""
+
+    rows: int
+    known: bool
+    duration: float
+    actions: float
+    hour: float
+    weekday: float
+    device: int
+    event_type: int
+
+
+def event_row(baselines: CompiledBaselines, user_id: str, event_type: str | None, device_type: str | None,
+              duration: float, actions: float, hour: float, weekday: float) -> EventRow:
+    """``event_columns`` of one event, as plain values (missing hour/day: NaN)."""
+    pop = baselines.population
+    row = baselines.positions.get(user_id, pop)
+    return EventRow(
+        rows=row, known=row != pop, duration=float(duration), actions=float(actions), hour=float(hour),
+        weekday=float(weekday), device=baselines.device_rarity.code(device_type),
+        event_type=baselines.event_rarity.code(event_type),
+    )
+
+
+Events = EventColumns | EventRow
+
+
+def _category_index(values: Values, count: int, xp: Math) -> Values:
     """Integer part of an hour or weekday as a table column; NaN or out of range: ``count``."""
-    whole = np.trunc(values)  # NaN stays NaN and fails both comparisons below
-    return np.where((whole >= 0) & (whole < count), whole, count).astype(np.intp)
+    whole = xp.trunc(values)  # NaN stays NaN and fails both comparisons below
+    return xp.to_index(xp.where((whole >= 0) & (whole < count), whole, count))
 
 
-def surprise(z: FloatArray) -> FloatArray:
+def surprise(z: Values) -> Values:
     """Gaussian surprise z^2/2 in nats: the common unit of every deviation feature."""
     return z * z / 2.0
 
 
-def beyond(nats: FloatArray, noise: float) -> FloatArray:
+def beyond(nats: Values, noise: float, xp: Math = ARRAYS) -> Values:
     """The part of a surprise above its noise level; ordinary wobble becomes exactly 0.
 
     A forest spends splits on whatever varies; folding every user's everyday variation
     into a single point at 0 leaves it nothing to isolate there, so its splits go to the
     deviations that matter (see docs/features.md for the measured effect).
     """
-    return np.maximum(nats - noise, 0.0)  # NaN stays NaN, as with clip
+    return xp.maximum(nats - noise, 0.0)  # NaN stays NaN, as with clip
 
 
-def _z(value: FloatArray, mean: FloatArray, sd: FloatArray, low: float) -> FloatArray:
-    return finite((value - mean) / sd, low, Z_CLIP)
+def _z(value: Values, mean: Values, sd: Values, low: float, xp: Math) -> Values:
+    return finite(xp.div(value - mean, sd), low, Z_CLIP, xp)
 
 
-def _circular_distance(hour: FloatArray, center: FloatArray) -> FloatArray:
-    diff = np.fmod(np.abs(hour - center), 24.0)
-    return np.fmin(diff, 24.0 - diff)
+def _circular_distance(hour: Values, center: Values, xp: Math) -> Values:
+    diff = xp.fmod(xp.abs(hour - center), 24.0)
+    return xp.fmin(diff, 24.0 - diff)
 
 
-def _first_use(table: CategoryTable, rows: IndexArray, codes: IndexArray, known: BoolArray,
-               weight: FloatArray) -> FloatArray:
+def _first_use(table: CategoryTable, rows: Values, codes: Values, known: Values, weight: np.ndarray,
+               xp: Math) -> Values:
     """The user's weight when a known user has never used this category (share missing or 0)."""
     assert table.missing is not None
-    share = table.values[rows, codes]
-    never = known & (table.missing[rows, codes] | (share <= 0.0))
-    return np.where(never, weight[rows], 0.0)
+    share = xp.gather2(table.values, rows, codes)
+    never = known & (xp.gather2(table.missing, rows, codes) | (share <= 0.0))
+    return xp.where(never, xp.gather(weight, rows), 0.0)
 
 
-def _total(parts: list[FloatArray]) -> FloatArray:
+def _total(parts: list[Values]) -> Values:
     """Sum in the association Polars' ``sum_horizontal`` uses (halves, left half n // 2)."""
     if len(parts) == 1:
         return parts[0]
@@ -461,32 +491,48 @@ def feature_arrays(baselines: CompiledBaselines, events: EventColumns) -> dict[s
     one event posted to the API gets exactly what the nightly job computed for it.
     Formulas and their reasons: docs/features.md.
     """
-    s, rows, known = baselines.scalars, events.rows, events.known
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        log_duration, log_actions = _log1p(events.duration), _log1p(events.actions)
-        hour_index, day_index = _category_index(events.hour, 24), _category_index(events.weekday, 7)
-        out: dict[str, np.ndarray] = {
-            "known_user": known,
-            "session_length_z": _z(log_duration, s["mean_log_duration"][rows], s["sd_log_duration"][rows], -Z_CLIP),
-            "actions_z": _z(log_actions, s["mean_log_actions"][rows], s["sd_log_actions"][rows], -Z_CLIP),
-            "hour_z": finite(_circular_distance(events.hour, s["hour_mean"][rows]) / s["hour_spread"][rows],
-                             0.0, HOUR_DEVIATION_CLIP),
-            "device_rarity_nats": finite(baselines.device_rarity.values[rows, events.device], 0.0, RARITY_CLIP),
-            "event_type_rarity_nats": finite(baselines.event_rarity.values[rows, events.event_type],
-                                             0.0, RARITY_CLIP),
-            "hour_rarity": baselines.hour_rarity[rows, hour_index],
-            "weekday_rarity": baselines.dow_rarity[rows, day_index],
-        }
-        is_download = _is_download(baselines, events)
-        out.update(_event_features(baselines, events, out, log_duration, log_actions, is_download))
-        out.update(_context(baselines, events, out, log_duration, log_actions, day_index))
-        if baselines.peers is not None:
-            out.update(_peer_features(baselines.peers, events, out, is_download))
+        return _features(baselines, events, ARRAYS)
+
+
+def feature_values(baselines: CompiledBaselines, event: EventRow) -> dict[str, Values]:
+    """``feature_arrays`` of one event, as plain Python values: the same formulas (one
+    kernel, ``_features``) on floats, about ten times faster than on one-element arrays."""
+    return _features(baselines, event, FLOATS)
+
+
+def _features(baselines: CompiledBaselines, events: Events, xp: Math) -> dict[str, Values]:
+    """The one definition of the features and context, in ``xp``'s arithmetic."""
+    s, rows, known = baselines.scalars, events.rows, events.known
+    log_duration, log_actions = xp.log1p(events.duration), xp.log1p(events.actions)
+    hour_index, day_index = _category_index(events.hour, 24, xp), _category_index(events.weekday, 7, xp)
+
+    def at(name: str) -> Values:
+        return xp.gather(s[name], rows)
+
+    out: dict[str, Values] = {
+        "known_user": known,
+        "session_length_z": _z(log_duration, at("mean_log_duration"), at("sd_log_duration"), -Z_CLIP, xp),
+        "actions_z": _z(log_actions, at("mean_log_actions"), at("sd_log_actions"), -Z_CLIP, xp),
+        "hour_z": finite(xp.div(_circular_distance(events.hour, at("hour_mean"), xp), at("hour_spread")),
+                         0.0, HOUR_DEVIATION_CLIP, xp),
+        "device_rarity_nats": finite(xp.gather2(baselines.device_rarity.values, rows, events.device),
+                                     0.0, RARITY_CLIP, xp),
+        "event_type_rarity_nats": finite(xp.gather2(baselines.event_rarity.values, rows, events.event_type),
+                                         0.0, RARITY_CLIP, xp),
+        "hour_rarity": xp.gather2(baselines.hour_rarity, rows, hour_index),
+        "weekday_rarity": xp.gather2(baselines.dow_rarity, rows, day_index),
+    }
+    is_download = _is_download(baselines, events, xp)
+    out.update(_event_features(baselines, events, out, log_duration, log_actions, is_download, xp))
+    out.update(_context(baselines, events, out, log_duration, log_actions, day_index, xp))
+    if baselines.peers is not None:
+        out.update(_peer_features(baselines.peers, events, out, is_download, xp))
     return out
 
 
-def _peer_features(peers: PeerArrays, events: EventColumns, ctx: Mapping[str, np.ndarray],
-                   is_download: BoolArray) -> dict[str, FloatArray]:
+def _peer_features(peers: PeerArrays, events: Events, ctx: Mapping[str, Values],
+                   is_download: Values, xp: Math) -> dict[str, Values]:
     """The event against its user's peer group, in nats with the own-baseline noise floors.
 
     A user without a usable group (or an unknown user) has NaN/0 group values, which
@@ -494,91 +540,94 @@ def _peer_features(peers: PeerArrays, events: EventColumns, ctx: Mapping[str, np
     own-baseline deviations only, so they mean the same with and without a directory.
     """
     rows = events.rows
-    hour_z = finite(_circular_distance(events.hour, peers.hour_mean[rows]) / peers.hour_spread[rows],
-                    0.0, HOUR_DEVIATION_CLIP)
-    device_nats = peers.device_rarity[rows, events.device]
-    download_nats = _download_surprise(np.where(is_download, peers.download_rarity[rows], 0.0),
-                                       np.maximum(ctx["actions_z"], 0.0))
+    hour_z = finite(xp.div(_circular_distance(events.hour, xp.gather(peers.hour_mean, rows), xp),
+                           xp.gather(peers.hour_spread, rows)), 0.0, HOUR_DEVIATION_CLIP, xp)
+    device_nats = xp.gather2(peers.device_rarity, rows, events.device)
+    download_nats = _download_surprise(xp.where(is_download, xp.gather(peers.download_rarity, rows), 0.0),
+                                       xp.maximum(ctx["actions_z"], 0.0), xp)
     return {
-        "peer_hour_deviation": beyond(surprise(hour_z), NOISE_NATS),
-        "peer_device_rarity": beyond(device_nats, PEER_RARITY_NOISE_NATS),
-        "peer_download_intensity": beyond(download_nats, DOWNLOAD_NOISE_NATS),
+        "peer_hour_deviation": beyond(surprise(hour_z), NOISE_NATS, xp),
+        "peer_device_rarity": beyond(device_nats, PEER_RARITY_NOISE_NATS, xp),
+        "peer_download_intensity": beyond(download_nats, DOWNLOAD_NOISE_NATS, xp),
     }
 
 
-def _event_features(baselines: CompiledBaselines, events: EventColumns, ctx: Mapping[str, np.ndarray],
-                    log_duration: FloatArray, log_actions: FloatArray,
-                    is_download: BoolArray) -> dict[str, FloatArray]:
+def _event_features(baselines: CompiledBaselines, events: Events, ctx: Mapping[str, Values],
+                    log_duration: Values, log_actions: Values, is_download: Values,
+                    xp: Math) -> dict[str, Values]:
     s, rows, known = baselines.scalars, events.rows, events.known
-    download_rarity = np.where(is_download, s["download_rarity"][rows], 0.0)
-    actions_up = np.maximum(ctx["actions_z"], 0.0)
-    download_surprise = _download_surprise(download_rarity, actions_up)
-    first_use = (_first_use(baselines.device_share, rows, events.device, known, s["first_use_device"])
-                 + _first_use(baselines.event_share, rows, events.event_type, known, s["first_use_event"]))
+    download_rarity = xp.where(is_download, xp.gather(s["download_rarity"], rows), 0.0)
+    actions_up = xp.maximum(ctx["actions_z"], 0.0)
+    download_surprise = _download_surprise(download_rarity, actions_up, xp)
+    first_use = (_first_use(baselines.device_share, rows, events.device, known, s["first_use_device"], xp)
+                 + _first_use(baselines.event_share, rows, events.event_type, known, s["first_use_event"], xp))
     out = {
-        "log_session_duration": finite(log_duration, 0.0, math.inf),
-        "log_events_in_session": finite(log_actions, 0.0, math.inf),
-        "event_hour": finite(events.hour, 0.0, 23.0),
-        "event_weekday": finite(events.weekday, 0.0, 6.0),
-        "event_type_code": finite(events.event_type.astype(np.float64), 0.0, len(baselines.event_types)),
-        "device_code": finite(events.device.astype(np.float64), 0.0, len(baselines.devices)),
-        "session_length_excess": beyond(surprise(np.maximum(ctx["session_length_z"], 0.0)), NOISE_NATS),
-        "actions_excess": beyond(surprise(actions_up), NOISE_NATS),
-        "hour_deviation": beyond(surprise(ctx["hour_z"]), NOISE_NATS),
-        "device_rarity": beyond(ctx["device_rarity_nats"], RARITY_NOISE_NATS),
-        "event_type_rarity": beyond(ctx["event_type_rarity_nats"], RARITY_NOISE_NATS),
-        "download_intensity": beyond(download_surprise, DOWNLOAD_NOISE_NATS),
-        "time_of_week_rarity": beyond(ctx["weekday_rarity"], RARITY_NOISE_NATS),
-        "first_use": finite(first_use, 0.0, FIRST_USE_CLIP),
+        "log_session_duration": finite(log_duration, 0.0, math.inf, xp),
+        "log_events_in_session": finite(log_actions, 0.0, math.inf, xp),
+        "event_hour": finite(events.hour, 0.0, 23.0, xp),
+        "event_weekday": finite(events.weekday, 0.0, 6.0, xp),
+        "event_type_code": finite(xp.to_float(events.event_type), 0.0, len(baselines.event_types), xp),
+        "device_code": finite(xp.to_float(events.device), 0.0, len(baselines.devices), xp),
+        "session_length_excess": beyond(surprise(xp.maximum(ctx["session_length_z"], 0.0)), NOISE_NATS, xp),
+        "actions_excess": beyond(surprise(actions_up), NOISE_NATS, xp),
+        "hour_deviation": beyond(surprise(ctx["hour_z"]), NOISE_NATS, xp),
+        "device_rarity": beyond(ctx["device_rarity_nats"], RARITY_NOISE_NATS, xp),
+        "event_type_rarity": beyond(ctx["event_type_rarity_nats"], RARITY_NOISE_NATS, xp),
+        "download_intensity": beyond(download_surprise, DOWNLOAD_NOISE_NATS, xp),
+        "time_of_week_rarity": beyond(ctx["weekday_rarity"], RARITY_NOISE_NATS, xp),
+        "first_use": finite(first_use, 0.0, FIRST_USE_CLIP, xp),
         "download_surprise": download_surprise,
         # an unknown user has no history of their own: 0 days, whatever the population's
-        "log_history_days": np.where(known, s["log_history_days"][rows], 0.0),
+        "log_history_days": xp.where(known, xp.gather(s["log_history_days"], rows), 0.0),
     }
     # only the weekday rarity can be missing (a snapshot without it); the others are
     # built from clipped values. A missing one counts as 0 in the total, is skipped by the max.
     deviations = [out[c] for c in DEVIATION_COLUMNS]
     top = deviations[0]
     for value in deviations[1:]:
-        top = np.fmax(top, value)
+        top = xp.fmax(top, value)
     out["max_surprise"] = top
-    deviations[-1] = np.where(np.isnan(deviations[-1]), 0.0, deviations[-1])
+    deviations[-1] = xp.where(xp.isnan(deviations[-1]), 0.0, deviations[-1])
     out["total_surprise"] = _total(deviations)
     return out
 
 
-def _download_surprise(rarity: FloatArray, actions_up: FloatArray) -> FloatArray:
+def _download_surprise(rarity: Values, actions_up: Values, xp: Math) -> Values:
     """A download's rarity plus the surprise of its session's extra actions, only where
     downloads are rarer than expected: a spree is rare downloads in a busy session."""
-    return np.where(rarity > 0, rarity + surprise(actions_up), 0.0)
+    return xp.where(rarity > 0, rarity + surprise(actions_up), 0.0)
 
 
-def _is_download(baselines: CompiledBaselines, events: EventColumns) -> BoolArray:
+def _is_download(baselines: CompiledBaselines, events: Events, xp: Math) -> Values:
     if DOWNLOAD not in baselines.event_types:
-        return np.zeros(len(events), dtype=bool)
-    is_download: BoolArray = events.event_type == baselines.event_types.index(DOWNLOAD)
-    return is_download
+        return xp.falses(events.rows)
+    return events.event_type == baselines.event_types.index(DOWNLOAD)
 
 
-def _context(baselines: CompiledBaselines, events: EventColumns, ctx: Mapping[str, np.ndarray],
-             log_duration: FloatArray, log_actions: FloatArray, day_index: IndexArray) -> dict[str, np.ndarray]:
+def _context(baselines: CompiledBaselines, events: Events, ctx: Mapping[str, Values],
+             log_duration: Values, log_actions: Values, day_index: Values, xp: Math) -> dict[str, Values]:
     """Plain quantities the reasons quote (user's median session, usual hours, shares)."""
     s, rows = baselines.scalars, events.rows
-    length_z = _z(log_duration, s["pop_mean_log_duration"][rows], s["pop_sd_log_duration"][rows], 0.0)
-    actions_z = _z(log_actions, s["pop_mean_log_actions"][rows], s["pop_sd_log_actions"][rows], 0.0)
+
+    def at(name: str) -> Values:
+        return xp.gather(s[name], rows)
+
+    length_z = _z(log_duration, at("pop_mean_log_duration"), at("pop_sd_log_duration"), 0.0, xp)
+    actions_z = _z(log_actions, at("pop_mean_log_actions"), at("pop_sd_log_actions"), 0.0, xp)
     return {
-        "user_median_session_sec": s["median_session_sec"][rows],
-        "user_median_actions": s["median_actions"][rows],
-        "user_usual_hour_start": s["usual_hour_start"][rows],
-        "user_usual_hour_end": s["usual_hour_end"][rows],
-        "user_device_share": _share(baselines.device_share, rows, events.device),
-        "user_event_type_share": _share(baselines.event_share, rows, events.event_type),
-        "user_download_share": np.where(s["download_share_missing"][rows], np.nan, s["download_share"][rows]),
-        "user_weekday_share": _share(baselines.dow_share, rows, day_index),
-        "global_extremity": np.fmax(length_z, actions_z),
+        "user_median_session_sec": at("median_session_sec"),
+        "user_median_actions": at("median_actions"),
+        "user_usual_hour_start": at("usual_hour_start"),
+        "user_usual_hour_end": at("usual_hour_end"),
+        "user_device_share": _share(baselines.device_share, rows, events.device, xp),
+        "user_event_type_share": _share(baselines.event_share, rows, events.event_type, xp),
+        "user_download_share": xp.where(at("download_share_missing"), math.nan, at("download_share")),
+        "user_weekday_share": _share(baselines.dow_share, rows, day_index, xp),
+        "global_extremity": xp.fmax(length_z, actions_z),
         "global_by_actions": actions_z > length_z,
     }
 
 
-def _share(table: CategoryTable, rows: IndexArray, codes: IndexArray) -> FloatArray:
+def _share(table: CategoryTable, rows: Values, codes: Values, xp: Math) -> Values:
     assert table.missing is not None
-    return np.where(table.missing[rows, codes], np.nan, table.values[rows, codes])
+    return xp.where(xp.gather2(table.missing, rows, codes), math.nan, xp.gather2(table.values, rows, codes))

@@ -27,8 +27,11 @@ listed if it reaches MIN_TOP_SEVERITY (a one-sigma deviation), so a flagged even
 rarely left without an explanation, while an ordinary event gets an empty list rather
 than an overstated one.
 
-Defined once for both callers: severities are array arithmetic on the feature kernel's
-context (``severity_matrix``), the ranking too (``rank_reason_kinds``), and a sentence is
+Defined once for both callers: severities are written once (``_severities``) against
+``uba.features.elementwise``, as arrays on the feature kernel's context (``severity_matrix``)
+or as one event's plain floats (``severity_row``, for ``/predict``); the ranking rule too
+(``rank_reason_kinds`` on arrays, ``listed_kinds`` on one row, sharing the cut-off and
+count), and a sentence is
 plain string formatting of one event's values (``sentences``), so the API explains one
 event in microseconds and the batch job (``explain``, on a frame) phrases only the rows
 someone reads. A sentence whose inputs are missing falls back to the kind's name.
@@ -39,13 +42,15 @@ scaled value), so the texts did not change.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypedDict, cast
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
+
+from uba.features.elementwise import ARRAYS, FLOATS, Math, Values
 
 REASON_KINDS: tuple[str, ...] = (
     "hour",
@@ -101,9 +106,24 @@ SEVERITY_INPUTS: tuple[str, ...] = (
 )
 
 
-def _z(nats: FloatArray) -> FloatArray:
+def _z(nats: Values, xp: Math) -> Values:
     """z-equivalent of a surprise in nats: sqrt(2 s)."""
-    return np.sqrt(2.0 * np.maximum(nats, 0.0))
+    return xp.sqrt(2.0 * xp.maximum(nats, 0.0))
+
+
+def _severities(f: Callable[[str], Values], is_download: Values, xp: Math) -> list[Values]:
+    """The one definition of the severities, REASON_KINDS in order, in ``xp``'s arithmetic
+    (``f`` gives a SEVERITY_INPUTS value, NaN where missing)."""
+    return [
+        xp.fmax(f("hour_z"), _z(f("hour_rarity"), xp)),
+        xp.maximum(f("session_length_z"), 0.0),
+        xp.maximum(f("actions_z"), 0.0),
+        _z(f("device_rarity_nats"), xp),
+        xp.where(is_download, 0.0, _z(f("event_type_rarity_nats"), xp)),
+        _z(f("download_surprise"), xp),
+        _z(f("weekday_rarity"), xp),
+        f("global_extremity"),
+    ]
 
 
 def severity_matrix(values: Mapping[str, np.ndarray], is_download: npt.NDArray[np.bool_]) -> FloatArray:
@@ -119,16 +139,15 @@ def severity_matrix(values: Mapping[str, np.ndarray], is_download: npt.NDArray[n
     # on the API's one-event arrays
     severity = np.empty((len(is_download), len(REASON_KINDS)), dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        severity[:, 0] = np.fmax(f("hour_z"), _z(f("hour_rarity")))
-        severity[:, 1] = np.maximum(f("session_length_z"), 0.0)
-        severity[:, 2] = np.maximum(f("actions_z"), 0.0)
-        severity[:, 3] = _z(f("device_rarity_nats"))
-        severity[:, 4] = np.where(is_download, 0.0, _z(f("event_type_rarity_nats")))
-        severity[:, 5] = _z(f("download_surprise"))
-        severity[:, 6] = _z(f("weekday_rarity"))
-        severity[:, 7] = f("global_extremity")
+        for k, column in enumerate(_severities(f, is_download, ARRAYS)):
+            severity[:, k] = column
     np.copyto(severity, 0.0, where=np.isnan(severity))
     return severity
+
+
+def severity_row(values: Mapping[str, Values], is_download: bool) -> list[float]:
+    """``severity_matrix`` of one event from plain floats (``feature_values``)."""
+    return [0.0 if v != v else v for v in _severities(values.__getitem__, is_download, FLOATS)]
 
 
 # ---- number formatting -----------------------------------------------------------------
@@ -317,10 +336,31 @@ def rank_reason_kinds(severity: npt.ArrayLike, max_reasons: int) -> tuple[IndexA
     order = np.argsort(-severity, axis=1, kind="stable")
     ranked = severity[np.arange(len(severity))[:, None], order]
     top = ranked[:, 0]
-    keep_from = np.maximum(np.minimum(top, MIN_SEVERITY), MIN_TOP_SEVERITY)
-    listed = (ranked >= keep_from[:, None]).sum(axis=1)
-    counts = np.where(top >= MIN_TOP_SEVERITY, np.minimum(listed, max(0, max_reasons)), 0)
-    return order, counts
+    listed = (ranked >= _keep_from(top, ARRAYS)[:, None]).sum(axis=1)
+    return order, _listed_count(top, listed, max_reasons, ARRAYS)
+
+
+def _keep_from(top: Values, xp: Math) -> Values:
+    """The lowest severity a row lists, given its strongest one (the rule above)."""
+    return xp.maximum(xp.minimum(top, MIN_SEVERITY), MIN_TOP_SEVERITY)
+
+
+def _listed_count(top: Values, listed: Values, max_reasons: int, xp: Math) -> Values:
+    """How many kinds a row lists: those from ``_keep_from`` up, at most ``max_reasons``,
+    none when even the strongest is below MIN_TOP_SEVERITY."""
+    return xp.where(top >= MIN_TOP_SEVERITY, xp.minimum(listed, max(0, max_reasons)), 0)
+
+
+def listed_kinds(severity: Sequence[float], max_reasons: int) -> list[str]:
+    """``reason_kinds`` of one event from its ``severity_row``: the same rule on plain floats.
+
+    ``sorted`` is stable, as the stable argsort of ``rank_reason_kinds``, so ties keep the
+    order of REASON_KINDS there too."""
+    order = sorted(range(len(REASON_KINDS)), key=lambda k: -severity[k])
+    top = severity[order[0]]
+    keep_from = _keep_from(top, FLOATS)
+    count = _listed_count(top, sum(1 for value in severity if value >= keep_from), max_reasons, FLOATS)
+    return [REASON_KINDS[k] for k in order[:count]]
 
 
 def reason_kinds(severity: npt.ArrayLike, max_reasons: int) -> list[list[str]]:
