@@ -54,10 +54,6 @@ PARTITION_COLUMN = "event_date"
 UNKNOWN_PARTITION = "unknown"
 
 
-def empty_events() -> pl.DataFrame:
-    """An empty frame in the stored event shape, for days with no input."""
-    return pl.DataFrame(schema=EVENT_SCHEMA)
-
 # --- analyst feedback: one row per label given to an event (append-only table) ---
 FEEDBACK_COLUMNS = ("event_id", "label", "analyst", "note")
 FEEDBACK_SCHEMA: dict[str, pl.DataType] = {
