@@ -11,7 +11,7 @@ an active campaign, and the users are ranked two ways, side by side:
 
 precision@k is the share of the top k that have an active campaign. With k equal to
 the number of such users, recall@k is the same number (hits / k): both are reported
-because the issue names both, and they are equal by construction. Time to high is the
+because readers ask for both, and they are equal by construction. Time to high is the
 number of days from a campaign's start to the first day its user is at risk level high
 or above (for the score ranking: to the first unsuppressed alert), counted only within
 the campaign; a campaign never reached counts as not reached, and the median is None
