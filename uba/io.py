@@ -371,11 +371,6 @@ def checksum_folder(partition: Path) -> Path:
     return partition.parents[1] / CHECKSUMS / partition.parent.name / partition.name
 
 
-def part_manifest_path(root: Path, dataset: str, day: date | str) -> Path:
-    """Where the manifest of one events or aggregates partition lives."""
-    return checksum_folder(partition_dir(root, dataset, day)) / PART_MANIFEST_NAME
-
-
 def part_manifests_marker(root: Path) -> Path:
     """``<data-dir>/.part-manifests.json``: partition manifests are in use in this data directory."""
     return Path(root) / PART_MANIFESTS_MARKER
@@ -386,14 +381,6 @@ def checksum_path(part: Path) -> Path:
     ``root/.checksums/<dataset>/<partition>/<name>.json`` (read for partitions written then)."""
     part = Path(part)
     return checksum_folder(part.parent) / f"{part.name}.json"
-
-
-def record_checksum(written: Path, part: Path) -> Path:
-    """Write a per-part record (the format before manifests) of ``written`` for ``part``."""
-    record = {"format": 1, "sha256": file_sha256(written), "size": Path(written).stat().st_size}
-    target = checksum_path(part)
-    text = json.dumps(record, sort_keys=True) + "\n"
-    return _write_atomic(target, lambda tmp: tmp.write_text(text), durable=True)
 
 
 class _PartEntry(TypedDict, total=False):

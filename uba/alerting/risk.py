@@ -26,7 +26,6 @@ the report, ``GET /users/{id}/risk``, the export and ``evaluate`` read it with
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -223,11 +222,6 @@ def compute_risk(contributions: pl.DataFrame, previous: pl.DataFrame | None, pre
             .filter((pl.col("contributions").list.len() > 0) | (pl.col("risk_score") >= settings.min_score))
             .sort(["risk_score", "user_id"], descending=[True, False])
             .select([pl.col(name).cast(dtype) for name, dtype in RISK_SCHEMA.items()]))
-
-
-def saturate(points: float, carried: float, settings: RiskSettings) -> float:
-    """The score formula for one user, for tests and docs: ``100 - (100 - carried) * exp(-points / scale)``."""
-    return 100.0 - (100.0 - carried) * math.exp(-points / settings.scale_points)
 
 
 def level_counts(table: pl.DataFrame) -> dict[str, int]:
