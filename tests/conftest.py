@@ -62,12 +62,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(getattr(pytest.mark, tier))
 
 
+@pytest.fixture(scope="session")
+def _matplotlib_font_list() -> None:
+    """matplotlib lists the system fonts on first use by running ``fc-list``, a subprocess the
+    unit guard below refuses; where that list is not cached yet (a new machine, an empty
+    MPLCONFIGDIR) the first unit test that draws a chart failed. Listed here, outside any test."""
+    import matplotlib.font_manager  # noqa: F401
+
+
 @pytest.fixture(autouse=True)
 def _unit_tier_stays_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """A unit-tier test that starts a subprocess or listens on a socket fails, naming the tier
     it belongs in, so `make test-fast` keeps the promise of the block comment above."""
     if request.node.get_closest_marker("unit") is None:
         return
+    request.getfixturevalue("_matplotlib_font_list")
     import socket
     import subprocess
 

@@ -4,6 +4,9 @@ night-shift user.
 
 Generated history -> `train` -> the two events ingested from a CSV like real logs ->
 `score --date` -> the scored Parquet output.
+
+Not on conftest's shared world: it needs a persona mix of office and night workers only,
+and it ingests its two events into its own data directory.
 """
 
 from __future__ import annotations

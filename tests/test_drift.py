@@ -159,7 +159,7 @@ def test_chunked_counts_give_the_same_report(reference: dict[str, Any]) -> None:
     meta = reference["metadata"]
     merged = DriftCounts()
     for part in np.array_split(np.arange(len(X)), 4):
-        merged = merged.merge(DriftCounts.from_dict(drift_counts(X[part], scores[part], meta).to_dict()))
+        merged = merged.merge(drift_counts(X[part], scores[part], meta))
     assert drift_report_from_counts(merged, meta, LIMITS) == _day_report(X, scores, meta, LIMITS)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
@@ -14,14 +15,15 @@ from uba import io
 from uba.alerting.feedback import (
     active_rules,
     add_rule,
-    apply_suppressions,
     confirmed_malicious_ids,
     latest_feedback,
     load_rules,
     record_feedback,
     record_feedback_csv,
     remove_rule,
+    rule_tuples,
 )
+from uba.alerting.thresholds import decide
 from uba.errors import UserError
 from uba.features.reasons import REASON_KINDS
 
@@ -90,20 +92,29 @@ def test_feedback_cli_reports_counts_and_errors_in_one_line(tmp_path: Path) -> N
     assert confirmed_malicious_ids(data) == {"e1"}
 
 
-def _scored() -> pl.LazyFrame:
-    return pl.LazyFrame({
+def _scored() -> pl.DataFrame:
+    return pl.DataFrame({
         "event_id": ["a", "b", "c", "d", "e", "f"],
         "user_id": ["u1", "u1", "u2", "u2", "u3", "u1"],
         "anomaly_score": [0.9, 0.8, 0.85, 0.3, 0.7, 0.75],
-        "is_anomaly": [True, True, True, False, True, True],
         "reason_kinds": [["download_intensity", "hour"], ["hour", "download_intensity"],
                          ["download_intensity"], ["download_intensity"], ["device"], None],
     })
 
 
+def apply_suppressions(scored: pl.DataFrame, rules: pl.DataFrame, day: date) -> pl.DataFrame:
+    """The scored events with the decision the shards and the API take (``decide``, cut 0.5,
+    the rules in force on ``day``) as ``suppressed`` / ``suppressed_by`` columns."""
+    cuts = np.full(scored.height, 0.5)
+    decision = decide(scored["anomaly_score"].to_numpy(), cuts, scored["user_id"],
+                      scored["reason_kinds"].list.first(), rule_tuples(active_rules(rules, day)))
+    return scored.with_columns(pl.Series("suppressed_by", decision.suppressed_by, dtype=pl.String),
+                               pl.Series("suppressed", decision.suppressed))
+
+
 def test_rule_suppresses_exactly_the_matching_top_kind_alerts(tmp_path: Path) -> None:
     rule = add_rule(tmp_path, "u1", "download_intensity", KINDS, today=DAY)
-    out = apply_suppressions(_scored(), load_rules(tmp_path), DAY).collect()
+    out = apply_suppressions(_scored(), load_rules(tmp_path), DAY)
     assert out.height == 6, "suppression never drops rows"
     assert out.filter(pl.col("suppressed"))["event_id"].to_list() == ["a"]
     assert out.filter(pl.col("event_id") == "a")["suppressed_by"].item() == rule
@@ -115,7 +126,7 @@ def test_rule_suppresses_exactly_the_matching_top_kind_alerts(tmp_path: Path) ->
 def test_wildcards_and_unflagged_rows(tmp_path: Path) -> None:
     add_rule(tmp_path, "*", "download_intensity", KINDS, today=DAY)
     add_rule(tmp_path, "u3", "*", KINDS, today=DAY)
-    out = apply_suppressions(_scored(), load_rules(tmp_path), DAY).collect()
+    out = apply_suppressions(_scored(), load_rules(tmp_path), DAY)
     assert sorted(out.filter(pl.col("suppressed"))["event_id"].to_list()) == ["a", "c", "e"]
     assert not out.filter(pl.col("event_id") == "d")["suppressed"].item(), "d is not an alert"
 
@@ -126,9 +137,9 @@ def test_expired_and_removed_rules_do_not_apply(tmp_path: Path) -> None:
     remove_rule(tmp_path, gone)
     rules = load_rules(tmp_path)
     assert active_rules(rules, None)["rule_id"].to_list() == [kept]
-    on_expiry = apply_suppressions(_scored(), rules, DAY).collect()
+    on_expiry = apply_suppressions(_scored(), rules, DAY)
     assert on_expiry.filter(pl.col("suppressed"))["event_id"].to_list() == ["c"]
-    after = apply_suppressions(_scored(), rules, date(2026, 3, 21)).collect()
+    after = apply_suppressions(_scored(), rules, date(2026, 3, 21))
     assert not after["suppressed"].any()
     with pytest.raises(UserError, match="no active suppression rule"):
         remove_rule(tmp_path, gone)

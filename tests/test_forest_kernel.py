@@ -300,7 +300,7 @@ def test_nan_threshold_at_an_inner_node_is_refused():
 
 
 @pytest.mark.integration  # a real subprocess, server or seconds of work
-def test_importing_and_building_a_forest_does_not_import_numba_loading_the_kernel_does():
+def test_importing_and_building_a_forest_does_not_import_numba_the_first_score_does():
     code = (
         "import sys, numpy as np\n"
         "import uba.model.forest\n"
@@ -308,9 +308,8 @@ def test_importing_and_building_a_forest_does_not_import_numba_loading_the_kerne
         "f = IsolationForest(n_estimators=5, random_state=0).fit(np.eye(8))\n"
         "c = uba.model.forest.compact_forest_from_sklearn(f, 8)\n"
         "assert 'numba' not in sys.modules, 'numba imported before the first score'\n"
-        "c.load_kernel()  # what a server calls at model load\n"
+        "assert c.scores(np.zeros((1, 8), np.float32)).shape == (1,)  # the API's probe at model load\n"
         "assert 'numba' in sys.modules and 'uba.model.kernel' in sys.modules\n"
-        "assert c.scores(np.zeros((1, 8), np.float32)).shape == (1,)\n"
         "from uba.model import kernel as forest_kernel\n"
         "assert forest_kernel._node_kernel.cache_info().currsize == 0, 'node loop compiled unasked'\n"
     )

@@ -85,15 +85,27 @@ def _part(data: Path, dataset: str, day: str) -> Path:
     return part
 
 
+def part_manifest_path(root: Path, dataset: str, day: date | str) -> Path:
+    """Where the manifest of one events or aggregates partition lives (as the io writers put it)."""
+    return io.checksum_folder(io.partition_dir(root, dataset, day)) / io.PART_MANIFEST_NAME
+
+
+def record_checksum(written: Path, part: Path) -> None:
+    """Write the per-part record a data directory from before manifests holds for ``part``
+    (the product only reads this format now; the tests make such directories)."""
+    record = {"format": 1, "sha256": io.file_sha256(written), "size": written.stat().st_size}
+    io.write_json_atomic(record, io.checksum_path(part))
+
+
 def to_legacy_partition(data: Path, dataset: str, day: str, records: bool) -> None:
     """Make one partition look written before manifests (with per-part records or none)."""
-    io.part_manifest_path(data, dataset, day).unlink()
+    part_manifest_path(data, dataset, day).unlink()
     marker = json.loads(io.part_manifests_marker(data).read_text())
     marker["legacy"].setdefault(dataset, []).append(day)
     io.part_manifests_marker(data).write_text(json.dumps(marker))
     for part in io.partition_dir(data, dataset, day).glob("*.parquet"):
         if records:
-            io.record_checksum(part, part)
+            record_checksum(part, part)
         else:
             io.checksum_path(part).unlink(missing_ok=True)
 
@@ -115,10 +127,10 @@ def damage(data: Path, spec: dict[str, Any]) -> None:
         to_legacy_partition(data, dataset, day, records=how == "legacy_record")
         return
     if how == "drop_manifest":
-        io.part_manifest_path(data, dataset, day).unlink()
+        part_manifest_path(data, dataset, day).unlink()
         return
     if how == "record_garbage":
-        io.part_manifest_path(data, dataset, day).write_text("{not json")
+        part_manifest_path(data, dataset, day).write_text("{not json")
         return
     if how == "copy_from":  # another day's parts and manifest copied into this day's folders
         folder = io.partition_dir(data, dataset, day)
@@ -126,8 +138,8 @@ def damage(data: Path, spec: dict[str, Any]) -> None:
             stale.unlink()
         for source in io.partition_dir(data, dataset, spec["source_day"]).glob("*.parquet"):
             shutil.copy2(source, folder / source.name)
-        shutil.copyfile(io.part_manifest_path(data, dataset, spec["source_day"]),
-                        io.part_manifest_path(data, dataset, day))
+        shutil.copyfile(part_manifest_path(data, dataset, spec["source_day"]),
+                        part_manifest_path(data, dataset, day))
         return
     part = _part(data, dataset, day)
     if how == "extra_part":

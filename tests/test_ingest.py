@@ -539,13 +539,13 @@ def test_an_existing_file_named_with_glob_characters_is_read_as_itself(tmp_path:
 
 # ------------------------------------------------------------------ hostile input (hardening)
 
-ISSUE_HEADER = "event_id,user_id,timestamp,event_type,session_duration_sec,events_in_session,device_type,session_id"
+EVENT_HEADER = "event_id,user_id,timestamp,event_type,session_duration_sec,events_in_session,device_type,session_id"
 
 
 def _hostile_file(path: Path, field_chars: int) -> None:
-    """The issue's reproduction: a quoted field holding a fake event, and a ragged row."""
+    """A quoted field holding a fake event, and a ragged row (a forged-record attempt)."""
     field = "A" * field_chars + "\nx4,someone-else,2026-11-11T03:00:00Z,download,60,3,desktop,sF\nB"
-    path.write_text(ISSUE_HEADER + "\nx1,u00001,2026-11-11T10:00:00Z,login,60,3,desktop,s1\n"
+    path.write_text(EVENT_HEADER + "\nx1,u00001,2026-11-11T10:00:00Z,login,60,3,desktop,s1\n"
                     + f'x2,"{field}",2026-11-11T10:00:00Z,login,60,3,desktop,s2\n'
                     + "x3,u00001,2026-11-11T10:00:00Z,login,60,3,desktop,s3,EXTRA\n"
                     + "x4,u00042,2026-11-11T11:00:00Z,login,60,3,desktop,s4\n")
@@ -569,7 +569,7 @@ def test_text_inside_a_quoted_field_never_becomes_an_event(tmp_path: Path, field
 
 def test_max_field_bytes_is_a_setting_and_never_moves_records(tmp_path: Path) -> None:
     path = tmp_path / "f.csv"
-    path.write_text(ISSUE_HEADER + "\n" + "".join(
+    path.write_text(EVENT_HEADER + "\n" + "".join(
         f"f{i},{'u' * (200 + i)},2026-03-01T10:00:00Z,view,1,1,desktop,\n" for i in range(120)))
     limits = Settings(ingest=IngestSettings(max_field_bytes=256, max_record_bytes=4096))
     summary = ingest_files([path], tmp_path / "d", limits)
@@ -632,7 +632,7 @@ def test_one_definition_of_a_record_whatever_the_read_size_and_parser(monkeypatc
 
 def test_calendar_edges_are_stored_or_quarantined_never_a_crash(tmp_path: Path) -> None:
     path = tmp_path / "edges.csv"
-    path.write_text(ISSUE_HEADER + "\n"
+    path.write_text(EVENT_HEADER + "\n"
                     "e1,u1,9999-12-31T23:59:59Z,login,1,1,desktop,\n"
                     "e2,u1,0001-01-01T00:00:00Z,login,1,1,desktop,\n"
                     "e3,u1,9999-12-31T23:59:59-00:01,login,1,1,desktop,\n"
@@ -674,11 +674,11 @@ def test_disk_full_mid_ingest_is_one_line_and_a_failed_summary(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: int) -> None:
     data = tmp_path / "d"
     first = tmp_path / "first.csv"
-    first.write_text(ISSUE_HEADER + "\np1,u1,2026-03-01T10:00:00Z,login,1,1,desktop,\n")
+    first.write_text(EVENT_HEADER + "\np1,u1,2026-03-01T10:00:00Z,login,1,1,desktop,\n")
     ingest_files([first], data, settings())
     before = {p: p.read_bytes() for p in data.rglob("*.parquet")}
     second = tmp_path / "second.csv"  # one valid and one bad row: an events and a quarantine part
-    second.write_text(ISSUE_HEADER + "\nn1,u1,2026-03-01T11:00:00Z,login,1,1,desktop,\n"
+    second.write_text(EVENT_HEADER + "\nn1,u1,2026-03-01T11:00:00Z,login,1,1,desktop,\n"
                       "n2,u1,2026-03-01T11:00:00Z,hack,1,1,desktop,\n")
     _failing_writes(monkeypatch, at)
     result = CliRunner().invoke(cli, ["ingest", str(second), "--data-dir", str(data)])
@@ -707,11 +707,11 @@ def test_disk_full_on_a_real_small_tmpfs(tmp_path: Path) -> None:
     try:
         data = mount / "d"
         first = tmp_path / "first.csv"
-        first.write_text(ISSUE_HEADER + "\np1,u1,2026-03-01T10:00:00Z,login,1,1,desktop,\n")
+        first.write_text(EVENT_HEADER + "\np1,u1,2026-03-01T10:00:00Z,login,1,1,desktop,\n")
         assert CliRunner().invoke(cli, ["ingest", str(first), "--data-dir", str(data)]).exit_code == 0
         rng = np.random.default_rng(3)
         big = tmp_path / "big.csv"  # random ids: ~3 MB of Parquet that cannot fit in 600 kB
-        big.write_text(ISSUE_HEADER + "\n" + "".join(
+        big.write_text(EVENT_HEADER + "\n" + "".join(
             f"{rng.bytes(16).hex()},{rng.bytes(16).hex()},2026-03-02T10:00:00Z,login,1,1,desktop,\n"
             for _ in range(60_000)))
         result = CliRunner().invoke(cli, ["ingest", str(big), "--data-dir", str(data)])
@@ -725,13 +725,13 @@ def test_disk_full_on_a_real_small_tmpfs(tmp_path: Path) -> None:
 
 
 def test_gzip_that_inflates_without_end_is_stopped(tmp_path: Path) -> None:
-    one_line = tmp_path / "bomb.csv.gz"  # 2 GiB in one line from 2 MB, as in the issue
+    one_line = tmp_path / "bomb.csv.gz"  # 2 GiB in one line from 2 MB
     member = gzip.compress(b"A" * (16 << 20), compresslevel=9)
-    one_line.write_bytes(gzip.compress(ISSUE_HEADER.encode() + b"\ng1,") + member * 128)
+    one_line.write_bytes(gzip.compress(EVENT_HEADER.encode() + b"\ng1,") + member * 128)
     with pytest.raises(UserError, match=r"bomb.csv.gz: data row 1 is longer than ingest.max_record_bytes"):
         ingest_files([one_line], tmp_path / "d", settings())
     rows = tmp_path / "rows.csv.gz"
-    rows.write_bytes(gzip.compress(ISSUE_HEADER.encode() + b"\n")
+    rows.write_bytes(gzip.compress(EVENT_HEADER.encode() + b"\n")
                      + gzip.compress(b"z,u1,2026-03-01T10:00:00Z,login,1,1,desktop,\n" * 50_000) * 2)
     limits = Settings(ingest=IngestSettings(max_decompressed_bytes=1 << 20))
     with pytest.raises(UserError, match=r"rows.csv.gz: decompresses to more than ingest.max_decompressed_bytes"):
@@ -744,7 +744,7 @@ def test_a_header_of_2m_columns_is_refused_without_quadratic_work(tmp_path: Path
     limits = Settings(ingest=IngestSettings(max_record_bytes=32 << 20))  # so the column limit is what trips
     with pytest.raises(UserError, match=r"wide.csv: the header has 2,000,000 columns, over ingest.max_columns"):
         ingest_files([path], tmp_path / "d", limits)
-    names = ISSUE_HEADER.split(",") + [f"c{i}" for i in range(1000 - len(ISSUE_HEADER.split(",")))]
+    names = EVENT_HEADER.split(",") + [f"c{i}" for i in range(1000 - len(EVENT_HEADER.split(",")))]
     path.write_text(",".join(names) + "\n1\n")  # at the limit, and unique: fine
     assert ingest_files([path], tmp_path / "d", limits).rows_read == 1
 
@@ -752,7 +752,7 @@ def test_a_header_of_2m_columns_is_refused_without_quadratic_work(tmp_path: Path
 def test_double_star_glob_enters_each_folder_once(tmp_path: Path) -> None:
     deepest = tmp_path / "a" / "b" / "c"
     deepest.mkdir(parents=True)
-    (deepest / "x.csv").write_text(ISSUE_HEADER + "\ng1,u1,2026-03-01T10:00:00Z,login,1,1,desktop,\n")
+    (deepest / "x.csv").write_text(EVENT_HEADER + "\ng1,u1,2026-03-01T10:00:00Z,login,1,1,desktop,\n")
     for folder in (tmp_path, tmp_path / "a", tmp_path / "a" / "b", deepest):
         for name in ("loop1", "loop2"):  # glob.glob follows these into 2**40 paths
             (folder / name).symlink_to(tmp_path, target_is_directory=True)
@@ -901,7 +901,7 @@ def test_jsonl_line_ends_and_bom_are_read_like_csv(tmp_path: Path) -> None:
 
 
 def _forging_jsonl(tmp_path: Path, name: str) -> Path:
-    """Issue: a raw CR inside a string of line 2 holding a whole event of its own."""
+    """A raw CR inside a string of line 2 holding a whole event of its own."""
     forged = json.dumps(_event(99, user_id="someone-else"))
     line2 = json.dumps(_event(2, note="@")).replace('"@"', '"\r' + forged + '\r"')
     body = "\n".join([json.dumps(_event(1)), line2, json.dumps(_event(3))]) + "\n"

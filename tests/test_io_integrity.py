@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 import pytest
 from click.testing import CliRunner
-from test_hostile_batch import to_legacy_partition
+from test_hostile_batch import part_manifest_path, record_checksum, to_legacy_partition
 
 from jobs.cli import cli
 from uba import io
@@ -56,7 +56,7 @@ def test_writers_list_every_part_in_a_manifest_outside_the_hive_folders(tmp_path
     frame = pl.DataFrame({"a": [1, 2, 3]})
     part = io.write_part(frame, tmp_path, io.EVENTS, "2026-03-01", name="part-x")
     other = io.write_part(frame, tmp_path, io.EVENTS, "2026-03-01", name="part-y")
-    path = io.part_manifest_path(tmp_path, io.EVENTS, "2026-03-01")
+    path = part_manifest_path(tmp_path, io.EVENTS, "2026-03-01")
     assert path == tmp_path / ".checksums" / "events" / "event_date=2026-03-01" / "manifest.json"
     manifest = json.loads(path.read_text())
     assert manifest["parts"] == {p.name: {"sha256": io.file_sha256(p), "size": p.stat().st_size}
@@ -66,7 +66,7 @@ def test_writers_list_every_part_in_a_manifest_outside_the_hive_folders(tmp_path
     aggregates = io.write_aggregates(frame, tmp_path, date(2026, 3, 1), "t1")
     assert io.verify_part(aggregates) and io.verify_part(part)
     rebuilt = io.write_aggregates(frame, tmp_path, date(2026, 3, 1), "t2")  # a rebuilt day lists only the new part
-    assert list(json.loads(io.part_manifest_path(tmp_path, io.AGGREGATES, "2026-03-01").read_text())["parts"]) == [
+    assert list(json.loads(part_manifest_path(tmp_path, io.AGGREGATES, "2026-03-01").read_text())["parts"]) == [
         rebuilt.name]
     # Hive readers never see the manifests: a directory scan refuses mixed extensions
     assert pl.scan_parquet(tmp_path / io.EVENTS, hive_partitioning=True).collect().height == 6
@@ -147,7 +147,7 @@ def test_a_writer_between_the_listing_and_the_manifest_is_no_corruption(
 def test_deleting_the_manifest_does_not_downgrade_the_partition_to_unverified(tmp_path: Path) -> None:
     """The attack: deleting a part's checksum sidecar made it read unverified."""
     part, _ = _events_day(tmp_path)
-    manifest = io.part_manifest_path(tmp_path, io.EVENTS, "2026-03-01")
+    manifest = part_manifest_path(tmp_path, io.EVENTS, "2026-03-01")
     manifest.unlink()
     expected = rf"the checksum manifest {manifest} of .* is missing \(the partition was written with one\)"
     with pytest.raises(io.CorruptPartError, match=expected):
@@ -164,7 +164,7 @@ def test_deleting_the_marker_too_is_detected_while_other_manifests_exist(tmp_pat
     marker = io.part_manifests_marker(tmp_path)
     marker.unlink()
     assert len(io.partition_files(tmp_path, io.EVENTS, "2026-03-01")) == 2  # manifests still govern
-    io.part_manifest_path(tmp_path, io.EVENTS, "2026-03-01").unlink()
+    part_manifest_path(tmp_path, io.EVENTS, "2026-03-01").unlink()
     with pytest.raises(io.CorruptPartError, match=rf"{marker} is missing although partitions of .* have checksum"):
         io.partition_files(tmp_path, io.EVENTS, "2026-03-01")
     with pytest.raises(io.CorruptPartError, match=rf"{marker} is missing"):  # not re-created over the damage
@@ -180,7 +180,7 @@ def test_partitions_written_before_manifests_are_read_as_before_then_adopted(tmp
     recorded, bare = folder / "old-recorded.parquet", folder / "old-bare.parquet"
     pl.DataFrame({"a": [1]}).write_parquet(recorded)
     pl.DataFrame({"a": [2]}).write_parquet(bare)
-    io.record_checksum(recorded, recorded)
+    record_checksum(recorded, recorded)
     assert io.verify_part(recorded) is True and io.verify_part(bare) is False
     assert io.partition_files(tmp_path, io.EVENTS, "2026-03-01") == [bare, recorded]
 
@@ -193,13 +193,13 @@ def test_partitions_written_before_manifests_are_read_as_before_then_adopted(tmp
     _flip(recorded, 10)
 
     added = io.write_part(pl.DataFrame({"a": [4]}), tmp_path, io.EVENTS, "2026-03-01", name="added")
-    manifest = json.loads(io.part_manifest_path(tmp_path, io.EVENTS, "2026-03-01").read_text())
+    manifest = json.loads(part_manifest_path(tmp_path, io.EVENTS, "2026-03-01").read_text())
     assert manifest["parts"][bare.name] == {"sha256": None, "size": None}  # membership checked, bytes unknown
     assert manifest["parts"][recorded.name]["sha256"] == io.file_sha256(recorded)
     assert io.verify_part(added) and io.verify_part(recorded) and io.verify_part(bare) is False
     assert json.loads(io.part_manifests_marker(tmp_path).read_text())["legacy"]["events"] == []
     assert not io.checksum_path(recorded).exists()
-    io.part_manifest_path(tmp_path, io.EVENTS, "2026-03-01").unlink()  # adopted: no way back to unverified
+    part_manifest_path(tmp_path, io.EVENTS, "2026-03-01").unlink()  # adopted: no way back to unverified
     with pytest.raises(io.CorruptPartError, match="is missing"):
         io.partition_files(tmp_path, io.EVENTS, "2026-03-01")
 
@@ -208,7 +208,7 @@ def test_a_write_cut_short_leaves_the_partition_readable(tmp_path: Path) -> None
     """Pending entries: listed before the rename, settled after; a reader skips a pending
     entry whose part is absent and takes one whose part is present."""
     part, _ = _events_day(tmp_path)
-    path = io.part_manifest_path(tmp_path, io.EVENTS, "2026-03-01")
+    path = part_manifest_path(tmp_path, io.EVENTS, "2026-03-01")
     manifest = json.loads(path.read_text())
     entry = manifest["parts"][part.name]
     manifest["pending"] = {"p9.parquet": entry}  # killed between listing and renaming
@@ -223,7 +223,7 @@ def test_a_write_cut_short_leaves_the_partition_readable(tmp_path: Path) -> None
 
 def test_a_failed_write_leaves_the_manifest_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _events_day(tmp_path)
-    path = io.part_manifest_path(tmp_path, io.EVENTS, "2026-03-01")
+    path = part_manifest_path(tmp_path, io.EVENTS, "2026-03-01")
     before = json.loads(path.read_text())["parts"]
     monkeypatch.setenv(io.FAULT_ENOSPC_ENV, "events")
     with pytest.raises(OSError, match="No space left"):
@@ -264,7 +264,7 @@ def test_concurrent_writers_of_different_and_same_days_keep_every_manifest_exact
         files = io.partition_files(tmp_path, io.EVENTS, day)
         expected = sorted(f"{n}.parquet" for d, names in jobs if d == day for n in names)
         assert sorted(p.name for p in files) == expected
-        manifest = json.loads(io.part_manifest_path(tmp_path, io.EVENTS, day).read_text())
+        manifest = json.loads(part_manifest_path(tmp_path, io.EVENTS, day).read_text())
         assert sorted(manifest["parts"]) == expected and manifest["pending"] == {}
         assert all(io.verify_part(p) for p in files)
     assert json.loads(io.part_manifests_marker(tmp_path).read_text())["legacy"] == {"events": [], "aggregates": []}
@@ -431,8 +431,8 @@ def _copy_day_over(root: Path, dataset: str, source: str, target: str) -> Path:
         part.unlink()
     for part in io.partition_dir(root, dataset, source).glob("*.parquet"):
         shutil.copy2(part, target_dir / part.name)
-    manifest = io.part_manifest_path(root, dataset, target)
-    shutil.copyfile(io.part_manifest_path(root, dataset, source), manifest)
+    manifest = part_manifest_path(root, dataset, target)
+    shutil.copyfile(part_manifest_path(root, dataset, source), manifest)
     return manifest
 
 

@@ -6,6 +6,9 @@ model trained with the real `train` on days 8-14 (7-day lookback, so baselines a
 mature), and days 15-18 scored by the real `score --date` path on Ray with per-user
 thresholds on. Seed 6 is one where the erratic user is a visible source of global-threshold
 alerts (a precondition the test checks, so a generator or model change cannot make it vacuous).
+
+Not on conftest's shared world: it needs its own anomaly mix (the erratic user, planted
+exfiltration days, the shifted last day), a 7-day lookback and per-user thresholds.
 """
 
 from __future__ import annotations

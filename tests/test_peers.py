@@ -6,6 +6,9 @@ population prior, as before peer groups), a directory (each user shrunk toward t
 department) and directories built to prove the fallbacks. The peer deviation features
 exist only with a directory, and the directory at training fixes a bundle's features:
 ``score`` and the API refuse the other pairing with one line.
+
+Not on conftest's shared world: it needs a generated user directory (departments whose
+habits differ), which fixes the feature set of the model trained on it.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from uba.alerting.records import alert_id
-from uba.alerting.risk import compute_risk, contributions_of_day, saturate
+from uba.alerting.risk import compute_risk, contributions_of_day
 from uba.settings import RiskSettings
 
 DAY = date(2026, 3, 10)
@@ -94,7 +94,8 @@ def test_yesterday_decays_over_calendar_days_including_days_without_a_run() -> N
     more = _risk(_flagged([("a", "u2", 0.6, ["hour"], False)]), previous=previous, previous_day=date(2026, 3, 9))
     carried = 50.0 * 0.5 ** (1 / S.half_life_days)
     assert more["u2"]["carried_score"] == pytest.approx(carried)
-    assert more["u2"]["risk_score"] == pytest.approx(saturate(S.event_points, carried, S))
+    saturated = 100.0 - (100.0 - carried) * math.exp(-S.event_points / S.scale_points)
+    assert more["u2"]["risk_score"] == pytest.approx(saturated)
 
 
 def test_levels_episode_start_and_the_floor() -> None:

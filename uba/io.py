@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
+import fnmatch
 import gzip
 import hashlib
 import json
@@ -35,8 +37,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from io import BufferedReader
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -368,11 +371,6 @@ def checksum_folder(partition: Path) -> Path:
     return partition.parents[1] / CHECKSUMS / partition.parent.name / partition.name
 
 
-def part_manifest_path(root: Path, dataset: str, day: date | str) -> Path:
-    """Where the manifest of one events or aggregates partition lives."""
-    return checksum_folder(partition_dir(root, dataset, day)) / PART_MANIFEST_NAME
-
-
 def part_manifests_marker(root: Path) -> Path:
     """``<data-dir>/.part-manifests.json``: partition manifests are in use in this data directory."""
     return Path(root) / PART_MANIFESTS_MARKER
@@ -383,14 +381,6 @@ def checksum_path(part: Path) -> Path:
     ``root/.checksums/<dataset>/<partition>/<name>.json`` (read for partitions written then)."""
     part = Path(part)
     return checksum_folder(part.parent) / f"{part.name}.json"
-
-
-def record_checksum(written: Path, part: Path) -> Path:
-    """Write a per-part record (the format before manifests) of ``written`` for ``part``."""
-    record = {"format": 1, "sha256": file_sha256(written), "size": Path(written).stat().st_size}
-    target = checksum_path(part)
-    text = json.dumps(record, sort_keys=True) + "\n"
-    return _write_atomic(target, lambda tmp: tmp.write_text(text), durable=True)
 
 
 class _PartEntry(TypedDict, total=False):
@@ -747,8 +737,6 @@ def _open_lock(path: Path) -> int:
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block."""
-    import fcntl
-
     fd = _open_lock(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -774,8 +762,6 @@ _LOCK_POLL_SEC = 0.2
 def _flock_waiting(fd: int, path: Path, mode: int, timeout: float) -> None:
     """``flock`` ``fd`` in ``mode``: at once when free; else say once on stderr which lock
     it waits for, poll, and after ``timeout`` seconds raise UserError naming the lock file."""
-    import fcntl
-
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
         return
@@ -809,8 +795,6 @@ def ingest_locks(root: Path, days: Iterable[date], timeout: float = INGEST_LOCK_
     by another ingest is waited for at most ``timeout`` seconds (one stderr line, then a
     UserError naming the lock file).
     """
-    import fcntl
-
     wanted = sorted(set(days))
     base = Path(root) / CHECKSUMS
     paths = [base / _INGEST_LOCK_NAME]
@@ -849,8 +833,6 @@ def _enable_part_manifests(root: Path) -> None:
             legacy[dataset] = [folder.name.partition("=")[2] for folder in folders
                                if _is_listed_partition(folder) and folder.is_dir() and _finished_parts(folder)
                                and not (checksum_folder(folder) / PART_MANIFEST_NAME).exists()]
-        from datetime import UTC, datetime
-
         marker = {"format": PART_MANIFEST_FORMAT, "created_at": datetime.now(UTC).isoformat(), "legacy": legacy}
         write_json_atomic(marker, part_manifests_marker(root), durable=True)
 
@@ -1210,8 +1192,6 @@ def append_table_part(df: pl.DataFrame, root: Path, table: str) -> Path:
 
     The name starts with a UTC timestamp so listing order is write order.
     """
-    from datetime import UTC, datetime
-
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     return write_parquet_atomic(df, Path(root) / table / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet")
 
@@ -1336,8 +1316,6 @@ def _split_glob(pattern: str) -> tuple[str, list[str]]:
 
 def _glob_names(folder: str, part: str) -> list[str]:
     """Entries of ``folder`` matching one glob component; hidden ones only for a '.' pattern, as glob does."""
-    import fnmatch
-
     try:
         names = os.listdir(folder or ".")
     except OSError:
@@ -1354,8 +1332,6 @@ def _walk_dirs(top: str) -> list[str]:
     Real folders are walked before any symlink is followed, so a folder reached both
     ways is listed under its real path.
     """
-    from collections import deque
-
     found: list[str] = []
     seen: set[tuple[int, int]] = set()
     real, linked = deque([top]), deque[str]()
@@ -1482,19 +1458,6 @@ def check_input_readable(path: Path, fmt: str) -> None:
         raise
     except Exception as exc:  # OSError, gzip's BadGzipFile/EOFError, pyarrow's own errors
         raise UserError(f"cannot read {path} as {fmt}: {exc}") from exc
-
-
-def iter_parquet_batches(path: Path, batch_rows: int) -> Iterable[pl.DataFrame]:
-    """Row batches of a Parquet file as read (types untouched), one row group slice at a time."""
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as exc:
-        raise UserError(f"cannot read {path} as parquet: {exc}") from exc
-    with parquet:
-        for batch in parquet.iter_batches(batch_size=batch_rows):
-            yield cast(pl.DataFrame, pl.from_arrow(batch))  # pyarrow is untyped: a RecordBatch gives a frame
 
 
 def open_parquet(path: Path, read_dictionary: list[str] | None = None) -> Any:  # pyarrow (untyped): a ParquetFile

@@ -25,7 +25,6 @@ from uba.errors import UserError
 from uba.locks import RunLockedError, date_lock
 from uba.schema import JsonValue
 
-MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 RunStatus = Literal["running", "succeeded", "failed"]
 SUCCEEDED: Final = "succeeded"
@@ -442,7 +441,7 @@ def amend_published(output_dir: Path, day: date, run_id: str, delivery: Delivery
         with date_lock(output_dir, day):
             if io.published_version(output_dir, day) != run_id:
                 return False
-            path = io.day_versions_dir(output_dir, day) / run_id / MANIFEST_NAME
+            path = io.day_versions_dir(output_dir, day) / run_id / io.MANIFEST_NAME
             record = io.read_json(path)
             if not isinstance(record, dict) or record.get("run_id") != run_id:
                 return False

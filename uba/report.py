@@ -33,6 +33,7 @@ from uba.errors import UserError
 from uba.manifest import DriftSection, RunManifest, StaleEntry, read_manifest
 from uba.monitoring.charts import STATUS_COLOURS, drift_history_png, file_backend, png_bytes
 from uba.monitoring.drift import MonitoringRow, monitoring_row, retrain_advice
+from uba.schema import unsuppressed_alert
 from uba.settings import Settings
 
 FLAGGED_NEEDED: dict[str, pl.DataType] = {
@@ -91,7 +92,7 @@ def user_risk_table(flagged: pl.LazyFrame, flagged_users: pl.LazyFrame, top: int
     reasons: the ranking of days scored before entity risk, and the day's details."""
     flagged_users = with_day_score(flagged_users)
     events = _with_defaults(flagged)
-    alerting = events.filter(~pl.col("suppressed"))
+    alerting = events.filter(unsuppressed_alert(events.collect_schema().names()))
     per_user = alerting.group_by("user_id").agg(
         pl.len().cast(pl.Int64).alias("alerts"),
         pl.col("anomaly_score").max().alias("max_score"),

@@ -9,6 +9,7 @@ features use it; when they do not, it stays null.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 
 import polars as pl
 
@@ -54,10 +55,6 @@ PARTITION_COLUMN = "event_date"
 UNKNOWN_PARTITION = "unknown"
 
 
-def empty_events() -> pl.DataFrame:
-    """An empty frame in the stored event shape, for days with no input."""
-    return pl.DataFrame(schema=EVENT_SCHEMA)
-
 # --- analyst feedback: one row per label given to an event (append-only table) ---
 FEEDBACK_COLUMNS = ("event_id", "label", "analyst", "note")
 FEEDBACK_SCHEMA: dict[str, pl.DataType] = {
@@ -82,3 +79,18 @@ def alert_id(alert_type: str, *subject: str) -> str:
         raise ValueError(f"unknown alert type {alert_type!r}")
     text = "\x1f".join((alert_type, *subject))
     return ID_PREFIX + hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
+
+
+def unsuppressed_alert(columns: Collection[str]) -> pl.Expr:
+    """Whether a scored or flagged event row is an alert someone sees: over its cut
+    (``is_anomaly``) and not hidden by a suppression rule. The one definition read by the
+    alert records, entity risk, the report, the user evaluation and baseline protection.
+
+    ``columns`` are the frame's column names, since published outputs older than a column
+    lack it: without ``suppressed`` (runs before suppression) nothing is suppressed; without
+    ``is_anomaly`` the rows are the flagged table's, all over their cut. A null reads as
+    False in both.
+    """
+    flagged = pl.col("is_anomaly").fill_null(False) if "is_anomaly" in columns else pl.lit(True)
+    suppressed = pl.col("suppressed").fill_null(False) if "suppressed" in columns else pl.lit(False)
+    return flagged & ~suppressed

@@ -55,21 +55,20 @@ def command(ctx: click.Context, start: date, end: date, force: bool, data_dir: s
       uba-batch backfill --start 2026-03-01 --end 2026-03-28 --data-dir data --model-dir models --output-dir output
       uba-batch backfill --start 2026-03-01 --end 2026-03-07 --force --in-process
     """
-    from uba.alerting.delivery import prepare_sinks
-    from uba.scoring.backfill import BackfillDelivery, backfill_dates
     from uba.scoring.driver import ScoreOptions
+    from uba.scoring.nightly import backfill_and_deliver
     from uba.scoring.shard import FaultInjection
 
     settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir, output_dir=output_dir)
-    delivery = BackfillDelivery(settings, prepare_sinks(settings))  # a misconfigured sink fails before scoring
     options = ScoreOptions(day=start, ray_address=ray_address, workers=workers, shards=shards,
                            in_process=in_process, model_version=model_version,
                            fault=FaultInjection.from_env())
-    outcomes = _run(delivery.follow(backfill_dates(settings, start, end, options, force=force)),
-                    (end - start).days + 1)
-    for line in delivery.finish():
-        click.echo(line)
-    _summarise(outcomes)
+    code = 0
+    for line in backfill_and_deliver(settings, start, end, options, force, show=_run):
+        click.echo(line.text, err=line.err)
+        code = code or line.exit_code
+    if code:
+        sys.exit(code)
 
 
 def _run(walk: Iterator[BackfillOutcome], total: int) -> list[BackfillOutcome]:
@@ -94,15 +93,3 @@ def _run(walk: Iterator[BackfillOutcome], total: int) -> list[BackfillOutcome]:
 
 def _progress_item(outcome: BackfillOutcome | None) -> str | None:
     return f"{outcome.day} {outcome.status}" if outcome else None
-
-
-def _summarise(outcomes: list[BackfillOutcome]) -> None:
-    from uba.scoring.backfill import outcome_counts
-
-    failed = [o for o in outcomes if o.status == "failed"]
-    counts = outcome_counts(outcomes)
-    click.echo(f"backfill: {counts['scored']} scored, {counts['skipped']} skipped, "
-               f"{counts['failed']} failed of {len(outcomes)} dates")
-    if failed:
-        click.echo("error: failed dates: " + ", ".join(str(o.day) for o in failed), err=True)
-        sys.exit(1)

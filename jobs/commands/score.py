@@ -43,23 +43,17 @@ def command(ctx: click.Context, day: date | None, data_dir: str | None, model_di
       uba-batch score --date 2026-03-22 --data-dir data --model-dir models --output-dir output
       uba-batch score --date 2026-03-22 --ray-address auto --workers 16
     """
-    from uba.alerting.delivery import deliver_scored_day, prepare_sinks
-    from uba.monitoring.drift import drift_verdict
-    from uba.scoring.backfill import describe_manifest
-    from uba.scoring.driver import ScoreOptions, score_day
+    from uba.scoring.driver import ScoreOptions
+    from uba.scoring.nightly import score_and_deliver
     from uba.scoring.shard import FaultInjection
 
     settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir, output_dir=output_dir)
-    sinks = prepare_sinks(settings)  # a misconfigured sink fails here, before any scoring
     options = ScoreOptions(day=day or yesterday_utc(), ray_address=ray_address, workers=workers,
                            shards=shards, in_process=in_process, model_version=model_version,
                            fault=FaultInjection.from_env())
-    manifest = score_day(settings, options)
-    click.echo(f"scored {options.day}: {describe_manifest(manifest)}, model {manifest['model']['version']} "
-               f"-> {manifest['outputs']['scores']['path']}")
-    for line in deliver_scored_day(settings, sinks, options.day, manifest["run_id"]):
-        click.echo(line)
-    line, code = drift_verdict(manifest, settings)  # heavy drift fails the command only if configured
-    click.echo(line, err=code != 0)
+    code = 0
+    for line in score_and_deliver(settings, options):
+        click.echo(line.text, err=line.err)
+        code = code or line.exit_code
     if code:
         ctx.exit(code)

@@ -221,25 +221,6 @@ def suppressing_rules(user_ids: Sequence[str | None] | pl.Series, top_kinds: Seq
     return by
 
 
-def apply_suppressions(scored: pl.LazyFrame, rules: pl.DataFrame, day: date) -> pl.LazyFrame:
-    """Add ``suppressed`` (bool) and ``suppressed_by`` (rule id) to scored events.
-
-    Only events over the threshold (``is_anomaly``) can be suppressed; the first active
-    rule (in write order) whose user and top reason kind match is recorded. The row
-    stays in the output with its score: suppression hides an alert, never data. A frame
-    adapter of ``suppressing_rules`` (what ``uba.alerting.thresholds.decide`` applies).
-    """
-    live = active_rules(rules, day) if "action" in rules.columns else rules
-    frame = scored.collect()
-    tops = (frame["reason_kinds"].list.first().to_list() if "reason_kinds" in frame.columns
-            else [None] * frame.height)
-    flagged = frame["is_anomaly"].fill_null(False).to_numpy()
-    by = suppressing_rules(frame["user_id"].cast(pl.String).to_list(), tops, flagged, rule_tuples(live))
-    return frame.with_columns(pl.Series("suppressed_by", by, dtype=pl.String)).with_columns(
-        pl.col("suppressed_by").is_not_null().alias("suppressed")
-    ).lazy()
-
-
 def listed_rules(data_dir: Path, include_expired: bool = False) -> pl.DataFrame:
     """The rules ``suppress list`` shows: not removed, and unless ``include_expired`` still
     in force today (UTC)."""

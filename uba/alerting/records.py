@@ -27,7 +27,7 @@ import polars as pl
 from uba import io
 from uba.errors import UserError
 from uba.manifest import read_manifest
-from uba.schema import alert_id
+from uba.schema import alert_id, unsuppressed_alert
 
 RISK = "risk"
 RISK_LEVELS = ("low", "medium", "high", "critical")
@@ -119,7 +119,7 @@ def event_records(output_dir: Path, day: date, run: RunInfo) -> pl.DataFrame:
     scan = io.scan_partition(output_dir, io.FLAGGED, day)
     if scan is None:
         return pl.DataFrame(schema=RECORD_SCHEMA)
-    flagged = scan.filter(pl.col("is_anomaly") & ~pl.col("suppressed").fill_null(False)).collect()
+    flagged = scan.filter(unsuppressed_alert(scan.collect_schema().names())).collect()
     per_user = "user_threshold" in flagged.columns  # absent in runs before per-user cuts
     cut = pl.coalesce("user_threshold", "threshold") if per_user else pl.col("threshold")
     frame = flagged.with_columns(

@@ -26,7 +26,6 @@ the report, ``GET /users/{id}/risk``, the export and ``evaluate`` read it with
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -41,7 +40,7 @@ from uba.directory import load_directory
 from uba.io import latest_feedback
 from uba.logs import get_logger
 from uba.manifest import RiskSection, RunManifest, StaleEntry, read_manifest
-from uba.schema import JsonValue, alert_id
+from uba.schema import JsonValue, alert_id, unsuppressed_alert
 from uba.settings import RISK_LEVELS, RiskSettings, Settings
 
 log = get_logger("risk")
@@ -79,9 +78,8 @@ HIGH_LEVELS = ("high", "critical")
 def event_contributions(flagged: pl.DataFrame, settings: RiskSettings) -> pl.DataFrame:
     """One candidate contribution per unsuppressed event alert, worth more the further over its cut."""
     names = flagged.columns
-    suppressed = pl.col("suppressed").fill_null(False) if "suppressed" in names else pl.lit(False)
     cut = pl.coalesce("user_threshold", "threshold") if "user_threshold" in names else pl.col("threshold")
-    alerts = flagged.filter(pl.col("is_anomaly").fill_null(False) & ~suppressed)
+    alerts = flagged.filter(unsuppressed_alert(names))
     ids = [alert_id("event", e) for e in alerts["event_id"].to_list()]
     factor = (1.0 + (pl.col("score") - pl.col("cut")).clip(0.0, None) / settings.margin_unit)
     kinds = pl.col("reason_kinds") if "reason_kinds" in names else pl.lit([], pl.List(pl.String))
@@ -223,11 +221,6 @@ def compute_risk(contributions: pl.DataFrame, previous: pl.DataFrame | None, pre
             .filter((pl.col("contributions").list.len() > 0) | (pl.col("risk_score") >= settings.min_score))
             .sort(["risk_score", "user_id"], descending=[True, False])
             .select([pl.col(name).cast(dtype) for name, dtype in RISK_SCHEMA.items()]))
-
-
-def saturate(points: float, carried: float, settings: RiskSettings) -> float:
-    """The score formula for one user, for tests and docs: ``100 - (100 - carried) * exp(-points / scale)``."""
-    return 100.0 - (100.0 - carried) * math.exp(-points / settings.scale_points)
 
 
 def level_counts(table: pl.DataFrame) -> dict[str, int]:

@@ -202,15 +202,6 @@ def user_day_alerts(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
     return rank_alerts(score_user_days(day_aggregates, baselines, settings, trends))
 
 
-def alerts_for_day(aggregates: pl.LazyFrame, baselines: pl.LazyFrame, day: date,
-                   settings: UserDaySettings) -> pl.LazyFrame:
-    """User-day alerts of ``day`` from an aggregates frame that may hold other days too
-    (the days before ``day`` in it feed the multi-day signals)."""
-    today = aggregates.filter(pl.col("event_date").cast(pl.Date) == day)
-    trends = trend_signals(aggregates, day, settings.trend) if settings.trend.enabled else None
-    return user_day_alerts(today, baselines, settings, trends)
-
-
 def read_trends(settings: Settings, day: date) -> pl.LazyFrame | None:
     """The multi-day signals of ``day`` from the stored aggregates of the lookback and the day
     (None when turned off or there are none). The lookback is the baselines' own, so the

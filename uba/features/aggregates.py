@@ -13,7 +13,7 @@ order in which the engine happens to add rows: reruns are byte-identical.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import polars as pl
 
@@ -159,8 +159,3 @@ def daily_aggregates(
 def empty_aggregates(categories: EventSettings | None = None) -> pl.LazyFrame:
     """A zero-row aggregates frame with the full schema (a day or window with no data)."""
     return daily_aggregates(pl.LazyFrame(schema=EVENT_SCHEMA), categories)
-
-
-def category_lists(columns: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(device types, event types) counted by an aggregates frame with these columns."""
-    return categories_in(columns, "n_device_"), categories_in(columns, "n_event_")

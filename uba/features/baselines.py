@@ -96,11 +96,20 @@ def hour_label(hour: int) -> str:
     return f"{hour:02d}"
 
 
+def lookback_window(as_of: date, lookback: int) -> tuple[date, date]:
+    """The window a baseline for ``as_of`` learns from, as [start, end): the ``lookback``
+    days before ``as_of``, nothing on or after the scored day. The start is clipped at
+    ``date.min`` (a day near 0001-01-01 has fewer days of history, not an OverflowError).
+    The one definition: the aggregate filter here and the partitions the store reads
+    (``uba.features.store.lookback_days``) both come from it."""
+    return as_of - timedelta(days=min(lookback, (as_of - date.min).days)), as_of
+
+
 def _window(aggregates: pl.LazyFrame, as_of: date, lookback_days: int) -> pl.LazyFrame:
-    """Aggregates of [as_of - lookback_days, as_of): nothing on or after the scored day."""
-    start = as_of - timedelta(days=min(lookback_days, (as_of - date.min).days))  # clipped at 0001-01-01
+    """Aggregates of the lookback window (``lookback_window``)."""
+    start, end = lookback_window(as_of, lookback_days)
     day = pl.col("event_date").cast(pl.Date)
-    return aggregates.filter((day >= start) & (day < as_of))
+    return aggregates.filter((day >= start) & (day < end))
 
 
 def _count_columns(schema: pl.Schema) -> tuple[list[str], list[str]]:

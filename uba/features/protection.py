@@ -39,7 +39,7 @@ import polars as pl
 
 from uba import io
 from uba.io import latest_feedback
-from uba.schema import alert_id
+from uba.schema import alert_id, unsuppressed_alert
 from uba.settings import BaselineProtectionSettings
 
 UNLEARNED_SCHEMA = pl.Schema({"user_id": pl.String(), "event_date": pl.Date()})
@@ -61,8 +61,7 @@ def _event_alert_users(flagged: pl.DataFrame | None, benign: Collection[str], mi
     if flagged is None or flagged.is_empty():
         return pl.Series("user_id", [], dtype=pl.String)
     alerts = flagged.filter(
-        _column(flagged, "is_anomaly", True).fill_null(False)
-        & ~_column(flagged, "suppressed", False).fill_null(False)
+        unsuppressed_alert(flagged.columns)
         & (_column(flagged, "baseline_days_active", min_active_days).fill_null(0) >= min_active_days)
     )
     ids = alerts["event_id"].cast(pl.String).to_list()

@@ -19,7 +19,7 @@ import polars as pl
 from uba import io
 from uba.directory import directory_path, load_directory
 from uba.features.aggregates import AGGREGATES_VERSION, daily_aggregates, empty_aggregates
-from uba.features.baselines import peer_groups, user_baselines
+from uba.features.baselines import lookback_window, peer_groups, user_baselines
 from uba.features.protection import UNLEARNED_SCHEMA, unlearned_user_days, without_user_days
 from uba.logs import get_logger
 from uba.model.bundle import PeerContext
@@ -98,10 +98,10 @@ def _aggregates_current(data_dir: Path, day: date, tag: str) -> bool:
 
 
 def lookback_days(as_of: date, lookback: int) -> list[date]:
-    """The days a baseline for ``as_of`` may use: [as_of - lookback, as_of), clipped at
-    ``date.min`` (a day near 0001-01-01 has fewer days of history, not an OverflowError)."""
-    lookback = min(lookback, (as_of - date.min).days)
-    return [as_of - timedelta(days=k) for k in range(lookback, 0, -1)]
+    """The days of ``as_of``'s lookback window (``lookback_window``), oldest first: the
+    aggregate partitions its baselines are read from."""
+    start, end = lookback_window(as_of, lookback)
+    return [start + timedelta(days=k) for k in range((end - start).days)]
 
 
 def baselines_as_of(data_dir: Path, as_of: date, settings: Settings,
@@ -145,7 +145,7 @@ def unlearned_as_of(output_dir: Path | None, data_dir: Path, as_of: date, settin
     if output_dir is None:
         return pl.DataFrame(schema=UNLEARNED_SCHEMA)
     days = lookback_days(as_of, settings.features.lookback_days)
-    oldest = as_of - timedelta(days=min(settings.baseline_protection.max_days, (as_of - date.min).days))
+    oldest, _ = lookback_window(as_of, settings.baseline_protection.max_days)
     return unlearned_user_days(Path(output_dir), data_dir, [d for d in days if d >= oldest],
                                settings.baseline_protection)
 

@@ -3,7 +3,7 @@
 Why synthetic: the detector has to be judged against known answers. The data is
 built so that a *global* view sees little (most anomalies use values that are common in
 the population) while a *per-user* view sees a lot, which is exactly what the
-detection issue asks the product to exploit. See docs/synthetic-data.md.
+per-user detector is built to exploit. See docs/synthetic-data.md.
 
 Pipeline (all vectorised numpy, no per-event Python loop):
 users -> per-day session counts -> sessions -> (exfiltration days) -> no overlaps

@@ -203,12 +203,6 @@ class CompactForest:
         """The stored form (what the bundle writes to ``forest.npz``)."""
         return {name: getattr(self, name) for name in FOREST_ARRAY_NAMES}
 
-    def load_kernel(self) -> None:
-        """Import the compiled kernel now (compiling it or loading numba's cache, about a
-        second) rather than in the first score: for a server's model load or a worker's
-        warm-up, so no request or shard pays it."""
-        _forest_kernel()
-
     @property
     def complete_layout(self) -> bool:
         """Whether the compiled kernel walks complete trees (else the node arrays)."""

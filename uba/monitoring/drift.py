@@ -70,15 +70,6 @@ MIN_SHARE = 1e-4
 STATUS_ORDER = ("ok", "warn", "drift")
 
 
-class DriftCountsRecord(TypedDict):
-    """``DriftCounts`` as plain lists (``to_dict``), e.g. for a Ray task's answer or JSON."""
-
-    rows: int
-    alerts: int
-    feature_counts: dict[str, list[int]]
-    score_counts: list[int] | None
-
-
 class CrossFittedFields(TypedDict, total=False):
     """What the chosen part of a cross-fitted ``drift_reference`` adds to the day's metadata;
     absent when the bundle predates that reference (``score_reference`` is then None or absent)."""
@@ -117,25 +108,6 @@ class DriftCounts:
         else:
             scores = self.score_counts + other.score_counts
         return DriftCounts(self.rows + other.rows, self.alerts + other.alerts, features, scores)
-
-    def to_dict(self) -> DriftCountsRecord:
-        """Plain lists, so counts can travel back from a Ray task or into JSON."""
-        return {
-            "rows": self.rows,
-            "alerts": self.alerts,
-            "feature_counts": {k: v.tolist() for k, v in self.feature_counts.items()},
-            "score_counts": None if self.score_counts is None else self.score_counts.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: DriftCountsRecord) -> DriftCounts:
-        scores = data.get("score_counts")
-        return cls(
-            rows=int(data["rows"]),
-            alerts=int(data["alerts"]),
-            feature_counts={k: np.asarray(v, dtype=np.int64) for k, v in data["feature_counts"].items()},
-            score_counts=None if scores is None else np.asarray(scores, dtype=np.int64),
-        )
 
 
 def score_reference(metadata: DayReference) -> tuple[list[float], list[float]] | None:

@@ -2,16 +2,19 @@
 
 Drift itself is measured while a day is scored (``uba.monitoring.drift``); this module only
 collects what the manifests recorded, which days have no run, which days' entity risk
-went stale, charts the history and says whether retraining is advisable.
+went stale, charts the history and says whether retraining is advisable, and writes it
+as the lines the command prints (``monitor_lines``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 from uba import io
+from uba.alerting.ledger import SinkState, sink_states
 from uba.errors import UserError
 from uba.features.pipeline import date_range
 from uba.manifest import StaleEntry, read_manifest
@@ -70,3 +73,47 @@ def monitor_days(settings: Settings, start: date, end: date, png: Path | None) -
     except OSError as exc:  # a mistyped --png: one line, no traceback
         raise UserError(f"cannot write the chart to {target}: {exc.strerror or exc}") from exc
     return MonitoringSummary(rows, missing, stale, target, retrain_advice(rows))
+
+
+def monitor_lines(settings: Settings, start: date, end: date, png: Path | None) -> Iterator[str]:
+    """``monitor``: the table of ``start..end`` (``monitor_days``, which writes the chart),
+    the days without a run or with stale entity risk, the retraining advice, and per
+    alerting sink what delivery left pending or failed (from the delivery ledger)."""
+    summary = monitor_days(settings, start, end, png)
+    unit = "xs" if summary.judged_by_excess else "PSI"
+    yield (f"{'date':<12}{'scored':>8}{'alerts':>8}{'rate':>8}{'expect':>8}{'feat' + unit:>9}"
+           f"{'score' + unit:>10}  {'status':<6} top feature")
+    for r in summary.rows:
+        yield (f"{r['date']:<12}{r['scored']:>8}{r['alerts']:>8}{_fmt(r['alert_rate'], 4):>8}"
+               f"{_fmt(r['expected_alert_rate'], 4):>8}{_fmt(r['feature_judged']):>9}"
+               f"{_fmt(r['score_judged']):>10}  {r['status']:<6} {r['max_feature'] or '-'}")
+    yield from _summary_notes(summary)
+    for state in sink_states(Path(settings.paths.data_dir)) or []:
+        yield _sink_line(state)
+
+
+def _summary_notes(summary: MonitoringSummary) -> Iterator[str]:
+    """The lines under the table: how PSI was judged, missing and stale days, the chart, the advice."""
+    if summary.judged_by_excess:
+        yield ("xs = excess PSI over what chance gives for the day's users (monitoring.confidence); "
+               "the verdict compares it with psi_warn and psi_drift")
+    if summary.missing:
+        yield f"no run for: {', '.join(d.isoformat() for d in summary.missing)}"
+    for day, entry in summary.stale:
+        yield f"entity risk stale on {day}: {entry.get('reason')} (changed day {entry.get('changed_day')})"
+    if summary.stale:
+        yield (f"re-score the stale days in date order: uba-batch backfill --start {summary.stale[0][0]} "
+               f"--end {summary.stale[-1][0]}")
+    yield f"chart: {summary.chart}"
+    yield summary.advice or "no retraining needed: no day drifted beyond the configured limits"
+
+
+def _sink_line(state: SinkState) -> str:
+    oldest = f" (oldest {state.oldest_pending})" if state.oldest_pending else ""
+    return (f"delivery {state.sink}: {state.pending} pending{oldest}, {state.failed} failed "
+            f"(dead letters: `uba-batch alerts list --failed`), {state.delivered} delivered  "
+            f"[{'attention' if state.needs_attention else 'ok'}]")
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

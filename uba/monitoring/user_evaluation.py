@@ -11,7 +11,7 @@ an active campaign, and the users are ranked two ways, side by side:
 
 precision@k is the share of the top k that have an active campaign. With k equal to
 the number of such users, recall@k is the same number (hits / k): both are reported
-because the issue names both, and they are equal by construction. Time to high is the
+because readers ask for both, and they are equal by construction. Time to high is the
 number of days from a campaign's start to the first day its user is at risk level high
 or above (for the score ranking: to the first unsuppressed alert), counted only within
 the campaign; a campaign never reached counts as not reached, and the median is None
@@ -33,6 +33,7 @@ from uba import io
 from uba.alerting.risk import HIGH_LEVELS, read_risk
 from uba.generate.store import campaigns_path
 from uba.monitoring.charts import file_backend, png_bytes
+from uba.schema import unsuppressed_alert
 
 RISK_TABLE = io.RISK
 SCORES_TABLE = "scores"
@@ -132,7 +133,7 @@ def max_score_ranking(output_dir: Path, days: Sequence[date]) -> pl.DataFrame:
     scanned = io.scan_partitions(output_dir, SCORES_TABLE, days)
     if scanned is None:
         return pl.DataFrame(schema=RANKING_SCHEMA)
-    alert = pl.col("is_anomaly") & ~pl.col("suppressed").fill_null(False)
+    alert = unsuppressed_alert(scanned.collect_schema().names())
     return (scanned.with_columns(pl.col("timestamp").dt.date().alias("event_date"))
             .group_by("user_id", "event_date")
             .agg(pl.col("anomaly_score").max().alias("value"), alert.any().alias("high"))

@@ -478,8 +478,8 @@ class _Run:
             if stale:  # an earlier day or a verdict changed while this run computed its risk
                 # RiskRun.stale_entries (uba.alerting.risk) returns StaleEntry's keys as plain dicts
                 manifest["risk_stale"] = stale
-            io.fault_point("manifest", staging / mf.MANIFEST_NAME)
-            io.write_json_atomic(manifest, staging / mf.MANIFEST_NAME, durable=True)
+            io.fault_point("manifest", staging / io.MANIFEST_NAME)
+            io.write_json_atomic(manifest, staging / io.MANIFEST_NAME, durable=True)
             step("manifest")
             io.ensure_day_links(self.output_dir, self.day, on_step=step)
             step("links")

@@ -11,7 +11,6 @@ total key so the same input and model give the same bytes whatever the execution
 from __future__ import annotations
 
 import polars as pl
-import polars.selectors as cs
 
 SCORE_COLUMNS: tuple[str, ...] = (
     "event_id",
@@ -36,8 +35,6 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "suppressed",
     "suppressed_by",
 )
-# The only columns of the attached baseline row (``bl_*``) the outputs show.
-FLAGGED_BASELINE_INPUTS: tuple[str, ...] = ("bl_history_days", "bl_days_active", "bl_events_per_active_day")
 SCORE_SORT_KEY: tuple[str, ...] = ("timestamp", "event_id")
 FLAGGED_SORT_KEY: tuple[str, ...] = ("anomaly_score", "event_id")
 
@@ -69,16 +66,6 @@ def flagged_context() -> dict[str, pl.Expr]:
         "user_download_share": pl.col("user_download_share"),
         "user_weekday_share": pl.col("user_weekday_share"),
     }
-
-
-def without_baseline_copies(features: pl.LazyFrame) -> pl.LazyFrame:
-    """Drop the per-event copies of the user's baseline row that the features were
-    computed from, except the few the flagged summary shows.
-
-    ``event_features`` carries the whole baseline row (over a hundred ``bl_*`` columns)
-    on every event; they are most of a chunk's memory and no output needs them.
-    """
-    return features.select(~(cs.starts_with("bl_") - cs.by_name(*FLAGGED_BASELINE_INPUTS)))
 
 
 def score_rows(annotated: pl.LazyFrame) -> pl.LazyFrame:

@@ -1,0 +1,76 @@
+"""What ``score`` and ``backfill`` do end to end, as the lines an operator reads.
+
+Scoring (``driver``, ``backfill``) publishes days; these functions add what a scheduled
+job does around it: the alerting sinks checked before any scoring, the day's alerts
+enqueued and delivered once it is published, the drift verdict and the exit code. The
+commands only parse their options, call one of them and print what it yields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import date
+from typing import NamedTuple
+
+from uba.alerting.delivery import deliver_scored_day, prepare_sinks
+from uba.monitoring.drift import drift_verdict
+from uba.scoring.backfill import (
+    BackfillDelivery,
+    BackfillOutcome,
+    backfill_dates,
+    describe_manifest,
+    outcome_counts,
+)
+from uba.scoring.driver import ScoreOptions, score_day
+from uba.settings import Settings
+
+# Drives a walk over the dates (a progress bar, log lines) and returns its outcomes.
+ShowWalk = Callable[[Iterator[BackfillOutcome], int], list[BackfillOutcome]]
+
+
+class Line(NamedTuple):
+    """One line for the operator: to stderr when ``err``; a non-zero ``exit_code`` is the
+    code the command ends with."""
+
+    text: str
+    err: bool = False
+    exit_code: int = 0
+
+
+def score_and_deliver(settings: Settings, options: ScoreOptions) -> Iterator[Line]:
+    """``score``: score ``options.day``, then deliver its alerts and judge its drift.
+
+    A generator, so the command prints that the day was published before delivery
+    starts (a delivery that fails leaves that line on the screen). A misconfigured sink
+    fails before any scoring. Heavy drift ends with exit code 3 only when
+    ``monitoring.fail_on_drift`` asks for it.
+    """
+    sinks = prepare_sinks(settings)
+    manifest = score_day(settings, options)
+    yield Line(f"scored {options.day}: {describe_manifest(manifest)}, model {manifest['model']['version']} "
+               f"-> {manifest['outputs']['scores']['path']}")
+    for text in deliver_scored_day(settings, sinks, options.day, manifest["run_id"]):
+        yield Line(text)
+    verdict, code = drift_verdict(manifest, settings)
+    yield Line(verdict, err=code != 0, exit_code=code)
+
+
+def backfill_and_deliver(settings: Settings, start: date, end: date, options: ScoreOptions, force: bool,
+                         show: ShowWalk) -> list[Line]:
+    """``backfill``: score ``start..end`` (``backfill_dates``), each published day's alerts
+    enqueued on the way and delivered at the end, then a summary; exit code 1 if a date failed.
+
+    ``show`` consumes the walk (the command's progress display). A misconfigured sink
+    fails before any scoring.
+    """
+    delivery = BackfillDelivery(settings, prepare_sinks(settings))
+    outcomes = show(delivery.follow(backfill_dates(settings, start, end, options, force=force)),
+                    (end - start).days + 1)
+    lines = [Line(text) for text in delivery.finish()]
+    counts = outcome_counts(outcomes)
+    lines.append(Line(f"backfill: {counts['scored']} scored, {counts['skipped']} skipped, "
+                      f"{counts['failed']} failed of {len(outcomes)} dates"))
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        lines.append(Line("error: failed dates: " + ", ".join(str(o.day) for o in failed), err=True, exit_code=1))
+    return lines
