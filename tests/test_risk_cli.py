@@ -79,7 +79,7 @@ def _expected(previous: pl.DataFrame, today: pl.DataFrame, gap_days: int) -> dic
     for row in today.iter_rows(named=True):
         carried = before.get(row["user_id"], 0.0) * 0.5 ** (gap_days / S.half_life_days)
         points = sum(c["points"] for c in row["contributions"])
-        out[row["user_id"]] = 100.0 - (100.0 - carried) * math.exp(-points / S.scale_points)
+        out[row["user_id"]] = carried + (100.0 - carried) * S.max_day_gain * (1.0 - math.exp(-points / S.scale_points))
     return out
 
 
@@ -125,7 +125,8 @@ def test_a_benign_verdict_and_re_scoring_make_later_days_stale_until_re_scored(
     mine = rescored.filter(pl.col("user_id") == top["user_id"])
     if mine.height:  # the user's score is what their remaining contributions give (no earlier day)
         points = sum(c["points"] for c in mine["contributions"].item())
-        assert mine["risk_score"].item() == pytest.approx(100 * (1 - math.exp(-points / S.scale_points)), abs=1e-9)
+        expected = 100 * S.max_day_gain * (1 - math.exp(-points / S.scale_points))
+        assert mine["risk_score"].item() == pytest.approx(expected, abs=1e-9)
         assert mine["risk_score"].item() < top["risk_score"]
     for day in DAYS[1:]:
         entries = stale_marker(_manifest(world.out, day))

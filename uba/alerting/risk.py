@@ -15,8 +15,10 @@ carried over from earlier days, and publishes it with the day's other outputs as
    ``max_diversity_kinds`` extra kinds), then by the user's directory weight.
 3. ``carried = previous score * 0.5 ** (calendar days since it / half_life_days)``, from
    the most recent earlier day with a risk table (days without a run count).
-4. ``risk_score = 100 - (100 - carried) * exp(-points / scale_points)``: bounded, and
-   exactly ``carried`` for a user with nothing new.
+4. ``risk_score = carried + (100 - carried) * max_day_gain * (1 - exp(-points / scale_points))``:
+   bounded, exactly ``carried`` for a user with nothing new, and one day closes at most
+   ``max_day_gain`` of the gap to 100, so a single loud day stays below high while evidence
+   on several days in a row (a campaign) climbs past it.
 
 The pure part (``contributions_of_day``, ``compute_risk``) takes frames and returns frames;
 reading and writing go through ``uba.io``. The table is the one source of a user's risk:
@@ -212,7 +214,7 @@ def compute_risk(contributions: pl.DataFrame, previous: pl.DataFrame | None, pre
               .with_columns(pl.col("carried_score", "_yesterday", "day_points").fill_null(0.0),
                             pl.col("weight").fill_null(1.0),
                             pl.col("contributions").fill_null(pl.lit([], pl.List(CONTRIBUTION)))))
-    score = 100.0 - (100.0 - pl.col("carried_score")) * (-pl.col("day_points") / settings.scale_points).exp()
+    score = gained(pl.col("carried_score"), pl.col("day_points"), settings)
     still_high = pl.col("_first_high").is_not_null() & (pl.col("_yesterday") >= settings.high_cut)
     return (joined.with_columns(score.alias("risk_score"))
             .with_columns(level_of(pl.col("risk_score"), settings).alias("risk_level"),
@@ -225,9 +227,19 @@ def compute_risk(contributions: pl.DataFrame, previous: pl.DataFrame | None, pre
             .select([pl.col(name).cast(dtype) for name, dtype in RISK_SCHEMA.items()]))
 
 
+def gained(carried: pl.Expr, points: pl.Expr, settings: RiskSettings) -> pl.Expr:
+    """``carried`` plus the share of the gap to 100 that the day's ``points`` close: at most
+    ``max_day_gain`` of it, so one day, however loud, stays below what evidence on several
+    days in a row reaches (docs/risk.md)."""
+    closed = settings.max_day_gain * (1.0 - (-points / settings.scale_points).exp())
+    return carried + (100.0 - carried) * closed
+
+
 def saturate(points: float, carried: float, settings: RiskSettings) -> float:
-    """The score formula for one user, for tests and docs: ``100 - (100 - carried) * exp(-points / scale)``."""
-    return 100.0 - (100.0 - carried) * math.exp(-points / settings.scale_points)
+    """The score formula for one user, for tests and docs:
+    ``carried + (100 - carried) * max_day_gain * (1 - exp(-points / scale))``."""
+    closed = settings.max_day_gain * (1.0 - math.exp(-points / settings.scale_points))
+    return carried + (100.0 - carried) * closed
 
 
 def level_counts(table: pl.DataFrame) -> dict[str, int]:
