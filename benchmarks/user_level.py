@@ -55,10 +55,13 @@ WORLDS = (
 )
 # Entity risk settings replayed over the published alerts; the defaults first (their replay
 # must give the published figures), then one setting changed at a time.
+# The last variant is the former formula (no cap on one day's gain, its scale and weights).
 VARIANTS: tuple[dict[str, float], ...] = (
-    {}, {"half_life_days": 7.0}, {"half_life_days": 14.0}, {"scale_points": 30.0}, {"scale_points": 80.0},
+    {}, {"half_life_days": 7.0}, {"half_life_days": 14.0}, {"scale_points": 5.0}, {"scale_points": 20.0},
+    {"max_day_gain": 0.45}, {"max_day_gain": 0.65},
     {"repeat_factor": 0.25}, {"repeat_factor": 0.8}, {"diversity_bonus": 0.0}, {"diversity_bonus": 1.0},
-    {"max_margin_factor": 1.0}, {"max_repeats": 1}, {"user_day_points": 0.0},
+    {"max_margin_factor": 1.0}, {"max_repeats": 1}, {"user_day_points": 10.0}, {"user_day_points": 0.0},
+    {"max_day_gain": 1.0, "scale_points": 50.0, "user_day_points": 10.0},
 )
 
 
@@ -214,7 +217,8 @@ def write(path: Path, results: list[tuple[str, dict]], command: str, campaigns: 
         f"`train` on the first {TRAIN_DAYS} days, `backfill` the last {DAYS - TRAIN_DAYS} (default settings; "
         f"execution mode of the scored days, from their manifests: {', '.join(modes)}), `evaluate` over them.",
         f"- Entity risk defaults: half-life {default.half_life_days:g} days, scale {default.scale_points:g} points, "
-        f"high at {default.high_cut:g}.",
+        f"one day closes at most {default.max_day_gain:g} of the gap to 100, user-day alerts "
+        f"{default.user_day_points:g} points per unit of strength, high at {default.high_cut:g}.",
         "- precision@k (= recall@k, k = users with an active campaign that day) averaged over the days with at "
         "least one active campaign; time to high from each campaign's start, within the campaign (risk: first "
         "day at high or above; max event score: first unsuppressed alert); a median is \"not reached\" when "
