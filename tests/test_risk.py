@@ -133,11 +133,33 @@ def test_one_loud_day_stays_below_a_few_quiet_days_in_a_row() -> None:
     assert previous is not None
     slow = previous.row(0, named=True)
     assert slow["risk_score"] > loud["spike"]["risk_score"]
-    points = S.user_day_points
     expected = 0.0
-    for _ in range(3):
-        expected = saturate(points, expected * 0.5 ** (1 / S.half_life_days), S)
+    for _ in range(3):  # a multi-day signal: its points close up to sustained_day_gain of the gap
+        carried = expected * 0.5 ** (1 / S.half_life_days)
+        expected = carried + (100 - carried) * S.sustained_day_gain * (1 - math.exp(-S.user_day_points / S.scale_points))
     assert slow["risk_score"] == pytest.approx(expected, abs=1e-9)
+    assert slow["risk_score"] == pytest.approx(saturate(0.0, carried, S, sustained_points=S.user_day_points), abs=1e-9)
+
+
+def test_a_multi_day_signal_outranks_a_one_day_outlier_on_the_day_it_fires() -> None:
+    """A multi-day signal stands for several days: it is not held to one day's cap, so on
+    its first day it outranks the same points from a one-day user-day signal, and it adds
+    to the day's other evidence rather than sharing its cap."""
+    days = pl.DataFrame({"user_id": ["drift", "burst"], "day_score": [1.5, 1.5],
+                         "reason_kinds": [["later_hours"], ["downloads"]]})
+    risk = _risk(_flagged([]), days)
+    points = S.user_day_points * 1.5
+    assert risk["burst"]["risk_score"] == pytest.approx(
+        100 * S.max_day_gain * (1 - math.exp(-points / S.scale_points)), abs=1e-9)
+    assert risk["drift"]["risk_score"] == pytest.approx(
+        100 * S.sustained_day_gain * (1 - math.exp(-points / S.scale_points)), abs=1e-9)
+    assert risk["burst"]["risk_score"] < risk["drift"]["risk_score"] < S.high_cut
+    both = _risk(_flagged([("a", "drift", 0.6, ["hour"], False)]), days)["drift"]
+    bonus = 1 + S.diversity_bonus  # two kinds that day
+    left = ((1 - S.max_day_gain * (1 - math.exp(-S.event_points * bonus / S.scale_points)))
+            * (1 - S.sustained_day_gain * (1 - math.exp(-points * bonus / S.scale_points))))
+    assert both["risk_score"] == pytest.approx(100 * (1 - left), abs=1e-9)
+    assert both["risk_level"] == "high"
 
 
 def test_cuts_must_increase() -> None:

@@ -309,14 +309,15 @@ class RiskSettings(_Section):
     Today's points (alerts weighted by how far over their cut, user-day alerts, repeats of
     one kind discounted, several kinds boosted, privileged/critical users weighed more)
     are added to yesterday's score decayed by ``half_life_days`` per calendar day:
-    ``score = carried + (100 - carried) * max_day_gain * (1 - exp(-points / scale_points))``.
-    One day closes at most ``max_day_gain`` of the gap to 100, so persistence over days,
-    not one loud day, is what reaches high.
+    one day's own points close at most ``max_day_gain`` of the gap to 100 and multi-day
+    signals at most ``sustained_day_gain`` of what is left, so persistence over days, not
+    one loud day, is what reaches high (docs/risk.md).
     """
 
     half_life_days: float = Field(3.0, gt=0, le=365)
     scale_points: float = Field(10.0, gt=0)
     max_day_gain: float = Field(0.55, gt=0, le=1)
+    sustained_day_gain: float = Field(0.7, gt=0, le=1)
     event_points: float = Field(10.0, ge=0)
     margin_unit: float = Field(0.05, gt=0)
     max_margin_factor: float = Field(4.0, ge=1)
