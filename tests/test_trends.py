@@ -167,6 +167,16 @@ def test_a_day_below_usual_does_not_start_the_cusum_over() -> None:
         "downloads above usual, adding up over the last 4 active days: 6, 7, 1, 8 vs usually"), reasons
 
 
+def test_the_cusum_speaks_only_while_the_user_is_still_above_usual() -> None:
+    """Three days far above usual leave the CUSUM over its limit for a while; a day back at
+    usual does not fire (the days already fired, and entity risk carries them), a day
+    still above usual does."""
+    history = [1, 2, 1, 3, 2, 1, 2, 2, 1, 3, 2, 1, 2, 2]
+    assert _reasons(_frame([*history, 0, 0, 0, 8, 9, 10, 1], DAY)) == []
+    reasons = _reasons(_frame([*history, 0, 0, 0, 8, 9, 10, 3], DAY))
+    assert len(reasons) == 1 and "adding up over the last 4 active days: 8, 9, 10, 3" in reasons[0], reasons
+
+
 def test_too_little_history_is_not_judged() -> None:
     settings = TrendSettings()
     short = _frame([1, 2, 1, 6, 7, 8, 9, 10, 11, 12], DAY)  # 3 days before the 7-day window

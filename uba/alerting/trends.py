@@ -37,7 +37,9 @@ its strength is ``t / critical``.
 The run starts over on any day at or below usual, and needs ``min_days`` of them, so a
 campaign that started two days ago, or dipped for a day, is missed. Beside it, a one-sided
 CUSUM over the window's active days, oldest first, ``S = max(0, S + min(z, max_day_z) -
-cusum_k)``, fires at ``S >= cusum_h`` (strength ``S / cusum_h``): with the defaults one day
+cusum_k)``, fires at ``S >= cusum_h`` while today is still above usual (strength
+``S / cusum_h``; a user back at usual is not flagged again for the days that already
+fired, entity risk carries those): with the defaults one day
 can add at most 2.25, so it takes at least two days well above usual, or several modestly
 above, and a day below usual takes some of it back instead of resetting it. The stronger
 of the two names the days in the reason; either enters ``day_score`` like every other
@@ -254,9 +256,10 @@ def _reason(kind: str, settings: TrendSettings) -> pl.Expr:
     """The fired signal as a struct of strength, sentence and kind (strength 0 when not fired).
 
     The run fires at ``t >= critical`` (strength ``t / critical``), the CUSUM at
-    ``cusum >= cusum_h`` (strength ``cusum / cusum_h``); the stronger one names the days."""
+    ``cusum >= cusum_h`` with today above usual (strength ``cusum / cusum_h``); the
+    stronger one names the days."""
     run_fired = (pl.col("n") >= settings.min_days) & (pl.col("z") >= pl.col("critical"))
-    cusum_fired = pl.col("cusum") >= settings.cusum_h
+    cusum_fired = (pl.col("cusum") >= settings.cusum_h) & (pl.col("n") >= 1)  # still above usual today
     if kind == "rising_downloads":
         run_fired = run_fired & (pl.col("values").list.sum() >= settings.min_downloads)
         cusum_fired = cusum_fired & (pl.col("cusum_values").list.sum() >= settings.min_downloads)
