@@ -47,6 +47,7 @@ from uba.scoring.driver import RISK_FLAGGED_COLUMNS
 from uba.settings import RiskSettings
 
 START = date(2026, 3, 1)
+FOUND_FROM = (1, 2, 3)  # campaign days from which a perfect ranking is assumed to find the user
 DAYS = 28
 TRAIN_DAYS = 21
 WORLDS = (
@@ -55,10 +56,13 @@ WORLDS = (
 )
 # Entity risk settings replayed over the published alerts; the defaults first (their replay
 # must give the published figures), then one setting changed at a time.
+# The last variant is the former formula (no cap on one day's gain, its scale and weights).
 VARIANTS: tuple[dict[str, float], ...] = (
-    {}, {"half_life_days": 7.0}, {"half_life_days": 14.0}, {"scale_points": 30.0}, {"scale_points": 80.0},
+    {}, {"half_life_days": 7.0}, {"half_life_days": 14.0}, {"scale_points": 5.0}, {"scale_points": 20.0},
+    {"max_day_gain": 0.45}, {"max_day_gain": 0.65}, {"sustained_day_gain": 0.55}, {"sustained_day_gain": 0.85},
     {"repeat_factor": 0.25}, {"repeat_factor": 0.8}, {"diversity_bonus": 0.0}, {"diversity_bonus": 1.0},
-    {"max_margin_factor": 1.0}, {"max_repeats": 1}, {"user_day_points": 0.0},
+    {"max_margin_factor": 1.0}, {"max_repeats": 1}, {"user_day_points": 10.0}, {"user_day_points": 0.0},
+    {"max_day_gain": 1.0, "sustained_day_gain": 1.0, "scale_points": 50.0, "user_day_points": 10.0},
 )
 
 
@@ -163,8 +167,11 @@ def diagnostics(work: Path, days: list[date], report: dict) -> dict:
                 holders[name][key] += 1
         started = campaigns.filter(pl.col("user_id").is_in(list(active))).select("user_id", "start")
         seen = alerts.join(started, on="user_id").filter(pl.col("event_date").is_between(pl.col("start"), day))
+        into = campaigns.filter(pl.col("user_id").is_in(list(active))).select(
+            (pl.lit(day, pl.Date) - pl.col("start")).dt.total_days().alias("d"))["d"]
         ceiling.append({"any": seen["user_id"].n_unique() / len(active),
-                        "own": seen.filter(pl.col("own"))["user_id"].n_unique() / len(active)})
+                        "own": seen.filter(pl.col("own"))["user_id"].n_unique() / len(active),
+                        **{f"from_{n}": int((into >= n).sum()) / len(active) for n in FOUND_FROM}})
     # the same risk with other settings, replayed from the published alerts
     variants = []
     for changed in VARIANTS:
@@ -184,6 +191,7 @@ def diagnostics(work: Path, days: list[date], report: dict) -> dict:
     return {"campaigns": per_campaign, "top_k_holders": holders,
             "ceiling_any_alert": sum(c["any"] for c in ceiling) / len(ceiling),
             "ceiling_own_alert": sum(c["own"] for c in ceiling) / len(ceiling),
+            "ceiling_found_from": {n: sum(c[f"from_{n}"] for c in ceiling) / len(ceiling) for n in FOUND_FROM},
             "variants": variants}
 
 
@@ -214,7 +222,9 @@ def write(path: Path, results: list[tuple[str, dict]], command: str, campaigns: 
         f"`train` on the first {TRAIN_DAYS} days, `backfill` the last {DAYS - TRAIN_DAYS} (default settings; "
         f"execution mode of the scored days, from their manifests: {', '.join(modes)}), `evaluate` over them.",
         f"- Entity risk defaults: half-life {default.half_life_days:g} days, scale {default.scale_points:g} points, "
-        f"high at {default.high_cut:g}.",
+        f"one day closes at most {default.max_day_gain:g} of the gap to 100 (multi-day signals "
+        f"{default.sustained_day_gain:g} of what is left), user-day alerts "
+        f"{default.user_day_points:g} points per unit of strength, high at {default.high_cut:g}.",
         "- precision@k (= recall@k, k = users with an active campaign that day) averaged over the days with at "
         "least one active campaign; time to high from each campaign's start, within the campaign (risk: first "
         "day at high or above; max event score: first unsuppressed alert); a median is \"not reached\" when "
@@ -274,6 +284,10 @@ def write(path: Path, results: list[tuple[str, dict]], command: str, campaigns: 
                   f"campaign users with an alert since their campaign began, averaged over the days): "
                   f"{diag['ceiling_any_alert']:.3f} with any alert, {diag['ceiling_own_alert']:.3f} with an alert "
                   f"on the campaign's own events.", "",
+                  "Ceiling of precision@k if every campaign user were ranked above every other user from "
+                  "their campaign's day n on, and never before (how much the first days of the campaigns "
+                  "weigh in the average): " + ", ".join(f"n = {n}: {v:.3f}" for n, v in
+                                                        diag["ceiling_found_from"].items()) + ".", "",
                   "Entity risk replayed from the published alerts with one setting changed at a time (the "
                   "defaults reproduce the published figures):", "",
                   "| risk setting | precision@k | gain over max score | median days to high | reached | "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import date
+from datetime import date, timedelta
 
 import polars as pl
 import pytest
@@ -38,7 +38,8 @@ def test_an_alert_is_worth_more_the_further_over_its_cut() -> None:
     risk = _risk(_flagged([("a", "u1", 0.6, ["hour"], False), ("b", "u2", 0.7, ["hour"], False)]))
     assert risk["u1"]["day_points"] == pytest.approx(S.event_points)
     assert risk["u2"]["day_points"] == pytest.approx(S.event_points * (1 + 0.1 / S.margin_unit))
-    assert risk["u1"]["risk_score"] == pytest.approx(100 * (1 - math.exp(-S.event_points / S.scale_points)))
+    assert risk["u1"]["risk_score"] == pytest.approx(
+        100 * S.max_day_gain * (1 - math.exp(-S.event_points / S.scale_points)))
     assert risk["u1"]["contributions"][0]["alert_id"] == alert_id("event", "a")
 
 
@@ -94,8 +95,9 @@ def test_yesterday_decays_over_calendar_days_including_days_without_a_run() -> N
     more = _risk(_flagged([("a", "u2", 0.6, ["hour"], False)]), previous=previous, previous_day=date(2026, 3, 9))
     carried = 50.0 * 0.5 ** (1 / S.half_life_days)
     assert more["u2"]["carried_score"] == pytest.approx(carried)
-    saturated = 100.0 - (100.0 - carried) * math.exp(-S.event_points / S.scale_points)
-    assert more["u2"]["risk_score"] == pytest.approx(saturated)
+    # one day's own points close at most max_day_gain of the gap to 100 (docs/risk.md)
+    closed = carried + (100.0 - carried) * S.max_day_gain * (1.0 - math.exp(-S.event_points / S.scale_points))
+    assert more["u2"]["risk_score"] == pytest.approx(closed)
 
 
 def test_levels_episode_start_and_the_floor() -> None:
@@ -107,9 +109,58 @@ def test_levels_episode_start_and_the_floor() -> None:
     assert risk["hi"]["risk_level"] == "critical" and risk["hi"]["first_seen_high"] == date(2026, 3, 1)
     assert "faint" not in risk, "below risk.min_score with nothing new: dropped"
     assert risk["new"]["risk_level"] == "low"
-    strong = _risk(_flagged([(f"e{i}", "x", 0.8, [k], False) for i, k in enumerate(["hour", "device", "actions"])]))
-    assert strong["x"]["risk_level"] in ("high", "critical") and strong["x"]["first_seen_high"] == DAY
-    assert 0 <= strong["x"]["risk_score"] < 100
+    loud = _flagged([(f"e{i}", "x", 0.8, [k], False) for i, k in enumerate(["hour", "device", "actions"])])
+    strong = _risk(loud, settings=settings)
+    assert strong["x"]["risk_score"] == pytest.approx(100 * settings.max_day_gain, rel=1e-6)
+    assert strong["x"]["risk_level"] == "medium" and strong["x"]["first_seen_high"] is None
+    yesterday = pl.DataFrame({"user_id": ["x"], "risk_score": [strong["x"]["risk_score"]], "first_seen_high": [None]},
+                             schema_overrides={"first_seen_high": pl.Date})
+    again = _risk(loud, previous=yesterday, previous_day=date(2026, 3, 9), settings=settings)["x"]
+    assert again["risk_level"] in ("high", "critical") and again["first_seen_high"] == DAY
+    assert 0 <= again["risk_score"] < 100
+
+
+def test_one_loud_day_stays_below_a_few_quiet_days_in_a_row() -> None:
+    """A day closes at most max_day_gain of the gap to 100: a one-off burst of alerts is
+    medium at most, while one user-day alert a day for three days climbs past it."""
+    loud = _risk(_flagged([(f"e{i}", "spike", 0.8, [k], False) for i, k in enumerate(["hour", "device", "actions"])]))
+    assert loud["spike"]["risk_score"] < 100 * S.max_day_gain < S.high_cut
+    quiet = pl.DataFrame({"user_id": ["slow"], "day_score": [1.0], "reason_kinds": [["later_hours"]]})
+    previous, previous_day = None, None
+    for offset in (2, 1, 0):
+        day = DAY - timedelta(days=offset)
+        contributions = contributions_of_day(_flagged([]), quiet, day, S)
+        previous = compute_risk(contributions, previous, previous_day, day, S)
+        previous_day = day
+    assert previous is not None
+    slow = previous.row(0, named=True)
+    assert slow["risk_score"] > loud["spike"]["risk_score"]
+    expected = 0.0
+    for _ in range(3):  # a multi-day signal: its points close up to sustained_day_gain of the gap
+        carried = expected * 0.5 ** (1 / S.half_life_days)
+        expected = carried + (100 - carried) * S.sustained_day_gain * (1 - math.exp(-S.user_day_points / S.scale_points))
+    assert slow["risk_score"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_multi_day_signal_outranks_a_one_day_outlier_on_the_day_it_fires() -> None:
+    """A multi-day signal stands for several days: it is not held to one day's cap, so on
+    its first day it outranks the same points from a one-day user-day signal, and it adds
+    to the day's other evidence rather than sharing its cap."""
+    days = pl.DataFrame({"user_id": ["drift", "burst"], "day_score": [1.5, 1.5],
+                         "reason_kinds": [["later_hours"], ["downloads"]]})
+    risk = _risk(_flagged([]), days)
+    points = S.user_day_points * 1.5
+    assert risk["burst"]["risk_score"] == pytest.approx(
+        100 * S.max_day_gain * (1 - math.exp(-points / S.scale_points)), abs=1e-9)
+    assert risk["drift"]["risk_score"] == pytest.approx(
+        100 * S.sustained_day_gain * (1 - math.exp(-points / S.scale_points)), abs=1e-9)
+    assert risk["burst"]["risk_score"] < risk["drift"]["risk_score"] < S.high_cut
+    both = _risk(_flagged([("a", "drift", 0.6, ["hour"], False)]), days)["drift"]
+    bonus = 1 + S.diversity_bonus  # two kinds that day
+    left = ((1 - S.max_day_gain * (1 - math.exp(-S.event_points * bonus / S.scale_points)))
+            * (1 - S.sustained_day_gain * (1 - math.exp(-points * bonus / S.scale_points))))
+    assert both["risk_score"] == pytest.approx(100 * (1 - left), abs=1e-9)
+    assert both["risk_level"] == "high"
 
 
 def test_cuts_must_increase() -> None:

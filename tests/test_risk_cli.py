@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from jobs.cli import cli
 from uba import io
 from uba.alerting.risk import read_risk, stale_marker
+from uba.alerting.trends import TREND_KINDS
 from uba.settings import RiskSettings
 
 S = RiskSettings()
@@ -72,14 +73,22 @@ def _manifest(out: Path, day: date) -> dict:
     return json.loads(io.run_manifest_path(out, day).read_text())
 
 
+def _left(contributions: list[dict]) -> float:
+    """The share of the gap to 100 that today's listed points leave open: one day's own
+    points close at most max_day_gain of it, multi-day signals sustained_day_gain."""
+    sustained = sum(c["points"] for c in contributions if set(c["reason_kinds"]) & set(TREND_KINDS))
+    own = sum(c["points"] for c in contributions) - sustained
+    return ((1.0 - S.max_day_gain * (1.0 - math.exp(-own / S.scale_points)))
+            * (1.0 - S.sustained_day_gain * (1.0 - math.exp(-sustained / S.scale_points))))
+
+
 def _expected(previous: pl.DataFrame, today: pl.DataFrame, gap_days: int) -> dict[str, float]:
     """Each user's score from the published previous score, the half-life and today's listed points."""
     before = dict(zip(previous["user_id"], previous["risk_score"], strict=True))
     out = {}
     for row in today.iter_rows(named=True):
         carried = before.get(row["user_id"], 0.0) * 0.5 ** (gap_days / S.half_life_days)
-        points = sum(c["points"] for c in row["contributions"])
-        out[row["user_id"]] = 100.0 - (100.0 - carried) * math.exp(-points / S.scale_points)
+        out[row["user_id"]] = carried + (100.0 - carried) * (1.0 - _left(row["contributions"]))
     return out
 
 
@@ -124,8 +133,8 @@ def test_a_benign_verdict_and_re_scoring_make_later_days_stale_until_re_scored(
     assert victim["alert_id"] not in {c["alert_id"] for cs in rescored["contributions"] for c in cs}
     mine = rescored.filter(pl.col("user_id") == top["user_id"])
     if mine.height:  # the user's score is what their remaining contributions give (no earlier day)
-        points = sum(c["points"] for c in mine["contributions"].item())
-        assert mine["risk_score"].item() == pytest.approx(100 * (1 - math.exp(-points / S.scale_points)), abs=1e-9)
+        expected = 100 * (1 - _left(mine["contributions"].item()))
+        assert mine["risk_score"].item() == pytest.approx(expected, abs=1e-9)
         assert mine["risk_score"].item() < top["risk_score"]
     for day in DAYS[1:]:
         entries = stale_marker(_manifest(world.out, day))

@@ -89,9 +89,12 @@ def test_rising_downloads_fire_with_the_days_and_the_usual(world: Path) -> None:
     exfil = _user_days(world)["exfil"]
     assert exfil["reason_kinds"] == ["rising_downloads"]
     reason = exfil["reasons"][0]
-    assert reason.startswith("downloads above usual for 4 active days running, rising: 6, 8, 10, 12 vs usually 2.")
-    assert "over 22 earlier active days" in reason
-    assert exfil["day_score"] > 1.0, "strength = t / critical value, over 1 when fired"
+    # four days far above usual: the CUSUM (at most 4 x (max_day_z - cusum_k) = 9) is the stronger view
+    assert reason.startswith("downloads above usual, adding up over the last 4 active days: 6, 8, 10, 12 vs usually 2.")
+    found = re.search(r"\(CUSUM ([0-9.]+) sd over 22 earlier active days\)$", reason)
+    assert found is not None and TrendSettings().cusum_h < float(found.group(1)) <= 9.0, reason
+    strength = float(found.group(1)) / TrendSettings().cusum_h
+    assert exfil["day_score"] == pytest.approx(strength, abs=0.05 / TrendSettings().cusum_h), "CUSUM / cusum_h"
 
 
 def test_later_hours_and_longer_sessions_fire_for_the_drifting_user(world: Path) -> None:
@@ -99,7 +102,7 @@ def test_later_hours_and_longer_sessions_fire_for_the_drifting_user(world: Path)
     assert set(drifter["reason_kinds"]) == {"later_hours", "longer_sessions"}
     hours = drifter["reasons"][drifter["reason_kinds"].index("later_hours")]
     # the run may start on ordinary days that happened to sit above the mean (10:00 vs 09:38)
-    assert hours.startswith("active later than usual (mean hour) for ") and ", rising: " in hours
+    assert hours.startswith("active later than usual (mean hour), adding up over the last 4 active days: ")
     assert "12:00, 13:00, 14:00, 15:00 vs usually 09:" in hours
     lengths = drifter["reasons"][drifter["reason_kinds"].index("longer_sessions")]
     usual = re.search(r"20\.0, 25\.0, 30\.0, 35\.0 min vs usually ([0-9.]+) min", lengths)
@@ -139,6 +142,39 @@ def test_one_extreme_day_does_not_carry_a_run_of_ordinary_days() -> None:
     steadily_up = _frame([*history, 0, 0, 0, 0, 6, 7, 8], DAY)
     fired = trend_signals(steadily_up, DAY, settings).collect()
     assert fired["trend_fired"][0][0]["kind"] == "rising_downloads"
+
+
+def _reasons(frame: pl.LazyFrame) -> list[str]:
+    fired = trend_signals(frame, DAY, TrendSettings()).collect()
+    return [] if fired.is_empty() else [signal["text"] for signal in fired["trend_fired"][0]]
+
+
+def test_a_trend_two_days_old_fires_through_the_cusum() -> None:
+    """Two days far above usual: too short for a run (min_days 3), enough for the CUSUM."""
+    history = [1, 2, 1, 3, 2, 1, 2, 2, 1, 3, 2, 1, 2, 2]
+    assert TrendSettings().min_days == 3
+    reasons = _reasons(_frame([*history, 0, 0, 0, 0, 0, 8, 9], DAY))
+    assert len(reasons) == 1 and reasons[0].startswith(
+        "downloads above usual, adding up over the last 2 active days: 8, 9 vs usually 1.8"), reasons
+    assert _reasons(_frame([*history, 0, 0, 0, 0, 0, 0, 9], DAY)) == [], "one day alone is not a trend"
+
+
+def test_a_day_below_usual_does_not_start_the_cusum_over() -> None:
+    """The run ends at the first ordinary day counted back; the CUSUM only gives a little back."""
+    history = [1, 2, 1, 3, 2, 1, 2, 2, 1, 3, 2, 1, 2, 2]
+    reasons = _reasons(_frame([*history, 0, 0, 0, 6, 7, 1, 8], DAY))
+    assert len(reasons) == 1 and reasons[0].startswith(
+        "downloads above usual, adding up over the last 4 active days: 6, 7, 1, 8 vs usually"), reasons
+
+
+def test_the_cusum_speaks_only_while_the_user_is_still_above_usual() -> None:
+    """Three days far above usual leave the CUSUM over its limit for a while; a day back at
+    usual does not fire (the days already fired, and entity risk carries them), a day
+    still above usual does."""
+    history = [1, 2, 1, 3, 2, 1, 2, 2, 1, 3, 2, 1, 2, 2]
+    assert _reasons(_frame([*history, 0, 0, 0, 8, 9, 10, 1], DAY)) == []
+    reasons = _reasons(_frame([*history, 0, 0, 0, 8, 9, 10, 3], DAY))
+    assert len(reasons) == 1 and "adding up over the last 4 active days: 8, 9, 10, 3" in reasons[0], reasons
 
 
 def test_too_little_history_is_not_judged() -> None:

@@ -254,13 +254,16 @@ class MonitoringSettings(_Section):
 class TrendSettings(_Section):
     """Multi-day user-day signals (``uba.alerting.trends``): the user's recent active days on the same
     side of their own history before the window, pooled (Stouffer) and tested one-sided at
-    ``alpha`` against Student's t. Variances are shrunk toward the population's median with ``prior_days``."""
+    ``alpha`` against Student's t, or adding up in a CUSUM (slack ``cusum_k``, limit ``cusum_h``)
+    over the window's active days. Variances are shrunk toward the population's median with ``prior_days``."""
 
     enabled: bool = True
     window_days: int = Field(7, ge=2, le=60)
     min_days: int = Field(3, ge=2, le=60)
     alpha: float = Field(0.001, gt=0, lt=0.5)
     max_day_z: float = Field(3.0, gt=0)
+    cusum_k: float = Field(0.75, ge=0)
+    cusum_h: float = Field(4.0, gt=0)
     min_history_days: int = Field(7, ge=2)
     prior_days: float = Field(5.0, ge=0)
     min_downloads: int = Field(6, ge=1)
@@ -306,15 +309,19 @@ class RiskSettings(_Section):
     Today's points (alerts weighted by how far over their cut, user-day alerts, repeats of
     one kind discounted, several kinds boosted, privileged/critical users weighed more)
     are added to yesterday's score decayed by ``half_life_days`` per calendar day:
-    ``score = 100 - (100 - carried) * exp(-points / scale_points)``.
+    one day's own points close at most ``max_day_gain`` of the gap to 100 and multi-day
+    signals at most ``sustained_day_gain`` of what is left, so persistence over days, not
+    one loud day, is what reaches high (docs/risk.md).
     """
 
     half_life_days: float = Field(3.0, gt=0, le=365)
-    scale_points: float = Field(50.0, gt=0)
+    scale_points: float = Field(10.0, gt=0)
+    max_day_gain: float = Field(0.55, gt=0, le=1)
+    sustained_day_gain: float = Field(0.7, gt=0, le=1)
     event_points: float = Field(10.0, ge=0)
     margin_unit: float = Field(0.05, gt=0)
     max_margin_factor: float = Field(4.0, ge=1)
-    user_day_points: float = Field(10.0, ge=0)
+    user_day_points: float = Field(20.0, ge=0)
     max_user_day_strength: float = Field(4.0, gt=0)
     repeat_factor: float = Field(0.5, gt=0, le=1)
     max_repeats: int = Field(10, ge=1, le=1000)

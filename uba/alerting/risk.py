@@ -15,8 +15,13 @@ carried over from earlier days, and publishes it with the day's other outputs as
    ``max_diversity_kinds`` extra kinds), then by the user's directory weight.
 3. ``carried = previous score * 0.5 ** (calendar days since it / half_life_days)``, from
    the most recent earlier day with a risk table (days without a run count).
-4. ``risk_score = 100 - (100 - carried) * exp(-points / scale_points)``: bounded, and
-   exactly ``carried`` for a user with nothing new.
+4. ``risk_score = carried + (100 - carried) * (1 - left)`` with ``left = (1 - max_day_gain *
+   (1 - exp(-own / scale_points))) * (1 - sustained_day_gain * (1 - exp(-sustained / scale_points)))``,
+   ``sustained`` being the points of contributions with a multi-day signal among their
+   reasons and ``own`` the rest: bounded, exactly ``carried`` for a user with nothing new,
+   and one day's own evidence closes at most ``max_day_gain`` of the gap to 100, so a
+   single loud day stays below high while evidence on several days in a row (a campaign,
+   or a multi-day signal that already stands for several days) climbs past it.
 
 The pure part (``contributions_of_day``, ``compute_risk``) takes frames and returns frames;
 reading and writing go through ``uba.io``. The table is the one source of a user's risk:
@@ -36,6 +41,7 @@ import polars as pl
 
 from uba import io
 from uba.alerting.feedback import FeedbackSummary, record_feedback_csv
+from uba.alerting.trends import TREND_KINDS
 from uba.directory import load_directory
 from uba.io import latest_feedback
 from uba.logs import get_logger
@@ -157,13 +163,22 @@ def _weighted(contributions: pl.DataFrame, weights: pl.DataFrame, settings: Risk
                            * pl.col("weight")).alias("points")))
 
 
+def sustained(reason_kinds: pl.Expr) -> pl.Expr:
+    """Whether a contribution is evidence of several days (a multi-day user-day signal among
+    its reasons), which one day's cap does not hold back."""
+    return reason_kinds.list.eval(pl.element().is_in(list(TREND_KINDS))).list.any().fill_null(False)
+
+
 def _today(contributions: pl.DataFrame, weights: pl.DataFrame, settings: RiskSettings) -> pl.DataFrame:
-    """``user_id, day_points, weight, contributions`` (biggest first) of the users with any."""
+    """``user_id, day_points, sustained_points, weight, contributions`` (biggest first) of the
+    users with any; ``sustained_points`` is the part from multi-day signals."""
     weighted = _weighted(contributions, weights, settings)
     structs = pl.struct(*(pl.col(name) for name in CONTRIBUTION.to_schema())).alias("contributions")
     return (weighted.sort(["user_id", "points", "alert_id"], descending=[False, True, False])
             .group_by("user_id", maintain_order=True)
-            .agg(pl.col("points").sum().alias("day_points"), pl.col("weight").first(), structs))
+            .agg(pl.col("points").sum().alias("day_points"),
+                 pl.col("points").filter(sustained(pl.col("reason_kinds"))).sum().alias("sustained_points"),
+                 pl.col("weight").first(), structs))
 
 
 @overload
@@ -207,10 +222,11 @@ def compute_risk(contributions: pl.DataFrame, previous: pl.DataFrame | None, pre
     )
     joined = (today.join(carried, on="user_id", how="full", coalesce=True)
               .join(weights, on="user_id", how="left")
-              .with_columns(pl.col("carried_score", "_yesterday", "day_points").fill_null(0.0),
+              .with_columns(pl.col("carried_score", "_yesterday", "day_points", "sustained_points").fill_null(0.0),
                             pl.col("weight").fill_null(1.0),
                             pl.col("contributions").fill_null(pl.lit([], pl.List(CONTRIBUTION)))))
-    score = 100.0 - (100.0 - pl.col("carried_score")) * (-pl.col("day_points") / settings.scale_points).exp()
+    score = gained(pl.col("carried_score"), pl.col("day_points") - pl.col("sustained_points"),
+                   pl.col("sustained_points"), settings)
     still_high = pl.col("_first_high").is_not_null() & (pl.col("_yesterday") >= settings.high_cut)
     return (joined.with_columns(score.alias("risk_score"))
             .with_columns(level_of(pl.col("risk_score"), settings).alias("risk_level"),
@@ -221,6 +237,16 @@ def compute_risk(contributions: pl.DataFrame, previous: pl.DataFrame | None, pre
             .filter((pl.col("contributions").list.len() > 0) | (pl.col("risk_score") >= settings.min_score))
             .sort(["risk_score", "user_id"], descending=[True, False])
             .select([pl.col(name).cast(dtype) for name, dtype in RISK_SCHEMA.items()]))
+
+
+def gained(carried: pl.Expr, points: pl.Expr, sustained_points: pl.Expr, settings: RiskSettings) -> pl.Expr:
+    """``carried`` plus the share of the gap to 100 that the day's points close. One day's own
+    evidence (``points``) closes at most ``max_day_gain`` of it, so a single loud day stays
+    below what evidence on several days reaches; multi-day signals (``sustained_points``)
+    already stand for several days and close up to ``sustained_day_gain`` (docs/risk.md)."""
+    left = ((1.0 - settings.max_day_gain * (1.0 - (-points / settings.scale_points).exp()))
+            * (1.0 - settings.sustained_day_gain * (1.0 - (-sustained_points / settings.scale_points).exp())))
+    return carried + (100.0 - carried) * (1.0 - left)
 
 
 def level_counts(table: pl.DataFrame) -> dict[str, int]:

@@ -30,10 +30,20 @@ ordinary ones), are pooled as ``t = sum(min(dev / sd, max_day_z)) / sqrt(n)``
 (Stouffer; it assumes independent days). Because ``sd`` is estimated, ``t`` is
 compared with Student's t at one-sided level ``alpha`` with ``ref_days - 1 +
 prior_days`` degrees of freedom, not with the normal quantile (with 10 days of history
-the normal cut fires six times too often). A signal fires when ``n >= min_days`` and
+the normal cut fires six times too often). The run fires when ``n >= min_days`` and
 ``t`` clears that critical value (downloads also need ``min_downloads`` over the run);
-its strength is ``t / critical``, so it enters ``day_score`` like every other user-day
-signal. Trends are not required to be monotone (the reason says "rising" when the last
+its strength is ``t / critical``.
+
+The run starts over on any day at or below usual, and needs ``min_days`` of them, so a
+campaign that started two days ago, or dipped for a day, is missed. Beside it, a one-sided
+CUSUM over the window's active days, oldest first, ``S = max(0, S + min(z, max_day_z) -
+cusum_k)``, fires at ``S >= cusum_h`` while today is still above usual (strength
+``S / cusum_h``; a user back at usual is not flagged again for the days that already
+fired, entity risk carries those): with the defaults one day
+can add at most 2.25, so it takes at least two days well above usual, or several modestly
+above, and a day below usual takes some of it back instead of resetting it. The stronger
+of the two names the days in the reason; either enters ``day_score`` like every other
+user-day signal. Trends are not required to be monotone (the reason says "rising" when the last
 day is further out than the first): day-to-day noise would hide most real ones.
 """
 
@@ -152,26 +162,48 @@ def _window_days(daily: pl.LazyFrame, reference: pl.LazyFrame, window_start: dat
     )
 
 
-def _runs(window: pl.LazyFrame, kind: str, dev: str, value: str, day: date, max_day_z: float) -> pl.LazyFrame:
-    """Per user active today: the run of days (newest back) with this metric above usual, pooled.
-
-    Each day's z is capped at ``max_day_z`` before pooling: the signal is about several
-    days agreeing, and one extreme day (already the one-day signals' and the event
-    model's business) must not carry a "run" of otherwise ordinary days.
-    """
+def _scored_window(window: pl.LazyFrame, dev: str, max_day_z: float, cusum_k: float, day: date) -> pl.LazyFrame:
+    """The window's rows with each day's capped z, the user's CUSUM after that day, and
+    whether the day belongs to the trailing run (above usual) and to the CUSUM's current
+    excursion (days since it last stood at zero)."""
     sd = dev.replace("dev_", "sd_")
     day_z = (pl.col(dev) / pl.col(sd)).clip(None, max_day_z)
-    ordered = window.sort(["user_id", "event_date"], descending=[False, True]).with_columns(
+    climb = (pl.col("_z") - cusum_k).cum_sum().over("user_id")
+    ascending = window.sort(["user_id", "event_date"]).with_columns(day_z.alias("_z")).with_columns(
+        climb.alias("_c")).with_columns(
+        (pl.col("_c") - pl.min_horizontal(pl.col("_c").cum_min().over("user_id"), pl.lit(0.0))).alias("_cusum"))
+    trailing = ascending.sort(["user_id", "event_date"], descending=[False, True]).with_columns(
         (pl.col(dev) > 0).cast(pl.Int32).cum_prod().over("user_id").alias("_in_run"),
+        (pl.col("_cusum") > 0).cast(pl.Int32).cum_prod().over("user_id").alias("_in_excursion"),
         (pl.col("event_date") == day).any().over("user_id").alias("_today"),
     )
-    run = ordered.filter(pl.col("_today") & (pl.col("_in_run") == 1)).sort(["user_id", "event_date"])
-    return run.group_by("user_id", maintain_order=True).agg(
+    return trailing.filter(pl.col("_today")).sort(["user_id", "event_date"])
+
+
+def _runs(window: pl.LazyFrame, kind: str, dev: str, value: str, day: date, settings: TrendSettings) -> pl.LazyFrame:
+    """Per user active today, two views of this metric's recent days, pooled:
+
+    - the run: the days (newest back) with the metric above usual, as a Stouffer sum of
+      z over sqrt(days);
+    - the CUSUM: ``S = max(0, S + z - cusum_k)`` over the window's active days, oldest
+      first, and the days of its current excursion (a drift that dips below usual for a
+      day does not start over, and a day barely above usual does not add up).
+
+    Each day's z is capped at ``max_day_z`` in both: the signal is about several days
+    agreeing, and one extreme day (already the one-day signals' and the event model's
+    business) must not carry a "run" of otherwise ordinary days.
+    """
+    run, excursion = pl.col("_in_run") == 1, pl.col("_in_excursion") == 1
+    n = run.sum()
+    scored = _scored_window(window, dev, settings.max_day_z, settings.cusum_k, day)
+    return scored.group_by("user_id", maintain_order=True).agg(
         pl.lit(kind).alias("kind"),
-        pl.len().alias("n"),
-        (day_z.sum() / pl.len().cast(pl.Float64).sqrt()).alias("z"),
-        pl.col(value).alias("values"),
-        pl.col(dev).alias("devs"),
+        n.alias("n"),
+        (pl.col("_z").filter(run).sum() / n.clip(1, None).cast(pl.Float64).sqrt()).alias("z"),
+        pl.col(value).filter(run).alias("values"),
+        pl.col(dev).filter(run).alias("devs"),
+        pl.col("_cusum").last().alias("cusum"),
+        pl.col(value).filter(excursion).alias("cusum_values"),
         *(pl.col(c).first() for c in ("ref_downloads", "ref_hour", "ref_offset", "ref_log_duration", "ref_days")),
     )
 
@@ -188,15 +220,15 @@ def _minutes(log_duration: pl.Expr) -> pl.Expr:
     return ((log_duration.exp() - 1.0) / 60.0).round(1)
 
 
-def _values_text(kind: str) -> tuple[pl.Expr, pl.Expr]:
-    """(the run's daily values, the usual value) as text, in the metric's own unit."""
+def _values_text(kind: str, values: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """(the days' values, the usual value) as text, in the metric's own unit."""
     if kind == "rising_downloads":
-        return (pl.col("values").list.eval(pl.element().cast(pl.Int64).cast(pl.String)).list.join(", "),
+        return (values.list.eval(pl.element().cast(pl.Int64).cast(pl.String)).list.join(", "),
                 pl.col("ref_downloads").round(1).cast(pl.String))
     if kind == "later_hours":
-        return (pl.col("values").list.eval(_clock(pl.element())).list.join(", "),
+        return (values.list.eval(_clock(pl.element())).list.join(", "),
                 _clock(pl.col("ref_hour") + pl.col("ref_offset")))
-    return (pl.col("values").list.eval(_minutes(pl.element()).cast(pl.String)).list.join(", ") + pl.lit(" min"),
+    return (values.list.eval(_minutes(pl.element()).cast(pl.String)).list.join(", ") + pl.lit(" min"),
             _minutes(pl.col("ref_log_duration")).cast(pl.String) + pl.lit(" min"))
 
 
@@ -221,18 +253,30 @@ def _critical(df: pl.Expr, alpha: float) -> pl.Expr:
 
 
 def _reason(kind: str, settings: TrendSettings) -> pl.Expr:
-    """The fired signal as a struct of strength, sentence and kind (strength 0 when not fired)."""
-    values, usual = _values_text(kind)
+    """The fired signal as a struct of strength, sentence and kind (strength 0 when not fired).
+
+    The run fires at ``t >= critical`` (strength ``t / critical``), the CUSUM at
+    ``cusum >= cusum_h`` with today above usual (strength ``cusum / cusum_h``); the
+    stronger one names the days."""
+    run_fired = (pl.col("n") >= settings.min_days) & (pl.col("z") >= pl.col("critical"))
+    cusum_fired = (pl.col("cusum") >= settings.cusum_h) & (pl.col("n") >= 1)  # still above usual today
+    if kind == "rising_downloads":
+        run_fired = run_fired & (pl.col("values").list.sum() >= settings.min_downloads)
+        cusum_fired = cusum_fired & (pl.col("cusum_values").list.sum() >= settings.min_downloads)
+    run_strength = pl.when(run_fired).then(pl.col("z") / pl.col("critical")).otherwise(0.0)
+    cusum_strength = pl.when(cusum_fired).then(pl.col("cusum") / settings.cusum_h).otherwise(0.0)
+    by_run = run_strength >= cusum_strength
+    values, usual = _values_text(kind, pl.when(by_run).then(pl.col("values")).otherwise(pl.col("cusum_values")))
     rising = pl.when(pl.col("devs").list.last() > pl.col("devs").list.first()).then(pl.lit(", rising")).otherwise(
         pl.lit(""))
-    text = pl.format("{} for {} active days running{}: {} vs usually {} (t {} over {} earlier active days)",
-                     pl.lit(_PHRASES[kind]), pl.col("n"), rising, values, usual, pl.col("z").round(1),
-                     pl.col("ref_days"))
-    fired = (pl.col("n") >= settings.min_days) & (pl.col("z") >= pl.col("critical"))
-    if kind == "rising_downloads":
-        fired = fired & (pl.col("values").list.sum() >= settings.min_downloads)
-    return pl.struct(strength=pl.when(fired).then(pl.col("z") / pl.col("critical")).otherwise(0.0), text=text,
-                     kind=pl.lit(kind))
+    run_text = pl.format("{} for {} active days running{}: {} vs usually {} (t {} over {} earlier active days)",
+                         pl.lit(_PHRASES[kind]), pl.col("n"), rising, values, usual, pl.col("z").round(1),
+                         pl.col("ref_days"))
+    cusum_text = pl.format("{}, adding up over the last {} active days: {} vs usually {} (CUSUM {} sd over {} "
+                           "earlier active days)", pl.lit(_PHRASES[kind]), pl.col("cusum_values").list.len(), values,
+                           usual, pl.col("cusum").round(1), pl.col("ref_days"))
+    return pl.struct(strength=pl.max_horizontal(run_strength, cusum_strength),
+                     text=pl.when(by_run).then(run_text).otherwise(cusum_text), kind=pl.lit(kind))
 
 
 def trend_signals(aggregates: pl.LazyFrame, day: date, settings: TrendSettings) -> pl.LazyFrame:
@@ -245,7 +289,7 @@ def trend_signals(aggregates: pl.LazyFrame, day: date, settings: TrendSettings) 
     daily = _daily(aggregates.filter(pl.col("event_date").cast(pl.Date) <= day))
     reference = _noise(_reference(daily, window_start, settings), settings)
     window = _window_days(daily, reference, window_start, day)
-    runs = pl.concat([_runs(window, kind, dev, value, day, settings.max_day_z) for kind, dev, value in _METRICS])
+    runs = pl.concat([_runs(window, kind, dev, value, day, settings) for kind, dev, value in _METRICS])
     runs = runs.with_columns(
         _critical((pl.col("ref_days") - 1).cast(pl.Float64) + settings.prior_days, settings.alpha).alias("critical"))
     reasons = pl.concat([
