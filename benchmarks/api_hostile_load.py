@@ -15,7 +15,7 @@ What it does, with the product's own code, on 127.0.0.1 only:
    ``POST /admin/reload`` every ``--reload-every`` seconds, and a ``GET /health`` probe
    every 100 ms;
 3. the ``hostile`` phases add ``--hostile-rate`` /feedback posts per second, cycling
-   through: 100,000 empty items (the issue's input), max_batch + 1 valid items, 50,000
+   through: 100,000 empty items (the abusive input), max_batch + 1 valid items, 50,000
    invalid items, an array nested 20,000 deep, 400,000 empty strings, and a valid
    1,000-item body whose notes are full of JSON punctuation (stored: it must not be
    refused);

@@ -14,7 +14,7 @@ The API hardening asks for "a schemathesis run of at least 1,000 cases, with and
    JSON report: cases generated, failures per check;
 4. writes ``benchmarks/results/api_schemathesis.md`` (machine, load average, commands).
 
-The verdict the issue asks for is two checks: ``not_a_server_error`` (no 5xx) and the
+The verdict is two checks: ``not_a_server_error`` (no 5xx) and the
 response-conformance checks (status code, content type, headers and body all declared in
 the schema). The request-fidelity checks (``positive_data_acceptance``,
 ``negative_data_rejection``) are reported too; a failure there means the schema is

@@ -40,7 +40,7 @@ the end unless --keep):
    has). "Start-up not counted" = the manifest's `duration_sec` minus its `ray_init`
    stage(s); the report gives that and the process wall time as is.
 7. The reference's features are checked against the product's `event_features` on a
-   sample of D's events, and the results (medians, every round, the issue's target
+   sample of D's events, and the results (medians, every round, the targets'
    ratios) are written as Markdown.
 
 Run from the repository root; the full-size recording:

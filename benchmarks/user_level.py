@@ -4,7 +4,7 @@ Per world: ``generate --users 500 --days 28 --campaigns N --campaigns-from <day 
 ``train`` on the first 21 days, ``backfill`` the last 7 (every run publishes risk/),
 ``evaluate`` over those 7 days; the user-level section of ``evaluation.json`` compares
 users ranked by entity risk with users ranked by their maximum event score. Two seeds
-with different persona mixes, as the issue asks.
+with different persona mixes.
 
 Beside the verdicts, from the labels and the published outputs, the figures that say why
 a target is missed: per campaign, the first day of an alert on one of its own events, of

@@ -523,7 +523,7 @@ def test_without_rename_exchange_the_anchor_is_a_relative_symlink_renamed_over(
 
 
 def _hand_made_links(out: Path, day, datasets: tuple[str, ...] = (io.SCORES, io.FLAGGED)) -> dict[str, str]:
-    """The attack of the issue: scores and flagged of D as symlinks into ``out/archive/v1``
+    """The hand-made links attack: scores and flagged of D as symlinks into ``out/archive/v1``
     (real copies of the day's files), the rest of the day as the product left it."""
     import shutil
 

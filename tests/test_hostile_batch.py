@@ -280,10 +280,18 @@ LAYOUTS: dict[str, Any] = {
 }
 
 
-def test_the_corpus_covers_items_6_to_8() -> None:
+# What each case attacks ("kind" in its .expect.json).
+KINDS = {
+    "publishing": "a published day's versions and links, hand-edited or cut short by SIGKILL",
+    "damaged_inputs": "events and aggregates partitions corrupted, truncated, swapped or stripped of checksums",
+    "disk_full": "ENOSPC at each write of a run",
+}
+
+
+def test_the_corpus_covers_every_kind() -> None:
     names = case_names()
-    items = {json.loads((CORPUS / f"{n}.expect.json").read_text())["item"] for n in names}
-    assert items == {6, 7, 8} and len(names) >= 20
+    kinds = {json.loads((CORPUS / f"{n}.expect.json").read_text())["kind"] for n in names}
+    assert kinds == set(KINDS) and len(names) >= 20
     for name in names:
         assert (CORPUS / f"{name}.recipe.json").is_file(), name
     assert sum(p.stat().st_size for p in CORPUS.iterdir()) < 100_000

@@ -263,10 +263,20 @@ def summaries(data: Path) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------ the replay
 
 
-def test_the_corpus_covers_items_1_to_5_with_30_or_more_cases() -> None:
+# What each case attacks ("kind" in its .expect.json).
+KINDS = {
+    "record_boundaries": "quoting, line ends and junk that could move where a record starts or forge one",
+    "unreadable_values": "values and types that crashed a reader (deep nesting, huge integers, odd Parquet types)",
+    "resource_limits": "inputs that inflate in memory or time (wide rows, huge fields, decompression bombs)",
+    "value_spelling": "ids, timestamps and categories spelt so that ingest and the API could disagree",
+    "file_discovery": "globs and symlinks that read a file twice, loop or leave the drop folder",
+}
+
+
+def test_the_corpus_covers_every_kind_with_30_or_more_cases() -> None:
     names = case_names()
-    items = {json.loads((CORPUS / f"{n}.expect.json").read_text())["item"] for n in names}
-    assert len(names) >= 30 and items == {1, 2, 3, 4, 5}
+    kinds = {json.loads((CORPUS / f"{n}.expect.json").read_text())["kind"] for n in names}
+    assert len(names) >= 30 and kinds == set(KINDS)
     for name in names:  # every case has exactly one input or one recipe
         inputs = [p for p in CORPUS.glob(f"{name}.*") if not p.name.endswith(".expect.json")]
         assert len(inputs) == 1, name
