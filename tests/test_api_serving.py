@@ -180,3 +180,44 @@ def test_requests_that_arrive_together_are_scored_together_and_a_cancelled_one_s
     for i in (1, 2):
         result, row = after_cancel[i]
         assert result.scores[row] == alone[i][0].scores[0]
+
+
+def test_a_lone_request_is_scored_at_once_and_overlapping_ones_still_together(world: World) -> None:
+    """With no other callback ready on the loop no request could join a coalesced pass, so a
+    lone event is scored without yielding: its coroutine finishes in its first step. With
+    another request's task ready, the first one yields once and both are scored in one pass."""
+    from uba.api.routes.predict import to_scoring_event
+
+    app = create_app(world.settings())
+    runtime = app.state.runtime
+
+    def first_step(coro):  # type: ignore[no-untyped-def]
+        """The coroutine run by hand up to its first suspension: (finished, its value)."""
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            return True, done.value
+        coro.close()
+        return False, None
+
+    async def run() -> tuple:
+        async with app.router.lifespan_context(app):
+            state = runtime.holder.current
+            events = [to_scoring_event(runtime.models.event.model_validate(
+                {**SEED_PAYLOAD, "user_id": user})) for user in list(state.baselines.compiled.positions)[:2]]
+            async def loop_idle() -> bool:  # the lifespan's own start-up callbacks have run
+                return not asyncio.get_running_loop()._ready  # type: ignore[attr-defined]
+
+            await wait_until_async(loop_idle, 10, "nothing else ready on the loop")
+            lone = first_step(runtime.batcher.score(state, events[0]))
+            other = asyncio.create_task(runtime.batcher.score(state, events[1]))
+            with_other_ready = first_step(runtime.batcher.score(state, events[0]))
+            await other
+            overlapping = await asyncio.gather(*(runtime.batcher.score(state, e) for e in events))
+            return lone, with_other_ready, overlapping
+
+    (finished, (result, row)), (yielded_finished, _), overlapping = asyncio.run(run())
+    assert finished and row == 0 and len(result.scores) == 1
+    assert not yielded_finished
+    assert overlapping[0][0] is overlapping[1][0] and [r for _, r in overlapping] == [0, 1]
+    assert overlapping[0][0].scores[0] == result.scores[0]
