@@ -185,7 +185,10 @@ def test_requests_that_arrive_together_are_scored_together_and_a_cancelled_one_s
 def test_a_lone_request_is_scored_at_once_and_overlapping_ones_still_together(world: World) -> None:
     """With no other callback ready on the loop no request could join a coalesced pass, so a
     lone event is scored without yielding: its coroutine finishes in its first step. With
-    another request's task ready, the first one yields once and both are scored in one pass."""
+    another request's task ready, the first one yields once and both are scored in one pass.
+    After such an overlap every request coalesces (busy mode) until enough passes in a row
+    found nothing to coalesce; then a lone request is scored at once again."""
+    from uba.api.batcher import LONE_DRAINS_BEFORE_INLINE
     from uba.api.routes.predict import to_scoring_event
 
     app = create_app(world.settings())
@@ -214,10 +217,18 @@ def test_a_lone_request_is_scored_at_once_and_overlapping_ones_still_together(wo
             with_other_ready = first_step(runtime.batcher.score(state, events[0]))
             await other
             overlapping = await asyncio.gather(*(runtime.batcher.score(state, e) for e in events))
-            return lone, with_other_ready, overlapping
+            busy = [runtime.batcher.coalescing]
+            for _ in range(LONE_DRAINS_BEFORE_INLINE):
+                busy.append(runtime.batcher.coalescing)
+                await runtime.batcher.score(state, events[0])  # alone, but coalescing: one pass each
+            await wait_until_async(loop_idle, 10, "nothing else ready on the loop")
+            lone_again = first_step(runtime.batcher.score(state, events[0]))
+            return lone, with_other_ready, overlapping, busy, lone_again
 
-    (finished, (result, row)), (yielded_finished, _), overlapping = asyncio.run(run())
+    (finished, (result, row)), (yielded_finished, _), overlapping, busy, lone_again = asyncio.run(run())
     assert finished and row == 0 and len(result.scores) == 1
     assert not yielded_finished
+    assert all(busy), busy
+    assert lone_again[0]
     assert overlapping[0][0] is overlapping[1][0] and [r for _, r in overlapping] == [0, 1]
     assert overlapping[0][0].scores[0] == result.scores[0]

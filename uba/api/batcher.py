@@ -2,20 +2,28 @@
 they overlap.
 
 Scoring an event is array arithmetic over the compiled snapshot (~0.05 ms), so it runs on
-the event loop itself: a thread hop would cost more than the work. Requests that arrive
-together are scored together, because scoring a few dozen events costs little more than
-scoring one. Another request can join a pass only if its task is already in the loop's
-ready queue: a request whose data arrives later is parsed by a callback, and its task
-runs one loop pass after that. So ``score`` looks at the ready queue first:
+the event loop itself: a thread hop would cost more than the work. Requests that overlap
+are scored together, because scoring a few dozen events costs little more than scoring
+one; over HTTP at 16 connections that gave 1.7-2x the requests/s of scoring each alone,
+while the one yield it takes cost a lone caller 12-21% (``benchmarks/results``). So the
+batcher has two modes:
 
-- nothing else ready and no drain pending: the event is scored at once, inline, without
-  yielding (a yield could gain nobody, and cost a lone caller 12-21% of its requests/s);
-- otherwise the event is queued and, if no drain is pending, its request becomes the one
-  that drains: it yields to the loop once (``asyncio.sleep(0)``), which runs the ready
-  callbacks (other requests parsed in the same loop pass, which queue their events and
-  wait on a future), then scores everything queued in one vectorised pass and takes its
-  own answer directly. If that request is cancelled while it yields, a drain is scheduled
-  for the others.
+- **lone** (at start, and after ``LONE_DRAINS_BEFORE_INLINE`` coalescing passes in a row
+  found nothing to coalesce): with no drain pending and no other callback ready on the
+  loop, the event is scored at once, inline, without yielding. Nobody could have joined:
+  a request whose data arrives later is parsed by a callback and its task runs one loop
+  pass after that, so only tasks already in the loop's ready queue can join a pass;
+- **busy** (a pass coalesced more than one event): every request coalesces. Under load a
+  yield also lets more requests accumulate for the next pass (the ready-queue test alone,
+  which scores a request inline whenever it happens to be alone in its loop pass, gave
+  0.85-0.98x the requests/s of always coalescing at 16 connections).
+
+Coalescing: the event is queued and, if no drain is pending, its request becomes the one
+that drains: it yields to the loop once (``asyncio.sleep(0)``), which runs the ready
+callbacks (other requests parsed in the same loop pass, which queue their events and wait
+on a future), then scores everything queued in one vectorised pass and takes its own
+answer directly. If that request is cancelled while it yields, a drain is scheduled for
+the others.
 
 The ready queue is asyncio's own loop's ``_ready`` (the loop uvicorn runs when uvloop is
 not installed); a loop without it (uvloop) is treated as always having work ready, so
@@ -38,6 +46,9 @@ from uba.api.metrics import ApiMetrics
 from uba.api.model_state import ModelState
 
 MAX_COALESCED_EVENTS = 256
+# Coalescing passes in a row that found only their own event before a lone request is
+# scored inline again: a short lull under load does not drop the batcher out of busy mode.
+LONE_DRAINS_BEFORE_INLINE = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +68,12 @@ class ScoringBatcher:
         self._pending: list[_Pending] = []
         self._running = False
         self._drain_pending = False
+        self._lone_drains = LONE_DRAINS_BEFORE_INLINE  # lone mode until requests overlap
+
+    @property
+    def coalescing(self) -> bool:
+        """Busy mode: every request coalesces, even one alone in its loop pass."""
+        return self._lone_drains < LONE_DRAINS_BEFORE_INLINE
 
     async def start(self) -> None:
         self._running = True
@@ -73,7 +90,7 @@ class ScoringBatcher:
         if not self._running:
             raise RuntimeError("scoring batcher is not running (app lifespan not started)")
         loop = asyncio.get_running_loop()
-        if not self._drain_pending and not _others_ready(loop):
+        if not self._drain_pending and not self.coalescing and not _others_ready(loop):
             return self._score_alone(state, event), 0
         future: asyncio.Future[tuple[ScoringResult, int]] = loop.create_future()
         self._pending.append(_Pending(state, event, future))
@@ -98,6 +115,8 @@ class ScoringBatcher:
     def _drain(self) -> None:
         """Score everything queued, at most ``max_events`` per pass, grouped by state."""
         self._drain_pending = False
+        queued = len(self._pending)
+        self._lone_drains = 0 if queued > 1 else min(self._lone_drains + 1, LONE_DRAINS_BEFORE_INLINE)
         while self._pending:
             batch, self._pending = self._pending[:self.max_events], self._pending[self.max_events:]
             groups: dict[int, list[_Pending]] = {}
