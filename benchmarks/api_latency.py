@@ -1039,7 +1039,6 @@ def serving_plan(conns: list[int], top: int) -> list[tuple[str, dict[str, Any], 
     return [
         ("product", {}, [*predict_all, ("/predict", top, ("Connection: close",)), ("/predict/batch", 1, ())]),
         ("coalesce-always", {"variant": "coalesce-always"}, predict_all),
-        ("ready-only", {"variant": "ready-only"}, predict_all),
         ("inline", {"variant": "inline"}, predict_all),
         ("access log on", {"access_log": "true"}, [("/predict", top, ())]),
         ("2 workers", {"workers": "2"}, [("/predict", top, ())]),
@@ -1141,8 +1140,7 @@ def write_serving(path: Path, cells: list[dict[str, Any]], info: dict[str, str],
         "cell sends `Connection: close`).",
         "- Servers of one round run one after the other, the order reversed every round.",
         "- `product`: `uba-api`, 1 worker, access log off (the batcher scores a lone request inline and "
-        "coalesces once requests overlap, orjson answers). `coalesce-always`, `ready-only` (inline whenever "
-        "no other callback is ready, even under load), `inline`, `stdlib-json`: "
+        "coalesces once requests overlap, orjson answers). `coalesce-always`, `inline`, `stdlib-json`: "
         "the same server with that one choice switched (`benchmarks/api_variant_server.py`). "
         "`access log on`, `2 workers`: `uba-api` with that setting.",
         f"- Keep-alive check (two requests over one connection, product): {setup['keep_alive']}.",
@@ -1164,8 +1162,6 @@ def write_serving(path: Path, cells: list[dict[str, Any]], info: dict[str, str],
                                  ("product", "/predict", n), ("coalesce-always", "/predict", n)))
         lines.append(_ratio_line(cells, f"product (adaptive) / inline, /predict at {n}",
                                  ("product", "/predict", n), ("inline", "/predict", n)))
-        lines.append(_ratio_line(cells, f"product (adaptive) / ready-only, /predict at {n}",
-                                 ("product", "/predict", n), ("ready-only", "/predict", n)))
         lines.append(_ratio_line(cells, f"coalesce-always / inline, /predict at {n}",
                                  ("coalesce-always", "/predict", n), ("inline", "/predict", n)))
     lines.append(_ratio_line(cells, f"2 workers / 1 worker, /predict at {top}",

@@ -5,9 +5,7 @@ this process, then runs ``uba-api``'s own ``main`` (one worker only: the patch l
 process), so everything else (settings, logging, uvicorn options) is the product's:
 
 - ``coalesce-always``: the batcher yields to coalesce on every request, even a lone one
-  (its behaviour before it looked at the loop's ready queue);
-- ``ready-only``: the batcher decides by the loop's ready queue alone (never stays in busy
-  mode): a request alone in its loop pass is scored inline even under load;
+  (its behaviour before it had a lone mode);
 - ``inline``: every event scored on its own, at once, never coalesced;
 - ``stdlib-json``: answers serialised with the standard library's ``json`` (as Starlette's
   ``JSONResponse`` does) instead of orjson.
@@ -27,7 +25,7 @@ import uba.api.routes.predict as predict
 from uba.api.inference import ScoringEvent, ScoringResult
 from uba.api.model_state import ModelState
 
-VARIANTS = ("coalesce-always", "ready-only", "inline", "stdlib-json")
+VARIANTS = ("coalesce-always", "inline", "stdlib-json")
 
 
 async def _inline(self: batcher.ScoringBatcher, state: ModelState, event: ScoringEvent) -> tuple[ScoringResult, int]:
@@ -41,9 +39,7 @@ def _stdlib_json(content: Mapping[str, object]) -> Response:
 
 def apply(variant: str) -> None:
     if variant == "coalesce-always":
-        batcher._others_ready = lambda loop: True  # type: ignore[assignment]
-    elif variant == "ready-only":
-        batcher.ScoringBatcher.coalescing = property(lambda self: False)  # type: ignore[method-assign,assignment]
+        batcher.ScoringBatcher._overlapping = lambda self, loop: True  # type: ignore[method-assign]
     elif variant == "inline":
         batcher.ScoringBatcher.score = _inline  # type: ignore[method-assign]
     elif variant == "stdlib-json":

@@ -183,12 +183,10 @@ def test_requests_that_arrive_together_are_scored_together_and_a_cancelled_one_s
 
 
 def test_a_lone_request_is_scored_at_once_and_overlapping_ones_still_together(world: World) -> None:
-    """With no other callback ready on the loop no request could join a coalesced pass, so a
-    lone event is scored without yielding: its coroutine finishes in its first step. With
-    another request's task ready, the first one yields once and both are scored in one pass.
-    After such an overlap every request coalesces (busy mode) until enough passes in a row
-    found nothing to coalesce; then a lone request is scored at once again."""
-    from uba.api.batcher import LONE_DRAINS_BEFORE_INLINE
+    """A lone request is scored without yielding: its coroutine finishes in its first step.
+    A second request in the same loop pass has overlapped with it: it yields to coalesce,
+    and so does every request for a while after (busy mode), even one alone in its pass;
+    then a lone request is scored at once again."""
     from uba.api.routes.predict import to_scoring_event
 
     app = create_app(world.settings())
@@ -205,30 +203,25 @@ def test_a_lone_request_is_scored_at_once_and_overlapping_ones_still_together(wo
 
     async def run() -> tuple:
         async with app.router.lifespan_context(app):
-            state = runtime.holder.current
+            batcher, state = runtime.batcher, runtime.holder.current
             events = [to_scoring_event(runtime.models.event.model_validate(
                 {**SEED_PAYLOAD, "user_id": user})) for user in list(state.baselines.compiled.positions)[:2]]
-            async def loop_idle() -> bool:  # the lifespan's own start-up callbacks have run
-                return not asyncio.get_running_loop()._ready  # type: ignore[attr-defined]
+            batcher.busy_hold_sec = 3600.0  # an overlap holds busy mode for the rest of the test ...
+            await asyncio.sleep(0)  # a fresh loop pass
+            lone = first_step(batcher.score(state, events[0]))
+            same_pass = first_step(batcher.score(state, events[1]))
+            await asyncio.sleep(0)
+            busy_alone = first_step(batcher.score(state, events[0]))
+            overlapping = await asyncio.gather(*(batcher.score(state, e) for e in events))
+            batcher.busy_hold_sec = 0.0  # ... until a pass that coalesces holds it for no time
+            await asyncio.gather(*(batcher.score(state, e) for e in events))
+            await asyncio.sleep(0)
+            lone_again = first_step(batcher.score(state, events[0]))
+            return lone, same_pass, busy_alone, overlapping, lone_again
 
-            await wait_until_async(loop_idle, 10, "nothing else ready on the loop")
-            lone = first_step(runtime.batcher.score(state, events[0]))
-            other = asyncio.create_task(runtime.batcher.score(state, events[1]))
-            with_other_ready = first_step(runtime.batcher.score(state, events[0]))
-            await other
-            overlapping = await asyncio.gather(*(runtime.batcher.score(state, e) for e in events))
-            busy = [runtime.batcher.coalescing]
-            for _ in range(LONE_DRAINS_BEFORE_INLINE):
-                busy.append(runtime.batcher.coalescing)
-                await runtime.batcher.score(state, events[0])  # alone, but coalescing: one pass each
-            await wait_until_async(loop_idle, 10, "nothing else ready on the loop")
-            lone_again = first_step(runtime.batcher.score(state, events[0]))
-            return lone, with_other_ready, overlapping, busy, lone_again
-
-    (finished, (result, row)), (yielded_finished, _), overlapping, busy, lone_again = asyncio.run(run())
+    (finished, (result, row)), same_pass, busy_alone, overlapping, lone_again = asyncio.run(run())
     assert finished and row == 0 and len(result.scores) == 1
-    assert not yielded_finished
-    assert all(busy), busy
-    assert lone_again[0]
+    assert not same_pass[0] and not busy_alone[0]
     assert overlapping[0][0] is overlapping[1][0] and [r for _, r in overlapping] == [0, 1]
     assert overlapping[0][0].scores[0] == result.scores[0]
+    assert lone_again[0]

@@ -4,19 +4,20 @@ they overlap.
 Scoring an event is array arithmetic over the compiled snapshot (~0.05 ms), so it runs on
 the event loop itself: a thread hop would cost more than the work. Requests that overlap
 are scored together, because scoring a few dozen events costs little more than scoring
-one; over HTTP at 16 connections that gave 1.7-2x the requests/s of scoring each alone,
-while the one yield it takes cost a lone caller 12-21% (``benchmarks/results``). So the
-batcher has two modes:
+one: over HTTP at 16 connections coalescing gave 1.3-1.7x the requests/s of scoring each
+alone, while the one yield it takes cost a lone caller 12-21% in process
+(``benchmarks/results/api_latency.md``). So the batcher has two modes:
 
-- **lone** (at start, and after ``LONE_DRAINS_BEFORE_INLINE`` coalescing passes in a row
-  found nothing to coalesce): with no drain pending and no other callback ready on the
-  loop, the event is scored at once, inline, without yielding. Nobody could have joined:
-  a request whose data arrives later is parsed by a callback and its task runs one loop
-  pass after that, so only tasks already in the loop's ready queue can join a pass;
-- **busy** (a pass coalesced more than one event): every request coalesces. Under load a
-  yield also lets more requests accumulate for the next pass (the ready-queue test alone,
-  which scores a request inline whenever it happens to be alone in its loop pass, gave
-  0.85-0.98x the requests/s of always coalescing at 16 connections).
+- **lone** (at start, and once no pass has coalesced several events for
+  ``busy_hold_sec``): the event is scored at once, inline, without yielding. The first
+  such request of a loop pass marks the pass (a ``call_soon`` that clears the mark in the
+  next pass); a second request scored in the same pass has overlapped with it, and
+  switches the batcher to busy mode (and coalesces itself). This needs nothing from the
+  loop but ``call_soon``, so it works the same on asyncio's loop and on uvloop (which
+  uvicorn runs when it is installed);
+- **busy** (for ``busy_hold_sec`` after an overlap or a pass that coalesced several
+  events): every request coalesces, even one alone in its loop pass: under load a yield
+  also lets more requests accumulate for the next pass.
 
 Coalescing: the event is queued and, if no drain is pending, its request becomes the one
 that drains: it yields to the loop once (``asyncio.sleep(0)``), which runs the ready
@@ -24,10 +25,6 @@ callbacks (other requests parsed in the same loop pass, which queue their events
 on a future), then scores everything queued in one vectorised pass and takes its own
 answer directly. If that request is cancelled while it yields, a drain is scheduled for
 the others.
-
-The ready queue is asyncio's own loop's ``_ready`` (the loop uvicorn runs when uvloop is
-not installed); a loop without it (uvloop) is treated as always having work ready, so
-every request takes the coalescing path, which is correct there, only a yield dearer.
 
 Each queued event carries the :class:`ModelState` its request started with; events of
 different states (a reload happened in between) are scored in separate groups, so a
@@ -46,9 +43,10 @@ from uba.api.metrics import ApiMetrics
 from uba.api.model_state import ModelState
 
 MAX_COALESCED_EVENTS = 256
-# Coalescing passes in a row that found only their own event before a lone request is
-# scored inline again: a short lull under load does not drop the batcher out of busy mode.
-LONE_DRAINS_BEFORE_INLINE = 16
+# How long after the last pass that coalesced several events every request still coalesces:
+# long against the gaps between overlaps under load (milliseconds), short against a lone
+# caller's cost (its first ~0.1 s of requests after a burst pay one yield each).
+BUSY_HOLD_SEC = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,19 +59,37 @@ class _Pending:
 class ScoringBatcher:
     """One queue per app (per worker process), drained on the event loop."""
 
-    def __init__(self, metrics: ApiMetrics, max_reasons: int, max_events: int = MAX_COALESCED_EVENTS) -> None:
+    def __init__(self, metrics: ApiMetrics, max_reasons: int, max_events: int = MAX_COALESCED_EVENTS,
+                 busy_hold_sec: float = BUSY_HOLD_SEC) -> None:
         self.metrics = metrics
+        self.busy_hold_sec = busy_hold_sec
         self.max_reasons = max_reasons
         self.max_events = max_events
         self._pending: list[_Pending] = []
         self._running = False
         self._drain_pending = False
-        self._lone_drains = LONE_DRAINS_BEFORE_INLINE  # lone mode until requests overlap
+        self._busy_until = float("-inf")  # lone mode until requests overlap
+        self._inline_this_pass = False
 
-    @property
-    def coalescing(self) -> bool:
-        """Busy mode: every request coalesces, even one alone in its loop pass."""
-        return self._lone_drains < LONE_DRAINS_BEFORE_INLINE
+    def coalescing(self, now: float) -> bool:
+        """Busy mode at loop time ``now``: every request coalesces, even one alone in its loop pass."""
+        return now < self._busy_until
+
+    def _overlapping(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether this request must coalesce: busy mode, or another request was already scored
+        inline in this loop pass (then busy mode starts). Otherwise marks the pass."""
+        now = loop.time()
+        if now < self._busy_until:
+            return True
+        if self._inline_this_pass:
+            self._busy_until = now + self.busy_hold_sec
+            return True
+        self._inline_this_pass = True
+        loop.call_soon(self._pass_ended)
+        return False
+
+    def _pass_ended(self) -> None:
+        self._inline_this_pass = False
 
     async def start(self) -> None:
         self._running = True
@@ -90,7 +106,7 @@ class ScoringBatcher:
         if not self._running:
             raise RuntimeError("scoring batcher is not running (app lifespan not started)")
         loop = asyncio.get_running_loop()
-        if not self._drain_pending and not self.coalescing and not _others_ready(loop):
+        if not self._drain_pending and not self._overlapping(loop):
             return self._score_alone(state, event), 0
         future: asyncio.Future[tuple[ScoringResult, int]] = loop.create_future()
         self._pending.append(_Pending(state, event, future))
@@ -115,8 +131,8 @@ class ScoringBatcher:
     def _drain(self) -> None:
         """Score everything queued, at most ``max_events`` per pass, grouped by state."""
         self._drain_pending = False
-        queued = len(self._pending)
-        self._lone_drains = 0 if queued > 1 else min(self._lone_drains + 1, LONE_DRAINS_BEFORE_INLINE)
+        if len(self._pending) > 1:
+            self._busy_until = asyncio.get_running_loop().time() + self.busy_hold_sec
         while self._pending:
             batch, self._pending = self._pending[:self.max_events], self._pending[self.max_events:]
             groups: dict[int, list[_Pending]] = {}
@@ -139,9 +155,3 @@ class ScoringBatcher:
             if not item.future.done():
                 item.future.set_result((result, row))
 
-
-def _others_ready(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether any callback besides the running one is ready to run in this loop pass: only
-    then can a yield let another request queue its event. Unknown (no ``_ready``): yes."""
-    ready = getattr(loop, "_ready", None)
-    return ready is None or len(ready) > 0
