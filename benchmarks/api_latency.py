@@ -30,7 +30,10 @@ Default mode (the API latency targets, all in one run, same world, same payload 
    met.
 
 ``--inprocess`` instead times the handler's own work through the ASGI app (results in
-``benchmarks/results/api_inprocess.md``).
+``benchmarks/results/api_inprocess.md``). ``--serving`` runs the serving choices side by
+side over HTTP in alternating rounds: the batcher (adaptive, always coalescing, inline),
+keep-alive off, access log on, 2 workers, stdlib json instead of orjson (results in
+``benchmarks/results/api_serving.md``; the variants come from ``api_variant_server.py``).
 
 Run: ``.venv/bin/python benchmarks/api_latency.py`` (needs ``wrk``: ``apt-get install -y wrk``);
 ``--duration 5`` for a quick check.
