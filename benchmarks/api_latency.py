@@ -30,7 +30,10 @@ Default mode (the API latency targets, all in one run, same world, same payload 
    met.
 
 ``--inprocess`` instead times the handler's own work through the ASGI app (results in
-``benchmarks/results/api_inprocess.md``).
+``benchmarks/results/api_inprocess.md``). ``--serving`` runs the serving choices side by
+side over HTTP in alternating rounds: the batcher (adaptive, always coalescing, inline),
+keep-alive off, access log on, 2 workers, stdlib json instead of orjson (results in
+``benchmarks/results/api_serving.md``; the variants come from ``api_variant_server.py``).
 
 Run: ``.venv/bin/python benchmarks/api_latency.py`` (needs ``wrk``: ``apt-get install -y wrk``);
 ``--duration 5`` for a quick check.
@@ -618,9 +621,10 @@ def seed_server(env: dict[str, str], log: Path, data_dir: Path, as_of: date, mod
     return serve(cmd, env, log, "/health", port)
 
 
-def wrk(url: str, script: Path, path: str, connections: int, duration: int) -> dict[str, Any]:
+def wrk(url: str, script: Path, path: str, connections: int, duration: int,
+        headers: tuple[str, ...] = ()) -> dict[str, Any]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s",
-           "-s", str(script), url + path]
+           *(a for h in headers for a in ("-H", h)), "-s", str(script), url + path]
     result = subprocess.run(cmd, capture_output=True, text=True, check=True)
     stats = parse_wrk(result.stdout)
     stats["socket_errors"] = socket_errors(stats["errors"])
@@ -631,7 +635,8 @@ def wrk(url: str, script: Path, path: str, connections: int, duration: int) -> d
 
 
 def cell(cells: list[dict[str, Any]], name: str, server: str, url: str, script: Path, connections: int,
-         duration: int, path: str = "/predict", side: Any = None, **extra: Any) -> dict[str, Any]:
+         duration: int, path: str = "/predict", side: Any = None, headers: tuple[str, ...] = (),
+         **extra: Any) -> dict[str, Any]:
     """One wrk run, with the load average before and after; ``side`` runs in a thread meanwhile."""
     before = loadavg()
     stop = threading.Event()
@@ -641,7 +646,7 @@ def cell(cells: list[dict[str, Any]], name: str, server: str, url: str, script: 
         thread = threading.Thread(target=side, args=(url, stop, side_out), daemon=True)
         thread.start()
     try:
-        stats = wrk(url, script, path, connections, duration)
+        stats = wrk(url, script, path, connections, duration, headers)
     finally:
         stop.set()
         if thread is not None:
@@ -997,6 +1002,185 @@ def write_http(path: Path, cells: list[dict[str, Any]], memory: dict[str, Any], 
     print(f"wrote {path}")
 
 
+# ---- serving choices over HTTP, side by side -------------------------------------
+
+VARIANT_SERVER = REPO / "benchmarks" / "api_variant_server.py"
+SERVING_RESULTS = REPO / "benchmarks" / "results" / "api_serving.md"
+
+
+def variant_server(env: dict[str, str], log: Path, variant: str):  # type: ignore[no-untyped-def]
+    """``uba-api`` with one choice switched to its alternative (``api_variant_server.py``)."""
+    port = free_port()
+    cmd = [sys.executable, str(VARIANT_SERVER), variant]
+    return serve(cmd, {**env, "UBA_API__PORT": str(port)}, log, "/ready", port)
+
+
+def keep_alive_check(url: str) -> dict[str, Any]:
+    """Two requests on one HTTP/1.1 connection: both answered, the connection kept open."""
+    import http.client
+
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    out: dict[str, Any] = {}
+    try:
+        for i in range(2):
+            conn.request("GET", "/health")
+            answer = conn.getresponse()
+            answer.read()
+            out[f"status_{i + 1}"] = answer.status
+            out[f"connection_header_{i + 1}"] = answer.getheader("connection")
+            out[f"local_port_{i + 1}"] = conn.sock.getsockname()[1] if conn.sock else None
+    finally:
+        conn.close()
+    out["same_connection"] = out["local_port_1"] is not None and out["local_port_1"] == out["local_port_2"]
+    return out
+
+
+def serving_plan(conns: list[int], top: int) -> list[tuple[str, dict[str, Any], list[tuple[str, int, tuple[str, ...]]]]]:
+    """(server, how to start it, [(path, connections, extra wrk headers)]) per server of a round."""
+    predict_all = [("/predict", c, ()) for c in conns]
+    return [
+        ("product", {}, [*predict_all, ("/predict", top, ("Connection: close",)), ("/predict/batch", 1, ())]),
+        ("coalesce-always", {"variant": "coalesce-always"}, predict_all),
+        ("inline", {"variant": "inline"}, predict_all),
+        ("access log on", {"access_log": "true"}, [("/predict", top, ())]),
+        ("2 workers", {"workers": "2"}, [("/predict", top, ())]),
+        ("stdlib-json", {"variant": "stdlib-json"}, [("/predict", top, ()), ("/predict/batch", 1, ())]),
+    ]
+
+
+def serving_main(args: argparse.Namespace) -> None:
+    """The serving choices side by side, in rounds of alternating server order: the batcher
+    (adaptive, always coalescing, inline), keep-alive, the access log, workers, orjson."""
+    from _machine import machine_info
+
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install -y wrk")
+    command = "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
+    info = machine_info("fastapi", "uvicorn", "httptools", "orjson", "numpy")
+    root = Path(tempfile.mkdtemp(prefix="uba-api-serving-"))
+    cells: list[dict[str, Any]] = []
+    d, conns = args.duration, [int(x) for x in args.connections.split(",")]
+    top = max(conns)
+    try:
+        env, _, version, as_of = build_world(root, args.users, args.days)
+        env = {**env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+               "UBA_API__ACCESS_LOG": "false", "UBA_API__WORKERS": "1",
+               "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        mixed = interleave({k: [with_seed_fields(b) for b in v] for k, v in classify_bodies(env, root, as_of).items()})
+        predict_lua = lua_script(root, "predict", mixed, "/predict")
+        events = [json.loads(b) for b in mixed]
+        batch_lua = lua_script(root, "batch", [json.dumps({"events": [events[(s * 37 + i) % len(events)]
+                                                                      for i in range(args.batch_size)]})
+                                               for s in range(8)], "/predict/batch")
+        plan = serving_plan(conns, top)
+        if args.servers:
+            plan = [step for step in plan if step[0] in args.servers.split(",")]
+        keep_alive: dict[str, Any] = {}
+        for r in range(args.serving_rounds):
+            for server, how, runs in (plan if r % 2 == 0 else plan[::-1]):
+                log = root / f"{server.replace(' ', '-')}-r{r + 1}.log"
+                how = dict(how)
+                variant = how.pop("variant", None)
+                start = variant_server(env, log, variant) if variant else product_server(env, log, **how)
+                with start as (url, _):
+                    check_bodies(url, mixed)
+                    if server == "product" and not keep_alive:
+                        keep_alive = keep_alive_check(url)
+                    wrk(url, predict_lua, "/predict", 4, args.warmup)
+                    for path, c, headers in runs:
+                        cell(cells, server, server, url, batch_lua if path == "/predict/batch" else predict_lua,
+                             c, d, path=path, headers=headers, round=r + 1,
+                             keep_alive=not headers, batch_size=args.batch_size if path != "/predict" else 1)
+        setup = {"users": args.users, "days": args.days, "version": version, "as_of": as_of,
+                 "bodies": len(mixed), "batch_size": args.batch_size, "duration": d, "warmup": args.warmup,
+                 "commit": commit_measured(args.commit), "keep_alive": keep_alive}
+        (root / "cells.json").write_text(json.dumps({"cells": cells, "setup": setup}, default=str))
+        write_serving(args.out or SERVING_RESULTS, cells, info, command, setup, conns, top)
+    finally:
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _cells(cells: list[dict[str, Any]], server: str, path: str, connections: int,
+           keep_alive: bool = True) -> list[dict[str, Any]]:
+    return [c for c in cells if c["server"] == server and c["path"] == path
+            and c["connections"] == connections and c.get("keep_alive", True) == keep_alive]
+
+
+def _ratio_line(cells: list[dict[str, Any]], label: str, a: tuple[Any, ...], b: tuple[Any, ...]) -> str:
+    """``label``: mean req/s of cells ``a`` / cells ``b``, with the per-round ratios and p50/p99."""
+    ca, cb = _cells(cells, *a), _cells(cells, *b)
+    if not ca or not cb:
+        return f"- {label}: not measured"
+    ma = statistics.mean(c["requests_per_s"] for c in ca)
+    mb = statistics.mean(c["requests_per_s"] for c in cb)
+    per = ", ".join(f"round {x['round']} {x['requests_per_s'] / y['requests_per_s']:.2f}" for x, y in zip(ca, cb, strict=True))
+    p50 = f"p50 {statistics.median(c['p50_ms'] for c in ca):.2f} vs {statistics.median(c['p50_ms'] for c in cb):.2f} ms"
+    p99 = f"p99 {statistics.median(c['p99_ms'] for c in ca):.2f} vs {statistics.median(c['p99_ms'] for c in cb):.2f} ms"
+    return f"- {label}: {ma:,.0f} / {mb:,.0f} req/s = **{ma / mb:.2f}x** (per round: {per}; median {p50}, {p99})"
+
+
+def write_serving(path: Path, cells: list[dict[str, Any]], info: dict[str, str], command: str,
+                  setup: dict[str, Any], conns: list[int], top: int) -> None:
+    lines = [
+        "# Serving choices over HTTP, side by side",
+        "",
+        f"Recorded {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `benchmarks/api_latency.py --serving`, "
+        f"on commit `{setup['commit']}`.",
+        "", "Command:", "", "```", command, "```", "", "## Machine", "",
+        *[f"- {k}: {v}" for k, v in info.items()],
+        "- Server, load generator (wrk, one thread) and the machine's other work share the cores: "
+        "the load average before and after every cell is in the table.",
+        "", "## Setup", "",
+        f"- World: {setup['users']} users x {setup['days']} training days, trained with `train_model` "
+        f"(bundle `{setup['version']}`), baselines as of {setup['as_of']}; {setup['bodies']} request bodies, "
+        "known/unknown users x ordinary/flagged interleaved, as in `api_latency.md`.",
+        f"- Every server answered every body 200 before its load; then {setup['warmup']} s of warm-up at 4 "
+        f"connections; each cell {setup['duration']} s of wrk (one thread, closed loop, keep-alive unless the "
+        "cell sends `Connection: close`).",
+        "- Servers of one round run one after the other, the order reversed every round.",
+        "- `product`: `uba-api`, 1 worker, access log off (the batcher scores a lone request inline and "
+        "coalesces once requests overlap, orjson answers). `coalesce-always`, `inline`, `stdlib-json`: "
+        "the same server with that one choice switched (`benchmarks/api_variant_server.py`). "
+        "`access log on`, `2 workers`: `uba-api` with that setting.",
+        f"- Keep-alive check (two requests over one connection, product): {setup['keep_alive']}.",
+        "", "## Results", "",
+        "| round | server | path | connections | keep-alive | requests/s | events/s | p50 ms | p90 ms | p99 ms "
+        "| max ms | requests | errors | load avg before / after |",
+        "|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in cells:
+        lines.append(
+            f"| {c['round']} | {c['server']} | `{c['path']}` | {c['connections']} | "
+            f"{'on' if c.get('keep_alive', True) else 'off'} | {c['requests_per_s']:.1f} | "
+            f"{c['requests_per_s'] * c['batch_size']:,.0f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | "
+            f"{c['p99_ms']:.2f} | {c['max_ms']:.1f} | {c['requests']:,} | {_errors(c)} | "
+            f"{c['load_before']} / {c['load_after']} |")
+    lines += ["", "## Ratios (mean requests/s over the rounds; per-round ratios in brackets)", ""]
+    for n in conns:
+        lines.append(_ratio_line(cells, f"product (adaptive) / coalesce-always, /predict at {n}",
+                                 ("product", "/predict", n), ("coalesce-always", "/predict", n)))
+        lines.append(_ratio_line(cells, f"product (adaptive) / inline, /predict at {n}",
+                                 ("product", "/predict", n), ("inline", "/predict", n)))
+        lines.append(_ratio_line(cells, f"coalesce-always / inline, /predict at {n}",
+                                 ("coalesce-always", "/predict", n), ("inline", "/predict", n)))
+    lines.append(_ratio_line(cells, f"2 workers / 1 worker, /predict at {top}",
+                             ("2 workers", "/predict", top), ("product", "/predict", top)))
+    lines.append(_ratio_line(cells, f"access log on / off, /predict at {top}",
+                             ("access log on", "/predict", top), ("product", "/predict", top)))
+    lines.append(_ratio_line(cells, f"keep-alive off / on, /predict at {top}",
+                             ("product", "/predict", top, False), ("product", "/predict", top)))
+    lines.append(_ratio_line(cells, f"stdlib json / orjson, /predict at {top}",
+                             ("stdlib-json", "/predict", top), ("product", "/predict", top)))
+    lines.append(_ratio_line(cells, f"stdlib json / orjson, /predict/batch ({setup['batch_size']} events) at 1",
+                             ("stdlib-json", "/predict/batch", 1), ("product", "/predict/batch", 1)))
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=500)
@@ -1026,6 +1210,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="--inprocess: add a cProfile of the after side")
     parser.add_argument("--coalescing", action="store_true",
                         help="--inprocess: also compare the batcher's coalescing with inline scoring")
+    parser.add_argument("--serving", action="store_true",
+                        help="the serving choices side by side over HTTP (batcher modes, keep-alive, access log, "
+                             "workers, orjson), --serving-rounds rounds; writes results/api_serving.md")
+    parser.add_argument("--servers", default=None,
+                        help="--serving: comma-separated subset of the servers to run (default: all)")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -1033,6 +1222,9 @@ def main() -> None:
         return
     if args.inprocess:
         inprocess_main(args)
+        return
+    if args.serving:
+        serving_main(args)
         return
     http_main(args)
 

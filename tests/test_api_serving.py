@@ -144,7 +144,7 @@ def test_a_long_path_is_cut_so_every_write_stays_within_pipe_buf(json_format: bo
 
 def test_requests_that_arrive_together_are_scored_together_and_a_cancelled_one_strands_nobody(
         world: World) -> None:
-    """Events queued in the same loop iteration are scored in one pass (the answers equal
+    """In busy mode, events queued in the same loop iteration are scored in one pass (the answers equal
     those of each event scored alone, which takes the one-event path); when the request
     that drains is cancelled while it yields, the others are still answered."""
     from uba.api.routes.predict import to_scoring_event
@@ -160,6 +160,8 @@ def test_requests_that_arrive_together_are_scored_together_and_a_cancelled_one_s
                 {**SEED_PAYLOAD, "user_id": user, "hour_of_day": (2 + 5 * i) % 24,
                  "events_in_session": 10 + 40 * i})) for i, user in enumerate(users)]
             alone = [await runtime.batcher.score(state, event) for event in events]
+            runtime.batcher.busy_hold_sec, runtime.batcher.sample_every = 3600.0, 1
+            await asyncio.gather(*(runtime.batcher.score(state, event) for event in events[:2]))  # busy mode
             together = await asyncio.gather(*(runtime.batcher.score(state, event) for event in events))
             tasks = [asyncio.create_task(runtime.batcher.score(state, event)) for event in events[:3]]
             await asyncio.sleep(0)  # all three queued, the first one yielding before it drains
@@ -180,3 +182,49 @@ def test_requests_that_arrive_together_are_scored_together_and_a_cancelled_one_s
     for i in (1, 2):
         result, row = after_cancel[i]
         assert result.scores[row] == alone[i][0].scores[0]
+
+
+def test_a_lone_request_is_scored_at_once_and_overlapping_ones_still_together(world: World) -> None:
+    """A lone request is scored without yielding: its coroutine finishes in its first step.
+    A second request in the same (sampled) loop pass has overlapped with it: it yields to coalesce,
+    and so does every request for a while after (busy mode), even one alone in its pass;
+    then a lone request is scored at once again."""
+    from uba.api.routes.predict import to_scoring_event
+
+    app = create_app(world.settings())
+    runtime = app.state.runtime
+
+    def first_step(coro):  # type: ignore[no-untyped-def]
+        """The coroutine run by hand up to its first suspension: (finished, its value)."""
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            return True, done.value
+        coro.close()
+        return False, None
+
+    async def run() -> tuple:
+        async with app.router.lifespan_context(app):
+            batcher, state = runtime.batcher, runtime.holder.current
+            events = [to_scoring_event(runtime.models.event.model_validate(
+                {**SEED_PAYLOAD, "user_id": user})) for user in list(state.baselines.compiled.positions)[:2]]
+            batcher.busy_hold_sec = 3600.0  # an overlap holds busy mode for the rest of the test ...
+            batcher.sample_every = 1  # every inline request marks its loop pass
+            await asyncio.sleep(0)  # a fresh loop pass
+            lone = first_step(batcher.score(state, events[0]))
+            same_pass = first_step(batcher.score(state, events[1]))
+            await asyncio.sleep(0)
+            busy_alone = first_step(batcher.score(state, events[0]))
+            overlapping = await asyncio.gather(*(batcher.score(state, e) for e in events))
+            batcher.busy_hold_sec = 0.0  # ... until a pass that coalesces holds it for no time
+            await asyncio.gather(*(batcher.score(state, e) for e in events))
+            await asyncio.sleep(0)
+            lone_again = first_step(batcher.score(state, events[0]))
+            return lone, same_pass, busy_alone, overlapping, lone_again
+
+    (finished, (result, row)), same_pass, busy_alone, overlapping, lone_again = asyncio.run(run())
+    assert finished and row == 0 and len(result.scores) == 1
+    assert not same_pass[0] and not busy_alone[0]
+    assert overlapping[0][0] is overlapping[1][0] and [r for _, r in overlapping] == [0, 1]
+    assert overlapping[0][0].scores[0] == result.scores[0]
+    assert lone_again[0]
