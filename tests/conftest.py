@@ -5,14 +5,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
+from worlds import (
+    ALERT_SETTINGS,
+    DIRECTORY_SETTINGS,
+    World,
+    build_shared,
+    directory_export,
+    retrained,
+)
 
-# --- batch scoring: one Ray runtime per session, one trained data set ----------
+# --- batch scoring: one Ray runtime per session ------------------------------------------
 
 # Days of a few hundred events are far below ray.min_rows_for_ray, so by default they would
 # all run in-process; the suite runs them on Ray (the path with workers, retries and
@@ -39,7 +46,7 @@ UNIT_MODULES = frozenset({
     "test_settings", "test_thresholds", "test_userday", "test_validate",
 })
 DEPLOY_MODULES = frozenset({"test_deploy_docker", "test_deploy_k8s", "test_deploy_nginx"})
-INTEGRATION_FIXTURES = frozenset({"ray_runtime", "trained_dataset", "scoring_settings", "alert_world"})
+INTEGRATION_FIXTURES = frozenset({"ray_runtime", "shared_world", "scoring_settings", "serving_world", "alert_world", "directory_world"})
 
 
 def tier_of(item: pytest.Item) -> str:
@@ -107,22 +114,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"{tests} tests skipped for want of system packages ({', '.join(sorted(packages))}); "
                                     f"to run them too: {INSTALL_HINT}", yellow=True)
 
-SCORING_START = date(2026, 3, 1)
-SCORING_TRAIN_END = date(2026, 3, 8)
-SCORING_DATES = (date(2026, 3, 9), date(2026, 3, 10))
-
-
-@dataclass(frozen=True)
-class TrainedDataset:
-    """Generated events + a model trained on their first days, for scoring tests."""
-
-    root: Path
-    data_dir: Path
-    model_dir: Path
-    version: str
-    score_dates: tuple[date, ...]
-
-
 @pytest.fixture(scope="session")
 def ray_runtime() -> Iterator[None]:
     """One local Ray runtime for the whole session (ray.init costs ~5 s), on loopback."""
@@ -140,40 +131,55 @@ def ray_runtime() -> Iterator[None]:
         ray.shutdown()
 
 
+# --- the session's world: generated and trained once with the real CLI ------------------
+# Every integration test that needs events and a trained bundle uses ``shared_world`` (or a
+# copy of it); a test that needs something the shared world lacks uses a world derived from
+# its data below. Dates and steps: tests/worlds.py. Who uses which:
+#   shared_world: scoring, score CLI, crash recovery, I/O integrity, Ray cluster, CLI errors,
+#     hostile batch, risk CLI, feedback, nginx; its copies: API workers, not-ready paths.
+#     Scoring tests write baselines and aggregates into its data_dir (as scoring does).
+#   serving_world: the API server, serving, ops, hardening, hostile API and bundle/config
+#     tests, the compiled-feature and reason oracles (they read its baseline snapshot).
+#   alert_world: alert delivery, syslog, export, triage (each copies data_dir first: the
+#     delivery ledger and the triage table live there).
+#   directory_world: API parity's peer-feature case.
+
+
 @pytest.fixture(scope="session")
-def trained_dataset(tmp_path_factory: pytest.TempPathFactory) -> TrainedDataset:
-    """A small generated data set and a bundle trained with the real CLI, made once."""
-    from click.testing import CliRunner
+def shared_world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """80 users over 11 days with planted user-day anomalies, trained on the first 8 (`generate`, `train`)."""
+    return build_shared(tmp_path_factory.mktemp("shared-world"))
 
-    from jobs.cli import cli
-    from uba.model.bundle import latest_version
 
-    root = tmp_path_factory.mktemp("trained")
-    data_dir, model_dir = root / "data", root / "models"
-    days = (SCORING_DATES[-1] - SCORING_START).days + 1
-    runner = CliRunner()
-    for args in (
-        ["generate", "--out", str(data_dir), "--users", "40", "--days", str(days),
-         "--start", SCORING_START.isoformat(), "--seed", "11"],
-        ["train", "--data-dir", str(data_dir), "--end-date", SCORING_TRAIN_END.isoformat(),
-         "--window-days", str((SCORING_TRAIN_END - SCORING_START).days + 1), "--model-dir", str(model_dir)],
-    ):
-        result = runner.invoke(cli, args, env={"UBA_MODEL__N_ESTIMATORS": "50"})
-        assert result.exit_code == 0, (args[0], result.output, result.exception)
-    version = latest_version(model_dir)
-    assert version is not None
-    return TrainedDataset(root, data_dir, model_dir, version, SCORING_DATES)
+@pytest.fixture(scope="session")
+def serving_world(shared_world: World, tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The shared world as built, only read: the API serves the latest baseline snapshot, which scoring into ``shared_world`` moves on."""
+    return shared_world.copy(tmp_path_factory.mktemp("serving-world") / "world")
+
+
+@pytest.fixture(scope="session")
+def alert_world(shared_world: World, tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The shared data retrained to flag at the 80th percentile (~100 alerts a day): delivery, export and triage need many alerts."""
+    return retrained(shared_world, tmp_path_factory.mktemp("alert-world"), ALERT_SETTINGS)
+
+
+@pytest.fixture(scope="session")
+def directory_world(shared_world: World, tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The shared data with its population's user directory imported (`users import`) and retrained: peer features on."""
+    root = tmp_path_factory.mktemp("directory-world")
+    export = directory_export(root / "hr-export")
+    return retrained(shared_world, root, DIRECTORY_SETTINGS, before_training=("users", "import", str(export)))
 
 
 @pytest.fixture
-def scoring_settings(trained_dataset: TrainedDataset) -> Callable[..., Any]:
-    """Settings for scoring the trained data set into ``output_dir``; extra kwargs are
+def scoring_settings(shared_world: World) -> Callable[..., Any]:
+    """Settings for scoring the shared world into ``output_dir``; extra kwargs are
     section overrides, e.g. ``ray={"max_retries": 0}``."""
     from uba.settings import load_settings
 
     def make(output_dir: Path, **sections: dict[str, Any]) -> Any:
         overrides: dict[str, dict[str, Any]] = {"paths": {
-            "data_dir": trained_dataset.data_dir, "model_dir": trained_dataset.model_dir,
+            "data_dir": shared_world.data_dir, "model_dir": shared_world.model_dir,
             "output_dir": output_dir}}
         sections = {"ray": {"min_rows_for_ray": int(SUITE_MIN_ROWS_FOR_RAY)}, **sections}
         sections["ray"] = {"min_rows_for_ray": int(SUITE_MIN_ROWS_FOR_RAY), **sections["ray"]}
@@ -198,41 +204,3 @@ def day_output_bytes() -> Callable[[Path, date], dict[str, bytes]]:
         return files
 
     return read
-
-
-# --- alert delivery: a small trained world with ~300 alerts over three days -----
-
-ALERT_START = date(2026, 3, 1)
-ALERT_TRAIN_END = date(2026, 3, 8)
-ALERT_DAYS = (date(2026, 3, 9), date(2026, 3, 10), date(2026, 3, 11))
-
-
-@dataclass(frozen=True)
-class AlertWorld:
-    """Generated events and a model whose threshold (80th percentile) flags about 100
-    findings a day; tests copy ``data_dir`` (the delivery ledger lives there)."""
-
-    data_dir: Path
-    model_dir: Path
-    days: tuple[date, ...]
-
-
-@pytest.fixture(scope="session")
-def alert_world(tmp_path_factory: pytest.TempPathFactory) -> AlertWorld:
-    from click.testing import CliRunner
-
-    from jobs.cli import cli
-
-    root = tmp_path_factory.mktemp("alert-world")
-    data_dir, model_dir = root / "data", root / "models"
-    days = (ALERT_DAYS[-1] - ALERT_START).days + 1
-    for args in (
-        ["generate", "--out", str(data_dir), "--users", "80", "--days", str(days), "--start",
-         ALERT_START.isoformat(), "--seed", "5", "--user-day-anomalies", "3"],
-        ["train", "--data-dir", str(data_dir), "--end-date", ALERT_TRAIN_END.isoformat(), "--window-days",
-         str((ALERT_TRAIN_END - ALERT_START).days + 1), "--model-dir", str(model_dir)],
-    ):
-        result = CliRunner().invoke(cli, args, env={"UBA_MODEL__N_ESTIMATORS": "30",
-                                                    "UBA_THRESHOLD__PERCENTILE": "80"})
-        assert result.exit_code == 0, (args[0], result.output, result.exception)
-    return AlertWorld(data_dir, model_dir, ALERT_DAYS)

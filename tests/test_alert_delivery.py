@@ -119,10 +119,10 @@ def test_a_flaky_receiver_gets_every_alert_of_a_backfill_once_by_id_in_day_order
     receiver = WebhookReceiver([SECRET.encode()], behaviour)  # the receiver knows only the new secret
     setup = make_setup(alert_world, tmp_path, [webhook(receiver.url, max_attempts=2)], deliver_budget_sec=30)
     try:
-        result = run(setup, "backfill", "--start", alert_world.days[0].isoformat(), "--end",
-                     alert_world.days[-1].isoformat(), *setup.score_dirs())
+        result = run(setup, "backfill", "--start", alert_world.score_dates[0].isoformat(), "--end",
+                     alert_world.score_dates[-1].isoformat(), *setup.score_dirs())
         assert result.exit_code == 0, result.output
-        expected = exported(setup, alert_world.days)
+        expected = exported(setup, alert_world.score_dates)
         assert 250 <= len(expected) <= 400, len(expected)
         after_backfill = counts(setup)
         assert after_backfill["pending"] > 0 and after_backfill["delivered"] > 0, after_backfill
@@ -140,7 +140,7 @@ def test_a_flaky_receiver_gets_every_alert_of_a_backfill_once_by_id_in_day_order
         assert_received_exactly(receiver, expected)
         assert len(receiver.arrivals) > len(expected), "timeouts after receipt make the sender repeat ids"
         assert runs >= 1
-        for day in alert_world.days:  # every day's manifest says what its run enqueued and delivered
+        for day in alert_world.score_dates:  # every day's manifest says what its run enqueued and delivered
             manifest = json.loads((setup.out / "runs" / f"event_date={day}" / "manifest.json").read_text())
             sink = manifest["delivery"]["sinks"]["hook"]
             assert sink["enqueued"] == sum(d == day.isoformat() for _, d in expected)
@@ -161,7 +161,7 @@ def test_sigkill_of_score_during_delivery_then_a_rerun_loses_nothing(alert_world
     behaviour = Behaviour(block_on_request=3)  # records the 3rd batch, then never answers
     receiver = WebhookReceiver([SECRET.encode()], behaviour)
     setup = make_setup(alert_world, tmp_path, [webhook(receiver.url, batch_size=20, timeout_sec=20)])
-    day = alert_world.days[0]
+    day = alert_world.score_dates[0]
     try:
         process = _score_process(setup, day)
         try:
@@ -202,8 +202,8 @@ BAD_SINKS = {
 def test_a_misconfigured_sink_is_one_line_before_any_scoring(alert_world, tmp_path: Path, case: str) -> None:
     sink, message = BAD_SINKS[case]
     setup = make_setup(alert_world, tmp_path, [sink])
-    for args in (["score", "--date", alert_world.days[0].isoformat(), *setup.score_dirs()],
-                 ["backfill", "--start", alert_world.days[0].isoformat(), "--end", alert_world.days[0].isoformat(),
+    for args in (["score", "--date", alert_world.score_dates[0].isoformat(), *setup.score_dirs()],
+                 ["backfill", "--start", alert_world.score_dates[0].isoformat(), "--end", alert_world.score_dates[0].isoformat(),
                   *setup.score_dirs()],
                  ["alerts", "deliver", *setup.dirs()]):
         result = run(setup, *args)
@@ -224,7 +224,7 @@ def test_duplicate_sink_names_are_refused_at_load(alert_world, tmp_path: Path) -
 def test_an_unreachable_receiver_leaves_alerts_pending_and_score_succeeds(alert_world, tmp_path: Path) -> None:
     with refusing_port() as port:  # held (bound, never listening) for the whole test
         setup = make_setup(alert_world, tmp_path, [webhook(f"http://127.0.0.1:{port}/nobody-listens", max_attempts=2)])
-        day = alert_world.days[1]
+        day = alert_world.score_dates[1]
         result = run(setup, "score", "--date", day.isoformat(), *setup.score_dirs())
         assert result.exit_code == 0, result.output
         expected = exported(setup, (day,))

@@ -119,7 +119,7 @@ def test_rsyslog_receives_one_rfc5424_line_per_alert_with_cef_and_json_payloads(
     port, log_file = rsyslog
     data, out = tmp_path / "data", tmp_path / "out"
     shutil.copytree(alert_world.data_dir, data, symlinks=True)
-    day = alert_world.days[2]
+    day = alert_world.score_dates[2]
     dirs = ["--data-dir", str(data), "--output-dir", str(out)]
     _cli("score", "--date", day.isoformat(), *dirs, "--model-dir", str(alert_world.model_dir), "--in-process")
     config = tmp_path / "syslog.yaml"

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
-from api_world import SCORE_DAY, SEED_PAYLOAD, Server, World, running_server, shared_world
+from api_world import SEED_PAYLOAD, Server, running_server
 from waiting import wait_until
+from worlds import SCORE_DAY, World
 
 from uba import io
 from uba.api.body import INLINE_BODY_BYTES, JsonBody, holds_too_many_values
@@ -25,8 +26,8 @@ J = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return shared_world(tmp_path_factory)
+def world(serving_world: World) -> World:
+    return serving_world
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,15 @@ import re
 from pathlib import Path
 
 import pytest
-from api_world import SEED_PAYLOAD, World, running_server, shared_world
+from api_world import SEED_PAYLOAD, running_server
+from worlds import World
 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~<-])/[A-Za-z0-9_.-]+/")
 
 
 @pytest.fixture
-def broken_world(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> World:
-    world = shared_world(tmp_path_factory).copy(tmp_path / "world")
+def broken_world(shared_world: World, tmp_path: Path) -> World:
+    world = shared_world.copy(tmp_path / "world")
     latest = world.model_dir / "LATEST"
     latest.unlink()
     latest.symlink_to(tmp_path / "elsewhere" / "secret-layout" / "LATEST")

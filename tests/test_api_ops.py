@@ -15,18 +15,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from api_world import (
-    SCORE_DAY,
-    SEED_PAYLOAD,
-    World,
-    running_server,
-    shared_world,
-    started_url,
-    train_bundle,
-    training_days,
-)
+from api_world import SEED_PAYLOAD, running_server, started_url, train_bundle
 from test_api_workers import served_by_worker
 from waiting import holds_throughout, wait_until
+from worlds import SCORE_DAY, World, training_days
 
 from uba import io
 from uba.alerting.feedback import add_rule, known_reason_kinds, remove_rule
@@ -34,8 +26,8 @@ from uba.model.bundle import FOREST_FILE
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return shared_world(tmp_path_factory)
+def world(serving_world: World) -> World:
+    return serving_world
 
 
 def test_uba_api_starts_without_a_model_then_reload_brings_it(world: World, tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from api_world import SCORE_DAY, as_payload, running_server, shared_world
+from api_world import as_payload, running_server
+from worlds import SCORE_DAY, run_cli
 
 from uba import io
 from uba.features.compiled import PEER_FEATURE_COLUMNS, compile_baselines
@@ -22,13 +23,13 @@ SINGLE_EVERY = 3  # every third event is also posted alone to /predict
 
 @pytest.mark.parametrize(("per_user", "directory"), [(True, False), (False, False), (True, True)],
                          ids=["per-user-cuts", "global-cut", "directory-peer-features"])
-def test_predict_and_predict_batch_match_batch_scoring(tmp_path_factory: pytest.TempPathFactory,
+def test_predict_and_predict_batch_match_batch_scoring(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                                                        per_user: bool, directory: bool) -> None:
-    world = shared_world(tmp_path_factory, directory).copy(tmp_path_factory.mktemp("parity") / "world")
+    source = request.getfixturevalue("directory_world" if directory else "shared_world")
+    world = source.copy(tmp_path_factory.mktemp("parity") / "world")
     env = world.env(UBA_USER_THRESHOLDS__ENABLED=str(per_user).lower())
     uba_batch = str(Path(sys.executable).parent / "uba-batch")
-    if directory:
-        _ingest_off_habit_events(world.data_dir, uba_batch, env, tmp_path_factory.mktemp("off-habit"))
+    _ingest_off_habit_events(world.data_dir, tmp_path_factory.mktemp("off-habit"))
     run = subprocess.run([uba_batch, "score", "--date", SCORE_DAY.isoformat(), "--workers", "1"],
                          env={**env, "UBA_SCORING__CHUNK_ROWS": "200"}, capture_output=True, text=True,
                          timeout=180)
@@ -89,9 +90,11 @@ def test_predict_and_predict_batch_match_batch_scoring(tmp_path_factory: pytest.
         assert moved == 0
 
 
-def _ingest_off_habit_events(data_dir: Path, uba_batch: str, env: dict[str, str], tmp: Path) -> None:
+def _ingest_off_habit_events(data_dir: Path, tmp: Path) -> None:
     """Copies of some of the day's events twelve hours away and on the other device,
-    ingested as the day's events, so the peer deviations are not all 0 on the day."""
+    ingested as the day's events: their scores spread between the day's ordinary events and
+    its anomalies, so some fall between the global and a user's cut (the per-user case
+    compares moved verdicts), and with a directory the peer deviations are not all 0."""
     events = io.scan_events(data_dir, SCORE_DAY).collect().gather_every(6)
     hour = (pl.col("hour_of_day") + 12) % 24
     moved = events.with_columns(
@@ -103,9 +106,7 @@ def _ingest_off_habit_events(data_dir: Path, uba_batch: str, env: dict[str, str]
         .alias("device_type"),
     ).drop("event_date", strict=False)
     moved.write_parquet(tmp / "off-habit.parquet")
-    run = subprocess.run([uba_batch, "ingest", str(tmp / "off-habit.parquet")], env=env,
-                         capture_output=True, text=True, timeout=180)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    run_cli("ingest", str(tmp / "off-habit.parquet"), "--data-dir", str(data_dir))  # in process: no start-up to pay
 
 
 def _assert_peer_features(events: pl.DataFrame, snapshot: Path, directory: bool) -> None:

@@ -14,17 +14,8 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-from api_world import (
-    EXTRA_FIELDS,
-    SCORE_DAY,
-    SEED_FIELDS,
-    SEED_PAYLOAD,
-    Server,
-    World,
-    as_payload,
-    running_server,
-    shared_world,
-)
+from api_world import EXTRA_FIELDS, SEED_FIELDS, SEED_PAYLOAD, Server, as_payload, running_server
+from worlds import SCORE_DAY, START, World
 
 from uba import io
 
@@ -33,8 +24,8 @@ MAX_BODY = 65536
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return shared_world(tmp_path_factory)
+def world(serving_world: World) -> World:
+    return serving_world
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +121,7 @@ def test_model_ready_and_health(client: httpx.Client, world: World) -> None:
     assert ready.status_code == 200 and ready.json()["model_version"] == world.version
     info = client.get("/model").json()
     assert info["model_version"] == world.version
-    assert info["training"]["training_window"]["start"] == "2026-03-02"
+    assert info["training"]["training_window"]["start"] == START.isoformat()
     assert info["threshold_percentile"] == pytest.approx(info["percentile"] / 100)
     assert "session_length_excess" in info["features"]
     assert info["baseline_as_of"] == SCORE_DAY.isoformat() and info["baseline_users"] > 0

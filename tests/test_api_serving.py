@@ -11,15 +11,9 @@ import weakref
 from pathlib import Path
 
 import pytest
-from api_world import (
-    SEED_PAYLOAD,
-    World,
-    running_server,
-    shared_world,
-    train_bundle,
-    training_days,
-)
+from api_world import SEED_PAYLOAD, running_server, train_bundle
 from waiting import wait_until, wait_until_async
+from worlds import World, training_days
 
 from uba import io
 from uba.api import reloader
@@ -29,8 +23,8 @@ from uba.api.reloader import reload_runtime
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return shared_world(tmp_path_factory)
+def world(serving_world: World) -> World:
+    return serving_world
 
 
 class _Writes(textio.StringIO):

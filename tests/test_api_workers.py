@@ -11,15 +11,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_world import SEED_PAYLOAD, World, running_server, shared_world
+from api_world import SEED_PAYLOAD, running_server
 from waiting import holds_throughout, wait_until, wait_until_async
+from worlds import World
 
 from uba.api.workers import RELOAD_POLL_SEC
 
 
 @pytest.fixture
-def own_world(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> World:
-    return shared_world(tmp_path_factory).copy(tmp_path / "world")
+def own_world(shared_world: World, tmp_path: Path) -> World:
+    return shared_world.copy(tmp_path / "world")
 
 
 def served_by_worker(metrics_text: str) -> dict[str, str]:

@@ -86,13 +86,13 @@ def test_json_log_format_emits_json_lines(tmp_path: Path) -> None:
         assert {"ts", "level", "msg"} <= set(record)
 
 
-def test_a_path_that_cannot_be_created_is_one_line_without_traceback(trained_dataset, tmp_path: Path) -> None:
+def test_a_path_that_cannot_be_created_is_one_line_without_traceback(shared_world, tmp_path: Path) -> None:
     """A --data-dir / --model-dir / --output-dir / --out under a regular file: exit 1, one line."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     bad = str(blocker / "sub")
-    data, models = str(trained_dataset.data_dir), str(trained_dataset.model_dir)
-    day = trained_dataset.score_dates[0].isoformat()
+    data, models = str(shared_world.data_dir), str(shared_world.model_dir)
+    day = shared_world.score_dates[0].isoformat()
     source = tmp_path / "e.csv"
     source.write_text("event_id,user_id,timestamp,event_type,session_duration_sec,events_in_session,device_type\n"
                       "e1,u1,2026-03-01T10:00:00Z,login,5,2,desktop\n")

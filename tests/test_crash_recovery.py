@@ -32,8 +32,8 @@ def _published_state(output_dir: Path, day, day_output_bytes) -> tuple[dict[str,
 
 
 def test_sigkill_mid_run_keeps_the_previous_output_and_a_rerun_completes(
-        trained_dataset, scoring_settings, day_output_bytes, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
+        shared_world, scoring_settings, day_output_bytes, tmp_path: Path) -> None:
+    day = shared_world.score_dates[0]
     out = tmp_path / "out"
     score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
     previous = _published_state(out, day, day_output_bytes)
@@ -41,7 +41,7 @@ def test_sigkill_mid_run_keeps_the_previous_output_and_a_rerun_completes(
     # new files in the published directory would show.
     rows = json.loads(previous[1])["counts"]["input_rows"]
     chunk_env = {"UBA_SCORING__CHUNK_ROWS": str(max(1, rows // 3))}
-    paths = ["--data-dir", str(trained_dataset.data_dir), "--model-dir", str(trained_dataset.model_dir),
+    paths = ["--data-dir", str(shared_world.data_dir), "--model-dir", str(shared_world.model_dir),
              "--output-dir", str(out)]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            **chunk_env, "UBA_FAULT_PAUSE_BEFORE_PUBLISH_SEC": "120"}
@@ -107,11 +107,11 @@ def _kill_first_shard_worker(pid_dir: Path) -> tuple[str, int]:
 
 
 def test_a_killed_ray_worker_is_retried_and_the_output_is_correct(
-        trained_dataset, ray_runtime, scoring_settings, day_output_bytes, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[1]
+        shared_world, ray_runtime, scoring_settings, day_output_bytes, tmp_path: Path) -> None:
+    day = shared_world.score_dates[0]  # a day with flagged rows, so their bytes are compared too
     pid_dir = tmp_path / "pids"
     fault = FaultInjection(shard_delay_sec=1.5, pid_dir=str(pid_dir))
-    halves = {"chunk_rows": _half_day(trained_dataset.data_dir, day)}
+    halves = {"chunk_rows": _half_day(shared_world.data_dir, day)}
     thread, box = _score_in_thread(scoring_settings(tmp_path / "out", scoring=halves),
                                    ScoreOptions(day=day, workers=2, fault=fault))
     label, killed = _kill_first_shard_worker(pid_dir)
@@ -122,20 +122,20 @@ def test_a_killed_ray_worker_is_retried_and_the_output_is_correct(
     assert len(attempts) >= 2 and f"{label}.{killed}.pid" in attempts  # the shard ran again elsewhere
     manifest = box["manifest"]
     assert manifest["status"] == "succeeded" and manifest["row_conservation"]["ok"]
-    assert manifest["execution"]["shards"] == 2
+    assert manifest["execution"]["shards"] == 2 and manifest["counts"]["flagged_rows"] > 0
     score_day(scoring_settings(tmp_path / "ref", scoring=halves), ScoreOptions(day=day, in_process=True))
     assert day_output_bytes(tmp_path / "out", day) == day_output_bytes(tmp_path / "ref", day)
 
 
 def test_a_shard_that_keeps_failing_fails_the_run_cleanly(
-        trained_dataset, ray_runtime, scoring_settings, day_output_bytes, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[1]
+        shared_world, ray_runtime, scoring_settings, day_output_bytes, tmp_path: Path) -> None:
+    day = shared_world.score_dates[1]
     out = tmp_path / "out"
     score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
     previous = _published_state(out, day, day_output_bytes)
     pid_dir = tmp_path / "pids"
     fault = FaultInjection(shard_delay_sec=1.5, pid_dir=str(pid_dir))
-    halves = {"chunk_rows": _half_day(trained_dataset.data_dir, day)}
+    halves = {"chunk_rows": _half_day(shared_world.data_dir, day)}
     thread, box = _score_in_thread(scoring_settings(out, ray={"max_retries": 0}, scoring=halves),
                                    ScoreOptions(day=day, workers=2, fault=fault))
     label, _ = _kill_first_shard_worker(pid_dir)
@@ -155,11 +155,11 @@ def test_a_shard_that_keeps_failing_fails_the_run_cleanly(
 
 
 def test_an_interrupted_swap_is_undone_before_the_next_run(
-        trained_dataset, scoring_settings, day_output_bytes, tmp_path: Path,
+        shared_world, scoring_settings, day_output_bytes, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     """Without RENAME_EXCHANGE a swap is two renames; a crash between them leaves the old
     day under an aside name. The next run puts it back before doing anything else."""
-    day = trained_dataset.score_dates[0]
+    day = shared_world.score_dates[0]
     out = tmp_path / "out"
     score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
     previous = day_output_bytes(out, day)
@@ -206,19 +206,19 @@ def _assert_one_line_failure(result: Any, wanted: str) -> None:
 
 @pytest.mark.parametrize("stage", ["staged_part", "aggregates", "baseline_snapshot"])
 def test_disk_full_in_score_is_one_line_and_keeps_the_previous_output(
-        trained_dataset, day_output_bytes, tmp_path: Path, stage: str) -> None:
+        shared_world, day_output_bytes, tmp_path: Path, stage: str) -> None:
     import shutil
 
-    day = trained_dataset.score_dates[0]
+    day = shared_world.score_dates[0]
     data, out = tmp_path / "data", tmp_path / "out"
-    shutil.copytree(trained_dataset.data_dir, data, symlinks=True)
-    first = _cli_score(day, data, trained_dataset.model_dir, out)
+    shutil.copytree(shared_world.data_dir, data, symlinks=True)
+    first = _cli_score(day, data, shared_world.model_dir, out)
     assert first.exit_code == 0, first.output
     previous = _published_state(out, day, day_output_bytes)
     if stage == "aggregates":  # make the run compute D's aggregates again
         shutil.rmtree(io.partition_dir(data, io.AGGREGATES, day))
 
-    result = _cli_score(day, data, trained_dataset.model_dir, out, env={io.FAULT_ENOSPC_ENV: stage})
+    result = _cli_score(day, data, shared_world.model_dir, out, env={io.FAULT_ENOSPC_ENV: stage})
 
     _assert_one_line_failure(result, "No space left on device")
     assert _published_state(out, day, day_output_bytes) == previous
@@ -236,23 +236,23 @@ def _mount_tmpfs(target: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-def test_disk_full_on_a_real_small_tmpfs_in_score(trained_dataset, day_output_bytes, tmp_path: Path) -> None:
+def test_disk_full_on_a_real_small_tmpfs_in_score(shared_world, day_output_bytes, tmp_path: Path) -> None:
     """A real filesystem that fills: Polars 2.1 reports it as 'Invalid thrift: transport
     error' without the OS error; the run still ends with one line naming ENOSPC."""
-    day = trained_dataset.score_dates[0]
+    day = shared_world.score_dates[0]
     mount = tmp_path / "small"
     mount.mkdir()
     if not _mount_tmpfs(mount, "1m"):
         pytest.skip("needs root and tmpfs mounts")
     try:
         out = mount / "out"
-        first = _cli_score(day, trained_dataset.data_dir, trained_dataset.model_dir, out)
+        first = _cli_score(day, shared_world.data_dir, shared_world.model_dir, out)
         assert first.exit_code == 0, first.output
         previous = _published_state(out, day, day_output_bytes)
         info = os.statvfs(mount)  # fill the disk but for 16 KiB
         (mount / "filler").write_bytes(b"\0" * max(0, info.f_bavail * info.f_frsize - (16 << 10)))
 
-        result = _cli_score(day, trained_dataset.data_dir, trained_dataset.model_dir, out)
+        result = _cli_score(day, shared_world.data_dir, shared_world.model_dir, out)
 
         _assert_one_line_failure(result, "No space left on device")
         assert _published_state(out, day, day_output_bytes) == previous
@@ -349,8 +349,8 @@ def _assert_relative_layout(out: Path, day) -> None:
 @pytest.mark.parametrize(("layout", "step"), [(layout, step) for layout, steps in PUBLISH_STEPS_BY_LAYOUT.items()
                                               for step in steps])
 def test_a_kill_at_any_publish_step_leaves_the_day_all_old_or_all_new_and_the_next_run_recovers(
-        trained_dataset, scoring_settings, tmp_path: Path, layout: str, step: str) -> None:
-    day = trained_dataset.score_dates[0]
+        shared_world, scoring_settings, tmp_path: Path, layout: str, step: str) -> None:
+    day = shared_world.score_dates[0]
     out, ref = tmp_path / "out", tmp_path / "ref"
     if layout != "fresh":
         score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
@@ -359,7 +359,7 @@ def test_a_kill_at_any_publish_step_leaves_the_day_all_old_or_all_new_and_the_ne
     if layout == "absolute":
         _to_absolute_links_layout(out, day)
     old_state, old_manifest = _day_state(out, day)
-    rows = io.partition_row_count(trained_dataset.data_dir, io.EVENTS, day)
+    rows = io.partition_row_count(shared_world.data_dir, io.EVENTS, day)
     chunks = {"chunk_rows": max(1, rows // 3)}  # the new run also cuts the day into other parts
     score_day(scoring_settings(ref, scoring=chunks, **NEW_RUN), ScoreOptions(day=day, in_process=True))
     new_state, _ = _day_state(ref, day)
@@ -369,8 +369,8 @@ def test_a_kill_at_any_publish_step_leaves_the_day_all_old_or_all_new_and_the_ne
            "UBA_SCORING__CHUNK_ROWS": str(chunks["chunk_rows"]), "UBA_THRESHOLD__MAX_REASONS": "1",
            "UBA_USER_DAY__ENABLED": "false", "UBA_FAULT_KILL_AT_PUBLISH_STEP": step}
     killed = subprocess.run(
-        [str(UBA), "score", "--date", day.isoformat(), "--in-process", "--data-dir", str(trained_dataset.data_dir),
-         "--model-dir", str(trained_dataset.model_dir), "--output-dir", str(out)],
+        [str(UBA), "score", "--date", day.isoformat(), "--in-process", "--data-dir", str(shared_world.data_dir),
+         "--model-dir", str(shared_world.model_dir), "--output-dir", str(out)],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
 
@@ -393,10 +393,10 @@ def test_a_kill_at_any_publish_step_leaves_the_day_all_old_or_all_new_and_the_ne
     assert io.partition_dir(out, io.SCORES, day).is_dir() and not io.partition_dir(out, io.SCORES, day).is_symlink()
 
 
-def test_a_copy_of_scores_keeps_the_first_runs_bytes(trained_dataset, scoring_settings, tmp_path: Path) -> None:
+def test_a_copy_of_scores_keeps_the_first_runs_bytes(shared_world, scoring_settings, tmp_path: Path) -> None:
     """What the contract check's `cp -r out/scores first` relies on: the anchor is a real
     folder, so the copy holds the scores themselves, whatever later runs do."""
-    day = trained_dataset.score_dates[0]
+    day = shared_world.score_dates[0]
     out, copy = tmp_path / "out", tmp_path / "first"
     score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
     subprocess.run(["cp", "-r", str(out / io.SCORES), str(copy)], check=True)
@@ -444,9 +444,9 @@ def _read_everything(out: Path, day) -> dict[str, Any]:
     return seen
 
 
-def test_a_moved_output_directory_reads_as_before_and_reruns(trained_dataset, scoring_settings,
+def test_a_moved_output_directory_reads_as_before_and_reruns(shared_world, scoring_settings,
                                                                tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
+    day = shared_world.score_dates[0]
     out, moved, copy = tmp_path / "out", tmp_path / "moved", tmp_path / "first"
     first = score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
     before = _read_everything(out, day)
@@ -472,8 +472,8 @@ def test_a_moved_output_directory_reads_as_before_and_reruns(trained_dataset, sc
 
 
 def test_absolute_links_left_by_the_layout_before_are_read_and_made_relative_by_the_next_run(
-        trained_dataset, scoring_settings, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
+        shared_world, scoring_settings, tmp_path: Path) -> None:
+    day = shared_world.score_dates[0]
     out, moved = tmp_path / "out", tmp_path / "moved"
     first = score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
     before = _read_everything(out, day)
@@ -493,11 +493,11 @@ def test_absolute_links_left_by_the_layout_before_are_read_and_made_relative_by_
 
 
 def test_without_rename_exchange_the_anchor_is_a_relative_symlink_renamed_over(
-        trained_dataset, scoring_settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        shared_world, scoring_settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Filesystems without RENAME_EXCHANGE (NFS, macOS): the commit is the rename of a
     symlink, still one atomic step; a real anchor left by another filesystem is set aside
     once, and a cut between those two renames is undone by the next run."""
-    day = trained_dataset.score_dates[0]
+    day = shared_world.score_dates[0]
     out, moved = tmp_path / "out", tmp_path / "moved"
     real = score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))  # a real anchor
     monkeypatch.setattr(io, "_rename_exchange", lambda a, b: False)
@@ -544,18 +544,18 @@ def _link_texts(out: Path, day) -> dict[str, str]:
 
 
 def test_a_hand_made_anchor_link_out_of_the_versions_is_refused_and_nothing_is_touched(
-        trained_dataset, tmp_path: Path) -> None:
+        shared_world, tmp_path: Path) -> None:
     """Before: the run read the version name off any link (`../archive/v1/scores` -> "v1"),
     rewrote the anchor to a version that does not exist and failed at publish saying the
     day was intact while every link now dangled, and every later run failed the same way."""
-    day = trained_dataset.score_dates[0]
+    day = shared_world.score_dates[0]
     out = tmp_path / "out"
-    assert _cli_score(day, trained_dataset.data_dir, trained_dataset.model_dir, out).exit_code == 0
+    assert _cli_score(day, shared_world.data_dir, shared_world.model_dir, out).exit_code == 0
     versions = sorted(p.name for p in io.day_versions_dir(out, day).iterdir())
     texts = _hand_made_links(out, day)
     seen = {dataset: sorted(p.name for p in io.partition_files(out, dataset, day)) for dataset in (io.SCORES, io.FLAGGED)}
     for _ in range(2):  # refused again, the same way: nothing was changed by the first refusal
-        result = _cli_score(day, trained_dataset.data_dir, trained_dataset.model_dir, out)
+        result = _cli_score(day, shared_world.data_dir, shared_world.model_dir, out)
         _assert_one_line_failure(result, f"{io.partition_dir(out, io.SCORES, day)} is a symlink to "
                                          "'../archive/v1/scores', not to a version under")
         assert "is intact" not in result.stderr and "were left as they are" in result.stderr
@@ -567,9 +567,9 @@ def test_a_hand_made_anchor_link_out_of_the_versions_is_refused_and_nothing_is_t
 
 
 @pytest.mark.parametrize("entry", ["flagged", "version_link", "manifest", "anchor_file"])
-def test_every_hand_made_entry_of_a_day_is_refused(trained_dataset, scoring_settings, entry: str,
+def test_every_hand_made_entry_of_a_day_is_refused(shared_world, scoring_settings, entry: str,
                                                    tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
+    day = shared_world.score_dates[0]
     out = tmp_path / "out"
     score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
     anchor = io.partition_dir(out, io.SCORES, day)
@@ -599,8 +599,8 @@ def test_every_hand_made_entry_of_a_day_is_refused(trained_dataset, scoring_sett
         assert _link_texts(out, day) == texts
 
 
-def test_the_layouts_the_product_made_pass_the_check(trained_dataset, scoring_settings, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
+def test_the_layouts_the_product_made_pass_the_check(shared_world, scoring_settings, tmp_path: Path) -> None:
+    day = shared_world.score_dates[0]
     out = tmp_path / "out"
     io.check_day_layout(out, day)  # never scored
     score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
@@ -619,11 +619,11 @@ def test_a_real_folder_where_the_version_link_belongs_is_named_as_such(tmp_path:
         io.check_day_layout(tmp_path, "2026-03-09")
 
 
-def test_a_reader_refuses_a_version_link_naming_another_days_version(trained_dataset, scoring_settings,
+def test_a_reader_refuses_a_version_link_naming_another_days_version(shared_world, scoring_settings,
                                                                       tmp_path: Path) -> None:
     """report read a day whose ``.version`` was pointed at the next day's version, and showed
     that day's figures under this day's date; readers now check the layout as score does."""
-    first, second = trained_dataset.score_dates[:2]
+    first, second = shared_world.score_dates[:2]
     out = tmp_path / "out"
     for day in (first, second):
         score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))

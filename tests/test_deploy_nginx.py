@@ -100,10 +100,10 @@ def _run(*argv: str | Path, env: dict[str, str] | None = None) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(trained_dataset) -> tuple[Path, Path]:
+def trained(shared_world) -> tuple[Path, Path]:
     """Data and model dirs made by the real CLI (the session's generated and trained world;
     the server only reads them)."""
-    return trained_dataset.data_dir, trained_dataset.model_dir
+    return shared_world.data_dir, shared_world.model_dir
 
 
 @pytest.fixture(scope="module")

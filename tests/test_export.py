@@ -1,5 +1,5 @@
-"""`uba-batch export` on the session's alert world (conftest's ``alert_world``: generated and
-trained with the real CLI), its days scored here with the real `backfill`: OCSF 1.5.0 and
+"""`uba-batch export` on the session's alert world (conftest's ``alert_world``: the shared
+world's data retrained with the real CLI to flag plenty), its days scored here with the real `backfill`: OCSF 1.5.0 and
 ECS 9.2.0 exports validate against the vendored schemas, and alert ids survive re-scoring."""
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import jsonschema
 import polars as pl
 import pytest
 from click.testing import CliRunner
-from conftest import ALERT_DAYS, ALERT_START, ALERT_TRAIN_END, AlertWorld
+from worlds import SCORE_DATES, START, TRAIN_END, World
 
 from jobs.cli import cli
 from uba.alerting.formats import render
 from uba.alerting.records import RECORD_SCHEMA, alert_id
 
 FIXTURES = Path(__file__).parent / "fixtures"
-DAYS = ALERT_DAYS
+DAYS = SCORE_DATES
 
 
 def _cli(*args: str) -> str:
@@ -33,7 +33,7 @@ def _cli(*args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(alert_world: AlertWorld, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def world(alert_world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The alert world's days backfilled into this module's output. Its data directory is
     copied: scoring and the re-training below write aggregates and baselines there."""
     root = tmp_path_factory.mktemp("export")
@@ -119,8 +119,8 @@ def test_alert_ids_are_what_was_detected_and_survive_re_scoring(world: Path, tmp
         assert record["alert_id"] == alert_id(record["alert_type"], *subject)
     models = tmp_path / "models2"  # another model: a different version and forest seed
     trained = CliRunner().invoke(cli, ["train", "--data-dir", str(world / "data"), "--model-dir", str(models),
-                                       "--end-date", (ALERT_TRAIN_END - timedelta(days=1)).isoformat(),
-                                       "--window-days", str((ALERT_TRAIN_END - ALERT_START).days)],
+                                       "--end-date", (TRAIN_END - timedelta(days=1)).isoformat(),
+                                       "--window-days", str((TRAIN_END - START).days)],
                                  env={"UBA_THRESHOLD__PERCENTILE": "80"})  # the world's cut: comparable alerts
     assert trained.exit_code == 0, trained.output
     _cli("score", "--date", day.isoformat(), "--data-dir", str(world / "data"), "--model-dir", str(models),

@@ -206,7 +206,7 @@ def test_post_feedback_on_a_real_server(tmp_path: Path) -> None:
     assert latest_feedback(data).collect().filter(pl.col("event_id") == "e1")["source"].item() == "api"
 
 
-def test_train_can_drop_confirmed_malicious_events_and_says_how_many(trained_dataset, tmp_path: Path) -> None:
+def test_train_can_drop_confirmed_malicious_events_and_says_how_many(shared_world, tmp_path: Path) -> None:
     """Verdicts feed the next `train`, which reports what it left out. Verdicts are
     stored in the data directory, so the session's generated world is copied, not shared."""
     import json
@@ -221,14 +221,14 @@ def test_train_can_drop_confirmed_malicious_events_and_says_how_many(trained_dat
     uba = str(Path(sys.executable).with_name("uba-batch"))
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     data, models = tmp_path / "data", tmp_path / "models"
-    shutil.copytree(trained_dataset.data_dir, data, symlinks=True)
+    shutil.copytree(shared_world.data_dir, data, symlinks=True)
 
     def run(*args: str) -> str:
         result = subprocess.run([uba, *args], capture_output=True, text=True, env=env)
         assert result.returncode == 0, result.stderr[-2000:]
         return result.stdout
 
-    end = trained_dataset.score_dates[0] - timedelta(days=2)  # a window inside the generated days
+    end = shared_world.score_dates[0] - timedelta(days=2)  # a window inside the generated days
     window = [end - timedelta(days=i) for i in range(6)]
     events = pl.concat([io.scan_events(data, day).collect() for day in window]).sort("event_id")
     verdicts = pl.DataFrame({"event_id": events["event_id"].head(5).to_list(),

@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-from api_world import SCORE_DAY, Server, World, running_server, shared_world
+from api_world import Server, running_server
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from waiting import wait_until
+from worlds import SCORE_DAY, World
 
 from uba import io
 
@@ -85,10 +86,9 @@ class Servers:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    world = shared_world(tmp_path_factory)
+def servers(serving_world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     with ExitStack() as stack:
-        yield Servers(world, tmp_path_factory.mktemp("hostile-api"), stack)
+        yield Servers(serving_world, tmp_path_factory.mktemp("hostile-api"), stack)
 
 
 def request_body(case: dict[str, Any]) -> bytes | None:

@@ -298,20 +298,20 @@ def test_the_corpus_covers_every_kind() -> None:
 
 
 @pytest.mark.parametrize("name", case_names())
-def test_hostile_batch_case(name: str, trained_dataset, tmp_path: Path) -> None:
+def test_hostile_batch_case(name: str, shared_world, tmp_path: Path) -> None:
     expect = json.loads((CORPUS / f"{name}.expect.json").read_text())
     recipe = json.loads((CORPUS / f"{name}.recipe.json").read_text())
     data, out = tmp_path / "data", tmp_path / "out"
-    shutil.copytree(trained_dataset.data_dir, data, symlinks=True)
+    shutil.copytree(shared_world.data_dir, data, symlinks=True)
     day = date.fromisoformat(recipe.get("date", DAY.isoformat()))
     if day != DAY:  # the day's events, moved to that date (same times of day)
         events = pl.read_parquet(io.partition_files(data, io.EVENTS, DAY))
         io.write_part(events.with_columns(pl.col("timestamp") - (DAY - day)), data, io.EVENTS, day, name="part-moved")
-    args = score_args(data, trained_dataset.model_dir, out, day)
+    args = score_args(data, shared_world.model_dir, out, day)
     if recipe.get("score_first"):
         assert run_cli(args)[0] == 0
     if recipe.get("score_next_day"):
-        assert run_cli(score_args(data, trained_dataset.model_dir, out, day + timedelta(days=1)))[0] == 0
+        assert run_cli(score_args(data, shared_world.model_dir, out, day + timedelta(days=1)))[0] == 0
     if "layout" in recipe:
         LAYOUTS[recipe["layout"]](out, day)
     for spec in recipe.get("damage", []):
@@ -319,7 +319,7 @@ def test_hostile_batch_case(name: str, trained_dataset, tmp_path: Path) -> None:
     if recipe.get("move_output"):
         os.rename(out, tmp_path / "moved")
         out = tmp_path / "moved"
-        args = score_args(data, trained_dataset.model_dir, out, day)
+        args = score_args(data, shared_world.model_dir, out, day)
     old_files, old_manifest = day_state(out, day)
     if expect.get("old_readable"):
         assert old_manifest is not None and old_manifest["status"] == "succeeded"
@@ -330,7 +330,7 @@ def test_hostile_batch_case(name: str, trained_dataset, tmp_path: Path) -> None:
     if recipe.get("copy_scores"):
         subprocess.run(["cp", "-r", str(out / io.SCORES), str(tmp_path / "first")], check=True)
 
-    args = command_args(recipe, data, trained_dataset.model_dir, out, day)
+    args = command_args(recipe, data, shared_world.model_dir, out, day)
     if recipe.get("kill_at"):
         code, stdout, stderr, exception = run_killed(args, recipe["kill_at"])
     else:

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from api_world import SCORE_DAY, World, shared_world
 from click.testing import CliRunner
+from worlds import SCORE_DAY, World
 
 from jobs.cli import cli
 from uba.alerting.thresholds import history_from_training, load_or_build_history
@@ -50,8 +50,8 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return shared_world(tmp_path_factory)
+def world(serving_world: World) -> World:
+    return serving_world
 
 
 def _expect(kind: str, name: str) -> dict[str, Any]:

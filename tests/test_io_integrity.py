@@ -25,9 +25,9 @@ from jobs.cli import cli
 from uba import io
 
 
-def _copy(trained_dataset, tmp_path: Path) -> Path:
+def _copy(shared_world, tmp_path: Path) -> Path:
     data = tmp_path / "data"
-    shutil.copytree(trained_dataset.data_dir, data, symlinks=True)
+    shutil.copytree(shared_world.data_dir, data, symlinks=True)
     return data
 
 
@@ -293,16 +293,16 @@ def test_a_part_written_before_checksums_is_read_unverified(tmp_path: Path) -> N
 
 
 def test_a_flipped_byte_in_an_events_part_fails_score_naming_the_file(
-        trained_dataset, day_output_bytes, tmp_path: Path) -> None:
+        shared_world, day_output_bytes, tmp_path: Path) -> None:
     """The issue's case: one flipped byte silently changed a timestamp and score exited 0."""
-    day = trained_dataset.score_dates[0]
-    data, out = _copy(trained_dataset, tmp_path), tmp_path / "out"
-    assert _score(day, data, trained_dataset.model_dir, out).exit_code == 0
+    day = shared_world.score_dates[0]
+    data, out = _copy(shared_world, tmp_path), tmp_path / "out"
+    assert _score(day, data, shared_world.model_dir, out).exit_code == 0
     previous = day_output_bytes(out, day)
     (part,) = io.partition_files(data, io.EVENTS, day)
     _flip(part, part.stat().st_size // 2)
 
-    line = _one_error_line(_score(day, data, trained_dataset.model_dir, out))
+    line = _one_error_line(_score(day, data, shared_world.model_dir, out))
 
     assert f"events part {part} is corrupt" in line
     assert day_output_bytes(out, day) == previous
@@ -311,14 +311,14 @@ def test_a_flipped_byte_in_an_events_part_fails_score_naming_the_file(
 
 
 def test_a_corrupt_events_part_fails_a_ray_shard_with_its_own_line(
-        trained_dataset, ray_runtime, tmp_path: Path) -> None:
+        shared_world, ray_runtime, tmp_path: Path) -> None:
     from uba.scoring.driver import ScoreOptions, score_day
 
-    day = trained_dataset.score_dates[1]
-    data = _copy(trained_dataset, tmp_path)
+    day = shared_world.score_dates[1]
+    data = _copy(shared_world, tmp_path)
     from uba.settings import load_settings
 
-    settings = load_settings(overrides={"paths": {"data_dir": data, "model_dir": trained_dataset.model_dir,
+    settings = load_settings(overrides={"paths": {"data_dir": data, "model_dir": shared_world.model_dir,
                                                   "output_dir": tmp_path / "out"}}, env={})
     (part,) = io.partition_files(data, io.EVENTS, day)
     from uba.features import ensure_aggregates
@@ -333,11 +333,11 @@ def test_a_corrupt_events_part_fails_a_ray_shard_with_its_own_line(
 
 @pytest.mark.parametrize("damage", ["flipped byte", "truncated", "garbage", "garbage without a record"])
 def test_a_corrupt_aggregates_part_is_rebuilt_from_its_events(
-        trained_dataset, day_output_bytes, tmp_path: Path, damage: str) -> None:
+        shared_world, day_output_bytes, tmp_path: Path, damage: str) -> None:
     """The issue's case: a truncated or garbage aggregates part gave a 46-line traceback."""
-    day = trained_dataset.score_dates[0]
-    data = _copy(trained_dataset, tmp_path)
-    assert _score(day, data, trained_dataset.model_dir, tmp_path / "clean").exit_code == 0
+    day = shared_world.score_dates[0]
+    data = _copy(shared_world, tmp_path)
+    assert _score(day, data, shared_world.model_dir, tmp_path / "clean").exit_code == 0
     lookback_day = date(2026, 3, 5)
     (part,) = io.partition_files(data, io.AGGREGATES, lookback_day)
     original = part.read_bytes()
@@ -350,7 +350,7 @@ def test_a_corrupt_aggregates_part_is_rebuilt_from_its_events(
         if damage == "garbage without a record":
             to_legacy_partition(data, io.AGGREGATES, lookback_day.isoformat(), records=False)
 
-    result = _score(day, data, trained_dataset.model_dir, tmp_path / "out")
+    result = _score(day, data, shared_world.model_dir, tmp_path / "out")
 
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output[-3000:]
     assert "is corrupt; rebuilding it from the events of 2026-03-05" in result.stderr
@@ -358,15 +358,15 @@ def test_a_corrupt_aggregates_part_is_rebuilt_from_its_events(
     assert day_output_bytes(tmp_path / "out", day) == day_output_bytes(tmp_path / "clean", day)
 
 
-def test_a_corrupt_aggregates_part_whose_events_are_gone_is_one_line(trained_dataset, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
-    data = _copy(trained_dataset, tmp_path)
+def test_a_corrupt_aggregates_part_whose_events_are_gone_is_one_line(shared_world, tmp_path: Path) -> None:
+    day = shared_world.score_dates[0]
+    data = _copy(shared_world, tmp_path)
     lookback_day = date(2026, 3, 5)
     (part,) = io.partition_files(data, io.AGGREGATES, lookback_day)
     part.write_bytes(part.read_bytes()[:100])
     shutil.rmtree(io.partition_dir(data, io.EVENTS, lookback_day))
 
-    line = _one_error_line(_score(day, data, trained_dataset.model_dir, tmp_path / "out"))
+    line = _one_error_line(_score(day, data, shared_world.model_dir, tmp_path / "out"))
 
     assert f"aggregates part {part} is corrupt" in line and "rebuild" in line
     assert not (tmp_path / "out" / io.SCORES).exists()
@@ -377,14 +377,14 @@ def _run_manifest(out: Path, day: date) -> dict[str, Any]:
 
 
 def test_deleting_every_checksum_and_the_marker_is_warned_recorded_and_never_blessed(
-        trained_dataset, tmp_path: Path) -> None:
+        shared_world, tmp_path: Path) -> None:
     """The attack: with `.checksums/` and `.part-manifests.json` deleted, a tampered events
     part was scored silently (exit 0), and the run's first write created a marker that
     passed every partition off as written before manifests, unverified from then on with
     nothing said. Now: every run warns and records the unverified inputs until the
     operator adopts them (`uba-batch verify --adopt-legacy`); then a change is caught."""
-    day = trained_dataset.score_dates[0]
-    data, out = _copy(trained_dataset, tmp_path), tmp_path / "out"
+    day = shared_world.score_dates[0]
+    data, out = _copy(shared_world, tmp_path), tmp_path / "out"
     shutil.rmtree(data / io.CHECKSUMS)
     io.part_manifests_marker(data).unlink()
     (part,) = io.partition_files(data, io.EVENTS, day)
@@ -393,7 +393,7 @@ def test_deleting_every_checksum_and_the_marker_is_warned_recorded_and_never_ble
     shutil.rmtree(io.partition_dir(data, io.AGGREGATES, day - timedelta(days=1)))  # the run writes: a marker
     wanted = f"events/event_date={day.isoformat()}"
     for _ in range(2):  # the marker the first run writes blesses nothing: the second run warns again
-        result = _score(day, data, trained_dataset.model_dir, out)
+        result = _score(day, data, shared_world.model_dir, out)
         assert result.exit_code == 0, result.output[-3000:]
         warnings = [line for line in result.stderr.splitlines() if "read unverified" in line]
         assert len(warnings) == 1 and wanted in warnings[0] and "verify --adopt-legacy" in warnings[0]
@@ -404,11 +404,11 @@ def test_deleting_every_checksum_and_the_marker_is_warned_recorded_and_never_ble
     assert verify.exit_code == 0 and f"unverified: {wanted}" in verify.stdout
     adopt = CliRunner().invoke(cli, ["verify", "--data-dir", str(data), "--adopt-legacy"], catch_exceptions=False)
     assert adopt.exit_code == 0 and f"adopted: {wanted}" in adopt.stdout and " 0 unverified" in adopt.stdout
-    result = _score(day, data, trained_dataset.model_dir, out)
+    result = _score(day, data, shared_world.model_dir, out)
     assert result.exit_code == 0 and "read unverified" not in result.stderr
     assert _run_manifest(out, day)["inputs"]["unverified_partitions"] == []
     _flip(part, part.stat().st_size // 2)  # adopted: a change from now on is caught
-    assert f"events part {part} is corrupt" in _one_error_line(_score(day, data, trained_dataset.model_dir, out))
+    assert f"events part {part} is corrupt" in _one_error_line(_score(day, data, shared_world.model_dir, out))
     failed = CliRunner().invoke(cli, ["verify", "--data-dir", str(data)])
     assert failed.exit_code == 1 and "Traceback" not in failed.output
     assert failed.stderr.strip().splitlines()[-1].startswith("error: 1 partition(s) of ")
@@ -458,27 +458,27 @@ def test_a_manifest_copied_with_its_parts_from_another_day_is_refused(tmp_path: 
         io.partition_files(tmp_path, io.EVENTS, "2026-03-09")
 
 
-def test_another_days_events_copied_over_fail_score_naming_the_manifest(trained_dataset, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
-    data = _copy(trained_dataset, tmp_path)
+def test_another_days_events_copied_over_fail_score_naming_the_manifest(shared_world, tmp_path: Path) -> None:
+    day = shared_world.score_dates[0]
+    data = _copy(shared_world, tmp_path)
     manifest = _copy_day_over(data, io.EVENTS, (day - timedelta(days=1)).isoformat(), day.isoformat())
 
-    line = _one_error_line(_score(day, data, trained_dataset.model_dir, tmp_path / "out"))
+    line = _one_error_line(_score(day, data, shared_world.model_dir, tmp_path / "out"))
 
     assert str(manifest) in line and f"not events/event_date={day.isoformat()}" in line
     assert not (tmp_path / "out" / io.SCORES).exists()
 
 
 def test_another_days_aggregates_copied_over_are_rebuilt_from_the_events(
-        trained_dataset, day_output_bytes, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
-    data = _copy(trained_dataset, tmp_path)
-    assert _score(day, data, trained_dataset.model_dir, tmp_path / "clean").exit_code == 0
+        shared_world, day_output_bytes, tmp_path: Path) -> None:
+    day = shared_world.score_dates[0]
+    data = _copy(shared_world, tmp_path)
+    assert _score(day, data, shared_world.model_dir, tmp_path / "clean").exit_code == 0
     (original,) = io.partition_files(data, io.AGGREGATES, date(2026, 3, 5))
     body = original.read_bytes()
     manifest = _copy_day_over(data, io.AGGREGATES, "2026-03-04", "2026-03-05")
 
-    result = _score(day, data, trained_dataset.model_dir, tmp_path / "out")
+    result = _score(day, data, shared_world.model_dir, tmp_path / "out")
 
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output[-3000:]
     assert f"the checksum manifest {manifest} was written for aggregates/event_date=2026-03-04" in result.stderr

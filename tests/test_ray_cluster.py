@@ -170,12 +170,12 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_score_cli_on_a_ray_start_cluster_matches_local_and_in_process(
-        ray_head: str, trained_dataset, scoring_settings, day_output_bytes, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
+        ray_head: str, shared_world, scoring_settings, day_output_bytes, tmp_path: Path) -> None:
+    day = shared_world.score_dates[0]
     out = tmp_path / "cluster"
     result = subprocess.run(
         [str(UBA), "score", "--date", day.isoformat(), "--ray-address", ray_head,
-         "--data-dir", str(trained_dataset.data_dir), "--model-dir", str(trained_dataset.model_dir),
+         "--data-dir", str(shared_world.data_dir), "--model-dir", str(shared_world.model_dir),
          "--output-dir", str(out)],
         # a given address is used whatever the day's size: ray.min_rows_for_ray is for the embedded Ray
         env={**_cluster_env(), "UBA_SCORING__CHUNK_ROWS": "60", "UBA_RAY__MIN_ROWS_FOR_RAY": "10000000"},
@@ -199,11 +199,11 @@ def test_score_cli_on_a_ray_start_cluster_matches_local_and_in_process(
 
 
 def test_ray_address_from_the_environment_is_honoured(
-        ray_head: str, trained_dataset, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[1]
+        ray_head: str, shared_world, tmp_path: Path) -> None:
+    day = shared_world.score_dates[1]
     result = subprocess.run(
         [str(UBA), "score", "--date", day.isoformat(), "--workers", "1",
-         "--data-dir", str(trained_dataset.data_dir), "--model-dir", str(trained_dataset.model_dir),
+         "--data-dir", str(shared_world.data_dir), "--model-dir", str(shared_world.model_dir),
          "--output-dir", str(tmp_path)],
         env={**_cluster_env(), "RAY_ADDRESS": ray_head}, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
@@ -211,12 +211,12 @@ def test_ray_address_from_the_environment_is_honoured(
     assert execution["mode"] == "cluster" and execution["address"] == ray_head and execution["workers"] == 1
 
 
-def test_an_unreachable_cluster_is_one_line_and_publishes_nothing(trained_dataset, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
+def test_an_unreachable_cluster_is_one_line_and_publishes_nothing(shared_world, tmp_path: Path) -> None:
+    day = shared_world.score_dates[0]
     port = next(p for p in range(26900, 27000) if _free(p))
     result = subprocess.run(
         [str(UBA), "score", "--date", day.isoformat(), "--ray-address", f"{LOOPBACK}:{port}",
-         "--data-dir", str(trained_dataset.data_dir), "--model-dir", str(trained_dataset.model_dir),
+         "--data-dir", str(shared_world.data_dir), "--model-dir", str(shared_world.model_dir),
          "--output-dir", str(tmp_path)],
         env=_cluster_env(), cwd=REPO, capture_output=True, text=True, timeout=180)
     assert result.returncode == 1

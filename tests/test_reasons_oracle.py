@@ -15,9 +15,9 @@ import numpy as np
 import polars as pl
 import polars_reasons_reference as reference
 import pytest
-from api_world import SCORE_DAY, shared_world
 from test_features_compiled import twisted
 from test_reasons import ORDINARY
+from worlds import SCORE_DAY, World
 
 from uba import io
 from uba.features import POPULATION_USER
@@ -26,11 +26,10 @@ from uba.features.reasons import explain
 
 
 @pytest.fixture(scope="module")
-def day(tmp_path_factory: pytest.TempPathFactory) -> tuple[pl.DataFrame, pl.DataFrame]:
-    world = shared_world(tmp_path_factory)
-    snapshot = io.latest_baseline_snapshot(world.data_dir)
+def day(serving_world: World) -> tuple[pl.DataFrame, pl.DataFrame]:
+    snapshot = io.latest_baseline_snapshot(serving_world.data_dir)
     assert snapshot is not None
-    return io.scan_events(world.data_dir, SCORE_DAY).collect(), io.read_baseline_snapshot(snapshot[1])
+    return io.scan_events(serving_world.data_dir, SCORE_DAY).collect(), io.read_baseline_snapshot(snapshot[1])
 
 
 def assert_same_reasons(features: pl.DataFrame, max_reasons: int = 3) -> None:

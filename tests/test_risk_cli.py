@@ -1,5 +1,5 @@
 """Entity risk through the real CLI and a real uvicorn: ``score`` over three consecutive
-days of the session's trained data set, checked by exact values (decay, a benign verdict,
+days of the session's shared world, checked by exact values (decay, a benign verdict,
 re-scoring staleness), then ``GET /users/{id}/risk`` before and after a reload."""
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ def _score(world: RiskWorld, day: date, out: Path | None = None) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(trained_dataset, tmp_path_factory: pytest.TempPathFactory) -> RiskWorld:
+def world(shared_world, tmp_path_factory: pytest.TempPathFactory) -> RiskWorld:
     """A private copy of the data (feedback is written there), the shared model, three scored days."""
     root = tmp_path_factory.mktemp("risk")
-    shutil.copytree(trained_dataset.data_dir, root / "data")
-    world = RiskWorld(root / "data", trained_dataset.model_dir, root / "out")
+    shutil.copytree(shared_world.data_dir, root / "data")
+    world = RiskWorld(root / "data", shared_world.model_dir, root / "out")
     for day in DAYS:
         _score(world, day)
     return world

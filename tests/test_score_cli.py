@@ -27,17 +27,17 @@ def _uba(*args: str, env: dict[str, str | None] | None = None, timeout: float = 
                           timeout=timeout)
 
 
-def _paths(trained_dataset, output_dir: Path) -> list[str]:
-    return ["--data-dir", str(trained_dataset.data_dir), "--model-dir", str(trained_dataset.model_dir),
+def _paths(shared_world, output_dir: Path) -> list[str]:
+    return ["--data-dir", str(shared_world.data_dir), "--model-dir", str(shared_world.model_dir),
             "--output-dir", str(output_dir)]
 
 
-def test_score_cli_end_to_end_on_an_embedded_local_ray(trained_dataset, scoring_settings, day_output_bytes,
+def test_score_cli_end_to_end_on_an_embedded_local_ray(shared_world, scoring_settings, day_output_bytes,
                                                        tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
+    day = shared_world.score_dates[0]
     home = tmp_path / "home"  # a fresh machine: no ~/.ray/auth_token, no RAY_AUTH_MODE
     result = _uba("score", "--date", day.isoformat(), "--workers", "2", "--shards", "4",
-                  *_paths(trained_dataset, tmp_path / "ray"),
+                  *_paths(shared_world, tmp_path / "ray"),
                   env={"UBA_SCORING__CHUNK_ROWS": "100", "HOME": str(home), "RAY_AUTH_MODE": None,
                        "RAY_AUTH_TOKEN": None})
     assert result.returncode == 0, result.stderr
@@ -58,8 +58,8 @@ def test_score_cli_end_to_end_on_an_embedded_local_ray(trained_dataset, scoring_
     assert manifest["counts"] == reference["counts"]
 
 
-def test_missing_partition_is_one_line_without_traceback(trained_dataset, tmp_path: Path) -> None:
-    result = _uba("score", "--date", "2020-01-01", *_paths(trained_dataset, tmp_path / "out"))
+def test_missing_partition_is_one_line_without_traceback(shared_world, tmp_path: Path) -> None:
+    result = _uba("score", "--date", "2020-01-01", *_paths(shared_world, tmp_path / "out"))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -67,18 +67,18 @@ def test_missing_partition_is_one_line_without_traceback(trained_dataset, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_the_default_date_is_yesterday_in_utc(trained_dataset, tmp_path: Path) -> None:
+def test_the_default_date_is_yesterday_in_utc(shared_world, tmp_path: Path) -> None:
     before = datetime.now(UTC).date() - timedelta(days=1)
-    result = _uba("score", *_paths(trained_dataset, tmp_path / "out"))
+    result = _uba("score", *_paths(shared_world, tmp_path / "out"))
     after = datetime.now(UTC).date() - timedelta(days=1)
     assert result.returncode == 1
     assert f"no events partition for {before}" in result.stderr or f"no events partition for {after}" in result.stderr
 
 
-def test_a_concurrent_run_is_refused_with_one_line(trained_dataset, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
+def test_a_concurrent_run_is_refused_with_one_line(shared_world, tmp_path: Path) -> None:
+    day = shared_world.score_dates[0]
     with date_lock(tmp_path, day):
-        result = _uba("score", "--date", day.isoformat(), "--in-process", *_paths(trained_dataset, tmp_path))
+        result = _uba("score", "--date", day.isoformat(), "--in-process", *_paths(shared_world, tmp_path))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"another score run for {day} is in progress (pid {os.getpid()}" in result.stderr
@@ -89,10 +89,10 @@ def _manifest(output_dir: Path, day: date) -> dict:
     return json.loads((output_dir / "runs" / f"event_date={day}" / "manifest.json").read_text())
 
 
-def test_backfill_scores_in_order_skips_done_dates_and_forces(trained_dataset, tmp_path: Path) -> None:
-    first, last = trained_dataset.score_dates[0], trained_dataset.score_dates[-1]
+def test_backfill_scores_in_order_skips_done_dates_and_forces(shared_world, tmp_path: Path) -> None:
+    first, last = shared_world.score_dates[:2]  # two consecutive days: the counts below say 2
     args = ["backfill", "--start", first.isoformat(), "--end", last.isoformat(), "--in-process",
-            *_paths(trained_dataset, tmp_path)]
+            *_paths(shared_world, tmp_path)]
 
     scored = _uba(*args)
     assert scored.returncode == 0, scored.stderr
@@ -105,7 +105,7 @@ def test_backfill_scores_in_order_skips_done_dates_and_forces(trained_dataset, t
     skipped = _uba(*args)
     assert skipped.returncode == 0, skipped.stderr
     assert "backfill: 0 scored, 2 skipped, 0 failed of 2 dates" in skipped.stdout
-    assert f"already scored with model {trained_dataset.version}" in skipped.stderr
+    assert f"already scored with model {shared_world.version}" in skipped.stderr
     assert {d: _manifest(tmp_path, d)["run_id"] for d in (first, last)} == runs
 
     forced = _uba(*args, "--force")
@@ -114,11 +114,11 @@ def test_backfill_scores_in_order_skips_done_dates_and_forces(trained_dataset, t
     assert all(_manifest(tmp_path, d)["run_id"] != runs[d] for d in (first, last))
 
 
-def test_backfill_reports_a_failing_date_and_exits_non_zero(trained_dataset, tmp_path: Path) -> None:
-    last = trained_dataset.score_dates[-1]
+def test_backfill_reports_a_failing_date_and_exits_non_zero(shared_world, tmp_path: Path) -> None:
+    last = shared_world.score_dates[-1]
     missing = last + timedelta(days=1)
     result = _uba("backfill", "--start", last.isoformat(), "--end", missing.isoformat(), "--in-process",
-                  *_paths(trained_dataset, tmp_path))
+                  *_paths(shared_world, tmp_path))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "backfill: 1 scored, 0 skipped, 1 failed of 2 dates" in result.stdout
@@ -126,22 +126,22 @@ def test_backfill_reports_a_failing_date_and_exits_non_zero(trained_dataset, tmp
     assert _manifest(tmp_path, last)["status"] == "succeeded"
 
 
-def test_backfill_rejects_an_inverted_range(trained_dataset, tmp_path: Path) -> None:
-    result = _uba("backfill", "--start", "2026-03-10", "--end", "2026-03-09", *_paths(trained_dataset, tmp_path))
+def test_backfill_rejects_an_inverted_range(shared_world, tmp_path: Path) -> None:
+    result = _uba("backfill", "--start", "2026-03-10", "--end", "2026-03-09", *_paths(shared_world, tmp_path))
     assert result.returncode == 1 and "before start date" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_backfill_shows_a_progress_bar_at_a_terminal(trained_dataset, tmp_path: Path) -> None:
+def test_backfill_shows_a_progress_bar_at_a_terminal(shared_world, tmp_path: Path) -> None:
     import pty
 
-    first, last = trained_dataset.score_dates[0], trained_dataset.score_dates[-1]
+    first, last = shared_world.score_dates[:2]  # two consecutive days: the counts below say 2
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
     controller, terminal = pty.openpty()
     proc = subprocess.Popen(
         [str(UBA), "backfill", "--start", first.isoformat(), "--end", last.isoformat(), "--in-process",
-         *_paths(trained_dataset, tmp_path)],
+         *_paths(shared_world, tmp_path)],
         stdout=subprocess.PIPE, stderr=terminal, text=True, env=env, cwd=REPO)
     os.close(terminal)
     seen = b""
@@ -162,22 +162,22 @@ def test_backfill_shows_a_progress_bar_at_a_terminal(trained_dataset, tmp_path: 
     assert "backfill: 2 scored, 0 skipped, 0 failed of 2 dates" in stdout
 
 
-def test_by_default_a_day_below_the_ray_threshold_runs_in_process_threads(trained_dataset, day_output_bytes,
+def test_by_default_a_day_below_the_ray_threshold_runs_in_process_threads(shared_world, day_output_bytes,
                                                                          tmp_path: Path) -> None:
     """The product's default (no address, a day below ray.min_rows_for_ray) scores in this
     process with one thread per worker, says why, and gives the same bytes as Ray."""
     from uba.settings import MIN_ROWS_FOR_RAY
 
-    day = trained_dataset.score_dates[0]
+    day = shared_world.score_dates[0]
     env = {k: v for k, v in os.environ.items() if k not in ("UBA_RAY__MIN_ROWS_FOR_RAY", "RAY_ADDRESS")}
     env.update(RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", UBA_SCORING__CHUNK_ROWS="100")
-    result = subprocess.run([str(UBA), "score", "--date", day.isoformat(), *_paths(trained_dataset, tmp_path / "d")],
+    result = subprocess.run([str(UBA), "score", "--date", day.isoformat(), *_paths(shared_world, tmp_path / "d")],
                             capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     execution = json.loads((tmp_path / "d" / "runs" / f"event_date={day}" / "manifest.json").read_text())["execution"]
     assert execution["mode"] == "in-process" and f"ray.min_rows_for_ray={MIN_ROWS_FOR_RAY}" in execution["reason"]
     assert execution["workers"] == min(2, len(os.sched_getaffinity(0))) and execution["shards"] >= 2
-    ray_run = _uba("score", "--date", day.isoformat(), *_paths(trained_dataset, tmp_path / "r"),
+    ray_run = _uba("score", "--date", day.isoformat(), *_paths(shared_world, tmp_path / "r"),
                    env={"UBA_SCORING__CHUNK_ROWS": "100", "UBA_RAY__MIN_ROWS_FOR_RAY": "0"})
     assert ray_run.returncode == 0, ray_run.stderr
     assert day_output_bytes(tmp_path / "d", day) == day_output_bytes(tmp_path / "r", day)

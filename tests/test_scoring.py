@@ -39,10 +39,10 @@ def _flagged(output_dir: Path, day: date) -> pl.DataFrame:
     return pl.read_parquet(io.partition_files(output_dir, io.FLAGGED, day))
 
 
-def test_ray_and_in_process_publish_identical_bytes(trained_dataset, ray_runtime, scoring_settings,
+def test_ray_and_in_process_publish_identical_bytes(shared_world, ray_runtime, scoring_settings,
                                                      day_output_bytes, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
-    rows = io.partition_row_count(trained_dataset.data_dir, io.EVENTS, day)
+    day = shared_world.score_dates[0]
+    rows = io.partition_row_count(shared_world.data_dir, io.EVENTS, day)
     small = {"chunk_rows": max(1, rows // 3)}
     on_ray = score_day(scoring_settings(tmp_path / "ray", scoring=small), ScoreOptions(day=day, workers=2))
     local = score_day(scoring_settings(tmp_path / "local", scoring=small), ScoreOptions(day=day, in_process=True))
@@ -65,11 +65,11 @@ def test_ray_and_in_process_publish_identical_bytes(trained_dataset, ray_runtime
         assert io.file_sha256(io.partition_dir(tmp_path / "ray", io.SCORES, day) / name) == meta["sha256"]
 
 
-def test_every_event_is_scored_once_and_the_manifest_says_so(trained_dataset, ray_runtime,
+def test_every_event_is_scored_once_and_the_manifest_says_so(shared_world, ray_runtime,
                                                              scoring_settings, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
+    day = shared_world.score_dates[0]
     manifest = score_day(scoring_settings(tmp_path), ScoreOptions(day=day))
-    events = _events(trained_dataset.data_dir, day)
+    events = _events(shared_world.data_dir, day)
     scores = _scores(tmp_path, day)
 
     assert set(scores.columns) >= CONTRACT_COLUMNS and tuple(scores.columns) == SCORE_COLUMNS
@@ -77,7 +77,7 @@ def test_every_event_is_scored_once_and_the_manifest_says_so(trained_dataset, ra
     assert sorted(scores["event_id"]) == sorted(events["event_id"])
     counts = manifest["counts"]
     assert counts["input_rows"] == counts["scored_rows"] == events.height
-    assert counts["quarantined_rows"] == io.partition_row_count(trained_dataset.data_dir, io.QUARANTINE, day)
+    assert counts["quarantined_rows"] == io.partition_row_count(shared_world.data_dir, io.QUARANTINE, day)
     assert manifest["row_conservation"] == {
         "input_rows": events.height, "scored_rows": events.height,
         "quarantined_rows": counts["quarantined_rows"],
@@ -90,11 +90,11 @@ def test_every_event_is_scored_once_and_the_manifest_says_so(trained_dataset, ra
         assert set(record["seconds"]) == {"read", "features", "scoring", "decide_explain", "write"}
 
 
-def test_scores_flags_and_reasons_follow_the_model(trained_dataset, ray_runtime, scoring_settings,
+def test_scores_flags_and_reasons_follow_the_model(shared_world, ray_runtime, scoring_settings,
                                                    tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[1]
+    day = shared_world.score_dates[0]  # the shared world's day with flagged rows (not every day has)
     manifest = score_day(scoring_settings(tmp_path), ScoreOptions(day=day))
-    bundle = load_bundle(trained_dataset.model_dir)
+    bundle = load_bundle(shared_world.model_dir)
     scores = _scores(tmp_path, day)
     flagged = _flagged(tmp_path, day)
 
@@ -105,11 +105,11 @@ def test_scores_flags_and_reasons_follow_the_model(trained_dataset, ray_runtime,
     assert flagged.height == manifest["counts"]["flagged_rows"] == int(scores["is_anomaly"].sum())
     assert sorted(flagged["event_id"]) == sorted(scores.filter("is_anomaly")["event_id"])
     assert flagged["anomaly_score"].to_list() == sorted(flagged["anomaly_score"], reverse=True)
-    if flagged.height:
-        assert flagged["reasons"].list.len().to_list() == flagged["reason_kinds"].list.len().to_list()
-        assert flagged["reasons"].list.len().max() >= 1
-        assert {"baseline_history_days", "usual_hours", "user_median_session_sec"} <= set(flagged.columns)
-        assert flagged["usual_hours"].str.contains(r"^\d\d:00-\d\d:00$").all()
+    assert flagged.height > 0  # so the reasons of flagged rows below are checked
+    assert flagged["reasons"].list.len().to_list() == flagged["reason_kinds"].list.len().to_list()
+    assert flagged["reasons"].list.len().max() >= 1
+    assert {"baseline_history_days", "usual_hours", "user_median_session_sec"} <= set(flagged.columns)
+    assert flagged["usual_hours"].str.contains(r"^\d\d:00-\d\d:00$").all()
     # sentences where an analyst reads them (flagged rows), cheap kind codes on every row
     ordinary = scores.filter(~pl.col("is_anomaly"))
     assert ordinary["reasons"].null_count() == ordinary.height > 0
@@ -117,15 +117,15 @@ def test_scores_flags_and_reasons_follow_the_model(trained_dataset, ray_runtime,
     assert scores.filter("is_anomaly")["reasons"].null_count() == 0
 
 
-def test_a_batch_score_equals_the_single_event_score(trained_dataset, ray_runtime, scoring_settings,
+def test_a_batch_score_equals_the_single_event_score(shared_world, ray_runtime, scoring_settings,
                                                      tmp_path: Path) -> None:
     """The API's path (one event, the snapshot as of D) gives the job's score."""
-    day = trained_dataset.score_dates[0]
+    day = shared_world.score_dates[0]
     score_day(scoring_settings(tmp_path), ScoreOptions(day=day))
     scores = _scores(tmp_path, day).sort("anomaly_score", descending=True)
-    snapshot = pl.read_parquet(trained_dataset.data_dir / "baselines" / f"as_of={day}" / "baselines.parquet")
-    bundle = load_bundle(trained_dataset.model_dir)
-    events = _events(trained_dataset.data_dir, day)
+    snapshot = pl.read_parquet(shared_world.data_dir / "baselines" / f"as_of={day}" / "baselines.parquet")
+    bundle = load_bundle(shared_world.model_dir)
+    events = _events(shared_world.data_dir, day)
     for event_id in scores["event_id"].head(3).to_list() + scores["event_id"].tail(2).to_list():
         one = events.filter(pl.col("event_id") == event_id)
         features = event_features(one.lazy(), snapshot.lazy()).collect()
@@ -134,24 +134,24 @@ def test_a_batch_score_equals_the_single_event_score(trained_dataset, ray_runtim
         assert got == pytest.approx(expected, rel=0, abs=1e-12)
 
 
-def test_the_snapshot_of_d_matches_baselines_as_of_d(trained_dataset, scoring_settings, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
+def test_the_snapshot_of_d_matches_baselines_as_of_d(shared_world, scoring_settings, tmp_path: Path) -> None:
+    day = shared_world.score_dates[0]
     settings = scoring_settings(tmp_path)
     score_day(settings, ScoreOptions(day=day, in_process=True))
-    snapshot = pl.read_parquet(trained_dataset.data_dir / "baselines" / f"as_of={day}" / "baselines.parquet")
-    expected = baselines_as_of(trained_dataset.data_dir, day, settings).collect()
+    snapshot = pl.read_parquet(shared_world.data_dir / "baselines" / f"as_of={day}" / "baselines.parquet")
+    expected = baselines_as_of(shared_world.data_dir, day, settings).collect()
     assert snapshot.sort("user_id").equals(expected.sort("user_id"))
 
 
-def test_chunked_day_gives_the_same_rows_in_more_parts(trained_dataset, scoring_settings, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
+def test_chunked_day_gives_the_same_rows_in_more_parts(shared_world, scoring_settings, tmp_path: Path) -> None:
+    day = shared_world.score_dates[0]
     whole = score_day(scoring_settings(tmp_path / "whole"), ScoreOptions(day=day, in_process=True))
     rows = whole["counts"]["input_rows"]
     chunk_rows = max(1, rows // 3)
     chunked = score_day(scoring_settings(tmp_path / "chunked", scoring={"chunk_rows": chunk_rows}),
                         ScoreOptions(day=day, in_process=True))
     assert chunked["execution"]["chunks"] == chunked["execution"]["shards"]
-    files = io.partition_files(trained_dataset.data_dir, io.EVENTS, day)
+    files = io.partition_files(shared_world.data_dir, io.EVENTS, day)
     assert chunked["execution"]["shards"] >= max(len(files), math.ceil(rows / chunk_rows)) >= 3
     assert len(io.partition_files(tmp_path / "chunked", io.SCORES, day)) == chunked["execution"]["chunks"]
     a = _scores(tmp_path / "whole", day).sort("event_id")
@@ -161,17 +161,17 @@ def test_chunked_day_gives_the_same_rows_in_more_parts(trained_dataset, scoring_
     assert chunked["row_conservation"]["ok"] and chunked["counts"]["scored_rows"] == rows
 
 
-def test_small_days_run_in_process_and_say_why(trained_dataset, scoring_settings, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
+def test_small_days_run_in_process_and_say_why(shared_world, scoring_settings, tmp_path: Path) -> None:
+    day = shared_world.score_dates[0]
     settings = scoring_settings(tmp_path, ray={"min_rows_for_ray": 10_000_000})
     manifest = score_day(settings, ScoreOptions(day=day))
     assert manifest["execution"]["mode"] == "in-process"
     assert "min_rows_for_ray" in manifest["execution"]["reason"]
 
 
-def test_rerun_replaces_the_day_with_identical_bytes(trained_dataset, scoring_settings, day_output_bytes,
+def test_rerun_replaces_the_day_with_identical_bytes(shared_world, scoring_settings, day_output_bytes,
                                                       tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
+    day = shared_world.score_dates[0]
     settings = scoring_settings(tmp_path)
     first = score_day(settings, ScoreOptions(day=day, in_process=True))
     before = day_output_bytes(tmp_path, day)
@@ -181,21 +181,21 @@ def test_rerun_replaces_the_day_with_identical_bytes(trained_dataset, scoring_se
     assert not (tmp_path / ".staging").exists() or not any((tmp_path / ".staging").rglob("*.parquet"))
 
 
-def test_missing_partition_is_a_user_error_that_touches_no_output(trained_dataset, scoring_settings,
+def test_missing_partition_is_a_user_error_that_touches_no_output(shared_world, scoring_settings,
                                                                   tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no events partition for 2020-01-01"):
         score_day(scoring_settings(tmp_path / "out"), ScoreOptions(day=date(2020, 1, 1)))
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_model_version_is_a_user_error(trained_dataset, scoring_settings, tmp_path: Path) -> None:
+def test_unknown_model_version_is_a_user_error(shared_world, scoring_settings, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="nope"):
-        score_day(scoring_settings(tmp_path), ScoreOptions(day=trained_dataset.score_dates[0],
+        score_day(scoring_settings(tmp_path), ScoreOptions(day=shared_world.score_dates[0],
                                                            model_version="nope"))
 
 
-def test_a_second_run_of_the_same_date_is_refused(trained_dataset, scoring_settings, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
+def test_a_second_run_of_the_same_date_is_refused(shared_world, scoring_settings, tmp_path: Path) -> None:
+    day = shared_world.score_dates[0]
     settings = scoring_settings(tmp_path)
     with date_lock(tmp_path, day), pytest.raises(RunLockedError, match=rf"pid {os.getpid()}"):
         score_day(settings, ScoreOptions(day=day, in_process=True))
@@ -204,8 +204,8 @@ def test_a_second_run_of_the_same_date_is_refused(trained_dataset, scoring_setti
     assert score_day(settings, ScoreOptions(day=day, in_process=True))["status"] == "succeeded"
 
 
-def test_a_lock_held_by_a_killed_process_is_not_stale(trained_dataset, scoring_settings, tmp_path: Path) -> None:
-    day = trained_dataset.score_dates[0]
+def test_a_lock_held_by_a_killed_process_is_not_stale(shared_world, scoring_settings, tmp_path: Path) -> None:
+    day = shared_world.score_dates[0]
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time, datetime, pathlib; from uba.locks import date_lock\n"
@@ -225,17 +225,17 @@ def test_a_lock_held_by_a_killed_process_is_not_stale(trained_dataset, scoring_s
 
 
 def test_quarantined_rows_of_the_day_are_counted_beside_the_scored_ones(
-        trained_dataset, tmp_path: Path) -> None:
+        shared_world, tmp_path: Path) -> None:
     """received = input + quarantined: rows ingest rejected for D are reported, not lost."""
     from click.testing import CliRunner
 
     from jobs.cli import cli
     from uba.settings import load_settings
 
-    day = trained_dataset.score_dates[0]
+    day = shared_world.score_dates[0]
     data_dir = tmp_path / "data"
-    for part in sorted((trained_dataset.data_dir / io.EVENTS).glob("event_date=*/*.parquet")):
-        target = data_dir / part.relative_to(trained_dataset.data_dir)
+    for part in sorted((shared_world.data_dir / io.EVENTS).glob("event_date=*/*.parquet")):
+        target = data_dir / part.relative_to(shared_world.data_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(part.read_bytes())
     raw = tmp_path / "late.csv"
@@ -246,7 +246,7 @@ def test_quarantined_rows_of_the_day_are_counted_beside_the_scored_ones(
         f"late-3,new-user,{day}T12:06:00Z,view,-5,3,desktop\n")
     result = CliRunner().invoke(cli, ["ingest", str(raw), "--data-dir", str(data_dir)])
     assert result.exit_code == 2, result.output  # stored the valid row; 2 of 3 over ingest.max_quarantine_ratio
-    settings = load_settings(overrides={"paths": {"data_dir": data_dir, "model_dir": trained_dataset.model_dir,
+    settings = load_settings(overrides={"paths": {"data_dir": data_dir, "model_dir": shared_world.model_dir,
                                                   "output_dir": tmp_path / "out"}}, env={})
     manifest = score_day(settings, ScoreOptions(day=day, in_process=True))
     events = _events(data_dir, day)
@@ -282,10 +282,10 @@ def test_a_day_whose_rows_were_all_quarantined_says_so(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_a_rerun_without_user_day_alerts_drops_the_earlier_runs_alerts(trained_dataset, scoring_settings,
+def test_a_rerun_without_user_day_alerts_drops_the_earlier_runs_alerts(shared_world, scoring_settings,
                                                                         tmp_path: Path) -> None:
     """Published outputs of D all come from one run: no stale flagged_users/ beside new scores."""
-    day = trained_dataset.score_dates[0]
+    day = shared_world.score_dates[0]
     first = score_day(scoring_settings(tmp_path), ScoreOptions(day=day, in_process=True))
     assert first["user_day"]["enabled"] is True
     assert io.partition_dir(tmp_path, io.FLAGGED_USERS, day).is_dir()
@@ -293,7 +293,7 @@ def test_a_rerun_without_user_day_alerts_drops_the_earlier_runs_alerts(trained_d
     # the day's flagged_users/ now resolves to the second run's (empty) folder: it never vanishes
     assert io.partition_dir(tmp_path, io.FLAGGED_USERS, day).is_dir()
     assert io.partition_files(tmp_path, io.FLAGGED_USERS, day) == []
-    assert _scores(tmp_path, day).height == _events(trained_dataset.data_dir, day).height
+    assert _scores(tmp_path, day).height == _events(shared_world.data_dir, day).height
 
 
 def test_a_corrupt_events_part_is_one_line_naming_the_file(tmp_path: Path) -> None:
@@ -324,16 +324,16 @@ def _shard_inputs(settings, day: date):
 
 
 def test_a_shard_orphaned_by_a_killed_driver_cannot_recreate_its_staging(
-        trained_dataset, scoring_settings, tmp_path: Path) -> None:
+        shared_world, scoring_settings, tmp_path: Path) -> None:
     """Staging is keyed by run id and created by the driver only: a task still running for a
     run whose driver died (its staging removed by the next run) fails instead of writing."""
     from uba.scoring.plan import plan_shards
     from uba.scoring.shard import ShardContext, run_shard
 
-    day = trained_dataset.score_dates[0]
+    day = shared_world.score_dates[0]
     settings = scoring_settings(tmp_path / "out")
     bundle, inputs = _shard_inputs(settings, day)
-    spec = plan_shards(io.partition_files(trained_dataset.data_dir, io.EVENTS, day), 10_000)[0]
+    spec = plan_shards(io.partition_files(shared_world.data_dir, io.EVENTS, day), 10_000)[0]
     gone = tmp_path / "out" / ".staging" / f"event_date={day}" / "run-killed"
     ctx = ShardContext(run_key="killed", day=day, model_version=bundle.version, max_reasons=3, staging=str(gone))
     with pytest.raises(FileNotFoundError):
@@ -345,14 +345,14 @@ def test_a_shard_orphaned_by_a_killed_driver_cannot_recreate_its_staging(
     result = run_shard(spec, ctx, inputs)
     assert sorted(p.relative_to(gone).as_posix() for p in gone.rglob("*.parquet")) == [
         "flagged-parts/part-00000.parquet", "scores/part-00000.parquet"]
-    assert result.rows == io.partition_row_count(trained_dataset.data_dir, io.EVENTS, day)
+    assert result.rows == io.partition_row_count(shared_world.data_dir, io.EVENTS, day)
 
 
-def test_tiny_shards_give_the_same_rows_and_flagged_bytes(trained_dataset, scoring_settings, day_output_bytes,
+def test_tiny_shards_give_the_same_rows_and_flagged_bytes(shared_world, scoring_settings, day_output_bytes,
                                                           tmp_path: Path) -> None:
     """Shards of a few events each: polars 2.1 once panicked building sentences for the one
     or two flagged rows of such a shard."""
-    day = trained_dataset.score_dates[1]
+    day = shared_world.score_dates[0]  # the shared world's day with flagged rows (not every day has)
     whole = score_day(scoring_settings(tmp_path / "whole"), ScoreOptions(day=day, in_process=True))
     tiny = score_day(scoring_settings(tmp_path / "tiny", scoring={"chunk_rows": 50}),
                      ScoreOptions(day=day, in_process=True))
@@ -364,11 +364,11 @@ def test_tiny_shards_give_the_same_rows_and_flagged_bytes(trained_dataset, scori
     assert a.equals(b)
 
 
-def test_in_process_threads_publish_the_same_bytes_as_one_thread(trained_dataset, scoring_settings,
+def test_in_process_threads_publish_the_same_bytes_as_one_thread(shared_world, scoring_settings,
                                                                   day_output_bytes, tmp_path: Path) -> None:
     """In-process shards run side by side in threads; the parts must not depend on it."""
-    day = trained_dataset.score_dates[0]
-    rows = io.partition_row_count(trained_dataset.data_dir, io.EVENTS, day)
+    day = shared_world.score_dates[0]
+    rows = io.partition_row_count(shared_world.data_dir, io.EVENTS, day)
     small = {"chunk_rows": max(1, rows // 4)}
     one = score_day(scoring_settings(tmp_path / "one", scoring=small),
                     ScoreOptions(day=day, in_process=True, workers=1))

@@ -10,14 +10,14 @@ import httpx
 import polars as pl
 import pytest
 from click.testing import CliRunner
-from conftest import ALERT_DAYS
+from worlds import SCORE_DATES
 
 from jobs.cli import cli
 from uba import io
 from uba.alerting.feedback import confirmed_malicious_ids, latest_feedback, load_rules
 from uba.alerting.triage import TRIAGE, triage_log
 
-DAYS = list(ALERT_DAYS[:2])  # the session's alert world, scored by this module
+DAYS = list(SCORE_DATES[:2])  # the session's alert world, scored by this module
 
 
 def _run(*args: str) -> tuple[int, str, str]:
