@@ -39,6 +39,9 @@ from waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_VENV_BIN = Path(sys.executable).parent
+# uba.model.kernel's loops that numba caches (one .nbi index each): the complete and node
+# forest kernels and the scaler
+COMPILED_LOOPS = ("_complete_kernel", "_node_loop", "_scale_kernel")
 
 
 @dataclass(frozen=True)
@@ -430,8 +433,9 @@ def test_batch_override_command_runs(image_venv: tuple[Path, Path], dockerfile: 
 
 def test_the_build_time_warm_up_fills_the_cache_that_later_processes_load(
         image_venv: tuple[Path, Path], dockerfile: list[Instruction], tmp_path: Path) -> None:
-    """The Dockerfile's own warm-up command, run against the installed copy: both kernels
-    land in NUMBA_CACHE_DIR, and a new process loads them instead of compiling."""
+    """The Dockerfile's own warm-up command, run against the installed copy: every compiled
+    loop (the complete and node forest kernels, the scaler) lands in NUMBA_CACHE_DIR, and a
+    new process loads them instead of compiling."""
     venv, workdir = image_venv
     _, _, warm = _numba_cache_setup(dockerfile)
     (command,) = [c for c in _split_commands(warm.args) if "uba.model.kernel" in c]
@@ -440,9 +444,10 @@ def test_the_build_time_warm_up_fills_the_cache_that_later_processes_load(
     env = _image_process_env(dockerfile, venv, NUMBA_CACHE_DIR=str(cache), HOME=str(tmp_path))
     subprocess.run(command.replace("/opt/venv", str(venv)), shell=True, env=env, cwd=workdir,
                    check=True, timeout=300)
-    assert len(list(cache.rglob("kernel.*.nbi"))) == 2  # the complete and node kernels
+    cached = {index.name.split(".")[1].rsplit("-", 1)[0] for index in cache.rglob("kernel.*.nbi")}
+    assert cached == set(COMPILED_LOOPS), cached
     again = subprocess.run([str(venv / "bin" / "python"), "-c", "import uba.model.kernel as k; k.warm_up()"],
                            env={**env, "NUMBA_DEBUG_CACHE": "1"}, cwd=workdir, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("[cache] data loaded") == 2 and "data saved" not in again.stdout
+    assert again.stdout.count("[cache] data loaded") == len(COMPILED_LOOPS) and "data saved" not in again.stdout
