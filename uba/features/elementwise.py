@@ -38,7 +38,9 @@ def c_log1p(value: Values) -> Values:
 
 class ArrayMath:
     """numpy's element-wise functions; callers silence its floating point warnings
-    (``np.errstate``) where NaN and infinities are expected."""
+    (``np.errstate``) where NaN and infinities are expected. Written as typed wrappers, not
+    ``staticmethod(np.fmax)``: numpy's ufunc stubs reject plain floats as the second and
+    third arguments under mypy (tried: 12 errors at the kernels' call sites)."""
 
     @staticmethod
     def fmax(a: Values, b: Values) -> Values:
