@@ -162,25 +162,37 @@ def _window_days(daily: pl.LazyFrame, reference: pl.LazyFrame, window_start: dat
     )
 
 
-def _scored_window(window: pl.LazyFrame, dev: str, max_day_z: float, cusum_k: float, day: date) -> pl.LazyFrame:
-    """The window's rows with each day's capped z, the user's CUSUM after that day, and
-    whether the day belongs to the trailing run (above usual) and to the CUSUM's current
-    excursion (days since it last stood at zero)."""
+def _active_today(window: pl.LazyFrame, day: date) -> pl.LazyFrame:
+    """The window of the users active on ``day`` (only they can fire), sorted by user and date.
+
+    Materialised once: the three metrics read it, and Polars would otherwise plan the
+    window, the reference and their shared scan again in each metric's branch (three times
+    the work; this query runs in the driver beside the shards, on their cores). With the
+    in-memory engine: the streaming one adds a user's float sums (the reference's means
+    and variances) in an order that varies from run to run, so the last bits of a
+    signal's strength did too."""
+    today = pl.col("event_date") == day
+    active = window.filter(today.any().over("user_id")).sort(["user_id", "event_date"])
+    return active.collect(engine="in-memory").lazy()
+
+
+def _scored_window(window: pl.LazyFrame, dev: str, max_day_z: float, cusum_k: float) -> pl.LazyFrame:
+    """The window's rows (sorted by user and date, users active today only) with each day's
+    capped z, the user's CUSUM after that day, and whether the day belongs to the trailing
+    run (above usual) and to the CUSUM's current excursion (days since it last stood at
+    zero). Both trailing flags are products taken from the newest day back."""
     sd = dev.replace("dev_", "sd_")
     day_z = (pl.col(dev) / pl.col(sd)).clip(None, max_day_z)
     climb = (pl.col("_z") - cusum_k).cum_sum().over("user_id")
-    ascending = window.sort(["user_id", "event_date"]).with_columns(day_z.alias("_z")).with_columns(
-        climb.alias("_c")).with_columns(
-        (pl.col("_c") - pl.min_horizontal(pl.col("_c").cum_min().over("user_id"), pl.lit(0.0))).alias("_cusum"))
-    trailing = ascending.sort(["user_id", "event_date"], descending=[False, True]).with_columns(
-        (pl.col(dev) > 0).cast(pl.Int32).cum_prod().over("user_id").alias("_in_run"),
-        (pl.col("_cusum") > 0).cast(pl.Int32).cum_prod().over("user_id").alias("_in_excursion"),
-        (pl.col("event_date") == day).any().over("user_id").alias("_today"),
+    cusum = pl.col("_c") - pl.min_horizontal(pl.col("_c").cum_min().over("user_id"), pl.lit(0.0))
+    return window.with_columns(day_z.alias("_z")).with_columns(climb.alias("_c")).with_columns(
+        cusum.alias("_cusum")).with_columns(
+        (pl.col(dev) > 0).cast(pl.Int32).cum_prod(reverse=True).over("user_id").alias("_in_run"),
+        (pl.col("_cusum") > 0).cast(pl.Int32).cum_prod(reverse=True).over("user_id").alias("_in_excursion"),
     )
-    return trailing.filter(pl.col("_today")).sort(["user_id", "event_date"])
 
 
-def _runs(window: pl.LazyFrame, kind: str, dev: str, value: str, day: date, settings: TrendSettings) -> pl.LazyFrame:
+def _runs(window: pl.LazyFrame, kind: str, dev: str, value: str, settings: TrendSettings) -> pl.LazyFrame:
     """Per user active today, two views of this metric's recent days, pooled:
 
     - the run: the days (newest back) with the metric above usual, as a Stouffer sum of
@@ -195,7 +207,7 @@ def _runs(window: pl.LazyFrame, kind: str, dev: str, value: str, day: date, sett
     """
     run, excursion = pl.col("_in_run") == 1, pl.col("_in_excursion") == 1
     n = run.sum()
-    scored = _scored_window(window, dev, settings.max_day_z, settings.cusum_k, day)
+    scored = _scored_window(window, dev, settings.max_day_z, settings.cusum_k)
     return scored.group_by("user_id", maintain_order=True).agg(
         pl.lit(kind).alias("kind"),
         n.alias("n"),
@@ -288,8 +300,8 @@ def trend_signals(aggregates: pl.LazyFrame, day: date, settings: TrendSettings) 
     window_start = day - timedelta(days=min(settings.window_days - 1, (day - date.min).days))  # 0001-01-01
     daily = _daily(aggregates.filter(pl.col("event_date").cast(pl.Date) <= day))
     reference = _noise(_reference(daily, window_start, settings), settings)
-    window = _window_days(daily, reference, window_start, day)
-    runs = pl.concat([_runs(window, kind, dev, value, day, settings) for kind, dev, value in _METRICS])
+    window = _active_today(_window_days(daily, reference, window_start, day), day)
+    runs = pl.concat([_runs(window, kind, dev, value, settings) for kind, dev, value in _METRICS])
     runs = runs.with_columns(
         _critical((pl.col("ref_days") - 1).cast(pl.Float64) + settings.prior_days, settings.alpha).alias("critical"))
     reasons = pl.concat([
