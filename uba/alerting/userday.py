@@ -253,9 +253,12 @@ def trends_without_explained(history: pl.LazyFrame, day: date, settings: TrendSe
     """``trend_signals`` of ``day`` with each user's signal of a kind computed without the
     user's days that ``explained`` (``explained_days``) lists for that kind: recomputed only
     for the users who have such days, the others' signals are the plain ones."""
-    signals = trend_signals(history, day, settings)
     if explained.is_empty():
-        return signals
+        return trend_signals(history, day, settings)
+    # The lookback's aggregates are a few rows per user: read once, not once per pass
+    # (four passes over the scanned files took 1.2 s instead of 0.25 s on 500 users).
+    history = history.collect().lazy()
+    signals = trend_signals(history, day, settings)
     fired = pl.col("trend_fired")
     long = signals.explode("trend_fired").drop_nulls("trend_fired").with_columns(
         fired.struct.field("kind").alias("_kind"))
@@ -271,7 +274,9 @@ def trends_without_explained(history: pl.LazyFrame, day: date, settings: TrendSe
         parts.append(again.explode("trend_fired").drop_nulls("trend_fired")
                      .filter(fired.struct.field("kind") == kind)
                      .with_columns(pl.lit(kind).alias("_kind")))
-    return (pl.concat([long, *parts]).group_by("user_id").agg(fired)
+    order = pl.col("_kind").replace_strict(list(TREND_KINDS), list(range(len(TREND_KINDS))))
+    return (pl.concat([long, *parts]).sort(pl.col("user_id"), order)  # kinds in trend_signals' order
+            .group_by("user_id", maintain_order=True).agg(fired)
             .select([pl.col(n).cast(t) for n, t in TREND_SCHEMA.items()]))
 
 
