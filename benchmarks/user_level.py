@@ -56,10 +56,12 @@ WORLDS = (
 )
 # Entity risk settings replayed over the published alerts; the defaults first (their replay
 # must give the published figures), then one setting changed at a time.
+# `sustained_day_gain` 0.7 is the default before multi-day signals could close what two capped days close.
 # The last variant is the former formula (no cap on one day's gain, its scale and weights).
 VARIANTS: tuple[dict[str, float], ...] = (
     {}, {"half_life_days": 7.0}, {"half_life_days": 14.0}, {"scale_points": 5.0}, {"scale_points": 20.0},
-    {"max_day_gain": 0.45}, {"max_day_gain": 0.65}, {"sustained_day_gain": 0.55}, {"sustained_day_gain": 0.85},
+    {"max_day_gain": 0.45}, {"max_day_gain": 0.65}, {"sustained_day_gain": 0.55}, {"sustained_day_gain": 0.7},
+    {"sustained_day_gain": 0.85},
     {"repeat_factor": 0.25}, {"repeat_factor": 0.8}, {"diversity_bonus": 0.0}, {"diversity_bonus": 1.0},
     {"max_margin_factor": 1.0}, {"max_repeats": 1}, {"user_day_points": 10.0}, {"user_day_points": 0.0},
     {"max_day_gain": 1.0, "sustained_day_gain": 1.0, "scale_points": 50.0, "user_day_points": 10.0},

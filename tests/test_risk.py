@@ -143,18 +143,23 @@ def test_one_loud_day_stays_below_a_few_quiet_days_in_a_row() -> None:
 
 
 def test_a_multi_day_signal_outranks_a_one_day_outlier_on_the_day_it_fires() -> None:
-    """A multi-day signal stands for several days: it is not held to one day's cap, so on
-    its first day it outranks the same points from a one-day user-day signal, and it adds
+    """A multi-day signal stands for two days or more: it is not held to one day's cap but to
+    what two capped days close (``sustained_day_gain`` = 1 - (1 - max_day_gain) ** 2), so on
+    its first day it outranks the same points from a one-day user-day signal; alone, at its
+    limit (strength 1) it stays just below high and a stronger one reaches it; and it adds
     to the day's other evidence rather than sharing its cap."""
-    days = pl.DataFrame({"user_id": ["drift", "burst"], "day_score": [1.5, 1.5],
-                         "reason_kinds": [["later_hours"], ["downloads"]]})
+    assert S.sustained_day_gain == pytest.approx(1 - (1 - S.max_day_gain) ** 2)
+    days = pl.DataFrame({"user_id": ["drift", "burst", "edge"], "day_score": [1.5, 1.5, 1.0],
+                         "reason_kinds": [["later_hours"], ["downloads"], ["longer_sessions"]]})
     risk = _risk(_flagged([]), days)
     points = S.user_day_points * 1.5
     assert risk["burst"]["risk_score"] == pytest.approx(
         100 * S.max_day_gain * (1 - math.exp(-points / S.scale_points)), abs=1e-9)
     assert risk["drift"]["risk_score"] == pytest.approx(
         100 * S.sustained_day_gain * (1 - math.exp(-points / S.scale_points)), abs=1e-9)
-    assert risk["burst"]["risk_score"] < risk["drift"]["risk_score"] < S.high_cut
+    assert risk["edge"]["risk_score"] == pytest.approx(
+        100 * S.sustained_day_gain * (1 - math.exp(-S.user_day_points / S.scale_points)), abs=1e-9)
+    assert risk["burst"]["risk_score"] < risk["edge"]["risk_score"] < S.high_cut <= risk["drift"]["risk_score"]
     both = _risk(_flagged([("a", "drift", 0.6, ["hour"], False)]), days)["drift"]
     bonus = 1 + S.diversity_bonus  # two kinds that day
     left = ((1 - S.max_day_gain * (1 - math.exp(-S.event_points * bonus / S.scale_points)))

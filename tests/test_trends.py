@@ -17,7 +17,8 @@ from jobs.cli import cli
 from uba import io
 from uba.alerting.risk import read_risk
 from uba.alerting.trends import trend_signals
-from uba.schema import EVENT_SCHEMA
+from uba.alerting.userday import EXPLAINED_SCHEMA, explained_days, trends_without_explained
+from uba.schema import EVENT_SCHEMA, alert_id
 from uba.settings import TrendSettings
 
 FIRST = date(2026, 2, 2)
@@ -210,3 +211,45 @@ def test_signals_are_the_same_bits_on_every_run() -> None:
     runs = [trend_signals(history, DAY, lenient).collect().sort("user_id") for _ in range(3)]
     assert runs[0].height > 1_000
     assert all(run.equals(runs[0]) for run in runs[1:])
+
+
+def test_an_alerted_one_off_day_does_not_start_an_excursion_of_its_kind() -> None:
+    """A day whose fact an event alert already told (``explained_days``) is left out of that
+    signal only: the alerted spree plus one day above usual fire without it, not with it; an
+    alert telling another fact (the hour) leaves the download signal as it was."""
+    history = [1, 2, 1, 3, 2, 1, 2, 2, 1, 3, 2, 1, 2, 2]
+    frame = _frame([*history, 0, 0, 0, 0, 0, 18, 6], DAY)
+    settings = TrendSettings()
+    assert [s["kind"] for s in trend_signals(frame, DAY, settings).collect()["trend_fired"][0]] == [
+        "rising_downloads"]
+
+    def explained(kind: str) -> pl.DataFrame:
+        return pl.DataFrame({"user_id": ["u"], "event_date": [DAY - timedelta(days=1)], "kind": [kind]},
+                            schema=EXPLAINED_SCHEMA)
+
+    assert trends_without_explained(frame, DAY, settings, explained("rising_downloads")).collect().is_empty()
+    other = trends_without_explained(frame, DAY, settings, explained("later_hours")).collect()
+    assert other.to_dicts() == trend_signals(frame, DAY, settings).collect().to_dicts()
+    none = trends_without_explained(frame, DAY, settings, pl.DataFrame(schema=EXPLAINED_SCHEMA)).collect()
+    assert none.to_dicts() == other.to_dicts()
+
+
+def test_explained_days_come_from_unsuppressed_not_benign_event_alerts(tmp_path: Path) -> None:
+    day = DAY - timedelta(days=1)
+    flagged = pl.DataFrame({
+        "event_id": ["e1", "e2", "e3", "e4", "e5"],
+        "user_id": ["a", "b", "c", "d", "e"],
+        "is_anomaly": [True, True, True, False, True],
+        "suppressed": [False, False, True, False, False],
+        "reason_kinds": [["hour", "device"], ["download_intensity"], ["session_length"], ["hour"],
+                         ["session_length", "global"]],
+    })
+    io.write_part(flagged, tmp_path / "out", io.FLAGGED, day)
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "verdicts.csv").write_text(f"event_id,label,analyst\n{alert_id('event', 'e5')},benign,ann\n")
+    result = CliRunner().invoke(cli, ["feedback", str(tmp_path / "verdicts.csv"), "--data-dir", str(data),
+                                      "--output-dir", str(tmp_path / "out")], env=ENV)
+    assert result.exit_code == 0, result.output
+    found = explained_days(tmp_path / "out", data, [day, DAY])  # DAY was never scored: nothing
+    assert found.rows() == [("a", day, "later_hours"), ("b", day, "rising_downloads")]

@@ -270,6 +270,9 @@ class TrendSettings(_Section):
     min_download_share: float = Field(0.01, gt=0, lt=1)
     min_hour_sd: float = Field(0.5, gt=0)
     min_log_duration_sd: float = Field(0.1, gt=0)
+    # Leave out of a signal the user's earlier days whose fact an event alert already tells
+    # (docs/operations.md).
+    skip_explained_days: bool = True
 
     @model_validator(mode="after")
     def _run_fits(self) -> TrendSettings:
@@ -317,7 +320,9 @@ class RiskSettings(_Section):
     half_life_days: float = Field(3.0, gt=0, le=365)
     scale_points: float = Field(10.0, gt=0)
     max_day_gain: float = Field(0.55, gt=0, le=1)
-    sustained_day_gain: float = Field(0.7, gt=0, le=1)
+    # A multi-day signal stands for two days or more: it closes up to what two capped days
+    # close, 1 - (1 - 0.55) ** 2.
+    sustained_day_gain: float = Field(0.7975, gt=0, le=1)
     event_points: float = Field(10.0, ge=0)
     margin_unit: float = Field(0.05, gt=0)
     max_margin_factor: float = Field(4.0, ge=1)

@@ -28,16 +28,20 @@ are plain sentences, strongest first, with a parallel list of machine kinds.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date
+from pathlib import Path
 from typing import TypeVar
 
 import polars as pl
 
 from uba import io
-from uba.alerting.trends import TREND_SCHEMA, trend_signals
+from uba.alerting.trends import TREND_KINDS, TREND_SCHEMA, trend_signals
 from uba.features.baselines import POPULATION_USER, dow_days_col
+from uba.features.protection import benign_verdict_ids, without_user_days
 from uba.features.store import lookback_days
-from uba.settings import Settings, UserDaySettings
+from uba.schema import alert_id, unsuppressed_alert
+from uba.settings import Settings, TrendSettings, UserDaySettings
 
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
@@ -202,16 +206,104 @@ def user_day_alerts(day_aggregates: pl.LazyFrame, baselines: pl.LazyFrame,
     return rank_alerts(score_user_days(day_aggregates, baselines, settings, trends))
 
 
+# The event reason kind that tells the same fact as a multi-day signal.
+SAME_FACT: dict[str, str] = {
+    "later_hours": "hour",
+    "longer_sessions": "session_length",
+    "rising_downloads": "download_intensity",
+}
+EXPLAINED_SCHEMA = pl.Schema({"user_id": pl.String(), "event_date": pl.Date(), "kind": pl.String()})
+
+
+def explained_days(output_dir: Path, data_dir: Path, days: Iterable[date]) -> pl.DataFrame:
+    """``user_id, event_date, kind``: the users' days among ``days`` on which an unsuppressed,
+    not-benign event alert (published ``flagged/``) already tells the fact of the multi-day
+    signal ``kind`` (``SAME_FACT``: an alert with the ``hour`` reason explains that day's
+    hours, ``session_length`` its session lengths, ``download_intensity`` its downloads).
+    A day never scored has none."""
+    benign: set[str] | None = None
+    facts = pl.col("fact").replace_strict(list(SAME_FACT.values()), list(SAME_FACT), default=None)
+    frames = []
+    for day in sorted(set(days)):
+        scan = io.scan_partition(output_dir, io.FLAGGED, day)
+        names = [] if scan is None else scan.collect_schema().names()
+        if scan is None or "reason_kinds" not in names:
+            continue
+        alerts = scan.filter(unsuppressed_alert(names)).select(
+            pl.col("user_id").cast(pl.String), pl.col("event_id").cast(pl.String),
+            pl.col("reason_kinds").cast(pl.List(pl.String))).collect()
+        if alerts.is_empty():
+            continue
+        if benign is None:
+            benign = benign_verdict_ids(data_dir)
+        if benign:
+            ids = alerts["event_id"].to_list()
+            kept = [e not in benign and alert_id("event", e) not in benign for e in ids]
+            alerts = alerts.filter(pl.Series(kept, dtype=pl.Boolean))
+        frames.append(alerts.select("user_id", pl.col("reason_kinds").alias("fact")).explode("fact")
+                      .select("user_id", pl.lit(day, pl.Date).alias("event_date"), facts.alias("kind"))
+                      .drop_nulls("kind").unique())
+    if not frames:
+        return pl.DataFrame(schema=EXPLAINED_SCHEMA)
+    return pl.concat(frames).sort("kind", "user_id", "event_date")
+
+
+def trends_without_explained(history: pl.LazyFrame, day: date, settings: TrendSettings,
+                             explained: pl.DataFrame) -> pl.LazyFrame:
+    """``trend_signals`` of ``day`` with each user's signal of a kind computed without the
+    user's days that ``explained`` (``explained_days``) lists for that kind: recomputed only
+    for the users who have such days, the others' signals are the plain ones."""
+    if explained.is_empty():
+        return trend_signals(history, day, settings)
+    # The lookback's aggregates are a few rows per user: read once, not once per pass
+    # (four passes over the scanned files took 1.2 s instead of 0.25 s on 500 users).
+    history = history.collect().lazy()
+    signals = trend_signals(history, day, settings)
+    fired = pl.col("trend_fired")
+    long = signals.explode("trend_fired").drop_nulls("trend_fired").with_columns(
+        fired.struct.field("kind").alias("_kind"))
+    parts = []
+    for kind in TREND_KINDS:
+        mine = explained.filter(pl.col("kind") == kind).select("user_id", "event_date")
+        if mine.is_empty():
+            continue
+        users = mine["user_id"].unique().implode()
+        long = long.filter(~((pl.col("_kind") == kind) & pl.col("user_id").is_in(users)))
+        theirs = history.filter(pl.col("user_id").cast(pl.String).is_in(users))
+        again = trend_signals(without_user_days(theirs, mine), day, settings)
+        parts.append(again.explode("trend_fired").drop_nulls("trend_fired")
+                     .filter(fired.struct.field("kind") == kind)
+                     .with_columns(pl.lit(kind).alias("_kind")))
+    order = pl.col("_kind").replace_strict(list(TREND_KINDS), list(range(len(TREND_KINDS))))
+    return (pl.concat([long, *parts]).sort(pl.col("user_id"), order)  # kinds in trend_signals' order
+            .group_by("user_id", maintain_order=True).agg(fired)
+            .select([pl.col(n).cast(t) for n, t in TREND_SCHEMA.items()]))
+
+
 def read_trends(settings: Settings, day: date) -> pl.LazyFrame | None:
     """The multi-day signals of ``day`` from the stored aggregates of the lookback and the day
     (None when turned off or there are none). The lookback is the baselines' own, so the
-    history compared with is the one the rest of scoring uses."""
+    history compared with is the one the rest of scoring uses.
+
+    With ``trend.skip_explained_days`` a user's earlier day whose fact an event alert
+    already tells (``explained_days``: an alert with the ``hour`` reason for ``later_hours``,
+    ``session_length`` for ``longer_sessions``, ``download_intensity`` for
+    ``rising_downloads``; published under ``paths.output_dir``, not called benign) is left
+    out of that signal, of its window and of its reference alike. A one-off anomaly,
+    alerted and counted by entity risk, must not start a multi-day excursion of its own:
+    its extreme day, even capped at ``max_day_z``, is most of a CUSUM's limit. Today's own
+    alerts are not known yet (the day is scored beside it), so today always counts."""
     trend = settings.user_day.trend
     if not trend.enabled:
         return None
-    days = [*lookback_days(day, settings.features.lookback_days), day]
-    history = io.scan_aggregates(settings.paths.data_dir, days)
-    return None if history is None else trend_signals(history, day, trend)
+    earlier = lookback_days(day, settings.features.lookback_days)
+    history = io.scan_aggregates(settings.paths.data_dir, [*earlier, day])
+    if history is None:
+        return None
+    if not trend.skip_explained_days:
+        return trend_signals(history, day, trend)
+    explained = explained_days(Path(settings.paths.output_dir), settings.paths.data_dir, earlier)
+    return trends_without_explained(history, day, trend, explained)
 
 
 def stored_day_alerts(settings: Settings, day: date, baselines: pl.LazyFrame) -> tuple[pl.DataFrame, int] | None:
