@@ -356,3 +356,25 @@ def test_compiled_scaling_is_bit_identical_to_numpy_in_any_layout(layout):
     got = forest_kernel.scaled_rows(held, mean, scale)
     assert got.flags.c_contiguous and got.dtype == np.float32
     assert got.view(np.uint32).tobytes() == expected.view(np.uint32).tobytes()
+
+
+@pytest.mark.integration  # a real subprocess
+def test_the_compiled_loops_load_without_scipy_and_scipy_still_imports_after() -> None:
+    """numba's BLAS probe would import scipy.linalg (a third of a worker's numba import);
+    the loops need no BLAS, so the forest loads them without it, and scipy.linalg imports
+    normally afterwards in the same process."""
+    code = (
+        "import sys\n"
+        "from uba.model.forest import import_compiled_loops\n"
+        "import_compiled_loops()\n"
+        "assert 'numba' in sys.modules and 'uba.model.kernel' in sys.modules\n"
+        "assert not any(m == 'scipy.linalg' or m.startswith('scipy.linalg.') for m in sys.modules), 'scipy.linalg'\n"
+        "from uba.model import kernel\n"
+        "kernel.warm_up()\n"
+        "import scipy.linalg.cython_blas\n"
+        "import numpy as np, scipy.linalg\n"
+        "print(float(scipy.linalg.det(np.eye(2))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1.0"

@@ -25,7 +25,9 @@ threshold is a percentile of the training scores.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import TYPE_CHECKING, Protocol, TypedDict
@@ -317,9 +319,39 @@ class _KernelModule(Protocol):
 def _forest_kernel() -> _KernelModule:
     """``uba.model.kernel``, imported once on first use (a plain import statement costs
     microseconds per call, a noticeable share of one API request)."""
-    from uba.model import kernel as forest_kernel
+    with _numba_without_blas():
+        from uba.model import kernel as forest_kernel
 
     return forest_kernel
+
+
+def import_compiled_loops() -> None:
+    """Import numba and load (or compile) the loops now rather than at the first score:
+    a Ray worker does it while the driver still builds the baselines."""
+    _forest_kernel()
+
+
+# numba imports this at its own import, to learn whether np.dot & co. can be compiled
+_SCIPY_BLAS = "scipy.linalg.cython_blas"
+
+
+@contextmanager
+def _numba_without_blas() -> Iterator[None]:
+    """Import numba without its BLAS probe: the probe imports ``scipy.linalg`` (0.23 s of
+    CPU, a third of numba's import), paid by every Ray worker of every run and by the API
+    at its first request, for linear algebra our loops never use. A ``None`` entry in
+    ``sys.modules`` makes that one import fail fast (numba then leaves np.dot & co. out);
+    it is removed as soon as numba is imported, so scipy imports normally afterwards.
+    Nothing is hidden when numba or scipy.linalg is already imported."""
+    if "numba" in sys.modules or "scipy.linalg" in sys.modules:
+        yield
+        return
+    sys.modules[_SCIPY_BLAS] = None  # type: ignore[assignment]  # None: "import fails", by Python's rules
+    try:
+        yield
+    finally:
+        if _SCIPY_BLAS in sys.modules and sys.modules[_SCIPY_BLAS] is None:
+            del sys.modules[_SCIPY_BLAS]
 
 
 def _as_rows32(X32: npt.ArrayLike, n_features: int) -> Rows32:

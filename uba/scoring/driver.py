@@ -382,18 +382,22 @@ class _Run:
         """Make the lookback's aggregates exist before the baselines; D's own aggregates
         (needed only by the user-day alerts and later days) are computed by a Ray task
         next to the shards, so the day's rows never pass through the driver. Returns
-        what ``_finish_aggregates`` waits for."""
+        what ``_finish_aggregates`` waits for (None when D's are current: a rerun or a
+        backfill then starts no task, and no worker process just to find nothing to do)."""
         categories = self.settings.events
         lookback = lookback_days(self.day, self.settings.features.lookback_days)
         with self.timer.stage("aggregates"):
             if not self._on_ray(execution):
                 self.aggregates_computed = ensure_aggregates(self.data_dir, [*lookback, self.day], categories)
                 return None
-            missing = stale_aggregate_days(self.data_dir, lookback, categories)
-            refs = [self.runtime.submit(ensure_aggregates, self.data_dir, [d], categories) for d in missing]
-            for ref, d in zip(refs, missing, strict=True):
+            missing = stale_aggregate_days(self.data_dir, [*lookback, self.day], categories)
+            earlier = [d for d in missing if d != self.day]
+            refs = [self.runtime.submit(ensure_aggregates, self.data_dir, [d], categories) for d in earlier]
+            for ref, d in zip(refs, earlier, strict=True):
                 computed = self.runtime.result(ref, f"aggregates of {d}")
                 self.aggregates_computed += computed
+            if self.day not in missing:
+                return None
             return self.runtime.submit(ensure_aggregates, self.data_dir, [self.day], categories)
 
     def _note_unverified_inputs(self) -> None:

@@ -90,9 +90,10 @@ def _warm_up() -> int:
     """Import the shard code (Polars, the feature module, the model) and load the compiled
     forest kernel in a worker while the driver is still building baselines, so the first
     shard does not pay for it."""
-    import uba.model.kernel  # noqa: F401  (compiles or loads numba's cache on import)
     import uba.scoring.shard  # noqa: F401
+    from uba.model.forest import import_compiled_loops
 
+    import_compiled_loops()
     return os.getpid()
 
 
