@@ -2,10 +2,12 @@
 
 Most kinds are *contextual*: the edited session keeps values that are ordinary for the
 population (under the event-weighted 99th percentile of the field over normal events)
-but far from that user's own habits (at least 3x and 5 of the user's own robust
-log-spreads above their median, a device they never use, an hour 10+ hours from their
-usual one, downloads from someone who almost never downloads). A few ``global_extreme`` sessions are
-the opposite: longer than any normal session, so even a naive global model sees them.
+but unusual for that user, and only modestly so where the kind is a matter of degree:
+a burst has 5-10x the user's own median actions per session, a long session lasts 3-6x
+the user's own median session; the others are a device they never use, an hour 10+
+hours from their usual one, downloads from someone who almost never downloads. A few
+``global_extreme`` sessions are the opposite: longer than any normal session, so even a
+naive global model sees them.
 
 ``exfiltration_day`` is a user-day kind: many small sessions, each unremarkable, that
 add up to about 10x the user's usual daily downloads.
@@ -57,9 +59,11 @@ KIND_SHARES: dict[str, float] = {
 SELECTION_ORDER: tuple[str, ...] = (
     "download_spree", "new_device", "off_hours", "action_burst", "long_session", "global_extreme",
 )
-MIN_LOG_DEVIATION = np.log(3.0)  # at least 3x the user's median...
-LOG_SPREADS = 5.0  # ...and at least 5 of the user's own robust log-spreads away
-MIN_EVENTS_SIGMA = 0.15  # floor on the log-spread of events_in_session (integers can have MAD 0)
+# A burst has BURST_FACTOR x the user's own median actions per session, a long session
+# lasts LONG_SESSION_FACTOR x their own median session (uniform in each range): unusual
+# for the user, yet modest, and only where the value stays under the global ceiling.
+BURST_FACTOR = (5.0, 10.0)
+LONG_SESSION_FACTOR = (3.0, 6.0)
 GLOBAL_CEILING_Q = 0.99  # contextual values stay under this event-weighted global quantile
 OFF_HOURS_MAX_SPREAD = 1.8  # only users with tight hours can be "off hours"
 OFF_HOURS_MAX_SESSION_H = 2.0
@@ -86,14 +90,6 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> floa
 
 
 @dataclass(frozen=True)
-class UserLogStats:
-    """Each user's own median and robust spread (1.4826 MAD) of a log field, per event."""
-
-    median: np.ndarray
-    spread: np.ndarray
-
-
-@dataclass(frozen=True)
 class _Context:
     users: Users
     sessions: Sessions
@@ -102,8 +98,8 @@ class _Context:
     duration_ceiling: float
     events_ceiling: float
     duration_max: float
-    log_duration: UserLogStats
-    log_events: UserLogStats
+    median_duration: np.ndarray  # per user, over their normal sessions (NaN without any)
+    median_actions: np.ndarray
     rng: np.random.Generator
 
     def fits_window(self, start_us: np.ndarray, duration_sec: np.ndarray) -> np.ndarray:
@@ -116,7 +112,7 @@ Proposal = tuple[np.ndarray, dict[str, np.ndarray]]
 
 def _group_weighted_median(group: np.ndarray, values: np.ndarray, weights: np.ndarray, n_groups: int) -> np.ndarray:
     """Per-group median of ``values`` where each value counts ``weights`` times (NaN for an
-    empty group); two sorts instead of materialising one row per event."""
+    empty group); two sorts instead of materialising one row per value."""
     order = np.lexsort((values, group))
     g, v, w = group[order], values[order], weights[order].astype(np.float64)
     cumulative = np.cumsum(w)
@@ -129,29 +125,20 @@ def _group_weighted_median(group: np.ndarray, values: np.ndarray, weights: np.nd
     return median
 
 
-def user_log_stats(user: np.ndarray, values: np.ndarray, weights: np.ndarray, n_users: int) -> UserLogStats:
-    """Robust per-user statistics of ``log(values)`` with each session counted once per event,
-    i.e. what a per-user baseline over the events will see."""
-    logs = np.log(values.astype(np.float64))
-    median = _group_weighted_median(user, logs, weights, n_users)
-    deviation = np.abs(logs - median[user])
-    spread = 1.4826 * _group_weighted_median(user, deviation, weights, n_users)
-    return UserLogStats(median, spread)
+def user_session_median(user: np.ndarray, values: np.ndarray, n_users: int) -> np.ndarray:
+    """Each user's median of a per-session field, every session counted once (their
+    typical session); NaN for a user without sessions. The lower median of an even count."""
+    return _group_weighted_median(user, values.astype(np.float64), np.ones(user.size), n_users)
 
 
-def _contextual_log_value(ctx: _Context, stats: UserLogStats, sigma: np.ndarray) -> np.ndarray:
-    """The user's own log median plus a jump of many of their own spreads (the larger of
-    the realised one and the persona parameter), so the value is far out *for them*."""
-    user = ctx.sessions.user
-    spread = np.fmax(stats.spread[user], sigma)
-    jump = np.maximum(LOG_SPREADS * spread, MIN_LOG_DEVIATION) + ctx.rng.uniform(0.0, 0.3, user.shape[0])
-    value: np.ndarray = stats.median[user] + jump
-    return value
+def _factor(ctx: _Context, bounds: tuple[float, float]) -> np.ndarray:
+    factor: np.ndarray = ctx.rng.uniform(*bounds, len(ctx.sessions))
+    return factor
 
 
 def _propose_long_session(ctx: _Context) -> Proposal:
-    s, u = ctx.sessions, ctx.users
-    duration = np.round(np.exp(_contextual_log_value(ctx, ctx.log_duration, u.session_sigma[s.user])), 1)
+    s = ctx.sessions
+    duration = np.round(ctx.median_duration[s.user] * _factor(ctx, LONG_SESSION_FACTOR), 1)
     known = np.isfinite(duration)  # users without normal sessions have no norm to depart from
     duration = np.where(known, duration, s.duration_sec)
     ok = known & (duration <= ctx.duration_ceiling) & ctx.fits_window(s.start_us, duration)
@@ -160,9 +147,11 @@ def _propose_long_session(ctx: _Context) -> Proposal:
 
 def _propose_action_burst(ctx: _Context) -> Proposal:
     s = ctx.sessions
-    n_events = np.round(np.exp(_contextual_log_value(ctx, ctx.log_events, np.full(len(s), MIN_EVENTS_SIGMA))))
-    known = np.isfinite(n_events)
-    n_events = np.where(known, n_events, s.n_events).astype(np.int64)
+    own = ctx.median_actions[s.user]
+    actions = np.round(own * _factor(ctx, BURST_FACTOR))
+    # rounding must not take the burst outside 5-10x (a median of 1.5 actions)
+    known = np.isfinite(actions) & (actions >= BURST_FACTOR[0] * own) & (actions <= BURST_FACTOR[1] * own)
+    n_events = np.where(known, actions + 2, s.n_events).astype(np.int64)
     return known & (n_events <= ctx.events_ceiling), {"n_events": n_events}
 
 
@@ -267,11 +256,11 @@ def inject_event_anomalies(
         # the user's own statistics over the sessions still normal: an earlier kind may
         # have edited one of them, and the norm a detector learns is the remaining ones
         normal = inside & (sessions.kind == NORMAL)
-        user, weights = sessions.user[normal], sessions.n_events[normal]
-        log_duration = user_log_stats(user, sessions.duration_sec[normal], weights, users.count)
-        log_events = user_log_stats(user, sessions.n_events[normal], weights, users.count)
+        user = sessions.user[normal]
+        median_duration = user_session_median(user, sessions.duration_sec[normal], users.count)
+        median_actions = user_session_median(user, sessions.n_events[normal] - 2, users.count)
         ctx = _Context(users, sessions, window_start_us, window_end_us, duration_ceiling,
-                       events_ceiling, duration_max, log_duration, log_events, rng)
+                       events_ceiling, duration_max, median_duration, median_actions, rng)
         ok, changes = PROPOSERS[kind](ctx)
         eligible = base & ok & (sessions.kind == NORMAL)
         rows = labelled_rows(kind, sessions, changes)
