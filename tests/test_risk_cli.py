@@ -25,7 +25,7 @@ from uba.alerting.trends import TREND_KINDS
 from uba.settings import RiskSettings
 
 S = RiskSettings()
-D1 = date(2026, 3, 8)
+D1 = date(2026, 3, 9)  # the first day after training; 2026-03-08 of this world has no alert
 DAYS = [D1, D1 + timedelta(days=1), D1 + timedelta(days=2)]
 KEY = "risk-test-key"
 A1, A2 = DAYS[1], DAYS[2]  # the API test's days (the verdict above emptied the first day's risk)

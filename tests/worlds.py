@@ -25,12 +25,12 @@ SCORE_DATES = (date(2026, 3, 9), date(2026, 3, 10), date(2026, 3, 11))  # genera
 SCORE_DAY = SCORE_DATES[0]  # first day after training: the baseline snapshot `train` writes is as of it
 N_ESTIMATORS = 50
 # The settings a derived world trains with (and a run against it uses): the alert world flags
-# about 100 findings a day; the directory world groups peers by department and role, from 3
+# about 100-200 findings a day; the directory world groups peers by department and role, from 3
 # users: whole departments of a population of 80 are mixtures too broad for their device
 # shares to differ from everyone's beyond the rarity dead zone, so no peer deviation shows.
 ALERT_SETTINGS = (("UBA_MODEL__N_ESTIMATORS", "30"), ("UBA_THRESHOLD__PERCENTILE", "80"))
 DIRECTORY_SETTINGS = (("UBA_FEATURES__PEER_MIN_USERS", "3"), ("UBA_FEATURES__PEER_GROUP_BY", "department_role"))
-# 80 users so the alert world flags about 100 findings a day (delivery batches, export
+# 80 users so the alert world flags about 100-200 findings a day (delivery batches, export
 # volumes), planted user-day anomalies so every alert type (event, user-day, risk) occurs.
 GENERATE = ("--users", "80", "--days", str((SCORE_DATES[-1] - START).days + 1), "--start", START.isoformat(),
             "--seed", "5", "--user-day-anomalies", "3")
