@@ -92,6 +92,8 @@ def test_daily_aggregates_are_exact_for_a_hand_made_day():
     assert u1["sumsq_log_duration"] == pytest.approx(math.fsum(x * x for x in logs), rel=1e-15)
     acts = [math.log1p(3), math.log1p(3), math.log1p(50)]
     assert u1["sum_log_actions"] == pytest.approx(math.fsum(acts), rel=1e-15)
+    assert u1["sum_log_duration_x_actions"] == pytest.approx(
+        math.fsum(d * a for d, a in zip(logs, acts, strict=True)), rel=1e-15)
     angles = [2 * math.pi * h / 24 for h in (9, 9, 23)]
     assert u1["sum_hour_cos"] == pytest.approx(math.fsum(map(math.cos, angles)), abs=1e-15)
     assert u1["sum_hour_sin"] == pytest.approx(math.fsum(map(math.sin, angles)), abs=1e-15)
@@ -233,8 +235,51 @@ def features_for(events: list[dict], rows: list[dict], as_of: date) -> pl.DataFr
     return explain(event_features(frame(events), base)).collect()
 
 
+def test_session_length_is_judged_against_the_users_own_length_for_that_many_actions():
+    """A user whose sessions last about a minute per action: a 40-action session of 40
+    minutes is long for them but ordinary for its activity; a 10-action session of 40
+    minutes is long for its activity (the long-session pattern), and only it scores on
+    ``length_for_actions_excess``."""
+    rng = random.Random(3)
+    rows = []
+    for d in range(21):
+        for h in (9, 11, 13, 15):
+            actions = rng.choice([5, 8, 10, 15, 20, 30, 40])
+            rows.append(event("u1", DAY0 + timedelta(days=d), h, actions=actions,
+                              duration=60.0 * actions * rng.uniform(0.8, 1.25)))
+    rows += population(21)
+    as_of = DAY0 + timedelta(days=21)
+    base = row_of(baselines_from(rows, as_of), "u1")
+    assert 0.8 < base["slope_log_duration"] < 1.2  # duration ~ actions, in logs
+    assert base["sd_log_duration_given_actions"] < base["sd_log_duration"]
+    busy = event("u1", as_of, 10, actions=40, duration=2400.0)
+    slow = event("u1", as_of, 10, actions=10, duration=2400.0)
+    out = features_for([busy, slow], rows, as_of)
+    busy_row, slow_row = out.row(0, named=True), out.row(1, named=True)
+    assert abs(busy_row["length_for_actions_z"]) < 1.0 and busy_row["length_for_actions_excess"] == 0.0
+    assert slow_row["length_for_actions_z"] > 3.0 and slow_row["length_for_actions_excess"] > 0.0
+
+
+def test_regression_falls_back_to_the_prior_for_days_without_the_co_moment():
+    """Aggregates written before the co-moment (kept after their events were pruned)
+    have no ``sum_log_duration_x_actions``: such a user gets the prior's slope and
+    residual spread (their own regression is unknown), never a slope from a partial sum."""
+    rows = population(10)
+    as_of = DAY0 + timedelta(days=10)
+    aggregates = daily_aggregates(frame(rows)).collect()
+    old_day = aggregates.with_columns(
+        sum_log_duration_x_actions=pl.when((pl.col("user_id") == "office0") & (pl.col("event_date") == DAY0))
+        .then(None).otherwise(pl.col("sum_log_duration_x_actions")))
+    base = user_baselines(old_day.lazy(), as_of, FEATURES).collect()
+    office0, office1 = row_of(base, "office0"), row_of(base, "office1")
+    assert office0["slope_log_duration"] == pytest.approx(office1["slope_log_duration"])  # both the prior's
+    assert math.isfinite(office0["sd_log_duration_given_actions"])
+    without = user_baselines(aggregates.drop("sum_log_duration_x_actions").lazy(), as_of, FEATURES).collect()
+    assert without["slope_log_duration"].is_finite().all()
+
+
 def test_feature_list_is_fixed_and_versioned():
-    assert len(FEATURE_COLUMNS) == len(set(FEATURE_COLUMNS)) == 17
+    assert len(FEATURE_COLUMNS) == len(set(FEATURE_COLUMNS)) == 18
     assert set(DEVIATION_COLUMNS) <= set(FEATURE_COLUMNS)
     assert FEATURE_SET_VERSION
     assert not set(FEATURE_COLUMNS) & set(EVENT_SCHEMA)  # never overwrite an input column

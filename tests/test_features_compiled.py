@@ -5,7 +5,9 @@ through ``uba.features.events``, single API events directly). These tests compar
 with the frozen expressions (``tests/polars_features_reference.py``) on a generated,
 trained world's scoring day, on that day twisted into edge cases (unknown users, an
 unknown device, missing hours and weekdays, a population-only snapshot) and on a
-snapshot built from no history at all: same nulls, values equal to 1e-12.
+snapshot built from no history at all: same nulls, values equal to 1e-12. The column
+added since (``uba-features-7``: session length given actions) is checked against a
+plain Polars expression written here (``oracle``); the frozen file is left as it was.
 """
 
 from __future__ import annotations
@@ -59,6 +61,25 @@ def day(serving_world: World) -> tuple[pl.DataFrame, pl.DataFrame]:
     return io.scan_events(serving_world.data_dir, SCORE_DAY).collect(), io.read_baseline_snapshot(snapshot[1])
 
 
+def oracle(events: pl.DataFrame, snapshot: pl.DataFrame) -> pl.DataFrame:
+    """The frozen expressions (``uba-features-5``) plus, written here as plain Polars, the
+    column ``uba-features-7`` added: the session's log length against the user's own line
+    of log length on log actions, in the user's residual spreads (clipped at +-10, missing
+    information as 0), and its excess beyond 4 nats on the long side."""
+    old = reference.event_features(events.lazy(), snapshot.lazy()).collect()
+
+    def bl(name: str) -> pl.Expr:
+        return pl.col(BASELINE_PREFIX + name)
+
+    log_duration = pl.col("session_duration_sec").cast(pl.Float64).log1p()
+    log_actions = pl.col("events_in_session").cast(pl.Float64).log1p()
+    expected = bl("mean_log_duration") + bl("slope_log_duration") * (log_actions - bl("mean_log_actions"))
+    z = ((log_duration - expected) / bl("sd_log_duration_given_actions")).fill_nan(None).fill_null(0.0) \
+        .clip(-reference.Z_CLIP, reference.Z_CLIP)
+    return old.with_columns(length_for_actions_z=z).with_columns(
+        length_for_actions_excess=reference.excess_surprise(pl.col("length_for_actions_z").clip(0.0, None)))
+
+
 def twisted(events: pl.DataFrame) -> pl.DataFrame:
     """Every third event by a stranger, every seventh on an unknown device, every fifth
     without an hour, every eleventh with neither weekday nor timestamp."""
@@ -74,7 +95,7 @@ def twisted(events: pl.DataFrame) -> pl.DataFrame:
 
 def test_kernel_equals_the_polars_expressions_on_a_generated_day(day) -> None:
     events, snapshot = day
-    old = reference.event_features(events.lazy(), snapshot.lazy()).collect()
+    old = oracle(events, snapshot)
     assert_same(old, features_frame(events, compile_baselines(snapshot)))
     assert_same(old, event_features(events.lazy(), snapshot.lazy()).collect())
 
@@ -82,10 +103,10 @@ def test_kernel_equals_the_polars_expressions_on_a_generated_day(day) -> None:
 def test_kernel_equals_the_polars_expressions_on_edge_cases(day) -> None:
     events, snapshot = day
     odd = twisted(events)
-    old = reference.event_features(odd.lazy(), snapshot.lazy()).collect()
+    old = oracle(odd, snapshot)
     assert_same(old, features_frame(odd, compile_baselines(snapshot)))
     population_only = snapshot.filter(pl.col("user_id") == POPULATION_USER)
-    old = reference.event_features(events.lazy(), population_only.lazy()).collect()
+    old = oracle(events, population_only)
     assert_same(old, features_frame(events, compile_baselines(population_only)))
 
 
@@ -98,7 +119,7 @@ def test_kernel_equals_the_polars_expressions_without_history(history_users: int
         {**event("office0", DAY0, 23, duration=7 * 24 * 3600, actions=100_000), "hour_of_day": None},
         event("office1", DAY0, 3, event_type="logout"),
     ]).collect()
-    old = reference.event_features(odd.lazy(), snapshot.lazy()).collect()
+    old = oracle(odd, snapshot)
     assert_same(old, features_frame(odd, compile_baselines(snapshot)))
     assert_each_event_alone_equals_the_frame(odd, compile_baselines(snapshot))
 

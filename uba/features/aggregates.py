@@ -20,7 +20,9 @@ import polars as pl
 from uba.schema import EVENT_SCHEMA
 from uba.settings import EventSettings
 
-AGGREGATES_VERSION = "1"
+# "2": the duration x actions co-moment (``sum_log_duration_x_actions``); parts of
+# version 1 are recomputed from their day's events (the tag names the version)
+AGGREGATES_VERSION = "2"
 DOWNLOAD = "download"
 LOGIN = "login"
 HOURS: tuple[int, ...] = tuple(range(24))
@@ -32,11 +34,13 @@ HOUR_RADIANS = 2.0 * math.pi / 24.0
 # size 1e3) holds the exact sum; it is rounded to Float64 once at the end.
 _FIXED_POINT = float(2**60)
 
+CROSS_COLUMN = "sum_log_duration_x_actions"
 FLOAT_SUM_COLUMNS: tuple[str, ...] = (
     "sum_log_duration",
     "sumsq_log_duration",
     "sum_log_actions",
     "sumsq_log_actions",
+    CROSS_COLUMN,
     "sum_hour_cos",
     "sum_hour_sin",
 )
@@ -141,6 +145,7 @@ def daily_aggregates(
         exact_sum(pl.col("_log_duration") ** 2).alias("sumsq_log_duration"),
         exact_sum(pl.col("_log_actions")).alias("sum_log_actions"),
         exact_sum(pl.col("_log_actions") ** 2).alias("sumsq_log_actions"),
+        exact_sum(pl.col("_log_duration") * pl.col("_log_actions")).alias("sum_log_duration_x_actions"),
         exact_sum(pl.col("_angle").cos()).alias("sum_hour_cos"),
         exact_sum(pl.col("_angle").sin()).alias("sum_hour_sin"),
         *(_count_where(pl.col("_hour") == h, hour_col(h)) for h in HOURS),

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from uba.features.aggregates import (
+    CROSS_COLUMN,
     DOWNLOAD,
     FLOAT_SUM_COLUMNS,
     HOUR_RADIANS,
@@ -42,6 +43,7 @@ LOG_STATS = ("log_duration", "log_actions")
 SHARE_KINDS = ("device", "event", "hour", "dow")
 _INV_EVIDENCE = {"device": "sum_inv_sessions", "event": "sum_inv_events",
                  "hour": "sum_inv_sessions", "dow": "sum_inv_sessions"}
+COMOMENT_MISSING = "comoment_missing"
 _MIN_RESULTANT = 1e-12
 _MIN_BETWEEN_VAR = 1e-9
 MIN_SHARE_PRIOR = 0.1
@@ -137,6 +139,9 @@ def _per_user_sums(window: pl.LazyFrame, devices: list[str], events: list[str]) 
         pl.col("n_events", "n_sessions", "n_downloads").sum().cast(pl.Int64),
         pl.col("max_events_in_session").max().cast(pl.Int64),
         *(exact_sum(pl.col(c)).alias(c) for c in FLOAT_SUM_COLUMNS),
+        # a day whose aggregates predate the co-moment (kept after its events were pruned):
+        # the user's own duration-given-actions statistics are then unknown (the prior's)
+        pl.col(CROSS_COLUMN).is_null().any().alias(COMOMENT_MISSING),
         *(pl.col(c).fill_null(0).sum().cast(pl.Int64).alias(c) for c in counts),
         *(pl.col("n_events").filter(dow == d).sum().cast(pl.Int64).alias(dow_count_col(d))
           for d in WEEKDAYS),
@@ -154,6 +159,43 @@ def _within_ss(stat: str) -> pl.Expr:
     sumsq = pl.col(f"sumsq_{stat}")
     ss = sumsq - pl.col(f"sum_{stat}") ** 2 / n
     return pl.when(ss > sumsq.abs() * _FLOAT_RESOLUTION).then(ss).otherwise(0.0)
+
+
+def _within_sp() -> pl.Expr:
+    """Sum of cross products of log duration and log actions around the user's own means
+    (0 for a single event; rounding-level values count as 0, as in ``_within_ss``)."""
+    n = pl.col("n_events").cast(pl.Float64)
+    cross = pl.col(CROSS_COLUMN)
+    sp = cross - pl.col("sum_log_duration") * pl.col("sum_log_actions") / n
+    return pl.when(sp.abs() > cross.abs() * _FLOAT_RESOLUTION).then(sp).otherwise(0.0)
+
+
+def _regression_sums(with_comoment: pl.Expr) -> list[pl.Expr]:
+    """Within-user sums of squares and cross products of the users whose co-moment is
+    known (``with_comoment``), for the pooled slope of log duration on log actions."""
+    dof = (pl.col("n_events") - 1).clip(0, None).cast(pl.Float64)
+
+    def known(value: pl.Expr) -> pl.Expr:
+        return pl.when(with_comoment).then(value).otherwise(0.0)
+
+    total = [pl.col("n_events").cast(pl.Float64), *(pl.col(c) for c in _REGRESSION_SUMS)]
+    return [
+        exact_sum(known(_within_sp())).alias("within_sp_reg"),
+        exact_sum(known(_within_ss("log_actions"))).alias("within_ssa_reg"),
+        exact_sum(known(_within_ss("log_duration"))).alias("within_ssd_reg"),
+        known(dof).sum().alias("within_dof_reg"),
+        *(exact_sum(known(value)).alias(f"reg_{name}")
+          for name, value in zip(("n_events", *_REGRESSION_SUMS), total, strict=True)),
+    ]
+
+
+_REGRESSION_SUMS = ("sum_log_duration", "sumsq_log_duration", "sum_log_actions", "sumsq_log_actions",
+                    CROSS_COLUMN)
+
+
+def _residual_ss(ssd: pl.Expr, sp: pl.Expr, ssa: pl.Expr, slope: pl.Expr) -> pl.Expr:
+    """Sum of squared residuals of log duration around ``slope`` x log actions (>= 0)."""
+    return (ssd - 2.0 * slope * sp + slope * slope * ssa).clip(0.0, None)
 
 
 def _circular_spread_hours(cos_mean: pl.Expr, sin_mean: pl.Expr) -> pl.Expr:
@@ -203,6 +245,7 @@ def _population_sums(users: pl.LazyFrame, devices: list[str], events: list[str],
         exact_sum(_within_ss("log_actions")).alias("within_ss_log_actions"),
         exact_sum(dof * user_spread**2).alias("within_ss_hour"),
         dof.sum().alias("within_dof"),
+        *_regression_sums(~pl.col(COMOMENT_MISSING)),
         *(exact_sum(pl.col(f"raw_mean_{stat}")).alias(f"sum_user_mean_{stat}") for stat in LOG_STATS),
         *(exact_sum(pl.col(f"raw_mean_{stat}") ** 2).alias(f"sumsq_user_mean_{stat}")
           for stat in LOG_STATS),
@@ -282,6 +325,7 @@ def _population_stats(pop: pl.LazyFrame, devices: list[str], events: list[str],
             within.alias(f"pop_within_var_{stat}"),
             prior_sessions.alias(f"pop_prior_sessions_{stat}"),
         ]
+    moments += _population_regression(features)
     cos_mean, sin_mean = pl.col("sum_hour_cos") / n, pl.col("sum_hour_sin") / n
     total_hour_var = _circular_spread_hours(cos_mean, sin_mean) ** 2
     moments += [
@@ -291,6 +335,41 @@ def _population_stats(pop: pl.LazyFrame, devices: list[str], events: list[str],
         .alias("pop_within_var_hour"),
     ]
     return pop.with_columns(*moments, *shares)
+
+
+def _population_regression(features: FeatureSettings) -> list[pl.Expr]:
+    """Log session length given log actions, for the population (and a peer group).
+
+    ``pop_within_slope`` / ``pop_within_resid_var``: the pooled within-user slope of log
+    duration on log actions and the residual variance around it (what a user's own
+    regression is shrunk toward); ``pop_slope_prior``: the slope's prior strength, in
+    within-user sums of squares of log actions (``prior_strength_days`` days of the
+    typical user's events with the typical within-user spread of actions);
+    ``pop_slope`` / ``pop_resid_var``: the total regression over everyone (an unknown
+    user could be anyone). Only users whose co-moment is known count.
+    """
+    ssa, sp, ssd, dof = (pl.col(c) for c in ("within_ssa_reg", "within_sp_reg", "within_ssd_reg",
+                                              "within_dof_reg"))
+    slope = pl.when(ssa > 0).then(sp / ssa).otherwise(0.0)
+    within = pl.when(dof > 1).then(_residual_ss(ssd, sp, ssa, slope) / (dof - 1.0)).otherwise(None)
+    fallback = pl.col("within_ss_log_duration") / pl.col("within_dof")
+    events_per_day = pl.col("n_events").cast(pl.Float64) / pl.col("user_days").cast(pl.Float64)
+    action_var = pl.when(dof > 0).then(ssa / dof).otherwise(0.0)
+    n = pl.col("reg_n_events")
+    t_ssa = pl.col("reg_sumsq_log_actions") - pl.col("reg_sum_log_actions") ** 2 / n
+    t_ssd = pl.col("reg_sumsq_log_duration") - pl.col("reg_sum_log_duration") ** 2 / n
+    t_sp = pl.col(f"reg_{CROSS_COLUMN}") - pl.col("reg_sum_log_duration") * pl.col("reg_sum_log_actions") / n
+    t_slope = pl.when((n > 1) & (t_ssa > 0)).then(t_sp / t_ssa).otherwise(0.0)  # NaN > 0 in Polars
+    t_var = pl.when(n > 2).then(_residual_ss(t_ssd, t_sp, t_ssa, t_slope) / (n - 2.0)).otherwise(None)
+    return [
+        slope.alias("pop_within_slope"),
+        pl.coalesce(within, fallback, pl.lit(0.0)).alias("pop_within_resid_var"),
+        (features.prior_strength_days * events_per_day * action_var).fill_nan(0.0).fill_null(0.0)
+        .alias("pop_slope_prior"),
+        t_slope.alias("pop_slope"),
+        pl.coalesce(t_var, _within_ss("log_duration") / (pl.col("n_events").cast(pl.Float64) - 1.0))
+        .alias("pop_resid_var"),
+    ]
 
 
 def _between_user_var(stat: str, within: pl.Expr) -> pl.Expr:
@@ -449,6 +528,7 @@ def _user_rows(users: pl.LazyFrame, pop: pl.LazyFrame, priors: pl.LazyFrame | No
             var.sqrt().clip(features.min_log_spread, None).alias(f"sd_{stat}"),
             pl.col(f"raw_var_{stat}").sqrt().alias(f"raw_sd_{stat}"),
         ]
+    moments += _user_regression(features)
     user_spread = _circular_spread_hours(pl.col("_cos_mean"), pl.col("_sin_mean"))
     own_mean = _circular_mean_hours(pl.col("_cos_mean"), pl.col("_sin_mean"))
     hour_var = (w * user_spread**2 + (1 - w) * pl.col(prior_name("pop_within_var_hour"))) * (1.0 + 1.0 / sessions)
@@ -464,6 +544,34 @@ def _user_rows(users: pl.LazyFrame, pop: pl.LazyFrame, priors: pl.LazyFrame | No
         *_population_reference(features),
         *_activity(as_of, pl.col("first_active"), pl.col("days_active")),
     )
+
+
+def _user_regression(features: FeatureSettings) -> list[pl.Expr]:
+    """The user's log session length given the session's log actions.
+
+    Slope: ``(SP + kappa b) / (SSa + kappa)``, the user's own within-user cross products
+    and sum of squares of log actions with ``kappa`` (``pop_slope_prior``) pseudo-squares
+    at the prior's slope ``b``, so a user whose sessions all have the same number of
+    actions keeps the prior's slope. Residual spread around that line: the user's own
+    residual variance shrunk toward the prior's with ``w = days / (days + prior)``,
+    widened by the uncertainty of the mean (``1 + 1 / (n + k)``) and floored at
+    ``min_log_spread``, as ``sd_log_duration`` is. A user with a day of unknown co-moment
+    gets the prior's slope and spread.
+    """
+    known = ~pl.col(COMOMENT_MISSING)
+    ssa = pl.when(known).then(_within_ss("log_actions")).otherwise(0.0)
+    sp = pl.when(known).then(_within_sp()).otherwise(0.0)
+    ssd = pl.when(known).then(_within_ss("log_duration")).otherwise(0.0)
+    kappa, prior_slope = pl.col(prior_name("pop_slope_prior")), pl.col(prior_name("pop_within_slope"))
+    slope = pl.when(ssa + kappa > 0).then((sp + kappa * prior_slope) / (ssa + kappa)).otherwise(prior_slope)
+    n = pl.col("n_events").cast(pl.Float64)
+    own = pl.when(n > 1).then(_residual_ss(ssd, sp, ssa, slope) / (n - 1.0)).otherwise(0.0)
+    w = pl.when(known).then(pl.col("shrink_weight")).otherwise(0.0)
+    sessions = pl.col("n_sessions").cast(pl.Float64).clip(1.0, None)
+    k = pl.col(prior_name("pop_prior_sessions_log_duration"))
+    var = (w * own + (1 - w) * pl.col(prior_name("pop_within_resid_var"))) * (1.0 + 1.0 / (sessions + k))
+    return [slope.alias("slope_log_duration"),
+            var.sqrt().clip(features.min_log_spread, None).alias("sd_log_duration_given_actions")]
 
 
 def _activity(as_of: date, first_active: pl.Expr, days_active: pl.Expr) -> list[pl.Expr]:
@@ -503,6 +611,10 @@ def _population_row(pop: pl.LazyFrame, as_of: date, devices: list[str], events: 
             pl.col(f"pop_mean_{stat}").alias(f"mean_{stat}"),
             sd.clip(features.min_log_spread, None).alias(f"sd_{stat}"),
         ]
+    exprs += [
+        pl.col("pop_slope").alias("slope_log_duration"),
+        pl.col("pop_resid_var").sqrt().clip(features.min_log_spread, None).alias("sd_log_duration_given_actions"),
+    ]
     spread = _circular_spread_hours(cos_mean, sin_mean)
     exprs += [
         _circular_mean_hours(cos_mean, sin_mean).alias("raw_hour_mean"),
@@ -534,6 +646,7 @@ def prior_name(pop_column: str) -> str:
 def prior_columns(devices: list[str], events: list[str]) -> list[str]:
     """The population columns a user is shrunk toward (the peer group replaces them)."""
     cols = [f"pop_{name}_{stat}" for stat in LOG_STATS for name in ("mean", "within_var", "prior_sessions")]
+    cols += ["pop_within_slope", "pop_within_resid_var", "pop_slope_prior"]
     cols += ["pop_within_var_hour", *(f"pop_share_prior_{kind}" for kind in SHARE_KINDS)]
     cols += [f"pop_{prob_col(kind, label)}" for kind, label, _ in _category_specs(devices, events)]
     return cols
@@ -610,6 +723,7 @@ def baseline_columns(devices: list[str], events: list[str]) -> list[str]:
     for stat in ("log_duration", "log_actions"):
         cols += [f"raw_mean_{stat}", f"raw_sd_{stat}", f"mean_{stat}", f"sd_{stat}"]
         cols += [f"pop_mean_{stat}", f"pop_sd_{stat}"]
+    cols += ["slope_log_duration", "sd_log_duration_given_actions"]
     cols += ["raw_hour_mean", "raw_hour_spread", "hour_mean", "hour_spread",
              "usual_hour_start", "usual_hour_length"]
     cols += [f"share_prior_{kind}" for kind in SHARE_KINDS]
@@ -639,7 +753,10 @@ def user_baselines(aggregates: pl.LazyFrame, as_of: date, features: FeatureSetti
     and the event features treat them as "no information").
     """
     window = _window(aggregates, as_of, features.lookback_days)
-    devices, events = _count_columns(window.collect_schema())
+    schema = window.collect_schema()
+    if CROSS_COLUMN not in schema:  # aggregates from before the co-moment only
+        window = window.with_columns(pl.lit(None, pl.Float64).alias(CROSS_COLUMN))
+    devices, events = _count_columns(schema)
     # users and pop each feed two branches of the plan; without cache() Polars computed
     # them once per branch (the baselines took ~1.6x as long)
     users = _per_user_sums(window, devices, events).with_columns(*_user_moments(), *_smoothed_hours()).cache()

@@ -57,6 +57,7 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "device_code",
     # deviations from the user's own baseline
     *DEVIATION_COLUMNS,
+    "length_for_actions_excess",
     "first_use",
     # the strongest and the sum of the deviations above, so a one-feature anomaly is
     # extreme in more than one dimension the forest may pick
@@ -86,6 +87,7 @@ CONTEXT_COLUMNS: tuple[str, ...] = (
     "known_user",
     "session_length_z",
     "actions_z",
+    "length_for_actions_z",
     "hour_z",
     "device_rarity_nats",
     "event_type_rarity_nats",
@@ -223,7 +225,7 @@ def _column(frame: pl.DataFrame, name: str) -> FloatArray:
 _SCALAR_INPUTS = (
     "mean_log_duration", "sd_log_duration", "mean_log_actions", "sd_log_actions", "hour_mean",
     "hour_spread", "pop_mean_log_duration", "pop_sd_log_duration", "pop_mean_log_actions",
-    "pop_sd_log_actions", "n_sessions", "n_events", "share_prior_device", "share_prior_event",
+    "pop_sd_log_actions", "slope_log_duration", "sd_log_duration_given_actions", "n_sessions", "n_events", "share_prior_device", "share_prior_event",
     "history_days", "usual_hour_start", "usual_hour_length",
 )
 
@@ -283,6 +285,8 @@ def _scalars(frame: pl.DataFrame) -> dict[str, np.ndarray]:
             "mean_log_duration": col["mean_log_duration"], "sd_log_duration": col["sd_log_duration"],
             "mean_log_actions": col["mean_log_actions"], "sd_log_actions": col["sd_log_actions"],
             "hour_mean": col["hour_mean"], "hour_spread": col["hour_spread"],
+            "slope_log_duration": col["slope_log_duration"],
+            "sd_log_duration_given_actions": col["sd_log_duration_given_actions"],
             "pop_mean_log_duration": col["pop_mean_log_duration"],
             "pop_sd_log_duration": np.clip(col["pop_sd_log_duration"], POPULATION_SD_FLOOR, None),
             "pop_mean_log_actions": col["pop_mean_log_actions"],
@@ -514,6 +518,10 @@ def _features(baselines: CompiledBaselines, events: Events, xp: Math) -> dict[st
         "known_user": known,
         "session_length_z": _z(log_duration, at("mean_log_duration"), at("sd_log_duration"), -Z_CLIP, xp),
         "actions_z": _z(log_actions, at("mean_log_actions"), at("sd_log_actions"), -Z_CLIP, xp),
+        # the session's length against the user's own length for that many actions
+        "length_for_actions_z": _z(log_duration, at("mean_log_duration")
+                                   + at("slope_log_duration") * (log_actions - at("mean_log_actions")),
+                                   at("sd_log_duration_given_actions"), -Z_CLIP, xp),
         "hour_z": finite(xp.div(_circular_distance(events.hour, at("hour_mean"), xp), at("hour_spread")),
                          0.0, HOUR_DEVIATION_CLIP, xp),
         "device_rarity_nats": finite(xp.gather2(baselines.device_rarity.values, rows, events.device),
@@ -570,6 +578,8 @@ def _event_features(baselines: CompiledBaselines, events: Events, ctx: Mapping[s
         "device_code": finite(xp.to_float(events.device), 0.0, len(baselines.devices), xp),
         "session_length_excess": beyond(surprise(xp.maximum(ctx["session_length_z"], 0.0)), NOISE_NATS, xp),
         "actions_excess": beyond(surprise(actions_up), NOISE_NATS, xp),
+        "length_for_actions_excess": beyond(surprise(xp.maximum(ctx["length_for_actions_z"], 0.0)),
+                                            NOISE_NATS, xp),
         "hour_deviation": beyond(surprise(ctx["hour_z"]), NOISE_NATS, xp),
         "device_rarity": beyond(ctx["device_rarity_nats"], RARITY_NOISE_NATS, xp),
         "event_type_rarity": beyond(ctx["event_type_rarity_nats"], RARITY_NOISE_NATS, xp),
