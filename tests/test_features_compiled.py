@@ -62,10 +62,12 @@ def day(serving_world: World) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def oracle(events: pl.DataFrame, snapshot: pl.DataFrame) -> pl.DataFrame:
-    """The frozen expressions (``uba-features-5``) plus, written here as plain Polars, the
-    column ``uba-features-7`` added: the session's log length against the user's own line
-    of log length on log actions, in the user's residual spreads (clipped at +-10, missing
-    information as 0), and its excess beyond 4 nats on the long side."""
+    """The frozen expressions (``uba-features-5``) plus, written here as plain Polars, what
+    ``uba-features-7`` changed: the session's log length against the user's own line of
+    log length on log actions, in the user's residual spreads (clipped at +-10, missing
+    information as 0), that expected log length (null when unknown), its excess beyond 4
+    nats on the long side, and the strongest and total deviations taken with it in place
+    of ``session_length_excess``."""
     old = reference.event_features(events.lazy(), snapshot.lazy()).collect()
 
     def bl(name: str) -> pl.Expr:
@@ -76,8 +78,11 @@ def oracle(events: pl.DataFrame, snapshot: pl.DataFrame) -> pl.DataFrame:
     expected = bl("mean_log_duration") + bl("slope_log_duration") * (log_actions - bl("mean_log_actions"))
     z = ((log_duration - expected) / bl("sd_log_duration_given_actions")).fill_nan(None).fill_null(0.0) \
         .clip(-reference.Z_CLIP, reference.Z_CLIP)
-    return old.with_columns(length_for_actions_z=z).with_columns(
-        length_for_actions_excess=reference.excess_surprise(pl.col("length_for_actions_z").clip(0.0, None)))
+    deviations = ["length_for_actions_excess",
+                  *(c for c in reference.DEVIATION_COLUMNS if c != "session_length_excess")]
+    return old.with_columns(length_for_actions_z=z, user_expected_log_session=expected.fill_nan(None)).with_columns(
+        length_for_actions_excess=reference.excess_surprise(pl.col("length_for_actions_z").clip(0.0, None))
+    ).with_columns(max_surprise=pl.max_horizontal(*deviations), total_surprise=pl.sum_horizontal(*deviations))
 
 
 def twisted(events: pl.DataFrame) -> pl.DataFrame:

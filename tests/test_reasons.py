@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import polars as pl
 import pytest
 
@@ -11,10 +13,11 @@ ORDINARY = {
     "known_user": True, "event_type": "view", "device_type": "desktop",
     "event_hour": 10.0, "event_weekday": 1.0,
     "session_duration_sec": 720.0, "events_in_session": 20,
-    "hour_z": 0.0, "hour_rarity": 0.0, "session_length_z": 0.0, "actions_z": 0.0,
+    "hour_z": 0.0, "hour_rarity": 0.0, "session_length_z": 0.0, "length_for_actions_z": 0.0, "actions_z": 0.0,
     "device_rarity_nats": 0.0, "event_type_rarity_nats": 0.0, "download_surprise": 0.0,
     "weekday_rarity": 0.0, "global_extremity": 0.0, "global_by_actions": False,
     "user_median_session_sec": 720.0, "user_median_actions": 20.0,
+    "user_expected_log_session": 6.580639137284949,  # log1p(720): 12 min for 20 actions
     "user_usual_hour_start": 9, "user_usual_hour_end": 17,
     "user_device_share": 0.9, "user_event_type_share": 0.6, "user_download_share": 0.05,
     "user_weekday_share": 0.2,
@@ -41,6 +44,22 @@ def test_reasons_are_ranked_by_severity_with_parallel_kinds():
         "first mobile use for this user",
         "session 9.1x longer than this user's median (12 min)",
     ]
+
+
+def test_a_session_long_for_its_actions_is_told_once_by_the_stronger_comparison():
+    """Only somewhat longer than the user's median, but much longer than their sessions
+    with as few actions: one session_length reason, phrased against the activity; a busy
+    long session (long for the user, ordinary for its actions) keeps the median phrasing."""
+    slow, busy, missing = reasons_of(
+        {"session_length_z": 1.5, "length_for_actions_z": 3.5, "session_duration_sec": 1800.0,
+         "events_in_session": 6, "user_expected_log_session": math.log1p(300.0)},
+        {"session_length_z": 3.0, "length_for_actions_z": 0.2, "session_duration_sec": 3600.0,
+         "events_in_session": 80},
+        {"session_length_z": 1.5, "length_for_actions_z": 3.5, "user_expected_log_session": None},
+    )
+    assert slow == (["session 6.0x longer than this user's usual for 6 actions (5 min)"], ["session_length"])
+    assert busy[1] == ["session_length"] and busy[0] == ["session 5.0x longer than this user's median (12 min)"]
+    assert missing == (["session length"], ["session_length"])  # no expected length: the kind's name
 
 
 def test_max_reasons_keeps_the_strongest():

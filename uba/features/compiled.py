@@ -36,9 +36,12 @@ from uba.features.aggregates import DOWNLOAD, HOURS, WEEKDAYS, categories_in
 from uba.features.baselines import POPULATION_USER, hour_label, prob_col, rarity_col, share_col
 from uba.features.elementwise import ARRAYS, FLOATS, ArrayMath, Math, Values
 
-# Deviation features, all surprises in nats (0 = as expected for this user).
+# Deviation features, all surprises in nats (0 = as expected for this user), which
+# max_surprise and total_surprise summarise. The session's length counts there given its
+# actions (``length_for_actions_excess``, uba-features-7): a long session with as many
+# more actions is a busy session, which ``actions_excess`` already weighs.
 DEVIATION_COLUMNS: tuple[str, ...] = (
-    "session_length_excess",
+    "length_for_actions_excess",
     "actions_excess",
     "hour_deviation",
     "device_rarity",
@@ -57,7 +60,9 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "device_code",
     # deviations from the user's own baseline
     *DEVIATION_COLUMNS,
-    "length_for_actions_excess",
+    # the session's length against the user's own, whatever its actions (a dimension of
+    # its own, outside the summaries since uba-features-7)
+    "session_length_excess",
     "first_use",
     # the strongest and the sum of the deviations above, so a one-feature anomaly is
     # extreme in more than one dimension the forest may pick
@@ -94,6 +99,7 @@ CONTEXT_COLUMNS: tuple[str, ...] = (
     "download_surprise",
     "user_median_session_sec",
     "user_median_actions",
+    "user_expected_log_session",
     "user_usual_hour_start",
     "user_usual_hour_end",
     "user_device_share",
@@ -107,7 +113,8 @@ CONTEXT_COLUMNS: tuple[str, ...] = (
 )
 # Context columns where "no value" is a null in frames (NaN in the arrays).
 NULLABLE_CONTEXT: tuple[str, ...] = (
-    "user_median_session_sec", "user_median_actions", "user_device_share", "user_event_type_share",
+    "user_median_session_sec", "user_median_actions", "user_expected_log_session", "user_device_share",
+    "user_event_type_share",
     "user_download_share", "user_weekday_share", "hour_rarity", "weekday_rarity",
 )
 INTEGER_CONTEXT: tuple[str, ...] = ("user_usual_hour_start", "user_usual_hour_end")
@@ -514,14 +521,15 @@ def _features(baselines: CompiledBaselines, events: Events, xp: Math) -> dict[st
     def at(name: str) -> Values:
         return xp.gather(s[name], rows)
 
+    # the user's own log length for a session with this many actions (their line of log
+    # length on log actions): what the session's length is compared with given its activity
+    expected = at("mean_log_duration") + at("slope_log_duration") * (log_actions - at("mean_log_actions"))
     out: dict[str, Values] = {
         "known_user": known,
         "session_length_z": _z(log_duration, at("mean_log_duration"), at("sd_log_duration"), -Z_CLIP, xp),
         "actions_z": _z(log_actions, at("mean_log_actions"), at("sd_log_actions"), -Z_CLIP, xp),
-        # the session's length against the user's own length for that many actions
-        "length_for_actions_z": _z(log_duration, at("mean_log_duration")
-                                   + at("slope_log_duration") * (log_actions - at("mean_log_actions")),
-                                   at("sd_log_duration_given_actions"), -Z_CLIP, xp),
+        "length_for_actions_z": _z(log_duration, expected, at("sd_log_duration_given_actions"), -Z_CLIP, xp),
+        "user_expected_log_session": expected,
         "hour_z": finite(xp.div(_circular_distance(events.hour, at("hour_mean"), xp), at("hour_spread")),
                          0.0, HOUR_DEVIATION_CLIP, xp),
         "device_rarity_nats": finite(xp.gather2(baselines.device_rarity.values, rows, events.device),

@@ -9,7 +9,8 @@ z-equivalent ``z(s) = sqrt(2 * s)``:
 kind                severity
 ==================  ===========================================================
 hour                max(hour_z, z(hour_rarity))
-session_length      session_length_z (above the user's mean only)
+session_length      max(session_length_z, length_for_actions_z) (above the user's
+                    own length, or above their length for that many actions)
 actions             actions_z (above the user's mean only)
 device              z(device_rarity_nats)
 event_type          z(event_type_rarity_nats)  (0 for downloads: see below)
@@ -18,8 +19,12 @@ time_of_week        z(weekday_rarity)
 global              global_extremity (already a z against the population)
 ==================  ===========================================================
 
-Downloads are described by the download kind only, and time of week by its weekday
-part (the hour part is the hour reason), so one fact is not told twice.
+Downloads are described by the download kind only, time of week by its weekday part
+(the hour part is the hour reason), and a long session once, by whichever comparison
+is the stronger: "session 9.1x longer than this user's median" against the user's
+usual length, or "session 3.2x longer than this user's usual for 12 actions" against
+their usual length for a session with that many actions (``uba-features-7``), so one
+fact is not told twice.
 
 Reasons with severity >= MIN_SEVERITY are listed, strongest first (ties keep the order
 of REASON_KINDS), at most ``max_reasons``; when none reaches it, the strongest is still
@@ -71,7 +76,8 @@ IndexArray = npt.NDArray[np.intp]
 # What a sentence reads, besides the kinds: the event's own fields and the kernel's context.
 SENTENCE_INPUTS: tuple[str, ...] = (
     "known_user", "event_type", "device_type", "session_duration_sec", "events_in_session",
-    "event_hour", "event_weekday", "actions_z", "global_by_actions", "user_median_session_sec",
+    "event_hour", "event_weekday", "actions_z", "session_length_z", "length_for_actions_z",
+    "user_expected_log_session", "global_by_actions", "user_median_session_sec",
     "user_median_actions", "user_usual_hour_start", "user_usual_hour_end", "user_device_share",
     "user_event_type_share", "user_download_share", "user_weekday_share",
 )
@@ -89,6 +95,9 @@ class SentenceInputs(TypedDict):
     event_hour: float
     event_weekday: float
     actions_z: float
+    session_length_z: float
+    length_for_actions_z: float
+    user_expected_log_session: float | None
     global_by_actions: bool
     user_median_session_sec: float | None
     user_median_actions: float | None
@@ -101,7 +110,7 @@ class SentenceInputs(TypedDict):
 
 
 SEVERITY_INPUTS: tuple[str, ...] = (
-    "hour_z", "hour_rarity", "session_length_z", "actions_z", "device_rarity_nats",
+    "hour_z", "hour_rarity", "session_length_z", "length_for_actions_z", "actions_z", "device_rarity_nats",
     "event_type_rarity_nats", "download_surprise", "weekday_rarity", "global_extremity",
 )
 
@@ -116,7 +125,7 @@ def _severities(f: Callable[[str], Values], is_download: Values, xp: Math) -> li
     (``f`` gives a SEVERITY_INPUTS value, NaN where missing)."""
     return [
         xp.fmax(f("hour_z"), _z(f("hour_rarity"), xp)),
-        xp.maximum(f("session_length_z"), 0.0),
+        xp.fmax(xp.fmax(f("session_length_z"), f("length_for_actions_z")), 0.0),
         xp.maximum(f("actions_z"), 0.0),
         _z(f("device_rarity_nats"), xp),
         xp.where(is_download, 0.0, _z(f("event_type_rarity_nats"), xp)),
@@ -241,11 +250,26 @@ def _hour_text(row: SentenceInputs) -> str | None:
 
 
 def _session_text(row: SentenceInputs) -> str | None:
+    if row["length_for_actions_z"] > row["session_length_z"]:  # NaN: False
+        return _session_for_actions_text(row)
     median = row["user_median_session_sec"]
     ratio = _ratio(_per_median(row["session_duration_sec"], median))
     if ratio is None:
         return None
     return f"session {ratio}x longer than {_owner(row)} median ({_duration(median)})"
+
+
+def _session_for_actions_text(row: SentenceInputs) -> str | None:
+    """The session against the user's usual length for a session with as many actions."""
+    expected_log = _known(row["user_expected_log_session"])
+    if expected_log is None:
+        return None
+    expected = max(math.expm1(expected_log), 0.0)
+    ratio = _ratio(_per_median(row["session_duration_sec"], expected))
+    if ratio is None:
+        return None
+    return (f"session {ratio}x longer than {_owner(row)} usual for {row['events_in_session']} actions "
+            f"({_duration(expected)})")
 
 
 def _actions_text(row: SentenceInputs) -> str | None:
