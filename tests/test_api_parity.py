@@ -81,6 +81,8 @@ def test_predict_and_predict_batch_match_batch_scoring(request: pytest.FixtureRe
         assert api["baseline_as_of"] == SCORE_DAY.isoformat()
         flagged += row["is_anomaly"]
     assert 0 < flagged < batch.height  # the comparison covers both flagged and normal events
+    # and the session-length reason phrased against the session's actions
+    assert any("usual for" in text for texts in batch["reasons"].drop_nulls().to_list() for text in texts)
     assert stranger["threshold"] == stranger["global_threshold"] == info["threshold"]  # unknown: global cut
     assert info["per_user_thresholds"]["enabled"] is per_user
     if per_user:
@@ -94,7 +96,8 @@ def _ingest_off_habit_events(data_dir: Path, tmp: Path) -> None:
     """Copies of some of the day's events twelve hours away and on the other device,
     ingested as the day's events: their scores spread between the day's ordinary events and
     its anomalies, so some fall between the global and a user's cut (the per-user case
-    compares moved verdicts), and with a directory the peer deviations are not all 0."""
+    compares moved verdicts), and with a directory the peer deviations are not all 0;
+    copies of others with sessions six times as long (long for their actions)."""
     events = io.scan_events(data_dir, SCORE_DAY).collect().gather_every(6)
     hour = (pl.col("hour_of_day") + 12) % 24
     moved = events.with_columns(
@@ -105,17 +108,25 @@ def _ingest_off_habit_events(data_dir: Path, tmp: Path) -> None:
         pl.when(pl.col("device_type") == "mobile").then(pl.lit("desktop")).otherwise(pl.lit("mobile"))
         .alias("device_type"),
     ).drop("event_date", strict=False)
-    moved.write_parquet(tmp / "off-habit.parquet")
+    # and copies of others with a session six times as long and as many actions: long for
+    # their activity, so the session-length-given-actions feature is not all 0 either
+    slow = io.scan_events(data_dir, SCORE_DAY).collect().gather_every(6, offset=3).with_columns(
+        ("slow-" + pl.col("event_id")).alias("event_id"),
+        (pl.col("session_duration_sec") * 6).alias("session_duration_sec"),
+    ).drop("event_date", strict=False)
+    pl.concat([moved, slow]).write_parquet(tmp / "off-habit.parquet")
     run_cli("ingest", str(tmp / "off-habit.parquet"), "--data-dir", str(data_dir))  # in process: no start-up to pay
 
 
 def _assert_peer_features(events: pl.DataFrame, snapshot: Path, directory: bool) -> None:
     """With a directory the snapshot both sides score from has peer statistics and the
     day's events get non-zero peer deviations (so the comparison covers them); without
-    one, neither."""
+    one, neither. Either way some events are long for their number of actions."""
     compiled = compile_baselines(io.read_baseline_snapshot(snapshot))
     assert (compiled.peers is not None) is directory
     features = features_frame(events, compiled)
+    # sessions long for their number of actions (uba-features-7) are among the compared events
+    assert (features["length_for_actions_excess"] > 0).sum() > 0
     if not directory:
         assert not set(PEER_FEATURE_COLUMNS) & set(features.columns)
         return
