@@ -485,9 +485,9 @@ def reference_features(events: Any, baselines: Any, feature_names: tuple[str, ..
                        deviation_columns: tuple[str, ...]) -> Any:
     """The product's event features, written the straightforward pandas/numpy way.
 
-    Mirrors uba/features/compiled.py (feature set ``uba-features-5``): attach the user's
+    Mirrors uba/features/compiled.py (feature set ``uba-features-7``): attach the user's
     baseline row (population row for unknown users), log1p lengths, signed z against the
-    user, one-sided Gaussian surprises beyond a noise level, circular hour distance,
+    user (the length also against the user's length for that many actions), one-sided Gaussian surprises beyond a noise level, circular hour distance,
     category rarities picked per row, first use of a device/event type, everything
     made finite and clipped. Only numeric constants are taken from the product module.
     """
@@ -542,6 +542,8 @@ def reference_features(events: Any, baselines: Any, feature_names: tuple[str, ..
                               col("unseen_rarity_dow"))
         length_z = finite((log_duration - col("mean_log_duration")) / col("sd_log_duration"), -z_clip, z_clip)
         actions_z = finite((log_actions - col("mean_log_actions")) / col("sd_log_actions"), -z_clip, z_clip)
+        expected = col("mean_log_duration") + col("slope_log_duration") * (log_actions - col("mean_log_actions"))
+        for_actions_z = finite((log_duration - expected) / col("sd_log_duration_given_actions"), -z_clip, z_clip)
         diff = np.abs(hour - col("hour_mean")) % 24.0
         hour_z = finite(np.minimum(diff, 24.0 - diff) / col("hour_spread"), 0.0, hour_clip)
         device_nats = finite(pick(df["device_type"], {d: f"rarity_device_{d}" for d in devices},
@@ -566,6 +568,7 @@ def reference_features(events: Any, baselines: Any, feature_names: tuple[str, ..
         out["device_code"] = finite(code(df["device_type"], devices), 0.0, len(devices))
         out["session_length_excess"] = beyond(surprise(np.clip(length_z, 0.0, None)), noise)
         out["actions_excess"] = beyond(surprise(np.clip(actions_z, 0.0, None)), noise)
+        out["length_for_actions_excess"] = beyond(surprise(np.clip(for_actions_z, 0.0, None)), noise)
         out["hour_deviation"] = beyond(surprise(hour_z), noise)
         out["device_rarity"] = beyond(device_nats, rarity_noise)
         out["event_type_rarity"] = beyond(event_nats, rarity_noise)
