@@ -123,9 +123,10 @@ def test_a_flaky_receiver_gets_every_alert_of_a_backfill_once_by_id_in_day_order
                      alert_world.score_dates[-1].isoformat(), *setup.score_dirs())
         assert result.exit_code == 0, result.output
         expected = exported(setup, alert_world.score_dates)
-        # 566 findings over the three days since the generator's subtler bursts and long
-        # sessions (issue 14) changed the world; at most 400 before
-        assert 250 <= len(expected) <= 600, len(expected)
+        # 643 findings over the three days since session length given activity
+        # (uba-features-7); 566 with the generator's subtler bursts and long sessions
+        # (issue 14), at most 400 before. The bound keeps the deliveries' run time in check
+        assert 250 <= len(expected) <= 750, len(expected)
         after_backfill = counts(setup)
         assert after_backfill["pending"] > 0 and after_backfill["delivered"] > 0, after_backfill
         assert sum(after_backfill.values()) == len(expected)
