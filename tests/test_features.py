@@ -278,6 +278,49 @@ def test_regression_falls_back_to_the_prior_for_days_without_the_co_moment():
     assert without["slope_log_duration"].is_finite().all()
 
 
+def test_a_user_without_the_co_moment_gets_the_prior_slope_not_one_from_partial_sums():
+    """The fallback above, where it can be told apart: users whose actions vary, one of
+    them ("steep") with sessions growing as actions squared. With every day's co-moment
+    steep's own slope shows; with one day's missing, steep gets the prior's slope, the
+    one a user with a constant action count also keeps."""
+    rng = random.Random(5)
+    rows = []
+    for d in range(14):
+        for h in (9, 12, 15):
+            day = DAY0 + timedelta(days=d)
+            for user, power in (("steep", 2.0), ("plain0", 1.0), ("plain1", 1.0), ("plain2", 1.0)):
+                actions = rng.choice([3, 5, 8, 12, 20])
+                rows.append(event(user, day, h, actions=actions, duration=30.0 * actions ** power))
+            rows.append(event("constant", day, h, actions=8, duration=rng.uniform(300.0, 600.0)))
+    as_of = DAY0 + timedelta(days=14)
+    aggregates = daily_aggregates(frame(rows)).collect()
+    full = user_baselines(aggregates.lazy(), as_of, FEATURES).collect()
+    missing = aggregates.with_columns(
+        sum_log_duration_x_actions=pl.when((pl.col("user_id") == "steep") & (pl.col("event_date") == DAY0))
+        .then(None).otherwise(pl.col("sum_log_duration_x_actions")))
+    partial = user_baselines(missing.lazy(), as_of, FEATURES).collect()
+    prior = row_of(partial, "constant")["slope_log_duration"]
+    assert row_of(full, "steep")["slope_log_duration"] > 1.5 > prior
+    assert row_of(partial, "steep")["slope_log_duration"] == pytest.approx(prior)
+
+
+@pytest.mark.parametrize("users", [1, 3])
+def test_a_window_where_nobody_has_two_events_gives_finite_spreads(users: int):
+    """A fresh deployment or a new peer group: each user has one event in the lookback (no
+    within-user variance anywhere, and with one user one event in all). The spreads of
+    session length given actions fall back to the plain ones instead of 0/0 = NaN, which
+    would have silently zeroed ``length_for_actions_excess`` for everyone."""
+    rows = [event(f"solo{i}", DAY0, 10, actions=5 + 10 * i, duration=300.0 * (i + 1)) for i in range(users)]
+    as_of = DAY0 + timedelta(days=1)
+    base = baselines_from(rows, as_of)
+    spreads = base["sd_log_duration_given_actions"]
+    assert spreads.is_finite().all() and (spreads >= FEATURES.min_log_spread).all(), base
+    assert base["slope_log_duration"].is_finite().all()
+    long_one = event("solo0", as_of, 10, actions=5, duration=300.0 * 50)
+    out = features_for([long_one], rows, as_of).row(0, named=True)
+    assert math.isfinite(out["length_for_actions_z"]) and out["length_for_actions_z"] > 0
+
+
 def test_feature_list_is_fixed_and_versioned():
     assert len(FEATURE_COLUMNS) == len(set(FEATURE_COLUMNS)) == 18
     assert set(DEVIATION_COLUMNS) <= set(FEATURE_COLUMNS)

@@ -316,8 +316,7 @@ def _population_stats(pop: pl.LazyFrame, devices: list[str], events: list[str],
     moments = []
     max_prior = features.prior_strength_days * pl.col("n_sessions") / pl.col("user_days")
     for stat in LOG_STATS:
-        total_var = pl.when(n > 1).then(_within_ss(stat) / (n - 1)).otherwise(0.0)
-        within = pl.when(dof > 0).then(pl.col(f"within_ss_{stat}") / dof).otherwise(total_var)
+        total_var, within = _log_stat_variances(stat)
         prior_sessions = (within / _between_user_var(stat, within)).clip(0.0, max_prior)
         moments += [
             (pl.col(f"sum_{stat}") / n).alias(f"pop_mean_{stat}"),
@@ -337,6 +336,17 @@ def _population_stats(pop: pl.LazyFrame, devices: list[str], events: list[str],
     return pop.with_columns(*moments, *shares)
 
 
+def _log_stat_variances(stat: str) -> tuple[pl.Expr, pl.Expr]:
+    """The population's total variance of a log stat and its pooled within-user variance,
+    each with a fallback that stays finite when too few events or users allow it (one
+    event in all: 0; nobody with two events: the total variance)."""
+    n = pl.col("n_events").cast(pl.Float64)
+    dof = pl.col("within_dof")
+    total_var = pl.when(n > 1).then(_within_ss(stat) / (n - 1)).otherwise(0.0)
+    within = pl.when(dof > 0).then(pl.col(f"within_ss_{stat}") / dof).otherwise(total_var)
+    return total_var, within
+
+
 def _population_regression(features: FeatureSettings) -> list[pl.Expr]:
     """Log session length given log actions, for the population (and a peer group).
 
@@ -352,7 +362,9 @@ def _population_regression(features: FeatureSettings) -> list[pl.Expr]:
                                               "within_dof_reg"))
     slope = pl.when(ssa > 0).then(sp / ssa).otherwise(0.0)
     within = pl.when(dof > 1).then(_residual_ss(ssd, sp, ssa, slope) / (dof - 1.0)).otherwise(None)
-    fallback = pl.col("within_ss_log_duration") / pl.col("within_dof")
+    # without a regression, the plain spreads of log duration: a window where nobody has
+    # two events (a fresh deployment, a new peer group) must not give NaN (0/0)
+    total_duration_var, fallback = _log_stat_variances("log_duration")
     events_per_day = pl.col("n_events").cast(pl.Float64) / pl.col("user_days").cast(pl.Float64)
     action_var = pl.when(dof > 0).then(ssa / dof).otherwise(0.0)
     n = pl.col("reg_n_events")
@@ -367,8 +379,7 @@ def _population_regression(features: FeatureSettings) -> list[pl.Expr]:
         (features.prior_strength_days * events_per_day * action_var).fill_nan(0.0).fill_null(0.0)
         .alias("pop_slope_prior"),
         t_slope.alias("pop_slope"),
-        pl.coalesce(t_var, _within_ss("log_duration") / (pl.col("n_events").cast(pl.Float64) - 1.0))
-        .alias("pop_resid_var"),
+        pl.coalesce(t_var, total_duration_var).alias("pop_resid_var"),
     ]
 
 
