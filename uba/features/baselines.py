@@ -170,6 +170,10 @@ def _within_sp() -> pl.Expr:
     return pl.when(sp.abs() > cross.abs() * _FLOAT_RESOLUTION).then(sp).otherwise(0.0)
 
 
+_REGRESSION_SUMS = ("sum_log_duration", "sumsq_log_duration", "sum_log_actions", "sumsq_log_actions",
+                    CROSS_COLUMN)
+
+
 def _regression_sums(with_comoment: pl.Expr) -> list[pl.Expr]:
     """Within-user sums of squares and cross products of the users whose co-moment is
     known (``with_comoment``), for the pooled slope of log duration on log actions."""
@@ -187,10 +191,6 @@ def _regression_sums(with_comoment: pl.Expr) -> list[pl.Expr]:
         *(exact_sum(known(value)).alias(f"reg_{name}")
           for name, value in zip(("n_events", *_REGRESSION_SUMS), total, strict=True)),
     ]
-
-
-_REGRESSION_SUMS = ("sum_log_duration", "sumsq_log_duration", "sum_log_actions", "sumsq_log_actions",
-                    CROSS_COLUMN)
 
 
 def _residual_ss(ssd: pl.Expr, sp: pl.Expr, ssa: pl.Expr, slope: pl.Expr) -> pl.Expr:

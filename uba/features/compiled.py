@@ -232,8 +232,8 @@ def _column(frame: pl.DataFrame, name: str) -> FloatArray:
 _SCALAR_INPUTS = (
     "mean_log_duration", "sd_log_duration", "mean_log_actions", "sd_log_actions", "hour_mean",
     "hour_spread", "pop_mean_log_duration", "pop_sd_log_duration", "pop_mean_log_actions",
-    "pop_sd_log_actions", "slope_log_duration", "sd_log_duration_given_actions", "n_sessions", "n_events", "share_prior_device", "share_prior_event",
-    "history_days", "usual_hour_start", "usual_hour_length",
+    "pop_sd_log_actions", "slope_log_duration", "sd_log_duration_given_actions", "n_sessions", "n_events",
+    "share_prior_device", "share_prior_event", "history_days", "usual_hour_start", "usual_hour_length",
 )
 
 
