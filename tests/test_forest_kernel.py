@@ -60,6 +60,26 @@ def test_kernel_scores_equal_sklearn_and_the_numpy_path(n_features, params):
     assert np.array_equal(got, compact.scores(probe, compiled=False))
 
 
+@pytest.mark.parametrize("n_features", [1, 18, 40, 130])
+def test_every_row_count_around_block_and_lane_edges_scores_like_sklearn(n_features):
+    """The complete-layout loop copies blocks of rows (256 for the product's width, fewer
+    for wider rows) feature-major and walks groups of 8; rows past the last group of a
+    block go tree-wise. Row counts around those edges, at widths that change the block."""
+    from uba.model.kernel import complete_block_rows
+
+    forest = _fitted(2000, n_features, n_features, n_estimators=25)
+    compact = compact_forest_from_sklearn(forest, n_features)
+    block = complete_block_rows(n_features)
+    assert block % 8 == 0 and (block * 4 * n_features <= 24 * 1024 or block == 8)
+    probe = _probe(np.random.default_rng(n_features), 3 * block + 13, n_features)
+    reference = -forest.score_samples(probe)
+    for n_rows in sorted({1, 7, 8, 9, block - 1, block, block + 1, block + 7, block + 8, 2 * block + 5,
+                          3 * block + 13}):
+        got = compact.scores(probe[:n_rows])
+        assert np.max(np.abs(got - reference[:n_rows])) <= TOLERANCE, n_rows
+        assert np.array_equal(got, compact.scores(probe[:n_rows], compiled=False)), n_rows
+
+
 def test_forest_deeper_than_the_complete_layout_cap_walks_the_node_arrays():
     forest = _fitted(9000, 6, 2, n_estimators=30, max_samples=9000)  # max depth ceil(log2 9000) = 14
     compact = compact_forest_from_sklearn(forest, 6)

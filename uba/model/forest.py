@@ -29,7 +29,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from functools import cache
+from functools import cache, cached_property
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
 import numpy as np
@@ -240,11 +240,17 @@ class CompactForest:
         forest_kernel = _forest_kernel()
         k = self._kernel
         if k.complete:
-            return forest_kernel.complete_path_lengths(X32, k.feature, k.threshold, k.value)
+            return forest_kernel.complete_path_lengths(X32, k.feature, self._complete_offsets, k.threshold, k.value)
         assert k.children is not None and k.roots is not None
         return forest_kernel.node_path_lengths(
             X32, k.children, k.feature, k.threshold, k.value, k.roots, self.depth
         )
+
+    @cached_property
+    def _complete_offsets(self) -> npt.NDArray[np.uint32]:
+        """The complete-layout loop's offsets (feature x its block rows), made at the first
+        score with the kernel module, so loading a bundle still imports no numba."""
+        return _forest_kernel().complete_offsets(self._kernel.feature, self.n_features)
 
     def _numpy_path_lengths(self, X32: Rows32) -> FloatArray:
         """The numpy path: whole-array gathers, chunked so the node matrix stays in cache."""
@@ -305,12 +311,14 @@ class CompactForest:
 class _KernelModule(Protocol):
     """What this module calls in ``uba.model.kernel`` (the module itself satisfies it)."""
 
-    def complete_path_lengths(self, X32: Rows32, feature: npt.NDArray[np.uint32], threshold: Rows32,
-                              leaf_value: FloatArray, /) -> tuple[FloatArray, int]: ...
+    def complete_path_lengths(self, X32: Rows32, feature: npt.NDArray[np.uint32], offset: npt.NDArray[np.uint32],
+                              threshold: Rows32, leaf_value: FloatArray, /) -> tuple[FloatArray, int]: ...
 
     def node_path_lengths(self, X32: Rows32, children: npt.NDArray[np.uint32], feature: npt.NDArray[np.uint32],
                           threshold: Rows32, node_value: FloatArray, roots: npt.NDArray[np.uint32], depth: int,
                           /) -> tuple[FloatArray, int]: ...
+
+    def complete_offsets(self, feature: npt.NDArray[np.uint32], n_columns: int, /) -> npt.NDArray[np.uint32]: ...
 
     def scaled_rows(self, X: FloatArray, mean: FloatArray, scale: FloatArray, /) -> Rows32: ...
 
