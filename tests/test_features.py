@@ -321,6 +321,25 @@ def test_a_window_where_nobody_has_two_events_gives_finite_spreads(users: int):
     assert math.isfinite(out["length_for_actions_z"]) and out["length_for_actions_z"] > 0
 
 
+@pytest.mark.parametrize("actions", [6, 10, 26])
+def test_a_population_with_one_action_count_fits_no_slope_from_rounding(actions: int):
+    """A log source that reports the same ``events_in_session`` for every session (it does
+    not count activity): no line of length on actions can be fitted, so the population
+    row (an unknown user's baseline) keeps slope 0, as every user's row does, and a
+    stranger's ordinary session length is not called long for having fewer actions. The
+    total regression's sums of squares were ``sumsq - sum**2 / n`` without the rounding
+    floor ``_within_ss`` has: rounding noise, whose ratio was a slope of 4.0 or 3.0 here."""
+    as_of = DAY0 + timedelta(days=14)
+    rows = [event(f"u{i}", DAY0 + timedelta(days=d), h, actions=actions,
+                  duration=[30.0, 600.0, 7200.0][(d + h + i) % 3])
+            for i in range(3) for d in range(14) for h in (9, 12)]
+    base = baselines_from(rows, as_of)
+    assert (base["slope_log_duration"] == 0.0).all(), base.select("user_id", "slope_log_duration")
+    stranger = event("stranger", as_of, 12, actions=1, duration=7200.0)
+    out = features_for([stranger], rows, as_of).row(0, named=True)
+    assert out["length_for_actions_excess"] == 0.0, out["length_for_actions_z"]
+
+
 def test_feature_list_is_fixed_and_versioned():
     assert len(FEATURE_COLUMNS) == len(set(FEATURE_COLUMNS)) == 18
     assert set(DEVIATION_COLUMNS) <= set(FEATURE_COLUMNS)

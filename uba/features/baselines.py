@@ -155,18 +155,25 @@ def _within_ss(stat: str) -> pl.Expr:
     Differences below the float resolution of the sums are rounding, not spread, and
     count as exactly 0 (a perfectly regular user has spread 0, then the floor).
     """
-    n = pl.col("n_events").cast(pl.Float64)
-    sumsq = pl.col(f"sumsq_{stat}")
-    ss = sumsq - pl.col(f"sum_{stat}") ** 2 / n
+    return _centred_ss(pl.col(f"sumsq_{stat}"), pl.col(f"sum_{stat}"), pl.col("n_events").cast(pl.Float64))
+
+
+def _centred_ss(sumsq: pl.Expr, total: pl.Expr, n: pl.Expr) -> pl.Expr:
+    """``sumsq - total**2 / n`` with rounding-level values (and NaN) as exactly 0."""
+    ss = sumsq - total**2 / n
     return pl.when(ss > sumsq.abs() * _FLOAT_RESOLUTION).then(ss).otherwise(0.0)
 
 
 def _within_sp() -> pl.Expr:
     """Sum of cross products of log duration and log actions around the user's own means
     (0 for a single event; rounding-level values count as 0, as in ``_within_ss``)."""
-    n = pl.col("n_events").cast(pl.Float64)
-    cross = pl.col(CROSS_COLUMN)
-    sp = cross - pl.col("sum_log_duration") * pl.col("sum_log_actions") / n
+    return _centred_sp(pl.col(CROSS_COLUMN), pl.col("sum_log_duration"), pl.col("sum_log_actions"),
+                       pl.col("n_events").cast(pl.Float64))
+
+
+def _centred_sp(cross: pl.Expr, total_a: pl.Expr, total_b: pl.Expr, n: pl.Expr) -> pl.Expr:
+    """``cross - total_a * total_b / n`` with rounding-level values (and NaN) as exactly 0."""
+    sp = cross - total_a * total_b / n
     return pl.when(sp.abs() > cross.abs() * _FLOAT_RESOLUTION).then(sp).otherwise(0.0)
 
 
@@ -368,10 +375,13 @@ def _population_regression(features: FeatureSettings) -> list[pl.Expr]:
     events_per_day = pl.col("n_events").cast(pl.Float64) / pl.col("user_days").cast(pl.Float64)
     action_var = pl.when(dof > 0).then(ssa / dof).otherwise(0.0)
     n = pl.col("reg_n_events")
-    t_ssa = pl.col("reg_sumsq_log_actions") - pl.col("reg_sum_log_actions") ** 2 / n
-    t_ssd = pl.col("reg_sumsq_log_duration") - pl.col("reg_sum_log_duration") ** 2 / n
-    t_sp = pl.col(f"reg_{CROSS_COLUMN}") - pl.col("reg_sum_log_duration") * pl.col("reg_sum_log_actions") / n
-    t_slope = pl.when((n > 1) & (t_ssa > 0)).then(t_sp / t_ssa).otherwise(0.0)  # NaN > 0 in Polars
+    # rounding-level sums count as 0, as the users' own do: where everybody's sessions have
+    # the same number of actions, sumsq - sum**2 / n is rounding noise, and so was the slope
+    t_ssa = _centred_ss(pl.col("reg_sumsq_log_actions"), pl.col("reg_sum_log_actions"), n)
+    t_ssd = _centred_ss(pl.col("reg_sumsq_log_duration"), pl.col("reg_sum_log_duration"), n)
+    t_sp = _centred_sp(pl.col(f"reg_{CROSS_COLUMN}"), pl.col("reg_sum_log_duration"),
+                       pl.col("reg_sum_log_actions"), n)
+    t_slope = pl.when((n > 1) & (t_ssa > 0)).then(t_sp / t_ssa).otherwise(0.0)
     t_var = pl.when(n > 2).then(_residual_ss(t_ssd, t_sp, t_ssa, t_slope) / (n - 2.0)).otherwise(None)
     return [
         slope.alias("pop_within_slope"),
