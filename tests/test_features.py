@@ -321,6 +321,36 @@ def test_a_window_where_nobody_has_two_events_gives_finite_spreads(users: int):
     assert math.isfinite(out["length_for_actions_z"]) and out["length_for_actions_z"] > 0
 
 
+def test_right_after_the_co_moment_upgrade_users_are_not_judged_by_the_few_new_ones():
+    """Events kept a week, aggregates the whole lookback: after the upgrade to the co-moment
+    (AGGREGATES_VERSION 2) the first week's parts are version 1, so every user of that week
+    lacks it and only a newcomer whose sessions grow exactly with their actions has one.
+    Replayed on the scored day, the users' own ordinary sessions must not stand out on
+    length given actions any more than with every co-moment known (none does). Before,
+    the newcomer's three events set everyone's slope (1.13) and residual spread (0.25,
+    the floor, against plain spreads of 1.6): 124 of 336 ordinary events had
+    ``length_for_actions_excess`` > 0 (on a real world, 49 of 185 ordinary events flagged
+    against 0)."""
+    rng = random.Random(11)
+    rows = [event(f"old{i}", DAY0 + timedelta(days=d), h, actions=rng.choice([3, 5, 8, 12, 20]),
+                  duration=rng.choice([60.0, 300.0, 900.0, 3600.0]))
+            for d in range(14) for i in range(8) for h in (9, 12, 15)]
+    newcomer = [event("newcomer", DAY0 + timedelta(days=13), h, actions=a, duration=50.0 * a)
+                for h, a in ((9, 4), (12, 16), (15, 8))]
+    as_of = DAY0 + timedelta(days=14)
+    aggregates = daily_aggregates(frame(rows + newcomer)).collect()
+    upgraded = aggregates.with_columns(sum_log_duration_x_actions=pl.when(
+        pl.col("event_date") < DAY0 + timedelta(days=7)).then(None).otherwise(pl.col("sum_log_duration_x_actions")))
+    replay = frame([{**r, "timestamp": datetime.combine(as_of, r["timestamp"].timetz()),
+                     "day_of_week": as_of.weekday()} for r in rows])
+    for window in (aggregates, upgraded):
+        out = event_features(replay, user_baselines(window.lazy(), as_of, FEATURES)).collect()
+        assert (out["length_for_actions_excess"] == 0.0).all(), (out["length_for_actions_excess"] > 0).sum()
+    base = user_baselines(upgraded.lazy(), as_of, FEATURES).collect()
+    given, plain = base["sd_log_duration_given_actions"], base["sd_log_duration"]
+    assert (given > 0.9 * plain).all(), base.select("user_id", "sd_log_duration_given_actions", "sd_log_duration")
+
+
 @pytest.mark.parametrize("actions", [6, 10, 26])
 def test_a_population_with_one_action_count_fits_no_slope_from_rounding(actions: int):
     """A log source that reports the same ``events_in_session`` for every session (it does

@@ -363,7 +363,12 @@ def _population_regression(features: FeatureSettings) -> list[pl.Expr]:
     within-user sums of squares of log actions (``prior_strength_days`` days of the
     typical user's events with the typical within-user spread of actions);
     ``pop_slope`` / ``pop_resid_var``: the total regression over everyone (an unknown
-    user could be anyone). Only users whose co-moment is known count.
+    user could be anyone). Only users whose co-moment is known count, and only for their
+    share of the evidence (within-user degrees of freedom, events): the rest counts as
+    no regression (slope 0, the plain spread of log length). With aggregates from before
+    the co-moment in the window (pruned events), a handful of users new since the upgrade
+    would otherwise set everyone's line and spread; with every co-moment known the
+    share is exactly 1 and nothing changes.
     """
     ssa, sp, ssd, dof = (pl.col(c) for c in ("within_ssa_reg", "within_sp_reg", "within_ssd_reg",
                                               "within_dof_reg"))
@@ -383,14 +388,22 @@ def _population_regression(features: FeatureSettings) -> list[pl.Expr]:
                        pl.col("reg_sum_log_actions"), n)
     t_slope = pl.when((n > 1) & (t_ssa > 0)).then(t_sp / t_ssa).otherwise(0.0)
     t_var = pl.when(n > 2).then(_residual_ss(t_ssd, t_sp, t_ssa, t_slope) / (n - 2.0)).otherwise(None)
+    known = _known_share(dof, pl.col("within_dof"))
+    t_known = _known_share(n, pl.col("n_events").cast(pl.Float64))
     return [
-        slope.alias("pop_within_slope"),
-        pl.coalesce(within, fallback, pl.lit(0.0)).alias("pop_within_resid_var"),
+        (known * slope).alias("pop_within_slope"),
+        pl.coalesce(known * within + (1.0 - known) * fallback, fallback, pl.lit(0.0)).alias("pop_within_resid_var"),
         (features.prior_strength_days * events_per_day * action_var).fill_nan(0.0).fill_null(0.0)
         .alias("pop_slope_prior"),
-        t_slope.alias("pop_slope"),
-        pl.coalesce(t_var, total_duration_var).alias("pop_resid_var"),
+        (t_known * t_slope).alias("pop_slope"),
+        pl.coalesce(t_known * t_var + (1.0 - t_known) * total_duration_var, total_duration_var)
+        .alias("pop_resid_var"),
     ]
+
+
+def _known_share(known: pl.Expr, total: pl.Expr) -> pl.Expr:
+    """The share of ``total`` evidence whose co-moment is known (1 when there is none)."""
+    return pl.when(total > 0).then(known / total).otherwise(1.0)
 
 
 def _between_user_var(stat: str, within: pl.Expr) -> pl.Expr:
@@ -577,7 +590,8 @@ def _user_regression(features: FeatureSettings) -> list[pl.Expr]:
     residual variance shrunk toward the prior's with ``w = days / (days + prior)``,
     widened by the uncertainty of the mean (``1 + 1 / (n + k)``) and floored at
     ``min_log_spread``, as ``sd_log_duration`` is. A user with a day of unknown co-moment
-    gets the prior's slope and spread.
+    gets the prior's slope, and their plain length variance stands in for their own
+    residual variance (the prior's alone let a few users new since the upgrade set it).
     """
     known = ~pl.col(COMOMENT_MISSING)
     ssa = pl.when(known).then(_within_ss("log_actions")).otherwise(0.0)
@@ -586,8 +600,11 @@ def _user_regression(features: FeatureSettings) -> list[pl.Expr]:
     kappa, prior_slope = pl.col(prior_name("pop_slope_prior")), pl.col(prior_name("pop_within_slope"))
     slope = pl.when(ssa + kappa > 0).then((sp + kappa * prior_slope) / (ssa + kappa)).otherwise(prior_slope)
     n = pl.col("n_events").cast(pl.Float64)
-    own = pl.when(n > 1).then(_residual_ss(ssd, sp, ssa, slope) / (n - 1.0)).otherwise(0.0)
-    w = pl.when(known).then(pl.col("shrink_weight")).otherwise(0.0)
+    # without the co-moment, the user's own residual spread is unknown but their plain
+    # length spread is not: it stands in (no line explains any of it), shrunk as usual
+    own = pl.when(~known).then(pl.col("raw_var_log_duration")) \
+        .when(n > 1).then(_residual_ss(ssd, sp, ssa, slope) / (n - 1.0)).otherwise(0.0)
+    w = pl.col("shrink_weight")
     sessions = pl.col("n_sessions").cast(pl.Float64).clip(1.0, None)
     k = pl.col(prior_name("pop_prior_sessions_log_duration"))
     var = (w * own + (1 - w) * pl.col(prior_name("pop_within_resid_var"))) * (1.0 + 1.0 / (sessions + k))
