@@ -351,6 +351,29 @@ def test_right_after_the_co_moment_upgrade_users_are_not_judged_by_the_few_new_o
     assert (given > 0.9 * plain).all(), base.select("user_id", "sd_log_duration_given_actions", "sd_log_duration")
 
 
+def bulk_user(days: int = 14) -> list[dict]:
+    """A user of big sessions whose length grows steeply with actions (100 actions: 10 s,
+    300: 150 s, 1000: 1 h): their line, extrapolated to 1 action, is far below 0 s."""
+    return [event("bulk", DAY0 + timedelta(days=d), h, actions=a, duration=s)
+            for d in range(days) for h, (a, s) in zip((9, 11, 14), ((100, 10.0), (300, 150.0), (1000, 3600.0)),
+                                                      strict=True)]
+
+
+def test_a_zero_second_session_is_never_long_for_its_actions():
+    """The expected log length given actions is at least 0 (a 0 s session). The bulk
+    user's line gives -7.5 for 1 action, so a 0 s session with 1 or 2 actions was 10
+    sigmas "long" (length_for_actions_excess 46, the most there is) and read "session
+    0.0x longer than this user's usual for 1 actions (0 s)"."""
+    rows = population(14) + bulk_user()
+    as_of = DAY0 + timedelta(days=14)
+    assert row_of(baselines_from(rows, as_of), "bulk")["slope_log_duration"] > 2.0
+    probes = [event("bulk", as_of, 11, actions=a, duration=0.0) for a in (1, 2, 100)]
+    out = features_for(probes, rows, as_of)
+    assert out["user_expected_log_session"].to_list()[:2] == [0.0, 0.0]
+    assert out["length_for_actions_excess"].to_list() == [0.0, 0.0, 0.0]
+    assert not any("longer" in reason for reasons in out["reasons"].to_list() for reason in reasons)
+
+
 @pytest.mark.parametrize("actions", [6, 10, 26])
 def test_a_population_with_one_action_count_fits_no_slope_from_rounding(actions: int):
     """A log source that reports the same ``events_in_session`` for every session (it does
