@@ -542,7 +542,8 @@ def reference_features(events: Any, baselines: Any, feature_names: tuple[str, ..
                               col("unseen_rarity_dow"))
         length_z = finite((log_duration - col("mean_log_duration")) / col("sd_log_duration"), -z_clip, z_clip)
         actions_z = finite((log_actions - col("mean_log_actions")) / col("sd_log_actions"), -z_clip, z_clip)
-        expected = col("mean_log_duration") + col("slope_log_duration") * (log_actions - col("mean_log_actions"))
+        expected = np.maximum(col("mean_log_duration") + col("slope_log_duration")
+                              * (log_actions - col("mean_log_actions")), 0.0)
         for_actions_z = finite((log_duration - expected) / col("sd_log_duration_given_actions"), -z_clip, z_clip)
         diff = np.abs(hour - col("hour_mean")) % 24.0
         hour_z = finite(np.minimum(diff, 24.0 - diff) / col("hour_spread"), 0.0, hour_clip)

@@ -321,6 +321,78 @@ def test_a_window_where_nobody_has_two_events_gives_finite_spreads(users: int):
     assert math.isfinite(out["length_for_actions_z"]) and out["length_for_actions_z"] > 0
 
 
+def test_right_after_the_co_moment_upgrade_users_are_not_judged_by_the_few_new_ones():
+    """Events kept a week, aggregates the whole lookback: after the upgrade to the co-moment
+    (AGGREGATES_VERSION 2) the first week's parts are version 1, so every user of that week
+    lacks it and only a newcomer whose sessions grow exactly with their actions has one.
+    Replayed on the scored day, the users' own ordinary sessions must not stand out on
+    length given actions any more than with every co-moment known (none does). Before,
+    the newcomer's three events set everyone's slope (1.13) and residual spread (0.25,
+    the floor, against plain spreads of 1.6): 124 of 336 ordinary events had
+    ``length_for_actions_excess`` > 0 (on a real world, 49 of 185 ordinary events flagged
+    against 0)."""
+    rng = random.Random(11)
+    rows = [event(f"old{i}", DAY0 + timedelta(days=d), h, actions=rng.choice([3, 5, 8, 12, 20]),
+                  duration=rng.choice([60.0, 300.0, 900.0, 3600.0]))
+            for d in range(14) for i in range(8) for h in (9, 12, 15)]
+    newcomer = [event("newcomer", DAY0 + timedelta(days=13), h, actions=a, duration=50.0 * a)
+                for h, a in ((9, 4), (12, 16), (15, 8))]
+    as_of = DAY0 + timedelta(days=14)
+    aggregates = daily_aggregates(frame(rows + newcomer)).collect()
+    upgraded = aggregates.with_columns(sum_log_duration_x_actions=pl.when(
+        pl.col("event_date") < DAY0 + timedelta(days=7)).then(None).otherwise(pl.col("sum_log_duration_x_actions")))
+    replay = frame([{**r, "timestamp": datetime.combine(as_of, r["timestamp"].timetz()),
+                     "day_of_week": as_of.weekday()} for r in rows])
+    for window in (aggregates, upgraded):
+        out = event_features(replay, user_baselines(window.lazy(), as_of, FEATURES)).collect()
+        assert (out["length_for_actions_excess"] == 0.0).all(), (out["length_for_actions_excess"] > 0).sum()
+    base = user_baselines(upgraded.lazy(), as_of, FEATURES).collect()
+    given, plain = base["sd_log_duration_given_actions"], base["sd_log_duration"]
+    assert (given > 0.9 * plain).all(), base.select("user_id", "sd_log_duration_given_actions", "sd_log_duration")
+
+
+def bulk_user(days: int = 14) -> list[dict]:
+    """A user of big sessions whose length grows steeply with actions (100 actions: 10 s,
+    300: 150 s, 1000: 1 h): their line, extrapolated to 1 action, is far below 0 s."""
+    return [event("bulk", DAY0 + timedelta(days=d), h, actions=a, duration=s)
+            for d in range(days) for h, (a, s) in zip((9, 11, 14), ((100, 10.0), (300, 150.0), (1000, 3600.0)),
+                                                      strict=True)]
+
+
+def test_a_zero_second_session_is_never_long_for_its_actions():
+    """The expected log length given actions is at least 0 (a 0 s session). The bulk
+    user's line gives -7.5 for 1 action, so a 0 s session with 1 or 2 actions was 10
+    sigmas "long" (length_for_actions_excess 46, the most there is) and read "session
+    0.0x longer than this user's usual for 1 actions (0 s)"."""
+    rows = population(14) + bulk_user()
+    as_of = DAY0 + timedelta(days=14)
+    assert row_of(baselines_from(rows, as_of), "bulk")["slope_log_duration"] > 2.0
+    probes = [event("bulk", as_of, 11, actions=a, duration=0.0) for a in (1, 2, 100)]
+    out = features_for(probes, rows, as_of)
+    assert out["user_expected_log_session"].to_list()[:2] == [0.0, 0.0]
+    assert out["length_for_actions_excess"].to_list() == [0.0, 0.0, 0.0]
+    assert not any("longer" in reason for reasons in out["reasons"].to_list() for reason in reasons)
+
+
+@pytest.mark.parametrize("actions", [6, 10, 26])
+def test_a_population_with_one_action_count_fits_no_slope_from_rounding(actions: int):
+    """A log source that reports the same ``events_in_session`` for every session (it does
+    not count activity): no line of length on actions can be fitted, so the population
+    row (an unknown user's baseline) keeps slope 0, as every user's row does, and a
+    stranger's ordinary session length is not called long for having fewer actions. The
+    total regression's sums of squares were ``sumsq - sum**2 / n`` without the rounding
+    floor ``_within_ss`` has: rounding noise, whose ratio was a slope of 4.0 or 3.0 here."""
+    as_of = DAY0 + timedelta(days=14)
+    rows = [event(f"u{i}", DAY0 + timedelta(days=d), h, actions=actions,
+                  duration=[30.0, 600.0, 7200.0][(d + h + i) % 3])
+            for i in range(3) for d in range(14) for h in (9, 12)]
+    base = baselines_from(rows, as_of)
+    assert (base["slope_log_duration"] == 0.0).all(), base.select("user_id", "slope_log_duration")
+    stranger = event("stranger", as_of, 12, actions=1, duration=7200.0)
+    out = features_for([stranger], rows, as_of).row(0, named=True)
+    assert out["length_for_actions_excess"] == 0.0, out["length_for_actions_z"]
+
+
 def test_feature_list_is_fixed_and_versioned():
     assert len(FEATURE_COLUMNS) == len(set(FEATURE_COLUMNS)) == 18
     assert set(DEVIATION_COLUMNS) <= set(FEATURE_COLUMNS)

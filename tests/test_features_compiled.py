@@ -12,11 +12,13 @@ plain Polars expression written here (``oracle``); the frozen file is left as it
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import numpy as np
 import polars as pl
 import polars_features_reference as reference
 import pytest
-from test_features import DAY0, FEATURES, event, frame, population
+from test_features import DAY0, FEATURES, bulk_user, event, frame, population
 from worlds import SCORE_DAY, World
 
 from uba import io
@@ -75,7 +77,8 @@ def oracle(events: pl.DataFrame, snapshot: pl.DataFrame) -> pl.DataFrame:
 
     log_duration = pl.col("session_duration_sec").cast(pl.Float64).log1p()
     log_actions = pl.col("events_in_session").cast(pl.Float64).log1p()
-    expected = bl("mean_log_duration") + bl("slope_log_duration") * (log_actions - bl("mean_log_actions"))
+    expected = (bl("mean_log_duration") + bl("slope_log_duration") * (log_actions - bl("mean_log_actions"))) \
+        .clip(0.0, None)
     z = ((log_duration - expected) / bl("sd_log_duration_given_actions")).fill_nan(None).fill_null(0.0) \
         .clip(-reference.Z_CLIP, reference.Z_CLIP)
     deviations = ["length_for_actions_excess",
@@ -125,6 +128,20 @@ def test_kernel_equals_the_polars_expressions_without_history(history_users: int
         event("office1", DAY0, 3, event_type="logout"),
     ]).collect()
     old = oracle(odd, snapshot)
+    assert_same(old, features_frame(odd, compile_baselines(snapshot)))
+    assert_each_event_alone_equals_the_frame(odd, compile_baselines(snapshot))
+
+
+def test_kernel_equals_the_polars_expressions_where_the_line_falls_below_zero() -> None:
+    """A steep user line extrapolated below 0 s: the expected length is 0 (the oracle's
+    clip), for the frame and for each event alone."""
+    rows = population(14) + bulk_user()
+    snapshot = user_baselines(daily_aggregates(frame(rows)), DAY0 + timedelta(days=14), FEATURES).collect()
+    day = DAY0 + timedelta(days=14)
+    odd = frame([event("bulk", day, 11, actions=a, duration=s)
+                 for a, s in ((1, 0.0), (1, 5.0), (2, 0.0), (10, 1.0), (100, 10.0), (100_000, 0.0))]).collect()
+    old = oracle(odd, snapshot)
+    assert (old["user_expected_log_session"] == 0.0).sum() == 4
     assert_same(old, features_frame(odd, compile_baselines(snapshot)))
     assert_each_event_alone_equals_the_frame(odd, compile_baselines(snapshot))
 

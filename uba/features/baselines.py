@@ -155,18 +155,25 @@ def _within_ss(stat: str) -> pl.Expr:
     Differences below the float resolution of the sums are rounding, not spread, and
     count as exactly 0 (a perfectly regular user has spread 0, then the floor).
     """
-    n = pl.col("n_events").cast(pl.Float64)
-    sumsq = pl.col(f"sumsq_{stat}")
-    ss = sumsq - pl.col(f"sum_{stat}") ** 2 / n
+    return _centred_ss(pl.col(f"sumsq_{stat}"), pl.col(f"sum_{stat}"), pl.col("n_events").cast(pl.Float64))
+
+
+def _centred_ss(sumsq: pl.Expr, total: pl.Expr, n: pl.Expr) -> pl.Expr:
+    """``sumsq - total**2 / n`` with rounding-level values (and NaN) as exactly 0."""
+    ss = sumsq - total**2 / n
     return pl.when(ss > sumsq.abs() * _FLOAT_RESOLUTION).then(ss).otherwise(0.0)
 
 
 def _within_sp() -> pl.Expr:
     """Sum of cross products of log duration and log actions around the user's own means
     (0 for a single event; rounding-level values count as 0, as in ``_within_ss``)."""
-    n = pl.col("n_events").cast(pl.Float64)
-    cross = pl.col(CROSS_COLUMN)
-    sp = cross - pl.col("sum_log_duration") * pl.col("sum_log_actions") / n
+    return _centred_sp(pl.col(CROSS_COLUMN), pl.col("sum_log_duration"), pl.col("sum_log_actions"),
+                       pl.col("n_events").cast(pl.Float64))
+
+
+def _centred_sp(cross: pl.Expr, total_a: pl.Expr, total_b: pl.Expr, n: pl.Expr) -> pl.Expr:
+    """``cross - total_a * total_b / n`` with rounding-level values (and NaN) as exactly 0."""
+    sp = cross - total_a * total_b / n
     return pl.when(sp.abs() > cross.abs() * _FLOAT_RESOLUTION).then(sp).otherwise(0.0)
 
 
@@ -356,7 +363,12 @@ def _population_regression(features: FeatureSettings) -> list[pl.Expr]:
     within-user sums of squares of log actions (``prior_strength_days`` days of the
     typical user's events with the typical within-user spread of actions);
     ``pop_slope`` / ``pop_resid_var``: the total regression over everyone (an unknown
-    user could be anyone). Only users whose co-moment is known count.
+    user could be anyone). Only users whose co-moment is known count, and only for their
+    share of the evidence (within-user degrees of freedom, events): the rest counts as
+    no regression (slope 0, the plain spread of log length). With aggregates from before
+    the co-moment in the window (pruned events), a handful of users new since the upgrade
+    would otherwise set everyone's line and spread; with every co-moment known the
+    share is exactly 1 and nothing changes.
     """
     ssa, sp, ssd, dof = (pl.col(c) for c in ("within_ssa_reg", "within_sp_reg", "within_ssd_reg",
                                               "within_dof_reg"))
@@ -368,19 +380,30 @@ def _population_regression(features: FeatureSettings) -> list[pl.Expr]:
     events_per_day = pl.col("n_events").cast(pl.Float64) / pl.col("user_days").cast(pl.Float64)
     action_var = pl.when(dof > 0).then(ssa / dof).otherwise(0.0)
     n = pl.col("reg_n_events")
-    t_ssa = pl.col("reg_sumsq_log_actions") - pl.col("reg_sum_log_actions") ** 2 / n
-    t_ssd = pl.col("reg_sumsq_log_duration") - pl.col("reg_sum_log_duration") ** 2 / n
-    t_sp = pl.col(f"reg_{CROSS_COLUMN}") - pl.col("reg_sum_log_duration") * pl.col("reg_sum_log_actions") / n
-    t_slope = pl.when((n > 1) & (t_ssa > 0)).then(t_sp / t_ssa).otherwise(0.0)  # NaN > 0 in Polars
+    # rounding-level sums count as 0, as the users' own do: where everybody's sessions have
+    # the same number of actions, sumsq - sum**2 / n is rounding noise, and so was the slope
+    t_ssa = _centred_ss(pl.col("reg_sumsq_log_actions"), pl.col("reg_sum_log_actions"), n)
+    t_ssd = _centred_ss(pl.col("reg_sumsq_log_duration"), pl.col("reg_sum_log_duration"), n)
+    t_sp = _centred_sp(pl.col(f"reg_{CROSS_COLUMN}"), pl.col("reg_sum_log_duration"),
+                       pl.col("reg_sum_log_actions"), n)
+    t_slope = pl.when((n > 1) & (t_ssa > 0)).then(t_sp / t_ssa).otherwise(0.0)
     t_var = pl.when(n > 2).then(_residual_ss(t_ssd, t_sp, t_ssa, t_slope) / (n - 2.0)).otherwise(None)
+    known = _known_share(dof, pl.col("within_dof"))
+    t_known = _known_share(n, pl.col("n_events").cast(pl.Float64))
     return [
-        slope.alias("pop_within_slope"),
-        pl.coalesce(within, fallback, pl.lit(0.0)).alias("pop_within_resid_var"),
+        (known * slope).alias("pop_within_slope"),
+        pl.coalesce(known * within + (1.0 - known) * fallback, fallback, pl.lit(0.0)).alias("pop_within_resid_var"),
         (features.prior_strength_days * events_per_day * action_var).fill_nan(0.0).fill_null(0.0)
         .alias("pop_slope_prior"),
-        t_slope.alias("pop_slope"),
-        pl.coalesce(t_var, total_duration_var).alias("pop_resid_var"),
+        (t_known * t_slope).alias("pop_slope"),
+        pl.coalesce(t_known * t_var + (1.0 - t_known) * total_duration_var, total_duration_var)
+        .alias("pop_resid_var"),
     ]
+
+
+def _known_share(known: pl.Expr, total: pl.Expr) -> pl.Expr:
+    """The share of ``total`` evidence whose co-moment is known (1 when there is none)."""
+    return pl.when(total > 0).then(known / total).otherwise(1.0)
 
 
 def _between_user_var(stat: str, within: pl.Expr) -> pl.Expr:
@@ -567,7 +590,8 @@ def _user_regression(features: FeatureSettings) -> list[pl.Expr]:
     residual variance shrunk toward the prior's with ``w = days / (days + prior)``,
     widened by the uncertainty of the mean (``1 + 1 / (n + k)``) and floored at
     ``min_log_spread``, as ``sd_log_duration`` is. A user with a day of unknown co-moment
-    gets the prior's slope and spread.
+    gets the prior's slope, and their plain length variance stands in for their own
+    residual variance (the prior's alone let a few users new since the upgrade set it).
     """
     known = ~pl.col(COMOMENT_MISSING)
     ssa = pl.when(known).then(_within_ss("log_actions")).otherwise(0.0)
@@ -576,8 +600,11 @@ def _user_regression(features: FeatureSettings) -> list[pl.Expr]:
     kappa, prior_slope = pl.col(prior_name("pop_slope_prior")), pl.col(prior_name("pop_within_slope"))
     slope = pl.when(ssa + kappa > 0).then((sp + kappa * prior_slope) / (ssa + kappa)).otherwise(prior_slope)
     n = pl.col("n_events").cast(pl.Float64)
-    own = pl.when(n > 1).then(_residual_ss(ssd, sp, ssa, slope) / (n - 1.0)).otherwise(0.0)
-    w = pl.when(known).then(pl.col("shrink_weight")).otherwise(0.0)
+    # without the co-moment, the user's own residual spread is unknown but their plain
+    # length spread is not: it stands in (no line explains any of it), shrunk as usual
+    own = pl.when(~known).then(pl.col("raw_var_log_duration")) \
+        .when(n > 1).then(_residual_ss(ssd, sp, ssa, slope) / (n - 1.0)).otherwise(0.0)
+    w = pl.col("shrink_weight")
     sessions = pl.col("n_sessions").cast(pl.Float64).clip(1.0, None)
     k = pl.col(prior_name("pop_prior_sessions_log_duration"))
     var = (w * own + (1 - w) * pl.col(prior_name("pop_within_resid_var"))) * (1.0 + 1.0 / (sessions + k))

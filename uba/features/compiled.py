@@ -522,8 +522,11 @@ def _features(baselines: CompiledBaselines, events: Events, xp: Math) -> dict[st
         return xp.gather(s[name], rows)
 
     # the user's own log length for a session with this many actions (their line of log
-    # length on log actions): what the session's length is compared with given its activity
-    expected = at("mean_log_duration") + at("slope_log_duration") * (log_actions - at("mean_log_actions"))
+    # length on log actions): what the session's length is compared with given its activity.
+    # At least 0 (a 0 s session): a steep line extrapolated far below the user's sessions
+    # must not call a 0 s session long (NaN stays NaN: no information; -0.0 stays, as in Polars' clip)
+    line = at("mean_log_duration") + at("slope_log_duration") * (log_actions - at("mean_log_actions"))
+    expected = xp.where(line < 0.0, 0.0, line)
     out: dict[str, Values] = {
         "known_user": known,
         "session_length_z": _z(log_duration, at("mean_log_duration"), at("sd_log_duration"), -Z_CLIP, xp),
