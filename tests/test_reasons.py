@@ -62,6 +62,15 @@ def test_a_session_long_for_its_actions_is_told_once_by_the_stronger_comparison(
     assert missing == (["session length"], ["session_length"])  # no expected length: the kind's name
 
 
+
+def test_a_one_action_session_long_for_its_actions_says_action_not_actions():
+    (texts, kinds), = reasons_of(
+        {"session_length_z": 1.5, "length_for_actions_z": 3.5, "session_duration_sec": 600.0,
+         "events_in_session": 1, "user_expected_log_session": math.log1p(60.0)},
+    )
+    assert texts == ["session 10.0x longer than this user's usual for 1 action (60 s)"]
+    assert kinds == ["session_length"]
+
 def test_max_reasons_keeps_the_strongest():
     [(texts, kinds)] = reasons_of({"hour_z": 5.0, "session_length_z": 3.0}, max_reasons=1)
     assert kinds == ["hour"] and len(texts) == 1

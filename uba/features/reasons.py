@@ -268,7 +268,8 @@ def _session_for_actions_text(row: SentenceInputs) -> str | None:
     ratio = _ratio(_per_median(row["session_duration_sec"], expected))
     if ratio is None:
         return None
-    return (f"session {ratio}x longer than {_owner(row)} usual for {row['events_in_session']} actions "
+    actions = row["events_in_session"]
+    return (f"session {ratio}x longer than {_owner(row)} usual for {actions} action{'' if actions == 1 else 's'} "
             f"({_duration(expected)})")
 
 
