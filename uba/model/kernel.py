@@ -17,7 +17,7 @@ Both add the per-tree path lengths of a row in tree order starting from 0.0, as
 scikit-learn's ``depths +=`` does, so the sums are bit-identical to its own.
 
 The complete-layout loop copies each block of rows feature-major into a scratch buffer
-and walks it with ``offset`` = feature x block rows (built with the tables): one base
+and walks it with ``offset`` = feature x block rows (made once per forest): one base
 register then serves all 8 rows walked side by side, where 8 row pointers had spilled
 to the stack and cost a load per step (about 8% of the loop on an AMD EPYC).
 
@@ -54,8 +54,7 @@ Index32 = npt.NDArray[np.uint32]
 _BLOCK_BYTES = 16 * 1024
 _MAX_BLOCK_ROWS = 1024
 # The complete-layout loop's feature-major copy of a block (see complete_block_rows):
-# 256 rows of 18 features (18 KB) measured a little faster than 128 and than 224 rows
-# as rows.
+# for 18 features, blocks of 256 rows (18 KB) measured a little faster than 128 or 64.
 _COMPLETE_BLOCK_BYTES = 24 * 1024
 _COMPLETE_MAX_BLOCK_ROWS = 256
 # Rows walked side by side (see _complete_kernel): independent chains of dependent
@@ -141,12 +140,6 @@ def _complete_step(x: Any, feature: Any, threshold: Any, i: Any) -> Any:
 
 
 @numba.njit(inline="always")
-def _root_step(x: Any, feature: Any, threshold: Any) -> Any:
-    """The first step (slot 0 to slot 1 or 2), with the root's feature and threshold."""
-    return np.uint64(1) + np.uint64(x[feature] > threshold)
-
-
-@numba.njit(inline="always")
 def _block_step(block: Any, row: Any, offset: Any, threshold: Any, i: Any) -> Any:
     """One level down for the row at ``row`` of a feature-major block (``offset[i]`` is
     the node's feature times the block's rows, so ``row`` stays a constant displacement)."""
@@ -155,7 +148,8 @@ def _block_step(block: Any, row: Any, offset: Any, threshold: Any, i: Any) -> An
 
 @numba.njit(inline="always")
 def _block_root_step(block: Any, row: Any, offset: Any, threshold: Any) -> Any:
-    """The first step of a block row, with the root's offset and threshold."""
+    """The first step (slot 0 to slot 1 or 2) of a block row, with the root's offset and
+    threshold."""
     return np.uint64(1) + np.uint64(block[row + offset] > threshold)
 
 
