@@ -485,7 +485,7 @@ def reference_features(events: Any, baselines: Any, feature_names: tuple[str, ..
                        deviation_columns: tuple[str, ...]) -> Any:
     """The product's event features, written the straightforward pandas/numpy way.
 
-    Mirrors uba/features/compiled.py (feature set ``uba-features-7``): attach the user's
+    Mirrors uba/features/compiled.py (feature set ``uba-features-8``): attach the user's
     baseline row (population row for unknown users), log1p lengths, signed z against the
     user (the length also against the user's length for that many actions), one-sided Gaussian surprises beyond a noise level, circular hour distance,
     category rarities picked per row, first use of a device/event type, everything
@@ -497,6 +497,7 @@ def reference_features(events: Any, baselines: Any, feature_names: tuple[str, ..
 
     population = "__population__"
     z_clip, rarity_clip, hour_clip = product.Z_CLIP, product.RARITY_CLIP, product.HOUR_DEVIATION_CLIP
+    line_range_sds = product.LINE_RANGE_SDS
     noise, rarity_noise = product.NOISE_NATS, product.RARITY_NOISE_NATS
     base = baselines.set_index("user_id")
     known = events["user_id"].isin(base.index.drop(population, errors="ignore")).to_numpy()
@@ -542,8 +543,13 @@ def reference_features(events: Any, baselines: Any, feature_names: tuple[str, ..
                               col("unseen_rarity_dow"))
         length_z = finite((log_duration - col("mean_log_duration")) / col("sd_log_duration"), -z_clip, z_clip)
         actions_z = finite((log_actions - col("mean_log_actions")) / col("sd_log_actions"), -z_clip, z_clip)
-        expected = np.maximum(col("mean_log_duration") + col("slope_log_duration")
-                              * (log_actions - col("mean_log_actions")), 0.0)
+        def line(actions):
+            return col("mean_log_duration") + col("slope_log_duration") * (actions - col("mean_log_actions"))
+
+        spread = line_range_sds * col("sd_log_actions")  # never below the line at the usual actions' edge
+        held = np.where(log_actions < col("mean_log_actions") - spread, col("mean_log_actions") - spread, log_actions)
+        held = np.where(held > col("mean_log_actions") + spread, col("mean_log_actions") + spread, held)
+        expected = np.maximum(np.where(line(held) > line(log_actions), line(held), line(log_actions)), 0.0)
         for_actions_z = finite((log_duration - expected) / col("sd_log_duration_given_actions"), -z_clip, z_clip)
         diff = np.abs(hour - col("hour_mean")) % 24.0
         hour_z = finite(np.minimum(diff, 24.0 - diff) / col("hour_spread"), 0.0, hour_clip)

@@ -24,6 +24,7 @@ from uba.features import (
     event_features,
     user_baselines,
 )
+from uba.features.compiled import LINE_RANGE_SDS
 from uba.features.reasons import explain
 from uba.schema import EVENT_SCHEMA
 from uba.settings import FeatureSettings, Settings
@@ -359,19 +360,73 @@ def bulk_user(days: int = 14) -> list[dict]:
                                                       strict=True)]
 
 
+def wide_user(days: int = 14) -> list[dict]:
+    """A user whose actions span 1 to 1000 (0 s, 1 s and 1 h sessions): the edge of their
+    usual actions lies below 1 action, so their own line, not held, gives a 1-action
+    session an expected length below 0 s."""
+    return [event("wide", DAY0 + timedelta(days=d), h, actions=a, duration=s)
+            for d in range(days) for h, (a, s) in zip((9, 11, 14), ((1, 0.0), (10, 1.0), (1000, 3600.0)),
+                                                      strict=True)]
+
+
 def test_a_zero_second_session_is_never_long_for_its_actions():
-    """The expected log length given actions is at least 0 (a 0 s session). The bulk
-    user's line gives -7.5 for 1 action, so a 0 s session with 1 or 2 actions was 10
-    sigmas "long" (length_for_actions_excess 46, the most there is) and read "session
-    0.0x longer than this user's usual for 1 actions (0 s)"."""
-    rows = population(14) + bulk_user()
+    """The expected log length given actions is at least 0 (a 0 s session). The wide
+    user's line gives -0.5 for 1 action, so a 0 s session with 1 action was 10 sigmas
+    "long" (length_for_actions_excess 46, the most there is) and read "session 0.0x
+    longer than this user's usual for 1 actions (0 s)"."""
+    rows = population(14) + wide_user()
     as_of = DAY0 + timedelta(days=14)
-    assert row_of(baselines_from(rows, as_of), "bulk")["slope_log_duration"] > 2.0
-    probes = [event("bulk", as_of, 11, actions=a, duration=0.0) for a in (1, 2, 100)]
+    wide = row_of(baselines_from(rows, as_of), "wide")
+    assert wide["mean_log_duration"] + wide["slope_log_duration"] * (math.log(2) - wide["mean_log_actions"]) < 0
+    probes = [event("wide", as_of, 11, actions=a, duration=0.0) for a in (1, 10, 1000)]
     out = features_for(probes, rows, as_of)
-    assert out["user_expected_log_session"].to_list()[:2] == [0.0, 0.0]
+    assert out["user_expected_log_session"].to_list()[0] == 0.0
     assert out["length_for_actions_excess"].to_list() == [0.0, 0.0, 0.0]
     assert not any("longer" in reason for reasons in out["reasons"].to_list() for reason in reasons)
+
+
+def line_at(base: dict, log_actions: float) -> float:
+    return base["mean_log_duration"] + base["slope_log_duration"] * (log_actions - base["mean_log_actions"])
+
+
+def test_a_short_session_with_fewer_actions_than_usual_is_not_long_for_them():
+    """The bulk user never has fewer than 100 actions; their line, extrapolated to 1
+    action, expected 0 s, so an ordinary 5 s, 1-action session read 7 sigmas long
+    (length_for_actions_excess 21.7, found by an attack on uba-features-7). Since
+    uba-features-8 the expected length is never below the line at the edge of the
+    user's usual actions (1.5 spreads below their mean), where their sessions last
+    about 6 s; a 1-minute, 1-action session is still long for them."""
+    rows = population(14) + bulk_user()
+    as_of = DAY0 + timedelta(days=14)
+    bulk = row_of(baselines_from(rows, as_of), "bulk")
+    edge = bulk["mean_log_actions"] - LINE_RANGE_SDS * bulk["sd_log_actions"]
+    assert math.log(101) > edge > math.log(2)  # 1 action is outside their usual, 100 inside
+    probes = [event("bulk", as_of, 11, actions=a, duration=d) for a, d in ((1, 5.0), (2, 5.0), (1, 60.0))]
+    out = features_for(probes, rows, as_of)
+    assert out["user_expected_log_session"].to_list() == pytest.approx([line_at(bulk, edge)] * 3, abs=1e-12)
+    assert out["length_for_actions_excess"].to_list()[:2] == [0.0, 0.0]
+    assert out["length_for_actions_excess"].to_list()[2] > 10.0
+    reasons = out["reasons"].to_list()
+    assert not any("longer" in reason for reason in reasons[0] + reasons[1]), reasons
+    assert any("longer than this user's usual for 1 action" in reason for reason in reasons[2]), reasons
+
+
+def test_the_line_is_used_as_it_is_inside_the_usual_actions_and_where_it_rises_beyond():
+    """Inside the user's usual actions the expected length is their line (the events of
+    uba-features-7 keep their features); beyond the edge where the line rises (many
+    actions, a positive slope) it is not held either, so a long session with as many
+    more actions is not called long for its actions."""
+    rows = population(14) + bulk_user()
+    as_of = DAY0 + timedelta(days=14)
+    bulk = row_of(baselines_from(rows, as_of), "bulk")
+    high = bulk["mean_log_actions"] + LINE_RANGE_SDS * bulk["sd_log_actions"]
+    assert math.log1p(5000) > high > math.log1p(300)
+    probes = [event("bulk", as_of, 11, actions=a, duration=d) for a, d in ((300, 150.0), (1000, 3600.0),
+                                                                            (5000, 50_000.0))]
+    out = features_for(probes, rows, as_of)
+    expected = [line_at(bulk, math.log1p(a)) for a in (300, 1000, 5000)]
+    assert out["user_expected_log_session"].to_list() == pytest.approx(expected, abs=1e-12)
+    assert out["length_for_actions_excess"].to_list() == [0.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("actions", [6, 10, 26])

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import polars_features_reference as reference
 import pytest
-from test_features import DAY0, FEATURES, bulk_user, event, frame, population
+from test_features import DAY0, FEATURES, bulk_user, event, frame, population, wide_user
 from worlds import SCORE_DAY, World
 
 from uba import io
@@ -26,6 +26,7 @@ from uba.features import POPULATION_USER, daily_aggregates, user_baselines
 from uba.features.compiled import (
     CONTEXT_COLUMNS,
     FEATURE_COLUMNS,
+    LINE_RANGE_SDS,
     compile_baselines,
     event_columns,
     event_row,
@@ -66,7 +67,8 @@ def day(serving_world: World) -> tuple[pl.DataFrame, pl.DataFrame]:
 def oracle(events: pl.DataFrame, snapshot: pl.DataFrame) -> pl.DataFrame:
     """The frozen expressions (``uba-features-5``) plus, written here as plain Polars, what
     ``uba-features-7`` changed: the session's log length against the user's own line of
-    log length on log actions, in the user's residual spreads (clipped at +-10, missing
+    log length on log actions (since ``uba-features-8`` never below its value at the edge
+    of the user's usual actions), in the user's residual spreads (clipped at +-10, missing
     information as 0), that expected log length (null when unknown), its excess beyond 4
     nats on the long side, and the strongest and total deviations taken with it in place
     of ``session_length_excess``."""
@@ -77,8 +79,16 @@ def oracle(events: pl.DataFrame, snapshot: pl.DataFrame) -> pl.DataFrame:
 
     log_duration = pl.col("session_duration_sec").cast(pl.Float64).log1p()
     log_actions = pl.col("events_in_session").cast(pl.Float64).log1p()
-    expected = (bl("mean_log_duration") + bl("slope_log_duration") * (log_actions - bl("mean_log_actions"))) \
-        .clip(0.0, None)
+    def line(actions: pl.Expr) -> pl.Expr:
+        return bl("mean_log_duration") + bl("slope_log_duration") * (actions - bl("mean_log_actions"))
+
+    # uba-features-8: never below the line at the edge of the user's usual actions
+    low = bl("mean_log_actions") - LINE_RANGE_SDS * bl("sd_log_actions")
+    high = bl("mean_log_actions") + LINE_RANGE_SDS * bl("sd_log_actions")
+    held = pl.when(log_actions < low).then(low).otherwise(log_actions)
+    held = pl.when(held > high).then(high).otherwise(held)
+    at_edge = pl.when(line(held) > line(log_actions)).then(line(held)).otherwise(line(log_actions))
+    expected = at_edge.clip(0.0, None)
     z = ((log_duration - expected) / bl("sd_log_duration_given_actions")).fill_nan(None).fill_null(0.0) \
         .clip(-reference.Z_CLIP, reference.Z_CLIP)
     deviations = ["length_for_actions_excess",
@@ -132,16 +142,19 @@ def test_kernel_equals_the_polars_expressions_without_history(history_users: int
     assert_each_event_alone_equals_the_frame(odd, compile_baselines(snapshot))
 
 
-def test_kernel_equals_the_polars_expressions_where_the_line_falls_below_zero() -> None:
-    """A steep user line extrapolated below 0 s: the expected length is 0 (the oracle's
-    clip), for the frame and for each event alone."""
-    rows = population(14) + bulk_user()
+def test_kernel_equals_the_polars_expressions_where_the_line_is_held_or_falls_below_zero() -> None:
+    """A steep user line held at the edge of the user's usual actions (bulk), and one
+    whose edge lies below 1 action, extrapolated below 0 s (wide: the oracle's clip), for
+    the frame and for each event alone."""
+    rows = population(14) + bulk_user() + wide_user()
     snapshot = user_baselines(daily_aggregates(frame(rows)), DAY0 + timedelta(days=14), FEATURES).collect()
     day = DAY0 + timedelta(days=14)
-    odd = frame([event("bulk", day, 11, actions=a, duration=s)
+    odd = frame([event(user, day, 11, actions=a, duration=s) for user in ("bulk", "wide")
                  for a, s in ((1, 0.0), (1, 5.0), (2, 0.0), (10, 1.0), (100, 10.0), (100_000, 0.0))]).collect()
     old = oracle(odd, snapshot)
-    assert (old["user_expected_log_session"] == 0.0).sum() == 4
+    assert (old["user_expected_log_session"] == 0.0).sum() == 3  # wide: 1 and 2 actions
+    bulk = old.filter(pl.col("user_id") == "bulk")["user_expected_log_session"].to_list()
+    assert bulk[0] == bulk[1] == bulk[2] == bulk[3] > 0.0  # held at the edge below 100 actions
     assert_same(old, features_frame(odd, compile_baselines(snapshot)))
     assert_each_event_alone_equals_the_frame(odd, compile_baselines(snapshot))
 

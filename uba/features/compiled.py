@@ -134,6 +134,12 @@ RARITY_CLIP = 12.0
 HOUR_DEVIATION_CLIP = 12.0
 FIRST_USE_CLIP = 2.0
 POPULATION_SD_FLOOR = 1e-6
+# The user's line of log length on log actions is not extrapolated downward beyond their
+# usual activity: mean +- this many spreads of their log actions (uba-features-8). 1.5
+# (about the 7th and 93rd percentiles of a normal spread) rather than 2: at 2 a user whose
+# length grows steeply with actions still read a 5 s, 1-action session as long; on the four
+# evaluation worlds both leave every recall as it was (docs/evaluation.md, run 5).
+LINE_RANGE_SDS = 1.5
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -523,9 +529,10 @@ def _features(baselines: CompiledBaselines, events: Events, xp: Math) -> dict[st
 
     # the user's own log length for a session with this many actions (their line of log
     # length on log actions): what the session's length is compared with given its activity.
-    # At least 0 (a 0 s session): a steep line extrapolated far below the user's sessions
-    # must not call a 0 s session long (NaN stays NaN: no information; -0.0 stays, as in Polars' clip)
-    line = at("mean_log_duration") + at("slope_log_duration") * (log_actions - at("mean_log_actions"))
+    line = _line_within_usual_actions(log_actions, at("mean_log_duration"), at("slope_log_duration"),
+                                      at("mean_log_actions"), at("sd_log_actions"), xp)
+    # At least 0 (a 0 s session): a steep line must not call a 0 s session long
+    # (NaN stays NaN: no information; -0.0 stays, as in Polars' clip)
     expected = xp.where(line < 0.0, 0.0, line)
     out: dict[str, Values] = {
         "known_user": known,
@@ -548,6 +555,29 @@ def _features(baselines: CompiledBaselines, events: Events, xp: Math) -> dict[st
     if baselines.peers is not None:
         out.update(_peer_features(baselines.peers, events, out, is_download, xp))
     return out
+
+
+def _line_within_usual_actions(log_actions: Values, mean_log_duration: Values, slope: Values,
+                               mean_log_actions: Values, sd_log_actions: Values, xp: Math) -> Values:
+    """The user's line at the session's log actions, never below its value at the edge of
+    their usual activity (``LINE_RANGE_SDS`` spreads of their mean log actions).
+
+    A line fitted over a user's sessions says nothing about activity far outside them.
+    Extrapolated, a user whose length grows steeply with actions "expects" a 1-action
+    session to last a fraction of a second, and an ordinary 5 s one read as 7 sigmas long
+    (found by an attack on uba-features-7). Only that direction is held: where the line
+    rises beyond the edge (more actions, a positive slope) it is kept, since holding it
+    there would call an ordinary long session with many actions long for its actions (42
+    ordinary events of one evaluation week did, holding both ends at 2 spreads), and
+    ``actions_excess`` already weighs the many actions. NaN anywhere passes through unchanged.
+    """
+    low = mean_log_actions - LINE_RANGE_SDS * sd_log_actions
+    high = mean_log_actions + LINE_RANGE_SDS * sd_log_actions
+    raised = xp.where(log_actions < low, low, log_actions)
+    held = xp.where(raised > high, high, raised)
+    line = mean_log_duration + slope * (log_actions - mean_log_actions)
+    edge = mean_log_duration + slope * (held - mean_log_actions)
+    return xp.where(edge > line, edge, line)
 
 
 def _peer_features(peers: PeerArrays, events: Events, ctx: Mapping[str, Values],

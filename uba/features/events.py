@@ -49,7 +49,7 @@ from uba.features.compiled import (
     feature_arrays,
 )
 
-FEATURE_SET_VERSION = "uba-features-7"
+FEATURE_SET_VERSION = "uba-features-8"
 BASELINE_PREFIX = "bl_"
 # The baseline columns copied onto every event (the flagged summary quotes them);
 # an unknown user's history is 0 days.
