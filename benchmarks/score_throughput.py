@@ -547,9 +547,9 @@ def reference_features(events: Any, baselines: Any, feature_names: tuple[str, ..
             return col("mean_log_duration") + col("slope_log_duration") * (actions - col("mean_log_actions"))
 
         spread = line_range_sds * col("sd_log_actions")  # never below the line at the usual actions' edge
-        held = np.where(log_actions < col("mean_log_actions") - spread, col("mean_log_actions") - spread, log_actions)
-        held = np.where(held > col("mean_log_actions") + spread, col("mean_log_actions") + spread, held)
-        expected = np.maximum(np.where(line(held) > line(log_actions), line(held), line(log_actions)), 0.0)
+        held = np.minimum(np.maximum(log_actions, col("mean_log_actions") - spread), col("mean_log_actions") + spread)
+        at_edge = np.where(line(held) > line(log_actions), line(held), line(log_actions))
+        expected = np.maximum(np.where(np.isnan(held), held, at_edge), 0.0)  # no known edge: unknown
         for_actions_z = finite((log_duration - expected) / col("sd_log_duration_given_actions"), -z_clip, z_clip)
         diff = np.abs(hour - col("hour_mean")) % 24.0
         hour_z = finite(np.minimum(diff, 24.0 - diff) / col("hour_spread"), 0.0, hour_clip)

@@ -159,6 +159,32 @@ def test_kernel_equals_the_polars_expressions_where_the_line_is_held_or_falls_be
     assert_each_event_alone_equals_the_frame(odd, compile_baselines(snapshot))
 
 
+@pytest.mark.parametrize("user", ["bulk", POPULATION_USER])
+def test_an_unknown_spread_of_actions_leaves_the_expected_length_unknown(user: str) -> None:
+    """A snapshot whose spread of log actions is NaN while its means and slope are known
+    (``user_baselines`` never writes one: a damaged or hand-made snapshot): the edge of
+    the user's usual actions is unknown, so the expected length is unknown too (NaN: no
+    information, ``length_for_actions_z`` 0), as in the oracle, where Polars orders NaN
+    above every number. The kernel took the plain, unheld line instead: the bulk user's 5 s,
+    1-action session was 5x "longer than this user's usual for 1 action (0 s)" again
+    (excess 14.6), and the frame disagreed with the oracle."""
+    rows = population(14) + bulk_user()
+    day = DAY0 + timedelta(days=14)
+    snapshot = user_baselines(daily_aggregates(frame(rows)), day, FEATURES).collect()
+    snapshot = snapshot.with_columns(sd_log_actions=pl.when(pl.col("user_id") == user).then(float("nan"))
+                                     .otherwise(pl.col("sd_log_actions")))
+    who = "bulk" if user == "bulk" else "stranger"
+    odd = frame([event(who, day, 11, actions=a, duration=s)
+                 for a, s in ((1, 5.0), (2, 5.0), (100, 10.0), (1000, 3600.0))]).collect()
+    compiled = compile_baselines(snapshot)
+    new = features_frame(odd, compiled)
+    assert new["user_expected_log_session"].is_null().all()  # unknown (NaN in the kernel)
+    assert new["length_for_actions_z"].to_list() == [0.0] * 4
+    assert new["length_for_actions_excess"].to_list() == [0.0] * 4
+    assert_same(oracle(odd, snapshot), new)
+    assert_each_event_alone_equals_the_frame(odd, compiled)
+
+
 def assert_each_event_alone_equals_the_frame(events: pl.DataFrame, compiled) -> None:
     """Each event scored alone, as one-element arrays (``/predict/batch``) and as plain
     floats (``/predict``), gets exactly the frame's values (and the sign of a zero)."""

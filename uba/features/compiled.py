@@ -569,15 +569,17 @@ def _line_within_usual_actions(log_actions: Values, mean_log_duration: Values, s
     rises beyond the edge (more actions, a positive slope) it is kept, since holding it
     there would call an ordinary long session with many actions long for its actions (42
     ordinary events of one evaluation week did, holding both ends at 2 spreads), and
-    ``actions_excess`` already weighs the many actions. NaN anywhere passes through unchanged.
+    ``actions_excess`` already weighs the many actions. NaN anywhere passes through as
+    NaN (no information), an unknown spread of actions too: without the edge the plain line
+    is what called short sessions long (``maximum``/``minimum`` propagate NaN, as the
+    Polars oracle's order does).
     """
     low = mean_log_actions - LINE_RANGE_SDS * sd_log_actions
     high = mean_log_actions + LINE_RANGE_SDS * sd_log_actions
-    raised = xp.where(log_actions < low, low, log_actions)
-    held = xp.where(raised > high, high, raised)
+    held = xp.minimum(xp.maximum(log_actions, low), high)
     line = mean_log_duration + slope * (log_actions - mean_log_actions)
     edge = mean_log_duration + slope * (held - mean_log_actions)
-    return xp.where(edge > line, edge, line)
+    return xp.where(xp.isnan(held), held, xp.where(edge > line, edge, line))
 
 
 def _peer_features(peers: PeerArrays, events: Events, ctx: Mapping[str, Values],
