@@ -377,6 +377,7 @@ def test_a_zero_second_session_is_never_long_for_its_actions():
     rows = population(14) + wide_user()
     as_of = DAY0 + timedelta(days=14)
     wide = row_of(baselines_from(rows, as_of), "wide")
+    assert wide["mean_log_actions"] - LINE_RANGE_SDS * wide["sd_log_actions"] < math.log(2)  # no edge above 1 action
     assert wide["mean_log_duration"] + wide["slope_log_duration"] * (math.log(2) - wide["mean_log_actions"]) < 0
     probes = [event("wide", as_of, 11, actions=a, duration=0.0) for a in (1, 10, 1000)]
     out = features_for(probes, rows, as_of)
@@ -395,7 +396,9 @@ def test_a_short_session_with_fewer_actions_than_usual_is_not_long_for_them():
     (length_for_actions_excess 21.7, found by an attack on uba-features-7). Since
     uba-features-8 the expected length is never below the line at the edge of the
     user's usual actions (1.5 spreads below their mean), where their sessions last
-    about 6 s; a 1-minute, 1-action session is still long for them."""
+    about 7 s; a 1-minute, 1-action session is still long for them (their sessions
+    follow their line within a residual spread of 0.25: widening that spread beyond the
+    edge was tried and cost a real long idle session on an evaluation world)."""
     rows = population(14) + bulk_user()
     as_of = DAY0 + timedelta(days=14)
     bulk = row_of(baselines_from(rows, as_of), "bulk")
@@ -409,6 +412,32 @@ def test_a_short_session_with_fewer_actions_than_usual_is_not_long_for_them():
     reasons = out["reasons"].to_list()
     assert not any("longer" in reason for reason in reasons[0] + reasons[1]), reasons
     assert any("longer than this user's usual for 1 action" in reason for reason in reasons[2]), reasons
+
+
+def bot_user(days: int = 14) -> list[dict]:
+    """A user whose sessions get shorter the more actions they hold (10 actions: 1 h,
+    100: 10 min, 1000: 1 min), as a scripted client's would: a negative slope."""
+    return [event("bot", DAY0 + timedelta(days=d), h, actions=a, duration=s)
+            for d in range(days) for h, (a, s) in zip((9, 11, 14), ((10, 3600.0), (100, 600.0), (1000, 60.0)),
+                                                      strict=True)]
+
+
+def test_with_a_negative_slope_the_line_is_held_at_the_high_edge():
+    """Where length falls with actions, extrapolating to many more actions than usual
+    expects a session under a second, and a 5 s one with 100,000 actions read long for its actions;
+    held at the high edge (1.5 spreads above the mean) it is not. Fewer actions than
+    usual: the line rises there, and is kept."""
+    rows = population(14) + bot_user()
+    as_of = DAY0 + timedelta(days=14)
+    bot = row_of(baselines_from(rows, as_of), "bot")
+    assert bot["slope_log_duration"] < -0.5
+    high = bot["mean_log_actions"] + LINE_RANGE_SDS * bot["sd_log_actions"]
+    assert line_at(bot, math.log1p(100_000)) < math.log1p(1.0) < line_at(bot, high)  # unheld: under 1 s
+    probes = [event("bot", as_of, 11, actions=a, duration=d) for a, d in ((100_000, 5.0), (1, 3600.0))]
+    out = features_for(probes, rows, as_of)
+    assert out["user_expected_log_session"].to_list() == pytest.approx(
+        [line_at(bot, high), line_at(bot, math.log(2))], abs=1e-12)
+    assert out["length_for_actions_excess"].to_list() == [0.0, 0.0]
 
 
 def test_the_line_is_used_as_it_is_inside_the_usual_actions_and_where_it_rises_beyond():
