@@ -95,6 +95,31 @@ def test_verdicts_reach_the_feedback_store_under_the_event_or_alert_id(own: Path
     assert confirmed_malicious_ids(own / "data") == {event["event_id"]}
 
 
+def test_a_benign_close_makes_the_risk_it_built_stale_as_feedback_does(own: Path) -> None:
+    """A benign verdict given by closing an alert (CLI or PATCH /alerts) is a late verdict like
+    `uba-batch feedback`: the days whose risk the alert built, and every later one, are
+    marked stale (before, the verdict was stored but no day was marked, so monitor and
+    backfill never re-scored them). A malicious close changes no risk and marks nothing."""
+    from uba.alerting.risk import read_risk, stale_marker
+
+    table = read_risk(own / "out", DAYS[0])
+    assert table is not None and table.height
+    contributions = [c for cs in table["contributions"] for c in cs]
+    user_day = next(c for c in contributions if c["type"] == "user_day")
+    event = next(c for c in contributions if c["type"] == "event")
+
+    def marks() -> list[int]:
+        return [len(stale_marker(json.loads(io.run_manifest_path(own / "out", d).read_text()))) for d in DAYS]
+
+    _ok("alerts", "close", event["alert_id"], "--verdict", "malicious", *_dirs(own))
+    assert marks() == [0, 0]
+    printed = _ok("alerts", "close", user_day["alert_id"], "--verdict", "benign", *_dirs(own))
+    assert marks() == [1, 1]
+    assert f"entity risk of {DAYS[0]}..{DAYS[-1]} (2 days) marked stale" in printed
+    entry = stale_marker(json.loads(io.run_manifest_path(own / "out", DAYS[1]).read_text()))[0]
+    assert entry["changed_day"] == DAYS[0].isoformat() and user_day["alert_id"] in entry["reason"]
+
+
 def test_close_benign_with_suppress_similar_creates_a_rule_that_the_next_score_applies(own: Path) -> None:
     day = DAYS[1]
     event = next(a for a in _listed(own, "--date", day.isoformat(), "--type", "event"))

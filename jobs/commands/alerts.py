@@ -127,6 +127,10 @@ def _act(ctx: click.Context, alert_id: str, action: str, day: date | None, outpu
     if result.suppression_rule is not None:
         extra += f"; suppression rule {result.suppression_rule} added (`uba-batch suppress list`)"
     click.echo(f"{result.alert_id}: {result.status}{extra}")
+    stale = result.stale_days
+    if stale:
+        click.echo(f"entity risk of {stale[0]}..{stale[-1]} ({len(stale)} days) marked stale: re-score them with "
+                   f"`uba-batch backfill --start {stale[0]} --end {stale[-1]}`")
 
 
 def _action_options(func: Any) -> Any:
@@ -167,7 +171,8 @@ def close_command(ctx: click.Context, alert_id: str, verdict: str, suppress_simi
     """Close an alert with a verdict, which is also stored as analyst feedback.
 
     The verdict reaches `train --exclude-malicious` (malicious event alerts) and entity
-    risk (a benign verdict removes the alert's contribution).
+    risk (a benign verdict removes the alert's contribution: the days whose risk it built
+    are marked stale until re-scored, as with `uba-batch feedback`).
 
     \b
     Example:

@@ -10,13 +10,15 @@ nothing an analyst did is ever overwritten, and the history of an alert is its r
 A close carries a verdict, benign or malicious, written also to the feedback store:
 under the event id for an event alert (what ``train --exclude-malicious`` and the
 suppression tooling read), under the alert id for a user-day or risk alert (what entity
-risk reads for the findings that are not one event).
+risk reads for the findings that are not one event). A benign close is a late verdict
+like ``uba-batch feedback``: the risk days the alert built, and every later one, are
+marked stale (``uba.alerting.risk.mark_stale_after_verdicts``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TypedDict, cast
@@ -26,8 +28,11 @@ import polars as pl
 from uba import io
 from uba.alerting.feedback import LABELS, add_rule, known_reason_kinds, record_feedback
 from uba.alerting.records import RECORD_SCHEMA, AlertRecord, alert_records, day_records
+from uba.alerting.risk import mark_stale_after_verdicts
 from uba.errors import UserError
+from uba.logs import get_logger
 
+log = get_logger("triage")
 TRIAGE = "triage"
 STATUSES = ("open", "acknowledged", "closed")
 ACTIONS = {"ack": "acknowledged", "close": "closed", "reopen": "open"}
@@ -90,6 +95,7 @@ class TriageResult:
     verdict: str | None
     feedback_id: str | None
     suppression_rule: str | None
+    stale_days: list[date] = field(default_factory=list)  # risk days a benign close made stale
 
 
 def _text(value: str | None, field: str, limit: int = MAX_NOTE) -> str | None:
@@ -229,7 +235,13 @@ def apply_action(output_dir: Path, data_dir: Path, alert_id: str, action: str, v
             "event_date": alert["event_date"], "suppression_rule": rule, "recorded_at": datetime.now(UTC),
         }], schema=TRIAGE_SCHEMA)
         io.append_table_part(row, data_dir, TRIAGE)
-        return TriageResult(alert["alert_id"], new_status, verdict, feedback_id, rule)
+    stale: list[date] = []
+    if verdict == "benign" and feedback_id is not None:  # a late verdict, as `uba-batch feedback` has it
+        try:
+            stale = mark_stale_after_verdicts(output_dir, [feedback_id])
+        except (OSError, UserError) as exc:  # stored already: the verdict counts at the next re-score
+            log.warning("verdict stored, but entity risk could not be marked stale: %s", exc)
+    return TriageResult(alert["alert_id"], new_status, verdict, feedback_id, rule, stale)
 
 
 def status_counts(data_dir: Path, records: pl.DataFrame) -> dict[str, dict[str, int]]:
