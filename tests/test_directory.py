@@ -104,7 +104,7 @@ def test_a_header_only_file_is_a_warning(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "has no data rows" in result.output
 
 
-def test_generate_writes_a_directory_whose_departments_differ(tmp_path: Path) -> None:
+def test_generate_writes_a_directory_whose_departments_and_roles_differ(tmp_path: Path) -> None:
     out = tmp_path / "data"
     result = CliRunner().invoke(cli, ["generate", "--out", str(out), "--users", "300", "--days", "3", "--directory"])
     assert result.exit_code == 0 and "directory: 300 users" in result.output, result.output
@@ -116,6 +116,17 @@ def test_generate_writes_a_directory_whose_departments_differ(tmp_path: Path) ->
     hours = dict(by_department.select("department", "hour_centre").iter_rows())
     assert hours["operations"] < 4 and 11 < hours["finance"] < 15, "departments keep their own hours"
     assert (directory["is_privileged"] == (directory["role"] == "admin")).all()
+    by_role = {row["role"]: row for row in directory.join(truth, on="user_id").group_by("role").agg(
+        pl.len().alias("users"), pl.col("mobile_share").mean(), pl.col("download_share").mean(),
+        (pl.col("device_habit") == "desktop_only").mean().alias("desk"),
+        pl.col("session_median_sec").median()).iter_rows(named=True)}
+    admin, analyst, manager = by_role["admin"], by_role["analyst"], by_role["manager"]
+    assert 0.04 < admin["users"] / 300 < 0.14 and 0.12 < manager["users"] / 300 < 0.3, by_role
+    assert admin["desk"] > analyst["desk"] + 0.1 and admin["download_share"] > 1.4 * analyst["download_share"], by_role
+    assert manager["mobile_share"] > analyst["mobile_share"] + 0.15, by_role
+    assert manager["session_median_sec"] < 0.85 * analyst["session_median_sec"], by_role
     plain = tmp_path / "plain"
-    assert CliRunner().invoke(cli, ["generate", "--out", str(plain), "--users", "20", "--days", "2"]).exit_code == 0
+    assert CliRunner().invoke(cli, ["generate", "--out", str(plain), "--users", "300", "--days", "3"]).exit_code == 0
     assert not (plain / "directory").exists(), "without --directory behaviour is as before"
+    events = [pl.read_parquet(d / "events").sort("event_id") for d in (out, plain)]
+    assert events[0].equals(events[1]), "the directory's draws do not change the events"
