@@ -93,12 +93,17 @@ def test_predict_and_predict_batch_match_batch_scoring(request: pytest.FixtureRe
 
 
 def _ingest_off_habit_events(data_dir: Path, tmp: Path) -> None:
-    """Copies of some of the day's events twelve hours away and on the other device,
+    """Copies of some of the day's events (every sixth, and each user's first) twelve hours
+    away and on the other device,
     ingested as the day's events: their scores spread between the day's ordinary events and
     its anomalies, so some fall between the global and a user's cut (the per-user case
     compares moved verdicts), and with a directory the peer deviations are not all 0;
     copies of others with sessions six times as long (long for their actions)."""
-    events = io.scan_events(data_dir, SCORE_DAY).collect().gather_every(6)
+    day = io.scan_events(data_dir, SCORE_DAY).collect()
+    # every sixth event, and each user's first, so every peer group has some moved events
+    # (a small group whose device habits differ from everyone's may have a handful a day)
+    events = pl.concat([day.gather_every(6), day.filter(pl.int_range(pl.len()).over("user_id") == 0)]) \
+        .unique("event_id", keep="first", maintain_order=True)
     hour = (pl.col("hour_of_day") + 12) % 24
     moved = events.with_columns(
         ("off-" + pl.col("event_id")).alias("event_id"),
