@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from jobs.commands.feedback import echo_stale_days
 from jobs.options import DATE, data_dir_option, output_dir_option, settings_from
 
 WHAT = {"event": "alerts", "user-day": "user-days", "risk": "risk", "all": "all"}
@@ -127,10 +128,7 @@ def _act(ctx: click.Context, alert_id: str, action: str, day: date | None, outpu
     if result.suppression_rule is not None:
         extra += f"; suppression rule {result.suppression_rule} added (`uba-batch suppress list`)"
     click.echo(f"{result.alert_id}: {result.status}{extra}")
-    stale = result.stale_days
-    if stale:
-        click.echo(f"entity risk of {stale[0]}..{stale[-1]} ({len(stale)} days) marked stale: re-score them with "
-                   f"`uba-batch backfill --start {stale[0]} --end {stale[-1]}`")
+    echo_stale_days(result.stale_days)
 
 
 def _action_options(func: Any) -> Any:

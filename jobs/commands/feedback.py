@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import click
@@ -39,6 +40,11 @@ def command(ctx: click.Context, csv_file: str, data_dir: str | None, output_dir:
     summary, stale = recorded.summary, recorded.stale_days
     click.echo(f"stored {summary.rows} labels ({summary.benign} benign, {summary.malicious} malicious) "
                f"in {summary.path}")
+    echo_stale_days(stale)
+
+
+def echo_stale_days(stale: list[date]) -> None:
+    """Say which days' entity risk a late verdict made stale and how to re-score them."""
     if stale:
         click.echo(f"entity risk of {stale[0]}..{stale[-1]} ({len(stale)} days) marked stale: re-score them with "
                    f"`uba-batch backfill --start {stale[0]} --end {stale[-1]}`")

@@ -20,6 +20,7 @@ from uba.generate.personas import (
     DOWNLOAD_HABIT_NAMES,
     PERSONA_NAMES,
     Users,
+    draw_rows,
     user_ids,
 )
 
@@ -72,9 +73,8 @@ def _roles(users: Users, rng: np.random.Generator) -> list[str]:
     for _ in range(50):  # iterative proportional fitting of the role shares
         probabilities = weights / weights.sum(axis=1, keepdims=True)
         weights = weights * (shares / probabilities.mean(axis=0))
-    cumulative = np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
-    picks = (rng.random(users.count)[:, None] >= cumulative).sum(axis=1)
-    return [names[min(int(i), len(names) - 1)] for i in picks]
+    picks = draw_rows(rng, weights / weights.sum(axis=1, keepdims=True))
+    return [names[int(i)] for i in picks]
 
 
 def _habit_traits(users: Users) -> dict[str, np.ndarray]:

@@ -201,6 +201,15 @@ def _draw(rng: np.random.Generator, persona: np.ndarray, attr: str) -> np.ndarra
     return drawn
 
 
+def draw_rows(rng: np.random.Generator, probabilities: np.ndarray) -> np.ndarray:
+    """One category index per row of ``probabilities`` (rows x categories, each summing
+    to 1), from one uniform draw per row: rounding never picks past the last category."""
+    cumulative = np.cumsum(probabilities, axis=1)
+    picks: np.ndarray = np.minimum((rng.random(len(probabilities))[:, None] >= cumulative).sum(axis=1),
+                                   probabilities.shape[1] - 1)
+    return picks
+
+
 def _draw_habit(
     rng: np.random.Generator, persona: np.ndarray, attr: str, habits: dict[str, Range]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -208,9 +217,7 @@ def _draw_habit(
     weights = np.array(
         [[getattr(PERSONAS[p], attr).get(h, 0.0) for h in names] for p in PERSONA_NAMES]
     )
-    cumulative = np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
-    u = rng.random(len(persona))
-    habit = np.minimum((u[:, None] >= cumulative[persona]).sum(axis=1), len(names) - 1)
+    habit = draw_rows(rng, (weights / weights.sum(axis=1, keepdims=True))[persona])
     lo = np.array([habits[h][0] for h in names])
     hi = np.array([habits[h][1] for h in names])
     share = lo[habit] + (hi[habit] - lo[habit]) * rng.random(len(persona))
