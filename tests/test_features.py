@@ -411,7 +411,9 @@ def test_a_short_session_with_fewer_actions_than_usual_is_not_long_for_them():
     assert out["length_for_actions_excess"].to_list()[2] > 10.0
     reasons = out["reasons"].to_list()
     assert not any("longer" in reason for reason in reasons[0] + reasons[1]), reasons
-    assert any("longer than this user's usual for 1 action" in reason for reason in reasons[2]), reasons
+    # the reason names the edge's count of actions, whose usual length it quotes
+    said = f"longer than this user's usual for {round(math.expm1(edge))} actions (7 s); it had 1, fewer than"
+    assert any(said in reason for reason in reasons[2]), reasons
 
 
 def bot_user(days: int = 14) -> list[dict]:

@@ -69,7 +69,8 @@ def oracle(events: pl.DataFrame, snapshot: pl.DataFrame) -> pl.DataFrame:
     ``uba-features-7`` changed: the session's log length against the user's own line of
     log length on log actions (since ``uba-features-8`` never below its value at the edge
     of the user's usual actions), in the user's residual spreads (clipped at +-10, missing
-    information as 0), that expected log length (null when unknown), its excess beyond 4
+    information as 0), that expected log length (null when unknown) and the log actions
+    it is read at (the session's own or the edge held), its excess beyond 4
     nats on the long side, and the strongest and total deviations taken with it in place
     of ``session_length_excess``."""
     old = reference.event_features(events.lazy(), snapshot.lazy()).collect()
@@ -87,13 +88,16 @@ def oracle(events: pl.DataFrame, snapshot: pl.DataFrame) -> pl.DataFrame:
     high = bl("mean_log_actions") + LINE_RANGE_SDS * bl("sd_log_actions")
     held = pl.when(log_actions < low).then(low).otherwise(log_actions)
     held = pl.when(held > high).then(high).otherwise(held)
-    at_edge = pl.when(line(held) > line(log_actions)).then(line(held)).otherwise(line(log_actions))
+    beyond = line(held) > line(log_actions)
+    at_edge = pl.when(beyond).then(line(held)).otherwise(line(log_actions))
+    read_at = pl.when(held.is_nan()).then(None).otherwise(pl.when(beyond).then(held).otherwise(log_actions))
     expected = at_edge.clip(0.0, None)
     z = ((log_duration - expected) / bl("sd_log_duration_given_actions")).fill_nan(None).fill_null(0.0) \
         .clip(-reference.Z_CLIP, reference.Z_CLIP)
     deviations = ["length_for_actions_excess",
                   *(c for c in reference.DEVIATION_COLUMNS if c != "session_length_excess")]
-    return old.with_columns(length_for_actions_z=z, user_expected_log_session=expected.fill_nan(None)).with_columns(
+    return old.with_columns(length_for_actions_z=z, user_expected_log_session=expected.fill_nan(None),
+                            user_expected_for_log_actions=read_at).with_columns(
         length_for_actions_excess=reference.excess_surprise(pl.col("length_for_actions_z").clip(0.0, None))
     ).with_columns(max_surprise=pl.max_horizontal(*deviations), total_surprise=pl.sum_horizontal(*deviations))
 

@@ -18,6 +18,7 @@ ORDINARY = {
     "weekday_rarity": 0.0, "global_extremity": 0.0, "global_by_actions": False,
     "user_median_session_sec": 720.0, "user_median_actions": 20.0,
     "user_expected_log_session": 6.580639137284949,  # log1p(720): 12 min for 20 actions
+    "user_expected_for_log_actions": None,  # unknown: read at the session's own actions
     "user_usual_hour_start": 9, "user_usual_hour_end": 17,
     "user_device_share": 0.9, "user_event_type_share": 0.6, "user_download_share": 0.05,
     "user_weekday_share": 0.2,
@@ -70,6 +71,28 @@ def test_a_one_action_session_long_for_its_actions_says_action_not_actions():
     )
     assert texts == ["session 10.0x longer than this user's usual for 1 action (60 s)"]
     assert kinds == ["session_length"]
+
+
+def test_a_session_outside_the_users_usual_actions_names_the_edge_it_is_compared_with():
+    """The expected length of a session with fewer (more) actions than the user usually
+    takes is their line at the edge of their usual actions: the reason names the edge's
+    count, not the session's own, whose usual length nobody knows."""
+    few, many, own = reasons_of(
+        {"session_length_z": 1.5, "length_for_actions_z": 3.5, "session_duration_sec": 2400.0,
+         "events_in_session": 1, "user_expected_log_session": math.log1p(240.0),
+         "user_expected_for_log_actions": math.log1p(8.0)},
+        {"session_length_z": 1.5, "length_for_actions_z": 3.5, "session_duration_sec": 60.0, "known_user": False,
+         "events_in_session": 4000, "user_expected_log_session": math.log1p(5.0),
+         "user_expected_for_log_actions": math.log1p(300.0)},
+        {"session_length_z": 1.5, "length_for_actions_z": 3.5, "session_duration_sec": 600.0,
+         "events_in_session": 6, "user_expected_log_session": math.log1p(60.0),
+         "user_expected_for_log_actions": math.log1p(6.0)},
+    )
+    assert few[0] == ["session 10x longer than this user's usual for 8 actions (4 min); "
+                      "it had 1, fewer than they usually take"]
+    assert many[0] == ["session 12x longer than most users' usual for 300 actions (5 s); "
+                       "it had 4000, more than they usually take"]
+    assert own[0] == ["session 10.0x longer than this user's usual for 6 actions (60 s)"]
 
 def test_max_reasons_keeps_the_strongest():
     [(texts, kinds)] = reasons_of({"hour_z": 5.0, "session_length_z": 3.0}, max_reasons=1)

@@ -100,6 +100,7 @@ CONTEXT_COLUMNS: tuple[str, ...] = (
     "user_median_session_sec",
     "user_median_actions",
     "user_expected_log_session",
+    "user_expected_for_log_actions",
     "user_usual_hour_start",
     "user_usual_hour_end",
     "user_device_share",
@@ -113,7 +114,8 @@ CONTEXT_COLUMNS: tuple[str, ...] = (
 )
 # Context columns where "no value" is a null in frames (NaN in the arrays).
 NULLABLE_CONTEXT: tuple[str, ...] = (
-    "user_median_session_sec", "user_median_actions", "user_expected_log_session", "user_device_share",
+    "user_median_session_sec", "user_median_actions", "user_expected_log_session", "user_expected_for_log_actions",
+    "user_device_share",
     "user_event_type_share",
     "user_download_share", "user_weekday_share", "hour_rarity", "weekday_rarity",
 )
@@ -529,8 +531,8 @@ def _features(baselines: CompiledBaselines, events: Events, xp: Math) -> dict[st
 
     # the user's own log length for a session with this many actions (their line of log
     # length on log actions): what the session's length is compared with given its activity.
-    line = _line_within_usual_actions(log_actions, at("mean_log_duration"), at("slope_log_duration"),
-                                      at("mean_log_actions"), at("sd_log_actions"), xp)
+    line, line_at = _line_within_usual_actions(log_actions, at("mean_log_duration"), at("slope_log_duration"),
+                                               at("mean_log_actions"), at("sd_log_actions"), xp)
     # At least 0 (a 0 s session): a steep line must not call a 0 s session long
     # (NaN stays NaN: no information; -0.0 stays, as in Polars' clip)
     expected = xp.where(line < 0.0, 0.0, line)
@@ -540,6 +542,7 @@ def _features(baselines: CompiledBaselines, events: Events, xp: Math) -> dict[st
         "actions_z": _z(log_actions, at("mean_log_actions"), at("sd_log_actions"), -Z_CLIP, xp),
         "length_for_actions_z": _z(log_duration, expected, at("sd_log_duration_given_actions"), -Z_CLIP, xp),
         "user_expected_log_session": expected,
+        "user_expected_for_log_actions": line_at,
         "hour_z": finite(xp.div(_circular_distance(events.hour, at("hour_mean"), xp), at("hour_spread")),
                          0.0, HOUR_DEVIATION_CLIP, xp),
         "device_rarity_nats": finite(xp.gather2(baselines.device_rarity.values, rows, events.device),
@@ -558,9 +561,12 @@ def _features(baselines: CompiledBaselines, events: Events, xp: Math) -> dict[st
 
 
 def _line_within_usual_actions(log_actions: Values, mean_log_duration: Values, slope: Values,
-                               mean_log_actions: Values, sd_log_actions: Values, xp: Math) -> Values:
+                               mean_log_actions: Values, sd_log_actions: Values,
+                               xp: Math) -> tuple[Values, Values]:
     """The user's line at the session's log actions, never below its value at the edge of
-    their usual activity (``LINE_RANGE_SDS`` spreads of their mean log actions).
+    their usual activity (``LINE_RANGE_SDS`` spreads of their mean log actions); and the
+    log actions it was read at (the session's own, or the edge), so the reason can say
+    which sessions of the user the length is compared with.
 
     A line fitted over a user's sessions says nothing about activity far outside them.
     Extrapolated, a user whose length grows steeply with actions "expects" a 1-action
@@ -579,7 +585,9 @@ def _line_within_usual_actions(log_actions: Values, mean_log_duration: Values, s
     held = xp.minimum(xp.maximum(log_actions, low), high)
     line = mean_log_duration + slope * (log_actions - mean_log_actions)
     edge = mean_log_duration + slope * (held - mean_log_actions)
-    return xp.where(xp.isnan(held), held, xp.where(edge > line, edge, line))
+    unknown, beyond = xp.isnan(held), edge > line
+    return (xp.where(unknown, held, xp.where(beyond, edge, line)),
+            xp.where(unknown, held, xp.where(beyond, held, log_actions)))
 
 
 def _peer_features(peers: PeerArrays, events: Events, ctx: Mapping[str, Values],

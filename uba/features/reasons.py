@@ -77,7 +77,7 @@ IndexArray = npt.NDArray[np.intp]
 SENTENCE_INPUTS: tuple[str, ...] = (
     "known_user", "event_type", "device_type", "session_duration_sec", "events_in_session",
     "event_hour", "event_weekday", "actions_z", "session_length_z", "length_for_actions_z",
-    "user_expected_log_session", "global_by_actions", "user_median_session_sec",
+    "user_expected_log_session", "user_expected_for_log_actions", "global_by_actions", "user_median_session_sec",
     "user_median_actions", "user_usual_hour_start", "user_usual_hour_end", "user_device_share",
     "user_event_type_share", "user_download_share", "user_weekday_share",
 )
@@ -98,6 +98,7 @@ class SentenceInputs(TypedDict):
     session_length_z: float
     length_for_actions_z: float
     user_expected_log_session: float | None
+    user_expected_for_log_actions: float | None
     global_by_actions: bool
     user_median_session_sec: float | None
     user_median_actions: float | None
@@ -260,7 +261,10 @@ def _session_text(row: SentenceInputs) -> str | None:
 
 
 def _session_for_actions_text(row: SentenceInputs) -> str | None:
-    """The session against the user's usual length for a session with as many actions."""
+    """The session against the user's usual length for a session with as many actions, or,
+    for a session with fewer (more) actions than the user ever usually takes, against their
+    sessions at that edge: the line is not read beyond it (docs/features.md), and naming
+    the session's own count there would quote the edge's length as the usual for it."""
     expected_log = _known(row["user_expected_log_session"])
     if expected_log is None:
         return None
@@ -269,8 +273,17 @@ def _session_for_actions_text(row: SentenceInputs) -> str | None:
     if ratio is None:
         return None
     actions = row["events_in_session"]
-    return (f"session {ratio}x longer than {_owner(row)} usual for {actions} action{'' if actions == 1 else 's'} "
-            f"({_duration(expected)})")
+    read_at = _known(row["user_expected_for_log_actions"])
+    usual_actions = actions if read_at is None else round(math.expm1(read_at))
+    if usual_actions == actions:
+        return f"session {ratio}x longer than {_owner(row)} usual for {_actions(actions)} ({_duration(expected)})"
+    side = "fewer" if usual_actions > actions else "more"
+    return (f"session {ratio}x longer than {_owner(row)} usual for {_actions(usual_actions)} ({_duration(expected)}); "
+            f"it had {actions}, {side} than they usually take")
+
+
+def _actions(count: int) -> str:
+    return f"{count} action{'' if count == 1 else 's'}"
 
 
 def _actions_text(row: SentenceInputs) -> str | None:
