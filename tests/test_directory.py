@@ -198,3 +198,15 @@ def test_parquet_columns_polars_cannot_read_as_text_are_one_line(tmp_path: Path,
     assert result.exit_code == 1 and message in result.output, result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "data" / "directory" / "users.parquet").exists()
+
+
+def test_quarantine_names_the_line_a_row_starts_on_after_a_cell_with_line_breaks(tmp_path: Path) -> None:
+    """A quoted cell holding a line break (a multi-line department in an HR export) made
+    every later reason name the line above the bad row (the record number, not the line)."""
+    body = ('user_id,department,role\r\nu1,"Research\r\nand Development",x\r\nu2,ok,y\r\n\r\n'
+            ',missing,z\r\nu2,again,z\r\n')
+    result = _import(tmp_path, body)
+    assert "read 5 rows: 1 stored, 4 quarantined" in result.output, result.output
+    assert _quarantined(tmp_path).sort("line").select("line", "reason").rows() == [
+        (2, "department contains control, invisible or format characters, or invalid UTF-8"),
+        (5, "user_id is missing"), (6, "user_id is missing"), (7, "user_id 'u2' repeats line 4")]

@@ -235,18 +235,40 @@ def import_directory(data_dir: Path, path: Path, *, replace: bool = False,
     directory.
     """
     frame, ignored = read_directory_file(path)
-    first_line = 2 if Path(path).suffix.lower() != ".parquet" else 1
+    parquet = Path(path).suffix.lower() == ".parquet"
     summary = store_directory_frame(data_dir, frame, source=str(path), replace=replace, max_id_length=max_id_length,
-                                    first_line=first_line)
+                                    first_line=1 if parquet else 2,
+                                    lines=None if parquet else _csv_record_lines(Path(path), frame.height))
     return dataclasses.replace(summary, ignored_columns=tuple(ignored))
 
 
+def _csv_record_lines(path: Path, rows: int) -> list[int] | None:
+    """The line each data record of a CSV starts on: a quoted cell may hold line breaks
+    ("Research<newline>and Development"), so a record's number is not its line. None when
+    Python's csv reader does not count the records Polars read (record number + 2 then)."""
+    import csv
+
+    starts: list[int] = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+            reader = csv.reader(handle)
+            previous_end = 0
+            for _ in reader:
+                starts.append(previous_end + 1)
+                previous_end = reader.line_num
+    except csv.Error:  # a cell over the csv module's field size limit
+        return None
+    return starts[1:] if len(starts) == rows + 1 else None
+
+
 def store_directory_frame(data_dir: Path, frame: pl.DataFrame, *, source: str, replace: bool = False,
-                          max_id_length: int = 256, first_line: int = 1) -> ImportSummary:
+                          max_id_length: int = 256, first_line: int = 1,
+                          lines: Sequence[int] | None = None) -> ImportSummary:
     """The checks and the store of :func:`import_directory`, for rows already in memory
-    (``generate`` writes its population's directory through here)."""
+    (``generate`` writes its population's directory through here). A quarantined row is
+    named by ``lines[i]`` (the file's line of row i) or else ``i + first_line``."""
     path = source
-    good, bad = _split(frame.to_dicts(), max_id_length, lambda i: i + first_line)
+    good, bad = _split(frame.to_dicts(), max_id_length, (lambda i: lines[i]) if lines else (lambda i: i + first_line))
     new = pl.DataFrame(good, schema=SCHEMA)
     target = directory_path(data_dir)
     stored = None if replace else io.read_parquet_if_exists(target)
