@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import decimal
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
 
@@ -130,3 +133,80 @@ def test_generate_writes_a_directory_whose_departments_and_roles_differ(tmp_path
     assert not (plain / "directory").exists(), "without --directory behaviour is as before"
     events = [pl.read_parquet(d / "events").sort("event_id") for d in (out, plain)]
     assert events[0].equals(events[1]), "the directory's draws do not change the events"
+
+
+def test_header_names_padded_with_spaces_are_read_and_unknown_names_are_named(tmp_path: Path) -> None:
+    """`user_id, department, role` (a space after each comma, as people type it) once
+    stored every user without a department, silently; a `Department` is named as ignored."""
+    result = _import(tmp_path, "user_id, department, role ,is_privileged\nu1, finance, analyst, yes\n")
+    assert result.exit_code == 0 and "ignored columns" not in result.output, result.output
+    assert _stored(tmp_path).rows() == [("u1", "finance", "analyst", True, None)]
+    result = _import(tmp_path, "user_id,Department,badge\nu2,sales,7\n")
+    assert result.exit_code == 0, result.output
+    assert "ignored columns (not user_id, department, role, is_privileged, criticality): 'Department', 'badge'" \
+        in result.output
+    assert _stored(tmp_path).filter(pl.col("user_id") == "u2")["department"].to_list() == [None]
+
+
+def _typed_parquet(path: Path, user_ids: pa.Array, **columns: pa.Array) -> Path:
+    pq.write_table(pa.table({"user_id": user_ids, **columns}), path)
+    return path
+
+
+def test_typed_parquet_ids_read_as_ingest_reads_them(tmp_path: Path) -> None:
+    """A pandas export stores integer ids with a null as float64 (1.0): the directory once
+    stored user "1.0", which no event's user "1" ever matched (no peer group, no
+    privilege weight); a fractional, NaN, infinite or boolean id was stored as a user, and
+    bytes that are not UTF-8 ended the import with a traceback."""
+    source = _typed_parquet(
+        tmp_path / "floats.parquet", pa.array([1.0, 2.5, float("nan"), float("inf"), None, 3.0]),
+        department=pa.array(["a", "b", "c", "d", "e", "f"]), is_privileged=pa.array([1, 0, 0, 0, 0, 1], pa.int8()))
+    result = CliRunner().invoke(cli, ["users", "import", str(source), "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 2 and "read 6 rows: 2 stored, 4 quarantined" in result.output, result.output
+    assert _stored(tmp_path).select("user_id", "department", "is_privileged").rows() == [
+        ("1", "a", True), ("3", "f", True)]
+    bad = _quarantined(tmp_path).sort("line")
+    fraction = "user_id must be a string or an integer, not a number with a fraction"
+    assert bad.select("line", "reason", "user_id").rows() == [
+        (2, fraction, "2.5"), (3, fraction, "NaN"), (4, fraction, "inf"), (5, "user_id is missing", None)]
+    odd = _typed_parquet(tmp_path / "odd.parquet", pa.array([b"u9", b"\xff\xfe"], pa.binary()),
+                         role=pa.array([decimal.Decimal("1.00"), None], pa.decimal128(10, 2)))
+    result = CliRunner().invoke(cli, ["users", "import", str(odd), "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert _stored(tmp_path).filter(pl.col("user_id") == "u9").rows() == [("u9", None, "1", False, None)]
+    assert _quarantined(tmp_path).filter(pl.col("line") == 2, pl.col("source").str.ends_with("odd.parquet"))[
+        "reason"].to_list() == ["user_id contains control, invisible or format characters, or invalid UTF-8"]
+    decimal_ids = _typed_parquet(tmp_path / "decimal.parquet", pa.array([decimal.Decimal("7.00")], pa.decimal128(10, 2)))
+    assert CliRunner().invoke(cli, ["users", "import", str(decimal_ids), "--data-dir", str(tmp_path / "data")]
+                              ).exit_code == 0
+    assert "7" in _stored(tmp_path)["user_id"].to_list()
+    flags = _typed_parquet(tmp_path / "bools.parquet", pa.array([True]))
+    result = CliRunner().invoke(cli, ["users", "import", str(flags), "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 2 and "true" not in _stored(tmp_path)["user_id"].to_list()
+
+
+@pytest.mark.parametrize(("column", "message"), [
+    (pa.array([1], pa.duration("s")), "column role is duration[s], a duration, not a plain value"),
+    (pa.array([1], pa.timestamp("s", tz="Mars/Olympus")), "a timestamp in the unknown time zone 'Mars/Olympus'"),
+    (pa.array([decimal.Decimal(1)], pa.decimal256(50, 2)), "column role is decimal256(50, 2), a 256-bit decimal"),
+], ids=["duration", "unknown-zone", "decimal256"])
+def test_parquet_columns_polars_cannot_read_as_text_are_one_line(tmp_path: Path, column: pa.Array,
+                                                                  message: str) -> None:
+    """These ended the import with a Polars traceback (a panic, for the time zone)."""
+    source = _typed_parquet(tmp_path / "users.parquet", pa.array(["u1"]), role=column)
+    result = CliRunner().invoke(cli, ["users", "import", str(source), "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "data" / "directory" / "users.parquet").exists()
+
+
+def test_quarantine_names_the_line_a_row_starts_on_after_a_cell_with_line_breaks(tmp_path: Path) -> None:
+    """A quoted cell holding a line break (a multi-line department in an HR export) made
+    every later reason name the line above the bad row (the record number, not the line)."""
+    body = ('user_id,department,role\r\nu1,"Research\r\nand Development",x\r\nu2,ok,y\r\n\r\n'
+            ',missing,z\r\nu2,again,z\r\n')
+    result = _import(tmp_path, body)
+    assert "read 5 rows: 1 stored, 4 quarantined" in result.output, result.output
+    assert _quarantined(tmp_path).sort("line").select("line", "reason").rows() == [
+        (2, "department contains control, invisible or format characters, or invalid UTF-8"),
+        (5, "user_id is missing"), (6, "user_id is missing"), (7, "user_id 'u2' repeats line 4")]

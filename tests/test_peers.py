@@ -132,8 +132,19 @@ def test_a_user_with_little_history_is_shrunk_toward_their_department(world: Pee
 
 def test_department_role_groups_split_departments(world: PeerWorld) -> None:
     by_role = peer_groups(world.directory, "department_role")
-    assert by_role["peer_group"].str.contains("/").all()
+    assert by_role["peer_group"].str.contains("\x1f").all()
     assert by_role["peer_group"].n_unique() > peer_groups(world.directory, "department")["peer_group"].n_unique()
+
+
+def test_department_role_groups_keep_names_holding_the_separator_apart() -> None:
+    """Groups were "department/role" (no role: "?"): finance/payroll + clerk and finance +
+    payroll/clerk shared one peer group, as did a role "?" and no role."""
+    directory = pl.DataFrame({"user_id": ["u1", "u2", "u3", "u4", "u5"],
+                              "department": ["finance/payroll", "finance", "ops", "ops", None],
+                              "role": ["clerk", "payroll/clerk", "?", None, "admin"]})
+    groups = peer_groups(directory, "department_role")
+    assert groups["user_id"].to_list() == ["u1", "u2", "u3", "u4"]
+    assert groups["peer_group"].n_unique() == 4
 
 
 def _departments(world: PeerWorld) -> dict[str, list[str]]:

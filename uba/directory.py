@@ -13,10 +13,11 @@ the value.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import NoReturn, TypedDict
 
 import polars as pl
 
@@ -27,6 +28,7 @@ from uba.errors import UserError
 DIRECTORY = "directory"
 USERS_FILE = "users.parquet"
 QUARANTINE = "quarantine"
+TYPE_ERROR = "_user_id_type_error"  # why a typed user_id cannot be an id (Parquet); not a column of the file
 COLUMNS = ("user_id", "department", "role", "is_privileged", "criticality")
 CRITICALITY = ("low", "medium", "high", "critical")
 TRUE_WORDS = frozenset({"true", "1", "yes", "y", "t"})
@@ -67,6 +69,7 @@ class ImportSummary:
     reasons: dict[str, int]
     path: Path
     quarantine_path: Path | None
+    ignored_columns: tuple[str, ...] = ()  # columns of the file that are not directory columns
 
     @property
     def quarantined_ratio(self) -> float:
@@ -128,10 +131,14 @@ def check_row(row: Mapping[str, object], max_id_length: int) -> DirectoryRow:
     }
 
 
-def _read_parquet_as_strings(path: Path) -> pl.DataFrame:
-    """Only the directory's columns, only when they are flat: a nested or huge column in
-    a stranger's file is refused before it is decoded."""
+def _parquet_columns(path: Path) -> tuple[list[str], list[str]]:
+    """(directory columns to read, other columns), from the footer alone: a nested column,
+    a type Polars cannot import (it panics) or a duration in a stranger's file is refused
+    with one line before it is decoded."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from uba.ingest.files import polars_import_problem
 
     try:
         meta = pq.ParquetFile(path)
@@ -140,35 +147,59 @@ def _read_parquet_as_strings(path: Path) -> pl.DataFrame:
     if meta.metadata.num_rows > MAX_PARQUET_ROWS:
         raise UserError(f"{path}: {meta.metadata.num_rows} rows is more than a directory holds "
                         f"(at most {MAX_PARQUET_ROWS})")
-    wanted = []
+    wanted, ignored = [], []
     for field in meta.schema_arrow:
         if field.name not in COLUMNS:
+            ignored.append(field.name)
             continue
         if field.type.num_fields or str(field.type).startswith(("list", "large_list", "map", "struct")):
             raise UserError(f"{path}: column {field.name} is {field.type}, not a plain value")
+        why = "a duration" if pa.types.is_duration(field.type) else polars_import_problem(field.type)
+        if why is not None:
+            raise UserError(f"{path}: column {field.name} is {field.type}, {why}, not a plain value")
         wanted.append(field.name)
     if "user_id" not in wanted:
-        return pl.DataFrame(schema={name: pl.String() for name in meta.schema_arrow.names})
+        _no_user_id(path, meta.schema_arrow.names)
+    return wanted, ignored
+
+
+def _read_parquet_as_strings(path: Path) -> tuple[pl.DataFrame, list[str]]:
+    """The directory's columns as text, read as ingest reads typed event columns
+    (``text_expr``): user 1 stored as 1.0 or 1.00 is user "1", as in the events; a
+    ``user_id`` no id can be (a fraction, a boolean) is named in ``TYPE_ERROR``."""
+    from uba.ingest.validate import text_expr
+
+    wanted, ignored = _parquet_columns(path)
     try:
         frame = pl.read_parquet(path, columns=wanted)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise UserError(f"cannot read Parquet file {path}: {str(exc).splitlines()[0]}") from exc
-    return frame.with_columns(pl.all().cast(pl.String))
+    problem = rules.id_dtype_error(pl.col("user_id"), frame.schema["user_id"])
+    return frame.select(
+        *(text_expr(name, dtype).alias(name) for name, dtype in frame.schema.items()),
+        (pl.lit(None, pl.String) if problem is None else problem).alias(TYPE_ERROR),
+    ), ignored
 
 
-def read_directory_file(path: Path) -> pl.DataFrame:
-    """The file's rows with every cell as text (validation decides what is wrong)."""
+def read_directory_file(path: Path) -> tuple[pl.DataFrame, list[str]]:
+    """The file's directory columns with every cell as text (validation decides what is
+    wrong), and the names of the columns it ignores (a ``Department`` is not ``department``:
+    the import names it rather than silently storing no departments)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"file not found: {path}")
     if path.suffix.lower() == ".parquet":
-        frame = _read_parquet_as_strings(path)
-    else:
-        frame = io.read_csv_as_strings(path)
+        return _read_parquet_as_strings(path)
+    frame = io.read_csv_as_strings(path)
     if "user_id" not in frame.columns:
-        raise UserError(f"{path}: no user_id column (expected {', '.join(COLUMNS)}; found "
-                        f"{', '.join(frame.columns) or 'none'})")
-    return frame
+        _no_user_id(path, frame.columns)
+    return frame.select(name for name in frame.columns if name in COLUMNS), \
+        [name for name in frame.columns if name not in COLUMNS]
+
+
+def _no_user_id(path: Path, found: Sequence[str]) -> NoReturn:
+    raise UserError(f"{path}: no user_id column (expected {', '.join(COLUMNS)}; found "
+                    f"{', '.join(found) or 'none'})")
 
 
 def _split(rows: Sequence[Mapping[str, object]], max_id_length: int, line: Callable[[int], int],
@@ -180,6 +211,8 @@ def _split(rows: Sequence[Mapping[str, object]], max_id_length: int, line: Calla
     for i, row in enumerate(rows):
         raw = {c: None if row.get(c) is None else str(row.get(c)) for c in COLUMNS}
         try:
+            if row.get(TYPE_ERROR):
+                raise ValueError(f"user_id {row[TYPE_ERROR]}")
             clean = check_row(row, max_id_length)
         except ValueError as exc:
             bad.append({"line": line(i), "reason": str(exc), **raw})
@@ -201,18 +234,41 @@ def import_directory(data_dir: Path, path: Path, *, replace: bool = False,
     export of one department updates that department); with it the file is the whole
     directory.
     """
-    frame = read_directory_file(path)
-    first_line = 2 if Path(path).suffix.lower() != ".parquet" else 1
-    return store_directory_frame(data_dir, frame, source=str(path), replace=replace, max_id_length=max_id_length,
-                                 first_line=first_line)
+    frame, ignored = read_directory_file(path)
+    parquet = Path(path).suffix.lower() == ".parquet"
+    summary = store_directory_frame(data_dir, frame, source=str(path), replace=replace, max_id_length=max_id_length,
+                                    first_line=1 if parquet else 2,
+                                    lines=None if parquet else _csv_record_lines(Path(path), frame.height))
+    return dataclasses.replace(summary, ignored_columns=tuple(ignored))
+
+
+def _csv_record_lines(path: Path, rows: int) -> list[int] | None:
+    """The line each data record of a CSV starts on: a quoted cell may hold line breaks
+    ("Research<newline>and Development"), so a record's number is not its line. None when
+    Python's csv reader does not count the records Polars read (record number + 2 then)."""
+    import csv
+
+    starts: list[int] = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+            reader = csv.reader(handle)
+            previous_end = 0
+            for _ in reader:
+                starts.append(previous_end + 1)
+                previous_end = reader.line_num
+    except csv.Error:  # a cell over the csv module's field size limit
+        return None
+    return starts[1:] if len(starts) == rows + 1 else None
 
 
 def store_directory_frame(data_dir: Path, frame: pl.DataFrame, *, source: str, replace: bool = False,
-                          max_id_length: int = 256, first_line: int = 1) -> ImportSummary:
+                          max_id_length: int = 256, first_line: int = 1,
+                          lines: Sequence[int] | None = None) -> ImportSummary:
     """The checks and the store of :func:`import_directory`, for rows already in memory
-    (``generate`` writes its population's directory through here)."""
+    (``generate`` writes its population's directory through here). A quarantined row is
+    named by ``lines[i]`` (the file's line of row i) or else ``i + first_line``."""
     path = source
-    good, bad = _split(frame.to_dicts(), max_id_length, lambda i: i + first_line)
+    good, bad = _split(frame.to_dicts(), max_id_length, (lambda i: lines[i]) if lines else (lambda i: i + first_line))
     new = pl.DataFrame(good, schema=SCHEMA)
     target = directory_path(data_dir)
     stored = None if replace else io.read_parquet_if_exists(target)

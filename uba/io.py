@@ -1179,12 +1179,13 @@ def read_csv_as_strings(path: Path) -> pl.DataFrame:
     except (pl.exceptions.ComputeError, OSError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot read CSV file {path}: {first}") from exc  # polars adds hint paragraphs
-    names = [name.strip().strip('"') for name in header]
+    names = [name.strip().strip('"').strip() for name in header]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise UserError(f"{path}: the header repeats column {repeated[0]!r}; which one holds the value is "
                         "ambiguous, so the file is refused")
-    return frame
+    # "user_id, department" (a space after each comma) names department, as ingest reads it
+    return frame.rename({name: name.strip() for name in frame.columns if name != name.strip()})
 
 
 def append_table_part(df: pl.DataFrame, root: Path, table: str) -> Path:

@@ -10,6 +10,7 @@ import click
 from jobs.options import data_dir_option, settings_from
 
 QUARANTINE_EXIT_CODE = 2  # as ingest: stored what it could, but too much went to quarantine
+MAX_IGNORED_NAMES = 10  # a wide HR export names its first few ignored columns only
 
 
 @click.group(name="users")
@@ -44,7 +45,7 @@ def import_command(ctx: click.Context, file: str, replace: bool, data_dir: str |
       printf 'user_id,department,role,is_privileged,criticality\\nu00042,finance,analyst,no,high\\n' > users.csv
       uba-batch users import users.csv --data-dir data
     """
-    from uba.directory import import_directory
+    from uba.directory import COLUMNS, import_directory
 
     settings = settings_from(ctx, data_dir=data_dir)
     summary = import_directory(settings.paths.data_dir, Path(file), replace=replace,
@@ -53,6 +54,10 @@ def import_command(ctx: click.Context, file: str, replace: bool, data_dir: str |
                f"quarantined; the directory holds {summary.users_total} users ({summary.path})")
     if summary.rows_read == 0:
         click.echo(f"warning: {file} has no data rows")
+    if summary.ignored_columns:
+        click.echo(f"ignored columns (not {', '.join(COLUMNS)}): "
+                   + ", ".join(repr(name) for name in summary.ignored_columns[:MAX_IGNORED_NAMES])
+                   + (" ..." if len(summary.ignored_columns) > MAX_IGNORED_NAMES else ""))
     if summary.quarantine_path is not None:
         click.echo(f"quarantined rows: {summary.quarantine_path} "
                    + ", ".join(f"{k}: {v}" for k, v in sorted(summary.reasons.items())))

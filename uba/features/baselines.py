@@ -737,11 +737,16 @@ def _peer_habits(devices: list[str], events: list[str], features: FeatureSetting
     return out
 
 
+# Joins department and role into one group key: a control character, which the directory
+# refuses in both, so "a/b" + "c" and "a" + "b/c" (or a role "?" and no role) stay apart.
+GROUP_SEPARATOR = "\x1f"
+
+
 def peer_groups(directory: pl.DataFrame, by: str) -> pl.DataFrame:
     """``user_id``, ``peer_group`` from the directory: the department, or department and
     role (``by``); a user with no department has no group (the population is their prior)."""
     group = pl.col("department") if by == "department" else \
-        pl.concat_str(pl.col("department"), pl.col("role").fill_null("?"), separator="/")
+        pl.concat_str(pl.col("department"), pl.col("role").fill_null(""), separator=GROUP_SEPARATOR)
     return directory.select("user_id", group.alias("peer_group")).filter(pl.col("peer_group").is_not_null())
 
 

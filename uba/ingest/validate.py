@@ -194,8 +194,11 @@ def unreadable_columns(schema: pl.Schema | dict[str, pl.DataType]) -> list[tuple
     return [(name, dtype) for name, dtype in schema.items() if name in RAW_FIELDS and unreadable_dtype(dtype)]
 
 
-def _text_expr(name: str, dtype: pl.DataType) -> pl.Expr:
-    """The raw text of one input column, whatever type its reader produced; never fails."""
+def text_expr(name: str, dtype: pl.DataType) -> pl.Expr:
+    """The raw text of one input column, whatever type its reader produced; never fails.
+
+    Also how the user directory reads a typed (Parquet) column, so an id is the same
+    text in the directory as in the events (a pandas-style ``123.0`` is user ``123``)."""
     col = pl.col(name)
     if dtype == pl.String:
         return col
@@ -240,7 +243,7 @@ def _as_text(raw: pl.LazyFrame) -> pl.LazyFrame:
     """Known fields as text (absent ones as null), reader metadata, and a row number."""
     schema = raw.collect_schema()
     exprs = [
-        (_text_expr(name, schema[name]) if name in schema else pl.lit(None, pl.String)).alias(name)
+        (text_expr(name, schema[name]) if name in schema else pl.lit(None, pl.String)).alias(name)
         for name in RAW_FIELDS
     ]
     meta_types = {SOURCE_FILE: pl.String, SOURCE_ROW: pl.Int64, READ_ERROR: pl.String}
