@@ -107,6 +107,35 @@ def test_a_header_only_file_is_a_warning(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "has no data rows" in result.output
 
 
+def test_blank_rows_are_skipped_not_quarantined(tmp_path: Path) -> None:
+    """A blank line or a spreadsheet's row of empty cells was quarantined as "user_id is
+    missing", so a one-user export with two trailing blank lines exited 2 (found by an attack)."""
+    result = _import(tmp_path, HEADER + "u1,finance,analyst,no,high,\n\n,,,,,\n  , ,,,,\n")
+    assert result.exit_code == 0, result.output
+    assert "read 4 rows: 1 stored, 0 quarantined" in result.output and "skipped 3 blank rows" in result.output
+    assert _stored(tmp_path)["user_id"].to_list() == ["u1"]
+    assert not (tmp_path / "data" / "directory" / "quarantine").exists()
+
+
+def test_replace_with_no_valid_row_is_refused_and_keeps_the_directory(tmp_path: Path) -> None:
+    """A truncated or wrong export given with --replace deleted every stored user (found by
+    an attack), and scoring then ran without peer groups or privilege weights."""
+    assert _import(tmp_path, HEADER + "u1,finance,analyst,no,low,\nu2,sales,analyst,yes,high,\n").exit_code == 0
+    before = _stored(tmp_path)
+    header_only = _import(tmp_path, HEADER, "--replace")
+    assert header_only.exit_code == 1
+    assert "it has no data rows; --replace would remove all 2 users of the directory, so nothing was changed" \
+        in header_only.output
+    all_bad = _import(tmp_path, HEADER + "u3,hr,analyst,no,extreme,\n", "--replace")
+    assert all_bad.exit_code == 1
+    assert ("none of its 1 rows is valid (line 2: criticality 'extreme' is not one of low, medium, high, "
+            "critical)") in all_bad.output
+    assert _stored(tmp_path).equals(before)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert _import(fresh, HEADER, "--replace").exit_code == 0  # nothing stored yet: nothing to lose
+
+
 def test_generate_writes_a_directory_whose_departments_and_roles_differ(tmp_path: Path) -> None:
     out = tmp_path / "data"
     result = CliRunner().invoke(cli, ["generate", "--out", str(out), "--users", "300", "--days", "3", "--directory"])
@@ -206,7 +235,8 @@ def test_quarantine_names_the_line_a_row_starts_on_after_a_cell_with_line_breaks
     body = ('user_id,department,role\r\nu1,"Research\r\nand Development",x\r\nu2,ok,y\r\n\r\n'
             ',missing,z\r\nu2,again,z\r\n')
     result = _import(tmp_path, body)
-    assert "read 5 rows: 1 stored, 4 quarantined" in result.output, result.output
+    assert "read 5 rows: 1 stored, 3 quarantined" in result.output, result.output
+    assert "skipped 1 blank rows" in result.output  # line 5
     assert _quarantined(tmp_path).sort("line").select("line", "reason").rows() == [
         (2, "department contains control, invisible or format characters, or invalid UTF-8"),
-        (5, "user_id is missing"), (6, "user_id is missing"), (7, "user_id 'u2' repeats line 4")]
+        (6, "user_id is missing"), (7, "user_id 'u2' repeats line 4")]

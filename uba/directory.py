@@ -70,15 +70,17 @@ class ImportSummary:
     path: Path
     quarantine_path: Path | None
     ignored_columns: tuple[str, ...] = ()  # columns of the file that are not directory columns
+    rows_blank: int = 0  # rows of the file with no value at all (blank lines, ",,,,"): skipped
 
     @property
     def quarantined_ratio(self) -> float:
-        return self.rows_quarantined / self.rows_read if self.rows_read else 0.0
+        rows = self.rows_read - self.rows_blank
+        return self.rows_quarantined / rows if rows else 0.0
 
     def quarantine_exceeded(self, limit: float) -> bool:
         """Stored what it could, but too much went to quarantine for the run to count as a
         success (a wrong export): the same limit as ingest (ingest.max_quarantine_ratio)."""
-        return bool(self.rows_read) and self.quarantined_ratio > limit
+        return self.quarantined_ratio > limit
 
 
 def directory_path(data_dir: Path) -> Path:
@@ -202,14 +204,25 @@ def _no_user_id(path: Path, found: Sequence[str]) -> NoReturn:
                     f"{', '.join(found) or 'none'})")
 
 
+def _is_blank(raw: Mapping[str, str | None]) -> bool:
+    """A row with no value at all: a blank line or a spreadsheet's trailing ",,,,". Nothing
+    to store and nothing wrong to report (ingest skips such rows too)."""
+    return all(value is None or not value.strip() for value in raw.values())
+
+
 def _split(rows: Sequence[Mapping[str, object]], max_id_length: int, line: Callable[[int], int],
-           ) -> tuple[list[DirectoryRow], list[dict[str, str | int | None]]]:
-    """(valid rows, quarantined rows with line and reason); a repeated user keeps its first row."""
+           ) -> tuple[list[DirectoryRow], list[dict[str, str | int | None]], int]:
+    """(valid rows, quarantined rows with line and reason, blank rows skipped); a repeated
+    user keeps its first row."""
     good: list[DirectoryRow] = []
     bad: list[dict[str, str | int | None]] = []
     first_line: dict[str, int] = {}
+    blank = 0
     for i, row in enumerate(rows):
         raw = {c: None if row.get(c) is None else str(row.get(c)) for c in COLUMNS}
+        if _is_blank(raw) and not row.get(TYPE_ERROR):
+            blank += 1
+            continue
         try:
             if row.get(TYPE_ERROR):
                 raise ValueError(f"user_id {row[TYPE_ERROR]}")
@@ -223,7 +236,7 @@ def _split(rows: Sequence[Mapping[str, object]], max_id_length: int, line: Calla
             continue
         first_line[clean["user_id"]] = line(i)
         good.append(clean)
-    return good, bad
+    return good, bad, blank
 
 
 def import_directory(data_dir: Path, path: Path, *, replace: bool = False,
@@ -268,9 +281,12 @@ def store_directory_frame(data_dir: Path, frame: pl.DataFrame, *, source: str, r
     (``generate`` writes its population's directory through here). A quarantined row is
     named by ``lines[i]`` (the file's line of row i) or else ``i + first_line``."""
     path = source
-    good, bad = _split(frame.to_dicts(), max_id_length, (lambda i: lines[i]) if lines else (lambda i: i + first_line))
+    good, bad, blank = _split(frame.to_dicts(), max_id_length,
+                              (lambda i: lines[i]) if lines else (lambda i: i + first_line))
     new = pl.DataFrame(good, schema=SCHEMA)
     target = directory_path(data_dir)
+    if replace and new.is_empty():
+        _refuse_emptying(target, source, bad)
     stored = None if replace else io.read_parquet_if_exists(target)
     merged = new if stored is None else pl.concat(
         [stored.cast(pl.Schema(SCHEMA)).join(new.select("user_id"), on="user_id", how="anti"), new])
@@ -285,7 +301,21 @@ def store_directory_frame(data_dir: Path, frame: pl.DataFrame, *, source: str, r
         key = reason.split(" ", 1)[0] + " " + _reason_kind(reason)
         reasons[key] = reasons.get(key, 0) + 1
     return ImportSummary(rows_read=frame.height, rows_stored=new.height, rows_quarantined=len(bad),
-                         users_total=merged.height, reasons=reasons, path=target, quarantine_path=quarantine_path)
+                         users_total=merged.height, reasons=reasons, path=target, quarantine_path=quarantine_path,
+                         rows_blank=blank)
+
+
+def _refuse_emptying(target: Path, source: str, bad: Sequence[Mapping[str, object]]) -> None:
+    """``--replace`` with a file that holds no valid user (a truncated or wrong export)
+    would delete the whole stored directory, and scoring would then run without peer
+    groups or privilege weights: refused, nothing changed."""
+    stored = io.read_parquet_if_exists(target)
+    if stored is None or stored.is_empty():
+        return
+    why = (f"none of its {len(bad)} rows is valid (line {bad[0]['line']}: {bad[0]['reason']})" if bad
+           else "it has no data rows")
+    raise UserError(f"{source}: {why}; --replace would remove all {stored.height} users of the directory, "
+                    "so nothing was changed")
 
 
 def _reason_kind(reason: str) -> str:

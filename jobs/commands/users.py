@@ -37,8 +37,11 @@ def import_command(ctx: click.Context, file: str, replace: bool, data_dir: str |
     Other columns are ignored. Valid rows are stored in
     <data-dir>/directory/users.parquet; a bad row (its line, the field and the value
     in the reason) goes to <data-dir>/directory/quarantine/. A repeated user_id keeps
-    its first row. Exit 0: stored; 1: the file could not be read (nothing stored); 2:
-    stored, but more than ingest.max_quarantine_ratio of the rows were quarantined.
+    its first row; a row with no value at all (a blank line) is skipped. With --replace,
+    a file with no valid row is refused when the directory holds users (a truncated
+    export must not delete them). Exit 0: stored; 1: the file could not be read or was
+    refused (nothing stored); 2: stored, but more than ingest.max_quarantine_ratio of the
+    rows were quarantined.
 
     \b
     Example:
@@ -52,8 +55,10 @@ def import_command(ctx: click.Context, file: str, replace: bool, data_dir: str |
                                max_id_length=settings.events.max_string_length)
     click.echo(f"read {summary.rows_read} rows: {summary.rows_stored} stored, {summary.rows_quarantined} "
                f"quarantined; the directory holds {summary.users_total} users ({summary.path})")
-    if summary.rows_read == 0:
+    if summary.rows_read == summary.rows_blank:
         click.echo(f"warning: {file} has no data rows")
+    elif summary.rows_blank:
+        click.echo(f"skipped {summary.rows_blank} blank rows")
     if summary.ignored_columns:
         click.echo(f"ignored columns (not {', '.join(COLUMNS)}): "
                    + ", ".join(repr(name) for name in summary.ignored_columns[:MAX_IGNORED_NAMES])
