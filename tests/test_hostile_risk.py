@@ -235,3 +235,20 @@ def test_api_stale_flags_follow_verdicts_of_its_own_routes_and_of_the_cli_with_t
         wait_until(lambda: not any(_stale_flags(client, user).values()), 20, "the re-scored days served as current")
         _verdict(world, tmp_path, second["alert_id"], "benign")  # through the CLI: only the manifests change
         wait_until(lambda: all(_stale_flags(client, user).values()), 20, "the CLI's stale marks served")
+
+
+def test_evaluate_does_not_rank_users_on_stale_risk(world: Copy, tmp_path: Path) -> None:
+    """The user-level metrics were computed from days whose risk was marked stale, silently."""
+    table = _table(world, D1)
+    pl.DataFrame({"user_id": [table["user_id"][0]], "kind": ["takeover"], "start": [D1], "end": [DAYS[-1]]}).write_parquet(
+        world.data_dir / "labels" / "campaigns.parquet")
+    evaluate = ["evaluate", "--start", D1.isoformat(), "--end", DAYS[-1].isoformat(), *world.args(),
+                "--out", str(tmp_path / "eval")]
+    assert "users by risk_score" in _cli(*evaluate), "current risk: ranked"
+    _verdict(world, tmp_path, _contributions(table)[0]["alert_id"], "benign")
+    printed = _cli(*evaluate)
+    assert "users by risk_score" not in printed
+    assert (f"user level: skipped, the entity risk of 3 of 3 days is stale (first {D1}: benign verdict" in printed
+            and f"backfill --start {D1} --end {DAYS[-1]}" in printed), printed
+    _backfill(world)
+    assert "users by risk_score" in _cli(*evaluate), "re-scored: ranked again"
