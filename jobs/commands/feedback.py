@@ -25,7 +25,8 @@ def command(ctx: click.Context, csv_file: str, data_dir: str | None, output_dir:
     nothing is stored); labels are appended under <data-dir>/feedback/ and the latest
     label per event wins. `uba-batch train --exclude-malicious` drops the events whose
     latest label is malicious. A benign label removes the alert's contribution to entity
-    risk: the days whose risk it built are marked stale until re-scored (docs/risk.md).
+    risk: the days whose risk it built are marked stale until re-scored (docs/risk.md); a
+    malicious label that takes a benign one back puts it back and marks them too.
 
     \b
     Example:

@@ -25,6 +25,7 @@ from typing import TypedDict, cast
 import polars as pl
 
 from uba import io
+from uba.alerting.risk import read_risk
 from uba.errors import UserError
 from uba.manifest import read_manifest
 from uba.schema import alert_id, unsuppressed_alert
@@ -202,12 +203,12 @@ def risk_records(output_dir: Path, day: date, run: RunInfo, min_level: str) -> p
     threshold is the cut of the user's level (from the run's manifest)."""
     if min_level not in RISK_LEVELS:
         raise UserError(f"risk level {min_level!r} is not one of {', '.join(RISK_LEVELS)}")
-    scan = io.scan_partition(output_dir, RISK, day)
-    if scan is None:
+    table = read_risk(output_dir, day)  # the one reader: an unreadable part is named, not a traceback
+    if table is None:
         raise UserError(f"{day} has no entity risk in {output_dir}/{RISK}/ (scored before entity risk existed?); "
                         "re-score the day to compute it")
     wanted = RISK_LEVELS[RISK_LEVELS.index(min_level):]
-    risky = scan.filter(pl.col("risk_level").is_in(wanted)).collect()
+    risky = table.filter(pl.col("risk_level").is_in(wanted))
     cuts = _risk_cuts(output_dir, day)
     explained = [_risk_reasons(row) for row in cast(list[_RiskRow], risky.to_dicts())]
     frame = risky.with_columns(

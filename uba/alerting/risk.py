@@ -40,10 +40,9 @@ from typing import Final, overload
 import polars as pl
 
 from uba import io
-from uba.alerting.feedback import FeedbackSummary, record_feedback_csv
+from uba.alerting.feedback import FeedbackSummary, benign_in_effect, record_feedback_csv
 from uba.alerting.trends import TREND_KINDS
 from uba.directory import load_directory
-from uba.io import latest_feedback
 from uba.logs import get_logger
 from uba.manifest import RiskSection, RunManifest, StaleEntry, read_manifest
 from uba.schema import JsonValue, alert_id, unsuppressed_alert
@@ -265,11 +264,40 @@ def risk_days(output_dir: Path) -> list[date]:
 
 def read_risk(output_dir: Path, day: date) -> pl.DataFrame | None:
     """The risk table of ``day`` (``RISK_SCHEMA``), or None when the day has none (never
-    scored, or scored before entity risk existed). The one reader of the table."""
-    scan = io.scan_partition(Path(output_dir), RISK, day)
+    scored, or scored before entity risk existed). The one reader of the table.
+
+    A part that is not a readable risk table (truncated, replaced, another table's
+    columns) is a CorruptPartError naming it and the re-score that rewrites it: it was a
+    decoder traceback from score, report and ``alerts close``, and a 500 from the API's
+    PATCH /alerts and POST /feedback after the verdict was stored.
+    """
+    output_dir = Path(output_dir)
+    scan = io.scan_partition(output_dir, RISK, day)
     if scan is None:
         return None
-    return scan.collect().select([pl.col(n).cast(t) for n, t in RISK_SCHEMA.items()])
+    remedy = (f"re-score {day.isoformat()} (uba-batch score --date {day.isoformat()}), which rewrites it, "
+              "or restore it from a backup")
+    for part in io.partition_files(output_dir, RISK, day):
+        io.check_readable(part, remedy)
+    try:
+        return scan.collect().select([pl.col(n).cast(t) for n, t in RISK_SCHEMA.items()])
+    except pl.exceptions.PolarsError as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise io.CorruptPartError(f"the risk table of {day.isoformat()} under {io.partition_dir(output_dir, RISK, day)} "
+                                  f"does not read as one ({detail}); {remedy}") from exc
+
+
+def read_risk_or_none(output_dir: Path, day: date) -> pl.DataFrame | None:
+    """:func:`read_risk`, with an unreadable table logged and taken as none, for the two
+    readers that must get past one: a re-score of ``day`` (which is what rewrites it;
+    later days are then marked stale, since what they carried is unknown) and the search
+    for the days a late verdict makes stale (one bad day must not keep the readable ones
+    from being marked)."""
+    try:
+        return read_risk(output_dir, day)
+    except io.CorruptPartError as exc:
+        log.warning("%s", exc)
+        return None
 
 
 def previous_risk(output_dir: Path, day: date) -> tuple[date, pl.DataFrame] | None:
@@ -322,9 +350,9 @@ def read_risk_history(output_dir: Path, user_id: str, days: int = 30, end: date 
 
 
 def benign_ids(data_dir: Path) -> set[str]:
-    """Ids (event ids or alert ids) whose latest analyst label is benign."""
-    latest = latest_feedback(data_dir).filter(pl.col("label") == "benign").select("event_id").collect()
-    return set(latest["event_id"].to_list())
+    """Ids (event ids or alert ids) whose analyst verdict in effect is benign (the latest,
+    an event alert's two ids counting as one: ``benign_in_effect``)."""
+    return benign_in_effect(data_dir)
 
 
 def feedback_stamp(data_dir: Path) -> list[str]:
@@ -394,7 +422,7 @@ def days_with_contribution(output_dir: Path, ids: Iterable[str]) -> list[date]:
     if not wanted:
         return found
     for day in risk_days(output_dir):
-        table = read_risk(output_dir, day)
+        table = read_risk_or_none(output_dir, day)
         if table is None or table.is_empty():
             continue
         hits = table.select(pl.col("contributions").explode().struct.unnest()).filter(
@@ -404,18 +432,59 @@ def days_with_contribution(output_dir: Path, ids: Iterable[str]) -> list[date]:
     return found
 
 
-def mark_stale_after_verdicts(output_dir: Path, ids: Iterable[str]) -> list[date]:
+def days_with_candidate(output_dir: Path, ids: Iterable[str]) -> list[date]:
+    """Risk days whose published alerts include any of ``ids`` as a contribution before
+    verdicts (an unsuppressed event alert or a user-day alert): where an alert left out as
+    benign would count again. (Which alerts are candidates does not depend on the risk
+    settings, only their points do.)"""
+    wanted = list(set(ids))
+    found: list[date] = []
+    if not wanted:
+        return found
+    for day in risk_days(output_dir):
+        flagged = _published_alerts(output_dir, io.FLAGGED, day)
+        user_days = _published_alerts(output_dir, io.FLAGGED_USERS, day)
+        if flagged is None:
+            continue
+        candidates = contributions_of_day(flagged, user_days, day, RiskSettings())
+        if candidates.filter(pl.col("alert_id").is_in(wanted) | pl.col("event_id").fill_null("").is_in(wanted)).height:
+            found.append(day)
+    return found
+
+
+def _published_alerts(output_dir: Path, dataset: str, day: date) -> pl.DataFrame | None:
+    """A published ``flagged/`` or ``flagged_users/`` table of ``day`` (None when absent or
+    unreadable: that day is not found, the others still are)."""
+    try:
+        scan = io.scan_partition(Path(output_dir), dataset, day)
+        return None if scan is None else scan.collect()
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        log.warning("%s of %s not read while looking for a verdict's alert: %s", dataset, day, exc)
+        return None
+
+
+def mark_stale_after_verdicts(output_dir: Path, ids: Iterable[str], unbenign: Iterable[str] = ()) -> list[date]:
     """A benign verdict on an alert that built some day's risk makes that day and every later
-    one stale (their scores still include it). Returns the days marked."""
-    ids = list(ids)
-    hit = days_with_contribution(output_dir, ids)
-    if not hit:
+    one stale (their scores still include it); so does a benign verdict taken back
+    (``unbenign``: now malicious), from the first day the alert was left out of. Returns
+    the days marked."""
+    ids, unbenign = list(ids), list(unbenign)
+    hits = [(d, "benign verdict on {} that built the risk of {}", ids) for d in days_with_contribution(output_dir, ids)]
+    hits += [(d, "benign verdict on {} taken back (malicious), which counts it again in the risk of {}", unbenign)
+             for d in days_with_candidate(output_dir, unbenign)]
+    if not hits:
         return []
-    first = hit[0]
+    first, template, named = min(hits, key=lambda hit: hit[0])
     days = [d for d in risk_days(output_dir) if d >= first]
-    shown = ids[0] if len(ids) == 1 else f"{len(ids)} alerts"
-    return mark_stale(output_dir, days, f"benign verdict on {shown} that built the risk of {first.isoformat()}",
-                      first)
+    shown = named[0] if len(named) == 1 else f"{len(named)} alerts"
+    return mark_stale(output_dir, days, template.format(shown, first.isoformat()), first)
+
+
+def mark_stale_after_feedback(output_dir: Path, summary: FeedbackSummary) -> list[date]:
+    """The days a stored feedback submission makes stale (see :func:`mark_stale_after_verdicts`)."""
+    if not summary.benign_ids and not summary.unbenign_ids:
+        return []
+    return mark_stale_after_verdicts(output_dir, summary.benign_ids, summary.unbenign_ids)
 
 
 # --- one run's risk -----------------------------------------------------------------
@@ -447,7 +516,7 @@ class RiskRun:
         table = compute_risk(contributions, previous, previous_day, day, settings.risk, load_directory(data_dir))
         return cls(day=day, table=table, previous_day=previous_day,
                    previous_run=_run_id(output_dir, previous_day), feedback=stamp,
-                   old_table=read_risk(output_dir, day), benign=len(benign))
+                   old_table=read_risk_or_none(output_dir, day), benign=len(benign))
 
     def manifest_section(self, settings: RiskSettings) -> RiskSection:
         """The manifest's ``risk`` section: counts, what it was computed from, the cuts."""
@@ -512,4 +581,4 @@ def record_verdicts_csv(data_dir: Path, output_dir: Path, csv_path: Path,
     """Store an analyst's CSV, then mark stale the risk days its benign verdicts helped
     build (their scores still include those alerts until re-scored)."""
     summary = record_feedback_csv(data_dir, csv_path, max_id_length)
-    return VerdictsRecorded(summary, mark_stale_after_verdicts(output_dir, summary.benign_ids))
+    return VerdictsRecorded(summary, mark_stale_after_feedback(output_dir, summary))

@@ -12,7 +12,8 @@ under the event id for an event alert (what ``train --exclude-malicious`` and th
 suppression tooling read), under the alert id for a user-day or risk alert (what entity
 risk reads for the findings that are not one event). A benign close is a late verdict
 like ``uba-batch feedback``: the risk days the alert built, and every later one, are
-marked stale (``uba.alerting.risk.mark_stale_after_verdicts``).
+marked stale (``uba.alerting.risk.mark_stale_after_verdicts``); so does a malicious close
+of an alert whose verdict was benign (reopened), which counts it in entity risk again.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import polars as pl
 from uba import io
 from uba.alerting.feedback import LABELS, add_rule, known_reason_kinds, record_feedback
 from uba.alerting.records import RECORD_SCHEMA, AlertRecord, alert_records, day_records
-from uba.alerting.risk import mark_stale_after_verdicts
+from uba.alerting.risk import mark_stale_after_feedback
 from uba.errors import UserError
 from uba.logs import get_logger
 
@@ -158,13 +159,21 @@ def list_alerts(output_dir: Path, data_dir: Path, days: Sequence[date], statuses
 def find_alert(output_dir: Path, alert_id: str, days: Sequence[date] | None = None,
                risk_min_level: str = "low") -> AlertRecord:
     """The record of ``alert_id``, searched in ``days`` (default: every scored day, newest
-    first); ids are hashes, so the day cannot be read off the id."""
+    first); ids are hashes, so the day cannot be read off the id.
+
+    Event and user-day alerts are searched before the risk tables, so an unreadable risk
+    table of some day (named by ``read_risk``) stops only a search for a risk alert, not
+    the triage of every alert."""
     alert_id = alert_id.strip()
-    for day in days if days is not None else scored_days(output_dir):
-        records = day_records(output_dir, day, "all", risk_min_level)
-        found = alert_records(records.filter(pl.col("alert_id") == alert_id))
-        if found:
-            return found[0]
+    searched = list(days) if days is not None else scored_days(output_dir)
+    for what in ("alerts", "user-days", "risk"):
+        for day in searched:
+            if what == "risk" and not io.partition_files(output_dir, io.RISK, day):
+                continue  # scored before entity risk existed
+            records = day_records(output_dir, day, what, risk_min_level)
+            found = alert_records(records.filter(pl.col("alert_id") == alert_id))
+            if found:
+                return found[0]
     where = f"on {', '.join(d.isoformat() for d in days)}" if days else "on any scored day"
     raise AlertNotFoundError(f"alert_id {alert_id!r} not found {where} (see `uba-batch alerts list`)")
 
@@ -216,12 +225,12 @@ def apply_action(output_dir: Path, data_dir: Path, alert_id: str, action: str, v
         verdict = verdict.strip().lower() if verdict else None
         note, analyst = _text(note, "note"), _text(analyst, "analyst", 200)
         _check_action(action, status, verdict, suppress_similar, alert)
-        feedback_id = None
+        feedback_id, stored = None, None
         if action == "close":
             feedback_id = alert["event_id"] if alert["alert_type"] == "event" else alert["alert_id"]
-            record_feedback(data_dir, [{"event_id": feedback_id, "label": verdict, "analyst": analyst,
-                                        "note": note}], source=f"triage:{alert['alert_id']}",
-                            max_id_length=max(max_id_length, len(alert["alert_id"])))
+            stored = record_feedback(data_dir, [{"event_id": feedback_id, "label": verdict, "analyst": analyst,
+                                                 "note": note}], source=f"triage:{alert['alert_id']}",
+                                     max_id_length=max(max_id_length, len(alert["alert_id"])))
         rule = None
         if suppress_similar:
             kinds = alert["reason_kinds"]
@@ -236,9 +245,9 @@ def apply_action(output_dir: Path, data_dir: Path, alert_id: str, action: str, v
         }], schema=TRIAGE_SCHEMA)
         io.append_table_part(row, data_dir, TRIAGE)
     stale: list[date] = []
-    if verdict == "benign" and feedback_id is not None:  # a late verdict, as `uba-batch feedback` has it
+    if stored is not None:  # a late verdict (or a benign one taken back), as `uba-batch feedback` has it
         try:
-            stale = mark_stale_after_verdicts(output_dir, [feedback_id])
+            stale = mark_stale_after_feedback(output_dir, stored)
         except (OSError, UserError) as exc:  # stored already: the verdict counts at the next re-score
             log.warning("verdict stored, but entity risk could not be marked stale: %s", exc)
     return TriageResult(alert["alert_id"], new_status, verdict, feedback_id, rule, stale)

@@ -26,7 +26,7 @@ from uba.settings import Settings
 
 log = get_logger("api.risk")
 
-RiskKey = tuple[tuple[str, str | None], ...]
+RiskKey = tuple[tuple[str, str | None, tuple[int, int] | None], ...]
 
 
 class RiskContributionRow(TypedDict):
@@ -59,10 +59,22 @@ class RiskRow(TypedDict):
 
 
 def risk_key(output_dir: Path, days: int) -> RiskKey:
-    """What the newest ``days`` risk days on disk are: their dates and published versions
-    (a listing and a link read per day), so the periodic check sees a new or re-scored day."""
+    """What the newest ``days`` risk days on disk are: their dates, published versions and
+    run manifests' stamps (a listing, a link read and a stat per day), so the periodic check
+    sees a new or re-scored day, and a day a late verdict or a re-scored earlier day marked
+    stale (the marker is written into the manifest, the version stays: the served ``stale``
+    flags kept saying false until a new day came)."""
     found = risk_days(output_dir)[-days:]
-    return tuple((d.isoformat(), io.published_version(output_dir, d)) for d in found)
+    return tuple((d.isoformat(), io.published_version(output_dir, d), _manifest_stamp(output_dir, d)) for d in found)
+
+
+def _manifest_stamp(output_dir: Path, day: date) -> tuple[int, int] | None:
+    """(mtime_ns, size) of the day's run manifest (replaced whole when marked stale), None without one."""
+    try:
+        info = io.run_manifest_path(output_dir, day).stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
 
 
 @dataclass(frozen=True)

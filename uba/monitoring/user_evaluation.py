@@ -30,8 +30,9 @@ import numpy as np
 import polars as pl
 
 from uba import io
-from uba.alerting.risk import HIGH_LEVELS, read_risk
+from uba.alerting.risk import HIGH_LEVELS, read_risk, stale_marker
 from uba.generate.store import campaigns_path
+from uba.manifest import read_manifest
 from uba.monitoring.charts import file_backend, png_bytes
 from uba.schema import unsuppressed_alert
 
@@ -111,6 +112,17 @@ def read_campaigns(data_dir: Path) -> pl.DataFrame | None:
 
 def missing_risk_days(output_dir: Path, days: Sequence[date]) -> list[date]:
     return [d for d in days if not io.partition_files(output_dir, RISK_TABLE, d)]
+
+
+def stale_risk_days(output_dir: Path, days: Sequence[date]) -> list[tuple[date, str]]:
+    """The days of ``days`` whose risk is marked stale, each with its latest reason: their
+    scores still carry what a re-scored earlier day or a late verdict changed."""
+    stale = []
+    for day in days:
+        entries = stale_marker(read_manifest(output_dir, day))
+        if entries:
+            stale.append((day, str(entries[-1].get("reason", "marked stale"))))
+    return stale
 
 
 def risk_ranking(output_dir: Path, days: Sequence[date]) -> pl.DataFrame:
@@ -209,6 +221,11 @@ def user_level_report(output_dir: Path, data_dir: Path, days: Sequence[date]) ->
     if missing:
         return {"skipped": f"no risk/ table for {len(missing)} of {len(days)} days (first {missing[0]}): "
                            f"score them first (uba-batch backfill --start {days[0]} --end {days[-1]})"}
+    stale = stale_risk_days(output_dir, days)
+    if stale:  # ranked on them, the numbers would be those of risk the analysts no longer see
+        return {"skipped": f"the entity risk of {len(stale)} of {len(days)} days is stale (first {stale[0][0]}: "
+                           f"{stale[0][1]}): re-score them first (uba-batch backfill --start {stale[0][0]} "
+                           f"--end {days[-1]})"}
     rankings = {"risk_score": risk_ranking(output_dir, days), "max_event_score": max_score_ranking(output_dir, days)}
     quality: dict[str, RankingQuality] = {
         name: {"precision_at_k": precision_at_k(ranking, campaigns, days),

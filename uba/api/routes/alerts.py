@@ -115,6 +115,8 @@ def build_router() -> APIRouter:
             result = await run_in_threadpool(_update, runtime, alert_id, update)
         except UserError as exc:
             raise _http_error(exc) from exc
+        if result.stale_days:  # GET /users/{id}/risk says so at once, not after the next reload
+            await run_in_threadpool(runtime.risk.load, runtime.settings)
         return AlertUpdated(alert_id=result.alert_id, status=result.status, verdict=result.verdict,
                             feedback_id=result.feedback_id, suppression_rule=result.suppression_rule)
 

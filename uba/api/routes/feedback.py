@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from uba.alerting.feedback import FeedbackSummary, record_feedback
-from uba.alerting.risk import mark_stale_after_verdicts
+from uba.alerting.risk import mark_stale_after_feedback
 from uba.api.body import JsonBody, request_body
 from uba.api.deps import RuntimeDep, require_json
 from uba.api.errors import BODY_ERRORS, OpenApiResponses
@@ -54,10 +54,10 @@ def build_router(models: ApiModels) -> APIRouter:
         except UserError as exc:  # e.g. whitespace-only event_id: named by item
             raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
                                 detail=[{"field": "items", "message": str(exc), "value": None}]) from exc
-        if summary.benign_ids:  # late verdicts make the days whose risk they built stale
+        if summary.benign_ids or summary.unbenign_ids:  # late verdicts make the days they changed stale
             try:
-                await run_in_threadpool(mark_stale_after_verdicts, runtime.settings.paths.output_dir,
-                                        summary.benign_ids)
+                if await run_in_threadpool(mark_stale_after_feedback, runtime.settings.paths.output_dir, summary):
+                    await run_in_threadpool(runtime.risk.load, runtime.settings)  # the served stale flags
             except (OSError, UserError) as exc:  # stored already: the verdict counts at the next re-score
                 log.warning("feedback stored, but entity risk could not be marked stale: %s", exc)
         return FeedbackStored(stored=summary.rows, benign=summary.benign, malicious=summary.malicious)

@@ -1,0 +1,254 @@
+"""Hostile cases of entity risk (docs/risk.md) that broke it, through the real CLI and a
+real uvicorn on the session's shared world: verdicts that take a benign one back, and a
+risk table that does not read.
+
+- A malicious verdict after a benign one put the alert back into the next re-score but
+  marked no day stale (backfill then skipped the days that still left it out), and a
+  benign verdict given by alert id kept the alert out for good after a malicious
+  `alerts close`, which stores the verdict under the event id.
+- A truncated or foreign risk part was a polars traceback from `score` of the next day,
+  `report`, `export --what risk` and `alerts close` (after the verdict was stored), and a
+  500 from PATCH /alerts and POST /feedback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from api_world import running_server
+from click.testing import CliRunner
+
+from jobs.cli import cli
+from uba import io
+from uba.alerting.risk import read_risk, stale_marker
+from uba.alerting.trends import TREND_KINDS
+from uba.settings import RiskSettings
+
+S = RiskSettings()
+D1 = date(2026, 3, 9)  # the first day after training in the shared world
+DAYS = [D1, D1 + timedelta(days=1), D1 + timedelta(days=2)]
+KEY = "hostile-risk-key"
+
+
+@dataclass(frozen=True)
+class Copy:
+    data_dir: Path
+    model_dir: Path
+    out: Path
+
+    def args(self) -> list[str]:
+        return ["--data-dir", str(self.data_dir), "--model-dir", str(self.model_dir), "--output-dir", str(self.out)]
+
+    def folders(self) -> list[str]:
+        return ["--data-dir", str(self.data_dir), "--output-dir", str(self.out)]
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), (
+        args[:3], result.output, result.exception)
+    return result.exit_code, result.output
+
+
+def _cli(*args: str) -> str:
+    code, output = _run(*args)
+    assert code == 0, (args[:3], output)
+    return output
+
+
+@pytest.fixture(scope="module")
+def scored(shared_world, tmp_path_factory: pytest.TempPathFactory) -> Copy:
+    """The shared data (private copy: feedback and triage are written there), three scored days."""
+    root = tmp_path_factory.mktemp("hostile-risk")
+    shutil.copytree(shared_world.data_dir, root / "data", symlinks=True)
+    world = Copy(root / "data", shared_world.model_dir, root / "out")
+    for day in DAYS:
+        _cli("score", "--date", day.isoformat(), *world.args(), "--in-process")
+    return world
+
+
+@pytest.fixture
+def world(scored: Copy, tmp_path: Path) -> Copy:
+    """Each test's own copy of the scored world (it damages or re-scores it)."""
+    shutil.copytree(scored.data_dir, tmp_path / "data", symlinks=True)
+    shutil.copytree(scored.out, tmp_path / "out", symlinks=True)
+    return Copy(tmp_path / "data", scored.model_dir, tmp_path / "out")
+
+
+def _table(world: Copy, day: date) -> pl.DataFrame:
+    table = read_risk(world.out, day)
+    assert table is not None
+    return table
+
+
+def _contributions(table: pl.DataFrame) -> list[dict]:
+    return [c for cs in table["contributions"].to_list() for c in cs]
+
+
+def _stale(world: Copy, day: date) -> list:
+    return stale_marker(json.loads(io.run_manifest_path(world.out, day).read_text()))
+
+
+def _backfill(world: Copy) -> None:
+    _cli("backfill", "--start", DAYS[0].isoformat(), "--end", DAYS[-1].isoformat(), *world.args(), "--in-process")
+
+
+def _verdict(world: Copy, tmp_path: Path, ident: str, label: str) -> str:
+    csv = tmp_path / f"{label}.csv"
+    csv.write_text(f"event_id,label,analyst\n{ident},{label},ann\n")
+    return _cli("feedback", str(csv), *world.folders())
+
+
+def test_a_malicious_close_after_a_benign_verdict_by_alert_id_counts_the_alert_again_and_marks_days_stale(
+        world: Copy, tmp_path: Path) -> None:
+    before = _table(world, D1)
+    victim = next(c for c in _contributions(before) if c["type"] == "event")
+    _verdict(world, tmp_path, victim["alert_id"], "benign")  # by alert id, as the export names it
+    _backfill(world)
+    assert victim["alert_id"] not in {c["alert_id"] for c in _contributions(_table(world, D1))}
+    assert not any(_stale(world, d) for d in DAYS)
+
+    printed = _cli("alerts", "close", victim["alert_id"], "--verdict", "malicious", "--date", D1.isoformat(),
+                   *world.folders())
+    assert f"stored as feedback for {victim['event_id']}" in printed, "a close stores an event alert's verdict by event id"
+    assert f"entity risk of {D1}..{DAYS[-1]} (3 days) marked stale" in printed
+    assert all("taken back" in _stale(world, d)[-1]["reason"] for d in DAYS)
+
+    _backfill(world)
+    after = _table(world, D1)
+    assert victim["alert_id"] in {c["alert_id"] for c in _contributions(after)}, "the latest verdict is malicious"
+    assert after.select("user_id", "risk_score").equals(before.select("user_id", "risk_score"))
+    assert not any(_stale(world, d) for d in DAYS)
+
+
+def test_a_malicious_verdict_taking_back_a_benign_one_on_a_user_day_alert_marks_its_day_and_later_ones(
+        world: Copy, tmp_path: Path) -> None:
+    day, victim = next((d, c) for d in DAYS for c in _contributions(_table(world, d)) if c["type"] == "user_day")
+    _verdict(world, tmp_path, victim["alert_id"], "benign")
+    _backfill(world)
+    assert victim["alert_id"] not in {c["alert_id"] for c in _contributions(_table(world, day))}
+
+    printed = _verdict(world, tmp_path, victim["alert_id"], "malicious")
+    later = [d for d in DAYS if d >= day]
+    assert f"entity risk of {later[0]}..{later[-1]} ({len(later)} days) marked stale" in printed
+    assert all(_stale(world, d) for d in later) and not any(_stale(world, d) for d in DAYS if d < day)
+    _backfill(world)
+    assert victim["alert_id"] in {c["alert_id"] for c in _contributions(_table(world, day))}
+
+
+def _damage(world: Copy, day: date, how: str) -> Path:
+    part = io.partition_files(world.out, io.RISK, day)[0]
+    data = part.read_bytes()
+    part.unlink()  # a new file: the published version's own part is not the other copies' inode
+    if how == "truncate":
+        part.write_bytes(data[: len(data) // 2])
+    else:  # a readable Parquet file that is not a risk table
+        pl.DataFrame({"user": ["u1"], "x": [1.0]}).write_parquet(part)
+    return part
+
+
+def _left(contributions: list[dict]) -> float:
+    sustained = sum(c["points"] for c in contributions if set(c["reason_kinds"]) & set(TREND_KINDS))
+    own = sum(c["points"] for c in contributions) - sustained
+    return ((1.0 - S.max_day_gain * (1.0 - math.exp(-own / S.scale_points)))
+            * (1.0 - S.sustained_day_gain * (1.0 - math.exp(-sustained / S.scale_points))))
+
+
+@pytest.mark.parametrize("how", ["truncate", "foreign"])
+def test_an_unreadable_risk_table_is_one_line_naming_it_and_re_scoring_that_day_repairs_it(
+        world: Copy, how: str, tmp_path: Path) -> None:
+    day1_alert = next(c for c in _contributions(_table(world, D1)) if c["type"] == "event")
+    part = _damage(world, DAYS[1], how)
+    for args in (["score", "--date", DAYS[2].isoformat(), *world.args(), "--in-process"],
+                 ["report", "--date", DAYS[2].isoformat(), *world.folders(), "--out", str(tmp_path / "r.html")],
+                 ["export", "--what", "risk", "--date", DAYS[1].isoformat(), "--output-dir", str(world.out)]):
+        code, output = _run(*args)
+        assert code == 1 and "Traceback" not in output, (args[0], output)
+        assert output.count("error: ") == 1, output
+        assert str(part) in output or f"risk table of {DAYS[1]} under" in output, output
+        assert f"re-score {DAYS[1]}" in output, output
+
+    printed = _cli("alerts", "close", day1_alert["alert_id"], "--verdict", "benign", "--date", D1.isoformat(),
+                   *world.folders())
+    assert f"entity risk of {D1}..{DAYS[-1]} (3 days) marked stale" in printed, "the bad day is marked with the rest"
+
+    _cli("score", "--date", DAYS[1].isoformat(), *world.args(), "--in-process")  # rewrites the bad day
+    _cli("score", "--date", DAYS[2].isoformat(), *world.args(), "--in-process")
+    previous, today = _table(world, DAYS[1]), _table(world, DAYS[2])
+    before = dict(zip(previous["user_id"], previous["risk_score"], strict=True))
+    for row in today.iter_rows(named=True):
+        carried = before.get(row["user_id"], 0.0) * 0.5 ** (1 / S.half_life_days)
+        expected = carried + (100.0 - carried) * (1.0 - _left(row["contributions"]))
+        assert row["risk_score"] == pytest.approx(expected, abs=1e-9), row["user_id"]
+    assert not _stale(world, DAYS[1]) and not _stale(world, DAYS[2])
+
+
+def test_api_verdicts_with_an_unreadable_risk_table_are_stored_and_answered_not_500(
+        world: Copy, tmp_path: Path) -> None:
+    alerts = [c for c in _contributions(_table(world, D1)) if c["type"] == "event"]
+    user = _table(world, D1)["user_id"][0]
+    _damage(world, DAYS[1], "truncate")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UBA_")}
+    env.update(UBA_DATA_DIR=str(world.data_dir), UBA_MODEL_DIR=str(world.model_dir), UBA_API_KEYS=KEY,
+               RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    with running_server(env, tmp_path / "uvicorn.log", uba_api=["--output-dir", str(world.out)]) as server, \
+            server.client(headers={"X-API-Key": KEY}) as client:
+        closed = client.patch(f"/alerts/{alerts[0]['alert_id']}", json={"status": "closed", "verdict": "benign"})
+        assert closed.status_code == 200, closed.text
+        stored = client.post("/feedback", json={"items": [{"event_id": alerts[-1]["event_id"], "label": "benign"}]})
+        assert stored.status_code == 201, stored.text
+        assert client.get(f"/users/{user}/risk").status_code == 200
+    assert all(_stale(world, d) for d in DAYS), "the readable days and the bad one are marked"
+    assert b"Traceback" not in (tmp_path / "uvicorn.log").read_bytes()
+
+
+def _stale_flags(client, user: str) -> dict[str, bool]:
+    return {h["event_date"]: h["stale"] for h in client.get(f"/users/{user}/risk").json()["history"]}
+
+
+def test_api_stale_flags_follow_verdicts_of_its_own_routes_and_of_the_cli_with_the_periodic_check(
+        world: Copy, tmp_path: Path) -> None:
+    from waiting import wait_until
+
+    table = _table(world, D1)
+    user = table["user_id"][0]
+    first, second = [c for c in _contributions(table) if c["type"] == "event"][:2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UBA_")}
+    env.update(UBA_DATA_DIR=str(world.data_dir), UBA_MODEL_DIR=str(world.model_dir), UBA_API_KEYS=KEY,
+               UBA_API__RELOAD_INTERVAL_SEC="0.5", RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    with running_server(env, tmp_path / "uvicorn.log", uba_api=["--output-dir", str(world.out)]) as server, \
+            server.client(headers={"X-API-Key": KEY}) as client:
+        assert _stale_flags(client, user) and not any(_stale_flags(client, user).values())
+        closed = client.patch(f"/alerts/{first['alert_id']}", json={"status": "closed", "verdict": "benign"})
+        assert closed.status_code == 200, closed.text
+        assert all(_stale_flags(client, user).values()), "the verdict marked its day and later ones"
+
+        _backfill(world)  # re-scored: current again, which the periodic check sees (new versions)
+        wait_until(lambda: not any(_stale_flags(client, user).values()), 20, "the re-scored days served as current")
+        _verdict(world, tmp_path, second["alert_id"], "benign")  # through the CLI: only the manifests change
+        wait_until(lambda: all(_stale_flags(client, user).values()), 20, "the CLI's stale marks served")
+
+
+def test_evaluate_does_not_rank_users_on_stale_risk(world: Copy, tmp_path: Path) -> None:
+    """The user-level metrics were computed from days whose risk was marked stale, silently."""
+    table = _table(world, D1)
+    pl.DataFrame({"user_id": [table["user_id"][0]], "kind": ["takeover"], "start": [D1], "end": [DAYS[-1]]}).write_parquet(
+        world.data_dir / "labels" / "campaigns.parquet")
+    evaluate = ["evaluate", "--start", D1.isoformat(), "--end", DAYS[-1].isoformat(), *world.args(),
+                "--out", str(tmp_path / "eval")]
+    assert "users by risk_score" in _cli(*evaluate), "current risk: ranked"
+    _verdict(world, tmp_path, _contributions(table)[0]["alert_id"], "benign")
+    printed = _cli(*evaluate)
+    assert "users by risk_score" not in printed
+    assert (f"user level: skipped, the entity risk of 3 of 3 days is stale (first {D1}: benign verdict" in printed
+            and f"backfill --start {D1} --end {DAYS[-1]}" in printed), printed
+    _backfill(world)
+    assert "users by risk_score" in _cli(*evaluate), "re-scored: ranked again"
