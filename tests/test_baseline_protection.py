@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from jobs.cli import cli
 from uba import io
+from uba.schema import alert_id
 
 FIRST = date(2026, 2, 1)
 TRAIN_END = date(2026, 2, 21)
@@ -162,7 +163,7 @@ def test_rescoring_a_protected_day_gives_the_same_scores(world: World, protected
     assert after.equals(before)
 
 
-def test_a_benign_verdict_lets_the_day_be_learned_again(world: World, tmp_path: Path) -> None:
+def test_a_benign_verdict_lets_the_day_be_learned_and_taking_it_back_unlearns_it(world: World, tmp_path: Path) -> None:
     shutil.copytree(world.data_dir, tmp_path / "data")  # the verdict is written there
     world = World(tmp_path / "data", world.model_dir)
     out = tmp_path / "out"
@@ -176,6 +177,16 @@ def test_a_benign_verdict_lets_the_day_be_learned_again(world: World, tmp_path: 
     _cli("feedback", str(verdicts), "--data-dir", str(world.data_dir), "--output-dir", str(out))
     _score_days(world, out, [ATTACK[1]], protect=True)
     assert _mobile_share(world, ATTACK[1]) > 0.0  # day 22 is in the victim's baseline now
+    # Taken back under the alerts' other id (the export's alert id): the later verdict is
+    # the one in effect for the alert, so the day is left out again. It stayed learned,
+    # the benign event id winning, until both ids were read as one alert.
+    alerts.filter(pl.col("user_id") == VICTIM).select(
+        pl.col("event_id").map_elements(lambda e: alert_id("event", e), return_dtype=pl.String),
+        pl.lit("malicious").alias("label"), pl.lit("ana").alias("analyst"),
+        pl.lit("not their phone after all").alias("note")).write_csv(verdicts)
+    _cli("feedback", str(verdicts), "--data-dir", str(world.data_dir), "--output-dir", str(out))
+    _score_days(world, out, [ATTACK[1]], protect=True)
+    assert _mobile_share(world, ATTACK[1]) == 0.0
 
 
 def test_alerted_days_older_than_max_days_are_learned_again(world: World, protected: Path, tmp_path: Path) -> None:

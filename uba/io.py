@@ -48,7 +48,7 @@ import polars as pl
 
 from uba.errors import UserError
 from uba.logs import get_logger
-from uba.schema import EVENT_SCHEMA, FEEDBACK_SCHEMA, PARTITION_COLUMN, JsonValue
+from uba.schema import EVENT_SCHEMA, FEEDBACK_SCHEMA, PARTITION_COLUMN, JsonValue, alert_id
 
 EVENTS = "events"
 QUARANTINE = "quarantine"
@@ -2119,3 +2119,29 @@ def latest_feedback(data_dir: Path) -> pl.LazyFrame:
         .agg(pl.all().last())
         .select(list(FEEDBACK_SCHEMA))
     )
+
+
+def benign_verdicts(data_dir: Path) -> set[str]:
+    """Ids (event ids or alert ids) whose analyst verdict in effect is benign: what entity
+    risk leaves out and what baseline protection lets baselines learn.
+
+    The latest label of an id wins; and an event alert has two ids, its event id and its
+    alert id (``alert_id("event", event_id)``), so a verdict under one of them is about
+    the same alert as one under the other: the later of the two is in effect for both.
+    Without that, a benign verdict given by alert id (as the export names alerts) and a
+    later malicious close (stored under the event id) left the alert out of entity risk
+    for good.
+    """
+    parts = scan_table(data_dir, FEEDBACK)
+    if parts is None:
+        return set()
+    latest = (parts.sort(["_part", "recorded_at", "seq"]).with_row_index("_order")
+              .group_by("event_id").agg(pl.col("label").last(), pl.col("_order").last()).collect())
+    by_id = {i: (int(order), label) for i, label, order in latest.select("event_id", "label", "_order").iter_rows()}
+    in_effect = {i: label for i, (_, label) in by_id.items()}
+    for event_id, (order, label) in by_id.items():
+        other = alert_id("event", event_id)
+        if other in by_id:
+            later = label if order > by_id[other][0] else by_id[other][1]
+            in_effect[event_id] = in_effect[other] = later
+    return {i for i, label in in_effect.items() if label == "benign"}

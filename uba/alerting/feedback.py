@@ -31,7 +31,7 @@ from uba import io
 from uba.errors import UserError
 from uba.features.reasons import REASON_KINDS
 from uba.io import latest_feedback
-from uba.schema import FEEDBACK_COLUMNS, FEEDBACK_SCHEMA, alert_id
+from uba.schema import FEEDBACK_COLUMNS, FEEDBACK_SCHEMA
 
 LABELS = ("benign", "malicious")
 WILDCARD = "*"
@@ -108,7 +108,7 @@ def record_feedback(data_dir: Path, rows: Sequence[Mapping[str, object]], source
                     where: Callable[[int], str] | None = None, max_id_length: int = 256) -> FeedbackSummary:
     """Validate and append feedback rows as one part of ``<data-dir>/feedback/`` (all or nothing)."""
     valid = validate_feedback(rows, where or (lambda i: f"item {i}"), max_id_length)
-    benign_before = benign_in_effect(data_dir) if (valid["label"] != "benign").any() else set()
+    benign_before = io.benign_verdicts(data_dir) if (valid["label"] != "benign").any() else set()
     now = datetime.now(UTC)
     stored = valid.with_columns(
         pl.lit(source, dtype=pl.String()).alias("source"),
@@ -119,36 +119,10 @@ def record_feedback(data_dir: Path, rows: Sequence[Mapping[str, object]], source
     counts = valid["label"].value_counts()
     by_label = dict(zip(counts["label"].to_list(), counts["count"].to_list(), strict=True))
     benign_ids = tuple(valid.filter(pl.col("label") == "benign")["event_id"].unique(maintain_order=True))
-    unbenign = tuple(sorted(benign_before - benign_in_effect(data_dir))) if benign_before else ()
+    unbenign = tuple(sorted(benign_before - io.benign_verdicts(data_dir))) if benign_before else ()
     return FeedbackSummary(rows=valid.height, benign=int(by_label.get("benign", 0)),
                            malicious=int(by_label.get("malicious", 0)), path=path, benign_ids=benign_ids,
                            unbenign_ids=unbenign)
-
-
-
-def benign_in_effect(data_dir: Path) -> set[str]:
-    """Ids (event ids or alert ids) whose verdict in effect is benign.
-
-    The latest label of an id wins; and an event alert has two ids, its event id and its
-    alert id (``alert_id("event", event_id)``), so a verdict under one of them is about
-    the same alert as one under the other: the later of the two is in effect for both.
-    Without that, a benign verdict given by alert id (as the export names alerts) and a
-    later malicious close (stored under the event id) left the alert out of entity risk
-    for good.
-    """
-    parts = io.scan_table(data_dir, io.FEEDBACK)
-    if parts is None:
-        return set()
-    latest = (parts.sort(["_part", "recorded_at", "seq"]).with_row_index("_order")
-              .group_by("event_id").agg(pl.col("label").last(), pl.col("_order").last()).collect())
-    by_id = {i: (int(order), label) for i, label, order in latest.select("event_id", "label", "_order").iter_rows()}
-    in_effect = {i: label for i, (_, label) in by_id.items()}
-    for event_id, (order, label) in by_id.items():
-        other = alert_id("event", event_id)
-        if other in by_id:
-            later = label if order > by_id[other][0] else by_id[other][1]
-            in_effect[event_id] = in_effect[other] = later
-    return {i for i, label in in_effect.items() if label == "benign"}
 
 
 def record_feedback_csv(data_dir: Path, csv_path: Path, max_id_length: int = 256) -> FeedbackSummary:

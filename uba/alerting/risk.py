@@ -40,7 +40,7 @@ from typing import Final, overload
 import polars as pl
 
 from uba import io
-from uba.alerting.feedback import FeedbackSummary, benign_in_effect, record_feedback_csv
+from uba.alerting.feedback import FeedbackSummary, record_feedback_csv
 from uba.alerting.trends import TREND_KINDS
 from uba.directory import load_directory
 from uba.logs import get_logger
@@ -349,12 +349,6 @@ def read_risk_history(output_dir: Path, user_id: str, days: int = 30, end: date 
     return user_series(risk_window(output_dir, end, days), user_id, fill)
 
 
-def benign_ids(data_dir: Path) -> set[str]:
-    """Ids (event ids or alert ids) whose analyst verdict in effect is benign (the latest,
-    an event alert's two ids counting as one: ``benign_in_effect``)."""
-    return benign_in_effect(data_dir)
-
-
 def feedback_stamp(data_dir: Path) -> list[str]:
     """Which feedback parts exist (append-only, so a new verdict is a new name)."""
     return [p.name for p in io.table_part_files(Path(data_dir), io.FEEDBACK)]
@@ -509,7 +503,7 @@ class RiskRun:
         """Read yesterday's risk (or the latest earlier), feedback and the directory; compute D's table."""
         output_dir, data_dir = Path(settings.paths.output_dir), Path(settings.paths.data_dir)
         stamp = feedback_stamp(data_dir)
-        benign = benign_ids(data_dir)
+        benign = io.benign_verdicts(data_dir)  # an event alert's two ids are one verdict
         found = previous_risk(output_dir, day)
         previous_day, previous = found if found else (None, None)
         contributions = contributions_of_day(flagged, user_days, day, settings.risk, benign)

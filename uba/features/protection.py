@@ -38,7 +38,6 @@ from pathlib import Path
 import polars as pl
 
 from uba import io
-from uba.io import latest_feedback
 from uba.schema import alert_id, unsuppressed_alert
 from uba.settings import BaselineProtectionSettings
 
@@ -105,9 +104,9 @@ def without_user_days(aggregates: pl.LazyFrame, unlearned: pl.DataFrame) -> pl.L
 
 
 def benign_verdict_ids(data_dir: Path) -> set[str]:
-    """Ids (event ids or alert ids) whose latest analyst label is benign."""
-    latest = latest_feedback(data_dir).filter(pl.col("label") == "benign").select("event_id").collect()
-    return set(latest["event_id"].to_list())
+    """Ids (event ids or alert ids) whose analyst verdict in effect is benign, as entity
+    risk reads them (``io.benign_verdicts``: an event alert's two ids are one verdict)."""
+    return io.benign_verdicts(data_dir)
 
 
 def _published(output_dir: Path, dataset: str, day: date, wanted: tuple[str, ...]) -> pl.DataFrame | None:
