@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from datetime import date, timedelta
+from pathlib import Path
 
 import polars as pl
 import pytest
 
 from uba.alerting.records import alert_id
-from uba.alerting.risk import compute_risk, contributions_of_day
+from uba.alerting.risk import RISK_SCHEMA, compute_risk, contributions_of_day, read_risk_history
+from uba.report import _sparklines
 from uba.settings import RiskSettings
 
 DAY = date(2026, 3, 10)
@@ -173,3 +175,27 @@ def test_cuts_must_increase() -> None:
         RiskSettings(medium_cut=80.0)
     with pytest.raises(ValueError, match="unknown criticality"):
         RiskSettings(criticality_weights={"huge": 2.0})
+
+
+def _risk_table(output_dir: Path, day: str, scores: dict[str, float]) -> None:
+    rows = [{"user_id": u, "risk_score": v, "risk_level": "medium", "risk_delta": v, "contributions": [],
+             "first_seen_high": None, "carried_score": 0.0, "day_points": 5.0, "weight": 1.0}
+            for u, v in scores.items()]
+    part = output_dir / "risk" / f"event_date={day}"
+    part.mkdir(parents=True)
+    pl.DataFrame(rows, schema=RISK_SCHEMA).write_parquet(part / "part-00000.parquet")
+
+
+def test_a_day_whose_risk_table_is_empty_is_a_zero_in_a_users_history(tmp_path: Path) -> None:
+    """A day on which nobody had risk (an empty table) was left out of the filled history,
+    so the report's 30-day chart drew one point fewer and joined the days around it
+    (found by an attack)."""
+    _risk_table(tmp_path, "2026-03-01", {"u1": 50.0})
+    _risk_table(tmp_path, "2026-03-02", {})
+    _risk_table(tmp_path, "2026-03-04", {"u1": 60.0, "u2": 10.0})
+    history = read_risk_history(tmp_path, "u1", fill=True)
+    assert history.select("event_date", "risk_score").rows() == [
+        (date(2026, 3, 1), 50.0), (date(2026, 3, 2), 0.0), (date(2026, 3, 4), 60.0)]
+    assert read_risk_history(tmp_path, "u1").height == 2  # unfilled: the user's own rows
+    assert _sparklines(tmp_path, date(2026, 3, 4), ["u1", "u2"], 30) == {"u1": [50.0, 0.0, 60.0],
+                                                                         "u2": [0.0, 0.0, 10.0]}

@@ -26,7 +26,7 @@ import polars as pl
 
 from uba import io
 from uba.alerting.records import day_records
-from uba.alerting.risk import read_risk, risk_window, stale_marker, user_series
+from uba.alerting.risk import read_risk, risk_window, risk_window_days, stale_marker, user_series
 from uba.alerting.triage import status_counts
 from uba.alerting.userday import riskiest_first
 from uba.errors import UserError
@@ -217,8 +217,8 @@ def triage_counts(settings: Settings, day: date) -> dict[str, dict[str, int]]:
 
 def _sparklines(output_dir: Path, day: date, users: list[str], days: int) -> dict[str, list[float]]:
     """Each user's risk on every scored day of the window (0 where absent), read once."""
-    window = risk_window(output_dir, day, days)
-    return {u: user_series(window, u, fill=True)["risk_score"].to_list() for u in users}
+    window, listed = risk_window(output_dir, day, days), risk_window_days(output_dir, day, days)
+    return {u: user_series(window, u, listed)["risk_score"].to_list() for u in users}
 
 
 # --- charts ----------------------------------------------------------------------------

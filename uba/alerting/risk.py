@@ -31,7 +31,7 @@ the report, ``GET /users/{id}/risk``, the export and ``evaluate`` read it with
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -310,27 +310,34 @@ def previous_risk(output_dir: Path, day: date) -> tuple[date, pl.DataFrame] | No
     return None
 
 
+def risk_window_days(output_dir: Path, end: date, days: int = 30) -> list[date]:
+    """The days with a risk table among the ``days`` days ending at ``end``, oldest first."""
+    first = end - timedelta(days=min(days - 1, (end - date.min).days))  # clipped at 0001-01-01
+    return [day for day in risk_days(output_dir) if first <= day <= end]
+
+
 def risk_window(output_dir: Path, end: date, days: int = 30) -> pl.DataFrame:
     """Every row of the risk tables of the ``days`` days ending at ``end``, with ``event_date``
     (days without a table are absent), oldest first."""
     schema = {"event_date": pl.Date(), **RISK_SCHEMA}
-    first = end - timedelta(days=min(days - 1, (end - date.min).days))  # clipped at 0001-01-01
     rows = []
-    for day in risk_days(output_dir):
-        table = read_risk(output_dir, day) if first <= day <= end else None
+    for day in risk_window_days(output_dir, end, days):
+        table = read_risk(output_dir, day)
         if table is not None:
             rows.append(table.with_columns(pl.lit(day, pl.Date).alias("event_date")).select(list(schema)))
     return pl.concat(rows) if rows else pl.DataFrame(schema=schema)
 
 
-def user_series(window: pl.DataFrame, user_id: str, fill: bool = False) -> pl.DataFrame:
-    """One user's rows of a :func:`risk_window`, oldest first. With ``fill`` every day of the
-    window that has a table gets a row: a user missing from a day's table had no
-    contribution and less than ``risk.min_score``, shown as 0 (what a chart needs)."""
+def user_series(window: pl.DataFrame, user_id: str, fill_days: Sequence[date] | None = None) -> pl.DataFrame:
+    """One user's rows of a :func:`risk_window`, oldest first. With ``fill_days`` (the
+    window's :func:`risk_window_days`) each of those days gets a row: a user missing from a
+    day's table had no contribution and less than ``risk.min_score``, shown as 0 (what a
+    chart needs). The days come from the listing, not the window's rows: a day whose
+    table is empty (nobody at risk) has no row there, and the chart skipped it."""
     mine = window.filter(pl.col("user_id") == user_id)
-    if not fill:
+    if fill_days is None:
         return mine.sort("event_date")
-    days = window.select(pl.col("event_date").unique())
+    days = pl.DataFrame({"event_date": sorted(set(fill_days))}, schema={"event_date": pl.Date()})
     return (days.join(mine, on="event_date", how="left")
             .with_columns(pl.lit(user_id).alias("user_id"), pl.col("risk_score").fill_null(0.0),
                           pl.col("risk_level").fill_null("low"),
@@ -346,7 +353,8 @@ def read_risk_history(output_dir: Path, user_id: str, days: int = 30, end: date 
     end = end or (available[-1] if available else None)
     if end is None:
         return pl.DataFrame(schema={"event_date": pl.Date(), **RISK_SCHEMA})
-    return user_series(risk_window(output_dir, end, days), user_id, fill)
+    return user_series(risk_window(output_dir, end, days), user_id,
+                       risk_window_days(output_dir, end, days) if fill else None)
 
 
 def feedback_stamp(data_dir: Path) -> list[str]:
