@@ -201,6 +201,12 @@ def test_api_verdicts_with_an_unreadable_risk_table_are_stored_and_answered_not_
                RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     with running_server(env, tmp_path / "uvicorn.log", uba_api=["--output-dir", str(world.out)]) as server, \
             server.client(headers={"X-API-Key": KEY}) as client:
+        # started with a bad day: the readable days are served (every user read as never
+        # at risk, as_of null, until the bad day was re-scored)
+        served = client.get(f"/users/{user}/risk").json()
+        assert served["as_of"] == DAYS[-1].isoformat(), served
+        assert D1.isoformat() in {h["event_date"] for h in served["history"]}
+        assert DAYS[1].isoformat() not in {h["event_date"] for h in served["history"]}
         closed = client.patch(f"/alerts/{alerts[0]['alert_id']}", json={"status": "closed", "verdict": "benign"})
         assert closed.status_code == 200, closed.text
         stored = client.post("/feedback", json={"items": [{"event_id": alerts[-1]["event_id"], "label": "benign"}]})

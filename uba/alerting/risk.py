@@ -316,13 +316,15 @@ def risk_window_days(output_dir: Path, end: date, days: int = 30) -> list[date]:
     return [day for day in risk_days(output_dir) if first <= day <= end]
 
 
-def risk_window(output_dir: Path, end: date, days: int = 30) -> pl.DataFrame:
+def risk_window(output_dir: Path, end: date, days: int = 30, skip_unreadable: bool = False) -> pl.DataFrame:
     """Every row of the risk tables of the ``days`` days ending at ``end``, with ``event_date``
-    (days without a table are absent), oldest first."""
+    (days without a table are absent, and with ``skip_unreadable`` days whose table does
+    not read, logged), oldest first."""
     schema = {"event_date": pl.Date(), **RISK_SCHEMA}
+    read = read_risk_or_none if skip_unreadable else read_risk
     rows = []
     for day in risk_window_days(output_dir, end, days):
-        table = read_risk(output_dir, day)
+        table = read(output_dir, day)
         if table is not None:
             rows.append(table.with_columns(pl.lit(day, pl.Date).alias("event_date")).select(list(schema)))
     return pl.concat(rows) if rows else pl.DataFrame(schema=schema)

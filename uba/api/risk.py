@@ -90,14 +90,15 @@ class RiskIndex:
         return self.by_user.get(user_id, [])
 
 
-def load_index(settings: Settings) -> RiskIndex:
-    """Read the window ending at the newest risk day (an empty index when there is none)."""
+def load_index(settings: Settings, skip_unreadable: bool = False) -> RiskIndex:
+    """Read the window ending at the newest risk day (an empty index when there is none);
+    with ``skip_unreadable`` a day whose table does not read is left out (logged)."""
     output_dir, days = Path(settings.paths.output_dir), settings.risk.history_days
     key = risk_key(output_dir, days)
     if not key:
         return RiskIndex(days=days, key=key)
     end = date.fromisoformat(key[-1][0])
-    window = risk_window(output_dir, end, days)
+    window = risk_window(output_dir, end, days, skip_unreadable=skip_unreadable)
     stale = {d: bool(stale_marker(read_manifest(output_dir, d))) for d in window["event_date"].unique()}
     by_user: dict[str, list[RiskRow]] = {}
     for row in window.sort(["user_id", "event_date"]).iter_rows(named=True):
@@ -113,11 +114,17 @@ class RiskHolder:
         self.current = RiskIndex()
 
     def load(self, settings: Settings) -> RiskIndex:
-        """Load the newest window; on an unreadable table keep serving the previous one."""
+        """Load the newest window; on an unreadable table keep serving the previous one, or,
+        when there is none yet (the first load), the window without the unreadable days:
+        one corrupt day must not make every user read as never at risk until it is re-scored."""
         try:
             self.current = load_index(settings)
         except (OSError, UserError, pl.exceptions.PolarsError) as exc:
-            log.warning("entity risk not reloaded (still serving as of %s): %s", self.current.as_of, exc)
+            if self.current.as_of is not None:
+                log.warning("entity risk not reloaded (still serving as of %s): %s", self.current.as_of, exc)
+                return self.current
+            log.warning("entity risk loaded without its unreadable days: %s", exc)
+            self.current = load_index(settings, skip_unreadable=True)
         return self.current
 
     def changed_on_disk(self, settings: Settings) -> bool:
