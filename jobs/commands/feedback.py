@@ -47,5 +47,6 @@ def command(ctx: click.Context, csv_file: str, data_dir: str | None, output_dir:
 def echo_stale_days(stale: list[date]) -> None:
     """Say which days' entity risk a late verdict made stale and how to re-score them."""
     if stale:
-        click.echo(f"entity risk of {stale[0]}..{stale[-1]} ({len(stale)} days) marked stale: re-score them with "
+        days = f"{stale[0]}" if len(stale) == 1 else f"{stale[0]}..{stale[-1]} ({len(stale)} days)"
+        click.echo(f"entity risk of {days} marked stale: re-score {'it' if len(stale) == 1 else 'them'} with "
                    f"`uba-batch backfill --start {stale[0]} --end {stale[-1]}`")
