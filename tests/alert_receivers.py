@@ -198,3 +198,52 @@ class TlsSyslogCollector:
     def close(self) -> None:
         self._stop.set()
         self._listener.close()
+
+
+class RawWebhook:
+    """A webhook that answers every request with ``answer`` bytes written ``byte_pause``
+    seconds apart (0: all at once), then closes: scripted misbehaviour a real http.server
+    cannot produce (a response trickled a byte at a time, a status line of garbage)."""
+
+    def __init__(self, answer: bytes, byte_pause: float = 0.0) -> None:
+        self.answer = answer
+        self.byte_pause = byte_pause
+        self.requests = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.requests += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(5)
+                conn.recv(1 << 20)  # the request (small in these tests); its content does not matter
+                if not self.byte_pause:
+                    conn.sendall(self.answer)
+                    return
+                for byte in self.answer:
+                    if self._stop.is_set():
+                        return
+                    conn.sendall(bytes([byte]))
+                    time.sleep(self.byte_pause)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
