@@ -200,6 +200,22 @@ class TlsSyslogCollector:
         self._listener.close()
 
 
+def _read_request(conn: socket.socket) -> bytes:
+    """One HTTP request: the head, then Content-Length bytes of body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length and (chunk := conn.recv(65536)):
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 class RawWebhook:
     """A webhook that answers every request with ``answer`` bytes written ``byte_pause``
     seconds apart (0: all at once), then closes: scripted misbehaviour a real http.server
@@ -232,7 +248,7 @@ class RawWebhook:
         with conn:
             try:
                 conn.settimeout(5)
-                conn.recv(1 << 20)  # the request (small in these tests); its content does not matter
+                _read_request(conn)  # all of it: closing on unread bytes would reset, not answer
                 if not self.byte_pause:
                     conn.sendall(self.answer)
                     return
@@ -247,3 +263,27 @@ class RawWebhook:
     def close(self) -> None:
         self._stop.set()
         self._listener.close()
+
+
+class ClosingCollector:
+    """A syslog collector that accepts each connection and closes it at once, reading
+    nothing (at its connection limit, or going down): it never has a batch. A process of
+    its own, so that its close races our send as a real collector's does."""
+
+    CODE = ("import socket, sys\n"
+            "s = socket.create_server(('127.0.0.1', 0))\n"
+            "print(s.getsockname()[1], flush=True)\n"
+            "while True:\n"
+            "    s.accept()[0].close()\n")
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        self._process = subprocess.Popen([sys.executable, "-c", self.CODE], stdout=subprocess.PIPE, text=True)
+        assert self._process.stdout is not None
+        self.port = int(self._process.stdout.readline())
+
+    def close(self) -> None:
+        self._process.kill()
+        self._process.wait(10)

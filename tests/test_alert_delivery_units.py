@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from uba.alerting.payloads import (
     webhook_body,
 )
 from uba.alerting.signing import parse_signature, sign, verify_signature
-from uba.alerting.transport import classify_status, retry_after_seconds
+from uba.alerting.transport import classify_status, retry_after_seconds, sender_for
 from uba.errors import UserError
 from uba.settings import Settings, SyslogSink, WebhookSink, load_settings
 
@@ -279,6 +280,33 @@ def test_what_a_receiver_answers_reaches_logs_and_ledger_without_control_charact
         assert all(c.isprintable() for text in texts for c in text), texts
     finally:
         receiver.close()
+
+
+@pytest.mark.integration  # a real collector on 127.0.0.1
+def test_a_syslog_collector_closing_without_reading_gets_nothing_marked_delivered(tmp_path: Path) -> None:
+    """A collector that closes each connection without reading sends a FIN, then a reset
+    for our bytes; when the FIN came first it was taken as "read it all, then closed" and
+    the batch was marked delivered though nobody had it: lost. A race (up to 1 send in 200
+    here, with the collector in its own process), so 10,000 sends of a one-alert batch:
+    without the check 3 runs in 4 here caught a loss."""
+    from alert_receivers import ClosingCollector
+
+    collector = ClosingCollector()
+    try:
+        settings = load_settings(overrides={"paths": {"data_dir": tmp_path / "data"}, "alerting": {"sinks": [{
+            "type": "syslog", "name": "hook", "host": "127.0.0.1", "port": collector.port, "batch_size": 1,
+            "timeout_sec": 2, "max_attempts": 1, "payload": "json"}]}}, env={})
+        [sink] = check_sinks(settings, env={})
+        message = syslog_message(_record(alert_id="uba-0"), sink.config, hostname="h")
+        with Ledger.open(settings.paths.data_dir) as ledger:
+            ledger.enqueue(DAY, "r", {"hook": [Entry("uba-0", "event", "u", message)]})
+        sender = sender_for(sink.config)
+        outcomes = Counter(sender.send(["uba-0"], [message]).kind for _ in range(10_000))
+        assert outcomes == {"retry": 10_000}, outcomes
+        [report] = deliver(settings, [sink])
+        assert report.delivered == 0 and report.totals["pending"] == 1 and report.stopped
+    finally:
+        collector.close()
 
 
 # --- ledger and checks ---------------------------------------------------------------------

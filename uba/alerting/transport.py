@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import os
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -235,9 +237,48 @@ class SyslogSender:
             except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
                 chunk = b""
             if not chunk:
-                return Outcome("ack", "sent, and the collector closed the connection")
+                return _closed_after_reading(sock, deadline)
             if time.monotonic() >= deadline:
                 return Outcome("retry", "the collector did not close the connection after the batch")
+
+
+TCP_INFO_SIZE = 104  # Linux struct tcp_info; its u32 tcpi_unacked is at byte 24
+_UNACKED = struct.Struct("=I")
+
+
+def _unacked_segments(sock: socket.socket) -> int | None:
+    """Segments we sent that the peer's TCP has not acknowledged (Linux ``TCP_INFO``); None elsewhere."""
+    option = getattr(socket, "TCP_INFO", None)
+    if option is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, TCP_INFO_SIZE)
+    except OSError:
+        return None
+    return int(_UNACKED.unpack_from(info, 24)[0]) if len(info) >= 28 else None
+
+
+def _closed_after_reading(sock: socket.socket, deadline: float) -> Outcome:
+    """The collector closed its side: an acknowledgement only if it had the batch.
+
+    A collector that closes before reading (at its connection limit, crashing, going
+    down) sends its FIN and then a reset for the bytes it never took; when the FIN came
+    first, it looked like "read everything, then closed" and the batch was marked
+    delivered though nobody had it. So the close counts once every byte we sent (our FIN
+    included) was acknowledged by the collector's TCP and no reset came: bytes that
+    reach a closed socket are reset, never acknowledged. Without ``TCP_INFO`` (not
+    Linux) the close alone counts, as before."""
+    while True:
+        unacked = _unacked_segments(sock)  # read before SO_ERROR: a reset also empties the send queue
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            return Outcome("retry", f"the collector reset the connection ({os.strerror(error)}): "
+                                    "it did not read the batch")
+        if not unacked:  # None (not Linux) or 0
+            return Outcome("ack", "sent, and the collector closed the connection")
+        if time.monotonic() >= deadline:
+            return Outcome("retry", "the collector closed the connection before acknowledging the batch")
+        time.sleep(0.005)
 
 
 def sender_for(sink: WebhookSink | SyslogSink, secrets: Sequence[bytes] = ()) -> WebhookSender | SyslogSender:
