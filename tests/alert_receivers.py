@@ -198,3 +198,92 @@ class TlsSyslogCollector:
     def close(self) -> None:
         self._stop.set()
         self._listener.close()
+
+
+def _read_request(conn: socket.socket) -> bytes:
+    """One HTTP request: the head, then Content-Length bytes of body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length and (chunk := conn.recv(65536)):
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+class RawWebhook:
+    """A webhook that answers every request with ``answer`` bytes written ``byte_pause``
+    seconds apart (0: all at once), then closes: scripted misbehaviour a real http.server
+    cannot produce (a response trickled a byte at a time, a status line of garbage)."""
+
+    def __init__(self, answer: bytes, byte_pause: float = 0.0) -> None:
+        self.answer = answer
+        self.byte_pause = byte_pause
+        self.requests = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.requests += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(5)
+                _read_request(conn)  # all of it: closing on unread bytes would reset, not answer
+                if not self.byte_pause:
+                    conn.sendall(self.answer)
+                    return
+                for byte in self.answer:
+                    if self._stop.is_set():
+                        return
+                    conn.sendall(bytes([byte]))
+                    time.sleep(self.byte_pause)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+
+
+class ClosingCollector:
+    """A syslog collector that accepts each connection and closes it at once, reading
+    nothing (at its connection limit, or going down): it never has a batch. A process of
+    its own, so that its close races our send as a real collector's does."""
+
+    CODE = ("import socket, sys\n"
+            "s = socket.create_server(('127.0.0.1', 0))\n"
+            "print(s.getsockname()[1], flush=True)\n"
+            "while True:\n"
+            "    s.accept()[0].close()\n")
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        self._process = subprocess.Popen([sys.executable, "-c", self.CODE], stdout=subprocess.PIPE, text=True)
+        assert self._process.stdout is not None
+        self.port = int(self._process.stdout.readline())
+
+    def close(self) -> None:
+        self._process.kill()
+        self._process.wait(10)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from alert_receivers import Behaviour, WebhookReceiver
+from alert_receivers import Behaviour, RawWebhook, WebhookReceiver
 
 from uba.alerting.delivery import ReadySink, _SinkRun, backoff_delay, check_sinks, deliver
 from uba.alerting.ledger import Entry, Ledger, outbox_rows, retry_dead_letters, sink_states
@@ -26,7 +28,7 @@ from uba.alerting.payloads import (
     webhook_body,
 )
 from uba.alerting.signing import parse_signature, sign, verify_signature
-from uba.alerting.transport import classify_status, retry_after_seconds
+from uba.alerting.transport import classify_status, retry_after_seconds, sender_for
 from uba.errors import UserError
 from uba.settings import Settings, SyslogSink, WebhookSink, load_settings
 
@@ -231,6 +233,80 @@ def test_the_budget_leaves_alerts_pending(tmp_path: Path) -> None:
         assert report.totals["pending"] == 3 and "budget" in (report.stopped or "") and report.requests < 6
     finally:
         receiver.down()
+
+
+@pytest.mark.integration  # a real server on 127.0.0.1
+def test_a_receiver_trickling_its_answer_is_cut_at_timeout_sec(tmp_path: Path) -> None:
+    """A receiver sending its answer a byte every 0.2 s never lets a read time out: the
+    deliverer waited on it for 80 minutes per attempt (10 kB at a byte per 0.5 s), far past
+    timeout_sec and the delivery budget, holding `score` hostage. The whole request now
+    gets timeout_sec."""
+    # a whole, valid 200 in the end (~15 s): without the cut it would be taken as the acknowledgement
+    receiver = RawWebhook(b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 40 + b"\r\nContent-Length: 0\r\n\r\n",
+                          byte_pause=0.2)
+    try:
+        settings = _settings(tmp_path, receiver.url, timeout_sec=1, max_attempts=2)
+        _enqueue(settings, {DAY: 3})
+        started = time.monotonic()
+        [report] = deliver(settings, check_sinks(settings, env={}), budget_sec=10)
+        assert time.monotonic() - started < 6, "two attempts of at most timeout_sec each, plus backoff"
+        assert report.totals["pending"] == 3 and report.delivered == 0 and receiver.requests == 2
+        assert "within timeout_sec 1 s" in (report.stopped or "")
+    finally:
+        receiver.close()
+
+
+@pytest.mark.integration  # a real server on 127.0.0.1
+@pytest.mark.parametrize("answer", [
+    b"\x00\x01garbage\x1b[2J\r\n\r\n",
+    b"HTTP/1.1 500 Oops\x1b[31m\r\nContent-Length: 18\r\n\r\n\x00evil\x1b[2J\x07\x08end\x9b",
+])
+def test_what_a_receiver_answers_reaches_logs_and_ledger_without_control_characters(
+        tmp_path: Path, answer: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """A hostile receiver's answer went verbatim into the log lines, the stop reason and
+    the ledger's last_error: a NUL, a line break or an ANSI escape forged log lines or
+    cleared the operator's terminal."""
+    receiver = RawWebhook(answer)
+    try:
+        settings = _settings(tmp_path, receiver.url, max_attempts=2)
+        _enqueue(settings, {DAY: 2})
+        [report] = deliver(settings, check_sinks(settings, env={}))
+        with Ledger.open(settings.paths.data_dir) as ledger:
+            errors = [r.last_error or "" for r in ledger.rows()]
+        texts = [report.stopped or "", *errors, *(r.getMessage() for r in caplog.records)]
+        stopped = report.stopped or ""
+        assert report.totals["pending"] == 2 and ("garbage" in stopped or "evil" in stopped), stopped
+        assert any(stopped.split(" (")[0] in r.getMessage() for r in caplog.records), "the log line is checked too"
+        assert all(c.isprintable() for text in texts for c in text), texts
+    finally:
+        receiver.close()
+
+
+@pytest.mark.integration  # a real collector on 127.0.0.1
+def test_a_syslog_collector_closing_without_reading_gets_nothing_marked_delivered(tmp_path: Path) -> None:
+    """A collector that closes each connection without reading sends a FIN, then a reset
+    for our bytes; when the FIN came first it was taken as "read it all, then closed" and
+    the batch was marked delivered though nobody had it: lost. A race (up to 1 send in 200
+    here, with the collector in its own process), so 10,000 sends of a one-alert batch:
+    without the check 3 runs in 4 here caught a loss."""
+    from alert_receivers import ClosingCollector
+
+    collector = ClosingCollector()
+    try:
+        settings = load_settings(overrides={"paths": {"data_dir": tmp_path / "data"}, "alerting": {"sinks": [{
+            "type": "syslog", "name": "hook", "host": "127.0.0.1", "port": collector.port, "batch_size": 1,
+            "timeout_sec": 2, "max_attempts": 1, "payload": "json"}]}}, env={})
+        [sink] = check_sinks(settings, env={})
+        message = syslog_message(_record(alert_id="uba-0"), sink.config, hostname="h")
+        with Ledger.open(settings.paths.data_dir) as ledger:
+            ledger.enqueue(DAY, "r", {"hook": [Entry("uba-0", "event", "u", message)]})
+        sender = sender_for(sink.config)
+        outcomes = Counter(sender.send(["uba-0"], [message]).kind for _ in range(10_000))
+        assert outcomes == {"retry": 10_000}, outcomes
+        [report] = deliver(settings, [sink])
+        assert report.delivered == 0 and report.totals["pending"] == 1 and report.stopped
+    finally:
+        collector.close()
 
 
 # --- ledger and checks ---------------------------------------------------------------------

@@ -157,6 +157,41 @@ def test_refusals_are_one_line_and_write_nothing(own: Path, args: list[str], mes
     assert io.table_part_files(own / "data", io.SUPPRESSIONS) == []
 
 
+def _star_events(day: str) -> str:
+    """Six extreme events of a user whose id is literally ``*`` (ids are whatever the logs say)."""
+    return "".join(json.dumps({"event_id": f"star-{i}", "user_id": "*", "timestamp": f"{day}T03:1{i}:00Z",
+                               "event_type": "download", "session_duration_sec": 20000.0,
+                               "events_in_session": 400, "device_type": "desktop", "session_id": "star"}) + "\n"
+                   for i in range(6))
+
+
+def test_suppress_similar_on_the_alert_of_a_user_named_star_is_refused(own: Path, tmp_path: Path) -> None:
+    """Logs with a user named ``*`` got event alerts; a benign close of one with
+    suppress-similar wrote a rule for user ``*``, the rules' wildcard, and the next score
+    suppressed that reason kind for every user. Now refused (CLI one line, HTTP 422 on
+    suppress_similar), nothing written; a plain benign close still works."""
+    from api_world import running_server
+
+    day = DAYS[1].isoformat()
+    events = tmp_path / "star.jsonl"
+    events.write_text(_star_events(day))
+    _ok("ingest", str(events), "--data-dir", str(own / "data"))
+    _ok("score", "--date", day, "--in-process", *_dirs(own), "--model-dir", str(own / "models"))
+    stars = [a for a in _listed(own, "--date", day, "--type", "event") if a["user_id"] == "*"]
+    assert stars, "the user named '*' has event alerts"
+    code, out, err = _run("alerts", "close", stars[0]["alert_id"], "--verdict", "benign", "--suppress-similar",
+                          *_dirs(own))
+    assert code == 1 and "user id is '*'" in err and len(err.strip().splitlines()) == 1, (out, err)
+    with running_server(_server_env(own, UBA_API_KEYS="k1"), tmp_path / "api.log") as server, \
+            server.client(headers={"X-API-Key": "k1"}) as c:
+        answer = c.patch(f"/alerts/{stars[0]['alert_id']}",
+                         json={"status": "closed", "verdict": "benign", "suppress_similar": True})
+        assert answer.status_code == 422 and answer.json()["detail"][0]["field"] == "suppress_similar"
+    assert io.table_part_files(own / "data", io.SUPPRESSIONS) == []
+    assert io.table_part_files(own / "data", TRIAGE) == []
+    assert "closed" in _ok("alerts", "close", stars[0]["alert_id"], "--verdict", "benign", *_dirs(own))
+
+
 def test_an_acknowledged_alert_cannot_be_acknowledged_twice(own: Path) -> None:
     alert = _listed(own, "--days", "1")[0]["alert_id"]
     _ok("alerts", "ack", alert, *_dirs(own))

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import os
 import socket
 import ssl
+import struct
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
@@ -77,9 +81,19 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - current)
 
 
+def one_line(text: str, limit: int = MAX_ANSWER_CHARS) -> str:
+    """What a receiver said, safe for a log line, the ledger and a terminal: whitespace runs
+    become one space and other unprintable characters ``?``. The receiver is not trusted:
+    its answer (and the reason phrase and the errors its bytes cause) went verbatim into
+    the logs, so a NUL, an ANSI escape or a line break forged log lines or rewrote the
+    operator's terminal."""
+    flat = " ".join(text.split())
+    return "".join(c if c.isprintable() else "?" for c in flat)[:limit]
+
+
 def classify_status(status: int, reason: str, retry_after: str | None) -> Outcome:
     """What an HTTP status means for the batch (see the module doc)."""
-    detail = f"HTTP {status} {reason}".strip()
+    detail = one_line(f"HTTP {status} {reason}")
     if 200 <= status < 300:
         return Outcome("ack", detail)
     if status >= 500 or status in RETRYABLE_4XX:
@@ -87,6 +101,37 @@ def classify_status(status: int, reason: str, retry_after: str | None) -> Outcom
     if status in SINK_WIDE_4XX or 300 <= status < 400 or status < 200:
         return Outcome("stop", detail + " (the sink refuses every request: check its url and secrets)")
     return Outcome("reject", detail)
+
+
+@contextmanager
+def request_deadline(seconds: float, current_socket: Callable[[], socket.socket | None]) -> Iterator[threading.Event]:
+    """Cut the connection once ``seconds`` have passed since the start of the request.
+
+    A socket timeout bounds each read, not the request: a receiver (or a proxy) that
+    trickles its answer a byte at a time, each byte within ``timeout_sec``, held a score
+    run far past ``timeout_sec`` and ``deliver_budget_sec`` (one 10 kB header at a byte
+    per 0.5 s: 80 minutes per attempt). The returned event is set when the deadline cut
+    the connection, so the caller can say so instead of reporting a reset."""
+    expired = threading.Event()
+
+    def cut() -> None:
+        expired.set()
+        sock = current_socket()
+        if sock is not None:
+            with suppress(OSError):  # the plain socket's shutdown (an SSLSocket's drops its TLS state under the reader)
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield expired
+    finally:
+        timer.cancel()
+
+
+def _overdue(seconds: float) -> str:
+    return f"timed out (no complete answer within timeout_sec {seconds:g} s)"
 
 
 class WebhookSender:
@@ -121,18 +166,21 @@ class WebhookSender:
         body = webhook_body(self.sink, alert_ids, payloads)
         connection = self._connection()
         try:
-            connection.request("POST", self._target, body=body, headers=self.headers(body, alert_ids))
-            response = connection.getresponse()
-            answer = response.read(4096).decode("utf-8", "replace")
-            outcome = classify_status(response.status, response.reason, response.getheader("Retry-After"))
+            with request_deadline(self.sink.timeout_sec, lambda: connection.sock) as expired:
+                connection.request("POST", self._target, body=body, headers=self.headers(body, alert_ids))
+                if expired.is_set():  # the deadline passed while connecting: no socket was there to cut
+                    raise TimeoutError
+                response = connection.getresponse()
+                answer = response.read(4096).decode("utf-8", "replace")
+                outcome = classify_status(response.status, response.reason, response.getheader("Retry-After"))
         except ssl.SSLCertVerificationError as exc:
             return Outcome("stop", f"TLS certificate not trusted for {safe_url(self.sink.url)}: {exc.verify_message}")
         except (OSError, http.client.HTTPException) as exc:  # timeouts, refused, reset, bad answers
-            return Outcome("retry", _network_error(exc))
+            return Outcome("retry", _overdue(self.sink.timeout_sec) if expired.is_set() else _network_error(exc))
         finally:
             connection.close()
         if outcome.kind != "ack" and answer.strip():
-            outcome = Outcome(outcome.kind, f"{outcome.detail}: {' '.join(answer.split())[:MAX_ANSWER_CHARS]}",
+            outcome = Outcome(outcome.kind, f"{outcome.detail}: {one_line(answer)}",
                               outcome.retry_after)
         return outcome
 
@@ -142,7 +190,7 @@ def _network_error(exc: BaseException) -> str:
         return "timed out"
     name = type(exc).__name__
     text = getattr(exc, "strerror", None) or str(exc) or name
-    return f"{name}: {text}"
+    return f"{name}: {one_line(text)}"
 
 
 class SyslogSender:
@@ -189,9 +237,48 @@ class SyslogSender:
             except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
                 chunk = b""
             if not chunk:
-                return Outcome("ack", "sent, and the collector closed the connection")
+                return _closed_after_reading(sock, deadline)
             if time.monotonic() >= deadline:
                 return Outcome("retry", "the collector did not close the connection after the batch")
+
+
+TCP_INFO_SIZE = 104  # Linux struct tcp_info; its u32 tcpi_unacked is at byte 24
+_UNACKED = struct.Struct("=I")
+
+
+def _unacked_segments(sock: socket.socket) -> int | None:
+    """Segments we sent that the peer's TCP has not acknowledged (Linux ``TCP_INFO``); None elsewhere."""
+    option = getattr(socket, "TCP_INFO", None)
+    if option is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, TCP_INFO_SIZE)
+    except OSError:
+        return None
+    return int(_UNACKED.unpack_from(info, 24)[0]) if len(info) >= 28 else None
+
+
+def _closed_after_reading(sock: socket.socket, deadline: float) -> Outcome:
+    """The collector closed its side: an acknowledgement only if it had the batch.
+
+    A collector that closes before reading (at its connection limit, crashing, going
+    down) sends its FIN and then a reset for the bytes it never took; when the FIN came
+    first, it looked like "read everything, then closed" and the batch was marked
+    delivered though nobody had it. So the close counts once every byte we sent (our FIN
+    included) was acknowledged by the collector's TCP and no reset came: bytes that
+    reach a closed socket are reset, never acknowledged. Without ``TCP_INFO`` (not
+    Linux) the close alone counts, as before."""
+    while True:
+        unacked = _unacked_segments(sock)  # read before SO_ERROR: a reset also empties the send queue
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            return Outcome("retry", f"the collector reset the connection ({os.strerror(error)}): "
+                                    "it did not read the batch")
+        if not unacked:  # None (not Linux) or 0
+            return Outcome("ack", "sent, and the collector closed the connection")
+        if time.monotonic() >= deadline:
+            return Outcome("retry", "the collector closed the connection before acknowledging the batch")
+        time.sleep(0.005)
 
 
 def sender_for(sink: WebhookSink | SyslogSink, secrets: Sequence[bytes] = ()) -> WebhookSender | SyslogSender:

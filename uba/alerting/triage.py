@@ -27,7 +27,7 @@ from typing import TypedDict, cast
 import polars as pl
 
 from uba import io
-from uba.alerting.feedback import LABELS, add_rule, known_reason_kinds, record_feedback
+from uba.alerting.feedback import LABELS, WILDCARD, add_rule, known_reason_kinds, record_feedback
 from uba.alerting.records import RECORD_SCHEMA, AlertRecord, alert_records, day_records
 from uba.alerting.risk import mark_stale_after_feedback
 from uba.errors import UserError
@@ -213,6 +213,11 @@ def _check_action(action: str, status: str, verdict: str | None, suppress_simila
         if alert["alert_type"] != "event" or not alert.get("reason_kinds"):
             raise UserError(f"suppress_similar: a {alert['alert_type']} alert has no top reason kind of an "
                             "event to suppress; only event alerts can create a rule")
+        if alert["user_id"].strip() == WILDCARD:
+            # user ids come from logs an attacker may write: a user named "*" must not turn
+            # one benign close into a rule that silences this reason kind for every user
+            raise UserError(f"suppress_similar: the alert's user id is {WILDCARD!r}, which a suppression rule "
+                            "reads as every user; close it without suppress_similar")
 
 
 def apply_action(output_dir: Path, data_dir: Path, alert_id: str, action: str, verdict: str | None = None,
