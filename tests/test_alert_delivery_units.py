@@ -431,3 +431,25 @@ def test_syslog_over_tls_is_acknowledged_when_the_collector_closed(tmp_path: Pat
         assert report.delivered == 5 and report.requests == 3 and collector.messages == messages
     finally:
         collector.close()
+
+
+def _documented_verify() -> Any:
+    """The receiver-side check docs/alerting.md gives operators, executed as written."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "alerting.md").read_text(encoding="utf-8")
+    [code] = [block for block in re.findall(r"```python\n(.*?)```", doc, re.S) if "def verify(" in block]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/alerting.md", "exec"), namespace)  # noqa: S102 - our own docs
+    return namespace["verify"]
+
+
+@pytest.mark.parametrize("header", ["t=1,v1", "garbage", "t=\u00b2,v1=ab", "t=1,v1=\u00e9\u00e9", "", ",,,", "v1=ab"])
+def test_the_documented_signature_check_accepts_ours_and_refuses_malformed_headers_without_raising(
+        header: str) -> None:
+    """The snippet raised on a header element without '=' (ValueError), a superscript digit
+    as the stamp (int('²')) and a non-ASCII mac (compare_digest): a receiver copying it
+    answered 500 instead of 401 (found by an attack)."""
+    verify = _documented_verify()
+    body, secret = b'{"alerts": []}', b"s3cret"
+    assert verify(sign(body, [secret]), body, [secret]) is True
+    assert verify(sign(body, [b"other"]), body, [secret]) is False
+    assert verify(header.replace("t=1", f"t={int(time.time())}"), body, [secret]) is False

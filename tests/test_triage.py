@@ -145,6 +145,11 @@ def test_close_benign_with_suppress_similar_creates_a_rule_that_the_next_score_a
     (["close", "{event}", "--verdict", "malicious", "--suppress-similar"], "only a close with verdict benign"),
     (["reopen", "{event}"], "is open: reopen is not possible"),
     (["ack", "{event}", "--note", "x" * 2001], "note: 2001 characters"),
+    # printed by `alerts show` and the report: an escape or a carriage return rewrote the
+    # reader's terminal (found by an attack); a note keeps line breaks, a name has none
+    (["ack", "{event}", "--analyst", "ann\x1b[2J"], "analyst: holds the control character U+001B"),
+    (["ack", "{event}", "--analyst", "ann\nbob"], "analyst: holds the control character U+000A"),
+    (["ack", "{event}", "--note", "fine\rforged"], "note: holds the control character U+000D"),
 ])
 def test_refusals_are_one_line_and_write_nothing(own: Path, args: list[str], message: str) -> None:
     alerts = _listed(own, "--days", "2")
@@ -217,6 +222,8 @@ def test_triage_over_http_needs_a_key_and_answers_like_the_cli(own: Path, tmp_pa
         assert listed["count"] == len(_listed(own, "--days", "2")) and listed["days"] == [
             d.isoformat() for d in reversed(DAYS)]
         first = next(a for a in listed["alerts"] if a["alert_type"] == "event")
+        escaped = c.patch(f"/alerts/{first['alert_id']}", json={"status": "acknowledged", "analyst": "bo\u001b[2J"})
+        assert escaped.status_code == 422 and escaped.json()["detail"][0]["field"] == "analyst", escaped.text
         acked = c.patch(f"/alerts/{first['alert_id']}", json={"status": "acknowledged", "analyst": "bo"})
         assert acked.status_code == 200 and acked.json()["status"] == "acknowledged"
         again = c.patch(f"/alerts/{first['alert_id']}", json={"status": "acknowledged"})

@@ -18,6 +18,7 @@ of an alert whose verdict was benign (reopened), which counts it in entity risk 
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -99,14 +100,24 @@ class TriageResult:
     stale_days: list[date] = field(default_factory=list)  # risk days a benign close made stale
 
 
-def _text(value: str | None, field: str, limit: int = MAX_NOTE) -> str | None:
+# control (C0, C1, DEL), format (bidi overrides, zero-width) and line/paragraph separators
+CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _text(value: str | None, field: str, limit: int = MAX_NOTE, lines: bool = True) -> str | None:
+    """An analyst's free text, refused with control characters: ``alerts show`` and the
+    report print it, and an ANSI escape or a carriage return in it rewrote the reader's
+    terminal (found by an attack). A note may hold line breaks and tabs (``lines``), a
+    name none."""
     if value is None:
         return None
     text = value.strip()
     if len(text) > limit:
         raise UserError(f"{field}: {len(text)} characters, at most {limit}")
-    if "\x00" in text:
-        raise UserError(f"{field}: holds a NUL character")
+    allowed = "\n\t" if lines else ""
+    bad = next((c for c in text if c not in allowed and unicodedata.category(c) in CONTROL_CATEGORIES), None)
+    if bad is not None:
+        raise UserError(f"{field}: holds the control character U+{ord(bad):04X}")
     return text or None
 
 
@@ -228,7 +239,7 @@ def apply_action(output_dir: Path, data_dir: Path, alert_id: str, action: str, v
     with io.table_lock(data_dir, TRIAGE):  # the status check and the writes as one step
         status = current_status(data_dir, alert["alert_id"])
         verdict = verdict.strip().lower() if verdict else None
-        note, analyst = _text(note, "note"), _text(analyst, "analyst", 200)
+        note, analyst = _text(note, "note"), _text(analyst, "analyst", 200, lines=False)
         _check_action(action, status, verdict, suppress_similar, alert)
         feedback_id, stored = None, None
         if action == "close":
