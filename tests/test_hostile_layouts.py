@@ -10,7 +10,8 @@ from one part to the next. A day so written must score exactly as the day ingest
 column cannot hold its field fails the run in one line naming the file, publishing
 nothing. Before ``io.conform_events`` a dictionary-encoded ``user_id`` failed the
 baseline join with a Polars traceback, parts in ns and us failed one scan of the day,
-and a ns or zoned timestamp was published as stored.
+and a ns or zoned timestamp was published as stored; a part named ``part-[0].parquet``
+was read as the glob it looks like.
 """
 
 from __future__ import annotations
@@ -102,7 +103,15 @@ def _other_integer_widths(events: pl.DataFrame, folder: Path) -> None:
                         ).write_parquet(folder / "part-0.parquet")
 
 
+def _glob_characters_in_names(events: pl.DataFrame, folder: Path) -> None:
+    """``part-[0].parquet`` is a legal name; Polars reads a path as a glob by default, so this
+    part was planned from its own footer but read as ``part-0.parquet``: rows scored twice."""
+    events.head(100).write_parquet(folder / "part-[0].parquet")
+    events.slice(100).write_parquet(folder / "part-0.parquet")
+
+
 LAYOUTS: dict[str, Writer] = {
+    "glob_characters_in_names": _glob_characters_in_names,
     "dictionary_encoded_strings": _dictionary_strings,
     "categorical_ids": _categorical_ids,
     "timestamps_in_ns": _timestamps("ns", "UTC"),

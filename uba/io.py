@@ -166,12 +166,24 @@ def partition_dates(root: Path, dataset: str) -> list[date]:
                       lambda folder: any(not p.name.startswith(TMP_PREFIX) for p in folder.glob("*.parquet")))
 
 
+def parquet_schema(part: Path | str) -> pl.Schema:
+    """The schema in the footer of exactly ``part``.
+
+    Every Polars reader here is given ``glob=False``: by default Polars reads a path as a
+    glob pattern, so an events part named ``part-[0].parquet`` (a legal file name another
+    tool may write) was planned from its own footer but read as ``part-0.parquet``,
+    scoring that file's rows twice and its own not at all. ``read_parquet_schema`` has no
+    such switch, hence this.
+    """
+    return pl.scan_parquet(part, glob=False).collect_schema()
+
+
 def scan_partition(root: Path, dataset: str, day: date | str) -> pl.LazyFrame | None:
     """Lazy scan of one partition's parts, or None when the partition has none."""
     files = partition_files(root, dataset, day)
     if not files:
         return None
-    return pl.scan_parquet(files)
+    return pl.scan_parquet(files, glob=False)
 
 
 def scan_events(data_dir: Path, day: date) -> pl.LazyFrame:
@@ -187,7 +199,7 @@ def scan_events(data_dir: Path, day: date) -> pl.LazyFrame:
             f"no events partition for {day.isoformat()} under {Path(data_dir) / EVENTS} "
             "(ingest or generate that day first)"
         )
-    scans = [conform_events(pl.scan_parquet(part), _check_event_part(part), part) for part in files]
+    scans = [conform_events(pl.scan_parquet(part, glob=False), _check_event_part(part), part) for part in files]
     return pl.concat(scans, how="vertical") if len(scans) > 1 else scans[0]
 
 
@@ -199,7 +211,7 @@ def _check_event_part(part: Path) -> pl.Schema:
     later surfaces as an internal error without the file's name.
     """
     try:
-        schema = pl.read_parquet_schema(part)
+        schema = parquet_schema(part)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise CorruptPartError(f"events part {part} is not a readable Parquet file: {exc}") from exc
     missing = [name for name in EVENT_SCHEMA if name not in schema]
@@ -251,7 +263,7 @@ def scan_partitions(root: Path, dataset: str, days: Iterable[date]) -> pl.LazyFr
     files = [f for day in days for f in partition_files(root, dataset, day)]
     if not files:
         return None
-    return pl.scan_parquet(files)
+    return pl.scan_parquet(files, glob=False)
 
 
 def _tmp_path(folder: Path, suffix: str) -> Path:
@@ -654,7 +666,7 @@ def part_intact(part: Path) -> bool:
     try:
         if verify_part(part):
             return True
-        pl.read_parquet_schema(part)
+        parquet_schema(part)
     except (CorruptPartError, pl.exceptions.PolarsError, OSError):
         return False
     return True
@@ -1163,14 +1175,14 @@ def new_dir(path: Path | str, parents: bool = False) -> Path:
 def read_piece(path: Path | str, columns: list[str], offset: int, rows: int) -> pl.DataFrame:
     """Rows ``[offset, offset + rows)`` of one part file, only ``columns``: a shard's slice
     of the day, read without touching the rest of the file."""
-    return pl.scan_parquet(path).select(columns).slice(offset, rows).collect()
+    return pl.scan_parquet(path, glob=False).select(columns).slice(offset, rows).collect()
 
 
 def read_event_piece(path: Path | str, offset: int, rows: int) -> pl.DataFrame:
     """Rows ``[offset, offset + rows)`` of one events part, in ``EVENT_SCHEMA`` whatever
     types its writer chose (``conform_events``): a shard's slice of the day. A value its
     field cannot hold (an hour of 300 stored as int64) fails naming the file."""
-    scan = pl.scan_parquet(path)
+    scan = pl.scan_parquet(path, glob=False)
     try:
         return conform_events(scan, scan.collect_schema(), path).slice(offset, rows).collect()
     except pl.exceptions.InvalidOperationError as exc:
@@ -1192,9 +1204,9 @@ def read_parts(paths: Iterable[Path | str], among: Iterable[str] | None = None) 
     if not files:
         return None
     if among is None:
-        frames = [pl.read_parquet(f) for f in files]
+        frames = [pl.read_parquet(f, glob=False) for f in files]
         return pl.concat(frames, how="vertical", rechunk=True) if len(frames) > 1 else frames[0]
-    scan = pl.scan_parquet(files)
+    scan = pl.scan_parquet(files, glob=False)
     wanted = set(among)
     return scan.select([c for c in scan.collect_schema().names() if c in wanted]).collect()
 
@@ -1275,7 +1287,7 @@ def scan_table(root: Path, table: str) -> pl.LazyFrame | None:
     for f in files:
         check_readable(f, "move it aside or restore it from a backup; the other parts of its table are intact")
     return pl.concat(
-        [pl.scan_parquet(f).with_columns(pl.lit(i, dtype=pl.Int64).alias("_part")) for i, f in enumerate(files)],
+        [pl.scan_parquet(f, glob=False).with_columns(pl.lit(i, dtype=pl.Int64).alias("_part")) for i, f in enumerate(files)],
         how="diagonal_relaxed",
     )
 
@@ -1357,7 +1369,7 @@ def read_parquet_if_exists(path: Path) -> pl.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        return pl.read_parquet(path)
+        return pl.read_parquet(path, glob=False)
     except (pl.exceptions.ComputeError, OSError) as exc:
         raise UserError(f"cannot read Parquet file {path}: {exc}") from exc
 
@@ -1552,7 +1564,7 @@ def scan_event_ids(data_dir: Path, days: Iterable[date]) -> pl.LazyFrame | None:
 
 def _scan_ids(part: Path) -> pl.LazyFrame:
     """``event_id`` of one events part, as a string whatever type its writer stored it in."""
-    scan = pl.scan_parquet(part)
+    scan = pl.scan_parquet(part, glob=False)
     stored = scan.collect_schema().get("event_id", pl.String())
     return scan.select(_stored_as_event_type("event_id", stored, part))
 
@@ -1620,7 +1632,7 @@ def scan_aggregates(data_dir: Path, days: Iterable[date]) -> pl.LazyFrame | None
     for _, path in paths:  # small files (one row per user), hashed once per process
         verify_part(path, AGGREGATES_REMEDY)
         check_readable(path)
-    frames = [pl.scan_parquet(path).with_columns(pl.lit(day, dtype=pl.Date).alias(PARTITION_COLUMN))
+    frames = [pl.scan_parquet(path, glob=False).with_columns(pl.lit(day, dtype=pl.Date).alias(PARTITION_COLUMN))
               for day, path in paths]
     if not frames:
         return None
@@ -1637,7 +1649,7 @@ def check_readable(part: Path, remedy: str = "") -> None:
     about it, here instead of as a decoder traceback when a scan is collected far from
     the file (parts without a checksum record, append-only tables, published outputs)."""
     try:
-        pl.read_parquet_schema(part)
+        parquet_schema(part)
     except (pl.exceptions.PolarsError, OSError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CorruptPartError(f"{_kind(part)} part {part} is not a readable Parquet file: {detail}"
@@ -1675,7 +1687,7 @@ def read_baseline_snapshot(path: Path) -> pl.DataFrame:
     if not path.is_file():
         raise UserError(f"baseline snapshot not found: {path}")
     try:
-        return pl.read_parquet(path)
+        return pl.read_parquet(path, glob=False)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise UserError(f"cannot read baseline snapshot {path}: {exc}") from exc
 
