@@ -166,40 +166,96 @@ def partition_dates(root: Path, dataset: str) -> list[date]:
                       lambda folder: any(not p.name.startswith(TMP_PREFIX) for p in folder.glob("*.parquet")))
 
 
+def parquet_schema(part: Path | str) -> pl.Schema:
+    """The schema in the footer of exactly ``part``.
+
+    Every Polars reader here is given ``glob=False``: by default Polars reads a path as a
+    glob pattern, so an events part named ``part-[0].parquet`` (a legal file name another
+    tool may write) was planned from its own footer but read as ``part-0.parquet``,
+    scoring that file's rows twice and its own not at all. ``read_parquet_schema`` has no
+    such switch, hence this.
+    """
+    return pl.scan_parquet(part, glob=False).collect_schema()
+
+
 def scan_partition(root: Path, dataset: str, day: date | str) -> pl.LazyFrame | None:
     """Lazy scan of one partition's parts, or None when the partition has none."""
     files = partition_files(root, dataset, day)
     if not files:
         return None
-    return pl.scan_parquet(files)
+    return pl.scan_parquet(files, glob=False)
 
 
 def scan_events(data_dir: Path, day: date) -> pl.LazyFrame:
-    """Validated events of one day, in the stored schema; a missing day is a user error."""
-    lf = scan_partition(data_dir, EVENTS, day)
-    if lf is None:
+    """Validated events of one day, in the stored schema; a missing day is a user error.
+
+    Each part is scanned on its own and brought to ``EVENT_SCHEMA`` (``conform_events``)
+    before the parts are joined: one scan over parts whose column types differ (a
+    timestamp in ns in one, us in the other) fails in the engine with no file named.
+    """
+    files = partition_files(data_dir, EVENTS, day)
+    if not files:
         raise UserError(
             f"no events partition for {day.isoformat()} under {Path(data_dir) / EVENTS} "
             "(ingest or generate that day first)"
         )
-    for part in partition_files(data_dir, EVENTS, day):
-        _check_event_part(part)
-    return lf.select(list(EVENT_SCHEMA))
+    scans = [conform_events(pl.scan_parquet(part, glob=False), _check_event_part(part), part) for part in files]
+    return pl.concat(scans, how="vertical") if len(scans) > 1 else scans[0]
 
 
-def _check_event_part(part: Path) -> None:
-    """Refuse a truncated or foreign part up front, naming it, rather than failing mid-query.
+def _check_event_part(part: Path) -> pl.Schema:
+    """Refuse a truncated or foreign part up front, naming it, rather than failing mid-query;
+    returns its schema.
 
     Reading a Parquet footer costs microseconds; a corrupt part found by the engine
     later surfaces as an internal error without the file's name.
     """
     try:
-        schema = pl.read_parquet_schema(part)
+        schema = parquet_schema(part)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise CorruptPartError(f"events part {part} is not a readable Parquet file: {exc}") from exc
     missing = [name for name in EVENT_SCHEMA if name not in schema]
     if missing:
         raise UserError(f"events part {part} lacks columns {missing}: it was not written by ingest")
+    for name in EVENT_SCHEMA:
+        _stored_as_event_type(name, schema[name], part)  # a type no field can be read from: named now
+    return pl.Schema(schema)
+
+
+def conform_events(lf: pl.LazyFrame, stored: pl.Schema, part: Path | str) -> pl.LazyFrame:
+    """One part's events as ``EVENT_SCHEMA`` (its columns, in its order, with its types).
+
+    Ingest writes that schema, but the storage contract is Hive-style Parquet that other
+    writers (pyarrow, Polars, Spark) may produce for the same events: strings stored
+    dictionary-encoded (read as Categorical), timestamps in ns or ms, zoned or naive
+    (naive means UTC, as in the event contract), narrower integers or float32. Without
+    this a Categorical ``user_id`` failed the baseline join and a ns timestamp was
+    published as ns, so the day's outputs depended on how its input was written.
+    ``stored`` is the part's schema (``_check_event_part``); a column of a type no
+    event field can be read from raises UserError naming the file, field and type.
+    """
+    return lf.select([_stored_as_event_type(name, stored[name], part) for name in EVENT_SCHEMA])
+
+
+_TEXT_TYPES = (pl.String, pl.Categorical, pl.Enum)
+
+
+def _stored_as_event_type(name: str, stored: pl.DataType, part: Path | str) -> pl.Expr:
+    """The stored column ``name`` cast to its ``EVENT_SCHEMA`` type, when that loses nothing
+    but sub-microsecond time (the contract's timestamps have at most milliseconds)."""
+    target = EVENT_SCHEMA[name]
+    col = pl.col(name)
+    if stored == target:
+        return col
+    if isinstance(stored, pl.Null) or (target == pl.String and isinstance(stored, _TEXT_TYPES)):
+        return col.cast(target)
+    if isinstance(target, pl.Datetime) and isinstance(stored, pl.Datetime):
+        utc = col.dt.convert_time_zone("UTC") if stored.time_zone else col.dt.replace_time_zone("UTC")
+        return utc.dt.cast_time_unit(target.time_unit)
+    if (target.is_integer() and stored.is_integer()) or (target.is_float() and stored.is_numeric()):
+        return col.cast(target)  # strict: a value the stored type holds but the field cannot fails
+    raise UserError(f"events part {part}: field {name} is stored as {stored}, which cannot be read as "
+                    f"{target}: it was not written as the events contract says (docs/batch-scoring.md)")
 
 
 def scan_partitions(root: Path, dataset: str, days: Iterable[date]) -> pl.LazyFrame | None:
@@ -207,7 +263,7 @@ def scan_partitions(root: Path, dataset: str, days: Iterable[date]) -> pl.LazyFr
     files = [f for day in days for f in partition_files(root, dataset, day)]
     if not files:
         return None
-    return pl.scan_parquet(files)
+    return pl.scan_parquet(files, glob=False)
 
 
 def _tmp_path(folder: Path, suffix: str) -> Path:
@@ -610,7 +666,7 @@ def part_intact(part: Path) -> bool:
     try:
         if verify_part(part):
             return True
-        pl.read_parquet_schema(part)
+        parquet_schema(part)
     except (CorruptPartError, pl.exceptions.PolarsError, OSError):
         return False
     return True
@@ -1119,7 +1175,26 @@ def new_dir(path: Path | str, parents: bool = False) -> Path:
 def read_piece(path: Path | str, columns: list[str], offset: int, rows: int) -> pl.DataFrame:
     """Rows ``[offset, offset + rows)`` of one part file, only ``columns``: a shard's slice
     of the day, read without touching the rest of the file."""
-    return pl.scan_parquet(path).select(columns).slice(offset, rows).collect()
+    return pl.scan_parquet(path, glob=False).select(columns).slice(offset, rows).collect()
+
+
+def read_event_piece(path: Path | str, offset: int, rows: int) -> pl.DataFrame:
+    """Rows ``[offset, offset + rows)`` of one events part, in ``EVENT_SCHEMA`` whatever
+    types its writer chose (``conform_events``): a shard's slice of the day. A value its
+    field cannot hold (an hour of 300 stored as int64) fails naming the file."""
+    scan = pl.scan_parquet(path, glob=False)
+    try:
+        return conform_events(scan, scan.collect_schema(), path).slice(offset, rows).collect()
+    except pl.exceptions.InvalidOperationError as exc:
+        raise unfit_event_value(exc, f"events part {path}") from exc
+
+
+def unfit_event_value(exc: pl.exceptions.InvalidOperationError, where: str) -> UserError:
+    """The one-line error for a stored value its field's type cannot hold (a strict cast of
+    ``conform_events`` failed: an hour of 300 in an int64 column), naming ``where``."""
+    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return UserError(f"{where}: a value does not fit its field's type ({reason}); the part was not "
+                     "written as the events contract says (docs/batch-scoring.md)")
 
 
 def read_parts(paths: Iterable[Path | str], among: Iterable[str] | None = None) -> pl.DataFrame | None:
@@ -1129,9 +1204,9 @@ def read_parts(paths: Iterable[Path | str], among: Iterable[str] | None = None) 
     if not files:
         return None
     if among is None:
-        frames = [pl.read_parquet(f) for f in files]
+        frames = [pl.read_parquet(f, glob=False) for f in files]
         return pl.concat(frames, how="vertical", rechunk=True) if len(frames) > 1 else frames[0]
-    scan = pl.scan_parquet(files)
+    scan = pl.scan_parquet(files, glob=False)
     wanted = set(among)
     return scan.select([c for c in scan.collect_schema().names() if c in wanted]).collect()
 
@@ -1213,7 +1288,7 @@ def scan_table(root: Path, table: str) -> pl.LazyFrame | None:
     for f in files:
         check_readable(f, "move it aside or restore it from a backup; the other parts of its table are intact")
     return pl.concat(
-        [pl.scan_parquet(f).with_columns(pl.lit(i, dtype=pl.Int64).alias("_part")) for i, f in enumerate(files)],
+        [pl.scan_parquet(f, glob=False).with_columns(pl.lit(i, dtype=pl.Int64).alias("_part")) for i, f in enumerate(files)],
         how="diagonal_relaxed",
     )
 
@@ -1295,7 +1370,7 @@ def read_parquet_if_exists(path: Path) -> pl.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        return pl.read_parquet(path)
+        return pl.read_parquet(path, glob=False)
     except (pl.exceptions.ComputeError, OSError) as exc:
         raise UserError(f"cannot read Parquet file {path}: {exc}") from exc
 
@@ -1476,13 +1551,23 @@ def scan_event_ids(data_dir: Path, days: Iterable[date]) -> pl.LazyFrame | None:
     """``event_id`` and ``event_date`` of the events stored for ``days`` (None when none are).
 
     Only the id column is read, so a duplicate check costs a fraction of the stored data.
+    Each part is scanned on its own and its ids read as strings (``conform_events``): a part
+    written by another tool may store them dictionary-encoded, which one scan over the
+    partition, or the concatenation of the days, refused in the engine.
     """
     frames = [
-        pl.scan_parquet(files).select(pl.col("event_id"), pl.lit(day, pl.Date).alias(PARTITION_COLUMN))
+        _scan_ids(part).select(pl.col("event_id"), pl.lit(day, pl.Date).alias(PARTITION_COLUMN))
         for day in days
-        if (files := partition_files(data_dir, EVENTS, day))
+        for part in partition_files(data_dir, EVENTS, day)
     ]
     return pl.concat(frames) if frames else None
+
+
+def _scan_ids(part: Path) -> pl.LazyFrame:
+    """``event_id`` of one events part, as a string whatever type its writer stored it in."""
+    scan = pl.scan_parquet(part, glob=False)
+    stored = scan.collect_schema().get("event_id", pl.String())
+    return scan.select(_stored_as_event_type("event_id", stored, part))
 
 
 def ingest_run_path(data_dir: Path, run_id: str) -> Path:
@@ -1548,7 +1633,7 @@ def scan_aggregates(data_dir: Path, days: Iterable[date]) -> pl.LazyFrame | None
     for _, path in paths:  # small files (one row per user), hashed once per process
         verify_part(path, AGGREGATES_REMEDY)
         check_readable(path)
-    frames = [pl.scan_parquet(path).with_columns(pl.lit(day, dtype=pl.Date).alias(PARTITION_COLUMN))
+    frames = [pl.scan_parquet(path, glob=False).with_columns(pl.lit(day, dtype=pl.Date).alias(PARTITION_COLUMN))
               for day, path in paths]
     if not frames:
         return None
@@ -1565,7 +1650,7 @@ def check_readable(part: Path, remedy: str = "") -> None:
     about it, here instead of as a decoder traceback when a scan is collected far from
     the file (parts without a checksum record, append-only tables, published outputs)."""
     try:
-        pl.read_parquet_schema(part)
+        parquet_schema(part)
     except (pl.exceptions.PolarsError, OSError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CorruptPartError(f"{_kind(part)} part {part} is not a readable Parquet file: {detail}"
@@ -1603,7 +1688,7 @@ def read_baseline_snapshot(path: Path) -> pl.DataFrame:
     if not path.is_file():
         raise UserError(f"baseline snapshot not found: {path}")
     try:
-        return pl.read_parquet(path)
+        return pl.read_parquet(path, glob=False)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise UserError(f"cannot read baseline snapshot {path}: {exc}") from exc
 

@@ -62,8 +62,11 @@ def ensure_aggregates(
         events = io.scan_events(data_dir, day).with_columns(
             pl.lit(day, dtype=pl.Date).alias(PARTITION_COLUMN)
         )
-        io.write_aggregates(daily_aggregates(events, cats).collect(), data_dir, day,
-                            aggregate_tag(fingerprint, cats))
+        try:
+            aggregates = daily_aggregates(events, cats).collect()
+        except pl.exceptions.InvalidOperationError as exc:  # a stored value its field cannot hold
+            raise io.unfit_event_value(exc, f"events of {day.isoformat()}") from exc
+        io.write_aggregates(aggregates, data_dir, day, aggregate_tag(fingerprint, cats))
         written.append(day)
     return written
 

@@ -175,12 +175,13 @@ def read_pieces(pieces: tuple[Piece, ...]) -> pl.DataFrame:
     worker process per file: a file cut into several pieces is hashed once by a worker
     that reads several), so a flipped byte fails the shard with one line naming the file
     instead of changing a timestamp. Verifying here, where the rows are read, spreads the
-    hashing over the workers; the driver never reads the day.
+    hashing over the workers; the driver never reads the day. Each piece is read as
+    ``EVENT_SCHEMA`` whatever column types its writer chose (``io.read_event_piece``), so
+    a day written by another tool scores, and publishes, as the day ingest wrote.
     """
-    columns = list(EVENT_SCHEMA)
     for path in dict.fromkeys(piece.path for piece in pieces):
         io.verify_part(Path(path), "restore it from a backup or re-ingest its source")
-    frames = [io.read_piece(piece.path, columns, piece.offset, piece.rows) for piece in pieces]
+    frames = [io.read_event_piece(piece.path, piece.offset, piece.rows) for piece in pieces]
     if not frames:
         return pl.DataFrame(schema=EVENT_SCHEMA)
     return pl.concat(frames, how="vertical", rechunk=True) if len(frames) > 1 else frames[0]

@@ -1,0 +1,228 @@
+"""Events partitions laid out as the storage contract allows but ingest never writes.
+
+DESIGN.md's storage is Hive-style Parquet "so Polars, DuckDB, Spark and Arrow read it
+as-is"; an operator may also write a day's parts with those tools (then adopt them with
+``uba-batch verify --adopt-legacy``). Such parts store the same events with other column
+types: strings dictionary-encoded (Polars reads them as Categorical), timestamps in ns or
+ms, zoned or naive (naive means UTC), narrower or wider integers, and types that differ
+from one part to the next. A day so written must score exactly as the day ingest wrote
+(the same rows, values and output schema), in-process and on Ray alike; a part whose
+column cannot hold its field fails the run in one line naming the file, publishing
+nothing. Before ``io.conform_events`` a dictionary-encoded ``user_id`` failed the
+baseline join with a Polars traceback, parts in ns and us failed one scan of the day,
+and a ns or zoned timestamp was published as stored; a part named ``part-[0].parquet``
+was read as the glob it looks like.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import cli
+from uba import io
+from uba.scoring.driver import ScoreOptions, score_day
+from uba.settings import Settings, load_settings
+
+DAY = date(2026, 3, 9)
+Writer = Callable[[pl.DataFrame, Path], None]
+
+
+def _settings(world: Path, output: Path) -> Settings:
+    """A run against the copied world with small shards (several per day) that may run on Ray."""
+    return load_settings(env={}, overrides={
+        "paths": {"data_dir": world / "data", "model_dir": world / "models", "output_dir": output},
+        "scoring": {"chunk_rows": 150}, "ray": {"min_rows_for_ray": 0}})
+
+
+def _copy(shared_world: Any, dest: Path) -> Path:
+    shutil.copytree(shared_world.built / "data", dest / "data", symlinks=True)
+    shutil.copytree(shared_world.built / "models", dest / "models", symlinks=True)
+    return dest
+
+
+def _rewrite_day(world: Path, write: Writer) -> None:
+    """The day's events written again by ``write``, then adopted as an operator would:
+    manifests dropped and ``verify --adopt-legacy`` recording the new parts' sha256."""
+    folder = io.partition_dir(world / "data", io.EVENTS, DAY)
+    events = pl.read_parquet(sorted(folder.glob("*.parquet")))
+    shutil.rmtree(folder)
+    folder.mkdir()
+    write(events, folder)
+    shutil.rmtree(world / "data" / io.CHECKSUMS)
+    io.part_manifests_marker(world / "data").unlink()
+    io.verify_and_adopt(world / "data", adopt_legacy=True)
+    assert not io.unverified_partitions(world / "data", io.EVENTS, [DAY])
+
+
+def _scores(output: Path) -> pl.DataFrame:
+    return pl.read_parquet(io.partition_files(output, io.SCORES, DAY)).sort("event_id")
+
+
+def _published(output: Path) -> dict[str, bytes]:
+    return {f"{dataset}/{p.name}": p.read_bytes() for dataset in (io.SCORES, io.FLAGGED)
+            for p in io.partition_files(output, dataset, DAY)}
+
+
+def _dictionary_strings(events: pl.DataFrame, folder: Path) -> None:
+    table = events.to_arrow()
+    columns = [c.dictionary_encode() if pa.types.is_large_string(c.type) else c for c in table.columns]
+    pq.write_table(pa.table(columns, names=table.column_names), folder / "part-0.parquet", row_group_size=64)
+
+
+def _categorical_ids(events: pl.DataFrame, folder: Path) -> None:
+    events.with_columns(pl.col("user_id", "event_type", "device_type").cast(pl.Categorical)).write_parquet(
+        folder / "part-0.parquet")
+
+
+def _timestamps(unit: str, zone: str | None) -> Writer:
+    def write(events: pl.DataFrame, folder: Path) -> None:
+        stamp = pl.col("timestamp").dt.cast_time_unit(unit)
+        stamp = stamp.dt.convert_time_zone(zone) if zone else stamp.dt.replace_time_zone(None)
+        events.with_columns(stamp).write_parquet(folder / "part-0.parquet")
+    return write
+
+
+def _units_differ_between_parts(events: pl.DataFrame, folder: Path) -> None:
+    """Two parts of one day, one in us (as ingest writes) and one in ns: one shard reads both."""
+    events.head(100).write_parquet(folder / "part-0.parquet")
+    events.slice(100).with_columns(pl.col("timestamp").dt.cast_time_unit("ns")).write_parquet(folder / "part-1.parquet")
+
+
+def _other_integer_widths(events: pl.DataFrame, folder: Path) -> None:
+    events.with_columns(pl.col("events_in_session").cast(pl.Int32), pl.col("hour_of_day", "day_of_week").cast(pl.Int64),
+                        ).write_parquet(folder / "part-0.parquet")
+
+
+def _glob_characters_in_names(events: pl.DataFrame, folder: Path) -> None:
+    """``part-[0].parquet`` is a legal name; Polars reads a path as a glob by default, so this
+    part was planned from its own footer but read as ``part-0.parquet``: rows scored twice."""
+    events.head(100).write_parquet(folder / "part-[0].parquet")
+    events.slice(100).write_parquet(folder / "part-0.parquet")
+
+
+LAYOUTS: dict[str, Writer] = {
+    "glob_characters_in_names": _glob_characters_in_names,
+    "dictionary_encoded_strings": _dictionary_strings,
+    "categorical_ids": _categorical_ids,
+    "timestamps_in_ns": _timestamps("ns", "UTC"),
+    "naive_timestamps": _timestamps("us", None),
+    "zoned_timestamps": _timestamps("us", "America/New_York"),
+    "units_differ_between_parts": _units_differ_between_parts,
+    "other_integer_widths": _other_integer_widths,
+}
+
+
+@pytest.fixture(scope="module")
+def as_ingested(shared_world: Any, tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
+    """The day's scores as ingest stored it (in-process): what every layout must reproduce."""
+    world = _copy(shared_world, tmp_path_factory.mktemp("as-ingested"))
+    output = world / "out"
+    score_day(_settings(world, output), ScoreOptions(day=DAY, in_process=True))
+    return _scores(output)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_a_day_written_by_another_tool_scores_as_the_ingested_day(
+        layout: str, shared_world: Any, as_ingested: pl.DataFrame, ray_runtime: None, tmp_path: Path) -> None:
+    world = _copy(shared_world, tmp_path)
+    _rewrite_day(world, LAYOUTS[layout])
+    on_ray = score_day(_settings(world, tmp_path / "ray"), ScoreOptions(day=DAY, workers=2))
+    local = score_day(_settings(world, tmp_path / "local"), ScoreOptions(day=DAY, in_process=True))
+
+    assert on_ray["execution"]["mode"] == "local" and local["execution"]["mode"] == "in-process"
+    assert on_ray["execution"]["shards"] >= 3
+    assert _published(tmp_path / "ray") == _published(tmp_path / "local")
+    scored = _scores(tmp_path / "local")
+    assert scored.schema == as_ingested.schema
+    assert scored.equals(as_ingested)
+    assert local["counts"]["scored_rows"] == local["counts"]["input_rows"] == as_ingested.height
+
+
+def _timestamps_as_text(events: pl.DataFrame, folder: Path) -> None:
+    events.with_columns(pl.col("timestamp").dt.to_string()).write_parquet(folder / "part-0.parquet")
+
+
+def _integer_user_ids(events: pl.DataFrame, folder: Path) -> None:
+    events.with_columns(pl.col("user_id").str.extract(r"(\d+)").cast(pl.Int64)).write_parquet(folder / "part-0.parquet")
+
+
+def _hours_beyond_their_type(events: pl.DataFrame, folder: Path) -> None:
+    events.with_columns(pl.col("hour_of_day").cast(pl.Int64) * 100).write_parquet(folder / "part-0.parquet")
+
+
+REFUSED: dict[str, tuple[Writer, str]] = {
+    "timestamps_as_text": (_timestamps_as_text, "part-0.parquet: field timestamp is stored as String"),
+    "integer_user_ids": (_integer_user_ids, "part-0.parquet: field user_id is stored as Int64"),
+    "hours_beyond_their_type": (_hours_beyond_their_type, "a value does not fit its field's type"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+@pytest.mark.parametrize("mode", ["in-process", "ray"])
+def test_a_part_whose_column_cannot_hold_its_field_is_one_line_and_publishes_nothing(
+        case: str, mode: str, shared_world: Any, ray_runtime: None, tmp_path: Path) -> None:
+    world = _copy(shared_world, tmp_path)
+    output = tmp_path / "out"
+    env = {"UBA_DATA_DIR": str(world / "data"), "UBA_MODEL_DIR": str(world / "models"), "UBA_OUTPUT_DIR": str(output),
+           "UBA_SCORING__CHUNK_ROWS": "150", "UBA_RAY__MIN_ROWS_FOR_RAY": "0"}
+    flags = ["--in-process"] if mode == "in-process" else ["--workers", "2"]
+    runner = CliRunner()
+    first = runner.invoke(cli, ["score", "--date", DAY.isoformat(), *flags], env=env)
+    assert first.exit_code == 0, first.output
+    before = _published(output)
+    write, message = REFUSED[case]
+    _rewrite_day(world, write)
+
+    result = runner.invoke(cli, ["score", "--date", DAY.isoformat(), *flags], env=env)
+
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert _published(output) == before
+
+
+def test_a_zoned_timestamp_is_the_same_instant_in_utc(tmp_path: Path) -> None:
+    """Converting, not relabelling: 2026-03-09 01:30 in New York is 06:30 UTC."""
+    folder = io.partition_dir(tmp_path, io.EVENTS, DAY)
+    folder.mkdir(parents=True)
+    part = folder / "part-0.parquet"
+    pl.DataFrame({
+        "event_id": ["e1"], "user_id": ["u1"], "event_type": ["login"], "session_duration_sec": [1.0],
+        "events_in_session": [1], "device_type": ["desktop"], "hour_of_day": [6], "day_of_week": [0],
+        "session_id": [None],
+        "timestamp": pl.Series([1773037800_000_000], dtype=pl.Datetime("us", "UTC")).dt.convert_time_zone(
+            "America/New_York"),
+    }, schema_overrides={"session_id": pl.String}).write_parquet(part)
+    read = io.scan_events(tmp_path, DAY).collect()
+    piece = io.read_event_piece(part, 0, 1)
+    assert read.equals(piece) and read.schema == pl.Schema(io.EVENT_SCHEMA)
+    assert str(read["timestamp"][0]) == "2026-03-09 06:30:00+00:00"
+
+
+def test_ingest_into_a_day_with_dictionary_encoded_ids_still_finds_duplicates(shared_world: Any,
+                                                                             tmp_path: Path) -> None:
+    """Ingest's duplicate check reads every stored id of the batch's days at once; Categorical
+    ids on one day and strings on the next failed that one scan with a Polars traceback."""
+    world = _copy(shared_world, tmp_path)
+    _rewrite_day(world, _dictionary_strings)
+    as_text = pl.col(pl.Categorical).cast(pl.String)
+    stored = pl.read_parquet(io.partition_files(world / "data", io.EVENTS, DAY)).head(3).with_columns(as_text)
+    next_day = pl.read_parquet(io.partition_files(world / "data", io.EVENTS, date(2026, 3, 10))).head(2)
+    source = tmp_path / "again.parquet"
+    pl.concat([stored, next_day]).write_parquet(source)
+
+    result = CliRunner().invoke(cli, ["ingest", str(source), "--data-dir", str(world / "data")])
+
+    assert result.exit_code == 0, result.output
+    assert "written 0, quarantined 5" in result.output
