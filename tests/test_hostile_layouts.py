@@ -110,7 +110,16 @@ def _glob_characters_in_names(events: pl.DataFrame, folder: Path) -> None:
     events.slice(100).write_parquet(folder / "part-0.parquet")
 
 
+def _hidden_files_beside_the_parts(events: pl.DataFrame, folder: Path) -> None:
+    """``_x.parquet`` and ``.x.parquet`` are not parts (Hive convention, as Spark and pyarrow
+    read a dataset); Polars alone read them, so the day's rows were counted twice."""
+    events.write_parquet(folder / "part-0.parquet")
+    events.head(100).write_parquet(folder / "_x.parquet")
+    events.head(100).write_parquet(folder / ".x.parquet")
+
+
 LAYOUTS: dict[str, Writer] = {
+    "hidden_files_beside_the_parts": _hidden_files_beside_the_parts,
     "glob_characters_in_names": _glob_characters_in_names,
     "dictionary_encoded_strings": _dictionary_strings,
     "categorical_ids": _categorical_ids,

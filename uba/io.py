@@ -481,8 +481,11 @@ def _finished_parts(folder: Path) -> list[Path]:
     An entry named like a part that is not a regular file (a FIFO, a device, a folder, a
     dangling link) is refused naming it: opening a FIFO waits for a writer, so a FIFO
     in a partition read without a manifest hung ``verify``, ``score`` and ``ingest`` of
-    that day for good."""
-    parts = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
+    that day for good. Names starting with ``.`` or ``_`` are not parts, by the Hive
+    convention Spark and pyarrow's dataset reader follow (``_SUCCESS``, ``.part.crc``, a
+    writer's hidden temporary): Polars alone would read ``_x.parquet``, and a day adopted
+    from another tool's output was then counted twice."""
+    parts = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((TMP_PREFIX, ".", "_")))
     for part in parts:
         if not part.is_file():
             raise CorruptPartError(f"{_kind(part)} part {part} is not a regular file (a FIFO, device, folder "
@@ -1172,15 +1175,10 @@ def new_dir(path: Path | str, parents: bool = False) -> Path:
     return folder
 
 
-def read_piece(path: Path | str, columns: list[str], offset: int, rows: int) -> pl.DataFrame:
-    """Rows ``[offset, offset + rows)`` of one part file, only ``columns``: a shard's slice
-    of the day, read without touching the rest of the file."""
-    return pl.scan_parquet(path, glob=False).select(columns).slice(offset, rows).collect()
-
-
 def read_event_piece(path: Path | str, offset: int, rows: int) -> pl.DataFrame:
     """Rows ``[offset, offset + rows)`` of one events part, in ``EVENT_SCHEMA`` whatever
-    types its writer chose (``conform_events``): a shard's slice of the day. A value its
+    types its writer chose (``conform_events``): a shard's slice of the day, read without
+    touching the rest of the file. A value its
     field cannot hold (an hour of 300 stored as int64) fails naming the file."""
     scan = pl.scan_parquet(path, glob=False)
     try:
