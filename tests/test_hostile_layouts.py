@@ -197,6 +197,7 @@ def test_a_part_whose_column_cannot_hold_its_field_is_one_line_and_publishes_not
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], result.output
+    assert "retries" not in lines[0], "an error about the input is not retried: 'failed after 3 retries' was untrue"
     assert "Traceback" not in result.output
     assert _published(output) == before
 

@@ -181,6 +181,21 @@ def _failure_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {_one_line(str(exc))}"
 
 
+def _how_it_failed(exc: BaseException, max_retries: int) -> str:
+    """What ended a shard task, without claiming retries Ray never made: an error about the
+    input (a UserError, e.g. a part whose column cannot hold its field) or any exception
+    outside RETRYABLE_EXCEPTIONS fails the task at once; only a lost worker or a retryable
+    exception was retried."""
+    import ray
+
+    cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else None
+    if isinstance(cause, UserError):
+        return f"failed: {_one_line(str(cause))}"
+    if cause is not None and not isinstance(cause, (ray.exceptions.RayError, *RETRYABLE_EXCEPTIONS)):
+        return f"failed: {_failure_message(exc)}"
+    return f"failed after {max_retries} retr{'y' if max_retries == 1 else 'ies'}: {_failure_message(exc)}"
+
+
 def check_reachable(address: str, timeout_sec: float = CONNECT_TIMEOUT_SEC) -> None:
     """Fail fast on a cluster address nobody answers on.
 
@@ -378,10 +393,7 @@ class RayRuntime:
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as exc:
-            raise ShardFailedError(
-                f"scoring shard {index} of {label} failed after {max_retries} "
-                f"retr{'y' if max_retries == 1 else 'ies'}: {_failure_message(exc)}"
-            ) from exc
+            raise ShardFailedError(f"scoring shard {index} of {label} {_how_it_failed(exc, max_retries)}") from exc
 
     def close(self) -> None:
         """Shut down the embedded Ray this job started; a joined or reused one stays up."""
