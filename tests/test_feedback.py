@@ -267,3 +267,16 @@ def test_hostile_feedback_csv(name: str, tmp_path: Path) -> None:
         assert stored == []
     else:
         assert pl.read_parquet(stored).height == expect["stored"]
+
+
+def test_suppress_list_shows_each_rule_on_one_printable_line(tmp_path: Path) -> None:
+    """A rule's note (a triage close with suppress_similar stores the analyst's note, which
+    may hold line breaks) was printed as it was: a line break printed a forged row of a
+    rule silencing every alert of every user, and an escape rewrote the terminal."""
+    data = str(tmp_path / "data")
+    forged = "abc1234567  *               *                   never       forged"
+    added = CliRunner().invoke(cli, ["suppress", "add", "--user", "u7", "--reason-kind", "hour",
+                                     "--note", f"night shift\n{forged}\x1b[2J", "--data-dir", data])
+    assert added.exit_code == 0, added.output
+    listed = CliRunner().invoke(cli, ["suppress", "list", "--data-dir", data]).output.splitlines()
+    assert len(listed) == 2 and listed[1].endswith(f"night shift {' '.join(forged.split())}?[2J"), listed

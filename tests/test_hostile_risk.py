@@ -258,3 +258,23 @@ def test_evaluate_does_not_rank_users_on_stale_risk(world: Copy, tmp_path: Path)
             and f"backfill --start {D1} --end {DAYS[-1]}" in printed), printed
     _backfill(world)
     assert "users by risk_score" in _cli(*evaluate), "re-scored: ranked again"
+
+
+def test_the_api_starts_and_serves_risk_with_a_corrupt_run_manifest_of_a_risk_day(
+        world: Copy, tmp_path: Path) -> None:
+    """A risk day whose run manifest does not read (hand-edited, not a JSON object) was
+    logged at startup and the API served without entity risk; with the fallback for an
+    unreadable first load, the second load raised the same error out of the lifespan and
+    the API did not start at all (and PATCH /alerts, which reloads risk, answered 500)."""
+    user = _table(world, D1)["user_id"][0]
+    alert = next(c for c in _contributions(_table(world, D1)) if c["type"] == "event")
+    io.run_manifest_path(world.out, DAYS[1]).write_text("[]")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UBA_")}
+    env.update(UBA_DATA_DIR=str(world.data_dir), UBA_MODEL_DIR=str(world.model_dir), UBA_API_KEYS=KEY,
+               RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    with running_server(env, tmp_path / "uvicorn.log", uba_api=["--output-dir", str(world.out)]) as server, \
+            server.client(headers={"X-API-Key": KEY}) as client:
+        assert client.get(f"/users/{user}/risk").status_code == 200
+        closed = client.patch(f"/alerts/{alert['alert_id']}", json={"status": "closed", "verdict": "benign"})
+        assert closed.status_code < 500, closed.text  # 422 naming the manifest (the search reads every day's)
+    assert b"Traceback" not in (tmp_path / "uvicorn.log").read_bytes()

@@ -8,6 +8,8 @@ import click
 
 from jobs.options import DATE, data_dir_option, settings_from
 
+MAX_NOTE_SHOWN = 4000  # a triage note's limit: `suppress list` shows it whole, on its row
+
 
 @click.group(name="suppress")
 def command() -> None:
@@ -63,6 +65,7 @@ def list_rules(ctx: click.Context, show_all: bool, data_dir: str | None) -> None
       uba-batch suppress list --data-dir data
     """
     from uba.alerting.feedback import listed_rules
+    from uba.alerting.transport import one_line
 
     settings = settings_from(ctx, data_dir=data_dir)
     rules = listed_rules(settings.paths.data_dir, include_expired=show_all)
@@ -72,8 +75,10 @@ def list_rules(ctx: click.Context, show_all: bool, data_dir: str | None) -> None
     click.echo(f"{'rule_id':<12}{'user':<16}{'reason kind':<20}{'expires':<12}note")
     for rule in rules.iter_rows(named=True):
         expires = rule["expires"].isoformat() if rule["expires"] else "never"
-        click.echo(f"{rule['rule_id']:<12}{rule['user_id']:<16}{rule['reason_kind']:<20}{expires:<12}"
-                   f"{rule['note'] or ''}")
+        # one printable line per rule: a note (a triage close's may hold line breaks) or a user
+        # id with a line break or an escape printed rows of rules that do not exist
+        note, user = (one_line(text or "", limit=MAX_NOTE_SHOWN) for text in (rule["note"], rule["user_id"]))
+        click.echo(f"{rule['rule_id']:<12}{user:<16}{rule['reason_kind']:<20}{expires:<12}{note}")
 
 
 @command.command(name="remove")

@@ -107,6 +107,10 @@ def load_index(settings: Settings, skip_unreadable: bool = False) -> RiskIndex:
     return RiskIndex(as_of=end, days=days, by_user=by_user, key=key)
 
 
+# What a load of the risk window can meet on disk: the served index stays as it was.
+UNREADABLE = (OSError, UserError, pl.exceptions.PolarsError)
+
+
 class RiskHolder:
     """The served index, swapped by one assignment like the model state."""
 
@@ -119,13 +123,23 @@ class RiskHolder:
         one corrupt day must not make every user read as never at risk until it is re-scored."""
         try:
             self.current = load_index(settings)
-        except (OSError, UserError, pl.exceptions.PolarsError) as exc:
+        except UNREADABLE as exc:
             if self.current.as_of is not None:
                 log.warning("entity risk not reloaded (still serving as of %s): %s", self.current.as_of, exc)
                 return self.current
-            log.warning("entity risk loaded without its unreadable days: %s", exc)
-            self.current = load_index(settings, skip_unreadable=True)
+            self._load_readable_days(settings, exc)
         return self.current
+
+    def _load_readable_days(self, settings: Settings, exc: Exception) -> None:
+        """The first load without the unreadable risk tables. What else fails to read (a
+        day's run manifest, which the stale flags come from) leaves the empty index served,
+        as before the fallback: raising here stopped the API at startup, and answered 500
+        to a verdict after it was stored."""
+        try:
+            self.current = load_index(settings, skip_unreadable=True)
+            log.warning("entity risk loaded without its unreadable days: %s", exc)
+        except UNREADABLE as again:
+            log.warning("entity risk not loaded (served as never at risk until it reads): %s", again)
 
     def changed_on_disk(self, settings: Settings) -> bool:
         return risk_key(Path(settings.paths.output_dir), settings.risk.history_days) != self.current.key
