@@ -197,6 +197,15 @@ def test_suppress_similar_on_the_alert_of_a_user_named_star_is_refused(own: Path
     assert "closed" in _ok("alerts", "close", stars[0]["alert_id"], "--verdict", "benign", *_dirs(own))
 
 
+def test_a_note_with_windows_line_ends_or_joiners_is_kept(own: Path) -> None:
+    """Refusing control characters must not refuse a note typed on Windows (CR LF) or
+    text that needs zero-width joiners (Persian, Indic scripts, emoji sequences)."""
+    alert = next(a for a in _listed(own, "--days", "2") if a["alert_type"] == "event")
+    note = "line one\r\nline two \u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 \U0001F469\u200d\U0001F4BB"
+    _ok("alerts", "ack", alert["alert_id"], "--note", note, "--analyst", "ann", *_dirs(own))
+    assert triage_log(own / "data")["note"].to_list() == [note.replace("\r\n", "\n")]
+
+
 def test_an_acknowledged_alert_cannot_be_acknowledged_twice(own: Path) -> None:
     alert = _listed(own, "--days", "1")[0]["alert_id"]
     _ok("alerts", "ack", alert, *_dirs(own))

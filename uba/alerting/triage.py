@@ -102,6 +102,7 @@ class TriageResult:
 
 # control (C0, C1, DEL), format (bidi overrides, zero-width) and line/paragraph separators
 CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+JOINERS = "\u200c\u200d"  # format characters that Persian, Indic scripts and emoji sequences need
 
 
 def _text(value: str | None, field: str, limit: int = MAX_NOTE, lines: bool = True) -> str | None:
@@ -111,10 +112,10 @@ def _text(value: str | None, field: str, limit: int = MAX_NOTE, lines: bool = Tr
     name none."""
     if value is None:
         return None
-    text = value.strip()
+    text = value.replace("\r\n", "\n").strip()  # a note typed on Windows is not refused for its line ends
     if len(text) > limit:
         raise UserError(f"{field}: {len(text)} characters, at most {limit}")
-    allowed = "\n\t" if lines else ""
+    allowed = ("\n\t" if lines else "") + JOINERS
     bad = next((c for c in text if c not in allowed and unicodedata.category(c) in CONTROL_CATEGORIES), None)
     if bad is not None:
         raise UserError(f"{field}: holds the control character U+{ord(bad):04X}")
