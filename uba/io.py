@@ -2197,11 +2197,16 @@ def latest_feedback(data_dir: Path) -> pl.LazyFrame:
     if parts is None:
         return pl.LazyFrame(schema=FEEDBACK_SCHEMA)
     return (
-        parts.sort(["_part", "recorded_at", "seq"])
+        _feedback_in_order(parts)
         .group_by("event_id", maintain_order=True)
         .agg(pl.all().last())
         .select(list(FEEDBACK_SCHEMA))
     )
+
+
+def _feedback_in_order(parts: pl.LazyFrame) -> pl.LazyFrame:
+    """Feedback rows in the order they were given: later parts, then later rows, come last."""
+    return parts.sort(["_part", "recorded_at", "seq"])
 
 
 def benign_verdicts(data_dir: Path) -> set[str]:
@@ -2218,7 +2223,7 @@ def benign_verdicts(data_dir: Path) -> set[str]:
     parts = scan_table(data_dir, FEEDBACK)
     if parts is None:
         return set()
-    latest = (parts.sort(["_part", "recorded_at", "seq"]).with_row_index("_order")
+    latest = (_feedback_in_order(parts).with_row_index("_order")
               .group_by("event_id").agg(pl.col("label").last(), pl.col("_order").last()).collect())
     by_id = {i: (int(order), label) for i, label, order in latest.select("event_id", "label", "_order").iter_rows()}
     in_effect = {i: label for i, (_, label) in by_id.items()}

@@ -38,7 +38,7 @@ import polars as pl
 from uba import io
 from uba.alerting.trends import TREND_KINDS, TREND_SCHEMA, trend_signals
 from uba.features.baselines import POPULATION_USER, dow_days_col
-from uba.features.protection import benign_verdict_ids, without_user_days
+from uba.features.protection import without_user_days
 from uba.features.store import lookback_days
 from uba.schema import alert_id, unsuppressed_alert
 from uba.settings import Settings, TrendSettings, UserDaySettings
@@ -235,7 +235,7 @@ def explained_days(output_dir: Path, data_dir: Path, days: Iterable[date]) -> pl
         if alerts.is_empty():
             continue
         if benign is None:
-            benign = benign_verdict_ids(data_dir)
+            benign = io.benign_verdicts(data_dir)
         if benign:
             ids = alerts["event_id"].to_list()
             kept = [e not in benign and alert_id("event", e) not in benign for e in ids]

@@ -103,12 +103,6 @@ def without_user_days(aggregates: pl.LazyFrame, unlearned: pl.DataFrame) -> pl.L
             .join(keys, on=["user_id", "event_date"], how="anti"))
 
 
-def benign_verdict_ids(data_dir: Path) -> set[str]:
-    """Ids (event ids or alert ids) whose analyst verdict in effect is benign, as entity
-    risk reads them (``io.benign_verdicts``: an event alert's two ids are one verdict)."""
-    return io.benign_verdicts(data_dir)
-
-
 def _published(output_dir: Path, dataset: str, day: date, wanted: tuple[str, ...]) -> pl.DataFrame | None:
     """The columns of ``wanted`` a published output of ``day`` has (None when it has no part)."""
     scan = io.scan_partition(output_dir, dataset, day)
@@ -137,7 +131,7 @@ def unlearned_user_days(output_dir: Path, data_dir: Path, days: Iterable[date],
     found = {d: pair for d, pair in found.items() if pair[0] is not None or pair[1] is not None}
     if not found:
         return _empty()
-    benign = benign_verdict_ids(data_dir)
+    benign = io.benign_verdicts(data_dir)
     frames = [alerted_user_days(flagged, user_days, d, benign, settings.min_active_days)
               for d, (flagged, user_days) in found.items()]
     return pl.concat(frames).sort("event_date", "user_id")
