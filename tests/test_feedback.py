@@ -280,3 +280,14 @@ def test_suppress_list_shows_each_rule_on_one_printable_line(tmp_path: Path) -> 
     assert added.exit_code == 0, added.output
     listed = CliRunner().invoke(cli, ["suppress", "list", "--data-dir", data]).output.splitlines()
     assert len(listed) == 2 and listed[1].endswith(f"night shift {' '.join(forged.split())}?[2J"), listed
+
+
+@pytest.mark.parametrize("user", ["u7\nabc", "u7\x1b[2J", "u\u202e7"])
+def test_a_suppression_rule_for_a_user_id_no_event_can_have_is_refused(tmp_path: Path, user: str) -> None:
+    """`suppress add --user` stored any text: a line break or an escape in it printed a
+    forged row in `suppress list`, and no event's user can match it anyway."""
+    data = tmp_path / "data"
+    added = CliRunner().invoke(cli, ["suppress", "add", "--user", user, "--reason-kind", "hour",
+                                     "--data-dir", str(data)])
+    assert added.exit_code == 1 and "which no user id may hold" in added.output, added.output
+    assert not (data / io.SUPPRESSIONS).exists()

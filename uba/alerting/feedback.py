@@ -151,6 +151,10 @@ def _check_rule_fields(user_id: str, reason_kind: str, known_kinds: Sequence[str
     kind = reason_kind.strip()
     if not user:
         raise UserError("suppression rule: user_id is empty (use '*' for every user)")
+    bad = rules.bad_id_char(user)
+    if bad is not None:  # no event can have such a user: a typo at best, a forged `suppress list` row at worst
+        raise UserError(f"suppression rule: user_id {user!r} holds U+{ord(bad):04X}, which no user id may hold "
+                        "(control, invisible or format characters)")
     if kind != WILDCARD and kind not in known_kinds:
         raise UserError(f"suppression rule: reason kind {kind!r} is not one of "
                         f"{', '.join(known_kinds)} or '*'")
