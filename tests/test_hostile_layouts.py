@@ -236,3 +236,26 @@ def test_ingest_into_a_day_with_dictionary_encoded_ids_still_finds_duplicates(sh
 
     assert result.exit_code == 0, result.output
     assert "written 0, quarantined 5" in result.output
+
+
+def test_adopting_a_day_that_repeats_an_event_id_is_refused(shared_world: Any, tmp_path: Path) -> None:
+    """Another tool's output may repeat an event id, which ingest never stores for one date:
+    it scored silently (row conservation counts rows, not ids), and the repeated event's
+    alerts shared one alert id in triage, feedback and entity risk."""
+    world = _copy(shared_world, tmp_path)
+    folder = io.partition_dir(world / "data", io.EVENTS, DAY)
+    events = pl.read_parquet(sorted(folder.glob("*.parquet")))
+    shutil.rmtree(folder)
+    folder.mkdir()
+    events.write_parquet(folder / "part-0.parquet")
+    events.head(2).write_parquet(folder / "part-1.parquet")  # two events stored twice
+    shutil.rmtree(world / "data" / io.CHECKSUMS)
+    io.part_manifests_marker(world / "data").unlink()
+
+    result = CliRunner().invoke(cli, ["verify", "--adopt-legacy", "--data-dir", str(world / "data")])
+
+    first = sorted(events.head(2)["event_id"].to_list())[0]
+    assert result.exit_code == 1, result.output
+    assert (f"nothing was adopted: events/event_date={DAY} holds event_id {first!r} 2 times (and 1 more ids)"
+            in result.output), result.output
+    assert io.unverified_partitions(world / "data", io.EVENTS, [DAY]), "nothing adopted"
