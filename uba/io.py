@@ -1269,7 +1269,8 @@ def read_csv_as_strings(path: Path) -> pl.DataFrame:
     try:
         with open(path, "rb") as handle:  # polars renames a repeated column "<name>_duplicated_0"
             header = handle.readline(1 << 16).decode("utf-8-sig", "replace").rstrip("\r\n").split(",")
-        frame = pl.read_csv(path, infer_schema=False, raise_if_empty=False)
+        # glob=False: `labels[1].csv` is that file; Polars read it as a pattern (labels1.csv)
+        frame = pl.read_csv(path, infer_schema=False, raise_if_empty=False, glob=False)
     except (pl.exceptions.ComputeError, OSError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot read CSV file {path}: {first}") from exc  # polars adds hint paragraphs
