@@ -240,3 +240,18 @@ def test_quarantine_names_the_line_a_row_starts_on_after_a_cell_with_line_breaks
     assert _quarantined(tmp_path).sort("line").select("line", "reason").rows() == [
         (2, "department contains control, invisible or format characters, or invalid UTF-8"),
         (6, "user_id is missing"), (7, "user_id 'u2' repeats line 4")]
+
+
+@pytest.mark.parametrize("name", ["hr[1].parquet", "hr[1].csv"])
+def test_a_file_named_like_a_glob_pattern_is_read_as_that_file(tmp_path: Path, name: str) -> None:
+    """Polars reads a path as a glob by default: importing ``hr[1].parquet`` stored the rows
+    of a neighbouring ``hr1.parquet`` (the pattern's match) instead of its own."""
+    ours = pl.DataFrame({"user_id": ["u1", "u2"], "department": ["eng", "ops"]})
+    decoy = pl.DataFrame({"user_id": ["x9"], "department": ["wrong"]})
+    write = (lambda frame, path: frame.write_parquet(path)) if name.endswith(".parquet") else \
+        (lambda frame, path: frame.write_csv(path))
+    write(ours, tmp_path / name)
+    write(decoy, tmp_path / name.replace("[1]", "1"))
+    result = CliRunner().invoke(cli, ["users", "import", str(tmp_path / name), "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert _stored(tmp_path).sort("user_id")["user_id"].to_list() == ["u1", "u2"]

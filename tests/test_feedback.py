@@ -92,6 +92,16 @@ def test_feedback_cli_reports_counts_and_errors_in_one_line(tmp_path: Path) -> N
     assert confirmed_malicious_ids(data) == {"e1"}
 
 
+
+def test_a_feedback_file_named_like_a_glob_pattern_is_read_as_that_file(tmp_path: Path) -> None:
+    """``labels[1].csv`` is a legal name; read as a glob it stored ``labels1.csv``'s labels."""
+    data = tmp_path / "data"
+    ours = _csv(tmp_path / "labels[1].csv", "event_id,label\ne1,malicious\n")
+    _csv(tmp_path / "labels1.csv", "event_id,label\ne2,malicious\n")
+    result = CliRunner().invoke(cli, ["feedback", str(ours), "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    assert confirmed_malicious_ids(data) == {"e1"}
+
 def _scored() -> pl.DataFrame:
     return pl.DataFrame({
         "event_id": ["a", "b", "c", "d", "e", "f"],

@@ -169,7 +169,15 @@ def _hours_beyond_their_type(events: pl.DataFrame, folder: Path) -> None:
     events.with_columns(pl.col("hour_of_day").cast(pl.Int64) * 100).write_parquet(folder / "part-0.parquet")
 
 
+def _null_event_ids(events: pl.DataFrame, folder: Path) -> None:
+    """Ingest never stores an event without an id; another tool's part may: it was scored
+    and published with a null event_id (and null timestamps scored without a word)."""
+    events.with_columns(pl.when(pl.int_range(pl.len()) == 7).then(None).otherwise(pl.col("event_id"))
+                        .alias("event_id")).write_parquet(folder / "part-0.parquet")
+
+
 REFUSED: dict[str, tuple[Writer, str]] = {
+    "null_event_ids": (_null_event_ids, "part-0.parquet: field event_id is empty in 1 rows"),
     "timestamps_as_text": (_timestamps_as_text, "part-0.parquet: field timestamp is stored as String"),
     "integer_user_ids": (_integer_user_ids, "part-0.parquet: field user_id is stored as Int64"),
     "hours_beyond_their_type": (_hours_beyond_their_type, "a value does not fit its field's type"),
@@ -259,3 +267,18 @@ def test_adopting_a_day_that_repeats_an_event_id_is_refused(shared_world: Any, t
     assert (f"nothing was adopted: events/event_date={DAY} holds event_id {first!r} 2 times (and 1 more ids)"
             in result.output), result.output
     assert io.unverified_partitions(world / "data", io.EVENTS, [DAY]), "nothing adopted"
+
+
+def test_a_folder_holding_only_hidden_files_is_no_stored_day(tmp_path: Path) -> None:
+    """``_x.parquet`` is not a part (Hive convention), so a dated folder holding nothing else
+    is no partition: listing it as a stored day made ``evaluate`` report a day it never read."""
+    from uba.monitoring.evaluation import evaluation_days
+
+    frame = pl.DataFrame({"event_id": ["e1"]})
+    for day, name in ((date(2026, 3, 1), "part-0.parquet"), (date(2026, 3, 2), "_x.parquet"),
+                      (date(2026, 3, 3), ".x.parquet")):
+        folder = io.partition_dir(tmp_path, io.EVENTS, day)
+        folder.mkdir(parents=True)
+        frame.write_parquet(folder / name)
+    assert io.partition_dates(tmp_path, io.EVENTS) == [date(2026, 3, 1)]
+    assert evaluation_days(tmp_path, date(2026, 2, 28), None, None) == [date(2026, 3, 1)]

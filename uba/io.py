@@ -48,7 +48,14 @@ import polars as pl
 
 from uba.errors import UserError
 from uba.logs import get_logger
-from uba.schema import EVENT_SCHEMA, FEEDBACK_SCHEMA, PARTITION_COLUMN, JsonValue, alert_id
+from uba.schema import (
+    EVENT_SCHEMA,
+    FEEDBACK_SCHEMA,
+    PARTITION_COLUMN,
+    REQUIRED_FIELDS,
+    JsonValue,
+    alert_id,
+)
 
 EVENTS = "events"
 QUARANTINE = "quarantine"
@@ -163,7 +170,14 @@ def dated_dirs(base: Path, key: str, finished: Callable[[Path], bool]) -> list[d
 def partition_dates(root: Path, dataset: str) -> list[date]:
     """Dates that have at least one finished part, ascending; 'unknown' is skipped."""
     return dated_dirs(Path(root) / dataset, PARTITION_COLUMN,
-                      lambda folder: any(not p.name.startswith(TMP_PREFIX) for p in folder.glob("*.parquet")))
+                      lambda folder: any(_named_as_part(p) for p in folder.glob("*.parquet")))
+
+
+def _named_as_part(path: Path) -> bool:
+    """Whether ``path`` (a ``*.parquet``) is named as a part: not a temporary, and not
+    hidden (``.`` or ``_``, the Hive convention; ``_finished_parts``). A folder holding only
+    ``_x.parquet`` is no partition: ``evaluate`` listed it as a day it evaluated."""
+    return not path.name.startswith((TMP_PREFIX, ".", "_"))
 
 
 def parquet_schema(part: Path | str) -> pl.Schema:
@@ -485,7 +499,7 @@ def _finished_parts(folder: Path) -> list[Path]:
     convention Spark and pyarrow's dataset reader follow (``_SUCCESS``, ``.part.crc``, a
     writer's hidden temporary): Polars alone would read ``_x.parquet``, and a day adopted
     from another tool's output was then counted twice."""
-    parts = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((TMP_PREFIX, ".", "_")))
+    parts = sorted(p for p in folder.glob("*.parquet") if _named_as_part(p))
     for part in parts:
         if not part.is_file():
             raise CorruptPartError(f"{_kind(part)} part {part} is not a regular file (a FIFO, device, folder "
@@ -1203,9 +1217,23 @@ def read_event_piece(path: Path | str, offset: int, rows: int) -> pl.DataFrame:
     field cannot hold (an hour of 300 stored as int64) fails naming the file."""
     scan = pl.scan_parquet(path, glob=False)
     try:
-        return conform_events(scan, scan.collect_schema(), path).slice(offset, rows).collect()
+        piece = conform_events(scan, scan.collect_schema(), path).slice(offset, rows).collect()
     except pl.exceptions.InvalidOperationError as exc:
         raise unfit_event_value(exc, f"events part {path}") from exc
+    _refuse_missing_values(piece, path)
+    return piece
+
+
+def _refuse_missing_values(piece: pl.DataFrame, part: Path | str) -> None:
+    """Ingest never stores an event without a required field, but another tool's part may
+    hold nulls: a null event_id or timestamp was scored and published as if it were an
+    event. Null counts are kept with each column, so this costs nothing per row."""
+    counts = piece.select(REQUIRED_FIELDS).null_count().row(0, named=True)
+    empty = next((name for name in REQUIRED_FIELDS if counts[name]), None)
+    if empty is not None:
+        raise UserError(f"events part {part}: field {empty} is empty in {counts[empty]} rows; it is required "
+                        "(ingest never stores an event without it): the part was not written as the events "
+                        "contract says (docs/batch-scoring.md)")
 
 
 def unfit_event_value(exc: pl.exceptions.InvalidOperationError, where: str) -> UserError:
@@ -1269,7 +1297,8 @@ def read_csv_as_strings(path: Path) -> pl.DataFrame:
     try:
         with open(path, "rb") as handle:  # polars renames a repeated column "<name>_duplicated_0"
             header = handle.readline(1 << 16).decode("utf-8-sig", "replace").rstrip("\r\n").split(",")
-        frame = pl.read_csv(path, infer_schema=False, raise_if_empty=False)
+        # glob=False: `labels[1].csv` is that file; Polars read it as a pattern (labels1.csv)
+        frame = pl.read_csv(path, infer_schema=False, raise_if_empty=False, glob=False)
     except (pl.exceptions.ComputeError, OSError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot read CSV file {path}: {first}") from exc  # polars adds hint paragraphs
