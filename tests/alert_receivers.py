@@ -163,16 +163,14 @@ class WebhookReceiver:
         return Handler
 
 
-class TlsSyslogCollector:
-    """A minimal RFC 5425 collector: TLS on 127.0.0.1, reads each connection to its end,
-    then closes it (as rsyslog does); ``messages`` are the octet-counted frames received."""
+class _LoopbackServer:
+    """A TCP server on 127.0.0.1 (a free port) whose thread hands each accepted connection
+    to ``_handle``, until ``close``."""
 
-    def __init__(self, tls: ssl.SSLContext) -> None:
-        self.messages: list[str] = []
+    def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.2)
         self.port = self._listener.getsockname()[1]
-        self._tls = tls
         self._stop = threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -182,22 +180,38 @@ class TlsSyslogCollector:
                 conn, _ = self._listener.accept()
             except (TimeoutError, OSError):
                 continue
-            conn.settimeout(5)
-            with self._tls.wrap_socket(conn, server_side=True) as tls:
-                data = b""
-                try:
-                    while chunk := tls.recv(65536):
-                        data += chunk
-                except (ssl.SSLError, OSError):
-                    pass
-            while data:
-                length, _, rest = data.partition(b" ")
-                self.messages.append(rest[:int(length)].decode("utf-8"))
-                data = rest[int(length):]
+            self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self._stop.set()
         self._listener.close()
+
+
+class TlsSyslogCollector(_LoopbackServer):
+    """A minimal RFC 5425 collector: TLS on 127.0.0.1, reads each connection to its end,
+    then closes it (as rsyslog does); ``messages`` are the octet-counted frames received."""
+
+    def __init__(self, tls: ssl.SSLContext) -> None:
+        self.messages: list[str] = []
+        self._tls = tls
+        super().__init__()
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        with self._tls.wrap_socket(conn, server_side=True) as tls:
+            data = b""
+            try:
+                while chunk := tls.recv(65536):
+                    data += chunk
+            except (ssl.SSLError, OSError):
+                pass
+        while data:
+            length, _, rest = data.partition(b" ")
+            self.messages.append(rest[:int(length)].decode("utf-8"))
+            data = rest[int(length):]
 
 
 def _read_request(conn: socket.socket) -> bytes:
@@ -216,7 +230,7 @@ def _read_request(conn: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-class RawWebhook:
+class RawWebhook(_LoopbackServer):
     """A webhook that answers every request with ``answer`` bytes written ``byte_pause``
     seconds apart (0: all at once), then closes: scripted misbehaviour a real http.server
     cannot produce (a response trickled a byte at a time, a status line of garbage)."""
@@ -225,24 +239,15 @@ class RawWebhook:
         self.answer = answer
         self.byte_pause = byte_pause
         self.requests = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            self.requests += 1
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+    def _handle(self, conn: socket.socket) -> None:
+        self.requests += 1
+        threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
         with conn:
@@ -259,10 +264,6 @@ class RawWebhook:
                     time.sleep(self.byte_pause)
             except OSError:
                 pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self._listener.close()
 
 
 class ClosingCollector:
