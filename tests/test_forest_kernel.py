@@ -128,6 +128,74 @@ def test_single_rows_equal_the_batch_and_sklearn():
     assert np.max(np.abs(singles + forest.score_samples(probe))) <= TOLERANCE
 
 
+def _with_twins(rng: np.random.Generator, distinct: np.ndarray, n_rows: int) -> np.ndarray:
+    """``n_rows`` rows drawn from ``distinct`` (twins far apart and side by side)."""
+    return np.ascontiguousarray(distinct[rng.integers(0, len(distinct), n_rows)])
+
+
+@pytest.mark.parametrize("max_samples", [256, 9000])  # complete layout, node arrays
+def test_rows_with_twins_score_like_sklearn_and_like_each_row_alone(max_samples):
+    """A batch walks each distinct row once and hands its sum to the twins: the scores
+    must still be scikit-learn's and each row's own, for twins holding NaN too, and
+    whether the batch has one bucket of rows or many (more than 4096 rows)."""
+    forest = _fitted(9000, 7, 11, n_estimators=40, max_samples=max_samples)
+    compact = compact_forest_from_sklearn(forest, 7)
+    rng = np.random.default_rng(11)
+    distinct = _probe(rng, 3000, 7)
+    distinct[:50, 3] = np.nan
+    distinct[50:60, 2] = -0.0
+    distinct[60:70, 2] = 0.0
+    probe = _with_twins(rng, distinct, 20_000)
+
+    got = compact.scores(probe)
+
+    assert np.max(np.abs(got + forest.score_samples(probe))) <= TOLERANCE
+    assert np.array_equal(got, compact.scores(probe, compiled=False))
+    alone = np.array([compact.scores(probe[i:i + 1])[0] for i in range(0, len(probe), 97)])
+    assert np.array_equal(got[::97], alone)
+
+
+@pytest.mark.parametrize("n_rows", [1, 2, 63, 64, 4096, 4097, 50_000])
+def test_distinct_rows_are_the_bitwise_distinct_rows_and_rebuild_the_input(n_rows):
+    rng = np.random.default_rng(n_rows)
+    distinct = _probe(rng, max(1, n_rows // 3), 18)
+    distinct[0, 0] = np.nan
+    if len(distinct) > 2:
+        distinct[1, 0] = -0.0
+        distinct[2, 0] = 0.0
+    X = _with_twins(rng, distinct, n_rows)
+
+    first, which = forest_kernel.distinct_rows(X)
+
+    bits = X.view(np.uint32)
+    assert len(first) == len(np.unique(bits, axis=0))
+    assert np.array_equal(X[first][which].view(np.uint32), bits)
+    assert np.all(first[which] <= np.arange(n_rows))  # each distinct row at its first appearance
+    assert len(np.unique(first)) == len(first)
+
+
+def test_rows_whose_hashes_collide_are_told_apart_by_their_bits(monkeypatch):
+    """Every row given the same hash (the loop run as plain Python with a constant hash):
+    only a bit-for-bit compare can separate them, and it must."""
+    monkeypatch.setattr(forest_kernel, "_row_hash", lambda bits, r: np.uint64(0xDEADBEEF12345678))
+    rng = np.random.default_rng(3)
+    X = _with_twins(rng, _probe(rng, 40, 5), 300)
+    first = np.empty(len(X), dtype=np.int64)
+    which = np.empty(len(X), dtype=np.int64)
+
+    count = forest_kernel._distinct_loop(X.view(np.uint32), first, which)
+
+    assert count == len(np.unique(X.view(np.uint32), axis=0))
+    assert np.array_equal(X[first[:count]][which], X)
+
+
+def test_distinct_rows_refuses_rows_it_would_misread():
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        forest_kernel.distinct_rows(np.zeros((4, 3), dtype=np.float64))
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        forest_kernel.distinct_rows(np.zeros((4, 6), dtype=np.float32)[:, ::2])
+
+
 @pytest.mark.parametrize("max_samples", [256, 9000])
 def test_read_only_tables_and_rows_are_accepted(max_samples):
     """A Ray worker unpickles the detector from the object store: its arrays are read-only."""

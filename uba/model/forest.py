@@ -62,6 +62,11 @@ _SELF_CHECK_TOLERANCE = 1e-9
 # features): complete is 1.2-1.7x faster than node arrays at depths 8-12; at depth 14
 # the tables (52 MB) no longer fit in cache and both fall to scikit-learn's speed.
 COMPLETE_MAX_DEPTH = 12
+# Batches from this many rows are walked once per distinct row (``path_lengths``). A
+# day's events repeat feature vectors: the events of one session of one type in one
+# hour share every feature, about 44% of a generated day's rows are such repeats, and
+# finding them costs a few per cent of a walk. One API row never has a twin.
+_DISTINCT_MIN_ROWS = 64
 _COMPLETE_MAX_BYTES = 64 << 20
 
 FloatArray = npt.NDArray[np.float64]
@@ -215,11 +220,20 @@ class CompactForest:
 
         ``compiled=False`` forces the numpy path (the reference the kernel is tested
         against, and the benchmark's baseline). Rows holding NaN always take the numpy
-        path, which implements scikit-learn's missing-value routing.
+        path, which implements scikit-learn's missing-value routing. A batch walks each
+        distinct row once (``kernel.distinct_rows``): twins get the same sum, to the bit.
         """
         X32 = _as_rows32(X32, self.n_features)
         if not compiled or X32.shape[0] == 0:
             return self._numpy_path_lengths(X32)
+        if X32.shape[0] >= _DISTINCT_MIN_ROWS:
+            first, which = _forest_kernel().distinct_rows(X32)
+            if first.shape[0] < X32.shape[0]:
+                return self._walked_path_lengths(X32[first])[which]
+        return self._walked_path_lengths(X32)
+
+    def _walked_path_lengths(self, X32: Rows32) -> FloatArray:
+        """Every row through the kernel, rows holding NaN again through the numpy path."""
         out, nan_rows = self._compiled_path_lengths(X32)
         if nan_rows:
             missing = np.isnan(X32).any(axis=1)
@@ -322,6 +336,10 @@ class _KernelModule(Protocol):
 
     def scaled_rows(self, X: FloatArray, mean: FloatArray, scale: FloatArray, /) -> Rows32: ...
 
+    def distinct_rows(self, X32: Rows32, /) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+
+    def load_batch_loops(self) -> None: ...
+
 
 @cache
 def _forest_kernel() -> _KernelModule:
@@ -335,8 +353,9 @@ def _forest_kernel() -> _KernelModule:
 
 def import_compiled_loops() -> None:
     """Import numba and load (or compile) the loops now rather than at the first score:
-    a Ray worker does it while the driver still builds the baselines."""
-    _forest_kernel()
+    a Ray worker does it while the driver still builds the baselines (batches only: the
+    distinct-rows loop too)."""
+    _forest_kernel().load_batch_loops()
 
 
 # numba imports this at its own import, to learn whether np.dot & co. can be compiled
