@@ -262,6 +262,13 @@ def risk_days(output_dir: Path) -> list[date]:
     return io.partition_dates(Path(output_dir), RISK)
 
 
+def rescore_remedy(day: date) -> str:
+    """What repairs a published table of ``day`` that does not read: every reader that names
+    such a part ends with the same advice."""
+    return (f"re-score {day.isoformat()} (uba-batch score --date {day.isoformat()}), which rewrites it, "
+            "or restore it from a backup")
+
+
 def read_risk(output_dir: Path, day: date) -> pl.DataFrame | None:
     """The risk table of ``day`` (``RISK_SCHEMA``), or None when the day has none (never
     scored, or scored before entity risk existed). The one reader of the table.
@@ -275,8 +282,7 @@ def read_risk(output_dir: Path, day: date) -> pl.DataFrame | None:
     scan = io.scan_partition(output_dir, RISK, day)
     if scan is None:
         return None
-    remedy = (f"re-score {day.isoformat()} (uba-batch score --date {day.isoformat()}), which rewrites it, "
-              "or restore it from a backup")
+    remedy = rescore_remedy(day)
     for part in io.partition_files(output_dir, RISK, day):
         io.check_readable(part, remedy)
     try:
@@ -316,15 +322,13 @@ def risk_window_days(output_dir: Path, end: date, days: int = 30) -> list[date]:
     return [day for day in risk_days(output_dir) if first <= day <= end]
 
 
-def risk_window(output_dir: Path, end: date, days: int = 30, skip_unreadable: bool = False) -> pl.DataFrame:
+def risk_window(output_dir: Path, end: date, days: int = 30) -> pl.DataFrame:
     """Every row of the risk tables of the ``days`` days ending at ``end``, with ``event_date``
-    (days without a table are absent, and with ``skip_unreadable`` days whose table does
-    not read, logged), oldest first."""
+    (days without a table are absent), oldest first."""
     schema = {"event_date": pl.Date(), **RISK_SCHEMA}
-    read = read_risk_or_none if skip_unreadable else read_risk
     rows = []
     for day in risk_window_days(output_dir, end, days):
-        table = read(output_dir, day)
+        table = read_risk(output_dir, day)
         if table is not None:
             rows.append(table.with_columns(pl.lit(day, pl.Date).alias("event_date")).select(list(schema)))
     return pl.concat(rows) if rows else pl.DataFrame(schema=schema)
