@@ -43,6 +43,7 @@ from uba import io
 from uba.alerting.feedback import FeedbackSummary, record_feedback_csv
 from uba.alerting.trends import TREND_KINDS
 from uba.directory import load_directory
+from uba.errors import UserError
 from uba.logs import get_logger
 from uba.manifest import RiskSection, RunManifest, StaleEntry, read_manifest
 from uba.schema import JsonValue, alert_id, unsuppressed_alert
@@ -390,8 +391,8 @@ def mark_stale(output_dir: Path, days: Iterable[date], reason: str, changed_day:
         if not link.exists():
             continue
         target = Path(link.resolve())
-        manifest = io.read_json(target)
-        if not isinstance(manifest, dict):
+        manifest = _manifest_to_mark(target, day)
+        if manifest is None:
             continue
         entry: dict[str, JsonValue] = {"changed_day": changed_day.isoformat(), "reason": reason, "marked_at": now}
         marks = manifest.get(STALE_KEY) or []
@@ -402,6 +403,23 @@ def mark_stale(output_dir: Path, days: Iterable[date], reason: str, changed_day:
         log.warning("entity risk of %s is stale (%s): re-score %s", ", ".join(d.isoformat() for d in marked),
                     reason, "it" if len(marked) == 1 else "them in date order (uba-batch backfill)")
     return marked
+
+
+def _manifest_to_mark(path: Path, day: date) -> dict[str, JsonValue] | None:
+    """The manifest object to add a marker to, or None (logged, naming the file) when it does
+    not read as one: one damaged day must not keep the later days of a verdict from being
+    marked (the marking stopped at it, after the verdict was stored). Re-scoring that day
+    writes a new manifest, which is what repairs it."""
+    try:
+        manifest = io.read_json(path)
+    except UserError as exc:
+        log.warning("entity risk of %s not marked stale: %s; %s", day.isoformat(), exc, rescore_remedy(day))
+        return None
+    if not isinstance(manifest, dict):
+        log.warning("entity risk of %s not marked stale: run manifest %s does not hold a JSON object; %s",
+                    day.isoformat(), path, rescore_remedy(day))
+        return None
+    return manifest
 
 
 def later_risk_days(output_dir: Path, day: date) -> list[date]:
