@@ -84,13 +84,17 @@ def list_command(ctx: click.Context, day: date | None, days: int, status: str, k
         return
     statuses = STATUSES if status == "all" else (status,)
     output = Path(settings.paths.output_dir)
-    found = list_alerts(output, Path(settings.paths.data_dir), recent_days(output, day, days), statuses, WHAT[kind])
+    listed = list_alerts(output, Path(settings.paths.data_dir), recent_days(output, day, days), statuses, WHAT[kind])
+    found = listed.alerts
     shown = found.head(limit) if limit else found
     for record in shown.to_dicts():
         click.echo(json.dumps(record, default=str) if fmt == "jsonl" else _short(record))
     if fmt == "text":
         more = f" (first {shown.height} shown; --limit 0 for all)" if shown.height < found.height else ""
-        click.echo(f"{found.height} {status} alert(s){more}", err=True)
+        skipped = sorted(listed.unreadable)  # each logged above with its file
+        unread = (f"; {len(skipped)} day(s) skipped, they do not read: {', '.join(d.isoformat() for d in skipped)}"
+                  if skipped else "")
+        click.echo(f"{found.height} {status} alert(s){more}{unread}", err=True)
 
 
 @command.command(name="show")

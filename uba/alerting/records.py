@@ -25,7 +25,7 @@ from typing import TypedDict, cast
 import polars as pl
 
 from uba import io
-from uba.alerting.risk import read_risk
+from uba.alerting.risk import read_risk, rescore_remedy
 from uba.errors import UserError
 from uba.manifest import read_manifest
 from uba.schema import alert_id, unsuppressed_alert
@@ -85,11 +85,15 @@ class RunInfo:
     run_ref: str
 
 
+class DayNotScoredError(UserError):
+    """The day has no published run: a wrong date asked for, not a damaged day."""
+
+
 def run_info(output_dir: Path, day: date) -> RunInfo:
     """The day's run, or a one-line error when the day was never scored."""
     manifest = read_manifest(output_dir, day)
     if manifest is None:
-        raise UserError(f"{day} is not scored in {output_dir} (no {io.RUNS}/event_date={day}/"
+        raise DayNotScoredError(f"{day} is not scored in {output_dir} (no {io.RUNS}/event_date={day}/"
                         f"{io.MANIFEST_NAME}); run `uba-batch score --date {day}` first")
     run_id = manifest.get("run_id") or ""
     ref = f"{io.RUNS}/event_date={day.isoformat()}/{io.MANIFEST_NAME}#run={run_id}"
@@ -229,13 +233,31 @@ def risk_records(output_dir: Path, day: date, run: RunInfo, min_level: str) -> p
     return _with_run(frame, run).sort(["score", "user_id"], descending=[True, False])
 
 
+def _named(output_dir: Path, dataset: str, day: date, read: Callable[[], pl.DataFrame]) -> pl.DataFrame:
+    """``read()`` of a published ``flagged/`` or ``flagged_users/`` table of ``day``, whose
+    failure is a CorruptPartError naming the part (or the day's folder) and the re-score
+    that rewrites it, as ``read_risk`` names a risk part: a truncated ``flagged/`` part of
+    one day was a polars error, and a 500 from PATCH /alerts/{id} of an alert on another
+    day. The parts are checked only after a failure: a search over many days reads each
+    footer once."""
+    try:
+        return read()
+    except pl.exceptions.PolarsError as exc:
+        for part in io.partition_files(output_dir, dataset, day):
+            io.check_readable(part, rescore_remedy(day))
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise io.CorruptPartError(f"the {dataset} table of {day.isoformat()} under "
+                                  f"{io.partition_dir(output_dir, dataset, day)} does not read as one ({detail}); "
+                                  f"{rescore_remedy(day)}") from exc
+
+
 def day_records(output_dir: Path, day: date, what: str, risk_min_level: str = "high") -> pl.DataFrame:
     """The ``what`` records of ``day``: ``alerts`` (events), ``user-days``, ``risk`` or ``all``."""
     run = run_info(output_dir, day)
     readers: dict[str, Callable[[], pl.DataFrame]] = {
-        "alerts": lambda: event_records(output_dir, day, run),
-        "user-days": lambda: user_day_records(output_dir, day, run),
-        "risk": lambda: risk_records(output_dir, day, run, risk_min_level),
+        "alerts": lambda: _named(output_dir, io.FLAGGED, day, lambda: event_records(output_dir, day, run)),
+        "user-days": lambda: _named(output_dir, io.FLAGGED_USERS, day, lambda: user_day_records(output_dir, day, run)),
+        "risk": lambda: risk_records(output_dir, day, run, risk_min_level),  # read_risk names its parts itself
     }
     if what == "all":
         parts = [readers["alerts"](), readers["user-days"]()]

@@ -43,6 +43,7 @@ from uba import io
 from uba.alerting.feedback import FeedbackSummary, record_feedback_csv
 from uba.alerting.trends import TREND_KINDS
 from uba.directory import load_directory
+from uba.errors import UserError
 from uba.logs import get_logger
 from uba.manifest import RiskSection, RunManifest, StaleEntry, read_manifest
 from uba.schema import JsonValue, alert_id, unsuppressed_alert
@@ -262,6 +263,13 @@ def risk_days(output_dir: Path) -> list[date]:
     return io.partition_dates(Path(output_dir), RISK)
 
 
+def rescore_remedy(day: date) -> str:
+    """What repairs a published table of ``day`` that does not read: every reader that names
+    such a part ends with the same advice."""
+    return (f"re-score {day.isoformat()} (uba-batch score --date {day.isoformat()}), which rewrites it, "
+            "or restore it from a backup")
+
+
 def read_risk(output_dir: Path, day: date) -> pl.DataFrame | None:
     """The risk table of ``day`` (``RISK_SCHEMA``), or None when the day has none (never
     scored, or scored before entity risk existed). The one reader of the table.
@@ -275,8 +283,7 @@ def read_risk(output_dir: Path, day: date) -> pl.DataFrame | None:
     scan = io.scan_partition(output_dir, RISK, day)
     if scan is None:
         return None
-    remedy = (f"re-score {day.isoformat()} (uba-batch score --date {day.isoformat()}), which rewrites it, "
-              "or restore it from a backup")
+    remedy = rescore_remedy(day)
     for part in io.partition_files(output_dir, RISK, day):
         io.check_readable(part, remedy)
     try:
@@ -316,15 +323,13 @@ def risk_window_days(output_dir: Path, end: date, days: int = 30) -> list[date]:
     return [day for day in risk_days(output_dir) if first <= day <= end]
 
 
-def risk_window(output_dir: Path, end: date, days: int = 30, skip_unreadable: bool = False) -> pl.DataFrame:
+def risk_window(output_dir: Path, end: date, days: int = 30) -> pl.DataFrame:
     """Every row of the risk tables of the ``days`` days ending at ``end``, with ``event_date``
-    (days without a table are absent, and with ``skip_unreadable`` days whose table does
-    not read, logged), oldest first."""
+    (days without a table are absent), oldest first."""
     schema = {"event_date": pl.Date(), **RISK_SCHEMA}
-    read = read_risk_or_none if skip_unreadable else read_risk
     rows = []
     for day in risk_window_days(output_dir, end, days):
-        table = read(output_dir, day)
+        table = read_risk(output_dir, day)
         if table is not None:
             rows.append(table.with_columns(pl.lit(day, pl.Date).alias("event_date")).select(list(schema)))
     return pl.concat(rows) if rows else pl.DataFrame(schema=schema)
@@ -386,8 +391,8 @@ def mark_stale(output_dir: Path, days: Iterable[date], reason: str, changed_day:
         if not link.exists():
             continue
         target = Path(link.resolve())
-        manifest = io.read_json(target)
-        if not isinstance(manifest, dict):
+        manifest = _manifest_to_mark(target, day)
+        if manifest is None:
             continue
         entry: dict[str, JsonValue] = {"changed_day": changed_day.isoformat(), "reason": reason, "marked_at": now}
         marks = manifest.get(STALE_KEY) or []
@@ -398,6 +403,23 @@ def mark_stale(output_dir: Path, days: Iterable[date], reason: str, changed_day:
         log.warning("entity risk of %s is stale (%s): re-score %s", ", ".join(d.isoformat() for d in marked),
                     reason, "it" if len(marked) == 1 else "them in date order (uba-batch backfill)")
     return marked
+
+
+def _manifest_to_mark(path: Path, day: date) -> dict[str, JsonValue] | None:
+    """The manifest object to add a marker to, or None (logged, naming the file) when it does
+    not read as one: one damaged day must not keep the later days of a verdict from being
+    marked (the marking stopped at it, after the verdict was stored). Re-scoring that day
+    writes a new manifest, which is what repairs it."""
+    try:
+        manifest = io.read_json(path)
+    except UserError as exc:
+        log.warning("entity risk of %s not marked stale: %s; %s", day.isoformat(), exc, rescore_remedy(day))
+        return None
+    if not isinstance(manifest, dict):
+        log.warning("entity risk of %s not marked stale: run manifest %s does not hold a JSON object; %s",
+                    day.isoformat(), path, rescore_remedy(day))
+        return None
+    return manifest
 
 
 def later_risk_days(output_dir: Path, day: date) -> list[date]:

@@ -29,7 +29,14 @@ import polars as pl
 
 from uba import io
 from uba.alerting.feedback import LABELS, WILDCARD, add_rule, known_reason_kinds, record_feedback
-from uba.alerting.records import RECORD_SCHEMA, AlertRecord, alert_records, day_records
+from uba.alerting.records import (
+    RECORD_SCHEMA,
+    RISK_LEVELS,
+    AlertRecord,
+    DayNotScoredError,
+    alert_records,
+    day_records,
+)
 from uba.alerting.risk import mark_stale_after_feedback
 from uba.errors import UserError
 from uba.logs import get_logger
@@ -86,6 +93,11 @@ class AlertNotFoundError(UserError):
 
 class TransitionError(UserError):
     """The alert's status does not allow the action (an ack of a closed alert)."""
+
+
+class UnreadableDaysError(UserError):
+    """The alert is on no day that could be read, and some scored days could not be: it
+    may be on one of them, so "not found" would be a guess."""
 
 
 @dataclass(frozen=True)
@@ -154,18 +166,90 @@ def recent_days(output_dir: Path, day: date | None, days: int) -> list[date]:
     return [day] if day is not None else scored_days(output_dir)[:days]
 
 
+# What a scored day's published files can meet on disk: a manifest that is not JSON or
+# not an object, a truncated or foreign part, a hand-made link. That part of the day is skipped.
+UNREADABLE_DAY = (UserError, OSError, pl.exceptions.PolarsError)
+RECORD_KINDS = ("alerts", "user-days", "risk")
+SHOWN_PROBLEMS = 3
+
+
+@dataclass
+class DaySearch:
+    """Reads the records of one search's days (``find_alert``, ``list_alerts``) kind by kind,
+    skipping what does not read: each problem is logged once, naming the file, and the day
+    is remembered with it. One damaged day answered 422 to PATCH /alerts/{id} of a good
+    alert on another day (500 for a truncated ``flagged/`` part), and to every GET /alerts
+    that covered it; the triage of every other day, and of the day's other kinds of alert,
+    must not depend on it."""
+
+    output_dir: Path
+    risk_min_level: str = "low"
+    unreadable: dict[date, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # a caller's mistake is refused, never taken for a damaged day
+        if self.risk_min_level not in RISK_LEVELS:
+            raise UserError(f"risk level {self.risk_min_level!r} is not one of {', '.join(RISK_LEVELS)}")
+
+    def records(self, day: date, what: str) -> pl.DataFrame | None:
+        """The ``what`` records of ``day`` (``alerts``, ``user-days``, ``risk`` or ``all``, as
+        ``day_records``) that read; None when none of them does."""
+        if what != "all" and what not in RECORD_KINDS:
+            raise UserError(f"--what {what!r} is not one of {', '.join(RECORD_KINDS)}, all")
+        # a day scored before entity risk existed has no risk records (not a damaged day)
+        kinds = [k for k in (RECORD_KINDS if what == "all" else (what,))
+                 if k != "risk" or io.partition_files(self.output_dir, io.RISK, day)]
+        frames = [frame for kind in kinds if (frame := self._read(day, kind)) is not None]
+        if not frames:
+            return None if kinds else pl.DataFrame(schema=RECORD_SCHEMA)
+        return pl.concat(frames)
+
+    def _read(self, day: date, kind: str) -> pl.DataFrame | None:
+        try:
+            return day_records(self.output_dir, day, kind, self.risk_min_level)
+        except DayNotScoredError:
+            raise  # a date asked for that was never scored: the caller's error, as before
+        except UNREADABLE_DAY as exc:
+            lines = str(exc).strip().splitlines()
+            problem = lines[0] if lines else type(exc).__name__
+            known = self.unreadable.get(day)
+            if known is None or problem not in known:  # a bad manifest fails every kind alike: said once
+                log.warning("alert search: %s skipped, it does not read: %s", day.isoformat(), problem)
+                self.unreadable[day] = problem if known is None else f"{known}; {problem}"
+            return None
+
+    def unreadable_note(self) -> str:
+        """The skipped days and why, for an answer (the first few problems in full)."""
+        days = sorted(self.unreadable)
+        shown = "; ".join(f"{d.isoformat()}: {self.unreadable[d]}" for d in days[:SHOWN_PROBLEMS])
+        rest = days[SHOWN_PROBLEMS:]
+        more = f"; and {', '.join(d.isoformat() for d in rest)}" if rest else ""
+        return f"{len(days)} scored day(s) could not be read ({shown}{more})"
+
+
+@dataclass(frozen=True)
+class AlertList:
+    """``list_alerts``: the records found, and the days skipped because they do not read."""
+
+    alerts: pl.DataFrame
+    unreadable: dict[date, str]
+
+
 def list_alerts(output_dir: Path, data_dir: Path, days: Sequence[date], statuses: Iterable[str] = STATUSES,
-                what: str = "all", risk_min_level: str = "high") -> pl.DataFrame:
-    """The records of ``days`` whose status is one of ``statuses``, newest day first."""
+                what: str = "all", risk_min_level: str = "high") -> AlertList:
+    """The records of ``days`` whose status is one of ``statuses``, newest day first; days
+    that do not read are skipped and named (``DaySearch``)."""
     wanted = list(statuses)
     unknown = [s for s in wanted if s not in STATUSES]
     if unknown:
         raise UserError(f"status {unknown[0]!r} is not one of {', '.join(STATUSES)}")
     state = triage_state(data_dir)
-    frames = [with_status(day_records(output_dir, day, what, risk_min_level), state) for day in days]
+    search = DaySearch(output_dir, risk_min_level)
+    read = [search.records(day, what) for day in days]
+    frames = [with_status(records, state) for records in read if records is not None]
     if not frames:
-        return with_status(pl.DataFrame(schema=RECORD_SCHEMA), state)
-    return pl.concat(frames, how="vertical_relaxed").filter(pl.col("status").is_in(wanted))
+        return AlertList(with_status(pl.DataFrame(schema=RECORD_SCHEMA), state), search.unreadable)
+    return AlertList(pl.concat(frames, how="vertical_relaxed").filter(pl.col("status").is_in(wanted)),
+                     search.unreadable)
 
 
 def find_alert(output_dir: Path, alert_id: str, days: Sequence[date] | None = None,
@@ -174,18 +258,22 @@ def find_alert(output_dir: Path, alert_id: str, days: Sequence[date] | None = No
     first); ids are hashes, so the day cannot be read off the id.
 
     Event and user-day alerts are searched before the risk tables, so an unreadable risk
-    table of some day (named by ``read_risk``) stops only a search for a risk alert, not
-    the triage of every alert."""
+    table of some day (named by ``read_risk``) is read only by a search for a risk alert.
+    A day that does not read is skipped (``DaySearch``); when the alert is on none of the
+    others, the answer names the skipped days (UnreadableDaysError), since it may be there."""
     alert_id = alert_id.strip()
     searched = list(days) if days is not None else scored_days(output_dir)
-    for what in ("alerts", "user-days", "risk"):
+    search = DaySearch(output_dir, risk_min_level)
+    for what in RECORD_KINDS:
         for day in searched:
-            if what == "risk" and not io.partition_files(output_dir, io.RISK, day):
-                continue  # scored before entity risk existed
-            records = day_records(output_dir, day, what, risk_min_level)
-            found = alert_records(records.filter(pl.col("alert_id") == alert_id))
+            records = search.records(day, what)
+            found = alert_records(records.filter(pl.col("alert_id") == alert_id)) if records is not None else []
             if found:
                 return found[0]
+    if search.unreadable:
+        raise UnreadableDaysError(f"alert_id {alert_id!r} not found on the scored days that could be read, and "
+                                  f"{search.unreadable_note()}: it may be on one of them; repair or re-score "
+                                  "them (uba-batch score --date D) and retry")
     where = f"on {', '.join(d.isoformat() for d in days)}" if days else "on any scored day"
     raise AlertNotFoundError(f"alert_id {alert_id!r} not found {where} (see `uba-batch alerts list`)")
 

@@ -48,12 +48,14 @@ def schedule_settle(delay: float = SETTLE_AFTER_RELOAD_SEC) -> None:
     task.add_done_callback(_settling.discard)
 
 
-async def reload_runtime(runtime: Runtime) -> tuple[ModelState | None, ModelState]:
+async def reload_runtime(runtime: Runtime, risk: bool = True) -> tuple[ModelState | None, ModelState]:
     """Load the newest bundle + snapshot and swap them in; raises UserError when refused
     (the previous state keeps serving). Counts the attempt and updates the model metrics.
-    Entity risk is reloaded first and whatever happens to the model: new risk days are
-    served even while a bundle is refused."""
-    await run_in_threadpool(runtime.risk.load, runtime.settings)
+    Entity risk is reloaded first (``risk``; the periodic check has just refreshed it
+    itself) and whatever happens to the model: new risk days are served even while a
+    bundle is refused."""
+    if risk:
+        await run_in_threadpool(runtime.risk.load, runtime.settings)
     try:
         previous, fresh = await run_in_threadpool(runtime.holder.reload, runtime.settings)
     except UserError as exc:
@@ -116,12 +118,12 @@ class PeriodicReloader:
         except UserError as exc:  # e.g. an unreadable LATEST pointer: keep serving, say why
             log.warning("periodic reload: %s", exc)
             return False
-        if await run_in_threadpool(self.runtime.risk.changed_on_disk, self.runtime.settings):
-            await run_in_threadpool(self.runtime.risk.load, self.runtime.settings)
+        # entity risk is read when its files changed, not again after a load that met unreadable ones
+        await run_in_threadpool(self.runtime.risk.refresh, self.runtime.settings)
         if newest is None or newest in (served_key(self.runtime.holder.current), self.refused):
             return False
         try:
-            await reload_runtime(self.runtime)
+            await reload_runtime(self.runtime, risk=False)
         except UserError:
             self.refused = newest
             return False

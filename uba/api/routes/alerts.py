@@ -51,7 +51,8 @@ _FORBIDDEN: OpenApiResponses = {
 _ERRORS: OpenApiResponses = {
     **BODY_ERRORS, **_FORBIDDEN,
     404: {"model": ErrorBody, "description": "No scored day holds this alert id"},
-    409: {"model": ErrorBody, "description": "The alert's status does not allow this change"},
+    409: {"model": ErrorBody, "description": "The alert's status does not allow this change, or the alert is "
+                                             "on no readable day and some scored days do not read (named)"},
     422: {"model": ErrorBody, "description": "Invalid field: the field, message and value"},
 }
 
@@ -61,9 +62,11 @@ def _listed(runtime: Runtime, day: date | None, days: int, statuses: tuple[str, 
     paths = runtime.settings.paths
     output_dir = Path(paths.output_dir)
     chosen = [day] if day is not None else triage.scored_days(output_dir)[:days]
-    found = triage.list_alerts(output_dir, Path(paths.data_dir), chosen, statuses, TYPES[kind])
-    return {"count": found.height, "days": [d.isoformat() for d in chosen],
-            "alerts": found.head(limit).to_dicts()}
+    listed = triage.list_alerts(output_dir, Path(paths.data_dir), chosen, statuses, TYPES[kind])
+    return {"count": listed.alerts.height, "days": [d.isoformat() for d in chosen],
+            "alerts": listed.alerts.head(limit).to_dicts(),
+            "unreadable_days": [{"event_date": d.isoformat(), "problem": problem}
+                                for d, problem in sorted(listed.unreadable.items())]}
 
 
 def _update(runtime: Runtime, alert_id: str, update: AlertUpdate) -> triage.TriageResult:
@@ -77,7 +80,9 @@ def _update(runtime: Runtime, alert_id: str, update: AlertUpdate) -> triage.Tria
 def _http_error(exc: UserError, field_hint: str = "body") -> HTTPException:
     if isinstance(exc, triage.AlertNotFoundError):
         return HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc))
-    if isinstance(exc, triage.TransitionError):
+    if isinstance(exc, triage.TransitionError | triage.UnreadableDaysError):
+        # 409, not 404: the alert may be on a day that does not read; a client that takes a
+        # 404 as "no such alert" must not drop it (docs/api.md)
         return HTTPException(status.HTTP_409_CONFLICT, detail=str(exc))
     named = str(exc).split(":", 1)[0]
     field = named if named in AlertUpdate.model_fields else field_hint
