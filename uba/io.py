@@ -46,6 +46,7 @@ from typing import Any, TypedDict, cast
 
 import polars as pl
 
+from uba import event_rules as rules
 from uba.errors import UserError
 from uba.logs import get_logger
 from uba.schema import (
@@ -1214,13 +1215,15 @@ def read_event_piece(path: Path | str, offset: int, rows: int) -> pl.DataFrame:
     """Rows ``[offset, offset + rows)`` of one events part, in ``EVENT_SCHEMA`` whatever
     types its writer chose (``conform_events``): a shard's slice of the day, read without
     touching the rest of the file. A value its
-    field cannot hold (an hour of 300 stored as int64) fails naming the file."""
+    field cannot hold (an hour of 300 stored as int64), a null in a required field, or an
+    hour or weekday that disagrees with the timestamp fails naming the file."""
     scan = pl.scan_parquet(path, glob=False)
     try:
         piece = conform_events(scan, scan.collect_schema(), path).slice(offset, rows).collect()
     except pl.exceptions.InvalidOperationError as exc:
         raise unfit_event_value(exc, f"events part {path}") from exc
     _refuse_missing_values(piece, path)
+    _refuse_clock_fields_off_their_timestamp(piece, path)
     return piece
 
 
@@ -1234,6 +1237,33 @@ def _refuse_missing_values(piece: pl.DataFrame, part: Path | str) -> None:
         raise UserError(f"events part {part}: field {empty} is empty in {counts[empty]} rows; it is required "
                         "(ingest never stores an event without it): the part was not written as the events "
                         "contract says (docs/batch-scoring.md)")
+
+
+def _refuse_clock_fields_off_their_timestamp(piece: pl.DataFrame, part: Path | str) -> None:
+    """Ingest derives ``hour_of_day`` and ``day_of_week`` from the timestamp (UTC hour,
+    weekday 0=Monday: ``event_rules.clock_fields``), but another tool's part stores its
+    own, and the features read those: a 02:00 login stored with hour 10 scored as office
+    hours. A part where they disagree fails naming the first such event, since which of
+    the two is wrong cannot be told from the part (a writer that stored local hours, or
+    local times as naive UTC, is off by its offset either way). A null stands for "not
+    given" (the features then take the timestamp's), as in the event contract. Two
+    comparisons over the piece (~11 ms per 250k rows), rows looked at only when one fails."""
+    derived = rules.clock_fields(pl.col("timestamp"))
+    off = {name: (pl.col(name) != value).fill_null(False) for name, value in derived.items()}
+    flags = piece.select(pl.any_horizontal(off.values()).alias("off"))["off"]
+    if not flags.any():
+        return
+    row = int(flags.arg_true()[0])
+    first = piece.slice(row, 1).select(
+        "event_id", "timestamp", *rules.CLOCK_FIELDS, *(value.alias(f"_{name}") for name, value in derived.items()),
+        *(test.alias(f"_off_{name}") for name, test in off.items())).row(0, named=True)
+    name = next(name for name in rules.CLOCK_FIELDS if first[f"_off_{name}"])
+    stamp = first["timestamp"].isoformat().replace("+00:00", "Z")
+    raise UserError(f"events part {part}: event_id {first['event_id']!r} has {name} {first[name]}, but its "
+                    f"timestamp {stamp} gives {first[f'_{name}']} ({rules.CLOCK_NOTES[name]}; "
+                    f"{flags.sum():,} of the {piece.height:,} rows read disagree). Ingest derives hour_of_day "
+                    "and day_of_week from the timestamp: the part was not written as the events contract "
+                    "says (docs/batch-scoring.md)")
 
 
 def unfit_event_value(exc: pl.exceptions.InvalidOperationError, where: str) -> UserError:
