@@ -15,7 +15,8 @@ was read as the glob it looks like.
 
 Refused as well, through the CLI, publishing nothing: a part whose ``hour_of_day`` or
 ``day_of_week`` disagrees with its timestamp (the features read them, so a night login
-could be stored as office hours: it scored so).
+could be stored as office hours: it scored so), and a day read unverified (no checksum
+manifest) that repeats an event id (it scored, the repeats sharing one alert id).
 """
 
 from __future__ import annotations
@@ -278,6 +279,34 @@ def test_an_hour_or_weekday_that_disagrees_with_the_timestamp_fails_naming_the_e
     when = frame["timestamp"][row]
     assert stamp == when.isoformat().replace("+00:00", "Z") and int(stored) == frame[field][row]
     assert int(derived) == (when.hour if field == "hour_of_day" else when.weekday()) != int(stored)
+
+
+def _repeat_two_events_in_an_unverified_day(world: Path) -> None:
+    """The day rewritten by another tool with two of its events stored twice, in a data
+    directory without checksum manifests (from before them, or all deleted): not adopted."""
+    folder = io.partition_dir(world / "data", io.EVENTS, DAY)
+    events = pl.read_parquet(sorted(folder.glob("*.parquet")))
+    shutil.rmtree(folder)
+    folder.mkdir()
+    events.write_parquet(folder / "part-0.parquet")
+    events.slice(20, 2).write_parquet(folder / "part-1.parquet")
+    shutil.rmtree(world / "data" / io.CHECKSUMS)
+    io.part_manifests_marker(world / "data").unlink()
+    assert io.unverified_partitions(world / "data", io.EVENTS, [DAY])
+
+
+@pytest.mark.parametrize("mode", ["in-process", "ray"])
+def test_scoring_an_unverified_day_that_repeats_an_event_id_is_refused(
+        mode: str, shared_world: Any, ray_runtime: None, tmp_path: Path) -> None:
+    """Ingest stores an event id once per date and ``verify --adopt-legacy`` refuses a day
+    that repeats one, but a day read unverified was checked by neither: it scored, the
+    repeated events' alerts sharing one alert id. Now the driver refuses it before any work."""
+    line = _refused_run(shared_world, tmp_path, mode, _repeat_two_events_in_an_unverified_day)
+
+    repeated = pl.read_parquet(io.partition_dir(tmp_path / "data", io.EVENTS, DAY) / "part-1.parquet")
+    first = sorted(repeated["event_id"].to_list())[0]
+    assert f"events/event_date={DAY} holds event_id {first!r} 2 times (and 1 more ids)" in line, line
+    assert "re-ingest the day's source" in line and "remove the repeats" in line
 
 
 def test_a_zoned_timestamp_is_the_same_instant_in_utc(tmp_path: Path) -> None:
