@@ -12,10 +12,16 @@ nothing. Before ``io.conform_events`` a dictionary-encoded ``user_id`` failed th
 baseline join with a Polars traceback, parts in ns and us failed one scan of the day,
 and a ns or zoned timestamp was published as stored; a part named ``part-[0].parquet``
 was read as the glob it looks like.
+
+Refused as well, through the CLI, publishing nothing: a part whose ``hour_of_day`` or
+``day_of_week`` disagrees with its timestamp (the features read them, so a night login
+could be stored as office hours: it scored so), and a day read unverified (no checksum
+manifest) that repeats an event id (it scored, the repeats sharing one alert id).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from datetime import date
@@ -188,6 +194,15 @@ REFUSED: dict[str, tuple[Writer, str]] = {
 @pytest.mark.parametrize("mode", ["in-process", "ray"])
 def test_a_part_whose_column_cannot_hold_its_field_is_one_line_and_publishes_nothing(
         case: str, mode: str, shared_world: Any, ray_runtime: None, tmp_path: Path) -> None:
+    write, message = REFUSED[case]
+    line = _refused_run(shared_world, tmp_path, mode, lambda world: _rewrite_day(world, write))
+    assert message in line
+
+
+def _refused_run(shared_world: Any, tmp_path: Path, mode: str, damage: Callable[[Path], None]) -> str:
+    """Score the day through the CLI, ``damage`` the copied world, score again: the second run
+    must fail with one ``error:`` line (returned), no traceback, no retry, and leave the
+    first run's published output as it was."""
     world = _copy(shared_world, tmp_path)
     output = tmp_path / "out"
     env = {"UBA_DATA_DIR": str(world / "data"), "UBA_MODEL_DIR": str(world / "models"), "UBA_OUTPUT_DIR": str(output),
@@ -197,17 +212,101 @@ def test_a_part_whose_column_cannot_hold_its_field_is_one_line_and_publishes_not
     first = runner.invoke(cli, ["score", "--date", DAY.isoformat(), *flags], env=env)
     assert first.exit_code == 0, first.output
     before = _published(output)
-    write, message = REFUSED[case]
-    _rewrite_day(world, write)
+    damage(world)
 
     result = runner.invoke(cli, ["score", "--date", DAY.isoformat(), *flags], env=env)
 
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], result.output
+    assert len(lines) == 1, result.output
     assert "retries" not in lines[0], "an error about the input is not retried: 'failed after 3 retries' was untrue"
     assert "Traceback" not in result.output
     assert _published(output) == before
+    return lines[0]
+
+
+# Another tool's part whose hour_of_day / day_of_week disagree with its timestamp: the features
+# read the stored fields, so such a part forged an event's hour (a night login scored as office
+# hours). Each forgery returns the part's rows, the field and the rows it forged.
+Forgery = Callable[[pl.DataFrame], tuple[pl.DataFrame, str, list[int]]]
+CLOCK_ERROR = re.compile(r"part-0\.parquet: event_id '([^']+)' has (\w+) (-?\d+), but its timestamp (\S+) gives (\d+) "
+                         r"\(the UTC (hour|weekday, 0=Monday); \d+ of the \d+ rows read disagree\)")
+
+
+def _night_login_stored_as_office_hours(events: pl.DataFrame) -> tuple[pl.DataFrame, str, list[int]]:
+    row = int(events["timestamp"].dt.hour().arg_min() or 0)  # an event before dawn (UTC)
+    forged = pl.when(pl.int_range(pl.len()) == row).then(10).otherwise(pl.col("hour_of_day"))
+    return events.with_columns(forged.alias("hour_of_day")), "hour_of_day", [row]
+
+
+def _weekday_of_another_day(events: pl.DataFrame) -> tuple[pl.DataFrame, str, list[int]]:
+    forged = pl.when(pl.int_range(pl.len()) == 7).then((pl.col("day_of_week") + 1) % 7).otherwise(pl.col("day_of_week"))
+    return events.with_columns(forged.alias("day_of_week")), "day_of_week", [7]
+
+
+def _hours_of_a_writer_in_new_york(events: pl.DataFrame) -> tuple[pl.DataFrame, str, list[int]]:
+    """Every hour local to New York beside the UTC timestamp (a writer's time zone bug): every
+    shard fails, so the run names the first such event of whichever shard failed first."""
+    local = pl.col("timestamp").dt.convert_time_zone("America/New_York").dt.hour().cast(pl.Int64)
+    return events.with_columns(local.alias("hour_of_day")), "hour_of_day", list(range(events.height))
+
+
+FORGERIES: dict[str, Forgery] = {
+    "night_login_stored_as_office_hours": _night_login_stored_as_office_hours,
+    "weekday_of_another_day": _weekday_of_another_day,
+    "hours_of_a_writer_in_new_york": _hours_of_a_writer_in_new_york,
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORGERIES))
+@pytest.mark.parametrize("mode", ["in-process", "ray"])
+def test_an_hour_or_weekday_that_disagrees_with_the_timestamp_fails_naming_the_event(
+        case: str, mode: str, shared_world: Any, ray_runtime: None, tmp_path: Path) -> None:
+    written: dict[str, Any] = {}
+
+    def write(events: pl.DataFrame, folder: Path) -> None:
+        frame, field, rows = FORGERIES[case](events)
+        frame.write_parquet(folder / "part-0.parquet")
+        written.update(frame=frame, field=field, rows=rows)
+
+    line = _refused_run(shared_world, tmp_path, mode, lambda world: _rewrite_day(world, write))
+
+    found = CLOCK_ERROR.search(line)
+    assert found, line
+    event_id, field, stored, stamp, derived, _ = found.groups()
+    frame, row = written["frame"], written["frame"]["event_id"].index_of(event_id)
+    assert field == written["field"] and row in written["rows"], line
+    when = frame["timestamp"][row]
+    assert stamp == when.isoformat().replace("+00:00", "Z") and int(stored) == frame[field][row]
+    assert int(derived) == (when.hour if field == "hour_of_day" else when.weekday()) != int(stored)
+
+
+def _repeat_two_events_in_an_unverified_day(world: Path) -> None:
+    """The day rewritten by another tool with two of its events stored twice, in a data
+    directory without checksum manifests (from before them, or all deleted): not adopted."""
+    folder = io.partition_dir(world / "data", io.EVENTS, DAY)
+    events = pl.read_parquet(sorted(folder.glob("*.parquet")))
+    shutil.rmtree(folder)
+    folder.mkdir()
+    events.write_parquet(folder / "part-0.parquet")
+    events.slice(20, 2).write_parquet(folder / "part-1.parquet")
+    shutil.rmtree(world / "data" / io.CHECKSUMS)
+    io.part_manifests_marker(world / "data").unlink()
+    assert io.unverified_partitions(world / "data", io.EVENTS, [DAY])
+
+
+@pytest.mark.parametrize("mode", ["in-process", "ray"])
+def test_scoring_an_unverified_day_that_repeats_an_event_id_is_refused(
+        mode: str, shared_world: Any, ray_runtime: None, tmp_path: Path) -> None:
+    """Ingest stores an event id once per date and ``verify --adopt-legacy`` refuses a day
+    that repeats one, but a day read unverified was checked by neither: it scored, the
+    repeated events' alerts sharing one alert id. Now the driver refuses it before any work."""
+    line = _refused_run(shared_world, tmp_path, mode, _repeat_two_events_in_an_unverified_day)
+
+    repeated = pl.read_parquet(io.partition_dir(tmp_path / "data", io.EVENTS, DAY) / "part-1.parquet")
+    first = sorted(repeated["event_id"].to_list())[0]
+    assert f"events/event_date={DAY} holds event_id {first!r} 2 times (and 1 more ids)" in line, line
+    assert "re-ingest the day's source" in line and "remove the repeats" in line
 
 
 def test_a_zoned_timestamp_is_the_same_instant_in_utc(tmp_path: Path) -> None:

@@ -380,6 +380,18 @@ def in_utc_range(naive_utc: pl.Expr) -> pl.Expr:
     return naive_utc.is_between(pl.lit(MIN_UTC), pl.lit(MAX_UTC))
 
 
+CLOCK_FIELDS: tuple[str, ...] = ("hour_of_day", "day_of_week")
+CLOCK_NOTES = {"hour_of_day": "the UTC hour", "day_of_week": "the UTC weekday, 0=Monday"}
+
+
+def clock_fields(utc: pl.Expr) -> dict[str, pl.Expr]:
+    """``hour_of_day`` and ``day_of_week`` of a UTC datetime column as they are stored: the
+    hour (0-23) and the weekday (0 = Monday, DESIGN.md), both in UTC. Ingest derives the
+    stored values from the timestamp with these, and scoring checks another tool's parts
+    against them (``uba.io``), so the two can never disagree on what an event's hour is."""
+    return {"hour_of_day": utc.dt.hour(), "day_of_week": utc.dt.weekday() - 1}
+
+
 def category_expr(text: pl.Expr, allowed: tuple[str, ...]) -> pl.Expr:
     """The configured spelling of each stripped value (``category_key``), null when none matches."""
     folded = text.str.replace_many(list(_ASCII_UPPER), list(_ASCII_UPPER.lower()))

@@ -279,6 +279,7 @@ def _parse(lf: pl.LazyFrame, events: EventSettings) -> pl.LazyFrame:
         rules.local_timestamp(pl.col("_ts_parts")).alias("_ts_local"),
         pl.col("_ts_parts").struct.field("y").is_not_null().alias("_ts_syntax"),
     )
+    clock = rules.clock_fields(pl.col("_ts"))  # the stored hour and weekday, as scoring checks them
     return lf.with_columns(
         _ts=pl.when(rules.in_utc_range(pl.col("_ts_local"))).then(pl.col("_ts_local"))
         .dt.replace_time_zone("UTC").cast(EVENT_SCHEMA["timestamp"]),
@@ -290,8 +291,8 @@ def _parse(lf: pl.LazyFrame, events: EventSettings) -> pl.LazyFrame:
         _dow=_number("day_of_week"),
     ).with_columns(
         pl.col("_ts").dt.date().alias(_DATE),
-        pl.col("_ts").dt.hour().alias("_ts_hour"),
-        (pl.col("_ts").dt.weekday() - 1).alias("_ts_dow"),
+        clock["hour_of_day"].alias("_ts_hour"),
+        clock["day_of_week"].alias("_ts_dow"),
     ).drop("_ts_parts")
 
 

@@ -261,8 +261,9 @@ class _Run:
 
     def _score_into(self, staging: Path) -> RunRecord:
         with self.timer.stage("plan"):
-            specs = plan_shards(io.partition_files(self.data_dir, io.EVENTS, self.day),
-                                self.settings.scoring.chunk_rows)
+            files = io.partition_files(self.data_dir, io.EVENTS, self.day)
+            specs = plan_shards(files, self.settings.scoring.chunk_rows)
+            self._refuse_repeated_ids_if_unverified(files)
             input_rows = sum(spec.rows for spec in specs)
             quarantined = io.partition_row_count(self.data_dir, io.QUARANTINE, self.day)
         execution = self._execution(input_rows, len(specs))
@@ -399,6 +400,24 @@ class _Run:
             if self.day not in missing:
                 return None
             return self.runtime.submit(ensure_aggregates, self.data_dir, [self.day], categories)
+
+    def _refuse_repeated_ids_if_unverified(self, files: list[Path]) -> None:
+        """Ingest stores an event id once per date, and a day whose parts have known
+        checksums was written by it or adopted by ``verify --adopt-legacy``, which refuses
+        repeats. A day read unverified (see ``_note_unverified_inputs``) was checked by
+        neither: its repeated event scored twice and both alerts shared one alert id
+        (triage, feedback and risk took them for one finding). So its ids are checked here,
+        before anything runs or is written; ``io.repeated_event_ids`` reads only the id
+        column, kept as hashes."""
+        if not io.unverified_partitions(self.data_dir, io.EVENTS, [self.day]):
+            return
+        repeated = io.repeated_event_ids(files)
+        if repeated is not None:
+            raise UserError(
+                f"{io.partition_dir(Path(), io.EVENTS, self.day)} {repeated}; an event id is unique within "
+                "its date, and this day has no checksum manifest, so ingest never checked it: remove the "
+                "repeats (keep one row per event_id) or re-ingest the day's source (ingest drops repeats), "
+                "then score again")
 
     def _note_unverified_inputs(self) -> None:
         """Name the input partitions read without a known sha256 (written before checksum
