@@ -373,6 +373,37 @@ def test_a_risk_day_that_does_not_read_is_logged_once_across_reload_intervals_an
     assert "Traceback" not in log.read_text()
 
 
+def test_a_day_scored_after_a_damaged_one_is_served_while_a_complete_window_was(world: Copy, tmp_path: Path) -> None:
+    """The API serves D1..DAYS[1] (DAYS[2] not published yet), then D1's run manifest stops
+    reading: the complete window stays served. When DAYS[2] is published, it is served
+    without D1; before, the damaged D1 held every later day back until it was repaired."""
+    from waiting import wait_until
+
+    newest = io.partition_dir(world.out, io.RISK, DAYS[2])
+    parked = tmp_path / "parked-risk-day"
+    newest.rename(parked)  # a link to the day's published version: moved whole, as a publish moves it
+    user = next(u for u in _table(world, DAYS[1])["user_id"].to_list() if u in set(_table(world, D1)["user_id"]))
+    log = tmp_path / "uvicorn.log"
+    with running_server(_api_env(world, UBA_API__RELOAD_INTERVAL_SEC="0.25"), log,
+                        uba_api=["--output-dir", str(world.out)]) as server, \
+            server.client(headers={"X-API-Key": KEY}) as client:
+
+        def served() -> set[str]:
+            answer = client.get(f"/users/{user}/risk")
+            assert answer.status_code == 200, answer.text
+            return {h["event_date"] for h in answer.json()["history"]}
+
+        assert served() == {D1.isoformat(), DAYS[1].isoformat()}
+        _cut_short(io.run_manifest_path(world.out, D1), b'{"run_id": ')
+        wait_until(lambda: _warnings_naming(log, [D1]), 20, "the damaged day logged")
+        assert served() == {D1.isoformat(), DAYS[1].isoformat()}, "the complete window stays served"
+
+        parked.rename(newest)  # DAYS[2] published
+        expected = {DAYS[1].isoformat()} | ({DAYS[2].isoformat()} if user in _table(world, DAYS[2])["user_id"] else set())
+        wait_until(lambda: served() == expected, 20, f"{DAYS[2]} served without {D1}")
+    assert "Traceback" not in log.read_text()
+
+
 # A damaged file on DAYS[1], between the alert's day D1 and the newest day, so a search
 # newest first meets it before it finds the alert. On main: a run manifest that is not JSON
 # answered 422 to PATCH and GET /alerts and left DAYS[2] unmarked after a benign verdict on

@@ -152,6 +152,14 @@ def load_index(settings: Settings, key: RiskKey | None = None) -> RiskIndex:
     return RiskIndex(as_of=end, days=days, by_user=by_user, key=key, unreadable=tuple(unreadable))
 
 
+def _readable_day_after(index: RiskIndex, key: RiskKey, served: date) -> bool:
+    """Whether ``index`` has a day newer than ``served`` that read: then it is served, even
+    without an older day that does not read. One damaged day must not hold back every
+    later day's risk (today's most of all) until someone repairs it."""
+    unreadable = {day for day, _ in index.unreadable}
+    return any(day > served and day not in unreadable for day in (date.fromisoformat(entry[0]) for entry in key))
+
+
 def _first_line(exc: Exception) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
@@ -211,8 +219,8 @@ class RiskHolder:
 
     def _load(self, settings: Settings, key: RiskKey) -> None:
         """Serve the window of ``key``. With unreadable days: keep a complete window already
-        served (docs/risk.md), else serve the readable days, which is better than every
-        user read as never at risk until the bad day is re-scored."""
+        served unless a newer day read (docs/risk.md), else serve the readable days, which
+        is better than every user read as never at risk until the bad day is re-scored."""
         try:
             fresh = load_index(settings, key)
         except UNREADABLE as exc:  # the window's listing failed after the key was taken
@@ -227,7 +235,8 @@ class RiskHolder:
             return
         self.failed = key
         about = _failed_files(fresh, key)
-        if self.current.as_of is not None and not self.current.unreadable:
+        if self.current.as_of is not None and not self.current.unreadable and not _readable_day_after(
+                fresh, key, self.current.as_of):
             self._warn_once(about, f"entity risk not reloaded (still serving as of {self.current.as_of}); "
                                  f"days that do not read: {_described(fresh.unreadable)}")
             return
