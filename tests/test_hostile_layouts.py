@@ -281,6 +281,28 @@ def test_an_hour_or_weekday_that_disagrees_with_the_timestamp_fails_naming_the_e
     assert int(derived) == (when.hour if field == "hour_of_day" else when.weekday()) != int(stored)
 
 
+def test_a_lookback_day_whose_hours_disagree_with_its_timestamps_aggregates_as_the_true_day(
+        shared_world: Any, tmp_path: Path) -> None:
+    """Scoring refuses such a part on the scored day; on a lookback day (or in a training
+    window) it was read as stored, so a writer's New York hours shifted the user's hour
+    profile by five hours without a word. The day's aggregates now equal the true day's."""
+    from uba.features.store import ensure_aggregates
+
+    world = _copy(shared_world, tmp_path)
+    settings = _settings(world, tmp_path / "out")
+    truth = pl.read_parquet(io.partition_files(world / "data", io.AGGREGATES, DAY))
+
+    def write(events: pl.DataFrame, folder: Path) -> None:
+        frame, _, _ = _hours_of_a_writer_in_new_york(events)
+        assert (frame["hour_of_day"] != events["hour_of_day"]).all()
+        frame.write_parquet(folder / "part-0.parquet")
+
+    _rewrite_day(world, write)
+    assert ensure_aggregates(world / "data", [DAY], settings) == [DAY], "new events: new aggregates"
+    forged = pl.read_parquet(io.partition_files(world / "data", io.AGGREGATES, DAY))
+    assert forged.sort("user_id").equals(truth.sort("user_id"))
+
+
 def _repeat_two_events_in_an_unverified_day(world: Path) -> None:
     """The day rewritten by another tool with two of its events stored twice, in a data
     directory without checksum manifests (from before them, or all deleted): not adopted."""

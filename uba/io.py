@@ -203,7 +203,8 @@ def scan_partition(root: Path, dataset: str, day: date | str) -> pl.LazyFrame | 
 
 
 def scan_events(data_dir: Path, day: date) -> pl.LazyFrame:
-    """Validated events of one day, in the stored schema; a missing day is a user error.
+    """Validated events of one day, in the stored schema, hour and weekday taken from the
+    timestamp (``_clock_fields_of_the_timestamp``); a missing day is a user error.
 
     Each part is scanned on its own and brought to ``EVENT_SCHEMA`` (``conform_events``)
     before the parts are joined: one scan over parts whose column types differ (a
@@ -216,7 +217,18 @@ def scan_events(data_dir: Path, day: date) -> pl.LazyFrame:
             "(ingest or generate that day first)"
         )
     scans = [conform_events(pl.scan_parquet(part, glob=False), _check_event_part(part), part) for part in files]
-    return pl.concat(scans, how="vertical") if len(scans) > 1 else scans[0]
+    events = pl.concat(scans, how="vertical") if len(scans) > 1 else scans[0]
+    return events.with_columns(_clock_fields_of_the_timestamp())
+
+
+def _clock_fields_of_the_timestamp() -> list[pl.Expr]:
+    """``hour_of_day`` and ``day_of_week`` as the timestamp gives them (``event_rules.clock_fields``):
+    what ingest stores, so an ingested day reads unchanged, while another tool's part whose
+    stored hour disagrees (a writer's local hours) cannot teach the aggregates, training or
+    evaluation a forged hour. Scoring refuses such a part instead (``read_event_piece``):
+    there the run names it, here a lookback day would otherwise skew a baseline unseen."""
+    return [value.cast(EVENT_SCHEMA[name]).alias(name)
+            for name, value in rules.clock_fields(pl.col("timestamp")).items()]
 
 
 def _check_event_part(part: Path) -> pl.Schema:
