@@ -40,8 +40,8 @@ from waiting import wait_until
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_VENV_BIN = Path(sys.executable).parent
 # uba.model.kernel's loops that numba caches (one .nbi index each): the complete and node
-# forest kernels and the scaler
-COMPILED_LOOPS = ("_complete_kernel", "_node_loop", "_scale_kernel")
+# forest kernels, the scaler and the search for twin rows
+COMPILED_LOOPS = ("_complete_kernel", "_node_loop", "_scale_kernel", "_distinct_loop")
 
 
 @dataclass(frozen=True)
