@@ -270,6 +270,23 @@ def test_the_compiled_search_gives_up_on_rows_sharing_one_hash_and_every_row_is_
     assert np.array_equal(first, np.arange(len(X))) and np.array_equal(which, np.arange(len(X)))
 
 
+def test_a_probe_chain_past_the_last_slot_wraps_to_the_first_in_the_compiled_loop():
+    """64 rows (one bucket, a table of 128 slots) from 20 distinct rows whose hash picks
+    slot 127: their chain runs 127, 0, 1, ... A missed wrap would read and write past the
+    table, which the compiled loop does not bounds-check."""
+    rng = np.random.default_rng(12)
+    candidates = _probe(rng, 6000, 18)
+    bits = candidates.view(np.uint32)
+    last_slot = [r for r in range(len(candidates)) if int(forest_kernel._row_hash(bits, r)) & 127 == 127][:20]
+    X = _with_twins(rng, candidates[last_slot], 64)
+
+    first, which = forest_kernel.distinct_rows(X)
+
+    assert len(last_slot) == 20 and len(first) == len(np.unique(X.view(np.uint32), axis=0)) > 16
+    assert np.array_equal(X[first][which].view(np.uint32), X.view(np.uint32))
+    assert np.all(first[which] <= np.arange(len(X)))
+
+
 def test_distinct_rows_refuses_rows_it_would_misread():
     with pytest.raises(ValueError, match="C-contiguous float32"):
         forest_kernel.distinct_rows(np.zeros((4, 3), dtype=np.float64))
