@@ -189,6 +189,104 @@ def test_rows_whose_hashes_collide_are_told_apart_by_their_bits(monkeypatch):
     assert np.array_equal(X[first[:count]][which], X)
 
 
+# Joux's multicollision on kernel._row_hash, found by a birthday search over the state
+# after two random columns (a third column closes each near-miss): per stage, two column
+# triples that take the hash state to the same value, every value a float32 in [1, 2).
+# A row picks one triple of each stage, so k stages give 2**k distinct rows of 3k
+# columns sharing all 64 bits of their hash.
+_SAME_HASH_STAGES = (
+    ((0x3FA6B8D6, 0x3FE81836, 0x3F95CB89), (0x3F9E46EA, 0x3FA83277, 0x3F800000)),
+    ((0x3FA17B81, 0x3F842A1E, 0x3F82D66D), (0x3FC738E9, 0x3FA49452, 0x3F800000)),
+    ((0x3F84D690, 0x3FFDE7A2, 0x3F8B1184), (0x3F95985D, 0x3FF4B2C2, 0x3F800000)),
+    ((0x3F96D850, 0x3FA14C30, 0x3F8596C2), (0x3FB86E17, 0x3FD1FE41, 0x3F800000)),
+    ((0x3FA6A86E, 0x3F85E20B, 0x3FC3844C), (0x3F994FE8, 0x3F907C06, 0x3F800000)),
+    ((0x3FD021CC, 0x3F82C30C, 0x3F87D4A0), (0x3FC028AD, 0x3F87218D, 0x3F800000)),
+    ((0x3FFB47A6, 0x3F82A1FD, 0x3F8E8B07), (0x3FF15089, 0x3FCDA3C9, 0x3F800000)),
+    ((0x3FC7C67C, 0x3FDA9FB6, 0x3F99210E), (0x3F8072AF, 0x3FB1A527, 0x3F800000)),
+)
+
+
+def _rows_sharing_one_hash() -> np.ndarray:
+    """256 distinct float32 rows of 24 columns whose ``_row_hash`` is one and the same."""
+    picks = (np.arange(1 << len(_SAME_HASH_STAGES))[:, None] >> np.arange(len(_SAME_HASH_STAGES))) & 1
+    stages = np.array(_SAME_HASH_STAGES, dtype=np.uint32)  # (stage, pick, column)
+    bits = stages[np.arange(len(_SAME_HASH_STAGES)), picks].reshape(len(picks), -1)
+    return np.ascontiguousarray(bits).view(np.float32)
+
+
+def test_the_crafted_rows_are_distinct_and_share_all_64_bits_of_their_hash():
+    X = _rows_sharing_one_hash()
+    bits = X.view(np.uint32)
+
+    assert len(np.unique(bits, axis=0)) == len(X) == 256
+    assert len({int(forest_kernel._row_hash(bits, r)) for r in range(len(X))}) == 1
+    assert np.all((X >= 1.0) & (X < 2.0))
+
+
+def test_rows_crafted_to_share_one_hash_are_never_merged_and_score_like_sklearn():
+    """A real collision through the compiled loop (not a patched hash): every row keeps
+    its own score, scikit-learn's and the one it gets alone, twins included."""
+    X = _rows_sharing_one_hash()
+    forest = IsolationForest(n_estimators=60, random_state=8).fit(1.0 + np.random.default_rng(8).random((3000, 24)))
+    compact = compact_forest_from_sklearn(forest, 24)
+    probe = _with_twins(np.random.default_rng(8), X, 1000)
+
+    first, which = forest_kernel.distinct_rows(probe)
+    got = compact.scores(probe)
+
+    assert np.array_equal(probe[first][which].view(np.uint32), probe.view(np.uint32))
+    assert np.max(np.abs(got + forest.score_samples(probe))) <= TOLERANCE
+    assert np.array_equal(got, compact.scores(probe, compiled=False))
+    assert np.array_equal(got[:300], [compact.scores(row[None, :])[0] for row in probe[:300]])
+
+
+def test_rows_sharing_one_hash_cost_a_bounded_number_of_row_compares(monkeypatch):
+    """n rows sharing a hash would meet each other in one probe chain: n**2 / 2 row
+    compares (5 * 10**9 for 100 k crafted rows in one shard). The search
+    gives up after a fixed number of probe steps a row instead (loop run as Python to
+    count the compares)."""
+    forest_kernel.load_batch_loops()  # compiled before the patch below, never with it
+    compares = []
+    same_row = forest_kernel._same_row
+
+    def counted_same_row(bits: np.ndarray, a: int, b: int) -> bool:
+        compares.append((a, b))
+        return bool(same_row(bits, a, b))
+
+    monkeypatch.setattr(forest_kernel, "_same_row", counted_same_row)
+    bits = _rows_sharing_one_hash().view(np.uint32)
+    n_rows = len(bits)
+
+    forest_kernel._distinct_loop(bits, np.empty(n_rows, dtype=np.int64), np.empty(n_rows, dtype=np.int64))
+
+    assert len(compares) <= 32 * n_rows  # kernel._PROBES_PER_ROW; all pairs would be 32,640
+
+
+def test_the_compiled_search_gives_up_on_rows_sharing_one_hash_and_every_row_is_walked():
+    X = np.repeat(_rows_sharing_one_hash(), 2, axis=0)
+
+    first, which = forest_kernel.distinct_rows(X)
+
+    assert np.array_equal(first, np.arange(len(X))) and np.array_equal(which, np.arange(len(X)))
+
+
+def test_a_probe_chain_past_the_last_slot_wraps_to_the_first_in_the_compiled_loop():
+    """64 rows (one bucket, a table of 128 slots) from 20 distinct rows whose hash picks
+    slot 127: their chain runs 127, 0, 1, ... A missed wrap would read and write past the
+    table, which the compiled loop does not bounds-check."""
+    rng = np.random.default_rng(12)
+    candidates = _probe(rng, 6000, 18)
+    bits = candidates.view(np.uint32)
+    last_slot = [r for r in range(len(candidates)) if int(forest_kernel._row_hash(bits, r)) & 127 == 127][:20]
+    X = _with_twins(rng, candidates[last_slot], 64)
+
+    first, which = forest_kernel.distinct_rows(X)
+
+    assert len(last_slot) == 20 and len(first) == len(np.unique(X.view(np.uint32), axis=0)) > 16
+    assert np.array_equal(X[first][which].view(np.uint32), X.view(np.uint32))
+    assert np.all(first[which] <= np.arange(len(X)))
+
+
 def test_distinct_rows_refuses_rows_it_would_misread():
     with pytest.raises(ValueError, match="C-contiguous float32"):
         forest_kernel.distinct_rows(np.zeros((4, 3), dtype=np.float64))

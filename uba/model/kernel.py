@@ -330,6 +330,11 @@ _HASH_SEED = np.uint64(0x9E3779B97F4A7C15)
 _HASH_MULTIPLIER = np.uint64(0xBF58476D1CE4E5B9)
 _AVALANCHE_MULTIPLIER = np.uint64(0x94D049BB133111EB)
 _BUCKET_ROWS = 4096
+# Probe steps a search may take per row on average before it gives up (_distinct_loop).
+# Rows of random hashes take about 1.3; rows crafted to share one hash (the hash is no
+# secret and not cryptographic: 2**k distinct rows of 3k columns sharing all 64 bits
+# take a minute's search) would take a step and a row compare for each row met before.
+_PROBES_PER_ROW = 32
 _DISTINCT_SIGNATURE = numba.int64(
     _readonly(numba.uint32, 2),  # the rows' float32 bits
     numba.types.Array(numba.int64, 1, "C"),  # first: the row where each distinct row first appears
@@ -388,8 +393,13 @@ def _distinct_loop(bits: npt.NDArray[np.uint32], first: npt.NDArray[np.int64], w
     16-47 and the row number + 1, so a probe meeting another row's slot is told apart
     without reading that row; equal hash bits are then checked bit for bit, so a
     collision costs a compare, never a wrong answer. Distinct rows are numbered bucket
-    by bucket; ``first`` holds each one's first row. Needs fewer than 2**32 rows."""
+    by bucket; ``first`` holds each one's first row. Needs fewer than 2**32 rows.
+
+    Returns -1 (``first`` and ``which`` then mean nothing) after _PROBES_PER_ROW probe
+    steps a row: n rows sharing one hash would otherwise cost n**2 / 2 row compares
+    (5 * 10**9 for 100 k rows), all in one bucket of one shard."""
     n_rows = bits.shape[0]
+    probes_left = _PROBES_PER_ROW * n_rows
     hashes = np.empty(n_rows, dtype=np.uint64)
     for r in range(n_rows):
         hashes[r] = _row_hash(bits, r)
@@ -419,6 +429,9 @@ def _distinct_loop(bits: npt.NDArray[np.uint32], first: npt.NDArray[np.int64], w
             tag = (h >> np.uint64(16)) << np.uint64(32)
             slot = h & mask
             while True:
+                probes_left -= 1
+                if probes_left < 0:
+                    return -1
                 entry = table[slot]
                 if entry == 0:
                     table[slot] = tag | np.uint64(r + 1)
@@ -453,7 +466,8 @@ def distinct_rows(X32: Rows32) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.in
 
     Rows are the same when their float32 bits are: the forest sees nothing else, so a
     row's path length is its twin's, to the bit (NaN rows with the same bits go together
-    too; 0.0 and -0.0 stay apart, which costs at most a duplicate walk).
+    too; 0.0 and -0.0 stay apart, which costs at most a duplicate walk). When the search
+    gives up (rows crafted to share a hash, see _distinct_loop), every row is its own.
     """
     if X32.ndim != 2 or X32.dtype != np.float32 or not X32.flags.c_contiguous:
         raise ValueError("distinct_rows needs C-contiguous float32 rows")
@@ -462,7 +476,16 @@ def distinct_rows(X32: Rows32) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.in
     first = np.empty(X32.shape[0], dtype=np.int64)
     which = np.empty(X32.shape[0], dtype=np.int64)
     count = _distinct_kernel()(X32.view(np.uint32), first, which)
+    if count < 0:
+        return _every_row_its_own(X32.shape[0])
     return first[:count], which
+
+
+def _every_row_its_own(n_rows: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """``(first, which)`` with no twins: what the caller gets when the search gave up, so
+    it walks every row (the scores are the same, only the shortcut is lost)."""
+    rows = np.arange(n_rows, dtype=np.int64)
+    return rows, rows.copy()
 
 
 def _block_rows(n_columns: int) -> int:
