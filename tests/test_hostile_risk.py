@@ -450,3 +450,33 @@ def test_triage_of_a_good_alert_does_not_fail_on_another_day_that_does_not_read(
 
     code, output = _run("alerts", "list", "--status", "all", *world.folders())  # the CLI shares the search
     assert code == 0 and f"1 day(s) skipped, they do not read: {DAYS[1]}" in output, output
+
+
+def test_a_risk_folder_entry_named_like_a_part_that_is_not_a_file_leaves_out_its_day_only(
+        world: Copy, tmp_path: Path) -> None:
+    """A dangling link named like a risk part in DAYS[1]'s folder, which the listing refuses
+    (CorruptPartError). The refusal came out of the API's listing of the window's files, so
+    no entity risk was served at all (empty from start, never reloaded), and out of the
+    alert search before its per-day guard, so GET /alerts and PATCH of a good alert on D1
+    answered 422 naming the link."""
+    user = next(u for u in _table(world, D1)["user_id"].to_list() if u in set(_table(world, DAYS[2])["user_id"]))
+    expected = {d.isoformat() for d in (D1, DAYS[2]) if user in _table(world, d)["user_id"].to_list()}
+    alert = next(c for c in _contributions(_table(world, D1)) if c["type"] == "event")
+    folder = _risk_part(world, DAYS[1]).resolve().parent
+    (folder / "part-99999.parquet").symlink_to(folder / "gone.parquet")
+    log = tmp_path / "uvicorn.log"
+    with running_server(_api_env(world), log, uba_api=["--output-dir", str(world.out)]) as server, \
+            server.client(headers={"X-API-Key": KEY}) as client:
+        risk = client.get(f"/users/{user}/risk")
+        assert risk.status_code == 200, risk.text
+        assert {h["event_date"] for h in risk.json()["history"]} == expected, log.read_text()
+
+        listed = client.get("/alerts", params={"status": "all", "days": 7})
+        assert listed.status_code == 200, listed.text
+        assert [u["event_date"] for u in listed.json()["unreadable_days"]] == [DAYS[1].isoformat()]
+
+        acked = client.patch(f"/alerts/{alert['alert_id']}", json={"status": "acknowledged"})
+        assert acked.status_code == 200, acked.text
+        missing = client.patch("/alerts/uba-000000000000000000000000", json={"status": "acknowledged"})
+        assert missing.status_code == 409, missing.text
+    assert "Traceback" not in log.read_text()

@@ -196,12 +196,21 @@ class DaySearch:
         if what != "all" and what not in RECORD_KINDS:
             raise UserError(f"--what {what!r} is not one of {', '.join(RECORD_KINDS)}, all")
         # a day scored before entity risk existed has no risk records (not a damaged day)
-        kinds = [k for k in (RECORD_KINDS if what == "all" else (what,))
-                 if k != "risk" or io.partition_files(self.output_dir, io.RISK, day)]
+        kinds = [k for k in (RECORD_KINDS if what == "all" else (what,)) if k != "risk" or self._has_risk(day)]
         frames = [frame for kind in kinds if (frame := self._read(day, kind)) is not None]
         if not frames:
             return None if kinds else pl.DataFrame(schema=RECORD_SCHEMA)
         return pl.concat(frames)
+
+    def _has_risk(self, day: date) -> bool:
+        """Whether ``day`` has a risk table to read. A listing that is refused (an entry
+        named like a part that is not a file) counts as one, so ``_read`` skips and names
+        the day instead of the refusal failing the whole search (a 422 to GET /alerts and
+        to PATCH of a good alert on another day)."""
+        try:
+            return bool(io.partition_files(self.output_dir, io.RISK, day))
+        except UNREADABLE_DAY:
+            return True
 
     def _read(self, day: date, kind: str) -> pl.DataFrame | None:
         try:

@@ -92,7 +92,23 @@ def file_stamp(path: Path) -> FileStamp:
 
 
 def _parts_stamp(output_dir: Path, day: date) -> tuple[tuple[str, FileStamp], ...]:
-    return tuple((part.name, file_stamp(part)) for part in io.partition_files(output_dir, RISK, day))
+    """Each risk part of ``day`` by name and identity. A folder whose listing is refused (an
+    entry named like a part that is not a regular file: a dangling link, a folder) is
+    stamped entry by entry instead: raising here stopped every load, so one such entry in
+    an old day left the whole window unserved (empty at start) instead of that day, which
+    the load then names (``load_index``)."""
+    try:
+        parts = io.partition_files(output_dir, RISK, day)
+    except UNREADABLE:
+        parts = _entries_named_as_parts(io.partition_dir(output_dir, RISK, day))
+    return tuple((part.name, file_stamp(part)) for part in parts)
+
+
+def _entries_named_as_parts(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.glob("*.parquet"))
+    except OSError:
+        return []
 
 
 # What a load of the risk window can meet on disk: a day's table or run manifest that does
