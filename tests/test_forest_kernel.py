@@ -564,3 +564,20 @@ def test_the_compiled_loops_load_without_scipy_and_scipy_still_imports_after() -
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1.0"
+
+
+@pytest.mark.integration  # a real subprocess loading a real bundle and snapshot
+def test_the_api_loads_the_twin_search_with_its_model_not_in_its_first_batch(serving_world) -> None:
+    """A batch of 64 rows or more (/predict/batch, or coalesced /predict requests) searches
+    for twins; without this the first such request compiled that loop on the event loop
+    (about 4 s without numba's cache) and stalled every other request meanwhile."""
+    code = (
+        "from uba.api.state import load_state\n"
+        "from uba.settings import load_settings\n"
+        "from uba.model import kernel\n"
+        "load_state(load_settings())\n"
+        "assert kernel._distinct_kernel.cache_info().currsize == 1, 'twin search not loaded with the model'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=serving_world.env(), capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr

@@ -303,6 +303,37 @@ def test_a_lookback_day_whose_hours_disagree_with_its_timestamps_aggregates_as_t
     assert forged.sort("user_id").equals(truth.sort("user_id"))
 
 
+def test_aggregates_built_by_the_code_that_read_stored_hours_are_rebuilt(
+        shared_world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Aggregates are reused while their tag (events, code version, categories) holds, so
+    parts that version 2 built from a part with local hours would have kept those hours
+    after the fix above: version 3 rebuilds them."""
+    from uba.features import store
+    from uba.features.aggregates import daily_aggregates
+
+    world = _copy(shared_world, tmp_path)
+    settings = _settings(world, tmp_path / "out")
+    truth = pl.read_parquet(io.partition_files(world / "data", io.AGGREGATES, DAY))
+
+    def write(events: pl.DataFrame, folder: Path) -> None:
+        _hours_of_a_writer_in_new_york(events)[0].write_parquet(folder / "part-0.parquet")
+
+    _rewrite_day(world, write)
+    as_stored = pl.concat([pl.scan_parquet(p, glob=False) for p in io.partition_files(world / "data", io.EVENTS, DAY)])
+    shifted = daily_aggregates(as_stored.with_columns(pl.lit(DAY).alias("event_date")), settings.events).collect()
+    assert not shifted.sort("user_id").equals(truth.sort("user_id")), "the old reading learned shifted hours"
+    with monkeypatch.context() as old_code:
+        old_code.setattr(store, "AGGREGATES_VERSION", "2")
+        fingerprint = io.partition_fingerprint(world / "data", io.EVENTS, DAY)
+        assert fingerprint is not None
+        io.write_aggregates(shifted, world / "data", DAY, store.aggregate_tag(fingerprint, settings.events))
+        assert store.ensure_aggregates(world / "data", [DAY], settings) == [], "version 2 reused its own parts"
+
+    assert store.ensure_aggregates(world / "data", [DAY], settings) == [DAY]
+    rebuilt = pl.read_parquet(io.partition_files(world / "data", io.AGGREGATES, DAY))
+    assert rebuilt.sort("user_id").equals(truth.sort("user_id"))
+
+
 def _repeat_two_events_in_an_unverified_day(world: Path) -> None:
     """The day rewritten by another tool with two of its events stored twice, in a data
     directory without checksum manifests (from before them, or all deleted): not adopted."""

@@ -27,6 +27,7 @@ from uba.features.compiled import compile_baselines, feature_columns
 from uba.features.events import FEATURE_SET_VERSION
 from uba.logs import get_logger
 from uba.model.bundle import Bundle, PeerContext, load_bundle, resolve_version
+from uba.model.forest import import_compiled_loops
 from uba.settings import Settings
 
 log = get_logger("api.state")
@@ -137,6 +138,10 @@ def load_state(settings: Settings) -> ModelState:
                        loaded_at=datetime.now(UTC), user_cuts=user_cut_map(bundle, settings),
                        rules=rules, rules_key=key)
     _probe(state, settings)
+    # /predict/batch, and /predict requests coalesced into one group, search a batch of 64
+    # rows or more for twins: that loop loads (or, without numba's cache, compiles for
+    # about 4 s) here, at load, rather than inside the first such request
+    import_compiled_loops()
     return state
 
 

@@ -21,8 +21,11 @@ from uba.schema import EVENT_SCHEMA
 from uba.settings import EventSettings
 
 # "2": the duration x actions co-moment (``sum_log_duration_x_actions``); parts of
-# version 1 are recomputed from their day's events (the tag names the version)
-AGGREGATES_VERSION = "2"
+# version 1 are recomputed from their day's events (the tag names the version).
+# "3": hours counted from the timestamp (``io.scan_events``), not from a stored
+# ``hour_of_day`` that another tool's part may have written in local time; parts of
+# version 2 built from such a part would otherwise keep its shifted hours for good.
+AGGREGATES_VERSION = "3"
 DOWNLOAD = "download"
 LOGIN = "login"
 HOURS: tuple[int, ...] = tuple(range(24))

@@ -353,8 +353,8 @@ def _forest_kernel() -> _KernelModule:
 
 def import_compiled_loops() -> None:
     """Import numba and load (or compile) the loops now rather than at the first score:
-    a Ray worker does it while the driver still builds the baselines (batches only: the
-    distinct-rows loop too)."""
+    a Ray worker does it while the driver still builds the baselines, and the API when it
+    loads a model (the distinct-rows loop of batches too)."""
     _forest_kernel().load_batch_loops()
 
 

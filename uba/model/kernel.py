@@ -455,8 +455,9 @@ def load_batch_loops() -> None:
 
 @cache
 def _distinct_kernel() -> Any:
-    """_distinct_loop compiled on first use: batch scoring needs it, the API (one row a
-    request) never does."""
+    """_distinct_loop compiled on first use: batches of 64 rows or more need it (shards,
+    the API's /predict/batch and coalesced groups, which load it with the model); one
+    row never does."""
     return _compiled(_DISTINCT_SIGNATURE)(_distinct_loop)
 
 
