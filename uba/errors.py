@@ -11,3 +11,11 @@ class UserError(Exception):
 
 class BundleError(UserError):
     """A model bundle that is missing, incomplete, tampered with or incompatible."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, else its type's name: Polars appends hint
+    paragraphs to its errors, and a one-line error (CLI, log line, API detail) quotes only
+    the problem."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

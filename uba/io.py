@@ -48,7 +48,7 @@ import numpy as np
 import polars as pl
 
 from uba import event_rules as rules
-from uba.errors import UserError
+from uba.errors import UserError, first_line
 from uba.logs import get_logger
 from uba.schema import (
     EVENT_SCHEMA,
@@ -1379,8 +1379,7 @@ def read_csv_as_strings(path: Path) -> pl.DataFrame:
         # glob=False: `labels[1].csv` is that file; Polars read it as a pattern (labels1.csv)
         frame = pl.read_csv(path, infer_schema=False, raise_if_empty=False, glob=False)
     except (pl.exceptions.ComputeError, OSError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read CSV file {path}: {first}") from exc  # polars adds hint paragraphs
+        raise UserError(f"cannot read CSV file {path}: {first_line(exc)}") from exc  # polars adds hint paragraphs
     names = [name.strip().strip('"').strip() for name in header]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
@@ -1779,8 +1778,7 @@ def check_readable(part: Path, remedy: str = "") -> None:
     try:
         parquet_schema(part)
     except (pl.exceptions.PolarsError, OSError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorruptPartError(f"{_kind(part)} part {part} is not a readable Parquet file: {detail}"
+        raise CorruptPartError(f"{_kind(part)} part {part} is not a readable Parquet file: {first_line(exc)}"
                                + (f"; {remedy}" if remedy else "")) from exc
 
 

@@ -26,7 +26,7 @@ import polars as pl
 
 from uba import io
 from uba.alerting.risk import read_risk, rescore_remedy
-from uba.errors import UserError
+from uba.errors import UserError, first_line
 from uba.manifest import read_manifest
 from uba.schema import alert_id, unsuppressed_alert
 
@@ -245,9 +245,8 @@ def _named(output_dir: Path, dataset: str, day: date, read: Callable[[], pl.Data
     except pl.exceptions.PolarsError as exc:
         for part in io.partition_files(output_dir, dataset, day):
             io.check_readable(part, rescore_remedy(day))
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise io.CorruptPartError(f"the {dataset} table of {day.isoformat()} under "
-                                  f"{io.partition_dir(output_dir, dataset, day)} does not read as one ({detail}); "
+                                  f"{io.partition_dir(output_dir, dataset, day)} does not read as one ({first_line(exc)}); "
                                   f"{rescore_remedy(day)}") from exc
 
 

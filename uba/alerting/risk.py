@@ -43,7 +43,7 @@ from uba import io
 from uba.alerting.feedback import FeedbackSummary, record_feedback_csv
 from uba.alerting.trends import TREND_KINDS
 from uba.directory import load_directory
-from uba.errors import UserError
+from uba.errors import UserError, first_line
 from uba.logs import get_logger
 from uba.manifest import RiskSection, RunManifest, StaleEntry, read_manifest
 from uba.schema import JsonValue, alert_id, unsuppressed_alert
@@ -289,9 +289,8 @@ def read_risk(output_dir: Path, day: date) -> pl.DataFrame | None:
     try:
         return scan.collect().select([pl.col(n).cast(t) for n, t in RISK_SCHEMA.items()])
     except pl.exceptions.PolarsError as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise io.CorruptPartError(f"the risk table of {day.isoformat()} under {io.partition_dir(output_dir, RISK, day)} "
-                                  f"does not read as one ({detail}); {remedy}") from exc
+                                  f"does not read as one ({first_line(exc)}); {remedy}") from exc
 
 
 def read_risk_or_none(output_dir: Path, day: date) -> pl.DataFrame | None:

@@ -38,7 +38,7 @@ from uba.alerting.records import (
     day_records,
 )
 from uba.alerting.risk import mark_stale_after_feedback
-from uba.errors import UserError
+from uba.errors import UserError, first_line
 from uba.logs import get_logger
 
 log = get_logger("triage")
@@ -218,8 +218,7 @@ class DaySearch:
         except DayNotScoredError:
             raise  # a date asked for that was never scored: the caller's error, as before
         except UNREADABLE_DAY as exc:
-            lines = str(exc).strip().splitlines()
-            problem = lines[0] if lines else type(exc).__name__
+            problem = first_line(exc)
             known = self.unreadable.get(day)
             if known is None or problem not in known:  # a bad manifest fails every kind alike: said once
                 log.warning("alert search: %s skipped, it does not read: %s", day.isoformat(), problem)

@@ -27,7 +27,7 @@ from uba.alerting.risk import (
     risk_window_days,
     stale_marker,
 )
-from uba.errors import UserError
+from uba.errors import UserError, first_line
 from uba.logs import get_logger
 from uba.manifest import read_manifest
 from uba.settings import Settings
@@ -157,7 +157,7 @@ def load_index(settings: Settings, key: RiskKey | None = None) -> RiskIndex:
         try:
             rows = day_rows(output_dir, day)
         except UNREADABLE as exc:
-            unreadable.append((day, _first_line(exc)))
+            unreadable.append((day, first_line(exc)))
             continue
         if rows is not None:
             frames.append(rows)
@@ -174,11 +174,6 @@ def _readable_day_after(index: RiskIndex, key: RiskKey, served: date) -> bool:
     later day's risk (today's most of all) until someone repairs it."""
     unreadable = {day for day, _ in index.unreadable}
     return any(day > served and day not in unreadable for day in (date.fromisoformat(entry[0]) for entry in key))
-
-
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _failed_files(index: RiskIndex, key: RiskKey) -> tuple[tuple[str, DayKey | None], ...]:
@@ -229,8 +224,8 @@ class RiskHolder:
         try:
             return risk_key(Path(settings.paths.output_dir), settings.risk.history_days)
         except UNREADABLE as exc:
-            self._warn_once(_first_line(exc), f"entity risk not reloaded (still serving as of "
-                                              f"{self.current.as_of}): {_first_line(exc)}")
+            self._warn_once(first_line(exc), f"entity risk not reloaded (still serving as of "
+                                              f"{self.current.as_of}): {first_line(exc)}")
             return None
 
     def _load(self, settings: Settings, key: RiskKey) -> None:
@@ -242,7 +237,7 @@ class RiskHolder:
         except UNREADABLE as exc:  # the window's listing failed after the key was taken
             self.failed = key
             self._warn_once(key, f"entity risk not reloaded (still serving as of {self.current.as_of}): "
-                                 f"{_first_line(exc)}")
+                                 f"{first_line(exc)}")
             return
         if not fresh.unreadable:
             if self.failed is not None:

@@ -21,7 +21,7 @@ from uba.alerting.feedback import load_rules
 from uba.alerting.thresholds import load_user_cuts
 from uba.api.inference import ScoringEvent, score_events
 from uba.api.model_state import BaselineIndex, ModelState, RulesKey, Scorer
-from uba.errors import BundleError, UserError
+from uba.errors import BundleError, UserError, first_line
 from uba.features.baselines import POPULATION_USER
 from uba.features.compiled import compile_baselines, feature_columns
 from uba.features.events import FEATURE_SET_VERSION
@@ -114,9 +114,8 @@ def load_suppression_rules(data_dir: Path) -> tuple[pl.DataFrame, RulesKey]:
     try:
         return load_rules(data_dir), key
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot read suppression rules under {Path(data_dir) / io.SUPPRESSIONS}: "
-                        f"{first[:300]}") from exc
+                        f"{first_line(exc)[:300]}") from exc
 
 
 def load_state(settings: Settings) -> ModelState:

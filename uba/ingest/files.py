@@ -44,7 +44,7 @@ import polars as pl
 
 from uba import event_rules as rules
 from uba import io as storage
-from uba.errors import UserError
+from uba.errors import UserError, first_line
 from uba.ingest.validate import (
     KIND_DUPLICATE,
     META_FIELDS,
@@ -1610,8 +1610,7 @@ class _Written:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return _excerpt(text.splitlines()[0]) if text else type(exc).__name__
+    return _excerpt(first_line(exc))
 
 
 def _os_reason(exc: Exception) -> str:
@@ -1620,8 +1619,7 @@ def _os_reason(exc: Exception) -> str:
         name = errno.errorcode.get(exc.errno or 0, "")
         text = exc.strerror or str(exc)
         return f"{text} ({name})" if name else text
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text.rsplit("IO error: ", 1)[-1]
+    return first_line(exc).rsplit("IO error: ", 1)[-1]
 
 
 def _unknown_columns(names: Iterable[str]) -> tuple[list[str], bool]:
