@@ -18,9 +18,9 @@ import pytest
 from waiting import wait_until
 
 from uba import io
+from uba.scoring.context import FaultInjection
 from uba.scoring.driver import STAGING_DIR, ScoreOptions, score_day
 from uba.scoring.ray_backend import ShardFailedError
-from uba.scoring.shard import FaultInjection
 
 UBA = Path(sys.executable).with_name("uba-batch")
 REPO = Path(__file__).resolve().parents[1]

@@ -225,3 +225,27 @@ def test_an_unreachable_cluster_is_one_line_and_publishes_nothing(shared_world, 
     assert not (tmp_path / "scores").exists()
     failures = list((tmp_path / "runs" / f"event_date={day}").glob("failed-*.json"))
     assert len(failures) == 1 and json.loads(failures[0].read_text())["failed_stage"] == "ray_init"
+
+
+WORKER_THREADS = """
+import json, sys
+import ray
+from uba.scoring.ray_backend import RayRuntime
+runtime = RayRuntime(sys.argv[1], None, 2)
+runtime.start()
+warm = ray.get(runtime.warm_up())
+print(json.dumps({"warm": warm, "job_runtime_env": ray.get_runtime_context().runtime_env}))
+"""
+
+
+def test_cluster_workers_run_one_polars_thread_per_task_without_a_runtime_env(ray_head: str) -> None:
+    """Each task holds one CPU, so Polars in a worker gets one thread (two shard tasks on a
+    node of two CPUs ran four busy threads otherwise). The cap is set by the task before
+    Polars is imported, not by a job runtime_env: one would make Ray start every worker
+    through its setup_worker process, a second interpreter start per worker per run."""
+    result = subprocess.run([sys.executable, "-c", WORKER_THREADS, ray_head], env=_cluster_env(),
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(report["warm"]) == 2 and all(threads == 1 for _, threads in report["warm"]), report
+    assert not report["job_runtime_env"], report

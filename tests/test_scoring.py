@@ -327,8 +327,9 @@ def test_a_shard_orphaned_by_a_killed_driver_cannot_recreate_its_staging(
         shared_world, scoring_settings, tmp_path: Path) -> None:
     """Staging is keyed by run id and created by the driver only: a task still running for a
     run whose driver died (its staging removed by the next run) fails instead of writing."""
+    from uba.scoring.context import ShardContext
     from uba.scoring.plan import plan_shards
-    from uba.scoring.shard import ShardContext, run_shard
+    from uba.scoring.shard import run_shard
 
     day = shared_world.score_dates[0]
     settings = scoring_settings(tmp_path / "out")

@@ -55,9 +55,9 @@ def command(ctx: click.Context, start: date, end: date, force: bool, data_dir: s
       uba-batch backfill --start 2026-03-01 --end 2026-03-28 --data-dir data --model-dir models --output-dir output
       uba-batch backfill --start 2026-03-01 --end 2026-03-07 --force --in-process
     """
+    from uba.scoring.context import FaultInjection
     from uba.scoring.driver import ScoreOptions
     from uba.scoring.nightly import backfill_and_deliver
-    from uba.scoring.shard import FaultInjection
 
     settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir, output_dir=output_dir)
     options = ScoreOptions(day=start, ray_address=ray_address, workers=workers, shards=shards,

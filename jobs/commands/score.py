@@ -43,9 +43,9 @@ def command(ctx: click.Context, day: date | None, data_dir: str | None, model_di
       uba-batch score --date 2026-03-22 --data-dir data --model-dir models --output-dir output
       uba-batch score --date 2026-03-22 --ray-address auto --workers 16
     """
+    from uba.scoring.context import FaultInjection
     from uba.scoring.driver import ScoreOptions
     from uba.scoring.nightly import score_and_deliver
-    from uba.scoring.shard import FaultInjection
 
     settings = settings_from(ctx, data_dir=data_dir, model_dir=model_dir, output_dir=output_dir)
     options = ScoreOptions(day=day or yesterday_utc(), ray_address=ray_address, workers=workers,

@@ -61,10 +61,10 @@ from uba.manifest import (
 )
 from uba.model.bundle import Bundle
 from uba.scoring import shard
+from uba.scoring.context import FaultInjection, ShardContext
 from uba.scoring.hooks import RunOperations
 from uba.scoring.plan import ShardSpec, plan_shards
 from uba.scoring.ray_backend import RayRuntime, RunFailedError
-from uba.scoring.shard import FaultInjection
 from uba.settings import Settings
 
 log = get_logger("scoring")
@@ -282,7 +282,7 @@ class _Run:
             self.ops = RunOperations.prepare(self.settings, self.bundle, self.day)
         for folder in (shard.SCORES_DIR, shard.FLAGGED_PARTS_DIR):
             io.new_dir(staging / folder)
-        ctx = shard.ShardContext(run_key=self.run_id, day=self.day, model_version=self.bundle.version,
+        ctx = ShardContext(run_key=self.run_id, day=self.day, model_version=self.bundle.version,
                                  max_reasons=self.settings.threshold.max_reasons,
                                  staging=str(staging), fault=self.options.fault)
         inputs = shard.ShardInputs(detector=self.bundle.detector, baselines=baselines,
@@ -441,7 +441,7 @@ class _Run:
         with self.timer.stage("aggregates_day", beside=beside):
             self.aggregates_computed += self.runtime.result(pending, f"aggregates of {self.day}")
 
-    def _run_shards(self, specs: list[ShardSpec], ctx: shard.ShardContext, inputs: shard.ShardInputs,
+    def _run_shards(self, specs: list[ShardSpec], ctx: ShardContext, inputs: shard.ShardInputs,
                     execution: RunPlacement) -> list[shard.ShardResult]:
         if not self._on_ray(execution):
             return run_shards_in_threads(specs, ctx, inputs, execution["workers"])
@@ -635,7 +635,7 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def run_shards_in_threads(specs: list[ShardSpec], ctx: shard.ShardContext, inputs: shard.ShardInputs,
+def run_shards_in_threads(specs: list[ShardSpec], ctx: ShardContext, inputs: shard.ShardInputs,
                           threads: int) -> list[shard.ShardResult]:
     """Every shard in this process, ``threads`` at a time; results in shard order.
 

@@ -4,7 +4,7 @@ Each shard task runs the whole per-row pipeline of ``uba.scoring.shard.run_shard
 its own slice of the day, read from shared storage, and returns only counts, checksums
 and partial results. What all shards share (detector, baselines, cuts, rules) is put
 into the object store once per run; a worker fetches it on its first shard of the run
-and keeps it for the next ones (``_worker_inputs``), so it crosses the network once per
+and keeps it for the next ones (``ray_worker``), so it crosses the network once per
 worker, not once per task. The task receives the reference boxed in a list so Ray does
 not resolve it for every task.
 
@@ -13,7 +13,8 @@ error (``retry_exceptions``: OSError, MemoryError); shards are idempotent (a fix
 name written atomically), so a retry is safe. A shard that still fails fails the whole
 run with :class:`ShardFailedError`, and the driver then publishes nothing.
 
-Only this module and the driver import Ray, and only when a run needs it.
+Only this module, the driver and the worker side (``ray_worker``, what the tasks run)
+import Ray, and only when a run needs it.
 """
 
 from __future__ import annotations
@@ -28,23 +29,21 @@ from functools import cache
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 from uba.errors import UserError
+from uba.scoring import ray_worker
+from uba.scoring.context import ShardContext
 from uba.scoring.plan import ShardSpec
-from uba.scoring.shard import (
-    ShardContext,
-    ShardInputs,
-    ShardResult,
-    run_shard,
-)
+from uba.scoring.ray_worker import TASK_CPUS
 
 if TYPE_CHECKING:  # Ray is imported only when a run needs it (see the module doc)
     from ray import ObjectRef
+
+    from uba.scoring.shard import ShardInputs, ShardResult
 
 __all__ = ["RayRuntime", "RunFailedError", "ShardFailedError", "check_reachable"]
 
 R = TypeVar("R")
 
 CONNECT_TIMEOUT_SEC = 10.0
-TASK_CPUS = 1  # CPUs one shard task asks Ray for (and the threads it uses)
 QUEUED_PER_SLOT = 2  # shard tasks in flight per worker slot when the run has the whole cluster
 RETRYABLE_EXCEPTIONS: tuple[type[BaseException], ...] = (OSError, MemoryError)
 
@@ -56,45 +55,6 @@ class RunFailedError(UserError):
 
 class ShardFailedError(RunFailedError):
     """A scoring shard failed even after Ray's retries."""
-
-
-# --- worker side ---------------------------------------------------------------------
-
-_WORKER_INPUTS: dict[str, ShardInputs] = {}
-
-
-def _worker_inputs(run_key: str, boxed_ref: list[ObjectRef[ShardInputs]]) -> tuple[ShardInputs, bool]:
-    """The run's shared inputs, fetched from the object store once per worker and run."""
-    cached = _WORKER_INPUTS.get(run_key)
-    if cached is not None:
-        return cached, False
-    import ray
-
-    inputs = ray.get(boxed_ref[0])
-    _WORKER_INPUTS.clear()  # a worker serves one run at a time; drop the previous run's
-    _WORKER_INPUTS[run_key] = inputs
-    return inputs, True
-
-
-def _shard_task(spec: ShardSpec, ctx: ShardContext, boxed_ref: list[ObjectRef[ShardInputs]]) -> ShardResult:
-    import ray
-
-    inputs, fetched = _worker_inputs(ctx.run_key, boxed_ref)
-    result = run_shard(spec, ctx, inputs)
-    result.node_id = ray.get_runtime_context().get_node_id()
-    result.fetched_inputs = fetched
-    return result
-
-
-def _warm_up() -> int:
-    """Import the shard code (Polars, the feature module, the model) and load the compiled
-    forest kernel in a worker while the driver is still building baselines, so the first
-    shard does not pay for it."""
-    import uba.scoring.shard  # noqa: F401
-    from uba.model.forest import import_compiled_loops
-
-    import_compiled_loops()
-    return os.getpid()
 
 
 class _NodeSlots:
@@ -166,6 +126,14 @@ def _remote(fn: Callable[..., Any]) -> Any:  # Any: a Ray RemoteFunction, untype
     return ray.remote(num_cpus=TASK_CPUS)(fn)
 
 
+def _named(fn: Callable[..., object]) -> tuple[str, str]:
+    """Where a worker finds ``fn``: tasks name a module-level function (``ray_worker.call``)."""
+    name = getattr(fn, "__qualname__", "")
+    if not name or "." in name or "<" in name:
+        raise ValueError(f"a Ray task must be a module-level function, got {fn!r}")
+    return fn.__module__, name
+
+
 def _one_line(text: str) -> str:
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     return lines[0] if lines else "unknown error"
@@ -214,15 +182,6 @@ def check_reachable(address: str, timeout_sec: float = CONNECT_TIMEOUT_SEC) -> N
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise RunFailedError(f"cannot connect to the Ray cluster at {address}: {reason}") from exc
-
-
-def worker_env() -> dict[str, str]:
-    """Environment of the job's Ray workers: each task holds one CPU, so Polars in it gets
-    one thread. Polars otherwise sizes its pool to the whole node in every worker, and two
-    shard tasks on a two-core node then ran four busy threads and each shard took about
-    twice as long as alone: adding workers bought nothing."""
-    return {"POLARS_MAX_THREADS": str(TASK_CPUS)}
-
 
 
 def use_token_auth_for_embedded_ray() -> None:
@@ -281,7 +240,7 @@ class RayRuntime:
 
     def _init_kwargs(self) -> dict[str, Any]:  # Any: the keyword arguments of ray.init
         common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
-                                  "namespace": "uba", "runtime_env": {"env_vars": worker_env()}}
+                                  "namespace": "uba"}
         if self.address:
             return {"address": self.address, **common}
         # address="local" always starts a fresh instance: without it ray.init() joins any
@@ -320,12 +279,13 @@ class RayRuntime:
 
     def warm_up(self) -> list[ObjectRef[int]]:
         """Start one warm-up task per worker slot; the caller need not wait for them."""
-        return [_remote(_warm_up).remote() for _ in range(self.workers())]
+        return [_remote(ray_worker.warm_up).remote() for _ in range(self.workers())]
 
     def submit(self, fn: Callable[..., R], *args: object, max_retries: int = 3) -> ObjectRef[R]:
         """Run ``fn(*args)`` as one Ray task (aggregates, the flagged merge)."""
-        ref: ObjectRef[R] = _remote(fn).options(max_retries=max_retries,
-                                                retry_exceptions=list(RETRYABLE_EXCEPTIONS)).remote(*args)
+        module, name = _named(fn)
+        ref: ObjectRef[R] = _remote(ray_worker.call).options(
+            max_retries=max_retries, retry_exceptions=list(RETRYABLE_EXCEPTIONS)).remote(module, name, *args)
         return ref
 
     @staticmethod
@@ -376,7 +336,7 @@ class RayRuntime:
     def _shard_task(node: str, max_retries: int) -> Any:  # Any: a Ray RemoteFunction, untyped in Ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        return _remote(_shard_task).options(
+        return _remote(ray_worker.shard_task).options(
             max_retries=max_retries, retry_exceptions=list(RETRYABLE_EXCEPTIONS),
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=True))
 

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Final
@@ -46,6 +45,7 @@ from uba.model.forest import Detector
 from uba.monitoring.drift import DayReference, DriftCounts, drift_counts
 from uba.schema import EVENT_SCHEMA
 from uba.scoring import outputs
+from uba.scoring.context import FaultInjection, ShardContext
 from uba.scoring.hooks import PER_USER_SCHEMA
 from uba.scoring.plan import Piece, ShardSpec
 
@@ -55,58 +55,10 @@ FLAGGED_PARTS_DIR = "flagged-parts"
 # engine intermittently panicked ("assertion failed: i < self.len()" in binview) on the
 # string expressions of the reasons over sliced or concatenated frames.
 EAGER_ENGINE: Final = "in-memory"
-FAULT_ENV = {
-    "shard_delay_sec": "UBA_FAULT_SHARD_DELAY_SEC",
-    "pid_dir": "UBA_FAULT_PID_DIR",
-    "pause_before_publish_sec": "UBA_FAULT_PAUSE_BEFORE_PUBLISH_SEC",
-    "kill_at_publish_step": "UBA_FAULT_KILL_AT_PUBLISH_STEP",
-}
 # Steps of publishing a day, in order (the driver's ``_publish``); ``link:*`` steps run
 # only when a link is made (a day's first run, or one in the layout before versions).
 PUBLISH_STEPS = ("manifest", "link:scores", "link:flagged", "link:flagged_users", "link:manifest",
                  "links", "version", "commit", "prune")
-
-
-@dataclass(frozen=True)
-class FaultInjection:
-    """Test hooks that make a run slow at chosen points so a test can kill it there.
-
-    ``shard_delay_sec`` sleeps in every shard task after it has written its PID into
-    ``pid_dir`` (so a test can SIGKILL that worker); ``pause_before_publish_sec`` sleeps
-    after the staging directory is complete and before it is swapped in;
-    ``kill_at_publish_step`` makes the driver SIGKILL itself right after that step of
-    publishing (one of ``PUBLISH_STEPS``). Never set in production; the CLI reads them
-    from ``UBA_FAULT_*`` environment variables (and io reads ``UBA_FAULT_ENOSPC_AT``).
-    """
-
-    shard_delay_sec: float = 0.0
-    pid_dir: str | None = None
-    pause_before_publish_sec: float = 0.0
-    kill_at_publish_step: str | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> FaultInjection | None:
-        env = os.environ if env is None else env
-        if not any(env.get(var) for var in FAULT_ENV.values()):
-            return None
-        return cls(
-            shard_delay_sec=float(env.get(FAULT_ENV["shard_delay_sec"]) or 0.0),
-            pid_dir=env.get(FAULT_ENV["pid_dir"]) or None,
-            pause_before_publish_sec=float(env.get(FAULT_ENV["pause_before_publish_sec"]) or 0.0),
-            kill_at_publish_step=env.get(FAULT_ENV["kill_at_publish_step"]) or None,
-        )
-
-
-@dataclass(frozen=True)
-class ShardContext:
-    """The small, per-run description every shard task receives by value."""
-
-    run_key: str
-    day: date
-    model_version: str
-    max_reasons: int
-    staging: str
-    fault: FaultInjection | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,62 @@
+"""What every shard task of a run receives by value, in a module without heavy imports.
+
+A Ray worker unpickles a task's arguments before the task runs; these classes live apart
+from ``shard`` (which imports Polars) so that unpickling them imports nothing that the
+worker's thread cap (``ray_worker.cap_threads``) must come before.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+
+FAULT_ENV = {
+    "shard_delay_sec": "UBA_FAULT_SHARD_DELAY_SEC",
+    "pid_dir": "UBA_FAULT_PID_DIR",
+    "pause_before_publish_sec": "UBA_FAULT_PAUSE_BEFORE_PUBLISH_SEC",
+    "kill_at_publish_step": "UBA_FAULT_KILL_AT_PUBLISH_STEP",
+}
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Test hooks that make a run slow at chosen points so a test can kill it there.
+
+    ``shard_delay_sec`` sleeps in every shard task after it has written its PID into
+    ``pid_dir`` (so a test can SIGKILL that worker); ``pause_before_publish_sec`` sleeps
+    after the staging directory is complete and before it is swapped in;
+    ``kill_at_publish_step`` makes the driver SIGKILL itself right after that step of
+    publishing (one of ``PUBLISH_STEPS``). Never set in production; the CLI reads them
+    from ``UBA_FAULT_*`` environment variables (and io reads ``UBA_FAULT_ENOSPC_AT``).
+    """
+
+    shard_delay_sec: float = 0.0
+    pid_dir: str | None = None
+    pause_before_publish_sec: float = 0.0
+    kill_at_publish_step: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FaultInjection | None:
+        env = os.environ if env is None else env
+        if not any(env.get(var) for var in FAULT_ENV.values()):
+            return None
+        return cls(
+            shard_delay_sec=float(env.get(FAULT_ENV["shard_delay_sec"]) or 0.0),
+            pid_dir=env.get(FAULT_ENV["pid_dir"]) or None,
+            pause_before_publish_sec=float(env.get(FAULT_ENV["pause_before_publish_sec"]) or 0.0),
+            kill_at_publish_step=env.get(FAULT_ENV["kill_at_publish_step"]) or None,
+        )
+
+
+@dataclass(frozen=True)
+class ShardContext:
+    """The small, per-run description every shard task receives by value."""
+
+    run_key: str
+    day: date
+    model_version: str
+    max_reasons: int
+    staging: str
+    fault: FaultInjection | None = None
