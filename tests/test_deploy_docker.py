@@ -40,8 +40,8 @@ from waiting import wait_until
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_VENV_BIN = Path(sys.executable).parent
 # uba.model.kernel's loops that numba caches (one .nbi index each): the complete and node
-# forest kernels, the scaler and the search for twin rows
-COMPILED_LOOPS = ("_complete_kernel", "_node_loop", "_scale_kernel", "_distinct_loop")
+# forest kernels, the scaler, the search for twin rows and the reason ranking of shards
+COMPILED_LOOPS = ("_complete_kernel", "_node_loop", "_scale_kernel", "_distinct_loop", "_rank_loop")
 
 
 @dataclass(frozen=True)
@@ -434,8 +434,8 @@ def test_batch_override_command_runs(image_venv: tuple[Path, Path], dockerfile: 
 def test_the_build_time_warm_up_fills_the_cache_that_later_processes_load(
         image_venv: tuple[Path, Path], dockerfile: list[Instruction], tmp_path: Path) -> None:
     """The Dockerfile's own warm-up command, run against the installed copy: every compiled
-    loop (the complete and node forest kernels, the scaler) lands in NUMBA_CACHE_DIR, and a
-    new process loads them instead of compiling."""
+    loop (COMPILED_LOOPS) lands in NUMBA_CACHE_DIR, and a new process loads them instead of
+    compiling."""
     venv, workdir = image_venv
     _, _, warm = _numba_cache_setup(dockerfile)
     (command,) = [c for c in _split_commands(warm.args) if "uba.model.kernel" in c]

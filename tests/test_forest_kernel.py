@@ -581,3 +581,23 @@ def test_the_api_loads_the_twin_search_with_its_model_not_in_its_first_batch(ser
     done = subprocess.run([sys.executable, "-c", code], env=serving_world.env(), capture_output=True, text=True,
                           timeout=300, check=False)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.integration  # a real subprocess
+def test_a_ray_workers_warm_up_loads_every_loop_a_shard_runs_and_the_api_only_its_own() -> None:
+    """A shard ranks reasons with a compiled loop too: the worker's warm-up (run while the
+    driver builds the baselines) loads it beside the forest's, so the first shard of a
+    worker without numba's cache does not compile it; the API, which ranks with numpy,
+    does not load it with its model."""
+    code = (
+        "from uba.model.forest import import_compiled_loops\n"
+        "from uba.model import kernel\n"
+        "import_compiled_loops()\n"
+        "assert kernel._rank_kernel.cache_info().currsize == 0, 'API loads the shard ranking'\n"
+        "from uba.scoring.ray_worker import warm_up\n"
+        "warm_up()\n"
+        "assert kernel._distinct_kernel.cache_info().currsize == 1, 'twin search not loaded'\n"
+        "assert kernel._rank_kernel.cache_info().currsize == 1, 'reason ranking not loaded'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr

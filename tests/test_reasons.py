@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -200,3 +201,82 @@ def test_kind_ranking_follows_the_documented_rule_with_ties(max_reasons: int) ->
     got = reason_kinds_column(severity, max_reasons).to_list()
     assert got == [_ranked_by_hand(list(row), max_reasons) for row in severity]
     assert max(len(k) for k in got) >= min(max_reasons, 3) and any(k == [] for k in got[:1000])
+
+
+def _adversarial_severities(seed: int) -> np.ndarray:
+    """Rows built to break a ranking: ties everywhere (at and around both cut-offs), NaN
+    (one, several, all), signed zeros, infinities, negative values, and plain random ones."""
+    from uba.features.reasons import MIN_TOP_SEVERITY
+
+    rng = np.random.default_rng(seed)
+    edges = [MIN_SEVERITY, MIN_TOP_SEVERITY, np.nextafter(MIN_SEVERITY, 0), np.nextafter(MIN_TOP_SEVERITY, 0),
+             np.nextafter(MIN_SEVERITY, 9), 0.0, -0.0, -1.0, 3.0, np.inf, -np.inf, np.nan]
+    severity = rng.choice(edges, size=(6000, len(REASON_KINDS)))
+    severity[1000:2000] = rng.choice([MIN_SEVERITY, MIN_TOP_SEVERITY, 2.5], size=(1000, len(REASON_KINDS)))
+    severity[2000:3000] = rng.normal(1.5, 1.5, size=(1000, len(REASON_KINDS)))
+    severity[3000:3100] = np.nan
+    severity[3100:3200] = MIN_SEVERITY  # a full tie at the cut-off: kinds in documented order
+    severity[3200:3300] = MIN_TOP_SEVERITY
+    return severity
+
+
+@pytest.mark.parametrize("max_reasons", [-1, 0, 1, 2, 3, 7, 8, 9])
+def test_the_compiled_ranking_lists_what_the_numpy_and_float_rankings_list(max_reasons: int) -> None:
+    """The rule is written three times (numpy for /predict/batch, plain floats for /predict,
+    numba for batch shards): all three list the same kinds in the same order, for any
+    max_reasons and any severities, whatever the memory layout the kernel is given.
+    ``listed_kinds`` is not given NaN: its input is a ``severity_row``, where a missing
+    severity is already 0."""
+    from uba.features.reasons import listed_kinds, reason_kinds, reason_kinds_column
+
+    severity = _adversarial_severities(max_reasons + 10)
+    numpy_kinds = reason_kinds(severity, max_reasons)
+    assert reason_kinds_column(severity, max_reasons).to_list() == numpy_kinds
+    assert reason_kinds_column(np.asfortranarray(severity), max_reasons).to_list() == numpy_kinds
+    assert reason_kinds_column(np.ascontiguousarray(severity.T).T, max_reasons).to_list() == numpy_kinds
+    finite = ~np.isnan(severity).any(axis=1)
+    assert [listed_kinds(row, max_reasons) for row in severity[finite].tolist()] == [
+        k for k, keep in zip(numpy_kinds, finite.tolist(), strict=True) if keep]
+    counts = [len(k) for k in numpy_kinds]
+    assert max(counts) == max(0, min(max_reasons, len(REASON_KINDS)))  # not vacuous
+    if max_reasons > 0:
+        assert numpy_kinds[3100] == list(REASON_KINDS[:max_reasons])
+        assert numpy_kinds[3000] == []
+
+
+def test_the_compiled_ranking_refuses_what_it_cannot_rank() -> None:
+    """The loop reads without bounds checks: its wrapper refuses a shape or dtype it was not built for."""
+    from uba.model.forest import compiled_kernel
+
+    kernel = compiled_kernel()
+    for bad in (np.zeros((3, 0)), np.zeros(8), np.zeros((3, 65)), np.zeros((3, 8), dtype=np.float32)):
+        with pytest.raises(ValueError, match="ranked_kinds needs"):
+            kernel.ranked_kinds(bad, 3, MIN_SEVERITY, 1.0)
+
+
+def test_twin_events_share_sentences_and_no_row_gets_another_rows() -> None:
+    """``phrase_frame`` phrases each distinct (inputs, kinds) once: every read row still gets
+    exactly what ``sentences`` says of it alone. Rows with the same inputs but other kinds,
+    inputs apart only by a share, NaN beside null beside a value, and twins far apart with
+    an unread twin between them."""
+    from uba.features.reasons import SENTENCE_INPUTS, sentences
+
+    a = {"hour_z": 5.0, "event_hour": 3.0, "device_rarity_nats": 8.0, "device_type": "mobile",
+         "user_device_share": 0.0, "read": True}
+    long = {**a, "session_length_z": 3.0, "hour_z": 0.0}
+    changes = [
+        a, {**a, "hour_z": 0.0}, a, {**a, "read": False}, {**a, "user_device_share": 0.25},
+        {**long, "user_median_session_sec": math.nan}, {**long, "user_median_session_sec": None},
+        {**long, "user_median_session_sec": 60.0}, {**long, "user_median_session_sec": math.nan},
+        {**a, "user_device_share": -0.0}, {**a, "hour_z": 0.0, "device_rarity_nats": 0.0}, a,
+    ]
+    frame = pl.DataFrame([{**ORDINARY, **c} for c in changes])
+    out = explain(frame, sentences_for=pl.col("read")).collect()
+    kinds = out["reason_kinds"].to_list()
+    expected = [sentences(row, k) if row_read else None for row, k, row_read in
+                zip(frame.select(SENTENCE_INPUTS).to_dicts(), kinds, frame["read"].to_list(), strict=True)]
+    got = out["reasons"].to_list()
+    assert got == expected
+    assert got[0] == got[2] == got[11] != got[1] and got[3] is None and got[10] == []
+    assert kinds[0] != kinds[1] and got[4] != got[0]
+    assert got[5] == got[6] == got[8] != got[7]  # no median: the kind's name, NaN or null

@@ -36,7 +36,9 @@ Defined once for both callers: severities are written once (``_severities``) aga
 ``uba.features.elementwise``, as arrays on the feature kernel's context (``severity_matrix``)
 or as one event's plain floats (``severity_row``, for ``/predict``); the ranking rule too
 (``rank_reason_kinds`` on arrays, ``listed_kinds`` on one row, sharing the cut-off and
-count), and a sentence is
+count; a batch shard ranks its rows with the rule compiled, ``uba.model.kernel``'s
+``_rank_loop``, which the tests hold to the same answers on random and adversarial
+severities), and a sentence is
 plain string formatting of one event's values (``sentences``), so the API explains one
 event in microseconds and the batch job (``explain``, on a frame) phrases only the rows
 someone reads. A sentence whose inputs are missing falls back to the kind's name.
@@ -140,17 +142,23 @@ def severity_matrix(values: Mapping[str, np.ndarray], is_download: npt.NDArray[n
     """Severity of every reason kind (rows x REASON_KINDS), as documented in the module.
 
     ``values`` holds SEVERITY_INPUTS as float arrays (NaN where missing); a missing
-    severity counts as 0.
+    severity counts as 0. The rows x kinds view of ``_severities_by_kind``.
     """
+    return _severities_by_kind(values, is_download).T
+
+
+def _severities_by_kind(values: Mapping[str, np.ndarray], is_download: npt.NDArray[np.bool_]) -> FloatArray:
+    """``severity_matrix`` held kind by kind (REASON_KINDS x rows, C order): each kind's
+    severities are written in one run (filling a rows x kinds matrix column by column
+    cost a shard as much as the arithmetic), and np.column_stack or np.where cost more
+    than the arithmetic on the API's one-event arrays."""
     def f(name: str) -> FloatArray:
         return np.asarray(values[name], dtype=np.float64)
 
-    # filled column by column: np.column_stack and np.where cost more than the arithmetic
-    # on the API's one-event arrays
-    severity = np.empty((len(is_download), len(REASON_KINDS)), dtype=np.float64)
+    severity = np.empty((len(REASON_KINDS), len(is_download)), dtype=np.float64)
     with np.errstate(invalid="ignore"):
         for k, column in enumerate(_severities(f, is_download, ARRAYS)):
-            severity[:, k] = column
+            severity[k] = column
     np.copyto(severity, 0.0, where=np.isnan(severity))
     return severity
 
@@ -409,10 +417,16 @@ def reason_kinds(severity: npt.ArrayLike, max_reasons: int) -> list[list[str]]:
 
 
 def reason_kinds_column(severity: npt.ArrayLike, max_reasons: int) -> pl.Series:
-    """``reason_kinds`` as a List(String) column built straight from the ranking arrays."""
-    order, counts = rank_reason_kinds(severity, max_reasons)
-    keep = np.arange(order.shape[1])[None, :] < counts[:, None]
-    values = pl.Series(REASON_KINDS, dtype=pl.String).gather(order[keep]).to_arrow()
+    """``reason_kinds`` as a List(String) column, ranked by the compiled form of the rule
+    (``uba.model.kernel.ranked_kinds``: the listed kinds and their counts, in a few
+    nanoseconds a row where the stable argsort and gathers of ``rank_reason_kinds`` cost
+    a few hundred); ``tests/test_reasons.py`` holds the two, and ``listed_kinds``, to the
+    same answers. ``severity`` is rows x REASON_KINDS, in any memory layout."""
+    from uba.model.forest import compiled_kernel  # numba, imported by the batch job's first ranking
+
+    severity = np.asarray(severity, dtype=np.float64).reshape(-1, len(REASON_KINDS))
+    listed, counts = compiled_kernel().ranked_kinds(severity, max_reasons, MIN_SEVERITY, MIN_TOP_SEVERITY)
+    values = pl.Series(REASON_KINDS, dtype=pl.String).gather(listed).to_arrow()
     offsets = _arrow(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
     lists = pa.LargeListArray.from_arrays(offsets, values.cast(pa.large_string()))
     return pl.Series("reason_kinds", pl.from_arrow(lists), dtype=pl.List(pl.String))
@@ -444,31 +458,78 @@ def rank_frame(frame: pl.DataFrame, max_reasons: int) -> pl.Series:
     """``reason_kinds`` of every row of a feature frame (``severity_matrix`` + ranking)."""
     values = {name: frame[name].cast(pl.Float64).to_numpy() for name in SEVERITY_INPUTS}
     is_download = (frame["event_type"].cast(pl.String) == DOWNLOAD).fill_null(False).to_numpy()
-    return reason_kinds_column(severity_matrix(values, is_download), max_reasons)
+    return reason_kinds_column(_severities_by_kind(values, is_download).T, max_reasons)
 
 
 def phrase_frame(frame: pl.DataFrame, kinds: pl.Series, readers: npt.NDArray[np.bool_]) -> pl.Series:
     """``reasons``: the sentences of the rows someone reads (``readers``) that have kinds;
-    ``[]`` for a read row without any, null for the others. Python per phrased row only."""
+    ``[]`` for a read row without any, null for the others. Python per phrased row only,
+    and once per distinct (inputs, kinds): many flagged events of a shard are exact twins
+    (``_twins``; about half of them on the benchmark day), and a sentence depends on
+    nothing else."""
     rows = np.flatnonzero(readers & (kinds.list.len().to_numpy() > 0))
-    # Polars gives plain Python values of the columns' dtypes: the shape SentenceInputs names
-    picked = cast(list[SentenceInputs], frame[rows].select(SENTENCE_INPUTS).to_dicts()) if rows.size else []
-    listed = kinds[rows].to_list() if rows.size else []
-    phrased = [sentences(row, k) for row, k in zip(picked, listed, strict=True)]
-    return _spread(phrased, rows, readers)
+    if not rows.size:
+        return _spread([], np.zeros(0, dtype=np.intp), rows, readers)
+    picked = frame.select(SENTENCE_INPUTS)[rows]
+    listed = kinds.gather(rows)
+    first, which = _twins(picked, listed)
+    phrased = [sentences(row, k) for row, k in zip(_plain_rows(picked[first]), listed.gather(first).to_list(),
+                                                    strict=True)]
+    return _spread(phrased, which, rows, readers)
 
 
-def _spread(phrased: list[list[str]], rows: IndexArray, readers: npt.NDArray[np.bool_]) -> pl.Series:
-    """The full ``reasons`` column: each listed row's sentences at its position, ``[]`` for a
-    row someone reads but that has no reason, null for a row nobody reads.
+def _twins(picked: pl.DataFrame, listed: pl.Series) -> tuple[IndexArray, IndexArray]:
+    """Rows with the same inputs and kinds: ``first`` holds the first row of each distinct
+    one, ``which`` each row's position in ``first``.
 
-    Built from one flat list of strings and the offsets: a List(String) Series built from
-    nested Python lists costs a Series per row (most of the reasons' time in a shard)."""
+    Floats are compared by their bits (a NaN is its own twin, -0.0 and 0.0 are not twins:
+    Polars alone would equate both pairs) and a null apart from any value, so twins are
+    rows whose sentences cannot differ, whatever a text does with its values. Polars ranks
+    the rows as structs (compared value for value); a Python dict of row tuples cost as
+    much as the sentences it saved."""
+    keys: list[pl.Series] = []
+    nulls = np.zeros(picked.height, dtype=np.int64)
+    for i, column in enumerate(picked.iter_columns()):
+        if column.dtype.is_float():
+            if column.null_count():
+                nulls |= column.is_null().to_numpy().astype(np.int64) << i
+            keys.append(pl.Series(column.name, column.cast(pl.Float64).to_numpy().view(np.int64)))
+        else:
+            keys.append(column)
+    keys += [pl.Series("_nulls", nulls), listed.alias("_kinds")]
+    group = pl.DataFrame(keys).select(pl.struct(pl.all()).rank("dense")).to_series().to_numpy().astype(np.intp) - 1
+    order = np.argsort(group, kind="stable")
+    starts = np.flatnonzero(np.diff(group[order], prepend=-1))
+    return order[starts], group
+
+
+def _plain_rows(picked: pl.DataFrame) -> list[SentenceInputs]:
+    """The rows as plain Python values of their columns' dtypes (what ``to_dicts`` gives,
+    at a fraction of its cost): the shape SentenceInputs names."""
+    names = picked.columns
+    values = [column.to_list() for column in picked.iter_columns()]
+    return [cast(SentenceInputs, dict(zip(names, row, strict=True))) for row in zip(*values, strict=True)]
+
+
+def _spread(phrased: list[list[str]], which: IndexArray, rows: IndexArray,
+            readers: npt.NDArray[np.bool_]) -> pl.Series:
+    """The full ``reasons`` column: the sentences of listed row ``rows[i]`` are
+    ``phrased[which[i]]``, at its position; ``[]`` for a row someone reads but that has no
+    reason, null for a row nobody reads.
+
+    Built from one flat column of the distinct sentences, gathered by offsets: a
+    List(String) Series built from nested Python lists costs a Series per row (most of the
+    reasons' time in a shard)."""
+    counts = np.array([len(texts) for texts in phrased], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)])[:-1]
     lengths = np.zeros(len(readers), dtype=np.int64)
-    lengths[rows] = [len(texts) for texts in phrased]
-    offsets = _arrow(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-    values = pl.Series([text for texts in phrased for text in texts], dtype=pl.String).to_arrow()
-    lists = pa.LargeListArray.from_arrays(offsets, values.cast(pa.large_string()), mask=_arrow(~readers))
+    lengths[rows] = counts[which]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    # text j of row i sits at starts[which[i]] + j of the flat distinct texts
+    each = np.repeat(starts[which] - offsets[rows], counts[which]) + np.arange(offsets[-1])
+    texts = pl.Series([text for texts in phrased for text in texts], dtype=pl.String).gather(each)
+    lists = pa.LargeListArray.from_arrays(_arrow(offsets), texts.to_arrow().cast(pa.large_string()),
+                                          mask=_arrow(~readers))
     return pl.Series("reasons", pl.from_arrow(lists), dtype=pl.List(pl.String))
 
 

@@ -340,6 +340,11 @@ class _KernelModule(Protocol):
 
     def load_batch_loops(self) -> None: ...
 
+    def load_shard_loops(self) -> None: ...
+
+    def ranked_kinds(self, severity: FloatArray, max_reasons: int, min_severity: float, min_top_severity: float,
+                     /) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]: ...
+
 
 @cache
 def _forest_kernel() -> _KernelModule:
@@ -351,11 +356,21 @@ def _forest_kernel() -> _KernelModule:
     return forest_kernel
 
 
-def import_compiled_loops() -> None:
+def import_compiled_loops(*, shard: bool = False) -> None:
     """Import numba and load (or compile) the loops now rather than at the first score:
-    a Ray worker does it while the driver still builds the baselines, and the API when it
-    loads a model (the distinct-rows loop of batches too)."""
-    _forest_kernel().load_batch_loops()
+    a Ray worker does it while the driver still builds the baselines (with ``shard``, the
+    reason ranking of ``uba.features.reasons`` too), and the API when it loads a model
+    (the distinct-rows loop of batches too)."""
+    if shard:
+        _forest_kernel().load_shard_loops()
+    else:
+        _forest_kernel().load_batch_loops()
+
+
+def compiled_kernel() -> _KernelModule:
+    """``uba.model.kernel``, imported once on first use without numba's BLAS probe: for the
+    compiled loops other layers run (the reason ranking of a batch shard)."""
+    return _forest_kernel()
 
 
 # numba imports this at its own import, to learn whether np.dot & co. can be compiled

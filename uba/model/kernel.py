@@ -27,10 +27,14 @@ every index is in range by construction (``uba.model.forest`` builds them after
 calling them. Rows holding NaN are not routed here (``uba.model.forest`` scores them with the
 numpy path, which implements scikit-learn's missing-value routing).
 
+One loop is not the forest's: ``_rank_loop`` ranks every row's reason kinds for a batch
+shard (``uba.features.reasons.reason_kinds_column``), kept here so it is compiled, cached
+and warmed up with the others.
+
 Compiling: importing this module imports numba and compiles the complete-layout loop
-(the node loop on its first use), or loads them from numba's cache (``NUMBA_CACHE_DIR``
-in the image); without a writable cache location they are compiled in memory once per
-process. ``uba.model.forest`` imports this module only when it first scores.
+(the node, twin-search and ranking loops on their first use), or loads them from numba's
+cache (``NUMBA_CACHE_DIR`` in the image); without a writable cache location they are
+compiled in memory once per process. ``uba.model.forest`` imports this module only when it first scores.
 """
 
 from __future__ import annotations
@@ -586,9 +590,88 @@ def scaled_rows(X: FloatArray, mean: FloatArray, scale: FloatArray) -> Rows32:
     return out
 
 
+# Any layout: a shard's severities are filled kind by kind (``uba.features.reasons``) and
+# seen through ``.T``.
+_RANK_SIGNATURE = numba.int64(
+    numba.types.Array(numba.float64, 2, "A", readonly=True),  # severity: rows x kinds
+    numba.int64,  # max_reasons
+    numba.float64,  # the severity a kind needs to be listed beside a stronger one
+    numba.float64,  # the severity the strongest kind needs to be listed at all
+    numba.types.Array(numba.uint8, 1, "C"),  # listed: each row's listed kinds, row after row
+    numba.types.Array(numba.int64, 1, "C"),  # counts: how many kinds each row lists
+)
+
+
+def _rank_loop(severity: FloatArray, max_reasons: int, min_severity: float, min_top_severity: float,
+               listed: npt.NDArray[np.uint8], counts: npt.NDArray[np.int64]) -> int:
+    """The rule of ``uba.features.reasons.rank_reason_kinds``, row by row: the strongest
+    severity ``top`` (NaN skipped); the kinds at or above ``max(min(top, min_severity),
+    min_top_severity)``, at most ``max_reasons``, none when ``top`` is below
+    ``min_top_severity`` (or every severity is NaN). They are picked strongest first, the
+    lowest kind among equals first: the head of numpy's stable ``argsort`` of the negated
+    severities, without sorting the kinds nobody lists (most rows list none or one).
+    Writes them into ``listed`` (room for rows x min(kinds, max_reasons)) and returns
+    their total."""
+    n_rows, n_kinds = severity.shape
+    most = min(n_kinds, max(0, max_reasons))
+    total = 0
+    for r in range(n_rows):
+        top = -np.inf
+        for k in range(n_kinds):
+            if severity[r, k] > top:
+                top = severity[r, k]
+        count = 0
+        keep_from = max(min(top, min_severity), min_top_severity)
+        if top >= min_top_severity:
+            for k in range(n_kinds):
+                if severity[r, k] >= keep_from:
+                    count += 1
+            count = min(count, most)
+        taken = 0
+        for i in range(count):
+            best = -1
+            for k in range(n_kinds):
+                value = severity[r, k]
+                if value >= keep_from and not (taken >> k) & 1 and (best < 0 or value > severity[r, best]):
+                    best = k
+            taken |= 1 << best
+            listed[total + i] = best
+        counts[r] = count
+        total += count
+    return total
+
+
+@cache
+def _rank_kernel() -> Any:
+    """_rank_loop compiled on first use: the batch shards rank every row's reasons with it
+    (``uba.features.reasons.reason_kinds_column``); the API ranks with numpy."""
+    return _compiled(_RANK_SIGNATURE)(_rank_loop)
+
+
+def load_shard_loops() -> None:
+    """Compile (or load from numba's cache) every loop a batch shard runs, ahead of its first."""
+    load_batch_loops()
+    _rank_kernel()
+
+
+def ranked_kinds(severity: FloatArray, max_reasons: int, min_severity: float,
+                 min_top_severity: float) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """``(listed, counts)``: each row's listed kind columns, strongest first, row after row
+    (``listed[sum(counts[:r]):][:counts[r]]`` are row ``r``'s), by the rule of
+    ``_rank_loop``. ``severity`` is rows x kinds, float64, in any memory layout."""
+    if severity.ndim != 2 or severity.dtype != np.float64 or not 0 < severity.shape[1] <= 64:
+        raise ValueError(f"ranked_kinds needs float64 rows x (1 to 64) kinds, not {severity.dtype} "
+                         f"of shape {severity.shape}")
+    n_rows, n_kinds = severity.shape
+    listed = np.empty(n_rows * min(n_kinds, max(0, max_reasons)), dtype=np.uint8)
+    counts = np.empty(n_rows, dtype=np.int64)
+    total = _rank_kernel()(severity, max_reasons, min_severity, min_top_severity, listed, counts)
+    return listed[:total], counts
+
+
 def warm_up() -> None:
-    """Run every loop on one row of a one-split tree (and the distinct-rows loop on three
-    rows) and check the answers.
+    """Run every loop on one row of a one-split tree (the distinct-rows loop on three rows,
+    the reason ranking on four) and check the answers.
 
     Compiles them all (or loads them from numba's cache): the image runs this at build
     time so its cache holds them and is known good.
@@ -618,3 +701,8 @@ def warm_up() -> None:
         raise RuntimeError(f"forest kernel self-check failed: {complete} {node} {scaled}")
     if sorted(first.tolist()) != [0, 1] or which[0] != which[2] or which[0] == which[1]:
         raise RuntimeError(f"distinct rows self-check failed: {first} {which}")
+    # a tie ranked in kind order, a lone kind above one sigma, a row under it, a NaN skipped
+    listed, counts = ranked_kinds(np.array([[2.0, 3.0, 3.0], [0.5, 1.5, 0.0], [0.9, 0.0, 0.5], [np.nan, 2.0, 1.0]]),
+                                  2, 2.0, 1.0)
+    if listed.tolist() != [1, 2, 1, 1] or counts.tolist() != [2, 1, 0, 1]:
+        raise RuntimeError(f"reason ranking self-check failed: {listed} {counts}")

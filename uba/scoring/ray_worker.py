@@ -53,13 +53,14 @@ def polars_threads() -> int:
 
 def warm_up() -> tuple[int, int]:
     """Import the shard code (Polars, the feature module, the model) and load the compiled
-    forest loops in a worker while the driver still builds the baselines, so the first
-    shard does not pay for it. Returns the worker's PID and its Polars threads."""
+    loops (forest, twin search, reason ranking) in a worker while the driver still builds
+    the baselines, so the first shard does not pay for them. Returns the worker's PID and
+    its Polars threads."""
     cap_threads()
     import uba.scoring.shard  # noqa: F401
     from uba.model.forest import import_compiled_loops
 
-    import_compiled_loops()
+    import_compiled_loops(shard=True)
     return os.getpid(), polars_threads()
 
 
