@@ -37,6 +37,7 @@ from click.testing import CliRunner
 from jobs.cli import cli
 from uba import io
 from uba.scoring.driver import ScoreOptions, score_day
+from uba.scoring.outputs import SCORE_SORT_KEY
 from uba.settings import Settings, load_settings
 
 DAY = date(2026, 3, 9)
@@ -434,3 +435,20 @@ def test_a_folder_holding_only_hidden_files_is_no_stored_day(tmp_path: Path) -> 
         frame.write_parquet(folder / name)
     assert io.partition_dates(tmp_path, io.EVENTS) == [date(2026, 3, 1)]
     assert evaluation_days(tmp_path, date(2026, 2, 28), None, None) == [date(2026, 3, 1)]
+
+
+def test_a_day_stored_in_no_order_publishes_its_scores_in_order(
+        shared_world: Any, as_ingested: pl.DataFrame, tmp_path: Path) -> None:
+    """Ingest stores each part in score order and a shard then skips the sort of its scores;
+    another tool's part may hold the rows in any order (here shuffled), and the scores are
+    then sorted as ever: each part in (timestamp, event_id) order, the same rows as the
+    ingested day."""
+    world = _copy(shared_world, tmp_path)
+    _rewrite_day(world, lambda events, folder: events.sample(fraction=1.0, shuffle=True, seed=3).write_parquet(
+        folder / "part-0.parquet"))
+    score_day(_settings(world, tmp_path / "out"), ScoreOptions(day=DAY, in_process=True))
+    parts = [pl.read_parquet(p) for p in io.partition_files(tmp_path / "out", io.SCORES, DAY)]
+    assert len(parts) >= 3
+    for part in parts:
+        assert part.equals(part.sort(SCORE_SORT_KEY))
+    assert pl.concat(parts).sort("event_id").equals(as_ingested)

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -21,7 +21,7 @@ from uba.features.events import FEATURE_COLUMNS, event_features
 from uba.locks import RunLockedError, date_lock, lock_path
 from uba.model.bundle import load_bundle
 from uba.scoring.driver import ScoreOptions, score_day
-from uba.scoring.outputs import SCORE_COLUMNS
+from uba.scoring.outputs import SCORE_COLUMNS, in_score_order, score_rows
 
 CONTRACT_COLUMNS = {"event_id", "user_id", "timestamp", "anomaly_score", "is_anomaly", "threshold",
                     "model_version", "reasons"}
@@ -381,3 +381,34 @@ def test_in_process_threads_publish_the_same_bytes_as_one_thread(shared_world, s
     assert {r["pid"] for r in two["execution"]["shard_records"]} == {os.getpid()}
     assert day_output_bytes(tmp_path / "one", day) == day_output_bytes(tmp_path / "two", day)
     assert one["counts"] == two["counts"]
+
+
+def _keyed(pairs: list[tuple[int | None, str | None]]) -> pl.DataFrame:
+    """Rows in the scores' shape whose (timestamp, event_id) are ``pairs``, in that order."""
+    stamps = [None if t is None else datetime(2026, 3, 9, tzinfo=UTC) + timedelta(seconds=t) for t, _ in pairs]
+    frame = pl.DataFrame({"timestamp": stamps, "event_id": [e for _, e in pairs]},
+                         schema={"timestamp": pl.Datetime("us", "UTC"), "event_id": pl.String})
+    return frame.with_columns(pl.int_range(pl.len()).alias(c) for c in SCORE_COLUMNS if c not in frame.columns)
+
+
+@pytest.mark.parametrize(("pairs", "ordered"), [
+    ([], True),
+    ([(1, "b")], True),
+    ([(1, "b"), (2, "a"), (2, "b"), (3, "a")], True),  # ties on the time ordered by id
+    ([(1, "b"), (2, "b"), (2, "a")], False),  # a tie's ids the wrong way round
+    ([(2, "a"), (1, "b")], False),
+    ([(1, "a"), (1, "a")], False),  # a repeated key: the sort may order it either way
+    ([(1, "a"), (2, None)], False),
+    ([(None, "a"), (1, "b")], False),
+    ([(1, "a"), (2, "a"), (2, "a0"), (2, "b"), (10, "0")], True),  # ids compared as bytes
+])
+def test_rows_already_in_score_order_are_published_without_a_sort(pairs, ordered) -> None:
+    """A shard skips the sort of its scores when its rows already stand in their order
+    (ingest's parts do): only where each key is strictly after the one before, the order
+    the sort would give; anything else (ties the wrong way, repeats, nulls) is sorted."""
+    frame = _keyed(pairs)
+    assert in_score_order(frame) is ordered
+    if ordered:
+        assert frame.select(SCORE_COLUMNS).equals(score_rows(frame.lazy()).collect())
+    assert in_score_order(score_rows(frame.lazy()).collect()) is (len(set(pairs)) == len(pairs) and
+                                                                 all(t is not None and e is not None for t, e in pairs))

@@ -73,6 +73,17 @@ def score_rows(annotated: pl.LazyFrame) -> pl.LazyFrame:
     return annotated.select(SCORE_COLUMNS).sort(SCORE_SORT_KEY)
 
 
+def in_score_order(frame: pl.DataFrame) -> bool:
+    """Whether ``frame``'s rows already stand in ``score_rows``' order, each strictly after
+    the one before on SCORE_SORT_KEY (no null in it): that key then orders them one way
+    only, so sorting would only copy every column. Ingest writes each events part in this
+    order, so a shard read from one part usually is."""
+    first, second = (pl.col(name) for name in SCORE_SORT_KEY)
+    later = (first > first.shift()) | ((first == first.shift()) & (second > second.shift()))
+    ordered = later.slice(1).fill_null(False).all() & (first.null_count() == 0) & (second.null_count() == 0)
+    return bool(frame.select(ordered).item())
+
+
 def flagged_rows(annotated: pl.LazyFrame) -> pl.LazyFrame:
     """Events over the threshold with their user's baseline summary, most anomalous first."""
     return (
