@@ -209,6 +209,14 @@ class CompiledBaselines:
     def event_types(self) -> tuple[str, ...]:
         return self.event_rarity.names
 
+    @cached_property
+    def row_lookup(self) -> tuple[pl.Series, pl.Series]:
+        """(user ids, their rows) as Series, for a frame's vectorised lookup: built once per
+        snapshot (the batch job compiles one per run and worker), where passing Python
+        lists made Polars convert 20,000 ids again in every shard (about 7 ms of 22)."""
+        ids = pl.Series(list(self.positions), dtype=pl.String)
+        return ids, pl.Series(list(self.positions.values()), dtype=pl.Int64)
+
     def rows_for(self, user_ids: Sequence[str]) -> tuple[IndexArray, BoolArray]:
         """Each user's snapshot row (the population row for an unknown user) and whether known."""
         pop, positions = self.population, self.positions
