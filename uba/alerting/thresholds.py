@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -38,7 +39,9 @@ from uba.features.pipeline import feature_matrix, training_days, window_features
 from uba.logs import get_logger
 from uba.manifest import Concentration
 from uba.model.bundle import Bundle, read_user_score_history
-from uba.settings import Settings, UserThresholdSettings
+
+if TYPE_CHECKING:
+    from uba.settings import Settings, UserThresholdSettings
 
 log = get_logger("thresholds")
 

@@ -51,10 +51,12 @@ from __future__ import annotations
 
 import math
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from uba.settings import TrendSettings
+if TYPE_CHECKING:
+    from uba.settings import TrendSettings
 
 HOURS_PER_RADIAN = 24.0 / (2.0 * math.pi)
 TREND_KINDS = ("rising_downloads", "later_hours", "longer_sessions")

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import polars as pl
 
@@ -41,7 +41,9 @@ from uba.features.baselines import POPULATION_USER, dow_days_col
 from uba.features.protection import without_user_days
 from uba.features.store import lookback_days
 from uba.schema import alert_id, unsuppressed_alert
-from uba.settings import Settings, TrendSettings, UserDaySettings
+
+if TYPE_CHECKING:
+    from uba.settings import Settings, TrendSettings, UserDaySettings
 
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 

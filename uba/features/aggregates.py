@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from uba.schema import EVENT_SCHEMA
-from uba.settings import EventSettings
+
+if TYPE_CHECKING:
+    from uba.settings import EventSettings
 
 # "2": the duration x actions co-moment (``sum_log_duration_x_actions``); parts of
 # version 1 are recomputed from their day's events (the tag names the version).
@@ -108,6 +111,9 @@ def _count_where(condition: pl.Expr, name: str) -> pl.Expr:
 
 def aggregate_columns(categories: EventSettings | None = None) -> list[str]:
     """Column names of ``daily_aggregates`` output, in order (for empty frames and checks)."""
+    # here, not at module level: a shard worker imports this module and never needs pydantic
+    from uba.settings import EventSettings
+
     cats = categories or EventSettings()
     return [
         "user_id", "event_date", "day_of_week", "n_events", "n_sessions", "n_downloads",
@@ -131,6 +137,9 @@ def daily_aggregates(
     heavy-tailed and users differ multiplicatively; statistics are event-weighted,
     matching the per-event scoring they are compared with.
     """
+    # here, not at module level: a shard worker imports this module and never needs pydantic
+    from uba.settings import EventSettings
+
     cats = categories or EventSettings()
     schema = events.collect_schema()
     prepared = events.with_columns(

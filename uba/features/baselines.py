@@ -17,6 +17,7 @@ have floors so a perfectly regular user does not turn small wobbles into huge z-
 from __future__ import annotations
 
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -34,7 +35,9 @@ from uba.features.aggregates import (
     exact_sum,
     hour_col,
 )
-from uba.settings import FeatureSettings
+
+if TYPE_CHECKING:
+    from uba.settings import FeatureSettings
 
 POPULATION_USER = "__population__"
 MAX_HOUR_SPREAD = 12.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +23,9 @@ from uba.features.compiled import feature_columns
 from uba.features.events import FEATURE_COLUMNS, FEATURE_SET_VERSION, event_features
 from uba.features.store import directory_context, lookback_days
 from uba.model.bundle import Bundle, load_bundle
-from uba.settings import Settings
+
+if TYPE_CHECKING:
+    from uba.settings import Settings
 
 
 def date_range(start: date, end: date) -> list[date]:

@@ -34,12 +34,15 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from uba import io
 from uba.schema import alert_id, unsuppressed_alert
-from uba.settings import BaselineProtectionSettings
+
+if TYPE_CHECKING:
+    from uba.settings import BaselineProtectionSettings
 
 UNLEARNED_SCHEMA = pl.Schema({"user_id": pl.String(), "event_date": pl.Date()})
 _EVENT_COLUMNS = ("event_id", "user_id", "is_anomaly", "suppressed", "baseline_days_active")

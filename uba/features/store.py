@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Iterable
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -24,7 +25,9 @@ from uba.features.protection import UNLEARNED_SCHEMA, unlearned_user_days, witho
 from uba.logs import get_logger
 from uba.model.bundle import PeerContext
 from uba.schema import PARTITION_COLUMN
-from uba.settings import EventSettings, Settings
+
+if TYPE_CHECKING:
+    from uba.settings import EventSettings, Settings
 
 log = get_logger("features")
 
@@ -48,6 +51,9 @@ def ensure_aggregates(
     written, existing aggregates are kept: raw events may be pruned while their
     aggregates live on).
     """
+    # here, not at module level: a shard worker imports this module and never needs pydantic
+    from uba.settings import EventSettings, Settings
+
     if isinstance(categories, Settings):
         categories = categories.events
     cats = categories or EventSettings()

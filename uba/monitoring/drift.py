@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Final, TypedDict
+from typing import TYPE_CHECKING, Final, TypedDict
 
 import numpy as np
 
@@ -57,7 +57,9 @@ from uba.model.bundle import (
     score_summary,
 )
 from uba.model.forest import fit_detector
-from uba.settings import ModelSettings, MonitoringSettings, Settings
+
+if TYPE_CHECKING:
+    from uba.settings import ModelSettings, MonitoringSettings, Settings
 
 SCORE_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99)
 # Score bins of a cross-fitted reference: quintiles of the bulk, where a shift of "normal"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -41,14 +42,14 @@ from uba.monitoring.drift import (
     drift_report_from_counts,
     reference_for_weekday,
 )
-from uba.settings import Settings
+from uba.scoring.shard import PER_USER_SCHEMA
+
+if TYPE_CHECKING:
+    from uba.settings import Settings
 
 log = get_logger("operations")
 
 OPERATION_COLUMNS = ("user_threshold", "suppressed", "suppressed_by")
-# a shard's per-user partial counts (uba.scoring.shard.per_user_counts), summed by add_partial
-PER_USER_SCHEMA = {"user_id": pl.String(), "events": pl.Int64(), "alerts_global": pl.Int64(),
-                   "alerts_user": pl.Int64(), "suppressed": pl.Int64()}
 
 
 @dataclass

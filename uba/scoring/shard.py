@@ -46,7 +46,6 @@ from uba.monitoring.drift import DayReference, DriftCounts, drift_counts
 from uba.schema import EVENT_SCHEMA
 from uba.scoring import outputs
 from uba.scoring.context import FaultInjection, ShardContext
-from uba.scoring.hooks import PER_USER_SCHEMA
 from uba.scoring.plan import Piece, ShardSpec
 
 SCORES_DIR = io.SCORES
@@ -59,6 +58,11 @@ EAGER_ENGINE: Final = "in-memory"
 # only when a link is made (a day's first run, or one in the layout before versions).
 PUBLISH_STEPS = ("manifest", "link:scores", "link:flagged", "link:flagged_users", "link:manifest",
                  "links", "version", "commit", "prune")
+# a shard's per-user partial counts (``per_user_counts``), summed by the driver's
+# ``RunOperations.add_partial`` (here, not in ``hooks``: a worker then never imports hooks'
+# user-day alerts and trends)
+PER_USER_SCHEMA = {"user_id": pl.String(), "events": pl.Int64(), "alerts_global": pl.Int64(),
+                   "alerts_user": pl.Int64(), "suppressed": pl.Int64()}
 
 
 @dataclass(frozen=True, eq=False)
