@@ -131,3 +131,40 @@ def test_a_real_shard_runs_without_the_settings(shared_world, scoring_settings, 
     assert sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*.parquet")) == [
         f"{FLAGGED_PARTS_DIR}/part-00000.parquet", f"{SCORES_DIR}/part-00000.parquet"]
     assert not set(BESIDE_NUMBA) & set(shard["modules"])
+
+
+AGGREGATES_TASK = """
+import json, pickle, sys
+from uba.scoring.ray_worker import call
+with open(sys.argv[1], "rb") as f:
+    args = pickle.load(f)
+written = call("uba.features.store", "ensure_aggregates", *args)
+print(json.dumps({"written": [d.isoformat() for d in written],
+                  "modules": sorted(m for m in sys.argv[2:] if m in sys.modules)}))
+"""
+
+
+def test_the_aggregates_task_of_a_run_imports_no_settings(shared_world, tmp_path: Path) -> None:
+    """The driver sends D's aggregates task plain category names (``CategoryNames``), not the
+    settings' pydantic section, and they are written as the settings would write them."""
+    import shutil
+
+    from uba.features import ensure_aggregates
+    from uba.scoring.context import CategoryNames
+    from uba.settings import EventSettings
+
+    day = shared_world.score_dates[0]
+    data = tmp_path / "data"
+    shutil.copytree(shared_world.data_dir / io.EVENTS, data / io.EVENTS)
+    task = tmp_path / "task.pickle"
+    task.write_bytes(pickle.dumps((data, [day], CategoryNames.of(EventSettings()))))
+
+    result = subprocess.run([sys.executable, "-c", AGGREGATES_TASK, str(task), *SETTINGS_MODULES], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["written"] == [day.isoformat()] and not set(SETTINGS_MODULES) & set(report["modules"])
+    by_task = io.partition_files(data, io.AGGREGATES, day)
+    # the same part the settings' own events section names: the tag (file name) is unchanged
+    assert ensure_aggregates(data, [day], EventSettings()) == []
+    assert io.partition_files(data, io.AGGREGATES, day) == by_task

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
 
 import polars as pl
 
 from uba.schema import EVENT_SCHEMA
 
 if TYPE_CHECKING:
-    from uba.settings import EventSettings
+    from uba.settings import Settings
 
 # "2": the duration x actions co-moment (``sum_log_duration_x_actions``); parts of
 # version 1 are recomputed from their day's events (the tag names the version).
@@ -105,16 +105,38 @@ def _session_count() -> pl.Expr:
     return pl.max_horizontal(with_ids + from_logins, pl.lit(1, pl.Int64))
 
 
+class Categories(Protocol):
+    """The device and event types to count: the settings' events section, or the plain
+    names a Ray task receives (``uba.scoring.context.CategoryNames``)."""
+
+    @property
+    def device_types(self) -> tuple[str, ...]: ...
+
+    @property
+    def event_types(self) -> tuple[str, ...]: ...
+
+
+def categories_of(categories: Categories | Settings | None) -> Categories:
+    """``categories`` as given, the events section of whole settings, or the defaults.
+
+    Only the defaults import the settings module (and pydantic), in the function: a
+    shard worker imports this module and never needs pydantic, and the aggregates task
+    a worker runs is given plain names."""
+    if categories is None:
+        from uba.settings import EventSettings
+
+        return EventSettings()
+    events = getattr(categories, "events", None)  # whole settings: their events section
+    return cast("Categories", categories if events is None else events)
+
+
 def _count_where(condition: pl.Expr, name: str) -> pl.Expr:
     return condition.sum().cast(pl.Int64).alias(name)
 
 
-def aggregate_columns(categories: EventSettings | None = None) -> list[str]:
+def aggregate_columns(categories: Categories | None = None) -> list[str]:
     """Column names of ``daily_aggregates`` output, in order (for empty frames and checks)."""
-    # here, not at module level: a shard worker imports this module and never needs pydantic
-    from uba.settings import EventSettings
-
-    cats = categories or EventSettings()
+    cats = categories_of(categories)
     return [
         "user_id", "event_date", "day_of_week", "n_events", "n_sessions", "n_downloads",
         "max_events_in_session", *FLOAT_SUM_COLUMNS,
@@ -125,7 +147,7 @@ def aggregate_columns(categories: EventSettings | None = None) -> list[str]:
 
 
 def daily_aggregates(
-    events: pl.LazyFrame, categories: EventSettings | None = None
+    events: pl.LazyFrame, categories: Categories | None = None
 ) -> pl.LazyFrame:
     """One row per (user_id, event_date) of additive statistics of that user's day.
 
@@ -137,10 +159,7 @@ def daily_aggregates(
     heavy-tailed and users differ multiplicatively; statistics are event-weighted,
     matching the per-event scoring they are compared with.
     """
-    # here, not at module level: a shard worker imports this module and never needs pydantic
-    from uba.settings import EventSettings
-
-    cats = categories or EventSettings()
+    cats = categories_of(categories)
     schema = events.collect_schema()
     prepared = events.with_columns(
         event_date=_event_date(schema),
@@ -173,6 +192,6 @@ def daily_aggregates(
     )
 
 
-def empty_aggregates(categories: EventSettings | None = None) -> pl.LazyFrame:
+def empty_aggregates(categories: Categories | None = None) -> pl.LazyFrame:
     """A zero-row aggregates frame with the full schema (a day or window with no data)."""
     return daily_aggregates(pl.LazyFrame(schema=EVENT_SCHEMA), categories)

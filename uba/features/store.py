@@ -19,7 +19,13 @@ import polars as pl
 
 from uba import io
 from uba.directory import directory_path, load_directory
-from uba.features.aggregates import AGGREGATES_VERSION, daily_aggregates, empty_aggregates
+from uba.features.aggregates import (
+    AGGREGATES_VERSION,
+    Categories,
+    categories_of,
+    daily_aggregates,
+    empty_aggregates,
+)
 from uba.features.baselines import lookback_window, peer_groups, user_baselines
 from uba.features.protection import UNLEARNED_SCHEMA, unlearned_user_days, without_user_days
 from uba.logs import get_logger
@@ -27,12 +33,12 @@ from uba.model.bundle import PeerContext
 from uba.schema import PARTITION_COLUMN
 
 if TYPE_CHECKING:
-    from uba.settings import EventSettings, Settings
+    from uba.settings import Settings
 
 log = get_logger("features")
 
 
-def aggregate_tag(events_fingerprint: str, categories: EventSettings) -> str:
+def aggregate_tag(events_fingerprint: str, categories: Categories) -> str:
     """Name tag of an aggregates part: changes when the events, the code or the categories do."""
     key = "|".join([
         events_fingerprint, AGGREGATES_VERSION,
@@ -42,7 +48,7 @@ def aggregate_tag(events_fingerprint: str, categories: EventSettings) -> str:
 
 
 def ensure_aggregates(
-    data_dir: Path, days: Iterable[date], categories: EventSettings | Settings | None = None
+    data_dir: Path, days: Iterable[date], categories: Categories | Settings | None = None
 ) -> list[date]:
     """Compute and store the aggregates of ``days`` that are missing or stale; return those days.
 
@@ -51,12 +57,7 @@ def ensure_aggregates(
     written, existing aggregates are kept: raw events may be pruned while their
     aggregates live on).
     """
-    # here, not at module level: a shard worker imports this module and never needs pydantic
-    from uba.settings import EventSettings, Settings
-
-    if isinstance(categories, Settings):
-        categories = categories.events
-    cats = categories or EventSettings()
+    cats = categories_of(categories)
     written = []
     for day in sorted(set(days)):
         fingerprint = io.partition_fingerprint(data_dir, io.EVENTS, day)
@@ -77,7 +78,7 @@ def ensure_aggregates(
     return written
 
 
-def stale_aggregate_days(data_dir: Path, days: Iterable[date], categories: EventSettings) -> list[date]:
+def stale_aggregate_days(data_dir: Path, days: Iterable[date], categories: Categories) -> list[date]:
     """The days among ``days`` whose aggregates ``ensure_aggregates`` would (re)compute.
 
     Reads only file names and footers, so a driver can hand the work to other processes.

@@ -61,7 +61,7 @@ from uba.manifest import (
 )
 from uba.model.bundle import Bundle
 from uba.scoring import shard
-from uba.scoring.context import FaultInjection, ShardContext
+from uba.scoring.context import CategoryNames, FaultInjection, ShardContext
 from uba.scoring.hooks import RunOperations
 from uba.scoring.plan import ShardSpec, plan_shards
 from uba.scoring.ray_backend import RayRuntime, RunFailedError
@@ -385,7 +385,7 @@ class _Run:
         next to the shards, so the day's rows never pass through the driver. Returns
         what ``_finish_aggregates`` waits for (None when D's are current: a rerun or a
         backfill then starts no task, and no worker process just to find nothing to do)."""
-        categories = self.settings.events
+        categories = CategoryNames.of(self.settings.events)  # plain names travel to a worker
         lookback = lookback_days(self.day, self.settings.features.lookback_days)
         with self.timer.stage("aggregates"):
             if not self._on_ray(execution):
