@@ -663,3 +663,39 @@ def test_two_runs_writing_the_same_new_aggregates_day_both_succeed(tmp_path) -> 
             thread.join()
         assert io.aggregates_tag(root, DAY0) == "tag"
     assert errors == []
+
+
+def _usual_hours_every_length(counts: np.ndarray, n_events: np.ndarray) -> tuple[list, list]:
+    """``usual_hours`` as first written: every row through all 24 window lengths."""
+    rows, hours = counts.shape
+    prefix = np.zeros((rows, 2 * hours + 1), dtype=np.int64)
+    np.cumsum(np.concatenate([counts, counts], axis=1), axis=1, out=prefix[:, 1:])
+    need = n_events * 0.9 - 1e-9
+    length, start = np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64)
+    open_rows = ~np.isnan(need)
+    for k in range(1, hours + 1):
+        covered = prefix[:, k:k + hours] - prefix[:, :hours]
+        hit = open_rows & (covered.max(axis=1).astype(np.float64) >= need)
+        length[hit], start[hit] = k, covered[hit].argmax(axis=1)
+        open_rows &= ~hit
+    return ([None if n == 0 else int(n) for n in length],
+            [None if n == 0 else int(s) for n, s in zip(length, start, strict=True)])
+
+
+def test_usual_hours_settle_each_row_as_passing_every_row_through_every_length_did() -> None:
+    """Rows leave the search once their window is found; lengths, starts (ties: the window
+    covering most, earliest first) and nulls stay those of the full 24 passes."""
+    from uba.features.baselines import usual_hours
+
+    rng = np.random.default_rng(5)
+    counts = np.concatenate([
+        rng.integers(0, 6, (400, 24)),                                   # spread out
+        (rng.random((400, 24)) < 0.15) * rng.integers(0, 90, (400, 24)),  # a few busy hours
+        np.zeros((20, 24), dtype=np.int64), np.full((20, 24), 3),         # nothing; perfectly flat
+    ]).astype(np.int64)
+    n_events = counts.sum(axis=1).astype(np.float64)
+    n_events[::7] *= rng.uniform(0.2, 1.3, len(n_events[::7]))  # totals that do not match the hours
+    n_events[::11] = np.nan
+    length, start = usual_hours(counts, n_events)
+    assert (length.to_list(), start.to_list()) == _usual_hours_every_length(counts, n_events)
+    assert length.null_count() > 0 and length.max() >= 20  # short and long windows both searched

@@ -33,6 +33,8 @@ from uba.features.aggregates import (
     device_col,
     event_col,
     exact_sum,
+    fixed_point,
+    from_fixed_point,
     hour_col,
 )
 
@@ -47,6 +49,7 @@ SHARE_KINDS = ("device", "event", "hour", "dow")
 _INV_EVIDENCE = {"device": "sum_inv_sessions", "event": "sum_inv_events",
                  "hour": "sum_inv_sessions", "dow": "sum_inv_sessions"}
 COMOMENT_MISSING = "comoment_missing"
+_FIXED_PREFIX = "_fixed_"  # a float sum's fixed-point terms, before the per-user group_by
 _MIN_RESULTANT = 1e-12
 _MIN_BETWEEN_VAR = 1e-9
 MIN_SHARE_PRIOR = 0.1
@@ -131,24 +134,38 @@ def _category_specs(devices: list[str], events: list[str]) -> list[tuple[str, st
 
 
 def _per_user_sums(window: pl.LazyFrame, devices: list[str], events: list[str]) -> pl.LazyFrame:
-    """Roll the daily rows of each user up into window totals (all additive)."""
+    """Roll the daily rows of each user up into window totals (all additive).
+
+    Every aggregation is a plain sum, min or max of a column: what depends on the row
+    (the fixed-point terms of the float sums, the weekday masks, the missing co-moment)
+    is computed elementwise before the group_by. The same expressions inside the
+    aggregation (``filter``, ``fill_null``, ``exact_sum``) made Polars evaluate them
+    group by group: 40% more CPU for the same totals, on the driver's shared cores.
+    """
     counts = [hour_col(h) for h in HOURS] + [device_col(d) for d in devices]
     counts += [event_col(e) for e in events]
     dow = pl.col("day_of_week").cast(pl.Int64)
-    return window.group_by("user_id").agg(
-        pl.len().cast(pl.Int64).alias("days_active"),
-        pl.col("event_date").cast(pl.Date).min().alias("first_active"),
-        pl.col("event_date").cast(pl.Date).max().alias("last_active"),
-        pl.col("n_events", "n_sessions", "n_downloads").sum().cast(pl.Int64),
-        pl.col("max_events_in_session").max().cast(pl.Int64),
-        *(exact_sum(pl.col(c)).alias(c) for c in FLOAT_SUM_COLUMNS),
+    rows = window.with_columns(
+        pl.col("event_date").cast(pl.Date),
+        *(fixed_point(pl.col(c)).alias(_FIXED_PREFIX + c) for c in FLOAT_SUM_COLUMNS),
         # a day whose aggregates predate the co-moment (kept after its events were pruned):
         # the user's own duration-given-actions statistics are then unknown (the prior's)
-        pl.col(CROSS_COLUMN).is_null().any().alias(COMOMENT_MISSING),
-        *(pl.col(c).fill_null(0).sum().cast(pl.Int64).alias(c) for c in counts),
-        *(pl.col("n_events").filter(dow == d).sum().cast(pl.Int64).alias(dow_count_col(d))
-          for d in WEEKDAYS),
-        *((dow == d).sum().cast(pl.Int64).alias(dow_days_col(d)) for d in WEEKDAYS),
+        pl.col(CROSS_COLUMN).is_null().alias(COMOMENT_MISSING),
+        # null weekday or count: left out of the sums, as a filter would
+        *(pl.when(dow == d).then(pl.col("n_events")).otherwise(0).alias(dow_count_col(d)) for d in WEEKDAYS),
+        *((dow == d).alias(dow_days_col(d)) for d in WEEKDAYS),
+    )
+    return rows.group_by("user_id").agg(
+        pl.len().cast(pl.Int64).alias("days_active"),
+        pl.col("event_date").min().alias("first_active"),
+        pl.col("event_date").max().alias("last_active"),
+        pl.col("n_events", "n_sessions", "n_downloads").sum().cast(pl.Int64),
+        pl.col("max_events_in_session").max().cast(pl.Int64),
+        *(from_fixed_point(pl.col(_FIXED_PREFIX + c).sum()).alias(c) for c in FLOAT_SUM_COLUMNS),
+        pl.col(COMOMENT_MISSING).any(),
+        *(pl.col(c).sum().cast(pl.Int64) for c in counts),  # a sum skips nulls: fill_null(0) adds nothing
+        *(pl.col(dow_count_col(d)).sum().cast(pl.Int64) for d in WEEKDAYS),
+        *(pl.col(dow_days_col(d)).sum().cast(pl.Int64) for d in WEEKDAYS),
     )
 
 
@@ -450,21 +467,29 @@ def _usual_hours_batch(packed: pl.Series) -> pl.Series:
 
 def usual_hours(counts: np.ndarray, n_events: np.ndarray) -> tuple[pl.Series, pl.Series]:
     """For each row of hour counts: the shortest circular window (length, earliest start)
-    holding ``USUAL_HOURS_COVERAGE`` of ``n_events``; null where ``n_events`` is null/NaN."""
+    holding ``USUAL_HOURS_COVERAGE`` of ``n_events``; null where ``n_events`` is null/NaN.
+
+    One pass per window length, over the rows not settled yet, until none is left: most
+    users' window is under 8 hours, and passing every row through all 24 lengths took
+    twice as long."""
     rows, hours = counts.shape
     prefix = np.zeros((rows, 2 * hours + 1), dtype=np.int64)
     np.cumsum(np.concatenate([counts, counts], axis=1), axis=1, out=prefix[:, 1:])
     need = n_events * USUAL_HOURS_COVERAGE - 1e-9
     length = np.zeros(rows, dtype=np.int64)
     start = np.zeros(rows, dtype=np.int64)
-    open_rows = ~np.isnan(need)
+    open_rows = np.flatnonzero(~np.isnan(need))
+    prefix, need = prefix[open_rows], need[open_rows]
     for k in range(1, hours + 1):
+        if open_rows.size == 0:
+            break
         covered = prefix[:, k:k + hours] - prefix[:, :hours]
-        best = covered.max(axis=1)
-        hit = open_rows & (best.astype(np.float64) >= need)
-        length[hit] = k
-        start[hit] = covered[hit].argmax(axis=1)
-        open_rows &= ~hit
+        hit = covered.max(axis=1).astype(np.float64) >= need
+        if hit.any():
+            length[open_rows[hit]] = k
+            start[open_rows[hit]] = covered[hit].argmax(axis=1)
+            left = ~hit
+            open_rows, prefix, need = open_rows[left], prefix[left], need[left]
     missing = length == 0
     return (pl.Series(length).set(pl.Series(missing), None) if missing.any() else pl.Series(length),
             pl.Series(start).set(pl.Series(missing), None) if missing.any() else pl.Series(start))
