@@ -253,3 +253,49 @@ def test_explained_days_come_from_unsuppressed_not_benign_event_alerts(tmp_path:
     assert result.exit_code == 0, result.output
     found = explained_days(tmp_path / "out", data, [day, DAY])  # DAY was never scored: nothing
     assert found.rows() == [("a", day, "later_hours"), ("b", day, "rising_downloads")]
+
+
+def _scored_windows(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A window scored by ``_scored_window`` and, the same rows, by Polars' window functions."""
+    from uba.alerting.trends import _active_today, _scored_by_polars, _scored_window
+
+    window = _active_today(frame.lazy(), DAY)
+    day_z = (pl.col("dev_downloads") / pl.col("sd_downloads")).clip(None, 3.0)
+    by_polars = _scored_by_polars(window.lazy().with_columns(
+        day_z.alias("_z"), (day_z - 0.75).alias("_climb"), (pl.col("dev_downloads") > 0).cast(pl.Int64).alias("_above")))
+    return _scored_window(window, "dev_downloads", 3.0, 0.75).collect(), by_polars.collect()
+
+
+def _random_window(rng: np.random.Generator, users: int) -> pl.DataFrame:
+    """Users with 1 to 9 active days ending today, deviations over many orders of magnitude."""
+    lengths = rng.integers(1, 10, users)
+    rows = int(lengths.sum())
+    return pl.DataFrame({
+        "user_id": np.repeat([f"u{i:04d}" for i in range(users)], lengths),
+        "event_date": [DAY - timedelta(days=int(back)) for n in lengths for back in range(n - 1, -1, -1)],
+        "dev_downloads": rng.standard_normal(rows) * 10.0 ** rng.integers(-6, 6, rows),
+        "sd_downloads": rng.uniform(0.01, 2.0, rows),
+    }).sample(fraction=1.0, shuffle=True, seed=1)
+
+
+def test_running_cusum_values_are_polars_window_functions_to_the_bit() -> None:
+    """The CUSUM's running sums and minima and the trailing products, taken on a table of
+    users x days instead of ``over("user_id")`` (15x faster on a weekday), are the same
+    floats to the last bit: a signal's strength and wording depend on them."""
+    fast, reference = _scored_windows(_random_window(np.random.default_rng(11), 3_000))
+    assert fast.height == reference.height > 10_000
+    for name in ("_c", "_cusum"):
+        assert np.array_equal(fast[name].to_numpy().view(np.uint64), reference[name].to_numpy().view(np.uint64)), name
+    for name in ("_in_run", "_in_excursion"):
+        assert fast[name].to_list() == reference[name].to_list(), name
+
+
+def test_a_window_with_nan_or_null_deviations_is_scored_by_polars_window_functions() -> None:
+    """``cum_sum`` skips nulls and ``cum_min`` orders NaN its own way: a window holding
+    either is left to them, so the result is theirs, not the table's."""
+    frame = _random_window(np.random.default_rng(12), 200)
+    for bad in (None, float("nan")):
+        odd = frame.with_columns(pl.when(pl.int_range(pl.len()) % 17 == 3).then(bad).otherwise(pl.col("dev_downloads"))
+                                 .alias("dev_downloads"))
+        fast, reference = _scored_windows(odd)
+        assert fast.equals(reference, null_equal=True)
