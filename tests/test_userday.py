@@ -6,11 +6,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
 from uba import io
-from uba.alerting.userday import stored_day_alerts
+from uba.alerting.userday import score_user_days, stored_day_alerts
 from uba.features import protected_baselines_as_of
 from uba.features.pipeline import prepare_aggregates
 from uba.schema import EVENT_SCHEMA
@@ -103,3 +104,43 @@ def test_thresholds_come_from_settings(settings, tmp_path: Path) -> None:
     strict = settings.model_copy(update={"user_day": settings.user_day.model_copy(update={
         "download_ratio": 50.0, "spread_download_ratio": 50.0, "session_ratio": 50.0})})
     assert _alerts(strict, WEDNESDAY) == {}
+
+
+def _every_row_ranked(today: pl.LazyFrame, baselines: pl.LazyFrame, settings) -> pl.DataFrame:
+    """``score_user_days`` as first written: every user-day's candidates ranked, fired or not."""
+    from uba.alerting import userday as ud
+
+    users, population = ud._baseline_inputs(baselines)
+    joined = ud._with_trends(today, None).join(users, on="user_id", how="left").join(population, how="cross") \
+        .with_columns(pl.col("days_active").is_not_null().alias("known_user"),
+                      *(ud._usual(rate, settings.prior_days).alias(f"usual_{kind}") for kind, _, rate in ud.RATE_SIGNALS))
+    limits = ud._limits(settings)
+    candidates = [ud._rate_reason(kind, count, *limits[kind], settings.rate_floor) for kind, count, _ in ud.RATE_SIGNALS]
+    candidates += [ud._spread_reason(settings), ud._weekday_reason(settings), pl.col("trend_fired")]
+    strength = pl.element().struct.field("strength")
+    ranked = pl.concat_list(candidates).list.eval(pl.element().sort_by(strength, descending=True, maintain_order=True)) \
+        .list.eval(pl.element().filter(strength > 0))
+    return joined.with_columns(ranked.alias("_fired")).with_columns(
+        pl.col("_fired").list.eval(strength).list.sum().fill_null(0.0).round(4).alias("day_score"),
+        pl.col("_fired").list.eval(pl.element().struct.field("text")).alias("reasons"),
+        pl.col("_fired").list.eval(pl.element().struct.field("kind")).alias("reason_kinds"),
+        pl.col("event_date").cast(pl.Date), pl.col("days_active").fill_null(0).cast(pl.Int64),
+        *(pl.col(f"usual_{kind}").round(3) for kind, _, _ in ud.RATE_SIGNALS),
+    ).select(list(ud.ALERT_COLUMNS)).collect()
+
+
+def test_only_fired_user_days_are_ranked_and_the_others_score_as_before(settings) -> None:
+    """Ranking only the user-days that fired something leaves every row as ranking all of
+    them did, to the bit: a quiet day's score is an empty sum (-0.0). (The rows' order
+    follows a join's, which Polars does not fix; callers sort, ``rank_alerts``.)"""
+    prepare_aggregates(settings.paths.data_dir, [WEDNESDAY], settings)
+    baselines = protected_baselines_as_of(settings.paths.data_dir, WEDNESDAY, settings, settings.paths.output_dir)
+    today = io.scan_partition(settings.paths.data_dir, io.AGGREGATES, WEDNESDAY)
+    assert today is not None
+    today = pl.concat([today] * 3).with_columns(pl.lit(WEDNESDAY, pl.Date).alias("event_date"))  # quiet and fired rows interleaved
+    scored = score_user_days(today, baselines, settings.user_day).collect().sort("user_id")
+    reference = _every_row_ranked(today, baselines, settings.user_day).sort("user_id")
+    assert scored.equals(reference)
+    fired = scored["day_score"] > 0
+    assert 0 < fired.sum() < scored.height
+    assert np.array_equal(scored["day_score"].to_numpy().view(np.uint64), reference["day_score"].to_numpy().view(np.uint64))
