@@ -637,6 +637,18 @@ def test_baseline_snapshot_round_trip(tmp_path):
     assert io.read_baseline_snapshot(path).equals(base)
 
 
+def test_a_snapshot_encoded_ahead_is_the_file_the_frame_gives(tmp_path):
+    """``score --date`` encodes the snapshot in a thread (``io.parquet_bytes``) and writes the
+    bytes when the run succeeded: the file must be the one writing the frame gives, byte
+    for byte (the API and the outputs' checks read it)."""
+    rows = history("day", [9, 10, 11], 5) + history("night", [22, 23, 1], 4, device="mobile")
+    frame = baselines_from(rows, DAY0 + timedelta(days=5))
+    direct = io.write_baseline_snapshot(frame, tmp_path / "direct", DAY0).read_bytes()
+    ahead = io.write_baseline_snapshot(io.parquet_bytes(frame), tmp_path / "ahead", DAY0).read_bytes()
+    assert ahead == direct and io.read_baseline_snapshot(tmp_path / "ahead" / "baselines" / "as_of=2026-03-02"
+                                                         / "baselines.parquet").equals(frame)
+
+
 @pytest.mark.integration  # a real subprocess, server or seconds of work
 def test_two_runs_writing_the_same_new_aggregates_day_both_succeed(tmp_path) -> None:
     """Runs of different dates share lookback days: the second to publish a fresh

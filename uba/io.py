@@ -40,7 +40,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime
-from io import BufferedReader
+from io import BufferedReader, BytesIO
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
@@ -360,6 +360,14 @@ def _write_atomic(path: Path, write: Callable[[Path], object], durable: bool = F
 
 def _parquet_writer(df: pl.DataFrame) -> Callable[[Path], None]:
     return lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True)
+
+
+def parquet_bytes(df: pl.DataFrame) -> bytes:
+    """``df`` encoded as ``_parquet_writer`` writes it (the same bytes), in memory: encoded
+    in a thread while other work runs, and written later in one go (``write_baseline_snapshot``)."""
+    buffer = BytesIO()
+    df.write_parquet(buffer, compression="zstd", statistics=True)
+    return buffer.getvalue()
 
 
 def _is_listed_partition(folder: Path) -> bool:
@@ -1787,10 +1795,14 @@ def baseline_snapshot_path(data_dir: Path, as_of: date) -> Path:
     return Path(data_dir) / BASELINES / f"as_of={as_of.isoformat()}" / BASELINE_SNAPSHOT_NAME
 
 
-def write_baseline_snapshot(df: pl.DataFrame, data_dir: Path, as_of: date) -> Path:
-    """Write (or atomically replace) the baseline snapshot for ``as_of``."""
-    fault_point("baseline_snapshot", baseline_snapshot_path(data_dir, as_of))
-    return write_parquet_atomic(df, baseline_snapshot_path(data_dir, as_of))
+def write_baseline_snapshot(df: pl.DataFrame | bytes, data_dir: Path, as_of: date) -> Path:
+    """Write (or atomically replace) the baseline snapshot for ``as_of``: a frame, or a
+    frame already encoded by ``parquet_bytes``."""
+    path = baseline_snapshot_path(data_dir, as_of)
+    fault_point("baseline_snapshot", path)
+    if isinstance(df, bytes):
+        return _write_atomic(path, lambda tmp: tmp.write_bytes(df), durable=True)  # as write_parquet_atomic
+    return write_parquet_atomic(df, path)
 
 
 def baseline_snapshot_dates(data_dir: Path) -> list[date]:

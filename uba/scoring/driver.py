@@ -294,6 +294,23 @@ class _Run:
                 results = self._run_shards(specs, ctx, inputs, execution)
         self.timer.current = "user_day"  # a failure of the thread's work is reported as this stage
         user_days = user_day_job.result()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="uba-snapshot") as encoder:
+            # the snapshot's encoding (~0.1 s of zstd) overlaps merging the flagged rows and
+            # the risk instead of following them; it is written only once the run succeeded
+            snapshot = encoder.submit(io.parquet_bytes, baselines)
+            record = self._stage_outputs(staging, results, user_days, execution, len(specs),
+                                         (input_rows, quarantined), baselines)
+            with self.timer.stage("baseline_snapshot"):
+                io.write_baseline_snapshot(snapshot.result(), self.data_dir, self.day)
+        io.discard_dir(staging / shard.FLAGGED_PARTS_DIR)
+        return record
+
+    def _stage_outputs(self, staging: Path, results: list[shard.ShardResult], user_days: pl.DataFrame | None,
+                       execution: RunPlacement, chunks: int, rows: tuple[int, int],
+                       baselines: pl.DataFrame) -> RunRecord:
+        """Merge the shards' flagged rows and counts, stage the entity risk and build the
+        run's record; a run whose rows do not add up (``rows``: input, quarantined) fails here."""
+        input_rows, quarantined = rows
         counts = self._merge_results(results)
         with self.timer.stage("merge_flagged"):
             flagged_files = self._merge_flagged(results, staging, execution)
@@ -303,7 +320,7 @@ class _Run:
         score_files = {name: file for r in results for name, file in r.scores_file.items()}
         # the shards' lines, as ShardResult.record writes them (a plain dict of ShardRecord's keys)
         run_execution: RunExecution = {**execution, "shard_records": [r.record() for r in results],
-                                       "chunks": len(specs)}
+                                       "chunks": chunks}
         record = self._manifest(input_rows, quarantined, counts, conservation, run_execution,
                                 baselines, score_files, flagged_files)
         self.record = record
@@ -319,9 +336,6 @@ class _Run:
             raise RunFailedError(
                 f"row conservation failed for {self.day}: {input_rows} input events but "
                 f"{counts['scored_rows']} scored; nothing was published")
-        with self.timer.stage("baseline_snapshot"):
-            io.write_baseline_snapshot(baselines, self.data_dir, self.day)
-        io.discard_dir(staging / shard.FLAGGED_PARTS_DIR)
         return record
 
     def _user_day_alerts(self, staging: Path, baselines: pl.DataFrame, day_aggregates: Any) -> pl.DataFrame | None:
