@@ -546,26 +546,16 @@ class Settings(BaseSettings):
 _LOWER_LAYERS: ContextVar[tuple[PydanticBaseSettingsSource, ...]] = ContextVar("_LOWER_LAYERS", default=())
 
 
-class _NoAliasLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no types: SafeLoader is Any
-    """SafeLoader that refuses aliases (``*name``) and repeated keys.
-
-    A few lines of nested aliases expand to billions of nodes when validated (a "billion
-    laughs" hung the CLI at 2.5 GB), and a settings file never needs them. A key given
-    twice in one mapping used to be silently last-wins, so a second ``api:`` section
-    further down quietly replaced the first.
-    """
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise yaml.YAMLError(f"YAML aliases (*name) are not allowed in settings, at line {mark.line + 1}")
-        return super().compose_node(parent, index)
+class _RepeatedKeysRefused:
+    """Constructor part of the settings loaders: a key given twice in one mapping is an
+    error. It used to be silently last-wins, so a second ``api:`` section further down
+    quietly replaced the first."""
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         if isinstance(node, yaml.MappingNode):
             first_line: dict[Any, int] = {}
             for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=True)
+                key = self.construct_object(key_node, deep=True)  # type: ignore[attr-defined]  # the loader's
                 try:
                     seen = first_line.get(key)
                 except TypeError:  # an unhashable key: SafeLoader refuses it below
@@ -575,7 +565,67 @@ class _NoAliasLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no 
                     raise yaml.YAMLError(f"the key {_short(key)!r} is repeated at line {line} "
                                          f"(first at line {seen}); each key may appear once")
                 first_line[key] = line
-        return super().construct_mapping(node, deep=deep)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[misc]  # the loader's
+
+
+class _NoAliasLoader(_RepeatedKeysRefused, yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no types: SafeLoader is Any
+    """SafeLoader that refuses aliases (``*name``) and repeated keys.
+
+    A few lines of nested aliases expand to billions of nodes when validated (a "billion
+    laughs" hung the CLI at 2.5 GB), and a settings file never needs them.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"YAML aliases (*name) are not allowed in settings, at line {mark.line + 1}")
+        return super().compose_node(parent, index)
+
+
+# libyaml's parser (PyYAML's C extension), when installed: the pure-Python one took ~50 ms
+# of every command's start for configs/default.yaml, the C one ~3 ms.
+_LibyamlLoader: type | None = None
+if getattr(yaml, "__with_libyaml__", False):
+    class _LibyamlLoader(_RepeatedKeysRefused, yaml.CSafeLoader):  # type: ignore[misc,no-redef]
+        """``_NoAliasLoader``'s constructor on libyaml's parser (aliases: ``_shares_nodes``)."""
+
+
+_UNDECIDED = object()
+
+
+def _parse_with_libyaml(text: str) -> object:
+    """What ``_NoAliasLoader`` reads from ``text``, through libyaml; ``_UNDECIDED`` for
+    anything but a clean read (an alias, a character PyYAML's reader refuses, any error),
+    which the pure-Python loader then reads again, so results and messages are its own."""
+    if _LibyamlLoader is None or yaml.reader.Reader.NON_PRINTABLE.search(text):
+        return _UNDECIDED
+    loader = _LibyamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:  # an empty document
+            return None
+        return _UNDECIDED if _shares_nodes(node) else loader.construct_document(node)
+    except Exception:  # noqa: BLE001  # reported by the pure-Python loader, in its words
+        return _UNDECIDED
+    finally:
+        loader.dispose()
+
+
+def _shares_nodes(root: Any) -> bool:
+    """Whether a node appears twice in the composed tree: what an alias (``*name``) makes,
+    which libyaml resolves where ``_NoAliasLoader`` would refuse it."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            return True
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(part for pair in node.value for part in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return False
 
 
 def _short(text: object, limit: int = 80) -> str:
@@ -603,6 +653,9 @@ def _yaml_problem(exc: BaseException) -> str:
 
 def parse_yaml(text: str) -> object:
     """YAML without aliases; any parse failure is a UserError-ready sentence."""
+    data = _parse_with_libyaml(text)
+    if data is not _UNDECIDED:
+        return data
     try:
         return yaml.load(text, Loader=_NoAliasLoader)
     except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:

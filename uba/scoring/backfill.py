@@ -12,14 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import date
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from uba.alerting.delivery import ReadySink, catch_up, deliver_published, enqueue_day
 from uba.errors import UserError
 from uba.features.pipeline import date_range, load_scoring_bundle
 from uba.manifest import RunManifest, scored_with
 from uba.scoring.driver import ScoreOptions, open_runtime, score_day
 from uba.settings import Settings
+
+if TYPE_CHECKING:  # delivery (sqlite, HTTP, TLS) is loaded only where sinks are configured
+    from uba.alerting.delivery import ReadySink
 
 Status = Literal["scored", "skipped", "failed"]
 
@@ -86,6 +88,8 @@ class BackfillDelivery:
         """The walk unchanged, enqueueing each scored day's alerts on the way."""
         for outcome in walk:
             if self.sinks and outcome.status == "scored" and outcome.manifest is not None:
+                from uba.alerting.delivery import enqueue_day
+
                 self.published[(outcome.day, outcome.manifest["run_id"])] = enqueue_day(
                     self.settings, self.sinks, outcome.day)
             yield outcome
@@ -93,8 +97,11 @@ class BackfillDelivery:
     def finish(self) -> list[str]:
         """Catch up days whose own enqueue was interrupted (a kill right after publishing),
         then deliver within alerting.deliver_budget_sec; returns the operator's lines."""
-        if self.sinks:
-            catch_up(self.settings, self.sinks)
+        if not self.sinks:
+            return []
+        from uba.alerting.delivery import catch_up, deliver_published
+
+        catch_up(self.settings, self.sinks)
         if not self.published:
             return []
         return deliver_published(self.settings, self.sinks, self.published)
