@@ -232,3 +232,34 @@ def test_a_corrupt_flagged_part_of_an_earlier_day_is_one_line_naming_it(world: W
     result = CliRunner().invoke(cli, ["score", "--date", ATTACK[-1].isoformat(), *world.args(out), "--in-process"])
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert str(listed) in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_leaving_out_user_days_a_day_at_a_time_leaves_the_rows_the_join_leaves(tmp_path: Path) -> None:
+    """The baselines leave out a run's unlearned user-days from each day's aggregates by a
+    filter on that day's users (the scan then streams into the group_by); the rows kept
+    are those of the anti-join on (user_id, event_date): another day's alert of the same
+    user, a day without alerts, a null user and an unlearned day outside the window
+    change nothing."""
+    from uba.features.protection import (
+        UNLEARNED_SCHEMA,
+        without_user_days,
+        without_user_days_each_day,
+    )
+
+    days = [FIRST + timedelta(days=k) for k in range(4)]
+    for k, day in enumerate(days):
+        rows = pl.DataFrame({"user_id": ["a", "b", "c", None], "day_of_week": [day.weekday()] * 4,
+                             "n_events": [k + 1, 2, 3, 4]})
+        io.write_aggregates(rows, tmp_path, day, f"t{k}")
+    unlearned = pl.DataFrame({"user_id": ["a", "b", "a", "c", "z"],
+                              "event_date": [days[0], days[0], days[2], days[9 % 4], FIRST - timedelta(days=5)]},
+                             schema=UNLEARNED_SCHEMA)
+    parts = io.aggregate_part_scans(tmp_path, days)
+    by_day = io.stack_aggregates(without_user_days_each_day(parts, unlearned))
+    by_join = without_user_days(io.scan_aggregates(tmp_path, days), unlearned)
+    assert by_day is not None and by_join is not None
+    order = ["event_date", "user_id"]
+    kept = by_day.collect().sort(order, nulls_last=True)
+    assert kept.equals(by_join.collect().sort(order, nulls_last=True))
+    assert kept.height == 16 - 4 and kept["user_id"].null_count() == 4
+    assert io.stack_aggregates(without_user_days_each_day(parts, unlearned.head(0))).collect().height == 16

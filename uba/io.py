@@ -1761,14 +1761,24 @@ def scan_aggregates(data_dir: Path, days: Iterable[date]) -> pl.LazyFrame | None
     """Lazy scan of the aggregates of ``days`` with ``event_date`` restored (None if none exist).
 
     Only files under ``aggregates/`` are opened. Days written with different category
-    lists are stacked with missing count columns as null.
+    lists are stacked with missing count columns as null (``stack_aggregates``).
     """
+    return stack_aggregates([frame for _, frame in aggregate_part_scans(data_dir, days)])
+
+
+def aggregate_part_scans(data_dir: Path, days: Iterable[date]) -> list[tuple[date, pl.LazyFrame]]:
+    """``scan_aggregates`` part by part: each day's parts, checked, with ``event_date``
+    restored, for a caller that treats days apart before stacking them."""
     paths = [(day, path) for day in sorted(set(days)) for path in partition_files(data_dir, AGGREGATES, day)]
     for _, path in paths:  # small files (one row per user), hashed once per process
         verify_part(path, AGGREGATES_REMEDY)
         check_readable(path)
-    frames = [pl.scan_parquet(path, glob=False).with_columns(pl.lit(day, dtype=pl.Date).alias(PARTITION_COLUMN))
-              for day, path in paths]
+    return [(day, pl.scan_parquet(path, glob=False).with_columns(pl.lit(day, dtype=pl.Date).alias(PARTITION_COLUMN)))
+            for day, path in paths]
+
+
+def stack_aggregates(frames: list[pl.LazyFrame]) -> pl.LazyFrame | None:
+    """Parts of aggregates as one frame (missing count columns null), None for no part."""
     if not frames:
         return None
     return pl.concat(frames, how="diagonal_relaxed")

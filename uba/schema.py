@@ -81,6 +81,20 @@ def alert_id(alert_type: str, *subject: str) -> str:
     return ID_PREFIX + hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
 
 
+def not_called_benign(alert_type: str, subjects: list[tuple[str, ...]], benign: Collection[str],
+                      also_by: list[str] | None = None) -> pl.Series:
+    """For each alert (``alert_id(alert_type, *subject)``), whether ``benign`` (verdict ids)
+    leaves it out; ``also_by`` are ids the alerts also go by (an event alert's event id).
+
+    An alert id is only hashed when some verdict names an alert id (they all start with
+    ``ID_PREFIX``): hashing every alert of a 14-day protection window (42,000 of them)
+    took 0.1 s of each run, to compare with no verdicts at all or only event ids."""
+    kept = [True] * len(subjects) if also_by is None else [i not in benign for i in also_by]
+    if any(b.startswith(ID_PREFIX) for b in benign):
+        kept = [k and alert_id(alert_type, *subject) not in benign for k, subject in zip(kept, subjects, strict=True)]
+    return pl.Series(kept, dtype=pl.Boolean)
+
+
 def unsuppressed_alert(columns: Collection[str]) -> pl.Expr:
     """Whether a scored or flagged event row is an alert someone sees: over its cut
     (``is_anomaly``) and not hidden by a suppression rule. The one definition read by the

@@ -74,6 +74,11 @@ TREND_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+# The columns of the daily aggregates the signals are computed from (``_daily``).
+TREND_INPUT_COLUMNS = ("user_id", "event_date", "n_events", "n_downloads", "sum_hour_sin", "sum_hour_cos",
+                       "sum_log_duration")
+
+
 def _daily(aggregates: pl.LazyFrame) -> pl.LazyFrame:
     """One row per user and active day: the day's downloads, mean hour (radians) and mean log length."""
     events = pl.col("n_events").cast(pl.Float64)

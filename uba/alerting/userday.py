@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, TypeVar
 import polars as pl
 
 from uba import io
-from uba.alerting.trends import TREND_KINDS, TREND_SCHEMA, trend_signals
+from uba.alerting.trends import TREND_INPUT_COLUMNS, TREND_KINDS, TREND_SCHEMA, trend_signals
 from uba.features.baselines import POPULATION_USER, dow_days_col
 from uba.features.protection import without_user_days
 from uba.features.store import lookback_days
-from uba.schema import alert_id, unsuppressed_alert
+from uba.schema import not_called_benign, unsuppressed_alert
 
 if TYPE_CHECKING:
     from uba.settings import Settings, TrendSettings, UserDaySettings
@@ -265,8 +265,7 @@ def explained_days(output_dir: Path, data_dir: Path, days: Iterable[date]) -> pl
             benign = io.benign_verdicts(data_dir)
         if benign:
             ids = alerts["event_id"].to_list()
-            kept = [e not in benign and alert_id("event", e) not in benign for e in ids]
-            alerts = alerts.filter(pl.Series(kept, dtype=pl.Boolean))
+            alerts = alerts.filter(not_called_benign("event", [(e,) for e in ids], benign, also_by=ids))
         frames.append(alerts.select("user_id", pl.col("reason_kinds").alias("fact")).explode("fact")
                       .select("user_id", pl.lit(day, pl.Date).alias("event_date"), facts.alias("kind"))
                       .drop_nulls("kind").unique())
@@ -283,8 +282,9 @@ def trends_without_explained(history: pl.LazyFrame, day: date, settings: TrendSe
     if explained.is_empty():
         return trend_signals(history, day, settings)
     # The lookback's aggregates are a few rows per user: read once, not once per pass
-    # (four passes over the scanned files took 1.2 s instead of 0.25 s on 500 users).
-    history = history.collect().lazy()
+    # (four passes over the scanned files took 1.2 s instead of 0.25 s on 500 users), and
+    # only the columns the signals use (7 of 45: all of them took 0.15 s for 20,000 users).
+    history = history.select(TREND_INPUT_COLUMNS).collect().lazy()
     signals = trend_signals(history, day, settings)
     fired = pl.col("trend_fired")
     long = signals.explode("trend_fired").drop_nulls("trend_fired").with_columns(

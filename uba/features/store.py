@@ -27,7 +27,11 @@ from uba.features.aggregates import (
     empty_aggregates,
 )
 from uba.features.baselines import lookback_window, peer_groups, user_baselines
-from uba.features.protection import UNLEARNED_SCHEMA, unlearned_user_days, without_user_days
+from uba.features.protection import (
+    UNLEARNED_SCHEMA,
+    unlearned_user_days,
+    without_user_days_each_day,
+)
 from uba.logs import get_logger
 from uba.model.bundle import PeerContext
 from uba.schema import PARTITION_COLUMN
@@ -124,12 +128,11 @@ def baselines_as_of(data_dir: Path, as_of: date, settings: Settings,
     window: the days with alerts, under baseline poisoning protection. Where a user
     directory is stored, users are shrunk toward their peer group (``peers_of``).
     """
-    days = lookback_days(as_of, settings.features.lookback_days)
-    aggregates = io.scan_aggregates(data_dir, days)
+    parts = io.aggregate_part_scans(data_dir, lookback_days(as_of, settings.features.lookback_days))
+    frames = [frame for _, frame in parts] if unlearned is None else without_user_days_each_day(parts, unlearned)
+    aggregates = io.stack_aggregates(frames)
     if aggregates is None:
         aggregates = empty_aggregates(settings.events)
-    elif unlearned is not None:
-        aggregates = without_user_days(aggregates, unlearned)
     return user_baselines(aggregates, as_of, settings.features, peers=peers_of(data_dir, settings))
 
 
