@@ -263,3 +263,26 @@ def test_leaving_out_user_days_a_day_at_a_time_leaves_the_rows_the_join_leaves(t
     assert kept.equals(by_join.collect().sort(order, nulls_last=True))
     assert kept.height == 16 - 4 and kept["user_id"].null_count() == 4
     assert io.stack_aggregates(without_user_days_each_day(parts, unlearned.head(0))).collect().height == 16
+
+
+def test_verdicts_by_event_id_alert_id_or_user_day_id_each_let_their_day_be_learned() -> None:
+    """A day's alerts are held against it unless called benign under any of their ids; the
+    alert ids are hashed only when some verdict names one, and the result is the same."""
+    from uba.features.protection import alerted_user_days
+
+    day = ATTACK[0]
+    flagged = pl.DataFrame({"event_id": ["e1", "e2", "e3", "e4"], "user_id": ["a", "b", "c", "c"],
+                            "is_anomaly": [True] * 4, "suppressed": [False] * 4,
+                            "baseline_days_active": [9] * 4})
+    user_days = pl.DataFrame({"user_id": ["d", "e"], "days_active": [9, 9]})
+
+    def unlearned(*benign: str) -> list[str]:
+        return alerted_user_days(flagged, user_days, day, set(benign), 5)["user_id"].to_list()
+
+    assert unlearned() == ["a", "b", "c", "d", "e"]
+    assert unlearned("e1", "unrelated") == ["b", "c", "d", "e"]                  # an event id
+    assert unlearned(alert_id("event", "e2")) == ["a", "c", "d", "e"]            # an event alert's alert id
+    assert unlearned(alert_id("event", "e3")) == ["a", "b", "c", "d", "e"]       # c's other alert still counts
+    assert unlearned("e3", alert_id("event", "e4")) == ["a", "b", "d", "e"]
+    assert unlearned(alert_id("user_day", "d", day.isoformat())) == ["a", "b", "c", "e"]
+    assert unlearned(alert_id("user_day", "d", (day + timedelta(days=1)).isoformat())) == ["a", "b", "c", "d", "e"]

@@ -199,3 +199,17 @@ def test_a_day_whose_risk_table_is_empty_is_a_zero_in_a_users_history(tmp_path: 
     assert read_risk_history(tmp_path, "u1").height == 2  # unfilled: the user's own rows
     assert _sparklines(tmp_path, date(2026, 3, 4), ["u1", "u2"], 30) == {"u1": [50.0, 0.0, 60.0],
                                                                          "u2": [0.0, 0.0, 10.0]}
+
+
+def test_alert_ids_of_many_findings_are_their_alert_ids() -> None:
+    """Entity risk names a day's ~50,000 event alerts with one loop (``alert_ids``): the
+    ids must be exactly ``alert_id``'s, which the published risk, feedback and exports use."""
+    from uba.schema import alert_ids
+
+    subjects = ["e1", "", "é-ü", "a\x1fb", "x" * 300]
+    assert alert_ids("event", subjects) == [alert_id("event", s) for s in subjects]
+    assert alert_ids("user_day", subjects, "2026-03-01") == [alert_id("user_day", s, "2026-03-01") for s in subjects]
+    assert alert_ids("risk", subjects, "2026-03-01", "high") == [alert_id("risk", s, "2026-03-01", "high")
+                                                                  for s in subjects]
+    with pytest.raises(ValueError, match="unknown alert type"):
+        alert_ids("nope", subjects)

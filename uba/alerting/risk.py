@@ -46,7 +46,7 @@ from uba.directory import load_directory
 from uba.errors import UserError, first_line
 from uba.logs import get_logger
 from uba.manifest import RiskSection, RunManifest, StaleEntry, read_manifest
-from uba.schema import JsonValue, alert_id, unsuppressed_alert
+from uba.schema import JsonValue, alert_ids, unsuppressed_alert
 from uba.settings import RISK_LEVELS, RiskSettings, Settings
 
 log = get_logger("risk")
@@ -86,7 +86,7 @@ def event_contributions(flagged: pl.DataFrame, settings: RiskSettings) -> pl.Dat
     names = flagged.columns
     cut = pl.coalesce("user_threshold", "threshold") if "user_threshold" in names else pl.col("threshold")
     alerts = flagged.filter(unsuppressed_alert(names))
-    ids = [alert_id("event", e) for e in alerts["event_id"].to_list()]
+    ids = alert_ids("event", alerts["event_id"].to_list())
     factor = (1.0 + (pl.col("score") - pl.col("cut")).clip(0.0, None) / settings.margin_unit)
     kinds = pl.col("reason_kinds") if "reason_kinds" in names else pl.lit([], pl.List(pl.String))
     return alerts.select(
@@ -106,7 +106,7 @@ def user_day_contributions(user_days: pl.DataFrame, day: date, settings: RiskSet
     """One candidate contribution per user-day alert, worth its day_score (capped) in points."""
     score = "day_score" if "day_score" in user_days.columns else "risk_score"
     days = user_days.filter(pl.col(score) > 0)
-    ids = [alert_id("user_day", u, day.isoformat()) for u in days["user_id"].cast(pl.String).to_list()]
+    ids = alert_ids("user_day", days["user_id"].cast(pl.String).to_list(), day.isoformat())
     return days.select(
         pl.col("user_id").cast(pl.String),
         pl.Series("alert_id", ids, dtype=pl.String),

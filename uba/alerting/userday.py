@@ -265,7 +265,7 @@ def explained_days(output_dir: Path, data_dir: Path, days: Iterable[date]) -> pl
             benign = io.benign_verdicts(data_dir)
         if benign:
             ids = alerts["event_id"].to_list()
-            alerts = alerts.filter(not_called_benign("event", [(e,) for e in ids], benign, also_by=ids))
+            alerts = alerts.filter(not_called_benign("event", ids, benign, event_ids=True))
         frames.append(alerts.select("user_id", pl.col("reason_kinds").alias("fact")).explode("fact")
                       .select("user_id", pl.lit(day, pl.Date).alias("event_date"), facts.alias("kind"))
                       .drop_nulls("kind").unique())

@@ -67,7 +67,7 @@ def _event_alert_users(flagged: pl.DataFrame | None, benign: Collection[str], mi
         & (_column(flagged, "baseline_days_active", min_active_days).fill_null(0) >= min_active_days)
     )
     ids = alerts["event_id"].cast(pl.String).to_list()
-    kept = not_called_benign("event", [(e,) for e in ids], benign, also_by=ids)
+    kept = not_called_benign("event", ids, benign, event_ids=True)
     return alerts.filter(kept)["user_id"].cast(pl.String)
 
 
@@ -78,7 +78,7 @@ def _user_day_alert_users(user_days: pl.DataFrame | None, day: date, benign: Col
         return pl.Series("user_id", [], dtype=pl.String)
     alerts = user_days.filter(_column(user_days, "days_active", min_active_days).fill_null(0) >= min_active_days)
     users = alerts["user_id"].cast(pl.String).to_list()
-    kept = not_called_benign("user_day", [(u, day.isoformat()) for u in users], benign)
+    kept = not_called_benign("user_day", users, benign, day.isoformat())
     return alerts.filter(kept)["user_id"].cast(pl.String)
 
 
