@@ -591,13 +591,18 @@ if getattr(yaml, "__with_libyaml__", False):
 
 
 _UNDECIDED = object()
+# Where libyaml's scanner reads what PyYAML's refuses, or reads it otherwise: a tab (PyYAML
+# refuses it in many places), a byte-order mark after the first character (libyaml skips one
+# at the start of any line, so "\ufeff  port: 1" became an indented key) and "?" (a flow
+# entry "y?" that PyYAML refuses). Such text goes to the pure-Python loader.
+_LIBYAML_DIFFERS = re.compile("[\t?]|.\ufeff", re.DOTALL)
 
 
 def _parse_with_libyaml(text: str) -> object:
     """What ``_NoAliasLoader`` reads from ``text``, through libyaml; ``_UNDECIDED`` for
     anything but a clean read (an alias, a character PyYAML's reader refuses, any error),
     which the pure-Python loader then reads again, so results and messages are its own."""
-    if _LibyamlLoader is None or yaml.reader.Reader.NON_PRINTABLE.search(text):
+    if _LibyamlLoader is None or yaml.reader.Reader.NON_PRINTABLE.search(text) or _LIBYAML_DIFFERS.search(text):
         return _UNDECIDED
     loader = _LibyamlLoader(text)
     try:
