@@ -18,6 +18,7 @@ from uba import io
 from uba.alerting.risk import read_risk
 from uba.alerting.trends import trend_signals
 from uba.alerting.userday import EXPLAINED_SCHEMA, explained_days, trends_without_explained
+from uba.features.protection import without_user_days
 from uba.schema import EVENT_SCHEMA, alert_id
 from uba.settings import TrendSettings
 
@@ -299,3 +300,29 @@ def test_a_window_with_nan_or_null_deviations_is_scored_by_polars_window_functio
                                  .alias("dev_downloads"))
         fast, reference = _scored_windows(odd)
         assert fast.equals(reference, null_equal=True)
+
+
+def _downloads_of(users: dict[str, list[int]], today: date) -> pl.LazyFrame:
+    return pl.concat([_frame(values, today).with_columns(pl.lit(user).alias("user_id"))
+                      for user, values in users.items()])
+
+
+def test_a_recomputed_user_shrinks_toward_the_whole_population() -> None:
+    """A user whose explained day is left out is judged with the population's median
+    variance as the prior, as everyone else is, not the median among the few users recomputed:
+    that was the user's own, smaller variance, so the signal came out stronger."""
+    settings = TrendSettings()
+    users = {"u": [*[1, 3] * 7, 0, 0, 0, 18, 5, 6, 6]}
+    for i in range(40):  # the population: day-to-day swings of a few downloads
+        swing = [1, 5, 0, 6, 2, 7, 1, 4, 0, 6, 3, 5, 1, 6]
+        users[f"p{i:02d}"] = [*swing[i % 3:], *swing[:i % 3], 2, 3, 2, 3, 2, 3, 2]
+    frame = _downloads_of(users, DAY)
+    mine = pl.DataFrame({"user_id": ["u"], "event_date": [DAY - timedelta(days=3)], "kind": ["rising_downloads"]},
+                        schema=EXPLAINED_SCHEMA)
+    expected = trend_signals(without_user_days(frame, mine.select("user_id", "event_date")), DAY, settings)
+    alone = trend_signals(without_user_days(frame.filter(pl.col("user_id") == "u"),
+                                            mine.select("user_id", "event_date")), DAY, settings).collect()
+    wanted = expected.collect().filter(pl.col("user_id") == "u").to_dicts()
+    assert wanted and alone.to_dicts() != wanted, "the test needs the prior to change the user's signal"
+    got = trends_without_explained(frame, DAY, settings, mine).collect().filter(pl.col("user_id") == "u")
+    assert got.to_dicts() == wanted

@@ -50,6 +50,7 @@ day is further out than the first): day-to-day noise would hide most real ones.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING
@@ -132,10 +133,19 @@ def _hour_variance(per_user: pl.LazyFrame, before: pl.LazyFrame) -> pl.LazyFrame
         (pl.col("_ss") / (pl.col("ref_days") - 1).clip(1, None)).alias("var_hour")).drop("_ss")
 
 
-def _shrunk_sd(var: str, floor: pl.Expr, settings: TrendSettings) -> pl.Expr:
-    """sqrt of the user's variance shrunk toward the population's median, floored."""
+VARIANCES = ("var_downloads", "var_hour", "var_log_duration")
+# The population's median of each of VARIANCES, the prior the users' variances shrink toward
+# (None: no user with enough history had one).
+Priors = Mapping[str, float | None]
+
+
+def _shrunk_sd(var: str, floor: pl.Expr, settings: TrendSettings, priors: Priors | None) -> pl.Expr:
+    """sqrt of the user's variance shrunk toward the population's median, floored. The
+    median is the frame's own unless ``priors`` gives it: a frame of a few users is not the
+    population (``trends_without_explained``)."""
     own_weight = (pl.col("ref_days") - 1).cast(pl.Float64)
-    pooled = (own_weight * pl.col(var).fill_null(0.0) + settings.prior_days * pl.col(var).median()) / (
+    prior = pl.col(var).median() if priors is None else pl.lit(priors[var], dtype=pl.Float64)
+    pooled = (own_weight * pl.col(var).fill_null(0.0) + settings.prior_days * prior) / (
         own_weight + settings.prior_days)
     return pl.max_horizontal(pooled, floor).sqrt()
 
@@ -149,13 +159,30 @@ def _binomial_var(settings: TrendSettings) -> pl.Expr:
     return share * (1.0 - share) / pl.col("ref_events").clip(1.0, None)
 
 
-def _noise(reference: pl.LazyFrame, settings: TrendSettings) -> pl.LazyFrame:
+def _noise(reference: pl.LazyFrame, settings: TrendSettings, priors: Priors | None = None) -> pl.LazyFrame:
     """The noise unit of each metric, per user (see the module doc)."""
     return reference.with_columns(
-        _shrunk_sd("var_downloads", _binomial_var(settings), settings).alias("sd_downloads"),
-        _shrunk_sd("var_hour", pl.lit(settings.min_hour_sd ** 2), settings).alias("sd_hour"),
-        _shrunk_sd("var_log_duration", pl.lit(settings.min_log_duration_sd ** 2), settings).alias("sd_log_duration"),
+        _shrunk_sd("var_downloads", _binomial_var(settings), settings, priors).alias("sd_downloads"),
+        _shrunk_sd("var_hour", pl.lit(settings.min_hour_sd ** 2), settings, priors).alias("sd_hour"),
+        _shrunk_sd("var_log_duration", pl.lit(settings.min_log_duration_sd ** 2), settings,
+                   priors).alias("sd_log_duration"),
     )
+
+
+def _window_start(day: date, settings: TrendSettings) -> date:
+    return day - timedelta(days=min(settings.window_days - 1, (day - date.min).days))  # 0001-01-01
+
+
+def _daily_until(aggregates: pl.LazyFrame, day: date) -> pl.LazyFrame:
+    return _daily(aggregates.filter(pl.col("event_date").cast(pl.Date) <= day))
+
+
+def population_priors(aggregates: pl.LazyFrame, day: date, settings: TrendSettings) -> dict[str, float | None]:
+    """The population's median day-to-day variances on ``day`` (what ``trend_signals`` shrinks
+    each user's toward), from every user of ``aggregates`` with enough history."""
+    reference = _reference(_daily_until(aggregates, day), _window_start(day, settings), settings)
+    medians = reference.select(pl.col(v).median() for v in VARIANCES).collect(engine="in-memory").row(0)
+    return dict(zip(VARIANCES, medians, strict=True))
 
 
 def _window_days(daily: pl.LazyFrame, reference: pl.LazyFrame, window_start: date, day: date) -> pl.LazyFrame:
@@ -378,17 +405,19 @@ def _reason(kind: str, settings: TrendSettings) -> pl.Expr:
                      text=pl.when(by_run).then(run_text).otherwise(cusum_text), kind=pl.lit(kind))
 
 
-def trend_signals(aggregates: pl.LazyFrame, day: date, settings: TrendSettings) -> pl.LazyFrame:
+def trend_signals(aggregates: pl.LazyFrame, day: date, settings: TrendSettings,
+                  priors: Priors | None = None) -> pl.LazyFrame:
     """``user_id, trend_fired`` (``TREND_SCHEMA``): the multi-day signals each user fired on ``day``.
 
     ``aggregates`` holds daily aggregates of the lookback and of ``day`` itself (other
     days are ignored). Users without enough history, or with nothing fired, are absent.
+    ``priors`` (``population_priors``) when ``aggregates`` holds only some of the users.
     """
-    window_start = day - timedelta(days=min(settings.window_days - 1, (day - date.min).days))  # 0001-01-01
+    window_start = _window_start(day, settings)
     # the window, the reference and the reference's hour offsets all read the daily rows:
     # cached, the stored days are scanned once, not three times
-    daily = _daily(aggregates.filter(pl.col("event_date").cast(pl.Date) <= day)).cache()
-    reference = _noise(_reference(daily, window_start, settings), settings)
+    daily = _daily_until(aggregates, day).cache()
+    reference = _noise(_reference(daily, window_start, settings), settings, priors)
     window = _active_today(_window_days(daily, reference, window_start, day), day)
     runs = pl.concat([_runs(window, kind, dev, value, settings) for kind, dev, value in _METRICS])
     runs = runs.with_columns(

@@ -36,7 +36,13 @@ from typing import TYPE_CHECKING, TypeVar
 import polars as pl
 
 from uba import io
-from uba.alerting.trends import TREND_INPUT_COLUMNS, TREND_KINDS, TREND_SCHEMA, trend_signals
+from uba.alerting.trends import (
+    TREND_INPUT_COLUMNS,
+    TREND_KINDS,
+    TREND_SCHEMA,
+    population_priors,
+    trend_signals,
+)
 from uba.features.baselines import POPULATION_USER, dow_days_col
 from uba.features.protection import without_user_days
 from uba.features.store import lookback_days
@@ -286,6 +292,9 @@ def trends_without_explained(history: pl.LazyFrame, day: date, settings: TrendSe
     # only the columns the signals use (7 of 45: all of them took 0.15 s for 20,000 users).
     history = history.select(TREND_INPUT_COLUMNS).collect().lazy()
     signals = trend_signals(history, day, settings)
+    # the users recomputed below are a few: their variances shrink toward the whole
+    # population's medians, as everyone else's do, not toward the medians among them
+    priors = population_priors(history, day, settings)
     fired = pl.col("trend_fired")
     long = signals.explode("trend_fired").drop_nulls("trend_fired").with_columns(
         fired.struct.field("kind").alias("_kind"))
@@ -297,7 +306,7 @@ def trends_without_explained(history: pl.LazyFrame, day: date, settings: TrendSe
         users = mine["user_id"].unique().implode()
         long = long.filter(~((pl.col("_kind") == kind) & pl.col("user_id").is_in(users)))
         theirs = history.filter(pl.col("user_id").cast(pl.String).is_in(users))
-        again = trend_signals(without_user_days(theirs, mine), day, settings)
+        again = trend_signals(without_user_days(theirs, mine), day, settings, priors)
         parts.append(again.explode("trend_fired").drop_nulls("trend_fired")
                      .filter(fired.struct.field("kind") == kind)
                      .with_columns(pl.lit(kind).alias("_kind")))
