@@ -336,7 +336,13 @@ def test_configs_read_through_libyaml_as_the_pure_python_loader_reads_them() -> 
                   # (a review found these): tabs, a mark after the first character, "?" in a flow
                   "tab value": "a:\t1\n", "tab in a flow": "a: [x,\ty]\n", "trailing tab": "a: 1\t\n",
                   "question mark in a flow": "a: [x, y?]\n", "bom at a line's end": "a:\n  b: 1\n\ufeff",
-                  "bom before an indented key": "api:\n\ufeff  port: 8080\n"})
+                  "bom before an indented key": "api:\n\ufeff  port: 8080\n",
+                  # an empty node tagged "!" (libyaml: "", PyYAML: null), a comment glued to a
+                  # block scalar's header (libyaml reads it, PyYAML refuses it)
+                  "empty non-specific tag": "ray:\n  object_store_memory_mb: !\n",
+                  "empty non-specific tag in a flow": "a: [!, 1]\n", "verbatim empty tag": "a: !<!>\n",
+                  "comment on a block header": "api:\n  host: >#note\n    127.0.0.1\n",
+                  "comment on a chomped block header": "a: |2-#\n  x\n"})
     fast = [name for name, text in texts.items() if _parse_with_libyaml(text) is not _UNDECIDED]
     assert len(texts) > 40 and "default.yaml" in fast
     for name, text in texts.items():

@@ -593,9 +593,12 @@ if getattr(yaml, "__with_libyaml__", False):
 _UNDECIDED = object()
 # Where libyaml's scanner reads what PyYAML's refuses, or reads it otherwise: a tab (PyYAML
 # refuses it in many places), a byte-order mark after the first character (libyaml skips one
-# at the start of any line, so "\ufeff  port: 1" became an indented key) and "?" (a flow
-# entry "y?" that PyYAML refuses). Such text goes to the pure-Python loader.
-_LIBYAML_DIFFERS = re.compile("[\t?]|.\ufeff", re.DOTALL)
+# at the start of any line, so "\ufeff  port: 1" became an indented key), "?" (a flow
+# entry "y?" that PyYAML refuses), "!" (libyaml reads an empty node tagged "!" as "", PyYAML
+# as null: "object_store_memory_mb: !" was refused, "api_key_file: !" became the path ".") and
+# a comment right after a block scalar's header ("a: >#c", which PyYAML refuses). Such text
+# goes to the pure-Python loader.
+_LIBYAML_DIFFERS = re.compile("[\t?!]|[|>][-+0-9]*#|.\ufeff", re.DOTALL)
 
 
 def _parse_with_libyaml(text: str) -> object:
