@@ -140,6 +140,9 @@ def test_latest_moves_atomically_and_leaves_no_temp_files(tmp_path, fitted):
     assert (tmp_path / LATEST_FILE).read_text() == second + "\n"
     assert list_versions(tmp_path) == sorted([first, second])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first, second, LATEST_FILE])
+    (tmp_path / f"{second}\n").mkdir()  # "$" matched before a final newline: it was listed
+    assert list_versions(tmp_path) == sorted([first, second])
+    (tmp_path / f"{second}\n").rmdir()
     assert sorted(p.name for p in (tmp_path / second).iterdir()) == sorted(
         [BUNDLE_FILE, CHECKSUMS_FILE, FOREST_FILE]
     )

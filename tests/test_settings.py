@@ -347,3 +347,27 @@ def test_configs_read_through_libyaml_as_the_pure_python_loader_reads_them() -> 
     assert len(texts) > 40 and "default.yaml" in fast
     for name, text in texts.items():
         assert _parsed(text) == _read_by(_NoAliasLoader, text), name
+
+
+@pytest.mark.parametrize(("text", "setting"), [
+    ('alerting:\n  sinks:\n    - {type: webhook, name: "siem\\n", url: "http://127.0.0.1:9/x"}\n', "alerting.sinks.0.name"),
+    ('alerting:\n  sinks:\n    - {type: webhook, name: siem, url: "http://127.0.0.1:9/x", secret_envs: ["KEY\\n"]}\n',
+     "alerting.sinks.0.secret_envs"),
+    ('alerting:\n  sinks:\n    - {type: syslog, name: s, host: 127.0.0.1, app_name: "uba\\n"}\n', "alerting.sinks.0.app_name"),
+    ('api:\n  host: "127.0.0.1\\n"\n', "api.host"),
+    ('api:\n  host: "http://0.0.0.0"\n', "api.host"),
+])
+def test_a_name_or_host_with_a_final_newline_or_a_scheme_is_refused(tmp_path: Path, text: str, setting: str) -> None:
+    """Patterns ended by "$" also match before a final newline: "siem\\n" was a sink name, "uba\\n"
+    an RFC 5424 APP-NAME (a newline inside a syslog header), and "127.0.0.1\\n" reached uvicorn."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=rf"invalid setting '{re.escape(setting)}"):
+        load_settings(path)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::", "::1", "localhost", "uba.internal"])
+def test_ordinary_bind_addresses_load(tmp_path: Path, host: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f'api:\n  host: "{host}"\n')
+    assert load_settings(path).api.host == host

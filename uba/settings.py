@@ -206,6 +206,12 @@ class ApiSettings(_Section):
     # server never closes a kept-alive connection a proxy is about to reuse (a 502 there).
     keep_alive_sec: int = Field(75, ge=1, le=3600)
 
+    @field_validator("host")
+    @classmethod
+    def _bind_address(cls, value: str) -> str:
+        """Refused at load with the field named, not by uvicorn's bind after start-up."""
+        return _check_host(value)
+
     @field_validator("reload_interval_sec")
     @classmethod
     def _off_or_sane(cls, value: float) -> float:
@@ -359,9 +365,10 @@ class RiskSettings(_Section):
         return self
 
 
-SINK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-APP_NAME = re.compile(r"^[\x21-\x7e]{1,48}$")  # RFC 5424 APP-NAME: 1-48 printable US-ASCII, no space
+# \Z, not $: "$" also matches before a final newline, so "alerts\n" passed as a sink name.
+SINK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+APP_NAME = re.compile(r"[\x21-\x7e]{1,48}\Z")  # RFC 5424 APP-NAME: 1-48 printable US-ASCII, no space
 
 
 def _check_host(host: str) -> str:

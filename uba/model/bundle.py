@@ -52,7 +52,7 @@ FOREST_FILE = "forest.npz"
 CHECKSUMS_FILE = "checksums.json"
 LATEST_FILE = "LATEST"
 DATA_FILES = (BUNDLE_FILE, FOREST_FILE)
-VERSION_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+VERSION_PATTERN = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}\Z")  # \Z: "$" passes a final newline
 RESERVED_KEYS = frozenset(
     {
         "format_version",
