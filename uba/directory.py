@@ -251,27 +251,8 @@ def import_directory(data_dir: Path, path: Path, *, replace: bool = False,
     parquet = Path(path).suffix.lower() == ".parquet"
     summary = store_directory_frame(data_dir, frame, source=str(path), replace=replace, max_id_length=max_id_length,
                                     first_line=1 if parquet else 2,
-                                    lines=None if parquet else _csv_record_lines(Path(path), frame.height))
+                                    lines=None if parquet else io.csv_record_lines(Path(path), frame.height))
     return dataclasses.replace(summary, ignored_columns=tuple(ignored))
-
-
-def _csv_record_lines(path: Path, rows: int) -> list[int] | None:
-    """The line each data record of a CSV starts on: a quoted cell may hold line breaks
-    ("Research<newline>and Development"), so a record's number is not its line. None when
-    Python's csv reader does not count the records Polars read (record number + 2 then)."""
-    import csv
-
-    starts: list[int] = []
-    try:
-        with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
-            reader = csv.reader(handle)
-            previous_end = 0
-            for _ in reader:
-                starts.append(previous_end + 1)
-                previous_end = reader.line_num
-    except csv.Error:  # a cell over the csv module's field size limit
-        return None
-    return starts[1:] if len(starts) == rows + 1 else None
 
 
 def store_directory_frame(data_dir: Path, frame: pl.DataFrame, *, source: str, replace: bool = False,

@@ -1397,6 +1397,26 @@ def read_csv_as_strings(path: Path) -> pl.DataFrame:
     return frame.rename({name: name.strip() for name in frame.columns if name != name.strip()})
 
 
+def csv_record_lines(path: Path, rows: int) -> list[int] | None:
+    """The line each data record of a CSV starts on: a quoted cell may hold line breaks
+    ("Research<newline>and Development", an analyst's two-line note), so a record's number
+    is not its line, and an error naming "line N" must name the line an editor shows. None
+    when Python's csv reader does not count the records Polars read (record number + 2 then)."""
+    import csv
+
+    starts: list[int] = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+            reader = csv.reader(handle)
+            previous_end = 0
+            for _ in reader:
+                starts.append(previous_end + 1)
+                previous_end = reader.line_num
+    except csv.Error:  # a cell over the csv module's field size limit
+        return None
+    return starts[1:] if len(starts) == rows + 1 else None
+
+
 def append_table_part(df: pl.DataFrame, root: Path, table: str) -> Path:
     """Add one part to an append-only table (``root/table/part-*.parquet``); nothing is ever rewritten.
 

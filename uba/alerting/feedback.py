@@ -133,8 +133,10 @@ def record_feedback_csv(data_dir: Path, csv_path: Path, max_id_length: int = 256
         raise UserError(f"{csv_path}: missing column(s) {', '.join(missing)} "
                         f"(expected event_id, label[, analyst, note]; found {', '.join(frame.columns) or 'none'})")
     rows = frame.select([c for c in FEEDBACK_COLUMNS if c in frame.columns]).to_dicts()
+    lines = io.csv_record_lines(Path(csv_path), len(rows))  # a quoted note may span lines
     return record_feedback(data_dir, rows, source=f"csv:{Path(csv_path).name}",
-                           where=lambda i: f"{csv_path} line {i + 2}", max_id_length=max_id_length)
+                           where=lambda i: f"{csv_path} line {lines[i] if lines else i + 2}",
+                           max_id_length=max_id_length)
 
 
 def confirmed_malicious_ids(data_dir: Path) -> set[str]:
