@@ -213,6 +213,24 @@ def test_an_acknowledged_alert_cannot_be_acknowledged_twice(own: Path) -> None:
     assert code == 1 and "is acknowledged: ack is not possible (possible: close, reopen)" in err
 
 
+def test_list_show_and_export_write_an_alert_with_the_same_times(own: Path) -> None:
+    """`alerts list --format jsonl` and `alerts show` printed Python's str of a datetime
+    ("2026-03-22 02:30:35.584832+00:00", a space where RFC 3339 parsers want a T) while
+    `export --format jsonl` wrote "2026-03-22T02:30:35.584832Z": one alert, two spellings."""
+    _ok("alerts", "ack", _listed(own, "--days", "1")[0]["alert_id"], "--analyst", "ann", *_dirs(own))
+    listed = _listed(own, "--days", "1", "--status", "all")
+    day = str(listed[0]["event_date"])
+    exported = {r["alert_id"]: r for r in map(json.loads, _ok(
+        "export", "--date", day, "--format", "jsonl", "--output-dir", str(own / "out")).splitlines())}
+    for alert in listed:
+        assert {k: alert[k] for k in exported[alert["alert_id"]]} == exported[alert["alert_id"]]
+    acked = next(a for a in listed if a["status"] == "acknowledged")
+    shown = json.loads(_ok("alerts", "show", str(acked["alert_id"]), *_dirs(own)))
+    assert shown["time"] == acked["time"] == exported[acked["alert_id"]]["time"]
+    assert str(acked["updated_at"]).endswith("Z") and shown["history"][0]["recorded_at"] == acked["updated_at"]
+    assert str(shown["time"])[10] == "T" and str(shown["time"]).endswith("Z")
+
+
 def _server_env(world: Path, **extra: str) -> dict[str, str]:
     import os
 
@@ -230,6 +248,7 @@ def test_triage_over_http_needs_a_key_and_answers_like_the_cli(own: Path, tmp_pa
         listed = c.get("/alerts", params={"days": 2}).json()
         assert listed["count"] == len(_listed(own, "--days", "2")) and listed["days"] == [
             d.isoformat() for d in reversed(DAYS)]
+        assert listed["alerts"] == _listed(own, "--days", "2")[:100]  # the same records, times alike
         first = next(a for a in listed["alerts"] if a["alert_type"] == "event")
         escaped = c.patch(f"/alerts/{first['alert_id']}", json={"status": "acknowledged", "analyst": "bo\u001b[2J"})
         assert escaped.status_code == 422 and escaped.json()["detail"][0]["field"] == "analyst", escaped.text

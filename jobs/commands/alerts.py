@@ -76,6 +76,7 @@ def list_command(ctx: click.Context, day: date | None, days: int, status: str, k
       uba-batch alerts list --type user-day --format jsonl | head -3
       uba-batch alerts list --failed --sink siem
     """
+    from uba.alerting.formats import json_ready
     from uba.alerting.triage import STATUSES, list_alerts, recent_days
 
     settings = settings_from(ctx, output_dir=output_dir, data_dir=data_dir)
@@ -88,7 +89,7 @@ def list_command(ctx: click.Context, day: date | None, days: int, status: str, k
     found = listed.alerts
     shown = found.head(limit) if limit else found
     for record in shown.to_dicts():
-        click.echo(json.dumps(record, default=str) if fmt == "jsonl" else _short(record))
+        click.echo(json.dumps(json_ready(record)) if fmt == "jsonl" else _short(record))
     if fmt == "text":
         more = f" (first {shown.height} shown; --limit 0 for all)" if shown.height < found.height else ""
         skipped = sorted(listed.unreadable)  # each logged above with its file
@@ -111,12 +112,13 @@ def show_command(ctx: click.Context, alert_id: str, day: date | None, output_dir
     Example:
       uba-batch alerts show uba-0123456789abcdef01234567
     """
+    from uba.alerting.formats import json_ready
     from uba.alerting.triage import alert_with_history
 
     settings = settings_from(ctx, output_dir=output_dir, data_dir=data_dir)
     record = alert_with_history(Path(settings.paths.output_dir), Path(settings.paths.data_dir), alert_id,
                                 [day] if day else None)
-    click.echo(json.dumps(record, default=str, indent=2))
+    click.echo(json.dumps(json_ready(record), indent=2))
 
 
 def _act(ctx: click.Context, alert_id: str, action: str, day: date | None, output_dir: str | None,

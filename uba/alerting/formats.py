@@ -47,6 +47,25 @@ def _iso(value: datetime) -> str:
     return value.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def json_ready(value: object) -> object:
+    """``value`` with every datetime written as the canonical record writes ``time``
+    (RFC 3339, ``Z``) and every date as ``YYYY-MM-DD``, inside lists and dicts too.
+
+    ``alerts list --format jsonl`` and ``alerts show`` printed Python's ``str`` of a
+    datetime (``2026-03-22 02:30:35.584832+00:00``, a space where RFC 3339 parsers want
+    ``T``) and ``GET /alerts`` orjson's ``+00:00``, while ``export --format jsonl`` wrote
+    ``...Z``: one alert, three spellings. All three now call this."""
+    if isinstance(value, datetime):
+        return _iso(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    return value
+
+
 class PlainRecord(TypedDict):
     """An :class:`~uba.alerting.records.AlertRecord` as JSON values (the ``jsonl`` format)."""
 

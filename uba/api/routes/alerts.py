@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from uba.alerting import triage
+from uba.alerting.formats import json_ready
 from uba.api.body import JsonBody, request_body
 from uba.api.deps import Runtime, RuntimeDep, require_json
 from uba.api.errors import BODY_ERRORS, OpenApiResponses
@@ -64,7 +65,7 @@ def _listed(runtime: Runtime, day: date | None, days: int, statuses: tuple[str, 
     chosen = [day] if day is not None else triage.scored_days(output_dir)[:days]
     listed = triage.list_alerts(output_dir, Path(paths.data_dir), chosen, statuses, TYPES[kind])
     return {"count": listed.alerts.height, "days": [d.isoformat() for d in chosen],
-            "alerts": listed.alerts.head(limit).to_dicts(),
+            "alerts": [json_ready(alert) for alert in listed.alerts.head(limit).to_dicts()],
             "unreadable_days": [{"event_date": d.isoformat(), "problem": problem}
                                 for d, problem in sorted(listed.unreadable.items())]}
 
