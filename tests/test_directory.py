@@ -117,6 +117,18 @@ def test_blank_rows_are_skipped_not_quarantined(tmp_path: Path) -> None:
     assert not (tmp_path / "data" / "directory" / "quarantine").exists()
 
 
+def test_a_spreadsheet_export_with_trailing_empty_columns_is_imported(tmp_path: Path) -> None:
+    """A spreadsheet's CSV ending every line, header too, with empty cells was refused
+    whole ("the header repeats column ''"); an unnamed column names no field."""
+    body = "user_id,department,role,is_privileged,criticality,,\r\nu1,finance,analyst,Yes,HIGH,,\r\n"
+    result = _import(tmp_path, "\ufeff" + body + ",,,,,,\r\n")
+    assert result.exit_code == 0, result.output
+    assert "ignored columns (not user_id, department, role, is_privileged, criticality): '(column 6)', " \
+        "'(column 7)'" in result.output
+    assert _stored(tmp_path).to_dicts() == [{"user_id": "u1", "department": "finance", "role": "analyst",
+                                            "is_privileged": True, "criticality": "high"}]
+
+
 def test_replace_with_no_valid_row_is_refused_and_keeps_the_directory(tmp_path: Path) -> None:
     """A truncated or wrong export given with --replace deleted every stored user (found by
     an attack), and scoring then ran without peer groups or privilege weights."""

@@ -1376,6 +1376,24 @@ RISK = "risk"  # entity risk per user (uba.alerting.risk), published with the da
 MANIFEST_NAME = "manifest.json"
 
 
+def name_unnamed_columns(names: list[str]) -> list[str]:
+    """A CSV header's names with each empty one named by its position, ``(column 8)``.
+
+    A spreadsheet saved as CSV often ends every line, header included, with empty cells
+    (``...,device_type,,``): two or more unnamed columns, which the repeated-name check
+    refused ("the header repeats column ''"), so the whole export was rejected. An
+    unnamed column names no field, so which of them "holds the value" is never in
+    question; named by position, they are listed as ignored like any other unknown
+    column. A real column already called ``(column 8)`` keeps the empty name (and a
+    second unnamed one is still refused as a repeat)."""
+    taken = set(names)
+    named = []
+    for position, name in enumerate(names, start=1):
+        placeholder = f"(column {position})"
+        named.append(name if name or placeholder in taken else placeholder)
+    return named
+
+
 def read_csv_as_strings(path: Path) -> pl.DataFrame:
     """A small analyst CSV with every cell as text, so validation (not the reader) decides what is wrong."""
     path = Path(path)
@@ -1388,11 +1406,14 @@ def read_csv_as_strings(path: Path) -> pl.DataFrame:
         frame = pl.read_csv(path, infer_schema=False, raise_if_empty=False, glob=False)
     except (pl.exceptions.ComputeError, OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read CSV file {path}: {first_line(exc)}") from exc  # polars adds hint paragraphs
-    names = [name.strip().strip('"').strip() for name in header]
+    names = name_unnamed_columns([name.strip().strip('"').strip() for name in header])
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise UserError(f"{path}: the header repeats column {repeated[0]!r}; which one holds the value is "
                         "ambiguous, so the file is refused")
+    if len(names) == frame.width:  # polars names repeats "_duplicated_0": the header's names, by position
+        frame.columns = names
+        return frame
     # "user_id, department" (a space after each comma) names department, as ingest reads it
     return frame.rename({name: name.strip() for name in frame.columns if name != name.strip()})
 

@@ -361,7 +361,7 @@ def _csv_header(record: bytes, path: Path, limits: IngestSettings) -> list[str]:
     if len(fields) > limits.max_columns:
         raise UserError(f"{path}: the header has {len(fields):,} columns, over ingest.max_columns "
                         f"({limits.max_columns:,})")
-    names = [(name or "").strip() for name in fields]
+    names = storage.name_unnamed_columns([(name or "").strip() for name in fields])
     if any("\n" in name or "\r" in name for name in names):
         raise UserError(f"{path}: a header column name holds a line break (are the line ends \\r only?)")
     if any(len(name.encode()) > limits.max_field_bytes for name in names):
