@@ -256,3 +256,27 @@ def test_the_api_refuses_a_bundle_and_snapshot_of_different_feature_sets(
     assert ready.status_code == 503, ready.text
     reason = ready.json()["reason"]
     assert expected in reason and "\n" not in reason, reason
+
+
+def test_an_api_whose_newest_snapshot_predates_the_directory_names_the_day_to_re_score(
+        world: PeerWorld, tmp_path: Path) -> None:
+    """Days scored without a directory, then the directory imported and the model retrained
+    with it: the API loads the newest snapshot, built before the import, and its /ready
+    said "import it (uba-batch users import FILE)", which the operator had just done.
+    Re-scoring the snapshot's day rebuilds it with peer groups, and the API is ready."""
+    data = tmp_path / "data"
+    shutil.copytree(world.data_dir, data)
+    shutil.rmtree(data / "directory")
+    snapshot_baselines(data, AS_OF, load_settings(env={}))  # the newest day, scored before the import
+    exported = tmp_path / "hr-export.csv"
+    world.directory.write_csv(exported)
+    _cli("users", "import", str(exported), "--data-dir", str(data))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UBA_")}
+    env.update(UBA_DATA_DIR=str(data), UBA_MODEL_DIR=str(world.model_dir), UBA_API_KEYS="k-1")
+    with running_server(env, tmp_path / "api.log") as server, \
+            server.client(headers={"X-API-Key": "k-1"}) as client:
+        reason = client.get("/ready").json()["reason"]
+        assert f"uba-batch score --date {AS_OF}" in reason and "users import" not in reason, reason
+        _score(data, world.model_dir, tmp_path / "out")  # what the reason says
+        assert client.post("/admin/reload").status_code == 200
+        assert client.get("/ready").json()["ready"] is True

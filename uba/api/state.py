@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from uba.alerting.feedback import load_rules
 from uba.alerting.thresholds import load_user_cuts
 from uba.api.inference import ScoringEvent, score_events
 from uba.api.model_state import BaselineIndex, ModelState, RulesKey, Scorer
+from uba.directory import directory_path
 from uba.errors import BundleError, UserError, first_line
 from uba.features.baselines import POPULATION_USER
 from uba.features.compiled import compile_baselines, feature_columns
@@ -118,6 +119,26 @@ def load_suppression_rules(data_dir: Path) -> tuple[pl.DataFrame, RulesKey]:
                         f"{first_line(exc)[:300]}") from exc
 
 
+def snapshot_peer_context(data_dir: Path, peers: bool, as_of: date, path: Path | str) -> PeerContext:
+    """What the API checks a bundle's feature set against: the newest baseline snapshot,
+    which has peer statistics iff a directory was stored when it was built.
+
+    The remedy is the snapshot's, not the batch run's: a directory imported after the
+    newest day was scored is not in that day's snapshot, so "import it" (the batch
+    remedy) left an operator who had imported it with an API that never became ready.
+    Re-scoring the day rebuilds its snapshot from the directory stored now."""
+    rescore = (f"re-score {as_of} (uba-batch score --date {as_of}; a snapshot dated the day after a "
+               f"training window is rebuilt by uba-batch train --end-date {as_of - timedelta(days=1)})")
+    stored = directory_path(Path(data_dir)).is_file()
+    without = (f"a directory is stored now, but not when this snapshot was built: {rescore} to rebuild it "
+               "with peer groups, or retrain without a directory" if stored else
+               f"import it (uba-batch users import FILE), then {rescore}; or retrain without one")
+    with_peers = (f"retrain the model to use it, or remove the directory and {rescore}" if stored else
+                  f"no directory is stored now: {rescore} to rebuild it without peer groups")
+    return PeerContext(peers, f"baseline snapshot as of {as_of}, {path}", remedy_without=without,
+                       remedy_with=with_peers)
+
+
 def load_state(settings: Settings) -> ModelState:
     """Load the newest bundle + snapshot (+ per-user cuts, suppression rules) and prove they score a probe event."""
     # a fresh install lacks the model first: say "train a model" before "no snapshot"
@@ -129,7 +150,7 @@ def load_state(settings: Settings) -> ModelState:
         settings.paths.model_dir,
         expected_features=feature_columns(peers),
         expected_feature_set_version=FEATURE_SET_VERSION,
-        peers=PeerContext(peers, f"baseline snapshot as of {baselines.as_of}, {baselines.path}"),
+        peers=snapshot_peer_context(settings.paths.data_dir, peers, baselines.as_of, baselines.path),
     )
     scorer, scorer_name = build_scorer(bundle, settings)
     rules, key = load_suppression_rules(settings.paths.data_dir)

@@ -623,6 +623,10 @@ class PeerContext:
 
     present: bool
     source: str
+    # the remedies when the model has peer features and this side has none, and the
+    # reverse; None: those of a batch run, which reads the directory itself
+    remedy_without: str | None = None
+    remedy_with: str | None = None
 
 
 def _check_peer_features(path: Path, body: Mapping[str, JsonValue], peers: PeerContext) -> None:
@@ -632,12 +636,13 @@ def _check_peer_features(path: Path, body: Mapping[str, JsonValue], peers: PeerC
     if trained and not peers.present:
         raise BundleError(
             f"{path}: the model was trained with peer features (a user directory was stored at training) "
-            f"but scoring has no directory ({peers.source}); import it (uba-batch users import FILE) "
-            "or retrain without one")
+            f"but scoring has no directory ({peers.source}); "
+            + (peers.remedy_without or "import it (uba-batch users import FILE) or retrain without one"))
     if peers.present and not trained:
         raise BundleError(
             f"{path}: the model was trained without peer features (no user directory at training) but "
-            f"scoring has a directory ({peers.source}); retrain the model to use it, or remove the directory")
+            f"scoring has a directory ({peers.source}); "
+            + (peers.remedy_with or "retrain the model to use it, or remove the directory"))
 
 
 def _check_features(
