@@ -71,6 +71,21 @@ def test_a_later_import_updates_listed_users_and_replace_drops_the_rest(tmp_path
     assert _stored(tmp_path).rows() == [("u3", "hr", "admin", True, "critical")]
 
 
+def test_a_file_without_a_column_keeps_the_stored_values_of_that_column(tmp_path: Path) -> None:
+    """An IdP export (no criticality, no privilege) after the HR import must not reset them."""
+    assert _import(tmp_path, HEADER + "u1,finance,analyst,yes,critical,\nu2,sales,analyst,no,low,\n").exit_code == 0
+    result = _import(tmp_path, "user_id,department,role\nu1,finance,manager\nu3,hr,\n")
+    assert result.exit_code == 0, result.output
+    assert "kept as stored for the users it lists: is_privileged, criticality" in result.output
+    assert _stored(tmp_path).rows() == [("u1", "finance", "manager", True, "critical"),
+                                        ("u2", "sales", "analyst", False, "low"),
+                                        ("u3", "hr", None, False, None)]
+    assert _import(tmp_path, "user_id,criticality\nu2,\n").exit_code == 0  # an empty cell is unknown
+    assert _stored(tmp_path).row(1) == ("u2", "sales", "analyst", False, None)
+    assert _import(tmp_path, "user_id,role\nu1,admin\n", "--replace").exit_code == 0
+    assert _stored(tmp_path).rows() == [("u1", None, "admin", False, None)]
+
+
 def test_parquet_files_are_read_flat_and_refused_when_they_are_not(tmp_path: Path) -> None:
     good = tmp_path / "users.parquet"
     pl.DataFrame({"user_id": ["u1", "u2"], "department": ["eng", None], "is_privileged": [True, False],

@@ -6,7 +6,8 @@ from an HR or IdP export (CSV or Parquet) by ``uba-batch users import`` and stor
 one table, ``<data-dir>/directory/users.parquet``, replaced atomically by each import.
 
 Every input row is accounted for, as ingest does for events: a valid row is stored
-(a later import replaces the stored row of the same user), a bad one goes to
+(a later import replaces the stored row of the same user, but for the columns its file
+lacks, which keep their stored values), a bad one goes to
 ``<data-dir>/directory/quarantine/`` with its line and the reason, naming the field and
 the value.
 """
@@ -71,6 +72,7 @@ class ImportSummary:
     quarantine_path: Path | None
     ignored_columns: tuple[str, ...] = ()  # columns of the file that are not directory columns
     rows_blank: int = 0  # rows of the file with no value at all (blank lines, ",,,,"): skipped
+    kept_columns: tuple[str, ...] = ()  # directory columns the file lacks: stored values kept
 
     @property
     def quarantined_ratio(self) -> float:
@@ -269,8 +271,8 @@ def store_directory_frame(data_dir: Path, frame: pl.DataFrame, *, source: str, r
     if replace and new.is_empty():
         _refuse_emptying(target, source, bad)
     stored = None if replace else io.read_parquet_if_exists(target)
-    merged = new if stored is None else pl.concat(
-        [stored.cast(pl.Schema(SCHEMA)).join(new.select("user_id"), on="user_id", how="anti"), new])
+    kept = tuple(c for c in SCHEMA if c not in frame.columns) if stored is not None else ()
+    merged = new if stored is None else _update(stored.cast(pl.Schema(SCHEMA)), new, kept)
     io.write_parquet_atomic(merged.sort("user_id"), target)
     quarantine_path = None
     if bad:
@@ -283,7 +285,20 @@ def store_directory_frame(data_dir: Path, frame: pl.DataFrame, *, source: str, r
         reasons[key] = reasons.get(key, 0) + 1
     return ImportSummary(rows_read=frame.height, rows_stored=new.height, rows_quarantined=len(bad),
                          users_total=merged.height, reasons=reasons, path=target, quarantine_path=quarantine_path,
-                         rows_blank=blank)
+                         rows_blank=blank, kept_columns=kept)
+
+
+def _update(stored: pl.DataFrame, new: pl.DataFrame, kept: Sequence[str]) -> pl.DataFrame:
+    """The stored directory with the file's users updated. A column the file does not
+    have keeps its stored values for those users (an IdP export without ``criticality``
+    must not reset every listed user's criticality to unknown); a user new to the
+    directory gets the column's empty value (unknown, not privileged)."""
+    if kept:
+        previous = stored.select("user_id", *kept)
+        new = (new.drop(kept).join(previous, on="user_id", how="left")
+               .with_columns(pl.col(c).fill_null(False) for c in kept if c == "is_privileged")
+               .select(list(SCHEMA)))
+    return pl.concat([stored.join(new.select("user_id"), on="user_id", how="anti"), new])
 
 
 def _refuse_emptying(target: Path, source: str, bad: Sequence[Mapping[str, object]]) -> None:

@@ -36,7 +36,9 @@ def import_command(ctx: click.Context, file: str, replace: bool, data_dir: str |
     1/0; empty is false), criticality (low, medium, high, critical; empty is unknown).
     Other columns are ignored. Valid rows are stored in
     <data-dir>/directory/users.parquet; a bad row (its line, the field and the value
-    in the reason) goes to <data-dir>/directory/quarantine/. A repeated user_id keeps
+    in the reason) goes to <data-dir>/directory/quarantine/. Without --replace, the
+    listed users are updated and the others kept; a column the file lacks keeps its
+    stored values (an empty cell means unknown). A repeated user_id keeps
     its first row; a row with no value at all (a blank line) is skipped. With --replace,
     a file with no valid row is refused when the directory holds users (a truncated
     export must not delete them). Exit 0: stored; 1: the file could not be read or was
@@ -59,6 +61,8 @@ def import_command(ctx: click.Context, file: str, replace: bool, data_dir: str |
         click.echo(f"warning: {file} has no data rows")
     elif summary.rows_blank:
         click.echo(f"skipped {summary.rows_blank} blank rows")
+    if summary.kept_columns:
+        click.echo(f"not in the file, kept as stored for the users it lists: {', '.join(summary.kept_columns)}")
     if summary.ignored_columns:
         click.echo(f"ignored columns (not {', '.join(COLUMNS)}): "
                    + ", ".join(repr(name) for name in summary.ignored_columns[:MAX_IGNORED_NAMES])
