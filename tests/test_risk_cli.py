@@ -205,3 +205,14 @@ def test_api_serves_a_users_risk_and_a_reload_picks_up_a_new_day(world: RiskWorl
         listed = {h["event_date"]: h["risk_score"] for h in after["history"]}
         mine = day2.filter(pl.col("user_id") == user)
         assert (A2.isoformat() in listed) == bool(mine.height)
+
+
+def test_a_day_scored_for_the_first_time_after_later_days_marks_them_and_says_so(world: RiskWorld,
+                                                                                  tmp_path: Path) -> None:
+    """Later days never carried its risk: stale, but the day was not "re-scored"."""
+    out = tmp_path / "out"
+    _score(world, DAYS[1], out)
+    _score(world, D1, out)
+    (entry,) = stale_marker(_manifest(out, DAYS[1]))
+    assert entry["changed_day"] == D1.isoformat(), entry
+    assert entry["reason"].startswith(f"{D1} scored for the first time after them (run "), entry

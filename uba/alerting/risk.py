@@ -579,8 +579,9 @@ class RiskRun:
         later = later_risk_days(output_dir, self.day)
         if not later or not tables_differ(self.old_table, self.table):
             return []
-        return mark_stale(output_dir, later, f"{self.day.isoformat()} re-scored (run {run_id}) and its risk changed",
-                          self.day)
+        what = ("scored for the first time after them" if self.old_table is None
+                else "re-scored and its risk changed")
+        return mark_stale(output_dir, later, f"{self.day.isoformat()} {what} (run {run_id})", self.day)
 
 
 def _run_id(output_dir: Path, day: date | None) -> str | None:
