@@ -121,3 +121,27 @@ def test_a_path_that_cannot_be_created_is_one_line_without_traceback(shared_worl
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 1, (args[0], result.output)
         assert "Traceback" not in result.output and message in result.output, (args[0], result.output)
+
+
+@pytest.mark.parametrize(("args", "value", "why"), [
+    (["suppress", "add", "--user", "u1", "--reason-kind", "hour", "--expires"], "2026-02-30",
+     "February 2026 has 28 days"),
+    (["score", "--date"], "2026-04-31", "April 2026 has 30 days"),
+    (["backfill", "--end", "2026-03-10", "--start"], "2026-13-01", "there is no month 13"),
+    (["monitor", "--end", "2026-03-10", "--start"], "2026-03-00", "there is no day 00"),
+    (["train", "--end-date"], "0000-01-01", "there is no year 0000"),
+    (["alerts", "list", "--date"], "2025-02-29", "February 2025 has 28 days"),
+])
+def test_an_impossible_date_in_date_form_is_named_not_a_real_date(tmp_path: Path, args: list[str], value: str,
+                                                                    why: str) -> None:
+    """``--expires 2026-02-30`` was refused as "not a date in YYYY-MM-DD form", which it is."""
+    result = CliRunner().invoke(cli, [*args, value, "--data-dir", str(tmp_path / "d")])
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert f"{value!r} is not a real date: {why}" in last, last
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_date_in_another_form_is_still_named_by_its_form(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["score", "--date", "2026-3-1", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "'2026-3-1' is not a date in YYYY-MM-DD form" in result.output, result.output
