@@ -117,6 +117,19 @@ def test_unreadable_files_are_one_line_errors_and_store_nothing(tmp_path: Path, 
     assert not (tmp_path / "data" / "directory" / "users.parquet").exists()
 
 
+def test_a_latin1_export_is_refused_naming_the_line_and_byte_and_the_cure(tmp_path: Path) -> None:
+    """An HR export saved as Latin-1 (a department "Réception") was refused as "invalid
+    utf-8 sequence", with no line and no hint; it is still refused, not guessed at."""
+    source = tmp_path / "users.csv"
+    source.write_bytes(HEADER.encode() + b"u1,finance,analyst,no,high,b1\r\nu2,R\xe9ception,accueil,no,low,b2\r\n")
+    result = CliRunner().invoke(cli, ["users", "import", str(source), "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line == (f"error: {source} is not UTF-8: line 3 holds the byte 0xe9 (byte offset 91 of the file), which "
+                    "is not valid UTF-8; save the file as UTF-8 (a spreadsheet's \"CSV UTF-8\" format) and try again")
+    assert not (tmp_path / "data" / "directory" / "users.parquet").exists()
+
+
 def test_a_header_only_file_is_a_warning(tmp_path: Path) -> None:
     result = _import(tmp_path, HEADER)
     assert result.exit_code == 0 and "has no data rows" in result.output

@@ -1394,6 +1394,24 @@ def name_unnamed_columns(names: list[str]) -> list[str]:
     return named
 
 
+def not_utf8_error(path: Path) -> UserError | None:
+    """The one-line refusal of a text file that is not UTF-8, naming its first bad byte (None if it is UTF-8).
+
+    A spreadsheet saved as "CSV" on Windows is Latin-1 / Windows-1252: Polars' answer,
+    "invalid utf-8 sequence", named neither the place nor the cure. The file is still
+    refused (guessing an encoding would store wrong names without a word); the line and
+    offset let the analyst find the character, and the hint says how to fix the file."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return UserError(f"{path} is not UTF-8: line {line} holds the byte 0x{data[exc.start]:02x} (byte offset "
+                         f"{exc.start} of the file), which is not valid UTF-8; save the file as UTF-8 "
+                         "(a spreadsheet's \"CSV UTF-8\" format) and try again")
+    return None
+
+
 def read_csv_as_strings(path: Path) -> pl.DataFrame:
     """A small analyst CSV with every cell as text, so validation (not the reader) decides what is wrong."""
     path = Path(path)
@@ -1405,6 +1423,10 @@ def read_csv_as_strings(path: Path) -> pl.DataFrame:
         # glob=False: `labels[1].csv` is that file; Polars read it as a pattern (labels1.csv)
         frame = pl.read_csv(path, infer_schema=False, raise_if_empty=False, glob=False)
     except (pl.exceptions.ComputeError, OSError, UnicodeDecodeError) as exc:
+        if "utf" in str(exc).lower():
+            encoding = not_utf8_error(path)
+            if encoding is not None:
+                raise encoding from exc
         raise UserError(f"cannot read CSV file {path}: {first_line(exc)}") from exc  # polars adds hint paragraphs
     names = name_unnamed_columns([name.strip().strip('"').strip() for name in header])
     repeated = sorted({name for name in names if names.count(name) > 1})
