@@ -40,8 +40,9 @@ def test_the_first_days_of_the_calendar_train_score_and_backfill(tmp_path: Path)
     paths = [*model, "--output-dir", str(out)]
     assert _run(["generate", "--out", str(data), "--users", "20", "--days", "4", "--start", "0001-01-01",
                  "--seed", "3"])[0] == 0
-    code, output = _run(["train", *model, "--end-date", "0001-01-03", "--window-days", "30"])
+    code, output = _run(["train", *model, "--end-date", "0001-01-03", "--window-days", "30", "--min-days", "3"])
     assert code == 0, output  # the window is clipped at 0001-01-01
+    assert "from 3 of the 3 days 0001-01-01..0001-01-03;" in output, output
     code, output = _run(["score", "--date", "0001-01-01", "--in-process", *paths])
     assert code == 0 and "scored 0001-01-01" in output, output  # no history before the first day
     code, output = _run(["backfill", "--start", "0001-01-01", "--end", "0001-01-02", "--in-process", *paths])

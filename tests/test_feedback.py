@@ -245,7 +245,7 @@ def test_train_can_drop_confirmed_malicious_events_and_says_how_many(shared_worl
                              "label": ["malicious", "malicious", "malicious", "benign", "benign"]})
     verdicts.write_csv(tmp_path / "verdicts.csv")
     run("feedback", str(tmp_path / "verdicts.csv"), "--data-dir", str(data))
-    printed = run("train", "--data-dir", str(data), "--end-date", end.isoformat(), "--window-days", "6",
+    printed = run("train", "--data-dir", str(data), "--end-date", end.isoformat(), "--window-days", "6", "--min-days", "6",
                   "--model-dir", str(models), "--exclude-malicious")
     assert "excluded 3 confirmed-malicious events from training" in printed
     bundle = json.loads(next(models.glob("*/bundle.json")).read_text())

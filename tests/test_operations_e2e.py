@@ -212,7 +212,7 @@ def test_feedback_drops_confirmed_malicious_events_from_training(world: World, t
     data = str(world.settings.paths.data_dir)
     assert "2 malicious" in _cli("feedback", str(csv), "--data-dir", data)
     printed = CliRunner().invoke(cli, ["train", "--data-dir", data, "--end-date", ORDINARY[0].isoformat(),
-                                       "--window-days", "2", "--model-dir", str(tmp_path / "m"),
+                                       "--window-days", "2", "--min-days", "2", "--model-dir", str(tmp_path / "m"),
                                        "--exclude-malicious"],
                                  env={"UBA_FEATURES__LOOKBACK_DAYS": "7", "UBA_MODEL__N_ESTIMATORS": "20"})
     assert printed.exit_code == 0, printed.output

@@ -150,6 +150,7 @@ class BaselineProtectionSettings(_Section):
 
 class TrainSettings(_Section):
     window_days: int = Field(21, ge=1, le=366)
+    min_days: int = Field(7, ge=1, le=366)  # days of the window with events train needs (uba.training)
     max_training_rows: int = Field(2_000_000, ge=1000)
 
 

@@ -60,6 +60,8 @@ class TrainResult:
     window_end: date
     excluded_malicious: int
     snapshot_path: Path
+    days_with_data: int = 0
+    gap_warning: str | None = None  # the window's days without events, when there are any
 
 
 def data_fingerprint(data_dir: Path, days: list[date]) -> str:
@@ -69,6 +71,44 @@ def data_fingerprint(data_dir: Path, days: list[date]) -> str:
         for part in io.partition_files(data_dir, io.EVENTS, day):
             digest.update(f"{day}/{part.name}:{part.stat().st_size}\n".encode())
     return digest.hexdigest()
+
+
+def day_ranges(days: Sequence[date], limit: int = 4) -> str:
+    """Sorted days as runs (``2026-03-01..2026-03-02, 2026-03-05``), at most ``limit`` of them named."""
+    runs: list[list[date]] = []
+    for day in days:
+        if runs and day - runs[-1][-1] == timedelta(days=1):
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    shown = [str(run[0]) if len(run) == 1 else f"{run[0]}..{run[-1]}" for run in runs[:limit]]
+    more = len(runs) - limit
+    return ", ".join(shown) + (f" and {more} more run{'s' if more > 1 else ''}" if more > 0 else "")
+
+
+def check_window_coverage(days: Sequence[date], present: Sequence[date], min_days: int) -> str | None:
+    """Refuse a window with events on fewer than ``min_days`` days; the warning for one with gaps.
+
+    A window ending the day after the data starts trained on those two days, printed the
+    whole window and replaced LATEST without a word. On so few days every baseline is
+    still the population's (a user's own history outweighs the prior only after about
+    ``features.prior_strength_days``), the threshold is a percentile of cold-start scores,
+    and not every weekday is seen: a week is the least a model of "usual" can stand on.
+    Days without events in a longer window add nothing, which is worth a line."""
+    window = f"training window {days[0]}..{days[-1]} ({len(days)} day{'s' if len(days) != 1 else ''})"
+    if not present:
+        raise UserError(f"{window} has no events: nothing to train on (ingest or generate events for these days, "
+                        "or move --end-date)")
+    if len(present) < min_days:
+        raise UserError(f"{window} has events on only {len(present)} day{'s' if len(present) != 1 else ''} "
+                        f"({day_ranges(present)}); train needs at least {min_days} (train.min_days), or the "
+                        "baselines and threshold are learned from users' first days: move --end-date or widen "
+                        f"--window-days, or pass --min-days {len(present)} to train on these days anyway")
+    missing = sorted(set(days) - set(present))
+    if not missing:
+        return None
+    return (f"{window} has events on {len(present)} of its days; none on {day_ranges(missing)} "
+            "(those days add nothing to the model)")
 
 
 def _sample_rows(features: pl.DataFrame, limit: int, seed: int) -> pl.DataFrame:
@@ -92,11 +132,14 @@ def train_model(
     window_days: int | None = None,
     malicious_ids: set[str] | None = None,
     exclude_malicious: bool = False,
+    min_days: int | None = None,
 ) -> TrainResult:
     """Train on the ``window_days`` days ending at ``end_date`` (inclusive) and save a bundle.
 
     ``exclude_malicious`` adds the events analysts confirmed malicious (the feedback
     store) to ``malicious_ids``, so confirmed attacks never become part of "normal".
+    A window with events on fewer than ``min_days`` days (default ``train.min_days``) is
+    refused before anything is read (``check_window_coverage``).
     """
     data_dir, model_dir = settings.paths.data_dir, settings.paths.model_dir
     if exclude_malicious:
@@ -111,6 +154,8 @@ def train_model(
                         "next day cannot be dated; train on a window that ends earlier")
     # a window reaching before 0001-01-01 is clipped there (fewer days of data)
     days = date_range(end_date - timedelta(days=min(window - 1, (end_date - date.min).days)), end_date)
+    present = sorted({d for d in days if io.partition_files(data_dir, io.EVENTS, d)})
+    gap_warning = check_window_coverage(days, present, min_days or settings.train.min_days)
     features = window_features(data_dir, days, settings).collect()
     features, excluded = _drop_confirmed_malicious(features, malicious_ids or set())
     features = _sample_rows(features, settings.train.max_training_rows, settings.model.random_state)
@@ -123,7 +168,6 @@ def train_model(
     detector, train_scores = fit_detector(
         matrix, names, settings.model, settings.threshold.percentile
     )
-    present = sorted({d for d in days if io.partition_files(data_dir, io.EVENTS, d)})
     metadata: TrainingMetadata = {
         "feature_set_version": FEATURE_SET_VERSION,
         "peer_features": peers,
@@ -151,7 +195,7 @@ def train_model(
     return TrainResult(version=version, bundle_path=Path(model_dir) / version, rows=int(features.height),
                        threshold=float(detector.threshold), percentile=float(detector.percentile),
                        window_start=days[0], window_end=days[-1], excluded_malicious=excluded,
-                       snapshot_path=snapshot)
+                       snapshot_path=snapshot, days_with_data=len(present), gap_warning=gap_warning)
 
 
 def write_snapshot_after(settings: Settings, end_date: date) -> Path:
