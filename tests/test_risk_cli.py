@@ -216,3 +216,59 @@ def test_a_day_scored_for_the_first_time_after_later_days_marks_them_and_says_so
     (entry,) = stale_marker(_manifest(out, DAYS[1]))
     assert entry["changed_day"] == D1.isoformat(), entry
     assert entry["reason"].startswith(f"{D1} scored for the first time after them (run "), entry
+
+
+def _principal(user: str) -> str:
+    """Kerberos-style principals, legal user ids in events: half end in '/risk' as well,
+    the route's own last segment."""
+    return f"{user}/admin@EXAMPLE.COM" if int(user[-1]) % 2 else f"ops/{user}/risk"
+
+
+@pytest.fixture(scope="module")
+def principal_world(shared_world, tmp_path_factory: pytest.TempPathFactory) -> RiskWorld:
+    """The shared world's events with every user renamed to a principal holding '/', ingested
+    (`uba-batch ingest`) into a fresh data directory and scored with the shared model."""
+    root = tmp_path_factory.mktemp("principals")
+    events = pl.read_parquet(shared_world.built / "data" / "events", hive_partitioning=True).drop("event_date")
+    renamed = root / "principals.parquet"
+    events.with_columns(pl.col("user_id").map_elements(_principal, return_dtype=pl.String)).write_parquet(renamed)
+    _cli("ingest", str(renamed), "--data-dir", str(root / "data"))
+    world = RiskWorld(root / "data", shared_world.model_dir, root / "out")
+    _score(world, D1)
+    return world
+
+
+def test_api_serves_the_risk_of_user_ids_holding_a_slash_encoded_or_not(principal_world: RiskWorld,
+                                                                          tmp_path: Path) -> None:
+    """A user id with '/' (``alice/admin@EXAMPLE.COM``) matched no route: 404 even as %2F.
+    The id is everything up to the last ``/risk``, also for an id that ends in ``/risk``."""
+    import os
+    from urllib.parse import quote
+
+    table = read_risk(principal_world.out, D1)
+    assert table is not None
+    scores = dict(zip(table["user_id"], table["risk_score"], strict=True))
+    admin = next(u for u in scores if u.endswith("@EXAMPLE.COM"))
+    ops = next(u for u in scores if u.endswith("/risk"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UBA_")}
+    env.update(UBA_DATA_DIR=str(principal_world.data_dir), UBA_MODEL_DIR=str(principal_world.model_dir),
+               UBA_API_KEYS=KEY, RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    with running_server(env, tmp_path / "uvicorn.log", uba_api=["--output-dir", str(principal_world.out)]) as server, \
+            server.client(headers={"X-API-Key": KEY}) as client:
+        for user in (admin, ops):
+            for path in (f"/users/{quote(user, safe='')}/risk", f"/users/{user}/risk"):
+                answer = client.get(path)
+                assert answer.status_code == 200, (path, answer.text)
+                body = answer.json()
+                assert body["user_id"] == user, path
+                assert [h["risk_score"] for h in body["history"]] == [pytest.approx(scores[user], abs=1e-12)]
+        plain = client.get("/users/x/risk")
+        assert plain.status_code == 200 and plain.json()["user_id"] == "x" and plain.json()["history"] == []
+        assert client.get(f"/users/{ops.removesuffix('/risk')}/risk").json()["history"] == [], "not the /risk id"
+        assert client.get("/users//risk").status_code == 422, "an empty id is named, not a missing route"
+        assert client.get(f"/users/{quote(admin, safe='')}/risk/more").status_code == 404
+        schema = client.get("/openapi.json").json()
+        (param,) = schema["paths"]["/users/{user_id}/risk"]["get"]["parameters"]
+        assert "%2F" in param["description"], "the schema says how to encode an id"
+        metrics = client.get("/metrics").text
+        assert 'route="/users/{user_id}/risk"' in metrics and "user_id:path" not in metrics

@@ -149,11 +149,13 @@ def route_label(scope: Scope) -> str:
     FastAPI's own routes put themselves in the scope. The routes Starlette adds plainly
     (``/docs``, ``/openapi.json``, ``/redoc``) do not, so they are found by matching the
     router's routes again, a method mismatch (405) included: the label of ``POST /docs``
-    is ``/docs``, as the label of ``POST /metrics`` is ``/metrics``.
+    is ``/docs``, as the label of ``POST /metrics`` is ``/metrics``. The template is written
+    without its convertors (``path_format``): ``/users/{user_id}/risk``, as the OpenAPI
+    document names it, not ``/users/{user_id:path}/risk``.
     """
     route = scope.get("route")
-    path = getattr(route, "path", None)
-    if isinstance(path, str):
+    path = _template(route)
+    if path is not None:
         return path
     from starlette.routing import Match
 
@@ -162,10 +164,16 @@ def route_label(scope: Scope) -> str:
             match, _ = candidate.matches(scope)
         except Exception:  # a route that cannot judge this scope is not its route
             continue
-        path = getattr(candidate, "path", None)
-        if match is not Match.NONE and isinstance(path, str):
+        path = _template(candidate)
+        if match is not Match.NONE and path is not None:
             return path
     return UNMATCHED_ROUTE
+
+
+def _template(route: object) -> str | None:
+    """A route's path template without convertors, None for what is not a route."""
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return path if isinstance(path, str) else None
 
 
 class MetricsMiddleware:
