@@ -275,6 +275,56 @@ def test_triage_over_http_needs_a_key_and_answers_like_the_cli(own: Path, tmp_pa
         assert refused.status_code == 403 and "API keys" in refused.json()["detail"][0]["message"]
 
 
+def test_every_view_shows_the_verdict_in_effect_whichever_way_it_was_given(own: Path, tmp_path: Path) -> None:
+    """A verdict from `uba-batch feedback` (by event id or alert id) did not show in `alerts
+    list`, `alerts show` or GET /alerts: they took the latest triage action's verdict, while
+    entity risk reads the feedback store, where a close writes too. Now every view shows the
+    latest label under either id, with its source; the status stays the triage table's."""
+    from api_world import running_server
+
+    alerts = _listed(own, "--days", "2")
+    events = [a for a in alerts if a["alert_type"] == "event"]
+    by_event, by_alert, closed = events[:3]
+    user_day = next(a for a in alerts if a["alert_type"] == "user_day")
+    csv = tmp_path / "verdicts.csv"
+    csv.write_text(f"event_id,label,analyst\n{by_event['event_id']},malicious,ann\n"
+                   f"{by_alert['alert_id']},benign,ann\n{user_day['alert_id']},benign,ann\n")
+    _ok("feedback", str(csv), *_dirs(own))
+    _ok("alerts", "close", closed["alert_id"], "--verdict", "benign", *_dirs(own))
+    later = tmp_path / "later.csv"  # disagrees with the close, given after it: the newest wins
+    later.write_text(f"event_id,label\n{closed['alert_id']},malicious\n")
+    _ok("feedback", str(later), *_dirs(own))
+
+    expected = {by_event["alert_id"]: ("open", "malicious", "csv:verdicts.csv"),
+                by_alert["alert_id"]: ("open", "benign", "csv:verdicts.csv"),
+                user_day["alert_id"]: ("open", "benign", "csv:verdicts.csv"),
+                closed["alert_id"]: ("closed", "malicious", "csv:later.csv")}
+    listed = {a["alert_id"]: a for a in _listed(own, "--days", "2", "--status", "all")}
+    assert {i: (listed[i]["status"], listed[i]["verdict"]) for i in expected} == {i: e[:2] for i, e in expected.items()}
+    assert {i: listed[i]["verdict_source"] for i in expected} == {i: e[2] for i, e in expected.items()}
+    assert all(str(listed[i]["verdict_at"]).endswith("Z") for i in expected)
+    untouched = next(a for a in events[3:] if a["alert_id"] not in expected)
+    assert (listed[untouched["alert_id"]]["verdict"], listed[untouched["alert_id"]]["verdict_source"]) == (None, None)
+    for alert_id, (status, verdict, source) in expected.items():
+        shown = json.loads(_ok("alerts", "show", alert_id, *_dirs(own)))
+        assert (shown["status"], shown["verdict"], shown["verdict_source"]) == (status, verdict, source), alert_id
+    shown = json.loads(_ok("alerts", "show", closed["alert_id"], *_dirs(own)))
+    assert shown["history"][-1]["verdict"] == "benign", "the close's own verdict stays in its history"
+    text = _ok("alerts", "list", "--days", "2", "--status", "all", "--limit", "0", *_dirs(own))
+    line = next(x for x in text.splitlines() if x.startswith(closed["alert_id"]))
+    assert "verdict=malicious from 'csv:later.csv'" in line
+
+    with running_server(_server_env(own, UBA_API_KEYS="k1"), tmp_path / "api.log") as server, \
+            server.client(headers={"X-API-Key": "k1"}) as c:
+        served = c.get("/alerts", params={"days": 2, "status": "all", "limit": 10_000}).json()["alerts"]
+        assert served == list(listed.values())
+        reopened = c.patch(f"/alerts/{closed['alert_id']}", json={"status": "open"})
+        assert reopened.status_code == 200, reopened.text
+        again = {a["alert_id"]: a for a in c.get("/alerts", params={"days": 2}).json()["alerts"]}
+        assert (again[closed["alert_id"]]["status"], again[closed["alert_id"]]["verdict"]) == ("open", "malicious"), \
+            "a reopen keeps the verdict in effect (entity risk still reads it)"
+
+
 def test_the_report_counts_the_days_findings_by_status(own: Path, tmp_path: Path) -> None:
     import re
 

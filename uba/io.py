@@ -2421,6 +2421,25 @@ def _feedback_in_order(parts: pl.LazyFrame) -> pl.LazyFrame:
     return parts.sort(["_part", "recorded_at", "seq"])
 
 
+LATEST_LABEL_SCHEMA: dict[str, pl.DataType] = {
+    "event_id": pl.String(), "label": pl.String(), "source": pl.String(),
+    "recorded_at": pl.Datetime("us", "UTC"), "order": pl.UInt32(),
+}
+
+
+def latest_labels(data_dir: Path) -> pl.DataFrame:
+    """Per feedback id (an event id or an alert id) its latest label, where it came from
+    (``source``: ``csv:<file>``, ``api``, ``triage:<alert id>``), when, and its ``order``
+    among all labels given, so the two ids of one event alert can be told which is later
+    (``benign_verdicts``, and the ``verdict`` of ``uba.alerting.triage``'s alert views)."""
+    parts = scan_table(data_dir, FEEDBACK)
+    if parts is None:
+        return pl.DataFrame(schema=LATEST_LABEL_SCHEMA)
+    return (_feedback_in_order(parts).with_row_index("order")
+            .group_by("event_id").agg(pl.col("label", "source", "recorded_at", "order").last())
+            .select(list(LATEST_LABEL_SCHEMA)).collect())
+
+
 def benign_verdicts(data_dir: Path) -> set[str]:
     """Ids (event ids or alert ids) whose analyst verdict in effect is benign: what entity
     risk leaves out and what baseline protection lets baselines learn.
@@ -2432,12 +2451,8 @@ def benign_verdicts(data_dir: Path) -> set[str]:
     later malicious close (stored under the event id) left the alert out of entity risk
     for good.
     """
-    parts = scan_table(data_dir, FEEDBACK)
-    if parts is None:
-        return set()
-    latest = (_feedback_in_order(parts).with_row_index("_order")
-              .group_by("event_id").agg(pl.col("label").last(), pl.col("_order").last()).collect())
-    by_id = {i: (int(order), label) for i, label, order in latest.select("event_id", "label", "_order").iter_rows()}
+    latest = latest_labels(data_dir)
+    by_id = {i: (int(order), label) for i, label, order in latest.select("event_id", "label", "order").iter_rows()}
     in_effect = {i: label for i, (_, label) in by_id.items()}
     for event_id, (order, label) in by_id.items():
         other = alert_id("event", event_id)

@@ -22,7 +22,9 @@ def command() -> None:
 
     An alert is a flagged event, a user-day alert or a user at high entity risk, named by
     its stable alert id (as `uba-batch export` writes it). Status: open, acknowledged,
-    closed. A close records the verdict in the feedback store too.
+    closed. A close records the verdict in the feedback store too; `list` and `show` give
+    each alert the verdict in effect, also one given through `uba-batch feedback` or
+    POST /feedback, with its source (verdict_source, verdict_at).
 
     Delivery: sinks under alerting.sinks in the settings YAML get each published day's
     alerts through a durable outbox; `deliver` sends what is pending, `list --pending` /
@@ -40,8 +42,10 @@ def command() -> None:
 def _short(record: dict[str, Any]) -> str:
     reasons = "; ".join(record.get("reasons") or [])
     score = record.get("score")
+    # the source may name a CSV file, whose name may hold anything: quoted with escapes (repr)
+    verdict = f"verdict={record['verdict']} from {record['verdict_source']!r}  " if record.get("verdict") else ""
     return (f"{record['alert_id']}  {record['event_date']}  {record['alert_type']:<8} {record['severity'] or '-':<8} "
-            f"{record['status']:<12} user={record['user_id']}  score={score:.3f}  {reasons[:100]}")
+            f"{record['status']:<12} {verdict}user={record['user_id']}  score={score:.3f}  {reasons[:100]}")
 
 
 @command.command(name="list")

@@ -14,6 +14,14 @@ risk reads for the findings that are not one event). A benign close is a late ve
 like ``uba-batch feedback``: the risk days the alert built, and every later one, are
 marked stale (``uba.alerting.risk.mark_stale_after_verdicts``); so does a malicious close
 of an alert whose verdict was benign (reopened), which counts it in entity risk again.
+
+So the feedback store holds every verdict, however it was given (``uba-batch feedback``,
+``POST /feedback``, a close), and the triage table only the lifecycle. Every view of an
+alert (``alerts list``, ``alerts show``, ``GET /alerts``) shows as its ``verdict`` the one
+in effect, as entity risk reads it: the latest label under the alert id or, for an event
+alert, its event id (``with_verdicts``), with ``verdict_source`` and ``verdict_at``. The
+views used to take the verdict of the latest triage action, so a verdict given through
+``feedback`` never showed, and a reopen hid one still in effect.
 """
 
 from __future__ import annotations
@@ -60,7 +68,8 @@ TRIAGE_SCHEMA: dict[str, pl.DataType] = {
     "suppression_rule": pl.String(),
     "recorded_at": pl.Datetime("us", "UTC"),
 }
-STATE_COLUMNS = ("status", "verdict", "note", "analyst", "updated_at")
+STATE_COLUMNS = ("status", "note", "analyst", "updated_at")
+VERDICT_COLUMNS = ("verdict", "verdict_source", "verdict_at")
 MAX_NOTE = 2000
 
 
@@ -81,9 +90,13 @@ class TriageAction(TypedDict):
 
 
 class AlertWithHistory(AlertRecord):
-    """``alerts show``: the alert's record, its current status and every triage action."""
+    """``alerts show``: the alert's record, its current status, the verdict in effect
+    (``with_verdicts``) and every triage action."""
 
     status: str
+    verdict: str | None
+    verdict_source: str | None
+    verdict_at: datetime | None
     history: list[TriageAction]
 
 
@@ -146,14 +159,37 @@ def triage_state(data_dir: Path) -> pl.DataFrame:
     """The latest action per alert: alert_id plus STATE_COLUMNS (no row: the alert is open)."""
     log = triage_log(data_dir)
     latest = log.group_by("alert_id", maintain_order=True).last()
-    return latest.select("alert_id", "status", "verdict", "note", "analyst",
-                         pl.col("recorded_at").alias("updated_at"))
+    return latest.select("alert_id", "status", "note", "analyst", pl.col("recorded_at").alias("updated_at"))
 
 
 def with_status(records: pl.DataFrame, state: pl.DataFrame) -> pl.DataFrame:
     """Records with their triage status (``open`` where nothing was recorded)."""
     joined = records.join(state, on="alert_id", how="left", maintain_order="left")
     return joined.with_columns(pl.col("status").fill_null("open"))
+
+
+def with_verdicts(records: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
+    """Records with the verdict in effect (``verdict``, ``verdict_source``, ``verdict_at``;
+    null without one), from ``io.latest_labels``: the latest label under the alert id or,
+    for an event alert, under its event id, whichever was given later, as entity risk
+    reads it (``io.benign_verdicts``). The status stays the triage table's: a verdict given
+    through ``uba-batch feedback`` or ``POST /feedback`` closes nothing."""
+    fields = ("label", "source", "recorded_at", "order")
+    by_alert = labels.select(pl.col("event_id").alias("alert_id"), *(pl.col(f).alias(f"_a_{f}") for f in fields))
+    by_event = labels.select(pl.col("event_id").alias("_event_key"), *(pl.col(f).alias(f"_e_{f}") for f in fields))
+    event_key = pl.when(pl.col("alert_type") == "event").then(pl.col("event_id")).alias("_event_key")
+    joined = (records.with_columns(event_key)
+              .join(by_alert, on="alert_id", how="left", maintain_order="left")
+              .join(by_event, on="_event_key", how="left", maintain_order="left"))
+    use_event = pl.col("_e_order").is_not_null() & (pl.col("_a_order").is_null()
+                                                    | (pl.col("_e_order") > pl.col("_a_order")))
+
+    def later(name: str) -> pl.Expr:
+        return pl.when(use_event).then(pl.col(f"_e_{name}")).otherwise(pl.col(f"_a_{name}"))
+
+    picked = joined.with_columns(later("label").alias("verdict"), later("source").alias("verdict_source"),
+                                 later("recorded_at").alias("verdict_at"))
+    return picked.drop("_event_key", *(f"_{side}_{f}" for side in "ae" for f in fields))
 
 
 def scored_days(output_dir: Path) -> list[date]:
@@ -255,9 +291,16 @@ def list_alerts(output_dir: Path, data_dir: Path, days: Sequence[date], statuses
     read = [search.records(day, what) for day in days]
     frames = [with_status(records, state) for records in read if records is not None]
     if not frames:
-        return AlertList(with_status(pl.DataFrame(schema=RECORD_SCHEMA), state), search.unreadable)
-    return AlertList(pl.concat(frames, how="vertical_relaxed").filter(pl.col("status").is_in(wanted)),
-                     search.unreadable)
+        frames = [with_status(pl.DataFrame(schema=RECORD_SCHEMA), state)]
+    found = pl.concat(frames, how="vertical_relaxed").filter(pl.col("status").is_in(wanted))
+    return AlertList(_views(found, io.latest_labels(data_dir)), search.unreadable)
+
+
+def _views(found: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
+    """The listed records with their verdict in effect, the triage fields in their order."""
+    listed = with_verdicts(found, labels)
+    first = [c for c in listed.columns if c not in (*STATE_COLUMNS, *VERDICT_COLUMNS)]
+    return listed.select(*first, "status", *VERDICT_COLUMNS, *STATE_COLUMNS[1:])
 
 
 def find_alert(output_dir: Path, alert_id: str, days: Sequence[date] | None = None,
@@ -296,7 +339,12 @@ def alert_with_history(output_dir: Path, data_dir: Path, alert_id: str,
     """The alert's record with its current status and every triage action (``alerts show``)."""
     record = find_alert(output_dir, alert_id, days)
     history = alert_history(data_dir, record["alert_id"])
-    return {**record, "status": history[-1]["status"] if history else "open", "history": history}
+    key = pl.DataFrame({"alert_id": [record["alert_id"]], "alert_type": [record["alert_type"]],
+                        "event_id": [record["event_id"]]}, schema=dict.fromkeys(("alert_id", "alert_type", "event_id"),
+                                                                                pl.String()))
+    verdict = with_verdicts(key, io.latest_labels(data_dir)).row(0, named=True)
+    return {**record, "status": history[-1]["status"] if history else "open", "verdict": verdict["verdict"],
+            "verdict_source": verdict["verdict_source"], "verdict_at": verdict["verdict_at"], "history": history}
 
 
 def current_status(data_dir: Path, alert_id: str) -> str:
