@@ -261,7 +261,8 @@ HOSTILE_FEEDBACK = Path(__file__).parent / "hostile" / "feedback"
 def test_hostile_feedback_csv(name: str, tmp_path: Path) -> None:
     """The hostile corpus of ``uba-batch feedback`` (tests/hostile/feedback/<case>.csv and its
     verdict): ids follow the event id rule of ingest and POST /feedback, a repeated header
-    column is refused, every refusal is one line and stores nothing."""
+    column is refused, every refusal is one line and stores nothing, rows with no value at
+    all are skipped and counted (``output``: text the summary line holds)."""
     import json
 
     expect = json.loads((HOSTILE_FEEDBACK / f"{name}.expect.json").read_text())
@@ -277,6 +278,7 @@ def test_hostile_feedback_csv(name: str, tmp_path: Path) -> None:
         assert stored == []
     else:
         assert pl.read_parquet(stored).height == expect["stored"]
+        assert expect.get("output", "") in result.stdout, result.stdout
 
 
 def test_suppress_list_shows_each_rule_on_one_printable_line(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ def command(ctx: click.Context, csv_file: str, data_dir: str | None, output_dir:
     (benign or malicious), optional analyst and note. The
     whole file is validated first (a bad row is named with its line and value, and
     nothing is stored); labels are appended under <data-dir>/feedback/ and the latest
-    label per event wins. `uba-batch train --exclude-malicious` drops the events whose
+    label per event wins. A row with no value at all (a blank line, a spreadsheet's ",,,")
+    is skipped and counted. `uba-batch train --exclude-malicious` drops the events whose
     latest label is malicious. A benign label removes the alert's contribution to entity
     risk: the days whose risk it built are marked stale until re-scored (docs/risk.md); a
     malicious label that takes a benign one back puts it back and marks them too.
@@ -39,8 +40,9 @@ def command(ctx: click.Context, csv_file: str, data_dir: str | None, output_dir:
     recorded = record_verdicts_csv(settings.paths.data_dir, settings.paths.output_dir, Path(csv_file),
                                    settings.events.max_string_length)
     summary, stale = recorded.summary, recorded.stale_days
+    skipped = f"; skipped {summary.rows_blank} blank rows" if summary.rows_blank else ""
     click.echo(f"stored {summary.rows} labels ({summary.benign} benign, {summary.malicious} malicious) "
-               f"in {summary.path}")
+               f"in {summary.path}{skipped}")
     echo_stale_days(stale)
 
 

@@ -17,6 +17,7 @@ scored and still written; it just does not count as an alert.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class FeedbackSummary:
     # ids whose latest label was benign and is now malicious: their alerts count in entity
     # risk again, so the days they were left out of are stale too
     unbenign_ids: tuple[str, ...] = ()
+    rows_blank: int = 0  # CSV rows with no value at all (blank lines, ",,,"): skipped, not refused
 
 
 def _text(value: object) -> str | None:
@@ -125,18 +127,31 @@ def record_feedback(data_dir: Path, rows: Sequence[Mapping[str, object]], source
                            unbenign_ids=unbenign)
 
 
+def _is_blank(row: Mapping[str, object]) -> bool:
+    """A CSV row with no value at all in any column: a blank line or a spreadsheet's
+    ",,,". Nothing to store and nothing wrong to report, as ``users import`` skips such
+    rows and ``ingest`` quarantines them; a whole file used to be refused for one."""
+    return all(value is None or not str(value).strip() for value in row.values())
+
+
 def record_feedback_csv(data_dir: Path, csv_path: Path, max_id_length: int = 256) -> FeedbackSummary:
-    """Feedback from an analyst's CSV (event_id, label[, analyst, note]); errors name the CSV line."""
+    """Feedback from an analyst's CSV (event_id, label[, analyst, note]); errors name the CSV
+    line. Rows with no value at all are skipped and counted (``rows_blank``)."""
     frame = io.read_csv_as_strings(csv_path)
     missing = [c for c in ("event_id", "label") if c not in frame.columns]
     if missing:
         raise UserError(f"{csv_path}: missing column(s) {', '.join(missing)} "
                         f"(expected event_id, label[, analyst, note]; found {', '.join(frame.columns) or 'none'})")
-    rows = frame.select([c for c in FEEDBACK_COLUMNS if c in frame.columns]).to_dicts()
-    lines = io.csv_record_lines(Path(csv_path), len(rows))  # a quoted note may span lines
-    return record_feedback(data_dir, rows, source=f"csv:{Path(csv_path).name}",
-                           where=lambda i: f"{csv_path} line {lines[i] if lines else i + 2}",
-                           max_id_length=max_id_length)
+    lines = io.csv_record_lines(Path(csv_path), frame.height)  # a quoted note may span lines
+    kept = [i for i, row in enumerate(frame.iter_rows(named=True)) if not _is_blank(row)]
+    blank = frame.height - len(kept)
+    if blank and not kept:
+        raise UserError(f"{csv_path}: no labels, only {blank} blank row(s)")
+    rows = frame.select([c for c in FEEDBACK_COLUMNS if c in frame.columns])[kept].to_dicts()
+    summary = record_feedback(data_dir, rows, source=f"csv:{Path(csv_path).name}",
+                              where=lambda i: f"{csv_path} line {lines[kept[i]] if lines else kept[i] + 2}",
+                              max_id_length=max_id_length)
+    return dataclasses.replace(summary, rows_blank=blank)
 
 
 def confirmed_malicious_ids(data_dir: Path) -> set[str]:
