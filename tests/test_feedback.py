@@ -16,7 +16,6 @@ from uba.alerting.feedback import (
     active_rules,
     add_rule,
     confirmed_malicious_ids,
-    latest_feedback,
     load_rules,
     record_feedback,
     record_feedback_csv,
@@ -26,6 +25,8 @@ from uba.alerting.feedback import (
 from uba.alerting.thresholds import decide
 from uba.errors import UserError
 from uba.features.reasons import REASON_KINDS
+from uba.io import latest_feedback
+from uba.schema import alert_id
 
 KINDS = REASON_KINDS
 DAY = date(2026, 3, 20)
@@ -245,12 +246,19 @@ def test_train_can_drop_confirmed_malicious_events_and_says_how_many(shared_worl
                              "label": ["malicious", "malicious", "malicious", "benign", "benign"]})
     verdicts.write_csv(tmp_path / "verdicts.csv")
     run("feedback", str(tmp_path / "verdicts.csv"), "--data-dir", str(data))
+    # later verdicts by alert id, as the export names alerts: the first malicious verdict is
+    # taken back (benign under its alert id), two more events are called malicious
+    by_alert = pl.DataFrame({"event_id": [alert_id("event", e) for e in events["event_id"].to_list()[0:7:6]]
+                             + [alert_id("event", events["event_id"][5])],
+                             "label": ["benign", "malicious", "malicious"]})
+    by_alert.write_csv(tmp_path / "by_alert.csv")
+    run("feedback", str(tmp_path / "by_alert.csv"), "--data-dir", str(data))
     printed = run("train", "--data-dir", str(data), "--end-date", end.isoformat(), "--window-days", "6", "--min-days", "6",
                   "--model-dir", str(models), "--exclude-malicious")
-    assert "excluded 3 confirmed-malicious events from training" in printed
+    assert "excluded 4 confirmed-malicious events from training" in printed  # events 1, 2, 5 and 6
     bundle = json.loads(next(models.glob("*/bundle.json")).read_text())
-    assert bundle["rows"]["excluded_confirmed_malicious"] == 3
-    assert bundle["rows"]["training"] == events.height - 3
+    assert bundle["rows"]["excluded_confirmed_malicious"] == 4
+    assert bundle["rows"]["training"] == events.height - 4
 
 
 HOSTILE_FEEDBACK = Path(__file__).parent / "hostile" / "feedback"

@@ -371,3 +371,13 @@ def test_ordinary_bind_addresses_load(tmp_path: Path, host: str) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(f'api:\n  host: "{host}"\n')
     assert load_settings(path).api.host == host
+
+
+def test_a_training_window_shorter_than_its_minimum_is_refused_at_load(tmp_path: Path) -> None:
+    """Every plain `train` (the weekly CronJob passes no flags) would be refused otherwise."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  window_days: 5\n")
+    with pytest.raises(UserError, match=r"invalid setting 'train'.*min_days \(7\) is more than window_days \(5\)"):
+        load_settings(path)
+    path.write_text("train:\n  window_days: 5\n  min_days: 5\n")
+    assert load_settings(path).train.min_days == 5

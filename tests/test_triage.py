@@ -14,8 +14,9 @@ from worlds import SCORE_DATES
 
 from jobs.cli import cli
 from uba import io
-from uba.alerting.feedback import confirmed_malicious_ids, latest_feedback, load_rules
+from uba.alerting.feedback import confirmed_malicious_ids, load_rules
 from uba.alerting.triage import TRIAGE, triage_log
+from uba.io import latest_feedback
 
 DAYS = list(SCORE_DATES[:2])  # the session's alert world, scored by this module
 
@@ -323,6 +324,10 @@ def test_every_view_shows_the_verdict_in_effect_whichever_way_it_was_given(own: 
         again = {a["alert_id"]: a for a in c.get("/alerts", params={"days": 2}).json()["alerts"]}
         assert (again[closed["alert_id"]]["status"], again[closed["alert_id"]]["verdict"]) == ("open", "malicious"), \
             "a reopen keeps the verdict in effect (entity risk still reads it)"
+        part = next((own / "data" / "feedback").rglob("*.parquet"))
+        part.write_bytes(b"PAR1 not a parquet part PAR1")  # the server's own store, not the request
+        broken = c.get("/alerts", params={"days": 2})
+        assert broken.status_code == 503 and part.name in broken.json()["detail"], broken.text
 
 
 def test_the_report_counts_the_days_findings_by_status(own: Path, tmp_path: Path) -> None:

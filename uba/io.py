@@ -2442,7 +2442,12 @@ def latest_labels(data_dir: Path) -> pl.DataFrame:
 
 def benign_verdicts(data_dir: Path) -> set[str]:
     """Ids (event ids or alert ids) whose analyst verdict in effect is benign: what entity
-    risk leaves out and what baseline protection lets baselines learn.
+    risk leaves out and what baseline protection lets baselines learn."""
+    return {i for i, label in verdicts_in_effect(data_dir).items() if label == "benign"}
+
+
+def verdicts_in_effect(data_dir: Path) -> dict[str, str]:
+    """Per feedback id (an event id or an alert id) the analyst label in effect.
 
     The latest label of an id wins; and an event alert has two ids, its event id and its
     alert id (``alert_id("event", event_id)``), so a verdict under one of them is about
@@ -2459,4 +2464,4 @@ def benign_verdicts(data_dir: Path) -> set[str]:
         if other in by_id:
             later = label if order > by_id[other][0] else by_id[other][1]
             in_effect[event_id] = in_effect[other] = later
-    return {i for i, label in in_effect.items() if label == "benign"}
+    return in_effect

@@ -153,6 +153,15 @@ class TrainSettings(_Section):
     min_days: int = Field(7, ge=1, le=366)  # days of the window with events train needs (uba.training)
     max_training_rows: int = Field(2_000_000, ge=1000)
 
+    @model_validator(mode="after")
+    def _window_holds_the_minimum(self) -> TrainSettings:
+        """A window shorter than the minimum would refuse every plain ``train`` (the weekly
+        CronJob passes no flags): said at load, not on the first night."""
+        if self.min_days > self.window_days:
+            raise ValueError(f"min_days ({self.min_days}) is more than window_days ({self.window_days}): every "
+                             "train would be refused; lower min_days or widen window_days")
+        return self
+
 
 class ModelSettings(_Section):
     n_estimators: int = Field(200, ge=10, le=5000)

@@ -31,7 +31,6 @@ from uba import event_rules as rules
 from uba import io
 from uba.errors import UserError
 from uba.features.reasons import REASON_KINDS
-from uba.io import latest_feedback
 from uba.schema import FEEDBACK_COLUMNS, FEEDBACK_SCHEMA
 
 LABELS = ("benign", "malicious")
@@ -128,9 +127,10 @@ def record_feedback(data_dir: Path, rows: Sequence[Mapping[str, object]], source
 
 
 def _is_blank(row: Mapping[str, object]) -> bool:
-    """A CSV row with no value at all in any column: a blank line or a spreadsheet's
+    """A CSV row with no value in any feedback column: a blank line or a spreadsheet's
     ",,,". Nothing to store and nothing wrong to report, as ``users import`` skips such
-    rows and ``ingest`` quarantines them; a whole file used to be refused for one."""
+    rows (also looking at its own columns only) and ``ingest`` quarantines them; a whole
+    file used to be refused for one."""
     return all(value is None or not str(value).strip() for value in row.values())
 
 
@@ -143,11 +143,12 @@ def record_feedback_csv(data_dir: Path, csv_path: Path, max_id_length: int = 256
         raise UserError(f"{csv_path}: missing column(s) {', '.join(missing)} "
                         f"(expected event_id, label[, analyst, note]; found {', '.join(frame.columns) or 'none'})")
     lines = io.csv_record_lines(Path(csv_path), frame.height)  # a quoted note may span lines
-    kept = [i for i, row in enumerate(frame.iter_rows(named=True)) if not _is_blank(row)]
+    labels = frame.select(c for c in FEEDBACK_COLUMNS if c in frame.columns)  # ignored columns do not count
+    kept = [i for i, row in enumerate(labels.iter_rows(named=True)) if not _is_blank(row)]
     blank = frame.height - len(kept)
     if blank and not kept:
         raise UserError(f"{csv_path}: no labels, only {blank} blank row(s)")
-    rows = frame.select([c for c in FEEDBACK_COLUMNS if c in frame.columns])[kept].to_dicts()
+    rows = labels[kept].to_dicts()
     summary = record_feedback(data_dir, rows, source=f"csv:{Path(csv_path).name}",
                               where=lambda i: f"{csv_path} line {lines[kept[i]] if lines else kept[i] + 2}",
                               max_id_length=max_id_length)
@@ -155,9 +156,13 @@ def record_feedback_csv(data_dir: Path, csv_path: Path, max_id_length: int = 256
 
 
 def confirmed_malicious_ids(data_dir: Path) -> set[str]:
-    """Events whose latest analyst label is malicious: `train --exclude-malicious` drops these."""
-    latest = latest_feedback(data_dir).filter(pl.col("label") == "malicious").select("event_id").collect()
-    return set(latest["event_id"].to_list())
+    """Ids (event ids, or alert ids of event alerts) whose verdict in effect is malicious:
+    `train --exclude-malicious` drops their events. The verdict in effect is the one entity
+    risk and the alert views use (``io.verdicts_in_effect``): the later of the labels under
+    an event id and under its alert id. By event id alone, a malicious verdict given by
+    alert id (as the export names alerts) kept its event in training, and a malicious close
+    taken back by a later benign verdict under the alert id still dropped it."""
+    return {i for i, label in io.verdicts_in_effect(data_dir).items() if label == "malicious"}
 
 
 # --- suppression rules -------------------------------------------------------------

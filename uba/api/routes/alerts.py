@@ -22,6 +22,7 @@ from uba.api.errors import BODY_ERRORS, OpenApiResponses
 from uba.api.routes.predict import json_response
 from uba.api.schemas import ErrorBody
 from uba.errors import UserError
+from uba.io import CorruptPartError
 
 STATUS_ACTIONS = {"acknowledged": "ack", "closed": "close", "open": "reopen"}
 TYPES = {"event": "alerts", "user_day": "user-days", "risk": "risk", "all": "all"}
@@ -81,6 +82,10 @@ def _update(runtime: Runtime, alert_id: str, update: AlertUpdate) -> triage.Tria
 def _http_error(exc: UserError, field_hint: str = "body") -> HTTPException:
     if isinstance(exc, triage.AlertNotFoundError):
         return HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc))
+    if isinstance(exc, CorruptPartError):
+        # the server's own files (a triage or feedback part) do not read: not the request's
+        # fault, so no 422 blaming a query parameter; 503 naming the part, as /ready would
+        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc))
     if isinstance(exc, triage.TransitionError | triage.UnreadableDaysError):
         # 409, not 404: the alert may be on a day that does not read; a client that takes a
         # 404 as "no such alert" must not drop it (docs/api.md)
