@@ -179,6 +179,13 @@ def test_suppress_cli_add_list_remove(tmp_path: Path) -> None:
     assert removed.exit_code == 0, removed.output
     assert "no active rules" in runner.invoke(cli, ["suppress", "list", "--data-dir", data]).output
 
+    principal = "u00003/admin@EXAMPLE.COM"  # longer than the user column's 16 characters
+    assert runner.invoke(cli, ["suppress", "add", "--user", principal, "--reason-kind", "hour",
+                               "--data-dir", data]).exit_code == 0
+    (header, row) = runner.invoke(cli, ["suppress", "list", "--data-dir", data]).output.splitlines()
+    assert row.split()[1:4] == [principal, "hour", "never"], row
+    assert header.index("reason kind") == row.index("hour"), (header, row)
+
 
 def test_post_feedback_on_a_real_server(tmp_path: Path) -> None:
     """POST /feedback stores what `uba-batch feedback` stores; bad items are refused whole."""

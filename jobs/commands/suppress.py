@@ -72,13 +72,18 @@ def list_rules(ctx: click.Context, show_all: bool, data_dir: str | None) -> None
     if rules.height == 0:
         click.echo("no active rules")
         return
-    click.echo(f"{'rule_id':<12}{'user':<16}{'reason kind':<20}{'expires':<12}note")
-    for rule in rules.iter_rows(named=True):
-        expires = rule["expires"].isoformat() if rule["expires"] else "never"
-        # one printable line per rule: a note (a triage close's may hold line breaks) or a user
-        # id with a line break or an escape printed rows of rules that do not exist
-        note, user = (one_line(text or "", limit=MAX_NOTE_SHOWN) for text in (rule["note"], rule["user_id"]))
-        click.echo(f"{rule['rule_id']:<12}{user:<16}{rule['reason_kind']:<20}{expires:<12}{note}")
+    # one printable line per rule: a note (a triage close's may hold line breaks) or a user
+    # id with a line break or an escape printed rows of rules that do not exist
+    rows = [(rule["rule_id"], one_line(rule["user_id"] or "", limit=MAX_NOTE_SHOWN), rule["reason_kind"],
+             rule["expires"].isoformat() if rule["expires"] else "never",
+             one_line(rule["note"] or "", limit=MAX_NOTE_SHOWN)) for rule in rules.iter_rows(named=True)]
+    # columns as wide as their longest value: a principal (alice/admin@EXAMPLE.COM) ran into
+    # the reason kind at a fixed 16 characters ("...EXAMPLE.COMhour")
+    widths = [max(minimum, *(len(row[i]) + 2 for row in rows)) for i, minimum in enumerate((12, 16, 20, 12))]
+    click.echo("".join(f"{name:<{width}}" for name, width in zip(("rule_id", "user", "reason kind", "expires"),
+                                                                  widths, strict=True)) + "note")
+    for row in rows:
+        click.echo("".join(f"{value:<{width}}" for value, width in zip(row, widths, strict=False)) + row[4])
 
 
 @command.command(name="remove")
