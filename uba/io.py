@@ -2421,33 +2421,33 @@ def _feedback_in_order(parts: pl.LazyFrame) -> pl.LazyFrame:
     return parts.sort(["_part", "recorded_at", "seq"])
 
 
-LATEST_LABEL_SCHEMA: dict[str, pl.DataType] = {
-    "event_id": pl.String(), "label": pl.String(), "source": pl.String(),
-    "recorded_at": pl.Datetime("us", "UTC"), "order": pl.UInt32(),
+VERDICT_SCHEMA: dict[str, pl.DataType] = {
+    "event_id": pl.String(), "label": pl.String(), "source": pl.String(), "recorded_at": pl.Datetime("us", "UTC"),
 }
 
 
-def latest_labels(data_dir: Path) -> pl.DataFrame:
-    """Per feedback id (an event id or an alert id) its latest label, where it came from
-    (``source``: ``csv:<file>``, ``api``, ``triage:<alert id>``), when, and its ``order``
-    among all labels given, so the two ids of one event alert can be told which is later
-    (``benign_verdicts``, and the ``verdict`` of ``uba.alerting.triage``'s alert views)."""
+def _latest_labels(data_dir: Path) -> list[tuple[str, str, str, datetime, int]]:
+    """Per feedback id its latest (id, label, source, recorded_at, order): ``order`` ranks
+    the label among all labels given, so the two ids of one event alert can be told
+    which is later."""
     parts = scan_table(data_dir, FEEDBACK)
     if parts is None:
-        return pl.DataFrame(schema=LATEST_LABEL_SCHEMA)
+        return []
     return (_feedback_in_order(parts).with_row_index("order")
             .group_by("event_id").agg(pl.col("label", "source", "recorded_at", "order").last())
-            .select(list(LATEST_LABEL_SCHEMA)).collect())
+            .select(*VERDICT_SCHEMA, "order").collect().rows())
 
 
 def benign_verdicts(data_dir: Path) -> set[str]:
     """Ids (event ids or alert ids) whose analyst verdict in effect is benign: what entity
     risk leaves out and what baseline protection lets baselines learn."""
-    return {i for i, label in verdicts_in_effect(data_dir).items() if label == "benign"}
+    return set(verdicts_in_effect(data_dir).filter(pl.col("label") == "benign")["event_id"])
 
 
-def verdicts_in_effect(data_dir: Path) -> dict[str, str]:
-    """Per feedback id (an event id or an alert id) the analyst label in effect.
+def verdicts_in_effect(data_dir: Path) -> pl.DataFrame:
+    """Per feedback id (``event_id``: an event id or an alert id) the analyst verdict in
+    effect, with its ``source`` (``csv:<file>``, ``api``, ``triage:<alert id>``) and when it
+    was given: what entity risk, training's ``--exclude-malicious`` and every alert view read.
 
     The latest label of an id wins; and an event alert has two ids, its event id and its
     alert id (``alert_id("event", event_id)``), so a verdict under one of them is about
@@ -2456,12 +2456,11 @@ def verdicts_in_effect(data_dir: Path) -> dict[str, str]:
     later malicious close (stored under the event id) left the alert out of entity risk
     for good.
     """
-    latest = latest_labels(data_dir)
-    by_id = {i: (int(order), label) for i, label, order in latest.select("event_id", "label", "order").iter_rows()}
-    in_effect = {i: label for i, (_, label) in by_id.items()}
-    for event_id, (order, label) in by_id.items():
-        other = alert_id("event", event_id)
-        if other in by_id:
-            later = label if order > by_id[other][0] else by_id[other][1]
-            in_effect[event_id] = in_effect[other] = later
-    return in_effect
+    by_id = {row[0]: row for row in _latest_labels(data_dir)}
+    in_effect = {i: row[1:4] for i, row in by_id.items()}
+    for event_id, row in by_id.items():
+        other = by_id.get(alert_id("event", event_id))
+        if other is not None:
+            later = row if row[4] > other[4] else other
+            in_effect[event_id] = in_effect[other[0]] = later[1:4]
+    return pl.DataFrame([(i, *verdict) for i, verdict in in_effect.items()], schema=VERDICT_SCHEMA, orient="row")

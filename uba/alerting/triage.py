@@ -168,28 +168,21 @@ def with_status(records: pl.DataFrame, state: pl.DataFrame) -> pl.DataFrame:
     return joined.with_columns(pl.col("status").fill_null("open"))
 
 
-def with_verdicts(records: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
+def with_verdicts(records: pl.DataFrame, verdicts: pl.DataFrame) -> pl.DataFrame:
     """Records with the verdict in effect (``verdict``, ``verdict_source``, ``verdict_at``;
-    null without one), from ``io.latest_labels``: the latest label under the alert id or,
-    for an event alert, under its event id, whichever was given later, as entity risk
-    reads it (``io.benign_verdicts``). The status stays the triage table's: a verdict given
+    null without one) from ``io.verdicts_in_effect``, as entity risk reads it: under the
+    alert id or, for an event alert given none there, under its event id (where both ids
+    have one, both hold the later). The status stays the triage table's: a verdict given
     through ``uba-batch feedback`` or ``POST /feedback`` closes nothing."""
-    fields = ("label", "source", "recorded_at", "order")
-    by_alert = labels.select(pl.col("event_id").alias("alert_id"), *(pl.col(f).alias(f"_a_{f}") for f in fields))
-    by_event = labels.select(pl.col("event_id").alias("_event_key"), *(pl.col(f).alias(f"_e_{f}") for f in fields))
-    event_key = pl.when(pl.col("alert_type") == "event").then(pl.col("event_id")).alias("_event_key")
-    joined = (records.with_columns(event_key)
-              .join(by_alert, on="alert_id", how="left", maintain_order="left")
-              .join(by_event, on="_event_key", how="left", maintain_order="left"))
-    use_event = pl.col("_e_order").is_not_null() & (pl.col("_a_order").is_null()
-                                                    | (pl.col("_e_order") > pl.col("_a_order")))
-
-    def later(name: str) -> pl.Expr:
-        return pl.when(use_event).then(pl.col(f"_e_{name}")).otherwise(pl.col(f"_a_{name}"))
-
-    picked = joined.with_columns(later("label").alias("verdict"), later("source").alias("verdict_source"),
-                                 later("recorded_at").alias("verdict_at"))
-    return picked.drop("_event_key", *(f"_{side}_{f}" for side in "ae" for f in fields))
+    named = verdicts.select(pl.col("event_id").alias("_id"), pl.col("label").alias("verdict"),
+                            pl.col("source").alias("verdict_source"), pl.col("recorded_at").alias("verdict_at"))
+    by_alert = records.join(named.rename({"_id": "alert_id"}), on="alert_id", how="left", maintain_order="left")
+    by_event = named.rename({name: f"_e_{name}" for name in VERDICT_COLUMNS})
+    event_key = pl.when((pl.col("alert_type") == "event") & pl.col("verdict").is_null()).then(pl.col("event_id"))
+    joined = by_alert.with_columns(event_key.alias("_id")).join(by_event, on="_id", how="left",
+                                                                  maintain_order="left")
+    return joined.with_columns(pl.coalesce(name, f"_e_{name}").alias(name) for name in VERDICT_COLUMNS).drop(
+        "_id", *(f"_e_{name}" for name in VERDICT_COLUMNS))
 
 
 def scored_days(output_dir: Path) -> list[date]:
@@ -293,12 +286,12 @@ def list_alerts(output_dir: Path, data_dir: Path, days: Sequence[date], statuses
     if not frames:
         frames = [with_status(pl.DataFrame(schema=RECORD_SCHEMA), state)]
     found = pl.concat(frames, how="vertical_relaxed").filter(pl.col("status").is_in(wanted))
-    return AlertList(_views(found, io.latest_labels(data_dir)), search.unreadable)
+    return AlertList(_views(found, io.verdicts_in_effect(data_dir)), search.unreadable)
 
 
-def _views(found: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
+def _views(found: pl.DataFrame, verdicts: pl.DataFrame) -> pl.DataFrame:
     """The listed records with their verdict in effect, the triage fields in their order."""
-    listed = with_verdicts(found, labels)
+    listed = with_verdicts(found, verdicts)
     first = [c for c in listed.columns if c not in (*STATE_COLUMNS, *VERDICT_COLUMNS)]
     return listed.select(*first, "status", *VERDICT_COLUMNS, *STATE_COLUMNS[1:])
 
@@ -342,7 +335,7 @@ def alert_with_history(output_dir: Path, data_dir: Path, alert_id: str,
     key = pl.DataFrame({"alert_id": [record["alert_id"]], "alert_type": [record["alert_type"]],
                         "event_id": [record["event_id"]]}, schema=dict.fromkeys(("alert_id", "alert_type", "event_id"),
                                                                                 pl.String()))
-    verdict = with_verdicts(key, io.latest_labels(data_dir)).row(0, named=True)
+    verdict = with_verdicts(key, io.verdicts_in_effect(data_dir)).row(0, named=True)
     return {**record, "status": history[-1]["status"] if history else "open", "verdict": verdict["verdict"],
             "verdict_source": verdict["verdict_source"], "verdict_at": verdict["verdict_at"], "history": history}
 
