@@ -10,7 +10,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -288,3 +288,76 @@ class ClosingCollector:
     def close(self) -> None:
         self._process.kill()
         self._process.wait(10)
+
+
+Step = tuple[str, int | None]
+
+
+def _recv_exact(conn: socket.socket, size: int) -> bytes:
+    """Exactly ``size`` bytes (fewer only at the end of the stream): what a collector reads
+    must stop at a frame's end, so the rest stays unread in its kernel."""
+    data = b""
+    while len(data) < size and (chunk := conn.recv(size - len(data))):
+        data += chunk
+    return data
+
+
+def _read_frame(conn: socket.socket) -> bytes | None:
+    """One RFC 6587 octet-counted frame, read to its last byte and no further; None at the end."""
+    length = b""
+    while (byte := conn.recv(1)) not in (b"", b" "):
+        length += byte
+    return _recv_exact(conn, int(length)) if length else None
+
+
+class ScriptedSyslogCollector(_LoopbackServer):
+    """A TCP syslog collector (RFC 5425 TLS with ``tls``) that plays ``script`` on each
+    connection, step by step:
+    ``("read", n)`` reads n more frames (None: to the end of the stream), ``("half-close",
+    None)`` shuts down its sending side (its FIN) and keeps the socket, ``("close", None)``
+    closes it, ``("hold", None)`` keeps it open reading nothing more until ``close``.
+    ``reads`` holds, per connection, the alert ids of the frames it read. Its receive
+    buffer is fixed (``rcvbuf``) so that a batch larger than the buffers between us cannot
+    be all written before it reads."""
+
+    def __init__(self, script: Sequence[Step], rcvbuf: int = 65536, tls: ssl.SSLContext | None = None) -> None:
+        self.script = list(script)
+        self.reads: list[list[str]] = []
+        self._tls = tls
+        super().__init__()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+
+    def _handle(self, conn: socket.socket) -> None:
+        ids: list[str] = []
+        self.reads.append(ids)
+        threading.Thread(target=self._play, args=(conn, ids), daemon=True).start()
+
+    def _play(self, conn: socket.socket, ids: list[str]) -> None:
+        conn.settimeout(30)
+        try:
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            for action, count in self.script:
+                if action == "read":
+                    self._read(conn, count, ids)
+                elif action == "half-close":  # TCP's FIN (for TLS without close_notify, as UBA does)
+                    socket.socket.shutdown(conn, socket.SHUT_WR)
+                elif action == "hold":
+                    self._stop.wait(60)
+                    break
+                elif action == "close":
+                    break
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _read(conn: socket.socket, count: int | None, ids: list[str]) -> None:
+        done = 0
+        while count is None or done < count:
+            frame = _read_frame(conn)
+            if frame is None:
+                return
+            ids.append(frame.split(b'alert_id="', 1)[1].split(b'"', 1)[0].decode())
+            done += 1

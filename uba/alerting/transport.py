@@ -3,7 +3,8 @@
 Every send ends in one of three ``Outcome`` kinds:
 
 - ``ack``: the sink has the batch (a 2xx; for syslog, the bytes were sent and the
-  collector closed the connection after reading them all);
+  collector closed the connection after our end of the batch reached it, having read them
+  all as far as TCP can tell);
 - ``retry``: try again later (timeouts, refused or reset connections, 5xx, 408, 429
   with its ``Retry-After``); and ``stop``, a failure no retry of this run will cure and
   that is not the alerts' fault (3xx, 401, 403, 404, 405, 407: the URL or credentials
@@ -19,6 +20,7 @@ from __future__ import annotations
 import email.utils
 import http.client
 import os
+import select
 import socket
 import ssl
 import struct
@@ -200,7 +202,13 @@ class SyslogSender:
     half-close, closed its side: it has read the whole batch. That is the most TCP
     syslog offers (RFC 5425/6587 have no application acknowledgement): a collector that
     reads and then crashes before writing may lose it, and a batch whose close was not
-    seen is sent again (at-least-once; the alert id is in the structured data)."""
+    seen is sent again (at-least-once; the alert id is in the structured data).
+
+    A close counts only when it answers our end of the batch: a collector that had
+    already closed its sending side before we ended the batch (a half-close at accept,
+    or after reading part of it) may since have stopped reading, and its kernel still
+    acknowledges the bytes it buffers; the batch is sent again, a duplicate for a
+    collector that did go on reading (TCP cannot tell the two apart)."""
 
     def __init__(self, sink: SyslogSink) -> None:
         self.sink = sink
@@ -218,8 +226,9 @@ class SyslogSender:
             if self._context is not None:
                 sock = self._context.wrap_socket(raw, server_hostname=self.sink.host)
             sock.sendall(data)
+            closed_early = _peer_stopped_sending(sock)  # before our end of the batch
             sock.shutdown(socket.SHUT_WR)  # half-close (for TLS without close_notify: see docs)
-            return self._await_close(sock)
+            return _unless_closed_early(self._await_close(sock), closed_early)
         except ssl.SSLCertVerificationError as exc:
             return Outcome("stop", f"TLS certificate of {self.sink.host} not trusted: {exc.verify_message}")
         except OSError as exc:
@@ -279,6 +288,38 @@ def _closed_after_reading(sock: socket.socket, deadline: float) -> Outcome:
         if time.monotonic() >= deadline:
             return Outcome("retry", "the collector closed the connection before acknowledging the batch")
         time.sleep(0.005)
+
+
+CLOSED_EARLY = ("the collector closed its side of the connection before the end of the batch "
+                "(a half-close or a close at accept): it may not have read the batch, so it is sent again")
+
+
+def _peer_stopped_sending(sock: socket.socket) -> bool:
+    """Whether the collector has already closed its sending side (its FIN, or a reset, came in).
+
+    Its close acknowledges a batch only when it answers our half-close; one that came
+    before it says the collector will send nothing more, not that it read what we wrote
+    (it may still be reading, or it may never read again). ``POLLRDHUP`` (Linux) sees the
+    FIN however many TLS records wait unread in front of it; elsewhere a peek at the plain
+    socket (which an unread TLS record can hide)."""
+    rdhup = getattr(select, "POLLRDHUP", 0)
+    if rdhup and hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock.fileno(), rdhup)
+        return bool(poller.poll(0))  # POLLRDHUP, or POLLHUP / POLLERR (always reported)
+    readable, _, _ = select.select([sock], [], [], 0)  # a recv would wait out the socket's timeout
+    if not readable:
+        return False
+    try:
+        return socket.socket.recv(sock, 1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def _unless_closed_early(outcome: Outcome, closed_early: bool) -> Outcome:
+    """A close seen as an acknowledgement is none when the collector closed before our end of
+    the batch: send it again (at least once; a duplicate if the collector did read it)."""
+    return Outcome("retry", CLOSED_EARLY) if closed_early and outcome.kind == "ack" else outcome
 
 
 def sender_for(sink: WebhookSink | SyslogSink, secrets: Sequence[bytes] = ()) -> WebhookSender | SyslogSender:
