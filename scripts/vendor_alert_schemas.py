@@ -6,7 +6,9 @@ Both sources are Apache-2.0; their LICENSE (and OCSF's NOTICE) are copied beside
   every object embedded: the ocsf-schema repository at the v1.5.0 release commit
   f0c227b4, compiled by ocsf-lib (``python -m ocsf.compile``), normalised (object-typed
   attributes marked ``object_t``, null keys dropped: the form ocsf-json-schema reads) and
-  turned into a JSON Schema by ocsf-json-schema.
+  turned into a JSON Schema by ocsf-json-schema. Attributes the class declares with
+  ``"profile": null`` are its own (``is_alert``, ``confidence_id``, ``risk_score``...):
+  ocsf-lib keeps their profile's name, so it is removed here.
 - ECS 9.2.0: ``generated/ecs/ecs_flat.yml`` of the elastic/ecs repository at tag
   v9.2.0, trimmed to what validation needs: each field's type, whether it is an array,
   and the allowed values of the categorisation fields.
@@ -42,6 +44,31 @@ def _mark_objects(attributes: dict[str, Any], objects: set[str]) -> None:
             attribute["type"] = "object_t"
 
 
+def unprofiled_attributes(schema_dir: Path, class_name: str) -> set[str]:
+    """Attributes that ``class_name`` (or the class it extends, nearest definition first)
+    declares with ``"profile": null``: OCSF's way of making an attribute of a profile part
+    of the class itself (CHANGELOG 1.4.0: "so that the attribute is present w/o the
+    profile"). ocsf-lib's compiler keeps the profile's name on them, and the first build
+    of this fixture dropped Detection Finding's own ``is_alert``, ``confidence_id``,
+    ``risk_score``, ``risk_level_id``, ``device``... as if they needed the
+    ``security_control`` or ``host`` profile."""
+    classes = {}
+    for path in (schema_dir / "events").rglob("*.json"):
+        definition = json.loads(path.read_text())
+        classes[definition.get("name")] = definition
+    chain = []
+    name: str | None = class_name
+    while name:
+        chain.append(classes[name])
+        name = classes[name].get("extends")
+    nearest: dict[str, bool] = {}
+    for definition in reversed(chain):  # the base first, so the class's own word wins
+        for key, attribute in definition.get("attributes", {}).items():
+            if isinstance(attribute, dict) and "profile" in attribute:
+                nearest[key] = attribute["profile"] is None
+    return {key for key, unprofiled in nearest.items() if unprofiled}
+
+
 def ocsf_class_schema(schema_dir: Path, class_name: str) -> dict[str, Any]:
     from ocsf_json_schema import OcsfJsonSchema, OcsfJsonSchemaEmbedded
 
@@ -52,6 +79,9 @@ def ocsf_class_schema(schema_dir: Path, class_name: str) -> dict[str, Any]:
     for group in ("classes", "objects"):
         for item in schema[group].values():
             _mark_objects(item["attributes"], objects)
+    attributes = schema["classes"][class_name]["attributes"]
+    for key in unprofiled_attributes(schema_dir, class_name):
+        attributes[key].pop("profile", None)
     return OcsfJsonSchemaEmbedded(OcsfJsonSchema(schema)).get_class_schema(class_name)
 
 

@@ -31,6 +31,9 @@ ECS_VERSION = "9.2.0"
 FORMATS = ("ocsf", "ecs", "jsonl", "csv")
 PRODUCT: dict[str, JsonValue] = {"name": "UBA", "vendor_name": "UBA", "version": __version__}
 OCSF_SEVERITY = {"low": (2, "Low"), "medium": (3, "Medium"), "high": (4, "High"), "critical": (5, "Critical")}
+OCSF_RISK_LEVEL = {"low": (1, "Low"), "medium": (2, "Medium"), "high": (3, "High"), "critical": (4, "Critical")}
+# observable type_ids of OCSF 1.5.0: user.uid is "User Object: uid", user.name a username_t ("User Name")
+OCSF_USER_OBSERVABLES = (("evidences.user.uid", 31, "User Object: uid"), ("evidences.user.name", 4, "User Name"))
 ECS_SEVERITY = {"low": 21, "medium": 47, "high": 73, "critical": 99}  # Elastic's risk-score bands
 ANALYTICS = {  # alert type -> (analytic name, OCSF analytic type_id, its caption, title)
     "event": ("uba per-user isolation forest", 4, "Learning (ML/DL)", "Unusual activity for this user"),
@@ -118,12 +121,28 @@ def to_ocsf(record: AlertRecord) -> dict[str, JsonValue]:
         "unmapped": {"uba": {"alert_type": record["alert_type"], "score": record["score"],
                              "threshold": record["threshold"], "event_id": record["event_id"],
                              "event_date": record["event_date"].isoformat(), "run_ref": record["run_ref"]}},
+        "is_alert": True,
+        "observables": [{"name": name, "type_id": type_id, "type": caption, "value": record["user_id"]}
+                        for name, type_id, caption in OCSF_USER_OBSERVABLES],
     }
+    if record["alert_type"] == "risk":
+        finding.update(_ocsf_risk(record))
     return finding
 
 
+def _ocsf_risk(record: AlertRecord) -> dict[str, JsonValue]:
+    """An entity-risk alert in Detection Finding's own risk attributes (``risk_score`` is an
+    integer in OCSF; the exact score stays in ``unmapped.uba.score``)."""
+    level_id, level = OCSF_RISK_LEVEL[record["severity"]]
+    return {"risk_score": round(record["score"]), "risk_level_id": level_id, "risk_level": level}
+
+
 def to_ecs(record: AlertRecord) -> dict[str, JsonValue]:
-    """One ECS alert document."""
+    """One ECS alert document. ``event.reason`` joins the reasons with ``; ``, which the
+    sentences themselves contain ("...(41 min); it had 8..."), so the list is also in the
+    custom field ``uba.reasons`` (a namespace of our own, as ECS asks of custom fields),
+    and the threshold label has full precision (it had 6 decimals: a score just over
+    its cut read as under it)."""
     name = ANALYTICS[record["alert_type"]][0]
     reasons, kinds = _texts(record["reasons"]), _texts(record["reason_kinds"])
     event: dict[str, JsonValue] = {
@@ -133,6 +152,7 @@ def to_ecs(record: AlertRecord) -> dict[str, JsonValue]:
         "reason": "; ".join(reasons), "reference": record["run_ref"],
     }
     doc: dict[str, JsonValue] = {
+        "uba": {"reasons": _json_list(reasons)},
         "@timestamp": _iso(record["time"]),
         "ecs": {"version": ECS_VERSION},
         "message": reasons[0] if reasons else _title(record),
@@ -144,7 +164,7 @@ def to_ecs(record: AlertRecord) -> dict[str, JsonValue]:
         "tags": _json_list(kinds),
         "labels": {"uba_event_date": record["event_date"].isoformat(), "uba_run_id": record["run_id"],
                    **({"uba_event_id": record["event_id"]} if record["event_id"] else {}),
-                   **({"uba_threshold": f"{record['threshold']:.6f}"} if record["threshold"] is not None else {})},
+                   **({"uba_threshold": repr(record["threshold"])} if record["threshold"] is not None else {})},
     }
     return doc
 
