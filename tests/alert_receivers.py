@@ -1,6 +1,7 @@
 """Real receivers on 127.0.0.1 for the alert delivery tests: a webhook that misbehaves on
 purpose (5xx, timeouts, down for a run, refusing some alerts, blocking), checking the
-``X-UBA-Signature`` of every request it records."""
+``X-UBA-Signature`` of every request it records; scripted raw answers; a webhook that
+answers before reading the request."""
 
 from __future__ import annotations
 
@@ -232,12 +233,14 @@ def _read_request(conn: socket.socket) -> bytes:
 
 class RawWebhook(_LoopbackServer):
     """A webhook that answers every request with ``answer`` bytes written ``byte_pause``
-    seconds apart (0: all at once), then closes: scripted misbehaviour a real http.server
-    cannot produce (a response trickled a byte at a time, a status line of garbage)."""
+    seconds apart (0: all at once), then closes (after ``hold_sec``: a receiver keeping the
+    connection open): scripted misbehaviour a real http.server cannot produce (a response
+    trickled a byte at a time, a status line of garbage)."""
 
-    def __init__(self, answer: bytes, byte_pause: float = 0.0) -> None:
+    def __init__(self, answer: bytes, byte_pause: float = 0.0, hold_sec: float = 0.0) -> None:
         self.answer = answer
         self.byte_pause = byte_pause
+        self.hold_sec = hold_sec
         self.requests = 0
         super().__init__()
 
@@ -256,12 +259,39 @@ class RawWebhook(_LoopbackServer):
                 _read_request(conn)  # all of it: closing on unread bytes would reset, not answer
                 if not self.byte_pause:
                     conn.sendall(self.answer)
+                    self._stop.wait(self.hold_sec)
                     return
                 for byte in self.answer:
                     if self._stop.is_set():
                         return
                     conn.sendall(bytes([byte]))
                     time.sleep(self.byte_pause)
+            except OSError:
+                pass
+
+
+class EarlyAnswerWebhook(_LoopbackServer):
+    """A webhook that answers ``200 OK`` as soon as the request line arrives and closes the
+    connection without reading the rest (a handler or proxy that answers first): it never
+    has the batch, whatever its status line says."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+    def __init__(self) -> None:
+        self.requests = 0
+        super().__init__()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def _handle(self, conn: socket.socket) -> None:
+        self.requests += 1
+        with conn:
+            try:
+                conn.settimeout(5)
+                conn.recv(16)
+                conn.sendall(self.ANSWER)
             except OSError:
                 pass
 

@@ -29,7 +29,7 @@ from uba.alerting.payloads import (
     webhook_body,
 )
 from uba.alerting.signing import parse_signature, sign, verify_signature
-from uba.alerting.transport import classify_status, retry_after_seconds, sender_for
+from uba.alerting.transport import Outcome, classify_status, retry_after_seconds, sender_for
 from uba.errors import UserError
 from uba.settings import Settings, SyslogSink, WebhookSink, load_settings
 
@@ -130,6 +130,9 @@ def test_answers_are_classified_for_the_outbox() -> None:
     assert classify_status(429, "Too Many", "7").retry_after == 7.0
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
     assert retry_after_seconds("soon") is None
+    assert [retry_after_seconds(v) for v in ("\u00b2", "\u00b9\u00b2", "-5", "1.5", "0x10")] == [None] * 5
+    assert classify_status(413, "Too Large", "3") == Outcome("retry", "HTTP 413 Too Large", 3.0), "temporary"
+    assert classify_status(413, "Too Large", None).kind == "reject"
 
 
 # --- delivery against a real receiver ------------------------------------------------------
@@ -282,6 +285,154 @@ def test_what_a_receiver_answers_reaches_logs_and_ledger_without_control_charact
         assert report.totals["pending"] == 2 and ("garbage" in stopped or "evil" in stopped), stopped
         assert any(stopped.split(" (")[0] in r.getMessage() for r in caplog.records), "the log line is checked too"
         assert all(c.isprintable() for text in texts for c in text), texts
+    finally:
+        receiver.close()
+
+
+def _answer(status: str, body: bytes = b"", headers: bytes = b"") -> bytes:
+    """A raw HTTP/1.1 answer with its Content-Length."""
+    return b"HTTP/1.1 %s\r\n%sContent-Length: %d\r\n\r\n%s" % (status.encode(), headers, len(body), body)
+
+
+NOT_ACKNOWLEDGED = {  # what a hostile webhook answers -> words of the ledger's last_error
+    "redirect to another port": (b"HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n",
+                                 "HTTP 307"),
+    "redirect to https": (b"HTTP/1.1 308 Permanent Redirect\r\nLocation: https://127.0.0.1:{port}/hook\r\n"
+                          b"Content-Length: 0\r\n\r\n", "HTTP 308"),
+    "chunked garbage after 200": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\ngarbage\r\n",
+                                  "IncompleteRead"),
+    "200 saying ok false": (_answer("200 OK", b'{"ok": false, "error": "invalid_token"}'), "reports an error"),
+    "200 saying errors true": (_answer("200 OK", b'{"errors": true, "items": []}'), "reports an error"),
+    "413 with Retry-After": (b"HTTP/1.1 413 Payload Too Large\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n",
+                             "HTTP 413"),
+    "429 with a Latin-1 digit as Retry-After": (b"HTTP/1.1 429 Too Many\r\nRetry-After: \xb2\r\n"
+                                                b"Content-Length: 0\r\n\r\n", "HTTP 429"),
+    "429 with a negative Retry-After": (b"HTTP/1.1 429 Too Many\r\nRetry-After: -5\r\nContent-Length: 0\r\n\r\n",
+                                        "HTTP 429"),
+    "429 with a huge Retry-After": (b"HTTP/1.1 429 Too Many\r\nRetry-After: " + b"9" * 400 + b"\r\n"
+                                    b"Content-Length: 0\r\n\r\n", "HTTP 429"),
+    "503 with an HTTP-date Retry-After": (b"HTTP/1.1 503 Busy\r\nRetry-After: Fri, 31 Dec 9999 23:59:59 GMT\r\n"
+                                          b"Content-Length: 0\r\n\r\n", "HTTP 503"),
+}
+
+
+@pytest.mark.integration  # real servers on 127.0.0.1
+@pytest.mark.parametrize("case", list(NOT_ACKNOWLEDGED))
+def test_answers_that_are_no_acknowledgement_leave_the_batch_pending_with_bounded_visible_retries(
+        tmp_path: Path, case: str) -> None:
+    """What a SIEM's webhook (or the proxy before it) may answer without taking the batch.
+    Redirects are never followed (the batch is not re-sent to another port or scheme).
+    Found broken: ``Retry-After: \\xb2`` (Latin-1 for ``²``, which ``str.isdigit`` accepts and
+    ``float`` refuses) crashed the delivery run with a traceback; a 200 whose JSON says
+    ``"ok": false`` or ``"errors": true`` was marked delivered; a 413 with a ``Retry-After``
+    (temporary, RFC 9110) was dead-lettered."""
+    target = WebhookReceiver()
+    template, words = NOT_ACKNOWLEDGED[case]
+    receiver = RawWebhook(template.replace(b"{target}", target.url.encode()).replace(b"{port}", str(target.port).encode()))
+    try:
+        settings = _settings(tmp_path, receiver.url, max_attempts=3, backoff_max_sec=0.01)
+        _enqueue(settings, {DAY: 3})
+        [report] = deliver(settings, check_sinks(settings, env={}))
+        assert report.delivered == 0 and report.dead_lettered == 0 and report.totals["pending"] == 3, report.line()
+        assert report.requests <= 3 and receiver.requests == report.requests, "retries are bounded by max_attempts"
+        with Ledger.open(settings.paths.data_dir) as ledger:
+            rows = ledger.rows()
+        assert {r.status for r in rows} == {"pending"} and all(words in (r.last_error or "") for r in rows), rows
+        assert all(r.attempts == report.requests for r in rows), "every attempt is in the ledger"
+        assert target.requests == 0, "a redirect is not followed"
+    finally:
+        receiver.close()
+        target.down()
+
+
+@pytest.mark.integration  # a real server on 127.0.0.1
+def test_a_413_without_retry_after_still_dead_letters_only_what_is_refused(tmp_path: Path) -> None:
+    receiver = RawWebhook(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+    try:
+        settings = _settings(tmp_path, receiver.url)
+        _enqueue(settings, {DAY: 2})
+        [report] = deliver(settings, check_sinks(settings, env={}))
+        assert report.dead_lettered == 2 and report.totals["failed"] == 2 and report.requests == 3
+    finally:
+        receiver.close()
+
+
+@pytest.mark.integration  # a real server on 127.0.0.1
+def test_a_200_sent_before_the_receiver_read_the_request_is_no_acknowledgement(tmp_path: Path) -> None:
+    """A receiver that answers 200 on the request line and closes never read the batch: its
+    kernel resets the connection for the unread bytes. The sender read the 200 before the
+    reset arrived in about 4 sends in 10 here and marked the batch delivered. 200 sends of
+    a one-alert and of a 50-alert batch: none may be taken for an acknowledgement."""
+    from alert_receivers import EarlyAnswerWebhook
+
+    receiver = EarlyAnswerWebhook()
+    try:
+        sender = sender_for(WebhookSink(name="hook", url=receiver.url, format="jsonl", timeout_sec=2))
+        for size in (1, 50):
+            ids, payloads = [f"uba-{i}" for i in range(size)], ['{"pad": "' + "x" * 300 + '"}'] * size
+            outcomes = Counter(sender.send(ids, payloads).kind for _ in range(200))
+            assert outcomes == {"retry": 200}, (size, outcomes)
+        settings = _settings(tmp_path, receiver.url, max_attempts=2)
+        _enqueue(settings, {DAY: 3})
+        [report] = deliver(settings, check_sinks(settings, env={}))
+        assert report.delivered == 0 and report.totals["pending"] == 3 and report.stopped
+    finally:
+        receiver.close()
+
+
+@pytest.mark.integration  # a real server on 127.0.0.1
+def test_a_well_behaved_receiver_still_acknowledges_at_once(tmp_path: Path) -> None:
+    """The acknowledgement waits for the receiver to close (``Connection: close``): one that
+    reads the request, answers 2xx (with a body that is not an error) and closes counts."""
+    for answer in (_answer("200 OK", b"ok"), _answer("202 Accepted", b'{"ok": true, "errors": [], "error": null}'),
+                   b"HTTP/1.0 204 No Content\r\n\r\n"):
+        receiver = RawWebhook(answer)
+        try:
+            settings = _settings(tmp_path / str(receiver.port), receiver.url)
+            _enqueue(settings, {DAY: 2})
+            started = time.monotonic()
+            [report] = deliver(settings, check_sinks(settings, env={}))
+            assert report.delivered == 2 and report.requests == 1, (answer, report.line())
+            assert time.monotonic() - started < 1.5, "no wait for a close that came"
+        finally:
+            receiver.close()
+
+
+@pytest.mark.integration  # a real server on 127.0.0.1
+def test_a_2xx_from_a_receiver_that_keeps_the_connection_open_counts_at_timeout_sec(tmp_path: Path) -> None:
+    """A receiver ignoring ``Connection: close`` gave no sign of skipping the body: its 200
+    is taken once timeout_sec has passed, not retried for ever (the sink would never move)."""
+    receiver = RawWebhook(_answer("200 OK"), hold_sec=10)
+    try:
+        settings = _settings(tmp_path, receiver.url, timeout_sec=1, max_attempts=3)
+        _enqueue(settings, {DAY: 2})
+        started = time.monotonic()
+        [report] = deliver(settings, check_sinks(settings, env={}))
+        assert report.delivered == 2 and report.requests == 1 and time.monotonic() - started < 5, report.line()
+    finally:
+        receiver.close()
+
+
+@pytest.mark.integration  # a real server on 127.0.0.1
+def test_neither_the_signing_secret_nor_the_urls_path_reaches_logs_or_the_ledger(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Servers answer a wrong route with ``Cannot POST <path>`` (Express) and the answer went
+    into the log line, the stop reason and the ledger: a Slack webhook URL's path is its
+    secret. The HMAC key never leaves the process either."""
+    secret_path = "/services/T0/B0/PATHSECRET"
+    answer = f"Cannot POST {secret_path}?token=QUERYSECRET".encode()
+    receiver = RawWebhook(_answer("404 Not Found", answer))
+    try:
+        url = f"http://127.0.0.1:{receiver.port}{secret_path}?token=QUERYSECRET"
+        settings = _settings(tmp_path, url, secret_envs=["UBA_TEST_HOOK_SECRET"], max_attempts=2)
+        _enqueue(settings, {DAY: 2})
+        caplog.set_level("DEBUG")
+        [report] = deliver(settings, check_sinks(settings, env={"UBA_TEST_HOOK_SECRET": "HMACSECRET"}))
+        with Ledger.open(settings.paths.data_dir) as ledger:
+            errors = [r.last_error or "" for r in ledger.rows()]
+        texts = [report.stopped or "", report.line(), *errors, *(r.getMessage() for r in caplog.records)]
+        assert "404" in (report.stopped or "") and "Cannot POST /..." in errors[0], errors
+        assert not [t for t in texts for needle in ("PATHSECRET", "QUERYSECRET", "HMACSECRET") if needle in t], texts
     finally:
         receiver.close()
 

@@ -291,15 +291,16 @@ def test_a_null_top_level_yaml_key_is_one_line_not_a_traceback(tmp_path: Path) -
             load_settings(cfg, env={})
 
 
-def test_an_error_line_never_prints_a_urls_credentials_or_query() -> None:
-    """The sink validator refuses user:password in a URL; its error line must not echo them."""
-    url = "https://user:s3cretPassw0rd@h.example/x?token=abc"
+def test_an_error_line_never_prints_a_urls_credentials_path_or_query() -> None:
+    """The sink validator refuses user:password in a URL; its error line must not echo them,
+    nor the path (a Slack webhook URL's path is its secret)."""
+    url = "https://user:s3cretPassw0rd@h.example/services/T0/B0/pathSecret?token=abc"
     env = {"UBA_ALERTING__SINKS": f"[{{type: webhook, name: a, url: '{url}'}}]"}
     with pytest.raises(UserError) as caught:
         load_settings(None, env=env)
     line = str(caught.value)
-    assert "alerting.sinks.0.url" in line and "https://***@h.example/x?***" in line
-    assert "s3cretPassw0rd" not in line and "token=abc" not in line
+    assert "alerting.sinks.0.url" in line and "https://***@h.example/...?***" in line
+    assert "s3cretPassw0rd" not in line and "token=abc" not in line and "pathSecret" not in line
 
 
 def _read_by(loader: type, text: str) -> tuple[str, object]:

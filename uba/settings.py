@@ -430,9 +430,14 @@ class WebhookSink(_SinkBase):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        """Refused at load, so a typo never surfaces only after a night of scoring."""
-        if any(c.isspace() or ord(c) < 0x20 for c in value):
-            raise ValueError("must be an http:// or https:// URL without spaces or control characters")
+        """Refused at load, so a typo never surfaces only after a night of scoring. Only
+        printable ASCII: http.client cannot send anything else in a request line, and a
+        URL with a non-ASCII character (``UnicodeEncodeError``) crashed every delivery run
+        with a traceback, one with DEL (``\x7f``) was retried for ever with the URL's path
+        (a Slack webhook's secret) in the log and the ledger's ``last_error``."""
+        if any(c.isspace() or not ("\x21" <= c <= "\x7e") for c in value):
+            raise ValueError("must be an http:// or https:// URL of printable ASCII without spaces or control "
+                             "characters (percent-encode other characters)")
         try:
             parts = urlsplit(value)
             port = parts.port
@@ -791,8 +796,10 @@ def _env_origin(loc: tuple[int | str, ...], env: Mapping[str, str]) -> str | Non
 
 
 def _without_secrets(value: object) -> object:
-    """A URL's user:password and query replaced by ``***``: a sink URL refused for carrying
-    credentials must not print them into CI and pod logs through its own error line."""
+    """A URL's user:password, path and query replaced by ``***`` / ``...``: a sink URL refused
+    for carrying credentials must not print them into CI and pod logs through its own error
+    line, nor a Slack webhook URL refused for a stray space or character its path, which is
+    its secret (logs show a webhook as scheme, host and port only, docs/alerting.md)."""
     if not isinstance(value, str) or "://" not in value:
         return value
     scheme, _, rest = value.partition("://")
@@ -800,7 +807,7 @@ def _without_secrets(value: object) -> object:
     if "@" in netloc:
         netloc = "***@" + netloc.rpartition("@")[2]
     path, mark, _query = path.partition("?")
-    return f"{scheme}://{netloc}{slash}{path}{mark and '?***'}"
+    return f"{scheme}://{netloc}{slash}{path and '...'}{mark and '?***'}"
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

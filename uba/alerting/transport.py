@@ -2,11 +2,13 @@
 
 Every send ends in one of three ``Outcome`` kinds:
 
-- ``ack``: the sink has the batch (a 2xx; for syslog, the bytes were sent and the
-  collector closed the connection after our end of the batch reached it, having read them
-  all as far as TCP can tell);
-- ``retry``: try again later (timeouts, refused or reset connections, 5xx, 408, 429
-  with its ``Retry-After``); and ``stop``, a failure no retry of this run will cure and
+- ``ack``: the sink has the batch (a 2xx after which the receiver closed the connection
+  without resetting it, and whose JSON answer reports no error; for syslog, the bytes
+  were sent and the collector closed the connection after our end of the batch reached
+  it, having read them all as far as TCP can tell);
+- ``retry``: try again later (timeouts, refused or reset connections, 5xx, 408, 429,
+  a 413 with a ``Retry-After``, a 2xx answer that reports an error or that came before
+  the receiver read the request); and ``stop``, a failure no retry of this run will cure and
   that is not the alerts' fault (3xx, 401, 403, 404, 405, 407: the URL or credentials
   are wrong): the alerts stay pending;
 - ``reject``: the sink refuses the content (any other 4xx): the batch is split to find
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import json
 import os
 import select
 import socket
@@ -30,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from uba import __version__
 from uba.alerting.payloads import delivery_id, octet_frame, webhook_body
@@ -69,11 +72,14 @@ def safe_url(url: str) -> str:
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date (RFC 9110 10.2.3); None
+    for anything else. Digits are ASCII digits: http.client reads header bytes as Latin-1,
+    where ``\xb2`` is ``²``, which ``str.isdigit`` accepts and ``float`` refuses, so a
+    receiver answering ``Retry-After: \xb2`` crashed the delivery run with a traceback."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -94,12 +100,16 @@ def one_line(text: str, limit: int = MAX_ANSWER_CHARS) -> str:
 
 
 def classify_status(status: int, reason: str, retry_after: str | None) -> Outcome:
-    """What an HTTP status means for the batch (see the module doc)."""
+    """What an HTTP status means for the batch (see the module doc). A 413 with a
+    ``Retry-After`` is the receiver saying the condition is temporary (RFC 9110 15.5.14):
+    it was dead-lettered like any refusal, so a receiver shedding load by size lost
+    the batch to ``alerts retry-failed``."""
     detail = one_line(f"HTTP {status} {reason}")
+    wait = retry_after_seconds(retry_after)
     if 200 <= status < 300:
         return Outcome("ack", detail)
-    if status >= 500 or status in RETRYABLE_4XX:
-        return Outcome("retry", detail, retry_after_seconds(retry_after))
+    if status >= 500 or status in RETRYABLE_4XX or (status == 413 and wait is not None):
+        return Outcome("retry", detail, wait)
     if status in SINK_WIDE_4XX or 300 <= status < 400 or status < 200:
         return Outcome("stop", detail + " (the sink refuses every request: check its url and secrets)")
     return Outcome("reject", detail)
@@ -136,6 +146,72 @@ def _overdue(seconds: float) -> str:
     return f"timed out (no complete answer within timeout_sec {seconds:g} s)"
 
 
+ERROR_WORDS = frozenset({"error", "failed", "failure", "fail"})
+
+
+def answer_reports_error(answer: str) -> bool:
+    """Whether a 2xx answer's JSON body says the batch was not taken: ``"ok": false`` (Slack's
+    Web API), ``"success": false``, ``"errors": true`` (Elasticsearch's ``_bulk``), a non-empty
+    ``"error"`` or ``"errors"``, or ``"status": "error"``. Such a receiver (or the proxy in
+    front of it) answers 200 and means no; the batch was marked delivered and never stored.
+    Anything else (no body, text, JSON without these keys, a body over 4 KiB) is an
+    acknowledgement, as the 2xx says."""
+    try:
+        doc = json.loads(answer)
+    except ValueError:
+        return False
+    if not isinstance(doc, dict):
+        return False
+    status = doc.get("status")
+    return (doc.get("ok") is False or doc.get("success") is False or bool(doc.get("error"))
+            or bool(doc.get("errors")) or (isinstance(status, str) and status.strip().lower() in ERROR_WORDS))
+
+
+def _watcher(sock: socket.socket | None) -> socket.socket | None:
+    """A second descriptor of the request's connection, so it can be watched after
+    http.client has closed its own (it does once it read an answer that closes)."""
+    if sock is None:
+        return None
+    return socket.socket(fileno=os.dup(sock.fileno()))
+
+
+def _closed_without_reset(watch: socket.socket, deadline: float, cut: threading.Event) -> str | None:
+    """Wait (until ``deadline``) for the receiver to close the connection, as the request's
+    ``Connection: close`` asks; why its 2xx is no acknowledgement, or None.
+
+    A receiver that answers 200 before reading the request and closes (a misconfigured
+    proxy, a handler that answers first) never had the body: its kernel resets the
+    connection for the unread bytes, and a sender that read the 200 before the reset
+    arrived marked the batch delivered (4 sends in 10 here). So a 2xx counts once the
+    connection ended with a close, not a reset, and every byte we sent was acknowledged
+    by the receiver's TCP (bytes reaching a closed socket are reset, never
+    acknowledged). A receiver still holding the connection at the deadline (or when
+    ``cut``, the request's deadline, closed it from our side) gave no sign of skipping the
+    body: its 2xx stands."""
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            watch.settimeout(remaining)
+            if not watch.recv(65536):
+                break
+    except TimeoutError:
+        return None
+    except OSError as exc:
+        return None if cut.is_set() else f"the receiver reset the connection ({_network_error(exc)})"
+    if cut.is_set():
+        return None
+    while _unacked_segments(watch) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    error = watch.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        return f"the receiver reset the connection ({os.strerror(error)})"
+    if _unacked_segments(watch):
+        return "the receiver closed the connection before acknowledging all of the request"
+    return None
+
+
 class WebhookSender:
     """POSTs batches to one webhook; one connection per request (no state to go stale)."""
 
@@ -159,7 +235,7 @@ class WebhookSender:
     def headers(self, body: bytes, alert_ids: Sequence[str]) -> dict[str, str]:
         headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": f"uba/{__version__}",
                    "X-UBA-Delivery-Id": delivery_id(self.sink.name, alert_ids),
-                   "X-UBA-Alert-Count": str(len(alert_ids))}
+                   "X-UBA-Alert-Count": str(len(alert_ids)), "Connection": "close"}
         if self.secrets:
             headers[HEADER] = sign(body, self.secrets)
         return headers
@@ -167,24 +243,53 @@ class WebhookSender:
     def send(self, alert_ids: Sequence[str], payloads: Sequence[str]) -> Outcome:
         body = webhook_body(self.sink, alert_ids, payloads)
         connection = self._connection()
+        deadline = time.monotonic() + self.sink.timeout_sec
+        watch: socket.socket | None = None
         try:
             with request_deadline(self.sink.timeout_sec, lambda: connection.sock) as expired:
                 connection.request("POST", self._target, body=body, headers=self.headers(body, alert_ids))
                 if expired.is_set():  # the deadline passed while connecting: no socket was there to cut
                     raise TimeoutError
+                watch = _watcher(connection.sock)
                 response = connection.getresponse()
                 answer = response.read(4096).decode("utf-8", "replace")
                 outcome = classify_status(response.status, response.reason, response.getheader("Retry-After"))
+                if outcome.kind == "ack":
+                    outcome = self._acknowledged(outcome, answer, watch, deadline, expired)
         except ssl.SSLCertVerificationError as exc:
             return Outcome("stop", f"TLS certificate not trusted for {safe_url(self.sink.url)}: {exc.verify_message}")
         except (OSError, http.client.HTTPException) as exc:  # timeouts, refused, reset, bad answers
             return Outcome("retry", _overdue(self.sink.timeout_sec) if expired.is_set() else _network_error(exc))
         finally:
             connection.close()
+            if watch is not None:
+                watch.close()
         if outcome.kind != "ack" and answer.strip():
-            outcome = Outcome(outcome.kind, f"{outcome.detail}: {one_line(answer)}",
+            outcome = Outcome(outcome.kind, f"{outcome.detail}: {one_line(self.without_url_secrets(answer))}",
                               outcome.retry_after)
         return outcome
+
+    def without_url_secrets(self, text: str) -> str:
+        """``text`` (a receiver's answer) with our URL's path and query replaced: many servers
+        answer a 404 or 405 with ``Cannot POST /services/T0/B0/XXXX``, and that went into the
+        logs and the ledger, where a Slack webhook's path (its secret) must never show."""
+        parts = urlsplit(self.sink.url)
+        secrets = {self._target, parts.path, unquote(parts.path), parts.query, unquote(parts.query)}
+        for secret in sorted(secrets - {"", "/"}, key=len, reverse=True):
+            text = text.replace(secret, "/..." if secret.startswith("/") else "***")
+        return text
+
+    @staticmethod
+    def _acknowledged(ack: Outcome, answer: str, watch: socket.socket | None, deadline: float,
+                      cut: threading.Event) -> Outcome:
+        """The 2xx ``ack``, unless its body reports an error or the receiver reset the
+        connection instead of reading the request (then ``retry``: at least once)."""
+        if answer_reports_error(answer):
+            return Outcome("retry", f"{ack.detail}, but the answer reports an error")
+        reset = _closed_without_reset(watch, deadline, cut) if watch is not None else None
+        if reset is not None:
+            return Outcome("retry", f"{ack.detail}, but {reset}: it did not read the whole request")
+        return ack
 
 
 def _network_error(exc: BaseException) -> str:
