@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import calendar
-import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+from uba.dates import DateFormError, parse_date
 
 if TYPE_CHECKING:  # uba.settings (pydantic, and Polars through uba.event_rules) loads in settings_from
     from uba.settings import Settings
@@ -28,30 +28,9 @@ output_dir_option = _flag("--output-dir", type=click.Path(file_okay=False), defa
                           help="Output directory (scores/, flagged/, runs/). Env: UBA_OUTPUT_DIR.")
 
 
-_DATE_SHAPE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
-
-
-def impossible_date(text: str) -> str | None:
-    """Why ``text``, written as YYYY-MM-DD, names no day (None when it is not in that form).
-
-    ``--expires 2026-02-30`` was told it was "not a date in YYYY-MM-DD form", which it is:
-    the form is right and the day does not exist, and the user needs to hear which."""
-    shape = _DATE_SHAPE.fullmatch(text)
-    if shape is None:
-        return None
-    year, month, day = (int(part) for part in shape.groups())
-    if year == 0:
-        return "there is no year 0000 (the calendar starts at 0001-01-01)"
-    if not 1 <= month <= 12:
-        return f"there is no month {month:02d} (months are 01-12)"
-    if day == 0:
-        return "there is no day 00 (days start at 01)"
-    last = calendar.monthrange(year, month)[1]
-    return f"{calendar.month_name[month]} {year:04d} has {last} days" if day > last else None
-
-
 class DateType(click.ParamType):  # type: ignore[type-arg]  # click < 8.5 (the pin allows 8.1) is not subscriptable
-    """A calendar date as YYYY-MM-DD; anything else is a one-line usage error."""
+    """A calendar date as YYYY-MM-DD (``uba.dates``, the one rule); anything else is a
+    one-line usage error. ``20260301`` is refused: ``date.fromisoformat`` took it."""
 
     name = "YYYY-MM-DD"
 
@@ -59,12 +38,9 @@ class DateType(click.ParamType):  # type: ignore[type-arg]  # click < 8.5 (the p
         if isinstance(value, date):
             return value
         try:
-            return date.fromisoformat(str(value))
-        except ValueError:
-            why = impossible_date(str(value))
-            if why is not None:
-                self.fail(f"{value!r} is not a real date: {why}", param, ctx)
-            self.fail(f"{value!r} is not a date in YYYY-MM-DD form", param, ctx)
+            return parse_date(str(value))
+        except DateFormError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 DATE = DateType()

@@ -142,6 +142,30 @@ def test_an_impossible_date_in_date_form_is_named_not_a_real_date(tmp_path: Path
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize(("args", "value"), [
+    (["score", "--date"], "20260301"),
+    (["backfill", "--end", "2026-03-10", "--start"], "20260301"),
+    (["suppress", "add", "--user", "u1", "--reason-kind", "hour", "--expires"], "20260630"),
+    (["train", "--end-date"], "2026-W09-7"),
+    (["generate", "--users", "3", "--days", "1", "--start"], "2026W097"),
+    (["monitor", "--end", "2026-03-10", "--start"], "20260301"),
+    (["alerts", "list", "--date"], "2026-W09-7"),
+])
+def test_iso_basic_and_week_dates_are_refused_naming_the_option(tmp_path: Path, args: list[str], value: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.11's date.fromisoformat takes ``20260301`` and ``2026-W09-7``, so every
+    date option did, though the docs say YYYY-MM-DD; `suppress add --expires 20260630`
+    stored a rule. Refused before anything is written."""
+    monkeypatch.chdir(tmp_path)  # every directory the command could fall back to is under tmp_path/d
+    paths = {f"UBA_{name}_DIR": str(tmp_path / "d" / name.lower()) for name in ("DATA", "MODEL", "OUTPUT")}
+    option = args[-1]
+    result = CliRunner().invoke(cli, [*args, value], env=paths)
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert f"Invalid value for '{option}': {value!r} is not a date in YYYY-MM-DD form" in last, last
+    assert not (tmp_path / "d").exists()
+
+
 def test_a_date_in_another_form_is_still_named_by_its_form(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["score", "--date", "2026-3-1", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "'2026-3-1' is not a date in YYYY-MM-DD form" in result.output, result.output

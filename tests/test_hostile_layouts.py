@@ -452,3 +452,15 @@ def test_a_day_stored_in_no_order_publishes_its_scores_in_order(
     for part in parts:
         assert part.equals(part.sort(SCORE_SORT_KEY))
     assert pl.concat(parts).sort("event_id").equals(as_ingested)
+
+
+def test_a_folder_dated_in_another_form_is_no_stored_day(tmp_path: Path) -> None:
+    """``event_date=20260302`` (ISO basic form, which ``date.fromisoformat`` reads) was listed
+    as the stored day 2026-03-02, though no reader finds parts under that name (they look for
+    ``event_date=2026-03-02``): the day counted as one with data, and read as empty."""
+    frame = pl.DataFrame({"event_id": ["e1"]})
+    for label in ("2026-03-01", "20260302", "2026-W10-2"):
+        folder = tmp_path / io.EVENTS / f"{io.PARTITION_COLUMN}={label}"
+        folder.mkdir(parents=True)
+        frame.write_parquet(folder / "part-0.parquet")
+    assert io.partition_dates(tmp_path, io.EVENTS) == [date(2026, 3, 1)]

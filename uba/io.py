@@ -48,6 +48,7 @@ import numpy as np
 import polars as pl
 
 from uba import event_rules as rules
+from uba.dates import DateFormError, parse_date
 from uba.errors import UserError, first_line
 from uba.logs import get_logger
 from uba.schema import (
@@ -161,8 +162,8 @@ def dated_dirs(base: Path, key: str, finished: Callable[[Path], bool]) -> list[d
         if name != key or not child.is_dir():
             continue
         try:
-            day = date.fromisoformat(label)
-        except ValueError:
+            day = parse_date(label)  # not fromisoformat: `event_date=20260301` is no partition
+        except DateFormError:
             continue
         if finished(child):
             found.append(day)

@@ -36,6 +36,7 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypeForm
 
 from uba import event_rules as rules
+from uba.dates import DateFormError, parse_date
 from uba.settings import ApiSettings, EventSettings
 
 BATCH_TOO_LARGE = "batch_too_large"
@@ -53,6 +54,21 @@ def parse_timestamp(value: str) -> datetime:
         return rules.parse_timestamp(value)
     except rules.RuleError as exc:
         raise PydanticCustomError(exc.code, exc.message) from None
+
+
+def _calendar_date(value: Any) -> Any:
+    """A day as YYYY-MM-DD only (``uba.dates``, the CLI's rule): pydantic's own ``date``
+    took ``2026-03-01T00:00:00`` and Unix seconds (``?date=0`` was 1970-01-01)."""
+    if isinstance(value, date):
+        return value
+    try:
+        return parse_date(value if isinstance(value, str) else str(value))
+    except DateFormError as exc:
+        raise PydanticCustomError("date_form", str(exc)) from None
+
+
+# A day in a query or a body: YYYY-MM-DD (documented as JSON Schema's ``format: date``).
+CalendarDate = Annotated[date, BeforeValidator(_calendar_date)]
 
 
 def _id_type(max_length: int, blank_is_absent: bool = False) -> Any:

@@ -20,7 +20,7 @@ from uba.api.body import JsonBody, request_body
 from uba.api.deps import Runtime, RuntimeDep, require_json
 from uba.api.errors import BODY_ERRORS, OpenApiResponses
 from uba.api.routes.predict import json_response
-from uba.api.schemas import ErrorBody
+from uba.api.schemas import CalendarDate, ErrorBody
 from uba.errors import UserError
 from uba.io import CorruptPartError
 
@@ -104,7 +104,7 @@ def build_router() -> APIRouter:
                 responses={**_FORBIDDEN, 422: {"model": ErrorBody, "description": "Invalid query parameter"}})
     async def get_alerts(
         runtime: RuntimeDep,
-        day: Annotated[date | None, Query(alias="date", description="Only this scored day")] = None,
+        day: Annotated[CalendarDate | None, Query(alias="date", description="Only this scored day (YYYY-MM-DD)")] = None,
         days: Annotated[int, Query(ge=1, le=3650, description="The newest N scored days")] = 7,
         alert_status: Annotated[Literal["open", "acknowledged", "closed", "all"], Query(alias="status")] = "open",
         kind: Annotated[Literal["event", "user_day", "risk", "all"], Query(alias="type")] = "all",
