@@ -85,3 +85,26 @@ def test_the_minimum_is_a_setting_and_a_window_without_events_is_one_line(data: 
     (line,) = empty.output.strip().splitlines()
     assert line.startswith("error: training window 2026-02-21..2026-02-27 (7 days) has no events"), line
     assert not (models / "LATEST").exists()
+
+
+def test_a_refused_train_creates_no_model_directory(data: Path, tmp_path: Path) -> None:
+    """A train refused for too few days (or a window without events) on a fresh
+    --model-dir left an empty folder, parents and all, that looked like a model
+    directory; an existing empty one must stay empty (no version folder)."""
+    fresh = tmp_path / "models" / "fresh"
+    for window in (["--end-date", "2026-03-02"], ["--end-date", "2026-02-20"]):  # 2 days; none
+        refused = _train(data, fresh, *window)
+        assert refused.exit_code == 1 and refused.output.startswith("error: training window"), refused.output
+        assert not (tmp_path / "models").exists(), sorted(p.name for p in (tmp_path / "models").rglob("*"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _train(data, empty, "--end-date", "2026-03-02").exit_code == 1
+    assert list(empty.iterdir()) == []
+
+
+def test_a_model_directory_that_cannot_be_made_fails_before_training(data: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = _train(data, blocker / "models", "--end-date", "2026-03-10", "--window-days", "10")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == f"error: cannot create the model directory {blocker / 'models'}: Not a directory"

@@ -1261,6 +1261,28 @@ def ensure_dir(path: Path | str) -> Path:
     return folder
 
 
+def check_dir_creatable(path: Path | str) -> None:
+    """Raise the OSError ``ensure_dir(path)`` would, without creating anything.
+
+    ``train`` must fail at once on a mistyped --model-dir (not after minutes of
+    training), yet a refused train must leave no empty model directory behind: so it
+    checks here first and creates the folder only when it has a bundle to put in it.
+    The nearest existing ancestor decides: a file there, or a folder this process cannot
+    write, fails as mkdir would."""
+    folder = Path(path)
+    nearest = folder
+    while not os.path.lexists(nearest) and nearest.parent != nearest:
+        nearest = nearest.parent
+    if nearest == folder and folder.is_dir():
+        return
+    if nearest == folder:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(folder))
+    if not nearest.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(nearest))
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(nearest))
+
+
 def new_dir(path: Path | str, parents: bool = False) -> Path:
     """A folder that must not exist yet (a run's staging folder and its datasets): finding
     one means two runs share a name, which must fail rather than mix their parts."""

@@ -135,6 +135,20 @@ def _drop_confirmed_malicious(features: pl.DataFrame, malicious_ids: set[str]) -
     return kept, features.height - kept.height
 
 
+def _model_dir_ready(model_dir: Path, create: bool) -> None:
+    """Check (``create=False``) or make the model directory; a problem is one line.
+
+    Checked before the window is read, created only when a bundle is about to be saved:
+    a train refused for too few days on a fresh --model-dir left an empty folder behind."""
+    try:
+        if create:
+            io.ensure_dir(model_dir)
+        else:
+            io.check_dir_creatable(model_dir)
+    except OSError as exc:
+        raise UserError(f"cannot create the model directory {model_dir}: {exc.strerror or exc}") from exc
+
+
 def train_model(
     settings: Settings,
     end_date: date,
@@ -153,10 +167,7 @@ def train_model(
     data_dir, model_dir = settings.paths.data_dir, settings.paths.model_dir
     if exclude_malicious:
         malicious_ids = (malicious_ids or set()) | confirmed_malicious_ids(data_dir)
-    try:  # a mistyped --model-dir fails before minutes of training, as one line
-        io.ensure_dir(model_dir)
-    except OSError as exc:
-        raise UserError(f"cannot create the model directory {model_dir}: {exc.strerror or exc}") from exc
+    _model_dir_ready(model_dir, create=False)  # a mistyped --model-dir fails before minutes of training
     window = window_days or settings.train.window_days
     if end_date == date.max:  # the baseline snapshot is dated the day after the window
         raise UserError(f"--end-date {end_date} is the last representable date: the baseline snapshot for the "
@@ -195,6 +206,7 @@ def train_model(
     drift = training_metadata(settings, features, matrix, train_scores, names)
     metadata["drift_reference_by_weekday"] = drift["drift_reference_by_weekday"]
     metadata["drift_reference"] = drift["drift_reference"]
+    _model_dir_ready(model_dir, create=True)  # only now: a refused train leaves no empty model dir
     version = save_bundle(model_dir, detector, metadata)
     # per-user score table for per-user thresholds, from these scores
     after_training(settings, Path(model_dir) / version, features, train_scores)
