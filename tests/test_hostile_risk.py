@@ -30,6 +30,7 @@ from jobs.cli import cli
 from uba import io
 from uba.alerting.risk import read_risk, stale_marker
 from uba.alerting.trends import TREND_KINDS
+from uba.api.routes.alerts import AlertList
 from uba.settings import RiskSettings
 
 S = RiskSettings()
@@ -438,6 +439,7 @@ def test_triage_of_a_good_alert_does_not_fail_on_another_day_that_does_not_read(
         body = listed.json()
         assert first["alert_id"] in {a["alert_id"] for a in body["alerts"]}
         assert [u["event_date"] for u in body["unreadable_days"]] == [DAYS[1].isoformat()]
+        assert AlertList.model_validate(body).unreadable_days[0].problem  # the documented answer
 
         closed = client.post("/feedback", json={"items": [{"event_id": second["event_id"], "label": "benign"}]})
         assert closed.status_code == 201, closed.text

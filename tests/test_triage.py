@@ -276,6 +276,41 @@ def test_triage_over_http_needs_a_key_and_answers_like_the_cli(own: Path, tmp_pa
         assert refused.status_code == 403 and "API keys" in refused.json()["detail"][0]["message"]
 
 
+def test_get_alerts_answers_the_model_its_openapi_schema_declares(own: Path, tmp_path: Path) -> None:
+    """GET /alerts had no response model: /openapi.json said its 200 was ``{}``, so a client
+    generator or schemathesis could check nothing. The answer (unchanged JSON, built by the
+    route) must now be AlertList, key for key, and validate against the published schema,
+    with every nullable triage and verdict field filled on some alert."""
+    import jsonschema
+    from api_world import running_server
+
+    from uba.api.routes.alerts import AlertItem, AlertList
+
+    alerts = _listed(own, "--days", "2")
+    event = next(a for a in alerts if a["alert_type"] == "event")
+    user_day = next(a for a in alerts if a["alert_type"] == "user_day")
+    _ok("alerts", "ack", event["alert_id"], "--analyst", "ann", "--note", "looking", *_dirs(own))
+    _ok("alerts", "close", user_day["alert_id"], "--verdict", "benign", *_dirs(own))
+    with running_server(_server_env(own, UBA_API_KEYS="k1"), tmp_path / "api.log") as server, \
+            server.client(headers={"X-API-Key": "k1"}) as c:
+        answer = c.get("/alerts", params={"days": 2, "status": "all", "limit": 10_000})
+        document = c.get("/openapi.json").json()
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert list(body) == list(AlertList.model_fields)
+    assert all(list(alert) == list(AlertItem.model_fields) for alert in body["alerts"])
+    assert AlertList.model_validate_json(answer.content).model_dump(mode="json").keys() == body.keys()
+    assert {a["alert_type"] for a in body["alerts"]} == {"event", "user_day", "risk"}
+    filled = {k for a in body["alerts"] for k, v in a.items() if v is not None}
+    assert {"note", "analyst", "updated_at", "verdict", "verdict_source", "verdict_at", "event_id"} <= filled
+    declared = document["paths"]["/alerts"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert declared == {"$ref": "#/components/schemas/AlertList"}, declared
+    listed = document["components"]["schemas"]["AlertList"]
+    assert set(listed["properties"]) == {"count", "days", "alerts", "unreadable_days"}
+    jsonschema.validate(body, {**declared, "components": document["components"]},
+                        format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
 def test_every_view_shows_the_verdict_in_effect_whichever_way_it_was_given(own: Path, tmp_path: Path) -> None:
     """A verdict from `uba-batch feedback` (by event id or alert id) did not show in `alerts
     list`, `alerts show` or GET /alerts: they took the latest triage action's verdict, while

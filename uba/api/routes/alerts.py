@@ -6,7 +6,7 @@ store. Alerts are read from ``paths.output_dir``; no model is needed. (No ``from
 __future__ import annotations``: FastAPI must see the real classes.)
 """
 
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -45,6 +45,53 @@ class AlertUpdated(BaseModel):
     verdict: str | None
     feedback_id: str | None
     suppression_rule: str | None
+
+
+class AlertItem(BaseModel):
+    """One listed alert: the canonical record (``uba.alerting.records.RECORD_SCHEMA``, as
+    ``uba-batch export --format jsonl`` and ``alerts list --format jsonl`` write it), its
+    triage status and the verdict in effect (``uba.alerting.triage``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    alert_id: str = Field(description="stable id of the finding (uba-...)")
+    alert_type: Literal["event", "user_day", "risk"]
+    user_id: str
+    time: datetime = Field(description="the event's time; a user-day or risk alert: its day at 00:00Z")
+    event_date: date
+    event_id: str | None = Field(description="the flagged event (event alerts only)")
+    score: float = Field(description="anomaly score, day score or risk score (0-100), by alert_type")
+    threshold: float | None = Field(description="the cut the score was over")
+    severity: Literal["low", "medium", "high", "critical"]
+    reasons: list[str] | None
+    reason_kinds: list[str] | None
+    model_version: str | None
+    run_id: str
+    run_ref: str = Field(description="the run manifest that found it: runs/event_date=D/manifest.json#run=ID")
+    status: Literal["open", "acknowledged", "closed"]
+    verdict: Literal["benign", "malicious"] | None = Field(description="the verdict in effect, however given")
+    verdict_source: str | None = Field(description="where the verdict came from: api, csv:<file>, triage:<alert id>")
+    verdict_at: datetime | None
+    note: str | None = Field(description="the latest triage action's note")
+    analyst: str | None = Field(description="the latest triage action's analyst")
+    updated_at: datetime | None = Field(description="when the latest triage action was recorded")
+
+
+class UnreadableDay(BaseModel):
+    """A scored day skipped because its published files do not read."""
+
+    model_config = ConfigDict(extra="forbid")
+    event_date: date
+    problem: str
+
+
+class AlertList(BaseModel):
+    """The answer of GET /alerts (built as plain JSON by the route; this documents it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    count: int = Field(ge=0, description="alerts matching, before `limit`")
+    days: list[date] = Field(description="the scored days searched, newest first")
+    alerts: list[AlertItem] = Field(description="at most `limit` of them, newest day first")
+    unreadable_days: list[UnreadableDay] = Field(description="days skipped; empty when every day read")
 
 
 _FORBIDDEN: OpenApiResponses = {
@@ -100,7 +147,8 @@ def build_router() -> APIRouter:
     router = APIRouter(tags=["alerts"])
     body_dep = JsonBody(AlertUpdate, 64, "1 alert update")
 
-    @router.get("/alerts", summary="Alerts of scored days by triage status, newest day first",
+    @router.get("/alerts", response_model=AlertList,
+                summary="Alerts of scored days by triage status, newest day first",
                 responses={**_FORBIDDEN, 422: {"model": ErrorBody, "description": "Invalid query parameter"}})
     async def get_alerts(
         runtime: RuntimeDep,
