@@ -125,7 +125,11 @@ def write_malformed(path: Path) -> dict[int, str]:
         lines.append(text.encode())
         expected[len(lines) - 1] = reason
     lines.append(INVALID_UTF8)
-    expected[len(lines) - 1] = "user_id: 'u??' contains control, invisible or format characters, or invalid UTF-8 (the first as UTF-8: efbfbd)"
+    offset = sum(len(line) + 1 for line in lines[:-1]) + INVALID_UTF8.index(b"\xff")
+    expected[len(lines) - 1] = (  # bytes of the file that are not UTF-8: where, and the cure (io.not_utf8_problem)
+        f"user_id: 'u??' holds bytes that are not UTF-8 (shown as ?): line {len(lines)} holds the byte 0xff "
+        f"(byte offset {offset} of the file), which is not valid UTF-8; save the file as UTF-8 (a spreadsheet's "
+        "\"CSV UTF-8\" format) and try again")
     path.write_bytes(b"\n".join(lines) + b"\n")
     return expected
 
@@ -1251,3 +1255,66 @@ def test_the_empty_row_reason_is_only_for_empty_rows(tmp_path: Path) -> None:
     ingest_files([path], tmp_path / "d", settings())
     reasons = dict(stored(tmp_path / "d", storage.QUARANTINE).select("source_row", "reason").iter_rows())
     assert reasons == {1: "line has no event field, only foo, bar", 2: "empty row (no values)"}
+
+
+# ------------------------------------------------------------------ a Windows-1252 export
+
+def _windows_1252_export(rows: int) -> tuple[bytes, dict[str, bytes]]:
+    """A CSV as a spreadsheet on Windows saves it: cp1252 text, CRLF line ends, a quoted
+    comment column (ignored) holding a line break. Bad rows: a name with an accent in
+    user_id, event_type and session_id, far into the file; a row whose only accent is
+    in the ignored comment. Returns the bytes and, per bad event id, the byte it holds."""
+    header = HEADER + ",comment"
+    lines = [f"e{i},u{i},2026-03-01T10:{i % 60:02d}:00Z,login,5,2,desktop,,,s{i},\"two\r\nlines\"" for i in range(rows)]
+    bad = {"e1500": "e1500,jos\u00e9,2026-03-01T10:00:00Z,login,5,2,desktop,,,s1,",
+           "e2100": "e2100,u2100,2026-03-01T10:00:00Z,l\u00f6gin,5,2,desktop,,,s2,",
+           "e2600": "e2600,u2600,2026-03-01T10:00:00Z,view,5,2,mobile,,,s\u00e9,ok"}
+    for event_id, line in bad.items():
+        lines[int(event_id[1:])] = line
+    lines[2300] = "e2300,u2300,2026-03-01T10:00:00Z,view,5,2,mobile,,,s3,caf\u00e9 \u201cnote\u201d"
+    text = "\r\n".join([header, *lines]) + "\r\n"
+    return text.encode("cp1252"), {k: "\u00e9\u00f6\u00e9"[i].encode("cp1252") for i, k in enumerate(bad)}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_a_windows_1252_csv_quarantines_its_accented_rows_naming_line_byte_and_cure(tmp_path: Path,
+                                                                                    suffix: str) -> None:
+    """A Latin-1 / Windows-1252 export was quarantined row by row as "contains control,
+    invisible or format characters, or invalid UTF-8" (or as an unknown category): nothing
+    said where, or that the file only needs saving as UTF-8, as `users import` and
+    `feedback` say (io.not_utf8_error). Now each such row's reason names its field, the
+    line and byte of the file (of the decompressed text for .gz) and the cure; rows whose
+    only such byte is in an ignored column are stored; every row is accounted for."""
+    raw, bad = _windows_1252_export(3000)
+    path = tmp_path / f"export{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else raw)
+    data = tmp_path / "d"
+    result = CliRunner().invoke(cli, ["ingest", str(path), "--data-dir", str(data), "--batch-rows", "1000", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["rows_read"], summary["rows_written"], summary["rows_quarantined"]) == (3000, 2997, 3)
+    quarantined = stored(data, storage.QUARANTINE)
+    reasons = dict(zip(quarantined["event_id"], quarantined["reason"], strict=True))
+    fields = {"e1500": "user_id: 'jos?'", "e2100": "event_type: 'l?gin'", "e2600": "session_id: 's?'"}
+    for event_id, byte in bad.items():
+        offset = raw.index(f"\n{event_id},".encode()) + 1
+        offset = raw.index(byte, offset)
+        line = raw.count(b"\n", 0, offset) + 1  # the quoted line breaks count: not source_row + 1
+        assert reasons[event_id] == (
+            f"{fields[event_id]} holds bytes that are not UTF-8 (shown as ?): line {line} holds the byte "
+            f"0x{byte[0]:02x} (byte offset {offset} of the file), which is not valid UTF-8; save the file as "
+            "UTF-8 (a spreadsheet's \"CSV UTF-8\" format) and try again"), reasons[event_id]
+    assert summary["reasons"] == {"invalid characters": 3}
+    assert "e2300" in set(stored(data)["event_id"])  # its accent is in the ignored comment column
+
+
+def test_a_replacement_character_written_in_utf8_keeps_its_reason(tmp_path: Path) -> None:
+    """U+FFFD typed into a UTF-8 file is a character, not a byte of another encoding:
+    no line-and-byte note, no advice to convert the file."""
+    path = tmp_path / "e.csv"
+    path.write_text(HEADER + "\ne1,u\ufffd1,2026-03-01T10:00:00Z,login,5,2,desktop,,,\n", encoding="utf-8")
+    summary = ingest_files([path], tmp_path / "d", settings(batch_rows=1000))
+    assert summary.rows_quarantined == 1
+    (reason,) = stored(tmp_path / "d", storage.QUARANTINE)["reason"]
+    assert reason == ("user_id: 'u?1' contains control, invisible or format characters, or invalid UTF-8 "
+                      "(the first as UTF-8: efbfbd)"), reason

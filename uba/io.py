@@ -1429,10 +1429,18 @@ def not_utf8_error(path: Path) -> UserError | None:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        return UserError(f"{path} is not UTF-8: line {line} holds the byte 0x{data[exc.start]:02x} (byte offset "
-                         f"{exc.start} of the file), which is not valid UTF-8; save the file as UTF-8 "
-                         "(a spreadsheet's \"CSV UTF-8\" format) and try again")
+        return UserError(f"{path} is not UTF-8: {not_utf8_problem(data[exc.start], line, exc.start)}")
     return None
+
+
+def not_utf8_problem(byte: int, line: int, offset: int) -> str:
+    """Where a text file stops being UTF-8, and the cure: the one wording of ``not_utf8_error``
+    (users import, feedback) and of the rows ``uba-batch ingest`` quarantines for such bytes.
+
+    ``byte`` is the first byte that is not UTF-8, at 1-based ``line`` and 0-based byte
+    ``offset`` of the file."""
+    return (f"line {line} holds the byte 0x{byte:02x} (byte offset {offset} of the file), which is not "
+            "valid UTF-8; save the file as UTF-8 (a spreadsheet's \"CSV UTF-8\" format) and try again")
 
 
 def read_csv_as_strings(path: Path) -> pl.DataFrame:

@@ -22,6 +22,7 @@ every row under ``events/`` passed the same checks.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import errno
 import functools
@@ -48,6 +49,7 @@ from uba.errors import UserError, first_line
 from uba.ingest.validate import (
     KIND_DUPLICATE,
     META_FIELDS,
+    NOT_UTF8,
     READ_ERROR,
     REASON_KIND,
     SOURCE_FILE,
@@ -444,6 +446,36 @@ def _csv_fast(body: bytes, records: int, names: list[str]) -> pl.DataFrame | Non
     return None
 
 
+def _not_utf8_notes(body: bytes, ends: np.ndarray, line: int, offset: int) -> list[str | None] | None:
+    """Per record of ``body`` (ending at ``ends``), where its first byte that is not UTF-8
+    is, in ``uba.io.not_utf8_problem``'s words (None for a record that is UTF-8); None when
+    every record is. ``line`` and ``offset``: the file line and byte offset ``body`` starts at.
+
+    The readers decode such bytes as U+FFFD, and validation quarantines the field with this
+    note (a Latin-1 / Windows-1252 export: save it as UTF-8). Decoded in windows of
+    ``CSV_READ_BYTES`` from each bad record's end, so a file of bad rows costs one short
+    decode per row, not one of the rest of the block."""
+    if body.isascii():
+        return None
+    view, size = memoryview(body), len(body)
+    notes: list[str | None] | None = None
+    pos = counted = 0
+    while pos < size:
+        stop = min(size, pos + CSV_READ_BYTES)
+        try:  # not final inside the block: a character cut at the window's end is read by the next one
+            pos += codecs.utf_8_decode(view[pos:stop], "strict", stop == size)[1]
+            continue
+        except UnicodeDecodeError as exc:
+            bad = pos + exc.start
+        line += body.count(b"\n", counted, bad)
+        counted = bad
+        record = int(np.searchsorted(ends, bad, side="right"))
+        notes = notes or [None] * int(ends.size)
+        notes[record] = storage.not_utf8_problem(body[bad], line, offset + bad)
+        pos = int(ends[record])
+    return notes
+
+
 def _csv_batches(path: Path, batch_rows: int, limits: IngestSettings,
                  ignored: _IgnoredNote | None = None) -> Iterator[pl.DataFrame]:
     with _open_input(path, limits) as handle:
@@ -463,14 +495,18 @@ def _csv_batches(path: Path, batch_rows: int, limits: IngestSettings,
         if ignored is not None:
             ignored(*_unknown_columns(names))
         first_row = 1
+        line, offset = 1 + header.count(b"\n"), len(header)  # where the data rows start in the file
         for body, body_ends, body_regular in _csv_blocks(chain([rest], runs), batch_rows, BLOCK_BYTES):
             frame = _csv_fast(body, int(body_ends.size), names) if body_regular else None
             if frame is None:
                 frame = _csv_rows_slowly(body, body_ends, names)
+            notes = _not_utf8_notes(body, body_ends, line, offset)
+            line, offset = line + body.count(b"\n"), offset + len(body)
             del body
             yield frame.with_columns(  # a column of the file named like reader metadata is overridden
                 pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64).alias(SOURCE_ROW),
                 pl.lit(None, pl.String).alias(TYPE_ERROR),
+                pl.Series(NOT_UTF8, notes, dtype=pl.String) if notes else pl.lit(None, pl.String).alias(NOT_UTF8),
             )
             first_row += frame.height
 

@@ -13,6 +13,8 @@ Rules (first failing check wins, in this order):
   neither a string nor an integer, a number given as a JSON string, a category or
   timestamp that is not a string; JSON readers say so in the ``type_error`` column) or
   an id column of a type that cannot hold ids (typed columns are judged by their type)
+* a field holding bytes of the file that were not UTF-8 (the CSV reader's ``not_utf8``
+  note: the line and byte, and to save the file as UTF-8)
 * ``event_id`` / ``user_id``: longer than ``max_string_length`` characters, or
   containing control characters / invalid UTF-8
 * ``timestamp``: RFC 3339 date-time (``YYYY-MM-DDTHH:MM:SS[.fraction]`` with ``Z`` or
@@ -59,9 +61,10 @@ SOURCE_FILE = "source_file"
 SOURCE_ROW = "source_row"
 READ_ERROR = "read_error"
 TYPE_ERROR = "type_error"
+NOT_UTF8 = "not_utf8"  # a text reader's note: where the record's first byte that is not UTF-8 is
 REASON = "reason"
 REASON_KIND = "reason_kind"
-META_FIELDS: tuple[str, ...] = (SOURCE_FILE, SOURCE_ROW, READ_ERROR, TYPE_ERROR)
+META_FIELDS: tuple[str, ...] = (SOURCE_FILE, SOURCE_ROW, READ_ERROR, TYPE_ERROR, NOT_UTF8)
 
 # Extra columns of the rejected frame besides the raw fields: the ingest layer drops
 # REASON_KIND and the partition column before writing QUARANTINE_SCHEMA parts.
@@ -88,6 +91,7 @@ _CHECK = "_check"
 _DATE = "_date"
 _STORED = "_stored"
 _FIRST_ROW = "_first_row"
+REPLACEMENT_CHAR = "\ufffd"  # what a reader decodes a byte that is not UTF-8 to
 
 
 @dataclass(frozen=True)
@@ -246,7 +250,7 @@ def _as_text(raw: pl.LazyFrame) -> pl.LazyFrame:
         (text_expr(name, schema[name]) if name in schema else pl.lit(None, pl.String)).alias(name)
         for name in RAW_FIELDS
     ]
-    meta_types = {SOURCE_FILE: pl.String, SOURCE_ROW: pl.Int64, READ_ERROR: pl.String}
+    meta_types = {SOURCE_FILE: pl.String, SOURCE_ROW: pl.Int64, READ_ERROR: pl.String, NOT_UTF8: pl.String}
     exprs += [
         (pl.col(name).cast(dtype) if name in schema else pl.lit(None, dtype)).alias(name)
         for name, dtype in meta_types.items()
@@ -338,6 +342,22 @@ def _string_checks(field: str, max_len: int) -> list[_Check]:
     ]
 
 
+def _not_utf8_check() -> _Check:
+    """A field whose U+FFFD stands for bytes of the file that were not UTF-8 (the reader's
+    ``not_utf8`` note): a Latin-1 / Windows-1252 export. Such a row failed anyway (as an id's
+    invalid characters, an unknown category, not a number ...), with a reason naming
+    neither the place nor the cure; now it names the field, the line and byte of the file
+    and says to save the file as UTF-8 (``uba.io.not_utf8_problem``, as users import and
+    feedback say it). A U+FFFD written in a UTF-8 file has no note and keeps its reason."""
+    replaced = {f: pl.col(_v(f)).str.contains(REPLACEMENT_CHAR, literal=True) for f in RAW_FIELDS}
+    message = pl.coalesce([
+        pl.when(found).then(_msg(f"{f}: ", _quoted_clean(f), " holds bytes that are not UTF-8 (shown as ?): ",
+                                 pl.col(NOT_UTF8)))
+        for f, found in replaced.items()
+    ])
+    return _Check(KIND_CHARACTERS, pl.col(NOT_UTF8).is_not_null() & pl.any_horizontal(replaced.values()), message)
+
+
 def _category_check(field: str, allowed: tuple[str, ...]) -> _Check:
     return _Check(KIND_CATEGORY, pl.col(f"_{field}").is_null(),
                   _msg(f"{field}: ", _quoted(field), f" {rules.msg_category(allowed)}"))
@@ -381,6 +401,7 @@ def _row_checks(events: EventSettings) -> list[_Check]:
     ]
     checks += [_Check(KIND_MISSING, pl.col(_v(f)).is_null(), pl.lit(f"missing field: {f}")) for f in REQUIRED_FIELDS]
     checks.append(_Check(KIND_TYPE, pl.col(TYPE_ERROR).is_not_null(), pl.col(TYPE_ERROR)))
+    checks.append(_not_utf8_check())
     for field in ID_FIELDS:
         checks += _string_checks(field, max_len)
     checks += [
@@ -547,7 +568,7 @@ def validate_events(
     candidates = _with_duplicate_marks(parsed.filter(pl.col(_CHECK).is_null()), existing_ids)
     candidates = candidates.with_columns(_duplicate_index(len(row_checks)).alias(_CHECK))
 
-    kept = [*RAW_FIELDS, SOURCE_FILE, SOURCE_ROW, READ_ERROR, TYPE_ERROR, _ROW, _CHECK, _DATE, _FIRST_ROW,
+    kept = [*RAW_FIELDS, SOURCE_FILE, SOURCE_ROW, READ_ERROR, TYPE_ERROR, NOT_UTF8, _ROW, _CHECK, _DATE, _FIRST_ROW,
             "_ts_hour", "_ts_dow",
             *(_v(f) for f in RAW_FIELDS)]
     row_rejects = parsed.filter(pl.col(_CHECK).is_not_null()).with_columns(
