@@ -269,6 +269,11 @@ def test_triage_over_http_needs_a_key_and_answers_like_the_cli(own: Path, tmp_pa
         closed_list = c.get("/alerts", params={"days": 2, "status": "closed"}).json()
         assert [a["alert_id"] for a in closed_list["alerts"]] == [first["alert_id"]]
         assert c.get("/alerts", params={"status": "nope"}).status_code == 422
+        # a well-formed date never scored: no alerts to list (a 404), said without the server's
+        # output path (it was a 422 blaming `date` that named the directory)
+        unscored = c.get("/alerts", params={"date": "2000-01-01"})
+        assert unscored.status_code == 404, unscored.text
+        assert unscored.json()["detail"] == "2000-01-01 is not scored: no run of that date is published"
         assert httpx.get(server.url + "/alerts", timeout=10).status_code == 401  # no key
     assert confirmed_malicious_ids(own / "data") == {first["event_id"]}
     with running_server(_server_env(own), tmp_path / "open.log") as server:  # no keys: never open

@@ -88,13 +88,17 @@ class RunInfo:
 class DayNotScoredError(UserError):
     """The day has no published run: a wrong date asked for, not a damaged day."""
 
+    def __init__(self, message: str, day: date) -> None:
+        super().__init__(message)
+        self.day = day
+
 
 def run_info(output_dir: Path, day: date) -> RunInfo:
     """The day's run, or a one-line error when the day was never scored."""
     manifest = read_manifest(output_dir, day)
     if manifest is None:
         raise DayNotScoredError(f"{day} is not scored in {output_dir} (no {io.RUNS}/event_date={day}/"
-                        f"{io.MANIFEST_NAME}); run `uba-batch score --date {day}` first")
+                        f"{io.MANIFEST_NAME}); run `uba-batch score --date {day}` first", day)
     run_id = manifest.get("run_id") or ""
     ref = f"{io.RUNS}/event_date={day.isoformat()}/{io.MANIFEST_NAME}#run={run_id}"
     model = manifest.get("model")

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from uba.alerting import triage
 from uba.alerting.formats import json_ready
+from uba.alerting.records import DayNotScoredError
 from uba.api.body import JsonBody, request_body
 from uba.api.deps import Runtime, RuntimeDep, require_json
 from uba.api.errors import BODY_ERRORS, OpenApiResponses
@@ -129,6 +130,11 @@ def _update(runtime: Runtime, alert_id: str, update: AlertUpdate) -> triage.Tria
 def _http_error(exc: UserError, field_hint: str = "body") -> HTTPException:
     if isinstance(exc, triage.AlertNotFoundError):
         return HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc))
+    if isinstance(exc, DayNotScoredError):
+        # the query is well formed; the day has no alerts to list. Said without the
+        # server's output path, which the batch CLI's message names for its operator
+        return HTTPException(status.HTTP_404_NOT_FOUND,
+                             detail=f"{exc.day.isoformat()} is not scored: no run of that date is published")
     if isinstance(exc, CorruptPartError):
         # the server's own files (a triage or feedback part) do not read: not the request's
         # fault, so no 422 blaming a query parameter; 503 naming the part, as /ready would
@@ -149,7 +155,9 @@ def build_router() -> APIRouter:
 
     @router.get("/alerts", response_model=AlertList,
                 summary="Alerts of scored days by triage status, newest day first",
-                responses={**_FORBIDDEN, 422: {"model": ErrorBody, "description": "Invalid query parameter"}})
+                responses={**_FORBIDDEN,
+                           404: {"model": ErrorBody, "description": "`date` names a day that was never scored"},
+                           422: {"model": ErrorBody, "description": "Invalid query parameter"}})
     async def get_alerts(
         runtime: RuntimeDep,
         day: Annotated[CalendarDate | None, Query(alias="date", description="Only this scored day (YYYY-MM-DD)")] = None,
