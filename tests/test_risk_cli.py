@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -267,8 +268,15 @@ def test_api_serves_the_risk_of_user_ids_holding_a_slash_encoded_or_not(principa
         assert client.get(f"/users/{ops.removesuffix('/risk')}/risk").json()["history"] == [], "not the /risk id"
         assert client.get("/users//risk").status_code == 422, "an empty id is named, not a missing route"
         assert client.get(f"/users/{quote(admin, safe='')}/risk/more").status_code == 404
+        tab = client.get("/users/a%09b/risk")  # no stored id holds a control character: named
+        assert tab.status_code == 422 and tab.json()["detail"][0]["field"] == "user_id", tab.text
+        assert client.get("/users/a%0Ab/risk").status_code == 404  # the router stops at a line break
         schema = client.get("/openapi.json").json()
-        (param,) = schema["paths"]["/users/{user_id}/risk"]["get"]["parameters"]
+        operation = schema["paths"]["/users/{user_id}/risk"]["get"]
+        (param,) = operation["parameters"]
         assert "%2F" in param["description"], "the schema says how to encode an id"
+        declared = re.compile(param["schema"]["pattern"])  # what a client generator will send
+        assert declared.search(admin) and not declared.search("a\nb") and not declared.search("a\tb")
+        assert {"404", "422"} <= set(operation["responses"])
         metrics = client.get("/metrics").text
         assert 'route="/users/{user_id}/risk"' in metrics and "user_id:path" not in metrics

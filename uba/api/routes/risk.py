@@ -26,6 +26,10 @@ ID_ENCODING = ("The user id, percent-encoded as one path segment (RFC 3986; Pyth
                "`alice%2Fadmin%40EXAMPLE.COM`. An unencoded '/' is taken too (the id is everything up to "
                "the last `/risk`), but clients and proxies may rewrite `.`, `..` and `//` segments.")
 
+# no C0 control character or DEL: ingest stores no id holding one, and the router's match
+# stops at a line break (such a path is no route: a 404 before this check could name the id)
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
 
 def build_router(max_id_length: int) -> APIRouter:
     """The route, its path id bounded by ``events.max_string_length`` in the schema itself,
@@ -34,11 +38,14 @@ def build_router(max_id_length: int) -> APIRouter:
 
     @router.get("/users/{user_id:path}/risk", response_model=UserRisk,
                 summary="A user's entity risk (0-100, level, contributions) over the last risk.history_days days",
-                responses={422: {"model": ErrorBody, "description": "user_id empty or longer than "
-                                                                  "events.max_string_length"}})
+                responses={404: {"model": ErrorBody, "description": "No such route: a path going on after "
+                                                                  "`/risk`, or an id holding a line break"},
+                           422: {"model": ErrorBody, "description": "user_id empty, longer than "
+                                                                  "events.max_string_length, or holding a "
+                                                                  "control character"}})
     async def user_risk(runtime: RuntimeDep,
                         user_id: Annotated[str, Path(min_length=1, max_length=max_id_length,
-                                                     description=ID_ENCODING)]) -> UserRisk:
+                                                     pattern=ID_PATTERN, description=ID_ENCODING)]) -> UserRisk:
         index = runtime.risk.current
         history = [RiskDay.model_validate(row) for row in index.history(user_id)]  # other columns ignored
         return UserRisk(user_id=user_id, as_of=index.as_of, days=index.days, history=history)
