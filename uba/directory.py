@@ -268,12 +268,7 @@ def store_directory_frame(data_dir: Path, frame: pl.DataFrame, *, source: str, r
                               (lambda i: lines[i]) if lines else (lambda i: i + first_line))
     new = pl.DataFrame(good, schema=SCHEMA)
     target = directory_path(data_dir)
-    if replace and new.is_empty():
-        _refuse_emptying(target, source, bad)
-    stored = None if replace else io.read_parquet_if_exists(target)
-    kept = tuple(c for c in SCHEMA if c not in frame.columns) if stored is not None else ()
-    merged = new if stored is None else _update(stored.cast(pl.Schema(SCHEMA)), new, kept)
-    io.write_parquet_atomic(merged.sort("user_id"), target)
+    merged, kept = _merge_and_store(data_dir, new, frame.columns, source, bad, replace)
     quarantine_path = None
     if bad:
         quarantined = pl.DataFrame([{"source": str(path), **b} for b in bad], schema=QUARANTINE_SCHEMA)
@@ -286,6 +281,24 @@ def store_directory_frame(data_dir: Path, frame: pl.DataFrame, *, source: str, r
     return ImportSummary(rows_read=frame.height, rows_stored=new.height, rows_quarantined=len(bad),
                          users_total=merged.height, reasons=reasons, path=target, quarantine_path=quarantine_path,
                          rows_blank=blank, kept_columns=kept)
+
+
+def _merge_and_store(data_dir: Path, new: pl.DataFrame, columns: Sequence[str], source: str,
+                     bad: Sequence[Mapping[str, object]], replace: bool) -> tuple[pl.DataFrame, tuple[str, ...]]:
+    """Merge ``new`` into the stored directory and replace it, holding the directory's lock
+    from the read to the write: two imports at once (one per department, as an HR and an
+    IdP sync may run) each read the same stored table, and the later write dropped every
+    user the other had stored while both said "stored" (found by an attack). Returns the
+    merged table and the columns kept as stored."""
+    target = directory_path(data_dir)
+    with io.table_lock(data_dir, DIRECTORY):
+        if replace and new.is_empty():
+            _refuse_emptying(target, source, bad)
+        stored = None if replace else io.read_parquet_if_exists(target)
+        kept = tuple(c for c in SCHEMA if c not in columns) if stored is not None else ()
+        merged = new if stored is None else _update(stored.cast(pl.Schema(SCHEMA)), new, kept)
+        io.write_parquet_atomic(merged.sort("user_id"), target)
+    return merged, kept
 
 
 def _update(stored: pl.DataFrame, new: pl.DataFrame, kept: Sequence[str]) -> pl.DataFrame:
