@@ -280,3 +280,66 @@ def test_api_serves_the_risk_of_user_ids_holding_a_slash_encoded_or_not(principa
         assert {"404", "422"} <= set(operation["responses"])
         metrics = client.get("/metrics").text
         assert 'route="/users/{user_id}/risk"' in metrics and "user_id:path" not in metrics
+
+
+def test_re_scoring_a_day_alone_while_the_day_before_is_stale_leaves_it_stale(world: RiskWorld,
+                                                                               tmp_path: Path) -> None:
+    """A benign verdict on the middle day marks it and the last day stale; re-scoring only
+    the last day published it as current (no marker: `monitor` stopped naming it), though
+    it carried the middle day's stale scores (found by an attack). It is now born stale,
+    naming the day a backfill must start from; the backfill clears both."""
+    own = RiskWorld(tmp_path / "data", world.model_dir, tmp_path / "out")
+    shutil.copytree(world.data_dir, own.data_dir)  # the verdict below stays out of the module's world
+    for day in DAYS:
+        _score(own, day)
+    middle = read_risk(own.out, DAYS[1])
+    assert middle is not None and middle.height
+    victim = next(c for cs in middle["contributions"] for c in cs)
+    csv = tmp_path / "verdicts.csv"
+    csv.write_text(f"event_id,label\n{victim['alert_id']},benign\n")
+    _cli("feedback", str(csv), "--data-dir", str(own.data_dir), "--output-dir", str(own.out))
+    assert stale_marker(_manifest(own.out, DAYS[1])) and stale_marker(_manifest(own.out, DAYS[2]))
+
+    _score(own, DAYS[2])  # the last day alone, on the middle day's stale table
+    lone = read_risk(own.out, DAYS[2])
+    (entry,) = stale_marker(_manifest(own.out, DAYS[2]))
+    assert entry["changed_day"] == DAYS[1].isoformat(), entry
+    assert entry["reason"].startswith(f"built on the risk of {DAYS[1]}, which is stale (benign verdict on "), entry
+    monitor = _cli("monitor", "--start", D1.isoformat(), "--end", DAYS[-1].isoformat(), "--output-dir",
+                   str(own.out), "--png", str(tmp_path / "m.png"))
+    assert f"entity risk stale on {DAYS[2]}" in monitor
+    assert f"uba-batch backfill --start {DAYS[1]} --end {DAYS[2]}" in monitor
+
+    _cli("backfill", "--start", DAYS[1].isoformat(), "--end", DAYS[2].isoformat(), *own.args(), "--in-process")
+    assert stale_marker(_manifest(own.out, DAYS[1])) == [] and stale_marker(_manifest(own.out, DAYS[2])) == []
+    fresh = read_risk(own.out, DAYS[2])
+    assert lone is not None and fresh is not None
+    assert not lone.select("user_id", "risk_score").equals(fresh.select("user_id", "risk_score")), \
+        "the lone re-score was indeed stale"
+
+
+def test_verdicts_stored_at_once_each_leave_their_stale_mark(world: RiskWorld, tmp_path: Path) -> None:
+    """Eight `uba-batch feedback` processes at once, each a benign verdict on another alert of
+    the last day: each marking read the manifest, added its entry and wrote it back over the
+    others', so some verdicts left no trace in `risk_stale` (6 of 8 in the attack; the same
+    unlocked write let a marking land in a version a re-score was replacing). Markings now
+    take turns under the runs' stale-marks lock, which a run also holds from its check to its commit."""
+    import subprocess
+    import sys
+
+    own = RiskWorld(tmp_path / "data", world.model_dir, tmp_path / "out")
+    shutil.copytree(world.data_dir, own.data_dir)
+    shutil.copytree(world.out, own.out, symlinks=True)  # published days are relative links
+    ids = sorted({c["alert_id"] for table in _tables(own.out) for cs in table["contributions"] for c in cs})[:8]
+    assert len(ids) == 8  # a verdict on any day's alert marks the last day too
+    jobs = []
+    for i, alert in enumerate(ids):
+        csv = tmp_path / f"v{i}.csv"
+        csv.write_text(f"event_id,label\n{alert},benign\n")
+        jobs.append(subprocess.Popen([str(Path(sys.executable).with_name("uba-batch")), "feedback", str(csv),
+                                      "--data-dir", str(own.data_dir), "--output-dir", str(own.out)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [job.communicate(timeout=180)[0] for job in jobs]
+    assert all(job.returncode == 0 for job in jobs), outputs
+    reasons = " ".join(entry["reason"] for entry in stale_marker(_manifest(own.out, DAYS[2])))
+    assert [alert for alert in ids if alert not in reasons] == [], "every verdict left its mark"

@@ -904,6 +904,19 @@ def table_lock(root: Path, table: str) -> contextlib.AbstractContextManager[None
     return _locked(Path(root) / table / ".lock")
 
 
+def stale_marks_lock(output_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """The lock of the run manifests' ``risk_stale`` marks (``<output-dir>/runs/.risk-stale.lock``).
+
+    Marking a published day stale reads its manifest, adds an entry and writes it back;
+    a score run checks what changed under its risk and then commits a new manifest. Two
+    markings at once each wrote their own entry over the other's, and a marking that read
+    the day's manifest just before a re-score committed wrote into the replaced version,
+    so the new manifest did not carry it (found by an attack). Both hold this lock: the
+    marker reads the manifest that is published, and the run either sees the change in its
+    check or is committed before the marker reads."""
+    return _locked(Path(output_dir) / RUNS / ".risk-stale.lock")
+
+
 _INGEST_LOCK_NAME = ".ingest.lock"
 INGEST_LOCKED_DAYS = 64  # a batch touching more days locks the whole data directory instead
 

@@ -383,25 +383,30 @@ def mark_stale(output_dir: Path, days: Iterable[date], reason: str, changed_day:
     manifest; returns the days marked. The manifest file inside the published version is
     replaced atomically (its links are left alone); re-scoring the day writes a new
     manifest without the marker, which is how it clears."""
-    marked = []
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    for day in sorted(set(days)):
-        link = io.run_manifest_path(Path(output_dir), day)
-        if not link.exists():
-            continue
-        target = Path(link.resolve())
-        manifest = _manifest_to_mark(target, day)
-        if manifest is None:
-            continue
-        entry: dict[str, JsonValue] = {"changed_day": changed_day.isoformat(), "reason": reason, "marked_at": now}
-        marks = manifest.get(STALE_KEY) or []
-        manifest[STALE_KEY] = [*(marks if isinstance(marks, list) else []), entry]
-        io.write_json_atomic(manifest, target, durable=True)
-        marked.append(day)
+    entry: dict[str, JsonValue] = {"changed_day": changed_day.isoformat(), "reason": reason, "marked_at": now}
+    with io.stale_marks_lock(Path(output_dir)):  # one marker at a time, never while a run commits
+        marked = [day for day in sorted(set(days)) if _add_mark(Path(output_dir), day, entry)]
     if marked:
         log.warning("entity risk of %s is stale (%s): re-score %s", ", ".join(d.isoformat() for d in marked),
                     reason, "it" if len(marked) == 1 else "them in date order (uba-batch backfill)")
     return marked
+
+
+def _add_mark(output_dir: Path, day: date, entry: dict[str, JsonValue]) -> bool:
+    """Add ``entry`` to the published manifest of ``day`` (the file inside its version,
+    replaced atomically; its links are left alone); False when the day has none that reads."""
+    link = io.run_manifest_path(output_dir, day)
+    if not link.exists():
+        return False
+    target = Path(link.resolve())
+    manifest = _manifest_to_mark(target, day)
+    if manifest is None:
+        return False
+    marks = manifest.get(STALE_KEY) or []
+    manifest[STALE_KEY] = [*(marks if isinstance(marks, list) else []), entry]
+    io.write_json_atomic(manifest, target, durable=True)
+    return True
 
 
 def _manifest_to_mark(path: Path, day: date) -> dict[str, JsonValue] | None:
@@ -571,8 +576,26 @@ class RiskRun:
         """``risk_stale`` entries for this run's own manifest (usually none)."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         changed = (self.previous_day or self.day).isoformat()
-        return [{"changed_day": changed, "reason": r, "marked_at": now}
-                for r in self.changed_inputs(output_dir, data_dir)]
+        own: list[StaleEntry] = [{"changed_day": changed, "reason": r, "marked_at": now}
+                                 for r in self.changed_inputs(output_dir, data_dir)]
+        return own + self.inherited_staleness(output_dir, now)
+
+    def inherited_staleness(self, output_dir: Path, now: str) -> list[StaleEntry]:
+        """One entry when the day this run carried forward is marked stale: this run's risk
+        holds that day's scores, so it is as stale as they are. Without it, re-scoring D + 1
+        alone while D was stale published D + 1 as current (``monitor`` stopped naming it,
+        GET /users/{id}/risk said ``stale: false``) on scores a verdict had made wrong
+        (found by an attack). The changed day is the earliest one named on D, where a
+        ``backfill`` must start."""
+        if self.previous_day is None:
+            return []
+        marks = [m for m in stale_marker(read_manifest(Path(output_dir), self.previous_day)) if isinstance(m, dict)]
+        if not marks:
+            return []
+        first = min(marks, key=lambda mark: str(mark.get("changed_day")))
+        reason = (f"built on the risk of {self.previous_day.isoformat()}, which is stale "
+                  f"({first.get('reason')}); re-score from {first.get('changed_day')} in date order")
+        return [{"changed_day": str(first.get("changed_day")), "reason": reason, "marked_at": now}]
 
     def mark_later_days(self, output_dir: Path, run_id: str) -> list[date]:
         """After the commit: later days carry this day's risk, so they are stale if it changed."""

@@ -511,18 +511,8 @@ class _Run:
             manifest: RunManifest = {**record, "status": mf.SUCCEEDED, "finished_at": mf.utc_iso(finished),
                                      "duration_sec": round(finished - self.started, 3), "timings_sec": timings}
             self.record = manifest
-            stale = self.risk.stale_entries(self.output_dir, self.data_dir)
-            if stale:  # an earlier day or a verdict changed while this run computed its risk
-                # RiskRun.stale_entries (uba.alerting.risk) returns StaleEntry's keys as plain dicts
-                manifest["risk_stale"] = stale
-            io.fault_point("manifest", staging / io.MANIFEST_NAME)
-            io.write_json_atomic(manifest, staging / io.MANIFEST_NAME, durable=True)
-            step("manifest")
-            io.ensure_day_links(self.output_dir, self.day, on_step=step)
-            step("links")
-            io.add_day_version(self.output_dir, self.day, staging, self.run_id)
-            step("version")
-            io.commit_day_version(self.output_dir, self.day, self.run_id)  # the commit point
+            with io.stale_marks_lock(self.output_dir):  # no day marked stale between the check and the commit
+                self._commit(staging, manifest)
         step("commit")
         try:
             io.prune_day_versions(self.output_dir, self.day)
@@ -534,6 +524,23 @@ class _Run:
         except OSError as exc:  # published already; say which days may now be stale
             log.warning("could not mark the entity risk of the days after %s stale: %s", self.day, exc)
         return manifest
+
+    def _commit(self, staging: Path, manifest: RunManifest) -> None:
+        """Check what changed under this run's risk, write the manifest and commit the day
+        (``_publish``; the caller holds ``io.stale_marks_lock``)."""
+        step = self._publish_step
+        stale = self.risk.stale_entries(self.output_dir, self.data_dir)
+        if stale:  # an earlier day or a verdict changed while this run computed its risk
+            # RiskRun.stale_entries (uba.alerting.risk) returns StaleEntry's keys as plain dicts
+            manifest["risk_stale"] = stale
+        io.fault_point("manifest", staging / io.MANIFEST_NAME)
+        io.write_json_atomic(manifest, staging / io.MANIFEST_NAME, durable=True)
+        step("manifest")
+        io.ensure_day_links(self.output_dir, self.day, on_step=step)
+        step("links")
+        io.add_day_version(self.output_dir, self.day, staging, self.run_id)
+        step("version")
+        io.commit_day_version(self.output_dir, self.day, self.run_id)  # the commit point
 
     def _publish_step(self, name: str) -> None:
         """Fault injection: SIGKILL this process right after publish step ``name``."""
