@@ -19,6 +19,43 @@ from uba.errors import UserError
 from uba.logs import configure_logging, get_logger
 
 
+def _undecodable(text: str) -> str | None:
+    """The first character of ``text`` that no UTF-8 text holds, as the byte it stood for
+    (Python turns an argument's non-UTF-8 byte 0xE9 into U+DCE9), else as U+XXXX."""
+    bad = next((c for c in text if 0xD800 <= ord(c) <= 0xDFFF), None)
+    if bad is None:
+        return None
+    return f"the byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
+
+
+def _named(args: list[str], index: int) -> tuple[str, str]:
+    """(the option an argument is the value of, or "the argument"; the value)."""
+    arg = args[index]
+    if arg.startswith("--") and "=" in arg:
+        name, _, value = arg.partition("=")
+        return name, value
+    previous = args[index - 1] if index else ""
+    return (previous, arg) if previous.startswith("-") and not arg.startswith("-") else ("the argument", arg)
+
+
+def undecodable_argument(args: list[str]) -> str | None:
+    """One line naming the first argument that is not UTF-8 text, or None.
+
+    A note typed in a Latin-1 terminal (``--analyst $'\\xe9ric'``) or a file saved under a
+    Latin-1 name reached the command as text no file can store: `alerts ack`, `suppress add`,
+    `feedback` and `users import` ended in a UnicodeEncodeError or TypeError traceback
+    (found by an attack). Refused before anything runs, naming the option and the byte."""
+    for index, arg in enumerate(args):
+        found = _undecodable(arg)
+        if found is None:
+            continue
+        name, value = _named(args, index)
+        raw = value.encode("utf-8", "surrogateescape" if found.startswith("the byte") else "backslashreplace")
+        return (f"{name} '{raw.decode('utf-8', 'backslashreplace')}' holds {found}, which is not UTF-8 text: "
+                "set a UTF-8 locale (LANG=C.UTF-8) and type it again, or rename the file; nothing was done")
+    return None
+
+
 class _Group(click.Group):
     """Discovers commands lazily and turns user errors into one line and exit code 1."""
 
@@ -37,6 +74,13 @@ class _Group(click.Group):
             return None
         module = importlib.import_module(f"jobs.commands.{module_name}")
         return getattr(module, "command", None)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        problem = undecodable_argument(args)
+        if problem is not None:
+            click.echo(f"error: {problem}", err=True)
+            ctx.exit(1)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:  # Any: click.Group.invoke's own return type
         try:

@@ -435,3 +435,48 @@ def test_a_truncated_triage_part_is_one_line_naming_it_and_the_next_action_still
     assert f"{part} is not a readable Parquet file" in err and len(err.strip().splitlines()) == 1, err
     part.rename(part.with_suffix(".broken"))  # the operator moves it aside, as the message says
     assert f"{first}: acknowledged" in _ok("alerts", "ack", first, *_dirs(own))
+
+
+HOSTILE_ARGS = Path(__file__).parent / "hostile" / "cli_args"
+STORES = ("triage", "feedback", "suppressions", "directory")
+
+
+def _stored_files(data: Path) -> set[Path]:
+    return {p for store in STORES for p in (data / store).rglob("*.parquet")}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in HOSTILE_ARGS.glob("*.json")))
+def test_hostile_cli_arguments(name: str, own: Path, tmp_path: Path) -> None:
+    """The corpus tests/hostile/cli_args/ through a real `uba-batch` process, its arguments
+    as bytes: a note, an analyst or a file name that is not UTF-8 was a traceback at the
+    first write; it is now one line naming the option and the byte, and nothing is written."""
+    import os
+    import subprocess
+    import sys
+
+    case = json.loads((HOSTILE_ARGS / f"{name}.json").read_text())
+    event = next(a for a in _listed(own, "--days", "2") if a["alert_type"] == "event")
+    scratch = tmp_path / "case"
+    scratch.mkdir()
+
+    def filled(text: str) -> str:
+        return (text.replace("$EVENT_ALERT", event["alert_id"]).replace("$EVENT_ID", event["event_id"])
+                .replace("$TMP", str(scratch)))
+
+    for file_name, text in case.get("files", {}).items():
+        (scratch / file_name).write_text(filled(text))  # a U+DCxx in the name is written as its byte
+    env = {**os.environ, "UBA_DATA_DIR": str(own / "data"), "UBA_OUTPUT_DIR": str(own / "out")}
+    before = _stored_files(own / "data")
+    run = subprocess.run([str(Path(sys.executable).with_name("uba-batch")).encode(),
+                          *(filled(a).encode("utf-8", "surrogateescape") for a in case["args"])],
+                         env=env, capture_output=True, timeout=120)
+    out, err = run.stdout.decode("utf-8", "replace"), run.stderr.decode("utf-8", "replace")
+    assert run.returncode == case["exit_code"] and "Traceback" not in err, (out, err)
+    if case["exit_code"]:
+        (line,) = err.strip().splitlines()
+        assert line.startswith("error: ") and filled(case["error"]) in line, line
+        assert _stored_files(own / "data") == before, "a refusal writes nothing"
+    else:
+        assert filled(case["output"]) in out, out
+        if "stored_note_length" in case:
+            assert len(triage_log(own / "data")["note"][-1]) == case["stored_note_length"]
