@@ -480,3 +480,51 @@ def test_hostile_cli_arguments(name: str, own: Path, tmp_path: Path) -> None:
         assert filled(case["output"]) in out, out
         if "stored_note_length" in case:
             assert len(triage_log(own / "data")["note"][-1]) == case["stored_note_length"]
+
+
+def _blocked_on(lock: Path, pid: int) -> bool:
+    """Whether process ``pid`` waits for the flock of ``lock`` (a ``->`` line of /proc/locks)."""
+    inode = lock.stat().st_ino  # a waiter's line: "1: -> FLOCK ADVISORY WRITE <pid> <dev>:<inode> 0 EOF"
+    rows = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+    return any("->" in row and row[-4] == str(pid) and row[-3].endswith(f":{inode}") for row in rows)
+
+
+def test_a_close_killed_while_marking_risk_stale_is_not_on_record_unmarked(own: Path) -> None:
+    """A benign close stores the verdict, writes its row, then marks the risk it changed
+    stale. SIGKILLed between the row and the marking, the alert stayed closed with its
+    verdict in effect and its days never marked: nothing could repair it, a second close
+    being refused (found by an attack). The marking now comes before the row: killed there,
+    the alert is still open, and closing it again marks the days. (The test holds the runs'
+    stale-marks lock so the close waits exactly there, and kills it then.)"""
+    import fcntl
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from waiting import wait_until
+
+    from uba.alerting.risk import read_risk, stale_marker
+    from uba.manifest import read_manifest
+
+    table = read_risk(own / "out", DAYS[0])
+    assert table is not None
+    alert = next(c for cs in table["contributions"] for c in cs if c["event_id"])["alert_id"]
+    lock = own / "out" / io.RUNS / ".risk-stale.lock"
+    env = {**os.environ, "UBA_DATA_DIR": str(own / "data"), "UBA_OUTPUT_DIR": str(own / "out")}
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        close = subprocess.Popen([str(Path(sys.executable).with_name("uba-batch")), "alerts", "close", alert,
+                                  "--verdict", "benign", "--date", DAYS[0].isoformat()], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: _blocked_on(lock, close.pid), 60, "the close to wait for the stale-marks lock")
+        close.send_signal(signal.SIGKILL)
+        close.wait()
+    finally:
+        os.close(fd)
+    shown = json.loads(_ok("alerts", "show", alert, *_dirs(own)))  # every read still works
+    marked = all(stale_marker(read_manifest(own / "out", day)) for day in DAYS)
+    assert shown["status"] == "open" or marked, "closed on record, its risk days never marked stale"
+    assert "closed" in _ok("alerts", "close", alert, "--verdict", "benign", *_dirs(own))
+    assert all(stale_marker(read_manifest(own / "out", day)) for day in DAYS)

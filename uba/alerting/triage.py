@@ -36,7 +36,14 @@ from typing import TypedDict, cast
 import polars as pl
 
 from uba import io
-from uba.alerting.feedback import LABELS, WILDCARD, add_rule, known_reason_kinds, record_feedback
+from uba.alerting.feedback import (
+    LABELS,
+    WILDCARD,
+    FeedbackSummary,
+    add_rule,
+    known_reason_kinds,
+    record_feedback,
+)
 from uba.alerting.records import (
     RECORD_SCHEMA,
     RISK_LEVELS,
@@ -391,6 +398,7 @@ def apply_action(output_dir: Path, data_dir: Path, alert_id: str, action: str, v
             assert kinds, "_check_action lets only an alert with reason kinds suppress similar ones"
             rule = add_rule(data_dir, alert["user_id"], kinds[0], known_reason_kinds(),
                             note=note or f"benign alert {alert['alert_id']}")
+        stale = _mark_stale(output_dir, stored)  # before the action row, which is the commit point
         new_status = ACTIONS[action]
         row = pl.DataFrame([{
             "alert_id": alert["alert_id"], "action": action, "status": new_status, "verdict": verdict,
@@ -398,13 +406,25 @@ def apply_action(output_dir: Path, data_dir: Path, alert_id: str, action: str, v
             "event_date": alert["event_date"], "suppression_rule": rule, "recorded_at": datetime.now(UTC),
         }], schema=TRIAGE_SCHEMA)
         io.append_table_part(row, data_dir, TRIAGE)
-    stale: list[date] = []
-    if stored is not None:  # a late verdict (or a benign one taken back), as `uba-batch feedback` has it
-        try:
-            stale = mark_stale_after_feedback(output_dir, stored)
-        except (OSError, UserError) as exc:  # stored already: the verdict counts at the next re-score
-            log.warning("verdict stored, but entity risk could not be marked stale: %s", exc)
     return TriageResult(alert["alert_id"], new_status, verdict, feedback_id, rule, stale)
+
+
+def _mark_stale(output_dir: Path, stored: FeedbackSummary | None) -> list[date]:
+    """Mark the risk days a close's verdict changes stale (a late verdict, or a benign one
+    taken back, as `uba-batch feedback` has it), before the close's own row is written.
+
+    The row is what makes the alert closed, and a closed alert cannot be closed again: when
+    the marking came after it, a close killed in between (SIGKILL, OOM, a restart) left the
+    alert closed with its verdict in effect and the risk it changed never marked, for good
+    (found by an attack). Now a close on record has marked its days; one killed before its
+    row leaves the alert open, and closing it again stores and marks again."""
+    if stored is None:
+        return []
+    try:
+        return mark_stale_after_feedback(output_dir, stored)
+    except (OSError, UserError) as exc:  # stored already: the verdict counts at the next re-score
+        log.warning("verdict stored, but entity risk could not be marked stale: %s", exc)
+        return []
 
 
 def status_counts(data_dir: Path, records: pl.DataFrame) -> dict[str, dict[str, int]]:
