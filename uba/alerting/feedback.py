@@ -34,6 +34,8 @@ from uba.features.reasons import REASON_KINDS
 from uba.schema import FEEDBACK_COLUMNS, FEEDBACK_SCHEMA
 
 LABELS = ("benign", "malicious")
+MAX_ANALYST = 256  # POST /feedback's limits (uba.api.schemas), for a CSV too
+MAX_NOTE = 2000
 WILDCARD = "*"
 RULE_SCHEMA: dict[str, pl.DataType] = {
     "rule_id": pl.String(),
@@ -69,6 +71,16 @@ def _text(value: object) -> str | None:
     return text or None
 
 
+def _bounded(value: object, field: str, limit: int, where: str) -> str | None:
+    """An analyst's name or note, at most ``limit`` characters: the limits POST /feedback
+    has (``uba.api.schemas``). A feedback CSV had none, and stored a 20 MB note and a
+    300-character analyst that the API refuses for the same verdict (found by an attack)."""
+    text = _text(value)
+    if text is not None and len(text) > limit:
+        raise UserError(f"{where}: {field} is {len(text)} characters, at most {limit}")
+    return text
+
+
 def _event_id(value: object, max_id_length: int, where: str) -> str:
     """The stored text of a feedback event id, by the event id rule of ingest and the API
     (``uba.event_rules.check_id``): the CSV path stored a 10 MB id, or one holding NUL or a
@@ -100,8 +112,8 @@ def validate_feedback(rows: Sequence[Mapping[str, object]], where: Callable[[int
             raise UserError(f"{where(i)}: label {raw_label!r} is not one of {', '.join(LABELS)}")
         clean["event_id"].append(event_id)
         clean["label"].append(label)
-        clean["analyst"].append(_text(row.get("analyst")))
-        clean["note"].append(_text(row.get("note")))
+        clean["analyst"].append(_bounded(row.get("analyst"), "analyst", MAX_ANALYST, where(i)))
+        clean["note"].append(_bounded(row.get("note"), "note", MAX_NOTE, where(i)))
     return pl.DataFrame(clean, schema={c: pl.String() for c in FEEDBACK_COLUMNS})
 
 
