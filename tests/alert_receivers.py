@@ -60,9 +60,10 @@ class WebhookReceiver:
     accepted record in arrival order (duplicates included)."""
 
     def __init__(self, secrets: list[bytes] | None = None, behaviour: Behaviour | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, keep_alive: bool = False) -> None:
         self.secrets = secrets or []
         self.tls = tls
+        self.keep_alive = keep_alive  # HTTP/1.1 answering "Connection: keep-alive" whatever the request said
         self.behaviour = behaviour or Behaviour()
         self.arrivals: list[tuple[str, str]] = []
         self.requests = 0
@@ -132,12 +133,18 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            # a handler that sets "Connection: keep-alive" itself keeps the connection open
+            # after a request that asked to close it (http.server lets the header decide)
+            protocol_version = "HTTP/1.1" if receiver.keep_alive else "HTTP/1.0"
+
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
 
             def _answer(self, status: int, extra: dict[str, str] | None = None) -> None:
                 try:
                     self.send_response(status)
+                    if receiver.keep_alive:
+                        self.send_header("Connection", "keep-alive")
                     for key, value in (extra or {}).items():
                         self.send_header(key, value)
                     self.send_header("Content-Length", "0")
@@ -162,6 +169,51 @@ class WebhookReceiver:
                 return self._answer(status)
 
         return Handler
+
+
+class UvicornWebhook:
+    """A webhook served by uvicorn (h11, asyncio), as an ASGI app is deployed, over TLS with
+    ``certificate`` (cert, key): it reads each batch, records its alert ids in ``arrivals``
+    and answers ``200 {"ok": true}``. Over TLS asyncio closes a connection with a TLS
+    close_notify and then waits (up to 30 s) for the client's before closing TCP."""
+
+    def __init__(self, certificate: tuple[str, str] | None = None) -> None:
+        import uvicorn
+
+        self.arrivals: list[str] = []
+        self.tls = certificate is not None
+        config = uvicorn.Config(self._app, host="127.0.0.1", port=0, http="h11", loop="asyncio", interface="asgi3",
+                                lifespan="off", access_log=False, log_level="warning",
+                                ssl_certfile=certificate[0] if certificate else None,
+                                ssl_keyfile=certificate[1] if certificate else None)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        self.port = int(self._server.servers[0].sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hook"
+
+    async def _app(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        self.arrivals += json.loads(body)["alert_ids"]
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"ok": true}'})
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
 
 
 class _LoopbackServer:

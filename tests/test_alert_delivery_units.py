@@ -398,10 +398,46 @@ def test_a_well_behaved_receiver_still_acknowledges_at_once(tmp_path: Path) -> N
             receiver.close()
 
 
+WAIT_FOR_THE_CLIENT = ("uvicorn over TLS", "http.server answering keep-alive", "http.server answering keep-alive, TLS")
+
+
+@pytest.mark.integration  # real servers on 127.0.0.1
+@pytest.mark.parametrize("case", WAIT_FOR_THE_CLIENT)
+def test_receivers_that_wait_for_the_client_to_close_acknowledge_at_once(
+        tmp_path: Path, certificate: tuple[Path, Path], case: str) -> None:
+    """Ordinary servers that close only after the client does: uvicorn (asyncio) over TLS
+    sends its close_notify and waits for the client's before closing TCP; an http.server
+    handler that sets ``Connection: keep-alive`` itself keeps the connection for the next
+    request. The sender waited for their close until timeout_sec on every batch (10 s per
+    batch at the default: 2 minutes for a 300-alert day). It half-closes once the 2xx is
+    read, so they close at once; each batch arrives once and counts."""
+    from alert_receivers import UvicornWebhook
+
+    if case == "uvicorn over TLS":
+        receiver: Any = UvicornWebhook((str(certificate[0]), str(certificate[1])))
+        arrivals, stop = (lambda: receiver.arrivals), receiver.close
+    else:
+        receiver = WebhookReceiver(tls=_server_tls(certificate) if "TLS" in case else None, keep_alive=True)
+        arrivals, stop = receiver.ids, receiver.down
+    try:
+        timeout = 6.0
+        settings = _settings(tmp_path, receiver.url, ca_file=str(certificate[0]), batch_size=2, timeout_sec=timeout)
+        ids = _enqueue(settings, {DAY: 6})
+        started = time.monotonic()
+        [report] = deliver(settings, check_sinks(settings, env={}))
+        elapsed = time.monotonic() - started
+        assert report.delivered == 6 and report.requests == 3, report.line()
+        assert arrivals() == ids, "each alert once, in order"
+        assert elapsed < timeout, f"3 batches took {elapsed:.1f} s: a wait for timeout_sec ({timeout:g} s)"
+    finally:
+        stop()
+
+
 @pytest.mark.integration  # a real server on 127.0.0.1
 def test_a_2xx_from_a_receiver_that_keeps_the_connection_open_counts_at_timeout_sec(tmp_path: Path) -> None:
-    """A receiver ignoring ``Connection: close`` gave no sign of skipping the body: its 200
-    is taken once timeout_sec has passed, not retried for ever (the sink would never move)."""
+    """A receiver ignoring ``Connection: close`` and our half-close (it reads no more) gave no
+    sign of skipping the body: its 200 is taken once timeout_sec has passed, not retried for
+    ever (the sink would never move)."""
     receiver = RawWebhook(_answer("200 OK"), hold_sec=10)
     try:
         settings = _settings(tmp_path, receiver.url, timeout_sec=1, max_attempts=3)

@@ -2,10 +2,11 @@
 
 Every send ends in one of three ``Outcome`` kinds:
 
-- ``ack``: the sink has the batch (a 2xx after which the receiver closed the connection
-  without resetting it, and whose JSON answer reports no error; for syslog, the bytes
-  were sent and the collector closed the connection after our end of the batch reached
-  it, having read them all as far as TCP can tell);
+- ``ack``: the sink has the batch (a 2xx after which the receiver closed the connection,
+  at the latest once we half-closed ours, without resetting it, and whose JSON answer
+  reports no error; for syslog, the bytes were sent and the collector closed the
+  connection after our end of the batch reached it, having read them all as far as TCP
+  can tell);
 - ``retry``: try again later (timeouts, refused or reset connections, 5xx, 408, 429,
   a 413 with a ``Retry-After``, a 2xx answer that reports an error or that came before
   the receiver read the request); and ``stop``, a failure no retry of this run will cure and
@@ -175,9 +176,23 @@ def _watcher(sock: socket.socket | None) -> socket.socket | None:
     return socket.socket(fileno=os.dup(sock.fileno()))
 
 
+def _half_close(watch: socket.socket) -> None:
+    """End our side of the connection (a TCP FIN; over TLS without a close_notify) once the 2xx
+    is read: we send nothing more. Ordinary servers close only after the client: uvicorn (asyncio,
+    uvloop) over TLS sends its close_notify and waits for the client's before closing TCP, and
+    an http.server handler that sets ``Connection: keep-alive`` waits for the next request.
+    Each held every batch until timeout_sec (10 s a batch by default). On our end of stream
+    they close at once. A FIN is safe where a close_notify is not: a close_notify (data)
+    reaching a receiver that has already closed is answered with a reset, which would read
+    as a receiver that skipped the request; a FIN is not."""
+    with suppress(OSError):  # already reset or cut: the wait reads why
+        watch.shutdown(socket.SHUT_WR)
+
+
 def _closed_without_reset(watch: socket.socket, deadline: float, cut: threading.Event) -> str | None:
-    """Wait (until ``deadline``) for the receiver to close the connection, as the request's
-    ``Connection: close`` asks; why its 2xx is no acknowledgement, or None.
+    """Half-close, then wait (until ``deadline``) for the receiver to close the connection,
+    as the request's ``Connection: close`` and our end of stream ask; why its 2xx is no
+    acknowledgement, or None.
 
     A receiver that answers 200 before reading the request and closes (a misconfigured
     proxy, a handler that answers first) never had the body: its kernel resets the
@@ -188,6 +203,7 @@ def _closed_without_reset(watch: socket.socket, deadline: float, cut: threading.
     acknowledged). A receiver still holding the connection at the deadline (or when
     ``cut``, the request's deadline, closed it from our side) gave no sign of skipping the
     body: its 2xx stands."""
+    _half_close(watch)
     try:
         while True:
             remaining = deadline - time.monotonic()
