@@ -285,14 +285,15 @@ def _read_request(conn: socket.socket) -> bytes:
 
 class RawWebhook(_LoopbackServer):
     """A webhook that answers every request with ``answer`` bytes written ``byte_pause``
-    seconds apart (0: all at once), then closes (after ``hold_sec``: a receiver keeping the
+    seconds apart (0: all at once; ``at_once`` bytes first in one write), then closes (after ``hold_sec``: a receiver keeping the
     connection open): scripted misbehaviour a real http.server cannot produce (a response
     trickled a byte at a time, a status line of garbage)."""
 
-    def __init__(self, answer: bytes, byte_pause: float = 0.0, hold_sec: float = 0.0) -> None:
+    def __init__(self, answer: bytes, byte_pause: float = 0.0, hold_sec: float = 0.0, at_once: int = 0) -> None:
         self.answer = answer
         self.byte_pause = byte_pause
         self.hold_sec = hold_sec
+        self.at_once = at_once  # with byte_pause: the first bytes (a head) sent at once, the rest trickled
         self.requests = 0
         super().__init__()
 
@@ -313,7 +314,8 @@ class RawWebhook(_LoopbackServer):
                     conn.sendall(self.answer)
                     self._stop.wait(self.hold_sec)
                     return
-                for byte in self.answer:
+                conn.sendall(self.answer[:self.at_once])
+                for byte in self.answer[self.at_once:]:
                     if self._stop.is_set():
                         return
                     conn.sendall(bytes([byte]))

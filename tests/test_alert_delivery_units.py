@@ -264,6 +264,28 @@ def test_a_receiver_trickling_its_answer_is_cut_at_timeout_sec(tmp_path: Path) -
 
 
 @pytest.mark.integration  # a real server on 127.0.0.1
+@pytest.mark.parametrize("head", [b"HTTP/1.1 200 OK\r\nConnection: close\r\n", b"HTTP/1.0 200 OK\r\n",
+                                  b"HTTP/1.1 200 OK\r\n"], ids=["1.1 close", "1.0", "1.1 keep-alive"])
+def test_a_receiver_trickling_its_body_after_a_prompt_head_is_cut_at_timeout_sec(tmp_path: Path, head: bytes) -> None:
+    """The deadline shut the connection's socket down, but http.client lets go of it once
+    the head of an answer that closes (``Connection: close``, HTTP/1.0) is read: a body
+    trickled a byte every 0.2 s was waited for whole (30 bytes: 6 s at timeout_sec 1, and
+    without end for a longer body), past timeout_sec and the delivery budget."""
+    body = b"x" * 30
+    answer = head + b"Content-Length: %d\r\n\r\n" % len(body)
+    receiver = RawWebhook(answer + body, byte_pause=0.2, at_once=len(answer))
+    try:
+        settings = _settings(tmp_path, receiver.url, timeout_sec=1, max_attempts=1)
+        _enqueue(settings, {DAY: 2})
+        started = time.monotonic()
+        [report] = deliver(settings, check_sinks(settings, env={}))
+        assert time.monotonic() - started < 3, "one attempt of at most timeout_sec"
+        assert report.delivered == 0 and "within timeout_sec 1 s" in (report.stopped or ""), report.line()
+    finally:
+        receiver.close()
+
+
+@pytest.mark.integration  # a real server on 127.0.0.1
 @pytest.mark.parametrize("answer", [
     b"\x00\x01garbage\x1b[2J\r\n\r\n",
     b"HTTP/1.1 500 Oops\x1b[31m\r\nContent-Length: 18\r\n\r\n\x00evil\x1b[2J\x07\x08end\x9b",
@@ -313,6 +335,9 @@ NOT_ACKNOWLEDGED = {  # what a hostile webhook answers -> words of the ledger's 
                                     b"Content-Length: 0\r\n\r\n", "HTTP 429"),
     "503 with an HTTP-date Retry-After": (b"HTTP/1.1 503 Busy\r\nRetry-After: Fri, 31 Dec 9999 23:59:59 GMT\r\n"
                                           b"Content-Length: 0\r\n\r\n", "HTTP 503"),
+    "503 with a Retry-After year past a C long": (b"HTTP/1.1 503 Busy\r\nRetry-After: Fri, 31 Dec "
+                                                  b"99999999999999999999 23:59:59 GMT\r\nContent-Length: 0\r\n\r\n",
+                                                  "HTTP 503"),
 }
 
 
@@ -343,6 +368,35 @@ def test_answers_that_are_no_acknowledgement_leave_the_batch_pending_with_bounde
     finally:
         receiver.close()
         target.down()
+
+
+ACKNOWLEDGED = {  # a receiver that read the batch and answers 2xx in ways it may -> delivered, no traceback
+    "100 Continue before the 200": b"HTTP/1.1 100 Continue\r\n\r\n" + _answer("200 OK"),
+    "102 Processing before the 200": b"HTTP/1.1 102 Processing\r\n\r\n" + _answer("200 OK"),
+    "103 Early Hints before the 200": (b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+                                       b"HTTP/1.1 103 Early Hints\r\n\r\n" + _answer("200 OK")),
+    "200 whose body nests deeper than json recurses": _answer("200 OK", b"[" * 4000),
+    "200 with a Retry-After year past a C long": _answer("200 OK", headers=b"Retry-After: Fri, 31 Dec "
+                                                         b"99999999999999999999 23:59:59 GMT\r\n"),
+}
+
+
+@pytest.mark.integration  # a real server on 127.0.0.1
+@pytest.mark.parametrize("case", list(ACKNOWLEDGED))
+def test_a_2xx_after_interim_answers_or_with_an_odd_body_or_header_is_delivered(tmp_path: Path, case: str) -> None:
+    """RFC 9110 15.2: a client must parse any 1xx before the final answer. http.client skips
+    only 100, so a receiver sending 102 Processing or 103 Early Hints first had its 1xx taken
+    as the answer: the sink stopped ("refuses every request") and never delivered. A 200
+    whose body nests JSON 4,000 deep (RecursionError) or whose Retry-After names a year past
+    a C long (OverflowError) crashed the delivery run with a traceback."""
+    receiver = RawWebhook(ACKNOWLEDGED[case])
+    try:
+        settings = _settings(tmp_path, receiver.url)
+        _enqueue(settings, {DAY: 2})
+        [report] = deliver(settings, check_sinks(settings, env={}))
+        assert report.delivered == 2 and report.requests == 1 and report.stopped is None, report.line()
+    finally:
+        receiver.close()
 
 
 @pytest.mark.integration  # a real server on 127.0.0.1

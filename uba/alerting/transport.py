@@ -76,7 +76,8 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     """``Retry-After`` as seconds: delta-seconds or an HTTP date (RFC 9110 10.2.3); None
     for anything else. Digits are ASCII digits: http.client reads header bytes as Latin-1,
     where ``\xb2`` is ``²``, which ``str.isdigit`` accepts and ``float`` refuses, so a
-    receiver answering ``Retry-After: \xb2`` crashed the delivery run with a traceback."""
+    receiver answering ``Retry-After: \xb2`` crashed the delivery run with a traceback (as
+    did a date whose year does not fit a C long, even on a 2xx)."""
     if not value:
         return None
     value = value.strip()
@@ -84,7 +85,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # a year past a C long: OverflowError
         return None
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)
@@ -153,13 +154,14 @@ ERROR_WORDS = frozenset({"error", "failed", "failure", "fail"})
 def answer_reports_error(answer: str) -> bool:
     """Whether a 2xx answer's JSON body says the batch was not taken: ``"ok": false`` (Slack's
     Web API), ``"success": false``, ``"errors": true`` (Elasticsearch's ``_bulk``), a non-empty
-    ``"error"`` or ``"errors"``, or ``"status": "error"``. Such a receiver (or the proxy in
+    ``"error"`` or ``"errors"``, or a ``"status"`` of ``error``, ``fail``, ``failed`` or ``failure``. Such a receiver (or the proxy in
     front of it) answers 200 and means no; the batch was marked delivered and never stored.
-    Anything else (no body, text, JSON without these keys, a body over 4 KiB) is an
-    acknowledgement, as the 2xx says."""
+    Anything else (no body, text, JSON without these keys, a body over 4 KiB, JSON nested
+    deeper than Python recurses, which raised RecursionError out of the delivery run) is
+    an acknowledgement, as the 2xx says."""
     try:
         doc = json.loads(answer)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     if not isinstance(doc, dict):
         return False
@@ -228,6 +230,20 @@ def _closed_without_reset(watch: socket.socket, deadline: float, cut: threading.
     return None
 
 
+class FinalResponse(http.client.HTTPResponse):
+    """An answer read past every interim 1xx. RFC 9110 15.2: a client must parse any 1xx
+    before the final answer; http.client skips only 100 Continue, so a receiver sending
+    102 Processing or 103 Early Hints first had that taken as its answer, and the sink
+    stopped as one that "refuses every request", its alerts never delivered."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]  # private in typeshed
+            if not 101 < status < 200:  # 100 is skipped by http.client; 101 is no interim answer here
+                return str(version), int(status), str(reason)
+            http.client.parse_headers(self.fp)  # the 1xx's own headers, bounded like any head
+
+
 class WebhookSender:
     """POSTs batches to one webhook; one connection per request (no state to go stale)."""
 
@@ -243,10 +259,11 @@ class WebhookSender:
             if self._https else None
 
     def _connection(self) -> http.client.HTTPConnection:
-        if self._context is not None:
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self.sink.timeout_sec,
-                                               context=self._context)
-        return http.client.HTTPConnection(self._host, self._port, timeout=self.sink.timeout_sec)
+        connection = http.client.HTTPSConnection(self._host, self._port, timeout=self.sink.timeout_sec,
+                                                 context=self._context) if self._context is not None \
+            else http.client.HTTPConnection(self._host, self._port, timeout=self.sink.timeout_sec)
+        connection.response_class = FinalResponse
+        return connection
 
     def headers(self, body: bytes, alert_ids: Sequence[str]) -> dict[str, str]:
         headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": f"uba/{__version__}",
@@ -262,13 +279,17 @@ class WebhookSender:
         deadline = time.monotonic() + self.sink.timeout_sec
         watch: socket.socket | None = None
         try:
-            with request_deadline(self.sink.timeout_sec, lambda: connection.sock) as expired:
+            # the watcher once there is one: http.client lets go of its socket once it read the
+            # head of an answer that closes, and a body trickled after it was waited for whole
+            with request_deadline(self.sink.timeout_sec, lambda: watch or connection.sock) as expired:
                 connection.request("POST", self._target, body=body, headers=self.headers(body, alert_ids))
                 if expired.is_set():  # the deadline passed while connecting: no socket was there to cut
                     raise TimeoutError
                 watch = _watcher(connection.sock)
                 response = connection.getresponse()
                 answer = response.read(4096).decode("utf-8", "replace")
+                if expired.is_set():  # cut short, which http.client's read(amt) does not report
+                    raise TimeoutError
                 outcome = classify_status(response.status, response.reason, response.getheader("Retry-After"))
                 if outcome.kind == "ack":
                     outcome = self._acknowledged(outcome, answer, watch, deadline, expired)
