@@ -343,3 +343,93 @@ def test_verdicts_stored_at_once_each_leave_their_stale_mark(world: RiskWorld, t
     assert all(job.returncode == 0 for job in jobs), outputs
     reasons = " ".join(entry["reason"] for entry in stale_marker(_manifest(own.out, DAYS[2])))
     assert [alert for alert in ids if alert not in reasons] == [], "every verdict left its mark"
+
+
+def _blocked_on(lock: Path, pid: int) -> bool:
+    """Whether process ``pid`` waits for the flock of ``lock`` (a ``->`` line of /proc/locks)."""
+    inode = lock.stat().st_ino  # a waiter's line: "1: -> FLOCK ADVISORY WRITE <pid> <dev>:<inode> 0 EOF"
+    rows = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+    return any("->" in row and row[-4] == str(pid) and row[-3].endswith(f":{inode}") for row in rows)
+
+
+def _stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (state ``T`` in /proc/<pid>/stat)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T"
+
+
+def test_a_day_published_while_a_verdict_waits_to_mark_is_stale(world: RiskWorld, tmp_path: Path) -> None:
+    """A benign verdict listed the risk days to mark (D1, D2) before taking the runs'
+    stale-marks lock; the first run of D3, committed in between, saw D2 unmarked in its
+    check and was published as current, and the verdict then marked only the days it had
+    listed: D3 carried the verdict's alert in D2's scores for good, never named stale
+    (found by an attack). The days are now listed under the lock. (The test holds the lock
+    until the verdict waits for it, stops the verdict there, lets D3 commit, then resumes it.)"""
+    import fcntl
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from waiting import wait_until
+
+    own = RiskWorld(tmp_path / "data", world.model_dir, tmp_path / "out")
+    shutil.copytree(world.data_dir, own.data_dir)
+    _score(own, DAYS[0])
+    _score(own, DAYS[1])
+    first = read_risk(own.out, DAYS[0])
+    assert first is not None and first.height
+    victim = next(c for cs in first["contributions"] for c in cs)
+    csv = tmp_path / "verdict.csv"
+    csv.write_text(f"event_id,label\n{victim['alert_id']},benign\n")
+    lock = own.out / io.RUNS / ".risk-stale.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    verdict = None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        verdict = subprocess.Popen([str(Path(sys.executable).with_name("uba-batch")), "feedback", str(csv),
+                                    "--data-dir", str(own.data_dir), "--output-dir", str(own.out)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_until(lambda: _blocked_on(lock, verdict.pid), 120, "the verdict to wait for the stale-marks lock")
+        verdict.send_signal(signal.SIGSTOP)  # out of the wait, retries it only once resumed
+        wait_until(lambda: _stopped(verdict.pid), 60, "the verdict to stop")  # released before: it took it
+        os.close(fd)
+        fd = -1
+        _score(own, DAYS[2])  # its first run, on D2's risk, which still counts the alert
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if verdict is not None:
+            verdict.send_signal(signal.SIGCONT)
+    assert verdict is not None
+    output = verdict.communicate(timeout=180)[0]
+    assert verdict.returncode == 0, output
+    assert stale_marker(_manifest(own.out, DAYS[1])), "the verdict's later day is marked"
+    marks = stale_marker(_manifest(own.out, DAYS[2]))
+    assert marks and marks[0]["changed_day"] == DAYS[0].isoformat(), marks
+
+
+def test_a_run_killed_after_its_commit_has_marked_the_later_days(world: RiskWorld, tmp_path: Path) -> None:
+    """The middle day scored for the first time after the last one: its run committed, then
+    marked the last day stale. SIGKILLed in between, the last day carried a risk without
+    the middle day's alerts as current for good: re-running the middle day found its risk
+    unchanged and marked nothing (found by an attack). The marks now come before the commit
+    point, under the runs' stale-marks lock the run already holds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    own = RiskWorld(tmp_path / "data", world.model_dir, tmp_path / "out")
+    shutil.copytree(world.data_dir, own.data_dir)
+    _score(own, DAYS[0])
+    _score(own, DAYS[2])
+    env = {**os.environ, "UBA_FAULT_KILL_AT_PUBLISH_STEP": "prune"}  # right after the commit and its clean-up
+    killed = subprocess.run([str(Path(sys.executable).with_name("uba-batch")), "score", "--date",
+                             DAYS[1].isoformat(), *own.args(), "--in-process"], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert _manifest(own.out, DAYS[1])["risk"]["previous"]["date"] == DAYS[0].isoformat(), "published"
+    _score(own, DAYS[1])  # its risk is the same now: a re-run marks nothing more
+    (entry,) = stale_marker(_manifest(own.out, DAYS[2]))
+    assert entry["changed_day"] == DAYS[1].isoformat(), entry
+    assert entry["reason"].startswith(f"{DAYS[1]} scored for the first time after them (run "), entry

@@ -378,15 +378,29 @@ def stale_marker(manifest: RunManifest | None) -> list[StaleEntry]:
     return list(manifest.get(STALE_KEY) or [])
 
 
-def mark_stale(output_dir: Path, days: Iterable[date], reason: str, changed_day: date) -> list[date]:
-    """Add a ``risk_stale`` entry (reason, the day that changed, when) to each day's published
-    manifest; returns the days marked. The manifest file inside the published version is
-    replaced atomically (its links are left alone); re-scoring the day writes a new
-    manifest without the marker, which is how it clears."""
+def mark_stale(output_dir: Path, first: date, reason: str, changed_day: date) -> list[date]:
+    """Add a ``risk_stale`` entry (reason, the day that changed, when) to the published
+    manifest of every risk day from ``first`` on; returns the days marked. The manifest
+    file inside the published version is replaced atomically (its links are left alone);
+    re-scoring the day writes a new manifest without the marker, which is how it clears.
+
+    The days are listed under the stale-marks lock, not by the caller before it: a day
+    first published between a listing and the lock (its run's check saw the day before it
+    still unmarked) was left out, and carried the changed risk as current for good (found
+    by an attack). Under the lock, a run commits either before the listing (and is marked)
+    or after the marking (and sees the day before it marked: born stale)."""
+    with io.stale_marks_lock(Path(output_dir)):  # one marker at a time, never while a run commits
+        return mark_stale_held(output_dir, first, reason, changed_day)
+
+
+def mark_stale_held(output_dir: Path, first: date, reason: str, changed_day: date) -> list[date]:
+    """:func:`mark_stale` for a caller that holds ``io.stale_marks_lock`` already (a score
+    run between its check and its commit): ``flock`` is not re-entrant, so taking the lock
+    again in the same process would wait for itself for good."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     entry: dict[str, JsonValue] = {"changed_day": changed_day.isoformat(), "reason": reason, "marked_at": now}
-    with io.stale_marks_lock(Path(output_dir)):  # one marker at a time, never while a run commits
-        marked = [day for day in sorted(set(days)) if _add_mark(Path(output_dir), day, entry)]
+    days = [day for day in risk_days(output_dir) if day >= first]
+    marked = [day for day in days if _add_mark(Path(output_dir), day, entry)]
     if marked:
         log.warning("entity risk of %s is stale (%s): re-score %s", ", ".join(d.isoformat() for d in marked),
                     reason, "it" if len(marked) == 1 else "them in date order (uba-batch backfill)")
@@ -505,9 +519,8 @@ def mark_stale_after_verdicts(output_dir: Path, ids: Iterable[str], unbenign: It
     if not hits:
         return []
     first, template, named = min(hits, key=lambda hit: hit[0])
-    days = [d for d in risk_days(output_dir) if d >= first]
     shown = named[0] if len(named) == 1 else f"{len(named)} alerts"
-    return mark_stale(output_dir, days, template.format(shown, first.isoformat()), first)
+    return mark_stale(output_dir, first, template.format(shown, first.isoformat()), first)
 
 
 def mark_stale_after_feedback(output_dir: Path, summary: FeedbackSummary) -> list[date]:
@@ -598,13 +611,18 @@ class RiskRun:
         return [{"changed_day": str(first.get("changed_day")), "reason": reason, "marked_at": now}]
 
     def mark_later_days(self, output_dir: Path, run_id: str) -> list[date]:
-        """After the commit: later days carry this day's risk, so they are stale if it changed."""
-        later = later_risk_days(output_dir, self.day)
-        if not later or not tables_differ(self.old_table, self.table):
+        """Later days carry this day's risk, so they are stale if it changed. Called by the
+        run holding ``io.stale_marks_lock``, just before its commit: marked after the commit,
+        a run killed in between (SIGKILL, OOM) left them unmarked for good, since re-running
+        the day finds its risk unchanged (found by an attack). Killed after the marks and
+        before the commit, the later days are marked although the day was not re-published:
+        stale for nothing until re-scored, which is the safe side."""
+        if not tables_differ(self.old_table, self.table):
             return []
         what = ("scored for the first time after them" if self.old_table is None
                 else "re-scored and its risk changed")
-        return mark_stale(output_dir, later, f"{self.day.isoformat()} {what} (run {run_id})", self.day)
+        return mark_stale_held(output_dir, self.day + timedelta(days=1),
+                               f"{self.day.isoformat()} {what} (run {run_id})", self.day)
 
 
 def _run_id(output_dir: Path, day: date | None) -> str | None:

@@ -519,15 +519,13 @@ class _Run:
         except OSError as exc:  # published already: the next run retries the clean-up
             log.warning("could not delete old versions of %s: %s", self.day, exc)
         step("prune")
-        try:
-            self.risk.mark_later_days(self.output_dir, self.run_id)
-        except OSError as exc:  # published already; say which days may now be stale
-            log.warning("could not mark the entity risk of the days after %s stale: %s", self.day, exc)
         return manifest
 
     def _commit(self, staging: Path, manifest: RunManifest) -> None:
-        """Check what changed under this run's risk, write the manifest and commit the day
-        (``_publish``; the caller holds ``io.stale_marks_lock``)."""
+        """Check what changed under this run's risk, write the manifest, mark the later days
+        stale if this day's risk changed, and commit the day (``_publish``; the caller holds
+        ``io.stale_marks_lock``). The marks come before the commit point: after it, a run
+        killed in between left them unmarked for good (re-running finds the risk unchanged)."""
         step = self._publish_step
         stale = self.risk.stale_entries(self.output_dir, self.data_dir)
         if stale:  # an earlier day or a verdict changed while this run computed its risk
@@ -540,6 +538,10 @@ class _Run:
         step("links")
         io.add_day_version(self.output_dir, self.day, staging, self.run_id)
         step("version")
+        try:
+            self.risk.mark_later_days(self.output_dir, self.run_id)
+        except OSError as exc:  # the day is still worth publishing; say which days may now be stale
+            log.warning("could not mark the entity risk of the days after %s stale: %s", self.day, exc)
         io.commit_day_version(self.output_dir, self.day, self.run_id)  # the commit point
 
     def _publish_step(self, name: str) -> None:
