@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from uba.alerting.signing import HEADER, verify_signature
@@ -216,6 +219,21 @@ class UvicornWebhook:
         self._thread.join(10)
 
 
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1 made by openssl (as a private CA would), for TLS
+    receivers and collectors; the certificate is the sink's ``ca_file``. Skips the test
+    when openssl is missing (.ci/run installs it)."""
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed (.ci/run installs it)")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
 class _LoopbackServer:
     """A TCP server on 127.0.0.1 (a free port) whose thread hands each accepted connection
     to ``_handle``, until ``close``."""
@@ -234,6 +252,11 @@ class _LoopbackServer:
             except (TimeoutError, OSError):
                 continue
             self._handle(conn)
+
+    @property
+    def url(self) -> str:
+        """Where a webhook sink posts (the syslog collectors take the port)."""
+        return f"http://127.0.0.1:{self.port}/hook"
 
     def _handle(self, conn: socket.socket) -> None:
         raise NotImplementedError
@@ -285,8 +308,8 @@ def _read_request(conn: socket.socket) -> bytes:
 
 class RawWebhook(_LoopbackServer):
     """A webhook that answers every request with ``answer`` bytes written ``byte_pause``
-    seconds apart (0: all at once; ``at_once`` bytes first in one write), then closes (after ``hold_sec``: a receiver keeping the
-    connection open): scripted misbehaviour a real http.server cannot produce (a response
+    seconds apart (0: all at once; ``at_once`` bytes first in one write), then closes
+    (after ``hold_sec``: a receiver keeping the connection open): scripted misbehaviour a real http.server cannot produce (a response
     trickled a byte at a time, a status line of garbage)."""
 
     def __init__(self, answer: bytes, byte_pause: float = 0.0, hold_sec: float = 0.0, at_once: int = 0) -> None:
@@ -296,10 +319,6 @@ class RawWebhook(_LoopbackServer):
         self.at_once = at_once  # with byte_pause: the first bytes (a head) sent at once, the rest trickled
         self.requests = 0
         super().__init__()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
 
     def _handle(self, conn: socket.socket) -> None:
         self.requests += 1
@@ -334,10 +353,6 @@ class EarlyAnswerWebhook(_LoopbackServer):
     def __init__(self) -> None:
         self.requests = 0
         super().__init__()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
 
     def _handle(self, conn: socket.socket) -> None:
         self.requests += 1

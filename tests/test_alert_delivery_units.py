@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alert_receivers import Behaviour, RawWebhook, WebhookReceiver
+from alert_receivers import Behaviour, RawWebhook, WebhookReceiver, self_signed_certificate
 from waiting import wait_until
 
 from uba.alerting.delivery import ReadySink, _SinkRun, backoff_delay, check_sinks, deliver
@@ -621,17 +621,7 @@ def test_malformed_urls_are_refused_at_load(tmp_path: Path, url: str, message: s
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 (made by openssl, as a private CA would)."""
-    import shutil
-    import subprocess
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed (.ci/run installs it)")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def _server_tls(certificate: tuple[Path, Path]) -> Any:

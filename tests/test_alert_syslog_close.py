@@ -14,15 +14,13 @@ so its close certainly comes before our end of the batch: the tests are not race
 from __future__ import annotations
 
 import math
-import shutil
 import ssl
-import subprocess
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import cast
 
 import pytest
-from alert_receivers import ScriptedSyslogCollector, Step
+from alert_receivers import ScriptedSyslogCollector, Step, self_signed_certificate
 
 from uba.alerting.delivery import SinkReport, check_sinks, deliver
 from uba.alerting.ledger import Entry, Ledger, OutboxRow
@@ -141,13 +139,7 @@ def test_a_collector_that_closes_after_reading_the_whole_batch_acknowledges_it_o
 def server_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, Path]:
     """A server context with a self-signed certificate for 127.0.0.1 (made by openssl), and the
     certificate as the sink's ``ca_file``."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed (.ci/run installs it)")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    cert, key = self_signed_certificate(tmp_path_factory.mktemp("tls"))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(cert), str(key))
     return context, cert
