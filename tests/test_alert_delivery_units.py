@@ -29,7 +29,13 @@ from uba.alerting.payloads import (
     webhook_body,
 )
 from uba.alerting.signing import parse_signature, sign, verify_signature
-from uba.alerting.transport import Outcome, classify_status, retry_after_seconds, sender_for
+from uba.alerting.transport import (
+    Outcome,
+    answer_reports_error,
+    classify_status,
+    retry_after_seconds,
+    sender_for,
+)
 from uba.errors import UserError
 from uba.settings import Settings, SyslogSink, WebhookSink, load_settings
 
@@ -316,6 +322,15 @@ def _answer(status: str, body: bytes = b"", headers: bytes = b"") -> bytes:
     return b"HTTP/1.1 %s\r\n%sContent-Length: %d\r\n\r\n%s" % (status.encode(), headers, len(body), body)
 
 
+def _bulk_answer(errors: bytes, items: int) -> bytes:
+    """An Elasticsearch ``_bulk`` answer: ``took``, ``errors``, then one item per document
+    (about 210 bytes each), so a few dozen alerts pass 4 KiB."""
+    item = (b'{"index":{"_index":"uba-alerts","_id":"%06d","status":400,"error":{"type":'
+            b'"mapper_parsing_exception","reason":"failed to parse field [risk] of type [long]"}}}')
+    body = b",".join(item % i for i in range(items))
+    return b'{"took":30,"errors":' + errors + b',"items":[' + body + b"]}"
+
+
 NOT_ACKNOWLEDGED = {  # what a hostile webhook answers -> words of the ledger's last_error
     "redirect to another port": (b"HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n",
                                  "HTTP 307"),
@@ -325,6 +340,10 @@ NOT_ACKNOWLEDGED = {  # what a hostile webhook answers -> words of the ledger's 
                                   "IncompleteRead"),
     "200 saying ok false": (_answer("200 OK", b'{"ok": false, "error": "invalid_token"}'), "reports an error"),
     "200 saying errors true": (_answer("200 OK", b'{"errors": true, "items": []}'), "reports an error"),
+    "200 saying errors true in a 20 KiB bulk answer": (_answer("200 OK", _bulk_answer(b"true", 100)),
+                                                       "reports an error"),
+    "200 saying errors true in a 1 MiB bulk answer": (_answer("200 OK", _bulk_answer(b"true", 5000)),
+                                                      "reports an error"),
     "413 with Retry-After": (b"HTTP/1.1 413 Payload Too Large\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n",
                              "HTTP 413"),
     "429 with a Latin-1 digit as Retry-After": (b"HTTP/1.1 429 Too Many\r\nRetry-After: \xb2\r\n"
@@ -339,6 +358,22 @@ NOT_ACKNOWLEDGED = {  # what a hostile webhook answers -> words of the ledger's 
                                                   b"99999999999999999999 23:59:59 GMT\r\nContent-Length: 0\r\n\r\n",
                                                   "HTTP 503"),
 }
+
+
+@pytest.mark.parametrize(("start", "reports"), [
+    ('{"took": 30, "errors": true, "items": [{"index": {"status": 4', True),
+    ('  {"status" : "failed", "items": [', True),
+    ('{"ok": false, "respon', True),
+    ('{"took": 30, "errors": false, "items": [{"index": {"error": "x"', False),  # cut inside items
+    ('{"took": 30, "err', False),  # the key itself cut off
+    ('{"took": 30, "errors"', False),
+    ('[{"errors": true}, ', False),  # not an object
+    ('{"took": 30 "errors": true', False),  # malformed before it
+    ('not json at all', False),
+])
+def test_the_start_of_a_long_answer_is_read_up_to_its_first_cut_member(start: str, reports: bool) -> None:
+    assert answer_reports_error(start, whole=False) is reports
+    assert answer_reports_error(start) is False, "a cut body parsed whole is no JSON"
 
 
 @pytest.mark.integration  # real servers on 127.0.0.1
@@ -376,6 +411,8 @@ ACKNOWLEDGED = {  # a receiver that read the batch and answers 2xx in ways it ma
     "103 Early Hints before the 200": (b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
                                        b"HTTP/1.1 103 Early Hints\r\n\r\n" + _answer("200 OK")),
     "200 whose body nests deeper than json recurses": _answer("200 OK", b"[" * 4000),
+    "200 whose 1 MiB bulk answer says errors false": _answer("200 OK", _bulk_answer(b"false", 5000)),
+    "200 whose 1 MiB answer opens deeper than json recurses": _answer("200 OK", b'{"a":' * 100_000),
     "200 with a Retry-After year past a C long": _answer("200 OK", headers=b"Retry-After: Fri, 31 Dec "
                                                          b"99999999999999999999 23:59:59 GMT\r\n"),
 }

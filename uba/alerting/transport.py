@@ -149,25 +149,68 @@ def _overdue(seconds: float) -> str:
 
 
 ERROR_WORDS = frozenset({"error", "failed", "failure", "fail"})
+ANSWER_BYTES = 65536  # of a 2xx answer read for an error report; the rest is left unread
+_JSON_SPACE = " \t\n\r"
 
 
-def answer_reports_error(answer: str) -> bool:
+def answer_reports_error(answer: str, whole: bool = True) -> bool:
     """Whether a 2xx answer's JSON body says the batch was not taken: ``"ok": false`` (Slack's
     Web API), ``"success": false``, ``"errors": true`` (Elasticsearch's ``_bulk``), a non-empty
     ``"error"`` or ``"errors"``, or a ``"status"`` of ``error``, ``fail``, ``failed`` or ``failure``. Such a receiver (or the proxy in
     front of it) answers 200 and means no; the batch was marked delivered and never stored.
-    Anything else (no body, text, JSON without these keys, a body over 4 KiB, JSON nested
-    deeper than Python recurses, which raised RecursionError out of the delivery run) is
-    an acknowledgement, as the 2xx says."""
-    try:
-        doc = json.loads(answer)
-    except (ValueError, RecursionError):
-        return False
-    if not isinstance(doc, dict):
+    Anything else (no body, text, JSON without these keys, JSON nested deeper than Python
+    recurses, which raised RecursionError out of the delivery run) is an acknowledgement,
+    as the 2xx says.
+
+    ``whole`` False: ``answer`` is the start of a longer body. Elasticsearch's ``_bulk``
+    answers one item per document after ``"took"`` and ``"errors"``, over 4 KiB for a
+    few dozen alerts, and only the first 4 KiB were read, so no JSON parsed and a rejected
+    batch counted delivered. The members complete within the start are read then."""
+    doc = _json_object(answer) if whole else _leading_members(answer)
+    if doc is None:
         return False
     status = doc.get("status")
     return (doc.get("ok") is False or doc.get("success") is False or bool(doc.get("error"))
             or bool(doc.get("errors")) or (isinstance(status, str) and status.strip().lower() in ERROR_WORDS))
+
+
+def _json_object(text: str) -> dict[str, object] | None:
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at] in _JSON_SPACE:
+        at += 1
+    return at
+
+
+def _leading_members(text: str) -> dict[str, object] | None:
+    """The members of a JSON object that are complete in ``text``, its start: parsing stops
+    at the first member cut off (or malformed), keeping those before it."""
+    decoder = json.JSONDecoder()
+    at = _skip_space(text, 0)
+    if not text.startswith("{", at):
+        return None
+    members: dict[str, object] = {}
+    at += 1
+    while True:
+        try:
+            key, at = decoder.raw_decode(text, _skip_space(text, at))
+            at = _skip_space(text, at)
+            if not isinstance(key, str) or not text.startswith(":", at):
+                return members
+            value, at = decoder.raw_decode(text, _skip_space(text, at + 1))
+        except (ValueError, RecursionError):
+            return members
+        members[key] = value
+        at = _skip_space(text, at)
+        if not text.startswith(",", at):
+            return members
+        at += 1
 
 
 def _watcher(sock: socket.socket | None) -> socket.socket | None:
@@ -287,12 +330,14 @@ class WebhookSender:
                     raise TimeoutError
                 watch = _watcher(connection.sock)
                 response = connection.getresponse()
-                answer = response.read(4096).decode("utf-8", "replace")
+                raw = response.read(ANSWER_BYTES + 1)
+                answer = raw[:ANSWER_BYTES].decode("utf-8", "replace")
                 if expired.is_set():  # cut short, which http.client's read(amt) does not report
                     raise TimeoutError
                 outcome = classify_status(response.status, response.reason, response.getheader("Retry-After"))
                 if outcome.kind == "ack":
-                    outcome = self._acknowledged(outcome, answer, watch, deadline, expired)
+                    outcome = self._acknowledged(outcome, answer, len(raw) <= ANSWER_BYTES, watch, deadline,
+                                                 expired)
         except ssl.SSLCertVerificationError as exc:
             return Outcome("stop", f"TLS certificate not trusted for {safe_url(self.sink.url)}: {exc.verify_message}")
         except (OSError, http.client.HTTPException) as exc:  # timeouts, refused, reset, bad answers
@@ -317,11 +362,11 @@ class WebhookSender:
         return text
 
     @staticmethod
-    def _acknowledged(ack: Outcome, answer: str, watch: socket.socket | None, deadline: float,
+    def _acknowledged(ack: Outcome, answer: str, whole: bool, watch: socket.socket | None, deadline: float,
                       cut: threading.Event) -> Outcome:
         """The 2xx ``ack``, unless its body reports an error or the receiver reset the
         connection instead of reading the request (then ``retry``: at least once)."""
-        if answer_reports_error(answer):
+        if answer_reports_error(answer, whole):
             return Outcome("retry", f"{ack.detail}, but the answer reports an error")
         reset = _closed_without_reset(watch, deadline, cut) if watch is not None else None
         if reset is not None:
