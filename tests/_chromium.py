@@ -39,9 +39,10 @@ def _run(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess[
     )
 
 
-def render(page: Path, workdir: Path) -> Rendered:
-    """The DOM after load and the console messages (errors, failed loads) it produced."""
-    result = _run(page, workdir / "profile-dom", "--dump-dom")
+def render(page: Path, workdir: Path, *extra: str) -> Rendered:
+    """The DOM after load and the console messages (errors, failed loads) it produced;
+    ``extra`` flags such as ``--window-size=1400,900`` for a page that measures its layout."""
+    result = _run(page, workdir / "profile-dom", "--dump-dom", *extra)
     assert result.returncode == 0, result.stderr[-2000:]
     console = [line for line in result.stderr.splitlines() if CONSOLE_LINE.search(line)]
     return Rendered(dom=result.stdout, console=console)

@@ -255,7 +255,8 @@ header p{margin:4px 0 0;color:#cfd8dc;font-size:13px}
 main{padding:18px 28px}
 .row{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:16px}
 .row>section{margin:0 0 16px;min-width:0}
-section{background:#fff;border:1px solid #e0e0e0;border-radius:6px;padding:14px 18px;margin:0 0 16px}
+.row>section.wide{grid-column:1/-1}
+section{background:#fff;border:1px solid #e0e0e0;border-radius:6px;padding:14px 18px;margin:0 0 16px;overflow-x:auto}
 h2{font-size:16px;margin:0 0 10px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;background:none;border:0;padding:0}
 .card{background:#fff;border:1px solid #e0e0e0;border-radius:6px;padding:10px 16px;min-width:130px}
@@ -267,6 +268,9 @@ th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #eee;vertical-alig
 th{background:#fafafa;font-weight:600}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 ul.reasons{margin:0;padding-left:18px}
+td.uid{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace}
+td.uid div{max-width:32ch;min-width:8ch;overflow-wrap:anywhere}
+td.uid .spelled{color:#8d6e00;font-size:11px}
 img{max-width:100%;height:auto}
 .muted{color:#757575}
 footer{padding:0 28px 24px;color:#757575;font-size:12px}
@@ -288,6 +292,28 @@ def _chip(status: str) -> str:
 
 def _card(value: object, label: str, ident: str) -> str:
     return f'<div class="card" id="{ident}"><b>{_e(value)}</b><span class="label">{_e(label)}</span></div>'
+
+
+def ascii_spelling(text: str) -> str | None:
+    """``text`` with every character outside ASCII written as its code point, or None
+    for plain ASCII. Ids come from logs an attacker writes: ``admin`` and ``\\u0430dmin``
+    (a Cyrillic a), or ``jos\\u00e9`` and ``jose\\u0301`` (e and a combining accent), look
+    the same on the page, and a right-to-left letter reorders the characters around it
+    (``abc-<Hebrew>-123`` shows as ``abc-123-<Hebrew>``). The spelling is plain
+    left-to-right ASCII, so two ids that look alike differ in it (or in having one)."""
+    return None if text.isascii() else text.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def _user_cell(user_id: str) -> str:
+    """A user id as a table cell, the one way every table of the page shows one: escaped,
+    in a monospace font (``l``/``I``/``1`` and ``O``/``0`` apart), broken anywhere so a
+    long id wraps inside its column instead of widening the table past its section
+    (a 256-character id pushed every other column out of view), and an id holding
+    anything outside ASCII spelled out under it (``ascii_spelling``)."""
+    spelled = ascii_spelling(user_id)
+    hint = ("" if spelled is None else
+            f'<div class="spelled" title="characters outside ASCII as code points">{_e(spelled)}</div>')
+    return f'<td class="uid"><div><bdi>{_e(user_id)}</bdi></div>{hint}</td>'
 
 
 def _reasons(items: Sequence[str] | None) -> str:
@@ -331,7 +357,7 @@ def _users_table(top: pl.DataFrame, sparklines: Mapping[str, Sequence[float]] | 
         day_risk = "-" if r["user_day_risk"] is None else f"{r['user_day_risk']:.2f}"
         level = f' data-level="{_e(r["risk_level"])}"' if "risk_level" in r else ""
         rows.append(
-            f'<tr class="user" data-user="{_e(r["user_id"])}"{level}><td>{_e(r["user_id"])}</td>'
+            f'<tr class="user" data-user="{_e(r["user_id"])}"{level}>{_user_cell(r["user_id"])}'
             f'{_risk_cells(r, (sparklines or {}).get(r["user_id"]))}<td class="num">{r["alerts"]}</td>'
             f'<td class="num">{r["suppressed"]}</td><td class="num">{max_score}</td>'
             f'<td class="num">{day_risk}</td><td>{_reasons(r["reasons"])}</td></tr>'
@@ -365,7 +391,7 @@ def _user_days_table(days: pl.DataFrame) -> str:
     rows = []
     for r in days.iter_rows(named=True):
         rows.append(
-            f'<tr class="user-day" data-user="{_e(r["user_id"])}"><td>{_e(r["user_id"])}</td>'
+            f'<tr class="user-day" data-user="{_e(r["user_id"])}">{_user_cell(r["user_id"])}'
             f'<td class="num">{r["day_score"]:.2f}</td>'
             f'<td class="num">{_usual(r.get("n_events"), r.get("usual_events"))}</td>'
             f'<td class="num">{_usual(r.get("n_sessions"), r.get("usual_sessions"))}</td>'
@@ -479,9 +505,9 @@ def render_report(data: ReportData, settings: Settings) -> str:
 <main>
 <section class="cards">{cards}</section>
 <div class="row">
-<section><h2>Top users by risk</h2>{_users_table(data.top_users, data.sparklines)}
+<section class="wide"><h2>Top users by risk</h2>{_users_table(data.top_users, data.sparklines)}
 {_risk_note(data)}</section>
-<section><h2>Unusual user-days ({data.flagged_users})</h2>{_user_days_table(data.user_days)}
+<section class="wide"><h2>Unusual user-days ({data.flagged_users})</h2>{_user_days_table(data.user_days)}
 <p class="muted">A user's day as a whole (events, sessions, downloads) against their usual days.</p></section>
 </div>
 <div class="row">

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io as stdio
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -200,14 +201,21 @@ def render(records: Iterable[AlertRecord], fmt: str) -> Iterable[str]:
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# A formula character after a semicolon (and any quotes or spaces): where a spreadsheet that
+# splits lines on ";" (Excel and LibreOffice in many locales) starts a cell, quotes or not.
+FORMULA_AFTER_SEMICOLON = re.compile(r'(;[\s"]*)(?=[=+\-@])')
 
 
-def _csv_cell(value: object) -> object:
-    """A text cell a spreadsheet would run as a formula is quoted (user ids and event ids
-    come from logs an attacker can write)."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
+def csv_cell(value: object) -> object:
+    """A text cell no spreadsheet runs as a formula (user ids and event ids come from logs
+    an attacker can write): a ``'`` before a formula character at its start, and before one
+    right after a ``;``. Quoting does not protect the second: LibreOffice opening the file
+    with ``;`` as separator ran ``=1+1`` out of ``x;=1+1;`` and out of ``"x;=1+1;"`` alike.
+    The ``jsonl`` format keeps every value as it was."""
+    if not isinstance(value, str):
+        return value
+    value = FORMULA_AFTER_SEMICOLON.sub(r"\1'", value)
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
 def _csv_lines(records: Iterable[AlertRecord]) -> Iterable[str]:
@@ -221,7 +229,7 @@ def _csv_lines(records: Iterable[AlertRecord]) -> Iterable[str]:
         row: dict[str, object] = {**to_plain(record)}
         row["reasons"] = " | ".join(_texts(record["reasons"]))
         row["reason_kinds"] = " | ".join(_texts(record["reason_kinds"]))
-        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+        writer.writerow({k: csv_cell(v) for k, v in row.items()})
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
