@@ -12,8 +12,10 @@ order, and let a 256-character id push the top-users table out of its section.
 from __future__ import annotations
 
 import csv
+import html
 import io as stdio
 import json
+import re
 import shutil
 import subprocess
 import unicodedata
@@ -48,6 +50,11 @@ def seen(text: str) -> str:
     return unicodedata.normalize("NFKC", text).translate(LOOK_ALIKE)
 
 
+def seen_in_html(text: str) -> str:
+    """``text`` as a reader sees it on a page by default, where a run of spaces shows as one."""
+    return seen(re.sub(r"[ \t\n\r\f]+", " ", text))
+
+
 def _event_rows() -> list[list[str]]:
     rows = [["event_id", "user_id", "timestamp", "event_type", "session_duration_sec", "events_in_session",
              "device_type"]]
@@ -64,6 +71,7 @@ class Outputs:
     data_dir: Path
     page: Path
     exports: dict[str, str]
+    alert_lines: list[str]  # `alerts list --format text` of the day
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +95,9 @@ def outputs(shared_world: World, tmp_path_factory: pytest.TempPathFactory) -> Ou
         run_cli("export", "--date", SCORE_DAY.isoformat(), "--format", fmt, "--output-dir", str(out),
                 "--out", str(target))
         exports[fmt] = target.read_text(encoding="utf-8")
-    return Outputs(data, page, exports)
+    listed = run_cli("alerts", "list", "--date", SCORE_DAY.isoformat(), "--status", "all", "--limit", "0",
+                     "--output-dir", str(out), "--data-dir", str(data))
+    return Outputs(data, page, exports, [line for line in listed.splitlines() if " user=" in line])
 
 
 class _Page(HTMLParser):
@@ -147,18 +157,21 @@ def test_report_holds_no_markup_of_the_data_and_gives_every_id_back(outputs: Out
 
 
 def test_report_never_shows_two_ids_alike(outputs: Outputs) -> None:
-    """Ids a reader cannot tell apart (``looks_like``: the raw ids are alike to ``seen``)
-    get cells that differ, and an id outside ASCII is spelled out in ASCII."""
+    """Ids a reader cannot tell apart (``looks_like``: the raw ids are alike to
+    ``seen_in_html``) get cells that differ, and an id outside ASCII is spelled out in
+    ASCII. (Runs of spaces are kept by the page's style: the Chromium test reads the text
+    as rendered.)"""
     parser = _page(outputs)
     cells = {user: text for kind, user, text in parser.rows if kind == "user"}
-    looks = {}
+    looks: dict[str, list[str]] = {}
     for user, text in cells.items():
         looks.setdefault(seen(text), []).append(user)
     assert [users for users in looks.values() if len(users) > 1] == []
     for name in STORED:
         case = CASES[name]
         if "looks_like" in case:
-            assert seen(case["user_id"]) == seen(CASES[case["looks_like"]]["user_id"]), "the pair does look alike"
+            alike = seen_in_html(CASES[case["looks_like"]]["user_id"])
+            assert seen_in_html(case["user_id"]) == alike, "the pair does look alike"
         if not case["user_id"].isascii():
             spelled = case["user_id"].encode("ascii", "backslashreplace").decode("ascii")
             assert spelled in cells[case["user_id"]], (name, cells[case["user_id"]])
@@ -209,11 +222,32 @@ def test_json_exports_carry_every_id_unchanged(outputs: Outputs) -> None:
     assert ids <= {d["user"]["id"] for d in ecs}
 
 
+ALERT_USER = re.compile(r' user=("(?:[^"\\]|\\.)*"|\S+)  score=')
+
+
+def test_alert_list_lines_name_every_id_unambiguously(outputs: Outputs) -> None:
+    """``alerts list`` prints ``user=<id>``: the field reads back as exactly the id (a JSON
+    string when it is not plain ASCII), and ids that look alike print differently."""
+    fields = {}
+    for line in outputs.alert_lines:
+        found = ALERT_USER.search(line)
+        assert found is not None, line
+        text = found.group(1)
+        fields[json.loads(text) if text.startswith('"') else text] = text
+    assert {CASES[name]["user_id"] for name in STORED} <= set(fields)
+    looks: dict[str, list[str]] = {}
+    for user, text in fields.items():
+        looks.setdefault(seen(text), []).append(user)
+    assert [users for users in looks.values() if len(users) > 1] == []
+
+
 PROBE = """<script>
 const table = document.querySelector('#top-users'), section = table.closest('section');
-const ids = [...document.querySelectorAll('#top-users td:first-child')].map(td => td.getBoundingClientRect().width);
+const cells = [...document.querySelectorAll('#top-users td:first-child')];
 const probe = document.createElement('pre'); probe.id = 'probe';
-probe.textContent = JSON.stringify({overflow: section.scrollWidth - section.clientWidth, widest_id: Math.max(...ids)});
+probe.textContent = JSON.stringify({overflow: section.scrollWidth - section.clientWidth,
+  widest_id: Math.max(...cells.map(td => td.getBoundingClientRect().width)),
+  shown: cells.map(td => [td.parentElement.dataset.user, td.innerText])});
 document.body.appendChild(probe);
 </script>"""
 
@@ -221,12 +255,18 @@ document.body.appendChild(probe);
 @pytest.mark.skipif(not _chromium.available(), reason="chromium not installed (.ci/run installs it)")
 def test_report_of_hostile_ids_loads_cleanly_and_fits_a_1400_px_window(outputs: Outputs, tmp_path: Path) -> None:
     """No console message (nothing ran, nothing was fetched); in a copy of the page with a
-    measuring script, the top-users table stays inside its section and the 256-character
-    id wraps in a column of a few hundred pixels."""
+    measuring script, the top-users table stays inside its section, the 256-character id
+    wraps in a column of a few hundred pixels, and the ids' cells as rendered (``innerText``,
+    after the page's white-space rules) never look alike."""
     assert _chromium.render(outputs.page, tmp_path).console == []
     probe = tmp_path / "probe.html"
     probe.write_text(outputs.page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"),
                      encoding="utf-8")
     dom = _chromium.render(probe, tmp_path, "--window-size=1400,900").dom
-    measured = json.loads(dom.split('<pre id="probe">', 1)[1].split("</pre>", 1)[0])
-    assert measured["overflow"] <= 0 and measured["widest_id"] <= 400, measured
+    measured = json.loads(html.unescape(dom.split('<pre id="probe">', 1)[1].split("</pre>", 1)[0]))
+    assert measured["overflow"] <= 0 and measured["widest_id"] <= 400, {k: measured[k] for k in ("overflow", "widest_id")}
+    looks: dict[str, list[str]] = {}
+    for user, text in measured["shown"]:
+        looks.setdefault(seen(text), []).append(user)
+    assert [users for users in looks.values() if len(users) > 1] == []
+    assert {CASES[name]["user_id"] for name in STORED} <= {user for user, _ in measured["shown"]}

@@ -269,7 +269,7 @@ th{background:#fafafa;font-weight:600}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 ul.reasons{margin:0;padding-left:18px}
 td.uid{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace}
-td.uid div{max-width:32ch;min-width:8ch;overflow-wrap:anywhere}
+td.uid div{max-width:32ch;min-width:8ch;overflow-wrap:anywhere;white-space:pre-wrap}
 td.uid .spelled{color:#8d6e00;font-size:11px}
 img{max-width:100%;height:auto}
 .muted{color:#757575}
@@ -306,10 +306,11 @@ def ascii_spelling(text: str) -> str | None:
 
 def _user_cell(user_id: str) -> str:
     """A user id as a table cell, the one way every table of the page shows one: escaped,
-    in a monospace font (``l``/``I``/``1`` and ``O``/``0`` apart), broken anywhere so a
-    long id wraps inside its column instead of widening the table past its section
-    (a 256-character id pushed every other column out of view), and an id holding
-    anything outside ASCII spelled out under it (``ascii_spelling``)."""
+    in a monospace font (``l``/``I``/``1`` and ``O``/``0`` apart) with its spaces kept
+    (HTML showed ``ab  cd`` as ``ab cd``), broken anywhere so a long id wraps inside its
+    column instead of widening the table past its section (a 256-character id pushed
+    every other column out of view), and an id holding anything outside ASCII spelled
+    out under it (``ascii_spelling``)."""
     spelled = ascii_spelling(user_id)
     hint = ("" if spelled is None else
             f'<div class="spelled" title="characters outside ASCII as code points">{_e(spelled)}</div>')

@@ -40,12 +40,14 @@ def command() -> None:
 
 
 def _short(record: dict[str, Any]) -> str:
+    from uba.alerting.formats import text_id
+
     reasons = "; ".join(record.get("reasons") or [])
     score = record.get("score")
     # the source may name a CSV file, whose name may hold anything: quoted with escapes (repr)
     verdict = f"verdict={record['verdict']} from {record['verdict_source']!r}  " if record.get("verdict") else ""
     return (f"{record['alert_id']}  {record['event_date']}  {record['alert_type']:<8} {record['severity'] or '-':<8} "
-            f"{record['status']:<12} {verdict}user={record['user_id']}  score={score:.3f}  {reasons[:100]}")
+            f"{record['status']:<12} {verdict}user={text_id(record['user_id'])}  score={score:.3f}  {reasons[:100]}")
 
 
 @command.command(name="list")
@@ -213,6 +215,7 @@ def _when(epoch: float | None) -> str:
 
 def _list_outbox(data_dir: Path, status: str, sink: str | None, day: date | None, limit: int, fmt: str) -> None:
     """``alerts list --pending|--failed|--delivered``: rows of the delivery ledger."""
+    from uba.alerting.formats import text_id
     from uba.alerting.ledger import outbox_rows
 
     rows = outbox_rows(data_dir, status, sink, day, limit or None)
@@ -226,7 +229,7 @@ def _list_outbox(data_dir: Path, status: str, sink: str | None, day: date | None
                                    "attempts": row.attempts, "last_error": row.last_error,
                                    "enqueued_at": _when(row.enqueued_at), "delivered_at": _when(row.delivered_at)}))
         else:
-            click.echo(f"{row.alert_id}  {row.day}  {row.sink:<16} {row.alert_type:<8} user={row.user_id}  "
+            click.echo(f"{row.alert_id}  {row.day}  {row.sink:<16} {row.alert_type:<8} user={text_id(row.user_id)}  "
                        f"attempts={row.attempts}" + (f"  {row.last_error}" if row.last_error else ""))
     if fmt == "text":
         shown = f" (limit {limit})" if limit and len(rows) == limit else ""

@@ -70,6 +70,17 @@ def json_ready(value: object) -> object:
     return value
 
 
+def text_id(value: str) -> str:
+    """An id as a line of text shows it (``alerts list``): as it is when it is printable
+    ASCII without spaces or quotes, else as a JSON string with every character outside
+    ASCII escaped. Ids come from logs an attacker writes: ``user=admin`` was printed alike
+    for ``admin`` and ``\\u0430dmin`` (a Cyrillic a), an id with spaces could write
+    ``score=`` fields of its own into the line, and Hebrew letters reordered it."""
+    if value.isascii() and value.isprintable() and not any(c in value for c in " \"'"):
+        return value
+    return json.dumps(value)
+
+
 class PlainRecord(TypedDict):
     """An :class:`~uba.alerting.records.AlertRecord` as JSON values (the ``jsonl`` format)."""
 
