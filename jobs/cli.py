@@ -16,7 +16,7 @@ import click
 
 from jobs import commands as commands_pkg
 from uba.errors import UserError
-from uba.logs import configure_logging, get_logger
+from uba.logs import configure_logging, get_logger, printable_line
 
 
 def _undecodable(text: str) -> str | None:
@@ -87,7 +87,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except UserError as exc:
             get_logger("cli").debug("user error", exc_info=True)
-            click.echo(f"error: {exc}", err=True)
+            # one printable line whatever the message quotes (a file name holding a line
+            # break or an escape printed a second line, or rewrote the terminal)
+            click.echo(f"error: {printable_line(str(exc))}", err=True)
             sys.exit(1)
         except OSError as exc:  # a full disk anywhere: one line, like a user error
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -95,7 +97,7 @@ class _Group(click.Group):
             get_logger("cli").debug("disk full", exc_info=True)
             from uba.io import os_error_reason  # polars: kept out of the CLI's start-up
 
-            click.echo(f"error: {os_error_reason(exc)}", err=True)
+            click.echo(f"error: {printable_line(os_error_reason(exc) or str(exc))}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)

@@ -299,14 +299,27 @@ def test_hostile_feedback_csv(name: str, tmp_path: Path) -> None:
 def test_suppress_list_shows_each_rule_on_one_printable_line(tmp_path: Path) -> None:
     """A rule's note (a triage close with suppress_similar stores the analyst's note, which
     may hold line breaks) was printed as it was: a line break printed a forged row of a
-    rule silencing every alert of every user, and an escape rewrote the terminal."""
-    data = str(tmp_path / "data")
+    rule silencing every alert of every user, and an escape rewrote the terminal. `suppress
+    add` now refuses the escape (the analyst text rule), so the rule holding one is stored
+    as one written before that rule was: `suppress list` must still print it safely."""
+    from datetime import UTC, datetime
+
+    from uba.alerting.feedback import RULE_SCHEMA
+
+    data = tmp_path / "data"
     forged = "abc1234567  *               *                   never       forged"
+    io.append_table_part(pl.DataFrame([{"rule_id": "0123456789", "action": "add", "user_id": "u7",
+                                        "reason_kind": "hour", "expires": None,
+                                        "note": f"night shift\n{forged}\x1b[2J\u202e",
+                                        "recorded_at": datetime.now(UTC)}], schema=RULE_SCHEMA),
+                         data, io.SUPPRESSIONS)
+    listed = CliRunner().invoke(cli, ["suppress", "list", "--data-dir", str(data)]).output.splitlines()
+    assert len(listed) == 2 and listed[1].endswith(f"night shift {' '.join(forged.split())}?[2J?"), listed
     added = CliRunner().invoke(cli, ["suppress", "add", "--user", "u7", "--reason-kind", "hour",
-                                     "--note", f"night shift\n{forged}\x1b[2J", "--data-dir", data])
-    assert added.exit_code == 0, added.output
-    listed = CliRunner().invoke(cli, ["suppress", "list", "--data-dir", data]).output.splitlines()
-    assert len(listed) == 2 and listed[1].endswith(f"night shift {' '.join(forged.split())}?[2J"), listed
+                                     "--note", f"night shift\n{forged}", "--data-dir", str(data)])
+    assert added.exit_code == 0, added.output  # a line break in a note is legitimate
+    listed = CliRunner().invoke(cli, ["suppress", "list", "--data-dir", str(data)]).output.splitlines()
+    assert len(listed) == 3 and listed[2].endswith(f"night shift {' '.join(forged.split())}"), listed
 
 
 @pytest.mark.parametrize("user", ["u7\nabc", "u7\x1b[2J", "u\u202e7"])
@@ -318,3 +331,57 @@ def test_a_suppression_rule_for_a_user_id_no_event_can_have_is_refused(tmp_path:
                                      "--data-dir", str(data)])
     assert added.exit_code == 1 and "which no user id may hold" in added.output, added.output
     assert not (data / io.SUPPRESSIONS).exists()
+
+
+# (text, what a name's check says, what a note's check says): None for accepted
+ANALYST_TEXT = [
+    ("ann", None, None),
+    ("a\nb", "U+000A", None),
+    ("a\tb", "U+0009", None),
+    ("a\r\nb", "U+000A", None),  # a note typed on Windows: stored with \n
+    ("a\rb", "U+000D", "U+000D"),
+    ("\x1b[2J", "U+001B", "U+001B"),
+    ("a\x9bb", "U+009B", "U+009B"),
+    ("a\u202eb", "U+202E", "U+202E"),
+    ("a\u2028b", "U+2028", "U+2028"),
+    ("a\ufeffb", "U+FEFF", "U+FEFF"),
+    ("\u0645\u06cc\u200c\u062e", None, None),  # a zero-width non-joiner that Persian needs
+]
+
+
+@pytest.mark.parametrize(("text", "as_name", "as_note"), ANALYST_TEXT)
+def test_one_analyst_text_rule_for_the_csv_the_api_and_suppression_rules(
+        tmp_path: Path, text: str, as_name: str | None, as_note: str | None) -> None:
+    """POST /feedback and a feedback CSV stored any analyst and note, while a close through
+    `uba-batch alerts` refused control and format characters, and `suppress add --note`
+    stored them too: each way in now gives the same verdict for the same text, naming the
+    code point, and stores the same text."""
+    import csv
+    import re
+
+    from uba.api.schemas import build_feedback_model
+    from uba.settings import load_settings
+
+    stored_note = text.replace("\r\n", "\n")
+    model = build_feedback_model(load_settings().api)
+    for field, verdict in (("analyst", as_name), ("note", as_note)):
+        source = tmp_path / f"{field}.csv"
+        with source.open("w", newline="") as out:
+            csv.writer(out).writerows([["event_id", "label", field], ["e1", "benign", text]])
+        row = {"event_id": "e1", "label": "benign", field: text}
+        if verdict is None:
+            record_feedback_csv(tmp_path / field, source)
+            assert latest_feedback(tmp_path / field).collect()[field].to_list() == [stored_note]
+            assert getattr(model.model_validate({"items": [row]}).items[0], field) == stored_note
+        else:
+            with pytest.raises(UserError, match=f"line 2: {field} holds the .*{re.escape(verdict)}"):
+                record_feedback_csv(tmp_path / field, source)
+            with pytest.raises(ValueError, match=re.escape(verdict)) as refused:
+                model.model_validate({"items": [row]})
+            assert refused.value.errors()[0]["loc"] == ("items", 0, field)
+    rule = CliRunner().invoke(cli, ["suppress", "add", "--user", "u7", "--reason-kind", "hour", "--note", text,
+                                    "--data-dir", str(tmp_path / "rules")])
+    if as_note is None:
+        assert rule.exit_code == 0 and load_rules(tmp_path / "rules")["note"].to_list() == [stored_note]
+    else:
+        assert rule.exit_code == 1 and "suppression rule: note holds the" in rule.output and as_note in rule.output

@@ -32,7 +32,7 @@ KEY = "hostile-corpus-key"
 CASES = sorted(p.name.removesuffix(".expect.json") for p in CORPUS.glob("*.expect.json"))
 # The kinds of abuse the corpus covers (each case's "attack"; README.md says what each means).
 ATTACKS = ("hostile_body", "ingest_parity", "key_before_body", "path_disclosure", "cut_connection",
-           "worker_lifecycle", "model_reload", "declared_statuses", "hostile_query")
+           "worker_lifecycle", "model_reload", "declared_statuses", "hostile_query", "terminal_injection")
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~<-])/[A-Za-z0-9_.-]+/")
 
 

@@ -349,3 +349,29 @@ def test_the_issue_reproduction_through_the_installed_command(tmp_path: Path) ->
     summary = json.loads(done.stdout)
     assert (summary["rows_read"], summary["rows_written"], summary["rows_quarantined"]) == (4, 2, 2)
     assert stored_pairs(tmp_path / "D") == {"x1": "u00001", "x4": "u00042"}
+
+
+FORGED_LOG_LINE = "2026-01-01 00:00:00,000 ERROR uba.cli: FORGED"
+
+
+def test_a_file_name_forges_no_log_or_summary_line_and_sends_no_escape(tmp_path: Path) -> None:
+    """A drop folder names its files as it likes: a name holding a line break and an ANSI
+    escape went raw into the text log ("batch 1 of <name>", "ignoring columns ..."), so the
+    rest of the name stood on a line of its own posing as a log line, and into the printed
+    summary's ``inputs:`` list; the escape reached the operator's terminal. Every log line
+    and summary line now quotes it escaped (``uba.logs.printable_line``)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    name = f"a\n{FORGED_LOG_LINE}\x1b[2J.csv"
+    (drop / name).write_text("event_id,user_id,timestamp,event_type,session_duration_sec,events_in_session,"
+                             "device_type,extra\ne1,u1,2026-03-10T10:00:00Z,login,10,1,desktop,z\n")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "uba-batch"), "ingest", str(drop / "*.csv"), "--data-dir", "D"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "UBA_CONFIG": str(
+            REPO / "configs" / "default.yaml")})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    for stream in (done.stdout, done.stderr):
+        assert "\x1b" not in stream, stream
+        assert not any(line.startswith(FORGED_LOG_LINE) for line in stream.splitlines()), stream
+    assert f"batch 1 of {drop}/a\\n{FORGED_LOG_LINE}\\x1b[2J.csv: 1 rows" in done.stderr, done.stderr
+    assert f"  {drop}/a\\n{FORGED_LOG_LINE}\\x1b[2J.csv (csv): read 1" in done.stdout, done.stdout

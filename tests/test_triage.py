@@ -449,7 +449,9 @@ def _stored_files(data: Path) -> set[Path]:
 def test_hostile_cli_arguments(name: str, own: Path, tmp_path: Path) -> None:
     """The corpus tests/hostile/cli_args/ through a real `uba-batch` process, its arguments
     as bytes: a note, an analyst or a file name that is not UTF-8 was a traceback at the
-    first write; it is now one line naming the option and the byte, and nothing is written."""
+    first write; it is now one line naming the option and the byte, and nothing is written.
+    A rule's note holding an escape or a bidi override is refused by the analyst text rule,
+    and a file name holding a line break or an escape is quoted escaped in the error line."""
     import os
     import subprocess
     import sys

@@ -37,12 +37,25 @@ number, so ``"60"`` in JSON is refused by the API and by ingest alike. Text form
 (CSV, text columns of Parquet) carry no types: there the text must spell the value.
 An object that repeats a key is refused (``repeated_key``): parsers disagree on which
 value wins.
+
+Analyst text (``check_text``: the analyst of a verdict or a triage action, a note of a
+verdict, a triage action or a suppression rule) is free text, but the same text for every
+way in (``POST /feedback``, ``PATCH /alerts``, a feedback CSV, ``uba-batch alerts``,
+``uba-batch suppress add``): Windows line ends become ``\n``, surrounding whitespace is
+removed, and what remains may not hold a control character (C0, DEL, C1), a format
+character (bidi overrides and isolates, zero-width space, U+FEFF, soft hyphen), a line or
+paragraph separator (U+2028, U+2029) or a lone surrogate. A note may hold ``\n`` and
+``\t`` (a multi-line note is legitimate), a name no control at all; both may hold the
+zero-width joiners U+200C and U+200D that Persian, Indic scripts and emoji sequences need.
+Such text is printed by the CLI and read by people: an ANSI escape, a carriage return or a
+right-to-left override in it rewrote or disguised what the reader's terminal showed.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -422,3 +435,62 @@ def id_dtype_error(column: pl.Expr, dtype: pl.DataType) -> pl.Expr | None:
     else:
         what = f"a {dtype} value"
     return pl.when(given).then(pl.lit(ID_TYPE_PREFIX + what))
+
+
+# ---------------------------------------------------------------- analyst text
+
+
+# Code points analyst text may not hold: controls (Cc: C0, DEL, C1), format characters
+# (Cf: bidi controls, zero-width space, U+FEFF, soft hyphen, tags) except the zero-width
+# joiners U+200C and U+200D, and line and paragraph separators (Zl, Zp); lone surrogates
+# too. Spelled out (Unicode 15) like BAD_ID_RANGES, so the check and the JSON Schema
+# pattern the API publishes (``uba.api.schemas``) refuse exactly the same text.
+TEXT_REFUSED_RANGES: tuple[tuple[int, int], ...] = (
+    (0x00, 0x1F), (0x7F, 0x9F), (0xAD, 0xAD), (0x600, 0x605), (0x61C, 0x61C), (0x6DD, 0x6DD),
+    (0x70F, 0x70F), (0x890, 0x891), (0x8E2, 0x8E2), (0x180E, 0x180E), (0x200B, 0x200B),
+    (0x200E, 0x200F), (0x2028, 0x202E), (0x2060, 0x2064), (0x2066, 0x206F), (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB), (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0001, 0xE0001), (0xE0020, 0xE007F),
+)
+# A note may also hold tabs and line breaks (U+0009, U+000A): the same set without them.
+NOTE_REFUSED_RANGES: tuple[tuple[int, int], ...] = ((0x00, 0x08), (0x0B, 0x1F), *TEXT_REFUSED_RANGES[1:])
+
+
+def _text_class(ranges: tuple[tuple[int, int], ...]) -> re.Pattern[str]:
+    return re.compile("[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges) + "\\ud800-\\udfff]")
+
+
+_BAD_NAME_CHARS = _text_class(TEXT_REFUSED_RANGES)
+_BAD_NOTE_CHARS = _text_class(NOTE_REFUSED_RANGES)
+# What an error calls a refused character, by its Unicode category.
+_TEXT_CHAR_KINDS = {"Cc": "control character", "Cf": "format character", "Zl": "line separator",
+                    "Zp": "paragraph separator", "Cs": "lone surrogate"}
+
+
+def bad_text_char(text: str, lines: bool) -> str | None:
+    """The first character of ``text`` that analyst text may not hold (TEXT_REFUSED_RANGES,
+    a lone surrogate), or None. ``lines``: a note, which may hold line breaks and tabs;
+    else a one-line name."""
+    found = (_BAD_NOTE_CHARS if lines else _BAD_NAME_CHARS).search(text)
+    return found.group() if found else None
+
+
+def msg_text_char(char: str) -> str:
+    """Why analyst text holding ``char`` is refused, naming its code point (and its Unicode
+    name when it has one: controls have none)."""
+    kind = _TEXT_CHAR_KINDS.get(unicodedata.category(char), "format character")
+    name = unicodedata.name(char, "")
+    return f"holds the {kind} U+{ord(char):04X}" + (f" ({name})" if name else "")
+
+
+def check_text(value: str | None, lines: bool) -> str | None:
+    """Analyst text as stored (None for none or blank); ``RuleError`` when it holds a
+    character ``bad_text_char`` refuses. CR LF (a note typed on Windows, a spreadsheet's
+    multi-line cell) is read as a line break; surrounding whitespace is removed."""
+    if value is None:
+        return None
+    text = value.replace("\r\n", "\n").strip(WHITESPACE)
+    bad = bad_text_char(text, lines)
+    if bad is not None:
+        raise RuleError(KIND_CHARACTERS, "text_characters", msg_text_char(bad))
+    return text or None

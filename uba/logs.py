@@ -28,6 +28,27 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+def printable_line(text: str) -> str:
+    """``text`` as one printable line: each character ``str.isprintable`` refuses (a line
+    break, a carriage return, an ANSI escape, a C1 control, a bidi override, U+2028) is
+    written as its Python escape (``\\n``, ``\\x1b``, ``\\u202e``); other text is unchanged.
+
+    For what a log line or the CLI's ``error:`` line quotes: a file name from a drop folder
+    (``a\\n2026-... ERROR ...: FORGED.csv``) printed a forged log line and the CLI error
+    on two lines, and an escape in it rewrote the operator's terminal (found by an attack)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class _TextFormatter(logging.Formatter):
+    """The text format, one printable line per record (``printable_line``); a traceback
+    (``exc_info``) keeps its lines, appended after the escaped message."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802  # logging's name
+        return printable_line(super().formatMessage(record))
+
+
 def configure_logging(fmt: Literal["text", "json"] = "text", level: str = "INFO") -> None:
     """Send the ``uba`` loggers to stderr; called once by each entry point, never on import."""
     global _format
@@ -36,7 +57,7 @@ def configure_logging(fmt: Literal["text", "json"] = "text", level: str = "INFO"
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger(LOGGER_NAME)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -74,11 +74,25 @@ def _text(value: object) -> str | None:
 def _bounded(value: object, field: str, limit: int, where: str) -> str | None:
     """An analyst's name or note, at most ``limit`` characters: the limits POST /feedback
     has (``uba.api.schemas``). A feedback CSV had none, and stored a 20 MB note and a
-    300-character analyst that the API refuses for the same verdict (found by an attack)."""
-    text = _text(value)
+    300-character analyst that the API refuses for the same verdict (found by an attack).
+
+    The characters follow the analyst text rule of triage and the API
+    (``uba.event_rules.check_text``; a note may hold line breaks and tabs): both paths
+    stored an ANSI escape, a carriage return or a right-to-left override in an analyst
+    or a note, which a close through ``uba-batch alerts`` refuses."""
+    text = analyst_text(None if value is None else str(value), field == "note", f"{where}: {field}")
     if text is not None and len(text) > limit:
         raise UserError(f"{where}: {field} is {len(text)} characters, at most {limit}")
     return text
+
+
+def analyst_text(value: str | None, lines: bool, what: str) -> str | None:
+    """``value`` by the analyst text rule (``uba.event_rules.check_text``), or a UserError
+    beginning with ``what`` and naming the refused character's code point."""
+    try:
+        return rules.check_text(value, lines)
+    except rules.RuleError as exc:
+        raise UserError(f"{what} {exc.message}") from None
 
 
 def _event_id(value: object, max_id_length: int, where: str) -> str:
@@ -195,16 +209,27 @@ def _check_rule_fields(user_id: str, reason_kind: str, known_kinds: Sequence[str
     return user, kind
 
 
+def _rule_note(note: str | None) -> str | None:
+    """A rule's note by the rule of any analyst's note (``analyst_text``, at most MAX_NOTE
+    characters): ``suppress add --note`` stored an ANSI escape, a carriage return or a bidi
+    override, which a close with suppress_similar (whose note becomes the rule's) refuses."""
+    text = analyst_text(note, True, "suppression rule: note")
+    if text is not None and len(text) > MAX_NOTE:
+        raise UserError(f"suppression rule: note is {len(text)} characters, at most {MAX_NOTE}")
+    return text
+
+
 def add_rule(data_dir: Path, user_id: str, reason_kind: str, known_kinds: Sequence[str],
              expires: date | None = None, note: str | None = None, today: date | None = None) -> str:
     """Append a suppression rule and return its id; an already-expired rule is refused as a mistake."""
     user, kind = _check_rule_fields(user_id, reason_kind, known_kinds)
+    note = _rule_note(note)
     today = today or datetime.now(UTC).date()
     if expires is not None and expires < today:
         raise UserError(f"suppression rule: expires {expires.isoformat()} is already in the past")
     rule_id = uuid.uuid4().hex[:10]
     row = pl.DataFrame([{"rule_id": rule_id, "action": "add", "user_id": user, "reason_kind": kind,
-                         "expires": expires, "note": _text(note), "recorded_at": datetime.now(UTC)}],
+                         "expires": expires, "note": note, "recorded_at": datetime.now(UTC)}],
                        schema=RULE_SCHEMA)
     io.append_table_part(row, data_dir, io.SUPPRESSIONS)
     return rule_id

@@ -26,7 +26,6 @@ views used to take the verdict of the latest triage action, so a verdict given t
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -41,6 +40,7 @@ from uba.alerting.feedback import (
     WILDCARD,
     FeedbackSummary,
     add_rule,
+    analyst_text,
     known_reason_kinds,
     record_feedback,
 )
@@ -132,26 +132,15 @@ class TriageResult:
     stale_days: list[date] = field(default_factory=list)  # risk days a benign close made stale
 
 
-# control (C0, C1, DEL), format (bidi overrides, zero-width) and line/paragraph separators
-CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
-JOINERS = "\u200c\u200d"  # format characters that Persian, Indic scripts and emoji sequences need
-
-
 def _text(value: str | None, field: str, limit: int = MAX_NOTE, lines: bool = True) -> str | None:
-    """An analyst's free text, refused with control characters: ``alerts show`` and the
-    report print it, and an ANSI escape or a carriage return in it rewrote the reader's
-    terminal (found by an attack). A note may hold line breaks and tabs (``lines``), a
-    name none."""
-    if value is None:
-        return None
-    text = value.replace("\r\n", "\n").strip()  # a note typed on Windows is not refused for its line ends
-    if len(text) > limit:
+    """An analyst's free text by the analyst text rule (``uba.event_rules.check_text``, the
+    one every way in applies): ``alerts show`` prints it, and an ANSI escape or a carriage
+    return in it rewrote the reader's terminal (found by an attack). A note may hold line
+    breaks and tabs (``lines``), a name none."""
+    text = analyst_text(value, lines, f"{field}:")
+    if text is not None and len(text) > limit:
         raise UserError(f"{field}: {len(text)} characters, at most {limit}")
-    allowed = ("\n\t" if lines else "") + JOINERS
-    bad = next((c for c in text if c not in allowed and unicodedata.category(c) in CONTROL_CATEGORIES), None)
-    if bad is not None:
-        raise UserError(f"{field}: holds the control character U+{ord(bad):04X}")
-    return text or None
+    return text
 
 
 def triage_log(data_dir: Path) -> pl.DataFrame:

@@ -21,6 +21,7 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal, TypedDict, TypeVar, cast
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -417,6 +418,47 @@ class ErrorBody(BaseModel):
 NOT_BLANK = "[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
 
+_TEXT_RULE = ("no control character (C0, DEL, C1), format character (bidi override, zero-width space, "
+              "U+FEFF) or line separator (U+2028, U+2029); U+200C/U+200D allowed")
+
+
+def analyst_text_rule(lines: bool) -> AfterValidator:
+    """The analyst text rule (``uba.event_rules.check_text``) of a name (``lines`` False: one
+    line) or a note (line breaks and tabs allowed), as a feedback CSV, the triage CLI and
+    suppression rules apply it: a 422 names the field and the refused code point. Blank text
+    is answered as "" (the stores keep it as none). Put after the field's max_length."""
+
+    def check(value: str) -> str:
+        try:
+            return rules.check_text(value, lines) or ""
+        except rules.RuleError as exc:
+            raise PydanticCustomError(exc.code, exc.message) from None
+
+    return AfterValidator(check)
+
+
+def analyst_text_schema(lines: bool) -> JsonDict:
+    """The analyst text rule as JSON Schema can say it (schemathesis holds the server to
+    it both ways): optional surrounding whitespace (event_rules.WHITESPACE, which the
+    server removes) around characters none of which is refused, and in a note CR LF."""
+    if lines:
+        body = f"(?:[^{_class_of(rules.NOTE_REFUSED_RANGES)}]|\\r\\n)*"
+    else:
+        body = f"[^{_class_of(rules.TEXT_REFUSED_RANGES)}]*"
+    rule = ("line breaks (CR LF read as LF) and tabs allowed" if lines else "one line") + f"; {_TEXT_RULE}"
+    return {"pattern": f"^[{_SPACE}]*{body}[{_SPACE}]*$", "description": rule}
+
+
+def analyst_text_field(max_length: int, lines: bool) -> Any:
+    """An analyst's name or note (``lines``) of at most ``max_length`` characters, checked by
+    ``analyst_text_rule`` (which runs after the length) and documented by ``analyst_text_schema``."""
+    return Field(max_length=max_length, json_schema_extra=analyst_text_schema(lines))
+
+
+AnalystNote = Annotated[str, analyst_text_field(2000, lines=True), analyst_text_rule(True)]
+FeedbackAnalyst = Annotated[str, analyst_text_field(256, lines=False), analyst_text_rule(False)]
+
+
 class FeedbackItem(BaseModel):
     """One analyst verdict on a scored event."""
 
@@ -427,8 +469,8 @@ class FeedbackItem(BaseModel):
     # stored stripped; blank, control, invisible or format characters refused.
     event_id: str
     label: Literal["benign", "malicious"]
-    analyst: str | None = Field(default=None, max_length=256)
-    note: str | None = Field(default=None, max_length=2000)
+    analyst: FeedbackAnalyst | None = None
+    note: AnalystNote | None = None
 
 
 class FeedbackStored(BaseModel):

@@ -59,7 +59,7 @@ from uba.ingest.validate import (
     unreadable_columns,
     validate_events,
 )
-from uba.logs import get_logger
+from uba.logs import get_logger, printable_line
 from uba.schema import (
     OPTIONAL_FIELDS,
     PARTITION_COLUMN,
@@ -1473,7 +1473,9 @@ class IngestSummary:
         return asdict(self)
 
     def to_table(self) -> str:
-        """Plain-text report for people; ``--json`` prints ``to_dict()`` instead."""
+        """Plain-text report for people; ``--json`` prints ``to_dict()`` instead. Each line
+        is printable (``printable_line``): a file name holding a line break printed a forged
+        ``inputs:`` line, and one holding an escape rewrote the terminal."""
         lines = [
             f"ingest run {self.run_id} ({self.status}, {self.seconds:.1f} s)",
             f"  rows read         {self.rows_read:>12,}",
@@ -1503,7 +1505,7 @@ class IngestSummary:
             lines.append(f"error: {self.error}")
         if self.summary_path:
             lines.append(f"summary: {self.summary_path}")
-        return "\n".join(lines)
+        return "\n".join(printable_line(line) for line in lines)
 
 
 # ---------------------------------------------------------------- writing
