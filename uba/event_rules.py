@@ -439,6 +439,8 @@ def id_dtype_error(column: pl.Expr, dtype: pl.DataType) -> pl.Expr | None:
 
 # ---------------------------------------------------------------- analyst text
 
+MAX_ANALYST = 256  # characters of an analyst's name, every way in (API, feedback CSV, triage)
+MAX_NOTE = 2000  # characters of a note (a verdict's, a triage action's, a suppression rule's)
 
 # Code points analyst text may not hold: controls (Cc: C0, DEL, C1), format characters
 # (Cf: bidi controls, zero-width space, U+FEFF, soft hyphen, tags) except the zero-width

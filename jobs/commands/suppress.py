@@ -8,7 +8,7 @@ import click
 
 from jobs.options import DATE, data_dir_option, settings_from
 
-MAX_NOTE_SHOWN = 4000  # a triage note's limit: `suppress list` shows it whole, on its row
+MAX_NOTE_SHOWN = 4000  # twice a note's limit (2,000): `suppress list` shows it whole, escapes included
 
 
 @click.group(name="suppress")

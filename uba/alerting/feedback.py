@@ -34,8 +34,7 @@ from uba.features.reasons import REASON_KINDS
 from uba.schema import FEEDBACK_COLUMNS, FEEDBACK_SCHEMA
 
 LABELS = ("benign", "malicious")
-MAX_ANALYST = 256  # POST /feedback's limits (uba.api.schemas), for a CSV too
-MAX_NOTE = 2000
+MAX_ANALYST, MAX_NOTE = rules.MAX_ANALYST, rules.MAX_NOTE  # POST /feedback's limits, for a CSV too
 WILDCARD = "*"
 RULE_SCHEMA: dict[str, pl.DataType] = {
     "rule_id": pl.String(),

@@ -37,6 +37,8 @@ import polars as pl
 from uba import io
 from uba.alerting.feedback import (
     LABELS,
+    MAX_ANALYST,
+    MAX_NOTE,
     WILDCARD,
     FeedbackSummary,
     add_rule,
@@ -77,7 +79,6 @@ TRIAGE_SCHEMA: dict[str, pl.DataType] = {
 }
 STATE_COLUMNS = ("status", "note", "analyst", "updated_at")
 VERDICT_COLUMNS = ("verdict", "verdict_source", "verdict_at")
-MAX_NOTE = 2000
 
 
 class TriageAction(TypedDict):
@@ -373,7 +374,7 @@ def apply_action(output_dir: Path, data_dir: Path, alert_id: str, action: str, v
     with io.table_lock(data_dir, TRIAGE):  # the status check and the writes as one step
         status = current_status(data_dir, alert["alert_id"])
         verdict = verdict.strip().lower() if verdict else None
-        note, analyst = _text(note, "note"), _text(analyst, "analyst", 200, lines=False)
+        note, analyst = _text(note, "note"), _text(analyst, "analyst", MAX_ANALYST, lines=False)
         _check_action(action, status, verdict, suppress_similar, alert)
         feedback_id, stored = None, None
         if action == "close":

@@ -455,8 +455,8 @@ def analyst_text_field(max_length: int, lines: bool) -> Any:
     return Field(max_length=max_length, json_schema_extra=analyst_text_schema(lines))
 
 
-AnalystNote = Annotated[str, analyst_text_field(2000, lines=True), analyst_text_rule(True)]
-FeedbackAnalyst = Annotated[str, analyst_text_field(256, lines=False), analyst_text_rule(False)]
+AnalystNote = Annotated[str, analyst_text_field(rules.MAX_NOTE, lines=True), analyst_text_rule(True)]
+FeedbackAnalyst = Annotated[str, analyst_text_field(rules.MAX_ANALYST, lines=False), analyst_text_rule(False)]
 
 
 class FeedbackItem(BaseModel):

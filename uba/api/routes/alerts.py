@@ -21,18 +21,10 @@ from uba.api.body import JsonBody, request_body
 from uba.api.deps import Runtime, RuntimeDep, require_json
 from uba.api.errors import BODY_ERRORS, OpenApiResponses
 from uba.api.routes.predict import json_response
-from uba.api.schemas import (
-    AnalystNote,
-    CalendarDate,
-    ErrorBody,
-    analyst_text_field,
-    analyst_text_rule,
-)
+from uba.api.schemas import AnalystNote, CalendarDate, ErrorBody, FeedbackAnalyst
 from uba.errors import UserError
 from uba.io import CorruptPartError
 
-# A triage action's analyst: at most 200 characters (uba.alerting.triage), the analyst text rule.
-TriageAnalyst = Annotated[str, analyst_text_field(200, lines=False), analyst_text_rule(False)]
 STATUS_ACTIONS = {"acknowledged": "ack", "closed": "close", "open": "reopen"}
 TYPES = {"event": "alerts", "user_day": "user-days", "risk": "risk", "all": "all"}
 
@@ -44,7 +36,7 @@ class AlertUpdate(BaseModel):
     status: Literal["acknowledged", "closed", "open"]
     verdict: Literal["benign", "malicious"] | None = None
     note: AnalystNote | None = None
-    analyst: TriageAnalyst | None = None
+    analyst: FeedbackAnalyst | None = None
     suppress_similar: bool = False
 
 
