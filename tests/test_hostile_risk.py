@@ -9,6 +9,8 @@ risk table that does not read.
 - A truncated or foreign risk part was a polars traceback from `score` of the next day,
   `report`, `export --what risk` and `alerts close` (after the verdict was stored), and a
   500 from PATCH /alerts and POST /feedback.
+- `uba-batch feedback` or the API server SIGKILLed after storing a verdict and before
+  marking its risk days left the verdict in effect and the days current for good.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -486,3 +490,90 @@ def test_a_risk_folder_entry_named_like_a_part_that_is_not_a_file_leaves_out_its
         missing = client.patch("/alerts/uba-000000000000000000000000", json={"status": "acknowledged"})
         assert missing.status_code == 409, missing.text
     assert "Traceback" not in log.read_text()
+
+
+@contextmanager
+def _stale_marks_lock_held(world: Copy) -> Iterator[Path]:
+    """The runs' stale-marks lock, held by the test for the block (a verdict waits for it)."""
+    import fcntl
+
+    lock = world.out / io.RUNS / ".risk-stale.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield lock
+    finally:
+        os.close(fd)
+
+
+def _stored_unmarked(world: Copy, alert: str) -> bool:
+    """Whether ``alert``'s benign verdict is in effect while the risk it built is current."""
+    return alert in io.benign_verdicts(world.data_dir) and not all(_stale(world, d) for d in DAYS)
+
+
+def test_a_feedback_killed_before_its_marks_never_leaves_its_verdict_stored_and_the_days_current(
+        world: Copy, tmp_path: Path) -> None:
+    """`uba-batch feedback` stored the verdict, then marked the risk days it built stale.
+    SIGKILLed in between, the verdict counted at the next re-score while every day stayed
+    published as current for good: monitor named none, GET /users/{id}/risk said
+    ``stale: false`` (found by an attack). The marks are now written first and the verdict
+    after them, both under the stale-marks lock: killed while waiting for it, nothing is
+    stored, and giving the verdict again marks the days. (The test holds the lock so the
+    CLI waits exactly there, and kills it then.)"""
+    import signal
+    import subprocess
+    import sys
+
+    from waiting import blocked_on_flock, wait_until
+
+    alert = next(c for c in _contributions(_table(world, D1)) if c["type"] == "event")["alert_id"]
+    csv = tmp_path / "verdict.csv"
+    csv.write_text(f"event_id,label\n{alert},benign\n")
+    with _stale_marks_lock_held(world) as lock:
+        verdict = subprocess.Popen([str(Path(sys.executable).with_name("uba-batch")), "feedback", str(csv),
+                                    *world.folders()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: blocked_on_flock(lock, verdict.pid), 120, "the verdict to wait for the stale-marks lock")
+        verdict.send_signal(signal.SIGKILL)
+        verdict.wait()
+    assert not _stored_unmarked(world, alert), "the verdict is stored and its risk days are current"
+    assert "marked stale" in _verdict(world, tmp_path, alert, "benign")
+    assert all(_stale(world, d) for d in DAYS)
+
+
+def test_post_feedback_killed_before_its_marks_never_leaves_its_verdict_stored_and_the_days_current(
+        world: Copy, tmp_path: Path) -> None:
+    """POST /feedback as `uba-batch feedback` above: the server SIGKILLed while the request
+    waits for the stale-marks lock (a restart, the OOM killer) left the verdict stored and
+    the days current. Now nothing is stored, and the request sent again marks the days."""
+    import threading
+
+    import httpx
+    from waiting import blocked_on_flock, wait_until
+
+    alert = next(c for c in _contributions(_table(world, D1)) if c["type"] == "event")["alert_id"]
+    body = {"items": [{"event_id": alert, "label": "benign"}]}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UBA_")}
+    env.update(UBA_DATA_DIR=str(world.data_dir), UBA_MODEL_DIR=str(world.model_dir), UBA_API_KEYS=KEY,
+               RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    answers: list[object] = []
+
+    def post(url: str) -> None:
+        try:
+            answers.append(httpx.post(f"{url}/feedback", json=body, headers={"X-API-Key": KEY}, timeout=120))
+        except httpx.HTTPError as exc:  # the server died under it
+            answers.append(exc)
+
+    with running_server(env, tmp_path / "first.log", uba_api=["--output-dir", str(world.out)]) as server, \
+            _stale_marks_lock_held(world) as lock:
+        sender = threading.Thread(target=post, args=(server.url,))
+        sender.start()
+        wait_until(lambda: blocked_on_flock(lock, server.process.pid), 60, "POST /feedback to wait for the lock")
+        server.process.kill()
+        server.process.wait()
+        sender.join(timeout=60)
+    assert answers and isinstance(answers[0], httpx.HTTPError), answers
+    assert not _stored_unmarked(world, alert), "the verdict is stored and its risk days are current"
+    with running_server(env, tmp_path / "second.log", uba_api=["--output-dir", str(world.out)]) as server, \
+            server.client(headers={"X-API-Key": KEY}) as client:
+        assert client.post("/feedback", json=body).status_code == 201
+    assert all(_stale(world, d) for d in DAYS)

@@ -345,18 +345,6 @@ def test_verdicts_stored_at_once_each_leave_their_stale_mark(world: RiskWorld, t
     assert [alert for alert in ids if alert not in reasons] == [], "every verdict left its mark"
 
 
-def _blocked_on(lock: Path, pid: int) -> bool:
-    """Whether process ``pid`` waits for the flock of ``lock`` (a ``->`` line of /proc/locks)."""
-    inode = lock.stat().st_ino  # a waiter's line: "1: -> FLOCK ADVISORY WRITE <pid> <dev>:<inode> 0 EOF"
-    rows = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
-    return any("->" in row and row[-4] == str(pid) and row[-3].endswith(f":{inode}") for row in rows)
-
-
-def _stopped(pid: int) -> bool:
-    """Whether process ``pid`` is stopped (state ``T`` in /proc/<pid>/stat)."""
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T"
-
-
 def test_a_day_published_while_a_verdict_waits_to_mark_is_stale(world: RiskWorld, tmp_path: Path) -> None:
     """A benign verdict listed the risk days to mark (D1, D2) before taking the runs'
     stale-marks lock; the first run of D3, committed in between, saw D2 unmarked in its
@@ -370,7 +358,7 @@ def test_a_day_published_while_a_verdict_waits_to_mark_is_stale(world: RiskWorld
     import subprocess
     import sys
 
-    from waiting import wait_until
+    from waiting import blocked_on_flock, stopped, wait_until
 
     own = RiskWorld(tmp_path / "data", world.model_dir, tmp_path / "out")
     shutil.copytree(world.data_dir, own.data_dir)
@@ -389,9 +377,9 @@ def test_a_day_published_while_a_verdict_waits_to_mark_is_stale(world: RiskWorld
         verdict = subprocess.Popen([str(Path(sys.executable).with_name("uba-batch")), "feedback", str(csv),
                                     "--data-dir", str(own.data_dir), "--output-dir", str(own.out)],
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        wait_until(lambda: _blocked_on(lock, verdict.pid), 120, "the verdict to wait for the stale-marks lock")
+        wait_until(lambda: blocked_on_flock(lock, verdict.pid), 120, "the verdict to wait for the stale-marks lock")
         verdict.send_signal(signal.SIGSTOP)  # out of the wait, retries it only once resumed
-        wait_until(lambda: _stopped(verdict.pid), 60, "the verdict to stop")  # released before: it took it
+        wait_until(lambda: stopped(verdict.pid), 60, "the verdict to stop")  # released before: it took it
         os.close(fd)
         fd = -1
         _score(own, DAYS[2])  # its first run, on D2's risk, which still counts the alert
@@ -433,3 +421,50 @@ def test_a_run_killed_after_its_commit_has_marked_the_later_days(world: RiskWorl
     (entry,) = stale_marker(_manifest(own.out, DAYS[2]))
     assert entry["changed_day"] == DAYS[1].isoformat(), entry
     assert entry["reason"].startswith(f"{DAYS[1]} scored for the first time after them (run "), entry
+
+
+def test_a_verdict_given_while_a_days_first_run_commits_marks_that_day(world: RiskWorld, tmp_path: Path) -> None:
+    """A benign verdict on an event of D, given while D's first run held the stale-marks lock
+    between its check of the verdicts (which did not see it) and its commit: the verdict
+    was stored, then searched for the risk days its alert built before taking the lock,
+    found none (D was not published yet) and marked nothing; D was then published as
+    current with the alert counted (found by an attack; docs/risk.md called it a known
+    limit). The verdict now searches and marks under the lock, before it is stored: it
+    waits for the commit and marks D. (The run stops itself after its check with the
+    test hook UBA_FAULT_STOP_AT_PUBLISH_STEP=manifest, the test gives the verdict, then
+    resumes the run.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from waiting import blocked_on_flock, stopped, wait_until
+
+    own = RiskWorld(tmp_path / "data", world.model_dir, tmp_path / "out")
+    shutil.copytree(world.data_dir, own.data_dir)
+    batch = str(Path(sys.executable).with_name("uba-batch"))
+    run = subprocess.Popen([batch, "score", "--date", DAYS[1].isoformat(), *own.args(), "--in-process"],
+                           env={**os.environ, "UBA_FAULT_STOP_AT_PUBLISH_STEP": "manifest"},
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    verdict = None
+    try:
+        wait_until(lambda: run.poll() is not None or stopped(run.pid), 300, "the run to stop after its check")
+        assert run.poll() is None, run.communicate()[0][-2000:]
+        (staged,) = own.out.glob(f".staging/event_date={DAYS[1]}/*/risk/*.parquet")  # what it will publish
+        event = next(c for cs in pl.read_parquet(staged)["contributions"] for c in cs if c["event_id"])["event_id"]
+        csv = tmp_path / "verdict.csv"
+        csv.write_text(f"event_id,label\n{event},benign\n")
+        verdict = subprocess.Popen([batch, "feedback", str(csv), "--data-dir", str(own.data_dir),
+                                    "--output-dir", str(own.out)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        lock = own.out / io.RUNS / ".risk-stale.lock"
+        wait_until(lambda: verdict.poll() is not None or blocked_on_flock(lock, verdict.pid), 120,
+                   "the verdict to be stored or to wait for the run's lock")
+    finally:
+        run.send_signal(signal.SIGCONT)
+    assert run.wait(timeout=300) == 0, run.communicate()[0][-2000:]
+    output = verdict.communicate(timeout=120)[0]
+    assert verdict.returncode == 0, output
+    marks = stale_marker(_manifest(own.out, DAYS[1]))
+    assert marks and event in marks[0]["reason"], (marks, output)
+    assert any(c["event_id"] == event for cs in read_risk(own.out, DAYS[1])["contributions"] for c in cs)

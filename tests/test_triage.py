@@ -484,13 +484,6 @@ def test_hostile_cli_arguments(name: str, own: Path, tmp_path: Path) -> None:
             assert len(triage_log(own / "data")["note"][-1]) == case["stored_note_length"]
 
 
-def _blocked_on(lock: Path, pid: int) -> bool:
-    """Whether process ``pid`` waits for the flock of ``lock`` (a ``->`` line of /proc/locks)."""
-    inode = lock.stat().st_ino  # a waiter's line: "1: -> FLOCK ADVISORY WRITE <pid> <dev>:<inode> 0 EOF"
-    rows = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
-    return any("->" in row and row[-4] == str(pid) and row[-3].endswith(f":{inode}") for row in rows)
-
-
 def test_a_close_killed_while_marking_risk_stale_is_not_on_record_unmarked(own: Path) -> None:
     """A benign close stores the verdict, writes its row, then marks the risk it changed
     stale. SIGKILLed between the row and the marking, the alert stayed closed with its
@@ -504,7 +497,7 @@ def test_a_close_killed_while_marking_risk_stale_is_not_on_record_unmarked(own: 
     import subprocess
     import sys
 
-    from waiting import wait_until
+    from waiting import blocked_on_flock, wait_until
 
     from uba.alerting.risk import read_risk, stale_marker
     from uba.manifest import read_manifest
@@ -520,7 +513,7 @@ def test_a_close_killed_while_marking_risk_stale_is_not_on_record_unmarked(own: 
         close = subprocess.Popen([str(Path(sys.executable).with_name("uba-batch")), "alerts", "close", alert,
                                   "--verdict", "benign", "--date", DAYS[0].isoformat()], env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: _blocked_on(lock, close.pid), 60, "the close to wait for the stale-marks lock")
+        wait_until(lambda: blocked_on_flock(lock, close.pid), 60, "the close to wait for the stale-marks lock")
         close.send_signal(signal.SIGKILL)
         close.wait()
     finally:
@@ -530,3 +523,4 @@ def test_a_close_killed_while_marking_risk_stale_is_not_on_record_unmarked(own: 
     assert shown["status"] == "open" or marked, "closed on record, its risk days never marked stale"
     assert "closed" in _ok("alerts", "close", alert, "--verdict", "benign", *_dirs(own))
     assert all(stale_marker(read_manifest(own / "out", day)) for day in DAYS)
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -55,3 +56,16 @@ def holds_throughout(predicate: Callable[[], object], duration: float, what: str
         if time.monotonic() >= deadline:
             return
         time.sleep(interval)
+
+
+def blocked_on_flock(lock: Path, pid: int) -> bool:
+    """Whether process ``pid`` waits for the flock of ``lock`` (a ``->`` line of /proc/locks):
+    how a kill test knows a process reached that exact point (the test holding the lock)."""
+    inode = lock.stat().st_ino  # a waiter's line: "1: -> FLOCK ADVISORY WRITE <pid> <dev>:<inode> 0 EOF"
+    rows = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+    return any("->" in row and row[-4] == str(pid) and row[-3].endswith(f":{inode}") for row in rows)
+
+
+def stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (state ``T`` in /proc/<pid>/stat)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T"

@@ -2470,11 +2470,17 @@ VERDICT_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def _latest_labels(data_dir: Path) -> list[tuple[str, str, str, datetime, int]]:
+_PENDING_PART = 2**62  # the ``_part`` of feedback rows not stored yet: after every stored part
+
+
+def _latest_labels(data_dir: Path, pending: pl.DataFrame | None = None) -> list[tuple[str, str, str, datetime, int]]:
     """Per feedback id its latest (id, label, source, recorded_at, order): ``order`` ranks
     the label among all labels given, so the two ids of one event alert can be told
-    which is later."""
+    which is later. ``pending`` rows (``FEEDBACK_SCHEMA``) count as a part stored last."""
     parts = scan_table(data_dir, FEEDBACK)
+    if pending is not None:
+        last = pending.lazy().with_columns(pl.lit(_PENDING_PART, dtype=pl.Int64).alias("_part"))
+        parts = last if parts is None else pl.concat([parts, last], how="diagonal_relaxed")
     if parts is None:
         return []
     return (_feedback_in_order(parts).with_row_index("order")
@@ -2482,13 +2488,14 @@ def _latest_labels(data_dir: Path) -> list[tuple[str, str, str, datetime, int]]:
             .select(*VERDICT_SCHEMA, "order").collect().rows())
 
 
-def benign_verdicts(data_dir: Path) -> set[str]:
+def benign_verdicts(data_dir: Path, pending: pl.DataFrame | None = None) -> set[str]:
     """Ids (event ids or alert ids) whose analyst verdict in effect is benign: what entity
-    risk leaves out and what baseline protection lets baselines learn."""
-    return set(verdicts_in_effect(data_dir).filter(pl.col("label") == "benign")["event_id"])
+    risk leaves out and what baseline protection lets baselines learn. With ``pending``
+    feedback rows: what it will be once they are stored (known before storing them)."""
+    return set(verdicts_in_effect(data_dir, pending).filter(pl.col("label") == "benign")["event_id"])
 
 
-def verdicts_in_effect(data_dir: Path) -> pl.DataFrame:
+def verdicts_in_effect(data_dir: Path, pending: pl.DataFrame | None = None) -> pl.DataFrame:
     """Per feedback id (``event_id``: an event id or an alert id) the analyst verdict in
     effect, with its ``source`` (``csv:<file>``, ``api``, ``triage:<alert id>``) and when it
     was given: what entity risk, training's ``--exclude-malicious`` and every alert view read.
@@ -2498,9 +2505,9 @@ def verdicts_in_effect(data_dir: Path) -> pl.DataFrame:
     the same alert as one under the other: the later of the two is in effect for both.
     Without that, a benign verdict given by alert id (as the export names alerts) and a
     later malicious close (stored under the event id) left the alert out of entity risk
-    for good.
+    for good. ``pending`` feedback rows count as stored last (see ``benign_verdicts``).
     """
-    by_id = {row[0]: row for row in _latest_labels(data_dir)}
+    by_id = {row[0]: row for row in _latest_labels(data_dir, pending)}
     in_effect = {i: row[1:4] for i, row in by_id.items()}
     for event_id, row in by_id.items():
         other = by_id.get(alert_id("event", event_id))

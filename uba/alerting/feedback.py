@@ -130,25 +130,64 @@ def validate_feedback(rows: Sequence[Mapping[str, object]], where: Callable[[int
     return pl.DataFrame(clean, schema={c: pl.String() for c in FEEDBACK_COLUMNS})
 
 
-def record_feedback(data_dir: Path, rows: Sequence[Mapping[str, object]], source: str = "api",
-                    where: Callable[[int], str] | None = None, max_id_length: int = 256) -> FeedbackSummary:
-    """Validate and append feedback rows as one part of ``<data-dir>/feedback/`` (all or nothing)."""
+@dataclass(frozen=True)
+class PendingFeedback:
+    """Checked feedback rows as they will be stored (``FEEDBACK_SCHEMA``), not stored yet.
+    Entity risk marks the days they change stale before they are stored, under the lock
+    a score run holds from its check of verdicts to its commit
+    (``uba.alerting.risk.record_verdicts``), so the marks come from the rows themselves."""
+
+    rows: pl.DataFrame
+    rows_blank: int = 0  # CSV rows with no value at all, skipped
+
+    @property
+    def benign_ids(self) -> tuple[str, ...]:
+        """Ids labelled benign: entity risk marks the days they built stale."""
+        return tuple(self.rows.filter(pl.col("label") == "benign")["event_id"].unique(maintain_order=True))
+
+    def unbenign_ids(self, data_dir: Path) -> tuple[str, ...]:
+        """Ids whose verdict in effect is benign now and would not be once these rows are
+        stored (a malicious label taking it back, under the id or the event alert's other
+        id): their alerts count in entity risk again. Read under the same lock as the store
+        that follows, so no other verdict lands in between."""
+        if not (self.rows["label"] != "benign").any():
+            return ()
+        before = io.benign_verdicts(data_dir)
+        if not before:
+            return ()
+        return tuple(sorted(before - io.benign_verdicts(data_dir, pending=self.rows)))
+
+
+def pending_feedback(rows: Sequence[Mapping[str, object]], source: str = "api",
+                     where: Callable[[int], str] | None = None, max_id_length: int = 256) -> PendingFeedback:
+    """Validate feedback rows and stamp them (source, time, order) as they will be stored."""
     valid = validate_feedback(rows, where or (lambda i: f"item {i}"), max_id_length)
-    benign_before = io.benign_verdicts(data_dir) if (valid["label"] != "benign").any() else set()
-    now = datetime.now(UTC)
-    stored = valid.with_columns(
+    stamped = valid.with_columns(
         pl.lit(source, dtype=pl.String()).alias("source"),
-        pl.lit(now, dtype=pl.Datetime("us", "UTC")).alias("recorded_at"),
+        pl.lit(datetime.now(UTC), dtype=pl.Datetime("us", "UTC")).alias("recorded_at"),
         pl.int_range(pl.len(), dtype=pl.Int64).alias("seq"),
     ).select(list(FEEDBACK_SCHEMA))
-    path = io.append_table_part(stored, data_dir, io.FEEDBACK)
-    counts = valid["label"].value_counts()
+    return PendingFeedback(stamped)
+
+
+def store_feedback(data_dir: Path, pending: PendingFeedback, unbenign_ids: tuple[str, ...] = ()) -> FeedbackSummary:
+    """Append ``pending`` as one part of ``<data-dir>/feedback/`` (all or nothing);
+    ``unbenign_ids`` is what :meth:`PendingFeedback.unbenign_ids` read just before."""
+    path = io.append_table_part(pending.rows, data_dir, io.FEEDBACK)
+    counts = pending.rows["label"].value_counts()
     by_label = dict(zip(counts["label"].to_list(), counts["count"].to_list(), strict=True))
-    benign_ids = tuple(valid.filter(pl.col("label") == "benign")["event_id"].unique(maintain_order=True))
-    unbenign = tuple(sorted(benign_before - io.benign_verdicts(data_dir))) if benign_before else ()
-    return FeedbackSummary(rows=valid.height, benign=int(by_label.get("benign", 0)),
-                           malicious=int(by_label.get("malicious", 0)), path=path, benign_ids=benign_ids,
-                           unbenign_ids=unbenign)
+    return FeedbackSummary(rows=pending.rows.height, benign=int(by_label.get("benign", 0)),
+                           malicious=int(by_label.get("malicious", 0)), path=path, benign_ids=pending.benign_ids,
+                           unbenign_ids=unbenign_ids, rows_blank=pending.rows_blank)
+
+
+def record_feedback(data_dir: Path, rows: Sequence[Mapping[str, object]], source: str = "api",
+                    where: Callable[[int], str] | None = None, max_id_length: int = 256) -> FeedbackSummary:
+    """Validate and append feedback rows as one part of ``<data-dir>/feedback/`` (all or
+    nothing), marking nothing stale: the CLI, POST /feedback and a close store verdicts
+    through ``uba.alerting.risk.record_verdicts``, which marks the risk days first."""
+    pending = pending_feedback(rows, source, where, max_id_length)
+    return store_feedback(data_dir, pending, pending.unbenign_ids(data_dir))
 
 
 def _is_blank(row: Mapping[str, object]) -> bool:
@@ -159,9 +198,10 @@ def _is_blank(row: Mapping[str, object]) -> bool:
     return all(value is None or not str(value).strip() for value in row.values())
 
 
-def record_feedback_csv(data_dir: Path, csv_path: Path, max_id_length: int = 256) -> FeedbackSummary:
-    """Feedback from an analyst's CSV (event_id, label[, analyst, note]); errors name the CSV
-    line. Rows with no value at all are skipped and counted (``rows_blank``)."""
+def pending_feedback_csv(csv_path: Path, max_id_length: int = 256) -> PendingFeedback:
+    """Feedback from an analyst's CSV (event_id, label[, analyst, note]), checked, not stored;
+    errors name the CSV line. Rows with no value at all are skipped and counted
+    (``rows_blank``)."""
     frame = io.read_csv_as_strings(csv_path)
     missing = [c for c in ("event_id", "label") if c not in frame.columns]
     if missing:
@@ -174,10 +214,16 @@ def record_feedback_csv(data_dir: Path, csv_path: Path, max_id_length: int = 256
     if blank and not kept:
         raise UserError(f"{csv_path}: no labels, only {blank} blank row(s)")
     rows = labels[kept].to_dicts()
-    summary = record_feedback(data_dir, rows, source=f"csv:{Path(csv_path).name}",
-                              where=lambda i: f"{csv_path} line {lines[kept[i]] if lines else kept[i] + 2}",
-                              max_id_length=max_id_length)
-    return dataclasses.replace(summary, rows_blank=blank)
+    pending = pending_feedback(rows, source=f"csv:{Path(csv_path).name}",
+                               where=lambda i: f"{csv_path} line {lines[kept[i]] if lines else kept[i] + 2}",
+                               max_id_length=max_id_length)
+    return dataclasses.replace(pending, rows_blank=blank)
+
+
+def record_feedback_csv(data_dir: Path, csv_path: Path, max_id_length: int = 256) -> FeedbackSummary:
+    """:func:`pending_feedback_csv`, stored as :func:`record_feedback` stores rows (no marks)."""
+    pending = pending_feedback_csv(csv_path, max_id_length)
+    return store_feedback(data_dir, pending, pending.unbenign_ids(data_dir))
 
 
 def confirmed_malicious_ids(data_dir: Path) -> set[str]:

@@ -31,7 +31,8 @@ the report, ``GET /users/{id}/risk``, the export and ``evaluate`` read it with
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -40,7 +41,12 @@ from typing import Final, overload
 import polars as pl
 
 from uba import io
-from uba.alerting.feedback import FeedbackSummary, record_feedback_csv
+from uba.alerting.feedback import (
+    FeedbackSummary,
+    PendingFeedback,
+    pending_feedback_csv,
+    store_feedback,
+)
 from uba.alerting.trends import TREND_KINDS
 from uba.directory import load_directory
 from uba.errors import UserError, first_line
@@ -378,25 +384,20 @@ def stale_marker(manifest: RunManifest | None) -> list[StaleEntry]:
     return list(manifest.get(STALE_KEY) or [])
 
 
-def mark_stale(output_dir: Path, first: date, reason: str, changed_day: date) -> list[date]:
-    """Add a ``risk_stale`` entry (reason, the day that changed, when) to the published
-    manifest of every risk day from ``first`` on; returns the days marked. The manifest
-    file inside the published version is replaced atomically (its links are left alone);
-    re-scoring the day writes a new manifest without the marker, which is how it clears.
-
-    The days are listed under the stale-marks lock, not by the caller before it: a day
-    first published between a listing and the lock (its run's check saw the day before it
-    still unmarked) was left out, and carried the changed risk as current for good (found
-    by an attack). Under the lock, a run commits either before the listing (and is marked)
-    or after the marking (and sees the day before it marked: born stale)."""
-    with io.stale_marks_lock(Path(output_dir)):  # one marker at a time, never while a run commits
-        return mark_stale_held(output_dir, first, reason, changed_day)
-
-
 def mark_stale_held(output_dir: Path, first: date, reason: str, changed_day: date) -> list[date]:
-    """:func:`mark_stale` for a caller that holds ``io.stale_marks_lock`` already (a score
-    run between its check and its commit): ``flock`` is not re-entrant, so taking the lock
-    again in the same process would wait for itself for good."""
+    """Add a ``risk_stale`` entry (reason, the day that changed, when) to the published
+    manifest of every risk day from ``first`` on; returns the days marked. The caller holds
+    ``io.stale_marks_lock`` (a score run between its check and its commit, or
+    :func:`record_verdicts`; ``flock`` is not re-entrant, so taking it again here would
+    wait for itself for good). The manifest file inside the published version is replaced
+    atomically (its links are left alone); re-scoring the day writes a new manifest without
+    the marker, which is how it clears.
+
+    The days are listed under the lock, not by the caller before it: a day first published
+    between a listing and the lock (its run's check saw the day before it still unmarked)
+    was left out, and carried the changed risk as current for good (found by an attack).
+    Under the lock, a run commits either before the listing (and is marked) or after the
+    marking (and sees the day before it marked: born stale)."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     entry: dict[str, JsonValue] = {"changed_day": changed_day.isoformat(), "reason": reason, "marked_at": now}
     days = [day for day in risk_days(output_dir) if day >= first]
@@ -507,11 +508,14 @@ def _published_alerts(output_dir: Path, dataset: str, day: date) -> pl.DataFrame
         return None
 
 
-def mark_stale_after_verdicts(output_dir: Path, ids: Iterable[str], unbenign: Iterable[str] = ()) -> list[date]:
+def mark_stale_after_verdicts_held(output_dir: Path, ids: Iterable[str], unbenign: Iterable[str] = ()) -> list[date]:
     """A benign verdict on an alert that built some day's risk makes that day and every later
     one stale (their scores still include it); so does a benign verdict taken back
     (``unbenign``: now malicious), from the first day the alert was left out of. Returns
-    the days marked."""
+    the days marked. The caller holds ``io.stale_marks_lock`` (:func:`record_verdicts`):
+    the days the alerts built are searched under it too, since a day whose first run
+    commits after a search done before the lock was not found, and its risk, built with
+    the alert, stayed current (found by an attack)."""
     ids, unbenign = list(ids), list(unbenign)
     hits = [(d, "benign verdict on {} that built the risk of {}", ids) for d in days_with_contribution(output_dir, ids)]
     hits += [(d, "benign verdict on {} taken back (malicious), which counts it again in the risk of {}", unbenign)
@@ -520,14 +524,7 @@ def mark_stale_after_verdicts(output_dir: Path, ids: Iterable[str], unbenign: It
         return []
     first, template, named = min(hits, key=lambda hit: hit[0])
     shown = named[0] if len(named) == 1 else f"{len(named)} alerts"
-    return mark_stale(output_dir, first, template.format(shown, first.isoformat()), first)
-
-
-def mark_stale_after_feedback(output_dir: Path, summary: FeedbackSummary) -> list[date]:
-    """The days a stored feedback submission makes stale (see :func:`mark_stale_after_verdicts`)."""
-    if not summary.benign_ids and not summary.unbenign_ids:
-        return []
-    return mark_stale_after_verdicts(output_dir, summary.benign_ids, summary.unbenign_ids)
+    return mark_stale_held(output_dir, first, template.format(shown, first.isoformat()), first)
 
 
 # --- one run's risk -----------------------------------------------------------------
@@ -637,15 +634,75 @@ def _run_id(output_dir: Path, day: date | None) -> str | None:
 
 @dataclass(frozen=True)
 class VerdictsRecorded:
-    """A stored feedback CSV and the days of entity risk its benign verdicts made stale."""
+    """A stored feedback submission and the days of entity risk its verdicts made stale."""
 
     summary: FeedbackSummary
     stale_days: list[date]
 
 
+def record_verdicts(data_dir: Path, output_dir: Path, pending: PendingFeedback) -> VerdictsRecorded:
+    """Store analysts' verdicts (``uba-batch feedback``, POST /feedback, a close) and mark
+    stale the risk days they change: the marks first, then the verdicts, both under
+    ``io.stale_marks_lock``, which a score run holds from its check of the verdicts to its
+    commit.
+
+    Killed anywhere, a stored verdict has its marks: killed before the store, the days
+    are stale for nothing until re-scored (the safe side: the same inputs give the same
+    risk). The verdicts used to be stored first and marked after, without the lock while
+    searching for the days: a kill in between left the days current for good (the
+    verdict counted only at a re-score nothing asked for), and a verdict on an event of a
+    day whose first run had passed its check but not committed was searched for before
+    that day was published and marked nowhere. Under the lock, a run either commits
+    before the search (its day is found) or checks after the store (it sees the new part
+    and marks itself). A watermark of the verdicts each day saw, compared by every reader,
+    would also survive a kill, but every reader would have to match verdicts to days;
+    here a marked manifest stays the one thing readers look at."""
+    output_dir = Path(output_dir)
+    with _verdicts_turn(output_dir) as can_mark:
+        unbenign = pending.unbenign_ids(data_dir)
+        stale = _mark_before_storing(output_dir, pending.benign_ids, unbenign) if can_mark else []
+        summary = store_feedback(data_dir, pending, unbenign)
+    return VerdictsRecorded(summary, stale)
+
+
+@contextmanager
+def _verdicts_turn(output_dir: Path) -> Iterator[bool]:
+    """``io.stale_marks_lock`` for :func:`record_verdicts`, yielding whether the days can be
+    marked. An output directory that does not exist has no published day and no run in
+    flight (a run makes it, with its date lock, before it reads any verdict), so the
+    verdicts are stored without creating it (``uba-batch feedback`` run where the default
+    ``output`` is not). A lock that cannot be opened (an output directory not writable)
+    is logged and the verdicts are still stored: they count at the next re-score."""
+    if not output_dir.is_dir():
+        yield False
+        return
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(io.stale_marks_lock(output_dir))
+        except UserError as exc:
+            log.warning("%s: the verdicts are stored without marking the entity risk they change stale "
+                        "(they count at the next re-score of its days)", exc)
+            locked = False
+        else:
+            locked = True
+        yield locked
+
+
+def _mark_before_storing(output_dir: Path, benign: Iterable[str], unbenign: Iterable[str]) -> list[date]:
+    """The marks of :func:`record_verdicts`; a failure to write them is logged and the
+    verdicts are stored anyway (they are the analyst's; they count at the next re-score)."""
+    benign, unbenign = list(benign), list(unbenign)
+    if not benign and not unbenign:
+        return []
+    try:
+        return mark_stale_after_verdicts_held(output_dir, benign, unbenign)
+    except (OSError, UserError) as exc:
+        log.warning("entity risk could not be marked stale: %s; the verdicts are stored anyway "
+                    "(they count at the next re-score of its days)", exc)
+        return []
+
+
 def record_verdicts_csv(data_dir: Path, output_dir: Path, csv_path: Path,
                         max_id_length: int = 256) -> VerdictsRecorded:
-    """Store an analyst's CSV, then mark stale the risk days its benign verdicts helped
-    build (their scores still include those alerts until re-scored)."""
-    summary = record_feedback_csv(data_dir, csv_path, max_id_length)
-    return VerdictsRecorded(summary, mark_stale_after_feedback(output_dir, summary))
+    """Store an analyst's CSV (``uba-batch feedback``) as :func:`record_verdicts` does."""
+    return record_verdicts(data_dir, output_dir, pending_feedback_csv(csv_path, max_id_length))

@@ -12,8 +12,9 @@ under the event id for an event alert (what ``train --exclude-malicious`` and th
 suppression tooling read), under the alert id for a user-day or risk alert (what entity
 risk reads for the findings that are not one event). A benign close is a late verdict
 like ``uba-batch feedback``: the risk days the alert built, and every later one, are
-marked stale (``uba.alerting.risk.mark_stale_after_verdicts``); so does a malicious close
-of an alert whose verdict was benign (reopened), which counts it in entity risk again.
+marked stale, before the verdict is stored (``uba.alerting.risk.record_verdicts``); so
+does a malicious close of an alert whose verdict was benign (reopened), which counts it
+in entity risk again.
 
 So the feedback store holds every verdict, however it was given (``uba-batch feedback``,
 ``POST /feedback``, a close), and the triage table only the lifecycle. Every view of an
@@ -40,11 +41,10 @@ from uba.alerting.feedback import (
     MAX_ANALYST,
     MAX_NOTE,
     WILDCARD,
-    FeedbackSummary,
     add_rule,
     analyst_text,
     known_reason_kinds,
-    record_feedback,
+    pending_feedback,
 )
 from uba.alerting.records import (
     RECORD_SCHEMA,
@@ -54,7 +54,7 @@ from uba.alerting.records import (
     alert_records,
     day_records,
 )
-from uba.alerting.risk import mark_stale_after_feedback
+from uba.alerting.risk import record_verdicts
 from uba.errors import UserError, first_line
 from uba.logs import get_logger
 
@@ -376,19 +376,20 @@ def apply_action(output_dir: Path, data_dir: Path, alert_id: str, action: str, v
         verdict = verdict.strip().lower() if verdict else None
         note, analyst = _text(note, "note"), _text(analyst, "analyst", MAX_ANALYST, lines=False)
         _check_action(action, status, verdict, suppress_similar, alert)
-        feedback_id, stored = None, None
+        feedback_id, pending = None, None
         if action == "close":
             feedback_id = alert["event_id"] if alert["alert_type"] == "event" else alert["alert_id"]
-            stored = record_feedback(data_dir, [{"event_id": feedback_id, "label": verdict, "analyst": analyst,
-                                                 "note": note}], source=f"triage:{alert['alert_id']}",
-                                     max_id_length=max(max_id_length, len(alert["alert_id"])))
+            pending = pending_feedback([{"event_id": feedback_id, "label": verdict, "analyst": analyst,
+                                         "note": note}], source=f"triage:{alert['alert_id']}",
+                                       max_id_length=max(max_id_length, len(alert["alert_id"])))
         rule = None
         if suppress_similar:
             kinds = alert["reason_kinds"]
             assert kinds, "_check_action lets only an alert with reason kinds suppress similar ones"
             rule = add_rule(data_dir, alert["user_id"], kinds[0], known_reason_kinds(),
                             note=note or f"benign alert {alert['alert_id']}")
-        stale = _mark_stale(output_dir, stored)  # before the action row, which is the commit point
+        # the rule, the stale marks and the verdict before the action row, which is the commit point
+        stale = record_verdicts(data_dir, output_dir, pending).stale_days if pending is not None else []
         new_status = ACTIONS[action]
         row = pl.DataFrame([{
             "alert_id": alert["alert_id"], "action": action, "status": new_status, "verdict": verdict,
@@ -397,24 +398,6 @@ def apply_action(output_dir: Path, data_dir: Path, alert_id: str, action: str, v
         }], schema=TRIAGE_SCHEMA)
         io.append_table_part(row, data_dir, TRIAGE)
     return TriageResult(alert["alert_id"], new_status, verdict, feedback_id, rule, stale)
-
-
-def _mark_stale(output_dir: Path, stored: FeedbackSummary | None) -> list[date]:
-    """Mark the risk days a close's verdict changes stale (a late verdict, or a benign one
-    taken back, as `uba-batch feedback` has it), before the close's own row is written.
-
-    The row is what makes the alert closed, and a closed alert cannot be closed again: when
-    the marking came after it, a close killed in between (SIGKILL, OOM, a restart) left the
-    alert closed with its verdict in effect and the risk it changed never marked, for good
-    (found by an attack). Now a close on record has marked its days; one killed before its
-    row leaves the alert open, and closing it again stores and marks again."""
-    if stored is None:
-        return []
-    try:
-        return mark_stale_after_feedback(output_dir, stored)
-    except (OSError, UserError) as exc:  # stored already: the verdict counts at the next re-score
-        log.warning("verdict stored, but entity risk could not be marked stale: %s", exc)
-        return []
 
 
 def status_counts(data_dir: Path, records: pl.DataFrame) -> dict[str, dict[str, int]]:

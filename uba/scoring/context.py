@@ -21,6 +21,7 @@ FAULT_ENV = {
     "pid_dir": "UBA_FAULT_PID_DIR",
     "pause_before_publish_sec": "UBA_FAULT_PAUSE_BEFORE_PUBLISH_SEC",
     "kill_at_publish_step": "UBA_FAULT_KILL_AT_PUBLISH_STEP",
+    "stop_at_publish_step": "UBA_FAULT_STOP_AT_PUBLISH_STEP",
 }
 
 
@@ -32,7 +33,10 @@ class FaultInjection:
     ``pid_dir`` (so a test can SIGKILL that worker); ``pause_before_publish_sec`` sleeps
     after the staging directory is complete and before it is swapped in;
     ``kill_at_publish_step`` makes the driver SIGKILL itself right after that step of
-    publishing (one of ``PUBLISH_STEPS``). Never set in production; the CLI reads them
+    publishing (one of ``PUBLISH_STEPS``), and ``stop_at_publish_step`` makes it SIGSTOP
+    itself there, so a test can act at that exact point (a verdict given while the run holds
+    the stale-marks lock between its check and its commit) and then resume it with SIGCONT.
+    Never set in production; the CLI reads them
     from ``UBA_FAULT_*`` environment variables (and io reads ``UBA_FAULT_ENOSPC_AT``).
     """
 
@@ -40,6 +44,7 @@ class FaultInjection:
     pid_dir: str | None = None
     pause_before_publish_sec: float = 0.0
     kill_at_publish_step: str | None = None
+    stop_at_publish_step: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FaultInjection | None:
@@ -51,6 +56,7 @@ class FaultInjection:
             pid_dir=env.get(FAULT_ENV["pid_dir"]) or None,
             pause_before_publish_sec=float(env.get(FAULT_ENV["pause_before_publish_sec"]) or 0.0),
             kill_at_publish_step=env.get(FAULT_ENV["kill_at_publish_step"]) or None,
+            stop_at_publish_step=env.get(FAULT_ENV["stop_at_publish_step"]) or None,
         )
 
 

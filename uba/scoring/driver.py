@@ -545,11 +545,15 @@ class _Run:
         io.commit_day_version(self.output_dir, self.day, self.run_id)  # the commit point
 
     def _publish_step(self, name: str) -> None:
-        """Fault injection: SIGKILL this process right after publish step ``name``."""
+        """Fault injection: SIGKILL (or SIGSTOP, for a test to resume) this process right
+        after publish step ``name``."""
         fault = self.options.fault
         if fault and fault.kill_at_publish_step == name:
             log.warning("fault injection: killing the run after publish step %s", name)
             os.kill(os.getpid(), signal.SIGKILL)
+        if fault and fault.stop_at_publish_step == name:
+            log.warning("fault injection: stopping the run after publish step %s (SIGCONT resumes it)", name)
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     # -- records ---------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """POST /feedback: analysts mark flagged events benign or malicious.
 
-Stored exactly like ``uba-batch feedback`` (``uba.alerting.feedback.record_feedback``): one
+Stored exactly like ``uba-batch feedback`` (``uba.alerting.risk.record_verdicts``): one
 append-only Parquet part per request under ``<data-dir>/feedback/``, all items or none,
-latest label per event wins. No model is needed, so this works before the first reload.
+latest label per event wins; the entity risk days a late verdict changes are marked stale
+before it is stored. No model is needed, so this works before the first reload.
 The body is bounded (``api.max_batch`` items, counted before any is validated) and
 parsed off the event loop (``uba.api.body``). (No ``from __future__ import
 annotations``: FastAPI must see the real classes.)
@@ -15,8 +16,8 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from uba.alerting.feedback import FeedbackSummary, record_feedback
-from uba.alerting.risk import mark_stale_after_feedback
+from uba.alerting.feedback import pending_feedback
+from uba.alerting.risk import VerdictsRecorded, record_verdicts
 from uba.api.body import JsonBody, request_body
 from uba.api.deps import RuntimeDep, require_json
 from uba.api.errors import BODY_ERRORS, OpenApiResponses
@@ -32,10 +33,12 @@ _ERRORS: OpenApiResponses = {
 }
 
 
-def store_items(data_dir: Path, items: list[BaseModel], max_id_length: int) -> FeedbackSummary:
-    """Dump and store the items (in the thread pool: up to api.max_batch of them); their
-    event ids were checked by the model with the same rule and length."""
-    return record_feedback(data_dir, [item.model_dump() for item in items], "api", max_id_length=max_id_length)
+def store_items(data_dir: Path, output_dir: Path, items: list[BaseModel], max_id_length: int) -> VerdictsRecorded:
+    """Dump and store the items, marking stale the risk days they change first (in the
+    thread pool: up to api.max_batch of them); their event ids were checked by the model
+    with the same rule and length."""
+    pending = pending_feedback([item.model_dump() for item in items], "api", max_id_length=max_id_length)
+    return record_verdicts(data_dir, output_dir, pending)
 
 
 def build_router(models: ApiModels) -> APIRouter:
@@ -48,18 +51,20 @@ def build_router(models: ApiModels) -> APIRouter:
                  summary="Store analyst labels (benign / malicious) for scored events")
     async def post_feedback(runtime: RuntimeDep, body: Annotated[BaseModel, Depends(body_dep)]) -> FeedbackStored:
         items = body.items  # type: ignore[attr-defined]  # a field of the model made from settings
+        paths = runtime.settings.paths
         try:
-            summary = await run_in_threadpool(store_items, runtime.settings.paths.data_dir, items,
-                                              runtime.settings.events.max_string_length)
+            recorded = await run_in_threadpool(store_items, paths.data_dir, paths.output_dir, items,
+                                               runtime.settings.events.max_string_length)
         except UserError as exc:  # e.g. whitespace-only event_id: named by item
             raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
                                 detail=[{"field": "items", "message": str(exc), "value": None}]) from exc
-        if summary.benign_ids or summary.unbenign_ids:  # late verdicts make the days they changed stale
+        if recorded.stale_days:  # late verdicts made the days they changed stale: the served stale flags
             try:
-                if await run_in_threadpool(mark_stale_after_feedback, runtime.settings.paths.output_dir, summary):
-                    await run_in_threadpool(runtime.risk.load, runtime.settings)  # the served stale flags
-            except (OSError, UserError) as exc:  # stored already: the verdict counts at the next re-score
-                log.warning("feedback stored, but entity risk could not be marked stale: %s", exc)
+                await run_in_threadpool(runtime.risk.load, runtime.settings)
+            except (OSError, UserError) as exc:  # stored and marked: the periodic check reloads
+                log.warning("feedback stored and entity risk marked stale, but the served risk was not "
+                            "reloaded: %s", exc)
+        summary = recorded.summary
         return FeedbackStored(stored=summary.rows, benign=summary.benign, malicious=summary.malicious)
 
     return router
