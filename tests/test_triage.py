@@ -524,3 +524,47 @@ def test_a_close_killed_while_marking_risk_stale_is_not_on_record_unmarked(own: 
     assert "closed" in _ok("alerts", "close", alert, "--verdict", "benign", *_dirs(own))
     assert all(stale_marker(read_manifest(own / "out", day)) for day in DAYS)
 
+
+def test_a_suppress_similar_close_killed_before_its_row_adds_its_rule_once_when_closed_again(own: Path) -> None:
+    """A benign ``--suppress-similar`` close adds its rule before the close's row (the commit
+    point: the alert closed). SIGKILLed in between, the alert stayed open with the rule in
+    force, and closing it again, as the analyst must, added the same rule a second time
+    (found by an attack; undoing it then took two ``suppress remove``). The close reuses an
+    active rule of the same user and reason kind that never expires. (The test holds the
+    runs' stale-marks lock, which the close takes after the rule, and kills it there.)"""
+    import fcntl
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from waiting import blocked_on_flock, wait_until
+
+    from uba.alerting.feedback import listed_rules
+    from uba.alerting.risk import read_risk
+
+    day = DAYS[0].isoformat()
+    table = read_risk(own / "out", DAYS[0])
+    assert table is not None
+    counted = {c["alert_id"] for cs in table["contributions"] for c in cs}  # its verdict marks risk days
+    event = next(a for a in _listed(own, "--date", day, "--type", "event") if a["alert_id"] in counted)
+    alert = str(event["alert_id"])
+    lock = own / "out" / io.RUNS / ".risk-stale.lock"
+    env = {**os.environ, "UBA_DATA_DIR": str(own / "data"), "UBA_OUTPUT_DIR": str(own / "out")}
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        close = subprocess.Popen([str(Path(sys.executable).with_name("uba-batch")), "alerts", "close", alert,
+                                  "--verdict", "benign", "--suppress-similar", "--date", day], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: blocked_on_flock(lock, close.pid), 60, "the close to wait for the stale-marks lock")
+        close.send_signal(signal.SIGKILL)
+        close.wait()
+    finally:
+        os.close(fd)
+    assert json.loads(_ok("alerts", "show", alert, *_dirs(own)))["status"] == "open", "killed before its row"
+    assert "closed" in _ok("alerts", "close", alert, "--verdict", "benign", "--suppress-similar", *_dirs(own))
+    rules = listed_rules(own / "data")
+    assert rules.height == 1, rules  # one rule, named by the close that is on record
+    assert (rules["user_id"][0], rules["reason_kind"][0]) == (event["user_id"], event["reason_kinds"][0])
+    assert triage_log(own / "data")["suppression_rule"].to_list() == [rules["rule_id"][0]]

@@ -138,7 +138,7 @@ def _act(ctx: click.Context, alert_id: str, action: str, day: date | None, outpu
     if result.feedback_id is not None:
         extra += f"; verdict {result.verdict} stored as feedback for {result.feedback_id}"
     if result.suppression_rule is not None:
-        extra += f"; suppression rule {result.suppression_rule} added (`uba-batch suppress list`)"
+        extra += f"; suppression rule {result.suppression_rule} in force (`uba-batch suppress list`)"
     click.echo(f"{result.alert_id}: {result.status}{extra}")
     echo_stale_days(result.stale_days)
 

@@ -41,9 +41,11 @@ from uba.alerting.feedback import (
     MAX_ANALYST,
     MAX_NOTE,
     WILDCARD,
+    active_rules,
     add_rule,
     analyst_text,
     known_reason_kinds,
+    load_rules,
     pending_feedback,
 )
 from uba.alerting.records import (
@@ -382,12 +384,7 @@ def apply_action(output_dir: Path, data_dir: Path, alert_id: str, action: str, v
             pending = pending_feedback([{"event_id": feedback_id, "label": verdict, "analyst": analyst,
                                          "note": note}], source=f"triage:{alert['alert_id']}",
                                        max_id_length=max(max_id_length, len(alert["alert_id"])))
-        rule = None
-        if suppress_similar:
-            kinds = alert["reason_kinds"]
-            assert kinds, "_check_action lets only an alert with reason kinds suppress similar ones"
-            rule = add_rule(data_dir, alert["user_id"], kinds[0], known_reason_kinds(),
-                            note=note or f"benign alert {alert['alert_id']}")
+        rule = _suppression_rule(data_dir, alert, note) if suppress_similar else None
         # the rule, the stale marks and the verdict before the action row, which is the commit point
         stale = record_verdicts(data_dir, output_dir, pending).stale_days if pending is not None else []
         new_status = ACTIONS[action]
@@ -398,6 +395,23 @@ def apply_action(output_dir: Path, data_dir: Path, alert_id: str, action: str, v
         }], schema=TRIAGE_SCHEMA)
         io.append_table_part(row, data_dir, TRIAGE)
     return TriageResult(alert["alert_id"], new_status, verdict, feedback_id, rule, stale)
+
+
+def _suppression_rule(data_dir: Path, alert: AlertRecord, note: str | None) -> str:
+    """The rule of a ``--suppress-similar`` close: an active rule for the alert's user and
+    top reason kind that never expires is reused, else one is added. A close killed after
+    adding its rule and before its row (which is what makes the alert closed) left the
+    alert open, and closing it again, as the analyst must, added the same rule a second
+    time (found by an attack); each identical rule is one more to find and remove to undo
+    it. Called under the triage lock, so two closes cannot both add it."""
+    kinds = alert["reason_kinds"]
+    assert kinds, "_check_action lets only an alert with reason kinds suppress similar ones"
+    user = alert["user_id"].strip()
+    same = active_rules(load_rules(data_dir), day=None).filter(
+        (pl.col("user_id") == user) & (pl.col("reason_kind") == kinds[0]) & pl.col("expires").is_null())
+    if same.height:
+        return str(same["rule_id"][0])
+    return add_rule(data_dir, user, kinds[0], known_reason_kinds(), note=note or f"benign alert {alert['alert_id']}")
 
 
 def status_counts(data_dir: Path, records: pl.DataFrame) -> dict[str, dict[str, int]]:
