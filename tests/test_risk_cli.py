@@ -468,3 +468,48 @@ def test_a_verdict_given_while_a_days_first_run_commits_marks_that_day(world: Ri
     marks = stale_marker(_manifest(own.out, DAYS[1]))
     assert marks and event in marks[0]["reason"], (marks, output)
     assert any(c["event_id"] == event for cs in read_risk(own.out, DAYS[1])["contributions"] for c in cs)
+
+
+def test_a_verdict_given_before_any_run_and_stored_after_the_first_marks_its_day(
+        world: RiskWorld, tmp_path: Path) -> None:
+    """A benign verdict on an event of D given where the output directory did not exist yet
+    (feedback before any run), stored only after D's first run had made the directory, read
+    the verdicts and committed: the verdict found no directory, so it locked nothing and
+    looked for no day, and D was published current with the benign alert counted, marked
+    nowhere (found by an attack; the commit that closed the same window for a published
+    output directory assumed "no directory, no run in flight"). It now looks again after
+    the store and, the directory being there, marks D under the lock. (The feedback stops
+    itself just before its store with the test hook UBA_FAULT_STOP_AT=feedback; the test
+    runs D's first run, then resumes it.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from waiting import stopped, wait_until
+
+    own = RiskWorld(tmp_path / "data", world.model_dir, tmp_path / "out")  # no output directory yet
+    shutil.copytree(world.data_dir, own.data_dir)
+    benign = io.benign_verdicts(own.data_dir)
+    event = next(c["event_id"] for cs in read_risk(world.out, DAYS[1])["contributions"] for c in cs
+                 if c["event_id"] and c["event_id"] not in benign and c["alert_id"] not in benign)
+    csv = tmp_path / "verdict.csv"
+    csv.write_text(f"event_id,label\n{event},benign\n")
+    stored = io.table_part_files(own.data_dir, io.FEEDBACK)
+    verdict = subprocess.Popen([str(Path(sys.executable).with_name("uba-batch")), "feedback", str(csv),
+                                "--data-dir", str(own.data_dir), "--output-dir", str(own.out)],
+                               env={**os.environ, "UBA_FAULT_STOP_AT": "feedback"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: verdict.poll() is not None or stopped(verdict.pid), 120, "the verdict to stop")
+        assert verdict.poll() is None, verdict.communicate()[0][-2000:]
+        assert not own.out.exists() and io.table_part_files(own.data_dir, io.FEEDBACK) == stored
+        _score(own, DAYS[1])  # D's first run: makes the directory, reads the verdicts without this one
+    finally:
+        verdict.send_signal(signal.SIGCONT)
+    output = verdict.communicate(timeout=120)[0]
+    assert verdict.returncode == 0, output
+    assert event in io.benign_verdicts(own.data_dir)
+    assert any(c["event_id"] == event for cs in read_risk(own.out, DAYS[1])["contributions"] for c in cs)
+    marks = stale_marker(_manifest(own.out, DAYS[1]))
+    assert marks and event in marks[0]["reason"], (marks, output)

@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -68,10 +69,12 @@ SCORES = "scores"
 FLAGGED = "flagged"
 RUNS = "runs"
 TMP_PREFIX = ".tmp-"
-# Test hook (never set in production): the write of this kind fails with ENOSPC, as a
-# full disk would make it. Kinds: staged_part, baseline_snapshot, aggregates, events,
-# publish, manifest (see fault_point).
+# Test hooks (never set in production): the write of this kind fails with ENOSPC, as a
+# full disk would make it, or the process stops itself (SIGSTOP) just before it, for a test
+# to act at that exact point and resume it. Kinds: staged_part, baseline_snapshot,
+# aggregates, events, publish, manifest, feedback (see fault_point).
 FAULT_ENOSPC_ENV = "UBA_FAULT_ENOSPC_AT"
+FAULT_STOP_ENV = "UBA_FAULT_STOP_AT"
 log = get_logger("io")
 # What ``open_input`` returns: the file itself, or a ``.gz`` file's decompressing reader.
 InputStream = BufferedReader | gzip.GzipFile
@@ -82,7 +85,11 @@ class CorruptPartError(UserError):
 
 
 def fault_point(kind: str, path: Path | str = "") -> None:
-    """Raise ENOSPC here when ``UBA_FAULT_ENOSPC_AT`` names ``kind`` (fault-injection tests)."""
+    """Raise ENOSPC here when ``UBA_FAULT_ENOSPC_AT`` names ``kind``, or SIGSTOP this process
+    when ``UBA_FAULT_STOP_AT`` does (fault-injection tests; SIGCONT resumes it)."""
+    if os.environ.get(FAULT_STOP_ENV) == kind:
+        log.warning("fault injection: stopping before the %s write %s (SIGCONT resumes it)", kind, path)
+        os.kill(os.getpid(), signal.SIGSTOP)
     if os.environ.get(FAULT_ENOSPC_ENV) == kind:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 

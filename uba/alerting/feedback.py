@@ -173,6 +173,7 @@ def pending_feedback(rows: Sequence[Mapping[str, object]], source: str = "api",
 def store_feedback(data_dir: Path, pending: PendingFeedback, unbenign_ids: tuple[str, ...] = ()) -> FeedbackSummary:
     """Append ``pending`` as one part of ``<data-dir>/feedback/`` (all or nothing);
     ``unbenign_ids`` is what :meth:`PendingFeedback.unbenign_ids` read just before."""
+    io.fault_point(io.FEEDBACK, Path(data_dir) / io.FEEDBACK)
     path = io.append_table_part(pending.rows, data_dir, io.FEEDBACK)
     counts = pending.rows["label"].value_counts()
     by_label = dict(zip(counts["label"].to_list(), counts["count"].to_list(), strict=True))

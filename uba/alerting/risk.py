@@ -658,24 +658,44 @@ def record_verdicts(data_dir: Path, output_dir: Path, pending: PendingFeedback) 
     would also survive a kill, but every reader would have to match verdicts to days;
     here a marked manifest stays the one thing readers look at."""
     output_dir = Path(output_dir)
-    with _verdicts_turn(output_dir) as can_mark:
+    if not output_dir.is_dir():
+        return _record_before_any_run(data_dir, output_dir, pending)
+    with _stale_marks_turn(output_dir) as locked:
         unbenign = pending.unbenign_ids(data_dir)
-        stale = _mark_before_storing(output_dir, pending.benign_ids, unbenign) if can_mark else []
+        stale = _mark_verdict_days(output_dir, pending.benign_ids, unbenign) if locked else []
         summary = store_feedback(data_dir, pending, unbenign)
     return VerdictsRecorded(summary, stale)
 
 
-@contextmanager
-def _verdicts_turn(output_dir: Path) -> Iterator[bool]:
-    """``io.stale_marks_lock`` for :func:`record_verdicts`, yielding whether the days can be
-    marked. An output directory that does not exist has no published day and no run in
-    flight (a run makes it, with its date lock, before it reads any verdict), so the
-    verdicts are stored without creating it (``uba-batch feedback`` run where the default
-    ``output`` is not). A lock that cannot be opened (an output directory not writable)
-    is logged and the verdicts are still stored: they count at the next re-score."""
+def _record_before_any_run(data_dir: Path, output_dir: Path, pending: PendingFeedback) -> VerdictsRecorded:
+    """:func:`record_verdicts` where the output directory does not exist: there is no lock
+    to take (nor is one made: ``uba-batch feedback`` run where the default ``output`` is
+    not must not create it), so the verdicts are stored, and the days are searched and
+    marked only if the directory exists by then.
+
+    A run makes the directory, with its date lock, before it reads any verdict, so when it
+    is still missing after the store every run reads the verdicts. When it appeared in
+    between, a day's first run may have read the verdicts before the store and checked
+    before it too: the verdicts used to be stored without looking again, and that day was
+    published current with a benign alert counted, marked nowhere (found by an attack: a
+    feedback stopped between its look and its store while D's first run ran). Under the
+    lock now, that run has committed (its day is found and marked) or checks after the
+    store (it marks itself). Killed between the store and these marks, such a day stays
+    current: a window only while the first run of an output directory is under way."""
+    unbenign = pending.unbenign_ids(data_dir)
+    summary = store_feedback(data_dir, pending, unbenign)
     if not output_dir.is_dir():
-        yield False
-        return
+        return VerdictsRecorded(summary, [])
+    with _stale_marks_turn(output_dir) as locked:
+        stale = _mark_verdict_days(output_dir, pending.benign_ids, unbenign) if locked else []
+    return VerdictsRecorded(summary, stale)
+
+
+@contextmanager
+def _stale_marks_turn(output_dir: Path) -> Iterator[bool]:
+    """``io.stale_marks_lock`` for :func:`record_verdicts`, yielding whether the days can be
+    marked. A lock that cannot be opened (an output directory not writable) is logged and
+    the verdicts are still stored: they count at the next re-score."""
     with ExitStack() as stack:
         try:
             stack.enter_context(io.stale_marks_lock(output_dir))
@@ -688,7 +708,7 @@ def _verdicts_turn(output_dir: Path) -> Iterator[bool]:
         yield locked
 
 
-def _mark_before_storing(output_dir: Path, benign: Iterable[str], unbenign: Iterable[str]) -> list[date]:
+def _mark_verdict_days(output_dir: Path, benign: Iterable[str], unbenign: Iterable[str]) -> list[date]:
     """The marks of :func:`record_verdicts`; a failure to write them is logged and the
     verdicts are stored anyway (they are the analyst's; they count at the next re-score)."""
     benign, unbenign = list(benign), list(unbenign)
