@@ -385,3 +385,47 @@ def test_one_analyst_text_rule_for_the_csv_the_api_and_suppression_rules(
         assert rule.exit_code == 0 and load_rules(tmp_path / "rules")["note"].to_list() == [stored_note]
     else:
         assert rule.exit_code == 1 and "suppression rule: note holds the" in rule.output and as_note in rule.output
+
+
+# (field, text, refused): the limits count the text as given, CR LF and surrounding whitespace included
+GIVEN_LENGTHS = [
+    ("note", "x" * 2000, False),
+    ("note", "x" * 2000 + "\r\n", True),  # 2,000 characters and a spreadsheet's line end
+    ("note", "a\r\n" * 700, True),  # 1,400 characters stored, 2,100 given: 700 Windows lines
+    ("analyst", "a" * 256, False),
+    ("analyst", "a" * 256 + "\t", True),
+]
+
+
+@pytest.mark.parametrize(("field", "text", "refused"), GIVEN_LENGTHS)
+def test_one_length_limit_for_the_csv_the_api_and_suppression_rules(
+        tmp_path: Path, field: str, text: str, refused: bool) -> None:
+    """POST /feedback and PATCH /alerts count a note or an analyst as given (their schema's
+    maxLength, before the analyst text rule), while a feedback CSV, `uba-batch alerts` and
+    `suppress add` counted it as stored (CR LF as one, surrounding whitespace removed): the
+    same note was stored from a CSV and refused by the API (found by an attack). Every way
+    in now counts it as given."""
+    import csv
+
+    from uba.api.schemas import build_feedback_model
+    from uba.settings import load_settings
+
+    model = build_feedback_model(load_settings().api)
+    source = tmp_path / "verdict.csv"
+    with source.open("w", newline="") as out:
+        csv.writer(out).writerows([["event_id", "label", field], ["e1", "benign", text]])
+    row = {"event_id": "e1", "label": "benign", field: text}
+    rule_args = ["suppress", "add", "--user", "u7", "--reason-kind", "hour", "--note", text,
+                 "--data-dir", str(tmp_path / "rules")]
+    if refused:
+        with pytest.raises(UserError, match=f"line 2: {field} is {len(text)} characters, at most"):
+            record_feedback_csv(tmp_path / "d", source)
+        with pytest.raises(ValueError, match="at most"):
+            model.model_validate({"items": [row]})
+    else:
+        record_feedback_csv(tmp_path / "d", source)
+        model.model_validate({"items": [row]})
+    if field == "note":
+        rule = CliRunner().invoke(cli, rule_args)
+        assert rule.exit_code == (1 if refused else 0), rule.output
+        assert not refused or f"suppression rule: note is {len(text)} characters, at most 2000" in rule.output

@@ -146,6 +146,9 @@ def test_close_benign_with_suppress_similar_creates_a_rule_that_the_next_score_a
     (["close", "{event}", "--verdict", "malicious", "--suppress-similar"], "only a close with verdict benign"),
     (["reopen", "{event}"], "is open: reopen is not possible"),
     (["ack", "{event}", "--note", "x" * 2001], "note: 2001 characters"),
+    # counted as given, as PATCH /alerts counts it: a CR LF and surrounding whitespace included
+    (["ack", "{event}", "--note", "x" * 2000 + "\r\n"], "note: 2002 characters, at most 2000"),
+    (["ack", "{event}", "--analyst", "a" * 256 + "\t"], "analyst: 257 characters, at most 256"),
     # printed by `alerts show` and the report: an escape or a carriage return rewrote the
     # reader's terminal (found by an attack); a note keeps line breaks, a name has none
     (["ack", "{event}", "--analyst", "ann\x1b[2J"], "analyst: holds the control character U+001B"),

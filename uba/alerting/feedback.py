@@ -78,11 +78,25 @@ def _bounded(value: object, field: str, limit: int, where: str) -> str | None:
     The characters follow the analyst text rule of triage and the API
     (``uba.event_rules.check_text``; a note may hold line breaks and tabs): both paths
     stored an ANSI escape, a carriage return or a right-to-left override in an analyst
-    or a note, which a close through ``uba-batch alerts`` refuses."""
-    text = analyst_text(None if value is None else str(value), field == "note", f"{where}: {field}")
-    if text is not None and len(text) > limit:
-        raise UserError(f"{where}: {field} is {len(text)} characters, at most {limit}")
-    return text
+    or a note, which a close through ``uba-batch alerts`` refuses. The length is that of the
+    text as given (see ``given_length_error``)."""
+    given = None if value is None else str(value)
+    too_long = given_length_error(given, limit)
+    if too_long:
+        raise UserError(f"{where}: {field} is {too_long}")
+    return analyst_text(given, field == "note", f"{where}: {field}")
+
+
+def given_length_error(value: str | None, limit: int) -> str | None:
+    """``"N characters, at most LIMIT"`` when analyst text is longer than ``limit`` as given,
+    before its CR LF become LF and its surrounding whitespace is removed, else None: how
+    POST /feedback and PATCH /alerts count it (their schema's ``maxLength``, checked before
+    the analyst text rule). The CLI counted the text as stored, so the same note was
+    stored from a CSV and refused by the API (a 1,400-character note of 700 Windows lines,
+    a 2,000-character note with a trailing line break; found by an attack)."""
+    if value is None or len(value) <= limit:
+        return None
+    return f"{len(value)} characters, at most {limit}"
 
 
 def analyst_text(value: str | None, lines: bool, what: str) -> str | None:
@@ -259,10 +273,10 @@ def _rule_note(note: str | None) -> str | None:
     """A rule's note by the rule of any analyst's note (``analyst_text``, at most MAX_NOTE
     characters): ``suppress add --note`` stored an ANSI escape, a carriage return or a bidi
     override, which a close with suppress_similar (whose note becomes the rule's) refuses."""
-    text = analyst_text(note, True, "suppression rule: note")
-    if text is not None and len(text) > MAX_NOTE:
-        raise UserError(f"suppression rule: note is {len(text)} characters, at most {MAX_NOTE}")
-    return text
+    too_long = given_length_error(note, MAX_NOTE)
+    if too_long:
+        raise UserError(f"suppression rule: note is {too_long}")
+    return analyst_text(note, True, "suppression rule: note")
 
 
 def add_rule(data_dir: Path, user_id: str, reason_kind: str, known_kinds: Sequence[str],

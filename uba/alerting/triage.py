@@ -44,6 +44,7 @@ from uba.alerting.feedback import (
     active_rules,
     add_rule,
     analyst_text,
+    given_length_error,
     known_reason_kinds,
     load_rules,
     pending_feedback,
@@ -139,11 +140,12 @@ def _text(value: str | None, field: str, limit: int = MAX_NOTE, lines: bool = Tr
     """An analyst's free text by the analyst text rule (``uba.event_rules.check_text``, the
     one every way in applies): ``alerts show`` prints it, and an ANSI escape or a carriage
     return in it rewrote the reader's terminal (found by an attack). A note may hold line
-    breaks and tabs (``lines``), a name none."""
-    text = analyst_text(value, lines, f"{field}:")
-    if text is not None and len(text) > limit:
-        raise UserError(f"{field}: {len(text)} characters, at most {limit}")
-    return text
+    breaks and tabs (``lines``), a name none. Its length is counted as given, as the API
+    counts it (``given_length_error``)."""
+    too_long = given_length_error(value, limit)
+    if too_long:
+        raise UserError(f"{field}: {too_long}")
+    return analyst_text(value, lines, f"{field}:")
 
 
 def triage_log(data_dir: Path) -> pl.DataFrame:
