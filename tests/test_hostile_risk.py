@@ -27,7 +27,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from api_world import running_server
+from api_world import SEED_PAYLOAD, running_server
 from click.testing import CliRunner
 
 from jobs.cli import cli
@@ -577,3 +577,55 @@ def test_post_feedback_killed_before_its_marks_never_leaves_its_verdict_stored_a
             server.client(headers={"X-API-Key": KEY}) as client:
         assert client.post("/feedback", json=body).status_code == 201
     assert all(_stale(world, d) for d in DAYS)
+
+
+def test_verdicts_waiting_for_the_stale_marks_lock_leave_the_other_routes_served(
+        world: Copy, tmp_path: Path) -> None:
+    """Every POST /feedback and PATCH /alerts waits for the runs' stale-marks lock (a score
+    run holds it from its check to its commit, a feedback CSV of 100,000 rows about a
+    second) in a worker thread: with more verdicts waiting than the server's 40 threads,
+    every route that needs one stalled until the lock was free (GET /alerts timed out,
+    found by an attack holding the lock and posting 120 verdicts). Verdicts now wait in
+    threads of their own (uba.api.deps.VERDICT_THREADS); the others answer meanwhile, and
+    every verdict is stored once the lock is free."""
+    import fcntl
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from waiting import wait_until
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UBA_")}
+    env.update(UBA_DATA_DIR=str(world.data_dir), UBA_MODEL_DIR=str(world.model_dir), UBA_API_KEYS=KEY,
+               RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    lock = world.out / io.RUNS / ".risk-stale.lock"
+    verdicts = 60  # more than the 40 threads Starlette runs blocking work in
+
+    def waiting(pid: int) -> int:
+        inode = lock.stat().st_ino
+        rows = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+        return sum("->" in row and row[-4] == str(pid) and row[-3].endswith(f":{inode}") for row in rows)
+
+    with running_server(env, tmp_path / "uvicorn.log", uba_api=["--output-dir", str(world.out)]) as server:
+        def post(i: int) -> int:
+            with httpx.Client(base_url=server.url, headers={"X-API-Key": KEY}, timeout=120) as one:
+                return one.post("/feedback", json={"items": [{"event_id": f"e-{i}", "label": "malicious"}]}).status_code
+
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            with ThreadPoolExecutor(verdicts) as pool:
+                posted = [pool.submit(post, i) for i in range(verdicts)]
+                wait_until(lambda: waiting(server.process.pid) > 0, 60, "verdicts to wait for the lock")
+                with httpx.Client(base_url=server.url, headers={"X-API-Key": KEY}, timeout=15) as client:
+                    listed = client.get("/alerts", params={"days": 1, "status": "all"})
+                    assert listed.status_code == 200, listed.text
+                    scored = client.post("/predict/batch", json={"events": [SEED_PAYLOAD] * 2})
+                    assert scored.status_code == 200, scored.text
+                os.close(fd)
+                fd = -1
+                assert [f.result(timeout=300) for f in posted] == [201] * verdicts
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    stored = pl.read_parquet(io.table_part_files(world.data_dir, io.FEEDBACK))
+    assert set(stored["event_id"]) >= {f"e-{i}" for i in range(verdicts)}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, TypeVar
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import Depends, HTTPException, Request, status
 
 from uba.api.auth import API_KEY_HEADER, key_is_valid
@@ -18,6 +21,12 @@ from uba.api.schemas import ApiModels
 from uba.api.state import ModelHolder
 from uba.api.workers import WorkerGroup
 from uba.settings import Settings
+
+T = TypeVar("T")
+# Worker threads for storing verdicts (POST /feedback, PATCH /alerts), apart from the 40
+# Starlette runs all other blocking work in: each waits for the runs' stale-marks lock
+# (and a close for the triage table's lock), and they take turns there anyway.
+VERDICT_THREADS = 4
 
 
 @dataclass
@@ -32,6 +41,18 @@ class Runtime:
     risk: RiskHolder = field(default_factory=RiskHolder)  # entity risk (GET /users/{id}/risk)
     api_keys: tuple[bytes, ...] = ()
     group: WorkerGroup | None = None  # the other workers of this server (uba.api.workers)
+    # threads in which verdicts wait for their locks (run_verdict_work)
+    verdict_threads: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(VERDICT_THREADS))
+
+
+async def run_verdict_work(runtime: Runtime, func: Callable[..., T], *args: object) -> T:
+    """``func(*args)`` in one of the runtime's ``VERDICT_THREADS`` threads: storing a verdict
+    waits for the runs' stale-marks lock, which a score run holds from its check to its
+    commit. In Starlette's shared threads (``run_in_threadpool``), verdicts waiting there
+    took all 40 once enough came in, and every route needing a thread (GET /alerts,
+    /predict/batch, reloads) stalled until the lock was free (found by an attack). Beyond
+    these threads, verdicts queue in the event loop."""
+    return await to_thread.run_sync(functools.partial(func, *args), limiter=runtime.verdict_threads)
 
 
 async def get_runtime(request: Request) -> Runtime:

@@ -18,7 +18,7 @@ from uba.alerting import triage
 from uba.alerting.formats import json_ready
 from uba.alerting.records import DayNotScoredError
 from uba.api.body import JsonBody, request_body
-from uba.api.deps import Runtime, RuntimeDep, require_json
+from uba.api.deps import Runtime, RuntimeDep, require_json, run_verdict_work
 from uba.api.errors import BODY_ERRORS, OpenApiResponses
 from uba.api.routes.predict import json_response
 from uba.api.schemas import AnalystNote, CalendarDate, ErrorBody, FeedbackAnalyst
@@ -179,7 +179,7 @@ def build_router() -> APIRouter:
     async def patch_alert(runtime: RuntimeDep, alert_id: str,
                           update: Annotated[AlertUpdate, Depends(body_dep)]) -> AlertUpdated:
         try:
-            result = await run_in_threadpool(_update, runtime, alert_id, update)
+            result = await run_verdict_work(runtime, _update, runtime, alert_id, update)
         except UserError as exc:
             raise _http_error(exc) from exc
         if result.stale_days:  # GET /users/{id}/risk says so at once, not after the next reload

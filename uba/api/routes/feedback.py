@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from uba.alerting.feedback import pending_feedback
 from uba.alerting.risk import VerdictsRecorded, record_verdicts
 from uba.api.body import JsonBody, request_body
-from uba.api.deps import RuntimeDep, require_json
+from uba.api.deps import RuntimeDep, require_json, run_verdict_work
 from uba.api.errors import BODY_ERRORS, OpenApiResponses
 from uba.api.schemas import ApiModels, ErrorBody, FeedbackStored
 from uba.errors import UserError
@@ -53,8 +53,8 @@ def build_router(models: ApiModels) -> APIRouter:
         items = body.items  # type: ignore[attr-defined]  # a field of the model made from settings
         paths = runtime.settings.paths
         try:
-            recorded = await run_in_threadpool(store_items, paths.data_dir, paths.output_dir, items,
-                                               runtime.settings.events.max_string_length)
+            recorded = await run_verdict_work(runtime, store_items, paths.data_dir, paths.output_dir, items,
+                                              runtime.settings.events.max_string_length)
         except UserError as exc:  # e.g. whitespace-only event_id: named by item
             raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
                                 detail=[{"field": "items", "message": str(exc), "value": None}]) from exc
