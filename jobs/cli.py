@@ -91,17 +91,32 @@ class _Group(click.Group):
             # break or an escape printed a second line, or rewrote the terminal)
             click.echo(f"error: {printable_line(str(exc))}", err=True)
             sys.exit(1)
-        except OSError as exc:  # a full disk anywhere: one line, like a user error
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        except OSError as exc:  # the filesystem said no (full, read-only, a file in a folder's place)
+            if not exc.errno:
                 raise
-            get_logger("cli").debug("disk full", exc_info=True)
-            from uba.io import os_error_reason  # polars: kept out of the CLI's start-up
-
-            click.echo(f"error: {printable_line(os_error_reason(exc) or str(exc))}", err=True)
+            get_logger("cli").debug("file operation failed", exc_info=True)
+            click.echo(f"error: {printable_line(_file_error_line(exc, ctx.invoked_subcommand))}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
+
+
+def _file_error_line(exc: OSError, command: str | None) -> str:
+    """One line for a file operation the filesystem refused, wherever in a command it
+    happened: what the OS said, its errno name and the path. A full disk says so; any
+    other refusal (a read-only mount, no permission, a regular file where a folder
+    belongs, a folder where a file belongs) adds what to check. Commands catch the
+    failures they expect with a line of their own; this is the net below them, so an
+    operator never gets a traceback for a disk or mount problem."""
+    from uba.io import os_error_reason  # polars: kept out of the CLI's start-up
+
+    reason = os_error_reason(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return str(reason)
+    doing = f"uba-batch {command}" if command else "uba-batch"
+    return (f"{reason}: a file operation of {doing} failed and it stopped there; check the path (a read-only "
+            "or missing mount, its permissions, a file where a folder belongs or the reverse) and run it again")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

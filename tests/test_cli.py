@@ -169,3 +169,28 @@ def test_iso_basic_and_week_dates_are_refused_naming_the_option(tmp_path: Path, 
 def test_a_date_in_another_form_is_still_named_by_its_form(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["score", "--date", "2026-3-1", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "'2026-3-1' is not a date in YYYY-MM-DD form" in result.output, result.output
+
+
+def test_a_file_operation_the_filesystem_refuses_is_one_line_naming_the_path(tmp_path: Path) -> None:
+    """Only a full disk was turned into one line: any other refusal of the filesystem (a
+    regular file where a folder belongs, a read-only mount, no permission) ended in a
+    traceback, e.g. `feedback` and `suppress add` on a data directory whose folder was a
+    file (found by an attack). Now any of them is one line with the errno and the path."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "suppressions").write_text("a file where the rules' folder belongs")
+    result = _run("suppress", "add", "--user", "u1", "--reason-kind", "hour", "--expires", "2999-01-01",
+                  "--data-dir", str(data))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: File exists [EEXIST] ({data / 'suppressions'}): a file operation of uba-batch suppress failed "
+        "and it stopped there; check the path (a read-only or missing mount, its permissions, a file where a "
+        "folder belongs or the reverse) and run it again"]
+    verdicts = tmp_path / "verdicts.csv"
+    verdicts.write_text("event_id,label,analyst\ne1,benign,ann\n")
+    (data / "feedback").write_text("a file where the verdicts' folder belongs")
+    result = _run("feedback", str(verdicts), "--data-dir", str(data), "--output-dir", str(tmp_path / "out"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"error: File exists [EEXIST] ({data / 'feedback'}): a file operation of "
+                                    "uba-batch feedback failed"), result.stderr

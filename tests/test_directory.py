@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import decimal
+import os
 from pathlib import Path
 
 import polars as pl
@@ -319,3 +320,27 @@ def test_concurrent_imports_of_different_departments_all_land(tmp_path: Path) ->
     assert stored.group_by("department").len().sort("department")["len"].to_list() == [200] * 6
     totals = sorted(int(out.split("the directory holds ")[1].split(" ")[0]) for out in outputs)
     assert totals == [200, 400, 600, 800, 1000, 1200], "each import saw every earlier one"
+
+
+@pytest.mark.parametrize("blocker", ["folder", "dangling link"])
+def test_something_else_in_the_directory_files_place_is_one_line_and_nothing_is_written(
+        tmp_path: Path, blocker: str) -> None:
+    """A folder where users.parquet belongs made `users import` end in a traceback
+    (IsADirectoryError from the final rename), and a link whose target is gone (an HR share
+    not mounted) was taken for "no directory" (found by an attack)."""
+    place = tmp_path / "data" / "directory" / "users.parquet"
+    place.parent.mkdir(parents=True)
+    if blocker == "folder":
+        place.mkdir()
+    else:
+        place.symlink_to(tmp_path / "unmounted" / "users.parquet")
+    for extra in ((), ("--replace",)):
+        result = _import(tmp_path, HEADER + "u1,finance,analyst,no,low,\n", *extra)
+        assert result.exit_code == 1, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        assert result.output.strip().splitlines() == [
+            f"error: {place} is not a regular file (a folder, FIFO or "
+            "link to nothing is in its place): the user directory cannot be read there; remove it, then import "
+            "the directory again (uba-batch users import FILE)"]
+    assert sorted(p.name for p in place.parent.iterdir()) == [".lock", "users.parquet"]
+    assert os.path.lexists(place) and not place.is_file()

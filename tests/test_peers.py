@@ -280,3 +280,20 @@ def test_an_api_whose_newest_snapshot_predates_the_directory_names_the_day_to_re
         _score(data, world.model_dir, tmp_path / "out")  # what the reason says
         assert client.post("/admin/reload").status_code == 200
         assert client.get("/ready").json()["ready"] is True
+
+
+def test_a_directory_link_to_nothing_is_refused_by_score_naming_it(world: PeerWorld, tmp_path: Path) -> None:
+    """users.parquet as a link to an HR share that is not mounted was taken for "no
+    directory": the peer model was refused with "does not exist", and the directory's
+    privilege weights and peer groups silently fell away for a model trained without one.
+    Now it is one line naming the file, before anything is written."""
+    data = tmp_path / "data"
+    shutil.copytree(world.data_dir, data)
+    users = data / "directory" / "users.parquet"
+    users.unlink()
+    users.symlink_to(tmp_path / "hr-share" / "users.parquet")
+    refused = _score(data, world.model_dir, tmp_path / "out", expect_ok=False)
+    assert refused.strip().splitlines() == [
+        f"error: {users} is not a regular file (a folder, FIFO or link to nothing is in its place): the user "
+        "directory cannot be read there; remove it, then import the directory again (uba-batch users import FILE)"]
+    assert not (tmp_path / "out").exists()

@@ -15,6 +15,7 @@ the value.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,24 @@ class ImportSummary:
 
 def directory_path(data_dir: Path) -> Path:
     return Path(data_dir) / DIRECTORY / USERS_FILE
+
+
+def stored_directory_file(data_dir: Path) -> Path | None:
+    """The stored directory's file, None when no directory is stored.
+
+    Something else in its place (a folder, a FIFO, a link whose target is gone, e.g. an
+    HR share that is not mounted) is a user error naming it: taken for "no directory",
+    scoring went on without peer groups or privilege weights, a bundle trained with a
+    directory was refused as if none had been imported, and an import failed with a
+    traceback when it came to replace it."""
+    path = directory_path(data_dir)
+    if path.is_file():
+        return path
+    if not os.path.lexists(path):
+        return None
+    raise UserError(f"{path} is not a regular file (a folder, FIFO or link to nothing is in its place): the user "
+                    "directory cannot be read there; remove it, then import the directory again "
+                    "(uba-batch users import FILE)")
 
 
 def _text(value: object, field: str, max_length: int) -> str | None:
@@ -294,7 +313,8 @@ def _merge_and_store(data_dir: Path, new: pl.DataFrame, columns: Sequence[str], 
     with io.table_lock(data_dir, DIRECTORY):
         if replace and new.is_empty():
             _refuse_emptying(target, source, bad)
-        stored = None if replace else io.read_parquet_if_exists(target)
+        present = stored_directory_file(data_dir)  # a folder in its place: one line, nothing written
+        stored = None if replace or present is None else io.read_parquet_if_exists(present)
         kept = tuple(c for c in SCHEMA if c not in columns) if stored is not None else ()
         merged = new if stored is None else _update(stored.cast(pl.Schema(SCHEMA)), new, kept)
         io.write_parquet_atomic(merged.sort("user_id"), target)
@@ -338,5 +358,6 @@ def _reason_kind(reason: str) -> str:
 
 def load_directory(data_dir: Path) -> pl.DataFrame | None:
     """The stored directory, or None when there is none (behaviour as without one)."""
-    frame = io.read_parquet_if_exists(directory_path(data_dir))
+    path = stored_directory_file(data_dir)
+    frame = None if path is None else io.read_parquet_if_exists(path)
     return None if frame is None else frame.cast(pl.Schema(SCHEMA))

@@ -100,7 +100,9 @@ def os_error_reason(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and exc.errno:
         name = errno.errorcode.get(exc.errno, "")
         text = exc.strerror or str(exc)
-        where = f" ({exc.filename})" if exc.filename else ""
+        # a rename names both paths; the second is the one in the way (a folder where a file goes)
+        where = (f" ({exc.filename} -> {exc.filename2})" if exc.filename and exc.filename2
+                 else f" ({exc.filename})" if exc.filename else "")
         return f"{text} [{name}]{where}" if name else f"{text}{where}"
     text = str(exc).strip()
     if isinstance(exc, pl.exceptions.PolarsError) and "os error" in text:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from uba import io
-from uba.directory import directory_path, load_directory
+from uba.directory import directory_path, load_directory, stored_directory_file
 from uba.features.aggregates import (
     AGGREGATES_VERSION,
     Categories,
@@ -146,8 +146,9 @@ def peers_of(data_dir: Path, settings: Settings) -> pl.DataFrame | None:
 def directory_context(data_dir: Path) -> PeerContext:
     """Whether scoring with ``data_dir`` has a user directory, hence peer features: what a
     bundle's feature set is checked against before a batch run."""
-    path = directory_path(data_dir)
-    return PeerContext(present=path.is_file(), source=str(path) + ("" if path.is_file() else " does not exist"))
+    path = stored_directory_file(data_dir)
+    return PeerContext(present=path is not None,
+                       source=str(directory_path(data_dir)) + ("" if path is not None else " does not exist"))
 
 
 def unlearned_as_of(output_dir: Path | None, data_dir: Path, as_of: date, settings: Settings) -> pl.DataFrame:
