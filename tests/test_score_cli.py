@@ -181,3 +181,49 @@ def test_by_default_a_day_below_the_ray_threshold_runs_in_process_threads(shared
                    env={"UBA_SCORING__CHUNK_ROWS": "100", "UBA_RAY__MIN_ROWS_FOR_RAY": "0"})
     assert ray_run.returncode == 0, ray_run.stderr
     assert day_output_bytes(tmp_path / "d", day) == day_output_bytes(tmp_path / "r", day)
+
+
+def test_a_day_inside_the_models_training_window_is_scored_with_a_warning_and_recorded(
+        shared_world, tmp_path: Path) -> None:
+    """After a retrain, re-scoring a day the new model was trained on (a backfill to clear
+    stale entity risk, a re-run of a failed day) scored it in-sample: its alerts fell (29 to
+    14 on a generated day) and nothing said why (found by an attack). Now the run warns,
+    naming the model that scored the day before, the backfill repeats it under its summary,
+    the manifest records the window and the verdict, and monitor lists the day."""
+    from worlds import run_cli
+
+    world = shared_world.copy(tmp_path / "world")
+    first, second = world.score_dates[:2]
+    paths = _paths(world, world.output_dir)
+    unseen = _uba("score", "--date", first.isoformat(), "--in-process", *paths)
+    assert unseen.returncode == 0, unseen.stderr
+    assert "in-sample" not in unseen.stderr
+    model = _manifest(world.output_dir, first)["model"]
+    assert model["training_window"] == {"start": "2026-03-01", "end": "2026-03-08"}
+    assert model["in_training_window"] is False
+
+    run_cli("train", "--data-dir", str(world.data_dir), "--model-dir", str(world.model_dir),
+            "--output-dir", str(world.output_dir), "--end-date", first.isoformat(), "--window-days", "9")
+    walk = _uba("backfill", "--start", first.isoformat(), "--end", second.isoformat(), "--in-process", *paths)
+    assert walk.returncode == 0, walk.stderr
+    retrained = _manifest(world.output_dir, first)["model"]
+    assert retrained["version"] != world.version
+    assert retrained["training_window"] == {"start": "2026-03-01", "end": first.isoformat()}
+    assert retrained["in_training_window"] is True
+    assert _manifest(world.output_dir, second)["model"]["in_training_window"] is False
+    assert (f"{first} lies inside the training window 2026-03-01..{first} of model {retrained['version']}: the "
+            "model was fitted on this day's events, so they score lower and alert less than on a day it never saw "
+            f"(in-sample); it is published as scored by model {world.version}; --model-version {world.version} "
+            "scores it as that model did") in walk.stderr
+    assert f"{second} lies inside" not in walk.stderr
+    assert (f"warning: 1 date(s) lie inside the training window of model {retrained['version']} and were scored "
+            "in-sample (the model saw their events: lower scores, fewer alerts than unseen days): "
+            f"{first}") in walk.stderr
+
+    monitor = _uba("monitor", "--start", first.isoformat(), "--end", second.isoformat(),
+                   "--data-dir", str(world.data_dir), "--output-dir", str(world.output_dir))
+    assert monitor.returncode == 0, monitor.stderr
+    assert (f"scored in-sample on {first}: model {retrained['version']} was trained on that day, so its alerts "
+            "are fewer than on an unseen day; re-score it with a model trained before it (--model-version)"
+            ) in monitor.stdout
+    assert f"scored in-sample on {second}" not in monitor.stdout

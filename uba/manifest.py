@@ -68,6 +68,13 @@ class RunInputs(TypedDict):
     baseline_protection: NotRequired[BaselineProtection]
 
 
+class ModelWindow(TypedDict):
+    """The days a bundle was fitted on (ISO dates, inclusive)."""
+
+    start: str
+    end: str
+
+
 class RunModel(TypedDict):
     version: str
     path: str
@@ -75,6 +82,10 @@ class RunModel(TypedDict):
     features: list[str]
     threshold: float
     threshold_percentile: float
+    # the bundle's training window, and whether the scored day lies inside it (in-sample:
+    # the forest saw these events, so they score lower and alert less than unseen days)
+    training_window: NotRequired[ModelWindow]
+    in_training_window: NotRequired[bool]
 
 
 class RunCounts(TypedDict):

@@ -32,6 +32,7 @@ class MonitoringSummary:
     stale: list[tuple[date, StaleEntry]]
     chart: Path
     advice: str | None
+    in_sample: list[tuple[date, str]]  # days scored by a model trained on them, and that model
 
     @property
     def judged_by_excess(self) -> bool:
@@ -39,21 +40,32 @@ class MonitoringSummary:
         return any(r.get("judged_by") == "excess" for r in self.rows)
 
 
-def collect_rows(output_dir: Path, start: date, end: date) -> tuple[list[MonitoringRow], list[date],
-                                                                      list[tuple[date, StaleEntry]]]:
-    """Rows of the days with a run, the days without one, and each stale day's first marker."""
+@dataclass
+class CollectedRuns:
+    """What the manifests of a range say, before the chart and the advice."""
 
-    rows: list[MonitoringRow] = []
-    missing: list[date] = []
-    stale: list[tuple[date, StaleEntry]] = []
+    rows: list[MonitoringRow]
+    missing: list[date]
+    stale: list[tuple[date, StaleEntry]]
+    in_sample: list[tuple[date, str]]
+
+
+def collect_rows(output_dir: Path, start: date, end: date) -> CollectedRuns:
+    """Rows of the days with a run, the days without one, each stale day's first marker,
+    and the days scored in-sample (inside their model's training window)."""
+
+    runs = CollectedRuns([], [], [], [])
     for day in date_range(start, end):
         manifest = read_manifest(output_dir, day)
         if manifest is None:
-            missing.append(day)
-        else:
-            rows.append(monitoring_row(manifest))
-            stale += [(day, entry) for entry in manifest.get("risk_stale", [])[:1]]
-    return rows, missing, stale
+            runs.missing.append(day)
+            continue
+        runs.rows.append(monitoring_row(manifest))
+        runs.stale += [(day, entry) for entry in manifest.get("risk_stale", [])[:1]]
+        model = manifest.get("model", {})  # a sparse or older manifest may lack it
+        if model.get("in_training_window"):
+            runs.in_sample.append((day, str(model.get("version"))))
+    return runs
 
 
 def monitor_days(settings: Settings, start: date, end: date, png: Path | None) -> MonitoringSummary:
@@ -63,7 +75,8 @@ def monitor_days(settings: Settings, start: date, end: date, png: Path | None) -
     """
 
     out_dir = Path(settings.paths.output_dir)
-    rows, missing, stale = collect_rows(out_dir, start, end)
+    runs = collect_rows(out_dir, start, end)
+    rows = runs.rows
     if not rows:
         raise UserError(f"no run manifests between {start} and {end} under {out_dir / io.RUNS}")
     target = png if png is not None else out_dir / "monitoring" / f"monitor-{start}_{end}.png"
@@ -72,7 +85,7 @@ def monitor_days(settings: Settings, start: date, end: date, png: Path | None) -
                                                 settings.monitoring.psi_drift), target)
     except OSError as exc:  # a mistyped --png: one line, no traceback
         raise UserError(f"cannot write the chart to {target}: {exc.strerror or exc}") from exc
-    return MonitoringSummary(rows, missing, stale, target, retrain_advice(rows))
+    return MonitoringSummary(rows, runs.missing, runs.stale, target, retrain_advice(rows), runs.in_sample)
 
 
 def monitor_lines(settings: Settings, start: date, end: date, png: Path | None) -> Iterator[str]:
@@ -104,6 +117,9 @@ def _summary_notes(summary: MonitoringSummary) -> Iterator[str]:
     if summary.stale:
         yield (f"re-score the stale days in date order: uba-batch backfill --start {summary.stale[0][0]} "
                f"--end {summary.stale[-1][0]}")
+    for day, version in summary.in_sample:
+        yield (f"scored in-sample on {day}: model {version} was trained on that day, so its alerts are fewer "
+               "than on an unseen day; re-score it with a model trained before it (--model-version)")
     yield f"chart: {summary.chart}"
     yield summary.advice or "no retraining needed: no day drifted beyond the configured limits"
 

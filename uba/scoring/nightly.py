@@ -75,10 +75,24 @@ def backfill_and_deliver(settings: Settings, start: date, end: date, options: Sc
     counts = outcome_counts(outcomes)
     lines.append(Line(f"backfill: {counts['scored']} scored, {counts['skipped']} skipped, "
                       f"{counts['failed']} failed of {len(outcomes)} dates"))
+    lines += _in_sample_note(outcomes)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         lines.append(Line("error: failed dates: " + ", ".join(str(o.day) for o in failed), err=True, exit_code=1))
     return lines
+
+
+def _in_sample_note(outcomes: list[BackfillOutcome]) -> list[Line]:
+    """The dates of the walk its model was trained on, once more under the summary (each
+    also warned as it was scored, which a long walk's lines bury): re-scoring last week
+    after the weekly retrain scores it in-sample, with fewer alerts."""
+    in_sample = [(o.day, o.manifest["model"]["version"]) for o in outcomes
+                 if o.manifest is not None and o.manifest["model"].get("in_training_window")]
+    if not in_sample:
+        return []
+    return [Line(f"warning: {len(in_sample)} date(s) lie inside the training window of model {in_sample[0][1]} and "
+                 "were scored in-sample (the model saw their events: lower scores, fewer alerts than unseen days): "
+                 + ", ".join(str(day) for day, _ in in_sample), err=True)]
 
 
 def _prepared_sinks(settings: Settings) -> list[ReadySink]:
