@@ -513,3 +513,34 @@ def test_a_verdict_given_before_any_run_and_stored_after_the_first_marks_its_day
     assert any(c["event_id"] == event for cs in read_risk(own.out, DAYS[1])["contributions"] for c in cs)
     marks = stale_marker(_manifest(own.out, DAYS[1]))
     assert marks and event in marks[0]["reason"], (marks, output)
+
+
+def test_risk_settings_changed_between_days_are_named_where_the_scales_meet(world: RiskWorld, tmp_path: Path) -> None:
+    """A ConfigMap edit of the risk settings between two nightly runs: the next day carried
+    scores computed on the old scale into its own, and nothing said so (the manifest
+    recorded only the half-life and the cuts, and nothing compared them; found by an
+    attack). Now the manifest records every setting of the formula, and the first day on
+    new settings names what changed since the day it carried, in its manifest and in one
+    warning; the day after, on the same settings, is quiet."""
+    out = tmp_path / "changed"
+    _score(world, DAYS[0], out)
+    assert _manifest(out, DAYS[0])["risk"]["settings"] == {
+        k: v for k, v in S.model_dump(mode="json").items() if k != "history_days"}
+    assert "settings_changed" not in _manifest(out, DAYS[0])["risk"]
+    new = {"UBA_RISK__EVENT_POINTS": "20", "UBA_RISK__HIGH_CUT": "60"}
+    changed = CliRunner().invoke(cli, ["score", "--date", DAYS[1].isoformat(), *world.args(out), "--in-process"],
+                                 env=new)
+    assert changed.exit_code == 0, changed.output
+    assert (f"entity risk of {DAYS[1]} carries the scores of {DAYS[0]}, computed with other risk settings "
+            "(event_points 10.0 -> 20.0, high_cut 70.0 -> 60.0): until the days from the first one you want on "
+            "the new settings are re-scored in date order (uba-batch backfill --force --start ...), today's "
+            "scores mix the two") in changed.output
+    risk = _manifest(out, DAYS[1])["risk"]
+    assert risk["settings_changed"] == {"since": DAYS[0].isoformat(),
+                                        "changes": {"event_points": [10.0, 20.0], "high_cut": [70.0, 60.0]}}
+    assert risk["settings"]["event_points"] == 20.0 and risk["cuts"]["high"] == 60.0
+    same = CliRunner().invoke(cli, ["score", "--date", DAYS[2].isoformat(), *world.args(out), "--in-process"],
+                              env=new)
+    assert same.exit_code == 0, same.output
+    assert "other risk settings" not in same.output
+    assert "settings_changed" not in _manifest(out, DAYS[2])["risk"]

@@ -275,6 +275,13 @@ class RiskCuts(TypedDict):
     critical: float
 
 
+class RiskSettingsChange(TypedDict):
+    """Risk settings that differ from those of the day whose scores this run carried."""
+
+    since: str  # that day
+    changes: dict[str, list[JsonValue]]  # setting -> [that day's value, this run's]
+
+
 class RiskSection(TypedDict):
     """Entity risk of the day (``uba.alerting.risk.RiskRun.manifest_section``)."""
 
@@ -284,6 +291,8 @@ class RiskSection(TypedDict):
     benign_verdicts: int
     half_life_days: float
     cuts: RiskCuts
+    settings: NotRequired[dict[str, JsonValue]]  # every risk setting the formula used
+    settings_changed: NotRequired[RiskSettingsChange]
 
 
 class StaleEntry(TypedDict):

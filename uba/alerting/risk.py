@@ -51,7 +51,7 @@ from uba.alerting.trends import TREND_KINDS
 from uba.directory import load_directory
 from uba.errors import UserError, first_line
 from uba.logs import get_logger
-from uba.manifest import RiskSection, RunManifest, StaleEntry, read_manifest
+from uba.manifest import RiskSection, RiskSettingsChange, RunManifest, StaleEntry, read_manifest
 from uba.schema import JsonValue, alert_ids, unsuppressed_alert
 from uba.settings import RISK_LEVELS, RiskSettings, Settings
 
@@ -543,6 +543,7 @@ class RiskRun:
     feedback: list[str]
     old_table: pl.DataFrame | None
     benign: int
+    settings_changed: RiskSettingsChange | None = None
 
     @classmethod
     def compute(cls, settings: Settings, day: date, flagged: pl.DataFrame, user_days: pl.DataFrame | None) -> RiskRun:
@@ -554,13 +555,16 @@ class RiskRun:
         previous_day, previous = found if found else (None, None)
         contributions = contributions_of_day(flagged, user_days, day, settings.risk, benign)
         table = compute_risk(contributions, previous, previous_day, day, settings.risk, load_directory(data_dir))
+        previous_manifest = read_manifest(output_dir, previous_day) if previous_day else None
         return cls(day=day, table=table, previous_day=previous_day,
-                   previous_run=_run_id(output_dir, previous_day), feedback=stamp,
-                   old_table=read_risk_or_none(output_dir, day), benign=len(benign))
+                   previous_run=None if previous_manifest is None else previous_manifest.get("run_id"),
+                   feedback=stamp, old_table=read_risk_or_none(output_dir, day), benign=len(benign),
+                   settings_changed=settings_change(previous_manifest, settings.risk, day))
 
     def manifest_section(self, settings: RiskSettings) -> RiskSection:
-        """The manifest's ``risk`` section: counts, what it was computed from, the cuts."""
-        return {
+        """The manifest's ``risk`` section: counts, what it was computed from, the cuts,
+        every setting of the formula, and those that changed since the carried day."""
+        section: RiskSection = {
             "users": self.table.height,
             "levels": level_counts(self.table),
             "previous": ({"date": self.previous_day.isoformat(), "run_id": self.previous_run}
@@ -568,7 +572,11 @@ class RiskRun:
             "benign_verdicts": self.benign,
             "half_life_days": settings.half_life_days,
             "cuts": {"medium": settings.medium_cut, "high": settings.high_cut, "critical": settings.critical_cut},
+            "settings": formula_settings(settings),
         }
+        if self.settings_changed is not None:
+            section["settings_changed"] = self.settings_changed
+        return section
 
     def changed_inputs(self, output_dir: Path, data_dir: Path) -> list[str]:
         """What changed since the inputs were read (checked just before the commit): a
@@ -620,6 +628,55 @@ class RiskRun:
                 else "re-scored and its risk changed")
         return mark_stale_held(output_dir, self.day + timedelta(days=1),
                                f"{self.day.isoformat()} {what} (run {run_id})", self.day)
+
+
+def formula_settings(settings: RiskSettings) -> dict[str, JsonValue]:
+    """Every risk setting that shapes a day's table (``history_days`` only sizes the API's
+    window), as the manifest records them."""
+    dumped: dict[str, JsonValue] = settings.model_dump(mode="json")
+    dumped.pop("history_days", None)
+    return dumped
+
+
+def _recorded_settings(risk: RiskSection) -> dict[str, JsonValue]:
+    """The risk settings a manifest records: all of them, or for a run from before they
+    were recorded, the half-life and the cuts it always had."""
+    recorded = risk.get("settings")
+    if isinstance(recorded, dict):
+        return recorded
+    older: dict[str, JsonValue] = {}
+    cuts = risk.get("cuts")
+    if cuts:  # empty in a manifest from before the cuts; else all three (read_manifest checks)
+        older.update(medium_cut=cuts["medium"], high_cut=cuts["high"], critical_cut=cuts["critical"])
+    if "half_life_days" in risk:
+        older["half_life_days"] = risk["half_life_days"]
+    return older
+
+
+def settings_change(previous: RunManifest | None, settings: RiskSettings, day: date) -> RiskSettingsChange | None:
+    """The risk settings that differ from those the carried day was computed with, None
+    when none do (or there is no carried day, or it recorded none).
+
+    A day carries the previous table's scores into its own; computed with other settings
+    (a ConfigMap edit of ``event_points`` or a cut between two nightly runs), those scores
+    are on the old scale, and the mix was published without a word: the manifest recorded
+    only the half-life and the cuts, and nothing compared them (found by an attack). The
+    run still goes on (the operator changed them on purpose); it says which changed, in its
+    manifest (``risk.settings_changed``) and in one warning with the remedy."""
+    risk = previous.get("risk") if previous else None
+    if previous is None or not risk:
+        return None
+    before = _recorded_settings(risk)
+    now = formula_settings(settings)
+    changes = {key: [before[key], now[key]] for key in sorted(before) if key in now and before[key] != now[key]}
+    if not changes:
+        return None
+    since = str(previous.get("event_date"))
+    listed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items())
+    log.warning("entity risk of %s carries the scores of %s, computed with other risk settings (%s): until the "
+                "days from the first one you want on the new settings are re-scored in date order (uba-batch "
+                "backfill --force --start ...), today's scores mix the two", day, since, listed)
+    return {"since": since, "changes": changes}
 
 
 def _run_id(output_dir: Path, day: date | None) -> str | None:
