@@ -227,3 +227,26 @@ def test_a_day_inside_the_models_training_window_is_scored_with_a_warning_and_re
             "are fewer than on an unseen day; re-score it with a model trained before it (--model-version)"
             ) in monitor.stdout
     assert f"scored in-sample on {second}" not in monitor.stdout
+
+
+def test_features_settings_changed_since_training_are_named_before_the_run_and_recorded(
+        shared_world, tmp_path: Path) -> None:
+    """`features.lookback_days` edited in the mounted config after training: the day's
+    events got baselines of another window than the forest and its threshold were fitted
+    on, and neither the run nor its manifest said so (found by an attack). The peer
+    settings of a model trained without a directory change nothing, and are not named."""
+    day = shared_world.score_dates[0]
+    changed = _uba("score", "--date", day.isoformat(), "--in-process", *_paths(shared_world, tmp_path / "changed"),
+                   env={"UBA_FEATURES__LOOKBACK_DAYS": "5", "UBA_FEATURES__MIN_HOUR_SPREAD": "2",
+                        "UBA_FEATURES__PEER_MIN_USERS": "4"})
+    assert changed.returncode == 0, changed.stderr
+    assert (f"the features settings differ from those model {shared_world.version} was trained with "
+            "(features.lookback_days 28 -> 5, features.min_hour_spread 1.0 -> 2.0): the events of "
+            f"{day} get other features than the ones its forest and threshold were fitted on; retrain with these "
+            "settings, or restore them") in changed.stderr
+    model = _manifest(tmp_path / "changed", day)["model"]
+    assert model["feature_settings_changed"] == {"lookback_days": [28, 5], "min_hour_spread": [1.0, 2.0]}
+    same = _uba("score", "--date", day.isoformat(), "--in-process", *_paths(shared_world, tmp_path / "same"))
+    assert same.returncode == 0, same.stderr
+    assert "features settings differ" not in same.stderr
+    assert "feature_settings_changed" not in _manifest(tmp_path / "same", day)["model"]

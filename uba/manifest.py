@@ -75,17 +75,24 @@ class ModelWindow(TypedDict):
     end: str
 
 
-class RunModel(TypedDict):
+class ModelFit(TypedDict):
+    """How the bundle fits the scored day (``uba.scoring.model_fit``): its training window,
+    whether the day lies inside it (in-sample: the forest saw these events, so they score
+    lower and alert less than unseen days), and the ``features`` settings changed since
+    training (setting -> [at training, now])."""
+
+    training_window: NotRequired[ModelWindow]
+    in_training_window: NotRequired[bool]
+    feature_settings_changed: NotRequired[dict[str, list[JsonValue]]]
+
+
+class RunModel(ModelFit):
     version: str
     path: str
     feature_set_version: str
     features: list[str]
     threshold: float
     threshold_percentile: float
-    # the bundle's training window, and whether the scored day lies inside it (in-sample:
-    # the forest saw these events, so they score lower and alert less than unseen days)
-    training_window: NotRequired[ModelWindow]
-    in_training_window: NotRequired[bool]
 
 
 class RunCounts(TypedDict):

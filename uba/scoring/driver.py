@@ -50,7 +50,6 @@ from uba.logs import get_logger
 from uba.manifest import (
     BaselineProtection,
     FailureRecord,
-    ModelWindow,
     PartRecord,
     RowConservation,
     RunCounts,
@@ -64,6 +63,7 @@ from uba.model.bundle import Bundle
 from uba.scoring import shard
 from uba.scoring.context import CategoryNames, FaultInjection, ShardContext
 from uba.scoring.hooks import RunOperations
+from uba.scoring.model_fit import model_fit_record, warn_on_model_fit
 from uba.scoring.plan import ShardSpec, plan_shards
 from uba.scoring.ray_backend import RayRuntime, RunFailedError
 from uba.settings import Settings
@@ -151,7 +151,7 @@ def score_day(settings: Settings, options: ScoreOptions, runtime: RayRuntime | N
     """
     events = scan_day_events(settings.paths.data_dir, options.day)
     bundle = bundle or load_scoring_bundle(settings, options.model_version)
-    warn_if_in_sample(settings.paths.output_dir, bundle, options.day)
+    warn_on_model_fit(settings, bundle, options.day)
     own_runtime = runtime is None
     runtime = runtime or open_runtime(settings, options)
     try:
@@ -160,45 +160,6 @@ def score_day(settings: Settings, options: ScoreOptions, runtime: RayRuntime | N
     finally:
         if own_runtime:
             runtime.close()
-
-
-def training_window(bundle: Bundle) -> ModelWindow:
-    """The days ``bundle`` was fitted on, as its metadata records them."""
-    window = bundle.metadata["training_window"]
-    return {"start": window["start"], "end": window["end"]}
-
-
-def in_training_window(bundle: Bundle, day: date) -> bool:
-    """Whether ``day`` is one of the days ``bundle`` was fitted on."""
-    window = training_window(bundle)
-    return date.fromisoformat(window["start"]) <= day <= date.fromisoformat(window["end"])
-
-
-def warn_if_in_sample(output_dir: Path, bundle: Bundle, day: date) -> None:
-    """Say so when ``day`` lies inside the bundle's training window.
-
-    The forest was fitted on that day's events, so they score lower and alert less than
-    on a day it never saw. After the weekly retrain, re-scoring the past week (a
-    ``backfill`` to clear stale entity risk, a re-run of a failed day) with the new model
-    silently halved those days' alerts and lowered their users' risk. The run still goes
-    on (an operator may mean it); its manifest records ``model.in_training_window``, and
-    this line names the model that scored the day before when that one had not seen it.
-    """
-    if not in_training_window(bundle, day):
-        return
-    window = training_window(bundle)
-    hint = "to score it out of sample, use a model trained before it (--model-version)"
-    try:
-        published = mf.read_manifest(output_dir, day)
-    except UserError:
-        published = None
-    model = published.get("model") if published else None
-    before = model.get("version") if model else None
-    if model and before and before != bundle.version and not model.get("in_training_window", False):
-        hint = f"it is published as scored by model {before}; --model-version {before} scores it as that model did"
-    log.warning("%s lies inside the training window %s..%s of model %s: the model was fitted on this day's "
-                "events, so they score lower and alert less than on a day it never saw (in-sample); %s",
-                day, window["start"], window["end"], bundle.version, hint)
 
 
 class _Run:
@@ -638,8 +599,7 @@ class _Run:
                 "features": list(detector.feature_names),
                 "threshold": float(detector.threshold),
                 "threshold_percentile": float(detector.percentile),
-                "training_window": training_window(self.bundle),
-                "in_training_window": in_training_window(self.bundle, self.day),
+                **model_fit_record(self.bundle, self.day, self.settings),
             },
             "counts": run_counts,
             "row_conservation": conservation,
