@@ -297,3 +297,27 @@ def test_a_directory_link_to_nothing_is_refused_by_score_naming_it(world: PeerWo
         f"error: {users} is not a regular file (a folder, FIFO or link to nothing is in its place): the user "
         "directory cannot be read there; remove it, then import the directory again (uba-batch users import FILE)"]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_directory_that_names_none_of_the_users_is_named_by_score(world: PeerWorld, tmp_path: Path) -> None:
+    """An HR export keyed by e-mail addresses, imported with --replace: every row valid, no
+    user of the events in it, and the runs went on without peer groups or privilege
+    weights for anyone, silently (found by an attack: 12 alerts instead of 32 on a
+    generated day). Now the manifest says how many of the run's users the directory lists,
+    and a run it lists none of warns."""
+    data = tmp_path / "data"
+    shutil.copytree(world.data_dir, data)
+    listed = _score(data, world.model_dir, tmp_path / "listed")
+    assert "is in the user directory" not in listed
+    coverage = json.loads(io.run_manifest_path(tmp_path / "listed", AS_OF).read_text())["inputs"]["directory"]
+    assert coverage["users"] == world.directory.height and 0 < coverage["matched_users"] == coverage["run_users"]
+    emails = tmp_path / "hr-export.csv"
+    world.directory.with_columns(pl.col("user_id") + "@corp.example").write_csv(emails)
+    _cli("users", "import", str(emails), "--replace", "--data-dir", str(data))
+    nobody = _score(data, world.model_dir, tmp_path / "nobody")
+    assert (f"none of the {coverage['run_users']} users with history before {AS_OF} is in the user directory "
+            f"{data / 'directory' / 'users.parquet'} ({world.directory.height} users): its peer groups and risk "
+            "weights apply to nobody; is it keyed by another id than the events' user_id? Import one keyed by "
+            "user_id (uba-batch users import FILE --replace)") in nobody
+    assert json.loads(io.run_manifest_path(tmp_path / "nobody", AS_OF).read_text())["inputs"]["directory"] == {
+        "users": world.directory.height, "matched_users": 0, "run_users": coverage["run_users"]}

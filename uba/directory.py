@@ -26,6 +26,7 @@ import polars as pl
 from uba import event_rules as rules
 from uba import io
 from uba.errors import UserError
+from uba.manifest import DirectoryCoverage
 
 DIRECTORY = "directory"
 USERS_FILE = "users.parquet"
@@ -354,6 +355,15 @@ def _reason_kind(reason: str) -> str:
     if "repeats" in reason:
         return "repeated"
     return "invalid"
+
+
+def directory_coverage(directory: pl.DataFrame | None, user_ids: pl.Series) -> DirectoryCoverage | None:
+    """How many of ``user_ids`` the directory lists; None without a directory."""
+    if directory is None:
+        return None
+    users = user_ids.unique()
+    return {"users": directory.height, "matched_users": int(users.is_in(directory["user_id"].implode()).sum()),
+            "run_users": users.len()}
 
 
 def load_directory(data_dir: Path) -> pl.DataFrame | None:

@@ -58,6 +58,14 @@ class BaselineProtection(TypedDict):
     unlearned_users: int
 
 
+class DirectoryCoverage(TypedDict):
+    """How much of a run's population the stored user directory describes."""
+
+    users: int  # users in the directory
+    matched_users: int  # of the run's users, those it lists
+    run_users: int  # the run's users (those with a baseline)
+
+
 class RunInputs(TypedDict):
     events: str
     baselines_as_of: str
@@ -66,6 +74,7 @@ class RunInputs(TypedDict):
     aggregates_computed: list[str]
     unverified_partitions: NotRequired[list[str]]
     baseline_protection: NotRequired[BaselineProtection]
+    directory: NotRequired[DirectoryCoverage]  # only with a user directory stored
 
 
 class ModelWindow(TypedDict):

@@ -40,8 +40,10 @@ import polars as pl
 from uba import io
 from uba import manifest as mf
 from uba.alerting.risk import RiskRun
+from uba.directory import directory_coverage, directory_path, load_directory
 from uba.errors import UserError
 from uba.features import baselines_as_of, ensure_aggregates, unlearned_as_of
+from uba.features.baselines import POPULATION_USER
 from uba.features.events import FEATURE_SET_VERSION
 from uba.features.pipeline import load_scoring_bundle
 from uba.features.store import lookback_days, stale_aggregate_days
@@ -49,12 +51,14 @@ from uba.locks import date_lock
 from uba.logs import get_logger
 from uba.manifest import (
     BaselineProtection,
+    DirectoryCoverage,
     FailureRecord,
     PartRecord,
     RowConservation,
     RunCounts,
     RunExecution,
     RunIdentity,
+    RunInputs,
     RunManifest,
     RunPlacement,
     RunRecord,
@@ -183,6 +187,7 @@ class _Run:
         self.aggregates_computed: list[date] = []
         self.unverified: list[str] = []
         self.unlearned: pl.DataFrame | None = None
+        self.directory: DirectoryCoverage | None = None
 
     # -- the run ---------------------------------------------------------------------
 
@@ -280,6 +285,7 @@ class _Run:
             self.unlearned = unlearned_as_of(self.output_dir, self.data_dir, self.day, self.settings)
             baselines = baselines_as_of(self.data_dir, self.day, self.settings, self.unlearned).collect()
             self._note_unverified_inputs()
+            self._note_directory_coverage(baselines)
         with self.timer.stage("operations"):  # per-user cuts, suppression rules
             self.ops = RunOperations.prepare(self.settings, self.bundle, self.day)
         for folder in (shard.SCORES_DIR, shard.FLAGGED_PARTS_DIR):
@@ -451,6 +457,22 @@ class _Run:
                         "with `uba-batch verify --adopt-legacy` (docs/operations.md)", len(self.unverified),
                         self.day, self.unverified[0], more)
 
+    def _note_directory_coverage(self, baselines: pl.DataFrame) -> None:
+        """How many of the run's users the stored directory lists (``inputs.directory``),
+        and one warning when it lists none of them: an HR export keyed by e-mail
+        addresses, imported with --replace, stored 60 users that no event names, and the
+        runs went on without peer groups or privilege weights for anyone, silently (found
+        by an attack)."""
+        users = baselines["user_id"].filter(baselines["user_id"] != POPULATION_USER)
+        self.directory = directory_coverage(load_directory(self.data_dir), users)
+        if self.directory and self.directory["users"] and self.directory["run_users"] \
+                and not self.directory["matched_users"]:
+            log.warning("none of the %d users with history before %s is in the user directory %s (%d users): its "
+                        "peer groups and risk weights apply to nobody; is it keyed by another id than the events' "
+                        "user_id? Import one keyed by user_id (uba-batch users import FILE --replace)",
+                        self.directory["run_users"], self.day, directory_path(self.data_dir),
+                        self.directory["users"])
+
     def _finish_aggregates(self, pending: Any, beside: bool = False) -> None:
         if pending is None:
             return
@@ -572,6 +594,17 @@ class _Run:
             "unknown_user_rows": counts["scored_rows"] - counts["known_user_rows"],
         }
         identity = self._identity()
+        inputs: RunInputs = {
+            "events": str(io.partition_dir(self.data_dir, io.EVENTS, self.day)),
+            "baselines_as_of": self.day.isoformat(),
+            "baseline_users": int(baselines.height),
+            "lookback_days": self.settings.features.lookback_days,
+            "aggregates_computed": [d.isoformat() for d in self.aggregates_computed],
+            "unverified_partitions": self.unverified,
+            "baseline_protection": self._protection_record(),
+        }
+        if self.directory is not None:
+            inputs["directory"] = self.directory
         # the identity's keys one by one: mypy refuses a ** item in a record with optional sections
         return {
             "format": identity["format"],
@@ -583,15 +616,7 @@ class _Run:
             "uba_version": identity["uba_version"],
             "status": mf.RUNNING,
             "error": None,
-            "inputs": {
-                "events": str(io.partition_dir(self.data_dir, io.EVENTS, self.day)),
-                "baselines_as_of": self.day.isoformat(),
-                "baseline_users": int(baselines.height),
-                "lookback_days": self.settings.features.lookback_days,
-                "aggregates_computed": [d.isoformat() for d in self.aggregates_computed],
-                "unverified_partitions": self.unverified,
-                "baseline_protection": self._protection_record(),
-            },
+            "inputs": inputs,
             "model": {
                 "version": self.bundle.version,
                 "path": str(self.bundle.path),
