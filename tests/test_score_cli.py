@@ -9,6 +9,8 @@ import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import polars as pl
+
 from uba import io
 from uba.locks import date_lock
 from uba.scoring.driver import ScoreOptions, score_day
@@ -250,3 +252,41 @@ def test_features_settings_changed_since_training_are_named_before_the_run_and_r
     assert same.returncode == 0, same.stderr
     assert "features settings differ" not in same.stderr
     assert "feature_settings_changed" not in _manifest(tmp_path / "same", day)["model"]
+
+
+def test_events_ingested_after_their_day_was_scored_are_named_and_scored_by_the_next_backfill(
+        shared_world, tmp_path: Path) -> None:
+    """Late events (a collector's backlog) ingested into a day already scored were never
+    scored: backfill skipped the day as done with that model, and neither it nor monitor
+    said the published output missed them (found by an attack: two 500-action downloads
+    stayed unscored). Now the run records the parts it read; monitor names the day, and
+    backfill re-scores it, saying why; a day without late events is still skipped."""
+    world = shared_world.copy(tmp_path / "world")
+    day, other = world.score_dates[:2]
+    paths = _paths(world, world.output_dir)
+    walk = ["backfill", "--start", day.isoformat(), "--end", other.isoformat(), "--in-process", *paths]
+    assert _uba(*walk).returncode == 0
+    scored = _manifest(world.output_dir, day)["counts"]["input_rows"]
+    late = tmp_path / "late.csv"
+    late.write_text("event_id,user_id,timestamp,event_type,session_duration_sec,events_in_session,device_type\n"
+                    f"late-1,u00003,{day}T03:00:00Z,download,60000,500,mobile\n"
+                    f"late-2,u00003,{day}T03:01:00Z,download,60000,500,mobile\n")
+    ingested = _uba("ingest", str(late), "--data-dir", str(world.data_dir))
+    assert ingested.returncode == 0, ingested.stderr
+
+    monitor = _uba("monitor", "--start", day.isoformat(), "--end", other.isoformat(),
+                   "--data-dir", str(world.data_dir), "--output-dir", str(world.output_dir))
+    assert monitor.returncode == 0, monitor.stderr
+    assert (f"events of {day} not all scored: its events changed after it was scored ({scored:,} events scored, "
+            f"{scored + 2:,} stored now); re-score it (uba-batch score --date {day}, or backfill)") in monitor.stdout
+    assert f"events of {other}" not in monitor.stdout
+
+    again = _uba(*walk)
+    assert again.returncode == 0, again.stderr
+    assert (f"(re-scored: its events changed after it was scored ({scored:,} events scored, {scored + 2:,} "
+            "stored now))") in again.stderr
+    assert _manifest(world.output_dir, day)["counts"]["scored_rows"] == scored + 2
+    ids = set(pl.read_parquet(world.output_dir / "scores" / f"event_date={day}")["event_id"])
+    assert {"late-1", "late-2"} <= ids
+    done = _uba(*walk)
+    assert "backfill: 0 scored, 2 skipped, 0 failed of 2 dates" in done.stdout, done.stderr

@@ -39,7 +39,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from io import BufferedReader, BytesIO
 from pathlib import Path
@@ -1401,6 +1401,17 @@ def file_sha256(path: Path) -> str:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def parts_fingerprint(files: Sequence[Path]) -> str:
+    """sha256 over the names and sizes of a partition's parts: what a score run records of
+    the events it read, so a later look can tell that parts were added (late events
+    ingested after the day was scored), removed or rewritten since. Names and sizes, not
+    contents: the checksum manifests guard the bytes; this only has to notice a change."""
+    digest = hashlib.sha256()
+    for part in sorted(files, key=lambda p: p.name):
+        digest.update(f"{part.name}\0{part.stat().st_size}\n".encode())
     return digest.hexdigest()
 
 

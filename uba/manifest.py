@@ -75,6 +75,7 @@ class RunInputs(TypedDict):
     unverified_partitions: NotRequired[list[str]]
     baseline_protection: NotRequired[BaselineProtection]
     directory: NotRequired[DirectoryCoverage]  # only with a user directory stored
+    events_fingerprint: NotRequired[str]  # io.parts_fingerprint of the events parts the run read
 
 
 class ModelWindow(TypedDict):
@@ -427,6 +428,30 @@ def _check_sections(data: dict[str, JsonValue], path: Path) -> None:
         if not isinstance(entry, dict):
             raise UserError(f"run manifest {path}: 'risk_stale' entry {index} is {type(entry).__name__}, "
                             "not a JSON object")
+
+
+def events_changed(manifest: RunManifest, data_dir: Path, day: date) -> str | None:
+    """Why the published output of ``day`` no longer covers its stored events (None when it
+    does): events ingested after the day was scored (a collector's backlog) were never
+    scored, and backfill skipped the day as done (found by an attack: two 500-action
+    downloads stayed unscored). Compared by the parts the run read (its
+    ``inputs.events_fingerprint``), else, for a run from before it was recorded, by the
+    row count. A day whose events were pruned since (retention) has nothing to re-score.
+    A partition that does not list is left to the score run, which names what is wrong."""
+    try:
+        files = io.partition_files(Path(data_dir), io.EVENTS, day)
+        if not files:
+            return None
+        recorded = manifest.get("inputs", {}).get("events_fingerprint")
+        scored = manifest.get("counts", {}).get("input_rows")
+        stored = io.partition_row_count(Path(data_dir), io.EVENTS, day)
+        same = recorded == io.parts_fingerprint(files) if recorded is not None else scored in (None, stored)
+    except UserError:
+        return None
+    if same:
+        return None
+    then = "?" if scored is None else f"{scored:,}"
+    return f"its events changed after it was scored ({then} events scored, {stored:,} stored now)"
 
 
 def scored_with(output_dir: Path, day: date, model_version: str) -> bool:

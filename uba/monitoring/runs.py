@@ -17,7 +17,7 @@ from uba import io
 from uba.alerting.ledger import SinkState, sink_states
 from uba.errors import UserError
 from uba.features.pipeline import date_range
-from uba.manifest import StaleEntry, read_manifest
+from uba.manifest import StaleEntry, events_changed, read_manifest
 from uba.monitoring.charts import drift_history_png
 from uba.monitoring.drift import MonitoringRow, monitoring_row, retrain_advice
 from uba.settings import Settings
@@ -33,6 +33,7 @@ class MonitoringSummary:
     chart: Path
     advice: str | None
     in_sample: list[tuple[date, str]]  # days scored by a model trained on them, and that model
+    changed: list[tuple[date, str]]  # days whose events changed after they were scored, and how
 
     @property
     def judged_by_excess(self) -> bool:
@@ -48,13 +49,15 @@ class CollectedRuns:
     missing: list[date]
     stale: list[tuple[date, StaleEntry]]
     in_sample: list[tuple[date, str]]
+    changed: list[tuple[date, str]]
 
 
-def collect_rows(output_dir: Path, start: date, end: date) -> CollectedRuns:
+def collect_rows(output_dir: Path, data_dir: Path, start: date, end: date) -> CollectedRuns:
     """Rows of the days with a run, the days without one, each stale day's first marker,
-    and the days scored in-sample (inside their model's training window)."""
+    the days scored in-sample (inside their model's training window) and the days whose
+    events changed after they were scored (late events, never scored)."""
 
-    runs = CollectedRuns([], [], [], [])
+    runs = CollectedRuns([], [], [], [], [])
     for day in date_range(start, end):
         manifest = read_manifest(output_dir, day)
         if manifest is None:
@@ -65,6 +68,9 @@ def collect_rows(output_dir: Path, start: date, end: date) -> CollectedRuns:
         model = manifest.get("model", {})  # a sparse or older manifest may lack it
         if model.get("in_training_window"):
             runs.in_sample.append((day, str(model.get("version"))))
+        changed = events_changed(manifest, data_dir, day)
+        if changed:
+            runs.changed.append((day, changed))
     return runs
 
 
@@ -75,7 +81,7 @@ def monitor_days(settings: Settings, start: date, end: date, png: Path | None) -
     """
 
     out_dir = Path(settings.paths.output_dir)
-    runs = collect_rows(out_dir, start, end)
+    runs = collect_rows(out_dir, Path(settings.paths.data_dir), start, end)
     rows = runs.rows
     if not rows:
         raise UserError(f"no run manifests between {start} and {end} under {out_dir / io.RUNS}")
@@ -85,7 +91,8 @@ def monitor_days(settings: Settings, start: date, end: date, png: Path | None) -
                                                 settings.monitoring.psi_drift), target)
     except OSError as exc:  # a mistyped --png: one line, no traceback
         raise UserError(f"cannot write the chart to {target}: {exc.strerror or exc}") from exc
-    return MonitoringSummary(rows, runs.missing, runs.stale, target, retrain_advice(rows), runs.in_sample)
+    return MonitoringSummary(rows, runs.missing, runs.stale, target, retrain_advice(rows), runs.in_sample,
+                             runs.changed)
 
 
 def monitor_lines(settings: Settings, start: date, end: date, png: Path | None) -> Iterator[str]:
@@ -117,6 +124,8 @@ def _summary_notes(summary: MonitoringSummary) -> Iterator[str]:
     if summary.stale:
         yield (f"re-score the stale days in date order: uba-batch backfill --start {summary.stale[0][0]} "
                f"--end {summary.stale[-1][0]}")
+    for day, why in summary.changed:
+        yield f"events of {day} not all scored: {why}; re-score it (uba-batch score --date {day}, or backfill)"
     for day, version in summary.in_sample:
         yield (f"scored in-sample on {day}: model {version} was trained on that day, so its alerts are fewer "
                "than on an unseen day; re-score it with a model trained before it (--model-version)")

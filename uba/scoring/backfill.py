@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 from uba.errors import UserError
 from uba.features.pipeline import date_range, load_scoring_bundle
-from uba.manifest import RunManifest, scored_with
+from uba.manifest import RunManifest, events_changed, read_manifest, scored_with
 from uba.scoring.driver import ScoreOptions, open_runtime, score_day
 from uba.settings import Settings
 
@@ -56,17 +56,28 @@ def backfill_dates(settings: Settings, start: date, end: date, options: ScoreOpt
     runtime = open_runtime(settings, options)
     try:
         for day in days:
+            why = ""
             if not force and scored_with(settings.paths.output_dir, day, bundle.version):
-                yield BackfillOutcome(day, "skipped", f"already scored with model {bundle.version}")
-                continue
+                changed = _late_events(settings, day)
+                if changed is None:
+                    yield BackfillOutcome(day, "skipped", f"already scored with model {bundle.version}")
+                    continue
+                why = f" (re-scored: {changed})"
             try:
                 manifest = score_day(settings, replace(options, day=day), runtime=runtime, bundle=bundle)
             except UserError as exc:
                 yield BackfillOutcome(day, "failed", str(exc))
                 continue
-            yield BackfillOutcome(day, "scored", describe_manifest(manifest), manifest)
+            yield BackfillOutcome(day, "scored", describe_manifest(manifest) + why, manifest)
     finally:
         runtime.close()
+
+
+def _late_events(settings: Settings, day: date) -> str | None:
+    """Why a day scored with the backfill's model must be scored again: its events changed
+    since (late events ingested after it was scored; ``manifest.events_changed``)."""
+    manifest = read_manifest(settings.paths.output_dir, day)
+    return None if manifest is None else events_changed(manifest, settings.paths.data_dir, day)
 
 
 def outcome_counts(outcomes: list[BackfillOutcome]) -> dict[Status, int]:

@@ -188,6 +188,7 @@ class _Run:
         self.unverified: list[str] = []
         self.unlearned: pl.DataFrame | None = None
         self.directory: DirectoryCoverage | None = None
+        self.events_fingerprint = ""
 
     # -- the run ---------------------------------------------------------------------
 
@@ -269,6 +270,7 @@ class _Run:
     def _score_into(self, staging: Path) -> RunRecord:
         with self.timer.stage("plan"):
             files = io.partition_files(self.data_dir, io.EVENTS, self.day)
+            self.events_fingerprint = io.parts_fingerprint(files)  # what a later look compares (late events)
             specs = plan_shards(files, self.settings.scoring.chunk_rows)
             self._refuse_repeated_ids_if_unverified(files)
             input_rows = sum(spec.rows for spec in specs)
@@ -602,6 +604,7 @@ class _Run:
             "aggregates_computed": [d.isoformat() for d in self.aggregates_computed],
             "unverified_partitions": self.unverified,
             "baseline_protection": self._protection_record(),
+            "events_fingerprint": self.events_fingerprint,
         }
         if self.directory is not None:
             inputs["directory"] = self.directory
