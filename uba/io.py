@@ -1405,9 +1405,11 @@ def file_sha256(path: Path) -> str:
 
 
 def parts_fingerprint(files: Sequence[Path]) -> str:
-    """sha256 over the names and sizes of a partition's parts: what a score run records of
-    the events it read, so a later look can tell that parts were added (late events
-    ingested after the day was scored), removed or rewritten since. Names and sizes, not
+    """sha256 over the names and sizes of a partition's parts (in name order, as
+    ``partition_files`` lists them): what a score run records of the events it read, so a
+    later look can tell that parts were added (late events ingested after the day was
+    scored), removed or rewritten since, and, cut to 16 characters, the tag of the
+    aggregates derived from them (``partition_fingerprint``). Names and sizes, not
     contents: the checksum manifests guard the bytes; this only has to notice a change."""
     digest = hashlib.sha256()
     for part in sorted(files, key=lambda p: p.name):
@@ -1850,12 +1852,7 @@ def partition_fingerprint(root: Path, dataset: str, day: date | str) -> str | No
     name/size list means the partition's content changed (e.g. a later ingest added a part).
     """
     files = partition_files(root, dataset, day)
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.name}\0{path.stat().st_size}\n".encode())
-    return digest.hexdigest()[:16]
+    return parts_fingerprint(files)[:16] if files else None
 
 
 def aggregates_tag(data_dir: Path, day: date) -> str | None:
