@@ -183,7 +183,7 @@ def test_monitor_prints_a_table_writes_a_chart_and_advises(reference: dict[str, 
     lines = result.output.splitlines()
     assert lines[0].split()[:3] == ["date", "scored", "alerts"]
     assert [ln.split()[-2] for ln in lines[1:4]] == ["ok", "ok", "drift"]
-    assert "no run for: 2026-03-04" in result.output
+    assert "no run for 1 day(s): 2026-03-04" in result.output
     assert "retraining advised: 1 of 3 days drifted (first 2026-03-03, latest 2026-03-03" in result.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     calm = CliRunner().invoke(cli, ["monitor", "--start", "2026-03-01", "--end", "2026-03-02",
@@ -371,3 +371,22 @@ def test_alert_volume_is_judged_in_users_beyond_chance(reference: dict[str, Any]
     assert report["alerted_users"] == alerted
     assert (report["status"] == "warn") == warns, report
     assert any("users with an alert" in w for w in report["warnings"]) == warns
+
+
+def test_monitor_names_the_days_without_a_run_as_runs_of_days(reference: dict[str, Any], tmp_path: Path) -> None:
+    """A range reaching far past the scored days named every date without a run on one
+    line: a mistyped end year (2099 for 2026) printed some 26,000 dates, 320 KB (found by
+    an attack). Now runs of days, at most 12 of them, and the count."""
+    meta, det = reference["metadata"], reference["detector"]
+    X = _sample(np.random.default_rng(0), 1000)
+    report = _day_report(X, det.anomaly_scores(X), meta, LIMITS)
+    for day in ("2026-03-01", "2026-03-03", *(f"2026-04-{d:02d}" for d in range(1, 30, 2))):
+        _write_manifest(tmp_path, day, report, "v1")
+    result = CliRunner().invoke(cli, ["monitor", "--start", "2026-03-01", "--end", "2099-06-01",
+                                      "--output-dir", str(tmp_path), "--png", str(tmp_path / "m.png")])
+    assert result.exit_code == 0, result.output
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("no run for")]
+    missing = (date(2099, 6, 1) - date(2026, 3, 1)).days + 1 - 17
+    assert line == (f"no run for {missing:,} day(s): 2026-03-02, 2026-03-04..2026-03-31, 2026-04-02, 2026-04-04, "
+                    "2026-04-06, 2026-04-08, 2026-04-10, 2026-04-12, 2026-04-14, 2026-04-16, 2026-04-18, 2026-04-20 "
+                    "and 5 more runs")

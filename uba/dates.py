@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import calendar
 import re
-from datetime import date
+from collections.abc import Sequence
+from datetime import date, timedelta
 
 FORM = "YYYY-MM-DD"
 # ASCII digits only: ``\\d`` also matches other scripts' digits (``٢٠٢٦``).
@@ -55,3 +56,16 @@ def parse_date(text: str) -> date:
         raise DateFormError(f"{text!r} is not a real date: {why}")
     year, month, day = (int(part) for part in shape.groups())
     return date(year, month, day)
+
+
+def day_ranges(days: Sequence[date], limit: int = 4) -> str:
+    """Sorted days as runs (``2026-03-01..2026-03-02, 2026-03-05``), at most ``limit`` of them named."""
+    runs: list[list[date]] = []
+    for day in days:
+        if runs and day - runs[-1][-1] == timedelta(days=1):
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    shown = [str(run[0]) if len(run) == 1 else f"{run[0]}..{run[-1]}" for run in runs[:limit]]
+    more = len(runs) - limit
+    return ", ".join(shown) + (f" and {more} more run{'s' if more > 1 else ''}" if more > 0 else "")

@@ -21,6 +21,7 @@ import polars as pl
 from uba import io
 from uba.alerting.feedback import confirmed_malicious_ids
 from uba.alerting.thresholds import store_training_history
+from uba.dates import day_ranges
 from uba.errors import UserError
 from uba.features import snapshot_baselines
 from uba.features.compiled import PEER_FEATURE_COLUMNS, feature_columns
@@ -72,19 +73,6 @@ def data_fingerprint(data_dir: Path, days: list[date]) -> str:
         for part in io.partition_files(data_dir, io.EVENTS, day):
             digest.update(f"{day}/{part.name}:{part.stat().st_size}\n".encode())
     return digest.hexdigest()
-
-
-def day_ranges(days: Sequence[date], limit: int = 4) -> str:
-    """Sorted days as runs (``2026-03-01..2026-03-02, 2026-03-05``), at most ``limit`` of them named."""
-    runs: list[list[date]] = []
-    for day in days:
-        if runs and day - runs[-1][-1] == timedelta(days=1):
-            runs[-1].append(day)
-        else:
-            runs.append([day])
-    shown = [str(run[0]) if len(run) == 1 else f"{run[0]}..{run[-1]}" for run in runs[:limit]]
-    more = len(runs) - limit
-    return ", ".join(shown) + (f" and {more} more run{'s' if more > 1 else ''}" if more > 0 else "")
 
 
 def check_window_coverage(days: Sequence[date], present: Sequence[date], min_days: int) -> str | None:

@@ -15,12 +15,15 @@ from pathlib import Path
 
 from uba import io
 from uba.alerting.ledger import SinkState, sink_states
+from uba.dates import day_ranges
 from uba.errors import UserError
 from uba.features.pipeline import date_range
 from uba.manifest import StaleEntry, events_changed, read_manifest
 from uba.monitoring.charts import drift_history_png
 from uba.monitoring.drift import MonitoringRow, monitoring_row, retrain_advice
 from uba.settings import Settings
+
+MISSING_RUNS_SHOWN = 12  # runs of days without a run named under the table; more are counted
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,9 @@ def _summary_notes(summary: MonitoringSummary) -> Iterator[str]:
         yield ("xs = excess PSI over what chance gives for the day's users (monitoring.confidence); "
                "the verdict compares it with psi_warn and psi_drift")
     if summary.missing:
-        yield f"no run for: {', '.join(d.isoformat() for d in summary.missing)}"
+        # runs of days, not every date: a year's range with its weekends unscored named ~100
+        # dates, and a mistyped end year some 26,000 of them on one 320 KB line
+        yield f"no run for {len(summary.missing):,} day(s): {day_ranges(summary.missing, MISSING_RUNS_SHOWN)}"
     for day, entry in summary.stale:
         yield f"entity risk stale on {day}: {entry.get('reason')} (changed day {entry.get('changed_day')})"
     if summary.stale:
