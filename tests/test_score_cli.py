@@ -290,3 +290,38 @@ def test_events_ingested_after_their_day_was_scored_are_named_and_scored_by_the_
     assert {"late-1", "late-2"} <= ids
     done = _uba(*walk)
     assert "backfill: 0 scored, 2 skipped, 0 failed of 2 dates" in done.stdout, done.stderr
+
+
+def test_an_analysts_table_that_cannot_be_read_fails_the_run_instead_of_being_empty(
+        shared_world, tmp_path: Path) -> None:
+    """The suppression rules, verdicts and triage are folders of parts; one the job could not
+    list (owned by another user, a link to a volume not mounted, a file in its place) was
+    read as empty: a night's run dropped every suppression rule, and 13 suppressed alerts
+    came back as alerts (found by an attack, as a non-root job on a folder made by root).
+    Now the run stops with one line naming the table, nothing published."""
+    world = shared_world.copy(tmp_path / "world")
+    day = world.score_dates[0]
+    added = _uba("suppress", "add", "--user", "*", "--reason-kind", "*", "--data-dir", str(world.data_dir))
+    assert added.returncode == 0, added.stderr
+    rules = world.data_dir / "suppressions"
+    rules.rename(tmp_path / "rules-elsewhere")
+    rules.symlink_to(tmp_path / "unmounted" / "suppressions")
+    args = ["score", "--date", day.isoformat(), "--in-process", *_paths(world, world.output_dir)]
+    refused = _uba(*args)
+    assert refused.returncode == 1, refused.stderr
+    assert f"error: the suppressions table {rules} cannot be read (No such file or directory): its records " \
+           "(analysts' decisions) would be missed; fix its permissions, or restore the folder, and run again" \
+           in refused.stderr.splitlines()
+    assert "Traceback" not in refused.stderr
+    assert not io.partition_dir(world.output_dir, io.SCORES, day).exists()
+    rules.unlink()
+    (world.data_dir / "feedback").write_text("a file where the verdicts' folder belongs")
+    refused = _uba(*args)
+    assert refused.returncode == 1 and "error: the feedback table" in refused.stderr, refused.stderr
+    (world.data_dir / "feedback").unlink()
+    (tmp_path / "rules-elsewhere").rename(rules)
+    scored = _uba(*args)
+    assert scored.returncode == 0, scored.stderr
+    counts = _manifest(world.output_dir, day)["alerts"]
+    assert counts["suppressed_rows"] > 0 and counts["suppressed_rows"] == _manifest(
+        world.output_dir, day)["counts"]["flagged_rows"]

@@ -1536,11 +1536,25 @@ def append_table_part(df: pl.DataFrame, root: Path, table: str) -> Path:
 
 
 def table_part_files(root: Path, table: str) -> list[Path]:
-    """Finished parts of an append-only table, in write order."""
+    """Finished parts of an append-only table, in write order; none when the table was
+    never written.
+
+    The tables hold analysts' decisions (suppression rules, verdicts, triage), so a folder
+    that is there but cannot be listed is a user error naming it, never an empty table:
+    ``glob`` skipped a folder the job's user may not read, and a file or a link to nothing
+    in its place was "no folder", so a night's run dropped every suppression rule (13
+    suppressed alerts came back) or every benign verdict without a word (found by an attack).
+    """
     folder = Path(root) / table
-    if not folder.is_dir():
+    if not os.path.lexists(folder):
         return []
-    return sorted(p for p in folder.glob("part-*.parquet") if not p.name.startswith(TMP_PREFIX))
+    try:
+        names = os.listdir(folder)
+    except OSError as exc:
+        raise UserError(f"the {table} table {folder} cannot be read ({exc.strerror or exc}): its records (analysts' "
+                        "decisions) would be missed; fix its permissions, or restore the folder, and run again") from exc
+    return sorted(folder / name for name in names
+                  if name.startswith("part-") and name.endswith(".parquet") and not name.startswith(TMP_PREFIX))
 
 
 def scan_table(root: Path, table: str) -> pl.LazyFrame | None:
