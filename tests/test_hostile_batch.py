@@ -22,7 +22,8 @@ set and output directory before running ``uba-batch score --date 2026-03-09``) a
   checksums and manifests: no manifest, no record, listed as such in the data
   directory's marker), ``legacy_record`` (written before manifests, with per-part
   records), ``record_garbage`` (the partition's checksum manifest is not JSON),
-  ``drop_manifest``, ``copy_from`` (the parts and manifest of ``source_day`` copied over
+  ``drop_manifest``, ``link_to_nothing`` (the partition folder replaced by a link to a path
+  that does not exist: a volume not mounted), ``copy_from`` (the parts and manifest of ``source_day`` copied over
   the day's), ``extra_part`` (a copy of the part under another name),
   ``delete_part`` (the part file only), ``drop_all_checksums`` (``.checksums/`` and the
   marker deleted: nothing left to verify against), ``dead_writer_tmp`` (the 0-byte ``.tmp-*.parquet``
@@ -122,6 +123,11 @@ def damage(data: Path, spec: dict[str, Any]) -> None:
     dataset, day = spec["dataset"], spec["day"]
     if how == "delete":
         shutil.rmtree(io.partition_dir(data, dataset, day))
+        return
+    if how == "link_to_nothing":  # the partition on a volume that is not mounted: a link to nothing
+        folder = io.partition_dir(data, dataset, day)
+        shutil.rmtree(folder)
+        folder.symlink_to(data.parent / "unmounted" / folder.name)
         return
     if how in ("drop_record", "legacy_record"):
         to_legacy_partition(data, dataset, day, records=how == "legacy_record")

@@ -127,6 +127,10 @@ def partition_files(root: Path, dataset: str, day: date | str) -> list[Path]:
     """
     folder = partition_dir(root, dataset, day)
     if not folder.is_dir():
+        if dataset == EVENTS and os.path.lexists(folder):
+            # a link to a volume that is not mounted said "no events partition ... ingest that day first"
+            raise CorruptPartError(f"events partition {folder} is not a folder (a file, or a link to nothing: a volume "
+                                   "not mounted?): its events cannot be read; mount or restore it, or remove it")
         return []
     if dataset in CHECKSUMMED:
         return _settled_listing(folder)
@@ -531,7 +535,10 @@ def _finished_parts(folder: Path) -> list[Path]:
     convention Spark and pyarrow's dataset reader follow (``_SUCCESS``, ``.part.crc``, a
     writer's hidden temporary): Polars alone would read ``_x.parquet``, and a day adopted
     from another tool's output was then counted twice."""
-    parts = sorted(p for p in folder.glob("*.parquet") if _named_as_part(p))
+    # listed, not globbed: glob reads a folder the process may not list as empty, so an
+    # events partition owned by another user was "missing its parts" (restore or re-ingest)
+    parts = sorted(p for p in (folder / name for name in os.listdir(folder))
+                   if p.suffix == ".parquet" and _named_as_part(p))
     for part in parts:
         if not part.is_file():
             raise CorruptPartError(f"{_kind(part)} part {part} is not a regular file (a FIFO, device, folder "

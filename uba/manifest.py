@@ -446,7 +446,7 @@ def events_changed(manifest: RunManifest, data_dir: Path, day: date) -> str | No
         scored = manifest.get("counts", {}).get("input_rows")
         stored = io.partition_row_count(Path(data_dir), io.EVENTS, day)
         same = recorded == io.parts_fingerprint(files) if recorded is not None else scored in (None, stored)
-    except UserError:
+    except (UserError, OSError):
         return None
     if same:
         return None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import TYPE_CHECKING, Literal
 
+from uba import io
 from uba.errors import UserError
 from uba.features.pipeline import date_range, load_scoring_bundle
 from uba.manifest import RunManifest, events_changed, read_manifest, scored_with
@@ -67,6 +68,11 @@ def backfill_dates(settings: Settings, start: date, end: date, options: ScoreOpt
                 manifest = score_day(settings, replace(options, day=day), runtime=runtime, bundle=bundle)
             except UserError as exc:
                 yield BackfillOutcome(day, "failed", str(exc))
+                continue
+            except OSError as exc:  # a day's folder the job may not list: that day fails, the walk goes on
+                if not exc.errno:
+                    raise
+                yield BackfillOutcome(day, "failed", str(io.os_error_reason(exc)))
                 continue
             yield BackfillOutcome(day, "scored", describe_manifest(manifest) + why, manifest)
     finally:
