@@ -502,3 +502,22 @@ def test_a_fifo_named_like_a_part_is_refused_without_being_opened(tmp_path: Path
         io.partition_files(tmp_path, io.EVENTS, "2026-03-01")
     (line,) = io.verify_data_dir(tmp_path)["corrupt"]
     assert f"{fifo} is not a regular file" in line
+
+
+def test_verify_fails_on_a_missing_data_directory_and_a_partition_that_is_not_a_folder(tmp_path: Path) -> None:
+    """`verify` on a mistyped --data-dir said "0 partition(s) verified, 0 failed" and exited
+    0, and it skipped an events partition that was a link to nothing (a volume not
+    mounted), which `score` then failed on (found by an attack)."""
+    missing = CliRunner().invoke(cli, ["verify", "--data-dir", str(tmp_path / "typo")])
+    assert missing.exit_code == 1
+    assert missing.stderr.strip().splitlines() == [
+        f"error: data directory {tmp_path / 'typo'} does not exist or is not a folder: nothing to verify"]
+    _events_day(tmp_path)
+    folder = io.partition_dir(tmp_path, io.EVENTS, "2026-03-02")
+    folder.symlink_to(tmp_path / "unmounted")
+    report = io.verify_data_dir(tmp_path)
+    assert report["verified"] == ["events/event_date=2026-03-01"]
+    assert report["corrupt"] == [f"events partition {folder} is not a folder (a file, or a link to nothing: a volume "
+                                 "not mounted?)"]
+    failed = CliRunner().invoke(cli, ["verify", "--data-dir", str(tmp_path)])
+    assert failed.exit_code == 1 and "1 failed" in failed.stdout

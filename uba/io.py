@@ -766,11 +766,17 @@ def verify_data_dir(root: Path) -> dict[str, list[str]]:
     Returns ``verified`` and ``unverified`` partition names (``dataset/event_date=D``) and
     ``corrupt``: one line per partition that failed, naming the file.
     """
+    if not Path(root).is_dir():  # a mistyped --data-dir "verified" nothing and exited 0
+        raise UserError(f"data directory {root} does not exist or is not a folder: nothing to verify")
     report: dict[str, list[str]] = {"verified": [], "unverified": [], "corrupt": []}
     for dataset in sorted(CHECKSUMMED):
         base = Path(root) / dataset
         for folder in sorted(base.iterdir()) if base.is_dir() else []:
-            if not (_is_listed_partition(folder) and folder.is_dir()):
+            if not _is_listed_partition(folder):
+                continue
+            if not folder.is_dir():  # skipped, it passed while score failed on it
+                report["corrupt"].append(f"{dataset} partition {folder} is not a folder (a file, or a link to "
+                                         "nothing: a volume not mounted?)")
                 continue
             try:
                 parts = partition_files(root, dataset, folder.name.partition("=")[2])
