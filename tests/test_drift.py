@@ -373,7 +373,7 @@ def test_alert_volume_is_judged_in_users_beyond_chance(reference: dict[str, Any]
     assert any("users with an alert" in w for w in report["warnings"]) == warns
 
 
-def test_monitor_names_the_days_without_a_run_as_runs_of_days(reference: dict[str, Any], tmp_path: Path) -> None:
+def test_monitor_names_the_days_without_a_run_and_the_scoring_models_as_runs_of_days(reference: dict[str, Any], tmp_path: Path) -> None:
     """A range reaching far past the scored days named every date without a run on one
     line: a mistyped end year (2099 for 2026) printed some 26,000 dates, 320 KB (found by
     an attack). Now runs of days, at most 12 of them, and the count."""
@@ -381,7 +381,7 @@ def test_monitor_names_the_days_without_a_run_as_runs_of_days(reference: dict[st
     X = _sample(np.random.default_rng(0), 1000)
     report = _day_report(X, det.anomaly_scores(X), meta, LIMITS)
     for day in ("2026-03-01", "2026-03-03", *(f"2026-04-{d:02d}" for d in range(1, 30, 2))):
-        _write_manifest(tmp_path, day, report, "v1")
+        _write_manifest(tmp_path, day, report, "v2" if day >= "2026-04-05" else "v1")
     result = CliRunner().invoke(cli, ["monitor", "--start", "2026-03-01", "--end", "2099-06-01",
                                       "--output-dir", str(tmp_path), "--png", str(tmp_path / "m.png")])
     assert result.exit_code == 0, result.output
@@ -390,3 +390,5 @@ def test_monitor_names_the_days_without_a_run_as_runs_of_days(reference: dict[st
     assert line == (f"no run for {missing:,} day(s): 2026-03-02, 2026-03-04..2026-03-31, 2026-04-02, 2026-04-04, "
                     "2026-04-06, 2026-04-08, 2026-04-10, 2026-04-12, 2026-04-14, 2026-04-16, 2026-04-18, 2026-04-20 "
                     "and 5 more runs")
+    # which model scored which days: a retrain between 2026-04-03 and 2026-04-05
+    assert "scored by model: 2026-03-01..2026-04-03 v1, 2026-04-05..2026-04-29 v2" in result.output.splitlines()

@@ -110,9 +110,26 @@ def monitor_lines(settings: Settings, start: date, end: date, png: Path | None) 
         yield (f"{r['date']:<12}{r['scored']:>8}{r['alerts']:>8}{_fmt(r['alert_rate'], 4):>8}"
                f"{_fmt(r['expected_alert_rate'], 4):>8}{_fmt(r['feature_judged']):>9}"
                f"{_fmt(r['score_judged']):>10}  {r['status']:<6} {r['max_feature'] or '-'}")
+    yield _models_line(summary.rows)
     yield from _summary_notes(summary)
     for state in sink_states(Path(settings.paths.data_dir)) or []:
         yield _sink_line(state)
+
+
+def _models_line(rows: list[MonitoringRow]) -> str:
+    """Which model scored which days, as runs of rows: after a mid-week retrain (or a
+    re-score with another version) the table's alert rates change model, and the table
+    did not say where."""
+    spans: list[tuple[str, str, str]] = []  # (first day, last day, model)
+    for row in rows:
+        model = row["model_version"] or "-"
+        day = str(row["date"])
+        if spans and spans[-1][2] == model:
+            spans[-1] = (spans[-1][0], day, model)
+        else:
+            spans.append((day, day, model))
+    shown = [f"{first} {model}" if first == last else f"{first}..{last} {model}" for first, last, model in spans]
+    return "scored by model: " + ", ".join(shown)
 
 
 def _summary_notes(summary: MonitoringSummary) -> Iterator[str]:
