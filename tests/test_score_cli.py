@@ -229,6 +229,13 @@ def test_a_day_inside_the_models_training_window_is_scored_with_a_warning_and_re
             "are fewer than on an unseen day; re-score it with a model trained before it (--model-version)"
             ) in monitor.stdout
     assert f"scored in-sample on {second}" not in monitor.stdout
+    assert f"scored by model: {first}..{second} {retrained['version']}" in monitor.stdout
+    for day, shown in ((first, True), (second, False)):
+        report = tmp_path / f"report-{day}.html"
+        made = _uba("report", "--date", day.isoformat(), "--out", str(report), "--data-dir", str(world.data_dir),
+                    "--output-dir", str(world.output_dir))
+        assert made.returncode == 0, made.stderr
+        assert ('<p id="in-sample"><b>Scored in-sample:</b> model ' in report.read_text()) is shown
 
 
 def test_features_settings_changed_since_training_are_named_before_the_run_and_recorded(
@@ -280,6 +287,11 @@ def test_events_ingested_after_their_day_was_scored_are_named_and_scored_by_the_
     assert (f"events of {day} not all scored: its events changed after it was scored ({scored:,} events scored, "
             f"{scored + 2:,} stored now); re-score it (uba-batch score --date {day}, or backfill)") in monitor.stdout
     assert f"events of {other}" not in monitor.stdout
+    report = tmp_path / "report.html"
+    assert _uba("report", "--date", day.isoformat(), "--out", str(report), "--data-dir", str(world.data_dir),
+                "--output-dir", str(world.output_dir)).returncode == 0
+    assert (f'<p id="late-events"><b>Not every event of this day is scored:</b> its events changed after it was '
+            f"scored ({scored:,} events scored, {scored + 2:,} stored now); re-score it") in report.read_text()
 
     again = _uba(*walk)
     assert again.returncode == 0, again.stderr
@@ -290,6 +302,9 @@ def test_events_ingested_after_their_day_was_scored_are_named_and_scored_by_the_
     assert {"late-1", "late-2"} <= ids
     done = _uba(*walk)
     assert "backfill: 0 scored, 2 skipped, 0 failed of 2 dates" in done.stdout, done.stderr
+    assert _uba("report", "--date", day.isoformat(), "--out", str(report), "--data-dir", str(world.data_dir),
+                "--output-dir", str(world.output_dir)).returncode == 0
+    assert 'id="late-events"' not in report.read_text()
 
 
 def test_an_analysts_table_that_cannot_be_read_fails_the_run_instead_of_being_empty(

@@ -30,7 +30,7 @@ from uba.alerting.risk import read_risk, risk_window, risk_window_days, stale_ma
 from uba.alerting.triage import status_counts
 from uba.alerting.userday import riskiest_first
 from uba.errors import UserError
-from uba.manifest import DriftSection, RunManifest, StaleEntry, read_manifest
+from uba.manifest import DriftSection, RunManifest, StaleEntry, events_changed, read_manifest
 from uba.monitoring.charts import STATUS_COLOURS, drift_history_png, file_backend, png_bytes
 from uba.monitoring.drift import MonitoringRow, monitoring_row, retrain_advice
 from uba.schema import unsuppressed_alert
@@ -166,6 +166,7 @@ class ReportData:
     entity_risk: bool = False  # the top users come from the risk table (else the one-day sum)
     stale: list[StaleEntry] = field(default_factory=list)  # the day's risk_stale entries
     triage: dict[str, dict[str, int]] = field(default_factory=dict)  # alert type -> status -> count
+    late_events: str | None = None  # why the day's published output misses stored events (manifest.events_changed)
 
 
 def _scan_or_empty(root: Path, dataset: str, day: date, schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
@@ -206,6 +207,7 @@ def load_report_data(settings: Settings, day: date, history_days: int = 14, top:
         entity_risk=risk is not None,
         stale=stale_marker(manifest),
         triage=triage_counts(settings, day),
+        late_events=events_changed(manifest, Path(settings.paths.data_dir), day),
     )
 
 
@@ -476,6 +478,23 @@ def _triage_section(counts: Mapping[str, Mapping[str, int]]) -> str:
             "<code>PATCH /alerts/{id}</code>.</p>")
 
 
+def _notices(data: ReportData) -> str:
+    """What makes the day's numbers not what they seem, above everything else: scored by a
+    model trained on it (in-sample, fewer alerts), or stored events it has not scored."""
+    notes = []
+    model = data.manifest.get("model", {})
+    if model.get("in_training_window"):
+        window = model.get("training_window")
+        span = f" ({_e(window['start'])}..{_e(window['end'])})" if window else ""
+        notes.append(f'<p id="in-sample"><b>Scored in-sample:</b> model {_e(model.get("version"))} was trained on '
+                     f'this day{span}, so its events score lower and '
+                     "alert less than on a day it never saw; re-score it with a model trained before it.</p>")
+    if data.late_events:
+        notes.append(f'<p id="late-events"><b>Not every event of this day is scored:</b> {_e(data.late_events)}; '
+                     f"re-score it (uba-batch score --date {data.day.isoformat()}).</p>")
+    return "".join(notes)
+
+
 def render_report(data: ReportData, settings: Settings) -> str:
     """The page as one HTML string (no external resources of any kind)."""
     manifest = data.manifest
@@ -504,6 +523,7 @@ def render_report(data: ReportData, settings: Settings) -> str:
 <body>
 <header><h1>UBA daily report &mdash; {data.day.isoformat()}</h1><p>{subtitle}</p></header>
 <main>
+{_notices(data)}
 <section class="cards">{cards}</section>
 <div class="row">
 <section class="wide"><h2>Top users by risk</h2>{_users_table(data.top_users, data.sparklines)}
