@@ -521,3 +521,23 @@ def test_verify_fails_on_a_missing_data_directory_and_a_partition_that_is_not_a_
                                  "not mounted?)"]
     failed = CliRunner().invoke(cli, ["verify", "--data-dir", str(tmp_path)])
     assert failed.exit_code == 1 and "1 failed" in failed.stdout
+
+
+def test_events_changed_compares_the_parts_read_or_for_an_older_manifest_the_rows(tmp_path: Path) -> None:
+    """What backfill, monitor and the report use to find a day with late events: the run's
+    fingerprint of the parts it read, or, in a manifest from before it, the row count; a
+    day whose events were pruned since has nothing to re-score."""
+    from uba.manifest import events_changed
+
+    day = date(2026, 3, 1)
+    parts = _events_day(tmp_path)
+    recorded: Any = {"inputs": {"events_fingerprint": io.parts_fingerprint(parts)}, "counts": {"input_rows": 2}}
+    older: Any = {"counts": {"input_rows": 2}}
+    assert events_changed(recorded, tmp_path, day) is None
+    assert events_changed(older, tmp_path, day) is None
+    io.write_part(pl.DataFrame({"a": [7]}), tmp_path, io.EVENTS, day.isoformat(), name="late")
+    why = "its events changed after it was scored (2 events scored, 3 stored now)"
+    assert events_changed(recorded, tmp_path, day) == why
+    assert events_changed(older, tmp_path, day) == why
+    shutil.rmtree(io.partition_dir(tmp_path, io.EVENTS, day))
+    assert events_changed(recorded, tmp_path, day) is None
