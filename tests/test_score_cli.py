@@ -340,3 +340,27 @@ def test_an_analysts_table_that_cannot_be_read_fails_the_run_instead_of_being_em
     counts = _manifest(world.output_dir, day)["alerts"]
     assert counts["suppressed_rows"] > 0 and counts["suppressed_rows"] == _manifest(
         world.output_dir, day)["counts"]["flagged_rows"]
+
+
+def test_a_day_of_the_training_window_without_events_then_is_not_called_in_sample(
+        shared_world, tmp_path: Path) -> None:
+    """A window with a gap (a day whose logs had not arrived when the model was trained):
+    the forest never saw that day, so scoring it once its events are in is out of sample;
+    the bundle now lists the days it saw, and only those are called in-sample."""
+    from worlds import run_cli
+
+    world = shared_world.copy(tmp_path / "world")
+    gap, seen = date(2026, 3, 5), date(2026, 3, 6)
+    folder = io.partition_dir(world.data_dir, io.EVENTS, gap)
+    folder.rename(tmp_path / "late-logs")
+    run_cli("train", "--data-dir", str(world.data_dir), "--model-dir", str(world.model_dir),
+            "--output-dir", str(world.output_dir), "--end-date", "2026-03-08", "--window-days", "8")
+    (tmp_path / "late-logs").rename(folder)
+    paths = _paths(world, world.output_dir)
+    late = _uba("score", "--date", gap.isoformat(), "--in-process", *paths)
+    assert late.returncode == 0, late.stderr
+    assert "in-sample" not in late.stderr
+    assert _manifest(world.output_dir, gap)["model"]["in_training_window"] is False
+    known = _uba("score", "--date", seen.isoformat(), "--in-process", *paths)
+    assert known.returncode == 0 and f"{seen} lies inside the training window" in known.stderr, known.stderr
+    assert _manifest(world.output_dir, seen)["model"]["in_training_window"] is True

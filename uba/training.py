@@ -180,7 +180,7 @@ def train_model(
         "feature_set_version": FEATURE_SET_VERSION,
         "peer_features": peers,
         "training_window": {"start": days[0].isoformat(), "end": days[-1].isoformat(),
-                            "days_with_data": len(present)},
+                            "days_with_data": len(present), "days": [d.isoformat() for d in present]},
         "rows": {"training": int(features.height), "users": int(features["user_id"].n_unique()),
                  "excluded_confirmed_malicious": excluded},
         "score_summary": score_summary(train_scores),

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import TypedDict, cast
+from typing import NotRequired, TypedDict, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -122,6 +122,9 @@ class TrainingWindow(TypedDict):
     start: str  # ISO dates
     end: str
     days_with_data: int
+    # the days of the window that had events: the days the forest saw (a window reaching past
+    # the data, or with gaps, saw none of the others); bundles from before it lack the list
+    days: NotRequired[list[str]]
 
 
 class TrainingRowCounts(TypedDict):

@@ -42,9 +42,14 @@ def training_window(bundle: Bundle) -> ModelWindow | None:
 
 
 def in_training_window(bundle: Bundle, day: date) -> bool:
-    """Whether ``day`` is one of the days ``bundle`` was fitted on."""
+    """Whether ``day`` is one of the days ``bundle`` was fitted on: a day of its window that
+    had events at training (a day of the window without any, whose events came later, was
+    never seen); for a bundle from before that list, any day of the window."""
     window = training_window(bundle)
-    return window is not None and date.fromisoformat(window["start"]) <= day <= date.fromisoformat(window["end"])
+    if window is None or not date.fromisoformat(window["start"]) <= day <= date.fromisoformat(window["end"]):
+        return False
+    seen = bundle.metadata.get("training_window", {}).get("days")
+    return seen is None or day.isoformat() in seen
 
 
 def feature_settings_changes(bundle: Bundle, settings: Settings) -> dict[str, list[JsonValue]]:
