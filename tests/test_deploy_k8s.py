@@ -518,6 +518,29 @@ def _run_cli(*argv: str | Path, env: dict[str, str]) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def _seeded_numba_cache(cronjob: Obj, tmp_path: Path) -> Path:
+    """The pod's numba-cache emptyDir after its init container ran: the image's cache
+    (filled here as the Dockerfile's build step fills it) copied by the init container's
+    own command. Without it the emptyDir hid the image's copy and every process of every
+    nightly pod compiled the loops cold (about 13 s of CPU each, each Ray worker too)."""
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [init] = [c for c in pod["initContainers"] if c["name"] == "numba-cache"]
+    [mount] = [m["mountPath"] for m in init["volumeMounts"] if m["name"] == "numba-cache"]
+    image_cache, empty_dir = tmp_path / "image-numba-cache", tmp_path / "numba-cache"
+    image_cache.mkdir()
+    empty_dir.mkdir()
+    built = subprocess.run([sys.executable, "-c", "import uba.model.kernel as k; k.warm_up()"],
+                           env={**os.environ, "NUMBA_CACHE_DIR": str(image_cache)}, capture_output=True, text=True,
+                           timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    image_dir = _dockerfile_numba_cache_dir()
+    argv = [str(image_cache) + a[len(image_dir):] if a.startswith(image_dir) else
+            str(empty_dir) + a[len(mount):] if a.startswith(mount) else a for a in _container_argv(init)]
+    copied = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert copied.returncode == 0, copied.stderr
+    return empty_dir
+
+
 def test_nightly_score_runs_with_a_read_only_root_and_only_the_pods_writable_mounts(
         builds: dict[str, list[Obj]], tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """The prod score CronJob's exact command line and env, run with the root filesystem
@@ -542,9 +565,10 @@ def test_nightly_score_runs_with_a_read_only_root_and_only_the_pods_writable_mou
            "PYTHONDONTWRITEBYTECODE": "1",
            # a small day would run in-process; the embedded Ray is what needs writable dirs
            "UBA_RAY__MIN_ROWS_FOR_RAY": "0"}
-    # The image's NUMBA_CACHE_DIR, on the pod's (empty) emptyDir: the kernel compiles and caches there.
-    numba_cache = tmp_path / "numba-cache"
-    numba_cache.mkdir()
+    # The image's NUMBA_CACHE_DIR, on the pod's emptyDir, which the init container fills
+    # from the image's copy (compiled at build, as the Dockerfile's warm-up does).
+    numba_cache = _seeded_numba_cache(cronjob, tmp_path)
+    seeded = sorted(p.relative_to(numba_cache) for p in numba_cache.rglob("*"))
     env["NUMBA_CACHE_DIR"] = str(numba_cache)
     for item in container["env"]:
         value = item["value"]
@@ -579,4 +603,6 @@ def test_nightly_score_runs_with_a_read_only_root_and_only_the_pods_writable_mou
     assert manifest["counts"]["scored_rows"] == manifest["counts"]["input_rows"] > 0
     assert manifest["execution"]["mode"] == "local" and manifest["execution"]["started_by_job"]  # embedded Ray
     assert not ro_probe.exists()
-    assert list(numba_cache.rglob("*.nbi")), "the forest kernel was not cached on the mounted cache dir"
+    assert seeded and list(numba_cache.rglob("*.nbi")), "the compiled loops were not on the mounted cache dir"
+    assert sorted(p.relative_to(numba_cache) for p in numba_cache.rglob("*")) == seeded, \
+        "a process of the pod compiled a loop the image had not: the build's warm-up misses it"
