@@ -520,21 +520,15 @@ def test_a_feedback_killed_before_its_marks_never_leaves_its_verdict_stored_and_
     after them, both under the stale-marks lock: killed while waiting for it, nothing is
     stored, and giving the verdict again marks the days. (The test holds the lock so the
     CLI waits exactly there, and kills it then.)"""
-    import signal
-    import subprocess
     import sys
 
-    from waiting import blocked_on_flock, wait_until
+    from waiting import kill_when_blocked_on_flock
 
     alert = next(c for c in _contributions(_table(world, D1)) if c["type"] == "event")["alert_id"]
     csv = tmp_path / "verdict.csv"
     csv.write_text(f"event_id,label\n{alert},benign\n")
-    with _stale_marks_lock_held(world) as lock:
-        verdict = subprocess.Popen([str(Path(sys.executable).with_name("uba-batch")), "feedback", str(csv),
-                                    *world.folders()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: blocked_on_flock(lock, verdict.pid), 120, "the verdict to wait for the stale-marks lock")
-        verdict.send_signal(signal.SIGKILL)
-        verdict.wait()
+    kill_when_blocked_on_flock(world.out / io.RUNS / ".risk-stale.lock",
+                               [str(Path(sys.executable).with_name("uba-batch")), "feedback", str(csv), *world.folders()])
     assert not _stored_unmarked(world, alert), "the verdict is stored and its risk days are current"
     assert "marked stale" in _verdict(world, tmp_path, alert, "benign")
     assert all(_stale(world, d) for d in DAYS)

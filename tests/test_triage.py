@@ -494,38 +494,32 @@ def test_a_close_killed_while_marking_risk_stale_is_not_on_record_unmarked(own: 
     being refused (found by an attack). The marking now comes before the row: killed there,
     the alert is still open, and closing it again marks the days. (The test holds the runs'
     stale-marks lock so the close waits exactly there, and kills it then.)"""
-    import fcntl
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from waiting import blocked_on_flock, wait_until
-
     from uba.alerting.risk import read_risk, stale_marker
     from uba.manifest import read_manifest
 
     table = read_risk(own / "out", DAYS[0])
     assert table is not None
     alert = next(c for cs in table["contributions"] for c in cs if c["event_id"])["alert_id"]
-    lock = own / "out" / io.RUNS / ".risk-stale.lock"
-    env = {**os.environ, "UBA_DATA_DIR": str(own / "data"), "UBA_OUTPUT_DIR": str(own / "out")}
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        close = subprocess.Popen([str(Path(sys.executable).with_name("uba-batch")), "alerts", "close", alert,
-                                  "--verdict", "benign", "--date", DAYS[0].isoformat()], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: blocked_on_flock(lock, close.pid), 60, "the close to wait for the stale-marks lock")
-        close.send_signal(signal.SIGKILL)
-        close.wait()
-    finally:
-        os.close(fd)
+    _close_killed_waiting_for_the_stale_marks_lock(own, alert, "--date", DAYS[0].isoformat())
     shown = json.loads(_ok("alerts", "show", alert, *_dirs(own)))  # every read still works
     marked = all(stale_marker(read_manifest(own / "out", day)) for day in DAYS)
     assert shown["status"] == "open" or marked, "closed on record, its risk days never marked stale"
     assert "closed" in _ok("alerts", "close", alert, "--verdict", "benign", *_dirs(own))
     assert all(stale_marker(read_manifest(own / "out", day)) for day in DAYS)
+
+
+def _close_killed_waiting_for_the_stale_marks_lock(own: Path, alert: str, *options: str) -> None:
+    """A benign ``alerts close`` SIGKILLed where it waits for the runs' stale-marks lock
+    (which the test holds): after anything written before the marks, before the row."""
+    import os
+    import sys
+
+    from waiting import kill_when_blocked_on_flock
+
+    env = {**os.environ, "UBA_DATA_DIR": str(own / "data"), "UBA_OUTPUT_DIR": str(own / "out")}
+    kill_when_blocked_on_flock(own / "out" / io.RUNS / ".risk-stale.lock",
+                               [str(Path(sys.executable).with_name("uba-batch")), "alerts", "close", alert,
+                                "--verdict", "benign", *options], env, timeout=60)
 
 
 def test_a_suppress_similar_close_killed_before_its_row_adds_its_rule_once_when_closed_again(own: Path) -> None:
@@ -535,14 +529,6 @@ def test_a_suppress_similar_close_killed_before_its_row_adds_its_rule_once_when_
     (found by an attack; undoing it then took two ``suppress remove``). The close reuses an
     active rule of the same user and reason kind that never expires. (The test holds the
     runs' stale-marks lock, which the close takes after the rule, and kills it there.)"""
-    import fcntl
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from waiting import blocked_on_flock, wait_until
-
     from uba.alerting.feedback import listed_rules
     from uba.alerting.risk import read_risk
 
@@ -552,19 +538,7 @@ def test_a_suppress_similar_close_killed_before_its_row_adds_its_rule_once_when_
     counted = {c["alert_id"] for cs in table["contributions"] for c in cs}  # its verdict marks risk days
     event = next(a for a in _listed(own, "--date", day, "--type", "event") if a["alert_id"] in counted)
     alert = str(event["alert_id"])
-    lock = own / "out" / io.RUNS / ".risk-stale.lock"
-    env = {**os.environ, "UBA_DATA_DIR": str(own / "data"), "UBA_OUTPUT_DIR": str(own / "out")}
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        close = subprocess.Popen([str(Path(sys.executable).with_name("uba-batch")), "alerts", "close", alert,
-                                  "--verdict", "benign", "--suppress-similar", "--date", day], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: blocked_on_flock(lock, close.pid), 60, "the close to wait for the stale-marks lock")
-        close.send_signal(signal.SIGKILL)
-        close.wait()
-    finally:
-        os.close(fd)
+    _close_killed_waiting_for_the_stale_marks_lock(own, alert, "--suppress-similar", "--date", day)
     assert json.loads(_ok("alerts", "show", alert, *_dirs(own)))["status"] == "open", "killed before its row"
     assert "closed" in _ok("alerts", "close", alert, "--verdict", "benign", "--suppress-similar", *_dirs(own))
     rules = listed_rules(own / "data")

@@ -8,8 +8,12 @@ what never happened.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import signal
+import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -69,3 +73,21 @@ def blocked_on_flock(lock: Path, pid: int) -> bool:
 def stopped(pid: int) -> bool:
     """Whether process ``pid`` is stopped (state ``T`` in /proc/<pid>/stat)."""
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T"
+
+
+def kill_when_blocked_on_flock(lock: Path, argv: Sequence[str], env: Mapping[str, str] | None = None,
+                               timeout: float = 120) -> None:
+    """Run ``argv`` while this process holds the flock of ``lock`` and SIGKILL it once it
+    waits for that lock: a crash of a command at exactly that point of its work."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        process = subprocess.Popen(list(argv), env=None if env is None else dict(env),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: blocked_on_flock(lock, process.pid), timeout, f"{argv[1:3]} to wait for {lock.name}")
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+    finally:
+        os.close(fd)
