@@ -13,6 +13,7 @@ habits differ), which fixes the feature set of the model trained on it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -320,4 +321,64 @@ def test_a_directory_that_names_none_of_the_users_is_named_by_score(world: PeerW
             "weights apply to nobody; is it keyed by another id than the events' user_id? Import one keyed by "
             "user_id (uba-batch users import FILE --replace)") in nobody
     assert json.loads(io.run_manifest_path(tmp_path / "nobody", AS_OF).read_text())["inputs"]["directory"] == {
-        "users": world.directory.height, "matched_users": 0, "run_users": coverage["run_users"]}
+        "users": world.directory.height, "matched_users": 0, "run_users": coverage["run_users"],
+        "sha256": hashlib.sha256((data / "directory" / "users.parquet").read_bytes()).hexdigest()}
+
+
+def test_a_score_run_uses_one_directory_from_baselines_to_risk(world: PeerWorld, tmp_path: Path) -> None:
+    """``users import`` landing while a day is scored: the run read the directory for its
+    peer groups, again for its coverage and again for its risk weights, so the day got
+    peer groups from one directory and privilege weights from the next, and its manifest
+    named neither. Now it reads the directory once: the run stops itself at its first
+    shard part (after the baselines, before risk; test hook UBA_FAULT_STOP_AT), the test
+    imports a directory making everyone unprivileged and of low criticality (this day's one
+    user at risk is a privileged admin), and the day's risk is
+    exactly that of a run that never saw the import, its manifest naming the first file."""
+    import hashlib
+    import signal
+    import subprocess
+    import sys
+
+    from waiting import stopped, wait_until
+
+    users = "directory/users.parquet"
+    before = hashlib.sha256((world.data_dir / users).read_bytes()).hexdigest()
+    _score(world.data_dir, world.model_dir, tmp_path / "reference")
+    everyone = tmp_path / "nobody-privileged.csv"
+    world.directory.with_columns(pl.lit(False).alias("is_privileged"), pl.lit("low").alias("criticality")) \
+        .write_csv(everyone)
+    data = tmp_path / "data"
+    shutil.copytree(world.data_dir, data)
+    batch = str(Path(sys.executable).with_name("uba-batch"))
+    run = subprocess.Popen([batch, "score", "--date", AS_OF.isoformat(), "--data-dir", str(data), "--output-dir",
+                            str(tmp_path / "out"), "--model-dir", str(world.model_dir), "--in-process"],
+                           env={**os.environ, "UBA_MODEL__N_ESTIMATORS": "30", "UBA_FAULT_STOP_AT": "staged_part"},
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: run.poll() is not None or stopped(run.pid), 300, "the run to stop at its first part")
+        assert run.poll() is None, run.communicate()[0][-2000:]
+        _cli("users", "import", str(everyone), "--replace", "--data-dir", str(data))
+        while run.poll() is None:  # it stops again at each staged part
+            if stopped(run.pid):
+                run.send_signal(signal.SIGCONT)
+            wait_until(lambda: run.poll() is not None or stopped(run.pid), 300, "the run to go on")
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.wait(timeout=60) == 0, run.communicate()[0][-2000:]
+
+    def risk(out: Path) -> pl.DataFrame:
+        return pl.read_parquet(out / "risk" / f"event_date={AS_OF}").sort("user_id")
+
+    assert risk(tmp_path / "out").equals(risk(tmp_path / "reference"))
+    manifest = json.loads(io.run_manifest_path(tmp_path / "out", AS_OF).read_text())
+    assert manifest["inputs"]["directory"]["sha256"] == before
+    # the import does change the day's risk: the next run, with it, scores it lower
+    after = hashlib.sha256((data / users).read_bytes()).hexdigest()
+    assert after != before
+    _score(data, world.model_dir, tmp_path / "again")
+    again = risk(tmp_path / "again").join(risk(tmp_path / "reference"), on="user_id", suffix="_before")
+    assert (again["risk_score"] <= again["risk_score_before"]).all()
+    assert (again["risk_score"] < again["risk_score_before"]).any()
+    assert json.loads(io.run_manifest_path(tmp_path / "again", AS_OF).read_text())["inputs"]["directory"]["sha256"] \
+        == after

@@ -15,6 +15,7 @@ the value.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -357,17 +358,46 @@ def _reason_kind(reason: str) -> str:
     return "invalid"
 
 
-def directory_coverage(directory: pl.DataFrame | None, user_ids: pl.Series) -> DirectoryCoverage | None:
-    """How many of ``user_ids`` the directory lists; None without a directory."""
-    if directory is None:
+def directory_coverage(snapshot: DirectorySnapshot, user_ids: pl.Series) -> DirectoryCoverage | None:
+    """How many of ``user_ids`` the directory lists, and which directory it was; None
+    without a directory."""
+    if snapshot.table is None or snapshot.sha256 is None:
         return None
     users = user_ids.unique()
-    return {"users": directory.height, "matched_users": int(users.is_in(directory["user_id"].implode()).sum()),
-            "run_users": users.len()}
+    return {"users": snapshot.table.height,
+            "matched_users": int(users.is_in(snapshot.table["user_id"].implode()).sum()),
+            "run_users": users.len(), "sha256": snapshot.sha256}
+
+
+@dataclass(frozen=True)
+class DirectorySnapshot:
+    """The stored directory as one run saw it. A score run reads it once and uses that
+    one table for the model check, the peer groups, the coverage and the risk weights:
+    read at each of those places, a ``users import`` landing mid-run gave a day peer
+    groups from one directory and privilege weights from another, and its manifest
+    named neither."""
+
+    table: pl.DataFrame | None  # None: no directory stored
+    sha256: str | None  # of the stored file's bytes, recorded in the manifest
+    source: str  # the path looked at
+
+    @property
+    def present(self) -> bool:
+        return self.table is not None
+
+
+def read_directory_snapshot(data_dir: Path) -> DirectorySnapshot:
+    """The stored directory's bytes read once, hashed and parsed from that one read (an
+    import replaces the file by a rename, so the bytes are one whole version)."""
+    path = stored_directory_file(data_dir)
+    source = str(directory_path(data_dir))
+    data = None if path is None else io.read_bytes_if_exists(path)
+    if path is None or data is None:
+        return DirectorySnapshot(table=None, sha256=None, source=source)
+    table = io.read_parquet_bytes(data, path).cast(pl.Schema(SCHEMA))
+    return DirectorySnapshot(table=table, sha256=hashlib.sha256(data).hexdigest(), source=source)
 
 
 def load_directory(data_dir: Path) -> pl.DataFrame | None:
     """The stored directory, or None when there is none (behaviour as without one)."""
-    path = stored_directory_file(data_dir)
-    frame = None if path is None else io.read_parquet_if_exists(path)
-    return None if frame is None else frame.cast(pl.Schema(SCHEMA))
+    return read_directory_snapshot(data_dir).table

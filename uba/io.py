@@ -1664,6 +1664,24 @@ def read_parquet_if_exists(path: Path) -> pl.DataFrame | None:
     except (pl.exceptions.ComputeError, OSError) as exc:
         raise UserError(f"cannot read Parquet file {path}: {exc}") from exc
 
+
+def read_bytes_if_exists(path: Path) -> bytes | None:
+    """A small file's bytes in one read, None when absent, a user error when unreadable."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc} (errno {exc.errno})") from exc
+
+
+def read_parquet_bytes(data: bytes, path: Path) -> pl.DataFrame:
+    """A whole Parquet file already read into memory (``path`` names it in the error)."""
+    try:
+        return pl.read_parquet(BytesIO(data))
+    except (pl.exceptions.ComputeError, OSError) as exc:
+        raise UserError(f"cannot read Parquet file {path}: {exc}") from exc
+
 # --- ingest: raw input files, stored event ids, run summaries ---
 
 INGEST_RUNS = "ingest_runs"

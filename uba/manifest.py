@@ -64,6 +64,7 @@ class DirectoryCoverage(TypedDict):
     users: int  # users in the directory
     matched_users: int  # of the run's users, those it lists
     run_users: int  # the run's users (those with a baseline)
+    sha256: str  # of the directory file the run read (uba.directory.DirectorySnapshot)
 
 
 class RunInputs(TypedDict):

@@ -48,7 +48,6 @@ from uba.alerting.feedback import (
     store_feedback,
 )
 from uba.alerting.trends import TREND_KINDS
-from uba.directory import load_directory
 from uba.errors import UserError, first_line
 from uba.logs import get_logger
 from uba.manifest import RiskSection, RiskSettingsChange, RunManifest, StaleEntry, read_manifest
@@ -546,15 +545,17 @@ class RiskRun:
     settings_changed: RiskSettingsChange | None = None
 
     @classmethod
-    def compute(cls, settings: Settings, day: date, flagged: pl.DataFrame, user_days: pl.DataFrame | None) -> RiskRun:
-        """Read yesterday's risk (or the latest earlier), feedback and the directory; compute D's table."""
+    def compute(cls, settings: Settings, day: date, flagged: pl.DataFrame, user_days: pl.DataFrame | None,
+                directory: pl.DataFrame | None) -> RiskRun:
+        """Read yesterday's risk (or the latest earlier) and feedback; compute D's table
+        with ``directory``, the one the run read once (None: no directory)."""
         output_dir, data_dir = Path(settings.paths.output_dir), Path(settings.paths.data_dir)
         stamp = feedback_stamp(data_dir)
         benign = io.benign_verdicts(data_dir)  # an event alert's two ids are one verdict
         found = previous_risk(output_dir, day)
         previous_day, previous = found if found else (None, None)
         contributions = contributions_of_day(flagged, user_days, day, settings.risk, benign)
-        table = compute_risk(contributions, previous, previous_day, day, settings.risk, load_directory(data_dir))
+        table = compute_risk(contributions, previous, previous_day, day, settings.risk, directory)
         previous_manifest = read_manifest(output_dir, previous_day) if previous_day else None
         return cls(day=day, table=table, previous_day=previous_day,
                    previous_run=None if previous_manifest is None else previous_manifest.get("run_id"),

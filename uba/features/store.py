@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from uba import io
-from uba.directory import directory_path, load_directory, stored_directory_file
+from uba.directory import (
+    DirectorySnapshot,
+    directory_path,
+    read_directory_snapshot,
+    stored_directory_file,
+)
 from uba.features.aggregates import (
     AGGREGATES_VERSION,
     Categories,
@@ -119,27 +124,29 @@ def lookback_days(as_of: date, lookback: int) -> list[date]:
 
 
 def baselines_as_of(data_dir: Path, as_of: date, settings: Settings,
-                    unlearned: pl.DataFrame | None = None) -> pl.LazyFrame:
+                    unlearned: pl.DataFrame | None = None,
+                    directory: DirectorySnapshot | None = None) -> pl.LazyFrame:
     """Baselines for scoring ``as_of``, read ONLY from the aggregate partitions of the lookback.
 
     Raw events are never opened (call ``ensure_aggregates`` first). With no aggregates at
     all the result is just the population row with no information. ``unlearned``
     (``user_id, event_date``; see ``unlearned_as_of``) names user-days left out of the
     window: the days with alerts, under baseline poisoning protection. Where a user
-    directory is stored, users are shrunk toward their peer group (``peers_of``).
+    directory is stored, users are shrunk toward their peer group (``peers_of``);
+    ``directory`` is the one a run already read (None: read it now).
     """
     parts = io.aggregate_part_scans(data_dir, lookback_days(as_of, settings.features.lookback_days))
     frames = [frame for _, frame in parts] if unlearned is None else without_user_days_each_day(parts, unlearned)
     aggregates = io.stack_aggregates(frames)
     if aggregates is None:
         aggregates = empty_aggregates(settings.events)
-    return user_baselines(aggregates, as_of, settings.features, peers=peers_of(data_dir, settings))
+    table = (directory or read_directory_snapshot(data_dir)).table
+    return user_baselines(aggregates, as_of, settings.features, peers=peers_of(table, settings))
 
 
-def peers_of(data_dir: Path, settings: Settings) -> pl.DataFrame | None:
-    """Each user's peer group from the stored directory (``features.peer_group_by``);
-    None without a directory, so baselines are exactly what they were before peer groups."""
-    directory = load_directory(data_dir)
+def peers_of(directory: pl.DataFrame | None, settings: Settings) -> pl.DataFrame | None:
+    """Each user's peer group from the directory (``features.peer_group_by``); None
+    without a directory, so baselines are exactly what they were before peer groups."""
     return None if directory is None else peer_groups(directory, settings.features.peer_group_by)
 
 

@@ -632,6 +632,12 @@ class PeerContext:
     remedy_with: str | None = None
 
 
+def check_bundle_peers(bundle: Bundle, peers: PeerContext) -> None:
+    """``load_bundle``'s peer check for a bundle already loaded: a run (one day of a
+    backfill) checks the directory it read against the model it scores with."""
+    _check_peer_features(bundle.path / BUNDLE_FILE, cast(Mapping[str, JsonValue], bundle.metadata), peers)
+
+
 def _check_peer_features(path: Path, body: Mapping[str, JsonValue], peers: PeerContext) -> None:
     """The directory present at training fixed the bundle's feature set: one line when
     the scoring side differs, naming what differs and the remedy."""

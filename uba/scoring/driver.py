@@ -40,7 +40,12 @@ import polars as pl
 from uba import io
 from uba import manifest as mf
 from uba.alerting.risk import RiskRun
-from uba.directory import directory_coverage, directory_path, load_directory
+from uba.directory import (
+    DirectorySnapshot,
+    directory_coverage,
+    directory_path,
+    read_directory_snapshot,
+)
 from uba.errors import UserError
 from uba.features import baselines_as_of, ensure_aggregates, unlearned_as_of
 from uba.features.baselines import POPULATION_USER
@@ -63,7 +68,7 @@ from uba.manifest import (
     RunPlacement,
     RunRecord,
 )
-from uba.model.bundle import Bundle
+from uba.model.bundle import Bundle, PeerContext, check_bundle_peers
 from uba.scoring import shard
 from uba.scoring.context import CategoryNames, FaultInjection, ShardContext
 from uba.scoring.hooks import RunOperations
@@ -188,6 +193,7 @@ class _Run:
         self.unverified: list[str] = []
         self.unlearned: pl.DataFrame | None = None
         self.directory: DirectoryCoverage | None = None
+        self.directory_snapshot = DirectorySnapshot(table=None, sha256=None, source="")
         self.events_fingerprint = ""
 
     # -- the run ---------------------------------------------------------------------
@@ -282,10 +288,12 @@ class _Run:
             # user-day alerts, computed beside the shards, wait for it
             self.runtime.warm_up()
         with self.timer.stage("baselines"):
+            self._read_directory()
             # baseline poisoning protection: the lookback's user-days with alerts are not learned
             # (uba.features.protection)
             self.unlearned = unlearned_as_of(self.output_dir, self.data_dir, self.day, self.settings)
-            baselines = baselines_as_of(self.data_dir, self.day, self.settings, self.unlearned).collect()
+            baselines = baselines_as_of(self.data_dir, self.day, self.settings, self.unlearned,
+                                        self.directory_snapshot).collect()
             self._note_unverified_inputs()
             self._note_directory_coverage(baselines)
         with self.timer.stage("operations"):  # per-user cuts, suppression rules
@@ -368,7 +376,7 @@ class _Run:
         the day, the columns risk needs) and the user-day alerts, staged as ``risk/``."""
         staged = io.read_parts(sorted((staging / io.FLAGGED).glob("*.parquet")), among=RISK_FLAGGED_COLUMNS)
         flagged = pl.DataFrame(schema=RISK_FLAGGED_SCHEMA) if staged is None else staged
-        run = RiskRun.compute(self.settings, self.day, flagged, user_days)
+        run = RiskRun.compute(self.settings, self.day, flagged, user_days, self.directory_snapshot.table)
         io.new_dir(staging / io.RISK)
         io.write_staged_part(run.table, staging / io.RISK / PART_NAME.format(index=0))
         return run
@@ -459,6 +467,15 @@ class _Run:
                         "with `uba-batch verify --adopt-legacy` (docs/operations.md)", len(self.unverified),
                         self.day, self.unverified[0], more)
 
+    def _read_directory(self) -> None:
+        """The user directory, read once for the whole run and checked against the model
+        again: a backfill checks it once before its first day, and an import may land
+        between days."""
+        self.directory_snapshot = read_directory_snapshot(self.data_dir)
+        snapshot = self.directory_snapshot
+        check_bundle_peers(self.bundle, PeerContext(
+            present=snapshot.present, source=snapshot.source + ("" if snapshot.present else " does not exist")))
+
     def _note_directory_coverage(self, baselines: pl.DataFrame) -> None:
         """How many of the run's users the stored directory lists (``inputs.directory``),
         and one warning when it lists none of them: an HR export keyed by e-mail
@@ -466,7 +483,7 @@ class _Run:
         runs went on without peer groups or privilege weights for anyone, silently (found
         by an attack)."""
         users = baselines["user_id"].filter(baselines["user_id"] != POPULATION_USER)
-        self.directory = directory_coverage(load_directory(self.data_dir), users)
+        self.directory = directory_coverage(self.directory_snapshot, users)
         if self.directory and self.directory["users"] and self.directory["run_users"] \
                 and not self.directory["matched_users"]:
             log.warning("none of the %d users with history before %s is in the user directory %s (%d users): its "
