@@ -238,6 +238,9 @@ class ScoringSettings(_Section):
     one shard plus the baselines, not by the size of the day."""
 
     chunk_rows: int = Field(262_144, ge=1)
+    # after publishing, merge each analysts' table (feedback, suppressions, triage) holding
+    # at least this many parts into one (uba.alerting.compaction); 0: never
+    compact_tables_after_parts: int = Field(200, ge=0)
 
 
 class UserThresholdSettings(_Section):

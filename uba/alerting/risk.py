@@ -368,11 +368,6 @@ def read_risk_history(output_dir: Path, user_id: str, days: int = 30, end: date 
                        risk_window_days(output_dir, end, days) if fill else None)
 
 
-def feedback_stamp(data_dir: Path) -> list[str]:
-    """Which feedback parts exist (append-only, so a new verdict is a new name)."""
-    return [p.name for p in io.table_part_files(Path(data_dir), io.FEEDBACK)]
-
-
 # --- staleness ----------------------------------------------------------------------
 
 
@@ -539,9 +534,8 @@ class RiskRun:
     table: pl.DataFrame
     previous_day: date | None
     previous_run: str | None
-    feedback: list[str]
+    benign_ids: frozenset[str]  # the verdicts in effect it was computed with, checked again before the commit
     old_table: pl.DataFrame | None
-    benign: int
     settings_changed: RiskSettingsChange | None = None
 
     @classmethod
@@ -550,7 +544,6 @@ class RiskRun:
         """Read yesterday's risk (or the latest earlier) and feedback; compute D's table
         with ``directory``, the one the run read once (None: no directory)."""
         output_dir, data_dir = Path(settings.paths.output_dir), Path(settings.paths.data_dir)
-        stamp = feedback_stamp(data_dir)
         benign = io.benign_verdicts(data_dir)  # an event alert's two ids are one verdict
         found = previous_risk(output_dir, day)
         previous_day, previous = found if found else (None, None)
@@ -559,7 +552,7 @@ class RiskRun:
         previous_manifest = read_manifest(output_dir, previous_day) if previous_day else None
         return cls(day=day, table=table, previous_day=previous_day,
                    previous_run=None if previous_manifest is None else previous_manifest.get("run_id"),
-                   feedback=stamp, old_table=read_risk_or_none(output_dir, day), benign=len(benign),
+                   benign_ids=frozenset(benign), old_table=read_risk_or_none(output_dir, day),
                    settings_changed=settings_change(previous_manifest, settings.risk, day))
 
     def manifest_section(self, settings: RiskSettings) -> RiskSection:
@@ -570,7 +563,7 @@ class RiskRun:
             "levels": level_counts(self.table),
             "previous": ({"date": self.previous_day.isoformat(), "run_id": self.previous_run}
                          if self.previous_day else None),
-            "benign_verdicts": self.benign,
+            "benign_verdicts": len(self.benign_ids),
             "half_life_days": settings.half_life_days,
             "cuts": {"medium": settings.medium_cut, "high": settings.high_cut, "critical": settings.critical_cut},
             "settings": formula_settings(settings),
@@ -587,8 +580,9 @@ class RiskRun:
         now_day = found[0] if found else None
         if now_day != self.previous_day or _run_id(output_dir, now_day) != self.previous_run:
             reasons.append(f"{now_day or self.previous_day} was re-scored while this run computed its risk")
-        if feedback_stamp(data_dir) != self.feedback:
-            reasons.append("feedback arrived while this run computed its risk")
+        # by content, not by the feedback table's part names: a compaction renames them all
+        if io.benign_verdicts(data_dir) != self.benign_ids:
+            reasons.append("benign verdicts changed while this run computed its risk")
         return reasons
 
     def stale_entries(self, output_dir: Path, data_dir: Path) -> list[StaleEntry]:

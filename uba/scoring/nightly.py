@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from datetime import date
 from typing import TYPE_CHECKING, NamedTuple
 
+from uba.logs import get_logger, printable_line
 from uba.monitoring.drift import drift_verdict
 from uba.scoring.backfill import (
     BackfillDelivery,
@@ -25,6 +26,8 @@ from uba.settings import Settings
 
 if TYPE_CHECKING:
     from uba.alerting.delivery import ReadySink
+
+log = get_logger("nightly")
 
 # Drives a walk over the dates (a progress bar, log lines) and returns its outcomes.
 ShowWalk = Callable[[Iterator[BackfillOutcome], int], list[BackfillOutcome]]
@@ -56,6 +59,7 @@ def score_and_deliver(settings: Settings, options: ScoreOptions) -> Iterator[Lin
 
         for text in deliver_scored_day(settings, sinks, options.day, manifest["run_id"]):
             yield Line(text)
+    yield from _compact_tables(settings)
     verdict, code = drift_verdict(manifest, settings)
     yield Line(verdict, err=code != 0, exit_code=code)
 
@@ -72,6 +76,7 @@ def backfill_and_deliver(settings: Settings, start: date, end: date, options: Sc
     outcomes = show(delivery.follow(backfill_dates(settings, start, end, options, force=force)),
                     (end - start).days + 1)
     lines = [Line(text) for text in delivery.finish()]
+    lines += _compact_tables(settings)
     counts = outcome_counts(outcomes)
     lines.append(Line(f"backfill: {counts['scored']} scored, {counts['skipped']} skipped, "
                       f"{counts['failed']} failed of {len(outcomes)} dates"))
@@ -93,6 +98,31 @@ def _in_sample_note(outcomes: list[BackfillOutcome]) -> list[Line]:
     return [Line(f"warning: {len(in_sample)} date(s) lie inside the training window of model {in_sample[0][1]} and "
                  "were scored in-sample (the model saw their events: lower scores, fewer alerts than unseen days): "
                  + ", ".join(str(day) for day, _ in in_sample), err=True)]
+
+
+def _compact_tables(settings: Settings) -> list[Line]:
+    """The analysts' tables that reached ``scoring.compact_tables_after_parts`` parts,
+    merged once the day is out (``uba.alerting.compaction``). Housekeeping: a table an
+    analyst is appending to is left for the next run, and a failure is a warning, never
+    the run's failure (its outputs are already published)."""
+    threshold = settings.scoring.compact_tables_after_parts
+    if threshold <= 0:
+        return []
+    from uba.alerting.compaction import TABLES, compact_table
+
+    lines = []
+    for table in TABLES:
+        try:
+            done = compact_table(settings.paths.data_dir, table, min_parts=threshold, wait=False)
+        except Exception as exc:  # housekeeping after publishing: whatever it is, not the run's failure
+            log.debug("compaction of %s failed", table, exc_info=True)
+            lines.append(Line(f"warning: compacting the {table} table failed, nothing lost (it is read as it was); "
+                              f"`uba-batch tables compact --table {table}` says why: {printable_line(str(exc))}",
+                              err=True))
+            continue
+        if done.merged:
+            lines.append(Line(f"compacted {done.line()}"))
+    return lines
 
 
 def _prepared_sinks(settings: Settings) -> list[ReadySink]:
