@@ -287,17 +287,32 @@ def test_events_ingested_after_their_day_was_scored_are_named_and_scored_by_the_
     assert (f"events of {day} not all scored: its events changed after it was scored ({scored:,} events scored, "
             f"{scored + 2:,} stored now); re-score it (uba-batch score --date {day}, or backfill)") in monitor.stdout
     assert f"events of {other}" not in monitor.stdout
+    # the day after looks back on it: its baselines did not learn the late events
+    assert (f"baselines of {other} out of date: the events of {day} in its baselines' lookback changed after it "
+            f"was scored (late events its baselines did not learn); re-score in date order (uba-batch backfill "
+            f"--start {other} --end {other})") in monitor.stdout
+    assert f"baselines of {day}" not in monitor.stdout
     report = tmp_path / "report.html"
     assert _uba("report", "--date", day.isoformat(), "--out", str(report), "--data-dir", str(world.data_dir),
                 "--output-dir", str(world.output_dir)).returncode == 0
     assert (f'<p id="late-events"><b>Not every event of this day is scored:</b> its events changed after it was '
             f"scored ({scored:,} events scored, {scored + 2:,} stored now); re-score it") in report.read_text()
 
+    # the day after alone (its own events unchanged): re-scored for its lookback
+    after = _uba("backfill", "--start", other.isoformat(), "--end", other.isoformat(), "--in-process", *paths)
+    assert after.returncode == 0, after.stderr
+    assert (f"(re-scored: the events of {day} in its baselines' lookback changed after it was scored (late events "
+            "its baselines did not learn))") in after.stderr
+    lookback = _manifest(world.output_dir, other)["inputs"]["lookback_events"]
+    assert len(lookback) == 28 and lookback[day.isoformat()] == io.partition_fingerprint(world.data_dir, io.EVENTS, day)
+
     again = _uba(*walk)
     assert again.returncode == 0, again.stderr
     assert (f"(re-scored: its events changed after it was scored ({scored:,} events scored, {scored + 2:,} "
             "stored now))") in again.stderr
     assert _manifest(world.output_dir, day)["counts"]["scored_rows"] == scored + 2
+    third = _uba(*walk)
+    assert third.returncode == 0 and "backfill: 0 scored, 2 skipped" in third.stdout + third.stderr, third.stderr
     ids = set(pl.read_parquet(world.output_dir / "scores" / f"event_date={day}")["event_id"])
     assert {"late-1", "late-2"} <= ids
     done = _uba(*walk)

@@ -77,6 +77,8 @@ class RunInputs(TypedDict):
     baseline_protection: NotRequired[BaselineProtection]
     directory: NotRequired[DirectoryCoverage]  # only with a user directory stored
     events_fingerprint: NotRequired[str]  # io.parts_fingerprint of the events parts the run read
+    # per day of the baselines' lookback, io.partition_fingerprint of its events ("" for none)
+    lookback_events: NotRequired[dict[str, str]]
 
 
 class ModelWindow(TypedDict):
@@ -455,6 +457,35 @@ def events_changed(manifest: RunManifest, data_dir: Path, day: date) -> str | No
         return None
     then = "?" if scored is None else f"{scored:,}"
     return f"its events changed after it was scored ({then} events scored, {stored:,} stored now)"
+
+
+def lookback_changed(manifest: RunManifest, data_dir: Path, seen: dict[str, str | None] | None = None) -> str | None:
+    """Why the day's baselines no longer match the stored events of its lookback (None when
+    they do): events ingested late into an earlier day reach the baselines of every later
+    day that looks back on it, and those days were published as current (a backlog for
+    Monday changed nothing Tuesday to Friday had been scored with). Compared per lookback
+    day with the run's ``inputs.lookback_events``; a day whose events were pruned since
+    (retention) changed nothing the aggregates hold. ``seen`` caches fingerprints across
+    the days of one look (monitor over a year lists each day once)."""
+    recorded = manifest.get("inputs", {}).get("lookback_events")
+    if not isinstance(recorded, dict):
+        return None  # a run from before it was recorded
+    cache = {} if seen is None else seen
+    changed = []
+    for day, then in sorted(recorded.items()):
+        if day not in cache:
+            try:
+                cache[day] = io.partition_fingerprint(Path(data_dir), io.EVENTS, day)
+            except (UserError, OSError):
+                cache[day] = None  # a partition that does not list is left to the score run
+        now = cache[day]
+        if now is not None and now != then:
+            changed.append(day)
+    if not changed:
+        return None
+    more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+    return (f"the events of {', '.join(changed[:3])}{more} in its baselines' lookback changed after it was scored "
+            "(late events its baselines did not learn)")
 
 
 def scored_with(output_dir: Path, day: date, model_version: str) -> bool:

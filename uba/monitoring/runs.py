@@ -9,7 +9,7 @@ as the lines the command prints (``monitor_lines``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from uba.alerting.ledger import SinkState, sink_states
 from uba.dates import day_ranges
 from uba.errors import UserError
 from uba.features.pipeline import date_range
-from uba.manifest import StaleEntry, events_changed, read_manifest
+from uba.manifest import StaleEntry, events_changed, lookback_changed, read_manifest
 from uba.monitoring.charts import drift_history_png
 from uba.monitoring.drift import MonitoringRow, monitoring_row, retrain_advice
 from uba.settings import Settings
@@ -37,6 +37,7 @@ class MonitoringSummary:
     advice: str | None
     in_sample: list[tuple[date, str]]  # days scored by a model trained on them, and that model
     changed: list[tuple[date, str]]  # days whose events changed after they were scored, and how
+    history: list[tuple[date, str]] = field(default_factory=list)  # days whose lookback's events changed since
 
     @property
     def judged_by_excess(self) -> bool:
@@ -53,6 +54,7 @@ class CollectedRuns:
     stale: list[tuple[date, StaleEntry]]
     in_sample: list[tuple[date, str]]
     changed: list[tuple[date, str]]
+    history: list[tuple[date, str]] = field(default_factory=list)
 
 
 def collect_rows(output_dir: Path, data_dir: Path, start: date, end: date) -> CollectedRuns:
@@ -61,6 +63,7 @@ def collect_rows(output_dir: Path, data_dir: Path, start: date, end: date) -> Co
     events changed after they were scored (late events, never scored)."""
 
     runs = CollectedRuns([], [], [], [], [])
+    seen: dict[str, str | None] = {}  # events fingerprints, each day listed once
     for day in date_range(start, end):
         manifest = read_manifest(output_dir, day)
         if manifest is None:
@@ -74,6 +77,9 @@ def collect_rows(output_dir: Path, data_dir: Path, start: date, end: date) -> Co
         changed = events_changed(manifest, data_dir, day)
         if changed:
             runs.changed.append((day, changed))
+        history = lookback_changed(manifest, data_dir, seen)
+        if history:
+            runs.history.append((day, history))
     return runs
 
 
@@ -95,7 +101,7 @@ def monitor_days(settings: Settings, start: date, end: date, png: Path | None) -
     except OSError as exc:  # a mistyped --png: one line, no traceback
         raise UserError(f"cannot write the chart to {target}: {exc.strerror or exc}") from exc
     return MonitoringSummary(rows, runs.missing, runs.stale, target, retrain_advice(rows), runs.in_sample,
-                             runs.changed)
+                             runs.changed, runs.history)
 
 
 def monitor_lines(settings: Settings, start: date, end: date, png: Path | None) -> Iterator[str]:
@@ -148,6 +154,10 @@ def _summary_notes(summary: MonitoringSummary) -> Iterator[str]:
                f"--end {summary.stale[-1][0]}")
     for day, why in summary.changed:
         yield f"events of {day} not all scored: {why}; re-score it (uba-batch score --date {day}, or backfill)"
+    for day, why in summary.history[:1]:
+        more = len(summary.history) - 1
+        yield (f"baselines of {day}{f' and {more} later day(s)' if more else ''} out of date: {why}; re-score in "
+               f"date order (uba-batch backfill --start {day} --end {summary.history[-1][0]})")
     for day, version in summary.in_sample:
         yield (f"scored in-sample on {day}: model {version} was trained on that day, so its alerts are fewer "
                "than on an unseen day; re-score it with a model trained before it (--model-version)")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from uba import io
 from uba.errors import UserError
 from uba.features.pipeline import date_range, load_scoring_bundle
-from uba.manifest import RunManifest, events_changed, read_manifest, scored_with
+from uba.manifest import RunManifest, events_changed, lookback_changed, read_manifest, scored_with
 from uba.scoring.driver import ScoreOptions, open_runtime, score_day
 from uba.settings import Settings
 
@@ -81,9 +81,13 @@ def backfill_dates(settings: Settings, start: date, end: date, options: ScoreOpt
 
 def _late_events(settings: Settings, day: date) -> str | None:
     """Why a day scored with the backfill's model must be scored again: its events changed
-    since (late events ingested after it was scored; ``manifest.events_changed``)."""
+    since (late events ingested after it was scored; ``manifest.events_changed``), or those
+    of its baselines' lookback did (``manifest.lookback_changed``)."""
     manifest = read_manifest(settings.paths.output_dir, day)
-    return None if manifest is None else events_changed(manifest, settings.paths.data_dir, day)
+    if manifest is None:
+        return None
+    return (events_changed(manifest, settings.paths.data_dir, day)
+            or lookback_changed(manifest, settings.paths.data_dir))
 
 
 def outcome_counts(outcomes: list[BackfillOutcome]) -> dict[Status, int]:

@@ -195,6 +195,7 @@ class _Run:
         self.directory: DirectoryCoverage | None = None
         self.directory_snapshot = DirectorySnapshot(table=None, sha256=None, source="")
         self.events_fingerprint = ""
+        self.lookback_events: dict[str, str] = {}
 
     # -- the run ---------------------------------------------------------------------
 
@@ -419,6 +420,10 @@ class _Run:
         backfill then starts no task, and no worker process just to find nothing to do)."""
         categories = CategoryNames.of(self.settings.events)  # plain names travel to a worker
         lookback = lookback_days(self.day, self.settings.features.lookback_days)
+        # before the aggregates are brought up to date: events landing in between make a
+        # later look find a change (a re-score too many), never miss one
+        self.lookback_events = {d.isoformat(): io.partition_fingerprint(self.data_dir, io.EVENTS, d) or ""
+                                for d in lookback}
         with self.timer.stage("aggregates"):
             if not self._on_ray(execution):
                 self.aggregates_computed = ensure_aggregates(self.data_dir, [*lookback, self.day], categories)
@@ -622,6 +627,7 @@ class _Run:
             "unverified_partitions": self.unverified,
             "baseline_protection": self._protection_record(),
             "events_fingerprint": self.events_fingerprint,
+            "lookback_events": self.lookback_events,
         }
         if self.directory is not None:
             inputs["directory"] = self.directory
