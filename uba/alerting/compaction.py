@@ -86,7 +86,7 @@ def compact_table(data_dir: Path, table: str, *, min_parts: int = 2, wait: bool 
             part.unlink(missing_ok=True)
         io.fsync_dir(Path(data_dir) / table)
         after = len(io.table_part_files(data_dir, table))
-    log.info("compacted %s: %d parts -> %d (%d rows)", table, len(parts), after, rows)
+    log.debug("compacted %s: %d parts -> %d (%d rows)", table, len(parts), after, rows)
     return Compaction(table, len(parts), after, rows, removed)
 
 
