@@ -5,6 +5,7 @@ publishing without making its own risk stale."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -262,3 +263,166 @@ def test_score_compacts_after_publishing_and_a_compaction_mid_run_leaves_its_ris
         world.data_dir, [{"event_id": "late-benign", "label": "benign"}]))
     stale = json.loads(io.run_manifest_path(world.output_dir, day).read_text())["risk_stale"]
     assert [e["reason"] for e in stale] == ["benign verdicts changed while this run computed its risk"], verdict
+
+
+def _corrupt_page_header(part: Path) -> None:
+    """Set the value count of ``part``'s first data page to -12 (one byte, as a bit flip on
+    disk would): Polars 2.1 then asks for 2**61 bytes and aborts the process (SIGABRT),
+    past any ``except``."""
+    import pyarrow.parquet as pq
+
+    data = bytearray(part.read_bytes())
+    start = pq.ParquetFile(part).metadata.row_group(0).column(0).data_page_offset
+    at = data.index(b"\x2c\x15\x02", start)  # DataPageHeader, num_values = 1 (zigzag)
+    data[at + 2] = 0x17
+    part.write_bytes(bytes(data))
+
+
+def test_score_publishes_and_exits_0_when_a_table_part_aborts_the_parquet_reader(scored_copy) -> None:  # type: ignore[no-untyped-def]
+    """score read no triage part before it compacted the table after publishing: one
+    triage part with one byte flipped made the merge abort Polars, and the published run
+    exited 134 with a Rust backtrace. The merge runs in a child process: a warning naming
+    the table's folder, the other tables merged, exit 0."""
+    world = scored_copy
+    day = world.score_dates[0]
+    for k in range(3):
+        record_feedback(world.data_dir, [{"event_id": f"e{k}", "label": "benign"}])
+        _triage_part(world.data_dir, f"a{k}", "closed", T0)
+    _corrupt_page_header(io.table_part_files(world.data_dir, TRIAGE)[1])
+    probe = subprocess.run([sys.executable, "-c", "import sys; from uba.alerting.triage import triage_log; "
+                            "triage_log(sys.argv[1])", str(world.data_dir)], capture_output=True, text=True)
+    assert probe.returncode == -signal.SIGABRT, probe.stderr[-2000:]  # what the part does to a reader
+    out = subprocess.run([BATCH, "score", "--date", day.isoformat(), "--in-process"], capture_output=True, text=True,
+                         env=world.env(UBA_SCORING__COMPACT_TABLES_AFTER_PARTS="3"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "compacted feedback: 3 parts -> 1 (3 rows)" in out.stdout
+    assert (f"warning: compacting the triage table failed, nothing lost (it is read as it was); `uba-batch tables "
+            f"compact --table triage` says why: the process merging {world.data_dir / TRIAGE} was killed by "
+            "SIGABRT") in out.stderr
+    assert "drift:" in out.stdout + out.stderr  # the run's last line, after the compaction
+    assert len(io.listed_table_parts(world.data_dir, TRIAGE)) == 3
+
+
+def test_tables_compact_says_what_it_did_to_each_table_past_one_that_fails(tmp_path: Path) -> None:
+    """A table that could not be merged ended the command with its error alone: the
+    tables before it were merged without a word, those after it not tried. Each table
+    now gets its line, the failing one an error line naming its part, and the exit is 1."""
+    data = tmp_path / "data"
+    for k in range(2):
+        record_feedback(data, [{"event_id": f"e{k}", "label": "benign"}])
+        _triage_part(data, f"a{k}", "closed", T0 + timedelta(seconds=k))
+    kinds = known_reason_kinds()
+    add_rule(data, "u1", kinds[0], kinds)
+    broken = data / io.SUPPRESSIONS / "part-20260310T120000000000Z-0badc0de.parquet"
+    broken.write_bytes(b"not parquet")
+    out = subprocess.run([BATCH, "tables", "compact", "--data-dir", str(data)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stdout.splitlines() == ["feedback: 2 parts -> 1 (2 rows)", "triage: 2 parts -> 1 (2 rows)"]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error")]
+    assert errors == [f"error: suppressions: not compacted: suppressions part {broken} is not a readable Parquet "
+                      "file: parquet: File out of specification: A Parquet file must contain a header and footer "
+                      "with at least 12 bytes; move it aside or restore it from a backup; the other parts of its "
+                      "table are intact"], out.stderr
+
+
+def test_the_next_compaction_removes_what_a_killed_one_left_and_says_so(tmp_path: Path) -> None:
+    """After a compaction killed once its merged part was in place, the table has one part:
+    the next one removed the replaced parts but said only "not compacted (1 part(s),
+    fewer than 2)"; and the temporary file of one killed before its rename (as big as the
+    table) was never removed by anything."""
+    data = tmp_path / "data"
+    for k in range(4):
+        record_feedback(data, [{"event_id": f"e{k}", "label": "benign"}])
+    before = _answers(data)
+    run = subprocess.Popen([BATCH, "tables", "compact", "--table", "feedback", "--data-dir", str(data)],
+                           env={**os.environ, io.FAULT_STOP_ENV: "table_compaction"},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: run.poll() is not None or stopped(run.pid), 120, "the compaction to stop before deletes")
+    finally:
+        run.kill()
+        run.wait(timeout=30)
+    killed_write = data / io.FEEDBACK / f"{io.TMP_PREFIX}0123456789abcdef0123456789abcdef.parquet"
+    killed_write.write_bytes(io.table_part_files(data, io.FEEDBACK)[0].read_bytes())  # what a kill before rename leaves
+    out = subprocess.run([BATCH, "tables", "compact", "--table", "feedback", "--data-dir", str(data)],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == ("feedback: not compacted (1 part(s), fewer than 2); removed 4 part(s) an earlier compaction "
+                   "had merged\n")
+    assert not killed_write.exists()
+    assert [p.name for p in (data / io.FEEDBACK).iterdir() if p.name != io.TABLE_COMPACT_LOCK] == \
+        [p.name for p in io.table_part_files(data, io.FEEDBACK)]
+    assert _answers(data) == before
+
+
+def test_a_compaction_waiting_for_an_append_names_the_table_lock_not_an_ingest(tmp_path: Path) -> None:
+    """``tables compact`` waits for appends in flight; its line said "waiting up to 60s for
+    the ingest lock ... (another ingest holds it)" and its error after 60 s blamed an
+    ingest and ingest.lock_timeout_sec."""
+    data = tmp_path / "data"
+    for k in range(2):
+        record_feedback(data, [{"event_id": f"e{k}", "label": "benign"}])
+    lock = data / io.FEEDBACK / io.TABLE_COMPACT_LOCK
+    fd = os.open(lock, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # as an append writing its part holds it
+    try:
+        run = subprocess.Popen([BATCH, "tables", "compact", "--table", "feedback", "--data-dir", str(data)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert run.stderr is not None
+        waiting = run.stderr.readline()
+    finally:
+        os.close(fd)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 0 and out == "feedback: 2 parts -> 1 (2 rows)\n", err
+    assert f"waiting up to 60s for the table's compaction lock {lock} (an append" in waiting
+    assert "ingest" not in waiting + err
+
+
+def test_an_immutable_table_folder_is_one_line_naming_it(tmp_path: Path) -> None:
+    """Polars refuses a file it may not create as a PermissionError without errno, which
+    the CLI took for a bug: `tables compact` and `feedback` on a folder made immutable
+    (chattr +i; root passes chmod) ended in tracebacks. One line with errno and path."""
+    data = tmp_path / "data"
+    for k in range(2):
+        record_feedback(data, [{"event_id": f"e{k}", "label": "benign"}])
+    folder = data / io.FEEDBACK
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        compact = subprocess.run([BATCH, "tables", "compact", "--table", "feedback", "--data-dir", str(data)],
+                                 capture_output=True, text=True)
+        labels = tmp_path / "labels.csv"
+        labels.write_text("event_id,label\ne9,benign\n")
+        feedback = subprocess.run([BATCH, "feedback", str(labels), "--data-dir", str(data)],
+                                  capture_output=True, text=True)
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    assert compact.returncode == 1 and "Traceback" not in compact.stderr, compact.stderr[-2000:]
+    assert compact.stderr.startswith(f"error: feedback: not compacted: Operation not permitted [EPERM] ({folder}/"), \
+        compact.stderr
+    assert feedback.returncode == 1 and "Traceback" not in feedback.stderr, feedback.stderr[-2000:]
+    assert feedback.stderr.startswith(f"error: Operation not permitted [EPERM] ({folder}/"), feedback.stderr
+    assert len(io.listed_table_parts(data, io.FEEDBACK)) == 2
+
+
+def test_a_fifo_named_like_a_table_part_is_refused_without_being_opened(tmp_path: Path) -> None:
+    """Opening a FIFO waits for a writer: one named like a part in ``triage/`` hung
+    `tables compact` and score's compaction after publishing (score never read that
+    table before), one named like a merged part hung every reader of its table."""
+    data = tmp_path / "data"
+    for k in range(2):
+        _triage_part(data, f"a{k}", "closed", T0)
+    kinds = known_reason_kinds()
+    add_rule(data, "u1", kinds[0], kinds)
+    fifo = data / TRIAGE / "part-20260310T120000000000Z-0badc0de.parquet"
+    merged_fifo = data / io.SUPPRESSIONS / "part-20260310T120000000000Z-0badc0de-merged.parquet"
+    os.mkfifo(fifo)
+    os.mkfifo(merged_fifo)
+    compact = subprocess.run([BATCH, "tables", "compact", "--table", "triage", "--data-dir", str(data)],
+                             capture_output=True, text=True, timeout=60)
+    assert compact.returncode == 1 and compact.stderr == (
+        f"error: triage: not compacted: triage part {fifo} is not a regular file (a FIFO, device, folder or "
+        "dangling link named like a part): reading it could block or fail; remove it\n")
+    rules = subprocess.run([BATCH, "suppress", "list", "--data-dir", str(data)], capture_output=True, text=True,
+                           timeout=60)
+    assert rules.returncode == 1 and f"suppressions part {merged_fifo} is not a regular file" in rules.stderr
+    assert "Traceback" not in rules.stderr

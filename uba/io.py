@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import fcntl
 import fnmatch
@@ -32,8 +33,10 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -343,10 +346,27 @@ def _fill(tmp: Path, write: Callable[[Path], object], path: Path, durable: bool)
         # OS error: ask the filesystem, with the partial file still holding its space.
         if not isinstance(exc, OSError) and disk_full(path.parent):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+        if isinstance(exc, OSError) and not exc.errno:
+            raise with_os_errno(exc, tmp) from exc
         raise
     if durable:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+
+
+_POLARS_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def with_os_errno(exc: OSError, path: Path) -> OSError:
+    """``exc`` with its errno and ``path``, when Polars left them out: it raises a file it
+    may not write (an immutable or read-only table folder) as a PermissionError without
+    errno ("Operation not permitted (os error 1): <path>"), which the CLI's one-line net
+    for filesystem refusals took for a bug and printed as a traceback (found by an attack)."""
+    found = _POLARS_OS_ERROR.search(str(exc))
+    if found is None:
+        return exc
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def _write_atomic(path: Path, write: Callable[[Path], object], durable: bool = False,
@@ -949,7 +969,21 @@ INGEST_LOCK_TIMEOUT_SEC = 600.0  # settings.ingest.lock_timeout_sec
 _LOCK_POLL_SEC = 0.2
 
 
-def _flock_waiting(fd: int, path: Path, mode: int, timeout: float) -> None:
+@dataclasses.dataclass(frozen=True)
+class LockWait:
+    """How a lock waited for is named in the two lines ``_flock_waiting`` may print."""
+
+    lock: str  # "the ingest lock"
+    holder: str  # "another ingest"
+    after: str  # what the error says after "still held by <holder> after N s"
+
+
+INGEST_WAIT = LockWait("the ingest lock", "another ingest",
+                       "(ingest.lock_timeout_sec): nothing of this batch was written; wait for that ingest, or stop "
+                       "it, and re-run")
+
+
+def _flock_waiting(fd: int, path: Path, mode: int, timeout: float, wait: LockWait = INGEST_WAIT) -> None:
     """``flock`` ``fd`` in ``mode``: at once when free; else say once on stderr which lock
     it waits for, poll, and after ``timeout`` seconds raise UserError naming the lock file."""
     try:
@@ -957,7 +991,7 @@ def _flock_waiting(fd: int, path: Path, mode: int, timeout: float) -> None:
         return
     except BlockingIOError:
         pass
-    log.warning("waiting up to %gs for the ingest lock %s (another ingest holds it)", timeout, path)
+    log.warning("waiting up to %gs for %s %s (%s holds it)", timeout, wait.lock, path, wait.holder)
     deadline = time.monotonic() + timeout
     while True:
         time.sleep(min(_LOCK_POLL_SEC, max(0.0, deadline - time.monotonic())))
@@ -966,9 +1000,8 @@ def _flock_waiting(fd: int, path: Path, mode: int, timeout: float) -> None:
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                raise UserError(f"the ingest lock {path} is still held by another ingest after {timeout:g}s "
-                                "(ingest.lock_timeout_sec): nothing of this batch was written; wait for that "
-                                "ingest, or stop it, and re-run") from None
+                raise UserError(f"{wait.lock} {path} is still held by {wait.holder} after {timeout:g}s "
+                                f"{wait.after}") from None
 
 
 @contextlib.contextmanager
@@ -1560,6 +1593,11 @@ MERGED_PARTS_KEY = "uba.merged_parts"  # its Parquet metadata: the JSON list of 
 MERGE_ORDER = "merge_order"  # its column: the rank of each row's original part (write order)
 _PART_ORDER_SPAN = 2**32  # ``_part`` = listing index x span + merge order
 _TABLE_READ_ATTEMPTS = 5
+# a compaction waiting for appends: it said "the ingest lock ... is still held by another
+# ingest (ingest.lock_timeout_sec): nothing of this batch was written" (found by an attack)
+TABLE_COMPACTION_WAIT = LockWait("the table's compaction lock", "an append (a verdict, a triage action or a rule "
+                                 "being written)", "(a stuck writer?): the table was not compacted, nothing "
+                                 "changed; run it again later")
 
 
 @contextlib.contextmanager
@@ -1579,7 +1617,7 @@ def _table_writers_lock(folder: Path, mode: int, timeout: float | None = None) -
         elif timeout is None:
             fcntl.flock(fd, mode)
         else:
-            _flock_waiting(fd, path, mode, timeout)
+            _flock_waiting(fd, path, mode, timeout, TABLE_COMPACTION_WAIT)
         yield True
     finally:
         os.close(fd)
@@ -1608,6 +1646,7 @@ def merged_part_sources(path: Path) -> list[str]:
     """The part names a merged part replaces (its Parquet metadata); [] for a written part."""
     if not path.stem.endswith(MERGED_SUFFIX):
         return []
+    _check_regular_table_part(path)
     try:
         raw = pl.read_parquet_metadata(path).get(MERGED_PARTS_KEY)
     except pl.exceptions.ComputeError as exc:
@@ -1677,7 +1716,26 @@ def read_table_parts(files: Sequence[Path]) -> pl.DataFrame | None:
     return pl.concat(frames, how="diagonal_relaxed")
 
 
+def _check_regular_table_part(path: Path) -> None:
+    """Refuse a FIFO, device, folder or dangling link named like a table part, as
+    ``_finished_parts`` refuses one in a partition: opening a FIFO waits for a writer, so
+    one in ``triage/`` hung ``alerts list``, ``tables compact`` and ``score`` (its
+    compaction, after publishing) for good (found by an attack). A part gone since the
+    listing (merged and deleted meanwhile) is FileNotFoundError, which ``scan_table``
+    answers by listing again."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if not os.path.lexists(path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path)) from None
+        mode = 0  # a link to nothing
+    if not stat.S_ISREG(mode):
+        raise CorruptPartError(f"{_kind(path)} part {path} is not a regular file (a FIFO, device, folder or "
+                               "dangling link named like a part): reading it could block or fail; remove it")
+
+
 def _read_table_part(index: int, path: Path) -> pl.DataFrame:
+    _check_regular_table_part(path)
     try:
         frame = pl.read_parquet(path, glob=False)
     except (pl.exceptions.PolarsError, OSError) as exc:

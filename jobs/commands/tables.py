@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from jobs.options import data_dir_option, settings_from
+from uba.logs import printable_line
 
 TABLE_NAMES = ("feedback", "suppressions", "triage")  # uba.alerting.compaction.TABLES, without importing it
 
@@ -39,8 +42,26 @@ def compact_command(ctx: click.Context, tables: tuple[str, ...], data_dir: str |
       uba-batch tables compact --data-dir data
       uba-batch tables compact --table feedback --table triage --data-dir data
     """
-    from uba.alerting.compaction import TABLES, compact_tables
+    from uba.alerting.compaction import TABLES
 
     settings = settings_from(ctx, data_dir=data_dir)
-    for done in compact_tables(settings.paths.data_dir, tables=tables or TABLES):
-        click.echo(done.line())
+    failed = [table for table in tables or TABLES if not _compact_one(settings.paths.data_dir, table)]
+    if failed:
+        ctx.exit(1)
+
+
+def _compact_one(data_dir: Path, table: str) -> bool:
+    """One table's line (its error's, when it cannot be merged); False when it failed. A
+    table that failed used to end the command there: the tables merged before it were
+    merged without a line, and those after it were not tried (found by an attack)."""
+    from uba.alerting.compaction import compact_table
+    from uba.errors import UserError
+    from uba.io import os_error_reason
+
+    try:
+        click.echo(compact_table(data_dir, table).line())
+    except (UserError, OSError) as exc:
+        reason = os_error_reason(exc) if isinstance(exc, OSError) else None
+        click.echo(f"error: {table}: not compacted: {printable_line(reason or str(exc))}", err=True)
+        return False
+    return True

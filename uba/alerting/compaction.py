@@ -21,8 +21,12 @@ merges a table's parts into one, losing nothing and changing no answer:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +36,7 @@ import polars as pl
 
 from uba import io
 from uba.alerting.triage import TRIAGE
-from uba.logs import get_logger
+from uba.logs import get_logger, printable_line
 
 log = get_logger("compaction")
 
@@ -56,11 +60,13 @@ class Compaction:
         return self.skipped is None and self.parts_before > self.parts_after
 
     def line(self) -> str:
-        """The operator's line about it."""
-        if self.skipped:
-            return f"{self.table}: not compacted ({self.skipped})"
+        """The operator's line about it. The leftovers it removed are said even when it
+        merged nothing: after a compaction killed between its rename and its deletes the
+        table has one part, and the next one removed them saying only "not compacted"."""
         tidy = f"; removed {self.leftovers_removed} part(s) an earlier compaction had merged" \
             if self.leftovers_removed else ""
+        if self.skipped:
+            return f"{self.table}: not compacted ({self.skipped}){tidy}"
         return f"{self.table}: {self.parts_before} parts -> {self.parts_after} ({self.rows:,} rows){tidy}"
 
 
@@ -90,6 +96,43 @@ def compact_table(data_dir: Path, table: str, *, min_parts: int = 2, wait: bool 
     return Compaction(table, len(parts), after, rows, removed)
 
 
+def compact_table_apart(data_dir: Path, table: str, *, min_parts: int) -> Compaction:
+    """``compact_table`` without waiting for appends, in a process of its own: what score
+    and backfill run once their day is published. Polars aborts the whole process on some
+    corrupt parts (a few bytes flipped in one triage part: "memory allocation of
+    2305843009213693952 bytes failed", SIGABRT), which no ``except`` catches, so a run that
+    had published its day exited 134 with a Rust backtrace (found by an attack); in a child
+    it is an error naming the table's folder. A table holding fewer than ``min_parts``
+    files (leftovers counted) starts no process."""
+    folder = Path(data_dir) / table
+    files = len(io.listed_table_parts(data_dir, table))
+    if files < max(min_parts, 2):
+        return Compaction(table, files, files, 0, 0, skipped=f"{files} part(s), fewer than {max(min_parts, 2)}")
+    child = subprocess.run([sys.executable, "-m", __name__, str(data_dir), table, str(min_parts)],
+                           capture_output=True, text=True, check=False)
+    if child.returncode < 0:
+        raise RuntimeError(f"the process merging {folder} was killed by {signal.Signals(-child.returncode).name} "
+                           "(a part there that crashes the Parquet reader, such as a corrupt file?); the table is "
+                           "whole, as a compaction stopped anywhere leaves it")
+    said = child.stderr.strip().splitlines() or [f"exit status {child.returncode}"]
+    if child.returncode != 0:
+        raise RuntimeError(said[-1])
+    return Compaction(**json.loads(child.stdout.strip().splitlines()[-1]))
+
+
+def _main(argv: Sequence[str]) -> int:
+    """``python -m uba.alerting.compaction DATA_DIR TABLE MIN_PARTS``: ``compact_table_apart``'s
+    child; the Compaction as JSON on stdout, or its error as one line on stderr."""
+    data_dir, table, min_parts = argv
+    try:
+        done = compact_table(Path(data_dir), table, min_parts=int(min_parts), wait=False)
+    except Exception as exc:  # the parent names it in its warning line
+        print(printable_line(str(exc) or type(exc).__name__), file=sys.stderr)
+        return 1
+    print(json.dumps(dataclasses.asdict(done)))
+    return 0
+
+
 def compact_tables(data_dir: Path, *, min_parts: int = 2, wait: bool = True,
                    tables: Sequence[str] = TABLES) -> list[Compaction]:
     """``compact_table`` for each of ``tables``, in order."""
@@ -98,15 +141,27 @@ def compact_tables(data_dir: Path, *, min_parts: int = 2, wait: bool = True,
 
 def _remove_leftovers(data_dir: Path, table: str) -> int:
     """Delete the parts a merged part already replaces (a compaction stopped before its
-    deletes); returns how many."""
+    deletes); returns how many. Also the temporary files of writes that were killed:
+    every writer of the table writes its temporary file under the compaction lock, which
+    the caller holds exclusively, so none is in flight. A compaction killed before its
+    rename left one the size of the table, and each further one another (found by an
+    attack)."""
     files = io.listed_table_parts(data_dir, table)
     replaced = io.replaced_table_parts(files)
     gone = [f for f in files if f.name in replaced]
     for f in gone:
         f.unlink(missing_ok=True)
+    _remove_killed_writes(Path(data_dir) / table)
     if gone:
         io.fsync_dir(Path(data_dir) / table)
     return len(gone)
+
+
+def _remove_killed_writes(folder: Path) -> None:
+    for name in os.listdir(folder):
+        tmp = folder / name
+        if name.startswith(io.TMP_PREFIX) and name.endswith(".parquet") and tmp.is_file() and not tmp.is_symlink():
+            tmp.unlink(missing_ok=True)
 
 
 def _merge(data_dir: Path, table: str, parts: list[Path]) -> int:
@@ -136,3 +191,7 @@ def _merged_name(newest: Path) -> str:
     part did, so every part written after the merge still sorts after it."""
     stamp = newest.name.split("-")[1]
     return f"part-{stamp}-{uuid.uuid4().hex[:8]}{io.MERGED_SUFFIX}.parquet"
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

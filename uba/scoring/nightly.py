@@ -108,12 +108,12 @@ def _compact_tables(settings: Settings) -> list[Line]:
     threshold = settings.scoring.compact_tables_after_parts
     if threshold <= 0:
         return []
-    from uba.alerting.compaction import TABLES, compact_table
+    from uba.alerting.compaction import TABLES, compact_table_apart
 
     lines = []
     for table in TABLES:
-        try:
-            done = compact_table(settings.paths.data_dir, table, min_parts=threshold, wait=False)
+        try:  # in a child process: a part that aborts Polars must not end a published run (exit 134)
+            done = compact_table_apart(settings.paths.data_dir, table, min_parts=threshold)
         except Exception as exc:  # housekeeping after publishing: whatever it is, not the run's failure
             log.debug("compaction of %s failed", table, exc_info=True)
             lines.append(Line(f"warning: compacting the {table} table failed, nothing lost (it is read as it was); "
@@ -122,6 +122,8 @@ def _compact_tables(settings: Settings) -> list[Line]:
             continue
         if done.merged:
             lines.append(Line(f"compacted {done.line()}"))
+        elif done.leftovers_removed:
+            lines.append(Line(done.line()))
     return lines
 
 
