@@ -426,3 +426,47 @@ def test_a_fifo_named_like_a_table_part_is_refused_without_being_opened(tmp_path
                            timeout=60)
     assert rules.returncode == 1 and f"suppressions part {merged_fifo} is not a regular file" in rules.stderr
     assert "Traceback" not in rules.stderr
+
+
+RULES_RELOAD = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from uba.api.state import load_suppression_rules
+    rules, key = load_suppression_rules(Path(sys.argv[1]))
+    print(rules.height)
+""")
+
+
+def test_the_apis_rule_reload_beside_a_compaction_deleting_a_merged_part(tmp_path: Path) -> None:
+    """The API's rule reload (start-up, /admin/reload, the periodic check) keyed the rules
+    by the suppression table's parts, reading each merged part's metadata outside the
+    readers' list-again loop: a merged part deleted by a compaction between that listing
+    and that read was a FileNotFoundError, logged as "periodic reload failed unexpectedly"
+    with a traceback (6 in 860 reloads beside a compaction loop)."""
+    data = tmp_path / "data"
+    kinds = known_reason_kinds()
+    for k in range(2):
+        add_rule(data, f"u{k}", kinds[0], kinds)
+    compact_table(data, io.SUPPRESSIONS)
+    add_rule(data, "u2", kinds[0], kinds)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    compactor = subprocess.Popen([BATCH, "tables", "compact", "--table", "suppressions", "--data-dir", str(data)],
+                                 env={**env, io.FAULT_STOP_ENV: "table_compaction"}, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    reader = subprocess.Popen([sys.executable, "-c", RULES_RELOAD, str(data)], env={**env, io.FAULT_STOP_ENV:
+                              "table_listing"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: stopped(compactor.pid), 120, "the compaction to stop between its rename and deletes")
+        wait_until(lambda: reader.poll() is not None or stopped(reader.pid), 120, "the reload to list the table")
+        assert len(io.listed_table_parts(data, io.SUPPRESSIONS)) == 3  # the old merged part, a rule, the new merged
+        compactor.send_signal(signal.SIGCONT)
+        assert compactor.wait(timeout=120) == 0
+        while reader.poll() is None:  # it stops again at each listing
+            wait_until(lambda: reader.poll() is not None or stopped(reader.pid), 120, "the reload to go on")
+            reader.send_signal(signal.SIGCONT)
+    finally:
+        for process in (compactor, reader):
+            if process.poll() is None:
+                process.kill()
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0 and out.strip() == "3", err[-2000:]

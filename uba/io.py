@@ -76,7 +76,7 @@ TMP_PREFIX = ".tmp-"
 # Test hooks (never set in production): the write of this kind fails with ENOSPC, as a
 # full disk would make it, or the process stops itself (SIGSTOP) just before it, for a test
 # to act at that exact point and resume it. Kinds: staged_part, baseline_snapshot,
-# aggregates, events, publish, manifest, feedback, table_compaction (see fault_point).
+# aggregates, events, publish, manifest, feedback, table_compaction, table_listing (see fault_point).
 FAULT_ENOSPC_ENV = "UBA_FAULT_ENOSPC_AT"
 FAULT_STOP_ENV = "UBA_FAULT_STOP_AT"
 log = get_logger("io")
@@ -1678,6 +1678,7 @@ def table_part_files(root: Path, table: str) -> list[Path]:
     suppressed alerts came back) or every benign verdict without a word (found by an attack).
     """
     files = listed_table_parts(root, table)
+    fault_point("table_listing", Path(root) / table)  # listed, merged parts not read yet (tests)
     replaced = replaced_table_parts(files)
     return [f for f in files if f.name not in replaced]
 

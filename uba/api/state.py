@@ -99,9 +99,15 @@ def user_cut_map(bundle: Bundle, settings: Settings) -> dict[str, float] | None:
 
 
 def rules_key(data_dir: Path) -> RulesKey:
-    """The names of the suppression table's parts: append-only, so a new name is the only
-    way the rules change, and a directory listing tells the periodic reloader about it."""
-    return tuple(p.name for p in io.table_part_files(data_dir, io.SUPPRESSIONS))
+    """The names of the suppression table's part files: append-only, so a new name is the
+    only way the rules change, and a directory listing tells the periodic reloader about it.
+
+    Every file named like a part, the parts a merged part replaces included: leaving those
+    out meant reading each merged part's metadata, and one that a compaction deleted
+    between the listing and that read failed the reload (start-up, /admin/reload, the
+    periodic check) with a FileNotFoundError (found by an attack). A compaction changes
+    the key, so the rules are reloaded, the same ones."""
+    return tuple(p.name for p in io.listed_table_parts(data_dir, io.SUPPRESSIONS))
 
 
 def load_suppression_rules(data_dir: Path) -> tuple[pl.DataFrame, RulesKey]:
