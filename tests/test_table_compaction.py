@@ -470,3 +470,23 @@ def test_the_apis_rule_reload_beside_a_compaction_deleting_a_merged_part(tmp_pat
                 process.kill()
     out, err = reader.communicate(timeout=60)
     assert reader.returncode == 0 and out.strip() == "3", err[-2000:]
+
+
+def test_a_verdict_after_a_compaction_wins_even_when_another_writers_clock_was_ahead(tmp_path: Path) -> None:
+    """A part's name is its place in the write order, taken from the writer's clock. With
+    a part written by a host whose clock ran a minute ahead, a verdict written after it
+    (by this host) was named before it; harmless while only that part outranked it, but
+    once a compaction had merged both earlier parts under the newest one's name, the
+    merged part's every row outranked it: the compacted table said malicious where the
+    same table never compacted said benign. Appends now name their part after the newest."""
+    ahead = (datetime.now(UTC) + timedelta(minutes=1)).strftime("%Y%m%dT%H%M%S%fZ")
+    twins = [tmp_path / "never-compacted", tmp_path / "compacted"]
+    for data in twins:
+        record_feedback(data, [{"event_id": "e2", "label": "malicious"}])
+        late = pl.DataFrame([{"event_id": "e1", "label": "benign", "analyst": None, "note": None, "source": "api",
+                              "recorded_at": T0, "seq": 0}], schema=FEEDBACK_SCHEMA)
+        late.write_parquet(data / io.FEEDBACK / f"part-{ahead}-0a0a0a0a.parquet")  # the other host's verdict
+    compact_table(twins[1], io.FEEDBACK)
+    written = [record_feedback(data, [{"event_id": "e2", "label": "benign"}]).path for data in twins]
+    assert [_labels(data)["e2"] for data in twins] == ["benign", "benign"]
+    assert [io.table_part_files(data, io.FEEDBACK)[-1] for data in twins] == written  # named after the newest

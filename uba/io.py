@@ -44,7 +44,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from io import BufferedReader, BytesIO
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -1583,8 +1583,30 @@ def append_table_part(df: pl.DataFrame, root: Path, table: str) -> Path:
     """
     folder = Path(root) / table
     with _table_writers_lock(folder, fcntl.LOCK_SH):
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        return write_parquet_atomic(df, folder / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet")
+        return write_parquet_atomic(df, folder / f"part-{_next_part_stamp(folder)}-{uuid.uuid4().hex[:8]}.parquet")
+
+
+_PART_STAMP = "%Y%m%dT%H%M%S%fZ"
+_PART_NAME_STAMP = re.compile(r"part-(\d{8}T\d{12}Z)-")
+
+
+def _next_part_stamp(folder: Path) -> str:
+    """Now, or just after the newest part's stamp when this clock says earlier: a part's
+    name is its place in the write order. A writer whose clock was behind another's (two
+    hosts on one data directory, a clock stepped back) named a later verdict before an
+    earlier one, and once a compaction had named its merged part after the newest part
+    it merged, a verdict written after that compaction lost to every row of the merged
+    part instead of only to the parts stamped after it: a compaction changed the verdict
+    in effect (found by an attack)."""
+    now = datetime.now(UTC).strftime(_PART_STAMP)
+    stamps = (found.group(1) for found in map(_PART_NAME_STAMP.match, os.listdir(folder)) if found)
+    newest = max(stamps, default="")
+    if newest < now:
+        return now
+    try:
+        return (datetime.strptime(newest, _PART_STAMP) + timedelta(microseconds=1)).strftime(_PART_STAMP)
+    except ValueError:  # digits that are no time (a part named by hand): no place in the order
+        return now
 
 
 TABLE_COMPACT_LOCK = ".compact.lock"
