@@ -490,3 +490,39 @@ def test_a_verdict_after_a_compaction_wins_even_when_another_writers_clock_was_a
     written = [record_feedback(data, [{"event_id": "e2", "label": "benign"}]).path for data in twins]
     assert [_labels(data)["e2"] for data in twins] == ["benign", "benign"]
     assert [io.table_part_files(data, io.FEEDBACK)[-1] for data in twins] == written  # named after the newest
+
+
+def _rename_sources(part: Path, names: list[str]) -> None:
+    """Rewrite ``part``'s ``uba.merged_parts`` (its rows kept) as a hand or a bug might."""
+    pl.read_parquet(part).write_parquet(part, metadata={io.MERGED_PARTS_KEY: json.dumps(names)})
+
+
+@pytest.mark.parametrize("loop", ["itself", "through-another"])
+def test_a_merged_part_that_names_itself_is_refused_not_read_as_gone(tmp_path: Path, loop: str) -> None:
+    """A merged part whose metadata named itself (or a merged part that names it) among
+    the parts it replaces was read as gone, so the table read empty, and the next
+    compaction deleted it as a leftover: every row lost without a word."""
+    data = tmp_path / "data"
+    for k in range(3):
+        record_feedback(data, [{"event_id": f"e{k}", "label": "benign"}])
+    compact_table(data, io.FEEDBACK)
+    (first,) = io.table_part_files(data, io.FEEDBACK)
+    if loop == "itself":
+        _rename_sources(first, [first.name])
+        named = first
+    else:
+        for k in range(2):
+            record_feedback(data, [{"event_id": f"n{k}", "label": "benign"}])
+        compact_table(data, io.FEEDBACK, min_parts=2)  # merges the first merged part and the two new ones
+        (second,) = io.table_part_files(data, io.FEEDBACK)
+        # brought back from a backup, naming the part that replaced it
+        pl.DataFrame(schema=FEEDBACK_SCHEMA).write_parquet(first, metadata={io.MERGED_PARTS_KEY:
+                                                                             json.dumps([second.name])})
+        named = min(first, second)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("event_id,label\ne0,malicious\n")
+    for argv in (["tables", "compact", "--table", "feedback"], ["feedback", str(labels)]):
+        out = subprocess.run([BATCH, *argv, "--data-dir", str(data)], capture_output=True, text=True)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert f"the merged table part {named} names itself among the parts it replaces" in out.stderr
+    assert named.exists() and len(io.listed_table_parts(data, io.FEEDBACK)) == (1 if loop == "itself" else 2)

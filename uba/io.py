@@ -1685,8 +1685,35 @@ def merged_part_sources(path: Path) -> list[str]:
 
 def replaced_table_parts(files: Sequence[Path]) -> set[str]:
     """Names among ``files`` that a merged part there replaces: left over when a compaction
-    stopped between its merge and its deletes, and read as gone."""
-    return {name for f in files for name in merged_part_sources(f)}
+    stopped between its merge and its deletes, and read as gone.
+
+    A merged part replaces only parts older than itself, so one that names itself, or a
+    merged part that (through others) names it, is garbage: its rows were read as gone and
+    the next compaction deleted it as a leftover, the table's rows lost without a word
+    (found by an attack). It is refused naming it."""
+    sources = {f: set(merged_part_sources(f)) for f in files}
+    merged = {f.name: f for f in sources if f.stem.endswith(MERGED_SUFFIX)}
+    graph = {name: sources[f] & merged.keys() for name, f in merged.items()}
+    for f in merged.values():
+        if _names_itself(f.name, graph):
+            raise UserError(f"the merged table part {f} names itself among the parts it replaces ({MERGED_PARTS_KEY}, "
+                            "directly or through another merged part): its rows would be read as gone and a compaction "
+                            "would delete it; restore it from a backup")
+    return set().union(*sources.values())
+
+
+def _names_itself(start: str, graph: dict[str, set[str]]) -> bool:
+    """Whether ``start`` is reached again following what each merged part replaces."""
+    seen: set[str] = set()
+    todo = list(graph[start])
+    while todo:
+        name = todo.pop()
+        if name == start:
+            return True
+        if name not in seen:
+            seen.add(name)
+            todo.extend(graph.get(name, ()))
+    return False
 
 
 def table_part_files(root: Path, table: str) -> list[Path]:
