@@ -1716,6 +1716,29 @@ def _names_itself(start: str, graph: dict[str, set[str]]) -> bool:
     return False
 
 
+def remove_table_files(folder: Path, files: Sequence[Path]) -> None:
+    """Delete ``files`` of a table folder (parts a merged part replaces), durably."""
+    for f in files:
+        f.unlink(missing_ok=True)
+    if files:
+        fsync_dir(folder)
+
+
+def remove_killed_table_writes(folder: Path) -> None:
+    """Delete the temporary files of killed writes in a table folder. Only for a caller
+    holding the table's compaction lock exclusively: every writer of a table writes its
+    temporary file under the shared side, so none is in flight."""
+    for name in os.listdir(folder):
+        tmp = folder / name
+        if name.startswith(TMP_PREFIX) and name.endswith(".parquet") and tmp.is_file() and not tmp.is_symlink():
+            tmp.unlink(missing_ok=True)
+
+
+def parquet_row_count(path: Path) -> int:
+    """Rows of one Parquet file, from its footer."""
+    return int(pl.scan_parquet(path, glob=False).select(pl.len()).collect().item())
+
+
 def table_part_files(root: Path, table: str) -> list[Path]:
     """Finished parts of an append-only table, in write order; none when the table was
     never written. Parts a merged part replaces are left out (``replaced_table_parts``).

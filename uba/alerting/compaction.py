@@ -88,9 +88,7 @@ def compact_table(data_dir: Path, table: str, *, min_parts: int = 2, wait: bool 
                               skipped=f"{len(parts)} part(s), fewer than {max(min_parts, 2)}")
         rows = _merge(data_dir, table, parts)
         io.fault_point("table_compaction", Path(data_dir) / table)  # merged, not yet deleted (tests)
-        for part in parts:
-            part.unlink(missing_ok=True)
-        io.fsync_dir(Path(data_dir) / table)
+        io.remove_table_files(Path(data_dir) / table, parts)
         after = len(io.table_part_files(data_dir, table))
     log.debug("compacted %s: %d parts -> %d (%d rows)", table, len(parts), after, rows)
     return Compaction(table, len(parts), after, rows, removed)
@@ -149,19 +147,9 @@ def _remove_leftovers(data_dir: Path, table: str) -> int:
     files = io.listed_table_parts(data_dir, table)
     replaced = io.replaced_table_parts(files)
     gone = [f for f in files if f.name in replaced]
-    for f in gone:
-        f.unlink(missing_ok=True)
-    _remove_killed_writes(Path(data_dir) / table)
-    if gone:
-        io.fsync_dir(Path(data_dir) / table)
+    io.remove_table_files(Path(data_dir) / table, gone)
+    io.remove_killed_table_writes(Path(data_dir) / table)
     return len(gone)
-
-
-def _remove_killed_writes(folder: Path) -> None:
-    for name in os.listdir(folder):
-        tmp = folder / name
-        if name.startswith(io.TMP_PREFIX) and name.endswith(".parquet") and tmp.is_file() and not tmp.is_symlink():
-            tmp.unlink(missing_ok=True)
 
 
 def _merge(data_dir: Path, table: str, parts: list[Path]) -> int:
@@ -176,14 +164,10 @@ def _merge(data_dir: Path, table: str, parts: list[Path]) -> int:
     metadata = {io.MERGED_PARTS_KEY: json.dumps([p.name for p in parts])}
     io.write_parquet_atomic(merged, target, metadata=metadata)
     written = pl.read_parquet_metadata(target)
-    if written.get(io.MERGED_PARTS_KEY) != metadata[io.MERGED_PARTS_KEY] or _rows(target) != expected:
-        os.unlink(target)
+    if written.get(io.MERGED_PARTS_KEY) != metadata[io.MERGED_PARTS_KEY] or io.parquet_row_count(target) != expected:
+        io.remove_table_files(target.parent, [target])
         raise RuntimeError(f"the merged part {target} did not read back whole; the table is unchanged")
     return expected
-
-
-def _rows(path: Path) -> int:
-    return int(pl.scan_parquet(path, glob=False).select(pl.len()).collect().item())
 
 
 def _merged_name(newest: Path) -> str:
