@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from waiting import documented_port
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "<!-- runnable"
@@ -59,13 +60,14 @@ def test_the_readme_has_runnable_blocks() -> None:
 
 @pytest.mark.parametrize("doc", [d for d in DOCS if runnable_blocks(d)], ids=lambda d: d.name)
 def test_runnable_blocks_run_as_written(doc: Path, demo_world: Path) -> None:
-    with socket.socket() as sock:
-        if sock.connect_ex(("127.0.0.1", 8000)) == 0:
-            pytest.skip("port 8000 is taken: the documented API commands listen there")
     blocks = runnable_blocks(doc)
     script = "set -e\n" + "\n".join(blocks) + "\nkill $(jobs -p) 2>/dev/null || true\nwait\n"
-    ran = subprocess.run(["bash", "-c", script], cwd=demo_world, env=_env(), capture_output=True, text=True,
-                         timeout=600)
+    with documented_port():
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", 8000)) == 0:
+                pytest.skip("port 8000 is taken: the documented API commands listen there")
+        ran = subprocess.run(["bash", "-c", script], cwd=demo_world, env=_env(), capture_output=True, text=True,
+                             timeout=600)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     assert "Traceback" not in ran.stderr, ran.stderr[-3000:]
     for block in blocks:

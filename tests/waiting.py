@@ -8,12 +8,13 @@ what never happened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -89,5 +90,22 @@ def kill_when_blocked_on_flock(lock: Path, argv: Sequence[str], env: Mapping[str
         finally:
             process.send_signal(signal.SIGKILL)
             process.wait()
+    finally:
+        os.close(fd)
+
+
+DOCUMENTED_PORT_LOCK = Path("/tmp/uba-tests-port-8000.lock")
+
+
+@contextlib.contextmanager
+def documented_port() -> Iterator[None]:
+    """Hold port 8000 for a test that runs the documented ``uba-api`` (the README's walk,
+    the demo's printed commands): both tests checked the port was free and then both
+    bound it when the parallel workers ran them at once, and one failed with EADDRINUSE.
+    An flock shared by every test process makes the second wait for the first."""
+    fd = os.open(DOCUMENTED_PORT_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
         os.close(fd)
