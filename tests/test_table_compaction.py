@@ -526,3 +526,12 @@ def test_a_merged_part_that_names_itself_is_refused_not_read_as_gone(tmp_path: P
         assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert f"the merged table part {named} names itself among the parts it replaces" in out.stderr
     assert named.exists() and len(io.listed_table_parts(data, io.FEEDBACK)) == (1 if loop == "itself" else 2)
+
+
+def test_the_cli_offers_every_compacted_table() -> None:
+    """``tables compact --table`` lists the tables without importing the compaction
+    module (Polars) at start-up: the two lists must be one."""
+    from jobs.commands.tables import TABLE_NAMES
+    from uba.alerting.compaction import TABLES
+
+    assert TABLE_NAMES == TABLES

@@ -379,7 +379,6 @@ class DirectorySnapshot:
 
     table: pl.DataFrame | None  # None: no directory stored
     sha256: str | None  # of the stored file's bytes, recorded in the manifest
-    source: str  # the path looked at
 
     @property
     def present(self) -> bool:
@@ -390,14 +389,8 @@ def read_directory_snapshot(data_dir: Path) -> DirectorySnapshot:
     """The stored directory's bytes read once, hashed and parsed from that one read (an
     import replaces the file by a rename, so the bytes are one whole version)."""
     path = stored_directory_file(data_dir)
-    source = str(directory_path(data_dir))
     data = None if path is None else io.read_bytes_if_exists(path)
     if path is None or data is None:
-        return DirectorySnapshot(table=None, sha256=None, source=source)
+        return DirectorySnapshot(table=None, sha256=None)
     table = io.read_parquet_bytes(data, path).cast(pl.Schema(SCHEMA))
-    return DirectorySnapshot(table=table, sha256=hashlib.sha256(data).hexdigest(), source=source)
-
-
-def load_directory(data_dir: Path) -> pl.DataFrame | None:
-    """The stored directory, or None when there is none (behaviour as without one)."""
-    return read_directory_snapshot(data_dir).table
+    return DirectorySnapshot(table=table, sha256=hashlib.sha256(data).hexdigest())

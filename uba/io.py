@@ -1734,11 +1734,6 @@ def remove_killed_table_writes(folder: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def parquet_row_count(path: Path) -> int:
-    """Rows of one Parquet file, from its footer."""
-    return int(pl.scan_parquet(path, glob=False).select(pl.len()).collect().item())
-
-
 def table_part_files(root: Path, table: str) -> list[Path]:
     """Finished parts of an append-only table, in write order; none when the table was
     never written. Parts a merged part replaces are left out (``replaced_table_parts``).

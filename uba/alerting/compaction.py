@@ -3,7 +3,8 @@
 Every verdict, close and rule is one Parquet part, and every reader lists and opens all
 of them: a team giving a few hundred verdicts a day made each verdict (which reads the
 whole feedback table under ``runs/.risk-stale.lock``), each score run and each
-``GET /alerts`` slower by the day (0.3 s at 305 parts, 2.5 s at 3,000). A compaction
+``GET /alerts`` slower by the day (2.4 s at 3,000 parts, 8 s at 10,000:
+benchmarks/results/table_compaction.md). A compaction
 merges a table's parts into one, losing nothing and changing no answer:
 
 - the merged part holds every row of the parts it replaces, in their order (its
@@ -155,19 +156,12 @@ def _remove_leftovers(data_dir: Path, table: str) -> int:
 def _merge(data_dir: Path, table: str, parts: list[Path]) -> int:
     """Write the merged part of ``parts`` (durable, then renamed into place); returns its rows."""
     frame = io.read_table_parts(parts)
-    if frame is None:
-        raise RuntimeError(f"merging {table}: no part to merge")
-    expected = frame.height
+    assert frame is not None  # the caller merges two parts or more
     merged = frame.with_columns(pl.col("_part").rank("dense").cast(pl.Int64).sub(1).alias(io.MERGE_ORDER)) \
         .drop("_part")
     target = Path(data_dir) / table / _merged_name(parts[-1])
-    metadata = {io.MERGED_PARTS_KEY: json.dumps([p.name for p in parts])}
-    io.write_parquet_atomic(merged, target, metadata=metadata)
-    written = pl.read_parquet_metadata(target)
-    if written.get(io.MERGED_PARTS_KEY) != metadata[io.MERGED_PARTS_KEY] or io.parquet_row_count(target) != expected:
-        io.remove_table_files(target.parent, [target])
-        raise RuntimeError(f"the merged part {target} did not read back whole; the table is unchanged")
-    return expected
+    io.write_parquet_atomic(merged, target, metadata={io.MERGED_PARTS_KEY: json.dumps([p.name for p in parts])})
+    return merged.height
 
 
 def _merged_name(newest: Path) -> str:

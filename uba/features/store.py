@@ -150,12 +150,12 @@ def peers_of(directory: pl.DataFrame | None, settings: Settings) -> pl.DataFrame
     return None if directory is None else peer_groups(directory, settings.features.peer_group_by)
 
 
-def directory_context(data_dir: Path) -> PeerContext:
+def directory_context(data_dir: Path, snapshot: DirectorySnapshot | None = None) -> PeerContext:
     """Whether scoring with ``data_dir`` has a user directory, hence peer features: what a
-    bundle's feature set is checked against before a batch run."""
-    path = stored_directory_file(data_dir)
-    return PeerContext(present=path is not None,
-                       source=str(directory_path(data_dir)) + ("" if path is not None else " does not exist"))
+    bundle's feature set is checked against before a batch run (``snapshot``: the
+    directory the run read, else whether one is stored now)."""
+    present = stored_directory_file(data_dir) is not None if snapshot is None else snapshot.present
+    return PeerContext(present=present, source=str(directory_path(data_dir)) + ("" if present else " does not exist"))
 
 
 def unlearned_as_of(output_dir: Path | None, data_dir: Path, as_of: date, settings: Settings) -> pl.DataFrame:

@@ -51,7 +51,7 @@ from uba.features import baselines_as_of, ensure_aggregates, unlearned_as_of
 from uba.features.baselines import POPULATION_USER
 from uba.features.events import FEATURE_SET_VERSION
 from uba.features.pipeline import load_scoring_bundle
-from uba.features.store import lookback_days, stale_aggregate_days
+from uba.features.store import directory_context, lookback_days, stale_aggregate_days
 from uba.locks import date_lock
 from uba.logs import get_logger
 from uba.manifest import (
@@ -68,7 +68,7 @@ from uba.manifest import (
     RunPlacement,
     RunRecord,
 )
-from uba.model.bundle import Bundle, PeerContext, check_bundle_peers
+from uba.model.bundle import Bundle, check_bundle_peers
 from uba.scoring import shard
 from uba.scoring.context import CategoryNames, FaultInjection, ShardContext
 from uba.scoring.hooks import RunOperations
@@ -193,7 +193,7 @@ class _Run:
         self.unverified: list[str] = []
         self.unlearned: pl.DataFrame | None = None
         self.directory: DirectoryCoverage | None = None
-        self.directory_snapshot = DirectorySnapshot(table=None, sha256=None, source="")
+        self.directory_snapshot = DirectorySnapshot(table=None, sha256=None)
         self.events_fingerprint = ""
         self.lookback_events: dict[str, str] = {}
 
@@ -477,9 +477,7 @@ class _Run:
         again: a backfill checks it once before its first day, and an import may land
         between days."""
         self.directory_snapshot = read_directory_snapshot(self.data_dir)
-        snapshot = self.directory_snapshot
-        check_bundle_peers(self.bundle, PeerContext(
-            present=snapshot.present, source=snapshot.source + ("" if snapshot.present else " does not exist")))
+        check_bundle_peers(self.bundle, directory_context(self.data_dir, self.directory_snapshot))
 
     def _note_directory_coverage(self, baselines: pl.DataFrame) -> None:
         """How many of the run's users the stored directory lists (``inputs.directory``),
