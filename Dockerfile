@@ -17,13 +17,14 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml
-# changes, not on every source edit. The list is read from pyproject.toml itself, so
-# the image can never drift from what `make install` resolves.
-COPY pyproject.toml ./
+# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml or
+# constraints.txt changes, not on every source edit. The list is read from pyproject.toml
+# itself and the versions are constraints.txt's, so the image takes exactly what
+# `make install` installs.
+COPY pyproject.toml constraints.txt ./
 RUN pip install --upgrade pip \
  && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt
+ && pip install -c constraints.txt -r /tmp/requirements.txt
 
 # Then the project itself, the way the Makefile installs it (pip install of "."),
 # but as a regular (non-editable) install without the dev extras; its dependencies

@@ -17,6 +17,8 @@ DEV_STAMP := $(VENV)/.installed-dev
 # is set (as on CI machines) every process then compiles every module it imports: 2.8 s of
 # the 4.6 s a small `score` took, paid again by each Ray worker and each test subprocess.
 UV := $(BIN)/uv pip install --compile-bytecode --python $(BIN)/python
+# The versions every install takes (constraints.txt: pinned, re-resolved by `make lock`).
+PINNED := -c constraints.txt
 # The project's own sources (an editable install) are compiled by each run, for the same reason.
 COMPILE_SOURCES := $(BIN)/python -m compileall -q uba jobs
 # Copied logic (six or more equal lines, imports and docstrings aside) in the product's code
@@ -36,18 +38,18 @@ TYPES := $(BIN)/mypy
 # `make test PARALLEL=` runs it in one process.
 PARALLEL ?= -n 2 --dist loadfile
 
-.PHONY: install install-dev demo test test-fast lint clean
+.PHONY: install install-dev demo test test-fast lint lock clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check "uv>=0.5,<1"
 
-$(RUNTIME_STAMP): pyproject.toml | $(BIN)/uv
-	$(UV) -e .
+$(RUNTIME_STAMP): pyproject.toml constraints.txt | $(BIN)/uv
+	$(UV) $(PINNED) -e .
 	@touch $@
 
-$(DEV_STAMP): pyproject.toml | $(BIN)/uv
-	$(UV) -e ".[dev]"
+$(DEV_STAMP): pyproject.toml constraints.txt | $(BIN)/uv
+	$(UV) $(PINNED) -e ".[dev]"
 	@touch $(RUNTIME_STAMP) $@
 
 install: $(RUNTIME_STAMP)
@@ -76,6 +78,13 @@ lint: install-dev
 	$(DUPLICATES)
 	$(LAYERS)
 	$(TYPES)
+
+# Re-resolve constraints.txt from pyproject.toml: the newest releases it accepts, for
+# Python 3.11 and 3.12 on any platform. Keeps the file's comment header.
+lock: | $(BIN)/uv
+	{ sed -n '/^#/!q;p' constraints.txt; $(BIN)/uv pip compile pyproject.toml --extra dev --universal \
+		--python-version 3.11 --no-header --quiet; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	./scripts/demo.sh --clean $(DEMO)

@@ -35,6 +35,7 @@ import httpx
 import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 from waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,15 +119,17 @@ def _exec_form(args: str) -> list[str]:
 
 
 def _makefile_recipe(target: str) -> list[str]:
-    """The recipe lines of one Makefile target, with the Makefile's $(UV) spelled out."""
+    """The recipe lines of one Makefile target, with the Makefile's $(UV) and $(PINNED)
+    spelled out."""
     lines = (REPO / "Makefile").read_text().splitlines()
-    uv = next(line.split(":=", 1)[1].strip() for line in lines if line.startswith("UV :="))
+    uv, pinned = (next(line.split(":=", 1)[1].strip() for line in lines if line.startswith(f"{name} :="))
+                  for name in ("UV", "PINNED"))
     start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
     recipe = []
     for line in lines[start + 1:]:
         if not line.startswith("\t"):
             break
-        recipe.append(line.strip().replace("$(UV)", uv))
+        recipe.append(line.strip().replace("$(UV)", uv).replace("$(PINNED)", pinned))
     return recipe
 
 
@@ -154,25 +157,52 @@ def test_multi_stage_on_slim_python_matching_the_project(dockerfile: list[Instru
 def test_dependencies_are_a_layer_before_the_source(dockerfile: list[Instruction]) -> None:
     build = [i for i in dockerfile if i.stage == 0]
     keys = [(i.keyword, i.args) for i in build]
-    pyproject_copy = keys.index(("COPY", "pyproject.toml ./"))
+    pyproject_copy = keys.index(("COPY", "pyproject.toml constraints.txt ./"))
     source_copies = [n for n, (k, a) in enumerate(keys) if k == "COPY" and re.match(r"(uba|jobs)\b", a)]
     dep_install = next(n for n, (k, a) in enumerate(keys) if k == "RUN" and "requirements" in a)
     assert pyproject_copy < dep_install < min(source_copies)
     assert all(k != "COPY" or a.startswith(("pyproject.toml", "README.md", "uba", "jobs")) for k, a in keys)
 
 
+def _pins(text: str) -> dict[str, list[Requirement]]:
+    """constraints.txt's pins by package name (a package may have one per Python range)."""
+    pins: dict[str, list[Requirement]] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            pin = Requirement(line)
+            pins.setdefault(canonicalize_name(pin.name), []).append(pin)
+    return pins
+
+
+def test_every_installed_package_is_pinned_at_the_version_installed() -> None:
+    """A dependency added to pyproject.toml without `make lock` would be installed at
+    whatever its newest release is on the day, the drift constraints.txt exists to stop;
+    and a pin the project venv does not hold means the suite did not run on the pins."""
+    pins = _pins((REPO / "constraints.txt").read_text())
+    for dist in metadata.distributions():
+        name = canonicalize_name(dist.metadata["Name"])
+        if name in {"uba", "pip", "setuptools", "uv"}:
+            continue
+        assert name in pins, f"{name} is installed but not pinned in constraints.txt: run `make lock`"
+        (pin,) = [p for p in pins[name] if p.marker is None or p.marker.evaluate()]
+        assert pin.specifier.contains(dist.version, prereleases=True), (name, dist.version, str(pin))
+    for name in ("polars", "ray", "scikit-learn", "numba", "fastapi"):
+        assert name in pins
+
 def test_install_steps_are_the_makefiles(dockerfile: list[Instruction]) -> None:
-    """Same pyproject: the Makefile's `make install` (uv, `-e .`, byte-compiled as pip does
-    by default) and `make install-dev` (`-e ".[dev]"`) become, in the image, the pyproject's dependencies and then a regular
-    install of "." (no editable mode, no dev extras) after a pip upgrade."""
+    """Same pyproject, same pinned versions: the Makefile's `make install` (uv, `-e .`,
+    byte-compiled as pip does by default) and `make install-dev` (`-e ".[dev]"`), both
+    constrained by constraints.txt, become, in the image, the pyproject's dependencies under
+    the same constraints and then a regular install of "." (no editable mode, no dev
+    extras) after a pip upgrade."""
     runtime = _pip_installs(_makefile_recipe("$(RUNTIME_STAMP)"))
     dev = _pip_installs(_makefile_recipe("$(DEV_STAMP)"))
-    assert runtime == [["--compile-bytecode", "--python", "$(BIN)/python", "-e", "."]]
-    assert dev == [["--compile-bytecode", "--python", "$(BIN)/python", "-e", ".[dev]"]]
+    assert runtime == [["--compile-bytecode", "--python", "$(BIN)/python", "-c", "constraints.txt", "-e", "."]]
+    assert dev == [["--compile-bytecode", "--python", "$(BIN)/python", "-c", "constraints.txt", "-e", ".[dev]"]]
     runs = [c for i in dockerfile if i.stage == 0 and i.keyword == "RUN" for c in _split_commands(i.args)]
     docker = _pip_installs(runs)
     assert docker[0] == ["--upgrade", "pip"]
-    assert docker[1] == ["-r", "/tmp/requirements.txt"]
+    assert docker[1] == ["-c", "constraints.txt", "-r", "/tmp/requirements.txt"]
     assert docker[-1] == ["--no-deps", "."]  # the project, from "."
 
 
