@@ -179,7 +179,10 @@ def test_every_installed_package_is_pinned_at_the_version_installed() -> None:
     whatever its newest release is on the day, the drift constraints.txt exists to stop;
     and a pin the project venv does not hold means the suite did not run on the pins."""
     pins = _pins((REPO / "constraints.txt").read_text())
-    for dist in metadata.distributions():
+    # the venv's own packages: once Ray is imported, sys.path also holds the copies Ray
+    # vendors (ray/thirdparty_files: psutil, colorama), which no install put there
+    site_packages = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    for dist in metadata.distributions(path=sorted(site_packages)):
         name = canonicalize_name(dist.metadata["Name"])
         if name in {"uba", "pip", "setuptools", "uv"}:
             continue
