@@ -5,6 +5,7 @@ publishing without making its own risk stale."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -267,11 +269,8 @@ def test_score_compacts_after_publishing_and_a_compaction_mid_run_leaves_its_ris
 
 def _corrupt_page_header(part: Path) -> None:
     """Set the value count of the first data page of ``part``'s ``recorded_at`` column to
-    -12 (one byte, as a bit flip on disk would): Polars then asks for 2**61 bytes to decode
-    the page's validity and aborts the process (SIGABRT), past any ``except``. The
-    timestamp column, not the first (string) one: Polars 2.2 reads the same flip in a
-    dictionary-encoded string page as a clean error (CI broke on that when 2.2 came out),
-    while the plain-encoded timestamp page aborts 2.1 and 2.2 alike."""
+    -12 (one byte, as a bit flip on disk would): Polars 2.1 and 2.2 then ask for 2**61
+    bytes to decode the page and abort the process (SIGABRT), past any ``except``."""
     import pyarrow.parquet as pq
 
     data = bytearray(part.read_bytes())
@@ -283,31 +282,82 @@ def _corrupt_page_header(part: Path) -> None:
     part.write_bytes(bytes(data))
 
 
-def test_score_publishes_and_exits_0_when_a_table_part_aborts_the_parquet_reader(scored_copy) -> None:  # type: ignore[no-untyped-def]
-    """score read no triage part before it compacted the table after publishing: one
-    triage part with one byte flipped made the merge abort Polars, and the published run
-    exited 134 with a Rust backtrace. The merge runs in a child process: a warning naming
-    the table's folder, the other tables merged, exit 0."""
+def _read_in_a_child(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+
+
+def test_a_triage_part_that_aborts_polars_is_named_by_its_readers_and_score_exits_0(scored_copy) -> None:  # type: ignore[no-untyped-def]
+    """One triage part with one byte flipped aborted Polars: ``alerts list`` died with a Rust
+    backtrace, and score, which compacts the table after publishing, exited 134. The
+    analysts' tables are decoded by pyarrow now: every reader names the part in one line,
+    and score warns that the table was not compacted, compacts the others and exits 0."""
     world = scored_copy
     day = world.score_dates[0]
     for k in range(3):
         record_feedback(world.data_dir, [{"event_id": f"e{k}", "label": "benign"}])
         _triage_part(world.data_dir, f"a{k}", "closed", T0)
-    _corrupt_page_header(io.table_part_files(world.data_dir, TRIAGE)[1])
-    probe = subprocess.run([sys.executable, "-c", "import sys; from uba.alerting.triage import triage_log; "
-                            "triage_log(sys.argv[1])", str(world.data_dir)], capture_output=True, text=True)
-    # what the part does to a reader; if a Polars release reads it cleanly, this test needs
-    # another part that aborts the reader, not a weaker assertion
-    assert probe.returncode == -signal.SIGABRT, probe.stderr[-2000:]
+    damaged = io.table_part_files(world.data_dir, TRIAGE)[1]
+    _corrupt_page_header(damaged)
+    polars = _read_in_a_child("import sys, polars as pl; pl.read_parquet(sys.argv[1])", str(damaged))
+    assert polars.returncode == -signal.SIGABRT, polars.stderr[-2000:]  # what the part does to Polars
+    ours = _read_in_a_child("import sys; from uba.alerting.triage import triage_log; triage_log(sys.argv[1])",
+                            str(world.data_dir))
+    said = (f"uba.io.CorruptPartError: triage part {damaged} is not a readable Parquet file: Invalid page header "
+            "(negative number of values); move it aside or restore it from a backup; the other parts of its table "
+            "are intact")
+    assert ours.returncode == 1 and ours.stderr.strip().splitlines()[-1] == said, ours.stderr[-2000:]
+    listed = subprocess.run([BATCH, "alerts", "list", "--date", day.isoformat()], capture_output=True, text=True,
+                            env=world.env())
+    assert listed.returncode == 1 and f"triage part {damaged} is not a readable Parquet file" in listed.stderr
     out = subprocess.run([BATCH, "score", "--date", day.isoformat(), "--in-process"], capture_output=True, text=True,
                          env=world.env(UBA_SCORING__COMPACT_TABLES_AFTER_PARTS="3"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "compacted feedback: 3 parts -> 1 (3 rows)" in out.stdout
     assert (f"warning: compacting the triage table failed, nothing lost (it is read as it was); `uba-batch tables "
-            f"compact --table triage` says why: the process merging {world.data_dir / TRIAGE} was killed by "
-            "SIGABRT") in out.stderr
+            f"compact --table triage` says why: triage part {damaged} is not a readable Parquet file") in out.stderr
     assert "drift:" in out.stdout + out.stderr  # the run's last line, after the compaction
     assert len(io.listed_table_parts(world.data_dir, TRIAGE)) == 3
+
+
+def _child_pids(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in children.read_text().split()] if children.exists() else []
+
+
+def test_score_publishes_and_exits_0_when_its_compaction_process_is_killed(scored_copy) -> None:  # type: ignore[no-untyped-def]
+    """score compacts in a child process, so that a crash of the merge (a Rust abort
+    ends the whole process, past any ``except``) cannot end a run that has published its
+    day. Each table's child is stopped once its merged part is in place and SIGKILLed
+    there: score warns, names the signal, exits 0, and every table answers as before."""
+    world = scored_copy
+    day = world.score_dates[0]
+    for k in range(3):
+        record_feedback(world.data_dir, [{"event_id": f"e{k}", "label": "benign"}])
+        _triage_part(world.data_dir, f"a{k}", "closed", T0 + timedelta(seconds=k))
+    before = _answers(world.data_dir)
+    run = subprocess.Popen([BATCH, "score", "--date", day.isoformat(), "--in-process"],
+                           env=world.env(UBA_SCORING__COMPACT_TABLES_AFTER_PARTS="3",
+                                         **{io.FAULT_STOP_ENV: "table_compaction"}),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = 0
+    try:
+        while run.poll() is None:
+            for child in _child_pids(run.pid):
+                with contextlib.suppress(FileNotFoundError):
+                    if stopped(child):
+                        os.kill(child, signal.SIGKILL)
+                        killed += 1
+            time.sleep(0.05)
+        out, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 0 and killed == 2, (killed, err[-3000:])
+    for table in (io.FEEDBACK, TRIAGE):
+        assert (f"warning: compacting the {table} table failed, nothing lost (it is read as it was); `uba-batch "
+                f"tables compact --table {table}` says why: the process merging {world.data_dir / table} was "
+                "killed by SIGKILL") in err
+    assert "drift:" in out + err
+    assert _answers(world.data_dir) == before
 
 
 def test_tables_compact_says_what_it_did_to_each_table_past_one_that_fails(tmp_path: Path) -> None:
@@ -327,8 +377,8 @@ def test_tables_compact_says_what_it_did_to_each_table_past_one_that_fails(tmp_p
     assert out.stdout.splitlines() == ["feedback: 2 parts -> 1 (2 rows)", "triage: 2 parts -> 1 (2 rows)"]
     errors = [line for line in out.stderr.splitlines() if line.startswith("error")]
     assert errors == [f"error: suppressions: not compacted: suppressions part {broken} is not a readable Parquet "
-                      "file: parquet: File out of specification: A Parquet file must contain a header and footer "
-                      "with at least 12 bytes; move it aside or restore it from a backup; the other parts of its "
+                      "file: Parquet magic bytes not found in footer. Either the file is corrupted or this is not a "
+                      "parquet file; move it aside or restore it from a backup; the other parts of its "
                       "table are intact"], out.stderr
 
 

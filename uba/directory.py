@@ -196,8 +196,8 @@ def _read_parquet_as_strings(path: Path) -> tuple[pl.DataFrame, list[str]]:
 
     wanted, ignored = _parquet_columns(path)
     try:
-        frame = pl.read_parquet(path, columns=wanted, glob=False)  # `hr[1].parquet` is that file, not hr1.parquet
-    except (pl.exceptions.PolarsError, OSError) as exc:
+        frame = io.read_parquet_file(path, columns=wanted)
+    except io.UNREADABLE_PARQUET as exc:
         raise UserError(f"cannot read Parquet file {path}: {str(exc).splitlines()[0]}") from exc
     problem = rules.id_dtype_error(pl.col("user_id"), frame.schema["user_id"])
     return frame.select(

@@ -170,8 +170,8 @@ class ReportData:
 
 
 def _scan_or_empty(root: Path, dataset: str, day: date, schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
-    scan = io.scan_partition(root, dataset, day)
-    return scan if scan is not None else pl.LazyFrame(schema=dict(schema))
+    table = io.read_partition(root, dataset, day, f"re-score {day.isoformat()} or restore it from a backup")
+    return table.lazy() if table is not None else pl.LazyFrame(schema=dict(schema))
 
 
 def load_report_data(settings: Settings, day: date, history_days: int = 14, top: int = 15) -> ReportData:

@@ -97,12 +97,13 @@ def compact_table(data_dir: Path, table: str, *, min_parts: int = 2, wait: bool 
 
 def compact_table_apart(data_dir: Path, table: str, *, min_parts: int) -> Compaction:
     """``compact_table`` without waiting for appends, in a process of its own: what score
-    and backfill run once their day is published. Polars aborts the whole process on some
-    corrupt parts (a few bytes flipped in one triage part: "memory allocation of
-    2305843009213693952 bytes failed", SIGABRT), which no ``except`` catches, so a run that
-    had published its day exited 134 with a Rust backtrace (found by an attack); in a child
-    it is an error naming the table's folder. A table holding fewer than ``min_parts``
-    files (leftovers counted) starts no process."""
+    and backfill run once their day is published. A Rust abort ends the whole process, past
+    any ``except``: one flipped byte in a triage part made Polars' reader ask for 2**61
+    bytes, and a run that had published its day exited 134 with a backtrace (found by an
+    attack). The parts are decoded by pyarrow now (``io.read_parquet_file``), which raises
+    instead; the merge still runs apart, so that a crash anywhere in it is an error naming
+    the table's folder, not the run's end. A table holding fewer than ``min_parts`` files
+    (leftovers counted) starts no process."""
     folder = Path(data_dir) / table
     files = len(io.listed_table_parts(data_dir, table))
     if files < max(min_parts, 2):
@@ -111,7 +112,7 @@ def compact_table_apart(data_dir: Path, table: str, *, min_parts: int) -> Compac
                            capture_output=True, text=True, check=False)
     if child.returncode < 0:
         raise RuntimeError(f"the process merging {folder} was killed by {signal.Signals(-child.returncode).name} "
-                           "(a part there that crashes the Parquet reader, such as a corrupt file?); the table is "
+                           "(out of memory, or a part there that crashes the Parquet code?); the table is "
                            "whole, as a compaction stopped anywhere leaves it")
     said = child.stderr.strip().splitlines() or [f"exit status {child.returncode}"]
     if child.returncode != 0:

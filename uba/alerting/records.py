@@ -125,10 +125,10 @@ def _with_run(frame: pl.DataFrame, run: RunInfo) -> pl.DataFrame:
 
 def event_records(output_dir: Path, day: date, run: RunInfo) -> pl.DataFrame:
     """One record per flagged, unsuppressed event of ``day``, most anomalous first."""
-    scan = io.scan_partition(output_dir, io.FLAGGED, day)
-    if scan is None:
+    table = io.read_partition(output_dir, io.FLAGGED, day, rescore_remedy(day))
+    if table is None:
         return pl.DataFrame(schema=RECORD_SCHEMA)
-    flagged = scan.filter(unsuppressed_alert(scan.collect_schema().names())).collect()
+    flagged = table.filter(unsuppressed_alert(table.columns))
     per_user = "user_threshold" in flagged.columns  # absent in runs before per-user cuts
     cut = pl.coalesce("user_threshold", "threshold") if per_user else pl.col("threshold")
     frame = flagged.with_columns(
@@ -147,10 +147,9 @@ def user_day_records(output_dir: Path, day: date, run: RunInfo) -> pl.DataFrame:
     """One record per user-day alert of ``day``. Its score is the day's sum of signal
     strengths (``day_score``; ``risk_score`` in runs before entity risk existed); any
     firing signal makes an alert, so the threshold is 0."""
-    scan = io.scan_partition(output_dir, io.FLAGGED_USERS, day)
-    if scan is None:
+    users = io.read_partition(output_dir, io.FLAGGED_USERS, day, rescore_remedy(day))
+    if users is None:
         return pl.DataFrame(schema=RECORD_SCHEMA)
-    users = scan.collect()
     score = "day_score" if "day_score" in users.columns else "risk_score"
     frame = users.with_columns(
         pl.col("user_id").map_elements(lambda u: alert_id("user_day", u, day.isoformat()),

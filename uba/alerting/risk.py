@@ -285,14 +285,12 @@ def read_risk(output_dir: Path, day: date) -> pl.DataFrame | None:
     PATCH /alerts and POST /feedback after the verdict was stored.
     """
     output_dir = Path(output_dir)
-    scan = io.scan_partition(output_dir, RISK, day)
-    if scan is None:
-        return None
     remedy = rescore_remedy(day)
-    for part in io.partition_files(output_dir, RISK, day):
-        io.check_readable(part, remedy)
+    table = io.read_partition(output_dir, RISK, day, remedy)
+    if table is None:
+        return None
     try:
-        return scan.collect().select([pl.col(n).cast(t) for n, t in RISK_SCHEMA.items()])
+        return table.select([pl.col(n).cast(t) for n, t in RISK_SCHEMA.items()])
     except pl.exceptions.PolarsError as exc:
         raise io.CorruptPartError(f"the risk table of {day.isoformat()} under {io.partition_dir(output_dir, RISK, day)} "
                                   f"does not read as one ({first_line(exc)}); {remedy}") from exc
@@ -495,9 +493,8 @@ def _published_alerts(output_dir: Path, dataset: str, day: date) -> pl.DataFrame
     """A published ``flagged/`` or ``flagged_users/`` table of ``day`` (None when absent or
     unreadable: that day is not found, the others still are)."""
     try:
-        scan = io.scan_partition(Path(output_dir), dataset, day)
-        return None if scan is None else scan.collect()
-    except (OSError, pl.exceptions.PolarsError) as exc:
+        return io.read_partition(Path(output_dir), dataset, day)
+    except (OSError, pl.exceptions.PolarsError, io.CorruptPartError) as exc:
         log.warning("%s of %s not read while looking for a verdict's alert: %s", dataset, day, exc)
         return None
 

@@ -258,13 +258,13 @@ def explained_days(output_dir: Path, data_dir: Path, days: Iterable[date]) -> pl
     facts = pl.col("fact").replace_strict(list(SAME_FACT.values()), list(SAME_FACT), default=None)
     frames = []
     for day in sorted(set(days)):
-        scan = io.scan_partition(output_dir, io.FLAGGED, day)
-        names = [] if scan is None else scan.collect_schema().names()
-        if scan is None or "reason_kinds" not in names:
+        table = io.read_partition(output_dir, io.FLAGGED, day, "the multi-day signals read that day's alerts; "
+                                  f"re-score {day.isoformat()} or restore it from a backup")
+        if table is None or "reason_kinds" not in table.columns:
             continue
-        alerts = scan.filter(unsuppressed_alert(names)).select(
+        alerts = table.filter(unsuppressed_alert(table.columns)).select(
             pl.col("user_id").cast(pl.String), pl.col("event_id").cast(pl.String),
-            pl.col("reason_kinds").cast(pl.List(pl.String))).collect()
+            pl.col("reason_kinds").cast(pl.List(pl.String)))
         if alerts.is_empty():
             continue
         if benign is None:

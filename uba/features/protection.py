@@ -127,14 +127,10 @@ def without_user_days_each_day(parts: list[tuple[date, pl.LazyFrame]],
 
 def _published(output_dir: Path, dataset: str, day: date, wanted: tuple[str, ...]) -> pl.DataFrame | None:
     """The columns of ``wanted`` a published output of ``day`` has (None when it has no part)."""
-    scan = io.scan_partition(output_dir, dataset, day)
-    if scan is None:
-        return None
-    for part in io.partition_files(output_dir, dataset, day):
-        io.check_readable(part, f"baseline protection reads the alerts of {day.isoformat()} from it; "
-                                "re-score that day (backfill --force) or restore it from a backup")
-    names = scan.collect_schema().names()
-    return scan.select([c for c in wanted if c in names]).collect()
+    table = io.read_partition(output_dir, dataset, day, f"baseline protection reads the alerts of "
+                              f"{day.isoformat()} from it; re-score that day (backfill --force) or restore it "
+                              "from a backup")
+    return None if table is None else table.select([c for c in wanted if c in table.columns])
 
 
 def unlearned_user_days(output_dir: Path, data_dir: Path, days: Iterable[date],

@@ -112,7 +112,7 @@ def _compact_tables(settings: Settings) -> list[Line]:
 
     lines = []
     for table in TABLES:
-        try:  # in a child process: a part that aborts Polars must not end a published run (exit 134)
+        try:  # in a child process: a crash of the merge must not end a published run (exit 134)
             done = compact_table_apart(settings.paths.data_dir, table, min_parts=threshold)
         except Exception as exc:  # housekeeping after publishing: whatever it is, not the run's failure
             log.debug("compaction of %s failed", table, exc_info=True)

@@ -1,0 +1,210 @@
+"""Damaged bytes in the files the product reads whole never take down the reading process.
+
+One flipped byte in a data page's header (a value count made negative) made Polars ask
+for 2**61 bytes and abort the process (SIGABRT, past any ``except``): a damaged triage
+part ended ``alerts list``, and a damaged risk part the API worker serving
+``GET /users/{id}/risk``. Those files are now decoded by pyarrow (``io.read_parquet_file``).
+
+Each test writes real parts with the product (a scored day, analysts' tables, a baseline
+snapshot), then a child process puts every mutant of a file's page headers in place and
+reads it through the product's own reader: each mutant must read or be refused with a
+UserError. A mutant that kills the child fails the test, naming the byte.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from api_world import running_server
+
+from uba import io
+from uba.alerting.feedback import record_feedback
+from uba.alerting.risk import read_risk
+from uba.alerting.triage import TRIAGE, TRIAGE_SCHEMA
+from uba.scoring.driver import ScoreOptions, score_day
+
+# Bytes changed from the start of each page: the page header (type, sizes, value count).
+HEADER_BYTES = 16
+# At most this many of a file's header bytes, drawn with a fixed seed (a baseline snapshot
+# has 140 columns: all of them would take half a minute).
+MAX_OFFSETS = 500
+
+CHILD = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from uba.errors import UserError
+    {imports}
+    target = Path(sys.argv[1])
+    raw = target.read_bytes()
+    offsets = [int(o) for o in sys.argv[2].split(",")]
+    read = refused = 0
+    for at in offsets:
+        for value in (0x01, raw[at] ^ 0x80):  # a varint of -1 (a negative value count), a bit flip
+            mutant = bytearray(raw)
+            mutant[at] = value
+            target.write_bytes(bytes(mutant))
+            os.write(1, f"mutant {{at}} {{value:#04x}}\\n".encode())
+            try:
+                {read}
+                read += 1
+            except UserError:
+                refused += 1
+    target.write_bytes(raw)
+    print(f"done read={{read}} refused={{refused}}")
+""")
+
+
+def page_header_offsets(part: Path, limit: int | None = MAX_OFFSETS) -> list[int]:
+    """The first ``HEADER_BYTES`` of each dictionary and data page (``limit`` of them at most)."""
+    meta = pq.ParquetFile(part).metadata
+    starts: set[int] = set()
+    for g in range(meta.num_row_groups):
+        for c in range(meta.num_columns):
+            column = meta.row_group(g).column(c)
+            starts.add(column.data_page_offset)
+            if column.has_dictionary_page and column.dictionary_page_offset:
+                starts.add(column.dictionary_page_offset)
+    size = part.stat().st_size
+    offsets = sorted({at for start in starts for at in range(start, min(start + HEADER_BYTES, size))})
+    return offsets if limit is None or len(offsets) <= limit else sorted(random.Random(7).sample(offsets, limit))
+
+
+def sweep(part: Path, imports: str, read: str, limit: int | None = MAX_OFFSETS) -> subprocess.CompletedProcess[str]:
+    child = CHILD.format(imports=imports, read=read)
+    offsets = ",".join(map(str, page_header_offsets(part, limit)))
+    return subprocess.run([sys.executable, "-c", child, str(part), offsets], capture_output=True, text=True,
+                          timeout=600)
+
+
+def assert_survived(result: subprocess.CompletedProcess[str], part: Path) -> None:
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0, (f"{part.name}: the reader died ({result.returncode}) at "
+                                    f"{lines[-1] if lines else 'the start'}: {result.stderr[-1500:]}")
+    done = lines[-1].split()
+    counts = dict(item.split("=") for item in done[1:])
+    assert done[0] == "done" and int(counts["refused"]) > 0, lines[-1]  # the mutants do damage
+
+
+@pytest.fixture(scope="module")
+def scored_day(shared_world, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One day of the shared world scored in-process into a fresh output folder."""
+    from uba.settings import load_settings
+
+    out = tmp_path_factory.mktemp("damage") / "out"
+    day = shared_world.score_dates[0]
+    settings = load_settings(overrides={"paths": {"data_dir": shared_world.data_dir,
+                                                  "model_dir": shared_world.model_dir, "output_dir": out}}, env={})
+    score_day(settings, ScoreOptions(day=day, in_process=True))
+    return out, day
+
+
+def polars_abort(part: Path) -> tuple[int, int]:
+    """The first mutant of ``part``'s page headers that aborts Polars' reader: (offset, byte).
+    Without one the sweeps here would prove nothing."""
+    polars_reader = "import polars as pl\ndef polars_read(path):\n    try:\n        pl.read_parquet(path)\n" \
+                    "    except BaseException:\n        pass"  # a Rust panic (PanicException) is no Exception
+    with tempfile.TemporaryDirectory() as scratch:  # a copy: the child dies with a mutant in place
+        copy = Path(scratch) / part.name
+        copy.write_bytes(part.read_bytes())
+        aborts = sweep(copy, polars_reader, "polars_read(target)", limit=None)
+    assert aborts.returncode == -signal.SIGABRT, aborts.stdout[-300:] + aborts.stderr[-300:]
+    _, at, value = aborts.stdout.strip().splitlines()[-1].split()
+    return int(at), int(value, 16)
+
+
+def damage(part: Path, at: int, value: int) -> None:
+    """Put one byte in place in a published part (a new file: the published one is shared)."""
+    path = part.resolve()
+    data = bytearray(path.read_bytes())
+    data[at] = value
+    path.unlink()
+    path.write_bytes(bytes(data))
+
+
+def test_a_risk_part_that_aborts_polars_is_a_one_line_error_for_every_reader(scored_day) -> None:  # type: ignore[no-untyped-def]
+    out, day = scored_day
+    (part,) = io.partition_files(out, io.RISK, day)
+    polars_abort(part)
+    ours = sweep(part, "from uba.alerting.risk import read_risk; from datetime import date",
+                 f"read_risk(Path({str(out)!r}), date.fromisoformat({day.isoformat()!r}))", limit=None)
+    assert_survived(ours, part)
+
+
+@pytest.mark.parametrize("dataset", ["flagged", "flagged_users"])
+def test_every_damaged_alert_table_is_read_or_refused(scored_day, dataset: str) -> None:  # type: ignore[no-untyped-def]
+    out, day = scored_day
+    what = {"flagged": "alerts", "flagged_users": "user-days"}[dataset]
+    (part,) = io.partition_files(out, dataset, day)
+    result = sweep(part, "from uba.alerting.records import day_records; from datetime import date",
+                   f"day_records(Path({str(out)!r}), date.fromisoformat({day.isoformat()!r}), {what!r})")
+    assert_survived(result, part)
+
+
+def test_every_damaged_analysts_table_part_is_read_or_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    record_feedback(data, [{"event_id": "e1", "label": "benign", "note": "known scanner"}])
+    row = pl.DataFrame([{"alert_id": "a1", "action": "close", "status": "closed", "verdict": "benign",
+                         "note": "ok", "analyst": "ann", "alert_type": "event", "user_id": "u1",
+                         "event_date": datetime(2026, 3, 9).date(), "suppression_rule": None,
+                         "recorded_at": datetime(2026, 3, 10, 12, tzinfo=UTC)}], schema=TRIAGE_SCHEMA)
+    io.append_table_part(row, data, TRIAGE)
+    for table in (TRIAGE, io.FEEDBACK):
+        (part,) = io.table_part_files(data, table)
+        result = sweep(part, "from uba import io", f"io.scan_table(Path({str(data)!r}), {table!r})")
+        assert_survived(result, part)
+
+
+def test_every_damaged_baseline_snapshot_is_read_or_refused(shared_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The snapshot the API loads at start and on reload (a copy: scoring tests move it on)."""
+    snapshot = io.latest_baseline_snapshot(shared_world.data_dir)
+    assert snapshot is not None
+    part = tmp_path / io.BASELINE_SNAPSHOT_NAME
+    part.write_bytes(snapshot[1].read_bytes())
+    result = sweep(part, "from uba import io", f"io.read_baseline_snapshot(Path({str(part)!r}))")
+    assert_survived(result, part)
+
+
+def test_the_api_starts_serves_and_names_the_part_with_parts_that_abort_polars(  # type: ignore[no-untyped-def]
+        shared_world, scored_day, tmp_path: Path) -> None:
+    """Over HTTP, on a real uvicorn: with a risk part and a triage part that each abort
+    Polars, the API started (it aborted, exit 134, while loading entity risk), serves risk
+    without the day that does not read, and answers GET /alerts with a 503 naming the part."""
+    out, day = scored_day
+    data, served = tmp_path / "data", tmp_path / "out"
+    shutil.copytree(shared_world.data_dir, data, symlinks=True)
+    shutil.copytree(out, served, symlinks=True)
+    (risk_part,) = io.partition_files(served, io.RISK, day)
+    user = read_risk(served, day)["user_id"][0]  # type: ignore[index]
+    damage(risk_part, *polars_abort(risk_part))
+    row = pl.DataFrame([{"alert_id": "a1", "action": "close", "status": "closed", "verdict": None, "note": None,
+                         "analyst": "ann", "alert_type": "event", "user_id": user, "event_date": day,
+                         "suppression_rule": None, "recorded_at": datetime(2026, 3, 10, 12, tzinfo=UTC)}],
+                       schema=TRIAGE_SCHEMA)
+    io.append_table_part(row, data, TRIAGE)
+    (triage_part,) = io.table_part_files(data, TRIAGE)
+    damage(triage_part, *polars_abort(triage_part))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UBA_")}
+    env.update(UBA_DATA_DIR=str(data), UBA_MODEL_DIR=str(shared_world.model_dir), UBA_API_KEYS="damage-key",
+               RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    with running_server(env, tmp_path / "uvicorn.log", uba_api=["--output-dir", str(served)]) as server, \
+            server.client(headers={"X-API-Key": "damage-key"}) as client:
+        risk = client.get(f"/users/{user}/risk")
+        assert risk.status_code == 200 and risk.json()["history"] == [], risk.text
+        alerts = client.get("/alerts", params={"date": day.isoformat()})
+        assert alerts.status_code == 503, alerts.text
+        assert f"triage part {triage_part} is not a readable Parquet file" in alerts.json()["detail"]
+        assert client.get("/health").status_code == 200
+    log = (tmp_path / "uvicorn.log").read_text()
+    assert f"risk part {risk_part} is not a readable Parquet file" in log and "Traceback" not in log
