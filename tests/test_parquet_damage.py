@@ -208,3 +208,15 @@ def test_the_api_starts_serves_and_names_the_part_with_parts_that_abort_polars( 
         assert client.get("/health").status_code == 200
     log = (tmp_path / "uvicorn.log").read_text()
     assert f"risk part {risk_part} is not a readable Parquet file" in log and "Traceback" not in log
+
+
+def test_every_damaged_per_user_score_table_of_a_bundle_is_read_or_refused(shared_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The bundle's per-user score table (derived, outside the bundle's checksums), which the
+    API reads for per-user cuts; in a copy of the bundle."""
+    (table,) = shared_world.model_dir.glob("*/user_scores-q*.parquet")
+    bundle = tmp_path / table.parent.name
+    shutil.copytree(table.parent, bundle)
+    quantile = float(table.stem.removeprefix("user_scores-q"))
+    result = sweep(bundle / table.name, "from uba.model.bundle import read_user_score_history",
+                   f"read_user_score_history(Path({str(bundle)!r}), {quantile!r})")
+    assert_survived(result, bundle / table.name)

@@ -846,6 +846,6 @@ def read_user_score_history(bundle_path: Path, quantile: float) -> pl.DataFrame 
         return None
     data = read_bundle_file(path, Path(bundle_path), uba_io.MAX_USER_HISTORY_BYTES)
     try:
-        return pl.read_parquet(io.BytesIO(data))
+        return uba_io.read_parquet_file(data)  # pyarrow: damaged bytes raise, never abort the API
     except Exception as exc:  # any Polars/Arrow error on damaged bytes: named by type, never by content
         raise BundleError(f"{path}: not a readable Parquet table ({type(exc).__name__})") from exc
