@@ -284,10 +284,12 @@ class TlsSyslogCollector(_LoopbackServer):
                     data += chunk
             except (ssl.SSLError, OSError):
                 pass
-        while data:
-            length, _, rest = data.partition(b" ")
-            self.messages.append(rest[:int(length)].decode("utf-8"))
-            data = rest[int(length):]
+            # recorded before the close, which the sender waits for: parsed after it, a test
+            # that asserted as soon as delivery returned could miss the last frames
+            while data:
+                length, _, rest = data.partition(b" ")
+                self.messages.append(rest[:int(length)].decode("utf-8"))
+                data = rest[int(length):]
 
 
 def _read_request(conn: socket.socket) -> bytes:

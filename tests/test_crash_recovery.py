@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -346,23 +347,41 @@ def _assert_relative_layout(out: Path, day) -> None:
         assert not os.readlink(link).startswith("/")
 
 
+@pytest.fixture(scope="module")
+def publish_runs(shared_world, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The day published once by a plain run (each case copies it), and what the new run,
+    which every case then kills and repeats, publishes: its state and its settings."""
+    from uba.settings import load_settings
+
+    root = tmp_path_factory.mktemp("publish-runs")
+    day = shared_world.score_dates[0]
+
+    def settings(out: Path, **sections: dict[str, Any]) -> Any:
+        paths = {"data_dir": shared_world.data_dir, "model_dir": shared_world.model_dir, "output_dir": out}
+        return load_settings(overrides={"paths": paths, **sections}, env={})
+
+    score_day(settings(root / "old"), ScoreOptions(day=day, in_process=True))
+    rows = io.partition_row_count(shared_world.data_dir, io.EVENTS, day)
+    chunks = {"chunk_rows": max(1, rows // 3)}  # the new run also cuts the day into other parts
+    score_day(settings(root / "ref", scoring=chunks, **NEW_RUN), ScoreOptions(day=day, in_process=True))
+    new_state, _ = _day_state(root / "ref", day)
+    return root / "old", new_state, chunks
+
+
 @pytest.mark.parametrize(("layout", "step"), [(layout, step) for layout, steps in PUBLISH_STEPS_BY_LAYOUT.items()
                                               for step in steps])
 def test_a_kill_at_any_publish_step_leaves_the_day_all_old_or_all_new_and_the_next_run_recovers(
-        shared_world, scoring_settings, tmp_path: Path, layout: str, step: str) -> None:
+        shared_world, scoring_settings, publish_runs, tmp_path: Path, layout: str, step: str) -> None:
     day = shared_world.score_dates[0]
-    out, ref = tmp_path / "out", tmp_path / "ref"
+    published, new_state, chunks = publish_runs
+    out = tmp_path / "out"
     if layout != "fresh":
-        score_day(scoring_settings(out), ScoreOptions(day=day, in_process=True))
+        shutil.copytree(published, out, symlinks=True)
     if layout == "legacy":
         _to_legacy_layout(out, day)
     if layout == "absolute":
         _to_absolute_links_layout(out, day)
     old_state, old_manifest = _day_state(out, day)
-    rows = io.partition_row_count(shared_world.data_dir, io.EVENTS, day)
-    chunks = {"chunk_rows": max(1, rows // 3)}  # the new run also cuts the day into other parts
-    score_day(scoring_settings(ref, scoring=chunks, **NEW_RUN), ScoreOptions(day=day, in_process=True))
-    new_state, _ = _day_state(ref, day)
     assert new_state != old_state and len(new_state[io.SCORES]) >= 3
 
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",

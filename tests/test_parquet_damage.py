@@ -220,3 +220,47 @@ def test_every_damaged_per_user_score_table_of_a_bundle_is_read_or_refused(share
     result = sweep(bundle / table.name, "from uba.model.bundle import read_user_score_history",
                    f"read_user_score_history(Path({str(bundle)!r}), {quantile!r})")
     assert_survived(result, bundle / table.name)
+
+
+HOSTILE = Path(__file__).parent / "hostile" / "parquet"
+REFUSALS = {
+    "schema_name_nonutf8.parquet": "'utf-8' codec can't decode byte 0xf5 in position 0: invalid start byte",
+    "kv_key_nonutf8.parquet": "the metadata of the file is not UTF-8 text",
+    "data_utf8.parquet": "Column 0: In chunk 0: Invalid: Invalid UTF8 sequence at string index 0",
+    "rg_num_rows_2p40_small.parquet": "row group 0 says it holds 1099511627776 rows, but its columns hold 2 values at most",
+    "rg_num_rows_2p31m1_small.parquet": "row group 0 says it holds 2147483647 rows, but its columns hold 2 values at most",
+    "rg_num_rows_2p31_risk.parquet": "row group 0 says it holds 2147483648 rows, but its columns hold 17 values at most",
+    "decimal256.parquet": "column c is decimal256(60, 2), a 256-bit decimal (store it as decimal128 with precision "
+                          "<= 38, or double)",
+    "date_year_5881580.parquet": "column event_date holds a date32[day] outside the years 1-9999",
+    "timestamp_year_146140.parquet": "column recorded_at holds a timestamp[us, tz=UTC] outside the years 1-9999",
+    "nested_timestamp_out_of_range.parquet": "column contributions.at holds a timestamp[us] outside the years 1-9999",
+}
+
+
+def test_every_file_of_the_hostile_parquet_corpus_is_refused_in_one_line() -> None:
+    """tests/hostile/parquet/README.md says what each did before: a panic, a crash on
+    print, gigabytes. Read in a child, by path and as bytes, with its memory capped at 1 GiB
+    (so a forged row count fails here rather than swapping), printing each answer."""
+    assert sorted(p.name for p in HOSTILE.glob("*.parquet")) == sorted(REFUSALS)
+    child = textwrap.dedent("""
+        import resource, sys
+        from pathlib import Path
+        from uba import io
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        for name in sys.argv[1:]:
+            path = Path(name)
+            for source in (path, path.read_bytes()):
+                try:
+                    frame = io.read_parquet_file(source)
+                    print(path.name, "read", frame.to_dicts(), flush=True)
+                except io.UnreadableParquetError as exc:
+                    print(path.name, "refused", exc, flush=True)
+    """)
+    result = subprocess.run([sys.executable, "-c", child, *map(str, sorted(HOSTILE.glob("*.parquet")))],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-1000:] + result.stderr[-2000:]
+    said = [line.split(" ", 2) for line in result.stdout.splitlines()]
+    assert [(name, outcome) for name, outcome, _ in said] == [(n, "refused") for n in sorted(REFUSALS) for _ in "ab"]
+    assert {name: why for name, _, why in said} == REFUSALS
+    assert "panicked" not in result.stderr and "Traceback" not in result.stderr

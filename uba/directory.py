@@ -163,8 +163,6 @@ def _parquet_columns(path: Path) -> tuple[list[str], list[str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from uba.ingest.files import polars_import_problem
-
     try:
         meta = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
@@ -179,7 +177,7 @@ def _parquet_columns(path: Path) -> tuple[list[str], list[str]]:
             continue
         if field.type.num_fields or str(field.type).startswith(("list", "large_list", "map", "struct")):
             raise UserError(f"{path}: column {field.name} is {field.type}, not a plain value")
-        why = "a duration" if pa.types.is_duration(field.type) else polars_import_problem(field.type)
+        why = "a duration" if pa.types.is_duration(field.type) else io.polars_import_problem(field.type)
         if why is not None:
             raise UserError(f"{path}: column {field.name} is {field.type}, {why}, not a plain value")
         wanted.append(field.name)

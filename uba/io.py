@@ -231,7 +231,7 @@ UNREADABLE_PARQUET: tuple[type[Exception], ...] = (UnreadableParquetError, pl.ex
 
 def read_parquet_file(source: Path | bytes, columns: Sequence[str] | None = None) -> pl.DataFrame:
     """A whole Parquet file (a path, or its bytes already read), or only its ``columns``,
-    decoded by pyarrow.
+    decoded by pyarrow and checked before Polars takes it.
 
     Every file a command or the API reads whole comes through here, not through Polars'
     reader: the analysts' tables, the published flagged, user-day and risk tables, baseline
@@ -239,22 +239,130 @@ def read_parquet_file(source: Path | bytes, columns: Sequence[str] | None = None
     value count made negative) Polars 2.1 and 2.2 ask for 2**61 bytes and abort the process,
     past any ``except``: one damaged triage part ended ``alerts list``, and one damaged
     risk part the API worker that served it. pyarrow raises on every one-byte change of
-    such files (tests/test_parquet_damage.py), and reads a small file faster (0.55 ms
-    against 0.69). The day's events and scores, read in bulk by the batch, stay Polars
-    scans."""
+    such pages (tests/test_parquet_damage.py), and reads a small file faster (0.55 ms
+    against 0.69). What pyarrow lets through and Polars cannot take is refused here too
+    (``_check_declared_rows``, ``_check_arrow_values``; the files an attack found are in
+    tests/hostile/parquet/). The day's events and scores, read in bulk by the batch, stay
+    Polars scans."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         handle = pq.ParquetFile(BytesIO(source) if isinstance(source, bytes) else str(source))
+        _check_declared_rows(handle.metadata)
         table = handle.read(columns=None if columns is None else list(columns))
+        _check_arrow_values(table)
+        frame = pl.from_arrow(table)
     except OSError:
         raise
-    except pa.ArrowException as exc:
+    # ValueError: a name in the footer that is not UTF-8 (pyarrow's UnicodeDecodeError), a
+    # date out of Python's range; a Rust panic in from_arrow (a metadata key that is not
+    # UTF-8, a decimal256 column) is a BaseException no caller's ``except`` would catch
+    except (pa.ArrowException, ValueError, pl.exceptions.PolarsError, pl.exceptions.PanicException) as exc:
         raise UnreadableParquetError(first_line(exc).rstrip(".")) from exc  # a sentence goes on after it
-    frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)  # a Table makes a frame (a Series comes from an Array)
     return frame
+
+
+def polars_import_problem(kind: Any) -> str | None:
+    """Why Polars cannot take an Arrow type (None when it can), checked before any value is
+    converted: Polars panics (printing a Rust backtrace) on Int256 decimals and intervals,
+    and refuses a time zone it does not know only when the column is converted."""
+    import pyarrow as pa
+
+    types = pa.types
+    if types.is_decimal256(kind):
+        return "a 256-bit decimal (store it as decimal128 with precision <= 38, or double)"
+    if types.is_timestamp(kind) and kind.tz is not None:
+        try:
+            pl.Series([], dtype=pl.Int64).cast(pl.Datetime(kind.unit, kind.tz))
+        except (pl.exceptions.PolarsError, ValueError):
+            return f"a timestamp in the unknown time zone {str(kind.tz)[:80]!r}"
+        return None
+    if types.is_list(kind) or types.is_large_list(kind) or types.is_fixed_size_list(kind):
+        return polars_import_problem(kind.value_type)
+    if types.is_struct(kind):
+        return next((why for index in range(kind.num_fields)
+                     if (why := polars_import_problem(kind.field(index).type))), None)
+    if types.is_dictionary(kind):
+        return polars_import_problem(kind.value_type)
+    plain = (types.is_null, types.is_boolean, types.is_integer, types.is_floating, types.is_string,
+             types.is_large_string, types.is_binary, types.is_large_binary, types.is_fixed_size_binary,
+             types.is_date, types.is_time, types.is_timestamp, types.is_duration, types.is_decimal128,
+             types.is_string_view, types.is_binary_view)
+    return None if any(test(kind) for test in plain) else "a type Polars cannot read"
+
+
+def _check_declared_rows(metadata: Any) -> None:  # pyarrow's FileMetaData (untyped)
+    """Refuse a row group that says it holds more rows than its columns hold values: pyarrow
+    sizes its buffers by the row count, so one forged count (2**40 on a 1.5 kB file) took
+    10 GiB in 1.5 s. A flat column holds one value (or null) per row; a list column more."""
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        values = max((group.column(c).num_values for c in range(group.num_columns)), default=0)
+        if group.num_rows > values:
+            raise ValueError(f"row group {g} says it holds {group.num_rows} rows, but its columns hold "
+                             f"{values} values at most")
+
+
+# Python's dates: a stored date outside them reads, but Polars then panics or raises
+# turning it into a Python value (``to_dicts``, a JSON answer).
+_PYTHON_DAYS = (date.min - date(1970, 1, 1)).days, (date.max - date(1970, 1, 1)).days
+_TIMESTAMP_PER_DAY = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
+
+
+def _check_arrow_values(table: Any) -> None:  # a pyarrow Table (untyped)
+    """Refuse what pyarrow decodes without checking and Polars cannot take: a string that is
+    not UTF-8 (Polars keeps it, then crashes the process printing it: SIGSEGV) and a date
+    or timestamp outside Python's years 1-9999."""
+    table.validate(full=True)  # ArrowInvalid naming the column: "Invalid UTF8 sequence"
+    _check_metadata_text(table.schema)
+    for field, column in zip(table.schema, table.columns, strict=True):
+        why = polars_import_problem(field.type)
+        if why is not None:
+            raise ValueError(f"column {field.name} is {field.type}, {why}")
+        _check_temporal_range(field.name, column)
+
+
+def _check_metadata_text(schema: Any) -> None:  # a pyarrow Schema (untyped)
+    """Polars panics (a Rust backtrace, then a BaseException) importing a schema whose
+    metadata, or a field's, holds a key or value that is not UTF-8."""
+    for owner, metadata in [("the file", schema.metadata), *((f"column {f.name}", f.metadata) for f in schema)]:
+        for text in (metadata or {}).items():
+            for raw in text:
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ValueError(f"the metadata of {owner} is not UTF-8 text") from None
+
+
+def _check_temporal_range(name: str, values: Any) -> None:
+    """Dates and timestamps of ``values`` (a pyarrow array, nested lists and structs too)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = values.type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+        for chunk in chunks:
+            _check_temporal_range(name, pc.list_flatten(chunk))
+        return
+    if pa.types.is_struct(kind):
+        chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+        for chunk in chunks:
+            for i in range(kind.num_fields):
+                _check_temporal_range(f"{name}.{kind.field(i).name}", chunk.field(i))
+        return
+    if pa.types.is_date32(kind):
+        low, high = _PYTHON_DAYS
+    elif pa.types.is_timestamp(kind):
+        low, high = (day * _TIMESTAMP_PER_DAY[kind.unit] for day in _PYTHON_DAYS)
+    else:
+        return
+    raw = pc.min_max(values.cast(pa.int32() if pa.types.is_date32(kind) else pa.int64()))
+    least, most = raw["min"].as_py(), raw["max"].as_py()
+    if least is not None and (least < low or most > high):
+        raise ValueError(f"column {name} holds a {kind} outside the years 1-9999")
 
 
 def read_partition(root: Path, dataset: str, day: date | str, remedy: str = "") -> pl.DataFrame | None:

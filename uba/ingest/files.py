@@ -993,35 +993,6 @@ def _check_column_types(frame: pl.DataFrame, source: str) -> None:
                         f"an event field (expected text, numbers, datetimes or booleans)")
 
 
-def polars_import_problem(kind: Any) -> str | None:
-    """Why Polars cannot take an Arrow type (None when it can), checked before any value is
-    converted: Polars panics (printing a Rust backtrace) on Int256 decimals and intervals,
-    and refuses a time zone it does not know only when the column is converted."""
-    import pyarrow as pa
-
-    types = pa.types
-    if types.is_decimal256(kind):
-        return "a 256-bit decimal (store it as decimal128 with precision <= 38, or double)"
-    if types.is_timestamp(kind) and kind.tz is not None:
-        try:
-            pl.Series([], dtype=pl.Int64).cast(pl.Datetime(kind.unit, kind.tz))
-        except (pl.exceptions.PolarsError, ValueError):
-            return f"a timestamp in the unknown time zone {_excerpt(str(kind.tz))!r}"
-        return None
-    if types.is_list(kind) or types.is_large_list(kind) or types.is_fixed_size_list(kind):
-        return polars_import_problem(kind.value_type)
-    if types.is_struct(kind):
-        return next((why for index in range(kind.num_fields)
-                     if (why := polars_import_problem(kind.field(index).type))), None)
-    if types.is_dictionary(kind):
-        return polars_import_problem(kind.value_type)
-    plain = (types.is_null, types.is_boolean, types.is_integer, types.is_floating, types.is_string,
-             types.is_large_string, types.is_binary, types.is_large_binary, types.is_fixed_size_binary,
-             types.is_date, types.is_time, types.is_timestamp, types.is_duration, types.is_decimal128,
-             types.is_string_view, types.is_binary_view)
-    return None if any(test(kind) for test in plain) else "a type Polars cannot read"
-
-
 def _parquet_columns(parquet: Any, path: Path, limits: IngestSettings,
                      ignored: _IgnoredNote | None) -> list[str]:
     """The event columns to read, from the footer alone; refuses with one line (naming file
@@ -1041,7 +1012,7 @@ def _parquet_columns(parquet: Any, path: Path, limits: IngestSettings,
             raise UserError(f"{path}: column {name!r} appears {counts[name]} times; parsers disagree on "
                             "which one holds the field, so the file is refused")
         kind = schema.field(name).type
-        why = polars_import_problem(kind)
+        why = storage.polars_import_problem(kind)
         if why is not None:
             raise UserError(f"{path}: column {name!r} has type {_excerpt(str(kind))}, {why}, which cannot "
                             "hold an event field")
