@@ -239,22 +239,24 @@ def read_parquet_file(source: Path | bytes, columns: Sequence[str] | None = None
     value count made negative) Polars 2.1 and 2.2 ask for 2**61 bytes and abort the process,
     past any ``except``: one damaged triage part ended ``alerts list``, and one damaged
     risk part the API worker that served it. pyarrow raises on every one-byte change of
-    such pages (tests/test_parquet_damage.py), and reads a small file faster (0.55 ms
-    against 0.69). What pyarrow lets through and Polars cannot take is refused here too
-    (``_check_declared_rows``, ``_check_arrow_values``; the files an attack found are in
+    such pages (tests/test_parquet_damage.py). It reads a small file faster (0.55 ms against
+    0.69) and a big one slower (a 200,000-user baseline snapshot of 205 MB: 0.31 s against 0.15). What pyarrow lets through and Polars cannot take is refused here too
+    (``_read_capped``, ``_check_arrow_values``; the files two attacks found are in
     tests/hostile/parquet/). The day's events and scores, read in bulk by the batch, stay
     Polars scans."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    size = len(source) if isinstance(source, bytes) else os.stat(source).st_size
     try:
         handle = pq.ParquetFile(BytesIO(source) if isinstance(source, bytes) else str(source))
-        _check_declared_rows(handle.metadata)
-        table = handle.read(columns=None if columns is None else list(columns))
+        table = _read_capped(handle, columns, _decoded_cap(size))
         _check_arrow_values(table)
         frame = pl.from_arrow(table)
-    except OSError:
-        raise
+    except OSError as exc:
+        if exc.errno is not None:  # the file system's: a file gone (a merged table part), no permission
+            raise
+        raise UnreadableParquetError(first_line(exc).rstrip(".")) from exc  # pyarrow's decode errors
     # ValueError: a name in the footer that is not UTF-8 (pyarrow's UnicodeDecodeError), a
     # date out of Python's range; a Rust panic in from_arrow (a metadata key that is not
     # UTF-8, a decimal256 column) is a BaseException no caller's ``except`` would catch
@@ -293,16 +295,38 @@ def polars_import_problem(kind: Any) -> str | None:
     return None if any(test(kind) for test in plain) else "a type Polars cannot read"
 
 
-def _check_declared_rows(metadata: Any) -> None:  # pyarrow's FileMetaData (untyped)
-    """Refuse a row group that says it holds more rows than its columns hold values: pyarrow
-    sizes its buffers by the row count, so one forged count (2**40 on a 1.5 kB file) took
-    10 GiB in 1.5 s. A flat column holds one value (or null) per row; a list column more."""
-    for g in range(metadata.num_row_groups):
-        group = metadata.row_group(g)
-        values = max((group.column(c).num_values for c in range(group.num_columns)), default=0)
-        if group.num_rows > values:
-            raise ValueError(f"row group {g} says it holds {group.num_rows} rows, but its columns hold "
-                             f"{values} values at most")
+# A whole-file read stops once what it decoded passes this many times the file's size (at
+# least _DECODED_FLOOR): the files read whole hold distinct ids and numbers, a few times
+# their encoded size, while one 518-byte file (a dictionary of one 8 MiB string, 256 rows)
+# decodes to 2 GiB. Checked between batches of _BATCH_ROWS rows (what one batch decodes
+# is the most a file can take past the cap).
+_DECODED_RATIO = 1000
+_DECODED_FLOOR = 256 << 20
+_BATCH_ROWS = 8_192
+
+
+def _decoded_cap(size: int) -> int:
+    return max(_DECODED_RATIO * size, _DECODED_FLOOR)
+
+
+def _read_capped(handle: Any, columns: Sequence[str] | None, cap: int) -> Any:  # pyarrow ParquetFile -> Table
+    """The file in batches, refused once they pass ``cap`` bytes. ``ParquetFile.read``
+    sizes its buffers by the footer's row counts: a row group saying it holds 2**40 rows
+    took 10 GiB in 1.5 s; batch by batch the read stops where the pages do. The footer's
+    column entries are never opened here: pyarrow's accessor for one whose physical type
+    was damaged throws a C++ exception that aborts the process."""
+    import pyarrow as pa
+
+    batches, decoded = [], 0
+    for batch in handle.iter_batches(batch_size=_BATCH_ROWS, columns=None if columns is None else list(columns)):
+        decoded += batch.nbytes
+        if decoded > cap:
+            raise ValueError(f"it decodes to more than {cap >> 20} MiB ({_DECODED_RATIO} times its size at most)")
+        batches.append(batch)
+    if batches:
+        return pa.Table.from_batches(batches)
+    schema = handle.schema_arrow
+    return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
 
 
 # Python's dates: a stored date outside them reads, but Polars then panics or raises
@@ -326,14 +350,41 @@ def _check_arrow_values(table: Any) -> None:  # a pyarrow Table (untyped)
 
 def _check_metadata_text(schema: Any) -> None:  # a pyarrow Schema (untyped)
     """Polars panics (a Rust backtrace, then a BaseException) importing a schema whose
-    metadata, or a field's, holds a key or value that is not UTF-8."""
-    for owner, metadata in [("the file", schema.metadata), *((f"column {f.name}", f.metadata) for f in schema)]:
-        for text in (metadata or {}).items():
-            for raw in text:
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise ValueError(f"the metadata of {owner} is not UTF-8 text") from None
+    metadata, or a field's, holds a key or value that is not UTF-8; and using a frame whose
+    nested field carries an extension type (a ``polars.enum`` list item: writing it panicked)."""
+    _check_text_of("the file", schema.metadata)
+    for field in schema:
+        _check_text_of(f"column {field.name}", field.metadata)
+        _check_nested_fields(field.name, field.type)
+
+
+def _check_text_of(owner: str, metadata: dict[bytes, bytes] | None) -> None:
+    for text in (metadata or {}).items():
+        for raw in text:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"the metadata of {owner} is not UTF-8 text") from None
+
+
+def _check_nested_fields(name: str, kind: Any) -> None:  # a pyarrow DataType
+    """The fields inside ``kind`` (list items, struct children, map keys and items)."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(kind):
+        children = [kind.field(i) for i in range(kind.num_fields)]
+    elif pa.types.is_map(kind):
+        children = [kind.key_field, kind.item_field]
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        children = [kind.value_field]
+    else:
+        return
+    for child in children:
+        where = f"{name}.{child.name}"
+        _check_text_of(f"column {where}", child.metadata)
+        if child.metadata and b"ARROW:extension:name" in child.metadata:
+            raise ValueError(f"column {where} carries an extension type, which nothing here writes")
+        _check_nested_fields(where, child.type)
 
 
 def _check_temporal_range(name: str, values: Any) -> None:
@@ -342,7 +393,7 @@ def _check_temporal_range(name: str, values: Any) -> None:
     import pyarrow.compute as pc
 
     kind = values.type
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
         chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
         for chunk in chunks:
             _check_temporal_range(name, pc.list_flatten(chunk))
@@ -357,12 +408,15 @@ def _check_temporal_range(name: str, values: Any) -> None:
         low, high = _PYTHON_DAYS
     elif pa.types.is_timestamp(kind):
         low, high = (day * _TIMESTAMP_PER_DAY[kind.unit] for day in _PYTHON_DAYS)
+    elif pa.types.is_duration(kind):  # Python's timedelta: 999,999,999 days either way
+        low, high = (day * _TIMESTAMP_PER_DAY[kind.unit] for day in (-timedelta.max.days, timedelta.max.days))
     else:
         return
     raw = pc.min_max(values.cast(pa.int32() if pa.types.is_date32(kind) else pa.int64()))
     least, most = raw["min"].as_py(), raw["max"].as_py()
     if least is not None and (least < low or most > high):
-        raise ValueError(f"column {name} holds a {kind} outside the years 1-9999")
+        raise ValueError(f"column {name} holds a {kind} outside what Python's dates and times hold "
+                         "(years 1-9999, 999,999,999 days)")
 
 
 def read_partition(root: Path, dataset: str, day: date | str, remedy: str = "") -> pl.DataFrame | None:
