@@ -337,8 +337,9 @@ _TIMESTAMP_PER_DAY = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns":
 
 def _check_arrow_values(table: Any) -> None:  # a pyarrow Table (untyped)
     """Refuse what pyarrow decodes without checking and Polars cannot take: a string that is
-    not UTF-8 (Polars keeps it, then crashes the process printing it: SIGSEGV) and a date
-    or timestamp outside Python's years 1-9999."""
+    not UTF-8 (Polars keeps it, then crashes the process printing it: SIGSEGV), metadata
+    that is not UTF-8 and types Polars has no counterpart for (a panic in ``from_arrow``),
+    and a date, timestamp or duration Python cannot hold (a panic turning it into one)."""
     table.validate(full=True)  # ArrowInvalid naming the column: "Invalid UTF8 sequence"
     _check_metadata_text(table.schema)
     for field, column in zip(table.schema, table.columns, strict=True):
@@ -388,7 +389,8 @@ def _check_nested_fields(name: str, kind: Any) -> None:  # a pyarrow DataType
 
 
 def _check_temporal_range(name: str, values: Any) -> None:
-    """Dates and timestamps of ``values`` (a pyarrow array, nested lists and structs too)."""
+    """Dates, timestamps and durations of ``values`` (a pyarrow array; inside lists and
+    structs too)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
