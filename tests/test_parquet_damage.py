@@ -39,7 +39,7 @@ from uba.scoring.driver import ScoreOptions, score_day
 HEADER_BYTES = 16
 # At most this many of a file's header bytes, drawn with a fixed seed (a baseline snapshot
 # has 140 columns: all of them would take half a minute).
-MAX_OFFSETS = 500
+MAX_OFFSETS = 250
 
 CHILD = textwrap.dedent("""
     import os, sys
