@@ -224,9 +224,10 @@ class UnreadableParquetError(ValueError):
     page header or page."""
 
 
-# What a whole-file read raises for a file that is there but does not decode: every reader
-# that names such a file catches these (OSError: a missing file, or pyarrow's I/O errors).
-UNREADABLE_PARQUET: tuple[type[Exception], ...] = (UnreadableParquetError, pl.exceptions.PolarsError, OSError)
+# What a whole-file read (``read_parquet_file``) raises for a file it cannot give: every
+# reader that names such a file catches these (OSError: the file system's, a file gone or
+# not permitted; everything about the bytes is UnreadableParquetError).
+UNREADABLE_PARQUET: tuple[type[Exception], ...] = (UnreadableParquetError, OSError)
 
 
 def read_parquet_file(source: Path | bytes, columns: Sequence[str] | None = None) -> pl.DataFrame:

@@ -26,7 +26,14 @@ import polars as pl
 
 from uba import io
 from uba.alerting.records import day_records
-from uba.alerting.risk import read_risk, risk_window, risk_window_days, stale_marker, user_series
+from uba.alerting.risk import (
+    read_risk,
+    rescore_remedy,
+    risk_window,
+    risk_window_days,
+    stale_marker,
+    user_series,
+)
 from uba.alerting.triage import status_counts
 from uba.alerting.userday import riskiest_first
 from uba.errors import UserError
@@ -170,7 +177,7 @@ class ReportData:
 
 
 def _scan_or_empty(root: Path, dataset: str, day: date, schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
-    table = io.read_partition(root, dataset, day, f"re-score {day.isoformat()} or restore it from a backup")
+    table = io.read_partition(root, dataset, day, rescore_remedy(day))
     return table.lazy() if table is not None else pl.LazyFrame(schema=dict(schema))
 
 

@@ -494,7 +494,7 @@ def _published_alerts(output_dir: Path, dataset: str, day: date) -> pl.DataFrame
     unreadable: that day is not found, the others still are)."""
     try:
         return io.read_partition(Path(output_dir), dataset, day)
-    except (OSError, pl.exceptions.PolarsError, io.CorruptPartError) as exc:
+    except (OSError, io.CorruptPartError) as exc:
         log.warning("%s of %s not read while looking for a verdict's alert: %s", dataset, day, exc)
         return None
 
