@@ -33,6 +33,7 @@ from uba import io
 from uba.alerting.feedback import record_feedback
 from uba.alerting.risk import read_risk
 from uba.alerting.triage import TRIAGE, TRIAGE_SCHEMA
+from uba.monitoring.user_evaluation import max_score_ranking
 from uba.scoring.driver import ScoreOptions, score_day
 
 # Bytes changed from the start of each page: the page header (type, sizes, value count).
@@ -124,6 +125,20 @@ def polars_abort(part: Path) -> tuple[int, int]:
     return int(at), int(value, 16)
 
 
+def polars_scan_breaks(part: Path) -> tuple[int, int]:
+    """The first mutant of ``part``'s page headers that a plain Polars scan does not survive
+    as an ``Exception`` (a Rust panic or an abort): (offset, byte)."""
+    polars_reader = "import polars as pl\ndef polars_read(path):\n    try:\n        pl.scan_parquet(path).collect()\n" \
+                    "    except Exception:\n        pass"
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / part.name
+        copy.write_bytes(part.read_bytes())
+        breaks = sweep(copy, polars_reader, "polars_read(target)", limit=None)
+    assert breaks.returncode != 0, breaks.stdout[-300:]
+    _, at, value = breaks.stdout.strip().splitlines()[-1].split()
+    return int(at), int(value, 16)
+
+
 def damage(part: Path, at: int, value: int) -> None:
     """Put one byte in place in a published part (a new file: the published one is shared)."""
     path = part.resolve()
@@ -150,6 +165,28 @@ def test_every_damaged_alert_table_is_read_or_refused(scored_day, dataset: str) 
     result = sweep(part, "from uba.alerting.records import day_records; from datetime import date",
                    f"day_records(Path({str(out)!r}), date.fromisoformat({day.isoformat()!r}), {what!r})")
     assert_survived(result, part)
+
+
+def test_a_damaged_scores_part_is_refused_before_evaluate_scans_it(scored_day, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``evaluate``'s ranking by max event score scans ``scores/`` with Polars (a day is too
+    big to decode whole): a mutant that ended it with a Rust panic (a BaseException, past
+    the ``except Exception`` of the CLI) is refused first by the sha256 the run manifest
+    lists, in one line naming the part and the re-score."""
+    out, day = scored_day
+    served = tmp_path / "out"
+    shutil.copytree(out, served, symlinks=True)
+    part = io.partition_files(served, io.SCORES, day)[0]
+    at, value = polars_scan_breaks(part)
+    ranking = ("from uba.monitoring.user_evaluation import max_score_ranking; from datetime import date",
+               f"max_score_ranking(Path({str(served)!r}), [date.fromisoformat({day.isoformat()!r})])")
+    assert_survived(sweep(part, *ranking), part)
+    damage(part, at, value)
+    with pytest.raises(io.CorruptPartError, match=f"scores part {part} is corrupt: its sha256 .* the run manifest "
+                       f".* records; re-score {day.isoformat()}"):
+        max_score_ranking(served, [day])
+    part.unlink()
+    with pytest.raises(io.CorruptPartError, match=f"scores part {part} listed in the run manifest .* is missing"):
+        max_score_ranking(served, [day])
 
 
 def test_every_damaged_analysts_table_part_is_read_or_refused(tmp_path: Path) -> None:

@@ -960,6 +960,29 @@ def verify_part(part: Path, remedy: str = "") -> bool:
     return True
 
 
+def listed_parts_problem(folder: Path, listed: dict[str, str], listing: str) -> str | None:
+    """What is wrong with the parts of the partition ``folder`` against ``listed`` (part
+    name -> sha256, from ``listing``, e.g. a run manifest), or None when every part is
+    listed with its bytes and every listed part is there: a part added, one gone, or other
+    bytes."""
+    parts = _finished_parts(folder) if folder.is_dir() else []
+    names = {part.name for part in parts}
+    for part in parts:
+        if part.name not in listed:
+            return f"{_kind(part)} part {part} is not in {listing}: it was added after the day was published"
+        try:
+            digest = _sha256_cached(part, part.stat())
+        except OSError as exc:
+            return f"{_kind(part)} part {part} cannot be read: {exc.strerror or exc}"
+        if digest != listed[part.name]:
+            return (f"{_kind(part)} part {part} is corrupt: its sha256 {digest[:16]}... is not the "
+                    f"{listed[part.name][:16]}... {listing} records")
+    missing = sorted(set(listed) - names)
+    if missing:
+        return f"{_kind(folder / missing[0])} part {folder / missing[0]} listed in {listing} is missing"
+    return None
+
+
 def part_intact(part: Path) -> bool:
     """True when ``part`` matches its manifest entry, or (no sha256 known) its Parquet footer reads."""
     try:

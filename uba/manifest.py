@@ -433,6 +433,33 @@ def _check_sections(data: dict[str, JsonValue], path: Path) -> None:
                             "not a JSON object")
 
 
+def verify_published(output_dir: Path, dataset: str, day: date, remedy: str) -> None:
+    """Check the published ``dataset`` parts of ``day`` against the sha256 its manifest
+    lists (``outputs.<dataset>.files``): a CorruptPartError naming the part and ``remedy``.
+
+    For what is scanned by Polars rather than decoded whole (``scores``, too big for
+    ``io.read_parquet_file``): one flipped byte in a page header makes the scan abort the
+    process, past any ``except``. A day whose manifest lists no files (published before
+    they were listed) is read unverified. A rerun that publishes the day between the
+    manifest read and the hashing makes them disagree: the check is then made once more.
+    """
+    for attempt in range(2):
+        manifest = read_manifest(output_dir, day)
+        outputs = cast("dict[str, JsonValue]", manifest.get("outputs", {})) if manifest is not None else {}
+        section = outputs.get(dataset)
+        files = section.get("files") if isinstance(section, dict) else None
+        if not isinstance(files, dict):
+            return
+        listed = {name: str(entry.get("sha256")) for name, entry in files.items() if isinstance(entry, dict)}
+        listing = f"the run manifest {io.run_manifest_path(Path(output_dir), day)}"
+        problem = io.listed_parts_problem(io.partition_dir(Path(output_dir), dataset, day), listed, listing)
+        if problem is None:
+            return
+        if attempt == 0 and read_manifest(output_dir, day) != manifest:
+            continue
+        raise io.CorruptPartError(f"{problem}; {remedy}")
+
+
 def events_changed(manifest: RunManifest, data_dir: Path, day: date) -> str | None:
     """Why the published output of ``day`` no longer covers its stored events (None when it
     does): events ingested after the day was scored (a collector's backlog) were never

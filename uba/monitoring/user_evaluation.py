@@ -30,9 +30,9 @@ import numpy as np
 import polars as pl
 
 from uba import io
-from uba.alerting.risk import HIGH_LEVELS, read_risk, stale_marker
+from uba.alerting.risk import HIGH_LEVELS, read_risk, rescore_remedy, stale_marker
 from uba.generate.store import campaigns_path
-from uba.manifest import read_manifest
+from uba.manifest import read_manifest, verify_published
 from uba.monitoring.charts import file_backend, png_bytes
 from uba.schema import unsuppressed_alert
 
@@ -142,6 +142,8 @@ def risk_ranking(output_dir: Path, days: Sequence[date]) -> pl.DataFrame:
 
 def max_score_ranking(output_dir: Path, days: Sequence[date]) -> pl.DataFrame:
     """(user, day, max event score, any unsuppressed alert) from the published scores."""
+    for day in days:
+        verify_published(output_dir, SCORES_TABLE, day, rescore_remedy(day))
     scanned = io.scan_partitions(output_dir, SCORES_TABLE, days)
     if scanned is None:
         return pl.DataFrame(schema=RANKING_SCHEMA)
