@@ -511,9 +511,7 @@ class _Run:
     def _merge_results(self, results: list[shard.ShardResult]) -> dict[str, int]:
         """Add up the shards' counts and partial results (drift bins, per-user alerts)."""
         for result in results:
-            per_user = pl.from_arrow(result.per_user)
-            assert isinstance(per_user, pl.DataFrame)  # an Arrow table, never an array
-            self.ops.add_partial(result.drift, per_user)
+            self.ops.add_partial(result.drift, result.per_user)
         return {"scored_rows": sum(r.rows for r in results),
                 "known_user_rows": sum(r.known_user_rows for r in results),
                 "flagged_rows": sum(r.flagged_rows for r in results)}
