@@ -13,8 +13,10 @@ UserError. A mutant that kills the child fails the test, naming the byte.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -33,6 +35,7 @@ from uba import io
 from uba.alerting.feedback import record_feedback
 from uba.alerting.risk import read_risk
 from uba.alerting.triage import TRIAGE, TRIAGE_SCHEMA
+from uba.errors import UserError
 from uba.monitoring.user_evaluation import max_score_ranking
 from uba.scoring.driver import ScoreOptions, score_day
 
@@ -175,17 +178,42 @@ def test_a_damaged_scores_part_is_refused_before_evaluate_scans_it(scored_day, t
     out, day = scored_day
     served = tmp_path / "out"
     shutil.copytree(out, served, symlinks=True)
+    before = max_score_ranking(served, [day])
+    assert before.height > 0  # the undamaged day reads
     part = io.partition_files(served, io.SCORES, day)[0]
-    at, value = polars_scan_breaks(part)
-    ranking = ("from uba.monitoring.user_evaluation import max_score_ranking; from datetime import date",
-               f"max_score_ranking(Path({str(served)!r}), [date.fromisoformat({day.isoformat()!r})])")
-    assert_survived(sweep(part, *ranking), part)
-    damage(part, at, value)
-    with pytest.raises(io.CorruptPartError, match=f"scores part {part} is corrupt: its sha256 .* the run manifest "
-                       f".* records; re-score {day.isoformat()}"):
+    damage(part, *polars_scan_breaks(part))
+    with pytest.raises(io.CorruptPartError, match=f"scores part {re.escape(str(part))} is corrupt: its sha256 .* "
+                       f"the run manifest .* records; re-score {day.isoformat()}"):
         max_score_ranking(served, [day])
     part.unlink()
-    with pytest.raises(io.CorruptPartError, match=f"scores part {part} listed in the run manifest .* is missing"):
+    with pytest.raises(io.CorruptPartError,
+                       match=f"scores part {re.escape(str(part))} listed in the run manifest .* is missing"):
+        max_score_ranking(served, [day])
+
+
+def test_scores_parts_the_run_manifest_does_not_vouch_for_are_refused(scored_day, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A part added after publishing, a manifest entry without its sha256, and parts whose
+    manifest is gone are each one line naming what is wrong."""
+    out, day = scored_day
+    served = tmp_path / "out"
+    shutil.copytree(out, served, symlinks=True)
+    parts = io.partition_files(served, io.SCORES, day)
+    extra = parts[0].with_name("part-99999.parquet")
+    shutil.copyfile(parts[0], extra)
+    with pytest.raises(io.CorruptPartError, match=f"scores part {re.escape(str(extra))} is not in the run manifest "
+                       ".*: it was added after the day was published; re-score"):
+        max_score_ranking(served, [day])
+    extra.unlink()
+    manifest = io.run_manifest_path(served, day).resolve()
+    record = json.loads(manifest.read_text())
+    del record["outputs"]["scores"]["files"][parts[0].name]["sha256"]
+    manifest.write_text(json.dumps(record))
+    with pytest.raises(UserError, match=re.escape(f"outputs.scores.files['{parts[0].name}'].sha256 is missing")):
+        max_score_ranking(served, [day])
+    manifest.unlink()
+    folder = io.partition_dir(served, io.SCORES, day)
+    with pytest.raises(io.CorruptPartError, match=f"scores partition {re.escape(str(folder))} has parts but no run "
+                       f"manifest .*: they cannot be verified; re-score {day.isoformat()}"):
         max_score_ranking(served, [day])
 
 

@@ -964,7 +964,8 @@ def listed_parts_problem(folder: Path, listed: dict[str, str], listing: str) -> 
     """What is wrong with the parts of the partition ``folder`` against ``listed`` (part
     name -> sha256, from ``listing``, e.g. a run manifest), or None when every part is
     listed with its bytes and every listed part is there: a part added, one gone, or other
-    bytes."""
+    bytes. A part that cannot be opened (permissions) is no damage: CorruptPartError
+    saying so, which the caller's remedy (re-score, restore) would not repair."""
     parts = _finished_parts(folder) if folder.is_dir() else []
     names = {part.name for part in parts}
     for part in parts:
@@ -973,7 +974,7 @@ def listed_parts_problem(folder: Path, listed: dict[str, str], listing: str) -> 
         try:
             digest = _sha256_cached(part, part.stat())
         except OSError as exc:
-            return f"{_kind(part)} part {part} cannot be read: {exc.strerror or exc}"
+            raise CorruptPartError(f"{_kind(part)} part {part} cannot be read: {exc.strerror or exc}") from exc
         if digest != listed[part.name]:
             return (f"{_kind(part)} part {part} is corrupt: its sha256 {digest[:16]}... is not the "
                     f"{listed[part.name][:16]}... {listing} records")

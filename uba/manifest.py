@@ -439,25 +439,43 @@ def verify_published(output_dir: Path, dataset: str, day: date, remedy: str) -> 
 
     For what is scanned by Polars rather than decoded whole (``scores``, too big for
     ``io.read_parquet_file``): one flipped byte in a page header makes the scan abort the
-    process, past any ``except``. A day whose manifest lists no files (published before
-    they were listed) is read unverified. A rerun that publishes the day between the
+    process, past any ``except``. Parts without a manifest (deleted, or a link to nothing)
+    cannot be checked and are refused too. A rerun that publishes the day between the
     manifest read and the hashing makes them disagree: the check is then made once more.
     """
+    folder = io.partition_dir(Path(output_dir), dataset, day)
     for attempt in range(2):
         manifest = read_manifest(output_dir, day)
-        outputs = cast("dict[str, JsonValue]", manifest.get("outputs", {})) if manifest is not None else {}
-        section = outputs.get(dataset)
-        files = section.get("files") if isinstance(section, dict) else None
-        if not isinstance(files, dict):
-            return
-        listed = {name: str(entry.get("sha256")) for name, entry in files.items() if isinstance(entry, dict)}
+        if manifest is None:
+            if io.partition_files(Path(output_dir), dataset, day):
+                raise io.CorruptPartError(f"{dataset} partition {folder} has parts but no run manifest "
+                                          f"{io.run_manifest_path(Path(output_dir), day)}: they cannot be verified; "
+                                          f"{remedy}")
+            return  # a day never scored: nothing to scan
         listing = f"the run manifest {io.run_manifest_path(Path(output_dir), day)}"
-        problem = io.listed_parts_problem(io.partition_dir(Path(output_dir), dataset, day), listed, listing)
+        problem = io.listed_parts_problem(folder, _listed_sha256(manifest, dataset, listing), listing)
         if problem is None:
             return
         if attempt == 0 and read_manifest(output_dir, day) != manifest:
             continue
         raise io.CorruptPartError(f"{problem}; {remedy}")
+
+
+def _listed_sha256(manifest: RunManifest, dataset: str, listing: str) -> dict[str, str]:
+    """Part name -> sha256 from ``outputs.<dataset>.files``; a listing that is not one (a
+    hand edit: the driver always writes it) is a UserError naming the field."""
+    outputs = cast("dict[str, JsonValue]", manifest.get("outputs", {}))
+    section = outputs.get(dataset)
+    files = section.get("files") if isinstance(section, dict) else None
+    if not isinstance(files, dict):
+        raise UserError(f"{listing}: outputs.{dataset}.files is missing or not a JSON object")
+    listed = {}
+    for name, entry in files.items():
+        sha256 = entry.get("sha256") if isinstance(entry, dict) else None
+        if not isinstance(sha256, str):
+            raise UserError(f"{listing}: outputs.{dataset}.files[{name!r}].sha256 is missing or not a string")
+        listed[name] = sha256
+    return listed
 
 
 def events_changed(manifest: RunManifest, data_dir: Path, day: date) -> str | None:
