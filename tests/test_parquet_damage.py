@@ -303,6 +303,9 @@ REFUSALS = {
     "duration_min.parquet": "column d holds a duration[ms] outside the years 1-9999",
     "enum_list_item.parquet": "column s.element carries an extension type, which nothing here writes",
     "dictionary_bomb.parquet": "it decodes to more than 256 MiB (1000 times its size at most)",
+    "dictionary_bomb_8mib.parquet": "it decodes to more than 256 MiB (1000 times its size at most)",
+    "fixed_size_binary_bomb.parquet": "column user_id holds fixed-size binary values of 8,388,608 bytes "
+                                      "(at most 1,024 are read)",
 }
 # A forged row count only: read batch by batch, the file gives the rows its pages hold (the
 # whole read took 1 to 10 GiB for these).
@@ -341,3 +344,65 @@ def test_every_file_of_the_hostile_parquet_corpus_is_refused_in_one_line() -> No
                 **{n: ("read", str(shape)) for n, shape in READS.items()}}
     assert [tuple(line) for line in said] == [(n, *expected[n]) for n in sorted(expected) for _ in "ab"]
     assert "panicked" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_text_bombs_are_refused_before_their_values_are_decoded() -> None:
+    """The 530-byte file of one 8 MiB string on 256 rows was refused only after its first
+    batch decoded: 3.4 GiB peak RSS. Text is now read as dictionaries and its decoded size
+    counted from the value lengths, so the child's peak stays far below one batch's 2 GiB;
+    a nested text bomb (a list of the same string) is counted and refused the same way."""
+    import pyarrow as pa
+
+    with tempfile.TemporaryDirectory() as folder:
+        nested = Path(folder) / "nested.parquet"
+        value = pa.array(["x" * (8 << 20)])
+        items = pa.DictionaryArray.from_arrays(pa.array([0] * 256, pa.int32()), value)
+        lists = pa.ListArray.from_arrays(pa.array([0, 128, 256], pa.int32()), items)
+        pq.write_table(pa.table({"reasons": lists}), nested, compression="zstd", store_schema=False)
+        child = textwrap.dedent("""
+            import sys
+            from pathlib import Path
+            from uba import io
+            for name in sys.argv[1:]:
+                try:
+                    io.read_parquet_file(Path(name))
+                    print("read", name)
+                except io.UnreadableParquetError as exc:
+                    print("refused", exc)
+            # VmHWM is this program's own: ru_maxrss keeps the pytest process's across exec
+            print(next(int(line.split()[1]) >> 10 for line in open("/proc/self/status")
+                       if line.startswith("VmHWM:")))
+        """)
+        result = subprocess.run([sys.executable, "-c", child, str(HOSTILE / "dictionary_bomb_8mib.parquet"),
+                                 str(nested)], capture_output=True, text=True, timeout=120)
+    *answers, peak_mib = result.stdout.splitlines()
+    assert answers == ["refused it decodes to more than 256 MiB (1000 times its size at most)"] * 2, result.stderr
+    assert int(peak_mib) < 600, peak_mib
+
+
+def test_text_read_as_dictionaries_comes_back_as_it_was_stored(tmp_path: Path) -> None:
+    """Reading text as dictionaries must not change what a caller gets: plain, nested, null,
+    large and view text give the same frame as pyarrow's plain read (a view column made the
+    first version fail its cast), and a column stored as a dictionary stays one (a Polars
+    categorical), as before."""
+    import pyarrow as pa
+
+    table = pa.table({
+        "user_id": ["u1", None, "u3"],
+        "reasons": [["a", "b"], None, []],
+        "contributions": [[{"kind": "x", "points": 1.5}], [{"kind": None, "points": 2.0}], None],
+        "blob": pa.array([b"\x00\x01", b"", None], pa.binary()),
+        "level": pa.array(["low", "high", "low"]).dictionary_encode(),
+        "n": [1, 2, 3],
+        "view": pa.array(["x", None, "z"], pa.string_view()),  # pyarrow casts no dictionary to a view
+        "views": pa.array([["a"], None, []], pa.list_(pa.string_view())),
+        "pair": pa.array([["a", "b"], None, ["c", None]], pa.list_(pa.large_string(), 2)),
+        "record": pa.array([{"k": b"v"}, None, {"k": None}], pa.struct([("k", pa.binary_view())])),
+    })
+    path = tmp_path / "t.parquet"
+    pq.write_table(table, path)
+    frame = io.read_parquet_file(path)
+    assert frame.equals(pl.from_arrow(pq.read_table(path)))
+    assert frame.schema["level"] == pl.Categorical and frame.schema["reasons"] == pl.List(pl.String)
+    assert io.read_parquet_file(path, columns=["reasons", "n"]).to_dicts() == [
+        {"reasons": ["a", "b"], "n": 1}, {"reasons": None, "n": 2}, {"reasons": [], "n": 3}]

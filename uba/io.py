@@ -240,10 +240,11 @@ def read_parquet_file(source: Path | bytes, columns: Sequence[str] | None = None
     value count made negative) Polars 2.1 and 2.2 ask for 2**61 bytes and abort the process,
     past any ``except``: one damaged triage part ended ``alerts list``, and one damaged
     risk part the API worker that served it. pyarrow raises on every one-byte change of
-    such pages (tests/test_parquet_damage.py). It reads a small file faster (0.55 ms against
-    0.69) and a big one slower (a 200,000-user baseline snapshot of 205 MB: 0.31 s against 0.15). What pyarrow lets through and Polars cannot take is refused here too
-    (``_read_capped``, ``_check_arrow_values``; the files two attacks found are in
-    tests/hostile/parquet/). The day's events and scores, read in bulk by the batch, stay
+    such pages (tests/test_parquet_damage.py). Text is read as dictionaries so a file's decoded
+    size is known before it is decoded (``_with_text_as_dictionaries``); that costs 1.0 -> 1.6 ms
+    on an 18-row risk part and 17 -> 27 ms on a 46,204-row flagged part. What pyarrow lets
+    through and Polars cannot take is refused here too (``_read_capped``,
+    ``_check_arrow_values``; the files the attacks found are in tests/hostile/parquet/). The day's events and scores, read in bulk by the batch, stay
     Polars scans."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -251,7 +252,8 @@ def read_parquet_file(source: Path | bytes, columns: Sequence[str] | None = None
     size = len(source) if isinstance(source, bytes) else os.stat(source).st_size
     try:
         handle = pq.ParquetFile(BytesIO(source) if isinstance(source, bytes) else str(source))
-        table = _read_capped(handle, columns, _decoded_cap(size))
+        table = _read_capped(_with_text_as_dictionaries(handle, source), columns, handle.schema_arrow,
+                             _decoded_cap(size))
         _check_arrow_values(table)
         frame = pl.from_arrow(table)
     except OSError as exc:
@@ -296,38 +298,167 @@ def polars_import_problem(kind: Any) -> str | None:
     return None if any(test(kind) for test in plain) else "a type Polars cannot read"
 
 
-# A whole-file read stops once what it decoded passes this many times the file's size (at
-# least _DECODED_FLOOR): the files read whole hold distinct ids and numbers, a few times
-# their encoded size, while one 518-byte file (a dictionary of one 8 MiB string, 256 rows)
-# decodes to 2 GiB. Checked between batches of _BATCH_ROWS rows (what one batch decodes
-# is the most a file can take past the cap).
+# A whole-file read stops once what it would decode passes this many times the file's size
+# (at least _DECODED_FLOOR): the files read whole hold distinct ids and numbers, a few times
+# their encoded size, while one 530-byte file (a dictionary of one 8 MiB string, 256 rows)
+# decodes to 2 GiB. Counted batch by batch of _BATCH_ROWS rows, before a text value is
+# decoded (text is read as dictionaries: ``_decoded_nbytes``).
 _DECODED_RATIO = 1000
 _DECODED_FLOOR = 256 << 20
 _BATCH_ROWS = 8_192
+_COUNT_EXACTLY_ABOVE = 1 << 20
+_BATCH_FIXED_BYTES = 16 << 20
+_MAX_FIXED_WIDTH = 1 << 10
 
 
 def _decoded_cap(size: int) -> int:
     return max(_DECODED_RATIO * size, _DECODED_FLOOR)
 
 
-def _read_capped(handle: Any, columns: Sequence[str] | None, cap: int) -> Any:  # pyarrow ParquetFile -> Table
-    """The file in batches, refused once they pass ``cap`` bytes. ``ParquetFile.read``
-    sizes its buffers by the footer's row counts: a row group saying it holds 2**40 rows
-    took 10 GiB in 1.5 s; batch by batch the read stops where the pages do. The footer's
-    column entries are never opened here: pyarrow's accessor for one whose physical type
-    was damaged throws a C++ exception that aborts the process."""
+def _with_text_as_dictionaries(handle: Any, source: Path | bytes) -> Any:  # pyarrow ParquetFile, twice
+    """The same file (its footer parsed once), reopened so that every text column, nested ones
+    included, reads as an Arrow dictionary: pyarrow decodes a dictionary-encoded page into one
+    copy of the value per row, and a 530-byte file of one 8 MiB string on 256 rows took 3.4 GiB
+    and 8 s before the decoded-size cap could refuse it. Leaf paths come from the schema, not
+    from the footer's column chunks (see ``_read_capped``); pyarrow leaves the columns that
+    are not byte arrays as they are."""
+    import pyarrow.parquet as pq
+
+    leaves = [handle.schema.column(index).path for index in range(len(handle.schema))]
+    reopened = BytesIO(source) if isinstance(source, bytes) else str(source)
+    return pq.ParquetFile(reopened, metadata=handle.metadata, read_dictionary=leaves)
+
+
+def _read_capped(handle: Any, columns: Sequence[str] | None, schema: Any, cap: int) -> Any:  # pyarrow
+    """The file in batches, refused once what they would decode passes ``cap`` bytes, then
+    its text decoded to ``schema`` (the file's own Arrow schema; a column stored as a
+    dictionary stays one). ``ParquetFile.read`` sizes its buffers by the footer's row counts:
+    a row group saying it holds 2**40 rows took 10 GiB in 1.5 s; batch by batch the read stops
+    where the pages do. The footer's column entries are never opened here: pyarrow's accessor
+    for one whose physical type was damaged throws a C++ exception that aborts the process."""
     import pyarrow as pa
 
+    wanted = schema if columns is None else pa.schema([schema.field(c) for c in columns])
+    _refuse_wide_fixed_values(wanted)
+    rows = _rows_per_batch(sum(_fixed_row_bytes(field.type) for field in wanted))
     batches, decoded = [], 0
-    for batch in handle.iter_batches(batch_size=_BATCH_ROWS, columns=None if columns is None else list(columns)):
-        decoded += batch.nbytes
+    for batch in handle.iter_batches(batch_size=rows, columns=None if columns is None else list(columns)):
+        decoded += sum(_decoded_nbytes(column) for column in batch.columns)
         if decoded > cap:
             raise ValueError(f"it decodes to more than {cap >> 20} MiB ({_DECODED_RATIO} times its size at most)")
         batches.append(batch)
-    if batches:
-        return pa.Table.from_batches(batches)
-    schema = handle.schema_arrow
-    return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
+    if not batches:
+        return wanted.empty_table()
+    table = pa.Table.from_batches(batches)
+    for index, (read, field) in enumerate(zip(table.schema, wanted, strict=True)):
+        if read.type != field.type:
+            table = table.set_column(index, field, _decoded(table.column(index), field.type))
+    return table.replace_schema_metadata(wanted.metadata)
+
+
+def _decoded(column: Any, kind: Any) -> Any:  # a pyarrow ChunkedArray, DataType
+    """``column`` (read with text as dictionaries) as the file's own type ``kind``: through
+    the dictionaries' value types first, since pyarrow casts no dictionary to a view type."""
+    plain = _without_dictionaries(column.type)
+    return column.cast(plain).cast(kind) if plain != kind else column.cast(kind)
+
+
+def _without_dictionaries(kind: Any) -> Any:  # a pyarrow DataType -> DataType
+    import pyarrow as pa
+
+    types = pa.types
+    if types.is_dictionary(kind):
+        return kind.value_type
+    if types.is_list(kind) or types.is_large_list(kind) or types.is_fixed_size_list(kind):
+        item = kind.value_field.with_type(_without_dictionaries(kind.value_type))
+        if types.is_fixed_size_list(kind):
+            return pa.list_(item, kind.list_size)
+        return pa.list_(item) if types.is_list(kind) else pa.large_list(item)
+    if types.is_struct(kind):
+        return pa.struct([kind.field(i).with_type(_without_dictionaries(kind.field(i).type))
+                          for i in range(kind.num_fields)])
+    return kind
+
+
+def _refuse_wide_fixed_values(schema: Any) -> None:  # a pyarrow Schema
+    """Refuse fixed-size binary values wider than _MAX_FIXED_WIDTH before a page is read:
+    nothing the product writes or reads whole holds one, no dictionary read exists for them,
+    and pyarrow decoded a whole dictionary page of them at once (a 513-byte file of one
+    8 MiB value on 256 rows asked for 2 GiB whatever the batch size)."""
+    for field in schema:
+        widths = _fixed_widths(field.type)
+        if widths and max(widths) > _MAX_FIXED_WIDTH:
+            raise ValueError(f"column {field.name} holds fixed-size binary values of {max(widths):,} bytes "
+                             f"(at most {_MAX_FIXED_WIDTH:,} are read)")
+
+
+def _fixed_widths(kind: Any) -> list[int]:  # a pyarrow DataType
+    import pyarrow as pa
+
+    if pa.types.is_fixed_size_binary(kind):
+        return [int(kind.byte_width)]
+    if pa.types.is_dictionary(kind):
+        return _fixed_widths(kind.value_type)
+    return [width for index in range(kind.num_fields) for width in _fixed_widths(kind.field(index).type)]
+
+
+def _rows_per_batch(fixed_row_bytes: int) -> int:
+    """_BATCH_ROWS, fewer when fixed-size binary values make a batch decode past
+    _BATCH_FIXED_BYTES: no dictionary read exists for them, and a 513-byte file of one 8 MiB
+    ``fixed_size_binary`` value on 256 rows decoded 2 GiB in its first batch."""
+    return min(_BATCH_ROWS, max(1, _BATCH_FIXED_BYTES // fixed_row_bytes)) if fixed_row_bytes else _BATCH_ROWS
+
+
+def _fixed_row_bytes(kind: Any) -> int:  # a pyarrow DataType
+    """Bytes of the fixed-size binary values one row of ``kind`` holds (a variable-length
+    list counted as one item)."""
+    import pyarrow as pa
+
+    types = pa.types
+    if types.is_fixed_size_binary(kind):
+        return int(kind.byte_width)
+    if types.is_fixed_size_list(kind):
+        return int(kind.list_size) * _fixed_row_bytes(kind.value_type)
+    if types.is_list(kind) or types.is_large_list(kind) or types.is_dictionary(kind):
+        return _fixed_row_bytes(kind.value_type)
+    if types.is_map(kind):
+        return _fixed_row_bytes(kind.key_type) + _fixed_row_bytes(kind.item_type)
+    if types.is_struct(kind):
+        return sum(_fixed_row_bytes(kind.field(index).type) for index in range(kind.num_fields))
+    return 0
+
+
+def _decoded_nbytes(array: Any) -> int:  # a pyarrow Array
+    """Bytes ``array`` takes once its dictionaries are decoded, counted without decoding
+    them: a text dictionary's value lengths gathered by the indices, at any depth."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        values = array.dictionary
+        bound = len(array) * int(values.nbytes)
+        if bound <= _COUNT_EXACTLY_ABOVE:  # a bound, cheaper than the count
+            return bound + 8 * (len(array) + 1)
+        if _is_text(values.type):
+            lengths = pc.take(pc.binary_length(values).cast(pa.int64()), array.indices)
+            return int(pc.sum(lengths).as_py() or 0) + 8 * (len(array) + 1)
+        return _decoded_nbytes(values.take(array.indices))
+    if pa.types.is_map(kind):
+        return int(array.offsets.nbytes) + _decoded_nbytes(array.keys) + _decoded_nbytes(array.items)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return 8 * (len(array) + 1) + _decoded_nbytes(array.flatten())
+    if pa.types.is_struct(kind):
+        return len(array) + sum(_decoded_nbytes(child) for child in array.flatten())
+    return int(array.nbytes)
+
+
+def _is_text(kind: Any) -> bool:  # a pyarrow DataType
+    import pyarrow as pa
+
+    types = pa.types
+    return any(test(kind) for test in (types.is_string, types.is_large_string, types.is_binary,
+                                       types.is_large_binary, types.is_string_view, types.is_binary_view))
 
 
 # Python's dates: a stored date outside them reads, but Polars then panics or raises
