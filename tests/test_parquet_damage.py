@@ -303,19 +303,21 @@ REFUSALS = {
     "duration_min.parquet": "column d holds a duration[ms] outside the years 1-9999",
     "enum_list_item.parquet": "column s.element carries an extension type, which nothing here writes",
     "dictionary_bomb.parquet": "it decodes to more than 256 MiB (1000 times its size at most)",
-    "dictionary_bomb_8mib.parquet": "it decodes to more than 256 MiB (1000 times its size at most)",
     "fixed_size_binary_bomb.parquet": "column user_id holds fixed-size binary values of 8,388,608 bytes "
                                       "(at most 1,024 are read)",
-    "dotted_path_collision_bomb.parquet": "it decodes to more than 256 MiB (1000 times its size at most)",
     "flba_8mib_as_decimal_bomb.parquet": "column x holds fixed-size binary values of 8,388,608 bytes "
                                          "(at most 1,024 are read)",
     "opaque_extension_fsb_bomb.parquet": "column o holds fixed-size binary values of 8,388,608 bytes "
                                          "(at most 1,024 are read)",
 }
+# Still decoded a batch at a time before the cap refuses them (one batch of these is 2 GiB:
+# docs/operations.md, "Damaged files read whole"); within the corpus test's 2 GiB address
+# space the allocation fails, and the answer must still be a one-line refusal.
+KNOWN_GAPS = ("dictionary_bomb_8mib.parquet", "dotted_path_collision_bomb.parquet")
 # Read in a child of their own with their peak memory taken (their values, printed, or the
 # pages they inflate take more than the corpus test's 2 GiB address space): (shape, MiB at most).
 MEMORY = {"dictionary_copy_per_batch_7kB.parquet": ((819_840, 1), 600),
-          "dictionary_page_per_rowgroup_retained.parquet": ((6, 1), 1_800)}
+          "dictionary_page_per_rowgroup_retained.parquet": ((6, 1), 1_000)}
 # A forged row count only: read batch by batch, the file gives the rows its pages hold (the
 # whole read took 1 to 10 GiB for these).
 READS = {"rg_num_rows_2p40_small.parquet": (1, 6), "rg_num_rows_2p31m1_small.parquet": (1, 6),
@@ -329,7 +331,7 @@ def test_every_file_of_the_hostile_parquet_corpus_is_refused_in_one_line() -> No
     on print, gigabytes. Read in a child, by path and as bytes, with its address space
     capped at 2 GiB (so a forged row count fails here rather than swapping), printing each
     answer."""
-    assert sorted(p.name for p in HOSTILE.glob("*.parquet")) == sorted([*REFUSALS, *READS, *MEMORY])
+    assert sorted(p.name for p in HOSTILE.glob("*.parquet")) == sorted([*REFUSALS, *READS, *KNOWN_GAPS, *MEMORY])
     child = textwrap.dedent("""
         import resource, sys
         from pathlib import Path
@@ -350,6 +352,9 @@ def test_every_file_of_the_hostile_parquet_corpus_is_refused_in_one_line() -> No
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-1000:] + result.stderr[-2000:]
     said = [line.split(" ", 2) for line in result.stdout.splitlines()]
+    assert sorted({name for name, answer, _ in said if answer == "refused" and name in KNOWN_GAPS}) == \
+        sorted(KNOWN_GAPS)
+    said = [line for line in said if line[0] not in KNOWN_GAPS]
     expected = {**{n: ("refused", w.replace(OUT_OF_RANGE, SAID_OUT_OF_RANGE)) for n, w in REFUSALS.items()},
                 **{n: ("read", str(shape)) for n, shape in READS.items()}}
     assert [tuple(line) for line in said] == [(n, *expected[n]) for n in sorted(expected) for _ in "ab"]
@@ -377,40 +382,24 @@ def _peak_read(paths: list[Path]) -> tuple[list[str], int]:
     return answers, int(peak_mib)
 
 
-def test_text_bombs_are_refused_before_their_values_are_decoded(tmp_path: Path) -> None:
-    """The 530-byte file of one 8 MiB string on 256 rows was refused only after its first
-    batch decoded: 3.4 GiB peak RSS. Text is now read as dictionaries and its decoded size
-    counted from the value lengths, so the child's peak stays far below one batch's 2 GiB;
-    a nested text bomb (a list of the same string) is counted and refused the same way."""
-    import pyarrow as pa
-
-    nested = tmp_path / "nested.parquet"
-    items = pa.DictionaryArray.from_arrays(pa.array([0] * 256, pa.int32()), pa.array(["x" * (8 << 20)]))
-    lists = pa.ListArray.from_arrays(pa.array([0, 128, 256], pa.int32()), items)
-    pq.write_table(pa.table({"reasons": lists}), nested, compression="zstd", store_schema=False)
-    answers, peak_mib = _peak_read([HOSTILE / "dictionary_bomb_8mib.parquet", nested])
-    assert answers == ["refused it decodes to more than 256 MiB (1000 times its size at most)"] * 2
-    assert peak_mib < 600, peak_mib
-
-
 @pytest.mark.parametrize("name", sorted(MEMORY))
-def test_dictionary_reads_keep_no_dictionary_copy_per_batch(name: str) -> None:
-    """The first dictionary read kept each batch (and the copy of the row group's dictionary
-    pyarrow gives every batch) until the end, and pyarrow's decode sized its output by the
+def test_files_that_broke_a_dictionary_read_read_in_bounded_memory(name: str) -> None:
+    """Reading text as dictionaries (tried, then withdrawn: docs/operations.md) kept each
+    batch's copy of the row group's dictionary, and pyarrow sized each decode by the
     dictionary's mean value length: the 7.7 kB file (641 values of 32 KiB, then 819,200
     empty strings) took 2.27 GiB; the 199 kB one (a 256 MiB dictionary page in each of 6
-    one-row row groups) 2.69 GiB. Both read, in bounded memory."""
+    one-row row groups) 2.69 GiB. The batch read takes about 230 and 630 MiB."""
     shape, most_mib = MEMORY[name]
     answers, peak_mib = _peak_read([HOSTILE / name])
     assert answers == [f"read {shape}"]
     assert peak_mib < most_mib, peak_mib
 
 
-def test_text_read_as_dictionaries_comes_back_as_it_was_stored(tmp_path: Path) -> None:
-    """Reading text as dictionaries must not change what a caller gets: plain, nested, null,
-    large and view text give the same frame as pyarrow's plain read (a view column made the
-    first version fail its cast), and a column stored as a dictionary stays one (a Polars
-    categorical), as before."""
+def test_valid_files_read_as_pyarrow_reads_them(tmp_path: Path) -> None:
+    """What a caller gets equals pyarrow's plain read: plain, nested, null, large and view text
+    (a view column failed the dictionary read's cast), also split over row groups (it refused
+    nested text spanning them), and a column stored as a dictionary stays one (a Polars
+    categorical). A wide fixed-size column is refused only when it is read."""
     import pyarrow as pa
 
     table = pa.table({
@@ -436,6 +425,11 @@ def test_text_read_as_dictionaries_comes_back_as_it_was_stored(tmp_path: Path) -
         split = tmp_path / f"groups-{rows}.parquet"
         pq.write_table(table.drop_columns(["view", "views", "record"]), split, row_group_size=rows)  # no view slicing
         assert io.read_parquet_file(split).equals(pl.from_arrow(pq.read_table(split)))
+    wide = tmp_path / "wide.parquet"
+    pq.write_table(pa.table({"user_id": ["u1"], "blob": pa.array([b"x" * 2048], pa.binary(2048))}), wide)
+    assert io.read_parquet_file(wide, columns=["user_id"]).to_dicts() == [{"user_id": "u1"}]
+    with pytest.raises(io.UnreadableParquetError, match="column blob holds fixed-size binary values of 2,048"):
+        io.read_parquet_file(wide)
     assert io.read_parquet_file(path, columns=["reasons", "n"]).to_dicts() == [
         {"reasons": ["a", "b"], "n": 1}, {"reasons": None, "n": 2}, {"reasons": [], "n": 3}]
 

@@ -240,19 +240,19 @@ def read_parquet_file(source: Path | bytes, columns: Sequence[str] | None = None
     value count made negative) Polars 2.1 and 2.2 ask for 2**61 bytes and abort the process,
     past any ``except``: one damaged triage part ended ``alerts list``, and one damaged
     risk part the API worker that served it. pyarrow raises on every one-byte change of
-    such pages (tests/test_parquet_damage.py). Text is read as dictionaries so a file's decoded
-    size is known before it is decoded (``_read_capped``; benchmarks/whole_file_read.py
-    measures what that costs). What pyarrow lets
-    through and Polars cannot take is refused here too (``_read_capped``,
-    ``_check_arrow_values``; the files the attacks found are in tests/hostile/parquet/). The day's events and scores, read in bulk by the batch, stay
+    such pages (tests/test_parquet_damage.py). It reads a small file faster (0.55 ms against
+    0.69) and a big one slower (a 200,000-user baseline snapshot of 205 MB: 0.31 s against 0.15). What pyarrow lets through and Polars cannot take is refused here too
+    (``_read_capped``, ``_check_arrow_values``; the files two attacks found are in
+    tests/hostile/parquet/). The day's events and scores, read in bulk by the batch, stay
     Polars scans."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     size = len(source) if isinstance(source, bytes) else os.stat(source).st_size
     try:
-        # opened once: the footer read first must describe the bytes decoded after it
-        with pa.BufferReader(source) if isinstance(source, bytes) else pa.OSFile(str(source)) as file:
-            table = _read_capped(file, columns, _decoded_cap(size))
+        handle = pq.ParquetFile(BytesIO(source) if isinstance(source, bytes) else str(source))
+        _refuse_wide_fixed_values(handle.schema, columns)
+        table = _read_capped(handle, columns, _decoded_cap(size))
         _check_arrow_values(table)
         frame = pl.from_arrow(table)
     except OSError as exc:
@@ -297,16 +297,14 @@ def polars_import_problem(kind: Any) -> str | None:
     return None if any(test(kind) for test in plain) else "a type Polars cannot read"
 
 
-# A whole-file read stops once what it would decode passes this many times the file's size
-# (at least _DECODED_FLOOR): the files read whole hold distinct ids and numbers, a few times
-# their encoded size, while one 530-byte file (a dictionary of one 8 MiB string, 256 rows)
-# decodes to 2 GiB. Counted batch by batch, before a text value is decoded.
+# A whole-file read stops once what it decoded passes this many times the file's size (at
+# least _DECODED_FLOOR): the files read whole hold distinct ids and numbers, a few times
+# their encoded size, while one 518-byte file (a dictionary of one 8 MiB string, 256 rows)
+# decodes to 2 GiB. Checked between batches of _BATCH_ROWS rows (what one batch decodes
+# is the most a file can take past the cap).
 _DECODED_RATIO = 1000
 _DECODED_FLOOR = 256 << 20
-# A batch holds about _BATCH_BYTES of values that are not text (text is counted exactly
-# before it is decoded), and 1 to _MAX_BATCH_ROWS rows.
-_BATCH_BYTES = 16 << 20
-_MAX_BATCH_ROWS = 65_536
+_BATCH_ROWS = 8_192
 _MAX_FIXED_WIDTH = 1 << 10
 
 
@@ -314,207 +312,38 @@ def _decoded_cap(size: int) -> int:
     return max(_DECODED_RATIO * size, _DECODED_FLOOR)
 
 
-def _read_capped(file: Any, columns: Sequence[str] | None, cap: int) -> Any:  # pyarrow NativeFile -> Table
-    """The file batch by batch, refused once what its batches decode to passes ``cap`` bytes.
-
-    Text leaves, nested ones too, are read as dictionaries (by leaf index: a column named
-    "a.b" and a struct ``a`` with a field ``b`` share the path ``a.b``), counted from the
-    dictionary's value lengths, then decoded batch by batch to the file's own types (a
-    column stored as a dictionary stays one). Decoded at once, a dictionary page holding one
-    8 MiB string on 256 rows took 3.4 GiB before the count could refuse it. Batches never
-    span row groups (pyarrow joins no nested dictionary chunks) and keep no dictionary
-    (pyarrow gives each batch a copy of the row group's dictionary so far).
-
-    ``ParquetFile.read`` sizes its buffers by the footer's row counts: a row group saying
-    it holds 2**40 rows took 10 GiB in 1.5 s; batch by batch the read stops where the pages
-    do. The footer's column-chunk entries are never opened here: pyarrow's accessor for one
-    whose physical type was damaged throws a C++ exception that aborts the process (the
-    schema's leaves are safe)."""
+def _read_capped(handle: Any, columns: Sequence[str] | None, cap: int) -> Any:  # pyarrow ParquetFile -> Table
+    """The file in batches, refused once they pass ``cap`` bytes. ``ParquetFile.read``
+    sizes its buffers by the footer's row counts: a row group saying it holds 2**40 rows
+    took 10 GiB in 1.5 s; batch by batch the read stops where the pages do. The footer's
+    column entries are never opened here: pyarrow's accessor for one whose physical type
+    was damaged throws a C++ exception that aborts the process."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    plain = pq.ParquetFile(file)
-    schema = plain.schema_arrow
-    _refuse_wide_fixed_values(plain.schema)
-    text = pq.ParquetFile(file, metadata=plain.metadata, read_dictionary=list(range(len(plain.schema))))
-    rows = _rows_per_batch(schema)
     batches, decoded = [], 0
-    for group in range(plain.metadata.num_row_groups):
-        for batch in text.iter_batches(batch_size=rows, row_groups=[group],
-                                       columns=None if columns is None else list(columns)):
-            decoded += sum(_decoded_nbytes(column) for column in batch.columns)
-            if decoded > cap:
-                raise ValueError(f"it decodes to more than {cap >> 20} MiB ({_DECODED_RATIO} times its size at most)")
-            batches.append(_decoded_batch(batch, schema))
-        batch = None  # its dictionary copy goes before the next row group's pages are read
-    if not batches:
-        return _empty_table(schema, columns)
-    return pa.Table.from_batches(batches).replace_schema_metadata(schema.metadata)
+    for batch in handle.iter_batches(batch_size=_BATCH_ROWS, columns=None if columns is None else list(columns)):
+        decoded += batch.nbytes
+        if decoded > cap:
+            raise ValueError(f"it decodes to more than {cap >> 20} MiB ({_DECODED_RATIO} times its size at most)")
+        batches.append(batch)
+    if batches:
+        return pa.Table.from_batches(batches)
+    schema = handle.schema_arrow
+    return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
 
 
-def _decoded_batch(batch: Any, schema: Any) -> Any:  # a pyarrow RecordBatch, Schema -> RecordBatch
-    import pyarrow as pa
-
-    fields = _stored_fields(batch.schema, schema)
-    arrays = [column if column.type == field.type else _decoded(column, field.type)
-              for column, field in zip(batch.columns, fields, strict=True)]
-    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
-
-
-def _stored_fields(read: Any, schema: Any) -> list[Any]:  # pyarrow Schemas -> Fields
-    """The file's own field for each column read (the n-th of a repeated name is its n-th)."""
-    seen: dict[str, int] = {}
-    fields = []
-    for field in read:
-        index = seen.get(field.name, 0)
-        seen[field.name] = index + 1
-        stored = schema.get_all_field_indices(field.name)
-        fields.append(schema.field(stored[index]) if index < len(stored)
-                      else field.with_type(_without_dictionaries(field.type)))
-    return fields
-
-
-def _empty_table(schema: Any, columns: Sequence[str] | None) -> Any:  # pyarrow Schema -> Table
-    import pyarrow as pa
-
-    if columns is None:
-        return schema.empty_table()
-    return pa.schema([schema.field(i) for name in dict.fromkeys(columns)
-                      for i in schema.get_all_field_indices(name)[:1]]).empty_table()
-
-
-def _decoded(column: Any, kind: Any) -> Any:  # a pyarrow Array, DataType
-    """``column`` (read with text as dictionaries) as the file's own type ``kind``, in
-    slices: pyarrow sizes a decode's output by the dictionary's mean value length, not by the
-    values the rows point at (65,536 empty strings beside 641 values of 32 KiB asked for 2 GiB)."""
-    import pyarrow as pa
-
-    rows = max(1, int(_BATCH_BYTES // max(_reserved_per_row(column), 1.0)))
-    if rows >= len(column):
-        return _cast_decoding(column, kind)
-    return pa.concat_arrays([_cast_decoding(column.slice(start, rows), kind)
-                             for start in range(0, len(column), rows)])
-
-
-def _cast_decoding(column: Any, kind: Any) -> Any:  # a pyarrow Array, DataType
-    """Through the dictionaries' value types where pyarrow has no direct cast (to a view type)."""
-    import pyarrow as pa
-
-    try:
-        return column.cast(kind)
-    except pa.ArrowNotImplementedError:
-        return column.cast(_without_dictionaries(column.type)).cast(kind)
-
-
-def _reserved_per_row(array: Any) -> float:  # a pyarrow Array
-    """Bytes a dictionary decode of ``array`` reserves per row (see ``_decoded``)."""
-    import pyarrow as pa
-
-    kind = array.type
-    if pa.types.is_dictionary(kind):
-        return float(array.dictionary.nbytes) / max(len(array.dictionary), 1)
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-        items = array.flatten()
-        return len(items) / max(len(array), 1) * _reserved_per_row(items)
-    if pa.types.is_struct(kind):
-        return sum(_reserved_per_row(child) for child in array.flatten())
-    return 0.0
-
-
-def _without_dictionaries(kind: Any) -> Any:  # a pyarrow DataType -> DataType
-    import pyarrow as pa
-
-    types = pa.types
-    if types.is_dictionary(kind):
-        return kind.value_type
-    if types.is_list(kind) or types.is_large_list(kind) or types.is_fixed_size_list(kind):
-        item = kind.value_field.with_type(_without_dictionaries(kind.value_type))
-        if types.is_fixed_size_list(kind):
-            return pa.list_(item, kind.list_size)
-        return pa.list_(item) if types.is_list(kind) else pa.large_list(item)
-    if types.is_struct(kind):
-        return pa.struct([kind.field(i).with_type(_without_dictionaries(kind.field(i).type))
-                          for i in range(kind.num_fields)])
-    return kind
-
-
-def _refuse_wide_fixed_values(leaves: Any) -> None:  # a pyarrow ParquetSchema
-    """Refuse fixed-length byte arrays wider than _MAX_FIXED_WIDTH before a page is read,
-    from the Parquet leaves (an Arrow extension or decimal type can hide the width): nothing
-    the product reads holds one, no dictionary read exists for them, and pyarrow decoded a
-    whole dictionary page of them at once (a 513-byte file of one 8 MiB value on 256 rows
-    asked for 2 GiB whatever the batch size)."""
+def _refuse_wide_fixed_values(leaves: Any, columns: Sequence[str] | None) -> None:  # a pyarrow ParquetSchema
+    """Refuse fixed-length byte arrays wider than _MAX_FIXED_WIDTH in the columns read, from
+    the Parquet leaves (an Arrow decimal or extension type can hide the width), before a page
+    is read: nothing the product reads holds one, and pyarrow decodes a whole dictionary page
+    of them at once (a 513-byte file of one 8 MiB value on 256 rows asked for 2 GiB,
+    whatever the batch size). The schema's leaves are safe to open; see ``_read_capped``."""
     for index in range(len(leaves)):
         leaf = leaves.column(index)
-        if leaf.physical_type == "FIXED_LEN_BYTE_ARRAY" and leaf.length > _MAX_FIXED_WIDTH:
+        read = columns is None or any(leaf.path == name or leaf.path.startswith(name + ".") for name in columns)
+        if read and leaf.physical_type == "FIXED_LEN_BYTE_ARRAY" and leaf.length > _MAX_FIXED_WIDTH:
             raise ValueError(f"column {leaf.path} holds fixed-size binary values of {leaf.length:,} bytes "
                              f"(at most {_MAX_FIXED_WIDTH:,} are read)")
-
-
-def _rows_per_batch(schema: Any) -> int:  # a pyarrow Schema
-    """Rows per batch so that its values other than text come to about _BATCH_BYTES: a
-    ``fixed_size_list`` of 8 Mi bytes decodes 8 MiB per row (a variable-length list is
-    counted as one item: what one row holds is not bounded by anything a batch can set)."""
-    row_bytes = sum(_row_bytes(field.type) for field in schema)
-    return min(_MAX_BATCH_ROWS, max(1, _BATCH_BYTES // max(row_bytes, 1)))
-
-
-def _row_bytes(kind: Any) -> int:  # a pyarrow DataType
-    import pyarrow as pa
-
-    types = pa.types
-    if isinstance(kind, pa.ExtensionType):
-        return _row_bytes(kind.storage_type)
-    if types.is_fixed_size_binary(kind):
-        return int(kind.byte_width)
-    if types.is_fixed_size_list(kind):
-        return int(kind.list_size) * _row_bytes(kind.value_type)
-    if types.is_list(kind) or types.is_large_list(kind) or types.is_list_view(kind) or types.is_large_list_view(kind):
-        return 8 + _row_bytes(kind.value_type)
-    if types.is_map(kind):
-        return 8 + _row_bytes(kind.key_type) + _row_bytes(kind.item_type)
-    if types.is_struct(kind):
-        return 1 + sum(_row_bytes(kind.field(index).type) for index in range(kind.num_fields))
-    if types.is_dictionary(kind) or _is_text(kind):
-        return 8
-    return max(1, kind.bit_width // 8) if _has_bit_width(kind) else 8
-
-
-def _has_bit_width(kind: Any) -> bool:  # a pyarrow DataType
-    try:
-        return int(kind.bit_width) > 0
-    except ValueError:  # a type without a fixed width
-        return False
-
-
-def _decoded_nbytes(array: Any) -> int:  # a pyarrow Array
-    """Bytes ``array`` takes once its dictionaries are decoded, counted without decoding
-    them: a text dictionary's value lengths gathered by the indices, at any depth."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    kind = array.type
-    if pa.types.is_dictionary(kind):
-        values = array.dictionary
-        if _is_text(values.type):
-            lengths = pc.take(pc.binary_length(values).cast(pa.int64()), array.indices)
-            return int(pc.sum(lengths).as_py() or 0) + 8 * (len(array) + 1)
-        return _decoded_nbytes(values.take(array.indices))
-    if pa.types.is_map(kind):
-        return int(array.offsets.nbytes) + _decoded_nbytes(array.keys) + _decoded_nbytes(array.items)
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-        return 8 * (len(array) + 1) + _decoded_nbytes(array.flatten())
-    if pa.types.is_struct(kind):
-        return len(array) + sum(_decoded_nbytes(child) for child in array.flatten())
-    return int(array.nbytes)
-
-
-def _is_text(kind: Any) -> bool:  # a pyarrow DataType
-    import pyarrow as pa
-
-    types = pa.types
-    return any(test(kind) for test in (types.is_string, types.is_large_string, types.is_binary,
-                                       types.is_large_binary, types.is_string_view, types.is_binary_view))
 
 
 # Python's dates: a stored date outside them reads, but Polars then panics or raises
