@@ -309,6 +309,8 @@ REFUSALS = {
                                          "(at most 1,024 are read)",
     "opaque_extension_fsb_bomb.parquet": "column o holds fixed-size binary values of 8,388,608 bytes "
                                          "(at most 1,024 are read)",
+    "fixed_size_list_uint8_bomb.parquet": "it decodes to more than 256 MiB (1000 times its size at most)",
+    "fixed_shape_tensor_uint8_bomb.parquet": "it decodes to more than 256 MiB (1000 times its size at most)",
 }
 # Still decoded a batch at a time before the cap refuses them (one batch of these is 2 GiB:
 # docs/operations.md, "Damaged files read whole"); within the corpus test's 2 GiB address

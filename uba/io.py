@@ -306,6 +306,7 @@ _DECODED_RATIO = 1000
 _DECODED_FLOOR = 256 << 20
 _BATCH_ROWS = 8_192
 _MAX_FIXED_WIDTH = 1 << 10
+_BATCH_FIXED_BYTES = 16 << 20
 
 
 def _decoded_cap(size: int) -> int:
@@ -321,7 +322,8 @@ def _read_capped(handle: Any, columns: Sequence[str] | None, cap: int) -> Any:  
     import pyarrow as pa
 
     batches, decoded = [], 0
-    for batch in handle.iter_batches(batch_size=_BATCH_ROWS, columns=None if columns is None else list(columns)):
+    rows = _rows_per_batch(handle.schema_arrow, columns)
+    for batch in handle.iter_batches(batch_size=rows, columns=None if columns is None else list(columns)):
         decoded += batch.nbytes
         if decoded > cap:
             raise ValueError(f"it decodes to more than {cap >> 20} MiB ({_DECODED_RATIO} times its size at most)")
@@ -330,6 +332,41 @@ def _read_capped(handle: Any, columns: Sequence[str] | None, cap: int) -> Any:  
         return pa.Table.from_batches(batches)
     schema = handle.schema_arrow
     return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
+
+
+def _rows_per_batch(schema: Any, columns: Sequence[str] | None) -> int:  # a pyarrow Schema
+    """_BATCH_ROWS, fewer where the columns read hold fixed-size lists: a 19 kB file of one
+    ``fixed_size_list<uint8>`` of 8 Mi zero bytes per row decoded 2 GiB per 256-row batch
+    (4.2 GiB at peak) before the cap could refuse it; batches of about _BATCH_FIXED_BYTES of
+    fixed-size values keep one batch's overshoot small. A variable-length list counts as
+    one item: what one row of it holds is bounded by nothing a batch size can set."""
+    read = [field for field in schema if columns is None
+            or any(name == field.name or name.startswith(field.name + ".") for name in columns)]
+    row_bytes = sum(_row_bytes(field.type) for field in read)
+    return min(_BATCH_ROWS, max(1, _BATCH_FIXED_BYTES // row_bytes)) if row_bytes else _BATCH_ROWS
+
+
+def _row_bytes(kind: Any) -> int:  # a pyarrow DataType
+    """Bytes one row of ``kind`` decodes to, counting text and variable lists as one 8-byte item."""
+    import pyarrow as pa
+
+    types = pa.types
+    if isinstance(kind, pa.BaseExtensionType):
+        return _row_bytes(kind.storage_type)
+    if types.is_fixed_size_list(kind):
+        return int(kind.list_size) * _row_bytes(kind.value_type)
+    if types.is_list(kind) or types.is_large_list(kind) or types.is_dictionary(kind):
+        return 8 + _row_bytes(kind.value_type)
+    if types.is_map(kind):
+        return 8 + _row_bytes(kind.key_type) + _row_bytes(kind.item_type)
+    if types.is_struct(kind):
+        return 1 + sum(_row_bytes(kind.field(index).type) for index in range(kind.num_fields))
+    if types.is_null(kind):
+        return 0
+    try:
+        return max(1, int(kind.bit_width) // 8)
+    except ValueError:  # no fixed width: text and binary, one offset per row
+        return 8
 
 
 def _refuse_wide_fixed_values(leaves: Any, columns: Sequence[str] | None) -> None:  # a pyarrow ParquetSchema
