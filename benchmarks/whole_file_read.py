@@ -27,6 +27,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -110,9 +111,9 @@ def batch_read(path: Path) -> pl.DataFrame:
     return frame
 
 
-def time_ms(read: object, path: Path, times: list[float]) -> None:
+def time_ms(read: Callable[[Path], pl.DataFrame], path: Path, times: list[float]) -> None:
     began = time.perf_counter()
-    read(path)  # type: ignore[operator]
+    read(path)
     times.append((time.perf_counter() - began) * 1000)
 
 

@@ -337,7 +337,7 @@ def _read_capped(handle: Any, columns: Sequence[str] | None, cap: int) -> Any:  
 def _rows_per_batch(schema: Any, columns: Sequence[str] | None) -> int:  # a pyarrow Schema
     """_BATCH_ROWS, fewer where the columns read hold fixed-size lists: a 19 kB file of one
     ``fixed_size_list<uint8>`` of 8 Mi zero bytes per row decoded 2 GiB per 256-row batch
-    (4.2 GiB at peak) before the cap could refuse it; batches of about _BATCH_FIXED_BYTES of
+    (18.8 GiB at peak, 48 s) before it failed; batches of about _BATCH_FIXED_BYTES of
     fixed-size values keep one batch's overshoot small. A variable-length list counts as
     one item: what one row of it holds is bounded by nothing a batch size can set."""
     read = [field for field in schema if columns is None
